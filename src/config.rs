@@ -1,0 +1,486 @@
+//! `mailroom.yaml`: the supervisor's configuration, read from the root, with
+//! built-in defaults when the file is absent. Refused whole, with the key named,
+//! when anything in it is wrong.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::task::{TaskError, parse_duration, suggest, yaml_error, yaml_options};
+
+pub const CONFIG_FILE: &str = "mailroom.yaml";
+
+/// Every top-level key, for "did you mean" hints.
+const CONFIG_KEYS: &[&str] = &[
+    "concurrency",
+    "default_agent",
+    "retries",
+    "retry_delay",
+    "retry_delay_max",
+    "timeout",
+    "grace",
+    "shutdown_grace",
+    "rescan_interval",
+    "watch",
+    "settle",
+    "max_task_bytes",
+    "max_output_bytes",
+    "durability",
+    "agents",
+];
+const AGENT_KEYS: &[&str] = &["command", "max_instances", "timeout", "grace", "env"];
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    concurrency: Option<usize>,
+    default_agent: Option<String>,
+    retries: Option<u32>,
+    retry_delay: Option<String>,
+    retry_delay_max: Option<String>,
+    timeout: Option<String>,
+    grace: Option<String>,
+    shutdown_grace: Option<String>,
+    rescan_interval: Option<String>,
+    watch: Option<String>,
+    settle: Option<String>,
+    max_task_bytes: Option<u64>,
+    max_output_bytes: Option<u64>,
+    durability: Option<String>,
+    agents: Option<BTreeMap<String, RawAgent>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    command: Command,
+    max_instances: Option<usize>,
+    timeout: Option<String>,
+    grace: Option<String>,
+    env: Option<BTreeMap<String, String>>,
+}
+
+/// An agent command as written: an argv list, or one string split like a shell would.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Command {
+    Argv(Vec<String>),
+    Line(String),
+}
+
+/// How the supervisor learns about new files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchMode {
+    /// inotify as a wake-up hint, plus a periodic rescan.
+    Auto,
+    /// Periodic rescans only (NFS and other shared file systems).
+    Poll,
+}
+
+/// One configured agent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Agent {
+    pub name: String,
+    pub command: Vec<String>,
+    pub max_instances: usize,
+    pub timeout: Duration,
+    pub grace: Duration,
+    pub env: BTreeMap<String, String>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub concurrency: usize,
+    pub default_agent: String,
+    pub retries: u32,
+    pub retry_delay: Duration,
+    pub retry_delay_max: Duration,
+    pub shutdown_grace: Duration,
+    pub rescan_interval: Duration,
+    pub watch: WatchMode,
+    pub settle: Duration,
+    pub max_task_bytes: u64,
+    pub max_output_bytes: u64,
+    pub durable: bool,
+    pub agents: BTreeMap<String, Agent>,
+    /// Where the config came from, for messages (None: built-in defaults).
+    pub source: Option<PathBuf>,
+}
+
+/// The command of the built-in demo agent: this very binary, `demo-agent`.
+pub const BUILTIN_DEMO: &[&str] = &["{mailroom}", "demo-agent"];
+
+impl Default for Config {
+    fn default() -> Self {
+        let mut agents = BTreeMap::new();
+        agents.insert(
+            "demo".to_owned(),
+            Agent {
+                name: "demo".into(),
+                command: BUILTIN_DEMO.iter().map(|s| s.to_string()).collect(),
+                max_instances: 4,
+                timeout: Duration::from_secs(600),
+                grace: Duration::from_secs(10),
+                env: BTreeMap::new(),
+            },
+        );
+        Config {
+            concurrency: 4,
+            default_agent: "demo".into(),
+            retries: 2,
+            retry_delay: Duration::from_secs(5),
+            retry_delay_max: Duration::from_secs(600),
+            shutdown_grace: Duration::from_secs(30),
+            rescan_interval: Duration::from_secs(30),
+            watch: WatchMode::Auto,
+            settle: Duration::from_secs(2),
+            max_task_bytes: crate::task::DEFAULT_MAX_TASK_BYTES,
+            max_output_bytes: 64 * 1024 * 1024,
+            durable: true,
+            agents,
+            source: None,
+        }
+    }
+}
+
+/// A config that cannot be used: where, and what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .error.display_at(&.file))]
+pub struct ConfigError {
+    pub file: String,
+    pub error: TaskError,
+}
+
+impl Config {
+    /// Reads `<root>/mailroom.yaml`, or returns the defaults when there is none.
+    pub fn load(root: &Path) -> Result<Config, ConfigError> {
+        let path = root.join(CONFIG_FILE);
+        match crate::fsx::read_task_file(&path, 1024 * 1024) {
+            Ok((bytes, _)) => Config::parse(&bytes, CONFIG_FILE).map(|mut c| {
+                c.source = Some(path);
+                c
+            }),
+            Err(e) if e.is_gone() => Ok(Config::default()),
+            Err(e) => Err(ConfigError {
+                file: CONFIG_FILE.into(),
+                error: TaskError {
+                    line: None,
+                    column: None,
+                    message: format!("cannot read: {e}"),
+                },
+            }),
+        }
+    }
+
+    /// Parses a config file's bytes; `file` names it in errors.
+    pub fn parse(bytes: &[u8], file: &str) -> Result<Config, ConfigError> {
+        let err = |message: String| ConfigError {
+            file: file.into(),
+            error: TaskError {
+                line: None,
+                column: None,
+                message,
+            },
+        };
+        let text = std::str::from_utf8(bytes).map_err(|_| err("not UTF-8 text".into()))?;
+        if text
+            .lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+        {
+            return Ok(Config::default());
+        }
+        let raw: RawConfig =
+            serde_saphyr::from_str_with_options(text, yaml_options()).map_err(|e| {
+                let mut error = yaml_error(&e);
+                // yaml_error suggests task keys; redo the hint against config keys.
+                if let Some(key) = error
+                    .message
+                    .strip_prefix("unknown key `")
+                    .and_then(|r| r.split('`').next())
+                    .map(str::to_owned)
+                {
+                    let (keys, what) = if error.column.unwrap_or(1) > 1 {
+                        (AGENT_KEYS, "agent key")
+                    } else {
+                        (CONFIG_KEYS, "key")
+                    };
+                    error.message = match suggest(&key, keys) {
+                        Some(s) => format!("unknown {what} `{key}` (did you mean `{s}`?)"),
+                        None => format!("unknown {what} `{key}`; known: {}", keys.join(", ")),
+                    };
+                }
+                ConfigError {
+                    file: file.into(),
+                    error,
+                }
+            })?;
+        let mut c = Config::default();
+        let dur = |key: &str, v: &Option<String>, d: Duration| -> Result<Duration, ConfigError> {
+            match v {
+                None => Ok(d),
+                Some(s) => parse_duration(s).map_err(|e| err(format!("`{key}`: {e}"))),
+            }
+        };
+        if let Some(n) = raw.concurrency {
+            if n == 0 {
+                return Err(err("`concurrency` must be at least 1".into()));
+            }
+            c.concurrency = n;
+        }
+        if let Some(r) = raw.retries {
+            c.retries = r;
+        }
+        c.retry_delay = dur("retry_delay", &raw.retry_delay, c.retry_delay)?;
+        c.retry_delay_max = dur("retry_delay_max", &raw.retry_delay_max, c.retry_delay_max)?;
+        let timeout = dur("timeout", &raw.timeout, Duration::from_secs(1800))?;
+        let grace = dur("grace", &raw.grace, Duration::from_secs(10))?;
+        c.shutdown_grace = dur("shutdown_grace", &raw.shutdown_grace, c.shutdown_grace)?;
+        c.rescan_interval = dur("rescan_interval", &raw.rescan_interval, c.rescan_interval)?;
+        if c.rescan_interval < Duration::from_millis(50) {
+            return Err(err("`rescan_interval` must be at least 50ms".into()));
+        }
+        c.settle = dur("settle", &raw.settle, c.settle)?;
+        c.watch = match raw.watch.as_deref() {
+            None | Some("auto") | Some("inotify") => WatchMode::Auto,
+            Some("poll") => WatchMode::Poll,
+            Some(o) => return Err(err(format!("`watch: {o}`: use auto or poll"))),
+        };
+        c.durable = match raw.durability.as_deref() {
+            None | Some("strict") => true,
+            Some("relaxed") => false,
+            Some(o) => return Err(err(format!("`durability: {o}`: use strict or relaxed"))),
+        };
+        if let Some(n) = raw.max_task_bytes {
+            c.max_task_bytes = n;
+        }
+        if let Some(n) = raw.max_output_bytes {
+            c.max_output_bytes = n;
+        }
+        if let Some(agents) = raw.agents {
+            c.agents.clear();
+            for (name, a) in agents {
+                crate::task::check_name(&name).map_err(|e| err(format!("agent `{name}`: {e}")))?;
+                let command = match a.command {
+                    Command::Argv(v) => v,
+                    Command::Line(s) => split_words(&s)
+                        .map_err(|e| err(format!("agent `{name}`: `command`: {e}")))?,
+                };
+                if command.is_empty() || command[0].is_empty() {
+                    return Err(err(format!("agent `{name}`: `command` is empty")));
+                }
+                let max_instances = a.max_instances.unwrap_or(c.concurrency);
+                if max_instances == 0 {
+                    return Err(err(format!(
+                        "agent `{name}`: `max_instances` must be at least 1"
+                    )));
+                }
+                let agent = Agent {
+                    name: name.clone(),
+                    command,
+                    max_instances,
+                    timeout: dur(&format!("agents.{name}.timeout"), &a.timeout, timeout)?,
+                    grace: dur(&format!("agents.{name}.grace"), &a.grace, grace)?,
+                    env: a.env.unwrap_or_default(),
+                };
+                c.agents.insert(name, agent);
+            }
+        } else {
+            for a in c.agents.values_mut() {
+                a.timeout = timeout;
+                a.grace = grace;
+            }
+        }
+        match raw.default_agent {
+            Some(d) => {
+                if !c.agents.contains_key(&d) {
+                    let names: Vec<&str> = c.agents.keys().map(String::as_str).collect();
+                    return Err(err(match suggest(&d, &names) {
+                        Some(s) => format!(
+                            "`default_agent: {d}` is not a configured agent (did you mean `{s}`?)"
+                        ),
+                        None => format!(
+                            "`default_agent: {d}` is not a configured agent; configured: {}",
+                            names.join(", ")
+                        ),
+                    }));
+                }
+                c.default_agent = d;
+            }
+            None => {
+                if !c.agents.contains_key(&c.default_agent) {
+                    match c.agents.keys().next() {
+                        Some(first) if c.agents.len() == 1 => c.default_agent = first.clone(),
+                        _ => {
+                            return Err(err(
+                                "`default_agent` is not set and there is no agent named `demo`"
+                                    .into(),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(c)
+    }
+
+    /// The agent a task runs on: its own choice, or the default.
+    pub fn agent_for(&self, wanted: Option<&str>) -> Result<&Agent, String> {
+        let name = wanted.unwrap_or(&self.default_agent);
+        self.agents.get(name).ok_or_else(|| {
+            let names: Vec<&str> = self.agents.keys().map(String::as_str).collect();
+            match suggest(name, &names) {
+                Some(s) => format!("agent `{name}` is not configured (did you mean `{s}`?)"),
+                None => format!(
+                    "agent `{name}` is not configured; configured agents: {}",
+                    names.join(", ")
+                ),
+            }
+        })
+    }
+}
+
+/// Splits a command line into words like a POSIX shell would (quotes and
+/// backslashes), without expanding anything.
+pub fn split_words(s: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(x) => cur.push(x),
+                        None => return Err("unterminated single quote".into()),
+                    }
+                }
+            }
+            '"' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(x @ ('"' | '\\' | '$' | '`')) => cur.push(x),
+                            Some(x) => {
+                                cur.push('\\');
+                                cur.push(x);
+                            }
+                            None => return Err("unterminated double quote".into()),
+                        },
+                        Some(x) => cur.push(x),
+                        None => return Err("unterminated double quote".into()),
+                    }
+                }
+            }
+            '\\' => {
+                in_word = true;
+                match chars.next() {
+                    Some(x) => cur.push(x),
+                    None => return Err("trailing backslash".into()),
+                }
+            }
+            c if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            c => {
+                in_word = true;
+                cur.push(c);
+            }
+        }
+    }
+    if in_word {
+        words.push(cur);
+    }
+    Ok(words)
+}
+
+/// The sample config that `mailroom init` writes.
+pub const SAMPLE_CONFIG: &str = r#"# mailroom.yaml: the supervisor's configuration. Every key is optional.
+# Durations are humantime: 90s, 10m, 1h 30m (`M` would be months).
+
+concurrency: 4          # global cap on running agents
+default_agent: demo     # the agent for tasks that do not name one
+retries: 2              # extra attempts after the first
+retry_delay: 5s         # base of an exponential backoff, with jitter
+# retry_delay_max: 10m  # the backoff never waits longer than this
+# timeout: 30m          # default per-run timeout for agents without their own
+# grace: 10s            # default SIGTERM -> SIGKILL delay
+# shutdown_grace: 30s   # on SIGTERM, how long running agents may finish
+# rescan_interval: 30s  # full rescan of tasks/pending (inotify is only a hint)
+# watch: auto           # auto (inotify + rescans) or poll (NFS and other shared file systems)
+# settle: 2s            # how long a file that does not parse may still be being written
+# max_task_bytes: 1048576
+# max_output_bytes: 67108864   # an agent writing more is stopped
+# durability: strict    # strict: fsync every commit point; relaxed: skip fsync (faster, unsafe on power loss)
+
+agents:
+  demo:
+    # argv list, or one string split into words like a shell would (never run through a shell).
+    # Placeholders, each substituted inside its own word: {prompt} {prompt_file} {task}
+    # {task_file} {output_file} {workdir} {root} {mailroom}. A command without
+    # {prompt}, {prompt_file} or {task_file} gets the prompt appended as its last word.
+    command: ["{mailroom}", "demo-agent"]
+    max_instances: 2
+    timeout: 10m
+    grace: 30s
+  # claude:
+  #   command: ["claude", "-p", "--output-format", "text", "--permission-mode", "acceptEdits", "{prompt}"]
+  #   max_instances: 1
+  #   timeout: 30m
+  # codex:
+  #   command: "codex --ask-for-approval never --sandbox danger-full-access exec"
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issue_example_parses() {
+        let y = "concurrency: 4\ndefault_agent: demo\nretries: 2\nretry_delay: 5s\nagents:\n  demo:\n    command: [\"examples/agents/demo.sh\"]\n    max_instances: 2\n    timeout: 10m\n    grace: 30s\n";
+        let c = Config::parse(y.as_bytes(), "mailroom.yaml").unwrap();
+        assert_eq!(c.agents["demo"].max_instances, 2);
+        assert_eq!(c.agents["demo"].grace, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn sample_config_parses() {
+        Config::parse(SAMPLE_CONFIG.as_bytes(), "mailroom.yaml").unwrap();
+    }
+
+    #[test]
+    fn string_command_is_split_like_a_shell() {
+        let y = "agents:\n  codex:\n    command: \"codex --ask-for-approval never --sandbox danger-full-access exec\"\n";
+        let c = Config::parse(y.as_bytes(), "mailroom.yaml").unwrap();
+        assert_eq!(c.agents["codex"].command.len(), 6);
+        assert_eq!(c.default_agent, "codex");
+        assert_eq!(
+            split_words(r#"a "b c" 'd e' f\ g"#).unwrap(),
+            vec!["a", "b c", "d e", "f g"]
+        );
+    }
+
+    #[test]
+    fn bad_keys_are_named() {
+        let e = Config::parse(b"concurency: 3\n", "mailroom.yaml").unwrap_err();
+        let s = e.to_string();
+        assert!(s.starts_with("mailroom.yaml:1:1:"), "{s}");
+        assert!(s.contains("did you mean `concurrency`"), "{s}");
+        let e = Config::parse(b"agents:\n  a:\n    comand: [x]\n", "mailroom.yaml").unwrap_err();
+        assert!(e.to_string().contains("mailroom.yaml:3:"), "{e}");
+        let e = Config::parse(b"default_agent: nope\n", "mailroom.yaml").unwrap_err();
+        assert!(e.to_string().contains("default_agent"), "{e}");
+        let e = Config::parse(b"retry_delay: 5\n", "mailroom.yaml").unwrap_err();
+        assert!(e.to_string().contains("no unit"), "{e}");
+    }
+}

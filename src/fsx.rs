@@ -1,0 +1,405 @@
+//! Durable, race-aware file-system primitives: every protocol write goes through here.
+//!
+//! The protocol's commit points rest on three operations: an atomic durable write
+//! (temp file, fsync, rename, fsync of the directory), a rename that never replaces
+//! an existing name, and a bounded, non-following, non-blocking read of a file that
+//! somebody else wrote.
+
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Whether writes are followed by fsync. Only ever turned off by the documented
+/// `durability: relaxed` setting; the protocol's ordering is kept either way.
+static DURABLE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Turns fsync on or off for this process (see `durability` in the config).
+pub fn set_durable(on: bool) {
+    DURABLE.store(on, Ordering::Relaxed);
+}
+
+fn durable() -> bool {
+    DURABLE.load(Ordering::Relaxed)
+}
+
+/// Flushes a directory's entries to disk, so that a rename in it survives a crash.
+pub fn fsync_dir(dir: &Path) -> io::Result<()> {
+    if !durable() {
+        return Ok(());
+    }
+    File::open(dir)?.sync_all()
+}
+
+static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// A name for a temporary file that no other process or thread will pick.
+/// It starts with a dot, so every scanner of the protocol ignores it.
+pub fn tmp_name(base: &str) -> String {
+    let n = TMP_SEQ.fetch_add(1, Ordering::Relaxed);
+    format!(".{base}.{}.{n}.tmp", std::process::id())
+}
+
+/// Writes `bytes` to `path` atomically and durably: temp file in the same
+/// directory, fsync, rename over the target, fsync the directory.
+/// Readers see the old content or the new, never a mix.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = parent(path);
+    let base = file_name_lossy(path);
+    let tmp = dir.join(tmp_name(&base));
+    let res = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        if durable() {
+            f.sync_all()?;
+        }
+        fs::rename(&tmp, path)?;
+        fsync_dir(dir)
+    })();
+    if res.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    res
+}
+
+/// Like [`write_atomic`], but fails with `AlreadyExists` instead of replacing.
+pub fn write_new_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = parent(path);
+    let tmp = dir.join(tmp_name(&file_name_lossy(path)));
+    let res = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        if durable() {
+            f.sync_all()?;
+        }
+        rename_noreplace(&tmp, path)?;
+        fsync_dir(dir)
+    })();
+    if res.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    res
+}
+
+fn parent(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+fn file_name_lossy(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "file".into())
+}
+
+fn cstr(p: &Path) -> io::Result<CString> {
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+}
+
+/// Renames `from` to `to`, failing with `AlreadyExists` if `to` exists.
+///
+/// Uses `renameat2(RENAME_NOREPLACE)`; where the file system refuses it (NFS and
+/// some others answer EINVAL), falls back to `link` + `unlink`, which also fails
+/// with EEXIST on a clash. Directories cannot be hard-linked, so for them the
+/// fallback is a check-then-rename, which is only racy on such file systems.
+pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    let f = cstr(from)?;
+    let t = cstr(to)?;
+    // SAFETY: both arguments are valid NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            f.as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::ENOTSUP) => {}
+        _ => return Err(err),
+    }
+    let meta = fs::symlink_metadata(from)?;
+    if meta.is_dir() {
+        if fs::symlink_metadata(to).is_ok() {
+            return Err(io::Error::from(io::ErrorKind::AlreadyExists));
+        }
+        return fs::rename(from, to);
+    }
+    fs::hard_link(from, to)?;
+    fs::remove_file(from)
+}
+
+/// Why a file could not be read as a task.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("it is a symbolic link; mailroom never follows links in the tree")]
+    Symlink,
+    #[error("it is not a regular file ({0})")]
+    NotRegular(&'static str),
+    #[error("it is {size} bytes, over the limit of {limit} bytes")]
+    TooLarge { size: u64, limit: u64 },
+    #[error("it has {0} hard links; a task file must have exactly one")]
+    HardLinked(u64),
+    #[error("it belongs to uid {owner}, not to this supervisor's uid {me}")]
+    ForeignOwner { owner: u32, me: u32 },
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+impl ReadError {
+    /// Whether the file vanished (claimed or moved by somebody else): not an error.
+    pub fn is_gone(&self) -> bool {
+        matches!(self, ReadError::Io(e) if e.kind() == io::ErrorKind::NotFound)
+    }
+}
+
+/// What [`read_task_file`] learned besides the bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i128,
+    pub nlink: u64,
+    pub uid: u32,
+}
+
+impl FileId {
+    pub fn of(m: &fs::Metadata) -> FileId {
+        FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+            nlink: m.nlink(),
+            uid: m.uid(),
+        }
+    }
+}
+
+/// Reads a file that somebody else may have planted: never follows a symlink,
+/// never blocks on a FIFO, checks with `fstat` that it is a regular file under
+/// `limit` bytes before reading, and reads at most `limit` bytes.
+pub fn read_task_file(path: &Path, limit: u64) -> Result<(Vec<u8>, FileId), ReadError> {
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(ReadError::Symlink),
+        Err(e) => return Err(e.into()),
+    };
+    let meta = file.metadata()?;
+    let ft = meta.file_type();
+    if !ft.is_file() {
+        use std::os::unix::fs::FileTypeExt;
+        let kind = if ft.is_dir() {
+            "a directory"
+        } else if ft.is_fifo() {
+            "a FIFO"
+        } else if ft.is_socket() {
+            "a socket"
+        } else if ft.is_block_device() || ft.is_char_device() {
+            "a device"
+        } else {
+            "an unknown kind of file"
+        };
+        return Err(ReadError::NotRegular(kind));
+    }
+    let id = FileId::of(&meta);
+    if id.size > limit {
+        return Err(ReadError::TooLarge {
+            size: id.size,
+            limit,
+        });
+    }
+    let mut buf = Vec::with_capacity(id.size as usize);
+    (&file).take(limit + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > limit {
+        return Err(ReadError::TooLarge {
+            size: buf.len() as u64,
+            limit,
+        });
+    }
+    Ok((buf, id))
+}
+
+/// Whether some process has `path` open for writing right now.
+///
+/// Asks the kernel for a read lease, which it grants only when no one holds the
+/// file open for writing, and drops it at once. `None` when the file system or
+/// the file's ownership does not allow leases: then the caller falls back to
+/// waiting for the file to settle.
+pub fn open_for_writing_elsewhere(path: &Path) -> Option<bool> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .ok()?;
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on a descriptor we own, with integer arguments.
+    let rc = unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) };
+    if rc == 0 {
+        // SAFETY: as above.
+        unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK) };
+        return Some(false);
+    }
+    match io::Error::last_os_error().raw_os_error() {
+        Some(libc::EAGAIN) | Some(libc::EBUSY) => Some(true),
+        _ => None,
+    }
+}
+
+/// Creates a directory and its parents, mode 0700 for new ones.
+pub fn create_dir_all(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(path)
+}
+
+/// Removes a file, treating "already gone" as success.
+pub fn remove_file_if_exists(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Removes a directory tree, treating "already gone" as success.
+pub fn remove_dir_all_if_exists(path: &Path) -> io::Result<()> {
+    match fs::remove_dir_all(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Reads at most `limit` bytes from the end of a file (all of it when smaller),
+/// and says whether anything was cut.
+pub fn read_tail(path: &Path, limit: u64) -> io::Result<(Vec<u8>, bool)> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    let len = f.metadata()?.len();
+    let cut = len > limit;
+    if cut {
+        f.seek(SeekFrom::Start(len - limit))?;
+    }
+    let mut buf = Vec::new();
+    f.take(limit).read_to_end(&mut buf)?;
+    Ok((buf, cut))
+}
+
+/// Reads at most `limit` bytes from the start of a file, and says whether anything was cut.
+pub fn read_head(path: &Path, limit: u64) -> io::Result<(Vec<u8>, bool)> {
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    let len = f.metadata()?.len();
+    let mut buf = Vec::new();
+    f.take(limit).read_to_end(&mut buf)?;
+    Ok((buf, len > limit))
+}
+
+/// A path joined from a base and a name that has already been validated as a
+/// single, safe component.
+pub fn child(dir: &Path, name: &str) -> PathBuf {
+    debug_assert!(!name.contains('/') && name != ".." && name != ".");
+    dir.join(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rename_noreplace_refuses_to_clobber() {
+        let d = tempdir();
+        let a = d.join("a");
+        let b = d.join("b");
+        fs::write(&a, "a").unwrap();
+        fs::write(&b, "b").unwrap();
+        let err = rename_noreplace(&a, &b).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(fs::read_to_string(&b).unwrap(), "b");
+        assert_eq!(fs::read_to_string(&a).unwrap(), "a");
+        fs::remove_file(&b).unwrap();
+        rename_noreplace(&a, &b).unwrap();
+        assert!(!a.exists());
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn read_task_file_refuses_fifo_symlink_and_big_files() {
+        let d = tempdir();
+        let fifo = d.join("f.yaml");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert!(matches!(
+            read_task_file(&fifo, 100),
+            Err(ReadError::NotRegular("a FIFO"))
+        ));
+        let target = d.join("t");
+        fs::write(&target, "x").unwrap();
+        let link = d.join("l.yaml");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(matches!(
+            read_task_file(&link, 100),
+            Err(ReadError::Symlink)
+        ));
+        let big = d.join("big.yaml");
+        fs::write(&big, vec![b'a'; 101]).unwrap();
+        assert!(matches!(
+            read_task_file(&big, 100),
+            Err(ReadError::TooLarge { .. })
+        ));
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn write_atomic_replaces_and_leaves_no_temp() {
+        let d = tempdir();
+        let p = d.join("x.json");
+        write_atomic(&p, b"1").unwrap();
+        write_atomic(&p, b"2").unwrap();
+        assert_eq!(fs::read_to_string(&p).unwrap(), "2");
+        assert!(write_new_atomic(&p, b"3").is_err());
+        assert_eq!(fs::read_dir(&d).unwrap().count(), 1);
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    pub(crate) fn tempdir() -> PathBuf {
+        let p = std::env::temp_dir().join(format!(
+            "mailroom-unit-{}-{}",
+            std::process::id(),
+            TMP_SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::create_dir_all(&p).unwrap();
+        p
+    }
+}

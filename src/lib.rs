@@ -1,0 +1,16 @@
+//! mailroom: a supervisor for command-line AI agents whose whole interface is a
+//! directory tree. See ARCHITECTURE.md for the code map and PROTOCOL.md for
+//! the on-disk protocol.
+
+pub mod cli;
+pub mod config;
+pub mod context;
+pub mod demo;
+pub mod fsx;
+pub mod layout;
+pub mod mailbox;
+pub mod record;
+pub mod runner;
+pub mod supervisor;
+pub mod task;
+pub mod watcher;

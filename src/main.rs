@@ -1,0 +1,126 @@
+//! The `mailroom` binary: parses arguments, sets up logging and signals, calls
+//! into the library, and maps the outcome to an exit code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use mailroom::cli::{self, Cli, Command, LogFormat};
+use mailroom::config::Config;
+use mailroom::supervisor::{Control, RunOptions, Supervisor};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::DemoAgent { args } = &cli.command {
+        return ExitCode::from(mailroom::demo::main(args) as u8);
+    }
+    init_logging(&cli);
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("mailroom: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(cli: &Cli) {
+    let level = match (cli.verbose as i8) - (cli.quiet as i8) {
+        i8::MIN..=-2 => "error",
+        -1 => "warn",
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // journald stamps every line itself.
+    let under_journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    match (cli.log_format, under_journal) {
+        (LogFormat::Json, _) => b.json().init(),
+        (LogFormat::Text, true) => b.without_time().with_target(false).init(),
+        (LogFormat::Text, false) => b.with_target(false).init(),
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let root = cli.root.clone();
+    match cli.command {
+        Command::Run { exit_when_idle } => run(&root, exit_when_idle),
+        Command::Init { dir } => {
+            cli::init(dir.as_deref().unwrap_or(&root))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Add {
+            description,
+            agent,
+            priority,
+            name,
+            file,
+            after,
+            timeout,
+        } => {
+            let n = cli::add(
+                &root,
+                cli::AddArgs {
+                    description: description.as_deref(),
+                    agent: agent.as_deref(),
+                    priority: priority.as_deref(),
+                    name: name.as_deref(),
+                    file: file.as_deref(),
+                    after: &after,
+                    timeout: timeout.as_deref(),
+                },
+            )?;
+            println!("{n}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { json } => cli::status(&root, json).map(|()| ExitCode::SUCCESS),
+        Command::List { state, json } => {
+            cli::list(&root, state.as_deref(), json).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Show { name, json } => cli::show(&root, &name, json).map(|()| ExitCode::SUCCESS),
+        Command::Retry { name } => cli::retry(&root, &name).map(|()| ExitCode::SUCCESS),
+        Command::Validate { files } => Ok(if cli::validate(&root, &files)? {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }),
+        Command::DemoAgent { .. } => unreachable!("handled before logging is set up"),
+    }
+}
+
+fn run(root: &std::path::Path, exit_when_idle: bool) -> anyhow::Result<ExitCode> {
+    let config = Config::load(root).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    // Signals become control events in the main loop; a plain thread forwards them.
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+    ])?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for s in signals.forever() {
+                let c = if s == signal_hook::consts::SIGHUP {
+                    Control::Reload
+                } else {
+                    Control::Shutdown
+                };
+                if tx.send(c).is_err() {
+                    break;
+                }
+            }
+        })?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let sup = Supervisor::new(root, config)
+        .map_err(|e| anyhow::anyhow!("preparing the tree under {}: {e}", root.display()))?;
+    rt.block_on(sup.run(rx, RunOptions { exit_when_idle }))?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,150 @@
+//! The JSON files mailroom writes beside tasks: the per-task state file
+//! (bookkeeping while a task is not finished) and the result record (written
+//! once, before the task's move into `completed/` or `failed/`).
+
+use serde::{Deserialize, Serialize};
+use std::time::SystemTime;
+
+/// Version of the on-disk protocol described in PROTOCOL.md.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// A time as RFC 3339 UTC with milliseconds.
+pub fn ts(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+pub fn now() -> String {
+    ts(SystemTime::now())
+}
+
+pub fn parse_ts(s: &str) -> Option<SystemTime> {
+    humantime::parse_rfc3339_weak(s).ok()
+}
+
+/// `tasks/assigned/<name>.state.json`: bookkeeping for a task from its first
+/// claim until it is finished. Only the holder of the task's lock writes it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TaskState {
+    pub version: u32,
+    pub task: String,
+    /// Runs begun, ever. Never decreases.
+    pub attempts: u32,
+    /// Runs that did not count against `retries` (stopped by a shutdown). Never decreases.
+    #[serde(default)]
+    pub free_attempts: u32,
+    /// Earliest time of the next claim (retry backoff).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(default)]
+    pub history: Vec<Attempt>,
+    /// The run under way, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<RunInfo>,
+}
+
+impl TaskState {
+    /// Attempts that count against the retry limit.
+    pub fn charged(&self) -> u32 {
+        self.attempts.saturating_sub(self.free_attempts)
+    }
+}
+
+/// Who is running a task, so that a restarted supervisor can tell a live run
+/// from an orphaned agent.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RunInfo {
+    pub attempt: u32,
+    pub agent: String,
+    pub host: String,
+    pub supervisor_pid: u32,
+    /// Start time of the supervisor process, in clock ticks since boot (from
+    /// /proc), to tell it from a later process with the same pid.
+    pub supervisor_start: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_start: Option<u64>,
+    pub started_at: String,
+    pub deadline: String,
+}
+
+/// One finished attempt.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Attempt {
+    pub attempt: u32,
+    pub agent: String,
+    pub started_at: String,
+    pub finished_at: String,
+    pub outcome: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Terminal status of a task.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Completed,
+    Failed,
+}
+
+/// Where in a file an error is.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorLocation {
+    pub file: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<u64>,
+}
+
+/// `tasks/{completed,failed}/<name>.result.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ResultRecord {
+    pub version: u32,
+    pub task: String,
+    pub status: Status,
+    /// Machine-readable reason: success, exit, signal, timeout, spawn, invalid,
+    /// clash, dependency, output_limit, interrupted, cancelled.
+    pub outcome: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_location: Option<ErrorLocation>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    pub finished_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// The agent's output merged into context, relative to the root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_file: Option<String>,
+    /// The run's files (stdout, stderr, prompt), relative to the root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_dir: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+    /// The file as it was submitted, when it was renamed to avoid a clash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitted_as: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    #[serde(default)]
+    pub history: Vec<Attempt>,
+    pub host: String,
+    /// Unique per finished run; lets the context merge skip an entry it already made.
+    pub run_id: String,
+}

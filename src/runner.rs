@@ -1,0 +1,414 @@
+//! The agent runner: the only place that starts processes. One agent per run,
+//! in its own process group, stdin null, output redirected to files; on
+//! timeout or stop the whole group gets SIGTERM, then SIGKILL after the grace
+//! period, and the child is always awaited.
+
+use std::fs::OpenOptions;
+use std::os::fd::RawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::sync::watch;
+use tokio::time::{Instant, sleep, sleep_until};
+
+/// Why a run is being stopped from outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Graceful: SIGTERM, grace, SIGKILL.
+    Graceful,
+    /// At once: SIGKILL.
+    Now,
+}
+
+/// How the agent's process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunEnd {
+    Exited(Exit),
+    TimedOut(Exit),
+    OutputLimit(Exit, u64),
+    Stopped(Exit),
+    SpawnFailed { error: String, not_found: bool },
+}
+
+/// Everything needed to start one agent.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub workdir: PathBuf,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+    pub timeout: Duration,
+    pub grace: Duration,
+    /// The task lock's descriptor, left open in the child.
+    pub lock_fd: Option<RawFd>,
+    pub max_output: u64,
+}
+
+/// Values for the command's placeholders.
+#[derive(Debug, Clone, Default)]
+pub struct Vars {
+    pub prompt: String,
+    pub prompt_file: String,
+    pub task: String,
+    pub task_file: String,
+    pub output_file: String,
+    pub workdir: String,
+    pub root: String,
+    pub mailroom: String,
+}
+
+impl Vars {
+    fn get(&self, key: &str) -> Option<&str> {
+        Some(match key {
+            "prompt" => &self.prompt,
+            "prompt_file" => &self.prompt_file,
+            "task" => &self.task,
+            "task_file" => &self.task_file,
+            "output_file" => &self.output_file,
+            "workdir" => &self.workdir,
+            "root" => &self.root,
+            "mailroom" => &self.mailroom,
+            _ => return None,
+        })
+    }
+}
+
+/// Placeholders that hand the agent its prompt; without one, the prompt is appended.
+const PROMPT_CARRIERS: &[&str] = &["{prompt}", "{prompt_file}", "{task_file}"];
+
+/// Substitutes placeholders inside each word, in one pass (a value is never
+/// scanned again, so a prompt holding `{task}` stays as written), and appends
+/// the prompt when no word carries it. The prompt is always one argv element:
+/// data, never shell.
+pub fn build_argv(command: &[String], vars: &Vars) -> Vec<String> {
+    let mut out: Vec<String> = command.iter().map(|w| substitute(w, vars)).collect();
+    if !command
+        .iter()
+        .any(|w| PROMPT_CARRIERS.iter().any(|p| w.contains(p)))
+    {
+        out.push(vars.prompt.clone());
+    }
+    out
+}
+
+fn substitute(word: &str, vars: &Vars) -> String {
+    let mut out = String::with_capacity(word.len());
+    let mut rest = word;
+    while let Some(i) = rest.find('{') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        match after
+            .find('}')
+            .and_then(|j| vars.get(&after[..j]).map(|v| (j, v)))
+        {
+            Some((j, v)) => {
+                out.push_str(v);
+                rest = &after[j + 1..];
+            }
+            None => {
+                out.push('{');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Environment variables a supervisor must not pass on (systemd's protocol
+/// sockets belong to the supervisor alone).
+const STRIPPED_ENV: &[&str] = &[
+    "NOTIFY_SOCKET",
+    "WATCHDOG_PID",
+    "WATCHDOG_USEC",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+];
+
+/// Resolves the program: relative paths with a slash are relative to `root`.
+pub fn resolve_program(program: &str, root: &Path) -> PathBuf {
+    let p = Path::new(program);
+    if program.contains('/') && p.is_relative() {
+        root.join(p)
+    } else {
+        p.to_path_buf()
+    }
+}
+
+/// A started agent.
+pub struct Started {
+    child: tokio::process::Child,
+    /// The agent's pid, which is also its process group id.
+    pub pid: u32,
+}
+
+/// Starts the agent in its own process group. A failure to start is a
+/// [`RunEnd::SpawnFailed`] that says what to fix.
+pub fn spawn(spec: &Spec, root: &Path) -> Result<Started, RunEnd> {
+    let open = |p: &Path| {
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(p)
+    };
+    let (out, err) = match (open(&spec.stdout), open(&spec.stderr)) {
+        (Ok(o), Ok(e)) => (o, e),
+        (Err(e), _) | (_, Err(e)) => {
+            return Err(RunEnd::SpawnFailed {
+                error: format!("cannot create the run's output files: {e}"),
+                not_found: false,
+            });
+        }
+    };
+    let program = resolve_program(&spec.argv[0], root);
+    let mut cmd = tokio::process::Command::new(&program);
+    cmd.args(&spec.argv[1..])
+        .stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .current_dir(&spec.workdir)
+        .process_group(0)
+        .kill_on_drop(false);
+    for k in STRIPPED_ENV {
+        cmd.env_remove(k);
+    }
+    for (k, v) in &spec.env {
+        cmd.env(k, v);
+    }
+    if let Some(fd) = spec.lock_fd {
+        // SAFETY: between fork and exec only async-signal-safe calls are made:
+        // fcntl on a descriptor number that is open in the parent.
+        unsafe {
+            cmd.pre_exec(move || {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags >= 0 {
+                    libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+                }
+                Ok(())
+            });
+        }
+    }
+    let child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let not_found = e.kind() == std::io::ErrorKind::NotFound;
+            let error = if not_found {
+                if spec.argv[0].contains('/') {
+                    format!(
+                        "agent command `{}` does not exist (resolved to {})",
+                        spec.argv[0],
+                        program.display()
+                    )
+                } else {
+                    format!(
+                        "agent command `{}` was not found on PATH; install it or give its full path in mailroom.yaml",
+                        spec.argv[0]
+                    )
+                }
+            } else if e.kind() == std::io::ErrorKind::PermissionDenied {
+                format!(
+                    "agent command `{}` is not executable: {e}",
+                    program.display()
+                )
+            } else {
+                format!("cannot start agent command `{}`: {e}", program.display())
+            };
+            return Err(RunEnd::SpawnFailed { error, not_found });
+        }
+    };
+    let pid = child.id().unwrap_or(0);
+    Ok(Started { child, pid })
+}
+
+/// Waits for a started agent, honouring timeout, output cap and stop requests.
+pub async fn wait(
+    started: Started,
+    spec: &Spec,
+    mut stop: watch::Receiver<Option<Stop>>,
+) -> RunEnd {
+    let Started { mut child, pid } = started;
+    let pgid = Pid::from_raw(pid as i32);
+    let deadline = Instant::now() + spec.timeout;
+    let mut check = tokio::time::interval(Duration::from_millis(500));
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    check.tick().await;
+
+    enum Why {
+        Timeout,
+        Stop(Stop),
+        Output(u64),
+    }
+    let why = loop {
+        tokio::select! {
+            st = child.wait() => {
+                let exit = to_exit(st);
+                reap_group(pgid, Duration::from_secs(2)).await;
+                return RunEnd::Exited(exit);
+            }
+            _ = sleep_until(deadline) => break Why::Timeout,
+            r = stop.changed() => {
+                match (r, *stop.borrow()) {
+                    (Ok(()), Some(s)) => break Why::Stop(s),
+                    (Err(_), _) => break Why::Stop(Stop::Now),
+                    _ => {}
+                }
+            }
+            _ = check.tick() => {
+                let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+                let n = size(&spec.stdout).max(size(&spec.stderr));
+                if n > spec.max_output {
+                    break Why::Output(n);
+                }
+            }
+        }
+    };
+    let exit = match why {
+        Why::Stop(Stop::Now) => kill_now(&mut child, pgid).await,
+        _ => stop_gracefully(&mut child, pgid, spec.grace, &mut stop).await,
+    };
+    match why {
+        Why::Timeout => RunEnd::TimedOut(exit),
+        Why::Stop(_) => RunEnd::Stopped(exit),
+        Why::Output(n) => RunEnd::OutputLimit(exit, n),
+    }
+}
+
+fn to_exit(st: std::io::Result<std::process::ExitStatus>) -> Exit {
+    match st {
+        Ok(s) => match (s.code(), s.signal()) {
+            (Some(c), _) => Exit::Code(c),
+            (None, Some(sig)) => Exit::Signal(sig),
+            _ => Exit::Code(-1),
+        },
+        Err(_) => Exit::Code(-1),
+    }
+}
+
+/// SIGTERM to the group, the grace period, then SIGKILL; always awaits the child.
+/// A second stop request (`Stop::Now`) during the grace period kills at once.
+async fn stop_gracefully(
+    child: &mut tokio::process::Child,
+    pgid: Pid,
+    grace: Duration,
+    stop: &mut watch::Receiver<Option<Stop>>,
+) -> Exit {
+    let _ = killpg(pgid, Signal::SIGTERM);
+    let until = Instant::now() + grace;
+    let exited = loop {
+        tokio::select! {
+            st = child.wait() => break Some(to_exit(st)),
+            _ = sleep_until(until) => break None,
+            r = stop.changed() => {
+                if r.is_err() || *stop.borrow() == Some(Stop::Now) {
+                    break None;
+                }
+            }
+        }
+    };
+    match exited {
+        Some(exit) => {
+            reap_group(pgid, Duration::from_millis(500)).await;
+            exit
+        }
+        None => kill_now(child, pgid).await,
+    }
+}
+
+async fn kill_now(child: &mut tokio::process::Child, pgid: Pid) -> Exit {
+    let _ = killpg(pgid, Signal::SIGKILL);
+    let exit = to_exit(child.wait().await);
+    reap_group(pgid, Duration::ZERO).await;
+    exit
+}
+
+/// After the leader has exited, no member of its group may outlive the run:
+/// SIGTERM what is left, give it `grace`, then SIGKILL, and wait (bounded)
+/// until the group is empty.
+async fn reap_group(pgid: Pid, grace: Duration) {
+    if killpg(pgid, None).is_err() {
+        return;
+    }
+    if !grace.is_zero() {
+        let _ = killpg(pgid, Signal::SIGTERM);
+        let until = Instant::now() + grace;
+        while Instant::now() < until {
+            if killpg(pgid, None).is_err() {
+                return;
+            }
+            sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let _ = killpg(pgid, Signal::SIGKILL);
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until && killpg(pgid, None).is_ok() {
+        sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Stops a process group that no supervisor owns any more (its supervisor
+/// died): SIGTERM, then SIGKILL after `grace`. Blocking; for recovery.
+pub fn kill_orphan_group(pgid: u32, grace: Duration) {
+    let pg = Pid::from_raw(pgid as i32);
+    if killpg(pg, Signal::SIGTERM).is_err() {
+        return;
+    }
+    let until = std::time::Instant::now() + grace;
+    while std::time::Instant::now() < until {
+        if killpg(pg, None).is_err() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = killpg(pg, Signal::SIGKILL);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v() -> Vars {
+        Vars {
+            prompt: "do {task} $(rm -rf /)".into(),
+            task: "t1".into(),
+            output_file: "/o".into(),
+            ..Vars::default()
+        }
+    }
+
+    #[test]
+    fn prompt_is_appended_when_no_placeholder_carries_it() {
+        let cmd: Vec<String> = ["codex", "exec"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(
+            build_argv(&cmd, &v()),
+            vec!["codex", "exec", "do {task} $(rm -rf /)"]
+        );
+    }
+
+    #[test]
+    fn placeholders_are_substituted_once_per_word() {
+        let cmd: Vec<String> = ["a", "--p={prompt}", "-o", "{output_file}", "{unknown}"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(
+            build_argv(&cmd, &v()),
+            vec!["a", "--p=do {task} $(rm -rf /)", "-o", "/o", "{unknown}"]
+        );
+    }
+}
