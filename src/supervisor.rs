@@ -49,6 +49,8 @@ pub struct Summary {
 enum Event {
     Finished {
         name: String,
+        /// Which run: a name can be claimed again before its last run's event arrives.
+        run: u64,
         agent: String,
         status: Option<Status>,
     },
@@ -67,6 +69,7 @@ struct Pending {
 }
 
 struct Running {
+    run: u64,
     stop: watch::Sender<Option<Stop>>,
 }
 
@@ -96,6 +99,7 @@ pub struct Supervisor {
     /// Names with a state file in `assigned/` (retry bookkeeping), from the last rescan.
     stateful: HashSet<String>,
     logged_waits: HashSet<String>,
+    next_run: u64,
 }
 
 impl Supervisor {
@@ -131,6 +135,7 @@ impl Supervisor {
             hints: Arc::new(Hints::default()),
             stateful: HashSet::new(),
             logged_waits: HashSet::new(),
+            next_run: 0,
         })
     }
 
@@ -269,10 +274,13 @@ impl Supervisor {
         match ev {
             Event::Finished {
                 name,
+                run,
                 agent,
                 status,
             } => {
-                self.running.remove(&name);
+                if self.running.get(&name).is_some_and(|r| r.run == run) {
+                    self.running.remove(&name);
+                }
                 if let Some(n) = self.load.get_mut(&agent) {
                     *n = n.saturating_sub(1);
                 }
@@ -333,8 +341,12 @@ impl Supervisor {
         self.busy.clear();
     }
 
-    /// Whether anything pending could still run (used by `exit_when_idle`).
+    /// Whether anything pending could still run, or another supervisor (or an
+    /// orphaned agent) still holds a task in `assigned/` (used by `exit_when_idle`).
     fn has_runnable(&self) -> bool {
+        if mailbox::count(self.layout(), State::Assigned) > self.running.len() {
+            return true;
+        }
         self.pending.values().any(|p| match &p.parsed {
             Err(_) => true,
             Ok(t) => t.after.iter().all(|d| {
@@ -372,7 +384,7 @@ impl Supervisor {
                 Entry::BadName(why) => self.reject_bad_name(&ent.path(), &why),
                 Entry::Task { name, ext } => {
                     if seen.insert(name.to_owned()) {
-                        self.examine(name, ext);
+                        self.examine(name, ext, true);
                     } else {
                         debug!(
                             task = name,
@@ -420,7 +432,7 @@ impl Supervisor {
     /// Looks at `pending/<name>.*` again, whichever extension it has now.
     fn examine_name(&mut self, name: &str) {
         match self.layout().find(State::Pending, name) {
-            Some((_, ext)) => self.examine(name, ext),
+            Some((_, ext)) => self.examine(name, ext, false),
             None => self.forget(name),
         }
     }
@@ -433,7 +445,9 @@ impl Supervisor {
     }
 
     /// Reads and parses one pending file unless it is unchanged since last time.
-    fn examine(&mut self, name: &str, ext: &str) {
+    /// In a full scan, `stateful` (one readdir of `assigned/`) says which names
+    /// have retry bookkeeping; otherwise the state file is looked up directly.
+    fn examine(&mut self, name: &str, ext: &str, in_scan: bool) {
         let path = self.layout().task_file(State::Pending, name, ext);
         let meta = match std::fs::symlink_metadata(&path) {
             Ok(m) => m,
@@ -477,7 +491,12 @@ impl Supervisor {
         }
         let priority = parsed.as_ref().map(|t| t.priority).unwrap_or(Priority::Low);
         let key = (priority, id.mtime_ns, name.to_owned());
-        let retry_at = if self.stateful.contains(name) {
+        let has_state = if in_scan {
+            self.stateful.contains(name)
+        } else {
+            mailbox::exists(&self.layout().state_file(name))
+        };
+        let retry_at = if has_state {
             let st = mailbox::read_state(self.layout(), name);
             st.not_before.as_deref().and_then(record::parse_ts)
         } else {
@@ -790,8 +809,15 @@ impl Supervisor {
         };
         let (stop_tx, stop_rx) = watch::channel(None);
         *self.load.entry(agent.name.clone()).or_default() += 1;
-        self.running
-            .insert(name.to_owned(), Running { stop: stop_tx });
+        self.next_run += 1;
+        let run = self.next_run;
+        self.running.insert(
+            name.to_owned(),
+            Running {
+                run,
+                stop: stop_tx,
+            },
+        );
         let job = Job {
             ctx: self.ctx.clone(),
             config: self.config.clone(),
@@ -808,6 +834,7 @@ impl Supervisor {
             let status = job.run(stop_rx).await;
             let _ = tx.send(Event::Finished {
                 name,
+                run,
                 agent,
                 status,
             });

@@ -1,0 +1,337 @@
+//! Integration tests of the mailbox core: the real binary on temporary roots
+//! with fake agents from tests/agents/.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+const MIN: Duration = Duration::from_secs(60);
+
+#[test]
+fn seed_task_completes_with_output_in_context() {
+    let root = Root::new().task(
+        "task_001.yaml",
+        "id: task_001\ndescription: \"Implement user authentication\"\npriority: 1\n\
+         created_at: \"2025-01-15T10:00:00Z\"\ndependencies: []\n\
+         context_files: [\"context/project_overview.md\", \"context/current_state.md\"]\n",
+    );
+    root.run_until_idle();
+    assert_eq!(root.names("completed"), vec!["task_001"]);
+    let rec = root.record("completed", "task_001");
+    assert_eq!(rec["status"], "completed");
+    assert_eq!(rec["outcome"], "success");
+    assert_eq!(rec["attempts"], 1);
+    assert_eq!(rec["exit_code"], 0);
+    let out = root.read("context/agent_outputs/task_001.md");
+    assert!(out.contains("Implement user authentication"), "{out}");
+    let log = root.read("context/completed_tasks.jsonl");
+    assert_eq!(log.lines().count(), 1);
+    assert!(root.read("context/current_state.md").contains("task_001"));
+    assert!(root.entries("tasks/assigned").is_empty(), "{:?}", root.entries("tasks/assigned"));
+}
+
+#[test]
+fn appendix_style_task_is_accepted() {
+    let root = Root::new().task(
+        "api.yaml",
+        "description: Build the API\npriority: high\npreferred_agent: demo\ntimeout_minutes: 5\n\
+         context_required: [context/project_overview.md]\nsubtasks:\n  - description: a\n",
+    );
+    root.run_until_idle();
+    assert_eq!(root.names("completed"), vec!["api"]);
+    let rec = root.record("completed", "api");
+    assert!(rec["warnings"].to_string().contains("subtasks"), "{rec}");
+}
+
+#[test]
+fn typo_goes_to_failed_with_file_line_column_and_hint() {
+    let root = Root::new()
+        .agent_config(&[&agent("ok.sh")], "")
+        .task("typo.yaml", "description: hello\npriorty: high\n");
+    root.run_until_idle();
+    assert_eq!(root.names("failed"), vec!["typo"]);
+    let rec = root.record("failed", "typo");
+    let err = rec["error"].as_str().unwrap();
+    assert!(err.starts_with("tasks/pending/typo.yaml:2:1:"), "{err}");
+    assert!(err.contains("did you mean `priority`"), "{err}");
+    assert_eq!(rec["error_location"]["line"], 2);
+    assert_eq!(rec["outcome"], "invalid");
+}
+
+#[test]
+fn wrong_type_and_malformed_yaml_fail_with_location() {
+    let root = Root::new()
+        .agent_config(&[&agent("ok.sh")], "")
+        .task("wt.yaml", "description: x\nretries: many\n")
+        .task("bad.yaml", "description: [unclosed\n")
+        .task("empty.yaml", "")
+        .task("bin.yaml", "\u{0}\u{1}\u{2}binary");
+    root.run_until_idle();
+    assert_eq!(root.names("failed"), vec!["bad", "bin", "empty", "wt"]);
+    let e = root.record("failed", "wt")["error"].as_str().unwrap().to_owned();
+    assert!(e.starts_with("tasks/pending/wt.yaml:2:"), "{e}");
+    let e = root.record("failed", "bad")["error"].as_str().unwrap().to_owned();
+    assert!(e.starts_with("tasks/pending/bad.yaml:1:"), "{e}");
+    assert!(root.record("failed", "empty")["error"].as_str().unwrap().contains("empty"));
+    assert!(root.record("failed", "bin")["error"].as_str().unwrap().contains("binary"));
+}
+
+#[test]
+fn failing_task_is_retried_then_failed_then_retry_runs_it_again() {
+    let marker = std::env::temp_dir().join(format!("mailroom-succeed-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let root = Root::new()
+        .config(&format!(
+            "retries: 2\nretry_delay: 20ms\nagents:\n  a:\n    command: [{:?}]\n    env:\n      SUCCEED_IF: {:?}\n",
+            agent("fail.sh"),
+            marker.display().to_string()
+        ))
+        .task("f.yaml", "description: break\n");
+    root.run_until_idle();
+    assert_eq!(root.names("failed"), vec!["f"]);
+    let rec = root.record("failed", "f");
+    assert_eq!(rec["attempts"], 3, "{rec}");
+    assert_eq!(rec["outcome"], "exit");
+    assert_eq!(rec["exit_code"], 3);
+    assert_eq!(rec["history"].as_array().unwrap().len(), 3);
+    let err = rec["error"].as_str().unwrap();
+    assert!(err.contains("exited with code 3"), "{err}");
+    assert!(err.contains("something broke on attempt 3"), "{err}");
+    assert!(!root.exists("tasks/assigned/f.state.json"));
+
+    std::fs::write(&marker, "").unwrap();
+    let out = root.mailroom(&["retry", "f"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(root.names("pending"), vec!["f"]);
+    assert!(!root.exists("tasks/failed/f.result.json"));
+    root.run_until_idle();
+    assert_eq!(root.names("completed"), vec!["f"]);
+    assert_eq!(root.record("completed", "f")["attempts"], 1);
+    let _ = std::fs::remove_file(&marker);
+    // Retrying something that is not failed says why.
+    let out = root.mailroom(&["retry", "f"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("completed, not failed"), "{}", stderr(&out));
+}
+
+#[test]
+fn missing_agent_command_fails_at_once_without_retries() {
+    let root = Root::new()
+        .config("retries: 5\nagents:\n  a:\n    command: [\"no-such-agent-xyz\", \"-p\"]\n")
+        .task("m.yaml", "description: hi\n");
+    root.run_until_idle();
+    let rec = root.record("failed", "m");
+    assert_eq!(rec["outcome"], "spawn");
+    assert_eq!(rec["attempts"], 1);
+    assert!(
+        rec["error"].as_str().unwrap().contains("`no-such-agent-xyz` was not found on PATH"),
+        "{rec}"
+    );
+}
+
+#[test]
+fn timeout_kills_the_agent_and_its_grandchild() {
+    let root = Root::new();
+    let pidfile = root.p("pid");
+    let root = root
+        .config(&format!(
+            "retries: 0\nagents:\n  a:\n    command: [{:?}]\n    timeout: 500ms\n    grace: 300ms\n    env:\n      PIDFILE: {:?}\n",
+            agent("hang.sh"),
+            pidfile.display().to_string()
+        ))
+        .task("h.yaml", "description: hang\n");
+    root.run_until_idle();
+    let rec = root.record("failed", "h");
+    assert_eq!(rec["outcome"], "timeout", "{rec}");
+    assert!(rec["error"].as_str().unwrap().contains("timed out after 500ms"));
+    let gc: i32 = root.read("pid.grandchild").trim().parse().unwrap();
+    let ag: i32 = root.read("pid.agent").trim().parse().unwrap();
+    wait_for(Duration::from_secs(5), "grandchild to be gone", || !alive(gc));
+    assert!(!alive(ag));
+}
+
+#[test]
+fn prompt_with_shell_metacharacters_arrives_verbatim_and_runs_nothing() {
+    let root = Root::new().agent_config(&[&agent("args.sh"), "{prompt}", "--task={task}"], "");
+    let canary = root.p("pwned");
+    let prompt = format!(
+        "$(touch {c}) `touch {c}` ; touch {c} && echo {{task}} | cat > {c} 'q' \"dq\" \\ $HOME *",
+        c = canary.display()
+    );
+    std::fs::write(
+        root.p("tasks/pending/inj.yaml"),
+        format!("description: {}\n", serde_json::to_string(&prompt).unwrap()),
+    )
+    .unwrap();
+    root.run_until_idle();
+    assert_eq!(root.names("completed"), vec!["inj"]);
+    let args = std::fs::read(root.p("inj.args")).unwrap();
+    let args: Vec<&[u8]> = args.split(|b| *b == 0).filter(|a| !a.is_empty()).collect();
+    assert_eq!(args.len(), 2, "the prompt must be one argv element");
+    assert_eq!(String::from_utf8_lossy(args[0]), prompt);
+    assert_eq!(String::from_utf8_lossy(args[1]), "--task=inj");
+    assert!(!canary.exists(), "a shell ran the prompt");
+}
+
+#[test]
+fn agent_gets_mailroom_environment() {
+    let root = Root::new()
+        .agent_config(&[&agent("args.sh")], "")
+        .task("env.yaml", "description: show env\n");
+    root.run_until_idle();
+    let env = root.read("env.env");
+    for k in [
+        "MAILROOM_TASK=env",
+        "MAILROOM_ATTEMPT=1",
+        "MAILROOM_TASK_FILE=",
+        "MAILROOM_ROOT=",
+        "MAILROOM_CONTEXT=",
+        "MAILROOM_OUTPUT=",
+    ] {
+        assert!(env.contains(k), "{k} missing in {env}");
+    }
+    // The prompt went in as the last argument (no placeholder in the command).
+    let args = root.read("env.args");
+    assert_eq!(args, "show env\0");
+}
+
+#[test]
+fn name_clash_is_reported_and_nothing_is_overwritten() {
+    let root = Root::new().agent_config(&[&agent("ok.sh")], "");
+    root.write("tasks/completed/dup.yaml", "description: old\n");
+    root.write("tasks/pending/dup.yaml", "description: new\n");
+    root.run_until_idle();
+    assert_eq!(root.read("tasks/completed/dup.yaml"), "description: old\n");
+    assert_eq!(root.names("failed"), vec!["dup.clash-1"]);
+    let rec = root.record("failed", "dup.clash-1");
+    assert_eq!(rec["outcome"], "clash");
+    assert_eq!(rec["submitted_as"], "tasks/pending/dup.yaml");
+    assert!(rec["error"].as_str().unwrap().contains("tasks/completed/dup.yaml"));
+    assert_eq!(root.read("tasks/failed/dup.clash-1.yaml"), "description: new\n");
+}
+
+#[test]
+fn fifo_symlink_and_directory_are_refused_without_hanging() {
+    let root = Root::new().agent_config(&[&agent("ok.sh")], "");
+    let outside = root.p("outside.txt");
+    std::fs::write(&outside, "description: secret\n").unwrap();
+    std::os::unix::fs::symlink(&outside, root.p("tasks/pending/link.yaml")).unwrap();
+    let fifo = std::ffi::CString::new(root.p("tasks/pending/fifo.yaml").to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    std::fs::create_dir(root.p("tasks/pending/dir.yaml")).unwrap();
+    root.run_until_idle();
+    assert_eq!(root.names("failed"), vec!["dir", "fifo", "link"]);
+    assert!(root.record("failed", "link")["error"].as_str().unwrap().contains("symbolic link"));
+    assert!(root.record("failed", "fifo")["error"].as_str().unwrap().contains("FIFO"));
+    assert!(root.record("failed", "dir")["error"].as_str().unwrap().contains("directory"));
+    assert_eq!(std::fs::read_to_string(&outside).unwrap(), "description: secret\n");
+}
+
+unsafe extern "C" {
+    fn mkfifo(path: *const std::ffi::c_char, mode: u32) -> i32;
+}
+
+#[test]
+fn sigterm_requeues_a_running_task_without_using_an_attempt() {
+    let root = Root::new();
+    let pidfile = root.p("pid");
+    let root = root
+        .config(&format!(
+            "retries: 0\nshutdown_grace: 100ms\nagents:\n  a:\n    command: [{:?}]\n    grace: 200ms\n    env:\n      PIDFILE: {:?}\n",
+            agent("hang.sh"),
+            pidfile.display().to_string()
+        ))
+        .task("long.yaml", "description: long\n");
+    let mut sup = root.spawn();
+    wait_for(MIN, "agent to start", || root.exists("pid.agent"));
+    let ag: i32 = root.read("pid.agent").trim().parse().unwrap();
+    sup.signal(SIGTERM);
+    let st = sup.wait_exit(Duration::from_secs(20));
+    assert!(st.success(), "{st:?}");
+    assert!(!alive(ag), "agent outlived the supervisor's shutdown");
+    assert_eq!(root.names("pending"), vec!["long"]);
+    let state: serde_json::Value =
+        serde_json::from_str(&root.read("tasks/assigned/long.state.json")).unwrap();
+    assert_eq!(state["attempts"], 1);
+    assert_eq!(state["free_attempts"], 1);
+    assert!(root.names("assigned").is_empty());
+}
+
+#[test]
+fn cli_status_list_show_and_validate() {
+    let root = Root::new()
+        .agent_config(&[&agent("ok.sh")], "")
+        .task("one.yaml", "description: first\n")
+        .task("two.yaml", "description: second\nbogus: 1\n");
+    root.run_until_idle();
+    let s = root.mailroom(&["status", "--json"]);
+    assert!(s.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&s.stdout).unwrap();
+    assert_eq!(v["completed"], 1);
+    assert_eq!(v["failed"], 1);
+    let l = root.mailroom(&["list", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&l.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 2);
+    let l = root.mailroom(&["list", "--state", "failed"]);
+    assert!(stdout(&l).contains("two"), "{}", stdout(&l));
+    let sh = root.mailroom(&["show", "one", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&sh.stdout).unwrap();
+    assert_eq!(v["state"], "completed");
+    assert_eq!(v["record"]["status"], "completed");
+    let sh = root.mailroom(&["show", "one"]);
+    assert!(stdout(&sh).contains("first"));
+    let sh = root.mailroom(&["show", "nope"]);
+    assert!(!sh.status.success());
+
+    root.write("good.yaml", "description: fine\n");
+    root.write("bad.yaml", "description: fine\ntimeout: 90\n");
+    let ok = root.mailroom(&["validate", root.p("good.yaml").to_str().unwrap()]);
+    assert!(ok.status.success(), "{}", stdout(&ok));
+    let bad = root.mailroom(&["validate", root.p("bad.yaml").to_str().unwrap()]);
+    assert!(!bad.status.success());
+    assert!(stdout(&bad).contains("no unit"), "{}", stdout(&bad));
+}
+
+#[test]
+fn bad_config_is_refused_at_start_naming_the_key() {
+    let root = Root::new().config("concurency: 2\n");
+    let out = root.mailroom(&["run", "--exit-when-idle"]);
+    assert!(!out.status.success());
+    let e = stderr(&out);
+    assert!(e.contains("mailroom.yaml:1:1"), "{e}");
+    assert!(e.contains("did you mean `concurrency`"), "{e}");
+}
+
+#[test]
+fn init_lays_out_a_tree_that_runs_the_builtin_demo() {
+    let root = Root::new();
+    let dir = root.p("fresh");
+    let out = root.mailroom(&["init", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for d in ["tasks/pending", "tasks/tmp", "tasks/assigned", "context/agent_outputs"] {
+        assert!(dir.join(d).is_dir(), "{d}");
+    }
+    assert!(dir.join("mailroom.yaml").exists());
+    let add = common::run_bounded(
+        {
+            let mut c = std::process::Command::new(BIN);
+            c.args(["--root", dir.to_str().unwrap(), "add", "Write a haiku", "--name", "haiku"]);
+            c
+        },
+        MIN,
+    );
+    assert!(add.status.success(), "{}", stderr(&add));
+    assert_eq!(stdout(&add).trim(), "haiku");
+    let run = common::run_bounded(
+        {
+            let mut c = std::process::Command::new(BIN);
+            c.args(["--root", dir.to_str().unwrap(), "run", "--exit-when-idle"]);
+            c
+        },
+        MIN,
+    );
+    assert!(run.status.success(), "{}", stderr(&run));
+    let out = std::fs::read_to_string(dir.join("context/agent_outputs/haiku.md")).unwrap();
+    assert!(out.contains("Write a haiku"), "{out}");
+}
