@@ -148,7 +148,7 @@ impl Default for Config {
 
 /// A config that cannot be used: where, and what is wrong.
 #[derive(Debug, thiserror::Error)]
-#[error("{}", .error.display_at(&.file))]
+#[error("{}", .error.display_at(.file))]
 pub struct ConfigError {
     pub file: String,
     pub error: TaskError,

@@ -100,6 +100,7 @@ pub struct Supervisor {
     stateful: HashSet<String>,
     logged_waits: HashSet<String>,
     next_run: u64,
+    swept: bool,
 }
 
 impl Supervisor {
@@ -136,6 +137,7 @@ impl Supervisor {
             stateful: HashSet::new(),
             logged_waits: HashSet::new(),
             next_run: 0,
+            swept: false,
         })
     }
 
@@ -811,13 +813,8 @@ impl Supervisor {
         *self.load.entry(agent.name.clone()).or_default() += 1;
         self.next_run += 1;
         let run = self.next_run;
-        self.running.insert(
-            name.to_owned(),
-            Running {
-                run,
-                stop: stop_tx,
-            },
-        );
+        self.running
+            .insert(name.to_owned(), Running { run, stop: stop_tx });
         let job = Job {
             ctx: self.ctx.clone(),
             config: self.config.clone(),
@@ -865,9 +862,21 @@ impl Supervisor {
                 .or_else(|| f.strip_suffix(".run"))
             {
                 leftovers.insert(n.to_owned());
-            } else if f.starts_with('.') && f.ends_with(".tmp") {
-                remove_if_old(&ent.path(), Duration::from_secs(600));
             }
+        }
+        sweep_temps(&layout.assigned);
+        if !self.swept {
+            // Once per start: the other directories the protocol writes into.
+            for d in [
+                &layout.completed,
+                &layout.failed,
+                &layout.context,
+                &layout.outputs,
+                &layout.tmp,
+            ] {
+                sweep_temps(d);
+            }
+            self.swept = true;
         }
         let task_names: HashSet<&str> = tasks.iter().map(|(n, _)| n.as_str()).collect();
         for (name, ext) in &tasks {
@@ -1046,14 +1055,35 @@ fn list_suffix(dir: &Path, suffix: &str) -> HashSet<String> {
         .unwrap_or_default()
 }
 
-fn remove_if_old(p: &Path, age: Duration) {
-    if let Ok(m) = std::fs::symlink_metadata(p)
-        && m.modified()
+/// Removes temp files left by writers that died mid-write: mailroom's own
+/// `.<base>.<pid>.<n>.tmp` whose pid is gone (on this host), and any of that
+/// shape older than ten minutes (a writer on another host).
+fn sweep_temps(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for ent in rd.flatten() {
+        let Some(f) = ent.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        if !(f.starts_with('.') && f.ends_with(".tmp")) {
+            continue;
+        }
+        let mut parts = f.rsplitn(4, '.');
+        let (_, _, pid) = (parts.next(), parts.next(), parts.next());
+        let dead = pid.and_then(|p| p.parse::<i32>().ok()).is_some_and(|p| {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None)
+                == Err(nix::errno::Errno::ESRCH)
+        });
+        let old = ent
+            .metadata()
             .ok()
+            .and_then(|m| m.modified().ok())
             .and_then(|t| t.elapsed().ok())
-            .is_some_and(|e| e > age)
-    {
-        let _ = std::fs::remove_file(p);
+            .is_some_and(|e| e > Duration::from_secs(600));
+        if dead || old {
+            let _ = std::fs::remove_file(ent.path());
+        }
     }
 }
 

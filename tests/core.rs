@@ -28,7 +28,11 @@ fn seed_task_completes_with_output_in_context() {
     let log = root.read("context/completed_tasks.jsonl");
     assert_eq!(log.lines().count(), 1);
     assert!(root.read("context/current_state.md").contains("task_001"));
-    assert!(root.entries("tasks/assigned").is_empty(), "{:?}", root.entries("tasks/assigned"));
+    assert!(
+        root.entries("tasks/assigned").is_empty(),
+        "{:?}",
+        root.entries("tasks/assigned")
+    );
 }
 
 #[test]
@@ -69,12 +73,28 @@ fn wrong_type_and_malformed_yaml_fail_with_location() {
         .task("bin.yaml", "\u{0}\u{1}\u{2}binary");
     root.run_until_idle();
     assert_eq!(root.names("failed"), vec!["bad", "bin", "empty", "wt"]);
-    let e = root.record("failed", "wt")["error"].as_str().unwrap().to_owned();
+    let e = root.record("failed", "wt")["error"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert!(e.starts_with("tasks/pending/wt.yaml:2:"), "{e}");
-    let e = root.record("failed", "bad")["error"].as_str().unwrap().to_owned();
+    let e = root.record("failed", "bad")["error"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert!(e.starts_with("tasks/pending/bad.yaml:1:"), "{e}");
-    assert!(root.record("failed", "empty")["error"].as_str().unwrap().contains("empty"));
-    assert!(root.record("failed", "bin")["error"].as_str().unwrap().contains("binary"));
+    assert!(
+        root.record("failed", "empty")["error"]
+            .as_str()
+            .unwrap()
+            .contains("empty")
+    );
+    assert!(
+        root.record("failed", "bin")["error"]
+            .as_str()
+            .unwrap()
+            .contains("binary")
+    );
 }
 
 #[test]
@@ -112,7 +132,11 @@ fn failing_task_is_retried_then_failed_then_retry_runs_it_again() {
     // Retrying something that is not failed says why.
     let out = root.mailroom(&["retry", "f"]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("completed, not failed"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("completed, not failed"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -125,7 +149,10 @@ fn missing_agent_command_fails_at_once_without_retries() {
     assert_eq!(rec["outcome"], "spawn");
     assert_eq!(rec["attempts"], 1);
     assert!(
-        rec["error"].as_str().unwrap().contains("`no-such-agent-xyz` was not found on PATH"),
+        rec["error"]
+            .as_str()
+            .unwrap()
+            .contains("`no-such-agent-xyz` was not found on PATH"),
         "{rec}"
     );
 }
@@ -144,10 +171,17 @@ fn timeout_kills_the_agent_and_its_grandchild() {
     root.run_until_idle();
     let rec = root.record("failed", "h");
     assert_eq!(rec["outcome"], "timeout", "{rec}");
-    assert!(rec["error"].as_str().unwrap().contains("timed out after 500ms"));
+    assert!(
+        rec["error"]
+            .as_str()
+            .unwrap()
+            .contains("timed out after 500ms")
+    );
     let gc: i32 = root.read("pid.grandchild").trim().parse().unwrap();
     let ag: i32 = root.read("pid.agent").trim().parse().unwrap();
-    wait_for(Duration::from_secs(5), "grandchild to be gone", || !alive(gc));
+    wait_for(Duration::from_secs(5), "grandchild to be gone", || {
+        !alive(gc)
+    });
     assert!(!alive(ag));
 }
 
@@ -207,8 +241,16 @@ fn name_clash_is_reported_and_nothing_is_overwritten() {
     let rec = root.record("failed", "dup.clash-1");
     assert_eq!(rec["outcome"], "clash");
     assert_eq!(rec["submitted_as"], "tasks/pending/dup.yaml");
-    assert!(rec["error"].as_str().unwrap().contains("tasks/completed/dup.yaml"));
-    assert_eq!(root.read("tasks/failed/dup.clash-1.yaml"), "description: new\n");
+    assert!(
+        rec["error"]
+            .as_str()
+            .unwrap()
+            .contains("tasks/completed/dup.yaml")
+    );
+    assert_eq!(
+        root.read("tasks/failed/dup.clash-1.yaml"),
+        "description: new\n"
+    );
 }
 
 #[test]
@@ -222,10 +264,28 @@ fn fifo_symlink_and_directory_are_refused_without_hanging() {
     std::fs::create_dir(root.p("tasks/pending/dir.yaml")).unwrap();
     root.run_until_idle();
     assert_eq!(root.names("failed"), vec!["dir", "fifo", "link"]);
-    assert!(root.record("failed", "link")["error"].as_str().unwrap().contains("symbolic link"));
-    assert!(root.record("failed", "fifo")["error"].as_str().unwrap().contains("FIFO"));
-    assert!(root.record("failed", "dir")["error"].as_str().unwrap().contains("directory"));
-    assert_eq!(std::fs::read_to_string(&outside).unwrap(), "description: secret\n");
+    assert!(
+        root.record("failed", "link")["error"]
+            .as_str()
+            .unwrap()
+            .contains("symbolic link")
+    );
+    assert!(
+        root.record("failed", "fifo")["error"]
+            .as_str()
+            .unwrap()
+            .contains("FIFO")
+    );
+    assert!(
+        root.record("failed", "dir")["error"]
+            .as_str()
+            .unwrap()
+            .contains("directory")
+    );
+    assert_eq!(
+        std::fs::read_to_string(&outside).unwrap(),
+        "description: secret\n"
+    );
 }
 
 unsafe extern "C" {
@@ -309,14 +369,26 @@ fn init_lays_out_a_tree_that_runs_the_builtin_demo() {
     let dir = root.p("fresh");
     let out = root.mailroom(&["init", dir.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
-    for d in ["tasks/pending", "tasks/tmp", "tasks/assigned", "context/agent_outputs"] {
+    for d in [
+        "tasks/pending",
+        "tasks/tmp",
+        "tasks/assigned",
+        "context/agent_outputs",
+    ] {
         assert!(dir.join(d).is_dir(), "{d}");
     }
     assert!(dir.join("mailroom.yaml").exists());
     let add = common::run_bounded(
         {
             let mut c = std::process::Command::new(BIN);
-            c.args(["--root", dir.to_str().unwrap(), "add", "Write a haiku", "--name", "haiku"]);
+            c.args([
+                "--root",
+                dir.to_str().unwrap(),
+                "add",
+                "Write a haiku",
+                "--name",
+                "haiku",
+            ]);
             c
         },
         MIN,

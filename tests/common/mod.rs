@@ -151,11 +151,9 @@ impl Root {
         let mut c = self.cmd(&["run"]);
         c.envs(envs.iter().copied());
         c.stdin(Stdio::null()).stdout(Stdio::null());
-        let log = fs::File::create(self.p(&format!(
-            "sup-{}.log",
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        )))
-        .unwrap();
+        let log =
+            fs::File::create(self.p(&format!("sup-{}.log", SEQ.fetch_add(1, Ordering::Relaxed))))
+                .unwrap();
         c.stderr(log);
         Sup {
             child: Some(c.spawn().unwrap()),
@@ -203,7 +201,10 @@ impl Sup {
                 self.child = None;
                 return st;
             }
-            assert!(Instant::now() < until, "supervisor did not exit within {within:?}");
+            assert!(
+                Instant::now() < until,
+                "supervisor did not exit within {within:?}"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -228,7 +229,10 @@ pub const SIGHUP: i32 = 1;
 pub fn alive(pid: i32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(s) => {
-            let state = s.rsplit(')').next().and_then(|r| r.split_whitespace().next());
+            let state = s
+                .rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next());
             state != Some("Z") && state != Some("X")
         }
         Err(_) => false,

@@ -1,0 +1,190 @@
+//! Crash safety and several supervisors: kill -9 at random moments, then check
+//! the protocol's invariants on disk; run several supervisors on one tree and
+//! check from the agents' own logs that no two runs of a task overlap.
+
+mod common;
+
+use common::*;
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+/// Processes (other than zombies) whose environment names this root.
+fn agents_of(root: &Root) -> Vec<i32> {
+    let want = format!(
+        "MAILROOM_ROOT={}",
+        root.path.canonicalize().unwrap().display()
+    );
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(env) = std::fs::read(format!("/proc/{pid}/environ"))
+            && env.split(|b| *b == 0).any(|kv| kv == want.as_bytes())
+            && alive(pid)
+        {
+            v.push(pid);
+        }
+    }
+    v
+}
+
+/// From "S task attempt ns" / "E task attempt ns" lines: no two runs of one
+/// task are ever open at the same time. Returns runs per task.
+fn check_no_overlap(log: &str) -> HashMap<String, usize> {
+    let mut events: Vec<(u128, bool, String)> = log
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f.len() == 4).then(|| (f[3].parse().unwrap(), f[0] == "S", f[1].to_owned()))
+        })
+        .collect();
+    // Ends before starts at the same instant.
+    events.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+    let mut open: HashMap<String, i32> = HashMap::new();
+    let mut runs: HashMap<String, usize> = HashMap::new();
+    for (t, start, task) in events {
+        let o = open.entry(task.clone()).or_default();
+        if start {
+            *o += 1;
+            *runs.entry(task.clone()).or_default() += 1;
+            assert!(*o <= 1, "two runs of {task} overlap at {t}:\n{log}");
+        } else {
+            *o -= 1;
+        }
+    }
+    for (task, o) in open {
+        assert_eq!(o, 0, "a run of {task} never ended:\n{log}");
+    }
+    runs
+}
+
+/// Every task in exactly one state, terminal, with a complete record; nothing
+/// left behind in assigned/ or as temp files.
+fn check_invariants(root: &Root, n: usize, terminal: &str) {
+    let mut seen: BTreeMap<String, &str> = BTreeMap::new();
+    for st in ["pending", "assigned", "completed", "failed"] {
+        for name in root.names(st) {
+            if let Some(prev) = seen.insert(name.clone(), st) {
+                panic!("{name} is in both {prev} and {st}");
+            }
+        }
+    }
+    assert_eq!(seen.len(), n, "tasks lost or invented: {seen:?}");
+    for (name, st) in &seen {
+        assert_eq!(*st, terminal, "{name} ended in {st}");
+        let rec = root.record(st, name);
+        assert_eq!(rec["task"], name.as_str());
+        assert!(rec["attempts"].as_u64().unwrap() >= 1, "{rec}");
+        assert!(rec["finished_at"].is_string());
+    }
+    assert!(
+        root.entries("tasks/assigned").is_empty(),
+        "left in assigned/: {:?}",
+        root.entries("tasks/assigned")
+    );
+    for d in [
+        "tasks/pending",
+        "tasks/completed",
+        "tasks/failed",
+        "context",
+    ] {
+        let tmp: Vec<String> = root
+            .entries(d)
+            .into_iter()
+            .filter(|e| e.ends_with(".tmp"))
+            .collect();
+        assert!(tmp.is_empty(), "temp files left in {d}: {tmp:?}");
+    }
+    let log = root.read("context/completed_tasks.jsonl");
+    let mut logged: Vec<String> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| v["task"].as_str().unwrap().to_owned())
+        .collect();
+    logged.sort();
+    logged.dedup();
+    assert_eq!(logged.len(), n, "context log misses tasks");
+}
+
+#[test]
+fn kill_9_loop_loses_nothing_and_never_runs_a_task_twice_at_once() {
+    let n = 40;
+    let root = Root::new();
+    let runlog = root.p("runs.log");
+    let mut root = root.config(&format!(
+        "concurrency: 4\nretries: 100\nretry_delay: 10ms\nrescan_interval: 200ms\nsettle: 100ms\n\
+         agents:\n  a:\n    command: [{:?}]\n    grace: 2s\n    env:\n      RUNLOG: {:?}\n      SPAN_MS: \"120\"\n",
+        agent("span.sh"),
+        runlog.display().to_string()
+    ));
+    for i in 0..n {
+        root = root.task(
+            &format!("t{i:03}.yaml"),
+            &format!("description: task {i}\n"),
+        );
+    }
+    let mut rng = Rng(0x5eed_1234_abcd_0001);
+    let cycles = 30;
+    for _ in 0..cycles {
+        let mut sup = root.spawn();
+        std::thread::sleep(Duration::from_millis(rng.range(20, 400)));
+        sup.kill9();
+    }
+    root.run_until_idle();
+    check_invariants(&root, n, "completed");
+    wait_for(
+        Duration::from_secs(10),
+        "no agent to outlive its run",
+        || agents_of(&root).is_empty(),
+    );
+    let runs = check_no_overlap(&std::fs::read_to_string(&runlog).unwrap());
+    assert_eq!(runs.len(), n);
+    // The kills must actually have interrupted runs, or this proves nothing.
+    let total: usize = runs.values().sum();
+    assert!(
+        total > n,
+        "no run was interrupted ({total} runs for {n} tasks)"
+    );
+}
+
+fn several_supervisors(poll: bool) {
+    let n = 300;
+    let root = Root::new();
+    let runlog = root.p("runs.log");
+    let watch = if poll { "poll" } else { "auto" };
+    let mut root = root.config(&format!(
+        "concurrency: 3\nretries: 0\nrescan_interval: 300ms\nwatch: {watch}\nsettle: 100ms\n\
+         agents:\n  a:\n    command: [{:?}]\n    env:\n      RUNLOG: {:?}\n      SPAN_MS: \"5\"\n",
+        agent("span.sh"),
+        runlog.display().to_string()
+    ));
+    for i in 0..n {
+        root = root.task(
+            &format!("m{i:04}.yaml"),
+            &format!("description: task {i}\n"),
+        );
+    }
+    let sups: Vec<Sup> = (0..4).map(|_| root.spawn()).collect();
+    wait_for(Duration::from_secs(120), "all tasks to complete", || {
+        root.names("completed").len() == n
+    });
+    // Killing them mid-claim may leave a lock file: the next start recovers it.
+    drop(sups);
+    root.run_until_idle();
+    check_invariants(&root, n, "completed");
+    let runs = check_no_overlap(&std::fs::read_to_string(&runlog).unwrap());
+    assert_eq!(runs.len(), n);
+    let twice: Vec<_> = runs.iter().filter(|(_, c)| **c != 1).collect();
+    assert!(twice.is_empty(), "ran more than once: {twice:?}");
+}
+
+#[test]
+fn four_supervisors_share_one_tree_with_inotify() {
+    several_supervisors(false);
+}
+
+#[test]
+fn four_supervisors_share_one_tree_polling_only() {
+    several_supervisors(true);
+}
