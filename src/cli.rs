@@ -174,6 +174,10 @@ pub fn add(root: &Path, a: AddArgs) -> Result<String> {
         );
     }
     fsx::create_dir_all(&layout.tmp)?;
+    let ext = match a.file.and_then(|f| f.extension()).and_then(|e| e.to_str()) {
+        Some("yml") => "yml",
+        _ => "yaml",
+    };
     let (bytes, default_name) = match a.file {
         Some(f) => {
             let mut b = Vec::new();
@@ -248,7 +252,7 @@ pub fn add(root: &Path, a: AddArgs) -> Result<String> {
                 .open(&tmp)?;
             f.write_all(&bytes)?;
             f.sync_all()?;
-            fsx::rename_noreplace(&tmp, &layout.task_file(State::Pending, &name, "yaml"))?;
+            fsx::rename_noreplace(&tmp, &layout.task_file(State::Pending, &name, ext))?;
             fsx::fsync_dir(&layout.pending)
         })();
         match res {

@@ -110,6 +110,11 @@ pub struct Config {
     pub source: Option<PathBuf>,
 }
 
+/// Per-run timeout of agents that set none.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
+/// SIGTERM-to-SIGKILL delay of agents that set none.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+
 /// The command of the built-in demo agent: this very binary, `demo-agent`.
 pub const BUILTIN_DEMO: &[&str] = &["{mailroom}", "demo-agent"];
 
@@ -122,8 +127,8 @@ impl Default for Config {
                 name: "demo".into(),
                 command: BUILTIN_DEMO.iter().map(|s| s.to_string()).collect(),
                 max_instances: 4,
-                timeout: Duration::from_secs(600),
-                grace: Duration::from_secs(10),
+                timeout: DEFAULT_TIMEOUT,
+                grace: DEFAULT_GRACE,
                 env: BTreeMap::new(),
             },
         );
@@ -235,8 +240,8 @@ impl Config {
         }
         c.retry_delay = dur("retry_delay", &raw.retry_delay, c.retry_delay)?;
         c.retry_delay_max = dur("retry_delay_max", &raw.retry_delay_max, c.retry_delay_max)?;
-        let timeout = dur("timeout", &raw.timeout, Duration::from_secs(1800))?;
-        let grace = dur("grace", &raw.grace, Duration::from_secs(10))?;
+        let timeout = dur("timeout", &raw.timeout, DEFAULT_TIMEOUT)?;
+        let grace = dur("grace", &raw.grace, DEFAULT_GRACE)?;
         c.shutdown_grace = dur("shutdown_grace", &raw.shutdown_grace, c.shutdown_grace)?;
         c.rescan_interval = dur("rescan_interval", &raw.rescan_interval, c.rescan_interval)?;
         if c.rescan_interval < Duration::from_millis(50) {

@@ -3,7 +3,7 @@
 //! appended to `context/completed_tasks.jsonl`, and `context/current_state.md`
 //! is regenerated for the next agent to read.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -143,7 +143,7 @@ fn append_log(layout: &Layout, rec: &ResultRecord) -> io::Result<()> {
         line.insert(0, '\n');
     }
     f.write_all(line.as_bytes())?;
-    f.sync_data()
+    fsx::sync_data(&f)
 }
 
 fn tail_of(f: &mut File, limit: u64) -> io::Result<(String, bool)> {
@@ -242,11 +242,6 @@ pub fn write_current_state(layout: &Layout) -> io::Result<()> {
         }
     }
     fsx::write_atomic(&layout.context.join("current_state.md"), md.as_bytes())
-}
-
-/// Removes a stale `agent_outputs` file (for a task that is retried afresh).
-pub fn forget_output(layout: &Layout, name: &str) {
-    let _ = fs::remove_file(layout.output_file(name));
 }
 
 #[cfg(test)]

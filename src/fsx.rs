@@ -36,11 +36,52 @@ pub fn fsync_dir(dir: &Path) -> io::Result<()> {
 
 static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
-/// A name for a temporary file that no other process or thread will pick.
-/// It starts with a dot, so every scanner of the protocol ignores it.
+/// This host's name as it appears in temp-file names (dots and slashes removed).
+pub fn host_tag() -> &'static str {
+    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| {
+        let h = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "localhost".into());
+        let t: String = h
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(64)
+            .collect();
+        if t.is_empty() { "host".into() } else { t }
+    })
+}
+
+/// A name for a temporary file that no other process or thread will pick:
+/// `.<base>.<host>.<pid>.<n>.tmp`. It starts with a dot, so every scanner of
+/// the protocol ignores it; host and pid tell recovery whose it is.
 pub fn tmp_name(base: &str) -> String {
     let n = TMP_SEQ.fetch_add(1, Ordering::Relaxed);
-    format!(".{base}.{}.{n}.tmp", std::process::id())
+    let base: String = base.chars().take(100).collect();
+    format!(".{base}.{}.{}.{n}.tmp", host_tag(), std::process::id())
+}
+
+/// Parses a name made by [`tmp_name`]: (host, pid).
+pub fn tmp_owner(file_name: &str) -> Option<(&str, i32)> {
+    let inner = file_name.strip_prefix('.')?.strip_suffix(".tmp")?;
+    let mut parts = inner.rsplitn(4, '.');
+    let _n = parts.next()?;
+    let pid = parts.next()?.parse().ok()?;
+    let host = parts.next()?;
+    parts.next()?;
+    Some((host, pid))
+}
+
+/// fsync of a file's data, unless durability is relaxed.
+pub fn sync_data(f: &File) -> io::Result<()> {
+    if durable() { f.sync_data() } else { Ok(()) }
 }
 
 /// Writes `bytes` to `path` atomically and durably: temp file in the same
@@ -117,7 +158,28 @@ fn cstr(p: &Path) -> io::Result<CString> {
 /// some others answer EINVAL), falls back to `link` + `unlink`, which also fails
 /// with EEXIST on a clash. Directories cannot be hard-linked, so for them the
 /// fallback is a check-then-rename, which is only racy on such file systems.
+///
+/// A crash between that `link` and `unlink` leaves one file under both names;
+/// the same move tried again then finds `to` to be `from` itself and completes
+/// by removing `from`.
 pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    match rename_noreplace_once(from, to) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && same_inode(from, to) => {
+            fs::remove_file(from)
+        }
+        r => r,
+    }
+}
+
+/// Whether two paths name the same file (without following symlinks).
+pub fn same_inode(a: &Path, b: &Path) -> bool {
+    match (fs::symlink_metadata(a), fs::symlink_metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino() && !x.is_dir(),
+        _ => false,
+    }
+}
+
+fn rename_noreplace_once(from: &Path, to: &Path) -> io::Result<()> {
     let f = cstr(from)?;
     let t = cstr(to)?;
     // SAFETY: both arguments are valid NUL-terminated strings that outlive the call.
@@ -272,7 +334,7 @@ pub fn open_for_writing_elsewhere(path: &Path) -> Option<bool> {
     }
 }
 
-/// Creates a directory and its parents, mode 0700 for new ones.
+/// Creates a directory and its parents, mode 0755 (less the umask) for new ones.
 pub fn create_dir_all(path: &Path) -> io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     fs::DirBuilder::new()
@@ -337,6 +399,28 @@ pub fn child(dir: &Path, name: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rename_noreplace_completes_an_interrupted_link_unlink() {
+        let d = tempdir();
+        let a = d.join("a");
+        let b = d.join("b");
+        fs::write(&a, "a").unwrap();
+        fs::hard_link(&a, &b).unwrap();
+        rename_noreplace(&a, &b).unwrap();
+        assert!(!a.exists());
+        assert_eq!(fs::read_to_string(&b).unwrap(), "a");
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn tmp_names_carry_host_and_pid() {
+        let n = tmp_name("x.y");
+        let (host, pid) = tmp_owner(&n).unwrap();
+        assert_eq!(host, host_tag());
+        assert_eq!(pid as u32, std::process::id());
+        assert_eq!(tmp_owner(".a.tmp"), None);
+    }
 
     #[test]
     fn rename_noreplace_refuses_to_clobber() {

@@ -87,14 +87,18 @@ pub fn existing_elsewhere(layout: &Layout, name: &str) -> Option<PathBuf> {
 
 /// Moves `pending/<name>.<ext>` to `assigned/`, holding the task's lock.
 pub fn claim(layout: &Layout, name: &str, ext: &str, _lock: &TaskLock) -> io::Result<Claim> {
+    let from = layout.task_file(State::Pending, name, ext);
+    let to = layout.task_file(State::Assigned, name, ext);
     if let Some(p) = existing_elsewhere(layout, name) {
         if layout.find(State::Pending, name).is_none() {
             return Ok(Claim::Gone);
         }
-        return Ok(Claim::Clash(p));
+        // The same file under both names (an interrupted link + unlink):
+        // finishing the move below completes that claim.
+        if !fsx::same_inode(&from, &p) {
+            return Ok(Claim::Clash(p));
+        }
     }
-    let from = layout.task_file(State::Pending, name, ext);
-    let to = layout.task_file(State::Assigned, name, ext);
     match fsx::rename_noreplace(&from, &to) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Claim::Gone),
@@ -113,10 +117,16 @@ pub fn read_state(layout: &Layout, name: &str) -> TaskState {
         task: name.to_owned(),
         ..TaskState::default()
     };
-    match fs::read(layout.state_file(name)) {
-        Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|_| fresh()),
+    let mut st = match fs::read(layout.state_file(name)) {
+        Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+            tracing::warn!(task = name, error = %e, "state file is unreadable; starting it afresh");
+            fresh()
+        }),
         Err(_) => fresh(),
-    }
+    };
+    // The name is the identity; never trust one read from a file.
+    st.task = name.to_owned();
+    st
 }
 
 /// Writes a task's state file durably. Caller holds the task's lock.
@@ -125,17 +135,33 @@ pub fn write_state(layout: &Layout, st: &TaskState) -> io::Result<()> {
     fsx::write_atomic(&layout.state_file(&st.task), &bytes)
 }
 
-/// A name in `failed/` (or `dir`) not used by any task file or record, for a
-/// task that cannot keep its own name: `<name>.clash-<n>`.
-pub fn free_clash_name(layout: &Layout, dir: State, name: &str) -> String {
-    (1..)
-        .map(|n| format!("{name}.clash-{n}"))
-        .find(|cand| {
-            layout.find(dir, cand).is_none()
-                && !layout.record_file(dir, cand).exists()
-                && crate::task::check_name(cand).is_ok()
-        })
-        .unwrap_or_else(|| format!("{name}.clash"))
+/// A free name in `dir` for a task that cannot keep its own: `<name>.clash-<n>`,
+/// with `<name>` shortened (at a character boundary) so that the result stays a
+/// valid name. The candidate's own lock is taken and returned, so that two
+/// rejects can never pick the same name.
+pub fn free_clash_name(layout: &Layout, dir: State, name: &str) -> io::Result<(String, TaskLock)> {
+    let mut base = name.to_owned();
+    let max = crate::task::MAX_NAME_BYTES - ".clash-99999".len();
+    if base.len() > max {
+        let mut cut = max;
+        while !base.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        base.truncate(cut);
+    }
+    for n in 1..100_000 {
+        let cand = format!("{base}.clash-{n}");
+        if layout.find(dir, &cand).is_some() || exists(&layout.record_file(dir, &cand)) {
+            continue;
+        }
+        if let Some(lock) = TaskLock::try_acquire(layout, &cand)? {
+            if layout.locate(&cand).is_none() && !exists(&layout.record_file(dir, &cand)) {
+                return Ok((cand, lock));
+            }
+            lock.release();
+        }
+    }
+    Err(io::Error::other(format!("no free clash name for `{name}`")))
 }
 
 /// Sends a task that never ran (invalid file, name clash, failed dependency)
@@ -150,10 +176,11 @@ pub fn reject(
     rename: bool,
 ) -> io::Result<Option<String>> {
     let taken = layout.find(State::Failed, name).is_some();
-    let target = if rename || taken {
-        free_clash_name(layout, State::Failed, name)
+    let (target, _target_lock) = if rename || taken {
+        let (t, l) = free_clash_name(layout, State::Failed, name)?;
+        (t, Some(l))
     } else {
-        name.to_owned()
+        (name.to_owned(), None)
     };
     let from = layout.task_file(src, name, ext);
     if target != name {
@@ -177,6 +204,14 @@ pub fn reject(
     }
     fsx::fsync_dir(&layout.failed)?;
     fsx::fsync_dir(layout.dir(src))?;
+    if src == State::Assigned {
+        // Retry bookkeeping of a task that will never run again.
+        fsx::remove_file_if_exists(&layout.state_file(name))?;
+        fsx::remove_dir_all_if_exists(&layout.run_dir(State::Assigned, name))?;
+    }
+    if let Some(l) = _target_lock {
+        l.release();
+    }
     Ok(Some(target))
 }
 
@@ -228,7 +263,9 @@ pub fn requeue(layout: &Layout, name: &str, ext: &str, st: &TaskState) -> io::Re
     write_state(layout, st)?;
     fsx::remove_dir_all_if_exists(&layout.run_dir(State::Assigned, name))?;
     let from = layout.task_file(State::Assigned, name, ext);
-    if let Some((_, pext)) = layout.find(State::Pending, name) {
+    if let Some((ppath, pext)) = layout.find(State::Pending, name)
+        && !fsx::same_inode(&ppath, &from)
+    {
         let rec = clash_record(&format!(
             "the name `{name}` is in use by a task that is being retried; this newer file was set aside"
         ));

@@ -42,6 +42,10 @@ pub struct TaskState {
     /// The run under way, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<RunInfo>,
+    /// `run_id` of the result record being committed: written before the
+    /// record, so recovery finishes a commit only with the record it belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub committing: Option<String>,
 }
 
 impl TaskState {

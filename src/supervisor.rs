@@ -52,8 +52,17 @@ enum Event {
         /// Which run: a name can be claimed again before its last run's event arrives.
         run: u64,
         agent: String,
-        status: Option<Status>,
+        end: JobEnd,
     },
+}
+
+/// Where a run left its task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JobEnd {
+    Done(Status),
+    Requeued,
+    /// The commit could not be written; the task stays in `assigned/` for recovery.
+    Stuck,
 }
 
 /// A file in `pending/` as last seen.
@@ -87,8 +96,9 @@ pub struct Supervisor {
     config: Arc<Config>,
     pending: BTreeMap<String, Pending>,
     queue: BTreeSet<(Priority, i128, String)>,
-    /// Names whose lock was busy: skipped until the next rescan or finish.
-    busy: HashSet<String>,
+    /// Names that could not be claimed just now (lock held, file still being
+    /// written), with when to try again.
+    busy: HashMap<String, Instant>,
     running: HashMap<String, Running>,
     load: HashMap<String, usize>,
     stopping: Option<Instant>,
@@ -101,6 +111,10 @@ pub struct Supervisor {
     logged_waits: HashSet<String>,
     next_run: u64,
     swept: bool,
+    /// Orphaned agents being stopped (pid, start time), so each gets one stopper.
+    stopping_agents: HashSet<(u32, u64)>,
+    /// Whether shutdown has already told the agents to stop.
+    stop_sent: bool,
 }
 
 impl Supervisor {
@@ -126,7 +140,7 @@ impl Supervisor {
             config: Arc::new(config),
             pending: BTreeMap::new(),
             queue: BTreeSet::new(),
-            busy: HashSet::new(),
+            busy: HashMap::new(),
             running: HashMap::new(),
             load: HashMap::new(),
             stopping: None,
@@ -138,6 +152,8 @@ impl Supervisor {
             logged_waits: HashSet::new(),
             next_run: 0,
             swept: false,
+            stopping_agents: HashSet::new(),
+            stop_sent: false,
         })
     }
 
@@ -184,7 +200,8 @@ impl Supervisor {
                 if self.running.is_empty() {
                     break;
                 }
-                if since.elapsed() >= self.config.shutdown_grace {
+                if !self.stop_sent && since.elapsed() >= self.config.shutdown_grace {
+                    self.stop_sent = true;
                     for r in self.running.values() {
                         if r.stop.borrow().is_none() {
                             let _ = r.stop.send(Some(Stop::Graceful));
@@ -278,7 +295,7 @@ impl Supervisor {
                 name,
                 run,
                 agent,
-                status,
+                end,
             } => {
                 if self.running.get(&name).is_some_and(|r| r.run == run) {
                     self.running.remove(&name);
@@ -286,15 +303,16 @@ impl Supervisor {
                 if let Some(n) = self.load.get_mut(&agent) {
                     *n = n.saturating_sub(1);
                 }
-                match status {
-                    Some(Status::Completed) => self.summary.completed += 1,
-                    Some(Status::Failed) => self.summary.failed += 1,
-                    None => {
+                match end {
+                    JobEnd::Done(Status::Completed) => self.summary.completed += 1,
+                    JobEnd::Done(Status::Failed) => self.summary.failed += 1,
+                    JobEnd::Requeued => {
                         self.summary.requeued += 1;
                         self.stateful.insert(name.clone());
                         // Requeued: its file is back in pending/.
                         self.examine_name(&name);
                     }
+                    JobEnd::Stuck => {}
                 }
                 // Tasks waiting on this one (or on its lock) may go now.
                 self.busy.clear();
@@ -302,32 +320,54 @@ impl Supervisor {
         }
     }
 
-    /// The earliest instant something may become runnable without an event.
+    /// The earliest instant something may change without an event: a retry
+    /// or `not_before` coming due, a broken file's settle time, a busy lock's
+    /// next try, the end of the shutdown grace. Deadlines already passed are
+    /// not wake-ups (what is due and still waits, waits for an event), so an
+    /// idle or saturated supervisor never spins.
     fn next_wake(&self, next_rescan: Instant) -> Instant {
         let mut wake = next_rescan;
         let now_sys = SystemTime::now();
         let now = Instant::now();
+        let mut consider = |t: Instant| {
+            if t > now {
+                wake = wake.min(t);
+            }
+        };
         for p in self.pending.values() {
-            let t = match &p.parsed {
-                Err(_) => Some(p.seen + self.config.settle),
-                Ok(t) => t
-                    .not_before
-                    .into_iter()
-                    .chain(p.retry_at)
-                    .max()
-                    .map(|nb| now + nb.duration_since(now_sys).unwrap_or(Duration::ZERO)),
-            };
-            if let Some(t) = t {
-                wake = wake.min(t.max(now + Duration::from_millis(5)));
+            match &p.parsed {
+                Err(_) => {
+                    let due = p.seen + self.config.settle;
+                    // Past settle but still being written: look again a settle later.
+                    consider(if due > now {
+                        due
+                    } else {
+                        now + self.config.settle
+                    });
+                }
+                Ok(t) => {
+                    if let Some(nb) = t.not_before.into_iter().chain(p.retry_at).max()
+                        && let Ok(d) = nb.duration_since(now_sys)
+                    {
+                        consider(now + d);
+                    }
+                }
             }
         }
-        if let Some(s) = self.stopping {
-            wake = wake.min(s + self.config.shutdown_grace);
+        for t in self.busy.values() {
+            consider(*t);
         }
-        if !self.busy.is_empty() {
-            wake = wake.min(now + Duration::from_millis(200));
+        if let Some(s) = self.stopping
+            && !self.stop_sent
+        {
+            consider(s + self.config.shutdown_grace);
         }
         wake
+    }
+
+    fn set_busy(&mut self, name: &str) {
+        self.busy
+            .insert(name.to_owned(), Instant::now() + Duration::from_millis(250));
     }
 
     fn recheck_waiting(&mut self) {
@@ -340,7 +380,8 @@ impl Supervisor {
         for n in names {
             self.examine_name(&n);
         }
-        self.busy.clear();
+        let now = Instant::now();
+        self.busy.retain(|_, t| *t > now);
     }
 
     /// Whether anything pending could still run, or another supervisor (or an
@@ -466,7 +507,7 @@ impl Supervisor {
             Ok((bytes, _)) => task::parse(name, &bytes),
             Err(e) if e.is_gone() => return self.forget(name),
             Err(e @ (ReadError::Io(_) | ReadError::ForeignOwner { .. })) => {
-                warn!(task = name, error = %e, "cannot read task file; will retry");
+                warn!(task = name, error = %e, "cannot read task file");
                 Err(TaskError {
                     line: None,
                     column: None,
@@ -491,6 +532,7 @@ impl Supervisor {
                 t.not_before = Some(meta.modified().unwrap_or(SystemTime::now()) + d);
             }
         }
+        self.busy.remove(name);
         let priority = parsed.as_ref().map(|t| t.priority).unwrap_or(Priority::Low);
         let key = (priority, id.mtime_ns, name.to_owned());
         let has_state = if in_scan {
@@ -534,7 +576,7 @@ impl Supervisor {
         let mut slots = self.config.concurrency.saturating_sub(self.running.len());
         for (_, _, name) in self.queue.iter() {
             let p = &self.pending[name];
-            if self.busy.contains(name) {
+            if self.busy.get(name).is_some_and(|t| *t > Instant::now()) {
                 continue;
             }
             let t = match &p.parsed {
@@ -640,11 +682,10 @@ impl Supervisor {
 
     /// Files a pending task straight into `failed/`, under its lock.
     fn reject_pending(&mut self, name: &str, ext: &str, rec: ResultRecord, rename: bool) {
-        let layout = self.layout().clone();
-        let lock = match TaskLock::try_acquire(&layout, name) {
+        let lock = match TaskLock::try_acquire(self.layout(), name) {
             Ok(Some(l)) => l,
             Ok(None) => {
-                self.busy.insert(name.to_owned());
+                self.set_busy(name);
                 return;
             }
             Err(e) => {
@@ -652,9 +693,25 @@ impl Supervisor {
                 return;
             }
         };
+        self.reject_locked(State::Pending, name, ext, rec, rename, lock);
+    }
+
+    /// Files a task that will never run into `failed/` with its record, merges
+    /// the record into context (not for clashes: that name belongs to another
+    /// task), and releases the lock.
+    fn reject_locked(
+        &mut self,
+        src: State,
+        name: &str,
+        ext: &str,
+        rec: ResultRecord,
+        rename: bool,
+        lock: TaskLock,
+    ) {
+        let layout = self.layout().clone();
         let error = rec.error.clone().unwrap_or_default();
         let outcome = rec.outcome.clone();
-        match mailbox::reject(&layout, State::Pending, name, ext, rec.clone(), rename) {
+        match mailbox::reject(&layout, src, name, ext, rec.clone(), rename) {
             Ok(Some(target)) => {
                 warn!(task = name, filed_as = %target, "{error}");
                 self.summary.failed += 1;
@@ -691,19 +748,22 @@ impl Supervisor {
                     c
                 }
             })
-            .take(100)
             .collect();
-        let clean = clean.trim_start_matches('.').to_owned();
+        let mut clean = clean.trim_start_matches('.').to_owned();
+        let mut cut = clean.len().min(150);
+        while !clean.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        clean.truncate(cut);
         let clean = if clean.is_empty() {
             "unnamed".to_owned()
         } else {
             clean
         };
         let layout = self.layout().clone();
-        let Ok(Some(lock)) = TaskLock::try_acquire(&layout, &clean) else {
+        let Ok((target, lock)) = mailbox::free_clash_name(&layout, State::Failed, &clean) else {
             return;
         };
-        let target = mailbox::free_clash_name(&layout, State::Failed, &clean);
         let mut rec = mailbox::never_ran_record(
             "invalid",
             format!(
@@ -740,18 +800,18 @@ impl Supervisor {
         let path = layout.task_file(State::Pending, name, &ext);
         // A naive writer may still have the file open: not yet.
         if fsx::open_for_writing_elsewhere(&path) == Some(true) {
-            self.busy.insert(name.to_owned());
+            self.set_busy(name);
             return;
         }
         let lock = match TaskLock::try_acquire(&layout, name) {
             Ok(Some(l)) => l,
             Ok(None) => {
-                self.busy.insert(name.to_owned());
+                self.set_busy(name);
                 return;
             }
             Err(e) => {
                 error!(task = name, error = %e, "cannot create lock file");
-                self.busy.insert(name.to_owned());
+                self.set_busy(name);
                 return;
             }
         };
@@ -778,7 +838,7 @@ impl Supervisor {
             Err(e) => {
                 lock.release();
                 error!(task = name, error = %e, "claim failed");
-                self.busy.insert(name.to_owned());
+                self.set_busy(name);
                 return;
             }
         }
@@ -793,9 +853,7 @@ impl Supervisor {
             Ok(t) => t,
             Err(msg) => {
                 let rec = mailbox::never_ran_record("invalid", msg);
-                let _ = mailbox::reject(&layout, State::Assigned, name, &ext, rec, false);
-                lock.release();
-                self.summary.failed += 1;
+                self.reject_locked(State::Assigned, name, &ext, rec, false, lock);
                 return;
             }
         };
@@ -803,9 +861,7 @@ impl Supervisor {
             Ok(a) => a.clone(),
             Err(why) => {
                 let rec = mailbox::never_ran_record("invalid", why);
-                let _ = mailbox::reject(&layout, State::Assigned, name, &ext, rec, false);
-                lock.release();
-                self.summary.failed += 1;
+                self.reject_locked(State::Assigned, name, &ext, rec, false, lock);
                 return;
             }
         };
@@ -828,12 +884,12 @@ impl Supervisor {
         tokio::spawn(async move {
             let name = job.name.clone();
             let agent = job.agent.name.clone();
-            let status = job.run(stop_rx).await;
+            let end = job.run(stop_rx).await;
             let _ = tx.send(Event::Finished {
                 name,
                 run,
                 agent,
-                status,
+                end,
             });
         });
     }
@@ -920,8 +976,8 @@ impl Supervisor {
             let rp = layout.record_file(dest, name);
             if let Ok(b) = std::fs::read(&rp)
                 && let Ok(rec) = serde_json::from_slice::<ResultRecord>(&b)
-                && rec.attempts == st.attempts
-                && st.attempts > 0
+                && st.committing.as_deref() == Some(rec.run_id.as_str())
+                && rec.task == name
             {
                 let (out, cut) = crate::context::read_output(&layout.run_dir(dest, name));
                 let output = rec.agent.as_ref().map(|_| (out.as_str(), cut));
@@ -943,11 +999,15 @@ impl Supervisor {
                 return;
             }
         }
-        let retries = std::fs::read(layout.task_file(State::Assigned, name, ext))
-            .ok()
-            .and_then(|b| task::parse(name, &b).ok())
-            .and_then(|t| t.retries)
-            .unwrap_or(self.config.retries);
+        st.committing = None;
+        let retries = fsx::read_task_file(
+            &layout.task_file(State::Assigned, name, ext),
+            self.config.max_task_bytes,
+        )
+        .ok()
+        .and_then(|(b, _)| task::parse(name, &b).ok())
+        .and_then(|t| t.retries)
+        .unwrap_or(self.config.retries);
         let _ = fsx::remove_dir_all_if_exists(&layout.run_dir(State::Assigned, name));
         if let Some(run) = st.run.take() {
             let why = format!(
@@ -969,6 +1029,7 @@ impl Supervisor {
                 let mut rec = base_record(&self.ctx, name, Status::Failed, "interrupted", &st);
                 rec.error = Some(format!("{why}, and no attempts are left"));
                 rec.agent = Some(run.agent);
+                st.committing = Some(rec.run_id.clone());
                 let res = mailbox::write_state(&layout, &st)
                     .and_then(|()| mailbox::prepare_commit(&layout, &rec))
                     .and_then(|dest| {
@@ -1004,10 +1065,12 @@ impl Supervisor {
 
     /// The lock of `name` is held: if by an agent whose supervisor died on this
     /// host, stop that agent so the task can be recovered and run again.
-    fn stop_orphaned_agent(&self, name: &str) {
+    fn stop_orphaned_agent(&mut self, name: &str) {
         let st = mailbox::read_state(self.layout(), name);
         let Some(run) = st.run else { return };
-        if run.host != self.ctx.host
+        // A supervisor whose start time could not be read cannot be proven dead.
+        if run.supervisor_start == 0
+            || run.host != self.ctx.host
             || (run.supervisor_pid == self.ctx.self_pid
                 && run.supervisor_start == self.ctx.self_start)
             || mailbox::same_process(run.supervisor_pid, run.supervisor_start)
@@ -1017,7 +1080,7 @@ impl Supervisor {
         let (Some(pid), Some(start)) = (run.pid, run.pid_start) else {
             return;
         };
-        if !mailbox::same_process(pid, start) {
+        if !mailbox::same_process(pid, start) || !self.stopping_agents.insert((pid, start)) {
             return;
         }
         let grace = self
@@ -1056,8 +1119,8 @@ fn list_suffix(dir: &Path, suffix: &str) -> HashSet<String> {
 }
 
 /// Removes temp files left by writers that died mid-write: mailroom's own
-/// `.<base>.<pid>.<n>.tmp` whose pid is gone (on this host), and any of that
-/// shape older than ten minutes (a writer on another host).
+/// `.<base>.<host>.<pid>.<n>.tmp` whose process is gone on this host, and any
+/// dot-`.tmp` file older than ten minutes (a writer on another host).
 fn sweep_temps(dir: &Path) {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return;
@@ -1116,9 +1179,8 @@ struct Job {
 }
 
 impl Job {
-    /// Runs the agent and commits the outcome. Returns the terminal status, or
-    /// `None` when the task went back to `pending/`.
-    async fn run(self, stop: watch::Receiver<Option<Stop>>) -> Option<Status> {
+    /// Runs the agent and commits the outcome.
+    async fn run(self, stop: watch::Receiver<Option<Stop>>) -> JobEnd {
         let layout = &self.ctx.layout;
         let name = self.name.clone();
         let timeout = self.task.timeout.unwrap_or(self.agent.timeout);
@@ -1158,7 +1220,7 @@ impl Job {
         let workdir = match self.workdir() {
             Ok(w) => w,
             Err(msg) => {
-                return self.fail_now(st, "invalid", msg, started, None).await;
+                return self.fail_now(st, "invalid", msg, started).await;
             }
         };
         let vars = runner::Vars {
@@ -1231,7 +1293,7 @@ impl Job {
         Ok(canon)
     }
 
-    async fn finish(self, mut st: TaskState, end: RunEnd, started: SystemTime) -> Option<Status> {
+    async fn finish(self, mut st: TaskState, end: RunEnd, started: SystemTime) -> JobEnd {
         let finished = SystemTime::now();
         let attempt = st.attempts;
         let (outcome, exit, error): (&str, Option<Exit>, Option<String>) = match &end {
@@ -1262,6 +1324,8 @@ impl Job {
                     self.config.max_output_bytes
                 )),
             ),
+            // The agent finished its work within the grace period: its verdict stands.
+            RunEnd::Stopped(Exit::Code(0)) => ("success", Some(Exit::Code(0)), None),
             RunEnd::Stopped(e) => ("interrupted", Some(*e), Some("stopped by shutdown".into())),
             RunEnd::SpawnFailed { error, .. } => ("spawn", None, Some(error.clone())),
         };
@@ -1338,12 +1402,22 @@ impl Job {
 
     async fn fail_now(
         self,
-        st: TaskState,
+        mut st: TaskState,
         outcome: &str,
         msg: String,
         started: SystemTime,
-        _exit: Option<Exit>,
-    ) -> Option<Status> {
+    ) -> JobEnd {
+        st.run = None;
+        st.history.push(Attempt {
+            attempt: st.attempts,
+            agent: self.agent.name.clone(),
+            started_at: record::ts(started),
+            finished_at: record::now(),
+            outcome: outcome.into(),
+            exit_code: None,
+            signal: None,
+            error: Some(msg.clone()),
+        });
         let mut rec = base_record(&self.ctx, &self.name, Status::Failed, outcome, &st);
         rec.agent = Some(self.agent.name.clone());
         rec.error = Some(msg);
@@ -1352,7 +1426,7 @@ impl Job {
     }
 
     /// Record, context merge, then the move out of `assigned/`.
-    async fn commit(self, st: TaskState, mut rec: ResultRecord) -> Option<Status> {
+    async fn commit(self, mut st: TaskState, mut rec: ResultRecord) -> JobEnd {
         let status = rec.status;
         let Job {
             ctx,
@@ -1361,6 +1435,7 @@ impl Job {
             lock,
             ..
         } = self;
+        st.committing = Some(rec.run_id.clone());
         let res = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             let layout = &ctx.layout;
             mailbox::write_state(layout, &st)?;
@@ -1389,21 +1464,21 @@ impl Job {
         })
         .await;
         match res {
-            Ok(Ok(())) => Some(status),
+            Ok(Ok(())) => JobEnd::Done(status),
             Ok(Err(e)) => {
                 // The task stays in assigned/ with its lock released on drop:
                 // recovery finishes or requeues it.
                 error!(error = %e, "commit failed; recovery will finish it");
-                None
+                JobEnd::Stuck
             }
             Err(e) => {
                 error!(error = %e, "commit task panicked");
-                None
+                JobEnd::Stuck
             }
         }
     }
 
-    async fn requeue_or_keep(self, st: TaskState) -> Option<Status> {
+    async fn requeue_or_keep(self, st: TaskState) -> JobEnd {
         let Job {
             ctx,
             name,
@@ -1417,10 +1492,14 @@ impl Job {
             r
         })
         .await;
-        if let Ok(Err(e)) = res {
-            error!(error = %e, "requeue failed; recovery will retry it");
+        match res {
+            Ok(Ok(())) => JobEnd::Requeued,
+            Ok(Err(e)) => {
+                error!(error = %e, "requeue failed; recovery will retry it");
+                JobEnd::Stuck
+            }
+            Err(_) => JobEnd::Stuck,
         }
-        None
     }
 }
 

@@ -532,9 +532,9 @@ pub fn validate(name: &str, raw: RawTask) -> Result<Task, TaskError> {
         check_name(p).map_err(|e| TaskError::new(format!("`parent`: {e}")))?;
     }
     let mut not_before = match raw.not_before {
-        Some(t) => Some(humantime::parse_rfc3339_weak(t.trim()).map_err(|e| {
+        Some(t) => Some(parse_time(&t).ok_or_else(|| {
             TaskError::new(format!(
-                "`not_before: {t}` is not an RFC 3339 time ({e}); write e.g. 2026-01-15T10:00:00Z"
+                "`not_before: {t}` is not an RFC 3339 time; write e.g. 2026-01-15T10:00:00Z or 2026-01-15T11:00:00+01:00"
             ))
         })?),
         None => None,
@@ -567,6 +567,29 @@ pub fn validate(name: &str, raw: RawTask) -> Result<Task, TaskError> {
         delay,
         warnings,
     })
+}
+
+/// Parses an RFC 3339 time with `Z` or a numeric offset (`+01:00`).
+pub fn parse_time(s: &str) -> Option<SystemTime> {
+    let s = s.trim();
+    if let Some(base) = s.strip_suffix('Z').or_else(|| s.strip_suffix('z')) {
+        return humantime::parse_rfc3339_weak(&format!("{base}Z")).ok();
+    }
+    // A trailing ±HH:MM offset, after the time part.
+    let (base, off) = s.split_at(s.len().checked_sub(6)?);
+    let b = off.as_bytes();
+    if !(b[0] == b'+' || b[0] == b'-') || b[3] != b':' || !base.contains('T') {
+        return None;
+    }
+    let h: u64 = off[1..3].parse().ok()?;
+    let m: u64 = off[4..6].parse().ok()?;
+    let shift = Duration::from_secs(h * 3600 + m * 60);
+    let t = humantime::parse_rfc3339_weak(&format!("{base}Z")).ok()?;
+    if b[0] == b'+' {
+        t.checked_sub(shift)
+    } else {
+        t.checked_add(shift)
+    }
 }
 
 /// A path from a task file must stay inside the root: relative, no `..`.
@@ -652,6 +675,14 @@ context_files: ["context/project_overview.md", "context/current_state.md"]
         assert!(parse_duration("1M").unwrap_err().contains("months"));
         assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
         assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+    }
+
+    #[test]
+    fn times_with_offsets() {
+        let z = parse_time("2026-01-15T10:00:00Z").unwrap();
+        assert_eq!(parse_time("2026-01-15T11:00:00+01:00"), Some(z));
+        assert_eq!(parse_time("2026-01-15T05:30:00.000-04:30"), Some(z));
+        assert_eq!(parse_time("tomorrow"), None);
     }
 
     #[test]

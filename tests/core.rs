@@ -407,3 +407,75 @@ fn init_lays_out_a_tree_that_runs_the_builtin_demo() {
     let out = std::fs::read_to_string(dir.join("context/agent_outputs/haiku.md")).unwrap();
     assert!(out.contains("Write a haiku"), "{out}");
 }
+
+#[test]
+fn clash_of_a_name_at_the_length_limit_is_filed_not_looped_on() {
+    let long = "n".repeat(195);
+    let root = Root::new().agent_config(&[&agent("ok.sh")], "");
+    root.write(
+        &format!("tasks/completed/{long}.yaml"),
+        "description: old\n",
+    );
+    root.write(&format!("tasks/pending/{long}.yaml"), "description: new\n");
+    root.run_until_idle();
+    let failed = root.names("failed");
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(
+        failed[0].ends_with(".clash-1") && failed[0].len() <= 200,
+        "{failed:?}"
+    );
+}
+
+#[test]
+fn one_file_under_two_names_after_an_interrupted_link_unlink_runs_once() {
+    // On NFS a claim is link + unlink; a crash between them leaves the task
+    // in pending/ and assigned/ as one inode. It is one task, not a clash.
+    let root = Root::new();
+    let runlog = root.p("runs.log");
+    let root = root.config(&format!(
+        "agents:\n  a:\n    command: [{:?}]\n    env:\n      RUNLOG: {:?}\n",
+        agent("ok.sh"),
+        runlog.display().to_string()
+    ));
+    root.write("tasks/pending/twin.yaml", "description: twin\n");
+    std::fs::hard_link(
+        root.p("tasks/pending/twin.yaml"),
+        root.p("tasks/assigned/twin.yaml"),
+    )
+    .unwrap();
+    root.run_until_idle();
+    assert_eq!(root.names("completed"), vec!["twin"]);
+    assert!(
+        root.names("failed").is_empty(),
+        "{:?}",
+        root.names("failed")
+    );
+    assert!(root.names("pending").is_empty());
+    assert_eq!(std::fs::read_to_string(&runlog).unwrap().lines().count(), 1);
+}
+
+#[test]
+fn a_stale_record_does_not_finish_an_orphan_that_never_wrote_it() {
+    // An old record lies in completed/ (its task file was moved back by hand);
+    // the task's rerun was interrupted. Recovery must rerun it, not file it
+    // with the old record.
+    let root = Root::new().agent_config(&[&agent("ok.sh")], "");
+    root.write(
+        "tasks/completed/st.result.json",
+        r#"{"version":1,"task":"st","status":"completed","outcome":"success","attempts":1,
+            "finished_at":"2020-01-01T00:00:00Z","history":[],"host":"old","run_id":"old-run"}"#,
+    );
+    root.write("tasks/assigned/st.yaml", "description: rerun me\n");
+    root.write(
+        "tasks/assigned/st.state.json",
+        r#"{"version":1,"task":"st","attempts":1,"history":[],
+            "run":{"attempt":1,"agent":"a","host":"gone","supervisor_pid":1,"supervisor_start":1,
+                   "started_at":"2020-01-01T00:00:00Z","deadline":"2020-01-01T01:00:00Z"}}"#,
+    );
+    root.run_until_idle();
+    assert_eq!(root.names("completed"), vec!["st"]);
+    let rec = root.record("completed", "st");
+    assert_ne!(rec["run_id"], "old-run");
+    assert_eq!(rec["attempts"], 2, "{rec}");
+    assert_eq!(rec["history"][0]["outcome"], "interrupted");
+}
