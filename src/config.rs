@@ -28,9 +28,23 @@ const CONFIG_KEYS: &[&str] = &[
     "max_task_bytes",
     "max_output_bytes",
     "durability",
+    "aging",
+    "routing",
     "agents",
 ];
-const AGENT_KEYS: &[&str] = &["command", "max_instances", "timeout", "grace", "env"];
+const AGENT_KEYS: &[&str] = &[
+    "command",
+    "max_instances",
+    "timeout",
+    "grace",
+    "env",
+    "capabilities",
+    "fallback",
+    "fallback_after",
+    "cooldown",
+    "kind",
+    "limit_patterns",
+];
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -49,7 +63,19 @@ struct RawConfig {
     max_task_bytes: Option<u64>,
     max_output_bytes: Option<u64>,
     durability: Option<String>,
+    aging: Option<String>,
+    routing: Option<Vec<RawRule>>,
     agents: Option<BTreeMap<String, RawAgent>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    agent: String,
+    label: Option<String>,
+    #[serde(rename = "match")]
+    matches: Option<String>,
+    min_chars: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -60,6 +86,12 @@ struct RawAgent {
     timeout: Option<String>,
     grace: Option<String>,
     env: Option<BTreeMap<String, String>>,
+    capabilities: Option<Vec<String>>,
+    fallback: Option<Vec<String>>,
+    fallback_after: Option<u32>,
+    cooldown: Option<String>,
+    kind: Option<String>,
+    limit_patterns: Option<Vec<String>>,
 }
 
 /// An agent command as written: an argv list, or one string split like a shell would.
@@ -88,6 +120,65 @@ pub struct Agent {
     pub timeout: Duration,
     pub grace: Duration,
     pub env: BTreeMap<String, String>,
+    pub capabilities: Vec<String>,
+    /// Agents to try, in order, when this one cannot run a task.
+    pub fallback: Vec<String>,
+    /// Failed attempts of a task on this agent before it moves to a fallback.
+    pub fallback_after: u32,
+    /// How long a usage limit without a printed reset time lasts.
+    pub cooldown: Duration,
+    /// Which CLI this is, for its usage-limit patterns (claude, codex, gemini,
+    /// aider, cursor-agent, other); by default the command's program name.
+    pub kind: String,
+    /// Extra regexes meaning "this agent hit a limit".
+    pub limit_patterns: Vec<String>,
+}
+
+/// One `routing` rule: every condition given must hold; the first rule that
+/// matches names the agent of a task that does not name one itself.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub agent: String,
+    pub label: Option<String>,
+    pub matches: Option<regex::Regex>,
+    pub min_chars: Option<usize>,
+}
+
+impl PartialEq for Rule {
+    fn eq(&self, o: &Rule) -> bool {
+        self.agent == o.agent
+            && self.label == o.label
+            && self.min_chars == o.min_chars
+            && self.matches.as_ref().map(|r| r.as_str()) == o.matches.as_ref().map(|r| r.as_str())
+    }
+}
+
+impl Rule {
+    /// A short description, for `show` ("routing rule 2 (label heavy)").
+    pub fn describe(&self, i: usize) -> String {
+        let mut c = Vec::new();
+        if let Some(l) = &self.label {
+            c.push(format!("label {l}"));
+        }
+        if let Some(m) = &self.matches {
+            c.push(format!("description matches /{}/", m.as_str()));
+        }
+        if let Some(n) = self.min_chars {
+            c.push(format!("over {n} characters"));
+        }
+        format!("routing rule {} ({})", i + 1, c.join(", "))
+    }
+
+    pub fn applies(&self, t: &crate::task::Task) -> bool {
+        self.label.as_ref().is_none_or(|l| t.labels.contains(l))
+            && self
+                .matches
+                .as_ref()
+                .is_none_or(|r| r.is_match(&t.description))
+            && self
+                .min_chars
+                .is_none_or(|n| t.description.chars().count() > n)
+    }
 }
 
 /// The validated configuration.
@@ -105,6 +196,9 @@ pub struct Config {
     pub max_task_bytes: u64,
     pub max_output_bytes: u64,
     pub durable: bool,
+    /// Priority ageing: a waiting task gains one level per `aging`.
+    pub aging: Duration,
+    pub routing: Vec<Rule>,
     pub agents: BTreeMap<String, Agent>,
     /// Where the config came from, for messages (None: built-in defaults).
     pub source: Option<PathBuf>,
@@ -114,6 +208,8 @@ pub struct Config {
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
 /// SIGTERM-to-SIGKILL delay of agents that set none.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+/// Cooldown after a usage limit that printed no reset time.
+pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(900);
 
 /// The command of the built-in demo agent: this very binary, `demo-agent`.
 pub const BUILTIN_DEMO: &[&str] = &["{mailroom}", "demo-agent"];
@@ -130,6 +226,12 @@ impl Default for Config {
                 timeout: DEFAULT_TIMEOUT,
                 grace: DEFAULT_GRACE,
                 env: BTreeMap::new(),
+                capabilities: Vec::new(),
+                fallback: Vec::new(),
+                fallback_after: 1,
+                cooldown: DEFAULT_COOLDOWN,
+                kind: "demo".into(),
+                limit_patterns: Vec::new(),
             },
         );
         Config {
@@ -145,6 +247,8 @@ impl Default for Config {
             max_task_bytes: crate::task::DEFAULT_MAX_TASK_BYTES,
             max_output_bytes: 64 * 1024 * 1024,
             durable: true,
+            aging: Duration::from_secs(1800),
+            routing: Vec::new(),
             agents,
             source: None,
         }
@@ -282,6 +386,25 @@ impl Config {
                         "agent `{name}`: `max_instances` must be at least 1"
                     )));
                 }
+                let kind = a.kind.clone().unwrap_or_else(|| {
+                    Path::new(&command[0])
+                        .file_name()
+                        .map(|f| f.to_string_lossy().into_owned())
+                        .unwrap_or_default()
+                });
+                let limit_patterns = a.limit_patterns.unwrap_or_default();
+                for p in &limit_patterns {
+                    regex::Regex::new(p).map_err(|e| {
+                        err(format!(
+                            "agent `{name}`: `limit_patterns`: `{p}` is not a regex: {e}"
+                        ))
+                    })?;
+                }
+                if a.fallback_after == Some(0) {
+                    return Err(err(format!(
+                        "agent `{name}`: `fallback_after` must be at least 1"
+                    )));
+                }
                 let agent = Agent {
                     name: name.clone(),
                     command,
@@ -289,6 +412,16 @@ impl Config {
                     timeout: dur(&format!("agents.{name}.timeout"), &a.timeout, timeout)?,
                     grace: dur(&format!("agents.{name}.grace"), &a.grace, grace)?,
                     env: a.env.unwrap_or_default(),
+                    capabilities: a.capabilities.unwrap_or_default(),
+                    fallback: a.fallback.unwrap_or_default(),
+                    fallback_after: a.fallback_after.unwrap_or(1),
+                    cooldown: dur(
+                        &format!("agents.{name}.cooldown"),
+                        &a.cooldown,
+                        DEFAULT_COOLDOWN,
+                    )?,
+                    kind,
+                    limit_patterns,
                 };
                 c.agents.insert(name, agent);
             }
@@ -297,6 +430,56 @@ impl Config {
                 a.timeout = timeout;
                 a.grace = grace;
             }
+        }
+        c.aging = dur("aging", &raw.aging, c.aging)?;
+        if c.aging.is_zero() {
+            return Err(err("`aging` must be more than zero".into()));
+        }
+        let names: Vec<String> = c.agents.keys().cloned().collect();
+        let known = |who: &str, a: &str| -> Result<(), ConfigError> {
+            if c.agents.contains_key(a) {
+                return Ok(());
+            }
+            let n: Vec<&str> = names.iter().map(String::as_str).collect();
+            Err(err(match suggest(a, &n) {
+                Some(s) => format!("{who}: agent `{a}` is not configured (did you mean `{s}`?)"),
+                None => format!("{who}: agent `{a}` is not configured"),
+            }))
+        };
+        for a in c.agents.values() {
+            for f in &a.fallback {
+                known(&format!("agent `{}`: `fallback`", a.name), f)?;
+                if *f == a.name {
+                    return Err(err(format!(
+                        "agent `{}` names itself as a fallback",
+                        a.name
+                    )));
+                }
+            }
+        }
+        for (i, r) in raw.routing.unwrap_or_default().into_iter().enumerate() {
+            known(&format!("routing rule {}", i + 1), &r.agent)?;
+            if r.label.is_none() && r.matches.is_none() && r.min_chars.is_none() {
+                return Err(err(format!(
+                    "routing rule {}: give at least one of `label`, `match`, `min_chars`",
+                    i + 1
+                )));
+            }
+            let matches = match r.matches {
+                Some(m) => Some(regex::Regex::new(&m).map_err(|e| {
+                    err(format!(
+                        "routing rule {}: `match: {m}` is not a regex: {e}",
+                        i + 1
+                    ))
+                })?),
+                None => None,
+            };
+            c.routing.push(Rule {
+                agent: r.agent,
+                label: r.label,
+                matches,
+                min_chars: r.min_chars,
+            });
         }
         match raw.default_agent {
             Some(d) => {
@@ -473,6 +656,27 @@ mod tests {
             split_words(r#"a "b c" 'd e' f\ g"#).unwrap(),
             vec!["a", "b c", "d e", "f g"]
         );
+    }
+
+    #[test]
+    fn routing_fallback_and_capabilities() {
+        let y = "routing:\n  - label: heavy\n    agent: codex\n  - min_chars: 2000\n    agent: codex\n\
+                 agents:\n  demo:\n    command: [x]\n    capabilities: [web]\n    fallback: [codex]\n\
+                 \n  codex:\n    command: [codex, exec]\n    cooldown: 1h\n";
+        let c = Config::parse(y.as_bytes(), "mailroom.yaml").unwrap();
+        assert_eq!(c.routing.len(), 2);
+        assert_eq!(c.agents["demo"].fallback, vec!["codex"]);
+        assert_eq!(c.agents["codex"].kind, "codex");
+        assert_eq!(c.agents["codex"].cooldown, Duration::from_secs(3600));
+        let e = Config::parse(b"agents:\n  a:\n    command: [x]\n    fallback: [b]\n", "m")
+            .unwrap_err();
+        assert!(e.to_string().contains("`b` is not configured"), "{e}");
+        let e = Config::parse(
+            b"routing:\n  - agent: a\nagents:\n  a:\n    command: [x]\n",
+            "m",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("at least one"), "{e}");
     }
 
     #[test]

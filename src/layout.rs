@@ -45,6 +45,8 @@ pub struct Layout {
     pub assigned: PathBuf,
     pub completed: PathBuf,
     pub failed: PathBuf,
+    /// Usage-limit cooldowns, one `<agent>.json` each.
+    pub cooldowns: PathBuf,
     pub context: PathBuf,
     pub outputs: PathBuf,
 }
@@ -60,6 +62,7 @@ impl Layout {
             assigned: tasks.join("assigned"),
             completed: tasks.join("completed"),
             failed: tasks.join("failed"),
+            cooldowns: tasks.join("cooldowns"),
             outputs: context.join("agent_outputs"),
             tasks,
             context,
@@ -75,6 +78,7 @@ impl Layout {
             &self.assigned,
             &self.completed,
             &self.failed,
+            &self.cooldowns,
             &self.outputs,
         ] {
             crate::fsx::create_dir_all(d)?;
@@ -105,6 +109,9 @@ impl Layout {
     }
     pub fn record_file(&self, s: State, name: &str) -> PathBuf {
         self.dir(s).join(format!("{name}.result.json"))
+    }
+    pub fn cooldown_file(&self, agent: &str) -> PathBuf {
+        self.cooldowns.join(format!("{agent}.json"))
     }
     pub fn output_file(&self, name: &str) -> PathBuf {
         self.outputs.join(format!("{name}.md"))

@@ -288,6 +288,7 @@ pub fn never_ran_record(outcome: &str, error: String) -> ResultRecord {
         error: Some(error),
         error_location: None,
         agent: None,
+        agent_reason: None,
         attempts: 0,
         started_at: None,
         finished_at: crate::record::now(),

@@ -46,6 +46,10 @@ pub struct TaskState {
     /// record, so recovery finishes a commit only with the record it belongs to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub committing: Option<String>,
+    /// Agents ruled out for this task: they could not be started, or failed it
+    /// `fallback_after` times. Its route skips them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excluded_agents: Vec<String>,
 }
 
 impl TaskState {
@@ -72,6 +76,9 @@ pub struct RunInfo {
     pub pid_start: Option<u64>,
     pub started_at: String,
     pub deadline: String,
+    /// Why this agent was chosen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// One finished attempt.
@@ -123,6 +130,9 @@ pub struct ResultRecord {
     pub error_location: Option<ErrorLocation>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<String>,
+    /// Why that agent was chosen (explicit, routing rule, requires, default, fallback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_reason: Option<String>,
     pub attempts: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<String>,
@@ -151,4 +161,17 @@ pub struct ResultRecord {
     pub host: String,
     /// Unique per finished run; lets the context merge skip an entry it already made.
     pub run_id: String,
+}
+
+/// `tasks/cooldowns/<agent>.json`: an agent that hit a usage limit, and until
+/// when no supervisor on this tree starts it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Cooldown {
+    pub agent: String,
+    pub until: String,
+    pub message: String,
+    pub since: String,
+    pub host: String,
+    /// The task whose run printed the message.
+    pub task: String,
 }

@@ -15,10 +15,12 @@ use tracing::{debug, error, info, warn};
 use crate::config::{Config, WatchMode};
 use crate::fsx::{self, FileId, ReadError};
 use crate::layout::{Layout, State};
+use crate::limits::LimitPatterns;
 use crate::mailbox::{self, Claim, TaskLock};
 use crate::record::{self, Attempt, ErrorLocation, ResultRecord, RunInfo, Status, TaskState};
 use crate::runner::{self, Exit, RunEnd, Stop};
-use crate::task::{self, Entry, Priority, Task, TaskError};
+use crate::scheduler::{Avail, Item, Queue};
+use crate::task::{self, Entry, Task, TaskError};
 use crate::watcher::{Hints, Watch};
 
 /// Requests from outside the loop (signals, in main.rs; tests send them directly).
@@ -57,10 +59,15 @@ enum Event {
 }
 
 /// Where a run left its task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum JobEnd {
     Done(Status),
     Requeued,
+    /// The agent hit a usage limit: it cools down, the task went back to `pending/`.
+    Limited {
+        until: SystemTime,
+        message: String,
+    },
     /// The commit could not be written; the task stays in `assigned/` for recovery.
     Stuck,
 }
@@ -74,7 +81,10 @@ struct Pending {
     seen: Instant,
     /// Retry backoff from the state file.
     retry_at: Option<SystemTime>,
-    key: (Priority, i128, String),
+    /// Agents ruled out for this task (from the state file).
+    excluded: Vec<String>,
+    /// Not before this instant: its lock was busy or its writer still had it open.
+    hold: Option<SystemTime>,
 }
 
 struct Running {
@@ -95,10 +105,18 @@ pub struct Supervisor {
     ctx: Arc<Ctx>,
     config: Arc<Config>,
     pending: BTreeMap<String, Pending>,
-    queue: BTreeSet<(Priority, i128, String)>,
-    /// Names that could not be claimed just now (lock held, file still being
-    /// written), with when to try again.
-    busy: HashMap<String, Instant>,
+    /// Pending tasks that may run (dependencies met), in run order.
+    queue: Queue,
+    /// Pending tasks waiting for dependencies.
+    waiting: BTreeSet<String>,
+    /// Pending files that do not parse yet (maybe still being written).
+    unsettled: BTreeSet<String>,
+    /// Pending files that will never run, to be filed in `failed/`.
+    rejects: BTreeMap<String, ResultRecord>,
+    /// Agents cooling down after a usage limit: until when, and why.
+    cooldowns: HashMap<String, (SystemTime, String)>,
+    /// Each agent's compiled usage-limit patterns.
+    limits: Arc<HashMap<String, LimitPatterns>>,
     running: HashMap<String, Running>,
     load: HashMap<String, usize>,
     stopping: Option<Instant>,
@@ -137,10 +155,14 @@ impl Supervisor {
                     .map(|p| p.to_string_lossy().into_owned())
                     .unwrap_or_else(|_| "mailroom".into()),
             }),
+            queue: Queue::new(config.aging),
+            limits: Arc::new(compile_limits(&config)),
             config: Arc::new(config),
             pending: BTreeMap::new(),
-            queue: BTreeSet::new(),
-            busy: HashMap::new(),
+            waiting: BTreeSet::new(),
+            unsettled: BTreeSet::new(),
+            rejects: BTreeMap::new(),
+            cooldowns: HashMap::new(),
             running: HashMap::new(),
             load: HashMap::new(),
             stopping: None,
@@ -283,7 +305,14 @@ impl Supervisor {
             Ok(c) => {
                 info!("configuration reloaded");
                 fsx::set_durable(c.durable);
+                self.queue = Queue::new(c.aging);
+                self.limits = Arc::new(compile_limits(&c));
                 self.config = Arc::new(c);
+                // Routes and limits may have changed: place every task again.
+                let names: Vec<String> = self.pending.keys().cloned().collect();
+                for n in names {
+                    self.place(&n);
+                }
             }
             Err(e) => error!(error = %e, "new configuration refused; keeping the old one"),
         }
@@ -304,58 +333,68 @@ impl Supervisor {
                     *n = n.saturating_sub(1);
                 }
                 match end {
-                    JobEnd::Done(Status::Completed) => self.summary.completed += 1,
-                    JobEnd::Done(Status::Failed) => self.summary.failed += 1,
+                    JobEnd::Done(st) => {
+                        match st {
+                            Status::Completed => self.summary.completed += 1,
+                            Status::Failed => self.summary.failed += 1,
+                        }
+                        // Tasks that wait for this one may go (or fail) now.
+                        self.replace_waiting();
+                    }
                     JobEnd::Requeued => {
                         self.summary.requeued += 1;
                         self.stateful.insert(name.clone());
                         // Requeued: its file is back in pending/.
                         self.examine_name(&name);
                     }
+                    JobEnd::Limited { until, message } => {
+                        warn!(
+                            agent = %agent,
+                            until = %record::ts(until),
+                            "usage limit: agent cooling down ({message})"
+                        );
+                        self.cooldowns.insert(agent, (until, message));
+                        self.summary.requeued += 1;
+                        self.stateful.insert(name.clone());
+                        self.examine_name(&name);
+                    }
                     JobEnd::Stuck => {}
                 }
-                // Tasks waiting on this one (or on its lock) may go now.
-                self.busy.clear();
             }
         }
     }
 
     /// The earliest instant something may change without an event: a retry
-    /// or `not_before` coming due, a broken file's settle time, a busy lock's
-    /// next try, the end of the shutdown grace. Deadlines already passed are
-    /// not wake-ups (what is due and still waits, waits for an event), so an
-    /// idle or saturated supervisor never spins.
+    /// or `not_before` coming due, a broken file's settle time, a cooldown's
+    /// end, the end of the shutdown grace. Deadlines already passed are not
+    /// wake-ups (what is due and still waits, waits for an event), so an idle
+    /// or saturated supervisor never spins.
     fn next_wake(&self, next_rescan: Instant) -> Instant {
         let mut wake = next_rescan;
         let now_sys = SystemTime::now();
         let now = Instant::now();
+        let at = |t: SystemTime| now + t.duration_since(now_sys).unwrap_or(Duration::ZERO);
         let mut consider = |t: Instant| {
             if t > now {
                 wake = wake.min(t);
             }
         };
-        for p in self.pending.values() {
-            match &p.parsed {
-                Err(_) => {
-                    let due = p.seen + self.config.settle;
-                    // Past settle but still being written: look again a settle later.
-                    consider(if due > now {
-                        due
-                    } else {
-                        now + self.config.settle
-                    });
-                }
-                Ok(t) => {
-                    if let Some(nb) = t.not_before.into_iter().chain(p.retry_at).max()
-                        && let Ok(d) = nb.duration_since(now_sys)
-                    {
-                        consider(now + d);
-                    }
-                }
+        for n in &self.unsettled {
+            if let Some(p) = self.pending.get(n) {
+                let due = p.seen + self.config.settle;
+                // Past settle but still being written: look again a settle later.
+                consider(if due > now {
+                    due
+                } else {
+                    now + self.config.settle
+                });
             }
         }
-        for t in self.busy.values() {
-            consider(*t);
+        if let Some(t) = self.queue.next_due() {
+            consider(at(t));
+        }
+        for (t, _) in self.cooldowns.values() {
+            consider(at(*t));
         }
         if let Some(s) = self.stopping
             && !self.stop_sent
@@ -365,38 +404,43 @@ impl Supervisor {
         wake
     }
 
+    /// Holds a task back briefly: its lock is held elsewhere or its writer
+    /// still has it open.
     fn set_busy(&mut self, name: &str) {
-        self.busy
-            .insert(name.to_owned(), Instant::now() + Duration::from_millis(250));
+        if let Some(p) = self.pending.get_mut(name) {
+            p.hold = Some(SystemTime::now() + Duration::from_millis(250));
+        }
+        self.place(name);
     }
 
     fn recheck_waiting(&mut self) {
-        let names: Vec<String> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| p.parsed.is_err())
-            .map(|(n, _)| n.clone())
-            .collect();
+        let names: Vec<String> = self.unsettled.iter().cloned().collect();
         for n in names {
             self.examine_name(&n);
         }
-        let now = Instant::now();
-        self.busy.retain(|_, t| *t > now);
+        let now = SystemTime::now();
+        self.cooldowns.retain(|_, (t, _)| *t > now);
     }
 
     /// Whether anything pending could still run, or another supervisor (or an
     /// orphaned agent) still holds a task in `assigned/` (used by `exit_when_idle`).
+    /// Tasks waiting for a dependency nobody submitted do not count.
     fn has_runnable(&self) -> bool {
+        if !self.queue.is_empty() || !self.unsettled.is_empty() || !self.rejects.is_empty() {
+            return true;
+        }
         if mailbox::count(self.layout(), State::Assigned) > self.running.len() {
             return true;
         }
-        self.pending.values().any(|p| match &p.parsed {
-            Err(_) => true,
-            Ok(t) => t.after.iter().all(|d| {
-                self.pending.contains_key(d)
-                    || self.running.contains_key(d)
-                    || self.layout().find(State::Completed, d).is_some()
-            }),
+        self.waiting.iter().any(|n| {
+            self.pending.get(n).is_some_and(|p| match &p.parsed {
+                Ok(t) => t.after.iter().all(|d| {
+                    self.pending.contains_key(d)
+                        || self.running.contains_key(d)
+                        || self.layout().locate(d).is_some()
+                }),
+                Err(_) => false,
+            })
         })
     }
 
@@ -404,6 +448,10 @@ impl Supervisor {
 
     fn full_scan(&mut self) {
         let layout = self.layout().clone();
+        // Cooldowns other supervisors recorded, and ours from before a restart.
+        for (a, c) in load_cooldowns(&layout) {
+            self.cooldowns.entry(a).or_insert(c);
+        }
         self.stateful = list_suffix(&layout.assigned, ".state.json");
         let rd = match std::fs::read_dir(&layout.pending) {
             Ok(rd) => rd,
@@ -446,7 +494,8 @@ impl Supervisor {
         for n in gone {
             self.forget(&n);
         }
-        self.busy.clear();
+        // Dependencies may have finished under other supervisors.
+        self.replace_waiting();
     }
 
     fn examine_path(&mut self, p: &Path) {
@@ -481,9 +530,11 @@ impl Supervisor {
     }
 
     fn forget(&mut self, name: &str) {
-        if let Some(p) = self.pending.remove(name) {
-            self.queue.remove(&p.key);
-        }
+        self.pending.remove(name);
+        self.queue.remove(name);
+        self.waiting.remove(name);
+        self.unsettled.remove(name);
+        self.rejects.remove(name);
         self.logged_waits.remove(name);
     }
 
@@ -524,30 +575,26 @@ impl Supervisor {
         };
         let mut parsed = parsed;
         if let Ok(t) = parsed.as_mut()
-            && t.not_before.is_some()
-            && meta.modified().is_ok()
+            && let Some(d) = t.delay
         {
             // `delay` counts from the file's own time, not from when we read it.
-            if let Some(d) = delay_of(t) {
-                t.not_before = Some(meta.modified().unwrap_or(SystemTime::now()) + d);
-            }
+            t.not_before = Some(meta.modified().unwrap_or(SystemTime::now()) + d);
         }
-        self.busy.remove(name);
-        let priority = parsed.as_ref().map(|t| t.priority).unwrap_or(Priority::Low);
-        let key = (priority, id.mtime_ns, name.to_owned());
         let has_state = if in_scan {
             self.stateful.contains(name)
         } else {
             mailbox::exists(&self.layout().state_file(name))
         };
-        let retry_at = if has_state {
+        let (retry_at, excluded) = if has_state {
             let st = mailbox::read_state(self.layout(), name);
-            st.not_before.as_deref().and_then(record::parse_ts)
+            (
+                st.not_before.as_deref().and_then(record::parse_ts),
+                st.excluded_agents,
+            )
         } else {
-            None
+            (None, Vec::new())
         };
         self.forget(name);
-        self.queue.insert(key.clone());
         self.pending.insert(
             name.to_owned(),
             Pending {
@@ -556,108 +603,199 @@ impl Supervisor {
                 parsed,
                 seen: Instant::now(),
                 retry_at,
-                key,
+                excluded,
+                hold: None,
             },
         );
+        self.place(name);
+    }
+
+    /// Puts a known pending task where it belongs: the run queue, the tasks
+    /// waiting for dependencies, the unsettled files, or the rejects.
+    fn place(&mut self, name: &str) {
+        enum To {
+            Unsettled,
+            Queue(Item),
+            Wait(String),
+            Reject(ResultRecord),
+        }
+        let Some(p) = self.pending.get(name) else {
+            return;
+        };
+        let to = match &p.parsed {
+            Err(_) => To::Unsettled,
+            Ok(t) => match self.deps_state(t) {
+                Deps::Failed(why) => To::Reject(mailbox::never_ran_record("dependency", why)),
+                Deps::Wait(why) => To::Wait(why),
+                Deps::Ready => match crate::routing::route(&self.config, t, &p.excluded) {
+                    Err(why) => To::Reject(mailbox::never_ran_record("invalid", why)),
+                    Ok((route, _)) => To::Queue(Item {
+                        name: name.to_owned(),
+                        priority: t.priority,
+                        submitted_ns: p.id.mtime_ns,
+                        not_before: t
+                            .not_before
+                            .into_iter()
+                            .chain(p.retry_at)
+                            .chain(p.hold)
+                            .max(),
+                        route,
+                    }),
+                },
+            },
+        };
+        self.queue.remove(name);
+        self.waiting.remove(name);
+        self.unsettled.remove(name);
+        match to {
+            To::Unsettled => {
+                self.unsettled.insert(name.to_owned());
+            }
+            To::Queue(item) => {
+                self.logged_waits.remove(name);
+                self.queue.insert(item);
+            }
+            To::Reject(rec) => {
+                self.rejects.insert(name.to_owned(), rec);
+            }
+            To::Wait(why) => {
+                if let Some(cycle) = self.cycle_through(name) {
+                    let text = cycle.join(" -> ");
+                    for n in &cycle[..cycle.len() - 1] {
+                        self.queue.remove(n);
+                        self.waiting.remove(n);
+                        self.rejects.insert(
+                            n.clone(),
+                            mailbox::never_ran_record(
+                                "dependency",
+                                format!("dependency cycle: {text}"),
+                            ),
+                        );
+                    }
+                    return;
+                }
+                if self.logged_waits.insert(name.to_owned()) {
+                    info!(task = %name, "{why}");
+                }
+                self.waiting.insert(name.to_owned());
+            }
+        }
+    }
+
+    /// A cycle of `after` links among pending tasks that passes through
+    /// `start`, as the names along it (first name repeated at the end).
+    fn cycle_through(&self, start: &str) -> Option<Vec<String>> {
+        fn deps<'a>(s: &'a Supervisor, n: &str) -> &'a [String] {
+            match s.pending.get(n).map(|p| &p.parsed) {
+                Some(Ok(t)) => &t.after,
+                _ => &[],
+            }
+        }
+        // Depth-first search over pending tasks, with the path kept.
+        let mut path: Vec<(String, usize)> = vec![(start.to_owned(), 0)];
+        let mut done: HashSet<String> = HashSet::new();
+        while let Some((node, i)) = path.last().cloned() {
+            let ds = deps(self, &node);
+            if i >= ds.len() {
+                done.insert(node);
+                path.pop();
+                continue;
+            }
+            path.last_mut().expect("path is not empty").1 += 1;
+            let d = &ds[i];
+            if d == start {
+                let mut c: Vec<String> = path.iter().map(|(n, _)| n.clone()).collect();
+                c.push(start.to_owned());
+                return Some(c);
+            }
+            if self.pending.contains_key(d)
+                && !done.contains(d)
+                && !path.iter().any(|(n, _)| n == d)
+            {
+                path.push((d.clone(), 0));
+            }
+        }
+        None
+    }
+
+    /// Places again every task that waits for a dependency.
+    fn replace_waiting(&mut self) {
+        let names: Vec<String> = self.waiting.iter().cloned().collect();
+        for n in names {
+            self.place(&n);
+        }
     }
 
     // ---- scheduling -----------------------------------------------------
 
-    /// Claims and starts as many tasks as capacity allows, and files away the
-    /// ones that can never run.
+    /// Files away what can never run, then claims and starts as many tasks
+    /// as capacity allows, in queue order.
     fn schedule(&mut self) {
         if self.stopping.is_some() {
             return;
         }
-        let now = SystemTime::now();
-        let mut rejects: Vec<(String, ResultRecord)> = Vec::new();
-        let mut picks: Vec<String> = Vec::new();
-        let mut load = self.load.clone();
-        let mut slots = self.config.concurrency.saturating_sub(self.running.len());
-        for (_, _, name) in self.queue.iter() {
-            let p = &self.pending[name];
-            if self.busy.get(name).is_some_and(|t| *t > Instant::now()) {
-                continue;
-            }
-            let t = match &p.parsed {
-                Ok(t) => t,
-                Err(e) => {
-                    if p.seen.elapsed() >= self.config.settle
-                        && !matches!(
-                            fsx::open_for_writing_elsewhere(&self.layout().task_file(
-                                State::Pending,
-                                name,
-                                &p.ext
-                            )),
-                            Some(true)
-                        )
-                    {
-                        let file = self.layout().rel(&self.layout().task_file(
+        // Files that still do not parse after `settle` and are not being written.
+        let settled: Vec<String> = self
+            .unsettled
+            .iter()
+            .filter(|n| {
+                self.pending.get(*n).is_some_and(|p| {
+                    p.seen.elapsed() >= self.config.settle
+                        && fsx::open_for_writing_elsewhere(&self.layout().task_file(
                             State::Pending,
-                            name,
+                            n,
                             &p.ext,
-                        ));
-                        let mut rec = mailbox::never_ran_record("invalid", e.display_at(&file));
-                        rec.error_location = Some(ErrorLocation {
-                            file,
-                            line: e.line,
-                            column: e.column,
-                        });
-                        rejects.push((name.clone(), rec));
-                    }
-                    continue;
-                }
-            };
-            if slots == 0 {
-                continue;
-            }
-            if t.not_before
-                .into_iter()
-                .chain(p.retry_at)
-                .any(|nb| nb > now)
-            {
-                continue;
-            }
-            match self.deps_state(t) {
-                Deps::Ready => {}
-                Deps::Wait(why) => {
-                    if self.logged_waits.insert(name.clone()) {
-                        info!(task = %name, "waiting: {why}");
-                    }
-                    continue;
-                }
-                Deps::Failed(why) => {
-                    rejects.push((name.clone(), mailbox::never_ran_record("dependency", why)));
-                    continue;
-                }
-            }
-            let agent = match self.config.agent_for(t.agent.as_deref()) {
-                Ok(a) => a,
-                Err(why) => {
-                    rejects.push((name.clone(), mailbox::never_ran_record("invalid", why)));
-                    continue;
-                }
-            };
-            let l = load.entry(agent.name.clone()).or_default();
-            if *l >= agent.max_instances {
-                continue;
-            }
-            *l += 1;
-            slots -= 1;
-            picks.push(name.clone());
-            if picks.len() >= 64 {
-                break;
+                        )) != Some(true)
+                })
+            })
+            .cloned()
+            .collect();
+        for name in settled {
+            let p = &self.pending[&name];
+            if let Err(e) = &p.parsed {
+                let file =
+                    self.layout()
+                        .rel(&self.layout().task_file(State::Pending, &name, &p.ext));
+                let mut rec = mailbox::never_ran_record("invalid", e.display_at(&file));
+                rec.error_location = Some(ErrorLocation {
+                    file,
+                    line: e.line,
+                    column: e.column,
+                });
+                self.unsettled.remove(&name);
+                self.rejects.insert(name, rec);
             }
         }
-        for (name, rec) in rejects {
+        for (name, rec) in std::mem::take(&mut self.rejects) {
             if let Some(p) = self.pending.get(&name) {
                 let ext = p.ext.clone();
                 self.forget(&name);
                 self.reject_pending(&name, &ext, rec, false);
             }
         }
-        for name in picks {
-            self.start(&name);
+        let now = SystemTime::now();
+        self.cooldowns.retain(|_, (t, _)| *t > now);
+        while self.running.len() < self.config.concurrency {
+            let (config, load, cooldowns) = (&self.config, &self.load, &self.cooldowns);
+            let avail = |a: &str| match config.agents.get(a) {
+                None => Avail::Unavailable,
+                Some(_) if cooldowns.contains_key(a) => Avail::Unavailable,
+                Some(ag) => {
+                    let l = load.get(a).copied().unwrap_or(0);
+                    if l >= ag.max_instances {
+                        Avail::Busy
+                    } else {
+                        Avail::Free {
+                            load: l,
+                            max: ag.max_instances,
+                        }
+                    }
+                }
+            };
+            let Some((name, agent)) = self.queue.pop(now, avail) else {
+                break;
+            };
+            self.start(&name, &agent);
         }
     }
 
@@ -790,8 +928,8 @@ impl Supervisor {
         lock.release();
     }
 
-    /// Claims one task and starts its run.
-    fn start(&mut self, name: &str) {
+    /// Claims one task and starts its run on `agent`.
+    fn start(&mut self, name: &str, agent_name: &str) {
         let layout = self.layout().clone();
         let Some(p) = self.pending.get(name) else {
             return;
@@ -857,14 +995,23 @@ impl Supervisor {
                 return;
             }
         };
-        let agent = match self.config.agent_for(task.agent.as_deref()) {
-            Ok(a) => a.clone(),
+        let excluded = mailbox::read_state(&layout, name).excluded_agents;
+        let (route, reason) = match crate::routing::route(&self.config, &task, &excluded) {
+            Ok(r) => r,
             Err(why) => {
                 let rec = mailbox::never_ran_record("invalid", why);
                 self.reject_locked(State::Assigned, name, &ext, rec, false, lock);
                 return;
             }
         };
+        // The file may have changed since it was queued: keep the agent the
+        // queue chose only if it is still a candidate.
+        let chosen = if route.agents.iter().any(|a| a == agent_name) {
+            agent_name
+        } else {
+            &route.agents[0]
+        };
+        let agent = self.config.agents[chosen].clone();
         let (stop_tx, stop_rx) = watch::channel(None);
         *self.load.entry(agent.name.clone()).or_default() += 1;
         self.next_run += 1;
@@ -878,6 +1025,9 @@ impl Supervisor {
             ext,
             task,
             agent,
+            alternatives: route.agents.len() > 1,
+            reason,
+            limits: self.limits.clone(),
             lock,
         };
         let tx = self.events_tx.clone();
@@ -1100,8 +1250,47 @@ enum Deps {
     Failed(String),
 }
 
-fn delay_of(t: &Task) -> Option<Duration> {
-    t.delay
+/// Each agent's usage-limit patterns: its kind's preset plus its own.
+fn compile_limits(c: &Config) -> HashMap<String, LimitPatterns> {
+    c.agents
+        .values()
+        .map(|a| {
+            let p = LimitPatterns::preset(&a.kind);
+            // The config loader already checked that these compile.
+            let p = p.clone().with_extra(&a.limit_patterns).unwrap_or(p);
+            (a.name.clone(), p)
+        })
+        .collect()
+}
+
+/// Reads `tasks/cooldowns/`: agents still cooling down; expired files go.
+fn load_cooldowns(layout: &Layout) -> HashMap<String, (SystemTime, String)> {
+    let mut out = HashMap::new();
+    let Ok(rd) = std::fs::read_dir(&layout.cooldowns) else {
+        return out;
+    };
+    let now = SystemTime::now();
+    for ent in rd.flatten() {
+        let p = ent.path();
+        if p.extension().and_then(|e| e.to_str()) != Some("json") {
+            continue;
+        }
+        let Ok((b, _)) = fsx::read_task_file(&p, 64 * 1024) else {
+            continue;
+        };
+        let Ok(c) = serde_json::from_slice::<record::Cooldown>(&b) else {
+            continue;
+        };
+        match record::parse_ts(&c.until) {
+            Some(t) if t > now => {
+                out.insert(c.agent, (t, c.message));
+            }
+            _ => {
+                let _ = std::fs::remove_file(&p);
+            }
+        }
+    }
+    out
 }
 
 fn list_suffix(dir: &Path, suffix: &str) -> HashSet<String> {
@@ -1175,6 +1364,11 @@ struct Job {
     ext: String,
     task: Task,
     agent: crate::config::Agent,
+    /// Whether other agents could take the task if this one is ruled out.
+    alternatives: bool,
+    /// Why this agent (for the record and `show`).
+    reason: String,
+    limits: Arc<HashMap<String, LimitPatterns>>,
     lock: TaskLock,
 }
 
@@ -1199,6 +1393,7 @@ impl Job {
             pid_start: None,
             started_at: record::ts(started),
             deadline: record::ts(started + timeout),
+            reason: Some(self.reason.clone()),
         });
         let run_dir = layout.run_dir(State::Assigned, &name);
         let prep = (|| -> std::io::Result<()> {
@@ -1271,6 +1466,20 @@ impl Job {
             Err(end) => end,
         };
         self.finish(st, end, started).await
+    }
+
+    /// Looks for a usage-limit message in the run's stdout and stderr.
+    fn detect_limit(&self) -> Option<crate::limits::Limit> {
+        let patterns = self.limits.get(&self.agent.name)?;
+        let dir = self.ctx.layout.run_dir(State::Assigned, &self.name);
+        let mut text = String::new();
+        for f in ["stdout.log", "stderr.log", "output.md"] {
+            if let Ok((b, _)) = fsx::read_tail(&dir.join(f), 64 * 1024) {
+                text.push_str(&String::from_utf8_lossy(&b));
+                text.push('\n');
+            }
+        }
+        crate::limits::detect(patterns, &text, SystemTime::now(), None)
     }
 
     fn workdir(&self) -> Result<PathBuf, String> {
@@ -1359,6 +1568,74 @@ impl Job {
         });
         st.last_error = error.clone();
         let retries = self.task.retries.unwrap_or(self.config.retries);
+        // A usage limit, whatever the exit code (claude prints some with exit 0).
+        if outcome != "spawn"
+            && let Some(limit) = self.detect_limit()
+        {
+            let until = limit
+                .until
+                .unwrap_or_else(|| SystemTime::now() + self.agent.cooldown);
+            let msg = format!(
+                "agent {} hit a usage limit ({}); cooling down until {}",
+                self.agent.name,
+                limit.message,
+                record::ts(until)
+            );
+            if let Some(a) = st.history.last_mut() {
+                a.outcome = "limited".into();
+                a.error = Some(msg.clone());
+            }
+            st.last_error = Some(msg);
+            st.free_attempts += 1;
+            let cd = record::Cooldown {
+                agent: self.agent.name.clone(),
+                until: record::ts(until),
+                message: limit.message.clone(),
+                since: record::now(),
+                host: self.ctx.host.clone(),
+                task: self.name.clone(),
+            };
+            let path = self.ctx.layout.cooldown_file(&self.agent.name);
+            if let Err(e) = serde_json::to_vec_pretty(&cd)
+                .map_err(std::io::Error::other)
+                .and_then(|b| fsx::write_atomic(&path, &b))
+            {
+                warn!(error = %e, "cannot record the cooldown on disk");
+            }
+            return match self.requeue_or_keep(st).await {
+                JobEnd::Requeued => JobEnd::Limited {
+                    until,
+                    message: limit.message,
+                },
+                other => other,
+            };
+        }
+        // An agent that cannot be started, or has failed this task
+        // `fallback_after` times, hands it to the next agent of its route.
+        if self.alternatives && outcome != "success" {
+            let fails = st
+                .history
+                .iter()
+                .filter(|a| a.agent == self.agent.name && a.outcome != "interrupted")
+                .count() as u32;
+            if outcome == "spawn" || fails >= self.agent.fallback_after {
+                if !st.excluded_agents.contains(&self.agent.name) {
+                    st.excluded_agents.push(self.agent.name.clone());
+                }
+                if outcome == "spawn" {
+                    st.free_attempts += 1;
+                }
+                if outcome == "spawn" || st.charged() <= retries {
+                    warn!(
+                        task = %self.name,
+                        agent = %self.agent.name,
+                        error = error.as_deref().unwrap_or(""),
+                        "handing the task to a fallback agent"
+                    );
+                    return self.requeue_or_keep(st).await;
+                }
+            }
+        }
         if outcome == "interrupted" {
             st.free_attempts += 1;
             info!(task = %self.name, "stopped by shutdown; requeued without using an attempt");
@@ -1387,6 +1664,7 @@ impl Job {
         };
         let mut rec = base_record(&self.ctx, &self.name, status, outcome, &st);
         rec.agent = Some(self.agent.name.clone());
+        rec.agent_reason = Some(self.reason.clone());
         rec.error = error;
         rec.started_at = Some(record::ts(started));
         rec.finished_at = record::ts(finished);
