@@ -617,7 +617,7 @@ impl Supervisor {
             Unsettled,
             Queue(Item),
             Wait(String),
-            Reject(ResultRecord),
+            Reject(Box<ResultRecord>),
         }
         let Some(p) = self.pending.get(name) else {
             return;
@@ -625,10 +625,12 @@ impl Supervisor {
         let to = match &p.parsed {
             Err(_) => To::Unsettled,
             Ok(t) => match self.deps_state(t) {
-                Deps::Failed(why) => To::Reject(mailbox::never_ran_record("dependency", why)),
+                Deps::Failed(why) => {
+                    To::Reject(Box::new(mailbox::never_ran_record("dependency", why)))
+                }
                 Deps::Wait(why) => To::Wait(why),
                 Deps::Ready => match crate::routing::route(&self.config, t, &p.excluded) {
-                    Err(why) => To::Reject(mailbox::never_ran_record("invalid", why)),
+                    Err(why) => To::Reject(Box::new(mailbox::never_ran_record("invalid", why))),
                     Ok((route, _)) => To::Queue(Item {
                         name: name.to_owned(),
                         priority: t.priority,
@@ -656,7 +658,7 @@ impl Supervisor {
                 self.queue.insert(item);
             }
             To::Reject(rec) => {
-                self.rejects.insert(name.to_owned(), rec);
+                self.rejects.insert(name.to_owned(), *rec);
             }
             To::Wait(why) => {
                 if let Some(cycle) = self.cycle_through(name) {
