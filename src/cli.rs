@@ -314,6 +314,23 @@ struct StatusJson {
     completed: usize,
     failed: usize,
     running_tasks: Vec<RunningTask>,
+    cooldowns: Vec<crate::record::Cooldown>,
+}
+
+/// Cooldowns still in force, from `tasks/cooldowns/`.
+fn cooldowns(layout: &Layout) -> Vec<crate::record::Cooldown> {
+    let now = std::time::SystemTime::now();
+    let mut v: Vec<crate::record::Cooldown> = std::fs::read_dir(&layout.cooldowns)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| fsx::read_task_file(&e.path(), 64 * 1024).ok())
+                .filter_map(|(b, _)| serde_json::from_slice::<crate::record::Cooldown>(&b).ok())
+                .filter(|c| crate::record::parse_ts(&c.until).is_some_and(|t| t > now))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort_by(|a, b| a.agent.cmp(&b.agent));
+    v
 }
 
 fn running_tasks(layout: &Layout) -> Vec<RunningTask> {
@@ -346,6 +363,7 @@ pub fn status(root: &Path, json: bool) -> Result<()> {
         completed: mailbox::count(&layout, State::Completed),
         failed: mailbox::count(&layout, State::Failed),
         running_tasks: running_tasks(&layout),
+        cooldowns: cooldowns(&layout),
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&s)?);
@@ -363,6 +381,12 @@ pub fn status(root: &Path, json: bool) -> Result<()> {
             r.attempt.map(|a| a.to_string()).unwrap_or("?".into()),
             r.pid.map(|a| a.to_string()).unwrap_or("?".into()),
             r.started_at.as_deref().unwrap_or("?")
+        );
+    }
+    for c in &s.cooldowns {
+        println!(
+            "  {} cooling down until {} ({})",
+            c.agent, c.until, c.message
         );
     }
     Ok(())
@@ -478,6 +502,21 @@ pub fn show(root: &Path, name: &str, json: bool) -> Result<()> {
     );
     if let Err(e) = &parsed {
         println!("error: {}", e.display_at(&layout.rel(&path)));
+    }
+    match (&record, &parsed) {
+        (Some(r), _) if r.agent.is_some() => println!(
+            "agent: {} ({})",
+            r.agent.as_deref().unwrap_or("?"),
+            r.agent_reason.as_deref().unwrap_or("-")
+        ),
+        (_, Ok(t)) => match Config::load(root) {
+            Ok(c) => match crate::routing::route(&c, t, &state_file.excluded_agents) {
+                Ok((r, why)) => println!("agent: {} ({why})", r.agents.join(" or ")),
+                Err(e) => println!("agent: none: {e}"),
+            },
+            Err(e) => println!("agent: unknown ({e})"),
+        },
+        _ => {}
     }
     if let Ok(t) = &parsed
         && st == State::Pending

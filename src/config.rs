@@ -499,15 +499,12 @@ impl Config {
             }
             None => {
                 if !c.agents.contains_key(&c.default_agent) {
-                    match c.agents.keys().next() {
-                        Some(first) if c.agents.len() == 1 => c.default_agent = first.clone(),
-                        _ => {
-                            return Err(err(
-                                "`default_agent` is not set and there is no agent named `demo`"
-                                    .into(),
-                            ));
-                        }
-                    }
+                    // With one agent it is the default; with several and no
+                    // `demo`, tasks must name theirs (or match a routing rule).
+                    c.default_agent = match c.agents.keys().next() {
+                        Some(first) if c.agents.len() == 1 => first.clone(),
+                        _ => String::new(),
+                    };
                 }
             }
         }
@@ -516,6 +513,11 @@ impl Config {
 
     /// The agent a task runs on: its own choice, or the default.
     pub fn agent_for(&self, wanted: Option<&str>) -> Result<&Agent, String> {
+        if wanted.is_none() && self.default_agent.is_empty() {
+            return Err(
+                "the task names no `agent` and mailroom.yaml sets no `default_agent`".into(),
+            );
+        }
         let name = wanted.unwrap_or(&self.default_agent);
         self.agents.get(name).ok_or_else(|| {
             let names: Vec<&str> = self.agents.keys().map(String::as_str).collect();

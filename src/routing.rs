@@ -42,7 +42,8 @@ pub fn route(c: &Config, t: &Task, excluded: &[String]) -> Result<(Route, String
             reason,
         ));
     } else {
-        (c.default_agent.clone(), "default_agent".to_owned())
+        let a = c.agent_for(None)?;
+        (a.name.clone(), "default_agent".to_owned())
     };
     let mut agents = vec![first.clone()];
     let mut i = 0;

@@ -133,6 +133,8 @@ pub struct Supervisor {
     stopping_agents: HashSet<(u32, u64)>,
     /// Whether shutdown has already told the agents to stop.
     stop_sent: bool,
+    /// Inside a full scan (not every file is read yet).
+    scanning: bool,
 }
 
 impl Supervisor {
@@ -176,6 +178,7 @@ impl Supervisor {
             swept: false,
             stopping_agents: HashSet::new(),
             stop_sent: false,
+            scanning: false,
         })
     }
 
@@ -461,6 +464,7 @@ impl Supervisor {
             }
         };
         let mut seen = HashSet::new();
+        self.scanning = true;
         for ent in rd.flatten() {
             let fname = ent.file_name();
             let fname = match fname.to_str() {
@@ -494,7 +498,9 @@ impl Supervisor {
         for n in gone {
             self.forget(&n);
         }
-        // Dependencies may have finished under other supervisors.
+        self.scanning = false;
+        // Dependencies may have finished under other supervisors, or were
+        // simply read after their dependants.
         self.replace_waiting();
     }
 
@@ -676,7 +682,8 @@ impl Supervisor {
                     }
                     return;
                 }
-                if self.logged_waits.insert(name.to_owned()) {
+                // During a scan, dependencies may simply not be read yet.
+                if !self.scanning && self.logged_waits.insert(name.to_owned()) {
                     info!(task = %name, "{why}");
                 }
                 self.waiting.insert(name.to_owned());
@@ -768,12 +775,16 @@ impl Supervisor {
                 self.rejects.insert(name, rec);
             }
         }
-        for (name, rec) in std::mem::take(&mut self.rejects) {
-            if let Some(p) = self.pending.get(&name) {
-                let ext = p.ext.clone();
-                self.forget(&name);
-                self.reject_pending(&name, &ext, rec, false);
+        // A reject can fail the tasks that wait for it: repeat until quiet.
+        while !self.rejects.is_empty() {
+            for (name, rec) in std::mem::take(&mut self.rejects) {
+                if let Some(p) = self.pending.get(&name) {
+                    let ext = p.ext.clone();
+                    self.forget(&name);
+                    self.reject_pending(&name, &ext, rec, false);
+                }
             }
+            self.replace_waiting();
         }
         let now = SystemTime::now();
         self.cooldowns.retain(|_, (t, _)| *t > now);
@@ -1474,14 +1485,17 @@ impl Job {
     fn detect_limit(&self) -> Option<crate::limits::Limit> {
         let patterns = self.limits.get(&self.agent.name)?;
         let dir = self.ctx.layout.run_dir(State::Assigned, &self.name);
-        let mut text = String::new();
-        for f in ["stdout.log", "stderr.log", "output.md"] {
-            if let Ok((b, _)) = fsx::read_tail(&dir.join(f), 64 * 1024) {
-                text.push_str(&String::from_utf8_lossy(&b));
-                text.push('\n');
-            }
-        }
-        crate::limits::detect(patterns, &text, SystemTime::now(), None)
+        // The CLIs print limits on stdout or stderr; `output.md` is the
+        // agent's own prose and would only bring false alarms.
+        ["stderr.log", "stdout.log"].iter().find_map(|f| {
+            let (b, _) = fsx::read_tail(&dir.join(f), 64 * 1024).ok()?;
+            crate::limits::detect(
+                patterns,
+                &String::from_utf8_lossy(&b),
+                SystemTime::now(),
+                None,
+            )
+        })
     }
 
     fn workdir(&self) -> Result<PathBuf, String> {

@@ -1,0 +1,296 @@
+//! Scheduling and routing through the real binary: order, ageing, dependencies,
+//! capacity, routing rules, fallbacks and usage-limit cooldowns.
+
+mod common;
+
+use common::*;
+use std::time::{Duration, SystemTime};
+
+/// Sets a task file's modification time: its submission time (a test clock).
+fn submitted(root: &Root, file: &str, ago: Duration) {
+    let f = std::fs::File::options()
+        .write(true)
+        .open(root.p(&format!("tasks/pending/{file}")))
+        .unwrap();
+    f.set_modified(SystemTime::now() - ago).unwrap();
+}
+
+fn order(log: &str) -> Vec<String> {
+    log.lines()
+        .map(|l| l.split(' ').next().unwrap().to_owned())
+        .collect()
+}
+
+fn one_agent(root: Root, runlog: &std::path::Path, extra: &str) -> Root {
+    root.config(&format!(
+        "concurrency: 1\nretry_delay: 10ms\nsettle: 200ms\n{extra}\nagents:\n  a:\n    command: [{:?}]\n    env:\n      RUNLOG: {:?}\n",
+        agent("ok.sh"),
+        runlog.display().to_string()
+    ))
+}
+
+#[test]
+fn priority_then_fifo_under_concurrency_one() {
+    let root = Root::new();
+    let log = root.p("runs.log");
+    let root = one_agent(root, &log, "")
+        .task("n-old.yaml", "description: n\n")
+        .task("n-new.yaml", "description: n\n")
+        .task("h.yaml", "description: h\npriority: high\n")
+        .task("l.yaml", "description: l\npriority: 2\n");
+    submitted(&root, "n-old.yaml", Duration::from_secs(60));
+    submitted(&root, "n-new.yaml", Duration::from_secs(30));
+    submitted(&root, "h.yaml", Duration::from_secs(10));
+    submitted(&root, "l.yaml", Duration::from_secs(90));
+    root.run_until_idle();
+    assert_eq!(
+        order(&std::fs::read_to_string(&log).unwrap()),
+        ["h", "n-old", "n-new", "l"]
+    );
+}
+
+#[test]
+fn a_low_task_ages_past_newer_normal_work() {
+    let root = Root::new();
+    let log = root.p("runs.log");
+    let root = one_agent(root, &log, "aging: 30m")
+        .task("old-low.yaml", "description: l\npriority: low\n")
+        .task("fresh-normal.yaml", "description: n\n")
+        .task("fresh-high.yaml", "description: h\npriority: high\n");
+    // Waited 61 minutes: two ageing periods, so it now ranks as high.
+    submitted(&root, "old-low.yaml", Duration::from_secs(61 * 60));
+    root.run_until_idle();
+    assert_eq!(
+        order(&std::fs::read_to_string(&log).unwrap()),
+        ["old-low", "fresh-high", "fresh-normal"]
+    );
+}
+
+#[test]
+fn dependencies_order_fail_and_detect_cycles() {
+    let root = Root::new();
+    let log = root.p("runs.log");
+    let root = root.config(&format!(
+        "concurrency: 4\nretries: 0\nsettle: 200ms\ndefault_agent: a\nagents:\n  a:\n    command: [{:?}]\n    env:\n      RUNLOG: {:?}\n  bad:\n    command: [{:?}]\n",
+        agent("ok.sh"),
+        log.display().to_string(),
+        agent("fail.sh")
+    ));
+    let root = root
+        .task("second.yaml", "description: s\nafter: [first]\n")
+        .task("first.yaml", "description: f\n")
+        .task(
+            "third.yaml",
+            "description: t\ndependencies: [second, first]\n",
+        )
+        .task("broken.yaml", "description: b\nagent: bad\n")
+        .task("after-broken.yaml", "description: a\nafter: [broken]\n")
+        .task("x.yaml", "description: x\nafter: [y]\n")
+        .task("y.yaml", "description: y\nafter: [x]\n")
+        .task("orphan.yaml", "description: o\nafter: [never-submitted]\n");
+    // The dependants are older: FIFO alone would run them first.
+    submitted(&root, "second.yaml", Duration::from_secs(100));
+    submitted(&root, "third.yaml", Duration::from_secs(100));
+    let show = root.mailroom(&["show", "orphan"]);
+    assert!(
+        stdout(&show).contains("waiting for never-submitted (not submitted)"),
+        "{}",
+        stdout(&show)
+    );
+    root.run_until_idle();
+    let runs = order(&std::fs::read_to_string(&log).unwrap());
+    let pos = |t: &str| runs.iter().position(|r| r == t).unwrap();
+    assert!(
+        pos("first") < pos("second") && pos("second") < pos("third"),
+        "{runs:?}"
+    );
+    let rec = root.record("failed", "after-broken");
+    assert_eq!(rec["error"], "dependency broken failed");
+    for t in ["x", "y"] {
+        let e = root.record("failed", t)["error"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(e.starts_with("dependency cycle: "), "{e}");
+    }
+    // Waiting for something nobody submitted is not an error: it stays pending.
+    assert_eq!(root.names("pending"), ["orphan"]);
+}
+
+#[test]
+fn capacity_limits_are_never_exceeded() {
+    let root = Root::new();
+    let log = root.p("spans.log");
+    let mut root = root.config(&format!(
+        "concurrency: 3\nagents:\n  a:\n    command: [{sp:?}]\n    max_instances: 2\n    env: {{RUNLOG: {l:?}, SPAN_MS: \"150\"}}\n  b:\n    command: [{sp:?}]\n    max_instances: 2\n    env: {{RUNLOG: {l:?}, SPAN_MS: \"150\"}}\n",
+        sp = agent("span.sh"),
+        l = log.display().to_string()
+    ));
+    for i in 0..6 {
+        root = root.task(&format!("a{i}.yaml"), "description: x\nagent: a\n");
+        root = root.task(&format!("b{i}.yaml"), "description: x\nagent: b\n");
+    }
+    root.run_until_idle();
+    assert_eq!(root.names("completed").len(), 12);
+    // From the agents' own start/end times: the most running at once.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let mut ev: Vec<(u128, i32, char)> = text
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let d = if f[0] == "S" { 1 } else { -1 };
+            (f[3].parse().unwrap(), d, f[1].chars().next().unwrap())
+        })
+        .collect();
+    ev.sort_by_key(|e| (e.0, e.1));
+    let (mut all, mut a, mut b, mut max_all, mut max_a, mut max_b) = (0, 0, 0, 0, 0, 0);
+    for (_, d, agent) in ev {
+        all += d;
+        if agent == 'a' {
+            a += d
+        } else {
+            b += d
+        }
+        max_all = max_all.max(all);
+        max_a = max_a.max(a);
+        max_b = max_b.max(b);
+    }
+    assert!(
+        max_all <= 3 && max_a <= 2 && max_b <= 2,
+        "{max_all} {max_a} {max_b}"
+    );
+    assert_eq!(max_all, 3, "the limits were never even reached");
+}
+
+fn record_agent(root: &Root, t: &str) -> (String, String) {
+    let r = root.record("completed", t);
+    (
+        r["agent"].as_str().unwrap().to_owned(),
+        r["agent_reason"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[test]
+fn routing_by_label_size_and_capability_with_reasons() {
+    let ok = agent("ok.sh");
+    let root = Root::new()
+        .config(&format!(
+            "default_agent: light\nrouting:\n  - label: heavy\n    agent: strong\n  - min_chars: 100\n    agent: strong\n\
+             agents:\n  light:\n    command: [{ok:?}]\n  strong:\n    command: [{ok:?}]\n  web:\n    command: [{ok:?}]\n    capabilities: [browser]\n"
+        ))
+        .task("plain.yaml", "description: small\n")
+        .task("labelled.yaml", "description: small\nlabels: [heavy]\n")
+        .task("big.yaml", &format!("description: {}\n", "z".repeat(150)))
+        .task("explicit.yaml", "description: x\nagent: light\nlabels: [heavy]\n")
+        .task("needs.yaml", "description: x\nrequires: [browser]\n");
+    root.run_until_idle();
+    assert_eq!(
+        record_agent(&root, "plain"),
+        ("light".into(), "default_agent".into())
+    );
+    let (a, why) = record_agent(&root, "labelled");
+    assert_eq!(a, "strong");
+    assert!(why.starts_with("routing rule 1 (label heavy)"), "{why}");
+    let (a, why) = record_agent(&root, "big");
+    assert_eq!(a, "strong");
+    assert!(why.contains("over 100 characters"), "{why}");
+    let (a, why) = record_agent(&root, "explicit");
+    assert_eq!(a, "light");
+    assert!(why.contains("explicit"), "{why}");
+    let (a, why) = record_agent(&root, "needs");
+    assert_eq!(a, "web");
+    assert!(why.contains("requires [browser]"), "{why}");
+}
+
+#[test]
+fn fallback_chain_after_a_missing_command_and_after_failures() {
+    let ok = agent("ok.sh");
+    let fail = agent("fail.sh");
+    let root = Root::new()
+        .config(&format!(
+            "retries: 3\nretry_delay: 10ms\nagents:\n  gone:\n    command: [\"no-such-agent-cmd\"]\n    fallback: [flaky]\n\
+             \n  flaky:\n    command: [{fail:?}]\n    fallback: [solid]\n    fallback_after: 2\n  solid:\n    command: [{ok:?}]\n"
+        ))
+        .task("t.yaml", "description: x\nagent: gone\n");
+    root.run_until_idle();
+    let rec = root.record("completed", "t");
+    assert_eq!(rec["agent"], "solid");
+    let tried: Vec<&str> = rec["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["agent"].as_str().unwrap())
+        .collect();
+    assert_eq!(tried, ["gone", "flaky", "flaky", "solid"]);
+    assert_eq!(rec["history"][0]["outcome"], "spawn");
+}
+
+fn cooldown_case(msg: &str, exit: &str) -> (Root, serde_json::Value, serde_json::Value) {
+    let root = Root::new();
+    let log = root.p("runs.log");
+    let root = root
+        .config(&format!(
+            "retries: 0\nagents:\n  claude:\n    command: [{:?}]\n    kind: claude\n    fallback: [codex]\n    env:\n      LIMIT_MSG: {msg:?}\n      LIMIT_EXIT: {exit:?}\n      RUNLOG: {:?}\n  codex:\n    command: [{:?}]\n",
+            agent("limited.sh"),
+            log.display().to_string(),
+            agent("ok.sh")
+        ))
+        .task("job.yaml", "description: x\nagent: claude\n");
+    root.run_until_idle();
+    let rec = root.record("completed", "job");
+    let cd: serde_json::Value =
+        serde_json::from_str(&root.read("tasks/cooldowns/claude.json")).unwrap();
+    (root, rec, cd)
+}
+
+fn until(cd: &serde_json::Value) -> SystemTime {
+    humantime::parse_rfc3339_weak(cd["until"].as_str().unwrap()).unwrap()
+}
+
+#[test]
+fn cooldown_from_a_unix_timestamp_without_using_an_attempt() {
+    let ts = SystemTime::now() + Duration::from_secs(7200);
+    let secs = ts.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
+    let (root, rec, cd) = cooldown_case(&format!("Claude AI usage limit reached|{secs}"), "1");
+    assert_eq!(
+        until(&cd),
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    );
+    // retries: 0, yet the task completed: the limited attempt was not charged.
+    assert_eq!(rec["agent"], "codex");
+    assert_eq!(rec["history"][0]["outcome"], "limited");
+    // Kept on disk, so a restarted supervisor still honours it; status shows it.
+    let s = root.mailroom(&["status"]);
+    assert!(
+        stdout(&s).contains("claude cooling down until"),
+        "{}",
+        stdout(&s)
+    );
+}
+
+#[test]
+fn cooldown_from_a_local_reset_time_with_exit_zero() {
+    let (_root, rec, cd) = cooldown_case("You've hit your limit · resets 1pm (Europe/Lisbon)", "0");
+    let u = until(&cd);
+    let now = SystemTime::now();
+    assert!(
+        u > now && u <= now + Duration::from_secs(24 * 3600 + 60),
+        "{cd}"
+    );
+    assert_eq!(rec["history"][0]["outcome"], "limited");
+    assert_eq!(rec["status"], "completed");
+}
+
+#[test]
+fn cooldown_from_codex_resets_in_seconds() {
+    let (_root, rec, cd) = cooldown_case(
+        r#"ERROR: {"status":429,"error":{"type":"usage_limit_reached","resets_in_seconds":3600}}"#,
+        "1",
+    );
+    let d = until(&cd).duration_since(SystemTime::now()).unwrap();
+    assert!(
+        d > Duration::from_secs(3500) && d <= Duration::from_secs(3600),
+        "{d:?}"
+    );
+    assert_eq!(rec["agent"], "codex");
+}
