@@ -121,6 +121,13 @@ fn run(root: &std::path::Path, exit_when_idle: bool) -> anyhow::Result<ExitCode>
         .build()?;
     let sup = Supervisor::new(root, config)
         .map_err(|e| anyhow::anyhow!("preparing the tree under {}: {e}", root.display()))?;
-    rt.block_on(sup.run(rx, RunOptions { exit_when_idle }))?;
+    let notifier = mailroom::sdnotify::Notifier::from_env().map(std::sync::Arc::new);
+    rt.block_on(sup.run(
+        rx,
+        RunOptions {
+            exit_when_idle,
+            notifier,
+        },
+    ))?;
     Ok(ExitCode::SUCCESS)
 }

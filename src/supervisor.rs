@@ -38,6 +38,8 @@ pub enum Control {
 pub struct RunOptions {
     /// Exit once nothing is pending (that can ever run) and nothing is running.
     pub exit_when_idle: bool,
+    /// systemd's notify socket, when run as a `Type=notify` service.
+    pub notifier: Option<Arc<crate::sdnotify::Notifier>>,
 }
 
 /// What the loop reports when it returns.
@@ -211,6 +213,16 @@ impl Supervisor {
         let poll = watch.is_none();
         self.recover();
         self.full_scan();
+        let notifier = opts.notifier.clone();
+        let mut last_status = self.status_line();
+        if let Some(n) = &notifier {
+            n.ready(&last_status);
+        }
+        // Watchdog pings come from this loop itself, so they prove it turns.
+        let mut watchdog = notifier
+            .as_ref()
+            .and_then(|n| n.watchdog_interval())
+            .map(tokio::time::interval);
         info!(
             root = %self.layout().root.display(),
             pending = self.pending.len(),
@@ -236,8 +248,20 @@ impl Supervisor {
             } else if opts.exit_when_idle && self.running.is_empty() && !self.has_runnable() {
                 break;
             }
+            if let Some(n) = &notifier {
+                let st = self.status_line();
+                if st != last_status {
+                    n.status(&st);
+                    last_status = st;
+                }
+            }
             let wake = self.next_wake(next_rescan);
             tokio::select! {
+                _ = async { watchdog.as_mut().expect("guarded").tick().await }, if watchdog.is_some() => {
+                    if let Some(n) = &notifier {
+                        n.watchdog();
+                    }
+                }
                 _ = self.hints.wake.notified() => {
                     let (paths, rescan) = self.hints.take();
                     if rescan {
@@ -256,8 +280,21 @@ impl Supervisor {
                 }
                 Some(ev) = self.events_rx.recv() => self.on_event(ev),
                 c = control.recv(), if control_open => match c {
-                    Some(Control::Shutdown) => self.on_shutdown(),
-                    Some(Control::Reload) => self.reload(),
+                    Some(Control::Shutdown) => {
+                        if let Some(n) = &notifier {
+                            n.stopping();
+                        }
+                        self.on_shutdown()
+                    }
+                    Some(Control::Reload) => {
+                        if let Some(n) = &notifier {
+                            n.reloading();
+                        }
+                        self.reload();
+                        if let Some(n) = &notifier {
+                            n.reloaded();
+                        }
+                    }
                     None => control_open = false,
                 },
                 _ = tokio::time::sleep_until(wake) => {
@@ -277,6 +314,22 @@ impl Supervisor {
             "supervisor stopped"
         );
         Ok(self.summary)
+    }
+
+    /// One line for systemd's STATUS: "3 running, 12 pending, 1 cooling down".
+    fn status_line(&self) -> String {
+        let mut s = format!(
+            "{} running, {} pending",
+            self.running.len(),
+            self.pending.len()
+        );
+        if !self.cooldowns.is_empty() {
+            s.push_str(&format!(", {} cooling down", self.cooldowns.len()));
+        }
+        if self.stopping.is_some() {
+            s.push_str(", stopping");
+        }
+        s
     }
 
     fn rescan_interval(&self, poll: bool) -> Duration {
