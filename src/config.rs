@@ -279,6 +279,7 @@ impl Config {
                     line: None,
                     column: None,
                     message: format!("cannot read: {e}"),
+                    key: None,
                 },
             }),
         }
@@ -292,6 +293,7 @@ impl Config {
                 line: None,
                 column: None,
                 message,
+                key: None,
             },
         };
         let text = std::str::from_utf8(bytes).map_err(|_| err("not UTF-8 text".into()))?;
@@ -330,7 +332,13 @@ impl Config {
         let dur = |key: &str, v: &Option<String>, d: Duration| -> Result<Duration, ConfigError> {
             match v {
                 None => Ok(d),
-                Some(s) => parse_duration(s).map_err(|e| err(format!("`{key}`: {e}"))),
+                Some(s) => match parse_duration(s) {
+                    Ok(d) if d > crate::task::MAX_DURATION => {
+                        Err(err(format!("`{key}`: {s} is over the limit of 30 days")))
+                    }
+                    Ok(d) => Ok(d),
+                    Err(e) => Err(err(format!("`{key}`: {e}"))),
+                },
             }
         };
         if let Some(n) = raw.concurrency {

@@ -244,7 +244,10 @@ pub async fn wait(
 ) -> RunEnd {
     let Started { mut child, pid } = started;
     let pgid = Pid::from_raw(pid as i32);
-    let deadline = Instant::now() + spec.timeout;
+    // Timeouts are capped at 30 days, but never trust an addition to a clock.
+    let deadline = Instant::now()
+        .checked_add(spec.timeout)
+        .unwrap_or_else(|| Instant::now() + Duration::from_secs(30 * 24 * 3600));
     let mut check = tokio::time::interval(Duration::from_millis(500));
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     check.tick().await;
@@ -309,7 +312,9 @@ async fn stop_gracefully(
     stop: &mut watch::Receiver<Option<Stop>>,
 ) -> Exit {
     let _ = killpg(pgid, Signal::SIGTERM);
-    let until = Instant::now() + grace;
+    let until = Instant::now()
+        .checked_add(grace)
+        .unwrap_or_else(Instant::now);
     let exited = loop {
         tokio::select! {
             st = child.wait() => break Some(to_exit(st)),

@@ -622,6 +622,7 @@ impl Supervisor {
                     line: None,
                     column: None,
                     message: format!("cannot read the file: {e}"),
+                    key: None,
                 })
             }
             Err(e) => {
@@ -1458,7 +1459,7 @@ impl Job {
             pid: None,
             pid_start: None,
             started_at: record::ts(started),
-            deadline: record::ts(started + timeout),
+            deadline: record::ts(started.checked_add(timeout).unwrap_or(started)),
             reason: Some(self.reason.clone()),
         });
         let run_dir = layout.run_dir(State::Assigned, &name);

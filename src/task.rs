@@ -86,6 +86,8 @@ pub struct TaskError {
     pub line: Option<u64>,
     pub column: Option<u64>,
     pub message: String,
+    /// The key the error is about, so that [`parse`] can point at it.
+    pub key: Option<&'static str>,
 }
 
 impl TaskError {
@@ -94,6 +96,13 @@ impl TaskError {
             line: None,
             column: None,
             message: message.into(),
+            key: None,
+        }
+    }
+    fn at(key: &'static str, message: impl Into<String>) -> Self {
+        TaskError {
+            key: Some(key),
+            ..TaskError::new(message)
         }
     }
     /// `file:line:column: message`, the form editors jump to.
@@ -145,8 +154,8 @@ pub const TASK_KEYS: &[&str] = &[
 #[serde(deny_unknown_fields)]
 pub struct RawTask {
     pub id: Option<String>,
-    pub description: Option<String>,
-    pub prompt: Option<String>,
+    pub description: Option<Text>,
+    pub prompt: Option<Text>,
     pub priority: Option<RawPriority>,
     pub agent: Option<String>,
     pub preferred_agent: Option<String>,
@@ -167,6 +176,27 @@ pub struct RawTask {
     pub delay: Option<String>,
     /// Seed format; accepted and reported as not expanded yet.
     pub subtasks: Option<IgnoredAny>,
+}
+
+/// A string that was written as text: a number or boolean where a
+/// description belongs is almost always a mistake (a lost quote, a wrong key).
+#[derive(Debug)]
+pub struct Text(pub String);
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Text;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("text")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Text, E> {
+                Ok(Text(v.to_owned()))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// A priority as written: a word or an integer.
@@ -236,6 +266,8 @@ pub fn yaml_options() -> serde_saphyr::Options {
     budget.max_total_scalar_bytes = 4 * 1024 * 1024;
     let mut opts = serde_saphyr::Options::default();
     opts.budget = Some(budget);
+    // YAML 1.2: only true/false are booleans, so `description: n` or `yes` is text.
+    opts.strict_booleans = true;
     opts
 }
 
@@ -246,17 +278,20 @@ pub fn yaml_error(e: &serde_saphyr::Error) -> TaskError {
         _ => (None, None),
     };
     let mut msg = e.without_snippet().to_string();
-    if let Some(i) = msg.rfind(" at line ") {
-        msg.truncate(i);
-    }
+    strip_location_suffix(&mut msg);
     if let Some(rest) = msg.strip_prefix("error: ")
         && let Some(i) = rest.find(": ")
         && rest[..i].starts_with("line ")
     {
         msg = rest[i + 2..].to_owned();
     }
-    if msg.contains("multiple YAML documents") {
+    if let Some(b) = budget_message(&msg) {
+        msg = b.to_owned();
+    } else if msg.contains("multiple YAML documents") {
         msg = "the file holds several YAML documents (`---`); a task file holds one".into();
+    } else if let Some(rest) = msg.strip_prefix("duplicate mapping key: ") {
+        let key = rest.split(',').next().unwrap_or(rest).trim();
+        msg = format!("duplicate key `{key}`: each key may appear once");
     }
     if let Some(key) = unknown_field(&msg) {
         msg = match suggest(&key, TASK_KEYS) {
@@ -268,7 +303,87 @@ pub fn yaml_error(e: &serde_saphyr::Error) -> TaskError {
         line,
         column,
         message: msg,
+        key: None,
     }
+}
+
+/// Drops a trailing " at line N, column M" (and nothing else).
+fn strip_location_suffix(msg: &mut String) {
+    if let Some(i) = msg.rfind(" at line ") {
+        let tail = &msg[i + " at line ".len()..];
+        let ok = tail.split_once(", column ").is_some_and(|(l, c)| {
+            !l.is_empty()
+                && l.bytes().all(|b| b.is_ascii_digit())
+                && !c.is_empty()
+                && c.bytes().all(|b| b.is_ascii_digit())
+        });
+        if ok {
+            msg.truncate(i);
+        }
+    }
+}
+
+/// A parser budget breach, said for people.
+fn budget_message(msg: &str) -> Option<&'static str> {
+    let rest = msg.strip_prefix("budget breached: ")?;
+    Some(if rest.starts_with("Documents") {
+        "the file holds several YAML documents (`---`); a task file holds one"
+    } else if rest.starts_with("Depth") {
+        "the YAML is nested too deeply (over 32 levels); a task file is flat"
+    } else if rest.starts_with("TotalScalarBytes") || rest.starts_with("MaxReaderInput") {
+        "the file holds too much text for a task"
+    } else {
+        "the YAML expands to too much data (an alias bomb?); a task file is small and flat"
+    })
+}
+
+/// What a key's value must look like, for type errors.
+fn expected_value(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "description" | "prompt" => "text (put numbers and yes/no in quotes: \"42\")",
+        "id" | "agent" | "preferred_agent" | "workdir" | "parent" | "created_at" => "text",
+        "priority" => "high, normal, low, or 0, 1, 2",
+        "timeout" | "delay" => "a duration such as 90s, 10m or 1h 30m",
+        "timeout_minutes" => "a whole number of minutes",
+        "retries" => "a whole number from 0 to 100",
+        "not_before" => "an RFC 3339 time such as 2026-01-15T10:00:00Z",
+        "after" | "dependencies" => "a list of task names, e.g. [task_001]",
+        "requires" | "labels" | "context_files" => "a list of strings",
+        _ => return None,
+    })
+}
+
+/// The top-level key whose entry holds line `line` (1-based) of `text`.
+fn owning_key(text: &str, line: u64) -> Option<(&str, u64)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let start = (line as usize).min(lines.len());
+    (0..start).rev().find_map(|i| {
+        let l = lines[i];
+        if l.starts_with([' ', '\t', '-', '#']) {
+            return None;
+        }
+        let key = l.split(':').next()?.trim().trim_matches(['"', '\'']);
+        TASK_KEYS.contains(&key).then_some((key, i as u64 + 1))
+    })
+}
+
+/// Line and column of a top-level key's value (or of the key when its value
+/// starts on a later line).
+fn locate_key(text: &str, key: &str) -> Option<(u64, u64)> {
+    text.lines().enumerate().find_map(|(i, l)| {
+        let k = l.split(':').next()?;
+        if l.starts_with([' ', '\t']) || k.trim().trim_matches(['"', '\'']) != key {
+            return None;
+        }
+        let after = &l[k.len() + 1..];
+        let value_col = k.len() + 1 + (after.len() - after.trim_start().len()) + 1;
+        let col = if after.trim().is_empty() || after.trim_start().starts_with('#') {
+            1
+        } else {
+            value_col
+        };
+        Some((i as u64 + 1, col as u64))
+    })
 }
 
 fn unknown_field(msg: &str) -> Option<String> {
@@ -402,6 +517,7 @@ pub fn parse(name: &str, bytes: &[u8]) -> Result<Task, TaskError> {
             line: Some(line),
             column: Some(col),
             message: format!("the file is not UTF-8 text (bad byte at offset {off})"),
+            key: None,
         }
     })?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
@@ -410,17 +526,81 @@ pub fn parse(name: &str, bytes: &[u8]) -> Result<Task, TaskError> {
             "the file is empty; a task needs at least a description",
         ));
     }
-    let doc: Doc =
-        serde_saphyr::from_str_with_options(text, yaml_options()).map_err(|e| yaml_error(&e))?;
+    let doc: Doc = serde_saphyr::from_str_with_options(text, yaml_options()).map_err(|e| {
+        let mut err = yaml_error(&e);
+        // A type error: say what the key wants, not what Rust type it missed.
+        let m = &err.message;
+        let rust_type = m.strip_prefix("invalid ").is_some_and(|rest| {
+            let word = rest.split([' ', ',', ':']).next().unwrap_or("");
+            [
+                "u8", "u16", "u32", "u64", "u128", "usize", "i8", "i16", "i32", "i64", "i128",
+                "isize", "f32", "f64", "bool", "char", "type", "value",
+            ]
+            .contains(&word)
+        });
+        let typeish = rust_type
+            || [
+                "expected string",
+                "expected a ",
+                "expected sequence",
+                "expected mapping",
+                "cannot deserialize",
+            ]
+            .iter()
+            .any(|p| m.starts_with(p))
+            || m.contains("Option<");
+        let got_null = m.contains("null");
+        if m.contains("quoted scalar") {
+            err.message =
+                "a quoted string is not closed (or its next lines are not indented)".into();
+        }
+        if typeish
+            && let Some(l) = err.line
+            && let Some((key, key_line)) = owning_key(text, l)
+            && let Some(want) = expected_value(key)
+        {
+            // Point at the value (not the line's start) when the parser could not.
+            if l == key_line
+                && err.column == Some(1)
+                && let Some((kl, kc)) = locate_key(text, key)
+            {
+                err.line = Some(kl);
+                err.column = Some(kc);
+            }
+            err.message = if got_null {
+                format!("`{key}` must be {want}, not an empty value (null)")
+            } else {
+                format!("`{key}` must be {want}")
+            };
+        }
+        err
+    })?;
+    let bare = matches!(doc, Doc::Text(_));
     let raw = match doc {
         Doc::Text(s) => RawTask {
-            description: Some(s),
+            description: Some(Text(s)),
             ..RawTask::default()
         },
         Doc::Fields(r) => *r,
     };
-    validate(name, raw)
+    validate(name, raw).map_err(|mut e| {
+        if e.line.is_none() {
+            let pos = match e.key {
+                Some(_) if bare => Some((1, 1)),
+                Some(k) => locate_key(text, k),
+                None => None,
+            };
+            if let Some((l, c)) = pos {
+                e.line = Some(l);
+                e.column = Some(c);
+            }
+        }
+        e
+    })
 }
+
+/// The longest timeout or delay a task may ask for.
+pub const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
 
 fn is_blank_yaml(text: &str) -> bool {
     text.lines().all(|l| {
@@ -432,13 +612,19 @@ fn is_blank_yaml(text: &str) -> bool {
 /// Turns the raw fields into a [`Task`], checking each value.
 pub fn validate(name: &str, raw: RawTask) -> Result<Task, TaskError> {
     let mut warnings = Vec::new();
+    let dkey = if raw.description.is_some() {
+        "description"
+    } else {
+        "prompt"
+    };
     let description = match (raw.description, raw.prompt) {
         (Some(_), Some(_)) => {
-            return Err(TaskError::new(
+            return Err(TaskError::at(
+                "prompt",
                 "both `description` and `prompt` are set; they mean the same, keep one",
             ));
         }
-        (Some(d), None) | (None, Some(d)) => d,
+        (Some(Text(d)), None) | (None, Some(Text(d))) => d,
         (None, None) => {
             return Err(TaskError::new(
                 "no `description` (or `prompt`): say what the agent should do",
@@ -446,10 +632,16 @@ pub fn validate(name: &str, raw: RawTask) -> Result<Task, TaskError> {
         }
     };
     if description.trim().is_empty() {
-        return Err(TaskError::new("the description is empty"));
+        return Err(TaskError::at(dkey, "the description is empty"));
+    }
+    if description.contains('\0') {
+        return Err(TaskError::at(
+            dkey,
+            "the description contains a NUL character (\\0), which no program can receive",
+        ));
     }
     if let Some(id) = &raw.id {
-        check_name(id).map_err(|e| TaskError::new(format!("`id`: {e}")))?;
+        check_name(id).map_err(|e| TaskError::at("id", format!("`id`: {e}")))?;
         if id != name {
             warnings.push(format!(
                 "`id: {id}` differs from the file name; the file name `{name}` is the task's identity"
@@ -459,32 +651,45 @@ pub fn validate(name: &str, raw: RawTask) -> Result<Task, TaskError> {
     let priority = match raw.priority {
         None => Priority::Normal,
         Some(RawPriority::Word(w)) => Priority::parse(&w).ok_or_else(|| {
-            TaskError::new(format!(
-                "`priority: {w}` is not a priority; use high, normal or low (or 0, 1, 2)"
-            ))
+            TaskError::at(
+                "priority",
+                format!("`priority: {w}` is not a priority; use high, normal or low (or 0, 1, 2)"),
+            )
         })?,
         Some(RawPriority::Int(i)) => match i {
             0 => Priority::High,
             1 => Priority::Normal,
             2 => Priority::Low,
             _ => {
-                return Err(TaskError::new(format!(
-                    "`priority: {i}` is out of range; use 0 (high), 1 (normal) or 2 (low)"
-                )));
+                return Err(TaskError::at(
+                    "priority",
+                    format!("`priority: {i}` is out of range; use 0 (high), 1 (normal) or 2 (low)"),
+                ));
             }
         },
     };
+    let akey = if raw.agent.is_some() {
+        "agent"
+    } else {
+        "preferred_agent"
+    };
     let agent = match (raw.agent, raw.preferred_agent) {
         (Some(a), Some(b)) if a != b => {
-            return Err(TaskError::new(format!(
-                "`agent: {a}` and `preferred_agent: {b}` disagree; keep one"
-            )));
+            return Err(TaskError::at(
+                "preferred_agent",
+                format!("`agent: {a}` and `preferred_agent: {b}` disagree; keep one"),
+            ));
         }
         (a, b) => a.or(b),
     };
     if let Some(a) = &agent {
-        check_name(a).map_err(|e| TaskError::new(format!("`agent`: {e}")))?;
+        check_name(a).map_err(|e| TaskError::at(akey, format!("`{akey}`: {e}")))?;
     }
+    let dep_key = if raw.after.is_some() {
+        "after"
+    } else {
+        "dependencies"
+    };
     let mut after = raw.after.unwrap_or_default();
     for d in raw.dependencies.unwrap_or_default() {
         if !after.contains(&d) {
@@ -492,48 +697,68 @@ pub fn validate(name: &str, raw: RawTask) -> Result<Task, TaskError> {
         }
     }
     for d in &after {
-        check_name(d).map_err(|e| TaskError::new(format!("`after: {d}`: {e}")))?;
+        check_name(d).map_err(|e| TaskError::at(dep_key, format!("`{dep_key}: {d}`: {e}")))?;
         if d == name {
-            return Err(TaskError::new(format!(
-                "`after` names the task itself (`{d}`); it could never run"
-            )));
+            return Err(TaskError::at(
+                dep_key,
+                format!("`{dep_key}` names the task itself (`{d}`); it could never run"),
+            ));
         }
     }
+    let tkey = if raw.timeout.is_some() {
+        "timeout"
+    } else {
+        "timeout_minutes"
+    };
     let timeout = match (raw.timeout, raw.timeout_minutes) {
         (Some(_), Some(_)) => {
-            return Err(TaskError::new(
+            return Err(TaskError::at(
+                "timeout_minutes",
                 "both `timeout` and `timeout_minutes` are set; keep one",
             ));
         }
-        (Some(t), None) => {
-            Some(parse_duration(&t).map_err(|e| TaskError::new(format!("`timeout`: {e}")))?)
-        }
+        (Some(t), None) => Some(
+            parse_duration(&t).map_err(|e| TaskError::at("timeout", format!("`timeout`: {e}")))?,
+        ),
         (None, Some(m)) => Some(Duration::from_secs(m.saturating_mul(60))),
         (None, None) => None,
     };
     if timeout == Some(Duration::ZERO) {
-        return Err(TaskError::new("`timeout` is zero"));
+        return Err(TaskError::at(tkey, format!("`{tkey}` is zero")));
+    }
+    if let Some(t) = timeout
+        && t > MAX_DURATION
+    {
+        return Err(TaskError::at(
+            tkey,
+            format!(
+                "`{tkey}` of {} is over the limit of 30 days",
+                humantime::format_duration(t)
+            ),
+        ));
     }
     if let Some(r) = raw.retries
         && r > 100
     {
-        return Err(TaskError::new(format!(
-            "`retries: {r}` is too many; the limit is 100"
-        )));
+        return Err(TaskError::at(
+            "retries",
+            format!("`retries: {r}` is too many; the limit is 100"),
+        ));
     }
     let context_files = raw.context_files.unwrap_or_default();
     for f in &context_files {
-        check_relative_path(f).map_err(|e| TaskError::new(format!("`context_files`: {e}")))?;
+        check_relative_path(f)
+            .map_err(|e| TaskError::at("context_files", format!("`context_files`: {e}")))?;
     }
     if let Some(w) = &raw.workdir {
-        check_relative_path(w).map_err(|e| TaskError::new(format!("`workdir`: {e}")))?;
+        check_relative_path(w).map_err(|e| TaskError::at("workdir", format!("`workdir`: {e}")))?;
     }
     if let Some(p) = &raw.parent {
-        check_name(p).map_err(|e| TaskError::new(format!("`parent`: {e}")))?;
+        check_name(p).map_err(|e| TaskError::at("parent", format!("`parent`: {e}")))?;
     }
     let mut not_before = match raw.not_before {
         Some(t) => Some(parse_time(&t).ok_or_else(|| {
-            TaskError::new(format!(
+            TaskError::at("not_before", format!(
                 "`not_before: {t}` is not an RFC 3339 time; write e.g. 2026-01-15T10:00:00Z or 2026-01-15T11:00:00+01:00"
             ))
         })?),
@@ -541,7 +766,13 @@ pub fn validate(name: &str, raw: RawTask) -> Result<Task, TaskError> {
     };
     let mut delay = None;
     if let Some(d) = raw.delay {
-        let d = parse_duration(&d).map_err(|e| TaskError::new(format!("`delay`: {e}")))?;
+        let d = parse_duration(&d).map_err(|e| TaskError::at("delay", format!("`delay`: {e}")))?;
+        if d > MAX_DURATION {
+            return Err(TaskError::at(
+                "delay",
+                "`delay` is over the limit of 30 days",
+            ));
+        }
         delay = Some(d);
         // A delay counts from submission; the caller replaces this with the
         // file's own time when it knows it.
@@ -667,6 +898,38 @@ context_files: ["context/project_overview.md", "context/current_state.md"]
         assert_eq!(e.line, Some(2), "{e:?}");
         let e = parse("x", b"description: [unclosed\n").unwrap_err();
         assert!(e.line.is_some(), "{e:?}");
+    }
+
+    #[test]
+    fn errors_after_parsing_point_at_their_key() {
+        let e = parse("x", b"description: hi\nretries: 1000\n").unwrap_err();
+        assert_eq!((e.line, e.column), (Some(2), Some(10)), "{e:?}");
+        let e = parse("x", b"description: hi\ntimeout: 1M\n").unwrap_err();
+        assert_eq!(e.line, Some(2));
+        let e = parse("x", b"description: hi\nretries: three\n").unwrap_err();
+        assert_eq!(e.message, "`retries` must be a whole number from 0 to 100");
+        let e = parse("x", b"description: \"a\\0b\"\n").unwrap_err();
+        assert!(e.message.contains("NUL"), "{e:?}");
+        let e = parse("x", b"description: hi\ntimeout: 500000000000y\n").unwrap_err();
+        assert!(e.message.contains("30 days"), "{e:?}");
+        let e = parse("x", b"description: a\ndescription: b\n").unwrap_err();
+        assert_eq!(
+            e.message,
+            "duplicate key `description`: each key may appear once"
+        );
+        let e = parse("x", b"---\ndescription: a\n---\ndescription: b\n").unwrap_err();
+        assert!(e.message.contains("several YAML documents"), "{e:?}");
+    }
+
+    #[test]
+    fn yaml_1_1_booleans_are_text_but_numbers_are_refused() {
+        for w in ["n", "y", "yes", "no", "on", "off"] {
+            let t = parse("x", format!("description: {w}\n").as_bytes()).unwrap();
+            assert_eq!(t.description, w);
+        }
+        let e = parse("x", b"description: 42\n").unwrap_err();
+        assert_eq!((e.line, e.column), (Some(1), Some(14)), "{e:?}");
+        assert!(e.message.starts_with("`description` must be text"), "{e:?}");
     }
 
     #[test]
