@@ -121,11 +121,6 @@ const LONG_NAME: [u8; 250] = {
     a
 };
 
-/// Bug shared by every semantic check: the value's line and column are known
-/// to the parser but lost by the time `validate` judges the value.
-
-/// A valid but astronomically long timeout panics the run's tokio task.
-
 /// Messages a task author cannot act on: parser internals and Rust types.
 const JARGON: &[&str] = &[
     "budget breached",
@@ -812,7 +807,7 @@ fn alias_bomb() -> Vec<u8> {
         let items = vec![format!("*{}", w[0]); 9].join(",");
         s.push_str(&format!("  - &{} [{items}]\n", w[1]));
     }
-    s.push_str(&format!("subtasks: [{}]\n", vec!["*h"; 9].join(",")));
+    s.push_str(&format!("subtasks: [{}]\n", ["*h"; 9].join(",")));
     s.into_bytes()
 }
 
