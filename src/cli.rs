@@ -340,11 +340,17 @@ fn running_tasks(layout: &Layout) -> Vec<RunningTask> {
         .map(|(name, _)| {
             let st = mailbox::read_state(layout, &name);
             let r = st.run;
+            // The agent's process group, found by its MAILROOM_* environment.
+            let pid = layout.root.canonicalize().ok().and_then(|root| {
+                crate::runner::find_agent_groups(&root, &name)
+                    .first()
+                    .map(|g| g.0)
+            });
             RunningTask {
                 name,
                 agent: r.as_ref().map(|r| r.agent.clone()),
                 attempt: r.as_ref().map(|r| r.attempt),
-                pid: r.as_ref().and_then(|r| r.pid),
+                pid,
                 host: r.as_ref().map(|r| r.host.clone()),
                 started_at: r.map(|r| r.started_at),
             }

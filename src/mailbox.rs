@@ -30,12 +30,12 @@ impl TaskLock {
     pub fn try_acquire(layout: &Layout, name: &str) -> io::Result<Option<TaskLock>> {
         let path = layout.lock_file(name);
         for _ in 0..4 {
+            // Read-only: the descriptor becomes the agent's stdin (an empty
+            // file, so reading it is like reading /dev/null).
             let file = OpenOptions::new()
                 .read(true)
-                .write(true)
-                .create(true)
                 .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CREAT)
                 .open(&path)?;
             match file.try_lock() {
                 Ok(()) => {}
@@ -55,8 +55,14 @@ impl TaskLock {
         Ok(None)
     }
 
-    /// The descriptor, for an agent to inherit: the lock then stays held as long
-    /// as the agent lives, even if the supervisor dies.
+    /// A duplicate of the locked descriptor, for the agent's stdin: it shares
+    /// the lock, so the lock stays held as long as the agent (or anything that
+    /// inherited its stdin) lives, even if the supervisor dies.
+    pub fn share(&self) -> io::Result<File> {
+        self.file.try_clone()
+    }
+
+    /// The descriptor (for diagnostics).
     pub fn raw_fd(&self) -> RawFd {
         self.file.as_raw_fd()
     }

@@ -70,15 +70,15 @@ pub struct RunInfo {
     /// Start time of the supervisor process, in clock ticks since boot (from
     /// /proc), to tell it from a later process with the same pid.
     pub supervisor_start: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pid: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pid_start: Option<u64>,
     pub started_at: String,
     pub deadline: String,
     /// Why this agent was chosen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The `run_id` this run's result record will carry, so that recovery
+    /// finishes a commit only with the record this run wrote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
 }
 
 /// One finished attempt.

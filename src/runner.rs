@@ -1,10 +1,10 @@
 //! The agent runner: the only place that starts processes. One agent per run,
-//! in its own process group, stdin null, output redirected to files; on
+//! in its own process group, stdin an empty file that carries the task's lock,
+//! output redirected to files; on
 //! timeout or stop the whole group gets SIGTERM, then SIGKILL after the grace
 //! period, and the child is always awaited.
 
 use std::fs::OpenOptions;
-use std::os::fd::RawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -42,7 +42,7 @@ pub enum RunEnd {
 }
 
 /// Everything needed to start one agent.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Spec {
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
@@ -51,8 +51,9 @@ pub struct Spec {
     pub stderr: PathBuf,
     pub timeout: Duration,
     pub grace: Duration,
-    /// The task lock's descriptor, left open in the child.
-    pub lock_fd: Option<RawFd>,
+    /// A duplicate of the task lock's descriptor: the agent's stdin, so the
+    /// lock is held for as long as the agent lives. None: stdin is /dev/null.
+    pub stdin: Option<std::fs::File>,
     pub max_output: u64,
 }
 
@@ -157,7 +158,7 @@ pub struct Started {
 
 /// Starts the agent in its own process group. A failure to start is a
 /// [`RunEnd::SpawnFailed`] that says what to fix.
-pub fn spawn(spec: &Spec, root: &Path) -> Result<Started, RunEnd> {
+pub fn spawn(spec: &mut Spec, root: &Path) -> Result<Started, RunEnd> {
     let open = |p: &Path| {
         OpenOptions::new()
             .write(true)
@@ -178,8 +179,12 @@ pub fn spawn(spec: &Spec, root: &Path) -> Result<Started, RunEnd> {
     };
     let program = resolve_program(&spec.argv[0], root);
     let mut cmd = tokio::process::Command::new(&program);
+    let stdin = match spec.stdin.take() {
+        Some(f) => std::process::Stdio::from(f),
+        None => std::process::Stdio::null(),
+    };
     cmd.args(&spec.argv[1..])
-        .stdin(std::process::Stdio::null())
+        .stdin(stdin)
         .stdout(out)
         .stderr(err)
         .current_dir(&spec.workdir)
@@ -190,19 +195,6 @@ pub fn spawn(spec: &Spec, root: &Path) -> Result<Started, RunEnd> {
     }
     for (k, v) in &spec.env {
         cmd.env(k, v);
-    }
-    if let Some(fd) = spec.lock_fd {
-        // SAFETY: between fork and exec only async-signal-safe calls are made:
-        // fcntl on a descriptor number that is open in the parent.
-        unsafe {
-            cmd.pre_exec(move || {
-                let flags = libc::fcntl(fd, libc::F_GETFD);
-                if flags >= 0 {
-                    libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
-                }
-                Ok(())
-            });
-        }
     }
     let child = match cmd.spawn() {
         Ok(c) => c,
@@ -364,6 +356,42 @@ async fn reap_group(pgid: Pid, grace: Duration) {
     while Instant::now() < until && killpg(pgid, None).is_ok() {
         sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Process groups of agents running `task` under `root` (found through
+/// `/proc/*/environ`: the agent's MAILROOM_ROOT and MAILROOM_TASK), with the
+/// group leader's start time. Costs a scan of /proc; used only in recovery.
+pub fn find_agent_groups(root: &Path, task: &str) -> Vec<(u32, u64)> {
+    let want_root = format!("MAILROOM_ROOT={}", root.display());
+    let want_task = format!("MAILROOM_TASK={task}");
+    let mut groups = std::collections::BTreeSet::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        let mut vars = env.split(|b| *b == 0);
+        let (mut r, mut t) = (false, false);
+        for v in &mut vars {
+            r |= v == want_root.as_bytes();
+            t |= v == want_task.as_bytes();
+        }
+        if r && t
+            && let Ok(pg) = nix::unistd::getpgid(Some(Pid::from_raw(pid)))
+            && pg.as_raw() > 1
+        {
+            let pg = pg.as_raw() as u32;
+            if let Some(start) = crate::mailbox::proc_start_time(pg) {
+                groups.insert((pg, start));
+            }
+        }
+    }
+    groups.into_iter().collect()
 }
 
 /// Stops a process group that no supervisor owns any more (its supervisor

@@ -94,9 +94,11 @@ struct Running {
     stop: watch::Sender<Option<Stop>>,
 }
 
-/// Shared, read-only context of run tasks.
+/// Shared context of run tasks.
 struct Ctx {
     layout: Layout,
+    /// How many tasks wait in `pending/`, as the loop last counted.
+    pending_count: std::sync::atomic::AtomicUsize,
     host: String,
     self_pid: u32,
     self_start: u64,
@@ -131,7 +133,8 @@ pub struct Supervisor {
     logged_waits: HashSet<String>,
     next_run: u64,
     swept: bool,
-    /// Orphaned agents being stopped (pid, start time), so each gets one stopper.
+    /// Orphaned agents' process groups being stopped (pgid, leader start time),
+    /// so each gets one stopper.
     stopping_agents: HashSet<(u32, u64)>,
     /// Whether shutdown has already told the agents to stop.
     stop_sent: bool,
@@ -152,6 +155,7 @@ impl Supervisor {
         Ok(Supervisor {
             ctx: Arc::new(Ctx {
                 layout,
+                pending_count: std::sync::atomic::AtomicUsize::new(0),
                 host: mailbox::hostname(),
                 self_pid,
                 self_start: mailbox::proc_start_time(self_pid).unwrap_or(0),
@@ -255,6 +259,9 @@ impl Supervisor {
                     last_status = st;
                 }
             }
+            self.ctx
+                .pending_count
+                .store(self.pending.len(), std::sync::atomic::Ordering::Relaxed);
             let wake = self.next_wake(next_rescan);
             tokio::select! {
                 _ = async { watchdog.as_mut().expect("guarded").tick().await }, if watchdog.is_some() => {
@@ -923,7 +930,8 @@ impl Supervisor {
                 let mut rec = rec;
                 rec.task = target;
                 if outcome != "clash"
-                    && let Err(e) = crate::context::merge(&layout, &rec, None)
+                    && let Err(e) =
+                        crate::context::merge(&layout, &rec, None, Some(self.pending.len()))
                 {
                     warn!(error = %e, "context merge failed");
                 }
@@ -1062,7 +1070,11 @@ impl Supervisor {
                 return;
             }
         };
-        let excluded = mailbox::read_state(&layout, name).excluded_agents;
+        let excluded = self
+            .pending
+            .get(name)
+            .map(|p| p.excluded.clone())
+            .unwrap_or_default();
         let (route, reason) = match crate::routing::route(&self.config, &task, &excluded) {
             Ok(r) => r,
             Err(why) => {
@@ -1193,12 +1205,14 @@ impl Supervisor {
             let rp = layout.record_file(dest, name);
             if let Ok(b) = std::fs::read(&rp)
                 && let Ok(rec) = serde_json::from_slice::<ResultRecord>(&b)
-                && st.committing.as_deref() == Some(rec.run_id.as_str())
+                && (st.committing.as_deref() == Some(rec.run_id.as_str())
+                    || st.run.as_ref().and_then(|r| r.run_id.as_deref())
+                        == Some(rec.run_id.as_str()))
                 && rec.task == name
             {
                 let (out, cut) = crate::context::read_output(&layout.run_dir(dest, name));
                 let output = rec.agent.as_ref().map(|_| (out.as_str(), cut));
-                let res = crate::context::merge(&layout, &rec, output)
+                let res = crate::context::merge(&layout, &rec, output, None)
                     .and_then(|()| mailbox::finish_commit(&layout, name, ext, dest));
                 match res {
                     Ok(()) => {
@@ -1250,7 +1264,7 @@ impl Supervisor {
                 let res = mailbox::write_state(&layout, &st)
                     .and_then(|()| mailbox::prepare_commit(&layout, &rec))
                     .and_then(|dest| {
-                        crate::context::merge(&layout, &rec, None)?;
+                        crate::context::merge(&layout, &rec, None, None)?;
                         mailbox::finish_commit(&layout, name, ext, dest)
                     });
                 match res {
@@ -1294,20 +1308,18 @@ impl Supervisor {
         {
             return;
         }
-        let (Some(pid), Some(start)) = (run.pid, run.pid_start) else {
-            return;
-        };
-        if !mailbox::same_process(pid, start) || !self.stopping_agents.insert((pid, start)) {
-            return;
-        }
         let grace = self
             .config
             .agents
             .get(&run.agent)
             .map(|a| a.grace)
             .unwrap_or(Duration::from_secs(10));
-        warn!(task = name, pid, "stopping an agent whose supervisor died");
-        std::thread::spawn(move || runner::kill_orphan_group(pid, grace));
+        for (pgid, start) in runner::find_agent_groups(&self.ctx.layout.root, name) {
+            if self.stopping_agents.insert((pgid, start)) {
+                warn!(task = name, pgid, "stopping an agent whose supervisor died");
+                std::thread::spawn(move || runner::kill_orphan_group(pgid, grace));
+            }
+        }
     }
 }
 
@@ -1456,11 +1468,10 @@ impl Job {
             host: self.ctx.host.clone(),
             supervisor_pid: self.ctx.self_pid,
             supervisor_start: self.ctx.self_start,
-            pid: None,
-            pid_start: None,
             started_at: record::ts(started),
             deadline: record::ts(started.checked_add(timeout).unwrap_or(started)),
             reason: Some(self.reason.clone()),
+            run_id: Some(mailbox::run_id()),
         });
         let run_dir = layout.run_dir(State::Assigned, &name);
         let prep = (|| -> std::io::Result<()> {
@@ -1516,18 +1527,13 @@ impl Job {
             stderr: run_dir.join("stderr.log"),
             timeout,
             grace: self.agent.grace,
-            lock_fd: Some(self.lock.raw_fd()),
+            stdin: self.lock.share().ok(),
             max_output: self.config.max_output_bytes,
         };
-        let end = match runner::spawn(&spec, &layout.root) {
+        let mut spec = spec;
+        let end = match runner::spawn(&mut spec, &layout.root) {
             Ok(started_child) => {
                 info!(task = %name, agent = %self.agent.name, attempt = st.attempts, pid = started_child.pid, "spawned");
-                if let Some(r) = st.run.as_mut() {
-                    r.pid = Some(started_child.pid);
-                    r.pid_start = mailbox::proc_start_time(started_child.pid);
-                }
-                let (l, s2) = (layout.clone(), st.clone());
-                let _ = tokio::task::spawn_blocking(move || mailbox::write_state(&l, &s2)).await;
                 runner::wait(started_child, &spec, stop).await
             }
             Err(end) => end,
@@ -1609,6 +1615,7 @@ impl Job {
             RunEnd::SpawnFailed { error, .. } => ("spawn", None, Some(error.clone())),
         };
         let run = st.run.take();
+        let run_id = run.as_ref().and_then(|r| r.run_id.clone());
         let error = error.map(|e| {
             let tail = stderr_tail(&self.ctx.layout.run_dir(State::Assigned, &self.name));
             if tail.is_empty() || outcome == "spawn" {
@@ -1745,6 +1752,9 @@ impl Job {
         rec.exit_code = st.history.last().and_then(|a| a.exit_code);
         rec.signal = st.history.last().and_then(|a| a.signal);
         rec.warnings = self.task.warnings.clone();
+        if let Some(id) = run_id {
+            rec.run_id = id;
+        }
         self.commit(st, rec).await
     }
 
@@ -1755,7 +1765,7 @@ impl Job {
         msg: String,
         started: SystemTime,
     ) -> JobEnd {
-        st.run = None;
+        let run_id = st.run.take().and_then(|r| r.run_id);
         st.history.push(Attempt {
             attempt: st.attempts,
             agent: self.agent.name.clone(),
@@ -1770,11 +1780,14 @@ impl Job {
         rec.agent = Some(self.agent.name.clone());
         rec.error = Some(msg);
         rec.started_at = Some(record::ts(started));
+        if let Some(id) = run_id {
+            rec.run_id = id;
+        }
         self.commit(st, rec).await
     }
 
     /// Record, context merge, then the move out of `assigned/`.
-    async fn commit(self, mut st: TaskState, mut rec: ResultRecord) -> JobEnd {
+    async fn commit(self, st: TaskState, mut rec: ResultRecord) -> JobEnd {
         let status = rec.status;
         let Job {
             ctx,
@@ -1783,10 +1796,14 @@ impl Job {
             lock,
             ..
         } = self;
-        st.committing = Some(rec.run_id.clone());
         let res = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             let layout = &ctx.layout;
-            mailbox::write_state(layout, &st)?;
+            // The state file on disk already names this run's run_id (written
+            // before the spawn); only a run that was not started from it (an
+            // unusable workdir) records it now.
+            if st.committing.is_some() {
+                mailbox::write_state(layout, &st)?;
+            }
             let dest = match rec.status {
                 Status::Completed => State::Completed,
                 Status::Failed => State::Failed,
@@ -1796,7 +1813,8 @@ impl Job {
             let (out, cut) = crate::context::read_output(&layout.run_dir(State::Assigned, &name));
             rec.summary = crate::context::summary(&out);
             mailbox::prepare_commit(layout, &rec)?;
-            crate::context::merge(layout, &rec, Some((&out, cut)))?;
+            let hint = ctx.pending_count.load(std::sync::atomic::Ordering::Relaxed);
+            crate::context::merge(layout, &rec, Some((&out, cut)), Some(hint))?;
             mailbox::finish_commit(layout, &name, &ext, dest)?;
             match rec.status {
                 Status::Completed => info!(task = %name, attempts = rec.attempts, "completed"),
