@@ -30,12 +30,16 @@ impl TaskLock {
     pub fn try_acquire(layout: &Layout, name: &str) -> io::Result<Option<TaskLock>> {
         let path = layout.lock_file(name);
         for _ in 0..4 {
-            // Read-only: the descriptor becomes the agent's stdin (an empty
-            // file, so reading it is like reading /dev/null).
+            // The descriptor becomes the agent's stdin: an empty file, so
+            // reading it is like reading /dev/null.
+            // Read-write: NFS emulates flock with byte-range locks, and an
+            // exclusive one needs a descriptor open for writing.
             let file = OpenOptions::new()
                 .read(true)
+                .write(true)
+                .create(true)
                 .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_CREAT)
+                .custom_flags(libc::O_NOFOLLOW)
                 .open(&path)?;
             match file.try_lock() {
                 Ok(()) => {}
@@ -99,9 +103,9 @@ pub fn claim(layout: &Layout, name: &str, ext: &str, _lock: &TaskLock) -> io::Re
         if layout.find(State::Pending, name).is_none() {
             return Ok(Claim::Gone);
         }
-        // The same file under both names (an interrupted link + unlink):
-        // finishing the move below completes that claim.
-        if !fsx::same_inode(&from, &p) {
+        // The same file in pending/ and assigned/ (an interrupted link +
+        // unlink of a claim): finishing the move below completes that claim.
+        if !(p.starts_with(&layout.assigned) && fsx::same_inode(&from, &p)) {
             return Ok(Claim::Clash(p));
         }
     }

@@ -10,6 +10,7 @@
 //! `2 × aging` after it: waiting ages a task up one level per `aging`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::task::Priority;
@@ -45,18 +46,20 @@ pub enum Avail {
 /// A task the supervisor hands to the queue.
 #[derive(Debug, Clone)]
 pub struct Item {
-    pub name: String,
+    pub name: Arc<str>,
     pub priority: Priority,
     /// Submission time (the file's modification time), ns since the epoch.
     pub submitted_ns: i128,
     /// Not before this time (`not_before`, `delay`, retry backoff).
     pub not_before: Option<SystemTime>,
-    pub route: Route,
+    pub route: Arc<Route>,
 }
 
+/// A task's place in the queue. Names are shared (`Arc<str>`) between the
+/// map and the ordered sets: one allocation per task.
 #[derive(Debug)]
 struct Meta {
-    key: (i128, String),
+    key: (i128, Arc<str>),
     group: usize,
     timed: Option<SystemTime>,
 }
@@ -65,11 +68,11 @@ struct Meta {
 #[derive(Debug, Default)]
 pub struct Queue {
     aging_ns: i128,
-    entries: HashMap<String, Meta>,
-    groups: Vec<Route>,
-    group_of: HashMap<Route, usize>,
-    ready: Vec<BTreeSet<(i128, String)>>,
-    timed: BTreeSet<(SystemTime, String)>,
+    entries: HashMap<Arc<str>, Meta>,
+    groups: Vec<Arc<Route>>,
+    group_of: HashMap<Arc<Route>, usize>,
+    ready: Vec<BTreeSet<(i128, Arc<str>)>>,
+    timed: BTreeSet<(SystemTime, Arc<str>)>,
 }
 
 impl Queue {
@@ -132,7 +135,7 @@ impl Queue {
         };
         match m.timed {
             Some(t) => {
-                self.timed.remove(&(t, name.to_owned()));
+                self.timed.remove(&(t, m.key.1.clone()));
             }
             None => {
                 self.ready[m.group].remove(&m.key);
@@ -169,7 +172,7 @@ impl Queue {
         mut avail: impl FnMut(&str) -> Avail,
     ) -> Option<(String, String)> {
         self.promote(now);
-        let mut best: Option<((i128, String), usize, String)> = None;
+        let mut best: Option<((i128, Arc<str>), usize, String)> = None;
         let mut cache: BTreeMap<String, Avail> = BTreeMap::new();
         for (g, set) in self.ready.iter().enumerate() {
             let Some(head) = set.first() else { continue };
@@ -210,7 +213,7 @@ impl Queue {
         let (key, g, agent) = best?;
         self.ready[g].remove(&key);
         self.entries.remove(&key.1);
-        Some((key.1, agent))
+        Some((key.1.to_string(), agent))
     }
 }
 
@@ -226,10 +229,10 @@ mod tests {
             priority: p,
             submitted_ns: t_min as i128 * 60_000_000_000,
             not_before: None,
-            route: Route {
+            route: Arc::new(Route {
                 agents: agents.iter().map(|s| s.to_string()).collect(),
                 pick: Pick::Ordered,
-            },
+            }),
         }
     }
 
@@ -323,7 +326,7 @@ mod tests {
     fn least_loaded_picks_the_emptiest_agent() {
         let mut q = Queue::new(A);
         let mut i = item("t", Priority::Normal, 0, &["a", "b", "c"]);
-        i.route.pick = Pick::LeastLoaded;
+        Arc::make_mut(&mut i.route).pick = Pick::LeastLoaded;
         q.insert(i);
         let got = q.pop(SystemTime::now(), |a| match a {
             "a" => Avail::Free { load: 1, max: 2 },

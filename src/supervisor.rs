@@ -74,11 +74,22 @@ enum JobEnd {
     Stuck,
 }
 
+/// What scheduling keeps of a parsed pending task. The file itself is read
+/// again when it is claimed, so nothing else (the description above all) is
+/// held in memory for a queue of 100,000 tasks.
+struct Brief {
+    priority: task::Priority,
+    not_before: Option<SystemTime>,
+    after: Box<[String]>,
+    /// Candidate agents (interned: most tasks share a route), or why none.
+    route: Result<Arc<crate::scheduler::Route>, String>,
+}
+
 /// A file in `pending/` as last seen.
 struct Pending {
-    ext: String,
+    ext: &'static str,
     id: FileId,
-    parsed: Result<Task, TaskError>,
+    parsed: Result<Brief, Box<TaskError>>,
     /// When this version of the file was first seen.
     seen: Instant,
     /// Retry backoff from the state file.
@@ -121,6 +132,8 @@ pub struct Supervisor {
     cooldowns: HashMap<String, (SystemTime, String)>,
     /// Each agent's compiled usage-limit patterns.
     limits: Arc<HashMap<String, LimitPatterns>>,
+    /// Interned routes: one allocation per distinct route, not per task.
+    routes: HashMap<crate::scheduler::Route, Arc<crate::scheduler::Route>>,
     running: HashMap<String, Running>,
     load: HashMap<String, usize>,
     stopping: Option<Instant>,
@@ -171,6 +184,7 @@ impl Supervisor {
             unsettled: BTreeSet::new(),
             rejects: BTreeMap::new(),
             cooldowns: HashMap::new(),
+            routes: HashMap::new(),
             running: HashMap::new(),
             load: HashMap::new(),
             stopping: None,
@@ -371,11 +385,13 @@ impl Supervisor {
                 self.queue = Queue::new(c.aging);
                 self.limits = Arc::new(compile_limits(&c));
                 self.config = Arc::new(c);
-                // Routes and limits may have changed: place every task again.
+                // Routes may have changed: read every pending file again.
+                self.routes.clear();
                 let names: Vec<String> = self.pending.keys().cloned().collect();
                 for n in names {
-                    self.place(&n);
+                    self.forget(&n);
                 }
+                self.full_scan();
             }
             Err(e) => error!(error = %e, "new configuration refused; keeping the old one"),
         }
@@ -497,7 +513,7 @@ impl Supervisor {
         }
         self.waiting.iter().any(|n| {
             self.pending.get(n).is_some_and(|p| match &p.parsed {
-                Ok(t) => t.after.iter().all(|d| {
+                Ok(b) => b.after.iter().all(|d| {
                     self.pending.contains_key(d)
                         || self.running.contains_key(d)
                         || self.layout().locate(d).is_some()
@@ -524,6 +540,7 @@ impl Supervisor {
             }
         };
         let mut seen = HashSet::new();
+        let mut files: Vec<(String, &'static str)> = Vec::new();
         self.scanning = true;
         for ent in rd.flatten() {
             let fname = ent.file_name();
@@ -539,7 +556,7 @@ impl Supervisor {
                 Entry::BadName(why) => self.reject_bad_name(&ent.path(), &why),
                 Entry::Task { name, ext } => {
                     if seen.insert(name.to_owned()) {
-                        self.examine(name, ext, true);
+                        files.push((name.to_owned(), if ext == "yml" { "yml" } else { "yaml" }));
                     } else {
                         debug!(
                             task = name,
@@ -547,6 +564,15 @@ impl Supervisor {
                         );
                     }
                 }
+            }
+        }
+        // Reading and parsing dominate a large scan (100,000 files at start-up):
+        // spread them over the cores, then apply the results here, in order.
+        // In chunks, so that the files read but not yet applied stay few.
+        for part in files.chunks(4096) {
+            let looks = self.look_all(part);
+            for ((name, ext), look) in part.iter().zip(looks) {
+                self.apply(name, ext, look);
             }
         }
         let gone: Vec<String> = self
@@ -608,64 +634,103 @@ impl Supervisor {
     /// In a full scan, `stateful` (one readdir of `assigned/`) says which names
     /// have retry bookkeeping; otherwise the state file is looked up directly.
     fn examine(&mut self, name: &str, ext: &str, in_scan: bool) {
-        let path = self.layout().task_file(State::Pending, name, ext);
-        let meta = match std::fs::symlink_metadata(&path) {
-            Ok(m) => m,
-            Err(_) => return self.forget(name),
-        };
-        let id = FileId::of(&meta);
-        if let Some(p) = self.pending.get(name)
-            && p.id == id
-            && p.ext == ext
-        {
-            return;
+        let known = self
+            .pending
+            .get(name)
+            .filter(|p| p.ext == ext)
+            .map(|p| p.id);
+        let has_state = self.has_state(name, in_scan);
+        let look = look_guarded(self.layout(), &self.config, name, ext, known, has_state);
+        self.apply(name, ext, look);
+    }
+
+    fn has_state(&self, name: &str, in_scan: bool) -> bool {
+        if in_scan {
+            self.stateful.contains(name)
+        } else {
+            mailbox::exists(&self.layout().state_file(name))
         }
-        let parsed = match fsx::read_task_file(&path, self.config.max_task_bytes) {
-            Ok((bytes, _)) => task::parse(name, &bytes),
-            Err(e) if e.is_gone() => return self.forget(name),
-            Err(e @ (ReadError::Io(_) | ReadError::ForeignOwner { .. })) => {
-                warn!(task = name, error = %e, "cannot read task file");
-                Err(TaskError {
-                    line: None,
-                    column: None,
-                    message: format!("cannot read the file: {e}"),
-                    key: None,
+    }
+
+    /// [`look`] at many files, on every core when there are enough of them.
+    fn look_all(&self, files: &[(String, &'static str)]) -> Vec<Look> {
+        let (layout, config) = (self.layout(), &*self.config);
+        let args = |n: &str, e: &str| {
+            let known = self.pending.get(n).filter(|p| p.ext == e).map(|p| p.id);
+            (known, self.has_state(n, true))
+        };
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if files.len() < 512 || threads < 2 {
+            return files
+                .iter()
+                .map(|(n, e)| {
+                    let (k, h) = args(n, e);
+                    look_guarded(layout, config, n, e, k, h)
                 })
-            }
-            Err(e) => {
+                .collect();
+        }
+        let chunk = files.len().div_ceil(threads);
+        std::thread::scope(|sc| {
+            let handles: Vec<_> = files
+                .chunks(chunk)
+                .map(|part| {
+                    let part: Vec<(&str, &str, Option<FileId>, bool)> = part
+                        .iter()
+                        .map(|(n, e)| {
+                            let (k, h) = args(n, e);
+                            (n.as_str(), *e, k, h)
+                        })
+                        .collect();
+                    sc.spawn(move || {
+                        part.into_iter()
+                            .map(|(n, e, k, h)| look_guarded(layout, config, n, e, k, h))
+                            .collect::<Vec<Look>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().expect("look_guarded does not panic"))
+                .collect()
+        })
+    }
+
+    /// Takes what [`look`] found into the pending set.
+    fn apply(&mut self, name: &str, ext: &str, look: Look) {
+        let fresh = match look {
+            Look::Unchanged => return,
+            Look::Gone => return self.forget(name),
+            Look::Refused(e) => {
                 // Links, FIFOs, directories, oversized files: refused at once.
                 self.forget(name);
                 let rec = mailbox::never_ran_record("invalid", format!("refused: {e}"));
                 self.reject_pending(name, ext, rec, false);
                 return;
             }
+            Look::Read(f) => *f,
         };
-        let mut parsed = parsed;
-        if let Ok(t) = parsed.as_mut()
-            && let Some(d) = t.delay
+        let Fresh {
+            id,
+            mut parsed,
+            retry_at,
+            excluded,
+        } = fresh;
+        let ext: &'static str = if ext == "yml" { "yml" } else { "yaml" };
+        // Intern the route: most tasks share one.
+        if let Ok(b) = &mut parsed
+            && let Ok(r) = &mut b.route
         {
-            // `delay` counts from the file's own time, not from when we read it.
-            t.not_before = Some(meta.modified().unwrap_or(SystemTime::now()) + d);
+            *r = self
+                .routes
+                .entry((**r).clone())
+                .or_insert_with(|| r.clone())
+                .clone();
         }
-        let has_state = if in_scan {
-            self.stateful.contains(name)
-        } else {
-            mailbox::exists(&self.layout().state_file(name))
-        };
-        let (retry_at, excluded) = if has_state {
-            let st = mailbox::read_state(self.layout(), name);
-            (
-                st.not_before.as_deref().and_then(record::parse_ts),
-                st.excluded_agents,
-            )
-        } else {
-            (None, Vec::new())
-        };
         self.forget(name);
         self.pending.insert(
             name.to_owned(),
             Pending {
-                ext: ext.to_owned(),
+                ext,
                 id,
                 parsed,
                 seen: Instant::now(),
@@ -691,24 +756,26 @@ impl Supervisor {
         };
         let to = match &p.parsed {
             Err(_) => To::Unsettled,
-            Ok(t) => match self.deps_state(t) {
+            Ok(b) => match self.deps_state(&b.after) {
                 Deps::Failed(why) => {
                     To::Reject(Box::new(mailbox::never_ran_record("dependency", why)))
                 }
                 Deps::Wait(why) => To::Wait(why),
-                Deps::Ready => match crate::routing::route(&self.config, t, &p.excluded) {
-                    Err(why) => To::Reject(Box::new(mailbox::never_ran_record("invalid", why))),
-                    Ok((route, _)) => To::Queue(Item {
-                        name: name.to_owned(),
-                        priority: t.priority,
+                Deps::Ready => match &b.route {
+                    Err(why) => {
+                        To::Reject(Box::new(mailbox::never_ran_record("invalid", why.clone())))
+                    }
+                    Ok(route) => To::Queue(Item {
+                        name: name.into(),
+                        priority: b.priority,
                         submitted_ns: p.id.mtime_ns,
-                        not_before: t
+                        not_before: b
                             .not_before
                             .into_iter()
                             .chain(p.retry_at)
                             .chain(p.hold)
                             .max(),
-                        route,
+                        route: route.clone(),
                     }),
                 },
             },
@@ -757,7 +824,7 @@ impl Supervisor {
     fn cycle_through(&self, start: &str) -> Option<Vec<String>> {
         fn deps<'a>(s: &'a Supervisor, n: &str) -> &'a [String] {
             match s.pending.get(n).map(|p| &p.parsed) {
-                Some(Ok(t)) => &t.after,
+                Some(Ok(b)) => &b.after,
                 _ => &[],
             }
         }
@@ -814,7 +881,7 @@ impl Supervisor {
                         && fsx::open_for_writing_elsewhere(&self.layout().task_file(
                             State::Pending,
                             n,
-                            &p.ext,
+                            p.ext,
                         )) != Some(true)
                 })
             })
@@ -825,7 +892,7 @@ impl Supervisor {
             if let Err(e) = &p.parsed {
                 let file =
                     self.layout()
-                        .rel(&self.layout().task_file(State::Pending, &name, &p.ext));
+                        .rel(&self.layout().task_file(State::Pending, &name, p.ext));
                 let mut rec = mailbox::never_ran_record("invalid", e.display_at(&file));
                 rec.error_location = Some(ErrorLocation {
                     file,
@@ -840,7 +907,7 @@ impl Supervisor {
         while !self.rejects.is_empty() {
             for (name, rec) in std::mem::take(&mut self.rejects) {
                 if let Some(p) = self.pending.get(&name) {
-                    let ext = p.ext.clone();
+                    let ext = p.ext.to_owned();
                     self.forget(&name);
                     self.reject_pending(&name, &ext, rec, false);
                 }
@@ -873,8 +940,16 @@ impl Supervisor {
         }
     }
 
-    fn deps_state(&self, t: &Task) -> Deps {
-        for d in &t.after {
+    fn deps_state(&self, after: &[String]) -> Deps {
+        // A failed dependency anywhere decides, before any wait.
+        let failed = |d: &String| {
+            self.layout().find(State::Completed, d).is_none()
+                && self.layout().find(State::Failed, d).is_some()
+        };
+        if let Some(d) = after.iter().find(|d| failed(d)) {
+            return Deps::Failed(format!("dependency {d} failed"));
+        }
+        for d in after {
             if self.layout().find(State::Completed, d).is_some() {
                 continue;
             }
@@ -1009,7 +1084,7 @@ impl Supervisor {
         let Some(p) = self.pending.get(name) else {
             return;
         };
-        let ext = p.ext.clone();
+        let ext = p.ext.to_owned();
         let path = layout.task_file(State::Pending, name, &ext);
         // A naive writer may still have the file open: not yet.
         if fsx::open_for_writing_elsewhere(&path) == Some(true) {
@@ -1055,6 +1130,12 @@ impl Supervisor {
                 return;
             }
         }
+        // Agents ruled out for this task (fallbacks) go with it into the run.
+        let excluded = self
+            .pending
+            .get(name)
+            .map(|p| p.excluded.clone())
+            .unwrap_or_default();
         self.forget(name);
         // Re-read what was claimed: the file may have changed since the scan.
         let apath = layout.task_file(State::Assigned, name, &ext);
@@ -1070,11 +1151,6 @@ impl Supervisor {
                 return;
             }
         };
-        let excluded = self
-            .pending
-            .get(name)
-            .map(|p| p.excluded.clone())
-            .unwrap_or_default();
         let (route, reason) = match crate::routing::route(&self.config, &task, &excluded) {
             Ok(r) => r,
             Err(why) => {
@@ -1158,6 +1234,7 @@ impl Supervisor {
                 &layout.context,
                 &layout.outputs,
                 &layout.tmp,
+                &layout.cooldowns,
             ] {
                 sweep_temps(d);
             }
@@ -1329,6 +1406,116 @@ enum Deps {
     Failed(String),
 }
 
+/// What a look at one pending file found.
+enum Look {
+    Gone,
+    /// Same file as last time (device, inode, size, modification time).
+    Unchanged,
+    /// Not a regular file, a link, too large: refused without parsing.
+    Refused(String),
+    Read(Box<Fresh>),
+}
+
+/// A pending file just read, reduced to what scheduling keeps.
+struct Fresh {
+    id: FileId,
+    parsed: Result<Brief, Box<TaskError>>,
+    retry_at: Option<SystemTime>,
+    excluded: Vec<String>,
+}
+
+/// [`look`], with a panic in the parser turned into a refusal of that one
+/// file, so that neither the loop nor the other files of a scan suffer.
+fn look_guarded(
+    layout: &Layout,
+    config: &Config,
+    name: &str,
+    ext: &str,
+    known: Option<FileId>,
+    has_state: bool,
+) -> Look {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        look(layout, config, name, ext, known, has_state)
+    }))
+    .unwrap_or_else(|_| {
+        error!(
+            task = name,
+            "internal error while reading the task file; refusing it"
+        );
+        Look::Refused("mailroom could not parse it (internal error; please report)".into())
+    })
+}
+
+/// Reads and parses `pending/<name>.<ext>` unless it is `known` (unchanged),
+/// and reduces it to its [`Brief`] at once, so that a scan of 100,000 files
+/// never holds their descriptions. `has_state`: the task has retry
+/// bookkeeping in `assigned/`. No supervisor state: safe on several threads.
+fn look(
+    layout: &Layout,
+    config: &Config,
+    name: &str,
+    ext: &str,
+    known: Option<FileId>,
+    has_state: bool,
+) -> Look {
+    let path = layout.task_file(State::Pending, name, ext);
+    let meta = match std::fs::symlink_metadata(&path) {
+        Ok(m) => m,
+        Err(_) => return Look::Gone,
+    };
+    let id = FileId::of(&meta);
+    if known == Some(id) {
+        return Look::Unchanged;
+    }
+    let modified = meta.modified().unwrap_or(SystemTime::now());
+    let parsed = match fsx::read_task_file(&path, config.max_task_bytes) {
+        Ok((bytes, _)) => task::parse(name, &bytes),
+        Err(e) if e.is_gone() => return Look::Gone,
+        Err(e @ (ReadError::Io(_) | ReadError::ForeignOwner { .. })) => {
+            warn!(task = name, error = %e, "cannot read task file");
+            Err(TaskError {
+                line: None,
+                column: None,
+                message: format!("cannot read the file: {e}"),
+                key: None,
+            })
+        }
+        Err(e) => return Look::Refused(e.to_string()),
+    };
+    let (retry_at, excluded) = if has_state {
+        let st = mailbox::read_state(layout, name);
+        (
+            st.not_before.as_deref().and_then(record::parse_ts),
+            st.excluded_agents,
+        )
+    } else {
+        (None, Vec::new())
+    };
+    let parsed = match parsed {
+        Ok(t) => {
+            // `delay` counts from the file's own time, not from when we read it.
+            let not_before = match t.delay {
+                Some(d) => Some(modified + d),
+                None => t.not_before,
+            };
+            let route = crate::routing::route(config, &t, &excluded).map(|(r, _)| Arc::new(r));
+            Ok(Brief {
+                priority: t.priority,
+                not_before,
+                after: t.after.into_boxed_slice(),
+                route,
+            })
+        }
+        Err(e) => Err(Box::new(e)),
+    };
+    Look::Read(Box::new(Fresh {
+        id,
+        parsed,
+        retry_at,
+        excluded,
+    }))
+}
+
 /// Each agent's usage-limit patterns: its kind's preset plus its own.
 fn compile_limits(c: &Config) -> HashMap<String, LimitPatterns> {
     c.agents
@@ -1400,11 +1587,12 @@ fn sweep_temps(dir: &Path) {
         if !(f.starts_with('.') && f.ends_with(".tmp")) {
             continue;
         }
-        let mut parts = f.rsplitn(4, '.');
-        let (_, _, pid) = (parts.next(), parts.next(), parts.next());
-        let dead = pid.and_then(|p| p.parse::<i32>().ok()).is_some_and(|p| {
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None)
-                == Err(nix::errno::Errno::ESRCH)
+        // Only this host's pids can be checked; another host's temp files
+        // go by age alone.
+        let dead = fsx::tmp_owner(&f).is_some_and(|(host, pid)| {
+            host == fsx::host_tag()
+                && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+                    == Err(nix::errno::Errno::ESRCH)
         });
         let old = ent
             .metadata()
@@ -1646,7 +1834,11 @@ impl Job {
         st.last_error = error.clone();
         let retries = self.task.retries.unwrap_or(self.config.retries);
         // A usage limit, whatever the exit code (claude prints some with exit 0).
+        // Limited attempts are free, but only so many per task: output that
+        // merely looks like a limit message must not rerun a task forever.
+        let limited_before = st.history.iter().filter(|a| a.outcome == "limited").count();
         if outcome != "spawn"
+            && limited_before < MAX_FREE_LIMITED
             && let Some(limit) = self.detect_limit()
         {
             let until = limit
@@ -1693,7 +1885,11 @@ impl Job {
             let fails = st
                 .history
                 .iter()
-                .filter(|a| a.agent == self.agent.name && a.outcome != "interrupted")
+                .filter(|a| {
+                    a.agent == self.agent.name
+                        && a.outcome != "interrupted"
+                        && a.outcome != "limited"
+                })
                 .count() as u32;
             if outcome == "spawn" || fails >= self.agent.fallback_after {
                 if !st.excluded_agents.contains(&self.agent.name) {
@@ -1778,6 +1974,7 @@ impl Job {
         });
         let mut rec = base_record(&self.ctx, &self.name, Status::Failed, outcome, &st);
         rec.agent = Some(self.agent.name.clone());
+        rec.agent_reason = Some(self.reason.clone());
         rec.error = Some(msg);
         rec.started_at = Some(record::ts(started));
         if let Some(id) = run_id {
@@ -1868,6 +2065,9 @@ impl Job {
         }
     }
 }
+
+/// Usage-limit hits per task that do not use up an attempt.
+const MAX_FREE_LIMITED: usize = 8;
 
 fn path_str(p: &Path) -> String {
     p.to_string_lossy().into_owned()

@@ -807,7 +807,11 @@ pub fn parse_time(s: &str) -> Option<SystemTime> {
         return humantime::parse_rfc3339_weak(&format!("{base}Z")).ok();
     }
     // A trailing ±HH:MM offset, after the time part.
-    let (base, off) = s.split_at(s.len().checked_sub(6)?);
+    let cut = s.len().checked_sub(6)?;
+    if !s.is_char_boundary(cut) {
+        return None;
+    }
+    let (base, off) = s.split_at(cut);
     let b = off.as_bytes();
     if !(b[0] == b'+' || b[0] == b'-') || b[3] != b':' || !base.contains('T') {
         return None;
@@ -946,6 +950,8 @@ context_files: ["context/project_overview.md", "context/current_state.md"]
         assert_eq!(parse_time("2026-01-15T11:00:00+01:00"), Some(z));
         assert_eq!(parse_time("2026-01-15T05:30:00.000-04:30"), Some(z));
         assert_eq!(parse_time("tomorrow"), None);
+        assert_eq!(parse_time("éééa"), None);
+        assert_eq!(parse_time("2026-01-15T10:00:00é+01:00"), None);
     }
 
     #[test]

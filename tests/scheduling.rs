@@ -294,3 +294,26 @@ fn cooldown_from_codex_resets_in_seconds() {
     );
     assert_eq!(rec["agent"], "codex");
 }
+
+#[test]
+fn the_last_agent_of_a_fallback_chain_is_retried_not_ruled_out() {
+    let fail = agent("fail.sh");
+    let root = Root::new()
+        .config(&format!(
+            "retries: 3\nretry_delay: 10ms\nagents:\n  first:\n    command: [{fail:?}]\n    fallback: [last]\n\
+             \n  last:\n    command: [{fail:?}]\n"
+        ))
+        .task("t.yaml", "description: x\nagent: first\n");
+    root.run_until_idle();
+    let rec = root.record("failed", "t");
+    // It failed for what the agents did, after all its attempts.
+    assert_eq!(rec["outcome"], "exit", "{rec}");
+    assert_eq!(rec["attempts"], 4, "{rec}");
+    let tried: Vec<&str> = rec["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["agent"].as_str().unwrap())
+        .collect();
+    assert_eq!(tried, ["first", "last", "last", "last"]);
+}

@@ -1,0 +1,286 @@
+#!/usr/bin/env python3
+"""mailroom's benchmark suite: every figure next to its reference, measured in
+the same run, so that ratios hold on a noisy machine.
+
+    python3 scripts/bench.py            # everything (about 5 minutes)
+    python3 scripts/bench.py --quick    # smaller sizes (about 1 minute)
+    python3 scripts/bench.py throughput latency scale idle merge   # a subset
+
+Needs: a release build (made here), python3, inotify-tools (inotifywait) for
+the latency reference. Prints a Markdown table.
+"""
+import json, os, shutil, signal, statistics, subprocess, sys, tempfile, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release", "mailroom")
+TRUE = shutil.which("true")
+QUICK = "--quick" in sys.argv
+WANT = [a for a in sys.argv[1:] if not a.startswith("--")] or [
+    "throughput", "latency", "scale", "idle", "merge"]
+rows = []
+
+
+def row(what, value, reference="", ratio=""):
+    rows.append((what, value, reference, ratio))
+    print(f"  {what}: {value}  {reference}  {ratio}", file=sys.stderr, flush=True)
+
+
+def mkroot(config, n_tasks=0, make_tasks=True):
+    d = tempfile.mkdtemp(prefix="mailroom-bench-")
+    subprocess.run([BIN, "--root", d, "-q", "init"], check=True, stdout=subprocess.DEVNULL)
+    with open(os.path.join(d, "mailroom.yaml"), "w") as f:
+        f.write(config)
+    pend = os.path.join(d, "tasks", "pending")
+    if make_tasks:
+        for i in range(n_tasks):
+            with open(os.path.join(pend, f"t{i:07}.yaml"), "w") as f:
+                f.write(f"description: task {i}\n")
+    return d
+
+
+def agent_cfg(cmd, p, extra=""):
+    return (f"concurrency: {p}\n{extra}\nagents:\n  t:\n    command: {json.dumps(cmd)}\n"
+            f"    max_instances: {p}\n")
+
+
+def completed(d):
+    return sum(1 for f in os.listdir(os.path.join(d, "tasks", "completed")) if f.endswith(".yaml"))
+
+
+def throughput():
+    n = 2000 if QUICK else 10000
+    p = 4
+    t0 = time.perf_counter()
+    subprocess.run(["xargs", "-P", str(p), "-n", "1", TRUE], input="\n".join(["x"] * n),
+                   text=True, check=True)
+    ref = time.perf_counter() - t0
+    for mode in ["strict", "relaxed"]:
+        d = mkroot(agent_cfg([TRUE], p, f"durability: {mode}"), n)
+        t0 = time.perf_counter()
+        subprocess.run([BIN, "--root", d, "-q", "run", "--exit-when-idle"], check=True)
+        took = time.perf_counter() - t0
+        assert completed(d) == n, "not every task completed"
+        shutil.rmtree(d)
+        row(f"throughput, {n} tasks of `true`, P={p}, durability {mode}",
+            f"{n / took:.0f} tasks/s", f"xargs -P{p}: {n / ref:.0f} /s", f"{ref / took:.2f}x")
+
+
+AGENT_STAMP = """#!/bin/sh
+date +%s%N >> "$STAMPS"
+"""
+
+
+def latency():
+    drops = 100 if QUICK else 500
+    work = tempfile.mkdtemp(prefix="mailroom-lat-")
+    agent = os.path.join(work, "stamp.sh")
+    with open(agent, "w") as f:
+        f.write(AGENT_STAMP)
+    os.chmod(agent, 0o755)
+
+    def measure(dropdir, stamps, start_watcher):
+        lat = []
+        for i in range(drops):
+            before = sum(1 for _ in open(stamps)) if os.path.exists(stamps) else 0
+            tmp = os.path.join(dropdir, "..", "tmp", f"d{i}.yaml")
+            with open(tmp, "w") as f:
+                f.write(f"description: drop {i}\n")
+            t = time.time_ns()
+            os.rename(tmp, os.path.join(dropdir, f"d{i}.yaml"))
+            deadline = time.time() + 10
+            while True:
+                if os.path.exists(stamps):
+                    lines = open(stamps).read().split()
+                    if len(lines) > before:
+                        lat.append((int(lines[-1]) - t) / 1e6)
+                        break
+                if time.time() > deadline:
+                    raise SystemExit("latency: a drop was never picked up")
+                time.sleep(0.0005)
+            time.sleep(0.01)
+        return lat
+
+    # Reference: inotifywait, then fork/exec of the same agent.
+    ref_dir = os.path.join(work, "ref", "pending")
+    os.makedirs(ref_dir)
+    os.makedirs(os.path.join(work, "ref", "tmp"))
+    ref_stamps = os.path.join(work, "ref.stamps")
+    env = dict(os.environ, STAMPS=ref_stamps)
+    w = subprocess.Popen(["sh", "-c", f'inotifywait -q -m -e moved_to --format %f "{ref_dir}" | '
+                          f'while read f; do "{agent}"; done'], env=env)
+    time.sleep(0.5)
+    ref = measure(ref_dir, ref_stamps, None)
+    w.terminate()
+    subprocess.run(["pkill", "-f", f"inotifywait -q -m -e moved_to --format %f {ref_dir}"])
+
+    d = mkroot(agent_cfg([agent], 4, "settle: 2s"), 0)
+    stamps = os.path.join(work, "mr.stamps")
+    env = dict(os.environ, STAMPS=stamps)
+    sup = subprocess.Popen([BIN, "--root", d, "-q", "run"], env=env)
+    time.sleep(1.0)
+    got = measure(os.path.join(d, "tasks", "pending"), stamps, None)
+    sup.send_signal(signal.SIGTERM)
+    sup.wait(timeout=30)
+    shutil.rmtree(d)
+    shutil.rmtree(work)
+
+    def q(v, p):
+        v = sorted(v)
+        return v[min(len(v) - 1, int(len(v) * p))]
+    row(f"drop-to-spawn latency, {drops} drops, p50", f"{q(got, .5):.2f} ms",
+        f"inotifywait+exec: {q(ref, .5):.2f} ms")
+    row("drop-to-spawn latency, p99", f"{q(got, .99):.2f} ms", f"inotifywait+exec: {q(ref, .99):.2f} ms")
+    row("drop-to-spawn latency, max", f"{max(got):.2f} ms", f"inotifywait+exec: {max(ref):.2f} ms")
+
+
+def rss_peak_kb(pid):
+    try:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+
+
+def scale():
+    n = 20000 if QUICK else 100000
+    work = tempfile.mkdtemp(prefix="mailroom-scale-")
+    agent = os.path.join(work, "stamp.sh")
+    with open(agent, "w") as f:
+        f.write(AGENT_STAMP)
+    os.chmod(agent, 0o755)
+    d = mkroot(agent_cfg([agent], 4), n)
+    subprocess.run(["sync"])
+    # Reference for start-up: listing and reading every file once (find + cat).
+    t0 = time.perf_counter()
+    subprocess.run(f'find "{d}/tasks/pending" -name "*.yaml" -exec cat {{}} + > /dev/null', shell=True, check=True)
+    ref_read = time.perf_counter() - t0
+    # status and add, before the supervisor runs, next to `ls | wc -l`.
+    t0 = time.perf_counter()
+    subprocess.run(f'ls "{d}/tasks/pending" | wc -l', shell=True, check=True, stdout=subprocess.DEVNULL)
+    ref_ls = time.perf_counter() - t0
+    for args, label in [(["status"], "status"), (["status", "--json"], "status --json"),
+                        (["add", "one more task"], "add")]:
+        ts = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            subprocess.run([BIN, "--root", d, "-q"] + args, check=True, stdout=subprocess.DEVNULL)
+            ts.append(time.perf_counter() - t0)
+        row(f"`mailroom {label}` with {n} pending (median of 5)", f"{statistics.median(ts) * 1000:.1f} ms",
+            f"`ls | wc -l`: {ref_ls * 1000:.1f} ms")
+    stamps = os.path.join(work, "stamps")
+    env = dict(os.environ, STAMPS=stamps)
+    t0 = time.perf_counter()
+    t0ns = time.time_ns()
+    sup = subprocess.Popen([BIN, "--root", d, "-q", "run"], env=env)
+    while not (os.path.exists(stamps) and os.path.getsize(stamps) > 0):
+        time.sleep(0.002)
+        if time.perf_counter() - t0 > 120:
+            raise SystemExit("scale: no first claim within 120 s")
+    first = (int(open(stamps).read().split()[0]) - t0ns) / 1e9
+    # Claims per second once running: count completions over 10 s.
+    c0 = completed(d)
+    t1 = time.perf_counter()
+    time.sleep(5 if QUICK else 10)
+    rate = (completed(d) - c0) / (time.perf_counter() - t1)
+    peak = rss_peak_kb(sup.pid)
+    sup.send_signal(signal.SIGTERM)
+    sup.wait(timeout=60)
+    row(f"start-up to first claim, {n} pending", f"{first:.2f} s", f"cat of every file: {ref_read:.2f} s")
+    row(f"peak RSS with {n} pending", f"{peak / 1024:.1f} MiB")
+    row(f"claims per second with {n} pending (agent: sh + date)", f"{rate:.0f} /s")
+    shutil.rmtree(d)
+    shutil.rmtree(work)
+
+
+def cpu_ticks(pid):
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return int(f[11]) + int(f[12])
+
+
+def switches(pid):
+    v = nv = 0
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("voluntary_ctxt_switches"):
+            v = int(line.split()[1])
+        if line.startswith("nonvoluntary_ctxt_switches"):
+            nv = int(line.split()[1])
+    return v + nv
+
+
+def task_switches(pid):
+    total = 0
+    for t in os.listdir(f"/proc/{pid}/task"):
+        for line in open(f"/proc/{pid}/task/{t}/status"):
+            if "ctxt_switches" in line:
+                total += int(line.split()[1])
+    return total
+
+
+def idle():
+    secs = 15 if QUICK else 60
+    d = mkroot(agent_cfg([TRUE], 4, "rescan_interval: 30s"), 0)
+    sup = subprocess.Popen([BIN, "--root", d, "-q", "run"])
+    ref = subprocess.Popen(["sleep", str(secs + 30)])
+    time.sleep(1.0)
+    c0, s0, r0 = cpu_ticks(sup.pid), task_switches(sup.pid), task_switches(ref.pid)
+    time.sleep(secs)
+    c1, s1, r1 = cpu_ticks(sup.pid), task_switches(sup.pid), task_switches(ref.pid)
+    rss = 0
+    for line in open(f"/proc/{sup.pid}/status"):
+        if line.startswith("VmRSS:"):
+            rss = int(line.split()[1])
+    sup.send_signal(signal.SIGTERM)
+    sup.wait(timeout=30)
+    ref.kill()
+    ref.wait()
+    hz = os.sysconf("SC_CLK_TCK")
+    row(f"idle for {secs} s: CPU time", f"{(c1 - c0) * 1000 / hz:.0f} ms")
+    row(f"idle for {secs} s: wake-ups (context switches, all threads)", f"{s1 - s0}",
+        f"`sleep`: {r1 - r0}; rescan every 30 s")
+    row("idle RSS", f"{rss / 1024:.1f} MiB")
+    shutil.rmtree(d)
+
+
+def merge():
+    n = 300 if QUICK else 1000
+    history = 10000
+    times = {}
+    # Alternate the two, twice, and keep each one's best: the first run of a
+    # batch pays for cold caches.
+    for hist in [0, history, 0, history]:
+        d = mkroot(agent_cfg([TRUE], 4, "durability: relaxed"), n)
+        if hist:
+            with open(os.path.join(d, "context", "completed_tasks.jsonl"), "w") as f:
+                for i in range(hist):
+                    f.write(json.dumps({"totals": {"completed": i + 1, "failed": 0}, "task": f"old{i}",
+                                        "status": "completed", "run_id": f"r{i}",
+                                        "finished_at": "2026-01-01T00:00:00Z"}) + "\n")
+            cdir = os.path.join(d, "tasks", "completed")
+            for i in range(hist):
+                open(os.path.join(cdir, f"old{i}.yaml"), "w").write("description: old\n")
+                open(os.path.join(cdir, f"old{i}.result.json"), "w").write("{}")
+        t0 = time.perf_counter()
+        subprocess.run([BIN, "--root", d, "-q", "run", "--exit-when-idle"], check=True)
+        took = (time.perf_counter() - t0) / n
+        times[hist] = min(times.get(hist, took), took)
+        shutil.rmtree(d)
+    row(f"per finished task with {history} entries of history", f"{times[history] * 1000:.2f} ms",
+        f"with none: {times[0] * 1000:.2f} ms", f"{times[history] / times[0]:.2f}x")
+
+
+def main():
+    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+    machine = f"{os.cpu_count()} cores, " + open("/proc/meminfo").readline().split(":")[1].strip()
+    for name in WANT:
+        print(f"== {name}", file=sys.stderr, flush=True)
+        globals()[name]()
+    print(f"\nMachine: {machine}; {'quick' if QUICK else 'full'} run.\n")
+    print("| measure | mailroom | reference (same run) | ratio |")
+    print("| --- | --- | --- | --- |")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+
+
+if __name__ == "__main__":
+    main()
