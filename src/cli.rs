@@ -96,6 +96,10 @@ pub enum Command {
         name: String,
         #[arg(long)]
         json: bool,
+        /// Print the exact prompt sent to the agent (or, for a pending task,
+        /// the prompt it would get now).
+        #[arg(long, conflicts_with = "json")]
+        prompt: bool,
     },
     /// Move a failed task back to pending with fresh attempts.
     Retry { name: String },
@@ -461,6 +465,63 @@ fn read_record(layout: &Layout, st: State, name: &str) -> Option<ResultRecord> {
     serde_json::from_slice(&b).ok()
 }
 
+/// `mailroom show --prompt`.
+pub fn show_prompt(root: &Path, name: &str) -> Result<()> {
+    let layout = Layout::new(root);
+    check_tree(&layout)?;
+    task::check_name(name).map_err(|e| anyhow::anyhow!("`{name}`: {e}"))?;
+    let Some((st, path, _)) = layout.locate(name) else {
+        bail!("no task named `{name}` in {}", layout.tasks.display());
+    };
+    let sent = layout.run_dir(st, name).join("prompt.md");
+    if let Ok(p) = std::fs::read_to_string(&sent) {
+        print!("{p}");
+        return Ok(());
+    }
+    let (b, _) = fsx::read_task_file(&path, task::DEFAULT_MAX_TASK_BYTES)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", layout.rel(&path)))?;
+    let t = task::parse(name, &b)
+        .map_err(|e| anyhow::anyhow!("{}", e.display_at(&layout.rel(&path))))?;
+    let config = Config::load(root).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (route, _) = crate::routing::route(&config, &t, &[]).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let agent = &config.agents[&route.agents[0]];
+    let root = root.canonicalize()?;
+    let p = crate::prompt::render(&Layout::new(&root), &config, agent, &t)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    eprintln!(
+        "(not sent yet: this is the prompt `{name}` would get now, on agent {})",
+        agent.name
+    );
+    print!("{p}");
+    Ok(())
+}
+
+/// Tasks whose `parent` is `name`: its recorded follow-ups and children, and
+/// the files named `<name>.<suffix>` (subtasks).
+fn children_of(
+    layout: &Layout,
+    name: &str,
+    record: Option<&ResultRecord>,
+    st: &crate::record::TaskState,
+) -> Vec<String> {
+    let mut v: Vec<String> = record
+        .map(|r| r.followups.iter().chain(&r.children).cloned().collect())
+        .unwrap_or_default();
+    v.extend(st.children.iter().cloned());
+    let prefix = format!("{name}.");
+    for s in State::ALL {
+        for (n, _) in mailbox::list(layout, s).unwrap_or_default() {
+            if n.starts_with(&prefix) && !n[prefix.len()..].contains('.') && !n.contains(".clash-")
+            {
+                v.push(n);
+            }
+        }
+    }
+    v.sort();
+    v.dedup();
+    v
+}
+
 /// `mailroom show`.
 pub fn show(root: &Path, name: &str, json: bool) -> Result<()> {
     let layout = Layout::new(root);
@@ -487,10 +548,14 @@ pub fn show(root: &Path, name: &str, json: bool) -> Result<()> {
                 .ok()
                 .map(|(b, _)| String::from_utf8_lossy(&b).into_owned())
         });
+    let parent = parsed.as_ref().ok().and_then(|t| t.parent.clone());
+    let children = children_of(&layout, name, record.as_ref(), &state_file);
     if json {
         let v = serde_json::json!({
             "name": name,
             "state": st,
+            "parent": parent,
+            "children": children,
             "file": layout.rel(&path),
             "task": content,
             "valid": parsed.as_ref().err().map(|e| e.to_string()).is_none(),
@@ -597,6 +662,21 @@ pub fn retry(root: &Path, name: &str) -> Result<()> {
     res
 }
 
+/// A YAML file with a top-level `agents:` or `concurrency:` key is a config
+/// (whatever its name), not a task.
+fn looks_like_config(f: &Path) -> bool {
+    fsx::read_task_file(f, task::DEFAULT_MAX_TASK_BYTES)
+        .ok()
+        .map(|(b, _)| {
+            String::from_utf8_lossy(&b).lines().any(|l| {
+                ["agents:", "concurrency:", "default_agent:", "routing:"]
+                    .iter()
+                    .any(|k| l.starts_with(k))
+            })
+        })
+        .unwrap_or(false)
+}
+
 /// `mailroom validate`: true when everything is valid.
 pub fn validate(root: &Path, files: &[PathBuf]) -> Result<bool> {
     let mut ok = true;
@@ -604,7 +684,8 @@ pub fn validate(root: &Path, files: &[PathBuf]) -> Result<bool> {
     let mut checked_cfg = false;
     for f in files {
         let shown = f.display().to_string();
-        let is_cfg = f.file_name().and_then(|n| n.to_str()) == Some(CONFIG_FILE);
+        let is_cfg =
+            f.file_name().and_then(|n| n.to_str()) == Some(CONFIG_FILE) || looks_like_config(f);
         let bytes = match fsx::read_task_file(f, task::DEFAULT_MAX_TASK_BYTES) {
             Ok((b, _)) => b,
             Err(e) => {

@@ -30,6 +30,11 @@ const CONFIG_KEYS: &[&str] = &[
     "durability",
     "aging",
     "routing",
+    "context_max_bytes",
+    "context_outside_root",
+    "followups_per_task",
+    "max_tree_depth",
+    "subtask_order",
     "agents",
 ];
 const AGENT_KEYS: &[&str] = &[
@@ -44,6 +49,8 @@ const AGENT_KEYS: &[&str] = &[
     "cooldown",
     "kind",
     "limit_patterns",
+    "prompt_template",
+    "include_context",
 ];
 
 #[derive(Debug, Deserialize)]
@@ -65,6 +72,11 @@ struct RawConfig {
     durability: Option<String>,
     aging: Option<String>,
     routing: Option<Vec<RawRule>>,
+    context_max_bytes: Option<u64>,
+    context_outside_root: Option<bool>,
+    followups_per_task: Option<usize>,
+    max_tree_depth: Option<usize>,
+    subtask_order: Option<String>,
     agents: Option<BTreeMap<String, RawAgent>>,
 }
 
@@ -92,6 +104,8 @@ struct RawAgent {
     cooldown: Option<String>,
     kind: Option<String>,
     limit_patterns: Option<Vec<String>>,
+    prompt_template: Option<String>,
+    include_context: Option<bool>,
 }
 
 /// An agent command as written: an argv list, or one string split like a shell would.
@@ -132,6 +146,20 @@ pub struct Agent {
     pub kind: String,
     /// Extra regexes meaning "this agent hit a limit".
     pub limit_patterns: Vec<String>,
+    /// How the prompt is built (`{description}`, `{context}`,
+    /// `{instructions}`, `{task}`); None: the default template.
+    pub prompt_template: Option<String>,
+    /// Whether prompts carry the project overview and current state.
+    pub include_context: bool,
+}
+
+/// How a task's `subtasks` are ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubtaskOrder {
+    /// Each child waits for the one before it.
+    Sequential,
+    /// All children may run at once.
+    Parallel,
 }
 
 /// One `routing` rule: every condition given must hold; the first rule that
@@ -199,6 +227,15 @@ pub struct Config {
     /// Priority ageing: a waiting task gains one level per `aging`.
     pub aging: Duration,
     pub routing: Vec<Rule>,
+    /// Cap on each context file in a prompt (four times this for all of them).
+    pub context_max_bytes: u64,
+    /// Whether `context_files` may lead outside the root through symlinks.
+    pub context_outside_root: bool,
+    /// Follow-up tasks one run may queue through its outbox.
+    pub followups_per_task: usize,
+    /// How deep a tree of parents and follow-ups may grow.
+    pub max_tree_depth: usize,
+    pub subtask_order: SubtaskOrder,
     pub agents: BTreeMap<String, Agent>,
     /// Where the config came from, for messages (None: built-in defaults).
     pub source: Option<PathBuf>,
@@ -232,6 +269,8 @@ impl Default for Config {
                 cooldown: DEFAULT_COOLDOWN,
                 kind: "demo".into(),
                 limit_patterns: Vec::new(),
+                prompt_template: None,
+                include_context: true,
             },
         );
         Config {
@@ -249,6 +288,11 @@ impl Default for Config {
             durable: true,
             aging: Duration::from_secs(1800),
             routing: Vec::new(),
+            context_max_bytes: 64 * 1024,
+            context_outside_root: false,
+            followups_per_task: 20,
+            max_tree_depth: 5,
+            subtask_order: SubtaskOrder::Sequential,
             agents,
             source: None,
         }
@@ -430,6 +474,8 @@ impl Config {
                     )?,
                     kind,
                     limit_patterns,
+                    prompt_template: a.prompt_template,
+                    include_context: a.include_context.unwrap_or(true),
                 };
                 c.agents.insert(name, agent);
             }
@@ -440,6 +486,27 @@ impl Config {
             }
         }
         c.aging = dur("aging", &raw.aging, c.aging)?;
+        if let Some(n) = raw.context_max_bytes {
+            c.context_max_bytes = n;
+        }
+        if let Some(b) = raw.context_outside_root {
+            c.context_outside_root = b;
+        }
+        if let Some(n) = raw.followups_per_task {
+            c.followups_per_task = n;
+        }
+        if let Some(n) = raw.max_tree_depth {
+            c.max_tree_depth = n;
+        }
+        c.subtask_order = match raw.subtask_order.as_deref() {
+            None | Some("sequential") => SubtaskOrder::Sequential,
+            Some("parallel") => SubtaskOrder::Parallel,
+            Some(o) => {
+                return Err(err(format!(
+                    "`subtask_order: {o}`: use sequential or parallel"
+                )));
+            }
+        };
         if c.aging.is_zero() {
             return Err(err("`aging` must be more than zero".into()));
         }

@@ -38,7 +38,24 @@ fn first_line(text: &str) -> &str {
 
 /// The report: the task restated, what the context says, a plan, a summary.
 pub fn report(task: &str, prompt: &str, context: Option<&Path>) -> String {
-    let goal = prompt.trim();
+    let goal = crate::prompt::description_part(prompt).trim();
+    // The files mailroom put into the prompt, with their first line.
+    let given: Vec<(String, String)> = prompt
+        .split("\n---\n## Context: ")
+        .skip(1)
+        .filter_map(|sec| {
+            let (file, body) = sec.split_once('\n')?;
+            let first = body
+                .lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty() && !l.starts_with("# ") && !l.starts_with("_"))
+                .unwrap_or("")
+                .chars()
+                .take(160)
+                .collect();
+            Some((file.to_owned(), first))
+        })
+        .collect();
     let mut md = String::new();
     let _ = writeln!(md, "# Demo agent report: {task}\n");
     let _ = writeln!(md, "## Task\n\n{goal}\n");
@@ -64,6 +81,13 @@ pub fn report(task: &str, prompt: &str, context: Option<&Path>) -> String {
             }
             md.push('\n');
         }
+    }
+    if !given.is_empty() {
+        let _ = writeln!(md, "## What mailroom gave me\n");
+        for (f, first) in &given {
+            let _ = writeln!(md, "- {f}: {first}");
+        }
+        md.push('\n');
     }
     let words: Vec<&str> = goal
         .split(|c: char| !c.is_alphanumeric())

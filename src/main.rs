@@ -81,7 +81,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::List { state, json } => {
             cli::list(&root, state.as_deref(), json).map(|()| ExitCode::SUCCESS)
         }
-        Command::Show { name, json } => cli::show(&root, &name, json).map(|()| ExitCode::SUCCESS),
+        Command::Show { name, json, prompt } => if prompt {
+            cli::show_prompt(&root, &name)
+        } else {
+            cli::show(&root, &name, json)
+        }
+        .map(|()| ExitCode::SUCCESS),
         Command::Retry { name } => cli::retry(&root, &name).map(|()| ExitCode::SUCCESS),
         Command::Validate { files } => Ok(if cli::validate(&root, &files)? {
             ExitCode::SUCCESS

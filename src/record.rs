@@ -50,6 +50,10 @@ pub struct TaskState {
     /// `fallback_after` times. Its route skips them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub excluded_agents: Vec<String>,
+    /// The task's `subtasks` were written into `pending/` as these children;
+    /// the task waits for them and then completes without an agent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<String>,
 }
 
 impl TaskState {
@@ -156,6 +160,16 @@ pub struct ResultRecord {
     pub submitted_as: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Follow-up tasks this run queued from its outbox (names in `pending/`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub followups: Vec<String>,
+    /// Follow-ups the agent wrote but that were not queued because the run
+    /// failed (they stay in `<name>.run/outbox/`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub withheld_followups: Vec<String>,
+    /// Child tasks made from `subtasks`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<String>,
     #[serde(default)]
     pub history: Vec<Attempt>,
     pub host: String,

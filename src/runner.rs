@@ -158,7 +158,21 @@ pub struct Started {
 
 /// Starts the agent in its own process group. A failure to start is a
 /// [`RunEnd::SpawnFailed`] that says what to fix.
+/// Linux refuses any single argument of 128 KiB or more (MAX_ARG_STRLEN).
+const MAX_ARG_BYTES: usize = 128 * 1024 - 1;
+
 pub fn spawn(spec: &mut Spec, root: &Path) -> Result<Started, RunEnd> {
+    if let Some(a) = spec.argv.iter().find(|a| a.len() > MAX_ARG_BYTES) {
+        return Err(RunEnd::SpawnFailed {
+            error: format!(
+                "an argument of the agent command is {} bytes (the prompt, with its context?); \
+                 Linux passes at most 128 KiB in one argument. Give the agent {{prompt_file}} \
+                 instead of {{prompt}}, or lower context_max_bytes",
+                a.len()
+            ),
+            not_found: false,
+        });
+    }
     let open = |p: &Path| {
         OpenOptions::new()
             .write(true)

@@ -1482,14 +1482,15 @@ fn look(
         }
         Err(e) => return Look::Refused(e.to_string()),
     };
-    let (retry_at, excluded) = if has_state {
+    let (retry_at, excluded, children) = if has_state {
         let st = mailbox::read_state(layout, name);
         (
             st.not_before.as_deref().and_then(record::parse_ts),
             st.excluded_agents,
+            st.children,
         )
     } else {
-        (None, Vec::new())
+        (None, Vec::new(), Vec::new())
     };
     let parsed = match parsed {
         Ok(t) => {
@@ -1499,10 +1500,17 @@ fn look(
                 None => t.not_before,
             };
             let route = crate::routing::route(config, &t, &excluded).map(|(r, _)| Arc::new(r));
+            // A parent of expanded subtasks waits for its children.
+            let mut after = t.after;
+            for c in children {
+                if !after.contains(&c) {
+                    after.push(c);
+                }
+            }
             Ok(Brief {
                 priority: t.priority,
                 not_before,
-                after: t.after.into_boxed_slice(),
+                after: after.into_boxed_slice(),
                 route,
             })
         }
@@ -1648,6 +1656,13 @@ impl Job {
         let started = SystemTime::now();
         let mut st = mailbox::read_state(layout, &name);
         st.task = name.clone();
+        // A parent of subtasks runs no agent: it expands, waits, completes.
+        if !st.children.is_empty() {
+            return self.complete_parent(st).await;
+        }
+        if !self.task.subtasks.is_empty() {
+            return self.expand(st).await;
+        }
         st.attempts += 1;
         st.not_before = None;
         st.run = Some(RunInfo {
@@ -1665,18 +1680,25 @@ impl Job {
         let prep = (|| -> std::io::Result<()> {
             mailbox::write_state(layout, &st)?;
             fsx::remove_dir_all_if_exists(&run_dir)?;
-            fsx::create_dir_all(&run_dir)?;
-            std::fs::write(run_dir.join("prompt.md"), self.task.description.as_bytes())?;
+            fsx::create_dir_all(&run_dir.join("outbox"))?;
             Ok(())
         })();
         if let Err(e) = prep {
-            // Could not even prepare (disk full, unwritable tree): put it back untouched.
+            // Could not even prepare (disk full, unwritable tree): put it back;
+            // the attempt does not count (counts never go down).
             error!(task = %name, error = %e, "cannot prepare the run; requeueing");
-            st.attempts -= 1;
+            st.free_attempts += 1;
             st.run = None;
             st.last_error = Some(format!("cannot prepare the run: {e}"));
             st.not_before = Some(record::ts(SystemTime::now() + self.config.retry_delay));
             return self.requeue_or_keep(st).await;
+        }
+        let prompt = match crate::prompt::render(layout, &self.config, &self.agent, &self.task) {
+            Ok(p) => p,
+            Err(msg) => return self.fail_now(st, "invalid", msg, started).await,
+        };
+        if let Err(e) = std::fs::write(run_dir.join("prompt.md"), prompt.as_bytes()) {
+            warn!(task = %name, error = %e, "cannot keep a copy of the prompt");
         }
         let workdir = match self.workdir() {
             Ok(w) => w,
@@ -1685,7 +1707,7 @@ impl Job {
             }
         };
         let vars = runner::Vars {
-            prompt: self.task.description.clone(),
+            prompt,
             prompt_file: path_str(&run_dir.join("prompt.md")),
             task: name.clone(),
             task_file: path_str(&layout.task_file(State::Assigned, &name, &self.ext)),
@@ -1703,6 +1725,7 @@ impl Job {
             ("MAILROOM_OUTPUT".into(), vars.output_file.clone()),
             ("MAILROOM_PROMPT_FILE".into(), vars.prompt_file.clone()),
             ("MAILROOM_RUN_DIR".into(), path_str(&run_dir)),
+            ("MAILROOM_OUTBOX".into(), path_str(&run_dir.join("outbox"))),
             ("MAILROOM_ATTEMPT".into(), st.attempts.to_string()),
             ("MAILROOM_AGENT".into(), self.agent.name.clone()),
         ];
@@ -1727,6 +1750,72 @@ impl Job {
             Err(end) => end,
         };
         self.finish(st, end, started).await
+    }
+
+    /// Whether the run's outbox breaks the limits against runaway spawning.
+    fn runaway(&self) -> Option<String> {
+        let outbox = self
+            .ctx
+            .layout
+            .run_dir(State::Assigned, &self.name)
+            .join("outbox");
+        let n = crate::followups::outbox_files(&outbox).len();
+        if n == 0 {
+            return None;
+        }
+        if n > self.config.followups_per_task {
+            return Some(format!(
+                "the agent wrote {n} follow-up tasks; the limit is {} (followups_per_task); none were queued",
+                self.config.followups_per_task
+            ));
+        }
+        let max = self.config.max_tree_depth;
+        let depth = crate::followups::depth_of(&self.ctx.layout, Some(&self.name), max);
+        if depth > max {
+            return Some(format!(
+                "its follow-ups would sit {depth} levels below the first task of their tree; \
+                 the limit is {max} (max_tree_depth); none were queued"
+            ));
+        }
+        None
+    }
+
+    /// First claim of a task with `subtasks`: write the children into
+    /// `pending/`, then put the task back to wait for them.
+    async fn expand(self, mut st: TaskState) -> JobEnd {
+        let layout = self.ctx.layout.clone();
+        let (name, subtasks) = (self.name.clone(), self.task.subtasks.clone());
+        let sequential = self.config.subtask_order == crate::config::SubtaskOrder::Sequential;
+        let res = tokio::task::spawn_blocking(move || {
+            crate::followups::expand(&layout, &name, &subtasks, sequential)
+        })
+        .await;
+        match res {
+            Ok(Ok(children)) => {
+                info!(task = %self.name, children = children.len(), "expanded subtasks; waiting for them");
+                st.children = children;
+                self.requeue_or_keep(st).await
+            }
+            Ok(Err(e)) => {
+                let msg = format!("cannot expand its subtasks: {e}");
+                self.fail_now(st, "invalid", msg, SystemTime::now()).await
+            }
+            Err(_) => JobEnd::Stuck,
+        }
+    }
+
+    /// A parent whose children have all completed (the queue held it until
+    /// then): it completes without an agent.
+    async fn complete_parent(self, st: TaskState) -> JobEnd {
+        let now = SystemTime::now();
+        let mut rec = base_record(&self.ctx, &self.name, Status::Completed, "success", &st);
+        rec.children = st.children.clone();
+        rec.summary = Some(format!("all {} subtasks completed", st.children.len()));
+        rec.started_at = Some(record::ts(now));
+        rec.finished_at = record::ts(now);
+        let mut st = st;
+        st.committing = Some(rec.run_id.clone());
+        self.commit(st, rec).await
     }
 
     /// Looks for a usage-limit message in the run's stdout and stderr.
@@ -1833,6 +1922,22 @@ impl Job {
         });
         st.last_error = error.clone();
         let retries = self.task.retries.unwrap_or(self.config.retries);
+        // A successful run that queued too many follow-ups, or too deep a
+        // tree, is a failure of its own kind (not retried).
+        let (outcome, error) = match (outcome, error) {
+            ("success", None) => match self.runaway() {
+                Some(why) => ("runaway", Some(why)),
+                None => ("success", None),
+            },
+            other => other,
+        };
+        if outcome == "runaway" {
+            if let Some(a) = st.history.last_mut() {
+                a.outcome = "runaway".into();
+                a.error = error.clone();
+            }
+            st.last_error = error.clone();
+        }
         // A usage limit, whatever the exit code (claude prints some with exit 0).
         // Limited attempts are free, but only so many per task: output that
         // merely looks like a limit message must not rerun a task forever.
@@ -1914,7 +2019,11 @@ impl Job {
             info!(task = %self.name, "stopped by shutdown; requeued without using an attempt");
             return self.requeue_or_keep(st).await;
         }
-        if outcome != "success" && outcome != "spawn" && st.charged() <= retries {
+        if outcome != "success"
+            && outcome != "spawn"
+            && outcome != "runaway"
+            && st.charged() <= retries
+        {
             let delay = backoff(
                 self.config.retry_delay,
                 self.config.retry_delay_max,
@@ -2007,6 +2116,16 @@ impl Job {
             };
             rec.run_dir = Some(layout.rel(&layout.run_dir(dest, &name)));
             rec.output_file = Some(layout.rel(&layout.output_file(&name)));
+            // The transactional outbox: follow-ups go to pending/ only on
+            // success (before the record, which lists them); on failure they
+            // stay in the run directory and the record names them.
+            let outbox = layout.run_dir(State::Assigned, &name).join("outbox");
+            match rec.status {
+                Status::Completed => {
+                    rec.followups = crate::followups::queue_outbox(layout, &name, &outbox)?
+                }
+                Status::Failed => rec.withheld_followups = crate::followups::outbox_files(&outbox),
+            }
             let (out, cut) = crate::context::read_output(&layout.run_dir(State::Assigned, &name));
             rec.summary = crate::context::summary(&out);
             mailbox::prepare_commit(layout, &rec)?;

@@ -9,7 +9,7 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
-use serde::de::{self, IgnoredAny, MapAccess, Visitor};
+use serde::de::{self, MapAccess, Visitor};
 
 /// Largest task file mailroom reads, by default (see `max_task_bytes`).
 pub const DEFAULT_MAX_TASK_BYTES: u64 = 1024 * 1024;
@@ -76,6 +76,10 @@ pub struct Task {
     pub not_before: Option<SystemTime>,
     /// `delay`, counted from the file's modification time by the scanner.
     pub delay: Option<Duration>,
+    /// Whether the prompt carries the shared context (`context_required: true`).
+    pub context_required: bool,
+    /// Child tasks to expand instead of running an agent (`subtasks:`).
+    pub subtasks: Vec<Subtask>,
     /// Things accepted but worth telling the author (ignored fields and the like).
     pub warnings: Vec<String>,
 }
@@ -163,8 +167,9 @@ pub struct RawTask {
     pub after: Option<Vec<String>>,
     pub dependencies: Option<Vec<String>>,
     pub context_files: Option<Vec<String>>,
-    /// Seed format; accepted, its meaning is carried by `context_files`.
-    pub context_required: Option<IgnoredAny>,
+    /// Seed format: `true` adds the shared context (project overview and
+    /// current state) to the prompt; a list adds those files, like `context_files`.
+    pub context_required: Option<ContextRequired>,
     pub timeout: Option<String>,
     pub timeout_minutes: Option<u64>,
     pub retries: Option<u32>,
@@ -174,8 +179,110 @@ pub struct RawTask {
     pub created_at: Option<String>,
     pub not_before: Option<String>,
     pub delay: Option<String>,
-    /// Seed format; accepted and reported as not expanded yet.
-    pub subtasks: Option<IgnoredAny>,
+    /// Seed format: child tasks, each a description or a mapping of task fields.
+    pub subtasks: Option<Vec<RawSubtask>>,
+}
+
+/// `context_required:` as written: a flag or a list of files.
+#[derive(Debug)]
+pub enum ContextRequired {
+    Flag(bool),
+    Files(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for ContextRequired {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ContextRequired;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("true, false, or a list of files")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<ContextRequired, E> {
+                Ok(ContextRequired::Flag(v))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<ContextRequired, A::Error> {
+                let mut v = Vec::new();
+                while let Some(s) = seq.next_element::<String>()? {
+                    v.push(s);
+                }
+                Ok(ContextRequired::Files(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// One entry of `subtasks:`: a description, or a mapping of task fields.
+#[derive(Debug)]
+pub enum RawSubtask {
+    Text(String),
+    Fields(Box<SubtaskFields>),
+}
+
+/// The fields a subtask may set (the rest come from its parent).
+#[derive(Debug, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubtaskFields {
+    #[serde(skip_serializing)]
+    pub id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preferred_agent: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_minutes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requires: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context_files: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for RawSubtask {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawSubtask;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a description or a mapping of task fields")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawSubtask, E> {
+                Ok(RawSubtask::Text(v.to_owned()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawSubtask, A::Error> {
+                SubtaskFields::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(|f| RawSubtask::Fields(Box::new(f)))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A child task to be written from a parent's `subtasks:`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Subtask {
+    /// The child's name suffix (its `id`, or its position from 1).
+    pub suffix: String,
+    /// The child's file content (YAML), without `parent`/`after`, which the
+    /// expansion adds.
+    pub fields: String,
 }
 
 /// A string that was written as text: a number or boolean where a
@@ -349,6 +456,8 @@ fn expected_value(key: &str) -> Option<&'static str> {
         "not_before" => "an RFC 3339 time such as 2026-01-15T10:00:00Z",
         "after" | "dependencies" => "a list of task names, e.g. [task_001]",
         "requires" | "labels" | "context_files" => "a list of strings",
+        "context_required" => "true, false, or a list of files",
+        "subtasks" => "a list of descriptions or of task mappings",
         _ => return None,
     })
 }
@@ -371,16 +480,16 @@ fn owning_key(text: &str, line: u64) -> Option<(&str, u64)> {
 /// starts on a later line).
 fn locate_key(text: &str, key: &str) -> Option<(u64, u64)> {
     text.lines().enumerate().find_map(|(i, l)| {
-        let k = l.split(':').next()?;
+        let (k, after) = l.split_once(':')?;
         if l.starts_with([' ', '\t']) || k.trim().trim_matches(['"', '\'']) != key {
             return None;
         }
-        let after = &l[k.len() + 1..];
-        let value_col = k.len() + 1 + (after.len() - after.trim_start().len()) + 1;
-        let col = if after.trim().is_empty() || after.trim_start().starts_with('#') {
+        let value = after.trim_start();
+        let col = if value.is_empty() || value.starts_with('#') {
             1
         } else {
-            value_col
+            // Columns count characters, 1-based, like the parser's.
+            k.chars().count() + 1 + (after.chars().count() - value.chars().count()) + 1
         };
         Some((i as u64 + 1, col as u64))
     })
@@ -745,7 +854,19 @@ pub fn validate(name: &str, raw: RawTask) -> Result<Task, TaskError> {
             format!("`retries: {r}` is too many; the limit is 100"),
         ));
     }
-    let context_files = raw.context_files.unwrap_or_default();
+    let mut context_files = raw.context_files.unwrap_or_default();
+    let context_required = match raw.context_required {
+        Some(ContextRequired::Flag(b)) => b,
+        Some(ContextRequired::Files(v)) => {
+            for f in v {
+                if !context_files.contains(&f) {
+                    context_files.push(f);
+                }
+            }
+            false
+        }
+        None => false,
+    };
     for f in &context_files {
         check_relative_path(f)
             .map_err(|e| TaskError::at("context_files", format!("`context_files`: {e}")))?;
@@ -778,8 +899,41 @@ pub fn validate(name: &str, raw: RawTask) -> Result<Task, TaskError> {
         // file's own time when it knows it.
         not_before = Some(SystemTime::now() + d);
     }
-    if raw.subtasks.is_some() {
-        warnings.push("`subtasks` are accepted but not expanded by this version".into());
+    let mut subtasks = Vec::new();
+    for (i, st) in raw.subtasks.unwrap_or_default().into_iter().enumerate() {
+        let mut fields = match st {
+            RawSubtask::Text(d) => SubtaskFields {
+                description: Some(d),
+                ..SubtaskFields::default()
+            },
+            RawSubtask::Fields(f) => *f,
+        };
+        let suffix = match fields.id.take() {
+            Some(id) => {
+                check_name(&id).map_err(|e| {
+                    TaskError::at("subtasks", format!("`subtasks` item {}: `id`: {e}", i + 1))
+                })?;
+                id
+            }
+            None => (i + 1).to_string(),
+        };
+        let child = format!("{name}.{suffix}");
+        let yaml = serde_saphyr::to_string(&fields)
+            .map_err(|e| TaskError::at("subtasks", format!("`subtasks` item {}: {e}", i + 1)))?;
+        // Each child must be a valid task on its own, checked now.
+        parse(&child, yaml.as_bytes()).map_err(|e| {
+            TaskError::at(
+                "subtasks",
+                format!("`subtasks` item {}: {}", i + 1, e.message),
+            )
+        })?;
+        subtasks.push(Subtask {
+            suffix,
+            fields: yaml,
+        });
+    }
+    if subtasks.len() > 100 {
+        return Err(TaskError::at("subtasks", "more than 100 subtasks"));
     }
     Ok(Task {
         name: name.to_owned(),
@@ -796,6 +950,8 @@ pub fn validate(name: &str, raw: RawTask) -> Result<Task, TaskError> {
         parent: raw.parent,
         not_before,
         delay,
+        context_required,
+        subtasks,
         warnings,
     })
 }
@@ -934,6 +1090,16 @@ context_files: ["context/project_overview.md", "context/current_state.md"]
         let e = parse("x", b"description: 42\n").unwrap_err();
         assert_eq!((e.line, e.column), (Some(1), Some(14)), "{e:?}");
         assert!(e.message.starts_with("`description` must be text"), "{e:?}");
+    }
+
+    #[test]
+    fn a_key_without_a_colon_on_its_line_is_not_located() {
+        // Found by the property tests: this used to slice past the line's end.
+        let e = parse("x", b"{retries: 1000,\ndescription\n: \"\"}").unwrap_err();
+        assert!(!e.message.is_empty());
+        assert_eq!(locate_key("description\n", "description"), None);
+        assert_eq!(locate_key("retries: 5\n", "retries"), Some((1, 10)));
+        assert_eq!(locate_key("é: 5\n", "é"), Some((1, 4)));
     }
 
     #[test]

@@ -43,9 +43,12 @@ fn appendix_style_task_is_accepted() {
          context_required: [context/project_overview.md]\nsubtasks:\n  - description: a\n",
     );
     root.run_until_idle();
-    assert_eq!(root.names("completed"), vec!["api"]);
+    // Its subtask ran as a child, then the parent completed without an agent.
+    assert_eq!(root.names("completed"), vec!["api", "api.1"]);
     let rec = root.record("completed", "api");
-    assert!(rec["warnings"].to_string().contains("subtasks"), "{rec}");
+    assert_eq!(rec["children"], serde_json::json!(["api.1"]), "{rec}");
+    let child = root.read("tasks/completed/api.1.yaml");
+    assert!(child.contains("parent: \"api\""), "{child}");
 }
 
 #[test]

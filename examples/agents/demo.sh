@@ -3,8 +3,10 @@
 # description and the shared context. mailroom passes the prompt as the last
 # argument and tells us where to write through MAILROOM_* variables.
 set -eu
-prompt=${1:-}
-[ -n "$prompt" ] || prompt=$(cat "${MAILROOM_PROMPT_FILE:-/dev/null}")
+full=${1:-}
+[ -n "$full" ] || full=$(cat "${MAILROOM_PROMPT_FILE:-/dev/null}")
+# The task itself is what precedes the sections mailroom adds ("---" lines).
+prompt=$(printf '%s\n' "$full" | sed '/^---$/,$d')
 out=${MAILROOM_OUTPUT:-/dev/stdout}
 ctx=${MAILROOM_CONTEXT:-context}
 project=""
@@ -20,6 +22,12 @@ fi
   if [ -f "$ctx/current_state.md" ] && grep -q '^### ' "$ctx/current_state.md"; then
     printf 'Recently finished work I read from context/current_state.md:\n\n'
     grep '^### ' "$ctx/current_state.md" | head -n 5 | sed 's/^### /- /'
+    printf '\n'
+  fi
+  given=$(printf '%s\n' "$full" | sed -n 's/^## Context: //p')
+  if [ -n "$given" ]; then
+    printf '## What mailroom gave me\n\n'
+    printf '%s\n' "$given" | sed 's/^/- /'
     printf '\n'
   fi
   printf '## Plan\n\n'

@@ -48,7 +48,7 @@ impl Root {
     pub fn agent_config(self, cmd: &[&str], extra: &str) -> Root {
         let argv: Vec<String> = cmd.iter().map(|s| format!("{s:?}")).collect();
         let y = format!(
-            "retry_delay: 50ms\nsettle: 300ms\nrescan_interval: 1s\n{extra}\nagents:\n  a:\n    command: [{}]\n    grace: 1s\n",
+            "retry_delay: 50ms\nsettle: 300ms\nrescan_interval: 1s\n{extra}\nagents:\n  a:\n    command: [{}]\n    grace: 1s\n    prompt_template: \"{{description}}\"\n",
             argv.join(", ")
         );
         self.config(&y)

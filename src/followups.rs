@@ -1,0 +1,189 @@
+//! Follow-up tasks: the transactional outbox (task files an agent writes into
+//! `$MAILROOM_OUTBOX` are queued only if its run succeeds), the guards against
+//! runaway spawning, and the expansion of a task's `subtasks` into children.
+
+use std::io;
+use std::path::Path;
+
+use crate::fsx;
+use crate::layout::{Layout, State};
+use crate::task::{self, Entry};
+
+/// Task files waiting in an outbox, sorted.
+pub fn outbox_files(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+                .filter(|f| matches!(task::classify(f), Entry::Task { .. }))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// How deep `parent` sits in its tree (a task without a parent is at 0), by
+/// walking `parent` links through the tree. Stops past `max`.
+pub fn depth_of(layout: &Layout, parent: Option<&str>, max: usize) -> usize {
+    let mut depth = 0;
+    let mut cur = parent.map(str::to_owned);
+    while let Some(name) = cur {
+        depth += 1;
+        if depth > max {
+            break;
+        }
+        cur = layout
+            .locate(&name)
+            .and_then(|(_, p, _)| fsx::read_task_file(&p, task::DEFAULT_MAX_TASK_BYTES).ok())
+            .and_then(|(b, _)| task::parse(&name, &b).ok())
+            .and_then(|t| t.parent);
+    }
+    depth
+}
+
+/// Adds `parent: <name>` (and `after`) to a task file's text, keeping it
+/// valid: a bare description becomes a mapping.
+fn with_links(text: &str, name: &str, parent: &str, after: Option<&str>) -> Option<String> {
+    let t = task::parse(name, text.as_bytes()).ok()?;
+    let mut out = if text.trim_start().starts_with(['"', '\''])
+        || !text
+            .lines()
+            .any(|l| !l.starts_with([' ', '#', '-']) && l.contains(':'))
+    {
+        // A bare string document: say it as a mapping.
+        format!(
+            "description: {}\n",
+            serde_json::to_string(&t.description).ok()?
+        )
+    } else {
+        let mut s = text.to_owned();
+        if !s.ends_with('\n') {
+            s.push('\n');
+        }
+        s
+    };
+    if t.parent.is_none() {
+        out.push_str(&format!(
+            "parent: {}\n",
+            serde_json::to_string(parent).ok()?
+        ));
+    }
+    if let Some(a) = after
+        && t.after.is_empty()
+    {
+        out.push_str(&format!("after: [{}]\n", serde_json::to_string(a).ok()?));
+    }
+    task::parse(name, out.as_bytes()).ok().map(|_| out)
+}
+
+/// Writes one new task into `pending/` through `tasks/tmp/`, under `name` or,
+/// when that name is taken, `name-2`, `name-3`, ... Returns the name used.
+pub fn submit(layout: &Layout, name: &str, text: &str) -> io::Result<String> {
+    fsx::create_dir_all(&layout.tmp)?;
+    for n in 1..1000 {
+        let cand = if n == 1 {
+            name.to_owned()
+        } else {
+            format!("{name}-{n}")
+        };
+        if task::check_name(&cand).is_err() || layout.locate(&cand).is_some() {
+            continue;
+        }
+        let tmp = layout.tmp.join(fsx::tmp_name(&cand));
+        fsx::write_atomic(&tmp, text.as_bytes())?;
+        match fsx::rename_noreplace(&tmp, &layout.task_file(State::Pending, &cand, "yaml")) {
+            Ok(()) => {
+                fsx::fsync_dir(&layout.pending)?;
+                return Ok(cand);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        }
+    }
+    Err(io::Error::other(format!("no free name for `{name}`")))
+}
+
+/// Queues every task file left in `outbox` (after a successful run of
+/// `parent`), each linked to its parent, and removes it from the outbox.
+/// Idempotent: recovery runs it again on what is left.
+pub fn queue_outbox(layout: &Layout, parent: &str, outbox: &Path) -> io::Result<Vec<String>> {
+    let mut queued = Vec::new();
+    for f in outbox_files(outbox) {
+        let path = outbox.join(&f);
+        let Entry::Task { name, .. } = task::classify(&f) else {
+            continue;
+        };
+        let text = match fsx::read_task_file(&path, task::DEFAULT_MAX_TASK_BYTES) {
+            Ok((b, _)) => String::from_utf8_lossy(&b).into_owned(),
+            Err(e) if e.is_gone() => continue,
+            Err(e) => format!("# mailroom: the outbox file could not be read: {e}\n"),
+        };
+        // A file that does not parse is queued as written: it then fails in
+        // pending/ with its own error, where its author can see it.
+        let text = with_links(&text, name, parent, None).unwrap_or(text);
+        queued.push(submit(layout, name, &text)?);
+        fsx::remove_file_if_exists(&path)?;
+    }
+    Ok(queued)
+}
+
+/// Writes a task's `subtasks` into `pending/` as `<name>.<suffix>`, linked to
+/// it and, when `sequential`, each after the one before. Children already
+/// there (an expansion interrupted by a crash) are kept.
+pub fn expand(
+    layout: &Layout,
+    name: &str,
+    subtasks: &[task::Subtask],
+    sequential: bool,
+) -> io::Result<Vec<String>> {
+    let mut names = Vec::new();
+    let mut prev: Option<String> = None;
+    for st in subtasks {
+        let child = format!("{name}.{}", st.suffix);
+        if layout.locate(&child).is_none() {
+            let after = if sequential { prev.as_deref() } else { None };
+            let text = with_links(&st.fields, &child, name, after).ok_or_else(|| {
+                io::Error::other(format!("subtask `{child}` is not a valid task"))
+            })?;
+            let tmp = layout.tmp.join(fsx::tmp_name(&child));
+            fsx::create_dir_all(&layout.tmp)?;
+            fsx::write_atomic(&tmp, text.as_bytes())?;
+            match fsx::rename_noreplace(&tmp, &layout.task_file(State::Pending, &child, "yaml")) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    let _ = std::fs::remove_file(&tmp);
+                }
+                Err(e) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(e);
+                }
+            }
+        }
+        prev = Some(child.clone());
+        names.push(child);
+    }
+    fsx::fsync_dir(&layout.pending)?;
+    Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_are_added_and_the_file_stays_valid() {
+        let out = with_links("description: a\n", "c", "p", Some("b")).unwrap();
+        assert_eq!(out, "description: a\nparent: \"p\"\nafter: [\"b\"]\n");
+        let out = with_links("just words\n", "c", "p", None).unwrap();
+        assert_eq!(out, "description: \"just words\"\nparent: \"p\"\n");
+        let out = with_links("description: a\nparent: q\n", "c", "p", None).unwrap();
+        assert!(out.ends_with("parent: q\n"), "{out}");
+        assert!(with_links("description: [\n", "c", "p", None).is_none());
+    }
+}

@@ -1,0 +1,235 @@
+//! The prompt: what an agent is told. A template renders the task's
+//! description with the files it asked for (each capped), the shared context
+//! (project overview and current state) when the agent or the task wants it,
+//! and short instructions on reporting back through files.
+
+use crate::config::{Agent, Config};
+use crate::layout::Layout;
+use crate::task::Task;
+
+/// The template agents use unless they set `prompt_template`.
+pub const DEFAULT_TEMPLATE: &str = "{description}\n{context}{instructions}";
+
+/// The instructions appended by `{instructions}`.
+const INSTRUCTIONS: &str = "\n---\n## Reporting back (from mailroom)\n\n\
+- This is task `{task}`. Write your result to the file named by $MAILROOM_OUTPUT (or print it on stdout).\n\
+- To hand on work, write task files (YAML, e.g. `description: ...`) into the directory $MAILROOM_OUTBOX: \
+they are queued only if this task succeeds. `mailroom add \"...\"` queues one at once.\n\
+- End with a short summary between [SUMMARY] and [/SUMMARY]; the next agents read it in context/current_state.md.\n";
+
+/// The shared context files, relative to the root.
+pub const SHARED: [&str; 2] = ["context/project_overview.md", "context/current_state.md"];
+
+/// Renders the prompt for `task` on `agent`. An error names what is wrong
+/// (a missing or escaping context file) and fails the task without a run.
+pub fn render(
+    layout: &Layout,
+    config: &Config,
+    agent: &Agent,
+    task: &Task,
+) -> Result<String, String> {
+    let template = agent.prompt_template.as_deref().unwrap_or(DEFAULT_TEMPLATE);
+    // A listed file must exist, except the shared ones: current_state.md only
+    // appears after the first finished task, and the overview is optional.
+    let mut files: Vec<(&str, bool)> = task
+        .context_files
+        .iter()
+        .map(|f| (f.as_str(), !SHARED.contains(&f.as_str())))
+        .collect();
+    if agent.include_context || task.context_required {
+        for s in SHARED {
+            if !files.iter().any(|(f, _)| *f == s) {
+                files.push((s, false));
+            }
+        }
+    }
+    let mut context = String::new();
+    let mut budget = config.context_max_bytes.saturating_mul(4);
+    for (f, required) in files {
+        let path = resolve(layout, config, f)?;
+        let Some(path) = path else {
+            if required {
+                return Err(format!(
+                    "context file `{f}` does not exist (listed in `context_files`)"
+                ));
+            }
+            continue;
+        };
+        let cap = config.context_max_bytes.min(budget);
+        let (bytes, cut) = crate::fsx::read_head(&path, cap)
+            .map_err(|e| format!("context file `{f}` cannot be read: {e}"))?;
+        let total = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        budget = budget.saturating_sub(bytes.len() as u64);
+        let text = String::from_utf8_lossy(&bytes);
+        context.push_str(&format!("\n---\n## Context: {f}\n\n{}\n", text.trim_end()));
+        if cut {
+            context.push_str(&format!(
+                "\n[mailroom: truncated, showing {} of {total} bytes of {f}]\n",
+                bytes.len()
+            ));
+        }
+    }
+    let instructions = INSTRUCTIONS.replace("{task}", &task.name);
+    Ok(substitute(
+        template,
+        &[
+            ("description", &task.description),
+            ("context", &context),
+            ("instructions", &instructions),
+            ("task", &task.name),
+        ],
+    ))
+}
+
+/// A context file's path: inside the root (after symlinks) unless the config
+/// allows more; `None` when it does not exist.
+fn resolve(
+    layout: &Layout,
+    config: &Config,
+    f: &str,
+) -> Result<Option<std::path::PathBuf>, String> {
+    crate::task::check_relative_path(f).map_err(|e| format!("context file: {e}"))?;
+    let p = layout.root.join(f);
+    match p.canonicalize() {
+        Ok(c) if c.starts_with(&layout.root) || config.context_outside_root => {
+            if c.is_file() {
+                Ok(Some(c))
+            } else {
+                Err(format!("context file `{f}` is not a regular file"))
+            }
+        }
+        Ok(_) => Err(format!(
+            "context file `{f}` leads outside the root (through a symlink); \
+             set `context_outside_root: true` to allow it"
+        )),
+        Err(_) => Ok(None),
+    }
+}
+
+/// One pass over `{name}` placeholders: values are never scanned again.
+fn substitute(template: &str, vars: &[(&str, &str)]) -> String {
+    let mut out = String::with_capacity(template.len() + 256);
+    let mut rest = template;
+    while let Some(i) = rest.find('{') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        match after.find('}').and_then(|j| {
+            vars.iter()
+                .find(|(k, _)| *k == &after[..j])
+                .map(|(_, v)| (j, v))
+        }) {
+            Some((j, v)) => {
+                out.push_str(v);
+                rest = &after[j + 1..];
+            }
+            None => {
+                out.push('{');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The description part of a rendered prompt (what precedes the first
+/// section mailroom added), for agents that want only the task itself.
+pub fn description_part(prompt: &str) -> &str {
+    prompt
+        .split("\n---\n## ")
+        .next()
+        .unwrap_or(prompt)
+        .trim_end()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup(tag: &str) -> (Layout, Config) {
+        let d = std::env::temp_dir().join(format!("mailroom-prompt-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let layout = Layout::new(&d);
+        layout.ensure().unwrap();
+        let layout = Layout::new(&d.canonicalize().unwrap());
+        std::fs::write(
+            layout.context.join("project_overview.md"),
+            "Project: Test System\n",
+        )
+        .unwrap();
+        (layout, Config::default())
+    }
+
+    fn task(y: &str) -> Task {
+        crate::task::parse("t", y.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn renders_description_context_caps_and_instructions() {
+        let (layout, mut config) = setup("render");
+        config.context_max_bytes = 10;
+        std::fs::write(layout.root.join("notes.md"), "0123456789ABCDEF").unwrap();
+        let agent = config.agents["demo"].clone();
+        let p = render(
+            &layout,
+            &config,
+            &agent,
+            &task("description: do {task} $(x)\ncontext_files: [notes.md]\n"),
+        )
+        .unwrap();
+        assert!(p.starts_with("do {task} $(x)\n"), "{p}");
+        assert!(p.contains("## Context: notes.md\n\n0123456789\n"), "{p}");
+        assert!(
+            p.contains("[mailroom: truncated, showing 10 of 16 bytes of notes.md]"),
+            "{p}"
+        );
+        assert!(
+            p.contains("## Context: context/project_overview.md\n\nProject: T\n"),
+            "{p}"
+        );
+        assert!(p.contains("$MAILROOM_OUTBOX"), "{p}");
+        assert!(p.contains("[SUMMARY]"), "{p}");
+        assert_eq!(description_part(&p), "do {task} $(x)");
+        std::fs::remove_dir_all(&layout.root).unwrap();
+    }
+
+    #[test]
+    fn missing_and_escaping_context_files_are_errors() {
+        let (layout, config) = setup("missing");
+        let agent = config.agents["demo"].clone();
+        let e = render(
+            &layout,
+            &config,
+            &agent,
+            &task("description: x\ncontext_files: [nope.md]\n"),
+        )
+        .unwrap_err();
+        assert!(e.contains("`nope.md` does not exist"), "{e}");
+        std::os::unix::fs::symlink("/etc/hostname", layout.root.join("esc.md")).unwrap();
+        let e = render(
+            &layout,
+            &config,
+            &agent,
+            &task("description: x\ncontext_files: [esc.md]\n"),
+        )
+        .unwrap_err();
+        assert!(e.contains("leads outside the root"), "{e}");
+        std::fs::remove_dir_all(&layout.root).unwrap();
+    }
+
+    #[test]
+    fn a_plain_template_sends_the_description_alone() {
+        let (layout, config) = setup("plain");
+        let mut agent = config.agents["demo"].clone();
+        agent.prompt_template = Some("{description}".into());
+        let p = render(
+            &layout,
+            &config,
+            &agent,
+            &task("description: exactly this\n"),
+        )
+        .unwrap();
+        assert_eq!(p, "exactly this");
+        std::fs::remove_dir_all(&layout.root).unwrap();
+    }
+}
