@@ -571,6 +571,20 @@ pub fn show(root: &Path, name: &str, json: bool) -> Result<()> {
         st.dir_name(),
         layout.rel(&path)
     );
+    if let Some(p) = &parent {
+        let at = layout
+            .locate(p)
+            .map(|(s, _, _)| s.dir_name())
+            .unwrap_or("not submitted");
+        println!("parent: {p} ({at})");
+    }
+    for c in &children {
+        let at = layout
+            .locate(c)
+            .map(|(s, _, _)| s.dir_name())
+            .unwrap_or("?");
+        println!("child:  {c} ({at})");
+    }
     if let Err(e) = &parsed {
         println!("error: {}", e.display_at(&layout.rel(&path)));
     }

@@ -96,15 +96,22 @@ fn check_invariants(root: &Root, n: usize, terminal: &str) {
             .collect();
         assert!(tmp.is_empty(), "temp files left in {d}: {tmp:?}");
     }
+    // The context log: every line whole, exactly one per finished task (no
+    // merge lost or made twice, however the supervisors raced or died).
     let log = root.read("context/completed_tasks.jsonl");
     let mut logged: Vec<String> = log
         .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .map(|v| v["task"].as_str().unwrap().to_owned())
+        .map(|l| {
+            let v: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("torn log line {l:?}: {e}"));
+            v["task"].as_str().unwrap().to_owned()
+        })
         .collect();
     logged.sort();
+    let lines = logged.len();
     logged.dedup();
     assert_eq!(logged.len(), n, "context log misses tasks");
+    assert_eq!(lines, n, "context log has duplicate entries");
 }
 
 #[test]

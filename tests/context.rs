@@ -1,0 +1,215 @@
+//! Shared context, prompts, follow-up tasks and subtasks, through the real
+//! binary: the merge into context/, the prompt with its context, the
+//! transactional outbox, subtask expansion and the runaway limits.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn the_seed_context_sharing_acceptance_test_with_the_demo_agent() {
+    // The built-in demo agent (no config): task 1 plans, task 2 reads the plan.
+    let root = Root::new();
+    root.write(
+        "context/project_overview.md",
+        "# Project overview\n\nProject: Test System\n",
+    );
+    let root = root
+        .task("task_1.yaml", "description: Plan the login feature\n")
+        .task(
+            "task_2.yaml",
+            "description: Build the login page from the plan\nafter: [task_1]\n\
+             context_files: [context/agent_outputs/task_1.md]\n",
+        );
+    root.run_until_idle();
+    assert_eq!(root.names("completed"), ["task_1", "task_2"]);
+    let plan = root.read("context/agent_outputs/task_1.md");
+    assert!(plan.contains("Project: Test System"), "{plan}");
+    let second = root.read("context/agent_outputs/task_2.md");
+    // Its prompt carried task 1's plan and the current state.
+    assert!(
+        second.contains("- context/agent_outputs/task_1.md: "),
+        "{second}"
+    );
+    assert!(second.contains("context/current_state.md"), "{second}");
+    let sent = root.mailroom(&["show", "task_2", "--prompt"]);
+    let sent = stdout(&sent);
+    assert!(
+        sent.starts_with("Build the login page from the plan\n"),
+        "{sent}"
+    );
+    assert!(
+        sent.contains("## Context: context/agent_outputs/task_1.md"),
+        "{sent}"
+    );
+    assert!(
+        sent.contains("Demo agent planned \"Plan the login feature\""),
+        "{sent}"
+    );
+    // current_state.md: the summaries of what finished.
+    let state = root.read("context/current_state.md");
+    assert!(
+        state.contains("Demo agent planned \"Build the login page"),
+        "{state}"
+    );
+    assert!(state.contains("2 completed and 0 failed so far"), "{state}");
+    let log = root.read("context/completed_tasks.jsonl");
+    assert_eq!(log.lines().count(), 2);
+}
+
+#[test]
+fn summary_blocks_reach_the_record_the_log_and_current_state() {
+    let root = Root::new()
+        .agent_config(&[&agent("followup.sh")], "")
+        .task("s.yaml", "description: x\n");
+    root.run_until_idle();
+    let rec = root.record("completed", "s");
+    assert_eq!(rec["summary"], "s finished its part");
+    assert!(
+        root.read("context/completed_tasks.jsonl")
+            .contains("\"summary\":\"s finished its part\"")
+    );
+    assert!(
+        root.read("context/current_state.md")
+            .contains("s finished its part")
+    );
+}
+
+#[test]
+fn a_missing_context_file_fails_the_task_before_any_run() {
+    let root = Root::new()
+        .agent_config(&[&agent("ok.sh")], "")
+        .task("m.yaml", "description: x\ncontext_files: [docs/nope.md]\n");
+    root.run_until_idle();
+    let rec = root.record("failed", "m");
+    assert_eq!(rec["outcome"], "invalid");
+    assert!(
+        rec["error"]
+            .as_str()
+            .unwrap()
+            .contains("`docs/nope.md` does not exist"),
+        "{rec}"
+    );
+}
+
+#[test]
+fn the_outbox_is_committed_on_success_and_withheld_on_failure() {
+    let root = Root::new();
+    let runs = root.p("runs.log");
+    let root = root.config(&format!(
+        "retries: 0\nagents:\n  ok:\n    command: [{f:?}]\n    env: {{FOLLOWUPS: \"next-a next-b\", RUNLOG: {r:?}}}\n\
+         \n  bad:\n    command: [{f:?}]\n    env: {{FOLLOWUPS: \"never\", EXIT: \"1\", RUNLOG: {r:?}}}\n\
+         \n  plain:\n    command: [{ok:?}]\n",
+        f = agent("followup.sh"),
+        r = runs.display().to_string(),
+        ok = agent("ok.sh"),
+    ));
+    // The follow-ups themselves run on `plain` (routing by label is not needed:
+    // they name no agent, so give the tree a default).
+    let root = root
+        .config(&format!(
+            "retries: 0\ndefault_agent: plain\nagents:\n  ok:\n    command: [{f:?}]\n    env: {{FOLLOWUPS: \"next-a next-b\", RUNLOG: {r:?}}}\n\
+             \n  bad:\n    command: [{f:?}]\n    env: {{FOLLOWUPS: \"never\", EXIT: \"1\", RUNLOG: {r:?}}}\n\
+             \n  plain:\n    command: [{ok:?}]\n",
+            f = agent("followup.sh"),
+            r = runs.display().to_string(),
+            ok = agent("ok.sh"),
+        ))
+        .task("good.yaml", "description: x\nagent: ok\n")
+        .task("broken.yaml", "description: x\nagent: bad\n");
+    root.run_until_idle();
+    let rec = root.record("completed", "good");
+    assert_eq!(rec["followups"], serde_json::json!(["next-a", "next-b"]));
+    assert_eq!(root.names("completed"), ["good", "next-a", "next-b"]);
+    assert!(
+        root.read("tasks/completed/next-a.yaml")
+            .contains("parent: \"good\"")
+    );
+    let shown = stdout(&root.mailroom(&["show", "good"]));
+    assert!(shown.contains("child:  next-a (completed)"), "{shown}");
+    let rec = root.record("failed", "broken");
+    assert_eq!(rec["withheld_followups"], serde_json::json!(["never.yaml"]));
+    assert!(root.exists("tasks/failed/broken.run/outbox/never.yaml"));
+    assert!(root.names("pending").is_empty() && !root.exists("tasks/completed/never.yaml"));
+}
+
+#[test]
+fn subtasks_expand_into_ordered_children_and_the_parent_waits() {
+    let root = Root::new();
+    let runs = root.p("runs.log");
+    let root = root
+        .config(&format!(
+            "agents:\n  a:\n    command: [{:?}]\n    env: {{RUNLOG: {:?}}}\n",
+            agent("followup.sh"),
+            runs.display().to_string()
+        ))
+        .task(
+            "plan.yaml",
+            "description: the whole job\nsubtasks:\n  - first step\n  - id: two\n    description: second step\n  - third step\n",
+        );
+    root.run_until_idle();
+    assert_eq!(
+        std::fs::read_to_string(&runs)
+            .unwrap()
+            .lines()
+            .collect::<Vec<_>>(),
+        ["plan.1", "plan.two", "plan.3"],
+        "children run in order, the parent runs no agent"
+    );
+    let rec = root.record("completed", "plan");
+    assert_eq!(
+        rec["children"],
+        serde_json::json!(["plan.1", "plan.two", "plan.3"])
+    );
+    assert!(
+        root.read("tasks/completed/plan.two.yaml")
+            .contains("after: [\"plan.1\"]")
+    );
+}
+
+#[test]
+fn a_failed_subtask_fails_its_parent() {
+    let root = Root::new()
+        .config(&format!(
+            "retries: 0\nsubtask_order: parallel\nagents:\n  a:\n    command: [{:?}]\n  f:\n    command: [{:?}]\ndefault_agent: a\n",
+            agent("ok.sh"),
+            agent("fail.sh")
+        ))
+        .task(
+            "p.yaml",
+            "description: job\nsubtasks:\n  - fine\n  - {description: broken, agent: f}\n",
+        );
+    root.run_until_idle();
+    assert_eq!(root.names("completed"), ["p.1"]);
+    let rec = root.record("failed", "p");
+    assert_eq!(rec["error"], "dependency p.2 failed");
+}
+
+#[test]
+fn runaway_limits_fail_the_offending_task() {
+    let root = Root::new()
+        .config(&format!(
+            "retries: 0\nfollowups_per_task: 2\nmax_tree_depth: 2\ndefault_agent: chain\nagents:\n  many:\n    command: [{f:?}]\n    env: {{FOLLOWUPS: \"a b c\"}}\n  chain:\n    command: [{f:?}]\n    env: {{CHAIN: \"1\"}}\n",
+            f = agent("followup.sh")
+        ))
+        .task("greedy.yaml", "description: x\nagent: many\n")
+        .task("root.yaml", "description: x\n");
+    root.run_until_idle();
+    let rec = root.record("failed", "greedy");
+    assert_eq!(rec["outcome"], "runaway");
+    assert!(
+        rec["error"]
+            .as_str()
+            .unwrap()
+            .contains("wrote 3 follow-up tasks; the limit is 2"),
+        "{rec}"
+    );
+    // root -> root-n -> root-n-n; the next one would be 3 levels down.
+    assert_eq!(root.names("completed"), ["root", "root-n"]);
+    let rec = root.record("failed", "root-n-n");
+    assert_eq!(rec["outcome"], "runaway");
+    assert!(
+        rec["error"].as_str().unwrap().contains("max_tree_depth"),
+        "{rec}"
+    );
+}
