@@ -77,11 +77,18 @@ pub enum Command {
         /// Per-run timeout, e.g. 10m.
         #[arg(long)]
         timeout: Option<String>,
+        /// Wait for the task, print its output, and exit with its outcome
+        /// (0 completed, 1 failed): for scripts and editors.
+        #[arg(long)]
+        wait: bool,
     },
     /// Counts per state and what is running.
     Status {
         #[arg(long)]
         json: bool,
+        /// Refresh every second (Ctrl-C to stop).
+        #[arg(long, conflicts_with = "json")]
+        watch: bool,
     },
     /// List tasks.
     List {
@@ -108,6 +115,48 @@ pub enum Command {
         /// Task files, or a mailroom.yaml.
         files: Vec<PathBuf>,
     },
+    /// Cancel a pending or running task (a running agent's process group is stopped).
+    Cancel {
+        name: String,
+        /// How long to wait for the supervisor to stop a running agent.
+        #[arg(long, default_value = "60s")]
+        timeout: String,
+    },
+    /// Stop claiming new tasks, everywhere or for one agent (running agents carry on).
+    Pause {
+        #[arg(long)]
+        agent: Option<String>,
+    },
+    /// Start claiming again.
+    Resume {
+        #[arg(long)]
+        agent: Option<String>,
+    },
+    /// The output of a task's run: live while it runs, stored afterwards.
+    Logs {
+        name: String,
+        /// Keep printing until the task finishes.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Wait until the named tasks (or the whole queue) are finished; exit 0
+    /// if all completed, 1 if any failed, 124 on --timeout.
+    Wait {
+        names: Vec<String>,
+        #[arg(long)]
+        timeout: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Each agent's running count, limit, pause, cooldown and outcomes.
+    Agents {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff).
+    Man,
     /// The built-in offline demo agent.
     #[command(hide = true)]
     DemoAgent { args: Vec<String> },

@@ -47,6 +47,9 @@ pub struct Layout {
     pub failed: PathBuf,
     /// Usage-limit cooldowns, one `<agent>.json` each.
     pub cooldowns: PathBuf,
+    /// Live control: `pause`, `pause.<agent>`, and `cancel/<name>` markers.
+    pub control: PathBuf,
+    pub cancel: PathBuf,
     pub context: PathBuf,
     pub outputs: PathBuf,
 }
@@ -63,6 +66,8 @@ impl Layout {
             completed: tasks.join("completed"),
             failed: tasks.join("failed"),
             cooldowns: tasks.join("cooldowns"),
+            control: tasks.join("control"),
+            cancel: tasks.join("control").join("cancel"),
             outputs: context.join("agent_outputs"),
             tasks,
             context,
@@ -79,6 +84,7 @@ impl Layout {
             &self.completed,
             &self.failed,
             &self.cooldowns,
+            &self.cancel,
             &self.outputs,
         ] {
             crate::fsx::create_dir_all(d)?;
@@ -109,6 +115,16 @@ impl Layout {
     }
     pub fn record_file(&self, s: State, name: &str) -> PathBuf {
         self.dir(s).join(format!("{name}.result.json"))
+    }
+    /// `tasks/control/pause` (everything) or `tasks/control/pause.<agent>`.
+    pub fn pause_file(&self, agent: Option<&str>) -> PathBuf {
+        match agent {
+            Some(a) => self.control.join(format!("pause.{a}")),
+            None => self.control.join("pause"),
+        }
+    }
+    pub fn cancel_file(&self, name: &str) -> PathBuf {
+        self.cancel.join(name)
     }
     pub fn cooldown_file(&self, agent: &str) -> PathBuf {
         self.cooldowns.join(format!("{agent}.json"))

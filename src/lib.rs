@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod config;
 pub mod context;
+pub mod control;
 pub mod demo;
 pub mod followups;
 pub mod fsx;

@@ -61,6 +61,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             file,
             after,
             timeout,
+            wait,
         } => {
             let n = cli::add(
                 &root,
@@ -74,10 +75,63 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     timeout: timeout.as_deref(),
                 },
             )?;
-            println!("{n}");
+            if !wait {
+                println!("{n}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            eprintln!("{n}");
+            mailroom::control::wait(&root, std::slice::from_ref(&n), None, false)?;
+            mailroom::control::report(&root, &n)
+        }
+        Command::Status { json, watch } => {
+            if watch {
+                loop {
+                    print!("\x1b[2J\x1b[H");
+                    cli::status(&root, false)?;
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                }
+            }
+            cli::status(&root, json).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Cancel { name, timeout } => {
+            let t = mailroom::task::parse_duration(&timeout)
+                .map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
+            mailroom::control::cancel(&root, &name, t)
+        }
+        Command::Pause { agent } => {
+            mailroom::control::pause(&root, agent.as_deref(), true).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Resume { agent } => {
+            mailroom::control::pause(&root, agent.as_deref(), false).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Logs { name, follow } => {
+            mailroom::control::logs(&root, &name, follow).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Wait {
+            names,
+            timeout,
+            json,
+        } => {
+            let t = timeout
+                .map(|t| mailroom::task::parse_duration(&t))
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
+            mailroom::control::wait(&root, &names, t, json)
+        }
+        Command::Agents { json } => {
+            mailroom::control::agents(&root, json).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "mailroom", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Status { json } => cli::status(&root, json).map(|()| ExitCode::SUCCESS),
+        Command::Man => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::List { state, json } => {
             cli::list(&root, state.as_deref(), json).map(|()| ExitCode::SUCCESS)
         }

@@ -22,6 +22,8 @@ pub enum Stop {
     Graceful,
     /// At once: SIGKILL.
     Now,
+    /// `mailroom cancel`: like `Graceful`, and the run ends as cancelled.
+    Cancel,
 }
 
 /// How the agent's process ended.
@@ -38,6 +40,7 @@ pub enum RunEnd {
     TimedOut(Exit),
     OutputLimit(Exit, u64),
     Stopped(Exit),
+    Cancelled(Exit),
     SpawnFailed { error: String, not_found: bool },
 }
 
@@ -293,6 +296,7 @@ pub async fn wait(
     };
     match why {
         Why::Timeout => RunEnd::TimedOut(exit),
+        Why::Stop(Stop::Cancel) => RunEnd::Cancelled(exit),
         Why::Stop(_) => RunEnd::Stopped(exit),
         Why::Output(n) => RunEnd::OutputLimit(exit, n),
     }

@@ -153,6 +153,16 @@ pub struct Supervisor {
     stop_sent: bool,
     /// Inside a full scan (not every file is read yet).
     scanning: bool,
+    /// `tasks/control/pause` exists: no new claims.
+    paused: bool,
+    /// Agents with a `tasks/control/pause.<agent>` file.
+    paused_agents: HashSet<String>,
+    /// Runs told to stop for a `cancel` marker (so each is told once).
+    cancelling: HashSet<String>,
+    /// The control files may have changed.
+    control_dirty: bool,
+    /// `mailroom.yaml` changed: reload at this instant (edits come in bursts).
+    reload_due: Option<Instant>,
 }
 
 impl Supervisor {
@@ -199,6 +209,11 @@ impl Supervisor {
             stopping_agents: HashSet::new(),
             stop_sent: false,
             scanning: false,
+            paused: false,
+            paused_agents: HashSet::new(),
+            cancelling: HashSet::new(),
+            control_dirty: true,
+            reload_due: None,
         })
     }
 
@@ -215,9 +230,11 @@ impl Supervisor {
         let mut watch = match self.config.watch {
             WatchMode::Poll => None,
             WatchMode::Auto => {
+                let l = self.layout();
                 match Watch::start(
-                    &self.layout().tasks,
-                    &self.layout().pending,
+                    &l.tasks,
+                    &l.pending,
+                    &[&l.control, &l.cancel, &l.root],
                     self.hints.clone(),
                 ) {
                     Ok(w) => Some(w),
@@ -250,6 +267,19 @@ impl Supervisor {
         let mut next_rescan = Instant::now() + self.rescan_interval(poll);
         let mut control_open = true;
         loop {
+            if self.control_dirty {
+                self.refresh_control();
+            }
+            if self.reload_due.is_some_and(|t| Instant::now() >= t) {
+                self.reload_due = None;
+                if let Some(n) = &notifier {
+                    n.reloading();
+                }
+                self.reload_if_changed();
+                if let Some(n) = &notifier {
+                    n.reloaded();
+                }
+            }
             self.schedule();
             if let Some(since) = self.stopping {
                 if self.running.is_empty() {
@@ -320,6 +350,7 @@ impl Supervisor {
                 },
                 _ = tokio::time::sleep_until(wake) => {
                     if Instant::now() >= next_rescan {
+                        self.control_dirty = true;
                         self.recover();
                         self.full_scan();
                         next_rescan = Instant::now() + self.rescan_interval(poll);
@@ -347,10 +378,62 @@ impl Supervisor {
         if !self.cooldowns.is_empty() {
             s.push_str(&format!(", {} cooling down", self.cooldowns.len()));
         }
+        if self.paused {
+            s.push_str(", paused");
+        }
         if self.stopping.is_some() {
             s.push_str(", stopping");
         }
         s
+    }
+
+    /// Reads `tasks/control/`: the pause flags, and `cancel/<name>` markers,
+    /// which it acts on: a run here is stopped (and ends as cancelled), a
+    /// pending task is filed as cancelled, a marker for a task that is no
+    /// longer pending or running is removed.
+    fn refresh_control(&mut self) {
+        self.control_dirty = false;
+        let layout = self.layout().clone();
+        self.paused = mailbox::exists(&layout.pause_file(None));
+        self.paused_agents = std::fs::read_dir(&layout.control)
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| {
+                        e.file_name()
+                            .to_str()
+                            .and_then(|f| f.strip_prefix("pause."))
+                            .map(str::to_owned)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let marks: Vec<String> = std::fs::read_dir(&layout.cancel)
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+                    .filter(|n| task::check_name(n).is_ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for name in marks {
+            if let Some(r) = self.running.get(&name) {
+                if self.cancelling.insert(name.clone()) {
+                    info!(task = %name, "cancel requested: stopping its agent");
+                    let _ = r.stop.send(Some(Stop::Cancel));
+                }
+            } else if let Some(p) = self.pending.get(&name) {
+                let ext = p.ext;
+                self.forget(&name);
+                let rec = mailbox::never_ran_record("cancelled", "cancelled before it ran".into());
+                self.reject_pending(&name, ext, rec, false);
+                let _ = std::fs::remove_file(layout.cancel_file(&name));
+            } else if layout.find(State::Assigned, &name).is_none()
+                && layout.find(State::Pending, &name).is_none()
+            {
+                // Finished, never submitted, or cancelled by another supervisor.
+                let _ = std::fs::remove_file(layout.cancel_file(&name));
+            }
+        }
     }
 
     fn rescan_interval(&self, poll: bool) -> Duration {
@@ -377,7 +460,25 @@ impl Supervisor {
         }
     }
 
+    /// A change of `mailroom.yaml` on disk: reload only if its meaning changed.
+    fn reload_if_changed(&mut self) {
+        match Config::load(&self.layout().root) {
+            Ok(c) if c == *self.config => {}
+            Ok(_) => self.reload(),
+            Err(e) => {
+                error!(error = %e, "mailroom.yaml changed but is invalid; keeping the old configuration")
+            }
+        }
+    }
+
     fn reload(&mut self) {
+        // An empty file at a reload is far more likely a save in progress (an
+        // editor or `>` truncates first) than a wish for the defaults.
+        let path = self.layout().root.join(crate::config::CONFIG_FILE);
+        if std::fs::read_to_string(&path).is_ok_and(|t| t.trim().is_empty()) {
+            error!("mailroom.yaml is empty; new configuration refused, keeping the old one");
+            return;
+        }
         match Config::load(&self.layout().root) {
             Ok(c) => {
                 info!("configuration reloaded");
@@ -407,6 +508,7 @@ impl Supervisor {
             } => {
                 if self.running.get(&name).is_some_and(|r| r.run == run) {
                     self.running.remove(&name);
+                    self.cancelling.remove(&name);
                 }
                 if let Some(n) = self.load.get_mut(&agent) {
                     *n = n.saturating_sub(1);
@@ -505,7 +607,11 @@ impl Supervisor {
     /// orphaned agent) still holds a task in `assigned/` (used by `exit_when_idle`).
     /// Tasks waiting for a dependency nobody submitted do not count.
     fn has_runnable(&self) -> bool {
-        if !self.queue.is_empty() || !self.unsettled.is_empty() || !self.rejects.is_empty() {
+        if !self.unsettled.is_empty() || !self.rejects.is_empty() {
+            return true;
+        }
+        // Paused: nothing more will start, so waiting would be forever.
+        if !self.queue.is_empty() && !self.paused {
             return true;
         }
         if mailbox::count(self.layout(), State::Assigned) > self.running.len() {
@@ -591,6 +697,15 @@ impl Supervisor {
     }
 
     fn examine_path(&mut self, p: &Path) {
+        let l = self.layout();
+        if p.parent() == Some(l.cancel.as_path()) || p.parent() == Some(l.control.as_path()) {
+            self.control_dirty = true;
+            return;
+        }
+        if p == l.root.join(crate::config::CONFIG_FILE) {
+            self.reload_due = Some(Instant::now() + Duration::from_millis(300));
+            return;
+        }
         if p.parent() != Some(self.layout().pending.as_path()) {
             if p == self.layout().pending {
                 self.hints.request_rescan();
@@ -916,11 +1031,14 @@ impl Supervisor {
         }
         let now = SystemTime::now();
         self.cooldowns.retain(|_, (t, _)| *t > now);
-        while self.running.len() < self.config.concurrency {
+        while !self.paused && self.running.len() < self.config.concurrency {
             let (config, load, cooldowns) = (&self.config, &self.load, &self.cooldowns);
+            let paused = &self.paused_agents;
             let avail = |a: &str| match config.agents.get(a) {
                 None => Avail::Unavailable,
                 Some(_) if cooldowns.contains_key(a) => Avail::Unavailable,
+                // A paused agent is waited for, like a busy one (no fallback).
+                Some(_) if paused.contains(a) => Avail::Busy,
                 Some(ag) => {
                     let l = load.get(a).copied().unwrap_or(0);
                     if l >= ag.max_instances {
@@ -1889,6 +2007,11 @@ impl Job {
             // The agent finished its work within the grace period: its verdict stands.
             RunEnd::Stopped(Exit::Code(0)) => ("success", Some(Exit::Code(0)), None),
             RunEnd::Stopped(e) => ("interrupted", Some(*e), Some("stopped by shutdown".into())),
+            RunEnd::Cancelled(e) => (
+                "cancelled",
+                Some(*e),
+                Some("cancelled by `mailroom cancel`".into()),
+            ),
             RunEnd::SpawnFailed { error, .. } => ("spawn", None, Some(error.clone())),
         };
         let run = st.run.take();
@@ -1943,6 +2066,7 @@ impl Job {
         // merely looks like a limit message must not rerun a task forever.
         let limited_before = st.history.iter().filter(|a| a.outcome == "limited").count();
         if outcome != "spawn"
+            && outcome != "cancelled"
             && limited_before < MAX_FREE_LIMITED
             && let Some(limit) = self.detect_limit()
         {
@@ -1986,7 +2110,7 @@ impl Job {
         }
         // An agent that cannot be started, or has failed this task
         // `fallback_after` times, hands it to the next agent of its route.
-        if self.alternatives && outcome != "success" {
+        if self.alternatives && outcome != "success" && outcome != "cancelled" {
             let fails = st
                 .history
                 .iter()
@@ -2022,6 +2146,7 @@ impl Job {
         if outcome != "success"
             && outcome != "spawn"
             && outcome != "runaway"
+            && outcome != "cancelled"
             && st.charged() <= retries
         {
             let delay = backoff(
@@ -2132,6 +2257,8 @@ impl Job {
             let hint = ctx.pending_count.load(std::sync::atomic::Ordering::Relaxed);
             crate::context::merge(layout, &rec, Some((&out, cut)), Some(hint))?;
             mailbox::finish_commit(layout, &name, &ext, dest)?;
+            // A cancel request is answered by the commit, whatever its outcome.
+            let _ = std::fs::remove_file(layout.cancel_file(&name));
             match rec.status {
                 Status::Completed => info!(task = %name, attempts = rec.attempts, "completed"),
                 Status::Failed => warn!(

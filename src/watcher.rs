@@ -75,7 +75,12 @@ pub struct Watch {
 impl Watch {
     /// Starts watching. `tasks/` is watched too, so that a removed or recreated
     /// `pending/` is noticed.
-    pub fn start(tasks: &Path, pending: &Path, hints: Arc<Hints>) -> notify::Result<Watch> {
+    pub fn start(
+        tasks: &Path,
+        pending: &Path,
+        extra: &[&Path],
+        hints: Arc<Hints>,
+    ) -> notify::Result<Watch> {
         let h = hints.clone();
         let mut watcher =
             notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
@@ -90,6 +95,10 @@ impl Watch {
             })?;
         watcher.watch(tasks, RecursiveMode::NonRecursive)?;
         watcher.watch(pending, RecursiveMode::NonRecursive)?;
+        // Control files and the config: hints like any other (best effort).
+        for p in extra {
+            let _ = watcher.watch(p, RecursiveMode::NonRecursive);
+        }
         Ok(Watch {
             watcher,
             pending: pending.to_path_buf(),

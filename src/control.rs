@@ -1,0 +1,359 @@
+//! Live control from the command line, through files in the tree (so it
+//! works for any tool and across supervisors): cancel, pause and resume, and
+//! the commands that watch tasks: logs, wait, agents.
+
+use std::io::{IsTerminal, Read, Seek, SeekFrom, Write};
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::config::Config;
+use crate::fsx;
+use crate::layout::{Layout, State};
+use crate::mailbox::{self, TaskLock};
+use crate::task;
+
+fn tree(root: &Path) -> Result<Layout> {
+    let layout = Layout::new(root);
+    if !layout.tasks.is_dir() {
+        bail!(
+            "{} is not a mailroom root (no tasks/ directory); pass --root or run `mailroom init`",
+            root.display()
+        );
+    }
+    Ok(layout)
+}
+
+fn check(name: &str) -> Result<()> {
+    task::check_name(name).map_err(|e| anyhow::anyhow!("`{name}`: {e}"))
+}
+
+/// `mailroom cancel NAME`: a pending task is filed as cancelled at once; for
+/// a running one a marker asks its supervisor to stop the agent, and this
+/// waits (up to `within`) until it has.
+pub fn cancel(root: &Path, name: &str, within: Duration) -> Result<ExitCode> {
+    let layout = tree(root)?;
+    check(name)?;
+    match layout.locate(name) {
+        None => bail!("no task named `{name}`"),
+        Some((s @ (State::Completed | State::Failed), _, _)) => {
+            bail!("`{name}` already finished ({})", s.dir_name())
+        }
+        Some((State::Pending, _, ext)) => {
+            if let Some(lock) = TaskLock::try_acquire(&layout, name)? {
+                let rec = mailbox::never_ran_record("cancelled", "cancelled before it ran".into());
+                let res = mailbox::reject(&layout, State::Pending, name, ext, rec.clone(), false);
+                lock.release();
+                if let Some(target) = res? {
+                    let mut rec = rec;
+                    rec.task = target;
+                    let _ = crate::context::merge(&layout, &rec, None, None);
+                    println!("{name}: cancelled (it had not started)");
+                    return Ok(ExitCode::SUCCESS);
+                }
+            }
+            // Claimed meanwhile: fall through to the marker.
+        }
+        Some((State::Assigned, _, _)) => {}
+    }
+    fsx::create_dir_all(&layout.cancel)?;
+    fsx::write_atomic(&layout.cancel_file(name), b"")
+        .context("writing the cancel request into tasks/control/cancel/")?;
+    let until = Instant::now() + within;
+    while Instant::now() < until {
+        match layout.locate(name) {
+            Some((State::Pending | State::Assigned, _, _)) => {}
+            Some((s, _, _)) => {
+                println!("{name}: cancelled ({})", s.dir_name());
+                return Ok(ExitCode::SUCCESS);
+            }
+            None => break,
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "mailroom: cancel of `{name}` requested, but no supervisor acted on it within {} \
+         (is one running on this tree?); the request stays in tasks/control/cancel/",
+        humantime::format_duration(within)
+    );
+    Ok(ExitCode::FAILURE)
+}
+
+/// `mailroom pause|resume [--agent A]`.
+pub fn pause(root: &Path, agent: Option<&str>, on: bool) -> Result<()> {
+    let layout = tree(root)?;
+    if let Some(a) = agent {
+        check(a)?;
+        if let Ok(c) = Config::load(root)
+            && !c.agents.contains_key(a)
+        {
+            eprintln!("mailroom: warning: no agent `{a}` in mailroom.yaml");
+        }
+    }
+    let f = layout.pause_file(agent);
+    let what = agent.map_or("claiming".to_owned(), |a| format!("agent {a}"));
+    if on {
+        fsx::create_dir_all(&layout.control)?;
+        fsx::write_atomic(&f, b"")?;
+        println!("paused {what} (running agents carry on)");
+    } else {
+        fsx::remove_file_if_exists(&f)?;
+        println!("resumed {what}");
+    }
+    Ok(())
+}
+
+/// `mailroom logs NAME [--follow]`: the run's stdout and stderr.
+pub fn logs(root: &Path, name: &str, follow: bool) -> Result<()> {
+    let layout = tree(root)?;
+    check(name)?;
+    let Some((st, _, _)) = layout.locate(name) else {
+        bail!("no task named `{name}`");
+    };
+    let dir = layout.run_dir(st, name);
+    if st == State::Pending && !dir.exists() {
+        bail!("`{name}` has not run yet");
+    }
+    let files = [dir.join("stdout.log"), dir.join("stderr.log")];
+    let mut offsets = [0u64; 2];
+    let mut out = std::io::stdout().lock();
+    loop {
+        for (f, off) in files.iter().zip(offsets.iter_mut()) {
+            if let Ok(mut h) = std::fs::File::open(f) {
+                h.seek(SeekFrom::Start(*off))?;
+                let mut buf = Vec::new();
+                h.read_to_end(&mut buf)?;
+                *off += buf.len() as u64;
+                out.write_all(&buf)?;
+            }
+        }
+        out.flush()?;
+        if !follow || layout.find(State::Assigned, name).is_none() {
+            if follow {
+                // It finished: the files moved with it; show what came last.
+                if let Some((s, _, _)) = layout.locate(name)
+                    && s != State::Assigned
+                {
+                    let d = layout.run_dir(s, name);
+                    for (i, f) in ["stdout.log", "stderr.log"].iter().enumerate() {
+                        if let Ok(mut h) = std::fs::File::open(d.join(f)) {
+                            h.seek(SeekFrom::Start(offsets[i]))?;
+                            std::io::copy(&mut h, &mut out)?;
+                        }
+                    }
+                }
+            }
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Outcome of `wait`: how many completed and failed.
+#[derive(Debug, Default, serde::Serialize)]
+struct Waited {
+    completed: Vec<String>,
+    failed: Vec<String>,
+    timed_out: bool,
+}
+
+/// `mailroom wait [NAME...]`: until the named tasks (or the whole queue) are
+/// finished. Exit 0 when all completed, 1 when any failed, 124 on timeout.
+pub fn wait(
+    root: &Path,
+    names: &[String],
+    timeout: Option<Duration>,
+    json: bool,
+) -> Result<ExitCode> {
+    let layout = tree(root)?;
+    for n in names {
+        check(n)?;
+        if layout.locate(n).is_none() {
+            bail!("no task named `{n}`");
+        }
+    }
+    let start = Instant::now();
+    let failed_before: std::collections::HashSet<String> = if names.is_empty() {
+        mailbox::list(&layout, State::Failed)?
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect()
+    } else {
+        Default::default()
+    };
+    let tty = std::io::stderr().is_terminal() && !json;
+    let mut res = Waited::default();
+    loop {
+        let (done, total) = if names.is_empty() {
+            let open =
+                mailbox::count(&layout, State::Pending) + mailbox::count(&layout, State::Assigned);
+            (usize::from(open == 0), 1)
+        } else {
+            let d = names
+                .iter()
+                .filter(|n| {
+                    matches!(
+                        layout.locate(n),
+                        Some((State::Completed | State::Failed, _, _))
+                    )
+                })
+                .count();
+            (d, names.len())
+        };
+        if tty && names.len() > 1 {
+            let bar = 30 * done / total.max(1);
+            eprint!(
+                "\r[{}{}] {done}/{total} finished",
+                "#".repeat(bar),
+                ".".repeat(30 - bar)
+            );
+        }
+        if done == total {
+            break;
+        }
+        if timeout.is_some_and(|t| start.elapsed() >= t) {
+            res.timed_out = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if tty && names.len() > 1 {
+        eprintln!();
+    }
+    if names.is_empty() {
+        res.failed = mailbox::list(&layout, State::Failed)?
+            .into_iter()
+            .map(|(n, _)| n)
+            .filter(|n| !failed_before.contains(n))
+            .collect();
+    } else {
+        for n in names {
+            match layout.locate(n) {
+                Some((State::Completed, _, _)) => res.completed.push(n.clone()),
+                Some((State::Failed, _, _)) => res.failed.push(n.clone()),
+                _ => {}
+            }
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&res)?);
+    } else {
+        for n in &res.failed {
+            eprintln!("failed: {n}");
+        }
+        if res.timed_out {
+            eprintln!("mailroom: wait timed out");
+        }
+    }
+    Ok(if res.timed_out {
+        ExitCode::from(124)
+    } else if res.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// After `add --wait`: the task's output on stdout, its error on stderr, and
+/// its outcome as the exit code.
+pub fn report(root: &Path, name: &str) -> Result<ExitCode> {
+    let layout = tree(root)?;
+    let Some((st, _, _)) = layout.locate(name) else {
+        bail!("`{name}` vanished");
+    };
+    let (out, _) = crate::context::read_output(&layout.run_dir(st, name));
+    print!("{out}");
+    if st == State::Failed {
+        let rec = std::fs::read(layout.record_file(State::Failed, name))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<crate::record::ResultRecord>(&b).ok());
+        if let Some(e) = rec.and_then(|r| r.error) {
+            eprintln!("mailroom: {name} failed: {e}");
+        }
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(serde::Serialize)]
+struct AgentRow {
+    name: String,
+    running: usize,
+    max_instances: usize,
+    paused: bool,
+    cooling_until: Option<String>,
+    completed: u64,
+    failed: u64,
+}
+
+/// `mailroom agents`: each agent's load, limit, pause, cooldown and record.
+pub fn agents(root: &Path, json: bool) -> Result<()> {
+    let layout = tree(root)?;
+    let config = Config::load(root).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut running: std::collections::HashMap<String, usize> = Default::default();
+    for (n, _) in mailbox::list(&layout, State::Assigned)? {
+        if let Some(r) = mailbox::read_state(&layout, &n).run {
+            *running.entry(r.agent).or_default() += 1;
+        }
+    }
+    let mut counts: std::collections::HashMap<(String, String), u64> = Default::default();
+    if let Ok(f) = std::fs::File::open(layout.context.join("completed_tasks.jsonl")) {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(f).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                && let (Some(a), Some(s)) = (v["agent"].as_str(), v["status"].as_str())
+            {
+                *counts.entry((a.to_owned(), s.to_owned())).or_default() += 1;
+            }
+        }
+    }
+    let now = std::time::SystemTime::now();
+    let rows: Vec<AgentRow> = config
+        .agents
+        .values()
+        .map(|a| {
+            let cooling_until = std::fs::read(layout.cooldown_file(&a.name))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<crate::record::Cooldown>(&b).ok())
+                .filter(|c| crate::record::parse_ts(&c.until).is_some_and(|t| t > now))
+                .map(|c| c.until);
+            let n = |s: &str| {
+                counts
+                    .get(&(a.name.clone(), s.to_owned()))
+                    .copied()
+                    .unwrap_or(0)
+            };
+            AgentRow {
+                name: a.name.clone(),
+                running: running.get(&a.name).copied().unwrap_or(0),
+                max_instances: a.max_instances,
+                paused: mailbox::exists(&layout.pause_file(Some(&a.name))),
+                cooling_until,
+                completed: n("completed"),
+                failed: n("failed"),
+            }
+        })
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!(
+        "{:<16} {:>8} {:>10} {:>10}  state",
+        "agent", "running", "completed", "failed"
+    );
+    for r in rows {
+        let state = match (&r.cooling_until, r.paused) {
+            (Some(u), _) => format!("cooling down until {u}"),
+            (None, true) => "paused".into(),
+            _ => "ready".into(),
+        };
+        println!(
+            "{:<16} {:>4}/{:<3} {:>10} {:>10}  {state}",
+            r.name, r.running, r.max_instances, r.completed, r.failed
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,266 @@
+//! Live control through the tree: cancel, pause and resume, reload, wait and
+//! add --wait exit codes, and that every --json output parses.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+const MIN: Duration = Duration::from_secs(60);
+
+#[test]
+fn cancel_stops_a_running_agent_and_its_grandchildren() {
+    let root = Root::new();
+    let pidfile = root.p("pid");
+    let root = root
+        .config(&format!(
+            "agents:\n  a:\n    command: [{:?}]\n    grace: 300ms\n    env:\n      PIDFILE: {:?}\n",
+            agent("hang.sh"),
+            pidfile.display().to_string()
+        ))
+        .task("long.yaml", "description: hang around\n");
+    let _sup = root.spawn();
+    wait_for(MIN, "the agent to start", || root.exists("pid.grandchild"));
+    let ag: i32 = root.read("pid.agent").trim().parse().unwrap();
+    let gc: i32 = root.read("pid.grandchild").trim().parse().unwrap();
+    let out = root.mailroom(&["cancel", "long"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("long: cancelled (failed)"),
+        "{}",
+        stdout(&out)
+    );
+    let rec = root.record("failed", "long");
+    assert_eq!(rec["outcome"], "cancelled");
+    wait_for(
+        Duration::from_secs(5),
+        "agent and grandchild to be gone",
+        || !alive(ag) && !alive(gc),
+    );
+    assert!(root.entries("tasks/control/cancel").is_empty());
+}
+
+#[test]
+fn cancel_of_a_pending_task_needs_no_supervisor() {
+    let root = Root::new()
+        .agent_config(&[&agent("ok.sh")], "")
+        .task("p.yaml", "description: x\n");
+    let out = root.mailroom(&["cancel", "p"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(root.record("failed", "p")["outcome"], "cancelled");
+    let again = root.mailroom(&["cancel", "p"]);
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("already finished"),
+        "{}",
+        stderr(&again)
+    );
+}
+
+#[test]
+fn pause_holds_claims_and_resume_releases_them() {
+    let root = Root::new()
+        .agent_config(&[&agent("ok.sh")], "")
+        .task("t.yaml", "description: x\n");
+    assert!(root.mailroom(&["pause"]).status.success());
+    // Paused, an idle-exiting supervisor finds nothing it may start.
+    root.run_until_idle();
+    assert_eq!(root.names("pending"), ["t"]);
+    let st = root.mailroom(&["status"]);
+    assert!(stdout(&st).contains("1 pending"), "{}", stdout(&st));
+    assert!(root.mailroom(&["resume"]).status.success());
+    root.run_until_idle();
+    assert_eq!(root.names("completed"), ["t"]);
+}
+
+#[test]
+fn pausing_one_agent_holds_only_its_tasks() {
+    let ok = agent("ok.sh");
+    let root = Root::new()
+        .config(&format!(
+            "concurrency: 2\nagents:\n  a:\n    command: [{ok:?}]\n  b:\n    command: [{ok:?}]\n"
+        ))
+        .task("for-a.yaml", "description: x\nagent: a\n")
+        .task("for-b.yaml", "description: x\nagent: b\n");
+    assert!(root.mailroom(&["pause", "--agent", "a"]).status.success());
+    let _sup = root.spawn();
+    // Both were read in the first scan and would be claimed in one pass.
+    wait_for(MIN, "b's task to complete", || {
+        root.names("completed") == ["for-b"]
+    });
+    assert_eq!(root.names("pending"), ["for-a"]);
+    let ag = root.mailroom(&["agents", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&ag.stdout).unwrap();
+    let a = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "a")
+        .unwrap();
+    assert_eq!(a["paused"], true);
+    assert!(root.mailroom(&["resume", "--agent", "a"]).status.success());
+    wait_for(MIN, "a's task to complete", || {
+        root.names("completed").len() == 2
+    });
+}
+
+#[test]
+fn a_reload_applies_new_limits_and_refuses_a_bad_config() {
+    let root = Root::new();
+    let log = root.p("spans.log");
+    let cfg = |n: u32| {
+        format!(
+            "concurrency: 4\nagents:\n  a:\n    command: [{:?}]\n    max_instances: {n}\n    env: {{RUNLOG: {:?}, SPAN_MS: \"1500\"}}\n",
+            agent("span.sh"),
+            log.display().to_string()
+        )
+    };
+    let root = root
+        .config(&cfg(1))
+        .task("one.yaml", "description: x\n")
+        .task("two.yaml", "description: x\n");
+    let sup = root.spawn();
+    let starts = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with("S "))
+            .count()
+    };
+    wait_for(MIN, "the first agent to start", || starts() == 1);
+    // Configs are replaced the safe way (temp file, rename), as an editor would.
+    let replace = |text: &str| {
+        root.write("mailroom.yaml.new", text);
+        std::fs::rename(root.p("mailroom.yaml.new"), root.p("mailroom.yaml")).unwrap();
+    };
+    let logs = || -> String {
+        root.entries(".")
+            .iter()
+            .filter(|e| e.starts_with("sup-"))
+            .map(|e| root.read(e))
+            .collect()
+    };
+    // A broken config is refused and changes nothing.
+    replace("concurency: 9\n");
+    sup.signal(SIGHUP);
+    wait_for(MIN, "the bad config to be refused", || {
+        logs().contains("new configuration refused")
+    });
+    // A valid one with room for two: the second task starts while the first runs.
+    replace(&cfg(2));
+    sup.signal(SIGHUP);
+    wait_for(MIN, "the second agent to start", || starts() == 2);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !text.lines().any(|l| l.starts_with("E ")),
+        "the first run was disturbed or finished before the reload took effect:\n{text}"
+    );
+    wait_for(MIN, "both to complete", || {
+        root.names("completed").len() == 2
+    });
+    assert!(logs().contains("configuration reloaded"));
+    drop(sup);
+}
+
+#[test]
+fn wait_and_add_wait_exit_with_the_outcome() {
+    let ok = agent("ok.sh");
+    let fail = agent("fail.sh");
+    let root = Root::new().config(&format!(
+        "retries: 0\nagents:\n  good:\n    command: [{ok:?}]\n    prompt_template: \"{{description}}\"\n  bad:\n    command: [{fail:?}]\n"
+    ));
+    let _sup = root.spawn();
+    let out = root.mailroom(&[
+        "add",
+        "hello there",
+        "--agent",
+        "good",
+        "--name",
+        "g",
+        "--wait",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "hello there", "add --wait prints the output");
+    let out = root.mailroom(&["add", "doomed", "--agent", "bad", "--name", "b", "--wait"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("b failed: agent exited with code 3"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(root.mailroom(&["wait", "g"]).status.code(), Some(0));
+    assert_eq!(root.mailroom(&["wait", "g", "b"]).status.code(), Some(1));
+    let w = root.mailroom(&["wait", "g", "b", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&w.stdout).unwrap();
+    assert_eq!(v["failed"], serde_json::json!(["b"]));
+    assert_eq!(
+        root.mailroom(&["wait"]).status.code(),
+        Some(0),
+        "the queue is empty"
+    );
+    assert!(root.mailroom(&["wait", "nope"]).status.code() != Some(0));
+}
+
+#[test]
+fn wait_times_out_with_124() {
+    let root = Root::new().task("t.yaml", "description: x\n");
+    let out = root.mailroom(&["wait", "t", "--timeout", "200ms"]);
+    assert_eq!(out.status.code(), Some(124));
+}
+
+#[test]
+fn every_json_output_parses_and_logs_show_the_run() {
+    let root = Root::new()
+        .agent_config(&[&agent("ok.sh")], "")
+        .task("a.yaml", "description: x\n")
+        .task("bad.yaml", "description: x\nbogus: 1\n");
+    root.run_until_idle();
+    for args in [
+        &["status", "--json"][..],
+        &["list", "--json"],
+        &["list", "--state", "failed", "--json"],
+        &["show", "a", "--json"],
+        &["show", "bad", "--json"],
+        &["agents", "--json"],
+        &["wait", "a", "--json"],
+    ] {
+        let out = root.mailroom(args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        let v: Result<serde_json::Value, _> = serde_json::from_slice(&out.stdout);
+        assert!(v.is_ok(), "{args:?} printed invalid JSON: {}", stdout(&out));
+    }
+    let logs = root.mailroom(&["logs", "a"]);
+    assert!(stdout(&logs).contains("ran a"), "{}", stdout(&logs));
+    let c = root.mailroom(&["completions", "bash"]);
+    assert!(stdout(&c).contains("mailroom"));
+    let m = root.mailroom(&["man"]);
+    assert!(stdout(&m).contains(".TH"));
+}
+
+#[test]
+fn a_second_sigterm_stops_at_once_and_requeues() {
+    let root = Root::new();
+    let pidfile = root.p("pid");
+    let root = root
+        .config(&format!(
+            "shutdown_grace: 10m\nagents:\n  a:\n    command: [{:?}]\n    grace: 10m\n    env:\n      PIDFILE: {:?}\n",
+            agent("hang.sh"),
+            pidfile.display().to_string()
+        ))
+        .task("long.yaml", "description: x\n");
+    let mut sup = root.spawn();
+    wait_for(MIN, "the agent to start", || root.exists("pid.grandchild"));
+    let ag: i32 = root.read("pid.agent").trim().parse().unwrap();
+    sup.signal(SIGTERM);
+    // Within a 10-minute grace, only a second signal can end it promptly.
+    wait_for(MIN, "the first signal to be taken", || {
+        root.entries(".")
+            .iter()
+            .filter(|e| e.starts_with("sup-"))
+            .any(|e| root.read(e).contains("shutting down"))
+    });
+    sup.signal(SIGTERM);
+    assert!(sup.wait_exit(Duration::from_secs(20)).success());
+    assert!(!alive(ag));
+    assert_eq!(root.names("pending"), ["long"]);
+}
