@@ -288,7 +288,9 @@ impl Default for Config {
             durable: true,
             aging: Duration::from_secs(1800),
             routing: Vec::new(),
-            context_max_bytes: 64 * 1024,
+            // Four files' worth (96 KiB) stays under the 128 KiB Linux allows
+            // one argument, so the prompt still fits in {prompt}.
+            context_max_bytes: 24 * 1024,
             context_outside_root: false,
             followups_per_task: 20,
             max_tree_depth: 5,

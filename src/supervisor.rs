@@ -633,10 +633,9 @@ impl Supervisor {
 
     fn full_scan(&mut self) {
         let layout = self.layout().clone();
-        // Cooldowns other supervisors recorded, and ours from before a restart.
-        for (a, c) in load_cooldowns(&layout) {
-            self.cooldowns.entry(a).or_insert(c);
-        }
+        // The files are the truth: other supervisors' cooldowns, ours from
+        // before a restart, and none for an agent whose file a person removed.
+        self.cooldowns = load_cooldowns(&layout);
         self.stateful = list_suffix(&layout.assigned, ".state.json");
         let rd = match std::fs::read_dir(&layout.pending) {
             Ok(rd) => rd,
@@ -2110,7 +2109,11 @@ impl Job {
         }
         // An agent that cannot be started, or has failed this task
         // `fallback_after` times, hands it to the next agent of its route.
-        if self.alternatives && outcome != "success" && outcome != "cancelled" {
+        if self.alternatives
+            && outcome != "success"
+            && outcome != "cancelled"
+            && outcome != "runaway"
+        {
             let fails = st
                 .history
                 .iter()

@@ -223,16 +223,17 @@ pub enum RawSubtask {
     Fields(Box<SubtaskFields>),
 }
 
-/// The fields a subtask may set (the rest come from its parent).
+/// The fields a subtask may set; the child inherits nothing else from its
+/// parent (it gets `parent:` and, in sequence, `after:`).
 #[derive(Debug, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubtaskFields {
     #[serde(skip_serializing)]
     pub id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub description: Option<String>,
+    pub description: Option<Text>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub prompt: Option<String>,
+    pub prompt: Option<Text>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -289,6 +290,12 @@ pub struct Subtask {
 /// description belongs is almost always a mistake (a lost quote, a wrong key).
 #[derive(Debug)]
 pub struct Text(pub String);
+
+impl serde::Serialize for Text {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
 
 impl<'de> Deserialize<'de> for Text {
     fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -401,9 +408,24 @@ pub fn yaml_error(e: &serde_saphyr::Error) -> TaskError {
         msg = format!("duplicate key `{key}`: each key may appear once");
     }
     if let Some(key) = unknown_field(&msg) {
-        msg = match suggest(&key, TASK_KEYS) {
+        // The parser lists the keys valid where the error is (a subtask takes
+        // fewer than a task); suggest among those.
+        let here: Vec<&str> = msg
+            .split_once("expected one of ")
+            .map(|(_, l)| l.split(',').map(|k| k.trim().trim_matches('`')).collect())
+            .unwrap_or_default();
+        let known: Vec<&str> = if here.is_empty() {
+            TASK_KEYS.to_vec()
+        } else {
+            TASK_KEYS
+                .iter()
+                .copied()
+                .filter(|k| here.contains(k))
+                .collect()
+        };
+        msg = match suggest(&key, &known).filter(|s| *s != key) {
             Some(s) => format!("unknown key `{key}` (did you mean `{s}`?)"),
-            None => format!("unknown key `{key}`; known keys: {}", TASK_KEYS.join(", ")),
+            None => format!("unknown key `{key}`; known keys: {}", known.join(", ")),
         };
     }
     TaskError {
@@ -903,7 +925,7 @@ pub fn validate(name: &str, raw: RawTask) -> Result<Task, TaskError> {
     for (i, st) in raw.subtasks.unwrap_or_default().into_iter().enumerate() {
         let mut fields = match st {
             RawSubtask::Text(d) => SubtaskFields {
-                description: Some(d),
+                description: Some(Text(d)),
                 ..SubtaskFields::default()
             },
             RawSubtask::Fields(f) => *f,

@@ -564,6 +564,39 @@ proptest! {
         let want: Vec<String> = s.split_whitespace().map(str::to_owned).collect();
         prop_assert_eq!(split_words(&s).unwrap(), want);
     }
+
+    /// A task that parses only derives names that are names: every child of
+    /// its `subtasks` (`<name>.<id>`, or `<name>.<n>`) passes `check_name`,
+    /// or the expansion writes a file that `pending/` refuses (or cannot even
+    /// create) while the parent waits for a child that will never exist.
+    #[test]
+    fn subtask_children_get_usable_names(
+        len in prop_oneof![1usize..20, 140usize..=200],
+        id in prop::option::of("[a-z0-9_-]{1,60}"),
+        n in 1usize..4,
+    ) {
+        let name = "p".repeat(len);
+        let mut y = String::from("description: parent\nsubtasks:\n");
+        for i in 0..n {
+            match &id {
+                Some(id) => y.push_str(&format!("  - id: {id}{i}\n    description: child\n")),
+                None => y.push_str("  - child\n"),
+            }
+        }
+        if let Ok(t) = task::parse(&name, y.as_bytes()) {
+            for st in &t.subtasks {
+                let child = format!("{name}.{}", st.suffix);
+                prop_assert!(
+                    task::check_name(&child).is_ok(),
+                    "`{}` parses, but its subtask would be named `{}` ({} bytes): {}",
+                    name,
+                    child,
+                    child.len(),
+                    task::check_name(&child).unwrap_err()
+                );
+            }
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
