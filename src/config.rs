@@ -35,6 +35,9 @@ const CONFIG_KEYS: &[&str] = &[
     "followups_per_task",
     "max_tree_depth",
     "subtask_order",
+    "shared",
+    "env_allow",
+    "env_inherit",
     "agents",
 ];
 const AGENT_KEYS: &[&str] = &[
@@ -77,6 +80,9 @@ struct RawConfig {
     followups_per_task: Option<usize>,
     max_tree_depth: Option<usize>,
     subtask_order: Option<String>,
+    shared: Option<bool>,
+    env_allow: Option<Vec<String>>,
+    env_inherit: Option<String>,
     agents: Option<BTreeMap<String, RawAgent>>,
 }
 
@@ -151,6 +157,77 @@ pub struct Agent {
     pub prompt_template: Option<String>,
     /// Whether prompts carry the project overview and current state.
     pub include_context: bool,
+}
+
+/// Environment variables agents inherit from the supervisor (besides the
+/// agent's own `env` and the MAILROOM_* variables).
+#[derive(Debug, Clone, PartialEq)]
+pub enum EnvPolicy {
+    /// Only these names (a trailing `*` matches a prefix).
+    Allow(Vec<String>),
+    /// Everything (but systemd's protocol variables).
+    All,
+}
+
+/// What agents inherit by default: the basics of a login session, locale,
+/// proxies and certificates, and the API keys of the agent CLIs mailroom
+/// has presets for.
+pub const DEFAULT_ENV_ALLOW: &[&str] = &[
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "LANG",
+    "LANGUAGE",
+    "LC_*",
+    "TZ",
+    "TERM",
+    "TMPDIR",
+    "XDG_*",
+    "SSH_AUTH_SOCK",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "ALL_PROXY",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "NODE_EXTRA_CA_CERTS",
+    "ANTHROPIC_*",
+    "CLAUDE_*",
+    "OPENAI_*",
+    "CODEX_*",
+    "GEMINI_*",
+    "GOOGLE_*",
+    "CURSOR_*",
+    "AIDER_*",
+    "OPENROUTER_*",
+    "AZURE_OPENAI_*",
+    "AWS_*",
+    "GIT_*",
+    "GH_TOKEN",
+    "GITHUB_TOKEN",
+    "CARGO_HOME",
+    "RUSTUP_HOME",
+    "NVM_DIR",
+    "PYENV_ROOT",
+    "VIRTUAL_ENV",
+];
+
+impl EnvPolicy {
+    /// Whether an inherited variable passes.
+    pub fn allows(&self, name: &str) -> bool {
+        match self {
+            EnvPolicy::All => true,
+            EnvPolicy::Allow(list) => list.iter().any(|p| match p.strip_suffix('*') {
+                Some(prefix) => name.starts_with(prefix),
+                None => name == p,
+            }),
+        }
+    }
 }
 
 /// How a task's `subtasks` are ordered.
@@ -236,6 +313,11 @@ pub struct Config {
     /// How deep a tree of parents and follow-ups may grow.
     pub max_tree_depth: usize,
     pub subtask_order: SubtaskOrder,
+    /// A tree several users write to: group-writable directories and task
+    /// files owned by other users are accepted.
+    pub shared: bool,
+    /// Which of the supervisor's environment variables agents get.
+    pub env: EnvPolicy,
     pub agents: BTreeMap<String, Agent>,
     /// Where the config came from, for messages (None: built-in defaults).
     pub source: Option<PathBuf>,
@@ -295,6 +377,8 @@ impl Default for Config {
             followups_per_task: 20,
             max_tree_depth: 5,
             subtask_order: SubtaskOrder::Sequential,
+            shared: false,
+            env: EnvPolicy::Allow(DEFAULT_ENV_ALLOW.iter().map(|s| s.to_string()).collect()),
             agents,
             source: None,
         }
@@ -500,6 +584,19 @@ impl Config {
         if let Some(n) = raw.max_tree_depth {
             c.max_tree_depth = n;
         }
+        if let Some(b) = raw.shared {
+            c.shared = b;
+        }
+        c.env = match raw.env_inherit.as_deref() {
+            None | Some("allowlist") => {
+                let mut list: Vec<String> =
+                    DEFAULT_ENV_ALLOW.iter().map(|s| s.to_string()).collect();
+                list.extend(raw.env_allow.unwrap_or_default());
+                EnvPolicy::Allow(list)
+            }
+            Some("all") => EnvPolicy::All,
+            Some(o) => return Err(err(format!("`env_inherit: {o}`: use allowlist or all"))),
+        };
         c.subtask_order = match raw.subtask_order.as_deref() {
             None | Some("sequential") => SubtaskOrder::Sequential,
             Some("parallel") => SubtaskOrder::Parallel,

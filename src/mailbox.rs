@@ -404,3 +404,65 @@ pub fn count(layout: &Layout, s: State) -> usize {
 pub fn exists(p: &Path) -> bool {
     fs::symlink_metadata(p).is_ok()
 }
+
+/// Like sshd's StrictModes: the tree must not be open to other users. The
+/// root and every directory of the protocol must belong to this user and not
+/// be writable by others; writable by a group only when it is the user's own
+/// primary group (a user private group). `shared: true` lifts both rules for
+/// trees that several users write to (world-writable still needs the sticky
+/// bit then). Returns what is wrong and how to fix it.
+pub fn check_permissions(layout: &Layout, shared: bool) -> Result<(), String> {
+    let me = nix::unistd::geteuid().as_raw();
+    let my_group = nix::unistd::getegid().as_raw();
+    let dirs = [
+        &layout.root,
+        &layout.tasks,
+        &layout.tmp,
+        &layout.pending,
+        &layout.assigned,
+        &layout.completed,
+        &layout.failed,
+        &layout.control,
+        &layout.cancel,
+        &layout.cooldowns,
+        &layout.context,
+        &layout.outputs,
+    ];
+    for d in dirs {
+        let Ok(m) = fs::symlink_metadata(d) else {
+            continue;
+        };
+        let shown = layout.rel(d);
+        let shown = if shown.is_empty() { ".".into() } else { shown };
+        if m.file_type().is_symlink() && d != &layout.root {
+            return Err(format!(
+                "{shown} is a symbolic link; mailroom follows none inside the tree"
+            ));
+        }
+        let mode = m.mode();
+        if shared {
+            if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+                return Err(format!(
+                    "{shown} is writable by everyone without the sticky bit; \
+                     run `chmod o-w {shown}` or `chmod +t {shown}`"
+                ));
+            }
+            continue;
+        }
+        if m.uid() != me {
+            return Err(format!(
+                "{shown} belongs to uid {}, not to this user ({me}); \
+                 set `shared: true` in mailroom.yaml if several users share this tree",
+                m.uid()
+            ));
+        }
+        if mode & 0o002 != 0 || (mode & 0o020 != 0 && m.gid() != my_group) {
+            return Err(format!(
+                "{shown} is writable by other users (mode {:o}); run `chmod go-w {shown}`, \
+                 or set `shared: true` in mailroom.yaml if several users share this tree",
+                mode & 0o7777
+            ));
+        }
+    }
+    Ok(())
+}

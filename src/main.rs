@@ -151,7 +151,32 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Descriptors this process inherited from its parent (a jobserver pipe, a
+/// terminal's extra fds) must not reach the agents: mark them close-on-exec.
+/// Not closed: whoever passed them may still expect them open here.
+fn seal_inherited_fds() {
+    let Ok(rd) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<i32> = rd
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: F_GETFD/F_SETFD on a descriptor number; a stale one (the
+        // directory listing's own) just fails with EBADF.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
+}
+
 fn run(root: &std::path::Path, exit_when_idle: bool) -> anyhow::Result<ExitCode> {
+    seal_inherited_fds();
     let config = Config::load(root).map_err(|e| anyhow::anyhow!("{e}"))?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     // Signals become control events in the main loop; a plain thread forwards them.

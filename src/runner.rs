@@ -54,6 +54,8 @@ pub struct Spec {
     pub stderr: PathBuf,
     pub timeout: Duration,
     pub grace: Duration,
+    /// Which inherited variables pass (see `env_inherit`, `env_allow`).
+    pub inherit: crate::config::EnvPolicy,
     /// A duplicate of the task lock's descriptor: the agent's stdin, so the
     /// lock is held for as long as the agent lives. None: stdin is /dev/null.
     pub stdin: Option<std::fs::File>,
@@ -207,8 +209,16 @@ pub fn spawn(spec: &mut Spec, root: &Path) -> Result<Started, RunEnd> {
         .current_dir(&spec.workdir)
         .process_group(0)
         .kill_on_drop(false);
-    for k in STRIPPED_ENV {
-        cmd.env_remove(k);
+    // A minimal environment: the allowlisted part of the supervisor's, never
+    // systemd's protocol variables, then the agent's own and MAILROOM_*.
+    cmd.env_clear();
+    for (k, v) in std::env::vars_os() {
+        if let Some(name) = k.to_str()
+            && spec.inherit.allows(name)
+            && !STRIPPED_ENV.contains(&name)
+        {
+            cmd.env(&k, v);
+        }
     }
     for (k, v) in &spec.env {
         cmd.env(k, v);

@@ -246,6 +246,8 @@ impl Supervisor {
             }
         };
         let poll = watch.is_none();
+        mailbox::check_permissions(self.layout(), self.config.shared)
+            .map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?;
         self.recover();
         self.full_scan();
         let notifier = opts.notifier.clone();
@@ -1585,6 +1587,13 @@ fn look(
         return Look::Unchanged;
     }
     let modified = meta.modified().unwrap_or(SystemTime::now());
+    let me = nix::unistd::geteuid().as_raw();
+    if !config.shared && id.uid != me {
+        return Look::Refused(
+            ReadError::ForeignOwner { owner: id.uid, me }.to_string()
+                + " (set `shared: true` in mailroom.yaml to accept other users' tasks)",
+        );
+    }
     let parsed = match fsx::read_task_file(&path, config.max_task_bytes) {
         Ok((bytes, _)) => task::parse(name, &bytes),
         Err(e) if e.is_gone() => return Look::Gone,
@@ -1856,6 +1865,7 @@ impl Job {
             timeout,
             grace: self.agent.grace,
             stdin: self.lock.share().ok(),
+            inherit: self.config.env.clone(),
             max_output: self.config.max_output_bytes,
         };
         let mut spec = spec;

@@ -20,7 +20,7 @@ fn cancel_stops_a_running_agent_and_its_grandchildren() {
         ))
         .task("long.yaml", "description: hang around\n");
     let _sup = root.spawn();
-    wait_for(MIN, "the agent to start", || root.exists("pid.grandchild"));
+    wait_for(MIN, "the agent to start", || root.exists("pid.agent"));
     let ag: i32 = root.read("pid.agent").trim().parse().unwrap();
     let gc: i32 = root.read("pid.grandchild").trim().parse().unwrap();
     let out = root.mailroom(&["cancel", "long"]);
@@ -249,7 +249,7 @@ fn a_second_sigterm_stops_at_once_and_requeues() {
         ))
         .task("long.yaml", "description: x\n");
     let mut sup = root.spawn();
-    wait_for(MIN, "the agent to start", || root.exists("pid.grandchild"));
+    wait_for(MIN, "the agent to start", || root.exists("pid.agent"));
     let ag: i32 = root.read("pid.agent").trim().parse().unwrap();
     sup.signal(SIGTERM);
     // Within a 10-minute grace, only a second signal can end it promptly.

@@ -1,0 +1,93 @@
+//! Access control: the tree must not be open to other users, other users'
+//! task files are refused, agents get a minimal environment and no
+//! descriptor of the supervisor's beyond stdin (the task lock), stdout, stderr.
+
+mod common;
+
+use common::*;
+use std::os::unix::fs::PermissionsExt;
+
+#[test]
+fn a_world_writable_tree_is_refused_unless_shared() {
+    let root = Root::new().agent_config(&[&agent("ok.sh")], "");
+    let pending = root.p("tasks/pending");
+    std::fs::set_permissions(&pending, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = root.mailroom(&["run", "--exit-when-idle"]);
+    assert!(!out.status.success());
+    let e = stderr(&out);
+    assert!(
+        e.contains("refusing to start: tasks/pending is writable by other users"),
+        "{e}"
+    );
+    assert!(e.contains("chmod go-w tasks/pending"), "{e}");
+    // Shared trees may be group- and world-writable, the latter only with the sticky bit.
+    let root = root.agent_config(&[&agent("ok.sh")], "shared: true");
+    let out = root.mailroom(&["run", "--exit-when-idle"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("without the sticky bit"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::set_permissions(&pending, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    root.run_until_idle();
+}
+
+#[test]
+fn a_task_file_owned_by_another_user_is_refused() {
+    let root = Root::new()
+        .agent_config(&[&agent("ok.sh")], "")
+        .task("theirs.yaml", "description: x\n");
+    // The tests run as root in CI; as anyone else, chown to another user is not allowed.
+    let f = std::ffi::CString::new(root.p("tasks/pending/theirs.yaml").to_str().unwrap()).unwrap();
+    if unsafe { chown(f.as_ptr(), 65534, 65534) } != 0 {
+        assert_ne!(unsafe { geteuid() }, 0, "chown failed as root");
+        eprintln!("not root: cannot give a file to another user; checked in CI");
+        return;
+    }
+    root.run_until_idle();
+    let rec = root.record("failed", "theirs");
+    assert!(
+        rec["error"]
+            .as_str()
+            .unwrap()
+            .contains("belongs to uid 65534"),
+        "{rec}"
+    );
+}
+
+unsafe extern "C" {
+    fn chown(path: *const std::ffi::c_char, uid: u32, gid: u32) -> i32;
+    fn geteuid() -> u32;
+}
+
+#[test]
+fn agents_get_a_minimal_environment_and_no_stray_descriptors() {
+    // `sh -c`, not a script: dash keeps a script file open in its children.
+    let script = "env > \"$MAILROOM_ROOT/$MAILROOM_TASK.fullenv\"; ls /proc/self/fd > \"$MAILROOM_ROOT/$MAILROOM_TASK.fds\"";
+    let root = Root::new()
+        .agent_config(&["/bin/sh", "-c", script], "")
+        .task("e.yaml", "description: x\n");
+    let out = {
+        let mut c = root.cmd(&["run", "--exit-when-idle"]);
+        c.env("SECRET_DB_PASSWORD", "hunter2")
+            .env("ANTHROPIC_API_KEY", "sk-test")
+            .env("NOTIFY_SOCKET", "/run/x");
+        run_bounded(c, std::time::Duration::from_secs(60))
+    };
+    assert!(out.status.success(), "{}", stderr(&out));
+    let env = root.read("e.fullenv");
+    assert!(!env.contains("SECRET_DB_PASSWORD"), "{env}");
+    assert!(!env.contains("NOTIFY_SOCKET"), "{env}");
+    assert!(env.contains("ANTHROPIC_API_KEY=sk-test"), "{env}");
+    assert!(env.contains("PATH="), "{env}");
+    assert!(env.contains("MAILROOM_OUTBOX="), "{env}");
+    // The agent's open descriptors, as `ls` saw them: 0, 1, 2 and its own listing.
+    let fds = root.read("e.fds");
+    let fds: Vec<&str> = fds.split_whitespace().collect();
+    assert_eq!(
+        fds,
+        ["0", "1", "2", "3"],
+        "the agent inherited more than it should"
+    );
+}
