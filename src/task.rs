@@ -940,6 +940,16 @@ pub fn validate(name: &str, raw: RawTask) -> Result<Task, TaskError> {
             None => (i + 1).to_string(),
         };
         let child = format!("{name}.{suffix}");
+        check_name(&child).map_err(|e| {
+            TaskError::at(
+                "subtasks",
+                format!(
+                    "`subtasks` item {}: its child would be named `{child}`, but {e}; \
+                     shorten the task's name",
+                    i + 1
+                ),
+            )
+        })?;
         let yaml = serde_saphyr::to_string(&fields)
             .map_err(|e| TaskError::at("subtasks", format!("`subtasks` item {}: {e}", i + 1)))?;
         // Each child must be a valid task on its own, checked now.
