@@ -26,8 +26,29 @@ fn durable() -> bool {
     DURABLE.load(Ordering::Relaxed)
 }
 
+/// Fault injection for tests: with `MAILROOM_TEST_CRASH_AT=N` in the
+/// environment, the process aborts (as if killed) at the N-th step of a
+/// durable operation: between each write, fsync and rename. Counting is
+/// process-wide; tests run one task at a time to make N meaningful.
+pub fn crash_point() {
+    static TARGET: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    let target = TARGET.get_or_init(|| {
+        std::env::var("MAILROOM_TEST_CRASH_AT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+    });
+    if let Some(t) = *target
+        && COUNT.fetch_add(1, Ordering::SeqCst) + 1 == t
+    {
+        eprintln!("mailroom: MAILROOM_TEST_CRASH_AT={t}: aborting here");
+        std::process::abort();
+    }
+}
+
 /// Flushes a directory's entries to disk, so that a rename in it survives a crash.
 pub fn fsync_dir(dir: &Path) -> io::Result<()> {
+    crash_point();
     if !durable() {
         return Ok(());
     }
@@ -99,9 +120,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
             .custom_flags(libc::O_NOFOLLOW)
             .open(&tmp)?;
         f.write_all(bytes)?;
+        crash_point();
         if durable() {
             f.sync_all()?;
         }
+        crash_point();
         fs::rename(&tmp, path)?;
         fsync_dir(dir)
     })();
@@ -123,6 +146,7 @@ pub fn write_new_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
             .custom_flags(libc::O_NOFOLLOW)
             .open(&tmp)?;
         f.write_all(bytes)?;
+        crash_point();
         if durable() {
             f.sync_all()?;
         }
@@ -163,6 +187,7 @@ fn cstr(p: &Path) -> io::Result<CString> {
 /// the same move tried again then finds `to` to be `from` itself and completes
 /// by removing `from`.
 pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    crash_point();
     match rename_noreplace_once(from, to) {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists && same_inode(from, to) => {
             fs::remove_file(from)

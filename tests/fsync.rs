@@ -348,7 +348,15 @@ fn traced(strace: &str, root: &Root, args: &[&str]) -> (Vec<Call>, String) {
         args.join(" "),
         started.elapsed()
     );
-    let text = std::fs::read_to_string(&trace).unwrap();
+    let text = std::fs::read(&trace).unwrap_or_else(|e| {
+        panic!(
+            "cannot read the trace {}: {e}\nstrace and mailroom said:\n{}{}",
+            trace.display(),
+            stdout(&out),
+            stderr(&out)
+        )
+    });
+    let text = String::from_utf8_lossy(&text);
     (parse_trace(&text), trace.display().to_string())
 }
 

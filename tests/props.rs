@@ -600,6 +600,66 @@ proptest! {
 }
 
 // ---------------------------------------------------------------------------
+// Names: derived files never collide (PROTOCOL.md section 2).
+// ---------------------------------------------------------------------------
+
+/// Every file a task of this name can have in each state directory.
+fn derived(l: &Layout, name: &str) -> Vec<(PathBuf, String)> {
+    let mut v = Vec::new();
+    for s in State::ALL {
+        for ext in ["yaml", "yml"] {
+            v.push((l.task_file(s, name, ext), format!("{name}: task .{ext}")));
+        }
+    }
+    v.push((l.lock_file(name), format!("{name}: lock")));
+    v.push((l.state_file(name), format!("{name}: state")));
+    for s in [State::Assigned, State::Completed, State::Failed] {
+        v.push((l.run_dir(s, name), format!("{name}: run {s:?}")));
+    }
+    for s in [State::Completed, State::Failed] {
+        v.push((l.record_file(s, name), format!("{name}: record {s:?}")));
+    }
+    v
+}
+
+fn tricky_name() -> impl Strategy<Value = String> {
+    let part = select(
+        &[
+            "x", "y", "state", "run", "lock", "yaml", "yml", "json", "result", "clash-1", "tmp",
+        ][..],
+    );
+    prop::collection::vec(part, 1..5).prop_map(|p| p.join("."))
+}
+
+proptest! {
+    #![proptest_config(config(2000))]
+
+    #[test]
+    fn derived_files_of_different_names_never_collide(a in tricky_name(), b in tricky_name()) {
+        prop_assume!(a != b);
+        let l = Layout::new(std::path::Path::new("/r"));
+        let da = derived(&l, &a);
+        for (pb, wb) in derived(&l, &b) {
+            for (pa, wa) in &da {
+                prop_assert!(pa != &pb, "{} and {} are both {}", wa, wb, pb.display());
+            }
+        }
+    }
+
+    #[test]
+    fn classify_never_panics_and_only_yields_valid_names(f in prop_oneof![
+        any::<String>(),
+        "[.#~a-z]{0,6}(\\.(yaml|yml|YAML|tmp|swp))?[~#]?",
+    ]) {
+        if let task::Entry::Task { name, ext } = task::classify(&f) {
+            prop_assert!(task::check_name(name).is_ok());
+            prop_assert!(ext == "yaml" || ext == "yml");
+            prop_assert_eq!(format!("{name}.{ext}"), f);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
 // The run queue against a model.
 // ---------------------------------------------------------------------------
 
