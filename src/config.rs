@@ -38,6 +38,7 @@ const CONFIG_KEYS: &[&str] = &[
     "shared",
     "env_allow",
     "env_inherit",
+    "metrics_file",
     "agents",
 ];
 const AGENT_KEYS: &[&str] = &[
@@ -83,6 +84,7 @@ struct RawConfig {
     shared: Option<bool>,
     env_allow: Option<Vec<String>>,
     env_inherit: Option<String>,
+    metrics_file: Option<String>,
     agents: Option<BTreeMap<String, RawAgent>>,
 }
 
@@ -318,6 +320,8 @@ pub struct Config {
     pub shared: bool,
     /// Which of the supervisor's environment variables agents get.
     pub env: EnvPolicy,
+    /// A Prometheus textfile-collector file, rewritten on every change.
+    pub metrics_file: Option<PathBuf>,
     pub agents: BTreeMap<String, Agent>,
     /// Where the config came from, for messages (None: built-in defaults).
     pub source: Option<PathBuf>,
@@ -378,6 +382,7 @@ impl Default for Config {
             max_tree_depth: 5,
             subtask_order: SubtaskOrder::Sequential,
             shared: false,
+            metrics_file: None,
             env: EnvPolicy::Allow(DEFAULT_ENV_ALLOW.iter().map(|s| s.to_string()).collect()),
             agents,
             source: None,
@@ -587,6 +592,7 @@ impl Config {
         if let Some(b) = raw.shared {
             c.shared = b;
         }
+        c.metrics_file = raw.metrics_file.map(PathBuf::from);
         c.env = match raw.env_inherit.as_deref() {
             None | Some("allowlist") => {
                 let mut list: Vec<String> =

@@ -12,6 +12,7 @@ pub mod fsx;
 pub mod layout;
 pub mod limits;
 pub mod mailbox;
+pub mod metrics;
 pub mod prompt;
 pub mod record;
 pub mod routing;

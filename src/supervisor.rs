@@ -61,9 +61,10 @@ enum Event {
 }
 
 /// Where a run left its task.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 enum JobEnd {
-    Done(Status),
+    /// Filed in completed/ or failed/, with the outcome and the run's length.
+    Done(Status, String, Option<f64>),
     Requeued,
     /// The agent hit a usage limit: it cools down, the task went back to `pending/`.
     Limited {
@@ -163,6 +164,10 @@ pub struct Supervisor {
     control_dirty: bool,
     /// `mailroom.yaml` changed: reload at this instant (edits come in bursts).
     reload_due: Option<Instant>,
+    /// Counters for the Prometheus textfile.
+    metrics: crate::metrics::Metrics,
+    /// When the metrics file may be written next (at most once a second).
+    metrics_due: Option<Instant>,
 }
 
 impl Supervisor {
@@ -214,6 +219,8 @@ impl Supervisor {
             cancelling: HashSet::new(),
             control_dirty: true,
             reload_due: None,
+            metrics: crate::metrics::Metrics::default(),
+            metrics_due: None,
         })
     }
 
@@ -298,13 +305,15 @@ impl Supervisor {
             } else if opts.exit_when_idle && self.running.is_empty() && !self.has_runnable() {
                 break;
             }
-            if let Some(n) = &notifier {
-                let st = self.status_line();
-                if st != last_status {
+            let st = self.status_line();
+            if st != last_status {
+                if let Some(n) = &notifier {
                     n.status(&st);
-                    last_status = st;
                 }
+                last_status = st;
+                self.metrics.dirty = true;
             }
+            self.write_metrics_if_due();
             self.ctx
                 .pending_count
                 .store(self.pending.len(), std::sync::atomic::Ordering::Relaxed);
@@ -362,6 +371,10 @@ impl Supervisor {
                 }
             }
         }
+        // The last word in the metrics file, whatever the rate limit.
+        self.metrics.dirty = true;
+        self.metrics_due = None;
+        self.write_metrics_if_due();
         info!(
             completed = self.summary.completed,
             failed = self.summary.failed,
@@ -516,7 +529,8 @@ impl Supervisor {
                     *n = n.saturating_sub(1);
                 }
                 match end {
-                    JobEnd::Done(st) => {
+                    JobEnd::Done(st, outcome, secs) => {
+                        self.metrics.finished(&agent, &outcome, secs);
                         match st {
                             Status::Completed => self.summary.completed += 1,
                             Status::Failed => self.summary.failed += 1,
@@ -584,7 +598,69 @@ impl Supervisor {
         {
             consider(s + self.config.shutdown_grace);
         }
+        if self.metrics.dirty
+            && let Some(t) = self.metrics_due
+        {
+            consider(t);
+        }
         wake
+    }
+
+    /// Writes the metrics file when something changed, at most once a second.
+    fn write_metrics_if_due(&mut self) {
+        let Some(path) = self.config.metrics_file.clone() else {
+            return;
+        };
+        if !self.metrics.dirty || self.metrics_due.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        self.metrics.dirty = false;
+        self.metrics_due = Some(Instant::now() + Duration::from_secs(1));
+        let now = SystemTime::now();
+        let oldest = self
+            .pending
+            .values()
+            .map(|p| p.id.mtime_ns)
+            .min()
+            .map(|ns| {
+                let now_ns = now
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as i128);
+                ((now_ns - ns).max(0) as f64) / 1e9
+            });
+        let mut running: BTreeMap<String, usize> = BTreeMap::new();
+        for a in self.config.agents.keys() {
+            running.insert(a.clone(), self.load.get(a).copied().unwrap_or(0));
+        }
+        let totals = crate::context::recent(self.layout(), 1)
+            .last()
+            .map(|v| {
+                let n = |k: &str| v["totals"][k].as_u64().unwrap_or(0);
+                (n("completed"), n("failed"))
+            })
+            .unwrap_or((0, 0));
+        let snap = crate::metrics::Snapshot {
+            pending: self.pending.len(),
+            running: self.running.len(),
+            completed: totals.0,
+            failed: totals.1,
+            running_by_agent: running,
+            cooldowns: self
+                .cooldowns
+                .iter()
+                .map(|(a, (t, _))| (a.clone(), *t))
+                .collect(),
+            oldest_pending_age: oldest,
+            paused: self.paused,
+        };
+        let path = if path.is_absolute() {
+            path
+        } else {
+            self.layout().root.join(path)
+        };
+        if let Err(e) = fsx::write_atomic(&path, self.metrics.render(&snap).as_bytes()) {
+            warn!(file = %path.display(), error = %e, "cannot write the metrics file");
+        }
     }
 
     /// Holds a task back briefly: its lock is held elsewhere or its writer
@@ -2233,6 +2309,8 @@ impl Job {
     /// Record, context merge, then the move out of `assigned/`.
     async fn commit(self, st: TaskState, mut rec: ResultRecord) -> JobEnd {
         let status = rec.status;
+        let outcome = rec.outcome.clone();
+        let secs = rec.duration_ms.map(|ms| ms as f64 / 1000.0);
         let Job {
             ctx,
             name,
@@ -2286,7 +2364,7 @@ impl Job {
         })
         .await;
         match res {
-            Ok(Ok(())) => JobEnd::Done(status),
+            Ok(Ok(())) => JobEnd::Done(status, outcome, secs),
             Ok(Err(e)) => {
                 // The task stays in assigned/ with its lock released on drop:
                 // recovery finishes or requeues it.

@@ -1,0 +1,108 @@
+//! The Prometheus textfile: valid text format, and the numbers add up.
+
+mod common;
+
+use common::*;
+use std::collections::BTreeMap;
+
+/// Parses the Prometheus text exposition format strictly enough to catch a
+/// malformed line: `# HELP`/`# TYPE` comments, then `name{labels} value`.
+fn parse(text: &str) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    let name_ok = |n: &str| {
+        !n.is_empty()
+            && n.chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    };
+    let mut typed = std::collections::HashSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# ") {
+            let mut w = rest.splitn(3, ' ');
+            let (kind, name) = (w.next().unwrap(), w.next().unwrap_or(""));
+            assert!(kind == "HELP" || kind == "TYPE", "bad comment: {line}");
+            assert!(name_ok(name), "bad metric name in: {line}");
+            if kind == "TYPE" {
+                let t = w.next().unwrap_or("");
+                assert!(
+                    ["counter", "gauge", "histogram", "summary", "untyped"].contains(&t),
+                    "{line}"
+                );
+                assert!(typed.insert(name.to_owned()), "TYPE given twice: {line}");
+            }
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("no value: {line}"));
+        let v: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value: {line}"));
+        let name = series.split('{').next().unwrap();
+        assert!(name_ok(name), "bad name: {line}");
+        if let Some(labels) = series.strip_prefix(name) {
+            if !labels.is_empty() {
+                let inner = labels.strip_prefix('{').and_then(|l| l.strip_suffix('}'));
+                let inner = inner.unwrap_or_else(|| panic!("bad labels: {line}"));
+                for pair in inner.split("\",") {
+                    let (k, v) = pair
+                        .split_once("=\"")
+                        .unwrap_or_else(|| panic!("bad label: {line}"));
+                    assert!(name_ok(k), "bad label name: {line}");
+                    assert!(
+                        !v.trim_end_matches('"').contains('"') || v.contains("\\\""),
+                        "{line}"
+                    );
+                }
+            }
+        }
+        let base = name
+            .trim_end_matches("_bucket")
+            .trim_end_matches("_sum")
+            .trim_end_matches("_count");
+        assert!(
+            typed.contains(base) || typed.contains(name),
+            "sample before its TYPE: {line}"
+        );
+        out.insert(series.to_owned(), v);
+    }
+    out
+}
+
+#[test]
+fn the_metrics_file_is_valid_and_counts_the_runs() {
+    let ok = agent("ok.sh");
+    let fail = agent("fail.sh");
+    let root = Root::new()
+        .config(&format!(
+            "retries: 0\nmetrics_file: metrics.prom\nagents:\n  good:\n    command: [{ok:?}]\n  bad:\n    command: [{fail:?}]\ndefault_agent: good\n"
+        ))
+        .task("a.yaml", "description: x\n")
+        .task("b.yaml", "description: x\n")
+        .task("c.yaml", "description: x\nagent: bad\n");
+    root.run_until_idle();
+    let text = root.read("metrics.prom");
+    let m = parse(&text);
+    assert_eq!(
+        m["mailroom_runs_total{agent=\"good\",outcome=\"success\"}"], 2.0,
+        "{text}"
+    );
+    assert_eq!(
+        m["mailroom_runs_total{agent=\"bad\",outcome=\"exit\"}"], 1.0,
+        "{text}"
+    );
+    assert_eq!(m["mailroom_tasks{state=\"completed\"}"], 2.0);
+    assert_eq!(m["mailroom_tasks{state=\"failed\"}"], 1.0);
+    assert_eq!(m["mailroom_tasks{state=\"pending\"}"], 0.0);
+    assert_eq!(
+        m["mailroom_run_duration_seconds_count{agent=\"good\"}"],
+        2.0
+    );
+    assert_eq!(
+        m["mailroom_run_duration_seconds_bucket{agent=\"good\",le=\"+Inf\"}"],
+        2.0
+    );
+    assert_eq!(m["mailroom_paused"], 0.0);
+}
