@@ -42,20 +42,20 @@ fn parse(text: &str) -> BTreeMap<String, f64> {
             .unwrap_or_else(|_| panic!("bad value: {line}"));
         let name = series.split('{').next().unwrap();
         assert!(name_ok(name), "bad name: {line}");
-        if let Some(labels) = series.strip_prefix(name) {
-            if !labels.is_empty() {
-                let inner = labels.strip_prefix('{').and_then(|l| l.strip_suffix('}'));
-                let inner = inner.unwrap_or_else(|| panic!("bad labels: {line}"));
-                for pair in inner.split("\",") {
-                    let (k, v) = pair
-                        .split_once("=\"")
-                        .unwrap_or_else(|| panic!("bad label: {line}"));
-                    assert!(name_ok(k), "bad label name: {line}");
-                    assert!(
-                        !v.trim_end_matches('"').contains('"') || v.contains("\\\""),
-                        "{line}"
-                    );
-                }
+        if let Some(labels) = series.strip_prefix(name)
+            && !labels.is_empty()
+        {
+            let inner = labels.strip_prefix('{').and_then(|l| l.strip_suffix('}'));
+            let inner = inner.unwrap_or_else(|| panic!("bad labels: {line}"));
+            for pair in inner.split("\",") {
+                let (k, v) = pair
+                    .split_once("=\"")
+                    .unwrap_or_else(|| panic!("bad label: {line}"));
+                assert!(name_ok(k), "bad label name: {line}");
+                assert!(
+                    !v.trim_end_matches('"').contains('"') || v.contains("\\\""),
+                    "{line}"
+                );
             }
         }
         let base = name
