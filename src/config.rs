@@ -39,6 +39,8 @@ const CONFIG_KEYS: &[&str] = &[
     "env_allow",
     "env_inherit",
     "metrics_file",
+    "worktrees_dir",
+    "worktree_cleanup",
     "agents",
 ];
 const AGENT_KEYS: &[&str] = &[
@@ -55,6 +57,7 @@ const AGENT_KEYS: &[&str] = &[
     "limit_patterns",
     "prompt_template",
     "include_context",
+    "workspace",
 ];
 
 #[derive(Debug, Deserialize)]
@@ -85,6 +88,8 @@ struct RawConfig {
     env_allow: Option<Vec<String>>,
     env_inherit: Option<String>,
     metrics_file: Option<String>,
+    worktrees_dir: Option<String>,
+    worktree_cleanup: Option<String>,
     agents: Option<BTreeMap<String, RawAgent>>,
 }
 
@@ -114,6 +119,7 @@ struct RawAgent {
     limit_patterns: Option<Vec<String>>,
     prompt_template: Option<String>,
     include_context: Option<bool>,
+    workspace: Option<String>,
 }
 
 /// An agent command as written: an argv list, or one string split like a shell would.
@@ -159,6 +165,8 @@ pub struct Agent {
     pub prompt_template: Option<String>,
     /// Whether prompts carry the project overview and current state.
     pub include_context: bool,
+    /// Where its runs work: the shared workdir, or a git worktree each.
+    pub workspace: crate::workspace::Kind,
 }
 
 /// Environment variables agents inherit from the supervisor (besides the
@@ -322,6 +330,9 @@ pub struct Config {
     pub env: EnvPolicy,
     /// A Prometheus textfile-collector file, rewritten on every change.
     pub metrics_file: Option<PathBuf>,
+    /// Where runs' git worktrees go (relative to the root).
+    pub worktrees_dir: PathBuf,
+    pub worktree_cleanup: crate::workspace::Cleanup,
     pub agents: BTreeMap<String, Agent>,
     /// Where the config came from, for messages (None: built-in defaults).
     pub source: Option<PathBuf>,
@@ -357,6 +368,7 @@ impl Default for Config {
                 limit_patterns: Vec::new(),
                 prompt_template: None,
                 include_context: true,
+                workspace: crate::workspace::Kind::Shared,
             },
         );
         Config {
@@ -383,6 +395,8 @@ impl Default for Config {
             subtask_order: SubtaskOrder::Sequential,
             shared: false,
             metrics_file: None,
+            worktrees_dir: PathBuf::from(".mailroom/worktrees"),
+            worktree_cleanup: crate::workspace::Cleanup::OnSuccess,
             env: EnvPolicy::Allow(DEFAULT_ENV_ALLOW.iter().map(|s| s.to_string()).collect()),
             agents,
             source: None,
@@ -567,6 +581,14 @@ impl Config {
                     limit_patterns,
                     prompt_template: a.prompt_template,
                     include_context: a.include_context.unwrap_or(true),
+                    workspace: match a.workspace.as_deref() {
+                        None => crate::workspace::Kind::Shared,
+                        Some(w) => crate::workspace::Kind::parse(w).ok_or_else(|| {
+                            err(format!(
+                                "agent `{name}`: `workspace: {w}`: use shared or worktree"
+                            ))
+                        })?,
+                    },
                 };
                 c.agents.insert(name, agent);
             }
@@ -593,6 +615,19 @@ impl Config {
             c.shared = b;
         }
         c.metrics_file = raw.metrics_file.map(PathBuf::from);
+        if let Some(d) = raw.worktrees_dir {
+            c.worktrees_dir = PathBuf::from(d);
+        }
+        c.worktree_cleanup = match raw.worktree_cleanup.as_deref() {
+            None | Some("on_success") => crate::workspace::Cleanup::OnSuccess,
+            Some("keep") => crate::workspace::Cleanup::Keep,
+            Some("always") => crate::workspace::Cleanup::Always,
+            Some(o) => {
+                return Err(err(format!(
+                    "`worktree_cleanup: {o}`: use keep, on_success or always"
+                )));
+            }
+        };
         c.env = match raw.env_inherit.as_deref() {
             None | Some("allowlist") => {
                 let mut list: Vec<String> =

@@ -22,3 +22,4 @@ pub mod sdnotify;
 pub mod supervisor;
 pub mod task;
 pub mod watcher;
+pub mod workspace;

@@ -313,6 +313,7 @@ pub fn never_ran_record(outcome: &str, error: String) -> ResultRecord {
         followups: Vec::new(),
         withheld_followups: Vec::new(),
         children: Vec::new(),
+        workspace: None,
         history: Vec::new(),
         host: hostname(),
         run_id: run_id(),

@@ -170,6 +170,9 @@ pub struct ResultRecord {
     /// Child tasks made from `subtasks`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub children: Vec<String>,
+    /// The run's workspace: a worktree's branch and path, and the files changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<crate::workspace::Report>,
     #[serde(default)]
     pub history: Vec<Attempt>,
     pub host: String,

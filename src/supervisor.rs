@@ -1378,6 +1378,7 @@ impl Supervisor {
             alternatives: route.agents.len() > 1,
             reason,
             limits: self.limits.clone(),
+            ws: None,
             lock,
         };
         let tx = self.events_tx.clone();
@@ -1846,12 +1847,27 @@ struct Job {
     /// Why this agent (for the record and `show`).
     reason: String,
     limits: Arc<HashMap<String, LimitPatterns>>,
+    /// The run's workspace, once set up.
+    ws: Option<WorkspaceRun>,
     lock: TaskLock,
+}
+
+/// Where a run works, for the record and the clean-up at its commit.
+#[derive(Debug, Clone)]
+struct WorkspaceRun {
+    kind: crate::workspace::Kind,
+    /// The worktree, or the shared workdir.
+    path: PathBuf,
+    branch: Option<String>,
+    base: Option<String>,
+    cleanup: crate::workspace::Cleanup,
+    /// `$MAILROOM_RESULT`.
+    result_file: PathBuf,
 }
 
 impl Job {
     /// Runs the agent and commits the outcome.
-    async fn run(self, stop: watch::Receiver<Option<Stop>>) -> JobEnd {
+    async fn run(mut self, stop: watch::Receiver<Option<Stop>>) -> JobEnd {
         let layout = &self.ctx.layout;
         let name = self.name.clone();
         let timeout = self.task.timeout.unwrap_or(self.agent.timeout);
@@ -1908,6 +1924,45 @@ impl Job {
                 return self.fail_now(st, "invalid", msg, started).await;
             }
         };
+        // A worktree of its own, or the shared workdir.
+        let kind = self.task.workspace.unwrap_or(self.agent.workspace);
+        let result_file = run_dir.join("result.yaml");
+        let workdir = match kind {
+            crate::workspace::Kind::Shared => {
+                self.ws = Some(WorkspaceRun {
+                    kind,
+                    path: workdir.clone(),
+                    branch: None,
+                    base: None,
+                    cleanup: self.config.worktree_cleanup,
+                    result_file: result_file.clone(),
+                });
+                workdir
+            }
+            crate::workspace::Kind::Worktree => {
+                let dir = layout.root.join(&self.config.worktrees_dir);
+                let (w, n) = (workdir.clone(), name.clone());
+                let made =
+                    tokio::task::spawn_blocking(move || crate::workspace::create(&w, &dir, &n))
+                        .await
+                        .unwrap_or_else(|e| Err(e.to_string()));
+                match made {
+                    Ok((path, branch, base)) => {
+                        info!(task = %name, branch = %branch, "worktree ready");
+                        self.ws = Some(WorkspaceRun {
+                            kind,
+                            path: path.clone(),
+                            branch: Some(branch),
+                            base: Some(base),
+                            cleanup: self.config.worktree_cleanup,
+                            result_file: result_file.clone(),
+                        });
+                        path
+                    }
+                    Err(msg) => return self.fail_now(st, "invalid", msg, started).await,
+                }
+            }
+        };
         let vars = runner::Vars {
             prompt,
             prompt_file: path_str(&run_dir.join("prompt.md")),
@@ -1928,6 +1983,7 @@ impl Job {
             ("MAILROOM_PROMPT_FILE".into(), vars.prompt_file.clone()),
             ("MAILROOM_RUN_DIR".into(), path_str(&run_dir)),
             ("MAILROOM_OUTBOX".into(), path_str(&run_dir.join("outbox"))),
+            ("MAILROOM_RESULT".into(), path_str(&result_file)),
             ("MAILROOM_ATTEMPT".into(), st.attempts.to_string()),
             ("MAILROOM_AGENT".into(), self.agent.name.clone()),
         ];
@@ -2316,10 +2372,14 @@ impl Job {
             name,
             ext,
             lock,
+            ws,
             ..
         } = self;
         let res = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             let layout = &ctx.layout;
+            if let Some(ws) = ws {
+                rec.workspace = Some(workspace_report(&ws, rec.status, &layout.root));
+            }
             // The state file on disk already names this run's run_id (written
             // before the spawn); only a run that was not started from it (an
             // unusable workdir) records it now.
@@ -2399,6 +2459,35 @@ impl Job {
                 JobEnd::Stuck
             }
             Err(_) => JobEnd::Stuck,
+        }
+    }
+}
+
+/// What the record says of a run's workspace; a worktree is removed (its
+/// branch kept) as `worktree_cleanup` says.
+fn workspace_report(ws: &WorkspaceRun, status: Status, root: &Path) -> crate::workspace::Report {
+    use crate::workspace::{Cleanup, Kind};
+    match ws.kind {
+        Kind::Shared => crate::workspace::shared_report(&ws.result_file, &ws.path, root),
+        Kind::Worktree => {
+            let files = crate::workspace::changed_in_worktree(
+                &ws.path,
+                ws.base.as_deref().unwrap_or("HEAD"),
+            );
+            let remove = match ws.cleanup {
+                Cleanup::Keep => false,
+                Cleanup::OnSuccess => status == Status::Completed,
+                Cleanup::Always => true,
+            };
+            crate::workspace::Report {
+                kind: "worktree".into(),
+                branch: ws.branch.clone(),
+                path: Some(ws.path.to_string_lossy().into_owned()),
+                base: ws.base.clone(),
+                files_modified: files,
+                source: "git".into(),
+                removed: Some(remove && crate::workspace::remove(&ws.path)),
+            }
         }
     }
 }

@@ -80,6 +80,8 @@ pub struct Task {
     pub context_required: bool,
     /// Child tasks to expand instead of running an agent (`subtasks:`).
     pub subtasks: Vec<Subtask>,
+    /// `workspace:` (None: the agent's).
+    pub workspace: Option<crate::workspace::Kind>,
     /// Things accepted but worth telling the author (ignored fields and the like).
     pub warnings: Vec<String>,
 }
@@ -151,6 +153,7 @@ pub const TASK_KEYS: &[&str] = &[
     "not_before",
     "delay",
     "subtasks",
+    "workspace",
 ];
 
 /// The task file as written. Unknown keys are errors.
@@ -181,6 +184,8 @@ pub struct RawTask {
     pub delay: Option<String>,
     /// Seed format: child tasks, each a description or a mapping of task fields.
     pub subtasks: Option<Vec<RawSubtask>>,
+    /// `shared` or `worktree` (overrides the agent's).
+    pub workspace: Option<String>,
 }
 
 /// `context_required:` as written: a flag or a list of files.
@@ -479,6 +484,7 @@ fn expected_value(key: &str) -> Option<&'static str> {
         "after" | "dependencies" => "a list of task names, e.g. [task_001]",
         "requires" | "labels" | "context_files" => "a list of strings",
         "context_required" => "true, false, or a list of files",
+        "workspace" => "shared or worktree",
         "subtasks" => "a list of descriptions or of task mappings",
         _ => return None,
     })
@@ -921,6 +927,15 @@ pub fn validate(name: &str, raw: RawTask) -> Result<Task, TaskError> {
         // file's own time when it knows it.
         not_before = Some(SystemTime::now() + d);
     }
+    let workspace = match raw.workspace.as_deref() {
+        None => None,
+        Some(w) => Some(crate::workspace::Kind::parse(w).ok_or_else(|| {
+            TaskError::at(
+                "workspace",
+                format!("`workspace: {w}`: use shared or worktree"),
+            )
+        })?),
+    };
     let mut subtasks = Vec::new();
     for (i, st) in raw.subtasks.unwrap_or_default().into_iter().enumerate() {
         let mut fields = match st {
@@ -984,6 +999,7 @@ pub fn validate(name: &str, raw: RawTask) -> Result<Task, TaskError> {
         delay,
         context_required,
         subtasks,
+        workspace,
         warnings,
     })
 }

@@ -1,0 +1,237 @@
+//! Workspaces: with `workspace: worktree` a run gets its own git worktree and
+//! branch (`mailroom/<task>`), so coding agents working at the same time do
+//! not overwrite each other's files; with `workspace: shared` (the default)
+//! the run works in its workdir, and the files it changed are taken from the
+//! agent's own report (`$MAILROOM_RESULT`) or, best effort, from `git status`.
+//! Git runs here, blocking: callers use `spawn_blocking`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::{Deserialize, Serialize};
+
+/// How a run's files are kept apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Kind {
+    #[default]
+    Shared,
+    Worktree,
+}
+
+impl Kind {
+    pub fn parse(s: &str) -> Option<Kind> {
+        match s {
+            "shared" => Some(Kind::Shared),
+            "worktree" => Some(Kind::Worktree),
+            _ => None,
+        }
+    }
+}
+
+/// When a run's worktree is removed (its branch always stays).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Cleanup {
+    Keep,
+    #[default]
+    OnSuccess,
+    Always,
+}
+
+/// What the result record says about a run's workspace.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Report {
+    /// `worktree` or `shared`.
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The commit the worktree started from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+    #[serde(default)]
+    pub files_modified: Vec<String>,
+    /// Where `files_modified` came from: `git` (the worktree), `agent`
+    /// (`$MAILROOM_RESULT`), `git-status` (best effort in a shared
+    /// workdir), or `none`.
+    pub source: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed: Option<bool>,
+}
+
+/// `$MAILROOM_RESULT`, as an agent may write it.
+#[derive(Debug, Default, Deserialize)]
+struct AgentResult {
+    #[serde(default)]
+    files_modified: Vec<String>,
+    #[allow(dead_code)]
+    #[serde(default)]
+    summary: Option<String>,
+    #[allow(dead_code)]
+    #[serde(default)]
+    status: Option<String>,
+}
+
+fn git(dir: &Path, args: &[&str]) -> Result<String, String> {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run git: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_owned())
+    } else {
+        Err(format!(
+            "git {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// The branch a task's worktree uses.
+pub fn branch_for(task: &str) -> String {
+    let clean: String = task
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    format!("mailroom/{}", clean.trim_matches('.'))
+}
+
+/// A fresh worktree for `task` from the repository that holds `workdir`:
+/// `<dir>/<task>` on branch `mailroom/<task>` (reused by a retry). Returns
+/// the worktree's path, the branch and the base commit.
+pub fn create(workdir: &Path, dir: &Path, task: &str) -> Result<(PathBuf, String, String), String> {
+    let top = git(workdir, &["rev-parse", "--show-toplevel"])
+        .map_err(|e| format!("`workspace: worktree` needs a git repository at the workdir: {e}"))?;
+    let top = PathBuf::from(top);
+    let path = dir.join(task);
+    let branch = branch_for(task);
+    if path.exists() {
+        // A previous attempt's worktree: start it again from its branch.
+        let _ = git(
+            &top,
+            &["worktree", "remove", "--force", &path.to_string_lossy()],
+        );
+        let _ = std::fs::remove_dir_all(&path);
+        let _ = git(&top, &["worktree", "prune"]);
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let exists = git(
+        &top,
+        &[
+            "rev-parse",
+            "--verify",
+            "--quiet",
+            &format!("refs/heads/{branch}"),
+        ],
+    )
+    .is_ok();
+    let p = path.to_string_lossy().into_owned();
+    if exists {
+        git(&top, &["worktree", "add", &p, &branch])?;
+    } else {
+        git(&top, &["worktree", "add", "-b", &branch, &p, "HEAD"])?;
+    }
+    let base = git(&path, &["rev-parse", "HEAD"])?;
+    Ok((path, branch, base))
+}
+
+/// The files a run changed in its worktree: committed since `base`, and not
+/// yet committed.
+pub fn changed_in_worktree(path: &Path, base: &str) -> Vec<String> {
+    let mut files: Vec<String> = Vec::new();
+    if let Ok(out) = git(path, &["diff", "--name-only", &format!("{base}..HEAD")]) {
+        files.extend(out.lines().map(str::to_owned));
+    }
+    files.extend(porcelain(path));
+    files.sort();
+    files.dedup();
+    files
+}
+
+fn porcelain(dir: &Path) -> Vec<String> {
+    git(dir, &["status", "--porcelain", "--untracked-files=all"])
+        .map(|out| {
+            out.lines()
+                .filter_map(|l| l.get(3..))
+                .map(|p| {
+                    p.rsplit(" -> ")
+                        .next()
+                        .unwrap_or(p)
+                        .trim_matches('"')
+                        .to_owned()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Removes a worktree (the branch stays, with the agent's commits).
+pub fn remove(path: &Path) -> bool {
+    let ok = git(path, &["rev-parse", "--git-common-dir"])
+        .ok()
+        .map(PathBuf::from)
+        .and_then(|common| {
+            let repo = if common.is_absolute() {
+                common
+            } else {
+                path.join(common)
+            };
+            repo.parent().map(Path::to_path_buf)
+        })
+        .is_some_and(|top| {
+            git(
+                &top,
+                &["worktree", "remove", "--force", &path.to_string_lossy()],
+            )
+            .is_ok()
+        });
+    ok || std::fs::remove_dir_all(path).is_ok()
+}
+
+/// `files_modified` for a shared workdir: the agent's `$MAILROOM_RESULT` if
+/// it wrote one, else `git status` (minus mailroom's own tree), else nothing.
+pub fn shared_report(result_file: &Path, workdir: &Path, root: &Path) -> Report {
+    if let Ok((b, _)) = crate::fsx::read_task_file(result_file, 1024 * 1024)
+        && let Ok(r) = serde_saphyr::from_slice::<AgentResult>(&b)
+    {
+        return Report {
+            kind: "shared".into(),
+            files_modified: r.files_modified,
+            source: "agent".into(),
+            ..Report::default()
+        };
+    }
+    if git(workdir, &["rev-parse", "--show-toplevel"]).is_ok() {
+        let ours = |p: &str| {
+            let abs = workdir.join(p);
+            ["tasks", "context", ".mailroom"]
+                .iter()
+                .any(|d| abs.starts_with(root.join(d)))
+        };
+        return Report {
+            kind: "shared".into(),
+            files_modified: porcelain(workdir)
+                .into_iter()
+                .filter(|p| !ours(p))
+                .collect(),
+            source: "git-status".into(),
+            ..Report::default()
+        };
+    }
+    Report {
+        kind: "shared".into(),
+        source: "none".into(),
+        ..Report::default()
+    }
+}

@@ -1,0 +1,143 @@
+//! Workspaces: a run's own git worktree (created, recorded, isolated from the
+//! main checkout, cleaned up; its branch kept), and files_modified for a
+//! shared workdir from the agent's report or from git status.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+
+fn git(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A root that is also a git repository with one commit.
+fn repo(config: &str) -> Root {
+    let root = Root::new().config(config);
+    git(&root.path, &["init", "-q", "-b", "main"]);
+    root.write("README.md", "the project\n");
+    root.write(
+        ".gitignore",
+        "tasks/\ncontext/\n.mailroom/\nmailroom.yaml\n*.cwd\nsup-*.log\nrun-*.log\n",
+    );
+    git(&root.path, &["add", "README.md", ".gitignore"]);
+    git(
+        &root.path,
+        &[
+            "-c",
+            "user.email=t@example.invalid",
+            "-c",
+            "user.name=t",
+            "commit",
+            "-q",
+            "-m",
+            "start",
+        ],
+    );
+    root
+}
+
+#[test]
+fn a_worktree_per_run_is_created_recorded_isolated_and_cleaned_up() {
+    let edit = agent("edit.sh");
+    let root = repo(&format!(
+        "agents:\n  coder:\n    command: [{edit:?}]\n    workspace: worktree\n    env: {{COMMIT: \"1\"}}\n  scratch:\n    command: [{edit:?}]\n    workspace: worktree\ndefault_agent: coder\n"
+    ))
+    .task("t1.yaml", "description: commit something\n")
+    .task("t2.yaml", "description: leave it uncommitted\nagent: scratch\n");
+    root.run_until_idle();
+    let rec = root.record("completed", "t1");
+    let ws = &rec["workspace"];
+    assert_eq!(ws["kind"], "worktree");
+    assert_eq!(ws["branch"], "mailroom/t1");
+    assert_eq!(ws["source"], "git");
+    assert_eq!(
+        ws["files_modified"],
+        serde_json::json!(["edited-by-t1.txt"])
+    );
+    assert_eq!(ws["removed"], true);
+    // The agent ran in the worktree, not in the main checkout.
+    let cwd = root.read("t1.cwd");
+    assert!(cwd.trim().ends_with(".mailroom/worktrees/t1"), "{cwd}");
+    assert!(
+        !root.exists("edited-by-t1.txt"),
+        "the main checkout was touched"
+    );
+    assert!(
+        !root.exists(".mailroom/worktrees/t1"),
+        "the worktree was not removed"
+    );
+    // The work survives on its branch.
+    assert_eq!(
+        git(&root.path, &["log", "-1", "--format=%s", "mailroom/t1"]),
+        "work of t1"
+    );
+    let rec = root.record("completed", "t2");
+    assert_eq!(
+        rec["workspace"]["files_modified"],
+        serde_json::json!(["edited-by-t2.txt"])
+    );
+}
+
+#[test]
+fn worktrees_are_kept_when_asked_and_a_non_repository_is_a_clear_error() {
+    let edit = agent("edit.sh");
+    let root = repo(&format!(
+        "worktree_cleanup: keep\nagents:\n  coder:\n    command: [{edit:?}]\n    workspace: worktree\n"
+    ))
+    .task("k.yaml", "description: keep my worktree\n");
+    root.run_until_idle();
+    assert_eq!(root.record("completed", "k")["workspace"]["removed"], false);
+    assert!(root.exists(".mailroom/worktrees/k/edited-by-k.txt"));
+
+    let plain = Root::new()
+        .agent_config(&[&edit], "")
+        .task("w.yaml", "description: x\nworkspace: worktree\n");
+    plain.run_until_idle();
+    let rec = plain.record("failed", "w");
+    assert!(
+        rec["error"]
+            .as_str()
+            .unwrap()
+            .contains("needs a git repository"),
+        "{rec}"
+    );
+}
+
+#[test]
+fn shared_workdirs_take_files_modified_from_the_agent_or_git_status() {
+    let edit = agent("edit.sh");
+    let root = repo(&format!(
+        "agents:\n  reporter:\n    command: [{edit:?}]\n    env: {{REPORT: \"1\"}}\n  silent:\n    command: [{edit:?}]\ndefault_agent: silent\n"
+    ))
+    .task("r.yaml", "description: x\nagent: reporter\n")
+    .task("s.yaml", "description: x\n");
+    root.run_until_idle();
+    let ws = root.record("completed", "r")["workspace"].clone();
+    assert_eq!(ws["source"], "agent");
+    assert_eq!(
+        ws["files_modified"],
+        serde_json::json!(["edited-by-r.txt", "notes/plan.md"])
+    );
+    let ws = root.record("completed", "s")["workspace"].clone();
+    assert_eq!(ws["source"], "git-status");
+    let files = ws["files_modified"].as_array().unwrap();
+    assert!(files.iter().any(|f| f == "edited-by-s.txt"), "{ws}");
+    assert!(
+        files
+            .iter()
+            .all(|f| !f.as_str().unwrap().starts_with("tasks/")),
+        "{ws}"
+    );
+}
