@@ -231,6 +231,28 @@ pub fn add(root: &Path, a: AddArgs) -> Result<String> {
         Some("yml") => "yml",
         _ => "yaml",
     };
+    let parent = std::env::var("MAILROOM_TASK")
+        .ok()
+        .filter(|p| task::check_name(p).is_ok());
+    // Inside an agent: the tree of follow-ups may not grow past max_tree_depth.
+    if let Some(p) = &parent
+        && let Ok(config) = Config::load(root)
+    {
+        let depth = crate::followups::depth_of(&layout, Some(p), config.max_tree_depth);
+        if depth > config.max_tree_depth {
+            bail!(
+                "a task added by `{p}` would sit {depth} levels deep; the limit is {} (max_tree_depth)",
+                config.max_tree_depth
+            );
+        }
+    }
+    if a.file.is_some()
+        && (a.agent.is_some() || a.priority.is_some() || !a.after.is_empty() || a.timeout.is_some())
+    {
+        bail!(
+            "--agent, --priority, --after and --timeout go with a DESCRIPTION; with --file, write them in the file"
+        );
+    }
     let (bytes, default_name) = match a.file {
         Some(f) => {
             let mut b = Vec::new();
@@ -248,6 +270,13 @@ pub fn add(root: &Path, a: AddArgs) -> Result<String> {
                 .and_then(|s| s.to_str())
                 .filter(|_| f != Path::new("-"))
                 .map(str::to_owned);
+            // Inside an agent, the new task records its parent.
+            if let Some(p) = &parent
+                && let Ok(text) = std::str::from_utf8(&b)
+                && let Some(linked) = crate::followups::with_links(text, "task", p, None)
+            {
+                b = linked.into_bytes();
+            }
             (b, stem)
         }
         None => {
@@ -260,7 +289,6 @@ pub fn add(root: &Path, a: AddArgs) -> Result<String> {
             if let Some(t) = a.timeout {
                 task::parse_duration(t).map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
             }
-            let parent = std::env::var("MAILROOM_TASK").ok();
             let nt = NewTask {
                 description: d,
                 priority: a.priority,

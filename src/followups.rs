@@ -43,8 +43,9 @@ pub fn depth_of(layout: &Layout, parent: Option<&str>, max: usize) -> usize {
 }
 
 /// Adds `parent: <name>` (and `after`) to a task file's text, keeping it
-/// valid: a bare description becomes a mapping.
-fn with_links(text: &str, name: &str, parent: &str, after: Option<&str>) -> Option<String> {
+/// valid: a bare description becomes a mapping. None if the text is not a
+/// valid task.
+pub fn with_links(text: &str, name: &str, parent: &str, after: Option<&str>) -> Option<String> {
     let t = task::parse(name, text.as_bytes()).ok()?;
     let mut out = if text.trim_start().starts_with(['"', '\''])
         || !text

@@ -52,6 +52,8 @@ pub struct Spec {
     pub workdir: PathBuf,
     pub stdout: PathBuf,
     pub stderr: PathBuf,
+    /// `$MAILROOM_OUTPUT`: counted against the output cap too.
+    pub output: Option<PathBuf>,
     pub timeout: Duration,
     pub grace: Duration,
     /// Which inherited variables pass (see `env_inherit`, `env_allow`).
@@ -293,7 +295,9 @@ pub async fn wait(
             }
             _ = check.tick() => {
                 let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-                let n = size(&spec.stdout).max(size(&spec.stderr));
+                let n = size(&spec.stdout)
+                    .max(size(&spec.stderr))
+                    .max(spec.output.as_deref().map_or(0, size));
                 if n > spec.max_output {
                     break Why::Output(n);
                 }

@@ -1994,6 +1994,7 @@ impl Job {
             workdir,
             stdout: run_dir.join("stdout.log"),
             stderr: run_dir.join("stderr.log"),
+            output: Some(run_dir.join("output.md")),
             timeout,
             grace: self.agent.grace,
             stdin: self.lock.share().ok(),

@@ -213,3 +213,39 @@ fn runaway_limits_fail_the_offending_task() {
         "{rec}"
     );
 }
+
+#[test]
+fn mailroom_add_inside_an_agent_records_the_parent_and_keeps_the_depth_limit() {
+    let root = Root::new()
+        .config(&format!(
+            "retries: 0\nmax_tree_depth: 1\nagents:\n  a:\n    command: [{:?}]\n    env: {{MB: {:?}}}\n",
+            agent("adder.sh"),
+            BIN
+        ))
+        .task("top.yaml", "description: start\n");
+    root.run_until_idle();
+    // top (depth 0) adds top-c (depth 1); top-c's own child would be depth 2.
+    assert_eq!(root.names("completed"), ["top"]);
+    assert!(
+        root.read("tasks/failed/top-c.yaml")
+            .contains("parent: \"top\"")
+    );
+    let rec = root.record("failed", "top-c");
+    let err = rec["error"].as_str().unwrap();
+    assert!(err.contains("max_tree_depth"), "{err}");
+    // Flags that belong to a description are refused with --file.
+    root.write("x.yaml", "description: x\n");
+    let out = root.mailroom(&[
+        "add",
+        "--file",
+        root.p("x.yaml").to_str().unwrap(),
+        "--agent",
+        "a",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("with --file, write them in the file"),
+        "{}",
+        stderr(&out)
+    );
+}
