@@ -109,40 +109,29 @@ pub fn sync_data(f: &File) -> io::Result<()> {
 /// directory, fsync, rename over the target, fsync the directory.
 /// Readers see the old content or the new, never a mix.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = parent(path);
-    let base = file_name_lossy(path);
-    let tmp = dir.join(tmp_name(&base));
-    let res = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        crash_point();
-        if durable() {
-            f.sync_all()?;
-        }
-        crash_point();
-        fs::rename(&tmp, path)?;
-        fsync_dir(dir)
-    })();
-    if res.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    res
+    write_via_temp(path, bytes, 0o600, |tmp, path| fs::rename(tmp, path))
 }
 
 /// Like [`write_atomic`], but fails with `AlreadyExists` instead of replacing.
 pub fn write_new_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_via_temp(path, bytes, 0o644, rename_noreplace)
+}
+
+/// Temp file beside `path`, written and fsynced, then moved by `place`, then
+/// the directory fsynced; the temp file is removed on any failure.
+fn write_via_temp(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    place: impl FnOnce(&Path, &Path) -> io::Result<()>,
+) -> io::Result<()> {
     let dir = parent(path);
     let tmp = dir.join(tmp_name(&file_name_lossy(path)));
     let res = (|| {
         let mut f = OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o644)
+            .mode(mode)
             .custom_flags(libc::O_NOFOLLOW)
             .open(&tmp)?;
         f.write_all(bytes)?;
@@ -150,7 +139,8 @@ pub fn write_new_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         if durable() {
             f.sync_all()?;
         }
-        rename_noreplace(&tmp, path)?;
+        crash_point();
+        place(&tmp, path)?;
         fsync_dir(dir)
     })();
     if res.is_err() {

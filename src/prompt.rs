@@ -106,30 +106,10 @@ fn resolve(
     }
 }
 
-/// One pass over `{name}` placeholders: values are never scanned again.
 fn substitute(template: &str, vars: &[(&str, &str)]) -> String {
-    let mut out = String::with_capacity(template.len() + 256);
-    let mut rest = template;
-    while let Some(i) = rest.find('{') {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 1..];
-        match after.find('}').and_then(|j| {
-            vars.iter()
-                .find(|(k, _)| *k == &after[..j])
-                .map(|(_, v)| (j, v))
-        }) {
-            Some((j, v)) => {
-                out.push_str(v);
-                rest = &after[j + 1..];
-            }
-            None => {
-                out.push('{');
-                rest = after;
-            }
-        }
-    }
-    out.push_str(rest);
-    out
+    crate::runner::substitute_with(template, |k| {
+        vars.iter().find(|(name, _)| *name == k).map(|(_, v)| *v)
+    })
 }
 
 /// The description part of a rendered prompt (what precedes the first

@@ -78,7 +78,7 @@ pub struct Vars {
 }
 
 impl Vars {
-    fn get(&self, key: &str) -> Option<&str> {
+    fn get<'a>(&'a self, key: &str) -> Option<&'a str> {
         Some(match key {
             "prompt" => &self.prompt,
             "prompt_file" => &self.prompt_file,
@@ -112,14 +112,20 @@ pub fn build_argv(command: &[String], vars: &Vars) -> Vec<String> {
 }
 
 fn substitute(word: &str, vars: &Vars) -> String {
-    let mut out = String::with_capacity(word.len());
-    let mut rest = word;
+    substitute_with(word, |k| vars.get(k))
+}
+
+/// Replaces each `{name}` that `lookup` knows, in one pass: a value is never
+/// scanned again, and unknown `{...}` stay as written.
+pub fn substitute_with<'a>(text: &str, lookup: impl Fn(&str) -> Option<&'a str>) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
     while let Some(i) = rest.find('{') {
         out.push_str(&rest[..i]);
         let after = &rest[i + 1..];
         match after
             .find('}')
-            .and_then(|j| vars.get(&after[..j]).map(|v| (j, v)))
+            .and_then(|j| lookup(&after[..j]).map(|v| (j, v)))
         {
             Some((j, v)) => {
                 out.push_str(v);

@@ -1162,18 +1162,27 @@ impl Supervisor {
         Deps::Ready
     }
 
-    /// Files a pending task straight into `failed/`, under its lock.
-    fn reject_pending(&mut self, name: &str, ext: &str, rec: ResultRecord, rename: bool) {
-        let lock = match TaskLock::try_acquire(self.layout(), name) {
-            Ok(Some(l)) => l,
+    /// Takes a task's lock; when another process holds it (or it cannot be
+    /// created), holds the task back briefly instead.
+    fn lock_or_hold(&mut self, name: &str) -> Option<TaskLock> {
+        match TaskLock::try_acquire(self.layout(), name) {
+            Ok(Some(l)) => Some(l),
             Ok(None) => {
                 self.set_busy(name);
-                return;
+                None
             }
             Err(e) => {
-                error!(task = name, error = %e, "cannot lock task");
-                return;
+                error!(task = name, error = %e, "cannot lock the task");
+                self.set_busy(name);
+                None
             }
+        }
+    }
+
+    /// Files a pending task straight into `failed/`, under its lock.
+    fn reject_pending(&mut self, name: &str, ext: &str, rec: ResultRecord, rename: bool) {
+        let Some(lock) = self.lock_or_hold(name) else {
+            return;
         };
         self.reject_locked(State::Pending, name, ext, rec, rename, lock);
     }
@@ -1286,17 +1295,8 @@ impl Supervisor {
             self.set_busy(name);
             return;
         }
-        let lock = match TaskLock::try_acquire(&layout, name) {
-            Ok(Some(l)) => l,
-            Ok(None) => {
-                self.set_busy(name);
-                return;
-            }
-            Err(e) => {
-                error!(task = name, error = %e, "cannot create lock file");
-                self.set_busy(name);
-                return;
-            }
+        let Some(lock) = self.lock_or_hold(name) else {
+            return;
         };
         match mailbox::claim(&layout, name, &ext, &lock) {
             Ok(Claim::Claimed) => {}
