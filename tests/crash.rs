@@ -156,7 +156,7 @@ fn kill_9_loop_loses_nothing_and_never_runs_a_task_twice_at_once() {
 }
 
 fn several_supervisors(poll: bool) {
-    let n = 300;
+    let n = 2000;
     let root = Root::new();
     let runlog = root.p("runs.log");
     let watch = if poll { "poll" } else { "auto" };
@@ -173,7 +173,7 @@ fn several_supervisors(poll: bool) {
         );
     }
     let sups: Vec<Sup> = (0..4).map(|_| root.spawn()).collect();
-    wait_for(Duration::from_secs(120), "all tasks to complete", || {
+    wait_for(Duration::from_secs(300), "all tasks to complete", || {
         root.names("completed").len() == n
     });
     // Killing them mid-claim may leave a lock file: the next start recovers it.
