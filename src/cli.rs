@@ -238,13 +238,16 @@ pub fn add(root: &Path, a: AddArgs) -> Result<String> {
     if let Some(p) = &parent
         && let Ok(config) = Config::load(root)
     {
-        let depth = crate::followups::depth_of(&layout, Some(p), config.max_tree_depth);
-        if depth > config.max_tree_depth {
+        let (tree, depth) = crate::followups::tree_root(&layout, p, config.max_tree_depth);
+        if depth + 1 > config.max_tree_depth {
             bail!(
-                "a task added by `{p}` would sit {depth} levels deep; the limit is {} (max_tree_depth)",
+                "a task added by `{p}` would sit {} levels deep; the limit is {} (max_tree_depth)",
+                depth + 1,
                 config.max_tree_depth
             );
         }
+        crate::followups::count_into_tree(&layout, &tree, 1, config.max_tree_tasks)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     if a.file.is_some()
         && (a.agent.is_some() || a.priority.is_some() || !a.after.is_empty() || a.timeout.is_some())

@@ -34,6 +34,7 @@ const CONFIG_KEYS: &[&str] = &[
     "context_outside_root",
     "followups_per_task",
     "max_tree_depth",
+    "max_tree_tasks",
     "subtask_order",
     "shared",
     "env_allow",
@@ -83,6 +84,7 @@ struct RawConfig {
     context_outside_root: Option<bool>,
     followups_per_task: Option<usize>,
     max_tree_depth: Option<usize>,
+    max_tree_tasks: Option<usize>,
     subtask_order: Option<String>,
     shared: Option<bool>,
     env_allow: Option<Vec<String>>,
@@ -322,6 +324,8 @@ pub struct Config {
     pub followups_per_task: usize,
     /// How deep a tree of parents and follow-ups may grow.
     pub max_tree_depth: usize,
+    /// How many tasks one tree (a first task and all its descendants) may have.
+    pub max_tree_tasks: usize,
     pub subtask_order: SubtaskOrder,
     /// A tree several users write to: group-writable directories and task
     /// files owned by other users are accepted.
@@ -392,6 +396,7 @@ impl Default for Config {
             context_outside_root: false,
             followups_per_task: 20,
             max_tree_depth: 5,
+            max_tree_tasks: 200,
             subtask_order: SubtaskOrder::Sequential,
             shared: false,
             metrics_file: None,
@@ -610,6 +615,9 @@ impl Config {
         }
         if let Some(n) = raw.max_tree_depth {
             c.max_tree_depth = n;
+        }
+        if let Some(n) = raw.max_tree_tasks {
+            c.max_tree_tasks = n;
         }
         if let Some(b) = raw.shared {
             c.shared = b;

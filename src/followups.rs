@@ -23,23 +23,58 @@ pub fn outbox_files(dir: &Path) -> Vec<String> {
     v
 }
 
-/// How deep `parent` sits in its tree (a task without a parent is at 0), by
-/// walking `parent` links through the tree. Stops past `max`.
-pub fn depth_of(layout: &Layout, parent: Option<&str>, max: usize) -> usize {
+/// The first task of `name`'s tree (following `parent` links), and how deep
+/// `name` sits in it.
+pub fn tree_root(layout: &Layout, name: &str, max: usize) -> (String, usize) {
+    let mut cur = name.to_owned();
     let mut depth = 0;
-    let mut cur = parent.map(str::to_owned);
-    while let Some(name) = cur {
-        depth += 1;
-        if depth > max {
-            break;
-        }
-        cur = layout
-            .locate(&name)
+    while depth <= max + 1 {
+        let parent = layout
+            .locate(&cur)
             .and_then(|(_, p, _)| fsx::read_task_file(&p, task::DEFAULT_MAX_TASK_BYTES).ok())
-            .and_then(|(b, _)| task::parse(&name, &b).ok())
+            .and_then(|(b, _)| task::parse(&cur, &b).ok())
             .and_then(|t| t.parent);
+        match parent {
+            Some(p) => {
+                cur = p;
+                depth += 1;
+            }
+            None => break,
+        }
     }
-    depth
+    (cur, depth)
+}
+
+/// Counts `n` more tasks into the tree whose first task is `root`, refusing
+/// when that would pass `max`: `tasks/trees/<root>` holds the count, updated
+/// under its own lock so that concurrent runs of one tree add up.
+pub fn count_into_tree(layout: &Layout, root: &str, n: usize, max: usize) -> Result<usize, String> {
+    use std::io::{Read, Seek, Write};
+    let dir = layout.tasks.join("trees");
+    fsx::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(dir.join(root))
+        .map_err(|e| e.to_string())?;
+    f.lock().map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    let _ = f.read_to_string(&mut text);
+    // The tree's first task counts as one.
+    let have: usize = text.trim().parse().unwrap_or(1);
+    if have + n > max {
+        return Err(format!(
+            "the tree of `{root}` already has {have} tasks; {n} more would pass the limit of {max} (max_tree_tasks); none were queued"
+        ));
+    }
+    f.set_len(0)
+        .and_then(|()| f.rewind())
+        .map_err(|e| e.to_string())?;
+    f.write_all(format!("{}\n", have + n).as_bytes())
+        .map_err(|e| e.to_string())?;
+    Ok(have + n)
 }
 
 /// Adds `parent: <name>` (and `after`) to a task file's text, keeping it

@@ -2030,14 +2030,16 @@ impl Job {
             ));
         }
         let max = self.config.max_tree_depth;
-        let depth = crate::followups::depth_of(&self.ctx.layout, Some(&self.name), max);
-        if depth > max {
+        let (root, depth) = crate::followups::tree_root(&self.ctx.layout, &self.name, max);
+        if depth + 1 > max {
             return Some(format!(
-                "its follow-ups would sit {depth} levels below the first task of their tree; \
-                 the limit is {max} (max_tree_depth); none were queued"
+                "its follow-ups would sit {} levels below the first task of their tree; \
+                 the limit is {max} (max_tree_depth); none were queued",
+                depth + 1
             ));
         }
-        None
+        crate::followups::count_into_tree(&self.ctx.layout, &root, n, self.config.max_tree_tasks)
+            .err()
     }
 
     /// First claim of a task with `subtasks`: write the children into

@@ -249,3 +249,30 @@ fn mailroom_add_inside_an_agent_records_the_parent_and_keeps_the_depth_limit() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_tree_may_not_grow_past_max_tree_tasks() {
+    // Every task of the tree writes two follow-ups; the tree may hold 4 tasks.
+    let root = Root::new()
+        .config(&format!(
+            "retries: 0\nmax_tree_tasks: 4\nmax_tree_depth: 9\nagents:\n  a:\n    command: [{:?}]\n    env: {{FOLLOWUPS: \"x y\"}}\n",
+            agent("followup.sh")
+        ))
+        .task("seed.yaml", "description: x\n");
+    // The follow-ups are named x, y (then x-2, y-2, ...): run until nothing moves.
+    root.run_until_idle();
+    let completed = root.names("completed");
+    let failed = root.names("failed");
+    // seed (1) + x + y = 3; the next task's two more would make 5 > 4.
+    assert_eq!(completed, ["seed"], "{completed:?} / {failed:?}");
+    assert_eq!(failed.len(), 2, "{failed:?}");
+    for f in &failed {
+        let rec = root.record("failed", f);
+        assert_eq!(rec["outcome"], "runaway");
+        assert!(
+            rec["error"].as_str().unwrap().contains("max_tree_tasks"),
+            "{rec}"
+        );
+    }
+    assert_eq!(root.read("tasks/trees/seed").trim(), "3");
+}
