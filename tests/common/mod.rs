@@ -131,7 +131,12 @@ impl Root {
 
     /// `run --exit-when-idle`, asserting it exits successfully within 60 s.
     pub fn run_until_idle(&self) -> Output {
-        let out = self.mailroom(&["run", "--exit-when-idle"]);
+        self.run_until_idle_within(Duration::from_secs(60))
+    }
+
+    /// `run --exit-when-idle`, asserting it exits successfully within `limit`.
+    pub fn run_until_idle_within(&self, limit: Duration) -> Output {
+        let out = run_bounded(self.cmd(&["run", "--exit-when-idle"]), limit);
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         let _ = fs::write(self.p(&format!("run-{n}.log")), &out.stderr);
         assert!(
