@@ -147,7 +147,9 @@ pub fn submit(layout: &Layout, name: &str, text: &str) -> io::Result<String> {
 
 /// Queues every task file left in `outbox` (after a successful run of
 /// `parent`), each linked to its parent, and removes it from the outbox.
-/// Idempotent: recovery runs it again on what is left.
+/// Done before the result record: a crash in between reruns the task, whose
+/// agent writes its follow-ups again (they may then be queued twice, as
+/// `name-2`): follow-ups are at least once, like runs.
 pub fn queue_outbox(layout: &Layout, parent: &str, outbox: &Path) -> io::Result<Vec<String>> {
     let mut queued = Vec::new();
     for f in outbox_files(outbox) {

@@ -112,6 +112,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     write_via_temp(path, bytes, 0o600, |tmp, path| fs::rename(tmp, path))
 }
 
+/// Like [`write_atomic`], but readable by everyone (for files other programs
+/// read, such as the metrics file).
+pub fn write_atomic_readable(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_via_temp(path, bytes, 0o644, |tmp, path| fs::rename(tmp, path))
+}
+
 /// Like [`write_atomic`], but fails with `AlreadyExists` instead of replacing.
 pub fn write_new_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     write_via_temp(path, bytes, 0o644, rename_noreplace)

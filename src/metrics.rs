@@ -93,7 +93,7 @@ impl Metrics {
             &mut o,
             "mailroom_runs_total",
             "counter",
-            "Finished runs by agent and outcome, since this supervisor started.",
+            "Tasks finished here (their last run), by agent and outcome, since this supervisor started.",
         );
         for ((a, out), n) in &self.runs {
             let _ = writeln!(

@@ -126,7 +126,7 @@ pub struct ResultRecord {
     pub task: String,
     pub status: Status,
     /// Machine-readable reason: success, exit, signal, timeout, spawn, invalid,
-    /// clash, dependency, output_limit, interrupted, cancelled.
+    /// clash, dependency, output_limit, interrupted, cancelled, runaway.
     pub outcome: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

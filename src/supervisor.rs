@@ -441,7 +441,13 @@ impl Supervisor {
                 self.forget(&name);
                 let rec = mailbox::never_ran_record("cancelled", "cancelled before it ran".into());
                 self.reject_pending(&name, ext, rec, false);
-                let _ = std::fs::remove_file(layout.cancel_file(&name));
+                // Its lock may have been busy: then the marker stays for the
+                // next look (a rescan), and the task stays known.
+                if layout.find(State::Pending, &name).is_none() {
+                    let _ = std::fs::remove_file(layout.cancel_file(&name));
+                } else {
+                    self.examine_name(&name);
+                }
             } else if layout.find(State::Assigned, &name).is_none()
                 && layout.find(State::Pending, &name).is_none()
             {
@@ -658,7 +664,7 @@ impl Supervisor {
         } else {
             self.layout().root.join(path)
         };
-        if let Err(e) = fsx::write_atomic(&path, self.metrics.render(&snap).as_bytes()) {
+        if let Err(e) = fsx::write_atomic_readable(&path, self.metrics.render(&snap).as_bytes()) {
             warn!(file = %path.display(), error = %e, "cannot write the metrics file");
         }
     }
@@ -1947,7 +1953,7 @@ impl Job {
                         .await
                         .unwrap_or_else(|e| Err(e.to_string()));
                 match made {
-                    Ok((path, branch, base)) => {
+                    Ok((path, branch, base, cwd)) => {
                         info!(task = %name, branch = %branch, "worktree ready");
                         self.ws = Some(WorkspaceRun {
                             kind,
@@ -1957,7 +1963,7 @@ impl Job {
                             cleanup: self.config.worktree_cleanup,
                             result_file: result_file.clone(),
                         });
-                        path
+                        cwd
                     }
                     Err(msg) => return self.fail_now(st, "invalid", msg, started).await,
                 }
@@ -2384,8 +2390,8 @@ impl Job {
                 rec.workspace = Some(workspace_report(&ws, rec.status, &layout.root));
             }
             // The state file on disk already names this run's run_id (written
-            // before the spawn); only a run that was not started from it (an
-            // unusable workdir) records it now.
+            // before the spawn); a commit made without a run (a parent of
+            // subtasks) names its record in `committing` and writes it now.
             if st.committing.is_some() {
                 mailbox::write_state(layout, &st)?;
             }

@@ -109,8 +109,13 @@ pub fn branch_for(task: &str) -> String {
 
 /// A fresh worktree for `task` from the repository that holds `workdir`:
 /// `<dir>/<task>` on branch `mailroom/<task>` (reused by a retry). Returns
-/// the worktree's path, the branch and the base commit.
-pub fn create(workdir: &Path, dir: &Path, task: &str) -> Result<(PathBuf, String, String), String> {
+/// the worktree's path, the branch, the base commit, and where in the
+/// worktree the agent runs (the workdir's place in the repository).
+pub fn create(
+    workdir: &Path,
+    dir: &Path,
+    task: &str,
+) -> Result<(PathBuf, String, String, PathBuf), String> {
     let top = git(workdir, &["rev-parse", "--show-toplevel"])
         .map_err(|e| format!("`workspace: worktree` needs a git repository at the workdir: {e}"))?;
     let top = PathBuf::from(top);
@@ -143,7 +148,23 @@ pub fn create(workdir: &Path, dir: &Path, task: &str) -> Result<(PathBuf, String
         git(&top, &["worktree", "add", "-b", &branch, &p, "HEAD"])?;
     }
     let base = git(&path, &["rev-parse", "HEAD"])?;
-    Ok((path, branch, base))
+    let inner = workdir
+        .canonicalize()
+        .ok()
+        .and_then(|w| {
+            w.strip_prefix(top.canonicalize().ok()?)
+                .ok()
+                .map(Path::to_path_buf)
+        })
+        .unwrap_or_default();
+    let cwd = path.join(&inner);
+    if !cwd.is_dir() {
+        return Err(format!(
+            "the workdir `{}` is not in the repository's last commit, so the worktree lacks it",
+            inner.display()
+        ));
+    }
+    Ok((path, branch, base, cwd))
 }
 
 /// The files a run changed in its worktree: committed since `base`, and not
