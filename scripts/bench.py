@@ -38,9 +38,11 @@ def mkroot(config, n_tasks=0, make_tasks=True):
     return d
 
 
-def agent_cfg(cmd, p, extra=""):
+def agent_cfg(cmd, p, extra="", env=None):
+    # Agents get an allowlisted environment: pass what they need in `env:`.
+    env_line = f"    env: {json.dumps(env)}\n" if env else ""
     return (f"concurrency: {p}\n{extra}\nagents:\n  t:\n    command: {json.dumps(cmd)}\n"
-            f"    max_instances: {p}\n")
+            f"    max_instances: {p}\n{env_line}")
 
 
 def completed(d):
@@ -113,8 +115,8 @@ def latency():
     w.terminate()
     subprocess.run(["pkill", "-f", f"inotifywait -q -m -e moved_to --format %f {ref_dir}"])
 
-    d = mkroot(agent_cfg([agent], 4, "settle: 2s"), 0)
     stamps = os.path.join(work, "mr.stamps")
+    d = mkroot(agent_cfg([agent], 4, "settle: 2s", {"STAMPS": stamps}), 0)
     env = dict(os.environ, STAMPS=stamps)
     sup = subprocess.Popen([BIN, "--root", d, "-q", "run"], env=env)
     time.sleep(1.0)
@@ -149,7 +151,8 @@ def scale():
     with open(agent, "w") as f:
         f.write(AGENT_STAMP)
     os.chmod(agent, 0o755)
-    d = mkroot(agent_cfg([agent], 4), n)
+    stamps = os.path.join(work, "stamps")
+    d = mkroot(agent_cfg([agent], 4, "", {"STAMPS": stamps}), n)
     subprocess.run(["sync"])
     # Reference for start-up: listing and reading every file once (find + cat).
     t0 = time.perf_counter()
@@ -168,7 +171,6 @@ def scale():
             ts.append(time.perf_counter() - t0)
         row(f"`mailroom {label}` with {n} pending (median of 5)", f"{statistics.median(ts) * 1000:.1f} ms",
             f"`ls | wc -l`: {ref_ls * 1000:.1f} ms")
-    stamps = os.path.join(work, "stamps")
     env = dict(os.environ, STAMPS=stamps)
     t0 = time.perf_counter()
     t0ns = time.time_ns()

@@ -2,13 +2,14 @@
 //! `strace` with `durability: strict`, and the trace must show
 //!
 //! 1. after every rename into `tasks/{pending,assigned,completed,failed}/`, an
-//!    fsync of that directory by the same thread, before the file is renamed
-//!    away again (and, for a task file moving between two state directories,
-//!    an fsync of the directory it left as well);
+//!    fsync of that directory by the same thread, before that thread renames
+//!    anything else and before the file is renamed away again (and, for a task
+//!    file moving between two state directories, an fsync of the directory it
+//!    left as well);
 //! 2. every durable write (a mailroom temp file `.<base>.<host>.<pid>.<n>.tmp`
 //!    renamed over its target: result records, state files, context files) is
 //!    fsynced as the temp file, by the renaming thread, before the rename, and
-//!    its directory is fsynced after it.
+//!    its directory is fsynced after it (within the same window as in 1).
 //!
 //! Needs `strace` (Debian/Ubuntu package `strace`). Without it the test fails
 //! and says so: it never skips silently.
@@ -226,6 +227,21 @@ fn is_task_file(p: &Path) -> bool {
     )
 }
 
+/// Whether the data renamed to `path` at `calls[i]` was fsynced by that
+/// thread first: as `path` itself, or under the temp name it had before an
+/// earlier rename by the same thread (a temp file staged through another).
+fn fsynced_before(calls: &[Call], i: usize, path: &Path) -> bool {
+    let tid = calls[i].tid;
+    if fsynced(&calls[..i], tid, path) {
+        return true;
+    }
+    calls[..i].iter().enumerate().rev().any(|(j, c)| {
+        c.tid == tid
+            && c.rename()
+                .is_some_and(|(s, t)| t == path && fsynced_before(calls, j, &s))
+    })
+}
+
 /// Whether a thread fsynced `path` among `calls`.
 fn fsynced(calls: &[Call], tid: u32, path: &Path) -> bool {
     calls
@@ -242,10 +258,11 @@ fn violations(calls: &[Call], state_dirs: &[PathBuf]) -> Vec<String> {
         };
         let dst_dir = dst.parent().unwrap().to_path_buf();
         let src_dir = src.parent().unwrap().to_path_buf();
-        // Until the file is renamed away again (or the trace ends).
+        // The fsyncs must come before this thread renames anything else
+        // (its next step), and before anyone renames this file away again.
         let end = calls[i + 1..]
             .iter()
-            .position(|n| n.rename().is_some_and(|(s, _)| s == dst))
+            .position(|n| n.rename().is_some_and(|(s, _)| s == dst || n.tid == c.tid))
             .map_or(calls.len(), |p| i + 1 + p);
         let window = &calls[i + 1..end];
         let upto = |k: usize| if k < calls.len() { &calls[k].raw } else { "" };
@@ -272,7 +289,7 @@ fn violations(calls: &[Call], state_dirs: &[PathBuf]) -> Vec<String> {
             ));
         }
         if is_tmp(&src) {
-            if !fsynced(&calls[..i], c.tid, &src) {
+            if !fsynced_before(calls, i, &src) {
                 bad.push(format!(
                     "temp file {} was not fsynced by thread {} before\n    {}",
                     src.display(),
