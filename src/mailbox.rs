@@ -214,9 +214,10 @@ pub fn reject(
     }
     fsx::fsync_dir(&layout.failed)?;
     fsx::fsync_dir(layout.dir(src))?;
+    // Bookkeeping of a task that will never run again (a pending task may
+    // have some from an earlier attempt, waiting for its retry).
+    fsx::remove_file_if_exists(&layout.state_file(name))?;
     if src == State::Assigned {
-        // Retry bookkeeping of a task that will never run again.
-        fsx::remove_file_if_exists(&layout.state_file(name))?;
         fsx::remove_dir_all_if_exists(&layout.run_dir(State::Assigned, name))?;
     }
     if let Some(l) = _target_lock {
