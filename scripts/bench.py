@@ -110,19 +110,24 @@ def latency():
     env = dict(os.environ, STAMPS=ref_stamps)
     w = subprocess.Popen(["sh", "-c", f'inotifywait -q -m -e moved_to --format %f "{ref_dir}" | '
                           f'while read f; do "{agent}"; done'], env=env)
-    time.sleep(0.5)
-    ref = measure(ref_dir, ref_stamps, None)
-    w.terminate()
-    subprocess.run(["pkill", "-f", f"inotifywait -q -m -e moved_to --format %f {ref_dir}"])
+    try:
+        time.sleep(0.5)
+        ref = measure(ref_dir, ref_stamps, None)
+    finally:
+        w.terminate()
+        subprocess.run(["pkill", "-f", f"inotifywait -q -m -e moved_to --format %f {ref_dir}"])
 
     stamps = os.path.join(work, "mr.stamps")
     d = mkroot(agent_cfg([agent], 4, "settle: 2s", {"STAMPS": stamps}), 0)
     env = dict(os.environ, STAMPS=stamps)
     sup = subprocess.Popen([BIN, "--root", d, "-q", "run"], env=env)
-    time.sleep(1.0)
-    got = measure(os.path.join(d, "tasks", "pending"), stamps, None)
-    sup.send_signal(signal.SIGTERM)
-    sup.wait(timeout=30)
+    try:
+        time.sleep(1.0)
+        got = measure(os.path.join(d, "tasks", "pending"), stamps, None)
+    finally:
+        # Never leave a supervisor behind, even when a measure fails.
+        sup.send_signal(signal.SIGTERM)
+        sup.wait(timeout=30)
     shutil.rmtree(d)
     shutil.rmtree(work)
 
@@ -175,19 +180,21 @@ def scale():
     t0 = time.perf_counter()
     t0ns = time.time_ns()
     sup = subprocess.Popen([BIN, "--root", d, "-q", "run"], env=env)
-    while not (os.path.exists(stamps) and os.path.getsize(stamps) > 0):
-        time.sleep(0.002)
-        if time.perf_counter() - t0 > 120:
-            raise SystemExit("scale: no first claim within 120 s")
-    first = (int(open(stamps).read().split()[0]) - t0ns) / 1e9
-    # Claims per second once running: count completions over 10 s.
-    c0 = completed(d)
-    t1 = time.perf_counter()
-    time.sleep(5 if QUICK else 10)
-    rate = (completed(d) - c0) / (time.perf_counter() - t1)
-    peak = rss_peak_kb(sup.pid)
-    sup.send_signal(signal.SIGTERM)
-    sup.wait(timeout=60)
+    try:
+        while not (os.path.exists(stamps) and os.path.getsize(stamps) > 0):
+            time.sleep(0.002)
+            if time.perf_counter() - t0 > 120:
+                raise SystemExit("scale: no first claim within 120 s")
+        first = (int(open(stamps).read().split()[0]) - t0ns) / 1e9
+        # Claims per second once running: count completions over 10 s.
+        c0 = completed(d)
+        t1 = time.perf_counter()
+        time.sleep(5 if QUICK else 10)
+        rate = (completed(d) - c0) / (time.perf_counter() - t1)
+        peak = rss_peak_kb(sup.pid)
+    finally:
+        sup.send_signal(signal.SIGTERM)
+        sup.wait(timeout=60)
     row(f"start-up to first claim, {n} pending", f"{first:.2f} s", f"cat of every file: {ref_read:.2f} s")
     row(f"peak RSS with {n} pending", f"{peak / 1024:.1f} MiB")
     row(f"claims per second with {n} pending (agent: sh + date)", f"{rate:.0f} /s")
