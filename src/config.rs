@@ -13,7 +13,7 @@ use crate::task::{TaskError, parse_duration, suggest, yaml_error, yaml_options};
 pub const CONFIG_FILE: &str = "mailroom.yaml";
 
 /// Every top-level key, for "did you mean" hints.
-const CONFIG_KEYS: &[&str] = &[
+pub const CONFIG_KEYS: &[&str] = &[
     "concurrency",
     "default_agent",
     "retries",
@@ -44,7 +44,8 @@ const CONFIG_KEYS: &[&str] = &[
     "worktree_cleanup",
     "agents",
 ];
-const AGENT_KEYS: &[&str] = &[
+/// Every key of an agent, for "did you mean" hints.
+pub const AGENT_KEYS: &[&str] = &[
     "command",
     "max_instances",
     "timeout",

@@ -111,79 +111,55 @@ fn check_config_result(bytes: &[u8]) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-const TASK_KEYS_PLUS: &[&str] = &[
-    "id",
-    "description",
-    "prompt",
-    "priority",
-    "agent",
-    "preferred_agent",
-    "requires",
-    "after",
-    "dependencies",
-    "context_files",
-    "context_required",
-    "timeout",
-    "timeout_minutes",
-    "retries",
-    "workdir",
-    "labels",
-    "parent",
-    "created_at",
-    "not_before",
-    "delay",
-    "subtasks",
-    "priorty",
-    "descripton",
-    "\"description\"",
-    "'retries'",
-    "? description",
-    "? timeout",
-    "<<",
-    "x",
-    "",
-    "é",
-];
+/// Every task key, and words near them (quoted, typos, YAML oddities).
+fn task_keys_plus() -> &'static [&'static str] {
+    static K: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    K.get_or_init(|| {
+        let extra = [
+            "priorty",
+            "descripton",
+            "\"description\"",
+            "'retries'",
+            "? description",
+            "? timeout",
+            "<<",
+            "x",
+            "",
+            "é",
+        ];
+        mailroom::task::TASK_KEYS
+            .iter()
+            .copied()
+            .chain(extra)
+            .collect()
+    })
+}
 
-const CONFIG_KEYS_PLUS: &[&str] = &[
-    "concurrency",
-    "default_agent",
-    "retries",
-    "retry_delay",
-    "retry_delay_max",
-    "timeout",
-    "grace",
-    "shutdown_grace",
-    "rescan_interval",
-    "watch",
-    "settle",
-    "max_task_bytes",
-    "max_output_bytes",
-    "durability",
-    "aging",
-    "routing",
-    "agents",
-    "a",
-    "demo",
-    "command",
-    "max_instances",
-    "env",
-    "capabilities",
-    "fallback",
-    "fallback_after",
-    "cooldown",
-    "kind",
-    "limit_patterns",
-    "agent",
-    "label",
-    "match",
-    "min_chars",
-    "concurency",
-    "comand",
-    "\"agents\"",
-    "? agents",
-    "<<",
-];
+/// Every config and agent key, and words near them.
+fn config_keys_plus() -> &'static [&'static str] {
+    static K: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    K.get_or_init(|| {
+        let extra = [
+            "a",
+            "demo",
+            "agent",
+            "label",
+            "match",
+            "min_chars",
+            "concurency",
+            "comand",
+            "\"agents\"",
+            "? agents",
+            "<<",
+        ];
+        mailroom::config::CONFIG_KEYS
+            .iter()
+            .chain(mailroom::config::AGENT_KEYS)
+            .copied()
+            .chain(extra)
+            .collect()
+    })
+}
 
 const VALUES: &[&str] = &[
     "",
@@ -489,12 +465,12 @@ proptest! {
     }
 
     #[test]
-    fn task_parse_never_panics_on_yamlish_text(bytes in yamlish(TASK_KEYS_PLUS)) {
+    fn task_parse_never_panics_on_yamlish_text(bytes in yamlish(task_keys_plus())) {
         check_task_result(&bytes.0)?;
     }
 
     #[test]
-    fn task_parse_never_panics_on_mutated_text(bytes in mutated(TASK_KEYS_PLUS)) {
+    fn task_parse_never_panics_on_mutated_text(bytes in mutated(task_keys_plus())) {
         check_task_result(&bytes.0)?;
     }
 
@@ -504,7 +480,7 @@ proptest! {
     }
 
     #[test]
-    fn task_parse_never_panics_on_token_soup(bytes in token_soup(TASK_KEYS_PLUS)) {
+    fn task_parse_never_panics_on_token_soup(bytes in token_soup(task_keys_plus())) {
         check_task_result(&bytes.0)?;
     }
 
@@ -514,17 +490,17 @@ proptest! {
     }
 
     #[test]
-    fn config_parse_never_panics_on_yamlish_text(bytes in yamlish(CONFIG_KEYS_PLUS)) {
+    fn config_parse_never_panics_on_yamlish_text(bytes in yamlish(config_keys_plus())) {
         check_config_result(&bytes.0)?;
     }
 
     #[test]
-    fn config_parse_never_panics_on_mutated_text(bytes in mutated(CONFIG_KEYS_PLUS)) {
+    fn config_parse_never_panics_on_mutated_text(bytes in mutated(config_keys_plus())) {
         check_config_result(&bytes.0)?;
     }
 
     #[test]
-    fn config_parse_never_panics_on_token_soup(bytes in token_soup(CONFIG_KEYS_PLUS)) {
+    fn config_parse_never_panics_on_token_soup(bytes in token_soup(config_keys_plus())) {
         check_config_result(&bytes.0)?;
     }
 
