@@ -401,22 +401,6 @@ struct StatusJson {
     cooldowns: Vec<crate::record::Cooldown>,
 }
 
-/// Cooldowns still in force, from `tasks/cooldowns/`.
-fn cooldowns(layout: &Layout) -> Vec<crate::record::Cooldown> {
-    let now = std::time::SystemTime::now();
-    let mut v: Vec<crate::record::Cooldown> = std::fs::read_dir(&layout.cooldowns)
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| fsx::read_task_file(&e.path(), 64 * 1024).ok())
-                .filter_map(|(b, _)| serde_json::from_slice::<crate::record::Cooldown>(&b).ok())
-                .filter(|c| crate::record::parse_ts(&c.until).is_some_and(|t| t > now))
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort_by(|a, b| a.agent.cmp(&b.agent));
-    v
-}
-
 fn running_tasks(layout: &Layout) -> Vec<RunningTask> {
     mailbox::list(layout, State::Assigned)
         .unwrap_or_default()
@@ -444,8 +428,7 @@ fn running_tasks(layout: &Layout) -> Vec<RunningTask> {
 
 /// `mailroom status`.
 pub fn status(root: &Path, json: bool) -> Result<()> {
-    let layout = Layout::new(root);
-    check_tree(&layout)?;
+    let layout = open_tree(root)?;
     let s = StatusJson {
         root: root.display().to_string(),
         pending: mailbox::count(&layout, State::Pending),
@@ -453,7 +436,7 @@ pub fn status(root: &Path, json: bool) -> Result<()> {
         completed: mailbox::count(&layout, State::Completed),
         failed: mailbox::count(&layout, State::Failed),
         running_tasks: running_tasks(&layout),
-        cooldowns: cooldowns(&layout),
+        cooldowns: mailbox::cooldowns(&layout, false),
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&s)?);
@@ -482,14 +465,21 @@ pub fn status(root: &Path, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn check_tree(layout: &Layout) -> Result<()> {
+/// The tree at `root`, or an error saying how to get one.
+pub(crate) fn open_tree(root: &Path) -> Result<Layout> {
+    let layout = Layout::new(root);
     if !layout.tasks.is_dir() {
         bail!(
             "{} is not a mailroom root (no tasks/ directory); pass --root or run `mailroom init`",
-            layout.root.display()
+            root.display()
         );
     }
-    Ok(())
+    Ok(layout)
+}
+
+/// A task name from the command line, checked like a file's.
+pub(crate) fn check_task_name(name: &str) -> Result<()> {
+    task::check_name(name).map_err(|e| anyhow::anyhow!("`{name}`: {e}"))
 }
 
 #[derive(Serialize)]
@@ -503,8 +493,7 @@ struct ListItem {
 
 /// `mailroom list`.
 pub fn list(root: &Path, state: Option<&str>, json: bool) -> Result<()> {
-    let layout = Layout::new(root);
-    check_tree(&layout)?;
+    let layout = open_tree(root)?;
     let states: Vec<State> = match state {
         Some(s) => vec![State::parse(s).ok_or_else(|| {
             anyhow::anyhow!("--state {s}: use pending, assigned (or running), completed or failed")
@@ -547,9 +536,8 @@ fn read_record(layout: &Layout, st: State, name: &str) -> Option<ResultRecord> {
 
 /// `mailroom show --prompt`.
 pub fn show_prompt(root: &Path, name: &str) -> Result<()> {
-    let layout = Layout::new(root);
-    check_tree(&layout)?;
-    task::check_name(name).map_err(|e| anyhow::anyhow!("`{name}`: {e}"))?;
+    let layout = open_tree(root)?;
+    check_task_name(name)?;
     let Some((st, path, _)) = layout.locate(name) else {
         bail!("no task named `{name}` in {}", layout.tasks.display());
     };
@@ -604,9 +592,8 @@ fn children_of(
 
 /// `mailroom show`.
 pub fn show(root: &Path, name: &str, json: bool) -> Result<()> {
-    let layout = Layout::new(root);
-    check_tree(&layout)?;
-    task::check_name(name).map_err(|e| anyhow::anyhow!("`{name}`: {e}"))?;
+    let layout = open_tree(root)?;
+    check_task_name(name)?;
     let Some((st, path, _)) = layout.locate(name) else {
         bail!("no task named `{name}` in {}", layout.tasks.display());
     };
@@ -718,9 +705,8 @@ pub fn show(root: &Path, name: &str, json: bool) -> Result<()> {
 
 /// `mailroom retry`.
 pub fn retry(root: &Path, name: &str) -> Result<()> {
-    let layout = Layout::new(root);
-    check_tree(&layout)?;
-    task::check_name(name).map_err(|e| anyhow::anyhow!("`{name}`: {e}"))?;
+    let layout = open_tree(root)?;
+    check_task_name(name)?;
     let lock = TaskLock::try_acquire(&layout, name)?
         .ok_or_else(|| anyhow::anyhow!("`{name}` is busy (its lock is held); try again"))?;
     let res = (|| -> Result<()> {

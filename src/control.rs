@@ -9,33 +9,18 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use crate::cli::{check_task_name, open_tree};
 use crate::config::Config;
 use crate::fsx;
-use crate::layout::{Layout, State};
+use crate::layout::State;
 use crate::mailbox::{self, TaskLock};
-use crate::task;
-
-fn tree(root: &Path) -> Result<Layout> {
-    let layout = Layout::new(root);
-    if !layout.tasks.is_dir() {
-        bail!(
-            "{} is not a mailroom root (no tasks/ directory); pass --root or run `mailroom init`",
-            root.display()
-        );
-    }
-    Ok(layout)
-}
-
-fn check(name: &str) -> Result<()> {
-    task::check_name(name).map_err(|e| anyhow::anyhow!("`{name}`: {e}"))
-}
 
 /// `mailroom cancel NAME`: a pending task is filed as cancelled at once; for
 /// a running one a marker asks its supervisor to stop the agent, and this
 /// waits (up to `within`) until it has.
 pub fn cancel(root: &Path, name: &str, within: Duration) -> Result<ExitCode> {
-    let layout = tree(root)?;
-    check(name)?;
+    let layout = open_tree(root)?;
+    check_task_name(name)?;
     match layout.locate(name) {
         None => bail!("no task named `{name}`"),
         Some((s @ (State::Completed | State::Failed), _, _)) => {
@@ -83,9 +68,9 @@ pub fn cancel(root: &Path, name: &str, within: Duration) -> Result<ExitCode> {
 
 /// `mailroom pause|resume [--agent A]`.
 pub fn pause(root: &Path, agent: Option<&str>, on: bool) -> Result<()> {
-    let layout = tree(root)?;
+    let layout = open_tree(root)?;
     if let Some(a) = agent {
-        check(a)?;
+        check_task_name(a)?;
         if let Ok(c) = Config::load(root)
             && !c.agents.contains_key(a)
         {
@@ -107,8 +92,8 @@ pub fn pause(root: &Path, agent: Option<&str>, on: bool) -> Result<()> {
 
 /// `mailroom logs NAME [--follow]`: the run's stdout and stderr.
 pub fn logs(root: &Path, name: &str, follow: bool) -> Result<()> {
-    let layout = tree(root)?;
-    check(name)?;
+    let layout = open_tree(root)?;
+    check_task_name(name)?;
     let Some((st, _, _)) = layout.locate(name) else {
         bail!("no task named `{name}`");
     };
@@ -167,9 +152,9 @@ pub fn wait(
     timeout: Option<Duration>,
     json: bool,
 ) -> Result<ExitCode> {
-    let layout = tree(root)?;
+    let layout = open_tree(root)?;
     for n in names {
-        check(n)?;
+        check_task_name(n)?;
         if layout.locate(n).is_none() {
             bail!("no task named `{n}`");
         }
@@ -259,7 +244,7 @@ pub fn wait(
 /// After `add --wait`: the task's output on stdout, its error on stderr, and
 /// its outcome as the exit code.
 pub fn report(root: &Path, name: &str) -> Result<ExitCode> {
-    let layout = tree(root)?;
+    let layout = open_tree(root)?;
     let Some((st, _, _)) = layout.locate(name) else {
         bail!("`{name}` vanished");
     };
@@ -290,7 +275,7 @@ struct AgentRow {
 
 /// `mailroom agents`: each agent's load, limit, pause, cooldown and record.
 pub fn agents(root: &Path, json: bool) -> Result<()> {
-    let layout = tree(root)?;
+    let layout = open_tree(root)?;
     let config = Config::load(root).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut running: std::collections::HashMap<String, usize> = Default::default();
     for (n, _) in mailbox::list(&layout, State::Assigned)? {
@@ -309,16 +294,15 @@ pub fn agents(root: &Path, json: bool) -> Result<()> {
             }
         }
     }
-    let now = std::time::SystemTime::now();
+    let cooling = mailbox::cooldowns(&layout, false);
     let rows: Vec<AgentRow> = config
         .agents
         .values()
         .map(|a| {
-            let cooling_until = std::fs::read(layout.cooldown_file(&a.name))
-                .ok()
-                .and_then(|b| serde_json::from_slice::<crate::record::Cooldown>(&b).ok())
-                .filter(|c| crate::record::parse_ts(&c.until).is_some_and(|t| t > now))
-                .map(|c| c.until);
+            let cooling_until = cooling
+                .iter()
+                .find(|c| c.agent == a.name)
+                .map(|c| c.until.clone());
             let n = |s: &str| {
                 counts
                     .get(&(a.name.clone(), s.to_owned()))

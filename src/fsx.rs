@@ -109,28 +109,18 @@ pub fn sync_data(f: &File) -> io::Result<()> {
 /// directory, fsync, rename over the target, fsync the directory.
 /// Readers see the old content or the new, never a mix.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    write_via_temp(path, bytes, 0o600, |tmp, path| fs::rename(tmp, path))
+    write_via_temp(path, bytes, 0o600)
 }
 
 /// Like [`write_atomic`], but readable by everyone (for files other programs
 /// read, such as the metrics file).
 pub fn write_atomic_readable(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    write_via_temp(path, bytes, 0o644, |tmp, path| fs::rename(tmp, path))
+    write_via_temp(path, bytes, 0o644)
 }
 
-/// Like [`write_atomic`], but fails with `AlreadyExists` instead of replacing.
-pub fn write_new_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    write_via_temp(path, bytes, 0o644, rename_noreplace)
-}
-
-/// Temp file beside `path`, written and fsynced, then moved by `place`, then
+/// Temp file beside `path`, written and fsynced, renamed over `path`, then
 /// the directory fsynced; the temp file is removed on any failure.
-fn write_via_temp(
-    path: &Path,
-    bytes: &[u8],
-    mode: u32,
-    place: impl FnOnce(&Path, &Path) -> io::Result<()>,
-) -> io::Result<()> {
+fn write_via_temp(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     let dir = parent(path);
     let tmp = dir.join(tmp_name(&file_name_lossy(path)));
     let res = (|| {
@@ -146,7 +136,7 @@ fn write_via_temp(
             f.sync_all()?;
         }
         crash_point();
-        place(&tmp, path)?;
+        fs::rename(&tmp, path)?;
         fsync_dir(dir)
     })();
     if res.is_err() {
@@ -493,7 +483,6 @@ mod tests {
         write_atomic(&p, b"1").unwrap();
         write_atomic(&p, b"2").unwrap();
         assert_eq!(fs::read_to_string(&p).unwrap(), "2");
-        assert!(write_new_atomic(&p, b"3").is_err());
         assert_eq!(fs::read_dir(&d).unwrap().count(), 1);
         fs::remove_dir_all(d).unwrap();
     }

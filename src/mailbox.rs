@@ -139,6 +139,41 @@ pub fn read_state(layout: &Layout, name: &str) -> TaskState {
     st
 }
 
+/// The usage-limit cooldowns in force, from `tasks/cooldowns/<agent>.json`,
+/// sorted by agent. With `prune`, the files of expired ones (or of ones
+/// whose end cannot be read) are removed: the supervisor does this at its
+/// rescans; readers such as `status` leave the tree alone.
+pub fn cooldowns(layout: &Layout, prune: bool) -> Vec<crate::record::Cooldown> {
+    let Ok(rd) = fs::read_dir(&layout.cooldowns) else {
+        return Vec::new();
+    };
+    let now = std::time::SystemTime::now();
+    let mut out = Vec::new();
+    for ent in rd.flatten() {
+        let p = ent.path();
+        let json = ent
+            .file_name()
+            .to_str()
+            .is_some_and(|f| f.ends_with(".json") && !f.starts_with('.'));
+        if !json {
+            continue;
+        }
+        let Some(c) = fsx::read_task_file(&p, 64 * 1024)
+            .ok()
+            .and_then(|(b, _)| serde_json::from_slice::<crate::record::Cooldown>(&b).ok())
+        else {
+            continue;
+        };
+        if crate::record::parse_ts(&c.until).is_some_and(|t| t > now) {
+            out.push(c);
+        } else if prune {
+            let _ = fs::remove_file(&p);
+        }
+    }
+    out.sort_by(|a, b| a.agent.cmp(&b.agent));
+    out
+}
+
 /// Writes a task's state file durably. Caller holds the task's lock.
 pub fn write_state(layout: &Layout, st: &TaskState) -> io::Result<()> {
     let bytes = serde_json::to_vec_pretty(st).map_err(io::Error::other)?;

@@ -719,7 +719,10 @@ impl Supervisor {
         let layout = self.layout().clone();
         // The files are the truth: other supervisors' cooldowns, ours from
         // before a restart, and none for an agent whose file a person removed.
-        self.cooldowns = load_cooldowns(&layout);
+        self.cooldowns = mailbox::cooldowns(&layout, true)
+            .into_iter()
+            .filter_map(|c| Some((c.agent, (record::parse_ts(&c.until)?, c.message))))
+            .collect();
         self.stateful = list_suffix(&layout.assigned, ".state.json");
         let rd = match std::fs::read_dir(&layout.pending) {
             Ok(rd) => rd,
@@ -1744,36 +1747,6 @@ fn compile_limits(c: &Config) -> HashMap<String, LimitPatterns> {
             (a.name.clone(), p)
         })
         .collect()
-}
-
-/// Reads `tasks/cooldowns/`: agents still cooling down; expired files go.
-fn load_cooldowns(layout: &Layout) -> HashMap<String, (SystemTime, String)> {
-    let mut out = HashMap::new();
-    let Ok(rd) = std::fs::read_dir(&layout.cooldowns) else {
-        return out;
-    };
-    let now = SystemTime::now();
-    for ent in rd.flatten() {
-        let p = ent.path();
-        if p.extension().and_then(|e| e.to_str()) != Some("json") {
-            continue;
-        }
-        let Ok((b, _)) = fsx::read_task_file(&p, 64 * 1024) else {
-            continue;
-        };
-        let Ok(c) = serde_json::from_slice::<record::Cooldown>(&b) else {
-            continue;
-        };
-        match record::parse_ts(&c.until) {
-            Some(t) if t > now => {
-                out.insert(c.agent, (t, c.message));
-            }
-            _ => {
-                let _ = std::fs::remove_file(&p);
-            }
-        }
-    }
-    out
 }
 
 fn list_suffix(dir: &Path, suffix: &str) -> HashSet<String> {
