@@ -72,13 +72,19 @@ date +%s%N >> "$STAMPS"
 """
 
 
-def latency():
-    drops = 100 if QUICK else 500
-    work = tempfile.mkdtemp(prefix="mailroom-lat-")
+def stamp_agent(work):
+    """An agent whose first act is to record the time (ns) in $STAMPS."""
     agent = os.path.join(work, "stamp.sh")
     with open(agent, "w") as f:
         f.write(AGENT_STAMP)
     os.chmod(agent, 0o755)
+    return agent
+
+
+def latency():
+    drops = 100 if QUICK else 500
+    work = tempfile.mkdtemp(prefix="mailroom-lat-")
+    agent = stamp_agent(work)
 
     def measure(dropdir, stamps, start_watcher):
         lat = []
@@ -152,10 +158,7 @@ def rss_peak_kb(pid):
 def scale():
     n = 20000 if QUICK else 100000
     work = tempfile.mkdtemp(prefix="mailroom-scale-")
-    agent = os.path.join(work, "stamp.sh")
-    with open(agent, "w") as f:
-        f.write(AGENT_STAMP)
-    os.chmod(agent, 0o755)
+    agent = stamp_agent(work)
     stamps = os.path.join(work, "stamps")
     d = mkroot(agent_cfg([agent], 4, "", {"STAMPS": stamps}), n)
     subprocess.run(["sync"])

@@ -83,19 +83,8 @@ fn check_invariants(root: &Root, n: usize, terminal: &str) {
         "left in assigned/: {:?}",
         root.entries("tasks/assigned")
     );
-    for d in [
-        "tasks/pending",
-        "tasks/completed",
-        "tasks/failed",
-        "context",
-    ] {
-        let tmp: Vec<String> = root
-            .entries(d)
-            .into_iter()
-            .filter(|e| e.ends_with(".tmp"))
-            .collect();
-        assert!(tmp.is_empty(), "temp files left in {d}: {tmp:?}");
-    }
+    let tmp = root.temp_files();
+    assert!(tmp.is_empty(), "temp files left: {tmp:?}");
     // The context log: every line whole, exactly one per finished task (no
     // merge lost or made twice, however the supervisors raced or died).
     let log = root.read("context/completed_tasks.jsonl");

@@ -37,24 +37,12 @@ fn invariants(root: &Root, n: usize, step: u64) {
             root.entries("tasks/assigned")
         ))
     );
-    for d in [
-        "tasks/pending",
-        "tasks/completed",
-        "context",
-        "context/agent_outputs",
-        "tasks/tmp",
-    ] {
-        let tmp: Vec<String> = root
-            .entries(d)
-            .into_iter()
-            .filter(|e| e.ends_with(".tmp"))
-            .collect();
-        assert!(
-            tmp.is_empty(),
-            "{}",
-            ctx(&format!("temp files in {d}: {tmp:?}"))
-        );
-    }
+    let tmp = root.temp_files();
+    assert!(
+        tmp.is_empty(),
+        "{}",
+        ctx(&format!("temp files left: {tmp:?}"))
+    );
     let log = root.read("context/completed_tasks.jsonl");
     assert_eq!(
         log.lines().count(),

@@ -115,6 +115,27 @@ impl Root {
         v
     }
 
+    /// Temp files (`*.tmp`) left anywhere the protocol writes, as `dir/name`.
+    pub fn temp_files(&self) -> Vec<String> {
+        [
+            "tasks/tmp",
+            "tasks/pending",
+            "tasks/assigned",
+            "tasks/completed",
+            "tasks/failed",
+            "context",
+            "context/agent_outputs",
+        ]
+        .iter()
+        .flat_map(|d| {
+            self.entries(d)
+                .into_iter()
+                .filter(|e| e.ends_with(".tmp"))
+                .map(move |e| format!("{d}/{e}"))
+        })
+        .collect()
+    }
+
     /// `mailroom --root R <args>`.
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(BIN);
