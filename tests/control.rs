@@ -20,9 +20,8 @@ fn cancel_stops_a_running_agent_and_its_grandchildren() {
         ))
         .task("long.yaml", "description: hang around\n");
     let _sup = root.spawn();
-    wait_for(MIN, "the agent to start", || root.exists("pid.agent"));
-    let ag: i32 = root.read("pid.agent").trim().parse().unwrap();
-    let gc: i32 = root.read("pid.grandchild").trim().parse().unwrap();
+    let ag: i32 = root.pid("pid.agent");
+    let gc: i32 = root.pid("pid.grandchild");
     let out = root.mailroom(&["cancel", "long"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
@@ -249,8 +248,7 @@ fn a_second_sigterm_stops_at_once_and_requeues() {
         ))
         .task("long.yaml", "description: x\n");
     let mut sup = root.spawn();
-    wait_for(MIN, "the agent to start", || root.exists("pid.agent"));
-    let ag: i32 = root.read("pid.agent").trim().parse().unwrap();
+    let ag: i32 = root.pid("pid.agent");
     sup.signal(SIGTERM);
     // Within a 10-minute grace, only a second signal can end it promptly.
     wait_for(MIN, "the first signal to be taken", || {

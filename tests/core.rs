@@ -180,8 +180,8 @@ fn timeout_kills_the_agent_and_its_grandchild() {
             .unwrap()
             .contains("timed out after 500ms")
     );
-    let gc: i32 = root.read("pid.grandchild").trim().parse().unwrap();
-    let ag: i32 = root.read("pid.agent").trim().parse().unwrap();
+    let gc: i32 = root.pid("pid.grandchild");
+    let ag: i32 = root.pid("pid.agent");
     wait_for(Duration::from_secs(5), "grandchild to be gone", || {
         !alive(gc)
     });
@@ -307,8 +307,7 @@ fn sigterm_requeues_a_running_task_without_using_an_attempt() {
         ))
         .task("long.yaml", "description: long\n");
     let mut sup = root.spawn();
-    wait_for(MIN, "agent to start", || root.exists("pid.agent"));
-    let ag: i32 = root.read("pid.agent").trim().parse().unwrap();
+    let ag: i32 = root.pid("pid.agent");
     sup.signal(SIGTERM);
     let st = sup.wait_exit(Duration::from_secs(20));
     assert!(st.success(), "{st:?}");

@@ -115,6 +115,23 @@ impl Root {
         v
     }
 
+    /// The pid a fake agent wrote into `rel` (`echo $$ > file`), waiting
+    /// until the line is whole: the shell creates the file before it writes.
+    pub fn pid(&self, rel: &str) -> i32 {
+        let mut pid = 0;
+        wait_for(Duration::from_secs(60), &format!("a pid in {rel}"), || {
+            let text = fs::read_to_string(self.p(rel)).unwrap_or_default();
+            match text.strip_suffix('\n').map(str::parse) {
+                Some(Ok(p)) => {
+                    pid = p;
+                    true
+                }
+                _ => false,
+            }
+        });
+        pid
+    }
+
     /// Temp files (`*.tmp`) left anywhere the protocol writes, as `dir/name`.
     pub fn temp_files(&self) -> Vec<String> {
         [
