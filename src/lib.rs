@@ -1,25 +1,17 @@
 //! mailroom: a supervisor for command-line AI agents whose whole interface is a
 //! directory tree. See ARCHITECTURE.md for the code map and PROTOCOL.md for
 //! the on-disk protocol.
+//!
+//! The folders are the architecture: `model` (pure types), `parse` (files in,
+//! validated model out), `tree` (the on-disk protocol, the only code that moves
+//! task files), `sched` (ordering and routing, no I/O), `run` (agent processes),
+//! `supervisor` (the loop), `ops` (metrics, systemd, the watcher) and `cli`.
 
 pub mod cli;
-pub mod config;
-pub mod context;
-pub mod control;
-pub mod demo;
-pub mod followups;
-pub mod fsx;
-pub mod layout;
-pub mod limits;
-pub mod mailbox;
-pub mod metrics;
-pub mod prompt;
-pub mod record;
-pub mod routing;
-pub mod runner;
-pub mod scheduler;
-pub mod sdnotify;
+pub mod model;
+pub mod ops;
+pub mod parse;
+pub mod run;
+pub mod sched;
 pub mod supervisor;
-pub mod task;
-pub mod watcher;
-pub mod workspace;
+pub mod tree;

@@ -5,14 +5,14 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use mailroom::cli::{self, Cli, Command, LogFormat};
-use mailroom::config::Config;
+use mailroom::parse::config::Config;
 use mailroom::supervisor::{Control, RunOptions, Supervisor};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::DemoAgent { args } = &cli.command {
-        return ExitCode::from(mailroom::demo::main(args) as u8);
+        return ExitCode::from(mailroom::run::demo::main(args) as u8);
     }
     init_logging(&cli);
     match dispatch(cli) {
@@ -80,8 +80,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             eprintln!("{n}");
-            mailroom::control::wait(&root, std::slice::from_ref(&n), None, false)?;
-            mailroom::control::report(&root, &n)
+            mailroom::cli::control::wait(&root, std::slice::from_ref(&n), None, false)?;
+            mailroom::cli::control::report(&root, &n)
         }
         Command::Status { json, watch } => {
             if watch {
@@ -94,18 +94,17 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             cli::status(&root, json).map(|()| ExitCode::SUCCESS)
         }
         Command::Cancel { name, timeout } => {
-            let t = mailroom::task::parse_duration(&timeout)
+            let t = mailroom::parse::task::parse_duration(&timeout)
                 .map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
-            mailroom::control::cancel(&root, &name, t)
+            mailroom::cli::control::cancel(&root, &name, t)
         }
         Command::Pause { agent } => {
-            mailroom::control::pause(&root, agent.as_deref(), true).map(|()| ExitCode::SUCCESS)
+            mailroom::cli::control::pause(&root, agent.as_deref(), true).map(|()| ExitCode::SUCCESS)
         }
-        Command::Resume { agent } => {
-            mailroom::control::pause(&root, agent.as_deref(), false).map(|()| ExitCode::SUCCESS)
-        }
+        Command::Resume { agent } => mailroom::cli::control::pause(&root, agent.as_deref(), false)
+            .map(|()| ExitCode::SUCCESS),
         Command::Logs { name, follow } => {
-            mailroom::control::logs(&root, &name, follow).map(|()| ExitCode::SUCCESS)
+            mailroom::cli::control::logs(&root, &name, follow).map(|()| ExitCode::SUCCESS)
         }
         Command::Wait {
             names,
@@ -113,13 +112,13 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
         } => {
             let t = timeout
-                .map(|t| mailroom::task::parse_duration(&t))
+                .map(|t| mailroom::parse::task::parse_duration(&t))
                 .transpose()
                 .map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
-            mailroom::control::wait(&root, &names, t, json)
+            mailroom::cli::control::wait(&root, &names, t, json)
         }
         Command::Agents { json } => {
-            mailroom::control::agents(&root, json).map(|()| ExitCode::SUCCESS)
+            mailroom::cli::control::agents(&root, json).map(|()| ExitCode::SUCCESS)
         }
         Command::Completions { shell } => {
             use clap::CommandFactory;
@@ -205,7 +204,7 @@ fn run(root: &std::path::Path, exit_when_idle: bool) -> anyhow::Result<ExitCode>
         .build()?;
     let sup = Supervisor::new(root, config)
         .map_err(|e| anyhow::anyhow!("preparing the tree under {}: {e}", root.display()))?;
-    let notifier = mailroom::sdnotify::Notifier::from_env().map(std::sync::Arc::new);
+    let notifier = mailroom::ops::sdnotify::Notifier::from_env().map(std::sync::Arc::new);
     rt.block_on(sup.run(
         rx,
         RunOptions {

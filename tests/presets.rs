@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use mailroom::config::Config;
+use mailroom::parse::config::Config;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mailroom");
 
@@ -216,8 +216,11 @@ fn mvp_config_is_valid_and_routes_heavy_work_to_codex() {
     assert_eq!(c.agents["codex"].kind, "codex");
 
     let first = |task: &str| -> Vec<String> {
-        let t = mailroom::task::parse("t", task.as_bytes()).unwrap();
-        mailroom::routing::route(&c, &t, &[]).unwrap().0.agents
+        let t = mailroom::parse::task::parse("t", task.as_bytes()).unwrap();
+        mailroom::sched::routing::route(&c, &t, &[])
+            .unwrap()
+            .0
+            .agents
     };
     assert_eq!(first("description: small\n"), vec!["claude", "codex"]);
     assert_eq!(
@@ -258,7 +261,7 @@ fn every_task_example_is_valid() {
         .iter()
         .map(|f| fs::read_to_string(f).unwrap())
         .collect();
-    for key in mailroom::task::TASK_KEYS {
+    for key in mailroom::parse::task::TASK_KEYS {
         assert!(
             all.lines().any(|l| l.starts_with(&format!("{key}:"))),
             "no example under examples/tasks/ shows `{key}:`"

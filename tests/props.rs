@@ -17,12 +17,13 @@ use proptest::prelude::*;
 use proptest::sample::{select, subsequence};
 use proptest::test_runner::{RngAlgorithm, RngSeed};
 
-use mailroom::config::{Config, split_words};
-use mailroom::layout::{Layout, State};
-use mailroom::mailbox::{self, TaskLock};
-use mailroom::record::{Attempt, ResultRecord, RunInfo, Status};
-use mailroom::scheduler::{Avail, Item, Pick, Queue, Route};
-use mailroom::task::{self, Priority};
+use mailroom::model::Outcome;
+use mailroom::model::record::{Attempt, ResultRecord, RunInfo, Status};
+use mailroom::parse::config::{Config, split_words};
+use mailroom::parse::task::{self, Priority};
+use mailroom::sched::queue::{Avail, Item, Pick, Queue, Route};
+use mailroom::tree::layout::{Layout, State};
+use mailroom::tree::mailbox::{self, TaskLock};
 
 /// Bytes shown as an escaped string when proptest reports a failing input.
 #[derive(Clone)]
@@ -127,7 +128,7 @@ fn task_keys_plus() -> &'static [&'static str] {
             "",
             "é",
         ];
-        mailroom::task::TASK_KEYS
+        mailroom::parse::task::TASK_KEYS
             .iter()
             .copied()
             .chain(extra)
@@ -152,9 +153,9 @@ fn config_keys_plus() -> &'static [&'static str] {
             "? agents",
             "<<",
         ];
-        mailroom::config::CONFIG_KEYS
+        mailroom::parse::config::CONFIG_KEYS
             .iter()
-            .chain(mailroom::config::AGENT_KEYS)
+            .chain(mailroom::parse::config::AGENT_KEYS)
             .copied()
             .chain(extra)
             .collect()
@@ -949,7 +950,7 @@ impl Sim {
         }
     }
 
-    fn record(&self, name: &str, status: Status, outcome: &str, attempts: u32) -> ResultRecord {
+    fn record(&self, name: &str, status: Status, outcome: Outcome, attempts: u32) -> ResultRecord {
         let mut rec = mailbox::never_ran_record(outcome, format!("{outcome} (property test)"));
         rec.task = name.to_owned();
         rec.status = status;
@@ -1018,8 +1019,8 @@ impl Sim {
                     host: mailbox::hostname(),
                     supervisor_pid: std::process::id(),
                     supervisor_start: 1,
-                    started_at: mailroom::record::now(),
-                    deadline: mailroom::record::now(),
+                    started_at: mailroom::model::record::now(),
+                    deadline: mailroom::model::record::now(),
                     reason: None,
                     run_id: Some(mailbox::run_id()),
                 });
@@ -1046,7 +1047,7 @@ impl Sim {
                 };
                 let mut st = mailbox::read_state(&l, &t.name);
                 let run = st.run.take().expect("a running task has a run");
-                st.history.push(attempt(&run, "exit"));
+                st.history.push(attempt(&run, Outcome::Exit));
                 st.last_error = Some("exit 1".into());
                 mailbox::requeue(&l, &t.name, t.ext, &st)?;
                 lock.release();
@@ -1065,7 +1066,8 @@ impl Sim {
                         return Ok(false);
                     }
                 };
-                let rec = mailbox::never_ran_record("invalid", "refused (property test)".into());
+                let rec =
+                    mailbox::never_ran_record(Outcome::Invalid, "refused (property test)".into());
                 let filed = mailbox::reject(&l, src, &t.name, t.ext, rec, rename)?;
                 let Some(target) = filed else {
                     prop_assert!(false, "reject of {} found no file", t.name);
@@ -1087,9 +1089,9 @@ impl Sim {
                 let st = mailbox::read_state(&l, &name);
                 let run = st.run.clone().expect("a running task has a run");
                 let (status, outcome) = if ok {
-                    (Status::Completed, "success")
+                    (Status::Completed, Outcome::Success)
                 } else {
-                    (Status::Failed, "exit")
+                    (Status::Failed, Outcome::Exit)
                 };
                 let mut rec = self.record(&name, status, outcome, st.attempts);
                 rec.run_id = run.run_id.clone().expect("run_id");
@@ -1143,11 +1145,11 @@ impl Sim {
             }
         }
         st.committing = None;
-        mailroom::fsx::remove_dir_all_if_exists(&l.run_dir(State::Assigned, name))?;
+        mailroom::tree::fsx::remove_dir_all_if_exists(&l.run_dir(State::Assigned, name))?;
         if let Some(run) = st.run.take() {
-            st.history.push(attempt(&run, "interrupted"));
+            st.history.push(attempt(&run, Outcome::Interrupted));
             if st.charged() > RETRIES {
-                let mut rec = self.record(name, Status::Failed, "interrupted", st.attempts);
+                let mut rec = self.record(name, Status::Failed, Outcome::Interrupted, st.attempts);
                 st.committing = Some(rec.run_id.clone());
                 rec.history = st.history.clone();
                 mailbox::write_state(l, &st)?;
@@ -1189,7 +1191,7 @@ impl Sim {
             prop_assert!(text.starts_with("description: task "), "{}", text);
             // Attempts in the state file never go down.
             if let Ok(b) = std::fs::read(l.state_file(&t.name)) {
-                let st: mailroom::record::TaskState = serde_json::from_slice(&b)
+                let st: mailroom::model::record::TaskState = serde_json::from_slice(&b)
                     .map_err(|e| TestCaseError::fail(format!("state file of {}: {e}", t.name)))?;
                 prop_assert!(
                     st.attempts >= t.max_attempts,
@@ -1246,13 +1248,13 @@ impl Drop for Sim {
     }
 }
 
-fn attempt(run: &RunInfo, outcome: &str) -> Attempt {
+fn attempt(run: &RunInfo, outcome: Outcome) -> Attempt {
     Attempt {
         attempt: run.attempt,
         agent: run.agent.clone(),
         started_at: run.started_at.clone(),
-        finished_at: mailroom::record::now(),
-        outcome: outcome.into(),
+        finished_at: mailroom::model::record::now(),
+        outcome,
         exit_code: None,
         signal: None,
         error: None,
@@ -1325,7 +1327,7 @@ impl POp {
 #[test]
 fn protocol_moves_keep_every_task_in_one_state() {
     // Fast enough without fsync; the ordering under test is the same.
-    mailroom::fsx::set_durable(false);
+    mailroom::tree::fsx::set_durable(false);
     let mut runner = proptest::test_runner::TestRunner::new(config(64));
     let ops = prop::collection::vec(pop_strategy(), 0..=30);
     if let Err(e) = runner.run(&ops, run_protocol) {

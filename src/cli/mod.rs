@@ -1,6 +1,8 @@
 //! The command-line interface: argument definitions (clap) and the commands
 //! that read or write the tree without running the supervisor.
 
+pub mod control;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -8,12 +10,12 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 
-use crate::config::{CONFIG_FILE, Config, SAMPLE_CONFIG};
-use crate::fsx;
-use crate::layout::{Layout, State};
-use crate::mailbox::{self, TaskLock};
-use crate::record::ResultRecord;
-use crate::task;
+use crate::model::record::ResultRecord;
+use crate::parse::config::{CONFIG_FILE, Config, SAMPLE_CONFIG};
+use crate::parse::task;
+use crate::tree::fsx;
+use crate::tree::layout::{Layout, State};
+use crate::tree::mailbox::{self, TaskLock};
 
 /// A supervisor for command-line AI agents whose whole interface is a directory tree.
 #[derive(Debug, Parser)]
@@ -238,7 +240,7 @@ pub fn add(root: &Path, a: AddArgs) -> Result<String> {
     if let Some(p) = &parent
         && let Ok(config) = Config::load(root)
     {
-        let (tree, depth) = crate::followups::tree_root(&layout, p, config.max_tree_depth);
+        let (tree, depth) = crate::tree::outbox::tree_root(&layout, p, config.max_tree_depth);
         if depth + 1 > config.max_tree_depth {
             bail!(
                 "a task added by `{p}` would sit {} levels deep; the limit is {} (max_tree_depth)",
@@ -246,7 +248,7 @@ pub fn add(root: &Path, a: AddArgs) -> Result<String> {
                 config.max_tree_depth
             );
         }
-        crate::followups::count_into_tree(&layout, &tree, 1, config.max_tree_tasks)
+        crate::tree::outbox::count_into_tree(&layout, &tree, 1, config.max_tree_tasks)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     if a.file.is_some()
@@ -276,7 +278,7 @@ pub fn add(root: &Path, a: AddArgs) -> Result<String> {
             // Inside an agent, the new task records its parent.
             if let Some(p) = &parent
                 && let Ok(text) = std::str::from_utf8(&b)
-                && let Some(linked) = crate::followups::with_links(text, "task", p, None)
+                && let Some(linked) = crate::tree::outbox::with_links(text, "task", p, None)
             {
                 b = linked.into_bytes();
             }
@@ -398,7 +400,7 @@ struct StatusJson {
     completed: usize,
     failed: usize,
     running_tasks: Vec<RunningTask>,
-    cooldowns: Vec<crate::record::Cooldown>,
+    cooldowns: Vec<crate::model::record::Cooldown>,
 }
 
 fn running_tasks(layout: &Layout) -> Vec<RunningTask> {
@@ -410,7 +412,7 @@ fn running_tasks(layout: &Layout) -> Vec<RunningTask> {
             let r = st.run;
             // The agent's process group, found by its MAILROOM_* environment.
             let pid = layout.root.canonicalize().ok().and_then(|root| {
-                crate::runner::find_agent_groups(&root, &name)
+                crate::run::process::find_agent_groups(&root, &name)
                     .first()
                     .map(|g| g.0)
             });
@@ -551,10 +553,11 @@ pub fn show_prompt(root: &Path, name: &str) -> Result<()> {
     let t = task::parse(name, &b)
         .map_err(|e| anyhow::anyhow!("{}", e.display_at(&layout.rel(&path))))?;
     let config = Config::load(root).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let (route, _) = crate::routing::route(&config, &t, &[]).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (route, _) =
+        crate::sched::routing::route(&config, &t, &[]).map_err(|e| anyhow::anyhow!("{e}"))?;
     let agent = &config.agents[&route.agents[0]];
     let root = root.canonicalize()?;
-    let p = crate::prompt::render(&Layout::new(&root), &config, agent, &t)
+    let p = crate::run::prompt::render(&Layout::new(&root), &config, agent, &t)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     eprintln!(
         "(not sent yet: this is the prompt `{name}` would get now, on agent {})",
@@ -570,7 +573,7 @@ fn children_of(
     layout: &Layout,
     name: &str,
     record: Option<&ResultRecord>,
-    st: &crate::record::TaskState,
+    st: &crate::model::record::TaskState,
 ) -> Vec<String> {
     let mut v: Vec<String> = record
         .map(|r| r.followups.iter().chain(&r.children).cloned().collect())
@@ -662,7 +665,7 @@ pub fn show(root: &Path, name: &str, json: bool) -> Result<()> {
             r.agent_reason.as_deref().unwrap_or("-")
         ),
         (_, Ok(t)) => match Config::load(root) {
-            Ok(c) => match crate::routing::route(&c, t, &state_file.excluded_agents) {
+            Ok(c) => match crate::sched::routing::route(&c, t, &state_file.excluded_agents) {
                 Ok((r, why)) => println!("agent: {} ({why})", r.agents.join(" or ")),
                 Err(e) => println!("agent: none: {e}"),
             },

@@ -87,7 +87,7 @@ impl Layout {
             &self.cancel,
             &self.outputs,
         ] {
-            crate::fsx::create_dir_all(d)?;
+            crate::tree::fsx::create_dir_all(d)?;
         }
         Ok(())
     }

@@ -2,6 +2,7 @@
 //! works for any tool and across supervisors): cancel, pause and resume, and
 //! the commands that watch tasks: logs, wait, agents.
 
+use crate::model::Outcome;
 use std::io::{IsTerminal, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::process::ExitCode;
@@ -10,10 +11,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::cli::{check_task_name, open_tree};
-use crate::config::Config;
-use crate::fsx;
-use crate::layout::State;
-use crate::mailbox::{self, TaskLock};
+use crate::parse::config::Config;
+use crate::tree::fsx;
+use crate::tree::layout::State;
+use crate::tree::mailbox::{self, TaskLock};
 
 /// `mailroom cancel NAME`: a pending task is filed as cancelled at once; for
 /// a running one a marker asks its supervisor to stop the agent, and this
@@ -28,13 +29,14 @@ pub fn cancel(root: &Path, name: &str, within: Duration) -> Result<ExitCode> {
         }
         Some((State::Pending, _, ext)) => {
             if let Some(lock) = TaskLock::try_acquire(&layout, name)? {
-                let rec = mailbox::never_ran_record("cancelled", "cancelled before it ran".into());
+                let rec =
+                    mailbox::never_ran_record(Outcome::Cancelled, "cancelled before it ran".into());
                 let res = mailbox::reject(&layout, State::Pending, name, ext, rec.clone(), false);
                 lock.release();
                 if let Some(target) = res? {
                     let mut rec = rec;
                     rec.task = target;
-                    let _ = crate::context::merge(&layout, &rec, None, None);
+                    let _ = crate::tree::context::merge(&layout, &rec, None, None);
                     println!("{name}: cancelled (it had not started)");
                     return Ok(ExitCode::SUCCESS);
                 }
@@ -248,12 +250,12 @@ pub fn report(root: &Path, name: &str) -> Result<ExitCode> {
     let Some((st, _, _)) = layout.locate(name) else {
         bail!("`{name}` vanished");
     };
-    let (out, _) = crate::context::read_output(&layout.run_dir(st, name));
+    let (out, _) = crate::tree::context::read_output(&layout.run_dir(st, name));
     print!("{out}");
     if st == State::Failed {
         let rec = std::fs::read(layout.record_file(State::Failed, name))
             .ok()
-            .and_then(|b| serde_json::from_slice::<crate::record::ResultRecord>(&b).ok());
+            .and_then(|b| serde_json::from_slice::<crate::model::record::ResultRecord>(&b).ok());
         if let Some(e) = rec.and_then(|r| r.error) {
             eprintln!("mailroom: {name} failed: {e}");
         }

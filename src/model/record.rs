@@ -3,6 +3,8 @@
 //! once, before the task's move into `completed/` or `failed/`).
 
 use serde::{Deserialize, Serialize};
+
+use super::Outcome;
 use std::time::SystemTime;
 
 /// Version of the on-disk protocol described in PROTOCOL.md.
@@ -92,7 +94,7 @@ pub struct Attempt {
     pub agent: String,
     pub started_at: String,
     pub finished_at: String,
-    pub outcome: String,
+    pub outcome: Outcome,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -127,7 +129,7 @@ pub struct ResultRecord {
     pub status: Status,
     /// Machine-readable reason: success, exit, signal, timeout, spawn, invalid,
     /// clash, dependency, output_limit, interrupted, cancelled, runaway.
-    pub outcome: String,
+    pub outcome: Outcome,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -172,7 +174,7 @@ pub struct ResultRecord {
     pub children: Vec<String>,
     /// The run's workspace: a worktree's branch and path, and the files changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub workspace: Option<crate::workspace::Report>,
+    pub workspace: Option<crate::run::workspace::Report>,
     #[serde(default)]
     pub history: Vec<Attempt>,
     pub host: String,

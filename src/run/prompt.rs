@@ -3,9 +3,9 @@
 //! (project overview and current state) when the agent or the task wants it,
 //! and short instructions on reporting back through files.
 
-use crate::config::{Agent, Config};
-use crate::layout::Layout;
-use crate::task::Task;
+use crate::parse::config::{Agent, Config};
+use crate::parse::task::Task;
+use crate::tree::layout::Layout;
 
 /// The template agents use unless they set `prompt_template`.
 pub const DEFAULT_TEMPLATE: &str = "{description}\n{context}{instructions}";
@@ -56,7 +56,7 @@ pub fn render(
             continue;
         };
         let cap = config.context_max_bytes.min(budget);
-        let (bytes, cut) = crate::fsx::read_head(&path, cap)
+        let (bytes, cut) = crate::tree::fsx::read_head(&path, cap)
             .map_err(|e| format!("context file `{f}` cannot be read: {e}"))?;
         let total = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         budget = budget.saturating_sub(bytes.len() as u64);
@@ -88,7 +88,7 @@ fn resolve(
     config: &Config,
     f: &str,
 ) -> Result<Option<std::path::PathBuf>, String> {
-    crate::task::check_relative_path(f).map_err(|e| format!("context file: {e}"))?;
+    crate::parse::task::check_relative_path(f).map_err(|e| format!("context file: {e}"))?;
     let p = layout.root.join(f);
     match p.canonicalize() {
         Ok(c) if c.starts_with(&layout.root) || config.context_outside_root => {
@@ -107,7 +107,7 @@ fn resolve(
 }
 
 fn substitute(template: &str, vars: &[(&str, &str)]) -> String {
-    crate::runner::substitute_with(template, |k| {
+    crate::run::process::substitute_with(template, |k| {
         vars.iter().find(|(name, _)| *name == k).map(|(_, v)| *v)
     })
 }
@@ -141,7 +141,7 @@ mod tests {
     }
 
     fn task(y: &str) -> Task {
-        crate::task::parse("t", y.as_bytes()).unwrap()
+        crate::parse::task::parse("t", y.as_bytes()).unwrap()
     }
 
     #[test]

@@ -5,9 +5,9 @@
 use std::io;
 use std::path::Path;
 
-use crate::fsx;
-use crate::layout::{Layout, State};
-use crate::task::{self, Entry};
+use crate::parse::task::{self, Entry};
+use crate::tree::fsx;
+use crate::tree::layout::{Layout, State};
 
 /// Task files waiting in an outbox, sorted.
 pub fn outbox_files(dir: &Path) -> Vec<String> {

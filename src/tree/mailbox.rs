@@ -6,15 +6,16 @@
 //! task file moves; the move itself (no-replace rename, fsync of both
 //! directories) is the commit.
 
+use crate::model::Outcome;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::fsx;
-use crate::layout::{Layout, State};
-use crate::record::{ResultRecord, Status, TaskState};
+use crate::model::record::{ResultRecord, Status, TaskState};
+use crate::tree::fsx;
+use crate::tree::layout::{Layout, State};
 
 /// An exclusive `flock` on `tasks/assigned/<name>.lock`: whoever holds it owns
 /// the task's moves and bookkeeping. Dropped (closed) releases it; the file is
@@ -123,7 +124,7 @@ pub fn claim(layout: &Layout, name: &str, ext: &str, _lock: &TaskLock) -> io::Re
 /// Reads a task's state file; a missing one is a fresh state.
 pub fn read_state(layout: &Layout, name: &str) -> TaskState {
     let fresh = || TaskState {
-        version: crate::record::PROTOCOL_VERSION,
+        version: crate::model::record::PROTOCOL_VERSION,
         task: name.to_owned(),
         ..TaskState::default()
     };
@@ -143,7 +144,7 @@ pub fn read_state(layout: &Layout, name: &str) -> TaskState {
 /// sorted by agent. With `prune`, the files of expired ones (or of ones
 /// whose end cannot be read) are removed: the supervisor does this at its
 /// rescans; readers such as `status` leave the tree alone.
-pub fn cooldowns(layout: &Layout, prune: bool) -> Vec<crate::record::Cooldown> {
+pub fn cooldowns(layout: &Layout, prune: bool) -> Vec<crate::model::record::Cooldown> {
     let Ok(rd) = fs::read_dir(&layout.cooldowns) else {
         return Vec::new();
     };
@@ -160,11 +161,11 @@ pub fn cooldowns(layout: &Layout, prune: bool) -> Vec<crate::record::Cooldown> {
         }
         let Some(c) = fsx::read_task_file(&p, 64 * 1024)
             .ok()
-            .and_then(|(b, _)| serde_json::from_slice::<crate::record::Cooldown>(&b).ok())
+            .and_then(|(b, _)| serde_json::from_slice::<crate::model::record::Cooldown>(&b).ok())
         else {
             continue;
         };
-        if crate::record::parse_ts(&c.until).is_some_and(|t| t > now) {
+        if crate::model::record::parse_ts(&c.until).is_some_and(|t| t > now) {
             out.push(c);
         } else if prune {
             let _ = fs::remove_file(&p);
@@ -186,7 +187,7 @@ pub fn write_state(layout: &Layout, st: &TaskState) -> io::Result<()> {
 /// rejects can never pick the same name.
 pub fn free_clash_name(layout: &Layout, dir: State, name: &str) -> io::Result<(String, TaskLock)> {
     let mut base = name.to_owned();
-    let max = crate::task::MAX_NAME_BYTES - ".clash-99999".len();
+    let max = crate::parse::task::MAX_NAME_BYTES - ".clash-99999".len();
     if base.len() > max {
         let mut cut = max;
         while !base.is_char_boundary(cut) {
@@ -325,19 +326,19 @@ pub fn requeue(layout: &Layout, name: &str, ext: &str, st: &TaskState) -> io::Re
 }
 
 /// A result record for a file that never ran.
-pub fn never_ran_record(outcome: &str, error: String) -> ResultRecord {
+pub fn never_ran_record(outcome: Outcome, error: String) -> ResultRecord {
     ResultRecord {
-        version: crate::record::PROTOCOL_VERSION,
+        version: crate::model::record::PROTOCOL_VERSION,
         task: String::new(),
         status: Status::Failed,
-        outcome: outcome.into(),
+        outcome,
         error: Some(error),
         error_location: None,
         agent: None,
         agent_reason: None,
         attempts: 0,
         started_at: None,
-        finished_at: crate::record::now(),
+        finished_at: crate::model::record::now(),
         duration_ms: None,
         exit_code: None,
         signal: None,
@@ -358,7 +359,7 @@ pub fn never_ran_record(outcome: &str, error: String) -> ResultRecord {
 
 fn clash_record(why: &str) -> ResultRecord {
     never_ran_record(
-        "clash",
+        Outcome::Clash,
         format!(
             "{why}. Rename the file and submit it again (or `mailroom retry` it under its new name)."
         ),
@@ -414,7 +415,8 @@ pub fn list(layout: &Layout, s: State) -> io::Result<Vec<(String, String)>> {
         let Some(fname) = ent.file_name().to_str().map(str::to_owned) else {
             continue;
         };
-        if let crate::task::Entry::Task { name, ext } = crate::task::classify(&fname) {
+        if let crate::parse::task::Entry::Task { name, ext } = crate::parse::task::classify(&fname)
+        {
             out.push((name.to_owned(), ext.to_owned()));
         }
     }
@@ -429,7 +431,10 @@ pub fn count(layout: &Layout, s: State) -> usize {
             rd.filter_map(Result::ok)
                 .filter(|e| {
                     e.file_name().to_str().is_some_and(|n| {
-                        matches!(crate::task::classify(n), crate::task::Entry::Task { .. })
+                        matches!(
+                            crate::parse::task::classify(n),
+                            crate::parse::task::Entry::Task { .. }
+                        )
                     })
                 })
                 .count()

@@ -33,6 +33,22 @@ pub enum Exit {
     Signal(i32),
 }
 
+impl Exit {
+    pub fn code(self) -> Option<i32> {
+        match self {
+            Exit::Code(c) => Some(c),
+            Exit::Signal(_) => None,
+        }
+    }
+
+    pub fn signal(self) -> Option<i32> {
+        match self {
+            Exit::Signal(s) => Some(s),
+            Exit::Code(_) => None,
+        }
+    }
+}
+
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunEnd {
@@ -57,7 +73,7 @@ pub struct Spec {
     pub timeout: Duration,
     pub grace: Duration,
     /// Which inherited variables pass (see `env_inherit`, `env_allow`).
-    pub inherit: crate::config::EnvPolicy,
+    pub inherit: crate::parse::config::EnvPolicy,
     /// A duplicate of the task lock's descriptor: the agent's stdin, so the
     /// lock is held for as long as the agent lives. None: stdin is /dev/null.
     pub stdin: Option<std::fs::File>,
@@ -424,7 +440,7 @@ pub fn find_agent_groups(root: &Path, task: &str) -> Vec<(u32, u64)> {
             && pg.as_raw() > 1
         {
             let pg = pg.as_raw() as u32;
-            if let Some(start) = crate::mailbox::proc_start_time(pg) {
+            if let Some(start) = crate::tree::mailbox::proc_start_time(pg) {
                 groups.insert((pg, start));
             }
         }

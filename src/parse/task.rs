@@ -81,7 +81,7 @@ pub struct Task {
     /// Child tasks to expand instead of running an agent (`subtasks:`).
     pub subtasks: Vec<Subtask>,
     /// `workspace:` (None: the agent's).
-    pub workspace: Option<crate::workspace::Kind>,
+    pub workspace: Option<crate::run::workspace::Kind>,
     /// Things accepted but worth telling the author (ignored fields and the like).
     pub warnings: Vec<String>,
 }
@@ -929,7 +929,7 @@ pub fn validate(name: &str, raw: RawTask) -> Result<Task, TaskError> {
     }
     let workspace = match raw.workspace.as_deref() {
         None => None,
-        Some(w) => Some(crate::workspace::Kind::parse(w).ok_or_else(|| {
+        Some(w) => Some(crate::run::workspace::Kind::parse(w).ok_or_else(|| {
             TaskError::at(
                 "workspace",
                 format!("`workspace: {w}`: use shared or worktree"),

@@ -3,9 +3,9 @@
 //! have every capability the task `requires` (least loaded first), then
 //! `default_agent`. An explicit or routed agent brings its `fallback` chain.
 
-use crate::config::Config;
-use crate::scheduler::{Pick, Route};
-use crate::task::Task;
+use crate::parse::config::Config;
+use crate::parse::task::Task;
+use crate::sched::queue::{Pick, Route};
 
 /// The candidates for `t`, minus `excluded` (agents that could not be
 /// spawned for it, or failed it `fallback_after` times), with a reason.
@@ -90,7 +90,7 @@ mod tests {
     }
 
     fn task(y: &str) -> Task {
-        crate::task::parse("t", y.as_bytes()).unwrap()
+        crate::parse::task::parse("t", y.as_bytes()).unwrap()
     }
 
     #[test]

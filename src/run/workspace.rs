@@ -223,7 +223,7 @@ pub fn remove(path: &Path) -> bool {
 /// `files_modified` for a shared workdir: the agent's `$MAILROOM_RESULT` if
 /// it wrote one, else `git status` (minus mailroom's own tree), else nothing.
 pub fn shared_report(result_file: &Path, workdir: &Path, root: &Path) -> Report {
-    if let Ok((b, _)) = crate::fsx::read_task_file(result_file, 1024 * 1024)
+    if let Ok((b, _)) = crate::tree::fsx::read_task_file(result_file, 1024 * 1024)
         && let Ok(r) = serde_saphyr::from_slice::<AgentResult>(&b)
     {
         return Report {

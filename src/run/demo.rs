@@ -38,7 +38,7 @@ fn first_line(text: &str) -> &str {
 
 /// The report: the task restated, what the context says, a plan, a summary.
 pub fn report(task: &str, prompt: &str, context: Option<&Path>) -> String {
-    let goal = crate::prompt::description_part(prompt).trim();
+    let goal = crate::run::prompt::description_part(prompt).trim();
     // The files mailroom put into the prompt, with their first line.
     let given: Vec<(String, String)> = prompt
         .split("\n---\n## Context: ")

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::task::{TaskError, parse_duration, suggest, yaml_error, yaml_options};
+use crate::parse::task::{TaskError, parse_duration, suggest, yaml_error, yaml_options};
 
 pub const CONFIG_FILE: &str = "mailroom.yaml";
 
@@ -169,7 +169,7 @@ pub struct Agent {
     /// Whether prompts carry the project overview and current state.
     pub include_context: bool,
     /// Where its runs work: the shared workdir, or a git worktree each.
-    pub workspace: crate::workspace::Kind,
+    pub workspace: crate::run::workspace::Kind,
 }
 
 /// Environment variables agents inherit from the supervisor (besides the
@@ -287,7 +287,7 @@ impl Rule {
         format!("routing rule {} ({})", i + 1, c.join(", "))
     }
 
-    pub fn applies(&self, t: &crate::task::Task) -> bool {
+    pub fn applies(&self, t: &crate::parse::task::Task) -> bool {
         self.label.as_ref().is_none_or(|l| t.labels.contains(l))
             && self
                 .matches
@@ -337,7 +337,7 @@ pub struct Config {
     pub metrics_file: Option<PathBuf>,
     /// Where runs' git worktrees go (relative to the root).
     pub worktrees_dir: PathBuf,
-    pub worktree_cleanup: crate::workspace::Cleanup,
+    pub worktree_cleanup: crate::run::workspace::Cleanup,
     pub agents: BTreeMap<String, Agent>,
     /// Where the config came from, for messages (None: built-in defaults).
     pub source: Option<PathBuf>,
@@ -373,7 +373,7 @@ impl Default for Config {
                 limit_patterns: Vec::new(),
                 prompt_template: None,
                 include_context: true,
-                workspace: crate::workspace::Kind::Shared,
+                workspace: crate::run::workspace::Kind::Shared,
             },
         );
         Config {
@@ -386,7 +386,7 @@ impl Default for Config {
             rescan_interval: Duration::from_secs(30),
             watch: WatchMode::Auto,
             settle: Duration::from_secs(2),
-            max_task_bytes: crate::task::DEFAULT_MAX_TASK_BYTES,
+            max_task_bytes: crate::parse::task::DEFAULT_MAX_TASK_BYTES,
             max_output_bytes: 64 * 1024 * 1024,
             durable: true,
             aging: Duration::from_secs(1800),
@@ -402,7 +402,7 @@ impl Default for Config {
             shared: false,
             metrics_file: None,
             worktrees_dir: PathBuf::from(".mailroom/worktrees"),
-            worktree_cleanup: crate::workspace::Cleanup::OnSuccess,
+            worktree_cleanup: crate::run::workspace::Cleanup::OnSuccess,
             env: EnvPolicy::Allow(DEFAULT_ENV_ALLOW.iter().map(|s| s.to_string()).collect()),
             agents,
             source: None,
@@ -422,7 +422,7 @@ impl Config {
     /// Reads `<root>/mailroom.yaml`, or returns the defaults when there is none.
     pub fn load(root: &Path) -> Result<Config, ConfigError> {
         let path = root.join(CONFIG_FILE);
-        match crate::fsx::read_task_file(&path, 1024 * 1024) {
+        match crate::tree::fsx::read_task_file(&path, 1024 * 1024) {
             Ok((bytes, _)) => Config::parse(&bytes, CONFIG_FILE).map(|mut c| {
                 c.source = Some(path);
                 c
@@ -488,7 +488,7 @@ impl Config {
             match v {
                 None => Ok(d),
                 Some(s) => match parse_duration(s) {
-                    Ok(d) if d > crate::task::MAX_DURATION => {
+                    Ok(d) if d > crate::parse::task::MAX_DURATION => {
                         Err(err(format!("`{key}`: {s} is over the limit of 30 days")))
                     }
                     Ok(d) => Ok(d),
@@ -534,7 +534,8 @@ impl Config {
         if let Some(agents) = raw.agents {
             c.agents.clear();
             for (name, a) in agents {
-                crate::task::check_name(&name).map_err(|e| err(format!("agent `{name}`: {e}")))?;
+                crate::parse::task::check_name(&name)
+                    .map_err(|e| err(format!("agent `{name}`: {e}")))?;
                 let command = match a.command {
                     Command::Argv(v) => v,
                     Command::Line(s) => split_words(&s)
@@ -588,8 +589,8 @@ impl Config {
                     prompt_template: a.prompt_template,
                     include_context: a.include_context.unwrap_or(true),
                     workspace: match a.workspace.as_deref() {
-                        None => crate::workspace::Kind::Shared,
-                        Some(w) => crate::workspace::Kind::parse(w).ok_or_else(|| {
+                        None => crate::run::workspace::Kind::Shared,
+                        Some(w) => crate::run::workspace::Kind::parse(w).ok_or_else(|| {
                             err(format!(
                                 "agent `{name}`: `workspace: {w}`: use shared or worktree"
                             ))
@@ -628,9 +629,9 @@ impl Config {
             c.worktrees_dir = PathBuf::from(d);
         }
         c.worktree_cleanup = match raw.worktree_cleanup.as_deref() {
-            None | Some("on_success") => crate::workspace::Cleanup::OnSuccess,
-            Some("keep") => crate::workspace::Cleanup::Keep,
-            Some("always") => crate::workspace::Cleanup::Always,
+            None | Some("on_success") => crate::run::workspace::Cleanup::OnSuccess,
+            Some("keep") => crate::run::workspace::Cleanup::Keep,
+            Some("always") => crate::run::workspace::Cleanup::Always,
             Some(o) => {
                 return Err(err(format!(
                     "`worktree_cleanup: {o}`: use keep, on_success or always"

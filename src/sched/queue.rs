@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::task::Priority;
+use crate::parse::task::Priority;
 
 /// How a task's candidate agents are chosen between.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

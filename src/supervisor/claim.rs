@@ -1,0 +1,322 @@
+//! Claims and refusals: the scheduling pass, taking a task lock, the claim itself and the start of its run, and filing what will never run.
+
+use super::*;
+
+impl Supervisor {
+    /// Files away what can never run, then claims and starts as many tasks
+    /// as capacity allows, in queue order.
+    pub(super) fn schedule(&mut self) {
+        if self.stopping.is_some() {
+            return;
+        }
+        // Files that still do not parse after `settle` and are not being written.
+        let settled: Vec<String> = self
+            .unsettled
+            .iter()
+            .filter(|n| {
+                self.pending.get(*n).is_some_and(|p| {
+                    p.seen.elapsed() >= self.config.settle
+                        && fsx::open_for_writing_elsewhere(&self.layout().task_file(
+                            State::Pending,
+                            n,
+                            p.ext,
+                        )) != Some(true)
+                })
+            })
+            .cloned()
+            .collect();
+        for name in settled {
+            let p = &self.pending[&name];
+            if let Err(e) = &p.parsed {
+                let file =
+                    self.layout()
+                        .rel(&self.layout().task_file(State::Pending, &name, p.ext));
+                let mut rec = mailbox::never_ran_record(Outcome::Invalid, e.display_at(&file));
+                rec.error_location = Some(ErrorLocation {
+                    file,
+                    line: e.line,
+                    column: e.column,
+                });
+                self.unsettled.remove(&name);
+                self.rejects.insert(name, rec);
+            }
+        }
+        // A reject can fail the tasks that wait for it: repeat until quiet.
+        while !self.rejects.is_empty() {
+            for (name, rec) in std::mem::take(&mut self.rejects) {
+                if let Some(p) = self.pending.get(&name) {
+                    let ext = p.ext.to_owned();
+                    self.forget(&name);
+                    self.reject_pending(&name, &ext, rec, false);
+                }
+            }
+            self.replace_waiting();
+        }
+        let now = SystemTime::now();
+        self.cooldowns.retain(|_, (t, _)| *t > now);
+        while !self.paused && self.running.len() < self.config.concurrency {
+            let (config, load, cooldowns) = (&self.config, &self.load, &self.cooldowns);
+            let paused = &self.paused_agents;
+            let avail = |a: &str| match config.agents.get(a) {
+                None => Avail::Unavailable,
+                Some(_) if cooldowns.contains_key(a) => Avail::Unavailable,
+                // A paused agent is waited for, like a busy one (no fallback).
+                Some(_) if paused.contains(a) => Avail::Busy,
+                Some(ag) => {
+                    let l = load.get(a).copied().unwrap_or(0);
+                    if l >= ag.max_instances {
+                        Avail::Busy
+                    } else {
+                        Avail::Free {
+                            load: l,
+                            max: ag.max_instances,
+                        }
+                    }
+                }
+            };
+            let Some((name, agent)) = self.queue.pop(now, avail) else {
+                break;
+            };
+            self.start(&name, &agent);
+        }
+    }
+
+    /// Takes a task's lock; when another process holds it (or it cannot be
+    /// created), holds the task back briefly instead.
+    pub(super) fn lock_or_hold(&mut self, name: &str) -> Option<TaskLock> {
+        match TaskLock::try_acquire(self.layout(), name) {
+            Ok(Some(l)) => Some(l),
+            Ok(None) => {
+                self.set_busy(name);
+                None
+            }
+            Err(e) => {
+                error!(task = name, error = %e, "cannot lock the task");
+                self.set_busy(name);
+                None
+            }
+        }
+    }
+
+    /// Files a pending task straight into `failed/`, under its lock.
+    pub(super) fn reject_pending(
+        &mut self,
+        name: &str,
+        ext: &str,
+        rec: ResultRecord,
+        rename: bool,
+    ) {
+        let Some(lock) = self.lock_or_hold(name) else {
+            return;
+        };
+        self.reject_locked(State::Pending, name, ext, rec, rename, lock);
+    }
+
+    /// Files a task that will never run into `failed/` with its record, merges
+    /// the record into context (not for clashes: that name belongs to another
+    /// task), and releases the lock.
+    pub(super) fn reject_locked(
+        &mut self,
+        src: State,
+        name: &str,
+        ext: &str,
+        rec: ResultRecord,
+        rename: bool,
+        lock: TaskLock,
+    ) {
+        let layout = self.layout().clone();
+        let error = rec.error.clone().unwrap_or_default();
+        let outcome = rec.outcome;
+        match mailbox::reject(&layout, src, name, ext, rec.clone(), rename) {
+            Ok(Some(target)) => {
+                warn!(task = name, filed_as = %target, "{error}");
+                self.summary.failed += 1;
+                let mut rec = rec;
+                rec.task = target;
+                if outcome != Outcome::Clash
+                    && let Err(e) =
+                        crate::tree::context::merge(&layout, &rec, None, Some(self.pending.len()))
+                {
+                    warn!(error = %e, "context merge failed");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => error!(task = name, error = %e, "cannot move task to failed/"),
+        }
+        lock.release();
+    }
+
+    /// A file whose name mailroom cannot use: filed under a sanitised name.
+    pub(super) fn reject_bad_name(&mut self, path: &Path, why: &str) {
+        let raw = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let (stem, ext) = match raw.rsplit_once('.') {
+            Some((s, e)) if e == "yaml" || e == "yml" => (s.to_owned(), e.to_owned()),
+            _ => return,
+        };
+        let clean: String = stem
+            .chars()
+            .map(|c| {
+                if c.is_control() || c == '\\' || c == '\u{fffd}' {
+                    '_'
+                } else {
+                    c
+                }
+            })
+            .collect();
+        let mut clean = clean.trim_start_matches('.').to_owned();
+        let mut cut = clean.len().min(150);
+        while !clean.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        clean.truncate(cut);
+        let clean = if clean.is_empty() {
+            "unnamed".to_owned()
+        } else {
+            clean
+        };
+        let layout = self.layout().clone();
+        let Ok((target, lock)) = mailbox::free_clash_name(&layout, State::Failed, &clean) else {
+            return;
+        };
+        let mut rec = mailbox::never_ran_record(
+            Outcome::Invalid,
+            format!(
+                "the file name {:?} cannot be used ({why}); filed as `{target}`",
+                raw
+            ),
+        );
+        rec.task = target.clone();
+        rec.submitted_as = Some(format!("tasks/pending/{}", raw.escape_debug()));
+        let res = (|| -> std::io::Result<()> {
+            let bytes = serde_json::to_vec_pretty(&rec).map_err(std::io::Error::other)?;
+            fsx::write_atomic(&layout.record_file(State::Failed, &target), &bytes)?;
+            fsx::rename_noreplace(path, &layout.task_file(State::Failed, &target, &ext))?;
+            fsx::fsync_dir(&layout.failed)?;
+            fsx::fsync_dir(&layout.pending)
+        })();
+        match res {
+            Ok(()) => warn!(file = ?raw, filed_as = %target, "{why}"),
+            Err(e) => {
+                let _ = std::fs::remove_file(layout.record_file(State::Failed, &target));
+                debug!(error = %e, "bad name not filed")
+            }
+        }
+        lock.release();
+    }
+
+    /// Claims one task and starts its run on `agent`.
+    pub(super) fn start(&mut self, name: &str, agent_name: &str) {
+        let layout = self.layout().clone();
+        let Some(p) = self.pending.get(name) else {
+            return;
+        };
+        let ext = p.ext.to_owned();
+        let path = layout.task_file(State::Pending, name, &ext);
+        // A naive writer may still have the file open: not yet.
+        if fsx::open_for_writing_elsewhere(&path) == Some(true) {
+            self.set_busy(name);
+            return;
+        }
+        let Some(lock) = self.lock_or_hold(name) else {
+            return;
+        };
+        match mailbox::claim(&layout, name, &ext, &lock) {
+            Ok(Claim::Claimed) => {}
+            Ok(Claim::Gone) => {
+                lock.release();
+                self.forget(name);
+                return;
+            }
+            Ok(Claim::Clash(other)) => {
+                lock.release();
+                self.forget(name);
+                let rec = mailbox::never_ran_record(
+                    Outcome::Clash,
+                    format!(
+                        "the name `{name}` is already used by {}; nothing was overwritten. Rename the file and submit it again",
+                        layout.rel(&other)
+                    ),
+                );
+                self.reject_pending(name, &ext, rec, true);
+                return;
+            }
+            Err(e) => {
+                lock.release();
+                error!(task = name, error = %e, "claim failed");
+                self.set_busy(name);
+                return;
+            }
+        }
+        // Agents ruled out for this task (fallbacks) go with it into the run.
+        let excluded = self
+            .pending
+            .get(name)
+            .map(|p| p.excluded.clone())
+            .unwrap_or_default();
+        self.forget(name);
+        // Re-read what was claimed: the file may have changed since the scan.
+        let apath = layout.task_file(State::Assigned, name, &ext);
+        let task = match fsx::read_task_file(&apath, self.config.max_task_bytes) {
+            Ok((b, _)) => task::parse(name, &b).map_err(|e| e.display_at(&layout.rel(&path))),
+            Err(e) => Err(format!("{}: refused: {e}", layout.rel(&path))),
+        };
+        let task = match task {
+            Ok(t) => t,
+            Err(msg) => {
+                let rec = mailbox::never_ran_record(Outcome::Invalid, msg);
+                self.reject_locked(State::Assigned, name, &ext, rec, false, lock);
+                return;
+            }
+        };
+        let (route, reason) = match crate::sched::routing::route(&self.config, &task, &excluded) {
+            Ok(r) => r,
+            Err(why) => {
+                let rec = mailbox::never_ran_record(Outcome::Invalid, why);
+                self.reject_locked(State::Assigned, name, &ext, rec, false, lock);
+                return;
+            }
+        };
+        // The file may have changed since it was queued: keep the agent the
+        // queue chose only if it is still a candidate.
+        let chosen = if route.agents.iter().any(|a| a == agent_name) {
+            agent_name
+        } else {
+            &route.agents[0]
+        };
+        let agent = self.config.agents[chosen].clone();
+        let (stop_tx, stop_rx) = watch::channel(None);
+        *self.load.entry(agent.name.clone()).or_default() += 1;
+        self.next_run += 1;
+        let run = self.next_run;
+        self.running
+            .insert(name.to_owned(), Running { run, stop: stop_tx });
+        let job = Job {
+            ctx: self.ctx.clone(),
+            config: self.config.clone(),
+            name: name.to_owned(),
+            ext,
+            task,
+            agent,
+            alternatives: route.agents.len() > 1,
+            reason,
+            limits: self.limits.clone(),
+            ws: None,
+            lock,
+        };
+        let tx = self.events_tx.clone();
+        tokio::spawn(async move {
+            let name = job.name.clone();
+            let agent = job.agent.name.clone();
+            let end = job.run(stop_rx).await;
+            let _ = tx.send(Event::Finished {
+                name,
+                run,
+                agent,
+                end,
+            });
+        });
+    }
+}

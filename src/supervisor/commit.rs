@@ -1,0 +1,425 @@
+//! The end of a run: apply the verdict (commit, retry, fallback, cooldown, requeue) and write it durably.
+
+use super::verdict::{self, Ended, Facts, Verdict};
+use super::*;
+use crate::model::Outcome;
+
+pub(super) fn base_record(
+    ctx: &Ctx,
+    name: &str,
+    status: Status,
+    outcome: Outcome,
+    st: &TaskState,
+) -> ResultRecord {
+    let mut rec = mailbox::never_ran_record(outcome, String::new());
+    rec.task = name.to_owned();
+    rec.status = status;
+    rec.error = None;
+    rec.attempts = st.attempts;
+    rec.history = st.history.clone();
+    rec.host = ctx.host.clone();
+    rec
+}
+
+/// What the record says of a run's workspace; a worktree is removed (its
+/// branch kept) as `worktree_cleanup` says.
+pub(super) fn workspace_report(
+    ws: &WorkspaceRun,
+    status: Status,
+    root: &Path,
+) -> crate::run::workspace::Report {
+    use crate::run::workspace::{Cleanup, Kind};
+    match ws.kind {
+        Kind::Shared => crate::run::workspace::shared_report(&ws.result_file, &ws.path, root),
+        Kind::Worktree => {
+            let files = crate::run::workspace::changed_in_worktree(
+                &ws.path,
+                ws.base.as_deref().unwrap_or("HEAD"),
+            );
+            let remove = match ws.cleanup {
+                Cleanup::Keep => false,
+                Cleanup::OnSuccess => status == Status::Completed,
+                Cleanup::Always => true,
+            };
+            crate::run::workspace::Report {
+                kind: "worktree".into(),
+                branch: ws.branch.clone(),
+                path: Some(ws.path.to_string_lossy().into_owned()),
+                base: ws.base.clone(),
+                files_modified: files,
+                source: "git".into(),
+                removed: Some(remove && crate::run::workspace::remove(&ws.path)),
+            }
+        }
+    }
+}
+
+pub(super) fn stderr_tail(run_dir: &Path) -> String {
+    let Ok((b, _)) = fsx::read_tail(&run_dir.join("stderr.log"), 400) else {
+        return String::new();
+    };
+    let s = String::from_utf8_lossy(&b);
+    let s = s.trim();
+    let mut lines: Vec<&str> = s.lines().rev().take(3).collect();
+    lines.reverse();
+    lines.join(" | ")
+}
+
+impl Job {
+    /// Applies the verdict on a finished run: commit, retry, fallback,
+    /// cooldown or a free requeue.
+    pub(super) async fn finish(
+        self,
+        mut st: TaskState,
+        end: RunEnd,
+        started: SystemTime,
+    ) -> JobEnd {
+        let finished = SystemTime::now();
+        let timeout = self.task.timeout.unwrap_or(self.agent.timeout);
+        let Ended {
+            outcome,
+            exit,
+            error,
+        } = verdict::ended(&end, timeout, self.config.max_output_bytes);
+        let run = st.run.take();
+        let run_id = run.as_ref().and_then(|r| r.run_id.clone());
+        let error = error.map(|e| {
+            let tail = stderr_tail(&self.ctx.layout.run_dir(State::Assigned, &self.name));
+            if tail.is_empty() || outcome == Outcome::Spawn {
+                e
+            } else {
+                format!("{e}; stderr ends with: {tail}")
+            }
+        });
+        let started_at = run.as_ref().map(|r| r.started_at.clone());
+        st.history.push(Attempt {
+            attempt: st.attempts,
+            agent: self.agent.name.clone(),
+            started_at: started_at.unwrap_or_else(|| record::ts(started)),
+            finished_at: record::ts(finished),
+            outcome,
+            exit_code: exit.and_then(|e| e.code()),
+            signal: exit.and_then(|e| e.signal()),
+            error: error.clone(),
+        });
+        st.last_error = error.clone();
+        // A successful run that queued too many follow-ups, or too deep a
+        // tree, is a failure of its own kind (not retried).
+        let (outcome, error) = match (outcome, error) {
+            (Outcome::Success, None) => match self.runaway() {
+                Some(why) => (Outcome::Runaway, Some(why)),
+                None => (Outcome::Success, None),
+            },
+            other => other,
+        };
+        if outcome == Outcome::Runaway {
+            self.amend_last(&mut st, Outcome::Runaway, error.clone());
+        }
+        let limited_before = st
+            .history
+            .iter()
+            .filter(|a| a.outcome == Outcome::Limited)
+            .count();
+        // A usage limit, whatever the exit code (claude prints some with exit 0).
+        let limit = if verdict::limit_applies(outcome, limited_before) {
+            self.detect_limit()
+        } else {
+            None
+        };
+        let facts = Facts {
+            outcome,
+            limited: limit.is_some(),
+            alternatives: self.alternatives,
+            agent_failures: st
+                .history
+                .iter()
+                .filter(|a| {
+                    a.agent == self.agent.name
+                        && !matches!(a.outcome, Outcome::Interrupted | Outcome::Limited)
+                })
+                .count() as u32,
+            charged: st.charged(),
+            retries: self.task.retries.unwrap_or(self.config.retries),
+            fallback_after: self.agent.fallback_after,
+        };
+        match verdict::decide(&facts) {
+            Verdict::Cooldown => {
+                let limit = limit.expect("a cooldown verdict has a limit");
+                self.cool_down(st, limit).await
+            }
+            Verdict::Fallback { free } => {
+                self.exclude_agent(&mut st);
+                if free {
+                    st.free_attempts += 1;
+                }
+                warn!(
+                    task = %self.name,
+                    agent = %self.agent.name,
+                    error = error.as_deref().unwrap_or(""),
+                    "handing the task to a fallback agent"
+                );
+                self.requeue_or_keep(st).await
+            }
+            Verdict::Requeue => {
+                st.free_attempts += 1;
+                info!(task = %self.name, "stopped by shutdown; requeued without using an attempt");
+                self.requeue_or_keep(st).await
+            }
+            Verdict::Retry { n } => {
+                let delay = self.retry_delay(n);
+                st.not_before = Some(record::ts(SystemTime::now() + delay));
+                warn!(
+                    task = %self.name,
+                    attempt = st.attempts,
+                    retry_in = %humantime::format_duration(Duration::from_millis(delay.as_millis() as u64)),
+                    error = error.as_deref().unwrap_or(""),
+                    "attempt failed; will retry"
+                );
+                self.requeue_or_keep(st).await
+            }
+            Verdict::Commit {
+                outcome,
+                exclude_agent,
+            } => {
+                if exclude_agent {
+                    self.exclude_agent(&mut st);
+                }
+                let times = (started, finished);
+                let rec = self.final_record(&st, outcome, error, times, run_id);
+                self.commit(st, rec).await
+            }
+        }
+    }
+
+    /// Rewrites the outcome of the attempt just pushed onto the history.
+    fn amend_last(&self, st: &mut TaskState, outcome: Outcome, error: Option<String>) {
+        if let Some(a) = st.history.last_mut() {
+            a.outcome = outcome;
+            a.error = error.clone();
+        }
+        st.last_error = error;
+    }
+
+    fn exclude_agent(&self, st: &mut TaskState) {
+        if !st.excluded_agents.contains(&self.agent.name) {
+            st.excluded_agents.push(self.agent.name.clone());
+        }
+    }
+
+    fn retry_delay(&self, n: u32) -> Duration {
+        let entropy = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .subsec_nanos() as u64
+            ^ (std::process::id() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        verdict::backoff(
+            self.config.retry_delay,
+            self.config.retry_delay_max,
+            n,
+            entropy,
+        )
+    }
+
+    /// A usage limit: the cooldown goes on disk for every supervisor of the
+    /// tree, and the task back to `pending/` without using an attempt.
+    async fn cool_down(self, mut st: TaskState, limit: crate::run::limits::Limit) -> JobEnd {
+        let until = limit
+            .until
+            .unwrap_or_else(|| SystemTime::now() + self.agent.cooldown);
+        let msg = format!(
+            "agent {} hit a usage limit ({}); cooling down until {}",
+            self.agent.name,
+            limit.message,
+            record::ts(until)
+        );
+        self.amend_last(&mut st, Outcome::Limited, Some(msg));
+        st.free_attempts += 1;
+        let cd = record::Cooldown {
+            agent: self.agent.name.clone(),
+            until: record::ts(until),
+            message: limit.message.clone(),
+            since: record::now(),
+            host: self.ctx.host.clone(),
+            task: self.name.clone(),
+        };
+        let path = self.ctx.layout.cooldown_file(&self.agent.name);
+        if let Err(e) = serde_json::to_vec_pretty(&cd)
+            .map_err(std::io::Error::other)
+            .and_then(|b| fsx::write_atomic(&path, &b))
+        {
+            warn!(error = %e, "cannot record the cooldown on disk");
+        }
+        match self.requeue_or_keep(st).await {
+            JobEnd::Requeued => JobEnd::Limited {
+                until,
+                message: limit.message,
+            },
+            other => other,
+        }
+    }
+
+    /// The result record of a run that ends here.
+    fn final_record(
+        &self,
+        st: &TaskState,
+        outcome: Outcome,
+        error: Option<String>,
+        (started, finished): (SystemTime, SystemTime),
+        run_id: Option<String>,
+    ) -> ResultRecord {
+        let status = if outcome == Outcome::Success {
+            Status::Completed
+        } else {
+            Status::Failed
+        };
+        let mut rec = base_record(&self.ctx, &self.name, status, outcome, st);
+        rec.agent = Some(self.agent.name.clone());
+        rec.agent_reason = Some(self.reason.clone());
+        rec.error = error;
+        rec.started_at = Some(record::ts(started));
+        rec.finished_at = record::ts(finished);
+        rec.duration_ms = finished
+            .duration_since(started)
+            .ok()
+            .map(|d| d.as_millis() as u64);
+        rec.exit_code = st.history.last().and_then(|a| a.exit_code);
+        rec.signal = st.history.last().and_then(|a| a.signal);
+        rec.warnings = self.task.warnings.clone();
+        if let Some(id) = run_id {
+            rec.run_id = id;
+        }
+        rec
+    }
+
+    pub(super) async fn fail_now(
+        self,
+        mut st: TaskState,
+        outcome: Outcome,
+        msg: String,
+        started: SystemTime,
+    ) -> JobEnd {
+        let run_id = st.run.take().and_then(|r| r.run_id);
+        st.history.push(Attempt {
+            attempt: st.attempts,
+            agent: self.agent.name.clone(),
+            started_at: record::ts(started),
+            finished_at: record::now(),
+            outcome,
+            exit_code: None,
+            signal: None,
+            error: Some(msg.clone()),
+        });
+        let mut rec = base_record(&self.ctx, &self.name, Status::Failed, outcome, &st);
+        rec.agent = Some(self.agent.name.clone());
+        rec.agent_reason = Some(self.reason.clone());
+        rec.error = Some(msg);
+        rec.started_at = Some(record::ts(started));
+        if let Some(id) = run_id {
+            rec.run_id = id;
+        }
+        self.commit(st, rec).await
+    }
+
+    /// Record, context merge, then the move out of `assigned/`.
+    pub(super) async fn commit(self, st: TaskState, mut rec: ResultRecord) -> JobEnd {
+        let status = rec.status;
+        let outcome = rec.outcome;
+        let secs = rec.duration_ms.map(|ms| ms as f64 / 1000.0);
+        let Job {
+            ctx,
+            name,
+            ext,
+            lock,
+            ws,
+            ..
+        } = self;
+        let res = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let layout = &ctx.layout;
+            if let Some(ws) = ws {
+                rec.workspace = Some(workspace_report(&ws, rec.status, &layout.root));
+            }
+            // The state file on disk already names this run's run_id (written
+            // before the spawn); a commit made without a run (a parent of
+            // subtasks) names its record in `committing` and writes it now.
+            if st.committing.is_some() {
+                mailbox::write_state(layout, &st)?;
+            }
+            let dest = match rec.status {
+                Status::Completed => State::Completed,
+                Status::Failed => State::Failed,
+            };
+            rec.run_dir = Some(layout.rel(&layout.run_dir(dest, &name)));
+            rec.output_file = Some(layout.rel(&layout.output_file(&name)));
+            // The transactional outbox: follow-ups go to pending/ only on
+            // success (before the record, which lists them); on failure they
+            // stay in the run directory and the record names them.
+            let outbox = layout.run_dir(State::Assigned, &name).join("outbox");
+            match rec.status {
+                Status::Completed => {
+                    rec.followups = crate::tree::outbox::queue_outbox(layout, &name, &outbox)?
+                }
+                Status::Failed => {
+                    rec.withheld_followups = crate::tree::outbox::outbox_files(&outbox)
+                }
+            }
+            let (out, cut) =
+                crate::tree::context::read_output(&layout.run_dir(State::Assigned, &name));
+            rec.summary = crate::tree::context::summary(&out);
+            mailbox::prepare_commit(layout, &rec)?;
+            let hint = ctx.pending_count.load(std::sync::atomic::Ordering::Relaxed);
+            crate::tree::context::merge(layout, &rec, Some((&out, cut)), Some(hint))?;
+            mailbox::finish_commit(layout, &name, &ext, dest)?;
+            // A cancel request is answered by the commit, whatever its outcome.
+            let _ = std::fs::remove_file(layout.cancel_file(&name));
+            match rec.status {
+                Status::Completed => info!(task = %name, attempts = rec.attempts, "completed"),
+                Status::Failed => warn!(
+                    task = %name,
+                    attempts = rec.attempts,
+                    error = rec.error.as_deref().unwrap_or(""),
+                    "failed"
+                ),
+            }
+            lock.release();
+            Ok(())
+        })
+        .await;
+        match res {
+            Ok(Ok(())) => JobEnd::Done(status, outcome, secs),
+            Ok(Err(e)) => {
+                // The task stays in assigned/ with its lock released on drop:
+                // recovery finishes or requeues it.
+                error!(error = %e, "commit failed; recovery will finish it");
+                JobEnd::Stuck
+            }
+            Err(e) => {
+                error!(error = %e, "commit task panicked");
+                JobEnd::Stuck
+            }
+        }
+    }
+
+    pub(super) async fn requeue_or_keep(self, st: TaskState) -> JobEnd {
+        let Job {
+            ctx,
+            name,
+            ext,
+            lock,
+            ..
+        } = self;
+        let res = tokio::task::spawn_blocking(move || {
+            let r = mailbox::requeue(&ctx.layout, &name, &ext, &st);
+            lock.release();
+            r
+        })
+        .await;
+        match res {
+            Ok(Ok(())) => JobEnd::Requeued,
+            Ok(Err(e)) => {
+                error!(error = %e, "requeue failed; recovery will retry it");
+                JobEnd::Stuck
+            }
+            Err(_) => JobEnd::Stuck,
+        }
+    }
+}

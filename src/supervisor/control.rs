@@ -1,0 +1,169 @@
+//! Live control and configuration: `tasks/control/` markers, reloads of `mailroom.yaml`, the metrics file.
+
+use super::*;
+
+/// Each agent's usage-limit patterns: its kind's preset plus its own.
+pub(super) fn compile_limits(c: &Config) -> HashMap<String, LimitPatterns> {
+    c.agents
+        .values()
+        .map(|a| {
+            let p = LimitPatterns::preset(&a.kind);
+            // The config loader already checked that these compile.
+            let p = p.clone().with_extra(&a.limit_patterns).unwrap_or(p);
+            (a.name.clone(), p)
+        })
+        .collect()
+}
+
+impl Supervisor {
+    /// Reads `tasks/control/`: the pause flags, and `cancel/<name>` markers,
+    /// which it acts on: a run here is stopped (and ends as cancelled), a
+    /// pending task is filed as cancelled, a marker for a task that is no
+    /// longer pending or running is removed.
+    pub(super) fn refresh_control(&mut self) {
+        self.control_dirty = false;
+        let layout = self.layout().clone();
+        self.paused = mailbox::exists(&layout.pause_file(None));
+        self.paused_agents = std::fs::read_dir(&layout.control)
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| {
+                        e.file_name()
+                            .to_str()
+                            .and_then(|f| f.strip_prefix("pause."))
+                            .map(str::to_owned)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let marks: Vec<String> = std::fs::read_dir(&layout.cancel)
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+                    .filter(|n| task::check_name(n).is_ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for name in marks {
+            if let Some(r) = self.running.get(&name) {
+                if self.cancelling.insert(name.clone()) {
+                    info!(task = %name, "cancel requested: stopping its agent");
+                    let _ = r.stop.send(Some(Stop::Cancel));
+                }
+            } else if let Some(p) = self.pending.get(&name) {
+                let ext = p.ext;
+                self.forget(&name);
+                let rec =
+                    mailbox::never_ran_record(Outcome::Cancelled, "cancelled before it ran".into());
+                self.reject_pending(&name, ext, rec, false);
+                // Its lock may have been busy: then the marker stays for the
+                // next look (a rescan), and the task stays known.
+                if layout.find(State::Pending, &name).is_none() {
+                    let _ = std::fs::remove_file(layout.cancel_file(&name));
+                } else {
+                    self.examine_name(&name);
+                }
+            } else if layout.find(State::Assigned, &name).is_none()
+                && layout.find(State::Pending, &name).is_none()
+            {
+                // Finished, never submitted, or cancelled by another supervisor.
+                let _ = std::fs::remove_file(layout.cancel_file(&name));
+            }
+        }
+    }
+
+    /// A change of `mailroom.yaml` on disk: reload only if its meaning changed.
+    pub(super) fn reload_if_changed(&mut self) {
+        match Config::load(&self.layout().root) {
+            Ok(c) if c == *self.config => {}
+            Ok(_) => self.reload(),
+            Err(e) => {
+                error!(error = %e, "mailroom.yaml changed but is invalid; keeping the old configuration")
+            }
+        }
+    }
+
+    pub(super) fn reload(&mut self) {
+        // An empty file at a reload is far more likely a save in progress (an
+        // editor or `>` truncates first) than a wish for the defaults.
+        let path = self.layout().root.join(crate::parse::config::CONFIG_FILE);
+        if std::fs::read_to_string(&path).is_ok_and(|t| t.trim().is_empty()) {
+            error!("mailroom.yaml is empty; new configuration refused, keeping the old one");
+            return;
+        }
+        match Config::load(&self.layout().root) {
+            Ok(c) => {
+                info!("configuration reloaded");
+                fsx::set_durable(c.durable);
+                self.queue = Queue::new(c.aging);
+                self.limits = Arc::new(compile_limits(&c));
+                self.config = Arc::new(c);
+                // Routes may have changed: read every pending file again.
+                self.routes.clear();
+                let names: Vec<String> = self.pending.keys().cloned().collect();
+                for n in names {
+                    self.forget(&n);
+                }
+                self.full_scan();
+            }
+            Err(e) => error!(error = %e, "new configuration refused; keeping the old one"),
+        }
+    }
+
+    /// Writes the metrics file when something changed, at most once a second.
+    pub(super) fn write_metrics_if_due(&mut self) {
+        let Some(path) = self.config.metrics_file.clone() else {
+            return;
+        };
+        if !self.metrics.dirty || self.metrics_due.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        self.metrics.dirty = false;
+        self.metrics_due = Some(Instant::now() + Duration::from_secs(1));
+        let now = SystemTime::now();
+        let oldest = self
+            .pending
+            .values()
+            .map(|p| p.id.mtime_ns)
+            .min()
+            .map(|ns| {
+                let now_ns = now
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as i128);
+                ((now_ns - ns).max(0) as f64) / 1e9
+            });
+        let mut running: BTreeMap<String, usize> = BTreeMap::new();
+        for a in self.config.agents.keys() {
+            running.insert(a.clone(), self.load.get(a).copied().unwrap_or(0));
+        }
+        let totals = crate::tree::context::recent(self.layout(), 1)
+            .last()
+            .map(|v| {
+                let n = |k: &str| v["totals"][k].as_u64().unwrap_or(0);
+                (n("completed"), n("failed"))
+            })
+            .unwrap_or((0, 0));
+        let snap = crate::ops::metrics::Snapshot {
+            pending: self.pending.len(),
+            running: self.running.len(),
+            completed: totals.0,
+            failed: totals.1,
+            running_by_agent: running,
+            cooldowns: self
+                .cooldowns
+                .iter()
+                .map(|(a, (t, _))| (a.clone(), *t))
+                .collect(),
+            oldest_pending_age: oldest,
+            paused: self.paused,
+        };
+        let path = if path.is_absolute() {
+            path
+        } else {
+            self.layout().root.join(path)
+        };
+        if let Err(e) = fsx::write_atomic_readable(&path, self.metrics.render(&snap).as_bytes()) {
+            warn!(file = %path.display(), error = %e, "cannot write the metrics file");
+        }
+    }
+}

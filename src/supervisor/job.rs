@@ -1,0 +1,301 @@
+//! One claimed task as a run: prepare the run directory and prompt, the workspace, spawn and wait; subtask expansion and parents.
+
+use super::*;
+
+/// One claimed task, from spawn to commit. Owns the task's lock.
+pub(super) struct Job {
+    pub(super) ctx: Arc<Ctx>,
+    pub(super) config: Arc<Config>,
+    pub(super) name: String,
+    pub(super) ext: String,
+    pub(super) task: Task,
+    pub(super) agent: crate::parse::config::Agent,
+    /// Whether other agents could take the task if this one is ruled out.
+    pub(super) alternatives: bool,
+    /// Why this agent (for the record and `show`).
+    pub(super) reason: String,
+    pub(super) limits: Arc<HashMap<String, LimitPatterns>>,
+    /// The run's workspace, once set up.
+    pub(super) ws: Option<WorkspaceRun>,
+    pub(super) lock: TaskLock,
+}
+
+/// Where a run works, for the record and the clean-up at its commit.
+#[derive(Debug, Clone)]
+pub(super) struct WorkspaceRun {
+    pub(super) kind: crate::run::workspace::Kind,
+    /// The worktree, or the shared workdir.
+    pub(super) path: PathBuf,
+    pub(super) branch: Option<String>,
+    pub(super) base: Option<String>,
+    pub(super) cleanup: crate::run::workspace::Cleanup,
+    /// `$MAILROOM_RESULT`.
+    pub(super) result_file: PathBuf,
+}
+
+pub(super) fn path_str(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+impl Job {
+    /// Runs the agent and commits the outcome.
+    pub(super) async fn run(mut self, stop: watch::Receiver<Option<Stop>>) -> JobEnd {
+        let layout = &self.ctx.layout;
+        let name = self.name.clone();
+        let timeout = self.task.timeout.unwrap_or(self.agent.timeout);
+        let started = SystemTime::now();
+        let mut st = mailbox::read_state(layout, &name);
+        st.task = name.clone();
+        // A parent of subtasks runs no agent: it expands, waits, completes.
+        if !st.children.is_empty() {
+            return self.complete_parent(st).await;
+        }
+        if !self.task.subtasks.is_empty() {
+            return self.expand(st).await;
+        }
+        st.attempts += 1;
+        st.not_before = None;
+        st.run = Some(RunInfo {
+            attempt: st.attempts,
+            agent: self.agent.name.clone(),
+            host: self.ctx.host.clone(),
+            supervisor_pid: self.ctx.self_pid,
+            supervisor_start: self.ctx.self_start,
+            started_at: record::ts(started),
+            deadline: record::ts(started.checked_add(timeout).unwrap_or(started)),
+            reason: Some(self.reason.clone()),
+            run_id: Some(mailbox::run_id()),
+        });
+        let run_dir = layout.run_dir(State::Assigned, &name);
+        let prep = (|| -> std::io::Result<()> {
+            mailbox::write_state(layout, &st)?;
+            fsx::remove_dir_all_if_exists(&run_dir)?;
+            fsx::create_dir_all(&run_dir.join("outbox"))?;
+            Ok(())
+        })();
+        if let Err(e) = prep {
+            // Could not even prepare (disk full, unwritable tree): put it back;
+            // the attempt does not count (counts never go down).
+            error!(task = %name, error = %e, "cannot prepare the run; requeueing");
+            st.free_attempts += 1;
+            st.run = None;
+            st.last_error = Some(format!("cannot prepare the run: {e}"));
+            st.not_before = Some(record::ts(SystemTime::now() + self.config.retry_delay));
+            return self.requeue_or_keep(st).await;
+        }
+        let prompt = match crate::run::prompt::render(layout, &self.config, &self.agent, &self.task)
+        {
+            Ok(p) => p,
+            Err(msg) => return self.fail_now(st, Outcome::Invalid, msg, started).await,
+        };
+        if let Err(e) = std::fs::write(run_dir.join("prompt.md"), prompt.as_bytes()) {
+            warn!(task = %name, error = %e, "cannot keep a copy of the prompt");
+        }
+        let workdir = match self.workdir() {
+            Ok(w) => w,
+            Err(msg) => {
+                return self.fail_now(st, Outcome::Invalid, msg, started).await;
+            }
+        };
+        // A worktree of its own, or the shared workdir.
+        let kind = self.task.workspace.unwrap_or(self.agent.workspace);
+        let result_file = run_dir.join("result.yaml");
+        let workdir = match kind {
+            crate::run::workspace::Kind::Shared => {
+                self.ws = Some(WorkspaceRun {
+                    kind,
+                    path: workdir.clone(),
+                    branch: None,
+                    base: None,
+                    cleanup: self.config.worktree_cleanup,
+                    result_file: result_file.clone(),
+                });
+                workdir
+            }
+            crate::run::workspace::Kind::Worktree => {
+                let dir = layout.root.join(&self.config.worktrees_dir);
+                let (w, n) = (workdir.clone(), name.clone());
+                let made = tokio::task::spawn_blocking(move || {
+                    crate::run::workspace::create(&w, &dir, &n)
+                })
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
+                match made {
+                    Ok((path, branch, base, cwd)) => {
+                        info!(task = %name, branch = %branch, "worktree ready");
+                        self.ws = Some(WorkspaceRun {
+                            kind,
+                            path: path.clone(),
+                            branch: Some(branch),
+                            base: Some(base),
+                            cleanup: self.config.worktree_cleanup,
+                            result_file: result_file.clone(),
+                        });
+                        cwd
+                    }
+                    Err(msg) => return self.fail_now(st, Outcome::Invalid, msg, started).await,
+                }
+            }
+        };
+        let vars = runner::Vars {
+            prompt,
+            prompt_file: path_str(&run_dir.join("prompt.md")),
+            task: name.clone(),
+            task_file: path_str(&layout.task_file(State::Assigned, &name, &self.ext)),
+            output_file: path_str(&run_dir.join("output.md")),
+            workdir: path_str(&workdir),
+            root: path_str(&layout.root),
+            mailroom: self.ctx.exe.clone(),
+        };
+        let argv = runner::build_argv(&self.agent.command, &vars);
+        let mut env: Vec<(String, String)> = vec![
+            ("MAILROOM_TASK".into(), name.clone()),
+            ("MAILROOM_TASK_FILE".into(), vars.task_file.clone()),
+            ("MAILROOM_ROOT".into(), vars.root.clone()),
+            ("MAILROOM_CONTEXT".into(), path_str(&layout.context)),
+            ("MAILROOM_OUTPUT".into(), vars.output_file.clone()),
+            ("MAILROOM_PROMPT_FILE".into(), vars.prompt_file.clone()),
+            ("MAILROOM_RUN_DIR".into(), path_str(&run_dir)),
+            ("MAILROOM_OUTBOX".into(), path_str(&run_dir.join("outbox"))),
+            ("MAILROOM_RESULT".into(), path_str(&result_file)),
+            ("MAILROOM_ATTEMPT".into(), st.attempts.to_string()),
+            ("MAILROOM_AGENT".into(), self.agent.name.clone()),
+        ];
+        env.extend(self.agent.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let spec = runner::Spec {
+            argv,
+            env,
+            workdir,
+            stdout: run_dir.join("stdout.log"),
+            stderr: run_dir.join("stderr.log"),
+            output: Some(run_dir.join("output.md")),
+            timeout,
+            grace: self.agent.grace,
+            stdin: self.lock.share().ok(),
+            inherit: self.config.env.clone(),
+            max_output: self.config.max_output_bytes,
+        };
+        let mut spec = spec;
+        let end = match runner::spawn(&mut spec, &layout.root) {
+            Ok(started_child) => {
+                info!(task = %name, agent = %self.agent.name, attempt = st.attempts, pid = started_child.pid, "spawned");
+                runner::wait(started_child, &spec, stop).await
+            }
+            Err(end) => end,
+        };
+        self.finish(st, end, started).await
+    }
+
+    /// Whether the run's outbox breaks the limits against runaway spawning.
+    pub(super) fn runaway(&self) -> Option<String> {
+        let outbox = self
+            .ctx
+            .layout
+            .run_dir(State::Assigned, &self.name)
+            .join("outbox");
+        let n = crate::tree::outbox::outbox_files(&outbox).len();
+        if n == 0 {
+            return None;
+        }
+        if n > self.config.followups_per_task {
+            return Some(format!(
+                "the agent wrote {n} follow-up tasks; the limit is {} (followups_per_task); none were queued",
+                self.config.followups_per_task
+            ));
+        }
+        let max = self.config.max_tree_depth;
+        let (root, depth) = crate::tree::outbox::tree_root(&self.ctx.layout, &self.name, max);
+        if depth + 1 > max {
+            return Some(format!(
+                "its follow-ups would sit {} levels below the first task of their tree; \
+                 the limit is {max} (max_tree_depth); none were queued",
+                depth + 1
+            ));
+        }
+        crate::tree::outbox::count_into_tree(&self.ctx.layout, &root, n, self.config.max_tree_tasks)
+            .err()
+    }
+
+    /// First claim of a task with `subtasks`: write the children into
+    /// `pending/`, then put the task back to wait for them.
+    pub(super) async fn expand(self, mut st: TaskState) -> JobEnd {
+        let layout = self.ctx.layout.clone();
+        let (name, subtasks) = (self.name.clone(), self.task.subtasks.clone());
+        let sequential =
+            self.config.subtask_order == crate::parse::config::SubtaskOrder::Sequential;
+        let res = tokio::task::spawn_blocking(move || {
+            crate::tree::outbox::expand(&layout, &name, &subtasks, sequential)
+        })
+        .await;
+        match res {
+            Ok(Ok(children)) => {
+                info!(task = %self.name, children = children.len(), "expanded subtasks; waiting for them");
+                st.children = children;
+                self.requeue_or_keep(st).await
+            }
+            Ok(Err(e)) => {
+                let msg = format!("cannot expand its subtasks: {e}");
+                self.fail_now(st, Outcome::Invalid, msg, SystemTime::now())
+                    .await
+            }
+            Err(_) => JobEnd::Stuck,
+        }
+    }
+
+    /// A parent whose children have all completed (the queue held it until
+    /// then): it completes without an agent.
+    pub(super) async fn complete_parent(self, st: TaskState) -> JobEnd {
+        let now = SystemTime::now();
+        let mut rec = base_record(
+            &self.ctx,
+            &self.name,
+            Status::Completed,
+            Outcome::Success,
+            &st,
+        );
+        rec.children = st.children.clone();
+        rec.summary = Some(format!("all {} subtasks completed", st.children.len()));
+        rec.started_at = Some(record::ts(now));
+        rec.finished_at = record::ts(now);
+        let mut st = st;
+        st.committing = Some(rec.run_id.clone());
+        self.commit(st, rec).await
+    }
+
+    /// Looks for a usage-limit message in the run's stdout and stderr.
+    pub(super) fn detect_limit(&self) -> Option<crate::run::limits::Limit> {
+        let patterns = self.limits.get(&self.agent.name)?;
+        let dir = self.ctx.layout.run_dir(State::Assigned, &self.name);
+        // The CLIs print limits on stdout or stderr; `output.md` is the
+        // agent's own prose and would only bring false alarms.
+        ["stderr.log", "stdout.log"].iter().find_map(|f| {
+            let (b, _) = fsx::read_tail(&dir.join(f), 64 * 1024).ok()?;
+            crate::run::limits::detect(
+                patterns,
+                &String::from_utf8_lossy(&b),
+                SystemTime::now(),
+                None,
+            )
+        })
+    }
+
+    pub(super) fn workdir(&self) -> Result<PathBuf, String> {
+        let root = &self.ctx.layout.root;
+        let Some(w) = &self.task.workdir else {
+            return Ok(root.clone());
+        };
+        let p = root.join(w);
+        let canon = p
+            .canonicalize()
+            .map_err(|e| format!("`workdir: {w}` cannot be used: {e}"))?;
+        if !canon.starts_with(root) {
+            return Err(format!(
+                "`workdir: {w}` leaves the root (through a symlink)"
+            ));
+        }
+        if !canon.is_dir() {
+            return Err(format!("`workdir: {w}` is not a directory"));
+        }
+        Ok(canon)
+    }
+}

@@ -1,0 +1,247 @@
+//! The supervisor: one owner of the mutable state, fed by a closed set of
+//! events (file hints, run finished, control requests, timers) in one
+//! `select!` loop. It scans `pending/`, claims what may run, hands each claim
+//! to a run task, and recovers orphans left in `assigned/`.
+
+mod claim;
+mod commit;
+mod control;
+mod job;
+mod main_loop;
+mod place;
+mod recover;
+mod scan;
+pub mod verdict;
+
+use commit::*;
+use control::*;
+use job::*;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tracing::{debug, error, info, warn};
+
+use crate::model::Outcome;
+use crate::model::record::{
+    self, Attempt, ErrorLocation, ResultRecord, RunInfo, Status, TaskState,
+};
+use crate::ops::watcher::{Hints, Watch};
+use crate::parse::config::{Config, WatchMode};
+use crate::parse::task::{self, Entry, Task, TaskError};
+use crate::run::limits::LimitPatterns;
+use crate::run::process::{self as runner, RunEnd, Stop};
+use crate::sched::queue::{Avail, Item, Queue};
+use crate::tree::fsx::{self, FileId, ReadError};
+use crate::tree::layout::{Layout, State};
+use crate::tree::mailbox::{self, Claim, TaskLock};
+
+/// Requests from outside the loop (signals, in main.rs; tests send them directly).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// SIGTERM/SIGINT: stop claiming, let agents finish within the grace
+    /// period, then stop them and requeue. A second one stops at once.
+    Shutdown,
+    /// SIGHUP: reload `mailroom.yaml`.
+    Reload,
+}
+
+/// Options of one `mailroom run`.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Exit once nothing is pending (that can ever run) and nothing is running.
+    pub exit_when_idle: bool,
+    /// systemd's notify socket, when run as a `Type=notify` service.
+    pub notifier: Option<Arc<crate::ops::sdnotify::Notifier>>,
+}
+
+/// What the loop reports when it returns.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Summary {
+    pub completed: u64,
+    pub failed: u64,
+    pub requeued: u64,
+}
+
+enum Event {
+    Finished {
+        name: String,
+        /// Which run: a name can be claimed again before its last run's event arrives.
+        run: u64,
+        agent: String,
+        end: JobEnd,
+    },
+}
+
+/// Where a run left its task.
+#[derive(Debug, Clone, PartialEq)]
+enum JobEnd {
+    /// Filed in completed/ or failed/, with the outcome and the run's length.
+    Done(Status, Outcome, Option<f64>),
+    Requeued,
+    /// The agent hit a usage limit: it cools down, the task went back to `pending/`.
+    Limited {
+        until: SystemTime,
+        message: String,
+    },
+    /// The commit could not be written; the task stays in `assigned/` for recovery.
+    Stuck,
+}
+
+/// What scheduling keeps of a parsed pending task. The file itself is read
+/// again when it is claimed, so nothing else (the description above all) is
+/// held in memory for a queue of 100,000 tasks.
+struct Brief {
+    priority: task::Priority,
+    not_before: Option<SystemTime>,
+    after: Box<[String]>,
+    /// Candidate agents (interned: most tasks share a route), or why none.
+    route: Result<Arc<crate::sched::queue::Route>, String>,
+}
+
+/// A file in `pending/` as last seen.
+struct Pending {
+    ext: &'static str,
+    id: FileId,
+    parsed: Result<Brief, Box<TaskError>>,
+    /// When this version of the file was first seen.
+    seen: Instant,
+    /// Retry backoff from the state file.
+    retry_at: Option<SystemTime>,
+    /// Agents ruled out for this task (from the state file).
+    excluded: Vec<String>,
+    /// Not before this instant: its lock was busy or its writer still had it open.
+    hold: Option<SystemTime>,
+}
+
+struct Running {
+    run: u64,
+    stop: watch::Sender<Option<Stop>>,
+}
+
+/// Shared context of run tasks.
+struct Ctx {
+    layout: Layout,
+    /// How many tasks wait in `pending/`, as the loop last counted.
+    pending_count: std::sync::atomic::AtomicUsize,
+    host: String,
+    self_pid: u32,
+    self_start: u64,
+    exe: String,
+}
+
+pub struct Supervisor {
+    ctx: Arc<Ctx>,
+    config: Arc<Config>,
+    pending: BTreeMap<String, Pending>,
+    /// Pending tasks that may run (dependencies met), in run order.
+    queue: Queue,
+    /// Pending tasks waiting for dependencies.
+    waiting: BTreeSet<String>,
+    /// Pending files that do not parse yet (maybe still being written).
+    unsettled: BTreeSet<String>,
+    /// Pending files that will never run, to be filed in `failed/`.
+    rejects: BTreeMap<String, ResultRecord>,
+    /// Agents cooling down after a usage limit: until when, and why.
+    cooldowns: HashMap<String, (SystemTime, String)>,
+    /// Each agent's compiled usage-limit patterns.
+    limits: Arc<HashMap<String, LimitPatterns>>,
+    /// Interned routes: one allocation per distinct route, not per task.
+    routes: HashMap<crate::sched::queue::Route, Arc<crate::sched::queue::Route>>,
+    running: HashMap<String, Running>,
+    load: HashMap<String, usize>,
+    stopping: Option<Instant>,
+    summary: Summary,
+    events_tx: mpsc::UnboundedSender<Event>,
+    events_rx: mpsc::UnboundedReceiver<Event>,
+    hints: Arc<Hints>,
+    /// Names with a state file in `assigned/` (retry bookkeeping), from the last rescan.
+    stateful: HashSet<String>,
+    logged_waits: HashSet<String>,
+    next_run: u64,
+    swept: bool,
+    /// Orphaned agents' process groups being stopped (pgid, leader start time),
+    /// so each gets one stopper.
+    stopping_agents: HashSet<(u32, u64)>,
+    /// Whether shutdown has already told the agents to stop.
+    stop_sent: bool,
+    /// Inside a full scan (not every file is read yet).
+    scanning: bool,
+    /// `tasks/control/pause` exists: no new claims.
+    paused: bool,
+    /// Agents with a `tasks/control/pause.<agent>` file.
+    paused_agents: HashSet<String>,
+    /// Runs told to stop for a `cancel` marker (so each is told once).
+    cancelling: HashSet<String>,
+    /// The control files may have changed.
+    control_dirty: bool,
+    /// `mailroom.yaml` changed: reload at this instant (edits come in bursts).
+    reload_due: Option<Instant>,
+    /// Counters for the Prometheus textfile.
+    metrics: crate::ops::metrics::Metrics,
+    /// When the metrics file may be written next (at most once a second).
+    metrics_due: Option<Instant>,
+}
+
+impl Supervisor {
+    /// Prepares a supervisor for `root` (created if missing).
+    pub fn new(root: &Path, config: Config) -> std::io::Result<Supervisor> {
+        let layout = Layout::new(root);
+        layout.ensure()?;
+        let root = root.canonicalize()?;
+        let layout = Layout::new(&root);
+        fsx::set_durable(config.durable);
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let self_pid = std::process::id();
+        Ok(Supervisor {
+            ctx: Arc::new(Ctx {
+                layout,
+                pending_count: std::sync::atomic::AtomicUsize::new(0),
+                host: mailbox::hostname(),
+                self_pid,
+                self_start: mailbox::proc_start_time(self_pid).unwrap_or(0),
+                exe: std::env::current_exe()
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .unwrap_or_else(|_| "mailroom".into()),
+            }),
+            queue: Queue::new(config.aging),
+            limits: Arc::new(compile_limits(&config)),
+            config: Arc::new(config),
+            pending: BTreeMap::new(),
+            waiting: BTreeSet::new(),
+            unsettled: BTreeSet::new(),
+            rejects: BTreeMap::new(),
+            cooldowns: HashMap::new(),
+            routes: HashMap::new(),
+            running: HashMap::new(),
+            load: HashMap::new(),
+            stopping: None,
+            summary: Summary::default(),
+            events_tx,
+            events_rx,
+            hints: Arc::new(Hints::default()),
+            stateful: HashSet::new(),
+            logged_waits: HashSet::new(),
+            next_run: 0,
+            swept: false,
+            stopping_agents: HashSet::new(),
+            stop_sent: false,
+            scanning: false,
+            paused: false,
+            paused_agents: HashSet::new(),
+            cancelling: HashSet::new(),
+            control_dirty: true,
+            reload_due: None,
+            metrics: crate::ops::metrics::Metrics::default(),
+            metrics_due: None,
+        })
+    }
+
+    pub(super) fn layout(&self) -> &Layout {
+        &self.ctx.layout
+    }
+}

@@ -1,0 +1,237 @@
+//! Recovery of `assigned/`: orphans whose supervisor died, interrupted commits, leftovers and temp files.
+
+use super::*;
+
+/// Removes temp files left by writers that died mid-write: mailroom's own
+/// `.<base>.<host>.<pid>.<n>.tmp` whose process is gone on this host, and any
+/// dot-`.tmp` file older than ten minutes (a writer on another host).
+pub(super) fn sweep_temps(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for ent in rd.flatten() {
+        let Some(f) = ent.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        if !(f.starts_with('.') && f.ends_with(".tmp")) {
+            continue;
+        }
+        // Only this host's pids can be checked; another host's temp files
+        // go by age alone.
+        let dead = fsx::tmp_owner(&f).is_some_and(|(host, pid)| {
+            host == fsx::host_tag()
+                && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+                    == Err(nix::errno::Errno::ESRCH)
+        });
+        let old = ent
+            .metadata()
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|e| e > Duration::from_secs(600));
+        if dead || old {
+            let _ = std::fs::remove_file(ent.path());
+        }
+    }
+}
+
+impl Supervisor {
+    /// Finishes or requeues orphans in `assigned/` (their supervisor died) and
+    /// removes leftovers that no one holds.
+    pub(super) fn recover(&mut self) {
+        let layout = self.layout().clone();
+        let rd = match std::fs::read_dir(&layout.assigned) {
+            Ok(rd) => rd,
+            Err(_) => return,
+        };
+        let mut tasks = Vec::new();
+        let mut leftovers = BTreeSet::new();
+        for ent in rd.flatten() {
+            let Some(f) = ent.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if let Entry::Task { name, ext } = task::classify(&f) {
+                tasks.push((name.to_owned(), ext.to_owned()));
+            } else if let Some(n) = f
+                .strip_suffix(".lock")
+                .or_else(|| f.strip_suffix(".state.json"))
+                .or_else(|| f.strip_suffix(".run"))
+            {
+                leftovers.insert(n.to_owned());
+            }
+        }
+        sweep_temps(&layout.assigned);
+        if !self.swept {
+            // Once per start: the other directories the protocol writes into.
+            for d in [
+                &layout.completed,
+                &layout.failed,
+                &layout.context,
+                &layout.outputs,
+                &layout.tmp,
+                &layout.cooldowns,
+            ] {
+                sweep_temps(d);
+            }
+            self.swept = true;
+        }
+        let task_names: HashSet<&str> = tasks.iter().map(|(n, _)| n.as_str()).collect();
+        for (name, ext) in &tasks {
+            if self.running.contains_key(name) {
+                continue;
+            }
+            match TaskLock::try_acquire(&layout, name) {
+                Ok(Some(lock)) => {
+                    if layout.task_file(State::Assigned, name, ext).exists() {
+                        self.recover_orphan(name, ext, lock);
+                    } else {
+                        lock.release();
+                    }
+                }
+                Ok(None) => self.stop_orphaned_agent(name),
+                Err(e) => warn!(task = %name, error = %e, "cannot lock during recovery"),
+            }
+        }
+        for name in leftovers {
+            if task_names.contains(name.as_str()) || self.running.contains_key(&name) {
+                continue;
+            }
+            let Ok(Some(lock)) = TaskLock::try_acquire(&layout, &name) else {
+                continue;
+            };
+            if layout.find(State::Assigned, &name).is_none() {
+                let _ = fsx::remove_dir_all_if_exists(&layout.run_dir(State::Assigned, &name));
+                if layout.find(State::Pending, &name).is_none() {
+                    let _ = fsx::remove_file_if_exists(&layout.state_file(&name));
+                }
+            }
+            lock.release();
+        }
+    }
+
+    pub(super) fn recover_orphan(&mut self, name: &str, ext: &str, lock: TaskLock) {
+        let layout = self.layout().clone();
+        let mut st = mailbox::read_state(&layout, name);
+        // A record already written means the run finished: complete its commit.
+        for dest in [State::Completed, State::Failed] {
+            let rp = layout.record_file(dest, name);
+            if let Ok(b) = std::fs::read(&rp)
+                && let Ok(rec) = serde_json::from_slice::<ResultRecord>(&b)
+                && (st.committing.as_deref() == Some(rec.run_id.as_str())
+                    || st.run.as_ref().and_then(|r| r.run_id.as_deref())
+                        == Some(rec.run_id.as_str()))
+                && rec.task == name
+            {
+                let (out, cut) = crate::tree::context::read_output(&layout.run_dir(dest, name));
+                let output = rec.agent.as_ref().map(|_| (out.as_str(), cut));
+                let res = crate::tree::context::merge(&layout, &rec, output, None)
+                    .and_then(|()| mailbox::finish_commit(&layout, name, ext, dest));
+                match res {
+                    Ok(()) => {
+                        info!(
+                            task = name,
+                            state = dest.dir_name(),
+                            "recovered: finished an interrupted commit"
+                        )
+                    }
+                    Err(e) => {
+                        error!(task = name, error = %e, "recovery could not finish the commit")
+                    }
+                }
+                lock.release();
+                return;
+            }
+        }
+        st.committing = None;
+        let retries = fsx::read_task_file(
+            &layout.task_file(State::Assigned, name, ext),
+            self.config.max_task_bytes,
+        )
+        .ok()
+        .and_then(|(b, _)| task::parse(name, &b).ok())
+        .and_then(|t| t.retries)
+        .unwrap_or(self.config.retries);
+        let _ = fsx::remove_dir_all_if_exists(&layout.run_dir(State::Assigned, name));
+        if let Some(run) = st.run.take() {
+            let why = format!(
+                "the supervisor (pid {} on {}) stopped during attempt {}",
+                run.supervisor_pid, run.host, run.attempt
+            );
+            st.history.push(Attempt {
+                attempt: run.attempt,
+                agent: run.agent.clone(),
+                started_at: run.started_at.clone(),
+                finished_at: record::now(),
+                outcome: Outcome::Interrupted,
+                exit_code: None,
+                signal: None,
+                error: Some(why.clone()),
+            });
+            st.last_error = Some(why.clone());
+            if st.charged() > retries {
+                let mut rec =
+                    base_record(&self.ctx, name, Status::Failed, Outcome::Interrupted, &st);
+                rec.error = Some(format!("{why}, and no attempts are left"));
+                rec.agent = Some(run.agent);
+                st.committing = Some(rec.run_id.clone());
+                let res = mailbox::write_state(&layout, &st)
+                    .and_then(|()| mailbox::prepare_commit(&layout, &rec))
+                    .and_then(|dest| {
+                        crate::tree::context::merge(&layout, &rec, None, None)?;
+                        mailbox::finish_commit(&layout, name, ext, dest)
+                    });
+                match res {
+                    Ok(()) => {
+                        self.summary.failed += 1;
+                        warn!(task = name, "recovered orphan: failed, no attempts left")
+                    }
+                    Err(e) => error!(task = name, error = %e, "recovery failed"),
+                }
+                lock.release();
+                return;
+            }
+        }
+        st.not_before = None;
+        match mailbox::requeue(&layout, name, ext, &st) {
+            Ok(()) => {
+                info!(
+                    task = name,
+                    attempts = st.attempts,
+                    "recovered orphan: requeued"
+                );
+                self.stateful.insert(name.to_owned());
+                self.examine_name(name);
+            }
+            Err(e) => error!(task = name, error = %e, "recovery could not requeue"),
+        }
+        lock.release();
+    }
+
+    /// The lock of `name` is held: if by an agent whose supervisor died on this
+    /// host, stop that agent so the task can be recovered and run again.
+    pub(super) fn stop_orphaned_agent(&mut self, name: &str) {
+        let st = mailbox::read_state(self.layout(), name);
+        let Some(run) = st.run else { return };
+        // A supervisor whose start time could not be read cannot be proven dead.
+        if run.supervisor_start == 0
+            || run.host != self.ctx.host
+            || (run.supervisor_pid == self.ctx.self_pid
+                && run.supervisor_start == self.ctx.self_start)
+            || mailbox::same_process(run.supervisor_pid, run.supervisor_start)
+        {
+            return;
+        }
+        let grace = self
+            .config
+            .agents
+            .get(&run.agent)
+            .map(|a| a.grace)
+            .unwrap_or(Duration::from_secs(10));
+        for (pgid, start) in runner::find_agent_groups(&self.ctx.layout.root, name) {
+            if self.stopping_agents.insert((pgid, start)) {
+                warn!(task = name, pgid, "stopping an agent whose supervisor died");
+                std::thread::spawn(move || runner::kill_orphan_group(pgid, grace));
+            }
+        }
+    }
+}

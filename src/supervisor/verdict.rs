@@ -1,0 +1,317 @@
+//! What a finished run means. Pure: the job gathers the facts (how the process
+//! ended, the history, the policy) and applies the verdict; nothing here reads
+//! a file, looks at a clock or starts a process.
+
+use std::time::Duration;
+
+use crate::model::Outcome;
+use crate::run::process::{Exit, RunEnd};
+
+/// Usage-limit hits per task that do not use up an attempt: output that merely
+/// looks like a limit message must not rerun a task forever.
+pub const MAX_FREE_LIMITED: usize = 8;
+
+/// How a process ended, in the record's terms.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ended {
+    pub outcome: Outcome,
+    pub exit: Option<Exit>,
+    /// The error for the record, before the stderr tail is added.
+    pub error: Option<String>,
+}
+
+/// The outcome of a run from how its process ended. `timeout` and `max_output`
+/// only go into messages.
+pub fn ended(end: &RunEnd, timeout: Duration, max_output: u64) -> Ended {
+    let (outcome, exit, error) = match end {
+        RunEnd::Exited(Exit::Code(0)) => (Outcome::Success, Some(Exit::Code(0)), None),
+        RunEnd::Exited(e @ Exit::Code(c)) => (
+            Outcome::Exit,
+            Some(*e),
+            Some(format!("agent exited with code {c}")),
+        ),
+        RunEnd::Exited(e @ Exit::Signal(s)) => (
+            Outcome::Signal,
+            Some(*e),
+            Some(format!("agent was killed by signal {}", sig_name(*s))),
+        ),
+        RunEnd::TimedOut(e) => (
+            Outcome::Timeout,
+            Some(*e),
+            Some(format!(
+                "agent timed out after {}",
+                humantime::format_duration(timeout)
+            )),
+        ),
+        RunEnd::OutputLimit(e, n) => (
+            Outcome::OutputLimit,
+            Some(*e),
+            Some(format!(
+                "agent wrote {n} bytes of output, over max_output_bytes ({max_output}); it was stopped"
+            )),
+        ),
+        // The agent finished its work within the grace period: its verdict stands.
+        RunEnd::Stopped(Exit::Code(0)) => (Outcome::Success, Some(Exit::Code(0)), None),
+        RunEnd::Stopped(e) => (
+            Outcome::Interrupted,
+            Some(*e),
+            Some("stopped by shutdown".into()),
+        ),
+        RunEnd::Cancelled(e) => (
+            Outcome::Cancelled,
+            Some(*e),
+            Some("cancelled by `mailroom cancel`".into()),
+        ),
+        RunEnd::SpawnFailed { error, .. } => (Outcome::Spawn, None, Some(error.clone())),
+    };
+    Ended {
+        outcome,
+        exit,
+        error,
+    }
+}
+
+fn sig_name(s: i32) -> String {
+    nix::sys::signal::Signal::try_from(s)
+        .map(|s| s.as_str().to_owned())
+        .unwrap_or_else(|_| s.to_string())
+}
+
+/// Whether a usage-limit message in this run's output counts: the job looks
+/// for one (reads the run's files) only when it does.
+pub fn limit_applies(outcome: Outcome, limited_before: usize) -> bool {
+    !matches!(outcome, Outcome::Spawn | Outcome::Cancelled) && limited_before < MAX_FREE_LIMITED
+}
+
+/// Everything the verdict depends on, gathered by the job after the run (its
+/// attempt already counted and in the history).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Facts {
+    /// The run's outcome (after the runaway check of a successful run).
+    pub outcome: Outcome,
+    /// A usage-limit message was found (only looked for when [`limit_applies`]).
+    pub limited: bool,
+    /// Other agents could take the task if this one is ruled out.
+    pub alternatives: bool,
+    /// Failed attempts of this agent on this task, this one included (limited
+    /// and interrupted attempts do not count).
+    pub agent_failures: u32,
+    /// Attempts that count against `retries`, this one included.
+    pub charged: u32,
+    pub retries: u32,
+    pub fallback_after: u32,
+}
+
+/// What to do with the task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Usage limit: cool the agent down, requeue without using an attempt.
+    Cooldown,
+    /// Rule this agent out for the task and requeue it for the next one of its
+    /// route; `free`: the attempt does not count (the agent never started).
+    Fallback { free: bool },
+    /// Stopped by a shutdown: requeue without using an attempt.
+    Requeue,
+    /// Requeue after the backoff for the `n`th charged attempt.
+    Retry { n: u32 },
+    /// File it for good; `exclude_agent`: the agent is ruled out in the state
+    /// kept with the record (it used up its fallback chances).
+    Commit {
+        outcome: Outcome,
+        exclude_agent: bool,
+    },
+}
+
+/// The product's core policy: retry, fallback, cooldown, requeue or commit.
+pub fn decide(f: &Facts) -> Verdict {
+    use Outcome::*;
+    let o = f.outcome;
+    if f.limited && !matches!(o, Spawn | Cancelled) {
+        return Verdict::Cooldown;
+    }
+    let mut exclude_agent = false;
+    // An agent that cannot be started, or has failed this task
+    // `fallback_after` times, hands it to the next agent of its route.
+    if f.alternatives
+        && !matches!(o, Success | Cancelled | Runaway)
+        && (o == Spawn || f.agent_failures >= f.fallback_after)
+    {
+        if o == Spawn {
+            return Verdict::Fallback { free: true };
+        }
+        if f.charged <= f.retries {
+            return Verdict::Fallback { free: false };
+        }
+        exclude_agent = true;
+    }
+    if o == Interrupted {
+        return Verdict::Requeue;
+    }
+    if !matches!(o, Success | Spawn | Runaway | Cancelled) && f.charged <= f.retries {
+        return Verdict::Retry { n: f.charged };
+    }
+    Verdict::Commit {
+        outcome: o,
+        exclude_agent,
+    }
+}
+
+/// Exponential backoff with equal jitter: between half and all of
+/// `base * 2^(n-1)`, capped at `max`. `entropy` picks the point (the caller
+/// passes the clock's nanoseconds and its pid).
+pub fn backoff(base: Duration, max: Duration, n: u32, entropy: u64) -> Duration {
+    let exp = base
+        .saturating_mul(1u32 << n.saturating_sub(1).min(20))
+        .min(max);
+    let half = exp / 2;
+    let span = half.as_nanos().max(1) as u64;
+    half + Duration::from_nanos(entropy % span)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Outcome::{
+        Cancelled, Exit as Failed, Interrupted, Invalid, OutputLimit, Runaway, Signal, Spawn,
+        Success, Timeout,
+    };
+
+    fn facts(outcome: Outcome) -> Facts {
+        Facts {
+            outcome,
+            limited: false,
+            alternatives: false,
+            agent_failures: 1,
+            charged: 1,
+            retries: 2,
+            fallback_after: 2,
+        }
+    }
+
+    fn commit(outcome: Outcome) -> Verdict {
+        Verdict::Commit {
+            outcome,
+            exclude_agent: false,
+        }
+    }
+
+    #[test]
+    fn every_outcome_without_alternatives() {
+        // (outcome, attempts left?) -> verdict
+        let table: &[(Outcome, Verdict, Verdict)] = &[
+            (Success, commit(Success), commit(Success)),
+            (Failed, Verdict::Retry { n: 1 }, commit(Failed)),
+            (Signal, Verdict::Retry { n: 1 }, commit(Signal)),
+            (Timeout, Verdict::Retry { n: 1 }, commit(Timeout)),
+            (OutputLimit, Verdict::Retry { n: 1 }, commit(OutputLimit)),
+            (Spawn, commit(Spawn), commit(Spawn)),
+            (Runaway, commit(Runaway), commit(Runaway)),
+            (Cancelled, commit(Cancelled), commit(Cancelled)),
+            (Interrupted, Verdict::Requeue, Verdict::Requeue),
+            (Invalid, Verdict::Retry { n: 1 }, commit(Invalid)),
+        ];
+        for (o, left, none_left) in table {
+            assert_eq!(decide(&facts(*o)), *left, "{o} with attempts left");
+            let f = Facts {
+                charged: 3,
+                ..facts(*o)
+            };
+            let want = match none_left {
+                Verdict::Retry { .. } => unreachable!(),
+                v => *v,
+            };
+            assert_eq!(decide(&f), want, "{o} with no attempts left");
+        }
+    }
+
+    #[test]
+    fn a_limit_cools_down_unless_the_agent_never_ran_or_was_cancelled() {
+        for o in Outcome::ALL {
+            let f = Facts {
+                limited: true,
+                ..facts(o)
+            };
+            let v = decide(&f);
+            if matches!(o, Spawn | Cancelled) {
+                assert_ne!(v, Verdict::Cooldown, "{o}");
+            } else {
+                assert_eq!(v, Verdict::Cooldown, "{o}");
+            }
+        }
+        assert!(limit_applies(Success, MAX_FREE_LIMITED - 1));
+        assert!(!limit_applies(Success, MAX_FREE_LIMITED));
+        assert!(!limit_applies(Spawn, 0));
+        assert!(!limit_applies(Cancelled, 0));
+    }
+
+    #[test]
+    fn fallback_after_repeated_failures_or_a_missing_agent() {
+        let alt = |o, agent_failures, charged| Facts {
+            alternatives: true,
+            agent_failures,
+            charged,
+            ..facts(o)
+        };
+        // A missing agent hands over at once, for free.
+        assert_eq!(decide(&alt(Spawn, 1, 1)), Verdict::Fallback { free: true });
+        assert_eq!(decide(&alt(Spawn, 1, 9)), Verdict::Fallback { free: true });
+        // Below fallback_after: an ordinary retry on the same agent.
+        assert_eq!(decide(&alt(Failed, 1, 1)), Verdict::Retry { n: 1 });
+        // At fallback_after, with attempts left: the next agent.
+        assert_eq!(
+            decide(&alt(Failed, 2, 2)),
+            Verdict::Fallback { free: false }
+        );
+        // At fallback_after, none left: failed, the agent ruled out.
+        assert_eq!(
+            decide(&alt(Failed, 2, 3)),
+            Verdict::Commit {
+                outcome: Failed,
+                exclude_agent: true
+            }
+        );
+        // Success, cancel and runaway never fall back.
+        for o in [Success, Cancelled, Runaway] {
+            assert_eq!(decide(&alt(o, 5, 1)), commit(o), "{o}");
+        }
+        // Without alternatives a missing agent is final.
+        assert_eq!(decide(&facts(Spawn)), commit(Spawn));
+    }
+
+    #[test]
+    fn the_outcome_of_each_way_a_process_ends() {
+        let t = Duration::from_secs(90);
+        let cases = [
+            (RunEnd::Exited(Exit::Code(0)), Success),
+            (RunEnd::Exited(Exit::Code(3)), Failed),
+            (RunEnd::Exited(Exit::Signal(9)), Signal),
+            (RunEnd::TimedOut(Exit::Signal(15)), Timeout),
+            (RunEnd::OutputLimit(Exit::Signal(15), 10), OutputLimit),
+            (RunEnd::Stopped(Exit::Code(0)), Success),
+            (RunEnd::Stopped(Exit::Signal(15)), Interrupted),
+            (RunEnd::Cancelled(Exit::Code(0)), Cancelled),
+        ];
+        for (end, want) in cases {
+            let e = ended(&end, t, 1);
+            assert_eq!(e.outcome, want, "{end:?}");
+            assert_eq!(e.error.is_none(), want == Success, "{end:?}");
+        }
+        let e = ended(&RunEnd::Exited(Exit::Signal(9)), t, 1);
+        assert!(e.error.unwrap().contains("SIGKILL"));
+        let e = ended(&RunEnd::TimedOut(Exit::Signal(15)), t, 1);
+        assert!(e.error.unwrap().contains("1m 30s"));
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_and_caps() {
+        let b = Duration::from_secs(5);
+        let m = Duration::from_secs(60);
+        for n in 1..10 {
+            for entropy in [0, 1, 12345, u64::MAX] {
+                let d = backoff(b, m, n, entropy);
+                let full = (b * (1 << (n - 1))).min(m);
+                assert!(d >= full / 2 && d <= full, "n={n} d={d:?}");
+            }
+        }
+    }
+}
