@@ -22,8 +22,10 @@ use mailroom::model::record::{Attempt, ResultRecord, RunInfo, Status};
 use mailroom::parse::config::{Config, split_words};
 use mailroom::parse::task::{self, Priority};
 use mailroom::sched::queue::{Avail, Item, Pick, Queue, Route};
+use mailroom::tree::books;
 use mailroom::tree::layout::{Layout, State};
-use mailroom::tree::mailbox::{self, TaskLock};
+use mailroom::tree::lock::TaskLock;
+use mailroom::tree::moves;
 
 /// Bytes shown as an escaped string when proptest reports a failing input.
 #[derive(Clone)]
@@ -951,7 +953,7 @@ impl Sim {
     }
 
     fn record(&self, name: &str, status: Status, outcome: Outcome, attempts: u32) -> ResultRecord {
-        let mut rec = mailbox::never_ran_record(outcome, format!("{outcome} (property test)"));
+        let mut rec = books::never_ran_record(outcome, format!("{outcome} (property test)"));
         rec.task = name.to_owned();
         rec.status = status;
         rec.attempts = attempts;
@@ -1005,26 +1007,26 @@ impl Sim {
                 }
                 let lock = TaskLock::try_acquire(&l, &t.name)?;
                 let lock = lock.expect("nobody else holds the lock of a pending task");
-                match mailbox::claim(&l, &t.name, t.ext, &lock)? {
-                    mailbox::Claim::Claimed => {}
+                match moves::claim(&l, &t.name, t.ext, &lock)? {
+                    moves::Claim::Claimed => {}
                     other => prop_assert!(false, "claim of {}: {:?}", t.name, other),
                 }
                 // 7.2: the attempt is counted before the spawn.
-                let mut st = mailbox::read_state(&l, &t.name);
+                let mut st = books::read_state(&l, &t.name);
                 st.attempts += 1;
                 st.not_before = None;
                 st.run = Some(RunInfo {
                     attempt: st.attempts,
                     agent: "a".into(),
-                    host: mailbox::hostname(),
+                    host: books::hostname(),
                     supervisor_pid: std::process::id(),
                     supervisor_start: 1,
                     started_at: mailroom::model::record::now(),
                     deadline: mailroom::model::record::now(),
                     reason: None,
-                    run_id: Some(mailbox::run_id()),
+                    run_id: Some(books::run_id()),
                 });
-                mailbox::write_state(&l, &st)?;
+                books::write_state(&l, &st)?;
                 t.state = State::Assigned;
                 t.held = Some(lock);
             }
@@ -1045,11 +1047,11 @@ impl Sim {
                 let Some(lock) = t.held.take() else {
                     return Ok(false);
                 };
-                let mut st = mailbox::read_state(&l, &t.name);
+                let mut st = books::read_state(&l, &t.name);
                 let run = st.run.take().expect("a running task has a run");
                 st.history.push(attempt(&run, Outcome::Exit));
                 st.last_error = Some("exit 1".into());
-                mailbox::requeue(&l, &t.name, t.ext, &st)?;
+                moves::requeue(&l, &t.name, t.ext, &st)?;
                 lock.release();
                 t.state = State::Pending;
             }
@@ -1067,8 +1069,8 @@ impl Sim {
                     }
                 };
                 let rec =
-                    mailbox::never_ran_record(Outcome::Invalid, "refused (property test)".into());
-                let filed = mailbox::reject(&l, src, &t.name, t.ext, rec, rename)?;
+                    books::never_ran_record(Outcome::Invalid, "refused (property test)".into());
+                let filed = moves::reject(&l, src, &t.name, t.ext, rec, rename)?;
                 let Some(target) = filed else {
                     prop_assert!(false, "reject of {} found no file", t.name);
                     unreachable!()
@@ -1086,7 +1088,7 @@ impl Sim {
                 if self.tasks[i].state != State::Assigned || self.tasks[i].held.is_none() {
                     return Ok(false);
                 }
-                let st = mailbox::read_state(&l, &name);
+                let st = books::read_state(&l, &name);
                 let run = st.run.clone().expect("a running task has a run");
                 let (status, outcome) = if ok {
                     (Status::Completed, Outcome::Success)
@@ -1097,14 +1099,14 @@ impl Sim {
                 rec.run_id = run.run_id.clone().expect("run_id");
                 rec.history = st.history.clone();
                 rec.history.push(attempt(&run, outcome));
-                let dest = mailbox::prepare_commit(&l, &rec)?;
+                let dest = moves::prepare_commit(&l, &rec)?;
                 let t = &mut self.tasks[i];
                 let lock = t.held.take().unwrap();
                 if crash {
                     drop(lock);
                     return Ok(true);
                 }
-                mailbox::finish_commit(&l, &name, ext, dest)?;
+                moves::finish_commit(&l, &name, ext, dest)?;
                 lock.release();
                 t.state = dest;
             }
@@ -1128,39 +1130,10 @@ impl Sim {
         Ok(true)
     }
 
-    /// `Supervisor::recover_orphan`, step by step, with the library's moves.
+    /// The supervisor's own recovery (`tree::recovery`), not a copy of it.
     fn recover(&self, name: &str, ext: &str) -> Result<State, TestCaseError> {
-        let l = &self.layout;
-        let mut st = mailbox::read_state(l, name);
-        for dest in [State::Completed, State::Failed] {
-            if let Ok(b) = std::fs::read(l.record_file(dest, name))
-                && let Ok(rec) = serde_json::from_slice::<ResultRecord>(&b)
-                && rec.task == name
-                && (st.committing.as_deref() == Some(rec.run_id.as_str())
-                    || st.run.as_ref().and_then(|r| r.run_id.as_deref())
-                        == Some(rec.run_id.as_str()))
-            {
-                mailbox::finish_commit(l, name, ext, dest)?;
-                return Ok(dest);
-            }
-        }
-        st.committing = None;
-        mailroom::tree::fsx::remove_dir_all_if_exists(&l.run_dir(State::Assigned, name))?;
-        if let Some(run) = st.run.take() {
-            st.history.push(attempt(&run, Outcome::Interrupted));
-            if st.charged() > RETRIES {
-                let mut rec = self.record(name, Status::Failed, Outcome::Interrupted, st.attempts);
-                st.committing = Some(rec.run_id.clone());
-                rec.history = st.history.clone();
-                mailbox::write_state(l, &st)?;
-                let dest = mailbox::prepare_commit(l, &rec)?;
-                mailbox::finish_commit(l, name, ext, dest)?;
-                return Ok(dest);
-            }
-        }
-        st.not_before = None;
-        mailbox::requeue(l, name, ext, &st)?;
-        Ok(State::Pending)
+        let (_, state) = mailroom::tree::recovery::recover(&self.layout, name, ext, RETRIES, None)?;
+        Ok(state)
     }
 
     /// The invariants, checked after every step.
@@ -1170,7 +1143,7 @@ impl Sim {
         // says, and no file appears or disappears.
         let mut seen: BTreeMap<String, State> = BTreeMap::new();
         for s in State::ALL {
-            for (name, _) in mailbox::list(l, s)? {
+            for (name, _) in books::list(l, s)? {
                 if let Some(prev) = seen.insert(name.clone(), s) {
                     prop_assert!(false, "{} is in both {:?} and {:?}", name, prev, s);
                 }

@@ -12,9 +12,11 @@ use anyhow::{Context, Result, bail};
 
 use crate::cli::{check_task_name, open_tree};
 use crate::parse::config::Config;
+use crate::tree::books;
 use crate::tree::fsx;
 use crate::tree::layout::State;
-use crate::tree::mailbox::{self, TaskLock};
+use crate::tree::lock::TaskLock;
+use crate::tree::moves;
 
 /// `mailroom cancel NAME`: a pending task is filed as cancelled at once; for
 /// a running one a marker asks its supervisor to stop the agent, and this
@@ -30,8 +32,8 @@ pub fn cancel(root: &Path, name: &str, within: Duration) -> Result<ExitCode> {
         Some((State::Pending, _, ext)) => {
             if let Some(lock) = TaskLock::try_acquire(&layout, name)? {
                 let rec =
-                    mailbox::never_ran_record(Outcome::Cancelled, "cancelled before it ran".into());
-                let res = mailbox::reject(&layout, State::Pending, name, ext, rec.clone(), false);
+                    books::never_ran_record(Outcome::Cancelled, "cancelled before it ran".into());
+                let res = moves::reject(&layout, State::Pending, name, ext, rec.clone(), false);
                 lock.release();
                 if let Some(target) = res? {
                     let mut rec = rec;
@@ -163,7 +165,7 @@ pub fn wait(
     }
     let start = Instant::now();
     let failed_before: std::collections::HashSet<String> = if names.is_empty() {
-        mailbox::list(&layout, State::Failed)?
+        books::list(&layout, State::Failed)?
             .into_iter()
             .map(|(n, _)| n)
             .collect()
@@ -175,7 +177,7 @@ pub fn wait(
     loop {
         let (done, total) = if names.is_empty() {
             let open =
-                mailbox::count(&layout, State::Pending) + mailbox::count(&layout, State::Assigned);
+                books::count(&layout, State::Pending) + books::count(&layout, State::Assigned);
             (usize::from(open == 0), 1)
         } else {
             let d = names
@@ -210,7 +212,7 @@ pub fn wait(
         eprintln!();
     }
     if names.is_empty() {
-        res.failed = mailbox::list(&layout, State::Failed)?
+        res.failed = books::list(&layout, State::Failed)?
             .into_iter()
             .map(|(n, _)| n)
             .filter(|n| !failed_before.contains(n))
@@ -280,8 +282,8 @@ pub fn agents(root: &Path, json: bool) -> Result<()> {
     let layout = open_tree(root)?;
     let config = Config::load(root).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut running: std::collections::HashMap<String, usize> = Default::default();
-    for (n, _) in mailbox::list(&layout, State::Assigned)? {
-        if let Some(r) = mailbox::read_state(&layout, &n).run {
+    for (n, _) in books::list(&layout, State::Assigned)? {
+        if let Some(r) = books::read_state(&layout, &n).run {
             *running.entry(r.agent).or_default() += 1;
         }
     }
@@ -296,7 +298,7 @@ pub fn agents(root: &Path, json: bool) -> Result<()> {
             }
         }
     }
-    let cooling = mailbox::cooldowns(&layout, false);
+    let cooling = books::cooldowns(&layout, false);
     let rows: Vec<AgentRow> = config
         .agents
         .values()
@@ -315,7 +317,7 @@ pub fn agents(root: &Path, json: bool) -> Result<()> {
                 name: a.name.clone(),
                 running: running.get(&a.name).copied().unwrap_or(0),
                 max_instances: a.max_instances,
-                paused: mailbox::exists(&layout.pause_file(Some(&a.name))),
+                paused: books::exists(&layout.pause_file(Some(&a.name))),
                 cooling_until,
                 completed: n("completed"),
                 failed: n("failed"),

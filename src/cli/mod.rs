@@ -13,9 +13,11 @@ use serde::Serialize;
 use crate::model::record::ResultRecord;
 use crate::parse::config::{CONFIG_FILE, Config, SAMPLE_CONFIG};
 use crate::parse::task;
+use crate::tree::books;
 use crate::tree::fsx;
 use crate::tree::layout::{Layout, State};
-use crate::tree::mailbox::{self, TaskLock};
+use crate::tree::lock::TaskLock;
+use crate::tree::moves;
 
 /// A supervisor for command-line AI agents whose whole interface is a directory tree.
 #[derive(Debug, Parser)]
@@ -338,8 +340,7 @@ pub fn add(root: &Path, a: AddArgs) -> Result<String> {
                 .open(&tmp)?;
             f.write_all(&bytes)?;
             f.sync_all()?;
-            fsx::rename_noreplace(&tmp, &layout.task_file(State::Pending, &name, ext))?;
-            fsx::fsync_dir(&layout.pending)
+            moves::submit(&layout, &tmp, &name, ext)
         })();
         match res {
             Ok(()) => return Ok(name),
@@ -404,11 +405,11 @@ struct StatusJson {
 }
 
 fn running_tasks(layout: &Layout) -> Vec<RunningTask> {
-    mailbox::list(layout, State::Assigned)
+    books::list(layout, State::Assigned)
         .unwrap_or_default()
         .into_iter()
         .map(|(name, _)| {
-            let st = mailbox::read_state(layout, &name);
+            let st = books::read_state(layout, &name);
             let r = st.run;
             // The agent's process group, found by its MAILROOM_* environment.
             let pid = layout.root.canonicalize().ok().and_then(|root| {
@@ -433,12 +434,12 @@ pub fn status(root: &Path, json: bool) -> Result<()> {
     let layout = open_tree(root)?;
     let s = StatusJson {
         root: root.display().to_string(),
-        pending: mailbox::count(&layout, State::Pending),
-        running: mailbox::count(&layout, State::Assigned),
-        completed: mailbox::count(&layout, State::Completed),
-        failed: mailbox::count(&layout, State::Failed),
+        pending: books::count(&layout, State::Pending),
+        running: books::count(&layout, State::Assigned),
+        completed: books::count(&layout, State::Completed),
+        failed: books::count(&layout, State::Failed),
         running_tasks: running_tasks(&layout),
-        cooldowns: mailbox::cooldowns(&layout, false),
+        cooldowns: books::cooldowns(&layout, false),
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&s)?);
@@ -504,7 +505,7 @@ pub fn list(root: &Path, state: Option<&str>, json: bool) -> Result<()> {
     };
     let mut items = Vec::new();
     for st in states {
-        for (name, ext) in mailbox::list(&layout, st)? {
+        for (name, ext) in books::list(&layout, st)? {
             let error = if st == State::Failed {
                 read_record(&layout, State::Failed, &name).and_then(|r| r.error)
             } else {
@@ -581,7 +582,7 @@ fn children_of(
     v.extend(st.children.iter().cloned());
     let prefix = format!("{name}.");
     for s in State::ALL {
-        for (n, _) in mailbox::list(layout, s).unwrap_or_default() {
+        for (n, _) in books::list(layout, s).unwrap_or_default() {
             if n.starts_with(&prefix) && !n[prefix.len()..].contains('.') && !n.contains(".clash-")
             {
                 v.push(n);
@@ -607,7 +608,7 @@ pub fn show(root: &Path, name: &str, json: bool) -> Result<()> {
         State::Completed | State::Failed => read_record(&layout, st, name),
         _ => None,
     };
-    let state_file = mailbox::read_state(&layout, name);
+    let state_file = books::read_state(&layout, name);
     let parsed = task::parse(name, content.as_bytes());
     let output_path = layout.output_file(name);
     let output = fsx::read_tail(&output_path, 4096)
@@ -713,7 +714,7 @@ pub fn retry(root: &Path, name: &str) -> Result<()> {
     let lock = TaskLock::try_acquire(&layout, name)?
         .ok_or_else(|| anyhow::anyhow!("`{name}` is busy (its lock is held); try again"))?;
     let res = (|| -> Result<()> {
-        let Some((path, ext)) = layout.find(State::Failed, name) else {
+        let Some((_, ext)) = layout.find(State::Failed, name) else {
             match layout.locate(name) {
                 Some((st, _, _)) => bail!("`{name}` is {}, not failed", st.dir_name()),
                 None => bail!("no task named `{name}`"),
@@ -734,9 +735,7 @@ pub fn retry(root: &Path, name: &str) -> Result<()> {
         fsx::remove_file_if_exists(&layout.state_file(name))?;
         fsx::remove_file_if_exists(&layout.record_file(State::Failed, name))?;
         fsx::fsync_dir(&layout.failed)?;
-        fsx::rename_noreplace(&path, &layout.task_file(State::Pending, name, ext))?;
-        fsx::fsync_dir(&layout.pending)?;
-        fsx::fsync_dir(&layout.failed)?;
+        moves::retry(&layout, State::Failed, name, ext)?;
         fsx::remove_dir_all_if_exists(&layout.run_dir(State::Failed, name))?;
         println!("{name}: moved back to pending with fresh attempts");
         Ok(())

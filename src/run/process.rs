@@ -440,7 +440,7 @@ pub fn find_agent_groups(root: &Path, task: &str) -> Vec<(u32, u64)> {
             && pg.as_raw() > 1
         {
             let pg = pg.as_raw() as u32;
-            if let Some(start) = crate::tree::mailbox::proc_start_time(pg) {
+            if let Some(start) = crate::tree::books::proc_start_time(pg) {
                 groups.insert((pg, start));
             }
         }

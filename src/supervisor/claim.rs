@@ -31,7 +31,7 @@ impl Supervisor {
                 let file =
                     self.layout()
                         .rel(&self.layout().task_file(State::Pending, &name, p.ext));
-                let mut rec = mailbox::never_ran_record(Outcome::Invalid, e.display_at(&file));
+                let mut rec = books::never_ran_record(Outcome::Invalid, e.display_at(&file));
                 rec.error_location = Some(ErrorLocation {
                     file,
                     line: e.line,
@@ -127,7 +127,7 @@ impl Supervisor {
         let layout = self.layout().clone();
         let error = rec.error.clone().unwrap_or_default();
         let outcome = rec.outcome;
-        match mailbox::reject(&layout, src, name, ext, rec.clone(), rename) {
+        match moves::reject(&layout, src, name, ext, rec.clone(), rename) {
             Ok(Some(target)) => {
                 warn!(task = name, filed_as = %target, "{error}");
                 self.summary.failed += 1;
@@ -178,10 +178,10 @@ impl Supervisor {
             clean
         };
         let layout = self.layout().clone();
-        let Ok((target, lock)) = mailbox::free_clash_name(&layout, State::Failed, &clean) else {
+        let Ok((target, lock)) = moves::free_clash_name(&layout, State::Failed, &clean) else {
             return;
         };
-        let mut rec = mailbox::never_ran_record(
+        let mut rec = books::never_ran_record(
             Outcome::Invalid,
             format!(
                 "the file name {:?} cannot be used ({why}); filed as `{target}`",
@@ -190,19 +190,9 @@ impl Supervisor {
         );
         rec.task = target.clone();
         rec.submitted_as = Some(format!("tasks/pending/{}", raw.escape_debug()));
-        let res = (|| -> std::io::Result<()> {
-            let bytes = serde_json::to_vec_pretty(&rec).map_err(std::io::Error::other)?;
-            fsx::write_atomic(&layout.record_file(State::Failed, &target), &bytes)?;
-            fsx::rename_noreplace(path, &layout.task_file(State::Failed, &target, &ext))?;
-            fsx::fsync_dir(&layout.failed)?;
-            fsx::fsync_dir(&layout.pending)
-        })();
-        match res {
+        match moves::set_aside(&layout, path, &target, &ext, &rec) {
             Ok(()) => warn!(file = ?raw, filed_as = %target, "{why}"),
-            Err(e) => {
-                let _ = std::fs::remove_file(layout.record_file(State::Failed, &target));
-                debug!(error = %e, "bad name not filed")
-            }
+            Err(e) => debug!(error = %e, "bad name not filed"),
         }
         lock.release();
     }
@@ -223,7 +213,7 @@ impl Supervisor {
         let Some(lock) = self.lock_or_hold(name) else {
             return;
         };
-        match mailbox::claim(&layout, name, &ext, &lock) {
+        match moves::claim(&layout, name, &ext, &lock) {
             Ok(Claim::Claimed) => {}
             Ok(Claim::Gone) => {
                 lock.release();
@@ -233,7 +223,7 @@ impl Supervisor {
             Ok(Claim::Clash(other)) => {
                 lock.release();
                 self.forget(name);
-                let rec = mailbox::never_ran_record(
+                let rec = books::never_ran_record(
                     Outcome::Clash,
                     format!(
                         "the name `{name}` is already used by {}; nothing was overwritten. Rename the file and submit it again",
@@ -266,7 +256,7 @@ impl Supervisor {
         let task = match task {
             Ok(t) => t,
             Err(msg) => {
-                let rec = mailbox::never_ran_record(Outcome::Invalid, msg);
+                let rec = books::never_ran_record(Outcome::Invalid, msg);
                 self.reject_locked(State::Assigned, name, &ext, rec, false, lock);
                 return;
             }
@@ -274,7 +264,7 @@ impl Supervisor {
         let (route, reason) = match crate::sched::routing::route(&self.config, &task, &excluded) {
             Ok(r) => r,
             Err(why) => {
-                let rec = mailbox::never_ran_record(Outcome::Invalid, why);
+                let rec = books::never_ran_record(Outcome::Invalid, why);
                 self.reject_locked(State::Assigned, name, &ext, rec, false, lock);
                 return;
             }

@@ -11,7 +11,7 @@ pub(super) fn base_record(
     outcome: Outcome,
     st: &TaskState,
 ) -> ResultRecord {
-    let mut rec = mailbox::never_ran_record(outcome, String::new());
+    let mut rec = books::never_ran_record(outcome, String::new());
     rec.task = name.to_owned();
     rec.status = status;
     rec.error = None;
@@ -342,7 +342,7 @@ impl Job {
             // before the spawn); a commit made without a run (a parent of
             // subtasks) names its record in `committing` and writes it now.
             if st.committing.is_some() {
-                mailbox::write_state(layout, &st)?;
+                books::write_state(layout, &st)?;
             }
             let dest = match rec.status {
                 Status::Completed => State::Completed,
@@ -365,10 +365,10 @@ impl Job {
             let (out, cut) =
                 crate::tree::context::read_output(&layout.run_dir(State::Assigned, &name));
             rec.summary = crate::tree::context::summary(&out);
-            mailbox::prepare_commit(layout, &rec)?;
+            moves::prepare_commit(layout, &rec)?;
             let hint = ctx.pending_count.load(std::sync::atomic::Ordering::Relaxed);
             crate::tree::context::merge(layout, &rec, Some((&out, cut)), Some(hint))?;
-            mailbox::finish_commit(layout, &name, &ext, dest)?;
+            moves::finish_commit(layout, &name, &ext, dest)?;
             // A cancel request is answered by the commit, whatever its outcome.
             let _ = std::fs::remove_file(layout.cancel_file(&name));
             match rec.status {
@@ -408,7 +408,7 @@ impl Job {
             ..
         } = self;
         let res = tokio::task::spawn_blocking(move || {
-            let r = mailbox::requeue(&ctx.layout, &name, &ext, &st);
+            let r = moves::requeue(&ctx.layout, &name, &ext, &st);
             lock.release();
             r
         })

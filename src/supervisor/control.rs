@@ -23,7 +23,7 @@ impl Supervisor {
     pub(super) fn refresh_control(&mut self) {
         self.control_dirty = false;
         let layout = self.layout().clone();
-        self.paused = mailbox::exists(&layout.pause_file(None));
+        self.paused = books::exists(&layout.pause_file(None));
         self.paused_agents = std::fs::read_dir(&layout.control)
             .map(|rd| {
                 rd.flatten()
@@ -54,7 +54,7 @@ impl Supervisor {
                 let ext = p.ext;
                 self.forget(&name);
                 let rec =
-                    mailbox::never_ran_record(Outcome::Cancelled, "cancelled before it ran".into());
+                    books::never_ran_record(Outcome::Cancelled, "cancelled before it ran".into());
                 self.reject_pending(&name, ext, rec, false);
                 // Its lock may have been busy: then the marker stays for the
                 // next look (a rescan), and the task stays known.

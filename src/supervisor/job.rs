@@ -44,7 +44,7 @@ impl Job {
         let name = self.name.clone();
         let timeout = self.task.timeout.unwrap_or(self.agent.timeout);
         let started = SystemTime::now();
-        let mut st = mailbox::read_state(layout, &name);
+        let mut st = books::read_state(layout, &name);
         st.task = name.clone();
         // A parent of subtasks runs no agent: it expands, waits, completes.
         if !st.children.is_empty() {
@@ -64,11 +64,11 @@ impl Job {
             started_at: record::ts(started),
             deadline: record::ts(started.checked_add(timeout).unwrap_or(started)),
             reason: Some(self.reason.clone()),
-            run_id: Some(mailbox::run_id()),
+            run_id: Some(books::run_id()),
         });
         let run_dir = layout.run_dir(State::Assigned, &name);
         let prep = (|| -> std::io::Result<()> {
-            mailbox::write_state(layout, &st)?;
+            books::write_state(layout, &st)?;
             fsx::remove_dir_all_if_exists(&run_dir)?;
             fsx::create_dir_all(&run_dir.join("outbox"))?;
             Ok(())

@@ -28,7 +28,7 @@ impl Supervisor {
             }
         };
         let poll = watch.is_none();
-        mailbox::check_permissions(self.layout(), self.config.shared)
+        books::check_permissions(self.layout(), self.config.shared)
             .map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?;
         self.recover();
         self.full_scan();
@@ -323,7 +323,7 @@ impl Supervisor {
         if !self.queue.is_empty() && !self.paused {
             return true;
         }
-        if mailbox::count(self.layout(), State::Assigned) > self.running.len() {
+        if books::count(self.layout(), State::Assigned) > self.running.len() {
             return true;
         }
         self.waiting.iter().any(|n| {

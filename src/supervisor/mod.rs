@@ -36,9 +36,11 @@ use crate::parse::task::{self, Entry, Task, TaskError};
 use crate::run::limits::LimitPatterns;
 use crate::run::process::{self as runner, RunEnd, Stop};
 use crate::sched::queue::{Avail, Item, Queue};
+use crate::tree::books;
 use crate::tree::fsx::{self, FileId, ReadError};
 use crate::tree::layout::{Layout, State};
-use crate::tree::mailbox::{self, Claim, TaskLock};
+use crate::tree::lock::TaskLock;
+use crate::tree::moves::{self, Claim};
 
 /// Requests from outside the loop (signals, in main.rs; tests send them directly).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,9 +203,9 @@ impl Supervisor {
             ctx: Arc::new(Ctx {
                 layout,
                 pending_count: std::sync::atomic::AtomicUsize::new(0),
-                host: mailbox::hostname(),
+                host: books::hostname(),
                 self_pid,
-                self_start: mailbox::proc_start_time(self_pid).unwrap_or(0),
+                self_start: books::proc_start_time(self_pid).unwrap_or(0),
                 exe: std::env::current_exe()
                     .map(|p| p.to_string_lossy().into_owned())
                     .unwrap_or_else(|_| "mailroom".into()),

@@ -24,13 +24,12 @@ impl Supervisor {
         let to = match &p.parsed {
             Err(_) => To::Unsettled,
             Ok(b) => match self.deps_state(&b.after) {
-                Deps::Failed(why) => To::Reject(Box::new(mailbox::never_ran_record(
-                    Outcome::Dependency,
-                    why,
-                ))),
+                Deps::Failed(why) => {
+                    To::Reject(Box::new(books::never_ran_record(Outcome::Dependency, why)))
+                }
                 Deps::Wait(why) => To::Wait(why),
                 Deps::Ready => match &b.route {
-                    Err(why) => To::Reject(Box::new(mailbox::never_ran_record(
+                    Err(why) => To::Reject(Box::new(books::never_ran_record(
                         Outcome::Invalid,
                         why.clone(),
                     ))),
@@ -71,7 +70,7 @@ impl Supervisor {
                         self.waiting.remove(n);
                         self.rejects.insert(
                             n.clone(),
-                            mailbox::never_ran_record(
+                            books::never_ran_record(
                                 Outcome::Dependency,
                                 format!("dependency cycle: {text}"),
                             ),

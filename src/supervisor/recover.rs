@@ -109,40 +109,11 @@ impl Supervisor {
         }
     }
 
+    /// An orphan: its lock is ours now. Finish its commit, fail it or
+    /// requeue it, as `tree::recovery` decides.
     pub(super) fn recover_orphan(&mut self, name: &str, ext: &str, lock: TaskLock) {
+        use crate::tree::recovery::{self, Decision};
         let layout = self.layout().clone();
-        let mut st = mailbox::read_state(&layout, name);
-        // A record already written means the run finished: complete its commit.
-        for dest in [State::Completed, State::Failed] {
-            let rp = layout.record_file(dest, name);
-            if let Ok(b) = std::fs::read(&rp)
-                && let Ok(rec) = serde_json::from_slice::<ResultRecord>(&b)
-                && (st.committing.as_deref() == Some(rec.run_id.as_str())
-                    || st.run.as_ref().and_then(|r| r.run_id.as_deref())
-                        == Some(rec.run_id.as_str()))
-                && rec.task == name
-            {
-                let (out, cut) = crate::tree::context::read_output(&layout.run_dir(dest, name));
-                let output = rec.agent.as_ref().map(|_| (out.as_str(), cut));
-                let res = crate::tree::context::merge(&layout, &rec, output, None)
-                    .and_then(|()| mailbox::finish_commit(&layout, name, ext, dest));
-                match res {
-                    Ok(()) => {
-                        info!(
-                            task = name,
-                            state = dest.dir_name(),
-                            "recovered: finished an interrupted commit"
-                        )
-                    }
-                    Err(e) => {
-                        error!(task = name, error = %e, "recovery could not finish the commit")
-                    }
-                }
-                lock.release();
-                return;
-            }
-        }
-        st.committing = None;
         let retries = fsx::read_task_file(
             &layout.task_file(State::Assigned, name, ext),
             self.config.max_task_bytes,
@@ -151,58 +122,26 @@ impl Supervisor {
         .and_then(|(b, _)| task::parse(name, &b).ok())
         .and_then(|t| t.retries)
         .unwrap_or(self.config.retries);
-        let _ = fsx::remove_dir_all_if_exists(&layout.run_dir(State::Assigned, name));
-        if let Some(run) = st.run.take() {
-            let why = format!(
-                "the supervisor (pid {} on {}) stopped during attempt {}",
-                run.supervisor_pid, run.host, run.attempt
-            );
-            st.history.push(Attempt {
-                attempt: run.attempt,
-                agent: run.agent.clone(),
-                started_at: run.started_at.clone(),
-                finished_at: record::now(),
-                outcome: Outcome::Interrupted,
-                exit_code: None,
-                signal: None,
-                error: Some(why.clone()),
-            });
-            st.last_error = Some(why.clone());
-            if st.charged() > retries {
-                let mut rec =
-                    base_record(&self.ctx, name, Status::Failed, Outcome::Interrupted, &st);
-                rec.error = Some(format!("{why}, and no attempts are left"));
-                rec.agent = Some(run.agent);
-                st.committing = Some(rec.run_id.clone());
-                let res = mailbox::write_state(&layout, &st)
-                    .and_then(|()| mailbox::prepare_commit(&layout, &rec))
-                    .and_then(|dest| {
-                        crate::tree::context::merge(&layout, &rec, None, None)?;
-                        mailbox::finish_commit(&layout, name, ext, dest)
-                    });
-                match res {
-                    Ok(()) => {
-                        self.summary.failed += 1;
-                        warn!(task = name, "recovered orphan: failed, no attempts left")
-                    }
-                    Err(e) => error!(task = name, error = %e, "recovery failed"),
-                }
-                lock.release();
-                return;
+        match recovery::recover(&layout, name, ext, retries, None) {
+            Ok((Decision::FinishCommit { dest, .. }, _)) => info!(
+                task = name,
+                state = dest.dir_name(),
+                "recovered: finished an interrupted commit"
+            ),
+            Ok((Decision::Fail { .. }, _)) => {
+                self.summary.failed += 1;
+                warn!(task = name, "recovered orphan: failed, no attempts left")
             }
-        }
-        st.not_before = None;
-        match mailbox::requeue(&layout, name, ext, &st) {
-            Ok(()) => {
+            Ok((Decision::Requeue { state }, _)) => {
                 info!(
                     task = name,
-                    attempts = st.attempts,
+                    attempts = state.attempts,
                     "recovered orphan: requeued"
                 );
                 self.stateful.insert(name.to_owned());
                 self.examine_name(name);
             }
-            Err(e) => error!(task = name, error = %e, "recovery could not requeue"),
+            Err(e) => error!(task = name, error = %e, "recovery could not finish"),
         }
         lock.release();
     }
@@ -210,14 +149,14 @@ impl Supervisor {
     /// The lock of `name` is held: if by an agent whose supervisor died on this
     /// host, stop that agent so the task can be recovered and run again.
     pub(super) fn stop_orphaned_agent(&mut self, name: &str) {
-        let st = mailbox::read_state(self.layout(), name);
+        let st = books::read_state(self.layout(), name);
         let Some(run) = st.run else { return };
         // A supervisor whose start time could not be read cannot be proven dead.
         if run.supervisor_start == 0
             || run.host != self.ctx.host
             || (run.supervisor_pid == self.ctx.self_pid
                 && run.supervisor_start == self.ctx.self_start)
-            || mailbox::same_process(run.supervisor_pid, run.supervisor_start)
+            || books::same_process(run.supervisor_pid, run.supervisor_start)
         {
             return;
         }

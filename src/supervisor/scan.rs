@@ -86,7 +86,7 @@ pub(super) fn look(
         Err(e) => return Look::Refused(e.to_string()),
     };
     let (retry_at, excluded, children) = if has_state {
-        let st = mailbox::read_state(layout, name);
+        let st = books::read_state(layout, name);
         (
             st.not_before.as_deref().and_then(record::parse_ts),
             st.excluded_agents,
@@ -147,7 +147,7 @@ impl Supervisor {
         let layout = self.layout().clone();
         // The files are the truth: other supervisors' cooldowns, ours from
         // before a restart, and none for an agent whose file a person removed.
-        self.cooldowns = mailbox::cooldowns(&layout, true)
+        self.cooldowns = books::cooldowns(&layout, true)
             .into_iter()
             .filter_map(|c| Some((c.agent, (record::parse_ts(&c.until)?, c.message))))
             .collect();
@@ -277,7 +277,7 @@ impl Supervisor {
         if in_scan {
             self.stateful.contains(name)
         } else {
-            mailbox::exists(&self.layout().state_file(name))
+            books::exists(&self.layout().state_file(name))
         }
     }
 
@@ -332,7 +332,7 @@ impl Supervisor {
             Look::Refused(e) => {
                 // Links, FIFOs, directories, oversized files: refused at once.
                 self.forget(name);
-                let rec = mailbox::never_ran_record(Outcome::Invalid, format!("refused: {e}"));
+                let rec = books::never_ran_record(Outcome::Invalid, format!("refused: {e}"));
                 self.reject_pending(name, ext, rec, false);
                 return;
             }

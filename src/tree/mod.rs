@@ -1,10 +1,13 @@
 //! The on-disk protocol: the tree's layout, durable file primitives, task locks,
-//! and the moves between states. This is the only code that renames task files
-//! (`moves`); everything else asks it to. It decides nothing about *when* a move
-//! happens, and never starts a process.
+//! the bookkeeping files, the context merge and the outbox. Only `moves` renames
+//! task files; everything else asks it to. Nothing here decides *when* a move
+//! happens, and nothing here starts a process.
 
+pub mod books;
 pub mod context;
 pub mod fsx;
 pub mod layout;
-pub mod mailbox;
+pub mod lock;
+pub mod moves;
 pub mod outbox;
+pub mod recovery;

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use crate::parse::task::{self, Entry};
 use crate::tree::fsx;
-use crate::tree::layout::{Layout, State};
+use crate::tree::layout::Layout;
 
 /// Task files waiting in an outbox, sorted.
 pub fn outbox_files(dir: &Path) -> Vec<String> {
@@ -128,11 +128,8 @@ pub fn submit(layout: &Layout, name: &str, text: &str) -> io::Result<String> {
         }
         let tmp = layout.tmp.join(fsx::tmp_name(&cand));
         fsx::write_atomic(&tmp, text.as_bytes())?;
-        match fsx::rename_noreplace(&tmp, &layout.task_file(State::Pending, &cand, "yaml")) {
-            Ok(()) => {
-                fsx::fsync_dir(&layout.pending)?;
-                return Ok(cand);
-            }
+        match crate::tree::moves::submit(layout, &tmp, &cand, "yaml") {
+            Ok(()) => return Ok(cand),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 let _ = std::fs::remove_file(&tmp);
             }
@@ -192,7 +189,7 @@ pub fn expand(
             let tmp = layout.tmp.join(fsx::tmp_name(&child));
             fsx::create_dir_all(&layout.tmp)?;
             fsx::write_atomic(&tmp, text.as_bytes())?;
-            match fsx::rename_noreplace(&tmp, &layout.task_file(State::Pending, &child, "yaml")) {
+            match crate::tree::moves::submit(layout, &tmp, &child, "yaml") {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                     let _ = std::fs::remove_file(&tmp);

@@ -1,0 +1,276 @@
+//! The bookkeeping beside tasks: state files, cooldown files, records of tasks
+//! that never ran, run ids and host identity, listings of a state directory,
+//! and the StrictModes check of the tree. Moves nothing (see `moves`).
+
+use crate::model::Outcome;
+use std::fs::{self};
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use crate::model::record::{ResultRecord, Status, TaskState};
+use crate::tree::fsx;
+use crate::tree::layout::{Layout, State};
+
+/// Reads a task's state file; a missing one is a fresh state.
+pub fn read_state(layout: &Layout, name: &str) -> TaskState {
+    let fresh = || TaskState {
+        version: crate::model::record::PROTOCOL_VERSION,
+        task: name.to_owned(),
+        ..TaskState::default()
+    };
+    let mut st = match fs::read(layout.state_file(name)) {
+        Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+            tracing::warn!(task = name, error = %e, "state file is unreadable; starting it afresh");
+            fresh()
+        }),
+        Err(_) => fresh(),
+    };
+    // The name is the identity; never trust one read from a file.
+    st.task = name.to_owned();
+    st
+}
+
+/// The usage-limit cooldowns in force, from `tasks/cooldowns/<agent>.json`,
+/// sorted by agent. With `prune`, the files of expired ones (or of ones
+/// whose end cannot be read) are removed: the supervisor does this at its
+/// rescans; readers such as `status` leave the tree alone.
+pub fn cooldowns(layout: &Layout, prune: bool) -> Vec<crate::model::record::Cooldown> {
+    let Ok(rd) = fs::read_dir(&layout.cooldowns) else {
+        return Vec::new();
+    };
+    let now = std::time::SystemTime::now();
+    let mut out = Vec::new();
+    for ent in rd.flatten() {
+        let p = ent.path();
+        let json = ent
+            .file_name()
+            .to_str()
+            .is_some_and(|f| f.ends_with(".json") && !f.starts_with('.'));
+        if !json {
+            continue;
+        }
+        let Some(c) = fsx::read_task_file(&p, 64 * 1024)
+            .ok()
+            .and_then(|(b, _)| serde_json::from_slice::<crate::model::record::Cooldown>(&b).ok())
+        else {
+            continue;
+        };
+        if crate::model::record::parse_ts(&c.until).is_some_and(|t| t > now) {
+            out.push(c);
+        } else if prune {
+            let _ = fs::remove_file(&p);
+        }
+    }
+    out.sort_by(|a, b| a.agent.cmp(&b.agent));
+    out
+}
+
+/// Writes a task's state file durably. Caller holds the task's lock.
+pub fn write_state(layout: &Layout, st: &TaskState) -> io::Result<()> {
+    let bytes = serde_json::to_vec_pretty(st).map_err(io::Error::other)?;
+    fsx::write_atomic(&layout.state_file(&st.task), &bytes)
+}
+
+/// A result record for a file that never ran.
+pub fn never_ran_record(outcome: Outcome, error: String) -> ResultRecord {
+    record_at(
+        outcome,
+        error,
+        &hostname(),
+        &run_id(),
+        &crate::model::record::now(),
+    )
+}
+
+/// A failure record with its host, run id and time given (no clock, no host
+/// lookup): the pure core of [`never_ran_record`].
+pub fn record_at(
+    outcome: Outcome,
+    error: String,
+    host: &str,
+    run_id: &str,
+    finished_at: &str,
+) -> ResultRecord {
+    ResultRecord {
+        version: crate::model::record::PROTOCOL_VERSION,
+        task: String::new(),
+        status: Status::Failed,
+        outcome,
+        error: Some(error),
+        error_location: None,
+        agent: None,
+        agent_reason: None,
+        attempts: 0,
+        started_at: None,
+        finished_at: finished_at.to_owned(),
+        duration_ms: None,
+        exit_code: None,
+        signal: None,
+        output_file: None,
+        run_dir: None,
+        summary: None,
+        submitted_as: None,
+        warnings: Vec::new(),
+        followups: Vec::new(),
+        withheld_followups: Vec::new(),
+        children: Vec::new(),
+        workspace: None,
+        history: Vec::new(),
+        host: host.to_owned(),
+        run_id: run_id.to_owned(),
+    }
+}
+
+/// The record of a file set aside because its name is taken.
+pub fn clash_record(why: &str) -> ResultRecord {
+    never_ran_record(
+        Outcome::Clash,
+        format!(
+            "{why}. Rename the file and submit it again (or `mailroom retry` it under its new name)."
+        ),
+    )
+}
+
+/// The machine's host name, for records and for telling local runs from remote ones.
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// A unique id for one finished run.
+pub fn run_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!(
+        "{:x}-{:x}-{:x}",
+        t.as_nanos(),
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Start time of a process in clock ticks since boot, from `/proc/<pid>/stat`.
+pub fn proc_start_time(pid: u32) -> Option<u64> {
+    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: skip past its last ')'.
+    let rest = &s[s.rfind(')')? + 2..];
+    rest.split(' ').nth(19)?.parse().ok()
+}
+
+/// Whether `pid` is the same process that had start time `start`.
+pub fn same_process(pid: u32, start: u64) -> bool {
+    proc_start_time(pid) == Some(start)
+}
+
+/// The task files in one state directory: (name, extension), sorted by name.
+pub fn list(layout: &Layout, s: State) -> io::Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    let rd = match fs::read_dir(layout.dir(s)) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e),
+    };
+    for ent in rd {
+        let ent = ent?;
+        let Some(fname) = ent.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        if let crate::parse::task::Entry::Task { name, ext } = crate::parse::task::classify(&fname)
+        {
+            out.push((name.to_owned(), ext.to_owned()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Counts the task files in one state directory without stat-ing them.
+pub fn count(layout: &Layout, s: State) -> usize {
+    fs::read_dir(layout.dir(s))
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .filter(|e| {
+                    e.file_name().to_str().is_some_and(|n| {
+                        matches!(
+                            crate::parse::task::classify(n),
+                            crate::parse::task::Entry::Task { .. }
+                        )
+                    })
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Whether a path exists without following a final symlink.
+pub fn exists(p: &Path) -> bool {
+    fs::symlink_metadata(p).is_ok()
+}
+
+/// Like sshd's StrictModes: the tree must not be open to other users. The
+/// root and every directory of the protocol must belong to this user and not
+/// be writable by others; writable by a group only when it is the user's own
+/// primary group (a user private group). `shared: true` lifts both rules for
+/// trees that several users write to (world-writable still needs the sticky
+/// bit then). Returns what is wrong and how to fix it.
+pub fn check_permissions(layout: &Layout, shared: bool) -> Result<(), String> {
+    let me = nix::unistd::geteuid().as_raw();
+    let my_group = nix::unistd::getegid().as_raw();
+    let dirs = [
+        &layout.root,
+        &layout.tasks,
+        &layout.tmp,
+        &layout.pending,
+        &layout.assigned,
+        &layout.completed,
+        &layout.failed,
+        &layout.control,
+        &layout.cancel,
+        &layout.cooldowns,
+        &layout.context,
+        &layout.outputs,
+    ];
+    for d in dirs {
+        let Ok(m) = fs::symlink_metadata(d) else {
+            continue;
+        };
+        let shown = layout.rel(d);
+        let shown = if shown.is_empty() { ".".into() } else { shown };
+        if m.file_type().is_symlink() && d != &layout.root {
+            return Err(format!(
+                "{shown} is a symbolic link; mailroom follows none inside the tree"
+            ));
+        }
+        let mode = m.mode();
+        if shared {
+            if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+                return Err(format!(
+                    "{shown} is writable by everyone without the sticky bit; \
+                     run `chmod o-w {shown}` or `chmod +t {shown}`"
+                ));
+            }
+            continue;
+        }
+        if m.uid() != me {
+            return Err(format!(
+                "{shown} belongs to uid {}, not to this user ({me}); \
+                 set `shared: true` in mailroom.yaml if several users share this tree",
+                m.uid()
+            ));
+        }
+        if mode & 0o002 != 0 || (mode & 0o020 != 0 && m.gid() != my_group) {
+            return Err(format!(
+                "{shown} is writable by other users (mode {:o}); run `chmod go-w {shown}`, \
+                 or set `shared: true` in mailroom.yaml if several users share this tree",
+                mode & 0o7777
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,71 @@
+//! Task locks: an exclusive `flock` on `tasks/assigned/<name>.lock`, taken
+//! before any move of the task and released (unlinked while held) after.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::PathBuf;
+
+use crate::tree::layout::Layout;
+
+/// An exclusive `flock` on `tasks/assigned/<name>.lock`: whoever holds it owns
+/// the task's moves and bookkeeping. Dropped (closed) releases it; the file is
+/// unlinked only by [`TaskLock::release`], while still held.
+#[derive(Debug)]
+pub struct TaskLock {
+    file: File,
+    path: PathBuf,
+}
+
+impl TaskLock {
+    /// Takes the lock without waiting. `None` when somebody else holds it.
+    pub fn try_acquire(layout: &Layout, name: &str) -> io::Result<Option<TaskLock>> {
+        let path = layout.lock_file(name);
+        for _ in 0..4 {
+            // The descriptor becomes the agent's stdin: an empty file, so
+            // reading it is like reading /dev/null.
+            // Read-write: NFS emulates flock with byte-range locks, and an
+            // exclusive one needs a descriptor open for writing.
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&path)?;
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(fs::TryLockError::WouldBlock) => return Ok(None),
+                Err(fs::TryLockError::Error(e)) => return Err(e),
+            }
+            // The holder before us may have unlinked the file between our open
+            // and our lock: then we locked an orphaned inode. Check and retry.
+            let ours = file.metadata()?;
+            match fs::symlink_metadata(&path) {
+                Ok(m) if m.ino() == ours.ino() && m.dev() == ours.dev() => {
+                    return Ok(Some(TaskLock { file, path }));
+                }
+                _ => continue,
+            }
+        }
+        Ok(None)
+    }
+
+    /// A duplicate of the locked descriptor, for the agent's stdin: it shares
+    /// the lock, so the lock stays held as long as the agent (or anything that
+    /// inherited its stdin) lives, even if the supervisor dies.
+    pub fn share(&self) -> io::Result<File> {
+        self.file.try_clone()
+    }
+
+    /// The descriptor (for diagnostics).
+    pub fn raw_fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+
+    /// Unlinks the lock file while still holding it, then closes it.
+    pub fn release(self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}

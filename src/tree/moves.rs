@@ -1,0 +1,295 @@
+//! Every move of a task file between the states of the tree, each ordered so
+//! that a crash at any instant leaves a state recovery can finish. This is the
+//! only module that renames task files: [`move_file`] is the one primitive
+//! (no-replace rename, then an fsync of both directories), and each protocol
+//! step (submit, claim, reject, set aside, commit, requeue, retry) is built on
+//! it.
+//!
+//! Commit points (see PROTOCOL.md): a task's state is the directory its task
+//! file is in. Records are written (temp, fsync, rename, fsync dir) before the
+//! task file moves; the move itself is the commit.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::model::record::{ResultRecord, Status, TaskState};
+use crate::tree::books::{clash_record, exists, write_state};
+use crate::tree::fsx;
+use crate::tree::layout::{Layout, State};
+use crate::tree::lock::TaskLock;
+
+/// Renames `from` to `to` without replacing anything at `to` (EEXIST on a
+/// clash), then makes the rename durable in both directories.
+pub fn move_file(from: &Path, to: &Path) -> io::Result<()> {
+    fsx::rename_noreplace(from, to)?;
+    fsx::fsync_dir(parent(to))?;
+    if parent(from) != parent(to) {
+        fsx::fsync_dir(parent(from))?;
+    }
+    Ok(())
+}
+
+fn parent(p: &Path) -> &Path {
+    p.parent().unwrap_or(Path::new("."))
+}
+
+/// Submits a task file staged in `tasks/tmp/` (or anywhere on the same file
+/// system) into `pending/` as `<name>.<ext>`: the Maildir rename.
+/// Only `pending/` is synced: a staged file left behind by a crash is swept.
+pub fn submit(layout: &Layout, staged: &Path, name: &str, ext: &str) -> io::Result<()> {
+    fsx::rename_noreplace(staged, &layout.task_file(State::Pending, name, ext))?;
+    fsx::fsync_dir(&layout.pending)
+}
+
+/// Files a task whose name cannot be used (sanitised to `target`, whose lock
+/// the caller holds) from `path` into `failed/`, its record first.
+pub fn set_aside(
+    layout: &Layout,
+    path: &Path,
+    target: &str,
+    ext: &str,
+    rec: &ResultRecord,
+) -> io::Result<()> {
+    let bytes = serde_json::to_vec_pretty(rec).map_err(io::Error::other)?;
+    fsx::write_atomic(&layout.record_file(State::Failed, target), &bytes)?;
+    let res = move_file(path, &layout.task_file(State::Failed, target, ext));
+    if res.is_err() {
+        let _ = fs::remove_file(layout.record_file(State::Failed, target));
+    }
+    res
+}
+
+/// `mailroom retry`: a finished task's file goes back from `failed/` (or
+/// `completed/`) to `pending/`. Holds the task's lock.
+pub fn retry(layout: &Layout, from: State, name: &str, ext: &str) -> io::Result<()> {
+    move_file(
+        &layout.task_file(from, name, ext),
+        &layout.task_file(State::Pending, name, ext),
+    )
+}
+
+/// What happened to a claim attempt.
+#[derive(Debug)]
+pub enum Claim {
+    /// The task file is now in `assigned/`.
+    Claimed,
+    /// The file is gone (somebody else claimed or removed it).
+    Gone,
+    /// Another task file already uses this name, at this path.
+    Clash(PathBuf),
+}
+
+/// Where a task of this name already exists, other than `pending/`.
+pub fn existing_elsewhere(layout: &Layout, name: &str) -> Option<PathBuf> {
+    [State::Assigned, State::Completed, State::Failed]
+        .into_iter()
+        .find_map(|s| layout.find(s, name).map(|(p, _)| p))
+}
+
+/// Moves `pending/<name>.<ext>` to `assigned/`, holding the task's lock.
+pub fn claim(layout: &Layout, name: &str, ext: &str, _lock: &TaskLock) -> io::Result<Claim> {
+    let from = layout.task_file(State::Pending, name, ext);
+    let to = layout.task_file(State::Assigned, name, ext);
+    if let Some(p) = existing_elsewhere(layout, name) {
+        if layout.find(State::Pending, name).is_none() {
+            return Ok(Claim::Gone);
+        }
+        // The same file in pending/ and assigned/ (an interrupted link +
+        // unlink of a claim): finishing the move below completes that claim.
+        if !(p.starts_with(&layout.assigned) && fsx::same_inode(&from, &p)) {
+            return Ok(Claim::Clash(p));
+        }
+    }
+    match move_file(&from, &to) {
+        Ok(()) => Ok(Claim::Claimed),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Claim::Gone),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(Claim::Clash(to)),
+        Err(e) => Err(e),
+    }
+}
+
+/// A free name in `dir` for a task that cannot keep its own: `<name>.clash-<n>`,
+/// with `<name>` shortened (at a character boundary) so that the result stays a
+/// valid name. The candidate's own lock is taken and returned, so that two
+/// rejects can never pick the same name.
+pub fn free_clash_name(layout: &Layout, dir: State, name: &str) -> io::Result<(String, TaskLock)> {
+    let mut base = name.to_owned();
+    let max = crate::parse::task::MAX_NAME_BYTES - ".clash-99999".len();
+    if base.len() > max {
+        let mut cut = max;
+        while !base.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        base.truncate(cut);
+    }
+    for n in 1..100_000 {
+        let cand = format!("{base}.clash-{n}");
+        if layout.find(dir, &cand).is_some() || exists(&layout.record_file(dir, &cand)) {
+            continue;
+        }
+        if let Some(lock) = TaskLock::try_acquire(layout, &cand)? {
+            if layout.locate(&cand).is_none() && !exists(&layout.record_file(dir, &cand)) {
+                return Ok((cand, lock));
+            }
+            lock.release();
+        }
+    }
+    Err(io::Error::other(format!("no free clash name for `{name}`")))
+}
+
+/// Sends a task that never ran (invalid file, name clash, failed dependency)
+/// straight from `src` (`pending/` or `assigned/`) to `failed/`, with its
+/// record. Holds the task's lock. Returns the name it was filed under.
+pub fn reject(
+    layout: &Layout,
+    src: State,
+    name: &str,
+    ext: &str,
+    mut record: ResultRecord,
+    rename: bool,
+) -> io::Result<Option<String>> {
+    let taken = layout.find(State::Failed, name).is_some();
+    let (target, _target_lock) = if rename || taken {
+        let (t, l) = free_clash_name(layout, State::Failed, name)?;
+        (t, Some(l))
+    } else {
+        (name.to_owned(), None)
+    };
+    let from = layout.task_file(src, name, ext);
+    if target != name {
+        record.submitted_as = Some(layout.rel(&from));
+    }
+    record.task = target.clone();
+    let rec_path = layout.record_file(State::Failed, &target);
+    let bytes = serde_json::to_vec_pretty(&record).map_err(io::Error::other)?;
+    fsx::write_atomic(&rec_path, &bytes)?;
+    let to = layout.task_file(State::Failed, &target, ext);
+    match move_file(&from, &to) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let _ = fs::remove_file(&rec_path);
+            return Ok(None);
+        }
+        Err(e) => {
+            let _ = fs::remove_file(&rec_path);
+            return Err(e);
+        }
+    }
+    // Bookkeeping of a task that will never run again (a pending task may
+    // have some from an earlier attempt, waiting for its retry).
+    fsx::remove_file_if_exists(&layout.state_file(name))?;
+    if src == State::Assigned {
+        fsx::remove_dir_all_if_exists(&layout.run_dir(State::Assigned, name))?;
+    }
+    if let Some(l) = _target_lock {
+        l.release();
+    }
+    Ok(Some(target))
+}
+
+/// Moves the run's directory next to where the task will end up.
+pub fn move_run_dir(layout: &Layout, name: &str, dest: State) -> io::Result<()> {
+    let from = layout.run_dir(State::Assigned, name);
+    if fs::symlink_metadata(&from).is_err() {
+        return Ok(());
+    }
+    let to = layout.run_dir(dest, name);
+    fsx::remove_dir_all_if_exists(&to)?;
+    fsx::rename_noreplace(&from, &to)?;
+    fsx::fsync_dir(layout.dir(dest))
+}
+
+/// Step one of a terminal commit: the run directory and the result record
+/// land in the destination. After this, recovery finishes the move.
+pub fn prepare_commit(layout: &Layout, record: &ResultRecord) -> io::Result<State> {
+    let dest = match record.status {
+        Status::Completed => State::Completed,
+        Status::Failed => State::Failed,
+    };
+    move_run_dir(layout, &record.task, dest)?;
+    let bytes = serde_json::to_vec_pretty(record).map_err(io::Error::other)?;
+    fsx::write_atomic(&layout.record_file(dest, &record.task), &bytes)?;
+    Ok(dest)
+}
+
+/// Step two: the task file's move out of `assigned/` — the commit point — then
+/// the bookkeeping goes. Holds the task's lock.
+pub fn finish_commit(layout: &Layout, name: &str, ext: &str, dest: State) -> io::Result<()> {
+    let from = layout.task_file(State::Assigned, name, ext);
+    let to = layout.task_file(dest, name, ext);
+    match move_file(&from, &to) {
+        Ok(()) => {}
+        // Moved already (a repeated commit): make sure it is durable.
+        Err(e) if e.kind() == io::ErrorKind::NotFound && to.exists() => {
+            fsx::fsync_dir(layout.dir(dest))?;
+            fsx::fsync_dir(&layout.assigned)?;
+        }
+        Err(e) => return Err(e),
+    }
+    fsx::remove_file_if_exists(&layout.state_file(name))?;
+    Ok(())
+}
+
+/// Puts a claimed task back into `pending/` with its bookkeeping updated.
+/// Holds the task's lock. A newer file of the same name that appeared in
+/// `pending/` meanwhile is filed in `failed/` under a clash name first.
+pub fn requeue(layout: &Layout, name: &str, ext: &str, st: &TaskState) -> io::Result<()> {
+    write_state(layout, st)?;
+    fsx::remove_dir_all_if_exists(&layout.run_dir(State::Assigned, name))?;
+    let from = layout.task_file(State::Assigned, name, ext);
+    if let Some((ppath, pext)) = layout.find(State::Pending, name)
+        && !fsx::same_inode(&ppath, &from)
+    {
+        let rec = clash_record(&format!(
+            "the name `{name}` is in use by a task that is being retried; this newer file was set aside"
+        ));
+        reject(layout, State::Pending, name, pext, rec, true)?;
+    }
+    let to = layout.task_file(State::Pending, name, ext);
+    move_file(&from, &to)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// Every rename of a task file goes through this module: no other source
+    /// file calls the no-replace rename or `std::fs::rename` (fsx's temp-file
+    /// write, which renames its own temp file, is the one exception).
+    #[test]
+    fn only_moves_renames_task_files() {
+        fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+            for e in std::fs::read_dir(dir).unwrap().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else if p.extension().is_some_and(|x| x == "rs") {
+                    out.push(p);
+                }
+            }
+        }
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        walk(&src, &mut files);
+        assert!(files.len() > 20, "found the sources");
+        let mut offenders = Vec::new();
+        for f in files {
+            let rel = f.strip_prefix(&src).unwrap().to_string_lossy().into_owned();
+            let text = std::fs::read_to_string(&f).unwrap();
+            for (i, line) in text.lines().enumerate() {
+                let code = line.split("//").next().unwrap_or("");
+                let renames = code.contains("rename_noreplace(") || code.contains("fs::rename(");
+                let allowed = rel == "tree/moves.rs" || rel == "tree/fsx.rs";
+                if renames && !allowed {
+                    offenders.push(format!("src/{rel}:{}: {}", i + 1, line.trim()));
+                }
+            }
+        }
+        assert!(
+            offenders.is_empty(),
+            "renames outside tree/moves.rs:\n{}",
+            offenders.join("\n")
+        );
+    }
+}
