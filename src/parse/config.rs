@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::parse::task::{TaskError, parse_duration, suggest, yaml_error, yaml_options};
+use crate::parse::task::{TaskError, parse_duration, suggest, yaml_error_keyed, yaml_options};
 
 pub const CONFIG_FILE: &str = "mailroom.yaml";
 
@@ -460,24 +460,19 @@ impl Config {
         }
         let raw: RawConfig =
             serde_saphyr::from_str_with_options(text, yaml_options()).map_err(|e| {
-                let mut error = yaml_error(&e);
-                // yaml_error suggests task keys; redo the hint against config keys.
-                if let Some(key) = error
-                    .message
-                    .strip_prefix("unknown key `")
-                    .and_then(|r| r.split('`').next())
-                    .map(str::to_owned)
-                {
-                    let (keys, what) = if error.column.unwrap_or(1) > 1 {
+                // The parser says which keys are valid where the unknown one
+                // is: an agent's keys, or the top level's.
+                let error = yaml_error_keyed(&e, &|key, expected| {
+                    let (keys, what) = if expected.contains(&"command") {
                         (AGENT_KEYS, "agent key")
                     } else {
                         (CONFIG_KEYS, "key")
                     };
-                    error.message = match suggest(&key, keys) {
+                    match suggest(key, keys) {
                         Some(s) => format!("unknown {what} `{key}` (did you mean `{s}`?)"),
                         None => format!("unknown {what} `{key}`; known: {}", keys.join(", ")),
-                    };
-                }
+                    }
+                });
                 ConfigError {
                     file: file.into(),
                     error,

@@ -390,53 +390,86 @@ pub fn yaml_options() -> serde_saphyr::Options {
     opts
 }
 
-/// Splits a serde-saphyr error into its message and location.
+/// A serde-saphyr error as a task error: message and location, the message
+/// built from the error's variant (an unknown key, a duplicate key, several
+/// documents, a parser budget), never by reading its text. Unknown keys are
+/// suggested among the task keys valid where the error is.
 pub fn yaml_error(e: &serde_saphyr::Error) -> TaskError {
-    let (line, column) = match e.location() {
-        Some(l) if l.line() > 0 => (Some(l.line()), Some(l.column())),
-        _ => (None, None),
-    };
-    let mut msg = e.without_snippet().to_string();
-    strip_location_suffix(&mut msg);
-    if let Some(rest) = msg.strip_prefix("error: ")
-        && let Some(i) = rest.find(": ")
-        && rest[..i].starts_with("line ")
-    {
-        msg = rest[i + 2..].to_owned();
-    }
-    if let Some(b) = budget_message(&msg) {
-        msg = b.to_owned();
-    } else if msg.contains("multiple YAML documents") {
-        msg = "the file holds several YAML documents (`---`); a task file holds one".into();
-    } else if let Some(rest) = msg.strip_prefix("duplicate mapping key: ") {
-        let key = rest.split(',').next().unwrap_or(rest).trim();
-        msg = format!("duplicate key `{key}`: each key may appear once");
-    }
-    if let Some(key) = unknown_field(&msg) {
+    yaml_error_keyed(e, &|key, expected| {
         // The parser lists the keys valid where the error is (a subtask takes
         // fewer than a task); suggest among those.
-        let here: Vec<&str> = msg
-            .split_once("expected one of ")
-            .map(|(_, l)| l.split(',').map(|k| k.trim().trim_matches('`')).collect())
-            .unwrap_or_default();
-        let known: Vec<&str> = if here.is_empty() {
+        let known: Vec<&str> = if expected.is_empty() {
             TASK_KEYS.to_vec()
         } else {
             TASK_KEYS
                 .iter()
                 .copied()
-                .filter(|k| here.contains(k))
+                .filter(|k| expected.contains(k))
                 .collect()
         };
-        msg = match suggest(&key, &known).filter(|s| *s != key) {
+        match suggest(key, &known).filter(|s| *s != key) {
             Some(s) => format!("unknown key `{key}` (did you mean `{s}`?)"),
             None => format!("unknown key `{key}`; known keys: {}", known.join(", ")),
-        };
-    }
+        }
+    })
+}
+
+/// [`yaml_error`] with the caller's message for an unknown key (given the key
+/// and the keys valid at that place): the config has keys of its own.
+pub fn yaml_error_keyed(
+    e: &serde_saphyr::Error,
+    unknown_key: &dyn Fn(&str, &[&str]) -> String,
+) -> TaskError {
+    use serde_saphyr::Error as E;
+    use serde_saphyr::budget::BudgetBreach as B;
+    let (line, column) = match e.location() {
+        Some(l) if l.line() > 0 => (Some(l.line()), Some(l.column())),
+        _ => (None, None),
+    };
+    let message = match e.without_snippet() {
+        E::SerdeUnknownField {
+            field, expected, ..
+        } => unknown_key(field, expected),
+        E::DuplicateMappingKey { key: Some(k), .. } => {
+            format!("duplicate key `{k}`: each key may appear once")
+        }
+        E::DuplicateMappingKey { key: None, .. } => {
+            "a key appears twice: each key may appear once".into()
+        }
+        E::MultipleDocuments { .. }
+        | E::Budget {
+            breach: B::Documents { .. },
+            ..
+        } => "the file holds several YAML documents (`---`); a task file holds one".into(),
+        E::Budget { breach, .. } => match breach {
+            B::Depth { .. } => {
+                "the YAML is nested too deeply (over 32 levels); a task file is flat"
+            }
+            B::ScalarBytes { .. } | B::InputBytes { .. } | B::CommentBytes { .. } => {
+                "the file holds too much text for a task"
+            }
+            _ => {
+                "the YAML expands to too much data (an alias bomb?); a task file is small and flat"
+            }
+        }
+        .into(),
+        other => {
+            // The crate's own wording; the location is reported separately.
+            let mut msg = other.to_string();
+            strip_location_suffix(&mut msg);
+            if let Some(rest) = msg.strip_prefix("error: ")
+                && let Some(i) = rest.find(": ")
+                && rest[..i].starts_with("line ")
+            {
+                msg = rest[i + 2..].to_owned();
+            }
+            msg
+        }
+    };
     TaskError {
         line,
         column,
-        message: msg,
+        message,
         key: None,
     }
 }
@@ -455,20 +488,6 @@ fn strip_location_suffix(msg: &mut String) {
             msg.truncate(i);
         }
     }
-}
-
-/// A parser budget breach, said for people.
-fn budget_message(msg: &str) -> Option<&'static str> {
-    let rest = msg.strip_prefix("budget breached: ")?;
-    Some(if rest.starts_with("Documents") {
-        "the file holds several YAML documents (`---`); a task file holds one"
-    } else if rest.starts_with("Depth") {
-        "the YAML is nested too deeply (over 32 levels); a task file is flat"
-    } else if rest.starts_with("TotalScalarBytes") || rest.starts_with("MaxReaderInput") {
-        "the file holds too much text for a task"
-    } else {
-        "the YAML expands to too much data (an alias bomb?); a task file is small and flat"
-    })
 }
 
 /// What a key's value must look like, for type errors.
@@ -521,11 +540,6 @@ fn locate_key(text: &str, key: &str) -> Option<(u64, u64)> {
         };
         Some((i as u64 + 1, col as u64))
     })
-}
-
-fn unknown_field(msg: &str) -> Option<String> {
-    let rest = msg.strip_prefix("unknown field `")?;
-    Some(rest[..rest.find('`')?].to_owned())
 }
 
 /// The closest known word within a small edit distance.

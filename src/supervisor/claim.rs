@@ -199,26 +199,78 @@ impl Supervisor {
 
     /// Claims one task and starts its run on `agent`.
     pub(super) fn start(&mut self, name: &str, agent_name: &str) {
+        let Some((ext, lock)) = self.claim_pending(name) else {
+            return;
+        };
         let layout = self.layout().clone();
-        let Some(p) = self.pending.get(name) else {
-            return;
-        };
-        let ext = p.ext.to_owned();
-        let path = layout.task_file(State::Pending, name, &ext);
-        // A naive writer may still have the file open: not yet.
-        if fsx::open_for_writing_elsewhere(&path) == Some(true) {
-            self.set_busy(name);
-            return;
+        // Agents ruled out for this task (fallbacks) go with it into the run.
+        let excluded = self
+            .pending
+            .get(name)
+            .map(|p| p.excluded.clone())
+            .unwrap_or_default();
+        self.forget(name);
+        // Re-read what was claimed: the file may have changed since the scan.
+        let shown = layout.rel(&layout.task_file(State::Pending, name, &ext));
+        let apath = layout.task_file(State::Assigned, name, &ext);
+        let routed = match fsx::read_task_file(&apath, self.config.max_task_bytes) {
+            Ok((b, _)) => task::parse(name, &b).map_err(|e| e.display_at(&shown)),
+            Err(e) => Err(format!("{shown}: refused: {e}")),
         }
-        let Some(lock) = self.lock_or_hold(name) else {
-            return;
+        .and_then(|task| {
+            let r = crate::sched::routing::route(&self.config, &task, &excluded)?;
+            Ok((task, r))
+        });
+        let (task, (route, reason)) = match routed {
+            Ok(t) => t,
+            Err(msg) => {
+                let rec = books::never_ran_record(Outcome::Invalid, msg);
+                self.reject_locked(State::Assigned, name, &ext, rec, false, lock);
+                return;
+            }
         };
+        // The file may have changed since it was queued: keep the agent the
+        // queue chose only if it is still a candidate.
+        let chosen = if route.agents.iter().any(|a| a == agent_name) {
+            agent_name
+        } else {
+            &route.agents[0]
+        };
+        let job = Job {
+            ctx: self.ctx.clone(),
+            config: self.config.clone(),
+            name: name.to_owned(),
+            ext,
+            task,
+            agent: self.config.agents[chosen].clone(),
+            alternatives: route.agents.len() > 1,
+            reason,
+            limits: self.limits.clone(),
+            ws: None,
+            lock,
+        };
+        self.launch(job);
+    }
+
+    /// Locks and moves `pending/<name>` into `assigned/`; on any refusal the
+    /// task is held back, forgotten or filed as a clash here.
+    fn claim_pending(&mut self, name: &str) -> Option<(String, TaskLock)> {
+        let layout = self.layout().clone();
+        let ext = self.pending.get(name)?.ext.to_owned();
+        // A naive writer may still have the file open: not yet.
+        if fsx::open_for_writing_elsewhere(&layout.task_file(State::Pending, name, &ext))
+            == Some(true)
+        {
+            self.set_busy(name);
+            return None;
+        }
+        let lock = self.lock_or_hold(name)?;
         match moves::claim(&layout, name, &ext, &lock) {
-            Ok(Claim::Claimed) => {}
+            Ok(Claim::Claimed) => Some((ext, lock)),
             Ok(Claim::Gone) => {
                 lock.release();
                 self.forget(name);
-                return;
+                None
             }
             Ok(Claim::Clash(other)) => {
                 lock.release();
@@ -231,71 +283,26 @@ impl Supervisor {
                     ),
                 );
                 self.reject_pending(name, &ext, rec, true);
-                return;
+                None
             }
             Err(e) => {
                 lock.release();
                 error!(task = name, error = %e, "claim failed");
                 self.set_busy(name);
-                return;
+                None
             }
         }
-        // Agents ruled out for this task (fallbacks) go with it into the run.
-        let excluded = self
-            .pending
-            .get(name)
-            .map(|p| p.excluded.clone())
-            .unwrap_or_default();
-        self.forget(name);
-        // Re-read what was claimed: the file may have changed since the scan.
-        let apath = layout.task_file(State::Assigned, name, &ext);
-        let task = match fsx::read_task_file(&apath, self.config.max_task_bytes) {
-            Ok((b, _)) => task::parse(name, &b).map_err(|e| e.display_at(&layout.rel(&path))),
-            Err(e) => Err(format!("{}: refused: {e}", layout.rel(&path))),
-        };
-        let task = match task {
-            Ok(t) => t,
-            Err(msg) => {
-                let rec = books::never_ran_record(Outcome::Invalid, msg);
-                self.reject_locked(State::Assigned, name, &ext, rec, false, lock);
-                return;
-            }
-        };
-        let (route, reason) = match crate::sched::routing::route(&self.config, &task, &excluded) {
-            Ok(r) => r,
-            Err(why) => {
-                let rec = books::never_ran_record(Outcome::Invalid, why);
-                self.reject_locked(State::Assigned, name, &ext, rec, false, lock);
-                return;
-            }
-        };
-        // The file may have changed since it was queued: keep the agent the
-        // queue chose only if it is still a candidate.
-        let chosen = if route.agents.iter().any(|a| a == agent_name) {
-            agent_name
-        } else {
-            &route.agents[0]
-        };
-        let agent = self.config.agents[chosen].clone();
+    }
+
+    /// Counts the run against its agent and starts it as a tokio task that
+    /// reports its end to the loop.
+    fn launch(&mut self, job: Job) {
         let (stop_tx, stop_rx) = watch::channel(None);
-        *self.load.entry(agent.name.clone()).or_default() += 1;
+        *self.load.entry(job.agent.name.clone()).or_default() += 1;
         self.next_run += 1;
         let run = self.next_run;
         self.running
-            .insert(name.to_owned(), Running { run, stop: stop_tx });
-        let job = Job {
-            ctx: self.ctx.clone(),
-            config: self.config.clone(),
-            name: name.to_owned(),
-            ext,
-            task,
-            agent,
-            alternatives: route.agents.len() > 1,
-            reason,
-            limits: self.limits.clone(),
-            ws: None,
-            lock,
-        };
+            .insert(job.name.clone(), Running { run, stop: stop_tx });
         let tx = self.events_tx.clone();
         tokio::spawn(async move {
             let name = job.name.clone();

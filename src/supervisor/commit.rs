@@ -3,6 +3,7 @@
 use super::verdict::{self, Ended, Facts, Verdict};
 use super::*;
 use crate::model::Outcome;
+use crate::run::process::Exit;
 
 pub(super) fn base_record(
     ctx: &Ctx,
@@ -81,28 +82,8 @@ impl Job {
             exit,
             error,
         } = verdict::ended(&end, timeout, self.config.max_output_bytes);
-        let run = st.run.take();
-        let run_id = run.as_ref().and_then(|r| r.run_id.clone());
-        let error = error.map(|e| {
-            let tail = stderr_tail(&self.ctx.layout.run_dir(State::Assigned, &self.name));
-            if tail.is_empty() || outcome == Outcome::Spawn {
-                e
-            } else {
-                format!("{e}; stderr ends with: {tail}")
-            }
-        });
-        let started_at = run.as_ref().map(|r| r.started_at.clone());
-        st.history.push(Attempt {
-            attempt: st.attempts,
-            agent: self.agent.name.clone(),
-            started_at: started_at.unwrap_or_else(|| record::ts(started)),
-            finished_at: record::ts(finished),
-            outcome,
-            exit_code: exit.and_then(|e| e.code()),
-            signal: exit.and_then(|e| e.signal()),
-            error: error.clone(),
-        });
-        st.last_error = error.clone();
+        let run_id = st.run.as_ref().and_then(|r| r.run_id.clone());
+        let error = self.record_attempt(&mut st, outcome, exit, error, (started, finished));
         // A successful run that queued too many follow-ups, or too deep a
         // tree, is a failure of its own kind (not retried).
         let (outcome, error) = match (outcome, error) {
@@ -126,57 +107,19 @@ impl Job {
         } else {
             None
         };
-        let facts = Facts {
-            outcome,
-            limited: limit.is_some(),
-            alternatives: self.alternatives,
-            agent_failures: st
-                .history
-                .iter()
-                .filter(|a| {
-                    a.agent == self.agent.name
-                        && !matches!(a.outcome, Outcome::Interrupted | Outcome::Limited)
-                })
-                .count() as u32,
-            charged: st.charged(),
-            retries: self.task.retries.unwrap_or(self.config.retries),
-            fallback_after: self.agent.fallback_after,
-        };
+        let facts = self.facts(&st, outcome, limit.is_some());
         match verdict::decide(&facts) {
             Verdict::Cooldown => {
                 let limit = limit.expect("a cooldown verdict has a limit");
                 self.cool_down(st, limit).await
             }
-            Verdict::Fallback { free } => {
-                self.exclude_agent(&mut st);
-                if free {
-                    st.free_attempts += 1;
-                }
-                warn!(
-                    task = %self.name,
-                    agent = %self.agent.name,
-                    error = error.as_deref().unwrap_or(""),
-                    "handing the task to a fallback agent"
-                );
-                self.requeue_or_keep(st).await
-            }
+            Verdict::Fallback { free } => self.hand_over(st, free, error).await,
             Verdict::Requeue => {
                 st.free_attempts += 1;
                 info!(task = %self.name, "stopped by shutdown; requeued without using an attempt");
                 self.requeue_or_keep(st).await
             }
-            Verdict::Retry { n } => {
-                let delay = self.retry_delay(n);
-                st.not_before = Some(record::ts(SystemTime::now() + delay));
-                warn!(
-                    task = %self.name,
-                    attempt = st.attempts,
-                    retry_in = %humantime::format_duration(Duration::from_millis(delay.as_millis() as u64)),
-                    error = error.as_deref().unwrap_or(""),
-                    "attempt failed; will retry"
-                );
-                self.requeue_or_keep(st).await
-            }
+            Verdict::Retry { n } => self.retry_later(st, n, error).await,
             Verdict::Commit {
                 outcome,
                 exclude_agent,
@@ -189,6 +132,91 @@ impl Job {
                 self.commit(st, rec).await
             }
         }
+    }
+
+    /// Ends the run in the state file: the attempt goes into the history, with
+    /// the stderr tail added to its error. Returns that error.
+    fn record_attempt(
+        &self,
+        st: &mut TaskState,
+        outcome: Outcome,
+        exit: Option<Exit>,
+        error: Option<String>,
+        (started, finished): (SystemTime, SystemTime),
+    ) -> Option<String> {
+        let run = st.run.take();
+        let error = error.map(|e| {
+            let tail = stderr_tail(&self.ctx.layout.run_dir(State::Assigned, &self.name));
+            if tail.is_empty() || outcome == Outcome::Spawn {
+                e
+            } else {
+                format!("{e}; stderr ends with: {tail}")
+            }
+        });
+        st.history.push(Attempt {
+            attempt: st.attempts,
+            agent: self.agent.name.clone(),
+            started_at: run
+                .map(|r| r.started_at)
+                .unwrap_or_else(|| record::ts(started)),
+            finished_at: record::ts(finished),
+            outcome,
+            exit_code: exit.and_then(|e| e.code()),
+            signal: exit.and_then(|e| e.signal()),
+            error: error.clone(),
+        });
+        st.last_error = error.clone();
+        error
+    }
+
+    /// What the verdict needs to know of this task, this agent and the policy.
+    fn facts(&self, st: &TaskState, outcome: Outcome, limited: bool) -> Facts {
+        Facts {
+            outcome,
+            limited,
+            alternatives: self.alternatives,
+            agent_failures: st
+                .history
+                .iter()
+                .filter(|a| {
+                    a.agent == self.agent.name
+                        && !matches!(a.outcome, Outcome::Interrupted | Outcome::Limited)
+                })
+                .count() as u32,
+            charged: st.charged(),
+            retries: self.task.retries.unwrap_or(self.config.retries),
+            fallback_after: self.agent.fallback_after,
+        }
+    }
+
+    /// Rules this agent out for the task and puts it back for the next agent
+    /// of its route.
+    async fn hand_over(self, mut st: TaskState, free: bool, error: Option<String>) -> JobEnd {
+        self.exclude_agent(&mut st);
+        if free {
+            st.free_attempts += 1;
+        }
+        warn!(
+            task = %self.name,
+            agent = %self.agent.name,
+            error = error.as_deref().unwrap_or(""),
+            "handing the task to a fallback agent"
+        );
+        self.requeue_or_keep(st).await
+    }
+
+    /// Puts the task back with the backoff of its `n`th charged attempt.
+    async fn retry_later(self, mut st: TaskState, n: u32, error: Option<String>) -> JobEnd {
+        let delay = self.retry_delay(n);
+        st.not_before = Some(record::ts(SystemTime::now() + delay));
+        warn!(
+            task = %self.name,
+            attempt = st.attempts,
+            retry_in = %humantime::format_duration(Duration::from_millis(delay.as_millis() as u64)),
+            error = error.as_deref().unwrap_or(""),
+            "attempt failed; will retry"
+        );
+        self.requeue_or_keep(st).await
     }
 
     /// Rewrites the outcome of the attempt just pushed onto the history.

@@ -40,12 +40,9 @@ pub(super) fn path_str(p: &Path) -> String {
 impl Job {
     /// Runs the agent and commits the outcome.
     pub(super) async fn run(mut self, stop: watch::Receiver<Option<Stop>>) -> JobEnd {
-        let layout = &self.ctx.layout;
-        let name = self.name.clone();
-        let timeout = self.task.timeout.unwrap_or(self.agent.timeout);
         let started = SystemTime::now();
-        let mut st = books::read_state(layout, &name);
-        st.task = name.clone();
+        let mut st = books::read_state(&self.ctx.layout, &self.name);
+        st.task = self.name.clone();
         // A parent of subtasks runs no agent: it expands, waits, completes.
         if !st.children.is_empty() {
             return self.complete_parent(st).await;
@@ -53,6 +50,50 @@ impl Job {
         if !self.task.subtasks.is_empty() {
             return self.expand(st).await;
         }
+        if let Err(e) = self.begin_attempt(&mut st, started) {
+            // Could not even prepare (disk full, unwritable tree): put it back;
+            // the attempt does not count (counts never go down).
+            error!(task = %self.name, error = %e, "cannot prepare the run; requeueing");
+            st.free_attempts += 1;
+            st.run = None;
+            st.last_error = Some(format!("cannot prepare the run: {e}"));
+            st.not_before = Some(record::ts(SystemTime::now() + self.config.retry_delay));
+            return self.requeue_or_keep(st).await;
+        }
+        let layout = self.ctx.layout.clone();
+        let run_dir = layout.run_dir(State::Assigned, &self.name);
+        let prompt =
+            match crate::run::prompt::render(&layout, &self.config, &self.agent, &self.task) {
+                Ok(p) => p,
+                Err(msg) => return self.fail_now(st, Outcome::Invalid, msg, started).await,
+            };
+        if let Err(e) = std::fs::write(run_dir.join("prompt.md"), prompt.as_bytes()) {
+            warn!(task = %self.name, error = %e, "cannot keep a copy of the prompt");
+        }
+        let workdir = match self.workdir() {
+            Ok(w) => w,
+            Err(msg) => return self.fail_now(st, Outcome::Invalid, msg, started).await,
+        };
+        let workdir = match self.setup_workspace(workdir, &run_dir).await {
+            Ok(w) => w,
+            Err(msg) => return self.fail_now(st, Outcome::Invalid, msg, started).await,
+        };
+        let mut spec = self.spec(prompt, workdir, &run_dir, st.attempts);
+        let end = match runner::spawn(&mut spec, &layout.root) {
+            Ok(child) => {
+                info!(task = %self.name, agent = %self.agent.name, attempt = st.attempts, pid = child.pid, "spawned");
+                runner::wait(child, &spec, stop).await
+            }
+            Err(end) => end,
+        };
+        self.finish(st, end, started).await
+    }
+
+    /// Counts the attempt and names its run in the state file (before the
+    /// spawn, so recovery can tell this run's record from a stale one), then
+    /// makes a fresh run directory.
+    fn begin_attempt(&self, st: &mut TaskState, started: SystemTime) -> std::io::Result<()> {
+        let timeout = self.task.timeout.unwrap_or(self.agent.timeout);
         st.attempts += 1;
         st.not_before = None;
         st.run = Some(RunInfo {
@@ -66,88 +107,65 @@ impl Job {
             reason: Some(self.reason.clone()),
             run_id: Some(books::run_id()),
         });
-        let run_dir = layout.run_dir(State::Assigned, &name);
-        let prep = (|| -> std::io::Result<()> {
-            books::write_state(layout, &st)?;
-            fsx::remove_dir_all_if_exists(&run_dir)?;
-            fsx::create_dir_all(&run_dir.join("outbox"))?;
-            Ok(())
-        })();
-        if let Err(e) = prep {
-            // Could not even prepare (disk full, unwritable tree): put it back;
-            // the attempt does not count (counts never go down).
-            error!(task = %name, error = %e, "cannot prepare the run; requeueing");
-            st.free_attempts += 1;
-            st.run = None;
-            st.last_error = Some(format!("cannot prepare the run: {e}"));
-            st.not_before = Some(record::ts(SystemTime::now() + self.config.retry_delay));
-            return self.requeue_or_keep(st).await;
-        }
-        let prompt = match crate::run::prompt::render(layout, &self.config, &self.agent, &self.task)
-        {
-            Ok(p) => p,
-            Err(msg) => return self.fail_now(st, Outcome::Invalid, msg, started).await,
-        };
-        if let Err(e) = std::fs::write(run_dir.join("prompt.md"), prompt.as_bytes()) {
-            warn!(task = %name, error = %e, "cannot keep a copy of the prompt");
-        }
-        let workdir = match self.workdir() {
-            Ok(w) => w,
-            Err(msg) => {
-                return self.fail_now(st, Outcome::Invalid, msg, started).await;
-            }
-        };
-        // A worktree of its own, or the shared workdir.
+        let layout = &self.ctx.layout;
+        let run_dir = layout.run_dir(State::Assigned, &self.name);
+        books::write_state(layout, st)?;
+        fsx::remove_dir_all_if_exists(&run_dir)?;
+        fsx::create_dir_all(&run_dir.join("outbox"))
+    }
+
+    /// A worktree of its own, or the shared workdir: returns where the agent
+    /// starts.
+    async fn setup_workspace(
+        &mut self,
+        workdir: PathBuf,
+        run_dir: &Path,
+    ) -> Result<PathBuf, String> {
         let kind = self.task.workspace.unwrap_or(self.agent.workspace);
-        let result_file = run_dir.join("result.yaml");
-        let workdir = match kind {
-            crate::run::workspace::Kind::Shared => {
-                self.ws = Some(WorkspaceRun {
-                    kind,
-                    path: workdir.clone(),
-                    branch: None,
-                    base: None,
-                    cleanup: self.config.worktree_cleanup,
-                    result_file: result_file.clone(),
-                });
-                workdir
-            }
-            crate::run::workspace::Kind::Worktree => {
-                let dir = layout.root.join(&self.config.worktrees_dir);
-                let (w, n) = (workdir.clone(), name.clone());
-                let made = tokio::task::spawn_blocking(move || {
-                    crate::run::workspace::create(&w, &dir, &n)
-                })
-                .await
-                .unwrap_or_else(|e| Err(e.to_string()));
-                match made {
-                    Ok((path, branch, base, cwd)) => {
-                        info!(task = %name, branch = %branch, "worktree ready");
-                        self.ws = Some(WorkspaceRun {
-                            kind,
-                            path: path.clone(),
-                            branch: Some(branch),
-                            base: Some(base),
-                            cleanup: self.config.worktree_cleanup,
-                            result_file: result_file.clone(),
-                        });
-                        cwd
-                    }
-                    Err(msg) => return self.fail_now(st, Outcome::Invalid, msg, started).await,
-                }
-            }
+        let mut ws = WorkspaceRun {
+            kind,
+            path: workdir.clone(),
+            branch: None,
+            base: None,
+            cleanup: self.config.worktree_cleanup,
+            result_file: run_dir.join("result.yaml"),
         };
+        if kind == crate::run::workspace::Kind::Shared {
+            self.ws = Some(ws);
+            return Ok(workdir);
+        }
+        let dir = self.ctx.layout.root.join(&self.config.worktrees_dir);
+        let name = self.name.clone();
+        let (path, branch, base, cwd) = tokio::task::spawn_blocking(move || {
+            crate::run::workspace::create(&workdir, &dir, &name)
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()))?;
+        info!(task = %self.name, branch = %branch, "worktree ready");
+        ws.path = path;
+        ws.branch = Some(branch);
+        ws.base = Some(base);
+        self.ws = Some(ws);
+        Ok(cwd)
+    }
+
+    /// Everything the runner needs to start the agent: argv with the
+    /// placeholders filled in, the `MAILROOM_*` environment, the run's files.
+    fn spec(&self, prompt: String, workdir: PathBuf, run_dir: &Path, attempt: u32) -> runner::Spec {
+        let layout = &self.ctx.layout;
+        let name = &self.name;
         let vars = runner::Vars {
             prompt,
             prompt_file: path_str(&run_dir.join("prompt.md")),
             task: name.clone(),
-            task_file: path_str(&layout.task_file(State::Assigned, &name, &self.ext)),
+            task_file: path_str(&layout.task_file(State::Assigned, name, &self.ext)),
             output_file: path_str(&run_dir.join("output.md")),
             workdir: path_str(&workdir),
             root: path_str(&layout.root),
             mailroom: self.ctx.exe.clone(),
         };
         let argv = runner::build_argv(&self.agent.command, &vars);
+        let result_file = run_dir.join("result.yaml");
         let mut env: Vec<(String, String)> = vec![
             ("MAILROOM_TASK".into(), name.clone()),
             ("MAILROOM_TASK_FILE".into(), vars.task_file.clone()),
@@ -155,35 +173,26 @@ impl Job {
             ("MAILROOM_CONTEXT".into(), path_str(&layout.context)),
             ("MAILROOM_OUTPUT".into(), vars.output_file.clone()),
             ("MAILROOM_PROMPT_FILE".into(), vars.prompt_file.clone()),
-            ("MAILROOM_RUN_DIR".into(), path_str(&run_dir)),
+            ("MAILROOM_RUN_DIR".into(), path_str(run_dir)),
             ("MAILROOM_OUTBOX".into(), path_str(&run_dir.join("outbox"))),
             ("MAILROOM_RESULT".into(), path_str(&result_file)),
-            ("MAILROOM_ATTEMPT".into(), st.attempts.to_string()),
+            ("MAILROOM_ATTEMPT".into(), attempt.to_string()),
             ("MAILROOM_AGENT".into(), self.agent.name.clone()),
         ];
         env.extend(self.agent.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let spec = runner::Spec {
+        runner::Spec {
             argv,
             env,
             workdir,
             stdout: run_dir.join("stdout.log"),
             stderr: run_dir.join("stderr.log"),
             output: Some(run_dir.join("output.md")),
-            timeout,
+            timeout: self.task.timeout.unwrap_or(self.agent.timeout),
             grace: self.agent.grace,
             stdin: self.lock.share().ok(),
             inherit: self.config.env.clone(),
             max_output: self.config.max_output_bytes,
-        };
-        let mut spec = spec;
-        let end = match runner::spawn(&mut spec, &layout.root) {
-            Ok(started_child) => {
-                info!(task = %name, agent = %self.agent.name, attempt = st.attempts, pid = started_child.pid, "spawned");
-                runner::wait(started_child, &spec, stop).await
-            }
-            Err(end) => end,
-        };
-        self.finish(st, end, started).await
+        }
     }
 
     /// Whether the run's outbox breaks the limits against runaway spawning.

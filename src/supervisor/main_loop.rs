@@ -2,6 +2,31 @@
 
 use super::*;
 
+/// What the loop holds besides the supervisor's state: the outside world's
+/// handles and its own timers.
+pub(super) struct LoopIo {
+    notifier: Option<Arc<crate::ops::sdnotify::Notifier>>,
+    last_status: String,
+    watchdog: Option<tokio::time::Interval>,
+    watch: Option<Watch>,
+    poll: bool,
+    next_rescan: Instant,
+    control_open: bool,
+}
+
+impl LoopIo {
+    /// Runs a reload between systemd's RELOADING and READY notifications.
+    fn reloading(&self, f: impl FnOnce(&mut Supervisor), s: &mut Supervisor) {
+        if let Some(n) = &self.notifier {
+            n.reloading();
+        }
+        f(s);
+        if let Some(n) = &self.notifier {
+            n.reloaded();
+        }
+    }
+}
+
 impl Supervisor {
     /// Runs until shut down (or idle, with `exit_when_idle`).
     pub async fn run(
@@ -9,142 +34,39 @@ impl Supervisor {
         mut control: mpsc::UnboundedReceiver<Control>,
         opts: RunOptions,
     ) -> anyhow::Result<Summary> {
-        let mut watch = match self.config.watch {
-            WatchMode::Poll => None,
-            WatchMode::Auto => {
-                let l = self.layout();
-                match Watch::start(
-                    &l.tasks,
-                    &l.pending,
-                    &[&l.control, &l.cancel, &l.root],
-                    self.hints.clone(),
-                ) {
-                    Ok(w) => Some(w),
-                    Err(e) => {
-                        warn!(error = %e, "cannot watch tasks/pending; polling instead");
-                        None
-                    }
-                }
-            }
-        };
+        let watch = self.start_watch();
         let poll = watch.is_none();
         books::check_permissions(self.layout(), self.config.shared)
             .map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?;
         self.recover();
         self.full_scan();
-        let notifier = opts.notifier.clone();
-        let mut last_status = self.status_line();
-        if let Some(n) = &notifier {
-            n.ready(&last_status);
+        let mut io = LoopIo {
+            notifier: opts.notifier.clone(),
+            last_status: self.status_line(),
+            // Watchdog pings come from this loop itself, so they prove it turns.
+            watchdog: opts
+                .notifier
+                .as_ref()
+                .and_then(|n| n.watchdog_interval())
+                .map(tokio::time::interval),
+            watch,
+            poll,
+            next_rescan: Instant::now() + self.rescan_interval(poll),
+            control_open: true,
+        };
+        if let Some(n) = &io.notifier {
+            n.ready(&io.last_status);
         }
-        // Watchdog pings come from this loop itself, so they prove it turns.
-        let mut watchdog = notifier
-            .as_ref()
-            .and_then(|n| n.watchdog_interval())
-            .map(tokio::time::interval);
         info!(
             root = %self.layout().root.display(),
             pending = self.pending.len(),
             mode = if poll { "poll" } else { "inotify" },
             "supervisor ready"
         );
-        let mut next_rescan = Instant::now() + self.rescan_interval(poll);
-        let mut control_open = true;
-        loop {
-            if self.control_dirty {
-                self.refresh_control();
-            }
-            if self.reload_due.is_some_and(|t| Instant::now() >= t) {
-                self.reload_due = None;
-                if let Some(n) = &notifier {
-                    n.reloading();
-                }
-                self.reload_if_changed();
-                if let Some(n) = &notifier {
-                    n.reloaded();
-                }
-            }
-            self.schedule();
-            if let Some(since) = self.stopping {
-                if self.running.is_empty() {
-                    break;
-                }
-                if !self.stop_sent && since.elapsed() >= self.config.shutdown_grace {
-                    self.stop_sent = true;
-                    for r in self.running.values() {
-                        if r.stop.borrow().is_none() {
-                            let _ = r.stop.send(Some(Stop::Graceful));
-                        }
-                    }
-                }
-            } else if opts.exit_when_idle && self.running.is_empty() && !self.has_runnable() {
-                break;
-            }
-            let st = self.status_line();
-            if st != last_status {
-                if let Some(n) = &notifier {
-                    n.status(&st);
-                }
-                last_status = st;
-                self.metrics.dirty = true;
-            }
-            self.write_metrics_if_due();
-            self.ctx
-                .pending_count
-                .store(self.pending.len(), std::sync::atomic::Ordering::Relaxed);
-            let wake = self.next_wake(next_rescan);
-            tokio::select! {
-                _ = async { watchdog.as_mut().expect("guarded").tick().await }, if watchdog.is_some() => {
-                    if let Some(n) = &notifier {
-                        n.watchdog();
-                    }
-                }
-                _ = self.hints.wake.notified() => {
-                    let (paths, rescan) = self.hints.take();
-                    if rescan {
-                        if !self.layout().pending.is_dir() {
-                            let _ = self.layout().ensure();
-                        }
-                        if let Some(w) = watch.as_mut() {
-                            w.rewatch();
-                        }
-                        self.full_scan();
-                    } else {
-                        for p in paths {
-                            self.examine_path(&p);
-                        }
-                    }
-                }
-                Some(ev) = self.events_rx.recv() => self.on_event(ev),
-                c = control.recv(), if control_open => match c {
-                    Some(Control::Shutdown) => {
-                        if let Some(n) = &notifier {
-                            n.stopping();
-                        }
-                        self.on_shutdown()
-                    }
-                    Some(Control::Reload) => {
-                        if let Some(n) = &notifier {
-                            n.reloading();
-                        }
-                        self.reload();
-                        if let Some(n) = &notifier {
-                            n.reloaded();
-                        }
-                    }
-                    None => control_open = false,
-                },
-                _ = tokio::time::sleep_until(wake) => {
-                    if Instant::now() >= next_rescan {
-                        self.control_dirty = true;
-                        self.recover();
-                        self.full_scan();
-                        next_rescan = Instant::now() + self.rescan_interval(poll);
-                    } else {
-                        self.recheck_waiting();
-                    }
-                }
-            }
+        while self.turn(&mut io, &opts) {
+            let wake = self.next_wake(io.next_rescan);
+            let ev = self.next_event(&mut io, &mut control, wake).await;
+            self.handle(ev, &mut io);
         }
         // The last word in the metrics file, whatever the rate limit.
         self.metrics.dirty = true;
@@ -156,6 +78,138 @@ impl Supervisor {
             "supervisor stopped"
         );
         Ok(self.summary)
+    }
+
+    /// The inotify watch, unless polling is configured or inotify fails.
+    fn start_watch(&self) -> Option<Watch> {
+        if self.config.watch == WatchMode::Poll {
+            return None;
+        }
+        let l = self.layout();
+        let dirs: [&Path; 3] = [&l.control, &l.cancel, &l.root];
+        match Watch::start(&l.tasks, &l.pending, &dirs, self.hints.clone()) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                warn!(error = %e, "cannot watch tasks/pending; polling instead");
+                None
+            }
+        }
+    }
+
+    /// The work of one turn of the loop before it waits: control files, a due
+    /// reload, scheduling, shutdown progress, status. False: leave the loop.
+    fn turn(&mut self, io: &mut LoopIo, opts: &RunOptions) -> bool {
+        if self.control_dirty {
+            self.refresh_control();
+        }
+        if self.reload_due.is_some_and(|t| Instant::now() >= t) {
+            self.reload_due = None;
+            io.reloading(|s| s.reload_if_changed(), self);
+        }
+        self.schedule();
+        if let Some(since) = self.stopping {
+            if self.running.is_empty() {
+                return false;
+            }
+            if !self.stop_sent && since.elapsed() >= self.config.shutdown_grace {
+                self.stop_sent = true;
+                for r in self.running.values() {
+                    if r.stop.borrow().is_none() {
+                        let _ = r.stop.send(Some(Stop::Graceful));
+                    }
+                }
+            }
+        } else if opts.exit_when_idle && self.running.is_empty() && !self.has_runnable() {
+            return false;
+        }
+        let st = self.status_line();
+        if st != io.last_status {
+            if let Some(n) = &io.notifier {
+                n.status(&st);
+            }
+            io.last_status = st;
+            self.metrics.dirty = true;
+        }
+        self.write_metrics_if_due();
+        self.ctx
+            .pending_count
+            .store(self.pending.len(), std::sync::atomic::Ordering::Relaxed);
+        true
+    }
+
+    /// Waits for the next input: a watchdog tick, a file-system hint, a run's
+    /// end, a control request, or the next deadline.
+    async fn next_event(
+        &mut self,
+        io: &mut LoopIo,
+        control: &mut mpsc::UnboundedReceiver<Control>,
+        wake: Instant,
+    ) -> Event {
+        let watchdog = &mut io.watchdog;
+        tokio::select! {
+            _ = async { watchdog.as_mut().expect("guarded").tick().await }, if watchdog.is_some() => Event::Watchdog,
+            _ = self.hints.wake.notified() => Event::Hints,
+            Some(ev) = self.events_rx.recv() => ev,
+            c = control.recv(), if io.control_open => match c {
+                Some(c) => Event::Control(c),
+                None => Event::ControlClosed,
+            },
+            _ = tokio::time::sleep_until(wake) => Event::Timer,
+        }
+    }
+
+    /// The one place every input is handled.
+    fn handle(&mut self, ev: Event, io: &mut LoopIo) {
+        match ev {
+            Event::Watchdog => {
+                if let Some(n) = &io.notifier {
+                    n.watchdog();
+                }
+            }
+            Event::Hints => self.on_hints(io),
+            Event::Finished {
+                name,
+                run,
+                agent,
+                end,
+            } => self.on_finished(name, run, agent, end),
+            Event::Control(Control::Shutdown) => {
+                if let Some(n) = &io.notifier {
+                    n.stopping();
+                }
+                self.on_shutdown()
+            }
+            Event::Control(Control::Reload) => io.reloading(|s| s.reload(), self),
+            Event::ControlClosed => io.control_open = false,
+            Event::Timer => {
+                if Instant::now() >= io.next_rescan {
+                    self.control_dirty = true;
+                    self.recover();
+                    self.full_scan();
+                    io.next_rescan = Instant::now() + self.rescan_interval(io.poll);
+                } else {
+                    self.recheck_waiting();
+                }
+            }
+        }
+    }
+
+    /// The watcher saw something: the paths it names, or everything.
+    fn on_hints(&mut self, io: &mut LoopIo) {
+        let (paths, rescan) = self.hints.take();
+        if rescan {
+            if !self.layout().pending.is_dir() {
+                let _ = self.layout().ensure();
+            }
+            if let Some(w) = io.watch.as_mut() {
+                w.rewatch();
+            }
+            self.full_scan();
+        } else {
+            for p in paths {
+                self.examine_path(&p);
+            }
+        }
     }
 
     /// One line for systemd's STATUS: "3 running, 12 pending, 1 cooling down".
@@ -201,51 +255,43 @@ impl Supervisor {
         }
     }
 
-    pub(super) fn on_event(&mut self, ev: Event) {
-        match ev {
-            Event::Finished {
-                name,
-                run,
-                agent,
-                end,
-            } => {
-                if self.running.get(&name).is_some_and(|r| r.run == run) {
-                    self.running.remove(&name);
-                    self.cancelling.remove(&name);
+    /// A run ended: free its slot and act on where it left its task.
+    pub(super) fn on_finished(&mut self, name: String, run: u64, agent: String, end: JobEnd) {
+        if self.running.get(&name).is_some_and(|r| r.run == run) {
+            self.running.remove(&name);
+            self.cancelling.remove(&name);
+        }
+        if let Some(n) = self.load.get_mut(&agent) {
+            *n = n.saturating_sub(1);
+        }
+        match end {
+            JobEnd::Done(st, outcome, secs) => {
+                self.metrics.finished(&agent, outcome.as_str(), secs);
+                match st {
+                    Status::Completed => self.summary.completed += 1,
+                    Status::Failed => self.summary.failed += 1,
                 }
-                if let Some(n) = self.load.get_mut(&agent) {
-                    *n = n.saturating_sub(1);
-                }
-                match end {
-                    JobEnd::Done(st, outcome, secs) => {
-                        self.metrics.finished(&agent, outcome.as_str(), secs);
-                        match st {
-                            Status::Completed => self.summary.completed += 1,
-                            Status::Failed => self.summary.failed += 1,
-                        }
-                        // Tasks that wait for this one may go (or fail) now.
-                        self.replace_waiting();
-                    }
-                    JobEnd::Requeued => {
-                        self.summary.requeued += 1;
-                        self.stateful.insert(name.clone());
-                        // Requeued: its file is back in pending/.
-                        self.examine_name(&name);
-                    }
-                    JobEnd::Limited { until, message } => {
-                        warn!(
-                            agent = %agent,
-                            until = %record::ts(until),
-                            "usage limit: agent cooling down ({message})"
-                        );
-                        self.cooldowns.insert(agent, (until, message));
-                        self.summary.requeued += 1;
-                        self.stateful.insert(name.clone());
-                        self.examine_name(&name);
-                    }
-                    JobEnd::Stuck => {}
-                }
+                // Tasks that wait for this one may go (or fail) now.
+                self.replace_waiting();
             }
+            JobEnd::Requeued => {
+                self.summary.requeued += 1;
+                self.stateful.insert(name.clone());
+                // Requeued: its file is back in pending/.
+                self.examine_name(&name);
+            }
+            JobEnd::Limited { until, message } => {
+                warn!(
+                    agent = %agent,
+                    until = %record::ts(until),
+                    "usage limit: agent cooling down ({message})"
+                );
+                self.cooldowns.insert(agent, (until, message));
+                self.summary.requeued += 1;
+                self.stateful.insert(name.clone());
+                self.examine_name(&name);
+            }
+            JobEnd::Stuck => {}
         }
     }
 

@@ -69,7 +69,9 @@ pub struct Summary {
     pub requeued: u64,
 }
 
+/// Every input of the loop.
 enum Event {
+    /// A run task ended (sent by the job itself).
     Finished {
         name: String,
         /// Which run: a name can be claimed again before its last run's event arrives.
@@ -77,6 +79,16 @@ enum Event {
         agent: String,
         end: JobEnd,
     },
+    /// The watcher has paths (or a rescan request) in the shared hints.
+    Hints,
+    /// A request from outside (signals, tests).
+    Control(Control),
+    /// The control channel's sender went away.
+    ControlClosed,
+    /// The next deadline came: rescan, settle, backoff, cooldown, grace.
+    Timer,
+    /// Time to tell systemd's watchdog the loop turns.
+    Watchdog,
 }
 
 /// Where a run left its task.

@@ -20,6 +20,35 @@ pub(super) struct Fresh {
     pub(super) excluded: Vec<String>,
 }
 
+/// What scheduling keeps of a parsed task: its route is worked out now, and a
+/// parent of expanded subtasks waits for its children.
+fn brief(
+    config: &Config,
+    t: Task,
+    modified: SystemTime,
+    excluded: &[String],
+    children: Vec<String>,
+) -> Brief {
+    // `delay` counts from the file's own time, not from when we read it.
+    let not_before = match t.delay {
+        Some(d) => Some(modified + d),
+        None => t.not_before,
+    };
+    let route = crate::sched::routing::route(config, &t, excluded).map(|(r, _)| Arc::new(r));
+    let mut after = t.after;
+    for c in children {
+        if !after.contains(&c) {
+            after.push(c);
+        }
+    }
+    Brief {
+        priority: t.priority,
+        not_before,
+        after: after.into_boxed_slice(),
+        route,
+    }
+}
+
 /// [`look`], with a panic in the parser turned into a refusal of that one
 /// file, so that neither the loop nor the other files of a scan suffer.
 pub(super) fn look_guarded(
@@ -96,28 +125,7 @@ pub(super) fn look(
         (None, Vec::new(), Vec::new())
     };
     let parsed = match parsed {
-        Ok(t) => {
-            // `delay` counts from the file's own time, not from when we read it.
-            let not_before = match t.delay {
-                Some(d) => Some(modified + d),
-                None => t.not_before,
-            };
-            let route =
-                crate::sched::routing::route(config, &t, &excluded).map(|(r, _)| Arc::new(r));
-            // A parent of expanded subtasks waits for its children.
-            let mut after = t.after;
-            for c in children {
-                if !after.contains(&c) {
-                    after.push(c);
-                }
-            }
-            Ok(Brief {
-                priority: t.priority,
-                not_before,
-                after: after.into_boxed_slice(),
-                route,
-            })
-        }
+        Ok(t) => Ok(brief(config, t, modified, &excluded, children)),
         Err(e) => Err(Box::new(e)),
     };
     Look::Read(Box::new(Fresh {
