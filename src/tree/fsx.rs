@@ -5,10 +5,8 @@
 //! an existing name, and a bounded, non-following, non-blocking read of a file that
 //! somebody else wrote.
 
-use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +28,10 @@ fn durable() -> bool {
 /// environment, the process aborts (as if killed) at the N-th step of a
 /// durable operation: between each write, fsync and rename. Counting is
 /// process-wide; tests run one task at a time to make N meaningful.
+///
+/// Compiled only into debug builds (the ones `cargo test` runs): a release
+/// binary has no crash switch in its environment.
+#[cfg(debug_assertions)]
 pub fn crash_point() {
     static TARGET: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
     static COUNT: AtomicU64 = AtomicU64::new(0);
@@ -45,6 +47,11 @@ pub fn crash_point() {
         std::process::abort();
     }
 }
+
+/// Release builds: no fault injection.
+#[cfg(not(debug_assertions))]
+#[inline(always)]
+pub fn crash_point() {}
 
 /// Flushes a directory's entries to disk, so that a rename in it survives a crash.
 pub fn fsync_dir(dir: &Path) -> io::Result<()> {
@@ -158,10 +165,6 @@ fn file_name_lossy(path: &Path) -> String {
         .unwrap_or_else(|| "file".into())
 }
 
-fn cstr(p: &Path) -> io::Result<CString> {
-    CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
-}
-
 /// Renames `from` to `to`, failing with `AlreadyExists` if `to` exists.
 ///
 /// Uses `renameat2(RENAME_NOREPLACE)`; where the file system refuses it (NFS and
@@ -191,22 +194,11 @@ pub fn same_inode(a: &Path, b: &Path) -> bool {
 }
 
 fn rename_noreplace_once(from: &Path, to: &Path) -> io::Result<()> {
-    let f = cstr(from)?;
-    let t = cstr(to)?;
-    // SAFETY: both arguments are valid NUL-terminated strings that outlive the call.
-    let rc = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            f.as_ptr(),
-            libc::AT_FDCWD,
-            t.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        )
+    use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
+    let err = match renameat2(AT_FDCWD, from, AT_FDCWD, to, RenameFlags::RENAME_NOREPLACE) {
+        Ok(()) => return Ok(()),
+        Err(e) => io::Error::from(e),
     };
-    if rc == 0 {
-        return Ok(());
-    }
-    let err = io::Error::last_os_error();
     match err.raw_os_error() {
         Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::ENOTSUP) => {}
         _ => return Err(err),
