@@ -2,9 +2,7 @@
 //! tasks where they were, reports the error, goes on once space is back and
 //! loses nothing; a removed context/ or tasks/pending/ is recreated.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::io::Write;
 use std::time::Duration;
 

@@ -1,9 +1,7 @@
 //! Integration tests of the mailbox core: the real binary on temporary roots
 //! with fake agents from tests/agents/.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::time::Duration;
 
 const MIN: Duration = Duration::from_secs(60);
@@ -380,7 +378,7 @@ fn init_lays_out_a_tree_that_runs_the_builtin_demo() {
         assert!(dir.join(d).is_dir(), "{d}");
     }
     assert!(dir.join("mailroom.yaml").exists());
-    let add = common::run_bounded(
+    let add = run_bounded(
         {
             let mut c = std::process::Command::new(BIN);
             c.args([
@@ -397,7 +395,7 @@ fn init_lays_out_a_tree_that_runs_the_builtin_demo() {
     );
     assert!(add.status.success(), "{}", stderr(&add));
     assert_eq!(stdout(&add).trim(), "haiku");
-    let run = common::run_bounded(
+    let run = run_bounded(
         {
             let mut c = std::process::Command::new(BIN);
             c.args(["--root", dir.to_str().unwrap(), "run", "--exit-when-idle"]);

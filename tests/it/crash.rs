@@ -2,9 +2,7 @@
 //! the protocol's invariants on disk; run several supervisors on one tree and
 //! check from the agents' own logs that no two runs of a task overlap.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 

@@ -2,9 +2,7 @@
 //! task files are refused, agents get a minimal environment and no
 //! descriptor of the supervisor's beyond stdin (the task lock), stdout, stderr.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::os::unix::fs::PermissionsExt;
 
 #[test]

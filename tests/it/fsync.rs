@@ -14,9 +14,7 @@
 //! Needs `strace` (Debian/Ubuntu package `strace`). Without it the test fails
 //! and says so: it never skips silently.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -325,7 +323,7 @@ fn strace() -> String {
         });
     found.unwrap_or_else(|| {
         panic!(
-            "strace is not installed, and tests/fsync.rs needs it to check the fsync \
+            "strace is not installed, and tests/it/fsync.rs needs it to check the fsync \
              discipline: install it (Debian/Ubuntu: `apt-get install strace`)"
         )
     })
