@@ -27,6 +27,24 @@ fn agents_of(root: &Root) -> Vec<i32> {
     v
 }
 
+/// Whether a run that started after byte `mark` of the span log is still
+/// open (its task's last line since then is a start).
+fn runs_open_after(runlog: &std::path::Path, mark: u64) -> bool {
+    let Ok(log) = std::fs::read(runlog) else {
+        return false;
+    };
+    let since = String::from_utf8_lossy(log.get(mark as usize..).unwrap_or_default());
+    let mut open: HashMap<&str, bool> = HashMap::new();
+    // A line still being written has no newline yet: leave it for the next look.
+    for l in since.split_inclusive('\n').filter(|l| l.ends_with('\n')) {
+        let f: Vec<&str> = l.trim_end().split(' ').collect();
+        if f.len() == 4 {
+            open.insert(f[1], f[0] == "S");
+        }
+    }
+    open.values().any(|o| *o)
+}
+
 /// From "S task attempt ns" / "E task attempt ns" lines: no two runs of one
 /// task are ever open at the same time. Returns runs per task.
 fn check_no_overlap(log: &str) -> HashMap<String, usize> {
@@ -128,11 +146,46 @@ fn kill_9_loop_loses_nothing_and_never_runs_a_task_twice_at_once() {
     }
     let mut rng = Rng(0x5eed_1234_abcd_0001);
     let cycles = env("MAILROOM_KILL_CYCLES", 30);
-    for _ in 0..cycles {
+    let mut kills = 0;
+    for cycle in 0..cycles {
+        if root.names("completed").len() == n {
+            break; // nothing left to interrupt
+        }
+        // Each kill lands at a random moment while one of this supervisor's
+        // agents runs: a kill of an idle tree (still recovering, or between
+        // runs) would test nothing. The delay counts from its first start.
+        let mark = std::fs::metadata(&runlog).map_or(0, |m| m.len());
         let mut sup = root.spawn();
-        std::thread::sleep(Duration::from_millis(rng.range(20, 400)));
+        let delay = Duration::from_millis(rng.range(0, 150));
+        let mut first: Option<std::time::Instant> = None;
+        let mut done = false;
+        wait_for(
+            Duration::from_secs(60),
+            &format!("an agent to run in kill cycle {cycle}"),
+            || {
+                done = root.names("completed").len() == n;
+                let running = runs_open_after(&runlog, mark);
+                if running && first.is_none() {
+                    first = Some(std::time::Instant::now());
+                }
+                done || (running && first.is_some_and(|t| t.elapsed() >= delay))
+            },
+        );
         sup.kill9();
+        if done {
+            break;
+        }
+        kills += 1;
     }
+    eprintln!(
+        "kill -9 loop: {kills} of {cycles} kills hit a running agent, {} of {n} tasks \
+         completed meanwhile",
+        root.names("completed").len()
+    );
+    assert_eq!(
+        kills, cycles,
+        "the work ran out before the last kill: give the loop more tasks or shorter waits"
+    );
     root.run_until_idle_within(Duration::from_secs(60 + n as u64 / 4));
     check_invariants(&root, n, "completed");
     eprintln!("kill -9 loop: {cycles} kill cycles over {n} tasks, invariants hold");
