@@ -310,10 +310,7 @@ pub fn require(have: bool, what: &str) -> bool {
 
 /// [`require`] for root: mounting, giving files to other users.
 pub fn require_root(why: &str) -> bool {
-    require(
-        unsafe { geteuid() } == 0,
-        &format!("it needs root ({why})"),
-    )
+    require(unsafe { geteuid() } == 0, &format!("it needs root ({why})"))
 }
 
 unsafe extern "C" {
