@@ -244,3 +244,68 @@ fn four_supervisors_share_one_tree_with_inotify() {
 fn four_supervisors_share_one_tree_polling_only() {
     several_supervisors(true);
 }
+
+/// SIGKILLs a process group when dropped, so that an agent a failing test
+/// left behind does not outlive it.
+struct KillGroupOnDrop(i32);
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        if self.0 > 1 {
+            unsafe { kill(-self.0, SIGKILL) };
+        }
+    }
+}
+
+unsafe extern "C" {
+    fn kill(pid: i32, sig: i32) -> i32;
+}
+
+#[test]
+fn a_restarted_supervisor_stops_the_orphaned_agent_before_running_its_task_again() {
+    // Attempt 1 hangs (until stopped); attempt 2 succeeds. The agent logs
+    // its start (with its pid: it leads its own process group) and a SIGTERM.
+    let script = r#"log="$MAILROOM_ROOT/agent.log"
+echo "start $MAILROOM_ATTEMPT $$" >> "$log"
+if [ "$MAILROOM_ATTEMPT" = 1 ]; then
+  trap 'echo "terminated $MAILROOM_ATTEMPT" >> "$log"; exit 143' TERM
+  sleep 600 & wait
+fi
+echo done"#;
+    let root = Root::new()
+        .agent_config(&["/bin/sh", "-c", script], "")
+        .task("o.yaml", "description: outlives its supervisor\n");
+    let lines = || std::fs::read_to_string(root.p("agent.log")).unwrap_or_default();
+    let mut sup = root.spawn();
+    let mut pid = 0;
+    wait_for(Duration::from_secs(60), "attempt 1 to start", || {
+        pid = lines()
+            .lines()
+            .find_map(|l| l.strip_prefix("start 1 ")?.parse().ok())
+            .unwrap_or(0);
+        pid > 0
+    });
+    let _cleanup = KillGroupOnDrop(pid);
+    sup.kill9();
+    // The agent outlives its supervisor and, through its stdin, holds the lock.
+    assert!(alive(pid), "the agent died with its supervisor");
+    let _sup = root.spawn();
+    wait_for(
+        Duration::from_secs(30),
+        &format!("the restarted supervisor to stop the orphaned agent (pid {pid})"),
+        || lines().contains("terminated 1\n") && !alive(pid),
+    );
+    wait_for(Duration::from_secs(60), "attempt 2 to complete o", || {
+        root.names("completed") == ["o"]
+    });
+    let log = lines();
+    let starts: Vec<&str> = log.lines().filter(|l| l.starts_with("start")).collect();
+    assert_eq!(starts.len(), 2, "{log}");
+    assert!(starts[1].starts_with("start 2 "), "{log}");
+    // Attempt 2 started only after attempt 1 was stopped.
+    let term = log.find("terminated 1").unwrap();
+    let second = log.find("start 2 ").unwrap();
+    assert!(term < second, "attempt 2 ran beside the orphan:\n{log}");
+    let rec = root.record("completed", "o");
+    assert_eq!(rec["attempts"], 2, "{rec}");
+    assert_eq!(rec["history"][0]["outcome"], "interrupted", "{rec}");
+}
