@@ -5,8 +5,13 @@
 # A SIGTERM can kill `date` inside $(...): ask again until there is an answer.
 now() { t=""; while [ -z "$t" ]; do t=$(date +%s%N); done; echo "$t"; }
 log() { t=$(now); echo "$1 $MAILROOM_TASK $MAILROOM_ATTEMPT $t" >> "$RUNLOG"; }
-trap 'log E; exit 143' TERM INT
+# The end line is written exactly once: whoever writes it first ignores
+# TERM and INT from then on (a trap still armed during the last write would
+# log a second end; a default action would kill the write and log none).
+# Ignored signals stay ignored in `date` and `echo` below.
+finish() { trap '' TERM INT; log E; }
+trap 'finish; exit 143' TERM INT
 log S
 ms=${SPAN_MS:-50}
 sleep "$(awk "BEGIN{print $ms/1000}")"
-log E
+finish

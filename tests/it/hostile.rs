@@ -16,16 +16,14 @@
 //! A case with `bug: None` currently behaves wrongly: its expectation is
 //! the correct behaviour and it is expected to fail until the bug is fixed.
 //! The test reports every mismatch at once, not just the first.
-//! `HOSTILE_SKIP_KNOWN_BUGS=1 cargo test --test hostile` runs only the cases
+//! `HOSTILE_SKIP_KNOWN_BUGS=1 cargo test --test it hostile` runs only the cases
 //! not marked as bugs.
 //!
 //! The agent is `tests/agents/ok.sh` (prints `ran <task>`, writes its last
 //! argument, the prompt, to `$MAILROOM_OUTPUT`), with the harness's
 //! `agent_config` (settle 300 ms, retry delay 50 ms, rescans every second).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;

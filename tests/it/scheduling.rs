@@ -1,9 +1,7 @@
 //! Scheduling and routing through the real binary: order, ageing, dependencies,
 //! capacity, routing rules, fallbacks and usage-limit cooldowns.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::time::{Duration, SystemTime};
 
 /// Sets a task file's modification time: its submission time (a test clock).

@@ -3,9 +3,7 @@
 //! turn; a second supervisor then recovers, and the protocol's invariants
 //! must hold. A failure names the step that broke them.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::time::Duration;
 
 fn invariants(root: &Root, n: usize, step: u64) {

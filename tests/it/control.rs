@@ -1,9 +1,7 @@
 //! Live control through the tree: cancel, pause and resume, reload, wait and
 //! add --wait exit codes, and that every --json output parses.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::time::Duration;
 
 const MIN: Duration = Duration::from_secs(60);

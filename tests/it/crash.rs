@@ -2,9 +2,7 @@
 //! the protocol's invariants on disk; run several supervisors on one tree and
 //! check from the agents' own logs that no two runs of a task overlap.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
@@ -27,6 +25,24 @@ fn agents_of(root: &Root) -> Vec<i32> {
         }
     }
     v
+}
+
+/// Whether a run that started after byte `mark` of the span log is still
+/// open (its task's last line since then is a start).
+fn runs_open_after(runlog: &std::path::Path, mark: u64) -> bool {
+    let Ok(log) = std::fs::read(runlog) else {
+        return false;
+    };
+    let since = String::from_utf8_lossy(log.get(mark as usize..).unwrap_or_default());
+    let mut open: HashMap<&str, bool> = HashMap::new();
+    // A line still being written has no newline yet: leave it for the next look.
+    for l in since.split_inclusive('\n').filter(|l| l.ends_with('\n')) {
+        let f: Vec<&str> = l.trim_end().split(' ').collect();
+        if f.len() == 4 {
+            open.insert(f[1], f[0] == "S");
+        }
+    }
+    open.values().any(|o| *o)
 }
 
 /// From "S task attempt ns" / "E task attempt ns" lines: no two runs of one
@@ -130,11 +146,46 @@ fn kill_9_loop_loses_nothing_and_never_runs_a_task_twice_at_once() {
     }
     let mut rng = Rng(0x5eed_1234_abcd_0001);
     let cycles = env("MAILROOM_KILL_CYCLES", 30);
-    for _ in 0..cycles {
+    let mut kills = 0;
+    for cycle in 0..cycles {
+        if root.names("completed").len() == n {
+            break; // nothing left to interrupt
+        }
+        // Each kill lands at a random moment while one of this supervisor's
+        // agents runs: a kill of an idle tree (still recovering, or between
+        // runs) would test nothing. The delay counts from its first start.
+        let mark = std::fs::metadata(&runlog).map_or(0, |m| m.len());
         let mut sup = root.spawn();
-        std::thread::sleep(Duration::from_millis(rng.range(20, 400)));
+        let delay = Duration::from_millis(rng.range(0, 150));
+        let mut first: Option<std::time::Instant> = None;
+        let mut done = false;
+        wait_for(
+            Duration::from_secs(60),
+            &format!("an agent to run in kill cycle {cycle}"),
+            || {
+                done = root.names("completed").len() == n;
+                let running = runs_open_after(&runlog, mark);
+                if running && first.is_none() {
+                    first = Some(std::time::Instant::now());
+                }
+                done || (running && first.is_some_and(|t| t.elapsed() >= delay))
+            },
+        );
         sup.kill9();
+        if done {
+            break;
+        }
+        kills += 1;
     }
+    eprintln!(
+        "kill -9 loop: {kills} of {cycles} kills hit a running agent, {} of {n} tasks \
+         completed meanwhile",
+        root.names("completed").len()
+    );
+    assert_eq!(
+        kills, cycles,
+        "the work ran out before the last kill: give the loop more tasks or shorter waits"
+    );
     root.run_until_idle_within(Duration::from_secs(60 + n as u64 / 4));
     check_invariants(&root, n, "completed");
     eprintln!("kill -9 loop: {cycles} kill cycles over {n} tasks, invariants hold");
@@ -192,4 +243,69 @@ fn four_supervisors_share_one_tree_with_inotify() {
 #[test]
 fn four_supervisors_share_one_tree_polling_only() {
     several_supervisors(true);
+}
+
+/// SIGKILLs a process group when dropped, so that an agent a failing test
+/// left behind does not outlive it.
+struct KillGroupOnDrop(i32);
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        if self.0 > 1 {
+            unsafe { kill(-self.0, SIGKILL) };
+        }
+    }
+}
+
+unsafe extern "C" {
+    fn kill(pid: i32, sig: i32) -> i32;
+}
+
+#[test]
+fn a_restarted_supervisor_stops_the_orphaned_agent_before_running_its_task_again() {
+    // Attempt 1 hangs (until stopped); attempt 2 succeeds. The agent logs
+    // its start (with its pid: it leads its own process group) and a SIGTERM.
+    let script = r#"log="$MAILROOM_ROOT/agent.log"
+echo "start $MAILROOM_ATTEMPT $$" >> "$log"
+if [ "$MAILROOM_ATTEMPT" = 1 ]; then
+  trap 'echo "terminated $MAILROOM_ATTEMPT" >> "$log"; exit 143' TERM
+  sleep 600 & wait
+fi
+echo done"#;
+    let root = Root::new()
+        .agent_config(&["/bin/sh", "-c", script], "")
+        .task("o.yaml", "description: outlives its supervisor\n");
+    let lines = || std::fs::read_to_string(root.p("agent.log")).unwrap_or_default();
+    let mut sup = root.spawn();
+    let mut pid = 0;
+    wait_for(Duration::from_secs(60), "attempt 1 to start", || {
+        pid = lines()
+            .lines()
+            .find_map(|l| l.strip_prefix("start 1 ")?.parse().ok())
+            .unwrap_or(0);
+        pid > 0
+    });
+    let _cleanup = KillGroupOnDrop(pid);
+    sup.kill9();
+    // The agent outlives its supervisor and, through its stdin, holds the lock.
+    assert!(alive(pid), "the agent died with its supervisor");
+    let _sup = root.spawn();
+    wait_for(
+        Duration::from_secs(30),
+        &format!("the restarted supervisor to stop the orphaned agent (pid {pid})"),
+        || lines().contains("terminated 1\n") && !alive(pid),
+    );
+    wait_for(Duration::from_secs(60), "attempt 2 to complete o", || {
+        root.names("completed") == ["o"]
+    });
+    let log = lines();
+    let starts: Vec<&str> = log.lines().filter(|l| l.starts_with("start")).collect();
+    assert_eq!(starts.len(), 2, "{log}");
+    assert!(starts[1].starts_with("start 2 "), "{log}");
+    // Attempt 2 started only after attempt 1 was stopped.
+    let term = log.find("terminated 1").unwrap();
+    let second = log.find("start 2 ").unwrap();
+    assert!(term < second, "attempt 2 ran beside the orphan:\n{log}");
+    let rec = root.record("completed", "o");
+    assert_eq!(rec["attempts"], 2, "{rec}");
+    assert_eq!(rec["history"][0]["outcome"], "interrupted", "{rec}");
 }

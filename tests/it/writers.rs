@@ -2,9 +2,7 @@
 //! supervisor, and each task runs exactly once with its complete content.
 //! Editor leftovers are neither run nor moved.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::process::Command;
 use std::time::Duration;
 

@@ -2,24 +2,17 @@
 //! tasks where they were, reports the error, goes on once space is back and
 //! loses nothing; a removed context/ or tasks/pending/ is recreated.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::io::Write;
 use std::time::Duration;
 
 const MIN: Duration = Duration::from_secs(60);
 
-unsafe extern "C" {
-    fn geteuid() -> u32;
-}
-
 /// A tmpfs of `size` mounted on a fresh directory; unmounted on drop.
 struct Tmpfs(std::path::PathBuf);
 impl Tmpfs {
     fn new(size: &str) -> Option<Tmpfs> {
-        if unsafe { geteuid() } != 0 {
-            eprintln!("SKIPPED: mounting a tmpfs needs root (CI runs this as root)");
+        if !require_root("mounting a tmpfs") {
             return None;
         }
         let dir = Root::new().path.clone();

@@ -1,8 +1,6 @@
 //! The Prometheus textfile: valid text format, and the numbers add up.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::collections::BTreeMap;
 
 /// Parses the Prometheus text exposition format strictly enough to catch a

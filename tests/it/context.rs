@@ -2,9 +2,7 @@
 //! binary: the merge into context/, the prompt with its context, the
 //! transactional outbox, subtask expansion and the runaway limits.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 #[test]
 fn the_seed_context_sharing_acceptance_test_with_the_demo_agent() {

@@ -1,9 +1,7 @@
 //! Integration tests of the mailbox core: the real binary on temporary roots
 //! with fake agents from tests/agents/.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::time::Duration;
 
 const MIN: Duration = Duration::from_secs(60);
@@ -380,7 +378,7 @@ fn init_lays_out_a_tree_that_runs_the_builtin_demo() {
         assert!(dir.join(d).is_dir(), "{d}");
     }
     assert!(dir.join("mailroom.yaml").exists());
-    let add = common::run_bounded(
+    let add = run_bounded(
         {
             let mut c = std::process::Command::new(BIN);
             c.args([
@@ -397,7 +395,7 @@ fn init_lays_out_a_tree_that_runs_the_builtin_demo() {
     );
     assert!(add.status.success(), "{}", stderr(&add));
     assert_eq!(stdout(&add).trim(), "haiku");
-    let run = common::run_bounded(
+    let run = run_bounded(
         {
             let mut c = std::process::Command::new(BIN);
             c.args(["--root", dir.to_str().unwrap(), "run", "--exit-when-idle"]);
@@ -454,6 +452,78 @@ fn one_file_under_two_names_after_an_interrupted_link_unlink_runs_once() {
     );
     assert!(root.names("pending").is_empty());
     assert_eq!(std::fs::read_to_string(&runlog).unwrap().lines().count(), 1);
+}
+
+/// Claims `name` from `pending/<name>.<ext>` through the library, holding
+/// its lock as the supervisor does.
+fn claim(root: &Root, name: &str, ext: &str) -> mailroom::mailbox::Claim {
+    let layout = mailroom::layout::Layout::new(&root.path);
+    let lock = mailroom::mailbox::TaskLock::try_acquire(&layout, name)
+        .unwrap()
+        .expect("nobody holds the lock");
+    let claim = mailroom::mailbox::claim(&layout, name, ext, &lock).unwrap();
+    lock.release();
+    claim
+}
+
+#[test]
+fn claim_never_clobbers_an_assigned_file() {
+    // The name check before the move lets it through: the `x` it finds in
+    // assigned/ (x.yaml) is the very file being claimed (pending/x.yml under
+    // a second name). But assigned/x.yml, where the move goes, holds another
+    // task's file. The move itself must refuse to replace it: a replacing
+    // rename would destroy that file.
+    let root = Root::new();
+    root.write("tasks/pending/x.yml", "description: the newcomer\n");
+    std::fs::hard_link(
+        root.p("tasks/pending/x.yml"),
+        root.p("tasks/assigned/x.yaml"),
+    )
+    .unwrap();
+    root.write(
+        "tasks/assigned/x.yml",
+        "description: the task already here\n",
+    );
+    let c = claim(&root, "x", "yml");
+    assert_eq!(
+        root.read("tasks/assigned/x.yml"),
+        "description: the task already here\n",
+        "the claim replaced a file in assigned/"
+    );
+    assert!(
+        matches!(&c, mailroom::mailbox::Claim::Clash(p) if p == &root.p("tasks/assigned/x.yml")),
+        "claim into an occupied name: {c:?}"
+    );
+    assert_eq!(
+        root.read("tasks/pending/x.yml"),
+        "description: the newcomer\n"
+    );
+}
+
+#[test]
+fn claim_finishing_a_half_done_move_leaves_the_file_under_one_name() {
+    // An interrupted link + unlink claim left one file as pending/t.yaml and
+    // assigned/t.yaml. Claiming it again must end with the file in assigned/
+    // only: rename(2) between two names of one file does nothing and reports
+    // success, which would leave the task in pending/ to be claimed again.
+    let root = Root::new();
+    root.write("tasks/pending/t.yaml", "description: twin\n");
+    std::fs::hard_link(
+        root.p("tasks/pending/t.yaml"),
+        root.p("tasks/assigned/t.yaml"),
+    )
+    .unwrap();
+    let c = claim(&root, "t", "yaml");
+    assert!(matches!(c, mailroom::mailbox::Claim::Claimed), "{c:?}");
+    assert!(
+        !root.exists("tasks/pending/t.yaml"),
+        "the claimed task is still in pending/"
+    );
+    use std::os::unix::fs::MetadataExt;
+    let links = std::fs::metadata(root.p("tasks/assigned/t.yaml"))
+        .unwrap()
+        .nlink();
+    assert_eq!(links, 1, "the claimed file still has a second name");
 }
 
 #[test]

@@ -12,11 +12,10 @@
 //!    its directory is fsynced after it (within the same window as in 1).
 //!
 //! Needs `strace` (Debian/Ubuntu package `strace`). Without it the test fails
-//! and says so: it never skips silently.
+//! and says so, or with `MAILROOM_TEST_SKIP_MISSING=1` prints `SKIPPED:` and
+//! why (`common::require`): it never skips silently.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -310,7 +309,9 @@ fn violations(calls: &[Call], state_dirs: &[PathBuf]) -> Vec<String> {
     bad
 }
 
-fn strace() -> String {
+/// The strace binary, or `None` when it is missing and skips are allowed
+/// (see [`require`]).
+fn strace() -> Option<String> {
     let found = ["/usr/bin/strace", "/bin/strace", "/usr/local/bin/strace"]
         .into_iter()
         .find(|p| Path::new(p).exists())
@@ -323,26 +324,33 @@ fn strace() -> String {
             let p = String::from_utf8_lossy(&out.stdout).trim().to_owned();
             (!p.is_empty()).then_some(p)
         });
-    found.unwrap_or_else(|| {
-        panic!(
-            "strace is not installed, and tests/fsync.rs needs it to check the fsync \
-             discipline: install it (Debian/Ubuntu: `apt-get install strace`)"
-        )
-    })
+    let have = require(
+        found.is_some(),
+        "strace is not installed, and the fsync discipline is checked under it: \
+         install it (Debian/Ubuntu: `apt-get install strace`)",
+    );
+    if have { found } else { None }
 }
 
 /// Runs `mailroom --root R <args>` under strace; returns its trace, parsed.
 fn traced(strace: &str, root: &Root, args: &[&str]) -> (Vec<Call>, String) {
+    traced_calls(strace, root, args, MOVES)
+}
+
+/// The system calls the discipline is about: moves, syncs, and opens (for
+/// the descriptors' paths).
+const MOVES: &str = "rename,renameat,renameat2,link,linkat,unlink,unlinkat,fsync,fdatasync,openat";
+
+/// [`traced`] with a chosen list of system calls (`strace -e trace=`).
+fn traced_calls(strace: &str, root: &Root, args: &[&str], syscalls: &str) -> (Vec<Call>, String) {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let trace = root.p(&format!("strace-{n}.out"));
     let mut cmd = Command::new(strace);
     cmd.args(["-f", "-y", "-qq", "-s", "4096", "-o"])
         .arg(&trace)
-        .args([
-            "-e",
-            "trace=rename,renameat,renameat2,link,linkat,unlink,unlinkat,fsync,fdatasync,openat",
-        ])
+        .arg("-e")
+        .arg(format!("trace={syscalls}"))
         .arg(BIN)
         .arg("--root")
         .arg(&root.path)
@@ -389,7 +397,7 @@ fn assert_disciplined(calls: &[Call], state_dirs: &[PathBuf], trace: &str) {
 
 #[test]
 fn every_commit_point_is_fsynced_under_strict_durability() {
-    let strace = strace();
+    let Some(strace) = strace() else { return };
     let root = Root::new().config(&format!(
         "durability: strict\nretry_delay: 50ms\nsettle: 100ms\nrescan_interval: 1s\n\
          concurrency: 2\ndefault_agent: a\n\
@@ -475,6 +483,75 @@ fn every_commit_point_is_fsynced_under_strict_durability() {
     let (calls, trace) = traced(&strace, &root, &["run", "--exit-when-idle"]);
     assert!(root.names("failed").iter().any(|n| n == "flaky"));
     assert_disciplined(&calls, &state_dirs, &trace);
+}
+
+#[test]
+fn the_context_log_append_is_fdatasynced_before_the_commit() {
+    // context/completed_tasks.jsonl is appended to in place, not through a
+    // temp file, so the rename checks above do not see it: the append must
+    // be synced by itself before the task file's move commits the task.
+    let Some(strace) = strace() else { return };
+    let root = Root::new().config(&format!(
+        "durability: strict\nretry_delay: 50ms\nsettle: 100ms\nrescan_interval: 1s\n\
+         concurrency: 2\ndefault_agent: a\n\
+         agents:\n  a:\n    command: [{:?}]\n  f:\n    command: [{:?}]\n",
+        agent("ok.sh"),
+        agent("fail.sh"),
+    ));
+    for i in 0..3 {
+        root.write(
+            &format!("tasks/pending/j{i}.yaml"),
+            &format!("description: task {i}\n"),
+        );
+    }
+    root.write(
+        "tasks/pending/jf.yaml",
+        "description: fails\nagent: f\nretries: 0\n",
+    );
+    let syscalls = format!("{MOVES},write,pwrite64,writev");
+    let (calls, trace) = traced_calls(&strace, &root, &["run", "--exit-when-idle"], &syscalls);
+    assert_eq!(root.names("completed"), ["j0", "j1", "j2"]);
+    assert_eq!(root.names("failed"), ["jf"]);
+    let canon = root.path.canonicalize().unwrap();
+    let log = canon.join("context/completed_tasks.jsonl");
+    let assigned = canon.join("tasks/assigned");
+    let ends = [canon.join("tasks/completed"), canon.join("tasks/failed")];
+    let mut commits = 0;
+    for (i, c) in calls.iter().enumerate() {
+        let Some((src, dst)) = c.rename() else {
+            continue;
+        };
+        let into_end = dst.parent().is_some_and(|d| ends.iter().any(|e| e == d));
+        if !(is_task_file(&dst) && src.parent() == Some(assigned.as_path()) && into_end) {
+            continue;
+        }
+        commits += 1;
+        let appended = calls[..i].iter().rposition(|w| {
+            w.tid == c.tid
+                && matches!(w.name.as_str(), "write" | "pwrite64" | "writev")
+                && w.fd_path(0).as_deref() == Some(log.as_path())
+        });
+        let Some(w) = appended else {
+            panic!(
+                "no append to the context log by thread {} before the commit\n    {}\n(trace: {trace})",
+                c.tid, c.raw
+            );
+        };
+        let synced = calls[w + 1..i].iter().any(|f| {
+            f.tid == c.tid
+                && f.is_fsync()
+                && f.ok()
+                && f.fd_path(0).as_deref() == Some(log.as_path())
+        });
+        assert!(
+            synced,
+            "the append to {} was not fdatasynced before the commit:\n    {}\n  then\n    {}\n(trace: {trace})",
+            log.display(),
+            calls[w].raw,
+            c.raw
+        );
+    }
+    assert_eq!(commits, 4, "expected four commits in the trace ({trace})");
 }
 
 #[test]

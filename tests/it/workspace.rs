@@ -2,9 +2,7 @@
 //! main checkout, cleaned up; its branch kept), and files_modified for a
 //! shared workdir from the agent's report or from git status.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::process::Command;
 
 fn git(dir: &std::path::Path, args: &[&str]) -> String {

@@ -2,9 +2,7 @@
 //! first scan, STATUS as things change, WATCHDOG from the main loop, RELOADING
 //! then READY on SIGHUP, STOPPING on SIGTERM; and agents never see the socket.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 

@@ -1,0 +1,22 @@
+//! The integration tests, in one binary: each module drives the real
+//! `mailroom` binary (or the library) on temporary roots. One binary links
+//! the crate once instead of once per file; see ARCHITECTURE.md, Testing.
+
+mod common;
+
+mod access;
+mod context;
+mod control;
+mod core;
+mod crash;
+mod disk;
+mod faults;
+mod fsync;
+mod hostile;
+mod metrics;
+mod presets;
+mod props;
+mod scheduling;
+mod systemd;
+mod workspace;
+mod writers;
