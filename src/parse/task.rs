@@ -42,13 +42,6 @@ impl Priority {
             Priority::Low => "low",
         }
     }
-    /// One level more urgent (used by ageing).
-    pub fn raised(self) -> Priority {
-        match self {
-            Priority::Low => Priority::Normal,
-            _ => Priority::High,
-        }
-    }
 }
 
 impl fmt::Display for Priority {

@@ -3,7 +3,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::PathBuf;
 
@@ -57,11 +57,6 @@ impl TaskLock {
     /// inherited its stdin) lives, even if the supervisor dies.
     pub fn share(&self) -> io::Result<File> {
         self.file.try_clone()
-    }
-
-    /// The descriptor (for diagnostics).
-    pub fn raw_fd(&self) -> RawFd {
-        self.file.as_raw_fd()
     }
 
     /// Unlinks the lock file while still holding it, then closes it.

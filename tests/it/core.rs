@@ -456,12 +456,12 @@ fn one_file_under_two_names_after_an_interrupted_link_unlink_runs_once() {
 
 /// Claims `name` from `pending/<name>.<ext>` through the library, holding
 /// its lock as the supervisor does.
-fn claim(root: &Root, name: &str, ext: &str) -> mailroom::mailbox::Claim {
-    let layout = mailroom::layout::Layout::new(&root.path);
-    let lock = mailroom::mailbox::TaskLock::try_acquire(&layout, name)
+fn claim(root: &Root, name: &str, ext: &str) -> mailroom::tree::moves::Claim {
+    let layout = mailroom::tree::layout::Layout::new(&root.path);
+    let lock = mailroom::tree::lock::TaskLock::try_acquire(&layout, name)
         .unwrap()
         .expect("nobody holds the lock");
-    let claim = mailroom::mailbox::claim(&layout, name, ext, &lock).unwrap();
+    let claim = mailroom::tree::moves::claim(&layout, name, ext, &lock).unwrap();
     lock.release();
     claim
 }
@@ -491,7 +491,7 @@ fn claim_never_clobbers_an_assigned_file() {
         "the claim replaced a file in assigned/"
     );
     assert!(
-        matches!(&c, mailroom::mailbox::Claim::Clash(p) if p == &root.p("tasks/assigned/x.yml")),
+        matches!(&c, mailroom::tree::moves::Claim::Clash(p) if p == &root.p("tasks/assigned/x.yml")),
         "claim into an occupied name: {c:?}"
     );
     assert_eq!(
@@ -514,7 +514,7 @@ fn claim_finishing_a_half_done_move_leaves_the_file_under_one_name() {
     )
     .unwrap();
     let c = claim(&root, "t", "yaml");
-    assert!(matches!(c, mailroom::mailbox::Claim::Claimed), "{c:?}");
+    assert!(matches!(c, mailroom::tree::moves::Claim::Claimed), "{c:?}");
     assert!(
         !root.exists("tasks/pending/t.yaml"),
         "the claimed task is still in pending/"

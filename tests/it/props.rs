@@ -1005,8 +1005,7 @@ impl Sim {
                 if t.held.is_some() || t.state != State::Pending {
                     return Ok(false);
                 }
-                let lock = TaskLock::try_acquire(&l, &t.name)?;
-                let lock = lock.expect("nobody else holds the lock of a pending task");
+                let lock = free_lock(&l, &t.name)?;
                 match moves::claim(&l, &t.name, t.ext, &lock)? {
                     moves::Claim::Claimed => {}
                     other => prop_assert!(false, "claim of {}: {:?}", t.name, other),
@@ -1035,9 +1034,7 @@ impl Sim {
                 if t.held.is_some() || t.state != State::Pending {
                     return Ok(false);
                 }
-                let lock = TaskLock::try_acquire(&l, &t.name)?;
-                prop_assert!(lock.is_some(), "lock of pending {} is busy", t.name);
-                drop(lock);
+                drop(free_lock(&l, &t.name)?);
             }
             POp::Requeue(i) => {
                 let t = &mut self.tasks[i];
@@ -1059,10 +1056,7 @@ impl Sim {
                 let t = &mut self.tasks[i];
                 let (src, lock) = match (t.state, t.held.take()) {
                     (State::Assigned, Some(lock)) => (State::Assigned, lock),
-                    (State::Pending, None) => {
-                        let lock = TaskLock::try_acquire(&l, &t.name)?;
-                        (State::Pending, lock.expect("lock of a pending task"))
-                    }
+                    (State::Pending, None) => (State::Pending, free_lock(&l, &t.name)?),
                     (_, held) => {
                         t.held = held;
                         return Ok(false);
@@ -1120,8 +1114,7 @@ impl Sim {
                 if self.tasks[i].state != State::Assigned || self.tasks[i].held.is_some() {
                     return Ok(false);
                 }
-                let lock = TaskLock::try_acquire(&l, &name)?;
-                let lock = lock.expect("nobody holds the lock of an orphan");
+                let lock = free_lock(&l, &name)?;
                 let dest = self.recover(&name, ext)?;
                 lock.release();
                 self.tasks[i].state = dest;
@@ -1218,6 +1211,24 @@ impl Drop for Sim {
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
+    }
+}
+
+/// The lock of a task nobody holds. A child that another test of this binary
+/// forks copies every descriptor until its exec, so a lock just dropped can
+/// stay held for that instant: wait for it, against a deadline.
+fn free_lock(l: &Layout, name: &str) -> Result<TaskLock, TestCaseError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if let Some(lock) = TaskLock::try_acquire(l, name)? {
+            return Ok(lock);
+        }
+        prop_assert!(
+            std::time::Instant::now() < deadline,
+            "the lock of {} stayed held for 10 s with nobody holding it",
+            name
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
     }
 }
 
