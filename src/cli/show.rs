@@ -1,0 +1,187 @@
+//! `mailroom show`: one task, its record, route, dependencies, parent and children; `--prompt`.
+
+use crate::model::record::ResultRecord;
+use crate::parse::config::Config;
+use crate::parse::task;
+use crate::tree::books;
+use crate::tree::fsx;
+use crate::tree::layout::{Layout, State};
+use anyhow::{Result, bail};
+use std::path::Path;
+
+use super::*;
+
+pub(super) fn read_record(layout: &Layout, st: State, name: &str) -> Option<ResultRecord> {
+    let b = std::fs::read(layout.record_file(st, name)).ok()?;
+    serde_json::from_slice(&b).ok()
+}
+
+/// `mailroom show --prompt`.
+pub fn show_prompt(root: &Path, name: &str) -> Result<()> {
+    let layout = open_tree(root)?;
+    check_task_name(name)?;
+    let Some((st, path, _)) = layout.locate(name) else {
+        bail!("no task named `{name}` in {}", layout.tasks.display());
+    };
+    let sent = layout.run_dir(st, name).join("prompt.md");
+    if let Ok(p) = std::fs::read_to_string(&sent) {
+        print!("{p}");
+        return Ok(());
+    }
+    let (b, _) = fsx::read_task_file(&path, task::DEFAULT_MAX_TASK_BYTES)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", layout.rel(&path)))?;
+    let t = task::parse(name, &b)
+        .map_err(|e| anyhow::anyhow!("{}", e.display_at(&layout.rel(&path))))?;
+    let config = Config::load(root).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (route, _) =
+        crate::sched::routing::route(&config, &t, &[]).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let agent = &config.agents[&route.agents[0]];
+    let root = root.canonicalize()?;
+    let p = crate::run::prompt::render(&Layout::new(&root), &config, agent, &t)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    eprintln!(
+        "(not sent yet: this is the prompt `{name}` would get now, on agent {})",
+        agent.name
+    );
+    print!("{p}");
+    Ok(())
+}
+
+/// Tasks whose `parent` is `name`: its recorded follow-ups and children, and
+/// the files named `<name>.<suffix>` (subtasks).
+fn children_of(
+    layout: &Layout,
+    name: &str,
+    record: Option<&ResultRecord>,
+    st: &crate::model::record::TaskState,
+) -> Vec<String> {
+    let mut v: Vec<String> = record
+        .map(|r| r.followups.iter().chain(&r.children).cloned().collect())
+        .unwrap_or_default();
+    v.extend(st.children.iter().cloned());
+    let prefix = format!("{name}.");
+    for s in State::ALL {
+        for (n, _) in books::list(layout, s).unwrap_or_default() {
+            if n.starts_with(&prefix) && !n[prefix.len()..].contains('.') && !n.contains(".clash-")
+            {
+                v.push(n);
+            }
+        }
+    }
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// `mailroom show`.
+pub fn show(root: &Path, name: &str, json: bool) -> Result<()> {
+    let layout = open_tree(root)?;
+    check_task_name(name)?;
+    let Some((st, path, _)) = layout.locate(name) else {
+        bail!("no task named `{name}` in {}", layout.tasks.display());
+    };
+    let content = fsx::read_task_file(&path, task::DEFAULT_MAX_TASK_BYTES)
+        .map(|(b, _)| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_else(|e| format!("(cannot read: {e})"));
+    let record = match st {
+        State::Completed | State::Failed => read_record(&layout, st, name),
+        _ => None,
+    };
+    let state_file = books::read_state(&layout, name);
+    let parsed = task::parse(name, content.as_bytes());
+    let output_path = layout.output_file(name);
+    let output = fsx::read_tail(&output_path, 4096)
+        .ok()
+        .map(|(b, _)| String::from_utf8_lossy(&b).into_owned())
+        .or_else(|| {
+            fsx::read_tail(&layout.run_dir(st, name).join("stdout.log"), 4096)
+                .ok()
+                .map(|(b, _)| String::from_utf8_lossy(&b).into_owned())
+        });
+    let parent = parsed.as_ref().ok().and_then(|t| t.parent.clone());
+    let children = children_of(&layout, name, record.as_ref(), &state_file);
+    if json {
+        let v = serde_json::json!({
+            "name": name,
+            "state": st,
+            "parent": parent,
+            "children": children,
+            "file": layout.rel(&path),
+            "task": content,
+            "valid": parsed.as_ref().err().map(|e| e.to_string()).is_none(),
+            "record": record,
+            "bookkeeping": if state_file.attempts > 0 { Some(&state_file) } else { None },
+            "output_tail": output,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "name:  {name}\nstate: {}\nfile:  {}",
+        st.dir_name(),
+        layout.rel(&path)
+    );
+    if let Some(p) = &parent {
+        let at = layout
+            .locate(p)
+            .map(|(s, _, _)| s.dir_name())
+            .unwrap_or("not submitted");
+        println!("parent: {p} ({at})");
+    }
+    for c in &children {
+        let at = layout
+            .locate(c)
+            .map(|(s, _, _)| s.dir_name())
+            .unwrap_or("?");
+        println!("child:  {c} ({at})");
+    }
+    if let Err(e) = &parsed {
+        println!("error: {}", e.display_at(&layout.rel(&path)));
+    }
+    match (&record, &parsed) {
+        (Some(r), _) if r.agent.is_some() => println!(
+            "agent: {} ({})",
+            r.agent.as_deref().unwrap_or("?"),
+            r.agent_reason.as_deref().unwrap_or("-")
+        ),
+        (_, Ok(t)) => match Config::load(root) {
+            Ok(c) => match crate::sched::routing::route(&c, t, &state_file.excluded_agents) {
+                Ok((r, why)) => println!("agent: {} ({why})", r.agents.join(" or ")),
+                Err(e) => println!("agent: none: {e}"),
+            },
+            Err(e) => println!("agent: unknown ({e})"),
+        },
+        _ => {}
+    }
+    if let Ok(t) = &parsed
+        && st == State::Pending
+    {
+        for d in &t.after {
+            if layout.find(State::Completed, d).is_none() {
+                let how = if layout.locate(d).is_some() {
+                    ""
+                } else {
+                    " (not submitted)"
+                };
+                println!("waiting for {d}{how}");
+            }
+        }
+    }
+    if state_file.attempts > 0 {
+        println!("attempts: {}", state_file.attempts);
+        if let Some(nb) = &state_file.not_before {
+            println!("next try: {nb}");
+        }
+        if let Some(e) = &state_file.last_error {
+            println!("last error: {e}");
+        }
+    }
+    println!("\n--- task ---\n{}", content.trim_end());
+    if let Some(r) = &record {
+        println!("\n--- result ---\n{}", serde_json::to_string_pretty(r)?);
+    }
+    if let Some(o) = output {
+        println!("\n--- output (tail) ---\n{}", o.trim_end());
+    }
+    Ok(())
+}

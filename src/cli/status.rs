@@ -1,0 +1,94 @@
+//! `mailroom status`: counts, running tasks, agents, cooldowns.
+
+use crate::tree::books;
+use crate::tree::layout::{Layout, State};
+use anyhow::Result;
+use serde::Serialize;
+use std::path::Path;
+
+use super::*;
+
+#[derive(Serialize)]
+struct RunningTask {
+    name: String,
+    agent: Option<String>,
+    attempt: Option<u32>,
+    pid: Option<u32>,
+    host: Option<String>,
+    started_at: Option<String>,
+}
+
+#[derive(Serialize)]
+struct StatusJson {
+    root: String,
+    pending: usize,
+    running: usize,
+    completed: usize,
+    failed: usize,
+    running_tasks: Vec<RunningTask>,
+    cooldowns: Vec<crate::model::record::Cooldown>,
+}
+
+fn running_tasks(layout: &Layout) -> Vec<RunningTask> {
+    books::list(layout, State::Assigned)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(name, _)| {
+            let st = books::read_state(layout, &name);
+            let r = st.run;
+            // The agent's process group, found by its MAILROOM_* environment.
+            let pid = layout.root.canonicalize().ok().and_then(|root| {
+                crate::run::process::find_agent_groups(&root, &name)
+                    .first()
+                    .map(|g| g.0)
+            });
+            RunningTask {
+                name,
+                agent: r.as_ref().map(|r| r.agent.clone()),
+                attempt: r.as_ref().map(|r| r.attempt),
+                pid,
+                host: r.as_ref().map(|r| r.host.clone()),
+                started_at: r.map(|r| r.started_at),
+            }
+        })
+        .collect()
+}
+
+/// `mailroom status`.
+pub fn status(root: &Path, json: bool) -> Result<()> {
+    let layout = open_tree(root)?;
+    let s = StatusJson {
+        root: root.display().to_string(),
+        pending: books::count(&layout, State::Pending),
+        running: books::count(&layout, State::Assigned),
+        completed: books::count(&layout, State::Completed),
+        failed: books::count(&layout, State::Failed),
+        running_tasks: running_tasks(&layout),
+        cooldowns: books::cooldowns(&layout, false),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(());
+    }
+    println!(
+        "{} pending, {} running, {} completed, {} failed",
+        s.pending, s.running, s.completed, s.failed
+    );
+    for r in &s.running_tasks {
+        println!(
+            "  running {}  agent={} attempt={} pid={} since {}",
+            r.name,
+            r.agent.as_deref().unwrap_or("?"),
+            r.attempt.map(|a| a.to_string()).unwrap_or("?".into()),
+            r.pid.map(|a| a.to_string()).unwrap_or("?".into()),
+            r.started_at.as_deref().unwrap_or("?")
+        );
+    }
+    for c in &s.cooldowns {
+        println!(
+            "  {} cooling down until {} ({})",
+            c.agent, c.until, c.message
+        );
+    }
+    Ok(())
+}
