@@ -14,6 +14,9 @@ fn main() -> ExitCode {
     if let Command::DemoAgent { args } = &cli.command {
         return ExitCode::from(mailroom::run::demo::main(args) as u8);
     }
+    if let Command::Keeper { run_dir } = &cli.command {
+        return ExitCode::from(mailroom::run::keeper::main(run_dir));
+    }
     init_logging(&cli);
     match dispatch(cli) {
         Ok(code) => code,
@@ -146,7 +149,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         } else {
             ExitCode::FAILURE
         }),
-        Command::DemoAgent { .. } => unreachable!("handled before logging is set up"),
+        Command::DemoAgent { .. } | Command::Keeper { .. } => {
+            unreachable!("handled before logging is set up")
+        }
     }
 }
 

@@ -171,6 +171,9 @@ pub enum Command {
     /// The built-in offline demo agent.
     #[command(hide = true)]
     DemoAgent { args: Vec<String> },
+    /// The keeper of one run (started by the supervisor; see PROTOCOL.md).
+    #[command(hide = true)]
+    Keeper { run_dir: PathBuf },
 }
 
 /// The tree at `root`, or an error saying how to get one.

@@ -37,6 +37,8 @@ pub const CONFIG_KEYS: &[&str] = &[
     "max_tree_tasks",
     "subtask_order",
     "shared",
+    "run_keeper",
+    "on_shutdown",
     "env_allow",
     "env_inherit",
     "metrics_file",
@@ -88,6 +90,8 @@ struct RawConfig {
     max_tree_tasks: Option<usize>,
     subtask_order: Option<String>,
     shared: Option<bool>,
+    run_keeper: Option<bool>,
+    on_shutdown: Option<String>,
     env_allow: Option<Vec<String>>,
     env_inherit: Option<String>,
     metrics_file: Option<String>,
@@ -170,6 +174,16 @@ pub struct Agent {
     pub include_context: bool,
     /// Where its runs work: the shared workdir, or a git worktree each.
     pub workspace: crate::run::workspace::Kind,
+}
+
+/// What a graceful shutdown (SIGTERM, SIGINT) does with running agents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnShutdown {
+    /// Stop them (SIGTERM, grace, SIGKILL) and requeue their tasks for free.
+    Stop,
+    /// Leave them to their keepers; the next supervisor adopts the runs (for
+    /// an upgrade restart).
+    LeaveRunning,
 }
 
 /// Environment variables agents inherit from the supervisor (besides the
@@ -331,6 +345,12 @@ pub struct Config {
     /// A tree several users write to: group-writable directories and task
     /// files owned by other users are accepted.
     pub shared: bool,
+    /// Each run has a keeper process (protocol version 2): agents outlive a
+    /// supervisor that dies, and the next one adopts their runs. `false`:
+    /// protocol version 1 (the agent itself carries the lock).
+    pub run_keeper: bool,
+    /// What a graceful shutdown does with running agents.
+    pub on_shutdown: OnShutdown,
     /// Which of the supervisor's environment variables agents get.
     pub env: EnvPolicy,
     /// A Prometheus textfile-collector file, rewritten on every change.
@@ -400,6 +420,8 @@ impl Default for Config {
             max_tree_tasks: 200,
             subtask_order: SubtaskOrder::Sequential,
             shared: false,
+            run_keeper: true,
+            on_shutdown: OnShutdown::Stop,
             metrics_file: None,
             worktrees_dir: PathBuf::from(".mailroom/worktrees"),
             worktree_cleanup: crate::run::workspace::Cleanup::OnSuccess,
@@ -618,6 +640,28 @@ impl Config {
         }
         if let Some(b) = raw.shared {
             c.shared = b;
+        }
+        if let Some(b) = raw.run_keeper {
+            c.run_keeper = b;
+        }
+        if let Some(s) = raw.on_shutdown {
+            c.on_shutdown = match s.as_str() {
+                "stop" => OnShutdown::Stop,
+                "leave_running" => {
+                    if !c.run_keeper {
+                        return Err(err(
+                            "`on_shutdown: leave_running` needs run keepers (`run_keeper: true`)"
+                                .into(),
+                        ));
+                    }
+                    OnShutdown::LeaveRunning
+                }
+                other => {
+                    return Err(err(format!(
+                        "`on_shutdown: {other}`: use stop or leave_running"
+                    )));
+                }
+            };
         }
         c.metrics_file = raw.metrics_file.map(PathBuf::from);
         if let Some(d) = raw.worktrees_dir {

@@ -3,6 +3,7 @@
 //! built-in demo agent. Knows nothing of the tree's states: it gets paths.
 
 pub mod demo;
+pub mod keeper;
 pub mod limits;
 pub mod process;
 pub mod prompt;

@@ -27,7 +27,8 @@ pub enum Stop {
 }
 
 /// How the agent's process ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Exit {
     Code(i32),
     Signal(i32),
@@ -49,8 +50,9 @@ impl Exit {
     }
 }
 
-/// How a run ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How a run ended (also the `end` of a keeper's `outcome.json`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RunEnd {
     Exited(Exit),
     TimedOut(Exit),
@@ -168,6 +170,22 @@ const STRIPPED_ENV: &[&str] = &[
     "LISTEN_FDNAMES",
 ];
 
+/// An agent's whole environment: the allowlisted part of this process's,
+/// never systemd's protocol variables, then the agent's own and MAILROOM_*.
+pub fn agent_env(
+    inherit: &crate::parse::config::EnvPolicy,
+    extra: &[(String, String)],
+) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+    let mut out: Vec<(std::ffi::OsString, std::ffi::OsString)> = std::env::vars_os()
+        .filter(|(k, _)| {
+            k.to_str()
+                .is_some_and(|name| inherit.allows(name) && !STRIPPED_ENV.contains(&name))
+        })
+        .collect();
+    out.extend(extra.iter().map(|(k, v)| (k.into(), v.into())));
+    out
+}
+
 /// Resolves the program: relative paths with a slash are relative to `root`.
 pub fn resolve_program(program: &str, root: &Path) -> PathBuf {
     let p = Path::new(program);
@@ -233,20 +251,8 @@ pub fn spawn(spec: &mut Spec, root: &Path) -> Result<Started, RunEnd> {
         .current_dir(&spec.workdir)
         .process_group(0)
         .kill_on_drop(false);
-    // A minimal environment: the allowlisted part of the supervisor's, never
-    // systemd's protocol variables, then the agent's own and MAILROOM_*.
     cmd.env_clear();
-    for (k, v) in std::env::vars_os() {
-        if let Some(name) = k.to_str()
-            && spec.inherit.allows(name)
-            && !STRIPPED_ENV.contains(&name)
-        {
-            cmd.env(&k, v);
-        }
-    }
-    for (k, v) in &spec.env {
-        cmd.env(k, v);
-    }
+    cmd.envs(agent_env(&spec.inherit, &spec.env));
     let child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {

@@ -297,20 +297,36 @@ impl Supervisor {
     /// Counts the run against its agent and starts it as a tokio task that
     /// reports its end to the loop.
     fn launch(&mut self, job: Job) {
+        let (name, agent) = (job.name.clone(), job.agent.name.clone());
+        self.launch_with(&name, &agent, move |stop| job.run(stop));
+    }
+
+    /// Registers a run of `name` on `agent` (its slot, its stop channel) and
+    /// drives `run` as a tokio task whose end the loop hears as
+    /// `Event::Finished`.
+    pub(super) fn launch_with<F, Fut>(&mut self, name: &str, agent: &str, run: F)
+    where
+        F: FnOnce(watch::Receiver<Option<Stop>>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = JobEnd> + Send + 'static,
+    {
         let (stop_tx, stop_rx) = watch::channel(None);
-        *self.load.entry(job.agent.name.clone()).or_default() += 1;
+        *self.load.entry(agent.to_owned()).or_default() += 1;
         self.next_run += 1;
-        let run = self.next_run;
-        self.running
-            .insert(job.name.clone(), Running { run, stop: stop_tx });
+        let n = self.next_run;
+        self.running.insert(
+            name.to_owned(),
+            Running {
+                run: n,
+                stop: stop_tx,
+            },
+        );
         let tx = self.events_tx.clone();
+        let (name, agent) = (name.to_owned(), agent.to_owned());
         tokio::spawn(async move {
-            let name = job.name.clone();
-            let agent = job.agent.name.clone();
-            let end = job.run(stop_rx).await;
+            let end = run(stop_rx).await;
             let _ = tx.send(Event::Finished {
                 name,
-                run,
+                run: n,
                 agent,
                 end,
             });

@@ -79,14 +79,116 @@ impl Job {
             Err(msg) => return self.fail_now(st, Outcome::Invalid, msg, started).await,
         };
         let mut spec = self.spec(prompt, workdir, &run_dir, st.attempts);
-        let end = match runner::spawn(&mut spec, &layout.root) {
-            Ok(child) => {
-                info!(task = %self.name, agent = %self.agent.name, attempt = st.attempts, pid = child.pid, "spawned");
-                runner::wait(child, &spec, stop).await
+        let end = if self.config.run_keeper {
+            let run_id = st.run.as_ref().and_then(|r| r.run_id.clone());
+            self.run_kept(
+                &spec,
+                &run_dir,
+                &run_id.unwrap_or_default(),
+                st.attempts,
+                stop,
+            )
+            .await
+        } else {
+            // Protocol version 1: the agent itself carries the lock.
+            spec.stdin = self.lock.share().ok();
+            match runner::spawn(&mut spec, &layout.root) {
+                Ok(child) => {
+                    info!(task = %self.name, agent = %self.agent.name, attempt = st.attempts, pid = child.pid, "spawned");
+                    runner::wait(child, &spec, stop).await
+                }
+                Err(end) => end,
             }
-            Err(end) => end,
         };
         self.finish(st, end, started).await
+    }
+
+    /// Runs the agent under a keeper (protocol version 2): the keeper gets the
+    /// lock as its stdin and the agent's environment, and writes the outcome
+    /// into the run directory; stop requests become signals to the keeper.
+    async fn run_kept(
+        &self,
+        spec: &runner::Spec,
+        run_dir: &Path,
+        run_id: &str,
+        attempt: u32,
+        mut stop: watch::Receiver<Option<Stop>>,
+    ) -> RunEnd {
+        use crate::run::keeper::{self, KeeperSpec};
+        let ks = KeeperSpec {
+            run_id: run_id.to_owned(),
+            argv: spec.argv.clone(),
+            workdir: spec.workdir.clone(),
+            root: self.ctx.layout.root.clone(),
+            stdout: spec.stdout.clone(),
+            stderr: spec.stderr.clone(),
+            output: spec.output.clone(),
+            timeout_ms: spec.timeout.as_millis().min(u64::MAX as u128) as u64,
+            grace_ms: spec.grace.as_millis().min(u64::MAX as u128) as u64,
+            max_output: spec.max_output,
+        };
+        let failed = |error: String| RunEnd::SpawnFailed {
+            error,
+            not_found: false,
+        };
+        let setup = (|| -> std::io::Result<(std::fs::File, std::fs::File)> {
+            let json = serde_json::to_vec(&ks).map_err(std::io::Error::other)?;
+            std::fs::write(run_dir.join(keeper::SPEC_FILE), json)?;
+            let log = std::fs::File::create(run_dir.join(keeper::LOG_FILE))?;
+            Ok((log.try_clone()?, log))
+        })();
+        let ((out, err), lock) = match (setup, self.lock.share()) {
+            (Ok(files), Ok(lock)) => (files, lock),
+            (Err(e), _) | (_, Err(e)) => {
+                return failed(format!("cannot prepare the run keeper: {e}"));
+            }
+        };
+        let mut cmd = tokio::process::Command::new(&self.ctx.exe);
+        cmd.arg("keeper")
+            .arg(run_dir)
+            .stdin(lock)
+            .stdout(out)
+            .stderr(err)
+            .current_dir(&self.ctx.layout.root)
+            .env_clear()
+            .envs(runner::agent_env(&spec.inherit, &spec.env))
+            .kill_on_drop(false);
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                return failed(format!(
+                    "cannot start the run keeper ({}): {e}",
+                    self.ctx.exe
+                ));
+            }
+        };
+        let pid = child.id().unwrap_or(0);
+        info!(task = %self.name, agent = %self.agent.name, attempt, keeper = pid, "spawned");
+        let mut listening = true;
+        let status = loop {
+            tokio::select! {
+                st = child.wait() => break st,
+                r = stop.changed(), if listening => match r {
+                    Ok(()) => {
+                        if let Some(s) = *stop.borrow() {
+                            keeper::signal(pid, s);
+                        }
+                    }
+                    // The loop is gone (a shutdown that leaves runs to their
+                    // keepers): the keeper goes on alone.
+                    Err(_) => listening = false,
+                },
+            }
+        };
+        keeper::outcome(run_dir, run_id)
+            .map(|o| o.end)
+            .unwrap_or_else(|| {
+                failed(format!(
+                    "the run keeper ended ({}) without writing its outcome; see {}",
+                    status.map_or_else(|e| e.to_string(), |s| s.to_string()),
+                    self.ctx.layout.rel(&run_dir.join(keeper::LOG_FILE))
+                ))
+            })
     }
 
     /// Counts the attempt and names its run in the state file (before the
@@ -189,7 +291,7 @@ impl Job {
             output: Some(run_dir.join("output.md")),
             timeout: self.task.timeout.unwrap_or(self.agent.timeout),
             grace: self.agent.grace,
-            stdin: self.lock.share().ok(),
+            stdin: None,
             inherit: self.config.env.clone(),
             max_output: self.config.max_output_bytes,
         }

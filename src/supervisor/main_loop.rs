@@ -108,7 +108,10 @@ impl Supervisor {
         }
         self.schedule();
         if let Some(since) = self.stopping {
-            if self.running.is_empty() {
+            // Leaving the runs to their keepers: the next supervisor adopts them.
+            if self.running.is_empty()
+                || self.config.on_shutdown == crate::parse::config::OnShutdown::LeaveRunning
+            {
                 return false;
             }
             if !self.stop_sent && since.elapsed() >= self.config.shutdown_grace {
@@ -246,11 +249,18 @@ impl Supervisor {
                 let _ = r.stop.send(Some(Stop::Now));
             }
         } else {
-            info!(
-                running = self.running.len(),
-                grace = %humantime::format_duration(self.config.shutdown_grace),
-                "shutting down: no new claims; running agents may finish"
-            );
+            if self.config.on_shutdown == crate::parse::config::OnShutdown::LeaveRunning {
+                info!(
+                    running = self.running.len(),
+                    "shutting down: the running agents stay with their keepers for the next supervisor"
+                );
+            } else {
+                info!(
+                    running = self.running.len(),
+                    grace = %humantime::format_duration(self.config.shutdown_grace),
+                    "shutting down: no new claims; running agents may finish"
+                );
+            }
             self.stopping = Some(Instant::now());
         }
     }

@@ -3,6 +3,7 @@
 //! `select!` loop. It scans `pending/`, claims what may run, hands each claim
 //! to a run task, and recovers orphans left in `assigned/`.
 
+mod adopt;
 mod claim;
 mod commit;
 mod control;

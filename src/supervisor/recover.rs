@@ -88,7 +88,7 @@ impl Supervisor {
                         lock.release();
                     }
                 }
-                Ok(None) => self.stop_orphaned_agent(name),
+                Ok(None) => self.adopt_or_stop(name),
                 Err(e) => warn!(task = %name, error = %e, "cannot lock during recovery"),
             }
         }
@@ -114,6 +114,19 @@ impl Supervisor {
     pub(super) fn recover_orphan(&mut self, name: &str, ext: &str, lock: TaskLock) {
         use crate::tree::recovery::{self, Decision};
         let layout = self.layout().clone();
+        // A keeper's outcome for this run: commit it, never run it again.
+        // (A record of the run already written means its commit was under
+        // way: recovery finishes that instead.)
+        let st = books::read_state(&layout, name);
+        if let Some(id) = st.run.as_ref().and_then(|r| r.run_id.as_deref())
+            && st.committing.is_none()
+            && !recovery::records(&layout, name)
+                .iter()
+                .any(|(_, r)| r.task == name && r.run_id == id)
+            && crate::run::keeper::outcome(&layout.run_dir(State::Assigned, name), id).is_some()
+        {
+            return self.commit_kept(name, ext, lock, &st);
+        }
         let retries = fsx::read_task_file(
             &layout.task_file(State::Assigned, name, ext),
             self.config.max_task_bytes,

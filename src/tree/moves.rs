@@ -200,16 +200,18 @@ pub fn move_run_dir(layout: &Layout, name: &str, dest: State) -> io::Result<()> 
     fsx::fsync_dir(layout.dir(dest))
 }
 
-/// Step one of a terminal commit: the run directory and the result record
-/// land in the destination. After this, recovery finishes the move.
+/// Step one of a terminal commit: the result record, then the run directory,
+/// land in the destination. After the record, recovery finishes the commit;
+/// before it, the run directory (with a keeper's outcome) is still in
+/// `assigned/`, where recovery looks for it.
 pub fn prepare_commit(layout: &Layout, record: &ResultRecord) -> io::Result<State> {
     let dest = match record.status {
         Status::Completed => State::Completed,
         Status::Failed => State::Failed,
     };
-    move_run_dir(layout, &record.task, dest)?;
     let bytes = serde_json::to_vec_pretty(record).map_err(io::Error::other)?;
     fsx::write_atomic(&layout.record_file(dest, &record.task), &bytes)?;
+    move_run_dir(layout, &record.task, dest)?;
     Ok(dest)
 }
 

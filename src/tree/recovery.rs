@@ -129,6 +129,9 @@ pub fn apply(
 ) -> io::Result<State> {
     match decision {
         Decision::FinishCommit { dest, record } => {
+            // The crash may have come between the record and the run
+            // directory's move.
+            moves::move_run_dir(layout, name, *dest)?;
             let (out, cut) = context::read_output(&layout.run_dir(*dest, name));
             let output = record.agent.as_ref().map(|_| (out.as_str(), cut));
             context::merge(layout, record, output, pending_hint)?;

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 /// Processes (other than zombies) whose environment names this root.
-fn agents_of(root: &Root) -> Vec<i32> {
+pub(crate) fn agents_of(root: &Root) -> Vec<i32> {
     let want = format!(
         "MAILROOM_ROOT={}",
         root.path.canonicalize().unwrap().display()
@@ -29,7 +29,7 @@ fn agents_of(root: &Root) -> Vec<i32> {
 
 /// Whether a run that started after byte `mark` of the span log is still
 /// open (its task's last line since then is a start).
-fn runs_open_after(runlog: &std::path::Path, mark: u64) -> bool {
+pub(crate) fn runs_open_after(runlog: &std::path::Path, mark: u64) -> bool {
     let Ok(log) = std::fs::read(runlog) else {
         return false;
     };
@@ -47,7 +47,7 @@ fn runs_open_after(runlog: &std::path::Path, mark: u64) -> bool {
 
 /// From "S task attempt ns" / "E task attempt ns" lines: no two runs of one
 /// task are ever open at the same time. Returns runs per task.
-fn check_no_overlap(log: &str) -> HashMap<String, usize> {
+pub(crate) fn check_no_overlap(log: &str) -> HashMap<String, usize> {
     let mut events: Vec<(u128, bool, String)> = log
         .lines()
         .filter_map(|l| {
@@ -77,7 +77,7 @@ fn check_no_overlap(log: &str) -> HashMap<String, usize> {
 
 /// Every task in exactly one state, terminal, with a complete record; nothing
 /// left behind in assigned/ or as temp files.
-fn check_invariants(root: &Root, n: usize, terminal: &str) {
+pub(crate) fn check_invariants(root: &Root, n: usize, terminal: &str) {
     let mut seen: BTreeMap<String, &str> = BTreeMap::new();
     for st in ["pending", "assigned", "completed", "failed"] {
         for name in root.names(st) {
@@ -120,7 +120,20 @@ fn check_invariants(root: &Root, n: usize, terminal: &str) {
 }
 
 #[test]
-fn kill_9_loop_loses_nothing_and_never_runs_a_task_twice_at_once() {
+fn kill_9_loop_loses_nothing_and_never_reruns_a_run_its_keeper_finished() {
+    kill_9_loop(true, 30);
+}
+
+#[test]
+fn kill_9_loop_without_keepers_loses_nothing_and_never_runs_a_task_twice_at_once() {
+    kill_9_loop(false, 10);
+}
+
+/// Kills supervisors with SIGKILL while their agents run. With keepers
+/// (protocol version 2) every run survives its supervisor and is adopted or
+/// committed by the next: each task runs exactly once. Without (version 1) the
+/// agent is stopped and run again, never beside itself.
+fn kill_9_loop(keeper: bool, default_cycles: usize) {
     // CI runs the small fixed-seed version; a long run sets
     // MAILROOM_KILL_TASKS and MAILROOM_KILL_CYCLES (e.g. 2000 and 300).
     let env = |k: &str, d: usize| {
@@ -129,12 +142,13 @@ fn kill_9_loop_loses_nothing_and_never_runs_a_task_twice_at_once() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(d)
     };
-    let n = env("MAILROOM_KILL_TASKS", 40);
+    // With keepers no kill loses work, so the tasks run out sooner.
+    let n = env("MAILROOM_KILL_TASKS", if keeper { 300 } else { 40 });
     let root = Root::new();
     let runlog = root.p("runs.log");
     let mut root = root.config(&format!(
         "concurrency: 4\nretries: 100\nretry_delay: 10ms\nrescan_interval: 200ms\nsettle: 100ms\n\
-         agents:\n  a:\n    command: [{:?}]\n    grace: 2s\n    env:\n      RUNLOG: {:?}\n      SPAN_MS: \"120\"\n",
+         run_keeper: {keeper}\nagents:\n  a:\n    command: [{:?}]\n    grace: 2s\n    env:\n      RUNLOG: {:?}\n      SPAN_MS: \"120\"\n",
         agent("span.sh"),
         runlog.display().to_string()
     ));
@@ -145,7 +159,7 @@ fn kill_9_loop_loses_nothing_and_never_runs_a_task_twice_at_once() {
         );
     }
     let mut rng = Rng(0x5eed_1234_abcd_0001);
-    let cycles = env("MAILROOM_KILL_CYCLES", 30);
+    let cycles = env("MAILROOM_KILL_CYCLES", default_cycles);
     let mut kills = 0;
     for cycle in 0..cycles {
         if root.names("completed").len() == n {
@@ -196,12 +210,20 @@ fn kill_9_loop_loses_nothing_and_never_runs_a_task_twice_at_once() {
     );
     let runs = check_no_overlap(&std::fs::read_to_string(&runlog).unwrap());
     assert_eq!(runs.len(), n);
-    // The kills must actually have interrupted runs, or this proves nothing.
     let total: usize = runs.values().sum();
-    assert!(
-        total > n,
-        "no run was interrupted ({total} runs for {n} tasks)"
-    );
+    if keeper {
+        // Every kill hit a running agent, and none of those runs ran again:
+        // the agents' own log has one run per task.
+        let again: Vec<_> = runs.iter().filter(|(_, r)| **r != 1).collect();
+        assert!(again.is_empty(), "re-runs despite live keepers: {again:?}");
+        eprintln!("kill -9 loop with keepers: {total} runs for {n} tasks, 0 re-runs");
+    } else {
+        // The kills must actually have interrupted runs, or this proves nothing.
+        assert!(
+            total > n,
+            "no run was interrupted ({total} runs for {n} tasks)"
+        );
+    }
 }
 
 fn several_supervisors(poll: bool) {
@@ -247,7 +269,7 @@ fn four_supervisors_share_one_tree_polling_only() {
 
 /// SIGKILLs a process group when dropped, so that an agent a failing test
 /// left behind does not outlive it.
-struct KillGroupOnDrop(i32);
+pub(crate) struct KillGroupOnDrop(pub(crate) i32);
 impl Drop for KillGroupOnDrop {
     fn drop(&mut self) {
         if self.0 > 1 {
@@ -271,8 +293,9 @@ if [ "$MAILROOM_ATTEMPT" = 1 ]; then
   sleep 600 & wait
 fi
 echo done"#;
+    // Protocol version 1: no keeper, the agent itself carries the lock.
     let root = Root::new()
-        .agent_config(&["/bin/sh", "-c", script], "")
+        .agent_config(&["/bin/sh", "-c", script], "run_keeper: false")
         .task("o.yaml", "description: outlives its supervisor\n");
     let lines = || std::fs::read_to_string(root.p("agent.log")).unwrap_or_default();
     let mut sup = root.spawn();

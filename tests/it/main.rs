@@ -13,6 +13,7 @@ mod disk;
 mod faults;
 mod fsync;
 mod hostile;
+mod keeper;
 mod metrics;
 mod presets;
 mod props;

@@ -1,0 +1,296 @@
+//! The run keeper (protocol version 2): one small process per run, the way
+//! container runtimes keep a shim (conmon, containerd-shim) and init systems a
+//! subreaper (tini).
+//!
+//! The supervisor starts `mailroom keeper <run dir>` with the task's locked
+//! descriptor as its stdin; the agent never receives it. The keeper leaves the
+//! supervisor's session, becomes a child subreaper (every descendant of the
+//! agent stays its child, even after `setsid` or a double fork), starts the
+//! agent in its own process group, enforces the timeout, the output cap and
+//! stop requests (signals from a supervisor), stops whatever the agent left
+//! behind once it exits, and writes the outcome durably into the run directory
+//! (`outcome.json`) before it exits and so lets its hold on the lock go. A
+//! supervisor that dies does not take the run with it: the next one adopts the
+//! keeper, or commits the outcome it wrote.
+//!
+//! Signals a keeper understands: SIGTERM stop gracefully (a shutdown),
+//! SIGUSR1 cancel, SIGUSR2 or SIGINT stop at once.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::run::process::{self, RunEnd, Spec, Stop};
+
+/// `<run dir>/spec.json`: what the keeper runs. It holds no environment: the
+/// keeper is started with exactly the agent's environment and passes it on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeeperSpec {
+    pub run_id: String,
+    pub argv: Vec<String>,
+    pub workdir: PathBuf,
+    /// The root, for relative program paths.
+    pub root: PathBuf,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+    pub output: Option<PathBuf>,
+    pub timeout_ms: u64,
+    pub grace_ms: u64,
+    pub max_output: u64,
+}
+
+/// `<run dir>/keeper.json`: who keeps this run, written when the keeper starts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeeperInfo {
+    pub run_id: String,
+    pub pid: u32,
+    /// Start time in clock ticks since boot (/proc), to tell it from a later
+    /// process with the same pid.
+    pub start: u64,
+    pub host: String,
+    pub started_at: String,
+}
+
+/// `<run dir>/outcome.json`: how the run ended, written (temp, fsync, rename,
+/// fsync) before the keeper exits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeptOutcome {
+    pub version: u32,
+    pub run_id: String,
+    pub end: RunEnd,
+    pub started_at: String,
+    pub finished_at: String,
+    /// Processes the agent left behind that the keeper had to stop.
+    pub leftovers_stopped: u32,
+    /// CPU time and peak memory of the agent and its descendants.
+    pub user_ms: u64,
+    pub sys_ms: u64,
+    pub max_rss_kb: u64,
+}
+
+pub const SPEC_FILE: &str = "spec.json";
+pub const INFO_FILE: &str = "keeper.json";
+pub const OUTCOME_FILE: &str = "outcome.json";
+pub const LOG_FILE: &str = "keeper.log";
+
+/// The keeper of `run_id` in `run_dir`, if its file is there.
+pub fn info(run_dir: &Path, run_id: &str) -> Option<KeeperInfo> {
+    let b = std::fs::read(run_dir.join(INFO_FILE)).ok()?;
+    serde_json::from_slice::<KeeperInfo>(&b)
+        .ok()
+        .filter(|k| k.run_id == run_id)
+}
+
+/// The outcome `run_id`'s keeper wrote, if any.
+pub fn outcome(run_dir: &Path, run_id: &str) -> Option<KeptOutcome> {
+    let b = std::fs::read(run_dir.join(OUTCOME_FILE)).ok()?;
+    serde_json::from_slice::<KeptOutcome>(&b)
+        .ok()
+        .filter(|o| o.run_id == run_id)
+}
+
+/// Whether the keeper is this host's live process.
+pub fn alive(k: &KeeperInfo, host: &str) -> bool {
+    k.host == host && crate::tree::books::same_process(k.pid, k.start)
+}
+
+/// Asks a keeper to stop its run (the signal for `stop`).
+pub fn signal(pid: u32, stop: Stop) {
+    use nix::sys::signal::{Signal, kill};
+    let sig = match stop {
+        Stop::Graceful => Signal::SIGTERM,
+        Stop::Cancel => Signal::SIGUSR1,
+        Stop::Now => Signal::SIGUSR2,
+    };
+    let _ = kill(nix::unistd::Pid::from_raw(pid as i32), sig);
+}
+
+/// `mailroom keeper RUN_DIR`. Returns the process's exit code: 0 once the
+/// outcome is on disk, 1 when it could not be written.
+pub fn main(run_dir: &Path) -> u8 {
+    // Out of the supervisor's session and process group: a Ctrl-C or a
+    // closed terminal is the supervisor's business, not the run's.
+    let _ = nix::unistd::setsid();
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        eprintln!("mailroom keeper: cannot become a child subreaper: {e}");
+    }
+    let spec: KeeperSpec = match std::fs::read(run_dir.join(SPEC_FILE))
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("mailroom keeper: cannot read {SPEC_FILE}: {e}");
+            return 1;
+        }
+    };
+    let me = std::process::id();
+    let info = KeeperInfo {
+        run_id: spec.run_id.clone(),
+        pid: me,
+        start: crate::tree::books::proc_start_time(me).unwrap_or(0),
+        host: crate::tree::books::hostname(),
+        started_at: crate::model::record::now(),
+    };
+    if let Err(e) = write_json(&run_dir.join(INFO_FILE), &info) {
+        eprintln!("mailroom keeper: cannot write {INFO_FILE}: {e}");
+    }
+    let started = SystemTime::now();
+    let end = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(run(&spec)),
+        Err(e) => RunEnd::SpawnFailed {
+            error: format!("the run keeper cannot start its runtime: {e}"),
+            not_found: false,
+        },
+    };
+    let grace = Duration::from_millis(spec.grace_ms);
+    let leftovers_stopped = stop_leftovers(grace);
+    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN).ok();
+    let ms = |tv: nix::sys::time::TimeVal| {
+        (tv.tv_sec() as u64).saturating_mul(1000) + (tv.tv_usec() as u64) / 1000
+    };
+    let out = KeptOutcome {
+        version: crate::model::record::PROTOCOL_VERSION,
+        run_id: spec.run_id.clone(),
+        end,
+        started_at: crate::model::record::ts(started),
+        finished_at: crate::model::record::now(),
+        leftovers_stopped,
+        user_ms: usage.map_or(0, |u| ms(u.user_time())),
+        sys_ms: usage.map_or(0, |u| ms(u.system_time())),
+        max_rss_kb: usage.map_or(0, |u| u.max_rss().max(0) as u64),
+    };
+    match write_json(&run_dir.join(OUTCOME_FILE), &out) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("mailroom keeper: cannot write {OUTCOME_FILE}: {e}");
+            1
+        }
+    }
+}
+
+fn write_json<T: Serialize>(path: &Path, v: &T) -> std::io::Result<()> {
+    let b = serde_json::to_vec_pretty(v).map_err(std::io::Error::other)?;
+    crate::tree::fsx::write_atomic(path, &b)
+}
+
+/// Starts and watches the agent; signals become stop requests.
+async fn run(spec: &KeeperSpec) -> RunEnd {
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    spawn_signal_thread(tx);
+    let mut s = Spec {
+        argv: spec.argv.clone(),
+        // The keeper was started with exactly the agent's environment.
+        env: Vec::new(),
+        workdir: spec.workdir.clone(),
+        stdout: spec.stdout.clone(),
+        stderr: spec.stderr.clone(),
+        output: spec.output.clone(),
+        timeout: Duration::from_millis(spec.timeout_ms),
+        grace: Duration::from_millis(spec.grace_ms),
+        inherit: crate::parse::config::EnvPolicy::All,
+        // The agent never gets the lock: its stdin is /dev/null.
+        stdin: None,
+        max_output: spec.max_output,
+    };
+    match process::spawn(&mut s, &spec.root) {
+        Ok(child) => process::wait(child, &s, rx).await,
+        Err(end) => end,
+    }
+}
+
+/// SIGTERM, SIGUSR1, SIGUSR2 and SIGINT as stop requests, on a thread of its
+/// own (it lives as long as the process).
+fn spawn_signal_thread(tx: tokio::sync::watch::Sender<Option<Stop>>) {
+    use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGTERM, SIGUSR1, SIGUSR2, SIGINT])
+    else {
+        return;
+    };
+    std::thread::spawn(move || {
+        for sig in signals.forever() {
+            let stop = match sig {
+                SIGTERM => Stop::Graceful,
+                SIGUSR1 => Stop::Cancel,
+                _ => Stop::Now,
+            };
+            // A later, harder request wins; a graceful one never softens it.
+            tx.send_if_modified(|cur| match (*cur, stop) {
+                (Some(Stop::Now), _) => false,
+                (Some(Stop::Cancel), Stop::Graceful) => false,
+                _ => {
+                    *cur = Some(stop);
+                    true
+                }
+            });
+        }
+    });
+}
+
+/// After the agent is gone: every process it left behind (a daemon that
+/// escaped its process group with `setsid` is still our child, as we are a
+/// subreaper) gets SIGTERM, `grace`, then SIGKILL, and is reaped. Returns how
+/// many there were.
+fn stop_leftovers(grace: Duration) -> u32 {
+    use nix::sys::signal::{Signal, kill, killpg};
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    use nix::unistd::Pid;
+    let reap = || {
+        while let Ok(st) = waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            if st == WaitStatus::StillAlive {
+                break;
+            }
+        }
+    };
+    let mut stopped = std::collections::BTreeSet::new();
+    let mut sent_term_at: Option<std::time::Instant> = None;
+    // A process stuck in the kernel (D state) ignores even SIGKILL: give up
+    // on it eventually rather than hold the run forever.
+    let give_up = std::time::Instant::now() + grace + Duration::from_secs(10);
+    loop {
+        reap();
+        let kids = children_of(std::process::id());
+        if kids.is_empty() || std::time::Instant::now() >= give_up {
+            return stopped.len() as u32;
+        }
+        let hard = sent_term_at.is_some_and(|t| t.elapsed() >= grace);
+        for k in &kids {
+            let pid = Pid::from_raw(*k as i32);
+            let sig = if hard {
+                Signal::SIGKILL
+            } else {
+                Signal::SIGTERM
+            };
+            if stopped.insert(*k) || hard {
+                let _ = killpg(pid, sig);
+                let _ = kill(pid, sig);
+            }
+        }
+        sent_term_at.get_or_insert_with(std::time::Instant::now);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The children of `pid`, from /proc (a subreaper's adopted orphans included).
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| {
+                    // Field 4 (ppid) comes after the command name's last ')'.
+                    let rest = &s[s.rfind(')')? + 2..];
+                    rest.split(' ').nth(1)?.parse::<u32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
+}

@@ -1,0 +1,260 @@
+//! Runs this supervisor did not start (protocol version 2): a live keeper whose
+//! supervisor died is adopted (shown as running, cancel and shutdown reach it,
+//! its outcome is committed when it ends), and an outcome a keeper wrote while
+//! no supervisor watched is committed as it is. Neither is ever run again.
+
+use super::*;
+use crate::run::keeper::{self, KeeperInfo, KeptOutcome};
+
+/// Builds the Job of an adopted run once its lock is free.
+type MakeJob = Box<dyn FnOnce(TaskLock) -> Job + Send>;
+
+impl Supervisor {
+    /// The lock of `name` is held. If by a live keeper whose supervisor died on
+    /// this host, adopt the run; if by a protocol-1 agent (no keeper), stop it
+    /// so the task can be recovered.
+    pub(super) fn adopt_or_stop(&mut self, name: &str) {
+        let layout = self.layout().clone();
+        let st = books::read_state(&layout, name);
+        let Some(run) = &st.run else { return };
+        let ours =
+            run.supervisor_pid == self.ctx.self_pid && run.supervisor_start == self.ctx.self_start;
+        // Another host's runs, our own, and a live supervisor's are not ours
+        // to touch; a supervisor whose start time is unknown cannot be proven dead.
+        if run.host != self.ctx.host
+            || ours
+            || self.running.contains_key(name)
+            || run.supervisor_start == 0
+            || books::same_process(run.supervisor_pid, run.supervisor_start)
+        {
+            return;
+        }
+        let run_dir = layout.run_dir(State::Assigned, name);
+        match run
+            .run_id
+            .as_deref()
+            .and_then(|id| keeper::info(&run_dir, id))
+        {
+            Some(k) if keeper::alive(&k, &self.ctx.host) => self.adopt(name, &st, k),
+            // Its keeper just ended: the lock frees in a moment, and the
+            // next pass commits what it wrote.
+            Some(_) => {}
+            None => self.stop_orphaned_agent(name),
+        }
+    }
+
+    /// Takes over a live keeper's run: it counts against its agent, cancel and
+    /// shutdown reach the keeper as signals, and its outcome is committed here
+    /// when it ends.
+    fn adopt(&mut self, name: &str, st: &TaskState, k: KeeperInfo) {
+        let Some((_, ext)) = self.layout().find(State::Assigned, name) else {
+            return;
+        };
+        let Some(make) = self.job_maker(name, ext, st) else {
+            return;
+        };
+        let agent = st.run.as_ref().map(|r| r.agent.clone()).unwrap_or_default();
+        warn!(
+            task = name,
+            keeper = k.pid,
+            "adopting a run whose supervisor died"
+        );
+        let layout = self.layout().clone();
+        let (name_owned, run_id) = (name.to_owned(), k.run_id.clone());
+        self.launch_with(name, &agent, move |mut stop| async move {
+            let Some(lock) = wait_for_keeper(&layout, &name_owned, k.pid, &mut stop).await else {
+                return JobEnd::Stuck;
+            };
+            make(lock).finish_kept(&run_id).await
+        });
+    }
+
+    /// An orphan whose keeper wrote an outcome while no supervisor watched:
+    /// commit that outcome (retry, fallback, cooldown or file it) as its own
+    /// supervisor would have.
+    pub(super) fn commit_kept(&mut self, name: &str, ext: &str, lock: TaskLock, st: &TaskState) {
+        let Some(run) = &st.run else {
+            return lock.release();
+        };
+        let run_id = run.run_id.clone().unwrap_or_default();
+        let Some(make) = self.job_maker(name, ext, st) else {
+            return lock.release();
+        };
+        info!(task = name, "committing the outcome its keeper recorded");
+        let agent = run.agent.clone();
+        self.launch_with(name, &agent, move |_stop| async move {
+            make(lock).finish_kept(&run_id).await
+        });
+    }
+
+    /// What a Job of a run this supervisor did not start needs: the task as
+    /// claimed, its agent (as configured now), its route and workspace.
+    fn job_maker(&self, name: &str, ext: &str, st: &TaskState) -> Option<MakeJob> {
+        let layout = self.layout();
+        let run = st.run.as_ref()?;
+        let path = layout.task_file(State::Assigned, name, ext);
+        let task = match fsx::read_task_file(&path, self.config.max_task_bytes)
+            .map_err(|e| e.to_string())
+            .and_then(|(b, _)| task::parse(name, &b).map_err(|e| e.message))
+        {
+            Ok(t) => t,
+            Err(e) => {
+                error!(task = name, error = %e, "cannot read the task of a kept run");
+                return None;
+            }
+        };
+        // An agent removed from the config since: keep its name, borrow the
+        // policy of the first configured agent.
+        let agent = match self.config.agents.get(&run.agent) {
+            Some(a) => a.clone(),
+            None => {
+                let mut a = self.config.agents.values().next()?.clone();
+                a.name = run.agent.clone();
+                a
+            }
+        };
+        let alternatives = crate::sched::routing::route(&self.config, &task, &st.excluded_agents)
+            .map(|(r, _)| r.agents.len() > 1)
+            .unwrap_or(false);
+        let ws = kept_workspace(layout, &self.config, &task, &agent, name);
+        let (ctx, config, limits) = (self.ctx.clone(), self.config.clone(), self.limits.clone());
+        let (name, ext) = (name.to_owned(), ext.to_owned());
+        let reason = run.reason.clone().unwrap_or_else(|| "adopted".into());
+        Some(Box::new(move |lock| Job {
+            ctx,
+            config,
+            name,
+            ext,
+            task,
+            agent,
+            alternatives,
+            reason,
+            limits,
+            ws: Some(ws),
+            lock,
+        }))
+    }
+}
+
+/// The workspace a kept run was started in, as its Job would have set it up.
+fn kept_workspace(
+    layout: &Layout,
+    config: &Config,
+    task: &Task,
+    agent: &crate::parse::config::Agent,
+    name: &str,
+) -> WorkspaceRun {
+    use crate::run::workspace::{Kind, branch_for};
+    let kind = task.workspace.unwrap_or(agent.workspace);
+    let result_file = layout.run_dir(State::Assigned, name).join("result.yaml");
+    let (path, branch) = match kind {
+        Kind::Shared => (
+            task.workdir
+                .as_ref()
+                .map_or_else(|| layout.root.clone(), |w| layout.root.join(w)),
+            None,
+        ),
+        Kind::Worktree => (
+            layout.root.join(&config.worktrees_dir).join(name),
+            Some(branch_for(name)),
+        ),
+    };
+    WorkspaceRun {
+        kind,
+        path,
+        branch,
+        base: None,
+        cleanup: config.worktree_cleanup,
+        result_file,
+    }
+}
+
+/// Waits until the keeper has let the task's lock go, and takes it. Stop
+/// requests meanwhile become signals to the keeper. None: the loop went away.
+async fn wait_for_keeper(
+    layout: &Layout,
+    name: &str,
+    pid: u32,
+    stop: &mut watch::Receiver<Option<Stop>>,
+) -> Option<TaskLock> {
+    let mut listening = true;
+    loop {
+        if let Ok(Some(lock)) = TaskLock::try_acquire(layout, name) {
+            return Some(lock);
+        }
+        tokio::select! {
+            r = stop.changed(), if listening => match r {
+                Ok(()) => {
+                    if let Some(s) = *stop.borrow() {
+                        keeper::signal(pid, s);
+                    }
+                }
+                Err(_) => listening = false,
+            },
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+        if !listening {
+            return None;
+        }
+    }
+}
+
+impl Job {
+    /// The end of a kept run, under its lock: the keeper's outcome goes
+    /// through the verdict like any run's; without one (the keeper was killed)
+    /// the run is recovered as an orphan.
+    pub(super) async fn finish_kept(self, run_id: &str) -> JobEnd {
+        let layout = self.ctx.layout.clone();
+        let st = books::read_state(&layout, &self.name);
+        let current = st.run.as_ref().and_then(|r| r.run_id.as_deref()) == Some(run_id);
+        if !current || layout.find(State::Assigned, &self.name).is_none() {
+            // Committed meanwhile by another supervisor.
+            self.lock.release();
+            return JobEnd::Stuck;
+        }
+        let run_dir = layout.run_dir(State::Assigned, &self.name);
+        match keeper::outcome(&run_dir, run_id) {
+            Some(KeptOutcome {
+                end, started_at, ..
+            }) => {
+                let started = record::parse_ts(&started_at).unwrap_or_else(SystemTime::now);
+                self.finish(st, end, started).await
+            }
+            None => self.recover_orphan_run().await,
+        }
+    }
+
+    /// A kept run that left no outcome: recovery's verdict (requeue, charged,
+    /// or fail when no attempts are left).
+    async fn recover_orphan_run(self) -> JobEnd {
+        use crate::tree::recovery::{self, Decision};
+        let retries = self.task.retries.unwrap_or(self.config.retries);
+        let Job {
+            ctx,
+            name,
+            ext,
+            lock,
+            ..
+        } = self;
+        let res = tokio::task::spawn_blocking(move || {
+            let r = recovery::recover(&ctx.layout, &name, &ext, retries, None);
+            lock.release();
+            r
+        })
+        .await;
+        match res {
+            Ok(Ok((Decision::Requeue { .. }, _))) => JobEnd::Requeued,
+            Ok(Ok((Decision::Fail { .. }, _))) => {
+                JobEnd::Done(Status::Failed, Outcome::Interrupted, None)
+            }
+            Ok(Ok((Decision::FinishCommit { record, .. }, _))) => {
+                JobEnd::Done(record.status, record.outcome, None)
+            }
+            Ok(Err(e)) => {
+                error!(error = %e, "recovery of a kept run failed");
+                JobEnd::Stuck
+            }
+            Err(_) => JobEnd::Stuck,
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! Run keepers (protocol version 2): an agent outlives its supervisor, the next
+//! supervisor adopts the run or commits the outcome its keeper wrote, and no
+//! run is ever repeated while it could still finish.
+
+use crate::common::*;
+use crate::crash::{KillGroupOnDrop, agents_of};
+use std::time::Duration;
+
+/// An agent that logs its start (attempt and pid) and then waits for the file
+/// `go` in the root before it answers, so a test decides when it ends.
+const WAITER: &str = r#"log="$MAILROOM_ROOT/agent.log"
+echo "start $MAILROOM_ATTEMPT $$" >> "$log"
+readlink "/proc/$$/fd/0" > "$MAILROOM_ROOT/stdin.txt"
+i=0
+while [ ! -e "$MAILROOM_ROOT/go" ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done
+echo "end $MAILROOM_ATTEMPT" >> "$log"
+echo "[SUMMARY]answered by attempt $MAILROOM_ATTEMPT[/SUMMARY]""#;
+
+fn waiter_root(extra: &str) -> Root {
+    Root::new()
+        .agent_config(&["/bin/sh", "-c", WAITER], extra)
+        .task("o.yaml", "description: outlives its supervisor\n")
+}
+
+fn log(root: &Root) -> String {
+    std::fs::read_to_string(root.p("agent.log")).unwrap_or_default()
+}
+
+/// Waits for attempt 1 to start and returns the agent's pid.
+fn started(root: &Root) -> i32 {
+    let mut pid = 0;
+    wait_for(Duration::from_secs(60), "attempt 1 to start", || {
+        pid = log(root)
+            .lines()
+            .find_map(|l| l.strip_prefix("start 1 ")?.parse().ok())
+            .unwrap_or(0);
+        pid > 0
+    });
+    pid
+}
+
+/// The supervisors' logs so far, all in one.
+fn sup_logs(root: &Root) -> String {
+    root.entries("")
+        .iter()
+        .filter(|f| f.starts_with("sup-"))
+        .map(|f| root.read(f))
+        .collect()
+}
+
+fn assert_ran_once(root: &Root, state: &str) -> serde_json::Value {
+    let log = log(root);
+    let starts = log.lines().filter(|l| l.starts_with("start")).count();
+    assert_eq!(starts, 1, "the run was repeated:\n{log}");
+    let rec = root.record(state, "o");
+    assert_eq!(rec["attempts"], 1, "{rec}");
+    assert_eq!(rec["history"].as_array().unwrap().len(), 1, "{rec}");
+    rec
+}
+
+#[test]
+fn the_agent_never_gets_the_lock() {
+    let root = waiter_root("");
+    root.write("go", "");
+    root.run_until_idle();
+    assert_eq!(root.names("completed"), ["o"]);
+    assert_eq!(root.read("stdin.txt").trim(), "/dev/null");
+    // The keeper's record of the run lands with the task.
+    let out: serde_json::Value =
+        serde_json::from_str(&root.read("tasks/completed/o.run/outcome.json")).unwrap();
+    assert_eq!(out["end"]["exited"]["code"], 0, "{out}");
+}
+
+#[test]
+fn a_run_whose_supervisor_was_killed_is_adopted_not_rerun() {
+    let root = waiter_root("");
+    let mut sup = root.spawn();
+    let pid = started(&root);
+    let _cleanup = KillGroupOnDrop(pid);
+    sup.kill9();
+    assert!(alive(pid), "the agent died with its supervisor");
+    let _sup = root.spawn();
+    wait_for(
+        Duration::from_secs(30),
+        "the new supervisor to adopt the run",
+        || sup_logs(&root).contains("adopting a run whose supervisor died"),
+    );
+    assert!(alive(pid), "the adopting supervisor stopped the agent");
+    root.write("go", "");
+    wait_for(
+        Duration::from_secs(30),
+        "the adopted run to complete",
+        || root.names("completed") == ["o"],
+    );
+    let rec = assert_ran_once(&root, "completed");
+    assert_eq!(rec["outcome"], "success", "{rec}");
+    assert_eq!(rec["summary"], "answered by attempt 1", "{rec}");
+}
+
+#[test]
+fn an_outcome_written_while_no_supervisor_ran_is_committed_as_it_is() {
+    let root = waiter_root("");
+    let mut sup = root.spawn();
+    let pid = started(&root);
+    let _cleanup = KillGroupOnDrop(pid);
+    sup.kill9();
+    root.write("go", "");
+    wait_for(
+        Duration::from_secs(30),
+        "the keeper to record the outcome",
+        || root.exists("tasks/assigned/o.run/outcome.json") && agents_of(&root).is_empty(),
+    );
+    root.run_until_idle();
+    assert_eq!(root.names("completed"), ["o"]);
+    assert_ran_once(&root, "completed");
+}
+
+#[test]
+fn cancel_reaches_an_adopted_run() {
+    let root = waiter_root("");
+    let mut sup = root.spawn();
+    let pid = started(&root);
+    let _cleanup = KillGroupOnDrop(pid);
+    sup.kill9();
+    let _sup = root.spawn();
+    wait_for(
+        Duration::from_secs(30),
+        "the new supervisor to adopt the run",
+        || sup_logs(&root).contains("adopting a run whose supervisor died"),
+    );
+    let out = root.mailroom(&["cancel", "o"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_for(
+        Duration::from_secs(30),
+        "the cancelled run to be filed",
+        || root.names("failed") == ["o"],
+    );
+    let rec = assert_ran_once(&root, "failed");
+    assert_eq!(rec["outcome"], "cancelled", "{rec}");
+    assert!(!alive(pid));
+}
+
+#[test]
+fn a_shutdown_with_leave_running_hands_the_run_to_the_next_supervisor() {
+    let root = waiter_root("on_shutdown: leave_running");
+    let mut sup = root.spawn();
+    let pid = started(&root);
+    let _cleanup = KillGroupOnDrop(pid);
+    sup.signal(15);
+    let st = sup.wait_exit(Duration::from_secs(30));
+    assert!(st.success(), "{st:?}");
+    assert!(alive(pid), "the agent was stopped despite leave_running");
+    assert_eq!(root.names("completed"), Vec::<String>::new());
+    let _sup = root.spawn();
+    root.write("go", "");
+    wait_for(
+        Duration::from_secs(30),
+        "the handed-over run to complete",
+        || root.names("completed") == ["o"],
+    );
+    assert_ran_once(&root, "completed");
+}
+
+#[test]
+fn a_daemon_the_agent_left_behind_is_stopped_before_the_commit() {
+    // The agent starts a daemon in a session of its own (out of its process
+    // group) and exits: as a subreaper the keeper still sees it, stops it and
+    // only then lets the run end.
+    let script = r#"setsid sh -c 'echo $$ > "$MAILROOM_ROOT/daemon.pid"; exec sleep 600' </dev/null >/dev/null 2>&1 &
+i=0; while [ ! -s "$MAILROOM_ROOT/daemon.pid" ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done
+echo started a daemon"#;
+    let root = Root::new()
+        .agent_config(&["/bin/sh", "-c", script], "")
+        .task("d.yaml", "description: leaves a daemon\n");
+    let out = root.run_until_idle();
+    assert_eq!(root.names("completed"), ["d"], "{}", stderr(&out));
+    let daemon: i32 = root.read("daemon.pid").trim().parse().unwrap();
+    let _cleanup = KillGroupOnDrop(daemon);
+    assert!(!alive(daemon), "the daemon outlived its run");
+    let kept: serde_json::Value =
+        serde_json::from_str(&root.read("tasks/completed/d.run/outcome.json")).unwrap();
+    assert_eq!(kept["leftovers_stopped"], 1, "{kept}");
+    assert!(agents_of(&root).is_empty());
+}
