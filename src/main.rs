@@ -14,6 +14,9 @@ fn main() -> ExitCode {
     if let Command::DemoAgent { args } = &cli.command {
         return ExitCode::from(mailroom::run::demo::main(args) as u8);
     }
+    if !matches!(cli.command, Command::Run { .. }) {
+        restore_sigpipe();
+    }
     init_logging(&cli);
     match dispatch(cli) {
         Ok(code) => code,
@@ -48,7 +51,16 @@ fn init_logging(cli: &Cli) {
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let root = cli.root.clone();
     match cli.command {
-        Command::Run { exit_when_idle } => run(&root, exit_when_idle),
+        Command::Run {
+            exit_when_idle,
+            init,
+        } => {
+            // A typo in --root must not become a healthy-looking empty queue.
+            if !init {
+                cli::open_tree(&root)?;
+            }
+            run(&root, exit_when_idle)
+        }
         Command::Init { dir } => {
             cli::init(dir.as_deref().unwrap_or(&root))?;
             Ok(ExitCode::SUCCESS)

@@ -59,6 +59,10 @@ pub enum Command {
         /// Exit once nothing is pending or running (for scripts and CI).
         #[arg(long)]
         exit_when_idle: bool,
+        /// Create the tree (tasks/, context/) if it is missing, instead of
+        /// refusing a directory that is not a mailroom root.
+        #[arg(long)]
+        init: bool,
     },
     /// Lay out a new tree with a commented sample config.
     Init {
@@ -174,7 +178,7 @@ pub enum Command {
 }
 
 /// The tree at `root`, or an error saying how to get one.
-pub(crate) fn open_tree(root: &Path) -> Result<Layout> {
+pub fn open_tree(root: &Path) -> Result<Layout> {
     let layout = Layout::new(root);
     if !layout.tasks.is_dir() {
         bail!(

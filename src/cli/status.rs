@@ -27,6 +27,32 @@ struct StatusJson {
     failed: usize,
     running_tasks: Vec<RunningTask>,
     cooldowns: Vec<crate::model::record::Cooldown>,
+    /// `tasks/control/pause` exists: no supervisor claims anything.
+    paused: bool,
+    /// Agents paused one by one (`tasks/control/pause.<agent>`).
+    paused_agents: Vec<String>,
+    /// Why the root's mailroom.yaml cannot be used (running supervisors keep
+    /// the configuration they had).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    config_error: Option<String>,
+}
+
+/// Agents paused one by one: `tasks/control/pause.<agent>`.
+pub(super) fn paused_agents(layout: &Layout) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(&layout.control)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_str()
+                        .and_then(|f| f.strip_prefix("pause."))
+                        .map(str::to_owned)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
 }
 
 fn running_tasks(layout: &Layout) -> Vec<RunningTask> {
@@ -65,6 +91,11 @@ pub fn status(root: &Path, json: bool) -> Result<()> {
         failed: books::count(&layout, State::Failed),
         running_tasks: running_tasks(&layout),
         cooldowns: books::cooldowns(&layout, false),
+        paused: books::exists(&layout.pause_file(None)),
+        paused_agents: paused_agents(&layout),
+        config_error: crate::parse::config::Config::load(root)
+            .err()
+            .map(|e| e.to_string()),
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&s)?);
@@ -74,6 +105,15 @@ pub fn status(root: &Path, json: bool) -> Result<()> {
         "{} pending, {} running, {} completed, {} failed",
         s.pending, s.running, s.completed, s.failed
     );
+    if let Some(e) = &s.config_error {
+        println!("  config invalid: {e} (supervisors keep their previous configuration)");
+    }
+    if s.paused {
+        println!("  paused: no new tasks are claimed (`mailroom resume` to go on)");
+    }
+    for a in &s.paused_agents {
+        println!("  agent {a} paused (`mailroom resume --agent {a}`)");
+    }
     for r in &s.running_tasks {
         println!(
             "  running {}  agent={} attempt={} pid={} since {}",

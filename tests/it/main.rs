@@ -14,6 +14,7 @@ mod faults;
 mod fsync;
 mod hostile;
 mod metrics;
+mod operator;
 mod presets;
 mod props;
 mod scheduling;
