@@ -27,6 +27,25 @@ fn main() -> ExitCode {
     }
 }
 
+/// A one-shot command whose reader went away (`mailroom list | head`) ends
+/// quietly, as `cat` does, instead of panicking in `println!`. Rust starts
+/// with SIGPIPE ignored; the supervisor keeps it so (a closed log pipe must
+/// not kill it), and child processes get the default back from the standard
+/// library anyway.
+fn restore_sigpipe() {
+    // SAFETY: resetting one signal's disposition before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// Colour only for a person at a terminal, and never with `NO_COLOR` set
+/// (https://no-color.org): files, pipes and journald get plain text.
+fn use_colour() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 fn init_logging(cli: &Cli) {
     let level = match (cli.verbose as i8) - (cli.quiet as i8) {
         i8::MIN..=-2 => "error",
@@ -38,7 +57,8 @@ fn init_logging(cli: &Cli) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(use_colour());
     // journald stamps every line itself.
     let under_journal = std::env::var_os("JOURNAL_STREAM").is_some();
     match (cli.log_format, under_journal) {
@@ -97,8 +117,18 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Status { json, watch } => {
             if watch {
+                use std::io::IsTerminal;
+                // Clear the screen only on a terminal; a pipe or a file gets
+                // one report after another, separated by a blank line.
+                let tty = std::io::stdout().is_terminal();
+                let mut first = true;
                 loop {
-                    print!("\x1b[2J\x1b[H");
+                    if tty {
+                        print!("\x1b[2J\x1b[H");
+                    } else if !first {
+                        println!();
+                    }
+                    first = false;
                     cli::status(&root, false)?;
                     std::thread::sleep(std::time::Duration::from_secs(1));
                 }

@@ -13,11 +13,19 @@ use super::*;
 pub fn retry(root: &Path, name: &str) -> Result<()> {
     let layout = open_tree(root)?;
     check_task_name(name)?;
-    let lock = TaskLock::try_acquire(&layout, name)?
-        .ok_or_else(|| anyhow::anyhow!("`{name}` is busy (its lock is held); try again"))?;
+    let Some(lock) = TaskLock::try_acquire(&layout, name)? else {
+        // The lock's holder is a supervisor running it (or about to).
+        if layout.find(State::Assigned, name).is_some() {
+            bail!("{name} is running; cancel it first (`mailroom cancel {name}`) or wait");
+        }
+        bail!("`{name}` is busy (a supervisor is moving it); try again in a moment");
+    };
     let res = (|| -> Result<()> {
         let Some((_, ext)) = layout.find(State::Failed, name) else {
             match layout.locate(name) {
+                Some((State::Assigned, _, _)) => {
+                    bail!("{name} is running; cancel it first (`mailroom cancel {name}`) or wait")
+                }
                 Some((st, _, _)) => bail!("`{name}` is {}, not failed", st.dir_name()),
                 None => bail!("no task named `{name}`"),
             }

@@ -73,6 +73,22 @@ fn children_of(
     v
 }
 
+/// Text from a task file, a record or an agent's output, made safe for a
+/// terminal: control characters other than newline and tab are shown as
+/// escapes (`\u{1b}`), so a task cannot move the cursor, retitle the window
+/// or hide lines.
+pub(super) fn printable(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() && c != '\n' && c != '\t' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// `mailroom show`.
 pub fn show(root: &Path, name: &str, json: bool) -> Result<()> {
     let layout = open_tree(root)?;
@@ -136,7 +152,7 @@ pub fn show(root: &Path, name: &str, json: bool) -> Result<()> {
         println!("child:  {c} ({at})");
     }
     if let Err(e) = &parsed {
-        println!("error: {}", e.display_at(&layout.rel(&path)));
+        println!("error: {}", printable(&e.display_at(&layout.rel(&path))));
     }
     match (&record, &parsed) {
         (Some(r), _) if r.agent.is_some() => println!(
@@ -173,15 +189,15 @@ pub fn show(root: &Path, name: &str, json: bool) -> Result<()> {
             println!("next try: {nb}");
         }
         if let Some(e) = &state_file.last_error {
-            println!("last error: {e}");
+            println!("last error: {}", printable(e));
         }
     }
-    println!("\n--- task ---\n{}", content.trim_end());
+    println!("\n--- task ---\n{}", printable(content.trim_end()));
     if let Some(r) = &record {
         println!("\n--- result ---\n{}", serde_json::to_string_pretty(r)?);
     }
     if let Some(o) = output {
-        println!("\n--- output (tail) ---\n{}", o.trim_end());
+        println!("\n--- output (tail) ---\n{}", printable(o.trim_end()));
     }
     Ok(())
 }
