@@ -334,3 +334,134 @@ fn numbers_are_refused_alike_in_every_text_field() {
     let out = root.mailroom(&["validate", root.p("q.yaml").to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+/// `(task, ns)` lines an agent of `stamp.sh` wrote.
+fn stamps(path: &std::path::Path) -> Vec<(String, u128)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (n, t) = l.split_once(' ')?;
+            Some((n.to_owned(), t.parse().ok()?))
+        })
+        .collect()
+}
+
+fn now_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+#[test]
+fn add_starts_as_soon_as_cp_and_tasks_added_in_a_row_start_in_order() {
+    let root = Root::new();
+    let log = root.p("stamps.log");
+    let root = root.config(&format!(
+        "settle: 2s\nagents:\n  a:\n    command: [{:?}]\n    max_instances: 1\n    env: {{STAMPS: {:?}}}\n",
+        agent("stamp.sh"),
+        log.display().to_string()
+    ));
+    let _sup = root.spawn();
+    wait_for(MIN, "the supervisor to be ready", || {
+        logs(&root).contains("supervisor ready")
+    });
+    root.write("src.yaml", "description: x\n");
+    let (mut by_add, mut by_cp) = (Vec::new(), Vec::new());
+    for i in 0..8 {
+        for how in ["add", "cp"] {
+            let name = format!("{how}{i}");
+            let before = stamps(&log).len();
+            let t0 = now_ns();
+            let st = if how == "add" {
+                root.mailroom(&["add", "x", "--name", &name]).status
+            } else {
+                std::process::Command::new("cp")
+                    .arg(root.p("src.yaml"))
+                    .arg(root.p(&format!("tasks/pending/{name}.yaml")))
+                    .status()
+                    .unwrap()
+            };
+            assert!(st.success());
+            wait_for(MIN, "the agent to start", || stamps(&log).len() > before);
+            let ms = (stamps(&log)[before].1 - t0) as f64 / 1e6;
+            if how == "add" {
+                by_add.push(ms)
+            } else {
+                by_cp.push(ms)
+            }
+        }
+    }
+    let (add, cp) = (median(by_add.clone()), median(by_cp.clone()));
+    // Printed for the record (the harness shows it with --nocapture).
+    println!(
+        "submit-to-spawn median: add {add:.1} ms, cp {cp:.1} ms; add {by_add:?}, cp {by_cp:?}"
+    );
+    // The open-writer hold alone was 250 ms; the rest is add's own start-up.
+    assert!(add < cp + 150.0, "add {add:.1} ms vs cp {cp:.1} ms");
+
+    // Twenty in a row, as fast as add goes: they start in that order.
+    let before = stamps(&log).len();
+    let names: Vec<String> = (0..20).map(|i| format!("row{i:02}")).collect();
+    for n in &names {
+        let out = root.mailroom(&["add", "x", "--name", n]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    wait_for(MIN, "all twenty to start", || {
+        stamps(&log).len() >= before + 20
+    });
+    let order: Vec<String> = stamps(&log)[before..].iter().map(|s| s.0.clone()).collect();
+    println!("start order of 20 tasks added in a row: {order:?}");
+    assert_eq!(order, names);
+}
+
+#[test]
+fn add_closes_its_file_before_the_rename() {
+    // The timing above is noisy; this is the cause, checked exactly: a file
+    // still open at its rename is held back by the supervisor's writer probe.
+    let strace = "/usr/bin/strace";
+    if !require(
+        std::path::Path::new(strace).exists(),
+        "strace is not installed",
+    ) {
+        return;
+    }
+    let root = Root::new().agent_config(&[&agent("ok.sh")], "");
+    let trace = root.p("add.strace");
+    let mut c = std::process::Command::new(strace);
+    c.args([
+        "-f",
+        "-y",
+        "-qq",
+        "-e",
+        "trace=close,rename,renameat,renameat2",
+        "-o",
+    ])
+    .arg(&trace)
+    .arg(BIN)
+    .arg("--root")
+    .arg(&root.path)
+    .args(["add", "x", "--name", "closed"]);
+    let out = run_bounded(c, MIN);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let closed = lines
+        .iter()
+        .position(|l| l.contains("close(") && l.contains("/tasks/tmp/"))
+        .unwrap_or_else(|| panic!("no close of the temp file:\n{text}"));
+    let renamed = lines
+        .iter()
+        .position(|l| l.contains("rename") && l.contains("closed.yaml"))
+        .unwrap_or_else(|| panic!("no rename into pending/:\n{text}"));
+    assert!(
+        closed < renamed,
+        "the file was still open at its rename:\n{text}"
+    );
+}
