@@ -74,12 +74,35 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run {
             exit_when_idle,
             init,
+            agents,
         } => {
             // A typo in --root must not become a healthy-looking empty queue.
             if !init {
                 cli::open_tree(&root)?;
             }
-            run(&root, exit_when_idle)
+            let limits = agents
+                .as_deref()
+                .map(cli::daemon::parse_agent_limits)
+                .transpose()?
+                .unwrap_or_default();
+            run(&root, exit_when_idle, limits)
+        }
+        Command::Start { agents } => {
+            let pid = cli::daemon::start(&root, agents.as_deref(), cli.verbose, cli.quiet)?;
+            println!("{pid}");
+            eprintln!(
+                "mailroom: supervisor {pid} started; log in {}",
+                cli::daemon::LOG_FILE
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Stop { now, timeout } => {
+            let t = timeout
+                .map(|t| mailroom::parse::task::parse_duration(&t))
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
+            cli::daemon::stop(&root, now, t)?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Init { dir } => {
             cli::init(dir.as_deref().unwrap_or(&root))?;
@@ -216,9 +239,16 @@ fn seal_inherited_fds() {
     }
 }
 
-fn run(root: &std::path::Path, exit_when_idle: bool) -> anyhow::Result<ExitCode> {
+fn run(
+    root: &std::path::Path,
+    exit_when_idle: bool,
+    agent_limits: Vec<(String, usize)>,
+) -> anyhow::Result<ExitCode> {
     seal_inherited_fds();
-    let config = Config::load(root).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let config = Config::load(root)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .with_agent_limits(&agent_limits)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     // Signals become control events in the main loop; a plain thread forwards them.
     let mut signals = signal_hook::iterator::Signals::new([
@@ -245,7 +275,8 @@ fn run(root: &std::path::Path, exit_when_idle: bool) -> anyhow::Result<ExitCode>
         .enable_all()
         .build()?;
     let sup = Supervisor::new(root, config)
-        .map_err(|e| anyhow::anyhow!("preparing the tree under {}: {e}", root.display()))?;
+        .map_err(|e| anyhow::anyhow!("preparing the tree under {}: {e}", root.display()))?
+        .with_agent_limits(agent_limits);
     let notifier = mailroom::ops::sdnotify::Notifier::from_env().map(std::sync::Arc::new);
     rt.block_on(sup.run(
         rx,

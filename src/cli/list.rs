@@ -23,7 +23,9 @@ pub fn list(root: &Path, state: Option<&str>, json: bool) -> Result<()> {
     let layout = open_tree(root)?;
     let states: Vec<State> = match state {
         Some(s) => vec![State::parse(s).ok_or_else(|| {
-            anyhow::anyhow!("--state {s}: use pending, assigned (or running), completed or failed")
+            anyhow::anyhow!(
+                "--state {s}: use pending, assigned (or running, active), completed or failed"
+            )
         })?],
         None => State::ALL.to_vec(),
     };

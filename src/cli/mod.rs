@@ -3,6 +3,7 @@
 
 mod add;
 pub mod control;
+pub mod daemon;
 mod init;
 mod list;
 mod retry;
@@ -63,6 +64,26 @@ pub enum Command {
         /// refusing a directory that is not a mailroom root.
         #[arg(long)]
         init: bool,
+        /// Override agents' max_instances for this supervisor, e.g.
+        /// claude:2,codex:2 (concurrency is raised to their sum if lower).
+        #[arg(long, value_name = "AGENT:N,...")]
+        agents: Option<String>,
+    },
+    /// Run a supervisor in the background (log in logs/mailroom.log); print its pid.
+    Start {
+        /// Override agents' max_instances for this supervisor, e.g. claude:2,codex:2.
+        #[arg(long, value_name = "AGENT:N,...")]
+        agents: Option<String>,
+    },
+    /// Stop this tree's supervisors on this host and wait until they are gone.
+    Stop {
+        /// Stop running agents at once (their tasks go back to pending/)
+        /// instead of letting them finish within shutdown_grace.
+        #[arg(long)]
+        now: bool,
+        /// Give up waiting after this long (e.g. 2m); they keep stopping.
+        #[arg(long)]
+        timeout: Option<String>,
     },
     /// Lay out a new tree with a commented sample config.
     Init {
@@ -106,9 +127,10 @@ pub enum Command {
         watch: bool,
     },
     /// List tasks.
+    #[command(visible_alias = "tasks")]
     List {
-        /// pending, assigned (or running), completed, failed.
-        #[arg(long)]
+        /// pending, assigned (or running, active), completed, failed.
+        #[arg(long, visible_alias = "status")]
         state: Option<String>,
         #[arg(long)]
         json: bool,

@@ -29,9 +29,9 @@ impl State {
         }
     }
     pub fn parse(s: &str) -> Option<State> {
-        State::ALL
-            .into_iter()
-            .find(|st| st.dir_name() == s || (s == "running" && *st == State::Assigned))
+        State::ALL.into_iter().find(|st| {
+            st.dir_name() == s || ((s == "running" || s == "active") && *st == State::Assigned)
+        })
     }
 }
 

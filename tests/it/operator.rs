@@ -465,3 +465,112 @@ fn add_closes_its_file_before_the_rename() {
         "the file was still open at its rename:\n{text}"
     );
 }
+
+/// The pid `start` printed, and the supervisor's start time against reuse.
+fn started(root: &Root, args: &[&str]) -> i32 {
+    let out = root.mailroom(args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    stdout(&out).trim().parse().expect("start prints a pid")
+}
+
+#[test]
+fn start_runs_in_the_background_with_its_log_in_the_tree_and_stop_waits_for_it() {
+    let root = Root::new();
+    let log = root.p("spans.log");
+    let root = root
+        .config(&format!(
+            "concurrency: 1\nagents:\n  a:\n    command: [{:?}]\n    max_instances: 1\n    env: {{RUNLOG: {:?}, SPAN_MS: \"1500\"}}\n",
+            agent("span.sh"),
+            log.display().to_string()
+        ))
+        .task("one.yaml", "description: x\n")
+        .task("two.yaml", "description: x\n");
+    // --agents a:2 overrides max_instances 1 (and concurrency 1): both run at once.
+    let pid = started(&root, &["start", "--agents", "a:2"]);
+    assert!(alive(pid));
+    assert!(root.read("logs/mailroom.log").contains("supervisor ready"));
+    let spans = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_for(MIN, "both agents to start", || {
+        spans().lines().filter(|l| l.starts_with("S ")).count() == 2
+    });
+    assert!(
+        spans().lines().filter(|l| l.starts_with("E ")).count() == 0,
+        "the second started only after the first ended:\n{}",
+        spans()
+    );
+    wait_for(MIN, "both to complete", || {
+        root.names("completed").len() == 2
+    });
+    let out = root.mailroom(&["stop"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!alive(pid), "stop returned before the supervisor was gone");
+    assert!(
+        root.read("logs/mailroom.log")
+            .contains("supervisor stopped")
+    );
+    let out = root.mailroom(&["stop"]);
+    assert!(out.status.success());
+    assert!(stderr(&out).contains("no supervisor"), "{}", stderr(&out));
+    // A wrong agent name is refused before anything starts.
+    let out = root.mailroom(&["start", "--agents", "nosuch:2"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no agent `nosuch`"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn stop_now_puts_a_running_task_back_and_stops_a_foreground_run_too() {
+    let pidfile = std::env::temp_dir().join(format!("mailroom-op-stop-{}", std::process::id()));
+    let pf = pidfile.display().to_string();
+    let root = Root::new()
+        .config(&format!(
+            "shutdown_grace: 10m\nagents:\n  a:\n    command: [{:?}]\n    grace: 1s\n    env: {{PIDFILE: {pf:?}}}\n",
+            agent("hang.sh")
+        ))
+        .task("long.yaml", "description: x\n");
+    let mut sup = root.spawn();
+    // An absolute path: joined to the root, it stays itself.
+    let agent_pid = root.pid(&format!("{pf}.agent"));
+    wait_for(MIN, "the task to run", || root.names("assigned").len() == 1);
+    let listed = stdout(&root.mailroom(&["tasks", "--status", "active"]));
+    assert!(listed.contains("long"), "{listed}");
+    let t0 = Instant::now();
+    let out = root.mailroom(&["stop", "--now"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Not the ten minutes of shutdown_grace.
+    assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
+    assert!(sup.wait_exit(Duration::from_secs(5)).success());
+    assert_eq!(root.names("pending"), ["long"]);
+    assert!(!alive(agent_pid), "the agent outlived stop --now");
+    let _ = std::fs::remove_file(format!("{pf}.agent"));
+    let _ = std::fs::remove_file(format!("{pf}.grandchild"));
+}
+
+#[test]
+fn under_systemd_start_and_stop_say_to_use_systemctl() {
+    let root = Root::new().agent_config(&[&agent("ok.sh")], "");
+    let mut c = root.cmd(&["start"]);
+    c.env("INVOCATION_ID", "0123456789abcdef");
+    let out = run_bounded(c, MIN);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("systemctl"), "{}", stderr(&out));
+    // A supervisor systemd started is left to systemd.
+    let sup = root.spawn_with(&[("INVOCATION_ID", "0123456789abcdef")]);
+    wait_for(MIN, "the supervisor to be ready", || {
+        logs(&root).contains("supervisor ready")
+    });
+    let out = root.mailroom(&["stop"]);
+    assert!(
+        stderr(&out).contains("runs under systemd"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("systemctl"), "{}", stderr(&out));
+    assert!(alive(sup.pid()));
+    let out = root.mailroom(&["start"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("systemctl"), "{}", stderr(&out));
+}
