@@ -11,6 +11,40 @@ use std::path::Path;
 
 use super::*;
 
+/// The records of a task's earlier rounds (before each `mailroom retry`),
+/// oldest first, without duplicates.
+pub(super) fn read_rounds(layout: &Layout, name: &str) -> Vec<ResultRecord> {
+    let text = std::fs::read_to_string(layout.history_file(name)).unwrap_or_default();
+    let mut seen = std::collections::HashSet::new();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<ResultRecord>(l).ok())
+        .filter(|r| seen.insert(r.run_id.clone()))
+        .collect()
+}
+
+/// One line for a round: how it ended, on which agent, after how many attempts.
+fn round_line(i: usize, r: &ResultRecord) -> String {
+    let status = match r.status {
+        crate::model::record::Status::Completed => "completed",
+        crate::model::record::Status::Failed => "failed",
+    };
+    let mut s = format!(
+        "round {}: {status} ({}) at {}, {} attempt{}",
+        i,
+        r.outcome.as_str(),
+        r.finished_at,
+        r.attempts,
+        if r.attempts == 1 { "" } else { "s" }
+    );
+    if let Some(a) = &r.agent {
+        s.push_str(&format!(" on {a}"));
+    }
+    if let Some(e) = &r.error {
+        s.push_str(&format!(": {}", printable(e.lines().next().unwrap_or(""))));
+    }
+    s
+}
+
 pub(super) fn read_record(layout: &Layout, st: State, name: &str) -> Option<ResultRecord> {
     let b = std::fs::read(layout.record_file(st, name)).ok()?;
     serde_json::from_slice(&b).ok()
@@ -115,6 +149,7 @@ pub fn show(root: &Path, name: &str, json: bool) -> Result<()> {
                 .map(|(b, _)| String::from_utf8_lossy(&b).into_owned())
         });
     let parent = parsed.as_ref().ok().and_then(|t| t.parent.clone());
+    let rounds = read_rounds(&layout, name);
     let children = children_of(&layout, name, record.as_ref(), &state_file);
     if json {
         let v = serde_json::json!({
@@ -126,6 +161,7 @@ pub fn show(root: &Path, name: &str, json: bool) -> Result<()> {
             "task": content,
             "valid": parsed.as_ref().err().map(|e| e.to_string()).is_none(),
             "record": record,
+            "rounds": rounds,
             "bookkeeping": if state_file.attempts > 0 { Some(&state_file) } else { None },
             "output_tail": output,
         });
@@ -181,6 +217,15 @@ pub fn show(root: &Path, name: &str, json: bool) -> Result<()> {
                 };
                 println!("waiting for {d}{how}");
             }
+        }
+    }
+    if !rounds.is_empty() {
+        for (i, r) in rounds.iter().enumerate() {
+            println!("{}", round_line(i + 1, r));
+        }
+        match &record {
+            Some(r) => println!("{} (this one)", round_line(rounds.len() + 1, r)),
+            None => println!("round {}: {} (this one)", rounds.len() + 1, st.dir_name()),
         }
     }
     if state_file.attempts > 0 {

@@ -26,6 +26,8 @@ struct StatusJson {
     completed: usize,
     failed: usize,
     running_tasks: Vec<RunningTask>,
+    /// Pending tasks that failed a run and wait for their next attempt.
+    retry_waiting: Vec<String>,
     cooldowns: Vec<crate::model::record::Cooldown>,
     /// `tasks/control/pause` exists: no supervisor claims anything.
     paused: bool,
@@ -80,6 +82,27 @@ fn running_tasks(layout: &Layout) -> Vec<RunningTask> {
         .collect()
 }
 
+/// Pending tasks in a retry backoff. Only tasks that ran have state files
+/// (in `assigned/`), so this costs nothing for a long queue of fresh tasks.
+fn retry_waiting(layout: &Layout) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(&layout.assigned)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_str()?
+                        .strip_suffix(".state.json")
+                        .map(str::to_owned)
+                })
+                .filter(|n| layout.find(State::Pending, n).is_some())
+                .filter(|n| super::list::retry_at(layout, n).is_some())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
 /// `mailroom status`.
 pub fn status(root: &Path, json: bool) -> Result<()> {
     let layout = open_tree(root)?;
@@ -90,6 +113,7 @@ pub fn status(root: &Path, json: bool) -> Result<()> {
         completed: books::count(&layout, State::Completed),
         failed: books::count(&layout, State::Failed),
         running_tasks: running_tasks(&layout),
+        retry_waiting: retry_waiting(&layout),
         cooldowns: books::cooldowns(&layout, false),
         paused: books::exists(&layout.pause_file(None)),
         paused_agents: paused_agents(&layout),
@@ -105,6 +129,13 @@ pub fn status(root: &Path, json: bool) -> Result<()> {
         "{} pending, {} running, {} completed, {} failed",
         s.pending, s.running, s.completed, s.failed
     );
+    if !s.retry_waiting.is_empty() {
+        println!(
+            "  {} waiting for a retry: {}",
+            s.retry_waiting.len(),
+            s.retry_waiting.join(", ")
+        );
+    }
     if let Some(e) = &s.config_error {
         println!("  config invalid: {e} (supervisors keep their previous configuration)");
     }

@@ -123,6 +123,11 @@ impl Layout {
             None => self.control.join("pause"),
         }
     }
+    /// `tasks/history/<name>.jsonl`: the records of a task's earlier rounds,
+    /// one a line, appended by `mailroom retry` before it starts a new round.
+    pub fn history_file(&self, name: &str) -> PathBuf {
+        self.tasks.join("history").join(format!("{name}.jsonl"))
+    }
     pub fn cancel_file(&self, name: &str) -> PathBuf {
         self.cancel.join(name)
     }

@@ -574,3 +574,56 @@ fn under_systemd_start_and_stop_say_to_use_systemctl() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("systemctl"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_retried_task_keeps_its_history_and_is_listed_once() {
+    let marker = std::env::temp_dir().join(format!("mailroom-op-hist-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let root = Root::new()
+        .config(&format!(
+            "retries: 1\nretry_delay: 3s\nagents:\n  a:\n    command: [{:?}]\n    env: {{SUCCEED_IF: {:?}}}\n",
+            agent("fail.sh"),
+            marker.display().to_string()
+        ))
+        .task("flaky.yaml", "description: x\n");
+    // The first run fails and waits 3 s for its retry: list and status say so.
+    let mut sup = root.spawn();
+    wait_for(MIN, "the first failure", || {
+        root.exists("tasks/pending/flaky.yaml") && root.exists("tasks/assigned/flaky.state.json")
+    });
+    let listed = stdout(&root.mailroom(&["list"]));
+    assert!(listed.contains("waiting for a retry at"), "{listed}");
+    let st = stdout(&root.mailroom(&["status"]));
+    assert!(st.contains("1 waiting for a retry: flaky"), "{st}");
+    wait_for(MIN, "the task to fail for good", || {
+        root.names("failed") == ["flaky"]
+    });
+    sup.signal(SIGTERM);
+    sup.wait_exit(MIN);
+    // Round 2 succeeds.
+    std::fs::write(&marker, "").unwrap();
+    let out = root.mailroom(&["retry", "flaky"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    root.run_until_idle();
+    let _ = std::fs::remove_file(&marker);
+    assert_eq!(root.names("completed"), ["flaky"]);
+    let shown = stdout(&root.mailroom(&["show", "flaky"]));
+    assert!(
+        shown.contains("round 1: failed (exit)") && shown.contains("2 attempts"),
+        "{shown}"
+    );
+    assert!(shown.contains("round 2: completed (success)"), "{shown}");
+    let js: serde_json::Value =
+        serde_json::from_slice(&root.mailroom(&["show", "flaky", "--json"]).stdout).unwrap();
+    assert_eq!(js["rounds"].as_array().unwrap().len(), 1, "{js}");
+    assert_eq!(js["rounds"][0]["history"].as_array().unwrap().len(), 2);
+    // current_state.md lists it once, as it ended last.
+    let cs = root.read("context/current_state.md");
+    assert_eq!(cs.matches("### flaky").count(), 1, "{cs}");
+    assert!(cs.contains("### flaky — completed"), "{cs}");
+    // The agent's counts: one task, completed.
+    let ag: serde_json::Value =
+        serde_json::from_slice(&root.mailroom(&["agents", "--json"]).stdout).unwrap();
+    assert_eq!(ag[0]["completed"], 1, "{ag}");
+    assert_eq!(ag[0]["failed"], 0, "{ag}");
+}
