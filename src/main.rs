@@ -9,6 +9,10 @@ use mailroom::parse::config::Config;
 use mailroom::supervisor::{Control, RunOptions, Supervisor};
 use tracing_subscriber::EnvFilter;
 
+/// `run` could not use its configuration (sysexits' EX_CONFIG); the systemd
+/// units list it in `RestartPreventExitStatus=`.
+const EXIT_CONFIG: u8 = 78;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::DemoAgent { args } = &cli.command {
@@ -245,10 +249,18 @@ fn run(
     agent_limits: Vec<(String, usize)>,
 ) -> anyhow::Result<ExitCode> {
     seal_inherited_fds();
-    let config = Config::load(root)
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .with_agent_limits(&agent_limits)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let config = match Config::load(root)
+        .map_err(|e| e.to_string())
+        .and_then(|c| c.with_agent_limits(&agent_limits))
+    {
+        Ok(c) => c,
+        Err(e) => {
+            // Its own exit status, so that systemd does not restart a
+            // supervisor that cannot start until someone fixes the file.
+            eprintln!("mailroom: {e}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     // Signals become control events in the main loop; a plain thread forwards them.
     let mut signals = signal_hook::iterator::Signals::new([

@@ -627,3 +627,30 @@ fn a_retried_task_keeps_its_history_and_is_listed_once() {
     assert_eq!(ag[0]["completed"], 1, "{ag}");
     assert_eq!(ag[0]["failed"], 0, "{ag}");
 }
+
+#[test]
+fn a_config_error_exits_78_and_the_units_do_not_restart_on_it() {
+    let root = Root::new().config("concurency: 9\n");
+    let out = root.mailroom(&["run", "--exit-when-idle"]);
+    assert_eq!(out.status.code(), Some(78), "{}", stderr(&out));
+    assert!(stderr(&out).contains("concurency"), "{}", stderr(&out));
+    let v = root.mailroom(&["validate"]);
+    assert!(!v.status.success(), "validate passed a broken config");
+    for unit in ["mailroom.service", "mailroom-user.service"] {
+        let text =
+            std::fs::read_to_string(format!("{}/systemd/{unit}", env!("CARGO_MANIFEST_DIR")))
+                .unwrap();
+        assert!(text.contains("RestartPreventExitStatus=78"), "{unit}");
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("ExecStartPre=") && l.ends_with(" validate")),
+            "{unit}"
+        );
+    }
+    let user = std::fs::read_to_string(format!(
+        "{}/systemd/mailroom-user.service",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    assert!(user.contains("ExecStart=%h/.cargo/bin/mailroom"), "{user}");
+}
