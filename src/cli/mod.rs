@@ -27,21 +27,25 @@ use clap::{Parser, Subcommand};
 use crate::parse::task;
 use crate::tree::layout::Layout;
 
+/// The heading that keeps the options every command takes apart from a
+/// command's own.
+const GLOBAL: &str = "Global options";
+
 /// A supervisor for command-line AI agents whose whole interface is a directory tree.
 #[derive(Debug, Parser)]
 #[command(name = "mailroom", version, about, propagate_version = true)]
 pub struct Cli {
     /// The root of the tree (holds tasks/, context/ and mailroom.yaml).
-    #[arg(long, global = true, env = "MAILROOM_ROOT", default_value = ".")]
+    #[arg(long, global = true, env = "MAILROOM_ROOT", default_value = ".", help_heading = GLOBAL)]
     pub root: PathBuf,
     /// More log output (-v: debug, -vv: trace).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, help_heading = GLOBAL)]
     pub verbose: u8,
     /// Less log output (-q: warnings and errors only, -qq: errors only).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, help_heading = GLOBAL)]
     pub quiet: u8,
     /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value = "text")]
+    #[arg(long, global = true, value_enum, default_value = "text", help_heading = GLOBAL)]
     pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
@@ -56,6 +60,9 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the supervisor in the foreground.
+    #[command(
+        after_help = "Examples:\n  mailroom run                      # in the tree's directory; Ctrl-C stops\n  mailroom --root ~/queue run --exit-when-idle\n  mailroom run --agents claude:2,codex:2\n  mailroom --root ~/new run --init  # lay out the tree first"
+    )]
     Run {
         /// Exit once nothing is pending or running (for scripts and CI).
         #[arg(long)]
@@ -91,6 +98,9 @@ pub enum Command {
         dir: Option<PathBuf>,
     },
     /// Submit a task (written to tasks/tmp/, then renamed into tasks/pending/).
+    #[command(
+        after_help = "Examples:\n  mailroom add \"Write tests for src/parse.rs\"\n  mailroom add \"Fix the build\" --agent codex --priority high --name fix-build\n  mailroom add \"Document it\" --after fix-build\n  mailroom add --file task.yaml\n  mailroom add --wait \"Summarise README.md\"   # prints the output, exits 0 or 1"
+    )]
     Add {
         /// What the agent should do.
         #[arg(required_unless_present = "file")]
@@ -120,6 +130,7 @@ pub enum Command {
     },
     /// Counts per state and what is running.
     Status {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
         /// Refresh every second (Ctrl-C to stop).
@@ -128,16 +139,25 @@ pub enum Command {
     },
     /// List tasks.
     #[command(visible_alias = "tasks")]
+    #[command(
+        after_help = "Examples:\n  mailroom list\n  mailroom tasks --state active      # what runs now\n  mailroom list --state failed --json"
+    )]
     List {
         /// pending, assigned (or running, active), completed, failed.
         #[arg(long, visible_alias = "status")]
         state: Option<String>,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Show a task, its result record and the tail of its output.
+    #[command(
+        after_help = "Examples:\n  mailroom show fix-build\n  mailroom show fix-build --prompt   # what the agent was (or would be) sent\n  mailroom show fix-build --json"
+    )]
     Show {
+        /// The task's name (its file name without the extension).
         name: String,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
         /// Print the exact prompt sent to the agent (or, for a pending task,
@@ -146,7 +166,10 @@ pub enum Command {
         prompt: bool,
     },
     /// Move a failed task back to pending with fresh attempts.
-    Retry { name: String },
+    Retry {
+        /// The failed task's name.
+        name: String,
+    },
     /// Check task files (and the root's mailroom.yaml) without running anything.
     Validate {
         /// Task files, or a mailroom.yaml.
@@ -154,6 +177,7 @@ pub enum Command {
     },
     /// Cancel a pending or running task (a running agent's process group is stopped).
     Cancel {
+        /// The task's name.
         name: String,
         /// How long to wait for the supervisor to stop a running agent.
         #[arg(long, default_value = "60s")]
@@ -161,16 +185,19 @@ pub enum Command {
     },
     /// Stop claiming new tasks, everywhere or for one agent (running agents carry on).
     Pause {
+        /// Pause only this agent (its tasks wait; others go on).
         #[arg(long)]
         agent: Option<String>,
     },
     /// Start claiming again.
     Resume {
+        /// Resume only this agent.
         #[arg(long)]
         agent: Option<String>,
     },
     /// The output of a task's run: live while it runs, stored afterwards.
     Logs {
+        /// The task's name.
         name: String,
         /// Keep printing until the task finishes.
         #[arg(short, long)]
@@ -178,25 +205,38 @@ pub enum Command {
     },
     /// Wait until the named tasks (or the whole queue) are finished; exit 0
     /// if all completed, 1 if any failed, 124 on --timeout.
+    #[command(
+        after_help = "Examples:\n  mailroom wait                      # until nothing is pending or running\n  mailroom wait fix-build docs --timeout 30m && echo all completed"
+    )]
     Wait {
+        /// Tasks to wait for (default: everything pending or running).
         names: Vec<String>,
+        /// Give up after this long (e.g. 10m) and exit 124.
         #[arg(long)]
         timeout: Option<String>,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Each agent's running count, limit, pause, cooldown and outcomes.
     Agents {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
-    Completions { shell: clap_complete::Shell },
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
     /// Print the man page (roff).
     Man,
     /// The built-in offline demo agent.
     #[command(hide = true)]
-    DemoAgent { args: Vec<String> },
+    DemoAgent {
+        /// The prompt and the demo's options.
+        args: Vec<String>,
+    },
 }
 
 /// The tree at `root`, or an error saying how to get one.

@@ -654,3 +654,34 @@ fn a_config_error_exits_78_and_the_units_do_not_restart_on_it() {
     .unwrap();
     assert!(user.contains("ExecStart=%h/.cargo/bin/mailroom"), "{user}");
 }
+
+#[test]
+fn help_separates_global_options_describes_every_argument_and_shows_examples() {
+    use clap::CommandFactory;
+    let cmd = mailroom::cli::Cli::command();
+    let mut missing = Vec::new();
+    for sub in cmd.get_subcommands() {
+        for a in sub.get_arguments() {
+            let id = a.get_id().as_str();
+            if id == "help" || id == "version" {
+                continue;
+            }
+            if a.get_help().is_none() && a.get_long_help().is_none() {
+                missing.push(format!("{} {id}", sub.get_name()));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "arguments without a description: {missing:?}");
+    let root = Root::new();
+    for sub in ["add", "run", "list", "show", "wait"] {
+        let out = root.mailroom(&[sub, "--help"]);
+        let text = stdout(&out);
+        assert!(text.contains("Global options:"), "{sub}: {text}");
+        assert!(text.contains("Examples:\n  mailroom"), "{sub}: {text}");
+        // The command's own options come first, the global ones after.
+        assert!(
+            text.find("Options:").unwrap() < text.find("Global options:").unwrap(),
+            "{sub}: {text}"
+        );
+    }
+}
