@@ -671,7 +671,10 @@ fn help_separates_global_options_describes_every_argument_and_shows_examples() {
             }
         }
     }
-    assert!(missing.is_empty(), "arguments without a description: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "arguments without a description: {missing:?}"
+    );
     let root = Root::new();
     for sub in ["add", "run", "list", "show", "wait"] {
         let out = root.mailroom(&[sub, "--help"]);
