@@ -7,7 +7,7 @@
 #
 # verify insists that ExecStart's binary exists, and mailroom is not installed
 # where the units expect it (/usr/local/bin). So each unit is verified as a
-# copy, under its own name, whose ExecStart program alone is replaced by an
+# copy, under its own name, whose ExecStart and ExecStartPre programs alone are replaced by an
 # executable that exists everywhere (`true`); every other line is the unit's
 # own. Usage: scripts/verify-systemd.sh [UNIT_FILE...] (default: systemd/*.service)
 set -euo pipefail
@@ -41,7 +41,7 @@ for unit in "${units[@]}"; do
   mkdir -p "$work/units"
   copy="$work/units/$name"
   # Keep ExecStart's prefixes (-@:+!), swap the program only.
-  sed -E "s#^ExecStart=([-@:+!]*)[^[:space:]]+#ExecStart=\\1$TRUE#" "$unit" >"$copy"
+  sed -E "s#^(ExecStart|ExecStartPre)=([-@:+!]*)[^[:space:]]+#\\1=\\2$TRUE#" "$unit" >"$copy"
   if ! grep -q "^ExecStart=[-@:+!]*$TRUE" "$copy"; then
     echo "FAIL $unit: no ExecStart= line to check" >&2
     failed=1

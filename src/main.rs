@@ -9,6 +9,10 @@ use mailroom::parse::config::Config;
 use mailroom::supervisor::{Control, RunOptions, Supervisor};
 use tracing_subscriber::EnvFilter;
 
+/// `run` could not use its configuration (sysexits' EX_CONFIG); the systemd
+/// units list it in `RestartPreventExitStatus=`.
+const EXIT_CONFIG: u8 = 78;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::DemoAgent { args } = &cli.command {
@@ -16,6 +20,9 @@ fn main() -> ExitCode {
     }
     if let Command::Keeper { run_dir } = &cli.command {
         return ExitCode::from(mailroom::run::keeper::main(run_dir));
+    }
+    if !matches!(cli.command, Command::Run { .. }) {
+        restore_sigpipe();
     }
     init_logging(&cli);
     match dispatch(cli) {
@@ -25,6 +32,25 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A one-shot command whose reader went away (`mailroom list | head`) ends
+/// quietly, as `cat` does, instead of panicking in `println!`. Rust starts
+/// with SIGPIPE ignored; the supervisor keeps it so (a closed log pipe must
+/// not kill it), and child processes get the default back from the standard
+/// library anyway.
+fn restore_sigpipe() {
+    // SAFETY: resetting one signal's disposition before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// Colour only for a person at a terminal, and never with `NO_COLOR` set
+/// (https://no-color.org): files, pipes and journald get plain text.
+fn use_colour() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 fn init_logging(cli: &Cli) {
@@ -38,7 +64,8 @@ fn init_logging(cli: &Cli) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(use_colour());
     // journald stamps every line itself.
     let under_journal = std::env::var_os("JOURNAL_STREAM").is_some();
     match (cli.log_format, under_journal) {
@@ -51,7 +78,39 @@ fn init_logging(cli: &Cli) {
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let root = cli.root.clone();
     match cli.command {
-        Command::Run { exit_when_idle } => run(&root, exit_when_idle),
+        Command::Run {
+            exit_when_idle,
+            init,
+            agents,
+        } => {
+            // A typo in --root must not become a healthy-looking empty queue.
+            if !init {
+                cli::open_tree(&root)?;
+            }
+            let limits = agents
+                .as_deref()
+                .map(cli::daemon::parse_agent_limits)
+                .transpose()?
+                .unwrap_or_default();
+            run(&root, exit_when_idle, limits)
+        }
+        Command::Start { agents } => {
+            let pid = cli::daemon::start(&root, agents.as_deref(), cli.verbose, cli.quiet)?;
+            println!("{pid}");
+            eprintln!(
+                "mailroom: supervisor {pid} started; log in {}",
+                cli::daemon::LOG_FILE
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Stop { now, timeout } => {
+            let t = timeout
+                .map(|t| mailroom::parse::task::parse_duration(&t))
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
+            cli::daemon::stop(&root, now, t)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Init { dir } => {
             cli::init(dir.as_deref().unwrap_or(&root))?;
             Ok(ExitCode::SUCCESS)
@@ -88,8 +147,18 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Status { json, watch } => {
             if watch {
+                use std::io::IsTerminal;
+                // Clear the screen only on a terminal; a pipe or a file gets
+                // one report after another, separated by a blank line.
+                let tty = std::io::stdout().is_terminal();
+                let mut first = true;
                 loop {
-                    print!("\x1b[2J\x1b[H");
+                    if tty {
+                        print!("\x1b[2J\x1b[H");
+                    } else if !first {
+                        println!();
+                    }
+                    first = false;
                     cli::status(&root, false)?;
                     std::thread::sleep(std::time::Duration::from_secs(1));
                 }
@@ -179,9 +248,24 @@ fn seal_inherited_fds() {
     }
 }
 
-fn run(root: &std::path::Path, exit_when_idle: bool) -> anyhow::Result<ExitCode> {
+fn run(
+    root: &std::path::Path,
+    exit_when_idle: bool,
+    agent_limits: Vec<(String, usize)>,
+) -> anyhow::Result<ExitCode> {
     seal_inherited_fds();
-    let config = Config::load(root).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let config = match Config::load(root)
+        .map_err(|e| e.to_string())
+        .and_then(|c| c.with_agent_limits(&agent_limits))
+    {
+        Ok(c) => c,
+        Err(e) => {
+            // Its own exit status, so that systemd does not restart a
+            // supervisor that cannot start until someone fixes the file.
+            eprintln!("mailroom: {e}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     // Signals become control events in the main loop; a plain thread forwards them.
     let mut signals = signal_hook::iterator::Signals::new([
@@ -208,7 +292,8 @@ fn run(root: &std::path::Path, exit_when_idle: bool) -> anyhow::Result<ExitCode>
         .enable_all()
         .build()?;
     let sup = Supervisor::new(root, config)
-        .map_err(|e| anyhow::anyhow!("preparing the tree under {}: {e}", root.display()))?;
+        .map_err(|e| anyhow::anyhow!("preparing the tree under {}: {e}", root.display()))?
+        .with_agent_limits(agent_limits);
     let notifier = mailroom::ops::sdnotify::Notifier::from_env().map(std::sync::Arc::new);
     rt.block_on(sup.run(
         rx,

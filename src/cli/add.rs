@@ -75,8 +75,13 @@ pub fn add(root: &Path, a: AddArgs) -> Result<String> {
             "--agent, --priority, --after and --timeout go with a DESCRIPTION; with --file, write them in the file"
         );
     }
+    let config = Config::load(root);
+    if let Some(ag) = a.agent {
+        check_agent(&config, ag)?;
+    }
     let (bytes, default_name) = match a.file {
         Some(f) => {
+            check_task_file_name(f)?;
             let mut b = Vec::new();
             if f == Path::new("-") {
                 std::io::stdin()
@@ -103,6 +108,9 @@ pub fn add(root: &Path, a: AddArgs) -> Result<String> {
         }
         None => {
             let d = a.description.unwrap_or_default();
+            if d.trim().is_empty() {
+                bail!("the description is empty: say what the agent should do");
+            }
             if let Some(p) = a.priority
                 && task::Priority::parse(p).is_none()
             {
@@ -129,7 +137,15 @@ pub fn add(root: &Path, a: AddArgs) -> Result<String> {
         None => generated_name(a.description.unwrap_or("task")),
     };
     task::check_name(&base).map_err(|e| anyhow::anyhow!("task name `{base}`: {e}"))?;
-    task::parse(&base, &bytes).map_err(|e| anyhow::anyhow!("{}", e.display_at("task")))?;
+    let shown = match a.file {
+        Some(f) if f != Path::new("-") => f.display().to_string(),
+        Some(_) => "<stdin>".to_owned(),
+        None => "task".to_owned(),
+    };
+    let t = task::parse(&base, &bytes).map_err(|e| anyhow::anyhow!("{}", e.display_at(&shown)))?;
+    if let Some(ag) = &t.agent {
+        check_agent(&config, ag)?;
+    }
     for n in 1.. {
         let name = if n == 1 {
             base.clone()
@@ -155,6 +171,10 @@ pub fn add(root: &Path, a: AddArgs) -> Result<String> {
                 .open(&tmp)?;
             f.write_all(&bytes)?;
             f.sync_all()?;
+            // Closed before the rename: a supervisor holds back a task whose
+            // writer still has it open (a lease probe), which made `add`
+            // slower than `cp` and tasks added in a row start out of order.
+            drop(f);
             moves::submit(&layout, &tmp, &name, ext)
         })();
         match res {
@@ -170,6 +190,54 @@ pub fn add(root: &Path, a: AddArgs) -> Result<String> {
         }
     }
     unreachable!("the name loop only ends by returning")
+}
+
+/// An agent named on the command line or in the file must exist in the
+/// config, or the task would only fail later, in the supervisor.
+fn check_agent(
+    config: &Result<Config, crate::parse::config::ConfigError>,
+    agent: &str,
+) -> Result<()> {
+    let config = match config {
+        Ok(c) => c,
+        Err(e) => {
+            // Supervisors keep the config they had; the task may still run.
+            eprintln!("mailroom: warning: cannot check agent `{agent}`: {e}");
+            return Ok(());
+        }
+    };
+    if config.agents.contains_key(agent) {
+        return Ok(());
+    }
+    let known: Vec<&str> = config.agents.keys().map(String::as_str).collect();
+    let hint = task::suggest(agent, &known)
+        .map(|s| format!(" (did you mean `{s}`?)"))
+        .unwrap_or_default();
+    bail!(
+        "no agent `{agent}` in mailroom.yaml{hint}; agents: {}",
+        if known.is_empty() {
+            "none".to_owned()
+        } else {
+            known.join(", ")
+        }
+    )
+}
+
+/// `--file` takes a task file, told by its extension: anything else (say
+/// /etc/passwd) would be read as one long description.
+fn check_task_file_name(f: &Path) -> Result<()> {
+    if f == Path::new("-") {
+        return Ok(());
+    }
+    match f.extension().and_then(|e| e.to_str()) {
+        Some("yaml" | "yml") => Ok(()),
+        _ => bail!(
+            "{}: --file takes a task file (.yaml or .yml); to use a text file as the \
+             description, run `mailroom add \"$(cat {})\"`",
+            f.display(),
+            f.display()
+        ),
+    }
 }
 
 /// A readable, time-ordered name: `<slug>-<yyyymmddThhmmss>`.

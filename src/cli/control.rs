@@ -287,16 +287,25 @@ pub fn agents(root: &Path, json: bool) -> Result<()> {
             *running.entry(r.agent).or_default() += 1;
         }
     }
-    let mut counts: std::collections::HashMap<(String, String), u64> = Default::default();
+    // Each task counts once, as its last run ended (a retried task ran twice).
+    let mut last: std::collections::HashMap<String, (String, String)> = Default::default();
     if let Ok(f) = std::fs::File::open(layout.context.join("completed_tasks.jsonl")) {
         use std::io::BufRead;
         for line in std::io::BufReader::new(f).lines().map_while(Result::ok) {
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                && let (Some(a), Some(s)) = (v["agent"].as_str(), v["status"].as_str())
+                && let (Some(t), Some(a), Some(s)) = (
+                    v["task"].as_str(),
+                    v["agent"].as_str(),
+                    v["status"].as_str(),
+                )
             {
-                *counts.entry((a.to_owned(), s.to_owned())).or_default() += 1;
+                last.insert(t.to_owned(), (a.to_owned(), s.to_owned()));
             }
         }
+    }
+    let mut counts: std::collections::HashMap<(String, String), u64> = Default::default();
+    for k in last.into_values() {
+        *counts.entry(k).or_default() += 1;
     }
     let cooling = books::cooldowns(&layout, false);
     let rows: Vec<AgentRow> = config

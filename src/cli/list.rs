@@ -16,6 +16,18 @@ struct ListItem {
     file: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+    /// A pending task that failed a run and waits for its next attempt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_at: Option<String>,
+}
+
+/// When a pending task that failed a run may run again (its backoff), if
+/// that is still ahead.
+pub(super) fn retry_at(layout: &crate::tree::layout::Layout, name: &str) -> Option<String> {
+    let st = books::read_state(layout, name);
+    let nb = st.not_before.filter(|_| st.attempts > 0)?;
+    let t = crate::model::record::parse_ts(&nb)?;
+    (t > std::time::SystemTime::now()).then_some(nb)
 }
 
 /// `mailroom list`.
@@ -23,7 +35,9 @@ pub fn list(root: &Path, state: Option<&str>, json: bool) -> Result<()> {
     let layout = open_tree(root)?;
     let states: Vec<State> = match state {
         Some(s) => vec![State::parse(s).ok_or_else(|| {
-            anyhow::anyhow!("--state {s}: use pending, assigned (or running), completed or failed")
+            anyhow::anyhow!(
+                "--state {s}: use pending, assigned (or running, active), completed or failed"
+            )
         })?],
         None => State::ALL.to_vec(),
     };
@@ -35,11 +49,17 @@ pub fn list(root: &Path, state: Option<&str>, json: bool) -> Result<()> {
             } else {
                 None
             };
+            let retry_at = if st == State::Pending {
+                retry_at(&layout, &name)
+            } else {
+                None
+            };
             items.push(ListItem {
                 file: layout.rel(&layout.task_file(st, &name, &ext)),
                 name,
                 state: st,
                 error,
+                retry_at,
             });
         }
     }
@@ -47,9 +67,19 @@ pub fn list(root: &Path, state: Option<&str>, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&items)?);
     } else {
         for i in items {
-            match i.error {
-                Some(e) => println!("{:<9} {}  ({})", i.state.dir_name(), i.name, e),
-                None => println!("{:<9} {}", i.state.dir_name(), i.name),
+            match (i.error, i.retry_at) {
+                (Some(e), _) => println!(
+                    "{:<9} {}  ({})",
+                    i.state.dir_name(),
+                    i.name,
+                    super::show::printable(&e)
+                ),
+                (None, Some(t)) => println!(
+                    "{:<9} {}  (waiting for a retry at {t})",
+                    i.state.dir_name(),
+                    i.name
+                ),
+                (None, None) => println!("{:<9} {}", i.state.dir_name(), i.name),
             }
         }
     }

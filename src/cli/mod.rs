@@ -3,6 +3,7 @@
 
 mod add;
 pub mod control;
+pub mod daemon;
 mod init;
 mod list;
 mod retry;
@@ -26,21 +27,25 @@ use clap::{Parser, Subcommand};
 use crate::parse::task;
 use crate::tree::layout::Layout;
 
+/// The heading that keeps the options every command takes apart from a
+/// command's own.
+const GLOBAL: &str = "Global options";
+
 /// A supervisor for command-line AI agents whose whole interface is a directory tree.
 #[derive(Debug, Parser)]
 #[command(name = "mailroom", version, about, propagate_version = true)]
 pub struct Cli {
     /// The root of the tree (holds tasks/, context/ and mailroom.yaml).
-    #[arg(long, global = true, env = "MAILROOM_ROOT", default_value = ".")]
+    #[arg(long, global = true, env = "MAILROOM_ROOT", default_value = ".", help_heading = GLOBAL)]
     pub root: PathBuf,
     /// More log output (-v: debug, -vv: trace).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, help_heading = GLOBAL)]
     pub verbose: u8,
     /// Less log output (-q: warnings and errors only, -qq: errors only).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, help_heading = GLOBAL)]
     pub quiet: u8,
     /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value = "text")]
+    #[arg(long, global = true, value_enum, default_value = "text", help_heading = GLOBAL)]
     pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
@@ -55,10 +60,37 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the supervisor in the foreground.
+    #[command(
+        after_help = "Examples:\n  mailroom run                      # in the tree's directory; Ctrl-C stops\n  mailroom --root ~/queue run --exit-when-idle\n  mailroom run --agents claude:2,codex:2\n  mailroom --root ~/new run --init  # lay out the tree first"
+    )]
     Run {
         /// Exit once nothing is pending or running (for scripts and CI).
         #[arg(long)]
         exit_when_idle: bool,
+        /// Create the tree (tasks/, context/) if it is missing, instead of
+        /// refusing a directory that is not a mailroom root.
+        #[arg(long)]
+        init: bool,
+        /// Override agents' max_instances for this supervisor, e.g.
+        /// claude:2,codex:2 (concurrency is raised to their sum if lower).
+        #[arg(long, value_name = "AGENT:N,...")]
+        agents: Option<String>,
+    },
+    /// Run a supervisor in the background (log in logs/mailroom.log); print its pid.
+    Start {
+        /// Override agents' max_instances for this supervisor, e.g. claude:2,codex:2.
+        #[arg(long, value_name = "AGENT:N,...")]
+        agents: Option<String>,
+    },
+    /// Stop this tree's supervisors on this host and wait until they are gone.
+    Stop {
+        /// Stop running agents at once (their tasks go back to pending/)
+        /// instead of letting them finish within shutdown_grace.
+        #[arg(long)]
+        now: bool,
+        /// Give up waiting after this long (e.g. 2m); they keep stopping.
+        #[arg(long)]
+        timeout: Option<String>,
     },
     /// Lay out a new tree with a commented sample config.
     Init {
@@ -66,6 +98,9 @@ pub enum Command {
         dir: Option<PathBuf>,
     },
     /// Submit a task (written to tasks/tmp/, then renamed into tasks/pending/).
+    #[command(
+        after_help = "Examples:\n  mailroom add \"Write tests for src/parse.rs\"\n  mailroom add \"Fix the build\" --agent codex --priority high --name fix-build\n  mailroom add \"Document it\" --after fix-build\n  mailroom add --file task.yaml\n  mailroom add --wait \"Summarise README.md\"   # prints the output, exits 0 or 1"
+    )]
     Add {
         /// What the agent should do.
         #[arg(required_unless_present = "file")]
@@ -95,6 +130,7 @@ pub enum Command {
     },
     /// Counts per state and what is running.
     Status {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
         /// Refresh every second (Ctrl-C to stop).
@@ -102,16 +138,26 @@ pub enum Command {
         watch: bool,
     },
     /// List tasks.
+    #[command(visible_alias = "tasks")]
+    #[command(
+        after_help = "Examples:\n  mailroom list\n  mailroom tasks --state active      # what runs now\n  mailroom list --state failed --json"
+    )]
     List {
-        /// pending, assigned (or running), completed, failed.
-        #[arg(long)]
+        /// pending, assigned (or running, active), completed, failed.
+        #[arg(long, visible_alias = "status")]
         state: Option<String>,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Show a task, its result record and the tail of its output.
+    #[command(
+        after_help = "Examples:\n  mailroom show fix-build\n  mailroom show fix-build --prompt   # what the agent was (or would be) sent\n  mailroom show fix-build --json"
+    )]
     Show {
+        /// The task's name (its file name without the extension).
         name: String,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
         /// Print the exact prompt sent to the agent (or, for a pending task,
@@ -120,7 +166,10 @@ pub enum Command {
         prompt: bool,
     },
     /// Move a failed task back to pending with fresh attempts.
-    Retry { name: String },
+    Retry {
+        /// The failed task's name.
+        name: String,
+    },
     /// Check task files (and the root's mailroom.yaml) without running anything.
     Validate {
         /// Task files, or a mailroom.yaml.
@@ -128,6 +177,7 @@ pub enum Command {
     },
     /// Cancel a pending or running task (a running agent's process group is stopped).
     Cancel {
+        /// The task's name.
         name: String,
         /// How long to wait for the supervisor to stop a running agent.
         #[arg(long, default_value = "60s")]
@@ -135,16 +185,19 @@ pub enum Command {
     },
     /// Stop claiming new tasks, everywhere or for one agent (running agents carry on).
     Pause {
+        /// Pause only this agent (its tasks wait; others go on).
         #[arg(long)]
         agent: Option<String>,
     },
     /// Start claiming again.
     Resume {
+        /// Resume only this agent.
         #[arg(long)]
         agent: Option<String>,
     },
     /// The output of a task's run: live while it runs, stored afterwards.
     Logs {
+        /// The task's name.
         name: String,
         /// Keep printing until the task finishes.
         #[arg(short, long)]
@@ -152,32 +205,48 @@ pub enum Command {
     },
     /// Wait until the named tasks (or the whole queue) are finished; exit 0
     /// if all completed, 1 if any failed, 124 on --timeout.
+    #[command(
+        after_help = "Examples:\n  mailroom wait                      # until nothing is pending or running\n  mailroom wait fix-build docs --timeout 30m && echo all completed"
+    )]
     Wait {
+        /// Tasks to wait for (default: everything pending or running).
         names: Vec<String>,
+        /// Give up after this long (e.g. 10m) and exit 124.
         #[arg(long)]
         timeout: Option<String>,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Each agent's running count, limit, pause, cooldown and outcomes.
     Agents {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
-    Completions { shell: clap_complete::Shell },
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
     /// Print the man page (roff).
     Man,
     /// The built-in offline demo agent.
     #[command(hide = true)]
-    DemoAgent { args: Vec<String> },
+    DemoAgent {
+        /// The prompt and the demo's options.
+        args: Vec<String>,
+    },
     /// The keeper of one run (started by the supervisor; see PROTOCOL.md).
     #[command(hide = true)]
-    Keeper { run_dir: PathBuf },
+    Keeper {
+        /// The run's directory (with its spec.json).
+        run_dir: PathBuf,
+    },
 }
 
 /// The tree at `root`, or an error saying how to get one.
-pub(crate) fn open_tree(root: &Path) -> Result<Layout> {
+pub fn open_tree(root: &Path) -> Result<Layout> {
     let layout = Layout::new(root);
     if !layout.tasks.is_dir() {
         bail!(

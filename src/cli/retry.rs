@@ -13,11 +13,19 @@ use super::*;
 pub fn retry(root: &Path, name: &str) -> Result<()> {
     let layout = open_tree(root)?;
     check_task_name(name)?;
-    let lock = TaskLock::try_acquire(&layout, name)?
-        .ok_or_else(|| anyhow::anyhow!("`{name}` is busy (its lock is held); try again"))?;
+    let Some(lock) = TaskLock::try_acquire(&layout, name)? else {
+        // The lock's holder is a supervisor running it (or about to).
+        if layout.find(State::Assigned, name).is_some() {
+            bail!("{name} is running; cancel it first (`mailroom cancel {name}`) or wait");
+        }
+        bail!("`{name}` is busy (a supervisor is moving it); try again in a moment");
+    };
     let res = (|| -> Result<()> {
         let Some((_, ext)) = layout.find(State::Failed, name) else {
             match layout.locate(name) {
+                Some((State::Assigned, _, _)) => {
+                    bail!("{name} is running; cancel it first (`mailroom cancel {name}`) or wait")
+                }
                 Some((st, _, _)) => bail!("`{name}` is {}, not failed", st.dir_name()),
                 None => bail!("no task named `{name}`"),
             }
@@ -32,6 +40,9 @@ pub fn retry(root: &Path, name: &str) -> Result<()> {
                 st.dir_name()
             );
         }
+        // The round that ends here stays readable: its record goes into the
+        // task's history (appended and synced) before anything is removed.
+        keep_round(&layout, name)?;
         // Fresh attempts: the bookkeeping and the old record go first, so that
         // a crash never pairs the requeued task with a stale record.
         fsx::remove_file_if_exists(&layout.state_file(name))?;
@@ -44,4 +55,32 @@ pub fn retry(root: &Path, name: &str) -> Result<()> {
     })();
     lock.release();
     res
+}
+
+/// Appends the failed round's record to `tasks/history/<name>.jsonl`. A
+/// crash between this and the removal of the record may append it twice;
+/// readers drop a line whose `run_id` they already have.
+fn keep_round(layout: &crate::tree::layout::Layout, name: &str) -> Result<()> {
+    use std::io::Write;
+    let rec = match std::fs::read(layout.record_file(State::Failed, name)) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&rec) else {
+        return Ok(());
+    };
+    let path = layout.history_file(name);
+    let dir = path.parent().expect("history files are in a directory");
+    fsx::create_dir_all(dir)?;
+    let mut line = serde_json::to_string(&v)?;
+    line.push('\n');
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)?;
+    f.write_all(line.as_bytes())?;
+    fsx::sync_data(&f)?;
+    fsx::fsync_dir(dir)?;
+    Ok(())
 }

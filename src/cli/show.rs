@@ -11,6 +11,40 @@ use std::path::Path;
 
 use super::*;
 
+/// The records of a task's earlier rounds (before each `mailroom retry`),
+/// oldest first, without duplicates.
+pub(super) fn read_rounds(layout: &Layout, name: &str) -> Vec<ResultRecord> {
+    let text = std::fs::read_to_string(layout.history_file(name)).unwrap_or_default();
+    let mut seen = std::collections::HashSet::new();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<ResultRecord>(l).ok())
+        .filter(|r| seen.insert(r.run_id.clone()))
+        .collect()
+}
+
+/// One line for a round: how it ended, on which agent, after how many attempts.
+fn round_line(i: usize, r: &ResultRecord) -> String {
+    let status = match r.status {
+        crate::model::record::Status::Completed => "completed",
+        crate::model::record::Status::Failed => "failed",
+    };
+    let mut s = format!(
+        "round {}: {status} ({}) at {}, {} attempt{}",
+        i,
+        r.outcome.as_str(),
+        r.finished_at,
+        r.attempts,
+        if r.attempts == 1 { "" } else { "s" }
+    );
+    if let Some(a) = &r.agent {
+        s.push_str(&format!(" on {a}"));
+    }
+    if let Some(e) = &r.error {
+        s.push_str(&format!(": {}", printable(e.lines().next().unwrap_or(""))));
+    }
+    s
+}
+
 pub(super) fn read_record(layout: &Layout, st: State, name: &str) -> Option<ResultRecord> {
     let b = std::fs::read(layout.record_file(st, name)).ok()?;
     serde_json::from_slice(&b).ok()
@@ -73,6 +107,22 @@ fn children_of(
     v
 }
 
+/// Text from a task file, a record or an agent's output, made safe for a
+/// terminal: control characters other than newline and tab are shown as
+/// escapes (`\u{1b}`), so a task cannot move the cursor, retitle the window
+/// or hide lines.
+pub(super) fn printable(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() && c != '\n' && c != '\t' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// `mailroom show`.
 pub fn show(root: &Path, name: &str, json: bool) -> Result<()> {
     let layout = open_tree(root)?;
@@ -99,6 +149,7 @@ pub fn show(root: &Path, name: &str, json: bool) -> Result<()> {
                 .map(|(b, _)| String::from_utf8_lossy(&b).into_owned())
         });
     let parent = parsed.as_ref().ok().and_then(|t| t.parent.clone());
+    let rounds = read_rounds(&layout, name);
     let children = children_of(&layout, name, record.as_ref(), &state_file);
     if json {
         let v = serde_json::json!({
@@ -110,6 +161,7 @@ pub fn show(root: &Path, name: &str, json: bool) -> Result<()> {
             "task": content,
             "valid": parsed.as_ref().err().map(|e| e.to_string()).is_none(),
             "record": record,
+            "rounds": rounds,
             "bookkeeping": if state_file.attempts > 0 { Some(&state_file) } else { None },
             "output_tail": output,
         });
@@ -136,7 +188,7 @@ pub fn show(root: &Path, name: &str, json: bool) -> Result<()> {
         println!("child:  {c} ({at})");
     }
     if let Err(e) = &parsed {
-        println!("error: {}", e.display_at(&layout.rel(&path)));
+        println!("error: {}", printable(&e.display_at(&layout.rel(&path))));
     }
     match (&record, &parsed) {
         (Some(r), _) if r.agent.is_some() => println!(
@@ -167,21 +219,30 @@ pub fn show(root: &Path, name: &str, json: bool) -> Result<()> {
             }
         }
     }
+    if !rounds.is_empty() {
+        for (i, r) in rounds.iter().enumerate() {
+            println!("{}", round_line(i + 1, r));
+        }
+        match &record {
+            Some(r) => println!("{} (this one)", round_line(rounds.len() + 1, r)),
+            None => println!("round {}: {} (this one)", rounds.len() + 1, st.dir_name()),
+        }
+    }
     if state_file.attempts > 0 {
         println!("attempts: {}", state_file.attempts);
         if let Some(nb) = &state_file.not_before {
             println!("next try: {nb}");
         }
         if let Some(e) = &state_file.last_error {
-            println!("last error: {e}");
+            println!("last error: {}", printable(e));
         }
     }
-    println!("\n--- task ---\n{}", content.trim_end());
+    println!("\n--- task ---\n{}", printable(content.trim_end()));
     if let Some(r) = &record {
         println!("\n--- result ---\n{}", serde_json::to_string_pretty(r)?);
     }
     if let Some(o) = output {
-        println!("\n--- output (tail) ---\n{}", o.trim_end());
+        println!("\n--- output (tail) ---\n{}", printable(o.trim_end()));
     }
     Ok(())
 }

@@ -26,7 +26,35 @@ struct StatusJson {
     completed: usize,
     failed: usize,
     running_tasks: Vec<RunningTask>,
+    /// Pending tasks that failed a run and wait for their next attempt.
+    retry_waiting: Vec<String>,
     cooldowns: Vec<crate::model::record::Cooldown>,
+    /// `tasks/control/pause` exists: no supervisor claims anything.
+    paused: bool,
+    /// Agents paused one by one (`tasks/control/pause.<agent>`).
+    paused_agents: Vec<String>,
+    /// Why the root's mailroom.yaml cannot be used (running supervisors keep
+    /// the configuration they had).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    config_error: Option<String>,
+}
+
+/// Agents paused one by one: `tasks/control/pause.<agent>`.
+pub(super) fn paused_agents(layout: &Layout) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(&layout.control)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_str()
+                        .and_then(|f| f.strip_prefix("pause."))
+                        .map(str::to_owned)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
 }
 
 fn running_tasks(layout: &Layout) -> Vec<RunningTask> {
@@ -54,6 +82,27 @@ fn running_tasks(layout: &Layout) -> Vec<RunningTask> {
         .collect()
 }
 
+/// Pending tasks in a retry backoff. Only tasks that ran have state files
+/// (in `assigned/`), so this costs nothing for a long queue of fresh tasks.
+fn retry_waiting(layout: &Layout) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(&layout.assigned)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_str()?
+                        .strip_suffix(".state.json")
+                        .map(str::to_owned)
+                })
+                .filter(|n| layout.find(State::Pending, n).is_some())
+                .filter(|n| super::list::retry_at(layout, n).is_some())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
 /// `mailroom status`.
 pub fn status(root: &Path, json: bool) -> Result<()> {
     let layout = open_tree(root)?;
@@ -64,7 +113,13 @@ pub fn status(root: &Path, json: bool) -> Result<()> {
         completed: books::count(&layout, State::Completed),
         failed: books::count(&layout, State::Failed),
         running_tasks: running_tasks(&layout),
+        retry_waiting: retry_waiting(&layout),
         cooldowns: books::cooldowns(&layout, false),
+        paused: books::exists(&layout.pause_file(None)),
+        paused_agents: paused_agents(&layout),
+        config_error: crate::parse::config::Config::load(root)
+            .err()
+            .map(|e| e.to_string()),
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&s)?);
@@ -74,6 +129,22 @@ pub fn status(root: &Path, json: bool) -> Result<()> {
         "{} pending, {} running, {} completed, {} failed",
         s.pending, s.running, s.completed, s.failed
     );
+    if !s.retry_waiting.is_empty() {
+        println!(
+            "  {} waiting for a retry: {}",
+            s.retry_waiting.len(),
+            s.retry_waiting.join(", ")
+        );
+    }
+    if let Some(e) = &s.config_error {
+        println!("  config invalid: {e} (supervisors keep their previous configuration)");
+    }
+    if s.paused {
+        println!("  paused: no new tasks are claimed (`mailroom resume` to go on)");
+    }
+    for a in &s.paused_agents {
+        println!("  agent {a} paused (`mailroom resume --agent {a}`)");
+    }
     for r in &s.running_tasks {
         println!(
             "  running {}  agent={} attempt={} pid={} since {}",

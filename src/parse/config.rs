@@ -775,6 +775,24 @@ impl Config {
         Ok(c)
     }
 
+    /// This config with some agents' `max_instances` replaced (`run --agents
+    /// claude:2,codex:2`), and `concurrency` raised to their sum if lower.
+    pub fn with_agent_limits(mut self, limits: &[(String, usize)]) -> Result<Config, String> {
+        for (name, n) in limits {
+            let Some(a) = self.agents.get_mut(name) else {
+                let known: Vec<&str> = self.agents.keys().map(String::as_str).collect();
+                return Err(format!(
+                    "--agents: no agent `{name}` in mailroom.yaml; agents: {}",
+                    known.join(", ")
+                ));
+            };
+            a.max_instances = *n;
+        }
+        let sum: usize = limits.iter().map(|(_, n)| n).sum();
+        self.concurrency = self.concurrency.max(sum);
+        Ok(self)
+    }
+
     /// The agent a task runs on: its own choice, or the default.
     pub fn agent_for(&self, wanted: Option<&str>) -> Result<&Agent, String> {
         if wanted.is_none() && self.default_agent.is_empty() {

@@ -153,25 +153,25 @@ pub const TASK_KEYS: &[&str] = &[
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTask {
-    pub id: Option<String>,
+    pub id: Option<Text>,
     pub description: Option<Text>,
     pub prompt: Option<Text>,
     pub priority: Option<RawPriority>,
-    pub agent: Option<String>,
-    pub preferred_agent: Option<String>,
-    pub requires: Option<Vec<String>>,
-    pub after: Option<Vec<String>>,
-    pub dependencies: Option<Vec<String>>,
-    pub context_files: Option<Vec<String>>,
+    pub agent: Option<Text>,
+    pub preferred_agent: Option<Text>,
+    pub requires: Option<Vec<Text>>,
+    pub after: Option<Vec<Text>>,
+    pub dependencies: Option<Vec<Text>>,
+    pub context_files: Option<Vec<Text>>,
     /// Seed format: `true` adds the shared context (project overview and
     /// current state) to the prompt; a list adds those files, like `context_files`.
     pub context_required: Option<ContextRequired>,
     pub timeout: Option<String>,
     pub timeout_minutes: Option<u64>,
     pub retries: Option<u32>,
-    pub workdir: Option<String>,
-    pub labels: Option<Vec<String>>,
-    pub parent: Option<String>,
+    pub workdir: Option<Text>,
+    pub labels: Option<Vec<Text>>,
+    pub parent: Option<Text>,
     pub created_at: Option<String>,
     pub not_before: Option<String>,
     pub delay: Option<String>,
@@ -204,7 +204,7 @@ impl<'de> Deserialize<'de> for ContextRequired {
                 mut seq: A,
             ) -> Result<ContextRequired, A::Error> {
                 let mut v = Vec::new();
-                while let Some(s) = seq.next_element::<String>()? {
+                while let Some(Text(s)) = seq.next_element::<Text>()? {
                     v.push(s);
                 }
                 Ok(ContextRequired::Files(v))
@@ -227,15 +227,15 @@ pub enum RawSubtask {
 #[serde(deny_unknown_fields)]
 pub struct SubtaskFields {
     #[serde(skip_serializing)]
-    pub id: Option<String>,
+    pub id: Option<Text>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub description: Option<Text>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prompt: Option<Text>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub agent: Option<String>,
+    pub agent: Option<Text>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub preferred_agent: Option<String>,
+    pub preferred_agent: Option<Text>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub priority: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -245,13 +245,13 @@ pub struct SubtaskFields {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retries: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub labels: Option<Vec<String>>,
+    pub labels: Option<Vec<Text>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub requires: Option<Vec<String>>,
+    pub requires: Option<Vec<Text>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub context_files: Option<Vec<String>>,
+    pub context_files: Option<Vec<Text>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub workdir: Option<String>,
+    pub workdir: Option<Text>,
 }
 
 impl<'de> Deserialize<'de> for RawSubtask {
@@ -305,6 +305,13 @@ impl<'de> Deserialize<'de> for Text {
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Text, E> {
                 Ok(Text(v.to_owned()))
+            }
+            // A null list item: say "null", so the message can name it.
+            fn visit_unit<E: de::Error>(self) -> Result<Text, E> {
+                Err(E::invalid_type(de::Unexpected::Other("null"), &self))
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Text, E> {
+                self.visit_unit()
             }
         }
         d.deserialize_any(V)
@@ -487,14 +494,19 @@ fn strip_location_suffix(msg: &mut String) {
 fn expected_value(key: &str) -> Option<&'static str> {
     Some(match key {
         "description" | "prompt" => "text (put numbers and yes/no in quotes: \"42\")",
-        "id" | "agent" | "preferred_agent" | "workdir" | "parent" | "created_at" => "text",
+        "id" | "agent" | "preferred_agent" | "workdir" | "parent" => {
+            "text (put numbers and yes/no in quotes: \"42\")"
+        }
+        "created_at" => "text",
         "priority" => "high, normal, low, or 0, 1, 2",
         "timeout" | "delay" => "a duration such as 90s, 10m or 1h 30m",
         "timeout_minutes" => "a whole number of minutes",
         "retries" => "a whole number from 0 to 100",
         "not_before" => "an RFC 3339 time such as 2026-01-15T10:00:00Z",
-        "after" | "dependencies" => "a list of task names, e.g. [task_001]",
-        "requires" | "labels" | "context_files" => "a list of strings",
+        "after" | "dependencies" => "a list of task names, e.g. [task_001] (quote numbers)",
+        "requires" | "labels" | "context_files" => {
+            "a list of text items (put numbers in quotes: [\"42\"])"
+        }
         "context_required" => "true, false, or a list of files",
         "workspace" => "shared or worktree",
         "subtasks" => "a list of descriptions or of task mappings",
@@ -756,6 +768,16 @@ fn is_blank_yaml(text: &str) -> bool {
 /// Turns the raw fields into a [`Task`], checking each value.
 pub fn validate(name: &str, raw: RawTask) -> Result<Task, TaskError> {
     let mut warnings = Vec::new();
+    // Text fields refuse numbers and booleans alike (see `Text`); from here on
+    // they are plain strings.
+    let text = |t: Option<Text>| t.map(|Text(s)| s);
+    let list = |v: Option<Vec<Text>>| v.map(|v| v.into_iter().map(|Text(s)| s).collect::<Vec<_>>());
+    let (raw_id, raw_agent, raw_preferred) =
+        (text(raw.id), text(raw.agent), text(raw.preferred_agent));
+    let (raw_workdir, raw_parent) = (text(raw.workdir), text(raw.parent));
+    let (raw_requires, raw_after, raw_dependencies) =
+        (list(raw.requires), list(raw.after), list(raw.dependencies));
+    let (raw_context_files, raw_labels) = (list(raw.context_files), list(raw.labels));
     let dkey = if raw.description.is_some() {
         "description"
     } else {
@@ -784,7 +806,7 @@ pub fn validate(name: &str, raw: RawTask) -> Result<Task, TaskError> {
             "the description contains a NUL character (\\0), which no program can receive",
         ));
     }
-    if let Some(id) = &raw.id {
+    if let Some(id) = &raw_id {
         check_name(id).map_err(|e| TaskError::at("id", format!("`id`: {e}")))?;
         if id != name {
             warnings.push(format!(
@@ -812,12 +834,12 @@ pub fn validate(name: &str, raw: RawTask) -> Result<Task, TaskError> {
             }
         },
     };
-    let akey = if raw.agent.is_some() {
+    let akey = if raw_agent.is_some() {
         "agent"
     } else {
         "preferred_agent"
     };
-    let agent = match (raw.agent, raw.preferred_agent) {
+    let agent = match (raw_agent, raw_preferred) {
         (Some(a), Some(b)) if a != b => {
             return Err(TaskError::at(
                 "preferred_agent",
@@ -829,13 +851,13 @@ pub fn validate(name: &str, raw: RawTask) -> Result<Task, TaskError> {
     if let Some(a) = &agent {
         check_name(a).map_err(|e| TaskError::at(akey, format!("`{akey}`: {e}")))?;
     }
-    let dep_key = if raw.after.is_some() {
+    let dep_key = if raw_after.is_some() {
         "after"
     } else {
         "dependencies"
     };
-    let mut after = raw.after.unwrap_or_default();
-    for d in raw.dependencies.unwrap_or_default() {
+    let mut after = raw_after.unwrap_or_default();
+    for d in raw_dependencies.unwrap_or_default() {
         if !after.contains(&d) {
             after.push(d);
         }
@@ -889,7 +911,7 @@ pub fn validate(name: &str, raw: RawTask) -> Result<Task, TaskError> {
             format!("`retries: {r}` is too many; the limit is 100"),
         ));
     }
-    let mut context_files = raw.context_files.unwrap_or_default();
+    let mut context_files = raw_context_files.unwrap_or_default();
     let context_required = match raw.context_required {
         Some(ContextRequired::Flag(b)) => b,
         Some(ContextRequired::Files(v)) => {
@@ -906,10 +928,10 @@ pub fn validate(name: &str, raw: RawTask) -> Result<Task, TaskError> {
         check_relative_path(f)
             .map_err(|e| TaskError::at("context_files", format!("`context_files`: {e}")))?;
     }
-    if let Some(w) = &raw.workdir {
+    if let Some(w) = &raw_workdir {
         check_relative_path(w).map_err(|e| TaskError::at("workdir", format!("`workdir`: {e}")))?;
     }
-    if let Some(p) = &raw.parent {
+    if let Some(p) = &raw_parent {
         check_name(p).map_err(|e| TaskError::at("parent", format!("`parent`: {e}")))?;
     }
     let mut not_before = match raw.not_before {
@@ -953,7 +975,7 @@ pub fn validate(name: &str, raw: RawTask) -> Result<Task, TaskError> {
             RawSubtask::Fields(f) => *f,
         };
         let suffix = match fields.id.take() {
-            Some(id) => {
+            Some(Text(id)) => {
                 check_name(&id).map_err(|e| {
                     TaskError::at("subtasks", format!("`subtasks` item {}: `id`: {e}", i + 1))
                 })?;
@@ -994,14 +1016,14 @@ pub fn validate(name: &str, raw: RawTask) -> Result<Task, TaskError> {
         description,
         priority,
         agent,
-        requires: raw.requires.unwrap_or_default(),
+        requires: raw_requires.unwrap_or_default(),
         after,
         context_files,
         timeout,
         retries: raw.retries,
-        workdir: raw.workdir,
-        labels: raw.labels.unwrap_or_default(),
-        parent: raw.parent,
+        workdir: raw_workdir,
+        labels: raw_labels.unwrap_or_default(),
+        parent: raw_parent,
         not_before,
         delay,
         context_required,

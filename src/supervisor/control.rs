@@ -73,8 +73,15 @@ impl Supervisor {
     }
 
     /// A change of `mailroom.yaml` on disk: reload only if its meaning changed.
+    /// The root's config with this supervisor's `--agents` overrides.
+    fn load_config(&self) -> Result<Config, String> {
+        Config::load(&self.layout().root)
+            .map_err(|e| e.to_string())
+            .and_then(|c| c.with_agent_limits(&self.agent_limits))
+    }
+
     pub(super) fn reload_if_changed(&mut self) {
-        match Config::load(&self.layout().root) {
+        match self.load_config() {
             Ok(c) if c == *self.config => {}
             Ok(_) => self.reload(),
             Err(e) => {
@@ -91,7 +98,7 @@ impl Supervisor {
             error!("mailroom.yaml is empty; new configuration refused, keeping the old one");
             return;
         }
-        match Config::load(&self.layout().root) {
+        match self.load_config() {
             Ok(c) => {
                 info!("configuration reloaded");
                 fsx::set_durable(c.durable);

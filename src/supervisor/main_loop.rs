@@ -307,7 +307,7 @@ impl Supervisor {
 
     /// The earliest instant something may change without an event: a retry
     /// or `not_before` coming due, a broken file's settle time, a cooldown's
-    /// end, the end of the shutdown grace. Deadlines already passed are not
+    /// end, a changed config's check, the end of the shutdown grace. Deadlines already passed are not
     /// wake-ups (what is due and still waits, waits for an event), so an idle
     /// or saturated supervisor never spins.
     pub(super) fn next_wake(&self, next_rescan: Instant) -> Instant {
@@ -333,6 +333,10 @@ impl Supervisor {
         }
         if let Some(t) = self.queue.next_due() {
             consider(at(t));
+        }
+        // A saved mailroom.yaml is applied at its check, not at the next rescan.
+        if let Some(t) = self.reload_due {
+            consider(t);
         }
         for (t, _) in self.cooldowns.values() {
             consider(at(*t));

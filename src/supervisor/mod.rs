@@ -196,6 +196,8 @@ pub struct Supervisor {
     control_dirty: bool,
     /// `mailroom.yaml` changed: reload at this instant (edits come in bursts).
     reload_due: Option<Instant>,
+    /// `run --agents`: max_instances overrides, applied to every reload too.
+    agent_limits: Vec<(String, usize)>,
     /// Counters for the Prometheus textfile.
     metrics: crate::ops::metrics::Metrics,
     /// When the metrics file may be written next (at most once a second).
@@ -203,6 +205,13 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
+    /// Keeps `run --agents` overrides across reloads (the config passed to
+    /// [`Supervisor::new`] already has them).
+    pub fn with_agent_limits(mut self, limits: Vec<(String, usize)>) -> Supervisor {
+        self.agent_limits = limits;
+        self
+    }
+
     /// Prepares a supervisor for `root` (created if missing).
     pub fn new(root: &Path, config: Config) -> std::io::Result<Supervisor> {
         let layout = Layout::new(root);
@@ -251,6 +260,7 @@ impl Supervisor {
             cancelling: HashSet::new(),
             control_dirty: true,
             reload_due: None,
+            agent_limits: Vec::new(),
             metrics: crate::ops::metrics::Metrics::default(),
             metrics_due: None,
         })

@@ -275,10 +275,22 @@ pub fn write_current_state(
     }
     if !recent.is_empty() {
         md.push_str("## Recently finished (newest first)\n\n");
+        // A retried task ran more than once: list it once, as it ended last.
+        let mut seen = std::collections::HashSet::new();
         for e in recent.iter().rev() {
             let s = |k: &str| e.get(k).and_then(|v| v.as_str()).unwrap_or("");
+            if !seen.insert(s("task").to_owned()) {
+                continue;
+            }
+            let again = match layout.locate(s("task")) {
+                Some((State::Pending, _, _)) => " (retried: pending again)",
+                Some((State::Assigned, _, _)) if Some(s("task")) != finishing => {
+                    " (retried: running again)"
+                }
+                _ => "",
+            };
             md.push_str(&format!(
-                "### {} — {} ({})\n\n",
+                "### {} — {}{again} ({})\n\n",
                 s("task"),
                 s("status"),
                 s("finished_at")

@@ -262,6 +262,22 @@ impl FileId {
     }
 }
 
+/// What a file that is not a regular file is, for [`ReadError::NotRegular`].
+fn kind_of(ft: fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_dir() {
+        "a directory"
+    } else if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_socket() {
+        "a socket"
+    } else if ft.is_block_device() || ft.is_char_device() {
+        "a device"
+    } else {
+        "an unknown kind of file"
+    }
+}
+
 /// Reads a file that somebody else may have planted: never follows a symlink,
 /// never blocks on a FIFO, checks with `fstat` that it is a regular file under
 /// `limit` bytes before reading, and reads at most `limit` bytes.
@@ -273,24 +289,19 @@ pub fn read_task_file(path: &Path, limit: u64) -> Result<(Vec<u8>, FileId), Read
     {
         Ok(f) => f,
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(ReadError::Symlink),
-        Err(e) => return Err(e.into()),
+        // A socket cannot be opened at all (ENXIO): say what it is, as for a
+        // FIFO, rather than passing on the errno's text.
+        Err(e) => match fs::symlink_metadata(path) {
+            Ok(m) if !m.file_type().is_file() && !m.file_type().is_symlink() => {
+                return Err(ReadError::NotRegular(kind_of(m.file_type())));
+            }
+            _ => return Err(e.into()),
+        },
     };
     let meta = file.metadata()?;
     let ft = meta.file_type();
     if !ft.is_file() {
-        use std::os::unix::fs::FileTypeExt;
-        let kind = if ft.is_dir() {
-            "a directory"
-        } else if ft.is_fifo() {
-            "a FIFO"
-        } else if ft.is_socket() {
-            "a socket"
-        } else if ft.is_block_device() || ft.is_char_device() {
-            "a device"
-        } else {
-            "an unknown kind of file"
-        };
-        return Err(ReadError::NotRegular(kind));
+        return Err(ReadError::NotRegular(kind_of(ft)));
     }
     let id = FileId::of(&meta);
     if id.size > limit {

@@ -29,9 +29,9 @@ impl State {
         }
     }
     pub fn parse(s: &str) -> Option<State> {
-        State::ALL
-            .into_iter()
-            .find(|st| st.dir_name() == s || (s == "running" && *st == State::Assigned))
+        State::ALL.into_iter().find(|st| {
+            st.dir_name() == s || ((s == "running" || s == "active") && *st == State::Assigned)
+        })
     }
 }
 
@@ -122,6 +122,11 @@ impl Layout {
             Some(a) => self.control.join(format!("pause.{a}")),
             None => self.control.join("pause"),
         }
+    }
+    /// `tasks/history/<name>.jsonl`: the records of a task's earlier rounds,
+    /// one a line, appended by `mailroom retry` before it starts a new round.
+    pub fn history_file(&self, name: &str) -> PathBuf {
+        self.tasks.join("history").join(format!("{name}.jsonl"))
     }
     pub fn cancel_file(&self, name: &str) -> PathBuf {
         self.cancel.join(name)

@@ -15,6 +15,7 @@ mod fsync;
 mod hostile;
 mod keeper;
 mod metrics;
+mod operator;
 mod presets;
 mod props;
 mod scheduling;

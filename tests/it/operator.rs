@@ -1,0 +1,690 @@
+//! The operator's day (issue 12): a typo'd root, config reloads, start and
+//! stop, the rough edges a new user hits, history across retries, hooks and
+//! Markdown tasks.
+
+use crate::common::*;
+use std::time::{Duration, Instant};
+
+const MIN: Duration = Duration::from_secs(60);
+
+/// A directory next to the test root that is not a tree.
+fn not_a_tree(root: &Root) -> std::path::PathBuf {
+    root.p("typo")
+}
+
+#[test]
+fn run_refuses_a_directory_without_tasks_unless_init() {
+    let root = Root::new();
+    let dir = not_a_tree(&root);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut c = std::process::Command::new(BIN);
+    c.args(["--root", dir.to_str().unwrap(), "run", "--exit-when-idle"]);
+    let out = run_bounded(c, MIN);
+    assert!(
+        !out.status.success(),
+        "run accepted a directory without tasks/"
+    );
+    let list = {
+        let mut c = std::process::Command::new(BIN);
+        c.args(["--root", dir.to_str().unwrap(), "list"]);
+        run_bounded(c, MIN)
+    };
+    // The same message as every other command.
+    assert_eq!(stderr(&out), stderr(&list));
+    assert!(
+        stderr(&out).contains("is not a mailroom root"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!dir.join("tasks").exists(), "run created a tree anyway");
+    let mut c = std::process::Command::new(BIN);
+    c.args([
+        "--root",
+        dir.to_str().unwrap(),
+        "run",
+        "--init",
+        "--exit-when-idle",
+    ]);
+    let out = run_bounded(c, MIN);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(dir.join("tasks/pending").is_dir());
+}
+
+fn logs(root: &Root) -> String {
+    root.entries(".")
+        .iter()
+        .filter(|e| e.starts_with("sup-"))
+        .map(|e| root.read(e))
+        .collect()
+}
+
+#[test]
+fn a_saved_config_is_applied_within_a_second_and_a_bad_one_reported_at_once() {
+    let cfg = |n: u32| {
+        format!(
+            "rescan_interval: 60s\nagents:\n  a:\n    command: [{:?}]\n    max_instances: {n}\n",
+            agent("ok.sh")
+        )
+    };
+    let root = Root::new().config(&cfg(1));
+    let _sup = root.spawn();
+    wait_for(MIN, "the supervisor to be ready", || {
+        logs(&root).contains("supervisor ready")
+    });
+    let replace = |text: &str| {
+        root.write("mailroom.yaml.new", text);
+        std::fs::rename(root.p("mailroom.yaml.new"), root.p("mailroom.yaml")).unwrap();
+    };
+    replace(&cfg(2));
+    let saved = Instant::now();
+    wait_for(MIN, "the new config to be applied", || {
+        logs(&root).contains("configuration reloaded")
+    });
+    assert!(
+        saved.elapsed() < Duration::from_secs(1),
+        "reloaded {:?} after the save",
+        saved.elapsed()
+    );
+    replace("concurency: 9\n");
+    let saved = Instant::now();
+    wait_for(MIN, "the bad config to be reported", || {
+        logs(&root).contains("changed but is invalid")
+    });
+    assert!(
+        saved.elapsed() < Duration::from_secs(1),
+        "reported {:?} after the save",
+        saved.elapsed()
+    );
+    let st = root.mailroom(&["status"]);
+    assert!(stdout(&st).contains("config invalid"), "{}", stdout(&st));
+    assert!(stdout(&st).contains("concurency"), "{}", stdout(&st));
+    let js: serde_json::Value =
+        serde_json::from_slice(&root.mailroom(&["status", "--json"]).stdout).unwrap();
+    assert!(js["config_error"].is_string(), "{js}");
+}
+
+#[test]
+fn status_shows_a_pause() {
+    let root = Root::new().agent_config(&[&agent("ok.sh")], "");
+    assert!(root.mailroom(&["pause"]).status.success());
+    assert!(root.mailroom(&["pause", "--agent", "a"]).status.success());
+    let st = stdout(&root.mailroom(&["status"]));
+    assert!(st.contains("paused: no new tasks"), "{st}");
+    assert!(st.contains("agent a paused"), "{st}");
+    let js: serde_json::Value =
+        serde_json::from_slice(&root.mailroom(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(js["paused"], true);
+    assert_eq!(js["paused_agents"][0], "a");
+    assert!(root.mailroom(&["resume"]).status.success());
+    let st = stdout(&root.mailroom(&["status"]));
+    assert!(!st.contains("paused: no new tasks"), "{st}");
+}
+
+/// Whether a finished command died of SIGPIPE or exited 0: both are quiet.
+fn quiet_end(st: std::process::ExitStatus) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    st.success() || st.signal() == Some(13)
+}
+
+#[test]
+fn list_and_status_watch_into_a_closed_pipe_end_quietly() {
+    use std::io::BufRead;
+    let root = Root::new().agent_config(&[&agent("ok.sh")], "");
+    // More than a pipe's buffer of output, so `list` writes after the reader left.
+    for i in 0..4000 {
+        root.write(&format!("tasks/pending/t{i:05}.yaml"), "description: x\n");
+    }
+    for args in [&["list"][..], &["status", "--watch"][..]] {
+        let mut c = root.cmd(args);
+        c.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        let mut first = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        assert!(!first.is_empty());
+        // The reader goes away, as `head -1` does.
+        let until = Instant::now() + MIN;
+        let st = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            assert!(Instant::now() < until, "{args:?} kept running");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        assert!(quiet_end(st), "{args:?}: {st:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn status_watch_into_a_pipe_prints_no_screen_codes() {
+    let root = Root::new().agent_config(&[&agent("ok.sh")], "");
+    let mut c = root.cmd(&["status", "--watch"]);
+    c.stdout(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut text = String::new();
+    let mut buf = [0u8; 4096];
+    // Two reports, then stop it.
+    while text.matches("pending,").count() < 2 {
+        let n = std::io::Read::read(&mut out, &mut buf).unwrap();
+        assert!(n > 0, "status --watch ended: {text}");
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(!text.contains('\x1b'), "{text:?}");
+}
+
+#[test]
+fn logs_into_a_pipe_or_with_no_color_carry_no_ansi_codes() {
+    let root = Root::new()
+        .agent_config(&[&agent("ok.sh")], "")
+        .task("t.yaml", "description: x\n");
+    let out = root.run_until_idle();
+    let err = stderr(&out);
+    assert!(err.contains("supervisor ready"), "{err}");
+    assert!(!err.contains('\x1b'), "{err:?}");
+    let mut c = root.cmd(&["run", "--exit-when-idle"]);
+    c.env("NO_COLOR", "1");
+    let out = run_bounded(c, MIN);
+    assert!(!stderr(&out).contains('\x1b'));
+}
+
+#[test]
+fn add_refuses_an_unknown_agent_a_non_task_file_and_an_empty_description() {
+    let root = Root::new().agent_config(&[&agent("ok.sh")], "");
+    let out = root.mailroom(&["add", "x", "--agent", "nosuch"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no agent `nosuch`"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("agents: a"), "{}", stderr(&out));
+    // In the file too.
+    root.write("in-file.yaml", "description: x\nagent: nosuch\n");
+    let out = root.mailroom(&["add", "--file", root.p("in-file.yaml").to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no agent `nosuch`"),
+        "{}",
+        stderr(&out)
+    );
+    let out = root.mailroom(&["add", "--file", "/etc/passwd"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("--file takes a task file"),
+        "{}",
+        stderr(&out)
+    );
+    let out = root.mailroom(&["add", ""]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("the description is empty"), "{err}");
+    assert!(
+        !err.contains("task:1"),
+        "a position in a file nobody wrote: {err}"
+    );
+    assert!(
+        root.names("pending").is_empty(),
+        "{:?}",
+        root.names("pending")
+    );
+    assert!(root.entries("tasks/tmp").is_empty());
+    // A known agent is fine.
+    let out = root.mailroom(&["add", "x", "--agent", "a"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn retry_of_a_running_task_says_it_is_running() {
+    let pidfile = std::env::temp_dir().join(format!("mailroom-op-retry-{}", std::process::id()));
+    let pf = pidfile.display().to_string();
+    let root = Root::new()
+        .config(&format!(
+            "agents:\n  a:\n    command: [{:?}]\n    grace: 1s\n    env: {{PIDFILE: {pf:?}}}\n",
+            agent("hang.sh")
+        ))
+        .task("busy.yaml", "description: x\n");
+    let _sup = root.spawn();
+    wait_for(MIN, "the agent to start", || {
+        std::fs::read_to_string(format!("{pf}.agent")).is_ok_and(|t| t.ends_with('\n'))
+    });
+    let out = root.mailroom(&["retry", "busy"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("busy is running; cancel it first"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(root.mailroom(&["cancel", "busy"]).status.success());
+    let _ = std::fs::remove_file(format!("{pf}.agent"));
+    let _ = std::fs::remove_file(format!("{pf}.grandchild"));
+}
+
+#[test]
+fn show_escapes_terminal_sequences_from_task_text() {
+    let root = Root::new().agent_config(&[&agent("ok.sh")], "");
+    // Raw escape bytes: a file that is not even valid YAML still gets shown.
+    root.write(
+        "tasks/pending/esc.yaml",
+        "description: clear \x1b[2J\x1b]0;owned\x07 title\n",
+    );
+    let out = root.mailroom(&["show", "esc"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(!text.contains('\x1b') && !text.contains('\x07'), "{text:?}");
+    assert!(text.contains("\\u{1b}[2J"), "{text}");
+}
+
+#[test]
+fn a_socket_and_a_fifo_in_pending_get_the_same_message() {
+    let root = Root::new().agent_config(&[&agent("ok.sh")], "");
+    let _sock = std::os::unix::net::UnixListener::bind(root.p("tasks/pending/sock.yaml")).unwrap();
+    let fifo = std::ffi::CString::new(root.p("tasks/pending/fifo.yaml").to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    root.run_until_idle();
+    let msg = |n: &str| {
+        root.record("failed", n)["error"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(msg("sock"), "refused: it is not a regular file (a socket)");
+    assert_eq!(msg("fifo"), "refused: it is not a regular file (a FIFO)");
+}
+
+unsafe extern "C" {
+    fn mkfifo(path: *const std::ffi::c_char, mode: u32) -> i32;
+}
+
+#[test]
+fn numbers_are_refused_alike_in_every_text_field() {
+    let root = Root::new().agent_config(&[&agent("ok.sh")], "");
+    for (i, (key, line)) in [
+        ("description", "description: 42\n"),
+        ("workdir", "description: x\nworkdir: 42\n"),
+        ("id", "description: x\nid: 7\n"),
+        ("requires", "description: x\nrequires: [3]\n"),
+        ("context_files", "description: x\ncontext_files: [1]\n"),
+        ("labels", "description: x\nlabels: [2]\n"),
+        ("agent", "description: x\nagent: 5\n"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let f = format!("n{i}.yaml");
+        root.write(&f, line);
+        let out = root.mailroom(&["validate", root.p(&f).to_str().unwrap()]);
+        assert!(!out.status.success(), "{key}: accepted");
+        let text = format!("{}{}", stdout(&out), stderr(&out));
+        assert!(text.contains(&format!("`{key}` must be")), "{key}: {text}");
+        assert!(text.contains("quotes"), "{key}: {text}");
+    }
+    // Quoted, they are text.
+    root.write(
+        "q.yaml",
+        "description: \"42\"\nrequires: [\"3\"]\nlabels: [\"2\"]\n",
+    );
+    let out = root.mailroom(&["validate", root.p("q.yaml").to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// `(task, ns)` lines an agent of `stamp.sh` wrote.
+fn stamps(path: &std::path::Path) -> Vec<(String, u128)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (n, t) = l.split_once(' ')?;
+            Some((n.to_owned(), t.parse().ok()?))
+        })
+        .collect()
+}
+
+fn now_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+#[test]
+fn add_starts_as_soon_as_cp_and_tasks_added_in_a_row_start_in_order() {
+    let root = Root::new();
+    let log = root.p("stamps.log");
+    let root = root.config(&format!(
+        "settle: 2s\nagents:\n  a:\n    command: [{:?}]\n    max_instances: 1\n    env: {{STAMPS: {:?}}}\n",
+        agent("stamp.sh"),
+        log.display().to_string()
+    ));
+    let _sup = root.spawn();
+    wait_for(MIN, "the supervisor to be ready", || {
+        logs(&root).contains("supervisor ready")
+    });
+    root.write("src.yaml", "description: x\n");
+    let (mut by_add, mut by_cp) = (Vec::new(), Vec::new());
+    for i in 0..8 {
+        for how in ["add", "cp"] {
+            let name = format!("{how}{i}");
+            let before = stamps(&log).len();
+            let t0 = now_ns();
+            let st = if how == "add" {
+                root.mailroom(&["add", "x", "--name", &name]).status
+            } else {
+                std::process::Command::new("cp")
+                    .arg(root.p("src.yaml"))
+                    .arg(root.p(&format!("tasks/pending/{name}.yaml")))
+                    .status()
+                    .unwrap()
+            };
+            assert!(st.success());
+            wait_for(MIN, "the agent to start", || stamps(&log).len() > before);
+            let ms = (stamps(&log)[before].1 - t0) as f64 / 1e6;
+            if how == "add" {
+                by_add.push(ms)
+            } else {
+                by_cp.push(ms)
+            }
+        }
+    }
+    let (add, cp) = (median(by_add.clone()), median(by_cp.clone()));
+    // Printed for the record (the harness shows it with --nocapture).
+    println!(
+        "submit-to-spawn median: add {add:.1} ms, cp {cp:.1} ms; add {by_add:?}, cp {by_cp:?}"
+    );
+    // The open-writer hold alone was 250 ms; the rest is add's own start-up.
+    assert!(add < cp + 150.0, "add {add:.1} ms vs cp {cp:.1} ms");
+
+    // Twenty in a row, as fast as add goes: they start in that order.
+    let before = stamps(&log).len();
+    let names: Vec<String> = (0..20).map(|i| format!("row{i:02}")).collect();
+    for n in &names {
+        let out = root.mailroom(&["add", "x", "--name", n]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    wait_for(MIN, "all twenty to start", || {
+        stamps(&log).len() >= before + 20
+    });
+    let order: Vec<String> = stamps(&log)[before..].iter().map(|s| s.0.clone()).collect();
+    println!("start order of 20 tasks added in a row: {order:?}");
+    assert_eq!(order, names);
+}
+
+#[test]
+fn add_closes_its_file_before_the_rename() {
+    // The timing above is noisy; this is the cause, checked exactly: a file
+    // still open at its rename is held back by the supervisor's writer probe.
+    let strace = "/usr/bin/strace";
+    if !require(
+        std::path::Path::new(strace).exists(),
+        "strace is not installed",
+    ) {
+        return;
+    }
+    let root = Root::new().agent_config(&[&agent("ok.sh")], "");
+    let trace = root.p("add.strace");
+    let mut c = std::process::Command::new(strace);
+    c.args([
+        "-f",
+        "-y",
+        "-qq",
+        "-e",
+        "trace=close,rename,renameat,renameat2",
+        "-o",
+    ])
+    .arg(&trace)
+    .arg(BIN)
+    .arg("--root")
+    .arg(&root.path)
+    .args(["add", "x", "--name", "closed"]);
+    let out = run_bounded(c, MIN);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let closed = lines
+        .iter()
+        .position(|l| l.contains("close(") && l.contains("/tasks/tmp/"))
+        .unwrap_or_else(|| panic!("no close of the temp file:\n{text}"));
+    let renamed = lines
+        .iter()
+        .position(|l| l.contains("rename") && l.contains("closed.yaml"))
+        .unwrap_or_else(|| panic!("no rename into pending/:\n{text}"));
+    assert!(
+        closed < renamed,
+        "the file was still open at its rename:\n{text}"
+    );
+}
+
+/// The pid `start` printed, and the supervisor's start time against reuse.
+fn started(root: &Root, args: &[&str]) -> i32 {
+    let out = root.mailroom(args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    stdout(&out).trim().parse().expect("start prints a pid")
+}
+
+#[test]
+fn start_runs_in_the_background_with_its_log_in_the_tree_and_stop_waits_for_it() {
+    let root = Root::new();
+    let log = root.p("spans.log");
+    let root = root
+        .config(&format!(
+            "concurrency: 1\nagents:\n  a:\n    command: [{:?}]\n    max_instances: 1\n    env: {{RUNLOG: {:?}, SPAN_MS: \"1500\"}}\n",
+            agent("span.sh"),
+            log.display().to_string()
+        ))
+        .task("one.yaml", "description: x\n")
+        .task("two.yaml", "description: x\n");
+    // --agents a:2 overrides max_instances 1 (and concurrency 1): both run at once.
+    let pid = started(&root, &["start", "--agents", "a:2"]);
+    assert!(alive(pid));
+    assert!(root.read("logs/mailroom.log").contains("supervisor ready"));
+    let spans = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_for(MIN, "both agents to start", || {
+        spans().lines().filter(|l| l.starts_with("S ")).count() == 2
+    });
+    assert!(
+        spans().lines().filter(|l| l.starts_with("E ")).count() == 0,
+        "the second started only after the first ended:\n{}",
+        spans()
+    );
+    wait_for(MIN, "both to complete", || {
+        root.names("completed").len() == 2
+    });
+    let out = root.mailroom(&["stop"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!alive(pid), "stop returned before the supervisor was gone");
+    assert!(
+        root.read("logs/mailroom.log")
+            .contains("supervisor stopped")
+    );
+    let out = root.mailroom(&["stop"]);
+    assert!(out.status.success());
+    assert!(stderr(&out).contains("no supervisor"), "{}", stderr(&out));
+    // A wrong agent name is refused before anything starts.
+    let out = root.mailroom(&["start", "--agents", "nosuch:2"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no agent `nosuch`"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn stop_now_puts_a_running_task_back_and_stops_a_foreground_run_too() {
+    let pidfile = std::env::temp_dir().join(format!("mailroom-op-stop-{}", std::process::id()));
+    let pf = pidfile.display().to_string();
+    let root = Root::new()
+        .config(&format!(
+            "shutdown_grace: 10m\nagents:\n  a:\n    command: [{:?}]\n    grace: 1s\n    env: {{PIDFILE: {pf:?}}}\n",
+            agent("hang.sh")
+        ))
+        .task("long.yaml", "description: x\n");
+    let mut sup = root.spawn();
+    // An absolute path: joined to the root, it stays itself.
+    let agent_pid = root.pid(&format!("{pf}.agent"));
+    wait_for(MIN, "the task to run", || root.names("assigned").len() == 1);
+    let listed = stdout(&root.mailroom(&["tasks", "--status", "active"]));
+    assert!(listed.contains("long"), "{listed}");
+    let t0 = Instant::now();
+    let out = root.mailroom(&["stop", "--now"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Not the ten minutes of shutdown_grace.
+    assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
+    assert!(sup.wait_exit(Duration::from_secs(5)).success());
+    assert_eq!(root.names("pending"), ["long"]);
+    assert!(!alive(agent_pid), "the agent outlived stop --now");
+    let _ = std::fs::remove_file(format!("{pf}.agent"));
+    let _ = std::fs::remove_file(format!("{pf}.grandchild"));
+}
+
+#[test]
+fn under_systemd_start_and_stop_say_to_use_systemctl() {
+    let root = Root::new().agent_config(&[&agent("ok.sh")], "");
+    let mut c = root.cmd(&["start"]);
+    c.env("INVOCATION_ID", "0123456789abcdef");
+    let out = run_bounded(c, MIN);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("systemctl"), "{}", stderr(&out));
+    // A supervisor systemd started is left to systemd.
+    let sup = root.spawn_with(&[("INVOCATION_ID", "0123456789abcdef")]);
+    wait_for(MIN, "the supervisor to be ready", || {
+        logs(&root).contains("supervisor ready")
+    });
+    let out = root.mailroom(&["stop"]);
+    assert!(
+        stderr(&out).contains("runs under systemd"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("systemctl"), "{}", stderr(&out));
+    assert!(alive(sup.pid()));
+    let out = root.mailroom(&["start"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("systemctl"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_retried_task_keeps_its_history_and_is_listed_once() {
+    let marker = std::env::temp_dir().join(format!("mailroom-op-hist-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let root = Root::new()
+        .config(&format!(
+            "retries: 1\nretry_delay: 3s\nagents:\n  a:\n    command: [{:?}]\n    env: {{SUCCEED_IF: {:?}}}\n",
+            agent("fail.sh"),
+            marker.display().to_string()
+        ))
+        .task("flaky.yaml", "description: x\n");
+    // The first run fails and waits 3 s for its retry: list and status say so.
+    let mut sup = root.spawn();
+    wait_for(MIN, "the first failure", || {
+        root.exists("tasks/pending/flaky.yaml") && root.exists("tasks/assigned/flaky.state.json")
+    });
+    let listed = stdout(&root.mailroom(&["list"]));
+    assert!(listed.contains("waiting for a retry at"), "{listed}");
+    let st = stdout(&root.mailroom(&["status"]));
+    assert!(st.contains("1 waiting for a retry: flaky"), "{st}");
+    wait_for(MIN, "the task to fail for good", || {
+        root.names("failed") == ["flaky"]
+    });
+    sup.signal(SIGTERM);
+    sup.wait_exit(MIN);
+    // Round 2 succeeds.
+    std::fs::write(&marker, "").unwrap();
+    let out = root.mailroom(&["retry", "flaky"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    root.run_until_idle();
+    let _ = std::fs::remove_file(&marker);
+    assert_eq!(root.names("completed"), ["flaky"]);
+    let shown = stdout(&root.mailroom(&["show", "flaky"]));
+    assert!(
+        shown.contains("round 1: failed (exit)") && shown.contains("2 attempts"),
+        "{shown}"
+    );
+    assert!(shown.contains("round 2: completed (success)"), "{shown}");
+    let js: serde_json::Value =
+        serde_json::from_slice(&root.mailroom(&["show", "flaky", "--json"]).stdout).unwrap();
+    assert_eq!(js["rounds"].as_array().unwrap().len(), 1, "{js}");
+    assert_eq!(js["rounds"][0]["history"].as_array().unwrap().len(), 2);
+    // current_state.md lists it once, as it ended last.
+    let cs = root.read("context/current_state.md");
+    assert_eq!(cs.matches("### flaky").count(), 1, "{cs}");
+    assert!(cs.contains("### flaky — completed"), "{cs}");
+    // The agent's counts: one task, completed.
+    let ag: serde_json::Value =
+        serde_json::from_slice(&root.mailroom(&["agents", "--json"]).stdout).unwrap();
+    assert_eq!(ag[0]["completed"], 1, "{ag}");
+    assert_eq!(ag[0]["failed"], 0, "{ag}");
+}
+
+#[test]
+fn a_config_error_exits_78_and_the_units_do_not_restart_on_it() {
+    let root = Root::new().config("concurency: 9\n");
+    let out = root.mailroom(&["run", "--exit-when-idle"]);
+    assert_eq!(out.status.code(), Some(78), "{}", stderr(&out));
+    assert!(stderr(&out).contains("concurency"), "{}", stderr(&out));
+    let v = root.mailroom(&["validate"]);
+    assert!(!v.status.success(), "validate passed a broken config");
+    for unit in ["mailroom.service", "mailroom-user.service"] {
+        let text =
+            std::fs::read_to_string(format!("{}/systemd/{unit}", env!("CARGO_MANIFEST_DIR")))
+                .unwrap();
+        assert!(text.contains("RestartPreventExitStatus=78"), "{unit}");
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("ExecStartPre=") && l.ends_with(" validate")),
+            "{unit}"
+        );
+    }
+    let user = std::fs::read_to_string(format!(
+        "{}/systemd/mailroom-user.service",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    assert!(user.contains("ExecStart=%h/.cargo/bin/mailroom"), "{user}");
+}
+
+#[test]
+fn help_separates_global_options_describes_every_argument_and_shows_examples() {
+    use clap::CommandFactory;
+    let cmd = mailroom::cli::Cli::command();
+    let mut missing = Vec::new();
+    for sub in cmd.get_subcommands() {
+        for a in sub.get_arguments() {
+            let id = a.get_id().as_str();
+            if id == "help" || id == "version" {
+                continue;
+            }
+            if a.get_help().is_none() && a.get_long_help().is_none() {
+                missing.push(format!("{} {id}", sub.get_name()));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "arguments without a description: {missing:?}"
+    );
+    let root = Root::new();
+    for sub in ["add", "run", "list", "show", "wait"] {
+        let out = root.mailroom(&[sub, "--help"]);
+        let text = stdout(&out);
+        assert!(text.contains("Global options:"), "{sub}: {text}");
+        assert!(text.contains("Examples:\n  mailroom"), "{sub}: {text}");
+        // The command's own options come first, the global ones after.
+        assert!(
+            text.find("Options:").unwrap() < text.find("Global options:").unwrap(),
+            "{sub}: {text}"
+        );
+    }
+}
