@@ -527,6 +527,15 @@ impl Config {
             c.max_output_bytes = n;
         }
         if let Some(agents) = raw.agents {
+            // Nothing could ever run: refused here, so by `validate` and by
+            // a reload alike.
+            if agents.is_empty() {
+                return Err(err(
+                    "`agents` is empty: configure at least one agent, or leave the key out \
+                     for the built-in demo agent"
+                        .into(),
+                ));
+            }
             c.agents.clear();
             for (name, a) in agents {
                 crate::parse::task::check_name(&name)
