@@ -56,6 +56,11 @@ pub struct TaskState {
     /// the task waits for them and then completes without an agent.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub children: Vec<String>,
+    /// The run has finished but its commit failed with this error; the
+    /// supervisor holding the task's lock retries it (`mailroom status`
+    /// shows it). `run` is kept, so recovery still matches the record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit_error: Option<String>,
 }
 
 impl TaskState {
