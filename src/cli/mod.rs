@@ -254,6 +254,10 @@ pub fn open_tree(root: &Path) -> Result<Layout> {
             root.display()
         );
     }
+    // Records and locks a command writes get the tree's modes (`shared`).
+    if let Ok(c) = crate::parse::config::Config::load(root) {
+        crate::tree::fsx::set_shared(c.shared);
+    }
     Ok(layout)
 }
 

@@ -16,6 +16,9 @@ struct RunningTask {
     pid: Option<u32>,
     host: Option<String>,
     started_at: Option<String>,
+    /// The run has ended but its commit keeps failing (being retried).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    commit_error: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -63,6 +66,7 @@ fn running_tasks(layout: &Layout) -> Vec<RunningTask> {
         .into_iter()
         .map(|(name, _)| {
             let st = books::read_state(layout, &name);
+            let commit_error = st.commit_error;
             let r = st.run;
             // The agent's process group, found by its MAILROOM_* environment.
             let pid = layout.root.canonicalize().ok().and_then(|root| {
@@ -77,6 +81,7 @@ fn running_tasks(layout: &Layout) -> Vec<RunningTask> {
                 pid,
                 host: r.as_ref().map(|r| r.host.clone()),
                 started_at: r.map(|r| r.started_at),
+                commit_error,
             }
         })
         .collect()
@@ -154,6 +159,9 @@ pub fn status(root: &Path, json: bool) -> Result<()> {
             r.pid.map(|a| a.to_string()).unwrap_or("?".into()),
             r.started_at.as_deref().unwrap_or("?")
         );
+        if let Some(e) = &r.commit_error {
+            println!("    finished, but its commit keeps failing (retrying): {e}");
+        }
     }
     for c in &s.cooldowns {
         println!(

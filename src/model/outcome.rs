@@ -35,6 +35,9 @@ pub enum Outcome {
     Runaway,
     /// The attempt hit a usage limit (history only; requeued for free).
     Limited,
+    /// The task's file was moved, deleted or shadowed during its run (by its
+    /// agent, as a rule): filed once in `failed/`, never retried.
+    Tampered,
     /// A value this version does not know (a newer or third-party writer).
     #[default]
     #[serde(other)]
@@ -58,12 +61,13 @@ impl Outcome {
             Outcome::Cancelled => "cancelled",
             Outcome::Runaway => "runaway",
             Outcome::Limited => "limited",
+            Outcome::Tampered => "tampered",
             Outcome::Unknown => "unknown",
         }
     }
 
     /// Every value, for tables and tests.
-    pub const ALL: [Outcome; 14] = [
+    pub const ALL: [Outcome; 15] = [
         Outcome::Success,
         Outcome::Exit,
         Outcome::Signal,
@@ -77,6 +81,7 @@ impl Outcome {
         Outcome::Cancelled,
         Outcome::Runaway,
         Outcome::Limited,
+        Outcome::Tampered,
         Outcome::Unknown,
     ];
 }

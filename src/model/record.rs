@@ -10,6 +10,10 @@ use std::time::SystemTime;
 /// Version of the on-disk protocol described in PROTOCOL.md.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+fn protocol_version() -> u32 {
+    PROTOCOL_VERSION
+}
+
 /// A time as RFC 3339 UTC with milliseconds.
 pub fn ts(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
@@ -27,6 +31,9 @@ pub fn parse_ts(s: &str) -> Option<SystemTime> {
 /// claim until it is finished. Only the holder of the task's lock writes it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct TaskState {
+    /// Written as [`PROTOCOL_VERSION`]; optional on read (a missing one reads
+    /// as 1) and not checked.
+    #[serde(default = "protocol_version")]
     pub version: u32,
     pub task: String,
     /// Runs begun, ever. Never decreases.
@@ -56,6 +63,11 @@ pub struct TaskState {
     /// the task waits for them and then completes without an agent.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub children: Vec<String>,
+    /// The run has finished but its commit failed with this error; the
+    /// supervisor holding the task's lock retries it (`mailroom status`
+    /// shows it). `run` is kept, so recovery still matches the record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit_error: Option<String>,
 }
 
 impl TaskState {
@@ -124,6 +136,8 @@ pub struct ErrorLocation {
 /// `tasks/{completed,failed}/<name>.result.json`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ResultRecord {
+    /// Written as [`PROTOCOL_VERSION`]; optional on read and not checked.
+    #[serde(default = "protocol_version")]
     pub version: u32,
     pub task: String,
     pub status: Status,
@@ -193,4 +207,23 @@ pub struct Cooldown {
     pub host: String,
     /// The task whose run printed the message.
     pub task: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// PROTOCOL.md says `version` is not checked on read; a record or state
+    /// file without one (a third-party writer) was unreadable all the same.
+    #[test]
+    fn a_missing_version_reads_as_version_one() {
+        let rec: ResultRecord = serde_json::from_str(
+            r#"{"task":"t","status":"failed","outcome":"exit","attempts":1,
+                "finished_at":"2026-01-15T10:00:00.000Z","host":"h","run_id":"r"}"#,
+        )
+        .unwrap();
+        assert_eq!(rec.version, PROTOCOL_VERSION);
+        let st: TaskState = serde_json::from_str(r#"{"task":"t","attempts":2}"#).unwrap();
+        assert_eq!((st.version, st.attempts), (PROTOCOL_VERSION, 2));
+    }
 }

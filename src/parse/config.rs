@@ -549,6 +549,15 @@ impl Config {
             c.max_output_bytes = n;
         }
         if let Some(agents) = raw.agents {
+            // Nothing could ever run: refused here, so by `validate` and by
+            // a reload alike.
+            if agents.is_empty() {
+                return Err(err(
+                    "`agents` is empty: configure at least one agent, or leave the key out \
+                     for the built-in demo agent"
+                        .into(),
+                ));
+            }
             c.agents.clear();
             for (name, a) in agents {
                 crate::parse::task::check_name(&name)
@@ -880,7 +889,7 @@ pub fn split_words(s: &str) -> Result<Vec<String>, String> {
 pub const SAMPLE_CONFIG: &str = r#"# mailroom.yaml: the supervisor's configuration. Every key is optional.
 # Durations are humantime: 90s, 10m, 1h 30m (`M` would be months).
 
-concurrency: 4          # global cap on running agents
+concurrency: 4          # running agents per supervisor process (not across supervisors)
 default_agent: demo     # the agent for tasks that do not name one
 retries: 2              # extra attempts after the first
 retry_delay: 5s         # base of an exponential backoff, with jitter

@@ -942,6 +942,17 @@ pub fn validate(name: &str, raw: RawTask) -> Result<Task, TaskError> {
         })?),
         None => None,
     };
+    // Like `delay`: a wait of more than 30 days is a mistake (a year 9999
+    // would hold the task, `run --exit-when-idle` and `wait` for ever).
+    if let Some(t) = not_before
+        && t.duration_since(SystemTime::now())
+            .is_ok_and(|ahead| ahead > MAX_DURATION)
+    {
+        return Err(TaskError::at(
+            "not_before",
+            "`not_before` is more than 30 days ahead (the limit); submit the task closer to its time",
+        ));
+    }
     let mut delay = None;
     if let Some(d) = raw.delay {
         let d = parse_duration(&d).map_err(|e| TaskError::at("delay", format!("`delay`: {e}")))?;
@@ -965,7 +976,7 @@ pub fn validate(name: &str, raw: RawTask) -> Result<Task, TaskError> {
             )
         })?),
     };
-    let mut subtasks = Vec::new();
+    let mut subtasks: Vec<Subtask> = Vec::new();
     for (i, st) in raw.subtasks.unwrap_or_default().into_iter().enumerate() {
         let mut fields = match st {
             RawSubtask::Text(d) => SubtaskFields {
@@ -983,6 +994,18 @@ pub fn validate(name: &str, raw: RawTask) -> Result<Task, TaskError> {
             }
             None => (i + 1).to_string(),
         };
+        // Two entries of one id would be one child: the second was dropped.
+        if let Some(j) = subtasks.iter().position(|s| s.suffix == suffix) {
+            return Err(TaskError::at(
+                "subtasks",
+                format!(
+                    "`subtasks` item {}: the id `{suffix}` is used twice (item {} has it too); \
+                     give each subtask its own `id`",
+                    i + 1,
+                    j + 1
+                ),
+            ));
+        }
         let child = format!("{name}.{suffix}");
         check_name(&child).map_err(|e| {
             TaskError::at(

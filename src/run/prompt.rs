@@ -31,22 +31,33 @@ pub fn render(
     let template = agent.prompt_template.as_deref().unwrap_or(DEFAULT_TEMPLATE);
     // A listed file must exist, except the shared ones: current_state.md only
     // appears after the first finished task, and the overview is optional.
-    let mut files: Vec<(&str, bool)> = task
+    // (file, required, added by mailroom rather than listed by the task)
+    let mut files: Vec<(&str, bool, bool)> = task
         .context_files
         .iter()
-        .map(|f| (f.as_str(), !SHARED.contains(&f.as_str())))
+        .map(|f| (f.as_str(), !SHARED.contains(&f.as_str()), false))
         .collect();
     if agent.include_context || task.context_required {
         for s in SHARED {
-            if !files.iter().any(|(f, _)| *f == s) {
-                files.push((s, false));
+            if !files.iter().any(|(f, _, _)| *f == s) {
+                files.push((s, false, true));
             }
         }
     }
     let mut context = String::new();
     let mut budget = config.context_max_bytes.saturating_mul(4);
-    for (f, required) in files {
-        let path = resolve(layout, config, f)?;
+    for (f, required, implicit) in files {
+        let path = match resolve(layout, config, f) {
+            Ok(p) => p,
+            // The shared files the task did not ask for are no reason to fail
+            // it: a link planted at `context/current_state.md` (derived data,
+            // set aside at the next merge) is only left out.
+            Err(e) if implicit => {
+                tracing::warn!(task = %task.name, "{e}; left out of the prompt");
+                None
+            }
+            Err(e) => return Err(e),
+        };
         let Some(path) = path else {
             if required {
                 return Err(format!(

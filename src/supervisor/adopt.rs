@@ -7,7 +7,7 @@ use super::*;
 use crate::run::keeper::{self, KeeperInfo, KeptOutcome};
 
 /// Builds the Job of an adopted run once its lock is free.
-type MakeJob = Box<dyn FnOnce(TaskLock) -> Job + Send>;
+type MakeJob = Box<dyn FnOnce(TaskLock, watch::Receiver<Option<Stop>>) -> Job + Send>;
 
 impl Supervisor {
     /// The lock of `name` is held. If by a live keeper whose supervisor died on
@@ -65,7 +65,7 @@ impl Supervisor {
             let Some(lock) = wait_for_keeper(&layout, &name_owned, k.pid, &mut stop).await else {
                 return JobEnd::Stuck;
             };
-            make(lock).finish_kept(&run_id).await
+            make(lock, stop).finish_kept(&run_id).await
         });
     }
 
@@ -82,8 +82,8 @@ impl Supervisor {
         };
         info!(task = name, "committing the outcome its keeper recorded");
         let agent = run.agent.clone();
-        self.launch_with(name, &agent, move |_stop| async move {
-            make(lock).finish_kept(&run_id).await
+        self.launch_with(name, &agent, move |stop| async move {
+            make(lock, stop).finish_kept(&run_id).await
         });
     }
 
@@ -93,10 +93,14 @@ impl Supervisor {
         let layout = self.layout();
         let run = st.run.as_ref()?;
         let path = layout.task_file(State::Assigned, name, ext);
-        let task = match fsx::read_task_file(&path, self.config.max_task_bytes)
-            .map_err(|e| e.to_string())
-            .and_then(|(b, _)| task::parse(name, &b).map_err(|e| e.message))
-        {
+        let read = fsx::read_task_file(&path, self.config.max_task_bytes).map_err(|e| e.to_string());
+        let (task, claimed) = match read.and_then(|(b, id)| {
+            let t = task::parse(name, &b).map_err(|e| e.message)?;
+            Ok((t, Claimed {
+                bytes: b,
+                id: (id.dev, id.ino),
+            }))
+        }) {
             Ok(t) => t,
             Err(e) => {
                 error!(task = name, error = %e, "cannot read the task of a kept run");
@@ -120,7 +124,7 @@ impl Supervisor {
         let (ctx, config, limits) = (self.ctx.clone(), self.config.clone(), self.limits.clone());
         let (name, ext) = (name.to_owned(), ext.to_owned());
         let reason = run.reason.clone().unwrap_or_else(|| "adopted".into());
-        Some(Box::new(move |lock| Job {
+        Some(Box::new(move |lock, stop| Job {
             ctx,
             config,
             name,
@@ -132,6 +136,8 @@ impl Supervisor {
             limits,
             ws: Some(ws),
             lock,
+            claimed,
+            stop,
         }))
     }
 }

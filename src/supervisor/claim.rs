@@ -84,7 +84,16 @@ impl Supervisor {
     /// Takes a task's lock; when another process holds it (or it cannot be
     /// created), holds the task back briefly instead.
     pub(super) fn lock_or_hold(&mut self, name: &str) -> Option<TaskLock> {
-        match TaskLock::try_acquire(self.layout(), name) {
+        let mut res = TaskLock::try_acquire(self.layout(), name);
+        if res
+            .as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+        {
+            // `tasks/assigned/` is gone: put the tree back and try again.
+            self.ensure_tree();
+            res = TaskLock::try_acquire(self.layout(), name);
+        }
+        match res {
             Ok(Some(l)) => Some(l),
             Ok(None) => {
                 self.set_busy(name);
@@ -213,8 +222,18 @@ impl Supervisor {
         // Re-read what was claimed: the file may have changed since the scan.
         let shown = layout.rel(&layout.task_file(State::Pending, name, &ext));
         let apath = layout.task_file(State::Assigned, name, &ext);
+        let mut claimed = Claimed::default();
         let routed = match fsx::read_task_file(&apath, self.config.max_task_bytes) {
-            Ok((b, _)) => task::parse(name, &b).map_err(|e| e.display_at(&shown)),
+            Ok((b, id)) => {
+                let parsed = task::parse(name, &b).map_err(|e| e.display_at(&shown));
+                // The task is the supervisor's: this copy outlives whatever
+                // its agent does to the file.
+                claimed = Claimed {
+                    bytes: b,
+                    id: (id.dev, id.ino),
+                };
+                parsed
+            }
             Err(e) => Err(format!("{shown}: refused: {e}")),
         }
         .and_then(|task| {
@@ -248,6 +267,9 @@ impl Supervisor {
             limits: self.limits.clone(),
             ws: None,
             lock,
+            claimed,
+            // Replaced by the run's own channel at the launch.
+            stop: watch::channel(None).1,
         };
         self.launch(job);
     }
@@ -296,9 +318,12 @@ impl Supervisor {
 
     /// Counts the run against its agent and starts it as a tokio task that
     /// reports its end to the loop.
-    fn launch(&mut self, job: Job) {
+    fn launch(&mut self, mut job: Job) {
         let (name, agent) = (job.name.clone(), job.agent.name.clone());
-        self.launch_with(&name, &agent, move |stop| job.run(stop));
+        self.launch_with(&name, &agent, move |stop| {
+            job.stop = stop.clone();
+            job.run(stop)
+        });
     }
 
     /// Registers a run of `name` on `agent` (its slot, its stop channel) and

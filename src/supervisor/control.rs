@@ -102,6 +102,7 @@ impl Supervisor {
             Ok(c) => {
                 info!("configuration reloaded");
                 fsx::set_durable(c.durable);
+                fsx::set_shared(c.shared);
                 self.queue = Queue::new(c.aging);
                 self.limits = Arc::new(compile_limits(&c));
                 self.config = Arc::new(c);

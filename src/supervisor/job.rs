@@ -18,6 +18,11 @@ pub(super) struct Job {
     /// The run's workspace, once set up.
     pub(super) ws: Option<WorkspaceRun>,
     pub(super) lock: TaskLock,
+    /// The task file as claimed: what a task whose agent moved or deleted
+    /// its file is put back from (see `commit.rs`).
+    pub(super) claimed: Claimed,
+    /// Stop requests, for a commit that is being retried (see `commit.rs`).
+    pub(super) stop: watch::Receiver<Option<Stop>>,
 }
 
 /// Where a run works, for the record and the clean-up at its commit.

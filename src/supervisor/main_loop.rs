@@ -187,6 +187,7 @@ impl Supervisor {
             Event::Timer => {
                 if Instant::now() >= io.next_rescan {
                     self.control_dirty = true;
+                    self.ensure_tree();
                     self.recover();
                     self.full_scan();
                     io.next_rescan = Instant::now() + self.rescan_interval(io.poll);
@@ -201,9 +202,7 @@ impl Supervisor {
     fn on_hints(&mut self, io: &mut LoopIo) {
         let (paths, rescan) = self.hints.take();
         if rescan {
-            if !self.layout().pending.is_dir() {
-                let _ = self.layout().ensure();
-            }
+            self.ensure_tree();
             if let Some(w) = io.watch.as_mut() {
                 w.rewatch();
             }
@@ -211,6 +210,29 @@ impl Supervisor {
         } else {
             for p in paths {
                 self.examine_path(&p);
+            }
+        }
+    }
+
+    /// Recreates the directories of the tree that somebody removed: without
+    /// `tasks/assigned/` no lock can be taken, so nothing would ever run again.
+    pub(super) fn ensure_tree(&self) {
+        let missing: Vec<String> = self
+            .layout()
+            .dirs()
+            .iter()
+            .filter(|d| !d.is_dir())
+            .map(|d| self.layout().rel(d))
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        match self.layout().ensure() {
+            Ok(()) => {
+                warn!(dirs = %missing.join(", "), "recreated missing directories of the tree")
+            }
+            Err(e) => {
+                error!(error = %e, dirs = %missing.join(", "), "cannot recreate missing directories of the tree")
             }
         }
     }

@@ -214,6 +214,8 @@ impl Supervisor {
 
     /// Prepares a supervisor for `root` (created if missing).
     pub fn new(root: &Path, config: Config) -> std::io::Result<Supervisor> {
+        // Before anything is created: a shared tree's directories are setgid.
+        fsx::set_shared(config.shared);
         let layout = Layout::new(root);
         layout.ensure()?;
         let root = root.canonicalize()?;

@@ -80,7 +80,10 @@ fn sig_name(s: i32) -> String {
 /// Whether a usage-limit message in this run's output counts: the job looks
 /// for one (reads the run's files) only when it does.
 pub fn limit_applies(outcome: Outcome, limited_before: usize) -> bool {
-    !matches!(outcome, Outcome::Spawn | Outcome::Cancelled) && limited_before < MAX_FREE_LIMITED
+    !matches!(
+        outcome,
+        Outcome::Spawn | Outcome::Cancelled | Outcome::Tampered
+    ) && limited_before < MAX_FREE_LIMITED
 }
 
 /// Everything the verdict depends on, gathered by the job after the run (its
@@ -126,6 +129,14 @@ pub enum Verdict {
 pub fn decide(f: &Facts) -> Verdict {
     use Outcome::*;
     let o = f.outcome;
+    // A task whose file was moved, deleted or shadowed during its run is
+    // filed once: a retry would only give its agent the same chance again.
+    if o == Tampered {
+        return Verdict::Commit {
+            outcome: o,
+            exclude_agent: false,
+        };
+    }
     if f.limited && !matches!(o, Spawn | Cancelled) {
         return Verdict::Cooldown;
     }
@@ -173,7 +184,7 @@ mod tests {
     use super::*;
     use Outcome::{
         Cancelled, Exit as Failed, Interrupted, Invalid, OutputLimit, Runaway, Signal, Spawn,
-        Success, Timeout,
+        Success, Tampered, Timeout,
     };
 
     fn facts(outcome: Outcome) -> Facts {
@@ -209,6 +220,7 @@ mod tests {
             (Cancelled, commit(Cancelled), commit(Cancelled)),
             (Interrupted, Verdict::Requeue, Verdict::Requeue),
             (Invalid, Verdict::Retry { n: 1 }, commit(Invalid)),
+            (Tampered, commit(Tampered), commit(Tampered)),
         ];
         for (o, left, none_left) in table {
             assert_eq!(decide(&facts(*o)), *left, "{o} with attempts left");
@@ -232,7 +244,7 @@ mod tests {
                 ..facts(o)
             };
             let v = decide(&f);
-            if matches!(o, Spawn | Cancelled) {
+            if matches!(o, Spawn | Cancelled | Tampered) {
                 assert_ne!(v, Verdict::Cooldown, "{o}");
             } else {
                 assert_eq!(v, Verdict::Cooldown, "{o}");
@@ -242,6 +254,7 @@ mod tests {
         assert!(!limit_applies(Success, MAX_FREE_LIMITED));
         assert!(!limit_applies(Spawn, 0));
         assert!(!limit_applies(Cancelled, 0));
+        assert!(!limit_applies(Tampered, 0));
     }
 
     #[test]
@@ -270,8 +283,8 @@ mod tests {
                 exclude_agent: true
             }
         );
-        // Success, cancel and runaway never fall back.
-        for o in [Success, Cancelled, Runaway] {
+        // Success, cancel, runaway and tampering never fall back.
+        for o in [Success, Cancelled, Runaway, Tampered] {
             assert_eq!(decide(&alt(o, 5, 1)), commit(o), "{o}");
         }
         // Without alternatives a missing agent is final.

@@ -2,6 +2,12 @@
 //! the agent's output lands in `context/agent_outputs/<name>.md`, one line is
 //! appended to `context/completed_tasks.jsonl`, and `context/current_state.md`
 //! is regenerated for the next agent to read.
+//!
+//! The context is derived data. A file in the way of a merge (a planted
+//! symbolic link, a directory, an unwritable file) is set aside
+//! (`<file>.set-aside-<n>`) and a fresh one takes its place, with the path in
+//! the log; a link's target is never written. Callers log a merge that still
+//! fails and go on: it never blocks a task's commit.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -18,16 +24,68 @@ pub const OUTPUT_CAP: u64 = 1024 * 1024;
 const RECENT: usize = 15;
 const JSONL: &str = "completed_tasks.jsonl";
 
+/// Runs `write` on the context file at `path`; when it fails and something
+/// that is not a regular file, or a file mailroom may not write, is at `path`,
+/// sets that aside and runs `write` once more on a fresh file.
+fn or_set_aside<T>(
+    layout: &Layout,
+    path: &Path,
+    mut write: impl FnMut() -> io::Result<T>,
+) -> io::Result<T> {
+    // A link is set aside before anything is tried: even where a rename
+    // would replace it, it must not go unnoticed.
+    let in_the_way = |e: Option<&io::Error>| match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.file_type().is_file() => true,
+        Ok(_) => e.is_some_and(|e| {
+            matches!(
+                e.kind(),
+                io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem
+            ) || e.raw_os_error() == Some(libc::EPERM)
+        }),
+        Err(_) => false,
+    };
+    let err = if in_the_way(None) {
+        io::Error::other("it is not a regular file")
+    } else {
+        match write() {
+            Ok(v) => return Ok(v),
+            Err(e) if in_the_way(Some(&e)) => e,
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("{}: {e}", layout.rel(path)),
+                ));
+            }
+        }
+    };
+    let aside = fsx::set_aside(path).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("{}: {err}; cannot set it aside: {e}", layout.rel(path)),
+        )
+    })?;
+    tracing::warn!(
+        path = %layout.rel(path),
+        set_aside_as = %layout.rel(&aside),
+        error = %err,
+        "a context file was in the way; set it aside and started a fresh one"
+    );
+    write().map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", layout.rel(path))))
+}
+
 /// Takes the exclusive lock on `context/.lock` (blocking: merges are short).
 fn lock_context(layout: &Layout) -> io::Result<File> {
     fsx::create_dir_all(&layout.outputs)?;
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(layout.context.join(".lock"))?;
+    let path = layout.context.join(".lock");
+    let f = or_set_aside(layout, &path, || {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+    })?;
     f.lock()?;
     Ok(f)
 }
@@ -98,7 +156,8 @@ pub fn merge(
                 rec.run_dir.as_deref().unwrap_or("the run directory")
             ));
         }
-        fsx::write_atomic(&layout.output_file(&rec.task), md.as_bytes())?;
+        let path = layout.output_file(&rec.task);
+        or_set_aside(layout, &path, || fsx::write_atomic(&path, md.as_bytes()))?;
     }
     append_log(layout, rec)?;
     write_current_state(layout, pending_hint, Some(&rec.task))
@@ -134,13 +193,15 @@ fn log_line(rec: &ResultRecord, totals: (u64, u64)) -> serde_json::Value {
 
 fn append_log(layout: &Layout, rec: &ResultRecord) -> io::Result<()> {
     let path = layout.context.join(JSONL);
-    let mut f = OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create(true)
-        .mode(0o644)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&path)?;
+    let mut f = or_set_aside(layout, &path, || {
+        OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+    })?;
     let (tail, _) = tail_of(&mut f, 64 * 1024)?;
     if tail.contains(&format!("\"run_id\":\"{}\"", rec.run_id)) {
         return Ok(());
@@ -306,7 +367,8 @@ pub fn write_current_state(
             }
         }
     }
-    fsx::write_atomic(&layout.context.join("current_state.md"), md.as_bytes())
+    let path = layout.context.join("current_state.md");
+    or_set_aside(layout, &path, || fsx::write_atomic(&path, md.as_bytes()))
 }
 
 #[cfg(test)]

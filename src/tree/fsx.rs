@@ -7,7 +7,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -22,6 +22,26 @@ pub fn set_durable(on: bool) {
 
 fn durable() -> bool {
     DURABLE.load(Ordering::Relaxed)
+}
+
+/// Whether the tree is shared by a group of users (`shared: true`): then the
+/// files mailroom writes are group-readable (records, state files, context)
+/// or group-writable (locks), and the directories it creates are setgid.
+static SHARED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Turns the group modes of a shared tree on or off for this process.
+pub fn set_shared(on: bool) {
+    SHARED.store(on, Ordering::Relaxed);
+}
+
+/// Whether this process writes for a shared tree (see [`set_shared`]).
+pub fn shared() -> bool {
+    SHARED.load(Ordering::Relaxed)
+}
+
+/// The mode of a file only mailroom writes: 0600, or 0640 in a shared tree.
+pub fn private_mode() -> u32 {
+    if shared() { 0o640 } else { 0o600 }
 }
 
 /// Fault injection for tests: with `MAILROOM_TEST_CRASH_AT=N` in the
@@ -115,8 +135,9 @@ pub fn sync_data(f: &File) -> io::Result<()> {
 /// Writes `bytes` to `path` atomically and durably: temp file in the same
 /// directory, fsync, rename over the target, fsync the directory.
 /// Readers see the old content or the new, never a mix.
+/// Mode 0600, or 0640 in a shared tree, so that the group can read it.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    write_via_temp(path, bytes, 0o600)
+    write_via_temp(path, bytes, private_mode())
 }
 
 /// Like [`write_atomic`], but readable by everyone (for files other programs
@@ -137,6 +158,10 @@ fn write_via_temp(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
             .mode(mode)
             .custom_flags(libc::O_NOFOLLOW)
             .open(&tmp)?;
+        if shared() {
+            // The umask would take the group's bits away again.
+            f.set_permissions(fs::Permissions::from_mode(mode))?;
+        }
         f.write_all(bytes)?;
         crash_point();
         if durable() {
@@ -349,12 +374,47 @@ pub fn open_for_writing_elsewhere(path: &Path) -> Option<bool> {
 }
 
 /// Creates a directory and its parents, mode 0755 (less the umask) for new ones.
+/// Creates a directory and its missing parents (mode 0755 less the umask).
+/// In a shared tree each directory it creates is made setgid, so that what
+/// is created below it belongs to the tree's group.
 pub fn create_dir_all(path: &Path) -> io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
+    let missing: Vec<&Path> = if shared() {
+        path.ancestors()
+            .take_while(|p| !p.as_os_str().is_empty() && fs::symlink_metadata(p).is_err())
+            .collect()
+    } else {
+        Vec::new()
+    };
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o755)
-        .create(path)
+        .create(path)?;
+    for d in missing {
+        let mode = fs::symlink_metadata(d)?.mode() & 0o7777;
+        fs::set_permissions(d, fs::Permissions::from_mode(mode | 0o2000))?;
+    }
+    Ok(())
+}
+
+/// Moves a file that is in the way (a planted symbolic link, a directory or
+/// an unwritable file where mailroom keeps derived data) to
+/// `<path>.set-aside-<n>`, the smallest free `n`, without replacing anything.
+/// Returns where it went.
+pub fn set_aside(path: &Path) -> io::Result<PathBuf> {
+    let name = file_name_lossy(path);
+    for n in 1..1000 {
+        let to = parent(path).join(format!("{name}.set-aside-{n}"));
+        match rename_noreplace(path, &to) {
+            Ok(()) => return Ok(to),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::other(format!(
+        "no free name to set {} aside",
+        path.display()
+    )))
 }
 
 /// Removes a file, treating "already gone" as success.

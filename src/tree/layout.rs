@@ -75,9 +75,10 @@ impl Layout {
         }
     }
 
-    /// Creates every directory of the tree that is missing.
-    pub fn ensure(&self) -> io::Result<()> {
-        for d in [
+    /// The directories of the tree a supervisor keeps in place (their
+    /// parents, `tasks/`, `tasks/control/` and `context/`, come with them).
+    pub fn dirs(&self) -> [&Path; 8] {
+        [
             &self.tmp,
             &self.pending,
             &self.assigned,
@@ -86,7 +87,12 @@ impl Layout {
             &self.cooldowns,
             &self.cancel,
             &self.outputs,
-        ] {
+        ]
+    }
+
+    /// Creates every directory of the tree that is missing.
+    pub fn ensure(&self) -> io::Result<()> {
+        for d in self.dirs() {
             crate::tree::fsx::create_dir_all(d)?;
         }
         Ok(())

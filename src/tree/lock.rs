@@ -4,7 +4,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io;
 
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
 
 use crate::tree::layout::Layout;
@@ -31,9 +31,19 @@ impl TaskLock {
                 .read(true)
                 .write(true)
                 .create(true)
-                .mode(0o600)
+                // A shared tree's group must be able to take it to recover.
+                .mode(if crate::tree::fsx::shared() {
+                    0o660
+                } else {
+                    0o600
+                })
                 .custom_flags(libc::O_NOFOLLOW)
                 .open(&path)?;
+            if crate::tree::fsx::shared() {
+                // Past the umask; only the file's owner may (another user's
+                // lock file keeps the mode its owner gave it).
+                let _ = file.set_permissions(fs::Permissions::from_mode(0o660));
+            }
             match file.try_lock() {
                 Ok(()) => {}
                 Err(fs::TryLockError::WouldBlock) => return Ok(None),
@@ -59,8 +69,16 @@ impl TaskLock {
         self.file.try_clone()
     }
 
-    /// Unlinks the lock file while still holding it, then closes it.
+    /// Unlinks the lock file while still holding it, then closes it. A lock
+    /// file that is no longer ours (somebody removed `assigned/` meanwhile and
+    /// another locker made a new one) is left to its holder.
     pub fn release(self) {
-        let _ = fs::remove_file(&self.path);
+        let ours = self.file.metadata().ok();
+        match (ours, fs::symlink_metadata(&self.path)) {
+            (Some(o), Ok(m)) if m.ino() == o.ino() && m.dev() == o.dev() => {
+                let _ = fs::remove_file(&self.path);
+            }
+            _ => {}
+        }
     }
 }

@@ -149,14 +149,24 @@ pub fn reject(
     mut record: ResultRecord,
     rename: bool,
 ) -> io::Result<Option<String>> {
-    let taken = layout.find(State::Failed, name).is_some();
+    // A name is never filed in two states: when another state directory
+    // holds it (a completed task, a running one, an earlier failure), this
+    // file gets a clash name.
+    let from = layout.task_file(src, name, ext);
+    let taken = State::ALL
+        .into_iter()
+        .filter(|s| *s != src && *s != State::Pending)
+        .any(|s| {
+            layout
+                .find(s, name)
+                .is_some_and(|(p, _)| !fsx::same_inode(&p, &from))
+        });
     let (target, _target_lock) = if rename || taken {
         let (t, l) = free_clash_name(layout, State::Failed, name)?;
         (t, Some(l))
     } else {
         (name.to_owned(), None)
     };
-    let from = layout.task_file(src, name, ext);
     if target != name {
         record.submitted_as = Some(layout.rel(&from));
     }
@@ -177,10 +187,13 @@ pub fn reject(
         }
     }
     // Bookkeeping of a task that will never run again (a pending task may
-    // have some from an earlier attempt, waiting for its retry).
-    fsx::remove_file_if_exists(&layout.state_file(name))?;
-    if src == State::Assigned {
-        fsx::remove_dir_all_if_exists(&layout.run_dir(State::Assigned, name))?;
+    // have some from an earlier attempt, waiting for its retry). A clash is
+    // another file of a name in use: the bookkeeping is that task's.
+    if !rename {
+        fsx::remove_file_if_exists(&layout.state_file(name))?;
+        if src == State::Assigned {
+            fsx::remove_dir_all_if_exists(&layout.run_dir(State::Assigned, name))?;
+        }
     }
     if let Some(l) = _target_lock {
         l.release();
@@ -190,11 +203,16 @@ pub fn reject(
 
 /// Moves the run's directory next to where the task will end up.
 pub fn move_run_dir(layout: &Layout, name: &str, dest: State) -> io::Result<()> {
+    move_run_dir_as(layout, name, dest, name)
+}
+
+/// [`move_run_dir`] to `dest/<target>.run`.
+fn move_run_dir_as(layout: &Layout, name: &str, dest: State, target: &str) -> io::Result<()> {
     let from = layout.run_dir(State::Assigned, name);
     if fs::symlink_metadata(&from).is_err() {
         return Ok(());
     }
-    let to = layout.run_dir(dest, name);
+    let to = layout.run_dir(dest, target);
     fsx::remove_dir_all_if_exists(&to)?;
     fsx::rename_noreplace(&from, &to)?;
     fsx::fsync_dir(layout.dir(dest))
@@ -205,21 +223,38 @@ pub fn move_run_dir(layout: &Layout, name: &str, dest: State) -> io::Result<()> 
 /// before it, the run directory (with a keeper's outcome) is still in
 /// `assigned/`, where recovery looks for it.
 pub fn prepare_commit(layout: &Layout, record: &ResultRecord) -> io::Result<State> {
+    prepare_commit_as(layout, &record.task, record)
+}
+
+/// [`prepare_commit`] of task `name` filed under `record.task` (a clash name
+/// whose lock the caller holds too).
+pub fn prepare_commit_as(layout: &Layout, name: &str, record: &ResultRecord) -> io::Result<State> {
     let dest = match record.status {
         Status::Completed => State::Completed,
         Status::Failed => State::Failed,
     };
     let bytes = serde_json::to_vec_pretty(record).map_err(io::Error::other)?;
     fsx::write_atomic(&layout.record_file(dest, &record.task), &bytes)?;
-    move_run_dir(layout, &record.task, dest)?;
+    move_run_dir_as(layout, name, dest, &record.task)?;
     Ok(dest)
 }
 
 /// Step two: the task file's move out of `assigned/` — the commit point — then
 /// the bookkeeping goes. Holds the task's lock.
 pub fn finish_commit(layout: &Layout, name: &str, ext: &str, dest: State) -> io::Result<()> {
+    finish_commit_as(layout, name, ext, dest, name)
+}
+
+/// [`finish_commit`] of task `name` filed as `dest/<target>`.
+pub fn finish_commit_as(
+    layout: &Layout,
+    name: &str,
+    ext: &str,
+    dest: State,
+    target: &str,
+) -> io::Result<()> {
     let from = layout.task_file(State::Assigned, name, ext);
-    let to = layout.task_file(dest, name, ext);
+    let to = layout.task_file(dest, target, ext);
     match move_file(&from, &to) {
         Ok(()) => {}
         // Moved already (a repeated commit): make sure it is durable.
@@ -231,6 +266,54 @@ pub fn finish_commit(layout: &Layout, name: &str, ext: &str, dest: State) -> io:
     }
     fsx::remove_file_if_exists(&layout.state_file(name))?;
     Ok(())
+}
+
+/// What [`reclaim`] found of a running task's file after its run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reclaimed {
+    /// Still in `assigned/`.
+    Intact,
+    /// Found (the same file) at this path, and moved back into `assigned/`.
+    MovedBack(PathBuf),
+    /// Gone: written back into `assigned/` from the copy taken at the claim.
+    Rewritten,
+}
+
+/// Makes sure the task file of a run that just ended is in `assigned/`,
+/// whatever its agent did to it: the claimed file (device and inode `id`),
+/// found in another state directory, is moved back; a vanished one is written
+/// again from `bytes`, the content read at the claim (through `tasks/tmp/`
+/// and a no-replace rename). Holds the task's lock.
+pub fn reclaim(
+    layout: &Layout,
+    name: &str,
+    ext: &str,
+    id: (u64, u64),
+    bytes: &[u8],
+) -> io::Result<Reclaimed> {
+    use std::os::unix::fs::MetadataExt;
+    let at = layout.task_file(State::Assigned, name, ext);
+    if fs::symlink_metadata(&at).is_ok() {
+        return Ok(Reclaimed::Intact);
+    }
+    let ours =
+        |p: &Path| fs::symlink_metadata(p).is_ok_and(|m| (m.dev(), m.ino()) == id && m.is_file());
+    for s in [State::Pending, State::Completed, State::Failed] {
+        for e in ["yaml", "yml"] {
+            let p = layout.task_file(s, name, e);
+            if ours(&p) {
+                move_file(&p, &at)?;
+                return Ok(Reclaimed::MovedBack(p));
+            }
+        }
+    }
+    let staged = layout.tmp.join(fsx::tmp_name(&format!("{name}.{ext}")));
+    fsx::write_atomic(&staged, bytes)?;
+    let res = move_file(&staged, &at);
+    if res.is_err() {
+        let _ = fs::remove_file(&staged);
+    }
+    res.map(|()| Reclaimed::Rewritten)
 }
 
 /// Puts a claimed task back into `pending/` with its bookkeeping updated.

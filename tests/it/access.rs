@@ -91,3 +91,45 @@ fn agents_get_a_minimal_environment_and_no_stray_descriptors() {
         "the agent inherited more than it should"
     );
 }
+
+/// With `shared: true` records, state files and locks were mode 0600: the
+/// group could neither read results nor take a lock to recover an orphan.
+/// Now records and state files are 0640, locks 0660, and the directories
+/// mailroom creates are setgid (so the group carries on down the tree).
+#[test]
+fn a_shared_tree_gives_the_group_its_records_state_files_and_locks() {
+    let root = Root::new();
+    let release = root.p("release");
+    let root = root.config(&format!(
+        "shared: true\nrescan_interval: 1s\nagents:\n  a:\n    command: [{:?}]\n    grace: 1s\n\
+         \x20   prompt_template: \"{{description}}\"\n    env: {{RELEASE: {:?}}}\n",
+        agent("tamper.sh"),
+        release.to_string_lossy()
+    ));
+    root.write("tasks/pending/t.yaml", "description: wait\n");
+    let _sup = root.spawn();
+    let mode = |rel: &str| {
+        std::fs::symlink_metadata(root.p(rel))
+            .map(|m| m.permissions().mode() & 0o7777)
+            .unwrap_or(0)
+    };
+    wait_for(
+        std::time::Duration::from_secs(60),
+        "the run to start",
+        || root.exists("tasks/assigned/t.run/prompt.md"),
+    );
+    assert_eq!(mode("tasks/assigned/t.lock"), 0o660, "lock");
+    assert_eq!(mode("tasks/assigned/t.state.json"), 0o640, "state file");
+    assert_eq!(mode("tasks/assigned/t.run") & 0o2000, 0o2000, "run dir");
+    for d in ["tasks/cooldowns", "tasks/control", "tasks/control/cancel"] {
+        assert_eq!(mode(d) & 0o2000, 0o2000, "{d} is not setgid");
+    }
+    root.write("release", "");
+    wait_for(
+        std::time::Duration::from_secs(60),
+        "the task to complete",
+        || root.names("completed") == ["t"],
+    );
+    assert_eq!(mode("tasks/completed/t.result.json"), 0o640, "record");
+    assert_eq!(mode("context/current_state.md"), 0o640, "current_state.md");
+}

@@ -274,3 +274,54 @@ fn a_tree_may_not_grow_past_max_tree_tasks() {
     }
     assert_eq!(root.read("tasks/trees/seed").trim(), "3");
 }
+
+/// A symbolic link planted at `context/completed_tasks.jsonl` (or at the
+/// context lock) made every merge fail, and with it every commit of the tree,
+/// with an error that named no path. The context is derived data: the link
+/// is set aside, a fresh file takes its place, the log names the path, and
+/// the link's target is never written.
+#[test]
+fn a_symlink_in_context_is_set_aside_and_never_blocks_a_commit() {
+    use std::os::unix::fs::symlink;
+    let outside = Root::new();
+    outside.write("log.jsonl", "precious\n");
+    outside.write("state.md", "precious\n");
+    outside.write("lock", "precious\n");
+    let root = Root::new()
+        .agent_config(&[&agent("ok.sh")], "")
+        .task("a.yaml", "description: first\n");
+    symlink(
+        outside.p("log.jsonl"),
+        root.p("context/completed_tasks.jsonl"),
+    )
+    .unwrap();
+    symlink(outside.p("state.md"), root.p("context/current_state.md")).unwrap();
+    symlink(outside.p("lock"), root.p("context/.lock")).unwrap();
+    let out = root.run_until_idle_within(std::time::Duration::from_secs(30));
+    assert_eq!(root.names("completed"), ["a"]);
+    assert!(root.entries("tasks/assigned").is_empty());
+    for f in ["log.jsonl", "state.md", "lock"] {
+        assert_eq!(
+            outside.read(f),
+            "precious\n",
+            "{f} was written through a link"
+        );
+    }
+    for f in ["completed_tasks.jsonl", "current_state.md", ".lock"] {
+        let m = std::fs::symlink_metadata(root.p(&format!("context/{f}"))).unwrap();
+        assert!(m.is_file(), "context/{f} is still not a regular file");
+    }
+    assert!(
+        root.read("context/completed_tasks.jsonl")
+            .contains("\"task\":\"a\"")
+    );
+    let entries = root.entries("context");
+    assert!(
+        entries
+            .iter()
+            .any(|e| e.starts_with("completed_tasks.jsonl.set-aside")),
+        "{entries:?}"
+    );
+    let log = stderr(&out);
+    assert!(log.contains("context/completed_tasks.jsonl"), "{log}");
+}

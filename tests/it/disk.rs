@@ -142,3 +142,117 @@ fn removed_context_and_pending_directories_come_back() {
             .contains("\"task\":\"after\"")
     );
 }
+
+/// `chattr +i` on a directory: not even root may create entries in it. The
+/// flag is lifted again on drop, so the root can be removed.
+struct Immutable(std::path::PathBuf);
+impl Immutable {
+    fn new(dir: std::path::PathBuf) -> Option<Immutable> {
+        let ok = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(&dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !require(
+            ok,
+            "`chattr +i` on the temp directory (root, e2fsprogs, ext4 or xfs)",
+        ) {
+            return None;
+        }
+        Some(Immutable(dir))
+    }
+}
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A root whose agent `a` is `tests/agents/tamper.sh`, logging its runs to
+/// `runs.log`.
+fn logged_root(retries: u32) -> Root {
+    let root = Root::new();
+    let (runlog, release) = (root.p("runs.log"), root.p("release"));
+    root.config(&format!(
+        "retry_delay: 50ms\nsettle: 300ms\nrescan_interval: 1s\nretries: {retries}\n\
+         agents:\n  a:\n    command: [{:?}]\n    grace: 1s\n    prompt_template: \"{{description}}\"\n\
+         \x20   env: {{RUNLOG: {:?}, RELEASE: {:?}}}\n",
+        agent("tamper.sh"),
+        runlog.to_string_lossy(),
+        release.to_string_lossy(),
+    ))
+}
+
+fn run_lines(root: &Root) -> usize {
+    std::fs::read_to_string(root.p("runs.log"))
+        .unwrap_or_default()
+        .lines()
+        .count()
+}
+
+/// With `tasks/completed/` unwritable a successful run was filed failed as
+/// "the supervisor (pid N) stopped", N being the live supervisor itself. The
+/// commit is retried by the supervisor that holds the task, with the real
+/// error in the log, in `status` and in the record once it lands.
+#[test]
+fn an_unwritable_completed_dir_is_retried_and_never_blamed_on_a_dead_supervisor() {
+    let root = logged_root(0).task("a.yaml", "description: fine\n");
+    let Some(lock) = Immutable::new(root.p("tasks/completed")) else {
+        return;
+    };
+    let _sup = root.spawn();
+    wait_for(MIN, "two failed commits, or a misfiled task", || {
+        !root.names("failed").is_empty()
+            || sup_logs(&root).matches("Operation not permitted").count() >= 2
+    });
+    assert!(
+        root.names("failed").is_empty(),
+        "misfiled: {}",
+        root.read("tasks/failed/a.result.json")
+    );
+    assert_eq!(root.names("assigned"), ["a"]);
+    let status = root.mailroom(&["status"]);
+    assert!(
+        stdout(&status).contains("Operation not permitted"),
+        "status does not say why: {}",
+        stdout(&status)
+    );
+    drop(lock);
+    wait_for(MIN, "the commit to land", || {
+        root.names("completed") == ["a"]
+    });
+    let rec = root.record("completed", "a");
+    assert!(
+        rec["warnings"]
+            .to_string()
+            .contains("Operation not permitted"),
+        "{rec}"
+    );
+    assert_eq!(run_lines(&root), 1, "the run was repeated");
+    assert!(root.names("failed").is_empty());
+}
+
+/// A deleted `tasks/assigned/` was never recreated: every claim failed (four
+/// errors a second), nothing ran, and the running task was lost.
+#[test]
+fn a_removed_assigned_dir_is_recreated_and_its_running_task_kept() {
+    let root = logged_root(0).task("t.yaml", "description: wait\n");
+    let _sup = root.spawn();
+    wait_for(MIN, "the agent to start", || run_lines(&root) == 1);
+    std::fs::remove_dir_all(root.p("tasks/assigned")).unwrap();
+    root.write("release", "");
+    wait_for(MIN, "the task to be filed", || {
+        !root.names("failed").is_empty() || !root.names("completed").is_empty()
+    });
+    assert!(root.p("tasks/assigned").is_dir());
+    assert_eq!(root.names("failed"), ["t"], "{}", sup_logs(&root));
+    assert_eq!(root.read("tasks/failed/t.yaml"), "description: wait\n");
+    assert_eq!(root.record("failed", "t")["outcome"], "tampered");
+    root.write("tasks/pending/after.yaml", "description: after\n");
+    wait_for(MIN, "a new task to run", || {
+        root.names("completed") == ["after"]
+    });
+}

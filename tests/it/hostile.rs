@@ -1206,3 +1206,84 @@ fn find_canaries(dir: &Path) -> Vec<PathBuf> {
     }
     found
 }
+
+/// `agents: {}` leaves nothing to run any task on: `validate` says so, and a
+/// reload to it is refused (the old agents keep running the queue).
+#[test]
+fn an_empty_agents_map_is_refused_by_validate_and_by_reload() {
+    let root = Root::new().agent_config(&[&agent("ok.sh")], "");
+    let bad = Root::new();
+    bad.write("mailroom.yaml", "agents: {}\n");
+    let out = bad.mailroom(&["validate"]);
+    assert!(!out.status.success(), "validate accepted `agents: {{}}`");
+    assert!(stdout(&out).contains("agents"), "{}", stdout(&out));
+    let sup = root.spawn();
+    let logs = || {
+        root.entries(".")
+            .iter()
+            .filter(|e| e.starts_with("sup-"))
+            .map(|e| root.read(e))
+            .collect::<String>()
+    };
+    wait_for(Duration::from_secs(60), "the supervisor to start", || {
+        logs().contains("supervisor ready")
+    });
+    root.write("mailroom.yaml", "agents: {}\n");
+    sup.signal(SIGHUP);
+    wait_for(Duration::from_secs(30), "the reload to be refused", || {
+        logs().contains("new configuration refused")
+    });
+    root.write("tasks/pending/after.yaml", "description: still runs\n");
+    wait_for(Duration::from_secs(30), "the task to complete", || {
+        root.names("completed") == ["after"] || !root.names("failed").is_empty()
+    });
+    assert_eq!(root.names("completed"), ["after"], "{}", logs());
+}
+
+/// Two subtasks with one `id` would be one child: the second was dropped.
+#[test]
+fn duplicate_subtask_ids_are_refused_not_dropped() {
+    let root = Root::new().agent_config(&[&agent("ok.sh")], "").task(
+        "p.yaml",
+        "description: parent\nsubtasks:\n  - {id: x, description: first}\n  - {id: x, description: second}\n",
+    );
+    root.run_until_idle_within(Duration::from_secs(30));
+    let rec = root.record("failed", "p");
+    assert_eq!(rec["outcome"], "invalid", "{rec}");
+    let err = rec["error"].as_str().unwrap();
+    assert!(err.contains("`x`") && err.contains("twice"), "{err}");
+    assert!(
+        root.names("completed").is_empty(),
+        "{:?}",
+        root.names("completed")
+    );
+    // An explicit id that repeats a position-made one is the same clash.
+    let bad = Root::new();
+    bad.write(
+        "p.yaml",
+        "description: p\nsubtasks:\n  - first\n  - {id: \"1\", description: b}\n",
+    );
+    let out = bad.mailroom(&["validate", bad.p("p.yaml").to_str().unwrap()]);
+    assert!(!out.status.success(), "{}", stdout(&out));
+}
+
+/// `not_before: 9999-…` held the task forever, and with it `run
+/// --exit-when-idle` and `wait`; the limit is the one of `delay`, 30 days.
+#[test]
+fn a_not_before_beyond_thirty_days_is_refused() {
+    let root = Root::new()
+        .agent_config(&[&agent("ok.sh")], "")
+        .task(
+            "far.yaml",
+            "description: x\nnot_before: 9999-01-01T00:00:00Z\n",
+        )
+        .task(
+            "near.yaml",
+            "description: x\nnot_before: 2001-01-01T00:00:00Z\n",
+        );
+    root.run_until_idle_within(Duration::from_secs(30));
+    let rec = root.record("failed", "far");
+    assert_eq!(rec["outcome"], "invalid", "{rec}");
+    assert!(rec["error"].as_str().unwrap().contains("30 days"), "{rec}");
+    assert_eq!(root.names("completed"), ["near"]);
+}

@@ -20,5 +20,6 @@ mod presets;
 mod props;
 mod scheduling;
 mod systemd;
+mod tampering;
 mod workspace;
 mod writers;

@@ -1,0 +1,158 @@
+//! Agents that tamper with their own task, and other programs that reuse a
+//! task's name: the task is the supervisor's, not the agent's. Whatever an
+//! agent does to its task file (move it back to `pending/`, delete it, write
+//! a file of its name into `completed/`), the run is filed once, the task never
+//! vanishes, loops or wedges in `assigned/`. A name in use is never filed
+//! under again, and a task waiting for its retry keeps its bookkeeping.
+
+use crate::common::*;
+use std::time::Duration;
+
+/// A root whose agent `a` is `tests/agents/tamper.sh` (the description says
+/// what it does), logging its runs to `runs.log`, with `retries` as given.
+fn tamper_root(retries: u32, extra: &str) -> Root {
+    let root = Root::new();
+    let runlog = root.p("runs.log");
+    let release = root.p("release");
+    root.config(&format!(
+        "retry_delay: 50ms\nsettle: 300ms\nrescan_interval: 1s\nretries: {retries}\n{extra}\n\
+         agents:\n  a:\n    command: [{:?}]\n    grace: 1s\n    prompt_template: \"{{description}}\"\n\
+         \x20   env: {{RUNLOG: {:?}, RELEASE: {:?}}}\n",
+        agent("tamper.sh"),
+        runlog.to_string_lossy(),
+        release.to_string_lossy(),
+    ))
+}
+
+fn runs(root: &Root) -> Vec<String> {
+    std::fs::read_to_string(root.p("runs.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Every task file of the tree, as `state/name`.
+fn everywhere(root: &Root) -> Vec<String> {
+    ["pending", "assigned", "completed", "failed"]
+        .iter()
+        .flat_map(|s| root.names(s).into_iter().map(move |n| format!("{s}/{n}")))
+        .collect()
+}
+
+#[test]
+fn an_agent_that_moves_its_task_back_to_pending_does_not_loop() {
+    let root = tamper_root(0, "").task("t.yaml", "description: move-back\n");
+    root.run_until_idle_within(Duration::from_secs(30));
+    assert_eq!(runs(&root).len(), 1, "ran again: {:?}", runs(&root));
+    assert_eq!(everywhere(&root), ["failed/t"]);
+    let rec = root.record("failed", "t");
+    assert_eq!(rec["outcome"], "tampered", "{rec}");
+    let err = rec["error"].as_str().unwrap();
+    assert!(err.contains("tasks/pending/t.yaml"), "{err}");
+    assert!(!root.exists("tasks/completed/t.result.json"));
+    assert_eq!(root.read("tasks/failed/t.yaml"), "description: move-back\n");
+    assert!(
+        root.entries("tasks/assigned").is_empty(),
+        "{:?}",
+        root.entries("tasks/assigned")
+    );
+}
+
+#[test]
+fn an_agent_that_deletes_its_task_file_does_not_make_it_vanish() {
+    let root = tamper_root(2, "").task("t.yaml", "description: delete\n");
+    root.run_until_idle_within(Duration::from_secs(30));
+    assert_eq!(runs(&root).len(), 1, "{:?}", runs(&root));
+    assert_eq!(everywhere(&root), ["failed/t"]);
+    // Restored from the copy taken at the claim.
+    assert_eq!(root.read("tasks/failed/t.yaml"), "description: delete\n");
+    let rec = root.record("failed", "t");
+    assert_eq!(rec["outcome"], "tampered", "{rec}");
+    assert!(rec["error"].as_str().unwrap().contains("deleted"), "{rec}");
+    assert!(root.entries("tasks/assigned").is_empty());
+    // The log has it, once.
+    let log = root.read("context/completed_tasks.jsonl");
+    assert_eq!(log.matches("\"task\":\"t\"").count(), 1, "{log}");
+}
+
+#[test]
+fn an_agent_that_writes_its_name_into_completed_does_not_wedge_its_task() {
+    let root = tamper_root(0, "").task("t.yaml", "description: shadow\n");
+    root.run_until_idle_within(Duration::from_secs(30));
+    assert_eq!(runs(&root).len(), 1, "{:?}", runs(&root));
+    assert!(
+        root.entries("tasks/assigned").is_empty(),
+        "wedged in assigned/: {:?}",
+        root.entries("tasks/assigned")
+    );
+    // The planted file is left alone; the task is filed once, under a clash name.
+    assert_eq!(
+        root.read("tasks/completed/t.yaml"),
+        "description: not the real one\n"
+    );
+    assert!(!root.exists("tasks/completed/t.result.json"));
+    assert_eq!(root.names("failed"), ["t.clash-1"]);
+    let rec = root.record("failed", "t.clash-1");
+    assert_eq!(rec["outcome"], "tampered", "{rec}");
+    assert!(
+        rec["error"]
+            .as_str()
+            .unwrap()
+            .contains("tasks/completed/t.yaml"),
+        "{rec}"
+    );
+    assert_eq!(
+        root.read("tasks/failed/t.clash-1.yaml"),
+        "description: shadow\n"
+    );
+    // `retry` reaches it.
+    let out = root.mailroom(&["retry", "t.clash-1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn a_broken_file_named_like_a_completed_task_is_filed_as_a_clash() {
+    let root = tamper_root(0, "").task("done.yaml", "description: fine\n");
+    root.run_until_idle();
+    assert_eq!(root.names("completed"), ["done"]);
+    // A broken file of that name, then a cancelled one.
+    root.write("tasks/pending/done.yaml", "description: [unclosed\n");
+    root.run_until_idle();
+    root.write("tasks/pending/done.yaml", "description: later\ndelay: 1h\n");
+    root.write("tasks/control/cancel/done", "");
+    root.run_until_idle();
+    assert_eq!(root.names("completed"), ["done"]);
+    assert_eq!(
+        root.names("failed"),
+        ["done.clash-1", "done.clash-2"],
+        "the name ended up in two states"
+    );
+    assert!(!root.exists("tasks/failed/done.result.json"));
+    assert_eq!(root.record("failed", "done.clash-1")["outcome"], "invalid");
+    assert_eq!(
+        root.record("failed", "done.clash-2")["outcome"],
+        "cancelled"
+    );
+    assert_eq!(root.record("completed", "done")["outcome"], "success");
+}
+
+#[test]
+fn a_newer_file_while_a_task_waits_for_its_retry_keeps_its_state_file() {
+    // Attempt 1 submits a newer file of its own name, then fails; the task
+    // is requeued (retries: 1), the newer file is set aside as a clash.
+    let root = tamper_root(1, "").task("t.yaml", "description: newer\n");
+    root.run_until_idle_within(Duration::from_secs(30));
+    assert_eq!(
+        runs(&root).len(),
+        2,
+        "attempts were lost: {:?}",
+        runs(&root)
+    );
+    let rec = root.record("failed", "t");
+    assert_eq!(rec["outcome"], "exit", "{rec}");
+    assert_eq!(rec["attempts"], 2, "{rec}");
+    assert_eq!(rec["history"].as_array().unwrap().len(), 2, "{rec}");
+    assert_eq!(root.names("failed"), ["t", "t.clash-1"]);
+    assert_eq!(root.record("failed", "t.clash-1")["outcome"], "clash");
+}
