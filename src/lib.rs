@@ -2,6 +2,7 @@
 //! directory tree. See ARCHITECTURE.md for the code map and PROTOCOL.md for
 //! the on-disk protocol.
 
+pub mod adapter;
 pub mod cli;
 pub mod config;
 pub mod context;
