@@ -7,6 +7,7 @@
 //! task files), `sched` (ordering and routing, no I/O), `run` (agent processes),
 //! `supervisor` (the loop), `ops` (metrics, systemd, the watcher) and `cli`.
 
+pub mod adapter;
 pub mod cli;
 pub mod model;
 pub mod ops;

@@ -1,0 +1,250 @@
+//! aider (`aider --message=… --no-pretty`), plain text.
+//!
+//! aider exits 0 when every call to the model failed (a bad key, a 500, a rate limit), so
+//! its text decides. stdout holds a banner (`Aider v…`, `Model: …`, `Git repo: …`,
+//! `Repo-map: …`), then the model's reply followed by a `Tokens: … sent, … received.`
+//! line (with `Cost: …` when known). A failed call prints litellm's exception instead,
+//! as a line starting `litellm.<Name>Error: …` (wrapped at the terminal width), a line
+//! of advice ("The API provider has rate limited you. …"), and `Retrying in N seconds...`
+//! while aider retries.
+//!
+//! The reply is the text between the banner and the last `Tokens:` line. A run whose
+//! last model call produced a reply (a `Tokens:` line, and no litellm error after it) is a
+//! success, whatever else the reply says; otherwise the last litellm error line (outside
+//! the reply, and not a line of the prompt) is the error, classified by its exception
+//! name. stderr carries argument errors (`aider: error: unrecognized arguments: …`).
+
+use std::sync::LazyLock;
+
+use regex::Regex;
+
+use super::{
+    ErrorClass, Parsed, RunFacts, Usage, Verdict, classify, error_channel, error_line, hint, reset,
+    short,
+};
+
+static TOKENS: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^Tokens: ([\d.,]+k?) sent(?:, ([\d.,]+k?) cache write)?(?:, ([\d.,]+k?) cache hit)?, ([\d.,]+k?) received\.(?: Cost: \$([\d.]+) message)?")
+        .expect("tokens pattern compiles")
+});
+static LITELLM: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^(?:litellm\.)?([A-Z]\w*(?:Error|Exception|Exceeded|Timeout)): ")
+        .expect("litellm pattern compiles")
+});
+static BANNER: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(concat!(
+        r"^(?:Aider v\d|Model: |Main model: |Weak model: |Editor model: |Git repo: |Repo-map: |",
+        r"Added .* to the chat|Analytics have been|Detected dumb terminal|https://aider\.chat/|",
+        r"Use /help|Warning: |Cur working dir: |Git working dir: |HTTPSConnectionPool\()"
+    ))
+    .expect("banner pattern compiles")
+});
+
+pub(crate) fn parse(facts: &RunFacts<'_>) -> Parsed {
+    let lines: Vec<&str> = facts.stdout.lines().collect();
+    let tokens_at = lines.iter().rposition(|l| TOKENS.is_match(l.trim()));
+    let prompt_lines: std::collections::HashSet<&str> = facts
+        .prompt
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    // The last exception line after the last reply (a reply's own text is not looked at).
+    let errors_from = tokens_at.map_or(0, |t| t + 1);
+    let error_at = (errors_from..lines.len())
+        .rev()
+        .find(|&i| LITELLM.is_match(lines[i].trim()) && !prompt_lines.contains(lines[i].trim()));
+
+    let (answer, usage) = match tokens_at {
+        Some(t) => {
+            let start = lines[..t]
+                .iter()
+                .rposition(|l| BANNER.is_match(l.trim()))
+                .map_or(0, |b| b + 1);
+            (
+                lines[start..t].join("\n").trim().to_string(),
+                usage(lines[t].trim()),
+            )
+        }
+        None => (String::new(), Usage::default()),
+    };
+    let verdict = match (error_at, tokens_at) {
+        (Some(i), _) => {
+            // The exception and its wrapped continuation, up to a blank line.
+            let text: Vec<&str> = lines[i..]
+                .iter()
+                .map(|l| l.trim())
+                .take_while(|l| !l.is_empty())
+                .collect();
+            let text = text.join(" ");
+            let name = LITELLM
+                .captures(lines[i].trim())
+                .map(|c| c[1].to_string())
+                .unwrap_or_default();
+            let class = class_of(&name, &text);
+            let h = hint(facts.kind, &class, &text);
+            Verdict::Error {
+                class,
+                message: format!("{}{h}", short(&text)),
+            }
+        }
+        (None, Some(_)) => Verdict::Success,
+        (None, None) => Verdict::UnknownWith {
+            error_line: error_line(&error_channel(facts.stderr, facts.prompt), ""),
+            needs_answer: true,
+        },
+    };
+    let answer = match verdict {
+        Verdict::Error { .. } => String::new(),
+        _ => answer,
+    };
+    Parsed {
+        answer,
+        verdict,
+        usage,
+        session_id: None,
+    }
+}
+
+/// litellm's exception names (they mirror the OpenAI SDK's), then the text.
+fn class_of(name: &str, text: &str) -> ErrorClass {
+    match name {
+        "RateLimitError" => ErrorClass::Limit { reset: reset(text) },
+        "AuthenticationError" | "PermissionDeniedError" => ErrorClass::Auth,
+        "InternalServerError"
+        | "ServiceUnavailableError"
+        | "APIConnectionError"
+        | "APIError"
+        | "Timeout"
+        | "BadGatewayError" => ErrorClass::Transient,
+        "NotFoundError" | "BadRequestError" | "UnsupportedParamsError" => ErrorClass::Config,
+        "ContextWindowExceededError" | "ContentPolicyViolationError" => ErrorClass::Task,
+        _ => classify(text, None),
+    }
+}
+
+/// `Tokens: 2.3k sent, 1.1k cache write, 4.5k cache hit, 300 received. Cost: $0.01 message, …`
+fn usage(line: &str) -> Usage {
+    let Some(c) = TOKENS.captures(line) else {
+        return Usage::default();
+    };
+    let num = |i: usize| c.get(i).and_then(|m| count(m.as_str()));
+    Usage {
+        input_tokens: num(1),
+        cache_write_tokens: num(2),
+        cache_read_tokens: num(3),
+        output_tokens: num(4),
+        cost_usd: c.get(5).and_then(|m| m.as_str().parse().ok()),
+        ..Usage::default()
+    }
+}
+
+/// "608", "1,234", "2.3k" (aider rounds large counts to thousands).
+fn count(s: &str) -> Option<u64> {
+    let s = s.replace(',', "");
+    match s.strip_suffix('k') {
+        Some(k) => k.parse::<f64>().ok().map(|k| (k * 1000.0).round() as u64),
+        None => s.parse().ok(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{
+        ANSWER_429, ANSWER_OK, Fixture, fixture, prompt, run, run_stopped,
+    };
+    use super::super::{Class, ErrorClass, Kind};
+    use super::*;
+
+    const K: Kind = Kind::Aider;
+
+    #[test]
+    fn token_counts() {
+        let u = usage(
+            "Tokens: 2.3k sent, 1.1k cache write, 4.5k cache hit, 300 received. Cost: $0.01 message, $0.02 session.",
+        );
+        assert_eq!(u.input_tokens, Some(2300));
+        assert_eq!(u.cache_write_tokens, Some(1100));
+        assert_eq!(u.cache_read_tokens, Some(4500));
+        assert_eq!(u.output_tokens, Some(300));
+        assert_eq!(u.cost_usd, Some(0.01));
+    }
+
+    #[test]
+    fn ok() {
+        let r = run(&K, &fixture!("aider-0.86.1", "ok"), &prompt("ok"));
+        assert_eq!(r.outcome, Class::Success);
+        assert_eq!(r.answer, ANSWER_OK);
+        // aider counts tokens itself.
+        assert_eq!(r.usage.input_tokens, Some(608));
+        assert_eq!(r.usage.output_tokens, Some(10));
+    }
+
+    #[test]
+    fn answer_that_mentions_429_is_success() {
+        let r = run(&K, &fixture!("aider-0.86.1", "ok-429"), &prompt("ok-429"));
+        assert_eq!(r.outcome, Class::Success);
+        assert_eq!(r.answer, ANSWER_429);
+        // Even a reply that starts a line with litellm's exception shape.
+        let f = fixture!("aider-0.86.1", "ok");
+        let quoted = f.stdout.replace(
+            ANSWER_OK,
+            "litellm.RateLimitError: RateLimitError: that is what the log said.\nFixed.",
+        );
+        let f = Fixture {
+            stdout: Box::leak(quoted.into_boxed_str()),
+            ..f
+        };
+        let r = run(&K, &f, &prompt("ok"));
+        assert_eq!(r.outcome, Class::Success);
+    }
+
+    #[test]
+    fn rate_limit_exits_0_but_is_a_limit() {
+        let f = fixture!("aider-0.86.1", "429");
+        assert_eq!(f.exit.trim(), "code 0");
+        let r = run(&K, &f, &prompt("429"));
+        assert!(
+            matches!(r.outcome, Class::Failed(ErrorClass::Limit { .. })),
+            "{r:?}"
+        );
+        assert_eq!(r.answer, "");
+        let r = run(
+            &K,
+            &fixture!("aider-0.86.1", "usage-limit"),
+            &prompt("usage-limit"),
+        );
+        assert!(
+            matches!(r.outcome, Class::Failed(ErrorClass::Limit { .. })),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn server_error_exits_0_but_is_transient() {
+        let r = run(&K, &fixture!("aider-0.86.1", "500"), &prompt("500"));
+        assert_eq!(r.outcome, Class::Failed(ErrorClass::Transient), "{r:?}");
+    }
+
+    #[test]
+    fn bad_key_exits_0_but_is_auth() {
+        let f = fixture!("aider-0.86.1", "401");
+        assert_eq!(f.exit.trim(), "code 0");
+        let r = run(&K, &f, &prompt("401"));
+        assert_eq!(r.outcome, Class::Failed(ErrorClass::Auth));
+        let m = r.message.unwrap();
+        assert!(m.contains("Incorrect API key provided"), "{m}");
+        assert!(m.contains("fix: set the model provider's key"), "{m}");
+    }
+
+    #[test]
+    fn stopped_and_dash_and_bad_flag() {
+        let r = run_stopped(&K, &fixture!("aider-0.86.1", "hang"), &prompt("hang"), true);
+        assert_eq!(r.outcome, Class::Failed(ErrorClass::Stopped));
+        let r = run(&K, &fixture!("aider-0.86.1", "dash-v"), &prompt("dash-v"));
+        assert_eq!(r.outcome, Class::Success);
+        assert_eq!(r.answer, ANSWER_OK);
+        let r = run(&K, &fixture!("aider-0.86.1", "bad-flag"), &prompt("ok"));
+        assert_eq!(r.outcome, Class::Failed(ErrorClass::Config));
+    }
+}

@@ -1,0 +1,298 @@
+//! Claude Code (`claude -p`), `--output-format json` or `stream-json`.
+//!
+//! Both end with one result object:
+//! `{"type":"result","subtype":"success","is_error":false,"api_error_status":null,
+//!   "result":"<answer>","session_id":"…","total_cost_usd":…,"num_turns":1,
+//!   "duration_api_ms":…,"usage":{"input_tokens":…,"cache_read_input_tokens":…,
+//!   "cache_creation_input_tokens":…,"output_tokens":…},"modelUsage":{"<model>":{…}}}`
+//! (stream-json prints it as the last JSONL event, after `system`, `assistant`, ...).
+//!
+//! `subtype` says "success" even when `is_error` is true (an API error): `is_error` is
+//! what counts, and then `result` holds the error message, not an answer, and
+//! `api_error_status` the HTTP status. Claude Code 2.1 exits 1 then; a subscriber's limit
+//! reads "You've hit your session limit · resets Jan 1, 2030, 12pm (UTC)", an API rate
+//! limit "API Error: Request rejected (429) · …".
+//!
+//! Without a result object (killed, a bad flag, `--output-format text`), stdout is read
+//! as text and stderr's last line (minus prompt echoes) is the error line.
+
+use serde_json::Value;
+
+use super::{
+    Kind, Parsed, RunFacts, Usage, Verdict, error, error_channel, error_line, json_lines,
+    last_json_object, str_at, u64_at,
+};
+
+pub(crate) fn parse(facts: &RunFacts<'_>) -> Parsed {
+    parse_envelope(facts.kind, facts)
+}
+
+/// Shared with cursor-agent, whose JSON result has the same shape.
+pub(crate) fn parse_envelope(kind: &Kind, facts: &RunFacts<'_>) -> Parsed {
+    let events = json_lines(facts.stdout);
+    let result = last_json_object(facts.stdout)
+        .filter(is_result)
+        .or_else(|| events.iter().rev().find(|e| is_result(e)).cloned());
+    let session_id = result
+        .as_ref()
+        .and_then(|r| str_at(r, "session_id"))
+        .or_else(|| events.iter().rev().find_map(|e| str_at(e, "session_id")))
+        .map(str::to_string);
+    let Some(result) = result else {
+        // No result: text output, or a run that ended before its result.
+        let answer = if events.is_empty() {
+            facts.stdout.trim().to_string()
+        } else {
+            last_assistant_text(&events)
+        };
+        let channel = error_channel(facts.stderr, facts.prompt);
+        let error_line = error_line(&channel, &answer);
+        return Parsed {
+            answer,
+            verdict: Verdict::UnknownWith {
+                error_line,
+                needs_answer: true,
+            },
+            usage: Usage::default(),
+            session_id,
+        };
+    };
+    let text = str_at(&result, "result").unwrap_or_default().to_string();
+    let is_error = result
+        .get("is_error")
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+        || str_at(&result, "subtype").is_some_and(|s| s.starts_with("error"));
+    let usage = usage(&result);
+    if is_error {
+        let status = u64_at(&result, "api_error_status").and_then(|s| u16::try_from(s).ok());
+        let message = if text.trim().is_empty() {
+            let subtype = str_at(&result, "subtype").unwrap_or("error");
+            format!("the run ended with {subtype}")
+        } else {
+            text
+        };
+        return Parsed {
+            answer: String::new(),
+            verdict: error(kind, &message, status),
+            usage,
+            session_id,
+        };
+    }
+    Parsed {
+        answer: text,
+        verdict: Verdict::Success,
+        usage,
+        session_id,
+    }
+}
+
+fn is_result(v: &Value) -> bool {
+    str_at(v, "type") == Some("result")
+}
+
+/// The text of the last assistant message in a stream (what a stopped run had said).
+fn last_assistant_text(events: &[Value]) -> String {
+    events
+        .iter()
+        .rev()
+        .filter(|e| str_at(e, "type") == Some("assistant"))
+        .find_map(|e| {
+            let content = e.pointer("/message/content")?.as_array()?;
+            let text: Vec<&str> = content
+                .iter()
+                .filter(|c| str_at(c, "type") == Some("text"))
+                .filter_map(|c| str_at(c, "text"))
+                .collect();
+            (!text.is_empty()).then(|| text.join(""))
+        })
+        .unwrap_or_default()
+}
+
+fn usage(result: &Value) -> Usage {
+    let u = result.get("usage");
+    let tok = |key: &str| u.and_then(|u| u64_at(u, key));
+    // The model that did most of the work (claude also calls a small model on the side).
+    let model = result
+        .get("modelUsage")
+        .and_then(Value::as_object)
+        .and_then(|models| {
+            models
+                .iter()
+                .max_by_key(|(_, m)| u64_at(m, "outputTokens").unwrap_or(0))
+                .map(|(name, _)| name.clone())
+        });
+    Usage {
+        input_tokens: tok("input_tokens"),
+        output_tokens: tok("output_tokens"),
+        cache_read_tokens: tok("cache_read_input_tokens"),
+        cache_write_tokens: tok("cache_creation_input_tokens"),
+        cost_usd: result.get("total_cost_usd").and_then(Value::as_f64),
+        model,
+        turns: u64_at(result, "num_turns").and_then(|n| u32::try_from(n).ok()),
+        api_ms: u64_at(result, "duration_api_ms"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{ANSWER_429, ANSWER_OK, fixture, prompt, run, run_stopped};
+    use super::super::{Class, ErrorClass, Kind, Reset, Usage};
+
+    const K: Kind = Kind::Claude;
+
+    fn ok_usage() -> Usage {
+        Usage {
+            input_tokens: Some(1200),
+            output_tokens: Some(34),
+            cache_read_tokens: Some(300),
+            cache_write_tokens: Some(50),
+            cost_usd: Some(0.0073125),
+            model: Some("claude-opus-4-8[1m]".into()),
+            turns: Some(1),
+            api_ms: None,
+        }
+    }
+
+    #[test]
+    fn ok() {
+        let r = run(&K, &fixture!("claude-2.1.197", "ok"), &prompt("ok"));
+        assert_eq!(r.outcome, Class::Success);
+        assert_eq!(r.answer, ANSWER_OK);
+        assert_eq!(r.error_class, None);
+        assert_eq!(
+            r.session_id.as_deref(),
+            Some("4351a8fe-6cde-4f28-a2f9-150b60baaa1d")
+        );
+        assert_eq!(
+            Usage {
+                api_ms: None,
+                ..r.usage
+            },
+            ok_usage()
+        );
+    }
+
+    #[test]
+    fn answer_that_mentions_429_is_success() {
+        let r = run(&K, &fixture!("claude-2.1.197", "ok-429"), &prompt("ok-429"));
+        assert_eq!(r.outcome, Class::Success);
+        assert_eq!(r.answer, ANSWER_429);
+        assert!(r.message.is_none());
+    }
+
+    #[test]
+    fn rate_limit_429() {
+        let r = run(&K, &fixture!("claude-2.1.197", "429"), &prompt("429"));
+        assert_eq!(r.outcome, Class::Failed(ErrorClass::Limit { reset: None }));
+        assert_eq!(r.answer, "");
+        let m = r.message.unwrap();
+        assert!(
+            m.starts_with("claude: API Error: Request rejected (429)"),
+            "{m}"
+        );
+        assert!(r.session_id.is_some());
+    }
+
+    #[test]
+    fn subscriber_usage_limit_with_reset() {
+        let r = run(
+            &K,
+            &fixture!("claude-2.1.197", "usage-limit"),
+            &prompt("usage-limit"),
+        );
+        assert_eq!(
+            r.error_class,
+            Some(ErrorClass::Limit {
+                reset: Some(Reset::Text("Jan 1, 2030, 12pm (UTC)".into()))
+            })
+        );
+        assert_eq!(
+            r.message.as_deref(),
+            Some("claude: You've hit your session limit · resets Jan 1, 2030, 12pm (UTC)")
+        );
+    }
+
+    #[test]
+    fn server_error_is_transient() {
+        let r = run(&K, &fixture!("claude-2.1.197", "500"), &prompt("500"));
+        assert_eq!(r.outcome, Class::Failed(ErrorClass::Transient));
+        assert_eq!(r.usage.input_tokens, Some(0));
+    }
+
+    #[test]
+    fn bad_key_is_auth_with_a_fix() {
+        let r = run(&K, &fixture!("claude-2.1.197", "401"), &prompt("401"));
+        assert_eq!(r.outcome, Class::Failed(ErrorClass::Auth));
+        let m = r.message.unwrap();
+        assert!(m.contains("Invalid API key"), "{m}");
+        assert!(m.contains("fix: set ANTHROPIC_API_KEY"), "{m}");
+    }
+
+    #[test]
+    fn stopped_run_is_never_success() {
+        let f = fixture!("claude-2.1.197", "hang");
+        let r = run_stopped(&K, &f, &prompt("hang"), true);
+        assert_eq!(r.outcome, Class::Failed(ErrorClass::Stopped));
+        // Even had it exited 0.
+        let f0 = super::super::testing::Fixture {
+            exit: "code 0",
+            ..f
+        };
+        let r = run_stopped(&K, &f0, &prompt("hang"), true);
+        assert_eq!(r.outcome, Class::Failed(ErrorClass::Stopped));
+        // Killed by someone else: no result printed, so not a success either.
+        let r = run(&K, &f0, &prompt("hang"));
+        assert_eq!(r.outcome, Class::Failed(ErrorClass::Task));
+    }
+
+    #[test]
+    fn prompt_with_leading_dash_after_double_dash() {
+        let r = run(&K, &fixture!("claude-2.1.197", "dash-v"), &prompt("dash-v"));
+        assert_eq!(r.outcome, Class::Success);
+        assert_eq!(r.answer, ANSWER_OK);
+    }
+
+    #[test]
+    fn unknown_flag_is_config() {
+        let r = run(&K, &fixture!("claude-2.1.197", "bad-flag"), &prompt("ok"));
+        assert_eq!(r.outcome, Class::Failed(ErrorClass::Config));
+        let m = r.message.unwrap();
+        assert!(m.contains("unknown option '--no-such-flag'"), "{m}");
+    }
+
+    #[test]
+    fn stream_json() {
+        let r = run(&K, &fixture!("claude-2.1.197", "stream-ok"), &prompt("ok"));
+        assert_eq!(r.outcome, Class::Success);
+        assert_eq!(r.answer, ANSWER_OK);
+        assert_eq!(r.usage.output_tokens, Some(34));
+        assert!(r.session_id.is_some());
+        let r = run(
+            &K,
+            &fixture!("claude-2.1.197", "stream-429"),
+            &prompt("429"),
+        );
+        assert_eq!(r.outcome, Class::Failed(ErrorClass::Limit { reset: None }));
+        assert_eq!(r.answer, "");
+    }
+
+    #[test]
+    fn structured_error_with_exit_0_is_a_failure() {
+        let mut f = fixture!("claude-2.1.197", "500");
+        f.exit = "code 0";
+        let r = run(&K, &f, &prompt("500"));
+        assert_eq!(r.outcome, Class::Failed(ErrorClass::Transient));
+    }
+
+    #[test]
+    fn limit_words_in_stderr_do_not_touch_a_success() {
+        let f = fixture!("claude-2.1.197", "ok");
+        let f = super::super::testing::Fixture {
+            stderr: "API Error: Rate limit reached\nYou've hit your limit · resets 1pm\n",
+            ..f
+        };
+        let r = run(&K, &f, &prompt("ok"));
+        assert_eq!(r.outcome, Class::Success);
+    }
+}

@@ -1,0 +1,566 @@
+#!/usr/bin/env python3
+"""A mock model API for running the real agent CLIs (claude, codex, gemini) offline.
+
+One server answers all three wire formats on 127.0.0.1:
+
+  POST /v1/messages[?beta=true]                   Anthropic Messages API (SSE when "stream": true,
+                                                  else one JSON message); /v1/messages/count_tokens
+  POST /v1/responses                              OpenAI Responses API (SSE when "stream": true)
+  POST /v1/chat/completions                       OpenAI Chat Completions (SSE when "stream": true)
+  POST /v1beta/models/MODEL:streamGenerateContent Gemini (?alt=sse), :generateContent, :countTokens
+  GET  /v1/models, /v1beta/models                 small model lists
+
+The scenario of a request is the last `MOCK:<name>` marker found in its body (so the prompt
+chooses it), else the server's default (--scenario, or $MOCK_SCENARIO, else "ok"):
+
+  ok          a short answer, with usage
+  ok-429      an ok answer whose text quotes rate-limit and usage-limit messages (a trap for
+              classifiers that read the answer)
+  429         the API's rate-limit error (HTTP 429), with a short retry-after
+  usage-limit the subscription / quota "usage limit" error, with a reset time (HTTP 429)
+  500         an internal server error (HTTP 500)
+  401         an authentication error (Anthropic and OpenAI: HTTP 401; Gemini, like the real
+              API: HTTP 400 API_KEY_INVALID)
+  hang        starts the response, then sends nothing more until the client goes away
+
+Lifetime: the server exits when its parent process dies, after --lifetime seconds (default
+900), or on SIGTERM/SIGINT. The port (0 = pick a free one) is printed on stdout as
+"PORT <n>" and, with --port-file, written to that file (atomically). With --log, every
+request is appended to that file as one JSON line (method, path, scenario, body).
+
+Python 3 standard library only.
+"""
+
+import argparse
+import json
+import os
+import re
+import signal
+import sys
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+SCENARIOS = ("ok", "ok-429", "429", "usage-limit", "500", "401", "hang")
+MARKER = re.compile(r"MOCK:([a-z0-9-]+)")
+
+# Fixed usage numbers, so the adapters' tests can check them.
+IN_TOKENS = 1200
+OUT_TOKENS = 34
+CACHE_READ = 300
+CACHE_WRITE = 50
+# How long a 429 asks the client to wait, in seconds. Real APIs say more; the CLIs retry
+# 429s themselves, and a short wait keeps captures fast.
+RETRY_AFTER = 1
+# Reset of the usage-limit scenario: by default a fixed instant, 2030-01-01T12:00:00Z, so
+# captured output does not depend on the day; --reset-in SECS (or $MOCK_RESET_IN) makes it
+# that many seconds from each request instead (end-to-end tests of cooldowns).
+RESET_AT = 1893499200
+
+ANSWERS = {
+    "ok": "MOCK ANSWER: the task is done.",
+    "ok-429": (
+        "MOCK ANSWER: the upstream service answered 429 Too Many Requests earlier and "
+        "the log said rate limit reached (API Error: Rate limit reached; "
+        "You've hit your limit · resets 1pm; Claude AI usage limit reached|1893499200; "
+        "exceeded retry limit, last status: 429; RESOURCE_EXHAUSTED; RateLimitError). "
+        "I added a backoff, so the task is done."
+    ),
+}
+
+ARGS = None
+
+
+def log_request(method, path, scenario, body):
+    if not ARGS.log:
+        return
+    line = json.dumps({"t": round(time.time(), 3), "method": method, "path": path,
+                       "scenario": scenario, "body": body[:20000]})
+    with LOG_LOCK:
+        with open(ARGS.log, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+
+
+LOG_LOCK = threading.Lock()
+
+
+def scenario_of(body):
+    found = MARKER.findall(body)
+    for name in reversed(found):
+        if name in SCENARIOS:
+            return name
+    return ARGS.scenario
+
+
+def reset_at():
+    """When the usage-limit scenario's limit resets (unix seconds)."""
+    if ARGS.reset_in > 0:
+        return int(time.time()) + ARGS.reset_in
+    return RESET_AT
+
+
+def answer_text(scenario):
+    return ANSWERS.get(scenario, ANSWERS["ok"])
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "mock-model/1"
+
+    def log_message(self, fmt, *args):  # quiet
+        pass
+
+    # ---- plumbing -------------------------------------------------------------------
+
+    def read_body(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(n) if n else b""
+        if self.headers.get("Content-Encoding", "") in ("gzip",):
+            import gzip
+            raw = gzip.decompress(raw)
+        elif self.headers.get("Content-Encoding", "") == "zstd":
+            raw = b""  # not supported: no scenario marker then
+        return raw.decode("utf-8", "replace")
+
+    def send_json(self, status, obj, headers=None):
+        data = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+        self.wfile.flush()
+
+    def start_sse(self, headers=None):
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.close_connection = True
+
+    def sse(self, data, event=None):
+        chunk = ""
+        if event:
+            chunk += f"event: {event}\n"
+        chunk += f"data: {json.dumps(data)}\n\n"
+        self.wfile.write(chunk.encode())
+        self.wfile.flush()
+
+    def hang(self):
+        """Keeps the connection open, sending nothing, until the client goes or the server ends."""
+        deadline = time.time() + ARGS.lifetime
+        while time.time() < deadline:
+            time.sleep(0.5)
+            try:
+                # A comment line keeps an SSE stream alive without any content.
+                self.wfile.write(b": waiting\n\n")
+                self.wfile.flush()
+            except OSError:
+                return
+
+    def do_GET(self):
+        path = self.path.split("?")[0]
+        log_request("GET", self.path, None, "")
+        if path in ("/v1/models", "/models"):
+            self.send_json(200, {"object": "list", "data": [
+                {"id": "mock-gpt", "object": "model", "created": 0, "owned_by": "mock"}]})
+        elif path.startswith("/v1beta/models"):
+            self.send_json(200, {"models": [{"name": "models/gemini-2.5-pro"}]})
+        else:
+            self.send_json(404, {"error": {"message": f"mock: no route for GET {path}"}})
+
+    def do_HEAD(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_POST(self):
+        body = self.read_body()
+        path = self.path.split("?")[0]
+        scenario = scenario_of(body)
+        log_request("POST", self.path, scenario, body)
+        try:
+            req = json.loads(body) if body else {}
+        except ValueError:
+            req = {}
+        try:
+            if path == "/v1/messages/count_tokens":
+                self.send_json(200, {"input_tokens": IN_TOKENS})
+            elif path == "/v1/messages":
+                self.anthropic(req, scenario)
+            elif path in ("/v1/responses", "/responses"):
+                self.openai_responses(req, scenario)
+            elif path in ("/v1/chat/completions", "/chat/completions"):
+                self.openai_chat(req, scenario)
+            elif ":" in path and "/models/" in path:
+                model, _, method = path.rsplit("/", 1)[1].partition(":")
+                self.gemini(req, scenario, model, method)
+            else:
+                self.send_json(404, {"error": {"message": f"mock: no route for POST {path}"}})
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    # ---- Anthropic ------------------------------------------------------------------
+
+    def anthropic_error(self, scenario):
+        rid = "req_mock" + uuid.uuid4().hex[:16]
+        if scenario == "429":
+            return 429, {"type": "error", "error": {
+                "type": "rate_limit_error",
+                "message": "This request would exceed the rate limit for your organization "
+                           "(mock-org) of 50 input tokens per minute. For details, refer to: "
+                           "https://docs.claude.com/en/api/rate-limits. You can see the response "
+                           "headers for current usage. Please reduce the prompt length or the "
+                           "maximum tokens requested, or try again later."},
+                "request_id": rid}, {"retry-after": str(RETRY_AFTER), "request-id": rid}
+        if scenario == "usage-limit":
+            # What a Claude subscription's limit looks like on the wire: a 429 whose unified
+            # rate-limit headers say "rejected" and when the window resets.
+            return 429, {"type": "error", "error": {
+                "type": "rate_limit_error",
+                "message": "Claude AI usage limit reached|%d" % reset_at()},
+                "request_id": rid}, {
+                "request-id": rid,
+                "anthropic-ratelimit-unified-status": "rejected",
+                "anthropic-ratelimit-unified-reset": str(reset_at()),
+                "anthropic-ratelimit-unified-representative-claim": "five_hour",
+                "anthropic-ratelimit-unified-5h-status": "rejected",
+                "anthropic-ratelimit-unified-5h-reset": str(reset_at()),
+                "anthropic-ratelimit-unified-5h-utilization": "1.0",
+                "anthropic-ratelimit-unified-fallback": "unavailable",
+                "anthropic-ratelimit-unified-overage-status": "rejected",
+                "anthropic-ratelimit-unified-overage-disabled-reason": "org_level_disabled"}
+        if scenario == "500":
+            return 500, {"type": "error", "error": {"type": "api_error",
+                                                    "message": "Internal server error"},
+                         "request_id": rid}, {"request-id": rid}
+        if scenario == "401":
+            return 401, {"type": "error", "error": {"type": "authentication_error",
+                                                    "message": "invalid x-api-key"},
+                         "request_id": rid}, {"request-id": rid}
+        return None
+
+    def anthropic(self, req, scenario):
+        err = self.anthropic_error(scenario)
+        if err:
+            status, obj, headers = err
+            return self.send_json(status, obj, headers)
+        model = req.get("model") or "claude-sonnet-4-5"
+        mid = "msg_mock" + uuid.uuid4().hex[:20]
+        text = answer_text(scenario)
+        usage = {"input_tokens": IN_TOKENS, "cache_creation_input_tokens": CACHE_WRITE,
+                 "cache_read_input_tokens": CACHE_READ, "output_tokens": OUT_TOKENS}
+        if not req.get("stream"):
+            return self.send_json(200, {
+                "id": mid, "type": "message", "role": "assistant", "model": model,
+                "content": [{"type": "text", "text": text}], "stop_reason": "end_turn",
+                "stop_sequence": None, "usage": usage})
+        self.start_sse({"request-id": "req_mock" + uuid.uuid4().hex[:16]})
+        self.sse({"type": "message_start", "message": {
+            "id": mid, "type": "message", "role": "assistant", "model": model, "content": [],
+            "stop_reason": None, "stop_sequence": None, "usage": dict(usage, output_tokens=1)}},
+            "message_start")
+        self.sse({"type": "content_block_start", "index": 0,
+                  "content_block": {"type": "text", "text": ""}}, "content_block_start")
+        self.sse({"type": "ping"}, "ping")
+        if scenario == "hang":
+            self.sse({"type": "content_block_delta", "index": 0,
+                      "delta": {"type": "text_delta", "text": "Working"}}, "content_block_delta")
+            return self.hang()
+        for piece in chunks(text):
+            self.sse({"type": "content_block_delta", "index": 0,
+                      "delta": {"type": "text_delta", "text": piece}}, "content_block_delta")
+        self.sse({"type": "content_block_stop", "index": 0}, "content_block_stop")
+        self.sse({"type": "message_delta", "delta": {"stop_reason": "end_turn",
+                                                     "stop_sequence": None},
+                  "usage": {"output_tokens": OUT_TOKENS}}, "message_delta")
+        self.sse({"type": "message_stop"}, "message_stop")
+
+    # ---- OpenAI ---------------------------------------------------------------------
+
+    def openai_error(self, scenario):
+        if scenario == "429":
+            return 429, {"error": {
+                "message": "Rate limit reached for mock-gpt in organization org-mock on tokens "
+                           "per min (TPM): Limit 30000, Used 30000, Requested 1200. Please try "
+                           "again in %ds. Visit https://platform.openai.com/account/rate-limits "
+                           "to learn more." % RETRY_AFTER,
+                "type": "tokens", "param": None, "code": "rate_limit_exceeded"}}, {
+                "retry-after": str(RETRY_AFTER), "x-request-id": "req_mock"}
+        if scenario == "usage-limit":
+            # A ChatGPT plan's Codex usage limit.
+            return 429, {"error": {
+                "type": "usage_limit_reached",
+                "message": "The usage limit has been reached",
+                "plan_type": "plus",
+                "resets_at": reset_at(),
+                "resets_in_seconds": max(0, reset_at() - int(time.time()))}}, {
+                "x-request-id": "req_mock"}
+        if scenario == "500":
+            return 500, {"error": {
+                "message": "The server had an error while processing your request. Sorry about "
+                           "that!", "type": "server_error", "param": None, "code": None}}, {}
+        if scenario == "401":
+            return 401, {"error": {
+                "message": "Incorrect API key provided: sk-mock. You can find your API key at "
+                           "https://platform.openai.com/account/api-keys.",
+                "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}}, {}
+        return None
+
+    def openai_responses(self, req, scenario):
+        err = self.openai_error(scenario)
+        if err:
+            status, obj, headers = err
+            return self.send_json(status, obj, headers)
+        model = req.get("model") or "mock-gpt"
+        rid = "resp_mock" + uuid.uuid4().hex[:20]
+        iid = "msg_mock" + uuid.uuid4().hex[:20]
+        text = answer_text(scenario)
+        created = int(time.time())
+        usage = {"input_tokens": IN_TOKENS + CACHE_READ,
+                 "input_tokens_details": {"cached_tokens": CACHE_READ},
+                 "output_tokens": OUT_TOKENS,
+                 "output_tokens_details": {"reasoning_tokens": 0},
+                 "total_tokens": IN_TOKENS + CACHE_READ + OUT_TOKENS}
+        item_done = {"id": iid, "type": "message", "status": "completed", "role": "assistant",
+                     "content": [{"type": "output_text", "text": text, "annotations": []}]}
+        resp = {"id": rid, "object": "response", "created_at": created, "model": model,
+                "status": "in_progress", "output": [], "usage": None}
+        if not req.get("stream"):
+            return self.send_json(200, dict(resp, status="completed", output=[item_done],
+                                            usage=usage))
+        self.start_sse()
+        seq = iter(range(10**6))
+        self.sse({"type": "response.created", "sequence_number": next(seq), "response": resp},
+                 "response.created")
+        self.sse({"type": "response.in_progress", "sequence_number": next(seq),
+                  "response": resp}, "response.in_progress")
+        self.sse({"type": "response.output_item.added", "sequence_number": next(seq),
+                  "output_index": 0, "item": {"id": iid, "type": "message",
+                                              "status": "in_progress", "role": "assistant",
+                                              "content": []}}, "response.output_item.added")
+        self.sse({"type": "response.content_part.added", "sequence_number": next(seq),
+                  "item_id": iid, "output_index": 0, "content_index": 0,
+                  "part": {"type": "output_text", "text": "", "annotations": []}},
+                 "response.content_part.added")
+        if scenario == "hang":
+            self.sse({"type": "response.output_text.delta", "sequence_number": next(seq),
+                      "item_id": iid, "output_index": 0, "content_index": 0,
+                      "delta": "Working"}, "response.output_text.delta")
+            return self.hang()
+        for piece in chunks(text):
+            self.sse({"type": "response.output_text.delta", "sequence_number": next(seq),
+                      "item_id": iid, "output_index": 0, "content_index": 0, "delta": piece},
+                     "response.output_text.delta")
+        self.sse({"type": "response.output_text.done", "sequence_number": next(seq),
+                  "item_id": iid, "output_index": 0, "content_index": 0, "text": text},
+                 "response.output_text.done")
+        self.sse({"type": "response.content_part.done", "sequence_number": next(seq),
+                  "item_id": iid, "output_index": 0, "content_index": 0,
+                  "part": {"type": "output_text", "text": text, "annotations": []}},
+                 "response.content_part.done")
+        self.sse({"type": "response.output_item.done", "sequence_number": next(seq),
+                  "output_index": 0, "item": item_done}, "response.output_item.done")
+        self.sse({"type": "response.completed", "sequence_number": next(seq),
+                  "response": dict(resp, status="completed", output=[item_done], usage=usage)},
+                 "response.completed")
+
+    def openai_chat(self, req, scenario):
+        err = self.openai_error(scenario)
+        if err:
+            status, obj, headers = err
+            return self.send_json(status, obj, headers)
+        model = req.get("model") or "mock-gpt"
+        cid = "chatcmpl-mock" + uuid.uuid4().hex[:16]
+        text = answer_text(scenario)
+        usage = {"prompt_tokens": IN_TOKENS + CACHE_READ, "completion_tokens": OUT_TOKENS,
+                 "total_tokens": IN_TOKENS + CACHE_READ + OUT_TOKENS,
+                 "prompt_tokens_details": {"cached_tokens": CACHE_READ}}
+        if not req.get("stream"):
+            return self.send_json(200, {
+                "id": cid, "object": "chat.completion", "created": int(time.time()),
+                "model": model, "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                    "role": "assistant", "content": text}}], "usage": usage})
+        self.start_sse()
+        base = {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()),
+                "model": model}
+        self.sse(dict(base, choices=[{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                      "finish_reason": None}]))
+        if scenario == "hang":
+            return self.hang()
+        for piece in chunks(text):
+            self.sse(dict(base, choices=[{"index": 0, "delta": {"content": piece},
+                                          "finish_reason": None}]))
+        self.sse(dict(base, choices=[{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                      usage=usage))
+        self.wfile.write(b"data: [DONE]\n\n")
+        self.wfile.flush()
+
+    # ---- Gemini ---------------------------------------------------------------------
+
+    def gemini_error(self, scenario, model):
+        if scenario == "429":
+            # A per-minute quota: retryable, with a short RetryInfo.
+            return 429, {"error": {
+                "code": 429,
+                "message": "Resource has been exhausted (e.g. check quota).",
+                "status": "RESOURCE_EXHAUSTED",
+                "details": [
+                    {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [{
+                        "quotaMetric":
+                            "generativelanguage.googleapis.com/generate_content_requests",
+                        "quotaId": "GenerateRequestsPerMinutePerProjectPerModel",
+                        "quotaDimensions": {"location": "global", "model": model},
+                        "quotaValue": "60"}]},
+                    {"@type": "type.googleapis.com/google.rpc.RetryInfo",
+                     "retryDelay": "%ds" % RETRY_AFTER}]}}
+        if scenario == "usage-limit":
+            # A daily quota: not retryable until the next day.
+            return 429, {"error": {
+                "code": 429,
+                "message": "You exceeded your current quota, please check your plan and billing "
+                           "details. For more information on this error, head to: "
+                           "https://ai.google.dev/gemini-api/docs/rate-limits.\n* Quota "
+                           "exceeded for metric: generativelanguage.googleapis.com/"
+                           "generate_content_free_tier_requests, limit: 100, model: %s" % model,
+                "status": "RESOURCE_EXHAUSTED",
+                "details": [
+                    {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [{
+                        "quotaMetric":
+                            "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+                        "quotaId": "GenerateRequestsPerDayPerProjectPerModel-FreeTier",
+                        "quotaDimensions": {"location": "global", "model": model},
+                        "quotaValue": "100"}]},
+                    {"@type": "type.googleapis.com/google.rpc.Help", "links": [{
+                        "description": "Learn more about Gemini API quotas",
+                        "url": "https://ai.google.dev/gemini-api/docs/rate-limits"}]}]}}
+        if scenario == "500":
+            return 500, {"error": {"code": 500, "message": "Internal error encountered.",
+                                   "status": "INTERNAL"}}
+        if scenario == "401":
+            return 400, {"error": {
+                "code": 400, "message": "API key not valid. Please pass a valid API key.",
+                "status": "INVALID_ARGUMENT",
+                "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                             "reason": "API_KEY_INVALID", "domain": "googleapis.com",
+                             "metadata": {"service": "generativelanguage.googleapis.com"}}]}}
+        return None
+
+    def gemini(self, req, scenario, model, method):
+        if method == "countTokens":
+            return self.send_json(200, {"totalTokens": IN_TOKENS})
+        if method == "embedContent":
+            return self.send_json(200, {"embedding": {"values": [0.0] * 8}})
+        err = self.gemini_error(scenario, model)
+        if err:
+            status, obj = err
+            return self.send_json(status, obj)
+        gen = req.get("generationConfig") or {}
+        schema = gen.get("responseJsonSchema") or gen.get("responseSchema")
+        if gen.get("responseMimeType") == "application/json" or schema:
+            # Internal helper calls (model routing, next-speaker checks): a JSON object that
+            # fits the schema, first enum value for enums.
+            text = json.dumps(from_schema(schema or {}))
+        else:
+            text = answer_text(scenario)
+        usage = {"promptTokenCount": IN_TOKENS + CACHE_READ, "candidatesTokenCount": OUT_TOKENS,
+                 "cachedContentTokenCount": CACHE_READ,
+                 "totalTokenCount": IN_TOKENS + CACHE_READ + OUT_TOKENS}
+        rid = "mock" + uuid.uuid4().hex[:16]
+        if method == "generateContent":
+            return self.send_json(200, {
+                "candidates": [{"content": {"role": "model", "parts": [{"text": text}]},
+                                "finishReason": "STOP", "index": 0}],
+                "usageMetadata": usage, "modelVersion": model, "responseId": rid})
+        # streamGenerateContent (?alt=sse)
+        self.start_sse()
+        if scenario == "hang":
+            self.sse({"candidates": [{"content": {"role": "model", "parts": [
+                {"text": "Working"}]}, "index": 0}], "modelVersion": model, "responseId": rid})
+            return self.hang()
+        pieces = chunks(text)
+        for i, piece in enumerate(pieces):
+            cand = {"content": {"role": "model", "parts": [{"text": piece}]}, "index": 0}
+            ev = {"candidates": [cand], "modelVersion": model, "responseId": rid}
+            if i == len(pieces) - 1:
+                cand["finishReason"] = "STOP"
+                ev["usageMetadata"] = usage
+            self.sse(ev)
+
+
+def from_schema(schema):
+    t = (schema.get("type") or "").lower()
+    if "enum" in schema and schema["enum"]:
+        return schema["enum"][0]
+    if t == "object" or "properties" in schema:
+        return {k: from_schema(v) for k, v in (schema.get("properties") or {}).items()}
+    if t == "array":
+        return []
+    if t in ("integer", "number"):
+        return schema.get("minimum", 1)
+    if t == "boolean":
+        return False
+    return "mock"
+
+
+def chunks(text, n=3):
+    """Splits text into about n pieces (at spaces) so streams have several deltas."""
+    words = text.split(" ")
+    size = max(1, len(words) // n)
+    out = []
+    for i in range(0, len(words), size):
+        part = " ".join(words[i:i + size])
+        out.append(part if i + size >= len(words) else part + " ")
+    return out or [""]
+
+
+def watch_parent(ppid, lifetime):
+    deadline = time.time() + lifetime
+    while True:
+        time.sleep(0.5)
+        if os.getppid() != ppid or time.time() > deadline:
+            os._exit(0)
+
+
+def main():
+    global ARGS
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: pick one)")
+    p.add_argument("--port-file", help="write the port here (atomically)")
+    p.add_argument("--scenario", default=os.environ.get("MOCK_SCENARIO", "ok"),
+                   choices=SCENARIOS, help="scenario when a request carries no MOCK: marker")
+    p.add_argument("--lifetime", type=float, default=900, help="exit after this many seconds")
+    p.add_argument("--log", help="append each request to this file (JSON lines)")
+    p.add_argument("--reset-in", type=int, default=int(os.environ.get("MOCK_RESET_IN", "0")),
+                   help="usage-limit resets this many seconds after the request (0: fixed)")
+    ARGS = p.parse_args()
+
+    class Server(ThreadingHTTPServer):
+        def handle_error(self, request, client_address):
+            pass  # clients that hang up (a killed CLI) are normal here
+
+    server = Server(("127.0.0.1", ARGS.port), Handler)
+    server.daemon_threads = True
+    port = server.server_address[1]
+    if ARGS.port_file:
+        tmp = ARGS.port_file + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(f"{port}\n")
+        os.replace(tmp, ARGS.port_file)
+    print(f"PORT {port}", flush=True)
+
+    threading.Thread(target=watch_parent, args=(os.getppid(), ARGS.lifetime),
+                     daemon=True).start()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: os._exit(0))
+    server.serve_forever(poll_interval=0.2)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
