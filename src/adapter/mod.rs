@@ -177,7 +177,7 @@ impl Serialize for Class {
 /// `input_tokens` counts the input read at the full rate: cache reads and cache writes
 /// are counted apart (codex and gemini report cached tokens inside their input count;
 /// the adapters take them out).
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct Usage {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub input_tokens: Option<u64>,

@@ -35,6 +35,12 @@ pub enum Outcome {
     Runaway,
     /// The attempt hit a usage limit (history only; requeued for free).
     Limited,
+    /// The agent's CLI reported a failure although it exited 0 (aider on a
+    /// 500, claude's `is_error`, gemini's error JSON).
+    AgentError,
+    /// The agent's CLI cannot work as configured (not logged in, a missing
+    /// key, an unknown flag, an untrusted folder): never retried.
+    Misconfigured,
     /// The task's file was moved, deleted or shadowed during its run (by its
     /// agent, as a rule): filed once in `failed/`, never retried.
     Tampered,
@@ -61,13 +67,15 @@ impl Outcome {
             Outcome::Cancelled => "cancelled",
             Outcome::Runaway => "runaway",
             Outcome::Limited => "limited",
+            Outcome::AgentError => "agent_error",
+            Outcome::Misconfigured => "misconfigured",
             Outcome::Tampered => "tampered",
             Outcome::Unknown => "unknown",
         }
     }
 
     /// Every value, for tables and tests.
-    pub const ALL: [Outcome; 15] = [
+    pub const ALL: [Outcome; 17] = [
         Outcome::Success,
         Outcome::Exit,
         Outcome::Signal,
@@ -81,6 +89,8 @@ impl Outcome {
         Outcome::Cancelled,
         Outcome::Runaway,
         Outcome::Limited,
+        Outcome::AgentError,
+        Outcome::Misconfigured,
         Outcome::Tampered,
         Outcome::Unknown,
     ];

@@ -113,6 +113,16 @@ pub struct Attempt {
     pub signal: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What kind of failure the agent's CLI reported (limit, transient,
+    /// auth, config, task, stopped), when its adapter could tell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_class: Option<String>,
+    /// The CLI's session (conversation) id, when it reports one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// Tokens, cost, model and turns, as the CLI reported them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<crate::adapter::Usage>,
 }
 
 /// Terminal status of a task.
@@ -146,6 +156,15 @@ pub struct ResultRecord {
     pub outcome: Outcome,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The class of the CLI's failure (see `Attempt::error_class`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_class: Option<String>,
+    /// The last attempt's session id and usage (each attempt has its own in
+    /// `history`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<crate::adapter::Usage>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_location: Option<ErrorLocation>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

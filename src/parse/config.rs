@@ -59,6 +59,7 @@ pub const AGENT_KEYS: &[&str] = &[
     "cooldown",
     "kind",
     "limit_patterns",
+    "output",
     "prompt_template",
     "include_context",
     "workspace",
@@ -124,6 +125,7 @@ struct RawAgent {
     cooldown: Option<String>,
     kind: Option<String>,
     limit_patterns: Option<Vec<String>>,
+    output: Option<crate::adapter::OutputSpec>,
     prompt_template: Option<String>,
     include_context: Option<bool>,
     workspace: Option<String>,
@@ -165,8 +167,11 @@ pub struct Agent {
     /// Which CLI this is, for its usage-limit patterns (claude, codex, gemini,
     /// aider, cursor-agent, other); by default the command's program name.
     pub kind: String,
-    /// Extra regexes meaning "this agent hit a limit".
+    /// Extra regexes meaning "this agent hit a limit" (matched on stderr only).
     pub limit_patterns: Vec<String>,
+    /// How a generic agent's output is read (`output:`); the CLI kinds have
+    /// adapters of their own.
+    pub output: Option<crate::adapter::OutputSpec>,
     /// How the prompt is built (`{description}`, `{context}`,
     /// `{instructions}`, `{task}`); None: the default template.
     pub prompt_template: Option<String>,
@@ -391,6 +396,7 @@ impl Default for Config {
                 cooldown: DEFAULT_COOLDOWN,
                 kind: "demo".into(),
                 limit_patterns: Vec::new(),
+                output: None,
                 prompt_template: None,
                 include_context: true,
                 workspace: crate::run::workspace::Kind::Shared,
@@ -612,6 +618,7 @@ impl Config {
                     )?,
                     kind,
                     limit_patterns,
+                    output: a.output,
                     prompt_template: a.prompt_template,
                     include_context: a.include_context.unwrap_or(true),
                     workspace: match a.workspace.as_deref() {

@@ -157,6 +157,19 @@ pub fn detect(
     Some(Limit { message, until })
 }
 
+/// When a limit resets, from the words a CLI gave for it ("Jan 1, 2030,
+/// 12pm (UTC)", "1pm", "in 2 hours"): only within the next 7 days.
+pub fn reset_time(text: &str, now: SystemTime, local_tz: Option<&str>) -> Option<SystemTime> {
+    let line = format!("resets {text}");
+    reset_hint(&line, now, local_tz)
+        .or_else(|| reset_hint(text, now, local_tz))
+        .flatten()
+        .filter(|t| {
+            t.duration_since(now)
+                .is_ok_and(|d| !d.is_zero() && d <= MAX_AHEAD)
+        })
+}
+
 /// The last `TAIL_BYTES` of `s`, starting on a character boundary.
 fn tail(s: &str) -> &str {
     if s.len() <= TAIL_BYTES {

@@ -7,7 +7,14 @@ pub(super) fn compile_limits(c: &Config) -> HashMap<String, LimitPatterns> {
     c.agents
         .values()
         .map(|a| {
-            let p = LimitPatterns::preset(&a.kind);
+            // The CLI kinds' own limit messages are read by their adapters
+            // (src/adapter/), from their error channel only; what is left
+            // here is the agent's `limit_patterns`, matched on stderr.
+            let known = !matches!(
+                crate::adapter::Kind::from_name(&a.kind, None),
+                crate::adapter::Kind::Generic(_)
+            );
+            let p = LimitPatterns::preset(if known { "" } else { &a.kind });
             // The config loader already checked that these compile.
             let p = p.clone().with_extra(&a.limit_patterns).unwrap_or(p);
             (a.name.clone(), p)

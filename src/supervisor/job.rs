@@ -136,36 +136,9 @@ impl Job {
             error,
             not_found: false,
         };
-        let setup = (|| -> std::io::Result<(std::fs::File, std::fs::File)> {
-            let json = serde_json::to_vec(&ks).map_err(std::io::Error::other)?;
-            std::fs::write(run_dir.join(keeper::SPEC_FILE), json)?;
-            let log = std::fs::File::create(run_dir.join(keeper::LOG_FILE))?;
-            Ok((log.try_clone()?, log))
-        })();
-        let ((out, err), lock) = match (setup, self.lock.share()) {
-            (Ok(files), Ok(lock)) => (files, lock),
-            (Err(e), _) | (_, Err(e)) => {
-                return failed(format!("cannot prepare the run keeper: {e}"));
-            }
-        };
-        let mut cmd = tokio::process::Command::new(&self.ctx.exe);
-        cmd.arg("keeper")
-            .arg(run_dir)
-            .stdin(lock)
-            .stdout(out)
-            .stderr(err)
-            .current_dir(&self.ctx.layout.root)
-            .env_clear()
-            .envs(runner::agent_env(&spec.inherit, &spec.env))
-            .kill_on_drop(false);
-        let mut child = match cmd.spawn() {
+        let mut child = match self.spawn_keeper(&ks, spec, run_dir) {
             Ok(c) => c,
-            Err(e) => {
-                return failed(format!(
-                    "cannot start the run keeper ({}): {e}",
-                    self.ctx.exe
-                ));
-            }
+            Err(e) => return failed(e),
         };
         let pid = child.id().unwrap_or(0);
         info!(task = %self.name, agent = %self.agent.name, attempt, keeper = pid, "spawned");
@@ -194,6 +167,37 @@ impl Job {
                     self.ctx.layout.rel(&run_dir.join(keeper::LOG_FILE))
                 ))
             })
+    }
+
+    /// Writes the keeper's spec and starts it: the task's locked descriptor as
+    /// its stdin, its log as stdout and stderr, the agent's environment as its
+    /// own. It is not killed when its Job is dropped.
+    fn spawn_keeper(
+        &self,
+        ks: &crate::run::keeper::KeeperSpec,
+        spec: &runner::Spec,
+        run_dir: &Path,
+    ) -> Result<tokio::process::Child, String> {
+        use crate::run::keeper;
+        let setup = (|| -> std::io::Result<(std::fs::File, std::fs::File, std::fs::File)> {
+            let json = serde_json::to_vec(ks).map_err(std::io::Error::other)?;
+            std::fs::write(run_dir.join(keeper::SPEC_FILE), json)?;
+            let log = std::fs::File::create(run_dir.join(keeper::LOG_FILE))?;
+            Ok((log.try_clone()?, log, self.lock.share()?))
+        })();
+        let (out, err, lock) = setup.map_err(|e| format!("cannot prepare the run keeper: {e}"))?;
+        tokio::process::Command::new(&self.ctx.exe)
+            .arg("keeper")
+            .arg(run_dir)
+            .stdin(lock)
+            .stdout(out)
+            .stderr(err)
+            .current_dir(&self.ctx.layout.root)
+            .env_clear()
+            .envs(runner::agent_env(&spec.inherit, &spec.env))
+            .kill_on_drop(false)
+            .spawn()
+            .map_err(|e| format!("cannot start the run keeper ({}): {e}", self.ctx.exe))
     }
 
     /// Counts the attempt and names its run in the state file (before the
@@ -378,21 +382,79 @@ impl Job {
         self.commit(st, rec).await
     }
 
-    /// Looks for a usage-limit message in the run's stdout and stderr.
-    pub(super) fn detect_limit(&self) -> Option<crate::run::limits::Limit> {
+    /// The usage limit of this run: the one its CLI reported (through its
+    /// adapter), else a match of the agent's `limit_patterns` on its error
+    /// channel (stderr). Never the answer: text that merely talks about limits
+    /// must not cool an agent down.
+    pub(super) fn limit_of(
+        &self,
+        reported: Option<(String, Option<crate::adapter::Reset>)>,
+    ) -> Option<crate::run::limits::Limit> {
+        use crate::adapter::Reset;
+        let now = SystemTime::now();
+        if let Some((message, reset)) = reported {
+            let until = match reset {
+                Some(Reset::Unix(s)) if s > 0 => {
+                    Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(s as u64))
+                }
+                Some(Reset::Text(t)) => crate::run::limits::reset_time(&t, now, None),
+                _ => None,
+            }
+            // A machine-readable hint in the message itself (`resets_in_seconds`).
+            .or_else(|| crate::run::limits::reset_time(&message, now, None))
+            .filter(|t| *t > now);
+            return Some(crate::run::limits::Limit { message, until });
+        }
         let patterns = self.limits.get(&self.agent.name)?;
         let dir = self.ctx.layout.run_dir(State::Assigned, &self.name);
-        // The CLIs print limits on stdout or stderr; `output.md` is the
-        // agent's own prose and would only bring false alarms.
-        ["stderr.log", "stdout.log"].iter().find_map(|f| {
-            let (b, _) = fsx::read_tail(&dir.join(f), 64 * 1024).ok()?;
-            crate::run::limits::detect(
-                patterns,
-                &String::from_utf8_lossy(&b),
-                SystemTime::now(),
-                None,
-            )
-        })
+        let (b, _) = fsx::read_tail(&dir.join("stderr.log"), 64 * 1024).ok()?;
+        crate::run::limits::detect(patterns, &String::from_utf8_lossy(&b), now, None)
+    }
+
+    /// What the agent's CLI said of the run, read by its adapter (the CLI
+    /// kinds, or a generic agent with an `output:` section); None for other
+    /// agents. The answer it found is kept as `answer.md` in the run directory,
+    /// for the context, unless the agent wrote `$MAILROOM_OUTPUT` itself.
+    pub(super) fn read_report(&self, end: &RunEnd) -> Option<crate::adapter::RunReport> {
+        use crate::adapter::{ExitKind, Kind, RunFacts};
+        let kind = Kind::from_name(&self.agent.kind, self.agent.output.clone());
+        if matches!(kind, Kind::Generic(_)) && self.agent.output.is_none() {
+            return None;
+        }
+        let exit = match end {
+            RunEnd::Exited(e)
+            | RunEnd::TimedOut(e)
+            | RunEnd::OutputLimit(e, _)
+            | RunEnd::Stopped(e)
+            | RunEnd::Cancelled(e) => *e,
+            RunEnd::SpawnFailed { .. } => return None,
+        };
+        let dir = self.ctx.layout.run_dir(State::Assigned, &self.name);
+        let read = |f: &str| {
+            fsx::read_tail(&dir.join(f), crate::tree::context::OUTPUT_CAP * 8)
+                .map(|(b, _)| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default()
+        };
+        let (stdout, stderr, prompt) = (read("stdout.log"), read("stderr.log"), read("prompt.md"));
+        let report = crate::adapter::report(&RunFacts {
+            kind: &kind,
+            stdout: &stdout,
+            stderr: &stderr,
+            exit: match exit {
+                crate::run::process::Exit::Code(c) => ExitKind::Code(c),
+                crate::run::process::Exit::Signal(s) => ExitKind::Signal(s),
+            },
+            stopped_by_supervisor: !matches!(end, RunEnd::Exited(_)),
+            prompt: &prompt,
+        });
+        let own = fsx::read_head(&dir.join("output.md"), 1).is_ok_and(|(b, _)| !b.is_empty());
+        if !own
+            && !report.answer.trim().is_empty()
+            && let Err(e) = std::fs::write(dir.join("answer.md"), report.answer.as_bytes())
+        {
+            warn!(task = %self.name, error = %e, "cannot keep the agent's answer");
+        }
+        Some(report)
     }
 
     pub(super) fn workdir(&self) -> Result<PathBuf, String> {

@@ -7,6 +7,7 @@ mod adopt;
 mod claim;
 mod commit;
 mod control;
+mod filing;
 mod job;
 mod main_loop;
 mod place;
@@ -16,6 +17,7 @@ pub mod verdict;
 
 use commit::*;
 use control::*;
+use filing::*;
 use job::*;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};

@@ -50,8 +50,8 @@ pub fn ended(end: &RunEnd, timeout: Duration, max_output: u64) -> Ended {
                 "agent wrote {n} bytes of output, over max_output_bytes ({max_output}); it was stopped"
             )),
         ),
-        // The agent finished its work within the grace period: its verdict stands.
-        RunEnd::Stopped(Exit::Code(0)) => (Outcome::Success, Some(Exit::Code(0)), None),
+        // A run mailroom stopped is never a success, whatever its exit code
+        // (gemini exits 0 on SIGTERM with nothing done).
         RunEnd::Stopped(e) => (
             Outcome::Interrupted,
             Some(*e),
@@ -77,6 +77,63 @@ fn sig_name(s: i32) -> String {
         .unwrap_or_else(|_| s.to_string())
 }
 
+/// What the agent's CLI said of a run (its adapter's report), folded into the
+/// run's outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Read {
+    pub outcome: Outcome,
+    pub error: Option<String>,
+    /// The failure's class, as records name it.
+    pub class: Option<&'static str>,
+    /// Auth or config: this agent cannot work as configured.
+    pub fatal: bool,
+    /// A usage limit the CLI reported, with its reset as the CLI gave it.
+    pub limit: Option<(String, Option<crate::adapter::Reset>)>,
+}
+
+/// Folds an adapter's report into how the process ended: a structured error
+/// with exit 0 is a failure (`agent_error`), auth and config problems are
+/// `misconfigured`, a limit is reported for the cooldown; a run mailroom
+/// stopped keeps its own outcome. Without a report nothing changes.
+pub fn read(ended: &Ended, report: Option<&crate::adapter::RunReport>) -> Read {
+    use crate::adapter::{Class, ErrorClass};
+    let mut r = Read {
+        outcome: ended.outcome,
+        error: ended.error.clone(),
+        class: None,
+        fatal: false,
+        limit: None,
+    };
+    let Some(rep) = report else { return r };
+    let Class::Failed(class) = &rep.outcome else {
+        return r;
+    };
+    r.class = Some(class.name());
+    let message = rep.message.clone().unwrap_or_else(|| class.name().into());
+    if matches!(class, ErrorClass::Stopped) {
+        return r;
+    }
+    if let ErrorClass::Limit { reset } = class {
+        r.limit = Some((message.clone(), reset.clone()));
+    }
+    r.fatal = matches!(class, ErrorClass::Auth | ErrorClass::Config);
+    if r.fatal
+        && matches!(
+            r.outcome,
+            Outcome::Success | Outcome::Exit | Outcome::Signal
+        )
+    {
+        r.outcome = Outcome::Misconfigured;
+    } else if r.outcome == Outcome::Success {
+        r.outcome = Outcome::AgentError;
+    }
+    r.error = Some(match &ended.error {
+        Some(e) => format!("{e}: {message}"),
+        None => message,
+    });
+    r
+}
+
 /// Whether a usage-limit message in this run's output counts: the job looks
 /// for one (reads the run's files) only when it does.
 pub fn limit_applies(outcome: Outcome, limited_before: usize) -> bool {
@@ -94,6 +151,9 @@ pub struct Facts {
     pub outcome: Outcome,
     /// A usage-limit message was found (only looked for when [`limit_applies`]).
     pub limited: bool,
+    /// The agent's CLI cannot work as configured (auth or config): retrying
+    /// the same agent is pointless.
+    pub fatal: bool,
     /// Other agents could take the task if this one is ruled out.
     pub alternatives: bool,
     /// Failed attempts of this agent on this task, this one included (limited
@@ -139,6 +199,17 @@ pub fn decide(f: &Facts) -> Verdict {
     }
     if f.limited && !matches!(o, Spawn | Cancelled) {
         return Verdict::Cooldown;
+    }
+    // An agent that cannot work as configured hands the task over at once
+    // (for free: nothing ran) or fails it, never retries it.
+    if f.fatal && !matches!(o, Success | Cancelled | Runaway | Interrupted) {
+        if f.alternatives {
+            return Verdict::Fallback { free: true };
+        }
+        return Verdict::Commit {
+            outcome: o,
+            exclude_agent: false,
+        };
     }
     let mut exclude_agent = false;
     // An agent that cannot be started, or has failed this task
@@ -191,6 +262,7 @@ mod tests {
         Facts {
             outcome,
             limited: false,
+            fatal: false,
             alternatives: false,
             agent_failures: 1,
             charged: 1,
@@ -300,7 +372,7 @@ mod tests {
             (RunEnd::Exited(Exit::Signal(9)), Signal),
             (RunEnd::TimedOut(Exit::Signal(15)), Timeout),
             (RunEnd::OutputLimit(Exit::Signal(15), 10), OutputLimit),
-            (RunEnd::Stopped(Exit::Code(0)), Success),
+            (RunEnd::Stopped(Exit::Code(0)), Interrupted),
             (RunEnd::Stopped(Exit::Signal(15)), Interrupted),
             (RunEnd::Cancelled(Exit::Code(0)), Cancelled),
         ];
@@ -313,6 +385,23 @@ mod tests {
         assert!(e.error.unwrap().contains("SIGKILL"));
         let e = ended(&RunEnd::TimedOut(Exit::Signal(15)), t, 1);
         assert!(e.error.unwrap().contains("1m 30s"));
+    }
+
+    #[test]
+    fn a_misconfigured_agent_is_never_retried() {
+        let f = |alternatives| Facts {
+            fatal: true,
+            alternatives,
+            ..facts(Outcome::Misconfigured)
+        };
+        assert_eq!(decide(&f(false)), commit(Outcome::Misconfigured));
+        assert_eq!(decide(&f(true)), Verdict::Fallback { free: true });
+        // A stop still requeues for free; a cancel is still final.
+        let stopped = Facts {
+            fatal: true,
+            ..facts(Interrupted)
+        };
+        assert_eq!(decide(&stopped), Verdict::Requeue);
     }
 
     #[test]

@@ -112,9 +112,11 @@ pub fn summary(text: &str) -> Option<String> {
 }
 
 /// The agent's output for a finished run: `output.md` if the agent wrote one
-/// (via `$MAILROOM_OUTPUT`), otherwise its stdout. Capped.
+/// (via `$MAILROOM_OUTPUT`), else the answer its CLI's adapter read from the
+/// output (`answer.md`: the text, not the JSON envelope), else its stdout.
+/// Capped.
 pub fn read_output(run_dir: &Path) -> (String, bool) {
-    for f in ["output.md", "stdout.log"] {
+    for f in ["output.md", "answer.md", "stdout.log"] {
         if let Ok((b, cut)) = fsx::read_head(&run_dir.join(f), OUTPUT_CAP)
             && !b.iter().all(u8::is_ascii_whitespace)
         {

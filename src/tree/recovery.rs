@@ -90,6 +90,9 @@ pub fn decide(
             exit_code: None,
             signal: None,
             error: Some(why.clone()),
+            error_class: None,
+            session_id: None,
+            usage: None,
         });
         st.last_error = Some(why.clone());
         if st.charged() > env.retries {

@@ -1242,6 +1242,9 @@ fn attempt(run: &RunInfo, outcome: Outcome) -> Attempt {
         exit_code: None,
         signal: None,
         error: None,
+        error_class: None,
+        session_id: None,
+        usage: None,
     }
 }
 

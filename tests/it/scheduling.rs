@@ -223,22 +223,38 @@ fn fallback_chain_after_a_missing_command_and_after_failures() {
     assert_eq!(rec["history"][0]["outcome"], "spawn");
 }
 
-fn cooldown_case(msg: &str, exit: &str) -> (Root, serde_json::Value, serde_json::Value) {
+/// A limited agent (`kind`) that prints `out` on stdout the way its CLI does
+/// and exits with `exit`, with an agent that always succeeds as its fallback.
+fn cooldown_case(
+    kind: &str,
+    out: &str,
+    exit: &str,
+) -> (Root, serde_json::Value, serde_json::Value) {
     let root = Root::new();
     let log = root.p("runs.log");
     let root = root
         .config(&format!(
-            "retries: 0\nagents:\n  claude:\n    command: [{:?}]\n    kind: claude\n    fallback: [codex]\n    env:\n      LIMIT_MSG: {msg:?}\n      LIMIT_EXIT: {exit:?}\n      RUNLOG: {:?}\n  codex:\n    command: [{:?}]\n",
+            "retries: 0\nagents:\n  {kind}:\n    command: [{:?}]\n    kind: {kind}\n    fallback: [backup]\n    env:\n      LIMIT_MSG: {out:?}\n      LIMIT_EXIT: {exit:?}\n      RUNLOG: {:?}\n  backup:\n    command: [{:?}]\n",
             agent("limited.sh"),
             log.display().to_string(),
             agent("ok.sh")
         ))
-        .task("job.yaml", "description: x\nagent: claude\n");
+        .task("job.yaml", &format!("description: x\nagent: {kind}\n"));
     root.run_until_idle();
     let rec = root.record("completed", "job");
     let cd: serde_json::Value =
-        serde_json::from_str(&root.read("tasks/cooldowns/claude.json")).unwrap();
+        serde_json::from_str(&root.read(&format!("tasks/cooldowns/{kind}.json"))).unwrap();
     (root, rec, cd)
+}
+
+/// Claude Code's `--output-format json` result for an API error.
+fn claude_error(result: &str, status: u16) -> String {
+    serde_json::json!({
+        "type": "result", "subtype": "success", "is_error": true,
+        "api_error_status": status, "result": result, "session_id": "s-1",
+        "total_cost_usd": 0, "usage": {"input_tokens": 0, "output_tokens": 0}
+    })
+    .to_string()
 }
 
 fn until(cd: &serde_json::Value) -> SystemTime {
@@ -249,14 +265,16 @@ fn until(cd: &serde_json::Value) -> SystemTime {
 fn cooldown_from_a_unix_timestamp_without_using_an_attempt() {
     let ts = SystemTime::now() + Duration::from_secs(7200);
     let secs = ts.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
-    let (root, rec, cd) = cooldown_case(&format!("Claude AI usage limit reached|{secs}"), "1");
+    let out = claude_error(&format!("Claude AI usage limit reached|{secs}"), 429);
+    let (root, rec, cd) = cooldown_case("claude", &out, "1");
     assert_eq!(
         until(&cd),
         SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
     );
     // retries: 0, yet the task completed: the limited attempt was not charged.
-    assert_eq!(rec["agent"], "codex");
+    assert_eq!(rec["agent"], "backup");
     assert_eq!(rec["history"][0]["outcome"], "limited");
+    assert_eq!(rec["history"][0]["error_class"], "limit");
     // Kept on disk, so a restarted supervisor still honours it; status shows it.
     let s = root.mailroom(&["status"]);
     assert!(
@@ -268,7 +286,8 @@ fn cooldown_from_a_unix_timestamp_without_using_an_attempt() {
 
 #[test]
 fn cooldown_from_a_local_reset_time_with_exit_zero() {
-    let (_root, rec, cd) = cooldown_case("You've hit your limit · resets 1pm (Europe/Lisbon)", "0");
+    let out = claude_error("You've hit your limit · resets 1pm (Europe/Lisbon)", 429);
+    let (_root, rec, cd) = cooldown_case("claude", &out, "0");
     let u = until(&cd);
     let now = SystemTime::now();
     assert!(
@@ -281,16 +300,83 @@ fn cooldown_from_a_local_reset_time_with_exit_zero() {
 
 #[test]
 fn cooldown_from_codex_resets_in_seconds() {
-    let (_root, rec, cd) = cooldown_case(
-        r#"ERROR: {"status":429,"error":{"type":"usage_limit_reached","resets_in_seconds":3600}}"#,
-        "1",
+    let err = r#"{\"status\":429,\"error\":{\"type\":\"usage_limit_reached\",\"resets_in_seconds\":3600}}"#;
+    let out = format!(
+        "{{\"type\":\"thread.started\",\"thread_id\":\"t-1\"}}\n{{\"type\":\"turn.started\"}}\n\
+         {{\"type\":\"error\",\"message\":\"{err}\"}}\n{{\"type\":\"turn.failed\",\"error\":{{\"message\":\"{err}\"}}}}"
     );
+    let (_root, rec, cd) = cooldown_case("codex", &out, "1");
     let d = until(&cd).duration_since(SystemTime::now()).unwrap();
     assert!(
         d > Duration::from_secs(3500) && d <= Duration::from_secs(3600),
         "{d:?}"
     );
-    assert_eq!(rec["agent"], "codex");
+    assert_eq!(rec["agent"], "backup");
+}
+
+#[test]
+fn an_answer_that_talks_about_rate_limits_cools_nothing_down() {
+    // A successful claude run whose answer quotes a 429: completed, no cooldown.
+    let answer = serde_json::json!({
+        "type": "result", "subtype": "success", "is_error": false,
+        "result": "The API returned 429 Too Many Requests: rate limit reached. [SUMMARY]explained 429[/SUMMARY]",
+        "session_id": "s-2", "total_cost_usd": 0.0123,
+        "usage": {"input_tokens": 10, "output_tokens": 20}
+    })
+    .to_string();
+    let root = Root::new()
+        .config(&format!(
+            "agents:\n  claude:\n    command: [{:?}]\n    kind: claude\n    env:\n      LIMIT_MSG: {answer:?}\n      LIMIT_EXIT: \"0\"\n",
+            agent("limited.sh"),
+        ))
+        .task("job.yaml", "description: explain 429\n");
+    root.run_until_idle();
+    let rec = root.record("completed", "job");
+    assert_eq!(rec["outcome"], "success", "{rec}");
+    assert!(!root.exists("tasks/cooldowns/claude.json"));
+    // The record carries the CLI's usage and session; the context the answer.
+    assert_eq!(rec["session_id"], "s-2", "{rec}");
+    assert_eq!(rec["usage"]["cost_usd"], 0.0123, "{rec}");
+    assert_eq!(rec["usage"]["output_tokens"], 20, "{rec}");
+    let ctx = root.read("context/agent_outputs/job.md");
+    assert!(ctx.contains("The API returned 429"), "{ctx}");
+    assert!(
+        !ctx.contains("\"is_error\""),
+        "the JSON envelope reached the context:\n{ctx}"
+    );
+    assert_eq!(rec["summary"], "explained 429", "{rec}");
+}
+
+#[test]
+fn a_structured_error_with_exit_zero_is_not_a_success() {
+    // aider-like: exit 0, but claude's envelope says is_error (an API 500).
+    let out = claude_error("API Error: 500 Internal Server Error", 500);
+    let root = Root::new()
+        .config(&format!(
+            "retries: 0\nagents:\n  claude:\n    command: [{:?}]\n    kind: claude\n    env:\n      LIMIT_MSG: {out:?}\n      LIMIT_EXIT: \"0\"\n",
+            agent("limited.sh"),
+        ))
+        .task("job.yaml", "description: x\n");
+    root.run_until_idle();
+    let rec = root.record("failed", "job");
+    assert_eq!(rec["outcome"], "agent_error", "{rec}");
+    assert_eq!(rec["error_class"], "transient", "{rec}");
+}
+
+#[test]
+fn a_rejected_key_is_not_retried() {
+    let out = claude_error("Invalid API key · Please run /login", 401);
+    let root = Root::new()
+        .config(&format!(
+            "retries: 3\nretry_delay: 10ms\nagents:\n  claude:\n    command: [{:?}]\n    kind: claude\n    env:\n      LIMIT_MSG: {out:?}\n      LIMIT_EXIT: \"1\"\n",
+            agent("limited.sh"),
+        ))
+        .task("job.yaml", "description: x\n");
+    root.run_until_idle();
+    let rec = root.record("failed", "job");
+    assert_eq!(rec["outcome"], "misconfigured", "{rec}");
+    assert_eq!(rec["attempts"], 1, "{rec}");
+    assert_eq!(rec["error_class"], "auth", "{rec}");
 }
 
 #[test]

@@ -1,0 +1,335 @@
+//! Filing a finished run for good: the record, the context merge and the
+//! task file's move out of `assigned/`, retried with backoff while the tree
+//! refuses it; and taking the task back from an agent that moved, deleted or
+//! shadowed its task file.
+//!
+//! The task is the supervisor's, not the agent's: before anything is decided,
+//! the task file is put back into `assigned/` from wherever its agent moved
+//! it (or written again from the copy taken at the claim), and such a run is
+//! filed once as `tampered`. A commit that cannot be written is retried with
+//! backoff by this Job, which keeps the task's lock meanwhile, so that no
+//! recovery mistakes it for the run of a dead supervisor.
+
+use super::*;
+use crate::model::Outcome;
+use crate::tree::moves::Reclaimed;
+
+/// The task file as its claim read it: its content, device and inode.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Claimed {
+    pub(super) bytes: Vec<u8>,
+    pub(super) id: (u64, u64),
+}
+
+/// The longest wait between two tries of a commit that fails.
+const COMMIT_RETRY_MAX: Duration = Duration::from_secs(30);
+
+impl Job {
+    /// Puts the task file back into `assigned/` if the run moved or deleted
+    /// it (and recreates removed directories of the tree). Returns what
+    /// happened to it, for the record, when it had left.
+    pub(super) async fn reclaim(&self) -> Option<String> {
+        let layout = self.ctx.layout.clone();
+        let (name, ext, claimed) = (self.name.clone(), self.ext.clone(), self.claimed.clone());
+        let res = tokio::task::spawn_blocking(move || {
+            if layout.dirs().iter().any(|d| !d.is_dir()) {
+                layout.ensure()?;
+            }
+            moves::reclaim(&layout, &name, &ext, claimed.id, &claimed.bytes)
+        })
+        .await;
+        let layout = &self.ctx.layout;
+        let why = match res {
+            Ok(Ok(Reclaimed::Intact)) => return None,
+            Ok(Ok(Reclaimed::MovedBack(p))) => format!(
+                "its task file was moved to {} during the run (mailroom moved it back and filed the task once)",
+                layout.rel(&p)
+            ),
+            Ok(Ok(Reclaimed::Rewritten)) => format!(
+                "its task file was deleted from {} during the run (restored from the copy taken at the claim)",
+                layout.rel(&layout.assigned)
+            ),
+            Ok(Err(e)) => format!(
+                "its task file left {} during the run and cannot be restored yet ({e})",
+                layout.rel(&layout.assigned)
+            ),
+            Err(e) => format!("its task file could not be checked after the run ({e})"),
+        };
+        warn!(task = %self.name, "{why}");
+        Some(why)
+    }
+
+    /// Record, context merge, then the move out of `assigned/`. A commit that
+    /// fails (an unwritable or full directory, a removed one) is retried with
+    /// backoff while this Job keeps the task's lock; the error goes to the
+    /// log, to the state file (`commit_error`, which `mailroom status` shows)
+    /// and to the record's `warnings` once it lands. Only a shutdown ends the
+    /// retries, leaving the task to recovery.
+    pub(super) async fn commit(self, st: TaskState, rec: ResultRecord) -> JobEnd {
+        let secs = rec.duration_ms.map(|ms| ms as f64 / 1000.0);
+        let Job {
+            ctx,
+            name,
+            ext,
+            lock,
+            ws,
+            claimed,
+            stop,
+            ..
+        } = self;
+        // What the run left (workspace, output) is read once, before anything moves.
+        let prep = {
+            let (ctx, name, mut rec) = (ctx.clone(), name.clone(), rec);
+            tokio::task::spawn_blocking(move || {
+                let layout = &ctx.layout;
+                if let Some(ws) = ws {
+                    rec.workspace = Some(workspace_report(&ws, rec.status, &layout.root));
+                }
+                let (out, cut) =
+                    crate::tree::context::read_output(&layout.run_dir(State::Assigned, &name));
+                rec.summary = crate::tree::context::summary(&out);
+                (rec, out, cut)
+            })
+            .await
+        };
+        let (rec, out, cut) = match prep {
+            Ok(p) => p,
+            Err(e) => {
+                error!(task = %name, error = %e, "commit task panicked");
+                return JobEnd::Stuck;
+            }
+        };
+        let c = Commit {
+            ctx,
+            name,
+            ext,
+            st,
+            rec,
+            out,
+            cut,
+            claimed,
+            target: None,
+            clash_lock: None,
+        };
+        write_commit(c, lock, stop, secs).await
+    }
+}
+
+/// A terminal commit in progress: everything it needs, moved onto the
+/// blocking pool for each try and back.
+struct Commit {
+    ctx: Arc<Ctx>,
+    name: String,
+    ext: String,
+    st: TaskState,
+    rec: ResultRecord,
+    /// The run's output, read before its directory moved.
+    out: String,
+    cut: bool,
+    claimed: Claimed,
+    /// The clash name the task is filed under when its own name was taken
+    /// in the destination meanwhile, with that name's lock.
+    target: Option<String>,
+    clash_lock: Option<TaskLock>,
+}
+
+impl Commit {
+    /// One try of the whole commit. Every step may be repeated: the outbox
+    /// queues what is still in it, a run directory already moved stays, the
+    /// record is written again, the merge skips a `run_id` it has, and the
+    /// last move completes a move made before.
+    fn once(&mut self) -> std::io::Result<()> {
+        let ctx = self.ctx.clone();
+        let layout = &ctx.layout;
+        let name = self.name.clone();
+        if layout.dirs().iter().any(|d| !d.is_dir()) {
+            layout.ensure()?;
+        }
+        moves::reclaim(
+            layout,
+            &name,
+            &self.ext,
+            self.claimed.id,
+            &self.claimed.bytes,
+        )?;
+        // The state file on disk already names this run's run_id (written
+        // before the spawn); a commit made without a run (a parent of
+        // subtasks) names its record in `committing` and writes it now.
+        if self.st.committing.is_some() {
+            books::write_state(layout, &self.st)?;
+        }
+        let assigned = layout.task_file(State::Assigned, &name, &self.ext);
+        if self.target.is_none()
+            && let Some((found, _)) = layout
+                .find(dest_of(&self.rec), &name)
+                .filter(|(p, _)| !fsx::same_inode(p, &assigned))
+        {
+            self.divert(&found)?;
+        }
+        let dest = dest_of(&self.rec);
+        let target = self.target.clone().unwrap_or_else(|| name.clone());
+        self.rec.run_dir = Some(layout.rel(&layout.run_dir(dest, &target)));
+        self.rec.output_file = Some(layout.rel(&layout.output_file(&target)));
+        // The transactional outbox: follow-ups go to pending/ only on
+        // success (before the record, which lists them); on failure they
+        // stay in the run directory and the record names them.
+        let outbox = layout.run_dir(State::Assigned, &name).join("outbox");
+        match self.rec.status {
+            Status::Completed => {
+                let queued = crate::tree::outbox::queue_outbox(layout, &name, &outbox)?;
+                self.rec.followups.extend(queued);
+            }
+            Status::Failed => {
+                let left = crate::tree::outbox::outbox_files(&outbox);
+                if !left.is_empty() {
+                    self.rec.withheld_followups = left;
+                }
+            }
+        }
+        moves::prepare_commit_as(layout, &name, &self.rec)?;
+        let hint = ctx.pending_count.load(std::sync::atomic::Ordering::Relaxed);
+        // The context is derived data: it never holds up a commit.
+        if let Err(e) =
+            crate::tree::context::merge(layout, &self.rec, Some((&self.out, self.cut)), Some(hint))
+        {
+            warn!(task = %name, error = %e, "context merge failed; committing the task anyway");
+        }
+        moves::finish_commit_as(layout, &name, &self.ext, dest, &target)?;
+        // A cancel request is answered by the commit, whatever its outcome.
+        let _ = std::fs::remove_file(layout.cancel_file(&name));
+        if let Some(l) = self.clash_lock.take() {
+            l.release();
+        }
+        match self.rec.status {
+            Status::Completed => info!(task = %name, attempts = self.rec.attempts, "completed"),
+            Status::Failed => warn!(
+                task = %name,
+                filed_as = %target,
+                attempts = self.rec.attempts,
+                error = self.rec.error.as_deref().unwrap_or(""),
+                "failed"
+            ),
+        }
+        Ok(())
+    }
+
+    /// A file of the task's name is in the destination, and mailroom did not
+    /// put it there (the agent wrote it, as a rule). It is left alone, and
+    /// the task is filed once in `failed/` under a clash name, as tampered.
+    fn divert(&mut self, found: &Path) -> std::io::Result<()> {
+        let layout = &self.ctx.layout;
+        let (clash, lock) = moves::free_clash_name(layout, State::Failed, &self.name)?;
+        let was = self.rec.outcome;
+        let e = self
+            .rec
+            .error
+            .as_deref()
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default();
+        let why = format!(
+            "{} appeared while the task ran (mailroom did not write it and left it alone), \
+             so the task was filed as `{clash}`; the run itself ended as `{was}`{e}",
+            layout.rel(found)
+        );
+        warn!(task = %self.name, filed_as = %clash, "{why}");
+        self.rec.status = Status::Failed;
+        self.rec.outcome = Outcome::Tampered;
+        self.rec.error = Some(why.clone());
+        if let Some(a) = self.rec.history.last_mut() {
+            a.outcome = Outcome::Tampered;
+            a.error = Some(why);
+        }
+        self.rec.submitted_as =
+            Some(layout.rel(&layout.task_file(State::Assigned, &self.name, &self.ext)));
+        self.rec.task = clash.clone();
+        self.target = Some(clash);
+        self.clash_lock = Some(lock);
+        Ok(())
+    }
+
+    /// Tells `mailroom status` why the task is not committed yet: the state
+    /// file as it is on disk (its `run` still names the run) with
+    /// `commit_error`. Best effort: the disk may refuse this too.
+    fn note_error(&self, error: &str) {
+        let layout = &self.ctx.layout;
+        let mut on_disk = books::read_state(layout, &self.name);
+        on_disk.commit_error = Some(error.to_owned());
+        if let Err(e) = books::write_state(layout, &on_disk) {
+            debug!(task = %self.name, error = %e, "cannot note the commit error in the state file");
+        }
+    }
+}
+
+fn dest_of(rec: &ResultRecord) -> State {
+    match rec.status {
+        Status::Completed => State::Completed,
+        Status::Failed => State::Failed,
+    }
+}
+
+/// Writes a commit, retrying with backoff while it fails (a full disk, an
+/// unwritable directory): the finished run is never misfiled or run again for
+/// a commit error. A shutdown ends the retries; the keeper's outcome stays in
+/// the run directory for the next supervisor.
+async fn write_commit(
+    mut c: Commit,
+    lock: TaskLock,
+    mut stop: watch::Receiver<Option<Stop>>,
+    secs: Option<f64>,
+) -> JobEnd {
+    let mut delay = Duration::from_secs(1);
+    let mut seen: Vec<String> = Vec::new();
+    loop {
+        let (back, res) = match tokio::task::spawn_blocking(move || {
+            let r = c.once();
+            if let Err(e) = &r {
+                c.note_error(&e.to_string());
+            }
+            (c, r)
+        })
+        .await
+        {
+            Ok(v) => v,
+            Err(e) => {
+                error!(error = %e, "commit task panicked");
+                return JobEnd::Stuck;
+            }
+        };
+        c = back;
+        let e = match res {
+            Ok(()) => {
+                lock.release();
+                return JobEnd::Done(c.rec.status, c.rec.outcome, secs);
+            }
+            Err(e) => e.to_string(),
+        };
+        error!(
+            task = %c.name,
+            error = %e,
+            retry_in = %humantime::format_duration(delay),
+            "cannot commit the finished run; keeping the task and trying again"
+        );
+        if !seen.contains(&e) {
+            c.rec
+                .warnings
+                .push(format!("the commit had to be retried: {e}"));
+            seen.push(e);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            changed = stop.changed() => {
+                if changed.is_err() {
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+        if matches!(*stop.borrow(), Some(Stop::Graceful | Stop::Now)) {
+            error!(
+                task = %c.name,
+                "shutting down before the commit could be written; recovery takes the task over"
+            );
+            return JobEnd::Stuck;
+        }
+        delay = (delay * 2).min(COMMIT_RETRY_MAX);
+    }
+}
