@@ -7,11 +7,13 @@ use serde::{Deserialize, Serialize};
 use super::Outcome;
 use std::time::SystemTime;
 
-/// Version of the on-disk protocol described in PROTOCOL.md.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version of the on-disk protocol described in PROTOCOL.md. Version 2 added
+/// run keepers (`keeper.json`, `outcome.json` in a run directory).
+pub const PROTOCOL_VERSION: u32 = 2;
 
+/// A file without a version comes from a version 1 writer.
 fn protocol_version() -> u32 {
-    PROTOCOL_VERSION
+    1
 }
 
 /// A time as RFC 3339 UTC with milliseconds.
@@ -241,8 +243,8 @@ mod tests {
                 "finished_at":"2026-01-15T10:00:00.000Z","host":"h","run_id":"r"}"#,
         )
         .unwrap();
-        assert_eq!(rec.version, PROTOCOL_VERSION);
+        assert_eq!(rec.version, 1);
         let st: TaskState = serde_json::from_str(r#"{"task":"t","attempts":2}"#).unwrap();
-        assert_eq!((st.version, st.attempts), (PROTOCOL_VERSION, 2));
+        assert_eq!((st.version, st.attempts), (1, 2));
     }
 }
