@@ -174,6 +174,9 @@ pub fn wait(
     };
     let tty = std::io::stderr().is_terminal() && !json;
     let mut res = Waited::default();
+    // Nobody to do the work: say so rather than wait forever. A supervisor
+    // just starting gets a few seconds to write its first heartbeat.
+    let mut nobody_since: Option<Instant> = None;
     loop {
         let (done, total) = if names.is_empty() {
             let open =
@@ -191,6 +194,21 @@ pub fn wait(
                 .count();
             (d, names.len())
         };
+        if done < total {
+            let live = crate::tree::registry::list(&layout)
+                .iter()
+                .any(|(_, alive)| *alive);
+            if live {
+                nobody_since = None;
+            } else if nobody_since.get_or_insert_with(Instant::now).elapsed()
+                >= Duration::from_secs(3)
+            {
+                bail!(
+                    "no supervisor is running on this tree, so nothing will finish; \
+                     start one with `mailroom run` or `mailroom start` (see `mailroom status`)"
+                );
+            }
+        }
         if tty && names.len() > 1 {
             let bar = 30 * done / total.max(1);
             eprint!(

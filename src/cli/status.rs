@@ -40,6 +40,15 @@ struct StatusJson {
     /// the configuration they had).
     #[serde(skip_serializing_if = "Option::is_none")]
     config_error: Option<String>,
+    /// Supervisors in `tasks/supervisors/`, each with whether it is alive.
+    supervisors: Vec<SupervisorJson>,
+}
+
+#[derive(Serialize)]
+struct SupervisorJson {
+    #[serde(flatten)]
+    heartbeat: crate::tree::registry::Heartbeat,
+    alive: bool,
 }
 
 /// Agents paused one by one: `tasks/control/pause.<agent>`.
@@ -125,6 +134,10 @@ pub fn status(root: &Path, json: bool) -> Result<()> {
         config_error: crate::parse::config::Config::load(root)
             .err()
             .map(|e| e.to_string()),
+        supervisors: crate::tree::registry::list(&layout)
+            .into_iter()
+            .map(|(heartbeat, alive)| SupervisorJson { heartbeat, alive })
+            .collect(),
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&s)?);
@@ -143,6 +156,24 @@ pub fn status(root: &Path, json: bool) -> Result<()> {
     }
     if let Some(e) = &s.config_error {
         println!("  config invalid: {e} (supervisors keep their previous configuration)");
+    }
+    let live = s.supervisors.iter().filter(|v| v.alive).count();
+    if live == 0 {
+        println!("  no supervisor is running on this tree (`mailroom run` or `mailroom start`)");
+    }
+    for v in &s.supervisors {
+        let h = &v.heartbeat;
+        if v.alive {
+            println!(
+                "  supervisor {}:{} (mailroom {}) since {}, {} running, last beat {}",
+                h.host, h.pid, h.version, h.started_at, h.running, h.last_beat
+            );
+        } else {
+            println!(
+                "  supervisor {}:{} is gone (last beat {}); its runs are adopted or recovered by the next one",
+                h.host, h.pid, h.last_beat
+            );
+        }
     }
     if s.paused {
         println!("  paused: no new tasks are claimed (`mailroom resume` to go on)");

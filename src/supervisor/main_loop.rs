@@ -38,6 +38,7 @@ impl Supervisor {
         let poll = watch.is_none();
         books::check_permissions(self.layout(), self.config.shared)
             .map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?;
+        self.beat();
         self.recover();
         self.full_scan();
         let mut io = LoopIo {
@@ -68,6 +69,7 @@ impl Supervisor {
             let ev = self.next_event(&mut io, &mut control, wake).await;
             self.handle(ev, &mut io);
         }
+        crate::tree::registry::remove(self.layout(), &self.ctx.host, self.ctx.self_pid);
         // The last word in the metrics file, whatever the rate limit.
         self.metrics.dirty = true;
         self.metrics_due = None;
@@ -78,6 +80,27 @@ impl Supervisor {
             "supervisor stopped"
         );
         Ok(self.summary)
+    }
+
+    /// Rewrites this supervisor's heartbeat (`tasks/supervisors/`), so that
+    /// `status` and `wait` know someone is running.
+    fn beat(&mut self) {
+        use crate::tree::registry;
+        self.beat_due = Instant::now() + registry::BEAT;
+        let hb = registry::Heartbeat {
+            host: self.ctx.host.clone(),
+            pid: self.ctx.self_pid,
+            start: self.ctx.self_start,
+            version: env!("CARGO_PKG_VERSION").into(),
+            protocol: record::PROTOCOL_VERSION,
+            started_at: self.started_at.clone(),
+            last_beat: record::now(),
+            running: self.running.len(),
+            pending: self.pending.len(),
+        };
+        if let Err(e) = registry::beat(self.layout(), &hb) {
+            debug!(error = %e, "cannot write the heartbeat");
+        }
     }
 
     /// The inotify watch, unless polling is configured or inotify fails.
@@ -99,6 +122,9 @@ impl Supervisor {
     /// The work of one turn of the loop before it waits: control files, a due
     /// reload, scheduling, shutdown progress, status. False: leave the loop.
     fn turn(&mut self, io: &mut LoopIo, opts: &RunOptions) -> bool {
+        if Instant::now() >= self.beat_due {
+            self.beat();
+        }
         if self.control_dirty {
             self.refresh_control();
         }
@@ -333,7 +359,7 @@ impl Supervisor {
     /// wake-ups (what is due and still waits, waits for an event), so an idle
     /// or saturated supervisor never spins.
     pub(super) fn next_wake(&self, next_rescan: Instant) -> Instant {
-        let mut wake = next_rescan;
+        let mut wake = next_rescan.min(self.beat_due);
         let now_sys = SystemTime::now();
         let now = Instant::now();
         let at = |t: SystemTime| now + t.duration_since(now_sys).unwrap_or(Duration::ZERO);

@@ -204,6 +204,9 @@ pub struct Supervisor {
     metrics: crate::ops::metrics::Metrics,
     /// When the metrics file may be written next (at most once a second).
     metrics_due: Option<Instant>,
+    /// When this supervisor's heartbeat in `tasks/supervisors/` is due.
+    beat_due: Instant,
+    started_at: String,
 }
 
 impl Supervisor {
@@ -267,6 +270,8 @@ impl Supervisor {
             agent_limits: Vec::new(),
             metrics: crate::ops::metrics::Metrics::default(),
             metrics_due: None,
+            beat_due: Instant::now(),
+            started_at: record::now(),
         })
     }
 

@@ -11,3 +11,4 @@ pub mod lock;
 pub mod moves;
 pub mod outbox;
 pub mod recovery;
+pub mod registry;

@@ -1,0 +1,147 @@
+//! The supervisor registry: `tasks/supervisors/<host>.<pid>.json`, one
+//! heartbeat file per running supervisor, rewritten every few seconds and
+//! removed when it stops. It lets `status` tell "busy" from "nobody is
+//! running", and `wait` say so at once instead of hanging. Advisory only: no
+//! decision of the protocol rests on it (locks and keepers do that).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::tree::layout::Layout;
+use crate::tree::{books, fsx};
+
+/// How often a supervisor rewrites its heartbeat.
+pub const BEAT: Duration = Duration::from_secs(5);
+
+/// A heartbeat older than this (on another host, where the pid cannot be
+/// checked) means the supervisor is gone.
+pub const STALE_AFTER: Duration = Duration::from_secs(20);
+
+/// One supervisor's heartbeat file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub host: String,
+    pub pid: u32,
+    /// Start time in clock ticks since boot (/proc), with `pid` the process's identity.
+    pub start: u64,
+    /// mailroom's version.
+    pub version: String,
+    pub protocol: u32,
+    pub started_at: String,
+    pub last_beat: String,
+    pub running: usize,
+    pub pending: usize,
+}
+
+/// The registry's directory.
+pub fn dir(layout: &Layout) -> PathBuf {
+    layout.tasks.join("supervisors")
+}
+
+fn file(layout: &Layout, host: &str, pid: u32) -> PathBuf {
+    // Host names are not file names: keep what is safe.
+    let host: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    dir(layout).join(format!("{host}.{pid}.json"))
+}
+
+/// Writes (or rewrites) this supervisor's heartbeat.
+pub fn beat(layout: &Layout, hb: &Heartbeat) -> std::io::Result<()> {
+    fsx::create_dir_all(&dir(layout))?;
+    let bytes = serde_json::to_vec_pretty(hb).map_err(std::io::Error::other)?;
+    fsx::write_atomic(&file(layout, &hb.host, hb.pid), &bytes)
+}
+
+/// Removes this supervisor's heartbeat (at a clean exit).
+pub fn remove(layout: &Layout, host: &str, pid: u32) {
+    let _ = std::fs::remove_file(file(layout, host, pid));
+}
+
+/// Whether a supervisor is still there: on this host, by its pid and start
+/// time; on another, by the age of its last beat.
+pub fn alive(hb: &Heartbeat, this_host: &str, now: SystemTime) -> bool {
+    if hb.host == this_host {
+        return books::same_process(hb.pid, hb.start);
+    }
+    crate::model::record::parse_ts(&hb.last_beat)
+        .and_then(|t| now.duration_since(t).ok())
+        .is_some_and(|age| age <= STALE_AFTER)
+}
+
+/// Every heartbeat in the registry, each with whether its supervisor is alive.
+pub fn list(layout: &Layout) -> Vec<(Heartbeat, bool)> {
+    let host = books::hostname();
+    let now = SystemTime::now();
+    let Ok(rd) = std::fs::read_dir(dir(layout)) else {
+        return Vec::new();
+    };
+    let mut v: Vec<(Heartbeat, bool)> = rd
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|f| f.ends_with(".json") && !f.starts_with('.'))
+        })
+        .filter_map(|e| read(&e.path()))
+        .map(|hb| {
+            let live = alive(&hb, &host, now);
+            (hb, live)
+        })
+        .collect();
+    v.sort_by(|a, b| (&a.0.host, a.0.pid).cmp(&(&b.0.host, b.0.pid)));
+    v
+}
+
+fn read(p: &Path) -> Option<Heartbeat> {
+    let (b, _) = fsx::read_head(p, 64 * 1024).ok()?;
+    serde_json::from_slice(&b).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hb(host: &str, pid: u32, start: u64, last: SystemTime) -> Heartbeat {
+        Heartbeat {
+            host: host.into(),
+            pid,
+            start,
+            version: "0".into(),
+            protocol: 2,
+            started_at: crate::model::record::ts(last),
+            last_beat: crate::model::record::ts(last),
+            running: 0,
+            pending: 0,
+        }
+    }
+
+    #[test]
+    fn liveness_by_pid_here_and_by_age_elsewhere() {
+        let now = SystemTime::now();
+        let me = std::process::id();
+        let start = books::proc_start_time(me).unwrap();
+        assert!(alive(&hb("here", me, start, now), "here", now));
+        // Same pid, other start time: a later process reusing the pid.
+        assert!(!alive(&hb("here", me, start + 1, now), "here", now));
+        assert!(alive(
+            &hb("there", 1, 0, now - Duration::from_secs(5)),
+            "here",
+            now
+        ));
+        assert!(!alive(
+            &hb("there", 1, 0, now - STALE_AFTER * 2),
+            "here",
+            now
+        ));
+    }
+}
