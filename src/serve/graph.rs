@@ -127,6 +127,29 @@ fn links(layout: &Layout, name: &str, state: Option<State>, snap: &Snapshot) -> 
     out
 }
 
+/// The newest tasks of all states, newest first.
+fn window(snap: &Snapshot) -> Vec<(State, &super::index::Entry)> {
+    let mut w: Vec<(State, &super::index::Entry)> = snap
+        .lists
+        .iter()
+        .flat_map(|(s, l)| l.entries.iter().take(WINDOW).map(move |e| (*s, e)))
+        .collect();
+    w.sort_by_key(|e| std::cmp::Reverse(e.1.mtime));
+    w.truncate(WINDOW);
+    w
+}
+
+/// Links that point at `name` from the newest tasks: children that name it
+/// as their `parent` only in their own file, and tasks that run `after` it.
+pub fn referrers(snap: &Snapshot, layout: &Layout, name: &str) -> Vec<Edge> {
+    window(snap)
+        .into_iter()
+        .filter(|(_, e)| e.name != name)
+        .flat_map(|(s, e)| links(layout, &e.name, Some(s), snap))
+        .filter(|e| e.from == name)
+        .collect()
+}
+
 /// The graph around `focus` (its tree of parents, children and
 /// dependencies), or of the newest tasks.
 pub fn graph(index: &Index, layout: &Layout, focus: Option<&str>) -> Graph {
@@ -137,15 +160,7 @@ pub fn graph(index: &Index, layout: &Layout, focus: Option<&str>) -> Graph {
             .entry(n.to_owned())
             .or_insert_with(|| layout.locate(n).map(|(s, _, _)| s))
     };
-    // The newest tasks of all states.
-    let mut window: Vec<(State, &super::index::Entry)> = snap
-        .lists
-        .iter()
-        .flat_map(|(s, l)| l.entries.iter().take(WINDOW).map(move |e| (*s, e)))
-        .collect();
-    window.sort_by_key(|e| std::cmp::Reverse(e.1.mtime));
-    window.truncate(WINDOW);
-
+    let window = window(&snap);
     // Every task read so far, with its outgoing links.
     let mut known: BTreeMap<String, Vec<Edge>> = window
         .iter()

@@ -554,6 +554,16 @@ pub fn task(d: &Detail) -> String {
                 .join("<br>"),
         );
     }
+    if !d.needed_by.is_empty() {
+        dt(
+            "Needed by",
+            d.needed_by
+                .iter()
+                .map(link_with_state)
+                .collect::<Vec<_>>()
+                .join("<br>"),
+        );
+    }
     if !d.after.is_empty() {
         dt(
             "After",

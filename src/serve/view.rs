@@ -170,6 +170,8 @@ pub struct Detail {
     pub waiting: Option<String>,
     pub parent: Option<Link>,
     pub children: Vec<Link>,
+    /// Tasks (among the newest) that run `after` this one.
+    pub needed_by: Vec<Link>,
     /// Every finished attempt, oldest first (the record's or the state file's).
     pub attempts: Vec<Attempt>,
     /// The run under way, from the state file.
@@ -206,15 +208,6 @@ impl Snapshot {
             completed: self.get(State::Completed).entries.len(),
             failed: self.get(State::Failed).entries.len(),
         }
-    }
-    /// The state of `name` by the listings, if any holds it.
-    pub fn state_of(&self, name: &str) -> Option<State> {
-        // Listings are sorted by time, not name: a linear scan, used only for
-        // the handful of links on one page.
-        self.lists
-            .iter()
-            .find(|(_, l)| l.entries.iter().any(|e| e.name == name))
-            .map(|(s, _)| *s)
     }
 }
 
@@ -579,6 +572,15 @@ pub fn detail(index: &Index, layout: &Layout, name: &str) -> Option<Detail> {
         children.extend(b.children.iter().cloned());
     }
     children.extend(subtask_children(&snap, name));
+    let mut needed_by = Vec::new();
+    for e in super::graph::referrers(&snap, layout, name) {
+        match e.kind {
+            super::graph::EdgeKind::Parent => children.push(e.to),
+            super::graph::EdgeKind::After => needed_by.push(e.to),
+        }
+    }
+    needed_by.sort();
+    needed_by.dedup();
     children.sort();
     children.dedup();
     let run = run_dir(layout, state, name);
@@ -624,6 +626,7 @@ pub fn detail(index: &Index, layout: &Layout, name: &str) -> Option<Detail> {
         waiting,
         parent: t.and_then(|t| t.parent.as_deref()).map(link),
         children: children.iter().map(|c| link(c)).collect(),
+        needed_by: needed_by.iter().map(|c| link(c)).collect(),
         attempts,
         run: book.as_ref().and_then(|b| b.run.clone()),
         rounds: rounds(layout, name),
