@@ -4,7 +4,7 @@
 //!
 //! Only a bounded set of task files is read: the recent window (the newest
 //! tasks of every state) or the neighbourhood of one task, never the whole
-//! tree. The layout itself ([`layout`]) is pure.
+//! tree. The layout itself ([`place`]) is pure.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
@@ -233,7 +233,7 @@ pub fn graph(index: &Index, layout: &Layout, focus: Option<&str>) -> Graph {
 }
 
 /// Layers by longest path from the sources (a node sits one layer below
-/// every task it follows), rows of at most [`ROW`] nodes, ordered within a
+/// every task it follows), rows of at most `ROW` (8) nodes, ordered within a
 /// layer by where their predecessors sit. Nodes on a cycle go last.
 pub fn place(states: &BTreeMap<String, Option<State>>, edges: &[Edge]) -> (Vec<Node>, u32, u32) {
     let names: Vec<&String> = states.keys().collect();
