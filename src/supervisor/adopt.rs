@@ -93,17 +93,13 @@ impl Supervisor {
         let layout = self.layout();
         let run = st.run.as_ref()?;
         let path = layout.task_file(State::Assigned, name, ext);
-        let read =
-            fsx::read_task_file(&path, self.config.max_task_bytes).map_err(|e| e.to_string());
+        let read = fsx::read_task_file(&path, self.config.max_task_bytes).map_err(|e| e.to_string());
         let (task, claimed) = match read.and_then(|(b, id)| {
             let t = task::parse(name, &b).map_err(|e| e.message)?;
-            Ok((
-                t,
-                Claimed {
-                    bytes: b,
-                    id: (id.dev, id.ino),
-                },
-            ))
+            Ok((t, Claimed {
+                bytes: b,
+                id: (id.dev, id.ino),
+            }))
         }) {
             Ok(t) => t,
             Err(e) => {
