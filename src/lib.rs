@@ -5,7 +5,8 @@
 //! The folders are the architecture: `model` (pure types), `parse` (files in,
 //! validated model out), `tree` (the on-disk protocol, the only code that moves
 //! task files), `sched` (ordering and routing, no I/O), `run` (agent processes),
-//! `supervisor` (the loop), `ops` (metrics, systemd, the watcher) and `cli`.
+//! `supervisor` (the loop), `ops` (metrics, systemd, the watcher), `cli` and
+//! `serve` (the read-only web dashboard).
 
 pub mod adapter;
 pub mod cli;
@@ -14,5 +15,6 @@ pub mod ops;
 pub mod parse;
 pub mod run;
 pub mod sched;
+pub mod serve;
 pub mod supervisor;
 pub mod tree;

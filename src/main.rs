@@ -192,6 +192,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Agents { json } => {
             mailroom::cli::control::agents(&root, json).map(|()| ExitCode::SUCCESS)
         }
+        Command::Serve { listen } => {
+            cli::open_tree(&root)?;
+            serve(&root, &listen)
+        }
         Command::Completions { shell } => {
             use clap::CommandFactory;
             let mut cmd = Cli::command();
@@ -246,6 +250,55 @@ fn seal_inherited_fds() {
             }
         }
     }
+}
+
+/// `mailroom serve`: binds where told, prints the address on stdout (for
+/// scripts and tests that asked for port 0), and serves until SIGINT or SIGTERM.
+fn serve(root: &std::path::Path, listen: &str) -> anyhow::Result<ExitCode> {
+    use anyhow::Context as _;
+    let addr: std::net::SocketAddr = listen.parse().with_context(|| {
+        format!("--listen {listen}: give an address and a port, e.g. 127.0.0.1:8787")
+    })?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if signals.forever().next().is_some() {
+                let _ = tx.send(());
+            }
+        })?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening on {addr}"))?;
+        let local = listener.local_addr()?;
+        if !local.ip().is_loopback() {
+            tracing::warn!(
+                %local,
+                "listening beyond loopback: anyone who can reach this address can read every task"
+            );
+        }
+        {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "listening on http://{local}/")?;
+            out.flush()?;
+        }
+        mailroom::serve::serve(listener, root, async {
+            let _ = rx.await;
+        })
+        .await
+        .context("serving the dashboard")
+    })?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run(

@@ -224,6 +224,16 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve a live, read-only web dashboard of the tree (no supervisor needed).
+    #[command(
+        after_help = "Examples:\n  mailroom serve                          # http://127.0.0.1:8787/\n  mailroom serve --listen 127.0.0.1:0     # any free port; the address is printed\n  mailroom --root ~/queue serve --listen 127.0.0.1:9000"
+    )]
+    Serve {
+        /// Address and port to listen on. Loopback by default; any other
+        /// address lets other hosts read every task (a warning is printed).
+        #[arg(long, default_value = "127.0.0.1:8787", value_name = "ADDR:PORT")]
+        listen: String,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell to complete for.

@@ -19,6 +19,7 @@ mod operator;
 mod presets;
 mod props;
 mod scheduling;
+mod serve;
 mod systemd;
 mod tampering;
 mod workspace;

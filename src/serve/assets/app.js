@@ -1,0 +1,63 @@
+// mailroom serve: keeps the page live without reloads. When /events says the
+// tree changed, fetch this same page again and swap in its <main>. The HTML
+// comes from this server, already escaped; DOMParser runs no scripts.
+(function () {
+  "use strict";
+  var live = document.getElementById("live");
+  var busy = false;
+  var again = false;
+  var generation = 0;
+
+  function setLive(text, on) {
+    if (!live) return;
+    live.textContent = text;
+    live.className = "live " + (on ? "on" : "off");
+  }
+
+  function openDetails(root) {
+    var ids = [];
+    root.querySelectorAll("details[open][id]").forEach(function (d) { ids.push(d.id); });
+    return ids;
+  }
+
+  function refresh() {
+    if (busy) { again = true; return; }
+    busy = true;
+    fetch(window.location.href, { cache: "no-store", headers: { "Accept": "text/html" } })
+      .then(function (r) { return r.ok ? r.text() : null; })
+      .then(function (text) {
+        if (text === null) return;
+        var doc = new DOMParser().parseFromString(text, "text/html");
+        var fresh = doc.querySelector("main");
+        var old = document.querySelector("main");
+        if (!fresh || !old) return;
+        var open = openDetails(old);
+        open.forEach(function (id) {
+          var d = fresh.querySelector("details#" + CSS.escape(id));
+          if (d) d.open = true;
+        });
+        fresh.setAttribute("data-generation", String(generation));
+        old.replaceWith(document.adoptNode(fresh));
+        var t = doc.querySelector("title");
+        if (t) document.title = t.textContent;
+      })
+      .catch(function () { /* the next change notice tries again */ })
+      .then(function () {
+        busy = false;
+        if (again) { again = false; refresh(); }
+      });
+  }
+
+  if (!window.EventSource) { setLive("static", false); return; }
+  var es = new EventSource("/events");
+  es.addEventListener("hello", function (e) {
+    setLive("live (" + e.data + ")", true);
+    // Anything that happened while (re)connecting.
+    if (generation > 0) refresh();
+  });
+  es.addEventListener("change", function () {
+    generation += 1;
+    refresh();
+  });
+  es.onerror = function () { setLive("reconnecting…", false); };
+})();

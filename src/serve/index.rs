@@ -1,0 +1,151 @@
+//! Cached listings of the state directories: which task files each holds and
+//! when each was submitted (its mtime), read from the directory listing and
+//! one `lstat` per new name, never from the files' contents.
+//!
+//! A listing is reused while its directory's identity and mtime are
+//! unchanged and that mtime is old enough to be trusted: the kernel stamps
+//! directory mtimes from a coarse clock, so a change in the same tick as an
+//! earlier read would leave the stamp as it was ("racy" stamps, as git calls
+//! them). Entry mtimes are kept by name across re-reads, because a task
+//! file's mtime survives its moves (rename keeps it) and so one task is
+//! `lstat`ed once however often it moves.
+
+use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::MetadataExt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use crate::parse::task::{Entry as FileEntry, classify};
+use crate::tree::layout::{Layout, State};
+
+/// A directory stamp younger than this is re-read at every request.
+const RACY: Duration = Duration::from_secs(2);
+
+/// One task file found in a state directory.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub name: String,
+    pub ext: &'static str,
+    /// The task file's mtime: when it was submitted (moves keep it).
+    pub mtime: SystemTime,
+}
+
+/// The task files of one state directory, newest first (name breaks ties).
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub entries: Vec<Entry>,
+    /// For `assigned/`: the names that have a state file there (tasks that
+    /// ran, including pending ones waiting for a retry).
+    pub state_files: HashSet<String>,
+}
+
+#[derive(Clone, PartialEq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    mtime: SystemTime,
+}
+
+struct Cached {
+    stamp: Stamp,
+    listing: Arc<Listing>,
+}
+
+/// The listings of the four state directories. Synchronous: callers run it
+/// on the blocking pool, and its mutex is never held across an `.await`.
+#[derive(Default)]
+pub struct Index {
+    cache: Mutex<HashMap<State, Cached>>,
+}
+
+impl Index {
+    /// The listing of `state`, from the cache when the directory has not changed.
+    pub fn listing(&self, layout: &Layout, state: State) -> Arc<Listing> {
+        let dir = layout.dir(state);
+        let Ok(meta) = std::fs::symlink_metadata(dir) else {
+            return Arc::default();
+        };
+        if !meta.is_dir() {
+            // A symlink or a file where a state directory belongs: show nothing.
+            return Arc::default();
+        }
+        let stamp = Stamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            mtime: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+        };
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let trusted = SystemTime::now()
+            .duration_since(stamp.mtime)
+            .is_ok_and(|age| age > RACY);
+        if let Some(c) = cache.get(&state)
+            && c.stamp == stamp
+            && trusted
+        {
+            return c.listing.clone();
+        }
+        let known: HashMap<&str, SystemTime> = cache
+            .get(&state)
+            .map(|c| {
+                c.listing
+                    .entries
+                    .iter()
+                    .map(|e| (e.name.as_str(), e.mtime))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let listing = Arc::new(read(dir, state, &known));
+        cache.insert(
+            state,
+            Cached {
+                stamp,
+                listing: listing.clone(),
+            },
+        );
+        listing
+    }
+
+    /// All four listings.
+    pub fn all(&self, layout: &Layout) -> [(State, Arc<Listing>); 4] {
+        State::ALL.map(|s| (s, self.listing(layout, s)))
+    }
+}
+
+fn read(dir: &std::path::Path, state: State, known: &HashMap<&str, SystemTime>) -> Listing {
+    let mut out = Listing::default();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for ent in rd.flatten() {
+        let fname = ent.file_name();
+        let Some(fname) = fname.to_str() else {
+            continue;
+        };
+        if state == State::Assigned
+            && let Some(n) = fname.strip_suffix(".state.json")
+        {
+            out.state_files.insert(n.to_owned());
+            continue;
+        }
+        let FileEntry::Task { name, ext } = classify(fname) else {
+            continue;
+        };
+        let ext = if ext == "yml" { "yml" } else { "yaml" };
+        let mtime = match known.get(name) {
+            Some(t) => *t,
+            // Gone since the listing was read: it moved on; skip it.
+            None => match ent.metadata() {
+                Ok(m) => m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                Err(_) => continue,
+            },
+        };
+        out.entries.push(Entry {
+            name: name.to_owned(),
+            ext,
+            mtime,
+        });
+    }
+    out.entries
+        .sort_by(|a, b| b.mtime.cmp(&a.mtime).then_with(|| a.name.cmp(&b.name)));
+    out
+}

@@ -1,0 +1,142 @@
+//! Change notices for the pages: inotify (through notify) on the state
+//! directories, `tasks/cooldowns/` and `tasks/control/`, with a polling
+//! fallback, turned into a generation number that is broadcast to every
+//! `/events` stream.
+//!
+//! Like the supervisor's watcher, this is a hint only: a notice says "look
+//! again", and the page then reads the tree itself. Events are coalesced
+//! (one notice per burst), and our own reads (opens, closes, accesses) are
+//! not events, or every page load would trigger the next.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use notify::event::{AccessKind, EventKind, ModifyKind};
+use notify::{RecursiveMode, Watcher as _};
+use tokio::sync::{Notify, broadcast};
+
+use crate::tree::layout::Layout;
+
+/// How long a burst of events is gathered into one notice.
+const COALESCE: Duration = Duration::from_millis(60);
+/// How often the directories' stamps are compared, with or without inotify
+/// (it also covers other hosts' changes on a shared file system).
+const POLL: Duration = Duration::from_millis(500);
+
+/// The live feed: subscribe for change notices.
+pub struct Live {
+    tx: broadcast::Sender<u64>,
+    /// Kept alive for as long as the feed is.
+    _watcher: Option<notify::RecommendedWatcher>,
+    /// Whether inotify is in use (false: polling only).
+    pub inotify: bool,
+}
+
+impl Live {
+    pub fn subscribe(&self) -> broadcast::Receiver<u64> {
+        self.tx.subscribe()
+    }
+}
+
+fn dirs(layout: &Layout) -> Vec<PathBuf> {
+    vec![
+        layout.tasks.clone(),
+        layout.pending.clone(),
+        layout.assigned.clone(),
+        layout.completed.clone(),
+        layout.failed.clone(),
+        layout.cooldowns.clone(),
+        layout.control.clone(),
+        layout.cancel.clone(),
+    ]
+}
+
+/// Whether an event can mean that a file appeared, changed or went away.
+fn relevant(kind: &EventKind) -> bool {
+    !matches!(
+        kind,
+        EventKind::Access(
+            AccessKind::Open(_) | AccessKind::Close(_) | AccessKind::Read | AccessKind::Any
+        ) | EventKind::Modify(ModifyKind::Metadata(_))
+    )
+}
+
+/// What the poller compares: each directory's identity, mtime and size.
+fn stamps(dirs: &[PathBuf]) -> Vec<Option<(u64, SystemTime, u64)>> {
+    use std::os::unix::fs::MetadataExt;
+    dirs.iter()
+        .map(|d| {
+            std::fs::symlink_metadata(d).ok().map(|m| {
+                (
+                    m.ino(),
+                    m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                    m.size(),
+                )
+            })
+        })
+        .collect()
+}
+
+/// Starts the feed on the current tokio runtime. With `inotify` false (the
+/// tree's `watch: poll`), or when the watch cannot be set up, it polls.
+pub fn start(layout: &Layout, inotify: bool) -> Arc<Live> {
+    let (tx, _) = broadcast::channel(16);
+    let wake = Arc::new(Notify::new());
+    let dirs = dirs(layout);
+    let watcher = if inotify {
+        let w = wake.clone();
+        match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if res.as_ref().map_or(true, |ev| relevant(&ev.kind)) {
+                w.notify_one();
+            }
+        }) {
+            Ok(mut watcher) => {
+                for d in &dirs {
+                    // A directory that is missing now is covered by the poller.
+                    let _ = watcher.watch(d, RecursiveMode::NonRecursive);
+                }
+                Some(watcher)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no inotify watch; polling the tree instead");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let live = Arc::new(Live {
+        tx: tx.clone(),
+        inotify: watcher.is_some(),
+        _watcher: watcher,
+    });
+    tokio::spawn(async move {
+        let mut generation = 0u64;
+        let mut last = stamps(&dirs);
+        let mut tick = tokio::time::interval(POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let changed = tokio::select! {
+                _ = wake.notified() => {
+                    tokio::time::sleep(COALESCE).await;
+                    true
+                }
+                _ = tick.tick() => false,
+            };
+            let now = tokio::task::spawn_blocking({
+                let dirs = dirs.clone();
+                move || stamps(&dirs)
+            })
+            .await
+            .unwrap_or_default();
+            if changed || now != last {
+                last = now;
+                generation += 1;
+                // No subscribers is fine: nobody is watching right now.
+                let _ = tx.send(generation);
+            }
+        }
+    });
+    live
+}

@@ -1,0 +1,367 @@
+//! `mailroom serve`: a live, read-only web dashboard of a tree.
+//!
+//! An axum server on the caller's tokio runtime. It reads the tree the way
+//! the CLI does, so it needs no supervisor and works on any host that sees
+//! the tree; it writes nothing and has no route that changes anything.
+//! Pages are HTML rendered here ([`html`]), each with a JSON twin under
+//! `/api/`; a small embedded script swaps in a fresh copy of the page when
+//! `/events` (server-sent events from [`live`]) says the tree changed.
+//!
+//! Safety: names from URLs pass `check_name` before they touch a path, files
+//! are opened without following symlinks and read up to a size, every value
+//! is escaped, the Content-Security-Policy allows only this server's own
+//! script and style, and while it listens on loopback a request must name a
+//! loopback host (so a web page cannot reach it through DNS rebinding).
+
+pub mod graph;
+pub mod html;
+pub mod index;
+pub mod live;
+pub mod view;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path as UrlPath, Query, Request, State as Ext};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Json, Response};
+use axum::routing::get;
+use futures_util::Stream;
+use tokio::sync::watch;
+
+use crate::parse::config::{Config, WatchMode};
+use crate::tree::layout::Layout;
+
+const APP_JS: &str = include_str!("assets/app.js");
+const STYLE_CSS: &str = include_str!("assets/style.css");
+
+/// Pages may load this server's own script and style, nothing inline, and
+/// may not be framed.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+                   connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
+struct App {
+    layout: Layout,
+    index: index::Index,
+    live: Arc<live::Live>,
+    /// The root as shown in the footer.
+    shown_root: String,
+    /// Host headers accepted; None: any (listening beyond loopback).
+    hosts: Option<Vec<String>>,
+    stop: watch::Receiver<bool>,
+}
+
+type Shared = Arc<App>;
+
+/// Serves the dashboard of the tree at `root` on `listener` until
+/// `shutdown` resolves; open event streams are ended then.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    root: &Path,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let local = listener.local_addr()?;
+    let layout = Layout::new(root);
+    let inotify = Config::load(root).map_or(true, |c| c.watch != WatchMode::Poll);
+    let (stop_tx, stop) = watch::channel(false);
+    let app = Arc::new(App {
+        live: live::start(&layout, inotify),
+        index: index::Index::default(),
+        shown_root: std::fs::canonicalize(root)
+            .unwrap_or_else(|_| PathBuf::from(root))
+            .display()
+            .to_string(),
+        hosts: allowed_hosts(local),
+        layout,
+        stop,
+    });
+    axum::serve(listener, router(app))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        })
+        .await
+}
+
+/// The Host headers a loopback listener answers: its own address and
+/// `localhost`, with its port.
+fn allowed_hosts(local: SocketAddr) -> Option<Vec<String>> {
+    if !local.ip().is_loopback() {
+        return None;
+    }
+    let p = local.port();
+    Some(vec![
+        format!("127.0.0.1:{p}"),
+        format!("localhost:{p}"),
+        format!("[::1]:{p}"),
+        local.to_string(),
+    ])
+}
+
+fn router(app: Shared) -> Router {
+    Router::new()
+        .route("/", get(overview_page))
+        .route("/api/overview", get(overview_json))
+        .route("/tasks", get(tasks_page))
+        .route("/api/tasks", get(tasks_json))
+        .route("/tasks/{name}", get(task_page))
+        .route("/api/tasks/{name}", get(task_json))
+        .route("/graph", get(graph_page))
+        .route("/api/graph", get(graph_json))
+        .route("/events", get(events))
+        .route("/static/app.js", get(app_js))
+        .route("/static/style.css", get(style_css))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(app.clone(), guard))
+        .with_state(app)
+}
+
+/// Refuses requests for other host names (DNS rebinding) and adds the
+/// security headers to every answer.
+async fn guard(Ext(app): Ext<Shared>, req: Request, next: Next) -> Response {
+    if let Some(hosts) = &app.hosts {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        if !hosts.contains(&host) {
+            return (
+                StatusCode::MISDIRECTED_REQUEST,
+                "mailroom serve answers only requests for its loopback address\n",
+            )
+                .into_response();
+        }
+    }
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// Runs a read of the tree on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    app: &Shared,
+    f: impl FnOnce(&App) -> T + Send + 'static,
+) -> Result<T, Response> {
+    let app = app.clone();
+    tokio::task::spawn_blocking(move || f(&app))
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "a dashboard read failed");
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n").into_response()
+        })
+}
+
+/// A name from a URL, checked like a task file's before it meets a path.
+fn checked(name: &str) -> Result<&str, String> {
+    crate::parse::task::check_name(name)
+        .map(|()| name)
+        .map_err(|e| format!("`{name}` is not a task name: {e}"))
+}
+
+fn html_page(app: &App, status: StatusCode, title: &str, active: &str, body: &str) -> Response {
+    (
+        status,
+        Html(html::page(title, active, &app.shown_root, body)),
+    )
+        .into_response()
+}
+
+fn json_error(status: StatusCode, msg: String) -> Response {
+    (status, Json(serde_json::json!({ "error": msg }))).into_response()
+}
+
+async fn overview_page(Ext(app): Ext<Shared>) -> Response {
+    match blocking(&app, |a| view::overview(&a.index, &a.layout)).await {
+        Ok(o) => html_page(
+            &app,
+            StatusCode::OK,
+            "Overview",
+            "overview",
+            &html::overview(&o),
+        ),
+        Err(r) => r,
+    }
+}
+
+async fn overview_json(Ext(app): Ext<Shared>) -> Response {
+    match blocking(&app, |a| view::overview(&a.index, &a.layout)).await {
+        Ok(o) => Json(o).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn tasks_page(Ext(app): Ext<Shared>, Query(q): Query<view::Query>) -> Response {
+    match blocking(&app, move |a| view::tasks(&a.index, &a.layout, &q)).await {
+        Ok(Ok(l)) => html_page(&app, StatusCode::OK, "Tasks", "tasks", &html::tasks(&l)),
+        Ok(Err(e)) => html_page(
+            &app,
+            StatusCode::BAD_REQUEST,
+            "Tasks",
+            "tasks",
+            &html::error(&e),
+        ),
+        Err(r) => r,
+    }
+}
+
+async fn tasks_json(Ext(app): Ext<Shared>, Query(q): Query<view::Query>) -> Response {
+    match blocking(&app, move |a| view::tasks(&a.index, &a.layout, &q)).await {
+        Ok(Ok(l)) => Json(l).into_response(),
+        Ok(Err(e)) => json_error(StatusCode::BAD_REQUEST, e),
+        Err(r) => r,
+    }
+}
+
+/// One task, or why not: 400 for a name that cannot be one, 404 for none.
+async fn load_detail(app: &Shared, name: String) -> Result<view::Detail, (StatusCode, String)> {
+    let name = checked(&name)
+        .map_err(|e| (StatusCode::BAD_REQUEST, e))?
+        .to_owned();
+    let n = name.clone();
+    match blocking(app, move |a| view::detail(&a.index, &a.layout, &n)).await {
+        Ok(Some(d)) => Ok(d),
+        Ok(None) => Err((StatusCode::NOT_FOUND, format!("no task named `{name}`"))),
+        Err(_) => Err((StatusCode::INTERNAL_SERVER_ERROR, "internal error".into())),
+    }
+}
+
+async fn task_page(Ext(app): Ext<Shared>, UrlPath(name): UrlPath<String>) -> Response {
+    match load_detail(&app, name).await {
+        Ok(d) => {
+            let title = d.name.clone();
+            html_page(&app, StatusCode::OK, &title, "tasks", &html::task(&d))
+        }
+        Err((st, e)) => html_page(&app, st, "Not found", "tasks", &html::error(&e)),
+    }
+}
+
+async fn task_json(Ext(app): Ext<Shared>, UrlPath(name): UrlPath<String>) -> Response {
+    match load_detail(&app, name).await {
+        Ok(d) => Json(d).into_response(),
+        Err((st, e)) => json_error(st, e),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct GraphQuery {
+    #[serde(default)]
+    focus: Option<String>,
+}
+
+async fn load_graph(app: &Shared, q: GraphQuery) -> Result<graph::Graph, (StatusCode, String)> {
+    let focus = match q.focus.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        Some(f) => Some(
+            checked(f)
+                .map_err(|e| (StatusCode::BAD_REQUEST, e))?
+                .to_owned(),
+        ),
+        None => None,
+    };
+    blocking(app, move |a| {
+        graph::graph(&a.index, &a.layout, focus.as_deref())
+    })
+    .await
+    .map_err(|_| (StatusCode::INTERNAL_SERVER_ERROR, "internal error".into()))
+}
+
+async fn graph_page(Ext(app): Ext<Shared>, Query(q): Query<GraphQuery>) -> Response {
+    match load_graph(&app, q).await {
+        Ok(g) => html_page(&app, StatusCode::OK, "Graph", "graph", &html::graph(&g)),
+        Err((st, e)) => html_page(&app, st, "Graph", "graph", &html::error(&e)),
+    }
+}
+
+async fn graph_json(Ext(app): Ext<Shared>, Query(q): Query<GraphQuery>) -> Response {
+    match load_graph(&app, q).await {
+        Ok(g) => Json(g).into_response(),
+        Err((st, e)) => json_error(st, e),
+    }
+}
+
+/// Server-sent events: `hello` at once (with `inotify` or `poll`), then
+/// `change` (with a generation number) whenever the tree changed.
+async fn events(Ext(app): Ext<Shared>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let rx = app.live.subscribe();
+    let stop = app.stop.clone();
+    let hello =
+        Event::default()
+            .event("hello")
+            .data(if app.live.inotify { "inotify" } else { "poll" });
+    let stream = futures_util::stream::unfold(
+        (Some(hello), rx, stop),
+        |(first, mut rx, mut stop)| async move {
+            if let Some(h) = first {
+                return Some((Ok(h), (None, rx, stop)));
+            }
+            if *stop.borrow() {
+                return None;
+            }
+            let ev = tokio::select! {
+                r = rx.recv() => match r {
+                    Ok(g) => Event::default().event("change").data(g.to_string()),
+                    // Missed some: one notice covers them all.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        Event::default().event("change").data("lagged")
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                },
+                _ = stop.changed() => return None,
+            };
+            Some((Ok(ev), (None, rx, stop)))
+        },
+    );
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+async fn app_js() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        APP_JS,
+    )
+        .into_response()
+}
+
+async fn style_css() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        STYLE_CSS,
+    )
+        .into_response()
+}
+
+async fn not_found(Ext(app): Ext<Shared>, req: Request) -> Response {
+    let path = req.uri().path().to_owned();
+    if path.starts_with("/api/") {
+        return json_error(StatusCode::NOT_FOUND, format!("no such route: {path}"));
+    }
+    html_page(
+        &app,
+        StatusCode::NOT_FOUND,
+        "Not found",
+        "",
+        &html::error(&format!("Nothing at {path}.")),
+    )
+}
