@@ -53,20 +53,7 @@ struct SupervisorJson {
 
 /// Agents paused one by one: `tasks/control/pause.<agent>`.
 pub(super) fn paused_agents(layout: &Layout) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(&layout.control)
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| {
-                    e.file_name()
-                        .to_str()
-                        .and_then(|f| f.strip_prefix("pause."))
-                        .map(str::to_owned)
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
+    books::paused_agents(layout)
 }
 
 fn running_tasks(layout: &Layout) -> Vec<RunningTask> {

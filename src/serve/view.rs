@@ -369,21 +369,7 @@ pub fn overview(index: &Index, layout: &Layout) -> Overview {
 }
 
 fn paused_agents(layout: &Layout) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(&layout.control)
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| {
-                    e.file_name()
-                        .to_str()
-                        .and_then(|f| f.strip_prefix("pause."))
-                        .filter(|a| task::check_name(a).is_ok())
-                        .map(str::to_owned)
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
+    crate::tree::books::paused_agents(layout)
 }
 
 /// The task list: filtered by state and name from the listings alone, by

@@ -31,18 +31,7 @@ impl Supervisor {
         self.control_dirty = false;
         let layout = self.layout().clone();
         self.paused = books::exists(&layout.pause_file(None));
-        self.paused_agents = std::fs::read_dir(&layout.control)
-            .map(|rd| {
-                rd.flatten()
-                    .filter_map(|e| {
-                        e.file_name()
-                            .to_str()
-                            .and_then(|f| f.strip_prefix("pause."))
-                            .map(str::to_owned)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        self.paused_agents = books::paused_agents(&layout).into_iter().collect();
         let marks: Vec<String> = std::fs::read_dir(&layout.cancel)
             .map(|rd| {
                 rd.flatten()

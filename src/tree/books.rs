@@ -277,3 +277,23 @@ pub fn check_permissions(layout: &Layout, shared: bool) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Agents paused one by one (`tasks/control/pause.<agent>`), sorted; names
+/// that are not valid agent names are ignored.
+pub fn paused_agents(layout: &Layout) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(&layout.control)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_str()
+                        .and_then(|f| f.strip_prefix("pause."))
+                        .filter(|a| crate::parse::task::check_name(a).is_ok())
+                        .map(str::to_owned)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}

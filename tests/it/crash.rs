@@ -218,6 +218,7 @@ fn kill_9_loop(keeper: bool, default_cycles: usize) {
         assert!(again.is_empty(), "re-runs despite live keepers: {again:?}");
         eprintln!("kill -9 loop with keepers: {total} runs for {n} tasks, 0 re-runs");
     } else {
+        eprintln!("kill -9 loop without keepers: {total} runs for {n} tasks");
         // The kills must actually have interrupted runs, or this proves nothing.
         assert!(
             total > n,
