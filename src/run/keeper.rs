@@ -38,6 +38,13 @@ pub struct KeeperSpec {
     pub timeout_ms: u64,
     pub grace_ms: u64,
     pub max_output: u64,
+    /// `durability: strict` (fsync the keeper's files) or relaxed.
+    #[serde(default = "yes")]
+    pub durable: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `<run dir>/keeper.json`: who keeps this run, written when the keeper starts.
@@ -125,6 +132,7 @@ pub fn main(run_dir: &Path) -> u8 {
             return 1;
         }
     };
+    crate::tree::fsx::set_durable(spec.durable);
     let me = std::process::id();
     let info = KeeperInfo {
         run_id: spec.run_id.clone(),
@@ -239,11 +247,13 @@ fn stop_leftovers(grace: Duration) -> u32 {
     use nix::sys::signal::{Signal, kill, killpg};
     use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
     use nix::unistd::Pid;
-    let reap = || {
-        while let Ok(st) = waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-            if st == WaitStatus::StillAlive {
-                break;
-            }
+    // Reaps what has exited; false once the keeper has no child at all (the
+    // common case: then no /proc scan is needed).
+    let reap = || loop {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => return true,
+            Ok(_) => continue,
+            Err(_) => return false,
         }
     };
     let mut stopped = std::collections::BTreeSet::new();
@@ -252,7 +262,9 @@ fn stop_leftovers(grace: Duration) -> u32 {
     // on it eventually rather than hold the run forever.
     let give_up = std::time::Instant::now() + grace + Duration::from_secs(10);
     loop {
-        reap();
+        if !reap() {
+            return stopped.len() as u32;
+        }
         let kids = children_of(std::process::id());
         if kids.is_empty() || std::time::Instant::now() >= give_up {
             return stopped.len() as u32;

@@ -131,6 +131,7 @@ impl Job {
             timeout_ms: spec.timeout.as_millis().min(u64::MAX as u128) as u64,
             grace_ms: spec.grace.as_millis().min(u64::MAX as u128) as u64,
             max_output: spec.max_output,
+            durable: self.config.durable,
         };
         let failed = |error: String| RunEnd::SpawnFailed {
             error,
