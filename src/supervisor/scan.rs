@@ -277,8 +277,31 @@ impl Supervisor {
             .filter(|p| p.ext == ext)
             .map(|p| p.id);
         let has_state = self.has_state(name, in_scan);
+        if has_state && !in_scan {
+            // A task that ran before is back: if its run hit a usage limit, the
+            // cooldown is already on disk, but the run's end may reach this loop
+            // only after the file does (two events, either first). Read it now, so
+            // the task never starts again on the cooling agent.
+            self.merge_disk_cooldowns();
+        }
         let look = look_guarded(self.layout(), &self.config, name, ext, known, has_state);
         self.apply(name, ext, look);
+    }
+
+    /// Adds the cooldowns on disk (this supervisor's and others') to the ones
+    /// the loop knows, keeping the later end of each.
+    pub(super) fn merge_disk_cooldowns(&mut self) {
+        for c in books::cooldowns(self.layout(), false) {
+            let Some(until) = record::parse_ts(&c.until) else {
+                continue;
+            };
+            match self.cooldowns.get(&c.agent) {
+                Some((t, _)) if *t >= until => {}
+                _ => {
+                    self.cooldowns.insert(c.agent, (until, c.message));
+                }
+            }
+        }
     }
 
     pub(super) fn has_state(&self, name: &str, in_scan: bool) -> bool {

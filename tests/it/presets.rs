@@ -144,7 +144,44 @@ fn every_preset_is_a_valid_config_for_its_cli() {
             yaml.contains("https://"),
             "{cli}: cite the documentation of the flags"
         );
+        assert!(
+            prompt_is_not_an_option(&a.command),
+            "{cli}: a prompt that starts with `-` could be read as an option: {:?}",
+            a.command
+        );
+        // The comments describe what mailroom does now (issue #10): it reads the CLI's
+        // output itself and agents get an allowlisted environment.
+        for stale in [
+            "does not extract a field from JSON",
+            "passes the supervisor's environment through",
+            "passes the supervisor's own environment through",
+            "still exits 0 counts as a success",
+        ] {
+            assert!(!yaml.contains(stale), "{cli}: stale comment `{stale}`");
+        }
+        assert!(
+            yaml.contains("allowlist"),
+            "{cli}: say which environment the agent gets"
+        );
+        assert!(
+            yaml.contains("Exit codes"),
+            "{cli}: say what the exit codes mean"
+        );
     }
+}
+
+/// The prompt word is glued to its option (`--prompt={prompt}`), or follows `--`, or the
+/// prompt goes through a file: never a bare `{prompt}` a parser could take for a flag.
+fn prompt_is_not_an_option(argv: &[String]) -> bool {
+    argv.iter().enumerate().all(|(i, w)| {
+        if !w.contains("{prompt}") {
+            return true;
+        }
+        if w.starts_with('-') && w.contains('=') {
+            return true;
+        }
+        w.starts_with("{prompt}") && argv[..i].iter().any(|x| x == "--")
+    })
 }
 
 #[test]
@@ -162,19 +199,25 @@ fn presets_use_the_documented_non_interactive_flags() {
         has(&claude, &["--permission-mode", "acceptEdits"]),
         "{claude:?}"
     );
+    assert!(has(&claude, &["--", "{prompt}"]), "{claude:?}");
     let codex = argv("codex");
-    assert!(has(&codex, &["codex", "exec"]), "{codex:?}");
+    assert!(has(&codex, &["codex", "exec", "--json"]), "{codex:?}");
+    assert!(has(&codex, &["--skip-git-repo-check"]), "{codex:?}");
     assert!(has(&codex, &["--sandbox", "workspace-write"]), "{codex:?}");
     assert!(has(&codex, &["-o", "{output_file}"]), "{codex:?}");
+    assert!(has(&codex, &["--", "{prompt}"]), "{codex:?}");
     let gemini = argv("gemini");
-    assert!(has(&gemini, &["-p", "{prompt}"]), "{gemini:?}");
+    assert!(has(&gemini, &["--skip-trust"]), "{gemini:?}");
     assert!(has(&gemini, &["--output-format", "json"]), "{gemini:?}");
+    assert!(has(&gemini, &["--prompt={prompt}"]), "{gemini:?}");
     let aider = argv("aider");
-    assert!(has(&aider, &["--message", "{prompt}"]), "{aider:?}");
+    assert!(has(&aider, &["--message={prompt}"]), "{aider:?}");
     assert!(has(&aider, &["--yes-always"]), "{aider:?}");
+    assert!(has(&aider, &["--no-git"]), "{aider:?}");
     let cursor = argv("cursor-agent");
     assert!(has(&cursor, &["cursor-agent", "-p"]), "{cursor:?}");
     assert!(has(&cursor, &["--output-format", "json"]), "{cursor:?}");
+    assert!(has(&cursor, &["--", "{prompt}"]), "{cursor:?}");
 }
 
 #[test]

@@ -285,6 +285,25 @@ fn cooldown_from_a_unix_timestamp_without_using_an_attempt() {
 }
 
 #[test]
+fn a_limited_task_never_runs_again_on_the_cooling_agent() {
+    // The requeued file and the job's end reach the loop as two events, in either
+    // order: the cooldown must hold before the file is seen again (12 of 12 trials).
+    let out = claude_error("You've hit your limit · resets 1pm (Europe/Lisbon)", 429);
+    for trial in 0..12 {
+        let (root, rec, _cd) = cooldown_case("claude", &out, "1");
+        let runs = root.read("runs.log");
+        assert_eq!(runs.lines().count(), 1, "trial {trial}: {runs}\n{rec}");
+        let tried: Vec<&str> = rec["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["agent"].as_str().unwrap())
+            .collect();
+        assert_eq!(tried, ["claude", "backup"], "trial {trial}: {rec}");
+    }
+}
+
+#[test]
 fn cooldown_from_a_local_reset_time_with_exit_zero() {
     let out = claude_error("You've hit your limit · resets 1pm (Europe/Lisbon)", 429);
     let (_root, rec, cd) = cooldown_case("claude", &out, "0");

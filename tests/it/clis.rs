@@ -1,0 +1,675 @@
+//! End to end with the real agent CLIs (issue #10): the pinned claude, codex and gemini
+//! from tests/clis/package.json, each run by mailroom with its shipped preset
+//! (examples/presets/<cli>/mailroom.yaml) on a fresh `mailroom init` tree that is not a git
+//! repository, against tests/mock_model.py on 127.0.0.1. The preset's agent is taken as
+//! shipped; only what the mock needs is added: the base URL and a key in the agent's `env`,
+//! a HOME with the CLI's settings, codex's model provider (`-c`), and low retry counts so
+//! that an API error ends the run in seconds. The prompt picks the mock's answer with a
+//! `MOCK:<scenario>` marker.
+//!
+//! The CLIs are installed once per test binary by scripts/install-clis.sh (npm, from the
+//! lockfile). Without node and npm the tests fail, or say `SKIPPED` with
+//! MAILROOM_TEST_SKIP_MISSING=1 (see `common::require`).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::{Value, json};
+
+use super::common::{self, BIN, Root, SIGTERM, Sup, run_bounded, wait_for};
+
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
+
+/// The answers of tests/mock_model.py.
+const OK_ANSWER: &str = "MOCK ANSWER: the task is done.";
+const OK_429_ANSWER: &str = "MOCK ANSWER: the upstream service answered 429 Too Many Requests";
+
+fn have(cmd: &str) -> bool {
+    Command::new(cmd)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The bin directories (a PATH fragment) of the installed CLIs, or None (the test then
+/// returns) when node or npm is missing. Installs them on first use.
+fn clis() -> Option<PathBuf> {
+    static INSTALLED: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    if !common::require(
+        have("node") && have("npm"),
+        "node and npm (to install the agent CLIs)",
+    ) || !common::require(have("python3"), "python3 (for tests/mock_model.py)")
+    {
+        return None;
+    }
+    let r = INSTALLED.get_or_init(|| {
+        let o = Command::new(format!("{REPO}/scripts/install-clis.sh"))
+            .arg("--print-bin")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run scripts/install-clis.sh: {e}"))?;
+        if !o.status.success() {
+            return Err(format!(
+                "scripts/install-clis.sh failed ({}): {}",
+                o.status,
+                String::from_utf8_lossy(&o.stderr)
+            ));
+        }
+        Ok(PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+    });
+    match r {
+        Ok(p) => Some(p.clone()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// tests/mock_model.py on 127.0.0.1, a port of its own; killed on drop.
+struct Mock {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Mock {
+    fn start(dir: &Path) -> Mock {
+        let port_file = dir.join("mock.port");
+        let log = dir.join("mock-requests.jsonl");
+        let child = Command::new("python3")
+            .arg(format!("{REPO}/tests/mock_model.py"))
+            .arg("--port-file")
+            .arg(&port_file)
+            .arg("--log")
+            .arg(&log)
+            // The usage-limit scenario resets an hour after the request.
+            .args(["--reset-in", "3600", "--lifetime", "600"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("python3 tests/mock_model.py");
+        let mut port = 0;
+        wait_for(Duration::from_secs(20), "the mock's port file", || {
+            port = fs::read_to_string(&port_file)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(0);
+            port != 0
+        });
+        Mock { child, port, log }
+    }
+
+    /// The scenarios of the requests the mock has seen, in order.
+    fn scenarios(&self) -> Vec<String> {
+        fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter_map(|v| v["scenario"].as_str().map(str::to_owned))
+            .collect()
+    }
+}
+
+impl Drop for Mock {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Cli {
+    Claude,
+    Codex,
+    Gemini,
+}
+
+impl Cli {
+    fn name(self) -> &'static str {
+        match self {
+            Cli::Claude => "claude",
+            Cli::Codex => "codex",
+            Cli::Gemini => "gemini",
+        }
+    }
+}
+
+/// What a case changes in the setup.
+#[derive(Default)]
+struct Opts {
+    /// `retries:` of the tree (else the preset's).
+    retries: Option<u32>,
+    /// The agent's `timeout:` (else the preset's).
+    timeout: Option<&'static str>,
+    /// A trivial shell agent `ok` as the CLI agent's fallback.
+    fallback: bool,
+    /// claude: log in with a subscription token (only that gets the usage-limit message).
+    oauth: bool,
+}
+
+/// A fresh `mailroom init` tree (not a git repository) whose mailroom.yaml runs the
+/// shipped preset of `cli` against `mock`, plus a HOME for the CLI.
+struct Setup {
+    root: Root,
+    home: PathBuf,
+    bin: PathBuf,
+    cli: Cli,
+}
+
+fn setup(cli: Cli, mock: &Mock, bin: &Path, o: &Opts) -> Setup {
+    // Root::new makes a tree by hand: replace it with what `mailroom init` makes.
+    let base = Root::new();
+    let tree = base.p("tree");
+    let out = run_bounded(
+        {
+            let mut c = Command::new(BIN);
+            c.arg("init").arg(&tree);
+            c
+        },
+        Duration::from_secs(30),
+    );
+    assert!(out.status.success(), "init: {}", common::stderr(&out));
+    assert!(!tree.join(".git").exists());
+    let home = base.p("home");
+    fs::create_dir_all(&home).unwrap();
+
+    let preset = fs::read_to_string(format!(
+        "{REPO}/examples/presets/{}/mailroom.yaml",
+        cli.name()
+    ))
+    .unwrap();
+    let c = mailroom::parse::config::Config::parse(preset.as_bytes(), "mailroom.yaml").unwrap();
+    let name = c.default_agent.clone();
+    let a = &c.agents[&name];
+    let mut command = a.command.clone();
+    let url = format!("http://127.0.0.1:{}", mock.port);
+    let home_s = home.display().to_string();
+    let mut env = serde_json::Map::new();
+    let mut set = |k: &str, v: &str| {
+        env.insert(k.to_owned(), json!(v));
+    };
+    set("HOME", &home_s);
+    set("NO_COLOR", "1");
+    match cli {
+        Cli::Claude => {
+            set("ANTHROPIC_BASE_URL", &url);
+            if o.oauth {
+                set("CLAUDE_CODE_OAUTH_TOKEN", "sk-ant-oat01-mock");
+            } else {
+                set("ANTHROPIC_API_KEY", "sk-ant-mock");
+            }
+            set("CLAUDE_CODE_MAX_RETRIES", "0");
+            set("DISABLE_AUTOUPDATER", "1");
+            set("DISABLE_TELEMETRY", "1");
+            set("DISABLE_ERROR_REPORTING", "1");
+            set("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1");
+        }
+        Cli::Codex => {
+            let codex_home = home.join(".codex");
+            fs::create_dir_all(&codex_home).unwrap();
+            set("CODEX_HOME", &codex_home.display().to_string());
+            set("MOCK_OPENAI_KEY", "sk-mock");
+            let provider = format!(
+                "model_providers.mock={{name=\"mock\",base_url=\"{url}/v1\",\
+                 env_key=\"MOCK_OPENAI_KEY\",wire_api=\"responses\",\
+                 request_max_retries=0,stream_max_retries=0}}"
+            );
+            let at = command.iter().position(|w| w == "exec").unwrap() + 1;
+            command.splice(
+                at..at,
+                [
+                    "-c".to_owned(),
+                    "model_provider=mock".to_owned(),
+                    "-c".to_owned(),
+                    provider,
+                ],
+            );
+        }
+        Cli::Gemini => {
+            set("GEMINI_API_KEY", "mock-key");
+            set("GOOGLE_GEMINI_BASE_URL", &url);
+            set("GEMINI_TELEMETRY_ENABLED", "false");
+            fs::create_dir_all(home.join(".gemini")).unwrap();
+            // A model named here (not "auto") skips gemini's model router, whose
+            // classifier call retries on its own (about a minute on a 429 or 500)
+            // whatever `maxAttempts` says.
+            let settings = json!({
+                "model": {"name": "gemini-2.5-flash"},
+                "security": {"auth": {"selectedType": "gemini-api-key"}},
+                "privacy": {"usageStatisticsEnabled": false},
+                "general": {"enableAutoUpdate": false, "enableAutoUpdateNotification": false,
+                            "maxAttempts": 1},
+                "telemetry": {"enabled": false},
+            });
+            fs::write(
+                home.join(".gemini/settings.json"),
+                serde_json::to_string_pretty(&settings).unwrap(),
+            )
+            .unwrap();
+        }
+    }
+    let ms = |d: Duration| format!("{}ms", d.as_millis());
+    let mut agent = json!({
+        "command": command,
+        "kind": a.kind,
+        "max_instances": a.max_instances,
+        "timeout": o.timeout.map(str::to_owned).unwrap_or_else(|| ms(a.timeout)),
+        "grace": ms(a.grace),
+        "cooldown": ms(a.cooldown),
+        "env": env,
+    });
+    let mut agents = serde_json::Map::new();
+    if o.fallback {
+        agent["fallback"] = json!(["ok"]);
+        agents.insert(
+            "ok".into(),
+            json!({"command": ["sh", "-c", "echo FALLBACK ANSWER"]}),
+        );
+    }
+    agents.insert(name.clone(), agent);
+    let cfg = json!({
+        "concurrency": c.concurrency,
+        "default_agent": name,
+        "retries": o.retries.unwrap_or(c.retries),
+        "retry_delay": "100ms",
+        "settle": "200ms",
+        "rescan_interval": "1s",
+        "shutdown_grace": "20s",
+        "agents": agents,
+    });
+    // JSON is YAML.
+    fs::write(
+        tree.join("mailroom.yaml"),
+        serde_json::to_string_pretty(&cfg).unwrap(),
+    )
+    .unwrap();
+    let root = Root { path: tree };
+    let v = root.mailroom(&["validate", root.p("mailroom.yaml").to_str().unwrap()]);
+    assert!(v.status.success(), "validate: {}", common::stdout(&v));
+    // `base` goes, `root` (inside it) is removed with it on drop: keep one owner.
+    std::mem::forget(base);
+    Setup {
+        root,
+        home,
+        bin: bin.to_owned(),
+        cli,
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        // The tree's parent (made by Root::new) holds the HOME too.
+        if !std::thread::panicking()
+            && let Some(p) = self.root.path.parent()
+        {
+            let _ = fs::remove_dir_all(p);
+        }
+    }
+}
+
+impl Setup {
+    /// `mailroom run` (or other args) with a clean environment: the CLIs' bin directory
+    /// first on PATH, nothing of the tester's own keys or settings.
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = self.root.cmd(args);
+        let path = format!(
+            "{}:{}",
+            self.bin.display(),
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into())
+        );
+        c.env_clear()
+            .env("PATH", path)
+            .env("HOME", &self.home)
+            .env("LANG", "C.UTF-8")
+            .env("TZ", "UTC")
+            .env("RUST_LOG", "debug");
+        c
+    }
+
+    fn task(&self, name: &str, description: &str) {
+        self.root.write(
+            &format!("tasks/pending/{name}.yaml"),
+            &format!("description: {}\n", json!(description)),
+        );
+    }
+
+    /// `run --exit-when-idle` to the end (bounded); its log is kept in the tree's parent.
+    fn run_until_idle(&self) -> Output {
+        let t = Instant::now();
+        let out = run_bounded(
+            self.cmd(&["run", "--exit-when-idle"]),
+            Duration::from_secs(100),
+        );
+        if let Some(p) = self.root.path.parent() {
+            let _ = fs::write(p.join("run.log"), &out.stderr);
+        }
+        assert!(
+            out.status.success(),
+            "{:?}: supervisor failed after {:?}: {}",
+            self.cli,
+            t.elapsed(),
+            common::stderr(&out)
+        );
+        out
+    }
+
+    fn record(&self, state: &str, name: &str) -> Value {
+        assert!(
+            self.root
+                .exists(&format!("tasks/{state}/{name}.result.json")),
+            "{:?}: {name} is not {state}: pending {:?}, completed {:?}, failed {:?}; {}",
+            self.cli,
+            self.root.names("pending"),
+            self.root.names("completed"),
+            self.root.names("failed"),
+            self.run_dirs(name)
+        );
+        self.root.record(state, name)
+    }
+
+    /// The stdout and stderr of a task's runs, for failure messages.
+    fn run_dirs(&self, name: &str) -> String {
+        let mut s = String::new();
+        for state in ["completed", "failed", "pending", "assigned"] {
+            let dir = self.root.p(&format!("tasks/{state}/{name}.run"));
+            for f in walk(&dir) {
+                if f.extension().is_some_and(|e| e == "log") {
+                    let text = fs::read_to_string(&f).unwrap_or_default();
+                    let tail: String = text
+                        .chars()
+                        .rev()
+                        .take(1500)
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .rev()
+                        .collect();
+                    s.push_str(&format!("\n--- {}:\n{tail}", f.display()));
+                }
+            }
+        }
+        s
+    }
+
+    fn cooldowns(&self) -> Vec<String> {
+        self.root
+            .entries("tasks/cooldowns")
+            .into_iter()
+            .filter(|e| e.ends_with(".json"))
+            .collect()
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                v.extend(walk(&p));
+            } else {
+                v.push(p);
+            }
+        }
+    }
+    v.sort();
+    v
+}
+
+/// A place for a case's mock (its port file and request log).
+fn scratch() -> Root {
+    Root::new()
+}
+
+// ---- the cases ------------------------------------------------------------------------
+
+/// One line per case (seen with `--nocapture`): the outcome as filed.
+fn note(cli: Cli, case: &str, state: &str, rec: &Value) {
+    let history: Vec<String> = rec["history"]
+        .as_array()
+        .map(|h| {
+            h.iter()
+                .map(|a| format!("{}:{}", a["agent"], a["outcome"]).replace('"', ""))
+                .collect()
+        })
+        .unwrap_or_default();
+    eprintln!(
+        "CASE {} {case}: {state} outcome={} error_class={} attempts={} history=[{}]",
+        cli.name(),
+        rec["outcome"],
+        rec["error_class"],
+        rec["attempts"],
+        history.join(", ")
+    );
+}
+
+/// ok, an answer that quotes rate limits, a prompt starting with `-v`, 401 and 500, in one
+/// tree: each is filed right, and no cooldown comes of any.
+fn answers_and_errors(cli: Cli) {
+    let Some(bin) = clis() else { return };
+    let s = scratch();
+    let mock = Mock::start(&s.path);
+    let t = setup(cli, &mock, &bin, &Opts::default());
+    t.task("ok", "MOCK:ok Reply with one short sentence.");
+    t.task(
+        "dash",
+        "-v MOCK:ok this task description starts with a dash",
+    );
+    t.task(
+        "quotes",
+        "MOCK:ok-429 Our log says '429 Too Many Requests' and 'rate limit reached'. \
+         Explain in one sentence.",
+    );
+    t.task("badkey", "MOCK:401 Reply with one short sentence.");
+    t.task("servererr", "MOCK:500 Reply with one short sentence.");
+    let started = Instant::now();
+    t.run_until_idle();
+    let secs = started.elapsed();
+
+    // (a) ok: completed, the answer (not the JSON envelope) in context/, usage and session
+    // in the record.
+    let rec = t.record("completed", "ok");
+    note(cli, "ok", "completed", &rec);
+    assert_eq!(rec["outcome"], "success", "{cli:?}: {rec}");
+    let out = t.root.read("context/agent_outputs/ok.md");
+    assert!(out.contains(OK_ANSWER), "{cli:?}: {out}");
+    assert!(
+        !out.trim_start().starts_with('{') && !out.contains("\"type\""),
+        "{cli:?}: the CLI's JSON reached the context:\n{out}"
+    );
+    assert!(
+        rec["session_id"].as_str().is_some_and(|s| !s.is_empty()),
+        "{cli:?}: no session: {rec}"
+    );
+    let usage = &rec["usage"];
+    assert!(
+        usage["input_tokens"].as_u64().is_some_and(|n| n > 0)
+            && usage["output_tokens"].as_u64().is_some_and(|n| n > 0),
+        "{cli:?}: no token usage: {rec}"
+    );
+
+    // (b) a description starting with `-v` is the prompt, not an option.
+    let rec = t.record("completed", "dash");
+    note(cli, "dash-v", "completed", &rec);
+    let out = t.root.read("context/agent_outputs/dash.md");
+    assert!(out.contains(OK_ANSWER), "{cli:?}: {out}\n{rec}");
+
+    // (c) an answer that talks about 429s is an answer.
+    let rec = t.record("completed", "quotes");
+    note(cli, "ok-429", "completed", &rec);
+    assert_eq!(rec["outcome"], "success", "{cli:?}: {rec}");
+    let out = t.root.read("context/agent_outputs/quotes.md");
+    assert!(out.contains(OK_429_ANSWER), "{cli:?}: {out}");
+
+    // (d) a rejected key: misconfigured at once, no retries.
+    let rec = t.record("failed", "badkey");
+    note(cli, "401", "failed", &rec);
+    assert_eq!(rec["outcome"], "misconfigured", "{cli:?}: {rec}");
+    assert_eq!(rec["error_class"], "auth", "{cli:?}: {rec}");
+    assert_eq!(rec["attempts"], 1, "{cli:?}: {rec}");
+
+    // A server error: retried (the preset's retries), then failed as a transient error
+    // (`exit` when the CLI exited non-zero, `agent_error` when it exited 0).
+    let rec = t.record("failed", "servererr");
+    note(cli, "500", "failed", &rec);
+    assert!(
+        rec["outcome"] == "exit" || rec["outcome"] == "agent_error",
+        "{cli:?}: {rec}"
+    );
+    assert_eq!(rec["error_class"], "transient", "{cli:?}: {rec}");
+    assert!(
+        rec["attempts"].as_u64().is_some_and(|n| n > 1),
+        "{cli:?}: {rec}"
+    );
+
+    assert_eq!(t.cooldowns(), Vec::<String>::new(), "{cli:?}: a cooldown");
+    eprintln!("{cli:?}: answers and errors filed in {secs:?}");
+}
+
+/// A 429 and a usage limit (each in a tree of its own: a cooldown holds for the whole
+/// tree): the agent cools down, on disk, and the task is not charged an attempt: with
+/// `retries: 0` it still completes, on the fallback.
+fn limits(cli: Cli) {
+    let Some(bin) = clis() else { return };
+    for scenario in ["429", "usage-limit"] {
+        let s = scratch();
+        let mock = Mock::start(&s.path);
+        let t = setup(
+            cli,
+            &mock,
+            &bin,
+            &Opts {
+                retries: Some(0),
+                fallback: true,
+                oauth: scenario == "usage-limit",
+                ..Opts::default()
+            },
+        );
+        t.task(
+            "limited",
+            &format!("MOCK:{scenario} Reply with one short sentence."),
+        );
+        let started = SystemTime::now();
+        t.run_until_idle();
+        let rec = t.record("completed", "limited");
+        note(cli, scenario, "completed", &rec);
+        assert_eq!(rec["agent"], "ok", "{cli:?} {scenario}: {rec}");
+        assert_eq!(
+            rec["history"][0]["outcome"], "limited",
+            "{cli:?} {scenario}: {rec}"
+        );
+        assert_eq!(
+            rec["history"][0]["error_class"], "limit",
+            "{cli:?} {scenario}: {rec}"
+        );
+        let file = format!("{}.json", cli.name());
+        assert_eq!(t.cooldowns(), vec![file.clone()], "{cli:?} {scenario}");
+        if scenario == "usage-limit" {
+            // The mock's limit resets an hour after the request.
+            let cd: Value =
+                serde_json::from_str(&t.root.read(&format!("tasks/cooldowns/{file}"))).unwrap();
+            let until = humantime::parse_rfc3339_weak(cd["until"].as_str().unwrap()).unwrap();
+            assert!(
+                until > started + Duration::from_secs(3000),
+                "{cli:?}: the reset time was not read: {cd}"
+            );
+        }
+        assert!(
+            mock.scenarios().iter().any(|s| s == scenario),
+            "{cli:?}: the mock never saw the {scenario} request"
+        );
+    }
+}
+
+/// A model that never answers: the run is stopped at the agent's `timeout` and the task
+/// fails as a timeout (`retries: 0`), never completed.
+fn hang_times_out(cli: Cli) {
+    let Some(bin) = clis() else { return };
+    let s = scratch();
+    let mock = Mock::start(&s.path);
+    let t = setup(
+        cli,
+        &mock,
+        &bin,
+        &Opts {
+            retries: Some(0),
+            // Long enough for the CLI to start and send its request (gemini takes
+            // 5 to 10 s to start on a busy machine), then the model hangs.
+            timeout: Some(if cli == Cli::Gemini { "15s" } else { "5s" }),
+            ..Opts::default()
+        },
+    );
+    t.task("stuck", "MOCK:hang Reply with one short sentence.");
+    t.run_until_idle();
+    let rec = t.record("failed", "stuck");
+    note(cli, "hang", "failed", &rec);
+    assert_eq!(rec["outcome"], "timeout", "{cli:?}: {rec}");
+    assert!(!t.root.exists("tasks/completed/stuck.yaml"));
+    assert!(
+        mock.scenarios().iter().any(|s| s == "hang"),
+        "{cli:?}: the run timed out before the CLI asked the model"
+    );
+}
+
+/// The supervisor is stopped (SIGTERM) while the CLI waits for the model: the task goes
+/// back to pending, free, and is not filed completed (gemini exits 0 on SIGTERM).
+fn shutdown_requeues(cli: Cli) {
+    let Some(bin) = clis() else { return };
+    let s = scratch();
+    let mock = Mock::start(&s.path);
+    let t = setup(cli, &mock, &bin, &Opts::default());
+    t.task("cut", "MOCK:hang Reply with one short sentence.");
+    let log = fs::File::create(t.root.path.parent().unwrap().join("sup.log")).unwrap();
+    let mut c = t.cmd(&["run"]);
+    c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+    let mut sup = Sup {
+        child: Some(c.spawn().unwrap()),
+    };
+    wait_for(
+        Duration::from_secs(60),
+        "the CLI's request to the mock",
+        || mock.scenarios().iter().any(|s| s == "hang"),
+    );
+    sup.signal(SIGTERM);
+    let st = sup.wait_exit(Duration::from_secs(60));
+    assert!(st.success(), "{cli:?}: supervisor exit {st:?}");
+    assert_eq!(t.root.names("pending"), vec!["cut"], "{cli:?}");
+    eprintln!("CASE {} shutdown: pending (requeued)", cli.name());
+    assert!(t.root.names("completed").is_empty(), "{cli:?}");
+    assert!(t.root.names("failed").is_empty(), "{cli:?}");
+    assert!(t.root.names("assigned").is_empty(), "{cli:?}");
+}
+
+macro_rules! cli_tests {
+    ($m:ident, $cli:expr) => {
+        mod $m {
+            use super::*;
+
+            #[test]
+            fn answers_and_errors_are_filed_right() {
+                answers_and_errors($cli);
+            }
+
+            #[test]
+            fn limits_cool_the_agent_down_for_free() {
+                limits($cli);
+            }
+
+            #[test]
+            fn a_hang_times_out() {
+                hang_times_out($cli);
+            }
+
+            #[test]
+            fn a_shutdown_mid_run_requeues_the_task() {
+                shutdown_requeues($cli);
+            }
+        }
+    };
+}
+
+cli_tests!(claude, Cli::Claude);
+cli_tests!(codex, Cli::Codex);
+cli_tests!(gemini, Cli::Gemini);
