@@ -94,16 +94,7 @@ pub(crate) fn parse(facts: &RunFacts<'_>) -> Parsed {
             needs_answer: true,
         },
     };
-    let answer = match verdict {
-        Verdict::Error { .. } => String::new(),
-        _ => answer,
-    };
-    Parsed {
-        answer,
-        verdict,
-        usage,
-        session_id: None,
-    }
+    Parsed::new(answer, verdict, usage, None)
 }
 
 /// litellm's exception names (they mirror the OpenAI SDK's), then the text.

@@ -114,16 +114,7 @@ fn parse_events(facts: &RunFacts<'_>, events: &[Value]) -> Parsed {
             needs_answer: true,
         }
     };
-    let answer = match verdict {
-        Verdict::Error { .. } => String::new(),
-        _ => answer,
-    };
-    Parsed {
-        answer,
-        verdict,
-        usage,
-        session_id,
-    }
+    Parsed::new(answer, verdict, usage, session_id)
 }
 
 fn parse_text(facts: &RunFacts<'_>) -> Parsed {

@@ -136,16 +136,7 @@ fn parse_stream(facts: &RunFacts<'_>, events: &[Value]) -> Parsed {
             },
         },
     };
-    let answer = match verdict {
-        Verdict::Error { .. } => String::new(),
-        _ => answer,
-    };
-    Parsed {
-        answer,
-        verdict,
-        usage,
-        session_id,
-    }
+    Parsed::new(answer, verdict, usage, session_id)
 }
 
 /// Sums the per-model token counts (`json`: `models.<m>.tokens`, `stream-json`:

@@ -106,17 +106,7 @@ pub(crate) fn parse(spec: &OutputSpec, facts: &RunFacts<'_>) -> Parsed {
             needs_answer: spec.format != OutputFormat::Text,
         },
     };
-    // A structured error's "answer" is its error text, not an answer.
-    let answer = match verdict {
-        Verdict::Error { .. } => String::new(),
-        _ => answer,
-    };
-    Parsed {
-        answer,
-        verdict,
-        usage,
-        session_id,
-    }
+    Parsed::new(answer, verdict, usage, session_id)
 }
 
 fn is_error_value(v: &Value) -> bool {

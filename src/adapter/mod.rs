@@ -252,6 +252,28 @@ pub(crate) struct Parsed {
     pub session_id: Option<String>,
 }
 
+impl Parsed {
+    /// What an adapter read. A structured error's "answer" is its error
+    /// text, not an answer: it is dropped.
+    pub(crate) fn new(
+        answer: String,
+        verdict: Verdict,
+        usage: Usage,
+        session_id: Option<String>,
+    ) -> Parsed {
+        let answer = match verdict {
+            Verdict::Error { .. } => String::new(),
+            _ => answer,
+        };
+        Parsed {
+            answer,
+            verdict,
+            usage,
+            session_id,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) enum Verdict {
     /// The CLI's structured result says the run succeeded.
