@@ -189,6 +189,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 .map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
             mailroom::cli::control::wait(&root, &names, t, json)
         }
+        Command::Usage { by, since, json } => {
+            mailroom::cli::usage::usage(&root, by, since.as_deref(), json)
+                .map(|()| ExitCode::SUCCESS)
+        }
         Command::Agents { json } => {
             mailroom::cli::control::agents(&root, json).map(|()| ExitCode::SUCCESS)
         }

@@ -198,6 +198,28 @@ pub struct Usage {
 }
 
 impl Usage {
+    /// Adds another run's usage: counts and cost are summed (a count either
+    /// side lacks stays as the other side has it); model and the like keep
+    /// the latest.
+    pub fn add(&mut self, o: &Usage) {
+        fn sum<T: Copy + std::ops::Add<Output = T>>(a: Option<T>, b: Option<T>) -> Option<T> {
+            match (a, b) {
+                (Some(x), Some(y)) => Some(x + y),
+                (x, y) => x.or(y),
+            }
+        }
+        self.input_tokens = sum(self.input_tokens, o.input_tokens);
+        self.output_tokens = sum(self.output_tokens, o.output_tokens);
+        self.cache_read_tokens = sum(self.cache_read_tokens, o.cache_read_tokens);
+        self.cache_write_tokens = sum(self.cache_write_tokens, o.cache_write_tokens);
+        self.cost_usd = sum(self.cost_usd, o.cost_usd);
+        self.turns = sum(self.turns, o.turns);
+        self.api_ms = sum(self.api_ms, o.api_ms);
+        if o.model.is_some() {
+            self.model = o.model.clone();
+        }
+    }
+
     /// True when the CLI reported nothing at all.
     pub fn is_empty(&self) -> bool {
         *self == Usage::default()

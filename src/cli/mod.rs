@@ -9,6 +9,7 @@ mod list;
 mod retry;
 mod show;
 mod status;
+pub mod usage;
 mod validate;
 
 pub use add::{AddArgs, add};
@@ -214,6 +215,21 @@ pub enum Command {
         /// Give up after this long (e.g. 10m) and exit 124.
         #[arg(long)]
         timeout: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Tokens and cost the agents' CLIs reported, summed by agent, day or task.
+    #[command(
+        after_help = "Examples:\n  mailroom usage\n  mailroom usage --by day --since 2026-12-01\n  mailroom usage --by task --json"
+    )]
+    Usage {
+        /// How to group the finished tasks.
+        #[arg(long, value_enum, default_value = "agent")]
+        by: usage::By,
+        /// Only tasks finished since this date or time.
+        #[arg(long)]
+        since: Option<String>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,

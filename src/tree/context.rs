@@ -189,8 +189,21 @@ fn log_line(rec: &ResultRecord, totals: (u64, u64)) -> serde_json::Value {
         "error": rec.error,
         "summary": rec.summary,
         "output_file": rec.output_file,
+        "error_class": rec.error_class,
+        "session_id": rec.session_id,
+        // Every attempt's usage, summed: what the task cost in all.
+        "usage": total_usage(rec),
         "run_id": rec.run_id,
     })
+}
+
+/// The usage of every attempt of a record, summed (None: none reported).
+pub fn total_usage(rec: &ResultRecord) -> Option<crate::adapter::Usage> {
+    let mut total = crate::adapter::Usage::default();
+    for u in rec.history.iter().filter_map(|a| a.usage.as_ref()) {
+        total.add(u);
+    }
+    (!total.is_empty()).then_some(total)
 }
 
 fn append_log(layout: &Layout, rec: &ResultRecord) -> io::Result<()> {

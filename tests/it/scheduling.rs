@@ -420,3 +420,47 @@ fn the_last_agent_of_a_fallback_chain_is_retried_not_ruled_out() {
         .collect();
     assert_eq!(tried, ["first", "last", "last", "last"]);
 }
+
+#[test]
+fn usage_sums_what_the_clis_reported_by_agent_and_day() {
+    let answer = serde_json::json!({
+        "type": "result", "subtype": "success", "is_error": false, "result": "done",
+        "session_id": "s-3", "total_cost_usd": 0.25,
+        "usage": {"input_tokens": 100, "output_tokens": 40}
+    })
+    .to_string();
+    let root = Root::new()
+        .config(&format!(
+            "agents:\n  claude:\n    command: [{:?}]\n    kind: claude\n    env:\n      LIMIT_MSG: {answer:?}\n      LIMIT_EXIT: \"0\"\n  plain:\n    command: [{:?}]\n",
+            agent("limited.sh"),
+            agent("ok.sh"),
+        ))
+        .task("u1.yaml", "description: one\nagent: claude\n")
+        .task("u2.yaml", "description: two\nagent: claude\n")
+        .task("u3.yaml", "description: three\nagent: plain\n");
+    root.run_until_idle();
+    assert_eq!(root.names("completed"), ["u1", "u2", "u3"]);
+    let out = root.mailroom(&["usage", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let row = |k: &str| {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["key"] == k)
+            .cloned()
+            .unwrap_or_else(|| panic!("no row {k} in {rows}"))
+    };
+    assert_eq!(row("claude")["tasks"], 2, "{rows}");
+    assert_eq!(row("claude")["input_tokens"], 200, "{rows}");
+    assert_eq!(row("claude")["cost_usd"], 0.5, "{rows}");
+    // An agent whose CLI reports nothing is counted, with nothing to sum.
+    assert_eq!(row("plain")["tasks"], 1, "{rows}");
+    assert_eq!(row("plain")["reported"], 0, "{rows}");
+    assert_eq!(row("total")["tasks"], 3, "{rows}");
+    let text = stdout(&root.mailroom(&["usage", "--by", "day"]));
+    assert!(text.contains("0.5000"), "{text}");
+    let bad = root.mailroom(&["usage", "--since", "yesterday-ish"]);
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("--since"), "{}", stderr(&bad));
+}

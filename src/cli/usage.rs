@@ -1,0 +1,116 @@
+//! `mailroom usage`: what the agents' CLIs reported they used (tokens, cost),
+//! summed from `context/completed_tasks.jsonl`, by agent, day or task.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Result, bail};
+use serde::Serialize;
+
+use crate::adapter::Usage;
+
+use super::open_tree;
+
+/// How `usage` groups the finished tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum By {
+    Agent,
+    Day,
+    Task,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Row {
+    key: String,
+    tasks: u64,
+    /// Tasks whose CLI reported any usage at all.
+    reported: u64,
+    #[serde(flatten)]
+    usage: Usage,
+}
+
+/// Sums the usage of finished tasks, optionally only those finished since
+/// `since` (an RFC 3339 time or a date such as 2026-12-01).
+pub fn usage(root: &Path, by: By, since: Option<&str>, json: bool) -> Result<()> {
+    let layout = open_tree(root)?;
+    let since = match since {
+        None => None,
+        Some(s) => Some(parse_since(s)?),
+    };
+    let text =
+        std::fs::read_to_string(layout.context.join("completed_tasks.jsonl")).unwrap_or_default();
+    let mut rows: BTreeMap<String, Row> = BTreeMap::new();
+    let mut total = Row {
+        key: "total".into(),
+        ..Row::default()
+    };
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let finished = v["finished_at"].as_str().unwrap_or("");
+        if since.as_deref().is_some_and(|s| finished < s) {
+            continue;
+        }
+        let key = match by {
+            By::Agent => v["agent"].as_str().unwrap_or("(none)").to_owned(),
+            By::Day => finished.get(..10).unwrap_or("?").to_owned(),
+            By::Task => v["task"].as_str().unwrap_or("?").to_owned(),
+        };
+        let u: Option<Usage> = serde_json::from_value(v["usage"].clone()).ok().flatten();
+        let row = rows.entry(key.clone()).or_insert_with(|| Row {
+            key,
+            ..Row::default()
+        });
+        for row in [row, &mut total] {
+            row.tasks += 1;
+            if let Some(u) = &u {
+                row.reported += 1;
+                row.usage.add(u);
+            }
+        }
+    }
+    let mut out: Vec<Row> = rows.into_values().collect();
+    out.push(total);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:>6} {:>12} {:>12} {:>12} {:>10}",
+        match by {
+            By::Agent => "agent",
+            By::Day => "day",
+            By::Task => "task",
+        },
+        "tasks",
+        "input",
+        "output",
+        "cache read",
+        "cost USD"
+    );
+    for r in &out {
+        let n = |x: Option<u64>| x.map_or("-".into(), |v| v.to_string());
+        println!(
+            "{:<24} {:>6} {:>12} {:>12} {:>12} {:>10}",
+            r.key,
+            r.tasks,
+            n(r.usage.input_tokens),
+            n(r.usage.output_tokens),
+            n(r.usage.cache_read_tokens),
+            r.usage.cost_usd.map_or("-".into(), |c| format!("{c:.4}"))
+        );
+    }
+    Ok(())
+}
+
+/// `--since` as the RFC 3339 prefix records compare with.
+fn parse_since(s: &str) -> Result<String> {
+    if let Some(t) = crate::model::record::parse_ts(s) {
+        return Ok(crate::model::record::ts(t));
+    }
+    if let Ok(d) = s.parse::<jiff::civil::Date>() {
+        return Ok(format!("{d}T00:00:00.000Z"));
+    }
+    bail!("`--since {s}`: give a date (2026-12-01) or a time (2026-12-01T10:00:00Z)")
+}
