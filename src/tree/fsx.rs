@@ -218,11 +218,28 @@ pub fn same_inode(a: &Path, b: &Path) -> bool {
     }
 }
 
+/// Tests only (debug builds): `MAILROOM_TEST_LINK_RENAME=1` takes the
+/// `link` + `unlink` path every time, as on NFS.
+#[cfg(debug_assertions)]
+fn forced_link_rename() -> bool {
+    static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FORCED.get_or_init(|| std::env::var_os("MAILROOM_TEST_LINK_RENAME").is_some())
+}
+
+#[cfg(not(debug_assertions))]
+fn forced_link_rename() -> bool {
+    false
+}
+
 fn rename_noreplace_once(from: &Path, to: &Path) -> io::Result<()> {
     use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
-    let err = match renameat2(AT_FDCWD, from, AT_FDCWD, to, RenameFlags::RENAME_NOREPLACE) {
-        Ok(()) => return Ok(()),
-        Err(e) => io::Error::from(e),
+    let err = if forced_link_rename() {
+        io::Error::from_raw_os_error(libc::EINVAL)
+    } else {
+        match renameat2(AT_FDCWD, from, AT_FDCWD, to, RenameFlags::RENAME_NOREPLACE) {
+            Ok(()) => return Ok(()),
+            Err(e) => io::Error::from(e),
+        }
     };
     match err.raw_os_error() {
         Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::ENOTSUP) => {}

@@ -14,6 +14,7 @@ mod disk;
 mod faults;
 mod fsync;
 mod hostile;
+mod hosts;
 mod keeper;
 mod metrics;
 mod operator;

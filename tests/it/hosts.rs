@@ -1,0 +1,178 @@
+//! Several hosts on one tree, simulated: each supervisor runs in UTS and PID
+//! namespaces of its own (`unshare`), under its own host name, with polling
+//! and the `link` + `unlink` rename that NFS forces. One host is then lost
+//! whole (its namespace killed, keepers and agents with it).
+
+use crate::common::*;
+use crate::crash::check_invariants;
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A supervisor on host `name`: a new UTS and PID namespace, killed whole
+/// (every process in it) when dropped or lost.
+struct Host(Child);
+
+impl Host {
+    fn start(root: &Root, name: &str) -> Host {
+        let log = std::fs::File::create(root.p(&format!("host-{name}.log"))).unwrap();
+        let script = format!("hostname {name} && exec \"$0\" --root \"$1\" run");
+        let child = Command::new("unshare")
+            .args(["--uts", "--pid", "--fork", "--mount-proc", "--kill-child"])
+            .args(["sh", "-c", &script, BIN])
+            .arg(&root.path)
+            .env("MAILROOM_TEST_LINK_RENAME", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Host(child)
+    }
+
+    /// The host goes down: everything in its namespace gets SIGKILL.
+    fn lose(mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn now_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+/// From the agents' "S task attempt ns" / "E task attempt ns" lines: no two
+/// runs of one task are ever open at once. An agent SIGKILLed with its host
+/// writes no end line: a run left open counts as ended when the host was lost
+/// (`lost_at`), and only if it started before that. Returns runs per task.
+fn check_no_overlap_but_the_lost(log: &str, lost_at: u128) -> BTreeMap<String, usize> {
+    let mut events: BTreeMap<String, Vec<(u128, bool)>> = BTreeMap::new();
+    for l in log.lines() {
+        let f: Vec<&str> = l.split(' ').collect();
+        if f.len() == 4 {
+            events
+                .entry(f[1].to_owned())
+                .or_default()
+                .push((f[3].parse().unwrap(), f[0] == "S"));
+        }
+    }
+    let mut runs = BTreeMap::new();
+    for (task, mut ev) in events {
+        ev.sort();
+        let mut open: Option<u128> = None;
+        for (t, start) in &ev {
+            if *start {
+                if let Some(s) = open {
+                    assert!(
+                        s < lost_at && *t > lost_at,
+                        "two runs of {task} overlap (a run open since {s} when another started at {t}; host lost at {lost_at}):\n{log}"
+                    );
+                }
+                open = Some(*t);
+                *runs.entry(task.clone()).or_insert(0) += 1;
+            } else {
+                open = None;
+            }
+        }
+        if let Some(s) = open {
+            assert!(s < lost_at, "a run of {task} never ended:\n{log}");
+        }
+    }
+    runs
+}
+
+fn can_unshare() -> bool {
+    Command::new("unshare")
+        .args(["--uts", "--pid", "--fork", "--mount-proc", "true"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn three_hosts_share_a_tree_and_a_lost_host_loses_no_task() {
+    if !require(can_unshare(), "unshare --uts --pid (root, util-linux)") {
+        return;
+    }
+    let n = 90;
+    let root = Root::new();
+    let runlog = root.p("runs.log");
+    let mut root = root.config(&format!(
+        "concurrency: 2\nretries: 5\nretry_delay: 10ms\nwatch: poll\nrescan_interval: 200ms\nsettle: 100ms\n\
+         agents:\n  a:\n    command: [{:?}]\n    grace: 1s\n    env:\n      RUNLOG: {:?}\n      SPAN_MS: \"60\"\n",
+        agent("span.sh"),
+        runlog.display().to_string()
+    ));
+    for i in 0..n {
+        root = root.task(
+            &format!("h{i:03}.yaml"),
+            &format!("description: task {i}\n"),
+        );
+    }
+    let h1 = Host::start(&root, "host-one");
+    let _h2 = Host::start(&root, "host-two");
+    let _h3 = Host::start(&root, "host-three");
+    // Lose host one while it runs something of its own.
+    wait_for(Duration::from_secs(60), "host-one to run a task", || {
+        root.names("assigned").iter().any(|t| {
+            std::fs::read_to_string(root.p(&format!("tasks/assigned/{t}.state.json")))
+                .is_ok_and(|s| s.contains("\"host-one\""))
+        })
+    });
+    let lost_at = now_ns();
+    h1.lose();
+    wait_for(Duration::from_secs(180), "every task to complete", || {
+        root.names("completed").len() == n
+    });
+    // What the lost host left in assigned/ (a lock file of a claim it was
+    // making, say) goes at the survivors' next recovery pass; its temp files
+    // only after 10 minutes (another host's pid cannot be checked here).
+    let lost_temp = |f: &String| f.starts_with('.') && f.contains(".host-one.");
+    wait_for(
+        Duration::from_secs(30),
+        "assigned/ to be cleaned up",
+        || root.entries("tasks/assigned").iter().all(lost_temp),
+    );
+    for f in root
+        .entries("tasks/assigned")
+        .iter()
+        .filter(|f| lost_temp(f))
+    {
+        std::fs::remove_file(root.p(&format!("tasks/assigned/{f}"))).unwrap();
+    }
+    check_invariants(&root, n, "completed");
+    let runs = check_no_overlap_but_the_lost(&std::fs::read_to_string(&runlog).unwrap(), lost_at);
+    assert_eq!(runs.len(), n);
+    // Only the runs host one had in flight when it went down ran again.
+    let again: Vec<_> = runs.iter().filter(|(_, r)| **r > 1).collect();
+    assert!(
+        again.len() <= 2,
+        "more re-runs than host one had slots: {again:?}"
+    );
+    // Every host did work, and records name the host that filed them.
+    let hosts: std::collections::BTreeSet<String> = root
+        .names("completed")
+        .iter()
+        .map(|t| {
+            root.record("completed", t)["host"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert!(
+        hosts.contains("host-two") && hosts.contains("host-three"),
+        "{hosts:?}"
+    );
+    assert!(!hosts.iter().any(|h| h.is_empty()), "{hosts:?}");
+}
