@@ -1287,3 +1287,36 @@ fn a_not_before_beyond_thirty_days_is_refused() {
     assert!(rec["error"].as_str().unwrap().contains("30 days"), "{rec}");
     assert_eq!(root.names("completed"), ["near"]);
 }
+
+#[test]
+fn the_conformance_script_passes_against_mailroom_and_fails_against_a_do_nothing_supervisor() {
+    let have = std::process::Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !require(have, "python3 (for scripts/conformance.py)") {
+        return;
+    }
+    let script = format!("{}/scripts/conformance.py", env!("CARGO_MANIFEST_DIR"));
+    let run = |sup: &str| {
+        let c = std::process::Command::new("python3")
+            .args([script.as_str(), "--supervisor", sup, "--timeout", "120"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        (
+            c.status.success(),
+            String::from_utf8_lossy(&c.stdout).into_owned(),
+        )
+    };
+    let (ok, out) = run(&format!("{BIN} --root {{root}} run --exit-when-idle"));
+    assert!(ok, "{out}");
+    assert!(out.contains(" passed, 0 failed"), "{out}");
+    // A supervisor that does nothing fails it: the check checks something.
+    let (ok, out) = run("true");
+    assert!(!ok, "{out}");
+    assert!(out.contains("FAIL plain ends in completed/"), "{out}");
+    for l in out.lines().filter(|l| l.starts_with("tree kept at ")) {
+        let _ = std::fs::remove_dir_all(l.trim_start_matches("tree kept at "));
+    }
+}
