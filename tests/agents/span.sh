@@ -13,5 +13,9 @@ finish() { trap '' TERM INT; log E; }
 trap 'finish; exit 143' TERM INT
 log S
 ms=${SPAN_MS:-50}
+# With SPAN_MS_MAX, each run lasts a random time between the two.
+if [ -n "${SPAN_MS_MAX:-}" ]; then
+  ms=$(awk -v lo="$ms" -v hi="$SPAN_MS_MAX" -v seed="$$" 'BEGIN{srand(seed); print int(lo + rand() * (hi - lo + 1))}')
+fi
 sleep "$(awk "BEGIN{print $ms/1000}")"
 finish

@@ -148,7 +148,7 @@ fn kill_9_loop(keeper: bool, default_cycles: usize) {
     let runlog = root.p("runs.log");
     let mut root = root.config(&format!(
         "concurrency: 4\nretries: 100\nretry_delay: 10ms\nrescan_interval: 200ms\nsettle: 100ms\n\
-         run_keeper: {keeper}\nagents:\n  a:\n    command: [{:?}]\n    grace: 2s\n    env:\n      RUNLOG: {:?}\n      SPAN_MS: \"120\"\n",
+         run_keeper: {keeper}\nagents:\n  a:\n    command: [{:?}]\n    grace: 2s\n    env:\n      RUNLOG: {:?}\n      SPAN_MS: \"20\"\n      SPAN_MS_MAX: \"300\"\n",
         agent("span.sh"),
         runlog.display().to_string()
     ));
