@@ -41,6 +41,14 @@ pub struct KeeperSpec {
     /// `durability: strict` (fsync the keeper's files) or relaxed.
     #[serde(default = "yes")]
     pub durable: bool,
+    /// The agent's slot lock the supervisor took and handed over as the
+    /// keeper's stdout (see `tree::slots`).
+    #[serde(default)]
+    pub slot: Option<PathBuf>,
+    /// The agent's slot files: with no slot handed over, the keeper takes a
+    /// free one of these itself, waiting, before it starts the agent.
+    #[serde(default)]
+    pub slot_paths: Vec<PathBuf>,
 }
 
 fn yes() -> bool {
@@ -133,6 +141,9 @@ pub fn main(run_dir: &Path) -> u8 {
         }
     };
     crate::tree::fsx::set_durable(spec.durable);
+    // The slot: held (in a descriptor the agent does not inherit) until the
+    // keeper exits.
+    let _slot = take_slot(&spec);
     let me = std::process::id();
     let info = KeeperInfo {
         run_id: spec.run_id.clone(),
@@ -178,6 +189,44 @@ pub fn main(run_dir: &Path) -> u8 {
             eprintln!("mailroom keeper: cannot write {OUTCOME_FILE}: {e}");
             1
         }
+    }
+}
+
+/// The slot this run holds: the descriptor handed over as stdout (then
+/// stdout joins stderr in the log), else a free one of `slot_paths`, waited
+/// for. `None` for a run without slots (an older spec).
+fn take_slot(spec: &KeeperSpec) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    if spec.slot.is_some() {
+        // A close-on-exec duplicate (F_DUPFD_CLOEXEC): the agent never gets it.
+        let fd = std::io::stdout().as_fd().try_clone_to_owned().ok()?;
+        // SAFETY: dup2 on the standard descriptors; stdout becomes the log.
+        unsafe { libc::dup2(2, 1) };
+        return Some(fd);
+    }
+    if spec.slot_paths.is_empty() {
+        return None;
+    }
+    let mut said = false;
+    loop {
+        for p in &spec.slot_paths {
+            if let Ok(f) = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(p)
+                && f.try_lock().is_ok()
+            {
+                return Some(f.into());
+            }
+        }
+        if !said {
+            eprintln!("mailroom keeper: every slot of the agent is held; waiting for one");
+            said = true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

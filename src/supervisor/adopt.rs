@@ -140,6 +140,8 @@ impl Supervisor {
             limits,
             ws: Some(ws),
             lock,
+            // The adopted keeper holds its slot already.
+            slot: None,
             claimed,
             stop,
         }))

@@ -54,14 +54,19 @@ impl Supervisor {
         }
         let now = SystemTime::now();
         self.cooldowns.retain(|_, (t, _)| *t > now);
+        // Agents whose every slot another process holds (this pass).
+        let mut full: BTreeSet<String> = BTreeSet::new();
         while !self.paused && self.running.len() < self.config.concurrency {
             let (config, load, cooldowns) = (&self.config, &self.load, &self.cooldowns);
             let paused = &self.paused_agents;
+            let full_ref = &full;
             let avail = |a: &str| match config.agents.get(a) {
                 None => Avail::Unavailable,
                 Some(_) if cooldowns.contains_key(a) => Avail::Unavailable,
                 // A paused agent is waited for, like a busy one (no fallback).
                 Some(_) if paused.contains(a) => Avail::Busy,
+                // Busy tree-wide: waited for like one busy here.
+                Some(_) if full_ref.contains(a) => Avail::Busy,
                 Some(ag) => {
                     let l = load.get(a).copied().unwrap_or(0);
                     if l >= ag.max_instances {
@@ -77,7 +82,29 @@ impl Supervisor {
             let Some((name, agent)) = self.queue.pop(now, avail) else {
                 break;
             };
-            self.start(&name, &agent);
+            if !self.start(&name, &agent) {
+                full.insert(agent);
+            }
+        }
+    }
+
+    /// A free slot of `agent` (protocol version 2; `Ok(None)` without
+    /// keepers, where `max_instances` counts this process's runs only).
+    /// `Err` when every slot is held: the agent is busy tree-wide.
+    fn take_slot(&self, agent: &str) -> Result<Option<crate::tree::slots::Slot>, ()> {
+        let Some(ag) = self.config.agents.get(agent) else {
+            return Ok(None);
+        };
+        if !self.config.run_keeper {
+            return Ok(None);
+        }
+        match crate::tree::slots::try_take(self.layout(), agent, ag.max_instances) {
+            Ok(Some(s)) => Ok(Some(s)),
+            Ok(None) => Err(()),
+            Err(e) => {
+                error!(agent, error = %e, "cannot take a slot of the agent");
+                Err(())
+            }
         }
     }
 
@@ -206,10 +233,16 @@ impl Supervisor {
         lock.release();
     }
 
-    /// Claims one task and starts its run on `agent`.
-    pub(super) fn start(&mut self, name: &str, agent_name: &str) {
+    /// Claims one task and starts its run on `agent`. With keepers, a slot of
+    /// the agent is taken first (see `tree::slots`); false, and the task is
+    /// held back unclaimed, when every slot is held.
+    pub(super) fn start(&mut self, name: &str, agent_name: &str) -> bool {
+        let Ok(slot) = self.take_slot(agent_name) else {
+            self.set_busy(name);
+            return false;
+        };
         let Some((ext, lock)) = self.claim_pending(name) else {
-            return;
+            return true;
         };
         let layout = self.layout().clone();
         // Agents ruled out for this task (fallbacks) go with it into the run.
@@ -245,7 +278,7 @@ impl Supervisor {
             Err(msg) => {
                 let rec = books::never_ran_record(Outcome::Invalid, msg);
                 self.reject_locked(State::Assigned, name, &ext, rec, false, lock);
-                return;
+                return true;
             }
         };
         // The file may have changed since it was queued: keep the agent the
@@ -254,6 +287,14 @@ impl Supervisor {
             agent_name
         } else {
             &route.agents[0]
+        };
+        // Another agent after all: its own slot, or (none free now) its keeper
+        // waits for one before it starts the agent.
+        let slot = if chosen == agent_name {
+            slot
+        } else {
+            drop(slot);
+            self.take_slot(chosen).ok().flatten()
         };
         let job = Job {
             ctx: self.ctx.clone(),
@@ -267,11 +308,13 @@ impl Supervisor {
             limits: self.limits.clone(),
             ws: None,
             lock,
+            slot,
             claimed,
             // Replaced by the run's own channel at the launch.
             stop: watch::channel(None).1,
         };
         self.launch(job);
+        true
     }
 
     /// Locks and moves `pending/<name>` into `assigned/`; on any refusal the

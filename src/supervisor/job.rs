@@ -18,6 +18,9 @@ pub(super) struct Job {
     /// The run's workspace, once set up.
     pub(super) ws: Option<WorkspaceRun>,
     pub(super) lock: TaskLock,
+    /// The agent's slot lock (protocol version 2), taken before the claim;
+    /// it goes to the run's keeper, which holds it for the run's life.
+    pub(super) slot: Option<crate::tree::slots::Slot>,
     /// The task file as claimed: what a task whose agent moved or deleted
     /// its file is put back from (see `commit.rs`).
     pub(super) claimed: Claimed,
@@ -86,11 +89,13 @@ impl Job {
         let mut spec = self.spec(prompt, workdir, &run_dir, st.attempts);
         let end = if self.config.run_keeper {
             let run_id = st.run.as_ref().and_then(|r| r.run_id.clone());
+            let slot = self.slot.take();
             self.run_kept(
                 &spec,
                 &run_dir,
                 &run_id.unwrap_or_default(),
                 st.attempts,
+                slot,
                 stop,
             )
             .await
@@ -117,10 +122,17 @@ impl Job {
         run_dir: &Path,
         run_id: &str,
         attempt: u32,
+        slot: Option<crate::tree::slots::Slot>,
         mut stop: watch::Receiver<Option<Stop>>,
     ) -> RunEnd {
         use crate::run::keeper::{self, KeeperSpec};
+        let layout = &self.ctx.layout;
         let ks = KeeperSpec {
+            slot: slot.as_ref().map(|s| s.path.clone()),
+            // Without a slot handed over, the keeper waits for one of these.
+            slot_paths: (0..self.agent.max_instances)
+                .map(|n| crate::tree::slots::path(layout, &self.agent.name, n))
+                .collect(),
             run_id: run_id.to_owned(),
             argv: spec.argv.clone(),
             workdir: spec.workdir.clone(),
@@ -137,7 +149,7 @@ impl Job {
             error,
             not_found: false,
         };
-        let mut child = match self.spawn_keeper(&ks, spec, run_dir) {
+        let mut child = match self.spawn_keeper(&ks, spec, run_dir, slot) {
             Ok(c) => c,
             Err(e) => return failed(e),
         };
@@ -171,13 +183,17 @@ impl Job {
     }
 
     /// Writes the keeper's spec and starts it: the task's locked descriptor as
-    /// its stdin, its log as stdout and stderr, the agent's environment as its
-    /// own. It is not killed when its Job is dropped.
+    /// its stdin, the slot's locked descriptor (if any) as its stdout, its log
+    /// as stderr (and stdout, once the keeper has moved the slot aside), the
+    /// agent's environment as its own. It is not killed when its Job is
+    /// dropped. The supervisor's own copy of the slot closes here: from now on
+    /// the keeper alone holds it (one open file description, one flock).
     fn spawn_keeper(
         &self,
         ks: &crate::run::keeper::KeeperSpec,
         spec: &runner::Spec,
         run_dir: &Path,
+        slot: Option<crate::tree::slots::Slot>,
     ) -> Result<tokio::process::Child, String> {
         use crate::run::keeper;
         let setup = (|| -> std::io::Result<(std::fs::File, std::fs::File, std::fs::File)> {
@@ -187,6 +203,7 @@ impl Job {
             Ok((log.try_clone()?, log, self.lock.share()?))
         })();
         let (out, err, lock) = setup.map_err(|e| format!("cannot prepare the run keeper: {e}"))?;
+        let out = slot.map_or(out, |s| s.file);
         tokio::process::Command::new(&self.ctx.exe)
             .arg("keeper")
             .arg(run_dir)

@@ -50,6 +50,8 @@ pub struct Layout {
     /// Live control: `pause`, `pause.<agent>`, and `cancel/<name>` markers.
     pub control: PathBuf,
     pub cancel: PathBuf,
+    /// Slot locks of protocol version 2, `<agent>.<n>.lock` (see `slots`).
+    pub slots: PathBuf,
     pub context: PathBuf,
     pub outputs: PathBuf,
 }
@@ -68,6 +70,7 @@ impl Layout {
             cooldowns: tasks.join("cooldowns"),
             control: tasks.join("control"),
             cancel: tasks.join("control").join("cancel"),
+            slots: tasks.join("slots"),
             outputs: context.join("agent_outputs"),
             tasks,
             context,

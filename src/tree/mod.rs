@@ -12,3 +12,4 @@ pub mod moves;
 pub mod outbox;
 pub mod recovery;
 pub mod registry;
+pub mod slots;

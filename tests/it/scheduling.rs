@@ -464,3 +464,47 @@ fn usage_sums_what_the_clis_reported_by_agent_and_day() {
     assert!(!bad.status.success());
     assert!(stderr(&bad).contains("--since"), "{}", stderr(&bad));
 }
+
+/// Issue 11 item 5: `max_instances` holds across the tree. Three supervisors
+/// share one tree; each alone would allow 2 runs of `a`, so per-process
+/// counting allows 6. The agents' own start/end times say how many ran at once.
+#[test]
+fn max_instances_holds_across_supervisors() {
+    let root = Root::new();
+    let log = root.p("spans.log");
+    let mut root = root.config(&format!(
+        "concurrency: 4\nretry_delay: 10ms\nrescan_interval: 100ms\nsettle: 50ms\n\
+         agents:\n  a:\n    command: [{sp:?}]\n    max_instances: 2\n    env: {{RUNLOG: {l:?}, SPAN_MS: \"300\"}}\n",
+        sp = agent("span.sh"),
+        l = log.display().to_string()
+    ));
+    let n = 12;
+    for i in 0..n {
+        root = root.task(&format!("t{i:02}.yaml"), "description: x\n");
+    }
+    let sups: Vec<Sup> = (0..3).map(|_| root.spawn()).collect();
+    wait_for(Duration::from_secs(60), "all tasks to complete", || {
+        root.names("completed").len() == n
+    });
+    drop(sups);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let mut ev: Vec<(u128, i32)> = text
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f[3].parse().unwrap(), if f[0] == "S" { 1 } else { -1 })
+        })
+        .collect();
+    // Ends before starts at the same instant.
+    ev.sort();
+    let (mut open, mut most) = (0, 0);
+    for (_, d) in &ev {
+        open += d;
+        most = most.max(open);
+    }
+    assert!(most <= 2, "{most} runs of `a` at once:\n{text}");
+    assert_eq!(open, 0, "a run never ended:\n{text}");
+    let runs = crate::crash::check_no_overlap(&text);
+    assert_eq!(runs.len(), n, "{runs:?}");
+    assert!(runs.values().all(|r| *r == 1), "re-runs: {runs:?}");
+}
