@@ -896,7 +896,7 @@ pub fn split_words(s: &str) -> Result<Vec<String>, String> {
 pub const SAMPLE_CONFIG: &str = r#"# mailroom.yaml: the supervisor's configuration. Every key is optional.
 # Durations are humantime: 90s, 10m, 1h 30m (`M` would be months).
 
-concurrency: 4          # running agents per supervisor process (not across supervisors)
+concurrency: 4          # running agents at once on the whole tree (per process with run_keeper: false)
 default_agent: demo     # the agent for tasks that do not name one
 retries: 2              # extra attempts after the first
 retry_delay: 5s         # base of an exponential backoff, with jitter

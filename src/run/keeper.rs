@@ -49,6 +49,10 @@ pub struct KeeperSpec {
     /// free one of these itself, waiting, before it starts the agent.
     #[serde(default)]
     pub slot_paths: Vec<PathBuf>,
+    /// The tree-wide `concurrency` slot (`tasks/slots/.all.<n>.lock`) the
+    /// supervisor handed over as the keeper's stderr.
+    #[serde(default)]
+    pub tree_slot: Option<PathBuf>,
 }
 
 fn yes() -> bool {
@@ -141,8 +145,9 @@ pub fn main(run_dir: &Path) -> u8 {
         }
     };
     crate::tree::fsx::set_durable(spec.durable);
-    // The slot: held (in a descriptor the agent does not inherit) until the
-    // keeper exits.
+    // The slots: held (in descriptors the agent does not inherit) until the
+    // keeper exits. The tree's first: it may be on stderr, where the log goes.
+    let _tree_slot = take_tree_slot(&spec, run_dir);
     let _slot = take_slot(&spec);
     let me = std::process::id();
     let info = KeeperInfo {
@@ -190,6 +195,24 @@ pub fn main(run_dir: &Path) -> u8 {
             1
         }
     }
+}
+
+/// The tree-wide slot handed over as stderr: moved to a close-on-exec
+/// descriptor, and stderr reopened on the keeper's log.
+fn take_tree_slot(spec: &KeeperSpec, run_dir: &Path) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsFd, AsRawFd};
+    spec.tree_slot.as_ref()?;
+    let fd = std::io::stderr().as_fd().try_clone_to_owned().ok()?;
+    if let Ok(log) = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(run_dir.join(LOG_FILE))
+    {
+        // SAFETY: dup2 onto the standard error descriptor; `log` stays open
+        // until after the call.
+        unsafe { libc::dup2(log.as_raw_fd(), 2) };
+    }
+    Some(fd)
 }
 
 /// The slot this run holds: the descriptor handed over as stdout (then

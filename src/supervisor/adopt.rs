@@ -142,6 +142,7 @@ impl Supervisor {
             lock,
             // The adopted keeper holds its slot already.
             slot: None,
+            tree_slot: None,
             claimed,
             stop,
         }))

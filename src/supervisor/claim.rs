@@ -2,6 +2,20 @@
 
 use super::*;
 
+/// The slot files of the tree-wide `concurrency` (`tasks/slots/.all.<n>.lock`):
+/// no agent can have this name (agent names never start with a dot).
+pub(super) const TREE_SLOTS: &str = ".all";
+
+/// What became of a start.
+pub(super) enum Start {
+    /// Claimed and launched, or the task was filed or is gone.
+    Started,
+    /// Every slot of the agent is held (by any supervisor of the tree).
+    AgentFull,
+    /// Every slot of the tree's `concurrency` is held.
+    TreeFull,
+}
+
 impl Supervisor {
     /// Files away what can never run, then claims and starts as many tasks
     /// as capacity allows, in queue order.
@@ -82,8 +96,14 @@ impl Supervisor {
             let Some((name, agent)) = self.queue.pop(now, avail) else {
                 break;
             };
-            if !self.start(&name, &agent) {
-                full.insert(agent);
+            match self.start(&name, &agent) {
+                Start::Started => {}
+                Start::AgentFull => {
+                    full.insert(agent);
+                }
+                // The tree's `concurrency` is used up by every supervisor's
+                // runs together: nothing more starts in this pass.
+                Start::TreeFull => break,
             }
         }
     }
@@ -92,13 +112,18 @@ impl Supervisor {
     /// keepers, where `max_instances` counts this process's runs only).
     /// `Err` when every slot is held: the agent is busy tree-wide.
     fn take_slot(&self, agent: &str) -> Result<Option<crate::tree::slots::Slot>, ()> {
-        let Some(ag) = self.config.agents.get(agent) else {
-            return Ok(None);
+        let max = if agent == TREE_SLOTS {
+            self.config.concurrency
+        } else {
+            match self.config.agents.get(agent) {
+                Some(ag) => ag.max_instances,
+                None => return Ok(None),
+            }
         };
         if !self.config.run_keeper {
             return Ok(None);
         }
-        match crate::tree::slots::try_take(self.layout(), agent, ag.max_instances) {
+        match crate::tree::slots::try_take(self.layout(), agent, max) {
             Ok(Some(s)) => Ok(Some(s)),
             Ok(None) => Err(()),
             Err(e) => {
@@ -236,13 +261,17 @@ impl Supervisor {
     /// Claims one task and starts its run on `agent`. With keepers, a slot of
     /// the agent is taken first (see `tree::slots`); false, and the task is
     /// held back unclaimed, when every slot is held.
-    pub(super) fn start(&mut self, name: &str, agent_name: &str) -> bool {
+    pub(super) fn start(&mut self, name: &str, agent_name: &str) -> Start {
+        let Ok(tree_slot) = self.take_slot(TREE_SLOTS) else {
+            self.set_busy(name);
+            return Start::TreeFull;
+        };
         let Ok(slot) = self.take_slot(agent_name) else {
             self.set_busy(name);
-            return false;
+            return Start::AgentFull;
         };
         let Some((ext, lock)) = self.claim_pending(name) else {
-            return true;
+            return Start::Started;
         };
         let layout = self.layout().clone();
         // Agents ruled out for this task (fallbacks) go with it into the run.
@@ -278,7 +307,7 @@ impl Supervisor {
             Err(msg) => {
                 let rec = books::never_ran_record(Outcome::Invalid, msg);
                 self.reject_locked(State::Assigned, name, &ext, rec, false, lock);
-                return true;
+                return Start::Started;
             }
         };
         // The file may have changed since it was queued: keep the agent the
@@ -309,12 +338,13 @@ impl Supervisor {
             ws: None,
             lock,
             slot,
+            tree_slot,
             claimed,
             // Replaced by the run's own channel at the launch.
             stop: watch::channel(None).1,
         };
         self.launch(job);
-        true
+        Start::Started
     }
 
     /// Locks and moves `pending/<name>` into `assigned/`; on any refusal the

@@ -21,6 +21,8 @@ pub(super) struct Job {
     /// The agent's slot lock (protocol version 2), taken before the claim;
     /// it goes to the run's keeper, which holds it for the run's life.
     pub(super) slot: Option<crate::tree::slots::Slot>,
+    /// The tree-wide `concurrency` slot, taken before the claim too.
+    pub(super) tree_slot: Option<crate::tree::slots::Slot>,
     /// The task file as claimed: what a task whose agent moved or deleted
     /// its file is put back from (see `commit.rs`).
     pub(super) claimed: Claimed,
@@ -89,7 +91,7 @@ impl Job {
         let mut spec = self.spec(prompt, workdir, &run_dir, st.attempts);
         let end = if self.config.run_keeper {
             let run_id = st.run.as_ref().and_then(|r| r.run_id.clone());
-            let slot = self.slot.take();
+            let slot = (self.slot.take(), self.tree_slot.take());
             self.run_kept(
                 &spec,
                 &run_dir,
@@ -122,13 +124,17 @@ impl Job {
         run_dir: &Path,
         run_id: &str,
         attempt: u32,
-        slot: Option<crate::tree::slots::Slot>,
+        (slot, tree_slot): (
+            Option<crate::tree::slots::Slot>,
+            Option<crate::tree::slots::Slot>,
+        ),
         mut stop: watch::Receiver<Option<Stop>>,
     ) -> RunEnd {
         use crate::run::keeper::{self, KeeperSpec};
         let layout = &self.ctx.layout;
         let ks = KeeperSpec {
             slot: slot.as_ref().map(|s| s.path.clone()),
+            tree_slot: tree_slot.as_ref().map(|s| s.path.clone()),
             // Without a slot handed over, the keeper waits for one of these.
             slot_paths: (0..self.agent.max_instances)
                 .map(|n| crate::tree::slots::path(layout, &self.agent.name, n))
@@ -149,7 +155,7 @@ impl Job {
             error,
             not_found: false,
         };
-        let mut child = match self.spawn_keeper(&ks, spec, run_dir, slot) {
+        let mut child = match self.spawn_keeper(&ks, spec, run_dir, (slot, tree_slot)) {
             Ok(c) => c,
             Err(e) => return failed(e),
         };
@@ -193,7 +199,10 @@ impl Job {
         ks: &crate::run::keeper::KeeperSpec,
         spec: &runner::Spec,
         run_dir: &Path,
-        slot: Option<crate::tree::slots::Slot>,
+        (slot, tree_slot): (
+            Option<crate::tree::slots::Slot>,
+            Option<crate::tree::slots::Slot>,
+        ),
     ) -> Result<tokio::process::Child, String> {
         use crate::run::keeper;
         let setup = (|| -> std::io::Result<(std::fs::File, std::fs::File, std::fs::File)> {
@@ -204,6 +213,7 @@ impl Job {
         })();
         let (out, err, lock) = setup.map_err(|e| format!("cannot prepare the run keeper: {e}"))?;
         let out = slot.map_or(out, |s| s.file);
+        let err = tree_slot.map_or(err, |s| s.file);
         tokio::process::Command::new(&self.ctx.exe)
             .arg("keeper")
             .arg(run_dir)

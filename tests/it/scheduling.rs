@@ -465,22 +465,47 @@ fn usage_sums_what_the_clis_reported_by_agent_and_day() {
     assert!(stderr(&bad).contains("--since"), "{}", stderr(&bad));
 }
 
-/// Issue 11 item 5: `max_instances` holds across the tree. Three supervisors
-/// share one tree; each alone would allow 2 runs of `a`, so per-process
-/// counting allows 6. The agents' own start/end times say how many ran at once.
+/// Issue 11 item 5: `max_instances` and `concurrency` hold across the tree.
+/// Three supervisors share one tree; each alone would allow 2 runs of `a`
+/// (and 3 runs in all), so per-process counting allows 6 (and 9). The
+/// agents' own start/end times say how many ran at once.
 #[test]
 fn max_instances_holds_across_supervisors() {
+    let (most, _) = limits_across_supervisors("concurrency: 4", &["a"]);
+    assert!(most["a"] <= 2, "{} runs of `a` at once", most["a"]);
+}
+
+#[test]
+fn concurrency_holds_across_supervisors() {
+    let (most, all) = limits_across_supervisors("concurrency: 3", &["a", "b"]);
+    assert!(all <= 3, "{all} runs at once across the tree ({most:?})");
+}
+
+/// Runs 12 tasks over `agents` (each `max_instances: 2`) with three
+/// supervisors on one tree; returns the most runs at once per agent and in all.
+fn limits_across_supervisors(
+    top: &str,
+    agents: &[&str],
+) -> (std::collections::BTreeMap<String, i32>, i32) {
     let root = Root::new();
     let log = root.p("spans.log");
-    let mut root = root.config(&format!(
-        "concurrency: 4\nretry_delay: 10ms\nrescan_interval: 100ms\nsettle: 50ms\n\
-         agents:\n  a:\n    command: [{sp:?}]\n    max_instances: 2\n    env: {{RUNLOG: {l:?}, SPAN_MS: \"300\"}}\n",
-        sp = agent("span.sh"),
-        l = log.display().to_string()
-    ));
+    let mut yaml =
+        format!("{top}\nretry_delay: 10ms\nrescan_interval: 100ms\nsettle: 50ms\nagents:\n");
+    for a in agents {
+        yaml += &format!(
+            "  {a}:\n    command: [{sp:?}]\n    max_instances: 2\n    env: {{RUNLOG: {l:?}, SPAN_MS: \"300\", LANE: {a}}}\n",
+            sp = agent("span.sh"),
+            l = log.display().to_string()
+        );
+    }
+    let mut root = root.config(&yaml);
     let n = 12;
     for i in 0..n {
-        root = root.task(&format!("t{i:02}.yaml"), "description: x\n");
+        let a = agents[i % agents.len()];
+        root = root.task(
+            &format!("{a}{i:02}.yaml"),
+            &format!("description: x\nagent: {a}\n"),
+        );
     }
     let sups: Vec<Sup> = (0..3).map(|_| root.spawn()).collect();
     wait_for(Duration::from_secs(60), "all tasks to complete", || {
@@ -488,23 +513,31 @@ fn max_instances_holds_across_supervisors() {
     });
     drop(sups);
     let text = std::fs::read_to_string(&log).unwrap();
-    let mut ev: Vec<(u128, i32)> = text
+    // (time, +1/-1, agent: the task name's first letter)
+    let mut ev: Vec<(u128, i32, String)> = text
         .lines()
         .map(|l| {
             let f: Vec<&str> = l.split(' ').collect();
-            (f[3].parse().unwrap(), if f[0] == "S" { 1 } else { -1 })
+            let d = if f[0] == "S" { 1 } else { -1 };
+            (f[3].parse().unwrap(), d, f[1][..1].to_owned())
         })
         .collect();
     // Ends before starts at the same instant.
     ev.sort();
-    let (mut open, mut most) = (0, 0);
-    for (_, d) in &ev {
-        open += d;
-        most = most.max(open);
+    let mut open: std::collections::BTreeMap<String, i32> = Default::default();
+    let mut most: std::collections::BTreeMap<String, i32> = Default::default();
+    let (mut all, mut most_all) = (0, 0);
+    for (_, d, a) in &ev {
+        let o = open.entry(a.clone()).or_default();
+        *o += d;
+        let m = most.entry(a.clone()).or_default();
+        *m = (*m).max(*o);
+        all += d;
+        most_all = most_all.max(all);
     }
-    assert!(most <= 2, "{most} runs of `a` at once:\n{text}");
-    assert_eq!(open, 0, "a run never ended:\n{text}");
+    assert_eq!(all, 0, "a run never ended:\n{text}");
     let runs = crate::crash::check_no_overlap(&text);
     assert_eq!(runs.len(), n, "{runs:?}");
     assert!(runs.values().all(|r| *r == 1), "re-runs: {runs:?}");
+    (most, most_all)
 }
