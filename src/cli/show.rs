@@ -151,6 +151,29 @@ pub fn show(root: &Path, name: &str, json: bool) -> Result<()> {
     let parent = parsed.as_ref().ok().and_then(|t| t.parent.clone());
     let rounds = read_rounds(&layout, name);
     let children = children_of(&layout, name, record.as_ref(), &state_file);
+    // Who runs it: the run's supervisor (from the state file) and its keeper.
+    let run = state_file.run.as_ref().filter(|_| st == State::Assigned);
+    let keeper = run.and_then(|r| {
+        let id = r.run_id.as_deref()?;
+        crate::run::keeper::info(&layout.run_dir(State::Assigned, name), id)
+    });
+    let running = run.map(|r| {
+        let sup_alive = r.host == books::hostname()
+            && books::same_process(r.supervisor_pid, r.supervisor_start);
+        let keeper_alive = keeper
+            .as_ref()
+            .map(|k| crate::run::keeper::alive(k, &books::hostname()));
+        serde_json::json!({
+            "attempt": r.attempt,
+            "agent": r.agent,
+            "host": r.host,
+            "supervisor_pid": r.supervisor_pid,
+            "supervisor_alive": (r.host == books::hostname()).then_some(sup_alive),
+            "keeper_pid": keeper.as_ref().map(|k| k.pid),
+            "keeper_alive": keeper_alive,
+            "started_at": r.started_at,
+        })
+    });
     if json {
         let v = serde_json::json!({
             "name": name,
@@ -163,6 +186,7 @@ pub fn show(root: &Path, name: &str, json: bool) -> Result<()> {
             "record": record,
             "rounds": rounds,
             "bookkeeping": if state_file.attempts > 0 { Some(&state_file) } else { None },
+            "running": running,
             "output_tail": output,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -173,6 +197,24 @@ pub fn show(root: &Path, name: &str, json: bool) -> Result<()> {
         st.dir_name(),
         layout.rel(&path)
     );
+    if let Some(r) = &running {
+        let alive = |v: &serde_json::Value| match v.as_bool() {
+            Some(true) => "alive",
+            Some(false) => "gone",
+            None => "on another host",
+        };
+        println!(
+            "run:   attempt {} on {} (host {}), supervisor pid {} ({}), keeper pid {} ({}), since {}",
+            r["attempt"],
+            r["agent"].as_str().unwrap_or("?"),
+            r["host"].as_str().unwrap_or("?"),
+            r["supervisor_pid"],
+            alive(&r["supervisor_alive"]),
+            r["keeper_pid"],
+            alive(&r["keeper_alive"]),
+            r["started_at"].as_str().unwrap_or("?")
+        );
+    }
     if let Some(p) = &parent {
         let at = layout
             .locate(p)

@@ -86,6 +86,15 @@ fn a_run_whose_supervisor_was_killed_is_adopted_not_rerun() {
         || sup_logs(&root).contains("adopting a run whose supervisor died"),
     );
     assert!(alive(pid), "the adopting supervisor stopped the agent");
+    // show names the run's supervisor (gone) and its keeper (alive).
+    let shown = stdout(&root.mailroom(&["show", "o"]));
+    assert!(
+        shown.contains("supervisor pid") && shown.contains("(gone), keeper pid"),
+        "{shown}"
+    );
+    assert!(shown.contains("(alive), since"), "{shown}");
+    let status = stdout(&root.mailroom(&["status"]));
+    assert!(status.contains("is gone (last beat"), "{status}");
     root.write("go", "");
     wait_for(
         Duration::from_secs(30),
