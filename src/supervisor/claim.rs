@@ -6,6 +6,9 @@ use super::*;
 /// no agent can have this name (agent names never start with a dot).
 pub(super) const TREE_SLOTS: &str = ".all";
 
+/// A claimed task with its route and the reason for it.
+type Routed = (Task, (crate::sched::queue::Route, String));
+
 /// What became of a start.
 pub(super) enum Start {
     /// Claimed and launched, or the task was filed or is gone.
@@ -17,13 +20,9 @@ pub(super) enum Start {
 }
 
 impl Supervisor {
-    /// Files away what can never run, then claims and starts as many tasks
-    /// as capacity allows, in queue order.
-    pub(super) fn schedule(&mut self) {
-        if self.stopping.is_some() {
-            return;
-        }
-        // Files that still do not parse after `settle` and are not being written.
+    /// Files that still do not parse after `settle`, and are not being
+    /// written, become rejects with the parser's position.
+    fn judge_settled(&mut self) {
         let settled: Vec<String> = self
             .unsettled
             .iter()
@@ -55,6 +54,15 @@ impl Supervisor {
                 self.rejects.insert(name, rec);
             }
         }
+    }
+
+    /// Files away what can never run, then claims and starts as many tasks
+    /// as capacity allows, in queue order.
+    pub(super) fn schedule(&mut self) {
+        if self.stopping.is_some() {
+            return;
+        }
+        self.judge_settled();
         // A reject can fail the tasks that wait for it: repeat until quiet.
         while !self.rejects.is_empty() {
             for (name, rec) in std::mem::take(&mut self.rejects) {
@@ -273,7 +281,6 @@ impl Supervisor {
         let Some((ext, lock)) = self.claim_pending(name) else {
             return Start::Started;
         };
-        let layout = self.layout().clone();
         // Agents ruled out for this task (fallbacks) go with it into the run.
         let excluded = self
             .pending
@@ -281,27 +288,7 @@ impl Supervisor {
             .map(|p| p.excluded.clone())
             .unwrap_or_default();
         self.forget(name);
-        // Re-read what was claimed: the file may have changed since the scan.
-        let shown = layout.rel(&layout.task_file(State::Pending, name, &ext));
-        let apath = layout.task_file(State::Assigned, name, &ext);
-        let mut claimed = Claimed::default();
-        let routed = match fsx::read_task_file(&apath, self.config.max_task_bytes) {
-            Ok((b, id)) => {
-                let parsed = task::parse(name, &b).map_err(|e| e.display_at(&shown));
-                // The task is the supervisor's: this copy outlives whatever
-                // its agent does to the file.
-                claimed = Claimed {
-                    bytes: b,
-                    id: (id.dev, id.ino),
-                };
-                parsed
-            }
-            Err(e) => Err(format!("{shown}: refused: {e}")),
-        }
-        .and_then(|task| {
-            let r = crate::sched::routing::route(&self.config, &task, &excluded)?;
-            Ok((task, r))
-        });
+        let (claimed, routed) = self.reread_claimed(name, &ext, &excluded);
         let (task, (route, reason)) = match routed {
             Ok(t) => t,
             Err(msg) => {
@@ -345,6 +332,37 @@ impl Supervisor {
         };
         self.launch(job);
         Start::Started
+    }
+
+    /// Re-reads what was claimed (the file may have changed since the scan)
+    /// and routes it again. The copy is the supervisor's: it outlives
+    /// whatever the agent does to the file.
+    fn reread_claimed(
+        &self,
+        name: &str,
+        ext: &str,
+        excluded: &[String],
+    ) -> (Claimed, Result<Routed, String>) {
+        let layout = self.layout();
+        let shown = layout.rel(&layout.task_file(State::Pending, name, ext));
+        let apath = layout.task_file(State::Assigned, name, ext);
+        let mut claimed = Claimed::default();
+        let routed = match fsx::read_task_file(&apath, self.config.max_task_bytes) {
+            Ok((b, id)) => {
+                let parsed = task::parse(name, &b).map_err(|e| e.display_at(&shown));
+                claimed = Claimed {
+                    bytes: b,
+                    id: (id.dev, id.ino),
+                };
+                parsed
+            }
+            Err(e) => Err(format!("{shown}: refused: {e}")),
+        }
+        .and_then(|task| {
+            let r = crate::sched::routing::route(&self.config, &task, excluded)?;
+            Ok((task, r))
+        });
+        (claimed, routed)
     }
 
     /// Locks and moves `pending/<name>` into `assigned/`; on any refusal the
