@@ -220,7 +220,6 @@ fn take_tree_slot(spec: &KeeperSpec, run_dir: &Path) -> Option<std::os::fd::Owne
 /// for. `None` for a run without slots (an older spec).
 fn take_slot(spec: &KeeperSpec) -> Option<std::os::fd::OwnedFd> {
     use std::os::fd::AsFd;
-    use std::os::unix::fs::OpenOptionsExt;
     if spec.slot.is_some() {
         // A close-on-exec duplicate (F_DUPFD_CLOEXEC): the agent never gets it.
         let fd = std::io::stdout().as_fd().try_clone_to_owned().ok()?;
@@ -234,12 +233,7 @@ fn take_slot(spec: &KeeperSpec) -> Option<std::os::fd::OwnedFd> {
     let mut said = false;
     loop {
         for p in &spec.slot_paths {
-            if let Ok(f) = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(p)
+            if let Ok(f) = crate::tree::lock::open_lock_file(p)
                 && f.try_lock().is_ok()
             {
                 return Some(f.into());

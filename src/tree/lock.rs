@@ -23,27 +23,7 @@ impl TaskLock {
     pub fn try_acquire(layout: &Layout, name: &str) -> io::Result<Option<TaskLock>> {
         let path = layout.lock_file(name);
         for _ in 0..4 {
-            // The descriptor becomes the agent's stdin: an empty file, so
-            // reading it is like reading /dev/null.
-            // Read-write: NFS emulates flock with byte-range locks, and an
-            // exclusive one needs a descriptor open for writing.
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                // A shared tree's group must be able to take it to recover.
-                .mode(if crate::tree::fsx::shared() {
-                    0o660
-                } else {
-                    0o600
-                })
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&path)?;
-            if crate::tree::fsx::shared() {
-                // Past the umask; only the file's owner may (another user's
-                // lock file keeps the mode its owner gave it).
-                let _ = file.set_permissions(fs::Permissions::from_mode(0o660));
-            }
+            let file = open_lock_file(&path)?;
             match file.try_lock() {
                 Ok(()) => {}
                 Err(fs::TryLockError::WouldBlock) => return Ok(None),
@@ -81,4 +61,25 @@ impl TaskLock {
             _ => {}
         }
     }
+}
+
+/// Opens (creating) a lock file: read-write, since NFS emulates `flock` with
+/// byte-range locks and an exclusive one needs a descriptor open for writing;
+/// never through a symlink; mode 0600, or 0660 in a shared tree, where the
+/// group must be able to take it (set past the umask; only the file's owner
+/// may, and another user's file keeps the mode its owner gave it). Used for
+/// task locks and slot locks.
+pub(crate) fn open_lock_file(path: &std::path::Path) -> io::Result<File> {
+    let shared = crate::tree::fsx::shared();
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .mode(if shared { 0o660 } else { 0o600 })
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    if shared {
+        let _ = file.set_permissions(fs::Permissions::from_mode(0o660));
+    }
+    Ok(file)
 }

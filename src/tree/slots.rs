@@ -10,9 +10,8 @@
 //! free between the supervisor's hold and the keeper's. Slot files are never
 //! unlinked.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
 
 use crate::tree::layout::Layout;
@@ -61,23 +60,7 @@ pub fn held(layout: &Layout, agent: &str, max: usize) -> usize {
 }
 
 fn open(path: &std::path::Path) -> io::Result<File> {
-    // Read-write: NFS emulates flock with byte-range locks, and an exclusive
-    // one needs a descriptor open for writing.
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .mode(if crate::tree::fsx::shared() {
-            0o660
-        } else {
-            0o600
-        })
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)?;
-    if crate::tree::fsx::shared() {
-        let _ = file.set_permissions(fs::Permissions::from_mode(0o660));
-    }
-    Ok(file)
+    crate::tree::lock::open_lock_file(path)
 }
 
 #[cfg(test)]
