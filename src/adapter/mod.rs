@@ -435,7 +435,7 @@ pub(crate) fn strip_ansi(s: &str) -> Cow<'_, str> {
 /// `stderr` without ANSI codes and without echoes of the prompt: the whole prompt where
 /// it appears, and every line that is a line of the prompt (context the prompt quotes
 /// included).
-pub(crate) fn error_channel(stderr: &str, prompt: &str) -> String {
+pub fn error_channel(stderr: &str, prompt: &str) -> String {
     let mut text = strip_ansi(stderr).into_owned();
     let prompt = prompt.trim();
     if !prompt.is_empty() {

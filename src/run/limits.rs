@@ -100,6 +100,19 @@ impl LimitPatterns {
         LimitPatterns { triggers }
     }
 
+    /// No built-in pattern: for the CLI kinds, whose adapters read their own
+    /// limit messages; only the agent's `limit_patterns` are added.
+    pub fn none() -> LimitPatterns {
+        LimitPatterns {
+            triggers: Vec::new(),
+        }
+    }
+
+    /// Whether there is anything to look for.
+    pub fn is_empty(&self) -> bool {
+        self.triggers.is_empty()
+    }
+
     /// Extra user regexes (from config) added to a preset; Err(message naming
     /// the bad regex) if one does not compile.
     pub fn with_extra(mut self, extra: &[String]) -> Result<LimitPatterns, String> {

@@ -2,7 +2,8 @@
 
 use super::*;
 
-/// Each agent's usage-limit patterns: its kind's preset plus its own.
+/// Each agent's usage-limit patterns: for a CLI kind only its own
+/// `limit_patterns`, else the generic preset plus its own.
 pub(super) fn compile_limits(c: &Config) -> HashMap<String, LimitPatterns> {
     c.agents
         .values()
@@ -14,7 +15,11 @@ pub(super) fn compile_limits(c: &Config) -> HashMap<String, LimitPatterns> {
                 crate::adapter::Kind::from_name(&a.kind, None),
                 crate::adapter::Kind::Generic(_)
             );
-            let p = LimitPatterns::preset(if known { "" } else { &a.kind });
+            let p = if known {
+                LimitPatterns::none()
+            } else {
+                LimitPatterns::preset(&a.kind)
+            };
             // The config loader already checked that these compile.
             let p = p.clone().with_extra(&a.limit_patterns).unwrap_or(p);
             (a.name.clone(), p)

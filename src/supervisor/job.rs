@@ -434,9 +434,18 @@ impl Job {
             return Some(crate::run::limits::Limit { message, until });
         }
         let patterns = self.limits.get(&self.agent.name)?;
+        if patterns.is_empty() {
+            return None;
+        }
         let dir = self.ctx.layout.run_dir(State::Assigned, &self.name);
         let (b, _) = fsx::read_tail(&dir.join("stderr.log"), 64 * 1024).ok()?;
-        crate::run::limits::detect(patterns, &String::from_utf8_lossy(&b), now, None)
+        let stderr = String::from_utf8_lossy(&b);
+        // The error channel: a CLI's echo of the prompt (codex) is not an error.
+        let prompt = fsx::read_head(&dir.join("prompt.md"), 1024 * 1024)
+            .map(|(b, _)| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        let channel = crate::adapter::error_channel(&stderr, &prompt);
+        crate::run::limits::detect(patterns, &channel, now, None)
     }
 
     /// What the agent's CLI said of the run, read by its adapter (the CLI

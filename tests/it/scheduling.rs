@@ -541,3 +541,21 @@ fn limits_across_supervisors(
     assert!(runs.values().all(|r| *r == 1), "re-runs: {runs:?}");
     (most, most_all)
 }
+
+#[test]
+fn a_prompt_echoed_on_stderr_that_talks_about_rate_limits_cools_nothing_down() {
+    // codex echoes the prompt on stderr; a prompt about a 429 is not a limit.
+    let script = r#"cat "$MAILROOM_PROMPT_FILE" >&2; echo "ERROR: the build broke" >&2; exit 1"#;
+    let root = Root::new()
+        .config(&format!(
+            "retries: 0\nagents:\n  codex:\n    command: [\"/bin/sh\", \"-c\", {script:?}]\n    kind: codex\n    prompt_template: \"{{description}}\"\n"
+        ))
+        .task(
+            "job.yaml",
+            "description: \"Why did we get 429 Too Many Requests: rate limit reached?\"\n",
+        );
+    root.run_until_idle_within(Duration::from_secs(60));
+    let rec = root.record("failed", "job");
+    assert_eq!(rec["outcome"], "exit", "{rec}");
+    assert!(!root.exists("tasks/cooldowns/codex.json"), "{rec}");
+}
