@@ -51,11 +51,6 @@ struct SupervisorJson {
     alive: bool,
 }
 
-/// Agents paused one by one: `tasks/control/pause.<agent>`.
-pub(super) fn paused_agents(layout: &Layout) -> Vec<String> {
-    books::paused_agents(layout)
-}
-
 fn running_tasks(layout: &Layout) -> Vec<RunningTask> {
     books::list(layout, State::Assigned)
         .unwrap_or_default()
@@ -117,7 +112,7 @@ pub fn status(root: &Path, json: bool) -> Result<()> {
         retry_waiting: retry_waiting(&layout),
         cooldowns: books::cooldowns(&layout, false),
         paused: books::exists(&layout.pause_file(None)),
-        paused_agents: paused_agents(&layout),
+        paused_agents: books::paused_agents(&layout),
         config_error: crate::parse::config::Config::load(root)
             .err()
             .map(|e| e.to_string()),

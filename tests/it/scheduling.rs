@@ -257,6 +257,15 @@ fn claude_error(result: &str, status: u16) -> String {
     .to_string()
 }
 
+/// A tree whose one agent, `claude` (kind claude), prints `out` on stdout as
+/// the CLI does and exits with `exit`; `top` is config above `agents:`.
+fn claude_root(top: &str, out: &str, exit: &str) -> Root {
+    Root::new().config(&format!(
+        "{top}agents:\n  claude:\n    command: [{:?}]\n    kind: claude\n    env:\n      LIMIT_MSG: {out:?}\n      LIMIT_EXIT: {exit:?}\n",
+        agent("limited.sh"),
+    ))
+}
+
 fn until(cd: &serde_json::Value) -> SystemTime {
     humantime::parse_rfc3339_weak(cd["until"].as_str().unwrap()).unwrap()
 }
@@ -343,12 +352,7 @@ fn an_answer_that_talks_about_rate_limits_cools_nothing_down() {
         "usage": {"input_tokens": 10, "output_tokens": 20}
     })
     .to_string();
-    let root = Root::new()
-        .config(&format!(
-            "agents:\n  claude:\n    command: [{:?}]\n    kind: claude\n    env:\n      LIMIT_MSG: {answer:?}\n      LIMIT_EXIT: \"0\"\n",
-            agent("limited.sh"),
-        ))
-        .task("job.yaml", "description: explain 429\n");
+    let root = claude_root("", &answer, "0").task("job.yaml", "description: explain 429\n");
     root.run_until_idle();
     let rec = root.record("completed", "job");
     assert_eq!(rec["outcome"], "success", "{rec}");
@@ -370,12 +374,7 @@ fn an_answer_that_talks_about_rate_limits_cools_nothing_down() {
 fn a_structured_error_with_exit_zero_is_not_a_success() {
     // aider-like: exit 0, but claude's envelope says is_error (an API 500).
     let out = claude_error("API Error: 500 Internal Server Error", 500);
-    let root = Root::new()
-        .config(&format!(
-            "retries: 0\nagents:\n  claude:\n    command: [{:?}]\n    kind: claude\n    env:\n      LIMIT_MSG: {out:?}\n      LIMIT_EXIT: \"0\"\n",
-            agent("limited.sh"),
-        ))
-        .task("job.yaml", "description: x\n");
+    let root = claude_root("retries: 0\n", &out, "0").task("job.yaml", "description: x\n");
     root.run_until_idle();
     let rec = root.record("failed", "job");
     assert_eq!(rec["outcome"], "agent_error", "{rec}");
@@ -385,11 +384,7 @@ fn a_structured_error_with_exit_zero_is_not_a_success() {
 #[test]
 fn a_rejected_key_is_not_retried() {
     let out = claude_error("Invalid API key · Please run /login", 401);
-    let root = Root::new()
-        .config(&format!(
-            "retries: 3\nretry_delay: 10ms\nagents:\n  claude:\n    command: [{:?}]\n    kind: claude\n    env:\n      LIMIT_MSG: {out:?}\n      LIMIT_EXIT: \"1\"\n",
-            agent("limited.sh"),
-        ))
+    let root = claude_root("retries: 3\nretry_delay: 10ms\n", &out, "1")
         .task("job.yaml", "description: x\n");
     root.run_until_idle();
     let rec = root.record("failed", "job");
