@@ -14,6 +14,15 @@ use tracing_subscriber::EnvFilter;
 const EXIT_CONFIG: u8 = 78;
 
 fn main() -> ExitCode {
+    // A run's keeper starts once per run: it skips building the whole command
+    // line parser (`mailroom keeper RUN_DIR`, written only by a supervisor).
+    let mut args = std::env::args_os();
+    if let (Some(_), Some(cmd), Some(dir), None) =
+        (args.next(), args.next(), args.next(), args.next())
+        && cmd == "keeper"
+    {
+        return ExitCode::from(mailroom::run::keeper::main(std::path::Path::new(&dir)));
+    }
     let cli = Cli::parse();
     if let Command::DemoAgent { args } = &cli.command {
         return ExitCode::from(mailroom::run::demo::main(args) as u8);

@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::run::process::{self, RunEnd, Spec, Stop};
+use crate::run::process::{RunEnd, Spec, Stop};
 
 /// `<run dir>/spec.json`: what the keeper runs. It holds no environment: the
 /// keeper is started with exactly the agent's environment and passes it on.
@@ -128,11 +128,18 @@ pub fn signal(pid: u32, stop: Stop) {
 /// `mailroom keeper RUN_DIR`. Returns the process's exit code: 0 once the
 /// outcome is on disk, 1 when it could not be written.
 pub fn main(run_dir: &Path) -> u8 {
+    // Stop requests first: one that arrives during the setup waits for the run.
+    let mut stops = crate::run::blocking::Stops::new();
     // Out of the supervisor's session and process group: a Ctrl-C or a
     // closed terminal is the supervisor's business, not the run's.
     let _ = nix::unistd::setsid();
+    let log = Log(run_dir.join(LOG_FILE));
+    {
+        let log = log.clone();
+        std::panic::set_hook(Box::new(move |info| log.say(&format!("panic: {info}"))));
+    }
     if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
-        eprintln!("mailroom keeper: cannot become a child subreaper: {e}");
+        log.say(&format!("cannot become a child subreaper: {e}"));
     }
     let spec: KeeperSpec = match std::fs::read(run_dir.join(SPEC_FILE))
         .map_err(|e| e.to_string())
@@ -140,15 +147,28 @@ pub fn main(run_dir: &Path) -> u8 {
     {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("mailroom keeper: cannot read {SPEC_FILE}: {e}");
+            log.say(&format!("cannot read {SPEC_FILE}: {e}"));
             return 1;
         }
     };
     crate::tree::fsx::set_durable(spec.durable);
     // The slots: held (in descriptors the agent does not inherit) until the
-    // keeper exits. The tree's first: it may be on stderr, where the log goes.
-    let _tree_slot = take_tree_slot(&spec, run_dir);
-    let _slot = take_slot(&spec);
+    // keeper exits. Then stdout and stderr go to /dev/null: the keeper says
+    // what it must in its log, made only when there is something to say.
+    let _tree_slot = take_handed(&spec.tree_slot, 2);
+    let _slot = match take_handed(&spec.slot, 1) {
+        Some(s) => Some(s),
+        None => take_slot(&spec, &log),
+    };
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        use std::os::fd::AsRawFd;
+        // SAFETY: dup2 onto the standard descriptors; `null` stays open
+        // until after the calls.
+        unsafe {
+            libc::dup2(null.as_raw_fd(), 1);
+            libc::dup2(null.as_raw_fd(), 2);
+        }
+    }
     let me = std::process::id();
     let info = KeeperInfo {
         run_id: spec.run_id.clone(),
@@ -157,20 +177,15 @@ pub fn main(run_dir: &Path) -> u8 {
         host: crate::tree::books::hostname(),
         started_at: crate::model::record::now(),
     };
-    if let Err(e) = write_json(&run_dir.join(INFO_FILE), &info) {
-        eprintln!("mailroom keeper: cannot write {INFO_FILE}: {e}");
+    // Who keeps the run matters only while this host is up: no fsync.
+    if let Err(e) = serde_json::to_vec(&info)
+        .map_err(std::io::Error::other)
+        .and_then(|b| crate::tree::fsx::write_atomic_volatile(&run_dir.join(INFO_FILE), &b))
+    {
+        log.say(&format!("cannot write {INFO_FILE}: {e}"));
     }
     let started = SystemTime::now();
-    let end = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt.block_on(run(&spec)),
-        Err(e) => RunEnd::SpawnFailed {
-            error: format!("the run keeper cannot start its runtime: {e}"),
-            not_found: false,
-        },
-    };
+    let end = run(&spec, &mut stops);
     let grace = Duration::from_millis(spec.grace_ms);
     let leftovers_stopped = stop_leftovers(grace);
     let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN).ok();
@@ -191,42 +206,43 @@ pub fn main(run_dir: &Path) -> u8 {
     match write_json(&run_dir.join(OUTCOME_FILE), &out) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("mailroom keeper: cannot write {OUTCOME_FILE}: {e}");
+            log.say(&format!("cannot write {OUTCOME_FILE}: {e}"));
             1
         }
     }
 }
 
-/// The tree-wide slot handed over as stderr: moved to a close-on-exec
-/// descriptor, and stderr reopened on the keeper's log.
-fn take_tree_slot(spec: &KeeperSpec, run_dir: &Path) -> Option<std::os::fd::OwnedFd> {
-    use std::os::fd::{AsFd, AsRawFd};
-    spec.tree_slot.as_ref()?;
-    let fd = std::io::stderr().as_fd().try_clone_to_owned().ok()?;
-    if let Ok(log) = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(run_dir.join(LOG_FILE))
-    {
-        // SAFETY: dup2 onto the standard error descriptor; `log` stays open
-        // until after the call.
-        unsafe { libc::dup2(log.as_raw_fd(), 2) };
+/// The keeper's log, `keeper.log` in the run directory: created by the first
+/// thing worth saying, so that a run that goes well leaves no empty file.
+#[derive(Clone)]
+struct Log(PathBuf);
+
+impl Log {
+    fn say(&self, msg: &str) {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&self.0)
+        {
+            let _ = writeln!(f, "mailroom keeper: {msg}");
+        }
     }
-    Some(fd)
 }
 
-/// The slot this run holds: the descriptor handed over as stdout (then
-/// stdout joins stderr in the log), else a free one of `slot_paths`, waited
-/// for. `None` for a run without slots (an older spec).
-fn take_slot(spec: &KeeperSpec) -> Option<std::os::fd::OwnedFd> {
-    use std::os::fd::AsFd;
-    if spec.slot.is_some() {
-        // A close-on-exec duplicate (F_DUPFD_CLOEXEC): the agent never gets it.
-        let fd = std::io::stdout().as_fd().try_clone_to_owned().ok()?;
-        // SAFETY: dup2 on the standard descriptors; stdout becomes the log.
-        unsafe { libc::dup2(2, 1) };
-        return Some(fd);
-    }
+/// A slot lock the supervisor handed over as descriptor `fd` (stdout for
+/// the agent's slot, stderr for the tree's), moved to a close-on-exec
+/// descriptor that the agent does not inherit.
+fn take_handed(slot: &Option<PathBuf>, fd: std::os::fd::RawFd) -> Option<std::os::fd::OwnedFd> {
+    slot.as_ref()?;
+    // SAFETY: F_DUPFD_CLOEXEC of a standard descriptor, owned from here on.
+    let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+    (dup >= 0).then(|| unsafe { std::os::fd::FromRawFd::from_raw_fd(dup) })
+}
+
+/// With no slot handed over: a free one of `slot_paths`, waited for. `None`
+/// for a run without slots (an older spec).
+fn take_slot(spec: &KeeperSpec, log: &Log) -> Option<std::os::fd::OwnedFd> {
     if spec.slot_paths.is_empty() {
         return None;
     }
@@ -240,7 +256,7 @@ fn take_slot(spec: &KeeperSpec) -> Option<std::os::fd::OwnedFd> {
             }
         }
         if !said {
-            eprintln!("mailroom keeper: every slot of the agent is held; waiting for one");
+            log.say("every slot of the agent is held; waiting for one");
             said = true;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -252,10 +268,8 @@ fn write_json<T: Serialize>(path: &Path, v: &T) -> std::io::Result<()> {
     crate::tree::fsx::write_atomic(path, &b)
 }
 
-/// Starts and watches the agent; signals become stop requests.
-async fn run(spec: &KeeperSpec) -> RunEnd {
-    let (tx, rx) = tokio::sync::watch::channel(None);
-    spawn_signal_thread(tx);
+/// Starts and watches the agent (blocking; see `run::blocking`).
+fn run(spec: &KeeperSpec, stops: &mut crate::run::blocking::Stops) -> RunEnd {
     let mut s = Spec {
         argv: spec.argv.clone(),
         // The keeper was started with exactly the agent's environment.
@@ -271,38 +285,7 @@ async fn run(spec: &KeeperSpec) -> RunEnd {
         stdin: None,
         max_output: spec.max_output,
     };
-    match process::spawn(&mut s, &spec.root) {
-        Ok(child) => process::wait(child, &s, rx).await,
-        Err(end) => end,
-    }
-}
-
-/// SIGTERM, SIGUSR1, SIGUSR2 and SIGINT as stop requests, on a thread of its
-/// own (it lives as long as the process).
-fn spawn_signal_thread(tx: tokio::sync::watch::Sender<Option<Stop>>) {
-    use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
-    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGTERM, SIGUSR1, SIGUSR2, SIGINT])
-    else {
-        return;
-    };
-    std::thread::spawn(move || {
-        for sig in signals.forever() {
-            let stop = match sig {
-                SIGTERM => Stop::Graceful,
-                SIGUSR1 => Stop::Cancel,
-                _ => Stop::Now,
-            };
-            // A later, harder request wins; a graceful one never softens it.
-            tx.send_if_modified(|cur| match (*cur, stop) {
-                (Some(Stop::Now), _) => false,
-                (Some(Stop::Cancel), Stop::Graceful) => false,
-                _ => {
-                    *cur = Some(stop);
-                    true
-                }
-            });
-        }
-    });
+    crate::run::blocking::run(&mut s, &spec.root, stops)
 }
 
 /// After the agent is gone: every process it left behind (a daemon that

@@ -2,6 +2,7 @@
 //! timeouts, stopping and reaping, usage-limit detection, workspaces, and the
 //! built-in demo agent. Knows nothing of the tree's states: it gets paths.
 
+pub mod blocking;
 pub mod demo;
 pub mod keeper;
 pub mod limits;

@@ -209,6 +209,19 @@ pub struct Started {
 const MAX_ARG_BYTES: usize = 128 * 1024 - 1;
 
 pub fn spawn(spec: &mut Spec, root: &Path) -> Result<Started, RunEnd> {
+    let (cmd, program) = command(spec, root)?;
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.kill_on_drop(false);
+    let child = cmd.spawn().map_err(|e| spawn_error(e, spec, &program))?;
+    let pid = child.id().unwrap_or(0);
+    Ok(Started { child, pid })
+}
+
+/// The agent's command, ready to spawn: its own process group, stdin the
+/// lock's duplicate or /dev/null, stdout and stderr the run's files (created
+/// here), exactly its environment. Returns the program as resolved, for
+/// [`spawn_error`].
+pub fn command(spec: &mut Spec, root: &Path) -> Result<(std::process::Command, PathBuf), RunEnd> {
     if let Some(a) = spec.argv.iter().find(|a| a.len() > MAX_ARG_BYTES) {
         return Err(RunEnd::SpawnFailed {
             error: format!(
@@ -239,50 +252,50 @@ pub fn spawn(spec: &mut Spec, root: &Path) -> Result<Started, RunEnd> {
         }
     };
     let program = resolve_program(&spec.argv[0], root);
-    let mut cmd = tokio::process::Command::new(&program);
+    let mut cmd = std::process::Command::new(&program);
     let stdin = match spec.stdin.take() {
         Some(f) => std::process::Stdio::from(f),
         None => std::process::Stdio::null(),
     };
-    cmd.args(&spec.argv[1..])
-        .stdin(stdin)
-        .stdout(out)
-        .stderr(err)
-        .current_dir(&spec.workdir)
-        .process_group(0)
-        .kill_on_drop(false);
+    {
+        use std::os::unix::process::CommandExt;
+        cmd.args(&spec.argv[1..])
+            .stdin(stdin)
+            .stdout(out)
+            .stderr(err)
+            .current_dir(&spec.workdir)
+            .process_group(0);
+    }
     cmd.env_clear();
     cmd.envs(agent_env(&spec.inherit, &spec.env));
-    let child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            let not_found = e.kind() == std::io::ErrorKind::NotFound;
-            let error = if not_found {
-                if spec.argv[0].contains('/') {
-                    format!(
-                        "agent command `{}` does not exist (resolved to {})",
-                        spec.argv[0],
-                        program.display()
-                    )
-                } else {
-                    format!(
-                        "agent command `{}` was not found on PATH; install it or give its full path in mailroom.yaml",
-                        spec.argv[0]
-                    )
-                }
-            } else if e.kind() == std::io::ErrorKind::PermissionDenied {
-                format!(
-                    "agent command `{}` is not executable: {e}",
-                    program.display()
-                )
-            } else {
-                format!("cannot start agent command `{}`: {e}", program.display())
-            };
-            return Err(RunEnd::SpawnFailed { error, not_found });
+    Ok((cmd, program))
+}
+
+/// What a failed spawn of the agent means, said so that a person can fix it.
+pub fn spawn_error(e: std::io::Error, spec: &Spec, program: &Path) -> RunEnd {
+    let not_found = e.kind() == std::io::ErrorKind::NotFound;
+    let error = if not_found {
+        if spec.argv[0].contains('/') {
+            format!(
+                "agent command `{}` does not exist (resolved to {})",
+                spec.argv[0],
+                program.display()
+            )
+        } else {
+            format!(
+                "agent command `{}` was not found on PATH; install it or give its full path in mailroom.yaml",
+                spec.argv[0]
+            )
         }
+    } else if e.kind() == std::io::ErrorKind::PermissionDenied {
+        format!(
+            "agent command `{}` is not executable: {e}",
+            program.display()
+        )
+    } else {
+        format!("cannot start agent command `{}`: {e}", program.display())
     };
-    let pid = child.id().unwrap_or(0);
-    Ok(Started { child, pid })
+    RunEnd::SpawnFailed { error, not_found }
 }
 
 /// Waits for a started agent, honouring timeout, output cap and stop requests.
@@ -344,7 +357,7 @@ pub async fn wait(
     }
 }
 
-fn to_exit(st: std::io::Result<std::process::ExitStatus>) -> Exit {
+pub(crate) fn to_exit(st: std::io::Result<std::process::ExitStatus>) -> Exit {
     match st {
         Ok(s) => match (s.code(), s.signal()) {
             (Some(c), _) => Exit::Code(c),

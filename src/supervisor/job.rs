@@ -41,6 +41,9 @@ pub(super) struct WorkspaceRun {
     pub(super) cleanup: crate::run::workspace::Cleanup,
     /// `$MAILROOM_RESULT`.
     pub(super) result_file: PathBuf,
+    /// A shared workdir's use by this run (None: a worktree, or a run
+    /// adopted from another supervisor, whose overlaps are unknown).
+    pub(super) workdir_use: Option<Arc<super::workdirs::WorkdirUse>>,
 }
 
 pub(super) fn path_str(p: &Path) -> String {
@@ -189,9 +192,9 @@ impl Job {
     }
 
     /// Writes the keeper's spec and starts it: the task's locked descriptor as
-    /// its stdin, the slot's locked descriptor (if any) as its stdout, its log
-    /// as stderr (and stdout, once the keeper has moved the slot aside), the
-    /// agent's environment as its own. It is not killed when its Job is
+    /// its stdin, the slot's locked descriptor (if any) as its stdout, the
+    /// tree's slot (if any) as its stderr, /dev/null otherwise (the keeper
+    /// writes its own log), the agent's environment as its own. It is not killed when its Job is
     /// dropped. The supervisor's own copy of the slot closes here: from now on
     /// the keeper alone holds it (one open file description, one flock).
     fn spawn_keeper(
@@ -205,15 +208,14 @@ impl Job {
         ),
     ) -> Result<tokio::process::Child, String> {
         use crate::run::keeper;
-        let setup = (|| -> std::io::Result<(std::fs::File, std::fs::File, std::fs::File)> {
+        let setup = (|| -> std::io::Result<std::fs::File> {
             let json = serde_json::to_vec(ks).map_err(std::io::Error::other)?;
             std::fs::write(run_dir.join(keeper::SPEC_FILE), json)?;
-            let log = std::fs::File::create(run_dir.join(keeper::LOG_FILE))?;
-            Ok((log.try_clone()?, log, self.lock.share()?))
+            self.lock.share()
         })();
-        let (out, err, lock) = setup.map_err(|e| format!("cannot prepare the run keeper: {e}"))?;
-        let out = slot.map_or(out, |s| s.file);
-        let err = tree_slot.map_or(err, |s| s.file);
+        let lock = setup.map_err(|e| format!("cannot prepare the run keeper: {e}"))?;
+        let out = slot.map_or_else(std::process::Stdio::null, |s| s.file.into());
+        let err = tree_slot.map_or_else(std::process::Stdio::null, |s| s.file.into());
         tokio::process::Command::new(&self.ctx.exe)
             .arg("keeper")
             .arg(run_dir)
@@ -268,8 +270,10 @@ impl Job {
             base: None,
             cleanup: self.config.worktree_cleanup,
             result_file: run_dir.join("result.yaml"),
+            workdir_use: None,
         };
         if kind == crate::run::workspace::Kind::Shared {
+            ws.workdir_use = Some(Arc::new(self.ctx.workdirs.enter(&workdir)));
             self.ws = Some(ws);
             return Ok(workdir);
         }

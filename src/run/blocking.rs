@@ -1,0 +1,245 @@
+//! The keeper's run, without an async runtime: one agent, watched through a
+//! pidfd and a signalfd with one `poll(2)`. A keeper is a single thread; it
+//! starts no runtime, no signal thread and no timer thread, so a run costs
+//! little more than the agent's own spawn (see BENCHMARKS.md).
+//!
+//! The same rules as [`process::wait`](super::process::wait): a timeout, the
+//! output cap (checked every 500 ms) and stop requests; SIGTERM to the whole
+//! group, the grace period, then SIGKILL; the child is always awaited and its
+//! group emptied.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, killpg, sigprocmask};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::unistd::Pid;
+
+use super::process::{self, Exit, RunEnd, Spec, Stop};
+
+/// Stop requests as signals: SIGTERM stop gracefully, SIGUSR1 cancel,
+/// SIGUSR2 or SIGINT stop at once. Blocked from the moment this is made (a
+/// request that arrives during setup waits in the kernel, never lost) and read
+/// from a signalfd. Make it before any thread starts.
+pub struct Stops {
+    fd: Option<SignalFd>,
+    /// The hardest request seen so far.
+    seen: Option<Stop>,
+}
+
+impl Stops {
+    pub fn new() -> Stops {
+        let mut set = SigSet::empty();
+        for s in [
+            Signal::SIGTERM,
+            Signal::SIGUSR1,
+            Signal::SIGUSR2,
+            Signal::SIGINT,
+        ] {
+            set.add(s);
+        }
+        let fd = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None)
+            .ok()
+            .and_then(|()| {
+                SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).ok()
+            });
+        Stops { fd, seen: None }
+    }
+
+    fn raw(&self) -> Option<RawFd> {
+        self.fd.as_ref().map(|f| f.as_raw_fd())
+    }
+
+    /// Reads what has arrived; returns the hardest request so far. A later,
+    /// harder request wins; a graceful one never softens a cancel or a kill.
+    fn drain(&mut self) -> Option<Stop> {
+        if let Some(fd) = &self.fd {
+            while let Ok(Some(info)) = fd.read_signal() {
+                let stop = match info.ssi_signo as i32 {
+                    libc::SIGTERM => Stop::Graceful,
+                    libc::SIGUSR1 => Stop::Cancel,
+                    _ => Stop::Now,
+                };
+                self.seen = match (self.seen, stop) {
+                    (Some(Stop::Now), _) => Some(Stop::Now),
+                    (Some(Stop::Cancel), Stop::Graceful) => Some(Stop::Cancel),
+                    _ => Some(stop),
+                };
+            }
+        }
+        self.seen
+    }
+}
+
+impl Default for Stops {
+    fn default() -> Self {
+        Stops::new()
+    }
+}
+
+/// A pidfd of `pid` (Linux 5.3 and later): readable once the process exits.
+fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor
+    // (or -1), which we own from here on.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Waits until the child may have exited, a stop request arrived, or
+/// `timeout` passed. Without a pidfd it wakes every 10 ms to look.
+fn wait_events(pidfd: Option<&OwnedFd>, stops: &Stops, timeout: Duration) {
+    let mut fds: Vec<libc::pollfd> = Vec::with_capacity(2);
+    for fd in [pidfd.map(|f| f.as_raw_fd()), stops.raw()]
+        .into_iter()
+        .flatten()
+    {
+        fds.push(libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        });
+    }
+    let timeout = if pidfd.is_some() {
+        timeout
+    } else {
+        timeout.min(Duration::from_millis(10))
+    };
+    // Round up, so that a deadline a fraction of a millisecond away is not
+    // polled for with 0 in a busy loop.
+    let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+    // SAFETY: `fds` is a valid array of pollfd of the given length.
+    unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+}
+
+/// Starts the agent and watches it to its end. Blocking.
+pub fn run(spec: &mut Spec, root: &Path, stops: &mut Stops) -> RunEnd {
+    let (mut cmd, program) = match process::command(spec, root) {
+        Ok(c) => c,
+        Err(end) => return end,
+    };
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return process::spawn_error(e, spec, &program),
+    };
+    drop(cmd);
+    let pgid = Pid::from_raw(child.id() as i32);
+    let pidfd = pidfd_open(child.id());
+    let far = Instant::now() + Duration::from_secs(30 * 24 * 3600);
+    let deadline = Instant::now().checked_add(spec.timeout).unwrap_or(far);
+    let check_every = Duration::from_millis(500);
+    let mut next_check = Instant::now() + check_every;
+    enum Why {
+        Timeout,
+        Stop(Stop),
+        Output(u64),
+    }
+    let why = loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            reap_group(pgid, Duration::from_secs(2));
+            return RunEnd::Exited(process::to_exit(Ok(st)));
+        }
+        if let Some(s) = stops.drain() {
+            break Why::Stop(s);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            break Why::Timeout;
+        }
+        if now >= next_check {
+            next_check = now + check_every;
+            let n = output_size(spec);
+            if n > spec.max_output {
+                break Why::Output(n);
+            }
+        }
+        wait_events(pidfd.as_ref(), stops, deadline.min(next_check) - now);
+    };
+    let exit = match why {
+        Why::Stop(Stop::Now) => kill_now(&mut child, pgid),
+        _ => stop_gracefully(&mut child, pgid, pidfd.as_ref(), spec.grace, stops),
+    };
+    match why {
+        Why::Timeout => RunEnd::TimedOut(exit),
+        Why::Stop(Stop::Cancel) => RunEnd::Cancelled(exit),
+        Why::Stop(_) => RunEnd::Stopped(exit),
+        Why::Output(n) => RunEnd::OutputLimit(exit, n),
+    }
+}
+
+fn output_size(spec: &Spec) -> u64 {
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    size(&spec.stdout)
+        .max(size(&spec.stderr))
+        .max(spec.output.as_deref().map_or(0, size))
+}
+
+/// SIGTERM to the group, the grace period, then SIGKILL; always awaits the
+/// child. A request to stop at once during the grace period kills at once.
+fn stop_gracefully(
+    child: &mut std::process::Child,
+    pgid: Pid,
+    pidfd: Option<&OwnedFd>,
+    grace: Duration,
+    stops: &mut Stops,
+) -> Exit {
+    let _ = killpg(pgid, Signal::SIGTERM);
+    let until = Instant::now()
+        .checked_add(grace)
+        .unwrap_or_else(Instant::now);
+    loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            reap_group(pgid, Duration::from_millis(500));
+            return process::to_exit(Ok(st));
+        }
+        let now = Instant::now();
+        if now >= until || stops.drain() == Some(Stop::Now) {
+            return kill_now(child, pgid);
+        }
+        wait_events(pidfd, stops, until - now);
+    }
+}
+
+fn kill_now(child: &mut std::process::Child, pgid: Pid) -> Exit {
+    let _ = killpg(pgid, Signal::SIGKILL);
+    let exit = process::to_exit(child.wait());
+    reap_group(pgid, Duration::ZERO);
+    exit
+}
+
+/// After the leader has exited, no member of its group may outlive the run:
+/// SIGTERM what is left, give it `grace`, then SIGKILL, and wait (bounded)
+/// until the group is empty. The keeper is a subreaper, so the members it
+/// stops are its children: they are reaped here too.
+fn reap_group(pgid: Pid, grace: Duration) {
+    let reap = || {
+        while let Ok(st) = nix::sys::wait::waitpid(
+            Pid::from_raw(-1),
+            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+        ) {
+            if st == nix::sys::wait::WaitStatus::StillAlive {
+                break;
+            }
+        }
+    };
+    if killpg(pgid, None).is_err() {
+        return;
+    }
+    if !grace.is_zero() {
+        let _ = killpg(pgid, Signal::SIGTERM);
+        let until = Instant::now() + grace;
+        while Instant::now() < until {
+            reap();
+            if killpg(pgid, None).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let _ = killpg(pgid, Signal::SIGKILL);
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until && killpg(pgid, None).is_ok() {
+        reap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
