@@ -74,12 +74,66 @@ pub fn crash_point() {
 pub fn crash_point() {}
 
 /// Flushes a directory's entries to disk, so that a rename in it survives a crash.
+///
+/// Group commit: callers that need the same directory flushed while a flush
+/// of it is under way wait for it and share the next one, the way databases
+/// batch their log flushes. A flush covers every change made before it
+/// started, so a caller returns only once a flush that started after its
+/// call has succeeded: what it renamed is durable, as with its own fsync.
 pub fn fsync_dir(dir: &Path) -> io::Result<()> {
     crash_point();
     if !durable() {
         return Ok(());
     }
-    File::open(dir)?.sync_all()
+    group_sync(dir, || File::open(dir)?.sync_all())
+}
+
+/// One directory's flushes: tickets handed out, tickets covered by a
+/// finished flush, and whether one is under way.
+#[derive(Default)]
+struct DirSync {
+    state: std::sync::Mutex<(u64, u64, bool)>,
+    done: std::sync::Condvar,
+}
+
+type SyncMap = std::sync::Mutex<std::collections::HashMap<PathBuf, std::sync::Arc<DirSync>>>;
+
+fn group_sync(dir: &Path, flush: impl Fn() -> io::Result<()>) -> io::Result<()> {
+    static SYNCS: std::sync::OnceLock<SyncMap> = std::sync::OnceLock::new();
+    let map = SYNCS.get_or_init(Default::default);
+    let lock_map = || map.lock().unwrap_or_else(|e| e.into_inner());
+    let ds = lock_map().entry(dir.to_path_buf()).or_default().clone();
+    let res = (|| {
+        let mut g = ds.state.lock().unwrap_or_else(|e| e.into_inner());
+        g.0 += 1;
+        let ticket = g.0;
+        loop {
+            if g.1 >= ticket {
+                return Ok(());
+            }
+            if !g.2 {
+                g.2 = true;
+                let upto = g.0;
+                drop(g);
+                let r = flush();
+                let mut g = ds.state.lock().unwrap_or_else(|e| e.into_inner());
+                g.2 = false;
+                if r.is_ok() {
+                    g.1 = g.1.max(upto);
+                }
+                ds.done.notify_all();
+                return r;
+            }
+            g = ds.done.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+    })();
+    // The last user of a directory's entry takes it away (run directories
+    // come and go).
+    let mut m = lock_map();
+    if std::sync::Arc::strong_count(&ds) == 2 {
+        m.remove(dir);
+    }
+    res
 }
 
 static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
@@ -137,18 +191,25 @@ pub fn sync_data(f: &File) -> io::Result<()> {
 /// Readers see the old content or the new, never a mix.
 /// Mode 0600, or 0640 in a shared tree, so that the group can read it.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    write_via_temp(path, bytes, private_mode())
+    write_via_temp(path, bytes, private_mode(), durable())
+}
+
+/// Like [`write_atomic`] without any fsync, whatever the durability: for a
+/// file that matters only while this host is up (a keeper's `keeper.json`).
+/// Readers still never see it half written; a crash of the host may lose it.
+pub fn write_atomic_volatile(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_via_temp(path, bytes, private_mode(), false)
 }
 
 /// Like [`write_atomic`], but readable by everyone (for files other programs
 /// read, such as the metrics file).
 pub fn write_atomic_readable(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    write_via_temp(path, bytes, 0o644)
+    write_via_temp(path, bytes, 0o644, durable())
 }
 
 /// Temp file beside `path`, written and fsynced, renamed over `path`, then
 /// the directory fsynced; the temp file is removed on any failure.
-fn write_via_temp(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+fn write_via_temp(path: &Path, bytes: &[u8], mode: u32, sync: bool) -> io::Result<()> {
     let dir = parent(path);
     let tmp = dir.join(tmp_name(&file_name_lossy(path)));
     let res = (|| {
@@ -164,12 +225,12 @@ fn write_via_temp(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
         }
         f.write_all(bytes)?;
         crash_point();
-        if durable() {
+        if sync {
             f.sync_all()?;
         }
         crash_point();
         fs::rename(&tmp, path)?;
-        fsync_dir(dir)
+        if sync { fsync_dir(dir) } else { Ok(()) }
     })();
     if res.is_err() {
         let _ = fs::remove_file(&tmp);
@@ -490,6 +551,72 @@ pub fn child(dir: &Path, name: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Group commit: every caller returns only after a flush that started
+    /// after its call succeeded, and callers that overlap share flushes.
+    #[test]
+    fn directory_flushes_are_shared_and_each_caller_is_covered() {
+        use std::sync::{Arc, Mutex};
+        use std::time::{Duration, Instant};
+        let dir = PathBuf::from("/group-sync-test");
+        // (start, end) of each flush, and (call, return) of each caller.
+        let flushes: Arc<Mutex<Vec<(Instant, Instant)>>> = Arc::default();
+        let calls: Arc<Mutex<Vec<(Instant, Instant)>>> = Arc::default();
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let (flushes, calls, dir) = (flushes.clone(), calls.clone(), dir.clone());
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(i * 3));
+                    let called = Instant::now();
+                    group_sync(&dir, || {
+                        let start = Instant::now();
+                        std::thread::sleep(Duration::from_millis(15));
+                        flushes.lock().unwrap().push((start, Instant::now()));
+                        Ok(())
+                    })
+                    .unwrap();
+                    calls.lock().unwrap().push((called, Instant::now()));
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let flushes = flushes.lock().unwrap();
+        let calls = calls.lock().unwrap();
+        assert_eq!(calls.len(), 8);
+        assert!(
+            flushes.len() < 8,
+            "{} flushes for 8 overlapping callers",
+            flushes.len()
+        );
+        for (called, returned) in calls.iter() {
+            assert!(
+                flushes.iter().any(|(s, e)| s >= called && e <= returned),
+                "a caller returned without a flush that started after its call"
+            );
+        }
+    }
+
+    /// A flush that fails fails its leader; the callers waiting on it take
+    /// their own turn instead of being told that it succeeded.
+    #[test]
+    fn a_failed_directory_flush_is_not_shared_as_a_success() {
+        use std::sync::atomic::AtomicU32;
+        let dir = PathBuf::from("/group-sync-fail-test");
+        let n = AtomicU32::new(0);
+        let r = group_sync(&dir, || {
+            n.fetch_add(1, Ordering::SeqCst);
+            Err(io::Error::other("disk gone"))
+        });
+        assert!(r.is_err());
+        let r = group_sync(&dir, || {
+            n.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        });
+        assert!(r.is_ok());
+        assert_eq!(n.load(Ordering::SeqCst), 2);
+    }
 
     #[test]
     fn rename_noreplace_completes_an_interrupted_link_unlink() {
