@@ -69,6 +69,7 @@ impl Job {
         let secs = rec.duration_ms.map(|ms| ms as f64 / 1000.0);
         let Job {
             ctx,
+            config,
             name,
             ext,
             lock,
@@ -83,7 +84,12 @@ impl Job {
             tokio::task::spawn_blocking(move || {
                 let layout = &ctx.layout;
                 if let Some(ws) = ws {
-                    rec.workspace = Some(workspace_report(&ws, rec.status, &layout.root));
+                    rec.workspace = Some(workspace_report(
+                        &ws,
+                        rec.status,
+                        &layout.root,
+                        config.git_status,
+                    ));
                 }
                 let (out, cut) =
                     crate::tree::context::read_output(&layout.run_dir(State::Assigned, &name));
@@ -298,7 +304,8 @@ async fn write_commit(
         c = back;
         let e = match res {
             Ok(()) => {
-                lock.release();
+                let target = c.target.as_deref().unwrap_or(&c.name);
+                lock.release_into(&c.ctx.layout.run_dir(dest_of(&c.rec), target));
                 return JobEnd::Done(c.rec.status, c.rec.outcome, secs);
             }
             Err(e) => e.to_string(),

@@ -264,8 +264,24 @@ pub fn finish_commit_as(
         }
         Err(e) => return Err(e),
     }
-    fsx::remove_file_if_exists(&layout.state_file(name))?;
-    Ok(())
+    park_or_remove(
+        &layout.state_file(name),
+        &layout.run_dir(dest, target),
+        "state.json",
+    )
+}
+
+/// Moves a task's bookkeeping file out of `assigned/` into its run directory
+/// (`dir/as_name`) at a terminal commit, or removes it when there is no run
+/// directory. A move frees no inode (see [`TaskLock::release_into`]).
+pub fn park_or_remove(file: &Path, dir: &Path, as_name: &str) -> io::Result<()> {
+    if fs::symlink_metadata(file).is_err() {
+        return Ok(());
+    }
+    if dir.is_dir() && fs::rename(file, dir.join(as_name)).is_ok() {
+        return Ok(());
+    }
+    fsx::remove_file_if_exists(file)
 }
 
 /// What [`reclaim`] found of a running task's file after its run.

@@ -551,3 +551,30 @@ fn a_stale_record_does_not_finish_an_orphan_that_never_wrote_it() {
     assert_eq!(rec["attempts"], 2, "{rec}");
     assert_eq!(rec["history"][0]["outcome"], "interrupted");
 }
+
+/// A terminal commit leaves nothing of the task in `assigned/`: its lock and
+/// its state file move into the run directory (no inode is freed), and the
+/// state there is the run's last.
+#[test]
+fn a_terminal_commit_moves_the_lock_and_the_state_file_into_the_run_directory() {
+    let root = Root::new()
+        .config("default_agent: a\nagents:\n  a:\n    command: [\"true\"]\n  f:\n    command: [\"false\"]\n")
+        .task("t.yaml", "description: x\n")
+        .task("u.yaml", "description: x\nagent: f\nretries: 0\n");
+    root.run_until_idle();
+    let left: Vec<_> = std::fs::read_dir(root.p("tasks/assigned"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "left in assigned/: {left:?}");
+    for (state, t) in [("completed", "t"), ("failed", "u")] {
+        let run = root.p(&format!("tasks/{state}/{t}.run"));
+        let lock = std::fs::metadata(run.join("lock")).expect("the lock in the run directory");
+        assert_eq!(lock.len(), 0);
+        let st: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(run.join("state.json")).unwrap()).unwrap();
+        assert_eq!(st["attempts"], 1, "{st}");
+        assert_eq!(st["task"], t, "{st}");
+    }
+}
