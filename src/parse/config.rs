@@ -44,6 +44,7 @@ pub const CONFIG_KEYS: &[&str] = &[
     "metrics_file",
     "worktrees_dir",
     "worktree_cleanup",
+    "git_status",
     "agents",
 ];
 /// Every key of an agent, for "did you mean" hints.
@@ -98,6 +99,7 @@ struct RawConfig {
     metrics_file: Option<String>,
     worktrees_dir: Option<String>,
     worktree_cleanup: Option<String>,
+    git_status: Option<bool>,
     agents: Option<BTreeMap<String, RawAgent>>,
 }
 
@@ -363,6 +365,10 @@ pub struct Config {
     /// Where runs' git worktrees go (relative to the root).
     pub worktrees_dir: PathBuf,
     pub worktree_cleanup: crate::run::workspace::Cleanup,
+    /// `files_modified` of a shared-workdir run whose agent wrote no
+    /// `$MAILROOM_RESULT`: `git status` in the workdir's repository (true),
+    /// or nothing (false: no git process after any run).
+    pub git_status: bool,
     pub agents: BTreeMap<String, Agent>,
     /// Where the config came from, for messages (None: built-in defaults).
     pub source: Option<PathBuf>,
@@ -431,6 +437,7 @@ impl Default for Config {
             metrics_file: None,
             worktrees_dir: PathBuf::from(".mailroom/worktrees"),
             worktree_cleanup: crate::run::workspace::Cleanup::OnSuccess,
+            git_status: true,
             env: EnvPolicy::Allow(DEFAULT_ENV_ALLOW.iter().map(|s| s.to_string()).collect()),
             agents,
             source: None,
@@ -683,6 +690,7 @@ impl Config {
         if let Some(d) = raw.worktrees_dir {
             c.worktrees_dir = PathBuf::from(d);
         }
+        c.git_status = raw.git_status.unwrap_or(true);
         c.worktree_cleanup = match raw.worktree_cleanup.as_deref() {
             None | Some("on_success") => crate::run::workspace::Cleanup::OnSuccess,
             Some("keep") => crate::run::workspace::Cleanup::Keep,

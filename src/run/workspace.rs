@@ -57,6 +57,12 @@ pub struct Report {
     pub source: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub removed: Option<bool>,
+    /// With `source: git-status`: false when other runs of this supervisor
+    /// worked in the same workdir meanwhile, so that their changes may be in
+    /// the list too; true when none did (changes people made there before the
+    /// run are still listed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files_modified_exact: Option<bool>,
 }
 
 /// `$MAILROOM_RESULT`, as an agent may write it.
@@ -221,8 +227,17 @@ pub fn remove(path: &Path) -> bool {
 }
 
 /// `files_modified` for a shared workdir: the agent's `$MAILROOM_RESULT` if
-/// it wrote one, else `git status` (minus mailroom's own tree), else nothing.
-pub fn shared_report(result_file: &Path, workdir: &Path, root: &Path) -> Report {
+/// it wrote one, else (with `git_status`) `git status` of the workdir's
+/// repository (minus mailroom's own tree), else nothing. `overlapped`: other
+/// runs worked in the workdir meanwhile. No process starts for a workdir
+/// outside any repository.
+pub fn shared_report(
+    result_file: &Path,
+    workdir: &Path,
+    root: &Path,
+    git_status: bool,
+    overlapped: bool,
+) -> Report {
     if let Ok((b, _)) = crate::tree::fsx::read_task_file(result_file, 1024 * 1024)
         && let Ok(r) = serde_saphyr::from_slice::<AgentResult>(&b)
     {
@@ -233,7 +248,7 @@ pub fn shared_report(result_file: &Path, workdir: &Path, root: &Path) -> Report 
             ..Report::default()
         };
     }
-    if git(workdir, &["rev-parse", "--show-toplevel"]).is_ok() {
+    if git_status && git_toplevel(workdir).is_some() {
         let ours = |p: &str| {
             let abs = workdir.join(p);
             ["tasks", "context", ".mailroom"]
@@ -247,6 +262,7 @@ pub fn shared_report(result_file: &Path, workdir: &Path, root: &Path) -> Report 
                 .filter(|p| !ours(p))
                 .collect(),
             source: "git-status".into(),
+            files_modified_exact: Some(!overlapped),
             ..Report::default()
         };
     }
@@ -255,4 +271,23 @@ pub fn shared_report(result_file: &Path, workdir: &Path, root: &Path) -> Report 
         source: "none".into(),
         ..Report::default()
     }
+}
+
+/// The top of the git repository that holds `dir`: the nearest ancestor
+/// with a `.git` (a directory, or the file of a worktree or submodule),
+/// found without starting git. Found ones are remembered per directory.
+pub fn git_toplevel(dir: &Path) -> Option<PathBuf> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static FOUND: OnceLock<Mutex<HashMap<PathBuf, PathBuf>>> = OnceLock::new();
+    let found = FOUND.get_or_init(Default::default);
+    if let Some(top) = found.lock().ok()?.get(dir) {
+        return Some(top.clone());
+    }
+    let top = dir
+        .ancestors()
+        .find(|d| std::fs::symlink_metadata(d.join(".git")).is_ok())?
+        .to_path_buf();
+    found.lock().ok()?.insert(dir.to_path_buf(), top.clone());
+    Some(top)
 }

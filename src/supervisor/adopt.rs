@@ -179,6 +179,7 @@ fn kept_workspace(
         base: None,
         cleanup: config.worktree_cleanup,
         result_file,
+        workdir_use: None,
     }
 }
 

@@ -31,10 +31,17 @@ pub(super) fn workspace_report(
     ws: &WorkspaceRun,
     status: Status,
     root: &Path,
+    git_status: bool,
 ) -> crate::run::workspace::Report {
     use crate::run::workspace::{Cleanup, Kind};
     match ws.kind {
-        Kind::Shared => crate::run::workspace::shared_report(&ws.result_file, &ws.path, root),
+        Kind::Shared => crate::run::workspace::shared_report(
+            &ws.result_file,
+            &ws.path,
+            root,
+            git_status,
+            ws.workdir_use.as_ref().is_none_or(|u| u.overlapped()),
+        ),
         Kind::Worktree => {
             let files = crate::run::workspace::changed_in_worktree(
                 &ws.path,
@@ -53,6 +60,7 @@ pub(super) fn workspace_report(
                 files_modified: files,
                 source: "git".into(),
                 removed: Some(remove && crate::run::workspace::remove(&ws.path)),
+                files_modified_exact: None,
             }
         }
     }

@@ -14,6 +14,7 @@ mod place;
 mod recover;
 mod scan;
 pub mod verdict;
+mod workdirs;
 
 use commit::*;
 use control::*;
@@ -149,6 +150,8 @@ struct Ctx {
     self_pid: u32,
     self_start: u64,
     exe: String,
+    /// Runs in shared workdirs, for `files_modified_exact`.
+    workdirs: Arc<workdirs::Workdirs>,
 }
 
 pub struct Supervisor {
@@ -238,6 +241,7 @@ impl Supervisor {
                 exe: std::env::current_exe()
                     .map(|p| p.to_string_lossy().into_owned())
                     .unwrap_or_else(|_| "mailroom".into()),
+                workdirs: Arc::default(),
             }),
             queue: Queue::new(config.aging),
             limits: Arc::new(compile_limits(&config)),

@@ -4,6 +4,7 @@
 
 use crate::common::*;
 use std::process::Command;
+use std::time::Duration;
 
 fn git(dir: &std::path::Path, args: &[&str]) -> String {
     let out = Command::new("git")
@@ -138,4 +139,88 @@ fn shared_workdirs_take_files_modified_from_the_agent_or_git_status() {
             .all(|f| !f.as_str().unwrap().starts_with("tasks/")),
         "{ws}"
     );
+}
+
+/// Two runs that work in the same shared workdir at the same time: each
+/// one's `git status` may hold the other's changes, and the record says so.
+/// A run alone says its list is exact.
+#[test]
+fn overlapping_runs_in_a_shared_workdir_say_their_file_list_is_not_exact() {
+    // Each run waits (bounded) until both are running, then writes a file.
+    let meet = "touch \"$MAILROOM_ROOT/$MAILROOM_TASK.here\"; i=0; \
+                while [ \"$(ls \"$MAILROOM_ROOT\" | grep -c '[.]here$')\" -lt 2 ] && [ $i -lt 600 ]; \
+                do sleep 0.05; i=$((i+1)); done; echo x > \"$MAILROOM_ROOT/by-$MAILROOM_TASK.txt\"";
+    let root = repo(&format!(
+        "concurrency: 2\ndefault_agent: m\nagents:\n  m:\n    command: [sh, -c, {meet:?}]\n    max_instances: 2\n  \
+         alone:\n    command: [sh, -c, \"echo y > \\\"$MAILROOM_ROOT/alone.txt\\\"\"]\n"
+    ))
+    .task("a.yaml", "description: x\n")
+    .task("b.yaml", "description: x\n");
+    root.run_until_idle();
+    for t in ["a", "b"] {
+        let ws = root.record("completed", t)["workspace"].clone();
+        assert_eq!(ws["source"], "git-status", "{ws}");
+        assert_eq!(ws["files_modified_exact"], false, "{t}: {ws}");
+    }
+    root.write("tasks/pending/c.yaml", "description: x\nagent: alone\n");
+    root.run_until_idle();
+    let ws = root.record("completed", "c")["workspace"].clone();
+    assert_eq!(ws["source"], "git-status", "{ws}");
+    assert_eq!(ws["files_modified_exact"], true, "{ws}");
+    assert!(
+        ws["files_modified"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "alone.txt"),
+        "{ws}"
+    );
+}
+
+/// No git process after a run whose workdir is in no repository, nor with
+/// `git_status: false` in one: a `git` first on PATH that leaves a mark
+/// is never started.
+#[test]
+fn no_git_process_runs_outside_a_repository_or_when_turned_off() {
+    let check = |root: &Root, want_source: &str| {
+        let bin = root.p("fakebin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let mark = root.p("git-was-run");
+        let fake = bin.join("git");
+        std::fs::write(
+            &fake,
+            format!(
+                "#!/bin/sh\necho \"$@\" >> {:?}\nexit 1\n",
+                mark.display().to_string()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = format!(
+            "{}:{}",
+            bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let mut sup = root.spawn_with(&[("PATH", path.as_str())]);
+        wait_for(Duration::from_secs(30), "the task to complete", || {
+            root.p("tasks/completed/t.result.json").exists()
+        });
+        sup.signal(15);
+        sup.wait_exit(Duration::from_secs(30));
+        let ws = root.record("completed", "t")["workspace"].clone();
+        assert_eq!(ws["source"], want_source, "{ws}");
+        assert!(
+            !mark.exists(),
+            "git was started: {}",
+            std::fs::read_to_string(&mark).unwrap_or_default()
+        );
+    };
+    let plain = Root::new()
+        .config("default_agent: a\nagents:\n  a:\n    command: [\"true\"]\n")
+        .task("t.yaml", "description: x\n");
+    check(&plain, "none");
+    let off = repo("git_status: false\ndefault_agent: a\nagents:\n  a:\n    command: [\"true\"]\n")
+        .task("t.yaml", "description: x\n");
+    check(&off, "none");
 }
