@@ -16,7 +16,12 @@
 #     and `false` (all N task files already in tasks/pending/).
 #   - the same mailroom variants with 1 slot and N1 tasks (default 200), next
 #     to `xargs -P1`: with no overlap, the added wall time per run is the
-#     keeper's latency.
+#     keeper's latency;
+#   - mailroom with one `mailroom add` process per task against a running
+#     supervisor (strict and relaxed, keepers on), next to one `tsp true` per
+#     job: the other submission path;
+#   - with BASE_BIN=path/to/an/older/mailroom, that binary's batch variants
+#     too (`mailroom(base) ...`), for a before/after in the same run.
 #
 # CPU is user+sys from /usr/bin/time over the whole command (children and
 # grandchildren that were waited for included); for the daemons (tsp, pueued),
@@ -30,7 +35,7 @@
 # Env: APT=1 installs task-spooler, parallel, strace and time with apt-get;
 # PUEUE_BIN=dir holds pueue and pueued if not on PATH; PUEUE_N (default 100);
 # N1 (default 200); STRACE_N (default 200); SKIP_STRACE=1; SKIP_BUILD=1;
-# KEEP_WORK=1.
+# KEEP_WORK=1; BASE_BIN=an older mailroom binary to compare with.
 set -euo pipefail
 N=${1:-1000}
 P=${2:-4}
@@ -129,16 +134,39 @@ print(statistics.median(ms) if ms else "")
 PY
 }
 
-run_mailroom() { # round durability keeper slots n
-  local round=$1 dur=$2 keeper=$3 slots=$4 n=$5
+run_mailroom() { # round durability keeper slots n [bin label]
+  local round=$1 dur=$2 keeper=$3 slots=$4 n=$5 bin=${6:-$BIN} label=${7:-mailroom}
   local root=$work/root
   mkroot "$root" "$dur" "$keeper" "$slots" "$n" "$TRUE"
-  timed "$BIN" --root "$root" -q run --exit-when-idle
+  timed "$bin" --root "$root" -q run --exit-when-idle
   local done
   done=$(find "$root/tasks/completed" -name '*.yaml' | wc -l)
   [ "$done" -eq "$n" ] || { log "mailroom: only $done of $n completed"; exit 1; }
   local k=on; [ "$keeper" = true ] || k=off
-  record "$round" "mailroom P=$slots $dur keeper=$k" "$n" "$T_WALL" "$T_CPU" "$(median_run_ms "$root")"
+  record "$round" "$label P=$slots $dur keeper=$k" "$n" "$T_WALL" "$T_CPU" "$(median_run_ms "$root")"
+  rm -rf "$root"
+}
+
+add_submit() { # bin root n: one `mailroom add` per task, then wait for all
+  local i
+  for ((i = 0; i < $3; i++)); do "$1" --root "$2" -q add --name "a$i" "task $i" >/dev/null; done
+  while [ "$(find "$2/tasks/completed" -name '*.yaml' | wc -l)" -lt "$3" ]; do sleep 0.005; done
+}
+
+run_mailroom_add() { # round durability: a running supervisor, one `mailroom add` per task
+  local round=$1 dur=$2
+  local root=$work/addroot
+  mkroot "$root" "$dur" true "$P" 0 "$TRUE"
+  "$BIN" --root "$root" -q run &
+  local sup=$!
+  local i
+  for ((i = 0; i < 400; i++)); do [ -n "$(ls "$root/tasks/supervisors" 2>/dev/null)" ] && break; sleep 0.01; done
+  local c0; c0=$(proc_cpu "$sup")
+  export -f add_submit
+  timed bash -c 'add_submit "$@"' _ "$BIN" "$root" "$N"
+  local c1; c1=$(proc_cpu "$sup")
+  kill -TERM "$sup"; wait "$sup" || true
+  record "$round" "mailroom P=$P $dur, mailroom add per task" "$N" "$T_WALL" "$(echo "$T_CPU + $c1 - $c0" | bc -l)"
   rm -rf "$root"
 }
 
@@ -223,7 +251,8 @@ variants=("xargs" "xargs1")
 [ $have_pueue = 1 ] && variants+=("pueue")
 for d in strict relaxed; do for k in true false; do
   variants+=("mr:$d:$k:$P:$N" "mr:$d:$k:1:$N1")
-done; done
+  [ -n "${BASE_BIN:-}" ] && variants+=("base:$d:$k:$P:$N")
+done; variants+=("add:$d"); done
 
 # The keeper scans /proc for its children: its cost grows with the host's processes.
 log "N=$N P=$P rounds=$ROUNDS N1=$N1; $(nproc) cores; load: $(cut -d' ' -f1-3 /proc/loadavg); $(ls /proc | grep -c '^[0-9]') processes"
@@ -237,6 +266,8 @@ for ((r = 1; r <= ROUNDS; r++)); do
       parallel) run_parallel "$r" ;;
       pueue) run_pueue "$r" ;;
       mr:*) IFS=: read -r _ dur keeper slots n <<<"$v"; run_mailroom "$r" "$dur" "$keeper" "$slots" "$n" ;;
+      base:*) IFS=: read -r _ dur keeper slots n <<<"$v"; run_mailroom "$r" "$dur" "$keeper" "$slots" "$n" "$BASE_BIN" "mailroom(base)" ;;
+      add:*) run_mailroom_add "$r" "${v#add:}" ;;
     esac
   done
 done
@@ -327,7 +358,8 @@ print("| system | tasks | tasks/s | ratio to `xargs -P%d` | CPU ms per task |" %
 print("|---|---|---|---|---|")
 ref = f"xargs -P{P} true"
 order = [ref, "task-spooler, tsp per job", f"GNU parallel -j{P}", "pueue, pueue add per job"] + \
-    [f"mailroom P={P} {d} keeper={k}" for d in ("relaxed", "strict") for k in ("off", "on")]
+    [f"{m} P={P} {d} keeper={k}" for m in ("mailroom(base)", "mailroom") for d in ("relaxed", "strict") for k in ("off", "on")] + \
+    [f"mailroom P={P} {d}, mailroom add per task" for d in ("relaxed", "strict")]
 for v in order:
     if v not in rows: continue
     xs = rows[v]
@@ -384,4 +416,25 @@ if all(os.path.exists(f) for f in files.values()):
     for s in names[:25]:
         a, b, x = c["off"].get(s, 0) / SN, c["on"].get(s, 0) / SN, c["xargs"].get(s, 0) / SN
         print(f"| {s} | {x:.1f} | {a:.1f} | {b:.1f} | {b - a:+.1f} |")
+
+# The targets of issue #15, each as measured here (medians of per-round ratios).
+tsp = "task-spooler, tsp per job"
+def mr(v): return med(ratio(v, ref)) if v in by_round else None
+print("\n### Targets (median of per-round ratios to `xargs -P%d`)\n" % P)
+print("| target | measured | met |")
+print("|---|---|---|")
+t = mr(tsp)
+for name, v, want in [
+    ("batch drop, strict, keepers on: at least task-spooler's ratio", f"mailroom P={P} strict keeper=on", t),
+    ("batch drop, relaxed, keepers on: at least 0.6", f"mailroom P={P} relaxed keeper=on", 0.6),
+    ("one `mailroom add` per task (strict): at least 0.8 x task-spooler's", f"mailroom P={P} strict, mailroom add per task", None if t is None else 0.8 * t),
+]:
+    got = mr(v)
+    if got is None or want is None: continue
+    print(f"| {name} (want {want:.2f}) | {got:.2f} | {'yes' if got >= want else 'no'} |")
+if ref in rows and f"mailroom P={P} strict keeper=on" in rows:
+    xc = med([1000 * x[3] / x[1] for x in rows[ref]])
+    for v in (f"mailroom P={P} strict keeper=on", f"mailroom P={P} relaxed keeper=on"):
+        mc = med([1000 * x[3] / x[1] for x in rows[v]])
+        print(f"| CPU per task at most 2x a bare spawn of `true` (xargs: {xc:.2f} ms), {v.split(' ', 2)[2]} | {mc:.2f} ms ({mc / xc:.1f}x) | {'yes' if mc <= 2 * xc else 'no'} |")
 PY
