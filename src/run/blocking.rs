@@ -136,7 +136,7 @@ pub fn run(spec: &mut Spec, root: &Path, stops: &mut Stops) -> RunEnd {
     }
     let why = loop {
         if let Ok(Some(st)) = child.try_wait() {
-            reap_group(pgid, Duration::from_secs(2));
+            reap_group(pgid, Duration::from_secs(2), true);
             return RunEnd::Exited(process::to_exit(Ok(st)));
         }
         if let Some(s) = stops.drain() {
@@ -189,7 +189,7 @@ fn stop_gracefully(
         .unwrap_or_else(Instant::now);
     loop {
         if let Ok(Some(st)) = child.try_wait() {
-            reap_group(pgid, Duration::from_millis(500));
+            reap_group(pgid, Duration::from_millis(500), true);
             return process::to_exit(Ok(st));
         }
         let now = Instant::now();
@@ -203,21 +203,24 @@ fn stop_gracefully(
 fn kill_now(child: &mut std::process::Child, pgid: Pid) -> Exit {
     let _ = killpg(pgid, Signal::SIGKILL);
     let exit = process::to_exit(child.wait());
-    reap_group(pgid, Duration::ZERO);
+    reap_group(pgid, Duration::ZERO, true);
     exit
 }
 
 /// After the leader has exited, no member of its group may outlive the run:
 /// SIGTERM what is left, give it `grace`, then SIGKILL, and wait (bounded)
-/// until the group is empty. The keeper is a subreaper, so the members it
-/// stops are its children: they are reaped here too.
-fn reap_group(pgid: Pid, grace: Duration) {
+/// until the group is empty. In a keeper (`reap_children`), a subreaper, the
+/// members it stops are its children: they are reaped here too, so that no
+/// zombie keeps the group alive. A supervisor must not reap: its other
+/// children belong to their own waiters.
+pub(crate) fn reap_group(pgid: Pid, grace: Duration, reap_children: bool) {
     let reap = || {
-        while let Ok(st) = nix::sys::wait::waitpid(
-            Pid::from_raw(-1),
-            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
-        ) {
-            if st == nix::sys::wait::WaitStatus::StillAlive {
+        use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+        if !reap_children {
+            return;
+        }
+        while let Ok(st) = waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            if st == WaitStatus::StillAlive {
                 break;
             }
         }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::sync::watch;
-use tokio::time::{Instant, sleep, sleep_until};
+use tokio::time::{Instant, sleep_until};
 
 /// Why a run is being stopped from outside.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -407,28 +407,12 @@ async fn kill_now(child: &mut tokio::process::Child, pgid: Pid) -> Exit {
     exit
 }
 
-/// After the leader has exited, no member of its group may outlive the run:
-/// SIGTERM what is left, give it `grace`, then SIGKILL, and wait (bounded)
-/// until the group is empty.
+/// After the leader has exited, no member of its group may outlive the run
+/// (see [`blocking::reap_group`](super::blocking::reap_group); on the
+/// blocking pool, as it waits).
 async fn reap_group(pgid: Pid, grace: Duration) {
-    if killpg(pgid, None).is_err() {
-        return;
-    }
-    if !grace.is_zero() {
-        let _ = killpg(pgid, Signal::SIGTERM);
-        let until = Instant::now() + grace;
-        while Instant::now() < until {
-            if killpg(pgid, None).is_err() {
-                return;
-            }
-            sleep(Duration::from_millis(20)).await;
-        }
-    }
-    let _ = killpg(pgid, Signal::SIGKILL);
-    let until = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < until && killpg(pgid, None).is_ok() {
-        sleep(Duration::from_millis(10)).await;
-    }
+    let _ =
+        tokio::task::spawn_blocking(move || super::blocking::reap_group(pgid, grace, false)).await;
 }
 
 /// Process groups of agents running `task` under `root` (found through
