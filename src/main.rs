@@ -111,6 +111,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             cli::daemon::stop(&root, now, t)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::New { name } => {
+            println!("{}", cli::new(&root, &name)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Init { dir } => {
             cli::init(dir.as_deref().unwrap_or(&root))?;
             Ok(ExitCode::SUCCESS)

@@ -6,6 +6,7 @@ pub mod control;
 pub mod daemon;
 mod init;
 mod list;
+mod new;
 mod retry;
 mod show;
 mod status;
@@ -15,6 +16,7 @@ mod validate;
 pub use add::{AddArgs, add};
 pub use init::init;
 pub use list::list;
+pub use new::new;
 pub use retry::retry;
 pub use show::{show, show_prompt};
 pub use status::status;
@@ -100,7 +102,7 @@ pub enum Command {
     },
     /// Submit a task (written to tasks/tmp/, then renamed into tasks/pending/).
     #[command(
-        after_help = "Examples:\n  mailroom add \"Write tests for src/parse.rs\"\n  mailroom add \"Fix the build\" --agent codex --priority high --name fix-build\n  mailroom add \"Document it\" --after fix-build\n  mailroom add --file task.yaml\n  mailroom add --wait \"Summarise README.md\"   # prints the output, exits 0 or 1"
+        after_help = "Examples:\n  mailroom add \"Write tests for src/parse.rs\"\n  mailroom add \"Fix the build\" --agent codex --priority high --name fix-build\n  mailroom add \"Document it\" --after fix-build\n  mailroom add --file task.yaml\n  mailroom add --file fix-login.md     # front matter + Markdown body\n  mailroom add --wait \"Summarise README.md\"   # prints the output, exits 0 or 1"
     )]
     Add {
         /// What the agent should do.
@@ -112,10 +114,11 @@ pub enum Command {
         /// high, normal or low.
         #[arg(long)]
         priority: Option<String>,
-        /// The task's name (its file name without .yaml); generated when absent.
+        /// The task's name (its file name without the extension); generated when absent.
         #[arg(long)]
         name: Option<String>,
-        /// Submit this YAML task file as is (`-` reads standard input).
+        /// Submit this task file as is: .yaml, .yml, or .md (YAML front
+        /// matter, the body is the description); `-` reads YAML from standard input.
         #[arg(long, conflicts_with = "description")]
         file: Option<PathBuf>,
         /// Run only after these tasks completed.
@@ -128,6 +131,14 @@ pub enum Command {
         /// (0 completed, 1 failed): for scripts and editors.
         #[arg(long)]
         wait: bool,
+    },
+    /// Write a Markdown task in your editor and submit it when saved.
+    #[command(
+        after_help = "Opens $EDITOR (else $VISUAL, else vi) on tasks/tmp/NAME.md, a template with\nthe task's keys in YAML front matter; the text below the front matter is the\ndescription. Saving submits it as tasks/pending/NAME.md. An unchanged or empty\ntemplate is not submitted; a draft that does not validate is kept, and\n`mailroom new NAME` reopens it.\n\nExamples:\n  mailroom new fix-login\n  EDITOR=\"code -w\" mailroom new write-docs"
+    )]
+    New {
+        /// The task's name (its file becomes tasks/pending/NAME.md).
+        name: String,
     },
     /// Counts per state and what is running.
     Status {

@@ -16,6 +16,7 @@ mod fsync;
 mod hostile;
 mod hosts;
 mod keeper;
+mod markdown;
 mod metrics;
 mod operator;
 mod presets;
