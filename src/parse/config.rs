@@ -42,9 +42,17 @@ pub const CONFIG_KEYS: &[&str] = &[
     "env_allow",
     "env_inherit",
     "metrics_file",
+    "hooks",
+    "hook_timeout",
     "worktrees_dir",
     "worktree_cleanup",
     "agents",
+];
+/// The keys of `hooks:`.
+pub const HOOK_KEYS: &[&str] = &["on_complete", "on_fail", "on_limit"];
+/// The placeholders a hook's argv may use; each is also in its environment.
+pub const HOOK_PLACEHOLDERS: &[&str] = &[
+    "name", "state", "outcome", "record", "output", "agent", "until", "root",
 ];
 /// Every key of an agent, for "did you mean" hints.
 pub const AGENT_KEYS: &[&str] = &[
@@ -96,6 +104,8 @@ struct RawConfig {
     env_allow: Option<Vec<String>>,
     env_inherit: Option<String>,
     metrics_file: Option<String>,
+    hooks: Option<RawHooks>,
+    hook_timeout: Option<String>,
     worktrees_dir: Option<String>,
     worktree_cleanup: Option<String>,
     agents: Option<BTreeMap<String, RawAgent>>,
@@ -130,6 +140,29 @@ struct RawAgent {
     include_context: Option<bool>,
     workspace: Option<String>,
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHooks {
+    on_complete: Option<Command>,
+    on_fail: Option<Command>,
+    on_limit: Option<Command>,
+}
+
+/// Commands run when something happens to a task or an agent (`hooks:`),
+/// each an argv with placeholders; never through a shell.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Hooks {
+    /// A task was filed in `completed/`.
+    pub on_complete: Option<Vec<String>>,
+    /// A task was filed in `failed/` (a run that failed, or a file that never ran).
+    pub on_fail: Option<Vec<String>>,
+    /// An agent hit a usage limit and cools down.
+    pub on_limit: Option<Vec<String>>,
+}
+
+/// Longest a hook may run, by default, before it is killed.
+pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// An agent command as written: an argv list, or one string split like a shell would.
 #[derive(Debug, Deserialize)]
@@ -360,6 +393,10 @@ pub struct Config {
     pub env: EnvPolicy,
     /// A Prometheus textfile-collector file, rewritten on every change.
     pub metrics_file: Option<PathBuf>,
+    /// Commands run when a task ends or an agent cools down.
+    pub hooks: Hooks,
+    /// How long a hook may run before it is killed.
+    pub hook_timeout: Duration,
     /// Where runs' git worktrees go (relative to the root).
     pub worktrees_dir: PathBuf,
     pub worktree_cleanup: crate::run::workspace::Cleanup,
@@ -429,6 +466,8 @@ impl Default for Config {
             run_keeper: true,
             on_shutdown: OnShutdown::Stop,
             metrics_file: None,
+            hooks: Hooks::default(),
+            hook_timeout: DEFAULT_HOOK_TIMEOUT,
             worktrees_dir: PathBuf::from(".mailroom/worktrees"),
             worktree_cleanup: crate::run::workspace::Cleanup::OnSuccess,
             env: EnvPolicy::Allow(DEFAULT_ENV_ALLOW.iter().map(|s| s.to_string()).collect()),
@@ -493,6 +532,8 @@ impl Config {
                 let error = yaml_error_keyed(&e, &|key, expected| {
                     let (keys, what) = if expected.contains(&"command") {
                         (AGENT_KEYS, "agent key")
+                    } else if expected.contains(&"on_complete") {
+                        (HOOK_KEYS, "hook")
                     } else {
                         (CONFIG_KEYS, "key")
                     };
@@ -680,6 +721,35 @@ impl Config {
             };
         }
         c.metrics_file = raw.metrics_file.map(PathBuf::from);
+        c.hook_timeout = dur("hook_timeout", &raw.hook_timeout, c.hook_timeout)?;
+        if c.hook_timeout.is_zero() {
+            return Err(err("`hook_timeout` must be more than zero".into()));
+        }
+        if let Some(h) = raw.hooks {
+            let hook = |key: &str,
+                        cmd: Option<Command>|
+             -> Result<Option<Vec<String>>, ConfigError> {
+                let Some(cmd) = cmd else { return Ok(None) };
+                let argv = match cmd {
+                    Command::Argv(v) => v,
+                    Command::Line(s) => {
+                        split_words(&s).map_err(|e| err(format!("`hooks.{key}`: {e}")))?
+                    }
+                };
+                if argv.first().is_none_or(|a| a.is_empty()) {
+                    return Err(err(format!("`hooks.{key}` is empty")));
+                }
+                for w in &argv {
+                    check_hook_placeholders(w).map_err(|e| err(format!("`hooks.{key}`: {e}")))?;
+                }
+                Ok(Some(argv))
+            };
+            c.hooks = Hooks {
+                on_complete: hook("on_complete", h.on_complete)?,
+                on_fail: hook("on_fail", h.on_fail)?,
+                on_limit: hook("on_limit", h.on_limit)?,
+            };
+        }
         if let Some(d) = raw.worktrees_dir {
             c.worktrees_dir = PathBuf::from(d);
         }
@@ -892,6 +962,32 @@ pub fn split_words(s: &str) -> Result<Vec<String>, String> {
     Ok(words)
 }
 
+/// A `{word}` in a hook's argv must be one of [`HOOK_PLACEHOLDERS`]: a typo
+/// would otherwise reach the command as written.
+fn check_hook_placeholders(word: &str) -> Result<(), String> {
+    let mut rest = word;
+    while let Some(i) = rest.find('{') {
+        let after = &rest[i + 1..];
+        let Some(j) = after.find('}') else { break };
+        let p = &after[..j];
+        if !HOOK_PLACEHOLDERS.contains(&p) {
+            let hint = suggest(p, HOOK_PLACEHOLDERS)
+                .map(|s| format!(" (did you mean `{{{s}}}`?)"))
+                .unwrap_or_default();
+            return Err(format!(
+                "unknown placeholder `{{{p}}}`{hint}; known: {}",
+                HOOK_PLACEHOLDERS
+                    .iter()
+                    .map(|p| format!("{{{p}}}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ));
+        }
+        rest = &after[j + 1..];
+    }
+    Ok(())
+}
+
 /// The sample config that `mailroom init` writes.
 pub const SAMPLE_CONFIG: &str = r#"# mailroom.yaml: the supervisor's configuration. Every key is optional.
 # Durations are humantime: 90s, 10m, 1h 30m (`M` would be months).
@@ -910,6 +1006,11 @@ retry_delay: 5s         # base of an exponential backoff, with jitter
 # max_task_bytes: 1048576
 # max_output_bytes: 67108864   # an agent writing more is stopped
 # durability: strict    # strict: fsync every commit point; relaxed: skip fsync (faster, unsafe on power loss)
+# hooks:               # commands run when a task ends or an agent cools down (argv, no shell)
+#   on_fail: ["notify-send", "mailroom: {name} failed ({outcome})"]
+#   on_complete: ["logger", "-t", "mailroom", "{name} completed"]
+#   on_limit: ["logger", "-t", "mailroom", "{agent} cools down until {until}"]
+# hook_timeout: 30s     # a hook still running after this is killed
 
 agents:
   demo:
@@ -977,6 +1078,27 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("at least one"), "{e}");
+    }
+
+    #[test]
+    fn hooks_are_argv_with_known_placeholders() {
+        let y = "hook_timeout: 5s\nhooks:\n  on_fail: [notify-send, \"{name} {outcome}\"]\n  on_limit: \"logger -t mailroom {agent}\"\n";
+        let c = Config::parse(y.as_bytes(), "mailroom.yaml").unwrap();
+        assert_eq!(c.hook_timeout, Duration::from_secs(5));
+        assert_eq!(c.hooks.on_fail.as_ref().unwrap()[1], "{name} {outcome}");
+        assert_eq!(c.hooks.on_limit.as_ref().unwrap().len(), 4);
+        assert_eq!(c.hooks.on_complete, None);
+        let e = Config::parse(b"hooks:\n  on_fail: [x, \"{nme}\"]\n", "m").unwrap_err();
+        assert!(e.to_string().contains("did you mean `{name}`"), "{e}");
+        let e = Config::parse(b"hooks:\n  on_fial: [x]\n", "m").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("unknown hook `on_fial` (did you mean `on_fail`?)"),
+            "{e}"
+        );
+        let e = Config::parse(b"hooks:\n  on_fail: []\n", "m").unwrap_err();
+        assert!(e.to_string().contains("empty"), "{e}");
+        assert_eq!(Config::default().hook_timeout, DEFAULT_HOOK_TIMEOUT);
     }
 
     #[test]

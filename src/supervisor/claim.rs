@@ -200,6 +200,7 @@ impl Supervisor {
             Ok(Some(target)) => {
                 warn!(task = name, filed_as = %target, "{error}");
                 self.summary.failed += 1;
+                self.task_ended(&target, Status::Failed, outcome, "");
                 let mut rec = rec;
                 rec.task = target;
                 if outcome != Outcome::Clash

@@ -13,6 +13,7 @@ mod crash;
 mod disk;
 mod faults;
 mod fsync;
+mod hooks;
 mod hostile;
 mod hosts;
 mod keeper;
