@@ -14,6 +14,11 @@ use tracing_subscriber::EnvFilter;
 const EXIT_CONFIG: u8 = 78;
 
 fn main() -> ExitCode {
+    // `COMPLETE=bash mailroom -- ...`: the shell asking for completions.
+    {
+        use clap::CommandFactory;
+        clap_complete::CompleteEnv::with_factory(Cli::command).complete();
+    }
     let cli = Cli::parse();
     if let Command::DemoAgent { args } = &cli.command {
         return ExitCode::from(mailroom::run::demo::main(args) as u8);
@@ -205,14 +210,18 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             serve(&root, &listen)
         }
         Command::Completions { shell } => {
-            use clap::CommandFactory;
-            let mut cmd = Cli::command();
-            clap_complete::generate(shell, &mut cmd, "mailroom", &mut std::io::stdout());
+            cli::complete::registration(shell, &mut std::io::stdout())?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Man => {
-            use clap::CommandFactory;
-            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+        Command::Man { dir: None } => {
+            use std::io::Write;
+            std::io::stdout().write_all(&cli::man::main_page()?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { dir: Some(dir) } => {
+            for p in cli::man::write_pages(&dir)? {
+                println!("{}", p.display());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::List { state, json } => {

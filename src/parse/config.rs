@@ -991,26 +991,27 @@ fn check_hook_placeholders(word: &str) -> Result<(), String> {
 /// The sample config that `mailroom init` writes.
 pub const SAMPLE_CONFIG: &str = r#"# mailroom.yaml: the supervisor's configuration. Every key is optional.
 # Durations are humantime: 90s, 10m, 1h 30m (`M` would be months).
+# The comments are the README's config reference; "see X" names a README section.
 
-concurrency: 4          # running agents at once on the whole tree (per process with run_keeper: false)
-default_agent: demo     # the agent for tasks that do not name one
-retries: 2              # extra attempts after the first
-retry_delay: 5s         # base of an exponential backoff, with jitter
-# retry_delay_max: 10m  # the backoff never waits longer than this
-# timeout: 30m          # default per-run timeout for agents without their own
-# grace: 10s            # default SIGTERM -> SIGKILL delay
-# shutdown_grace: 30s   # on SIGTERM, how long running agents may finish
-# rescan_interval: 30s  # full rescan of tasks/pending (inotify is only a hint)
-# watch: auto           # auto (inotify + rescans) or poll (NFS and other shared file systems)
+concurrency: 4          # running agents at once on the whole tree (per process with run_keeper: false); >= 1
+default_agent: demo     # for tasks that name none and match no rule; see below
+retries: 2              # extra attempts after the first (a task's `retries` overrides)
+retry_delay: 5s         # backoff base: a retry waits between half and all of retry_delay × 2^(n-1)
+# retry_delay_max: 10m  # ... capped at this
+# timeout: 30m          # per-run timeout of agents that set none
+# grace: 10s            # SIGTERM -> SIGKILL delay of agents that set none
+# shutdown_grace: 30s   # on SIGTERM/SIGINT, how long running agents may finish
+# rescan_interval: 30s  # full rescan of pending/ + recovery (inotify is only a hint); >= 50ms
+# watch: auto           # auto (inotify + rescans; alias `inotify`) or poll (NFS: rescans at least every second)
 # settle: 2s            # how long a file that does not parse may still be being written
-# max_task_bytes: 1048576
-# max_output_bytes: 67108864   # an agent writing more is stopped
-# durability: strict    # strict: fsync every commit point; relaxed: skip fsync (faster, unsafe on power loss)
-# hooks:               # commands run when a task ends or an agent cools down (argv, no shell)
+# max_task_bytes: 1048576 # larger task files are refused
+# max_output_bytes: 67108864 # an agent writing more to stdout, stderr or output.md is stopped (outcome output_limit)
+# durability: strict    # strict: fsync every commit point; relaxed: skip fsyncs (see Guarantees)
+# hooks:                # commands run when a task ends or an agent cools down; see Hooks
 #   on_fail: ["notify-send", "mailroom: {name} failed ({outcome})"]
 #   on_complete: ["logger", "-t", "mailroom", "{name} completed"]
 #   on_limit: ["logger", "-t", "mailroom", "{agent} cools down until {until}"]
-# hook_timeout: 30s     # a hook still running after this is killed
+# hook_timeout: 30s     # a hook still running after this is killed (with its process group)
 
 agents:
   demo:
@@ -1022,12 +1023,15 @@ agents:
     max_instances: 2
     timeout: 10m
     grace: 30s
+  # The presets' commands (examples/presets/ explains each flag):
   # claude:
-  #   command: ["claude", "-p", "--output-format", "text", "--permission-mode", "acceptEdits", "{prompt}"]
+  #   command: ["claude", "-p", "--output-format", "json", "--permission-mode", "acceptEdits", "--", "{prompt}"]
+  #   kind: claude
   #   max_instances: 1
   #   timeout: 30m
   # codex:
-  #   command: "codex --ask-for-approval never --sandbox danger-full-access exec"
+  #   command: ["codex", "exec", "--json", "--skip-git-repo-check", "--sandbox", "workspace-write", "-o", "{output_file}", "--", "{prompt}"]
+  #   kind: codex
 "#;
 
 #[cfg(test)]

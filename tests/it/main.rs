@@ -11,6 +11,7 @@ mod control;
 mod core;
 mod crash;
 mod disk;
+mod docs;
 mod faults;
 mod fsync;
 mod hooks;
