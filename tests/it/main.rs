@@ -27,5 +27,6 @@ mod scheduling;
 mod serve;
 mod systemd;
 mod tampering;
+mod tour;
 mod workspace;
 mod writers;
