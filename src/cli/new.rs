@@ -57,11 +57,21 @@ pub fn new(root: &Path, name: &str) -> Result<String> {
         fsx::write_atomic(&draft, fresh.as_bytes()).context("writing the template")?;
     }
     let argv = editor();
-    let status = Command::new(&argv[0])
-        .args(&argv[1..])
-        .arg(&draft)
-        .status()
-        .with_context(|| format!("starting the editor `{}`", argv.join(" ")))?;
+    let status = match Command::new(&argv[0]).args(&argv[1..]).arg(&draft).status() {
+        Ok(s) => s,
+        Err(e) => {
+            // A template nobody could edit is not worth keeping.
+            if !resumed {
+                let _ = std::fs::remove_file(&draft);
+            }
+            return Err(e).with_context(|| {
+                format!(
+                    "starting the editor `{}` (set $EDITOR or $VISUAL)",
+                    argv.join(" ")
+                )
+            });
+        }
+    };
     let kept = layout.rel(&draft);
     if !status.success() {
         bail!(

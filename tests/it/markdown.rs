@@ -96,6 +96,17 @@ fn new_opens_the_editor_on_a_template_and_submits_what_was_saved() {
     assert!(stderr(&out).contains("unchanged"), "{}", stderr(&out));
     assert!(root.names("pending").is_empty());
     assert!(!root.exists("tasks/tmp/unchanged.md"));
+    // An editor that cannot be started: said so, nothing left behind.
+    let mut c = root.cmd(&["new", "noeditor"]);
+    c.env("EDITOR", "/nonexistent-editor").env_remove("VISUAL");
+    let out = run_bounded(c, std::time::Duration::from_secs(60));
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("starting the editor `/nonexistent-editor`"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!root.exists("tasks/tmp/noeditor.md"));
     // Invalid: refused with its line, the draft kept for the next try.
     let mut c = root.cmd(&["new", "fix-login"]);
     c.env("EDITOR", editor())
