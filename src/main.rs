@@ -23,6 +23,11 @@ fn main() -> ExitCode {
     {
         return ExitCode::from(mailroom::run::keeper::main(std::path::Path::new(&dir)));
     }
+    // `COMPLETE=bash mailroom -- ...`: the shell asking for completions.
+    {
+        use clap::CommandFactory;
+        clap_complete::CompleteEnv::with_factory(Cli::command).complete();
+    }
     let cli = Cli::parse();
     if let Command::DemoAgent { args } = &cli.command {
         return ExitCode::from(mailroom::run::demo::main(args) as u8);
@@ -120,6 +125,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             cli::daemon::stop(&root, now, t)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::New { name } => {
+            println!("{}", cli::new(&root, &name)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Init { dir } => {
             cli::init(dir.as_deref().unwrap_or(&root))?;
             Ok(ExitCode::SUCCESS)
@@ -210,14 +219,18 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             serve(&root, &listen)
         }
         Command::Completions { shell } => {
-            use clap::CommandFactory;
-            let mut cmd = Cli::command();
-            clap_complete::generate(shell, &mut cmd, "mailroom", &mut std::io::stdout());
+            cli::complete::registration(shell, &mut std::io::stdout())?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Man => {
-            use clap::CommandFactory;
-            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+        Command::Man { dir: None } => {
+            use std::io::Write;
+            std::io::stdout().write_all(&cli::man::main_page()?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { dir: Some(dir) } => {
+            for p in cli::man::write_pages(&dir)? {
+                println!("{}", p.display());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::List { state, json } => {

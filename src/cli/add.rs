@@ -46,10 +46,13 @@ pub fn add(root: &Path, a: AddArgs) -> Result<String> {
         );
     }
     fsx::create_dir_all(&layout.tmp)?;
-    let ext = match a.file.and_then(|f| f.extension()).and_then(|e| e.to_str()) {
-        Some("yml") => "yml",
-        _ => "yaml",
-    };
+    // A file keeps its extension (.yaml, .yml or .md); a description is YAML.
+    let ext = a
+        .file
+        .and_then(|f| f.extension())
+        .and_then(|e| e.to_str())
+        .and_then(task::task_ext)
+        .unwrap_or("yaml");
     let parent = std::env::var("MAILROOM_TASK")
         .ok()
         .filter(|p| task::check_name(p).is_ok());
@@ -100,7 +103,11 @@ pub fn add(root: &Path, a: AddArgs) -> Result<String> {
             // Inside an agent, the new task records its parent.
             if let Some(p) = &parent
                 && let Ok(text) = std::str::from_utf8(&b)
-                && let Some(linked) = crate::tree::outbox::with_links(text, "task", p, None)
+                && let Some(linked) = if ext == "md" {
+                    crate::tree::outbox::with_links_md(text, "task", p)
+                } else {
+                    crate::tree::outbox::with_links(text, "task", p, None)
+                }
             {
                 b = linked.into_bytes();
             }
@@ -142,7 +149,8 @@ pub fn add(root: &Path, a: AddArgs) -> Result<String> {
         Some(_) => "<stdin>".to_owned(),
         None => "task".to_owned(),
     };
-    let t = task::parse(&base, &bytes).map_err(|e| anyhow::anyhow!("{}", e.display_at(&shown)))?;
+    let t = task::parse_as(&base, ext, &bytes)
+        .map_err(|e| anyhow::anyhow!("{}", e.display_at(&shown)))?;
     if let Some(ag) = &t.agent {
         check_agent(&config, ag)?;
     }
@@ -230,9 +238,9 @@ fn check_task_file_name(f: &Path) -> Result<()> {
         return Ok(());
     }
     match f.extension().and_then(|e| e.to_str()) {
-        Some("yaml" | "yml") => Ok(()),
+        Some("yaml" | "yml" | "md") => Ok(()),
         _ => bail!(
-            "{}: --file takes a task file (.yaml or .yml); to use a text file as the \
+            "{}: --file takes a task file (.yaml, .yml, or .md with front matter); to use a text file as the \
              description, run `mailroom add \"$(cat {})\"`",
             f.display(),
             f.display()

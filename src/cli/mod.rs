@@ -2,10 +2,13 @@
 //! that read or write the tree without running the supervisor.
 
 mod add;
+pub mod complete;
 pub mod control;
 pub mod daemon;
 mod init;
 mod list;
+pub mod man;
+mod new;
 mod retry;
 mod show;
 mod status;
@@ -15,6 +18,7 @@ mod validate;
 pub use add::{AddArgs, add};
 pub use init::init;
 pub use list::list;
+pub use new::new;
 pub use retry::retry;
 pub use show::{show, show_prompt};
 pub use status::status;
@@ -24,6 +28,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
+use clap_complete::ArgValueCandidates;
 
 use crate::parse::task;
 use crate::tree::layout::Layout;
@@ -100,26 +105,27 @@ pub enum Command {
     },
     /// Submit a task (written to tasks/tmp/, then renamed into tasks/pending/).
     #[command(
-        after_help = "Examples:\n  mailroom add \"Write tests for src/parse.rs\"\n  mailroom add \"Fix the build\" --agent codex --priority high --name fix-build\n  mailroom add \"Document it\" --after fix-build\n  mailroom add --file task.yaml\n  mailroom add --wait \"Summarise README.md\"   # prints the output, exits 0 or 1"
+        after_help = "Examples:\n  mailroom add \"Write tests for src/parse.rs\"\n  mailroom add \"Fix the build\" --agent codex --priority high --name fix-build\n  mailroom add \"Document it\" --after fix-build\n  mailroom add --file task.yaml\n  mailroom add --file fix-login.md     # front matter + Markdown body\n  mailroom add --wait \"Summarise README.md\"   # prints the output, exits 0 or 1"
     )]
     Add {
         /// What the agent should do.
         #[arg(required_unless_present = "file")]
         description: Option<String>,
         /// The agent to run it on.
-        #[arg(long)]
+        #[arg(long, add = ArgValueCandidates::new(complete::agent_names))]
         agent: Option<String>,
         /// high, normal or low.
         #[arg(long)]
         priority: Option<String>,
-        /// The task's name (its file name without .yaml); generated when absent.
+        /// The task's name (its file name without the extension); generated when absent.
         #[arg(long)]
         name: Option<String>,
-        /// Submit this YAML task file as is (`-` reads standard input).
+        /// Submit this task file as is: .yaml, .yml, or .md (YAML front
+        /// matter, the body is the description); `-` reads YAML from standard input.
         #[arg(long, conflicts_with = "description")]
         file: Option<PathBuf>,
         /// Run only after these tasks completed.
-        #[arg(long)]
+        #[arg(long, add = ArgValueCandidates::new(complete::task_names))]
         after: Vec<String>,
         /// Per-run timeout, e.g. 10m.
         #[arg(long)]
@@ -128,6 +134,14 @@ pub enum Command {
         /// (0 completed, 1 failed): for scripts and editors.
         #[arg(long)]
         wait: bool,
+    },
+    /// Write a Markdown task in your editor and submit it when saved.
+    #[command(
+        after_help = "Opens $EDITOR (else $VISUAL, else vi) on tasks/tmp/NAME.md, a template with\nthe task's keys in YAML front matter; the text below the front matter is the\ndescription. Saving submits it as tasks/pending/NAME.md. An unchanged or empty\ntemplate is not submitted; a draft that does not validate is kept, and\n`mailroom new NAME` reopens it.\n\nExamples:\n  mailroom new fix-login\n  EDITOR=\"code -w\" mailroom new write-docs"
+    )]
+    New {
+        /// The task's name (its file becomes tasks/pending/NAME.md).
+        name: String,
     },
     /// Counts per state and what is running.
     Status {
@@ -157,6 +171,7 @@ pub enum Command {
     )]
     Show {
         /// The task's name (its file name without the extension).
+        #[arg(add = ArgValueCandidates::new(complete::task_names))]
         name: String,
         /// Print JSON instead of text.
         #[arg(long)]
@@ -169,6 +184,7 @@ pub enum Command {
     /// Move a failed task back to pending with fresh attempts.
     Retry {
         /// The failed task's name.
+        #[arg(add = ArgValueCandidates::new(complete::task_names))]
         name: String,
     },
     /// Check task files (and the root's mailroom.yaml) without running anything.
@@ -179,6 +195,7 @@ pub enum Command {
     /// Cancel a pending or running task (a running agent's process group is stopped).
     Cancel {
         /// The task's name.
+        #[arg(add = ArgValueCandidates::new(complete::task_names))]
         name: String,
         /// How long to wait for the supervisor to stop a running agent.
         #[arg(long, default_value = "60s")]
@@ -187,18 +204,19 @@ pub enum Command {
     /// Stop claiming new tasks, everywhere or for one agent (running agents carry on).
     Pause {
         /// Pause only this agent (its tasks wait; others go on).
-        #[arg(long)]
+        #[arg(long, add = ArgValueCandidates::new(complete::agent_names))]
         agent: Option<String>,
     },
     /// Start claiming again.
     Resume {
         /// Resume only this agent.
-        #[arg(long)]
+        #[arg(long, add = ArgValueCandidates::new(complete::agent_names))]
         agent: Option<String>,
     },
     /// The output of a task's run: live while it runs, stored afterwards.
     Logs {
         /// The task's name.
+        #[arg(add = ArgValueCandidates::new(complete::task_names))]
         name: String,
         /// Keep printing until the task finishes.
         #[arg(short, long)]
@@ -211,6 +229,7 @@ pub enum Command {
     )]
     Wait {
         /// Tasks to wait for (default: everything pending or running).
+        #[arg(add = ArgValueCandidates::new(complete::task_names))]
         names: Vec<String>,
         /// Give up after this long (e.g. 10m) and exit 124.
         #[arg(long)]
@@ -250,13 +269,25 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:8787", value_name = "ADDR:PORT")]
         listen: String,
     },
-    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    /// that completes subcommands, options, task names and agent names.
+    #[command(
+        after_help = "The script asks mailroom itself for completions (COMPLETE=SHELL mailroom ...),\nso task names come from the tree named by --root, MAILROOM_ROOT or the current\ndirectory.\n\nExamples:\n  echo 'source <(mailroom completions bash)' >> ~/.bashrc\n  echo 'source <(mailroom completions zsh)' >> ~/.zshrc\n  mailroom completions fish > ~/.config/fish/completions/mailroom.fish"
+    )]
     Completions {
         /// The shell to complete for.
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff).
-    Man,
+    /// Print mailroom(1), or write every man page into a directory.
+    #[command(
+        after_help = "Examples:\n  mailroom man | man -l -                 # read mailroom(1)\n  mailroom man --dir ~/.local/share/man/man1   # install mailroom(1) and mailroom-SUBCOMMAND(1)"
+    )]
+    Man {
+        /// Write mailroom.1 and one mailroom-SUBCOMMAND.1 per subcommand
+        /// into this directory (created if missing) instead of printing mailroom(1).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// The built-in offline demo agent.
     #[command(hide = true)]
     DemoAgent {

@@ -54,7 +54,7 @@ pub(super) fn read_record(layout: &Layout, st: State, name: &str) -> Option<Resu
 pub fn show_prompt(root: &Path, name: &str) -> Result<()> {
     let layout = open_tree(root)?;
     check_task_name(name)?;
-    let Some((st, path, _)) = layout.locate(name) else {
+    let Some((st, path, ext)) = layout.locate(name) else {
         bail!("no task named `{name}` in {}", layout.tasks.display());
     };
     let sent = layout.run_dir(st, name).join("prompt.md");
@@ -64,7 +64,7 @@ pub fn show_prompt(root: &Path, name: &str) -> Result<()> {
     }
     let (b, _) = fsx::read_task_file(&path, task::DEFAULT_MAX_TASK_BYTES)
         .map_err(|e| anyhow::anyhow!("{}: {e}", layout.rel(&path)))?;
-    let t = task::parse(name, &b)
+    let t = task::parse_as(name, ext, &b)
         .map_err(|e| anyhow::anyhow!("{}", e.display_at(&layout.rel(&path))))?;
     let config = Config::load(root).map_err(|e| anyhow::anyhow!("{e}"))?;
     let (route, _) =
@@ -127,7 +127,7 @@ pub(super) fn printable(s: &str) -> String {
 pub fn show(root: &Path, name: &str, json: bool) -> Result<()> {
     let layout = open_tree(root)?;
     check_task_name(name)?;
-    let Some((st, path, _)) = layout.locate(name) else {
+    let Some((st, path, ext)) = layout.locate(name) else {
         bail!("no task named `{name}` in {}", layout.tasks.display());
     };
     let content = fsx::read_task_file(&path, task::DEFAULT_MAX_TASK_BYTES)
@@ -138,7 +138,7 @@ pub fn show(root: &Path, name: &str, json: bool) -> Result<()> {
         _ => None,
     };
     let state_file = books::read_state(&layout, name);
-    let parsed = task::parse(name, content.as_bytes());
+    let parsed = task::parse_as(name, ext, content.as_bytes());
     let output_path = layout.output_file(name);
     let output = fsx::read_tail(&output_path, 4096)
         .ok()

@@ -50,7 +50,8 @@ pub fn validate(root: &Path, files: &[PathBuf]) -> Result<bool> {
             continue;
         }
         let name = f.file_stem().and_then(|s| s.to_str()).unwrap_or("task");
-        match task::parse(name, &bytes) {
+        let ext = f.extension().and_then(|e| e.to_str()).unwrap_or("yaml");
+        match task::parse_as(name, ext, &bytes) {
             Ok(t) => {
                 println!("ok: {shown}");
                 for w in t.warnings {

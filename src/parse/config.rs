@@ -42,10 +42,18 @@ pub const CONFIG_KEYS: &[&str] = &[
     "env_allow",
     "env_inherit",
     "metrics_file",
+    "hooks",
+    "hook_timeout",
     "worktrees_dir",
     "worktree_cleanup",
     "git_status",
     "agents",
+];
+/// The keys of `hooks:`.
+pub const HOOK_KEYS: &[&str] = &["on_complete", "on_fail", "on_limit"];
+/// The placeholders a hook's argv may use; each is also in its environment.
+pub const HOOK_PLACEHOLDERS: &[&str] = &[
+    "name", "state", "outcome", "record", "output", "agent", "until", "root",
 ];
 /// Every key of an agent, for "did you mean" hints.
 pub const AGENT_KEYS: &[&str] = &[
@@ -97,6 +105,8 @@ struct RawConfig {
     env_allow: Option<Vec<String>>,
     env_inherit: Option<String>,
     metrics_file: Option<String>,
+    hooks: Option<RawHooks>,
+    hook_timeout: Option<String>,
     worktrees_dir: Option<String>,
     worktree_cleanup: Option<String>,
     git_status: Option<bool>,
@@ -132,6 +142,29 @@ struct RawAgent {
     include_context: Option<bool>,
     workspace: Option<String>,
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHooks {
+    on_complete: Option<Command>,
+    on_fail: Option<Command>,
+    on_limit: Option<Command>,
+}
+
+/// Commands run when something happens to a task or an agent (`hooks:`),
+/// each an argv with placeholders; never through a shell.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Hooks {
+    /// A task was filed in `completed/`.
+    pub on_complete: Option<Vec<String>>,
+    /// A task was filed in `failed/` (a run that failed, or a file that never ran).
+    pub on_fail: Option<Vec<String>>,
+    /// An agent hit a usage limit and cools down.
+    pub on_limit: Option<Vec<String>>,
+}
+
+/// Longest a hook may run, by default, before it is killed.
+pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// An agent command as written: an argv list, or one string split like a shell would.
 #[derive(Debug, Deserialize)]
@@ -362,6 +395,10 @@ pub struct Config {
     pub env: EnvPolicy,
     /// A Prometheus textfile-collector file, rewritten on every change.
     pub metrics_file: Option<PathBuf>,
+    /// Commands run when a task ends or an agent cools down.
+    pub hooks: Hooks,
+    /// How long a hook may run before it is killed.
+    pub hook_timeout: Duration,
     /// Where runs' git worktrees go (relative to the root).
     pub worktrees_dir: PathBuf,
     pub worktree_cleanup: crate::run::workspace::Cleanup,
@@ -435,6 +472,8 @@ impl Default for Config {
             run_keeper: true,
             on_shutdown: OnShutdown::Stop,
             metrics_file: None,
+            hooks: Hooks::default(),
+            hook_timeout: DEFAULT_HOOK_TIMEOUT,
             worktrees_dir: PathBuf::from(".mailroom/worktrees"),
             worktree_cleanup: crate::run::workspace::Cleanup::OnSuccess,
             git_status: true,
@@ -500,6 +539,8 @@ impl Config {
                 let error = yaml_error_keyed(&e, &|key, expected| {
                     let (keys, what) = if expected.contains(&"command") {
                         (AGENT_KEYS, "agent key")
+                    } else if expected.contains(&"on_complete") {
+                        (HOOK_KEYS, "hook")
                     } else {
                         (CONFIG_KEYS, "key")
                     };
@@ -687,6 +728,35 @@ impl Config {
             };
         }
         c.metrics_file = raw.metrics_file.map(PathBuf::from);
+        c.hook_timeout = dur("hook_timeout", &raw.hook_timeout, c.hook_timeout)?;
+        if c.hook_timeout.is_zero() {
+            return Err(err("`hook_timeout` must be more than zero".into()));
+        }
+        if let Some(h) = raw.hooks {
+            let hook = |key: &str,
+                        cmd: Option<Command>|
+             -> Result<Option<Vec<String>>, ConfigError> {
+                let Some(cmd) = cmd else { return Ok(None) };
+                let argv = match cmd {
+                    Command::Argv(v) => v,
+                    Command::Line(s) => {
+                        split_words(&s).map_err(|e| err(format!("`hooks.{key}`: {e}")))?
+                    }
+                };
+                if argv.first().is_none_or(|a| a.is_empty()) {
+                    return Err(err(format!("`hooks.{key}` is empty")));
+                }
+                for w in &argv {
+                    check_hook_placeholders(w).map_err(|e| err(format!("`hooks.{key}`: {e}")))?;
+                }
+                Ok(Some(argv))
+            };
+            c.hooks = Hooks {
+                on_complete: hook("on_complete", h.on_complete)?,
+                on_fail: hook("on_fail", h.on_fail)?,
+                on_limit: hook("on_limit", h.on_limit)?,
+            };
+        }
         if let Some(d) = raw.worktrees_dir {
             c.worktrees_dir = PathBuf::from(d);
         }
@@ -900,24 +970,56 @@ pub fn split_words(s: &str) -> Result<Vec<String>, String> {
     Ok(words)
 }
 
+/// A `{word}` in a hook's argv must be one of [`HOOK_PLACEHOLDERS`]: a typo
+/// would otherwise reach the command as written.
+fn check_hook_placeholders(word: &str) -> Result<(), String> {
+    let mut rest = word;
+    while let Some(i) = rest.find('{') {
+        let after = &rest[i + 1..];
+        let Some(j) = after.find('}') else { break };
+        let p = &after[..j];
+        if !HOOK_PLACEHOLDERS.contains(&p) {
+            let hint = suggest(p, HOOK_PLACEHOLDERS)
+                .map(|s| format!(" (did you mean `{{{s}}}`?)"))
+                .unwrap_or_default();
+            return Err(format!(
+                "unknown placeholder `{{{p}}}`{hint}; known: {}",
+                HOOK_PLACEHOLDERS
+                    .iter()
+                    .map(|p| format!("{{{p}}}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ));
+        }
+        rest = &after[j + 1..];
+    }
+    Ok(())
+}
+
 /// The sample config that `mailroom init` writes.
 pub const SAMPLE_CONFIG: &str = r#"# mailroom.yaml: the supervisor's configuration. Every key is optional.
 # Durations are humantime: 90s, 10m, 1h 30m (`M` would be months).
+# The comments are the README's config reference; "see X" names a README section.
 
-concurrency: 4          # running agents at once on the whole tree (per process with run_keeper: false)
-default_agent: demo     # the agent for tasks that do not name one
-retries: 2              # extra attempts after the first
-retry_delay: 5s         # base of an exponential backoff, with jitter
-# retry_delay_max: 10m  # the backoff never waits longer than this
-# timeout: 30m          # default per-run timeout for agents without their own
-# grace: 10s            # default SIGTERM -> SIGKILL delay
-# shutdown_grace: 30s   # on SIGTERM, how long running agents may finish
-# rescan_interval: 30s  # full rescan of tasks/pending (inotify is only a hint)
-# watch: auto           # auto (inotify + rescans) or poll (NFS and other shared file systems)
+concurrency: 4          # running agents at once on the whole tree (per process with run_keeper: false); >= 1
+default_agent: demo     # for tasks that name none and match no rule; see below
+retries: 2              # extra attempts after the first (a task's `retries` overrides)
+retry_delay: 5s         # backoff base: a retry waits between half and all of retry_delay × 2^(n-1)
+# retry_delay_max: 10m  # ... capped at this
+# timeout: 30m          # per-run timeout of agents that set none
+# grace: 10s            # SIGTERM -> SIGKILL delay of agents that set none
+# shutdown_grace: 30s   # on SIGTERM/SIGINT, how long running agents may finish
+# rescan_interval: 30s  # full rescan of pending/ + recovery (inotify is only a hint); >= 50ms
+# watch: auto           # auto (inotify + rescans; alias `inotify`) or poll (NFS: rescans at least every second)
 # settle: 2s            # how long a file that does not parse may still be being written
-# max_task_bytes: 1048576
-# max_output_bytes: 67108864   # an agent writing more is stopped
-# durability: strict    # strict: fsync every commit point; relaxed: skip fsync (faster, unsafe on power loss)
+# max_task_bytes: 1048576 # larger task files are refused
+# max_output_bytes: 67108864 # an agent writing more to stdout, stderr or output.md is stopped (outcome output_limit)
+# durability: strict    # strict: fsync every commit point; relaxed: skip fsyncs (see Guarantees)
+# hooks:                # commands run when a task ends or an agent cools down; see Hooks
+#   on_fail: ["notify-send", "mailroom: {name} failed ({outcome})"]
+#   on_complete: ["logger", "-t", "mailroom", "{name} completed"]
+#   on_limit: ["logger", "-t", "mailroom", "{agent} cools down until {until}"]
+# hook_timeout: 30s     # a hook still running after this is killed (with its process group)
 
 agents:
   demo:
@@ -929,12 +1031,15 @@ agents:
     max_instances: 2
     timeout: 10m
     grace: 30s
+  # The presets' commands (examples/presets/ explains each flag):
   # claude:
-  #   command: ["claude", "-p", "--output-format", "text", "--permission-mode", "acceptEdits", "{prompt}"]
+  #   command: ["claude", "-p", "--output-format", "json", "--permission-mode", "acceptEdits", "--", "{prompt}"]
+  #   kind: claude
   #   max_instances: 1
   #   timeout: 30m
   # codex:
-  #   command: "codex --ask-for-approval never --sandbox danger-full-access exec"
+  #   command: ["codex", "exec", "--json", "--skip-git-repo-check", "--sandbox", "workspace-write", "-o", "{output_file}", "--", "{prompt}"]
+  #   kind: codex
 "#;
 
 #[cfg(test)]
@@ -985,6 +1090,27 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("at least one"), "{e}");
+    }
+
+    #[test]
+    fn hooks_are_argv_with_known_placeholders() {
+        let y = "hook_timeout: 5s\nhooks:\n  on_fail: [notify-send, \"{name} {outcome}\"]\n  on_limit: \"logger -t mailroom {agent}\"\n";
+        let c = Config::parse(y.as_bytes(), "mailroom.yaml").unwrap();
+        assert_eq!(c.hook_timeout, Duration::from_secs(5));
+        assert_eq!(c.hooks.on_fail.as_ref().unwrap()[1], "{name} {outcome}");
+        assert_eq!(c.hooks.on_limit.as_ref().unwrap().len(), 4);
+        assert_eq!(c.hooks.on_complete, None);
+        let e = Config::parse(b"hooks:\n  on_fail: [x, \"{nme}\"]\n", "m").unwrap_err();
+        assert!(e.to_string().contains("did you mean `{name}`"), "{e}");
+        let e = Config::parse(b"hooks:\n  on_fial: [x]\n", "m").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("unknown hook `on_fial` (did you mean `on_fail`?)"),
+            "{e}"
+        );
+        let e = Config::parse(b"hooks:\n  on_fail: []\n", "m").unwrap_err();
+        assert!(e.to_string().contains("empty"), "{e}");
+        assert_eq!(Config::default().hook_timeout, DEFAULT_HOOK_TIMEOUT);
     }
 
     #[test]

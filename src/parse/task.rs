@@ -628,7 +628,7 @@ pub fn check_name(name: &str) -> Result<(), String> {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Entry<'a> {
     /// A task file: its stem and extension.
-    Task { name: &'a str, ext: &'a str },
+    Task { name: &'a str, ext: &'static str },
     /// Not a task file (editor leftovers, temp files, other extensions).
     Ignored,
     /// Named like a task file but the name cannot be used (reason).
@@ -643,9 +643,11 @@ pub fn classify(file_name: &str) -> Entry<'_> {
     {
         return Entry::Ignored;
     }
-    let (name, ext) = match file_name.rsplit_once('.') {
-        Some((n, e)) if e == "yaml" || e == "yml" => (n, e),
-        _ => return Entry::Ignored,
+    let Some((name, ext)) = file_name
+        .rsplit_once('.')
+        .and_then(|(n, e)| Some((n, task_ext(e)?)))
+    else {
+        return Entry::Ignored;
     };
     match check_name(name) {
         Ok(()) => Entry::Task { name, ext },
@@ -653,8 +655,27 @@ pub fn classify(file_name: &str) -> Entry<'_> {
     }
 }
 
-/// Parses and validates a task file's bytes. `name` is the file's stem.
-pub fn parse(name: &str, bytes: &[u8]) -> Result<Task, TaskError> {
+/// The task-file extensions, in the order a name is looked up: YAML, then
+/// Markdown with YAML front matter.
+pub const TASK_EXTS: [&str; 3] = ["yaml", "yml", "md"];
+
+/// The extension as one of [`TASK_EXTS`], when it is one.
+pub fn task_ext(ext: &str) -> Option<&'static str> {
+    TASK_EXTS.into_iter().find(|e| *e == ext)
+}
+
+/// Parses a task file by its extension: `md` is Markdown with front matter
+/// ([`parse_markdown`]), anything else YAML ([`parse`]).
+pub fn parse_as(name: &str, ext: &str, bytes: &[u8]) -> Result<Task, TaskError> {
+    if ext == "md" {
+        parse_markdown(name, bytes)
+    } else {
+        parse(name, bytes)
+    }
+}
+
+/// A task file's bytes as text: no NUL, UTF-8 (its position when not), no BOM.
+fn task_text(bytes: &[u8]) -> Result<&str, TaskError> {
     if bytes.contains(&0) {
         return Err(TaskError::new(
             "the file holds binary data (NUL bytes); a task file is YAML text",
@@ -676,13 +697,32 @@ pub fn parse(name: &str, bytes: &[u8]) -> Result<Task, TaskError> {
             key: None,
         }
     })?;
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    Ok(text.strip_prefix('\u{feff}').unwrap_or(text))
+}
+
+/// Parses and validates a YAML task file's bytes. `name` is the file's stem.
+pub fn parse(name: &str, bytes: &[u8]) -> Result<Task, TaskError> {
+    let text = task_text(bytes)?;
     if is_blank_yaml(text) {
         return Err(TaskError::new(
             "the file is empty; a task needs at least a description",
         ));
     }
-    let doc: Doc = serde_saphyr::from_str_with_options(text, yaml_options()).map_err(|e| {
+    let doc = parse_doc(text)?;
+    let bare = matches!(doc, Doc::Text(_));
+    let raw = match doc {
+        Doc::Text(s) => RawTask {
+            description: Some(Text(s)),
+            ..RawTask::default()
+        },
+        Doc::Fields(r) => *r,
+    };
+    validate_at(name, raw, text, 0, bare)
+}
+
+/// One YAML document: a plain description or a mapping of task fields.
+fn parse_doc(text: &str) -> Result<Doc, TaskError> {
+    serde_saphyr::from_str_with_options(text, yaml_options()).map_err(|e| {
         let mut err = yaml_error(&e);
         // A type error: say what the key wants, not what Rust type it missed.
         let m = &err.message;
@@ -730,15 +770,18 @@ pub fn parse(name: &str, bytes: &[u8]) -> Result<Task, TaskError> {
             };
         }
         err
-    })?;
-    let bare = matches!(doc, Doc::Text(_));
-    let raw = match doc {
-        Doc::Text(s) => RawTask {
-            description: Some(Text(s)),
-            ..RawTask::default()
-        },
-        Doc::Fields(r) => *r,
-    };
+    })
+}
+
+/// [`validate`], with an error that names no place pointed at its key in
+/// `text` (whose first line is line `first_line + 1` of the file).
+fn validate_at(
+    name: &str,
+    raw: RawTask,
+    text: &str,
+    first_line: u64,
+    bare: bool,
+) -> Result<Task, TaskError> {
     validate(name, raw).map_err(|mut e| {
         if e.line.is_none() {
             let pos = match e.key {
@@ -747,11 +790,104 @@ pub fn parse(name: &str, bytes: &[u8]) -> Result<Task, TaskError> {
                 None => None,
             };
             if let Some((l, c)) = pos {
-                e.line = Some(l);
+                e.line = Some(l + first_line);
                 e.column = Some(c);
             }
         }
         e
+    })
+}
+
+/// Parses and validates a Markdown task file (`NAME.md`): YAML front matter
+/// between two `---` lines holds the task's keys, and the body below it is
+/// the description. A file without front matter is all description. Errors
+/// carry line numbers of the whole file.
+pub fn parse_markdown(name: &str, bytes: &[u8]) -> Result<Task, TaskError> {
+    let text = task_text(bytes)?;
+    let (front, body, body_line) = split_front_matter(text)?;
+    let shift = |mut e: TaskError| {
+        e.line = e.line.map(|l| l + 1);
+        e
+    };
+    let mut raw = match front {
+        Some(f) if !is_blank_yaml(f) => match parse_doc(f).map_err(shift)? {
+            Doc::Fields(r) => *r,
+            Doc::Text(_) => {
+                return Err(TaskError {
+                    line: Some(2),
+                    column: Some(1),
+                    message: "the front matter holds `key: value` lines; the description \
+                              goes below the closing `---`"
+                        .into(),
+                    key: None,
+                });
+            }
+        },
+        _ => RawTask::default(),
+    };
+    let body = body.trim_start_matches(['\n', '\r']).trim_end();
+    let front = front.unwrap_or("");
+    if !body.is_empty() {
+        let key = match (&raw.description, &raw.prompt) {
+            (Some(_), _) => Some("description"),
+            (None, Some(_)) => Some("prompt"),
+            _ => None,
+        };
+        if let Some(key) = key {
+            let (l, c) = locate_key(front, key).unwrap_or((1, 1));
+            return Err(TaskError {
+                line: Some(l + 1),
+                column: Some(c),
+                message: format!(
+                    "`{key}` is set in the front matter and the file has a body; in a \
+                     Markdown task the body is the description: keep one"
+                ),
+                key: None,
+            });
+        }
+        raw.description = Some(Text(body.to_owned()));
+    } else if raw.description.is_none() && raw.prompt.is_none() {
+        return Err(TaskError {
+            line: Some(body_line),
+            column: Some(1),
+            message: if front.is_empty() && body_line == 1 {
+                "the file is empty; a task needs at least a description".into()
+            } else {
+                "no description: write it below the front matter's closing `---`".into()
+            },
+            key: None,
+        });
+    }
+    validate_at(name, raw, front, 1, false)
+}
+
+/// Splits a Markdown file into its front matter (the lines between a first
+/// line `---` and the next `---` or `...` line), its body, and the body's
+/// first line number. Without a first line `---` there is no front matter.
+fn split_front_matter(text: &str) -> Result<(Option<&str>, &str, u64), TaskError> {
+    let first = text.split_inclusive('\n').next().unwrap_or("");
+    if first.trim_end() != "---" {
+        return Ok((None, text, 1));
+    }
+    let start = first.len();
+    let mut off = start;
+    for (i, line) in text[start..].split_inclusive('\n').enumerate() {
+        let t = line.trim_end();
+        if t == "---" || t == "..." {
+            return Ok((
+                Some(&text[start..off]),
+                &text[off + line.len()..],
+                i as u64 + 3,
+            ));
+        }
+        off += line.len();
+    }
+    Err(TaskError {
+        line: Some(1),
+        column: Some(1),
+        message: "the front matter opened by `---` on line 1 is never closed by a `---` line"
+            .into(),
+        key: None,
     })
 }
 
@@ -1132,6 +1268,65 @@ context_files: ["context/project_overview.md", "context/current_state.md"]
         assert_eq!(t.agent.as_deref(), Some("claude"));
         assert_eq!(t.timeout, Some(Duration::from_secs(1800)));
         assert_eq!(t.after, vec!["task_001".to_string()]);
+    }
+
+    #[test]
+    fn markdown_front_matter_holds_the_keys_and_the_body_is_the_description() {
+        let md = "---\npriority: high\nagent: claude\n---\n\n# Fix login\n\nThe form *hangs*.\n\n";
+        let t = parse_as("fix", "md", md.as_bytes()).unwrap();
+        assert_eq!(t.priority, Priority::High);
+        assert_eq!(t.agent.as_deref(), Some("claude"));
+        assert_eq!(t.description, "# Fix login\n\nThe form *hangs*.");
+        // No front matter: the whole file is the description.
+        let t = parse_markdown("x", b"Just do it.\n").unwrap();
+        assert_eq!(t.description, "Just do it.");
+        // `...` closes the front matter too; CRLF lines are fine.
+        let t = parse_markdown("x", b"---\r\ntimeout: 5m\r\n...\r\nGo.\r\n").unwrap();
+        assert_eq!(t.timeout, Some(Duration::from_secs(300)));
+        assert_eq!(t.description, "Go.");
+    }
+
+    #[test]
+    fn markdown_errors_carry_lines_of_the_whole_file() {
+        let e = parse_markdown("x", b"---\nagent: a\npriorty: high\n---\nBody\n").unwrap_err();
+        assert_eq!((e.line, e.column), (Some(3), Some(1)), "{e:?}");
+        assert!(e.message.contains("did you mean `priority`"), "{e:?}");
+        let e = parse_markdown("x", b"---\nagent: a\nretries: lots\n---\nBody\n").unwrap_err();
+        assert_eq!(e.line, Some(3), "{e:?}");
+        assert!(e.message.contains("retries"), "{e:?}");
+        let e = parse_markdown("x", b"---\nagent: a\ntimeout: 5\n---\nBody\n").unwrap_err();
+        assert_eq!(e.line, Some(3), "{e:?}");
+        let e = parse_markdown("x", b"---\nagent: a\n\nBody without a close\n").unwrap_err();
+        assert_eq!(e.line, Some(1), "{e:?}");
+        assert!(e.message.contains("never closed"), "{e:?}");
+        let e = parse_markdown("x", b"---\nagent: a\n---\n\n").unwrap_err();
+        assert_eq!(e.line, Some(4), "{e:?}");
+        assert!(e.message.contains("no description"), "{e:?}");
+        let e = parse_markdown("x", b"---\ndescription: a\n---\nBody\n").unwrap_err();
+        assert_eq!((e.line, e.column), (Some(2), Some(14)), "{e:?}");
+        assert!(e.message.contains("keep one"), "{e:?}");
+        let e = parse_markdown("x", b"---\njust text\n---\nBody\n").unwrap_err();
+        assert_eq!(e.line, Some(2), "{e:?}");
+        let e = parse_markdown("x", b"\n  \n").unwrap_err();
+        assert!(e.message.contains("empty"), "{e:?}");
+        // A description in the front matter and no body is a task too.
+        let t = parse_markdown("x", b"---\ndescription: a\n---\n").unwrap();
+        assert_eq!(t.description, "a");
+        // The keys are checked as in YAML: numbers are not text.
+        let e = parse_markdown("x", b"---\nworkdir: 5\n---\nBody\n").unwrap_err();
+        assert_eq!(e.line, Some(2), "{e:?}");
+    }
+
+    #[test]
+    fn md_is_a_task_extension() {
+        assert_eq!(
+            classify("a.md"),
+            Entry::Task {
+                name: "a",
+                ext: "md"
+            }
+        );
+        assert_eq!(classify("a.markdown"), Entry::Ignored);
     }
 
     #[test]

@@ -80,6 +80,12 @@ pub fn render(
             ));
         }
     }
+    if agent.include_context || task.context_required {
+        context.push_str(&excerpts(
+            layout,
+            config.context_max_bytes.min(budget).saturating_sub(512),
+        ));
+    }
     let instructions = INSTRUCTIONS.replace("{task}", &task.name);
     Ok(substitute(
         template,
@@ -90,6 +96,27 @@ pub fn render(
             ("task", &task.name),
         ],
     ))
+}
+
+/// The section with excerpts of recent outputs that carry no `[SUMMARY]`
+/// (whose summary `current_state.md` would otherwise show), within `max` bytes.
+fn excerpts(layout: &Layout, max: u64) -> String {
+    let list = crate::tree::context::output_excerpts(layout, max);
+    if list.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from(
+        "\n---\n## Context: recent outputs without a [SUMMARY] (excerpts)\n\n\
+         The head and tail of what these agents produced; the whole of each is in \
+         context/agent_outputs/.\n",
+    );
+    for e in list {
+        s.push_str(&format!(
+            "\n### {} ({}, context/agent_outputs/{}.md)\n\n{}\n",
+            e.task, e.status, e.task, e.text
+        ));
+    }
+    s
 }
 
 /// A context file's path: inside the root (after symlinks) unless the config

@@ -74,11 +74,11 @@ fn links(layout: &Layout, name: &str, state: Option<State>, snap: &Snapshot) -> 
     let Some(state) = state else {
         return out;
     };
-    let Some((path, _)) = layout.find(state, name) else {
+    let Some((path, ext)) = layout.find(state, name) else {
         return out;
     };
     if let Ok((b, _)) = fsx::read_task_file(&path, 1024 * 1024)
-        && let Ok(t) = task::parse(name, &b)
+        && let Ok(t) = task::parse_as(name, ext, &b)
     {
         if let Some(p) = &t.parent {
             out.push(Edge {

@@ -130,7 +130,6 @@ fn read(dir: &std::path::Path, state: State, known: &HashMap<&str, SystemTime>) 
         let FileEntry::Task { name, ext } = classify(fname) else {
             continue;
         };
-        let ext = if ext == "yml" { "yml" } else { "yaml" };
         let mtime = match known.get(name) {
             Some(t) => *t,
             // Gone since the listing was read: it moved on; skip it.

@@ -248,7 +248,7 @@ fn first_line(s: &str, max: usize) -> String {
 /// A row, reading only this task's own files.
 fn row(layout: &Layout, snap: &Snapshot, s: State, e: &Entry, now: SystemTime) -> Row {
     let parsed = read_task(layout, s, &e.name, e.ext)
-        .and_then(|(src, _)| task::parse(&e.name, src.as_bytes()).ok());
+        .and_then(|(src, _)| task::parse_as(&e.name, e.ext, src.as_bytes()).ok());
     let mut r = Row {
         name: e.name.clone(),
         state: s,
@@ -523,7 +523,7 @@ pub fn detail(index: &Index, layout: &Layout, name: &str) -> Option<Detail> {
         },
     };
     let parsed: Result<Task, String> =
-        task::parse(name, source.as_bytes()).map_err(|e| e.display_at(&layout.rel(&path)));
+        task::parse_as(name, ext, source.as_bytes()).map_err(|e| e.display_at(&layout.rel(&path)));
     let record = matches!(state, State::Completed | State::Failed)
         .then(|| read_record(layout, state, name))
         .flatten();

@@ -96,7 +96,7 @@ impl Supervisor {
         let read =
             fsx::read_task_file(&path, self.config.max_task_bytes).map_err(|e| e.to_string());
         let (task, claimed) = match read.and_then(|(b, id)| {
-            let t = task::parse(name, &b).map_err(|e| e.message)?;
+            let t = task::parse_as(name, ext, &b).map_err(|e| e.message)?;
             Ok((
                 t,
                 Claimed {

@@ -200,6 +200,7 @@ impl Supervisor {
             Ok(Some(target)) => {
                 warn!(task = name, filed_as = %target, "{error}");
                 self.summary.failed += 1;
+                self.task_ended(&target, Status::Failed, outcome, "");
                 let mut rec = rec;
                 rec.task = target;
                 if outcome != Outcome::Clash
@@ -222,7 +223,7 @@ impl Supervisor {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let (stem, ext) = match raw.rsplit_once('.') {
-            Some((s, e)) if e == "yaml" || e == "yml" => (s.to_owned(), e.to_owned()),
+            Some((s, e)) if task::task_ext(e).is_some() => (s.to_owned(), e.to_owned()),
             _ => return,
         };
         let clean: String = stem
@@ -349,7 +350,7 @@ impl Supervisor {
         let mut claimed = Claimed::default();
         let routed = match fsx::read_task_file(&apath, self.config.max_task_bytes) {
             Ok((b, id)) => {
-                let parsed = task::parse(name, &b).map_err(|e| e.display_at(&shown));
+                let parsed = task::parse_as(name, ext, &b).map_err(|e| e.display_at(&shown));
                 claimed = Claimed {
                     bytes: b,
                     id: (id.dev, id.ino),

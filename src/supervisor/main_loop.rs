@@ -69,6 +69,7 @@ impl Supervisor {
             let ev = self.next_event(&mut io, &mut control, wake).await;
             self.handle(ev, &mut io);
         }
+        self.finish_hooks().await;
         crate::tree::registry::remove(self.layout(), &self.ctx.host, self.ctx.self_pid);
         // The last word in the metrics file, whatever the rate limit.
         self.metrics.dirty = true;
@@ -329,6 +330,7 @@ impl Supervisor {
                     Status::Completed => self.summary.completed += 1,
                     Status::Failed => self.summary.failed += 1,
                 }
+                self.task_ended(&name, st, outcome, &agent);
                 // Tasks that wait for this one may go (or fail) now.
                 self.replace_waiting();
             }
@@ -344,6 +346,7 @@ impl Supervisor {
                     until = %record::ts(until),
                     "usage limit: agent cooling down ({message})"
                 );
+                self.agent_limited(&name, &agent, until);
                 self.cooldowns.insert(agent, (until, message));
                 self.summary.requeued += 1;
                 self.stateful.insert(name.clone());

@@ -8,6 +8,7 @@ mod claim;
 mod commit;
 mod control;
 mod filing;
+mod hooks;
 mod job;
 mod main_loop;
 mod place;
@@ -210,6 +211,8 @@ pub struct Supervisor {
     /// When this supervisor's heartbeat in `tasks/supervisors/` is due.
     beat_due: Instant,
     started_at: String,
+    /// Hooks still running (awaited, within their timeout, before `run` returns).
+    hooks: tokio::task::JoinSet<()>,
 }
 
 impl Supervisor {
@@ -276,6 +279,7 @@ impl Supervisor {
             metrics_due: None,
             beat_due: Instant::now(),
             started_at: record::now(),
+            hooks: tokio::task::JoinSet::new(),
         })
     }
 

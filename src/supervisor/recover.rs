@@ -132,7 +132,7 @@ impl Supervisor {
             self.config.max_task_bytes,
         )
         .ok()
-        .and_then(|(b, _)| task::parse(name, &b).ok())
+        .and_then(|(b, _)| task::parse_as(name, ext, &b).ok())
         .and_then(|t| t.retries)
         .unwrap_or(self.config.retries);
         match recovery::recover(&layout, name, ext, retries, None) {

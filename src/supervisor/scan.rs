@@ -101,7 +101,7 @@ pub(super) fn look(
         );
     }
     let parsed = match fsx::read_task_file(&path, config.max_task_bytes) {
-        Ok((bytes, _)) => task::parse(name, &bytes),
+        Ok((bytes, _)) => task::parse_as(name, ext, &bytes),
         Err(e) if e.is_gone() => return Look::Gone,
         Err(e @ (ReadError::Io(_) | ReadError::ForeignOwner { .. })) => {
             warn!(task = name, error = %e, "cannot read task file");
@@ -184,7 +184,7 @@ impl Supervisor {
                 Entry::BadName(why) => self.reject_bad_name(&ent.path(), &why),
                 Entry::Task { name, ext } => {
                     if seen.insert(name.to_owned()) {
-                        files.push((name.to_owned(), if ext == "yml" { "yml" } else { "yaml" }));
+                        files.push((name.to_owned(), ext));
                     } else {
                         debug!(
                             task = name,
@@ -375,7 +375,7 @@ impl Supervisor {
             retry_at,
             excluded,
         } = fresh;
-        let ext: &'static str = if ext == "yml" { "yml" } else { "yaml" };
+        let ext: &'static str = task::task_ext(ext).unwrap_or("yaml");
         // Intern the route: most tasks share one.
         if let Ok(b) = &mut parsed
             && let Ok(r) = &mut b.route

@@ -279,6 +279,104 @@ pub fn recent(layout: &Layout, n: usize) -> Vec<serde_json::Value> {
     out
 }
 
+/// How many recent outputs without a `[SUMMARY]` a prompt carries excerpts of.
+pub const EXCERPTS: usize = 5;
+
+/// A bounded excerpt of a recent task's output, for the next prompt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Excerpt {
+    pub task: String,
+    pub status: String,
+    /// The output's head and tail, or all of it when it fits.
+    pub text: String,
+}
+
+/// Head and tail of `body` within `max` bytes (cut at character
+/// boundaries), with a marker saying how much was left out between them.
+pub fn head_and_tail(body: &str, max: usize) -> String {
+    if body.len() <= max {
+        return body.to_owned();
+    }
+    let half = max / 2;
+    let mut h = half;
+    while !body.is_char_boundary(h) {
+        h -= 1;
+    }
+    let mut t = body.len() - half;
+    while !body.is_char_boundary(t) {
+        t += 1;
+    }
+    format!(
+        "{}\n[... {} bytes omitted ...]\n{}",
+        &body[..h],
+        t - h,
+        &body[t..]
+    )
+}
+
+/// Excerpts of the newest outputs (at most [`EXCERPTS`] tasks, each listed
+/// once) whose agent printed no `[SUMMARY]`, sharing `total` bytes: the
+/// next agent learns what they produced, not only where it is.
+pub fn output_excerpts(layout: &Layout, total: u64) -> Vec<Excerpt> {
+    let mut seen = std::collections::HashSet::new();
+    let wanted: Vec<(String, String)> = recent(layout, RECENT)
+        .iter()
+        .rev()
+        .filter_map(|e| {
+            let s = |k: &str| e.get(k).and_then(|v| v.as_str()).unwrap_or("").to_owned();
+            let task = s("task");
+            (seen.insert(task.clone()) && s("summary").is_empty() && !s("output_file").is_empty())
+                .then(|| (task, s("status")))
+        })
+        .take(EXCERPTS)
+        .collect();
+    if wanted.is_empty() {
+        return Vec::new();
+    }
+    let each = (total / wanted.len() as u64) as usize;
+    if each < 256 {
+        return Vec::new();
+    }
+    wanted
+        .into_iter()
+        .filter_map(|(task, status)| {
+            let body = output_body(&layout.output_file(&task), each)?;
+            (!body.trim().is_empty()).then_some(Excerpt {
+                task,
+                status,
+                text: body,
+            })
+        })
+        .collect()
+}
+
+/// The agent's text in an `agent_outputs/` file (below its header), as
+/// [`head_and_tail`] within `max` bytes, reading no more than that.
+fn output_body(path: &Path, max: usize) -> Option<String> {
+    const HEADER: usize = 4096;
+    let (head, _) = fsx::read_head(path, (HEADER + max) as u64).ok()?;
+    let start = head.windows(6).position(|w| w == b"\n---\n\n")? + 6;
+    let len = std::fs::symlink_metadata(path).ok()?.len() as usize;
+    let body_len = len.saturating_sub(start);
+    if start + body_len <= head.len() {
+        let body = String::from_utf8_lossy(&head[start..]);
+        return Some(head_and_tail(body.trim(), max));
+    }
+    let half = max / 2;
+    let (tail, _) = fsx::read_tail(path, half as u64).ok()?;
+    let h = String::from_utf8_lossy(&head[start..(start + half).min(head.len())]).into_owned();
+    let t = String::from_utf8_lossy(&tail).into_owned();
+    // Character boundaries may have been cut: drop a partial first or last character.
+    let h = h.trim_end_matches('\u{fffd}');
+    let t = t.trim_start_matches('\u{fffd}');
+    Some(format!(
+        "{}\n[... {} bytes omitted ...]\n{}",
+        h.trim_start(),
+        body_len.saturating_sub(h.len() + t.len()),
+        t.trim_end()
+    ))
+}
+
 /// How many pending names `current_state.md` lists.
 const PENDING_SHOWN: usize = 20;
 
@@ -395,6 +493,19 @@ mod tests {
         let t = "{\"totals\":{\"completed\":3,\"failed\":1}}\n{\"totals\":{\"completed\":4,\"failed\":1}}\ntorn";
         assert_eq!(last_totals(t), (4, 1));
         assert_eq!(last_totals(""), (0, 0));
+    }
+
+    #[test]
+    fn head_and_tail_keep_both_ends_within_the_limit() {
+        assert_eq!(head_and_tail("short", 100), "short");
+        let body = format!("{}{}{}", "H".repeat(100), "m".repeat(1000), "T".repeat(100));
+        let e = head_and_tail(&body, 200);
+        assert!(e.starts_with(&"H".repeat(100)), "{e}");
+        assert!(e.ends_with(&"T".repeat(100)), "{e}");
+        assert!(e.contains("\n[... 1000 bytes omitted ...]\n"), "{e}");
+        // Multi-byte characters are never split.
+        let e = head_and_tail(&"é".repeat(500), 101);
+        assert!(e.contains("bytes omitted"));
     }
 
     #[test]

@@ -157,7 +157,7 @@ impl Layout {
 
     /// Finds the task file of `name` in state `s`, whichever extension it has.
     pub fn find(&self, s: State, name: &str) -> Option<(PathBuf, &'static str)> {
-        ["yaml", "yml"].into_iter().find_map(|ext| {
+        crate::parse::task::TASK_EXTS.into_iter().find_map(|ext| {
             let p = self.task_file(s, name, ext);
             std::fs::symlink_metadata(&p).ok().map(|_| (p, ext))
         })

@@ -315,7 +315,7 @@ pub fn reclaim(
     let ours =
         |p: &Path| fs::symlink_metadata(p).is_ok_and(|m| (m.dev(), m.ino()) == id && m.is_file());
     for s in [State::Pending, State::Completed, State::Failed] {
-        for e in ["yaml", "yml"] {
+        for e in crate::parse::task::TASK_EXTS {
             let p = layout.task_file(s, name, e);
             if ours(&p) {
                 move_file(&p, &at)?;

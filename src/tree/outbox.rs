@@ -31,8 +31,10 @@ pub fn tree_root(layout: &Layout, name: &str, max: usize) -> (String, usize) {
     while depth <= max + 1 {
         let parent = layout
             .locate(&cur)
-            .and_then(|(_, p, _)| fsx::read_task_file(&p, task::DEFAULT_MAX_TASK_BYTES).ok())
-            .and_then(|(b, _)| task::parse(&cur, &b).ok())
+            .and_then(|(_, p, e)| {
+                let (b, _) = fsx::read_task_file(&p, task::DEFAULT_MAX_TASK_BYTES).ok()?;
+                task::parse_as(&cur, e, &b).ok()
+            })
             .and_then(|t| t.parent);
         match parent {
             Some(p) => {
@@ -113,9 +115,27 @@ pub fn with_links(text: &str, name: &str, parent: &str, after: Option<&str>) -> 
     task::parse(name, out.as_bytes()).ok().map(|_| out)
 }
 
+/// [`with_links`] for a Markdown task file: the links go into its front
+/// matter (which is created when the file has none).
+pub fn with_links_md(text: &str, name: &str, parent: &str) -> Option<String> {
+    let t = task::parse_markdown(name, text.as_bytes()).ok()?;
+    if t.parent.is_some() {
+        return Some(text.to_owned());
+    }
+    let link = format!("parent: {}\n", serde_json::to_string(parent).ok()?);
+    let body = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let out = match body.strip_prefix("---\n") {
+        // The first line of the front matter: before any key that could be
+        // a block's last, so the new key cannot join it.
+        Some(rest) => format!("---\n{link}{rest}"),
+        None => format!("---\n{link}---\n{body}"),
+    };
+    task::parse_markdown(name, out.as_bytes()).ok().map(|_| out)
+}
+
 /// Writes one new task into `pending/` through `tasks/tmp/`, under `name` or,
 /// when that name is taken, `name-2`, `name-3`, ... Returns the name used.
-pub fn submit(layout: &Layout, name: &str, text: &str) -> io::Result<String> {
+pub fn submit(layout: &Layout, name: &str, text: &str, ext: &str) -> io::Result<String> {
     fsx::create_dir_all(&layout.tmp)?;
     for n in 1..1000 {
         let cand = if n == 1 {
@@ -128,7 +148,7 @@ pub fn submit(layout: &Layout, name: &str, text: &str) -> io::Result<String> {
         }
         let tmp = layout.tmp.join(fsx::tmp_name(&cand));
         fsx::write_atomic(&tmp, text.as_bytes())?;
-        match crate::tree::moves::submit(layout, &tmp, &cand, "yaml") {
+        match crate::tree::moves::submit(layout, &tmp, &cand, ext) {
             Ok(()) => return Ok(cand),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 let _ = std::fs::remove_file(&tmp);
@@ -151,7 +171,7 @@ pub fn queue_outbox(layout: &Layout, parent: &str, outbox: &Path) -> io::Result<
     let mut queued = Vec::new();
     for f in outbox_files(outbox) {
         let path = outbox.join(&f);
-        let Entry::Task { name, .. } = task::classify(&f) else {
+        let Entry::Task { name, ext } = task::classify(&f) else {
             continue;
         };
         let text = match fsx::read_task_file(&path, task::DEFAULT_MAX_TASK_BYTES) {
@@ -161,8 +181,13 @@ pub fn queue_outbox(layout: &Layout, parent: &str, outbox: &Path) -> io::Result<
         };
         // A file that does not parse is queued as written: it then fails in
         // pending/ with its own error, where its author can see it.
-        let text = with_links(&text, name, parent, None).unwrap_or(text);
-        queued.push(submit(layout, name, &text)?);
+        let linked = if ext == "md" {
+            with_links_md(&text, name, parent)
+        } else {
+            with_links(&text, name, parent, None)
+        };
+        let text = linked.unwrap_or(text);
+        queued.push(submit(layout, name, &text, ext)?);
         fsx::remove_file_if_exists(&path)?;
     }
     Ok(queued)
@@ -220,5 +245,9 @@ mod tests {
         let out = with_links("description: a\nparent: q\n", "c", "p", None).unwrap();
         assert!(out.ends_with("parent: q\n"), "{out}");
         assert!(with_links("description: [\n", "c", "p", None).is_none());
+        let md = with_links_md("---\nagent: x\n---\nDo it.\n", "c", "p").unwrap();
+        assert_eq!(md, "---\nparent: \"p\"\nagent: x\n---\nDo it.\n");
+        let md = with_links_md("Just do it.\n", "c", "p").unwrap();
+        assert_eq!(md, "---\nparent: \"p\"\n---\nJust do it.\n");
     }
 }

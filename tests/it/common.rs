@@ -94,6 +94,7 @@ impl Root {
                 let n = e.file_name().to_string_lossy().into_owned();
                 n.strip_suffix(".yaml")
                     .or_else(|| n.strip_suffix(".yml"))
+                    .or_else(|| n.strip_suffix(".md"))
                     .filter(|_| !n.starts_with('.'))
                     .map(str::to_owned)
             })

@@ -325,3 +325,47 @@ fn a_symlink_in_context_is_set_aside_and_never_blocks_a_commit() {
     let log = stderr(&out);
     assert!(log.contains("context/completed_tasks.jsonl"), "{log}");
 }
+
+#[test]
+fn without_a_summary_the_next_prompt_carries_the_head_and_tail_of_each_recent_output() {
+    // `big` prints 200 KB with no [SUMMARY]; `brief` prints a summary;
+    // `next` runs after both and sees an excerpt of `big` only.
+    let big = "printf 'HEAD-OF-BIG\\n'; i=0; while [ $i -lt 4000 ]; do \
+               printf 'filler line %05d of the middle part of the output\\n' $i; i=$((i+1)); done; \
+               printf 'TAIL-OF-BIG\\n'";
+    let root = Root::new()
+        .config(&format!(
+            "context_max_bytes: 8192\nagents:\n  big:\n    command: [sh, -c, {big:?}]\n  \
+             brief:\n    command: [sh, -c, \"echo BRIEF-BODY; echo '[SUMMARY]brief summary[/SUMMARY]'\"]\n  \
+             ok:\n    command: [{:?}, \"{{prompt}}\"]\n",
+            agent("ok.sh")
+        ))
+        .task("a-big.yaml", "description: x\nagent: big\n")
+        .task("b-brief.yaml", "description: x\nagent: brief\nafter: [a-big]\n")
+        .task(
+            "next.yaml",
+            "description: carry on\nagent: ok\nafter: [a-big, b-brief]\n",
+        );
+    root.run_until_idle();
+    assert_eq!(root.names("completed"), ["a-big", "b-brief", "next"]);
+    let sent = stdout(&root.mailroom(&["show", "next", "--prompt"]));
+    let section = sent
+        .split("## Context: recent outputs without a [SUMMARY] (excerpts)")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no excerpt section in:\n{sent}"));
+    let section = section.split("\n---\n## Reporting back").next().unwrap();
+    assert!(section.contains("### a-big (completed, context/agent_outputs/a-big.md)"));
+    assert!(section.contains("HEAD-OF-BIG") && section.contains("TAIL-OF-BIG"));
+    let omitted: u64 = section
+        .split("[... ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no omission marker in:\n{section}"));
+    assert!(omitted > 190_000, "{omitted}");
+    // A task with a summary is not excerpted (its summary is in current_state.md).
+    assert!(!section.contains("BRIEF-BODY"), "{section}");
+    assert!(sent.contains("brief summary"), "{sent}");
+    // Within context_max_bytes.
+    assert!(section.len() <= 8192, "{}", section.len());
+}
