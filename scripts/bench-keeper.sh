@@ -63,6 +63,14 @@ TICK=$(getconf CLK_TCK)
 
 log() { echo "$*" >&2; }
 
+# Every variant gets a fresh directory, and none is removed before the end:
+# ext4 without a journal (this machine's disk) scans every recently freed
+# inode of a block group at each file it creates, so removing one variant's
+# thousands of files would slow the next variant's every create, and mostly
+# mailroom's (it makes about ten files per task; xargs makes none).
+SEQN=0
+fresh() { SEQN=$((SEQN + 1)); echo "$work/$1-$SEQN"; }
+
 # --- peers -----------------------------------------------------------------
 PATH_PUEUE=${PUEUE_BIN:+$PUEUE_BIN:}$PATH
 have_tsp=0; have_parallel=0; have_pueue=0
@@ -136,7 +144,7 @@ PY
 
 run_mailroom() { # round durability keeper slots n [bin label]
   local round=$1 dur=$2 keeper=$3 slots=$4 n=$5 bin=${6:-$BIN} label=${7:-mailroom}
-  local root=$work/root
+  local root; root=$(fresh root)
   mkroot "$root" "$dur" "$keeper" "$slots" "$n" "$TRUE"
   timed "$bin" --root "$root" -q run --exit-when-idle
   local done
@@ -144,7 +152,6 @@ run_mailroom() { # round durability keeper slots n [bin label]
   [ "$done" -eq "$n" ] || { log "mailroom: only $done of $n completed"; exit 1; }
   local k=on; [ "$keeper" = true ] || k=off
   record "$round" "$label P=$slots $dur keeper=$k" "$n" "$T_WALL" "$T_CPU" "$(median_run_ms "$root")"
-  rm -rf "$root"
 }
 
 add_submit() { # bin root n: one `mailroom add` per task, then wait for all
@@ -155,7 +162,7 @@ add_submit() { # bin root n: one `mailroom add` per task, then wait for all
 
 run_mailroom_add() { # round durability: a running supervisor, one `mailroom add` per task
   local round=$1 dur=$2
-  local root=$work/addroot
+  local root; root=$(fresh addroot)
   mkroot "$root" "$dur" true "$P" 0 "$TRUE"
   "$BIN" --root "$root" -q run &
   local sup=$!
@@ -167,7 +174,6 @@ run_mailroom_add() { # round durability: a running supervisor, one `mailroom add
   local c1; c1=$(proc_cpu "$sup")
   kill -TERM "$sup"; wait "$sup" || true
   record "$round" "mailroom P=$P $dur, mailroom add per task" "$N" "$T_WALL" "$(echo "$T_CPU + $c1 - $c0" | bc -l)"
-  rm -rf "$root"
 }
 
 run_xargs() { # round slots n
@@ -190,7 +196,7 @@ tsp_submit() { # n true: one `tsp true` per job, then wait until none is left
 }
 
 run_tsp() { # round
-  local d=$work/tsp; rm -rf "$d"; mkdir -p "$d/tmp"
+  local d; d=$(fresh tsp); mkdir -p "$d/tmp"
   export TS_SOCKET=$d/socket TMPDIR=$d/tmp TS_MAXFINISHED=$((N + 10))
   tsp -S "$P"
   # The server: the tsp process holding the listening socket at $TS_SOCKET.
@@ -211,7 +217,7 @@ run_tsp() { # round
   unset TS_SOCKET TS_MAXFINISHED
   export TMPDIR=${OLD_TMPDIR:-/tmp}
   record "$1" "task-spooler, tsp per job" "$N" "$T_WALL" "$(echo "$T_CPU + $c1 - $c0" | bc -l)"
-  rm -rf "$d"
+  : # kept until the end (see fresh)
 }
 
 pueue_submit() { # n true
@@ -221,7 +227,7 @@ pueue_submit() { # n true
 }
 
 run_pueue() { # round
-  local d=$work/pueue; rm -rf "$d"; mkdir -p "$d/home" "$d/config" "$d/data" "$d/run"
+  local d; d=$(fresh pueue); mkdir -p "$d/home" "$d/config" "$d/data" "$d/run"
   (
     export PATH=$PATH_PUEUE HOME=$d/home XDG_CONFIG_HOME=$d/config XDG_DATA_HOME=$d/data XDG_RUNTIME_DIR=$d/run
     pueued >"$d/pueued.log" 2>&1 &
@@ -239,7 +245,7 @@ run_pueue() { # round
     [ "$ok" -eq "$PUEUE_N" ] || { log "pueue: $ok of $PUEUE_N done"; exit 1; }
     record "$1" "pueue, pueue add per job" "$PUEUE_N" "$T_WALL" "$(echo "$T_CPU + $c1 - $c0" | bc -l)"
   )
-  rm -rf "$d"
+  : # kept until the end (see fresh)
 }
 
 OLD_TMPDIR=${TMPDIR:-/tmp}
