@@ -42,7 +42,15 @@ impl Stops {
         let fd = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None)
             .ok()
             .and_then(|()| {
-                SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).ok()
+                let fd =
+                    SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).ok();
+                if fd.is_none() {
+                    // No signalfd: the signals must not stay blocked, or a stop
+                    // request would never arrive. They keep their default
+                    // action (the keeper dies, and its run is recovered).
+                    let _ = sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None);
+                }
+                fd
             });
         Stops { fd, seen: None }
     }

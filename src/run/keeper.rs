@@ -220,9 +220,12 @@ struct Log(PathBuf);
 impl Log {
     fn say(&self, msg: &str) {
         use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
         if let Ok(mut f) = std::fs::OpenOptions::new()
             .append(true)
             .create(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&self.0)
         {
             let _ = writeln!(f, "mailroom keeper: {msg}");

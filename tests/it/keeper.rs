@@ -191,3 +191,87 @@ echo started a daemon"#;
     assert_eq!(kept["leftovers_stopped"], 1, "{kept}");
     assert!(agents_of(&root).is_empty());
 }
+
+/// The keeper says what went wrong in `keeper.log`, and only then: a run
+/// that goes well leaves no log, one whose keeper cannot read its spec
+/// leaves the reason, and the supervisor's record points at it.
+#[test]
+fn the_keeper_writes_its_log_only_when_it_has_something_to_say() {
+    let root = Root::new()
+        .config("default_agent: a\nagents:\n  a:\n    command: [\"true\"]\n")
+        .task("t.yaml", "description: x\n");
+    root.run_until_idle();
+    assert!(root.exists("tasks/completed/t.run/outcome.json"));
+    assert!(
+        !root.exists("tasks/completed/t.run/keeper.log"),
+        "a run that went well left a keeper.log"
+    );
+    // A keeper started on a directory without its spec.
+    let dir = root.p("bare.run");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = std::process::Command::new(BIN)
+        .arg("keeper")
+        .arg(&dir)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let log = std::fs::read_to_string(dir.join("keeper.log")).expect("keeper.log");
+    assert!(log.contains("cannot read spec.json"), "{log}");
+    assert!(!dir.join("outcome.json").exists());
+}
+
+/// A stop request that arrives while the keeper is still setting up is not
+/// lost: it is blocked from the keeper's first instruction and read when the
+/// agent runs, which is then stopped at once (SIGUSR2).
+#[test]
+fn a_stop_request_during_the_keepers_setup_is_kept_for_the_run() {
+    let root = Root::new()
+        .config("default_agent: a\nagents:\n  a:\n    command: [sleep, \"30\"]\n")
+        .task("t.yaml", "description: x\n");
+    let dir = root.p("early.run");
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec = serde_json::json!({
+        "run_id": "r1", "argv": ["sleep", "30"], "workdir": root.path, "root": root.path,
+        "stdout": dir.join("stdout.log"), "stderr": dir.join("stderr.log"), "output": null,
+        "timeout_ms": 60000, "grace_ms": 1000, "max_output": 1048576, "durable": false,
+    });
+    std::fs::write(dir.join("spec.json"), spec.to_string()).unwrap();
+    // The keeper waits for a slot (none is free: the only slot file is held
+    // here), so the signal surely arrives during its setup.
+    let slot = root.p("slot.lock");
+    let held = std::fs::File::create(&slot).unwrap();
+    held.lock().unwrap();
+    let mut spec = spec;
+    spec["slot_paths"] = serde_json::json!([slot]);
+    std::fs::write(dir.join("spec.json"), spec.to_string()).unwrap();
+    let mut keeper = std::process::Command::new(BIN)
+        .arg("keeper")
+        .arg(&dir)
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The keeper leads a session of its own: its group goes if the test fails.
+    let _guard = KillGroupOnDrop(keeper.id() as i32);
+    wait_for(
+        Duration::from_secs(20),
+        "the keeper to wait for a slot",
+        || std::fs::read_to_string(dir.join("keeper.log")).is_ok_and(|l| l.contains("waiting")),
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(keeper.id() as i32),
+        nix::sys::signal::Signal::SIGUSR2, // stop at once
+    )
+    .unwrap();
+    drop(held);
+    let started = std::time::Instant::now();
+    let status = keeper.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the agent was not stopped"
+    );
+    let out: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("outcome.json")).unwrap()).unwrap();
+    assert!(out["end"].get("stopped").is_some(), "{out}");
+}
