@@ -456,12 +456,16 @@ pub fn write_current_state(
             if !seen.insert(s("task").to_owned()) {
                 continue;
             }
-            let again = match layout.locate(s("task")) {
-                Some((State::Pending, _, _)) => " (retried: pending again)",
-                Some((State::Assigned, _, _)) if Some(s("task")) != finishing => {
-                    " (retried: running again)"
-                }
-                _ => "",
+            // Only a pending or running task is marked: two lookups, not a
+            // search of every state (this runs for each entry at each merge).
+            let again = if layout.find(State::Pending, s("task")).is_some() {
+                " (retried: pending again)"
+            } else if Some(s("task")) != finishing
+                && layout.find(State::Assigned, s("task")).is_some()
+            {
+                " (retried: running again)"
+            } else {
+                ""
             };
             md.push_str(&format!(
                 "### {} — {}{again} ({})\n\n",
