@@ -101,10 +101,13 @@ pub fn logs(root: &Path, name: &str, follow: bool) -> Result<()> {
     let Some((st, _, _)) = layout.locate(name) else {
         bail!("no task named `{name}`");
     };
-    let dir = layout.run_dir(st, name);
-    if st == State::Pending && !dir.exists() {
-        bail!("`{name}` has not run yet");
-    }
+    // The latest attempt (earlier ones are beside it, in `<name>.run/`).
+    let Some((attempt, dir)) = layout.last_attempt(st, name) else {
+        if st == State::Pending || st == State::Assigned {
+            bail!("`{name}` has not run yet");
+        }
+        return Ok(());
+    };
     let files = [dir.join("stdout.log"), dir.join("stderr.log")];
     let mut offsets = [0u64; 2];
     let mut out = std::io::stdout().lock();
@@ -125,7 +128,7 @@ pub fn logs(root: &Path, name: &str, follow: bool) -> Result<()> {
                 if let Some((s, _, _)) = layout.locate(name)
                     && s != State::Assigned
                 {
-                    let d = layout.run_dir(s, name);
+                    let d = layout.attempt_dir(s, name, attempt);
                     for (i, f) in ["stdout.log", "stderr.log"].iter().enumerate() {
                         if let Ok(mut h) = std::fs::File::open(d.join(f)) {
                             h.seek(SeekFrom::Start(offsets[i]))?;
@@ -270,7 +273,10 @@ pub fn report(root: &Path, name: &str) -> Result<ExitCode> {
     let Some((st, _, _)) = layout.locate(name) else {
         bail!("`{name}` vanished");
     };
-    let (out, _) = crate::tree::context::read_output(&layout.run_dir(st, name));
+    let (out, _) = layout
+        .last_attempt(st, name)
+        .map(|(_, d)| crate::tree::context::read_output(&d))
+        .unwrap_or_default();
     print!("{out}");
     if st == State::Failed {
         let rec = std::fs::read(layout.record_file(State::Failed, name))

@@ -8,8 +8,9 @@ use super::Outcome;
 use std::time::SystemTime;
 
 /// Version of the on-disk protocol described in PROTOCOL.md. Version 2 added
-/// run keepers (`keeper.json`, `outcome.json` in a run directory).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// run keepers (`keeper.json`, `outcome.json` in a run directory); version 3
+/// keeps every attempt's run directory (`<name>.run/<attempt>/`).
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// A file without a version comes from a version 1 writer.
 fn protocol_version() -> u32 {
@@ -125,6 +126,10 @@ pub struct Attempt {
     /// Tokens, cost, model and turns, as the CLI reported them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<crate::adapter::Usage>,
+    /// This attempt's files (`<name>.run/<attempt>/`), relative to the root;
+    /// filled in the result record where the terminal commit puts them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_dir: Option<String>,
 }
 
 /// Terminal status of a task.
@@ -187,7 +192,8 @@ pub struct ResultRecord {
     /// The agent's output merged into context, relative to the root.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_file: Option<String>,
-    /// The run's files (stdout, stderr, prompt), relative to the root.
+    /// The last attempt's files (stdout, stderr, prompt), relative to the
+    /// root: `<dest>/<name>.run/<attempt>` (each attempt's are in `history`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_dir: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -329,6 +329,7 @@ impl Supervisor {
             claimed,
             // Replaced by the run's own channel at the launch.
             stop: watch::channel(None).1,
+            attempt: 0,
         };
         self.launch(job);
         Start::Started

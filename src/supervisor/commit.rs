@@ -164,7 +164,7 @@ impl Job {
     ) -> Option<String> {
         let run = st.run.take();
         let error = error.map(|e| {
-            let tail = stderr_tail(&self.ctx.layout.run_dir(State::Assigned, &self.name));
+            let tail = stderr_tail(&self.run_dir());
             if tail.is_empty() || outcome == Outcome::Spawn {
                 e
             } else {
@@ -185,6 +185,7 @@ impl Job {
             error_class: None,
             session_id: None,
             usage: None,
+            run_dir: None,
         });
         st.last_error = error.clone();
         error
@@ -366,6 +367,7 @@ impl Job {
             error_class: None,
             session_id: None,
             usage: None,
+            run_dir: None,
         });
         let mut rec = base_record(&self.ctx, &self.name, Status::Failed, outcome, &st);
         rec.agent = Some(self.agent.name.clone());

@@ -28,6 +28,10 @@ pub(super) struct Job {
     pub(super) claimed: Claimed,
     /// Stop requests, for a commit that is being retried (see `commit.rs`).
     pub(super) stop: watch::Receiver<Option<Stop>>,
+    /// The attempt under way (its run's `attempt`): its files are in
+    /// `assigned/<name>.run/<attempt>/`. Set by `begin_attempt`, or from the
+    /// state file for an adopted run.
+    pub(super) attempt: u32,
 }
 
 /// Where a run works, for the record and the clean-up at its commit.
@@ -71,7 +75,7 @@ impl Job {
             return self.requeue_or_keep(st).await;
         }
         let layout = self.ctx.layout.clone();
-        let run_dir = layout.run_dir(State::Assigned, &self.name);
+        let run_dir = self.run_dir();
         let prompt =
             match crate::run::prompt::render(&layout, &self.config, &self.agent, &self.task) {
                 Ok(p) => p,
@@ -231,7 +235,7 @@ impl Job {
     /// Counts the attempt and names its run in the state file (before the
     /// spawn, so recovery can tell this run's record from a stale one), then
     /// makes a fresh run directory.
-    fn begin_attempt(&self, st: &mut TaskState, started: SystemTime) -> std::io::Result<()> {
+    fn begin_attempt(&mut self, st: &mut TaskState, started: SystemTime) -> std::io::Result<()> {
         let timeout = self.task.timeout.unwrap_or(self.agent.timeout);
         st.attempts += 1;
         st.not_before = None;
@@ -246,11 +250,21 @@ impl Job {
             reason: Some(self.reason.clone()),
             run_id: Some(books::run_id()),
         });
+        self.attempt = st.attempts;
         let layout = &self.ctx.layout;
-        let run_dir = layout.run_dir(State::Assigned, &self.name);
+        let run_dir = self.run_dir();
         books::write_state(layout, st)?;
+        // Earlier attempts' directories stay beside this one. One of this
+        // number is a leftover of an earlier life of the name: replaced.
         fsx::remove_dir_all_if_exists(&run_dir)?;
         fsx::create_dir_all(&run_dir.join("outbox"))
+    }
+
+    /// The directory of the attempt under way, in `assigned/`.
+    pub(super) fn run_dir(&self) -> PathBuf {
+        self.ctx
+            .layout
+            .attempt_dir(State::Assigned, &self.name, self.attempt)
     }
 
     /// A worktree of its own, or the shared workdir: returns where the agent
@@ -336,11 +350,7 @@ impl Job {
 
     /// Whether the run's outbox breaks the limits against runaway spawning.
     pub(super) fn runaway(&self) -> Option<String> {
-        let outbox = self
-            .ctx
-            .layout
-            .run_dir(State::Assigned, &self.name)
-            .join("outbox");
+        let outbox = self.run_dir().join("outbox");
         let n = crate::tree::outbox::outbox_files(&outbox).len();
         if n == 0 {
             return None;
@@ -437,7 +447,7 @@ impl Job {
         if patterns.is_empty() {
             return None;
         }
-        let dir = self.ctx.layout.run_dir(State::Assigned, &self.name);
+        let dir = self.run_dir();
         let (b, _) = fsx::read_tail(&dir.join("stderr.log"), 64 * 1024).ok()?;
         let stderr = String::from_utf8_lossy(&b);
         // The error channel: a CLI's echo of the prompt (codex) is not an error.
@@ -466,7 +476,7 @@ impl Job {
             | RunEnd::Cancelled(e) => *e,
             RunEnd::SpawnFailed { .. } => return None,
         };
-        let dir = self.ctx.layout.run_dir(State::Assigned, &self.name);
+        let dir = self.run_dir();
         let read = |f: &str| {
             fsx::read_tail(&dir.join(f), crate::tree::context::OUTPUT_CAP * 8)
                 .map(|(b, _)| String::from_utf8_lossy(&b).into_owned())

@@ -5,6 +5,7 @@
 mod common;
 
 mod access;
+mod attempts;
 mod clis;
 mod context;
 mod control;

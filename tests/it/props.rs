@@ -1245,6 +1245,7 @@ fn attempt(run: &RunInfo, outcome: Outcome) -> Attempt {
         error_class: None,
         session_id: None,
         usage: None,
+        run_dir: None,
     }
 }
 
