@@ -63,6 +63,7 @@ pub const AGENT_KEYS: &[&str] = &[
     "prompt_template",
     "include_context",
     "workspace",
+    "resume",
 ];
 
 #[derive(Debug, Deserialize)]
@@ -129,6 +130,7 @@ struct RawAgent {
     prompt_template: Option<String>,
     include_context: Option<bool>,
     workspace: Option<String>,
+    resume: Option<String>,
 }
 
 /// An agent command as written: an argv list, or one string split like a shell would.
@@ -179,6 +181,39 @@ pub struct Agent {
     pub include_context: bool,
     /// Where its runs work: the shared workdir, or a git worktree each.
     pub workspace: crate::run::workspace::Kind,
+    /// Whether a run cut off by a usage limit, a timeout or a shutdown is
+    /// continued in its CLI session at the next attempt (`resume:`).
+    pub resume: Resume,
+}
+
+/// Reads an agent's `resume:`; the default is `interrupted` for a kind whose
+/// CLI can resume a session, else `never`.
+fn parse_resume(name: &str, kind: &str, r: Option<&str>) -> Result<Resume, String> {
+    let can = crate::adapter::can_resume(kind);
+    match r {
+        None if can => Ok(Resume::Interrupted),
+        None | Some("never") => Ok(Resume::Never),
+        Some("interrupted") if can => Ok(Resume::Interrupted),
+        Some("interrupted") => Err(format!(
+            "agent `{name}`: `resume: interrupted` needs a kind whose CLI can resume a \
+             session ({}); this agent's kind is `{kind}`",
+            crate::adapter::RESUMABLE.join(", ")
+        )),
+        Some(r) => Err(format!(
+            "agent `{name}`: `resume: {r}`: use interrupted or never"
+        )),
+    }
+}
+
+/// `resume:` of an agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// The next attempt after a run that was cut off (usage limit, timeout,
+    /// shutdown, a dead supervisor) resumes that run's session, when the
+    /// run's CLI reported one and its kind can resume.
+    Interrupted,
+    /// Every attempt starts a new session.
+    Never,
 }
 
 /// What a graceful shutdown (SIGTERM, SIGINT) does with running agents.
@@ -400,6 +435,7 @@ impl Default for Config {
                 prompt_template: None,
                 include_context: true,
                 workspace: crate::run::workspace::Kind::Shared,
+                resume: Resume::Never,
             },
         );
         Config {
@@ -601,6 +637,7 @@ impl Config {
                         "agent `{name}`: `fallback_after` must be at least 1"
                     )));
                 }
+                let resume = parse_resume(&name, &kind, a.resume.as_deref()).map_err(err)?;
                 let agent = Agent {
                     name: name.clone(),
                     command,
@@ -629,6 +666,7 @@ impl Config {
                             ))
                         })?,
                     },
+                    resume,
                 };
                 c.agents.insert(name, agent);
             }
@@ -939,6 +977,35 @@ mod tests {
         let c = Config::parse(y.as_bytes(), "mailroom.yaml").unwrap();
         assert_eq!(c.agents["demo"].max_instances, 2);
         assert_eq!(c.agents["demo"].grace, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn resume_defaults_by_kind_and_is_checked() {
+        let y = "agents:\n  c:\n    command: [claude, -p]\n  x:\n    command: [codex, exec]\n    resume: never\n  g:\n    command: [gemini]\n";
+        let c = Config::parse(y.as_bytes(), "mailroom.yaml").unwrap();
+        assert_eq!(c.agents["c"].resume, Resume::Interrupted);
+        assert_eq!(c.agents["x"].resume, Resume::Never);
+        assert_eq!(c.agents["g"].resume, Resume::Never);
+        let e = Config::parse(
+            b"agents:\n  g:\n    command: [gemini]\n    resume: interrupted\n",
+            "mailroom.yaml",
+        )
+        .unwrap_err();
+        assert!(
+            e.error.message.contains("claude, codex"),
+            "{}",
+            e.error.message
+        );
+        let e = Config::parse(
+            b"agents:\n  c:\n    command: [claude]\n    resume: always\n",
+            "mailroom.yaml",
+        )
+        .unwrap_err();
+        assert!(
+            e.error.message.contains("use interrupted or never"),
+            "{}",
+            e.error.message
+        );
     }
 
     #[test]

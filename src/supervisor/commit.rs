@@ -171,6 +171,10 @@ impl Job {
                 format!("{e}; stderr ends with: {tail}")
             }
         });
+        let (session_id, resumed, parent_session) = run
+            .as_ref()
+            .map(|r| (r.session_id.clone(), r.resumed, r.parent_session.clone()))
+            .unwrap_or_default();
         st.history.push(Attempt {
             attempt: st.attempts,
             agent: self.agent.name.clone(),
@@ -183,7 +187,9 @@ impl Job {
             signal: exit.and_then(|e| e.signal()),
             error: error.clone(),
             error_class: None,
-            session_id: None,
+            session_id,
+            resumed,
+            parent_session,
             usage: None,
             run_dir: None,
         });
@@ -366,6 +372,8 @@ impl Job {
             error: Some(msg.clone()),
             error_class: None,
             session_id: None,
+            resumed: false,
+            parent_session: None,
             usage: None,
             run_dir: None,
         });
@@ -415,7 +423,9 @@ fn annotate_last(
     if let Some(a) = st.history.last_mut() {
         a.error_class = class.map(str::to_owned);
         if let Some(rep) = report {
-            a.session_id = rep.session_id.clone();
+            if rep.session_id.is_some() {
+                a.session_id = rep.session_id.clone();
+            }
             a.usage = (!rep.usage.is_empty()).then(|| rep.usage.clone());
         }
     }

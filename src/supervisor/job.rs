@@ -64,7 +64,8 @@ impl Job {
         if !self.task.subtasks.is_empty() {
             return self.expand(st).await;
         }
-        if let Err(e) = self.begin_attempt(&mut st, started) {
+        let plan = self.plan_session(&st);
+        if let Err(e) = self.begin_attempt(&mut st, started, plan.as_ref()) {
             // Could not even prepare (disk full, unwritable tree): put it back;
             // the attempt does not count (counts never go down).
             error!(task = %self.name, error = %e, "cannot prepare the run; requeueing");
@@ -76,11 +77,10 @@ impl Job {
         }
         let layout = self.ctx.layout.clone();
         let run_dir = self.run_dir();
-        let prompt =
-            match crate::run::prompt::render(&layout, &self.config, &self.agent, &self.task) {
-                Ok(p) => p,
-                Err(msg) => return self.fail_now(st, Outcome::Invalid, msg, started).await,
-            };
+        let prompt = match self.prompt(plan.as_ref()) {
+            Ok(p) => p,
+            Err(msg) => return self.fail_now(st, Outcome::Invalid, msg, started).await,
+        };
         if let Err(e) = std::fs::write(run_dir.join("prompt.md"), prompt.as_bytes()) {
             warn!(task = %self.name, error = %e, "cannot keep a copy of the prompt");
         }
@@ -92,7 +92,8 @@ impl Job {
             Ok(w) => w,
             Err(msg) => return self.fail_now(st, Outcome::Invalid, msg, started).await,
         };
-        let mut spec = self.spec(prompt, workdir, &run_dir, st.attempts);
+        let command = plan.map_or_else(|| self.agent.command.clone(), |p| p.command);
+        let mut spec = self.spec(prompt, &command, workdir, &run_dir, st.attempts);
         let end = if self.config.run_keeper {
             let run_id = st.run.as_ref().and_then(|r| r.run_id.clone());
             let slot = (self.slot.take(), self.tree_slot.take());
@@ -235,7 +236,12 @@ impl Job {
     /// Counts the attempt and names its run in the state file (before the
     /// spawn, so recovery can tell this run's record from a stale one), then
     /// makes a fresh run directory.
-    fn begin_attempt(&mut self, st: &mut TaskState, started: SystemTime) -> std::io::Result<()> {
+    fn begin_attempt(
+        &mut self,
+        st: &mut TaskState,
+        started: SystemTime,
+        plan: Option<&super::session::Planned>,
+    ) -> std::io::Result<()> {
         let timeout = self.task.timeout.unwrap_or(self.agent.timeout);
         st.attempts += 1;
         st.not_before = None;
@@ -249,6 +255,9 @@ impl Job {
             deadline: record::ts(started.checked_add(timeout).unwrap_or(started)),
             reason: Some(self.reason.clone()),
             run_id: Some(books::run_id()),
+            session_id: plan.and_then(|p| p.session_id.clone()),
+            resumed: plan.is_some_and(|p| p.resumed.is_some()),
+            parent_session: plan.and_then(|p| p.parent_session.clone()),
         });
         self.attempt = st.attempts;
         let layout = &self.ctx.layout;
@@ -304,7 +313,14 @@ impl Job {
 
     /// Everything the runner needs to start the agent: argv with the
     /// placeholders filled in, the `MAILROOM_*` environment, the run's files.
-    fn spec(&self, prompt: String, workdir: PathBuf, run_dir: &Path, attempt: u32) -> runner::Spec {
+    fn spec(
+        &self,
+        prompt: String,
+        command: &[String],
+        workdir: PathBuf,
+        run_dir: &Path,
+        attempt: u32,
+    ) -> runner::Spec {
         let layout = &self.ctx.layout;
         let name = &self.name;
         let vars = runner::Vars {
@@ -317,7 +333,7 @@ impl Job {
             root: path_str(&layout.root),
             mailroom: self.ctx.exe.clone(),
         };
-        let argv = runner::build_argv(&self.agent.command, &vars);
+        let argv = runner::build_argv(command, &vars);
         let result_file = run_dir.join("result.yaml");
         let mut env: Vec<(String, String)> = vec![
             ("MAILROOM_TASK".into(), name.clone()),
@@ -346,6 +362,19 @@ impl Job {
             inherit: self.config.env.clone(),
             max_output: self.config.max_output_bytes,
         }
+    }
+
+    /// The prompt of this run: the task's, or, when it resumes a session that
+    /// was cut off, a short continuation (the conversation has the rest).
+    fn prompt(&self, plan: Option<&super::session::Planned>) -> Result<String, String> {
+        if let Some(why) = plan.and_then(|p| p.resumed.as_deref()) {
+            let instructions = crate::run::prompt::instructions(&self.name);
+            return Ok(crate::adapter::session::continuation_prompt(
+                why,
+                &instructions,
+            ));
+        }
+        crate::run::prompt::render(&self.ctx.layout, &self.config, &self.agent, &self.task)
     }
 
     /// Whether the run's outbox breaks the limits against runaway spawning.

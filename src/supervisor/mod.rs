@@ -13,6 +13,7 @@ mod main_loop;
 mod place;
 mod recover;
 mod scan;
+mod session;
 pub mod verdict;
 
 use commit::*;

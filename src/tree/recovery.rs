@@ -91,7 +91,11 @@ pub fn decide(
             signal: None,
             error: Some(why.clone()),
             error_class: None,
-            session_id: None,
+            // The session it used, when mailroom knew it before the run:
+            // the next attempt may resume it.
+            session_id: run.session_id.clone(),
+            resumed: run.resumed,
+            parent_session: run.parent_session.clone(),
             usage: None,
             run_dir: None,
         });
