@@ -64,6 +64,7 @@ pub const AGENT_KEYS: &[&str] = &[
     "include_context",
     "workspace",
     "resume",
+    "budget",
 ];
 
 #[derive(Debug, Deserialize)]
@@ -131,6 +132,53 @@ struct RawAgent {
     include_context: Option<bool>,
     workspace: Option<String>,
     resume: Option<String>,
+    budget: Option<RawBudget>,
+}
+
+/// `budget:` of an agent as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBudget {
+    daily_usd: Option<f64>,
+    daily_tokens: Option<f64>,
+    tree_usd: Option<f64>,
+    tree_tokens: Option<f64>,
+}
+
+/// What an agent may spend (`budget:`), as its CLI reports usage: per UTC day,
+/// and per tree of follow-ups (the tasks that share a first task). None: no
+/// limit of that kind.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Budget {
+    pub daily_usd: Option<f64>,
+    pub daily_tokens: Option<u64>,
+    pub tree_usd: Option<f64>,
+    pub tree_tokens: Option<u64>,
+}
+
+impl Budget {
+    fn parse(name: &str, raw: Option<RawBudget>) -> Result<Budget, String> {
+        let Some(r) = raw else {
+            return Ok(Budget::default());
+        };
+        let check = |key: &str, v: Option<f64>| -> Result<Option<f64>, String> {
+            match v {
+                Some(x) if !x.is_finite() || x < 0.0 => Err(format!(
+                    "agent `{name}`: `budget.{key}: {x}` must be a number of 0 or more"
+                )),
+                v => Ok(v),
+            }
+        };
+        let tokens = |key: &str, v: Option<f64>| -> Result<Option<u64>, String> {
+            Ok(check(key, v)?.map(|x| x.round() as u64))
+        };
+        Ok(Budget {
+            daily_usd: check("daily_usd", r.daily_usd)?,
+            daily_tokens: tokens("daily_tokens", r.daily_tokens)?,
+            tree_usd: check("tree_usd", r.tree_usd)?,
+            tree_tokens: tokens("tree_tokens", r.tree_tokens)?,
+        })
+    }
 }
 
 /// An agent command as written: an argv list, or one string split like a shell would.
@@ -184,6 +232,8 @@ pub struct Agent {
     /// Whether a run cut off by a usage limit, a timeout or a shutdown is
     /// continued in its CLI session at the next attempt (`resume:`).
     pub resume: Resume,
+    /// What it may spend per day and per tree of follow-ups (`budget:`).
+    pub budget: Budget,
 }
 
 /// Reads an agent's `resume:`; the default is `interrupted` for a kind whose
@@ -436,6 +486,7 @@ impl Default for Config {
                 include_context: true,
                 workspace: crate::run::workspace::Kind::Shared,
                 resume: Resume::Never,
+                budget: Budget::default(),
             },
         );
         Config {
@@ -667,6 +718,7 @@ impl Config {
                         })?,
                     },
                     resume,
+                    budget: Budget::parse(&name, a.budget).map_err(err)?,
                 };
                 c.agents.insert(name, agent);
             }

@@ -273,6 +273,9 @@ impl Supervisor {
         if !self.cooldowns.is_empty() {
             s.push_str(&format!(", {} cooling down", self.cooldowns.len()));
         }
+        if !self.over_budget.is_empty() {
+            s.push_str(&format!(", {} over budget", self.over_budget.len()));
+        }
         if self.paused {
             s.push_str(", paused");
         }
@@ -386,7 +389,7 @@ impl Supervisor {
         if let Some(t) = self.reload_due {
             consider(t);
         }
-        for (t, _) in self.cooldowns.values() {
+        for (t, _) in self.cooldowns.values().chain(self.over_budget.values()) {
             consider(at(*t));
         }
         if let Some(s) = self.stopping

@@ -4,6 +4,7 @@
 //! to a run task, and recovers orphans left in `assigned/`.
 
 mod adopt;
+mod budget;
 mod claim;
 mod commit;
 mod control;
@@ -166,6 +167,10 @@ pub struct Supervisor {
     rejects: BTreeMap<String, ResultRecord>,
     /// Agents cooling down after a usage limit: until when, and why.
     cooldowns: HashMap<String, (SystemTime, String)>,
+    /// What agents spent (from `context/completed_tasks.jsonl`).
+    ledger: crate::tree::budget::Ledger,
+    /// Agents whose daily budget is used up: until the next UTC day, and why.
+    over_budget: HashMap<String, (SystemTime, String)>,
     /// Each agent's compiled usage-limit patterns.
     limits: Arc<HashMap<String, LimitPatterns>>,
     /// Interned routes: one allocation per distinct route, not per task.
@@ -248,6 +253,8 @@ impl Supervisor {
             unsettled: BTreeSet::new(),
             rejects: BTreeMap::new(),
             cooldowns: HashMap::new(),
+            ledger: Default::default(),
+            over_budget: HashMap::new(),
             routes: HashMap::new(),
             running: HashMap::new(),
             load: HashMap::new(),

@@ -6,6 +6,7 @@ mod common;
 
 mod access;
 mod attempts;
+mod budget;
 mod clis;
 mod context;
 mod control;
