@@ -94,6 +94,13 @@ impl Job {
             (started, finished),
         );
         annotate_last(&mut st, read.class, report.as_ref());
+        if let Some(rep) = report.as_ref().filter(|r| !r.usage.is_empty())
+            && let Ok(mut u) = self.ctx.usage.lock()
+        {
+            u.entry(self.agent.name.clone())
+                .or_default()
+                .add(&rep.usage);
+        }
         // A successful run that queued too many follow-ups, or too deep a
         // tree, is a failure of its own kind (not retried).
         let (outcome, error) = match (outcome, error, tampered) {

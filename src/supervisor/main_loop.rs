@@ -325,6 +325,8 @@ impl Supervisor {
         if let Some(n) = self.load.get_mut(&agent) {
             *n = n.saturating_sub(1);
         }
+        // Its usage (in the shared context) goes into the next metrics file.
+        self.metrics.dirty = true;
         match end {
             JobEnd::Done(st, outcome, secs) => {
                 self.metrics.finished(&agent, outcome.as_str(), secs);

@@ -151,6 +151,9 @@ struct Ctx {
     self_pid: u32,
     self_start: u64,
     exe: String,
+    /// What the runs of this supervisor used, by agent, as their CLIs
+    /// reported it (every attempt, requeued ones too): for the metrics.
+    usage: std::sync::Mutex<BTreeMap<String, crate::adapter::Usage>>,
 }
 
 pub struct Supervisor {
@@ -244,6 +247,7 @@ impl Supervisor {
                 exe: std::env::current_exe()
                     .map(|p| p.to_string_lossy().into_owned())
                     .unwrap_or_else(|_| "mailroom".into()),
+                usage: Default::default(),
             }),
             queue: Queue::new(config.aging),
             limits: Arc::new(compile_limits(&config)),
