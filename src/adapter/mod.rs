@@ -36,6 +36,7 @@ mod codex;
 mod cursor;
 mod gemini;
 mod generic;
+pub mod render;
 pub mod session;
 
 pub use generic::{OutputFormat, OutputSpec};
