@@ -141,7 +141,7 @@ pub fn apply(
             // directory's move.
             moves::move_run_dir(layout, name, *dest)?;
             let (out, cut) = layout
-                .last_attempt(*dest, &record.task)
+                .last_attempt(*dest, name)
                 .map(|(_, d)| context::read_output(&d))
                 .unwrap_or_default();
             let output = record.agent.as_ref().map(|_| (out.as_str(), cut));
