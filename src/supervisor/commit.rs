@@ -94,13 +94,7 @@ impl Job {
             (started, finished),
         );
         annotate_last(&mut st, read.class, report.as_ref());
-        if let Some(rep) = report.as_ref().filter(|r| !r.usage.is_empty())
-            && let Ok(mut u) = self.ctx.usage.lock()
-        {
-            u.entry(self.agent.name.clone())
-                .or_default()
-                .add(&rep.usage);
-        }
+        self.count_usage(report.as_ref());
         // A successful run that queued too many follow-ups, or too deep a
         // tree, is a failure of its own kind (not retried).
         let (outcome, error) = match (outcome, error, tampered) {
@@ -202,6 +196,17 @@ impl Job {
         });
         st.last_error = error.clone();
         error
+    }
+
+    /// Adds what the run used, as its CLI reported it, to the metrics' sums.
+    fn count_usage(&self, report: Option<&crate::adapter::RunReport>) {
+        if let Some(rep) = report.filter(|r| !r.usage.is_empty())
+            && let Ok(mut u) = self.ctx.usage.lock()
+        {
+            u.entry(self.agent.name.clone())
+                .or_default()
+                .add(&rep.usage);
+        }
     }
 
     /// What the verdict needs to know of this task, this agent and the policy.
