@@ -12,6 +12,9 @@
 //!   `thread.started` event. Every option of the presets' `exec` is accepted by
 //!   `exec resume` too, except `--sandbox`/`-s`, which becomes the same setting
 //!   as a config override (`-c sandbox_mode="..."`).
+//! - gemini (0.61.0, `gemini --help`): `--session-id <uuid>` starts a session
+//!   under that id, `--resume <id>` continues one (no fork: a parent's session
+//!   is continued).
 //!
 //! A command that already sets a session itself (`--resume`, `--continue`,
 //! `--session-id`, ...) is left alone.
@@ -20,7 +23,7 @@ use super::Kind;
 
 /// The `kind:` names whose CLI sessions mailroom can start with a known id and
 /// resume.
-pub const RESUMABLE: &[&str] = &["claude", "codex"];
+pub const RESUMABLE: &[&str] = &["claude", "codex", "gemini"];
 
 /// Whether agents of `kind` (a configured `kind:` name) can resume sessions.
 pub fn can_resume(kind: &str) -> bool {
@@ -57,6 +60,7 @@ pub fn command(kind: &Kind, template: &[String], session: &Session) -> Option<Ve
     match kind {
         Kind::Claude => claude(template, session),
         Kind::Codex => codex(template, session),
+        Kind::Gemini => gemini(template, session),
         _ => None,
     }
 }
@@ -92,6 +96,29 @@ fn claude(t: &[String], s: &Session) -> Option<Vec<String>> {
             "--session-id".into(),
             id.clone(),
         ],
+    };
+    let at = option_slot(t);
+    let mut v = t[..at].to_vec();
+    v.extend(opts);
+    v.extend_from_slice(&t[at..]);
+    Some(v)
+}
+
+/// Options that mean a gemini command manages its session itself.
+const GEMINI_OWN: &[&str] = &["--resume", "-r", "--session-id", "--session-file"];
+
+fn gemini(t: &[String], s: &Session) -> Option<Vec<String>> {
+    if t.iter().any(|a| {
+        GEMINI_OWN.contains(&a.as_str())
+            || a.starts_with("--resume=")
+            || a.starts_with("--session-id=")
+    }) {
+        return None;
+    }
+    let opts: Vec<String> = match s {
+        Session::New(id) => vec!["--session-id".into(), id.clone()],
+        // No fork: the parent's session is continued.
+        Session::Resume(id) | Session::Fork { from: id, .. } => vec!["--resume".into(), id.clone()],
     };
     let at = option_slot(t);
     let mut v = t[..at].to_vec();
@@ -323,13 +350,47 @@ mod tests {
     }
 
     #[test]
+    fn gemini_takes_a_session_id_and_resumes_before_its_prompt() {
+        let t = argv(&[
+            "gemini",
+            "--skip-trust",
+            "--output-format",
+            "json",
+            "--prompt={prompt}",
+        ]);
+        let n = command(&Kind::Gemini, &t, &Session::New("u".into())).unwrap();
+        assert_eq!(
+            &n[4..],
+            &argv(&["--session-id", "u", "--prompt={prompt}"])[..]
+        );
+        let r = command(&Kind::Gemini, &t, &Session::Resume("s".into())).unwrap();
+        assert_eq!(&r[4..], &argv(&["--resume", "s", "--prompt={prompt}"])[..]);
+        let f = command(
+            &Kind::Gemini,
+            &t,
+            &Session::Fork {
+                from: "p".into(),
+                id: "x".into(),
+            },
+        )
+        .unwrap();
+        assert_eq!(&f[4..], &argv(&["--resume", "p", "--prompt={prompt}"])[..]);
+        let own = argv(&["gemini", "--resume", "latest", "--prompt={prompt}"]);
+        assert_eq!(
+            command(&Kind::Gemini, &own, &Session::Resume("s".into())),
+            None
+        );
+    }
+
+    #[test]
     fn other_kinds_cannot_resume() {
-        for k in [Kind::Gemini, Kind::Aider, Kind::Cursor] {
+        for k in [Kind::Aider, Kind::Cursor] {
             assert_eq!(
                 command(&k, &argv(&["x", "{prompt}"]), &Session::Resume("s".into())),
                 None
             );
         }
-        assert!(can_resume("claude") && can_resume("Codex") && !can_resume("aider"));
+        assert!(can_resume("claude") && can_resume("Codex") && can_resume("gemini"));
+        assert!(!can_resume("aider") && !can_resume("cursor-agent"));
     }
 }

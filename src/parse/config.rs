@@ -1037,14 +1037,14 @@ mod tests {
         let c = Config::parse(y.as_bytes(), "mailroom.yaml").unwrap();
         assert_eq!(c.agents["c"].resume, Resume::Interrupted);
         assert_eq!(c.agents["x"].resume, Resume::Never);
-        assert_eq!(c.agents["g"].resume, Resume::Never);
+        assert_eq!(c.agents["g"].resume, Resume::Interrupted);
         let e = Config::parse(
-            b"agents:\n  g:\n    command: [gemini]\n    resume: interrupted\n",
+            b"agents:\n  g:\n    command: [aider]\n    resume: interrupted\n",
             "mailroom.yaml",
         )
         .unwrap_err();
         assert!(
-            e.error.message.contains("claude, codex"),
+            e.error.message.contains("claude, codex, gemini"),
             "{}",
             e.error.message
         );

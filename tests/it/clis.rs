@@ -655,7 +655,8 @@ fn resume_after_timeout(cli: Cli) {
         &bin,
         &Opts {
             retries: Some(1),
-            timeout: Some("8s"),
+            // gemini takes 5 to 10 s to start on a busy machine.
+            timeout: Some(if cli == Cli::Gemini { "20s" } else { "8s" }),
             ..Opts::default()
         },
     );
@@ -795,6 +796,11 @@ fn codex_resumes_an_interrupted_session() {
 }
 
 #[test]
+fn gemini_resumes_an_interrupted_session() {
+    resume_after_timeout(Cli::Gemini);
+}
+
+#[test]
 fn claude_follow_up_continues_the_parent_session() {
     follow_up_continues_the_parent_session(Cli::Claude);
 }
@@ -802,5 +808,10 @@ fn claude_follow_up_continues_the_parent_session() {
 #[test]
 fn codex_follow_up_continues_the_parent_session() {
     follow_up_continues_the_parent_session(Cli::Codex);
+}
+
+#[test]
+fn gemini_follow_up_continues_the_parent_session() {
+    follow_up_continues_the_parent_session(Cli::Gemini);
 }
 cli_tests!(gemini, Cli::Gemini);
