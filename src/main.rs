@@ -193,8 +193,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Resume { agent } => mailroom::cli::control::pause(&root, agent.as_deref(), false)
             .map(|()| ExitCode::SUCCESS),
-        Command::Logs { name, follow } => {
-            mailroom::cli::control::logs(&root, &name, follow).map(|()| ExitCode::SUCCESS)
+        Command::Logs { name, follow, raw } => {
+            mailroom::cli::control::logs(&root, &name, follow, raw).map(|()| ExitCode::SUCCESS)
         }
         Command::Wait {
             names,

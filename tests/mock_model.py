@@ -22,11 +22,16 @@ chooses it), else the server's default (--scenario, or $MOCK_SCENARIO, else "ok"
   401         an authentication error (Anthropic and OpenAI: HTTP 401; Gemini, like the real
               API: HTTP 400 API_KEY_INVALID)
   hang        starts the response, then sends nothing more until the client goes away
+  hang-until-continued
+              "hang" until the request also carries mailroom's continuation prompt ("was
+              cut off"), then "ok": a run cut off by its timeout and resumed in its session
+              sends the earlier conversation (with this marker) and the continuation
 
 Lifetime: the server exits when its parent process dies, after --lifetime seconds (default
 900), or on SIGTERM/SIGINT. The port (0 = pick a free one) is printed on stdout as
 "PORT <n>" and, with --port-file, written to that file (atomically). With --log, every
-request is appended to that file as one JSON line (method, path, scenario, body).
+request is appended to that file as one JSON line (method, path, scenario, body: its first
+20000 characters, tail: the last 20000 of a longer one).
 
 Python 3 standard library only.
 """
@@ -42,7 +47,9 @@ import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-SCENARIOS = ("ok", "ok-429", "429", "usage-limit", "500", "401", "hang")
+SCENARIOS = ("ok", "ok-429", "429", "usage-limit", "500", "401", "hang", "hang-until-continued")
+# mailroom's continuation prompt, in a resumed session (src/adapter/session.rs).
+CONTINUED = "was cut off"
 MARKER = re.compile(r"MOCK:([a-z0-9-]+)")
 
 # Fixed usage numbers, so the adapters' tests can check them.
@@ -75,8 +82,11 @@ ARGS = None
 def log_request(method, path, scenario, body):
     if not ARGS.log:
         return
+    # A long body (codex sends long instructions first) keeps its head and its tail,
+    # where the conversation's latest messages are.
     line = json.dumps({"t": round(time.time(), 3), "method": method, "path": path,
-                       "scenario": scenario, "body": body[:20000]})
+                       "scenario": scenario, "body": body[:20000],
+                       "tail": body[-20000:] if len(body) > 20000 else ""})
     with LOG_LOCK:
         with open(ARGS.log, "a", encoding="utf-8") as f:
             f.write(line + "\n")
@@ -88,6 +98,8 @@ LOG_LOCK = threading.Lock()
 def scenario_of(body):
     found = MARKER.findall(body)
     for name in reversed(found):
+        if name == "hang-until-continued":
+            return "ok" if CONTINUED in body else "hang"
         if name in SCENARIOS:
             return name
     return ARGS.scenario

@@ -36,8 +36,11 @@ mod codex;
 mod cursor;
 mod gemini;
 mod generic;
+pub mod render;
+pub mod session;
 
 pub use generic::{OutputFormat, OutputSpec};
+pub use session::{RESUMABLE, can_resume};
 
 /// Which adapter reads a run.
 #[derive(Debug, Clone, PartialEq)]

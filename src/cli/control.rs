@@ -94,49 +94,125 @@ pub fn pause(root: &Path, agent: Option<&str>, on: bool) -> Result<()> {
     Ok(())
 }
 
-/// `mailroom logs NAME [--follow]`: the run's stdout and stderr.
-pub fn logs(root: &Path, name: &str, follow: bool) -> Result<()> {
+/// `mailroom logs NAME [--follow] [--raw]`: the latest attempt's stdout and
+/// stderr. The stdout of a CLI that writes JSON events (claude, codex,
+/// gemini, cursor-agent) is shown as text, unless `raw`.
+pub fn logs(root: &Path, name: &str, follow: bool, raw: bool) -> Result<()> {
     let layout = open_tree(root)?;
     check_task_name(name)?;
     let Some((st, _, _)) = layout.locate(name) else {
         bail!("no task named `{name}`");
     };
-    let dir = layout.run_dir(st, name);
-    if st == State::Pending && !dir.exists() {
-        bail!("`{name}` has not run yet");
-    }
+    // The latest attempt (earlier ones are beside it, in `<name>.run/`).
+    let Some((attempt, dir)) = layout.last_attempt(st, name) else {
+        if st == State::Pending || st == State::Assigned {
+            bail!("`{name}` has not run yet");
+        }
+        return Ok(());
+    };
+    let renderer = if raw {
+        None
+    } else {
+        renderer_for(root, &layout, st, name)
+    };
+    let mut sink = Sink {
+        renderer,
+        partial: Vec::new(),
+    };
     let files = [dir.join("stdout.log"), dir.join("stderr.log")];
     let mut offsets = [0u64; 2];
     let mut out = std::io::stdout().lock();
     loop {
-        for (f, off) in files.iter().zip(offsets.iter_mut()) {
+        for (i, f) in files.iter().enumerate() {
             if let Ok(mut h) = std::fs::File::open(f) {
-                h.seek(SeekFrom::Start(*off))?;
+                h.seek(SeekFrom::Start(offsets[i]))?;
                 let mut buf = Vec::new();
                 h.read_to_end(&mut buf)?;
-                *off += buf.len() as u64;
-                out.write_all(&buf)?;
+                offsets[i] += buf.len() as u64;
+                sink.write(i == 0, &buf, &mut out)?;
             }
         }
         out.flush()?;
         if !follow || layout.find(State::Assigned, name).is_none() {
-            if follow {
+            if follow
                 // It finished: the files moved with it; show what came last.
-                if let Some((s, _, _)) = layout.locate(name)
-                    && s != State::Assigned
-                {
-                    let d = layout.run_dir(s, name);
-                    for (i, f) in ["stdout.log", "stderr.log"].iter().enumerate() {
-                        if let Ok(mut h) = std::fs::File::open(d.join(f)) {
-                            h.seek(SeekFrom::Start(offsets[i]))?;
-                            std::io::copy(&mut h, &mut out)?;
-                        }
+                && let Some((s, _, _)) = layout.locate(name)
+                && s != State::Assigned
+            {
+                let d = layout.attempt_dir(s, name, attempt);
+                for (i, f) in ["stdout.log", "stderr.log"].iter().enumerate() {
+                    if let Ok(mut h) = std::fs::File::open(d.join(f)) {
+                        h.seek(SeekFrom::Start(offsets[i]))?;
+                        let mut buf = Vec::new();
+                        h.read_to_end(&mut buf)?;
+                        sink.write(i == 0, &buf, &mut out)?;
                     }
                 }
             }
+            sink.finish(&mut out)?;
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The renderer of the CLI kind of the agent that ran `name` last, if that
+/// kind writes JSON events.
+fn renderer_for(
+    root: &Path,
+    layout: &crate::tree::layout::Layout,
+    st: State,
+    name: &str,
+) -> Option<crate::adapter::render::Renderer> {
+    use crate::adapter::{Kind, render};
+    let from_record = || {
+        let b = std::fs::read(layout.record_file(st, name)).ok()?;
+        serde_json::from_slice::<crate::model::record::ResultRecord>(&b)
+            .ok()?
+            .agent
+    };
+    let state = books::read_state(layout, name);
+    let agent = state
+        .run
+        .map(|r| r.agent)
+        .or_else(|| state.history.last().map(|a| a.agent.clone()))
+        .or_else(from_record)?;
+    let config = crate::parse::config::Config::load(root).ok()?;
+    let a = config.agents.get(&agent)?;
+    let kind = Kind::from_name(&a.kind, a.output.clone());
+    render::renders(&kind).then(|| render::Renderer::new(kind))
+}
+
+/// Where `logs` writes: stdout through the renderer, line by line (a line
+/// not finished yet waits for its end); stderr as it is.
+struct Sink {
+    renderer: Option<crate::adapter::render::Renderer>,
+    partial: Vec<u8>,
+}
+
+impl Sink {
+    fn write(&mut self, stdout: bool, buf: &[u8], out: &mut impl Write) -> std::io::Result<()> {
+        let Some(r) = self.renderer.as_mut().filter(|_| stdout) else {
+            return out.write_all(buf);
+        };
+        self.partial.extend_from_slice(buf);
+        while let Some(i) = self.partial.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=i).collect();
+            let text = String::from_utf8_lossy(&line[..line.len() - 1]);
+            out.write_all(r.line(&text).as_bytes())?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, out: &mut impl Write) -> std::io::Result<()> {
+        let Some(r) = self.renderer.as_mut() else {
+            return Ok(());
+        };
+        if !self.partial.is_empty() {
+            let text = String::from_utf8_lossy(&std::mem::take(&mut self.partial)).into_owned();
+            out.write_all(r.line(&text).as_bytes())?;
+        }
+        out.write_all(r.finish().as_bytes())
     }
 }
 
@@ -270,7 +346,10 @@ pub fn report(root: &Path, name: &str) -> Result<ExitCode> {
     let Some((st, _, _)) = layout.locate(name) else {
         bail!("`{name}` vanished");
     };
-    let (out, _) = crate::tree::context::read_output(&layout.run_dir(st, name));
+    let (out, _) = layout
+        .last_attempt(st, name)
+        .map(|(_, d)| crate::tree::context::read_output(&d))
+        .unwrap_or_default();
     print!("{out}");
     if st == State::Failed {
         let rec = std::fs::read(layout.record_file(State::Failed, name))

@@ -221,6 +221,11 @@ pub enum Command {
         /// Keep printing until the task finishes.
         #[arg(short, long)]
         follow: bool,
+        /// The CLI's stdout as written (claude's, codex's and gemini's JSON
+        /// events are otherwise shown as text: the answer, one line per tool
+        /// call and result).
+        #[arg(long)]
+        raw: bool,
     },
     /// Wait until the named tasks (or the whole queue) are finished; exit 0
     /// if all completed, 1 if any failed, 124 on --timeout.

@@ -40,16 +40,17 @@ pub fn retry(root: &Path, name: &str) -> Result<()> {
                 st.dir_name()
             );
         }
-        // The round that ends here stays readable: its record goes into the
-        // task's history (appended and synced) before anything is removed.
-        keep_round(&layout, name)?;
+        // The round that ends here stays readable: its run directory moves
+        // into the task's history, and its record (pointing there) is
+        // appended to it, before anything is removed.
+        let kept = moves::run_dir_to_history(&layout, name)?;
+        keep_round(&layout, name, kept.as_ref())?;
         // Fresh attempts: the bookkeeping and the old record go first, so that
         // a crash never pairs the requeued task with a stale record.
         fsx::remove_file_if_exists(&layout.state_file(name))?;
         fsx::remove_file_if_exists(&layout.record_file(State::Failed, name))?;
         fsx::fsync_dir(&layout.failed)?;
         moves::retry(&layout, State::Failed, name, ext)?;
-        fsx::remove_dir_all_if_exists(&layout.run_dir(State::Failed, name))?;
         println!("{name}: moved back to pending with fresh attempts");
         Ok(())
     })();
@@ -60,16 +61,23 @@ pub fn retry(root: &Path, name: &str) -> Result<()> {
 /// Appends the failed round's record to `tasks/history/<name>.jsonl`. A
 /// crash between this and the removal of the record may append it twice;
 /// readers drop a line whose `run_id` they already have.
-fn keep_round(layout: &crate::tree::layout::Layout, name: &str) -> Result<()> {
+fn keep_round(
+    layout: &crate::tree::layout::Layout,
+    name: &str,
+    kept: Option<&(String, String)>,
+) -> Result<()> {
     use std::io::Write;
     let rec = match std::fs::read(layout.record_file(State::Failed, name)) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e.into()),
     };
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&rec) else {
+    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&rec) else {
         return Ok(());
     };
+    if let Some((from, to)) = kept {
+        repoint(&mut v, from, to);
+    }
     let path = layout.history_file(name);
     let dir = path.parent().expect("history files are in a directory");
     fsx::create_dir_all(dir)?;
@@ -83,4 +91,27 @@ fn keep_round(layout: &crate::tree::layout::Layout, name: &str) -> Result<()> {
     fsx::sync_data(&f)?;
     fsx::fsync_dir(dir)?;
     Ok(())
+}
+
+/// The record's `run_dir` and its attempts' `run_dir`, from under `from` to
+/// under `to`.
+fn repoint(v: &mut serde_json::Value, from: &str, to: &str) {
+    let fix = |d: &mut serde_json::Value| {
+        if let Some(s) = d.as_str()
+            && let Some(rest) = s.strip_prefix(from)
+            && (rest.is_empty() || rest.starts_with('/'))
+        {
+            *d = serde_json::Value::String(format!("{to}{rest}"));
+        }
+    };
+    if let Some(d) = v.get_mut("run_dir") {
+        fix(d);
+    }
+    if let Some(h) = v.get_mut("history").and_then(|h| h.as_array_mut()) {
+        for a in h {
+            if let Some(d) = a.get_mut("run_dir") {
+                fix(d);
+            }
+        }
+    }
 }

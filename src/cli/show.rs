@@ -57,8 +57,10 @@ pub fn show_prompt(root: &Path, name: &str) -> Result<()> {
     let Some((st, path, ext)) = layout.locate(name) else {
         bail!("no task named `{name}` in {}", layout.tasks.display());
     };
-    let sent = layout.run_dir(st, name).join("prompt.md");
-    if let Ok(p) = std::fs::read_to_string(&sent) {
+    let sent = layout
+        .last_attempt(st, name)
+        .map(|(_, d)| d.join("prompt.md"));
+    if let Some(Ok(p)) = sent.map(std::fs::read_to_string) {
         print!("{p}");
         return Ok(());
     }
@@ -144,7 +146,8 @@ pub fn show(root: &Path, name: &str, json: bool) -> Result<()> {
         .ok()
         .map(|(b, _)| String::from_utf8_lossy(&b).into_owned())
         .or_else(|| {
-            fsx::read_tail(&layout.run_dir(st, name).join("stdout.log"), 4096)
+            let (_, d) = layout.last_attempt(st, name)?;
+            fsx::read_tail(&d.join("stdout.log"), 4096)
                 .ok()
                 .map(|(b, _)| String::from_utf8_lossy(&b).into_owned())
         });
@@ -155,7 +158,7 @@ pub fn show(root: &Path, name: &str, json: bool) -> Result<()> {
     let run = state_file.run.as_ref().filter(|_| st == State::Assigned);
     let keeper = run.and_then(|r| {
         let id = r.run_id.as_deref()?;
-        crate::run::keeper::info(&layout.run_dir(State::Assigned, name), id)
+        crate::run::keeper::info(&books::current_run_dir(&layout, name, &state_file), id)
     });
     let running = run.map(|r| {
         let sup_alive = r.host == books::hostname()

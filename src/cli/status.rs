@@ -42,6 +42,80 @@ struct StatusJson {
     config_error: Option<String>,
     /// Supervisors in `tasks/supervisors/`, each with whether it is alive.
     supervisors: Vec<SupervisorJson>,
+    /// Budgets used up (`budget:` of an agent): the agent paused for the day,
+    /// or a tree whose tasks for that agent wait.
+    over_budget: Vec<OverBudget>,
+}
+
+#[derive(Serialize)]
+struct OverBudget {
+    agent: String,
+    /// `daily` or `tree`.
+    scope: &'static str,
+    /// The first task of the tree (scope `tree`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tree: Option<String>,
+    /// Pending tasks of that tree (scope `tree`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    waiting: Vec<String>,
+    /// When a daily budget renews: the next UTC midnight.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    until: Option<String>,
+    reason: String,
+}
+
+/// The budgets that are used up, by the tree's log of finished tasks.
+fn over_budget(layout: &Layout, config: Option<&crate::parse::config::Config>) -> Vec<OverBudget> {
+    use crate::tree::budget;
+    let Some(config) = config else {
+        return Vec::new();
+    };
+    let mut v = Vec::new();
+    let budgeted =
+        |a: &crate::parse::config::Agent| a.budget != crate::parse::config::Budget::default();
+    if !config.agents.values().any(budgeted) {
+        return v;
+    }
+    let mut ledger = budget::Ledger::default();
+    ledger.refresh(layout);
+    let (day, midnight) = budget::today(std::time::SystemTime::now());
+    let mut trees: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    if config
+        .agents
+        .values()
+        .any(|a| a.budget.tree_usd.is_some() || a.budget.tree_tokens.is_some())
+    {
+        for (n, _) in books::list(layout, State::Pending).unwrap_or_default() {
+            let (root, _) = crate::tree::outbox::tree_root(layout, &n, config.max_tree_depth);
+            trees.entry(root).or_default().push(n);
+        }
+    }
+    for (name, a) in &config.agents {
+        if let Some(reason) = budget::daily_reason(name, &a.budget, ledger.on_day(name, &day)) {
+            v.push(OverBudget {
+                agent: name.clone(),
+                scope: "daily",
+                tree: None,
+                waiting: Vec::new(),
+                until: Some(crate::model::record::ts(midnight)),
+                reason,
+            });
+        }
+        for (tree, waiting) in &trees {
+            let spent = ledger.on_tree(name, tree);
+            if let Some(reason) = budget::tree_reason(name, tree, &a.budget, spent) {
+                v.push(OverBudget {
+                    agent: name.clone(),
+                    scope: "tree",
+                    tree: Some(tree.clone()),
+                    waiting: waiting.clone(),
+                    until: None,
+                    reason,
+                });
+            }
+        }
+    }
+    v
 }
 
 #[derive(Serialize)]
@@ -102,6 +176,7 @@ fn retry_waiting(layout: &Layout) -> Vec<String> {
 /// `mailroom status`.
 pub fn status(root: &Path, json: bool) -> Result<()> {
     let layout = open_tree(root)?;
+    let config = crate::parse::config::Config::load(root);
     let s = StatusJson {
         root: root.display().to_string(),
         pending: books::count(&layout, State::Pending),
@@ -113,9 +188,8 @@ pub fn status(root: &Path, json: bool) -> Result<()> {
         cooldowns: books::cooldowns(&layout, false),
         paused: books::exists(&layout.pause_file(None)),
         paused_agents: books::paused_agents(&layout),
-        config_error: crate::parse::config::Config::load(root)
-            .err()
-            .map(|e| e.to_string()),
+        over_budget: over_budget(&layout, config.as_ref().ok()),
+        config_error: config.as_ref().err().map(|e| e.to_string()),
         supervisors: crate::tree::registry::list(&layout)
             .into_iter()
             .map(|(heartbeat, alive)| SupervisorJson { heartbeat, alive })
@@ -181,6 +255,23 @@ pub fn status(root: &Path, json: bool) -> Result<()> {
             "  {} cooling down until {} ({})",
             c.agent, c.until, c.message
         );
+    }
+    for b in &s.over_budget {
+        match b.scope {
+            "daily" => println!(
+                "  {} over budget until {} or a raised budget: {}",
+                b.agent,
+                b.until.as_deref().unwrap_or("?"),
+                b.reason
+            ),
+            _ => println!(
+                "  tree of {} over budget: {}; its tasks for {} wait (raise the budget, or cancel them): {}",
+                b.tree.as_deref().unwrap_or("?"),
+                b.reason,
+                b.agent,
+                b.waiting.join(", ")
+            ),
+        }
     }
     Ok(())
 }

@@ -8,8 +8,9 @@ use super::Outcome;
 use std::time::SystemTime;
 
 /// Version of the on-disk protocol described in PROTOCOL.md. Version 2 added
-/// run keepers (`keeper.json`, `outcome.json` in a run directory).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// run keepers (`keeper.json`, `outcome.json` in a run directory); version 3
+/// keeps every attempt's run directory (`<name>.run/<attempt>/`).
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// A file without a version comes from a version 1 writer.
 fn protocol_version() -> u32 {
@@ -99,6 +100,18 @@ pub struct RunInfo {
     /// finishes a commit only with the record this run wrote.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_id: Option<String>,
+    /// The CLI session this run uses, when known before it starts (one
+    /// mailroom named, or one it resumes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// The run continues the session of an earlier attempt that was cut off.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resumed: bool,
+    /// The parent task's session this run's conversation starts from
+    /// (`session: parent`): claude copies it into a new session, codex
+    /// continues it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_session: Option<String>,
 }
 
 /// One finished attempt.
@@ -119,12 +132,27 @@ pub struct Attempt {
     /// auth, config, task, stopped), when its adapter could tell.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_class: Option<String>,
-    /// The CLI's session (conversation) id, when it reports one.
+    /// The CLI's session (conversation) id the attempt used: the one its CLI
+    /// reported, else the one mailroom gave it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
+    /// The attempt resumed `session_id`, the session of an earlier attempt
+    /// that was cut off (usage limit, timeout, shutdown), with a short
+    /// continuation prompt.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resumed: bool,
+    /// The parent task's session the attempt's conversation started from
+    /// (`session: parent`): claude copies it into a new session
+    /// (`session_id`), codex continues it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_session: Option<String>,
     /// Tokens, cost, model and turns, as the CLI reported them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<crate::adapter::Usage>,
+    /// This attempt's files (`<name>.run/<attempt>/`), relative to the root;
+    /// filled in the result record where the terminal commit puts them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_dir: Option<String>,
 }
 
 /// Terminal status of a task.
@@ -187,7 +215,8 @@ pub struct ResultRecord {
     /// The agent's output merged into context, relative to the root.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_file: Option<String>,
-    /// The run's files (stdout, stderr, prompt), relative to the root.
+    /// The last attempt's files (stdout, stderr, prompt), relative to the
+    /// root: `<dest>/<name>.run/<attempt>` (each attempt's are in `history`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_dir: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,6 +1,7 @@
 //! Metrics in the Prometheus text format, for node_exporter's textfile
 //! collector (`metrics_file`): tasks by state, runs by agent and outcome, a
-//! run-duration histogram, cooldowns, the age of the oldest pending task.
+//! run-duration histogram, tokens and cost the CLIs reported, cooldowns, the
+//! age of the oldest pending task.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -32,6 +33,8 @@ pub struct Snapshot {
     pub cooldowns: BTreeMap<String, SystemTime>,
     pub oldest_pending_age: Option<f64>,
     pub paused: bool,
+    /// What this supervisor's runs used, by agent, as their CLIs reported it.
+    pub usage: BTreeMap<String, crate::adapter::Usage>,
 }
 
 fn esc(v: &str) -> String {
@@ -131,6 +134,41 @@ impl Metrics {
                 o,
                 "mailroom_run_duration_seconds_count{{agent=\"{}\"}} {count}",
                 esc(a)
+            );
+        }
+        head(
+            &mut o,
+            "mailroom_tokens_total",
+            "counter",
+            "Tokens the agents' CLIs reported for this supervisor's runs (every attempt), by agent and kind (input, output, cache_read, cache_write).",
+        );
+        for (a, u) in &s.usage {
+            for (kind, n) in [
+                ("input", u.input_tokens),
+                ("output", u.output_tokens),
+                ("cache_read", u.cache_read_tokens),
+                ("cache_write", u.cache_write_tokens),
+            ] {
+                let _ = writeln!(
+                    o,
+                    "mailroom_tokens_total{{agent=\"{}\",kind=\"{kind}\"}} {}",
+                    esc(a),
+                    n.unwrap_or(0)
+                );
+            }
+        }
+        head(
+            &mut o,
+            "mailroom_cost_usd_total",
+            "counter",
+            "Cost in USD the agents' CLIs reported for this supervisor's runs (every attempt), by agent.",
+        );
+        for (a, u) in &s.usage {
+            let _ = writeln!(
+                o,
+                "mailroom_cost_usd_total{{agent=\"{}\"}} {}",
+                esc(a),
+                u.cost_usd.unwrap_or(0.0)
             );
         }
         head(

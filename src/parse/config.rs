@@ -72,6 +72,8 @@ pub const AGENT_KEYS: &[&str] = &[
     "prompt_template",
     "include_context",
     "workspace",
+    "resume",
+    "budget",
 ];
 
 #[derive(Debug, Deserialize)]
@@ -141,6 +143,54 @@ struct RawAgent {
     prompt_template: Option<String>,
     include_context: Option<bool>,
     workspace: Option<String>,
+    resume: Option<String>,
+    budget: Option<RawBudget>,
+}
+
+/// `budget:` of an agent as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBudget {
+    daily_usd: Option<f64>,
+    daily_tokens: Option<f64>,
+    tree_usd: Option<f64>,
+    tree_tokens: Option<f64>,
+}
+
+/// What an agent may spend (`budget:`), as its CLI reports usage: per UTC day,
+/// and per tree of follow-ups (the tasks that share a first task). None: no
+/// limit of that kind.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Budget {
+    pub daily_usd: Option<f64>,
+    pub daily_tokens: Option<u64>,
+    pub tree_usd: Option<f64>,
+    pub tree_tokens: Option<u64>,
+}
+
+impl Budget {
+    fn parse(name: &str, raw: Option<RawBudget>) -> Result<Budget, String> {
+        let Some(r) = raw else {
+            return Ok(Budget::default());
+        };
+        let check = |key: &str, v: Option<f64>| -> Result<Option<f64>, String> {
+            match v {
+                Some(x) if !x.is_finite() || x < 0.0 => Err(format!(
+                    "agent `{name}`: `budget.{key}: {x}` must be a number of 0 or more"
+                )),
+                v => Ok(v),
+            }
+        };
+        let tokens = |key: &str, v: Option<f64>| -> Result<Option<u64>, String> {
+            Ok(check(key, v)?.map(|x| x.round() as u64))
+        };
+        Ok(Budget {
+            daily_usd: check("daily_usd", r.daily_usd)?,
+            daily_tokens: tokens("daily_tokens", r.daily_tokens)?,
+            tree_usd: check("tree_usd", r.tree_usd)?,
+            tree_tokens: tokens("tree_tokens", r.tree_tokens)?,
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -214,6 +264,41 @@ pub struct Agent {
     pub include_context: bool,
     /// Where its runs work: the shared workdir, or a git worktree each.
     pub workspace: crate::run::workspace::Kind,
+    /// Whether a run cut off by a usage limit, a timeout or a shutdown is
+    /// continued in its CLI session at the next attempt (`resume:`).
+    pub resume: Resume,
+    /// What it may spend per day and per tree of follow-ups (`budget:`).
+    pub budget: Budget,
+}
+
+/// Reads an agent's `resume:`; the default is `interrupted` for a kind whose
+/// CLI can resume a session, else `never`.
+fn parse_resume(name: &str, kind: &str, r: Option<&str>) -> Result<Resume, String> {
+    let can = crate::adapter::can_resume(kind);
+    match r {
+        None if can => Ok(Resume::Interrupted),
+        None | Some("never") => Ok(Resume::Never),
+        Some("interrupted") if can => Ok(Resume::Interrupted),
+        Some("interrupted") => Err(format!(
+            "agent `{name}`: `resume: interrupted` needs a kind whose CLI can resume a \
+             session ({}); this agent's kind is `{kind}`",
+            crate::adapter::RESUMABLE.join(", ")
+        )),
+        Some(r) => Err(format!(
+            "agent `{name}`: `resume: {r}`: use interrupted or never"
+        )),
+    }
+}
+
+/// `resume:` of an agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// The next attempt after a run that was cut off (usage limit, timeout,
+    /// shutdown, a dead supervisor) resumes that run's session, when the
+    /// run's CLI reported one and its kind can resume.
+    Interrupted,
+    /// Every attempt starts a new session.
+    Never,
 }
 
 /// What a graceful shutdown (SIGTERM, SIGINT) does with running agents.
@@ -443,6 +528,8 @@ impl Default for Config {
                 prompt_template: None,
                 include_context: true,
                 workspace: crate::run::workspace::Kind::Shared,
+                resume: Resume::Never,
+                budget: Budget::default(),
             },
         );
         Config {
@@ -649,6 +736,7 @@ impl Config {
                         "agent `{name}`: `fallback_after` must be at least 1"
                     )));
                 }
+                let resume = parse_resume(&name, &kind, a.resume.as_deref()).map_err(err)?;
                 let agent = Agent {
                     name: name.clone(),
                     command,
@@ -677,6 +765,8 @@ impl Config {
                             ))
                         })?,
                     },
+                    resume,
+                    budget: Budget::parse(&name, a.budget).map_err(err)?,
                 };
                 c.agents.insert(name, agent);
             }
@@ -1052,6 +1142,35 @@ mod tests {
         let c = Config::parse(y.as_bytes(), "mailroom.yaml").unwrap();
         assert_eq!(c.agents["demo"].max_instances, 2);
         assert_eq!(c.agents["demo"].grace, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn resume_defaults_by_kind_and_is_checked() {
+        let y = "agents:\n  c:\n    command: [claude, -p]\n  x:\n    command: [codex, exec]\n    resume: never\n  g:\n    command: [gemini]\n";
+        let c = Config::parse(y.as_bytes(), "mailroom.yaml").unwrap();
+        assert_eq!(c.agents["c"].resume, Resume::Interrupted);
+        assert_eq!(c.agents["x"].resume, Resume::Never);
+        assert_eq!(c.agents["g"].resume, Resume::Interrupted);
+        let e = Config::parse(
+            b"agents:\n  g:\n    command: [aider]\n    resume: interrupted\n",
+            "mailroom.yaml",
+        )
+        .unwrap_err();
+        assert!(
+            e.error.message.contains("claude, codex, gemini"),
+            "{}",
+            e.error.message
+        );
+        let e = Config::parse(
+            b"agents:\n  c:\n    command: [claude]\n    resume: always\n",
+            "mailroom.yaml",
+        )
+        .unwrap_err();
+        assert!(
+            e.error.message.contains("use interrupted or never"),
+            "{}",
+            e.error.message
+        );
     }
 
     #[test]

@@ -75,6 +75,9 @@ pub struct Task {
     pub subtasks: Vec<Subtask>,
     /// `workspace:` (None: the agent's).
     pub workspace: Option<crate::run::workspace::Kind>,
+    /// `session: parent`: the run continues the CLI session of its parent
+    /// (the nearest ancestor that ran an agent with a session).
+    pub session_parent: bool,
     /// Things accepted but worth telling the author (ignored fields and the like).
     pub warnings: Vec<String>,
 }
@@ -147,6 +150,7 @@ pub const TASK_KEYS: &[&str] = &[
     "delay",
     "subtasks",
     "workspace",
+    "session",
 ];
 
 /// The task file as written. Unknown keys are errors.
@@ -179,6 +183,8 @@ pub struct RawTask {
     pub subtasks: Option<Vec<RawSubtask>>,
     /// `shared` or `worktree` (overrides the agent's).
     pub workspace: Option<String>,
+    /// `parent`: continue the parent's CLI session; `new` (the default).
+    pub session: Option<String>,
 }
 
 /// `context_required:` as written: a flag or a list of files.
@@ -252,6 +258,8 @@ pub struct SubtaskFields {
     pub context_files: Option<Vec<Text>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub workdir: Option<Text>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
 }
 
 impl<'de> Deserialize<'de> for RawSubtask {
@@ -509,6 +517,7 @@ fn expected_value(key: &str) -> Option<&'static str> {
         }
         "context_required" => "true, false, or a list of files",
         "workspace" => "shared or worktree",
+        "session" => "parent or new",
         "subtasks" => "a list of descriptions or of task mappings",
         _ => return None,
     })
@@ -1112,6 +1121,23 @@ pub fn validate(name: &str, raw: RawTask) -> Result<Task, TaskError> {
             )
         })?),
     };
+    let session_parent = match raw.session.as_deref().map(str::trim) {
+        None | Some("new") => false,
+        Some("parent") if raw_parent.is_some() => true,
+        Some("parent") => {
+            return Err(TaskError::at(
+                "session",
+                "`session: parent` continues the session of the task's parent, but this task \
+                 has no `parent:` (follow-ups and subtasks get one when they are queued)",
+            ));
+        }
+        Some(s) => {
+            return Err(TaskError::at(
+                "session",
+                format!("`session: {s}`: use parent (continue the parent's session) or new"),
+            ));
+        }
+    };
     let mut subtasks: Vec<Subtask> = Vec::new();
     for (i, st) in raw.subtasks.unwrap_or_default().into_iter().enumerate() {
         let mut fields = match st {
@@ -1155,8 +1181,14 @@ pub fn validate(name: &str, raw: RawTask) -> Result<Task, TaskError> {
         })?;
         let yaml = serde_saphyr::to_string(&fields)
             .map_err(|e| TaskError::at("subtasks", format!("`subtasks` item {}: {e}", i + 1)))?;
-        // Each child must be a valid task on its own, checked now.
-        parse(&child, yaml.as_bytes()).map_err(|e| {
+        // Each child must be a valid task on its own, checked now (with the
+        // `parent:` it gets when it is written, which `session` needs).
+        let whole = if fields.session.is_some() {
+            format!("{}\nparent: {:?}\n", yaml.trim_end(), name)
+        } else {
+            yaml.clone()
+        };
+        parse(&child, whole.as_bytes()).map_err(|e| {
             TaskError::at(
                 "subtasks",
                 format!("`subtasks` item {}: {}", i + 1, e.message),
@@ -1188,6 +1220,7 @@ pub fn validate(name: &str, raw: RawTask) -> Result<Task, TaskError> {
         context_required,
         subtasks,
         workspace,
+        session_parent,
         warnings,
     })
 }
@@ -1327,6 +1360,32 @@ context_files: ["context/project_overview.md", "context/current_state.md"]
             }
         );
         assert_eq!(classify("a.markdown"), Entry::Ignored);
+    }
+
+    #[test]
+    fn session_parent_needs_a_parent() {
+        let t = parse("c", b"description: go on\nparent: p\nsession: parent\n").unwrap();
+        assert!(t.session_parent);
+        assert!(
+            !parse("c", b"description: x\nsession: new\n")
+                .unwrap()
+                .session_parent
+        );
+        let e = parse("c", b"description: go on\nsession: parent\n").unwrap_err();
+        assert!(e.message.contains("has no `parent:`"), "{}", e.message);
+        let e = parse("c", b"description: x\nparent: p\nsession: mine\n").unwrap_err();
+        assert!(e.message.contains("use parent"), "{}", e.message);
+        // A subtask gets its `parent:` when it is written.
+        let t = parse(
+            "p",
+            b"description: p\nsubtasks:\n  - description: a\n    session: parent\n",
+        )
+        .unwrap();
+        assert!(
+            t.subtasks[0].fields.contains("session: parent"),
+            "{:?}",
+            t.subtasks
+        );
     }
 
     #[test]

@@ -17,6 +17,11 @@ const INSTRUCTIONS: &str = "\n---\n## Reporting back (from mailroom)\n\n\
 they are queued only if this task succeeds. `mailroom add \"...\"` queues one at once.\n\
 - End with a short summary between [SUMMARY] and [/SUMMARY]; the next agents read it in context/current_state.md.\n";
 
+/// The reporting instructions for task `name` (what `{instructions}` gives).
+pub fn instructions(name: &str) -> String {
+    INSTRUCTIONS.replace("{task}", name)
+}
+
 /// The shared context files, relative to the root.
 pub const SHARED: [&str; 2] = ["context/project_overview.md", "context/current_state.md"];
 
@@ -86,7 +91,7 @@ pub fn render(
             config.context_max_bytes.min(budget).saturating_sub(512),
         ));
     }
-    let instructions = INSTRUCTIONS.replace("{task}", &task.name);
+    let instructions = instructions(&task.name);
     Ok(substitute(
         template,
         &[

@@ -472,10 +472,10 @@ fn text_file(p: &Path, limit: u64, tail: bool) -> Option<Text> {
     })
 }
 
-/// The run directory of a task in state `s`, if it is a real directory (a
-/// symlink planted there is not followed).
+/// The latest attempt's directory of a task in state `s`, if it is a real
+/// directory (a symlink planted there is not followed).
 fn run_dir(layout: &Layout, s: State, name: &str) -> Option<std::path::PathBuf> {
-    let d = layout.run_dir(s, name);
+    let (_, d) = layout.last_attempt(s, name)?;
     std::fs::symlink_metadata(&d)
         .ok()
         .filter(|m| m.is_dir())

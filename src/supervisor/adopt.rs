@@ -29,7 +29,7 @@ impl Supervisor {
         {
             return;
         }
-        let run_dir = layout.run_dir(State::Assigned, name);
+        let run_dir = books::current_run_dir(&layout, name, &st);
         match run
             .run_id
             .as_deref()
@@ -124,7 +124,8 @@ impl Supervisor {
         let alternatives = crate::sched::routing::route(&self.config, &task, &st.excluded_agents)
             .map(|(r, _)| r.agents.len() > 1)
             .unwrap_or(false);
-        let ws = kept_workspace(layout, &self.config, &task, &agent, name);
+        let ws = kept_workspace(layout, &self.config, &task, &agent, name, st);
+        let attempt = run.attempt;
         let (ctx, config, limits) = (self.ctx.clone(), self.config.clone(), self.limits.clone());
         let (name, ext) = (name.to_owned(), ext.to_owned());
         let reason = run.reason.clone().unwrap_or_else(|| "adopted".into());
@@ -145,6 +146,7 @@ impl Supervisor {
             tree_slot: None,
             claimed,
             stop,
+            attempt,
         }))
     }
 }
@@ -156,10 +158,11 @@ fn kept_workspace(
     task: &Task,
     agent: &crate::parse::config::Agent,
     name: &str,
+    st: &TaskState,
 ) -> WorkspaceRun {
     use crate::run::workspace::{Kind, branch_for};
     let kind = task.workspace.unwrap_or(agent.workspace);
-    let result_file = layout.run_dir(State::Assigned, name).join("result.yaml");
+    let result_file = books::current_run_dir(layout, name, st).join("result.yaml");
     let (path, branch) = match kind {
         Kind::Shared => (
             task.workdir
@@ -226,7 +229,7 @@ impl Job {
             self.lock.release();
             return JobEnd::Stuck;
         }
-        let run_dir = layout.run_dir(State::Assigned, &self.name);
+        let run_dir = books::current_run_dir(&layout, &self.name, &st);
         match keeper::outcome(&run_dir, run_id) {
             Some(KeptOutcome {
                 end, started_at, ..

@@ -76,15 +76,20 @@ impl Supervisor {
         }
         let now = SystemTime::now();
         self.cooldowns.retain(|_, (t, _)| *t > now);
+        self.check_budgets(now);
         // Agents whose every slot another process holds (this pass).
         let mut full: BTreeSet<String> = BTreeSet::new();
         while !self.paused && self.running.len() < self.config.concurrency {
             let (config, load, cooldowns) = (&self.config, &self.load, &self.cooldowns);
+            let over_budget = &self.over_budget;
             let paused = &self.paused_agents;
             let full_ref = &full;
             let avail = |a: &str| match config.agents.get(a) {
                 None => Avail::Unavailable,
-                Some(_) if cooldowns.contains_key(a) => Avail::Unavailable,
+                // A used-up daily budget pauses the agent like a cooldown.
+                Some(_) if cooldowns.contains_key(a) || over_budget.contains_key(a) => {
+                    Avail::Unavailable
+                }
                 // A paused agent is waited for, like a busy one (no fallback).
                 Some(_) if paused.contains(a) => Avail::Busy,
                 // Busy tree-wide: waited for like one busy here.
@@ -271,6 +276,9 @@ impl Supervisor {
     /// the agent is taken first (see `tree::slots`); false, and the task is
     /// held back unclaimed, when every slot is held.
     pub(super) fn start(&mut self, name: &str, agent_name: &str) -> Start {
+        if self.tree_over_budget(name, agent_name) {
+            return Start::Started;
+        }
         let Ok(tree_slot) = self.take_slot(TREE_SLOTS) else {
             self.set_busy(name);
             return Start::TreeFull;
@@ -330,6 +338,7 @@ impl Supervisor {
             claimed,
             // Replaced by the run's own channel at the launch.
             stop: watch::channel(None).1,
+            attempt: 0,
         };
         self.launch(job);
         Start::Started

@@ -102,6 +102,7 @@ impl Job {
             (started, finished),
         );
         annotate_last(&mut st, read.class, report.as_ref());
+        self.count_usage(report.as_ref());
         // A successful run that queued too many follow-ups, or too deep a
         // tree, is a failure of its own kind (not retried).
         let (outcome, error) = match (outcome, error, tampered) {
@@ -172,13 +173,17 @@ impl Job {
     ) -> Option<String> {
         let run = st.run.take();
         let error = error.map(|e| {
-            let tail = stderr_tail(&self.ctx.layout.run_dir(State::Assigned, &self.name));
+            let tail = stderr_tail(&self.run_dir());
             if tail.is_empty() || outcome == Outcome::Spawn {
                 e
             } else {
                 format!("{e}; stderr ends with: {tail}")
             }
         });
+        let (session_id, resumed, parent_session) = run
+            .as_ref()
+            .map(|r| (r.session_id.clone(), r.resumed, r.parent_session.clone()))
+            .unwrap_or_default();
         st.history.push(Attempt {
             attempt: st.attempts,
             agent: self.agent.name.clone(),
@@ -191,11 +196,25 @@ impl Job {
             signal: exit.and_then(|e| e.signal()),
             error: error.clone(),
             error_class: None,
-            session_id: None,
+            session_id,
+            resumed,
+            parent_session,
             usage: None,
+            run_dir: None,
         });
         st.last_error = error.clone();
         error
+    }
+
+    /// Adds what the run used, as its CLI reported it, to the metrics' sums.
+    fn count_usage(&self, report: Option<&crate::adapter::RunReport>) {
+        if let Some(rep) = report.filter(|r| !r.usage.is_empty())
+            && let Ok(mut u) = self.ctx.usage.lock()
+        {
+            u.entry(self.agent.name.clone())
+                .or_default()
+                .add(&rep.usage);
+        }
     }
 
     /// What the verdict needs to know of this task, this agent and the policy.
@@ -373,7 +392,10 @@ impl Job {
             error: Some(msg.clone()),
             error_class: None,
             session_id: None,
+            resumed: false,
+            parent_session: None,
             usage: None,
+            run_dir: None,
         });
         let mut rec = base_record(&self.ctx, &self.name, Status::Failed, outcome, &st);
         rec.agent = Some(self.agent.name.clone());
@@ -421,7 +443,9 @@ fn annotate_last(
     if let Some(a) = st.history.last_mut() {
         a.error_class = class.map(str::to_owned);
         if let Some(rep) = report {
-            a.session_id = rep.session_id.clone();
+            if rep.session_id.is_some() {
+                a.session_id = rep.session_id.clone();
+            }
             a.usage = (!rep.usage.is_empty()).then(|| rep.usage.clone());
         }
     }

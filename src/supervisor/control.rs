@@ -165,6 +165,7 @@ impl Supervisor {
                 .collect(),
             oldest_pending_age: oldest,
             paused: self.paused,
+            usage: self.ctx.usage.lock().map(|u| u.clone()).unwrap_or_default(),
         };
         let path = if path.is_absolute() {
             path

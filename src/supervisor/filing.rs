@@ -67,6 +67,7 @@ impl Job {
     /// retries, leaving the task to recovery.
     pub(super) async fn commit(self, st: TaskState, rec: ResultRecord) -> JobEnd {
         let secs = rec.duration_ms.map(|ms| ms as f64 / 1000.0);
+        let run_dir = self.run_dir();
         let Job {
             ctx,
             config,
@@ -80,7 +81,7 @@ impl Job {
         } = self;
         // What the run left (workspace, output) is read once, before anything moves.
         let prep = {
-            let (ctx, name, mut rec) = (ctx.clone(), name.clone(), rec);
+            let (ctx, mut rec) = (ctx.clone(), rec);
             tokio::task::spawn_blocking(move || {
                 let layout = &ctx.layout;
                 if let Some(ws) = ws {
@@ -91,8 +92,7 @@ impl Job {
                         config.git_status,
                     ));
                 }
-                let (out, cut) =
-                    crate::tree::context::read_output(&layout.run_dir(State::Assigned, &name));
+                let (out, cut) = crate::tree::context::read_output(&run_dir);
                 rec.summary = crate::tree::context::summary(&out);
                 (rec, out, cut)
             })
@@ -174,12 +174,14 @@ impl Commit {
         }
         let dest = dest_of(&self.rec);
         let target = self.target.clone().unwrap_or_else(|| name.clone());
-        self.rec.run_dir = Some(layout.rel(&layout.run_dir(dest, &target)));
+        books::fill_run_dirs(layout, &name, dest, &mut self.rec);
         self.rec.output_file = Some(layout.rel(&layout.output_file(&target)));
         // The transactional outbox: follow-ups go to pending/ only on
         // success (before the record, which lists them); on failure they
         // stay in the run directory and the record names them.
-        let outbox = layout.run_dir(State::Assigned, &name).join("outbox");
+        let outbox = layout
+            .attempt_dir(State::Assigned, &name, self.st.attempts)
+            .join("outbox");
         match self.rec.status {
             Status::Completed => {
                 let queued = crate::tree::outbox::queue_outbox(layout, &name, &outbox)?;

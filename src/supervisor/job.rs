@@ -28,6 +28,10 @@ pub(super) struct Job {
     pub(super) claimed: Claimed,
     /// Stop requests, for a commit that is being retried (see `commit.rs`).
     pub(super) stop: watch::Receiver<Option<Stop>>,
+    /// The attempt under way (its run's `attempt`): its files are in
+    /// `assigned/<name>.run/<attempt>/`. Set by `begin_attempt`, or from the
+    /// state file for an adopted run.
+    pub(super) attempt: u32,
 }
 
 /// Where a run works, for the record and the clean-up at its commit.
@@ -63,7 +67,8 @@ impl Job {
         if !self.task.subtasks.is_empty() {
             return self.expand(st).await;
         }
-        if let Err(e) = self.begin_attempt(&mut st, started) {
+        let plan = self.plan_session(&st);
+        if let Err(e) = self.begin_attempt(&mut st, started, plan.as_ref()) {
             // Could not even prepare (disk full, unwritable tree): put it back;
             // the attempt does not count (counts never go down).
             error!(task = %self.name, error = %e, "cannot prepare the run; requeueing");
@@ -74,12 +79,11 @@ impl Job {
             return self.requeue_or_keep(st).await;
         }
         let layout = self.ctx.layout.clone();
-        let run_dir = layout.run_dir(State::Assigned, &self.name);
-        let prompt =
-            match crate::run::prompt::render(&layout, &self.config, &self.agent, &self.task) {
-                Ok(p) => p,
-                Err(msg) => return self.fail_now(st, Outcome::Invalid, msg, started).await,
-            };
+        let run_dir = self.run_dir();
+        let prompt = match self.prompt(plan.as_ref()) {
+            Ok(p) => p,
+            Err(msg) => return self.fail_now(st, Outcome::Invalid, msg, started).await,
+        };
         if let Err(e) = std::fs::write(run_dir.join("prompt.md"), prompt.as_bytes()) {
             warn!(task = %self.name, error = %e, "cannot keep a copy of the prompt");
         }
@@ -91,7 +95,8 @@ impl Job {
             Ok(w) => w,
             Err(msg) => return self.fail_now(st, Outcome::Invalid, msg, started).await,
         };
-        let mut spec = self.spec(prompt, workdir, &run_dir, st.attempts);
+        let command = plan.map_or_else(|| self.agent.command.clone(), |p| p.command);
+        let mut spec = self.spec(prompt, &command, workdir, &run_dir, st.attempts);
         let end = if self.config.run_keeper {
             let run_id = st.run.as_ref().and_then(|r| r.run_id.clone());
             let slot = (self.slot.take(), self.tree_slot.take());
@@ -233,7 +238,12 @@ impl Job {
     /// Counts the attempt and names its run in the state file (before the
     /// spawn, so recovery can tell this run's record from a stale one), then
     /// makes a fresh run directory.
-    fn begin_attempt(&self, st: &mut TaskState, started: SystemTime) -> std::io::Result<()> {
+    fn begin_attempt(
+        &mut self,
+        st: &mut TaskState,
+        started: SystemTime,
+        plan: Option<&super::session::Planned>,
+    ) -> std::io::Result<()> {
         let timeout = self.task.timeout.unwrap_or(self.agent.timeout);
         st.attempts += 1;
         st.not_before = None;
@@ -247,12 +257,25 @@ impl Job {
             deadline: record::ts(started.checked_add(timeout).unwrap_or(started)),
             reason: Some(self.reason.clone()),
             run_id: Some(books::run_id()),
+            session_id: plan.and_then(|p| p.session_id.clone()),
+            resumed: plan.is_some_and(|p| p.resumed.is_some()),
+            parent_session: plan.and_then(|p| p.parent_session.clone()),
         });
+        self.attempt = st.attempts;
         let layout = &self.ctx.layout;
-        let run_dir = layout.run_dir(State::Assigned, &self.name);
+        let run_dir = self.run_dir();
         books::write_state(layout, st)?;
+        // Earlier attempts' directories stay beside this one. One of this
+        // number is a leftover of an earlier life of the name: replaced.
         fsx::remove_dir_all_if_exists(&run_dir)?;
         fsx::create_dir_all(&run_dir.join("outbox"))
+    }
+
+    /// The directory of the attempt under way, in `assigned/`.
+    pub(super) fn run_dir(&self) -> PathBuf {
+        self.ctx
+            .layout
+            .attempt_dir(State::Assigned, &self.name, self.attempt)
     }
 
     /// A worktree of its own, or the shared workdir: returns where the agent
@@ -294,7 +317,14 @@ impl Job {
 
     /// Everything the runner needs to start the agent: argv with the
     /// placeholders filled in, the `MAILROOM_*` environment, the run's files.
-    fn spec(&self, prompt: String, workdir: PathBuf, run_dir: &Path, attempt: u32) -> runner::Spec {
+    fn spec(
+        &self,
+        prompt: String,
+        command: &[String],
+        workdir: PathBuf,
+        run_dir: &Path,
+        attempt: u32,
+    ) -> runner::Spec {
         let layout = &self.ctx.layout;
         let name = &self.name;
         let vars = runner::Vars {
@@ -307,7 +337,7 @@ impl Job {
             root: path_str(&layout.root),
             mailroom: self.ctx.exe.clone(),
         };
-        let argv = runner::build_argv(&self.agent.command, &vars);
+        let argv = runner::build_argv(command, &vars);
         let result_file = run_dir.join("result.yaml");
         let mut env: Vec<(String, String)> = vec![
             ("MAILROOM_TASK".into(), name.clone()),
@@ -338,13 +368,22 @@ impl Job {
         }
     }
 
+    /// The prompt of this run: the task's, or, when it resumes a session that
+    /// was cut off, a short continuation (the conversation has the rest).
+    fn prompt(&self, plan: Option<&super::session::Planned>) -> Result<String, String> {
+        if let Some(why) = plan.and_then(|p| p.resumed.as_deref()) {
+            let instructions = crate::run::prompt::instructions(&self.name);
+            return Ok(crate::adapter::session::continuation_prompt(
+                why,
+                &instructions,
+            ));
+        }
+        crate::run::prompt::render(&self.ctx.layout, &self.config, &self.agent, &self.task)
+    }
+
     /// Whether the run's outbox breaks the limits against runaway spawning.
     pub(super) fn runaway(&self) -> Option<String> {
-        let outbox = self
-            .ctx
-            .layout
-            .run_dir(State::Assigned, &self.name)
-            .join("outbox");
+        let outbox = self.run_dir().join("outbox");
         let n = crate::tree::outbox::outbox_files(&outbox).len();
         if n == 0 {
             return None;
@@ -441,7 +480,7 @@ impl Job {
         if patterns.is_empty() {
             return None;
         }
-        let dir = self.ctx.layout.run_dir(State::Assigned, &self.name);
+        let dir = self.run_dir();
         let (b, _) = fsx::read_tail(&dir.join("stderr.log"), 64 * 1024).ok()?;
         let stderr = String::from_utf8_lossy(&b);
         // The error channel: a CLI's echo of the prompt (codex) is not an error.
@@ -470,7 +509,7 @@ impl Job {
             | RunEnd::Cancelled(e) => *e,
             RunEnd::SpawnFailed { .. } => return None,
         };
-        let dir = self.ctx.layout.run_dir(State::Assigned, &self.name);
+        let dir = self.run_dir();
         let read = |f: &str| {
             fsx::read_tail(&dir.join(f), crate::tree::context::OUTPUT_CAP * 8)
                 .map(|(b, _)| String::from_utf8_lossy(&b).into_owned())

@@ -274,6 +274,9 @@ impl Supervisor {
         if !self.cooldowns.is_empty() {
             s.push_str(&format!(", {} cooling down", self.cooldowns.len()));
         }
+        if !self.over_budget.is_empty() {
+            s.push_str(&format!(", {} over budget", self.over_budget.len()));
+        }
         if self.paused {
             s.push_str(", paused");
         }
@@ -323,6 +326,8 @@ impl Supervisor {
         if let Some(n) = self.load.get_mut(&agent) {
             *n = n.saturating_sub(1);
         }
+        // Its usage (in the shared context) goes into the next metrics file.
+        self.metrics.dirty = true;
         match end {
             JobEnd::Done(st, outcome, secs) => {
                 self.metrics.finished(&agent, outcome.as_str(), secs);
@@ -389,7 +394,7 @@ impl Supervisor {
         if let Some(t) = self.reload_due {
             consider(t);
         }
-        for (t, _) in self.cooldowns.values() {
+        for (t, _) in self.cooldowns.values().chain(self.over_budget.values()) {
             consider(at(*t));
         }
         if let Some(s) = self.stopping

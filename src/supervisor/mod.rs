@@ -4,6 +4,7 @@
 //! to a run task, and recovers orphans left in `assigned/`.
 
 mod adopt;
+mod budget;
 mod claim;
 mod commit;
 mod control;
@@ -14,6 +15,7 @@ mod main_loop;
 mod place;
 mod recover;
 mod scan;
+mod session;
 pub mod verdict;
 mod workdirs;
 
@@ -153,6 +155,9 @@ struct Ctx {
     exe: String,
     /// Runs in shared workdirs, for `files_modified_exact`.
     workdirs: Arc<workdirs::Workdirs>,
+    /// What the runs of this supervisor used, by agent, as their CLIs
+    /// reported it (every attempt, requeued ones too): for the metrics.
+    usage: std::sync::Mutex<BTreeMap<String, crate::adapter::Usage>>,
 }
 
 pub struct Supervisor {
@@ -169,6 +174,10 @@ pub struct Supervisor {
     rejects: BTreeMap<String, ResultRecord>,
     /// Agents cooling down after a usage limit: until when, and why.
     cooldowns: HashMap<String, (SystemTime, String)>,
+    /// What agents spent (from `context/completed_tasks.jsonl`).
+    ledger: crate::tree::budget::Ledger,
+    /// Agents whose daily budget is used up: until the next UTC day, and why.
+    over_budget: HashMap<String, (SystemTime, String)>,
     /// Each agent's compiled usage-limit patterns.
     limits: Arc<HashMap<String, LimitPatterns>>,
     /// Interned routes: one allocation per distinct route, not per task.
@@ -245,6 +254,7 @@ impl Supervisor {
                     .map(|p| p.to_string_lossy().into_owned())
                     .unwrap_or_else(|_| "mailroom".into()),
                 workdirs: Arc::default(),
+                usage: Default::default(),
             }),
             queue: Queue::new(config.aging),
             limits: Arc::new(compile_limits(&config)),
@@ -254,6 +264,8 @@ impl Supervisor {
             unsettled: BTreeSet::new(),
             rejects: BTreeMap::new(),
             cooldowns: HashMap::new(),
+            ledger: Default::default(),
+            over_budget: HashMap::new(),
             routes: HashMap::new(),
             running: HashMap::new(),
             load: HashMap::new(),

@@ -99,11 +99,13 @@ impl Supervisor {
             let Ok(Some(lock)) = TaskLock::try_acquire(&layout, &name) else {
                 continue;
             };
-            if layout.find(State::Assigned, &name).is_none() {
+            // A task waiting in pending/ keeps its bookkeeping and its
+            // earlier attempts' run directory for the next attempt.
+            if layout.find(State::Assigned, &name).is_none()
+                && layout.find(State::Pending, &name).is_none()
+            {
                 let _ = fsx::remove_dir_all_if_exists(&layout.run_dir(State::Assigned, &name));
-                if layout.find(State::Pending, &name).is_none() {
-                    let _ = fsx::remove_file_if_exists(&layout.state_file(&name));
-                }
+                let _ = fsx::remove_file_if_exists(&layout.state_file(&name));
             }
             lock.release();
         }
@@ -123,7 +125,8 @@ impl Supervisor {
             && !recovery::records(&layout, name)
                 .iter()
                 .any(|(_, r)| r.task == name && r.run_id == id)
-            && crate::run::keeper::outcome(&layout.run_dir(State::Assigned, name), id).is_some()
+            && crate::run::keeper::outcome(&books::current_run_dir(&layout, name, &st), id)
+                .is_some()
         {
             return self.commit_kept(name, ext, lock, &st);
         }

@@ -67,6 +67,41 @@ pub fn cooldowns(layout: &Layout, prune: bool) -> Vec<crate::model::record::Cool
 }
 
 /// Writes a task's state file durably. Caller holds the task's lock.
+/// The directory of the run a state file names (`run.attempt`), in
+/// `assigned/`: where its keeper, outcome and files are.
+pub fn current_run_dir(layout: &Layout, name: &str, st: &TaskState) -> std::path::PathBuf {
+    let n = st.run.as_ref().map_or(st.attempts, |r| r.attempt);
+    layout.attempt_dir(State::Assigned, name, n)
+}
+
+/// Points a record about to be filed as `dest/<record.task>` at its run
+/// directories: `run_dir` at the latest attempt's, and each attempt in
+/// `history` at its own (for the attempts whose directory is still in
+/// `assigned/<name>.run/`, where the commit moves it from). Called before the
+/// run directory moves.
+pub fn fill_run_dirs(layout: &Layout, name: &str, dest: State, record: &mut ResultRecord) {
+    let rel = |n: u32| layout.rel(&layout.attempt_dir(dest, &record.task, n));
+    let here = |n: u32| {
+        fs::symlink_metadata(layout.attempt_dir(State::Assigned, name, n)).is_ok_and(|m| m.is_dir())
+    };
+    let mut dirs = Vec::new();
+    for a in &record.history {
+        dirs.push(here(a.attempt).then(|| rel(a.attempt)));
+    }
+    for (a, d) in record.history.iter_mut().zip(dirs) {
+        if d.is_some() {
+            a.run_dir = d;
+        }
+    }
+    if let Some((n, _)) = layout.last_attempt(State::Assigned, name) {
+        record.run_dir = Some(if n == 0 {
+            layout.rel(&layout.run_dir(dest, &record.task))
+        } else {
+            rel(n)
+        });
+    }
+}
+
 pub fn write_state(layout: &Layout, st: &TaskState) -> io::Result<()> {
     let bytes = serde_json::to_vec_pretty(st).map_err(io::Error::other)?;
     fsx::write_atomic(&layout.state_file(&st.task), &bytes)

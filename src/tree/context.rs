@@ -22,7 +22,7 @@ use crate::tree::layout::{Layout, State};
 pub const OUTPUT_CAP: u64 = 1024 * 1024;
 /// How many finished tasks `current_state.md` shows.
 const RECENT: usize = 15;
-const JSONL: &str = "completed_tasks.jsonl";
+pub const JSONL: &str = "completed_tasks.jsonl";
 
 /// Runs `write` on the context file at `path`; when it fails and something
 /// that is not a regular file, or a file mailroom may not write, is at `path`,
@@ -226,7 +226,12 @@ fn append_log(layout: &Layout, rec: &ResultRecord) -> io::Result<()> {
         Status::Completed => c += 1,
         Status::Failed => x += 1,
     }
-    let mut line = serde_json::to_string(&log_line(rec, (c, x))).map_err(io::Error::other)?;
+    let mut v = log_line(rec, (c, x));
+    // The first task of its tree of follow-ups, for the tree budgets.
+    v["tree"] = crate::tree::outbox::tree_root(layout, &rec.task, 64)
+        .0
+        .into();
+    let mut line = serde_json::to_string(&v).map_err(io::Error::other)?;
     line.push('\n');
     // A crash may have left a torn last line: start on a fresh one.
     if !tail.is_empty() && !tail.ends_with('\n') {

@@ -119,8 +119,52 @@ impl Layout {
     pub fn state_file(&self, name: &str) -> PathBuf {
         self.assigned.join(format!("{name}.state.json"))
     }
+    /// `<name>.run/`: the task's run directory, which holds one directory per
+    /// attempt ([`Layout::attempt_dir`]). It lives in `assigned/` from the
+    /// first run until the terminal commit moves it whole, also while the task
+    /// waits in `pending/` for its next attempt: asked for a pending task,
+    /// this gives the one in `assigned/`.
     pub fn run_dir(&self, s: State, name: &str) -> PathBuf {
+        let s = if s == State::Pending {
+            State::Assigned
+        } else {
+            s
+        };
         self.dir(s).join(format!("{name}.run"))
+    }
+    /// `<name>.run/<n>/`: the directory of attempt `n` (its prompt, stdout,
+    /// stderr, output, outbox, keeper files). Every reader of a run's files
+    /// goes through this (or [`Layout::last_attempt`]).
+    pub fn attempt_dir(&self, s: State, name: &str, n: u32) -> PathBuf {
+        self.run_dir(s, name).join(n.to_string())
+    }
+    /// The latest attempt's directory: the highest-numbered real directory
+    /// in `<name>.run/` (a symlink there is not followed). A run directory of
+    /// protocol version 2 or older, with the files directly inside it, is
+    /// attempt 0.
+    pub fn last_attempt(&self, s: State, name: &str) -> Option<(u32, PathBuf)> {
+        let root = self.run_dir(s, name);
+        if !std::fs::symlink_metadata(&root).is_ok_and(|m| m.is_dir()) {
+            return None;
+        }
+        let n = std::fs::read_dir(&root)
+            .ok()?
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| {
+                let s = e.file_name().into_string().ok()?;
+                // Canonical numbers only: `01` is not attempt 1.
+                let n = s.parse::<u32>().ok()?;
+                (n.to_string() == s).then_some(n)
+            })
+            .max();
+        match n {
+            Some(n) => Some((n, self.attempt_dir(s, name, n))),
+            None if root.join("stdout.log").exists() || root.join("prompt.md").exists() => {
+                Some((0, root))
+            }
+            None => None,
+        }
     }
     pub fn record_file(&self, s: State, name: &str) -> PathBuf {
         self.dir(s).join(format!("{name}.result.json"))
@@ -136,6 +180,15 @@ impl Layout {
     /// one a line, appended by `mailroom retry` before it starts a new round.
     pub fn history_file(&self, name: &str) -> PathBuf {
         self.tasks.join("history").join(format!("{name}.jsonl"))
+    }
+    /// `tasks/history/<name>.run/<round>/`: the run directory of an earlier
+    /// round (what `failed/<name>.run/` held when `mailroom retry` started
+    /// a new one), rounds numbered from 1.
+    pub fn history_run_dir(&self, name: &str, round: u32) -> PathBuf {
+        self.tasks
+            .join("history")
+            .join(format!("{name}.run"))
+            .join(round.to_string())
     }
     pub fn cancel_file(&self, name: &str) -> PathBuf {
         self.cancel.join(name)
@@ -168,5 +221,41 @@ impl Layout {
         State::ALL
             .into_iter()
             .find_map(|s| self.find(s, name).map(|(p, e)| (s, p, e)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_attempt_is_the_highest_canonical_number() {
+        let tmp = std::env::temp_dir().join(format!("mailroom-layout-{}", std::process::id()));
+        let l = Layout::new(&tmp);
+        let run = l.run_dir(State::Assigned, "t");
+        assert_eq!(
+            l.run_dir(State::Pending, "t"),
+            run,
+            "a pending task's runs are in assigned/"
+        );
+        assert_eq!(
+            l.attempt_dir(State::Failed, "t", 3),
+            tmp.join("tasks/failed/t.run/3")
+        );
+        assert_eq!(l.last_attempt(State::Assigned, "t"), None);
+        for d in ["1", "2", "10", "011", "x"] {
+            std::fs::create_dir_all(run.join(d)).unwrap();
+        }
+        std::fs::write(run.join("99"), "a file, not an attempt").unwrap();
+        assert_eq!(
+            l.last_attempt(State::Assigned, "t"),
+            Some((10, run.join("10")))
+        );
+        // A version 2 run directory: the files directly inside.
+        let old = l.run_dir(State::Completed, "o");
+        std::fs::create_dir_all(&old).unwrap();
+        std::fs::write(old.join("stdout.log"), "").unwrap();
+        assert_eq!(l.last_attempt(State::Completed, "o"), Some((0, old)));
+        std::fs::remove_dir_all(&tmp).unwrap();
     }
 }

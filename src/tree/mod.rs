@@ -4,6 +4,7 @@
 //! happens, and nothing here starts a process.
 
 pub mod books;
+pub mod budget;
 pub mod context;
 pub mod fsx;
 pub mod layout;

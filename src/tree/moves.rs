@@ -171,29 +171,44 @@ pub fn reject(
         record.submitted_as = Some(layout.rel(&from));
     }
     record.task = target.clone();
+    // The run directory of earlier attempts (a task waiting for its retry, or
+    // claimed again) goes with the task, as at a terminal commit; a clash is
+    // another file of a name in use, and the directory is that task's.
+    let runs = !rename && fs::symlink_metadata(layout.run_dir(State::Assigned, name)).is_ok();
+    if runs {
+        crate::tree::books::fill_run_dirs(layout, name, State::Failed, &mut record);
+    }
     let rec_path = layout.record_file(State::Failed, &target);
     let bytes = serde_json::to_vec_pretty(&record).map_err(io::Error::other)?;
     fsx::write_atomic(&rec_path, &bytes)?;
+    if runs {
+        move_run_dir_as(layout, name, State::Failed, &target)?;
+    }
     let to = layout.task_file(State::Failed, &target, ext);
+    let undo = || {
+        let _ = fs::remove_file(&rec_path);
+        if runs {
+            let _ = fsx::rename_noreplace(
+                &layout.run_dir(State::Failed, &target),
+                &layout.run_dir(State::Assigned, name),
+            );
+        }
+    };
     match move_file(&from, &to) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let _ = fs::remove_file(&rec_path);
+            undo();
             return Ok(None);
         }
         Err(e) => {
-            let _ = fs::remove_file(&rec_path);
+            undo();
             return Err(e);
         }
     }
     // Bookkeeping of a task that will never run again (a pending task may
-    // have some from an earlier attempt, waiting for its retry). A clash is
-    // another file of a name in use: the bookkeeping is that task's.
+    // have some from an earlier attempt, waiting for its retry).
     if !rename {
         fsx::remove_file_if_exists(&layout.state_file(name))?;
-        if src == State::Assigned {
-            fsx::remove_dir_all_if_exists(&layout.run_dir(State::Assigned, name))?;
-        }
     }
     if let Some(l) = _target_lock {
         l.release();
@@ -216,6 +231,27 @@ fn move_run_dir_as(layout: &Layout, name: &str, dest: State, target: &str) -> io
     fsx::remove_dir_all_if_exists(&to)?;
     fsx::rename_noreplace(&from, &to)?;
     fsx::fsync_dir(layout.dir(dest))
+}
+
+/// Moves `failed/<name>.run/` to `tasks/history/<name>.run/<round>/` (the
+/// next free round number): a retry never deletes an earlier answer.
+/// Returns the old and new paths, relative to the root.
+pub fn run_dir_to_history(layout: &Layout, name: &str) -> io::Result<Option<(String, String)>> {
+    let from = layout.run_dir(State::Failed, name);
+    if std::fs::symlink_metadata(&from).is_err() {
+        return Ok(None);
+    }
+    let mut round = 1;
+    while std::fs::symlink_metadata(layout.history_run_dir(name, round)).is_ok() {
+        round += 1;
+    }
+    let to = layout.history_run_dir(name, round);
+    let dir = to.parent().expect("a round is in a directory");
+    fsx::create_dir_all(dir)?;
+    fsx::rename_noreplace(&from, &to)?;
+    fsx::fsync_dir(dir)?;
+    fsx::fsync_dir(&layout.failed)?;
+    Ok(Some((layout.rel(&from), layout.rel(&to))))
 }
 
 /// Step one of a terminal commit: the result record, then the run directory,
@@ -336,8 +372,9 @@ pub fn reclaim(
 /// Holds the task's lock. A newer file of the same name that appeared in
 /// `pending/` meanwhile is filed in `failed/` under a clash name first.
 pub fn requeue(layout: &Layout, name: &str, ext: &str, st: &TaskState) -> io::Result<()> {
+    // The run directory (every attempt's files) stays in `assigned/` for
+    // the next attempt: a requeue never deletes an earlier answer.
     write_state(layout, st)?;
-    fsx::remove_dir_all_if_exists(&layout.run_dir(State::Assigned, name))?;
     let from = layout.task_file(State::Assigned, name, ext);
     if let Some((ppath, pext)) = layout.find(State::Pending, name)
         && !fsx::same_inode(&ppath, &from)

@@ -9,7 +9,7 @@ use std::io;
 use crate::model::Outcome;
 use crate::model::record::{Attempt, ResultRecord, TaskState};
 use crate::tree::layout::{Layout, State};
-use crate::tree::{books, context, fsx, moves};
+use crate::tree::{books, context, moves};
 
 /// What recovery does with one orphan.
 #[derive(Debug, Clone, PartialEq)]
@@ -91,8 +91,13 @@ pub fn decide(
             signal: None,
             error: Some(why.clone()),
             error_class: None,
-            session_id: None,
+            // The session it used, when mailroom knew it before the run:
+            // the next attempt may resume it.
+            session_id: run.session_id.clone(),
+            resumed: run.resumed,
+            parent_session: run.parent_session.clone(),
             usage: None,
+            run_dir: None,
         });
         st.last_error = Some(why.clone());
         if st.charged() > env.retries {
@@ -135,22 +140,27 @@ pub fn apply(
             // The crash may have come between the record and the run
             // directory's move.
             moves::move_run_dir(layout, name, *dest)?;
-            let (out, cut) = context::read_output(&layout.run_dir(*dest, name));
+            let (out, cut) = layout
+                .last_attempt(*dest, name)
+                .map(|(_, d)| context::read_output(&d))
+                .unwrap_or_default();
             let output = record.agent.as_ref().map(|_| (out.as_str(), cut));
             context::merge(layout, record, output, pending_hint)?;
             moves::finish_commit(layout, name, ext, *dest)?;
             Ok(*dest)
         }
         Decision::Fail { state, record } => {
-            fsx::remove_dir_all_if_exists(&layout.run_dir(State::Assigned, name))?;
+            // Every attempt's directory moves with the task (7.4).
+            let mut record = record.clone();
+            books::fill_run_dirs(layout, name, State::Failed, &mut record);
             books::write_state(layout, state)?;
-            let dest = moves::prepare_commit(layout, record)?;
-            context::merge(layout, record, None, pending_hint)?;
+            let dest = moves::prepare_commit(layout, &record)?;
+            context::merge(layout, &record, None, pending_hint)?;
             moves::finish_commit(layout, name, ext, dest)?;
             Ok(dest)
         }
         Decision::Requeue { state } => {
-            fsx::remove_dir_all_if_exists(&layout.run_dir(State::Assigned, name))?;
+            // The run directory stays for the next attempt (7.5).
             moves::requeue(layout, name, ext, state)?;
             Ok(State::Pending)
         }

@@ -116,11 +116,16 @@ fn a_shared_tree_gives_the_group_its_records_state_files_and_locks() {
     wait_for(
         std::time::Duration::from_secs(60),
         "the run to start",
-        || root.exists("tasks/assigned/t.run/prompt.md"),
+        || root.exists("tasks/assigned/t.run/1/prompt.md"),
     );
     assert_eq!(mode("tasks/assigned/t.lock"), 0o660, "lock");
     assert_eq!(mode("tasks/assigned/t.state.json"), 0o640, "state file");
     assert_eq!(mode("tasks/assigned/t.run") & 0o2000, 0o2000, "run dir");
+    assert_eq!(
+        mode("tasks/assigned/t.run/1") & 0o2000,
+        0o2000,
+        "attempt dir"
+    );
     for d in ["tasks/cooldowns", "tasks/control", "tasks/control/cancel"] {
         assert_eq!(mode(d) & 0o2000, 0o2000, "{d} is not setgid");
     }

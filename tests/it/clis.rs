@@ -644,6 +644,118 @@ fn shutdown_requeues(cli: Cli) {
     assert!(t.root.names("assigned").is_empty(), "{cli:?}");
 }
 
+/// A run cut off by its timeout while the model hangs: the next attempt resumes the same
+/// CLI session (claude `--resume`, codex `exec resume`) with mailroom's continuation
+/// prompt, and the model sees the earlier conversation in that request.
+fn resume_after_timeout(cli: Cli) {
+    let Some(bin) = clis() else { return };
+    let s = scratch();
+    let mock = Mock::start(&s.path);
+    let t = setup(
+        cli,
+        &mock,
+        &bin,
+        &Opts {
+            retries: Some(1),
+            // gemini takes 5 to 10 s to start on a busy machine.
+            timeout: Some(if cli == Cli::Gemini { "20s" } else { "8s" }),
+            ..Opts::default()
+        },
+    );
+    t.task(
+        "cut",
+        "MOCK:hang-until-continued Reply with one short sentence about REMEMBER-ME-42.",
+    );
+    t.run_until_idle();
+    let rec = t.record("completed", "cut");
+    note(cli, "resume", "completed", &rec);
+    let h = rec["history"].as_array().unwrap();
+    assert_eq!(h.len(), 2, "{cli:?}: {rec}");
+    assert_eq!(h[0]["outcome"], "timeout", "{cli:?}: {rec}");
+    let session = h[0]["session_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{cli:?}: no session: {rec}"));
+    assert_eq!(h[1]["outcome"], "success", "{cli:?}: {rec}");
+    assert_eq!(h[1]["resumed"], true, "{cli:?}: {rec}");
+    assert_eq!(h[1]["session_id"], session, "{cli:?}: {rec}");
+    assert_eq!(rec["session_id"], session, "{cli:?}: {rec}");
+    // The second attempt's prompt is the continuation; its command resumed the session.
+    let prompt = t.root.read("tasks/completed/cut.run/2/prompt.md");
+    assert!(prompt.contains("was cut off"), "{cli:?}: {prompt}");
+    assert!(!prompt.contains("REMEMBER-ME-42"), "{cli:?}: {prompt}");
+    let spec = t.root.read("tasks/completed/cut.run/2/spec.json");
+    let resume_flag = match cli {
+        Cli::Codex => "\"resume\"",
+        _ => "\"--resume\"",
+    };
+    assert!(
+        spec.contains(resume_flag) && spec.contains(session),
+        "{cli:?}: {spec}"
+    );
+    let out = t.root.read("context/agent_outputs/cut.md");
+    assert!(out.contains(OK_ANSWER), "{cli:?}: {out}");
+    // The model got the earlier conversation (the first prompt) with the continuation.
+    let bodies: Vec<String> = fs::read_to_string(&mock.log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["scenario"] == "ok")
+        .filter_map(|v| Some(format!("{}{}", v["body"].as_str()?, v["tail"].as_str()?)))
+        .collect();
+    assert!(
+        bodies
+            .iter()
+            .any(|b| b.contains("REMEMBER-ME-42") && b.contains("was cut off")),
+        "{cli:?}: no request held both the earlier prompt and the continuation: {} ok requests",
+        bodies.len()
+    );
+}
+
+/// `session: parent`: a follow-up continues its parent's conversation. claude copies it
+/// into a new session (`--resume P --fork-session --session-id N`); the model sees the
+/// parent's exchange in the follow-up's request.
+fn follow_up_continues_the_parent_session(cli: Cli) {
+    let Some(bin) = clis() else { return };
+    let s = scratch();
+    let mock = Mock::start(&s.path);
+    let t = setup(cli, &mock, &bin, &Opts::default());
+    t.task("p", "MOCK:ok Remember the word PARENT-MARK-7.");
+    t.run_until_idle();
+    let parent = t.record("completed", "p");
+    let psession = parent["session_id"].as_str().unwrap().to_owned();
+    t.root.write(
+        "tasks/pending/c.yaml",
+        "description: \"MOCK:ok Which word did I ask you to remember?\"\nparent: p\nsession: parent\n",
+    );
+    t.run_until_idle();
+    let rec = t.record("completed", "c");
+    note(cli, "session-parent", "completed", &rec);
+    let a = &rec["history"][0];
+    assert_eq!(a["parent_session"], psession.as_str(), "{cli:?}: {rec}");
+    let spec = t.root.read("tasks/completed/c.run/1/spec.json");
+    assert!(spec.contains(&psession), "{cli:?}: {spec}");
+    if cli == Cli::Claude {
+        // A copy: the parent's session stays as it was.
+        assert_ne!(a["session_id"], psession.as_str(), "{cli:?}: {rec}");
+        assert!(spec.contains("--fork-session"), "{cli:?}: {spec}");
+    }
+    let last: Value = fs::read_to_string(&mock.log)
+        .unwrap()
+        .lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| {
+            let b = format!("{}{}", v["body"], v["tail"]);
+            b.contains("Which word did I ask")
+        })
+        .expect("the follow-up's request");
+    let b = format!("{}{}", last["body"], last["tail"]);
+    assert!(
+        b.contains("PARENT-MARK-7"),
+        "{cli:?}: the parent's conversation is not in the request"
+    );
+}
+
 macro_rules! cli_tests {
     ($m:ident, $cli:expr) => {
         mod $m {
@@ -674,4 +786,34 @@ macro_rules! cli_tests {
 
 cli_tests!(claude, Cli::Claude);
 cli_tests!(codex, Cli::Codex);
+
+#[test]
+fn claude_resumes_an_interrupted_session() {
+    resume_after_timeout(Cli::Claude);
+}
+
+#[test]
+fn codex_resumes_an_interrupted_session() {
+    resume_after_timeout(Cli::Codex);
+}
+
+#[test]
+fn gemini_resumes_an_interrupted_session() {
+    resume_after_timeout(Cli::Gemini);
+}
+
+#[test]
+fn claude_follow_up_continues_the_parent_session() {
+    follow_up_continues_the_parent_session(Cli::Claude);
+}
+
+#[test]
+fn codex_follow_up_continues_the_parent_session() {
+    follow_up_continues_the_parent_session(Cli::Codex);
+}
+
+#[test]
+fn gemini_follow_up_continues_the_parent_session() {
+    follow_up_continues_the_parent_session(Cli::Gemini);
+}
 cli_tests!(gemini, Cli::Gemini);

@@ -127,7 +127,7 @@ fn the_outbox_is_committed_on_success_and_withheld_on_failure() {
     assert!(shown.contains("child:  next-a (completed)"), "{shown}");
     let rec = root.record("failed", "broken");
     assert_eq!(rec["withheld_followups"], serde_json::json!(["never.yaml"]));
-    assert!(root.exists("tasks/failed/broken.run/outbox/never.yaml"));
+    assert!(root.exists("tasks/failed/broken.run/1/outbox/never.yaml"));
     assert!(root.names("pending").is_empty() && !root.exists("tasks/completed/never.yaml"));
 }
 

@@ -260,3 +260,32 @@ fn a_second_sigterm_stops_at_once_and_requeues() {
     assert!(!alive(ag));
     assert_eq!(root.names("pending"), ["long"]);
 }
+
+/// `logs` shows a CLI's JSON events as text (the answer, one line per tool
+/// call), and as written with `--raw`: an agent of `kind: claude` that
+/// prints claude's captured `stream-json` output.
+#[test]
+fn logs_render_stream_json_unless_raw() {
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/cli/claude-2.1.197/stream-ok.stdout"
+    );
+    let root = Root::new()
+        .agent_config(&["sh", "-c", &format!("cat {fixture}"), "{prompt}"], "")
+        .task("t.yaml", "description: x\n");
+    let cfg = root.read("mailroom.yaml").replace(
+        "    grace: 1s\n",
+        "    grace: 1s\n    kind: claude\n    resume: never\n",
+    );
+    root.write("mailroom.yaml", &cfg);
+    root.run_until_idle();
+    assert_eq!(root.names("completed"), vec!["t"]);
+    let shown = stdout(&root.mailroom(&["logs", "t"]));
+    assert_eq!(
+        shown,
+        "[session d40170ca-aa9d-4d52-bc5a-97933098a6a4 · model claude-opus-4-8[1m]]\n\
+         MOCK ANSWER: the task is done.\n[done: ok, 0.0073 USD, 1 turns]\n"
+    );
+    let raw = stdout(&root.mailroom(&["logs", "--raw", "t"]));
+    assert_eq!(raw, std::fs::read_to_string(fixture).unwrap());
+}

@@ -67,7 +67,7 @@ fn the_agent_never_gets_the_lock() {
     assert_eq!(root.read("stdin.txt").trim(), "/dev/null");
     // The keeper's record of the run lands with the task.
     let out: serde_json::Value =
-        serde_json::from_str(&root.read("tasks/completed/o.run/outcome.json")).unwrap();
+        serde_json::from_str(&root.read("tasks/completed/o.run/1/outcome.json")).unwrap();
     assert_eq!(out["end"]["exited"]["code"], 0, "{out}");
 }
 
@@ -117,7 +117,7 @@ fn an_outcome_written_while_no_supervisor_ran_is_committed_as_it_is() {
     wait_for(
         Duration::from_secs(30),
         "the keeper to record the outcome",
-        || root.exists("tasks/assigned/o.run/outcome.json") && agents_of(&root).is_empty(),
+        || root.exists("tasks/assigned/o.run/1/outcome.json") && agents_of(&root).is_empty(),
     );
     root.run_until_idle();
     assert_eq!(root.names("completed"), ["o"]);
@@ -187,7 +187,7 @@ echo started a daemon"#;
     let _cleanup = KillGroupOnDrop(daemon);
     assert!(!alive(daemon), "the daemon outlived its run");
     let kept: serde_json::Value =
-        serde_json::from_str(&root.read("tasks/completed/d.run/outcome.json")).unwrap();
+        serde_json::from_str(&root.read("tasks/completed/d.run/1/outcome.json")).unwrap();
     assert_eq!(kept["leftovers_stopped"], 1, "{kept}");
     assert!(agents_of(&root).is_empty());
 }

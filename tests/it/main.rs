@@ -5,6 +5,8 @@
 mod common;
 
 mod access;
+mod attempts;
+mod budget;
 mod clis;
 mod context;
 mod control;

@@ -104,3 +104,34 @@ fn the_metrics_file_is_valid_and_counts_the_runs() {
     );
     assert_eq!(m["mailroom_paused"], 0.0);
 }
+
+#[test]
+fn tokens_and_cost_the_clis_reported_are_counted_for_every_attempt() {
+    let paid = agent("paid.sh");
+    let root = Root::new()
+        .config(&format!(
+            "retries: 1\nretry_delay: 20ms\nmetrics_file: metrics.prom\nagents:\n  paid:\n    command: [{paid:?}]\n    kind: generic\n    output: {{format: json, answer: .result, cost: .cost, input_tokens: .in, output_tokens: .out}}\n    env: {{FAIL_FIRST: \"1\"}}\n"
+        ))
+        .task("a.yaml", "description: x\n")
+        .task("b.yaml", "description: y\n");
+    root.run_until_idle();
+    assert_eq!(root.names("completed"), vec!["a", "b"]);
+    let text = root.read("metrics.prom");
+    let m = parse(&text);
+    // Two tasks, each failed once then succeeded: four runs of 0.6 USD,
+    // 1000 input and 10 output tokens.
+    assert_eq!(
+        m["mailroom_tokens_total{agent=\"paid\",kind=\"input\"}"], 4000.0,
+        "{text}"
+    );
+    assert_eq!(
+        m["mailroom_tokens_total{agent=\"paid\",kind=\"output\"}"], 40.0,
+        "{text}"
+    );
+    assert_eq!(
+        m["mailroom_tokens_total{agent=\"paid\",kind=\"cache_read\"}"], 0.0,
+        "{text}"
+    );
+    let cost = m["mailroom_cost_usd_total{agent=\"paid\"}"];
+    assert!((cost - 2.4).abs() < 1e-9, "{text}");
+}

@@ -26,6 +26,7 @@ const PRESETS: &[(&str, &str)] = &[
 const TASKS: &[&str] = &[
     "after.yaml",
     "appendix.yaml",
+    "follow_up.yaml",
     "full.yaml",
     "heavy.yaml",
     "minimal.yaml",

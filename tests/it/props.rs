@@ -1024,6 +1024,7 @@ impl Sim {
                     deadline: mailroom::model::record::now(),
                     reason: None,
                     run_id: Some(books::run_id()),
+                    ..RunInfo::default()
                 });
                 books::write_state(&l, &st)?;
                 t.state = State::Assigned;
@@ -1244,7 +1245,10 @@ fn attempt(run: &RunInfo, outcome: Outcome) -> Attempt {
         error: None,
         error_class: None,
         session_id: None,
+        resumed: false,
+        parent_session: None,
         usage: None,
+        run_dir: None,
     }
 }
 

@@ -1,0 +1,151 @@
+//! Every attempt keeps its run directory (`<name>.run/<attempt>/`): a retry
+//! after a failure, a `mailroom retry`, and a cancel of a task waiting for
+//! its next attempt never delete an earlier attempt's answer.
+
+use crate::common::*;
+use std::time::Duration;
+
+fn config(extra: &str) -> String {
+    format!(
+        "retries: 2\nretry_delay: 20ms\nsettle: 300ms\n{extra}\nagents:\n  a:\n    command: [{:?}]\n    grace: 1s\n    prompt_template: \"{{description}}\"\n",
+        agent("twice.sh")
+    )
+}
+
+#[test]
+fn a_retried_task_keeps_the_first_attempts_files_beside_the_second() {
+    let root = Root::new()
+        .config(&config(""))
+        .task("f.yaml", "description: twice\n");
+    root.run_until_idle();
+    assert_eq!(root.names("completed"), vec!["f"]);
+    for n in [1, 2] {
+        let d = format!("tasks/completed/f.run/{n}");
+        assert_eq!(
+            root.read(&format!("{d}/stdout.log")),
+            format!("stdout of attempt {n}\n")
+        );
+        assert_eq!(
+            root.read(&format!("{d}/output.md")),
+            format!("answer of attempt {n}\n")
+        );
+        assert!(root.exists(&format!("{d}/prompt.md")), "{d}");
+    }
+    assert!(
+        root.read("tasks/completed/f.run/1/stderr.log")
+            .contains("attempt 1 broke")
+    );
+    let rec = root.record("completed", "f");
+    assert_eq!(rec["attempts"], 2, "{rec}");
+    assert_eq!(rec["run_dir"], "tasks/completed/f.run/2", "{rec}");
+    let h = rec["history"].as_array().unwrap();
+    assert_eq!(h.len(), 2, "{rec}");
+    assert_eq!(h[0]["outcome"], "exit");
+    assert_eq!(h[0]["run_dir"], "tasks/completed/f.run/1", "{rec}");
+    assert_eq!(h[1]["run_dir"], "tasks/completed/f.run/2", "{rec}");
+    // The context holds the answer of the attempt that succeeded.
+    let out = root.read("context/agent_outputs/f.md");
+    assert!(out.contains("answer of attempt 2"), "{out}");
+    // `logs` and `show` read the latest attempt.
+    let logs = root.mailroom(&["logs", "f"]);
+    assert!(
+        stdout(&logs).contains("stdout of attempt 2"),
+        "{}",
+        stdout(&logs)
+    );
+    assert!(!stdout(&logs).contains("attempt 1"), "{}", stdout(&logs));
+    assert!(
+        root.entries("tasks/assigned").is_empty(),
+        "{:?}",
+        root.entries("tasks/assigned")
+    );
+}
+
+#[test]
+fn mailroom_retry_keeps_the_failed_rounds_run_directory_in_the_history() {
+    let root = Root::new()
+        .config(&config("").replace("retries: 2", "retries: 0"))
+        .task("f.yaml", "description: twice\n");
+    root.run_until_idle();
+    assert_eq!(root.names("failed"), vec!["f"]);
+    assert_eq!(
+        root.record("failed", "f")["run_dir"],
+        "tasks/failed/f.run/1"
+    );
+    let out = root.mailroom(&["retry", "f"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!root.exists("tasks/failed/f.run"));
+    // Round 1, attempt 1: its answer is kept.
+    assert_eq!(
+        root.read("tasks/history/f.run/1/1/output.md"),
+        "answer of attempt 1\n"
+    );
+    let line = root.read("tasks/history/f.jsonl");
+    let old: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+    assert_eq!(old["run_dir"], "tasks/history/f.run/1/1", "{old}");
+    assert_eq!(
+        old["history"][0]["run_dir"], "tasks/history/f.run/1/1",
+        "{old}"
+    );
+    // The new round starts again at attempt 1, which fails again (the agent
+    // fails every first attempt); its round is kept as round 2.
+    root.run_until_idle();
+    assert_eq!(root.names("failed"), vec!["f"]);
+    let out = root.mailroom(&["retry", "f"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(root.exists("tasks/history/f.run/1/1/stdout.log"));
+    assert!(root.exists("tasks/history/f.run/2/1/stdout.log"));
+}
+
+#[test]
+fn a_task_waiting_for_its_retry_keeps_its_run_directory_and_a_cancel_files_it() {
+    let root = Root::new()
+        .config(&config("").replace("retry_delay: 20ms", "retry_delay: 1h"))
+        .task("f.yaml", "description: twice\n");
+    let sup = root.spawn();
+    wait_for(
+        Duration::from_secs(60),
+        "the first attempt to fail and wait for its retry",
+        || {
+            root.names("pending") == vec!["f"]
+                && root.exists("tasks/assigned/f.run/1/stdout.log")
+                && root
+                    .read("tasks/assigned/f.state.json")
+                    .contains("not_before")
+        },
+    );
+    // While it waits, the run directory stays in assigned/ and `logs` reads it.
+    let logs = root.mailroom(&["logs", "f"]);
+    assert!(
+        stdout(&logs).contains("stdout of attempt 1"),
+        "{}",
+        stdout(&logs)
+    );
+    drop(sup);
+    // A new supervisor's recovery pass (made before it says it is ready)
+    // leaves it alone.
+    let sup = root.spawn();
+    wait_for(Duration::from_secs(60), "the second supervisor", || {
+        let ready = root
+            .entries("")
+            .iter()
+            .filter(|f| f.starts_with("sup-") && root.read(f).contains("supervisor ready"))
+            .count();
+        ready == 2
+    });
+    drop(sup);
+    assert_eq!(root.names("pending"), vec!["f"]);
+    assert!(root.exists("tasks/assigned/f.run/1/output.md"));
+    // A cancel files the task with its earlier attempt's files.
+    let out = root.mailroom(&["cancel", "f"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(root.names("failed"), vec!["f"]);
+    assert_eq!(
+        root.read("tasks/failed/f.run/1/output.md"),
+        "answer of attempt 1\n"
+    );
+    let rec = root.record("failed", "f");
+    assert_eq!(rec["run_dir"], "tasks/failed/f.run/1", "{rec}");
+    assert!(!root.exists("tasks/assigned/f.run"));
+    assert!(!root.exists("tasks/assigned/f.state.json"));
+}
