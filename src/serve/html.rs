@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 use crate::model::record::{Attempt, parse_ts};
 use crate::tree::layout::State;
 
+use super::agents::Agents;
 use super::graph::{EdgeKind, Graph, NODE_H, NODE_W};
 use super::view::{Detail, Link, Overview, Row, TaskList, Text};
 
@@ -165,6 +166,7 @@ pub fn page(title: &str, active: &str, root: &str, body: &str) -> String {
         ("overview", "/", "Overview"),
         ("tasks", "/tasks", "Tasks"),
         ("graph", "/graph", "Graph"),
+        ("agents", "/agents", "Agents"),
     ]
     .iter()
     .map(|(id, href, label)| {
@@ -276,6 +278,8 @@ pub fn overview(o: &Overview) -> String {
         }
         None => s.push_str(r#"<p id="oldest" class="muted">Nothing pending.</p>"#),
     }
+    s.push_str(&today(o));
+    s.push_str(&supervisors(o));
     s.push_str(r#"<div class="grid"><section><h2>Agents</h2>"#);
     if o.agents.is_empty() {
         s.push_str(r#"<p class="empty">No agents configured.</p>"#);
@@ -363,6 +367,162 @@ pub fn overview(o: &Overview) -> String {
     s.push_str("</section><section><h2>Recently finished</h2>");
     s.push_str(&rows_table(&o.recent));
     s.push_str("</section>");
+    s
+}
+
+/// Dollars: cents for sums of a dollar or more, four places below.
+pub fn usd(c: f64) -> String {
+    if c >= 1.0 {
+        format!("${c:.2}")
+    } else {
+        format!("${c:.4}")
+    }
+}
+
+/// A token count: 1234567 -> "1.2M".
+pub fn tokens(n: Option<u64>) -> String {
+    match n {
+        None => "–".into(),
+        Some(n) if n >= 1_000_000 => format!("{:.1}M", n as f64 / 1e6),
+        Some(n) if n >= 10_000 => format!("{}k", n / 1000),
+        Some(n) => n.to_string(),
+    }
+}
+
+fn today(o: &Overview) -> String {
+    let t = &o.today;
+    let cost = t.sums.usage.cost_usd.map(usd).unwrap_or_else(|| "–".into());
+    format!(
+        r#"<p id="today">Today ({day} UTC): <b>{n}</b> task(s) finished, cost <b id="today-cost">{cost}</b>, tokens in {i} / out {out}{rep}</p>"#,
+        day = esc(&t.day),
+        n = t.sums.tasks,
+        i = tokens(t.sums.usage.input_tokens),
+        out = tokens(t.sums.usage.output_tokens),
+        rep = if t.sums.tasks > t.sums.reported {
+            format!(
+                r#" <span class="muted">({} reported no usage)</span>"#,
+                t.sums.tasks - t.sums.reported
+            )
+        } else {
+            String::new()
+        }
+    )
+}
+
+fn supervisors(o: &Overview) -> String {
+    let mut s = String::from("<section><h2>Supervisors</h2>");
+    if o.supervisors.is_empty() {
+        s.push_str(r#"<p class="empty" id="no-supervisors">No supervisor has announced itself on this tree (<code>tasks/supervisors/</code>).</p></section>"#);
+        return s;
+    }
+    s.push_str("<table id=\"supervisors\"><thead><tr><th>Host</th><th>Pid</th><th>Version</th><th>Started</th><th>Last heartbeat</th><th>Running</th><th>State</th></tr></thead><tbody>");
+    for x in &o.supervisors {
+        let h = &x.hb;
+        let state = if x.alive {
+            r#"<span class="badge st-completed">alive</span>"#
+        } else {
+            r#"<span class="badge st-failed">gone</span>"#
+        };
+        let _ = write!(
+            s,
+            "<tr><td>{}</td><td>{}</td><td>{} <span class=\"muted\">(protocol {})</span></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&h.host),
+            h.pid,
+            esc(&h.version),
+            h.protocol,
+            esc(&h.started_at),
+            esc(&h.last_beat),
+            h.running,
+            state
+        );
+    }
+    s.push_str("</tbody></table></section>");
+    s
+}
+
+/// Bars of cost per day (tasks when no cost was reported), with a title per day.
+fn day_bars(days: &[super::agents::Day]) -> String {
+    const W: u32 = 10;
+    const H: u32 = 28;
+    let by_cost = days.iter().any(|d| d.cost_usd > 0.0);
+    let value = |d: &super::agents::Day| if by_cost { d.cost_usd } else { d.tasks as f64 };
+    let max = days.iter().map(value).fold(0.0_f64, f64::max);
+    let mut s = format!(
+        r#"<svg class="bars" width="{w}" height="{H}" viewBox="0 0 {w} {H}">"#,
+        w = W * days.len() as u32
+    );
+    for (i, d) in days.iter().enumerate() {
+        let h = if max > 0.0 {
+            ((value(d) / max) * (H - 2) as f64).round() as u32
+        } else {
+            0
+        }
+        .max(1);
+        let _ = write!(
+            s,
+            r#"<rect x="{x}" y="{y}" width="{bw}" height="{h}"><title>{day}: {n} task(s), {c}</title></rect>"#,
+            x = i as u32 * W,
+            y = H - h,
+            bw = W - 2,
+            day = esc(&d.day),
+            n = d.tasks,
+            c = usd(d.cost_usd)
+        );
+    }
+    s.push_str("</svg>");
+    s
+}
+
+/// The agents page's body.
+pub fn agents(a: &Agents) -> String {
+    let mut s = String::from("<h1>Agents</h1>");
+    if a.agents.is_empty() {
+        s.push_str(r#"<p class="empty">No agents configured and none has finished a task.</p>"#);
+        return s;
+    }
+    let _ = write!(
+        s,
+        r#"<p class="muted">From <code>context/completed_tasks.jsonl</code>: each finished task counts once, for the agent that ran it last. Per day: {} to {} (UTC); cost when the CLIs reported one, else tasks.</p>"#,
+        esc(a.days.first().map(String::as_str).unwrap_or("")),
+        esc(a.days.last().map(String::as_str).unwrap_or(""))
+    );
+    s.push_str("<table id=\"agent-stats\"><thead><tr><th>Agent</th><th>Running</th><th>Finished</th><th>Succeeded</th><th>Success rate</th><th>Median duration</th><th>Tokens in / out</th><th>Cost</th><th>Per day</th></tr></thead><tbody>");
+    for x in &a.agents {
+        let rate = x
+            .success_rate
+            .map(|r| format!("{:.0}%", r * 100.0))
+            .unwrap_or_else(|| "–".into());
+        let med = x
+            .median_duration_ms
+            .map(|m| {
+                if m < 1000 {
+                    format!("{m} ms")
+                } else {
+                    duration(m / 1000)
+                }
+            })
+            .unwrap_or_else(|| "–".into());
+        let max = x.max.map(|m| m.to_string()).unwrap_or_else(|| "?".into());
+        let _ = write!(
+            s,
+            r#"<tr id="agent-{id}"><td>{name}{unconf}</td><td>{run} / {max}</td><td>{fin}</td><td>{ok}</td><td>{rate}</td><td>{med}</td><td>{ti} / {to}</td><td>{cost}</td><td>{bars}</td></tr>"#,
+            id = url(&x.name),
+            name = esc(&x.name),
+            unconf = if x.configured {
+                ""
+            } else {
+                r#" <span class="muted">(not configured)</span>"#
+            },
+            run = x.running,
+            fin = x.finished,
+            ok = x.completed,
+            ti = tokens(x.usage.input_tokens),
+            to = tokens(x.usage.output_tokens),
+            cost = x.usage.cost_usd.map(usd).unwrap_or_else(|| "–".into()),
+            bars = day_bars(&x.days),
+        );
+    }
+    s.push_str("</tbody></table>");
     s
 }
 

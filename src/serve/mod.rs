@@ -13,9 +13,11 @@
 //! script and style, and while it listens on loopback a request must name a
 //! loopback host (so a web page cannot reach it through DNS rebinding).
 
+pub mod agents;
 pub mod graph;
 pub mod html;
 pub mod index;
+pub mod ledger;
 pub mod live;
 pub mod view;
 
@@ -49,6 +51,7 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
 struct App {
     layout: Layout,
     index: index::Index,
+    ledger: ledger::Ledger,
     live: Arc<live::Live>,
     /// The root as shown in the footer.
     shown_root: String,
@@ -73,6 +76,7 @@ pub async fn serve(
     let app = Arc::new(App {
         live: live::start(&layout, inotify),
         index: index::Index::default(),
+        ledger: ledger::Ledger::default(),
         shown_root: std::fs::canonicalize(root)
             .unwrap_or_else(|_| PathBuf::from(root))
             .display()
@@ -112,6 +116,8 @@ fn router(app: Shared) -> Router {
         .route("/api/tasks", get(tasks_json))
         .route("/tasks/{name}", get(task_page))
         .route("/api/tasks/{name}", get(task_json))
+        .route("/agents", get(agents_page))
+        .route("/api/agents", get(agents_json))
         .route("/graph", get(graph_page))
         .route("/api/graph", get(graph_json))
         .route("/events", get(events))
@@ -194,7 +200,7 @@ fn json_error(status: StatusCode, msg: String) -> Response {
 }
 
 async fn overview_page(Ext(app): Ext<Shared>) -> Response {
-    match blocking(&app, |a| view::overview(&a.index, &a.layout)).await {
+    match blocking(&app, |a| view::overview(&a.index, &a.ledger, &a.layout)).await {
         Ok(o) => html_page(
             &app,
             StatusCode::OK,
@@ -207,8 +213,22 @@ async fn overview_page(Ext(app): Ext<Shared>) -> Response {
 }
 
 async fn overview_json(Ext(app): Ext<Shared>) -> Response {
-    match blocking(&app, |a| view::overview(&a.index, &a.layout)).await {
+    match blocking(&app, |a| view::overview(&a.index, &a.ledger, &a.layout)).await {
         Ok(o) => Json(o).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn agents_page(Ext(app): Ext<Shared>) -> Response {
+    match blocking(&app, |a| agents::agents(&a.index, &a.ledger, &a.layout)).await {
+        Ok(x) => html_page(&app, StatusCode::OK, "Agents", "agents", &html::agents(&x)),
+        Err(r) => r,
+    }
+}
+
+async fn agents_json(Ext(app): Ext<Shared>) -> Response {
+    match blocking(&app, |a| agents::agents(&a.index, &a.ledger, &a.layout)).await {
+        Ok(x) => Json(x).into_response(),
         Err(r) => r,
     }
 }

@@ -18,6 +18,7 @@ use crate::tree::fsx;
 use crate::tree::layout::{Layout, State};
 
 use super::index::{Entry, Index, Listing};
+use super::ledger::{DaySums, Ledger};
 
 /// Largest task file, record or state file the dashboard reads.
 const MAX_FILE: u64 = 1024 * 1024;
@@ -68,10 +69,30 @@ pub struct Oldest {
     pub age_secs: u64,
 }
 
+/// A supervisor's heartbeat from `tasks/supervisors/`.
+#[derive(Debug, Serialize)]
+pub struct Supervisor {
+    #[serde(flatten)]
+    pub hb: crate::tree::registry::Heartbeat,
+    /// Its process is there (this host) or its beat is recent (another host).
+    pub alive: bool,
+}
+
+/// What the tasks finished today (UTC) used.
+#[derive(Debug, Serialize)]
+pub struct Today {
+    pub day: String,
+    #[serde(flatten)]
+    pub sums: DaySums,
+}
+
 /// `/` and `/api/overview`.
 #[derive(Debug, Serialize)]
 pub struct Overview {
     pub counts: Counts,
+    /// Every heartbeat file, dead ones included (marked).
+    pub supervisors: Vec<Supervisor>,
+    pub today: Today,
     pub running: Vec<Running>,
     pub agents: Vec<AgentRow>,
     pub cooldowns: Vec<Cooldown>,
@@ -285,12 +306,9 @@ fn row(layout: &Layout, snap: &Snapshot, s: State, e: &Entry, now: SystemTime) -
     r
 }
 
-/// The overview.
-pub fn overview(index: &Index, layout: &Layout) -> Overview {
-    let now = SystemTime::now();
-    let snap = Snapshot::take(index, layout);
-    let running: Vec<Running> = snap
-        .get(State::Assigned)
+/// The runs in `assigned/`, from their state files.
+pub fn running(layout: &Layout, snap: &Snapshot) -> Vec<Running> {
+    snap.get(State::Assigned)
         .entries
         .iter()
         .map(|e| {
@@ -305,7 +323,14 @@ pub fn overview(index: &Index, layout: &Layout) -> Overview {
                 commit_error: st.and_then(|s| s.commit_error),
             }
         })
-        .collect();
+        .collect()
+}
+
+/// The overview.
+pub fn overview(index: &Index, ledger: &Ledger, layout: &Layout) -> Overview {
+    let now = SystemTime::now();
+    let snap = Snapshot::take(index, layout);
+    let running = running(layout, &snap);
     let config = Config::load(&layout.root);
     let cooldowns = crate::tree::books::cooldowns(layout, false);
     let paused_agents = paused_agents(layout);
@@ -354,8 +379,14 @@ pub fn overview(index: &Index, layout: &Layout) -> Overview {
         .take(10)
         .map(|(s, e)| row(layout, &snap, s, e, now))
         .collect();
+    let (day, today) = super::agents::today(ledger, layout);
     Overview {
         counts: snap.counts(),
+        supervisors: crate::tree::registry::list(layout)
+            .into_iter()
+            .map(|(hb, alive)| Supervisor { hb, alive })
+            .collect(),
+        today: Today { day, sums: today },
         running,
         agents: agents.into_values().collect(),
         cooldowns,

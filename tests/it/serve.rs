@@ -570,3 +570,140 @@ fn chromium_renders_the_overview_and_a_task_page() {
         eprintln!("screenshot of {path}: {}", out.display());
     }
 }
+
+/// A tree where a claude-kind agent reported usage and cost for two tasks,
+/// a plain agent finished one and a failing one failed one.
+fn costly() -> Root {
+    let answer = serde_json::json!({
+        "type": "result", "subtype": "success", "is_error": false, "result": "done",
+        "session_id": "sess-7", "total_cost_usd": 0.25,
+        "usage": {"input_tokens": 100, "output_tokens": 40}
+    })
+    .to_string();
+    let root = Root::new()
+        .config(&format!(
+            "retries: 0\nagents:\n  claude:\n    command: [{:?}]\n    kind: claude\n    env:\n      LIMIT_MSG: {answer:?}\n      LIMIT_EXIT: \"0\"\n  plain:\n    command: [{:?}]\n  broken:\n    command: [{:?}]\n",
+            agent("limited.sh"),
+            agent("ok.sh"),
+            agent("fail.sh"),
+        ))
+        .task("u1.yaml", "description: one\nagent: claude\nlabels: [billing]\n")
+        .task("u2.yaml", "description: two\nagent: claude\n")
+        .task("u3.yaml", "description: three about invoices\nagent: plain\n")
+        .task("u4.yaml", "description: four\nagent: broken\n");
+    root.run_until_idle();
+    root
+}
+
+#[test]
+fn the_agents_page_sums_runs_success_durations_and_cost_per_day() {
+    let root = costly();
+    assert_eq!(root.names("completed"), ["u1", "u2", "u3"]);
+    let srv = Server::start(&root);
+    let a = srv.json("/api/agents");
+    let row = |n: &str| {
+        a["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == n)
+            .cloned()
+            .unwrap_or_else(|| panic!("no agent {n}: {a}"))
+    };
+    let claude = row("claude");
+    assert_eq!(claude["finished"], 2, "{a}");
+    assert_eq!(claude["completed"], 2);
+    assert_eq!(claude["success_rate"], 1.0);
+    assert_eq!(claude["usage"]["cost_usd"], 0.5);
+    assert_eq!(claude["usage"]["input_tokens"], 200);
+    assert!(claude["median_duration_ms"].is_u64(), "{claude}");
+    let days = claude["days"].as_array().unwrap();
+    assert_eq!(days.len(), 14);
+    let today = days.last().unwrap();
+    assert_eq!(
+        (today["tasks"].as_u64(), today["cost_usd"].as_f64()),
+        (Some(2), Some(0.5))
+    );
+    assert_eq!(
+        today["day"],
+        a["days"].as_array().unwrap().last().unwrap().clone()
+    );
+    let broken = row("broken");
+    assert_eq!(
+        (broken["finished"].as_u64(), broken["failed"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(broken["success_rate"], 0.0);
+    assert_eq!(row("plain")["usage"]["cost_usd"], serde_json::Value::Null);
+
+    let page = srv.get("/agents");
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("id=\"agent-claude\""), "{}", page.body);
+    assert!(page.body.contains("$0.5000"), "{}", page.body);
+    assert!(page.body.contains("0%") && page.body.contains("100%"));
+
+    // The overview has today's usage; one more task is read incrementally.
+    let o = srv.json("/api/overview");
+    assert_eq!(o["today"]["tasks"], 4, "{o}");
+    assert_eq!(o["today"]["cost_usd"], 0.5, "{o}");
+    root.write(
+        "tasks/pending/u5.yaml",
+        "description: five\nagent: claude\n",
+    );
+    root.run_until_idle();
+    let o = srv.json("/api/overview");
+    assert_eq!(o["today"]["tasks"], 5, "{o}");
+    assert_eq!(o["today"]["cost_usd"], 0.75, "{o}");
+    assert!(srv.get("/").body.contains("id=\"today-cost\">$0.7500<"));
+}
+
+#[test]
+fn the_overview_lists_live_and_dead_supervisors_from_their_heartbeats() {
+    let root = Root::new().agent_config(&[&agent("hang.sh")], "");
+    let srv = Server::start(&root);
+    assert!(
+        srv.json("/api/overview")["supervisors"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert!(srv.get("/").body.contains("id=\"no-supervisors\""));
+    // A dead one from another host: its beat is old.
+    root.write(
+        "tasks/supervisors/far-away.4242.json",
+        r#"{"host":"far-away","pid":4242,"start":1,"version":"0.0.9","protocol":2,"started_at":"2020-01-01T00:00:00.000Z","last_beat":"2020-01-01T00:00:05.000Z","running":0,"pending":0}"#,
+    );
+    let mut sup = root.spawn();
+    wait_for(Duration::from_secs(20), "a live heartbeat", || {
+        srv.json("/api/overview")["supervisors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["pid"] == sup.pid() && s["alive"] == true)
+    });
+    let o = srv.json("/api/overview");
+    let far = o["supervisors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["host"] == "far-away")
+        .cloned()
+        .unwrap();
+    assert_eq!(far["alive"], false, "{o}");
+    let me = o["supervisors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["pid"] == sup.pid())
+        .cloned()
+        .unwrap();
+    assert_eq!(me["version"], env!("CARGO_PKG_VERSION"));
+    let page = srv.get("/").body;
+    assert!(page.contains("id=\"supervisors\""), "{page}");
+    assert!(
+        page.contains("far-away") && page.contains(">gone<"),
+        "{page}"
+    );
+    sup.signal(SIGTERM);
+    sup.wait_exit(Duration::from_secs(30));
+}
