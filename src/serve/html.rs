@@ -208,7 +208,7 @@ fn rows_table(rows: &[Row]) -> String {
     }
     let mut s = String::from(
         "<table class=\"tasks\"><thead><tr><th>Task</th><th>State</th><th>Agent</th><th>Priority</th>\
-         <th>Age</th><th>Attempts</th><th>Outcome</th></tr></thead><tbody>",
+         <th>Age</th><th>Attempts</th><th>Outcome</th><th>Tokens in / out</th><th>Cost</th><th>Session</th></tr></thead><tbody>",
     );
     for r in rows {
         let outcome = match (&r.outcome, &r.error) {
@@ -220,9 +220,25 @@ fn rows_table(rows: &[Row]) -> String {
             ),
             (None, None) => "–".into(),
         };
+        let (tin, tout, cost) = match &r.usage {
+            Some(u) => (
+                tokens(u.input_tokens),
+                tokens(u.output_tokens),
+                u.cost_usd.map(usd).unwrap_or_else(|| "–".into()),
+            ),
+            None => ("–".into(), "–".into(), "–".into()),
+        };
+        let session = match &r.session_id {
+            Some(id) => format!(
+                r#"<code title="{}">{}</code>"#,
+                esc(id),
+                esc(&id.chars().take(8).collect::<String>())
+            ),
+            None => "–".into(),
+        };
         let _ = write!(
             s,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td title=\"{}\">{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td title=\"{}\">{}</td><td>{}</td><td>{}</td><td>{tin} / {tout}</td><td>{cost}</td><td>{session}</td></tr>",
             task_link(&r.name),
             badge(Some(r.state)),
             opt(r.agent.as_deref()),
@@ -537,6 +553,9 @@ fn query_string(l: &TaskList, page: usize) -> String {
     if let Some(n) = &l.q {
         q.push(format!("q={}", url(n)));
     }
+    if let Some(n) = &l.label {
+        q.push(format!("label={}", url(n)));
+    }
     if l.per_page != 50 {
         q.push(format!("per_page={}", l.per_page));
     }
@@ -565,8 +584,9 @@ pub fn tasks(l: &TaskList) -> String {
     }
     let _ = write!(
         s,
-        r#"</select></label><label>Agent <input name="agent" value="{}" size="10"></label><label>Name <input name="q" type="search" value="{}" placeholder="search names"></label><button type="submit">Filter</button></form>"#,
+        r#"</select></label><label>Agent <input name="agent" value="{}" size="10"></label><label>Label <input name="label" value="{}" size="10"></label><label>Search <input name="q" type="search" value="{}" placeholder="name or description"></label><button type="submit">Filter</button></form>"#,
         esc(l.agent.as_deref().unwrap_or("")),
+        esc(l.label.as_deref().unwrap_or("")),
         esc(l.q.as_deref().unwrap_or(""))
     );
     let first = (l.page - 1) * l.per_page + 1;
@@ -808,9 +828,35 @@ pub fn task(d: &Detail) -> String {
         }
         s.push_str("</ul>");
     }
-    if let Some(t) = &d.stdout_tail {
-        s.push_str("<h2>stdout</h2>");
-        s.push_str(&text_block("stdout", t, true));
+    if let Some(d) = &d.diff {
+        s.push_str("<h2>Diff against its base</h2>");
+        if d.text.is_empty() {
+            s.push_str(r#"<p class="empty" id="diff">No changes.</p>"#);
+        } else {
+            s.push_str(&text_block("diff", d, false));
+        }
+    } else if let Some(e) = &d.diff_error {
+        let _ = write!(
+            s,
+            r#"<h2>Diff against its base</h2><p class="muted" id="diff-error">{}</p>"#,
+            esc(e)
+        );
+    }
+    match (&d.live_output, &d.stdout_tail) {
+        (Some(src), tail) => {
+            // Filled by app.js from the stream; the tail is the start.
+            let _ = write!(
+                s,
+                r#"<h2>stdout <span class="badge st-running">live</span></h2><pre class="text" id="live-output" data-stream="{}">{}</pre>"#,
+                esc(src),
+                esc(tail.as_ref().map_or("", |t| t.text.as_str()))
+            );
+        }
+        (None, Some(t)) => {
+            s.push_str("<h2>stdout</h2>");
+            s.push_str(&text_block("stdout", t, true));
+        }
+        (None, None) => {}
     }
     if let Some(t) = &d.stderr_tail {
         s.push_str("<h2>stderr</h2>");

@@ -46,16 +46,42 @@ struct Stamp {
     mtime: SystemTime,
 }
 
+/// A cached [`Meta`]: the state and stamp of the file it was read from.
+type MetaEntry = (State, FileStamp, Arc<Meta>);
+
+/// What says a task file is the one read before.
+#[derive(Clone, Copy, PartialEq)]
+struct FileStamp {
+    mtime: SystemTime,
+    size: u64,
+    ino: u64,
+}
+
 struct Cached {
     stamp: Stamp,
     listing: Arc<Listing>,
 }
 
-/// The listings of the four state directories. Synchronous: callers run it
-/// on the blocking pool, and its mutex is never held across an `.await`.
+/// What the task list filters on from a task file's contents.
+#[derive(Debug, Default)]
+pub struct Meta {
+    /// The description's first [`SEARCHED`] bytes, lowercased.
+    pub description: String,
+    pub labels: Vec<String>,
+}
+
+/// How much of a description the search looks at.
+pub const SEARCHED: usize = 16 * 1024;
+
+/// The listings of the four state directories, and the filter fields of the
+/// task files read so far. Synchronous: callers run it on the blocking
+/// pool, and its mutexes are never held across an `.await`.
 #[derive(Default)]
 pub struct Index {
     cache: Mutex<HashMap<State, Cached>>,
+    /// By name: the file's state and stamp when read, and what it said. A
+    /// task file that moved or was rewritten is read again.
+    metas: Mutex<HashMap<String, MetaEntry>>,
 }
 
 impl Index {
@@ -103,6 +129,62 @@ impl Index {
             },
         );
         listing
+    }
+
+    /// The filter fields of a listed task file, from the cache while its
+    /// state and stamp are the same. Only pending files are `lstat`ed for
+    /// that: people edit those in place, while the files in the other
+    /// states are mailroom's and change only by moving.
+    pub fn meta(&self, layout: &Layout, state: State, e: &Entry) -> Arc<Meta> {
+        let p = layout.task_file(state, &e.name, e.ext);
+        let stamp = if state == State::Pending {
+            match std::fs::symlink_metadata(&p) {
+                Ok(m) => FileStamp {
+                    mtime: m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                    size: m.size(),
+                    ino: m.ino(),
+                },
+                Err(_) => return Arc::default(),
+            }
+        } else {
+            FileStamp {
+                mtime: e.mtime,
+                size: 0,
+                ino: 0,
+            }
+        };
+        {
+            let metas = self.metas.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((s, t, m)) = metas.get(&e.name)
+                && *s == state
+                && *t == stamp
+            {
+                return m.clone();
+            }
+        }
+        let m = Arc::new(
+            crate::tree::fsx::read_task_file(&p, 1024 * 1024)
+                .ok()
+                .and_then(|(b, _)| crate::parse::task::parse(&e.name, &b).ok())
+                .map(|t| {
+                    let mut d = t.description;
+                    if d.len() > SEARCHED {
+                        let mut cut = SEARCHED;
+                        while !d.is_char_boundary(cut) {
+                            cut -= 1;
+                        }
+                        d.truncate(cut);
+                    }
+                    Meta {
+                        description: d.to_lowercase(),
+                        labels: t.labels,
+                    }
+                })
+                .unwrap_or_default(),
+        );
+        let mut metas = self.metas.lock().unwrap_or_else(|e| e.into_inner());
+        metas.insert(e.name.clone(), (state, stamp, m.clone()));
+        m
     }
 
     /// All four listings.

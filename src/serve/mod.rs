@@ -19,6 +19,7 @@ pub mod html;
 pub mod index;
 pub mod ledger;
 pub mod live;
+pub mod stream;
 pub mod view;
 
 use std::convert::Infallible;
@@ -116,6 +117,7 @@ fn router(app: Shared) -> Router {
         .route("/api/tasks", get(tasks_json))
         .route("/tasks/{name}", get(task_page))
         .route("/api/tasks/{name}", get(task_json))
+        .route("/tasks/{name}/output", get(task_output))
         .route("/agents", get(agents_page))
         .route("/api/agents", get(agents_json))
         .route("/graph", get(graph_page))
@@ -354,6 +356,62 @@ async fn events(Ext(app): Ext<Shared>) -> Sse<impl Stream<Item = Result<Event, I
         },
     );
     Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+/// A running task's stdout as server-sent events ([`stream`]).
+async fn task_output(Ext(app): Ext<Shared>, UrlPath(name): UrlPath<String>) -> Response {
+    let name = match checked(&name) {
+        Ok(n) => n.to_owned(),
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, e),
+    };
+    let n = name.clone();
+    match blocking(&app, move |a| a.layout.locate(&n).is_some()).await {
+        Ok(true) => {}
+        Ok(false) => return json_error(StatusCode::NOT_FOUND, format!("no task named `{name}`")),
+        Err(r) => return r,
+    }
+    let follower = stream::Follower::new(app.layout.clone(), name);
+    let stop = app.stop.clone();
+    let events =
+        futures_util::stream::unfold((Some(follower), stop), |(follower, mut stop)| async move {
+            let mut follower = follower?;
+            loop {
+                if *stop.borrow() {
+                    return None;
+                }
+                let (f, step) = tokio::task::spawn_blocking(move || {
+                    let s = follower.step();
+                    (follower, s)
+                })
+                .await
+                .ok()?;
+                follower = f;
+                let (kind, text) = match step {
+                    stream::Step::Nothing => {
+                        tokio::select! {
+                            _ = tokio::time::sleep(stream::POLL) => {}
+                            _ = stop.changed() => return None,
+                        }
+                        continue;
+                    }
+                    stream::Step::Reset(t) => ("reset", t),
+                    stream::Step::Append(t) => ("append", t),
+                    stream::Step::End(why) => {
+                        let ev = Event::default()
+                            .event("end")
+                            .data(serde_json::Value::from(why).to_string());
+                        return Some((Ok::<_, Infallible>(ev), (None, stop)));
+                    }
+                };
+                let ev = Event::default()
+                    .event(kind)
+                    .data(serde_json::Value::from(text).to_string());
+                return Some((Ok(ev), (Some(follower), stop)));
+            }
+        });
+    Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }
 
 async fn app_js() -> Response {
