@@ -160,8 +160,53 @@ fn opt(s: Option<&str>) -> String {
     s.map(esc).unwrap_or_else(|| "–".into())
 }
 
+/// What a page offers: nothing to change (no token), a sign-in form (a
+/// token exists), or action forms carrying this CSRF value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Mode<'a> {
+    ReadOnly,
+    Locked,
+    Actions(&'a str),
+}
+
+/// A POST form of one button (and hidden fields) to `/actions/ACTION`.
+fn action_form(
+    csrf: &str,
+    action: &str,
+    fields: &[(&str, &str)],
+    label: &str,
+    class: &str,
+) -> String {
+    let mut s = format!(
+        r#"<form class="action" method="post" action="/actions/{action}"><input type="hidden" name="csrf" value="{}">"#,
+        esc(csrf)
+    );
+    for (k, v) in fields {
+        let _ = write!(s, r#"<input type="hidden" name="{k}" value="{}">"#, esc(v));
+    }
+    let _ = write!(
+        s,
+        r#"<button type="submit" class="{class}" id="do-{action}">{label}</button></form>"#
+    );
+    s
+}
+
+fn footer(root: &str, mode: Mode) -> String {
+    match mode {
+        Mode::ReadOnly => format!("read-only view of <code>{}</code>", esc(root)),
+        Mode::Locked => format!(
+            r#"<code>{}</code> · <form class="login" method="post" action="/login"><input type="password" name="token" placeholder="token" autocomplete="current-password"><button type="submit" id="sign-in">Sign in for actions</button></form>"#,
+            esc(root)
+        ),
+        Mode::Actions(_) => format!(
+            r#"<code>{}</code> · actions enabled · <form class="login" method="post" action="/logout"><button type="submit">Sign out</button></form>"#,
+            esc(root)
+        ),
+    }
+}
+
 /// The shell around every page: header, navigation, live indicator.
-pub fn page(title: &str, active: &str, root: &str, body: &str) -> String {
+pub fn page(title: &str, active: &str, root: &str, mode: Mode, body: &str) -> String {
     let nav = [
         ("overview", "/", "Overview"),
         ("tasks", "/tasks", "Tasks"),
@@ -193,12 +238,12 @@ pub fn page(title: &str, active: &str, root: &str, body: &str) -> String {
 <main data-page="{active}">
 {body}
 </main>
-<footer>read-only view of <code>{root}</code></footer>
+<footer>{footer}</footer>
 </body>
 </html>
 "#,
         title = esc(title),
-        root = esc(root),
+        footer = footer(root, mode),
     )
 }
 
@@ -254,8 +299,20 @@ fn rows_table(rows: &[Row]) -> String {
 }
 
 /// The overview page's body.
-pub fn overview(o: &Overview) -> String {
+pub fn overview(o: &Overview, mode: Mode) -> String {
     let mut s = String::new();
+    if let Mode::Actions(csrf) = mode {
+        let _ = write!(
+            s,
+            r#"<section class="actions"><form class="add" method="post" action="/actions/add"><input type="hidden" name="csrf" value="{c}"><input name="description" placeholder="new task: describe it" size="50" required><input name="agent" placeholder="agent (optional)" size="12"><select name="priority"><option value="">normal</option><option>high</option><option>low</option></select><button type="submit" id="do-add">Add</button></form>{pause}</section>"#,
+            c = esc(csrf),
+            pause = if o.paused {
+                action_form(csrf, "resume", &[], "Resume claiming", "")
+            } else {
+                action_form(csrf, "pause", &[], "Pause claiming", "")
+            }
+        );
+    }
     if let Some(e) = &o.config_error {
         let _ = write!(
             s,
@@ -659,7 +716,7 @@ fn attempt_row(a: &Attempt) -> String {
 }
 
 /// The task page's body.
-pub fn task(d: &Detail) -> String {
+pub fn task(d: &Detail, mode: Mode) -> String {
     let mut s = String::new();
     let _ = write!(
         s,
@@ -667,6 +724,16 @@ pub fn task(d: &Detail) -> String {
         esc(&d.name),
         badge(Some(d.state))
     );
+    if let Mode::Actions(csrf) = mode {
+        let name = [("name", d.name.as_str())];
+        match d.state {
+            State::Pending | State::Assigned => {
+                s.push_str(&action_form(csrf, "cancel", &name, "Cancel", "danger"));
+            }
+            State::Failed => s.push_str(&action_form(csrf, "retry", &name, "Retry", "")),
+            State::Completed => {}
+        }
+    }
     if let Some(w) = &d.waiting {
         let _ = write!(s, r#"<p class="banner" id="waiting">{}</p>"#, esc(w));
     }

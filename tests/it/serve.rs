@@ -18,7 +18,13 @@ struct Server {
 
 impl Server {
     fn start(root: &Root) -> Server {
-        let mut c = root.cmd(&["serve", "--listen", "127.0.0.1:0"]);
+        Server::start_with(root, &[])
+    }
+
+    fn start_with(root: &Root, args: &[&str]) -> Server {
+        let mut a = vec!["serve", "--listen", "127.0.0.1:0"];
+        a.extend_from_slice(args);
+        let mut c = root.cmd(&a);
         c.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -82,6 +88,17 @@ impl Resp {
 
 /// One request on a fresh connection (`Connection: close`), read to the end.
 fn request(addr: SocketAddr, method: &str, path: &str, extra: &[(&str, &str)]) -> Resp {
+    request_body(addr, method, path, extra, "")
+}
+
+/// The same with a body (a form, unless a Content-Type says otherwise).
+fn request_body(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    extra: &[(&str, &str)],
+    body: &str,
+) -> Resp {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
@@ -91,8 +108,15 @@ fn request(addr: SocketAddr, method: &str, path: &str, extra: &[(&str, &str)]) -
     for (k, v) in extra {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
-    req.push_str("Content-Length: 0\r\n\r\n");
-    s.write_all(req.as_bytes()).unwrap();
+    if !body.is_empty()
+        && !extra
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+    {
+        req.push_str("Content-Type: application/x-www-form-urlencoded\r\n");
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    let _ = s.write_all(req.as_bytes());
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).unwrap();
     let text = String::from_utf8_lossy(&raw).into_owned();
@@ -941,4 +965,266 @@ fn a_worktree_runs_page_shows_its_diff_against_the_base() {
         page.contains("+the project &lt;b&gt;changed&lt;/b&gt;"),
         "{page}"
     );
+}
+
+const TOKEN: &str = "s3cret-token-0123456789";
+
+/// The CSRF value in a page's action forms.
+fn csrf_of(page: &str) -> String {
+    let at = page
+        .find(r#"name="csrf" value=""#)
+        .unwrap_or_else(|| panic!("no action form: {page}"));
+    let rest = &page[at + r#"name="csrf" value=""#.len()..];
+    rest[..rest.find('"').unwrap()].to_owned()
+}
+
+#[test]
+fn actions_need_the_token_a_session_with_csrf_and_post() {
+    let root = sample();
+    root.write("tasks/pending/victim.yaml", "description: cancel me\n");
+    // Without a token: read-only, and it says so.
+    let ro = Server::start(&root);
+    let r = request_body(
+        ro.addr,
+        "POST",
+        "/actions/cancel",
+        &[("Authorization", &format!("Bearer {TOKEN}"))],
+        "name=victim",
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body.contains("read-only"), "{}", r.body);
+    assert!(ro.get("/").body.contains("read-only view of"));
+    drop(ro);
+
+    root.write("token", &format!("{TOKEN}\n"));
+    let srv = Server::start_with(&root, &["--token-file", root.p("token").to_str().unwrap()]);
+    let post = |path: &str, headers: &[(&str, &str)], body: &str| {
+        request_body(srv.addr, "POST", path, headers, body)
+    };
+    let bearer = format!("Bearer {TOKEN}");
+    // No credentials, a wrong token, GET: refused, nothing changed.
+    assert_eq!(post("/actions/cancel", &[], "name=victim").status, 403);
+    assert_eq!(
+        post(
+            "/actions/cancel",
+            &[("Authorization", "Bearer s3cret-token-0123456780")],
+            "name=victim"
+        )
+        .status,
+        403
+    );
+    assert_eq!(srv.get("/actions/cancel?name=victim").status, 405);
+    assert!(root.exists("tasks/pending/victim.yaml"));
+    let page = srv.get("/").body;
+    assert!(
+        page.contains(r#"id="sign-in""#) && !page.contains("name=\"csrf\""),
+        "{page}"
+    );
+
+    // A script with the token: JSON answers.
+    let r = post(
+        "/actions/cancel",
+        &[("Authorization", &bearer)],
+        "name=victim",
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("\"ok\":true"), "{}", r.body);
+    assert_eq!(root.record("failed", "victim")["outcome"], "cancelled");
+    let r = post(
+        "/actions/cancel",
+        &[("Authorization", &bearer)],
+        "name=victim",
+    );
+    assert_eq!(r.status, 409, "already finished: {}", r.body);
+    let r = post(
+        "/actions/cancel",
+        &[("Authorization", &bearer)],
+        "name=..%2Fx",
+    );
+    assert!(
+        r.status == 400 || r.status == 409,
+        "{}: {}",
+        r.status,
+        r.body
+    );
+    let r = post(
+        "/actions/add",
+        &[("Authorization", &bearer)],
+        "description=%3Cb%3Enew%3C%2Fb%3E+work&name=fresh",
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        root.read("tasks/pending/fresh.yaml")
+            .contains("<b>new</b> work")
+    );
+    let r = post("/actions/retry", &[("Authorization", &bearer)], "name=bad");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(root.exists("tasks/pending/bad.yaml"));
+    let big = format!("description={}", "x".repeat(100 * 1024));
+    assert_eq!(
+        post("/actions/add", &[("Authorization", &bearer)], &big).status,
+        413
+    );
+
+    // A browser: sign in, then forms with the CSRF value from the page.
+    let r = post("/login", &[], "token=wrong-token-0123456789");
+    assert_eq!(r.status, 403);
+    assert!(r.header("set-cookie").is_none());
+    let r = post("/login", &[], &format!("token={TOKEN}"));
+    assert_eq!(r.status, 303, "{}", r.body);
+    let cookie = r.header("set-cookie").unwrap().to_owned();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    assert!(
+        !cookie.contains(TOKEN),
+        "the cookie is a session, not the token"
+    );
+    let cookie = cookie.split(';').next().unwrap().to_owned();
+    let page = request(srv.addr, "GET", "/", &[("Cookie", &cookie)]).body;
+    let csrf = csrf_of(&page);
+    assert!(page.contains(r#"id="do-pause""#), "{page}");
+    fn with<'a>(cookie: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+        let mut h = vec![("Cookie", cookie)];
+        h.extend_from_slice(extra);
+        h
+    }
+    assert_eq!(
+        post("/actions/pause", &with(&cookie, &[]), "agent=").status,
+        403,
+        "no CSRF value"
+    );
+    assert_eq!(
+        post("/actions/pause", &with(&cookie, &[]), "csrf=0000").status,
+        403
+    );
+    let origin = "http://evil.example";
+    assert_eq!(
+        post(
+            "/actions/pause",
+            &with(&cookie, &[("Origin", origin)]),
+            &format!("csrf={csrf}")
+        )
+        .status,
+        403
+    );
+    assert!(!root.exists("tasks/control/pause"));
+    let r = post(
+        "/actions/pause",
+        &with(&cookie, &[]),
+        &format!("csrf={csrf}"),
+    );
+    assert_eq!(
+        (r.status, r.header("location")),
+        (303, Some("/")),
+        "{}",
+        r.body
+    );
+    assert!(root.exists("tasks/control/pause"));
+    let page = request(srv.addr, "GET", "/", &[("Cookie", &cookie)]).body;
+    assert!(page.contains(r#"id="do-resume""#), "{page}");
+    let r = post(
+        "/actions/resume",
+        &with(&cookie, &[]),
+        &format!("csrf={csrf}"),
+    );
+    assert_eq!(r.status, 303);
+    assert!(!root.exists("tasks/control/pause"));
+    let task = request(srv.addr, "GET", "/tasks/fresh", &[("Cookie", &cookie)]).body;
+    assert!(task.contains(r#"id="do-cancel""#), "{task}");
+}
+
+#[test]
+fn serve_in_the_config_runs_the_dashboard_inside_mailroom_run() {
+    let root = Root::new();
+    root.write("token", &format!("{TOKEN}\n"));
+    root.write(
+        "mailroom.yaml",
+        &format!(
+            "serve:\n  listen: 127.0.0.1:0\n  token_file: token\nagents:\n  h:\n    command: [{:?}]\n",
+            agent("hang.sh")
+        ),
+    );
+    root.write(
+        "tasks/pending/long.yaml",
+        "description: runs until cancelled\n",
+    );
+    let mut sup = root.spawn();
+    let mut addr: Option<SocketAddr> = None;
+    wait_for(
+        Duration::from_secs(30),
+        "the dashboard's address in the log",
+        || {
+            for f in root.entries("") {
+                if f.starts_with("sup-") {
+                    let log = root.read(&f);
+                    if let Some(at) = log.find("dashboard on http://") {
+                        let rest = &log[at + "dashboard on http://".len()..];
+                        addr = rest[..rest.find('/').unwrap()].parse().ok();
+                    }
+                }
+            }
+            addr.is_some()
+        },
+    );
+    let addr = addr.unwrap();
+    let json = |path: &str| -> serde_json::Value {
+        let r = request(addr, "GET", path, &[]);
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        serde_json::from_str(&r.body).unwrap()
+    };
+    wait_for(Duration::from_secs(20), "the task to run", || {
+        json("/api/overview")["counts"]["assigned"] == 1
+    });
+    let sups = json("/api/overview")["supervisors"].clone();
+    assert!(
+        sups.as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["pid"] == sup.pid() && s["alive"] == true),
+        "{sups}"
+    );
+    // A cancel with the token stops the running agent.
+    let r = request_body(
+        addr,
+        "POST",
+        "/actions/cancel",
+        &[("Authorization", &format!("Bearer {TOKEN}"))],
+        "name=long",
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    wait_for(
+        Duration::from_secs(30),
+        "the cancelled task in failed/",
+        || root.exists("tasks/failed/long.yaml"),
+    );
+    assert_eq!(root.record("failed", "long")["outcome"], "cancelled");
+    sup.signal(SIGTERM);
+    sup.wait_exit(Duration::from_secs(30));
+    // The dashboard went with it.
+    assert!(
+        TcpStream::connect(addr).is_err(),
+        "the dashboard outlived its supervisor"
+    );
+}
+
+#[test]
+fn a_bad_serve_section_is_a_clear_config_error() {
+    for (yaml, want) in [
+        ("serve:\n  listen: nowhere\n", "serve.listen"),
+        ("serve:\n  token: short\n", "at least 16"),
+        (
+            "serve:\n  token: aaaaaaaaaaaaaaaaaaaa\n  token_file: t\n",
+            "not both",
+        ),
+        ("serve:\n  lisen: 127.0.0.1:1\n", "did you mean `listen`"),
+    ] {
+        let root = Root::new();
+        root.write("mailroom.yaml", yaml);
+        let out = root.mailroom(&["validate"]);
+        assert!(!out.status.success(), "{yaml}");
+        let err = format!("{}{}", stdout(&out), stderr(&out));
+        assert!(err.contains(want), "{yaml}: {err}");
+    }
 }
