@@ -4,8 +4,9 @@
 //!
 //! A request is allowed when it carries the token (`Authorization: Bearer`,
 //! for scripts), or the session cookie that `POST /login` with the token
-//! sets, plus the page's CSRF value and, when the browser sends one, an
-//! `Origin` of this very server. Tokens and session values are compared in
+//! sets, plus the page's CSRF value and, when the browser names one, an
+//! `Origin` of this very server (pages are served with `Referrer-Policy:
+//! same-origin`, so browsers name it for the dashboard's own forms). Tokens and session values are compared in
 //! constant time. Only POST, with a small body (the router caps it).
 
 use axum::http::{HeaderMap, StatusCode, header};
@@ -122,7 +123,12 @@ impl Auth {
                     return denied("the form's CSRF value is missing or stale: reload the page");
                 }
                 let host = h.get(header::HOST).and_then(|v| v.to_str().ok());
-                if let Some(origin) = h.get(header::ORIGIN).and_then(|v| v.to_str().ok())
+                // "null" is what a browser sends when it withholds the
+                // origin; the CSRF value and the SameSite cookie still hold.
+                if let Some(origin) = h
+                    .get(header::ORIGIN)
+                    .and_then(|v| v.to_str().ok())
+                    .filter(|o| *o != "null")
                     && host.is_none_or(|host| {
                         origin
                             .strip_prefix("http://")

@@ -24,5 +24,6 @@ mod scheduling;
 mod serve;
 mod systemd;
 mod tampering;
+mod webdriver;
 mod workspace;
 mod writers;

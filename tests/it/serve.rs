@@ -593,25 +593,6 @@ fn chromium_renders_the_overview_and_a_task_page() {
     );
     assert!(html.contains("&lt;script&gt;document.title="), "{html}");
     assert!(!html.contains("<b>bold?</b>"), "{html}");
-
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("serve-screenshots");
-    std::fs::create_dir_all(&dir).unwrap();
-    for (file, path) in [
-        ("overview.png", "/"),
-        ("task.png", "/tasks/bad"),
-        ("task-output.png", "/tasks/good"),
-        ("graph.png", "/graph"),
-    ] {
-        let out = dir.join(file);
-        let _ = std::fs::remove_file(&out);
-        let r = browser(
-            &bin,
-            &[&format!("--screenshot={}", out.display())],
-            &srv.url(path),
-        );
-        assert!(out.is_file(), "no screenshot of {path}: {}", stderr(&r));
-        eprintln!("screenshot of {path}: {}", out.display());
-    }
 }
 
 /// A tree where a claude-kind agent reported usage and cost for two tasks,
@@ -1227,4 +1208,207 @@ fn a_bad_serve_section_is_a_clear_config_error() {
         let err = format!("{}{}", stdout(&out), stderr(&out));
         assert!(err.contains(want), "{yaml}: {err}");
     }
+}
+
+/// Runs `probe` in the page every 20 ms until `done` holds for its
+/// result; returns the result and how long it took.
+fn poll_page(
+    b: &crate::webdriver::Browser,
+    what: &str,
+    within: Duration,
+    probe: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> (serde_json::Value, Duration) {
+    let start = Instant::now();
+    loop {
+        let v = b.eval(probe);
+        if done(&v) {
+            return (v, start.elapsed());
+        }
+        assert!(
+            start.elapsed() < within,
+            "timed out waiting for {what}: last {v}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_browser_sees_a_task_appear_and_complete_without_a_reload_and_cancels_a_running_one() {
+    let (Some(chromium), Some(driver)) = (
+        crate::webdriver::find(&["chromium", "chromium-browser", "google-chrome"]),
+        crate::webdriver::find(&["chromedriver"]),
+    ) else {
+        require(
+            false,
+            "headless Chromium and its WebDriver (apt-get install chromium chromium-driver)",
+        );
+        return;
+    };
+    let answer = serde_json::json!({
+        "type": "result", "subtype": "success", "is_error": false,
+        "result": "## Done\n\nFixed the **login** bug; see `auth.rs`.",
+        "session_id": "0f3c9a2e-sess", "total_cost_usd": 0.0421,
+        "usage": {"input_tokens": 5120, "output_tokens": 830}
+    })
+    .to_string();
+    let root = Root::new().config(&format!(
+        "settle: 100ms\nrescan_interval: 1s\nretries: 0\ndefault_agent: claude\nagents:\n  claude:\n    command: [{:?}]\n    kind: claude\n    max_instances: 2\n    env:\n      LIMIT_MSG: {answer:?}\n      LIMIT_EXIT: \"0\"\n  shell:\n    command: [{:?}]\n  slow:\n    command: [{:?}]\n",
+        agent("limited.sh"),
+        agent("fail.sh"),
+        agent("hang.sh"),
+    ));
+    root.write(
+        "tasks/pending/fix-login.yaml",
+        "description: Fix the login bug\nlabels: [auth]\n",
+    );
+    root.write(
+        "tasks/pending/write-tests.yaml",
+        "description: Tests for the login fix\nafter: [fix-login]\nparent: fix-login\n",
+    );
+    root.write(
+        "tasks/pending/release-notes.yaml",
+        "description: Release notes\nafter: [write-tests]\n",
+    );
+    root.write(
+        "tasks/pending/flaky-deploy.yaml",
+        "description: Deploy to staging\nagent: shell\n",
+    );
+    root.run_until_idle();
+    root.write("token", &format!("{TOKEN}\n"));
+    let srv = Server::start_with(&root, &["--token-file", root.p("token").to_str().unwrap()]);
+    let mut sup = root.spawn();
+    let profile = root.p("chromium-profile");
+    let b = crate::webdriver::Browser::start(&driver, &chromium, &profile);
+
+    // The task list, live: a task dropped into pending/ appears, then turns
+    // completed, in the same document (the marker set before survives).
+    root.write("tasks/control/pause", "");
+    b.goto(&srv.url("/tasks"));
+    let nav = b.eval("var n = performance.getEntriesByType('navigation')[0]; return [n.responseEnd - n.requestStart, n.domContentLoadedEventEnd - n.startTime, n.loadEventEnd - n.startTime];");
+    poll_page(
+        &b,
+        "the live stream",
+        Duration::from_secs(10),
+        "return document.getElementById('live').className;",
+        |v| v == "live on",
+    );
+    b.eval("window.__marker = 'same-document-7'; return true;");
+    let probe = "var a = document.querySelector('main a[href=\"/tasks/dropped\"]'); \
+                 return [window.__marker || null, a ? a.closest('tr').textContent : null];";
+    let dropped_at = Instant::now();
+    root.write(
+        "tasks/tmp/dropped.yaml",
+        "description: Dropped in by hand\n",
+    );
+    std::fs::rename(
+        root.p("tasks/tmp/dropped.yaml"),
+        root.p("tasks/pending/dropped.yaml"),
+    )
+    .unwrap();
+    let (v, appeared) = poll_page(
+        &b,
+        "the dropped task's row",
+        Duration::from_secs(10),
+        probe,
+        |v| v[1].as_str().is_some(),
+    );
+    assert_eq!(v[0], "same-document-7", "the page was reloaded: {v}");
+    assert!(v[1].as_str().unwrap().contains("pending"), "{v}");
+    let resumed_at = Instant::now();
+    std::fs::remove_file(root.p("tasks/control/pause")).unwrap();
+    let (v, completed) = poll_page(
+        &b,
+        "the dropped task completed",
+        Duration::from_secs(30),
+        probe,
+        |v| v[1].as_str().is_some_and(|t| t.contains("completed")),
+    );
+    assert_eq!(v[0], "same-document-7", "the page was reloaded: {v}");
+    let total = dropped_at.elapsed();
+    eprintln!(
+        "browser: /tasks loaded (request to response end, DOMContentLoaded, load) {nav} ms; \
+         a dropped task appeared after {appeared:?}, turned completed {completed:?} after the \
+         resume ({:?} in all, {:?} from the resume)",
+        total,
+        resumed_at.elapsed()
+    );
+    assert!(
+        appeared < Duration::from_secs(2),
+        "the row took {appeared:?}"
+    );
+
+    // Sign in with the token, then cancel a running task from its page.
+    root.write(
+        "tasks/pending/long-job.yaml",
+        "description: Runs until cancelled\nagent: slow\n",
+    );
+    wait_for(Duration::from_secs(20), "long-job running", || {
+        root.exists("tasks/assigned/long-job.state.json")
+            && root.exists("tasks/assigned/long-job.yaml")
+    });
+    b.goto(&srv.url("/"));
+    assert_eq!(
+        b.eval("return document.querySelector('#do-cancel, #do-add');"),
+        serde_json::Value::Null
+    );
+    b.eval(&format!(
+        "document.querySelector('form.login input[name=token]').value = '{TOKEN}'; \
+         document.getElementById('sign-in').click(); return true;"
+    ));
+    poll_page(
+        &b,
+        "the signed-in overview",
+        Duration::from_secs(10),
+        "return !!document.getElementById('do-add');",
+        |v| v == true,
+    );
+    b.goto(&srv.url("/tasks/long-job"));
+    poll_page(
+        &b,
+        "the cancel button",
+        Duration::from_secs(10),
+        "return !!document.getElementById('do-cancel');",
+        |v| v == true,
+    );
+    b.eval("window.__marker = 'before-cancel'; document.getElementById('do-cancel').click(); return true;");
+    wait_for(
+        Duration::from_secs(30),
+        "the cancelled task in failed/",
+        || root.exists("tasks/failed/long-job.yaml"),
+    );
+    assert_eq!(root.record("failed", "long-job")["outcome"], "cancelled");
+    poll_page(
+        &b,
+        "the task page showing it failed",
+        Duration::from_secs(10),
+        "var h = document.querySelector('h1.task-name'); return h ? h.textContent : null;",
+        |v| v.as_str().is_some_and(|t| t.contains("failed")),
+    );
+
+    // A screenshot of each page, kept with the build's temporary files.
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("serve-screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (file, path) in [
+        ("overview.png", "/"),
+        ("tasks.png", "/tasks"),
+        ("task.png", "/tasks/fix-login"),
+        ("graph.png", "/graph"),
+        ("agents.png", "/agents"),
+    ] {
+        b.goto(&srv.url(path));
+        poll_page(
+            &b,
+            "the live stream",
+            Duration::from_secs(10),
+            "return document.getElementById('live').className;",
+            |v| v == "live on",
+        );
+        let out = dir.join(file);
+        b.screenshot(&out);
+        eprintln!("screenshot of {path}: {}", out.display());
+    }
+    drop(b);
+    sup.signal(SIGTERM);
+    sup.wait_exit(Duration::from_secs(30));
 }
