@@ -57,7 +57,7 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
 
 struct App {
     layout: Layout,
-    index: index::Index,
+    index: Arc<index::Index>,
     ledger: ledger::Ledger,
     live: Arc<live::Live>,
     /// The root as shown in the footer.
@@ -135,9 +135,10 @@ pub async fn serve(
     let layout = Layout::new(root);
     let inotify = Config::load(root).map_or(true, |c| c.watch != WatchMode::Poll);
     let (stop_tx, stop) = watch::channel(false);
+    let index = Arc::new(index::Index::default());
     let app = Arc::new(App {
-        live: live::start(&layout, inotify),
-        index: index::Index::default(),
+        live: live::start(&layout, inotify, index.clone()),
+        index,
         ledger: ledger::Ledger::default(),
         shown_root: std::fs::canonicalize(root)
             .unwrap_or_else(|_| PathBuf::from(root))
@@ -147,6 +148,13 @@ pub async fn serve(
         layout,
         stop,
         auth: actions::Auth::new(opts.token),
+    });
+    // The listings and the usage sums are read once now, in the background,
+    // so that the first page shown does not pay for a big tree.
+    let warm = app.clone();
+    tokio::task::spawn_blocking(move || {
+        warm.index.all(&warm.layout);
+        warm.ledger.with(&warm.layout, |_| ());
     });
     axum::serve(listener, router(app))
         .with_graceful_shutdown(async move {
