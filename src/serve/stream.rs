@@ -180,12 +180,12 @@ mod tests {
             .open(run.join("stdout.log"))
             .unwrap();
         log.write_all(b"bye\n").unwrap();
-        std::fs::rename(
-            layout.task_file(State::Assigned, "t", "yaml"),
-            layout.task_file(State::Completed, "t", "yaml"),
+        crate::tree::moves::move_run_dir(&layout, "t", State::Completed).unwrap();
+        crate::tree::moves::move_file(
+            &layout.task_file(State::Assigned, "t", "yaml"),
+            &layout.task_file(State::Completed, "t", "yaml"),
         )
         .unwrap();
-        std::fs::rename(&run, layout.run_dir(State::Completed, "t")).unwrap();
         assert_eq!(f.step(), Step::Append("bye\n".into()));
         assert!(matches!(f.step(), Step::End(_)));
         let _ = std::fs::remove_dir_all(&d);
