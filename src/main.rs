@@ -214,9 +214,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Agents { json } => {
             mailroom::cli::control::agents(&root, json).map(|()| ExitCode::SUCCESS)
         }
-        Command::Serve { listen } => {
+        Command::Serve { listen, token_file } => {
             cli::open_tree(&root)?;
-            serve(&root, &listen)
+            serve(&root, listen.as_deref(), token_file.as_deref())
         }
         Command::Completions { shell } => {
             cli::complete::registration(shell, &mut std::io::stdout())?;
@@ -278,13 +278,40 @@ fn seal_inherited_fds() {
     }
 }
 
+/// The config's `serve:` as `run` starts (a reload does not move the dashboard).
+fn sup_serve_config(root: &std::path::Path) -> Option<mailroom::parse::config::Serve> {
+    Config::load(root).ok().and_then(|c| c.serve)
+}
+
 /// `mailroom serve`: binds where told, prints the address on stdout (for
 /// scripts and tests that asked for port 0), and serves until SIGINT or SIGTERM.
-fn serve(root: &std::path::Path, listen: &str) -> anyhow::Result<ExitCode> {
+fn serve(
+    root: &std::path::Path,
+    listen: Option<&str>,
+    token_file: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
     use anyhow::Context as _;
-    let addr: std::net::SocketAddr = listen.parse().with_context(|| {
-        format!("--listen {listen}: give an address and a port, e.g. 127.0.0.1:8787")
-    })?;
+    // The config's `serve:` gives the defaults; a broken config is no reason
+    // not to show the tree.
+    let cfg = Config::load(root).ok().and_then(|c| c.serve);
+    let addr: std::net::SocketAddr = match listen {
+        Some(l) => l.parse().with_context(|| {
+            format!("--listen {l}: give an address and a port, e.g. 127.0.0.1:8787")
+        })?,
+        None => cfg.as_ref().map_or_else(
+            || {
+                mailroom::parse::config::DEFAULT_LISTEN
+                    .parse()
+                    .expect("a valid address")
+            },
+            |c| c.listen,
+        ),
+    };
+    let token = match token_file {
+        Some(f) => Some(mailroom::serve::actions::read_token_file(f).map_err(anyhow::Error::msg)?),
+        None => mailroom::serve::config_token(root, cfg.as_ref().and_then(|c| c.token.as_ref()))
+            .map_err(anyhow::Error::msg)?,
+    };
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
@@ -318,7 +345,7 @@ fn serve(root: &std::path::Path, listen: &str) -> anyhow::Result<ExitCode> {
             writeln!(out, "listening on http://{local}/")?;
             out.flush()?;
         }
-        mailroom::serve::serve(listener, root, async {
+        mailroom::serve::serve(listener, root, mailroom::serve::Options { token }, async {
             let _ = rx.await;
         })
         .await
@@ -374,12 +401,39 @@ fn run(
         .map_err(|e| anyhow::anyhow!("preparing the tree under {}: {e}", root.display()))?
         .with_agent_limits(agent_limits);
     let notifier = mailroom::ops::sdnotify::Notifier::from_env().map(std::sync::Arc::new);
-    rt.block_on(sup.run(
-        rx,
-        RunOptions {
-            exit_when_idle,
-            notifier,
-        },
-    ))?;
+    let serve_cfg = sup_serve_config(root);
+    rt.block_on(async {
+        // `serve:`: the dashboard on this runtime, for as long as the loop runs.
+        let dashboard = match &serve_cfg {
+            None => None,
+            Some(cfg) => match mailroom::serve::spawn(root, cfg).await {
+                Ok((local, stop, task)) => {
+                    if !local.ip().is_loopback() {
+                        tracing::warn!(%local, "the dashboard listens beyond loopback: anyone who can reach it can read every task");
+                    }
+                    tracing::info!(%local, "dashboard on http://{local}/");
+                    Some((stop, task))
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "no dashboard (serve: in mailroom.yaml); supervising without it");
+                    None
+                }
+            },
+        };
+        let res = sup
+            .run(
+                rx,
+                RunOptions {
+                    exit_when_idle,
+                    notifier,
+                },
+            )
+            .await;
+        if let Some((stop, task)) = dashboard {
+            let _ = stop.send(());
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
+        }
+        res
+    })?;
     Ok(ExitCode::SUCCESS)
 }

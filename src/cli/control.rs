@@ -18,11 +18,19 @@ use crate::tree::layout::State;
 use crate::tree::lock::TaskLock;
 use crate::tree::moves;
 
-/// `mailroom cancel NAME`: a pending task is filed as cancelled at once; for
-/// a running one a marker asks its supervisor to stop the agent, and this
-/// waits (up to `within`) until it has.
-pub fn cancel(root: &Path, name: &str, within: Duration) -> Result<ExitCode> {
-    let layout = open_tree(root)?;
+/// What a cancel did at once.
+#[derive(Debug, PartialEq)]
+pub enum Cancelled {
+    /// A pending task, filed in `failed/` (under this name).
+    Filed(String),
+    /// A running task: a marker asks its supervisor to stop it.
+    Requested,
+}
+
+/// Cancels a task: a pending one is filed as cancelled at once; for a
+/// running one a marker in `tasks/control/cancel/` asks its supervisor to
+/// stop the agent (the CLI's and the dashboard's cancel).
+pub fn cancel_task(layout: &crate::tree::layout::Layout, name: &str) -> Result<Cancelled> {
     check_task_name(name)?;
     match layout.locate(name) {
         None => bail!("no task named `{name}`"),
@@ -30,17 +38,16 @@ pub fn cancel(root: &Path, name: &str, within: Duration) -> Result<ExitCode> {
             bail!("`{name}` already finished ({})", s.dir_name())
         }
         Some((State::Pending, _, ext)) => {
-            if let Some(lock) = TaskLock::try_acquire(&layout, name)? {
+            if let Some(lock) = TaskLock::try_acquire(layout, name)? {
                 let rec =
                     books::never_ran_record(Outcome::Cancelled, "cancelled before it ran".into());
-                let res = moves::reject(&layout, State::Pending, name, ext, rec.clone(), false);
+                let res = moves::reject(layout, State::Pending, name, ext, rec.clone(), false);
                 lock.release();
                 if let Some(target) = res? {
                     let mut rec = rec;
-                    rec.task = target;
-                    let _ = crate::tree::context::merge(&layout, &rec, None, None);
-                    println!("{name}: cancelled (it had not started)");
-                    return Ok(ExitCode::SUCCESS);
+                    rec.task = target.clone();
+                    let _ = crate::tree::context::merge(layout, &rec, None, None);
+                    return Ok(Cancelled::Filed(target));
                 }
             }
             // Claimed meanwhile: fall through to the marker.
@@ -50,6 +57,18 @@ pub fn cancel(root: &Path, name: &str, within: Duration) -> Result<ExitCode> {
     fsx::create_dir_all(&layout.cancel)?;
     fsx::write_atomic(&layout.cancel_file(name), b"")
         .context("writing the cancel request into tasks/control/cancel/")?;
+    Ok(Cancelled::Requested)
+}
+
+/// `mailroom cancel NAME`: a pending task is filed as cancelled at once; for
+/// a running one a marker asks its supervisor to stop the agent, and this
+/// waits (up to `within`) until it has.
+pub fn cancel(root: &Path, name: &str, within: Duration) -> Result<ExitCode> {
+    let layout = open_tree(root)?;
+    if cancel_task(&layout, name)? != Cancelled::Requested {
+        println!("{name}: cancelled (it had not started)");
+        return Ok(ExitCode::SUCCESS);
+    }
     let until = Instant::now() + within;
     while Instant::now() < until {
         match layout.locate(name) {
@@ -81,15 +100,28 @@ pub fn pause(root: &Path, agent: Option<&str>, on: bool) -> Result<()> {
             eprintln!("mailroom: warning: no agent `{a}` in mailroom.yaml");
         }
     }
-    let f = layout.pause_file(agent);
+    set_pause(&layout, agent, on)?;
     let what = agent.map_or("claiming".to_owned(), |a| format!("agent {a}"));
+    if on {
+        println!("paused {what} (running agents carry on)");
+    } else {
+        println!("resumed {what}");
+    }
+    Ok(())
+}
+
+/// Writes or removes a pause marker (`agent` must be a checked name).
+pub fn set_pause(
+    layout: &crate::tree::layout::Layout,
+    agent: Option<&str>,
+    on: bool,
+) -> Result<()> {
+    let f = layout.pause_file(agent);
     if on {
         fsx::create_dir_all(&layout.control)?;
         fsx::write_atomic(&f, b"")?;
-        println!("paused {what} (running agents carry on)");
     } else {
         fsx::remove_file_if_exists(&f)?;
-        println!("resumed {what}");
     }
     Ok(())
 }

@@ -19,7 +19,7 @@ pub use add::{AddArgs, add};
 pub use init::init;
 pub use list::list;
 pub use new::new;
-pub use retry::retry;
+pub use retry::{retry, retry_task};
 pub use show::{show, show_prompt};
 pub use status::status;
 pub use validate::validate;
@@ -264,15 +264,22 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Serve a live, read-only web dashboard of the tree (no supervisor needed).
+    /// Serve a live web dashboard of the tree (no supervisor needed);
+    /// read-only unless it has a token.
     #[command(
-        after_help = "Examples:\n  mailroom serve                          # http://127.0.0.1:8787/\n  mailroom serve --listen 127.0.0.1:0     # any free port; the address is printed\n  mailroom --root ~/queue serve --listen 127.0.0.1:9000"
+        after_help = "Examples:\n  mailroom serve                          # http://127.0.0.1:8787/\n  mailroom serve --listen 127.0.0.1:0     # any free port; the address is printed\n  mailroom serve --token-file ~/.mailroom-token   # enables add, cancel, retry, pause, resume\n  mailroom --root ~/queue serve --listen 127.0.0.1:9000"
     )]
     Serve {
-        /// Address and port to listen on. Loopback by default; any other
-        /// address lets other hosts read every task (a warning is printed).
-        #[arg(long, default_value = "127.0.0.1:8787", value_name = "ADDR:PORT")]
-        listen: String,
+        /// Address and port to listen on: `serve.listen` from mailroom.yaml,
+        /// else 127.0.0.1:8787. Any address other than loopback lets other
+        /// hosts read every task (a warning is printed).
+        #[arg(long, value_name = "ADDR:PORT")]
+        listen: Option<String>,
+        /// A file whose first line is the token that enables actions (at
+        /// least 16 characters); default: `serve.token` or
+        /// `serve.token_file` from mailroom.yaml; none: read-only.
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
     },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     /// that completes subcommands, options, task names and agent names.

@@ -12,6 +12,15 @@ use super::*;
 /// `mailroom retry`.
 pub fn retry(root: &Path, name: &str) -> Result<()> {
     let layout = open_tree(root)?;
+    retry_task(&layout, name)?;
+    println!("{name}: moved back to pending with fresh attempts");
+    Ok(())
+}
+
+/// Moves a failed task back to `pending/` with fresh attempts (the CLI's
+/// and the dashboard's retry).
+pub fn retry_task(layout: &crate::tree::layout::Layout, name: &str) -> Result<()> {
+    let layout = layout.clone();
     check_task_name(name)?;
     let Some(lock) = TaskLock::try_acquire(&layout, name)? else {
         // The lock's holder is a supervisor running it (or about to).
@@ -51,7 +60,6 @@ pub fn retry(root: &Path, name: &str) -> Result<()> {
         fsx::remove_file_if_exists(&layout.record_file(State::Failed, name))?;
         fsx::fsync_dir(&layout.failed)?;
         moves::retry(&layout, State::Failed, name, ext)?;
-        println!("{name}: moved back to pending with fresh attempts");
         Ok(())
     })();
     lock.release();

@@ -47,6 +47,7 @@ pub const CONFIG_KEYS: &[&str] = &[
     "worktrees_dir",
     "worktree_cleanup",
     "git_status",
+    "serve",
     "agents",
 ];
 /// The keys of `hooks:`.
@@ -55,6 +56,8 @@ pub const HOOK_KEYS: &[&str] = &["on_complete", "on_fail", "on_limit"];
 pub const HOOK_PLACEHOLDERS: &[&str] = &[
     "name", "state", "outcome", "record", "output", "agent", "until", "root",
 ];
+/// Every key of `serve:`, for "did you mean" hints.
+pub const SERVE_KEYS: &[&str] = &["listen", "token", "token_file"];
 /// Every key of an agent, for "did you mean" hints.
 pub const AGENT_KEYS: &[&str] = &[
     "command",
@@ -112,8 +115,45 @@ struct RawConfig {
     worktrees_dir: Option<String>,
     worktree_cleanup: Option<String>,
     git_status: Option<bool>,
+    serve: Option<RawServe>,
     agents: Option<BTreeMap<String, RawAgent>>,
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServe {
+    listen: Option<String>,
+    token: Option<String>,
+    token_file: Option<String>,
+}
+
+/// `serve:`: the dashboard, run inside `mailroom run`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Serve {
+    pub listen: std::net::SocketAddr,
+    /// Where the actions' token comes from (none: a read-only dashboard).
+    pub token: Option<TokenSource>,
+}
+
+/// The dashboard's token: written in the config, or in a file of its own
+/// (relative to the root), read when the dashboard starts.
+#[derive(Clone, PartialEq)]
+pub enum TokenSource {
+    Inline(String),
+    File(PathBuf),
+}
+
+impl std::fmt::Debug for TokenSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TokenSource::Inline(_) => f.write_str("Inline(..)"),
+            TokenSource::File(p) => write!(f, "File({p:?})"),
+        }
+    }
+}
+
+/// The dashboard's default address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -491,6 +531,8 @@ pub struct Config {
     /// `$MAILROOM_RESULT`: `git status` in the workdir's repository (true),
     /// or nothing (false: no git process after any run).
     pub git_status: bool,
+    /// `serve:`: run the dashboard in the supervisor's process.
+    pub serve: Option<Serve>,
     pub agents: BTreeMap<String, Agent>,
     /// Where the config came from, for messages (None: built-in defaults).
     pub source: Option<PathBuf>,
@@ -567,6 +609,7 @@ impl Default for Config {
             env: EnvPolicy::Allow(DEFAULT_ENV_ALLOW.iter().map(|s| s.to_string()).collect()),
             agents,
             source: None,
+            serve: None,
         }
     }
 }
@@ -628,6 +671,8 @@ impl Config {
                         (AGENT_KEYS, "agent key")
                     } else if expected.contains(&"on_complete") {
                         (HOOK_KEYS, "hook")
+                    } else if expected.contains(&"listen") {
+                        (SERVE_KEYS, "serve key")
                     } else {
                         (CONFIG_KEYS, "key")
                     };
@@ -851,6 +896,28 @@ impl Config {
             c.worktrees_dir = PathBuf::from(d);
         }
         c.git_status = raw.git_status.unwrap_or(true);
+        if let Some(sv) = raw.serve {
+            let listen = sv.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+            let listen = listen.parse().map_err(|_| {
+                err(format!(
+                    "`serve.listen: {listen}`: give an address and a port, e.g. {DEFAULT_LISTEN}"
+                ))
+            })?;
+            let token = match (sv.token, sv.token_file) {
+                (Some(_), Some(_)) => {
+                    return Err(err("`serve`: give `token` or `token_file`, not both".into()));
+                }
+                (Some(t), None) if t.trim().len() < 16 => {
+                    return Err(err(
+                        "`serve.token`: use at least 16 characters (a random string)".into(),
+                    ));
+                }
+                (Some(t), None) => Some(TokenSource::Inline(t.trim().to_owned())),
+                (None, Some(f)) => Some(TokenSource::File(PathBuf::from(f))),
+                (None, None) => None,
+            };
+            c.serve = Some(Serve { listen, token });
+        }
         c.worktree_cleanup = match raw.worktree_cleanup.as_deref() {
             None | Some("on_success") => crate::run::workspace::Cleanup::OnSuccess,
             Some("keep") => crate::run::workspace::Cleanup::Keep,

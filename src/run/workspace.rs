@@ -98,6 +98,71 @@ fn git(dir: &Path, args: &[&str]) -> Result<String, String> {
     }
 }
 
+/// The diff of a worktree run against the commit it started from, cut at
+/// `limit` bytes (git is stopped there). With the worktree still on disk:
+/// its commits and its uncommitted changes to tracked files (`git diff
+/// BASE`); once it is removed, `git diff BASE BRANCH` in `repo`. Repository
+/// configuration that would run programs (fsmonitor, external diff, text
+/// conversion) is switched off: the dashboard must not run anything a
+/// repository names.
+pub fn diff_against_base(
+    worktree: Option<&Path>,
+    repo: &Path,
+    base: &str,
+    branch: &str,
+    limit: usize,
+) -> Result<(String, bool), String> {
+    use std::io::Read as _;
+    if base.is_empty() || !base.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("`{base}` is not a commit id"));
+    }
+    let (dir, range): (&Path, Vec<&str>) = match worktree {
+        Some(w) => (w, vec![base]),
+        None => (repo, vec![base, branch]),
+    };
+    let mut child = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args([
+            "-c",
+            "core.fsmonitor=false",
+            "diff",
+            "--no-color",
+            "--no-ext-diff",
+            "--no-textconv",
+        ])
+        .args(&range)
+        .arg("--")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_PAGER", "cat")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run git: {e}"))?;
+    let mut out = Vec::new();
+    let mut stdout = child.stdout.take().expect("piped");
+    let _ = (&mut stdout).take(limit as u64 + 1).read_to_end(&mut out);
+    let cut = out.len() > limit;
+    if cut {
+        out.truncate(limit);
+        let _ = child.kill();
+    }
+    drop(stdout);
+    let mut err = Vec::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = (&mut e).take(4096).read_to_end(&mut err);
+    }
+    let status = child.wait().map_err(|e| format!("git diff: {e}"))?;
+    if !cut && !status.success() {
+        return Err(format!(
+            "git diff failed: {}",
+            String::from_utf8_lossy(&err).trim()
+        ));
+    }
+    Ok((String::from_utf8_lossy(&out).into_owned(), cut))
+}
+
 /// The branch a task's worktree uses.
 pub fn branch_for(task: &str) -> String {
     let clean: String = task

@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 use crate::model::record::{Attempt, parse_ts};
 use crate::tree::layout::State;
 
+use super::agents::Agents;
 use super::graph::{EdgeKind, Graph, NODE_H, NODE_W};
 use super::view::{Detail, Link, Overview, Row, TaskList, Text};
 
@@ -159,12 +160,58 @@ fn opt(s: Option<&str>) -> String {
     s.map(esc).unwrap_or_else(|| "–".into())
 }
 
+/// What a page offers: nothing to change (no token), a sign-in form (a
+/// token exists), or action forms carrying this CSRF value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Mode<'a> {
+    ReadOnly,
+    Locked,
+    Actions(&'a str),
+}
+
+/// A POST form of one button (and hidden fields) to `/actions/ACTION`.
+fn action_form(
+    csrf: &str,
+    action: &str,
+    fields: &[(&str, &str)],
+    label: &str,
+    class: &str,
+) -> String {
+    let mut s = format!(
+        r#"<form class="action" method="post" action="/actions/{action}"><input type="hidden" name="csrf" value="{}">"#,
+        esc(csrf)
+    );
+    for (k, v) in fields {
+        let _ = write!(s, r#"<input type="hidden" name="{k}" value="{}">"#, esc(v));
+    }
+    let _ = write!(
+        s,
+        r#"<button type="submit" class="{class}" id="do-{action}">{label}</button></form>"#
+    );
+    s
+}
+
+fn footer(root: &str, mode: Mode) -> String {
+    match mode {
+        Mode::ReadOnly => format!("read-only view of <code>{}</code>", esc(root)),
+        Mode::Locked => format!(
+            r#"<code>{}</code> · <form class="login" method="post" action="/login"><input type="password" name="token" placeholder="token" autocomplete="current-password"><button type="submit" id="sign-in">Sign in for actions</button></form>"#,
+            esc(root)
+        ),
+        Mode::Actions(_) => format!(
+            r#"<code>{}</code> · actions enabled · <form class="login" method="post" action="/logout"><button type="submit">Sign out</button></form>"#,
+            esc(root)
+        ),
+    }
+}
+
 /// The shell around every page: header, navigation, live indicator.
-pub fn page(title: &str, active: &str, root: &str, body: &str) -> String {
+pub fn page(title: &str, active: &str, root: &str, mode: Mode, body: &str) -> String {
     let nav = [
         ("overview", "/", "Overview"),
         ("tasks", "/tasks", "Tasks"),
         ("graph", "/graph", "Graph"),
+        ("agents", "/agents", "Agents"),
     ]
     .iter()
     .map(|(id, href, label)| {
@@ -191,12 +238,12 @@ pub fn page(title: &str, active: &str, root: &str, body: &str) -> String {
 <main data-page="{active}">
 {body}
 </main>
-<footer>read-only view of <code>{root}</code></footer>
+<footer>{footer}</footer>
 </body>
 </html>
 "#,
         title = esc(title),
-        root = esc(root),
+        footer = footer(root, mode),
     )
 }
 
@@ -206,7 +253,7 @@ fn rows_table(rows: &[Row]) -> String {
     }
     let mut s = String::from(
         "<table class=\"tasks\"><thead><tr><th>Task</th><th>State</th><th>Agent</th><th>Priority</th>\
-         <th>Age</th><th>Attempts</th><th>Outcome</th></tr></thead><tbody>",
+         <th>Age</th><th>Attempts</th><th>Outcome</th><th>Tokens in / out</th><th>Cost</th><th>Session</th></tr></thead><tbody>",
     );
     for r in rows {
         let outcome = match (&r.outcome, &r.error) {
@@ -218,9 +265,25 @@ fn rows_table(rows: &[Row]) -> String {
             ),
             (None, None) => "–".into(),
         };
+        let (tin, tout, cost) = match &r.usage {
+            Some(u) => (
+                tokens(u.input_tokens),
+                tokens(u.output_tokens),
+                u.cost_usd.map(usd).unwrap_or_else(|| "–".into()),
+            ),
+            None => ("–".into(), "–".into(), "–".into()),
+        };
+        let session = match &r.session_id {
+            Some(id) => format!(
+                r#"<code title="{}">{}</code>"#,
+                esc(id),
+                esc(&id.chars().take(8).collect::<String>())
+            ),
+            None => "–".into(),
+        };
         let _ = write!(
             s,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td title=\"{}\">{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td title=\"{}\">{}</td><td>{}</td><td>{}</td><td>{tin} / {tout}</td><td>{cost}</td><td>{session}</td></tr>",
             task_link(&r.name),
             badge(Some(r.state)),
             opt(r.agent.as_deref()),
@@ -236,8 +299,20 @@ fn rows_table(rows: &[Row]) -> String {
 }
 
 /// The overview page's body.
-pub fn overview(o: &Overview) -> String {
+pub fn overview(o: &Overview, mode: Mode) -> String {
     let mut s = String::new();
+    if let Mode::Actions(csrf) = mode {
+        let _ = write!(
+            s,
+            r#"<section class="actions"><form class="add" method="post" action="/actions/add"><input type="hidden" name="csrf" value="{c}"><input name="description" placeholder="new task: describe it" size="50" required><input name="agent" placeholder="agent (optional)" size="12"><select name="priority"><option value="">normal</option><option>high</option><option>low</option></select><button type="submit" id="do-add">Add</button></form>{pause}</section>"#,
+            c = esc(csrf),
+            pause = if o.paused {
+                action_form(csrf, "resume", &[], "Resume claiming", "")
+            } else {
+                action_form(csrf, "pause", &[], "Pause claiming", "")
+            }
+        );
+    }
     if let Some(e) = &o.config_error {
         let _ = write!(
             s,
@@ -276,6 +351,8 @@ pub fn overview(o: &Overview) -> String {
         }
         None => s.push_str(r#"<p id="oldest" class="muted">Nothing pending.</p>"#),
     }
+    s.push_str(&today(o));
+    s.push_str(&supervisors(o));
     s.push_str(r#"<div class="grid"><section><h2>Agents</h2>"#);
     if o.agents.is_empty() {
         s.push_str(r#"<p class="empty">No agents configured.</p>"#);
@@ -366,6 +443,162 @@ pub fn overview(o: &Overview) -> String {
     s
 }
 
+/// Dollars: cents for sums of a dollar or more, four places below.
+pub fn usd(c: f64) -> String {
+    if c >= 1.0 {
+        format!("${c:.2}")
+    } else {
+        format!("${c:.4}")
+    }
+}
+
+/// A token count: 1234567 -> "1.2M".
+pub fn tokens(n: Option<u64>) -> String {
+    match n {
+        None => "–".into(),
+        Some(n) if n >= 1_000_000 => format!("{:.1}M", n as f64 / 1e6),
+        Some(n) if n >= 10_000 => format!("{}k", n / 1000),
+        Some(n) => n.to_string(),
+    }
+}
+
+fn today(o: &Overview) -> String {
+    let t = &o.today;
+    let cost = t.sums.usage.cost_usd.map(usd).unwrap_or_else(|| "–".into());
+    format!(
+        r#"<p id="today">Today ({day} UTC): <b>{n}</b> task(s) finished, cost <b id="today-cost">{cost}</b>, tokens in {i} / out {out}{rep}</p>"#,
+        day = esc(&t.day),
+        n = t.sums.tasks,
+        i = tokens(t.sums.usage.input_tokens),
+        out = tokens(t.sums.usage.output_tokens),
+        rep = if t.sums.tasks > t.sums.reported {
+            format!(
+                r#" <span class="muted">({} reported no usage)</span>"#,
+                t.sums.tasks - t.sums.reported
+            )
+        } else {
+            String::new()
+        }
+    )
+}
+
+fn supervisors(o: &Overview) -> String {
+    let mut s = String::from("<section><h2>Supervisors</h2>");
+    if o.supervisors.is_empty() {
+        s.push_str(r#"<p class="empty" id="no-supervisors">No supervisor has announced itself on this tree (<code>tasks/supervisors/</code>).</p></section>"#);
+        return s;
+    }
+    s.push_str("<table id=\"supervisors\"><thead><tr><th>Host</th><th>Pid</th><th>Version</th><th>Started</th><th>Last heartbeat</th><th>Running</th><th>State</th></tr></thead><tbody>");
+    for x in &o.supervisors {
+        let h = &x.hb;
+        let state = if x.alive {
+            r#"<span class="badge st-completed">alive</span>"#
+        } else {
+            r#"<span class="badge st-failed">gone</span>"#
+        };
+        let _ = write!(
+            s,
+            "<tr><td>{}</td><td>{}</td><td>{} <span class=\"muted\">(protocol {})</span></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&h.host),
+            h.pid,
+            esc(&h.version),
+            h.protocol,
+            esc(&h.started_at),
+            esc(&h.last_beat),
+            h.running,
+            state
+        );
+    }
+    s.push_str("</tbody></table></section>");
+    s
+}
+
+/// Bars of cost per day (tasks when no cost was reported), with a title per day.
+fn day_bars(days: &[super::agents::Day]) -> String {
+    const W: u32 = 10;
+    const H: u32 = 28;
+    let by_cost = days.iter().any(|d| d.cost_usd > 0.0);
+    let value = |d: &super::agents::Day| if by_cost { d.cost_usd } else { d.tasks as f64 };
+    let max = days.iter().map(value).fold(0.0_f64, f64::max);
+    let mut s = format!(
+        r#"<svg class="bars" width="{w}" height="{H}" viewBox="0 0 {w} {H}">"#,
+        w = W * days.len() as u32
+    );
+    for (i, d) in days.iter().enumerate() {
+        let h = if max > 0.0 {
+            ((value(d) / max) * (H - 2) as f64).round() as u32
+        } else {
+            0
+        }
+        .max(1);
+        let _ = write!(
+            s,
+            r#"<rect x="{x}" y="{y}" width="{bw}" height="{h}"><title>{day}: {n} task(s), {c}</title></rect>"#,
+            x = i as u32 * W,
+            y = H - h,
+            bw = W - 2,
+            day = esc(&d.day),
+            n = d.tasks,
+            c = usd(d.cost_usd)
+        );
+    }
+    s.push_str("</svg>");
+    s
+}
+
+/// The agents page's body.
+pub fn agents(a: &Agents) -> String {
+    let mut s = String::from("<h1>Agents</h1>");
+    if a.agents.is_empty() {
+        s.push_str(r#"<p class="empty">No agents configured and none has finished a task.</p>"#);
+        return s;
+    }
+    let _ = write!(
+        s,
+        r#"<p class="muted">From <code>context/completed_tasks.jsonl</code>: each finished task counts once, for the agent that ran it last. Per day: {} to {} (UTC); cost when the CLIs reported one, else tasks.</p>"#,
+        esc(a.days.first().map(String::as_str).unwrap_or("")),
+        esc(a.days.last().map(String::as_str).unwrap_or(""))
+    );
+    s.push_str("<table id=\"agent-stats\"><thead><tr><th>Agent</th><th>Running</th><th>Finished</th><th>Succeeded</th><th>Success rate</th><th>Median duration</th><th>Tokens in / out</th><th>Cost</th><th>Per day</th></tr></thead><tbody>");
+    for x in &a.agents {
+        let rate = x
+            .success_rate
+            .map(|r| format!("{:.0}%", r * 100.0))
+            .unwrap_or_else(|| "–".into());
+        let med = x
+            .median_duration_ms
+            .map(|m| {
+                if m < 1000 {
+                    format!("{m} ms")
+                } else {
+                    duration(m / 1000)
+                }
+            })
+            .unwrap_or_else(|| "–".into());
+        let max = x.max.map(|m| m.to_string()).unwrap_or_else(|| "?".into());
+        let _ = write!(
+            s,
+            r#"<tr id="agent-{id}"><td>{name}{unconf}</td><td>{run} / {max}</td><td>{fin}</td><td>{ok}</td><td>{rate}</td><td>{med}</td><td>{ti} / {to}</td><td>{cost}</td><td>{bars}</td></tr>"#,
+            id = url(&x.name),
+            name = esc(&x.name),
+            unconf = if x.configured {
+                ""
+            } else {
+                r#" <span class="muted">(not configured)</span>"#
+            },
+            run = x.running,
+            fin = x.finished,
+            ok = x.completed,
+            ti = tokens(x.usage.input_tokens),
+            to = tokens(x.usage.output_tokens),
+            cost = x.usage.cost_usd.map(usd).unwrap_or_else(|| "–".into()),
+            bars = day_bars(&x.days),
+        );
+    }
+    s.push_str("</tbody></table>");
+    s
+}
+
 fn query_string(l: &TaskList, page: usize) -> String {
     let mut q = vec![format!("page={page}")];
     if let Some(s) = l.state {
@@ -376,6 +609,9 @@ fn query_string(l: &TaskList, page: usize) -> String {
     }
     if let Some(n) = &l.q {
         q.push(format!("q={}", url(n)));
+    }
+    if let Some(n) = &l.label {
+        q.push(format!("label={}", url(n)));
     }
     if l.per_page != 50 {
         q.push(format!("per_page={}", l.per_page));
@@ -405,8 +641,9 @@ pub fn tasks(l: &TaskList) -> String {
     }
     let _ = write!(
         s,
-        r#"</select></label><label>Agent <input name="agent" value="{}" size="10"></label><label>Name <input name="q" type="search" value="{}" placeholder="search names"></label><button type="submit">Filter</button></form>"#,
+        r#"</select></label><label>Agent <input name="agent" value="{}" size="10"></label><label>Label <input name="label" value="{}" size="10"></label><label>Search <input name="q" type="search" value="{}" placeholder="name or description"></label><button type="submit">Filter</button></form>"#,
         esc(l.agent.as_deref().unwrap_or("")),
+        esc(l.label.as_deref().unwrap_or("")),
         esc(l.q.as_deref().unwrap_or(""))
     );
     let first = (l.page - 1) * l.per_page + 1;
@@ -479,7 +716,7 @@ fn attempt_row(a: &Attempt) -> String {
 }
 
 /// The task page's body.
-pub fn task(d: &Detail) -> String {
+pub fn task(d: &Detail, mode: Mode) -> String {
     let mut s = String::new();
     let _ = write!(
         s,
@@ -487,6 +724,16 @@ pub fn task(d: &Detail) -> String {
         esc(&d.name),
         badge(Some(d.state))
     );
+    if let Mode::Actions(csrf) = mode {
+        let name = [("name", d.name.as_str())];
+        match d.state {
+            State::Pending | State::Assigned => {
+                s.push_str(&action_form(csrf, "cancel", &name, "Cancel", "danger"));
+            }
+            State::Failed => s.push_str(&action_form(csrf, "retry", &name, "Retry", "")),
+            State::Completed => {}
+        }
+    }
     if let Some(w) = &d.waiting {
         let _ = write!(s, r#"<p class="banner" id="waiting">{}</p>"#, esc(w));
     }
@@ -648,9 +895,35 @@ pub fn task(d: &Detail) -> String {
         }
         s.push_str("</ul>");
     }
-    if let Some(t) = &d.stdout_tail {
-        s.push_str("<h2>stdout</h2>");
-        s.push_str(&text_block("stdout", t, true));
+    if let Some(d) = &d.diff {
+        s.push_str("<h2>Diff against its base</h2>");
+        if d.text.is_empty() {
+            s.push_str(r#"<p class="empty" id="diff">No changes.</p>"#);
+        } else {
+            s.push_str(&text_block("diff", d, false));
+        }
+    } else if let Some(e) = &d.diff_error {
+        let _ = write!(
+            s,
+            r#"<h2>Diff against its base</h2><p class="muted" id="diff-error">{}</p>"#,
+            esc(e)
+        );
+    }
+    match (&d.live_output, &d.stdout_tail) {
+        (Some(src), tail) => {
+            // Filled by app.js from the stream; the tail is the start.
+            let _ = write!(
+                s,
+                r#"<h2>stdout <span class="badge st-running">live</span></h2><pre class="text" id="live-output" data-stream="{}">{}</pre>"#,
+                esc(src),
+                esc(tail.as_ref().map_or("", |t| t.text.as_str()))
+            );
+        }
+        (None, Some(t)) => {
+            s.push_str("<h2>stdout</h2>");
+            s.push_str(&text_block("stdout", t, true));
+        }
+        (None, None) => {}
     }
     if let Some(t) = &d.stderr_tail {
         s.push_str("<h2>stderr</h2>");

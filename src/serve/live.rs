@@ -78,15 +78,41 @@ fn stamps(dirs: &[PathBuf]) -> Vec<Option<(u64, SystemTime, u64)>> {
         .collect()
 }
 
+/// Tells the index which pending task files changed (or that any may
+/// have), so that a search reads them again.
+fn forget(
+    index: &super::index::Index,
+    pending: &std::path::Path,
+    res: &notify::Result<notify::Event>,
+) {
+    match res {
+        Ok(ev) if !ev.need_rescan() => {
+            for p in &ev.paths {
+                if p.parent() == Some(pending)
+                    && let Some(f) = p.file_name().and_then(|f| f.to_str())
+                    && let crate::parse::task::Entry::Task { name, .. } =
+                        crate::parse::task::classify(f)
+                {
+                    index.forget(Some(name));
+                }
+            }
+        }
+        _ => index.forget(None),
+    }
+}
+
 /// Starts the feed on the current tokio runtime. With `inotify` false (the
 /// tree's `watch: poll`), or when the watch cannot be set up, it polls.
-pub fn start(layout: &Layout, inotify: bool) -> Arc<Live> {
+pub fn start(layout: &Layout, inotify: bool, index: Arc<super::index::Index>) -> Arc<Live> {
     let (tx, _) = broadcast::channel(16);
     let wake = Arc::new(Notify::new());
     let dirs = dirs(layout);
     let watcher = if inotify {
         let w = wake.clone();
+        let idx = index.clone();
+        let pending = layout.pending.clone();
         match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            forget(&idx, &pending, &res);
             if res.as_ref().map_or(true, |ev| relevant(&ev.kind)) {
                 w.notify_one();
             }
@@ -96,6 +122,12 @@ pub fn start(layout: &Layout, inotify: bool) -> Arc<Live> {
                     // A directory that is missing now is covered by the poller.
                     let _ = watcher.watch(d, RecursiveMode::NonRecursive);
                 }
+                // Without a watch on pending/ itself, searches keep `lstat`ing.
+                index.set_watched(
+                    watcher
+                        .watch(&layout.pending, RecursiveMode::NonRecursive)
+                        .is_ok(),
+                );
                 Some(watcher)
             }
             Err(e) => {

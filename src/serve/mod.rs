@@ -1,8 +1,10 @@
-//! `mailroom serve`: a live, read-only web dashboard of a tree.
+//! `mailroom serve`: a live web dashboard of a tree.
 //!
-//! An axum server on the caller's tokio runtime. It reads the tree the way
-//! the CLI does, so it needs no supervisor and works on any host that sees
-//! the tree; it writes nothing and has no route that changes anything.
+//! An axum server on the caller's tokio runtime (its own with `mailroom
+//! serve`, the supervisor's with `serve:` in the config). It reads the tree
+//! the way the CLI does, so it needs no supervisor and works on any host that
+//! sees the tree. Without a token it writes nothing; with one, the actions of
+//! [`actions`] (POST only) change the tree through the CLI's own functions.
 //! Pages are HTML rendered here ([`html`]), each with a JSON twin under
 //! `/api/`; a small embedded script swaps in a fresh copy of the page when
 //! `/events` (server-sent events from [`live`]) says the tree changed.
@@ -13,10 +15,14 @@
 //! script and style, and while it listens on loopback a request must name a
 //! loopback host (so a web page cannot reach it through DNS rebinding).
 
+pub mod actions;
+pub mod agents;
 pub mod graph;
 pub mod html;
 pub mod index;
+pub mod ledger;
 pub mod live;
+pub mod stream;
 pub mod view;
 
 use std::convert::Infallible;
@@ -31,12 +37,15 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Json, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use futures_util::Stream;
 use tokio::sync::watch;
 
 use crate::parse::config::{Config, WatchMode};
 use crate::tree::layout::Layout;
+
+/// The largest request body (an action's form).
+const MAX_BODY: usize = 64 * 1024;
 
 const APP_JS: &str = include_str!("assets/app.js");
 const STYLE_CSS: &str = include_str!("assets/style.css");
@@ -48,31 +57,89 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
 
 struct App {
     layout: Layout,
-    index: index::Index,
+    index: Arc<index::Index>,
+    ledger: ledger::Ledger,
     live: Arc<live::Live>,
     /// The root as shown in the footer.
     shown_root: String,
     /// Host headers accepted; None: any (listening beyond loopback).
     hosts: Option<Vec<String>>,
     stop: watch::Receiver<bool>,
+    auth: actions::Auth,
 }
 
 type Shared = Arc<App>;
+
+/// How the dashboard is served.
+#[derive(Default)]
+pub struct Options {
+    /// The actions' token; None: read-only.
+    pub token: Option<String>,
+}
+
+/// The token from the config's `serve:` (a file is relative to the root).
+pub fn config_token(
+    root: &Path,
+    src: Option<&crate::parse::config::TokenSource>,
+) -> Result<Option<String>, String> {
+    use crate::parse::config::TokenSource;
+    match src {
+        None => Ok(None),
+        Some(TokenSource::Inline(t)) => Ok(Some(t.clone())),
+        Some(TokenSource::File(f)) => actions::read_token_file(&root.join(f)).map(Some),
+    }
+}
+
+/// Binds `addr` and serves the dashboard in the background on the current
+/// runtime (`serve:` inside `mailroom run`). Returns the address bound and
+/// a sender that stops it; errors are the caller's to report.
+pub async fn spawn(
+    root: &Path,
+    cfg: &crate::parse::config::Serve,
+) -> Result<
+    (
+        SocketAddr,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    ),
+    String,
+> {
+    let token = config_token(root, cfg.token.as_ref())?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| format!("serve.listen {}: {e}", cfg.listen))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let root = root.to_path_buf();
+    let task = tokio::spawn(async move {
+        if let Err(e) = serve(listener, &root, Options { token }, async {
+            let _ = rx.await;
+        })
+        .await
+        {
+            tracing::error!(error = %e, "the dashboard stopped");
+        }
+    });
+    Ok((local, tx, task))
+}
 
 /// Serves the dashboard of the tree at `root` on `listener` until
 /// `shutdown` resolves; open event streams are ended then.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     root: &Path,
+    opts: Options,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let local = listener.local_addr()?;
     let layout = Layout::new(root);
     let inotify = Config::load(root).map_or(true, |c| c.watch != WatchMode::Poll);
     let (stop_tx, stop) = watch::channel(false);
+    let index = Arc::new(index::Index::default());
     let app = Arc::new(App {
-        live: live::start(&layout, inotify),
-        index: index::Index::default(),
+        live: live::start(&layout, inotify, index.clone()),
+        index,
+        ledger: ledger::Ledger::default(),
         shown_root: std::fs::canonicalize(root)
             .unwrap_or_else(|_| PathBuf::from(root))
             .display()
@@ -80,6 +147,14 @@ pub async fn serve(
         hosts: allowed_hosts(local),
         layout,
         stop,
+        auth: actions::Auth::new(opts.token),
+    });
+    // The listings and the usage sums are read once now, in the background,
+    // so that the first page shown does not pay for a big tree.
+    let warm = app.clone();
+    tokio::task::spawn_blocking(move || {
+        warm.index.all(&warm.layout);
+        warm.ledger.with(&warm.layout, |_| ());
     });
     axum::serve(listener, router(app))
         .with_graceful_shutdown(async move {
@@ -112,12 +187,19 @@ fn router(app: Shared) -> Router {
         .route("/api/tasks", get(tasks_json))
         .route("/tasks/{name}", get(task_page))
         .route("/api/tasks/{name}", get(task_json))
+        .route("/tasks/{name}/output", get(task_output))
+        .route("/agents", get(agents_page))
+        .route("/api/agents", get(agents_json))
         .route("/graph", get(graph_page))
         .route("/api/graph", get(graph_json))
         .route("/events", get(events))
+        .route("/login", post(login))
+        .route("/logout", post(logout))
+        .route("/actions/{action}", post(action))
         .route("/static/app.js", get(app_js))
         .route("/static/style.css", get(style_css))
         .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(app.clone(), guard))
         .with_state(app)
 }
@@ -152,7 +234,7 @@ async fn guard(Ext(app): Ext<Shared>, req: Request, next: Next) -> Response {
     );
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.entry(header::CACHE_CONTROL)
@@ -181,43 +263,188 @@ fn checked(name: &str) -> Result<&str, String> {
         .map_err(|e| format!("`{name}` is not a task name: {e}"))
 }
 
-fn html_page(app: &App, status: StatusCode, title: &str, active: &str, body: &str) -> Response {
+fn html_page(
+    app: &App,
+    h: &axum::http::HeaderMap,
+    status: StatusCode,
+    title: &str,
+    active: &str,
+    body: &str,
+) -> Response {
+    html_page_as(app, mode(app, h), status, title, active, body)
+}
+
+fn html_page_as(
+    app: &App,
+    mode: html::Mode,
+    status: StatusCode,
+    title: &str,
+    active: &str,
+    body: &str,
+) -> Response {
     (
         status,
-        Html(html::page(title, active, &app.shown_root, body)),
+        Html(html::page(title, active, &app.shown_root, mode, body)),
     )
         .into_response()
+}
+
+/// What the page offers this request: forms with the CSRF value to a
+/// signed-in browser, a sign-in form when a token exists.
+fn mode<'a>(app: &'a App, h: &axum::http::HeaderMap) -> html::Mode<'a> {
+    match app.auth.access(h) {
+        actions::Access::ReadOnly => html::Mode::ReadOnly,
+        actions::Access::Locked => html::Mode::Locked,
+        actions::Access::Session | actions::Access::Bearer => html::Mode::Actions(&app.auth.csrf),
+    }
+}
+
+/// `POST /login` with the token: a session cookie for this browser.
+async fn login(
+    Ext(app): Ext<Shared>,
+    axum::Form(f): axum::Form<std::collections::HashMap<String, String>>,
+) -> Response {
+    if !app.auth.enabled() {
+        return html_page_as(
+            &app,
+            html::Mode::ReadOnly,
+            StatusCode::FORBIDDEN,
+            "Sign in",
+            "",
+            &html::error("This dashboard is read-only: it has no token."),
+        );
+    }
+    if !f.get("token").is_some_and(|t| app.auth.is_token(t)) {
+        return html_page_as(
+            &app,
+            html::Mode::Locked,
+            StatusCode::FORBIDDEN,
+            "Sign in",
+            "",
+            &html::error("Wrong token."),
+        );
+    }
+    (
+        StatusCode::SEE_OTHER,
+        [
+            (header::LOCATION, "/".to_owned()),
+            (header::SET_COOKIE, app.auth.session_cookie()),
+        ],
+    )
+        .into_response()
+}
+
+async fn logout() -> Response {
+    (
+        StatusCode::SEE_OTHER,
+        [
+            (header::LOCATION, "/".to_owned()),
+            (
+                header::SET_COOKIE,
+                format!(
+                    "{}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0",
+                    actions::COOKIE
+                ),
+            ),
+        ],
+    )
+        .into_response()
+}
+
+/// `POST /actions/ACTION`: a form from a page (answered with a redirect to
+/// the task or the overview) or a script's request with the bearer token
+/// (answered with JSON).
+async fn action(
+    Ext(app): Ext<Shared>,
+    UrlPath(act): UrlPath<String>,
+    headers: axum::http::HeaderMap,
+    axum::Form(f): axum::Form<actions::Form>,
+) -> Response {
+    let access = match app.auth.check(&headers, f.csrf.as_deref()) {
+        Ok(a) => a,
+        Err((st, e)) => return json_error(st, e),
+    };
+    let res = blocking(&app, move |a| actions::perform(&a.layout, &act, &f)).await;
+    let res = match res {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    match (res, access) {
+        (Ok((msg, task)), actions::Access::Bearer) => {
+            Json(serde_json::json!({ "ok": true, "message": msg, "task": task })).into_response()
+        }
+        (Ok((_, task)), _) => {
+            let to = task.map_or("/".to_owned(), |t| format!("/tasks/{}", html::url(&t)));
+            (StatusCode::SEE_OTHER, [(header::LOCATION, to)]).into_response()
+        }
+        (Err((st, e)), actions::Access::Bearer) => json_error(st, e),
+        (Err((st, e)), _) => html_page_as(
+            &app,
+            mode(&app, &headers),
+            st,
+            "Not done",
+            "",
+            &html::error(&e),
+        ),
+    }
 }
 
 fn json_error(status: StatusCode, msg: String) -> Response {
     (status, Json(serde_json::json!({ "error": msg }))).into_response()
 }
 
-async fn overview_page(Ext(app): Ext<Shared>) -> Response {
-    match blocking(&app, |a| view::overview(&a.index, &a.layout)).await {
+async fn overview_page(h: axum::http::HeaderMap, Ext(app): Ext<Shared>) -> Response {
+    match blocking(&app, |a| view::overview(&a.index, &a.ledger, &a.layout)).await {
         Ok(o) => html_page(
             &app,
+            &h,
             StatusCode::OK,
             "Overview",
             "overview",
-            &html::overview(&o),
+            &html::overview(&o, mode(&app, &h)),
         ),
         Err(r) => r,
     }
 }
 
 async fn overview_json(Ext(app): Ext<Shared>) -> Response {
-    match blocking(&app, |a| view::overview(&a.index, &a.layout)).await {
+    match blocking(&app, |a| view::overview(&a.index, &a.ledger, &a.layout)).await {
         Ok(o) => Json(o).into_response(),
         Err(r) => r,
     }
 }
 
-async fn tasks_page(Ext(app): Ext<Shared>, Query(q): Query<view::Query>) -> Response {
+async fn agents_page(h: axum::http::HeaderMap, Ext(app): Ext<Shared>) -> Response {
+    match blocking(&app, |a| agents::agents(&a.index, &a.ledger, &a.layout)).await {
+        Ok(x) => html_page(
+            &app,
+            &h,
+            StatusCode::OK,
+            "Agents",
+            "agents",
+            &html::agents(&x),
+        ),
+        Err(r) => r,
+    }
+}
+
+async fn agents_json(Ext(app): Ext<Shared>) -> Response {
+    match blocking(&app, |a| agents::agents(&a.index, &a.ledger, &a.layout)).await {
+        Ok(x) => Json(x).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn tasks_page(
+    h: axum::http::HeaderMap,
+    Ext(app): Ext<Shared>,
+    Query(q): Query<view::Query>,
+) -> Response {
     match blocking(&app, move |a| view::tasks(&a.index, &a.layout, &q)).await {
-        Ok(Ok(l)) => html_page(&app, StatusCode::OK, "Tasks", "tasks", &html::tasks(&l)),
+        Ok(Ok(l)) => html_page(&app, &h, StatusCode::OK, "Tasks", "tasks", &html::tasks(&l)),
         Ok(Err(e)) => html_page(
             &app,
+            &h,
             StatusCode::BAD_REQUEST,
             "Tasks",
             "tasks",
@@ -248,13 +475,24 @@ async fn load_detail(app: &Shared, name: String) -> Result<view::Detail, (Status
     }
 }
 
-async fn task_page(Ext(app): Ext<Shared>, UrlPath(name): UrlPath<String>) -> Response {
+async fn task_page(
+    h: axum::http::HeaderMap,
+    Ext(app): Ext<Shared>,
+    UrlPath(name): UrlPath<String>,
+) -> Response {
     match load_detail(&app, name).await {
         Ok(d) => {
             let title = d.name.clone();
-            html_page(&app, StatusCode::OK, &title, "tasks", &html::task(&d))
+            html_page(
+                &app,
+                &h,
+                StatusCode::OK,
+                &title,
+                "tasks",
+                &html::task(&d, mode(&app, &h)),
+            )
         }
-        Err((st, e)) => html_page(&app, st, "Not found", "tasks", &html::error(&e)),
+        Err((st, e)) => html_page(&app, &h, st, "Not found", "tasks", &html::error(&e)),
     }
 }
 
@@ -287,10 +525,14 @@ async fn load_graph(app: &Shared, q: GraphQuery) -> Result<graph::Graph, (Status
     .map_err(|_| (StatusCode::INTERNAL_SERVER_ERROR, "internal error".into()))
 }
 
-async fn graph_page(Ext(app): Ext<Shared>, Query(q): Query<GraphQuery>) -> Response {
+async fn graph_page(
+    h: axum::http::HeaderMap,
+    Ext(app): Ext<Shared>,
+    Query(q): Query<GraphQuery>,
+) -> Response {
     match load_graph(&app, q).await {
-        Ok(g) => html_page(&app, StatusCode::OK, "Graph", "graph", &html::graph(&g)),
-        Err((st, e)) => html_page(&app, st, "Graph", "graph", &html::error(&e)),
+        Ok(g) => html_page(&app, &h, StatusCode::OK, "Graph", "graph", &html::graph(&g)),
+        Err((st, e)) => html_page(&app, &h, st, "Graph", "graph", &html::error(&e)),
     }
 }
 
@@ -336,6 +578,62 @@ async fn events(Ext(app): Ext<Shared>) -> Sse<impl Stream<Item = Result<Event, I
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
+/// A running task's stdout as server-sent events ([`stream`]).
+async fn task_output(Ext(app): Ext<Shared>, UrlPath(name): UrlPath<String>) -> Response {
+    let name = match checked(&name) {
+        Ok(n) => n.to_owned(),
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, e),
+    };
+    let n = name.clone();
+    match blocking(&app, move |a| a.layout.locate(&n).is_some()).await {
+        Ok(true) => {}
+        Ok(false) => return json_error(StatusCode::NOT_FOUND, format!("no task named `{name}`")),
+        Err(r) => return r,
+    }
+    let follower = stream::Follower::new(app.layout.clone(), name);
+    let stop = app.stop.clone();
+    let events =
+        futures_util::stream::unfold((Some(follower), stop), |(follower, mut stop)| async move {
+            let mut follower = follower?;
+            loop {
+                if *stop.borrow() {
+                    return None;
+                }
+                let (f, step) = tokio::task::spawn_blocking(move || {
+                    let s = follower.step();
+                    (follower, s)
+                })
+                .await
+                .ok()?;
+                follower = f;
+                let (kind, text) = match step {
+                    stream::Step::Nothing => {
+                        tokio::select! {
+                            _ = tokio::time::sleep(stream::POLL) => {}
+                            _ = stop.changed() => return None,
+                        }
+                        continue;
+                    }
+                    stream::Step::Reset(t) => ("reset", t),
+                    stream::Step::Append(t) => ("append", t),
+                    stream::Step::End(why) => {
+                        let ev = Event::default()
+                            .event("end")
+                            .data(serde_json::Value::from(why).to_string());
+                        return Some((Ok::<_, Infallible>(ev), (None, stop)));
+                    }
+                };
+                let ev = Event::default()
+                    .event(kind)
+                    .data(serde_json::Value::from(text).to_string());
+                return Some((Ok(ev), (Some(follower), stop)));
+            }
+        });
+    Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
 async fn app_js() -> Response {
     (
         [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
@@ -357,8 +655,10 @@ async fn not_found(Ext(app): Ext<Shared>, req: Request) -> Response {
     if path.starts_with("/api/") {
         return json_error(StatusCode::NOT_FOUND, format!("no such route: {path}"));
     }
+    let h = req.headers().clone();
     html_page(
         &app,
+        &h,
         StatusCode::NOT_FOUND,
         "Not found",
         "",

@@ -18,11 +18,14 @@ use crate::tree::fsx;
 use crate::tree::layout::{Layout, State};
 
 use super::index::{Entry, Index, Listing};
+use super::ledger::{DaySums, Ledger};
 
 /// Largest task file, record or state file the dashboard reads.
 const MAX_FILE: u64 = 1024 * 1024;
 /// How much of a prompt or an output is shown.
 pub const MAX_TEXT: u64 = 256 * 1024;
+/// How much of a worktree run's diff is shown.
+pub const MAX_DIFF: usize = 256 * 1024;
 /// How much of the end of stdout.log and stderr.log is shown.
 pub const MAX_TAIL: u64 = 32 * 1024;
 /// Rows of the task list per page, at most.
@@ -68,10 +71,30 @@ pub struct Oldest {
     pub age_secs: u64,
 }
 
+/// A supervisor's heartbeat from `tasks/supervisors/`.
+#[derive(Debug, Serialize)]
+pub struct Supervisor {
+    #[serde(flatten)]
+    pub hb: crate::tree::registry::Heartbeat,
+    /// Its process is there (this host) or its beat is recent (another host).
+    pub alive: bool,
+}
+
+/// What the tasks finished today (UTC) used.
+#[derive(Debug, Serialize)]
+pub struct Today {
+    pub day: String,
+    #[serde(flatten)]
+    pub sums: DaySums,
+}
+
 /// `/` and `/api/overview`.
 #[derive(Debug, Serialize)]
 pub struct Overview {
     pub counts: Counts,
+    /// Every heartbeat file, dead ones included (marked).
+    pub supervisors: Vec<Supervisor>,
+    pub today: Today,
     pub running: Vec<Running>,
     pub agents: Vec<AgentRow>,
     pub cooldowns: Vec<Cooldown>,
@@ -99,6 +122,10 @@ pub struct Row {
     pub outcome: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Every attempt's usage, summed (None: the CLI reported none).
+    pub usage: Option<crate::adapter::Usage>,
+    /// The last attempt's session id, for resuming it in the agent's CLI.
+    pub session_id: Option<String>,
 }
 
 /// What the task list is asked for.
@@ -110,9 +137,12 @@ pub struct Query {
     /// Only tasks on this agent (read from each candidate until the page is full).
     #[serde(default)]
     pub agent: Option<String>,
-    /// A substring of the name, any case.
+    /// A substring of the name or the description, any case.
     #[serde(default)]
     pub q: Option<String>,
+    /// Only tasks with this label.
+    #[serde(default)]
+    pub label: Option<String>,
     /// From 1.
     #[serde(default)]
     pub page: Option<usize>,
@@ -132,6 +162,7 @@ pub struct TaskList {
     pub state: Option<State>,
     pub agent: Option<String>,
     pub q: Option<String>,
+    pub label: Option<String>,
     pub counts: Counts,
 }
 
@@ -185,6 +216,13 @@ pub struct Detail {
     pub stdout_tail: Option<Text>,
     pub stderr_tail: Option<Text>,
     pub files_modified: Vec<String>,
+    /// For a worktree run: its diff against the commit it started from.
+    pub diff: Option<Text>,
+    /// Why there is no diff for a worktree run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diff_error: Option<String>,
+    /// For a running task: where its output streams (server-sent events).
+    pub live_output: Option<String>,
 }
 
 /// The four listings at once, with their counts.
@@ -245,6 +283,14 @@ fn first_line(s: &str, max: usize) -> String {
     }
 }
 
+fn sum_usage(h: &[Attempt]) -> Option<crate::adapter::Usage> {
+    let mut total = crate::adapter::Usage::default();
+    for u in h.iter().filter_map(|a| a.usage.as_ref()) {
+        total.add(u);
+    }
+    (!total.is_empty()).then_some(total)
+}
+
 /// A row, reading only this task's own files.
 fn row(layout: &Layout, snap: &Snapshot, s: State, e: &Entry, now: SystemTime) -> Row {
     let parsed = read_task(layout, s, &e.name, e.ext)
@@ -259,6 +305,8 @@ fn row(layout: &Layout, snap: &Snapshot, s: State, e: &Entry, now: SystemTime) -
         attempts: 0,
         outcome: None,
         error: None,
+        usage: None,
+        session_id: None,
     };
     match s {
         State::Pending | State::Assigned => {
@@ -271,6 +319,8 @@ fn row(layout: &Layout, snap: &Snapshot, s: State, e: &Entry, now: SystemTime) -
                     r.agent.get_or_insert(a.agent.clone());
                 }
                 r.error = st.last_error.as_deref().map(|e| first_line(e, 200));
+                r.usage = sum_usage(&st.history);
+                r.session_id = st.history.iter().rev().find_map(|a| a.session_id.clone());
             }
         }
         State::Completed | State::Failed => {
@@ -279,18 +329,20 @@ fn row(layout: &Layout, snap: &Snapshot, s: State, e: &Entry, now: SystemTime) -
                 r.agent = rec.agent.clone().or(r.agent);
                 r.outcome = Some(rec.outcome.as_str().to_owned());
                 r.error = rec.error.as_deref().map(|e| first_line(e, 200));
+                r.usage = crate::tree::context::total_usage(&rec);
+                r.session_id = rec
+                    .session_id
+                    .clone()
+                    .or_else(|| rec.history.iter().rev().find_map(|a| a.session_id.clone()));
             }
         }
     }
     r
 }
 
-/// The overview.
-pub fn overview(index: &Index, layout: &Layout) -> Overview {
-    let now = SystemTime::now();
-    let snap = Snapshot::take(index, layout);
-    let running: Vec<Running> = snap
-        .get(State::Assigned)
+/// The runs in `assigned/`, from their state files.
+pub fn running(layout: &Layout, snap: &Snapshot) -> Vec<Running> {
+    snap.get(State::Assigned)
         .entries
         .iter()
         .map(|e| {
@@ -305,7 +357,14 @@ pub fn overview(index: &Index, layout: &Layout) -> Overview {
                 commit_error: st.and_then(|s| s.commit_error),
             }
         })
-        .collect();
+        .collect()
+}
+
+/// The overview.
+pub fn overview(index: &Index, ledger: &Ledger, layout: &Layout) -> Overview {
+    let now = SystemTime::now();
+    let snap = Snapshot::take(index, layout);
+    let running = running(layout, &snap);
     let config = Config::load(&layout.root);
     let cooldowns = crate::tree::books::cooldowns(layout, false);
     let paused_agents = paused_agents(layout);
@@ -354,8 +413,14 @@ pub fn overview(index: &Index, layout: &Layout) -> Overview {
         .take(10)
         .map(|(s, e)| row(layout, &snap, s, e, now))
         .collect();
+    let (day, today) = super::agents::today(ledger, layout);
     Overview {
         counts: snap.counts(),
+        supervisors: crate::tree::registry::list(layout)
+            .into_iter()
+            .map(|(hb, alive)| Supervisor { hb, alive })
+            .collect(),
+        today: Today { day, sums: today },
         running,
         agents: agents.into_values().collect(),
         cooldowns,
@@ -395,16 +460,33 @@ pub fn tasks(index: &Index, layout: &Layout, q: &Query) -> Result<TaskList, Stri
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(str::to_owned);
+    let label = q
+        .label
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned);
     let snap = Snapshot::take(index, layout);
+    // Name first (from the listing); the description and the labels from
+    // each candidate's file, read once and then cached by the index.
+    let matches = |s: State, e: &Entry| {
+        let by_name = needle
+            .as_deref()
+            .is_none_or(|n| e.name.to_lowercase().contains(n));
+        if by_name && label.is_none() {
+            return true;
+        }
+        let m = index.meta(layout, s, e);
+        (by_name || needle.as_deref().is_some_and(|n| m.description.contains(n)))
+            && label
+                .as_deref()
+                .is_none_or(|l| m.labels.iter().any(|x| x == l))
+    };
     let mut cands: Vec<(State, &Entry)> = State::ALL
         .into_iter()
         .filter(|s| state.is_none_or(|x| x == *s))
         .flat_map(|s| snap.get(s).entries.iter().map(move |e| (s, e)))
-        .filter(|(_, e)| {
-            needle
-                .as_deref()
-                .is_none_or(|n| e.name.to_lowercase().contains(n))
-        })
+        .filter(|(s, e)| matches(*s, e))
         .collect();
     if state.is_none() {
         cands.sort_by(|a, b| {
@@ -456,6 +538,7 @@ pub fn tasks(index: &Index, layout: &Layout, q: &Query) -> Result<TaskList, Stri
         state,
         agent,
         q: needle,
+        label,
         counts: snap.counts(),
     })
 }
@@ -473,8 +556,9 @@ fn text_file(p: &Path, limit: u64, tail: bool) -> Option<Text> {
 }
 
 /// The latest attempt's directory of a task in state `s`, if it is a real
-/// directory (a symlink planted there is not followed).
-fn run_dir(layout: &Layout, s: State, name: &str) -> Option<std::path::PathBuf> {
+/// directory (a symlink planted there is not followed). The one place the
+/// dashboard finds a run's files (prompt, output, logs).
+pub fn run_dir(layout: &Layout, s: State, name: &str) -> Option<std::path::PathBuf> {
     let (_, d) = layout.last_attempt(s, name)?;
     std::fs::symlink_metadata(&d)
         .ok()
@@ -586,7 +670,19 @@ pub fn detail(index: &Index, layout: &Layout, name: &str) -> Option<Detail> {
         .and_then(|r| r.workspace.as_ref())
         .map(|w| w.files_modified.clone())
         .unwrap_or_default();
+    let (diff, diff_error) = match record.as_ref().and_then(|r| r.workspace.as_ref()) {
+        Some(w) if w.kind == "worktree" => match worktree_diff(layout, name, t, w) {
+            Ok(d) => (Some(d), None),
+            Err(e) => (None, Some(e)),
+        },
+        _ => (None, None),
+    };
+    let live_output =
+        (state == State::Assigned).then(|| format!("/tasks/{}/output", super::html::url(name)));
     Some(Detail {
+        diff,
+        diff_error,
+        live_output,
         name: name.to_owned(),
         state,
         file: layout.rel(&path),
@@ -625,4 +721,33 @@ pub fn detail(index: &Index, layout: &Layout, name: &str) -> Option<Detail> {
         record,
         source,
     })
+}
+
+/// A worktree run's diff. The worktree is looked for where this tree's
+/// configuration puts it (`worktrees_dir/<name>`), never at a path taken
+/// from the record; once removed, the branch is diffed in the task's workdir.
+fn worktree_diff(
+    layout: &Layout,
+    name: &str,
+    t: Option<&Task>,
+    w: &crate::run::workspace::Report,
+) -> Result<Text, String> {
+    let base = w.base.as_deref().ok_or("the record names no base commit")?;
+    let branch = crate::run::workspace::branch_for(name);
+    let config = Config::load(&layout.root).map_err(|e| e.to_string())?;
+    let wt = layout.root.join(&config.worktrees_dir).join(name);
+    let wt = std::fs::symlink_metadata(&wt)
+        .ok()
+        .filter(|m| m.is_dir())
+        .map(|_| wt);
+    let repo = match t.and_then(|t| t.workdir.as_deref()) {
+        Some(w) => {
+            task::check_relative_path(w).map_err(|e| format!("workdir: {e}"))?;
+            layout.root.join(w)
+        }
+        None => layout.root.clone(),
+    };
+    let (text, truncated) =
+        crate::run::workspace::diff_against_base(wt.as_deref(), &repo, base, &branch, MAX_DIFF)?;
+    Ok(Text { text, truncated })
 }

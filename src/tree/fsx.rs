@@ -511,6 +511,15 @@ pub fn remove_dir_all_if_exists(path: &Path) -> io::Result<()> {
     }
 }
 
+/// Opens a file for reading without following a symlink at its last
+/// component and without blocking on a FIFO.
+pub fn open_nofollow(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+}
+
 /// Reads at most `limit` bytes from the end of a file (all of it when smaller),
 /// and says whether anything was cut.
 pub fn read_tail(path: &Path, limit: u64) -> io::Result<(Vec<u8>, bool)> {

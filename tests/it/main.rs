@@ -30,5 +30,6 @@ mod serve;
 mod systemd;
 mod tampering;
 mod tour;
+mod webdriver;
 mod workspace;
 mod writers;

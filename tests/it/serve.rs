@@ -18,7 +18,13 @@ struct Server {
 
 impl Server {
     fn start(root: &Root) -> Server {
-        let mut c = root.cmd(&["serve", "--listen", "127.0.0.1:0"]);
+        Server::start_with(root, &[])
+    }
+
+    fn start_with(root: &Root, args: &[&str]) -> Server {
+        let mut a = vec!["serve", "--listen", "127.0.0.1:0"];
+        a.extend_from_slice(args);
+        let mut c = root.cmd(&a);
         c.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -82,6 +88,17 @@ impl Resp {
 
 /// One request on a fresh connection (`Connection: close`), read to the end.
 fn request(addr: SocketAddr, method: &str, path: &str, extra: &[(&str, &str)]) -> Resp {
+    request_body(addr, method, path, extra, "")
+}
+
+/// The same with a body (a form, unless a Content-Type says otherwise).
+fn request_body(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    extra: &[(&str, &str)],
+    body: &str,
+) -> Resp {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
@@ -91,8 +108,15 @@ fn request(addr: SocketAddr, method: &str, path: &str, extra: &[(&str, &str)]) -
     for (k, v) in extra {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
-    req.push_str("Content-Length: 0\r\n\r\n");
-    s.write_all(req.as_bytes()).unwrap();
+    if !body.is_empty()
+        && !extra
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+    {
+        req.push_str("Content-Type: application/x-www-form-urlencoded\r\n");
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    let _ = s.write_all(req.as_bytes());
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).unwrap();
     let text = String::from_utf8_lossy(&raw).into_owned();
@@ -179,8 +203,9 @@ fn serve_prints_its_address_and_answers_every_route() {
 
     let failed = srv.json("/api/tasks?state=failed");
     assert_eq!(failed["total"], 1);
+    // `good` by its name, `later` by its description ("After good").
     let by_name = srv.json("/api/tasks?q=GOO");
-    assert_eq!(by_name["total"], 1);
+    assert_eq!(by_name["total"], 2, "{by_name}");
     let on_a = srv.json("/api/tasks?agent=a");
     assert_eq!(on_a["rows"].as_array().unwrap().len(), 1, "{on_a}");
 
@@ -449,7 +474,12 @@ fn the_overview_stays_fast_with_100000_tasks() {
     let n = 100_000;
     for i in 0..n {
         let st = if i % 10 == 0 { "completed" } else { "pending" };
-        std::fs::write(root.p(&format!("tasks/{st}/bulk-{i:06}.yaml")), "x\n").unwrap();
+        let body = if i % 1000 == 7 {
+            "description: a rare needle\nlabels: [rare]\n"
+        } else {
+            "x\n"
+        };
+        std::fs::write(root.p(&format!("tasks/{st}/bulk-{i:06}.yaml")), body).unwrap();
     }
     let srv = Server::start(&root);
     let time = |path: &str| {
@@ -473,8 +503,21 @@ fn the_overview_stays_fast_with_100000_tasks() {
     let t = Instant::now();
     assert_eq!(srv.get("/").status, 200);
     let page = t.elapsed();
+    // Searching descriptions reads every file once; then the index has them.
+    let (search_cold, s) = time("/api/tasks?q=NEEDLE");
+    assert_eq!(s["total"], 100, "{s}");
+    let (search_warm, s) = time("/api/tasks?q=needle&label=rare&page=2&per_page=50");
+    assert_eq!(s["total"], 100);
+    assert_eq!(s["rows"].as_array().unwrap().len(), 50);
     eprintln!(
-        "100000 tasks: overview cold {cold:?}, warm {warm:?}; list page 1000 {list:?}; overview page {page:?}"
+        "100000 tasks: overview cold {cold:?}, warm {warm:?}; list page 1000 {list:?}; overview page {page:?}; \
+         description search cold {search_cold:?}, warm {search_warm:?}"
+    );
+    // It still `lstat`s every pending file (they may be edited in place):
+    // generous for a debug build; scripts/bench-serve.sh gives release figures.
+    assert!(
+        search_warm < Duration::from_secs(5),
+        "a cached search took {search_warm:?}"
     );
     // Generous for debug builds on a busy machine; the README gives release figures.
     assert!(warm < Duration::from_millis(1000), "overview took {warm:?}");
@@ -550,23 +593,822 @@ fn chromium_renders_the_overview_and_a_task_page() {
     );
     assert!(html.contains("&lt;script&gt;document.title="), "{html}");
     assert!(!html.contains("<b>bold?</b>"), "{html}");
+}
 
+/// A tree where a claude-kind agent reported usage and cost for two tasks,
+/// a plain agent finished one and a failing one failed one.
+fn costly() -> Root {
+    let answer = serde_json::json!({
+        "type": "result", "subtype": "success", "is_error": false, "result": "done",
+        "session_id": "sess-7", "total_cost_usd": 0.25,
+        "usage": {"input_tokens": 100, "output_tokens": 40}
+    })
+    .to_string();
+    let root = Root::new()
+        .config(&format!(
+            "retries: 0\nagents:\n  claude:\n    command: [{:?}]\n    kind: claude\n    env:\n      LIMIT_MSG: {answer:?}\n      LIMIT_EXIT: \"0\"\n  plain:\n    command: [{:?}]\n  broken:\n    command: [{:?}]\n",
+            agent("limited.sh"),
+            agent("ok.sh"),
+            agent("fail.sh"),
+        ))
+        .task("u1.yaml", "description: one\nagent: claude\nlabels: [billing]\n")
+        .task("u2.yaml", "description: two\nagent: claude\n")
+        .task("u3.yaml", "description: three about invoices\nagent: plain\n")
+        .task("u4.yaml", "description: four\nagent: broken\n");
+    root.run_until_idle();
+    root
+}
+
+#[test]
+fn the_agents_page_sums_runs_success_durations_and_cost_per_day() {
+    let root = costly();
+    assert_eq!(root.names("completed"), ["u1", "u2", "u3"]);
+    let srv = Server::start(&root);
+    let a = srv.json("/api/agents");
+    let row = |n: &str| {
+        a["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == n)
+            .cloned()
+            .unwrap_or_else(|| panic!("no agent {n}: {a}"))
+    };
+    let claude = row("claude");
+    assert_eq!(claude["finished"], 2, "{a}");
+    assert_eq!(claude["completed"], 2);
+    assert_eq!(claude["success_rate"], 1.0);
+    assert_eq!(claude["usage"]["cost_usd"], 0.5);
+    assert_eq!(claude["usage"]["input_tokens"], 200);
+    assert!(claude["median_duration_ms"].is_u64(), "{claude}");
+    let days = claude["days"].as_array().unwrap();
+    assert_eq!(days.len(), 14);
+    let today = days.last().unwrap();
+    assert_eq!(
+        (today["tasks"].as_u64(), today["cost_usd"].as_f64()),
+        (Some(2), Some(0.5))
+    );
+    assert_eq!(
+        today["day"],
+        a["days"].as_array().unwrap().last().unwrap().clone()
+    );
+    let broken = row("broken");
+    assert_eq!(
+        (broken["finished"].as_u64(), broken["failed"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(broken["success_rate"], 0.0);
+    assert_eq!(row("plain")["usage"]["cost_usd"], serde_json::Value::Null);
+
+    let page = srv.get("/agents");
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("id=\"agent-claude\""), "{}", page.body);
+    assert!(page.body.contains("$0.5000"), "{}", page.body);
+    assert!(page.body.contains("0%") && page.body.contains("100%"));
+
+    // The overview has today's usage; one more task is read incrementally.
+    let o = srv.json("/api/overview");
+    assert_eq!(o["today"]["tasks"], 4, "{o}");
+    assert_eq!(o["today"]["cost_usd"], 0.5, "{o}");
+    root.write(
+        "tasks/pending/u5.yaml",
+        "description: five\nagent: claude\n",
+    );
+    root.run_until_idle();
+    let o = srv.json("/api/overview");
+    assert_eq!(o["today"]["tasks"], 5, "{o}");
+    assert_eq!(o["today"]["cost_usd"], 0.75, "{o}");
+    assert!(srv.get("/").body.contains("id=\"today-cost\">$0.7500<"));
+}
+
+#[test]
+fn the_overview_lists_live_and_dead_supervisors_from_their_heartbeats() {
+    let root = Root::new().agent_config(&[&agent("hang.sh")], "");
+    let srv = Server::start(&root);
+    assert!(
+        srv.json("/api/overview")["supervisors"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert!(srv.get("/").body.contains("id=\"no-supervisors\""));
+    // A dead one from another host: its beat is old.
+    root.write(
+        "tasks/supervisors/far-away.4242.json",
+        r#"{"host":"far-away","pid":4242,"start":1,"version":"0.0.9","protocol":2,"started_at":"2020-01-01T00:00:00.000Z","last_beat":"2020-01-01T00:00:05.000Z","running":0,"pending":0}"#,
+    );
+    let mut sup = root.spawn();
+    wait_for(Duration::from_secs(20), "a live heartbeat", || {
+        srv.json("/api/overview")["supervisors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["pid"] == sup.pid() && s["alive"] == true)
+    });
+    let o = srv.json("/api/overview");
+    let far = o["supervisors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["host"] == "far-away")
+        .cloned()
+        .unwrap();
+    assert_eq!(far["alive"], false, "{o}");
+    let me = o["supervisors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["pid"] == sup.pid())
+        .cloned()
+        .unwrap();
+    assert_eq!(me["version"], env!("CARGO_PKG_VERSION"));
+    let page = srv.get("/").body;
+    assert!(page.contains("id=\"supervisors\""), "{page}");
+    assert!(
+        page.contains("far-away") && page.contains(">gone<"),
+        "{page}"
+    );
+    sup.signal(SIGTERM);
+    sup.wait_exit(Duration::from_secs(30));
+}
+
+#[test]
+fn the_task_list_filters_by_label_searches_descriptions_and_shows_usage() {
+    let root = costly();
+    let srv = Server::start(&root);
+    let billing = srv.json("/api/tasks?label=billing");
+    assert_eq!(billing["total"], 1, "{billing}");
+    assert_eq!(billing["rows"][0]["name"], "u1");
+    assert_eq!(srv.json("/api/tasks?label=nothing")["total"], 0);
+    // "invoices" is only in u3's description; "u2" only in a name.
+    let inv = srv.json("/api/tasks?q=INVOICES");
+    assert_eq!(inv["total"], 1, "{inv}");
+    assert_eq!(inv["rows"][0]["name"], "u3");
+    assert_eq!(srv.json("/api/tasks?q=u2")["total"], 1);
+    assert_eq!(srv.json("/api/tasks?q=one&label=billing")["total"], 1);
+    assert_eq!(srv.json("/api/tasks?q=two&label=billing")["total"], 0);
+
+    let all = srv.json("/api/tasks");
+    let u1 = all["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "u1")
+        .cloned()
+        .unwrap();
+    assert_eq!(u1["usage"]["cost_usd"], 0.25, "{u1}");
+    assert_eq!(u1["usage"]["input_tokens"], 100, "{u1}");
+    assert_eq!(u1["session_id"], "sess-7", "{u1}");
+    let page = srv.get("/tasks?label=billing");
+    assert!(page.body.contains("<th>Cost</th>"), "{}", page.body);
+    assert!(page.body.contains("$0.2500"), "{}", page.body);
+    assert!(
+        page.body.contains(r#"<code title="sess-7">sess-7</code>"#),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains(r#"name="label" value="billing""#));
+    // A task file rewritten in place is searched as it now reads.
+    root.write("tasks/pending/fresh.yaml", "description: alpha\n");
+    assert_eq!(srv.json("/api/tasks?q=alpha")["total"], 1);
+    std::thread::sleep(Duration::from_millis(20)); // a later mtime, not a wait for a result
+    root.write("tasks/pending/fresh.yaml", "description: beta\n");
+    wait_for(Duration::from_secs(5), "the new description", || {
+        srv.json("/api/tasks?q=beta")["total"] == 1
+    });
+}
+
+/// The events of an SSE route: (event, data) pairs as they come.
+fn sse(addr: SocketAddr, path: &str) -> std::sync::mpsc::Receiver<(String, String)> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n")
+            .as_bytes(),
+    )
+    .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut ev = String::new();
+        for line in BufReader::new(s).lines() {
+            let Ok(l) = line else { break };
+            if let Some(e) = l.strip_prefix("event: ") {
+                ev = e.to_owned();
+            } else if let Some(d) = l.strip_prefix("data: ")
+                && tx.send((std::mem::take(&mut ev), d.to_owned())).is_err()
+            {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// The next event and its JSON data, within `within`.
+fn next_event(
+    rx: &std::sync::mpsc::Receiver<(String, String)>,
+    within: Duration,
+) -> (String, serde_json::Value) {
+    let (e, d) = rx
+        .recv_timeout(within)
+        .unwrap_or_else(|_| panic!("no event within {within:?}"));
+    let v = serde_json::from_str(&d).unwrap_or_else(|err| panic!("{e}: {d}: {err}"));
+    (e, v)
+}
+
+#[test]
+fn a_running_tasks_output_streams_live_and_the_stream_ends_with_the_run() {
+    let scratch = Root::new();
+    let slow = scratch.p("slow.sh");
+    scratch.write(
+        "slow.sh",
+        "#!/bin/sh\necho 'first <line>'\nwhile [ ! -e \"$MAILROOM_ROOT/go\" ]; do sleep 0.05; done\necho second-line\n",
+    );
+    std::fs::set_permissions(&slow, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let root = Root::new()
+        .agent_config(&[slow.to_str().unwrap()], "")
+        .task("talk.yaml", "description: talk\n");
+    let mut sup = root.spawn();
+    wait_for(Duration::from_secs(20), "the task to run", || {
+        root.exists("tasks/assigned/talk.run/stdout.log")
+            && root
+                .read("tasks/assigned/talk.run/stdout.log")
+                .contains("first")
+    });
+    let srv = Server::start(&root);
+    let page = srv.get("/tasks/talk");
+    assert!(
+        page.body
+            .contains(r#"id="live-output" data-stream="/tasks/talk/output""#),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("first &lt;line&gt;"), "{}", page.body);
+    assert_eq!(
+        srv.json("/api/tasks/talk")["live_output"],
+        "/tasks/talk/output"
+    );
+    let rx = sse(srv.addr, "/tasks/talk/output");
+    let (e, v) = next_event(&rx, Duration::from_secs(10));
+    assert_eq!((e.as_str(), v.as_str()), ("reset", Some("first <line>\n")));
+    root.write("go", "");
+    let mut seen = String::new();
+    loop {
+        let (e, v) = next_event(&rx, Duration::from_secs(20));
+        match e.as_str() {
+            "append" => seen.push_str(v.as_str().unwrap()),
+            "end" => break,
+            other => panic!("unexpected {other}: {v}"),
+        }
+    }
+    assert_eq!(seen, "second-line\n");
+    wait_for(Duration::from_secs(20), "the commit", || {
+        root.exists("tasks/completed/talk.yaml")
+    });
+    let done = srv.get("/tasks/talk").body;
+    assert!(!done.contains("live-output"), "{done}");
+    assert_eq!(srv.get("/tasks/nobody/output").status, 404);
+    assert_eq!(srv.get("/tasks/..%2Fx/output").status, 400);
+    sup.signal(SIGTERM);
+    sup.wait_exit(Duration::from_secs(30));
+}
+
+#[test]
+fn a_worktree_runs_page_shows_its_diff_against_the_base() {
+    let git = |dir: &std::path::Path, args: &[&str]| {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let edit = agent("edit.sh");
+    let config = format!(
+        "agents:\n  coder:\n    command: [{edit:?}]\n    workspace: worktree\n    env: {{COMMIT: \"1\"}}\n"
+    );
+    let root = Root::new().config(&config);
+    git(&root.path, &["init", "-q", "-b", "main"]);
+    root.write("README.md", "the project\n");
+    root.write(
+        ".gitignore",
+        "tasks/\ncontext/\n.mailroom/\nmailroom.yaml\n*.cwd\nsup-*.log\n",
+    );
+    git(&root.path, &["add", "README.md", ".gitignore"]);
+    git(
+        &root.path,
+        &[
+            "-c",
+            "user.email=t@example.invalid",
+            "-c",
+            "user.name=t",
+            "commit",
+            "-q",
+            "-m",
+            "start",
+        ],
+    );
+    let root = root.task("t1.yaml", "description: commit something\n");
+    root.run_until_idle();
+    let rec = root.record("completed", "t1");
+    assert_eq!(rec["workspace"]["kind"], "worktree", "{rec}");
+    let srv = Server::start(&root);
+    let t = srv.json("/api/tasks/t1");
+    let diff = t["diff"]["text"].as_str().unwrap_or_else(|| panic!("{t}"));
+    assert!(diff.contains("+++ b/edited-by-t1.txt"), "{diff}");
+    assert!(diff.contains("+t1"), "{diff}");
+    assert_eq!(t["diff"]["truncated"], false);
+    assert_eq!(rec["workspace"]["removed"], true, "from the branch: {rec}");
+    let page = srv.get("/tasks/t1").body;
+    assert!(page.contains(r#"<pre class="text" id="diff">"#), "{page}");
+    // A worktree that is kept: its commits and its uncommitted changes.
+    root.write(
+        "mailroom.yaml",
+        &format!("{config}worktree_cleanup: keep\n"),
+    );
+    root.write("tasks/pending/t2.yaml", "description: more\n");
+    root.run_until_idle();
+    let wt = root.p(".mailroom/worktrees/t2");
+    assert!(wt.is_dir());
+    std::fs::write(wt.join("README.md"), "the project <b>changed</b>\n").unwrap();
+    let t = srv.json("/api/tasks/t2");
+    let diff = t["diff"]["text"].as_str().unwrap_or_else(|| panic!("{t}"));
+    assert!(
+        diff.contains("+t2") && diff.contains("+the project <b>changed</b>"),
+        "{diff}"
+    );
+    let page = srv.get("/tasks/t2").body;
+    assert!(
+        page.contains("+the project &lt;b&gt;changed&lt;/b&gt;"),
+        "{page}"
+    );
+}
+
+const TOKEN: &str = "s3cret-token-0123456789";
+
+/// The CSRF value in a page's action forms.
+fn csrf_of(page: &str) -> String {
+    let at = page
+        .find(r#"name="csrf" value=""#)
+        .unwrap_or_else(|| panic!("no action form: {page}"));
+    let rest = &page[at + r#"name="csrf" value=""#.len()..];
+    rest[..rest.find('"').unwrap()].to_owned()
+}
+
+#[test]
+fn actions_need_the_token_a_session_with_csrf_and_post() {
+    let root = sample();
+    root.write("tasks/pending/victim.yaml", "description: cancel me\n");
+    // Without a token: read-only, and it says so.
+    let ro = Server::start(&root);
+    let r = request_body(
+        ro.addr,
+        "POST",
+        "/actions/cancel",
+        &[("Authorization", &format!("Bearer {TOKEN}"))],
+        "name=victim",
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body.contains("read-only"), "{}", r.body);
+    assert!(ro.get("/").body.contains("read-only view of"));
+    drop(ro);
+
+    root.write("token", &format!("{TOKEN}\n"));
+    let srv = Server::start_with(&root, &["--token-file", root.p("token").to_str().unwrap()]);
+    let post = |path: &str, headers: &[(&str, &str)], body: &str| {
+        request_body(srv.addr, "POST", path, headers, body)
+    };
+    let bearer = format!("Bearer {TOKEN}");
+    // No credentials, a wrong token, GET: refused, nothing changed.
+    assert_eq!(post("/actions/cancel", &[], "name=victim").status, 403);
+    assert_eq!(
+        post(
+            "/actions/cancel",
+            &[("Authorization", "Bearer s3cret-token-0123456780")],
+            "name=victim"
+        )
+        .status,
+        403
+    );
+    assert_eq!(srv.get("/actions/cancel?name=victim").status, 405);
+    assert!(root.exists("tasks/pending/victim.yaml"));
+    let page = srv.get("/").body;
+    assert!(
+        page.contains(r#"id="sign-in""#) && !page.contains("name=\"csrf\""),
+        "{page}"
+    );
+
+    // A script with the token: JSON answers.
+    let r = post(
+        "/actions/cancel",
+        &[("Authorization", &bearer)],
+        "name=victim",
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("\"ok\":true"), "{}", r.body);
+    assert_eq!(root.record("failed", "victim")["outcome"], "cancelled");
+    let r = post(
+        "/actions/cancel",
+        &[("Authorization", &bearer)],
+        "name=victim",
+    );
+    assert_eq!(r.status, 409, "already finished: {}", r.body);
+    let r = post(
+        "/actions/cancel",
+        &[("Authorization", &bearer)],
+        "name=..%2Fx",
+    );
+    assert!(
+        r.status == 400 || r.status == 409,
+        "{}: {}",
+        r.status,
+        r.body
+    );
+    let r = post(
+        "/actions/add",
+        &[("Authorization", &bearer)],
+        "description=%3Cb%3Enew%3C%2Fb%3E+work&name=fresh",
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        root.read("tasks/pending/fresh.yaml")
+            .contains("<b>new</b> work")
+    );
+    let r = post("/actions/retry", &[("Authorization", &bearer)], "name=bad");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(root.exists("tasks/pending/bad.yaml"));
+    let big = format!("description={}", "x".repeat(100 * 1024));
+    assert_eq!(
+        post("/actions/add", &[("Authorization", &bearer)], &big).status,
+        413
+    );
+
+    // A browser: sign in, then forms with the CSRF value from the page.
+    let r = post("/login", &[], "token=wrong-token-0123456789");
+    assert_eq!(r.status, 403);
+    assert!(r.header("set-cookie").is_none());
+    let r = post("/login", &[], &format!("token={TOKEN}"));
+    assert_eq!(r.status, 303, "{}", r.body);
+    let cookie = r.header("set-cookie").unwrap().to_owned();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    assert!(
+        !cookie.contains(TOKEN),
+        "the cookie is a session, not the token"
+    );
+    let cookie = cookie.split(';').next().unwrap().to_owned();
+    let page = request(srv.addr, "GET", "/", &[("Cookie", &cookie)]).body;
+    let csrf = csrf_of(&page);
+    assert!(page.contains(r#"id="do-pause""#), "{page}");
+    fn with<'a>(cookie: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+        let mut h = vec![("Cookie", cookie)];
+        h.extend_from_slice(extra);
+        h
+    }
+    assert_eq!(
+        post("/actions/pause", &with(&cookie, &[]), "agent=").status,
+        403,
+        "no CSRF value"
+    );
+    assert_eq!(
+        post("/actions/pause", &with(&cookie, &[]), "csrf=0000").status,
+        403
+    );
+    let origin = "http://evil.example";
+    assert_eq!(
+        post(
+            "/actions/pause",
+            &with(&cookie, &[("Origin", origin)]),
+            &format!("csrf={csrf}")
+        )
+        .status,
+        403
+    );
+    assert!(!root.exists("tasks/control/pause"));
+    let r = post(
+        "/actions/pause",
+        &with(&cookie, &[]),
+        &format!("csrf={csrf}"),
+    );
+    assert_eq!(
+        (r.status, r.header("location")),
+        (303, Some("/")),
+        "{}",
+        r.body
+    );
+    assert!(root.exists("tasks/control/pause"));
+    let page = request(srv.addr, "GET", "/", &[("Cookie", &cookie)]).body;
+    assert!(page.contains(r#"id="do-resume""#), "{page}");
+    let r = post(
+        "/actions/resume",
+        &with(&cookie, &[]),
+        &format!("csrf={csrf}"),
+    );
+    assert_eq!(r.status, 303);
+    assert!(!root.exists("tasks/control/pause"));
+    let task = request(srv.addr, "GET", "/tasks/fresh", &[("Cookie", &cookie)]).body;
+    assert!(task.contains(r#"id="do-cancel""#), "{task}");
+}
+
+#[test]
+fn serve_in_the_config_runs_the_dashboard_inside_mailroom_run() {
+    let root = Root::new();
+    root.write("token", &format!("{TOKEN}\n"));
+    root.write(
+        "mailroom.yaml",
+        &format!(
+            "serve:\n  listen: 127.0.0.1:0\n  token_file: token\nagents:\n  h:\n    command: [{:?}]\n",
+            agent("hang.sh")
+        ),
+    );
+    root.write(
+        "tasks/pending/long.yaml",
+        "description: runs until cancelled\n",
+    );
+    let mut sup = root.spawn();
+    let mut addr: Option<SocketAddr> = None;
+    wait_for(
+        Duration::from_secs(30),
+        "the dashboard's address in the log",
+        || {
+            for f in root.entries("") {
+                if f.starts_with("sup-") {
+                    let log = root.read(&f);
+                    if let Some(at) = log.find("dashboard on http://") {
+                        let rest = &log[at + "dashboard on http://".len()..];
+                        addr = rest[..rest.find('/').unwrap()].parse().ok();
+                    }
+                }
+            }
+            addr.is_some()
+        },
+    );
+    let addr = addr.unwrap();
+    let json = |path: &str| -> serde_json::Value {
+        let r = request(addr, "GET", path, &[]);
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        serde_json::from_str(&r.body).unwrap()
+    };
+    wait_for(Duration::from_secs(20), "the task to run", || {
+        json("/api/overview")["counts"]["assigned"] == 1
+    });
+    let sups = json("/api/overview")["supervisors"].clone();
+    assert!(
+        sups.as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["pid"] == sup.pid() && s["alive"] == true),
+        "{sups}"
+    );
+    // A cancel with the token stops the running agent.
+    let r = request_body(
+        addr,
+        "POST",
+        "/actions/cancel",
+        &[("Authorization", &format!("Bearer {TOKEN}"))],
+        "name=long",
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    wait_for(
+        Duration::from_secs(30),
+        "the cancelled task in failed/",
+        || root.exists("tasks/failed/long.yaml"),
+    );
+    assert_eq!(root.record("failed", "long")["outcome"], "cancelled");
+    sup.signal(SIGTERM);
+    sup.wait_exit(Duration::from_secs(30));
+    // The dashboard went with it.
+    assert!(
+        TcpStream::connect(addr).is_err(),
+        "the dashboard outlived its supervisor"
+    );
+}
+
+#[test]
+fn a_bad_serve_section_is_a_clear_config_error() {
+    for (yaml, want) in [
+        ("serve:\n  listen: nowhere\n", "serve.listen"),
+        ("serve:\n  token: short\n", "at least 16"),
+        (
+            "serve:\n  token: aaaaaaaaaaaaaaaaaaaa\n  token_file: t\n",
+            "not both",
+        ),
+        ("serve:\n  lisen: 127.0.0.1:1\n", "did you mean `listen`"),
+    ] {
+        let root = Root::new();
+        root.write("mailroom.yaml", yaml);
+        let out = root.mailroom(&["validate"]);
+        assert!(!out.status.success(), "{yaml}");
+        let err = format!("{}{}", stdout(&out), stderr(&out));
+        assert!(err.contains(want), "{yaml}: {err}");
+    }
+}
+
+/// Runs `probe` in the page every 20 ms until `done` holds for its
+/// result; returns the result and how long it took.
+fn poll_page(
+    b: &crate::webdriver::Browser,
+    what: &str,
+    within: Duration,
+    probe: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> (serde_json::Value, Duration) {
+    let start = Instant::now();
+    loop {
+        let v = b.eval(probe);
+        if done(&v) {
+            return (v, start.elapsed());
+        }
+        assert!(
+            start.elapsed() < within,
+            "timed out waiting for {what}: last {v}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_browser_sees_a_task_appear_and_complete_without_a_reload_and_cancels_a_running_one() {
+    let (Some(chromium), Some(driver)) = (
+        crate::webdriver::find(&["chromium", "chromium-browser", "google-chrome"]),
+        crate::webdriver::find(&["chromedriver"]),
+    ) else {
+        require(
+            false,
+            "headless Chromium and its WebDriver (apt-get install chromium chromium-driver)",
+        );
+        return;
+    };
+    let answer = serde_json::json!({
+        "type": "result", "subtype": "success", "is_error": false,
+        "result": "## Done\n\nFixed the **login** bug; see `auth.rs`.",
+        "session_id": "0f3c9a2e-sess", "total_cost_usd": 0.0421,
+        "usage": {"input_tokens": 5120, "output_tokens": 830}
+    })
+    .to_string();
+    let root = Root::new().config(&format!(
+        "settle: 100ms\nrescan_interval: 1s\nretries: 0\ndefault_agent: claude\nagents:\n  claude:\n    command: [{:?}]\n    kind: claude\n    max_instances: 2\n    env:\n      LIMIT_MSG: {answer:?}\n      LIMIT_EXIT: \"0\"\n  shell:\n    command: [{:?}]\n  slow:\n    command: [{:?}]\n",
+        agent("limited.sh"),
+        agent("fail.sh"),
+        agent("hang.sh"),
+    ));
+    root.write(
+        "tasks/pending/fix-login.yaml",
+        "description: Fix the login bug\nlabels: [auth]\n",
+    );
+    root.write(
+        "tasks/pending/write-tests.yaml",
+        "description: Tests for the login fix\nafter: [fix-login]\nparent: fix-login\n",
+    );
+    root.write(
+        "tasks/pending/release-notes.yaml",
+        "description: Release notes\nafter: [write-tests]\n",
+    );
+    root.write(
+        "tasks/pending/flaky-deploy.yaml",
+        "description: Deploy to staging\nagent: shell\n",
+    );
+    root.run_until_idle();
+    root.write("token", &format!("{TOKEN}\n"));
+    let srv = Server::start_with(&root, &["--token-file", root.p("token").to_str().unwrap()]);
+    let mut sup = root.spawn();
+    let profile = root.p("chromium-profile");
+    let b = crate::webdriver::Browser::start(&driver, &chromium, &profile);
+
+    // The task list, live: a task dropped into pending/ appears, then turns
+    // completed, in the same document (the marker set before survives).
+    root.write("tasks/control/pause", "");
+    b.goto(&srv.url("/tasks"));
+    let nav = b.eval("var n = performance.getEntriesByType('navigation')[0]; return [n.responseEnd - n.requestStart, n.domContentLoadedEventEnd - n.startTime, n.loadEventEnd - n.startTime];");
+    poll_page(
+        &b,
+        "the live stream",
+        Duration::from_secs(10),
+        "return document.getElementById('live').className;",
+        |v| v == "live on",
+    );
+    b.eval("window.__marker = 'same-document-7'; return true;");
+    let probe = "var a = document.querySelector('main a[href=\"/tasks/dropped\"]'); \
+                 return [window.__marker || null, a ? a.closest('tr').textContent : null];";
+    let dropped_at = Instant::now();
+    root.write(
+        "tasks/tmp/dropped.yaml",
+        "description: Dropped in by hand\n",
+    );
+    std::fs::rename(
+        root.p("tasks/tmp/dropped.yaml"),
+        root.p("tasks/pending/dropped.yaml"),
+    )
+    .unwrap();
+    let (v, appeared) = poll_page(
+        &b,
+        "the dropped task's row",
+        Duration::from_secs(10),
+        probe,
+        |v| v[1].as_str().is_some(),
+    );
+    assert_eq!(v[0], "same-document-7", "the page was reloaded: {v}");
+    assert!(v[1].as_str().unwrap().contains("pending"), "{v}");
+    let resumed_at = Instant::now();
+    std::fs::remove_file(root.p("tasks/control/pause")).unwrap();
+    let (v, completed) = poll_page(
+        &b,
+        "the dropped task completed",
+        Duration::from_secs(30),
+        probe,
+        |v| v[1].as_str().is_some_and(|t| t.contains("completed")),
+    );
+    assert_eq!(v[0], "same-document-7", "the page was reloaded: {v}");
+    let total = dropped_at.elapsed();
+    eprintln!(
+        "browser: /tasks loaded (request to response end, DOMContentLoaded, load) {nav} ms; \
+         a dropped task appeared after {appeared:?}, turned completed {completed:?} after the \
+         resume ({:?} in all, {:?} from the resume)",
+        total,
+        resumed_at.elapsed()
+    );
+    assert!(
+        appeared < Duration::from_secs(2),
+        "the row took {appeared:?}"
+    );
+
+    // Sign in with the token, then cancel a running task from its page.
+    root.write(
+        "tasks/pending/long-job.yaml",
+        "description: Runs until cancelled\nagent: slow\n",
+    );
+    wait_for(Duration::from_secs(20), "long-job running", || {
+        root.exists("tasks/assigned/long-job.state.json")
+            && root.exists("tasks/assigned/long-job.yaml")
+    });
+    b.goto(&srv.url("/"));
+    assert_eq!(
+        b.eval("return document.querySelector('#do-cancel, #do-add');"),
+        serde_json::Value::Null
+    );
+    b.eval(&format!(
+        "document.querySelector('form.login input[name=token]').value = '{TOKEN}'; \
+         document.getElementById('sign-in').click(); return true;"
+    ));
+    poll_page(
+        &b,
+        "the signed-in overview",
+        Duration::from_secs(10),
+        "return !!document.getElementById('do-add');",
+        |v| v == true,
+    );
+    b.goto(&srv.url("/tasks/long-job"));
+    poll_page(
+        &b,
+        "the cancel button",
+        Duration::from_secs(10),
+        "return !!document.getElementById('do-cancel');",
+        |v| v == true,
+    );
+    b.eval("window.__marker = 'before-cancel'; document.getElementById('do-cancel').click(); return true;");
+    wait_for(
+        Duration::from_secs(30),
+        "the cancelled task in failed/",
+        || root.exists("tasks/failed/long-job.yaml"),
+    );
+    assert_eq!(root.record("failed", "long-job")["outcome"], "cancelled");
+    poll_page(
+        &b,
+        "the task page showing it failed",
+        Duration::from_secs(10),
+        "var h = document.querySelector('h1.task-name'); return h ? h.textContent : null;",
+        |v| v.as_str().is_some_and(|t| t.contains("failed")),
+    );
+
+    // A screenshot of each page, kept with the build's temporary files.
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("serve-screenshots");
     std::fs::create_dir_all(&dir).unwrap();
     for (file, path) in [
         ("overview.png", "/"),
-        ("task.png", "/tasks/bad"),
-        ("task-output.png", "/tasks/good"),
+        ("tasks.png", "/tasks"),
+        ("task.png", "/tasks/fix-login"),
         ("graph.png", "/graph"),
+        ("agents.png", "/agents"),
     ] {
-        let out = dir.join(file);
-        let _ = std::fs::remove_file(&out);
-        let r = browser(
-            &bin,
-            &[&format!("--screenshot={}", out.display())],
-            &srv.url(path),
+        b.goto(&srv.url(path));
+        poll_page(
+            &b,
+            "the live stream",
+            Duration::from_secs(10),
+            "return document.getElementById('live').className;",
+            |v| v == "live on",
         );
-        assert!(out.is_file(), "no screenshot of {path}: {}", stderr(&r));
+        let out = dir.join(file);
+        b.screenshot(&out);
         eprintln!("screenshot of {path}: {}", out.display());
     }
+    drop(b);
+    sup.signal(SIGTERM);
+    sup.wait_exit(Duration::from_secs(30));
 }

@@ -38,6 +38,7 @@
         });
         fresh.setAttribute("data-generation", String(generation));
         old.replaceWith(document.adoptNode(fresh));
+        follow();
         var t = doc.querySelector("title");
         if (t) document.title = t.textContent;
       })
@@ -47,6 +48,35 @@
         if (again) { again = false; refresh(); }
       });
   }
+
+  // A running task's output: one stream per page, kept across the swaps of
+  // <main>; its text is painted into whichever #live-output is current.
+  var outSrc = null, outEs = null, outText = "";
+  var OUT_MAX = 512 * 1024;
+  function paintOutput() {
+    var el = document.getElementById("live-output");
+    if (!el) return;
+    var stick = el.scrollTop + el.clientHeight >= el.scrollHeight - 4;
+    el.textContent = outText;
+    if (stick) el.scrollTop = el.scrollHeight;
+  }
+  function follow() {
+    var el = document.getElementById("live-output");
+    var src = el ? el.getAttribute("data-stream") : null;
+    if (src === outSrc) { if (outSrc) paintOutput(); return; }
+    if (outEs) { outEs.close(); outEs = null; }
+    outSrc = src; outText = el ? el.textContent : "";
+    if (!src || !window.EventSource) return;
+    outEs = new EventSource(src);
+    outEs.addEventListener("reset", function (e) { outText = JSON.parse(e.data); paintOutput(); });
+    outEs.addEventListener("append", function (e) {
+      outText += JSON.parse(e.data);
+      if (outText.length > OUT_MAX) outText = outText.slice(outText.length - OUT_MAX);
+      paintOutput();
+    });
+    outEs.addEventListener("end", function () { outEs.close(); });
+  }
+  follow();
 
   if (!window.EventSource) { setLive("static", false); return; }
   var es = new EventSource("/events");
