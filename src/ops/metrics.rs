@@ -46,20 +46,34 @@ fn esc(v: &str) -> String {
 impl Metrics {
     /// A run ended, on `agent`, with `outcome`, after `secs` seconds.
     pub fn finished(&mut self, agent: &str, outcome: &str, secs: Option<f64>) {
-        *self
-            .runs
-            .entry((agent.to_owned(), outcome.to_owned()))
-            .or_default() += 1;
+        self.add_runs(agent, outcome, 1);
         if let Some(s) = secs {
-            let h = self.durations.entry(agent.to_owned()).or_default();
-            for (i, b) in BUCKETS.iter().enumerate() {
-                if s <= *b {
-                    h.0[i] += 1;
-                }
-            }
-            h.1 += s;
-            h.2 += 1;
+            self.observe(agent, s);
         }
+    }
+
+    /// `n` tasks that ended with `outcome` on `agent`, without durations
+    /// (totals read back from the context log, for `mailroom serve`).
+    pub fn add_runs(&mut self, agent: &str, outcome: &str, n: u64) {
+        if n > 0 {
+            *self
+                .runs
+                .entry((agent.to_owned(), outcome.to_owned()))
+                .or_default() += n;
+            self.dirty = true;
+        }
+    }
+
+    /// One run's duration, into `agent`'s histogram.
+    pub fn observe(&mut self, agent: &str, secs: f64) {
+        let h = self.durations.entry(agent.to_owned()).or_default();
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                h.0[i] += 1;
+            }
+        }
+        h.1 += secs;
+        h.2 += 1;
         self.dirty = true;
     }
 

@@ -22,6 +22,7 @@ pub mod html;
 pub mod index;
 pub mod ledger;
 pub mod live;
+pub mod prom;
 pub mod stream;
 pub mod view;
 
@@ -192,6 +193,7 @@ fn router(app: Shared) -> Router {
         .route("/api/agents", get(agents_json))
         .route("/graph", get(graph_page))
         .route("/api/graph", get(graph_json))
+        .route("/metrics", get(metrics))
         .route("/events", get(events))
         .route("/login", post(login))
         .route("/logout", post(logout))
@@ -640,6 +642,21 @@ async fn app_js() -> Response {
         APP_JS,
     )
         .into_response()
+}
+
+/// `/metrics`: the Prometheus text format, from the tree (see `prom.rs`).
+async fn metrics(Ext(app): Ext<Shared>) -> Response {
+    match blocking(&app, |a| prom::render(&a.index, &a.ledger, &a.layout)).await {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(r) => r,
+    }
 }
 
 async fn style_css() -> Response {

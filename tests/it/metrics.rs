@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 /// Parses the Prometheus text exposition format strictly enough to catch a
 /// malformed line: `# HELP`/`# TYPE` comments, then `name{labels} value`.
-fn parse(text: &str) -> BTreeMap<String, f64> {
+pub(crate) fn parse(text: &str) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
     let name_ok = |n: &str| {
         !n.is_empty()

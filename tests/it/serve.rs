@@ -1412,3 +1412,37 @@ fn a_browser_sees_a_task_appear_and_complete_without_a_reload_and_cancels_a_runn
     sup.signal(SIGTERM);
     sup.wait_exit(Duration::from_secs(30));
 }
+
+/// `/metrics` speaks the Prometheus text format (checked by the same strict
+/// parser as the textfile), computed from the tree with no supervisor
+/// running: tasks by state, finished tasks by agent and status, their
+/// durations, and the cost the CLIs reported.
+#[test]
+fn metrics_are_served_in_the_prometheus_format_from_the_tree() {
+    let root = costly();
+    let srv = Server::start(&root);
+    let r = srv.get("/metrics");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let m = crate::metrics::parse(&r.body);
+    let v = |k: &str| {
+        *m.get(k)
+            .unwrap_or_else(|| panic!("no series {k} in:\n{}", r.body))
+    };
+    assert_eq!(v("mailroom_tasks{state=\"completed\"}"), 3.0);
+    assert_eq!(v("mailroom_tasks{state=\"failed\"}"), 1.0);
+    assert_eq!(v("mailroom_tasks{state=\"pending\"}"), 0.0);
+    assert_eq!(
+        v("mailroom_runs_total{agent=\"claude\",outcome=\"completed\"}"),
+        2.0
+    );
+    assert_eq!(
+        v("mailroom_runs_total{agent=\"broken\",outcome=\"failed\"}"),
+        1.0
+    );
+    assert_eq!(
+        v("mailroom_run_duration_seconds_count{agent=\"claude\"}"),
+        2.0
+    );
+    assert_eq!(v("mailroom_cost_usd_total{agent=\"claude\"}"), 0.5);
+    assert_eq!(v("mailroom_paused"), 0.0);
+}
