@@ -207,6 +207,10 @@ impl Root {
 
 impl Drop for Root {
     fn drop(&mut self) {
+        // Keepers outlive their supervisor by design: stop every process
+        // that still runs for this tree (keepers and agents carry its
+        // MAILROOM_ROOT), or a failed test leaves its runs behind.
+        stop_runs_of(&self.path);
         if !std::thread::panicking() {
             let _ = fs::remove_dir_all(&self.path);
         } else {
@@ -263,6 +267,7 @@ impl Drop for Sup {
 unsafe extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
+    fn getpgid(pid: i32) -> i32;
 }
 
 pub const SIGTERM: i32 = 15;
@@ -379,3 +384,37 @@ impl Rng {
 }
 
 pub fn _unused(_: &Path) {}
+
+/// SIGKILL to the process group of every process whose environment names
+/// `root` as its MAILROOM_ROOT (run keepers and agents), never to this test
+/// process's own group.
+pub fn stop_runs_of(root: &Path) {
+    let mut wants = vec![format!("MAILROOM_ROOT={}", root.display())];
+    if let Ok(c) = root.canonicalize() {
+        wants.push(format!("MAILROOM_ROOT={}", c.display()));
+    }
+    let own_group = unsafe { getpgid(0) };
+    let Ok(rd) = fs::read_dir("/proc") else {
+        return;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(env) = fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        if env
+            .split(|b| *b == 0)
+            .any(|v| wants.iter().any(|w| v == w.as_bytes()))
+        {
+            let group = unsafe { getpgid(pid) };
+            unsafe {
+                if group > 1 && group != own_group {
+                    libc_kill(-group, 9);
+                }
+                libc_kill(pid, 9);
+            }
+        }
+    }
+}

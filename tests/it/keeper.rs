@@ -201,9 +201,9 @@ fn the_keeper_writes_its_log_only_when_it_has_something_to_say() {
         .config("default_agent: a\nagents:\n  a:\n    command: [\"true\"]\n")
         .task("t.yaml", "description: x\n");
     root.run_until_idle();
-    assert!(root.exists("tasks/completed/t.run/outcome.json"));
+    assert!(root.exists("tasks/completed/t.run/1/outcome.json"));
     assert!(
-        !root.exists("tasks/completed/t.run/keeper.log"),
+        !root.exists("tasks/completed/t.run/1/keeper.log"),
         "a run that went well left a keeper.log"
     );
     // A keeper started on a directory without its spec.
