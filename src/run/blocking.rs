@@ -3,7 +3,7 @@
 //! starts no runtime, no signal thread and no timer thread, so a run costs
 //! little more than the agent's own spawn (see BENCHMARKS.md).
 //!
-//! The same rules as [`process::wait`](super::process::wait): a timeout, the
+//! The same rules as [`process::wait`]: a timeout, the
 //! output cap (checked every 500 ms) and stop requests; SIGTERM to the whole
 //! group, the grace period, then SIGKILL; the child is always awaited and its
 //! group emptied.
