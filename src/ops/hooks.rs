@@ -80,16 +80,6 @@ impl HookEvent {
     }
 }
 
-/// Environment variables that belong to the supervisor alone (systemd's).
-const NOT_INHERITED: &[&str] = &[
-    "NOTIFY_SOCKET",
-    "WATCHDOG_PID",
-    "WATCHDOG_USEC",
-    "LISTEN_FDS",
-    "LISTEN_PID",
-    "LISTEN_FDNAMES",
-];
-
 /// How much of each output stream goes into the log.
 const LOG_BYTES: u64 = 4096;
 
@@ -105,7 +95,7 @@ pub async fn run(kind: HookKind, command: Vec<String>, ev: HookEvent, timeout: D
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    for v in NOT_INHERITED {
+    for v in crate::run::process::STRIPPED_ENV {
         cmd.env_remove(v);
     }
     cmd.env("MAILROOM_HOOK", kind.key());

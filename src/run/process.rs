@@ -161,7 +161,7 @@ pub fn substitute_with<'a>(text: &str, lookup: impl Fn(&str) -> Option<&'a str>)
 
 /// Environment variables a supervisor must not pass on (systemd's protocol
 /// sockets belong to the supervisor alone).
-const STRIPPED_ENV: &[&str] = &[
+pub(crate) const STRIPPED_ENV: &[&str] = &[
     "NOTIFY_SOCKET",
     "WATCHDOG_PID",
     "WATCHDOG_USEC",

@@ -874,44 +874,11 @@ fn a_running_tasks_output_streams_live_and_the_stream_ends_with_the_run() {
 
 #[test]
 fn a_worktree_runs_page_shows_its_diff_against_the_base() {
-    let git = |dir: &std::path::Path, args: &[&str]| {
-        let out = Command::new("git")
-            .arg("-C")
-            .arg(dir)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
     let edit = agent("edit.sh");
     let config = format!(
         "agents:\n  coder:\n    command: [{edit:?}]\n    workspace: worktree\n    env: {{COMMIT: \"1\"}}\n"
     );
-    let root = Root::new().config(&config);
-    git(&root.path, &["init", "-q", "-b", "main"]);
-    root.write("README.md", "the project\n");
-    root.write(
-        ".gitignore",
-        "tasks/\ncontext/\n.mailroom/\nmailroom.yaml\n*.cwd\nsup-*.log\n",
-    );
-    git(&root.path, &["add", "README.md", ".gitignore"]);
-    git(
-        &root.path,
-        &[
-            "-c",
-            "user.email=t@example.invalid",
-            "-c",
-            "user.name=t",
-            "commit",
-            "-q",
-            "-m",
-            "start",
-        ],
-    );
+    let root = crate::workspace::repo(&config);
     let root = root.task("t1.yaml", "description: commit something\n");
     root.run_until_idle();
     let rec = root.record("completed", "t1");

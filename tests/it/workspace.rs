@@ -22,7 +22,7 @@ fn git(dir: &std::path::Path, args: &[&str]) -> String {
 }
 
 /// A root that is also a git repository with one commit.
-fn repo(config: &str) -> Root {
+pub(crate) fn repo(config: &str) -> Root {
     let root = Root::new().config(config);
     git(&root.path, &["init", "-q", "-b", "main"]);
     root.write("README.md", "the project\n");
