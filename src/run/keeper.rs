@@ -114,7 +114,12 @@ pub fn alive(k: &KeeperInfo, host: &str) -> bool {
     k.host == host && crate::tree::books::same_process(k.pid, k.start)
 }
 
-/// Asks a keeper to stop its run (the signal for `stop`).
+/// Asks a keeper to stop its run (the signal for `stop`). A keeper blocks
+/// these signals at its first instruction and reads them later; one sent in
+/// the instant between its exec and that block would kill it instead, and
+/// the run would end without an outcome. So this waits (up to a second)
+/// until /proc shows the signal blocked. Blocking: call it off the async
+/// loop.
 pub fn signal(pid: u32, stop: Stop) {
     use nix::sys::signal::{Signal, kill};
     let sig = match stop {
@@ -122,7 +127,26 @@ pub fn signal(pid: u32, stop: Stop) {
         Stop::Cancel => Signal::SIGUSR1,
         Stop::Now => Signal::SIGUSR2,
     };
+    let until = std::time::Instant::now() + Duration::from_secs(1);
+    while std::time::Instant::now() < until {
+        match blocked(pid, sig as i32) {
+            Some(false) => std::thread::sleep(Duration::from_millis(1)),
+            // Blocked, or no such process (gone, or another host's).
+            _ => break,
+        }
+    }
     let _ = kill(nix::unistd::Pid::from_raw(pid as i32), sig);
+}
+
+/// Whether process `pid` has signal `sig` blocked (its `SigBlk` in /proc);
+/// None when that cannot be read.
+fn blocked(pid: u32, sig: i32) -> Option<bool> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let mask = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigBlk:"))
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())?;
+    Some(mask & (1u64 << (sig - 1)) != 0)
 }
 
 /// `mailroom keeper RUN_DIR`. Returns the process's exit code: 0 once the

@@ -203,7 +203,7 @@ async fn wait_for_keeper(
             r = stop.changed(), if listening => match r {
                 Ok(()) => {
                     if let Some(s) = *stop.borrow() {
-                        keeper::signal(pid, s);
+                        tokio::task::spawn_blocking(move || keeper::signal(pid, s));
                     }
                 }
                 Err(_) => listening = false,

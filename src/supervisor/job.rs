@@ -176,7 +176,7 @@ impl Job {
                 r = stop.changed(), if listening => match r {
                     Ok(()) => {
                         if let Some(s) = *stop.borrow() {
-                            keeper::signal(pid, s);
+                            tokio::task::spawn_blocking(move || keeper::signal(pid, s));
                         }
                     }
                     // The loop is gone (a shutdown that leaves runs to their

@@ -275,3 +275,35 @@ fn a_stop_request_during_the_keepers_setup_is_kept_for_the_run() {
         serde_json::from_slice(&std::fs::read(dir.join("outcome.json")).unwrap()).unwrap();
     assert!(out["end"].get("stopped").is_some(), "{out}");
 }
+
+/// A stop request sent the instant a keeper starts (before it has blocked
+/// the stop signals) must not kill it: `keeper::signal` waits until the
+/// keeper blocks them, and the run ends cancelled, with its outcome written.
+#[test]
+fn a_cancel_sent_as_the_keeper_starts_ends_the_run_cancelled() {
+    let root = Root::new();
+    for i in 0..20 {
+        let dir = root.p(&format!("r{i}.run"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let spec = serde_json::json!({
+            "run_id": format!("r{i}"), "argv": ["sleep", "30"], "workdir": root.path,
+            "root": root.path, "stdout": dir.join("stdout.log"), "stderr": dir.join("stderr.log"),
+            "output": null, "timeout_ms": 60000, "grace_ms": 1000, "max_output": 1048576,
+            "durable": false,
+        });
+        std::fs::write(dir.join("spec.json"), spec.to_string()).unwrap();
+        let mut keeper = std::process::Command::new(BIN)
+            .arg("keeper")
+            .arg(&dir)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let _guard = KillGroupOnDrop(keeper.id() as i32);
+        mailroom::run::keeper::signal(keeper.id(), mailroom::run::process::Stop::Cancel);
+        let status = keeper.wait().unwrap();
+        assert!(status.success(), "round {i}: the keeper died: {status:?}");
+        let out: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("outcome.json")).unwrap()).unwrap();
+        assert!(out["end"].get("cancelled").is_some(), "round {i}: {out}");
+    }
+}
