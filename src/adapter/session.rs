@@ -79,13 +79,6 @@ fn option_slot(t: &[String]) -> usize {
 }
 
 fn claude(t: &[String], s: &Session) -> Option<Vec<String>> {
-    if t.iter().any(|a| {
-        CLAUDE_OWN.contains(&a.as_str())
-            || a.starts_with("--resume=")
-            || a.starts_with("--session-id=")
-    }) {
-        return None;
-    }
     let opts: Vec<String> = match s {
         Session::New(id) => vec!["--session-id".into(), id.clone()],
         Session::Resume(id) => vec!["--resume".into(), id.clone()],
@@ -97,6 +90,17 @@ fn claude(t: &[String], s: &Session) -> Option<Vec<String>> {
             id.clone(),
         ],
     };
+    with_options(t, CLAUDE_OWN, opts)
+}
+
+/// `t` with `opts` at its option slot, or None when `t` already manages its
+/// session (one of `own`, or `--resume=`/`--session-id=`).
+fn with_options(t: &[String], own: &[&str], opts: Vec<String>) -> Option<Vec<String>> {
+    if t.iter().any(|a| {
+        own.contains(&a.as_str()) || a.starts_with("--resume=") || a.starts_with("--session-id=")
+    }) {
+        return None;
+    }
     let at = option_slot(t);
     let mut v = t[..at].to_vec();
     v.extend(opts);
@@ -108,23 +112,12 @@ fn claude(t: &[String], s: &Session) -> Option<Vec<String>> {
 const GEMINI_OWN: &[&str] = &["--resume", "-r", "--session-id", "--session-file"];
 
 fn gemini(t: &[String], s: &Session) -> Option<Vec<String>> {
-    if t.iter().any(|a| {
-        GEMINI_OWN.contains(&a.as_str())
-            || a.starts_with("--resume=")
-            || a.starts_with("--session-id=")
-    }) {
-        return None;
-    }
     let opts: Vec<String> = match s {
         Session::New(id) => vec!["--session-id".into(), id.clone()],
         // No fork: the parent's session is continued.
         Session::Resume(id) | Session::Fork { from: id, .. } => vec!["--resume".into(), id.clone()],
     };
-    let at = option_slot(t);
-    let mut v = t[..at].to_vec();
-    v.extend(opts);
-    v.extend_from_slice(&t[at..]);
-    Some(v)
+    with_options(t, GEMINI_OWN, opts)
 }
 
 fn codex(t: &[String], s: &Session) -> Option<Vec<String>> {
