@@ -385,36 +385,38 @@ impl Rng {
 
 pub fn _unused(_: &Path) {}
 
-/// SIGKILL to the process group of every process whose environment names
-/// `root` as its MAILROOM_ROOT (run keepers and agents), never to this test
-/// process's own group.
-pub fn stop_runs_of(root: &Path) {
+/// Every process whose environment names `root` (raw or canonical path) as
+/// its MAILROOM_ROOT: run keepers and agents.
+pub fn processes_of(root: &Path) -> Vec<i32> {
     let mut wants = vec![format!("MAILROOM_ROOT={}", root.display())];
     if let Ok(c) = root.canonicalize() {
         wants.push(format!("MAILROOM_ROOT={}", c.display()));
     }
-    let own_group = unsafe { getpgid(0) };
     let Ok(rd) = fs::read_dir("/proc") else {
-        return;
+        return Vec::new();
     };
-    for e in rd.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(env) = fs::read(format!("/proc/{pid}/environ")) else {
-            continue;
-        };
-        if env
-            .split(|b| *b == 0)
-            .any(|v| wants.iter().any(|w| v == w.as_bytes()))
-        {
-            let group = unsafe { getpgid(pid) };
-            unsafe {
-                if group > 1 && group != own_group {
-                    libc_kill(-group, 9);
-                }
-                libc_kill(pid, 9);
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+                env.split(|b| *b == 0)
+                    .any(|v| wants.iter().any(|w| v == w.as_bytes()))
+            })
+        })
+        .collect()
+}
+
+/// SIGKILL to the process group of every process of `root`
+/// ([`processes_of`]), never to this test process's own group.
+pub fn stop_runs_of(root: &Path) {
+    let own_group = unsafe { getpgid(0) };
+    for pid in processes_of(root) {
+        let group = unsafe { getpgid(pid) };
+        unsafe {
+            if group > 1 && group != own_group {
+                libc_kill(-group, 9);
             }
+            libc_kill(pid, 9);
         }
     }
 }

@@ -8,23 +8,10 @@ use std::time::Duration;
 
 /// Processes (other than zombies) whose environment names this root.
 pub(crate) fn agents_of(root: &Root) -> Vec<i32> {
-    let want = format!(
-        "MAILROOM_ROOT={}",
-        root.path.canonicalize().unwrap().display()
-    );
-    let mut v = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        if let Ok(env) = std::fs::read(format!("/proc/{pid}/environ"))
-            && env.split(|b| *b == 0).any(|kv| kv == want.as_bytes())
-            && alive(pid)
-        {
-            v.push(pid);
-        }
-    }
-    v
+    processes_of(&root.path)
+        .into_iter()
+        .filter(|pid| alive(*pid))
+        .collect()
 }
 
 /// Whether a run that started after byte `mark` of the span log is still

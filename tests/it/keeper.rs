@@ -221,38 +221,53 @@ fn the_keeper_writes_its_log_only_when_it_has_something_to_say() {
     assert!(!dir.join("outcome.json").exists());
 }
 
-/// A stop request that arrives while the keeper is still setting up is not
-/// lost: it is blocked from the keeper's first instruction and read when the
-/// agent runs, which is then stopped at once (SIGUSR2).
-#[test]
-fn a_stop_request_during_the_keepers_setup_is_kept_for_the_run() {
-    let root = Root::new()
-        .config("default_agent: a\nagents:\n  a:\n    command: [sleep, \"30\"]\n")
-        .task("t.yaml", "description: x\n");
-    let dir = root.p("early.run");
+/// A run directory `dir` under `root` with a keeper spec that runs
+/// `sleep 30` (and waits for one of `slot_paths` first, if any), and its
+/// keeper started on it, the way a supervisor starts one. The guard kills
+/// the keeper's session if the test fails.
+fn start_keeper(
+    root: &Root,
+    dir: &str,
+    slot_paths: &[std::path::PathBuf],
+) -> (std::process::Child, std::path::PathBuf, KillGroupOnDrop) {
+    let dir = root.p(dir);
     std::fs::create_dir_all(&dir).unwrap();
     let spec = serde_json::json!({
         "run_id": "r1", "argv": ["sleep", "30"], "workdir": root.path, "root": root.path,
         "stdout": dir.join("stdout.log"), "stderr": dir.join("stderr.log"), "output": null,
         "timeout_ms": 60000, "grace_ms": 1000, "max_output": 1048576, "durable": false,
+        "slot_paths": slot_paths,
     });
     std::fs::write(dir.join("spec.json"), spec.to_string()).unwrap();
-    // The keeper waits for a slot (none is free: the only slot file is held
-    // here), so the signal surely arrives during its setup.
-    let slot = root.p("slot.lock");
-    let held = std::fs::File::create(&slot).unwrap();
-    held.lock().unwrap();
-    let mut spec = spec;
-    spec["slot_paths"] = serde_json::json!([slot]);
-    std::fs::write(dir.join("spec.json"), spec.to_string()).unwrap();
-    let mut keeper = std::process::Command::new(BIN)
+    let keeper = std::process::Command::new(BIN)
         .arg("keeper")
         .arg(&dir)
         .stdin(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    // The keeper leads a session of its own: its group goes if the test fails.
-    let _guard = KillGroupOnDrop(keeper.id() as i32);
+    let guard = KillGroupOnDrop(keeper.id() as i32);
+    (keeper, dir, guard)
+}
+
+/// The `end` of the outcome a keeper wrote in `dir`.
+fn kept_end(dir: &std::path::Path) -> serde_json::Value {
+    let out: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("outcome.json")).unwrap()).unwrap();
+    out["end"].clone()
+}
+
+/// A stop request that arrives while the keeper is still setting up is not
+/// lost: it is blocked from the keeper's first instruction and read when the
+/// agent runs, which is then stopped at once (SIGUSR2).
+#[test]
+fn a_stop_request_during_the_keepers_setup_is_kept_for_the_run() {
+    let root = Root::new();
+    // The keeper waits for a slot (none is free: the only slot file is held
+    // here), so the signal surely arrives during its setup.
+    let slot = root.p("slot.lock");
+    let held = std::fs::File::create(&slot).unwrap();
+    held.lock().unwrap();
+    let (mut keeper, dir, _guard) = start_keeper(&root, "early.run", &[slot]);
     wait_for(
         Duration::from_secs(20),
         "the keeper to wait for a slot",
@@ -271,9 +286,8 @@ fn a_stop_request_during_the_keepers_setup_is_kept_for_the_run() {
         started.elapsed() < Duration::from_secs(20),
         "the agent was not stopped"
     );
-    let out: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("outcome.json")).unwrap()).unwrap();
-    assert!(out["end"].get("stopped").is_some(), "{out}");
+    let end = kept_end(&dir);
+    assert!(end.get("stopped").is_some(), "{end}");
 }
 
 /// A stop request sent the instant a keeper starts (before it has blocked
@@ -283,27 +297,11 @@ fn a_stop_request_during_the_keepers_setup_is_kept_for_the_run() {
 fn a_cancel_sent_as_the_keeper_starts_ends_the_run_cancelled() {
     let root = Root::new();
     for i in 0..20 {
-        let dir = root.p(&format!("r{i}.run"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let spec = serde_json::json!({
-            "run_id": format!("r{i}"), "argv": ["sleep", "30"], "workdir": root.path,
-            "root": root.path, "stdout": dir.join("stdout.log"), "stderr": dir.join("stderr.log"),
-            "output": null, "timeout_ms": 60000, "grace_ms": 1000, "max_output": 1048576,
-            "durable": false,
-        });
-        std::fs::write(dir.join("spec.json"), spec.to_string()).unwrap();
-        let mut keeper = std::process::Command::new(BIN)
-            .arg("keeper")
-            .arg(&dir)
-            .stdin(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let _guard = KillGroupOnDrop(keeper.id() as i32);
+        let (mut keeper, dir, _guard) = start_keeper(&root, &format!("r{i}.run"), &[]);
         mailroom::run::keeper::signal(keeper.id(), mailroom::run::process::Stop::Cancel);
         let status = keeper.wait().unwrap();
         assert!(status.success(), "round {i}: the keeper died: {status:?}");
-        let out: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(dir.join("outcome.json")).unwrap()).unwrap();
-        assert!(out["end"].get("cancelled").is_some(), "round {i}: {out}");
+        let end = kept_end(&dir);
+        assert!(end.get("cancelled").is_some(), "round {i}: {end}");
     }
 }
