@@ -246,32 +246,22 @@ impl Job {
     async fn recover_orphan_run(self) -> JobEnd {
         use crate::tree::recovery::{self, Decision};
         let retries = self.task.retries.unwrap_or(self.config.retries);
-        let Job {
-            ctx,
-            name,
-            ext,
-            lock,
-            ..
-        } = self;
-        let res = tokio::task::spawn_blocking(move || {
-            let r = recovery::recover(&ctx.layout, &name, &ext, retries, None);
-            lock.release();
-            r
-        })
-        .await;
+        let res = self
+            .last_step(move |layout, name, ext| recovery::recover(layout, name, ext, retries, None))
+            .await;
         match res {
-            Ok(Ok((Decision::Requeue { .. }, _))) => JobEnd::Requeued,
-            Ok(Ok((Decision::Fail { .. }, _))) => {
+            Some(Ok((Decision::Requeue { .. }, _))) => JobEnd::Requeued,
+            Some(Ok((Decision::Fail { .. }, _))) => {
                 JobEnd::Done(Status::Failed, Outcome::Interrupted, None)
             }
-            Ok(Ok((Decision::FinishCommit { record, .. }, _))) => {
+            Some(Ok((Decision::FinishCommit { record, .. }, _))) => {
                 JobEnd::Done(record.status, record.outcome, None)
             }
-            Ok(Err(e)) => {
+            Some(Err(e)) => {
                 error!(error = %e, "recovery of a kept run failed");
                 JobEnd::Stuck
             }
-            Err(_) => JobEnd::Stuck,
+            None => JobEnd::Stuck,
         }
     }
 }

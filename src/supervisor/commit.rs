@@ -409,6 +409,26 @@ impl Job {
     }
 
     pub(super) async fn requeue_or_keep(self, st: TaskState) -> JobEnd {
+        match self
+            .last_step(move |layout, name, ext| moves::requeue(layout, name, ext, &st))
+            .await
+        {
+            Some(Ok(())) => JobEnd::Requeued,
+            Some(Err(e)) => {
+                error!(error = %e, "requeue failed; recovery will retry it");
+                JobEnd::Stuck
+            }
+            None => JobEnd::Stuck,
+        }
+    }
+
+    /// Runs the Job's last step (given the layout, the task's name and
+    /// extension) on the blocking pool, then releases the task's lock,
+    /// whatever the step returned. None: the step panicked.
+    pub(super) async fn last_step<T: Send + 'static>(
+        self,
+        step: impl FnOnce(&Layout, &str, &str) -> T + Send + 'static,
+    ) -> Option<T> {
         let Job {
             ctx,
             name,
@@ -416,20 +436,13 @@ impl Job {
             lock,
             ..
         } = self;
-        let res = tokio::task::spawn_blocking(move || {
-            let r = moves::requeue(&ctx.layout, &name, &ext, &st);
+        tokio::task::spawn_blocking(move || {
+            let r = step(&ctx.layout, &name, &ext);
             lock.release();
             r
         })
-        .await;
-        match res {
-            Ok(Ok(())) => JobEnd::Requeued,
-            Ok(Err(e)) => {
-                error!(error = %e, "requeue failed; recovery will retry it");
-                JobEnd::Stuck
-            }
-            Err(_) => JobEnd::Stuck,
-        }
+        .await
+        .ok()
     }
 }
 
