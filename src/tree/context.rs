@@ -217,11 +217,12 @@ fn append_log(layout: &Layout, rec: &ResultRecord) -> io::Result<()> {
             .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
     })?;
-    let (tail, _) = tail_of(&mut f, 64 * 1024)?;
-    if tail.contains(&format!("\"run_id\":\"{}\"", rec.run_id)) {
+    let (tail, cut) = tail_of(&mut f, 64 * 1024)?;
+    let id = format!("\"run_id\":\"{}\"", rec.run_id);
+    if memchr::memmem::find(&tail, id.as_bytes()).is_some() {
         return Ok(());
     }
-    let (mut c, mut x) = last_totals(&tail);
+    let (mut c, mut x) = last_totals(&tail, cut);
     match rec.status {
         Status::Completed => c += 1,
         Status::Failed => x += 1,
@@ -234,7 +235,7 @@ fn append_log(layout: &Layout, rec: &ResultRecord) -> io::Result<()> {
     let mut line = serde_json::to_string(&v).map_err(io::Error::other)?;
     line.push('\n');
     // A crash may have left a torn last line: start on a fresh one.
-    if !tail.is_empty() && !tail.ends_with('\n') {
+    if !tail.is_empty() && !tail.ends_with(b"\n") {
         line.insert(0, '\n');
     }
     f.write_all(line.as_bytes())?;
@@ -242,10 +243,10 @@ fn append_log(layout: &Layout, rec: &ResultRecord) -> io::Result<()> {
 }
 
 /// The totals of the last well-formed line in a tail of the log.
-fn last_totals(tail: &str) -> (u64, u64) {
-    tail.lines()
+fn last_totals(tail: &[u8], cut: bool) -> (u64, u64) {
+    whole_lines(tail, cut)
         .rev()
-        .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(parse_line)
         .map(|v| {
             let n = |k: &str| v["totals"][k].as_u64().unwrap_or(0);
             (n("completed"), n("failed"))
@@ -253,33 +254,59 @@ fn last_totals(tail: &str) -> (u64, u64) {
         .unwrap_or((0, 0))
 }
 
-fn tail_of(f: &mut File, limit: u64) -> io::Result<(String, bool)> {
+fn tail_of(f: &mut File, limit: u64) -> io::Result<(Vec<u8>, bool)> {
     let len = f.metadata()?.len();
     let start = len.saturating_sub(limit);
     f.seek(SeekFrom::Start(start))?;
-    let mut b = Vec::new();
+    let mut b = Vec::with_capacity(limit.min(len) as usize);
     f.take(limit).read_to_end(&mut b)?;
-    Ok((String::from_utf8_lossy(&b).into_owned(), start > 0))
+    Ok((b, start > 0))
+}
+
+/// The complete lines of a tail read by [`tail_of`], oldest first: a first
+/// line cut by the read's start is left out.
+fn whole_lines(tail: &[u8], cut: bool) -> impl DoubleEndedIterator<Item = &[u8]> {
+    let mut lines = tail.split(|&b| b == b'\n');
+    if cut {
+        lines.next();
+    }
+    lines.filter(|l| !l.is_empty())
+}
+
+/// One log line as JSON, or None when it does not parse (a torn line). A line
+/// with bytes that are not UTF-8 is read as its lossy decoding.
+fn parse_line(line: &[u8]) -> Option<serde_json::Value> {
+    serde_json::from_slice(line).ok().or_else(|| {
+        std::str::from_utf8(line)
+            .is_err()
+            .then(|| serde_json::from_str(&String::from_utf8_lossy(line)).ok())
+            .flatten()
+    })
 }
 
 /// The last `n` parseable entries of the log, newest last.
+///
+/// Reads the log's tail in growing windows (16 KiB, 64 KiB, 256 KiB) until
+/// `n` entries parse or the window holds the whole log: a merge and a prompt
+/// each read a few lines, not the last quarter megabyte.
 pub fn recent(layout: &Layout, n: usize) -> Vec<serde_json::Value> {
     let Ok(mut f) = File::open(layout.context.join(JSONL)) else {
         return Vec::new();
     };
-    let Ok((tail, cut)) = tail_of(&mut f, 256 * 1024) else {
-        return Vec::new();
-    };
-    let mut lines: Vec<&str> = tail.lines().collect();
-    if cut && !lines.is_empty() {
-        lines.remove(0);
+    let mut out = Vec::new();
+    for window in [16 * 1024, 64 * 1024, 256 * 1024] {
+        let Ok((tail, cut)) = tail_of(&mut f, window) else {
+            return Vec::new();
+        };
+        out = whole_lines(&tail, cut)
+            .rev()
+            .filter_map(parse_line)
+            .take(n)
+            .collect();
+        if out.len() >= n || !cut {
+            break;
+        }
     }
-    let mut out: Vec<serde_json::Value> = lines
-        .iter()
-        .rev()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .take(n)
-        .collect();
     out.reverse();
     out
 }
@@ -384,6 +411,11 @@ fn output_body(path: &Path, max: usize) -> Option<String> {
 
 /// How many pending names `current_state.md` lists.
 const PENDING_SHOWN: usize = 20;
+/// Up to how many pending tasks (the supervisor's count) `pending/` is listed
+/// at a merge; above, `current_state.md` gives the count only. A listing costs
+/// about as much as the lookups it spares at this size, and it is made at
+/// every merge.
+const PENDING_LISTED: usize = 200;
 
 /// Regenerates `context/current_state.md`: what runs (from `assigned/`, at
 /// most a few dozen entries), what is pending (the supervisor's count, or a
@@ -401,12 +433,17 @@ pub fn write_current_state(
     );
     let mut running = crate::tree::books::list(layout, State::Assigned).unwrap_or_default();
     running.retain(|(n, _)| Some(n.as_str()) != finishing);
+    let running_names: std::collections::HashSet<&str> =
+        running.iter().map(|(n, _)| n.as_str()).collect();
     // Names are worth listing (agents plan around them) while pending/ is small.
     let pending: Option<Vec<(String, String)>> = match pending_hint {
-        Some(n) if n > 1000 => None,
+        Some(n) if n > PENDING_LISTED => None,
         _ => crate::tree::books::list(layout, State::Pending).ok(),
     };
     let pending_count = pending.as_ref().map(Vec::len).or(pending_hint).unwrap_or(0);
+    let pending_names: Option<std::collections::HashSet<&str>> = pending
+        .as_ref()
+        .map(|p| p.iter().map(|(n, _)| n.as_str()).collect());
     let recent = recent(layout, RECENT);
     let (done, failed) = recent
         .last()
@@ -461,13 +498,16 @@ pub fn write_current_state(
             if !seen.insert(s("task").to_owned()) {
                 continue;
             }
-            // Only a pending or running task is marked: two lookups, not a
-            // search of every state (this runs for each entry at each merge).
-            let again = if layout.find(State::Pending, s("task")).is_some() {
+            // Only a pending or running task is marked, from the listings
+            // read above (a lookup per entry only when pending/ is too large
+            // to list): this runs for each entry at each merge.
+            let is_pending = match &pending_names {
+                Some(p) => p.contains(s("task")),
+                None => layout.find(State::Pending, s("task")).is_some(),
+            };
+            let again = if is_pending {
                 " (retried: pending again)"
-            } else if Some(s("task")) != finishing
-                && layout.find(State::Assigned, s("task")).is_some()
-            {
+            } else if running_names.contains(s("task")) {
                 " (retried: running again)"
             } else {
                 ""
@@ -489,8 +529,12 @@ pub fn write_current_state(
             }
         }
     }
+    // Not fsynced: it is regenerated at every merge, so a host crash costs
+    // at most the view of the last few merges, until the next one.
     let path = layout.context.join("current_state.md");
-    or_set_aside(layout, &path, || fsx::write_atomic(&path, md.as_bytes()))
+    or_set_aside(layout, &path, || {
+        fsx::write_atomic_volatile(&path, md.as_bytes())
+    })
 }
 
 #[cfg(test)]
@@ -500,8 +544,38 @@ mod tests {
     #[test]
     fn totals_come_from_the_last_good_line() {
         let t = "{\"totals\":{\"completed\":3,\"failed\":1}}\n{\"totals\":{\"completed\":4,\"failed\":1}}\ntorn";
-        assert_eq!(last_totals(t), (4, 1));
-        assert_eq!(last_totals(""), (0, 0));
+        assert_eq!(last_totals(t.as_bytes(), false), (4, 1));
+        assert_eq!(last_totals(b"", false), (0, 0));
+        // A first line cut by the read's start is not taken for a whole one.
+        assert_eq!(last_totals(b"\"completed\":9}}\ntorn", true), (0, 0));
+    }
+
+    #[test]
+    fn recent_reads_further_back_until_it_has_enough_entries() {
+        let tmp = std::env::temp_dir().join(format!("mailroom-recent-{}", std::process::id()));
+        let layout = Layout::new(&tmp);
+        std::fs::create_dir_all(&layout.context).unwrap();
+        // 3 KiB entries: 15 of them need more than the first 16 KiB window.
+        let pad = "p".repeat(3000);
+        let mut log = String::from("torn line without an end");
+        log.push('\n');
+        for i in 0..40 {
+            log.push_str(&format!("{{\"task\":\"t{i}\",\"pad\":\"{pad}\"}}\n"));
+        }
+        log.push_str("{\"torn\":");
+        std::fs::write(layout.context.join(JSONL), &log).unwrap();
+        let tasks = |n| -> Vec<String> {
+            recent(&layout, n)
+                .iter()
+                .map(|v| v["task"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        let want: Vec<String> = (25..40).map(|i| format!("t{i}")).collect();
+        assert_eq!(tasks(15), want, "the last 15, oldest first");
+        assert_eq!(tasks(1), ["t39"]);
+        // More than the log holds: all of it.
+        assert_eq!(tasks(100).len(), 40);
+        std::fs::remove_dir_all(&tmp).unwrap();
     }
 
     #[test]

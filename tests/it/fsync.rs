@@ -267,10 +267,12 @@ fn dir_flushed(calls: &[Call], after: &Call, dir: &Path) -> bool {
     })
 }
 
-/// Files that matter only while the host is up, written through a temp file
-/// without any fsync by design: a keeper's `keeper.json` (who keeps the run).
+/// Files written through a temp file without any fsync by design: a keeper's
+/// `keeper.json` (who keeps the run: it matters only while the host is up)
+/// and `context/current_state.md` (regenerated at every merge).
 fn is_volatile(p: &Path) -> bool {
-    p.file_name().is_some_and(|n| n == "keeper.json")
+    p.file_name()
+        .is_some_and(|n| n == "keeper.json" || n == "current_state.md")
 }
 
 /// Every violation of the discipline in a trace, as readable lines.
