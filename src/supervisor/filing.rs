@@ -32,10 +32,9 @@ impl Job {
         let layout = self.ctx.layout.clone();
         let (name, ext, claimed) = (self.name.clone(), self.ext.clone(), self.claimed.clone());
         let res = tokio::task::spawn_blocking(move || {
-            if layout.dirs().iter().any(|d| !d.is_dir()) {
-                layout.ensure()?;
-            }
-            moves::reclaim(&layout, &name, &ext, claimed.id, &claimed.bytes)
+            ensured(&layout, || {
+                moves::reclaim(&layout, &name, &ext, claimed.id, &claimed.bytes)
+            })
         })
         .await;
         let layout = &self.ctx.layout;
@@ -139,6 +138,23 @@ struct Commit {
     clash_lock: Option<TaskLock>,
 }
 
+/// Runs `step`; when it fails and a directory of the tree is missing (someone
+/// removed it), recreates the tree and runs `step` once more. The steps of a
+/// commit may be repeated, and a tree that is whole costs no lookups.
+fn ensured<T>(
+    layout: &crate::tree::layout::Layout,
+    mut step: impl FnMut() -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    match step() {
+        Err(e) if layout.dirs().iter().any(|d| !d.is_dir()) => {
+            layout.ensure()?;
+            step()
+                .map_err(|again| std::io::Error::new(again.kind(), format!("{again} (first: {e})")))
+        }
+        r => r,
+    }
+}
+
 impl Commit {
     /// One try of the whole commit. Every step may be repeated: the outbox
     /// queues what is still in it, a run directory already moved stays, the
@@ -146,11 +162,14 @@ impl Commit {
     /// last move completes a move made before.
     fn once(&mut self) -> std::io::Result<()> {
         let ctx = self.ctx.clone();
+        ensured(&ctx.layout, || self.steps())
+    }
+
+    /// The steps of [`Commit::once`], in order.
+    fn steps(&mut self) -> std::io::Result<()> {
+        let ctx = self.ctx.clone();
         let layout = &ctx.layout;
         let name = self.name.clone();
-        if layout.dirs().iter().any(|d| !d.is_dir()) {
-            layout.ensure()?;
-        }
         moves::reclaim(
             layout,
             &name,

@@ -223,14 +223,20 @@ pub fn move_run_dir(layout: &Layout, name: &str, dest: State) -> io::Result<()> 
 
 /// [`move_run_dir`] to `dest/<target>.run`.
 fn move_run_dir_as(layout: &Layout, name: &str, dest: State, target: &str) -> io::Result<()> {
+    rename_run_dir(layout, name, dest, target)?;
+    fsx::fsync_dir(layout.dir(dest))
+}
+
+/// The rename of [`move_run_dir_as`] without its fsync, for a caller that
+/// fsyncs `dest` itself before the move counts.
+fn rename_run_dir(layout: &Layout, name: &str, dest: State, target: &str) -> io::Result<()> {
     let from = layout.run_dir(State::Assigned, name);
     if fs::symlink_metadata(&from).is_err() {
         return Ok(());
     }
     let to = layout.run_dir(dest, target);
     fsx::remove_dir_all_if_exists(&to)?;
-    fsx::rename_noreplace(&from, &to)?;
-    fsx::fsync_dir(layout.dir(dest))
+    fsx::rename_noreplace(&from, &to)
 }
 
 /// Moves `failed/<name>.run/` to `tasks/history/<name>.run/<round>/` (the
@@ -271,7 +277,9 @@ pub fn prepare_commit_as(layout: &Layout, name: &str, record: &ResultRecord) -> 
     };
     let bytes = serde_json::to_vec_pretty(record).map_err(io::Error::other)?;
     fsx::write_atomic(&layout.record_file(dest, &record.task), &bytes)?;
-    move_run_dir_as(layout, name, dest, &record.task)?;
+    // Made durable by step two's fsync of `dest`, with the task file: until
+    // then recovery finds the run directory in `assigned/` or in `dest`.
+    rename_run_dir(layout, name, dest, &record.task)?;
     Ok(dest)
 }
 

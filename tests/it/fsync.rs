@@ -5,7 +5,8 @@
 //!    fsync of that directory by the same thread, before that thread renames
 //!    anything else and before the file is renamed away again (and, for a task
 //!    file moving between two state directories, an fsync of the directory it
-//!    left as well);
+//!    left as well); a commit's run directory may wait for the fsync that
+//!    follows its task file's move into the same directory;
 //! 2. every durable write (a mailroom temp file `.<base>.<host>.<pid>.<n>.tmp`
 //!    renamed over its target: result records, state files, context files) is
 //!    fsynced as the temp file, by the renaming thread, before the rename, and
@@ -227,6 +228,10 @@ fn is_tmp(p: &Path) -> bool {
         .is_some_and(|n| n.starts_with('.') && n.ends_with(".tmp"))
 }
 
+fn is_run_dir(p: &Path) -> bool {
+    p.extension().is_some_and(|e| e == "run")
+}
+
 fn is_task_file(p: &Path) -> bool {
     matches!(
         p.extension().and_then(|e| e.to_str()),
@@ -289,10 +294,28 @@ fn violations(calls: &[Call], state_dirs: &[PathBuf]) -> Vec<String> {
         let src_dir = src.parent().unwrap().to_path_buf();
         // The fsyncs must come before this thread renames anything else
         // (its next step), and before anyone renames this file away again.
-        let end = calls[i + 1..]
-            .iter()
-            .position(|n| n.rename().is_some_and(|(s, _)| s == dst || n.tid == c.tid))
-            .map_or(calls.len(), |p| i + 1 + p);
+        let window_end = |from: usize, dst: &Path| {
+            calls[from + 1..]
+                .iter()
+                .position(|n| n.rename().is_some_and(|(s, _)| s == dst || n.tid == c.tid))
+                .map_or(calls.len(), |p| from + 1 + p)
+        };
+        // A commit's run directory is made durable with its task file: the
+        // fsync may come as late as the one after the task file's move into
+        // the same directory (PROTOCOL.md 7.3, step 2).
+        let end = if is_run_dir(&dst) {
+            calls[i + 1..]
+                .iter()
+                .position(|n| {
+                    n.tid == c.tid
+                        && n.rename().is_some_and(|(_, d)| {
+                            is_task_file(&d) && d.parent() == Some(dst_dir.as_path())
+                        })
+                })
+                .map_or(calls.len(), |p| window_end(i + 1 + p, &dst))
+        } else {
+            window_end(i, &dst)
+        };
         let window = &calls[i + 1..end];
         let upto = |k: usize| if k < calls.len() { &calls[k].raw } else { "" };
         if state_dirs.contains(&dst_dir) && !dir_flushed(window, c, &dst_dir) {
