@@ -138,6 +138,21 @@ fn without_the_small_binary_runs_are_kept_by_mailroom_keeper() {
 }
 
 #[test]
+fn mailroom_keeper_names_a_small_binary_elsewhere() {
+    let root = who_root();
+    let exe = lone_mailroom(&root);
+    let log = run_with(
+        &root,
+        &exe,
+        &[("MAILROOM_KEEPER", KEEPER_BIN)],
+        Duration::from_secs(60),
+    );
+    let (kept_by, _) = keeper_of(&root);
+    assert_eq!(kept_by, Path::new(KEEPER_BIN).canonicalize().unwrap());
+    assert!(!log.contains("WARN"), "{log}");
+}
+
+#[test]
 fn a_small_binary_of_another_build_is_never_used() {
     let root = who_root();
     let exe = lone_mailroom(&root);
