@@ -69,6 +69,10 @@ const ENVIRONMENT: &[(&str, &str)] = &[
         "Set for hooks (hooks: in mailroom.yaml).",
     ),
     (
+        "MAILROOM_KEEPER",
+        "For run: self keeps runs with this binary (mailroom keeper) instead of the mailroom-keeper beside it; a path names a mailroom-keeper elsewhere (used only when it is of this build).",
+    ),
+    (
         "EDITOR, VISUAL",
         "The editor of mailroom new (EDITOR, else VISUAL, else vi).",
     ),

@@ -2,7 +2,8 @@
 //! container runtimes keep a shim (conmon, containerd-shim) and init systems a
 //! subreaper (tini).
 //!
-//! The supervisor starts `mailroom keeper <run dir>` with the task's locked
+//! The supervisor starts `mailroom-keeper <run dir>` (or `mailroom keeper
+//! <run dir>`, see `run::keeper_program`) with the task's locked
 //! descriptor as its stdin; the agent never receives it. The keeper leaves the
 //! supervisor's session, becomes a child subreaper (every descendant of the
 //! agent stays its child, even after `setsid` or a double fork), starts the
@@ -88,6 +89,21 @@ pub struct KeptOutcome {
     pub max_rss_kb: u64,
 }
 
+/// The small binary that runs only keepers (src/bin/mailroom-keeper.rs),
+/// installed beside `mailroom`. `mailroom keeper RUN_DIR` does the same.
+pub const PROGRAM: &str = "mailroom-keeper";
+
+/// The line `mailroom-keeper --identity` prints: the package version and a
+/// hash of the sources it was built from (see build.rs). Both binaries embed
+/// it; the supervisor starts the small binary only when its line is exactly
+/// its own (see `run::keeper_program`).
+pub const IDENTITY: &str = concat!(
+    "mailroom-keeper ",
+    env!("CARGO_PKG_VERSION"),
+    " build ",
+    env!("MAILROOM_BUILD_ID")
+);
+
 pub const SPEC_FILE: &str = "spec.json";
 pub const INFO_FILE: &str = "keeper.json";
 pub const OUTCOME_FILE: &str = "outcome.json";
@@ -149,7 +165,7 @@ fn blocked(pid: u32, sig: i32) -> Option<bool> {
     Some(mask & (1u64 << (sig - 1)) != 0)
 }
 
-/// `mailroom keeper RUN_DIR`. Returns the process's exit code: 0 once the
+/// `mailroom keeper RUN_DIR` or `mailroom-keeper RUN_DIR`. Returns the process's exit code: 0 once the
 /// outcome is on disk, 1 when it could not be written.
 pub fn main(run_dir: &Path) -> u8 {
     // Stop requests first: one that arrives during the setup waits for the run.

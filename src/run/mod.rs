@@ -5,6 +5,7 @@
 pub mod blocking;
 pub mod demo;
 pub mod keeper;
+pub mod keeper_program;
 pub mod limits;
 pub mod process;
 pub mod prompt;

@@ -221,8 +221,9 @@ impl Job {
         let lock = setup.map_err(|e| format!("cannot prepare the run keeper: {e}"))?;
         let out = slot.map_or_else(std::process::Stdio::null, |s| s.file.into());
         let err = tree_slot.map_or_else(std::process::Stdio::null, |s| s.file.into());
-        tokio::process::Command::new(&self.ctx.exe)
-            .arg("keeper")
+        let keeper = &self.ctx.keeper;
+        tokio::process::Command::new(&keeper.program)
+            .args(&keeper.prefix)
             .arg(run_dir)
             .stdin(lock)
             .stdout(out)
@@ -232,7 +233,7 @@ impl Job {
             .envs(runner::agent_env(&spec.inherit, &spec.env))
             .kill_on_drop(false)
             .spawn()
-            .map_err(|e| format!("cannot start the run keeper ({}): {e}", self.ctx.exe))
+            .map_err(|e| format!("cannot start the run keeper ({}): {e}", keeper.display()))
     }
 
     /// Counts the attempt and names its run in the state file (before the

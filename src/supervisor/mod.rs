@@ -152,7 +152,11 @@ struct Ctx {
     host: String,
     self_pid: u32,
     self_start: u64,
+    /// This binary: the `{mailroom}` placeholder.
     exe: String,
+    /// What starts a run's keeper (`mailroom-keeper` or `mailroom keeper`),
+    /// chosen once at start.
+    keeper: crate::run::keeper_program::KeeperProgram,
     /// Runs in shared workdirs, for `files_modified_exact`.
     workdirs: Arc<workdirs::Workdirs>,
     /// What the runs of this supervisor used, by agent, as their CLIs
@@ -243,6 +247,11 @@ impl Supervisor {
         fsx::set_durable(config.durable);
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let self_pid = std::process::id();
+        let exe = std::env::current_exe().unwrap_or_else(|_| "mailroom".into());
+        let keeper = crate::run::keeper_program::choose(
+            &exe,
+            std::env::var_os(crate::run::keeper_program::ENV),
+        );
         Ok(Supervisor {
             ctx: Arc::new(Ctx {
                 layout,
@@ -250,9 +259,8 @@ impl Supervisor {
                 host: books::hostname(),
                 self_pid,
                 self_start: books::proc_start_time(self_pid).unwrap_or(0),
-                exe: std::env::current_exe()
-                    .map(|p| p.to_string_lossy().into_owned())
-                    .unwrap_or_else(|_| "mailroom".into()),
+                exe: exe.to_string_lossy().into_owned(),
+                keeper,
                 workdirs: Arc::default(),
                 usage: Default::default(),
             }),

@@ -159,6 +159,7 @@ impl Root {
         let mut c = Command::new(BIN);
         c.arg("--root").arg(&self.path).args(args);
         c.env_remove("MAILROOM_ROOT").env_remove("MAILROOM_TASK");
+        c.env_remove("MAILROOM_KEEPER");
         c.env("RUST_LOG", "debug");
         c
     }

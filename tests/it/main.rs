@@ -20,6 +20,7 @@ mod hooks;
 mod hostile;
 mod hosts;
 mod keeper;
+mod keeper_bin;
 mod markdown;
 mod metrics;
 mod operator;

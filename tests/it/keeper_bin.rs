@@ -1,0 +1,226 @@
+//! The small keeper binary (issue 15): a supervisor starts its runs' keepers
+//! as `mailroom-keeper` from beside its own executable when that binary is
+//! from the same build, and as `mailroom keeper` otherwise; runs complete
+//! either way, and a foreign or hanging `mailroom-keeper` neither runs a task
+//! nor holds up the start.
+
+use crate::common::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const KEEPER_BIN: &str = env!("CARGO_BIN_EXE_mailroom-keeper");
+
+/// An agent that records its parent, the run's keeper: its executable and
+/// its command line.
+const WHO: &str = r#"readlink "/proc/$PPID/exe" > "$MAILROOM_ROOT/keeper-exe.txt"
+tr '\0' ' ' < "/proc/$PPID/cmdline" > "$MAILROOM_ROOT/keeper-cmd.txt""#;
+
+fn who_root() -> Root {
+    Root::new()
+        .agent_config(&["/bin/sh", "-c", WHO], "")
+        .task("k.yaml", "description: who keeps me\n")
+}
+
+/// `exe --root R run --exit-when-idle` (bounded); asserts success and that
+/// the task completed; returns the supervisor's log.
+fn run_with(root: &Root, exe: &Path, envs: &[(&str, &str)], limit: Duration) -> String {
+    let mut c = Command::new(exe);
+    c.arg("--root")
+        .arg(&root.path)
+        .args(["run", "--exit-when-idle"])
+        .env_remove("MAILROOM_ROOT")
+        .env_remove("MAILROOM_KEEPER")
+        .env("RUST_LOG", "debug")
+        .envs(envs.iter().copied());
+    let out = run_bounded(c, limit);
+    let log = stderr(&out);
+    assert!(out.status.success(), "supervisor failed:\n{log}");
+    assert_eq!(root.names("completed"), ["k"], "{log}");
+    log
+}
+
+/// The keeper's executable and command line, as the agent saw them.
+fn keeper_of(root: &Root) -> (PathBuf, String) {
+    (
+        PathBuf::from(root.read("keeper-exe.txt").trim()),
+        root.read("keeper-cmd.txt"),
+    )
+}
+
+/// `mailroom` installed alone in `<root>/bin` (a hard link to the built
+/// binary, a copy if the file system has none).
+fn lone_mailroom(root: &Root) -> PathBuf {
+    let dir = root.p("bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    let exe = dir.join("mailroom");
+    if std::fs::hard_link(BIN, &exe).is_err() {
+        std::fs::copy(BIN, &exe).unwrap();
+    }
+    exe
+}
+
+/// A shell script as `<root>/bin/mailroom-keeper`.
+fn fake_keeper(root: &Root, script: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let p = root.p("bin/mailroom-keeper");
+    std::fs::write(&p, format!("#!/bin/sh\n{script}\n")).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[test]
+fn the_small_binary_answers_with_this_builds_identity() {
+    let out = Command::new(KEEPER_BIN).arg("--identity").output().unwrap();
+    assert!(out.status.success());
+    let line = stdout(&out);
+    assert_eq!(line, format!("{}\n", mailroom::run::keeper::IDENTITY));
+    let re = regex::Regex::new(r"^mailroom-keeper \d+\.\d+\.\d+\S* build [0-9a-f]{16}\n$").unwrap();
+    assert!(re.is_match(&line), "{line:?}");
+    // Anything else is a usage error, never a run.
+    for args in [&[][..], &["--help"], &["a", "b"]] {
+        let out = Command::new(KEEPER_BIN).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&out).contains("usage: mailroom-keeper RUN_DIR"));
+    }
+}
+
+#[test]
+fn runs_are_kept_by_the_small_binary_beside_the_supervisor() {
+    let root = who_root();
+    run_with(&root, Path::new(BIN), &[], Duration::from_secs(60));
+    let (exe, cmd) = keeper_of(&root);
+    assert_eq!(exe, Path::new(KEEPER_BIN).canonicalize().unwrap());
+    // `mailroom-keeper RUN_DIR`: no subcommand.
+    let run_dir = root
+        .path
+        .canonicalize()
+        .unwrap()
+        .join("tasks/assigned/k.run/1");
+    assert_eq!(
+        cmd.trim_end(),
+        format!("{KEEPER_BIN} {}", run_dir.display())
+    );
+}
+
+#[test]
+fn keeper_self_forces_the_supervisors_own_binary() {
+    let root = who_root();
+    let log = run_with(
+        &root,
+        Path::new(BIN),
+        &[("MAILROOM_KEEPER", "self")],
+        Duration::from_secs(60),
+    );
+    let (exe, cmd) = keeper_of(&root);
+    assert_eq!(exe, Path::new(BIN).canonicalize().unwrap());
+    assert!(cmd.starts_with(&format!("{BIN} keeper ")), "{cmd}");
+    assert!(log.contains("MAILROOM_KEEPER=self"), "{log}");
+}
+
+#[test]
+fn without_the_small_binary_runs_are_kept_by_mailroom_keeper() {
+    let root = who_root();
+    let exe = lone_mailroom(&root);
+    let log = run_with(&root, &exe, &[], Duration::from_secs(60));
+    let (kept_by, cmd) = keeper_of(&root);
+    assert_eq!(kept_by, exe);
+    assert!(
+        cmd.starts_with(&format!("{} keeper ", exe.display())),
+        "{cmd}"
+    );
+    // Said once, at info level: an install of `mailroom` alone is allowed.
+    let line = log
+        .lines()
+        .find(|l| l.contains("no mailroom-keeper beside"))
+        .unwrap_or_else(|| panic!("no notice in:\n{log}"));
+    assert!(line.contains("INFO"), "{line}");
+    assert!(!log.contains("WARN"), "{log}");
+}
+
+#[test]
+fn mailroom_keeper_names_a_small_binary_elsewhere() {
+    let root = who_root();
+    let exe = lone_mailroom(&root);
+    let log = run_with(
+        &root,
+        &exe,
+        &[("MAILROOM_KEEPER", KEEPER_BIN)],
+        Duration::from_secs(60),
+    );
+    let (kept_by, _) = keeper_of(&root);
+    assert_eq!(kept_by, Path::new(KEEPER_BIN).canonicalize().unwrap());
+    assert!(!log.contains("WARN"), "{log}");
+}
+
+#[test]
+fn a_small_binary_of_another_build_is_never_used() {
+    let root = who_root();
+    let exe = lone_mailroom(&root);
+    // Were it used as a keeper, it would write no outcome and the run would fail.
+    fake_keeper(&root, "echo 'mailroom-keeper 0.0.1 build 0123456789abcdef'");
+    let log = run_with(&root, &exe, &[], Duration::from_secs(60));
+    let (kept_by, _) = keeper_of(&root);
+    assert_eq!(kept_by, exe);
+    let line = log
+        .lines()
+        .find(|l| l.contains("is not this build's keeper"))
+        .unwrap_or_else(|| panic!("no warning in:\n{log}"));
+    assert!(line.contains("WARN"), "{line}");
+    assert!(line.contains("0.0.1 build 0123456789abcdef"), "{line}");
+}
+
+/// Kills the processes whose pids are in these files when dropped.
+struct KillPidsOnDrop(Vec<PathBuf>);
+
+impl Drop for KillPidsOnDrop {
+    fn drop(&mut self) {
+        for f in &self.0 {
+            if let Ok(pid) = std::fs::read_to_string(f)
+                .unwrap_or_default()
+                .trim()
+                .parse::<i32>()
+            {
+                let _ = Command::new("kill")
+                    .args(["-9", &pid.to_string()])
+                    .stderr(std::process::Stdio::null())
+                    .status();
+            }
+        }
+    }
+}
+
+#[test]
+fn a_small_binary_that_hangs_is_stopped_and_not_used() {
+    let root = who_root();
+    let exe = lone_mailroom(&root);
+    // The fake and a child of it (same process group) wait for 300 s.
+    fake_keeper(
+        &root,
+        r#"d=$(dirname "$0")
+echo $$ > "$d/fake.pid"
+sleep 300 &
+echo $! > "$d/child.pid"
+wait"#,
+    );
+    let _cleanup = KillPidsOnDrop(vec![root.p("bin/fake.pid"), root.p("bin/child.pid")]);
+    let t = Instant::now();
+    let log = run_with(&root, &exe, &[], Duration::from_secs(60));
+    let took = t.elapsed();
+    let (kept_by, _) = keeper_of(&root);
+    assert_eq!(kept_by, exe);
+    let timeout = mailroom::run::keeper_program::HANDSHAKE_TIMEOUT;
+    assert!(
+        took >= timeout && took < timeout + Duration::from_secs(20),
+        "took {took:?}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains("gave no answer within 2s; stopped")),
+        "{log}"
+    );
+    // The whole group was killed, not only the script.
+    for f in ["bin/fake.pid", "bin/child.pid"] {
+        let pid: i32 = root.read(f).trim().parse().unwrap();
+        assert!(!alive(pid), "{f}: {pid} still runs");
+    }
+}
