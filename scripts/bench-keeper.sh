@@ -5,7 +5,8 @@
 #   scripts/bench-keeper.sh [N] [P] [ROUNDS]        # defaults: 1000 4 5
 #
 # Every round runs every variant once, in a shuffled order (interleaved), and
-# the summary gives the median over the rounds and the spread (min-max):
+# the summary gives the median over the rounds and the spread (min-max); GNU
+# parallel's rounds come after all the others (see below why):
 #
 #   - `xargs -P$P -n1 true`: the reference (the spawn limit);
 #   - task-spooler (one `tsp true` per job, $P slots), GNU parallel
@@ -253,7 +254,6 @@ OLD_TMPDIR=${TMPDIR:-/tmp}
 # --- the rounds --------------------------------------------------------------
 variants=("xargs" "xargs1")
 [ $have_tsp = 1 ] && variants+=("tsp")
-[ $have_parallel = 1 ] && variants+=("parallel")
 [ $have_pueue = 1 ] && variants+=("pueue")
 for d in strict relaxed; do for k in true false; do
   variants+=("mr:$d:$k:$P:$N" "mr:$d:$k:1:$N1")
@@ -277,6 +277,14 @@ for ((r = 1; r <= ROUNDS; r++)); do
     esac
   done
 done
+# GNU parallel runs after the rounds, not among them: it creates and removes
+# two temporary files per job, and on ext4 without a journal every file
+# created in the next minutes (by whichever variant ran next) scans past the
+# inodes it freed. Interleaved, that made any variant after it up to twice as
+# slow, at random.
+if [ $have_parallel = 1 ]; then
+  for ((r = 1; r <= ROUNDS; r++)); do run_parallel "$r"; done
+fi
 
 # --- one keeper's memory -------------------------------------------------------
 mem() { # pid: VmRSS VmHWM (kB) Pss Private (kB)
@@ -304,7 +312,8 @@ sup=$!
 kpid=""; apid=""
 for ((i = 0; i < 300; i++)); do
   for c in $(cat /proc/$sup/task/*/children 2>/dev/null); do
-    if tr '\0' ' ' 2>/dev/null < /proc/$c/cmdline | grep -q ' keeper '; then kpid=$c; fi
+    # `mailroom-keeper RUN_DIR`, or `mailroom keeper RUN_DIR` without it.
+    if tr '\0' ' ' 2>/dev/null < /proc/$c/cmdline | grep -Eq '(mailroom-keeper|mailroom keeper) '; then kpid=$c; fi
   done
   if [ -n "$kpid" ]; then
     apid=$(cat /proc/$kpid/task/*/children 2>/dev/null | tr ' ' '\n' | grep -m1 . || true)
