@@ -172,7 +172,9 @@ impl Supervisor {
         } else {
             self.layout().root.join(path)
         };
-        if let Err(e) = fsx::write_atomic_readable(&path, self.metrics.render(&snap).as_bytes()) {
+        if let Err(e) =
+            fsx::write_atomic_readable_volatile(&path, self.metrics.render(&snap).as_bytes())
+        {
             warn!(file = %path.display(), error = %e, "cannot write the metrics file");
         }
     }

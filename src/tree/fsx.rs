@@ -201,10 +201,11 @@ pub fn write_atomic_volatile(path: &Path, bytes: &[u8]) -> io::Result<()> {
     write_via_temp(path, bytes, private_mode(), false)
 }
 
-/// Like [`write_atomic`], but readable by everyone (for files other programs
-/// read, such as the metrics file).
-pub fn write_atomic_readable(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    write_via_temp(path, bytes, 0o644, durable())
+/// Like [`write_atomic_volatile`], but readable by everyone: for a file
+/// other programs read and that is rewritten all the time, such as the
+/// metrics file (a scraper needs the rename's atomicity, not its durability).
+pub fn write_atomic_readable_volatile(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_via_temp(path, bytes, 0o644, false)
 }
 
 /// Temp file beside `path`, written and fsynced, renamed over `path`, then

@@ -55,11 +55,15 @@ fn file(layout: &Layout, host: &str, pid: u32) -> PathBuf {
     dir(layout).join(format!("{host}.{pid}.json"))
 }
 
-/// Writes (or rewrites) this supervisor's heartbeat.
+/// Writes (or rewrites) this supervisor's heartbeat: atomically, never
+/// fsynced. A heartbeat says "this process is up"; a host crash ends the
+/// process too, and a heartbeat it left stale, old or missing says the same.
+/// An fsync here cost the scheduling thread up to seconds every 5 s on a
+/// busy disk.
 pub fn beat(layout: &Layout, hb: &Heartbeat) -> std::io::Result<()> {
     fsx::create_dir_all(&dir(layout))?;
     let bytes = serde_json::to_vec_pretty(hb).map_err(std::io::Error::other)?;
-    fsx::write_atomic(&file(layout, &hb.host, hb.pid), &bytes)
+    fsx::write_atomic_volatile(&file(layout, &hb.host, hb.pid), &bytes)
 }
 
 /// Removes this supervisor's heartbeat (at a clean exit).

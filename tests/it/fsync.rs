@@ -273,11 +273,14 @@ fn dir_flushed(calls: &[Call], after: &Call, dir: &Path) -> bool {
 }
 
 /// Files written through a temp file without any fsync by design: a keeper's
-/// `keeper.json` (who keeps the run: it matters only while the host is up)
-/// and `context/current_state.md` (regenerated at every merge).
+/// `keeper.json` (who keeps the run: it matters only while the host is up),
+/// `context/current_state.md` (regenerated at every merge) and a
+/// supervisor's heartbeat in `tasks/supervisors/` (says the process is up).
 fn is_volatile(p: &Path) -> bool {
     p.file_name()
         .is_some_and(|n| n == "keeper.json" || n == "current_state.md")
+        || p.parent()
+            .is_some_and(|d| d.file_name().is_some_and(|n| n == "supervisors"))
 }
 
 /// Every violation of the discipline in a trace, as readable lines.
