@@ -332,7 +332,7 @@ def main():
     print("| measure | mailroom | reference (same run) | ratio | target |")
     print("| --- | --- | --- | --- | --- |")
     for r in rows:
-        print("| " + " | ".join(r) + " |")
+        print("| " + " | ".join(c.replace("|", "\\|") for c in r) + " |")
 
 
 if __name__ == "__main__":
