@@ -138,15 +138,23 @@ impl Supervisor {
         .and_then(|(b, _)| task::parse_as(name, ext, &b).ok())
         .and_then(|t| t.retries)
         .unwrap_or(self.config.retries);
+        // A task recovery files has ended here: its hook fires here (the
+        // supervisor that died before its commit had fired none).
         match recovery::recover(&layout, name, ext, retries, None) {
-            Ok((Decision::FinishCommit { dest, .. }, _)) => info!(
-                task = name,
-                state = dest.dir_name(),
-                "recovered: finished an interrupted commit"
-            ),
-            Ok((Decision::Fail { .. }, _)) => {
+            Ok((Decision::FinishCommit { dest, record }, _)) => {
+                info!(
+                    task = name,
+                    state = dest.dir_name(),
+                    "recovered: finished an interrupted commit"
+                );
+                let agent = record.agent.as_deref().unwrap_or_default();
+                self.task_ended(name, record.status, record.outcome, agent);
+            }
+            Ok((Decision::Fail { record, .. }, _)) => {
                 self.summary.failed += 1;
-                warn!(task = name, "recovered orphan: failed, no attempts left")
+                warn!(task = name, "recovered orphan: failed, no attempts left");
+                let agent = record.agent.as_deref().unwrap_or_default();
+                self.task_ended(name, Status::Failed, record.outcome, agent);
             }
             Ok((Decision::Requeue { state }, _)) => {
                 info!(

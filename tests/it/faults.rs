@@ -54,12 +54,57 @@ fn invariants(root: &Root, n: usize, step: u64) {
     }
 }
 
+/// Every task's on_complete fired at most once, and every task the aborted
+/// supervisor had not filed (finished by the second one, by recovery or by
+/// a run) fired it. A task filed just before the abort may have lost its
+/// hook with its supervisor (at most once, never twice).
+fn hooks_fired(root: &Root, filed_first: &[String], step: u64) {
+    let fired = || -> Vec<String> {
+        std::fs::read_to_string(root.p("hooks.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| l.split('|').next().unwrap_or_default().to_owned())
+            .collect()
+    };
+    let second: Vec<String> = root
+        .names("completed")
+        .into_iter()
+        .filter(|n| !filed_first.contains(n))
+        .collect();
+    // The second supervisor waited for its hooks before it exited.
+    let got = fired();
+    for name in &second {
+        assert!(
+            got.contains(name),
+            "crash at step {step}: {name} was filed by the second supervisor and its on_complete did not fire: {got:?}"
+        );
+    }
+    let mut names = got.clone();
+    names.sort();
+    names.dedup();
+    assert_eq!(
+        names.len(),
+        got.len(),
+        "crash at step {step}: a hook fired twice: {got:?}"
+    );
+}
+
 #[test]
 fn an_abort_at_any_durable_step_is_recovered() {
     let n = 3;
     let mut step = 1u64;
     loop {
-        let mut root = Root::new().agent_config(&[&agent("ok.sh")], "concurrency: 1");
+        // on_complete notes each task: recovery fires it for a task it files,
+        // and nothing fires it twice.
+        let root = Root::new();
+        let hooks = root.p("hooks.log").display().to_string();
+        let mut root = root.agent_config(
+            &[&agent("ok.sh")],
+            &format!(
+                "concurrency: 1\nhooks:\n  on_complete: [{:?}, {hooks:?}, \"{{name}}\"]",
+                agent("hook.sh")
+            ),
+        );
         for i in 0..n {
             root = root.task(&format!("t{i}.yaml"), &format!("description: task {i}\n"));
         }
@@ -74,9 +119,11 @@ fn an_abort_at_any_durable_step_is_recovered() {
                 stderr(&first)
             );
         }
+        let filed_first = root.names("completed");
         // Recovery by a fresh supervisor.
         root.run_until_idle();
         invariants(&root, n, step);
+        hooks_fired(&root, &filed_first, step);
         if !crashed {
             // Past the last durable step of the whole run: every point was hit.
             assert!(step > 20, "suspiciously few durable steps: {step}");

@@ -205,3 +205,45 @@ fn on_limit_fires_when_an_agent_cools_down() {
         "{lines:?}"
     );
 }
+
+#[test]
+fn a_task_that_recovery_files_fires_its_hook_from_the_recovering_supervisor() {
+    // Attempt 1 hangs and its supervisor is killed. With no retries left,
+    // the next supervisor's recovery files the task in failed/: the task
+    // ended there, so on_fail fires there (the killed one fired nothing).
+    let root = Root::new();
+    let log = root.p("hooks.log");
+    let script =
+        r#"echo "$$" > "$MAILROOM_ROOT/agent.pid"; trap 'exit 143' TERM; sleep 600 & wait"#;
+    let root = root
+        .config(&format!(
+            "retries: 0\nrun_keeper: false\nhooks:\n  on_fail: [{h:?}, {l:?}, \"failed:{{name}} {{outcome}}\"]\nagents:\n  hang:\n    command: [\"/bin/sh\", \"-c\", {script:?}]\n",
+            h = agent("hook.sh"),
+            l = log.display().to_string(),
+        ))
+        .task("orphan.yaml", "description: outlives its supervisor\n");
+    let mut sup = root.spawn();
+    wait_for(MIN, "the agent to start", || {
+        std::fs::read_to_string(root.p("agent.pid")).is_ok_and(|s| s.trim().parse::<i32>().is_ok())
+    });
+    sup.kill9();
+    assert!(hook_lines(&log).is_empty(), "{:?}", hook_lines(&log));
+    let _sup = root.spawn();
+    wait_for(MIN, "recovery to fail the orphan and fire on_fail", || {
+        root.names("failed") == ["orphan"] && !hook_lines(&log).is_empty()
+    });
+    let lines = hook_lines(&log);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let rec = root
+        .p("tasks/failed/orphan.result.json")
+        .display()
+        .to_string();
+    assert_eq!(
+        lines[0],
+        format!(
+            "failed:orphan interrupted|env:on_fail,orphan,failed,interrupted,hang,{rec},|stdin:"
+        ),
+        "{}",
+        all_logs(&root)
+    );
+}
