@@ -8,12 +8,21 @@
 //!
 //! `MAILROOM_KEEPER=self` forces `mailroom keeper`; `MAILROOM_KEEPER=PATH`
 //! names the small binary elsewhere (still asked for its identity).
+//!
+//! An upgrade may replace both binaries while a supervisor runs. The small
+//! binary is looked at (one `stat`) before each run: once it is no longer
+//! the file that answered, runs are kept by `mailroom keeper` from the
+//! supervisor's own image (`/proc/self/exe`, which is still this build even
+//! when its file was replaced), with one warning. A restart picks up the
+//! new pair.
 
 use std::ffi::OsString;
 use std::io::Read;
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::keeper::{IDENTITY, PROGRAM};
@@ -25,12 +34,46 @@ pub const ENV: &str = "MAILROOM_KEEPER";
 /// and the supervisor's own binary used instead.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The program a run's keeper is started as: `program`, then `prefix`, then
-/// the run directory.
+/// A file as it was when looked at: replaced (a new inode) or rewritten in
+/// place (size or mtime), it compares unequal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileId {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+}
+
+impl FileId {
+    /// The file `p` names (symbolic links followed), if it can be read.
+    pub fn of(p: &Path) -> Option<FileId> {
+        let m = std::fs::metadata(p).ok()?;
+        Some(FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: m.mtime(),
+            mtime_nsec: m.mtime_nsec(),
+        })
+    }
+}
+
+/// Said once per process: the small binary changed under a running supervisor.
+static CHANGED_WARNED: AtomicBool = AtomicBool::new(false);
+
+/// The program a run's keeper is started as: `program` (shown as `arg0`
+/// when set), then `prefix`, then the run directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeeperProgram {
     pub program: PathBuf,
+    /// argv[0] when it differs from `program` (`/proc/self/exe` runs as
+    /// the supervisor's path, so `ps` shows a name).
+    pub arg0: Option<PathBuf>,
     pub prefix: Vec<String>,
+    /// For the small binary: the file that answered, and what keeps the
+    /// runs once it is replaced.
+    checked: Option<(FileId, Box<KeeperProgram>)>,
 }
 
 impl KeeperProgram {
@@ -38,7 +81,24 @@ impl KeeperProgram {
     pub fn own(exe: &Path) -> KeeperProgram {
         KeeperProgram {
             program: exe.to_path_buf(),
+            arg0: None,
             prefix: vec!["keeper".into()],
+            checked: None,
+        }
+    }
+
+    /// The supervisor's own running image as `mailroom keeper`: through
+    /// `/proc/self/exe` (the same build even after an upgrade replaced the
+    /// file at `exe`), shown as `exe`; `exe` itself without `/proc`.
+    pub fn own_image(exe: &Path) -> KeeperProgram {
+        let image = Path::new("/proc/self/exe");
+        if !image.exists() {
+            return KeeperProgram::own(exe);
+        }
+        KeeperProgram {
+            program: image.to_path_buf(),
+            arg0: Some(exe.to_path_buf()),
+            ..KeeperProgram::own(exe)
         }
     }
 
@@ -46,13 +106,40 @@ impl KeeperProgram {
     pub fn small(path: &Path) -> KeeperProgram {
         KeeperProgram {
             program: path.to_path_buf(),
+            arg0: None,
             prefix: Vec::new(),
+            checked: None,
+        }
+    }
+
+    /// The program for the next run: this one, unless it is the small binary
+    /// and its file is no longer the one that answered (then the fallback,
+    /// with a warning the first time).
+    pub fn for_run(&self) -> &KeeperProgram {
+        match &self.checked {
+            Some((id, fallback)) if FileId::of(&self.program) != Some(*id) => {
+                if !CHANGED_WARNED.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "{} changed since this supervisor started (an upgrade?): runs are kept by \
+                         `{}` from now on; restart the supervisor to use the new {PROGRAM}",
+                        self.program.display(),
+                        fallback.display()
+                    );
+                }
+                fallback
+            }
+            _ => self,
         }
     }
 
     /// The command line without the run directory, for messages.
     pub fn display(&self) -> String {
-        let mut s = self.program.display().to_string();
+        let mut s = self
+            .arg0
+            .as_ref()
+            .unwrap_or(&self.program)
+            .display()
+            .to_string();
         for a in &self.prefix {
             s.push(' ');
             s.push_str(a);
@@ -66,7 +153,7 @@ impl KeeperProgram {
 /// binary is not used: a missing one at info level (an install of `mailroom`
 /// alone), anything else as a warning.
 pub fn choose(exe: &Path, over: Option<OsString>) -> KeeperProgram {
-    let own = KeeperProgram::own(exe);
+    let own = KeeperProgram::own_image(exe);
     let (candidate, named) = match over.filter(|v| !v.is_empty()) {
         Some(v) if v == "self" => {
             tracing::info!("{ENV}=self: runs are kept by `{}`", own.display());
@@ -78,10 +165,24 @@ pub fn choose(exe: &Path, over: Option<OsString>) -> KeeperProgram {
             None => return own,
         },
     };
+    // The file before and after it answered: replaced in between, it is
+    // not the one that answered.
+    let before = FileId::of(&candidate);
     match ask(&candidate, HANDSHAKE_TIMEOUT) {
-        Ok(line) if line == IDENTITY => {
+        Ok(line) if line == IDENTITY && before.is_some() && FileId::of(&candidate) == before => {
             tracing::debug!(keeper = %candidate.display(), "runs are kept by {PROGRAM}");
-            KeeperProgram::small(&candidate)
+            KeeperProgram {
+                checked: before.map(|id| (id, Box::new(own))),
+                ..KeeperProgram::small(&candidate)
+            }
+        }
+        Ok(line) if line == IDENTITY => {
+            tracing::warn!(
+                "{} changed while it was asked for its identity: runs are kept by `{}` instead",
+                candidate.display(),
+                own.display()
+            );
+            own
         }
         Ok(line) => {
             tracing::warn!(
@@ -209,13 +310,40 @@ mod tests {
     #[test]
     fn self_override_and_a_missing_binary_choose_the_own_binary() {
         let exe = Path::new("/nonexistent-dir-for-mailroom/mailroom");
-        let own = KeeperProgram::own(exe);
+        let own = KeeperProgram::own_image(exe);
+        assert_eq!(
+            own.display(),
+            "/nonexistent-dir-for-mailroom/mailroom keeper"
+        );
         assert_eq!(choose(exe, Some("self".into())), own);
         assert_eq!(choose(exe, None), own);
         assert_eq!(
             choose(exe, Some("/nonexistent-dir-for-mailroom/k".into())),
             own
         );
+    }
+
+    #[test]
+    fn a_small_binary_replaced_after_it_answered_is_not_used() {
+        let dir = std::env::temp_dir().join(format!("mailroom-kp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bin = dir.join(PROGRAM);
+        std::fs::write(&bin, "old").unwrap();
+        let own = KeeperProgram::own_image(Path::new("/usr/bin/mailroom"));
+        let k = KeeperProgram {
+            checked: Some((FileId::of(&bin).unwrap(), Box::new(own.clone()))),
+            ..KeeperProgram::small(&bin)
+        };
+        assert_eq!(k.for_run().program, bin);
+        // Rewritten in place (`cp` over it; an upgrade's rename over it is
+        // the integration test's case): a new size.
+        std::fs::write(&bin, "new build").unwrap();
+        assert_eq!(k.for_run(), &own);
+        assert_eq!(k.for_run().display(), "/usr/bin/mailroom keeper");
+        // Removed, it is not used either.
+        std::fs::remove_file(&bin).unwrap();
+        assert_eq!(k.for_run(), &own);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -221,9 +221,12 @@ impl Job {
         let lock = setup.map_err(|e| format!("cannot prepare the run keeper: {e}"))?;
         let out = slot.map_or_else(std::process::Stdio::null, |s| s.file.into());
         let err = tree_slot.map_or_else(std::process::Stdio::null, |s| s.file.into());
-        let keeper = &self.ctx.keeper;
-        tokio::process::Command::new(&keeper.program)
-            .args(&keeper.prefix)
+        let keeper = self.ctx.keeper.for_run();
+        let mut cmd = tokio::process::Command::new(&keeper.program);
+        if let Some(a) = &keeper.arg0 {
+            cmd.arg0(a);
+        }
+        cmd.args(&keeper.prefix)
             .arg(run_dir)
             .stdin(lock)
             .stdout(out)

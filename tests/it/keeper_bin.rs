@@ -224,3 +224,61 @@ wait"#,
         assert!(!alive(pid), "{f}: {pid} still runs");
     }
 }
+
+#[test]
+fn a_small_binary_replaced_under_a_running_supervisor_is_not_used() {
+    // `mailroom` and a copy of this build's `mailroom-keeper` side by side.
+    let root = who_root();
+    let exe = lone_mailroom(&root);
+    let small = root.p("bin/mailroom-keeper");
+    std::fs::copy(KEEPER_BIN, &small).unwrap();
+    let log = root.p("sup.log");
+    let mut c = Command::new(&exe);
+    c.arg("--root")
+        .arg(&root.path)
+        .arg("run")
+        .env_remove("MAILROOM_ROOT")
+        .env_remove("MAILROOM_KEEPER")
+        .stderr(std::fs::File::create(&log).unwrap());
+    let mut sup = Sup {
+        child: Some(c.spawn().unwrap()),
+    };
+    let minute = Duration::from_secs(60);
+    wait_for(minute, "k to complete", || root.names("completed") == ["k"]);
+    assert_eq!(keeper_of(&root).0, small.canonicalize().unwrap());
+    // An upgrade renames another build's keeper over it. Were it used, the
+    // run would leave a mark and fail (it writes no outcome).
+    let fake = root.p("bin/.mailroom-keeper.new");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\necho 'mailroom-keeper 9.9.9 build 0123456789abcdef'\ntouch \"$(dirname \"$0\")/fake-ran\"\nexit 1\n",
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::rename(&fake, &small).unwrap();
+    root.write("tasks/tmp/k2.yaml", "description: after the upgrade\n");
+    std::fs::rename(root.p("tasks/tmp/k2.yaml"), root.p("tasks/pending/k2.yaml")).unwrap();
+    wait_for(minute, "k2 to complete", || {
+        root.names("completed").contains(&"k2".to_owned())
+    });
+    // Kept by the supervisor's own image, shown under its own path.
+    let (kept_by, cmd) = keeper_of(&root);
+    assert_eq!(kept_by, exe);
+    assert!(
+        cmd.starts_with(&format!("{} keeper ", exe.display())),
+        "{cmd}"
+    );
+    assert!(!root.exists("bin/fake-ran"), "the replaced keeper ran");
+    sup.signal(SIGTERM);
+    sup.wait_exit(minute);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let warnings: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("changed since this supervisor started"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{text}");
+    assert!(warnings[0].contains("WARN"), "{text}");
+}
