@@ -76,6 +76,8 @@ fn unit_of(pid: u32) -> Option<String> {
 fn root_of(pid: u32, exe_name: &str) -> Option<PathBuf> {
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
     let name = exe.file_name()?.to_str()?;
+    // An upgrade replaced the running binary's file: the link says so.
+    let name = name.strip_suffix(" (deleted)").unwrap_or(name);
     if name != exe_name && name != "mailroom" {
         return None;
     }

@@ -688,3 +688,36 @@ fn help_separates_global_options_describes_every_argument_and_shows_examples() {
         );
     }
 }
+
+#[test]
+fn stop_finds_a_supervisor_whose_binary_an_upgrade_replaced() {
+    // The supervisor runs from a copy; an upgrade then renames a new file
+    // over it, and /proc/PID/exe says `mailroom (deleted)`.
+    let root = Root::new().agent_config(&[&agent("ok.sh")], "");
+    let bin = root.p("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let exe = bin.join("mailroom");
+    std::fs::copy(BIN, &exe).unwrap();
+    let log = root.p("upgraded-sup.log");
+    let mut c = std::process::Command::new(&exe);
+    c.arg("--root")
+        .arg(&root.path)
+        .arg("run")
+        .env_remove("MAILROOM_ROOT")
+        .stderr(std::fs::File::create(&log).unwrap());
+    let mut sup = Sup {
+        child: Some(c.spawn().unwrap()),
+    };
+    wait_for(MIN, "the supervisor to be ready", || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("supervisor ready"))
+    });
+    let new = bin.join(".mailroom.new");
+    std::fs::copy(BIN, &new).unwrap();
+    std::fs::rename(&new, &exe).unwrap();
+    let link = std::fs::read_link(format!("/proc/{}/exe", sup.pid())).unwrap();
+    assert!(link.to_string_lossy().ends_with(" (deleted)"), "{link:?}");
+    let out = root.mailroom(&["stop"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("no supervisor"), "{}", stderr(&out));
+    assert!(sup.wait_exit(MIN).success());
+}
