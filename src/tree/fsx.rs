@@ -220,8 +220,10 @@ fn write_via_temp(path: &Path, bytes: &[u8], mode: u32, sync: bool) -> io::Resul
             .mode(mode)
             .custom_flags(libc::O_NOFOLLOW)
             .open(&tmp)?;
-        if shared() {
-            // The umask would take the group's bits away again.
+        if shared() || mode & 0o004 != 0 {
+            // The umask would take the group's (or, for a file meant for
+            // other programs, everyone's) bits away again: a unit's
+            // `UMask=0077` must not hide the metrics file from its collector.
             f.set_permissions(fs::Permissions::from_mode(mode))?;
         }
         f.write_all(bytes)?;

@@ -80,7 +80,22 @@ fn the_metrics_file_is_valid_and_counts_the_runs() {
         .task("a.yaml", "description: x\n")
         .task("b.yaml", "description: x\n")
         .task("c.yaml", "description: x\nagent: bad\n");
-    root.run_until_idle();
+    // Under a unit's `UMask=0077`, the collector must still read the file.
+    let mut c = std::process::Command::new("/bin/sh");
+    c.args(["-c", "umask 077; exec \"$0\" \"$@\"", BIN, "--root"])
+        .arg(&root.path)
+        .args(["run", "--exit-when-idle"])
+        .env_remove("MAILROOM_ROOT");
+    let out = run_bounded(c, std::time::Duration::from_secs(60));
+    assert!(out.status.success(), "{}", stderr(&out));
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(root.p("metrics.prom"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o644, "{mode:o}");
+    }
     let text = root.read("metrics.prom");
     let m = parse(&text);
     assert_eq!(
