@@ -35,7 +35,8 @@ pub const ENV: &str = "MAILROOM_KEEPER";
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A file as it was when looked at: replaced (a new inode) or rewritten in
-/// place (size or mtime), it compares unequal.
+/// place (size, mtime, or the ctime that no `touch` can set back), it
+/// compares unequal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FileId {
     dev: u64,
@@ -43,6 +44,8 @@ pub struct FileId {
     size: u64,
     mtime: i64,
     mtime_nsec: i64,
+    ctime: i64,
+    ctime_nsec: i64,
 }
 
 impl FileId {
@@ -55,12 +58,15 @@ impl FileId {
             size: m.size(),
             mtime: m.mtime(),
             mtime_nsec: m.mtime_nsec(),
+            ctime: m.ctime(),
+            ctime_nsec: m.ctime_nsec(),
         })
     }
 }
 
-/// Said once per process: the small binary changed under a running supervisor.
-static CHANGED_WARNED: AtomicBool = AtomicBool::new(false);
+/// Set once the small binary changed under this process: from then on, its
+/// runs are kept by the fallback (and the warning was said).
+static CHANGED: AtomicBool = AtomicBool::new(false);
 
 /// The program a run's keeper is started as: `program` (shown as `arg0`
 /// when set), then `prefix`, then the run directory.
@@ -113,12 +119,16 @@ impl KeeperProgram {
     }
 
     /// The program for the next run: this one, unless it is the small binary
-    /// and its file is no longer the one that answered (then the fallback,
-    /// with a warning the first time).
+    /// and its file is no longer the one that answered, now or at an earlier
+    /// run (then the fallback for good, with a warning the first time).
+    ///
+    /// A stat, then an exec by path: an upgrade that lands between the two
+    /// (microseconds) is not seen for that one run.
     pub fn for_run(&self) -> &KeeperProgram {
         match &self.checked {
+            Some((_, fallback)) if CHANGED.load(Ordering::Relaxed) => fallback,
             Some((id, fallback)) if FileId::of(&self.program) != Some(*id) => {
-                if !CHANGED_WARNED.swap(true, Ordering::Relaxed) {
+                if !CHANGED.swap(true, Ordering::Relaxed) {
                     tracing::warn!(
                         "{} changed since this supervisor started (an upgrade?): runs are kept by \
                          `{}` from now on; restart the supervisor to use the new {PROGRAM}",

@@ -147,8 +147,16 @@ impl Supervisor {
                     state = dest.dir_name(),
                     "recovered: finished an interrupted commit"
                 );
+                // Where the task went, which its record's status chose.
+                let st = if dest == State::Completed {
+                    self.summary.completed += 1;
+                    Status::Completed
+                } else {
+                    self.summary.failed += 1;
+                    Status::Failed
+                };
                 let agent = record.agent.as_deref().unwrap_or_default();
-                self.task_ended(name, record.status, record.outcome, agent);
+                self.task_ended(name, st, record.outcome, agent);
             }
             Ok((Decision::Fail { record, .. }, _)) => {
                 self.summary.failed += 1;
