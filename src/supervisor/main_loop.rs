@@ -58,6 +58,10 @@ impl Supervisor {
         if let Some(n) = &io.notifier {
             n.ready(&io.last_status);
         }
+        // The metrics file from the start: a collector sees the queue as it is
+        // (and a file a host crash left empty is replaced) before anything
+        // changes.
+        self.metrics.dirty = true;
         info!(
             root = %self.layout().root.display(),
             pending = self.pending.len(),

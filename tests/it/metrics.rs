@@ -150,3 +150,24 @@ fn tokens_and_cost_the_clis_reported_are_counted_for_every_attempt() {
     let cost = m["mailroom_cost_usd_total{agent=\"paid\"}"];
     assert!((cost - 2.4).abs() < 1e-9, "{text}");
 }
+
+#[test]
+fn the_metrics_file_is_written_when_an_idle_supervisor_starts() {
+    // An empty tree: nothing changes after the start, and a collector still
+    // sees the queue (and an empty file a host crash left is replaced).
+    let root = Root::new().config("metrics_file: metrics.prom\n");
+    root.write("metrics.prom", "");
+    let _sup = root.spawn();
+    wait_for(
+        std::time::Duration::from_secs(60),
+        "the metrics file",
+        || std::fs::read_to_string(root.p("metrics.prom")).is_ok_and(|t| !t.is_empty()),
+    );
+    let m = parse(&root.read("metrics.prom"));
+    assert_eq!(
+        m.get("mailroom_tasks{state=\"pending\"}"),
+        Some(&0.0),
+        "{m:?}"
+    );
+    assert_eq!(m.get("mailroom_paused"), Some(&0.0), "{m:?}");
+}
