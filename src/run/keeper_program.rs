@@ -73,7 +73,7 @@ static CHANGED: AtomicBool = AtomicBool::new(false);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeeperProgram {
     pub program: PathBuf,
-    /// argv[0] when it differs from `program` (`/proc/self/exe` runs as
+    /// `argv[0]` when it differs from `program` (`/proc/self/exe` runs as
     /// the supervisor's path, so `ps` shows a name).
     pub arg0: Option<PathBuf>,
     pub prefix: Vec<String>,
