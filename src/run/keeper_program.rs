@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::keeper::{IDENTITY, PROGRAM};
+use crate::tree::fsx::FileId;
 
 /// The environment variable that overrides the choice.
 pub const ENV: &str = "MAILROOM_KEEPER";
@@ -34,34 +35,15 @@ pub const ENV: &str = "MAILROOM_KEEPER";
 /// and the supervisor's own binary used instead.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A file as it was when looked at: replaced (a new inode) or rewritten in
-/// place (size, mtime, or the ctime that no `touch` can set back), it
-/// compares unequal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FileId {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime: i64,
-    mtime_nsec: i64,
-    ctime: i64,
-    ctime_nsec: i64,
-}
-
-impl FileId {
-    /// The file `p` names (symbolic links followed), if it can be read.
-    pub fn of(p: &Path) -> Option<FileId> {
-        let m = std::fs::metadata(p).ok()?;
-        Some(FileId {
-            dev: m.dev(),
-            ino: m.ino(),
-            size: m.size(),
-            mtime: m.mtime(),
-            mtime_nsec: m.mtime_nsec(),
-            ctime: m.ctime(),
-            ctime_nsec: m.ctime_nsec(),
-        })
-    }
+/// The file `p` names (symbolic links followed) as it is now, if it can be
+/// read: its identity (inode, size, mtime, …) and its ctime in ns, which no
+/// `touch` can set back. Replaced or rewritten in place, it compares unequal.
+fn seen(p: &Path) -> Option<(FileId, i128)> {
+    let m = std::fs::metadata(p).ok()?;
+    Some((
+        FileId::of(&m),
+        i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
+    ))
 }
 
 /// Set once the small binary changed under this process: from then on, its
@@ -79,7 +61,7 @@ pub struct KeeperProgram {
     pub prefix: Vec<String>,
     /// For the small binary: the file that answered, and what keeps the
     /// runs once it is replaced.
-    checked: Option<(FileId, Box<KeeperProgram>)>,
+    checked: Option<((FileId, i128), Box<KeeperProgram>)>,
 }
 
 impl KeeperProgram {
@@ -127,7 +109,7 @@ impl KeeperProgram {
     pub fn for_run(&self) -> &KeeperProgram {
         match &self.checked {
             Some((_, fallback)) if CHANGED.load(Ordering::Relaxed) => fallback,
-            Some((id, fallback)) if FileId::of(&self.program) != Some(*id) => {
+            Some((id, fallback)) if seen(&self.program) != Some(*id) => {
                 if !CHANGED.swap(true, Ordering::Relaxed) {
                     tracing::warn!(
                         "{} changed since this supervisor started (an upgrade?): runs are kept by \
@@ -169,7 +151,10 @@ pub fn choose(exe: &Path, over: Option<OsString>) -> KeeperProgram {
             tracing::info!("{ENV}=self: runs are kept by `{}`", own.display());
             return own;
         }
-        Some(v) => (absolute(PathBuf::from(v)), true),
+        Some(v) => {
+            let p = PathBuf::from(v);
+            (std::path::absolute(&p).unwrap_or(p), true)
+        }
         None => match exe.parent() {
             Some(dir) => (dir.join(PROGRAM), false),
             None => return own,
@@ -177,9 +162,9 @@ pub fn choose(exe: &Path, over: Option<OsString>) -> KeeperProgram {
     };
     // The file before and after it answered: replaced in between, it is
     // not the one that answered.
-    let before = FileId::of(&candidate);
+    let before = seen(&candidate);
     match ask(&candidate, HANDSHAKE_TIMEOUT) {
-        Ok(line) if line == IDENTITY && before.is_some() && FileId::of(&candidate) == before => {
+        Ok(line) if line == IDENTITY && before.is_some() && seen(&candidate) == before => {
             tracing::debug!(keeper = %candidate.display(), "runs are kept by {PROGRAM}");
             KeeperProgram {
                 checked: before.map(|id| (id, Box::new(own))),
@@ -236,13 +221,6 @@ impl std::fmt::Display for Refusal {
             Refusal::Failed(s) => f.write_str(s),
         }
     }
-}
-
-fn absolute(p: PathBuf) -> PathBuf {
-    if p.is_absolute() {
-        return p;
-    }
-    std::env::current_dir().map_or(p.clone(), |d| d.join(p))
 }
 
 /// Runs `program --identity` in its own process group and returns its first
@@ -341,7 +319,7 @@ mod tests {
         std::fs::write(&bin, "old").unwrap();
         let own = KeeperProgram::own_image(Path::new("/usr/bin/mailroom"));
         let k = KeeperProgram {
-            checked: Some((FileId::of(&bin).unwrap(), Box::new(own.clone()))),
+            checked: Some((seen(&bin).unwrap(), Box::new(own.clone()))),
             ..KeeperProgram::small(&bin)
         };
         assert_eq!(k.for_run().program, bin);

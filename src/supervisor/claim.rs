@@ -204,7 +204,6 @@ impl Supervisor {
         match moves::reject(&layout, src, name, ext, rec.clone(), rename) {
             Ok(Some(target)) => {
                 warn!(task = name, filed_as = %target, "{error}");
-                self.summary.failed += 1;
                 self.task_ended(&target, Status::Failed, outcome, "");
                 let mut rec = rec;
                 rec.task = target;

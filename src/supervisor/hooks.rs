@@ -5,11 +5,18 @@ use super::*;
 use crate::ops::hooks::{self, HookEvent, HookKind};
 
 impl Supervisor {
-    /// A task was filed for good (`name` as filed): `on_complete` or `on_fail`.
+    /// A task was filed for good (`name` as filed): counted in the exit
+    /// summary, then `on_complete` or `on_fail`.
     pub(super) fn task_ended(&mut self, name: &str, st: Status, outcome: Outcome, agent: &str) {
         let (kind, state) = match st {
-            Status::Completed => (HookKind::Complete, State::Completed),
-            Status::Failed => (HookKind::Fail, State::Failed),
+            Status::Completed => {
+                self.summary.completed += 1;
+                (HookKind::Complete, State::Completed)
+            }
+            Status::Failed => {
+                self.summary.failed += 1;
+                (HookKind::Fail, State::Failed)
+            }
         };
         let layout = self.layout();
         let present = |p: PathBuf| {

@@ -335,10 +335,6 @@ impl Supervisor {
         match end {
             JobEnd::Done(st, outcome, secs) => {
                 self.metrics.finished(&agent, outcome.as_str(), secs);
-                match st {
-                    Status::Completed => self.summary.completed += 1,
-                    Status::Failed => self.summary.failed += 1,
-                }
                 self.task_ended(&name, st, outcome, &agent);
                 // Tasks that wait for this one may go (or fail) now.
                 self.replace_waiting();

@@ -149,17 +149,14 @@ impl Supervisor {
                 );
                 // Where the task went, which its record's status chose.
                 let st = if dest == State::Completed {
-                    self.summary.completed += 1;
                     Status::Completed
                 } else {
-                    self.summary.failed += 1;
                     Status::Failed
                 };
                 let agent = record.agent.as_deref().unwrap_or_default();
                 self.task_ended(name, st, record.outcome, agent);
             }
             Ok((Decision::Fail { record, .. }, _)) => {
-                self.summary.failed += 1;
                 warn!(task = name, "recovered orphan: failed, no attempts left");
                 let agent = record.agent.as_deref().unwrap_or_default();
                 self.task_ended(name, Status::Failed, record.outcome, agent);
