@@ -156,7 +156,13 @@ impl Root {
 
     /// `mailroom --root R <args>`.
     pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
+        self.cmd_of(Path::new(BIN), args)
+    }
+
+    /// `exe --root R <args>`: another copy of mailroom (installed elsewhere,
+    /// beside another keeper).
+    pub fn cmd_of(&self, exe: &Path, args: &[&str]) -> Command {
+        let mut c = Command::new(exe);
         c.arg("--root").arg(&self.path).args(args);
         c.env_remove("MAILROOM_ROOT").env_remove("MAILROOM_TASK");
         c.env_remove("MAILROOM_KEEPER");
@@ -195,14 +201,23 @@ impl Root {
     pub fn spawn_with(&self, envs: &[(&str, &str)]) -> Sup {
         let mut c = self.cmd(&["run"]);
         c.envs(envs.iter().copied());
+        self.spawn_cmd(c).0
+    }
+
+    /// Starts `exe` as a supervisor in the background, like [`Root::spawn`];
+    /// returns it with the path of its log.
+    pub fn spawn_from(&self, exe: &Path) -> (Sup, PathBuf) {
+        self.spawn_cmd(self.cmd_of(exe, &["run"]))
+    }
+
+    fn spawn_cmd(&self, mut c: Command) -> (Sup, PathBuf) {
         c.stdin(Stdio::null()).stdout(Stdio::null());
-        let log =
-            fs::File::create(self.p(&format!("sup-{}.log", SEQ.fetch_add(1, Ordering::Relaxed))))
-                .unwrap();
-        c.stderr(log);
-        Sup {
+        let log = self.p(&format!("sup-{}.log", SEQ.fetch_add(1, Ordering::Relaxed)));
+        c.stderr(fs::File::create(&log).unwrap());
+        let sup = Sup {
             child: Some(c.spawn().unwrap()),
-        }
+        };
+        (sup, log)
     }
 }
 

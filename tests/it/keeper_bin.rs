@@ -25,14 +25,8 @@ fn who_root() -> Root {
 /// `exe --root R run --exit-when-idle` (bounded); asserts success and that
 /// the task completed; returns the supervisor's log.
 fn run_with(root: &Root, exe: &Path, envs: &[(&str, &str)], limit: Duration) -> String {
-    let mut c = Command::new(exe);
-    c.arg("--root")
-        .arg(&root.path)
-        .args(["run", "--exit-when-idle"])
-        .env_remove("MAILROOM_ROOT")
-        .env_remove("MAILROOM_KEEPER")
-        .env("RUST_LOG", "debug")
-        .envs(envs.iter().copied());
+    let mut c = root.cmd_of(exe, &["run", "--exit-when-idle"]);
+    c.envs(envs.iter().copied());
     let out = run_bounded(c, limit);
     let log = stderr(&out);
     assert!(out.status.success(), "supervisor failed:\n{log}");
@@ -60,12 +54,14 @@ fn lone_mailroom(root: &Root) -> PathBuf {
     exe
 }
 
-/// A shell script as `<root>/bin/mailroom-keeper`.
+/// A shell script as `<root>/bin/mailroom-keeper`, installed the way an
+/// upgrade installs a file: written beside it, then renamed over it.
 fn fake_keeper(root: &Root, script: &str) {
     use std::os::unix::fs::PermissionsExt;
-    let p = root.p("bin/mailroom-keeper");
-    std::fs::write(&p, format!("#!/bin/sh\n{script}\n")).unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let new = root.p("bin/.mailroom-keeper.new");
+    std::fs::write(&new, format!("#!/bin/sh\n{script}\n")).unwrap();
+    std::fs::set_permissions(&new, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&new, root.p("bin/mailroom-keeper")).unwrap();
 }
 
 #[test]
@@ -232,33 +228,16 @@ fn a_small_binary_replaced_under_a_running_supervisor_is_not_used() {
     let exe = lone_mailroom(&root);
     let small = root.p("bin/mailroom-keeper");
     std::fs::copy(KEEPER_BIN, &small).unwrap();
-    let log = root.p("sup.log");
-    let mut c = Command::new(&exe);
-    c.arg("--root")
-        .arg(&root.path)
-        .arg("run")
-        .env_remove("MAILROOM_ROOT")
-        .env_remove("MAILROOM_KEEPER")
-        .stderr(std::fs::File::create(&log).unwrap());
-    let mut sup = Sup {
-        child: Some(c.spawn().unwrap()),
-    };
+    let (mut sup, log) = root.spawn_from(&exe);
     let minute = Duration::from_secs(60);
     wait_for(minute, "k to complete", || root.names("completed") == ["k"]);
     assert_eq!(keeper_of(&root).0, small.canonicalize().unwrap());
     // An upgrade renames another build's keeper over it. Were it used, the
     // run would leave a mark and fail (it writes no outcome).
-    let fake = root.p("bin/.mailroom-keeper.new");
-    std::fs::write(
-        &fake,
-        "#!/bin/sh\necho 'mailroom-keeper 9.9.9 build 0123456789abcdef'\ntouch \"$(dirname \"$0\")/fake-ran\"\nexit 1\n",
-    )
-    .unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
-    std::fs::rename(&fake, &small).unwrap();
+    fake_keeper(
+        &root,
+        "echo 'mailroom-keeper 9.9.9 build 0123456789abcdef'\ntouch \"$(dirname \"$0\")/fake-ran\"\nexit 1",
+    );
     root.write("tasks/tmp/k2.yaml", "description: after the upgrade\n");
     std::fs::rename(root.p("tasks/tmp/k2.yaml"), root.p("tasks/pending/k2.yaml")).unwrap();
     wait_for(minute, "k2 to complete", || {

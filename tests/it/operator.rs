@@ -698,16 +698,7 @@ fn stop_finds_a_supervisor_whose_binary_an_upgrade_replaced() {
     std::fs::create_dir_all(&bin).unwrap();
     let exe = bin.join("mailroom");
     std::fs::copy(BIN, &exe).unwrap();
-    let log = root.p("upgraded-sup.log");
-    let mut c = std::process::Command::new(&exe);
-    c.arg("--root")
-        .arg(&root.path)
-        .arg("run")
-        .env_remove("MAILROOM_ROOT")
-        .stderr(std::fs::File::create(&log).unwrap());
-    let mut sup = Sup {
-        child: Some(c.spawn().unwrap()),
-    };
+    let (mut sup, log) = root.spawn_from(&exe);
     wait_for(MIN, "the supervisor to be ready", || {
         std::fs::read_to_string(&log).is_ok_and(|l| l.contains("supervisor ready"))
     });
