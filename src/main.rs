@@ -43,7 +43,11 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("mailroom: {e:#}");
-            ExitCode::FAILURE
+            if e.is::<cli::control::NoSupervisor>() {
+                ExitCode::from(cli::control::NoSupervisor::EXIT)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

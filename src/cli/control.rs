@@ -256,8 +256,23 @@ struct Waited {
     timed_out: bool,
 }
 
+/// `wait` found nobody to finish the tasks: its own exit code
+/// ([`NoSupervisor::EXIT`]), so that a script can tell it from a failed task.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "no supervisor is running on this tree, so nothing will finish; \
+     start one with `mailroom run` or `mailroom start` (see `mailroom status`)"
+)]
+pub struct NoSupervisor;
+
+impl NoSupervisor {
+    /// sysexits' EX_UNAVAILABLE: the service the command needs is not there.
+    pub const EXIT: u8 = 69;
+}
+
 /// `mailroom wait [NAME...]`: until the named tasks (or the whole queue) are
-/// finished. Exit 0 when all completed, 1 when any failed, 124 on timeout.
+/// finished. Exit 0 when all completed, 1 when any failed, 124 on timeout;
+/// [`NoSupervisor`] when no supervisor runs on the tree (for 3 s).
 pub fn wait(
     root: &Path,
     names: &[String],
@@ -311,10 +326,7 @@ pub fn wait(
             } else if nobody_since.get_or_insert_with(Instant::now).elapsed()
                 >= Duration::from_secs(3)
             {
-                bail!(
-                    "no supervisor is running on this tree, so nothing will finish; \
-                     start one with `mailroom run` or `mailroom start` (see `mailroom status`)"
-                );
+                return Err(NoSupervisor.into());
             }
         }
         if tty && names.len() > 1 {

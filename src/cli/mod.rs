@@ -79,13 +79,13 @@ pub enum Command {
         init: bool,
         /// Override agents' max_instances for this supervisor, e.g.
         /// claude:2,codex:2 (concurrency is raised to their sum if lower).
-        #[arg(long, value_name = "AGENT:N,...")]
+        #[arg(long, value_name = "AGENT:N,...", value_parser = agent_limits_arg)]
         agents: Option<String>,
     },
     /// Run a supervisor in the background (log in logs/mailroom.log); print its pid.
     Start {
         /// Override agents' max_instances for this supervisor, e.g. claude:2,codex:2.
-        #[arg(long, value_name = "AGENT:N,...")]
+        #[arg(long, value_name = "AGENT:N,...", value_parser = agent_limits_arg)]
         agents: Option<String>,
     },
     /// Stop this tree's supervisors on this host and wait until they are gone.
@@ -95,7 +95,7 @@ pub enum Command {
         #[arg(long)]
         now: bool,
         /// Give up waiting after this long (e.g. 2m); they keep stopping.
-        #[arg(long)]
+        #[arg(long, value_parser = duration_arg)]
         timeout: Option<String>,
     },
     /// Lay out a new tree with a commented sample config.
@@ -115,20 +115,20 @@ pub enum Command {
         #[arg(long, add = ArgValueCandidates::new(complete::agent_names))]
         agent: Option<String>,
         /// high, normal or low.
-        #[arg(long)]
+        #[arg(long, value_parser = ["high", "normal", "low"])]
         priority: Option<String>,
         /// The task's name (its file name without the extension); generated when absent.
         #[arg(long)]
         name: Option<String>,
         /// Submit this task file as is: .yaml, .yml, or .md (YAML front
         /// matter, the body is the description); `-` reads YAML from standard input.
-        #[arg(long, conflicts_with = "description")]
+        #[arg(long, conflicts_with_all = ["description", "agent", "priority", "after", "timeout"])]
         file: Option<PathBuf>,
         /// Run only after these tasks completed.
         #[arg(long, add = ArgValueCandidates::new(complete::task_names))]
         after: Vec<String>,
         /// Per-run timeout, e.g. 10m.
-        #[arg(long)]
+        #[arg(long, value_parser = duration_arg)]
         timeout: Option<String>,
         /// Wait for the task, print its output, and exit with its outcome
         /// (0 completed, 1 failed): for scripts and editors.
@@ -159,7 +159,7 @@ pub enum Command {
     )]
     List {
         /// pending, assigned (or running, active), completed, failed.
-        #[arg(long, visible_alias = "status")]
+        #[arg(long, visible_alias = "status", value_parser = state_arg)]
         state: Option<String>,
         /// Print JSON instead of text.
         #[arg(long)]
@@ -198,7 +198,7 @@ pub enum Command {
         #[arg(add = ArgValueCandidates::new(complete::task_names))]
         name: String,
         /// How long to wait for the supervisor to stop a running agent.
-        #[arg(long, default_value = "60s")]
+        #[arg(long, default_value = "60s", value_parser = duration_arg)]
         timeout: String,
     },
     /// Stop claiming new tasks, everywhere or for one agent (running agents carry on).
@@ -228,7 +228,8 @@ pub enum Command {
         raw: bool,
     },
     /// Wait until the named tasks (or the whole queue) are finished; exit 0
-    /// if all completed, 1 if any failed, 124 on --timeout.
+    /// if all completed, 1 if any failed, 124 on --timeout, 69 when no
+    /// supervisor runs on the tree.
     #[command(
         after_help = "Examples:\n  mailroom wait                      # until nothing is pending or running\n  mailroom wait fix-build docs --timeout 30m && echo all completed"
     )]
@@ -237,7 +238,7 @@ pub enum Command {
         #[arg(add = ArgValueCandidates::new(complete::task_names))]
         names: Vec<String>,
         /// Give up after this long (e.g. 10m) and exit 124.
-        #[arg(long)]
+        #[arg(long, value_parser = duration_arg)]
         timeout: Option<String>,
         /// Print JSON instead of text.
         #[arg(long)]
@@ -252,7 +253,7 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "agent")]
         by: usage::By,
         /// Only tasks finished since this date or time.
-        #[arg(long)]
+        #[arg(long, value_parser = usage::since_arg)]
         since: Option<String>,
         /// Print JSON instead of text.
         #[arg(long)]
@@ -328,6 +329,32 @@ pub fn open_tree(root: &Path) -> Result<Layout> {
         crate::tree::fsx::set_shared(c.shared);
     }
     Ok(layout)
+}
+
+// Option values are checked while the arguments are parsed, so that a bad
+// one is a usage error (exit 2, with clap's hint) like an unknown flag; the
+// commands keep receiving the text as typed.
+
+/// A duration option (`10m`, `90s`).
+fn duration_arg(s: &str) -> Result<String, String> {
+    task::parse_duration(s).map(|_| s.to_owned())
+}
+
+/// `--state`: a state's name or one of its aliases.
+fn state_arg(s: &str) -> Result<String, String> {
+    crate::tree::layout::State::parse(s)
+        .map(|_| s.to_owned())
+        .ok_or_else(|| "use pending, assigned (or running, active), completed or failed".into())
+}
+
+/// `--agents AGENT:N,...`.
+fn agent_limits_arg(s: &str) -> Result<String, String> {
+    daemon::parse_agent_limits(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| {
+            let e = format!("{e:#}");
+            e.strip_prefix("--agents: ").unwrap_or(&e).to_owned()
+        })
 }
 
 /// A task name from the command line, checked like a file's.

@@ -104,6 +104,13 @@ pub fn usage(root: &Path, by: By, since: Option<&str>, json: bool) -> Result<()>
     Ok(())
 }
 
+/// `--since` checked while the arguments are parsed (a bad one is a usage error).
+pub(crate) fn since_arg(s: &str) -> std::result::Result<String, String> {
+    parse_since(s)
+        .map(|_| s.to_owned())
+        .map_err(|_| "give a date (2026-12-01) or a time (2026-12-01T10:00:00Z)".into())
+}
+
 /// `--since` as the RFC 3339 prefix records compare with.
 fn parse_since(s: &str) -> Result<String> {
     if let Some(t) = crate::model::record::parse_ts(s) {

@@ -206,6 +206,55 @@ fn wait_times_out_with_124() {
 }
 
 #[test]
+fn bad_option_values_are_usage_errors_and_submit_nothing() {
+    let root = Root::new();
+    for (args, hint) in [
+        (
+            &["add", "x", "--priority", "urgent"][..],
+            "high, normal, low",
+        ),
+        (&["add", "x", "--timeout", "90"], "`90` has no unit"),
+        (
+            &["add", "--file", "t.yaml", "--agent", "a"],
+            "cannot be used with",
+        ),
+        (&["wait", "--timeout", "5"], "`5` has no unit"),
+        (&["cancel", "x", "--timeout", "5"], "`5` has no unit"),
+        (&["stop", "--timeout", "5"], "`5` has no unit"),
+        (&["list", "--state", "bogus"], "use pending, assigned"),
+        (&["usage", "--since", "yesterday"], "give a date"),
+        (&["run", "--agents", "demo"], "`demo` is not AGENT:COUNT"),
+        (&["start", "--agents", "demo:0"], "whole number from 1"),
+    ] {
+        let out = root.mailroom(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(hint), "{args:?}: {}", stderr(&out));
+    }
+    assert!(root.names("pending").is_empty(), "nothing was submitted");
+    assert!(
+        !root.p("logs/mailroom.log").exists(),
+        "no supervisor was started"
+    );
+}
+
+#[test]
+fn waiting_with_no_supervisor_has_its_own_exit_code() {
+    // 69 (EX_UNAVAILABLE), not 1: a script can tell "nobody runs the tree"
+    // from "the task failed". The task stays pending, nothing is lost.
+    let root = Root::new().task("t.yaml", "description: x\n");
+    let out = root.mailroom(&["wait", "t"]);
+    assert_eq!(out.status.code(), Some(69), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no supervisor is running"),
+        "{}",
+        stderr(&out)
+    );
+    let out = root.mailroom(&["add", "later", "--name", "later", "--wait"]);
+    assert_eq!(out.status.code(), Some(69), "{}", stderr(&out));
+    assert_eq!(root.names("pending"), ["later", "t"]);
+}
+
+#[test]
 fn every_json_output_parses_and_logs_show_the_run() {
     let root = Root::new()
         .agent_config(&[&agent("ok.sh")], "")
