@@ -171,9 +171,15 @@ pub fn reject(
         record.submitted_as = Some(layout.rel(&from));
     }
     record.task = target.clone();
-    // The run directory of earlier attempts (a task waiting for its retry, or
-    // claimed again) goes with the task, as at a terminal commit; a clash is
-    // another file of a name in use, and the directory is that task's.
+    // A task that ran before (one waiting for its retry, say, when it is
+    // cancelled) keeps its attempts in its record: the count, each one's
+    // history, and what the last one ended with. A clash is another file of
+    // a name in use, and the bookkeeping is that task's.
+    if !rename {
+        carry_earlier_attempts(layout, name, &mut record);
+    }
+    // The run directory of earlier attempts goes with the task, as at a
+    // terminal commit.
     let runs = !rename && fs::symlink_metadata(layout.run_dir(State::Assigned, name)).is_ok();
     if runs {
         crate::tree::books::fill_run_dirs(layout, name, State::Failed, &mut record);
@@ -206,14 +212,49 @@ pub fn reject(
         }
     }
     // Bookkeeping of a task that will never run again (a pending task may
-    // have some from an earlier attempt, waiting for its retry).
+    // have some from an earlier attempt, waiting for its retry): into the
+    // run directory, as at a terminal commit.
     if !rename {
-        fsx::remove_file_if_exists(&layout.state_file(name))?;
+        park_or_remove(
+            &layout.state_file(name),
+            &layout.run_dir(State::Failed, &target),
+            "state.json",
+        )?;
     }
     if let Some(l) = _target_lock {
         l.release();
     }
     Ok(Some(target))
+}
+
+/// Fills a record of a task filed without a run with the attempts it had
+/// before (from its state file), so that `attempts` still counts every run
+/// begun and `history` keeps each one; the last one's error is named.
+fn carry_earlier_attempts(layout: &Layout, name: &str, record: &mut ResultRecord) {
+    let st = crate::tree::books::read_state(layout, name);
+    if st.attempts == 0 && st.history.is_empty() {
+        return;
+    }
+    record.attempts = record.attempts.max(st.attempts);
+    if let Some(last) = st.history.last() {
+        record.agent = record.agent.take().or_else(|| Some(last.agent.clone()));
+        record.exit_code = record.exit_code.or(last.exit_code);
+        record.signal = record.signal.or(last.signal);
+    }
+    if let Some(e) = &st.last_error {
+        let n = st.attempts;
+        let runs = if n == 1 { "run" } else { "runs" };
+        let before = format!("after {n} {runs}; the last one: {e}");
+        record.error = Some(match record.error.take() {
+            // Not "before it ran": it did, and waited for the next attempt.
+            _ if record.outcome == crate::model::outcome::Outcome::Cancelled => {
+                format!("cancelled while it waited for its next attempt ({before})")
+            }
+            Some(own) => format!("{own} ({before})"),
+            None => before,
+        });
+    }
+    record.history = st.history;
 }
 
 /// Moves the run's directory next to where the task will end up.

@@ -629,6 +629,49 @@ fn a_retried_task_keeps_its_history_and_is_listed_once() {
 }
 
 #[test]
+fn a_task_cancelled_while_it_waits_for_its_retry_keeps_its_attempts() {
+    // It ran once and failed; cancelled before its second run, its record
+    // still counts that run, keeps its history and says what it ended with,
+    // and its state file goes into its run directory with the attempt's files.
+    let root = Root::new()
+        .config(&format!(
+            "retries: 2\nretry_delay: 1h\nagents:\n  a:\n    command: [{:?}]\n",
+            agent("fail.sh"),
+        ))
+        .task("rw.yaml", "description: x\n");
+    let mut sup = root.spawn();
+    wait_for(MIN, "the first failure", || {
+        root.exists("tasks/pending/rw.yaml") && root.exists("tasks/assigned/rw.state.json")
+    });
+    let out = root.mailroom(&["cancel", "rw"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_for(MIN, "the cancelled task to be filed", || {
+        root.names("failed") == ["rw"]
+    });
+    sup.signal(SIGTERM);
+    sup.wait_exit(MIN);
+    let rec = root.record("failed", "rw");
+    assert_eq!(rec["outcome"], "cancelled", "{rec}");
+    assert_eq!(rec["attempts"], 1, "{rec}");
+    assert_eq!(rec["history"].as_array().unwrap().len(), 1, "{rec}");
+    assert_eq!(rec["history"][0]["outcome"], "exit", "{rec}");
+    assert_eq!(
+        rec["history"][0]["run_dir"], "tasks/failed/rw.run/1",
+        "{rec}"
+    );
+    assert_eq!(rec["run_dir"], "tasks/failed/rw.run/1", "{rec}");
+    let err = rec["error"].as_str().unwrap();
+    assert!(
+        err.contains("cancelled while it waited for its next attempt")
+            && err.contains("after 1 run")
+            && err.contains("exited with code 3"),
+        "{err}"
+    );
+    assert!(root.exists("tasks/failed/rw.run/state.json"));
+    assert!(!root.exists("tasks/assigned/rw.state.json"));
+}
+
+#[test]
 fn a_config_error_exits_78_and_the_units_do_not_restart_on_it() {
     let root = Root::new().config("concurency: 9\n");
     let out = root.mailroom(&["run", "--exit-when-idle"]);
