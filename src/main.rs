@@ -113,12 +113,22 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             run(&root, exit_when_idle, limits)
         }
         Command::Start { agents } => {
-            let pid = cli::daemon::start(&root, agents.as_deref(), cli.verbose, cli.quiet)?;
-            println!("{pid}");
-            eprintln!(
-                "mailroom: supervisor {pid} started; log in {}",
-                cli::daemon::LOG_FILE
-            );
+            match cli::daemon::start(&root, agents.as_deref(), cli.verbose, cli.quiet)? {
+                cli::daemon::Started::New(pid) => {
+                    println!("{pid}");
+                    eprintln!(
+                        "mailroom: supervisor {pid} started; log in {}",
+                        cli::daemon::LOG_FILE
+                    );
+                }
+                cli::daemon::Started::Already(pid) => {
+                    println!("{pid}");
+                    eprintln!(
+                        "mailroom: supervisor {pid} already runs on this tree; none started \
+                         (`mailroom stop` first to restart it; `mailroom run` adds another)"
+                    );
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Stop { now, timeout } => {

@@ -157,9 +157,22 @@ pub fn supervisors(root: &Path) -> Vec<Found> {
     v
 }
 
+/// What `mailroom start` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Started {
+    /// A new supervisor, ready.
+    New(u32),
+    /// One already ran on this tree on this host: nothing was started (as
+    /// `systemctl start` of a running unit).
+    Already(u32),
+}
+
 /// `mailroom start`: a supervisor in the background; returns its pid once it
-/// is ready (its first recovery pass and scan are done).
-pub fn start(root: &Path, agents: Option<&str>, verbose: u8, quiet: u8) -> Result<u32> {
+/// is ready (its first recovery pass and scan are done). When this tree
+/// already has a supervisor on this host, started by `start` or running in
+/// the foreground, it starts none and returns that one's pid: `start` is
+/// safe to repeat (a second supervisor on the tree is `mailroom run`).
+pub fn start(root: &Path, agents: Option<&str>, verbose: u8, quiet: u8) -> Result<Started> {
     let layout = open_tree(root)?;
     if inside_a_service() {
         bail!(
@@ -173,6 +186,9 @@ pub fn start(root: &Path, agents: Option<&str>, verbose: u8, quiet: u8) -> Resul
             "this tree's supervisor (pid {}) runs under systemd: use `systemctl {unit} start`, `stop` or `status`",
             s.pid
         );
+    }
+    if let Some(s) = supervisors(root).first() {
+        return Ok(Started::Already(s.pid));
     }
     // The config and the overrides are checked here, where the user sees it.
     let config = crate::parse::config::Config::load(root).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -238,7 +254,7 @@ pub fn start(root: &Path, agents: Option<&str>, verbose: u8, quiet: u8) -> Resul
         {
             // Not waited for from here on; it outlives us.
             std::mem::forget(child);
-            return Ok(pid);
+            return Ok(Started::New(pid));
         }
         if let Some(st) = child.try_wait()? {
             let last = std::fs::read_to_string(&log_path)

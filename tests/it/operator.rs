@@ -489,6 +489,15 @@ fn start_runs_in_the_background_with_its_log_in_the_tree_and_stop_waits_for_it()
     let pid = started(&root, &["start", "--agents", "a:2"]);
     assert!(alive(pid));
     assert!(root.read("logs/mailroom.log").contains("supervisor ready"));
+    // Again: safe to repeat, as `systemctl start` is. The one running is
+    // named, and no second one starts.
+    let out = root.mailroom(&["start"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), pid.to_string());
+    assert!(stderr(&out).contains("already runs"), "{}", stderr(&out));
+    let st: serde_json::Value =
+        serde_json::from_slice(&root.mailroom(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(st["supervisors"].as_array().map(Vec::len), Some(1), "{st}");
     let spans = || std::fs::read_to_string(&log).unwrap_or_default();
     wait_for(MIN, "both agents to start", || {
         spans().lines().filter(|l| l.starts_with("S ")).count() == 2
