@@ -59,7 +59,21 @@ pub enum RunEnd {
     OutputLimit(Exit, u64),
     Stopped(Exit),
     Cancelled(Exit),
-    SpawnFailed { error: String, not_found: bool },
+    SpawnFailed {
+        error: String,
+        not_found: bool,
+    },
+    /// The run's keeper ended without writing an outcome after it had
+    /// started the agent (killed, or its run directory removed): how the
+    /// agent ended is unknown. Only a supervisor makes this; a keeper never
+    /// writes it.
+    Lost {
+        error: String,
+        /// The signal that ended the keeper.
+        signal: Option<i32>,
+        /// The run directory was gone (moved or removed during the run).
+        run_dir_gone: bool,
+    },
 }
 
 /// Everything needed to start one agent.

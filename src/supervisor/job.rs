@@ -185,15 +185,86 @@ impl Job {
                 },
             }
         };
-        keeper::outcome(run_dir, run_id)
-            .map(|o| o.end)
-            .unwrap_or_else(|| {
-                failed(format!(
-                    "the run keeper ended ({}) without writing its outcome; see {}",
-                    status.map_or_else(|e| e.to_string(), |s| s.to_string()),
-                    self.ctx.layout.rel(&run_dir.join(keeper::LOG_FILE))
-                ))
-            })
+        if let Some(o) = keeper::outcome(run_dir, run_id) {
+            return o.end;
+        }
+        self.keeper_lost(pid, status.ok(), run_dir, run_id).await
+    }
+
+    /// The keeper ended without writing the run's outcome (killed from
+    /// outside, or by its agent, or its run directory went away). Its agent
+    /// may still run: it is stopped (SIGTERM, grace, SIGKILL) before the task
+    /// can run anywhere again. A keeper that never started the agent (no
+    /// `keeper.json`, no agent found) is a spawn failure; otherwise how the
+    /// agent ended is unknown, and the run is never counted as a success or
+    /// as a free spawn failure.
+    async fn keeper_lost(
+        &self,
+        pid: u32,
+        status: Option<std::process::ExitStatus>,
+        run_dir: &Path,
+        run_id: &str,
+    ) -> RunEnd {
+        use crate::run::keeper;
+        use std::os::unix::process::ExitStatusExt;
+        let (root, name, grace) = (
+            self.ctx.layout.root.clone(),
+            self.name.clone(),
+            self.agent.grace,
+        );
+        let stopped = tokio::task::spawn_blocking(move || {
+            let groups = runner::find_agent_groups(&root, &name);
+            for (pg, _) in &groups {
+                runner::kill_orphan_group(*pg, grace);
+            }
+            groups.len()
+        })
+        .await
+        .unwrap_or(0);
+        let layout = &self.ctx.layout;
+        let run_dir_gone = !run_dir.is_dir();
+        let started = keeper::info(run_dir, run_id).is_some();
+        let signal = status.and_then(|s| s.signal());
+        let how = match (signal, status) {
+            (Some(s), _) => format!(
+                "was killed by signal {}",
+                nix::sys::signal::Signal::try_from(s).map_or(s.to_string(), |s| s.to_string())
+            ),
+            (None, Some(st)) => format!("ended ({st})"),
+            (None, None) => "ended".to_owned(),
+        };
+        if !started && stopped == 0 && !run_dir_gone {
+            return RunEnd::SpawnFailed {
+                error: format!(
+                    "the run keeper (pid {pid}) {how} without writing its outcome, before it \
+                     started the agent; see {}",
+                    layout.rel(&run_dir.join(keeper::LOG_FILE))
+                ),
+                not_found: false,
+            };
+        }
+        let mut error = if run_dir_gone {
+            format!(
+                "the run directory {} was removed or moved during the run (by its agent?); \
+                 its keeper (pid {pid}) {how} without writing the outcome",
+                layout.rel(run_dir)
+            )
+        } else {
+            format!(
+                "the run keeper (pid {pid}) {how} without writing the outcome, so how the agent \
+                 ended is unknown; see {}",
+                layout.rel(&run_dir.join(keeper::LOG_FILE))
+            )
+        };
+        if stopped > 0 {
+            error.push_str("; the agent still ran and was stopped");
+        }
+        warn!(task = %self.name, keeper = pid, "{error}");
+        RunEnd::Lost {
+            error,
+            signal,
+            run_dir_gone,
+        }
     }
 
     /// Writes the keeper's spec and starts it: the task's locked descriptor as
@@ -511,7 +582,7 @@ impl Job {
             | RunEnd::OutputLimit(e, _)
             | RunEnd::Stopped(e)
             | RunEnd::Cancelled(e) => *e,
-            RunEnd::SpawnFailed { .. } => return None,
+            RunEnd::SpawnFailed { .. } | RunEnd::Lost { .. } => return None,
         };
         let dir = self.run_dir();
         let read = |f: &str| {

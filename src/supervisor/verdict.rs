@@ -63,6 +63,23 @@ pub fn ended(end: &RunEnd, timeout: Duration, max_output: u64) -> Ended {
             Some("cancelled by `mailroom cancel`".into()),
         ),
         RunEnd::SpawnFailed { error, .. } => (Outcome::Spawn, None, Some(error.clone())),
+        // Never a spawn failure: the agent ran, and its end is unknown. A
+        // removed run directory is the agent's doing as a rule.
+        RunEnd::Lost {
+            error,
+            signal,
+            run_dir_gone,
+        } => (
+            if *run_dir_gone {
+                Outcome::Tampered
+            } else if signal.is_some() {
+                Outcome::Signal
+            } else {
+                Outcome::Exit
+            },
+            None,
+            Some(error.clone()),
+        ),
     };
     Ended {
         outcome,

@@ -5,6 +5,12 @@
 #   shadow     writes tasks/completed/<task>.yaml itself
 #   newer      submits a newer file of its own name into tasks/pending/ and fails
 #   wait       waits until the file named by $RELEASE exists, then succeeds
+#   kill-keeper  kills its run keeper (SIGKILL), then goes on for 30 s and
+#              logs "late" if it is not stopped
+#   rm-run-dir removes its own run directory and exits 0
+#   as-dir     replaces its task file with a directory and exits 0
+#   as-link    replaces its task file with a symbolic link to /etc/hostname
+#   rewrite    writes another task into its task file's place and exits 0
 # Logs one line per run (task, attempt, pid) to $RUNLOG when it is set.
 [ -n "${RUNLOG:-}" ] && echo "$MAILROOM_TASK $MAILROOM_ATTEMPT $$" >> "$RUNLOG"
 for last; do :; done
@@ -20,5 +26,16 @@ case "$last" in
     echo "failing on purpose" >&2
     exit 3 ;;
   wait) while [ ! -e "$RELEASE" ]; do sleep 0.05; done ;;
+  kill-keeper)
+    kill -KILL "$PPID"
+    sleep 30
+    [ -n "${RUNLOG:-}" ] && echo "late $MAILROOM_TASK" >> "$RUNLOG"
+    ;;
+  rm-run-dir) rm -rf "$MAILROOM_RUN_DIR" ;;
+  as-dir) rm -f "$MAILROOM_TASK_FILE"; mkdir "$MAILROOM_TASK_FILE" ;;
+  as-link) rm -f "$MAILROOM_TASK_FILE"; ln -s /etc/hostname "$MAILROOM_TASK_FILE" ;;
+  rewrite)
+    rm -f "$MAILROOM_TASK_FILE"
+    printf 'description: the agent wrote this\n' > "$MAILROOM_TASK_FILE" ;;
 esac
 echo "ran $MAILROOM_TASK"

@@ -156,3 +156,43 @@ fn a_newer_file_while_a_task_waits_for_its_retry_keeps_its_state_file() {
     assert_eq!(root.names("failed"), ["t", "t.clash-1"]);
     assert_eq!(root.record("failed", "t.clash-1")["outcome"], "clash");
 }
+
+#[test]
+fn an_agent_that_kills_its_keeper_is_stopped_and_its_run_is_no_spawn_failure() {
+    // A keeper killed from outside (the OOM killer, or its own agent) leaves
+    // the agent running: it is stopped before the task can run again, and the
+    // run is neither a success nor a free spawn failure that hands the task
+    // to a fallback agent while the first one still works on it.
+    let root = tamper_root(0, "").task("t.yaml", "description: kill-keeper\n");
+    root.run_until_idle_within(Duration::from_secs(60));
+    assert_eq!(everywhere(&root), ["failed/t"]);
+    let rec = root.record("failed", "t");
+    assert_eq!(rec["outcome"], "signal", "{rec}");
+    let err = rec["error"].as_str().unwrap();
+    assert!(
+        err.contains("was killed by signal SIGKILL") && err.contains("was stopped"),
+        "{err}"
+    );
+    assert!(processes_of(&root.path).is_empty(), "the agent still runs");
+    assert!(
+        !runs(&root).iter().any(|l| l.starts_with("late")),
+        "{:?}",
+        runs(&root)
+    );
+}
+
+#[test]
+fn an_agent_that_removes_its_run_directory_is_filed_as_tampered() {
+    let root = tamper_root(2, "").task("t.yaml", "description: rm-run-dir\n");
+    root.run_until_idle_within(Duration::from_secs(60));
+    assert_eq!(runs(&root).len(), 1, "ran again: {:?}", runs(&root));
+    assert_eq!(everywhere(&root), ["failed/t"]);
+    let rec = root.record("failed", "t");
+    assert_eq!(rec["outcome"], "tampered", "{rec}");
+    let err = rec["error"].as_str().unwrap();
+    assert!(
+        err.contains("tasks/assigned/t.run/1") && err.contains("removed or moved"),
+        "{err}"
+    );
+    assert!(root.entries("tasks/assigned").is_empty());
+}
