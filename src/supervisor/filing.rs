@@ -48,6 +48,22 @@ impl Job {
                 "its task file was deleted from {} during the run (restored from the copy taken at the claim)",
                 layout.rel(&layout.assigned)
             ),
+            Ok(Ok(Reclaimed::Replaced { what, kept, from })) => format!(
+                "its task file {} was replaced by {what} during the run (kept as {}; mailroom put the \
+                 task file back{})",
+                layout.rel(&layout.task_file(State::Assigned, &self.name, &self.ext)),
+                layout.rel(&kept),
+                from.map_or_else(
+                    || " from the copy taken at the claim".to_owned(),
+                    |p| format!(" from {}", layout.rel(&p))
+                )
+            ),
+            Ok(Ok(Reclaimed::Edited { kept })) => format!(
+                "its task file {} was changed during the run (edited, or replaced by another \
+                 file; what it held is kept as {}, and mailroom put back the content it claimed)",
+                layout.rel(&layout.task_file(State::Assigned, &self.name, &self.ext)),
+                layout.rel(&kept)
+            ),
             Ok(Err(e)) => format!(
                 "its task file left {} during the run and cannot be restored yet ({e})",
                 layout.rel(&layout.assigned)

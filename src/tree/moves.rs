@@ -378,6 +378,17 @@ pub enum Reclaimed {
     MovedBack(PathBuf),
     /// Gone: written back into `assigned/` from the copy taken at the claim.
     Rewritten,
+    /// Something else stood in its place (`what`: a directory, a symbolic
+    /// link, another file): set aside at `kept`, and the claimed file put
+    /// back (moved back from `from`, or written again from the claimed copy).
+    Replaced {
+        what: &'static str,
+        kept: PathBuf,
+        from: Option<PathBuf>,
+    },
+    /// The same file, its content changed: the claimed content written back
+    /// (the changed one set aside at `kept`).
+    Edited { kept: PathBuf },
 }
 
 /// Makes sure the task file of a run that just ended is in `assigned/`,
@@ -394,27 +405,96 @@ pub fn reclaim(
 ) -> io::Result<Reclaimed> {
     use std::os::unix::fs::MetadataExt;
     let at = layout.task_file(State::Assigned, name, ext);
-    if fs::symlink_metadata(&at).is_ok() {
-        return Ok(Reclaimed::Intact);
-    }
     let ours =
         |p: &Path| fs::symlink_metadata(p).is_ok_and(|m| (m.dev(), m.ino()) == id && m.is_file());
-    for s in [State::Pending, State::Completed, State::Failed] {
+    let mut replaced = None;
+    if let Ok(m) = fs::symlink_metadata(&at) {
+        if ours(&at) {
+            if same_content(&at, m.len(), bytes) {
+                return Ok(Reclaimed::Intact);
+            }
+            // Edited in place: the claimed content goes back, the edit is kept.
+            let kept = set_aside_in_run_dir(layout, name, &at)?;
+            restore(layout, name, ext, bytes)?;
+            return Ok(Reclaimed::Edited { kept });
+        }
+        let what = if m.is_dir() {
+            "a directory"
+        } else if m.file_type().is_symlink() {
+            "a symbolic link"
+        } else if m.is_file() {
+            "another file"
+        } else {
+            "a special file"
+        };
+        replaced = Some((what, set_aside_in_run_dir(layout, name, &at)?));
+    }
+    let mut from = None;
+    'look: for s in [State::Pending, State::Completed, State::Failed] {
         for e in crate::parse::task::TASK_EXTS {
             let p = layout.task_file(s, name, e);
             if ours(&p) {
                 move_file(&p, &at)?;
-                return Ok(Reclaimed::MovedBack(p));
+                from = Some(p);
+                break 'look;
             }
         }
     }
+    if from.is_none() {
+        restore(layout, name, ext, bytes)?;
+    }
+    Ok(match (replaced, from) {
+        (Some((what, kept)), from) => Reclaimed::Replaced { what, kept, from },
+        (None, Some(p)) => Reclaimed::MovedBack(p),
+        (None, None) => Reclaimed::Rewritten,
+    })
+}
+
+/// Whether the file at `p` (of length `len`) holds exactly `bytes`.
+fn same_content(p: &Path, len: u64, bytes: &[u8]) -> bool {
+    len == bytes.len() as u64 && fs::read(p).is_ok_and(|b| b == bytes)
+}
+
+/// Writes the claimed copy of a task file back into `assigned/` (through
+/// `tasks/tmp/` and a no-replace rename).
+fn restore(layout: &Layout, name: &str, ext: &str, bytes: &[u8]) -> io::Result<()> {
+    let at = layout.task_file(State::Assigned, name, ext);
     let staged = layout.tmp.join(fsx::tmp_name(&format!("{name}.{ext}")));
     fsx::write_atomic(&staged, bytes)?;
     let res = move_file(&staged, &at);
     if res.is_err() {
         let _ = fs::remove_file(&staged);
     }
-    res.map(|()| Reclaimed::Rewritten)
+    res
+}
+
+/// Moves what stands at a task file's place in `assigned/` (not the claimed
+/// file, or the claimed file changed) into the task's run directory as
+/// `task-file.replaced` (`-2`, `-3`, … when taken), where it is kept with the
+/// run's files instead of being filed as the task. Returns where it went.
+fn set_aside_in_run_dir(layout: &Layout, name: &str, at: &Path) -> io::Result<PathBuf> {
+    let dir = layout.run_dir(State::Assigned, name);
+    fsx::create_dir_all(&dir)?;
+    for n in 1..1000 {
+        let kept = if n == 1 {
+            dir.join("task-file.replaced")
+        } else {
+            dir.join(format!("task-file.replaced-{n}"))
+        };
+        match fsx::rename_noreplace(at, &kept) {
+            Ok(()) => {
+                fsx::fsync_dir(&dir)?;
+                fsx::fsync_dir(&layout.assigned)?;
+                return Ok(kept);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::other(format!(
+        "no free name in {} to keep what replaced the task file",
+        dir.display()
+    )))
 }
 
 /// Puts a claimed task back into `pending/` with its bookkeeping updated.

@@ -196,3 +196,44 @@ fn an_agent_that_removes_its_run_directory_is_filed_as_tampered() {
     );
     assert!(root.entries("tasks/assigned").is_empty());
 }
+
+#[test]
+fn a_task_file_replaced_during_its_run_is_put_back_and_the_run_is_tampered() {
+    // A directory, a link to a file outside the tree, another file of the
+    // task's name: never filed as the task. The claimed file goes back, what
+    // replaced it is kept in the run directory, the run is tampered.
+    for (mode, what) in [
+        ("as-dir", "a directory"),
+        ("as-link", "a symbolic link"),
+        // Deleted and written again: a new inode, or the same number
+        // reused, which reads as an edit.
+        ("rewrite", "another file|was changed"),
+    ] {
+        let root = tamper_root(2, "").task("t.yaml", &format!("description: {mode}\n"));
+        root.run_until_idle_within(Duration::from_secs(30));
+        assert_eq!(runs(&root).len(), 1, "{mode}: ran again: {:?}", runs(&root));
+        assert_eq!(everywhere(&root), ["failed/t"], "{mode}");
+        let rec = root.record("failed", "t");
+        assert_eq!(rec["outcome"], "tampered", "{mode}: {rec}");
+        let err = rec["error"].as_str().unwrap();
+        assert!(
+            what.split('|')
+                .any(|w| err.contains(&format!("was replaced by {w}")) || err.contains(w))
+                && err.contains("tasks/assigned/t.run/task-file.replaced"),
+            "{mode}: {err}"
+        );
+        let filed = root.p("tasks/failed/t.yaml");
+        let meta = std::fs::symlink_metadata(&filed).unwrap();
+        assert!(meta.is_file(), "{mode}: filed as {meta:?}");
+        assert_eq!(
+            root.read("tasks/failed/t.yaml"),
+            format!("description: {mode}\n"),
+            "{mode}"
+        );
+        assert!(
+            std::fs::symlink_metadata(root.p("tasks/failed/t.run/task-file.replaced")).is_ok(),
+            "{mode}: what replaced it was not kept"
+        );
+        assert!(root.entries("tasks/assigned").is_empty(), "{mode}");
+    }
+}
