@@ -19,7 +19,9 @@ use nix::unistd::Pid;
 use super::process::{self, Exit, RunEnd, Spec, Stop};
 
 /// Stop requests as signals: SIGTERM stop gracefully, SIGUSR1 cancel,
-/// SIGUSR2 or SIGINT stop at once. Blocked from the moment this is made (a
+/// SIGUSR2 or SIGINT stop at once. SIGHUP is read and ignored: a keeper has no
+/// terminal and nothing to reload, and `pkill -HUP mailroom` (a reload of the
+/// supervisors) matches it too. Blocked from the moment this is made (a
 /// request that arrives during setup waits in the kernel, never lost) and read
 /// from a signalfd. Make it before any thread starts.
 pub struct Stops {
@@ -36,6 +38,7 @@ impl Stops {
             Signal::SIGUSR1,
             Signal::SIGUSR2,
             Signal::SIGINT,
+            Signal::SIGHUP,
         ] {
             set.add(s);
         }
@@ -65,6 +68,7 @@ impl Stops {
         if let Some(fd) = &self.fd {
             while let Ok(Some(info)) = fd.read_signal() {
                 let stop = match info.ssi_signo as i32 {
+                    libc::SIGHUP => continue,
                     libc::SIGTERM => Stop::Graceful,
                     libc::SIGUSR1 => Stop::Cancel,
                     _ => Stop::Now,

@@ -69,8 +69,9 @@ pub enum RunEnd {
     /// writes it.
     Lost {
         error: String,
-        /// The signal that ended the keeper.
-        signal: Option<i32>,
+        /// The keeper was killed or stopped by a signal mailroom did not
+        /// send (outcome `signal`; else `exit`).
+        killed: bool,
         /// The run directory was gone (moved or removed during the run).
         run_dir_gone: bool,
     },

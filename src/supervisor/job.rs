@@ -170,12 +170,17 @@ impl Job {
         let pid = child.id().unwrap_or(0);
         info!(task = %self.name, agent = %self.agent.name, attempt, keeper = pid, "spawned");
         let mut listening = true;
+        // Whether this supervisor asked the keeper to stop: a keeper that
+        // stopped its run without being asked got its signal from another
+        // process (its own agent, as a rule).
+        let mut asked = false;
         let status = loop {
             tokio::select! {
                 st = child.wait() => break st,
                 r = stop.changed(), if listening => match r {
                     Ok(()) => {
                         if let Some(s) = *stop.borrow() {
+                            asked = true;
                             tokio::task::spawn_blocking(move || keeper::signal(pid, s));
                         }
                     }
@@ -186,7 +191,24 @@ impl Job {
             }
         };
         if let Some(o) = keeper::outcome(run_dir, run_id) {
-            return o.end;
+            return match o.end {
+                // Not a shutdown or a cancel: counted, never a free requeue
+                // (an agent that signals its keeper would loop forever).
+                RunEnd::Stopped(_) | RunEnd::Cancelled(_) if !asked => {
+                    let error = format!(
+                        "its run keeper (pid {pid}) was sent a stop signal (SIGTERM, SIGINT, \
+                         SIGUSR1 or SIGUSR2) by another process than mailroom (the agent \
+                         itself?), and stopped the agent"
+                    );
+                    warn!(task = %self.name, keeper = pid, "{error}");
+                    RunEnd::Lost {
+                        error,
+                        killed: true,
+                        run_dir_gone: false,
+                    }
+                }
+                end => end,
+            };
         }
         self.keeper_lost(pid, status.ok(), run_dir, run_id).await
     }
@@ -262,7 +284,7 @@ impl Job {
         warn!(task = %self.name, keeper = pid, "{error}");
         RunEnd::Lost {
             error,
-            signal,
+            killed: signal.is_some(),
             run_dir_gone,
         }
     }

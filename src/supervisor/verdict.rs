@@ -67,12 +67,12 @@ pub fn ended(end: &RunEnd, timeout: Duration, max_output: u64) -> Ended {
         // removed run directory is the agent's doing as a rule.
         RunEnd::Lost {
             error,
-            signal,
+            killed,
             run_dir_gone,
         } => (
             if *run_dir_gone {
                 Outcome::Tampered
-            } else if signal.is_some() {
+            } else if *killed {
                 Outcome::Signal
             } else {
                 Outcome::Exit

@@ -7,6 +7,9 @@
 #   wait       waits until the file named by $RELEASE exists, then succeeds
 #   kill-keeper  kills its run keeper (SIGKILL), then goes on for 30 s and
 #              logs "late" if it is not stopped
+#   term-keeper  sends its run keeper SIGTERM (a stop mailroom did not ask
+#              for), then waits to be stopped
+#   hup-keeper sends its run keeper SIGHUP, then succeeds
 #   rm-run-dir removes its own run directory and exits 0
 #   as-dir     replaces its task file with a directory and exits 0
 #   as-link    replaces its task file with a symbolic link to /etc/hostname
@@ -31,6 +34,8 @@ case "$last" in
     sleep 30
     [ -n "${RUNLOG:-}" ] && echo "late $MAILROOM_TASK" >> "$RUNLOG"
     ;;
+  term-keeper) kill -TERM "$PPID"; sleep 30 ;;
+  hup-keeper) kill -HUP "$PPID"; sleep 0.5 ;;
   rm-run-dir) rm -rf "$MAILROOM_RUN_DIR" ;;
   as-dir) rm -f "$MAILROOM_TASK_FILE"; mkdir "$MAILROOM_TASK_FILE" ;;
   as-link) rm -f "$MAILROOM_TASK_FILE"; ln -s /etc/hostname "$MAILROOM_TASK_FILE" ;;

@@ -237,3 +237,34 @@ fn a_task_file_replaced_during_its_run_is_put_back_and_the_run_is_tampered() {
         assert!(root.entries("tasks/assigned").is_empty(), "{mode}");
     }
 }
+
+#[test]
+fn an_agent_that_signals_its_keeper_uses_up_its_attempts() {
+    // A stop this supervisor did not ask for is no shutdown: each such run
+    // counts, so the task ends instead of being requeued for free forever.
+    let root = tamper_root(1, "").task("t.yaml", "description: term-keeper\n");
+    root.run_until_idle_within(Duration::from_secs(60));
+    assert_eq!(runs(&root).len(), 2, "{:?}", runs(&root));
+    assert_eq!(everywhere(&root), ["failed/t"]);
+    let rec = root.record("failed", "t");
+    assert_eq!(rec["outcome"], "signal", "{rec}");
+    assert_eq!(rec["attempts"], 2, "{rec}");
+    assert!(
+        rec["error"]
+            .as_str()
+            .unwrap()
+            .contains("by another process than mailroom"),
+        "{rec}"
+    );
+    assert!(processes_of(&root.path).is_empty());
+}
+
+#[test]
+fn a_keeper_ignores_sighup() {
+    // `pkill -HUP mailroom` (a reload of the supervisors) reaches keepers
+    // too: it must not end their runs.
+    let root = tamper_root(0, "").task("t.yaml", "description: hup-keeper\n");
+    root.run_until_idle_within(Duration::from_secs(60));
+    assert_eq!(everywhere(&root), ["completed/t"]);
+    assert_eq!(runs(&root).len(), 1, "{:?}", runs(&root));
+}
