@@ -71,6 +71,11 @@ pub struct TaskState {
     /// shows it). `run` is kept, so recovery still matches the record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commit_error: Option<String>,
+    /// Recovery found the task file gone from `assigned/` during the run
+    /// (moved or deleted while no supervisor watched) and put it back: what
+    /// happened. The run is filed as `tampered`, never retried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tampered: Option<String>,
 }
 
 impl TaskState {

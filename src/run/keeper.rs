@@ -117,6 +117,13 @@ pub fn info(run_dir: &Path, run_id: &str) -> Option<KeeperInfo> {
         .filter(|k| k.run_id == run_id)
 }
 
+/// The keeper of whatever run `run_dir` holds, if its file is there (for a
+/// run whose state file is gone).
+pub fn info_any(run_dir: &Path) -> Option<KeeperInfo> {
+    let b = std::fs::read(run_dir.join(INFO_FILE)).ok()?;
+    serde_json::from_slice::<KeeperInfo>(&b).ok()
+}
+
 /// The outcome `run_id`'s keeper wrote, if any.
 pub fn outcome(run_dir: &Path, run_id: &str) -> Option<KeptOutcome> {
     let b = std::fs::read(run_dir.join(OUTCOME_FILE)).ok()?;

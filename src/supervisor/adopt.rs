@@ -251,8 +251,8 @@ impl Job {
             .await;
         match res {
             Some(Ok((Decision::Requeue { .. }, _))) => JobEnd::Requeued,
-            Some(Ok((Decision::Fail { .. }, _))) => {
-                JobEnd::Done(Status::Failed, Outcome::Interrupted, None)
+            Some(Ok((Decision::Fail { record, .. }, _))) => {
+                JobEnd::Done(Status::Failed, record.outcome, None)
             }
             Some(Ok((Decision::FinishCommit { record, .. }, _))) => {
                 JobEnd::Done(record.status, record.outcome, None)

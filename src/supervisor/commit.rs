@@ -93,7 +93,9 @@ impl Job {
         let read = verdict::read(&ended, report.as_ref());
         let (outcome, exit) = (read.outcome, ended.exit);
         let run_id = st.run.as_ref().and_then(|r| r.run_id.clone());
-        let tampered = self.reclaim().await;
+        // Put back by this run's reclaim, or by recovery before this
+        // supervisor took the run over.
+        let tampered = self.reclaim().await.or_else(|| st.tampered.take());
         let error = self.record_attempt(
             &mut st,
             outcome,

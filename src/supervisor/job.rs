@@ -365,7 +365,20 @@ impl Job {
         // Earlier attempts' directories stay beside this one. One of this
         // number is a leftover of an earlier life of the name: replaced.
         fsx::remove_dir_all_if_exists(&run_dir)?;
-        fsx::create_dir_all(&run_dir.join("outbox"))
+        fsx::create_dir_all(&run_dir.join("outbox"))?;
+        // A second name for the claimed file, in the run directory: what
+        // recovery puts back if the agent moves or deletes the task file
+        // while no supervisor watches (a link: no copy, one entry).
+        let copy = layout.claimed_copy(State::Assigned, &self.name, &self.ext);
+        if std::fs::symlink_metadata(&copy).is_err()
+            && let Err(e) = std::fs::hard_link(
+                layout.task_file(State::Assigned, &self.name, &self.ext),
+                &copy,
+            )
+        {
+            debug!(task = %self.name, error = %e, "no link to the claimed task file");
+        }
+        Ok(())
     }
 
     /// The directory of the attempt under way, in `assigned/`.

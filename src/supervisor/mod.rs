@@ -201,6 +201,9 @@ pub struct Supervisor {
     /// Orphaned agents' process groups being stopped (pgid, leader start time),
     /// so each gets one stopper.
     stopping_agents: HashSet<(u32, u64)>,
+    /// Tasks whose file left `assigned/` during a run, with no copy to put
+    /// back: said once.
+    unrecoverable: HashSet<String>,
     /// Whether shutdown has already told the agents to stop.
     stop_sent: bool,
     /// Inside a full scan (not every file is read yet).
@@ -287,6 +290,7 @@ impl Supervisor {
             next_run: 0,
             swept: false,
             stopping_agents: HashSet::new(),
+            unrecoverable: HashSet::new(),
             stop_sent: false,
             scanning: false,
             paused: false,

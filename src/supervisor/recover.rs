@@ -35,6 +35,17 @@ pub(super) fn sweep_temps(dir: &Path) {
     }
 }
 
+/// What recovery did about a task file missing from `assigned/`.
+enum PutBack {
+    /// Put back, with this extension: recover the task as an orphan.
+    Restored(String),
+    /// It must stay as it is (no copy to put back, or the move failed): its
+    /// run directory and state file are left alone.
+    Keep,
+    /// Not a run's task file that went missing: leftovers as usual.
+    Nothing,
+}
+
 impl Supervisor {
     /// Finishes or requeues orphans in `assigned/` (their supervisor died) and
     /// removes leftovers that no one holds.
@@ -99,6 +110,22 @@ impl Supervisor {
             let Ok(Some(lock)) = TaskLock::try_acquire(&layout, &name) else {
                 continue;
             };
+            // A run still unfinished (no record names it) whose task file
+            // left `assigned/` (its agent moved or deleted it, and no
+            // supervisor watched): the task file goes back, and the run is
+            // recovered as an orphan and filed as tampered.
+            match self.put_back_task_file(&name) {
+                PutBack::Restored(ext) => {
+                    self.recover_orphan(&name, &ext, lock);
+                    continue;
+                }
+                // Never removed: they hold the run's output.
+                PutBack::Keep => {
+                    lock.release();
+                    continue;
+                }
+                PutBack::Nothing => {}
+            }
             // A task waiting in pending/ keeps its bookkeeping and its
             // earlier attempts' run directory for the next attempt.
             if layout.find(State::Assigned, &name).is_none()
@@ -111,11 +138,135 @@ impl Supervisor {
         }
     }
 
+    /// The lock of `name` is ours and its task file is not in `assigned/`.
+    /// If its state file names a run that no record names (the run was under
+    /// way, or ended without its commit), the task file left during that run:
+    /// it is put back (moved back from another state directory, or restored
+    /// from the run directory's link to the claimed file), the state file
+    /// says so (`tampered`), and the extension is returned.
+    fn put_back_task_file(&mut self, name: &str) -> PutBack {
+        let layout = self.layout().clone();
+        let mut st = books::read_state(&layout, name);
+        let Some(run_id) = st.run.as_ref().and_then(|r| r.run_id.clone()) else {
+            return PutBack::Nothing;
+        };
+        if crate::tree::recovery::records(&layout, name)
+            .iter()
+            .any(|(_, r)| r.task == name && r.run_id == run_id)
+        {
+            return PutBack::Nothing;
+        }
+        let found = task::TASK_EXTS.into_iter().find_map(|ext| {
+            let copy = layout.claimed_copy(State::Assigned, name, ext);
+            let (bytes, id) = fsx::read_task_file(&copy, self.config.max_task_bytes).ok()?;
+            Some((ext, bytes, (id.dev, id.ino)))
+        });
+        let Some((ext, bytes, id)) = found else {
+            if self.unrecoverable.insert(name.to_owned()) {
+                error!(
+                    task = name,
+                    "its task file left tasks/assigned/ during a run no supervisor saw end, and \
+                     there is no copy of it to put back (a run of an older version); its run \
+                     directory and state file are left as they are"
+                );
+            }
+            return PutBack::Keep;
+        };
+        let why = match moves::reclaim(&layout, name, ext, id, &bytes) {
+            Ok(moves::Reclaimed::Intact) => return PutBack::Restored(ext.to_owned()),
+            Ok(moves::Reclaimed::MovedBack(p)) => format!(
+                "its task file was moved to {} during a run no supervisor saw end (mailroom moved \
+                 it back and filed the task once)",
+                layout.rel(&p)
+            ),
+            Ok(moves::Reclaimed::Replaced { what, kept, .. }) => format!(
+                "its task file was replaced by {what} during a run no supervisor saw end (kept as \
+                 {}; the claimed file was put back)",
+                layout.rel(&kept)
+            ),
+            Ok(moves::Reclaimed::Rewritten | moves::Reclaimed::Edited { .. }) => format!(
+                "its task file was deleted from {} during a run no supervisor saw end (restored \
+                 from the link to the claimed file in its run directory)",
+                layout.rel(&layout.assigned)
+            ),
+            Err(e) => {
+                error!(task = name, error = %e, "cannot put the task file back yet");
+                return PutBack::Keep;
+            }
+        };
+        warn!(task = name, "{why}");
+        st.tampered = Some(why);
+        if let Err(e) = books::write_state(&layout, &st) {
+            error!(task = name, error = %e, "cannot note the tampering in the state file");
+        }
+        PutBack::Restored(ext.to_owned())
+    }
+
+    /// Whether the run of `name`, whose lock was free, still goes on here
+    /// (this host): the lock says it is an orphan, but the lock file can be
+    /// removed or replaced by an agent. A live supervisor named in its state
+    /// file, or a live keeper in its latest attempt's directory, is left
+    /// alone; an agent of the task still running with neither (its
+    /// supervisor and keeper died) is stopped first. Some(why): not now.
+    fn still_running(&mut self, name: &str) -> Option<String> {
+        let layout = self.layout().clone();
+        let st = books::read_state(&layout, name);
+        if let Some(run) = &st.run
+            && run.host == self.ctx.host
+            && run.supervisor_start != 0
+            && !(run.supervisor_pid == self.ctx.self_pid
+                && run.supervisor_start == self.ctx.self_start)
+            && books::same_process(run.supervisor_pid, run.supervisor_start)
+        {
+            return Some(format!(
+                "supervisor {} still runs it (the task's lock file was removed or replaced)",
+                run.supervisor_pid
+            ));
+        }
+        if let Some((_, dir)) = layout.last_attempt(State::Assigned, name)
+            && let Some(k) = crate::run::keeper::info_any(&dir)
+            && crate::run::keeper::alive(&k, &self.ctx.host)
+        {
+            return Some(format!(
+                "its run keeper (pid {}) still runs it (the task's lock file was removed or \
+                 replaced)",
+                k.pid
+            ));
+        }
+        let groups = runner::find_agent_groups(&layout.root, name);
+        if groups.is_empty() {
+            return None;
+        }
+        let grace = st
+            .run
+            .as_ref()
+            .and_then(|r| self.config.agents.get(&r.agent))
+            .map_or(Duration::from_secs(10), |a| a.grace);
+        for &(pgid, start) in &groups {
+            if self.stopping_agents.insert((pgid, start)) {
+                warn!(
+                    task = name,
+                    pgid, "stopping an agent whose supervisor and keeper are gone"
+                );
+                std::thread::spawn(move || runner::kill_orphan_group(pgid, grace));
+            }
+        }
+        Some("an agent of it still runs with no keeper; it is being stopped".into())
+    }
+
     /// An orphan: its lock is ours now. Finish its commit, fail it or
     /// requeue it, as `tree::recovery` decides.
     pub(super) fn recover_orphan(&mut self, name: &str, ext: &str, lock: TaskLock) {
         use crate::tree::recovery::{self, Decision};
         let layout = self.layout().clone();
+        if let Some(why) = self.still_running(name) {
+            if self.unrecoverable.insert(format!("running:{name}")) {
+                warn!(task = name, "not recovered: {why}");
+            }
+            lock.release();
+            return;
+        }
+        self.unrecoverable.remove(&format!("running:{name}"));
         // A keeper's outcome for this run: commit it, never run it again.
         // (A record of the run already written means its commit was under
         // way: recovery finishes that instead.)
@@ -157,7 +308,7 @@ impl Supervisor {
                 self.task_ended(name, st, record.outcome, agent);
             }
             Ok((Decision::Fail { record, .. }, _)) => {
-                warn!(task = name, "recovered orphan: failed, no attempts left");
+                warn!(task = name, outcome = %record.outcome, "recovered orphan: failed");
                 let agent = record.agent.as_deref().unwrap_or_default();
                 self.task_ended(name, Status::Failed, record.outcome, agent);
             }

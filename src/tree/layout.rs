@@ -132,6 +132,15 @@ impl Layout {
         };
         self.dir(s).join(format!("{name}.run"))
     }
+
+    /// The link to the claimed task file in its run directory
+    /// (`<name>.run/claimed-task.<ext>`, made at the first attempt): the
+    /// copy recovery puts back when the task file left `assigned/` during a
+    /// run that no supervisor watched to its end.
+    pub fn claimed_copy(&self, s: State, name: &str, ext: &str) -> PathBuf {
+        self.run_dir(s, name).join(format!("claimed-task.{ext}"))
+    }
+
     /// `<name>.run/<n>/`: the directory of attempt `n` (its prompt, stdout,
     /// stderr, output, outbox, keeper files). Every reader of a run's files
     /// goes through this (or [`Layout::last_attempt`]).

@@ -305,3 +305,168 @@ fn a_cancel_sent_as_the_keeper_starts_ends_the_run_cancelled() {
         assert!(end.get("cancelled").is_some(), "round {i}: {end}");
     }
 }
+
+/// [`WAITER`] that first does `$ACT` to its own task (see the cases) and
+/// exits with `$CODE`.
+const TAMPERER: &str = r#"log="$MAILROOM_ROOT/agent.log"
+echo "start $MAILROOM_ATTEMPT $$" >> "$log"
+a="$MAILROOM_ROOT/tasks/assigned/$MAILROOM_TASK"
+case "$ACT" in
+  delete) rm -f "$MAILROOM_TASK_FILE" ;;
+  move-completed) mv "$MAILROOM_TASK_FILE" "$MAILROOM_ROOT/tasks/completed/" ;;
+  rm-lock) rm -f "$a.lock" "$a.state.json" ;;
+esac
+i=0
+while [ ! -e "$MAILROOM_ROOT/go" ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done
+echo "end $MAILROOM_ATTEMPT" >> "$log"
+exit "${CODE:-0}""#;
+
+fn tamperer_root(act: &str, code: u8) -> Root {
+    Root::new()
+        .config(&format!(
+            "rescan_interval: 1s\nsettle: 200ms\nretry_delay: 50ms\nagents:\n  a:\n    \
+             command: [\"/bin/sh\", \"-c\", {TAMPERER:?}]\n    grace: 1s\n    \
+             env: {{ACT: {act}, CODE: \"{code}\"}}\n"
+        ))
+        .task("o.yaml", "description: tampers with its task\n")
+}
+
+/// The keeper of attempt 1, from its keeper.json.
+fn keeper_pid(root: &Root) -> i32 {
+    let mut pid = 0;
+    wait_for(Duration::from_secs(30), "keeper.json", || {
+        pid = std::fs::read_to_string(root.p("tasks/assigned/o.run/1/keeper.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["pid"].as_i64())
+            .unwrap_or(0) as i32;
+        pid > 0
+    });
+    pid
+}
+
+#[test]
+fn a_task_file_deleted_while_no_supervisor_watched_is_put_back_and_filed_tampered() {
+    // The agent deletes its task file, its supervisor is killed, the run
+    // ends unwatched: the next supervisor must not lose the task (nor its
+    // run directory), but put it back from the link to the claimed file.
+    let root = tamperer_root("delete", 0);
+    let mut sup = root.spawn();
+    let pid = started(&root);
+    let _cleanup = KillGroupOnDrop(pid);
+    sup.kill9();
+    root.write("go", "");
+    wait_for(Duration::from_secs(30), "the unwatched run to end", || {
+        root.exists("tasks/assigned/o.run/1/outcome.json") && agents_of(&root).is_empty()
+    });
+    root.run_until_idle();
+    assert_eq!(root.names("failed"), ["o"]);
+    assert!(root.names("completed").is_empty());
+    assert_eq!(
+        root.read("tasks/failed/o.yaml"),
+        "description: tampers with its task\n"
+    );
+    let rec = assert_ran_once(&root, "failed");
+    assert_eq!(rec["outcome"], "tampered", "{rec}");
+    let err = rec["error"].as_str().unwrap();
+    assert!(
+        err.contains("deleted") && err.contains("no supervisor saw end"),
+        "{err}"
+    );
+    assert!(root.exists("tasks/failed/o.run/1/outcome.json"));
+    assert!(root.entries("tasks/assigned").is_empty());
+}
+
+#[test]
+fn a_failed_run_whose_agent_moved_its_task_to_completed_unwatched_is_not_completed() {
+    let root = tamperer_root("move-completed", 1);
+    let mut sup = root.spawn();
+    let pid = started(&root);
+    let _cleanup = KillGroupOnDrop(pid);
+    sup.kill9();
+    // The next supervisor runs while the keeper still does.
+    let _sup = root.spawn();
+    root.write("go", "");
+    wait_for(Duration::from_secs(30), "the task to be filed", || {
+        root.names("failed") == ["o"]
+    });
+    assert!(
+        root.names("completed").is_empty(),
+        "{:?}",
+        root.names("completed")
+    );
+    let rec = assert_ran_once(&root, "failed");
+    assert_eq!(rec["outcome"], "tampered", "{rec}");
+    let err = rec["error"].as_str().unwrap();
+    assert!(err.contains("tasks/completed/o.yaml"), "{err}");
+    assert!(err.contains("exit"), "{err}");
+}
+
+#[test]
+fn an_agent_whose_supervisor_and_keeper_died_is_stopped_before_the_task_runs_again() {
+    let root = waiter_root("");
+    let mut sup = root.spawn();
+    let pid = started(&root);
+    let _cleanup = KillGroupOnDrop(pid);
+    let keeper = keeper_pid(&root);
+    sup.kill9();
+    unsafe {
+        libc::kill(keeper, libc::SIGKILL);
+    }
+    wait_for(Duration::from_secs(10), "the keeper to die", || {
+        !alive(keeper)
+    });
+    assert!(alive(pid), "the agent died with its keeper");
+    let _sup = root.spawn();
+    wait_for(
+        Duration::from_secs(30),
+        "the orphaned agent to be stopped",
+        || !alive(pid),
+    );
+    wait_for(Duration::from_secs(30), "attempt 2 to start", || {
+        log(&root).contains("start 2")
+    });
+    root.write("go", "");
+    wait_for(Duration::from_secs(30), "the task to complete", || {
+        root.names("completed") == ["o"]
+    });
+    let log = log(&root);
+    assert!(
+        !log.contains("end 1"),
+        "attempt 1 ran on beside attempt 2:\n{log}"
+    );
+}
+
+#[test]
+fn a_run_whose_lock_file_its_agent_removed_is_not_taken_by_another_supervisor() {
+    // The agent removes its lock file and state file: a second supervisor
+    // can lock the name anew, but the run's live keeper says it goes on.
+    let root = tamperer_root("rm-lock", 0);
+    let _a = root.spawn();
+    let pid = started(&root);
+    let _cleanup = KillGroupOnDrop(pid);
+    let _b = root.spawn();
+    wait_for(
+        Duration::from_secs(30),
+        "the second supervisor to look",
+        || sup_logs(&root).contains("still runs it"),
+    );
+    root.write("go", "");
+    wait_for(Duration::from_secs(30), "the task to be filed", || {
+        root.names("completed").len() + root.names("failed").len() == 1
+    });
+    wait_for(Duration::from_secs(10), "the runs to end", || {
+        agents_of(&root).is_empty()
+    });
+    let log = log(&root);
+    assert_eq!(
+        log.lines().filter(|l| l.starts_with("start")).count(),
+        1,
+        "the run was repeated:\n{log}"
+    );
+    assert_eq!(
+        root.names("completed").len() + root.names("failed").len(),
+        1,
+        "filed twice"
+    );
+}
