@@ -68,7 +68,7 @@ def prompt_for(mode):
     if mode.endswith("dash-v"):
         return PROMPT_DASH
     base = mode.split("-", 1)[1] if mode.startswith(("text-", "stream-")) else mode
-    if base in ("untrusted", "no-git", "no-auth", "bad-flag"):
+    if base in ("untrusted", "no-git", "no-auth", "no-key", "refused", "bad-flag"):
         base = "ok"
     return PROMPT.format(mode=base)
 
@@ -83,7 +83,9 @@ def version(cli):
 # ---- per-CLI command lines --------------------------------------------------------------
 
 def claude(mode, port, home):
-    env = {"HOME": home, "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{port}",
+    # refused: nothing listens on port 1 (inside the capture's network namespace).
+    url = "http://127.0.0.1:1" if mode == "refused" else f"http://127.0.0.1:{port}"
+    env = {"HOME": home, "ANTHROPIC_BASE_URL": url,
            "DISABLE_ERROR_REPORTING": "1", "DISABLE_AUTOUPDATER": "1",
            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
            # Claude retries every API error (401 included) 10 times over ~3 minutes; two
@@ -104,11 +106,14 @@ def claude(mode, port, home):
 
 
 CLAUDE_MODES = ["ok", "ok-429", "429", "usage-limit", "500", "401", "hang", "dash-v",
-                "bad-flag", "stream-ok", "stream-429"]
+                "bad-flag", "stream-ok", "stream-429", "empty", "refused"]
 
 
 def codex(mode, port, home):
     env = {"HOME": home, "CODEX_HOME": home, "MOCK_OPENAI_KEY": "sk-mock"}
+    if mode == "no-key":
+        # The provider's env_key is not set.
+        del env["MOCK_OPENAI_KEY"]
     provider = ('model_providers.mock={name="mock",base_url="http://127.0.0.1:%d/v1",'
                 'env_key="MOCK_OPENAI_KEY",wire_api="responses"}' % port)
     argv = ["codex", "exec"]
@@ -124,7 +129,7 @@ def codex(mode, port, home):
 
 
 CODEX_MODES = ["ok", "ok-429", "429", "usage-limit", "500", "401", "hang", "dash-v", "no-git",
-               "bad-flag",
+               "bad-flag", "empty", "no-key",
                "text-ok", "text-ok-429", "text-429", "text-usage-limit", "text-500",
                "text-401", "text-hang"]
 
@@ -152,6 +157,9 @@ def gemini(mode, port, home):
     env = {"HOME": home, "GEMINI_API_KEY": "mock-key",
            "GOOGLE_GEMINI_BASE_URL": f"http://127.0.0.1:{port}",
            "GEMINI_TELEMETRY_ENABLED": "false"}
+    if mode == "no-key":
+        # The API-key auth type is selected, but no key is set.
+        del env["GEMINI_API_KEY"]
     fmt = "stream-json" if mode.startswith("stream-") else "json"
     argv = ["gemini"]
     if mode != "untrusted":
@@ -164,7 +172,8 @@ def gemini(mode, port, home):
 
 
 GEMINI_MODES = ["ok", "ok-429", "429", "usage-limit", "500", "401", "hang", "dash-v",
-                "untrusted", "no-auth", "bad-flag", "stream-ok", "stream-429"]
+                "untrusted", "no-auth", "bad-flag", "stream-ok", "stream-429", "empty",
+                "no-key"]
 
 def aider(mode, port, home):
     # aider talks to the mock through litellm's OpenAI-compatible route (chat completions).

@@ -16,6 +16,7 @@ chooses it), else the server's default (--scenario, or $MOCK_SCENARIO, else "ok"
   ok          a short answer, with usage
   ok-429      an ok answer whose text quotes rate-limit and usage-limit messages (a trap for
               classifiers that read the answer)
+  empty       a well-formed answer with no text (a CLI must not call that a result)
   429         the API's rate-limit error (HTTP 429), with a short retry-after
   usage-limit the subscription / quota "usage limit" error, with a reset time (HTTP 429)
   500         an internal server error (HTTP 500)
@@ -47,7 +48,7 @@ import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-SCENARIOS = ("ok", "ok-429", "429", "usage-limit", "500", "401", "hang", "hang-until-continued")
+SCENARIOS = ("ok", "ok-429", "empty", "429", "usage-limit", "500", "401", "hang", "hang-until-continued")
 # mailroom's continuation prompt, in a resumed session (src/adapter/session.rs).
 CONTINUED = "was cut off"
 MARKER = re.compile(r"MOCK:([a-z0-9-]+)")
@@ -67,6 +68,7 @@ RESET_AT = 1893499200
 
 ANSWERS = {
     "ok": "MOCK ANSWER: the task is done.",
+    "empty": "",
     "ok-429": (
         "MOCK ANSWER: the upstream service answered 429 Too Many Requests earlier and "
         "the log said rate limit reached (API Error: Rate limit reached; "

@@ -295,4 +295,19 @@ mod tests {
         let r = run(&K, &f, &prompt("ok"));
         assert_eq!(r.outcome, Class::Success);
     }
+
+    #[test]
+    fn an_empty_result_is_no_answer() {
+        let r = run(&K, &fixture!("claude-2.1.197", "empty"), &prompt("empty"));
+        assert_eq!(r.outcome, Class::Failed(ErrorClass::Task));
+        assert_eq!(r.answer, "");
+        assert!(r.message.unwrap().contains("empty result"));
+    }
+
+    #[test]
+    fn an_unreachable_api_is_transient() {
+        let r = run(&K, &fixture!("claude-2.1.197", "refused"), &prompt("ok"));
+        assert_eq!(r.outcome, Class::Failed(ErrorClass::Transient));
+        assert!(r.message.unwrap().contains("Unable to connect"));
+    }
 }

@@ -344,4 +344,20 @@ mod tests {
         assert_eq!(r.usage.model.as_deref(), Some("gpt-6.2-sol"));
         assert!(r.session_id.is_some());
     }
+
+    #[test]
+    fn an_empty_result_is_no_answer() {
+        let r = run(&K, &fixture!("codex-0.171.0", "empty"), &prompt("empty"));
+        assert_eq!(r.outcome, Class::Failed(ErrorClass::Task));
+        assert_eq!(r.answer, "");
+    }
+
+    #[test]
+    fn a_missing_provider_key_is_auth_with_a_fix() {
+        let r = run(&K, &fixture!("codex-0.171.0", "no-key"), &prompt("ok"));
+        assert_eq!(r.outcome, Class::Failed(ErrorClass::Auth));
+        let m = r.message.unwrap();
+        assert!(m.contains("Missing environment variable"), "{m}");
+        assert!(m.contains("fix: set CODEX_API_KEY"), "{m}");
+    }
 }

@@ -51,10 +51,10 @@ pub(crate) fn parse(facts: &RunFacts<'_>) -> Parsed {
     let verdict = match (&err, &out) {
         (Some(e), _) => structured_error(facts, e),
         (None, Some(o)) if o.get("response").is_some() => Verdict::Success,
-        _ => Verdict::UnknownWith {
+        _ => by_exit_status(facts).unwrap_or_else(|| Verdict::UnknownWith {
             error_line: error_line(&error_channel(facts.stderr, facts.prompt), ""),
             needs_answer: true,
-        },
+        }),
     };
     let answer = match (&verdict, &out) {
         (Verdict::Success, Some(o)) => str_at(o, "response").unwrap_or_default().to_string(),
@@ -80,10 +80,45 @@ fn structured_error(facts: &RunFacts<'_>, e: &Value) -> Verdict {
                 .map(str::to_string)
         })
         .unwrap_or_else(|| message.to_string());
-    let status = u64_at(e, "code")
+    let code = u64_at(e, "code");
+    // gemini's own codes for a CLI that cannot work as configured.
+    let own = match code {
+        Some(41) => Some(super::ErrorClass::Auth),
+        Some(55) => Some(super::ErrorClass::Config),
+        _ => None,
+    };
+    if let Some(class) = own {
+        let text = super::short(&message);
+        let hint = super::hint(facts.kind, &class, &text);
+        return Verdict::Error {
+            message: format!("{text}{hint}"),
+            class,
+        };
+    }
+    let status = code
         .filter(|c| (400..600).contains(c))
         .and_then(|c| u16::try_from(c).ok());
     error(facts.kind, &message, status)
+}
+
+/// gemini's own exit statuses for a CLI that cannot work as configured:
+/// 41 (no usable credentials, e.g. "you must specify the GEMINI_API_KEY
+/// environment variable") and 55 (an untrusted folder), with the error line
+/// of stderr as the message.
+fn by_exit_status(facts: &RunFacts<'_>) -> Option<Verdict> {
+    use super::{ErrorClass, ExitKind, hint};
+    let class = match facts.exit {
+        ExitKind::Code(41) => ErrorClass::Auth,
+        ExitKind::Code(55) => ErrorClass::Config,
+        _ => return None,
+    };
+    let line = error_line(&error_channel(facts.stderr, facts.prompt), "")
+        .unwrap_or_else(|| "gemini exited with its configuration error status".into());
+    let hint = hint(facts.kind, &class, &line);
+    Some(Verdict::Error {
+        message: format!("{line}{hint}"),
+        class,
+    })
 }
 
 fn parse_stream(facts: &RunFacts<'_>, events: &[Value]) -> Parsed {
@@ -130,10 +165,10 @@ fn parse_stream(facts: &RunFacts<'_>, events: &[Value]) -> Parsed {
         }
         None => match last_json_object(facts.stderr).and_then(|o| o.get("error").cloned()) {
             Some(e) => structured_error(facts, &e),
-            None => Verdict::UnknownWith {
+            None => by_exit_status(facts).unwrap_or_else(|| Verdict::UnknownWith {
                 error_line: error_line(&error_channel(facts.stderr, facts.prompt), &answer),
                 needs_answer: true,
-            },
+            }),
         },
     };
     Parsed::new(answer, verdict, usage, session_id)
@@ -297,5 +332,23 @@ mod tests {
         let r = run(&K, &fixture!("gemini-0.61.0", "stream-429"), &prompt("429"));
         assert!(matches!(r.outcome, Class::Failed(ErrorClass::Limit { .. })));
         assert_eq!(r.answer, "");
+    }
+
+    #[test]
+    fn an_empty_response_is_no_answer() {
+        let r = run(&K, &fixture!("gemini-0.61.0", "empty"), &prompt("empty"));
+        assert_eq!(r.outcome, Class::Failed(ErrorClass::Task));
+        assert_eq!(r.answer, "");
+    }
+
+    #[test]
+    fn a_missing_key_is_auth_with_a_fix() {
+        let f = fixture!("gemini-0.61.0", "no-key");
+        assert_eq!(f.exit.trim(), "code 41");
+        let r = run(&K, &f, &prompt("ok"));
+        assert_eq!(r.outcome, Class::Failed(ErrorClass::Auth));
+        let m = r.message.unwrap();
+        assert!(m.contains("must specify the GEMINI_API_KEY"), "{m}");
+        assert!(m.contains("fix: set GEMINI_API_KEY"), "{m}");
     }
 }

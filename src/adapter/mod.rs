@@ -335,6 +335,21 @@ fn finish(facts: &RunFacts<'_>, mut p: Parsed) -> RunReport {
             ErrorClass::Transient,
             format!("{who} was killed by signal {s} (not by mailroom)"),
         ),
+        // A CLI that says "success" with an empty result gave no answer:
+        // nothing for the context, nothing done as far as anyone can tell.
+        (Verdict::Success, ExitKind::Code(0))
+            if p.answer.trim().is_empty()
+                && matches!(
+                    facts.kind,
+                    Kind::Claude | Kind::Codex | Kind::Gemini | Kind::Cursor
+                ) =>
+        {
+            failed(
+                p,
+                ErrorClass::Task,
+                format!("{who} reported success with an empty result (no answer)"),
+            )
+        }
         (Verdict::Success | Verdict::Unknown, ExitKind::Code(0)) => success(p),
         (Verdict::Success, ExitKind::Code(c)) => failed(
             p,
@@ -497,6 +512,7 @@ static AUTH: LazyLock<Regex> = LazyLock::new(|| {
         r"invalid[ _-]?(?:x-)?api[ _-]?key|incorrect api key|api key not valid|api_key_invalid|",
         r"x-api-key|not logged in|please run /login|log ?in again|login required|",
         r"permission[ _]denied|missing (?:an? )?api key|no api key|",
+        r"must specify the \w*api_key|missing environment variable|",
         r"auth(?:entication)? method|credentials"
     ))
     .expect("auth pattern compiles")
@@ -514,7 +530,8 @@ static TRANSIENT: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(concat!(
         r"(?i)\b5\d\d\b|internal(?: server)? error|server[ _]error|overloaded|",
         r"high demand|service unavailable|bad gateway|gateway time-?out|temporar|",
-        r"try again (?:later|in a moment)|timed? ?out|connection (?:refused|reset|error|failed)|",
+        r"try again (?:later|in a moment)|timed? ?out|connection ?(?:refused|reset|error|failed)|",
+        r"unable to connect|could not connect|failed to connect|",
         r"network|econn\w+|enotfound|eai_again|socket hang up|stream disconnected|",
         r"fetch failed|\bunavailable\b"
     ))

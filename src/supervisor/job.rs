@@ -611,15 +611,18 @@ impl Job {
         if matches!(kind, Kind::Generic(_)) && self.agent.output.is_none() {
             return None;
         }
+        let dir = self.run_dir();
         let exit = match end {
             RunEnd::Exited(e)
             | RunEnd::TimedOut(e)
             | RunEnd::OutputLimit(e, _)
             | RunEnd::Stopped(e)
             | RunEnd::Cancelled(e) => *e,
-            RunEnd::SpawnFailed { .. } | RunEnd::Lost { .. } => return None,
+            RunEnd::SpawnFailed { .. } | RunEnd::Lost { .. } => {
+                self.keep_answer(&dir, "");
+                return None;
+            }
         };
-        let dir = self.run_dir();
         let read = |f: &str| {
             fsx::read_tail(&dir.join(f), crate::tree::context::OUTPUT_CAP * 8)
                 .map(|(b, _)| String::from_utf8_lossy(&b).into_owned())
@@ -637,14 +640,28 @@ impl Job {
             stopped_by_supervisor: !matches!(end, RunEnd::Exited(_)),
             prompt: &prompt,
         });
+        self.keep_answer(&dir, &report.answer);
+        Some(report)
+    }
+
+    /// Keeps the answer an adapter read as `answer.md`, what the context
+    /// shows of the run unless the agent wrote `$MAILROOM_OUTPUT` itself.
+    /// Without an answer (an error, an empty result, a run that never got
+    /// that far) a line saying so stands in: the CLI's stdout is its JSON,
+    /// which never goes into the context.
+    fn keep_answer(&self, dir: &Path, answer: &str) {
         let own = fsx::read_head(&dir.join("output.md"), 1).is_ok_and(|(b, _)| !b.is_empty());
-        if !own
-            && !report.answer.trim().is_empty()
-            && let Err(e) = std::fs::write(dir.join("answer.md"), report.answer.as_bytes())
-        {
+        if own || !dir.is_dir() {
+            return;
+        }
+        let text = if answer.trim().is_empty() {
+            "(no answer: the agent's CLI did not give one; the error, if any, is above)\n"
+        } else {
+            answer
+        };
+        if let Err(e) = std::fs::write(dir.join("answer.md"), text.as_bytes()) {
             warn!(task = %self.name, error = %e, "cannot keep the agent's answer");
         }
-        Some(report)
     }
 
     pub(super) fn workdir(&self) -> Result<PathBuf, String> {

@@ -464,6 +464,7 @@ fn answers_and_errors(cli: Cli) {
     );
     t.task("badkey", "MOCK:401 Reply with one short sentence.");
     t.task("servererr", "MOCK:500 Reply with one short sentence.");
+    t.task("empty", "MOCK:empty Reply with one short sentence.");
     let started = Instant::now();
     t.run_until_idle();
     let secs = started.elapsed();
@@ -523,6 +524,21 @@ fn answers_and_errors(cli: Cli) {
         rec["attempts"].as_u64().is_some_and(|n| n > 1),
         "{cli:?}: {rec}"
     );
+
+    // An empty result is no answer: a failure, whatever the CLI called it.
+    let rec = t.record("failed", "empty");
+    note(cli, "empty", "failed", &rec);
+    assert_eq!(rec["outcome"], "agent_error", "{cli:?}: {rec}");
+
+    // Failed runs have no answer: the context says so, and never shows the
+    // CLI's JSON in its place.
+    for name in ["badkey", "servererr", "empty"] {
+        let out = t.root.read(&format!("context/agent_outputs/{name}.md"));
+        assert!(
+            out.contains("(no answer") && !out.contains("\"type\"") && !out.contains("{\""),
+            "{cli:?}: {name}: the CLI's JSON reached the context:\n{out}"
+        );
+    }
 
     assert_eq!(t.cooldowns(), Vec::<String>::new(), "{cli:?}: a cooldown");
     eprintln!("{cli:?}: answers and errors filed in {secs:?}");
