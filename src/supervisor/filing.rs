@@ -220,7 +220,13 @@ impl Commit {
         match self.rec.status {
             Status::Completed => {
                 let queued = crate::tree::outbox::queue_outbox(layout, &name, &outbox)?;
-                self.rec.followups.extend(queued);
+                self.rec.followups.extend(queued.names);
+                for w in queued.refused {
+                    if !self.rec.warnings.contains(&w) {
+                        warn!(task = %name, "{w}");
+                        self.rec.warnings.push(w);
+                    }
+                }
             }
             Status::Failed => {
                 let left = crate::tree::outbox::outbox_files(&outbox);

@@ -134,14 +134,20 @@ pub fn with_links_md(text: &str, name: &str, parent: &str) -> Option<String> {
 }
 
 /// Writes one new task into `pending/` through `tasks/tmp/`, under `name` or,
-/// when that name is taken, `name-2`, `name-3`, ... Returns the name used.
+/// when that name is taken, `name-2`, `name-3`, ... (the name shortened to
+/// make room for the suffix when it must). Returns the name used.
 pub fn submit(layout: &Layout, name: &str, text: &str, ext: &str) -> io::Result<String> {
     fsx::create_dir_all(&layout.tmp)?;
     for n in 1..1000 {
         let cand = if n == 1 {
             name.to_owned()
         } else {
-            format!("{name}-{n}")
+            let suffix = format!("-{n}");
+            let mut cut = name.len().min(task::MAX_NAME_BYTES - suffix.len());
+            while !name.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            format!("{}{suffix}", &name[..cut])
         };
         if task::check_name(&cand).is_err() || layout.locate(&cand).is_some() {
             continue;
@@ -159,7 +165,20 @@ pub fn submit(layout: &Layout, name: &str, text: &str, ext: &str) -> io::Result<
             }
         }
     }
-    Err(io::Error::other(format!("no free name for `{name}`")))
+    Err(io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        format!("no free name for `{name}` (it and `{name}-2` … `{name}-999` are all taken)"),
+    ))
+}
+
+/// What [`queue_outbox`] did.
+#[derive(Debug, Default)]
+pub struct Queued {
+    /// The follow-ups queued, by the names they got.
+    pub names: Vec<String>,
+    /// Why each file that looks like a task file was not queued (it stays
+    /// in the outbox): for the record's `warnings`.
+    pub refused: Vec<String>,
 }
 
 /// Queues every task file left in `outbox` (after a successful run of
@@ -167,17 +186,50 @@ pub fn submit(layout: &Layout, name: &str, text: &str, ext: &str) -> io::Result<
 /// Done before the result record: a crash in between reruns the task, whose
 /// agent writes its follow-ups again (they may then be queued twice, as
 /// `name-2`): follow-ups are at least once, like runs.
-pub fn queue_outbox(layout: &Layout, parent: &str, outbox: &Path) -> io::Result<Vec<String>> {
-    let mut queued = Vec::new();
-    for f in outbox_files(outbox) {
-        let path = outbox.join(&f);
-        let Entry::Task { name, ext } = task::classify(&f) else {
+///
+/// An entry that cannot be a follow-up (not a regular file, unreadable, too
+/// large, a name that cannot be used, no free name) is left where it is and
+/// named in `refused`; only an error of the tree itself (a full disk) fails
+/// the call, and the commit that made it is tried again.
+pub fn queue_outbox(layout: &Layout, parent: &str, outbox: &Path) -> io::Result<Queued> {
+    let mut done = Queued::default();
+    let shown = |f: &str| format!("{}/{}", layout.rel(outbox), f.escape_debug());
+    let Ok(rd) = std::fs::read_dir(outbox) else {
+        return Ok(done);
+    };
+    let mut entries: Vec<std::ffi::OsString> = rd.flatten().map(|e| e.file_name()).collect();
+    entries.sort();
+    for raw in entries {
+        let Some(f) = raw.to_str() else {
+            let lossy = raw.to_string_lossy();
+            if lossy.ends_with(".yaml") || lossy.ends_with(".yml") || lossy.ends_with(".md") {
+                done.refused.push(format!(
+                    "follow-up {} not queued: its file name is not UTF-8",
+                    shown(&lossy)
+                ));
+            }
             continue;
         };
+        let (name, ext) = match task::classify(f) {
+            Entry::Task { name, ext } => (name, ext),
+            Entry::BadName(why) => {
+                done.refused.push(format!(
+                    "follow-up {} not queued: its name cannot be used ({why})",
+                    shown(f)
+                ));
+                continue;
+            }
+            Entry::Ignored => continue,
+        };
+        let path = outbox.join(f);
         let text = match fsx::read_task_file(&path, task::DEFAULT_MAX_TASK_BYTES) {
             Ok((b, _)) => String::from_utf8_lossy(&b).into_owned(),
             Err(e) if e.is_gone() => continue,
-            Err(e) => format!("# mailroom: the outbox file could not be read: {e}\n"),
+            Err(e) => {
+                done.refused
+                    .push(format!("follow-up {} not queued: {e}", shown(f)));
+                continue;
+            }
         };
         // A file that does not parse is queued as written: it then fails in
         // pending/ with its own error, where its author can see it.
@@ -187,10 +239,18 @@ pub fn queue_outbox(layout: &Layout, parent: &str, outbox: &Path) -> io::Result<
             with_links(&text, name, parent, None)
         };
         let text = linked.unwrap_or(text);
-        queued.push(submit(layout, name, &text, ext)?);
+        match submit(layout, name, &text, ext) {
+            Ok(queued) => done.names.push(queued),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                done.refused
+                    .push(format!("follow-up {} not queued: {e}", shown(f)));
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
         fsx::remove_file_if_exists(&path)?;
     }
-    Ok(queued)
+    Ok(done)
 }
 
 /// Writes a task's `subtasks` into `pending/` as `<name>.<suffix>`, linked to

@@ -369,3 +369,60 @@ fn without_a_summary_the_next_prompt_carries_the_head_and_tail_of_each_recent_ou
     // Within context_max_bytes.
     assert!(section.len() <= 8192, "{}", section.len());
 }
+
+#[test]
+fn an_outbox_entry_that_cannot_be_a_follow_up_is_named_and_never_wedges_the_commit() {
+    // A directory and a symlink named like task files and a name with a
+    // newline: none is queued (and nothing in their place), each is named
+    // in the record's warnings and left in the outbox. A 200-byte name
+    // already in use is queued shortened (`L…L-2`); the good follow-up is
+    // queued, and the task commits.
+    let long = "L".repeat(200);
+    let script = format!(
+        r#"[ "$MAILROOM_TASK" = p ] || exit 0
+cd "$MAILROOM_OUTBOX"
+mkdir dir.yaml
+ln -s /etc/hostname link.yaml
+printf 'description: a\n' > "$(printf 'n\nl').yaml"
+printf 'description: long\n' > {long}.yaml
+printf 'description: fine\n' > fine.yaml
+echo done"#
+    );
+    let root = Root::new()
+        .agent_config(&["/bin/sh", "-c", &script], "default_agent: a\nretries: 0")
+        .task("p.yaml", "description: x\n")
+        .task(&format!("{long}.yaml"), "description: the name is taken\n");
+    let out = root.run_until_idle_within(std::time::Duration::from_secs(60));
+    assert!(
+        root.names("completed").contains(&"p".to_owned()),
+        "{}",
+        stderr(&out)
+    );
+    let rec = root.record("completed", "p");
+    let short = format!("{}-2", &long[..198]);
+    assert_eq!(
+        rec["followups"],
+        serde_json::json!([short, "fine"]),
+        "{rec}"
+    );
+    let warnings = rec["warnings"].to_string();
+    for want in ["dir.yaml", "link.yaml", "n\\\\nl.yaml"] {
+        assert!(warnings.contains(want), "{want} not named: {warnings}");
+    }
+    for left in ["dir.yaml", "link.yaml"] {
+        assert!(
+            std::fs::symlink_metadata(root.p(&format!("tasks/completed/p.run/1/outbox/{left}")))
+                .is_ok(),
+            "{left} was not left in the outbox"
+        );
+    }
+    // Nothing else was queued: no `dir`, no `link`.
+    let mut all: Vec<String> = ["pending", "completed", "failed"]
+        .iter()
+        .flat_map(|s| root.names(s))
+        .collect();
+    all.sort();
+    let mut want = vec!["fine".to_owned(), long.clone(), short, "p".to_owned()];
+    want.sort();
+    assert_eq!(all, want);
+}
