@@ -149,7 +149,14 @@ pub fn run(spec: &mut Spec, root: &Path, stops: &mut Stops) -> RunEnd {
     let why = loop {
         if let Ok(Some(st)) = child.try_wait() {
             reap_group(pgid, Duration::from_secs(2), true);
-            return RunEnd::Exited(process::to_exit(Ok(st)));
+            let exit = process::to_exit(Ok(st));
+            // Output written since the last look counts too: a fast agent
+            // ends before the next check.
+            let n = process::output_size(spec);
+            if n > spec.max_output {
+                return RunEnd::OutputLimit(exit, n);
+            }
+            return RunEnd::Exited(exit);
         }
         if let Some(s) = stops.drain() {
             break Why::Stop(s);
@@ -160,7 +167,7 @@ pub fn run(spec: &mut Spec, root: &Path, stops: &mut Stops) -> RunEnd {
         }
         if now >= next_check {
             next_check = now + check_every;
-            let n = output_size(spec);
+            let n = process::output_size(spec);
             if n > spec.max_output {
                 break Why::Output(n);
             }
@@ -177,13 +184,6 @@ pub fn run(spec: &mut Spec, root: &Path, stops: &mut Stops) -> RunEnd {
         Why::Stop(_) => RunEnd::Stopped(exit),
         Why::Output(n) => RunEnd::OutputLimit(exit, n),
     }
-}
-
-fn output_size(spec: &Spec) -> u64 {
-    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-    size(&spec.stdout)
-        .max(size(&spec.stderr))
-        .max(spec.output.as_deref().map_or(0, size))
 }
 
 /// SIGTERM to the group, the grace period, then SIGKILL; always awaits the

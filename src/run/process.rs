@@ -339,6 +339,12 @@ pub async fn wait(
             st = child.wait() => {
                 let exit = to_exit(st);
                 reap_group(pgid, Duration::from_secs(2)).await;
+                // Output written since the last look counts too: a fast
+                // agent ends before the next check.
+                let n = output_size(spec);
+                if n > spec.max_output {
+                    return RunEnd::OutputLimit(exit, n);
+                }
                 return RunEnd::Exited(exit);
             }
             _ = sleep_until(deadline) => break Why::Timeout,
@@ -350,10 +356,7 @@ pub async fn wait(
                 }
             }
             _ = check.tick() => {
-                let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-                let n = size(&spec.stdout)
-                    .max(size(&spec.stderr))
-                    .max(spec.output.as_deref().map_or(0, size));
+                let n = output_size(spec);
                 if n > spec.max_output {
                     break Why::Output(n);
                 }
@@ -370,6 +373,15 @@ pub async fn wait(
         Why::Stop(_) => RunEnd::Stopped(exit),
         Why::Output(n) => RunEnd::OutputLimit(exit, n),
     }
+}
+
+/// The largest of the run's output files (stdout, stderr, `output.md`), by
+/// their length (a sparse file counts at its apparent size).
+pub(crate) fn output_size(spec: &Spec) -> u64 {
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    size(&spec.stdout)
+        .max(size(&spec.stderr))
+        .max(spec.output.as_deref().map_or(0, size))
 }
 
 pub(crate) fn to_exit(st: std::io::Result<std::process::ExitStatus>) -> Exit {

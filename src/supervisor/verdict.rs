@@ -47,7 +47,8 @@ pub fn ended(end: &RunEnd, timeout: Duration, max_output: u64) -> Ended {
             Outcome::OutputLimit,
             Some(*e),
             Some(format!(
-                "agent wrote {n} bytes of output, over max_output_bytes ({max_output}); it was stopped"
+                "agent wrote {n} bytes of output, over max_output_bytes ({max_output}) (stopped \
+                 when it passed the limit, or found over it when the agent ended)"
             )),
         ),
         // A run mailroom stopped is never a success, whatever its exit code

@@ -1320,3 +1320,38 @@ fn the_conformance_script_passes_against_mailroom_and_fails_against_a_do_nothing
         let _ = std::fs::remove_dir_all(l.trim_start_matches("tree kept at "));
     }
 }
+
+#[test]
+fn output_over_the_limit_fails_even_when_the_agent_ends_before_the_next_look() {
+    // The limit is looked at every 0.5 s while the agent runs, and once more
+    // when it ends: a fast writer, or a sparse 10 GB output.md, is no success.
+    let root = Root::new()
+        .agent_config(
+            &[
+                "/bin/sh",
+                "-c",
+                r#"case "$MAILROOM_TASK" in
+  fast) head -c 3000000 /dev/zero ;;
+  sparse) truncate -s 10G "$MAILROOM_OUTPUT"; echo hi ;;
+  small) echo fine ;;
+esac"#,
+            ],
+            "max_output_bytes: 1000000\nretries: 0\ndefault_agent: a",
+        )
+        .task("fast.yaml", "description: x\n")
+        .task("sparse.yaml", "description: x\n")
+        .task("small.yaml", "description: x\n");
+    root.run_until_idle();
+    assert_eq!(root.names("completed"), ["small"]);
+    for name in ["fast", "sparse"] {
+        let rec = root.record("failed", name);
+        assert_eq!(rec["outcome"], "output_limit", "{name}: {rec}");
+        assert!(
+            rec["error"]
+                .as_str()
+                .unwrap()
+                .contains("over max_output_bytes (1000000)"),
+            "{name}: {rec}"
+        );
+    }
+}
