@@ -73,9 +73,39 @@ fn or_set_aside<T>(
     write().map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", layout.rel(path))))
 }
 
+/// Makes sure `dir` is a directory of its own: a symbolic link (which an
+/// agent may plant to make the supervisor write elsewhere) or a file in its
+/// place is set aside, and a fresh directory made.
+fn real_dir(layout: &Layout, dir: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => {
+            let aside = fsx::set_aside(dir).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{} is not a directory; cannot set it aside: {e}",
+                        layout.rel(dir)
+                    ),
+                )
+            })?;
+            tracing::warn!(
+                path = %layout.rel(dir),
+                set_aside_as = %layout.rel(&aside),
+                "a context directory was a link or a file; set it aside and made a fresh one"
+            );
+            fsx::create_dir_all(dir)
+        }
+        Err(_) => fsx::create_dir_all(dir),
+    }
+}
+
 /// Takes the exclusive lock on `context/.lock` (blocking: merges are short).
+/// `context/` and `context/agent_outputs/` are made sure to be directories
+/// of the tree first: nothing is ever written through a link.
 fn lock_context(layout: &Layout) -> io::Result<File> {
-    fsx::create_dir_all(&layout.outputs)?;
+    real_dir(layout, &layout.context)?;
+    real_dir(layout, &layout.outputs)?;
     let path = layout.context.join(".lock");
     let f = or_set_aside(layout, &path, || {
         OpenOptions::new()

@@ -23,7 +23,30 @@ impl TaskLock {
     pub fn try_acquire(layout: &Layout, name: &str) -> io::Result<Option<TaskLock>> {
         let path = layout.lock_file(name);
         for _ in 0..4 {
-            let file = open_lock_file(&path)?;
+            let file = match open_lock_file(&path) {
+                Ok(f) => f,
+                // A directory, a link or a device in the lock's place (put
+                // there by hand or by an agent) can be nobody's lock: it is
+                // set aside, or the task could never be locked again.
+                Err(e) if not_a_lock_file(&path) => {
+                    let aside = crate::tree::fsx::set_aside(&path).map_err(|e2| {
+                        io::Error::new(
+                            e.kind(),
+                            format!(
+                                "{} is not a lock file ({e}) and cannot be set aside: {e2}",
+                                path.display()
+                            ),
+                        )
+                    })?;
+                    tracing::warn!(
+                        path = %path.display(),
+                        set_aside_as = %aside.display(),
+                        "the task's lock file was not a regular file; set it aside"
+                    );
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             match file.try_lock() {
                 Ok(()) => {}
                 Err(fs::TryLockError::WouldBlock) => return Ok(None),
@@ -85,6 +108,11 @@ impl TaskLock {
 /// group must be able to take it (set past the umask; only the file's owner
 /// may, and another user's file keeps the mode its owner gave it). Used for
 /// task locks and slot locks.
+/// Whether something other than a regular file (or nothing) is at a lock's path.
+fn not_a_lock_file(path: &std::path::Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|m| !m.file_type().is_file())
+}
+
 pub(crate) fn open_lock_file(path: &std::path::Path) -> io::Result<File> {
     let shared = crate::tree::fsx::shared();
     let file = OpenOptions::new()

@@ -1355,3 +1355,26 @@ esac"#,
         );
     }
 }
+
+#[test]
+fn a_directory_in_the_place_of_a_task_lock_is_set_aside_and_the_task_recovered() {
+    let root = Root::new()
+        .agent_config(&[&agent("ok.sh")], "default_agent: a")
+        .task("h7.yaml", "description: x\n");
+    // A task file in assigned/ (an orphan), its lock path a directory.
+    std::fs::rename(
+        root.p("tasks/pending/h7.yaml"),
+        root.p("tasks/assigned/h7.yaml"),
+    )
+    .unwrap();
+    std::fs::create_dir(root.p("tasks/assigned/h7.lock")).unwrap();
+    let out = root.run_until_idle_within(std::time::Duration::from_secs(60));
+    assert_eq!(root.names("completed"), ["h7"], "{}", stderr(&out));
+    assert!(
+        root.entries("tasks/assigned")
+            .iter()
+            .any(|e| e.starts_with("h7.lock.set-aside-")),
+        "{:?}",
+        root.entries("tasks/assigned")
+    );
+}

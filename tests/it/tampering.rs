@@ -268,3 +268,47 @@ fn a_keeper_ignores_sighup() {
     assert_eq!(everywhere(&root), ["completed/t"]);
     assert_eq!(runs(&root).len(), 1, "{:?}", runs(&root));
 }
+
+#[test]
+fn an_agent_that_links_the_outputs_directory_elsewhere_gets_nothing_written_there() {
+    let outside = tempfile_dir("mailroom-outside");
+    let script = format!(
+        r#"rm -rf "$MAILROOM_ROOT/context/agent_outputs"
+ln -s {:?} "$MAILROOM_ROOT/context/agent_outputs"
+echo answered"#,
+        outside.display().to_string()
+    );
+    let root = Root::new()
+        .agent_config(&["/bin/sh", "-c", &script], "retries: 0")
+        .task("t.yaml", "description: x\n");
+    root.run_until_idle();
+    let written: Vec<_> = std::fs::read_dir(&outside).unwrap().flatten().collect();
+    let _ = std::fs::remove_dir_all(&outside);
+    assert!(
+        written.is_empty(),
+        "the supervisor wrote outside the tree: {written:?}"
+    );
+    let meta = std::fs::symlink_metadata(root.p("context/agent_outputs")).unwrap();
+    assert!(meta.is_dir(), "{meta:?}");
+    assert!(root.read("context/agent_outputs/t.md").contains("answered"));
+    assert!(
+        root.entries("context")
+            .iter()
+            .any(|e| e.starts_with("agent_outputs.set-aside-")),
+        "{:?}",
+        root.entries("context")
+    );
+}
+
+fn tempfile_dir(prefix: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
