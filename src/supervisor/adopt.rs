@@ -93,22 +93,45 @@ impl Supervisor {
         let layout = self.layout();
         let run = st.run.as_ref()?;
         let path = layout.task_file(State::Assigned, name, ext);
-        let read =
-            fsx::read_task_file(&path, self.config.max_task_bytes).map_err(|e| e.to_string());
-        let (task, claimed) = match read.and_then(|(b, id)| {
+        let read = |p: &Path| {
+            let (b, id) =
+                fsx::read_task_file(p, self.config.max_task_bytes).map_err(|e| e.to_string())?;
             let t = task::parse_as(name, ext, &b).map_err(|e| e.message)?;
-            Ok((
+            Ok::<_, String>((
                 t,
                 Claimed {
                     bytes: b,
                     id: (id.dev, id.ino),
                 },
             ))
-        }) {
+        };
+        // The task as claimed: the run directory's link to the claimed file
+        // (the task file itself may have been replaced by the run's agent),
+        // else the task file.
+        let copy = layout.claimed_copy(State::Assigned, name, ext);
+        let (task, claimed) = match read(&copy).or_else(|_| read(&path)) {
             Ok(t) => t,
             Err(e) => {
-                error!(task = name, error = %e, "cannot read the task of a kept run");
-                return None;
+                // Changed into something that no longer parses (by its
+                // agent, as a rule): the run is still committed, with a
+                // stand-in for the task, rather than left in assigned/.
+                warn!(
+                    task = name,
+                    error = %e,
+                    "the task file of a kept run cannot be used; its run is committed as it ended"
+                );
+                let claimed = fsx::read_task_file(&path, self.config.max_task_bytes)
+                    .map(|(bytes, id)| Claimed {
+                        bytes,
+                        id: (id.dev, id.ino),
+                    })
+                    .unwrap_or_default();
+                let what = format!("(task file {name}.{ext} cannot be used: {e})");
+                let stand_in = format!("description: {}\n", serde_json::to_string(&what).ok()?);
+                (
+                    task::parse_as(name, "yaml", stand_in.as_bytes()).ok()?,
+                    claimed,
+                )
             }
         };
         // An agent removed from the config since: keep its name, borrow the

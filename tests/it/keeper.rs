@@ -315,6 +315,7 @@ case "$ACT" in
   delete) rm -f "$MAILROOM_TASK_FILE" ;;
   move-completed) mv "$MAILROOM_TASK_FILE" "$MAILROOM_ROOT/tasks/completed/" ;;
   rm-lock) rm -f "$a.lock" "$a.state.json" ;;
+  garble) printf 'description: [broken\n' > "$MAILROOM_TASK_FILE" ;;
 esac
 i=0
 while [ ! -e "$MAILROOM_ROOT/go" ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done
@@ -468,5 +469,33 @@ fn a_run_whose_lock_file_its_agent_removed_is_not_taken_by_another_supervisor() 
         root.names("completed").len() + root.names("failed").len(),
         1,
         "filed twice"
+    );
+}
+
+#[test]
+fn a_kept_run_whose_task_file_no_longer_parses_is_still_committed() {
+    // The agent rewrites its task file in place with YAML that does not
+    // parse; its supervisor is killed. The next supervisor cannot read the
+    // task, but must not leave the finished run in assigned/ for ever.
+    let root = tamperer_root("garble", 0);
+    let mut sup = root.spawn();
+    let pid = started(&root);
+    let _cleanup = KillGroupOnDrop(pid);
+    sup.kill9();
+    let _sup = root.spawn();
+    root.write("go", "");
+    wait_for(Duration::from_secs(30), "the run to be filed", || {
+        root.names("completed").len() + root.names("failed").len() == 1
+    });
+    assert!(
+        root.entries("tasks/assigned").is_empty(),
+        "{:?}",
+        root.entries("tasks/assigned")
+    );
+    let log = log(&root);
+    assert_eq!(
+        log.lines().filter(|l| l.starts_with("start")).count(),
+        1,
+        "{log}"
     );
 }
