@@ -174,9 +174,28 @@ impl Job {
         // stopped its run without being asked got its signal from another
         // process (its own agent, as a rule).
         let mut asked = false;
+        // The keeper enforces the timeout; a keeper that was stopped
+        // (SIGSTOP, a debugger) cannot. Once the run is past its deadline and
+        // grace, a stopped keeper is continued, every few seconds, so that
+        // it stops its agent as it should.
+        let overdue = tokio::time::Instant::now() + spec.timeout.saturating_add(spec.grace);
+        let mut watch = tokio::time::interval_at(overdue, Duration::from_secs(5));
         let status = loop {
             tokio::select! {
                 st = child.wait() => break st,
+                _ = watch.tick() => {
+                    if keeper_stopped(pid) {
+                        warn!(
+                            task = %self.name,
+                            keeper = pid,
+                            "the run is past its timeout and its keeper is stopped (SIGSTOP?); continuing it"
+                        );
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid as i32),
+                            nix::sys::signal::Signal::SIGCONT,
+                        );
+                    }
+                }
                 r = stop.changed(), if listening => match r {
                     Ok(()) => {
                         if let Some(s) = *stop.borrow() {
@@ -683,4 +702,14 @@ impl Job {
         }
         Ok(canon)
     }
+}
+
+/// Whether process `pid` is stopped (by a signal or a tracer), from
+/// `/proc/<pid>/stat`.
+fn keeper_stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rfind(')')
+            .and_then(|i| s[i + 1..].split_whitespace().next())
+            .is_some_and(|st| st == "T" || st == "t")
+    })
 }

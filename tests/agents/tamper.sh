@@ -9,6 +9,7 @@
 #              logs "late" if it is not stopped
 #   term-keeper  sends its run keeper SIGTERM (a stop mailroom did not ask
 #              for), then waits to be stopped
+#   stop-keeper  stops its run keeper (SIGSTOP), then waits to be stopped
 #   hup-keeper sends its run keeper SIGHUP, then succeeds
 #   rm-run-dir removes its own run directory and exits 0
 #   as-dir     replaces its task file with a directory and exits 0
@@ -36,6 +37,7 @@ case "$last" in
     ;;
   term-keeper) kill -TERM "$PPID"; sleep 30 ;;
   hup-keeper) kill -HUP "$PPID"; sleep 0.5 ;;
+  stop-keeper) kill -STOP "$PPID"; sleep 60 ;;
   rm-run-dir) rm -rf "$MAILROOM_RUN_DIR" ;;
   as-dir) rm -f "$MAILROOM_TASK_FILE"; mkdir "$MAILROOM_TASK_FILE" ;;
   as-link) rm -f "$MAILROOM_TASK_FILE"; ln -s /etc/hostname "$MAILROOM_TASK_FILE" ;;

@@ -312,3 +312,22 @@ fn tempfile_dir(prefix: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+#[test]
+fn a_stopped_keeper_is_continued_so_the_timeout_holds() {
+    // A keeper stopped with SIGSTOP cannot enforce its run's timeout: the
+    // supervisor continues it once the run is overdue, and the run ends as
+    // a timeout instead of running on for ever.
+    let root = tamper_root(0, "").task("t.yaml", "description: stop-keeper\ntimeout: 1s\n");
+    let started = std::time::Instant::now();
+    root.run_until_idle_within(Duration::from_secs(60));
+    assert_eq!(everywhere(&root), ["failed/t"]);
+    let rec = root.record("failed", "t");
+    assert_eq!(rec["outcome"], "timeout", "{rec}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(processes_of(&root.path).is_empty());
+}
