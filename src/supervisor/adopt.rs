@@ -255,10 +255,14 @@ impl Job {
         let run_dir = books::current_run_dir(&layout, &self.name, &st);
         match keeper::outcome(&run_dir, run_id) {
             Some(KeptOutcome {
-                end, started_at, ..
+                end,
+                started_at,
+                finished_at,
+                ..
             }) => {
                 let started = record::parse_ts(&started_at).unwrap_or_else(SystemTime::now);
-                self.finish(st, end, started).await
+                let finished = record::parse_ts(&finished_at).filter(|f| *f >= started);
+                self.finish(st, end, (started, finished)).await
             }
             None => self.recover_orphan_run().await,
         }

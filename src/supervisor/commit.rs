@@ -84,9 +84,11 @@ impl Job {
         self,
         mut st: TaskState,
         end: RunEnd,
-        started: SystemTime,
+        (started, finished): (SystemTime, Option<SystemTime>),
     ) -> JobEnd {
-        let finished = SystemTime::now();
+        // A kept run that ended while no supervisor watched: when its keeper
+        // says it did, not when it was found.
+        let finished = finished.unwrap_or_else(SystemTime::now);
         let timeout = self.task.timeout.unwrap_or(self.agent.timeout);
         let ended = verdict::ended(&end, timeout, self.config.max_output_bytes);
         let report = self.read_report(&end);

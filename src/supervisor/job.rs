@@ -120,7 +120,7 @@ impl Job {
                 Err(end) => end,
             }
         };
-        self.finish(st, end, started).await
+        self.finish(st, end, (started, None)).await
     }
 
     /// Runs the agent under a keeper (protocol version 2): the keeper gets the

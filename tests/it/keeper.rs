@@ -119,9 +119,14 @@ fn an_outcome_written_while_no_supervisor_ran_is_committed_as_it_is() {
         "the keeper to record the outcome",
         || root.exists("tasks/assigned/o.run/1/outcome.json") && agents_of(&root).is_empty(),
     );
+    let kept: serde_json::Value =
+        serde_json::from_str(&root.read("tasks/assigned/o.run/1/outcome.json")).unwrap();
     root.run_until_idle();
     assert_eq!(root.names("completed"), ["o"]);
-    assert_ran_once(&root, "completed");
+    let rec = assert_ran_once(&root, "completed");
+    // Its times are the run's, as its keeper wrote them, not the commit's.
+    assert_eq!(rec["finished_at"], kept["finished_at"], "{rec}\n{kept}");
+    assert_eq!(rec["history"][0]["finished_at"], kept["finished_at"], "{rec}");
 }
 
 #[test]
