@@ -442,6 +442,11 @@ impl Supervisor {
         if books::count(self.layout(), State::Assigned) > self.running.len() {
             return true;
         }
+        // A file the scan has not taken up yet (a second file of a name
+        // already queued, say, which the next look files as a clash).
+        if books::count(self.layout(), State::Pending) > self.pending.len() {
+            return true;
+        }
         self.waiting.iter().any(|n| {
             self.pending.get(n).is_some_and(|p| match &p.parsed {
                 Ok(b) => b.after.iter().all(|d| {

@@ -1378,3 +1378,16 @@ fn a_directory_in_the_place_of_a_task_lock_is_set_aside_and_the_task_recovered()
         root.entries("tasks/assigned")
     );
 }
+
+#[test]
+fn run_exit_when_idle_files_every_same_named_file_before_it_exits() {
+    let root = Root::new()
+        .agent_config(&[&agent("ok.sh")], "default_agent: a")
+        .task("dup.yaml", "description: one\n")
+        .task("dup.yml", "description: two\n")
+        .task("dup.md", "---\nagent: a\n---\nthree\n");
+    let out = root.run_until_idle_within(std::time::Duration::from_secs(60));
+    assert!(root.names("pending").is_empty(), "left behind: {:?}\n{}", root.entries("tasks/pending"), stderr(&out));
+    assert_eq!(root.names("completed"), ["dup"]);
+    assert_eq!(root.names("failed").len(), 2, "{:?}", root.names("failed"));
+}
