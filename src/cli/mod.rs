@@ -118,7 +118,7 @@ pub enum Command {
         #[arg(long, value_parser = ["high", "normal", "low"])]
         priority: Option<String>,
         /// The task's name (its file name without the extension); generated when absent.
-        #[arg(long)]
+        #[arg(long, value_parser = name_arg)]
         name: Option<String>,
         /// Submit this task file as is: .yaml, .yml, or .md (YAML front
         /// matter, the body is the description); `-` reads YAML from standard input.
@@ -334,6 +334,11 @@ pub fn open_tree(root: &Path) -> Result<Layout> {
 // Option values are checked while the arguments are parsed, so that a bad
 // one is a usage error (exit 2, with clap's hint) like an unknown flag; the
 // commands keep receiving the text as typed.
+
+/// A task name option (`--name`), checked like a file's.
+fn name_arg(s: &str) -> Result<String, String> {
+    task::check_name(s).map(|()| s.to_owned())
+}
 
 /// A duration option (`10m`, `90s`).
 fn duration_arg(s: &str) -> Result<String, String> {

@@ -434,7 +434,12 @@ pub fn yaml_error_keyed(
         Some(l) if l.line() > 0 => (Some(l.line()), Some(l.column())),
         _ => (None, None),
     };
-    let message = match e.without_snippet() {
+    // An error met through an alias is the error itself, wherever it is used.
+    let mut inner = e.without_snippet();
+    while let E::AliasError { error, .. } = inner {
+        inner = error.without_snippet();
+    }
+    let message = match inner {
         E::SerdeUnknownField {
             field, expected, ..
         } => unknown_key(field, expected),
@@ -624,6 +629,9 @@ pub fn check_name(name: &str) -> Result<(), String> {
     if name.starts_with('.') {
         return Err("the name starts with a dot".into());
     }
+    if name.trim().is_empty() {
+        return Err("the name is only spaces".into());
+    }
     if name.contains('/') || name.contains('\\') {
         return Err("the name contains a slash".into());
     }
@@ -685,6 +693,11 @@ pub fn parse_as(name: &str, ext: &str, bytes: &[u8]) -> Result<Task, TaskError> 
 
 /// A task file's bytes as text: no NUL, UTF-8 (its position when not), no BOM.
 fn task_text(bytes: &[u8]) -> Result<&str, TaskError> {
+    if bytes.starts_with(&[0xff, 0xfe]) || bytes.starts_with(&[0xfe, 0xff]) {
+        return Err(TaskError::new(
+            "the file is UTF-16 text (it starts with a UTF-16 byte order mark); save it as UTF-8",
+        ));
+    }
     if bytes.contains(&0) {
         return Err(TaskError::new(
             "the file holds binary data (NUL bytes); a task file is YAML text",
@@ -1513,5 +1526,22 @@ context_files: ["context/project_overview.md", "context/current_state.md"]
                     g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]\nh: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]\n\
                     description: *h\n";
         assert!(parse("x", bomb.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn names_of_spaces_utf16_files_and_alias_bombs_get_clear_errors() {
+        assert_eq!(check_name("   ").unwrap_err(), "the name is only spaces");
+        assert!(check_name("a b").is_ok());
+        let e = parse("t", b"\xff\xfed\x00e\x00").unwrap_err();
+        assert!(e.message.contains("UTF-16"), "{}", e.message);
+        let big = "x".repeat(100_000);
+        let aliases = vec!["*a"; 60].join(",");
+        let bomb = format!("description: &a \"{big}\"\nlabels: [{aliases}]\n");
+        let e = parse("t", bomb.as_bytes()).unwrap_err();
+        assert!(
+            e.message.contains("too much") && !e.message.contains("ScalarBytes"),
+            "{}",
+            e.message
+        );
     }
 }

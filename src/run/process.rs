@@ -289,7 +289,31 @@ pub fn command(spec: &mut Spec, root: &Path) -> Result<(std::process::Command, P
 /// What a failed spawn of the agent means, said so that a person can fix it.
 pub fn spawn_error(e: std::io::Error, spec: &Spec, program: &Path) -> RunEnd {
     let not_found = e.kind() == std::io::ErrorKind::NotFound;
-    let error = if not_found {
+    // The file is there and exec says "not found": what is missing is its
+    // interpreter (a script's `#!` line) or an ELF file's loader.
+    let exists = std::fs::metadata(program).is_ok_and(|m| m.is_file());
+    let error = if not_found && exists {
+        let first = std::fs::File::open(program)
+            .and_then(|f| {
+                use std::io::{BufRead, Read};
+                let mut line = String::new();
+                std::io::BufReader::new(f).take(256).read_line(&mut line)?;
+                Ok(line)
+            })
+            .unwrap_or_default();
+        match first.strip_prefix("#!") {
+            Some(interp) => format!(
+                "agent command `{}` exists, but its interpreter `{}` (its #! line) was not found",
+                program.display(),
+                interp.trim()
+            ),
+            None => format!(
+                "agent command `{}` exists, but cannot be run: a program it needs (its \
+                 interpreter or dynamic loader) was not found",
+                program.display()
+            ),
+        }
+    } else if not_found {
         if spec.argv[0].contains('/') {
             format!(
                 "agent command `{}` does not exist (resolved to {})",

@@ -1387,7 +1387,35 @@ fn run_exit_when_idle_files_every_same_named_file_before_it_exits() {
         .task("dup.yml", "description: two\n")
         .task("dup.md", "---\nagent: a\n---\nthree\n");
     let out = root.run_until_idle_within(std::time::Duration::from_secs(60));
-    assert!(root.names("pending").is_empty(), "left behind: {:?}\n{}", root.entries("tasks/pending"), stderr(&out));
+    assert!(
+        root.names("pending").is_empty(),
+        "left behind: {:?}\n{}",
+        root.entries("tasks/pending"),
+        stderr(&out)
+    );
     assert_eq!(root.names("completed"), ["dup"]);
     assert_eq!(root.names("failed").len(), 2, "{:?}", root.names("failed"));
+}
+
+#[test]
+fn a_script_whose_interpreter_is_missing_is_named_as_such() {
+    let root = Root::new();
+    root.write("bin/badinterp", "#!/nonexistent/interp\necho hi\n");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        root.p("bin/badinterp"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let root = root
+        .agent_config(&["bin/badinterp"], "retries: 0\ndefault_agent: a")
+        .task("t.yaml", "description: x\n");
+    root.run_until_idle();
+    let rec = root.record("failed", "t");
+    assert_eq!(rec["outcome"], "spawn", "{rec}");
+    let err = rec["error"].as_str().unwrap();
+    assert!(
+        err.contains("exists, but its interpreter `/nonexistent/interp`"),
+        "{err}"
+    );
 }

@@ -126,7 +126,10 @@ fn an_outcome_written_while_no_supervisor_ran_is_committed_as_it_is() {
     let rec = assert_ran_once(&root, "completed");
     // Its times are the run's, as its keeper wrote them, not the commit's.
     assert_eq!(rec["finished_at"], kept["finished_at"], "{rec}\n{kept}");
-    assert_eq!(rec["history"][0]["finished_at"], kept["finished_at"], "{rec}");
+    assert_eq!(
+        rec["history"][0]["finished_at"], kept["finished_at"],
+        "{rec}"
+    );
 }
 
 #[test]
