@@ -63,6 +63,10 @@ pub struct Report {
     /// run are still listed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files_modified_exact: Option<bool>,
+    /// What was wrong with the agent's `$MAILROOM_RESULT`, for the record's
+    /// `warnings` (not part of `workspace`).
+    #[serde(skip)]
+    pub warning: Option<String>,
 }
 
 /// `$MAILROOM_RESULT`, as an agent may write it.
@@ -303,15 +307,38 @@ pub fn shared_report(
     git_status: bool,
     overlapped: bool,
 ) -> Report {
-    if let Ok((b, _)) = crate::tree::fsx::read_task_file(result_file, 1024 * 1024)
-        && let Ok(r) = serde_saphyr::from_slice::<AgentResult>(&b)
-    {
-        return Report {
-            kind: "shared".into(),
-            files_modified: r.files_modified,
-            source: "agent".into(),
-            ..Report::default()
-        };
+    let mut warning = None;
+    match crate::tree::fsx::read_task_file(result_file, 1024 * 1024) {
+        Ok((b, _)) => match serde_saphyr::from_slice::<AgentResult>(&b) {
+            Ok(r) => {
+                let (files, dropped) = plain_paths(r.files_modified);
+                return Report {
+                    kind: "shared".into(),
+                    files_modified: files,
+                    source: "agent".into(),
+                    warning: (dropped > 0).then(|| {
+                        format!(
+                            "$MAILROOM_RESULT: {dropped} entr{} of files_modified left out \
+                             (absolute, `..`, or control characters: paths are relative to \
+                             the workdir and inside it)",
+                            if dropped == 1 { "y" } else { "ies" }
+                        )
+                    }),
+                    ..Report::default()
+                };
+            }
+            Err(e) => {
+                let e = crate::parse::task::yaml_error(&e);
+                warning = Some(format!(
+                    "$MAILROOM_RESULT was not used: {}",
+                    e.display_at("result.yaml")
+                ));
+            }
+        },
+        Err(e) if e.is_gone() => {}
+        Err(e) => {
+            warning = Some(format!("$MAILROOM_RESULT was not used: {e}"));
+        }
     }
     if git_status && git_toplevel(workdir).is_some() {
         let ours = |p: &str| {
@@ -328,14 +355,36 @@ pub fn shared_report(
                 .collect(),
             source: "git-status".into(),
             files_modified_exact: Some(!overlapped),
+            warning,
             ..Report::default()
         };
     }
     Report {
         kind: "shared".into(),
         source: "none".into(),
+        warning,
         ..Report::default()
     }
+}
+
+/// The entries of an agent's `files_modified` that are plain relative
+/// paths inside the workdir, and how many were left out.
+fn plain_paths(files: Vec<String>) -> (Vec<String>, usize) {
+    let n = files.len();
+    let kept: Vec<String> = files
+        .into_iter()
+        .filter(|f| {
+            let p = Path::new(f);
+            !f.is_empty()
+                && !f.chars().any(char::is_control)
+                && p.is_relative()
+                && !p
+                    .components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir))
+        })
+        .collect();
+    let dropped = n - kept.len();
+    (kept, dropped)
 }
 
 /// The top of the git repository that holds `dir`: the nearest ancestor

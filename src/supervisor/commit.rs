@@ -61,6 +61,7 @@ pub(super) fn workspace_report(
                 source: "git".into(),
                 removed: Some(remove && crate::run::workspace::remove(&ws.path)),
                 files_modified_exact: None,
+                warning: None,
             }
         }
     }

@@ -100,12 +100,12 @@ impl Job {
             tokio::task::spawn_blocking(move || {
                 let layout = &ctx.layout;
                 if let Some(ws) = ws {
-                    rec.workspace = Some(workspace_report(
-                        &ws,
-                        rec.status,
-                        &layout.root,
-                        config.git_status,
-                    ));
+                    let mut report =
+                        workspace_report(&ws, rec.status, &layout.root, config.git_status);
+                    if let Some(w) = report.warning.take() {
+                        rec.warnings.push(w);
+                    }
+                    rec.workspace = Some(report);
                 }
                 let (out, cut) = crate::tree::context::read_output(&run_dir);
                 rec.summary = crate::tree::context::summary(&out);

@@ -224,3 +224,36 @@ fn no_git_process_runs_outside_a_repository_or_when_turned_off() {
         .task("t.yaml", "description: x\n");
     check(&off, "none");
 }
+
+#[test]
+fn a_malformed_result_file_is_named_in_the_warnings_and_odd_paths_are_left_out() {
+    let script = r#"case "$MAILROOM_TASK" in
+  bad) printf 'files_modified: [unclosed\n' > "$MAILROOM_RESULT" ;;
+  paths) printf 'files_modified: ["src/a.rs", "../../etc/passwd", "/etc/shadow"]\n' > "$MAILROOM_RESULT" ;;
+esac
+echo done"#;
+    let root = Root::new()
+        .agent_config(
+            &["/bin/sh", "-c", script],
+            "default_agent: a\ngit_status: false",
+        )
+        .task("bad.yaml", "description: x\n")
+        .task("paths.yaml", "description: x\n");
+    root.run_until_idle();
+    let rec = root.record("completed", "bad");
+    let w = rec["warnings"].to_string();
+    assert!(w.contains("$MAILROOM_RESULT was not used"), "{rec}");
+    assert_eq!(rec["workspace"]["source"], "none", "{rec}");
+    let rec = root.record("completed", "paths");
+    assert_eq!(
+        rec["workspace"]["files_modified"],
+        serde_json::json!(["src/a.rs"]),
+        "{rec}"
+    );
+    assert!(
+        rec["warnings"]
+            .to_string()
+            .contains("2 entries of files_modified left out"),
+        "{rec}"
+    );
+}
