@@ -139,19 +139,34 @@ pub fn add(root: &Path, a: AddArgs) -> Result<String> {
         }
     };
     let explicit = a.name.map(str::to_owned).or(default_name.clone());
-    let base = match &explicit {
+    let mut base = match &explicit {
         Some(n) => n.clone(),
         None => generated_name(a.description.unwrap_or("task")),
     };
     task::check_name(&base).map_err(|e| anyhow::anyhow!("task name `{base}`: {e}"))?;
-    let shown = match a.file {
-        Some(f) if f != Path::new("-") => f.display().to_string(),
-        Some(_) => "<stdin>".to_owned(),
-        None => "task".to_owned(),
+    let t = match a.file {
+        Some(f) => {
+            let shown = if f == Path::new("-") {
+                "<stdin>".to_owned()
+            } else {
+                f.display().to_string()
+            };
+            task::parse_as(&base, ext, &bytes)
+                .map_err(|e| anyhow::anyhow!("{}", e.display_at(&shown)))?
+        }
+        // The YAML was written here from the flags: a position in it means
+        // nothing to the user, the message names the flag's value.
+        None => task::parse_as(&base, ext, &bytes).map_err(|e| anyhow::anyhow!("{}", e.message))?,
     };
-    let t = task::parse_as(&base, ext, &bytes)
-        .map_err(|e| anyhow::anyhow!("{}", e.display_at(&shown)))?;
-    if let Some(ag) = &t.agent {
+    // From standard input without --name: named after its description, as
+    // a DESCRIPTION is.
+    if explicit.is_none() && a.file.is_some() {
+        base = generated_name(&t.description);
+    }
+    // A DESCRIPTION's --agent was checked above.
+    if a.file.is_some()
+        && let Some(ag) = &t.agent
+    {
         check_agent(&config, ag)?;
     }
     for n in 1.. {

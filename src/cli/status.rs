@@ -133,11 +133,17 @@ fn running_tasks(layout: &Layout) -> Vec<RunningTask> {
             let st = books::read_state(layout, &name);
             let commit_error = st.commit_error;
             let r = st.run;
-            // The agent's process group, found by its MAILROOM_* environment.
+            // The agent's process group, found by its MAILROOM_* environment
+            // (its keeper, in a group of its own, carries it too: not that one).
+            let keeper = layout
+                .last_attempt(State::Assigned, &name)
+                .and_then(|(_, dir)| crate::run::keeper::info_any(&dir))
+                .map(|k| k.pid);
             let pid = layout.root.canonicalize().ok().and_then(|root| {
                 crate::run::process::find_agent_groups(&root, &name)
-                    .first()
+                    .into_iter()
                     .map(|g| g.0)
+                    .find(|pg| Some(*pg) != keeper)
             });
             RunningTask {
                 name,
@@ -178,7 +184,11 @@ pub fn status(root: &Path, json: bool) -> Result<()> {
     let layout = open_tree(root)?;
     let config = crate::parse::config::Config::load(root);
     let s = StatusJson {
-        root: root.display().to_string(),
+        root: root
+            .canonicalize()
+            .unwrap_or_else(|_| root.to_path_buf())
+            .display()
+            .to_string(),
         pending: books::count(&layout, State::Pending),
         running: books::count(&layout, State::Assigned),
         completed: books::count(&layout, State::Completed),

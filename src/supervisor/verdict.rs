@@ -61,7 +61,7 @@ pub fn ended(end: &RunEnd, timeout: Duration, max_output: u64) -> Ended {
         RunEnd::Cancelled(e) => (
             Outcome::Cancelled,
             Some(*e),
-            Some("cancelled by `mailroom cancel`".into()),
+            Some("cancelled on request (a cancel marker in tasks/control/cancel/, from `mailroom cancel`, the dashboard or another tool)".into()),
         ),
         RunEnd::SpawnFailed { error, .. } => (Outcome::Spawn, None, Some(error.clone())),
         // Never a spawn failure: the agent ran, and its end is unknown. A

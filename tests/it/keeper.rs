@@ -507,3 +507,22 @@ fn a_kept_run_whose_task_file_no_longer_parses_is_still_committed() {
         "{log}"
     );
 }
+
+#[test]
+fn status_names_the_agents_pid_not_its_keepers() {
+    let root = waiter_root("");
+    let _sup = root.spawn();
+    let pid = started(&root);
+    let _cleanup = KillGroupOnDrop(pid);
+    let st: serde_json::Value =
+        serde_json::from_slice(&root.mailroom(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(st["running_tasks"][0]["pid"], pid, "{st}");
+    assert!(
+        st["root"].as_str().is_some_and(|r| r.starts_with('/')),
+        "the root as given, not absolute: {st}"
+    );
+    root.write("go", "");
+    wait_for(Duration::from_secs(30), "the run to end", || {
+        root.names("completed") == ["o"]
+    });
+}
