@@ -121,7 +121,8 @@ pub enum Command {
         #[arg(long, value_parser = name_arg)]
         name: Option<String>,
         /// Submit this task file as is: .yaml, .yml, or .md (YAML front
-        /// matter, the body is the description); `-` reads YAML from standard input.
+        /// matter, the body is the description); `-` reads YAML from standard
+        /// input. --agent, --priority, --after and --timeout go in the file.
         #[arg(long, conflicts_with_all = ["description", "agent", "priority", "after", "timeout"])]
         file: Option<PathBuf>,
         /// Run only after these tasks completed.

@@ -693,7 +693,9 @@ pub fn parse_as(name: &str, ext: &str, bytes: &[u8]) -> Result<Task, TaskError> 
 
 /// A task file's bytes as text: no NUL, UTF-8 (its position when not), no BOM.
 fn task_text(bytes: &[u8]) -> Result<&str, TaskError> {
-    if bytes.starts_with(&[0xff, 0xfe]) || bytes.starts_with(&[0xfe, 0xff]) {
+    // UTF-16: a byte order mark, then NUL bytes beside the ASCII ones.
+    if (bytes.starts_with(&[0xff, 0xfe]) || bytes.starts_with(&[0xfe, 0xff])) && bytes.contains(&0)
+    {
         return Err(TaskError::new(
             "the file is UTF-16 text (it starts with a UTF-16 byte order mark); save it as UTF-8",
         ));

@@ -186,18 +186,30 @@ impl Commit {
         let ctx = self.ctx.clone();
         let layout = &ctx.layout;
         let name = self.name.clone();
+        // Which step failed, and where: an errno alone ("Permission denied")
+        // does not tell an operator what to fix.
+        let at = |what: String| {
+            move |e: std::io::Error| std::io::Error::new(e.kind(), format!("{what}: {e}"))
+        };
         moves::reclaim(
             layout,
             &name,
             &self.ext,
             self.claimed.id,
             &self.claimed.bytes,
-        )?;
+        )
+        .map_err(at(format!(
+            "checking the task file in {}",
+            layout.rel(&layout.assigned)
+        )))?;
         // The state file on disk already names this run's run_id (written
         // before the spawn); a commit made without a run (a parent of
         // subtasks) names its record in `committing` and writes it now.
         if self.st.committing.is_some() {
-            books::write_state(layout, &self.st)?;
+            books::write_state(layout, &self.st).map_err(at(format!(
+                "writing {}",
+                layout.rel(&layout.state_file(&name))
+            )))?;
         }
         let assigned = layout.task_file(State::Assigned, &name, &self.ext);
         if self.target.is_none()
@@ -207,6 +219,7 @@ impl Commit {
         {
             self.divert(&found)?;
         }
+        // After the divert, which may have made it a failure.
         let dest = dest_of(&self.rec);
         let target = self.target.clone().unwrap_or_else(|| name.clone());
         books::fill_run_dirs(layout, &name, dest, &mut self.rec);
@@ -219,7 +232,13 @@ impl Commit {
             .join("outbox");
         match self.rec.status {
             Status::Completed => {
-                let queued = crate::tree::outbox::queue_outbox(layout, &name, &outbox)?;
+                let queued = crate::tree::outbox::queue_outbox(layout, &name, &outbox).map_err(
+                    at(format!(
+                        "queueing the follow-ups of {} into {}",
+                        layout.rel(&outbox),
+                        layout.rel(&layout.pending)
+                    )),
+                )?;
                 self.rec.followups.extend(queued.names);
                 for w in queued.refused {
                     if !self.rec.warnings.contains(&w) {
@@ -235,7 +254,10 @@ impl Commit {
                 }
             }
         }
-        moves::prepare_commit_as(layout, &name, &self.rec)?;
+        moves::prepare_commit_as(layout, &name, &self.rec).map_err(at(format!(
+            "writing the result record and moving the run directory into {}",
+            layout.rel(layout.dir(dest))
+        )))?;
         let hint = ctx.pending_count.load(std::sync::atomic::Ordering::Relaxed);
         // The context is derived data: it never holds up a commit.
         if let Err(e) =
@@ -243,7 +265,11 @@ impl Commit {
         {
             warn!(task = %name, error = %e, "context merge failed; committing the task anyway");
         }
-        moves::finish_commit_as(layout, &name, &self.ext, dest, &target)?;
+        moves::finish_commit_as(layout, &name, &self.ext, dest, &target).map_err(at(format!(
+            "moving {} into {}",
+            layout.rel(&layout.task_file(State::Assigned, &name, &self.ext)),
+            layout.rel(layout.dir(dest))
+        )))?;
         // A cancel request is answered by the commit, whatever its outcome.
         let _ = std::fs::remove_file(layout.cancel_file(&name));
         if let Some(l) = self.clash_lock.take() {

@@ -158,10 +158,11 @@ impl Supervisor {
         }
         let found = task::TASK_EXTS.into_iter().find_map(|ext| {
             let copy = layout.claimed_copy(State::Assigned, name, ext);
-            let (bytes, id) = fsx::read_task_file(&copy, self.config.max_task_bytes).ok()?;
-            Some((ext, bytes, (id.dev, id.ino)))
+            std::fs::symlink_metadata(&copy)
+                .is_ok_and(|m| m.is_file())
+                .then_some((ext, copy))
         });
-        let Some((ext, bytes, id)) = found else {
+        let Some((ext, copy)) = found else {
             if self.unrecoverable.insert(name.to_owned()) {
                 error!(
                     task = name,
@@ -172,7 +173,7 @@ impl Supervisor {
             }
             return PutBack::Keep;
         };
-        let why = match moves::reclaim(&layout, name, ext, id, &bytes) {
+        let why = match moves::put_back_from_copy(&layout, name, ext, &copy) {
             Ok(moves::Reclaimed::Intact) => return PutBack::Restored(ext.to_owned()),
             Ok(moves::Reclaimed::MovedBack(p)) => format!(
                 "its task file was moved to {} during a run no supervisor saw end (mailroom moved \

@@ -450,6 +450,35 @@ pub fn reclaim(
     })
 }
 
+/// Puts a task file that left `assigned/` during a run no supervisor saw
+/// end back from the run directory's link to the claimed file (`copy`):
+/// the claimed file itself, moved back from another state directory when
+/// it is there, else linked back from `copy` (the same file again, so a
+/// later check against the claim finds it intact). Holds the task's lock.
+pub fn put_back_from_copy(
+    layout: &Layout,
+    name: &str,
+    ext: &str,
+    copy: &Path,
+) -> io::Result<Reclaimed> {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::symlink_metadata(copy)?;
+    let id = (m.dev(), m.ino());
+    let at = layout.task_file(State::Assigned, name, ext);
+    for s in [State::Pending, State::Completed, State::Failed] {
+        for e in crate::parse::task::TASK_EXTS {
+            let p = layout.task_file(s, name, e);
+            if fs::symlink_metadata(&p).is_ok_and(|m| (m.dev(), m.ino()) == id && m.is_file()) {
+                move_file(&p, &at)?;
+                return Ok(Reclaimed::MovedBack(p));
+            }
+        }
+    }
+    fs::hard_link(copy, &at)?;
+    fsx::fsync_dir(&layout.assigned)?;
+    Ok(Reclaimed::Rewritten)
+}
+
 /// Whether the file at `p` (of length `len`) holds exactly `bytes`.
 fn same_content(p: &Path, len: u64, bytes: &[u8]) -> bool {
     len == bytes.len() as u64 && fs::read(p).is_ok_and(|b| b == bytes)

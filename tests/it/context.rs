@@ -240,9 +240,9 @@ fn mailroom_add_inside_an_agent_records_the_parent_and_keeps_the_depth_limit() {
         "--agent",
         "a",
     ]);
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("with --file, write them in the file"),
+        stderr(&out).contains("'--file <FILE>' cannot be used with '--agent <AGENT>'"),
         "{}",
         stderr(&out)
     );
