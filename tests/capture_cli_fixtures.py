@@ -114,8 +114,11 @@ def codex(mode, port, home):
     if mode == "no-key":
         # The provider's env_key is not set.
         del env["MOCK_OPENAI_KEY"]
+    # refused-hang: nothing listens on port 1 (inside the capture's network namespace);
+    # codex reconnects until it is stopped.
+    url_port = 1 if mode == "refused-hang" else port
     provider = ('model_providers.mock={name="mock",base_url="http://127.0.0.1:%d/v1",'
-                'env_key="MOCK_OPENAI_KEY",wire_api="responses"}' % port)
+                'env_key="MOCK_OPENAI_KEY",wire_api="responses"}' % url_port)
     argv = ["codex", "exec"]
     if not mode.startswith("text-"):
         argv.append("--json")
@@ -129,7 +132,7 @@ def codex(mode, port, home):
 
 
 CODEX_MODES = ["ok", "ok-429", "429", "usage-limit", "500", "401", "hang", "dash-v", "no-git",
-               "bad-flag", "empty", "no-key",
+               "bad-flag", "empty", "no-key", "refused-hang",
                "text-ok", "text-ok-429", "text-429", "text-usage-limit", "text-500",
                "text-401", "text-hang"]
 
@@ -235,7 +238,9 @@ def run(argv, env, cwd, mode, log):
                                 env=full_env, stdin=stdin, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, start_new_session=True)
     if mode.endswith("hang"):
-        wait_for_request(log, "hang", t0, 60)
+        # refused-hang: a CLI that keeps reconnecting to nothing never reaches the mock.
+        if not mode.startswith("refused"):
+            wait_for_request(log, "hang", t0, 60)
         time.sleep(HANG_SECS)
         os.killpg(proc.pid, signal.SIGTERM)
         try:

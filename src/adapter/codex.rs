@@ -360,4 +360,22 @@ mod tests {
         assert!(m.contains("Missing environment variable"), "{m}");
         assert!(m.contains("fix: set CODEX_API_KEY"), "{m}");
     }
+
+    #[test]
+    fn a_run_stopped_while_reconnecting_names_the_reconnect() {
+        // codex keeps reconnecting to an address where nothing listens; the
+        // run ends at its timeout, and the record should say why.
+        let r = run_stopped(
+            &K,
+            &fixture!("codex-0.171.0", "refused-hang"),
+            &prompt("ok"),
+            true,
+        );
+        assert_eq!(r.outcome, Class::Failed(ErrorClass::Stopped));
+        let cause = r.cause.unwrap();
+        assert!(
+            cause.contains("Reconnecting... waiting for network (Connection failed"),
+            "{cause}"
+        );
+    }
 }

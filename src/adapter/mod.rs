@@ -247,6 +247,11 @@ pub struct RunReport {
     pub usage: Usage,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
+    /// For a run mailroom stopped (a timeout, say): the last error the CLI
+    /// had reported before, which may say why it never finished (codex
+    /// reconnecting to an address where nothing listens).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
 }
 
 impl RunReport {
@@ -326,7 +331,18 @@ fn finish(facts: &RunFacts<'_>, mut p: Parsed) -> RunReport {
             ExitKind::Signal(s) => format!("it was killed by signal {s}"),
         };
         let message = format!("{who} was stopped by mailroom (timeout, cancel or shutdown); {how}");
-        return failed(p, ErrorClass::Stopped, message);
+        let cause = match verdict {
+            Verdict::Error { message, .. } => Some(message),
+            Verdict::UnknownWith {
+                error_line: Some(l),
+                ..
+            } => Some(l),
+            _ => None,
+        }
+        .map(|c| short(&format!("{who}: {c}")));
+        let mut r = failed(p, ErrorClass::Stopped, message);
+        r.cause = cause;
+        return r;
     }
     match (verdict, facts.exit) {
         (Verdict::Error { class, message }, _) => failed(p, class, format!("{who}: {message}")),
@@ -404,6 +420,7 @@ fn failed(p: Parsed, class: ErrorClass, message: String) -> RunReport {
         message: Some(short(&message)),
         usage: p.usage,
         session_id: p.session_id,
+        cause: None,
     }
 }
 
@@ -415,6 +432,7 @@ fn success(p: Parsed) -> RunReport {
         message: None,
         usage: p.usage,
         session_id: p.session_id,
+        cause: None,
     }
 }
 
@@ -831,6 +849,7 @@ mod tests {
                 ..Usage::default()
             },
             session_id: None,
+            cause: None,
         };
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["outcome"], "failed");

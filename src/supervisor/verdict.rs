@@ -129,6 +129,14 @@ pub fn read(ended: &Ended, report: Option<&crate::adapter::RunReport>) -> Read {
     r.class = Some(class.name());
     let message = rep.message.clone().unwrap_or_else(|| class.name().into());
     if matches!(class, ErrorClass::Stopped) {
+        // Stopped by mailroom: its own reason stands, with what the CLI had
+        // said last, when it said something (why it never finished).
+        if let Some(cause) = &rep.cause {
+            r.error = Some(match &ended.error {
+                Some(e) => format!("{e}; the CLI's last error: {cause}"),
+                None => format!("the CLI's last error: {cause}"),
+            });
+        }
         return r;
     }
     if let ErrorClass::Limit { reset } = class {
