@@ -187,15 +187,15 @@ pub fn start(root: &Path, agents: Option<&str>, verbose: u8, quiet: u8) -> Resul
             s.pid
         );
     }
-    if let Some(s) = supervisors(root).first() {
-        return Ok(Started::Already(s.pid));
-    }
     // The config and the overrides are checked here, where the user sees it.
     let config = crate::parse::config::Config::load(root).map_err(|e| anyhow::anyhow!("{e}"))?;
     if let Some(a) = agents {
         config
             .with_agent_limits(&parse_agent_limits(a)?)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    if let Some(s) = supervisors(root).first() {
+        return Ok(Started::Already(s.pid));
     }
     let log_path = layout.root.join(LOG_FILE);
     std::fs::create_dir_all(log_path.parent().expect("LOG_FILE has a directory"))

@@ -117,6 +117,11 @@ pub struct RunInfo {
     /// continues it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_session: Option<String>,
+    /// A hash of the task file's content as this run was started with it
+    /// (`moves::content_hash`): recovery tells an edit made in place during
+    /// a run no supervisor watched by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_hash: Option<String>,
 }
 
 /// One finished attempt.

@@ -82,7 +82,7 @@ impl Job {
     /// Applies the verdict on a finished run: commit, retry, fallback,
     /// cooldown or a free requeue.
     pub(super) async fn finish(
-        self,
+        mut self,
         mut st: TaskState,
         end: RunEnd,
         (started, finished): (SystemTime, Option<SystemTime>),
@@ -98,7 +98,11 @@ impl Job {
         let run_id = st.run.as_ref().and_then(|r| r.run_id.clone());
         // Put back by this run's reclaim, or by recovery before this
         // supervisor took the run over.
-        let tampered = self.reclaim().await.or_else(|| st.tampered.take());
+        let tampered = self
+            .reclaim()
+            .await
+            .or_else(|| st.tampered.take())
+            .or_else(|| self.changed_since_claim(&st));
         let error = self.record_attempt(
             &mut st,
             outcome,

@@ -28,7 +28,7 @@ impl Job {
     /// Puts the task file back into `assigned/` if the run moved or deleted
     /// it (and recreates removed directories of the tree). Returns what
     /// happened to it, for the record, when it had left.
-    pub(super) async fn reclaim(&self) -> Option<String> {
+    pub(super) async fn reclaim(&mut self) -> Option<String> {
         let layout = self.ctx.layout.clone();
         let (name, ext, claimed) = (self.name.clone(), self.ext.clone(), self.claimed.clone());
         let res = tokio::task::spawn_blocking(move || {
@@ -37,6 +37,14 @@ impl Job {
             })
         })
         .await;
+        // The file in assigned/ from now on (a restore makes a new one): what
+        // the commit's own check compares with.
+        let res = res.map(|r| {
+            r.map(|(found, now)| {
+                self.claimed.id = now;
+                found
+            })
+        });
         let layout = &self.ctx.layout;
         let why = match res {
             Ok(Ok(Reclaimed::Intact)) => return None,
@@ -72,6 +80,25 @@ impl Job {
         };
         warn!(task = %self.name, "{why}");
         Some(why)
+    }
+
+    /// A kept run's task as read when this supervisor took the run over,
+    /// against the hash its first supervisor recorded when the run started:
+    /// a task file edited in place before the takeover (its claimed content
+    /// is lost; the file is filed as it is now).
+    pub(super) fn changed_since_claim(&self, st: &TaskState) -> Option<String> {
+        let recorded = st.run.as_ref()?.task_hash.as_deref()?;
+        (moves::content_hash(&self.claimed.bytes) != recorded).then(|| {
+            format!(
+                "its task file {} was changed in place during the run (while no supervisor \
+                 watched; the content it was claimed with is lost)",
+                self.ctx.layout.rel(&self.ctx.layout.task_file(
+                    State::Assigned,
+                    &self.name,
+                    &self.ext
+                ))
+            )
+        })
     }
 
     /// Record, context merge, then the move out of `assigned/`. A commit that
@@ -191,7 +218,7 @@ impl Commit {
         let at = |what: String| {
             move |e: std::io::Error| std::io::Error::new(e.kind(), format!("{what}: {e}"))
         };
-        moves::reclaim(
+        let (_, now) = moves::reclaim(
             layout,
             &name,
             &self.ext,
@@ -202,6 +229,7 @@ impl Commit {
             "checking the task file in {}",
             layout.rel(&layout.assigned)
         )))?;
+        self.claimed.id = now;
         // The state file on disk already names this run's run_id (written
         // before the spawn); a commit made without a run (a parent of
         // subtasks) names its record in `committing` and writes it now.

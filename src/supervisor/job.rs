@@ -376,6 +376,7 @@ impl Job {
             session_id: plan.and_then(|p| p.session_id.clone()),
             resumed: plan.is_some_and(|p| p.resumed.is_some()),
             parent_session: plan.and_then(|p| p.parent_session.clone()),
+            task_hash: Some(moves::content_hash(&self.claimed.bytes)),
         });
         self.attempt = st.attempts;
         let layout = &self.ctx.layout;
@@ -388,14 +389,9 @@ impl Job {
         // A second name for the claimed file, in the run directory: what
         // recovery puts back if the agent moves or deletes the task file
         // while no supervisor watches (a link: no copy, one entry).
-        let copy = layout.claimed_copy(State::Assigned, &self.name, &self.ext);
-        if std::fs::symlink_metadata(&copy).is_err()
-            && let Err(e) = std::fs::hard_link(
-                layout.task_file(State::Assigned, &self.name, &self.ext),
-                &copy,
-            )
+        if let Err(e) = moves::keep_claimed_copy(layout, &self.name, &self.ext, &self.claimed.bytes)
         {
-            debug!(task = %self.name, error = %e, "no link to the claimed task file");
+            warn!(task = %self.name, error = %e, "cannot keep a copy of the claimed task file");
         }
         Ok(())
     }

@@ -110,11 +110,20 @@ impl Supervisor {
             let Ok(Some(lock)) = TaskLock::try_acquire(&layout, &name) else {
                 continue;
             };
+            // Its lock file may be gone with its task file (an agent): a run
+            // that still goes on is not touched.
+            if let Some(why) = self.still_running(&name) {
+                if self.unrecoverable.insert(format!("running:{name}")) {
+                    warn!(task = %name, "not recovered: {why}");
+                }
+                lock.release();
+                continue;
+            }
             // A run still unfinished (no record names it) whose task file
             // left `assigned/` (its agent moved or deleted it, and no
             // supervisor watched): the task file goes back, and the run is
             // recovered as an orphan and filed as tampered.
-            match self.put_back_task_file(&name) {
+            match self.verify_task_file(&name) {
                 PutBack::Restored(ext) => {
                     self.recover_orphan(&name, &ext, lock);
                     continue;
@@ -138,13 +147,16 @@ impl Supervisor {
         }
     }
 
-    /// The lock of `name` is ours and its task file is not in `assigned/`.
-    /// If its state file names a run that no record names (the run was under
-    /// way, or ended without its commit), the task file left during that run:
-    /// it is put back (moved back from another state directory, or restored
-    /// from the run directory's link to the claimed file), the state file
-    /// says so (`tampered`), and the extension is returned.
-    fn put_back_task_file(&mut self, name: &str) -> PutBack {
+    /// The lock of `name` is ours and no supervisor watches its run. If its
+    /// state file names a run that no record names (the run was under way,
+    /// or ended without its commit), its task file is checked against the
+    /// run directory's copy of the claimed file: put back when it left
+    /// `assigned/` or something else stands in its place, noted when it was
+    /// changed in place. The state file says so (`tampered`) first, then the
+    /// file moves, so that a crash in between still files the run as
+    /// tampered. Returns the extension of the task file in `assigned/`.
+    fn verify_task_file(&mut self, name: &str) -> PutBack {
+        use crate::tree::moves::Verified;
         let layout = self.layout().clone();
         let mut st = books::read_state(&layout, name);
         let Some(run_id) = st.run.as_ref().and_then(|r| r.run_id.clone()) else {
@@ -163,42 +175,88 @@ impl Supervisor {
                 .then_some((ext, copy))
         });
         let Some((ext, copy)) = found else {
-            if self.unrecoverable.insert(name.to_owned()) {
-                error!(
-                    task = name,
-                    "its task file left tasks/assigned/ during a run no supervisor saw end, and \
-                     there is no copy of it to put back (a run of an older version); its run \
-                     directory and state file are left as they are"
-                );
-            }
-            return PutBack::Keep;
+            return match layout.find(State::Assigned, name) {
+                Some((_, ext)) => PutBack::Restored(ext.to_owned()),
+                None => {
+                    if self.unrecoverable.insert(name.to_owned()) {
+                        error!(
+                            task = name,
+                            "its task file left tasks/assigned/ during a run no supervisor saw \
+                             end, and there is no copy of it to put back (a run of an older \
+                             version); its run directory and state file are left as they are"
+                        );
+                    }
+                    // Never removed: they hold the run's output.
+                    PutBack::Keep
+                }
+            };
         };
-        let why = match moves::put_back_from_copy(&layout, name, ext, &copy) {
-            Ok(moves::Reclaimed::Intact) => return PutBack::Restored(ext.to_owned()),
-            Ok(moves::Reclaimed::MovedBack(p)) => format!(
-                "its task file was moved to {} during a run no supervisor saw end (mailroom moved \
-                 it back and filed the task once)",
-                layout.rel(&p)
+        let task_hash = st.run.as_ref().and_then(|r| r.task_hash.clone());
+        let verdict = moves::verify_against_copy(&layout, name, ext, &copy, task_hash.as_deref());
+        let assigned_file = layout.rel(&layout.task_file(State::Assigned, name, ext));
+        let (why, from) = match verdict {
+            Ok(Verified::Intact) => return PutBack::Restored(ext.to_owned()),
+            Ok(Verified::Changed) => (
+                format!(
+                    "its task file {assigned_file} was changed in place during a run no \
+                     supervisor saw end (the content it was claimed with is lost)"
+                ),
+                None,
             ),
-            Ok(moves::Reclaimed::Replaced { what, kept, .. }) => format!(
-                "its task file was replaced by {what} during a run no supervisor saw end (kept as \
-                 {}; the claimed file was put back)",
-                layout.rel(&kept)
+            Ok(Verified::PutBack {
+                what: Some(what), ..
+            }) => (
+                format!(
+                    "its task file {assigned_file} was replaced by {what} during a run no \
+                     supervisor saw end (that is kept in {}; the claimed file was put back)",
+                    layout.rel(&layout.run_dir(State::Assigned, name))
+                ),
+                Some(None),
             ),
-            Ok(moves::Reclaimed::Rewritten | moves::Reclaimed::Edited { .. }) => format!(
-                "its task file was deleted from {} during a run no supervisor saw end (restored \
-                 from the link to the claimed file in its run directory)",
-                layout.rel(&layout.assigned)
+            Ok(Verified::PutBack {
+                what: None,
+                from: Some(p),
+            }) => (
+                format!(
+                    "its task file was moved to {} during a run no supervisor saw end (mailroom \
+                     moved it back and filed the task once)",
+                    layout.rel(&p)
+                ),
+                Some(Some(p)),
+            ),
+            Ok(Verified::PutBack {
+                what: None,
+                from: None,
+            }) => (
+                format!(
+                    "its task file was deleted from {} during a run no supervisor saw end \
+                     (restored from the link to the claimed file in its run directory)",
+                    layout.rel(&layout.assigned)
+                ),
+                Some(None),
             ),
             Err(e) => {
-                error!(task = name, error = %e, "cannot put the task file back yet");
+                if self.unrecoverable.insert(format!("verify:{name}")) {
+                    error!(task = name, error = %e, "cannot check the task file against its claim");
+                }
                 return PutBack::Keep;
             }
         };
-        warn!(task = name, "{why}");
-        st.tampered = Some(why);
-        if let Err(e) = books::write_state(&layout, &st) {
-            error!(task = name, error = %e, "cannot note the tampering in the state file");
+        if st.tampered.as_deref() != Some(why.as_str()) {
+            st.tampered = Some(why.clone());
+            if let Err(e) = books::write_state(&layout, &st) {
+                error!(task = name, error = %e, "cannot note the tampering in the state file");
+                return PutBack::Keep;
+            }
+            warn!(task = name, "{why}");
+        }
+        if let Some(from) = from
+            && let Err(e) = moves::put_back(&layout, name, ext, &copy, from.as_deref())
+        {
+            if self.unrecoverable.insert(format!("putback:{name}")) {
+                error!(task = name, error = %e, "cannot put the task file back yet");
+            }
+            return PutBack::Keep;
         }
         PutBack::Restored(ext.to_owned())
     }
@@ -268,6 +326,16 @@ impl Supervisor {
             return;
         }
         self.unrecoverable.remove(&format!("running:{name}"));
+        // What the agent did to its task file while nobody watched.
+        let ext = match self.verify_task_file(name) {
+            PutBack::Restored(e) => e,
+            PutBack::Keep => {
+                lock.release();
+                return;
+            }
+            PutBack::Nothing => ext.to_owned(),
+        };
+        let ext = ext.as_str();
         // A keeper's outcome for this run: commit it, never run it again.
         // (A record of the run already written means its commit was under
         // way: recovery finishes that instead.)

@@ -201,9 +201,22 @@ pub fn proc_start_time(pid: u32) -> Option<u64> {
     rest.split(' ').nth(19)?.parse().ok()
 }
 
-/// Whether `pid` is the same process that had start time `start`.
+/// Whether `pid` is the same process that had start time `start`, and is
+/// alive: a zombie (dead, not yet reaped by its parent) is not.
 pub fn same_process(pid: u32, start: u64) -> bool {
-    proc_start_time(pid) == Some(start)
+    let Ok(s) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let Some(rest) = s.rfind(')').map(|i| &s[i + 1..]) else {
+        return false;
+    };
+    let mut fields = rest.split_whitespace();
+    let state = fields.next();
+    if matches!(state, Some("Z" | "X" | "x")) {
+        return false;
+    }
+    // The start time is field 22, the 20th after the state.
+    fields.nth(18).and_then(|f| f.parse().ok()) == Some(start)
 }
 
 /// The task files in one state directory: (name, extension), sorted by name.
@@ -331,4 +344,31 @@ pub fn paused_agents(layout: &Layout) -> Vec<String> {
         .unwrap_or_default();
     v.sort();
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_zombie_is_not_the_same_process() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        let start = proc_start_time(pid).unwrap();
+        // Dead, not yet reaped: a zombie.
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| !s[s.rfind(')').unwrap() + 1..].trim_start().starts_with('Z'))
+        {
+            assert!(std::time::Instant::now() < until, "no zombie");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(proc_start_time(pid), Some(start));
+        assert!(!same_process(pid, start));
+        child.wait().unwrap();
+        assert!(same_process(
+            std::process::id(),
+            proc_start_time(std::process::id()).unwrap()
+        ));
+    }
 }

@@ -208,6 +208,27 @@ pub fn write_atomic_readable_volatile(path: &Path, bytes: &[u8]) -> io::Result<(
     write_via_temp(path, bytes, 0o644, false)
 }
 
+/// Writes a new file at `path` (which must not exist: a temp name) with
+/// exactly `mode`, fsynced unless durability is relaxed. The caller moves it
+/// into place.
+pub fn write_file_mode(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let res = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)?;
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        f.write_all(bytes)?;
+        sync_data(&f)
+    })();
+    if res.is_err() {
+        let _ = fs::remove_file(path);
+    }
+    res
+}
+
 /// Temp file beside `path`, written and fsynced, renamed over `path`, then
 /// the directory fsynced; the temp file is removed on any failure.
 fn write_via_temp(path: &Path, bytes: &[u8], mode: u32, sync: bool) -> io::Result<()> {

@@ -393,41 +393,34 @@ pub enum Reclaimed {
 
 /// Makes sure the task file of a run that just ended is in `assigned/`,
 /// whatever its agent did to it: the claimed file (device and inode `id`),
-/// found in another state directory, is moved back; a vanished one is written
-/// again from `bytes`, the content read at the claim (through `tasks/tmp/`
-/// and a no-replace rename). Holds the task's lock.
+/// found in another state directory, is moved back; a vanished one is put
+/// back from the run directory's link to it, else written again from
+/// `bytes`, the content read at the claim (through `tasks/tmp/` and a
+/// no-replace rename). Something else in its place, or the claimed file with
+/// other content, is set aside in the run directory first. Returns what it
+/// found and the identity of the file now in `assigned/`, which the next
+/// check must compare with. Holds the task's lock.
 pub fn reclaim(
     layout: &Layout,
     name: &str,
     ext: &str,
     id: (u64, u64),
     bytes: &[u8],
-) -> io::Result<Reclaimed> {
-    use std::os::unix::fs::MetadataExt;
+) -> io::Result<(Reclaimed, (u64, u64))> {
     let at = layout.task_file(State::Assigned, name, ext);
-    let ours =
-        |p: &Path| fs::symlink_metadata(p).is_ok_and(|m| (m.dev(), m.ino()) == id && m.is_file());
+    let ours = |p: &Path| file_id(p) == Some(id);
     let mut replaced = None;
     if let Ok(m) = fs::symlink_metadata(&at) {
         if ours(&at) {
             if same_content(&at, m.len(), bytes) {
-                return Ok(Reclaimed::Intact);
+                return Ok((Reclaimed::Intact, id));
             }
             // Edited in place: the claimed content goes back, the edit is kept.
             let kept = set_aside_in_run_dir(layout, name, &at)?;
-            restore(layout, name, ext, bytes)?;
-            return Ok(Reclaimed::Edited { kept });
+            let now = restore(layout, name, ext, id, bytes)?;
+            return Ok((Reclaimed::Edited { kept }, now));
         }
-        let what = if m.is_dir() {
-            "a directory"
-        } else if m.file_type().is_symlink() {
-            "a symbolic link"
-        } else if m.is_file() {
-            "another file"
-        } else {
-            "a special file"
-        };
-        replaced = Some((what, set_aside_in_run_dir(layout, name, &at)?));
+        replaced = Some((what_is(&m), set_aside_in_run_dir(layout, name, &at)?));
     }
     let mut from = None;
     'look: for s in [State::Pending, State::Completed, State::Failed] {
@@ -440,61 +433,210 @@ pub fn reclaim(
             }
         }
     }
-    if from.is_none() {
-        restore(layout, name, ext, bytes)?;
-    }
-    Ok(match (replaced, from) {
+    let now = match from {
+        Some(_) => id,
+        None => restore(layout, name, ext, id, bytes)?,
+    };
+    let found = match (replaced, from) {
         (Some((what, kept)), from) => Reclaimed::Replaced { what, kept, from },
         (None, Some(p)) => Reclaimed::MovedBack(p),
         (None, None) => Reclaimed::Rewritten,
-    })
+    };
+    Ok((found, now))
 }
 
-/// Puts a task file that left `assigned/` during a run no supervisor saw
-/// end back from the run directory's link to the claimed file (`copy`):
-/// the claimed file itself, moved back from another state directory when
-/// it is there, else linked back from `copy` (the same file again, so a
-/// later check against the claim finds it intact). Holds the task's lock.
-pub fn put_back_from_copy(
+/// Device and inode of the regular file at `p` (not followed), if it is one.
+fn file_id(p: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    fs::symlink_metadata(p)
+        .ok()
+        .filter(|m| m.is_file())
+        .map(|m| (m.dev(), m.ino()))
+}
+
+/// What a file system object is, in words.
+fn what_is(m: &fs::Metadata) -> &'static str {
+    if m.is_dir() {
+        "a directory"
+    } else if m.file_type().is_symlink() {
+        "a symbolic link"
+    } else if m.is_file() {
+        "another file"
+    } else {
+        "a special file"
+    }
+}
+
+/// Makes the run directory's second name for the claimed task file
+/// (`<name>.run/claimed-task.<ext>`), replacing one an earlier attempt made
+/// (the file may have been replaced between attempts): a hard link, or a
+/// copy of `bytes` where the link is refused (`fs.protected_hardlinks` and a
+/// file of another user). Other extensions' copies go.
+pub fn keep_claimed_copy(layout: &Layout, name: &str, ext: &str, bytes: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let at = layout.task_file(State::Assigned, name, ext);
+    let copy = layout.claimed_copy(State::Assigned, name, ext);
+    if file_id(&copy).is_some() && file_id(&copy) == file_id(&at) {
+        return Ok(());
+    }
+    for e in crate::parse::task::TASK_EXTS
+        .into_iter()
+        .filter(|e| *e != ext)
+    {
+        fsx::remove_file_if_exists(&layout.claimed_copy(State::Assigned, name, e))?;
+    }
+    let tmp = layout
+        .run_dir(State::Assigned, name)
+        .join(fsx::tmp_name("claimed-task"));
+    if fs::hard_link(&at, &tmp).is_err() {
+        let mode = fs::symlink_metadata(&at).map_or(0o644, |m| m.mode() & 0o777);
+        fsx::write_file_mode(&tmp, bytes, mode)?;
+    }
+    // Over an earlier attempt's copy: the one place a rename replaces.
+    let res = fs::rename(&tmp, &copy);
+    if res.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    res
+}
+
+/// Puts the claimed file back at `assigned/<name>.<ext>`: linked back from
+/// the run directory's copy when that is the claimed file with the claimed
+/// content (the same file again), else written anew from `bytes` with the
+/// copy's mode (0644 without one). Returns the identity of the file put back.
+fn restore(
+    layout: &Layout,
+    name: &str,
+    ext: &str,
+    id: (u64, u64),
+    bytes: &[u8],
+) -> io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let at = layout.task_file(State::Assigned, name, ext);
+    let copy = layout.claimed_copy(State::Assigned, name, ext);
+    if let Ok(m) = fs::symlink_metadata(&copy)
+        && m.is_file()
+        && (m.dev(), m.ino()) == id
+        && same_content(&copy, m.len(), bytes)
+    {
+        fs::hard_link(&copy, &at)?;
+        fsx::fsync_dir(&layout.assigned)?;
+        return Ok(id);
+    }
+    let mode = fs::symlink_metadata(&copy).map_or(0o644, |m| m.mode() & 0o777);
+    let staged = layout.tmp.join(fsx::tmp_name(&format!("{name}.{ext}")));
+    fsx::write_file_mode(&staged, bytes, mode)?;
+    let res = move_file(&staged, &at);
+    if res.is_err() {
+        let _ = fs::remove_file(&staged);
+    }
+    res?;
+    file_id(&at).ok_or_else(|| io::Error::other("the restored task file vanished"))
+}
+
+/// What recovery found of a task file against the run directory's copy of
+/// the claimed file, and what it will do about it (nothing is done yet: the
+/// state file says it first).
+#[derive(Debug)]
+pub enum Verified {
+    /// The claimed file is in `assigned/`, unchanged as far as can be told.
+    Intact,
+    /// The claimed file is in `assigned/` but its content is not what was
+    /// claimed (edited in place): the claimed content is lost.
+    Changed,
+    /// To be put back: `what` stands in its place (set aside first), or
+    /// nothing does; `from`, where the claimed file is now, if anywhere.
+    PutBack {
+        what: Option<&'static str>,
+        from: Option<PathBuf>,
+    },
+}
+
+/// Recovery's look at `assigned/<name>.<ext>` after a run no supervisor saw
+/// end, against the run directory's copy `copy` of the claimed file and the
+/// hash of its content recorded at the start of the run (`task_hash`).
+pub fn verify_against_copy(
     layout: &Layout,
     name: &str,
     ext: &str,
     copy: &Path,
-) -> io::Result<Reclaimed> {
-    use std::os::unix::fs::MetadataExt;
-    let m = fs::symlink_metadata(copy)?;
-    let id = (m.dev(), m.ino());
-    let at = layout.task_file(State::Assigned, name, ext);
+    task_hash: Option<&str>,
+) -> io::Result<Verified> {
+    let id = file_id(copy).ok_or_else(|| io::Error::other("no copy of the claimed file"))?;
+    let at = layout.find(State::Assigned, name);
+    let changed = || task_hash.is_some_and(|h| fs::read(copy).is_ok_and(|b| content_hash(&b) != h));
+    match at {
+        Some((p, e)) if e == ext && file_id(&p) == Some(id) => {
+            return Ok(if changed() {
+                Verified::Changed
+            } else {
+                Verified::Intact
+            });
+        }
+        Some((p, _)) => {
+            let what = fs::symlink_metadata(&p).map_or("another file", |m| what_is(&m));
+            return Ok(Verified::PutBack {
+                what: Some(what),
+                from: None,
+            });
+        }
+        None => {}
+    }
     for s in [State::Pending, State::Completed, State::Failed] {
         for e in crate::parse::task::TASK_EXTS {
             let p = layout.task_file(s, name, e);
-            if fs::symlink_metadata(&p).is_ok_and(|m| (m.dev(), m.ino()) == id && m.is_file()) {
-                move_file(&p, &at)?;
-                return Ok(Reclaimed::MovedBack(p));
+            if file_id(&p) == Some(id) {
+                return Ok(Verified::PutBack {
+                    what: None,
+                    from: Some(p),
+                });
             }
         }
     }
-    fs::hard_link(copy, &at)?;
-    fsx::fsync_dir(&layout.assigned)?;
-    Ok(Reclaimed::Rewritten)
+    Ok(Verified::PutBack {
+        what: None,
+        from: None,
+    })
+}
+
+/// Carries out [`Verified::PutBack`]: sets aside what stands in the task
+/// file's place, then moves the claimed file back from `from` or links it
+/// back from `copy`. Holds the task's lock.
+pub fn put_back(
+    layout: &Layout,
+    name: &str,
+    ext: &str,
+    copy: &Path,
+    from: Option<&Path>,
+) -> io::Result<()> {
+    if let Some((p, _)) = layout.find(State::Assigned, name) {
+        set_aside_in_run_dir(layout, name, &p)?;
+    }
+    let at = layout.task_file(State::Assigned, name, ext);
+    match from {
+        Some(p) if file_id(p) == file_id(copy) => move_file(p, &at),
+        _ => {
+            fs::hard_link(copy, &at)?;
+            fsx::fsync_dir(&layout.assigned)
+        }
+    }
+}
+
+/// A stable hash of a task file's content (FNV-1a, 64 bits, hex), recorded
+/// in the state file when a run starts: what recovery compares a task file
+/// with to tell an edit made in place during a run it did not watch.
+pub fn content_hash(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
 }
 
 /// Whether the file at `p` (of length `len`) holds exactly `bytes`.
 fn same_content(p: &Path, len: u64, bytes: &[u8]) -> bool {
     len == bytes.len() as u64 && fs::read(p).is_ok_and(|b| b == bytes)
-}
-
-/// Writes the claimed copy of a task file back into `assigned/` (through
-/// `tasks/tmp/` and a no-replace rename).
-fn restore(layout: &Layout, name: &str, ext: &str, bytes: &[u8]) -> io::Result<()> {
-    let at = layout.task_file(State::Assigned, name, ext);
-    let staged = layout.tmp.join(fsx::tmp_name(&format!("{name}.{ext}")));
-    fsx::write_atomic(&staged, bytes)?;
-    let res = move_file(&staged, &at);
-    if res.is_err() {
-        let _ = fs::remove_file(&staged);
-    }
-    res
 }
 
 /// Moves what stands at a task file's place in `assigned/` (not the claimed

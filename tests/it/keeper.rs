@@ -324,9 +324,16 @@ case "$ACT" in
   move-completed) mv "$MAILROOM_TASK_FILE" "$MAILROOM_ROOT/tasks/completed/" ;;
   rm-lock) rm -f "$a.lock" "$a.state.json" ;;
   garble) printf 'description: [broken\n' > "$MAILROOM_TASK_FILE" ;;
+  edit-in-place) printf 'description: EDITED by the agent\n' 1<> "$MAILROOM_TASK_FILE" ;;
 esac
 i=0
 while [ ! -e "$MAILROOM_ROOT/go" ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done
+case "$ACT" in
+  rewrite-kill)
+    rm -f "$MAILROOM_TASK_FILE"
+    printf 'description: INJECTED by the agent\n' > "$MAILROOM_TASK_FILE"
+    kill -KILL "$PPID" ;;
+esac
 echo "end $MAILROOM_ATTEMPT" >> "$log"
 exit "${CODE:-0}""#;
 
@@ -525,4 +532,119 @@ fn status_names_the_agents_pid_not_its_keepers() {
     wait_for(Duration::from_secs(30), "the run to end", || {
         root.names("completed") == ["o"]
     });
+}
+
+#[test]
+fn an_agent_that_replaces_its_task_file_and_kills_its_keeper_unwatched_never_runs_its_own_text() {
+    // Supervisor gone; the agent writes its own task in its file's place and
+    // kills its keeper. The next supervisor must not requeue the agent's
+    // text as the task: the claimed file goes back, the run is tampered.
+    let root = tamperer_root("rewrite-kill", 0);
+    let mut sup = root.spawn();
+    let pid = started(&root);
+    let _cleanup = KillGroupOnDrop(pid);
+    sup.kill9();
+    root.write("go", "");
+    wait_for(Duration::from_secs(30), "the agent to end", || {
+        agents_of(&root).is_empty()
+    });
+    root.run_until_idle();
+    assert_eq!(root.names("failed"), ["o"]);
+    assert_eq!(
+        root.read("tasks/failed/o.yaml"),
+        "description: tampers with its task\n"
+    );
+    let rec = root.record("failed", "o");
+    assert_eq!(rec["outcome"], "tampered", "{rec}");
+    assert!(
+        rec["error"]
+            .as_str()
+            .unwrap()
+            .contains("replaced by another file"),
+        "{rec}"
+    );
+    let log = log(&root);
+    assert_eq!(
+        log.lines().filter(|l| l.starts_with("start")).count(),
+        1,
+        "{log}"
+    );
+}
+
+#[test]
+fn a_task_file_edited_in_place_while_no_supervisor_watched_is_tampered() {
+    let root = tamperer_root("edit-in-place", 0);
+    let mut sup = root.spawn();
+    let pid = started(&root);
+    let _cleanup = KillGroupOnDrop(pid);
+    sup.kill9();
+    let _sup = root.spawn();
+    wait_for(
+        Duration::from_secs(30),
+        "the new supervisor to adopt the run",
+        || sup_logs(&root).contains("adopting a run whose supervisor died"),
+    );
+    root.write("go", "");
+    wait_for(Duration::from_secs(30), "the task to be filed", || {
+        root.names("completed").len() + root.names("failed").len() == 1
+    });
+    assert_eq!(root.names("failed"), ["o"], "{:?}", root.names("completed"));
+    let rec = root.record("failed", "o");
+    assert_eq!(rec["outcome"], "tampered", "{rec}");
+    assert!(
+        rec["error"].as_str().unwrap().contains("changed in place"),
+        "{rec}"
+    );
+}
+
+#[test]
+fn a_task_file_replaced_between_retries_is_the_one_an_adopted_retry_runs_and_files() {
+    // Attempt 1 fails; during its backoff someone submits a new version of
+    // the file. Attempt 2 is adopted by a new supervisor after a crash: the
+    // new version is the claimed one, not attempt 1's.
+    let script = r#"log="$MAILROOM_ROOT/agent.log"
+echo "start $MAILROOM_ATTEMPT $$" >> "$log"
+[ "$MAILROOM_ATTEMPT" = 1 ] && exit 3
+i=0
+while [ ! -e "$MAILROOM_ROOT/go" ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done
+echo "end $MAILROOM_ATTEMPT" >> "$log""#;
+    let root = Root::new()
+        .config(&format!(
+            "rescan_interval: 1s\nsettle: 200ms\nretries: 2\nretry_delay: 3s\nagents:\n  a:\n    \
+             command: [\"/bin/sh\", \"-c\", {script:?}]\n    grace: 1s\n"
+        ))
+        .task("o.yaml", "description: version one\n");
+    let mut sup = root.spawn();
+    wait_for(Duration::from_secs(30), "attempt 1 to fail", || {
+        root.exists("tasks/pending/o.yaml") && root.exists("tasks/assigned/o.state.json")
+    });
+    // A new version, as an editor saves it: written beside, renamed over.
+    root.write("tasks/tmp/o.yaml", "description: version two\n");
+    std::fs::rename(root.p("tasks/tmp/o.yaml"), root.p("tasks/pending/o.yaml")).unwrap();
+    let mut pid = 0;
+    wait_for(Duration::from_secs(30), "attempt 2 to start", || {
+        pid = log(&root)
+            .lines()
+            .find_map(|l| l.strip_prefix("start 2 ")?.parse().ok())
+            .unwrap_or(0);
+        pid > 0
+    });
+    let _cleanup = KillGroupOnDrop(pid);
+    sup.kill9();
+    let _sup = root.spawn();
+    wait_for(
+        Duration::from_secs(30),
+        "the new supervisor to adopt the run",
+        || sup_logs(&root).contains("adopting a run whose supervisor died"),
+    );
+    root.write("go", "");
+    wait_for(Duration::from_secs(30), "the task to be filed", || {
+        root.names("completed").len() + root.names("failed").len() == 1
+    });
+    assert_eq!(root.names("completed"), ["o"]);
+    assert_eq!(
+        root.read("tasks/completed/o.yaml"),
+        "description: version two\n"
+    );
+    assert!(!root.exists("tasks/completed/o.run/task-file.replaced"));
 }

@@ -65,8 +65,9 @@ fn an_agent_that_deletes_its_task_file_does_not_make_it_vanish() {
     root.run_until_idle_within(Duration::from_secs(30));
     assert_eq!(runs(&root).len(), 1, "{:?}", runs(&root));
     assert_eq!(everywhere(&root), ["failed/t"]);
-    // Restored from the copy taken at the claim.
+    // Restored from the copy taken at the claim: the same file again.
     assert_eq!(root.read("tasks/failed/t.yaml"), "description: delete\n");
+    assert!(!root.exists("tasks/failed/t.run/task-file.replaced"));
     let rec = root.record("failed", "t");
     assert_eq!(rec["outcome"], "tampered", "{rec}");
     assert!(rec["error"].as_str().unwrap().contains("deleted"), "{rec}");
@@ -234,6 +235,15 @@ fn a_task_file_replaced_during_its_run_is_put_back_and_the_run_is_tampered() {
             std::fs::symlink_metadata(root.p("tasks/failed/t.run/task-file.replaced")).is_ok(),
             "{mode}: what replaced it was not kept"
         );
+        // The commit's own check finds the file put back intact: it sets
+        // nothing more aside.
+        assert!(
+            !root.exists("tasks/failed/t.run/task-file.replaced-2"),
+            "{mode}: mailroom's own restore was set aside"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode_of = |p: &str| std::fs::metadata(root.p(p)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode_of("tasks/failed/t.yaml"), 0o644, "{mode}");
         assert!(root.entries("tasks/assigned").is_empty(), "{mode}");
     }
 }
