@@ -57,10 +57,10 @@ impl Job {
                 layout.rel(&layout.assigned)
             ),
             Ok(Ok(Reclaimed::Replaced { what, kept, from })) => format!(
-                "its task file {} was replaced by {what} during the run (kept as {}; mailroom put the \
-                 task file back{})",
+                "its task file {} was replaced by {what} during the run (kept in the run's \
+                 directory as {}; mailroom put the task file back{})",
                 layout.rel(&layout.task_file(State::Assigned, &self.name, &self.ext)),
-                layout.rel(&kept),
+                kept_name(&kept),
                 from.map_or_else(
                     || " from the copy taken at the claim".to_owned(),
                     |p| format!(" from {}", layout.rel(&p))
@@ -68,9 +68,10 @@ impl Job {
             ),
             Ok(Ok(Reclaimed::Edited { kept })) => format!(
                 "its task file {} was changed during the run (edited, or replaced by another \
-                 file; what it held is kept as {}, and mailroom put back the content it claimed)",
+                 file; what it held is kept in the run's directory as {}, and mailroom put back \
+                 the content it claimed)",
                 layout.rel(&layout.task_file(State::Assigned, &self.name, &self.ext)),
-                layout.rel(&kept)
+                kept_name(&kept)
             ),
             Ok(Err(e)) => format!(
                 "its task file left {} during the run and cannot be restored yet ({e})",
@@ -436,4 +437,11 @@ async fn write_commit(
         }
         delay = (delay * 2).min(COMMIT_RETRY_MAX);
     }
+}
+
+/// The name a set-aside task file got in its run directory (which moves with
+/// the task, so a path would be stale once it is filed).
+fn kept_name(kept: &Path) -> String {
+    kept.file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
 }

@@ -274,12 +274,18 @@ impl Job {
             (None, Some(st)) => format!("ended ({st})"),
             (None, None) => "ended".to_owned(),
         };
+        // Its log, when it left one, is in the run's attempt directory
+        // (which moves with the task at the commit).
+        let see = if run_dir.join(keeper::LOG_FILE).exists() {
+            format!("; see {} in the run's directory", keeper::LOG_FILE)
+        } else {
+            String::new()
+        };
         if !started && stopped == 0 && !run_dir_gone {
             return RunEnd::SpawnFailed {
                 error: format!(
                     "the run keeper (pid {pid}) {how} without writing its outcome, before it \
-                     started the agent; see {}",
-                    layout.rel(&run_dir.join(keeper::LOG_FILE))
+                     started the agent{see}"
                 ),
                 not_found: false,
             };
@@ -293,8 +299,7 @@ impl Job {
         } else {
             format!(
                 "the run keeper (pid {pid}) {how} without writing the outcome, so how the agent \
-                 ended is unknown; see {}",
-                layout.rel(&run_dir.join(keeper::LOG_FILE))
+                 ended is unknown{see}"
             )
         };
         if stopped > 0 {

@@ -114,7 +114,7 @@ impl Supervisor {
             // that still goes on is not touched.
             if let Some(why) = self.still_running(&name) {
                 if self.unrecoverable.insert(format!("running:{name}")) {
-                    warn!(task = %name, "not recovered: {why}");
+                    info!(task = %name, "not recovered: {why}");
                 }
                 lock.release();
                 continue;
@@ -208,8 +208,8 @@ impl Supervisor {
             }) => (
                 format!(
                     "its task file {assigned_file} was replaced by {what} during a run no \
-                     supervisor saw end (that is kept in {}; the claimed file was put back)",
-                    layout.rel(&layout.run_dir(State::Assigned, name))
+                     supervisor saw end (kept in the run's directory as task-file.replaced; \
+                     the claimed file was put back)"
                 ),
                 Some(None),
             ),
@@ -278,7 +278,7 @@ impl Supervisor {
             && books::same_process(run.supervisor_pid, run.supervisor_start)
         {
             return Some(format!(
-                "supervisor {} still runs it (the task's lock file was removed or replaced)",
+                "supervisor {} of this host is alive and still has it",
                 run.supervisor_pid
             ));
         }
@@ -287,8 +287,8 @@ impl Supervisor {
             && crate::run::keeper::alive(&k, &self.ctx.host)
         {
             return Some(format!(
-                "its run keeper (pid {}) still runs it (the task's lock file was removed or \
-                 replaced)",
+                "its run keeper (pid {}) is alive and still runs it, though its lock was free \
+                 (the lock file was removed or replaced?)",
                 k.pid
             ));
         }
@@ -320,7 +320,7 @@ impl Supervisor {
         let layout = self.layout().clone();
         if let Some(why) = self.still_running(name) {
             if self.unrecoverable.insert(format!("running:{name}")) {
-                warn!(task = name, "not recovered: {why}");
+                info!(task = name, "not recovered: {why}");
             }
             lock.release();
             return;

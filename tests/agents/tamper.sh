@@ -14,6 +14,8 @@
 #   rm-run-dir removes its own run directory and exits 0
 #   as-dir     replaces its task file with a directory and exits 0
 #   as-link    replaces its task file with a symbolic link to /etc/hostname
+#   resave     saves its task file again unchanged, as an editor does (a
+#              new file through a temp file and a rename)
 #   rewrite    writes another task into its task file's place and exits 0
 # Logs one line per run (task, attempt, pid) to $RUNLOG when it is set.
 [ -n "${RUNLOG:-}" ] && echo "$MAILROOM_TASK $MAILROOM_ATTEMPT $$" >> "$RUNLOG"
@@ -41,6 +43,9 @@ case "$last" in
   rm-run-dir) rm -rf "$MAILROOM_RUN_DIR" ;;
   as-dir) rm -f "$MAILROOM_TASK_FILE"; mkdir "$MAILROOM_TASK_FILE" ;;
   as-link) rm -f "$MAILROOM_TASK_FILE"; ln -s /etc/hostname "$MAILROOM_TASK_FILE" ;;
+  resave)
+    cp "$MAILROOM_TASK_FILE" "$MAILROOM_TASK_FILE.tmp~"
+    mv "$MAILROOM_TASK_FILE.tmp~" "$MAILROOM_TASK_FILE" ;;
   rewrite)
     rm -f "$MAILROOM_TASK_FILE"
     printf 'description: the agent wrote this\n' > "$MAILROOM_TASK_FILE" ;;
