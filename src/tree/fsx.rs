@@ -213,13 +213,7 @@ pub fn write_atomic_readable_volatile(path: &Path, bytes: &[u8]) -> io::Result<(
 /// into place.
 pub fn write_file_mode(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     let res = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)?;
-        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        let mut f = create_new(path, mode, true)?;
         f.write_all(bytes)?;
         sync_data(&f)
     })();
@@ -229,24 +223,31 @@ pub fn write_file_mode(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     res
 }
 
+/// A new file at `path` (no link followed), with `mode` less the umask, or
+/// exactly `mode` when `exact`.
+fn create_new(path: &Path, mode: u32, exact: bool) -> io::Result<File> {
+    let f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    if exact {
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+    }
+    Ok(f)
+}
+
 /// Temp file beside `path`, written and fsynced, renamed over `path`, then
 /// the directory fsynced; the temp file is removed on any failure.
 fn write_via_temp(path: &Path, bytes: &[u8], mode: u32, sync: bool) -> io::Result<()> {
     let dir = parent(path);
     let tmp = dir.join(tmp_name(&file_name_lossy(path)));
     let res = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&tmp)?;
-        if shared() || mode & 0o004 != 0 {
-            // The umask would take the group's (or, for a file meant for
-            // other programs, everyone's) bits away again: a unit's
-            // `UMask=0077` must not hide the metrics file from its collector.
-            f.set_permissions(fs::Permissions::from_mode(mode))?;
-        }
+        // The umask would take the group's (or, for a file meant for other
+        // programs, everyone's) bits away again: a unit's `UMask=0077` must
+        // not hide the metrics file from its collector.
+        let mut f = create_new(&tmp, mode, shared() || mode & 0o004 != 0)?;
         f.write_all(bytes)?;
         crash_point();
         if sync {

@@ -485,25 +485,17 @@ pub fn keep_claimed_copy(layout: &Layout, name: &str, ext: &str, bytes: &[u8]) -
     if file_id(&copy).is_some() && file_id(&copy) == file_id(&at) {
         return Ok(());
     }
-    for e in crate::parse::task::TASK_EXTS
-        .into_iter()
-        .filter(|e| *e != ext)
-    {
+    // An earlier attempt's copy goes first: a crash in between leaves none,
+    // which recovery reports rather than guesses. Like the run directory, the
+    // copy is not fsynced: it guards against the agent, not the host.
+    for e in crate::parse::task::TASK_EXTS {
         fsx::remove_file_if_exists(&layout.claimed_copy(State::Assigned, name, e))?;
     }
-    let tmp = layout
-        .run_dir(State::Assigned, name)
-        .join(fsx::tmp_name("claimed-task"));
-    if fs::hard_link(&at, &tmp).is_err() {
+    if fs::hard_link(&at, &copy).is_err() {
         let mode = fs::symlink_metadata(&at).map_or(0o644, |m| m.mode() & 0o777);
-        fsx::write_file_mode(&tmp, bytes, mode)?;
+        fsx::write_file_mode(&copy, bytes, mode)?;
     }
-    // Over an earlier attempt's copy: the one place a rename replaces.
-    let res = fs::rename(&tmp, &copy);
-    if res.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    res
+    Ok(())
 }
 
 /// Puts the claimed file back at `assigned/<name>.<ext>`: linked back from

@@ -101,33 +101,24 @@ pub fn decide(
         });
         st.last_error = Some(why.clone());
         // Its agent moved or deleted the task file (recovery put it back):
-        // such a run is never retried.
-        if let Some(t) = st.tampered.take() {
+        // such a run is never retried. Else it fails once no attempts are left.
+        let fail = if let Some(t) = st.tampered.take() {
             let error = format!("{t}; {why}");
             if let Some(a) = st.history.last_mut() {
                 a.outcome = Outcome::Tampered;
                 a.error = Some(error.clone());
             }
-            let mut record =
-                books::record_at(Outcome::Tampered, error, &env.host, &env.run_id, &env.now);
-            record.task = name.to_owned();
-            record.attempts = st.attempts;
-            record.history = st.history.clone();
-            record.agent = Some(run.agent);
-            st.committing = Some(record.run_id.clone());
-            return Decision::Fail {
-                state: Box::new(st),
-                record: Box::new(record),
-            };
-        }
-        if st.charged() > env.retries {
-            let mut record = books::record_at(
+            Some((Outcome::Tampered, error))
+        } else if st.charged() > env.retries {
+            Some((
                 Outcome::Interrupted,
                 format!("{why}, and no attempts are left"),
-                &env.host,
-                &env.run_id,
-                &env.now,
-            );
+            ))
+        } else {
+            None
+        };
+        if let Some((outcome, error)) = fail {
+            let mut record = books::record_at(outcome, error, &env.host, &env.run_id, &env.now);
             record.task = name.to_owned();
             record.attempts = st.attempts;
             record.history = st.history.clone();

@@ -48,10 +48,15 @@ fn sup_logs(root: &Root) -> String {
         .collect()
 }
 
-fn assert_ran_once(root: &Root, state: &str) -> serde_json::Value {
+/// The agent started once: no run was repeated.
+fn assert_started_once(root: &Root) {
     let log = log(root);
     let starts = log.lines().filter(|l| l.starts_with("start")).count();
     assert_eq!(starts, 1, "the run was repeated:\n{log}");
+}
+
+fn assert_ran_once(root: &Root, state: &str) -> serde_json::Value {
+    assert_started_once(root);
     let rec = root.record(state, "o");
     assert_eq!(rec["attempts"], 1, "{rec}");
     assert_eq!(rec["history"].as_array().unwrap().len(), 1, "{rec}");
@@ -337,6 +342,22 @@ esac
 echo "end $MAILROOM_ATTEMPT" >> "$log"
 exit "${CODE:-0}""#;
 
+/// Starts a supervisor, waits for attempt 1's agent, and kills the
+/// supervisor with SIGKILL mid-run; the guard stops the agent's group.
+fn killed_mid_run(root: &Root) -> KillGroupOnDrop {
+    let mut sup = root.spawn();
+    let guard = KillGroupOnDrop(started(root));
+    sup.kill9();
+    guard
+}
+
+/// Waits until the task is in `completed/` or `failed/`.
+fn filed_once(root: &Root) {
+    wait_for(Duration::from_secs(30), "the task to be filed", || {
+        root.names("completed").len() + root.names("failed").len() == 1
+    });
+}
+
 fn tamperer_root(act: &str, code: u8) -> Root {
     Root::new()
         .config(&format!(
@@ -367,10 +388,7 @@ fn a_task_file_deleted_while_no_supervisor_watched_is_put_back_and_filed_tampere
     // ends unwatched: the next supervisor must not lose the task (nor its
     // run directory), but put it back from the link to the claimed file.
     let root = tamperer_root("delete", 0);
-    let mut sup = root.spawn();
-    let pid = started(&root);
-    let _cleanup = KillGroupOnDrop(pid);
-    sup.kill9();
+    let _cleanup = killed_mid_run(&root);
     root.write("go", "");
     wait_for(Duration::from_secs(30), "the unwatched run to end", || {
         root.exists("tasks/assigned/o.run/1/outcome.json") && agents_of(&root).is_empty()
@@ -396,10 +414,7 @@ fn a_task_file_deleted_while_no_supervisor_watched_is_put_back_and_filed_tampere
 #[test]
 fn a_failed_run_whose_agent_moved_its_task_to_completed_unwatched_is_not_completed() {
     let root = tamperer_root("move-completed", 1);
-    let mut sup = root.spawn();
-    let pid = started(&root);
-    let _cleanup = KillGroupOnDrop(pid);
-    sup.kill9();
+    let _cleanup = killed_mid_run(&root);
     // The next supervisor runs while the keeper still does.
     let _sup = root.spawn();
     root.write("go", "");
@@ -468,18 +483,11 @@ fn a_run_whose_lock_file_its_agent_removed_is_not_taken_by_another_supervisor() 
         || sup_logs(&root).contains("still runs it"),
     );
     root.write("go", "");
-    wait_for(Duration::from_secs(30), "the task to be filed", || {
-        root.names("completed").len() + root.names("failed").len() == 1
-    });
+    filed_once(&root);
     wait_for(Duration::from_secs(10), "the runs to end", || {
         agents_of(&root).is_empty()
     });
-    let log = log(&root);
-    assert_eq!(
-        log.lines().filter(|l| l.starts_with("start")).count(),
-        1,
-        "the run was repeated:\n{log}"
-    );
+    assert_started_once(&root);
     assert_eq!(
         root.names("completed").len() + root.names("failed").len(),
         1,
@@ -493,10 +501,7 @@ fn a_kept_run_whose_task_file_no_longer_parses_is_still_committed() {
     // parse; its supervisor is killed. The next supervisor cannot read the
     // task, but must not leave the finished run in assigned/ for ever.
     let root = tamperer_root("garble", 0);
-    let mut sup = root.spawn();
-    let pid = started(&root);
-    let _cleanup = KillGroupOnDrop(pid);
-    sup.kill9();
+    let _cleanup = killed_mid_run(&root);
     let _sup = root.spawn();
     root.write("go", "");
     wait_for(Duration::from_secs(30), "the run to be filed", || {
@@ -506,12 +511,7 @@ fn a_kept_run_whose_task_file_no_longer_parses_is_still_committed() {
     wait_for(Duration::from_secs(10), "assigned/ to be empty", || {
         root.entries("tasks/assigned").is_empty()
     });
-    let log = log(&root);
-    assert_eq!(
-        log.lines().filter(|l| l.starts_with("start")).count(),
-        1,
-        "{log}"
-    );
+    assert_started_once(&root);
 }
 
 #[test]
@@ -539,10 +539,7 @@ fn an_agent_that_replaces_its_task_file_and_kills_its_keeper_unwatched_never_run
     // kills its keeper. The next supervisor must not requeue the agent's
     // text as the task: the claimed file goes back, the run is tampered.
     let root = tamperer_root("rewrite-kill", 0);
-    let mut sup = root.spawn();
-    let pid = started(&root);
-    let _cleanup = KillGroupOnDrop(pid);
-    sup.kill9();
+    let _cleanup = killed_mid_run(&root);
     root.write("go", "");
     wait_for(Duration::from_secs(30), "the agent to end", || {
         agents_of(&root).is_empty()
@@ -562,21 +559,13 @@ fn an_agent_that_replaces_its_task_file_and_kills_its_keeper_unwatched_never_run
             .contains("replaced by another file"),
         "{rec}"
     );
-    let log = log(&root);
-    assert_eq!(
-        log.lines().filter(|l| l.starts_with("start")).count(),
-        1,
-        "{log}"
-    );
+    assert_started_once(&root);
 }
 
 #[test]
 fn a_task_file_edited_in_place_while_no_supervisor_watched_is_tampered() {
     let root = tamperer_root("edit-in-place", 0);
-    let mut sup = root.spawn();
-    let pid = started(&root);
-    let _cleanup = KillGroupOnDrop(pid);
-    sup.kill9();
+    let _cleanup = killed_mid_run(&root);
     let _sup = root.spawn();
     wait_for(
         Duration::from_secs(30),
@@ -584,9 +573,7 @@ fn a_task_file_edited_in_place_while_no_supervisor_watched_is_tampered() {
         || sup_logs(&root).contains("adopting a run whose supervisor died"),
     );
     root.write("go", "");
-    wait_for(Duration::from_secs(30), "the task to be filed", || {
-        root.names("completed").len() + root.names("failed").len() == 1
-    });
+    filed_once(&root);
     assert_eq!(root.names("failed"), ["o"], "{:?}", root.names("completed"));
     let rec = root.record("failed", "o");
     assert_eq!(rec["outcome"], "tampered", "{rec}");
@@ -637,9 +624,7 @@ echo "end $MAILROOM_ATTEMPT" >> "$log""#;
         || sup_logs(&root).contains("adopting a run whose supervisor died"),
     );
     root.write("go", "");
-    wait_for(Duration::from_secs(30), "the task to be filed", || {
-        root.names("completed").len() + root.names("failed").len() == 1
-    });
+    filed_once(&root);
     assert_eq!(root.names("completed"), ["o"]);
     assert_eq!(
         root.read("tasks/completed/o.yaml"),
