@@ -149,7 +149,7 @@ run_mailroom() { # round durability keeper slots n [bin label]
   mkroot "$root" "$dur" "$keeper" "$slots" "$n" "$TRUE"
   timed "$bin" --root "$root" -q run --exit-when-idle
   local done
-  done=$(find "$root/tasks/completed" -name '*.yaml' | wc -l)
+  done=$(find "$root/tasks/completed" -maxdepth 1 -name '*.yaml' | wc -l)
   [ "$done" -eq "$n" ] || { log "mailroom: only $done of $n completed"; exit 1; }
   local k=on; [ "$keeper" = true ] || k=off
   record "$round" "$label P=$slots $dur keeper=$k" "$n" "$T_WALL" "$T_CPU" "$(median_run_ms "$root")"
@@ -158,7 +158,7 @@ run_mailroom() { # round durability keeper slots n [bin label]
 add_submit() { # bin root n: one `mailroom add` per task, then wait for all
   local i
   for ((i = 0; i < $3; i++)); do "$1" --root "$2" -q add --name "a$i" "task $i" >/dev/null; done
-  while [ "$(find "$2/tasks/completed" -name '*.yaml' | wc -l)" -lt "$3" ]; do sleep 0.005; done
+  while [ "$(find "$2/tasks/completed" -maxdepth 1 -name '*.yaml' | wc -l)" -lt "$3" ]; do sleep 0.005; done
 }
 
 run_mailroom_add() { # round durability: a running supervisor, one `mailroom add` per task

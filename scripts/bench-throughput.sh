@@ -44,7 +44,7 @@ run_mailroom() { # $1 = durability; prints seconds
   "$BIN" --root "$root" -q run --exit-when-idle
   t1=$(now)
   local done
-  done=$(find "$root/tasks/completed" -name '*.yaml' | wc -l)
+  done=$(find "$root/tasks/completed" -maxdepth 1 -name '*.yaml' | wc -l)
   [ "$done" -eq "$N" ] || { echo "only $done of $N completed" >&2; exit 1; }
   echo "$t1 - $t0" | bc -l
 }

@@ -134,11 +134,14 @@ impl Layout {
     }
 
     /// The link to the claimed task file in its run directory
-    /// (`<name>.run/claimed-task.<ext>`, made at the first attempt): the
+    /// (`<name>.run/claimed-task.<ext>.copy`, made at every attempt): the
     /// copy recovery puts back when the task file left `assigned/` during a
-    /// run that no supervisor watched to its end.
+    /// run that no supervisor watched to its end. Its last extension is not
+    /// a task file's, so that no scanner, not even a recursive one, takes it
+    /// for a task.
     pub fn claimed_copy(&self, s: State, name: &str, ext: &str) -> PathBuf {
-        self.run_dir(s, name).join(format!("claimed-task.{ext}"))
+        self.run_dir(s, name)
+            .join(format!("claimed-task.{ext}.copy"))
     }
 
     /// `<name>.run/<n>/`: the directory of attempt `n` (its prompt, stdout,

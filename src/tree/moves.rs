@@ -474,7 +474,7 @@ fn what_is(m: &fs::Metadata) -> &'static str {
 }
 
 /// Makes the run directory's second name for the claimed task file
-/// (`<name>.run/claimed-task.<ext>`), replacing one an earlier attempt made
+/// (`<name>.run/claimed-task.<ext>.copy`), replacing one an earlier attempt made
 /// (the file may have been replaced between attempts): a hard link, or a
 /// copy of `bytes` where the link is refused (`fs.protected_hardlinks` and a
 /// file of another user). Other extensions' copies go.

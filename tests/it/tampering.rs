@@ -68,6 +68,27 @@ fn an_agent_that_deletes_its_task_file_does_not_make_it_vanish() {
     // Restored from the copy taken at the claim: the same file again.
     assert_eq!(root.read("tasks/failed/t.yaml"), "description: delete\n");
     assert!(!root.exists("tasks/failed/t.run/task-file.replaced"));
+    // The run directory's copy is named so that not even a recursive scan
+    // (`find tasks -name '*.yaml'`) takes it for a task.
+    let out = std::process::Command::new("find")
+        .args([
+            root.p("tasks").to_str().unwrap(),
+            "-name",
+            "*.yaml",
+            "-o",
+            "-name",
+            "*.yml",
+        ])
+        .output()
+        .unwrap();
+    let found: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            l.trim_start_matches(root.p("tasks").to_str().unwrap())
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(found, ["/failed/t.yaml"], "{found:?}");
     let rec = root.record("failed", "t");
     assert_eq!(rec["outcome"], "tampered", "{rec}");
     assert!(rec["error"].as_str().unwrap().contains("deleted"), "{rec}");
