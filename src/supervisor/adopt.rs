@@ -17,16 +17,9 @@ impl Supervisor {
         let layout = self.layout().clone();
         let st = books::read_state(&layout, name);
         let Some(run) = &st.run else { return };
-        let ours =
-            run.supervisor_pid == self.ctx.self_pid && run.supervisor_start == self.ctx.self_start;
         // Another host's runs, our own, and a live supervisor's are not ours
         // to touch; a supervisor whose start time is unknown cannot be proven dead.
-        if run.host != self.ctx.host
-            || ours
-            || self.running.contains_key(name)
-            || run.supervisor_start == 0
-            || books::same_process(run.supervisor_pid, run.supervisor_start)
-        {
+        if self.running.contains_key(name) || self.other_local_supervisor(run) != Some(false) {
             return;
         }
         let run_dir = books::current_run_dir(&layout, name, &st);

@@ -267,10 +267,7 @@ impl Job {
         let started = keeper::info(run_dir, run_id).is_some();
         let signal = status.and_then(|s| s.signal());
         let how = match (signal, status) {
-            (Some(s), _) => format!(
-                "was killed by signal {}",
-                nix::sys::signal::Signal::try_from(s).map_or(s.to_string(), |s| s.to_string())
-            ),
+            (Some(s), _) => format!("was killed by signal {}", verdict::sig_name(s)),
             (None, Some(st)) => format!("ended ({st})"),
             (None, None) => "ended".to_owned(),
         };
@@ -708,9 +705,5 @@ impl Job {
 /// Whether process `pid` is stopped (by a signal or a tracer), from
 /// `/proc/<pid>/stat`.
 fn keeper_stopped(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        s.rfind(')')
-            .and_then(|i| s[i + 1..].split_whitespace().next())
-            .is_some_and(|st| st == "T" || st == "t")
-    })
+    books::proc_state(pid).is_some_and(|(state, _)| matches!(state, 'T' | 't'))
 }

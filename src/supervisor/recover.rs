@@ -110,25 +110,18 @@ impl Supervisor {
             let Ok(Some(lock)) = TaskLock::try_acquire(&layout, &name) else {
                 continue;
             };
-            // Its lock file may be gone with its task file (an agent): a run
-            // that still goes on is not touched.
-            if let Some(why) = self.still_running(&name) {
-                if self.unrecoverable.insert(format!("running:{name}")) {
-                    info!(task = %name, "not recovered: {why}");
-                }
-                lock.release();
-                continue;
-            }
             // A run still unfinished (no record names it) whose task file
             // left `assigned/` (its agent moved or deleted it, and no
             // supervisor watched): the task file goes back, and the run is
-            // recovered as an orphan and filed as tampered.
-            match self.verify_task_file(&name) {
+            // recovered as an orphan and filed as tampered. A run that still
+            // goes on (its lock file gone with its task file) is not touched,
+            // nor are the files of one that cannot be put back: they hold
+            // its output.
+            match self.orphan_task_file(&name) {
                 PutBack::Restored(ext) => {
-                    self.recover_orphan(&name, &ext, lock);
+                    self.recover_checked(&name, &ext, lock);
                     continue;
                 }
-                // Never removed: they hold the run's output.
                 PutBack::Keep => {
                     lock.release();
                     continue;
@@ -271,11 +264,7 @@ impl Supervisor {
         let layout = self.layout().clone();
         let st = books::read_state(&layout, name);
         if let Some(run) = &st.run
-            && run.host == self.ctx.host
-            && run.supervisor_start != 0
-            && !(run.supervisor_pid == self.ctx.self_pid
-                && run.supervisor_start == self.ctx.self_start)
-            && books::same_process(run.supervisor_pid, run.supervisor_start)
+            && self.other_local_supervisor(run) == Some(true)
         {
             return Some(format!(
                 "supervisor {} of this host is alive and still has it",
@@ -292,50 +281,72 @@ impl Supervisor {
                 k.pid
             ));
         }
-        let groups = runner::find_agent_groups(&layout.root, name);
-        if groups.is_empty() {
-            return None;
-        }
-        let grace = st
-            .run
-            .as_ref()
-            .and_then(|r| self.config.agents.get(&r.agent))
+        let agent = st.run.map(|r| r.agent).unwrap_or_default();
+        (self.stop_agents_of(name, &agent, "whose supervisor and keeper are gone") > 0)
+            .then(|| "an agent of it still runs with no keeper; it is being stopped".into())
+    }
+
+    /// Whether a run's supervisor is another process of this host whose
+    /// start time is known: Some(alive), or None (another host's, this
+    /// process, or one whose start time could not be read, which can never
+    /// be proven dead).
+    pub(super) fn other_local_supervisor(&self, run: &RunInfo) -> Option<bool> {
+        let ours =
+            run.supervisor_pid == self.ctx.self_pid && run.supervisor_start == self.ctx.self_start;
+        (run.host == self.ctx.host && run.supervisor_start != 0 && !ours)
+            .then(|| books::same_process(run.supervisor_pid, run.supervisor_start))
+    }
+
+    /// Stops (in threads of their own: SIGTERM, the grace of `agent` as
+    /// configured here, 10 s without one, SIGKILL) every agent process group
+    /// of `name` found through `/proc`, each once per supervisor process.
+    /// Returns how many groups were found.
+    fn stop_agents_of(&mut self, name: &str, agent: &str, why: &str) -> usize {
+        let grace = self
+            .config
+            .agents
+            .get(agent)
             .map_or(Duration::from_secs(10), |a| a.grace);
+        let groups = runner::find_agent_groups(&self.ctx.layout.root, name);
         for &(pgid, start) in &groups {
             if self.stopping_agents.insert((pgid, start)) {
-                warn!(
-                    task = name,
-                    pgid, "stopping an agent whose supervisor and keeper are gone"
-                );
+                warn!(task = name, pgid, "stopping an agent {why}");
                 std::thread::spawn(move || runner::kill_orphan_group(pgid, grace));
             }
         }
-        Some("an agent of it still runs with no keeper; it is being stopped".into())
+        groups.len()
     }
 
     /// An orphan: its lock is ours now. Finish its commit, fail it or
     /// requeue it, as `tree::recovery` decides.
     pub(super) fn recover_orphan(&mut self, name: &str, ext: &str, lock: TaskLock) {
-        use crate::tree::recovery::{self, Decision};
-        let layout = self.layout().clone();
+        match self.orphan_task_file(name) {
+            PutBack::Restored(e) => self.recover_checked(name, &e, lock),
+            PutBack::Nothing => self.recover_checked(name, ext, lock),
+            PutBack::Keep => lock.release(),
+        }
+    }
+
+    /// The checks every orphan passes first, its lock taken: a run that
+    /// still goes on is left alone ([`Self::still_running`], said once),
+    /// then its task file is checked against its claim
+    /// ([`Self::verify_task_file`]).
+    fn orphan_task_file(&mut self, name: &str) -> PutBack {
         if let Some(why) = self.still_running(name) {
             if self.unrecoverable.insert(format!("running:{name}")) {
                 info!(task = name, "not recovered: {why}");
             }
-            lock.release();
-            return;
+            return PutBack::Keep;
         }
         self.unrecoverable.remove(&format!("running:{name}"));
-        // What the agent did to its task file while nobody watched.
-        let ext = match self.verify_task_file(name) {
-            PutBack::Restored(e) => e,
-            PutBack::Keep => {
-                lock.release();
-                return;
-            }
-            PutBack::Nothing => ext.to_owned(),
-        };
-        let ext = ext.as_str();
+        self.verify_task_file(name)
+    }
+
+    /// [`Self::recover_orphan`] once its task file is checked: `ext` is the
+    /// task file's in `assigned/`.
+    fn recover_checked(&mut self, name: &str, ext: &str, lock: TaskLock) {
+        use crate::tree::recovery::{self, Decision};
+        let layout = self.layout().clone();
         // A keeper's outcome for this run: commit it, never run it again.
         // (A record of the run already written means its commit was under
         // way: recovery finishes that instead.)
@@ -400,26 +411,9 @@ impl Supervisor {
     pub(super) fn stop_orphaned_agent(&mut self, name: &str) {
         let st = books::read_state(self.layout(), name);
         let Some(run) = st.run else { return };
-        // A supervisor whose start time could not be read cannot be proven dead.
-        if run.supervisor_start == 0
-            || run.host != self.ctx.host
-            || (run.supervisor_pid == self.ctx.self_pid
-                && run.supervisor_start == self.ctx.self_start)
-            || books::same_process(run.supervisor_pid, run.supervisor_start)
-        {
-            return;
-        }
-        let grace = self
-            .config
-            .agents
-            .get(&run.agent)
-            .map(|a| a.grace)
-            .unwrap_or(Duration::from_secs(10));
-        for (pgid, start) in runner::find_agent_groups(&self.ctx.layout.root, name) {
-            if self.stopping_agents.insert((pgid, start)) {
-                warn!(task = name, pgid, "stopping an agent whose supervisor died");
-                std::thread::spawn(move || runner::kill_orphan_group(pgid, grace));
-            }
+        // Only a supervisor of this host proven dead.
+        if self.other_local_supervisor(&run) == Some(false) {
+            self.stop_agents_of(name, &run.agent, "whose supervisor died");
         }
     }
 }

@@ -89,7 +89,7 @@ pub fn ended(end: &RunEnd, timeout: Duration, max_output: u64) -> Ended {
     }
 }
 
-fn sig_name(s: i32) -> String {
+pub(super) fn sig_name(s: i32) -> String {
     nix::sys::signal::Signal::try_from(s)
         .map(|s| s.as_str().to_owned())
         .unwrap_or_else(|_| s.to_string())

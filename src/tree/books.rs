@@ -195,28 +195,25 @@ pub fn run_id() -> String {
 
 /// Start time of a process in clock ticks since boot, from `/proc/<pid>/stat`.
 pub fn proc_start_time(pid: u32) -> Option<u64> {
+    proc_state(pid).map(|(_, start)| start)
+}
+
+/// A process's state letter (`R`, `S`, `T`, `Z`, …) and start time in clock
+/// ticks since boot, from `/proc/<pid>/stat`.
+pub fn proc_state(pid: u32) -> Option<(char, u64)> {
     let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parentheses: skip past its last ')'.
-    let rest = &s[s.rfind(')')? + 2..];
-    rest.split(' ').nth(19)?.parse().ok()
+    let mut fields = s[s.rfind(')')? + 1..].split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    // The start time is field 22, the 20th after the state (field 3).
+    let start = fields.nth(18)?.parse().ok()?;
+    Some((state, start))
 }
 
 /// Whether `pid` is the same process that had start time `start`, and is
 /// alive: a zombie (dead, not yet reaped by its parent) is not.
 pub fn same_process(pid: u32, start: u64) -> bool {
-    let Ok(s) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let Some(rest) = s.rfind(')').map(|i| &s[i + 1..]) else {
-        return false;
-    };
-    let mut fields = rest.split_whitespace();
-    let state = fields.next();
-    if matches!(state, Some("Z" | "X" | "x")) {
-        return false;
-    }
-    // The start time is field 22, the 20th after the state.
-    fields.nth(18).and_then(|f| f.parse().ok()) == Some(start)
+    proc_state(pid).is_some_and(|(state, s)| s == start && !matches!(state, 'Z' | 'X' | 'x'))
 }
 
 /// The task files in one state directory: (name, extension), sorted by name.

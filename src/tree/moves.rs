@@ -428,16 +428,9 @@ pub fn reclaim(
         }
         replaced = Some((what_is(&m), set_aside_in_run_dir(layout, name, &at)?));
     }
-    let mut from = None;
-    'look: for s in [State::Pending, State::Completed, State::Failed] {
-        for e in crate::parse::task::TASK_EXTS {
-            let p = layout.task_file(s, name, e);
-            if ours(&p) {
-                move_file(&p, &at)?;
-                from = Some(p);
-                break 'look;
-            }
-        }
+    let from = claimed_elsewhere(layout, name, id);
+    if let Some(p) = &from {
+        move_file(p, &at)?;
     }
     let now = match from {
         Some(_) => id,
@@ -449,6 +442,15 @@ pub fn reclaim(
         (None, None) => Reclaimed::Rewritten,
     };
     Ok((found, now))
+}
+
+/// The claimed file (device and inode `id`) in `pending/`, `completed/` or
+/// `failed/`, under any task-file extension, where an agent may have moved it.
+fn claimed_elsewhere(layout: &Layout, name: &str, id: (u64, u64)) -> Option<PathBuf> {
+    [State::Pending, State::Completed, State::Failed]
+        .into_iter()
+        .flat_map(|s| crate::parse::task::TASK_EXTS.map(|e| layout.task_file(s, name, e)))
+        .find(|p| file_id(p) == Some(id))
 }
 
 /// Device and inode of the regular file at `p` (not followed), if it is one.
@@ -482,7 +484,8 @@ pub fn keep_claimed_copy(layout: &Layout, name: &str, ext: &str, bytes: &[u8]) -
     use std::os::unix::fs::MetadataExt;
     let at = layout.task_file(State::Assigned, name, ext);
     let copy = layout.claimed_copy(State::Assigned, name, ext);
-    if file_id(&copy).is_some() && file_id(&copy) == file_id(&at) {
+    let linked = file_id(&copy);
+    if linked.is_some() && linked == file_id(&at) {
         return Ok(());
     }
     // An earlier attempt's copy goes first: a crash in between leaves none,
@@ -512,7 +515,8 @@ fn restore(
     use std::os::unix::fs::MetadataExt;
     let at = layout.task_file(State::Assigned, name, ext);
     let copy = layout.claimed_copy(State::Assigned, name, ext);
-    if let Ok(m) = fs::symlink_metadata(&copy)
+    let m = fs::symlink_metadata(&copy).ok();
+    if let Some(m) = &m
         && m.is_file()
         && (m.dev(), m.ino()) == id
         && same_content(&copy, m.len(), bytes)
@@ -521,7 +525,7 @@ fn restore(
         fsx::fsync_dir(&layout.assigned)?;
         return Ok(id);
     }
-    let mode = fs::symlink_metadata(&copy).map_or(0o644, |m| m.mode() & 0o777);
+    let mode = m.map_or(0o644, |m| m.mode() & 0o777);
     let staged = layout.tmp.join(fsx::tmp_name(&format!("{name}.{ext}")));
     fsx::write_file_mode(&staged, bytes, mode)?;
     let res = move_file(&staged, &at);
@@ -591,20 +595,9 @@ pub fn verify_against_copy(
         }
         None => {}
     }
-    for s in [State::Pending, State::Completed, State::Failed] {
-        for e in crate::parse::task::TASK_EXTS {
-            let p = layout.task_file(s, name, e);
-            if file_id(&p) == Some(id) {
-                return Ok(Verified::PutBack {
-                    what: None,
-                    from: Some(p),
-                });
-            }
-        }
-    }
     Ok(Verified::PutBack {
         what: None,
-        from: None,
+        from: claimed_elsewhere(layout, name, id),
     })
 }
 
