@@ -30,10 +30,34 @@ impl Host {
         Host(child)
     }
 
-    /// The host goes down: everything in its namespace gets SIGKILL.
+    /// The host goes down: everything in its namespace gets SIGKILL. Returns
+    /// once no process of the host is left (the namespace's other processes
+    /// die after `unshare` itself).
     fn lose(mut self) {
+        let uts = self.uts_namespace();
         let _ = self.0.kill();
         let _ = self.0.wait();
+        let Some(uts) = uts else { return };
+        wait_for(
+            Duration::from_secs(30),
+            "the lost host's processes to die",
+            || {
+                !std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+                    e.file_name()
+                        .to_str()
+                        .is_some_and(|n| n.parse::<u32>().is_ok())
+                        && std::fs::read_link(e.path().join("ns/uts")).ok().as_ref() == Some(&uts)
+                })
+            },
+        );
+    }
+
+    /// The UTS namespace of the host's processes (that of `unshare`'s child).
+    fn uts_namespace(&self) -> Option<std::path::PathBuf> {
+        let pid = self.0.id();
+        let kids = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+        let kid = kids.split_whitespace().next()?;
+        std::fs::read_link(format!("/proc/{kid}/ns/uts")).ok()
     }
 }
 
@@ -54,8 +78,13 @@ fn now_ns() -> u128 {
 /// From the agents' "S task attempt ns" / "E task attempt ns" lines: no two
 /// runs of one task are ever open at once. An agent SIGKILLed with its host
 /// writes no end line: a run left open counts as ended when the host was lost
-/// (`lost_at`), and only if it started before that. Returns runs per task.
-fn check_no_overlap_but_the_lost(log: &str, lost_at: u128) -> BTreeMap<String, usize> {
+/// (between `lost_from`, the kill, and `lost_until`, when its last process was
+/// gone), and only if it started before that. Returns runs per task.
+fn check_no_overlap_but_the_lost(
+    log: &str,
+    lost_from: u128,
+    lost_until: u128,
+) -> BTreeMap<String, usize> {
     let mut events: BTreeMap<String, Vec<(u128, bool)>> = BTreeMap::new();
     for l in log.lines() {
         let f: Vec<&str> = l.split(' ').collect();
@@ -74,8 +103,8 @@ fn check_no_overlap_but_the_lost(log: &str, lost_at: u128) -> BTreeMap<String, u
             if *start {
                 if let Some(s) = open {
                     assert!(
-                        s < lost_at && *t > lost_at,
-                        "two runs of {task} overlap (a run open since {s} when another started at {t}; host lost at {lost_at}):\n{log}"
+                        s < lost_until && *t > lost_from,
+                        "two runs of {task} overlap (a run open since {s} when another started at {t}; host lost from {lost_from} to {lost_until}):\n{log}"
                     );
                 }
                 open = Some(*t);
@@ -85,7 +114,7 @@ fn check_no_overlap_but_the_lost(log: &str, lost_at: u128) -> BTreeMap<String, u
             }
         }
         if let Some(s) = open {
-            assert!(s < lost_at, "a run of {task} never ended:\n{log}");
+            assert!(s < lost_until, "a run of {task} never ended:\n{log}");
         }
     }
     runs
@@ -152,19 +181,32 @@ fn four_hosts_share_a_tree_hold_max_instances_and_a_lost_host_loses_no_task() {
             &format!("description: task {i}\n"),
         );
     }
-    let h1 = Host::start(&root, "host-one");
-    let _h2 = Host::start(&root, "host-two");
-    let _h3 = Host::start(&root, "host-three");
-    let _h4 = Host::start(&root, "host-four");
-    // Lose host one while it runs something of its own.
-    wait_for(Duration::from_secs(60), "host-one to run a task", || {
+    let host_one_runs = || {
         root.names("assigned").iter().any(|t| {
             std::fs::read_to_string(root.p(&format!("tasks/assigned/{t}.state.json")))
                 .is_ok_and(|s| s.contains("\"host-one\""))
         })
-    });
+    };
+    // Host one starts first, so that it holds a slot: with two slots for
+    // four hosts, a host that starts with the others may never get one.
+    let h1 = Host::start(&root, "host-one");
+    wait_for(
+        Duration::from_secs(60),
+        "host-one to run a task",
+        host_one_runs,
+    );
+    let _h2 = Host::start(&root, "host-two");
+    let _h3 = Host::start(&root, "host-three");
+    let _h4 = Host::start(&root, "host-four");
+    // Lose host one while it runs something of its own.
+    wait_for(
+        Duration::from_secs(60),
+        "host-one to run a task",
+        host_one_runs,
+    );
     let lost_at = now_ns();
     h1.lose();
+    let lost_until = now_ns();
     wait_for(Duration::from_secs(180), "every task to complete", || {
         root.names("completed").len() == n
     });
@@ -186,7 +228,7 @@ fn four_hosts_share_a_tree_hold_max_instances_and_a_lost_host_loses_no_task() {
     }
     check_invariants(&root, n, "completed");
     let log = std::fs::read_to_string(&runlog).unwrap();
-    let runs = check_no_overlap_but_the_lost(&log, lost_at);
+    let runs = check_no_overlap_but_the_lost(&log, lost_at, lost_until);
     // Tree-wide `max_instances: 2`, through slot locks, across four hosts
     // each allowed 3 runs: never more than 2 runs of `a` at once.
     let most = most_at_once(&log, lost_at);
@@ -201,7 +243,10 @@ fn four_hosts_share_a_tree_hold_max_instances_and_a_lost_host_loses_no_task() {
         again.len() <= 2,
         "more re-runs than host one had slots: {again:?}"
     );
-    // Every host did work, and records name the host that filed them.
+    // The hosts shared the work, and records name the host that filed them.
+    // Which hosts win the two slots is up to the scheduler and the load (a
+    // loaded machine once let two hosts take all 90), so the test asks for
+    // sharing, not for every host.
     let hosts: std::collections::BTreeSet<String> = root
         .names("completed")
         .iter()
@@ -212,6 +257,10 @@ fn four_hosts_share_a_tree_hold_max_instances_and_a_lost_host_loses_no_task() {
                 .to_owned()
         })
         .collect();
-    assert!(hosts.len() >= 3, "only {hosts:?} filed tasks");
-    assert!(!hosts.iter().any(|h| h.is_empty()), "{hosts:?}");
+    assert!(hosts.len() >= 2, "only {hosts:?} filed tasks");
+    let known = ["host-one", "host-two", "host-three", "host-four"];
+    assert!(
+        hosts.iter().all(|h| known.contains(&h.as_str())),
+        "records name hosts that did not run: {hosts:?}"
+    );
 }
