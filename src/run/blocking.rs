@@ -28,6 +28,8 @@ pub struct Stops {
     fd: Option<SignalFd>,
     /// The hardest request seen so far.
     seen: Option<Stop>,
+    /// The process that sent it (its pid, from the signal's siginfo).
+    sender: Option<u32>,
 }
 
 impl Stops {
@@ -55,7 +57,11 @@ impl Stops {
                 }
                 fd
             });
-        Stops { fd, seen: None }
+        Stops {
+            fd,
+            seen: None,
+            sender: None,
+        }
     }
 
     fn raw(&self) -> Option<RawFd> {
@@ -73,14 +79,24 @@ impl Stops {
                     libc::SIGUSR1 => Stop::Cancel,
                     _ => Stop::Now,
                 };
-                self.seen = match (self.seen, stop) {
-                    (Some(Stop::Now), _) => Some(Stop::Now),
-                    (Some(Stop::Cancel), Stop::Graceful) => Some(Stop::Cancel),
-                    _ => Some(stop),
+                let seen = match (self.seen, stop) {
+                    (Some(Stop::Now), _) => Stop::Now,
+                    (Some(Stop::Cancel), Stop::Graceful) => Stop::Cancel,
+                    _ => stop,
                 };
+                if self.seen != Some(seen) || self.sender.is_none() {
+                    self.sender = Some(info.ssi_pid);
+                }
+                self.seen = Some(seen);
             }
         }
         self.seen
+    }
+
+    /// The pid of the process whose signal made the request [`Stops`] holds
+    /// (the first to ask for the hardest one), if any arrived.
+    pub fn sender(&self) -> Option<u32> {
+        self.seen.and(self.sender)
     }
 }
 

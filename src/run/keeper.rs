@@ -87,6 +87,12 @@ pub struct KeptOutcome {
     pub user_ms: u64,
     pub sys_ms: u64,
     pub max_rss_kb: u64,
+    /// The pid of the process whose signal stopped or cancelled the run: its
+    /// supervisor's, or another's (its own agent's, as a rule), which makes
+    /// the stop a counted failure. Absent for other ends (and from keepers
+    /// before this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_by: Option<u32>,
 }
 
 /// The small binary that runs only keepers (src/bin/mailroom-keeper.rs),
@@ -233,6 +239,10 @@ pub fn main(run_dir: &Path) -> u8 {
     }
     let started = SystemTime::now();
     let end = run(&spec, &mut stops);
+    let stopped_by = match end {
+        RunEnd::Stopped(_) | RunEnd::Cancelled(_) => stops.sender(),
+        _ => None,
+    };
     let grace = Duration::from_millis(spec.grace_ms);
     let leftovers_stopped = stop_leftovers(grace);
     let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN).ok();
@@ -249,6 +259,7 @@ pub fn main(run_dir: &Path) -> u8 {
         user_ms: usage.map_or(0, |u| ms(u.user_time())),
         sys_ms: usage.map_or(0, |u| ms(u.system_time())),
         max_rss_kb: usage.map_or(0, |u| u.max_rss().max(0) as u64),
+        stopped_by,
     };
     match write_json(&run_dir.join(OUTCOME_FILE), &out) {
         Ok(()) => 0,

@@ -251,8 +251,26 @@ impl Job {
                 end,
                 started_at,
                 finished_at,
+                stopped_by,
                 ..
             }) => {
+                // A stop is a supervisor's (free) only when its sender was
+                // the run's own supervisor or this one (forwarding a cancel
+                // or a shutdown); a keeper from before `stopped_by` is
+                // taken at its word.
+                let asked = |p: u32| {
+                    p == std::process::id()
+                        || st.run.as_ref().is_some_and(|r| r.supervisor_pid == p)
+                };
+                let end = match end {
+                    RunEnd::Stopped(_) | RunEnd::Cancelled(_)
+                        if stopped_by.is_some_and(|p| !asked(p)) =>
+                    {
+                        let keeper = keeper::info(&run_dir, run_id).map_or(0, |k| k.pid);
+                        self.unasked_stop(keeper, stopped_by)
+                    }
+                    end => end,
+                };
                 let started = record::parse_ts(&started_at).unwrap_or_else(SystemTime::now);
                 let finished = record::parse_ts(&finished_at).filter(|f| *f >= started);
                 self.finish(st, end, (started, finished)).await

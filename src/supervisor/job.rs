@@ -211,25 +211,32 @@ impl Job {
         };
         if let Some(o) = keeper::outcome(run_dir, run_id) {
             return match o.end {
-                // Not a shutdown or a cancel: counted, never a free requeue
-                // (an agent that signals its keeper would loop forever).
                 RunEnd::Stopped(_) | RunEnd::Cancelled(_) if !asked => {
-                    let error = format!(
-                        "its run keeper (pid {pid}) was sent a stop signal (SIGTERM, SIGINT, \
-                         SIGUSR1 or SIGUSR2) by another process than mailroom (the agent \
-                         itself?), and stopped the agent"
-                    );
-                    warn!(task = %self.name, keeper = pid, "{error}");
-                    RunEnd::Lost {
-                        error,
-                        killed: true,
-                        run_dir_gone: false,
-                    }
+                    self.unasked_stop(pid, o.stopped_by)
                 }
                 end => end,
             };
         }
         self.keeper_lost(pid, status.ok(), run_dir, run_id).await
+    }
+
+    /// A keeper stopped or cancelled its run on a signal no supervisor sent
+    /// (`sender`, when the keeper knows it): not a shutdown or a cancel, so
+    /// counted, never a free requeue (an agent that signals its keeper would
+    /// loop forever).
+    pub(super) fn unasked_stop(&self, keeper: u32, sender: Option<u32>) -> RunEnd {
+        let by = sender.map_or_else(String::new, |p| format!(" (pid {p})"));
+        let error = format!(
+            "its run keeper (pid {keeper}) was sent a stop signal (SIGTERM, SIGINT, \
+             SIGUSR1 or SIGUSR2) by another process than mailroom{by} (the agent \
+             itself?), and stopped the agent"
+        );
+        warn!(task = %self.name, keeper, "{error}");
+        RunEnd::Lost {
+            error,
+            killed: true,
+            run_dir_gone: false,
+        }
     }
 
     /// The keeper ended without writing the run's outcome (killed from

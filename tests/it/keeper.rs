@@ -338,6 +338,7 @@ case "$ACT" in
     rm -f "$MAILROOM_TASK_FILE"
     printf 'description: INJECTED by the agent\n' > "$MAILROOM_TASK_FILE"
     kill -KILL "$PPID" ;;
+  term-keeper) kill -TERM "$PPID"; sleep 30 ;;
 esac
 echo "end $MAILROOM_ATTEMPT" >> "$log"
 exit "${CODE:-0}""#;
@@ -631,4 +632,45 @@ echo "end $MAILROOM_ATTEMPT" >> "$log""#;
         "description: version two\n"
     );
     assert!(!root.exists("tasks/completed/o.run/task-file.replaced"));
+}
+
+#[test]
+fn an_agent_that_stops_its_keeper_while_no_supervisor_watched_uses_an_attempt() {
+    // The keeper records who sent the stop: not its supervisor, so the next
+    // supervisor counts the run (as a live one would) instead of requeueing
+    // it for free, which an agent could repeat across restarts forever.
+    let root = tamperer_root("term-keeper", 0);
+    let _cleanup = killed_mid_run(&root);
+    root.write("go", "");
+    wait_for(Duration::from_secs(30), "the unwatched run to end", || {
+        root.exists("tasks/assigned/o.run/1/outcome.json") && agents_of(&root).is_empty()
+    });
+    let kept: serde_json::Value =
+        serde_json::from_str(&root.read("tasks/assigned/o.run/1/outcome.json")).unwrap();
+    assert!(kept["end"].get("stopped").is_some(), "{kept}");
+    let agent = log(&root)
+        .lines()
+        .find_map(|l| l.strip_prefix("start 1 ")?.parse::<u64>().ok())
+        .unwrap();
+    assert_eq!(kept["stopped_by"], agent, "{kept}");
+    root.run_until_idle_within(Duration::from_secs(60));
+    assert_eq!(root.names("failed"), ["o"]);
+    let rec = root.record("failed", "o");
+    let starts = log(&root)
+        .lines()
+        .filter(|l| l.starts_with("start"))
+        .count();
+    assert_eq!(
+        rec["attempts"], starts as u64,
+        "an attempt went uncounted: {rec}"
+    );
+    let first = &rec["history"][0];
+    assert_eq!(first["outcome"], "signal", "{rec}");
+    assert!(
+        first["error"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("by another process than mailroom (pid {agent})")),
+        "{rec}"
+    );
 }
