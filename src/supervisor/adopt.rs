@@ -54,8 +54,21 @@ impl Supervisor {
         );
         let layout = self.layout().clone();
         let (name_owned, run_id) = (name.to_owned(), k.run_id.clone());
+        // When the keeper should have ended the run at the latest: its
+        // deadline and the agent's grace (as configured now).
+        let grace = self
+            .config
+            .agents
+            .get(&agent)
+            .map_or(Duration::from_secs(10), |a| a.grace);
+        let overdue = st
+            .run
+            .as_ref()
+            .and_then(|r| record::parse_ts(&r.deadline))
+            .map(|d| d + grace);
         self.launch_with(name, &agent, move |mut stop| async move {
-            let Some(lock) = wait_for_keeper(&layout, &name_owned, k.pid, &mut stop).await else {
+            let keeper = (k.pid, overdue);
+            let Some(lock) = wait_for_keeper(&layout, &name_owned, keeper, &mut stop).await else {
                 return JobEnd::Stuck;
             };
             make(lock, stop).finish_kept(&run_id).await
@@ -203,17 +216,36 @@ fn kept_workspace(
 }
 
 /// Waits until the keeper has let the task's lock go, and takes it. Stop
-/// requests meanwhile become signals to the keeper. None: the loop went away.
+/// requests meanwhile become signals to the keeper; once the run is
+/// `overdue`, a keeper found stopped (SIGSTOP) is continued every 5 s, as
+/// for a run of this supervisor's own. None: the loop went away.
 async fn wait_for_keeper(
     layout: &Layout,
     name: &str,
-    pid: u32,
+    (pid, overdue): (u32, Option<SystemTime>),
     stop: &mut watch::Receiver<Option<Stop>>,
 ) -> Option<TaskLock> {
     let mut listening = true;
+    let mut continued: Option<tokio::time::Instant> = None;
     loop {
         if let Ok(Some(lock)) = TaskLock::try_acquire(layout, name) {
             return Some(lock);
+        }
+        if overdue.is_some_and(|o| SystemTime::now() >= o)
+            && continued.is_none_or(|t| t.elapsed() >= Duration::from_secs(5))
+            && super::job::keeper_stopped(pid)
+        {
+            warn!(
+                task = name,
+                keeper = pid,
+                "the adopted run is past its timeout and its keeper is stopped (SIGSTOP?); \
+                 continuing it"
+            );
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGCONT,
+            );
+            continued = Some(tokio::time::Instant::now());
         }
         tokio::select! {
             r = stop.changed(), if listening => match r {

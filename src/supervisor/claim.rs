@@ -1,5 +1,6 @@
 //! Claims and refusals: the scheduling pass, taking a task lock, the claim itself and the start of its run, and filing what will never run.
 
+use super::recover::PutBack;
 use super::*;
 
 /// The slot files of the tree-wide `concurrency` (`tasks/slots/.all.<n>.lock`):
@@ -387,6 +388,7 @@ impl Supervisor {
             return None;
         }
         let lock = self.lock_or_hold(name)?;
+        let lock = self.unless_run_under_way(name, lock)?;
         match moves::claim(&layout, name, &ext, &lock) {
             Ok(Claim::Claimed) => Some((ext, lock)),
             Ok(Claim::Gone) => {
@@ -411,6 +413,46 @@ impl Supervisor {
                 lock.release();
                 error!(task = name, error = %e, "claim failed");
                 self.set_busy(name);
+                None
+            }
+        }
+    }
+
+    /// A task in `pending/` whose run never ended, its lock taken: not
+    /// claimed again. Its agent moved the task file back into `pending/`
+    /// (and removed the lock file, so the lock was free), or it did so and
+    /// its supervisor died. A run this supervisor still has is left to its
+    /// own commit, which finds the file moved; any other run whose state
+    /// file names it goes through recovery: left alone while a supervisor
+    /// or keeper still has it, else the claimed file is put back and the run
+    /// filed as `tampered` (never run again). The lock, when the claim may
+    /// go on.
+    fn unless_run_under_way(&mut self, name: &str, lock: TaskLock) -> Option<TaskLock> {
+        if self.running.contains_key(name) {
+            lock.release();
+            self.set_busy(name);
+            if self.unrecoverable.insert(format!("claimed-again:{name}")) {
+                warn!(
+                    task = name,
+                    "not claimed again: its run still goes on here, though its task file is \
+                     back in tasks/pending/ (moved there by its agent?)"
+                );
+            }
+            return None;
+        }
+        if books::read_state(self.layout(), name).run.is_none() {
+            return Some(lock);
+        }
+        match self.orphan_task_file(name) {
+            PutBack::Nothing => Some(lock),
+            PutBack::Keep => {
+                lock.release();
+                self.set_busy(name);
+                None
+            }
+            PutBack::Restored(ext) => {
+                self.forget(name);
+                self.recover_checked(name, &ext, lock);
                 None
             }
         }

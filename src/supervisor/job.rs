@@ -711,6 +711,6 @@ impl Job {
 
 /// Whether process `pid` is stopped (by a signal or a tracer), from
 /// `/proc/<pid>/stat`.
-fn keeper_stopped(pid: u32) -> bool {
+pub(super) fn keeper_stopped(pid: u32) -> bool {
     books::proc_state(pid).is_some_and(|(state, _)| matches!(state, 'T' | 't'))
 }

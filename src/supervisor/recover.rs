@@ -36,7 +36,7 @@ pub(super) fn sweep_temps(dir: &Path) {
 }
 
 /// What recovery did about a task file missing from `assigned/`.
-enum PutBack {
+pub(super) enum PutBack {
     /// Put back, with this extension: recover the task as an orphan.
     Restored(String),
     /// It must stay as it is (no copy to put back, or the move failed): its
@@ -107,8 +107,15 @@ impl Supervisor {
             if task_names.contains(name.as_str()) || self.running.contains_key(&name) {
                 continue;
             }
-            let Ok(Some(lock)) = TaskLock::try_acquire(&layout, &name) else {
-                continue;
+            let lock = match TaskLock::try_acquire(&layout, &name) {
+                Ok(Some(lock)) => lock,
+                // Held: by a keeper whose supervisor died, say, while its
+                // task file is out of `assigned/` (its agent moved it).
+                Ok(None) => {
+                    self.adopt_or_stop(&name);
+                    continue;
+                }
+                Err(_) => continue,
             };
             // A run still unfinished (no record names it) whose task file
             // left `assigned/` (its agent moved or deleted it, and no
@@ -331,7 +338,7 @@ impl Supervisor {
     /// still goes on is left alone ([`Self::still_running`], said once),
     /// then its task file is checked against its claim
     /// ([`Self::verify_task_file`]).
-    fn orphan_task_file(&mut self, name: &str) -> PutBack {
+    pub(super) fn orphan_task_file(&mut self, name: &str) -> PutBack {
         if let Some(why) = self.still_running(name) {
             if self.unrecoverable.insert(format!("running:{name}")) {
                 info!(task = name, "not recovered: {why}");
@@ -344,7 +351,7 @@ impl Supervisor {
 
     /// [`Self::recover_orphan`] once its task file is checked: `ext` is the
     /// task file's in `assigned/`.
-    fn recover_checked(&mut self, name: &str, ext: &str, lock: TaskLock) {
+    pub(super) fn recover_checked(&mut self, name: &str, ext: &str, lock: TaskLock) {
         use crate::tree::recovery::{self, Decision};
         let layout = self.layout().clone();
         // A keeper's outcome for this run: commit it, never run it again.

@@ -330,6 +330,10 @@ case "$ACT" in
   rm-lock) rm -f "$a.lock" "$a.state.json" ;;
   garble) printf 'description: [broken\n' > "$MAILROOM_TASK_FILE" ;;
   edit-in-place) printf 'description: EDITED by the agent\n' 1<> "$MAILROOM_TASK_FILE" ;;
+  to-pending) mv "$MAILROOM_TASK_FILE" "$MAILROOM_ROOT/tasks/pending/" ;;
+  rm-lock-to-pending)
+    rm -f "$a.lock"
+    mv "$MAILROOM_TASK_FILE" "$MAILROOM_ROOT/tasks/pending/" ;;
 esac
 i=0
 while [ ! -e "$MAILROOM_ROOT/go" ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done
@@ -673,4 +677,90 @@ fn an_agent_that_stops_its_keeper_while_no_supervisor_watched_uses_an_attempt() 
             .contains(&format!("by another process than mailroom (pid {agent})")),
         "{rec}"
     );
+}
+
+#[test]
+fn a_task_file_its_agent_moved_back_to_pending_is_not_claimed_again_after_a_crash() {
+    // The agent moves its task file into pending/ and its supervisor dies;
+    // the next one finds it there once the keeper ends. The run is filed
+    // (tampered), never run a second time, and its attempt is recorded.
+    let root = tamperer_root("to-pending", 0);
+    let _cleanup = killed_mid_run(&root);
+    let _sup = root.spawn();
+    root.write("go", "");
+    filed_once(&root);
+    wait_for(Duration::from_secs(10), "the run to end", || {
+        agents_of(&root).is_empty()
+    });
+    let rec = assert_ran_once(&root, "failed");
+    assert_eq!(rec["outcome"], "tampered", "{rec}");
+    assert!(
+        rec["error"]
+            .as_str()
+            .unwrap()
+            .contains("tasks/pending/o.yaml"),
+        "{rec}"
+    );
+    assert!(
+        root.names("pending").is_empty(),
+        "{:?}",
+        root.names("pending")
+    );
+}
+
+#[test]
+fn a_task_its_agent_unlocked_and_moved_to_pending_never_runs_twice_at_once() {
+    // The agent removes its lock file and moves its task file into
+    // pending/: the name locks anew, but the supervisor that runs it must
+    // not claim it a second time beside the first run.
+    let root = tamperer_root("rm-lock-to-pending", 0);
+    let _sup = root.spawn();
+    let pid = started(&root);
+    let _cleanup = KillGroupOnDrop(pid);
+    wait_for(
+        Duration::from_secs(30),
+        "the supervisor to hold it back",
+        || sup_logs(&root).contains("not claimed again: its run still goes on here"),
+    );
+    root.write("go", "");
+    filed_once(&root);
+    wait_for(Duration::from_secs(10), "the run to end", || {
+        agents_of(&root).is_empty()
+    });
+    assert_started_once(&root);
+    let rec = root.record("failed", "o");
+    assert_eq!(rec["outcome"], "tampered", "{rec}");
+    assert_eq!(rec["attempts"], 1, "{rec}");
+    assert!(
+        root.names("pending").is_empty(),
+        "{:?}",
+        root.names("pending")
+    );
+}
+
+#[test]
+fn an_adopted_run_whose_keeper_is_stopped_still_times_out() {
+    // Keeper SIGSTOPped, supervisor killed: the adopter continues the
+    // keeper once the run is overdue, so that it enforces the timeout.
+    let root = Root::new()
+        .config(
+            "rescan_interval: 1s\nsettle: 200ms\nretries: 0\nagents:\n  a:\n    \
+             command: [\"/bin/sh\", \"-c\", \"echo start $MAILROOM_ATTEMPT $$ >> agent.log; sleep 60\"]\n    \
+             timeout: 2s\n    grace: 1s\n",
+        )
+        .task("o.yaml", "description: overruns\n");
+    let mut sup = root.spawn();
+    let pid = started(&root);
+    let _cleanup = KillGroupOnDrop(pid);
+    let keeper = keeper_pid(&root);
+    // SAFETY: kill(2) with a pid and a signal.
+    assert_eq!(unsafe { libc::kill(keeper, libc::SIGSTOP) }, 0);
+    sup.kill9();
+    let _sup = root.spawn();
+    wait_for(Duration::from_secs(30), "the run to be filed", || {
+        root.names("failed") == ["o"]
+    });
+    let rec = root.record("failed", "o");
+    assert_eq!(rec["outcome"], "timeout", "{rec}");
+    assert!(sup_logs(&root).contains("continuing it"));
 }
