@@ -170,7 +170,7 @@ pub fn run(spec: &mut Spec, root: &Path, stops: &mut Stops) -> RunEnd {
             // ends before the next check.
             let n = process::output_size(spec);
             if n > spec.max_output {
-                return RunEnd::OutputLimit(exit, n);
+                return process::output_limit(spec, exit, n);
             }
             return RunEnd::Exited(exit);
         }
@@ -198,7 +198,7 @@ pub fn run(spec: &mut Spec, root: &Path, stops: &mut Stops) -> RunEnd {
         Why::Timeout => RunEnd::TimedOut(exit),
         Why::Stop(Stop::Cancel) => RunEnd::Cancelled(exit),
         Why::Stop(_) => RunEnd::Stopped(exit),
-        Why::Output(n) => RunEnd::OutputLimit(exit, n),
+        Why::Output(n) => process::output_limit(spec, exit, n),
     }
 }
 

@@ -367,7 +367,7 @@ pub async fn wait(
                 // agent ends before the next check.
                 let n = output_size(spec);
                 if n > spec.max_output {
-                    return RunEnd::OutputLimit(exit, n);
+                    return output_limit(spec, exit, n);
                 }
                 return RunEnd::Exited(exit);
             }
@@ -395,7 +395,44 @@ pub async fn wait(
         Why::Timeout => RunEnd::TimedOut(exit),
         Why::Stop(Stop::Cancel) => RunEnd::Cancelled(exit),
         Why::Stop(_) => RunEnd::Stopped(exit),
-        Why::Output(n) => RunEnd::OutputLimit(exit, n),
+        Why::Output(n) => output_limit(spec, exit, n),
+    }
+}
+
+/// The end of a run whose output went past `max_output`: the files past it
+/// are cut back to it (an agent writes hundreds of MB between two looks),
+/// so that a stopped flood does not stay on disk in the run directory.
+pub(crate) fn output_limit(spec: &Spec, exit: Exit, n: u64) -> RunEnd {
+    for p in [Some(&spec.stdout), Some(&spec.stderr), spec.output.as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        cut_back(p, spec.max_output);
+    }
+    RunEnd::OutputLimit(exit, n)
+}
+
+/// Cuts the regular file at `path` (no link followed) back to `max` bytes
+/// and says so at its end. Best effort.
+fn cut_back(path: &Path, max: u64) {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let Ok(f) = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    else {
+        return;
+    };
+    let Ok(m) = f.metadata() else { return };
+    if !m.is_file() || m.len() <= max {
+        return;
+    }
+    let note = format!(
+        "\n[mailroom: cut here at max_output_bytes ({max} bytes); the agent wrote {} bytes]\n",
+        m.len()
+    );
+    if f.set_len(max).is_ok() {
+        let _ = f.write_all_at(note.as_bytes(), max);
     }
 }
 

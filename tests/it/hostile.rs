@@ -1325,34 +1325,60 @@ fn the_conformance_script_passes_against_mailroom_and_fails_against_a_do_nothing
 fn output_over_the_limit_fails_even_when_the_agent_ends_before_the_next_look() {
     // The limit is looked at every 0.5 s while the agent runs, and once more
     // when it ends: a fast writer, or a sparse 10 GB output.md, is no success.
-    let root = Root::new()
-        .agent_config(
-            &[
-                "/bin/sh",
-                "-c",
-                r#"case "$MAILROOM_TASK" in
+    for keeper in [true, false] {
+        let root = Root::new()
+            .agent_config(
+                &[
+                    "/bin/sh",
+                    "-c",
+                    r#"case "$MAILROOM_TASK" in
   fast) head -c 3000000 /dev/zero ;;
   sparse) truncate -s 10G "$MAILROOM_OUTPUT"; echo hi ;;
+  flood) yes 0123456789012345678901234567890123456789 ;;
   small) echo fine ;;
 esac"#,
-            ],
-            "max_output_bytes: 1000000\nretries: 0\ndefault_agent: a",
-        )
-        .task("fast.yaml", "description: x\n")
-        .task("sparse.yaml", "description: x\n")
-        .task("small.yaml", "description: x\n");
-    root.run_until_idle();
-    assert_eq!(root.names("completed"), ["small"]);
-    for name in ["fast", "sparse"] {
-        let rec = root.record("failed", name);
-        assert_eq!(rec["outcome"], "output_limit", "{name}: {rec}");
-        assert!(
-            rec["error"]
-                .as_str()
-                .unwrap()
-                .contains("over max_output_bytes (1000000)"),
-            "{name}: {rec}"
-        );
+                ],
+                &format!(
+                    "max_output_bytes: 1000000\nretries: 0\ndefault_agent: a\nrun_keeper: {keeper}"
+                ),
+            )
+            .task("fast.yaml", "description: x\n")
+            .task("sparse.yaml", "description: x\n")
+            .task("flood.yaml", "description: x\n")
+            .task("small.yaml", "description: x\n");
+        root.run_until_idle();
+        assert_eq!(root.names("completed"), ["small"]);
+        // What went past the limit is cut back to it, with a note at the end:
+        // a flood stopped at a look has written hundreds of MB by then.
+        for (name, file) in [
+            ("fast", "stdout.log"),
+            ("sparse", "output.md"),
+            ("flood", "stdout.log"),
+        ] {
+            let p = root.p(&format!("tasks/failed/{name}.run/1/{file}"));
+            let len = std::fs::metadata(&p).unwrap().len();
+            assert!(
+                (1_000_000..1_000_200).contains(&len),
+                "keeper {keeper}, {name}: {file} is {len} bytes"
+            );
+            let b = std::fs::read(&p).unwrap();
+            let tail = String::from_utf8_lossy(&b[b.len() - 150..]);
+            assert!(
+                tail.contains("[mailroom: cut here at max_output_bytes"),
+                "{name}: {tail}"
+            );
+        }
+        for name in ["fast", "sparse", "flood"] {
+            let rec = root.record("failed", name);
+            assert_eq!(rec["outcome"], "output_limit", "{name}: {rec}");
+            assert!(
+                rec["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("over max_output_bytes (1000000)"),
+                "{name}: {rec}"
+            );
+        }
     }
 }
 
