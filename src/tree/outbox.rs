@@ -231,6 +231,26 @@ pub fn queue_outbox(layout: &Layout, parent: &str, outbox: &Path) -> io::Result<
                 continue;
             }
         };
+        // Its parent is the task that wrote it: the runaway limits find its
+        // tree through that link, and a `parent` of its own (a task that
+        // does not exist, or another tree's) would start a tree afresh.
+        let named = if ext == "md" {
+            task::parse_markdown(name, text.as_bytes()).map(|t| t.parent)
+        } else {
+            task::parse(name, text.as_bytes()).map(|t| t.parent)
+        };
+        if let Ok(Some(p)) = named
+            && p != parent
+        {
+            done.refused.push(format!(
+                "follow-up {} not queued: it names `parent: {}`, but a follow-up's parent is \
+                 the task that wrote it (`{parent}`), through which max_tree_depth and \
+                 max_tree_tasks count its tree; leave `parent` out",
+                shown(f),
+                p.escape_debug()
+            ));
+            continue;
+        }
         // A file that does not parse is queued as written: it then fails in
         // pending/ with its own error, where its author can see it.
         let linked = if ext == "md" {

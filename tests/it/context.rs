@@ -426,3 +426,32 @@ echo done"#
     want.sort();
     assert_eq!(all, want);
 }
+
+#[test]
+fn a_follow_up_that_names_another_parent_is_not_queued() {
+    // A parent of its own would start a tree afresh (a task that does not
+    // exist ends the walk): chained, such follow-ups ran past max_tree_depth
+    // and max_tree_tasks for ever. Naming the task that wrote it is fine.
+    let script = r#"case "$MAILROOM_TASK" in gen*) ;; *) exit 0 ;; esac
+n=${MAILROOM_TASK#gen}
+[ "$n" -ge 8 ] && exit 0
+printf 'description: gen %s\nparent: ghost-%s\n' $((n+1)) $n > "$MAILROOM_OUTBOX/gen$((n+1)).yaml"
+printf 'description: own\nparent: %s\n' "$MAILROOM_TASK" > "$MAILROOM_OUTBOX/own$n.yaml"
+echo done"#;
+    let root = Root::new()
+        .agent_config(
+            &["/bin/sh", "-c", script],
+            "default_agent: a\nretries: 0\nmax_tree_depth: 2\nmax_tree_tasks: 10",
+        )
+        .task("gen0.yaml", "description: start\n");
+    root.run_until_idle_within(std::time::Duration::from_secs(60));
+    let rec = root.record("completed", "gen0");
+    assert_eq!(rec["followups"], serde_json::json!(["own0"]), "{rec}");
+    let warnings = rec["warnings"].to_string();
+    assert!(
+        warnings.contains("gen1.yaml not queued: it names `parent: ghost-0`"),
+        "{warnings}"
+    );
+    assert!(root.exists("tasks/completed/gen0.run/1/outbox/gen1.yaml"));
+    assert!(!root.names("completed").contains(&"gen1".to_owned()));
+}
