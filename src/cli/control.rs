@@ -32,6 +32,43 @@ pub enum Cancelled {
 /// stop the agent (the CLI's and the dashboard's cancel).
 pub fn cancel_task(layout: &crate::tree::layout::Layout, name: &str) -> Result<Cancelled> {
     check_task_name(name)?;
+    let mut seen = std::collections::HashSet::new();
+    cancel_with_children(layout, name, &mut seen)
+}
+
+/// A parent of expanded subtasks: its unfinished children go with it (read
+/// before the parent is filed and its state file moves), each once.
+fn cancel_with_children(
+    layout: &crate::tree::layout::Layout,
+    name: &str,
+    seen: &mut std::collections::HashSet<String>,
+) -> Result<Cancelled> {
+    seen.insert(name.to_owned());
+    let children = unfinished_children(layout, name);
+    let done = cancel_one(layout, name)?;
+    for c in &children {
+        if !seen.contains(c) {
+            let _ = cancel_with_children(layout, c, seen);
+        }
+    }
+    Ok(done)
+}
+
+/// The subtasks of `name` (expanded, per its state file) still in
+/// `pending/` or `assigned/`.
+pub fn unfinished_children(layout: &crate::tree::layout::Layout, name: &str) -> Vec<String> {
+    let mut v = books::read_state(layout, name).children;
+    v.retain(|c| {
+        c != name
+            && matches!(
+                layout.locate(c),
+                Some((State::Pending | State::Assigned, _, _))
+            )
+    });
+    v
+}
+
+fn cancel_one(layout: &crate::tree::layout::Layout, name: &str) -> Result<Cancelled> {
     match layout.locate(name) {
         None => bail!("no task named `{name}`"),
         Some((s @ (State::Completed | State::Failed), _, _)) => {
@@ -65,7 +102,15 @@ pub fn cancel_task(layout: &crate::tree::layout::Layout, name: &str) -> Result<C
 /// waits (up to `within`) until it has.
 pub fn cancel(root: &Path, name: &str, within: Duration) -> Result<ExitCode> {
     let layout = open_tree(root)?;
-    if cancel_task(&layout, name)? != Cancelled::Requested {
+    let children = unfinished_children(&layout, name);
+    let done = cancel_task(&layout, name)?;
+    if !children.is_empty() {
+        println!(
+            "{name}: its unfinished subtasks are cancelled too: {}",
+            children.join(", ")
+        );
+    }
+    if done != Cancelled::Requested {
         println!("{name}: cancelled (it had not started)");
         return Ok(ExitCode::SUCCESS);
     }

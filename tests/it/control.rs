@@ -338,3 +338,36 @@ fn logs_render_stream_json_unless_raw() {
     let raw = stdout(&root.mailroom(&["logs", "--raw", "t"]));
     assert_eq!(raw, std::fs::read_to_string(fixture).unwrap());
 }
+
+#[test]
+fn cancel_of_a_parent_cancels_its_unfinished_subtasks() {
+    // The parent waits in pending/ while its first child runs: cancelling it
+    // must not leave the children to run on for a task that is gone.
+    let script = r#"echo "start $MAILROOM_TASK" >> "$MAILROOM_ROOT/agent.log"
+exec sleep 60"#;
+    let root = Root::new()
+        .agent_config(&["/bin/sh", "-c", script], "default_agent: a\nretries: 0")
+        .task(
+            "sp.yaml",
+            "description: parent\nsubtasks:\n  - child a\n  - child b\n",
+        );
+    let _sup = root.spawn();
+    wait_for(Duration::from_secs(30), "the first child to run", || {
+        std::fs::read_to_string(root.p("agent.log")).is_ok_and(|l| l.contains("start sp.1"))
+    });
+    let out = root.mailroom(&["cancel", "sp"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("its unfinished subtasks are cancelled too: sp.1, sp.2"),
+        "{}",
+        stdout(&out)
+    );
+    wait_for(Duration::from_secs(30), "all three to be filed", || {
+        root.names("failed").len() == 3
+    });
+    for t in ["sp", "sp.1", "sp.2"] {
+        assert_eq!(root.record("failed", t)["outcome"], "cancelled", "{t}");
+    }
+    let log = root.read("agent.log");
+    assert!(!log.contains("start sp.2"), "a cancelled child ran: {log}");
+}
