@@ -72,6 +72,7 @@ impl Supervisor {
             }
         }
         sweep_temps(&layout.assigned);
+        crate::tree::registry::prune(&layout);
         if !self.swept {
             // Once per start: the other directories the protocol writes into.
             for d in [

@@ -82,6 +82,25 @@ pub fn alive(hb: &Heartbeat, this_host: &str, now: SystemTime) -> bool {
         .is_some_and(|age| age <= STALE_AFTER)
 }
 
+/// How long the heartbeat of a supervisor that is gone (killed, or its host
+/// lost) stays for `status` to name, after its last beat.
+pub const KEEP_GONE: Duration = Duration::from_secs(3600);
+
+/// Removes the heartbeats of supervisors that are gone and last beat more
+/// than [`KEEP_GONE`] ago: a supervisor killed or lost never removes its own,
+/// and they would pile up for ever. Called by live supervisors.
+pub fn prune(layout: &Layout) {
+    let now = SystemTime::now();
+    for (hb, live) in list(layout) {
+        let old = crate::model::record::parse_ts(&hb.last_beat)
+            .and_then(|t| now.duration_since(t).ok())
+            .is_none_or(|age| age > KEEP_GONE);
+        if !live && old {
+            remove(layout, &hb.host, hb.pid);
+        }
+    }
+}
+
 /// Every heartbeat in the registry, each with whether its supervisor is alive.
 pub fn list(layout: &Layout) -> Vec<(Heartbeat, bool)> {
     let host = books::hostname();
@@ -147,5 +166,39 @@ mod tests {
             "here",
             now
         ));
+    }
+
+    #[test]
+    fn prune_removes_only_heartbeats_gone_for_long() {
+        let tmp = std::env::temp_dir().join(format!("mailroom-prune-{}", std::process::id()));
+        let layout = Layout::new(&tmp);
+        let now = SystemTime::now();
+        let old = now - KEEP_GONE - Duration::from_secs(60);
+        let me = std::process::id();
+        let my_start = books::proc_start_time(me).unwrap();
+        let here = books::hostname();
+        for h in [
+            hb(&here, me, my_start, old),   // alive, however old its beat
+            hb("elsewhere", 7, 1, now),     // another host, beating
+            hb("elsewhere", 8, 1, old),     // another host, gone long ago
+            hb(&here, 999_999_999, 1, now), // gone, but just now
+            hb(&here, 999_999_998, 1, old), // gone long ago
+        ] {
+            beat(&layout, &h).unwrap();
+        }
+        prune(&layout);
+        let mut left: Vec<(String, u32)> = list(&layout)
+            .into_iter()
+            .map(|(h, _)| (h.host, h.pid))
+            .collect();
+        left.sort();
+        let mut want = vec![
+            (here.clone(), me),
+            ("elsewhere".to_owned(), 7),
+            (here.clone(), 999_999_999),
+        ];
+        want.sort();
+        assert_eq!(left, want);
+        let _ = std::fs::remove_dir_all(&tmp);
     }
 }
