@@ -622,11 +622,36 @@ pub struct ConfigError {
     pub error: TaskError,
 }
 
+/// Whether config text holds no settings: only blank lines, comments and
+/// YAML document markers.
+fn no_settings(bytes: &[u8]) -> bool {
+    std::str::from_utf8(bytes).is_ok_and(|t| {
+        t.trim_start_matches('\u{feff}').lines().all(|l| {
+            let l = l.trim();
+            l.is_empty() || l.starts_with('#') || l == "---" || l == "..."
+        })
+    })
+}
+
 impl Config {
     /// Reads `<root>/mailroom.yaml`, or returns the defaults when there is none.
     pub fn load(root: &Path) -> Result<Config, ConfigError> {
         let path = root.join(CONFIG_FILE);
         match crate::tree::fsx::read_task_file(&path, 1024 * 1024) {
+            // A file with nothing in it is a save in progress (an editor or
+            // `>` truncates first) far more often than a wish for the
+            // defaults, which a missing file gives.
+            Ok((bytes, _)) if no_settings(&bytes) => Err(ConfigError {
+                file: CONFIG_FILE.into(),
+                error: TaskError {
+                    line: None,
+                    column: None,
+                    message: "it has no settings (it is empty, or only comments): write them, \
+                              or remove the file to run on the defaults"
+                        .into(),
+                    key: None,
+                },
+            }),
             Ok((bytes, _)) => Config::parse(&bytes, CONFIG_FILE).map(|mut c| {
                 c.source = Some(path);
                 c
@@ -644,7 +669,8 @@ impl Config {
         }
     }
 
-    /// Parses a config file's bytes; `file` names it in errors.
+    /// Parses a config file's bytes; `file` names it in errors. Text with
+    /// no settings in it gives the defaults.
     pub fn parse(bytes: &[u8], file: &str) -> Result<Config, ConfigError> {
         let err = |message: String| ConfigError {
             file: file.into(),
@@ -656,10 +682,7 @@ impl Config {
             },
         };
         let text = std::str::from_utf8(bytes).map_err(|_| err("not UTF-8 text".into()))?;
-        if text
-            .lines()
-            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
-        {
+        if no_settings(bytes) {
             return Ok(Config::default());
         }
         let raw: RawConfig =

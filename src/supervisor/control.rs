@@ -92,13 +92,7 @@ impl Supervisor {
     }
 
     pub(super) fn reload(&mut self) {
-        // An empty file at a reload is far more likely a save in progress (an
-        // editor or `>` truncates first) than a wish for the defaults.
-        let path = self.layout().root.join(crate::parse::config::CONFIG_FILE);
-        if std::fs::read_to_string(&path).is_ok_and(|t| t.trim().is_empty()) {
-            error!("mailroom.yaml is empty; new configuration refused, keeping the old one");
-            return;
-        }
+        // An empty file is refused by the load (a save in progress).
         match self.load_config() {
             Ok(c) => {
                 info!("configuration reloaded");

@@ -143,6 +143,19 @@ fn a_reload_applies_new_limits_and_refuses_a_bad_config() {
     wait_for(MIN, "the bad config to be refused", || {
         logs().contains("new configuration refused")
     });
+    // One with no settings (a save in progress, or a mistake) is refused
+    // too, and status says so; it is not taken for the defaults.
+    replace("# all commented out\n# agents: {}\n");
+    sup.signal(SIGHUP);
+    wait_for(MIN, "the empty config to be refused", || {
+        logs().contains("it has no settings")
+    });
+    let status = stdout(&root.mailroom(&["status"]));
+    assert!(
+        status.contains("config invalid") && status.contains("no settings"),
+        "{status}"
+    );
+    assert!(!logs().contains("configuration reloaded"), "{}", logs());
     // A valid one with room for two: the second task starts while the first runs.
     replace(&cfg(2));
     sup.signal(SIGHUP);
