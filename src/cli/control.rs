@@ -345,6 +345,8 @@ pub fn wait(
     // Nobody to do the work: say so rather than wait forever. A supervisor
     // just starting gets a few seconds to write its first heartbeat.
     let mut nobody_since: Option<Instant> = None;
+    // A pause makes a wait look hung: said once, when it holds.
+    let mut told_paused = false;
     loop {
         let (done, total) = if names.is_empty() {
             let open =
@@ -372,6 +374,22 @@ pub fn wait(
                 >= Duration::from_secs(3)
             {
                 return Err(NoSupervisor.into());
+            }
+            if !told_paused {
+                told_paused = true;
+                let agents = books::paused_agents(&layout);
+                if books::exists(&layout.pause_file(None)) {
+                    eprintln!(
+                        "mailroom: claiming is paused on this tree (tasks/control/pause); \
+                         pending tasks wait until `mailroom resume`"
+                    );
+                } else if !agents.is_empty() {
+                    eprintln!(
+                        "mailroom: paused agents: {} (their pending tasks wait until \
+                         `mailroom resume --agent NAME`)",
+                        agents.join(", ")
+                    );
+                }
             }
         }
         if tty && names.len() > 1 {

@@ -65,6 +65,16 @@ fn pause_holds_claims_and_resume_releases_them() {
     assert_eq!(root.names("pending"), ["t"]);
     let st = root.mailroom(&["status"]);
     assert!(stdout(&st).contains("1 pending"), "{}", stdout(&st));
+    // A wait on a paused tree says why nothing moves.
+    let _sup = root.spawn();
+    let w = root.mailroom(&["wait", "t", "--timeout", "1s"]);
+    assert_eq!(w.status.code(), Some(124), "{}", stderr(&w));
+    assert!(
+        stderr(&w).contains("claiming is paused on this tree"),
+        "{}",
+        stderr(&w)
+    );
+    drop(_sup);
     assert!(root.mailroom(&["resume"]).status.success());
     root.run_until_idle();
     assert_eq!(root.names("completed"), ["t"]);
