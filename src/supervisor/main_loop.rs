@@ -137,6 +137,10 @@ impl Supervisor {
             self.reload_due = None;
             io.reloading(|s| s.reload_if_changed(), self);
         }
+        if self.recover_due.is_some_and(|t| Instant::now() >= t) {
+            self.recover_due = None;
+            self.recover();
+        }
         self.schedule();
         if let Some(since) = self.stopping {
             // Leaving the runs to their keepers: the next supervisor adopts them.
@@ -389,6 +393,9 @@ impl Supervisor {
         }
         if let Some(t) = self.queue.next_due() {
             consider(at(t));
+        }
+        if let Some(t) = self.recover_due {
+            consider(t);
         }
         // A saved mailroom.yaml is applied at its check, not at the next rescan.
         if let Some(t) = self.reload_due {

@@ -218,6 +218,9 @@ pub struct Supervisor {
     control_dirty: bool,
     /// `mailroom.yaml` changed: reload at this instant (edits come in bursts).
     reload_due: Option<Instant>,
+    /// A recovery pass sooner than the next rescan: once orphaned agents
+    /// that recovery began to stop have had their grace.
+    recover_due: Option<Instant>,
     /// `run --agents`: max_instances overrides, applied to every reload too.
     agent_limits: Vec<(String, usize)>,
     /// Counters for the Prometheus textfile.
@@ -298,6 +301,7 @@ impl Supervisor {
             cancelling: HashSet::new(),
             control_dirty: true,
             reload_due: None,
+            recover_due: None,
             agent_limits: Vec::new(),
             metrics: crate::ops::metrics::Metrics::default(),
             metrics_due: None,

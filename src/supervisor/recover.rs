@@ -320,6 +320,10 @@ impl Supervisor {
             if self.stopping_agents.insert((pgid, start)) {
                 warn!(task = name, pgid, "stopping an agent {why}");
                 std::thread::spawn(move || runner::kill_orphan_group(pgid, grace));
+                // Its task is recovered once the agent is gone, not at the
+                // next rescan (30 s by default).
+                let due = Instant::now() + grace + Duration::from_millis(500);
+                self.recover_due = Some(self.recover_due.map_or(due, |t| t.min(due)));
             }
         }
         groups.len()

@@ -440,7 +440,14 @@ fn a_failed_run_whose_agent_moved_its_task_to_completed_unwatched_is_not_complet
 
 #[test]
 fn an_agent_whose_supervisor_and_keeper_died_is_stopped_before_the_task_runs_again() {
+    // A rescan only every 10 minutes: the task must run again once its
+    // orphaned agent is gone (after its 1 s grace), not at the next rescan.
     let root = waiter_root("");
+    let cfg = root.read("mailroom.yaml");
+    root.write(
+        "mailroom.yaml",
+        &cfg.replace("rescan_interval: 1s", "rescan_interval: 10m"),
+    );
     let mut sup = root.spawn();
     let pid = started(&root);
     let _cleanup = KillGroupOnDrop(pid);
