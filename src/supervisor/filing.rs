@@ -261,13 +261,16 @@ impl Commit {
             .join("outbox");
         match self.rec.status {
             Status::Completed => {
-                let queued = crate::tree::outbox::queue_outbox(layout, &name, &outbox).map_err(
-                    at(format!(
-                        "queueing the follow-ups of {} into {}",
-                        layout.rel(&outbox),
-                        layout.rel(&layout.pending)
-                    )),
-                )?;
+                // Warnings name the entries where they will be once committed.
+                let shown_at = layout
+                    .attempt_dir(dest, &self.rec.task, self.st.attempts)
+                    .join("outbox");
+                let queued = crate::tree::outbox::queue_outbox(layout, &name, &outbox, &shown_at)
+                    .map_err(at(format!(
+                    "queueing the follow-ups of {} into {}",
+                    layout.rel(&outbox),
+                    layout.rel(&layout.pending)
+                )))?;
                 self.rec.followups.extend(queued.names);
                 for w in queued.refused {
                     if !self.rec.warnings.contains(&w) {

@@ -183,6 +183,8 @@ pub struct Queued {
 
 /// Queues every task file left in `outbox` (after a successful run of
 /// `parent`), each linked to its parent, and removes it from the outbox.
+/// `shown_at` is where `refused` says the outbox is (where the commit moves
+/// it).
 /// Done before the result record: a crash in between reruns the task, whose
 /// agent writes its follow-ups again (they may then be queued twice, as
 /// `name-2`): follow-ups are at least once, like runs.
@@ -191,9 +193,14 @@ pub struct Queued {
 /// large, a name that cannot be used, no free name) is left where it is and
 /// named in `refused`; only an error of the tree itself (a full disk) fails
 /// the call, and the commit that made it is tried again.
-pub fn queue_outbox(layout: &Layout, parent: &str, outbox: &Path) -> io::Result<Queued> {
+pub fn queue_outbox(
+    layout: &Layout,
+    parent: &str,
+    outbox: &Path,
+    shown_at: &Path,
+) -> io::Result<Queued> {
     let mut done = Queued::default();
-    let shown = |f: &str| format!("{}/{}", layout.rel(outbox), f.escape_debug());
+    let shown = |f: &str| format!("{}/{}", layout.rel(shown_at), f.escape_debug());
     let Ok(rd) = std::fs::read_dir(outbox) else {
         return Ok(done);
     };

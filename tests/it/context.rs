@@ -449,7 +449,9 @@ echo done"#;
     assert_eq!(rec["followups"], serde_json::json!(["own0"]), "{rec}");
     let warnings = rec["warnings"].to_string();
     assert!(
-        warnings.contains("gen1.yaml not queued: it names `parent: ghost-0`"),
+        warnings.contains(
+            "follow-up tasks/completed/gen0.run/1/outbox/gen1.yaml not queued: it names `parent: ghost-0`"
+        ),
         "{warnings}"
     );
     assert!(root.exists("tasks/completed/gen0.run/1/outbox/gen1.yaml"));
