@@ -197,10 +197,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             cli::status(&root, json).map(|()| ExitCode::SUCCESS)
         }
-        Command::Cancel { name, timeout } => {
+        Command::Cancel { names, timeout } => {
             let t = mailroom::parse::task::parse_duration(&timeout)
                 .map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
-            mailroom::cli::control::cancel(&root, &name, t)
+            mailroom::cli::control::cancel_all(&root, &names, t)
         }
         Command::Pause { agent } => {
             mailroom::cli::control::pause(&root, agent.as_deref(), true).map(|()| ExitCode::SUCCESS)
@@ -256,7 +256,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             cli::show(&root, &name, json)
         }
         .map(|()| ExitCode::SUCCESS),
-        Command::Retry { name } => cli::retry(&root, &name).map(|()| ExitCode::SUCCESS),
+        Command::Retry { names, outcome } => cli::retry(&root, &names, outcome.as_deref()),
         Command::Validate { files } => Ok(if cli::validate(&root, &files)? {
             ExitCode::SUCCESS
         } else {

@@ -97,6 +97,29 @@ fn cancel_one(layout: &crate::tree::layout::Layout, name: &str) -> Result<Cancel
     Ok(Cancelled::Requested)
 }
 
+/// `mailroom cancel NAME...`: each as [`cancel`]; exit 1 if any failed.
+pub fn cancel_all(root: &Path, names: &[String], within: Duration) -> Result<ExitCode> {
+    if let [one] = names {
+        return cancel(root, one, within);
+    }
+    let mut ok = true;
+    for n in names {
+        match cancel(root, n, within) {
+            Ok(c) if c == ExitCode::SUCCESS => {}
+            Ok(_) => ok = false,
+            Err(e) => {
+                eprintln!("mailroom: {n}: {e:#}");
+                ok = false;
+            }
+        }
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
 /// `mailroom cancel NAME`: a pending task is filed as cancelled at once; for
 /// a running one a marker asks its supervisor to stop the agent, and this
 /// waits (up to `within`) until it has.

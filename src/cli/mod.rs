@@ -182,11 +182,18 @@ pub enum Command {
         #[arg(long, conflicts_with = "json")]
         prompt: bool,
     },
-    /// Move a failed task back to pending with fresh attempts.
+    /// Move failed tasks back to pending with fresh attempts.
+    #[command(
+        after_help = "Examples:\n  mailroom retry fix-login\n  mailroom retry a b c\n  mailroom retry --outcome invalid      # every failed task whose outcome is invalid"
+    )]
     Retry {
-        /// The failed task's name.
-        #[arg(add = ArgValueCandidates::new(complete::task_names))]
-        name: String,
+        /// The failed tasks' names.
+        #[arg(add = ArgValueCandidates::new(complete::task_names), required_unless_present = "outcome")]
+        names: Vec<String>,
+        /// Also every failed task whose record's outcome is this (e.g.
+        /// invalid, timeout, spawn, misconfigured).
+        #[arg(long, value_parser = outcome_arg)]
+        outcome: Option<String>,
     },
     /// Check task files (and the root's mailroom.yaml) without running anything.
     Validate {
@@ -195,9 +202,9 @@ pub enum Command {
     },
     /// Cancel a pending or running task (a running agent's process group is stopped).
     Cancel {
-        /// The task's name.
-        #[arg(add = ArgValueCandidates::new(complete::task_names))]
-        name: String,
+        /// The tasks' names.
+        #[arg(add = ArgValueCandidates::new(complete::task_names), required = true)]
+        names: Vec<String>,
         /// How long to wait for the supervisor to stop a running agent.
         #[arg(long, default_value = "60s", value_parser = duration_arg)]
         timeout: String,
@@ -347,6 +354,22 @@ fn duration_arg(s: &str) -> Result<String, String> {
 }
 
 /// `--state`: a state's name or one of its aliases.
+fn outcome_arg(s: &str) -> Result<String, String> {
+    use crate::model::Outcome;
+    Outcome::ALL
+        .iter()
+        .any(|o| o.as_str() == s && *o != Outcome::Unknown)
+        .then(|| s.to_owned())
+        .ok_or_else(|| {
+            let all: Vec<&str> = Outcome::ALL
+                .iter()
+                .filter(|o| **o != Outcome::Unknown)
+                .map(|o| o.as_str())
+                .collect();
+            format!("use one of {}", all.join(", "))
+        })
+}
+
 fn state_arg(s: &str) -> Result<String, String> {
     crate::tree::layout::State::parse(s)
         .map(|_| s.to_owned())

@@ -1,20 +1,56 @@
 //! `mailroom retry`: a failed task back to `pending/` with fresh attempts, under its lock.
 
+use crate::tree::books;
 use crate::tree::fsx;
 use crate::tree::layout::State;
 use crate::tree::lock::TaskLock;
 use crate::tree::moves;
 use anyhow::{Result, bail};
 use std::path::Path;
+use std::process::ExitCode;
 
 use super::*;
 
 /// `mailroom retry`.
-pub fn retry(root: &Path, name: &str) -> Result<()> {
+pub fn retry(root: &Path, names: &[String], outcome: Option<&str>) -> Result<ExitCode> {
     let layout = open_tree(root)?;
-    retry_task(&layout, name)?;
-    println!("{name}: moved back to pending with fresh attempts");
-    Ok(())
+    let mut all: Vec<String> = names.to_vec();
+    if let Some(o) = outcome {
+        let matching = books::list(&layout, State::Failed)?
+            .into_iter()
+            .map(|(n, _)| n)
+            .filter(|n| {
+                std::fs::read(layout.record_file(State::Failed, n))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                    .is_some_and(|r| r["outcome"] == o)
+            });
+        for n in matching {
+            if !all.contains(&n) {
+                all.push(n);
+            }
+        }
+        if all.is_empty() {
+            println!("no failed task has outcome `{o}`");
+        }
+    }
+    // Each on its own: one that cannot be retried does not stop the others.
+    let mut failed = false;
+    for name in &all {
+        match retry_task(&layout, name) {
+            Ok(()) => println!("{name}: moved back to pending with fresh attempts"),
+            Err(e) if all.len() == 1 => return Err(e),
+            Err(e) => {
+                eprintln!("mailroom: {name}: {e:#}");
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// Moves a failed task back to `pending/` with fresh attempts (the CLI's

@@ -394,3 +394,46 @@ exec sleep 60"#;
     let log = root.read("agent.log");
     assert!(!log.contains("start sp.2"), "a cancelled child ran: {log}");
 }
+
+#[test]
+fn retry_and_cancel_take_several_names_and_retry_an_outcome() {
+    // Tasks naming an agent the config no longer has fail as invalid: one
+    // command puts them all back once the agent is there again.
+    let mut root = Root::new().agent_config(&[&agent("ok.sh")], "");
+    for n in ["x1", "x2", "x3"] {
+        root = root.task(&format!("{n}.yaml"), "description: x\nagent: gone\n");
+    }
+    let root = root.task("ok1.yaml", "description: x\n");
+    root.run_until_idle();
+    assert_eq!(root.names("failed"), ["x1", "x2", "x3"]);
+    assert_eq!(root.record("failed", "x1")["outcome"], "invalid");
+    // Names: each on its own; an unknown one fails the command, not the rest.
+    let out = root.mailroom(&["retry", "x1", "nope"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("nope: no task named `nope`"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(root.names("pending"), ["x1"]);
+    let out = root.mailroom(&["cancel", "x1", "ok1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stdout(&out).contains("x1: cancelled"), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("already finished"),
+        "{}",
+        stderr(&out)
+    );
+    // By outcome: the two left as invalid, not the cancelled one.
+    let out = root.mailroom(&["retry", "--outcome", "invalid"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(root.names("pending"), ["x2", "x3"]);
+    assert_eq!(root.names("failed"), ["x1"]);
+    let bad = root.mailroom(&["retry", "--outcome", "oops"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+    assert!(
+        stderr(&bad).contains("use one of success, exit"),
+        "{}",
+        stderr(&bad)
+    );
+}
