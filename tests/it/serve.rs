@@ -694,12 +694,27 @@ fn the_overview_lists_live_and_dead_supervisors_from_their_heartbeats() {
             .is_empty()
     );
     assert!(srv.get("/").body.contains("id=\"no-supervisors\""));
-    // A dead one from another host: its beat is old.
+    // A dead one from another host: its last beat is a minute old. One
+    // whose last beat is years old is removed by the live supervisor.
+    let beat = |host: &str, at: &str| {
+        format!(
+            r#"{{"host":"{host}","pid":4242,"start":1,"version":"0.0.9","protocol":2,"started_at":"{at}","last_beat":"{at}","running":0,"pending":0}}"#
+        )
+    };
+    let minute_ago =
+        mailroom::model::record::ts(std::time::SystemTime::now() - Duration::from_secs(60));
     root.write(
         "tasks/supervisors/far-away.4242.json",
-        r#"{"host":"far-away","pid":4242,"start":1,"version":"0.0.9","protocol":2,"started_at":"2020-01-01T00:00:00.000Z","last_beat":"2020-01-01T00:00:05.000Z","running":0,"pending":0}"#,
+        &beat("far-away", &minute_ago),
+    );
+    root.write(
+        "tasks/supervisors/long-gone.4242.json",
+        &beat("long-gone", "2020-01-01T00:00:05.000Z"),
     );
     let mut sup = root.spawn();
+    wait_for(Duration::from_secs(20), "the old heartbeat to go", || {
+        !root.exists("tasks/supervisors/long-gone.4242.json")
+    });
     wait_for(Duration::from_secs(20), "a live heartbeat", || {
         srv.json("/api/overview")["supervisors"]
             .as_array()
