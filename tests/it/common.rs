@@ -82,7 +82,25 @@ impl Root {
 
     /// The result record of a finished task, as JSON.
     pub fn record(&self, state: &str, name: &str) -> serde_json::Value {
-        serde_json::from_str(&self.read(&format!("tasks/{state}/{name}.result.json"))).unwrap()
+        let rel = format!("tasks/{state}/{name}.result.json");
+        match fs::read_to_string(self.p(&rel)) {
+            Ok(t) => serde_json::from_str(&t).unwrap(),
+            // Say where the task is instead, and why: a failure under load
+            // is otherwise hard to tell from a wrong outcome.
+            Err(e) => {
+                let elsewhere: Vec<String> = ["pending", "assigned", "completed", "failed"]
+                    .iter()
+                    .filter(|s| self.names(s).iter().any(|n| n == name))
+                    .map(|s| {
+                        let r =
+                            fs::read_to_string(self.p(&format!("tasks/{s}/{name}.result.json")))
+                                .unwrap_or_default();
+                        format!("{s}/ {r}")
+                    })
+                    .collect();
+                panic!("reading {rel}: {e}; the task is in: {elsewhere:?}")
+            }
+        }
     }
 
     /// Task files (names without extension) in a state directory, sorted.
