@@ -77,9 +77,14 @@ pub fn alive(hb: &Heartbeat, this_host: &str, now: SystemTime) -> bool {
     if hb.host == this_host {
         return books::same_process(hb.pid, hb.start);
     }
+    beat_age(hb, now).is_some_and(|age| age <= STALE_AFTER)
+}
+
+/// How long ago `hb` last beat; a beat in the future (a host whose clock is
+/// ahead) is a beat just now. None: unreadable.
+fn beat_age(hb: &Heartbeat, now: SystemTime) -> Option<Duration> {
     crate::model::record::parse_ts(&hb.last_beat)
-        .and_then(|t| now.duration_since(t).ok())
-        .is_some_and(|age| age <= STALE_AFTER)
+        .map(|t| now.duration_since(t).unwrap_or(Duration::ZERO))
 }
 
 /// How long the heartbeat of a supervisor that is gone (killed, or its host
@@ -92,9 +97,7 @@ pub const KEEP_GONE: Duration = Duration::from_secs(3600);
 pub fn prune(layout: &Layout) {
     let now = SystemTime::now();
     for (hb, live) in list(layout) {
-        let old = crate::model::record::parse_ts(&hb.last_beat)
-            .and_then(|t| now.duration_since(t).ok())
-            .is_none_or(|age| age > KEEP_GONE);
+        let old = beat_age(&hb, now).is_some_and(|age| age > KEEP_GONE);
         if !live && old {
             remove(layout, &hb.host, hb.pid);
         }
@@ -161,6 +164,12 @@ mod tests {
             "here",
             now
         ));
+        // A host whose clock is ahead beats "in the future": alive.
+        assert!(alive(
+            &hb("there", 1, 0, now + Duration::from_secs(30)),
+            "here",
+            now
+        ));
         assert!(!alive(
             &hb("there", 1, 0, now - STALE_AFTER * 2),
             "here",
@@ -178,9 +187,10 @@ mod tests {
         let my_start = books::proc_start_time(me).unwrap();
         let here = books::hostname();
         for h in [
-            hb(&here, me, my_start, old),   // alive, however old its beat
-            hb("elsewhere", 7, 1, now),     // another host, beating
-            hb("elsewhere", 8, 1, old),     // another host, gone long ago
+            hb(&here, me, my_start, old), // alive, however old its beat
+            hb("elsewhere", 7, 1, now),   // another host, beating
+            hb("elsewhere", 8, 1, old),   // another host, gone long ago
+            hb("ahead", 9, 1, now + Duration::from_secs(30)), // a clock ahead
             hb(&here, 999_999_999, 1, now), // gone, but just now
             hb(&here, 999_999_998, 1, old), // gone long ago
         ] {
@@ -195,6 +205,7 @@ mod tests {
         let mut want = vec![
             (here.clone(), me),
             ("elsewhere".to_owned(), 7),
+            ("ahead".to_owned(), 9),
             (here.clone(), 999_999_999),
         ];
         want.sort();
