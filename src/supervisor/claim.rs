@@ -431,7 +431,12 @@ impl Supervisor {
         if self.running.contains_key(name) {
             lock.release();
             self.set_busy(name);
-            if self.unrecoverable.insert(format!("claimed-again:{name}")) {
+            // A requeue (a retry, a fallback) puts the file back before the
+            // run's end reaches the loop, its state cleared: only a state
+            // that still names a run means that its agent moved it.
+            if books::read_state(self.layout(), name).run.is_some()
+                && self.unrecoverable.insert(format!("claimed-again:{name}"))
+            {
                 warn!(
                     task = name,
                     "not claimed again: its run still goes on here, though its task file is \
@@ -445,6 +450,17 @@ impl Supervisor {
         }
         match self.orphan_task_file(name) {
             PutBack::Nothing => Some(lock),
+            // Nothing to check it against: run it (as before run directories
+            // kept a copy), rather than hold it for ever.
+            PutBack::NoCopy => {
+                warn!(
+                    task = name,
+                    "its earlier run ended while no supervisor watched, and there is no copy \
+                     of its claimed file to check the one in tasks/pending/ against; it is \
+                     claimed again"
+                );
+                Some(lock)
+            }
             PutBack::Keep => {
                 lock.release();
                 self.set_busy(name);

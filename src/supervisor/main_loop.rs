@@ -330,6 +330,7 @@ impl Supervisor {
         if self.running.get(&name).is_some_and(|r| r.run == run) {
             self.running.remove(&name);
             self.cancelling.remove(&name);
+            self.unrecoverable.remove(&format!("claimed-again:{name}"));
         }
         if let Some(n) = self.load.get_mut(&agent) {
             *n = n.saturating_sub(1);

@@ -44,6 +44,11 @@ pub(super) enum PutBack {
     Keep,
     /// Not a run's task file that went missing: leftovers as usual.
     Nothing,
+    /// It left `assigned/` during a run no supervisor saw end, and there is
+    /// no copy of the claimed file to put back or check (a run of an older
+    /// version): recovery leaves the run's files alone (they hold its
+    /// output); a claim of the task file from `pending/` goes ahead.
+    NoCopy,
 }
 
 impl Supervisor {
@@ -134,6 +139,18 @@ impl Supervisor {
                     lock.release();
                     continue;
                 }
+                PutBack::NoCopy => {
+                    if self.unrecoverable.insert(name.to_owned()) {
+                        error!(
+                            task = %name,
+                            "its task file left tasks/assigned/ during a run no supervisor saw \
+                             end, and there is no copy of it to put back (a run of an older \
+                             version); its run directory and state file are left as they are"
+                        );
+                    }
+                    lock.release();
+                    continue;
+                }
                 PutBack::Nothing => {}
             }
             // A task waiting in pending/ keeps its bookkeeping and its
@@ -178,18 +195,8 @@ impl Supervisor {
         let Some((ext, copy)) = found else {
             return match layout.find(State::Assigned, name) {
                 Some((_, ext)) => PutBack::Restored(ext.to_owned()),
-                None => {
-                    if self.unrecoverable.insert(name.to_owned()) {
-                        error!(
-                            task = name,
-                            "its task file left tasks/assigned/ during a run no supervisor saw \
-                             end, and there is no copy of it to put back (a run of an older \
-                             version); its run directory and state file are left as they are"
-                        );
-                    }
-                    // Never removed: they hold the run's output.
-                    PutBack::Keep
-                }
+                // Never removed: they hold the run's output.
+                None => PutBack::NoCopy,
             };
         };
         let task_hash = st.run.as_ref().and_then(|r| r.task_hash.clone());
@@ -335,7 +342,7 @@ impl Supervisor {
         match self.orphan_task_file(name) {
             PutBack::Restored(e) => self.recover_checked(name, &e, lock),
             PutBack::Nothing => self.recover_checked(name, ext, lock),
-            PutBack::Keep => lock.release(),
+            PutBack::Keep | PutBack::NoCopy => lock.release(),
         }
     }
 

@@ -771,3 +771,25 @@ fn an_adopted_run_whose_keeper_is_stopped_still_times_out() {
     assert_eq!(rec["outcome"], "timeout", "{rec}");
     assert!(sup_logs(&root).contains("continuing it"));
 }
+
+#[test]
+fn a_pending_task_whose_state_names_a_run_with_no_copy_is_still_run() {
+    // A state file naming an unfinished run (of an older version: no copy
+    // of the claimed file) and the task file in pending/: nothing to check
+    // it against, so it runs rather than wait for ever.
+    let root = waiter_root("");
+    root.write("go", "");
+    std::fs::rename(root.p("tasks/pending/o.yaml"), root.p("o.yaml")).unwrap();
+    root.write(
+        "tasks/assigned/o.state.json",
+        r#"{"version":2,"task":"o","attempts":1,"run":{"attempt":1,"agent":"a","host":"gone-host","supervisor_pid":999999999,"supervisor_start":1,"started_at":"2026-01-01T00:00:00.000Z","deadline":"2026-01-01T00:30:00.000Z","run_id":"r-old"}}"#,
+    );
+    std::fs::rename(root.p("o.yaml"), root.p("tasks/pending/o.yaml")).unwrap();
+    let out = root.run_until_idle_within(Duration::from_secs(60));
+    assert_eq!(root.names("completed"), ["o"], "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("there is no copy of its claimed file"),
+        "{}",
+        stderr(&out)
+    );
+}
