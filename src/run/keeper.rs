@@ -245,6 +245,10 @@ pub fn main(run_dir: &Path) -> u8 {
     };
     let grace = Duration::from_millis(spec.grace_ms);
     let leftovers_stopped = stop_leftovers(grace);
+    if leftovers_stopped > 0 && matches!(end, RunEnd::OutputLimit(..)) {
+        // They wrote on through the agent's descriptors after the cut.
+        crate::run::process::cut_outputs(&output_spec(&spec));
+    }
     let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN).ok();
     let ms = |tv: nix::sys::time::TimeVal| {
         (tv.tv_sec() as u64).saturating_mul(1000) + (tv.tv_usec() as u64) / 1000
@@ -331,7 +335,13 @@ fn write_json<T: Serialize>(path: &Path, v: &T) -> std::io::Result<()> {
 
 /// Starts and watches the agent (blocking; see `run::blocking`).
 fn run(spec: &KeeperSpec, stops: &mut crate::run::blocking::Stops) -> RunEnd {
-    let mut s = Spec {
+    let mut s = output_spec(spec);
+    crate::run::blocking::run(&mut s, &spec.root, stops)
+}
+
+/// The run's [`Spec`] as the keeper runs it.
+fn output_spec(spec: &KeeperSpec) -> Spec {
+    Spec {
         argv: spec.argv.clone(),
         // The keeper was started with exactly the agent's environment.
         env: Vec::new(),
@@ -345,8 +355,7 @@ fn run(spec: &KeeperSpec, stops: &mut crate::run::blocking::Stops) -> RunEnd {
         // The agent never gets the lock: its stdin is /dev/null.
         stdin: None,
         max_output: spec.max_output,
-    };
-    crate::run::blocking::run(&mut s, &spec.root, stops)
+    }
 }
 
 /// After the agent is gone: every process it left behind (a daemon that

@@ -403,19 +403,32 @@ pub async fn wait(
 /// are cut back to it (an agent writes hundreds of MB between two looks),
 /// so that a stopped flood does not stay on disk in the run directory.
 pub(crate) fn output_limit(spec: &Spec, exit: Exit, n: u64) -> RunEnd {
+    cut_outputs(spec);
+    RunEnd::OutputLimit(exit, n)
+}
+
+/// Cuts each of the run's output files that is past `max_output` back to it.
+/// Called when the agent has ended, and again once the processes it left
+/// behind are stopped (they share its descriptors and write on).
+pub fn cut_outputs(spec: &Spec) {
     for p in [Some(&spec.stdout), Some(&spec.stderr), spec.output.as_ref()]
         .into_iter()
         .flatten()
     {
         cut_back(p, spec.max_output);
     }
-    RunEnd::OutputLimit(exit, n)
 }
 
-/// Cuts the regular file at `path` (no link followed) back to `max` bytes
-/// and says so at its end. Best effort.
+/// Cuts the regular file at `path` back to `max` bytes and says so at its
+/// end. Best effort, and only a file of the run: not through a link (at the
+/// file or at any directory above it: its directory must be where the path
+/// says), nor one with other names (a hard link to a file elsewhere).
 fn cut_back(path: &Path, max: u64) {
-    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+    let Some(dir) = path.parent() else { return };
+    if std::fs::canonicalize(dir).ok().as_deref() != Some(dir) {
+        return;
+    }
     let Ok(f) = std::fs::OpenOptions::new()
         .write(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
@@ -424,7 +437,7 @@ fn cut_back(path: &Path, max: u64) {
         return;
     };
     let Ok(m) = f.metadata() else { return };
-    if !m.is_file() || m.len() <= max {
+    if !m.is_file() || m.nlink() != 1 || m.len() <= max {
         return;
     }
     let note = format!(

@@ -1335,6 +1335,7 @@ fn output_over_the_limit_fails_even_when_the_agent_ends_before_the_next_look() {
   fast) head -c 3000000 /dev/zero ;;
   sparse) truncate -s 10G "$MAILROOM_OUTPUT"; echo hi ;;
   flood) yes 0123456789012345678901234567890123456789 ;;
+  escape) setsid sh -c 'exec yes 0123456789012345678901234567890123456789' & sleep 30 ;;
   small) echo fine ;;
 esac"#,
                 ],
@@ -1346,8 +1347,25 @@ esac"#,
             .task("sparse.yaml", "description: x\n")
             .task("flood.yaml", "description: x\n")
             .task("small.yaml", "description: x\n");
+        // A writer that left the agent's group writes on through its
+        // descriptor until the keeper stops it: cut again after that (only
+        // a keeper, a subreaper, can find and stop it).
+        let root = if keeper {
+            root.task("escape.yaml", "description: x\n")
+        } else {
+            root
+        };
         root.run_until_idle();
         assert_eq!(root.names("completed"), ["small"]);
+        if keeper {
+            let p = root.p("tasks/failed/escape.run/1/stdout.log");
+            let len = std::fs::metadata(&p).unwrap().len();
+            assert!(
+                (1_000_000..1_000_200).contains(&len),
+                "escape: stdout.log is {len} bytes"
+            );
+            assert_eq!(root.record("failed", "escape")["outcome"], "output_limit");
+        }
         // What went past the limit is cut back to it, with a note at the end:
         // a flood stopped at a look has written hundreds of MB by then.
         for (name, file) in [
