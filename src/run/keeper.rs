@@ -114,6 +114,38 @@ pub const SPEC_FILE: &str = "spec.json";
 pub const INFO_FILE: &str = "keeper.json";
 pub const OUTCOME_FILE: &str = "outcome.json";
 pub const LOG_FILE: &str = "keeper.log";
+/// The pids of supervisors other than the run's own that asked its keeper to
+/// stop (an adopter forwarding a cancel or a shutdown), one per line,
+/// written before the signal: a stop whose sender is named here, or is the
+/// run's supervisor, was asked for.
+pub const STOP_REQUESTS_FILE: &str = "stop-requests";
+
+/// Notes that process `pid` (an adopting supervisor) is about to ask the
+/// keeper of `run_dir` to stop. Durable unless durability is relaxed.
+pub fn note_stop_request(run_dir: &Path, pid: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(run_dir.join(STOP_REQUESTS_FILE))?;
+    f.write_all(format!("{pid}\n").as_bytes())?;
+    crate::tree::fsx::sync_data(&f)
+}
+
+/// The pids [`note_stop_request`] wrote for `run_dir`.
+pub fn stop_requests(run_dir: &Path) -> Vec<u32> {
+    crate::tree::fsx::read_head(&run_dir.join(STOP_REQUESTS_FILE), 64 * 1024)
+        .map(|(b, _)| {
+            String::from_utf8_lossy(&b)
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
 
 /// The keeper of `run_id` in `run_dir`, if its file is there.
 pub fn info(run_dir: &Path, run_id: &str) -> Option<KeeperInfo> {

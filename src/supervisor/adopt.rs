@@ -66,8 +66,9 @@ impl Supervisor {
             .as_ref()
             .and_then(|r| record::parse_ts(&r.deadline))
             .map(|d| d + grace);
+        let run_dir = books::current_run_dir(&layout, name, st);
         self.launch_with(name, &agent, move |mut stop| async move {
-            let keeper = (k.pid, overdue);
+            let keeper = (k.pid, overdue, run_dir);
             let Some(lock) = wait_for_keeper(&layout, &name_owned, keeper, &mut stop).await else {
                 return JobEnd::Stuck;
             };
@@ -222,7 +223,7 @@ fn kept_workspace(
 async fn wait_for_keeper(
     layout: &Layout,
     name: &str,
-    (pid, overdue): (u32, Option<SystemTime>),
+    (pid, overdue, run_dir): (u32, Option<SystemTime>, PathBuf),
     stop: &mut watch::Receiver<Option<Stop>>,
 ) -> Option<TaskLock> {
     let mut listening = true;
@@ -251,7 +252,16 @@ async fn wait_for_keeper(
             r = stop.changed(), if listening => match r {
                 Ok(()) => {
                     if let Some(s) = *stop.borrow() {
-                        tokio::task::spawn_blocking(move || keeper::signal(pid, s));
+                        let run_dir = run_dir.clone();
+                        tokio::task::spawn_blocking(move || {
+                            // Noted first: a stop this adopter asked for is
+                            // never taken for the agent's, even if the
+                            // adopter dies before its commit.
+                            if let Err(e) = keeper::note_stop_request(&run_dir, std::process::id()) {
+                                warn!(keeper = pid, error = %e, "cannot note the stop request in the run directory");
+                            }
+                            keeper::signal(pid, s)
+                        });
                     }
                 }
                 Err(_) => listening = false,
@@ -287,12 +297,15 @@ impl Job {
                 ..
             }) => {
                 // A stop is a supervisor's (free) only when its sender was
-                // the run's own supervisor or this one (forwarding a cancel
-                // or a shutdown); a keeper from before `stopped_by` is
-                // taken at its word.
+                // the run's own supervisor, this one, or an earlier adopter
+                // that noted its request (forwarding a cancel or a
+                // shutdown); a keeper from before `stopped_by` is taken at
+                // its word.
+                let requested = keeper::stop_requests(&run_dir);
                 let asked = |p: u32| {
                     p == std::process::id()
                         || st.run.as_ref().is_some_and(|r| r.supervisor_pid == p)
+                        || requested.contains(&p)
                 };
                 let end = match end {
                     RunEnd::Stopped(_) | RunEnd::Cancelled(_)

@@ -793,3 +793,42 @@ fn a_pending_task_whose_state_names_a_run_with_no_copy_is_still_run() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_cancel_an_adopter_forwarded_stays_a_cancel_after_the_adopter_dies() {
+    // S1 dies, S2 adopts the run and forwards a cancel, S2 dies before the
+    // keeper ends: the keeper's stop came from S2, which S3 must take for a
+    // supervisor's (S2 noted it in the run directory), not the agent's.
+    let root = Root::new()
+        .config(
+            "rescan_interval: 1s\nsettle: 200ms\nretries: 1\nagents:\n  a:\n    \
+             command: [\"/bin/sh\", \"-c\", \"echo start $MAILROOM_ATTEMPT $$ >> agent.log; trap '' TERM; sleep 30\"]\n    \
+             grace: 3s\n",
+        )
+        .task("o.yaml", "description: cancelled while adopted\n");
+    let mut s1 = root.spawn();
+    let pid = started(&root);
+    let _cleanup = KillGroupOnDrop(pid);
+    s1.kill9();
+    let mut s2 = root.spawn();
+    wait_for(Duration::from_secs(30), "S2 to adopt the run", || {
+        sup_logs(&root).contains("adopting a run whose supervisor died")
+    });
+    let _ = root.mailroom(&["cancel", "o", "--timeout", "100ms"]);
+    wait_for(
+        Duration::from_secs(30),
+        "S2 to note its stop request",
+        || root.exists("tasks/assigned/o.run/1/stop-requests"),
+    );
+    s2.kill9();
+    wait_for(Duration::from_secs(30), "the keeper to end the run", || {
+        root.exists("tasks/assigned/o.run/1/outcome.json") && agents_of(&root).is_empty()
+    });
+    let kept: serde_json::Value =
+        serde_json::from_str(&root.read("tasks/assigned/o.run/1/outcome.json")).unwrap();
+    assert!(kept["end"].get("cancelled").is_some(), "{kept}");
+    root.run_until_idle_within(Duration::from_secs(60));
+    assert_started_once(&root);
+    let rec = root.record("failed", "o");
+    assert_eq!(rec["outcome"], "cancelled", "{rec}");
+}
