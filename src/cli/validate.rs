@@ -40,7 +40,7 @@ pub fn validate(root: &Path, files: &[PathBuf]) -> Result<bool> {
         };
         if is_cfg {
             checked_cfg = checked_cfg || f.canonicalize().ok() == cfg.canonicalize().ok();
-            match Config::parse(&bytes, &shown) {
+            match Config::parse_file(&bytes, &shown) {
                 Ok(_) => println!("ok: {shown}"),
                 Err(e) => {
                     println!("{e}");

@@ -638,21 +638,7 @@ impl Config {
     pub fn load(root: &Path) -> Result<Config, ConfigError> {
         let path = root.join(CONFIG_FILE);
         match crate::tree::fsx::read_task_file(&path, 1024 * 1024) {
-            // A file with nothing in it is a save in progress (an editor or
-            // `>` truncates first) far more often than a wish for the
-            // defaults, which a missing file gives.
-            Ok((bytes, _)) if no_settings(&bytes) => Err(ConfigError {
-                file: CONFIG_FILE.into(),
-                error: TaskError {
-                    line: None,
-                    column: None,
-                    message: "it has no settings (it is empty, or only comments): write them, \
-                              or remove the file to run on the defaults"
-                        .into(),
-                    key: None,
-                },
-            }),
-            Ok((bytes, _)) => Config::parse(&bytes, CONFIG_FILE).map(|mut c| {
+            Ok((bytes, _)) => Config::parse_file(&bytes, CONFIG_FILE).map(|mut c| {
                 c.source = Some(path);
                 c
             }),
@@ -667,6 +653,27 @@ impl Config {
                 },
             }),
         }
+    }
+
+    /// [`Config::parse`] of a `mailroom.yaml`'s bytes, which must hold a
+    /// setting: a file with nothing in it is a save in progress (an editor
+    /// or `>` truncates first) far more often than a wish for the defaults,
+    /// which a missing file gives.
+    pub fn parse_file(bytes: &[u8], file: &str) -> Result<Config, ConfigError> {
+        if no_settings(bytes) {
+            return Err(ConfigError {
+                file: file.into(),
+                error: TaskError {
+                    line: None,
+                    column: None,
+                    message: "it has no settings (it is empty, or only comments): write them, \
+                              or remove the file to run on the defaults"
+                        .into(),
+                    key: None,
+                },
+            });
+        }
+        Config::parse(bytes, file)
     }
 
     /// Parses a config file's bytes; `file` names it in errors. Text with
