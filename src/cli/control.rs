@@ -97,21 +97,60 @@ fn cancel_one(layout: &crate::tree::layout::Layout, name: &str) -> Result<Cancel
     Ok(Cancelled::Requested)
 }
 
-/// `mailroom cancel NAME...`: each as [`cancel`]; exit 1 if any failed.
+/// `mailroom cancel NAME...`: every cancel is made first (pending tasks
+/// filed, markers written for running ones), then the running ones are
+/// waited for together, up to `within`. Exit 1 if any could not be
+/// cancelled or was not stopped in time.
 pub fn cancel_all(root: &Path, names: &[String], within: Duration) -> Result<ExitCode> {
     if let [one] = names {
         return cancel(root, one, within);
     }
+    let layout = open_tree(root)?;
     let mut ok = true;
+    let mut asked = Vec::new();
     for n in names {
-        match cancel(root, n, within) {
-            Ok(c) if c == ExitCode::SUCCESS => {}
-            Ok(_) => ok = false,
+        let children = unfinished_children(&layout, n);
+        match cancel_task(&layout, n) {
+            Ok(done) => {
+                if !children.is_empty() {
+                    println!(
+                        "{n}: its unfinished subtasks are cancelled too: {}",
+                        children.join(", ")
+                    );
+                }
+                match done {
+                    Cancelled::Requested => asked.push(n.clone()),
+                    Cancelled::Filed(_) => println!("{n}: cancelled (it had not started)"),
+                }
+            }
             Err(e) => {
                 eprintln!("mailroom: {n}: {e:#}");
                 ok = false;
             }
         }
+    }
+    let until = Instant::now() + within;
+    while !asked.is_empty() {
+        asked.retain(|n| match layout.locate(n) {
+            Some((State::Pending | State::Assigned, _, _)) => true,
+            Some((s, _, _)) => {
+                println!("{n}: cancelled ({})", s.dir_name());
+                false
+            }
+            None => false,
+        });
+        if asked.is_empty() || Instant::now() >= until {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for n in &asked {
+        eprintln!(
+            "mailroom: cancel of `{n}` requested, but no supervisor acted on it within {} \
+             (is one running on this tree?); the request stays in tasks/control/cancel/",
+            humantime::format_duration(within)
+        );
+        ok = false;
     }
     Ok(if ok {
         ExitCode::SUCCESS
@@ -399,14 +438,15 @@ pub fn wait(
                 return Err(NoSupervisor.into());
             }
             if !told_paused {
-                told_paused = true;
                 let agents = books::paused_agents(&layout);
                 if books::exists(&layout.pause_file(None)) {
+                    told_paused = true;
                     eprintln!(
                         "mailroom: claiming is paused on this tree (tasks/control/pause); \
                          pending tasks wait until `mailroom resume`"
                     );
                 } else if !agents.is_empty() {
+                    told_paused = true;
                     eprintln!(
                         "mailroom: paused agents: {} (their pending tasks wait until \
                          `mailroom resume --agent NAME`)",
