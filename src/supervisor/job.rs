@@ -360,9 +360,11 @@ impl Job {
             .map_err(|e| format!("cannot start the run keeper ({}): {e}", keeper.display()))
     }
 
-    /// Counts the attempt and names its run in the state file (before the
-    /// spawn, so recovery can tell this run's record from a stale one), then
-    /// makes a fresh run directory.
+    /// Makes a fresh run directory for the next attempt, then counts the
+    /// attempt and names its run in the state file (before the spawn, so
+    /// recovery can tell this run's record from a stale one). In this order,
+    /// a state that names a run always had its directory: recovery takes a
+    /// missing one for one its agent removed.
     fn begin_attempt(
         &mut self,
         st: &mut TaskState,
@@ -390,9 +392,9 @@ impl Job {
         self.attempt = st.attempts;
         let layout = &self.ctx.layout;
         let run_dir = self.run_dir();
-        books::write_state(layout, st)?;
         // Earlier attempts' directories stay beside this one. One of this
-        // number is a leftover of an earlier life of the name: replaced.
+        // number is a leftover of an earlier life of the name (or of a crash
+        // before its state was written): replaced.
         fsx::remove_dir_all_if_exists(&run_dir)?;
         fsx::create_dir_all(&run_dir.join("outbox"))?;
         // A second name for the claimed file, in the run directory: what
@@ -402,6 +404,7 @@ impl Job {
         {
             warn!(task = %self.name, error = %e, "cannot keep a copy of the claimed task file");
         }
+        books::write_state(layout, st)?;
         Ok(())
     }
 

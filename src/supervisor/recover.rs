@@ -186,6 +186,17 @@ impl Supervisor {
         {
             return PutBack::Nothing;
         }
+        // The attempt's directory is made before the state names the run
+        // (7.2): gone now, it was removed or moved (by the run's agent, as
+        // a rule), and the run is filed as tampered, not retried.
+        let attempt_dir = books::current_run_dir(&layout, name, &st);
+        let dir_gone =
+            (!std::fs::symlink_metadata(&attempt_dir).is_ok_and(|m| m.is_dir())).then(|| {
+                format!(
+                    "its run directory {} was removed or moved during a run no supervisor saw end",
+                    layout.rel(&attempt_dir)
+                )
+            });
         let found = task::TASK_EXTS.into_iter().find_map(|ext| {
             let copy = layout.claimed_copy(State::Assigned, name, ext);
             std::fs::symlink_metadata(&copy)
@@ -194,7 +205,10 @@ impl Supervisor {
         });
         let Some((ext, copy)) = found else {
             return match layout.find(State::Assigned, name) {
-                Some((_, ext)) => PutBack::Restored(ext.to_owned()),
+                Some((_, ext)) => match dir_gone {
+                    Some(why) => self.note_tampered(name, &mut st, why, || Ok(()), ext),
+                    None => PutBack::Restored(ext.to_owned()),
+                },
                 // Never removed: they hold the run's output.
                 None => PutBack::NoCopy,
             };
@@ -203,7 +217,12 @@ impl Supervisor {
         let verdict = moves::verify_against_copy(&layout, name, ext, &copy, task_hash.as_deref());
         let assigned_file = layout.rel(&layout.task_file(State::Assigned, name, ext));
         let (why, from) = match verdict {
-            Ok(Verified::Intact) => return PutBack::Restored(ext.to_owned()),
+            Ok(Verified::Intact) => {
+                return match dir_gone {
+                    Some(why) => self.note_tampered(name, &mut st, why, || Ok(()), ext),
+                    None => PutBack::Restored(ext.to_owned()),
+                };
+            }
             Ok(Verified::Changed) => (
                 format!(
                     "its task file {assigned_file} was changed in place during a run no \
@@ -250,17 +269,42 @@ impl Supervisor {
                 return PutBack::Keep;
             }
         };
+        let why = match dir_gone {
+            Some(d) => format!("{why}; {d}"),
+            None => why,
+        };
+        self.note_tampered(
+            name,
+            &mut st,
+            why,
+            || match from {
+                Some(from) => moves::put_back(&layout, name, ext, &copy, from.as_deref()),
+                None => Ok(()),
+            },
+            ext,
+        )
+    }
+
+    /// Notes `why` as the run's tampering in the state file (first, so that
+    /// a crash after it still files the run as tampered), then does
+    /// `put_back`. Restored, or Keep when either fails.
+    fn note_tampered(
+        &mut self,
+        name: &str,
+        st: &mut TaskState,
+        why: String,
+        put_back: impl FnOnce() -> std::io::Result<()>,
+        ext: &str,
+    ) -> PutBack {
         if st.tampered.as_deref() != Some(why.as_str()) {
             st.tampered = Some(why.clone());
-            if let Err(e) = books::write_state(&layout, &st) {
+            if let Err(e) = books::write_state(self.layout(), st) {
                 error!(task = name, error = %e, "cannot note the tampering in the state file");
                 return PutBack::Keep;
             }
             warn!(task = name, "{why}");
         }
-        if let Some(from) = from
-            && let Err(e) = moves::put_back(&layout, name, ext, &copy, from.as_deref())
-        {
+        if let Err(e) = put_back() {
             if self.unrecoverable.insert(format!("putback:{name}")) {
                 error!(task = name, error = %e, "cannot put the task file back yet");
             }

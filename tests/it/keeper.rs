@@ -331,6 +331,7 @@ case "$ACT" in
   garble) printf 'description: [broken\n' > "$MAILROOM_TASK_FILE" ;;
   edit-in-place) printf 'description: EDITED by the agent\n' 1<> "$MAILROOM_TASK_FILE" ;;
   to-pending) mv "$MAILROOM_TASK_FILE" "$MAILROOM_ROOT/tasks/pending/" ;;
+  rm-run-dir) rm -rf "$a.run" ;;
   rm-lock-to-pending)
     rm -f "$a.lock"
     mv "$MAILROOM_TASK_FILE" "$MAILROOM_ROOT/tasks/pending/" ;;
@@ -831,4 +832,28 @@ fn a_cancel_an_adopter_forwarded_stays_a_cancel_after_the_adopter_dies() {
     assert_started_once(&root);
     let rec = root.record("failed", "o");
     assert_eq!(rec["outcome"], "cancelled", "{rec}");
+}
+
+#[test]
+fn a_run_directory_its_agent_removed_while_no_supervisor_watched_is_tampered_not_retried() {
+    // The attempt's directory exists before the state names the run: gone,
+    // its agent removed it, and the run is filed once as tampered rather
+    // than taken for a crash and run again.
+    let root = tamperer_root("rm-run-dir", 0);
+    let _cleanup = killed_mid_run(&root);
+    root.write("go", "");
+    wait_for(Duration::from_secs(30), "the unwatched run to end", || {
+        agents_of(&root).is_empty()
+    });
+    root.run_until_idle_within(Duration::from_secs(60));
+    assert_started_once(&root);
+    let rec = root.record("failed", "o");
+    assert_eq!(rec["outcome"], "tampered", "{rec}");
+    assert!(
+        rec["error"]
+            .as_str()
+            .unwrap()
+            .contains("its run directory tasks/assigned/o.run/1 was removed or moved"),
+        "{rec}"
+    );
 }
