@@ -357,6 +357,24 @@ fn killed_mid_run(root: &Root) -> KillGroupOnDrop {
     guard
 }
 
+/// Lets the run of a killed supervisor end (`go`) and waits until its keeper
+/// has recorded the outcome and no agent is left.
+fn end_unwatched(root: &Root) {
+    root.write("go", "");
+    wait_for(Duration::from_secs(30), "the unwatched run to end", || {
+        root.exists("tasks/assigned/o.run/1/outcome.json") && agents_of(root).is_empty()
+    });
+}
+
+/// Starts the next supervisor, lets the run end (`go`) and waits until the
+/// task is filed.
+fn restarted_and_filed(root: &Root) -> Sup {
+    let sup = root.spawn();
+    root.write("go", "");
+    filed_once(root);
+    sup
+}
+
 /// Waits until the task is in `completed/` or `failed/`.
 fn filed_once(root: &Root) {
     wait_for(Duration::from_secs(30), "the task to be filed", || {
@@ -395,10 +413,7 @@ fn a_task_file_deleted_while_no_supervisor_watched_is_put_back_and_filed_tampere
     // run directory), but put it back from the link to the claimed file.
     let root = tamperer_root("delete", 0);
     let _cleanup = killed_mid_run(&root);
-    root.write("go", "");
-    wait_for(Duration::from_secs(30), "the unwatched run to end", || {
-        root.exists("tasks/assigned/o.run/1/outcome.json") && agents_of(&root).is_empty()
-    });
+    end_unwatched(&root);
     root.run_until_idle();
     assert_eq!(root.names("failed"), ["o"]);
     assert!(root.names("completed").is_empty());
@@ -515,11 +530,7 @@ fn a_kept_run_whose_task_file_no_longer_parses_is_still_committed() {
     // task, but must not leave the finished run in assigned/ for ever.
     let root = tamperer_root("garble", 0);
     let _cleanup = killed_mid_run(&root);
-    let _sup = root.spawn();
-    root.write("go", "");
-    wait_for(Duration::from_secs(30), "the run to be filed", || {
-        root.names("completed").len() + root.names("failed").len() == 1
-    });
+    let _sup = restarted_and_filed(&root);
     // The commit's last steps (state file, lock) follow the task file's move.
     wait_for(Duration::from_secs(10), "assigned/ to be empty", || {
         root.entries("tasks/assigned").is_empty()
@@ -653,10 +664,7 @@ fn an_agent_that_stops_its_keeper_while_no_supervisor_watched_uses_an_attempt() 
     // it for free, which an agent could repeat across restarts forever.
     let root = tamperer_root("term-keeper", 0);
     let _cleanup = killed_mid_run(&root);
-    root.write("go", "");
-    wait_for(Duration::from_secs(30), "the unwatched run to end", || {
-        root.exists("tasks/assigned/o.run/1/outcome.json") && agents_of(&root).is_empty()
-    });
+    end_unwatched(&root);
     let kept: serde_json::Value =
         serde_json::from_str(&root.read("tasks/assigned/o.run/1/outcome.json")).unwrap();
     assert!(kept["end"].get("stopped").is_some(), "{kept}");
@@ -694,9 +702,7 @@ fn a_task_file_its_agent_moved_back_to_pending_is_not_claimed_again_after_a_cras
     // (tampered), never run a second time, and its attempt is recorded.
     let root = tamperer_root("to-pending", 0);
     let _cleanup = killed_mid_run(&root);
-    let _sup = root.spawn();
-    root.write("go", "");
-    filed_once(&root);
+    let _sup = restarted_and_filed(&root);
     wait_for(Duration::from_secs(10), "the run to end", || {
         agents_of(&root).is_empty()
     });
