@@ -97,8 +97,12 @@ def claude(mode, port, home):
         env["CLAUDE_CODE_OAUTH_TOKEN"] = "sk-ant-oat01-mock"
     else:
         env["ANTHROPIC_API_KEY"] = "sk-ant-mock"
-    fmt = ["--output-format", "stream-json", "--verbose"] if mode.startswith("stream-") \
-        else ["--output-format", "json"]
+    if mode.startswith("stream-"):
+        fmt = ["--output-format", "stream-json", "--verbose"]
+    elif mode.startswith("text-"):
+        fmt = ["--output-format", "text"]
+    else:
+        fmt = ["--output-format", "json"]
     argv = ["claude", "-p", *fmt, "--permission-mode", "acceptEdits", "--", prompt_for(mode)]
     if mode == "bad-flag":
         argv.insert(1, "--no-such-flag")
@@ -106,7 +110,8 @@ def claude(mode, port, home):
 
 
 CLAUDE_MODES = ["ok", "ok-429", "429", "usage-limit", "500", "401", "hang", "dash-v",
-                "bad-flag", "stream-ok", "stream-429", "empty", "refused"]
+                "bad-flag", "stream-ok", "stream-429", "empty", "refused",
+                "text-ok", "text-ok-429", "text-429", "text-401", "text-500"]
 
 
 def codex(mode, port, home):

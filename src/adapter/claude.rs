@@ -14,12 +14,14 @@
 //! limit "API Error: Request rejected (429) · …".
 //!
 //! Without a result object (killed, a bad flag, `--output-format text`), stdout is read
-//! as text and stderr's last line (minus prompt echoes) is the error line.
+//! as text and stderr's last line (minus prompt echoes) is the error line. Text mode
+//! prints API errors on stdout, stderr empty: after a failed exit with nothing on
+//! stderr, stdout's last line is the error line and there is no answer.
 
 use serde_json::Value;
 
 use super::{
-    Kind, Parsed, RunFacts, Usage, Verdict, error, error_channel, error_line, json_lines,
+    ExitKind, Kind, Parsed, RunFacts, Usage, Verdict, error, error_channel, error_line, json_lines,
     last_json_object, str_at, u64_at,
 };
 
@@ -40,13 +42,25 @@ pub(crate) fn parse_envelope(kind: &Kind, facts: &RunFacts<'_>) -> Parsed {
         .map(str::to_string);
     let Some(result) = result else {
         // No result: text output, or a run that ended before its result.
-        let answer = if events.is_empty() {
+        let text_mode = events.is_empty();
+        let mut answer = if text_mode {
             facts.stdout.trim().to_string()
         } else {
             last_assistant_text(&events)
         };
         let channel = error_channel(facts.stderr, facts.prompt);
-        let error_line = error_line(&channel, &answer);
+        let mut error_line = error_line(&channel, &answer);
+        // `--output-format text` prints an API error (a 429, a rejected key,
+        // a 500) on stdout and nothing on stderr: after a failed exit, the
+        // last line of stdout is the error, and there is no answer.
+        if text_mode
+            && error_line.is_none()
+            && matches!(facts.exit, ExitKind::Code(c) if c != 0)
+            && let Some(last) = facts.stdout.lines().map(str::trim).rfind(|l| !l.is_empty())
+        {
+            error_line = Some(last.to_string());
+            answer.clear();
+        }
         return Parsed {
             answer,
             verdict: Verdict::UnknownWith {
@@ -227,6 +241,41 @@ mod tests {
         let m = r.message.unwrap();
         assert!(m.contains("Invalid API key"), "{m}");
         assert!(m.contains("fix: set ANTHROPIC_API_KEY"), "{m}");
+    }
+
+    /// `--output-format text`: the answer is stdout; an API error is stdout
+    /// too (stderr is empty), which after a failed exit is the error line,
+    /// classified like the JSON mode's, and never an answer.
+    #[test]
+    fn text_mode_reads_api_errors_from_stdout_after_a_failed_exit() {
+        let r = run(&K, &fixture!("claude-2.1.197", "text-ok"), &prompt("ok"));
+        assert_eq!(r.outcome, Class::Success);
+        assert_eq!(r.answer, ANSWER_OK);
+        let r = run(
+            &K,
+            &fixture!("claude-2.1.197", "text-ok-429"),
+            &prompt("ok-429"),
+        );
+        assert_eq!(r.outcome, Class::Success, "{:?}", r.message);
+        assert_eq!(r.answer, ANSWER_429);
+        let r = run(&K, &fixture!("claude-2.1.197", "text-429"), &prompt("429"));
+        assert_eq!(r.outcome, Class::Failed(ErrorClass::Limit { reset: None }));
+        assert_eq!(r.answer, "");
+        assert!(
+            r.message
+                .as_deref()
+                .unwrap()
+                .contains("API Error: Request rejected (429)"),
+            "{:?}",
+            r.message
+        );
+        let r = run(&K, &fixture!("claude-2.1.197", "text-401"), &prompt("401"));
+        assert_eq!(r.outcome, Class::Failed(ErrorClass::Auth));
+        assert_eq!(r.answer, "");
+        assert!(r.message.as_deref().unwrap().contains("Invalid API key"));
+        let r = run(&K, &fixture!("claude-2.1.197", "text-500"), &prompt("500"));
+        assert_eq!(r.outcome, Class::Failed(ErrorClass::Transient));
+        assert_eq!(r.answer, "");
     }
 
     #[test]
