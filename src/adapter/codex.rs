@@ -307,6 +307,9 @@ mod tests {
         );
         assert_eq!(r.outcome, Class::Failed(ErrorClass::Stopped));
         assert!(r.session_id.is_some());
+        // Its stderr's "Reading additional input from stdin..." is chatter,
+        // not the cause of anything.
+        assert_eq!(r.cause, None);
         let r = run_stopped(
             &K,
             &fixture!("codex-0.171.0", "text-hang"),

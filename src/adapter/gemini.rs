@@ -287,6 +287,8 @@ mod tests {
         assert_eq!(f.exit.trim(), "code 0");
         let r = run_stopped(&K, &f, &prompt("hang"), true);
         assert_eq!(r.outcome, Class::Failed(ErrorClass::Stopped));
+        // Start-up notes on stderr ("Ripgrep is not available...") are not a cause.
+        assert_eq!(r.cause, None);
         // Not stopped by mailroom: still no result, so not a success.
         let r = run(&K, &f, &prompt("hang"));
         assert_eq!(r.outcome, Class::Failed(ErrorClass::Task));

@@ -331,12 +331,16 @@ fn finish(facts: &RunFacts<'_>, mut p: Parsed) -> RunReport {
             ExitKind::Signal(s) => format!("it was killed by signal {s}"),
         };
         let message = format!("{who} was stopped by mailroom (timeout, cancel or shutdown); {how}");
+        // What the CLI last said went wrong; a line of stderr only when it
+        // reads like an error (CLIs chatter there: "Reading additional input
+        // from stdin...", start-up notes), so that chatter is not named as
+        // the cause.
         let cause = match verdict {
             Verdict::Error { message, .. } => Some(message),
             Verdict::UnknownWith {
                 error_line: Some(l),
                 ..
-            } => Some(l),
+            } if reads_like_an_error(&l) => Some(l),
             _ => None,
         }
         .map(|c| short(&format!("{who}: {c}")));
@@ -515,6 +519,21 @@ pub(crate) fn error_line(channel: &str, answer: &str) -> Option<String> {
         .map(|l| l.to_string())
 }
 
+/// Whether a line a CLI printed says that something went wrong (for naming
+/// the cause of a run mailroom stopped), rather than being chatter.
+fn reads_like_an_error(line: &str) -> bool {
+    static ERRORISH: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(concat!(
+            r"(?i)\b(?:error|errors|fatal|fail(?:ed|ure|s)?|unable|refused|denied|",
+            r"reconnect\w*|connection|disconnected|timed out|timeout|invalid|",
+            r"unauthori[sz]ed|forbidden|rate.?limit\w*|quota|exceeded|overloaded|",
+            r"unavailable|panic\w*|exception)\b|\b[45]\d\d\b",
+        ))
+        .expect("error words pattern compiles")
+    });
+    ERRORISH.is_match(line)
+}
+
 static LIMIT: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(concat!(
         r"(?i)\b429\b|too many requests|rate[ _-]?limit|usage[ _-]?limit|",
@@ -609,19 +628,19 @@ pub(crate) fn hint(kind: &Kind, class: &ErrorClass, text: &str) -> String {
             "check the agent's command in mailroom.yaml against the CLI's --help"
         }
         (Kind::Claude, ErrorClass::Auth) => {
-            "set ANTHROPIC_API_KEY (or CLAUDE_CODE_OAUTH_TOKEN) in the supervisor's environment, or log in with `claude` as the supervisor's user"
+            "set ANTHROPIC_API_KEY (or CLAUDE_CODE_OAUTH_TOKEN) to a valid key, in the supervisor's environment or the agent's `env:` (one that is set was rejected), or log in with `claude` as the supervisor's user"
         }
         (Kind::Codex, ErrorClass::Auth) => {
-            "set CODEX_API_KEY (or the provider's env_key) in the supervisor's environment, or run `codex login` as the supervisor's user"
+            "set CODEX_API_KEY (or the provider's env_key) to a valid key, in the supervisor's environment or the agent's `env:` (one that is set was rejected), or run `codex login` as the supervisor's user"
         }
         (Kind::Gemini, ErrorClass::Auth) => {
-            "set GEMINI_API_KEY in the supervisor's environment and select the auth type (security.auth.selectedType in ~/.gemini/settings.json), or log in with `gemini`"
+            "set GEMINI_API_KEY to a valid key, in the supervisor's environment or the agent's `env:` (one that is set was rejected), and select the auth type (security.auth.selectedType in ~/.gemini/settings.json), or log in with `gemini`"
         }
         (Kind::Aider, ErrorClass::Auth) => {
             "set the model provider's key (OPENAI_API_KEY, ANTHROPIC_API_KEY, ...) in the supervisor's environment and let it through the environment allowlist"
         }
         (Kind::Cursor, ErrorClass::Auth) => {
-            "set CURSOR_API_KEY in the supervisor's environment, or run `cursor-agent login` as the supervisor's user"
+            "set CURSOR_API_KEY to a valid key, in the supervisor's environment or the agent's `env:` (one that is set was rejected), or run `cursor-agent login` as the supervisor's user"
         }
         (Kind::Generic(_), ErrorClass::Auth) => {
             "check the agent's credentials in the supervisor's environment"
@@ -773,6 +792,27 @@ pub(crate) mod testing {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_cause_is_a_line_that_reads_like_an_error() {
+        for chatter in [
+            "Reading additional input from stdin...",
+            "Ripgrep is not available. Falling back to GrepTool.",
+            "[STARTUP] Cannot measure phase 'cleanup_ops': start mark 'cleanup_ops' not found",
+            "Warning: 256-color support not detected.",
+        ] {
+            assert!(!super::reads_like_an_error(chatter), "{chatter}");
+        }
+        for error in [
+            "Reconnecting... waiting for network (Connection failed: error sending request)",
+            "API Error: 500 Internal server error",
+            "Unable to connect to API (ECONNREFUSED)",
+            "stream disconnected before completion",
+            "429 Too Many Requests",
+        ] {
+            assert!(super::reads_like_an_error(error), "{error}");
+        }
+    }
+
     use super::*;
 
     #[test]
