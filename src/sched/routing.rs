@@ -65,6 +65,17 @@ pub fn route(c: &Config, t: &Task, excluded: &[String]) -> Result<(Route, String
             excluded.join(", ")
         ));
     }
+    // Its first choice ruled out (it could not start, or failed the task):
+    // say that this is a fallback, not the first choice.
+    let reason = if agents[0] != first {
+        let out: Vec<&str> = excluded.iter().map(String::as_str).collect();
+        format!(
+            "fallback of {first} ({reason}), as {} was ruled out",
+            out.join(", ")
+        )
+    } else {
+        reason
+    };
     let reason = if agents.len() > 1 {
         format!("{reason}, then fallbacks {}", agents[1..].join(", "))
     } else {
@@ -128,13 +139,19 @@ mod tests {
 
     #[test]
     fn exclusions_move_to_the_next_fallback() {
-        let (r, _) = route(
+        let (r, why) = route(
             &cfg(),
             &task("description: x\nlabels: [heavy]\n"),
             &["codex".into()],
         )
         .unwrap();
         assert_eq!(r.agents, ["claude", "demo"]);
+        // The record says it is a fallback, and why.
+        assert!(
+            why.starts_with("fallback of codex (routing rule 1 (label heavy))")
+                && why.contains("as codex was ruled out, then fallbacks demo"),
+            "{why}"
+        );
         let all = ["codex".into(), "claude".into(), "demo".into()];
         assert!(route(&cfg(), &task("description: x\nlabels: [heavy]\n"), &all).is_err());
     }
