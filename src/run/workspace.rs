@@ -256,20 +256,60 @@ pub fn changed_in_worktree(path: &Path, base: &str) -> Vec<String> {
 }
 
 fn porcelain(dir: &Path) -> Vec<String> {
-    git(dir, &["status", "--porcelain", "--untracked-files=all"])
-        .map(|out| {
-            out.lines()
-                .filter_map(|l| l.get(3..))
-                .map(|p| {
-                    p.rsplit(" -> ")
-                        .next()
-                        .unwrap_or(p)
-                        .trim_matches('"')
-                        .to_owned()
-                })
-                .collect()
-        })
+    porcelain_lines(dir)
         .unwrap_or_default()
+        .iter()
+        .filter_map(|l| porcelain_path(l))
+        .collect()
+}
+
+/// `git status --porcelain` of `dir`, line by line (status and path).
+fn porcelain_lines(dir: &Path) -> Option<Vec<String>> {
+    git(dir, &["status", "--porcelain", "--untracked-files=all"])
+        .ok()
+        .map(|out| out.lines().map(str::to_owned).collect())
+}
+
+/// The path of a `git status --porcelain` line (a rename's new name).
+fn porcelain_path(line: &str) -> Option<String> {
+    let p = line.get(3..)?;
+    Some(
+        p.rsplit(" -> ")
+            .next()
+            .unwrap_or(p)
+            .trim_matches('"')
+            .to_owned(),
+    )
+}
+
+/// One entry of `git status` before a run: its line, and its file's
+/// modification time and size then (to tell whether the run changed it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dirty {
+    line: String,
+    stamp: Option<(i64, i64, u64)>,
+}
+
+fn stamp(dir: &Path, rel: &str) -> Option<(i64, i64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(dir.join(rel)).ok()?;
+    Some((m.mtime(), m.mtime_nsec(), m.len()))
+}
+
+/// What is already changed in the repository that holds the shared workdir
+/// `dir`, before a run; None outside any repository (no process starts
+/// then) or when git fails.
+pub fn dirty(dir: &Path) -> Option<Vec<Dirty>> {
+    git_toplevel(dir)?;
+    Some(
+        porcelain_lines(dir)?
+            .into_iter()
+            .map(|line| {
+                let stamp = porcelain_path(&line).and_then(|p| stamp(dir, &p));
+                Dirty { line, stamp }
+            })
+            .collect(),
+    )
 }
 
 /// Removes a worktree (the branch stays, with the agent's commits).
@@ -296,16 +336,20 @@ pub fn remove(path: &Path) -> bool {
 }
 
 /// `files_modified` for a shared workdir: the agent's `$MAILROOM_RESULT` if
-/// it wrote one, else (with `git_status`) `git status` of the workdir's
-/// repository (minus mailroom's own tree), else nothing. `overlapped`: other
-/// runs worked in the workdir meanwhile. No process starts for a workdir
-/// outside any repository.
+/// it wrote one, else (with `git_status`) what `git status` of the workdir's
+/// repository says changed during the run (minus mailroom's own tree): an
+/// entry that was not in `dirty_before` (the status before the run), or was
+/// but whose file's time or size changed, or is gone. Exact when no other
+/// run worked in the workdir meanwhile (`overlapped`) and the status before
+/// the run is known; else nothing. No process starts for a workdir outside
+/// any repository.
 pub fn shared_report(
     result_file: &Path,
     workdir: &Path,
     root: &Path,
     git_status: bool,
     overlapped: bool,
+    dirty_before: Option<&[Dirty]>,
 ) -> Report {
     let mut warning = None;
     match crate::tree::fsx::read_task_file(result_file, 1024 * 1024) {
@@ -347,14 +391,42 @@ pub fn shared_report(
                 .iter()
                 .any(|d| abs.starts_with(root.join(d)))
         };
+        let before: std::collections::HashMap<&str, &Dirty> = dirty_before
+            .unwrap_or_default()
+            .iter()
+            .map(|d| (d.line.as_str(), d))
+            .collect();
+        let after = porcelain_lines(workdir).unwrap_or_default();
+        let mut files: Vec<String> = after
+            .iter()
+            .filter_map(|l| {
+                let p = porcelain_path(l)?;
+                let same = before
+                    .get(l.as_str())
+                    .is_some_and(|d| d.stamp == stamp(workdir, &p));
+                (!same).then_some(p)
+            })
+            .collect();
+        // Changed before the run and clean after it: the run put it back.
+        let after_lines: std::collections::HashSet<&str> =
+            after.iter().map(String::as_str).collect();
+        let after_paths: std::collections::HashSet<String> =
+            after.iter().filter_map(|l| porcelain_path(l)).collect();
+        files.extend(
+            before
+                .keys()
+                .filter(|l| !after_lines.contains(*l))
+                .filter_map(|l| porcelain_path(l))
+                .filter(|p| !after_paths.contains(p)),
+        );
+        files.retain(|p| !ours(p));
+        files.sort();
+        files.dedup();
         return Report {
             kind: "shared".into(),
-            files_modified: porcelain(workdir)
-                .into_iter()
-                .filter(|p| !ours(p))
-                .collect(),
+            files_modified: files,
             source: "git-status".into(),
-            files_modified_exact: Some(!overlapped),
+            files_modified_exact: Some(!overlapped && dirty_before.is_some()),
             warning,
             ..Report::default()
         };

@@ -213,6 +213,7 @@ fn kept_workspace(
         cleanup: config.worktree_cleanup,
         result_file,
         workdir_use: None,
+        dirty_before: None,
     }
 }
 

@@ -41,6 +41,7 @@ pub(super) fn workspace_report(
             root,
             git_status,
             ws.workdir_use.as_ref().is_none_or(|u| u.overlapped()),
+            ws.dirty_before.as_deref(),
         ),
         Kind::Worktree => {
             let files = crate::run::workspace::changed_in_worktree(

@@ -48,6 +48,10 @@ pub(super) struct WorkspaceRun {
     /// A shared workdir's use by this run (None: a worktree, or a run
     /// adopted from another supervisor, whose overlaps are unknown).
     pub(super) workdir_use: Option<Arc<super::workdirs::WorkdirUse>>,
+    /// A shared workdir in a git repository: `git status` before the run,
+    /// so that what was already changed is not put down to it (None: not
+    /// taken, and the report cannot be exact).
+    pub(super) dirty_before: Option<Vec<crate::run::workspace::Dirty>>,
 }
 
 pub(super) fn path_str(p: &Path) -> String {
@@ -431,9 +435,18 @@ impl Job {
             cleanup: self.config.worktree_cleanup,
             result_file: run_dir.join("result.yaml"),
             workdir_use: None,
+            dirty_before: None,
         };
         if kind == crate::run::workspace::Kind::Shared {
             ws.workdir_use = Some(Arc::new(self.ctx.workdirs.enter(&workdir)));
+            if self.config.git_status {
+                let dir = workdir.clone();
+                ws.dirty_before =
+                    tokio::task::spawn_blocking(move || crate::run::workspace::dirty(&dir))
+                        .await
+                        .ok()
+                        .flatten();
+            }
             self.ws = Some(ws);
             return Ok(workdir);
         }

@@ -257,3 +257,27 @@ echo done"#;
         "{rec}"
     );
 }
+
+#[test]
+fn changes_made_before_a_run_are_not_put_down_to_it() {
+    // sub/old.txt and sub/keep.txt are untracked before any run: a run that
+    // writes new.txt lists new.txt only; one that appends to old.txt lists it.
+    let root = repo(
+        "default_agent: w\nagents:\n  w:\n    command: [sh, -c, \"case $MAILROOM_TASK in n) echo x > new.txt ;; o) echo more >> sub/old.txt ;; esac\"]\n",
+    );
+    root.write("sub/old.txt", "before\n");
+    root.write("sub/keep.txt", "before\n");
+    let root = root.task("n.yaml", "description: x\n");
+    root.run_until_idle();
+    let ws = root.record("completed", "n")["workspace"].clone();
+    assert_eq!(ws["files_modified"], serde_json::json!(["new.txt"]), "{ws}");
+    assert_eq!(ws["files_modified_exact"], true, "{ws}");
+    root.write("tasks/pending/o.yaml", "description: x\n");
+    root.run_until_idle();
+    let ws = root.record("completed", "o")["workspace"].clone();
+    assert_eq!(
+        ws["files_modified"],
+        serde_json::json!(["sub/old.txt"]),
+        "{ws}"
+    );
+}
