@@ -194,6 +194,8 @@ impl Job {
             .as_ref()
             .map(|r| (r.session_id.clone(), r.resumed, r.parent_session.clone()))
             .unwrap_or_default();
+        // A CLI that never started made no session of the name it was given.
+        let session_id = session_id.filter(|_| outcome != Outcome::Spawn);
         st.history.push(Attempt {
             attempt: st.attempts,
             agent: self.agent.name.clone(),

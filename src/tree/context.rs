@@ -181,7 +181,15 @@ pub fn merge(
             md.push_str(&format!("- error: {e}\n"));
         }
         md.push_str("\n---\n\n");
-        md.push_str(text);
+        if text.trim().is_empty() && rec.status == Status::Failed {
+            // Nothing to show (it never ran, or wrote nothing): say so
+            // rather than leave an empty section the next agent wonders at.
+            md.push_str(
+                "(no output: the task failed before its agent gave any; the error is above)\n",
+            );
+        } else {
+            md.push_str(text);
+        }
         if cut {
             md.push_str(&format!(
                 "\n\n[output truncated at {OUTPUT_CAP} bytes; the full output is in {}]\n",

@@ -156,6 +156,10 @@ fn missing_agent_command_fails_at_once_without_retries() {
             .contains("`no-such-agent-xyz` was not found on PATH"),
         "{rec}"
     );
+    // The next agent reads why, not an empty section.
+    let out = root.read("context/agent_outputs/m.md");
+    assert!(out.contains("was not found on PATH"), "{out}");
+    assert!(out.trim_end().ends_with("the error is above)"), "{out}");
 }
 
 #[test]
@@ -577,4 +581,20 @@ fn a_terminal_commit_moves_the_lock_and_the_state_file_into_the_run_directory() 
         assert_eq!(st["attempts"], 1, "{st}");
         assert_eq!(st["task"], t, "{st}");
     }
+}
+
+#[test]
+fn a_cli_that_never_started_records_no_session() {
+    // mailroom names claude's session before the start (--session-id); a
+    // binary that is not there made none, and the record must not name one.
+    let root = Root::new()
+        .config(
+            "retries: 0\nagents:\n  c:\n    kind: claude\n    command: [\"no-such-claude-xyz\", \"-p\", \"--output-format\", \"json\", \"--\", \"{prompt}\"]\n",
+        )
+        .task("s.yaml", "description: hi\n");
+    root.run_until_idle();
+    let rec = root.record("failed", "s");
+    assert_eq!(rec["outcome"], "spawn", "{rec}");
+    assert!(rec["session_id"].is_null(), "{rec}");
+    assert!(rec["history"][0]["session_id"].is_null(), "{rec}");
 }
