@@ -74,9 +74,30 @@ pub(super) fn stderr_tail(run_dir: &Path) -> String {
     };
     let s = String::from_utf8_lossy(&b);
     let s = s.trim();
-    let mut lines: Vec<&str> = s.lines().rev().take(3).collect();
+    let mut lines: Vec<&str> = s
+        .lines()
+        .rev()
+        .filter(|l| !l.trim().is_empty() && !is_chatter(l))
+        .take(3)
+        .collect();
     lines.reverse();
     lines.join(" | ")
+}
+
+/// Lines the agent CLIs print on stderr at every run, which say nothing
+/// about why one failed (codex's stdin and PATH notes, gemini's terminal
+/// and start-up notes): left out of a record's stderr tail.
+fn is_chatter(line: &str) -> bool {
+    const CHATTER: [&str; 6] = [
+        "Reading additional input from stdin",
+        "WARNING: proceeding, even though we could not create PATH aliases",
+        "Warning: Basic terminal detected",
+        "Warning: 256-color support not detected",
+        "Ripgrep is not available",
+        "[STARTUP] ",
+    ];
+    let l = line.trim_start();
+    CHATTER.iter().any(|c| l.starts_with(c))
 }
 
 impl Job {
@@ -473,5 +494,27 @@ fn annotate_last(
             }
             a.usage = (!rep.usage.is_empty()).then(|| rep.usage.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_stderr_tail_leaves_the_clis_chatter_out() {
+        let dir = std::env::temp_dir().join(format!("mailroom-tail-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // As codex 0.171 ends a failed run.
+        std::fs::write(
+            dir.join("stderr.log"),
+            "WARNING: proceeding, even though we could not create PATH aliases: x\n\
+             ERROR: stream disconnected before completion\n\
+             Reading additional input from stdin...\n",
+        )
+        .unwrap();
+        assert_eq!(
+            super::stderr_tail(&dir),
+            "ERROR: stream disconnected before completion"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
