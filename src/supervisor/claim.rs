@@ -445,7 +445,13 @@ impl Supervisor {
             }
             return None;
         }
-        if books::read_state(self.layout(), name).run.is_none() {
+        // No run named, and no state file lost beside an earlier run's
+        // directory (recovery writes such a state back): claim.
+        let layout = self.layout();
+        if books::read_state(layout, name).run.is_none()
+            && (std::fs::symlink_metadata(layout.state_file(name)).is_ok()
+                || layout.last_attempt(State::Assigned, name).is_none())
+        {
             return Some(lock);
         }
         match self.orphan_task_file(name) {

@@ -177,6 +177,11 @@ impl Supervisor {
         use crate::tree::moves::Verified;
         let layout = self.layout().clone();
         let mut st = books::read_state(&layout, name);
+        if st.run.is_none()
+            && let Some(rebuilt) = self.rebuild_lost_state(name)
+        {
+            st = rebuilt;
+        }
         let Some(run_id) = st.run.as_ref().and_then(|r| r.run_id.clone()) else {
             return PutBack::Nothing;
         };
@@ -311,6 +316,71 @@ impl Supervisor {
             return PutBack::Keep;
         }
         PutBack::Restored(ext.to_owned())
+    }
+
+    /// The state file of `name` is gone, but its latest attempt was started
+    /// by a keeper (`spec.json`) whose run no record names: its agent (as a
+    /// rule) deleted the state file during a run no supervisor saw end. The
+    /// run is written back into a new state file (attempt, run id, agent,
+    /// from the run directory) with `tampered` set, so that it is filed once
+    /// rather than taken for a task that never ran and run again. None when
+    /// there is a state file, or nothing shows that a run was started.
+    fn rebuild_lost_state(&mut self, name: &str) -> Option<TaskState> {
+        use crate::run::keeper;
+        let layout = self.layout().clone();
+        if std::fs::symlink_metadata(layout.state_file(name)).is_ok() {
+            return None;
+        }
+        let (n, dir) = layout.last_attempt(State::Assigned, name)?;
+        let (spec, _) = fsx::read_head(&dir.join(keeper::SPEC_FILE), 1024 * 1024).ok()?;
+        let spec: keeper::KeeperSpec = serde_json::from_slice(&spec).ok()?;
+        if crate::tree::recovery::records(&layout, name)
+            .iter()
+            .any(|(_, r)| r.task == name && r.run_id == spec.run_id)
+        {
+            return None;
+        }
+        // The agent's name is its slot's: `tasks/slots/<agent>.<n>.lock`.
+        let agent = spec
+            .slot_paths
+            .first()
+            .and_then(|p| p.file_name()?.to_str())
+            .and_then(|f| f.strip_suffix(".lock"))
+            .and_then(|f| f.rsplit_once('.'))
+            .map(|(a, _)| a.to_owned())
+            .unwrap_or_default();
+        let started_at = keeper::info_any(&dir)
+            .map(|k| k.started_at)
+            .unwrap_or_else(record::now);
+        let why = format!(
+            "its state file {} was deleted during a run no supervisor saw end (attempt {n}, \
+             rebuilt from its run directory)",
+            layout.rel(&layout.state_file(name))
+        );
+        let st = TaskState {
+            version: crate::model::record::PROTOCOL_VERSION,
+            task: name.to_owned(),
+            attempts: n,
+            run: Some(RunInfo {
+                attempt: n,
+                agent,
+                host: self.ctx.host.clone(),
+                supervisor_pid: 0,
+                supervisor_start: 0,
+                deadline: started_at.clone(),
+                started_at,
+                run_id: Some(spec.run_id),
+                ..RunInfo::default()
+            }),
+            tampered: Some(why.clone()),
+            ..TaskState::default()
+        };
+        if let Err(e) = books::write_state(&layout, &st) {
+            error!(task = name, error = %e, "cannot write back the state file its agent deleted");
+            return None;
+        }
+        warn!(task = name, "{why}");
+        Some(st)
     }
 
     /// Whether the run of `name`, whose lock was free, still goes on here

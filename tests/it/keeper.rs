@@ -332,6 +332,7 @@ case "$ACT" in
   edit-in-place) printf 'description: EDITED by the agent\n' 1<> "$MAILROOM_TASK_FILE" ;;
   to-pending) mv "$MAILROOM_TASK_FILE" "$MAILROOM_ROOT/tasks/pending/" ;;
   rm-run-dir) rm -rf "$a.run" ;;
+  rm-state) rm -f "$a.state.json" ;;
   rm-lock-to-pending)
     rm -f "$a.lock"
     mv "$MAILROOM_TASK_FILE" "$MAILROOM_ROOT/tasks/pending/" ;;
@@ -860,6 +861,30 @@ fn a_run_directory_its_agent_removed_while_no_supervisor_watched_is_tampered_not
             .as_str()
             .unwrap()
             .contains("its run directory tasks/assigned/o.run/1 was removed or moved"),
+        "{rec}"
+    );
+}
+
+#[test]
+fn a_state_file_its_agent_deleted_while_no_supervisor_watched_is_rebuilt_not_rerun() {
+    // Without its state file the run looked like a task that never ran: its
+    // finished run ran again and its attempts started over. The run
+    // directory's spec.json shows the run: the state is written back, and
+    // the run is filed once, as tampered.
+    let root = tamperer_root("rm-state", 0);
+    let _cleanup = killed_mid_run(&root);
+    end_unwatched(&root);
+    assert!(!root.exists("tasks/assigned/o.state.json"));
+    root.run_until_idle_within(Duration::from_secs(60));
+    assert_started_once(&root);
+    let rec = root.record("failed", "o");
+    assert_eq!(rec["outcome"], "tampered", "{rec}");
+    assert_eq!(rec["attempts"], 1, "{rec}");
+    assert!(
+        rec["error"]
+            .as_str()
+            .unwrap()
+            .contains("its state file tasks/assigned/o.state.json was deleted"),
         "{rec}"
     );
 }
