@@ -56,11 +56,7 @@ impl Supervisor {
         let (name_owned, run_id) = (name.to_owned(), k.run_id.clone());
         // When the keeper should have ended the run at the latest: its
         // deadline and the agent's grace (as configured now).
-        let grace = self
-            .config
-            .agents
-            .get(&agent)
-            .map_or(Duration::from_secs(10), |a| a.grace);
+        let grace = self.agent_grace(&agent);
         let overdue = st
             .run
             .as_ref()
@@ -235,18 +231,8 @@ async fn wait_for_keeper(
         }
         if overdue.is_some_and(|o| SystemTime::now() >= o)
             && continued.is_none_or(|t| t.elapsed() >= Duration::from_secs(5))
-            && super::job::keeper_stopped(pid)
+            && super::job::continue_if_stopped(name, pid)
         {
-            warn!(
-                task = name,
-                keeper = pid,
-                "the adopted run is past its timeout and its keeper is stopped (SIGSTOP?); \
-                 continuing it"
-            );
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGCONT,
-            );
             continued = Some(tokio::time::Instant::now());
         }
         tokio::select! {

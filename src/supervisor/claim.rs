@@ -448,11 +448,10 @@ impl Supervisor {
         // No run named, and no state file lost beside an earlier run's
         // directory (recovery writes such a state back): claim.
         let layout = self.layout();
-        if books::read_state(layout, name).run.is_none()
-            && (std::fs::symlink_metadata(layout.state_file(name)).is_ok()
-                || layout.last_attempt(State::Assigned, name).is_none())
-        {
-            return Some(lock);
+        match books::state_if_any(layout, name) {
+            Some(st) if st.run.is_none() => return Some(lock),
+            None if layout.last_attempt(State::Assigned, name).is_none() => return Some(lock),
+            _ => {}
         }
         match self.orphan_task_file(name) {
             PutBack::Nothing => Some(lock),

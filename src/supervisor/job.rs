@@ -188,17 +188,7 @@ impl Job {
             tokio::select! {
                 st = child.wait() => break st,
                 _ = watch.tick() => {
-                    if keeper_stopped(pid) {
-                        warn!(
-                            task = %self.name,
-                            keeper = pid,
-                            "the run is past its timeout and its keeper is stopped (SIGSTOP?); continuing it"
-                        );
-                        let _ = nix::sys::signal::kill(
-                            nix::unistd::Pid::from_raw(pid as i32),
-                            nix::sys::signal::Signal::SIGCONT,
-                        );
-                    }
+                    continue_if_stopped(&self.name, pid);
                 }
                 r = stop.changed(), if listening => match r {
                     Ok(()) => {
@@ -725,8 +715,21 @@ impl Job {
     }
 }
 
-/// Whether process `pid` is stopped (by a signal or a tracer), from
-/// `/proc/<pid>/stat`.
-pub(super) fn keeper_stopped(pid: u32) -> bool {
-    books::proc_state(pid).is_some_and(|(state, _)| matches!(state, 'T' | 't'))
+/// The keeper `pid` of an overdue run, found stopped (by a signal or a
+/// tracer, from `/proc/<pid>/stat`), is sent SIGCONT, so that it enforces
+/// the timeout. Returns whether it was.
+pub(super) fn continue_if_stopped(task: &str, pid: u32) -> bool {
+    if !books::proc_state(pid).is_some_and(|(state, _)| matches!(state, 'T' | 't')) {
+        return false;
+    }
+    warn!(
+        task,
+        keeper = pid,
+        "the run is past its timeout and its keeper is stopped (SIGSTOP?); continuing it"
+    );
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGCONT,
+    );
+    true
 }

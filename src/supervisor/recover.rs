@@ -176,12 +176,12 @@ impl Supervisor {
     fn verify_task_file(&mut self, name: &str) -> PutBack {
         use crate::tree::moves::Verified;
         let layout = self.layout().clone();
-        let mut st = books::read_state(&layout, name);
-        if st.run.is_none()
-            && let Some(rebuilt) = self.rebuild_lost_state(name)
-        {
-            st = rebuilt;
-        }
+        let mut st = match books::state_if_any(&layout, name) {
+            Some(st) => st,
+            None => self
+                .rebuild_lost_state(name)
+                .unwrap_or_else(|| books::fresh_state(name)),
+        };
         let Some(run_id) = st.run.as_ref().and_then(|r| r.run_id.clone()) else {
             return PutBack::Nothing;
         };
@@ -318,19 +318,16 @@ impl Supervisor {
         PutBack::Restored(ext.to_owned())
     }
 
-    /// The state file of `name` is gone, but its latest attempt was started
-    /// by a keeper (`spec.json`) whose run no record names: its agent (as a
-    /// rule) deleted the state file during a run no supervisor saw end. The
-    /// run is written back into a new state file (attempt, run id, agent,
-    /// from the run directory) with `tampered` set, so that it is filed once
-    /// rather than taken for a task that never ran and run again. None when
-    /// there is a state file, or nothing shows that a run was started.
+    /// `name` has no state file, but its latest attempt was started by a
+    /// keeper (`spec.json`) whose run no record names: its agent (as a rule)
+    /// deleted the state file during a run no supervisor saw end. The run is
+    /// written back into a new state file (attempt, run id, agent, from the
+    /// run directory) with `tampered` set, so that it is filed once rather
+    /// than taken for a task that never ran and run again. None when nothing
+    /// shows that a run was started.
     fn rebuild_lost_state(&mut self, name: &str) -> Option<TaskState> {
         use crate::run::keeper;
         let layout = self.layout().clone();
-        if std::fs::symlink_metadata(layout.state_file(name)).is_ok() {
-            return None;
-        }
         let (n, dir) = layout.last_attempt(State::Assigned, name)?;
         let (spec, _) = fsx::read_head(&dir.join(keeper::SPEC_FILE), 1024 * 1024).ok()?;
         let spec: keeper::KeeperSpec = serde_json::from_slice(&spec).ok()?;
@@ -358,8 +355,6 @@ impl Supervisor {
             layout.rel(&layout.state_file(name))
         );
         let st = TaskState {
-            version: crate::model::record::PROTOCOL_VERSION,
-            task: name.to_owned(),
             attempts: n,
             run: Some(RunInfo {
                 attempt: n,
@@ -373,7 +368,7 @@ impl Supervisor {
                 ..RunInfo::default()
             }),
             tampered: Some(why.clone()),
-            ..TaskState::default()
+            ..books::fresh_state(name)
         };
         if let Err(e) = books::write_state(&layout, &st) {
             error!(task = name, error = %e, "cannot write back the state file its agent deleted");
@@ -426,16 +421,21 @@ impl Supervisor {
             .then(|| books::same_process(run.supervisor_pid, run.supervisor_start))
     }
 
+    /// The `grace` of `agent` as configured now; 10 s for one that is not
+    /// (an adopted or orphaned run of an agent since removed).
+    pub(super) fn agent_grace(&self, agent: &str) -> Duration {
+        self.config
+            .agents
+            .get(agent)
+            .map_or(Duration::from_secs(10), |a| a.grace)
+    }
+
     /// Stops (in threads of their own: SIGTERM, the grace of `agent` as
     /// configured here, 10 s without one, SIGKILL) every agent process group
     /// of `name` found through `/proc`, each once per supervisor process.
     /// Returns how many groups were found.
     fn stop_agents_of(&mut self, name: &str, agent: &str, why: &str) -> usize {
-        let grace = self
-            .config
-            .agents
-            .get(agent)
-            .map_or(Duration::from_secs(10), |a| a.grace);
+        let grace = self.agent_grace(agent);
         let groups = runner::find_agent_groups(&self.ctx.layout.root, name);
         for &(pgid, start) in &groups {
             if self.stopping_agents.insert((pgid, start)) {

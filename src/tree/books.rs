@@ -14,21 +14,32 @@ use crate::tree::layout::{Layout, State};
 
 /// Reads a task's state file; a missing one is a fresh state.
 pub fn read_state(layout: &Layout, name: &str) -> TaskState {
-    let fresh = || TaskState {
-        version: crate::model::record::PROTOCOL_VERSION,
-        task: name.to_owned(),
-        ..TaskState::default()
-    };
+    state_if_any(layout, name).unwrap_or_else(|| fresh_state(name))
+}
+
+/// A task's state file, or None when there is none (an unreadable one is a
+/// fresh state).
+pub fn state_if_any(layout: &Layout, name: &str) -> Option<TaskState> {
     let mut st = match fs::read(layout.state_file(name)) {
         Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
             tracing::warn!(task = name, error = %e, "state file is unreadable; starting it afresh");
-            fresh()
+            fresh_state(name)
         }),
-        Err(_) => fresh(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(_) => fresh_state(name),
     };
     // The name is the identity; never trust one read from a file.
     st.task = name.to_owned();
-    st
+    Some(st)
+}
+
+/// The state of a task that never ran.
+pub fn fresh_state(name: &str) -> TaskState {
+    TaskState {
+        version: crate::model::record::PROTOCOL_VERSION,
+        task: name.to_owned(),
+        ..TaskState::default()
+    }
 }
 
 /// The usage-limit cooldowns in force, from `tasks/cooldowns/<agent>.json`,
