@@ -31,6 +31,14 @@ pub enum Cancelled {
 /// running one a marker in `tasks/control/cancel/` asks its supervisor to
 /// stop the agent (the CLI's and the dashboard's cancel).
 pub fn cancel_task(layout: &crate::tree::layout::Layout, name: &str) -> Result<Cancelled> {
+    cancel_tree(layout, name).map(|(done, _)| done)
+}
+
+/// [`cancel_task`], and the unfinished subtasks of `name` cancelled with it.
+pub fn cancel_tree(
+    layout: &crate::tree::layout::Layout,
+    name: &str,
+) -> Result<(Cancelled, Vec<String>)> {
     check_task_name(name)?;
     let mut seen = std::collections::HashSet::new();
     cancel_with_children(layout, name, &mut seen)
@@ -42,7 +50,7 @@ fn cancel_with_children(
     layout: &crate::tree::layout::Layout,
     name: &str,
     seen: &mut std::collections::HashSet<String>,
-) -> Result<Cancelled> {
+) -> Result<(Cancelled, Vec<String>)> {
     seen.insert(name.to_owned());
     let children = unfinished_children(layout, name);
     let done = cancel_one(layout, name)?;
@@ -51,12 +59,12 @@ fn cancel_with_children(
             let _ = cancel_with_children(layout, c, seen);
         }
     }
-    Ok(done)
+    Ok((done, children))
 }
 
 /// The subtasks of `name` (expanded, per its state file) still in
 /// `pending/` or `assigned/`.
-pub fn unfinished_children(layout: &crate::tree::layout::Layout, name: &str) -> Vec<String> {
+fn unfinished_children(layout: &crate::tree::layout::Layout, name: &str) -> Vec<String> {
     let mut v = books::read_state(layout, name).children;
     v.retain(|c| {
         c != name
@@ -98,20 +106,17 @@ fn cancel_one(layout: &crate::tree::layout::Layout, name: &str) -> Result<Cancel
 }
 
 /// `mailroom cancel NAME...`: every cancel is made first (pending tasks
-/// filed, markers written for running ones), then the running ones are
-/// waited for together, up to `within`. Exit 1 if any could not be
-/// cancelled or was not stopped in time.
+/// filed at once, markers written for running ones, a parent's unfinished
+/// subtasks with it), then the running ones are waited for together, up to
+/// `within`. Exit 1 if any could not be cancelled or no supervisor acted in
+/// time; with one name, its error is the command's.
 pub fn cancel_all(root: &Path, names: &[String], within: Duration) -> Result<ExitCode> {
-    if let [one] = names {
-        return cancel(root, one, within);
-    }
     let layout = open_tree(root)?;
     let mut ok = true;
     let mut asked = Vec::new();
     for n in names {
-        let children = unfinished_children(&layout, n);
-        match cancel_task(&layout, n) {
-            Ok(done) => {
+        match cancel_tree(&layout, n) {
+            Ok((done, children)) => {
                 if !children.is_empty() {
                     println!(
                         "{n}: its unfinished subtasks are cancelled too: {}",
@@ -123,6 +128,7 @@ pub fn cancel_all(root: &Path, names: &[String], within: Duration) -> Result<Exi
                     Cancelled::Filed(_) => println!("{n}: cancelled (it had not started)"),
                 }
             }
+            Err(e) if names.len() == 1 => return Err(e),
             Err(e) => {
                 eprintln!("mailroom: {n}: {e:#}");
                 ok = false;
@@ -130,6 +136,8 @@ pub fn cancel_all(root: &Path, names: &[String], within: Duration) -> Result<Exi
         }
     }
     let until = Instant::now() + within;
+    // Gone from every state directory: nobody filed it, so nobody acted.
+    let mut unacted = Vec::new();
     while !asked.is_empty() {
         asked.retain(|n| match layout.locate(n) {
             Some((State::Pending | State::Assigned, _, _)) => true,
@@ -137,14 +145,18 @@ pub fn cancel_all(root: &Path, names: &[String], within: Duration) -> Result<Exi
                 println!("{n}: cancelled ({})", s.dir_name());
                 false
             }
-            None => false,
+            None => {
+                unacted.push(n.clone());
+                false
+            }
         });
         if asked.is_empty() || Instant::now() >= until {
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    for n in &asked {
+    unacted.append(&mut asked);
+    for n in &unacted {
         eprintln!(
             "mailroom: cancel of `{n}` requested, but no supervisor acted on it within {} \
              (is one running on this tree?); the request stays in tasks/control/cancel/",
@@ -157,43 +169,6 @@ pub fn cancel_all(root: &Path, names: &[String], within: Duration) -> Result<Exi
     } else {
         ExitCode::FAILURE
     })
-}
-
-/// `mailroom cancel NAME`: a pending task is filed as cancelled at once; for
-/// a running one a marker asks its supervisor to stop the agent, and this
-/// waits (up to `within`) until it has.
-pub fn cancel(root: &Path, name: &str, within: Duration) -> Result<ExitCode> {
-    let layout = open_tree(root)?;
-    let children = unfinished_children(&layout, name);
-    let done = cancel_task(&layout, name)?;
-    if !children.is_empty() {
-        println!(
-            "{name}: its unfinished subtasks are cancelled too: {}",
-            children.join(", ")
-        );
-    }
-    if done != Cancelled::Requested {
-        println!("{name}: cancelled (it had not started)");
-        return Ok(ExitCode::SUCCESS);
-    }
-    let until = Instant::now() + within;
-    while Instant::now() < until {
-        match layout.locate(name) {
-            Some((State::Pending | State::Assigned, _, _)) => {}
-            Some((s, _, _)) => {
-                println!("{name}: cancelled ({})", s.dir_name());
-                return Ok(ExitCode::SUCCESS);
-            }
-            None => break,
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    eprintln!(
-        "mailroom: cancel of `{name}` requested, but no supervisor acted on it within {} \
-         (is one running on this tree?); the request stays in tasks/control/cancel/",
-        humantime::format_duration(within)
-    );
-    Ok(ExitCode::FAILURE)
 }
 
 /// `mailroom pause|resume [--agent A]`.
