@@ -241,12 +241,7 @@ pub fn queue_outbox(
         // Its parent is the task that wrote it: the runaway limits find its
         // tree through that link, and a `parent` of its own (a task that
         // does not exist, or another tree's) would start a tree afresh.
-        let named = if ext == "md" {
-            task::parse_markdown(name, text.as_bytes()).map(|t| t.parent)
-        } else {
-            task::parse(name, text.as_bytes()).map(|t| t.parent)
-        };
-        if let Ok(Some(p)) = named
+        if let Ok(Some(p)) = task::parse_as(name, ext, text.as_bytes()).map(|t| t.parent)
             && p != parent
         {
             done.refused.push(format!(
