@@ -20,6 +20,7 @@ fn main() -> ExitCode {
     if let (Some(_), Some(cmd), Some(dir), None) =
         (args.next(), args.next(), args.next(), args.next())
         && cmd == "keeper"
+        && !dir.as_encoded_bytes().starts_with(b"-")
     {
         return ExitCode::from(mailroom::run::keeper::main(std::path::Path::new(&dir)));
     }

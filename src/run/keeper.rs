@@ -54,6 +54,10 @@ pub struct KeeperSpec {
     /// supervisor handed over as the keeper's stderr.
     #[serde(default)]
     pub tree_slot: Option<PathBuf>,
+    /// Give the agent a private `TMPDIR` (`run::process::PrivateTmp`),
+    /// removed once the agent and what it left behind are gone.
+    #[serde(default)]
+    pub private_tmp: bool,
 }
 
 fn yes() -> bool {
@@ -270,13 +274,16 @@ pub fn main(run_dir: &Path) -> u8 {
         log.say(&format!("cannot write {INFO_FILE}: {e}"));
     }
     let started = SystemTime::now();
-    let end = run(&spec, &mut stops);
+    let mut agent = output_spec(&spec);
+    let tmp = crate::run::process::PrivateTmp::for_spec(&mut agent, |m| log.say(&m));
+    let end = crate::run::blocking::run(&mut agent, &spec.root, &mut stops);
     let stopped_by = match end {
         RunEnd::Stopped(_) | RunEnd::Cancelled(_) => stops.sender(),
         _ => None,
     };
     let grace = Duration::from_millis(spec.grace_ms);
     let leftovers_stopped = stop_leftovers(grace);
+    drop(tmp);
     if leftovers_stopped > 0 && matches!(end, RunEnd::OutputLimit(..)) {
         // They wrote on through the agent's descriptors after the cut.
         crate::run::process::cut_outputs(&output_spec(&spec));
@@ -366,11 +373,6 @@ fn write_json<T: Serialize>(path: &Path, v: &T) -> std::io::Result<()> {
 }
 
 /// Starts and watches the agent (blocking; see `run::blocking`).
-fn run(spec: &KeeperSpec, stops: &mut crate::run::blocking::Stops) -> RunEnd {
-    let mut s = output_spec(spec);
-    crate::run::blocking::run(&mut s, &spec.root, stops)
-}
-
 /// The run's [`Spec`] as the keeper runs it.
 fn output_spec(spec: &KeeperSpec) -> Spec {
     Spec {
@@ -387,6 +389,7 @@ fn output_spec(spec: &KeeperSpec) -> Spec {
         // The agent never gets the lock: its stdin is /dev/null.
         stdin: None,
         max_output: spec.max_output,
+        private_tmp: spec.private_tmp,
     }
 }
 

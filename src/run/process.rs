@@ -95,6 +95,112 @@ pub struct Spec {
     /// lock is held for as long as the agent lives. None: stdin is /dev/null.
     pub stdin: Option<std::fs::File>,
     pub max_output: u64,
+    /// Give the agent a [`PrivateTmp`] as `TMPDIR` (unless its `env` sets one).
+    pub private_tmp: bool,
+}
+
+/// A run's own temporary directory, `$TMPDIR/mailroom-run.<pid>.<random>`
+/// (mode 0700), passed to the agent as `TMPDIR` and removed with everything
+/// in it when dropped, after the agent and whatever it left behind are gone.
+/// What an agent CLI drops into a temp directory (a crash dump holding the
+/// prompt, a shell snapshot) is then neither readable by other users of the
+/// host nor left behind.
+#[derive(Debug)]
+pub struct PrivateTmp(PathBuf);
+
+impl PrivateTmp {
+    /// Makes the directory under this process's temp directory. A name
+    /// that exists (planted, or a leftover of a pid reused) is never taken.
+    pub fn create() -> std::io::Result<PrivateTmp> {
+        use std::os::unix::fs::DirBuilderExt;
+        let base = std::env::temp_dir();
+        let mut last = None;
+        for _ in 0..8 {
+            let mut r = [0u8; 8];
+            // SAFETY: getrandom writes at most `r.len()` bytes into `r`.
+            let n = unsafe { libc::getrandom(r.as_mut_ptr().cast(), r.len(), 0) };
+            if n != r.len() as isize {
+                let t = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                r = (t.as_nanos() as u64).to_le_bytes();
+            }
+            let dir = base.join(format!(
+                "mailroom-run.{}.{:016x}",
+                std::process::id(),
+                u64::from_le_bytes(r)
+            ));
+            match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+                Ok(()) => return Ok(PrivateTmp(dir)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| std::io::Error::other("no free name")))
+    }
+
+    /// Makes it for a run whose spec asks for one and puts it in the spec's
+    /// environment. A temp directory that cannot be made is no reason to
+    /// fail the run: the agent then gets the `TMPDIR` it would have had,
+    /// and `warn` hears why.
+    pub fn for_spec(spec: &mut Spec, warn: impl FnOnce(String)) -> Option<PrivateTmp> {
+        if !spec.private_tmp || spec.env.iter().any(|(k, _)| k == "TMPDIR") {
+            return None;
+        }
+        match PrivateTmp::create() {
+            Ok(t) => {
+                spec.env
+                    .push(("TMPDIR".into(), t.0.to_string_lossy().into_owned()));
+                Some(t)
+            }
+            Err(e) => {
+                warn(format!(
+                    "cannot make the run's private temp directory in {}: {e}; \
+                     the agent gets the shared one",
+                    std::env::temp_dir().display()
+                ));
+                None
+            }
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for PrivateTmp {
+    fn drop(&mut self) {
+        // remove_dir_all does not follow links: a directory the agent
+        // swapped for a link only loses the link.
+        if let Err(e) = std::fs::remove_dir_all(&self.0)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            // An agent that made something in it unremovable (a directory
+            // without write permission): open it up, then try once more.
+            open_up(&self.0, 0);
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// Gives this user every permission on `dir` and the directories below it
+/// (links are not followed), so that they can be removed.
+fn open_up(dir: &Path, depth: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    // set_permissions follows links: never through one.
+    if !std::fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
+        return;
+    }
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    if depth > 64 {
+        return;
+    }
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            open_up(&e.path(), depth + 1);
+        }
+    }
 }
 
 /// Values for the command's placeholders.
@@ -572,6 +678,32 @@ pub fn kill_orphan_group(pgid: u32, grace: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A private temp directory that its agent swapped for a link to
+    /// another directory: dropping it removes the link, nothing behind it.
+    #[test]
+    fn a_private_tmp_swapped_for_a_link_loses_only_the_link() {
+        let t = PrivateTmp::create().unwrap();
+        let path = t.path().to_path_buf();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        let victim = std::env::temp_dir().join(format!("mailroom-victim-{}", std::process::id()));
+        std::fs::create_dir_all(victim.join("sub")).unwrap();
+        std::fs::write(victim.join("sub/keep"), "x").unwrap();
+        std::fs::remove_dir(&path).unwrap();
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        drop(t);
+        assert!(std::fs::symlink_metadata(&path).is_err(), "the link stays");
+        assert!(victim.join("sub/keep").exists(), "removed through the link");
+        let mode = std::fs::metadata(victim.join("sub"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_ne!(mode, 0o700, "permissions changed through the link");
+        std::fs::remove_dir_all(&victim).unwrap();
+    }
 
     fn v() -> Vars {
         Vars {

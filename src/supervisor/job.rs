@@ -116,13 +116,19 @@ impl Job {
         } else {
             // Protocol version 1: the agent itself carries the lock.
             spec.stdin = self.lock.share().ok();
-            match runner::spawn(&mut spec, &layout.root) {
+            let name = &self.name;
+            let tmp = runner::PrivateTmp::for_spec(&mut spec, |m| warn!(task = %name, "{m}"));
+            let end = match runner::spawn(&mut spec, &layout.root) {
                 Ok(child) => {
                     info!(task = %self.name, agent = %self.agent.name, attempt = st.attempts, pid = child.pid, "spawned");
                     runner::wait(child, &spec, stop).await
                 }
                 Err(end) => end,
+            };
+            if let Some(t) = tmp {
+                let _ = tokio::task::spawn_blocking(move || drop(t)).await;
             }
+            end
         };
         self.finish(st, end, (started, None)).await
     }
@@ -162,6 +168,7 @@ impl Job {
             grace_ms: spec.grace.as_millis().min(u64::MAX as u128) as u64,
             max_output: spec.max_output,
             durable: self.config.durable,
+            private_tmp: spec.private_tmp,
         };
         let failed = |error: String| RunEnd::SpawnFailed {
             error,
@@ -505,6 +512,8 @@ impl Job {
             stdin: None,
             inherit: self.config.env.clone(),
             max_output: self.config.max_output_bytes,
+            // An agent whose `env` names its TMPDIR keeps it.
+            private_tmp: !self.agent.env.iter().any(|(k, _)| k == "TMPDIR"),
         }
     }
 

@@ -598,3 +598,79 @@ fn a_cli_that_never_started_records_no_session() {
     assert!(rec["session_id"].is_null(), "{rec}");
     assert!(rec["history"][0]["session_id"].is_null(), "{rec}");
 }
+
+/// Each run gets a TMPDIR of its own (mode 0700, under mailroom's), removed
+/// with whatever the agent left in it, even a directory it made unreadable;
+/// an agent whose `env` names a TMPDIR keeps that one. With and without keepers.
+#[test]
+fn each_run_gets_a_private_tmpdir_removed_afterwards() {
+    let script = r#"d="$MAILROOM_ROOT/$MAILROOM_TASK.tmpdir"
+printf '%s\n' "$TMPDIR" > "$d"; stat -c %a "$TMPDIR" >> "$d"
+mkdir "$TMPDIR/locked" && echo secret > "$TMPDIR/locked/f" && chmod 000 "$TMPDIR/locked""#;
+    for keeper in [true, false] {
+        let root = Root::new().config(&format!(
+            "retry_delay: 50ms\nsettle: 300ms\nrun_keeper: {keeper}\ndefault_agent: a\nagents:\n  a:\n    command: [sh, -c, {s}]\n  \
+             own:\n    command: [sh, -c, {s}]\n    env: {{TMPDIR: {own}}}\n",
+            s = serde_json::to_string(script).unwrap(),
+            own = serde_json::to_string(&root_tmp_own()).unwrap(),
+        ));
+        let base = root.p("systmp");
+        std::fs::create_dir(&base).unwrap();
+        std::fs::create_dir_all(root_tmp_own()).unwrap();
+        root.write("tasks/pending/t.yaml", "description: x\n");
+        root.write("tasks/pending/o.yaml", "description: x\nagent: own\n");
+        let mut c = root.cmd(&["run", "--exit-when-idle"]);
+        c.env("TMPDIR", &base);
+        let out = run_bounded(c, Duration::from_secs(60));
+        assert!(out.status.success(), "{}", stderr(&out));
+        let mut names = root.names("completed");
+        names.sort();
+        assert_eq!(names, vec!["o", "t"], "keeper {keeper}: {}", stderr(&out));
+        let seen = root.read("t.tmpdir");
+        let mut lines = seen.lines();
+        let dir = std::path::PathBuf::from(lines.next().unwrap());
+        assert_eq!(
+            dir.parent(),
+            Some(base.as_path()),
+            "keeper {keeper}: {seen}"
+        );
+        assert!(
+            dir.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("mailroom-run."),
+            "{seen}"
+        );
+        assert_eq!(lines.next(), Some("700"), "keeper {keeper}: {seen}");
+        assert!(
+            !dir.exists(),
+            "keeper {keeper}: {} left behind",
+            dir.display()
+        );
+        assert_eq!(
+            std::fs::read_dir(&base).unwrap().count(),
+            0,
+            "keeper {keeper}: something left in the base temp directory"
+        );
+        // The agent that names its own TMPDIR gets it, untouched.
+        let own = root.read("o.tmpdir");
+        assert_eq!(own.lines().next(), Some(root_tmp_own().as_str()), "{own}");
+        assert!(
+            std::path::Path::new(&root_tmp_own())
+                .join("locked")
+                .exists()
+        );
+        let _ = std::process::Command::new("chmod")
+            .args(["-R", "u+rwx", &root_tmp_own()])
+            .status();
+        let _ = std::fs::remove_dir_all(root_tmp_own());
+    }
+}
+
+fn root_tmp_own() -> String {
+    format!(
+        "{}/mailroom-test-own-tmp-{}",
+        std::env::temp_dir().display(),
+        std::process::id()
+    )
+}

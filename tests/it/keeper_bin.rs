@@ -261,3 +261,33 @@ fn a_small_binary_replaced_under_a_running_supervisor_is_not_used() {
     assert_eq!(warnings.len(), 1, "{text}");
     assert!(warnings[0].contains("WARN"), "{text}");
 }
+
+/// `--help` to either keeper says what it is instead of taking `--help` for
+/// a run directory.
+#[test]
+fn keeper_help_says_what_it_is() {
+    let out = run_bounded(
+        {
+            let mut c = Command::new(BIN);
+            c.args(["keeper", "--help"]);
+            c
+        },
+        Duration::from_secs(30),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("RUN_DIR"), "{}", stdout(&out));
+    let out = run_bounded(
+        {
+            let mut c = Command::new(KEEPER_BIN);
+            c.arg("--help");
+            c
+        },
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("usage: mailroom-keeper RUN_DIR"),
+        "{}",
+        stderr(&out)
+    );
+}
