@@ -206,15 +206,19 @@ pub fn show(root: &Path, name: &str, json: bool) -> Result<()> {
             Some(false) => "gone",
             None => "on another host",
         };
+        // A run without a keeper (`run_keeper: false`, a version-1 tool, or
+        // one whose keeper has not yet said who it is) has no keeper pid.
+        let keeper = match r["keeper_pid"].as_u64() {
+            Some(pid) => format!("keeper pid {pid} ({})", alive(&r["keeper_alive"])),
+            None => "no keeper".into(),
+        };
         println!(
-            "run:   attempt {} on {} (host {}), supervisor pid {} ({}), keeper pid {} ({}), since {}",
+            "run:   attempt {} on {} (host {}), supervisor pid {} ({}), {keeper}, since {}",
             r["attempt"],
             r["agent"].as_str().unwrap_or("?"),
             r["host"].as_str().unwrap_or("?"),
             r["supervisor_pid"],
             alive(&r["supervisor_alive"]),
-            r["keeper_pid"],
-            alive(&r["keeper_alive"]),
             r["started_at"].as_str().unwrap_or("?")
         );
     }

@@ -888,3 +888,20 @@ fn a_state_file_its_agent_deleted_while_no_supervisor_watched_is_rebuilt_not_rer
         "{rec}"
     );
 }
+
+/// `show` of a run without a keeper (`run_keeper: false`) says so, rather
+/// than a keeper pid `null` on another host.
+#[test]
+fn show_of_a_run_without_a_keeper_says_no_keeper() {
+    let root = waiter_root("run_keeper: false");
+    let _sup = root.spawn();
+    let pid = started(&root);
+    let _cleanup = KillGroupOnDrop(pid);
+    let shown = stdout(&root.mailroom(&["show", "o"]));
+    assert!(shown.contains("(alive), no keeper, since"), "{shown}");
+    assert!(!shown.contains("null"), "{shown}");
+    root.write("go", "");
+    wait_for(Duration::from_secs(30), "the run to complete", || {
+        root.names("completed") == ["o"]
+    });
+}
