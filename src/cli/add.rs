@@ -80,7 +80,7 @@ pub fn add(root: &Path, a: AddArgs) -> Result<String> {
     }
     let config = Config::load(root);
     if let Some(ag) = a.agent {
-        check_agent(&config, ag)?;
+        check_agent(root, &config, ag)?;
     }
     let (bytes, default_name) = match a.file {
         Some(f) => {
@@ -167,7 +167,7 @@ pub fn add(root: &Path, a: AddArgs) -> Result<String> {
     if a.file.is_some()
         && let Some(ag) = &t.agent
     {
-        check_agent(&config, ag)?;
+        check_agent(root, &config, ag)?;
     }
     for n in 1.. {
         let name = if n == 1 {
@@ -218,12 +218,27 @@ pub fn add(root: &Path, a: AddArgs) -> Result<String> {
 /// An agent named on the command line or in the file must exist in the
 /// config, or the task would only fail later, in the supervisor.
 fn check_agent(
+    root: &Path,
     config: &Result<Config, crate::parse::config::ConfigError>,
     agent: &str,
 ) -> Result<()> {
     let config = match config {
         Ok(c) => c,
         Err(e) => {
+            // The file has an error, but its `agents:` may still say that
+            // the agent is not there.
+            if let Some(known) = agents_leniently(root)
+                && !known.iter().any(|k| k == agent)
+            {
+                bail!(
+                    "no agent `{agent}` in mailroom.yaml (agents: {}); the file also has an error: {e}",
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                );
+            }
             // Supervisors keep the config they had; the task may still run.
             eprintln!("mailroom: warning: cannot check agent `{agent}`: {e}");
             return Ok(());
@@ -244,6 +259,19 @@ fn check_agent(
             known.join(", ")
         }
     )
+}
+
+/// The agents' names in a `mailroom.yaml` that does not parse as a config:
+/// its `agents:` keys, whatever else is wrong. `None` when not even that
+/// can be read.
+fn agents_leniently(root: &Path) -> Option<Vec<String>> {
+    #[derive(serde::Deserialize)]
+    struct Lenient {
+        agents: Option<std::collections::BTreeMap<String, serde::de::IgnoredAny>>,
+    }
+    let text = std::fs::read_to_string(root.join(crate::parse::config::CONFIG_FILE)).ok()?;
+    let l: Lenient = serde_saphyr::from_str_with_options(&text, task::yaml_options()).ok()?;
+    Some(l.agents.unwrap_or_default().into_keys().collect())
 }
 
 /// `--file` takes a task file, told by its extension: anything else (say

@@ -48,6 +48,13 @@ pub fn task_names() -> Vec<CompletionCandidate> {
 }
 
 /// The agents of the tree's config.
+pub fn priorities() -> Vec<CompletionCandidate> {
+    ["high", "normal", "low"]
+        .into_iter()
+        .map(CompletionCandidate::new)
+        .collect()
+}
+
 pub fn agent_names() -> Vec<CompletionCandidate> {
     Config::load(&root())
         .map(|c| c.agents.into_keys().map(CompletionCandidate::new).collect())

@@ -37,6 +37,22 @@ const FILES: &[(&str, &str)] = &[
         "Live control: pause, pause.AGENT and cancel/NAME markers.",
     ),
     (
+        "tasks/cooldowns/AGENT.json",
+        "An agent's usage-limit cooldown: no task goes to it before its until.",
+    ),
+    (
+        "tasks/slots/",
+        "Lock files, one per run slot of each agent (max_instances) and of the tree (concurrency), held by the runs' keepers.",
+    ),
+    (
+        "tasks/supervisors/",
+        "The supervisors' heartbeat files (HOST.PID.json), read by status and wait.",
+    ),
+    (
+        "tasks/trees/FIRST",
+        "How many tasks a tree of follow-ups holds (max_tree_tasks), by its first task.",
+    ),
+    (
         "tasks/history/NAME.jsonl",
         "The records of a task's earlier rounds, kept by mailroom retry.",
     ),
@@ -105,6 +121,10 @@ const EXIT_STATUS: &[(&str, &str)] = &[
     (
         "78",
         "run: the configuration cannot be used (EX_CONFIG; the systemd units do not restart on it).",
+    ),
+    (
+        "69",
+        "wait: no supervisor runs on the tree (EX_UNAVAILABLE), so nothing would ever finish.",
     ),
     ("124", "wait: the timeout passed first."),
 ];

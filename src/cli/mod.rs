@@ -114,8 +114,8 @@ pub enum Command {
         /// The agent to run it on.
         #[arg(long, add = ArgValueCandidates::new(complete::agent_names))]
         agent: Option<String>,
-        /// high, normal or low.
-        #[arg(long, value_parser = ["high", "normal", "low"])]
+        /// high, normal or low (as in a task file: also medium, 0, 1, 2).
+        #[arg(long, value_parser = priority_arg, add = ArgValueCandidates::new(complete::priorities))]
         priority: Option<String>,
         /// The task's name (its file name without the extension); generated when absent.
         #[arg(long, value_parser = name_arg)]
@@ -346,6 +346,13 @@ pub fn open_tree(root: &Path) -> Result<Layout> {
 /// A task name option (`--name`), checked like a file's.
 fn name_arg(s: &str) -> Result<String, String> {
     task::check_name(s).map(|()| s.to_owned())
+}
+
+/// `--priority`: what a task file accepts, as its canonical name.
+fn priority_arg(s: &str) -> Result<String, String> {
+    task::Priority::parse(s)
+        .map(|p| p.as_str().to_owned())
+        .ok_or_else(|| "use high, normal or low (or medium, 0, 1, 2)".into())
 }
 
 /// A duration option (`10m`, `90s`).

@@ -239,6 +239,38 @@ fn add_refuses_an_unknown_agent_a_non_task_file_and_an_empty_description() {
     // A known agent is fine.
     let out = root.mailroom(&["add", "x", "--agent", "a"]);
     assert!(out.status.success(), "{}", stderr(&out));
+    // `--priority` takes what a task file takes, written as its canonical name.
+    let out = root.mailroom(&["add", "y", "--priority", "medium", "--name", "prio"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        root.read("tasks/pending/prio.yaml")
+            .contains("priority: normal")
+    );
+    let out = root.mailroom(&["add", "y", "--priority", "urgent"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    // A config with an error elsewhere still tells an agent it lacks: an
+    // agent written under `hooks:` by mistake is refused, not queued to fail.
+    let cfg = root.read("mailroom.yaml");
+    root.write(
+        "mailroom.yaml",
+        &format!("{cfg}hooks:\n  slow:\n    command: [sleep, '1']\n"),
+    );
+    let out = root.mailroom(&["add", "x", "--agent", "slow"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("no agent `slow` in mailroom.yaml (agents: a)"),
+        "{err}"
+    );
+    assert!(err.contains("unknown hook `slow`"), "{err}");
+    // The agents it has still pass, with a warning.
+    let out = root.mailroom(&["add", "x", "--agent", "a"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot check agent `a`"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
