@@ -230,9 +230,17 @@ pub fn status(root: &Path, json: bool) -> Result<()> {
     for v in &s.supervisors {
         let h = &v.heartbeat;
         if v.alive {
+            // Another tool's heartbeat names itself in `version`.
+            let tool = if h.version.starts_with(|c: char| c.is_ascii_digit()) {
+                format!("mailroom {}", h.version)
+            } else {
+                h.version.clone()
+            };
+            // The count is the heartbeat's, up to 5 s old: said so, as the
+            // list below is read now.
             println!(
-                "  supervisor {}:{} (mailroom {}) since {}, {} running, last beat {}",
-                h.host, h.pid, h.version, h.started_at, h.running, h.last_beat
+                "  supervisor {}:{} ({tool}) since {}, {} running at its last beat {}",
+                h.host, h.pid, h.started_at, h.running, h.last_beat
             );
         } else {
             println!(
