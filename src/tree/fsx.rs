@@ -558,7 +558,9 @@ pub fn read_tail(path: &Path, limit: u64) -> io::Result<(Vec<u8>, bool)> {
     if cut {
         f.seek(SeekFrom::Start(len - limit))?;
     }
-    let mut buf = Vec::new();
+    // Sized from the length: one read and one at the end, not a doubling
+    // series of small ones.
+    let mut buf = Vec::with_capacity(len.min(limit) as usize + 1);
     f.take(limit).read_to_end(&mut buf)?;
     Ok((buf, cut))
 }
@@ -570,7 +572,7 @@ pub fn read_head(path: &Path, limit: u64) -> io::Result<(Vec<u8>, bool)> {
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)?;
     let len = f.metadata()?.len();
-    let mut buf = Vec::new();
+    let mut buf = Vec::with_capacity(len.min(limit) as usize + 1);
     f.take(limit).read_to_end(&mut buf)?;
     Ok((buf, len > limit))
 }
