@@ -159,17 +159,28 @@ impl Job {
             .filter(|a| a.outcome == Outcome::Limited)
             .count();
         // A usage limit, whatever the exit code (claude prints some with exit 0).
-        let limit = if verdict::limit_applies(outcome, limited_before) {
+        let limit = if verdict::limit_applies(outcome) {
             self.limit_of(read.limit)
         } else {
             None
         };
         let mut facts = self.facts(&st, outcome, limit.is_some());
         facts.fatal = read.fatal;
+        facts.limit_free = limited_before < verdict::MAX_FREE_LIMITED;
         match verdict::decide(&facts) {
-            Verdict::Cooldown => {
+            Verdict::Cooldown { free } => {
                 let limit = limit.expect("a cooldown verdict has a limit");
-                self.cool_down(st, limit).await
+                self.cool_down(st, limit, free).await
+            }
+            Verdict::Commit {
+                outcome: Outcome::Limited,
+                ..
+            } => {
+                let limit = limit.expect("a limited commit has a limit");
+                let error = self.note_limit(&mut st, &limit, false);
+                let times = (started, finished);
+                let rec = self.final_record(&st, Outcome::Limited, Some(error), times, run_id);
+                self.commit(st, rec).await
             }
             Verdict::Fallback { free } => self.hand_over(st, free, error).await,
             Verdict::Requeue => {
@@ -255,6 +266,7 @@ impl Job {
         Facts {
             outcome,
             limited,
+            limit_free: true,
             alternatives: self.alternatives,
             agent_failures: st
                 .history
@@ -331,19 +343,55 @@ impl Job {
     }
 
     /// A usage limit: the cooldown goes on disk for every supervisor of the
-    /// tree, and the task back to `pending/` without using an attempt.
-    async fn cool_down(self, mut st: TaskState, limit: crate::run::limits::Limit) -> JobEnd {
-        let until = limit
+    /// tree, and the task back to `pending/`, without using an attempt
+    /// when `free`.
+    async fn cool_down(
+        self,
+        mut st: TaskState,
+        limit: crate::run::limits::Limit,
+        free: bool,
+    ) -> JobEnd {
+        let until = self.limit_until(&limit);
+        self.note_limit(&mut st, &limit, free);
+        match self.requeue_or_keep(st).await {
+            JobEnd::Requeued => JobEnd::Limited {
+                until,
+                message: limit.message,
+            },
+            other => other,
+        }
+    }
+
+    fn limit_until(&self, limit: &crate::run::limits::Limit) -> SystemTime {
+        limit
             .until
-            .unwrap_or_else(|| SystemTime::now() + self.agent.cooldown);
-        let msg = format!(
+            .unwrap_or_else(|| SystemTime::now() + self.agent.cooldown)
+    }
+
+    /// The attempt becomes `limited` (free or charged), and the agent's
+    /// cooldown goes on disk. Returns the attempt's error.
+    fn note_limit(
+        &self,
+        st: &mut TaskState,
+        limit: &crate::run::limits::Limit,
+        free: bool,
+    ) -> String {
+        let until = self.limit_until(limit);
+        let mut msg = format!(
             "agent {} hit a usage limit ({}); cooling down until {}",
             self.agent.name,
             limit.message,
             record::ts(until)
         );
-        self.amend_last(&mut st, Outcome::Limited, Some(msg));
-        st.free_attempts += 1;
+        if free {
+            st.free_attempts += 1;
+        } else {
+            msg.push_str(&format!(
+                "; the task had already hit {} usage limits, so this one counts against its retries",
+                verdict::MAX_FREE_LIMITED
+            ));
+        }
+        self.amend_last(st, Outcome::Limited, Some(msg.clone()));
         let cd = record::Cooldown {
             agent: self.agent.name.clone(),
             until: record::ts(until),
@@ -359,13 +407,7 @@ impl Job {
         {
             warn!(error = %e, "cannot record the cooldown on disk");
         }
-        match self.requeue_or_keep(st).await {
-            JobEnd::Requeued => JobEnd::Limited {
-                until,
-                message: limit.message,
-            },
-            other => other,
-        }
+        msg
     }
 
     /// The result record of a run that ends here.

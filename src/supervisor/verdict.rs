@@ -8,7 +8,8 @@ use crate::model::Outcome;
 use crate::run::process::{Exit, RunEnd};
 
 /// Usage-limit hits per task that do not use up an attempt: output that merely
-/// looks like a limit message must not rerun a task forever.
+/// looks like a limit message must not rerun a task forever. Past them a
+/// limit still cools the agent down, and is a failed attempt like another.
 pub const MAX_FREE_LIMITED: usize = 8;
 
 /// How a process ended, in the record's terms.
@@ -162,11 +163,11 @@ pub fn read(ended: &Ended, report: Option<&crate::adapter::RunReport>) -> Read {
 
 /// Whether a usage-limit message in this run's output counts: the job looks
 /// for one (reads the run's files) only when it does.
-pub fn limit_applies(outcome: Outcome, limited_before: usize) -> bool {
+pub fn limit_applies(outcome: Outcome) -> bool {
     !matches!(
         outcome,
         Outcome::Spawn | Outcome::Cancelled | Outcome::Tampered
-    ) && limited_before < MAX_FREE_LIMITED
+    )
 }
 
 /// Everything the verdict depends on, gathered by the job after the run (its
@@ -177,6 +178,9 @@ pub struct Facts {
     pub outcome: Outcome,
     /// A usage-limit message was found (only looked for when [`limit_applies`]).
     pub limited: bool,
+    /// The task has hit fewer than [`MAX_FREE_LIMITED`] limits before: this
+    /// one does not use up an attempt.
+    pub limit_free: bool,
     /// The agent's CLI cannot work as configured (auth or config): retrying
     /// the same agent is pointless.
     pub fatal: bool,
@@ -194,8 +198,9 @@ pub struct Facts {
 /// What to do with the task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    /// Usage limit: cool the agent down, requeue without using an attempt.
-    Cooldown,
+    /// Usage limit: cool the agent down and requeue; `free`: without using
+    /// an attempt (within [`MAX_FREE_LIMITED`]).
+    Cooldown { free: bool },
     /// Rule this agent out for the task and requeue it for the next one of its
     /// route; `free`: the attempt does not count (the agent never started).
     Fallback { free: bool },
@@ -224,7 +229,15 @@ pub fn decide(f: &Facts) -> Verdict {
         };
     }
     if f.limited && !matches!(o, Spawn | Cancelled) {
-        return Verdict::Cooldown;
+        if f.limit_free || f.charged <= f.retries {
+            return Verdict::Cooldown { free: f.limit_free };
+        }
+        // Past the free ones and out of attempts: a limit ends the task as
+        // a failure, never as the success its exit code may claim.
+        return Verdict::Commit {
+            outcome: Limited,
+            exclude_agent: false,
+        };
     }
     // An agent that cannot work as configured hands the task over at once
     // (for free: nothing ran) or fails it, never retries it.
@@ -288,6 +301,7 @@ mod tests {
         Facts {
             outcome,
             limited: false,
+            limit_free: true,
             fatal: false,
             alternatives: false,
             agent_failures: 1,
@@ -343,16 +357,31 @@ mod tests {
             };
             let v = decide(&f);
             if matches!(o, Spawn | Cancelled | Tampered) {
-                assert_ne!(v, Verdict::Cooldown, "{o}");
+                assert!(!matches!(v, Verdict::Cooldown { .. }), "{o}");
             } else {
-                assert_eq!(v, Verdict::Cooldown, "{o}");
+                assert_eq!(v, Verdict::Cooldown { free: true }, "{o}");
             }
         }
-        assert!(limit_applies(Success, MAX_FREE_LIMITED - 1));
-        assert!(!limit_applies(Success, MAX_FREE_LIMITED));
-        assert!(!limit_applies(Spawn, 0));
-        assert!(!limit_applies(Cancelled, 0));
-        assert!(!limit_applies(Tampered, 0));
+        assert!(limit_applies(Success));
+        assert!(!limit_applies(Spawn));
+        assert!(!limit_applies(Cancelled));
+        assert!(!limit_applies(Tampered));
+    }
+
+    /// Past the free limits, a limit uses up an attempt, and with none left
+    /// the task fails `limited`: an exit code of 0 does not make it a success.
+    #[test]
+    fn a_limit_past_the_free_ones_is_charged_then_fails_the_task() {
+        for o in [Success, Failed, Timeout] {
+            let f = Facts {
+                limited: true,
+                limit_free: false,
+                ..facts(o)
+            };
+            assert_eq!(decide(&f), Verdict::Cooldown { free: false }, "{o}");
+            let f = Facts { charged: 3, ..f };
+            assert_eq!(decide(&f), commit(Outcome::Limited), "{o}");
+        }
     }
 
     #[test]

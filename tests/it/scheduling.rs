@@ -554,3 +554,29 @@ fn a_prompt_echoed_on_stderr_that_talks_about_rate_limits_cools_nothing_down() {
     assert_eq!(rec["outcome"], "exit", "{rec}");
     assert!(!root.exists("tasks/cooldowns/codex.json"), "{rec}");
 }
+
+/// A task that keeps hitting a usage limit gets 8 free cooldowns; past them
+/// each limit uses up an attempt, and with none left the task fails
+/// `limited`, though the agent exited 0: a limit is never filed as a success.
+#[test]
+fn a_task_past_its_free_limits_fails_limited_not_completed() {
+    let root = Root::new()
+        .config(
+            "retry_delay: 10ms\nsettle: 300ms\nrescan_interval: 1s\nretries: 1\ndefault_agent: a\n\
+             agents:\n  a:\n    command: [sh, -c, 'echo run >> \"$MAILROOM_ROOT/runs.log\"; echo \"Error: quota exceeded for today\" >&2; exit 0']\n    \
+             limit_patterns: ['quota exceeded']\n    cooldown: 10ms\n",
+        )
+        .task("q.yaml", "description: keeps hitting its limit\n");
+    root.run_until_idle_within(Duration::from_secs(120));
+    assert_eq!(root.names("failed"), ["q"], "{:?}", root.names("completed"));
+    let rec = root.record("failed", "q");
+    assert_eq!(rec["outcome"], "limited", "{rec}");
+    // 8 free, then 2 charged (retries: 1).
+    assert_eq!(root.read("runs.log").lines().count(), 10, "{rec}");
+    let hist = rec["history"].as_array().unwrap();
+    assert_eq!(hist.len(), 10, "{rec}");
+    assert!(hist.iter().all(|a| a["outcome"] == "limited"), "{rec}");
+    let err = rec["error"].as_str().unwrap();
+    assert!(err.contains("counts against its retries"), "{err}");
+    assert!(err.contains("quota exceeded"), "{err}");
+}
