@@ -100,6 +100,35 @@ fn is_chatter(line: &str) -> bool {
     CHATTER.iter().any(|c| l.starts_with(c))
 }
 
+/// What the agent's `$MAILROOM_RESULT` says when it reports a failure
+/// (`status: failed`, `failure` or `error`), as the attempt's error.
+fn reported_failure(path: &Path) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Said {
+        status: Option<String>,
+        summary: Option<String>,
+    }
+    let (b, _) = fsx::read_task_file(path, 1024 * 1024).ok()?;
+    let said: Said = serde_saphyr::from_slice(&b).ok()?;
+    let status = said.status?;
+    if !matches!(
+        status.trim().to_ascii_lowercase().as_str(),
+        "failed" | "failure" | "error"
+    ) {
+        return None;
+    }
+    let why = said
+        .summary
+        .as_deref()
+        .and_then(|s| s.lines().map(str::trim).find(|l| !l.is_empty()))
+        .map(|l| format!(": {}", l.chars().take(300).collect::<String>()))
+        .unwrap_or_default();
+    Some(format!(
+        "the agent exited 0 but reported `status: {}` in $MAILROOM_RESULT{why}",
+        status.trim()
+    ))
+}
+
 impl Job {
     /// Applies the verdict on a finished run: commit, retry, fallback,
     /// cooldown or a free requeue.
@@ -115,7 +144,16 @@ impl Job {
         let timeout = self.task.timeout.unwrap_or(self.agent.timeout);
         let ended = verdict::ended(&end, timeout, self.config.max_output_bytes);
         let report = self.read_report(&end);
-        let read = verdict::read(&ended, report.as_ref());
+        let mut read = verdict::read(&ended, report.as_ref());
+        // The agent said it failed, in its own result file: exit 0 or not,
+        // that is no success.
+        if read.outcome == Outcome::Success
+            && let Some(said) = reported_failure(&self.run_dir().join("result.yaml"))
+        {
+            read.outcome = Outcome::AgentError;
+            read.class = Some("task");
+            read.error = Some(said);
+        }
         let (outcome, exit) = (read.outcome, ended.exit);
         let run_id = st.run.as_ref().and_then(|r| r.run_id.clone());
         // Put back by this run's reclaim, or by recovery before this

@@ -674,3 +674,37 @@ fn root_tmp_own() -> String {
         std::process::id()
     )
 }
+
+/// An agent that exits 0 but says `status: failed` in `$MAILROOM_RESULT` has
+/// failed (`agent_error`, with its summary); `status: completed` changes nothing.
+#[test]
+fn a_failure_reported_in_mailroom_result_is_no_success() {
+    let root = Root::new()
+        .agent_config(
+            &[
+                "sh",
+                "-c",
+                "printf 'status: %s\\nsummary: tests still red\\n' \"$S\" > \"$MAILROOM_RESULT\"; echo done",
+            ],
+            "retries: 0",
+        )
+        .task("bad.yaml", "description: x\n")
+        .task("good.yaml", "description: x\n");
+    // The status comes from the task's name: `bad` fails, `good` completes.
+    let cfg = root.read("mailroom.yaml").replace(
+        "\"printf",
+        "\"S=$(case $MAILROOM_TASK in bad) echo failed;; *) echo completed;; esac); printf",
+    );
+    root.write("mailroom.yaml", &cfg);
+    root.run_until_idle();
+    assert_eq!(root.names("failed"), ["bad"]);
+    assert_eq!(root.names("completed"), ["good"]);
+    let rec = root.record("failed", "bad");
+    assert_eq!(rec["outcome"], "agent_error", "{rec}");
+    assert_eq!(rec["exit_code"], 0, "{rec}");
+    let err = rec["error"].as_str().unwrap();
+    assert!(
+        err.contains("reported `status: failed` in $MAILROOM_RESULT: tests still red"),
+        "{err}"
+    );
+}
