@@ -212,6 +212,9 @@ fn stop_gracefully(
     stops: &mut Stops,
 ) -> Exit {
     let _ = killpg(pgid, Signal::SIGTERM);
+    // A stopped agent (SIGSTOP, ^Z) would hold its SIGTERM until the grace
+    // ends; continued, it can end cleanly.
+    let _ = killpg(pgid, Signal::SIGCONT);
     let until = Instant::now()
         .checked_add(grace)
         .unwrap_or_else(Instant::now);

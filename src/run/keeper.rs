@@ -201,6 +201,10 @@ pub fn signal(pid: u32, stop: Stop) {
         }
     }
     let _ = kill(nix::unistd::Pid::from_raw(pid as i32), sig);
+    // A stopped keeper (its agent may SIGSTOP it) would act on the request
+    // only when continued: a cancel or a shutdown must not wait for the
+    // run's timeout.
+    let _ = kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGCONT);
 }
 
 /// Whether process `pid` has signal `sig` blocked (its `SigBlk` in /proc);

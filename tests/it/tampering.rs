@@ -372,3 +372,32 @@ fn a_task_file_saved_again_unchanged_is_no_tampering() {
     assert_eq!(everywhere(&root), ["completed/t"]);
     assert!(!root.exists("tasks/completed/t.run/task-file.replaced"));
 }
+
+#[test]
+fn a_cancel_of_a_run_whose_keeper_is_stopped_does_not_wait_for_the_timeout() {
+    // Its agent SIGSTOPs the keeper; the run's timeout is far off. A cancel
+    // continues the keeper, which stops the agent at once.
+    let root = tamper_root(0, "").task("t.yaml", "description: stop-keeper\ntimeout: 10m\n");
+    let _sup = root.spawn();
+    wait_for(Duration::from_secs(30), "the keeper to be stopped", || {
+        root.exists("runs.log")
+            && processes_of(&root.path).iter().any(|&p| {
+                std::fs::read_to_string(format!("/proc/{p}/stat"))
+                    .is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('T')))
+            })
+    });
+    let started = std::time::Instant::now();
+    let out = root.mailroom(&["cancel", "t"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_for(
+        Duration::from_secs(30),
+        "the cancelled run to be filed",
+        || everywhere(&root) == ["failed/t"],
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the cancel took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(root.record("failed", "t")["outcome"], "cancelled");
+}
