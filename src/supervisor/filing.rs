@@ -242,9 +242,11 @@ impl Commit {
         }
         let assigned = layout.task_file(State::Assigned, &name, &self.ext);
         if self.target.is_none()
-            && let Some((found, _)) = layout
+            && let Some(found) = layout
                 .find(dest_of(&self.rec), &name)
-                .filter(|(p, _)| !fsx::same_inode(p, &assigned))
+                .map(|(p, _)| p)
+                .filter(|p| !fsx::same_inode(p, &assigned))
+                .or_else(|| obstacle(layout, dest_of(&self.rec), &name))
         {
             self.divert(&found)?;
         }
@@ -364,6 +366,27 @@ impl Commit {
         if let Err(e) = books::write_state(layout, &on_disk) {
             debug!(task = %self.name, error = %e, "cannot note the commit error in the state file");
         }
+    }
+}
+
+/// Something of the task's name in `dest` that its commit cannot write over,
+/// which the agent made there, as a rule: a directory where the record goes,
+/// or, where the run directory goes (while it is still in `assigned/`: after
+/// an interrupted try it is already there), anything but a directory, or a
+/// directory that cannot be removed.
+fn obstacle(layout: &Layout, dest: State, name: &str) -> Option<std::path::PathBuf> {
+    let rec = layout.record_file(dest, name);
+    if std::fs::symlink_metadata(&rec).is_ok_and(|m| m.is_dir()) {
+        return Some(rec);
+    }
+    if std::fs::symlink_metadata(layout.run_dir(State::Assigned, name)).is_err() {
+        return None;
+    }
+    let run = layout.run_dir(dest, name);
+    match std::fs::symlink_metadata(&run) {
+        Ok(m) if !m.is_dir() => Some(run),
+        Ok(_) => fsx::remove_dir_all_if_exists(&run).is_err().then_some(run),
+        Err(_) => None,
     }
 }
 

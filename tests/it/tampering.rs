@@ -401,3 +401,43 @@ fn a_cancel_of_a_run_whose_keeper_is_stopped_does_not_wait_for_the_timeout() {
     );
     assert_eq!(root.record("failed", "t")["outcome"], "cancelled");
 }
+
+/// What an agent puts where its task's record or run directory must go (a
+/// directory named like the record, a file named like the run directory)
+/// does not wedge the commit: the task is filed once under a clash name,
+/// `tampered`, naming the path, and the next task runs.
+#[test]
+fn an_obstacle_where_the_commit_goes_is_left_alone_and_named() {
+    let script = r#"T="$MAILROOM_ROOT/tasks"
+case "$MAILROOM_TASK" in
+  dir-record-failed) mkdir -p "$T/failed/$MAILROOM_TASK.result.json/x"; exit 1 ;;
+  dir-record-completed) mkdir "$T/completed/$MAILROOM_TASK.result.json" ;;
+  file-run) echo x > "$T/completed/$MAILROOM_TASK.run" ;;
+esac
+exit 0"#;
+    let root = Root::new()
+        .agent_config(&["sh", "-c", script], "retries: 0")
+        .task("dir-record-failed.yaml", "description: x\n")
+        .task("dir-record-completed.yaml", "description: x\n")
+        .task("file-run.yaml", "description: x\n")
+        .task("fine.yaml", "description: x\n");
+    root.run_until_idle_within(Duration::from_secs(60));
+    for (name, path) in [
+        (
+            "dir-record-failed",
+            "tasks/failed/dir-record-failed.result.json",
+        ),
+        (
+            "dir-record-completed",
+            "tasks/completed/dir-record-completed.result.json",
+        ),
+        ("file-run", "tasks/completed/file-run.run"),
+    ] {
+        let rec = root.record("failed", &format!("{name}.clash-1"));
+        assert_eq!(rec["outcome"], "tampered", "{rec}");
+        let err = rec["error"].as_str().unwrap();
+        assert!(err.contains(path), "{name}: {err}");
+        assert!(root.exists(path), "{path} was removed");
+    }
+    assert_eq!(root.record("completed", "fine")["outcome"], "success");
+}
