@@ -298,6 +298,15 @@ impl Commit {
             crate::tree::context::merge(layout, &self.rec, Some((&self.out, self.cut)), Some(hint))
         {
             warn!(task = %name, error = %e, "context merge failed; committing the task anyway");
+            // Said in the record too: the next agents will not see this answer.
+            let w = format!("the answer was not merged into context/: {e}");
+            if !self.rec.warnings.contains(&w) {
+                self.rec.warnings.push(w);
+                moves::prepare_commit_as(layout, &name, &self.rec).map_err(at(format!(
+                    "writing the result record into {}",
+                    layout.rel(layout.dir(dest))
+                )))?;
+            }
         }
         moves::finish_commit_as(layout, &name, &self.ext, dest, &target).map_err(at(format!(
             "moving {} into {}",

@@ -100,9 +100,15 @@ fn real_dir(layout: &Layout, dir: &Path) -> io::Result<()> {
     }
 }
 
-/// Takes the exclusive lock on `context/.lock` (blocking: merges are short).
-/// `context/` and `context/agent_outputs/` are made sure to be directories
-/// of the tree first: nothing is ever written through a link.
+/// How long a merge waits for `context/.lock`. Merges hold it for
+/// milliseconds; a holder that keeps it longer (an agent that took it) must
+/// not hold up the commits, or a shutdown, behind it.
+const CONTEXT_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Takes the exclusive lock on `context/.lock`, waiting at most
+/// [`CONTEXT_LOCK_WAIT`]. `context/` and `context/agent_outputs/` are made
+/// sure to be directories of the tree first: nothing is ever written
+/// through a link.
 fn lock_context(layout: &Layout) -> io::Result<File> {
     real_dir(layout, &layout.context)?;
     real_dir(layout, &layout.outputs)?;
@@ -116,8 +122,30 @@ fn lock_context(layout: &Layout) -> io::Result<File> {
             .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
     })?;
-    f.lock()?;
-    Ok(f)
+    let deadline = std::time::Instant::now() + CONTEXT_LOCK_WAIT;
+    let mut nap = std::time::Duration::from_millis(1);
+    loop {
+        match f.try_lock() {
+            Ok(()) => return Ok(f),
+            Err(std::fs::TryLockError::WouldBlock) => {}
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+        }
+        if std::time::Instant::now() >= deadline {
+            let by = crate::tree::lock::flock_holder(&f)
+                .map(|pid| format!(" (by pid {pid})"))
+                .unwrap_or_default();
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!(
+                    "{} has been held by another process{by} for {} s; the context was not merged",
+                    layout.rel(&path),
+                    CONTEXT_LOCK_WAIT.as_secs()
+                ),
+            ));
+        }
+        std::thread::sleep(nap);
+        nap = (nap * 2).min(std::time::Duration::from_millis(50));
+    }
 }
 
 /// Extracts the last `[SUMMARY]…[/SUMMARY]` block of an output.

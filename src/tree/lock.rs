@@ -127,3 +127,22 @@ pub(crate) fn open_lock_file(path: &std::path::Path) -> io::Result<File> {
     }
     Ok(file)
 }
+
+/// The pid of a process that holds a `flock` on `f`'s file, from
+/// `/proc/locks` (a process that inherited the lock from its holder is not
+/// named). None when it cannot be told.
+pub fn flock_holder(f: &std::fs::File) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let m = f.metadata().ok()?;
+    let dev = m.dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let want = format!("{major:02x}:{minor:02x}:{}", m.ino());
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    locks.lines().find_map(|l| {
+        // `1: FLOCK  ADVISORY  WRITE 1234 08:02:131 0 EOF`
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(1) == Some(&"FLOCK") && f.get(5) == Some(&want.as_str()))
+            .then(|| f.get(4)?.parse().ok())
+            .flatten()
+    })
+}

@@ -3,6 +3,7 @@
 //! transactional outbox, subtask expansion and the runaway limits.
 
 use crate::common::*;
+use std::time::Duration;
 
 #[test]
 fn the_seed_context_sharing_acceptance_test_with_the_demo_agent() {
@@ -456,4 +457,38 @@ echo done"#;
     );
     assert!(root.exists("tasks/completed/gen0.run/1/outbox/gen1.yaml"));
     assert!(!root.names("completed").contains(&"gen1".to_owned()));
+}
+
+/// A process that holds `context/.lock` (an agent that took it) holds up no
+/// commit for long: after a bounded wait the task is committed, its record
+/// saying that its answer was not merged, and by whom the lock was held.
+#[test]
+fn a_held_context_lock_delays_a_commit_only_so_long() {
+    let root = Root::new()
+        .agent_config(&["sh", "-c", "echo answer"], "")
+        .task("q.yaml", "description: x\n");
+    let lock = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(root.p("context/.lock"))
+        .unwrap();
+    lock.lock().unwrap();
+    let started = std::time::Instant::now();
+    root.run_until_idle_within(Duration::from_secs(60));
+    assert!(
+        started.elapsed() < Duration::from_secs(40),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(lock);
+    let rec = root.record("completed", "q");
+    let w = rec["warnings"].to_string();
+    assert!(
+        w.contains("the answer was not merged into context/: context/.lock has been held by another process")
+            && w.contains(&format!("(by pid {})", std::process::id())),
+        "{rec}"
+    );
+    assert!(!root.exists("context/agent_outputs/q.md"));
 }
