@@ -132,16 +132,20 @@ impl Supervisor {
     }
 
     pub(super) fn deps_state(&self, after: &[String]) -> Deps {
-        // A failed dependency anywhere decides, before any wait.
-        let failed = |d: &String| {
-            self.layout().find(State::Completed, d).is_none()
-                && self.layout().find(State::Failed, d).is_some()
+        // Completed: the task file with its record, as a commit leaves it.
+        // A file put in `completed/` by hand or by an agent is no success.
+        let done = |d: &String| {
+            self.layout().find(State::Completed, d).is_some()
+                && std::fs::symlink_metadata(self.layout().record_file(State::Completed, d))
+                    .is_ok_and(|m| m.is_file())
         };
+        // A failed dependency anywhere decides, before any wait.
+        let failed = |d: &String| !done(d) && self.layout().find(State::Failed, d).is_some();
         if let Some(d) = after.iter().find(|d| failed(d)) {
             return Deps::Failed(format!("dependency {d} failed"));
         }
         for d in after {
-            if self.layout().find(State::Completed, d).is_some() {
+            if done(d) {
                 continue;
             }
             if self.layout().find(State::Failed, d).is_some() {
@@ -152,6 +156,12 @@ impl Supervisor {
                 || self.layout().find(State::Assigned, d).is_some()
             {
                 return Deps::Wait(format!("waiting for {d}"));
+            }
+            if self.layout().find(State::Completed, d).is_some() {
+                return Deps::Wait(format!(
+                    "waiting for {d} (tasks/completed/ has a file of that name, but no result \
+                     record: mailroom did not file it)"
+                ));
             }
             return Deps::Wait(format!("waiting for {d} (not submitted)"));
         }

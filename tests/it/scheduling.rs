@@ -580,3 +580,24 @@ fn a_task_past_its_free_limits_fails_limited_not_completed() {
     assert!(err.contains("counts against its retries"), "{err}");
     assert!(err.contains("quota exceeded"), "{err}");
 }
+
+/// A dependency is completed when mailroom filed it so, with its record: a
+/// failing agent that writes `completed/<its name>.yaml` does not make the
+/// tasks that wait for it run.
+#[test]
+fn a_task_file_planted_in_completed_satisfies_no_dependency() {
+    let root = Root::new()
+        .agent_config(
+            &[
+                "sh",
+                "-c",
+                "[ \"$MAILROOM_TASK\" = t1 ] || exit 0; echo 'description: fake' > \"$MAILROOM_ROOT/tasks/completed/t1.yaml\"; exit 1",
+            ],
+            "retries: 0",
+        )
+        .task("t1.yaml", "description: fails\n")
+        .task("t2.yaml", "description: waits\nafter: [t1]\n");
+    root.run_until_idle();
+    assert_eq!(root.record("failed", "t2")["outcome"], "dependency");
+    assert!(root.names("completed").iter().all(|n| n != "t2"));
+}
