@@ -238,7 +238,7 @@ pub fn logs(root: &Path, name: &str, follow: bool, raw: bool) -> Result<()> {
     let mut out = std::io::stdout().lock();
     loop {
         for (i, f) in files.iter().enumerate() {
-            if let Ok(mut h) = std::fs::File::open(f) {
+            if let Some(mut h) = open_log(f) {
                 h.seek(SeekFrom::Start(offsets[i]))?;
                 let mut buf = Vec::new();
                 h.read_to_end(&mut buf)?;
@@ -255,7 +255,7 @@ pub fn logs(root: &Path, name: &str, follow: bool, raw: bool) -> Result<()> {
             {
                 let d = layout.attempt_dir(s, name, attempt);
                 for (i, f) in ["stdout.log", "stderr.log"].iter().enumerate() {
-                    if let Ok(mut h) = std::fs::File::open(d.join(f)) {
+                    if let Some(mut h) = open_log(&d.join(f)) {
                         h.seek(SeekFrom::Start(offsets[i]))?;
                         let mut buf = Vec::new();
                         h.read_to_end(&mut buf)?;
@@ -268,6 +268,13 @@ pub fn logs(root: &Path, name: &str, follow: bool, raw: bool) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// A run's log file, if it is a regular file: a FIFO or a link the agent
+/// put in its place is neither waited on nor followed.
+fn open_log(path: &Path) -> Option<std::fs::File> {
+    let f = crate::tree::fsx::open_nofollow(path).ok()?;
+    f.metadata().ok()?.is_file().then_some(f)
 }
 
 /// The renderer of the CLI kind of the agent that ran `name` last, if that

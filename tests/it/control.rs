@@ -437,3 +437,33 @@ fn retry_and_cancel_take_several_names_and_retry_an_outcome() {
         stderr(&bad)
     );
 }
+
+/// `logs` of a run whose agent put a FIFO or a link where its stdout.log was
+/// ends at once, and prints what neither leads to.
+#[test]
+fn logs_neither_waits_on_a_fifo_nor_follows_a_link() {
+    let root = Root::new()
+        .agent_config(
+            &[
+                "sh",
+                "-c",
+                "echo to-stderr >&2; d=$MAILROOM_RUN_DIR; rm -f $d/stdout.log; case $MAILROOM_TASK in \
+                 fifo) mkfifo $d/stdout.log ;; *) ln -s /etc/hostname $d/stdout.log ;; esac",
+            ],
+            "",
+        )
+        .task("fifo.yaml", "description: x\n")
+        .task("link.yaml", "description: x\n");
+    root.run_until_idle();
+    for name in ["fifo", "link"] {
+        let out = run_bounded(root.cmd(&["logs", name]), Duration::from_secs(20));
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+        let shown = stdout(&out);
+        assert!(shown.contains("to-stderr"), "{name}: {shown}");
+        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+        assert!(
+            host.trim().is_empty() || !shown.contains(host.trim()),
+            "{name}: followed the link: {shown}"
+        );
+    }
+}
