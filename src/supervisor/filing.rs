@@ -135,8 +135,8 @@ impl Job {
                     }
                     rec.workspace = Some(report);
                 }
-                let (out, cut) = crate::tree::context::read_output(&run_dir);
-                rec.summary = crate::tree::context::summary(&out);
+                let (out, cut, summary) = crate::tree::context::read_output_and_summary(&run_dir);
+                rec.summary = summary;
                 (rec, out, cut)
             })
             .await

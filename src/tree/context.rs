@@ -174,15 +174,33 @@ pub fn summary(text: &str) -> Option<String> {
 /// output (`answer.md`: the text, not the JSON envelope), else its stdout.
 /// Capped.
 pub fn read_output(run_dir: &Path) -> (String, bool) {
+    let (text, cut, _) = read_output_and_summary(run_dir);
+    (text, cut)
+}
+
+/// [`read_output`], and the output's last `[SUMMARY]` block: from its
+/// tail when it is longer than the cap (a summary comes at the end).
+pub fn read_output_and_summary(run_dir: &Path) -> (String, bool, Option<String>) {
     for f in ["output.md", "answer.md", "stdout.log"] {
-        if let Ok((b, cut)) = fsx::read_head(&run_dir.join(f), OUTPUT_CAP)
+        let path = run_dir.join(f);
+        if let Ok((b, cut)) = fsx::read_head(&path, OUTPUT_CAP)
             && !b.iter().all(u8::is_ascii_whitespace)
         {
-            return (String::from_utf8_lossy(&b).into_owned(), cut);
+            let text = String::from_utf8_lossy(&b).into_owned();
+            let tail = cut
+                .then(|| fsx::read_tail(&path, SUMMARY_TAIL).ok())
+                .flatten()
+                .and_then(|(t, _)| summary(&String::from_utf8_lossy(&t)));
+            let s = tail.or_else(|| summary(&text));
+            return (text, cut, s);
         }
     }
-    (String::new(), false)
+    (String::new(), false, None)
 }
+
+/// How much of the end of an output longer than [`OUTPUT_CAP`] is searched
+/// for its summary.
+const SUMMARY_TAIL: u64 = 64 * 1024;
 
 /// Merges one finished task into `context/`. Idempotent: a record whose
 /// `run_id` is already in the log is not appended again.
@@ -655,6 +673,28 @@ mod tests {
         // Multi-byte characters are never split.
         let e = head_and_tail(&"é".repeat(500), 101);
         assert!(e.contains("bytes omitted"));
+    }
+
+    #[test]
+    fn the_summary_of_an_output_over_the_cap_comes_from_its_end() {
+        let dir = std::env::temp_dir().join(format!("mailroom-sum-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut out = String::from("[SUMMARY]a stale one[/SUMMARY]\n");
+        out.push_str(&"filler line\n".repeat(2 * OUTPUT_CAP as usize / 12));
+        out.push_str("[SUMMARY]the last one[/SUMMARY]\n");
+        std::fs::write(dir.join("output.md"), &out).unwrap();
+        let (text, cut, s) = read_output_and_summary(&dir);
+        assert!(cut);
+        assert_eq!(text.len(), OUTPUT_CAP as usize);
+        assert_eq!(s.as_deref(), Some("the last one"));
+        // Under the cap, the last block of the whole.
+        std::fs::write(
+            dir.join("output.md"),
+            "[SUMMARY]one[/SUMMARY] [SUMMARY]two[/SUMMARY]",
+        )
+        .unwrap();
+        assert_eq!(read_output_and_summary(&dir).2.as_deref(), Some("two"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
