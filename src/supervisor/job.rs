@@ -563,8 +563,21 @@ impl Job {
         let (name, subtasks) = (self.name.clone(), self.task.subtasks.clone());
         let sequential =
             self.config.subtask_order == crate::parse::config::SubtaskOrder::Sequential;
+        let (max_depth, max_tasks) = (self.config.max_tree_depth, self.config.max_tree_tasks);
         let res = tokio::task::spawn_blocking(move || {
-            crate::tree::outbox::expand(&layout, &name, &subtasks, sequential)
+            // Subtasks are tasks of the tree as follow-ups are: a follow-up
+            // with subtasks does not get around the runaway limits.
+            let (root, depth) = crate::tree::outbox::tree_root(&layout, &name, max_depth);
+            if depth + 1 > max_depth {
+                return Err(Err(format!(
+                    "its subtasks would sit {} levels below the first task of their tree; \
+                     the limit is {max_depth} (max_tree_depth); none were queued",
+                    depth + 1
+                )));
+            }
+            crate::tree::outbox::count_into_tree(&layout, &root, subtasks.len(), max_tasks)
+                .map_err(|e| Err(format!("its {} subtasks: {e}", subtasks.len())))?;
+            crate::tree::outbox::expand(&layout, &name, &subtasks, sequential).map_err(Ok)
         })
         .await;
         match res {
@@ -573,7 +586,11 @@ impl Job {
                 st.children = children;
                 self.requeue_or_keep(st).await
             }
-            Ok(Err(e)) => {
+            Ok(Err(Err(msg))) => {
+                self.fail_now(st, Outcome::Runaway, msg, SystemTime::now())
+                    .await
+            }
+            Ok(Err(Ok(e))) => {
                 let msg = format!("cannot expand its subtasks: {e}");
                 self.fail_now(st, Outcome::Invalid, msg, SystemTime::now())
                     .await

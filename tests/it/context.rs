@@ -492,3 +492,34 @@ fn a_held_context_lock_delays_a_commit_only_so_long() {
     );
     assert!(!root.exists("context/agent_outputs/q.md"));
 }
+
+/// Subtasks count into their tree as follow-ups do: a follow-up that brings
+/// more subtasks than the tree may hold fails `runaway` and queues none.
+#[test]
+fn subtasks_of_a_follow_up_count_against_the_tree() {
+    let mut subtasks = String::from("description: fan out\nsubtasks:\n");
+    for i in 0..12 {
+        subtasks.push_str(&format!("  - step {i}\n"));
+    }
+    let root = Root::new()
+        .agent_config(
+            &[
+                "sh",
+                "-c",
+                "[ \"$MAILROOM_TASK\" = root ] && cp \"$MAILROOM_ROOT/fan.yaml\" \"$MAILROOM_OUTBOX/fan.yaml\"; exit 0",
+            ],
+            "max_tree_tasks: 10",
+        )
+        .task("root.yaml", "description: the first task\n");
+    root.write("fan.yaml", &subtasks);
+    root.run_until_idle();
+    let rec = root.record("failed", "fan");
+    assert_eq!(rec["outcome"], "runaway", "{rec}");
+    let err = rec["error"].as_str().unwrap();
+    assert!(
+        err.contains("its 12 subtasks") && err.contains("max_tree_tasks"),
+        "{err}"
+    );
+    assert_eq!(root.names("completed"), ["root"]);
+    assert_eq!(root.names("failed"), ["fan"], "no subtask was queued");
+}
