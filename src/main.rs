@@ -389,7 +389,9 @@ fn run(
     };
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     // Signals become control events in the main loop; a plain thread forwards them.
-    let mut signals = signal_hook::iterator::Signals::new([
+    let mut signals = signal_hook::iterator::SignalsInfo::<
+        signal_hook::iterator::exfiltrator::WithOrigin,
+    >::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGHUP,
@@ -398,10 +400,12 @@ fn run(
         .name("signals".into())
         .spawn(move || {
             for s in signals.forever() {
-                let c = if s == signal_hook::consts::SIGHUP {
+                let c = if s.signal == signal_hook::consts::SIGHUP {
                     Control::Reload
                 } else {
-                    Control::Shutdown
+                    Control::Shutdown {
+                        from: s.process.map(|p| p.pid as u32),
+                    }
                 };
                 if tx.send(c).is_err() {
                     break;

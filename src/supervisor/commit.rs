@@ -222,9 +222,33 @@ impl Job {
             }
             Verdict::Fallback { free } => self.hand_over(st, free, error).await,
             Verdict::Requeue => {
-                st.free_attempts += 1;
-                info!(task = %self.name, "stopped by shutdown; requeued without using an attempt");
-                self.requeue_or_keep(st).await
+                let by_own_agent = self
+                    .ctx
+                    .shutdown_by
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .as_ref()
+                    .filter(|(task, _)| *task == self.name)
+                    .map(|(_, pid)| *pid);
+                let Some(pid) = by_own_agent else {
+                    st.free_attempts += 1;
+                    info!(task = %self.name, "stopped by shutdown; requeued without using an attempt");
+                    return self.requeue_or_keep(st).await;
+                };
+                // The agent stopped its own supervisor: no free attempt.
+                let why = format!(
+                    "stopped by a shutdown that its own agent sent (pid {pid}); \
+                     this attempt counts against its retries"
+                );
+                warn!(task = %self.name, "{why}");
+                self.amend_last(&mut st, Outcome::Interrupted, Some(why.clone()));
+                let retries = self.task.retries.unwrap_or(self.config.retries);
+                if st.charged() <= retries {
+                    return self.requeue_or_keep(st).await;
+                }
+                let times = (started, finished);
+                let rec = self.final_record(&st, Outcome::Interrupted, Some(why), times, run_id);
+                self.commit(st, rec).await
             }
             Verdict::Retry { n } => self.retry_later(st, n, error).await,
             Verdict::Commit {

@@ -211,9 +211,12 @@ impl Supervisor {
                 agent,
                 end,
             } => self.on_finished(name, run, agent, end),
-            Event::Control(Control::Shutdown) => {
+            Event::Control(Control::Shutdown { from }) => {
                 if let Some(n) = &io.notifier {
                     n.stopping();
+                }
+                if let Some(pid) = from {
+                    self.note_shutdown_sender(pid);
                 }
                 self.on_shutdown()
             }
@@ -300,6 +303,33 @@ impl Supervisor {
         } else {
             self.config.rescan_interval
         }
+    }
+
+    /// A shutdown sent by a process of one of this supervisor's runs (its
+    /// environment names this root and a running task): that run's requeue
+    /// will use up an attempt.
+    fn note_shutdown_sender(&mut self, pid: u32) {
+        let Some(env) = crate::tree::books::proc_environ(pid) else {
+            return;
+        };
+        let root = self.layout().root.to_string_lossy().into_owned();
+        let var = |k: &str| env.iter().find_map(|(n, v)| (n == k).then_some(v.as_str()));
+        if var("MAILROOM_ROOT") != Some(root.as_str()) {
+            return;
+        }
+        let Some(task) = var("MAILROOM_TASK").filter(|t| self.running.contains_key(*t)) else {
+            return;
+        };
+        warn!(
+            task,
+            pid,
+            "the shutdown was sent by this task's agent; its run will count against its retries"
+        );
+        *self
+            .ctx
+            .shutdown_by
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some((task.to_owned(), pid));
     }
 
     pub(super) fn on_shutdown(&mut self) {

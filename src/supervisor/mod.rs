@@ -54,7 +54,8 @@ use crate::tree::moves::{self, Claim};
 pub enum Control {
     /// SIGTERM/SIGINT: stop claiming, let agents finish within the grace
     /// period, then stop them and requeue. A second one stops at once.
-    Shutdown,
+    /// `from`: the sender's pid, when the kernel told it.
+    Shutdown { from: Option<u32> },
     /// SIGHUP: reload `mailroom.yaml`.
     Reload,
 }
@@ -162,6 +163,10 @@ struct Ctx {
     /// What the runs of this supervisor used, by agent, as their CLIs
     /// reported it (every attempt, requeued ones too): for the metrics.
     usage: std::sync::Mutex<BTreeMap<String, crate::adapter::Usage>>,
+    /// The running task whose agent sent the shutdown, and the sender's pid:
+    /// its run's requeue is not free (an agent must not buy itself endless
+    /// attempts by stopping its supervisor).
+    shutdown_by: std::sync::Mutex<Option<(String, u32)>>,
 }
 
 pub struct Supervisor {
@@ -269,6 +274,7 @@ impl Supervisor {
                 keeper,
                 workdirs: Arc::default(),
                 usage: Default::default(),
+                shutdown_by: Default::default(),
             }),
             queue: Queue::new(config.aging),
             limits: Arc::new(compile_limits(&config)),

@@ -380,3 +380,19 @@ mod tests {
         ));
     }
 }
+
+/// The environment of process `pid` (readable for this user's processes),
+/// as name and value pairs. None when it cannot be read (gone, another
+/// user's).
+pub fn proc_environ(pid: u32) -> Option<Vec<(String, String)>> {
+    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    Some(
+        env.split(|b| *b == 0)
+            .filter_map(|v| {
+                let v = String::from_utf8_lossy(v);
+                let (k, val) = v.split_once('=')?;
+                Some((k.to_owned(), val.to_owned()))
+            })
+            .collect(),
+    )
+}

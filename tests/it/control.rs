@@ -234,7 +234,7 @@ fn bad_option_values_are_usage_errors_and_submit_nothing() {
     for (args, hint) in [
         (
             &["add", "x", "--priority", "urgent"][..],
-            "high, normal, low",
+            "use high, normal or low",
         ),
         (&["add", "x", "--timeout", "90"], "`90` has no unit"),
         (
@@ -466,4 +466,28 @@ fn logs_neither_waits_on_a_fifo_nor_follows_a_link() {
             "{name}: followed the link: {shown}"
         );
     }
+}
+
+/// An agent that sends its supervisor SIGTERM gets no free attempt out of
+/// the shutdown: its run counts against its retries (here none), so the task
+/// fails instead of being requeued for ever.
+#[test]
+fn a_shutdown_sent_by_an_agent_costs_its_task_an_attempt() {
+    let root = Root::new()
+        .agent_config(
+            &[
+                "sh",
+                "-c",
+                "sup=$(awk '{print $4}' /proc/$PPID/stat); kill -TERM \"$sup\"; sleep 30",
+            ],
+            "retries: 0\nshutdown_grace: 1s",
+        )
+        .task("t.yaml", "description: stops its supervisor\n");
+    let out = run_bounded(root.cmd(&["run"]), Duration::from_secs(60));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rec = root.record("failed", "t");
+    assert_eq!(rec["outcome"], "interrupted", "{rec}");
+    let err = rec["error"].as_str().unwrap();
+    assert!(err.contains("its own agent sent"), "{err}");
+    assert_eq!(rec["attempts"], 1, "{rec}");
 }
