@@ -122,29 +122,51 @@ fn lock_context(layout: &Layout) -> io::Result<File> {
             .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
     })?;
-    let deadline = std::time::Instant::now() + CONTEXT_LOCK_WAIT;
-    let mut nap = std::time::Duration::from_millis(1);
-    loop {
-        match f.try_lock() {
-            Ok(()) => return Ok(f),
-            Err(std::fs::TryLockError::WouldBlock) => {}
-            Err(std::fs::TryLockError::Error(e)) => return Err(e),
-        }
-        if std::time::Instant::now() >= deadline {
-            let by = crate::tree::lock::flock_holder(&f)
-                .map(|pid| format!(" (by pid {pid})"))
-                .unwrap_or_default();
-            return Err(io::Error::new(
-                io::ErrorKind::WouldBlock,
-                format!(
-                    "{} has been held by another process{by} for {} s; the context was not merged",
-                    layout.rel(&path),
-                    CONTEXT_LOCK_WAIT.as_secs()
-                ),
-            ));
-        }
-        std::thread::sleep(nap);
-        nap = (nap * 2).min(std::time::Duration::from_millis(50));
+    match f.try_lock() {
+        Ok(()) => return Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => {}
+        Err(std::fs::TryLockError::Error(e)) => return Err(e),
+    }
+    // Busy: wait in line (a blocking flock is woken when the lock is let
+    // go; polling would lose every race to the waiters in line) on a thread
+    // of its own, so that the wait can end. The waiter locks through a
+    // duplicate of the descriptor (one open file description, one lock):
+    // given up on, it lets go as it closes the last descriptor.
+    static WAITERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let held = |why: &str| {
+        let by = crate::tree::lock::flock_holder(&f)
+            .map(|pid| format!(" (by pid {pid})"))
+            .unwrap_or_default();
+        io::Error::new(
+            io::ErrorKind::WouldBlock,
+            format!(
+                "{} has been held by another process{by} {why}; the context was not merged",
+                layout.rel(&path),
+            ),
+        )
+    };
+    // Waiters still blocked from earlier merges: the lock is not let go.
+    if WAITERS.load(std::sync::atomic::Ordering::SeqCst) >= 4 {
+        return Err(held("through the last merges"));
+    }
+    let dup = f.try_clone()?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    WAITERS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let spawned = std::thread::Builder::new()
+        .name("context-lock".into())
+        .spawn(move || {
+            let r = dup.lock();
+            WAITERS.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = tx.send(r);
+        });
+    if let Err(e) = spawned {
+        WAITERS.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        return Err(e);
+    }
+    match rx.recv_timeout(CONTEXT_LOCK_WAIT) {
+        Ok(Ok(())) => Ok(f),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(held(&format!("for {} s", CONTEXT_LOCK_WAIT.as_secs()))),
     }
 }
 
