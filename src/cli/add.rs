@@ -271,7 +271,11 @@ fn agents_leniently(root: &Path) -> Option<Vec<String>> {
     }
     let text = std::fs::read_to_string(root.join(crate::parse::config::CONFIG_FILE)).ok()?;
     let l: Lenient = serde_saphyr::from_str_with_options(&text, task::yaml_options()).ok()?;
-    Some(l.agents.unwrap_or_default().into_keys().collect())
+    // Without `agents:`, the built-in ones.
+    Some(match l.agents {
+        Some(a) => a.into_keys().collect(),
+        None => Config::default().agents.into_keys().collect(),
+    })
 }
 
 /// `--file` takes a task file, told by its extension: anything else (say

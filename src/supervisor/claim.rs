@@ -209,8 +209,13 @@ impl Supervisor {
                 let mut rec = rec;
                 rec.task = target;
                 if outcome != Outcome::Clash
-                    && let Err(e) =
-                        crate::tree::context::merge(&layout, &rec, None, Some(self.pending.len()))
+                    && let Err(e) = crate::tree::context::merge_within(
+                        &layout,
+                        &rec,
+                        None,
+                        Some(self.pending.len()),
+                        crate::tree::context::LOOP_LOCK_WAIT,
+                    )
                 {
                     warn!(error = %e, "context merge failed");
                 }

@@ -575,8 +575,17 @@ impl Job {
                     depth + 1
                 )));
             }
-            crate::tree::outbox::count_into_tree(&layout, &root, subtasks.len(), max_tasks)
-                .map_err(|e| Err(format!("its {} subtasks: {e}", subtasks.len())))?;
+            // Only the children not written yet: a parent expanded again
+            // (after a retry, or a crash before its state named them) counts
+            // none twice.
+            let new = subtasks
+                .iter()
+                .filter(|t| layout.locate(&format!("{name}.{}", t.suffix)).is_none())
+                .count();
+            if new > 0 {
+                crate::tree::outbox::count_into_tree(&layout, &root, new, max_tasks)
+                    .map_err(|e| Err(format!("its {new} subtasks: {e}")))?;
+            }
             crate::tree::outbox::expand(&layout, &name, &subtasks, sequential).map_err(Ok)
         })
         .await;

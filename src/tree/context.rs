@@ -109,7 +109,7 @@ const CONTEXT_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10
 /// [`CONTEXT_LOCK_WAIT`]. `context/` and `context/agent_outputs/` are made
 /// sure to be directories of the tree first: nothing is ever written
 /// through a link.
-fn lock_context(layout: &Layout) -> io::Result<File> {
+fn lock_context(layout: &Layout, wait: std::time::Duration) -> io::Result<File> {
     real_dir(layout, &layout.context)?;
     real_dir(layout, &layout.outputs)?;
     let path = layout.context.join(".lock");
@@ -163,10 +163,10 @@ fn lock_context(layout: &Layout) -> io::Result<File> {
         WAITERS.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         return Err(e);
     }
-    match rx.recv_timeout(CONTEXT_LOCK_WAIT) {
+    match rx.recv_timeout(wait) {
         Ok(Ok(())) => Ok(f),
         Ok(Err(e)) => Err(e),
-        Err(_) => Err(held(&format!("for {} s", CONTEXT_LOCK_WAIT.as_secs()))),
+        Err(_) => Err(held(&format!("for {:?}", wait))),
     }
 }
 
@@ -234,7 +234,22 @@ pub fn merge(
     output: Option<(&str, bool)>,
     pending_hint: Option<usize>,
 ) -> io::Result<()> {
-    let _guard = lock_context(layout)?;
+    merge_within(layout, rec, output, pending_hint, CONTEXT_LOCK_WAIT)
+}
+
+/// How long a merge made on the supervisor's loop (a reject, recovery)
+/// waits for the lock: the loop must not stall behind its holder.
+pub const LOOP_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// [`merge`], waiting at most `wait` for `context/.lock`.
+pub fn merge_within(
+    layout: &Layout,
+    rec: &ResultRecord,
+    output: Option<(&str, bool)>,
+    pending_hint: Option<usize>,
+    wait: std::time::Duration,
+) -> io::Result<()> {
+    let _guard = lock_context(layout, wait)?;
     if let Some((text, cut)) = output {
         let mut md = format!(
             "# {}\n\n- status: {}\n- agent: {}\n- attempts: {}\n- started: {}\n- finished: {}\n",

@@ -125,11 +125,16 @@ pub fn free_clash_name(layout: &Layout, dir: State, name: &str) -> io::Result<(S
     }
     for n in 1..100_000 {
         let cand = format!("{base}.clash-{n}");
-        if layout.find(dir, &cand).is_some() || exists(&layout.record_file(dir, &cand)) {
+        // Taken: a task file, a record or a run directory (or anything in
+        // their places) of that name.
+        let taken = |cand: &str| {
+            exists(&layout.record_file(dir, cand)) || exists(&layout.run_dir(dir, cand))
+        };
+        if layout.find(dir, &cand).is_some() || taken(&cand) {
             continue;
         }
         if let Some(lock) = TaskLock::try_acquire(layout, &cand)? {
-            if layout.locate(&cand).is_none() && !exists(&layout.record_file(dir, &cand)) {
+            if layout.locate(&cand).is_none() && !taken(&cand) {
                 return Ok((cand, lock));
             }
             lock.release();

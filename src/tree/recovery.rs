@@ -156,7 +156,16 @@ pub fn apply(
                 .map(|(_, d)| context::read_output(&d))
                 .unwrap_or_default();
             let output = record.agent.as_ref().map(|_| (out.as_str(), cut));
-            context::merge(layout, record, output, pending_hint)?;
+            // The context is derived data: it never holds up a commit.
+            if let Err(e) = context::merge_within(
+                layout,
+                record,
+                output,
+                pending_hint,
+                context::LOOP_LOCK_WAIT,
+            ) {
+                tracing::warn!(task = name, error = %e, "context merge failed; committing the task anyway");
+            }
             moves::finish_commit(layout, name, ext, *dest)?;
             Ok(*dest)
         }
@@ -166,7 +175,11 @@ pub fn apply(
             books::fill_run_dirs(layout, name, State::Failed, &mut record);
             books::write_state(layout, state)?;
             let dest = moves::prepare_commit(layout, &record)?;
-            context::merge(layout, &record, None, pending_hint)?;
+            if let Err(e) =
+                context::merge_within(layout, &record, None, pending_hint, context::LOOP_LOCK_WAIT)
+            {
+                tracing::warn!(task = name, error = %e, "context merge failed; committing the task anyway");
+            }
             moves::finish_commit(layout, name, ext, dest)?;
             Ok(dest)
         }

@@ -466,7 +466,9 @@ echo done"#;
 fn a_held_context_lock_delays_a_commit_only_so_long() {
     let root = Root::new()
         .agent_config(&["sh", "-c", "echo answer"], "")
-        .task("q.yaml", "description: x\n");
+        .task("q.yaml", "description: x\n")
+        // Rejected on the supervisor's loop, which waits less for the lock.
+        .task("bad.yaml", "description: [unclosed\n");
     let lock = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -491,6 +493,7 @@ fn a_held_context_lock_delays_a_commit_only_so_long() {
         "{rec}"
     );
     assert!(!root.exists("context/agent_outputs/q.md"));
+    assert_eq!(root.record("failed", "bad")["outcome"], "invalid");
 }
 
 /// Subtasks count into their tree as follow-ups do: a follow-up that brings
@@ -522,4 +525,33 @@ fn subtasks_of_a_follow_up_count_against_the_tree() {
     );
     assert_eq!(root.names("completed"), ["root"]);
     assert_eq!(root.names("failed"), ["fan"], "no subtask was queued");
+}
+
+/// A parent expanded again (its children failed; children and parent were
+/// retried) counts no child twice into its tree.
+#[test]
+fn a_retried_subtask_parent_counts_its_children_once() {
+    let root = Root::new()
+        .agent_config(
+            &["sh", "-c", "[ -e \"$MAILROOM_ROOT/ok\" ]"],
+            "max_tree_tasks: 6\nretries: 0",
+        )
+        .task(
+            "fan.yaml",
+            "description: fan out\nsubtasks:\n  - one\n  - two\n  - three\n",
+        );
+    root.run_until_idle();
+    assert_eq!(root.record("failed", "fan")["outcome"], "dependency");
+    root.write("ok", "");
+    let mut names: Vec<String> = root.names("failed");
+    names.sort();
+    let args: Vec<&str> = std::iter::once("retry")
+        .chain(names.iter().map(String::as_str))
+        .collect();
+    let out = root.mailroom(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    root.run_until_idle();
+    let rec = root.record("completed", "fan");
+    assert_eq!(rec["outcome"], "success", "{rec}");
+    assert_eq!(root.read("tasks/trees/fan").trim(), "4");
 }

@@ -271,6 +271,11 @@ fn add_refuses_an_unknown_agent_a_non_task_file_and_an_empty_description() {
         "{}",
         stderr(&out)
     );
+    // A file without `agents:` runs the built-in demo agent: with an error
+    // elsewhere, `demo` still passes.
+    root.write("mailroom.yaml", "concurrency: 2\nretries: many\n");
+    let out = root.mailroom(&["add", "x", "--agent", "demo"]);
+    assert!(out.status.success(), "{}", stderr(&out));
 }
 
 #[test]

@@ -411,7 +411,8 @@ fn an_obstacle_where_the_commit_goes_is_left_alone_and_named() {
     let script = r#"T="$MAILROOM_ROOT/tasks"
 case "$MAILROOM_TASK" in
   dir-record-failed) mkdir -p "$T/failed/$MAILROOM_TASK.result.json/x"; exit 1 ;;
-  dir-record-completed) mkdir "$T/completed/$MAILROOM_TASK.result.json" ;;
+  dir-record-completed) mkdir "$T/completed/$MAILROOM_TASK.result.json"
+    echo x > "$T/failed/$MAILROOM_TASK.clash-1.run" ;;
   file-run) echo x > "$T/completed/$MAILROOM_TASK.run" ;;
 esac
 exit 0"#;
@@ -422,18 +423,20 @@ exit 0"#;
         .task("file-run.yaml", "description: x\n")
         .task("fine.yaml", "description: x\n");
     root.run_until_idle_within(Duration::from_secs(60));
+    // The first clash name of `dir-record-completed` has the place of its
+    // run directory taken too: the next name is used.
     for (name, path) in [
         (
-            "dir-record-failed",
+            "dir-record-failed.clash-1",
             "tasks/failed/dir-record-failed.result.json",
         ),
         (
-            "dir-record-completed",
+            "dir-record-completed.clash-2",
             "tasks/completed/dir-record-completed.result.json",
         ),
-        ("file-run", "tasks/completed/file-run.run"),
+        ("file-run.clash-1", "tasks/completed/file-run.run"),
     ] {
-        let rec = root.record("failed", &format!("{name}.clash-1"));
+        let rec = root.record("failed", name);
         assert_eq!(rec["outcome"], "tampered", "{rec}");
         let err = rec["error"].as_str().unwrap();
         assert!(err.contains(path), "{name}: {err}");
