@@ -376,7 +376,6 @@ fn write_json<T: Serialize>(path: &Path, v: &T) -> std::io::Result<()> {
     crate::tree::fsx::write_atomic(path, &b)
 }
 
-/// Starts and watches the agent (blocking; see `run::blocking`).
 /// The run's [`Spec`] as the keeper runs it.
 fn output_spec(spec: &KeeperSpec) -> Spec {
     Spec {
@@ -438,6 +437,11 @@ fn stop_leftovers(grace: Duration) -> u32 {
             if stopped.insert(*k) || hard {
                 let _ = killpg(pid, sig);
                 let _ = kill(pid, sig);
+                if !hard {
+                    // A stopped leftover acts on its SIGTERM once continued.
+                    let _ = killpg(pid, Signal::SIGCONT);
+                    let _ = kill(pid, Signal::SIGCONT);
+                }
             }
         }
         sent_term_at.get_or_insert_with(std::time::Instant::now);

@@ -584,6 +584,8 @@ async fn stop_gracefully(
     stop: &mut watch::Receiver<Option<Stop>>,
 ) -> Exit {
     let _ = killpg(pgid, Signal::SIGTERM);
+    // A stopped agent acts on its SIGTERM once continued.
+    let _ = killpg(pgid, Signal::SIGCONT);
     let until = Instant::now()
         .checked_add(grace)
         .unwrap_or_else(Instant::now);

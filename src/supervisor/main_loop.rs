@@ -370,6 +370,15 @@ impl Supervisor {
         match end {
             JobEnd::Done(st, outcome, secs) => {
                 self.metrics.finished(&agent, outcome.as_str(), secs);
+                if outcome == Outcome::Limited {
+                    // A task that failed on a limit (past its free ones):
+                    // its agent cools down here at once, as for a requeue.
+                    self.merge_disk_cooldowns();
+                    if let Some((until, message)) = self.cooldowns.get(&agent).cloned() {
+                        warn!(agent = %agent, until = %record::ts(until), "usage limit: agent cooling down ({message})");
+                        self.agent_limited(&name, &agent, until);
+                    }
+                }
                 self.task_ended(&name, st, outcome, &agent);
                 // Tasks that wait for this one may go (or fail) now.
                 self.replace_waiting();

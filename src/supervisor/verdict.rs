@@ -228,7 +228,10 @@ pub fn decide(f: &Facts) -> Verdict {
             exclude_agent: false,
         };
     }
-    if f.limited && !matches!(o, Spawn | Cancelled) {
+    // Past the free limits a limit is a charged failure; a run stopped by a
+    // shutdown, or a runaway, is still what it was.
+    let charged_limit_applies = f.limit_free || !matches!(o, Interrupted | Runaway);
+    if f.limited && !matches!(o, Spawn | Cancelled) && charged_limit_applies {
         if f.limit_free || f.charged <= f.retries {
             return Verdict::Cooldown { free: f.limit_free };
         }
@@ -382,6 +385,15 @@ mod tests {
             let f = Facts { charged: 3, ..f };
             assert_eq!(decide(&f), commit(Outcome::Limited), "{o}");
         }
+        // A run stopped by a shutdown stays a free requeue, a runaway a
+        // runaway.
+        let past = |o| Facts {
+            limited: true,
+            limit_free: false,
+            ..facts(o)
+        };
+        assert_eq!(decide(&past(Interrupted)), Verdict::Requeue);
+        assert_eq!(decide(&past(Runaway)), commit(Runaway));
     }
 
     #[test]

@@ -708,3 +708,32 @@ fn a_failure_reported_in_mailroom_result_is_no_success() {
         "{err}"
     );
 }
+
+/// An agent that stopped itself (SIGSTOP) gets its SIGTERM at the timeout
+/// and is continued, so it can end cleanly within the grace instead of
+/// being killed at its end. With and without keepers.
+#[test]
+fn a_stopped_agent_is_continued_with_its_sigterm() {
+    let script = r#"trap 'echo term > "$MAILROOM_ROOT/$MAILROOM_TASK.term"; exit 3' TERM
+kill -STOP $$
+# (a shell runs its trap between commands)
+while :; do sleep 0.1; done"#;
+    for keeper in [true, false] {
+        let root = Root::new()
+            .config(&format!(
+                "retry_delay: 50ms\nsettle: 300ms\nretries: 0\nrun_keeper: {keeper}\ndefault_agent: a\n\
+                 agents:\n  a:\n    command: [sh, -c, {}]\n    timeout: 1s\n    grace: 30s\n",
+                serde_json::to_string(script).unwrap()
+            ))
+            .task("t.yaml", "description: x\n");
+        let started = std::time::Instant::now();
+        root.run_until_idle_within(Duration::from_secs(60));
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "keeper {keeper}: took {:?}, the grace ran out",
+            started.elapsed()
+        );
+        assert!(root.exists("t.term"), "keeper {keeper}: its trap never ran");
+        assert_eq!(root.record("failed", "t")["outcome"], "timeout");
+    }
+}
