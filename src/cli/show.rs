@@ -258,7 +258,7 @@ pub fn show(root: &Path, name: &str, json: bool) -> Result<()> {
         && st == State::Pending
     {
         for d in &t.after {
-            if layout.find(State::Completed, d).is_none() {
+            if !books::is_completed(&layout, d) {
                 let how = if layout.locate(d).is_some() {
                     ""
                 } else {

@@ -134,11 +134,7 @@ impl Supervisor {
     pub(super) fn deps_state(&self, after: &[String]) -> Deps {
         // Completed: the task file with its record, as a commit leaves it.
         // A file put in `completed/` by hand or by an agent is no success.
-        let done = |d: &String| {
-            self.layout().find(State::Completed, d).is_some()
-                && std::fs::symlink_metadata(self.layout().record_file(State::Completed, d))
-                    .is_ok_and(|m| m.is_file())
-        };
+        let done = |d: &String| books::is_completed(self.layout(), d);
         // A failed dependency anywhere decides, before any wait.
         let failed = |d: &String| !done(d) && self.layout().find(State::Failed, d).is_some();
         if let Some(d) = after.iter().find(|d| failed(d)) {
@@ -159,8 +155,8 @@ impl Supervisor {
             }
             if self.layout().find(State::Completed, d).is_some() {
                 return Deps::Wait(format!(
-                    "waiting for {d} (tasks/completed/ has a file of that name, but no result \
-                     record: mailroom did not file it)"
+                    "waiting for {d} (tasks/completed/ has a file of that name, but no record \
+                     of its completion: mailroom did not file it)"
                 ));
             }
             return Deps::Wait(format!("waiting for {d} (not submitted)"));

@@ -396,3 +396,18 @@ pub fn proc_environ(pid: u32) -> Option<Vec<(String, String)>> {
             .collect(),
     )
 }
+
+/// Whether `name` completed, as a commit leaves it: its task file in
+/// `completed/` with its record, which says `completed`. A file put there
+/// by hand or by an agent completes nothing.
+pub fn is_completed(layout: &Layout, name: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Status {
+        status: String,
+    }
+    layout.find(State::Completed, name).is_some()
+        && crate::tree::fsx::read_task_file(&layout.record_file(State::Completed, name), 16 << 20)
+            .ok()
+            .and_then(|(b, _)| serde_json::from_slice::<Status>(&b).ok())
+            .is_some_and(|s| s.status == "completed")
+}
