@@ -113,7 +113,7 @@ impl PrivateTmp {
     /// that exists (planted, or a leftover of a pid reused) is never taken.
     pub fn create() -> std::io::Result<PrivateTmp> {
         use std::os::unix::fs::DirBuilderExt;
-        let base = std::env::temp_dir();
+        let base = Self::base();
         let mut last = None;
         for _ in 0..8 {
             let mut r = [0u8; 8];
@@ -157,7 +157,7 @@ impl PrivateTmp {
                 warn(format!(
                     "cannot make the run's private temp directory in {}: {e}; \
                      the agent gets the shared one",
-                    std::env::temp_dir().display()
+                    Self::base().display()
                 ));
                 None
             }
@@ -166,6 +166,46 @@ impl PrivateTmp {
 
     pub fn path(&self) -> &Path {
         &self.0
+    }
+
+    /// This process's temp directory, made absolute (a relative `TMPDIR`
+    /// would mean another place in the agent's working directory).
+    fn base() -> PathBuf {
+        let t = std::env::temp_dir();
+        if t.is_absolute() {
+            return t;
+        }
+        std::env::current_dir().map_or(t.clone(), |d| d.join(&t))
+    }
+
+    /// Removes what keepers or supervisors killed before they could clean
+    /// up left behind: `mailroom-run.<pid>.*` of this user whose process is
+    /// gone. Returns how many went.
+    pub fn sweep() -> usize {
+        use std::os::unix::fs::MetadataExt;
+        let me = nix::unistd::geteuid().as_raw();
+        let mut n = 0;
+        for e in std::fs::read_dir(Self::base())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = e.file_name();
+            let Some(pid) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("mailroom-run."))
+                .and_then(|r| r.split_once('.'))
+                .and_then(|(pid, _)| pid.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let ours = e.metadata().is_ok_and(|m| m.is_dir() && m.uid() == me);
+            if ours && !Path::new(&format!("/proc/{pid}")).exists() {
+                drop(PrivateTmp(e.path()));
+                n += 1;
+            }
+        }
+        n
     }
 }
 
@@ -187,12 +227,18 @@ impl Drop for PrivateTmp {
 /// Gives this user every permission on `dir` and the directories below it
 /// (links are not followed), so that they can be removed.
 fn open_up(dir: &Path, depth: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    // set_permissions follows links: never through one.
-    if !std::fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
+    use std::os::fd::AsRawFd;
+    // Opened without following a link, changed through the descriptor: a
+    // link swapped in meanwhile is not followed either.
+    let Ok(d) = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(dir)
+    else {
         return;
-    }
-    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    };
+    // SAFETY: fchmod of a descriptor we own.
+    unsafe { libc::fchmod(d.as_raw_fd(), 0o700) };
     if depth > 64 {
         return;
     }

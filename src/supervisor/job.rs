@@ -266,6 +266,8 @@ impl Job {
             for (pg, _) in &groups {
                 runner::kill_orphan_group(*pg, grace);
             }
+            // The keeper could not remove its run's temp directory.
+            runner::PrivateTmp::sweep();
             groups.len()
         })
         .await

@@ -41,6 +41,15 @@ impl Supervisor {
         self.beat();
         self.recover();
         self.full_scan();
+        // Private temp directories of runs whose keeper (or supervisor) was
+        // killed before it could remove them.
+        let n = crate::run::process::PrivateTmp::sweep();
+        if n > 0 {
+            info!(
+                removed = n,
+                "removed temp directories of runs whose keepers are gone"
+            );
+        }
         let mut io = LoopIo {
             notifier: opts.notifier.clone(),
             last_status: self.status_line(),

@@ -617,6 +617,12 @@ mkdir "$TMPDIR/locked" && echo secret > "$TMPDIR/locked/f" && chmod 000 "$TMPDIR
         let base = root.p("systmp");
         std::fs::create_dir(&base).unwrap();
         std::fs::create_dir_all(root_tmp_own()).unwrap();
+        // Left by a keeper that was killed (its pid is no process), and one
+        // of a live process (pid 1): the supervisor removes the first only.
+        let dead = base.join("mailroom-run.4194305.0123456789abcdef");
+        std::fs::create_dir_all(dead.join("sub")).unwrap();
+        let live = base.join("mailroom-run.1.0123456789abcdef");
+        std::fs::create_dir(&live).unwrap();
         root.write("tasks/pending/t.yaml", "description: x\n");
         root.write("tasks/pending/o.yaml", "description: x\nagent: own\n");
         let mut c = root.cmd(&["run", "--exit-when-idle"]);
@@ -647,6 +653,9 @@ mkdir "$TMPDIR/locked" && echo secret > "$TMPDIR/locked/f" && chmod 000 "$TMPDIR
             "keeper {keeper}: {} left behind",
             dir.display()
         );
+        assert!(!dead.exists(), "a dead keeper's temp directory stays");
+        assert!(live.exists(), "a live process's temp directory was removed");
+        std::fs::remove_dir(&live).unwrap();
         assert_eq!(
             std::fs::read_dir(&base).unwrap().count(),
             0,
