@@ -403,8 +403,14 @@ fn run(
                 let c = if s.signal == signal_hook::consts::SIGHUP {
                     Control::Reload
                 } else {
+                    // Only this user's processes can be our agents; read
+                    // what the sender is now, before its pid can be reused.
+                    let me = nix::unistd::geteuid().as_raw();
                     Control::Shutdown {
-                        from: s.process.map(|p| p.pid as u32),
+                        from: s
+                            .process
+                            .filter(|p| p.uid == me)
+                            .map(|p| mailroom::supervisor::SignalSender::of(p.pid as u32)),
                     }
                 };
                 if tx.send(c).is_err() {

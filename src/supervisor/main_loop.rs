@@ -224,8 +224,8 @@ impl Supervisor {
                 if let Some(n) = &io.notifier {
                     n.stopping();
                 }
-                if let Some(pid) = from {
-                    self.note_shutdown_sender(pid);
+                if let Some(from) = from {
+                    self.note_shutdown_sender(from);
                 }
                 self.on_shutdown()
             }
@@ -317,16 +317,17 @@ impl Supervisor {
     /// A shutdown sent by a process of one of this supervisor's runs (its
     /// environment names this root and a running task): that run's requeue
     /// will use up an attempt.
-    fn note_shutdown_sender(&mut self, pid: u32) {
-        let Some(env) = crate::tree::books::proc_environ(pid) else {
-            return;
-        };
+    fn note_shutdown_sender(&mut self, from: super::SignalSender) {
         let root = self.layout().root.to_string_lossy().into_owned();
-        let var = |k: &str| env.iter().find_map(|(n, v)| (n == k).then_some(v.as_str()));
-        if var("MAILROOM_ROOT") != Some(root.as_str()) {
+        if from.root.as_deref() != Some(root.as_str()) {
             return;
         }
-        let Some(task) = var("MAILROOM_TASK").filter(|t| self.running.contains_key(*t)) else {
+        let pid = from.pid;
+        let Some(task) = from
+            .task
+            .as_deref()
+            .filter(|t| self.running.contains_key(*t))
+        else {
             return;
         };
         warn!(

@@ -50,14 +50,37 @@ use crate::tree::lock::TaskLock;
 use crate::tree::moves::{self, Claim};
 
 /// Requests from outside the loop (signals, in main.rs; tests send them directly).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Control {
     /// SIGTERM/SIGINT: stop claiming, let agents finish within the grace
     /// period, then stop them and requeue. A second one stops at once.
-    /// `from`: the sender's pid, when the kernel told it.
-    Shutdown { from: Option<u32> },
+    /// `from`: who sent it, when the kernel told and it is this user's.
+    Shutdown { from: Option<SignalSender> },
     /// SIGHUP: reload `mailroom.yaml`.
     Reload,
+}
+
+/// The sender of a signal, looked at as the signal arrived (a sender that
+/// exits at once, as `kill` does, leaves its pid to be reused).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignalSender {
+    pub pid: u32,
+    /// Its `MAILROOM_ROOT` and `MAILROOM_TASK`: set when it is an agent's.
+    pub root: Option<String>,
+    pub task: Option<String>,
+}
+
+impl SignalSender {
+    /// Process `pid` (of this user), as it is now.
+    pub fn of(pid: u32) -> SignalSender {
+        let env = crate::tree::books::proc_environ(pid).unwrap_or_default();
+        let get = |k: &str| env.iter().find_map(|(n, v)| (n == k).then(|| v.clone()));
+        SignalSender {
+            pid,
+            root: get("MAILROOM_ROOT"),
+            task: get("MAILROOM_TASK"),
+        }
+    }
 }
 
 /// Options of one `mailroom run`.

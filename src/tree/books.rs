@@ -354,33 +354,6 @@ pub fn paused_agents(layout: &Layout) -> Vec<String> {
     v
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_zombie_is_not_the_same_process() {
-        let mut child = std::process::Command::new("true").spawn().unwrap();
-        let pid = child.id();
-        let start = proc_start_time(pid).unwrap();
-        // Dead, not yet reaped: a zombie.
-        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .is_ok_and(|s| !s[s.rfind(')').unwrap() + 1..].trim_start().starts_with('Z'))
-        {
-            assert!(std::time::Instant::now() < until, "no zombie");
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        assert_eq!(proc_start_time(pid), Some(start));
-        assert!(!same_process(pid, start));
-        child.wait().unwrap();
-        assert!(same_process(
-            std::process::id(),
-            proc_start_time(std::process::id()).unwrap()
-        ));
-    }
-}
-
 /// The environment of process `pid` (readable for this user's processes),
 /// as name and value pairs. None when it cannot be read (gone, another
 /// user's).
@@ -410,4 +383,31 @@ pub fn is_completed(layout: &Layout, name: &str) -> bool {
             .ok()
             .and_then(|(b, _)| serde_json::from_slice::<Status>(&b).ok())
             .is_some_and(|s| s.status == "completed")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_zombie_is_not_the_same_process() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        let start = proc_start_time(pid).unwrap();
+        // Dead, not yet reaped: a zombie.
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| !s[s.rfind(')').unwrap() + 1..].trim_start().starts_with('Z'))
+        {
+            assert!(std::time::Instant::now() < until, "no zombie");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(proc_start_time(pid), Some(start));
+        assert!(!same_process(pid, start));
+        child.wait().unwrap();
+        assert!(same_process(
+            std::process::id(),
+            proc_start_time(std::process::id()).unwrap()
+        ));
+    }
 }
