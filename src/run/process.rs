@@ -211,8 +211,11 @@ impl PrivateTmp {
 
 impl Drop for PrivateTmp {
     fn drop(&mut self) {
-        // remove_dir_all does not follow links: a directory the agent
-        // swapped for a link only loses the link.
+        // Empty, as a rule: one rmdir. remove_dir_all does not follow links:
+        // a directory the agent swapped for a link only loses the link.
+        if std::fs::remove_dir(&self.0).is_ok() {
+            return;
+        }
         if let Err(e) = std::fs::remove_dir_all(&self.0)
             && e.kind() != std::io::ErrorKind::NotFound
         {
