@@ -232,11 +232,7 @@ fn check_agent(
             {
                 bail!(
                     "no agent `{agent}` in mailroom.yaml (agents: {}); the file also has an error: {e}",
-                    if known.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        known.join(", ")
-                    }
+                    names_or_none(&known)
                 );
             }
             // Supervisors keep the config they had; the task may still run.
@@ -253,12 +249,20 @@ fn check_agent(
         .unwrap_or_default();
     bail!(
         "no agent `{agent}` in mailroom.yaml{hint}; agents: {}",
-        if known.is_empty() {
-            "none".to_owned()
-        } else {
-            known.join(", ")
-        }
+        names_or_none(&known)
     )
+}
+
+/// `a, b, c`, or `none`.
+fn names_or_none<S: AsRef<str>>(names: &[S]) -> String {
+    if names.is_empty() {
+        return "none".to_owned();
+    }
+    names
+        .iter()
+        .map(AsRef::as_ref)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The agents' names in a `mailroom.yaml` that does not parse as a config:
