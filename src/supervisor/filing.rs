@@ -298,8 +298,13 @@ impl Commit {
             crate::tree::context::merge(layout, &self.rec, Some((&self.out, self.cut)), Some(hint))
         {
             warn!(task = %name, error = %e, "context merge failed; committing the task anyway");
-            // Said in the record too: the next agents will not see this answer.
-            let w = format!("the answer was not merged into context/: {e}");
+            // A later recovery pass merges it.
+            crate::tree::context::note_unmerged(layout, dest, &self.rec.task);
+            // Said in the record too: until then the next agents do not see
+            // this answer.
+            let w = format!(
+                "the answer was not merged into context/ at the commit (a later pass merges it): {e}"
+            );
             if !self.rec.warnings.contains(&w) {
                 self.rec.warnings.push(w);
                 moves::prepare_commit_as(layout, &name, &self.rec).map_err(at(format!(

@@ -56,6 +56,16 @@ impl Supervisor {
     /// removes leftovers that no one holds.
     pub(super) fn recover(&mut self) {
         let layout = self.layout().clone();
+        // Commits that went ahead without their merge (the context lock was
+        // held): merged now, a few at a time, if the lock is free.
+        let n =
+            crate::tree::context::replay_unmerged(&layout, 8, crate::tree::context::LOOP_LOCK_WAIT);
+        if n > 0 {
+            info!(
+                merged = n,
+                "merged finished tasks into context/ that their commits could not"
+            );
+        }
         let rd = match std::fs::read_dir(&layout.assigned) {
             Ok(rd) => rd,
             Err(_) => return,

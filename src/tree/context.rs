@@ -122,52 +122,76 @@ fn lock_context(layout: &Layout, wait: std::time::Duration) -> io::Result<File> 
             .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
     })?;
-    match f.try_lock() {
-        Ok(()) => return Ok(f),
-        Err(std::fs::TryLockError::WouldBlock) => {}
-        Err(std::fs::TryLockError::Error(e)) => return Err(e),
-    }
-    // Busy: wait in line (a blocking flock is woken when the lock is let
-    // go; polling would lose every race to the waiters in line) on a thread
-    // of its own, so that the wait can end. The waiter locks through a
-    // duplicate of the descriptor (one open file description, one lock):
-    // given up on, it lets go as it closes the last descriptor.
-    static WAITERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let held = |why: &str| {
-        let by = crate::tree::lock::flock_holder(&f)
-            .map(|pid| format!(" (by pid {pid})"))
-            .unwrap_or_default();
+    crate::tree::lock::flock_within(&f, wait).map_err(|why| {
         io::Error::new(
             io::ErrorKind::WouldBlock,
-            format!(
-                "{} has been held by another process{by} {why}; the context was not merged",
-                layout.rel(&path),
-            ),
+            format!("{} {why}; the context was not merged", layout.rel(&path)),
         )
+    })?;
+    Ok(f)
+}
+
+/// `context/.unmerged/`: one file per task whose commit went ahead without
+/// its merge (the lock was held), naming the state its record is in.
+fn unmerged_dir(layout: &Layout) -> std::path::PathBuf {
+    layout.context.join(".unmerged")
+}
+
+/// Notes that `name`'s record in `state` was committed without its merge,
+/// for [`replay_unmerged`]. Best effort.
+pub fn note_unmerged(layout: &Layout, state: State, name: &str) {
+    let dir = unmerged_dir(layout);
+    let _ = real_dir(layout, &dir)
+        .and_then(|()| fsx::write_atomic(&fsx::child(&dir, name), state.dir_name().as_bytes()));
+}
+
+/// Merges what was committed without its merge (at most `max` tasks, each
+/// waiting at most `wait` for the lock), and forgets what is merged or gone.
+/// Returns how many were merged.
+pub fn replay_unmerged(layout: &Layout, max: usize, wait: std::time::Duration) -> usize {
+    let dir = unmerged_dir(layout);
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return 0;
     };
-    // Waiters still blocked from earlier merges: the lock is not let go.
-    if WAITERS.load(std::sync::atomic::Ordering::SeqCst) >= 4 {
-        return Err(held("through the last merges"));
-    }
-    let dup = f.try_clone()?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    WAITERS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let spawned = std::thread::Builder::new()
-        .name("context-lock".into())
-        .spawn(move || {
-            let r = dup.lock();
-            WAITERS.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-            let _ = tx.send(r);
+    let mut merged = 0;
+    for e in rd.flatten().take(max) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let path = e.path();
+        // Another supervisor's note being written (its temp file).
+        if name.starts_with('.') {
+            continue;
+        }
+        if crate::parse::task::check_name(&name).is_err() {
+            let _ = std::fs::remove_file(&path);
+            continue;
+        }
+        let state = fsx::read_head(&path, 64)
+            .ok()
+            .and_then(|(b, _)| State::parse(String::from_utf8_lossy(&b).trim()))
+            .filter(|s| matches!(s, State::Completed | State::Failed));
+        let rec = state.and_then(|s| {
+            let (b, _) = fsx::read_task_file(&layout.record_file(s, &name), 16 << 20).ok()?;
+            serde_json::from_slice::<ResultRecord>(&b).ok()
         });
-    if let Err(e) = spawned {
-        WAITERS.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-        return Err(e);
+        let Some(rec) = rec.filter(|r| r.task == name) else {
+            // Retried, or never there: nothing to merge.
+            let _ = std::fs::remove_file(&path);
+            continue;
+        };
+        let (out, cut, _) = rec
+            .run_dir
+            .as_deref()
+            .map(|d| read_output_and_summary(&layout.root.join(d)))
+            .unwrap_or_default();
+        let output = rec.agent.as_ref().map(|_| (out.as_str(), cut));
+        if merge_within(layout, &rec, output, None, wait).is_err() {
+            // Still held: the next pass tries again.
+            break;
+        }
+        let _ = std::fs::remove_file(&path);
+        merged += 1;
     }
-    match rx.recv_timeout(wait) {
-        Ok(Ok(())) => Ok(f),
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(held(&format!("for {:?}", wait))),
-    }
+    merged
 }
 
 /// Extracts the last `[SUMMARY]…[/SUMMARY]` block of an output.

@@ -146,3 +146,54 @@ pub fn flock_holder(f: &std::fs::File) -> Option<u32> {
             .flatten()
     })
 }
+
+/// Takes an exclusive `flock` on `f`, waiting at most `wait`: for a lock
+/// that others hold for moments (the context's, a tree's count), which a
+/// process that keeps it (an agent that took it) must not turn into a hang.
+/// The error says how it is held, to follow the file's name.
+///
+/// A busy lock is waited for in line (a blocking flock is woken when the
+/// lock is let go; polling would lose every race to the waiters in line),
+/// on a thread of its own so that the wait can end. That thread locks
+/// through a duplicate of the descriptor (one open file description, one
+/// lock): given up on, it lets go as it closes the last descriptor. At
+/// most four such waiters are left blocked at a time.
+pub fn flock_within(f: &std::fs::File, wait: std::time::Duration) -> Result<(), String> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static WAITERS: AtomicUsize = AtomicUsize::new(0);
+    match f.try_lock() {
+        Ok(()) => return Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => {}
+        Err(std::fs::TryLockError::Error(e)) => return Err(format!("cannot be locked: {e}")),
+    }
+    let held = |why: &str| {
+        let by = flock_holder(f)
+            .map(|pid| format!(" (by pid {pid})"))
+            .unwrap_or_default();
+        format!("has been held by another process{by} {why}")
+    };
+    if WAITERS.load(Ordering::SeqCst) >= 4 {
+        return Err(held("through the last waits"));
+    }
+    let dup = f
+        .try_clone()
+        .map_err(|e| format!("cannot be locked: {e}"))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    WAITERS.fetch_add(1, Ordering::SeqCst);
+    let spawned = std::thread::Builder::new()
+        .name("flock-wait".into())
+        .spawn(move || {
+            let r = dup.lock();
+            WAITERS.fetch_sub(1, Ordering::SeqCst);
+            let _ = tx.send(r);
+        });
+    if let Err(e) = spawned {
+        WAITERS.fetch_sub(1, Ordering::SeqCst);
+        return Err(format!("cannot be waited for: {e}"));
+    }
+    match rx.recv_timeout(wait) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("cannot be locked: {e}")),
+        Err(_) => Err(held(&format!("for {wait:?}"))),
+    }
+}

@@ -61,7 +61,10 @@ pub fn count_into_tree(layout: &Layout, root: &str, n: usize, max: usize) -> Res
         .truncate(false)
         .open(dir.join(root))
         .map_err(|e| e.to_string())?;
-    f.lock().map_err(|e| e.to_string())?;
+    // Held for moments by whoever counts into the tree: one that keeps it
+    // (an agent of the tree) must not hold its commits for good.
+    crate::tree::lock::flock_within(&f, std::time::Duration::from_secs(10))
+        .map_err(|why| format!("tasks/trees/{root} {why}; no follow-up was queued"))?;
     let mut text = String::new();
     let _ = f.read_to_string(&mut text);
     // The tree's first task counts as one.

@@ -165,6 +165,7 @@ pub fn apply(
                 context::LOOP_LOCK_WAIT,
             ) {
                 tracing::warn!(task = name, error = %e, "context merge failed; committing the task anyway");
+                context::note_unmerged(layout, *dest, &record.task);
             }
             moves::finish_commit(layout, name, ext, *dest)?;
             Ok(*dest)
@@ -179,6 +180,7 @@ pub fn apply(
                 context::merge_within(layout, &record, None, pending_hint, context::LOOP_LOCK_WAIT)
             {
                 tracing::warn!(task = name, error = %e, "context merge failed; committing the task anyway");
+                context::note_unmerged(layout, dest, &record.task);
             }
             moves::finish_commit(layout, name, ext, dest)?;
             Ok(dest)

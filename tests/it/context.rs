@@ -488,12 +488,20 @@ fn a_held_context_lock_delays_a_commit_only_so_long() {
     let rec = root.record("completed", "q");
     let w = rec["warnings"].to_string();
     assert!(
-        w.contains("the answer was not merged into context/: context/.lock has been held by another process")
+        w.contains("the answer was not merged into context/ at the commit (a later pass merges it): context/.lock has been held by another process")
             && w.contains(&format!("(by pid {})", std::process::id())),
         "{rec}"
     );
     assert!(!root.exists("context/agent_outputs/q.md"));
     assert_eq!(root.record("failed", "bad")["outcome"], "invalid");
+    // Once the lock is free, the next recovery pass merges what was left out.
+    root.run_until_idle();
+    assert!(root.read("context/agent_outputs/q.md").contains("answer"));
+    assert!(
+        root.read("context/completed_tasks.jsonl")
+            .contains("\"task\":\"q\"")
+    );
+    assert!(root.entries("context/.unmerged").is_empty());
 }
 
 /// Subtasks count into their tree as follow-ups do: a follow-up that brings
@@ -554,4 +562,39 @@ fn a_retried_subtask_parent_counts_its_children_once() {
     let rec = root.record("completed", "fan");
     assert_eq!(rec["outcome"], "success", "{rec}");
     assert_eq!(root.read("tasks/trees/fan").trim(), "4");
+}
+
+/// A process that holds a tree's count (`tasks/trees/<first task>`) holds
+/// up its follow-ups' commit only so long: then the run is filed, saying
+/// which lock was held, and the supervisor goes on.
+#[test]
+fn a_held_tree_count_delays_a_commit_only_so_long() {
+    let root = Root::new()
+        .agent_config(
+            &[
+                "sh",
+                "-c",
+                "[ \"$MAILROOM_TASK\" = first ] && echo 'description: next' > \"$MAILROOM_OUTBOX/next.yaml\"; exit 0",
+            ],
+            "",
+        )
+        .task("first.yaml", "description: x\n");
+    std::fs::create_dir_all(root.p("tasks/trees")).unwrap();
+    root.write("tasks/trees/first", "1\n");
+    let lock = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(root.p("tasks/trees/first"))
+        .unwrap();
+    lock.lock().unwrap();
+    root.run_until_idle_within(Duration::from_secs(60));
+    drop(lock);
+    let rec = root.record("failed", "first");
+    let err = rec["error"].as_str().unwrap();
+    assert!(
+        err.contains("tasks/trees/first has been held by another process")
+            && err.contains(&format!("(by pid {})", std::process::id())),
+        "{rec}"
+    );
+    assert!(root.names("pending").is_empty(), "the follow-up was queued");
 }
