@@ -274,7 +274,10 @@ impl Job {
         .unwrap_or(0);
         let layout = &self.ctx.layout;
         let run_dir_gone = !run_dir.is_dir();
-        let started = keeper::info(run_dir, run_id).is_some();
+        // A directory whose permissions its agent took away hides whether
+        // the keeper started it: never taken for a run that did not start.
+        let unreadable = !run_dir_gone && std::fs::read_dir(run_dir).is_err();
+        let started = keeper::info(run_dir, run_id).is_some() || unreadable;
         let signal = status.and_then(|s| s.signal());
         let how = match (signal, status) {
             (Some(s), _) => format!("was killed by signal {}", verdict::sig_name(s)),
@@ -297,7 +300,13 @@ impl Job {
                 not_found: false,
             };
         }
-        let mut error = if run_dir_gone {
+        let mut error = if unreadable {
+            format!(
+                "the run directory {} cannot be read (its permissions were changed during \
+                 the run, by its agent?); its keeper (pid {pid}) {how} without writing the outcome",
+                layout.rel(run_dir)
+            )
+        } else if run_dir_gone {
             format!(
                 "the run directory {} was removed or moved during the run (by its agent?); \
                  its keeper (pid {pid}) {how} without writing the outcome",

@@ -138,3 +138,56 @@ fn a_shared_tree_gives_the_group_its_records_state_files_and_locks() {
     assert_eq!(mode("tasks/completed/t.result.json"), 0o640, "record");
     assert_eq!(mode("context/current_state.md"), 0o640, "current_state.md");
 }
+
+/// An agent (of an unprivileged supervisor) that takes every permission away
+/// from its own run directory hides whether its run started: that is a lost
+/// run, said so, never a free "could not start" (`spawn`).
+#[test]
+fn an_agent_that_locks_its_run_directory_is_not_a_spawn_failure() {
+    let root = Root::new()
+        .agent_config(
+            &["sh", "-c", "chmod 000 \"$MAILROOM_RUN_DIR\"; echo ok"],
+            "retries: 0",
+        )
+        .task("t.yaml", "description: x\n");
+    if !require_root("running the supervisor as another user (setpriv)") {
+        return;
+    }
+    let have = std::process::Command::new("setpriv")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !require(have, "setpriv (util-linux) to run the supervisor as nobody") {
+        return;
+    }
+    let chown = std::process::Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(&root.path)
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    let mut c = std::process::Command::new("setpriv");
+    c.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        BIN,
+        "--root",
+    ])
+    .arg(&root.path)
+    .args(["run", "--exit-when-idle"])
+    .env_remove("MAILROOM_ROOT")
+    .env_remove("MAILROOM_TASK")
+    .env("HOME", &root.path);
+    let out = run_bounded(c, std::time::Duration::from_secs(60));
+    // Everything back to this user, so that the root can be removed.
+    let _ = std::process::Command::new("chmod")
+        .args(["-R", "u+rwx"])
+        .arg(&root.path)
+        .status();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rec = root.record("failed", "t");
+    assert_ne!(rec["outcome"], "spawn", "{rec}");
+    let err = rec["error"].as_str().unwrap();
+    assert!(err.contains("cannot be read"), "{err}");
+}
