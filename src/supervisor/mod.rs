@@ -72,13 +72,32 @@ pub struct SignalSender {
 
 impl SignalSender {
     /// Process `pid` (of this user), as it is now.
+    /// A sender that cleared its environment (`env -i`) or left its
+    /// session is still a descendant of the agent or of its keeper (which
+    /// keeps every descendant as a subreaper): its nearest ancestor with a
+    /// `MAILROOM_TASK` speaks for it, up to this process.
     pub fn of(pid: u32) -> SignalSender {
-        let env = crate::tree::books::proc_environ(pid).unwrap_or_default();
-        let get = |k: &str| env.iter().find_map(|(n, v)| (n == k).then(|| v.clone()));
+        let me = std::process::id();
+        let mut cur = pid;
+        for _ in 0..64 {
+            let env = crate::tree::books::proc_environ(cur).unwrap_or_default();
+            let get = |k: &str| env.iter().find_map(|(n, v)| (n == k).then(|| v.clone()));
+            if let (Some(root), Some(task)) = (get("MAILROOM_ROOT"), get("MAILROOM_TASK")) {
+                return SignalSender {
+                    pid,
+                    root: Some(root),
+                    task: Some(task),
+                };
+            }
+            match crate::tree::books::proc_ppid(cur) {
+                Some(p) if p > 1 && p != me && p != cur => cur = p,
+                _ => break,
+            }
+        }
         SignalSender {
             pid,
-            root: get("MAILROOM_ROOT"),
-            task: get("MAILROOM_TASK"),
+            root: None,
+            task: None,
         }
     }
 }

@@ -221,6 +221,16 @@ pub fn proc_state(pid: u32) -> Option<(char, u64)> {
     Some((state, start))
 }
 
+/// A process's parent pid, from `/proc/<pid>/stat` (field 4).
+pub fn proc_ppid(pid: u32) -> Option<u32> {
+    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s[s.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 /// Whether `pid` is the same process that had start time `start`, and is
 /// alive: a zombie (dead, not yet reaped by its parent) is not.
 pub fn same_process(pid: u32, start: u64) -> bool {
@@ -374,6 +384,15 @@ pub fn proc_environ(pid: u32) -> Option<Vec<(String, String)>> {
 /// `completed/` with its record, which says `completed`. A file put there
 /// by hand or by an agent completes nothing.
 pub fn is_completed(layout: &Layout, name: &str) -> bool {
+    // A name is in one state: found in another one too (a task that runs,
+    // waits or failed, beside files an agent planted in `completed/`), it
+    // did not complete.
+    if [State::Pending, State::Assigned, State::Failed]
+        .into_iter()
+        .any(|s| layout.find(s, name).is_some())
+    {
+        return false;
+    }
     #[derive(serde::Deserialize)]
     struct Status {
         status: String,

@@ -600,9 +600,18 @@ fn a_task_file_planted_in_completed_satisfies_no_dependency() {
     root.run_until_idle();
     assert_eq!(root.record("failed", "t2")["outcome"], "dependency");
     assert!(root.names("completed").iter().all(|n| n != "t2"));
-    // Nor does a planted record that does not say completed.
-    root.write("tasks/completed/t1.result.json", "{\"status\": \"failed\"}");
-    root.write("tasks/pending/t3.yaml", "description: waits\nafter: [t1]\n");
-    root.run_until_idle();
-    assert_eq!(root.record("failed", "t3")["outcome"], "dependency");
+    // Nor does a planted record, whatever it says: the task is in failed/.
+    for status in ["failed", "completed"] {
+        root.write(
+            "tasks/completed/t1.result.json",
+            &format!("{{\"task\": \"t1\", \"status\": \"{status}\"}}"),
+        );
+        let waiter = format!("t3-{status}");
+        root.write(
+            &format!("tasks/pending/{waiter}.yaml"),
+            "description: waits\nafter: [t1]\n",
+        );
+        root.run_until_idle();
+        assert_eq!(root.record("failed", &waiter)["outcome"], "dependency");
+    }
 }
