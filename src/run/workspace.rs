@@ -196,6 +196,9 @@ pub fn create(
     let top = PathBuf::from(top);
     let path = dir.join(task);
     let branch = branch_for(task);
+    let _held = git(&top, &["rev-parse", "--git-common-dir"])
+        .ok()
+        .and_then(|c| lock_worktrees(&top.join(c)));
     if path.exists() {
         // A previous attempt's worktree: start it again from its branch.
         let _ = git(
@@ -312,6 +315,17 @@ pub fn dirty(dir: &Path) -> Option<Vec<Dirty>> {
     )
 }
 
+/// Takes the repository's worktree lock (a `flock` on its git directory):
+/// runs add and remove their worktrees one at a time, as `git worktree add`
+/// reads the other worktrees' files and fails on one being made at the same
+/// moment ("failed to read .git/worktrees/<x>/commondir"). Waits at most a
+/// minute; without it (not a directory, or held that long), goes on.
+fn lock_worktrees(git_dir: &Path) -> Option<std::fs::File> {
+    let f = std::fs::File::open(git_dir).ok()?;
+    crate::tree::lock::flock_within(&f, std::time::Duration::from_secs(60)).ok()?;
+    Some(f)
+}
+
 /// Removes a worktree (the branch stays, with the agent's commits).
 pub fn remove(path: &Path) -> bool {
     let ok = git(path, &["rev-parse", "--git-common-dir"])
@@ -326,6 +340,7 @@ pub fn remove(path: &Path) -> bool {
             repo.parent().map(Path::to_path_buf)
         })
         .is_some_and(|top| {
+            let _held = lock_worktrees(&top.join(".git"));
             git(
                 &top,
                 &["worktree", "remove", "--force", &path.to_string_lossy()],

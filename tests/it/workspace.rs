@@ -281,3 +281,21 @@ fn changes_made_before_a_run_are_not_put_down_to_it() {
         "{ws}"
     );
 }
+
+/// Worktrees made and removed side by side in one repository: git's
+/// `worktree add` reads the other worktrees' files and fails on one being
+/// made at the same moment, so mailroom makes them one at a time. Every run
+/// gets its worktree.
+#[test]
+fn many_worktrees_at_once_in_one_repository_all_get_made() {
+    let edit = agent("edit.sh");
+    let mut root = repo(&format!(
+        "concurrency: 4\nagents:\n  coder:\n    command: [{edit:?}]\n    workspace: worktree\n    max_instances: 4\n    env: {{COMMIT: \"1\"}}\ndefault_agent: coder\n"
+    ));
+    for i in 0..16 {
+        root = root.task(&format!("w{i:02}.yaml"), "description: commit something\n");
+    }
+    root.run_until_idle();
+    let done = root.names("completed");
+    assert_eq!(done.len(), 16, "failed: {:?}", root.names("failed"));
+}
