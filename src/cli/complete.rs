@@ -47,7 +47,7 @@ pub fn task_names() -> Vec<CompletionCandidate> {
     out
 }
 
-/// The agents of the tree's config.
+/// The priorities `--priority` offers.
 pub fn priorities() -> Vec<CompletionCandidate> {
     ["high", "normal", "low"]
         .into_iter()
@@ -55,6 +55,7 @@ pub fn priorities() -> Vec<CompletionCandidate> {
         .collect()
 }
 
+/// The agents of the tree's config.
 pub fn agent_names() -> Vec<CompletionCandidate> {
     Config::load(&root())
         .map(|c| c.agents.into_keys().map(CompletionCandidate::new).collect())

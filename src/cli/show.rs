@@ -46,8 +46,7 @@ fn round_line(i: usize, r: &ResultRecord) -> String {
 }
 
 pub(super) fn read_record(layout: &Layout, st: State, name: &str) -> Option<ResultRecord> {
-    let b = std::fs::read(layout.record_file(st, name)).ok()?;
-    serde_json::from_slice(&b).ok()
+    books::read_record(layout, st, name)
 }
 
 /// `mailroom show --prompt`.

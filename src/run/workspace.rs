@@ -337,10 +337,10 @@ pub fn remove(path: &Path) -> bool {
             } else {
                 path.join(common)
             };
-            repo.parent().map(Path::to_path_buf)
+            Some((repo.parent()?.to_path_buf(), repo))
         })
-        .is_some_and(|top| {
-            let _held = lock_worktrees(&top.join(".git"));
+        .is_some_and(|(top, common)| {
+            let _held = lock_worktrees(&common);
             git(
                 &top,
                 &["worktree", "remove", "--force", &path.to_string_lossy()],

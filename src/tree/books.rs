@@ -212,9 +212,8 @@ pub fn proc_start_time(pid: u32) -> Option<u64> {
 /// A process's state letter (`R`, `S`, `T`, `Z`, …) and start time in clock
 /// ticks since boot, from `/proc/<pid>/stat`.
 pub fn proc_state(pid: u32) -> Option<(char, u64)> {
-    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses: skip past its last ')'.
-    let mut fields = s[s.rfind(')')? + 1..].split_whitespace();
+    let fields = proc_stat_after_comm(pid)?;
+    let mut fields = fields.split_whitespace();
     let state = fields.next()?.chars().next()?;
     // The start time is field 22, the 20th after the state (field 3).
     let start = fields.nth(18)?.parse().ok()?;
@@ -223,12 +222,19 @@ pub fn proc_state(pid: u32) -> Option<(char, u64)> {
 
 /// A process's parent pid, from `/proc/<pid>/stat` (field 4).
 pub fn proc_ppid(pid: u32) -> Option<u32> {
-    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    s[s.rfind(')')? + 1..]
+    proc_stat_after_comm(pid)?
         .split_whitespace()
         .nth(1)?
         .parse()
         .ok()
+}
+
+/// `/proc/<pid>/stat` from field 3 (the state) on: the command name (field
+/// 2) may hold spaces and parentheses, so everything up to its last ')'
+/// goes.
+fn proc_stat_after_comm(pid: u32) -> Option<String> {
+    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(s[s.rfind(')')? + 1..].to_owned())
 }
 
 /// Whether `pid` is the same process that had start time `start`, and is
@@ -393,15 +399,21 @@ pub fn is_completed(layout: &Layout, name: &str) -> bool {
     {
         return false;
     }
-    #[derive(serde::Deserialize)]
-    struct Status {
-        status: String,
-    }
     layout.find(State::Completed, name).is_some()
-        && crate::tree::fsx::read_task_file(&layout.record_file(State::Completed, name), 16 << 20)
-            .ok()
-            .and_then(|(b, _)| serde_json::from_slice::<Status>(&b).ok())
-            .is_some_and(|s| s.status == "completed")
+        && read_record(layout, State::Completed, name)
+            .is_some_and(|r| r.status == crate::model::record::Status::Completed)
+}
+
+/// `name`'s record in `state`, when it is a regular file (never through a
+/// link, never a FIFO an agent put there) that parses.
+pub fn read_record(
+    layout: &Layout,
+    state: State,
+    name: &str,
+) -> Option<crate::model::record::ResultRecord> {
+    let (b, _) =
+        crate::tree::fsx::read_task_file(&layout.record_file(state, name), 16 << 20).ok()?;
+    serde_json::from_slice(&b).ok()
 }
 
 #[cfg(test)]

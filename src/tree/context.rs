@@ -169,10 +169,7 @@ pub fn replay_unmerged(layout: &Layout, max: usize, wait: std::time::Duration) -
             .ok()
             .and_then(|(b, _)| State::parse(String::from_utf8_lossy(&b).trim()))
             .filter(|s| matches!(s, State::Completed | State::Failed));
-        let rec = state.and_then(|s| {
-            let (b, _) = fsx::read_task_file(&layout.record_file(s, &name), 16 << 20).ok()?;
-            serde_json::from_slice::<ResultRecord>(&b).ok()
-        });
+        let rec = state.and_then(|s| crate::tree::books::read_record(layout, s, &name));
         let Some(rec) = rec.filter(|r| r.task == name) else {
             // Retried, or never there: nothing to merge.
             let _ = std::fs::remove_file(&path);
