@@ -205,50 +205,32 @@ impl Job {
         let mut facts = self.facts(&st, outcome, limit.is_some());
         facts.fatal = read.fatal;
         facts.limit_free = limited_before < verdict::MAX_FREE_LIMITED;
+        // The agent stopped its own supervisor: its stop is not free.
+        let mut error = error;
+        if outcome == Outcome::Interrupted
+            && let Some(pid) = self.stopped_by_own_agent()
+        {
+            let why = format!(
+                "stopped by a shutdown that its own agent sent (pid {pid}); \
+                 this attempt counts against its retries"
+            );
+            warn!(task = %self.name, "{why}");
+            self.amend_last(&mut st, Outcome::Interrupted, Some(why.clone()));
+            facts.stopped_by_own_agent = true;
+            error = Some(why);
+        }
         match verdict::decide(&facts) {
             Verdict::Cooldown { free } => {
                 let limit = limit.expect("a cooldown verdict has a limit");
                 self.cool_down(st, limit, free).await
             }
-            Verdict::Commit {
-                outcome: Outcome::Limited,
-                ..
-            } => {
-                let limit = limit.expect("a limited commit has a limit");
-                let error = self.note_limit(&mut st, &limit, false);
-                let times = (started, finished);
-                let rec = self.final_record(&st, Outcome::Limited, Some(error), times, run_id);
-                self.commit(st, rec).await
-            }
             Verdict::Fallback { free } => self.hand_over(st, free, error).await,
-            Verdict::Requeue => {
-                let by_own_agent = self
-                    .ctx
-                    .shutdown_by
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .as_ref()
-                    .filter(|(task, _)| *task == self.name)
-                    .map(|(_, pid)| *pid);
-                let Some(pid) = by_own_agent else {
+            Verdict::Requeue { free } => {
+                if free {
                     st.free_attempts += 1;
                     info!(task = %self.name, "stopped by shutdown; requeued without using an attempt");
-                    return self.requeue_or_keep(st).await;
-                };
-                // The agent stopped its own supervisor: no free attempt.
-                let why = format!(
-                    "stopped by a shutdown that its own agent sent (pid {pid}); \
-                     this attempt counts against its retries"
-                );
-                warn!(task = %self.name, "{why}");
-                self.amend_last(&mut st, Outcome::Interrupted, Some(why.clone()));
-                let retries = self.task.retries.unwrap_or(self.config.retries);
-                if st.charged() <= retries {
-                    return self.requeue_or_keep(st).await;
                 }
-                let times = (started, finished);
-                let rec = self.final_record(&st, Outcome::Interrupted, Some(why), times, run_id);
-                self.commit(st, rec).await
+                self.requeue_or_keep(st).await
             }
             Verdict::Retry { n } => self.retry_later(st, n, error).await,
             Verdict::Commit {
@@ -258,6 +240,11 @@ impl Job {
                 if exclude_agent {
                     self.exclude_agent(&mut st);
                 }
+                // Out of attempts on a limit: the limit is the error.
+                let error = match (outcome, &limit) {
+                    (Outcome::Limited, Some(limit)) => Some(self.note_limit(&mut st, limit, false)),
+                    _ => error,
+                };
                 let times = (started, finished);
                 let rec = self.final_record(&st, outcome, error, times, run_id);
                 self.commit(st, rec).await
@@ -323,6 +310,18 @@ impl Job {
         }
     }
 
+    /// The pid of the process that sent the shutdown which stopped this run,
+    /// when it was the run's own agent (or a process of its own).
+    fn stopped_by_own_agent(&self) -> Option<u32> {
+        self.ctx
+            .shutdown_by
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .filter(|(task, _)| *task == self.name)
+            .map(|(_, pid)| *pid)
+    }
+
     /// What the verdict needs to know of this task, this agent and the policy.
     fn facts(&self, st: &TaskState, outcome: Outcome, limited: bool) -> Facts {
         Facts {
@@ -342,6 +341,7 @@ impl Job {
             retries: self.task.retries.unwrap_or(self.config.retries),
             fallback_after: self.agent.fallback_after,
             fatal: false,
+            stopped_by_own_agent: false,
         }
     }
 

@@ -193,6 +193,9 @@ pub struct Facts {
     pub charged: u32,
     pub retries: u32,
     pub fallback_after: u32,
+    /// The shutdown that stopped the run was sent by the run's own agent (or
+    /// a process of its own): the stop is the agent's doing, and not free.
+    pub stopped_by_own_agent: bool,
 }
 
 /// What to do with the task.
@@ -204,8 +207,9 @@ pub enum Verdict {
     /// Rule this agent out for the task and requeue it for the next one of its
     /// route; `free`: the attempt does not count (the agent never started).
     Fallback { free: bool },
-    /// Stopped by a shutdown: requeue without using an attempt.
-    Requeue,
+    /// Stopped by a shutdown: requeue; `free`: without using an attempt
+    /// (a shutdown its own agent sent is not free).
+    Requeue { free: bool },
     /// Requeue after the backoff for the `n`th charged attempt.
     Retry { n: u32 },
     /// File it for good; `exclude_agent`: the agent is ruled out in the state
@@ -253,11 +257,26 @@ pub fn decide(f: &Facts) -> Verdict {
             exclude_agent: false,
         };
     }
+    // A run stopped by a shutdown goes back to the queue for free, unless
+    // its own agent sent the shutdown: then the attempt counts, and with
+    // none left the task fails as interrupted.
+    if o == Interrupted {
+        if !f.stopped_by_own_agent {
+            return Verdict::Requeue { free: true };
+        }
+        if f.charged <= f.retries {
+            return Verdict::Requeue { free: false };
+        }
+        return Verdict::Commit {
+            outcome: o,
+            exclude_agent: false,
+        };
+    }
     let mut exclude_agent = false;
     // An agent that cannot be started, or has failed this task
     // `fallback_after` times, hands it to the next agent of its route.
     if f.alternatives
-        && !matches!(o, Success | Cancelled | Runaway)
+        && !matches!(o, Success | Cancelled | Runaway | Interrupted)
         && (o == Spawn || f.agent_failures >= f.fallback_after)
     {
         if o == Spawn {
@@ -267,9 +286,6 @@ pub fn decide(f: &Facts) -> Verdict {
             return Verdict::Fallback { free: false };
         }
         exclude_agent = true;
-    }
-    if o == Interrupted {
-        return Verdict::Requeue;
     }
     if !matches!(o, Success | Spawn | Runaway | Cancelled) && f.charged <= f.retries {
         return Verdict::Retry { n: f.charged };
@@ -311,6 +327,7 @@ mod tests {
             charged: 1,
             retries: 2,
             fallback_after: 2,
+            stopped_by_own_agent: false,
         }
     }
 
@@ -333,7 +350,11 @@ mod tests {
             (Spawn, commit(Spawn), commit(Spawn)),
             (Runaway, commit(Runaway), commit(Runaway)),
             (Cancelled, commit(Cancelled), commit(Cancelled)),
-            (Interrupted, Verdict::Requeue, Verdict::Requeue),
+            (
+                Interrupted,
+                Verdict::Requeue { free: true },
+                Verdict::Requeue { free: true },
+            ),
             (Invalid, Verdict::Retry { n: 1 }, commit(Invalid)),
             (Tampered, commit(Tampered), commit(Tampered)),
         ];
@@ -392,7 +413,7 @@ mod tests {
             limit_free: false,
             ..facts(o)
         };
-        assert_eq!(decide(&past(Interrupted)), Verdict::Requeue);
+        assert_eq!(decide(&past(Interrupted)), Verdict::Requeue { free: true });
         assert_eq!(decide(&past(Runaway)), commit(Runaway));
     }
 
@@ -468,7 +489,33 @@ mod tests {
             fatal: true,
             ..facts(Interrupted)
         };
-        assert_eq!(decide(&stopped), Verdict::Requeue);
+        assert_eq!(decide(&stopped), Verdict::Requeue { free: true });
+    }
+
+    /// A shutdown sent by the run's own agent is no free requeue: the attempt
+    /// counts, and with none left the task fails as interrupted. Alternatives
+    /// change nothing: the stop says nothing of the agent's skill.
+    #[test]
+    fn a_shutdown_from_its_own_agent_is_charged() {
+        let own = |charged, alternatives| Facts {
+            stopped_by_own_agent: true,
+            charged,
+            alternatives,
+            agent_failures: 5,
+            ..facts(Interrupted)
+        };
+        for alternatives in [false, true] {
+            assert_eq!(
+                decide(&own(1, alternatives)),
+                Verdict::Requeue { free: false }
+            );
+            assert_eq!(decide(&own(3, alternatives)), commit(Interrupted));
+            let other = Facts {
+                stopped_by_own_agent: false,
+                ..own(3, alternatives)
+            };
+            assert_eq!(decide(&other), Verdict::Requeue { free: true });
+        }
     }
 
     #[test]
