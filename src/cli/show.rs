@@ -258,12 +258,20 @@ pub fn show(root: &Path, name: &str, json: bool) -> Result<()> {
     {
         for d in &t.after {
             if !books::is_completed(&layout, d) {
-                let how = if layout.locate(d).is_some() {
-                    ""
+                let active = [State::Pending, State::Assigned]
+                    .into_iter()
+                    .any(|s| layout.find(s, d).is_some());
+                if layout.find(State::Failed, d).is_some() {
+                    println!("dependency {d} failed");
+                } else if active {
+                    println!("waiting for {d}");
+                } else if let Some(clash) = books::diverted_as(&layout, d) {
+                    println!("dependency {d} failed (filed as {clash})");
+                } else if layout.locate(d).is_some() {
+                    println!("waiting for {d}");
                 } else {
-                    " (not submitted)"
-                };
-                println!("waiting for {d}{how}");
+                    println!("waiting for {d} (not submitted)");
+                }
             }
         }
     }

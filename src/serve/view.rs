@@ -626,7 +626,10 @@ pub fn detail(index: &Index, layout: &Layout, name: &str) -> Option<Detail> {
                 return Some(match d.state {
                     Some(State::Failed) => format!("dependency {} failed", d.name),
                     Some(_) => format!("waiting for {}", d.name),
-                    None => format!("waiting for {} (not submitted)", d.name),
+                    None => match crate::tree::books::diverted_as(layout, &d.name) {
+                        Some(clash) => format!("dependency {} failed (filed as {clash})", d.name),
+                        None => format!("waiting for {} (not submitted)", d.name),
+                    },
                 });
             }
             let nb = book.as_ref().and_then(|b| b.not_before.clone())?;

@@ -153,6 +153,11 @@ impl Supervisor {
             {
                 return Deps::Wait(format!("waiting for {d}"));
             }
+            // Filed under a clash name (an agent took its place in the
+            // tree): it failed, and nothing of its name will ever complete.
+            if let Some(clash) = books::diverted_as(self.layout(), d) {
+                return Deps::Failed(format!("dependency {d} failed (filed as {clash})"));
+            }
             if self.layout().find(State::Completed, d).is_some() {
                 return Deps::Wait(format!(
                     "waiting for {d} (tasks/completed/ has a file of that name, but no record \

@@ -404,6 +404,33 @@ pub fn is_completed(layout: &Layout, name: &str) -> bool {
             .is_some_and(|r| r.status == crate::model::record::Status::Completed)
 }
 
+/// The clash name under which a task of this name was filed in `failed/`
+/// because its own place was taken when it was committed (a file an agent
+/// planted there): the task failed, under another name. Looks at
+/// `<name>.clash-1`, `-2`, ... while their records exist.
+pub fn diverted_as(layout: &Layout, name: &str) -> Option<String> {
+    let submitted = |r: &crate::model::record::ResultRecord| {
+        r.submitted_as.as_deref().is_some_and(|p| {
+            Path::new(p)
+                .file_stem()
+                .is_some_and(|s| s == std::ffi::OsStr::new(name))
+                && p.starts_with("tasks/assigned/")
+        })
+    };
+    (1..=64)
+        .map(|n| format!("{name}.clash-{n}"))
+        .take_while(|c| {
+            layout
+                .record_file(State::Failed, c)
+                .symlink_metadata()
+                .is_ok()
+        })
+        .find(|c| {
+            read_record(layout, State::Failed, c)
+                .is_some_and(|r| r.outcome == crate::model::Outcome::Tampered && submitted(&r))
+        })
+}
+
 /// `name`'s record in `state`, when it is a regular file (never through a
 /// link, never a FIFO an agent put there) that parses.
 pub fn read_record(

@@ -100,9 +100,22 @@ fn an_agent_that_deletes_its_task_file_does_not_make_it_vanish() {
 
 #[test]
 fn an_agent_that_writes_its_name_into_completed_does_not_wedge_its_task() {
-    let root = tamper_root(0, "").task("t.yaml", "description: shadow\n");
+    let root = tamper_root(0, "")
+        .task("t.yaml", "description: shadow\n")
+        .task("next.yaml", "description: move-back\nafter: [t]\n");
     root.run_until_idle_within(Duration::from_secs(30));
+    // Its dependent never ran: the task of its name failed, under a clash
+    // name, and the planted file completes nothing.
     assert_eq!(runs(&root).len(), 1, "{:?}", runs(&root));
+    let rec = root.record("failed", "next");
+    assert_eq!(rec["outcome"], "dependency", "{rec}");
+    assert!(
+        rec["error"]
+            .as_str()
+            .unwrap()
+            .contains("dependency t failed (filed as t.clash-1)"),
+        "{rec}"
+    );
     assert!(
         root.entries("tasks/assigned").is_empty(),
         "wedged in assigned/: {:?}",
@@ -114,7 +127,7 @@ fn an_agent_that_writes_its_name_into_completed_does_not_wedge_its_task() {
         "description: not the real one\n"
     );
     assert!(!root.exists("tasks/completed/t.result.json"));
-    assert_eq!(root.names("failed"), ["t.clash-1"]);
+    assert_eq!(root.names("failed"), ["next", "t.clash-1"]);
     let rec = root.record("failed", "t.clash-1");
     assert_eq!(rec["outcome"], "tampered", "{rec}");
     assert!(
@@ -127,6 +140,14 @@ fn an_agent_that_writes_its_name_into_completed_does_not_wedge_its_task() {
     assert_eq!(
         root.read("tasks/failed/t.clash-1.yaml"),
         "description: shadow\n"
+    );
+    // `show` of a task that waits for it says so too.
+    let root = root.task("later.yaml", "description: x\nafter: [t]\n");
+    let out = root.mailroom(&["show", "later"]);
+    assert!(
+        stdout(&out).contains("dependency t failed (filed as t.clash-1)"),
+        "{}",
+        stdout(&out)
     );
     // `retry` reaches it.
     let out = root.mailroom(&["retry", "t.clash-1"]);
