@@ -40,6 +40,7 @@ pub struct AddArgs<'a> {
 pub fn add(root: &Path, a: AddArgs) -> Result<String> {
     let layout = Layout::new(root);
     if !layout.pending.is_dir() {
+        super::not_a_root(&layout.pending)?;
         bail!(
             "{} has no tasks/pending/; run `mailroom init` there first, or pass --root",
             root.display()

@@ -323,10 +323,24 @@ pub enum Command {
     },
 }
 
+/// Fails with what the system said when `dir` (a root's `tasks/` or
+/// `tasks/pending/`) cannot be looked at, where "not a directory" would
+/// mislead: a root this user may not read (or reach) is no missing root.
+pub fn not_a_root(dir: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => bail!(
+            "cannot look at {}: {e} (is the root readable and searchable by this user?)",
+            dir.display()
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// The tree at `root`, or an error saying how to get one.
 pub fn open_tree(root: &Path) -> Result<Layout> {
     let layout = Layout::new(root);
     if !layout.tasks.is_dir() {
+        not_a_root(&layout.tasks)?;
         bail!(
             "{} is not a mailroom root (no tasks/ directory); pass --root or run `mailroom init`",
             root.display()

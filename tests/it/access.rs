@@ -191,3 +191,47 @@ fn an_agent_that_locks_its_run_directory_is_not_a_spawn_failure() {
     let err = rec["error"].as_str().unwrap();
     assert!(err.contains("cannot be read"), "{err}");
 }
+
+/// A root this user may not enter is said to be one, with the system's
+/// error, not called "not a mailroom root" (which sends a user to `init`).
+#[test]
+fn a_root_the_user_cannot_enter_is_not_called_missing() {
+    let root = Root::new().agent_config(&[&agent("ok.sh")], "");
+    if !require_root("running commands as another user (setpriv)") {
+        return;
+    }
+    let have = std::process::Command::new("setpriv")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !require(have, "setpriv (util-linux) to run mailroom as nobody") {
+        return;
+    }
+    std::fs::set_permissions(&root.path, std::fs::Permissions::from_mode(0o700)).unwrap();
+    for args in [
+        &["status"][..],
+        &["add", "hello"],
+        &["run", "--exit-when-idle"],
+    ] {
+        let mut c = std::process::Command::new("setpriv");
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            BIN,
+            "--root",
+        ])
+        .arg(&root.path)
+        .args(args)
+        .env_remove("MAILROOM_ROOT")
+        .env_remove("MAILROOM_TASK")
+        .env("HOME", "/");
+        let out = run_bounded(c, std::time::Duration::from_secs(30));
+        assert!(!out.status.success(), "{args:?}");
+        let e = stderr(&out);
+        assert!(e.contains("cannot look at"), "{args:?}: {e}");
+        assert!(e.contains("Permission denied"), "{args:?}: {e}");
+        assert!(!e.contains("not a mailroom root"), "{args:?}: {e}");
+    }
+    std::fs::set_permissions(&root.path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
