@@ -5,7 +5,7 @@ use crate::tree::fsx;
 use crate::tree::layout::State;
 use crate::tree::lock::TaskLock;
 use crate::tree::moves;
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -88,6 +88,7 @@ pub fn retry_task(layout: &crate::tree::layout::Layout, name: &str) -> Result<()
         // The round that ends here stays readable: its run directory moves
         // into the task's history, and its record (pointing there) is
         // appended to it, before anything is removed.
+        history_is_writable(&layout, name)?;
         let kept = moves::run_dir_to_history(&layout, name)?;
         keep_round(&layout, name, kept.as_ref())?;
         // Fresh attempts: the bookkeeping and the old record go first, so that
@@ -100,6 +101,45 @@ pub fn retry_task(layout: &crate::tree::layout::Layout, name: &str) -> Result<()
     })();
     lock.release();
     res
+}
+
+/// Refuses, before anything moves, a history file that is not a regular
+/// file: a directory, a FIFO, or a link (which an agent could point at any
+/// file of the user's, for the append to write into).
+fn history_is_writable(layout: &crate::tree::layout::Layout, name: &str) -> Result<()> {
+    let path = layout.history_file(name);
+    // The directories the round's run directory moves into: a link there
+    // would take it out of the tree.
+    let dir = path.parent().expect("history files are in a directory");
+    let rounds = layout
+        .history_run_dir(name, 1)
+        .parent()
+        .expect("rounds are in a directory")
+        .to_path_buf();
+    for d in [dir.to_path_buf(), rounds] {
+        match std::fs::symlink_metadata(&d) {
+            Ok(m) if !m.is_dir() => bail!(
+                "cannot retry `{name}`: {} is not a directory but {}; move it away first",
+                layout.rel(&d),
+                fsx::kind_of(m.file_type())
+            ),
+            _ => {}
+        }
+    }
+    match std::fs::symlink_metadata(&path) {
+        Ok(m) if !m.file_type().is_file() => bail!(
+            "cannot retry `{name}`: {} is not a regular file but {}; move it away first",
+            layout.rel(&path),
+            fsx::kind_of(m.file_type())
+        ),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            bail!(
+                "cannot retry `{name}`: cannot look at {}: {e}",
+                layout.rel(&path)
+            )
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Appends the failed round's record to `tasks/history/<name>.jsonl`. A
@@ -127,10 +167,19 @@ fn keep_round(
     fsx::create_dir_all(dir)?;
     let mut line = serde_json::to_string(&v)?;
     line.push('\n');
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)?;
+    let mut f = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&path)
+            .with_context(|| format!("cannot append to {}", layout.rel(&path)))?
+    };
+    if !f.metadata()?.is_file() {
+        bail!("{} is not a regular file", layout.rel(&path));
+    }
     f.write_all(line.as_bytes())?;
     fsx::sync_data(&f)?;
     fsx::fsync_dir(dir)?;

@@ -391,10 +391,12 @@ impl FileId {
 }
 
 /// What a file that is not a regular file is, for [`ReadError::NotRegular`].
-fn kind_of(ft: fs::FileType) -> &'static str {
+pub fn kind_of(ft: fs::FileType) -> &'static str {
     use std::os::unix::fs::FileTypeExt;
     if ft.is_dir() {
         "a directory"
+    } else if ft.is_symlink() {
+        "a symbolic link"
     } else if ft.is_fifo() {
         "a FIFO"
     } else if ft.is_socket() {

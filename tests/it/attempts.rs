@@ -97,6 +97,49 @@ fn mailroom_retry_keeps_the_failed_rounds_run_directory_in_the_history() {
     assert!(root.exists("tasks/history/f.run/2/1/stdout.log"));
 }
 
+/// A history file that an agent replaced with a link (to any file of the
+/// user's) or a directory is refused before anything moves, with its path:
+/// `retry` never appends through a link.
+#[test]
+fn retry_refuses_a_history_file_that_is_a_link_or_a_directory() {
+    let root = Root::new()
+        .config(&config("").replace("retries: 2", "retries: 0"))
+        .task("f.yaml", "description: twice\n");
+    root.run_until_idle();
+    std::fs::create_dir_all(root.p("tasks/history")).unwrap();
+    let victim = root.p("victim.txt");
+    std::fs::write(&victim, "mine\n").unwrap();
+    std::os::unix::fs::symlink(&victim, root.p("tasks/history/f.jsonl")).unwrap();
+    let out = root.mailroom(&["retry", "f"]);
+    assert!(!out.status.success());
+    let e = stderr(&out);
+    assert!(
+        e.contains("tasks/history/f.jsonl is not a regular file but a symbolic link"),
+        "{e}"
+    );
+    assert_eq!(root.read("victim.txt"), "mine\n");
+    // Nothing moved: the task, its record and its run directory are as they were.
+    assert_eq!(root.names("failed"), vec!["f"]);
+    assert!(root.exists("tasks/failed/f.result.json"));
+    assert!(root.exists("tasks/failed/f.run/1"));
+    std::fs::remove_file(root.p("tasks/history/f.jsonl")).unwrap();
+    std::fs::create_dir(root.p("tasks/history/f.jsonl")).unwrap();
+    let e = stderr(&root.mailroom(&["retry", "f"]));
+    assert!(e.contains("but a directory"), "{e}");
+    std::fs::remove_dir(root.p("tasks/history/f.jsonl")).unwrap();
+    // Nor does the round's run directory move through a link.
+    std::os::unix::fs::symlink(root.p("elsewhere"), root.p("tasks/history/f.run")).unwrap();
+    let e = stderr(&root.mailroom(&["retry", "f"]));
+    assert!(
+        e.contains("tasks/history/f.run is not a directory but a symbolic link"),
+        "{e}"
+    );
+    std::fs::remove_file(root.p("tasks/history/f.run")).unwrap();
+    let out = root.mailroom(&["retry", "f"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(root.names("pending"), vec!["f"]);
+}
+
 #[test]
 fn a_task_waiting_for_its_retry_keeps_its_run_directory_and_a_cancel_files_it() {
     let root = Root::new()
