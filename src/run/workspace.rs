@@ -69,17 +69,63 @@ pub struct Report {
     pub warning: Option<String>,
 }
 
-/// `$MAILROOM_RESULT`, as an agent may write it.
-#[derive(Debug, Default, Deserialize)]
-struct AgentResult {
-    #[serde(default)]
-    files_modified: Vec<String>,
-    #[allow(dead_code)]
-    #[serde(default)]
-    summary: Option<String>,
-    #[allow(dead_code)]
-    #[serde(default)]
-    status: Option<String>,
+/// `$MAILROOM_RESULT` as the agent wrote it. Each key is read on its own,
+/// so that a wrong type in one never hides another: a `status: failed`
+/// beside a malformed `files_modified` still says the run failed.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct AgentResult {
+    /// None: no `files_modified` key; Err: what is wrong with it.
+    pub files_modified: Option<Result<Vec<String>, String>>,
+    pub status: Option<String>,
+    pub summary: Option<String>,
+}
+
+/// Reads `$MAILROOM_RESULT` once (a regular file, at most 1 MiB, no link):
+/// `Ok(None)` when the agent wrote none, `Err` with the warning for the
+/// record when it cannot be used at all.
+pub fn read_agent_result(path: &Path) -> Result<Option<AgentResult>, String> {
+    use serde_json::Value;
+    let not_used = |why: String| format!("$MAILROOM_RESULT was not used: {why}");
+    let b = match crate::tree::fsx::read_task_file(path, 1024 * 1024) {
+        Ok((b, _)) => b,
+        Err(e) if e.is_gone() => return Ok(None),
+        Err(e) => return Err(not_used(e.to_string())),
+    };
+    let v: Value = serde_saphyr::from_slice(&b).map_err(|e| {
+        not_used(
+            crate::parse::task::yaml_error(&e)
+                .display_at("result.yaml")
+                .to_string(),
+        )
+    })?;
+    let m = match v {
+        Value::Object(m) => m,
+        // An empty file says nothing.
+        Value::Null => return Ok(Some(AgentResult::default())),
+        _ => {
+            return Err(not_used(
+                "result.yaml is not a mapping (of files_modified, status, summary)".into(),
+            ));
+        }
+    };
+    let text = |k: &str| m.get(k).and_then(Value::as_str).map(str::to_owned);
+    let files_modified = match m.get("files_modified") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(a)) => Some(
+            a.iter()
+                .map(|x| x.as_str().map(str::to_owned))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| not_used("files_modified has an entry that is not a path".into())),
+        ),
+        Some(_) => Some(Err(not_used(
+            "files_modified is not a list of paths".into(),
+        ))),
+    };
+    Ok(Some(AgentResult {
+        files_modified,
+        status: text("status"),
+        summary: text("summary"),
+    }))
 }
 
 fn git(dir: &Path, args: &[&str]) -> Result<String, String> {
@@ -359,7 +405,7 @@ pub fn remove(path: &Path) -> bool {
 /// the run is known; else nothing. No process starts for a workdir outside
 /// any repository.
 pub fn shared_report(
-    result_file: &Path,
+    said: &Result<Option<AgentResult>, String>,
     workdir: &Path,
     root: &Path,
     git_status: bool,
@@ -367,37 +413,31 @@ pub fn shared_report(
     dirty_before: Option<&[Dirty]>,
 ) -> Report {
     let mut warning = None;
-    match crate::tree::fsx::read_task_file(result_file, 1024 * 1024) {
-        Ok((b, _)) => match serde_saphyr::from_slice::<AgentResult>(&b) {
-            Ok(r) => {
-                let (files, dropped) = plain_paths(r.files_modified);
-                return Report {
-                    kind: "shared".into(),
-                    files_modified: files,
-                    source: "agent".into(),
-                    warning: (dropped > 0).then(|| {
-                        format!(
-                            "$MAILROOM_RESULT: {dropped} entr{} of files_modified left out \
+    match said
+        .as_ref()
+        .map(|r| r.as_ref().and_then(|r| r.files_modified.as_ref()))
+    {
+        Ok(Some(Ok(listed))) => {
+            let (files, dropped) = plain_paths(listed.clone());
+            return Report {
+                kind: "shared".into(),
+                files_modified: files,
+                source: "agent".into(),
+                warning: (dropped > 0).then(|| {
+                    format!(
+                        "$MAILROOM_RESULT: {dropped} entr{} of files_modified left out \
                              (absolute, `..`, or control characters: paths are relative to \
                              the workdir and inside it)",
-                            if dropped == 1 { "y" } else { "ies" }
-                        )
-                    }),
-                    ..Report::default()
-                };
-            }
-            Err(e) => {
-                let e = crate::parse::task::yaml_error(&e);
-                warning = Some(format!(
-                    "$MAILROOM_RESULT was not used: {}",
-                    e.display_at("result.yaml")
-                ));
-            }
-        },
-        Err(e) if e.is_gone() => {}
-        Err(e) => {
-            warning = Some(format!("$MAILROOM_RESULT was not used: {e}"));
+                        if dropped == 1 { "y" } else { "ies" }
+                    )
+                }),
+                ..Report::default()
+            };
         }
+        // What is wrong goes to the record; git (where it may) lists the files.
+        Ok(Some(Err(e))) | Err(e) => warning = Some(e.clone()),
+        // No list from the agent: git's, where it may.
+        Ok(None) => {}
     }
     if git_status && git_toplevel(workdir).is_some() {
         let ours = |p: &str| {
@@ -491,4 +531,46 @@ pub fn git_toplevel(dir: &Path) -> Option<PathBuf> {
         .to_path_buf();
     found.lock().ok()?.insert(dir.to_path_buf(), top.clone());
     Some(top)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn said(text: &str) -> Result<Option<AgentResult>, String> {
+        let dir = std::env::temp_dir().join(format!(
+            "mailroom-result-{}-{}",
+            std::process::id(),
+            text.len()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("result.yaml");
+        std::fs::write(&p, text).unwrap();
+        let r = read_agent_result(&p);
+        std::fs::remove_dir_all(&dir).unwrap();
+        r
+    }
+
+    #[test]
+    fn each_key_of_the_result_file_is_read_on_its_own() {
+        let r = said("status: failed\nsummary: no luck\nfiles_modified: a.txt\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.status.as_deref(), Some("failed"));
+        assert_eq!(r.summary.as_deref(), Some("no luck"));
+        assert!(matches!(r.files_modified, Some(Err(ref e)) if e.contains("not a list")));
+        let r = said("files_modified: [a.txt, b/c.rs]\n").unwrap().unwrap();
+        assert_eq!(
+            r.files_modified,
+            Some(Ok(vec!["a.txt".into(), "b/c.rs".into()]))
+        );
+        assert_eq!(r.status, None);
+        // No list: the agent said nothing of its files.
+        assert_eq!(said("summary: x\n").unwrap().unwrap().files_modified, None);
+        assert_eq!(said("").unwrap(), Some(AgentResult::default()));
+        assert!(said("- a\n- b\n").unwrap_err().contains("not a mapping"));
+        assert!(said("status: [\n").unwrap_err().contains("result.yaml"));
+        let missing = std::env::temp_dir().join("mailroom-no-such-result.yaml");
+        assert_eq!(read_agent_result(&missing), Ok(None));
+    }
 }

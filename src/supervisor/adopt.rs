@@ -208,6 +208,7 @@ fn kept_workspace(
         base: None,
         cleanup: config.worktree_cleanup,
         result_file,
+        said: None,
         workdir_use: None,
         dirty_before: None,
     }

@@ -36,7 +36,9 @@ pub(super) fn workspace_report(
     use crate::run::workspace::{Cleanup, Kind};
     match ws.kind {
         Kind::Shared => crate::run::workspace::shared_report(
-            &ws.result_file,
+            &ws.said
+                .clone()
+                .unwrap_or_else(|| crate::run::workspace::read_agent_result(&ws.result_file)),
             &ws.path,
             root,
             git_status,
@@ -102,15 +104,11 @@ fn is_chatter(line: &str) -> bool {
 
 /// What the agent's `$MAILROOM_RESULT` says when it reports a failure
 /// (`status: failed`, `failure` or `error`), as the attempt's error.
-fn reported_failure(path: &Path) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Said {
-        status: Option<String>,
-        summary: Option<String>,
-    }
-    let (b, _) = fsx::read_task_file(path, 1024 * 1024).ok()?;
-    let said: Said = serde_saphyr::from_slice(&b).ok()?;
-    let status = said.status?;
+fn reported_failure(
+    said: &Result<Option<crate::run::workspace::AgentResult>, String>,
+) -> Option<String> {
+    let said = said.as_ref().ok()?.as_ref()?;
+    let status = said.status.as_deref()?;
     if !matches!(
         status.trim().to_ascii_lowercase().as_str(),
         "failed" | "failure" | "error"
@@ -147,8 +145,13 @@ impl Job {
         let mut read = verdict::read(&ended, report.as_ref());
         // The agent said it failed, in its own result file: exit 0 or not,
         // that is no success.
+        let said = crate::run::workspace::read_agent_result(&self.run_dir().join("result.yaml"));
+        let failure = reported_failure(&said);
+        if let Some(ws) = self.ws.as_mut() {
+            ws.said = Some(said);
+        }
         if read.outcome == Outcome::Success
-            && let Some(said) = reported_failure(&self.run_dir().join("result.yaml"))
+            && let Some(said) = failure
         {
             read.outcome = Outcome::AgentError;
             read.class = Some("task");

@@ -45,6 +45,9 @@ pub(super) struct WorkspaceRun {
     pub(super) cleanup: crate::run::workspace::Cleanup,
     /// `$MAILROOM_RESULT`.
     pub(super) result_file: PathBuf,
+    /// What it said, once read at the run's end (read again at the commit
+    /// when not).
+    pub(super) said: Option<Result<Option<crate::run::workspace::AgentResult>, String>>,
     /// A shared workdir's use by this run (None: a worktree, or a run
     /// adopted from another supervisor, whose overlaps are unknown).
     pub(super) workdir_use: Option<Arc<super::workdirs::WorkdirUse>>,
@@ -442,6 +445,7 @@ impl Job {
             base: None,
             cleanup: self.config.worktree_cleanup,
             result_file: run_dir.join("result.yaml"),
+            said: None,
             workdir_use: None,
             dirty_before: None,
         };
