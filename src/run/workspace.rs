@@ -63,6 +63,10 @@ pub struct Report {
     /// run are still listed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files_modified_exact: Option<bool>,
+    /// The commit mailroom made on the run's branch of what the agent left
+    /// uncommitted in its worktree, before removing it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saved: Option<String>,
     /// What was wrong with the agent's `$MAILROOM_RESULT`, for the record's
     /// `warnings` (not part of `workspace`).
     #[serde(skip)]
@@ -373,6 +377,34 @@ fn lock_worktrees(git_dir: &Path) -> Option<std::fs::File> {
 }
 
 /// Removes a worktree (the branch stays, with the agent's commits).
+/// Commits what an agent left uncommitted in its worktree onto the run's
+/// branch, before the worktree is removed: agents (`claude -p`, `codex
+/// exec`) edit files and seldom commit, and a removed worktree would take
+/// their work with it. Hooks are skipped and nothing is signed; the
+/// repository's identity is used, `mailroom` where it has none. Returns the
+/// new commit, `Ok(None)` when there was nothing to commit.
+pub fn save_uncommitted(path: &Path, message: &str) -> Result<Option<String>, String> {
+    if porcelain_lines(path)
+        .ok_or_else(|| "cannot run git status in the worktree".to_string())?
+        .is_empty()
+    {
+        return Ok(None);
+    }
+    git(path, &["add", "--all"])?;
+    let mut args = vec!["-c", "commit.gpgsign=false"];
+    if git(path, &["config", "user.email"]).is_err() {
+        args.extend([
+            "-c",
+            "user.name=mailroom",
+            "-c",
+            "user.email=mailroom@localhost",
+        ]);
+    }
+    args.extend(["commit", "--quiet", "--no-verify", "-m", message]);
+    git(path, &args)?;
+    git(path, &["rev-parse", "HEAD"]).map(Some)
+}
+
 pub fn remove(path: &Path) -> bool {
     let ok = git(path, &["rev-parse", "--git-common-dir"])
         .ok()

@@ -28,6 +28,7 @@ pub(super) fn base_record(
 /// What the record says of a run's workspace; a worktree is removed (its
 /// branch kept) as `worktree_cleanup` says.
 pub(super) fn workspace_report(
+    name: &str,
     ws: &WorkspaceRun,
     status: Status,
     root: &Path,
@@ -50,11 +51,31 @@ pub(super) fn workspace_report(
                 &ws.path,
                 ws.base.as_deref().unwrap_or("HEAD"),
             );
-            let remove = match ws.cleanup {
+            let mut remove = match ws.cleanup {
                 Cleanup::Keep => false,
                 Cleanup::OnSuccess => status == Status::Completed,
                 Cleanup::Always => true,
             };
+            // The agent's uncommitted work goes onto the branch first, which
+            // stays; a worktree whose work cannot be saved is kept.
+            let (mut saved, mut warning) = (None, None);
+            if remove {
+                let message = format!(
+                    "mailroom: what {name} left uncommitted\n\nCommitted by mailroom before it removed the run's worktree."
+                );
+                match crate::run::workspace::save_uncommitted(&ws.path, &message) {
+                    Ok(c) => saved = c,
+                    Err(e) => {
+                        remove = false;
+                        warning = Some(format!(
+                            "the worktree {} was kept: its uncommitted changes could not be \
+                             committed to {} ({e})",
+                            ws.path.display(),
+                            ws.branch.as_deref().unwrap_or("its branch")
+                        ));
+                    }
+                }
+            }
             crate::run::workspace::Report {
                 kind: "worktree".into(),
                 branch: ws.branch.clone(),
@@ -64,7 +85,8 @@ pub(super) fn workspace_report(
                 source: "git".into(),
                 removed: Some(remove && crate::run::workspace::remove(&ws.path)),
                 files_modified_exact: None,
-                warning: None,
+                saved: saved.take(),
+                warning: warning.take(),
             }
         }
     }

@@ -128,8 +128,9 @@ impl Job {
             tokio::task::spawn_blocking(move || {
                 let layout = &ctx.layout;
                 if let Some(ws) = ws {
+                    let task = rec.task.clone();
                     let mut report =
-                        workspace_report(&ws, rec.status, &layout.root, config.git_status);
+                        workspace_report(&task, &ws, rec.status, &layout.root, config.git_status);
                     if let Some(w) = report.warning.take() {
                         rec.warnings.push(w);
                     }

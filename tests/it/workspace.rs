@@ -82,10 +82,25 @@ fn a_worktree_per_run_is_created_recorded_isolated_and_cleaned_up() {
         git(&root.path, &["log", "-1", "--format=%s", "mailroom/t1"]),
         "work of t1"
     );
+    assert!(rec["workspace"].get("saved").is_none(), "{rec}");
+    // What an agent left uncommitted is committed onto its branch before
+    // the worktree goes: the work is never removed with it.
     let rec = root.record("completed", "t2");
     assert_eq!(
         rec["workspace"]["files_modified"],
         serde_json::json!(["edited-by-t2.txt"])
+    );
+    assert_eq!(rec["workspace"]["removed"], true, "{rec}");
+    assert!(!root.exists(".mailroom/worktrees/t2"));
+    let saved = rec["workspace"]["saved"].as_str().unwrap();
+    assert_eq!(git(&root.path, &["rev-parse", "mailroom/t2"]), saved);
+    assert_eq!(
+        git(&root.path, &["show", "mailroom/t2:edited-by-t2.txt"]),
+        "t2"
+    );
+    assert_eq!(
+        git(&root.path, &["log", "-1", "--format=%s", "mailroom/t2"]),
+        "mailroom: what t2 left uncommitted"
     );
 }
 
