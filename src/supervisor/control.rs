@@ -76,9 +76,21 @@ impl Supervisor {
     /// A change of `mailroom.yaml` on disk: reload only if its meaning changed.
     /// The root's config with this supervisor's `--agents` overrides.
     fn load_config(&self) -> Result<Config, String> {
-        Config::load(&self.layout().root)
-            .map_err(|e| e.to_string())
-            .and_then(|c| c.with_agent_limits(&self.agent_limits))
+        let c = Config::load(&self.layout().root).map_err(|e| e.to_string())?;
+        // A config file that is gone while this supervisor runs on one is
+        // being moved (`git stash`, `mv` to edit it) far more often than a
+        // wish for the defaults: the built-in demo agent would take the
+        // tasks meant for real agents.
+        if c.source.is_none()
+            && let Some(was) = &self.config.source
+        {
+            return Err(format!(
+                "{} is gone; this supervisor keeps the configuration it had (put the file \
+                 back, or restart the supervisor to run on the defaults)",
+                self.layout().rel(was)
+            ));
+        }
+        c.with_agent_limits(&self.agent_limits)
     }
 
     pub(super) fn reload_if_changed(&mut self) {
@@ -86,7 +98,7 @@ impl Supervisor {
             Ok(c) if c == *self.config => {}
             Ok(_) => self.reload(),
             Err(e) => {
-                error!(error = %e, "mailroom.yaml changed but is invalid; keeping the old configuration")
+                error!(error = %e, "mailroom.yaml changed but cannot be used; keeping the old configuration")
             }
         }
     }

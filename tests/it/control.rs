@@ -165,6 +165,13 @@ fn a_reload_applies_new_limits_and_refuses_a_bad_config() {
         status.contains("config invalid") && status.contains("no settings"),
         "{status}"
     );
+    // A config moved away (to edit it, `git stash`) is not taken for the
+    // defaults either: the demo agent would take the tasks.
+    std::fs::remove_file(root.p("mailroom.yaml")).unwrap();
+    sup.signal(SIGHUP);
+    wait_for(MIN, "the missing config to be refused", || {
+        logs().contains("mailroom.yaml is gone; this supervisor keeps the configuration it had")
+    });
     assert!(!logs().contains("configuration reloaded"), "{}", logs());
     // A valid one with room for two: the second task starts while the first runs.
     replace(&cfg(2));
