@@ -241,6 +241,7 @@ impl Supervisor {
                 } else {
                     self.recheck_waiting();
                 }
+                self.reexamine_due();
             }
         }
     }
@@ -447,6 +448,9 @@ impl Supervisor {
         if let Some(t) = self.recover_due {
             consider(t);
         }
+        for t in self.reexamine.values() {
+            consider(*t);
+        }
         // A saved mailroom.yaml is applied at its check, not at the next rescan.
         if let Some(t) = self.reload_due {
             consider(t);
@@ -470,10 +474,35 @@ impl Supervisor {
     /// Holds a task back briefly: its lock is held elsewhere or its writer
     /// still has it open.
     pub(super) fn set_busy(&mut self, name: &str) {
-        if let Some(p) = self.pending.get_mut(name) {
-            p.hold = Some(SystemTime::now() + Duration::from_millis(250));
+        match self.pending.get_mut(name) {
+            Some(p) => p.hold = Some(SystemTime::now() + Duration::from_millis(250)),
+            // Forgotten on its way to `failed/`: nothing else would look at
+            // it again before the next full rescan.
+            None => {
+                debug!(
+                    task = name,
+                    "its lock is held elsewhere; looking at it again shortly"
+                );
+                self.reexamine
+                    .insert(name.to_owned(), Instant::now() + Duration::from_millis(250));
+            }
         }
         self.place(name);
+    }
+
+    /// Looks again at the names whose time has come in `reexamine`.
+    pub(super) fn reexamine_due(&mut self) {
+        let now = Instant::now();
+        let due: Vec<String> = self
+            .reexamine
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in due {
+            self.reexamine.remove(&n);
+            self.examine_name(&n);
+        }
     }
 
     pub(super) fn recheck_waiting(&mut self) {
@@ -489,7 +518,7 @@ impl Supervisor {
     /// orphaned agent) still holds a task in `assigned/` (used by `exit_when_idle`).
     /// Tasks waiting for a dependency nobody submitted do not count.
     pub(super) fn has_runnable(&self) -> bool {
-        if !self.unsettled.is_empty() || !self.rejects.is_empty() {
+        if !self.unsettled.is_empty() || !self.rejects.is_empty() || !self.reexamine.is_empty() {
             return true;
         }
         // Paused: nothing more will start, so waiting would be forever.

@@ -268,6 +268,10 @@ pub struct Supervisor {
     /// A recovery pass sooner than the next rescan: once orphaned agents
     /// that recovery began to stop have had their grace.
     recover_due: Option<Instant>,
+    /// Names to look at again in `pending/` at the given time: files that
+    /// were to be filed away (rejected) while another process held their
+    /// lock (`mailroom retry` moving a file back still does, for a moment).
+    reexamine: BTreeMap<String, Instant>,
     /// `run --agents`: max_instances overrides, applied to every reload too.
     agent_limits: Vec<(String, usize)>,
     /// Counters for the Prometheus textfile.
@@ -350,6 +354,7 @@ impl Supervisor {
             control_dirty: true,
             reload_due: None,
             recover_due: None,
+            reexamine: BTreeMap::new(),
             agent_limits: Vec::new(),
             metrics: crate::ops::metrics::Metrics::default(),
             metrics_due: None,

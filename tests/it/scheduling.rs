@@ -615,3 +615,50 @@ fn a_task_file_planted_in_completed_satisfies_no_dependency() {
         assert_eq!(root.record("failed", &waiter)["outcome"], "dependency");
     }
 }
+
+/// A task on its way to `failed/` (here: its dependency failed) whose lock
+/// another process holds for a moment, as `mailroom retry` does while it
+/// moves the file back, is filed as soon as the lock is free, not at the
+/// next full rescan (an hour away here).
+#[test]
+fn a_reject_whose_lock_is_held_is_filed_when_it_is_free() {
+    let root = Root::new()
+        .config(&format!(
+            "retries: 0\nrescan_interval: 1h\nagents:\n  ok:\n    command: [{:?}]\n  bad:\n    command: [{:?}]\n",
+            agent("ok.sh"),
+            agent("fail.sh")
+        ))
+        .task("broken.yaml", "description: b\nagent: bad\n");
+    let sup_log = || -> String {
+        root.entries(".")
+            .iter()
+            .filter(|e| e.starts_with("sup-"))
+            .map(|e| root.read(e))
+            .collect()
+    };
+    let _sup = root.spawn_with(&[("RUST_LOG", "mailroom=debug")]);
+    wait_for(Duration::from_secs(60), "broken to fail", || {
+        root.exists("tasks/failed/broken.result.json")
+    });
+    // The dependant's lock is held here while its file arrives.
+    let lock = std::fs::File::create(root.p("tasks/assigned/d.lock")).unwrap();
+    lock.lock().unwrap();
+    root.write(
+        "tasks/tmp/d.yaml",
+        "description: x\nafter: [broken]\nagent: ok\n",
+    );
+    std::fs::rename(root.p("tasks/tmp/d.yaml"), root.p("tasks/pending/d.yaml")).unwrap();
+    wait_for(
+        Duration::from_secs(30),
+        "the supervisor to find the lock held",
+        || sup_log().contains("its lock is held elsewhere"),
+    );
+    assert_eq!(root.names("pending"), ["d"]);
+    drop(lock);
+    wait_for(
+        Duration::from_secs(30),
+        "the dependant to be filed once its lock is free",
+        || root.exists("tasks/failed/d.result.json"),
+    );
+    assert_eq!(root.record("failed", "d")["outcome"], "dependency");
+}
