@@ -343,6 +343,10 @@ struct Waited {
     completed: Vec<String>,
     failed: Vec<String>,
     timed_out: bool,
+    /// Tasks left in `pending/` that wait for a task nobody submitted
+    /// (a wait for the whole queue ends there; exit 1).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    stranded: Vec<String>,
 }
 
 /// `wait` found nobody to finish the tasks: its own exit code
@@ -393,9 +397,19 @@ pub fn wait(
     let mut told_paused = false;
     loop {
         let (done, total) = if names.is_empty() {
-            let open =
-                books::count(&layout, State::Pending) + books::count(&layout, State::Assigned);
-            (usize::from(open == 0), 1)
+            let (pending, assigned) = (
+                books::count(&layout, State::Pending),
+                books::count(&layout, State::Assigned),
+            );
+            // What is left waits, every one of them, for a task nobody
+            // submitted: that will not finish by itself (`run
+            // --exit-when-idle` does not wait for it either).
+            let stranded = (pending > 0 && assigned == 0)
+                .then(|| waiting_forever(&layout))
+                .flatten();
+            let done = pending + assigned == 0 || stranded.is_some();
+            res.stranded = stranded.unwrap_or_default();
+            (usize::from(done), 1)
         } else {
             let d = names
                 .iter()
@@ -478,17 +492,73 @@ pub fn wait(
         for n in &res.failed {
             eprintln!("failed: {n}");
         }
+        if !res.stranded.is_empty() {
+            eprintln!(
+                "mailroom: what is left waits for tasks nobody submitted: {}",
+                res.stranded.join(", ")
+            );
+        }
         if res.timed_out {
             eprintln!("mailroom: wait timed out");
         }
     }
     Ok(if res.timed_out {
         ExitCode::from(124)
-    } else if res.failed.is_empty() {
+    } else if res.failed.is_empty() && res.stranded.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// When every task in `pending/` waits, directly or through other pending
+/// tasks, for a name that is in no state at all (nobody submitted it):
+/// those tasks, as `name (waiting for x)`. None when one of them could
+/// still run, or when there are too many to read at each look.
+fn waiting_forever(layout: &crate::tree::layout::Layout) -> Option<Vec<String>> {
+    use std::collections::HashMap;
+    let files = books::list(layout, State::Pending).ok()?;
+    if files.is_empty() || files.len() > 10_000 {
+        return None;
+    }
+    let mut after: HashMap<String, Vec<String>> = HashMap::new();
+    for (name, ext) in &files {
+        let path = layout.task_file(State::Pending, name, ext);
+        let (b, _) = crate::tree::fsx::read_task_file(&path, 1 << 20).ok()?;
+        let t = crate::parse::task::parse_as(name, ext, &b).ok()?;
+        after.insert(name.clone(), t.after);
+    }
+    // The first name each pending task is stuck on, through pending ones.
+    fn stuck_on(
+        n: &str,
+        after: &HashMap<String, Vec<String>>,
+        layout: &crate::tree::layout::Layout,
+        seen: &mut Vec<String>,
+    ) -> Option<String> {
+        if seen.iter().any(|s| s == n) {
+            return None; // a cycle: the supervisor files it
+        }
+        seen.push(n.to_owned());
+        let deps = after.get(n)?;
+        deps.iter().find_map(|d| {
+            if books::is_completed(layout, d) {
+                None
+            } else if after.contains_key(d) {
+                stuck_on(d, after, layout, seen)
+            } else if layout.locate(d).is_none() {
+                Some(d.clone())
+            } else {
+                None
+            }
+        })
+    }
+    let mut out = Vec::new();
+    for name in after.keys() {
+        let on = stuck_on(name, &after, layout, &mut Vec::new())?;
+        out.push(format!("{name} (waiting for {on})"));
+    }
+    out.sort();
+    Some(out)
 }
 
 /// After `add --wait`: the task's output on stdout, its error on stderr, and

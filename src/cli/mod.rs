@@ -236,8 +236,9 @@ pub enum Command {
         raw: bool,
     },
     /// Wait until the named tasks (or the whole queue) are finished; exit 0
-    /// if all completed, 1 if any failed, 124 on --timeout, 69 when no
-    /// supervisor runs on the tree.
+    /// if all completed, 1 if any failed (or what is left waits for tasks
+    /// nobody submitted), 124 on --timeout, 69 when no supervisor runs on
+    /// the tree.
     #[command(
         after_help = "Examples:\n  mailroom wait                      # until nothing is pending or running\n  mailroom wait fix-build docs --timeout 30m && echo all completed"
     )]

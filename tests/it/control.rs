@@ -226,6 +226,27 @@ fn wait_and_add_wait_exit_with_the_outcome() {
         "the queue is empty"
     );
     assert!(root.mailroom(&["wait", "nope"]).status.code() != Some(0));
+    // What is left waits for a task nobody submitted (directly, or through
+    // another pending task): a wait for the whole queue ends, says so, and
+    // does not claim that everything completed.
+    for (name, after) in [("orphan", "ghost"), ("orphan2", "orphan")] {
+        let out = root.mailroom(&[
+            "add", "x", "--agent", "good", "--name", name, "--after", after,
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let out = root.mailroom(&["wait", "--timeout", "60s"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(
+            "waits for tasks nobody submitted: orphan (waiting for ghost), orphan2 (waiting for ghost)"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    let w = root.mailroom(&["wait", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&w.stdout).unwrap();
+    assert_eq!(v["stranded"].as_array().map(Vec::len), Some(2), "{v}");
 }
 
 #[test]
