@@ -356,6 +356,22 @@ pub fn agent_env(
     out
 }
 
+/// This process's `PATH` with the directory of `exe` added last, when no
+/// entry of it is that directory already (None then, or when `PATH` is not
+/// set or not text).
+pub fn path_with(exe: &Path) -> Option<String> {
+    let dir = exe.parent().filter(|d| d.is_absolute())?.to_str()?;
+    let path = std::env::var("PATH").ok()?;
+    if path.split(':').any(|p| Path::new(p) == Path::new(dir)) {
+        return None;
+    }
+    Some(if path.is_empty() {
+        dir.to_owned()
+    } else {
+        format!("{path}:{dir}")
+    })
+}
+
 /// Resolves the program: relative paths with a slash are relative to `root`.
 pub fn resolve_program(program: &str, root: &Path) -> PathBuf {
     let p = Path::new(program);

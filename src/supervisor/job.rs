@@ -514,6 +514,14 @@ impl Job {
             ("MAILROOM_ATTEMPT".into(), attempt.to_string()),
             ("MAILROOM_AGENT".into(), self.agent.name.clone()),
         ];
+        // Agents are told to queue follow-ups with `mailroom add`: a PATH
+        // that does not lead to this binary (a service's short one) gets
+        // its directory, last. An agent whose `env` sets PATH keeps its own.
+        if self.config.env.allows("PATH")
+            && let Some(path) = runner::path_with(Path::new(&self.ctx.exe))
+        {
+            env.push(("PATH".into(), path));
+        }
         env.extend(self.agent.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         runner::Spec {
             argv,

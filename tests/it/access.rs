@@ -235,3 +235,31 @@ fn a_root_the_user_cannot_enter_is_not_called_missing() {
     }
     std::fs::set_permissions(&root.path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
+
+/// An agent can run `mailroom add`, as its prompt tells it, even when the
+/// supervisor's PATH (a systemd unit's short one) does not lead to the
+/// binary: its directory is added last. An agent's own `env: PATH` wins.
+#[test]
+fn agents_find_mailroom_on_their_path() {
+    let script = "command -v mailroom > \"$MAILROOM_ROOT/$MAILROOM_TASK.where\"; echo \"$PATH\" > \"$MAILROOM_ROOT/$MAILROOM_TASK.path\"";
+    let root = Root::new()
+        .config(&format!(
+            "agents:\n  a:\n    command: [/bin/sh, -c, {script:?}]\n  own:\n    command: [/bin/sh, -c, {script:?}]\n    env: {{PATH: /bin}}\n"
+        ))
+        .task("t.yaml", "description: x\nagent: a\n")
+        .task("o.yaml", "description: x\nagent: own\n");
+    let mut c = root.cmd(&["run", "--exit-when-idle"]);
+    c.env("PATH", "/usr/bin:/bin");
+    let out = run_bounded(c, std::time::Duration::from_secs(60));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let bin_dir = std::path::Path::new(BIN).parent().unwrap();
+    assert_eq!(
+        root.read("t.where").trim(),
+        bin_dir.join("mailroom").to_str().unwrap()
+    );
+    assert_eq!(
+        root.read("t.path").trim(),
+        format!("/usr/bin:/bin:{}", bin_dir.display())
+    );
+    assert_eq!(root.read("o.path").trim(), "/bin");
+}
