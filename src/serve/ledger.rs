@@ -26,6 +26,8 @@ const CHUNK: u64 = 64 * 1024 * 1024;
 pub struct AgentSums {
     pub finished: u64,
     pub completed: u64,
+    /// Finished tasks by their record's `outcome` (`success`, `exit`, ...).
+    pub outcomes: BTreeMap<String, u64>,
     /// Every finished task's `duration_ms`, in log order.
     pub durations_ms: Vec<u64>,
     pub usage: Usage,
@@ -88,6 +90,8 @@ impl Sums {
         if v["status"] == "completed" {
             a.completed += 1;
         }
+        let outcome = v["outcome"].as_str().unwrap_or("unknown");
+        *a.outcomes.entry(outcome.to_owned()).or_default() += 1;
         if let Some(d) = v["duration_ms"].as_u64() {
             a.durations_ms.push(d);
         }

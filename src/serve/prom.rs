@@ -3,7 +3,7 @@
 //! the tree so that it works with no supervisor running and on any host that
 //! sees the tree: tasks by state, what runs now, cooldowns, the oldest
 //! pending task, the pause, and from `context/completed_tasks.jsonl` the
-//! finished tasks by agent and status, their durations, tokens and cost.
+//! finished tasks by agent and outcome, their durations, tokens and cost.
 
 use crate::ops::metrics::{Metrics, Snapshot};
 use crate::tree::layout::Layout;
@@ -17,8 +17,10 @@ pub fn render(index: &Index, ledger: &Ledger, layout: &Layout) -> String {
     let mut m = Metrics::default();
     let usage = ledger.with(layout, |sums| {
         for (agent, a) in &sums.agents {
-            m.add_runs(agent, "completed", a.completed);
-            m.add_runs(agent, "failed", a.finished.saturating_sub(a.completed));
+            // By outcome, as the supervisor's textfile counts them.
+            for (outcome, n) in &a.outcomes {
+                m.add_runs(agent, outcome, *n);
+            }
             for ms in &a.durations_ms {
                 m.observe(agent, *ms as f64 / 1000.0);
             }

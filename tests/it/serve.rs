@@ -1405,7 +1405,7 @@ fn a_browser_sees_a_task_appear_and_complete_without_a_reload_and_cancels_a_runn
 
 /// `/metrics` speaks the Prometheus text format (checked by the same strict
 /// parser as the textfile), computed from the tree with no supervisor
-/// running: tasks by state, finished tasks by agent and status, their
+/// running: tasks by state, finished tasks by agent and outcome, their
 /// durations, and the cost the CLIs reported.
 #[test]
 fn metrics_are_served_in_the_prometheus_format_from_the_tree() {
@@ -1421,12 +1421,13 @@ fn metrics_are_served_in_the_prometheus_format_from_the_tree() {
     assert_eq!(v("mailroom_tasks{state=\"completed\"}"), 3.0);
     assert_eq!(v("mailroom_tasks{state=\"failed\"}"), 1.0);
     assert_eq!(v("mailroom_tasks{state=\"pending\"}"), 0.0);
+    // Labelled by outcome, as the supervisor's textfile labels them.
     assert_eq!(
-        v("mailroom_runs_total{agent=\"claude\",outcome=\"completed\"}"),
+        v("mailroom_runs_total{agent=\"claude\",outcome=\"success\"}"),
         2.0
     );
     assert_eq!(
-        v("mailroom_runs_total{agent=\"broken\",outcome=\"failed\"}"),
+        v("mailroom_runs_total{agent=\"broken\",outcome=\"exit\"}"),
         1.0
     );
     assert_eq!(
