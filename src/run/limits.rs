@@ -31,6 +31,14 @@ const TAIL_BYTES: usize = 64 * 1024;
 const MAX_MESSAGE_CHARS: usize = 300;
 /// Reset times further ahead than this are not believed.
 const MAX_AHEAD: Duration = Duration::from_secs(7 * 24 * 3600);
+/// A printed clock time this little in the past is the reset under way.
+const IMMINENT: Duration = Duration::from_secs(5 * 60);
+
+/// Whether a reset at `t` is believable: after `now`, and at most 7 days on.
+pub fn believable(t: SystemTime, now: SystemTime) -> bool {
+    t.duration_since(now)
+        .is_ok_and(|d| !d.is_zero() && d <= MAX_AHEAD)
+}
 const LINES_AFTER: usize = 20;
 const LINES_BEFORE: usize = 10;
 
@@ -336,6 +344,25 @@ fn clock_time(
         let z = date.at(hour, minute, 0, 0).to_zoned(tz.clone()).ok()?;
         Some(z.timestamp())
     };
+    // CLIs print the minute, not the second: a time in the minute now
+    // running, or a few minutes past (clocks differ), is the reset under
+    // way, not the same time tomorrow (or next year).
+    let imminent = |t: Timestamp| {
+        let since = now.duration_since(t);
+        (since.as_secs() >= 0 && since.as_secs() < IMMINENT.as_secs() as i64).then(|| {
+            let minute_end = t.checked_add(jiff::SignedDuration::from_secs(60)).ok()?;
+            let soon = now.checked_add(jiff::SignedDuration::from_secs(60)).ok()?;
+            Some(if minute_end > now { minute_end } else { soon })
+        })?
+    };
+    let upcoming = |t: Option<Timestamp>| -> Option<Option<Timestamp>> {
+        let t = t?;
+        if t > now {
+            Some(Some(t))
+        } else {
+            imminent(t).map(Some)
+        }
+    };
     let found = match (c.name("mon"), c.name("day")) {
         (Some(mon), Some(day)) => {
             let month = month_number(mon.as_str())?;
@@ -343,15 +370,11 @@ fn clock_time(
             let year = c.name("year").and_then(|y| y.as_str().parse::<i16>().ok());
             let on = |y: i16| Date::new(y, month, day).ok().and_then(at);
             match year {
-                Some(y) => on(y),
-                None => on(today.year())
-                    .filter(|t| *t > now)
-                    .or_else(|| on(today.year() + 1)),
+                Some(y) => upcoming(on(y)).unwrap_or_else(|| on(y)),
+                None => upcoming(on(today.year())).unwrap_or_else(|| on(today.year() + 1)),
             }
         }
-        _ => at(today)
-            .filter(|t| *t > now)
-            .or_else(|| at(today.tomorrow().ok()?)),
+        _ => upcoming(at(today)).unwrap_or_else(|| at(today.tomorrow().ok()?)),
     };
     Some(found.map(SystemTime::from))
 }
@@ -416,9 +439,23 @@ mod tests {
         let out = "You've hit your limit · resets 1pm (Europe/Lisbon)";
         let u = until("claude", out, "2026-01-15T14:00:00Z", None);
         assert_eq!(u, Some(t("2026-01-16T13:00:00Z")));
-        // Exactly at the reset time: the next one.
+        // CLIs print the minute: at the reset time, or within that minute,
+        // the reset is under way (the minute's end), not a day off.
         let u = until("claude", out, "2026-01-15T13:00:00Z", None);
-        assert_eq!(u, Some(t("2026-01-16T13:00:00Z")));
+        assert_eq!(u, Some(t("2026-01-15T13:01:00Z")));
+        let u = until("claude", out, "2026-01-15T13:00:30Z", None);
+        assert_eq!(u, Some(t("2026-01-15T13:01:00Z")));
+        // A few minutes past (clocks differ): in a minute.
+        let u = until("claude", out, "2026-01-15T13:03:00Z", None);
+        assert_eq!(u, Some(t("2026-01-15T13:04:00Z")));
+        // Codex's "try again at 9:45 AM." seen at 09:45:39.
+        let u = until(
+            "codex",
+            "You've hit your usage limit. Upgrade to Pro, or try again at 9:45 AM.",
+            "2026-01-15T09:45:39Z",
+            Some("UTC"),
+        );
+        assert_eq!(u, Some(t("2026-01-15T09:46:00Z")));
     }
 
     #[test]

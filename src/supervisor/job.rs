@@ -671,7 +671,9 @@ impl Job {
             }
             // A machine-readable hint in the message itself (`resets_in_seconds`).
             .or_else(|| crate::run::limits::reset_time(&message, now, None))
-            .filter(|t| *t > now);
+            // Nor is a reset the CLI gave as a timestamp believed past 7
+            // days (the cooldown's default then).
+            .filter(|t| crate::run::limits::believable(*t, now));
             return Some(crate::run::limits::Limit { message, until });
         }
         let patterns = self.limits.get(&self.agent.name)?;

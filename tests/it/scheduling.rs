@@ -293,6 +293,17 @@ fn cooldown_from_a_unix_timestamp_without_using_an_attempt() {
     );
 }
 
+/// A timestamp years ahead is not believed, however the CLI gave it (the
+/// 7 days of a reset in text hold for one in a structured error too): the
+/// agent cools down for its `cooldown` (15 min by default), not until 2033.
+#[test]
+fn a_unix_timestamp_years_ahead_is_not_believed() {
+    let out = claude_error("Claude AI usage limit reached|1999999999", 429);
+    let (_root, _rec, cd) = cooldown_case("claude", &out, "1");
+    let ahead = until(&cd).duration_since(SystemTime::now()).unwrap();
+    assert!(ahead <= Duration::from_secs(15 * 60), "{cd}");
+}
+
 #[test]
 fn a_limited_task_never_runs_again_on_the_cooling_agent() {
     // The requeued file and the job's end reach the loop as two events, in either
