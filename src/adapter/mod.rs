@@ -578,6 +578,18 @@ static TRANSIENT: LazyLock<Regex> = LazyLock::new(|| {
 /// Classifies an error-channel text (never an answer): limit, auth, config, transient,
 /// else task. `status` is the HTTP status when the CLI reports one.
 pub(crate) fn classify(text: &str, status: Option<u16>) -> ErrorClass {
+    // A CLI that gives no status field may still print it (codex:
+    // "unexpected status 503 Service Unavailable: ... too many requests"):
+    // the status decides before any words of the server's message do.
+    static IN_TEXT: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(r"(?i)\b(?:unexpected status|status code|http status|http/\d(?:\.\d)?)[:\s]+([1-5]\d\d)\b")
+            .expect("status pattern compiles")
+    });
+    let status = status.or_else(|| {
+        IN_TEXT
+            .captures(text)
+            .and_then(|c| c[1].parse::<u16>().ok())
+    });
     match status {
         Some(429) => return ErrorClass::Limit { reset: reset(text) },
         Some(401 | 403) => return ErrorClass::Auth,
@@ -817,6 +829,21 @@ mod tests {
 
     #[test]
     fn classify_shapes() {
+        // A 5xx whose message talks of requests or quotas is no usage limit.
+        for text in [
+            "unexpected status 503 Service Unavailable: Server busy: too many requests in flight, please retry shortly",
+            "unexpected status 502 Bad Gateway: Bad gateway: upstream quota service timed out",
+        ] {
+            assert_eq!(classify(text, None), ErrorClass::Transient, "{text}");
+        }
+        assert!(matches!(
+            classify("unexpected status 429 Too Many Requests: slow down", None),
+            ErrorClass::Limit { .. }
+        ));
+        assert_eq!(
+            classify("unexpected status 401 Unauthorized: bad key", None),
+            ErrorClass::Auth
+        );
         assert_eq!(
             classify(
                 "You've hit your session limit · resets Jan 1, 2030, 12pm (UTC)",
