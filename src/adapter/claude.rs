@@ -42,9 +42,12 @@ pub(crate) fn parse_envelope(kind: &Kind, facts: &RunFacts<'_>) -> Parsed {
         .map(str::to_string);
     let Some(result) = result else {
         // No result: text output, or a run that ended before its result.
-        let text_mode = events.is_empty();
+        let text_mode = events.is_empty() && !super::broken_envelope(facts.stdout);
         let mut answer = if text_mode {
             facts.stdout.trim().to_string()
+        } else if events.is_empty() {
+            // A JSON result that was cut (max_output_bytes): no answer.
+            String::new()
         } else {
             last_assistant_text(&events)
         };

@@ -58,7 +58,9 @@ pub(crate) fn parse(facts: &RunFacts<'_>) -> Parsed {
     };
     let answer = match (&verdict, &out) {
         (Verdict::Success, Some(o)) => str_at(o, "response").unwrap_or_default().to_string(),
-        (Verdict::UnknownWith { .. }, None) => facts.stdout.trim().to_string(),
+        (Verdict::UnknownWith { .. }, None) if !super::broken_envelope(facts.stdout) => {
+            facts.stdout.trim().to_string()
+        }
         _ => String::new(),
     };
     Parsed {

@@ -609,6 +609,18 @@ pub(crate) fn classify(text: &str, status: Option<u16>) -> ErrorClass {
     }
 }
 
+/// Whether `stdout` is the start of a CLI's JSON envelope (`{"type": ...`,
+/// `{ "session_id": ...`) that did not parse, as when the output was cut at
+/// `max_output_bytes`: never an answer for the context, though no JSON
+/// could be read from it.
+pub(crate) fn broken_envelope(stdout: &str) -> bool {
+    static START: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(r#"^\{\s*"(?:type|subtype|session_id|response|result|is_error|stats)"\s*:"#)
+            .expect("envelope pattern compiles")
+    });
+    START.is_match(stdout.trim_start())
+}
+
 /// The reset time a limit message gives: `limit reached|<unix secs>` (Claude's
 /// machine-readable form), else the words after "resets", "try again at" or "reset at".
 pub(crate) fn reset(text: &str) -> Option<Reset> {

@@ -719,7 +719,7 @@ impl Job {
                 .unwrap_or_default()
         };
         let (stdout, stderr, prompt) = (read("stdout.log"), read("stderr.log"), read("prompt.md"));
-        let report = crate::adapter::report(&RunFacts {
+        let mut report = crate::adapter::report(&RunFacts {
             kind: &kind,
             stdout: &stdout,
             stderr: &stderr,
@@ -730,6 +730,16 @@ impl Job {
             stopped_by_supervisor: !matches!(end, RunEnd::Exited(_)),
             prompt: &prompt,
         });
+        // Raw stdout taken for a text answer, where stdout is a JSON
+        // envelope too long to read whole (one cut at max_output_bytes, as
+        // a rule): a piece of JSON is no answer for the context.
+        if !report.answer.is_empty()
+            && report.answer == stdout.trim()
+            && fsx::read_head(&dir.join("stdout.log"), 256)
+                .is_ok_and(|(b, _)| crate::adapter::broken_envelope(&String::from_utf8_lossy(&b)))
+        {
+            report.answer.clear();
+        }
         self.keep_answer(&dir, &report.answer);
         Some(report)
     }

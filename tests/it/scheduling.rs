@@ -673,3 +673,26 @@ fn a_reject_whose_lock_is_held_is_filed_when_it_is_free() {
     );
     assert_eq!(root.record("failed", "d")["outcome"], "dependency");
 }
+
+/// A CLI's JSON result cut at `max_output_bytes` is no answer: the context
+/// says there is none, and never holds a piece of the envelope.
+#[test]
+fn a_json_envelope_cut_at_the_output_limit_never_reaches_the_context() {
+    let script = r#"printf '{"type":"result","subtype":"success","is_error":false,"result":"'; head -c 3000000 /dev/zero | tr '\0' x; printf '","session_id":"s"}\n'"#;
+    let root = Root::new()
+        .config(&format!(
+            "max_output_bytes: 1000000\nretries: 0\nagents:\n  claude:\n    command: [/bin/sh, -c, {script:?}]\n    kind: claude\n"
+        ))
+        .task("huge.yaml", "description: x\n");
+    root.run_until_idle();
+    let rec = root.record("failed", "huge");
+    assert_eq!(rec["outcome"], "output_limit", "{rec}");
+    let out = root.read("context/agent_outputs/huge.md");
+    assert!(!out.contains("{\"type\""), "{}", &out[..out.len().min(400)]);
+    assert!(
+        !out.contains("xxxxxxxxxx"),
+        "{}",
+        &out[..out.len().min(400)]
+    );
+    assert!(out.contains("(no answer"), "{}", &out[..out.len().min(400)]);
+}
