@@ -31,6 +31,18 @@ static LITELLM: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"^(?:litellm\.)?([A-Z]\w*(?:Error|Exception|Exceeded|Timeout)): ")
         .expect("litellm pattern compiles")
 });
+/// litellm's exception printed after a reply cut mid-stream, on the same
+/// line as its last words ("Partial answer that was litellm.RateLimitError:
+/// ..."): only with its `litellm.` prefix, so an answer that quotes a
+/// Python error is not taken for one.
+static LITELLM_GLUED: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"litellm\.([A-Z]\w*(?:Error|Exception|Exceeded|Timeout)): ")
+        .expect("litellm pattern compiles")
+});
+/// aider's note when the model's reply was empty.
+static EMPTY: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^Empty response received from LLM").expect("empty pattern compiles")
+});
 static BANNER: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(concat!(
         r"^(?:Aider v\d|Model: |Main model: |Weak model: |Editor model: |Git repo: |Repo-map: |",
@@ -53,7 +65,17 @@ pub(crate) fn parse(facts: &RunFacts<'_>) -> Parsed {
     let errors_from = tokens_at.map_or(0, |t| t + 1);
     let error_at = (errors_from..lines.len())
         .rev()
-        .find(|&i| LITELLM.is_match(lines[i].trim()) && !prompt_lines.contains(lines[i].trim()));
+        .find(|&i| LITELLM.is_match(lines[i].trim()) && !prompt_lines.contains(lines[i].trim()))
+        .map(|i| (i, 0))
+        .or_else(|| {
+            // No reply after it (no `Tokens:` line): an exception glued to
+            // the last words of a cut reply.
+            tokens_at.is_none().then_some(())?;
+            (0..lines.len()).rev().find_map(|i| {
+                let m = LITELLM_GLUED.find(lines[i])?;
+                (!prompt_lines.contains(lines[i].trim())).then_some((i, m.start()))
+            })
+        });
 
     let (answer, usage) = match tokens_at {
         Some(t) => {
@@ -68,17 +90,20 @@ pub(crate) fn parse(facts: &RunFacts<'_>) -> Parsed {
         }
         None => (String::new(), Usage::default()),
     };
+    let empty_reply = tokens_at.is_some()
+        && usage.output_tokens == Some(0)
+        && (answer.is_empty() || EMPTY.is_match(answer.trim()));
     let verdict = match (error_at, tokens_at) {
-        (Some(i), _) => {
+        (Some((i, from)), _) => {
             // The exception and its wrapped continuation, up to a blank line.
-            let text: Vec<&str> = lines[i..]
-                .iter()
+            let text: Vec<&str> = std::iter::once(&lines[i][from..])
+                .chain(lines[i + 1..].iter().copied())
                 .map(|l| l.trim())
                 .take_while(|l| !l.is_empty())
                 .collect();
             let text = text.join(" ");
             let name = LITELLM
-                .captures(lines[i].trim())
+                .captures(&text)
                 .map(|c| c[1].to_string())
                 .unwrap_or_default();
             let class = class_of(&name, &text);
@@ -88,6 +113,11 @@ pub(crate) fn parse(facts: &RunFacts<'_>) -> Parsed {
                 message: format!("{}{h}", short(&text)),
             }
         }
+        // aider says so and exits 0; 0 tokens came back.
+        (None, Some(_)) if empty_reply => Verdict::Error {
+            class: ErrorClass::Task,
+            message: "the model's reply was empty (0 tokens received)".into(),
+        },
         (None, Some(_)) => Verdict::Success,
         (None, None) => Verdict::UnknownWith {
             error_line: error_line(&error_channel(facts.stderr, facts.prompt), ""),
@@ -148,6 +178,55 @@ mod tests {
     use super::*;
 
     const K: Kind = Kind::Aider;
+
+    const BANNER_LINES: &str = "Aider v0.86.1\nModel: openai/mock with whole edit format\nGit repo: none\nRepo-map: disabled\n";
+
+    /// aider says "Empty response received from LLM" and exits 0: no answer.
+    #[test]
+    fn an_empty_reply_is_no_success() {
+        let stdout = format!(
+            "{BANNER_LINES}Empty response received from LLM. Check your provider account?\n\nTokens: 1.4k sent, 0 received.\n"
+        );
+        let f = Fixture {
+            stdout: Box::leak(stdout.into_boxed_str()),
+            stderr: "",
+            exit: "code 0",
+        };
+        let r = run(&K, &f, "");
+        assert_eq!(r.outcome, Class::Failed(ErrorClass::Task), "{r:?}");
+        assert!(r.message.unwrap().contains("reply was empty"));
+    }
+
+    /// A stream cut by a rate limit: litellm's exception follows the last
+    /// words of the reply on the same line, with no `Tokens:` line after.
+    #[test]
+    fn an_exception_glued_to_a_cut_reply_is_the_error() {
+        let stdout = format!(
+            "{BANNER_LINES}Partial answer that was litellm.RateLimitError: RateLimitError: OpenAIException - rate_limit_exceeded\nThe API provider has rate limited you. Try again later or check your quotas.\n"
+        );
+        let f = Fixture {
+            stdout: Box::leak(stdout.into_boxed_str()),
+            stderr: "Warning: Input is not a terminal (fd=0).\n",
+            exit: "code 0",
+        };
+        let r = run(&K, &f, "");
+        assert!(
+            matches!(r.outcome, Class::Failed(ErrorClass::Limit { .. })),
+            "{r:?}"
+        );
+        let m = r.message.unwrap();
+        assert!(m.starts_with("aider: litellm.RateLimitError"), "{m}");
+        // An answer that only quotes such a line, with its reply done, is a success.
+        let stdout = format!(
+            "{BANNER_LINES}The log said litellm.RateLimitError: too fast, so I waited.\n\nTokens: 1.2k sent, 30 received.\n"
+        );
+        let f = Fixture {
+            stdout: Box::leak(stdout.into_boxed_str()),
+            stderr: "",
+            exit: "code 0",
+        };
+        assert_eq!(run(&K, &f, "").outcome, Class::Success);
+    }
 
     #[test]
     fn token_counts() {

@@ -510,13 +510,31 @@ pub(crate) fn error_line(channel: &str, answer: &str) -> Option<String> {
     let lines: Vec<&str> = channel
         .lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty() && !answer_lines.contains(l))
+        .filter(|l| !l.is_empty() && !answer_lines.contains(l) && !is_chatter(l))
         .collect();
     lines
         .iter()
         .rfind(|l| SHAPE.is_match(l))
         .or(lines.last())
         .map(|l| l.to_string())
+}
+
+/// Lines the agent CLIs print on stderr at every run, which say nothing
+/// about why one failed (codex's stdin and PATH notes, gemini's terminal
+/// and start-up notes, aider's terminal warning): never named as a run's
+/// error, nor kept in a record's stderr tail.
+pub fn is_chatter(line: &str) -> bool {
+    const CHATTER: [&str; 7] = [
+        "Reading additional input from stdin",
+        "WARNING: proceeding, even though we could not create PATH aliases",
+        "Warning: Basic terminal detected",
+        "Warning: 256-color support not detected",
+        "Warning: Input is not a terminal",
+        "Ripgrep is not available",
+        "[STARTUP] ",
+    ];
+    let l = line.trim_start();
+    CHATTER.iter().any(|c| l.starts_with(c))
 }
 
 /// Whether a line a CLI printed says that something went wrong (for naming
@@ -838,6 +856,21 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn chatter_is_never_named_as_the_error() {
+        assert_eq!(
+            error_line(
+                "Ripgrep is not available. Falling back to GrepTool.\nWarning: Input is not a terminal (fd=0).\n",
+                ""
+            ),
+            None
+        );
+        assert_eq!(
+            error_line("Ripgrep is not available.\nboom: it broke\n", "").as_deref(),
+            Some("boom: it broke")
+        );
+    }
 
     #[test]
     fn classify_shapes() {

@@ -101,27 +101,11 @@ pub(super) fn stderr_tail(run_dir: &Path) -> String {
     let mut lines: Vec<&str> = s
         .lines()
         .rev()
-        .filter(|l| !l.trim().is_empty() && !is_chatter(l))
+        .filter(|l| !l.trim().is_empty() && !crate::adapter::is_chatter(l))
         .take(3)
         .collect();
     lines.reverse();
     lines.join(" | ")
-}
-
-/// Lines the agent CLIs print on stderr at every run, which say nothing
-/// about why one failed (codex's stdin and PATH notes, gemini's terminal
-/// and start-up notes): left out of a record's stderr tail.
-fn is_chatter(line: &str) -> bool {
-    const CHATTER: [&str; 6] = [
-        "Reading additional input from stdin",
-        "WARNING: proceeding, even though we could not create PATH aliases",
-        "Warning: Basic terminal detected",
-        "Warning: 256-color support not detected",
-        "Ripgrep is not available",
-        "[STARTUP] ",
-    ];
-    let l = line.trim_start();
-    CHATTER.iter().any(|c| l.starts_with(c))
 }
 
 /// What the agent's `$MAILROOM_RESULT` says when it reports a failure
