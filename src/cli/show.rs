@@ -72,7 +72,7 @@ pub fn show_prompt(root: &Path, name: &str) -> Result<()> {
         crate::sched::routing::route(&config, &t, &[]).map_err(|e| anyhow::anyhow!("{e}"))?;
     let agent = &config.agents[&route.agents[0]];
     let root = root.canonicalize()?;
-    let p = crate::run::prompt::render(&Layout::new(&root), &config, agent, &t)
+    let p = crate::run::prompt::render(&Layout::new(&root), &config, agent, &t, None)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     eprintln!(
         "(not sent yet: this is the prompt `{name}` would get now, on agent {})",

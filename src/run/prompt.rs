@@ -12,14 +12,27 @@ pub const DEFAULT_TEMPLATE: &str = "{description}\n{context}{instructions}";
 
 /// The instructions appended by `{instructions}`.
 const INSTRUCTIONS: &str = "\n---\n## Reporting back (from mailroom)\n\n\
-- This is task `{task}`. Write your result to the file named by $MAILROOM_OUTPUT (or print it on stdout).\n\
-- To hand on work, write task files (YAML, e.g. `description: ...`) into the directory $MAILROOM_OUTBOX: \
+- This is task `{task}`. Write your result to the file named by $MAILROOM_OUTPUT{output} (or print it on stdout).\n\
+- To hand on work, write task files (YAML, e.g. `description: ...`) into the directory $MAILROOM_OUTBOX{outbox}: \
 they are queued only if this task succeeds. `mailroom add \"...\"` queues one at once.\n\
 - End with a short summary between [SUMMARY] and [/SUMMARY]; the next agents read it in context/current_state.md.\n";
 
-/// The reporting instructions for task `name` (what `{instructions}` gives).
-pub fn instructions(name: &str) -> String {
-    INSTRUCTIONS.replace("{task}", name)
+/// The reporting instructions for task `name` (what `{instructions}` gives),
+/// with the run's own paths when `run_dir` is known: an agent that may
+/// write files but not run a shell (claude's `acceptEdits`) cannot look
+/// the variables up.
+pub fn instructions(name: &str, run_dir: Option<&std::path::Path>) -> String {
+    let at = |p: std::path::PathBuf| format!(" (`{}`)", p.display());
+    INSTRUCTIONS
+        .replace("{task}", name)
+        .replace(
+            "{output}",
+            &run_dir.map(|d| at(d.join("output.md"))).unwrap_or_default(),
+        )
+        .replace(
+            "{outbox}",
+            &run_dir.map(|d| at(d.join("outbox"))).unwrap_or_default(),
+        )
 }
 
 /// The shared context files, relative to the root.
@@ -32,6 +45,7 @@ pub fn render(
     config: &Config,
     agent: &Agent,
     task: &Task,
+    run_dir: Option<&std::path::Path>,
 ) -> Result<String, String> {
     let template = agent.prompt_template.as_deref().unwrap_or(DEFAULT_TEMPLATE);
     // A listed file must exist, except the shared ones: current_state.md only
@@ -91,7 +105,7 @@ pub fn render(
             config.context_max_bytes.min(budget).saturating_sub(512),
         ));
     }
-    let instructions = instructions(&task.name);
+    let instructions = instructions(&task.name, run_dir);
     Ok(substitute(
         template,
         &[
@@ -198,6 +212,7 @@ mod tests {
             &config,
             &agent,
             &task("description: do {task} $(x)\ncontext_files: [notes.md]\n"),
+            Some(std::path::Path::new("/r/tasks/assigned/t.run/1")),
         )
         .unwrap();
         assert!(p.starts_with("do {task} $(x)\n"), "{p}");
@@ -211,6 +226,15 @@ mod tests {
             "{p}"
         );
         assert!(p.contains("$MAILROOM_OUTBOX"), "{p}");
+        // The run's own paths, for an agent that cannot run a shell.
+        assert!(
+            p.contains("$MAILROOM_OUTPUT (`/r/tasks/assigned/t.run/1/output.md`)"),
+            "{p}"
+        );
+        assert!(
+            p.contains("$MAILROOM_OUTBOX (`/r/tasks/assigned/t.run/1/outbox`)"),
+            "{p}"
+        );
         assert!(p.contains("[SUMMARY]"), "{p}");
         assert_eq!(description_part(&p), "do {task} $(x)");
         std::fs::remove_dir_all(&layout.root).unwrap();
@@ -225,6 +249,7 @@ mod tests {
             &config,
             &agent,
             &task("description: x\ncontext_files: [nope.md]\n"),
+            None,
         )
         .unwrap_err();
         assert!(e.contains("`nope.md` does not exist"), "{e}");
@@ -234,6 +259,7 @@ mod tests {
             &config,
             &agent,
             &task("description: x\ncontext_files: [esc.md]\n"),
+            None,
         )
         .unwrap_err();
         assert!(e.contains("leads outside the root"), "{e}");
@@ -250,6 +276,7 @@ mod tests {
             &config,
             &agent,
             &task("description: exactly this\n"),
+            None,
         )
         .unwrap();
         assert_eq!(p, "exactly this");

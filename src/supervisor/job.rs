@@ -544,13 +544,19 @@ impl Job {
     /// was cut off, a short continuation (the conversation has the rest).
     fn prompt(&self, plan: Option<&super::session::Planned>) -> Result<String, String> {
         if let Some(why) = plan.and_then(|p| p.resumed.as_deref()) {
-            let instructions = crate::run::prompt::instructions(&self.name);
+            let instructions = crate::run::prompt::instructions(&self.name, Some(&self.run_dir()));
             return Ok(crate::adapter::session::continuation_prompt(
                 why,
                 &instructions,
             ));
         }
-        crate::run::prompt::render(&self.ctx.layout, &self.config, &self.agent, &self.task)
+        crate::run::prompt::render(
+            &self.ctx.layout,
+            &self.config,
+            &self.agent,
+            &self.task,
+            Some(&self.run_dir()),
+        )
     }
 
     /// Whether the run's outbox breaks the limits against runaway spawning.
