@@ -137,7 +137,11 @@ impl Job {
                     rec.workspace = Some(report);
                 }
                 let (out, cut, summary) = crate::tree::context::read_output_and_summary(&run_dir);
-                rec.summary = summary;
+                // A subtask parent's own summary ("all 3 subtasks completed") stays
+                // when its run printed none.
+                if summary.is_some() {
+                    rec.summary = summary;
+                }
                 (rec, out, cut)
             })
             .await

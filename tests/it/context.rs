@@ -160,6 +160,7 @@ fn subtasks_expand_into_ordered_children_and_the_parent_waits() {
         rec["children"],
         serde_json::json!(["plan.1", "plan.two", "plan.3"])
     );
+    assert_eq!(rec["summary"], "all 3 subtasks completed", "{rec}");
     assert!(
         root.read("tasks/completed/plan.two.yaml")
             .contains("after: [\"plan.1\"]")
