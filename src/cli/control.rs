@@ -210,24 +210,102 @@ pub fn set_pause(
 
 /// `mailroom logs NAME [--follow] [--raw]`: the latest attempt's stdout and
 /// stderr. The stdout of a CLI that writes JSON events (claude, codex,
-/// gemini, cursor-agent) is shown as text, unless `raw`.
+/// gemini, cursor-agent) is shown as text, unless `raw`. With `follow`, a
+/// task that has not started yet is waited for, and a task that fails an
+/// attempt and waits for its retry is followed into the next attempt, until
+/// it is filed (as `pueue follow` does).
 pub fn logs(root: &Path, name: &str, follow: bool, raw: bool) -> Result<()> {
     let layout = open_tree(root)?;
     check_task_name(name)?;
-    let Some((st, _, _)) = layout.locate(name) else {
+    let Some((mut st, _, _)) = layout.locate(name) else {
         bail!("no task named `{name}`");
     };
-    // The latest attempt (earlier ones are beside it, in `<name>.run/`).
-    let Some((attempt, dir)) = layout.last_attempt(st, name) else {
-        if st == State::Pending || st == State::Assigned {
-            bail!("`{name}` has not run yet");
+    let mut out = std::io::stdout().lock();
+    let mut shown: Option<u32> = None;
+    let mut told_waiting = false;
+    loop {
+        // The latest attempt (earlier ones are beside it, in `<name>.run/`);
+        // once following, every attempt after the one shown, in order.
+        let latest = layout.last_attempt(st, name);
+        let fresh = match (&latest, shown) {
+            (Some((n, _)), Some(s)) if *n > s => {
+                Some((s + 1, layout.attempt_dir(st, name, s + 1)))
+            }
+            (Some(_), Some(_)) => None,
+            (Some((n, d)), None) if !told_waiting => Some((*n, d.clone())),
+            (Some(_), None) => Some((1, layout.attempt_dir(st, name, 1))),
+            (None, _) => None,
+        };
+        let Some((attempt, dir)) = fresh else {
+            let open = st == State::Pending || st == State::Assigned;
+            if !follow {
+                if latest.is_none() && open {
+                    bail!("`{name}` has not run yet");
+                }
+                return Ok(());
+            }
+            if !open {
+                // Filed without a run of its own, or after the one shown.
+                if shown.is_none() {
+                    eprintln!(
+                        "mailroom: `{name}` was filed in {}/ without running",
+                        st.dir_name()
+                    );
+                }
+                return Ok(());
+            }
+            if !told_waiting {
+                told_waiting = true;
+                match shown {
+                    None => eprintln!("mailroom: waiting for `{name}` to start"),
+                    Some(n) => eprintln!(
+                        "mailroom: attempt {n} of `{name}` ended; waiting for attempt {}",
+                        n + 1
+                    ),
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            match layout.locate(name) {
+                Some((s, _, _)) => st = s,
+                None => bail!("`{name}` is gone from the tree"),
+            }
+            continue;
+        };
+        told_waiting = false;
+        if shown.is_some() {
+            eprintln!("mailroom: attempt {attempt} of `{name}`:");
         }
-        return Ok(());
-    };
+        shown = Some(attempt);
+        st = follow_attempt(
+            root, &layout, name, st, attempt, &dir, follow, raw, &mut out,
+        )?;
+        let later = layout
+            .last_attempt(st, name)
+            .is_some_and(|(n, _)| n > attempt);
+        if !follow || (matches!(st, State::Completed | State::Failed) && !later) {
+            return Ok(());
+        }
+    }
+}
+
+/// Shows one attempt's logs (with `follow`, until it stops running) and
+/// returns the task's state after it.
+#[allow(clippy::too_many_arguments)]
+fn follow_attempt(
+    root: &Path,
+    layout: &crate::tree::layout::Layout,
+    name: &str,
+    st: State,
+    attempt: u32,
+    dir: &Path,
+    follow: bool,
+    raw: bool,
+    out: &mut impl Write,
+) -> Result<State> {
     let renderer = if raw {
         None
     } else {
-        renderer_for(root, &layout, st, name)
+        renderer_for(root, layout, st, name)
     };
     let mut sink = Sink {
         renderer,
@@ -235,7 +313,6 @@ pub fn logs(root: &Path, name: &str, follow: bool, raw: bool) -> Result<()> {
     };
     let files = [dir.join("stdout.log"), dir.join("stderr.log")];
     let mut offsets = [0u64; 2];
-    let mut out = std::io::stdout().lock();
     loop {
         for (i, f) in files.iter().enumerate() {
             if let Some(mut h) = open_log(f) {
@@ -243,28 +320,33 @@ pub fn logs(root: &Path, name: &str, follow: bool, raw: bool) -> Result<()> {
                 let mut buf = Vec::new();
                 h.read_to_end(&mut buf)?;
                 offsets[i] += buf.len() as u64;
-                sink.write(i == 0, &buf, &mut out)?;
+                sink.write(i == 0, &buf, out)?;
             }
         }
         out.flush()?;
-        if !follow || layout.find(State::Assigned, name).is_none() {
-            if follow
-                // It finished: the files moved with it; show what came last.
-                && let Some((s, _, _)) = layout.locate(name)
-                && s != State::Assigned
-            {
-                let d = layout.attempt_dir(s, name, attempt);
+        // Still this attempt's run: the task in `assigned/`, its state
+        // naming this attempt (or none: just claimed, or being filed).
+        let running = layout.find(State::Assigned, name).is_some()
+            && books::read_state(layout, name)
+                .run
+                .is_none_or(|r| r.attempt == attempt);
+        if !follow || !running {
+            let now = layout.locate(name).map_or(st, |(s, _, _)| s);
+            if follow && now != State::Assigned {
+                // It ended: the files may have moved with it; show what came last.
+                let d = layout.attempt_dir(now, name, attempt);
                 for (i, f) in ["stdout.log", "stderr.log"].iter().enumerate() {
                     if let Some(mut h) = open_log(&d.join(f)) {
                         h.seek(SeekFrom::Start(offsets[i]))?;
                         let mut buf = Vec::new();
                         h.read_to_end(&mut buf)?;
-                        sink.write(i == 0, &buf, &mut out)?;
+                        sink.write(i == 0, &buf, out)?;
                     }
                 }
             }
-            sink.finish(&mut out)?;
-            return Ok(());
+            sink.finish(out)?;
+            out.flush()?;
+            return Ok(now);
         }
         std::thread::sleep(Duration::from_millis(200));
     }

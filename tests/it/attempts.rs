@@ -192,3 +192,29 @@ fn a_task_waiting_for_its_retry_keeps_its_run_directory_and_a_cancel_files_it() 
     assert!(!root.exists("tasks/assigned/f.run"));
     assert!(!root.exists("tasks/assigned/f.state.json"));
 }
+
+/// `logs -f` of a task that has not started waits for it, and follows it
+/// through a failed attempt into its retry, until it is filed: it ends by
+/// itself, with both attempts' output.
+#[test]
+fn logs_follow_waits_for_the_start_and_follows_every_attempt() {
+    let root = Root::new()
+        .config(&config(""))
+        .task("f.yaml", "description: twice\n");
+    let follower = root
+        .cmd(&["logs", "-f", "f"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _sup = root.spawn();
+    let out = wait_bounded(follower, Duration::from_secs(60));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (o, e) = (stdout(&out), stderr(&out));
+    assert!(o.contains("stdout of attempt 1"), "{o}");
+    assert!(o.contains("stdout of attempt 2"), "{o}");
+    assert!(o.contains("attempt 1 broke"), "{o}");
+    assert!(e.contains("waiting for `f` to start"), "{e}");
+    assert!(e.contains("attempt 2 of `f`"), "{e}");
+    assert_eq!(root.names("completed"), vec!["f"]);
+}

@@ -371,7 +371,12 @@ pub fn run_bounded(mut c: Command, limit: Duration) -> Output {
     c.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let child = c.spawn().unwrap();
+    wait_bounded(c.spawn().unwrap(), limit)
+}
+
+/// Waits for a started child (its output piped) and collects its output;
+/// one still running after `limit` is killed, so that a hang fails the test.
+pub fn wait_bounded(child: std::process::Child, limit: Duration) -> Output {
     let pid = child.id() as i32;
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let d2 = done.clone();
