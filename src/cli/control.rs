@@ -228,9 +228,7 @@ pub fn logs(root: &Path, name: &str, follow: bool, raw: bool) -> Result<()> {
         // once following, every attempt after the one shown, in order.
         let latest = layout.last_attempt(st, name);
         let fresh = match (&latest, shown) {
-            (Some((n, _)), Some(s)) if *n > s => {
-                Some((s + 1, layout.attempt_dir(st, name, s + 1)))
-            }
+            (Some((n, _)), Some(s)) if *n > s => Some((s + 1, layout.attempt_dir(st, name, s + 1))),
             (Some(_), Some(_)) => None,
             (Some((n, d)), None) if !told_waiting => Some((*n, d.clone())),
             (Some(_), None) => Some((1, layout.attempt_dir(st, name, 1))),

@@ -198,6 +198,14 @@ pub fn perform(
             let agent = nonempty(&f.agent);
             if let Some(a) = agent {
                 crate::parse::task::check_name(a).map_err(|e| bad(format!("agent `{a}`: {e}")))?;
+                // A pause of an agent the config does not have would hold
+                // nothing and say it did (a resume clears any marker).
+                if action == "pause"
+                    && let Ok(c) = crate::parse::config::Config::load(&layout.root)
+                    && !c.agents.contains_key(a)
+                {
+                    return Err(bad(format!("no agent `{a}` in mailroom.yaml")));
+                }
             }
             crate::cli::control::set_pause(layout, agent, action == "pause").map_err(conflict)?;
             let what = agent.map_or("claiming".to_owned(), |a| format!("agent {a}"));

@@ -1096,6 +1096,19 @@ fn actions_need_the_token_a_session_with_csrf_and_post() {
     );
     assert_eq!(r.status, 303);
     assert!(!root.exists("tasks/control/pause"));
+    // An agent the config does not have is not paused, and said so.
+    let r = post(
+        "/actions/pause",
+        &with(&cookie, &[]),
+        &format!("csrf={csrf}&agent=nope"),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body.contains("no agent `nope` in mailroom.yaml"),
+        "{}",
+        r.body
+    );
+    assert!(!root.exists("tasks/control/pause.nope"));
     let task = request(srv.addr, "GET", "/tasks/fresh", &[("Cookie", &cookie)]).body;
     assert!(task.contains(r#"id="do-cancel""#), "{task}");
 }
