@@ -21,6 +21,38 @@ fn looks_like_config(f: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// Warns of agents whose program is not there (on this `PATH`, or at its
+/// path): their tasks would fail as `spawn`. A warning only: the supervisor
+/// may run with another `PATH` (a service's).
+fn missing_commands(c: &Config, root: &Path) {
+    for (name, a) in &c.agents {
+        let Some(program) = a.command.first() else {
+            continue;
+        };
+        if program.starts_with('{') {
+            continue; // a placeholder, filled in per run
+        }
+        let found = if program.contains('/') {
+            let p = crate::run::process::resolve_program(program, root);
+            p.is_file()
+        } else {
+            std::env::var_os("PATH")
+                .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(program).is_file()))
+        };
+        if !found {
+            println!(
+                "  warning: agent `{name}`: its command `{program}` is not found{} \
+                 (its tasks would fail as `spawn`)",
+                if program.contains('/') {
+                    ""
+                } else {
+                    " on PATH"
+                }
+            );
+        }
+    }
+}
+
 /// `mailroom validate`: true when everything is valid.
 pub fn validate(root: &Path, files: &[PathBuf]) -> Result<bool> {
     let mut ok = true;
@@ -41,7 +73,10 @@ pub fn validate(root: &Path, files: &[PathBuf]) -> Result<bool> {
         if is_cfg {
             checked_cfg = checked_cfg || f.canonicalize().ok() == cfg.canonicalize().ok();
             match Config::parse_file(&bytes, &shown) {
-                Ok(_) => println!("ok: {shown}"),
+                Ok(c) => {
+                    println!("ok: {shown}");
+                    missing_commands(&c, root);
+                }
                 Err(e) => {
                     println!("{e}");
                     ok = false;
@@ -53,8 +88,20 @@ pub fn validate(root: &Path, files: &[PathBuf]) -> Result<bool> {
         let ext = f.extension().and_then(|e| e.to_str()).unwrap_or("yaml");
         match task::parse_as(name, ext, &bytes) {
             Ok(t) => {
+                // What the supervisor would refuse: no agent of the root's
+                // config can run it (an unknown agent, a capability no one has).
+                // (Only against a config file: without one, the file alone.)
+                let config = Config::load(root).ok().filter(|c| c.source.is_some());
+                if let Some(Err(e)) = config
+                    .as_ref()
+                    .map(|c| crate::sched::routing::route(c, &t, &[]))
+                {
+                    println!("{shown}: {e}");
+                    ok = false;
+                    continue;
+                }
                 println!("ok: {shown}");
-                for w in t.warnings {
+                for w in &t.warnings {
                     println!("  warning: {w}");
                 }
             }
@@ -66,7 +113,10 @@ pub fn validate(root: &Path, files: &[PathBuf]) -> Result<bool> {
     }
     if !checked_cfg && cfg.exists() {
         match Config::load(root) {
-            Ok(_) => println!("ok: {}", cfg.display()),
+            Ok(c) => {
+                println!("ok: {}", cfg.display());
+                missing_commands(&c, root);
+            }
             Err(e) => {
                 println!("{e}");
                 ok = false;

@@ -98,7 +98,7 @@ impl Supervisor {
             Ok(c) if c == *self.config => {}
             Ok(_) => self.reload(),
             Err(e) => {
-                error!(error = %e, "mailroom.yaml changed but cannot be used; keeping the old configuration")
+                error!(error = %e, "mailroom.yaml changed but is invalid (or gone); keeping the old configuration")
             }
         }
     }

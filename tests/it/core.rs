@@ -355,6 +355,26 @@ fn cli_status_list_show_and_validate() {
     let bad = root.mailroom(&["validate", root.p("bad.yaml").to_str().unwrap()]);
     assert!(!bad.status.success());
     assert!(stdout(&bad).contains("no unit"), "{}", stdout(&bad));
+    // What the supervisor would refuse is refused here too: an agent the
+    // config does not have. A command not on PATH is a warning.
+    root.write("stray.yaml", "description: fine\nagent: nope\n");
+    let stray = root.mailroom(&["validate", root.p("stray.yaml").to_str().unwrap()]);
+    assert!(!stray.status.success(), "{}", stdout(&stray));
+    assert!(
+        stdout(&stray).contains("agent `nope` is not configured"),
+        "{}",
+        stdout(&stray)
+    );
+    let root = root.config(
+        "agents:\n  a:\n    command: [/bin/true]\n  gone:\n    command: [nosuchbinary-xyz]\ndefault_agent: a\n",
+    );
+    let v = root.mailroom(&["validate"]);
+    assert!(v.status.success(), "{}", stdout(&v));
+    assert!(
+        stdout(&v).contains("agent `gone`: its command `nosuchbinary-xyz` is not found on PATH"),
+        "{}",
+        stdout(&v)
+    );
 }
 
 #[test]

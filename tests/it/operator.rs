@@ -342,7 +342,12 @@ unsafe extern "C" {
 
 #[test]
 fn numbers_are_refused_alike_in_every_text_field() {
-    let root = Root::new().agent_config(&[&agent("ok.sh")], "");
+    // An agent with the capability the quoted `requires` below asks for:
+    // validate refuses a task no agent of the config could run.
+    let root = Root::new().config(&format!(
+        "agents:\n  a:\n    command: [{:?}]\n    capabilities: [\"3\"]\ndefault_agent: a\n",
+        agent("ok.sh")
+    ));
     for (i, (key, line)) in [
         ("description", "description: 42\n"),
         ("workdir", "description: x\nworkdir: 42\n"),
