@@ -181,18 +181,23 @@ mod tests {
 
     const BANNER_LINES: &str = "Aider v0.86.1\nModel: openai/mock with whole edit format\nGit repo: none\nRepo-map: disabled\n";
 
+    /// aider's report of a run (exit 0) whose stdout is the banner, then `rest`.
+    fn after_banner(rest: &str, stderr: &'static str) -> super::super::RunReport {
+        let f = Fixture {
+            stdout: Box::leak(format!("{BANNER_LINES}{rest}").into_boxed_str()),
+            stderr,
+            exit: "code 0",
+        };
+        run(&K, &f, "")
+    }
+
     /// aider says "Empty response received from LLM" and exits 0: no answer.
     #[test]
     fn an_empty_reply_is_no_success() {
-        let stdout = format!(
-            "{BANNER_LINES}Empty response received from LLM. Check your provider account?\n\nTokens: 1.4k sent, 0 received.\n"
+        let r = after_banner(
+            "Empty response received from LLM. Check your provider account?\n\nTokens: 1.4k sent, 0 received.\n",
+            "",
         );
-        let f = Fixture {
-            stdout: Box::leak(stdout.into_boxed_str()),
-            stderr: "",
-            exit: "code 0",
-        };
-        let r = run(&K, &f, "");
         assert_eq!(r.outcome, Class::Failed(ErrorClass::Task), "{r:?}");
         assert!(r.message.unwrap().contains("reply was empty"));
     }
@@ -201,15 +206,10 @@ mod tests {
     /// words of the reply on the same line, with no `Tokens:` line after.
     #[test]
     fn an_exception_glued_to_a_cut_reply_is_the_error() {
-        let stdout = format!(
-            "{BANNER_LINES}Partial answer that was litellm.RateLimitError: RateLimitError: OpenAIException - rate_limit_exceeded\nThe API provider has rate limited you. Try again later or check your quotas.\n"
+        let r = after_banner(
+            "Partial answer that was litellm.RateLimitError: RateLimitError: OpenAIException - rate_limit_exceeded\nThe API provider has rate limited you. Try again later or check your quotas.\n",
+            "Warning: Input is not a terminal (fd=0).\n",
         );
-        let f = Fixture {
-            stdout: Box::leak(stdout.into_boxed_str()),
-            stderr: "Warning: Input is not a terminal (fd=0).\n",
-            exit: "code 0",
-        };
-        let r = run(&K, &f, "");
         assert!(
             matches!(r.outcome, Class::Failed(ErrorClass::Limit { .. })),
             "{r:?}"
@@ -217,15 +217,10 @@ mod tests {
         let m = r.message.unwrap();
         assert!(m.starts_with("aider: litellm.RateLimitError"), "{m}");
         // An answer that only quotes such a line, with its reply done, is a success.
-        let stdout = format!(
-            "{BANNER_LINES}The log said litellm.RateLimitError: too fast, so I waited.\n\nTokens: 1.2k sent, 30 received.\n"
-        );
-        let f = Fixture {
-            stdout: Box::leak(stdout.into_boxed_str()),
-            stderr: "",
-            exit: "code 0",
-        };
-        assert_eq!(run(&K, &f, "").outcome, Class::Success);
+        assert_eq!(after_banner(
+            "The log said litellm.RateLimitError: too fast, so I waited.\n\nTokens: 1.2k sent, 30 received.\n",
+            "",
+        ).outcome, Class::Success);
     }
 
     #[test]

@@ -150,35 +150,15 @@ fn an_agent_that_locks_its_run_directory_is_not_a_spawn_failure() {
             "retries: 0",
         )
         .task("t.yaml", "description: x\n");
-    if !require_root("running the supervisor as another user (setpriv)") {
+    let Some(c) = as_nobody(&root, &["run", "--exit-when-idle"], &root.path) else {
         return;
-    }
-    let have = std::process::Command::new("setpriv")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !require(have, "setpriv (util-linux) to run the supervisor as nobody") {
-        return;
-    }
+    };
     let chown = std::process::Command::new("chown")
         .args(["-R", "65534:65534"])
         .arg(&root.path)
         .status()
         .unwrap();
     assert!(chown.success());
-    let mut c = std::process::Command::new("setpriv");
-    c.args([
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        BIN,
-        "--root",
-    ])
-    .arg(&root.path)
-    .args(["run", "--exit-when-idle"])
-    .env_remove("MAILROOM_ROOT")
-    .env_remove("MAILROOM_TASK")
-    .env("HOME", &root.path);
     let out = run_bounded(c, std::time::Duration::from_secs(60));
     // Everything back to this user, so that the root can be removed.
     let _ = std::process::Command::new("chmod")
@@ -197,14 +177,7 @@ fn an_agent_that_locks_its_run_directory_is_not_a_spawn_failure() {
 #[test]
 fn a_root_the_user_cannot_enter_is_not_called_missing() {
     let root = Root::new().agent_config(&[&agent("ok.sh")], "");
-    if !require_root("running commands as another user (setpriv)") {
-        return;
-    }
-    let have = std::process::Command::new("setpriv")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !require(have, "setpriv (util-linux) to run mailroom as nobody") {
+    if as_nobody(&root, &[], std::path::Path::new("/")).is_none() {
         return;
     }
     std::fs::set_permissions(&root.path, std::fs::Permissions::from_mode(0o700)).unwrap();
@@ -213,19 +186,7 @@ fn a_root_the_user_cannot_enter_is_not_called_missing() {
         &["add", "hello"],
         &["run", "--exit-when-idle"],
     ] {
-        let mut c = std::process::Command::new("setpriv");
-        c.args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            BIN,
-            "--root",
-        ])
-        .arg(&root.path)
-        .args(args)
-        .env_remove("MAILROOM_ROOT")
-        .env_remove("MAILROOM_TASK")
-        .env("HOME", "/");
+        let c = as_nobody(&root, args, std::path::Path::new("/")).expect("checked above");
         let out = run_bounded(c, std::time::Duration::from_secs(30));
         assert!(!out.status.success(), "{args:?}");
         let e = stderr(&out);
@@ -262,4 +223,33 @@ fn agents_find_mailroom_on_their_path() {
         format!("/usr/bin:/bin:{}", bin_dir.display())
     );
     assert_eq!(root.read("o.path").trim(), "/bin");
+}
+
+/// `mailroom --root <root> <args>` as user nobody (65534), through setpriv,
+/// or None (said so) when this test cannot run as root with setpriv.
+fn as_nobody(root: &Root, args: &[&str], home: &std::path::Path) -> Option<std::process::Command> {
+    if !require_root("running mailroom as another user (setpriv)") {
+        return None;
+    }
+    let have = std::process::Command::new("setpriv")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !require(have, "setpriv (util-linux) to run mailroom as nobody") {
+        return None;
+    }
+    let mut c = std::process::Command::new("setpriv");
+    c.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        BIN,
+        "--root",
+    ])
+    .arg(&root.path)
+    .args(args)
+    .env_remove("MAILROOM_ROOT")
+    .env_remove("MAILROOM_TASK")
+    .env("HOME", home);
+    Some(c)
 }
