@@ -275,6 +275,11 @@ pub fn show(root: &Path, name: &str, json: bool) -> Result<()> {
             }
         }
     }
+    if st == State::Pending {
+        for why in held_because(root, &layout, &path, parsed.as_ref().ok(), &state_file) {
+            println!("held: {why}");
+        }
+    }
     if !rounds.is_empty() {
         for (i, r) in rounds.iter().enumerate() {
             println!("{}", round_line(i + 1, r));
@@ -301,4 +306,55 @@ pub fn show(root: &Path, name: &str, json: bool) -> Result<()> {
         println!("\n--- output (tail) ---\n{}", printable(o.trim_end()));
     }
     Ok(())
+}
+
+/// Why a pending task may not start now, beyond its dependencies and its
+/// retry time (shown apart): a pause of the tree or of every agent that
+/// could take it, cooldowns, a writer that still has the file open, no
+/// supervisor at all.
+fn held_because(
+    root: &Path,
+    layout: &Layout,
+    path: &Path,
+    task: Option<&task::Task>,
+    state: &crate::model::record::TaskState,
+) -> Vec<String> {
+    let mut why = Vec::new();
+    if !crate::tree::registry::list(layout)
+        .iter()
+        .any(|(_, alive)| *alive)
+    {
+        why.push(
+            "no supervisor is running on this tree (start one: mailroom run, or mailroom start)"
+                .to_owned(),
+        );
+    }
+    if books::exists(&layout.pause_file(None)) {
+        why.push("claiming is paused on this tree (mailroom resume)".to_owned());
+    }
+    if fsx::open_for_writing_elsewhere(path) == Some(true) {
+        why.push("a writer still has the file open; it is claimed once closed".to_owned());
+    }
+    let agents = task
+        .and_then(|t| {
+            let c = Config::load(root).ok()?;
+            crate::sched::routing::route(&c, t, &state.excluded_agents).ok()
+        })
+        .map(|(r, _)| r.agents)
+        .unwrap_or_default();
+    let paused = books::paused_agents(layout);
+    let cooling = books::cooldowns(layout, false);
+    for a in &agents {
+        if paused.contains(a) {
+            why.push(format!("agent {a} is paused (mailroom resume --agent {a})"));
+        }
+        if let Some(c) = cooling.iter().find(|c| &c.agent == a) {
+            why.push(format!(
+                "agent {a} is cooling down until {} ({})",
+                c.until,
+                printable(&c.message)
+            ));
+        }
+    }
+    why
 }

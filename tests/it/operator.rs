@@ -105,12 +105,23 @@ fn a_saved_config_is_applied_within_a_second_and_a_bad_one_reported_at_once() {
 
 #[test]
 fn status_shows_a_pause() {
-    let root = Root::new().agent_config(&[&agent("ok.sh")], "");
+    let root = Root::new()
+        .agent_config(&[&agent("ok.sh")], "")
+        .task("p.yaml", "description: x\n");
     assert!(root.mailroom(&["pause"]).status.success());
     assert!(root.mailroom(&["pause", "--agent", "a"]).status.success());
     let st = stdout(&root.mailroom(&["status"]));
     assert!(st.contains("paused: no new tasks"), "{st}");
     assert!(st.contains("agent a paused"), "{st}");
+    // `show` of a pending task says what holds it.
+    let sh = stdout(&root.mailroom(&["show", "p"]));
+    for held in [
+        "held: no supervisor is running on this tree",
+        "held: claiming is paused on this tree (mailroom resume)",
+        "held: agent a is paused (mailroom resume --agent a)",
+    ] {
+        assert!(sh.contains(held), "{held}: {sh}");
+    }
     let js: serde_json::Value =
         serde_json::from_slice(&root.mailroom(&["status", "--json"]).stdout).unwrap();
     assert_eq!(js["paused"], true);
