@@ -711,6 +711,18 @@ impl Config {
                         None => format!("unknown {what} `{key}`; known: {}", keys.join(", ")),
                     }
                 });
+                let mut error = error;
+                // serde's word for a whole number that is not one ("1MB", "two").
+                let int = ["u8", "u16", "u32", "u64", "usize", "i32", "i64"];
+                if error
+                    .message
+                    .strip_prefix("invalid ")
+                    .is_some_and(|t| int.contains(&t))
+                {
+                    error.message = "a whole number is expected here (sizes in bytes: \
+                                     1048576, not 1MB; counts as digits: 2, not two)"
+                        .into();
+                }
                 ConfigError {
                     file: file.into(),
                     error,
@@ -1341,5 +1353,14 @@ mod tests {
         assert!(e.to_string().contains("default_agent"), "{e}");
         let e = Config::parse(b"retry_delay: 5\n", "mailroom.yaml").unwrap_err();
         assert!(e.to_string().contains("no unit"), "{e}");
+    }
+
+    #[test]
+    fn a_size_with_a_unit_says_what_is_expected() {
+        let e = Config::parse(b"max_output_bytes: 1MB\n", "mailroom.yaml").unwrap_err();
+        assert!(
+            e.to_string().contains("a whole number is expected here"),
+            "{e}"
+        );
     }
 }

@@ -506,7 +506,10 @@ fn strip_location_suffix(msg: &mut String) {
 /// What a key's value must look like, for type errors.
 fn expected_value(key: &str) -> Option<&'static str> {
     Some(match key {
-        "description" | "prompt" => "text (put numbers and yes/no in quotes: \"42\")",
+        "description" | "prompt" => {
+            "text (put numbers and yes/no in quotes: \"42\"; a list or a mapping in a \
+             block: `description: |` and the text indented below)"
+        }
         "id" | "agent" | "preferred_agent" | "workdir" | "parent" => {
             "text (put numbers and yes/no in quotes: \"42\")"
         }
