@@ -139,11 +139,28 @@ fn usage(result: &Value) -> Usage {
                 .max_by_key(|(_, m)| u64_at(m, "outputTokens").unwrap_or(0))
                 .map(|(name, _)| name.clone())
         });
+    // After a fall back from streaming to a plain request, claude 2.1's
+    // top-level `usage` is all zeros while `modelUsage` (per model) holds
+    // what was used: then the sums over the models count, or budgets in
+    // tokens would not see the run.
+    let per_model = |key: &str| -> Option<u64> {
+        let models = result.get("modelUsage")?.as_object()?;
+        let sum: u64 = models.values().filter_map(|m| u64_at(m, key)).sum();
+        (sum > 0).then_some(sum)
+    };
+    let top_empty = tok("input_tokens").unwrap_or(0) == 0 && tok("output_tokens").unwrap_or(0) == 0;
+    let pick = |top: &str, model_key: &str| {
+        if top_empty {
+            per_model(model_key).or_else(|| tok(top))
+        } else {
+            tok(top)
+        }
+    };
     Usage {
-        input_tokens: tok("input_tokens"),
-        output_tokens: tok("output_tokens"),
-        cache_read_tokens: tok("cache_read_input_tokens"),
-        cache_write_tokens: tok("cache_creation_input_tokens"),
+        input_tokens: pick("input_tokens", "inputTokens"),
+        output_tokens: pick("output_tokens", "outputTokens"),
+        cache_read_tokens: pick("cache_read_input_tokens", "cacheReadInputTokens"),
+        cache_write_tokens: pick("cache_creation_input_tokens", "cacheCreationInputTokens"),
         cost_usd: result.get("total_cost_usd").and_then(Value::as_f64),
         model,
         turns: u64_at(result, "num_turns").and_then(|n| u32::try_from(n).ok()),
@@ -157,6 +174,30 @@ mod tests {
     use super::super::{Class, ErrorClass, Kind, Reset, Usage};
 
     const K: Kind = Kind::Claude;
+
+    /// claude 2.1 after falling back from streaming: top-level `usage` all
+    /// zeros, `modelUsage` with what was used. The models' sums count.
+    #[test]
+    fn usage_falls_back_to_the_sums_per_model() {
+        let r: serde_json::Value = serde_json::json!({
+            "type": "result", "subtype": "success", "is_error": false, "result": "ok",
+            "total_cost_usd": 0.0073,
+            "usage": {"input_tokens": 0, "output_tokens": 0, "cache_read_input_tokens": 0},
+            "modelUsage": {
+                "claude-sonnet": {"inputTokens": 900, "outputTokens": 120, "cacheReadInputTokens": 50},
+                "claude-haiku": {"inputTokens": 100, "outputTokens": 5}
+            }
+        });
+        let u = super::usage(&r);
+        assert_eq!(u.input_tokens, Some(1000));
+        assert_eq!(u.output_tokens, Some(125));
+        assert_eq!(u.cache_read_tokens, Some(50));
+        assert_eq!(u.model.as_deref(), Some("claude-sonnet"));
+        // A top-level count, when there is one, is what counts.
+        let r = serde_json::json!({"usage": {"input_tokens": 7, "output_tokens": 3},
+            "modelUsage": {"m": {"inputTokens": 900, "outputTokens": 120}}});
+        assert_eq!(super::usage(&r).input_tokens, Some(7));
+    }
 
     fn ok_usage() -> Usage {
         Usage {
