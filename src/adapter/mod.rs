@@ -397,7 +397,11 @@ fn finish(facts: &RunFacts<'_>, mut p: Parsed) -> RunReport {
                 error_line: None, ..
             },
             ExitKind::Code(c),
-        ) => failed(p, ErrorClass::Task, format!("{who} exited with status {c}")),
+        ) => failed(
+            p,
+            ErrorClass::Task,
+            format!("{who} exited with status {c}{}", signal_note(c)),
+        ),
         (
             Verdict::UnknownWith {
                 error_line: Some(line),
@@ -410,10 +414,29 @@ fn finish(facts: &RunFacts<'_>, mut p: Parsed) -> RunReport {
             failed(
                 p,
                 class,
-                format!("{who} exited with status {c}: {line}{hint}"),
+                format!(
+                    "{who} exited with status {c}{}: {line}{hint}",
+                    signal_note(c)
+                ),
             )
         }
     }
+}
+
+/// What an exit status above 128 says, as shells and node report a child
+/// killed by a signal (143: SIGTERM, not sent by mailroom when it gets here).
+fn signal_note(code: i32) -> String {
+    let name = match code - 128 {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        6 => "SIGABRT",
+        9 => "SIGKILL",
+        11 => "SIGSEGV",
+        13 => "SIGPIPE",
+        15 => "SIGTERM",
+        _ => return String::new(),
+    };
+    format!(" (128 + {}: killed by {name})", code - 128)
 }
 
 fn failed(p: Parsed, class: ErrorClass, message: String) -> RunReport {
@@ -856,6 +879,13 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn an_exit_status_over_128_names_its_signal() {
+        assert_eq!(signal_note(143), " (128 + 15: killed by SIGTERM)");
+        assert_eq!(signal_note(1), "");
+        assert_eq!(signal_note(200), "");
+    }
 
     #[test]
     fn chatter_is_never_named_as_the_error() {
