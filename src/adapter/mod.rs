@@ -693,19 +693,19 @@ pub(crate) fn hint(kind: &Kind, class: &ErrorClass, text: &str) -> String {
             "check the agent's command in mailroom.yaml against the CLI's --help"
         }
         (Kind::Claude, ErrorClass::Auth) => {
-            "set ANTHROPIC_API_KEY (or CLAUDE_CODE_OAUTH_TOKEN) to a valid key, in the supervisor's environment or the agent's `env:` (one that is set was rejected), or log in with `claude` as the supervisor's user"
+            "set ANTHROPIC_API_KEY (or CLAUDE_CODE_OAUTH_TOKEN) to a valid key, in the supervisor's environment or the agent's `env:`, or log in with `claude` as the supervisor's user"
         }
         (Kind::Codex, ErrorClass::Auth) => {
-            "set CODEX_API_KEY (or the provider's env_key) to a valid key, in the supervisor's environment or the agent's `env:` (one that is set was rejected), or run `codex login` as the supervisor's user"
+            "set CODEX_API_KEY (or the provider's env_key) to a valid key, in the supervisor's environment or the agent's `env:`, or run `codex login` as the supervisor's user"
         }
         (Kind::Gemini, ErrorClass::Auth) => {
-            "set GEMINI_API_KEY to a valid key, in the supervisor's environment or the agent's `env:` (one that is set was rejected), and select the auth type (security.auth.selectedType in ~/.gemini/settings.json), or log in with `gemini`"
+            "set GEMINI_API_KEY to a valid key, in the supervisor's environment or the agent's `env:`, and select the auth type (security.auth.selectedType in ~/.gemini/settings.json), or log in with `gemini`"
         }
         (Kind::Aider, ErrorClass::Auth) => {
             "set the model provider's key (OPENAI_API_KEY, ANTHROPIC_API_KEY, ...) in the supervisor's environment and let it through the environment allowlist"
         }
         (Kind::Cursor, ErrorClass::Auth) => {
-            "set CURSOR_API_KEY to a valid key, in the supervisor's environment or the agent's `env:` (one that is set was rejected), or run `cursor-agent login` as the supervisor's user"
+            "set CURSOR_API_KEY to a valid key, in the supervisor's environment or the agent's `env:`, or run `cursor-agent login` as the supervisor's user"
         }
         (Kind::Generic(_), ErrorClass::Auth) => {
             "check the agent's credentials in the supervisor's environment"
