@@ -314,11 +314,17 @@ pub fn stop(root: &Path, now: bool, timeout: Option<Duration>) -> Result<usize> 
         }
     }
     let pids: Vec<String> = ours.iter().map(|s| s.pid.to_string()).collect();
+    // What happens to running agents is the config's `on_shutdown`.
+    let leave = crate::parse::config::Config::load(root)
+        .is_ok_and(|c| c.on_shutdown == crate::parse::config::OnShutdown::LeaveRunning);
     eprintln!(
         "mailroom: stopping pid {}{}",
         pids.join(", "),
         if now {
             ""
+        } else if leave {
+            "; running agents carry on with their keepers, for the next supervisor \
+             (on_shutdown: leave_running; stop --now stops them)"
         } else {
             "; running agents may finish (stop --now to stop them)"
         }

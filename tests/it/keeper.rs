@@ -168,7 +168,14 @@ fn a_shutdown_with_leave_running_hands_the_run_to_the_next_supervisor() {
     let mut sup = root.spawn();
     let pid = started(&root);
     let _cleanup = KillGroupOnDrop(pid);
-    sup.signal(15);
+    // `mailroom stop` says what becomes of the running agent.
+    let out = root.mailroom(&["stop", "--timeout", "30s"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("running agents carry on with their keepers"),
+        "{}",
+        stderr(&out)
+    );
     let st = sup.wait_exit(Duration::from_secs(30));
     assert!(st.success(), "{st:?}");
     assert!(alive(pid), "the agent was stopped despite leave_running");
