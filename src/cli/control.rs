@@ -115,6 +115,8 @@ pub fn cancel_all(root: &Path, names: &[String], within: Duration) -> Result<Exi
     let mut ok = true;
     let mut asked = Vec::new();
     for n in names {
+        // A pending task with attempts behind it waits for its retry.
+        let ran = books::read_state(&layout, n).attempts > 0;
         match cancel_tree(&layout, n) {
             Ok((done, children)) => {
                 if !children.is_empty() {
@@ -123,8 +125,18 @@ pub fn cancel_all(root: &Path, names: &[String], within: Duration) -> Result<Exi
                         children.join(", ")
                     );
                 }
+                // Running subtasks are waited for like the task itself.
+                asked.extend(
+                    children
+                        .iter()
+                        .filter(|c| layout.find(State::Assigned, c).is_some())
+                        .cloned(),
+                );
                 match done {
                     Cancelled::Requested => asked.push(n.clone()),
+                    Cancelled::Filed(_) if ran => {
+                        println!("{n}: cancelled (while it waited for its next attempt)")
+                    }
                     Cancelled::Filed(_) => println!("{n}: cancelled (it had not started)"),
                 }
             }

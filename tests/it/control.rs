@@ -413,6 +413,12 @@ exec sleep 60"#;
         "{}",
         stdout(&out)
     );
+    // The command returns once the running child is stopped and filed too.
+    assert!(
+        root.exists("tasks/failed/sp.1.result.json"),
+        "cancel returned while sp.1 still ran: {}",
+        stdout(&out)
+    );
     wait_for(Duration::from_secs(30), "all three to be filed", || {
         root.names("failed").len() == 3
     });

@@ -707,6 +707,11 @@ fn a_task_cancelled_while_it_waits_for_its_retry_keeps_its_attempts() {
     });
     let out = root.mailroom(&["cancel", "rw"]);
     assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("while it waited for its next attempt"),
+        "{}",
+        stdout(&out)
+    );
     wait_for(MIN, "the cancelled task to be filed", || {
         root.names("failed") == ["rw"]
     });
