@@ -342,6 +342,12 @@ pub fn open_tree(root: &Path) -> Result<Layout> {
     let layout = Layout::new(root);
     if !layout.tasks.is_dir() {
         not_a_root(&layout.tasks)?;
+        if std::fs::symlink_metadata(root).is_err() {
+            bail!(
+                "{} does not exist; pass --root, or create a tree there with `mailroom init`",
+                root.display()
+            );
+        }
         bail!(
             "{} is not a mailroom root (no tasks/ directory); pass --root or run `mailroom init`",
             root.display()

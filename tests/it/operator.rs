@@ -37,6 +37,15 @@ fn run_refuses_a_directory_without_tasks_unless_init() {
         stderr(&out)
     );
     assert!(!dir.join("tasks").exists(), "run created a tree anyway");
+    // A root that does not exist at all is said to be missing.
+    let mut c = std::process::Command::new(BIN);
+    c.args(["--root", dir.join("nope").to_str().unwrap(), "status"]);
+    let gone = run_bounded(c, MIN);
+    assert!(
+        stderr(&gone).contains("nope does not exist"),
+        "{}",
+        stderr(&gone)
+    );
     let mut c = std::process::Command::new(BIN);
     c.args([
         "--root",
