@@ -126,6 +126,45 @@ fn last_assistant_text(events: &[Value]) -> String {
         .unwrap_or_default()
 }
 
+/// The tool calls claude was not allowed to make (`permission_denials` of
+/// its result), as a note for the record: an agent under `acceptEdits`
+/// that tried `mailroom add`, say, queued nothing, and its run still
+/// succeeds.
+pub(crate) fn denials(stdout: &str) -> Option<String> {
+    let result = last_json_object(stdout).filter(is_result)?;
+    let list = result.get("permission_denials")?.as_array()?;
+    if list.is_empty() {
+        return None;
+    }
+    let calls: Vec<String> = list
+        .iter()
+        .take(5)
+        .map(|d| {
+            let tool = str_at(d, "tool_name").unwrap_or("a tool");
+            let input = d.get("tool_input").map(|i| {
+                str_at(i, "command")
+                    .or_else(|| str_at(i, "file_path"))
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| i.to_string())
+            });
+            match input {
+                Some(i) => format!(
+                    "{tool} `{}`",
+                    super::short(&i).chars().take(80).collect::<String>()
+                ),
+                None => tool.to_owned(),
+            }
+        })
+        .collect();
+    Some(format!(
+        "the CLI was denied {} tool call(s): {}{} (allow them in the agent's command, e.g. \
+         --allowedTools, if the task needs them)",
+        list.len(),
+        calls.join(", "),
+        if list.len() > 5 { ", ..." } else { "" }
+    ))
+}
+
 fn usage(result: &Value) -> Usage {
     let u = result.get("usage");
     let tok = |key: &str| u.and_then(|u| u64_at(u, key));
@@ -174,6 +213,24 @@ mod tests {
     use super::super::{Class, ErrorClass, Kind, Reset, Usage};
 
     const K: Kind = Kind::Claude;
+
+    #[test]
+    fn permission_denials_become_a_note() {
+        let out = serde_json::json!({
+            "type": "result", "subtype": "success", "is_error": false, "result": "done",
+            "permission_denials": [
+                {"tool_name": "Bash", "tool_use_id": "t1", "tool_input": {"command": "mailroom add \"next step\""}}
+            ]
+        })
+        .to_string();
+        let n = super::denials(&out).unwrap();
+        assert!(
+            n.contains("denied 1 tool call(s): Bash `mailroom add \"next step\"`"),
+            "{n}"
+        );
+        let none = serde_json::json!({"type": "result", "result": "x", "permission_denials": []});
+        assert_eq!(super::denials(&none.to_string()), None);
+    }
 
     /// claude 2.1 after falling back from streaming: top-level `usage` all
     /// zeros, `modelUsage` with what was used. The models' sums count.

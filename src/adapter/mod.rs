@@ -252,6 +252,10 @@ pub struct RunReport {
     /// reconnecting to an address where nothing listens).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cause: Option<String>,
+    /// What the record's `warnings` should say of the run beside its
+    /// outcome (tool calls the CLI was not allowed to make).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 impl RunReport {
@@ -270,7 +274,11 @@ pub fn report(facts: &RunFacts<'_>) -> RunReport {
         Kind::Cursor => cursor::parse(facts),
         Kind::Generic(spec) => generic::parse(spec, facts),
     };
-    finish(facts, parsed)
+    let mut r = finish(facts, parsed);
+    if matches!(facts.kind, Kind::Claude | Kind::Cursor) {
+        r.notes.extend(claude::denials(facts.stdout));
+    }
+    r
 }
 
 /// What an adapter read from the output, before the rules common to all kinds.
@@ -448,6 +456,7 @@ fn failed(p: Parsed, class: ErrorClass, message: String) -> RunReport {
         usage: p.usage,
         session_id: p.session_id,
         cause: None,
+        notes: Vec::new(),
     }
 }
 
@@ -460,6 +469,7 @@ fn success(p: Parsed) -> RunReport {
         usage: p.usage,
         session_id: p.session_id,
         cause: None,
+        notes: Vec::new(),
     }
 }
 
@@ -992,6 +1002,7 @@ mod tests {
             },
             session_id: None,
             cause: None,
+            notes: Vec::new(),
         };
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["outcome"], "failed");

@@ -255,7 +255,10 @@ impl Job {
                     _ => error,
                 };
                 let times = (started, finished);
-                let rec = self.final_record(&st, outcome, error, times, run_id);
+                let mut rec = self.final_record(&st, outcome, error, times, run_id);
+                // What the CLI was not allowed to do (claude's permission denials).
+                rec.warnings
+                    .extend(report.iter().flat_map(|r| r.notes.iter().cloned()));
                 self.commit(st, rec).await
             }
         }

@@ -696,3 +696,25 @@ fn a_json_envelope_cut_at_the_output_limit_never_reaches_the_context() {
     );
     assert!(out.contains("(no answer"), "{}", &out[..out.len().min(400)]);
 }
+
+/// claude's permission denials (a tool call its permission mode refused,
+/// such as `mailroom add` under acceptEdits) go into the record's warnings:
+/// the run succeeded, but did not do all it tried.
+#[test]
+fn claudes_permission_denials_are_in_the_record() {
+    let out = serde_json::json!({
+        "type": "result", "subtype": "success", "is_error": false, "result": "done",
+        "session_id": "s1",
+        "permission_denials": [{"tool_name": "Bash", "tool_use_id": "t",
+            "tool_input": {"command": "mailroom add \"next\""}}]
+    })
+    .to_string();
+    let root = claude_root("", &out, "0").task("d.yaml", "description: x\nagent: claude\n");
+    root.run_until_idle();
+    let rec = root.record("completed", "d");
+    let w = rec["warnings"].to_string();
+    assert!(
+        w.contains("denied 1 tool call(s): Bash `mailroom add"),
+        "{rec}"
+    );
+}
