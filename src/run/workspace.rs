@@ -380,29 +380,154 @@ fn lock_worktrees(git_dir: &Path) -> Option<std::fs::File> {
 /// Commits what an agent left uncommitted in its worktree onto the run's
 /// branch, before the worktree is removed: agents (`claude -p`, `codex
 /// exec`) edit files and seldom commit, and a removed worktree would take
-/// their work with it. Hooks are skipped and nothing is signed; the
-/// repository's identity is used, `mailroom` where it has none. Returns the
-/// new commit, `Ok(None)` when there was nothing to commit.
-pub fn save_uncommitted(path: &Path, message: &str) -> Result<Option<String>, String> {
-    if porcelain_lines(path)
-        .ok_or_else(|| "cannot run git status in the worktree".to_string())?
-        .is_empty()
-    {
+/// their work with it. Returns the new commit, `Ok(None)` when there was
+/// nothing to commit, and `Err` (the worktree is then kept) when the work
+/// cannot be saved on `branch` whole:
+/// - the worktree's HEAD is not `branch` (detached, another branch, a
+///   rebase under way): a commit there would be lost or land elsewhere;
+/// - an untracked git repository is inside it (git would record a bare
+///   link to commits that go with the worktree);
+/// - an untracked or changed file is over [`SAVE_MAX_FILE`].
+///
+/// Nothing of the repository's own runs: no hooks (`core.hooksPath` is
+/// empty), no fsmonitor, no signing; each git call is stopped after
+/// [`SAVE_TIMEOUT`] (a clean filter the repository names still runs, within
+/// it). The repository's identity is used, `mailroom`'s where it has none.
+pub fn save_uncommitted(
+    path: &Path,
+    branch: &str,
+    message: &str,
+) -> Result<Option<String>, String> {
+    let lines =
+        porcelain_lines(path).ok_or_else(|| "cannot run git status in the worktree".to_string())?;
+    if lines.is_empty() {
         return Ok(None);
     }
-    git(path, &["add", "--all"])?;
-    let mut args = vec!["-c", "commit.gpgsign=false"];
+    let head = git(path, &["symbolic-ref", "-q", "HEAD"]).unwrap_or_default();
+    if head != format!("refs/heads/{branch}") {
+        return Err(format!(
+            "its HEAD is not on {branch} ({}): the agent left it detached, on another branch, \
+             or in the middle of a rebase",
+            if head.is_empty() {
+                "detached"
+            } else {
+                head.as_str()
+            }
+        ));
+    }
+    for l in &lines {
+        let Some(p) = porcelain_path(l) else { continue };
+        let full = path.join(&p);
+        if l.starts_with("??") && (p.ends_with('/') || full.join(".git").exists()) {
+            return Err(format!(
+                "{p} is a git repository of its own, which a commit would record as a bare link"
+            ));
+        }
+        if let Ok(m) = std::fs::symlink_metadata(&full)
+            && m.is_file()
+            && m.len() > SAVE_MAX_FILE
+        {
+            return Err(format!(
+                "{p} is {} bytes, over the {} MiB mailroom commits for an agent",
+                m.len(),
+                SAVE_MAX_FILE >> 20
+            ));
+        }
+    }
+    let mut base = vec![
+        "-c",
+        "core.hooksPath=/dev/null",
+        "-c",
+        "core.fsmonitor=false",
+        "-c",
+        "commit.gpgsign=false",
+    ];
     if git(path, &["config", "user.email"]).is_err() {
-        args.extend([
+        base.extend([
             "-c",
             "user.name=mailroom",
             "-c",
             "user.email=mailroom@localhost",
         ]);
     }
-    args.extend(["commit", "--quiet", "--no-verify", "-m", message]);
-    git(path, &args)?;
+    let with =
+        |args: &[&str]| -> Vec<String> { base.iter().chain(args).map(|s| s.to_string()).collect() };
+    git_bounded(path, &with(&["add", "--all"]), SAVE_TIMEOUT)?;
+    git_bounded(
+        path,
+        &with(&["commit", "--quiet", "--no-verify", "-m", message]),
+        SAVE_TIMEOUT,
+    )?;
     git(path, &["rev-parse", "HEAD"]).map(Some)
+}
+
+/// The largest file mailroom commits from a worktree for an agent.
+pub const SAVE_MAX_FILE: u64 = 50 << 20;
+/// How long each git call of [`save_uncommitted`] may take.
+pub const SAVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// `git -C dir args` in a process group of its own, stopped with the whole
+/// group (a filter it started included) when it runs past `timeout`.
+fn git_bounded(dir: &Path, args: &[String], timeout: std::time::Duration) -> Result<(), String> {
+    use std::os::unix::process::CommandExt;
+    let mut child = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("cannot run git: {e}"))?;
+    // Read on a thread of its own: a git that writes much (a warning per
+    // file) must not block on a full pipe. The first 4 KiB are kept.
+    let reader = child.stderr.take().map(|mut e| {
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut kept = Vec::new();
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = e.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let room = 4096usize.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+            String::from_utf8_lossy(&kept).into_owned()
+        })
+    });
+    let err_text = move || reader.and_then(|r| r.join().ok()).unwrap_or_default();
+    let until = std::time::Instant::now() + timeout;
+    let shown = args
+        .iter()
+        .filter(|a| !a.contains('=') && *a != "-c")
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(" ");
+    loop {
+        match child.try_wait() {
+            Ok(Some(st)) if st.success() => return Ok(()),
+            Ok(Some(st)) => {
+                return Err(format!("git {shown} failed ({st}): {}", err_text().trim()));
+            }
+            Ok(None) if std::time::Instant::now() < until => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            _ => {
+                // SAFETY: the group of a child not yet reaped (its pid is
+                // still its own, and the group's id).
+                unsafe {
+                    libc::kill(-(child.id() as i32), libc::SIGKILL);
+                }
+                let _ = child.wait();
+                return Err(format!(
+                    "git {shown} did not finish within {timeout:?}; stopped"
+                ));
+            }
+        }
+    }
 }
 
 pub fn remove(path: &Path) -> bool {

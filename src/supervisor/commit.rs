@@ -63,7 +63,8 @@ pub(super) fn workspace_report(
                 let message = format!(
                     "mailroom: what {name} left uncommitted\n\nCommitted by mailroom before it removed the run's worktree."
                 );
-                match crate::run::workspace::save_uncommitted(&ws.path, &message) {
+                let branch = ws.branch.as_deref().unwrap_or_default();
+                match crate::run::workspace::save_uncommitted(&ws.path, branch, &message) {
                     Ok(c) => saved = c,
                     Err(e) => {
                         remove = false;

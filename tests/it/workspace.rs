@@ -314,3 +314,51 @@ fn many_worktrees_at_once_in_one_repository_all_get_made() {
     let done = root.names("completed");
     assert_eq!(done.len(), 16, "failed: {:?}", root.names("failed"));
 }
+
+/// What cannot be saved on the run's branch whole keeps the worktree, with
+/// the reason in the record's warnings: a HEAD the agent moved off the
+/// branch, a git repository of its own inside it, a file over 50 MiB. And
+/// nothing of the repository's runs when mailroom commits: a hook the agent
+/// planted stays unrun.
+#[test]
+fn work_that_cannot_be_saved_whole_keeps_its_worktree() {
+    let script = r#"echo work > "work-$MAILROOM_TASK.txt"
+case "$MAILROOM_TASK" in
+  detached) git checkout -q --detach ;;
+  nested) mkdir lib && cd lib && git init -q && echo x > code.txt ;;
+  big) truncate -s 60M big.bin ;;
+  hooked)
+    hooks="$(git rev-parse --git-common-dir)/hooks"
+    mkdir -p "$hooks"
+    for h in prepare-commit-msg post-commit pre-commit; do
+      printf '#!/bin/sh\ntouch "%s/hook-ran"\n' "$MAILROOM_ROOT" > "$hooks/$h"
+      chmod +x "$hooks/$h"
+    done ;;
+esac"#;
+    let root = repo(&format!(
+        "agents:\n  coder:\n    command: [/bin/sh, -c, {script:?}]\n    workspace: worktree\ndefault_agent: coder\n"
+    ))
+    .task("detached.yaml", "description: x\n")
+    .task("nested.yaml", "description: x\n")
+    .task("big.yaml", "description: x\n")
+    .task("hooked.yaml", "description: x\n");
+    root.run_until_idle();
+    for (t, why) in [
+        ("detached", "its HEAD is not on mailroom/detached"),
+        ("nested", "lib/ is a git repository of its own"),
+        ("big", "big.bin is 62914560 bytes"),
+    ] {
+        let rec = root.record("completed", t);
+        assert_eq!(rec["workspace"]["removed"], false, "{t}: {rec}");
+        assert!(rec["workspace"].get("saved").is_none(), "{t}: {rec}");
+        let w = rec["warnings"].to_string();
+        assert!(w.contains("was kept") && w.contains(why), "{t}: {rec}");
+        assert!(
+            root.exists(&format!(".mailroom/worktrees/{t}/work-{t}.txt")),
+            "{t}"
+        );
+    }
+    let rec = root.record("completed", "hooked");
+    assert!(rec["workspace"]["saved"].is_string(), "{rec}");
+    assert!(!root.exists("hook-ran"), "a hook the agent planted ran");
+}
