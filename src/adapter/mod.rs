@@ -665,11 +665,17 @@ pub(crate) fn classify(text: &str, status: Option<u16>) -> ErrorClass {
 /// `max_output_bytes`: never an answer for the context, though no JSON
 /// could be read from it.
 pub(crate) fn broken_envelope(stdout: &str) -> bool {
+    envelope_start(stdout) && last_json_object(stdout).is_none()
+}
+
+/// Whether text starts like a CLI's JSON envelope (whether or not it is
+/// whole): `{"type": ...`, `{ "session_id": ...`.
+pub(crate) fn envelope_start(text: &str) -> bool {
     static START: LazyLock<Regex> = LazyLock::new(|| {
         Regex::new(r#"^\{\s*"(?:type|subtype|session_id|response|result|is_error|stats)"\s*:"#)
             .expect("envelope pattern compiles")
     });
-    START.is_match(stdout.trim_start())
+    START.is_match(text.trim_start())
 }
 
 /// The reset time a limit message gives: `limit reached|<unix secs>` (Claude's
@@ -895,6 +901,17 @@ mod tests {
         assert_eq!(signal_note(143), " (128 + 15: killed by SIGTERM)");
         assert_eq!(signal_note(1), "");
         assert_eq!(signal_note(200), "");
+    }
+
+    #[test]
+    fn only_an_envelope_that_does_not_parse_is_broken() {
+        let whole = "{\n  \"result\": \"all 12 tests pass\",\n  \"type\": \"report\"\n}\n";
+        assert!(
+            !broken_envelope(whole),
+            "a JSON answer that parses is no broken envelope"
+        );
+        assert!(broken_envelope("{\"type\":\"result\",\"result\":\"xxxx"));
+        assert!(!broken_envelope("plain text answer"));
     }
 
     #[test]

@@ -721,10 +721,11 @@ impl Job {
         };
         let read = |f: &str| {
             fsx::read_tail(&dir.join(f), crate::tree::context::OUTPUT_CAP * 8)
-                .map(|(b, _)| String::from_utf8_lossy(&b).into_owned())
+                .map(|(b, cut)| (String::from_utf8_lossy(&b).into_owned(), cut))
                 .unwrap_or_default()
         };
-        let (stdout, stderr, prompt) = (read("stdout.log"), read("stderr.log"), read("prompt.md"));
+        let ((stdout, stdout_cut), (stderr, _), (prompt, _)) =
+            (read("stdout.log"), read("stderr.log"), read("prompt.md"));
         let mut report = crate::adapter::report(&RunFacts {
             kind: &kind,
             stdout: &stdout,
@@ -737,12 +738,15 @@ impl Job {
             prompt: &prompt,
         });
         // Raw stdout taken for a text answer, where stdout is a JSON
-        // envelope too long to read whole (one cut at max_output_bytes, as
-        // a rule): a piece of JSON is no answer for the context.
-        if !report.answer.is_empty()
+        // envelope cut at max_output_bytes, or too long to read whole: a
+        // piece of JSON is no answer for the context. (A whole JSON answer
+        // of a text-mode agent is kept.)
+        let cut = stdout_cut || matches!(end, RunEnd::OutputLimit(..));
+        if cut
+            && !report.answer.is_empty()
             && report.answer == stdout.trim()
             && fsx::read_head(&dir.join("stdout.log"), 256)
-                .is_ok_and(|(b, _)| crate::adapter::broken_envelope(&String::from_utf8_lossy(&b)))
+                .is_ok_and(|(b, _)| crate::adapter::envelope_start(&String::from_utf8_lossy(&b)))
         {
             report.answer.clear();
         }

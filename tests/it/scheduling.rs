@@ -695,6 +695,19 @@ fn a_json_envelope_cut_at_the_output_limit_never_reaches_the_context() {
         &out[..out.len().min(400)]
     );
     assert!(out.contains("(no answer"), "{}", &out[..out.len().min(400)]);
+    // A whole JSON answer of a text-mode agent is an answer like any other.
+    let json = "{\n  \"result\": \"all 12 tests pass\",\n  \"type\": \"report\"\n}";
+    let root = Root::new()
+        .config(&format!(
+            "retries: 0\nagents:\n  claude:\n    command: [/bin/echo, {json:?}]\n    kind: claude\n    prompt_template: \"\"\n  gen:\n    command: [/bin/echo, {json:?}]\n    prompt_template: \"\"\n    output: {{format: text}}\n"
+        ))
+        .task("c.yaml", "description: x\nagent: claude\n")
+        .task("g.yaml", "description: x\nagent: gen\n");
+    root.run_until_idle();
+    for t in ["c", "g"] {
+        let out = root.read(&format!("context/agent_outputs/{t}.md"));
+        assert!(out.contains("all 12 tests pass"), "{t}: {out}");
+    }
 }
 
 /// claude's permission denials (a tool call its permission mode refused,
