@@ -374,7 +374,11 @@ fn clock_time(
                 None => upcoming(on(today.year())).unwrap_or_else(|| on(today.year() + 1)),
             }
         }
-        _ => upcoming(at(today)).unwrap_or_else(|| at(today.tomorrow().ok()?)),
+        // Yesterday's, just past midnight ("11:59 PM" seen at 00:02); else
+        // today's; else tomorrow's.
+        _ => (|| imminent(at(today.yesterday().ok()?)?).map(Some))()
+            .or_else(|| upcoming(at(today)))
+            .unwrap_or_else(|| at(today.tomorrow().ok()?)),
     };
     Some(found.map(SystemTime::from))
 }
@@ -448,6 +452,14 @@ mod tests {
         // A few minutes past (clocks differ): in a minute.
         let u = until("claude", out, "2026-01-15T13:03:00Z", None);
         assert_eq!(u, Some(t("2026-01-15T13:04:00Z")));
+        // Across midnight: 11:59 PM seen at 00:02 is the reset under way.
+        let u = until(
+            "codex",
+            "You've hit your usage limit. Upgrade to Pro, or try again at 11:59 PM.",
+            "2026-01-16T00:02:00Z",
+            Some("UTC"),
+        );
+        assert_eq!(u, Some(t("2026-01-16T00:03:00Z")));
         // Codex's "try again at 9:45 AM." seen at 09:45:39.
         let u = until(
             "codex",
