@@ -497,7 +497,7 @@ pub fn wait(
             // submitted: that will not finish by itself (`run
             // --exit-when-idle` does not wait for it either).
             let stranded = (pending > 0 && assigned == 0)
-                .then(|| waiting_forever(&layout))
+                .then(|| waiting_forever(&layout, pending))
                 .flatten();
             let done = pending + assigned == 0 || stranded.is_some();
             res.stranded = stranded.unwrap_or_default();
@@ -607,10 +607,11 @@ pub fn wait(
 /// tasks, for a name that is in no state at all (nobody submitted it):
 /// those tasks, as `name (waiting for x)`. None when one of them could
 /// still run, or when there are too many to read at each look.
-fn waiting_forever(layout: &crate::tree::layout::Layout) -> Option<Vec<String>> {
+fn waiting_forever(layout: &crate::tree::layout::Layout, pending: usize) -> Option<Vec<String>> {
     use std::collections::HashMap;
     let files = books::list(layout, State::Pending).ok()?;
-    if files.is_empty() || files.len() > 10_000 {
+    // The same files as counted: none claimed (nor added) meanwhile.
+    if files.is_empty() || files.len() > 10_000 || files.len() != pending {
         return None;
     }
     let mut after: HashMap<String, Vec<String>> = HashMap::new();
@@ -637,7 +638,9 @@ fn waiting_forever(layout: &crate::tree::layout::Layout) -> Option<Vec<String>> 
                 None
             } else if after.contains_key(d) {
                 stuck_on(d, after, layout, seen)
-            } else if layout.locate(d).is_none() {
+            } else if layout.locate(d).is_none() && books::diverted_as(layout, d).is_none() {
+                // (A dependency filed under a clash name failed: the
+                // supervisor fails the task, it does not wait.)
                 Some(d.clone())
             } else {
                 None
@@ -650,7 +653,9 @@ fn waiting_forever(layout: &crate::tree::layout::Layout) -> Option<Vec<String>> 
         out.push(format!("{name} (waiting for {on})"));
     }
     out.sort();
-    Some(out)
+    // Still nothing running: a claim made while the files were read would
+    // be work under way.
+    (books::count(layout, State::Assigned) == 0).then_some(out)
 }
 
 /// After `add --wait`: the task's output on stdout, its error on stderr, and
