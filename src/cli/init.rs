@@ -8,6 +8,7 @@ use std::path::Path;
 /// `mailroom init`.
 pub fn init(dir: &Path) -> Result<()> {
     let layout = Layout::new(dir);
+    let existed = layout.pending.is_dir();
     layout
         .ensure()
         .with_context(|| format!("creating the tree under {}", dir.display()))?;
@@ -26,7 +27,19 @@ pub fn init(dir: &Path) -> Result<()> {
         )?;
         made.push("context/project_overview.md".into());
     }
-    println!("initialised {}", dir.display());
+    if existed && made.is_empty() {
+        println!(
+            "{} is already a mailroom tree; nothing to do (its config and files are left as they are)",
+            dir.display()
+        );
+    } else if existed {
+        println!(
+            "{} was already a mailroom tree; added what it lacked:",
+            dir.display()
+        );
+    } else {
+        println!("initialised {}", dir.display());
+    }
     for m in made {
         println!("  wrote {m}");
     }

@@ -126,7 +126,7 @@ pub async fn run(kind: HookKind, command: Vec<String>, ev: HookEvent, timeout: D
                 }
             }
             match status {
-                Ok(s) if s.success() => info!(hook, task, "hook ran"),
+                Ok(s) if s.success() => info!(hook, task, status = %s, "hook ran"),
                 Ok(s) => warn!(hook, task, status = %s, "hook failed (the task is not affected)"),
                 Err(e) => warn!(hook, task, error = %e, "hook could not be awaited"),
             }

@@ -393,6 +393,14 @@ fn init_lays_out_a_tree_that_runs_the_builtin_demo() {
     let dir = root.p("fresh");
     let out = root.mailroom(&["init", dir.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
+    // A second init says the tree is there and touches nothing.
+    let again = root.mailroom(&["init", dir.to_str().unwrap()]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert!(
+        stdout(&again).contains("is already a mailroom tree; nothing to do"),
+        "{}",
+        stdout(&again)
+    );
     for d in [
         "tasks/pending",
         "tasks/tmp",

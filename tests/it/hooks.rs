@@ -86,6 +86,12 @@ fn on_complete_and_on_fail_get_placeholders_and_environment() {
         )
     );
     assert!(all_logs(&root).contains("hook ran"), "{}", all_logs(&root));
+    // With its exit status, as the README says.
+    assert!(
+        all_logs(&root).contains("status=exit status: 0"),
+        "{}",
+        all_logs(&root)
+    );
 }
 
 #[test]
