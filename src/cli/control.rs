@@ -515,10 +515,7 @@ pub fn wait(
             (d, names.len())
         };
         if done < total {
-            let live = crate::tree::registry::list(&layout)
-                .iter()
-                .any(|(_, alive)| *alive);
-            if live {
+            if crate::tree::registry::any_alive(&layout) {
                 nobody_since = None;
             } else if nobody_since.get_or_insert_with(Instant::now).elapsed()
                 >= Duration::from_secs(3)

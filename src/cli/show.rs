@@ -320,10 +320,7 @@ fn held_because(
     state: &crate::model::record::TaskState,
 ) -> Vec<String> {
     let mut why = Vec::new();
-    if !crate::tree::registry::list(layout)
-        .iter()
-        .any(|(_, alive)| *alive)
-    {
+    if !crate::tree::registry::any_alive(layout) {
         why.push(
             "no supervisor is running on this tree (start one: mailroom run, or mailroom start)"
                 .to_owned(),

@@ -58,6 +58,8 @@ pub fn validate(root: &Path, files: &[PathBuf]) -> Result<bool> {
     let mut ok = true;
     let cfg = root.join(CONFIG_FILE);
     let mut checked_cfg = false;
+    // The root's config, read once, when a task file is met.
+    let mut root_config: Option<Option<Config>> = None;
     for f in files {
         let shown = f.display().to_string();
         let is_cfg =
@@ -90,8 +92,10 @@ pub fn validate(root: &Path, files: &[PathBuf]) -> Result<bool> {
             Ok(t) => {
                 // What the supervisor would refuse: no agent of the root's
                 // config can run it (an unknown agent, a capability no one has).
-                // (Only against a config file: without one, the file alone.)
-                let config = Config::load(root).ok().filter(|c| c.source.is_some());
+                let config = root_config.get_or_insert_with(|| {
+                    // (Only against a config file: without one, the file alone.)
+                    Config::load(root).ok().filter(|c| c.source.is_some())
+                });
                 if let Some(Err(e)) = config
                     .as_ref()
                     .map(|c| crate::sched::routing::route(c, &t, &[]))

@@ -33,14 +33,14 @@ const MAX_MESSAGE_CHARS: usize = 300;
 const MAX_AHEAD: Duration = Duration::from_secs(7 * 24 * 3600);
 /// A printed clock time this little in the past is the reset under way.
 const IMMINENT: Duration = Duration::from_secs(5 * 60);
+const LINES_AFTER: usize = 20;
+const LINES_BEFORE: usize = 10;
 
 /// Whether a reset at `t` is believable: after `now`, and at most 7 days on.
 pub fn believable(t: SystemTime, now: SystemTime) -> bool {
     t.duration_since(now)
         .is_ok_and(|d| !d.is_zero() && d <= MAX_AHEAD)
 }
-const LINES_AFTER: usize = 20;
-const LINES_BEFORE: usize = 10;
 
 /// Patterns for every agent: the shapes of real limit messages.
 const GENERIC: &[&str] = &[
@@ -171,10 +171,7 @@ pub fn detect(
         .chain(before)
         .filter(|&i| i == hit || !is_noise(lines[i]))
         .find_map(|i| reset_hint(lines[i], now, local_tz));
-    let until = hint.flatten().filter(|t| {
-        t.duration_since(now)
-            .is_ok_and(|d| !d.is_zero() && d <= MAX_AHEAD)
-    });
+    let until = hint.flatten().filter(|t| believable(*t, now));
     Some(Limit { message, until })
 }
 
@@ -185,10 +182,7 @@ pub fn reset_time(text: &str, now: SystemTime, local_tz: Option<&str>) -> Option
     reset_hint(&line, now, local_tz)
         .or_else(|| reset_hint(text, now, local_tz))
         .flatten()
-        .filter(|t| {
-            t.duration_since(now)
-                .is_ok_and(|d| !d.is_zero() && d <= MAX_AHEAD)
-        })
+        .filter(|t| believable(*t, now))
 }
 
 /// The last `TAIL_BYTES` of `s`, starting on a character boundary.

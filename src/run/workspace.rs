@@ -376,7 +376,6 @@ fn lock_worktrees(git_dir: &Path) -> Option<std::fs::File> {
     Some(f)
 }
 
-/// Removes a worktree (the branch stays, with the agent's commits).
 /// Commits what an agent left uncommitted in its worktree onto the run's
 /// branch, before the worktree is removed: agents (`claude -p`, `codex
 /// exec`) edit files and seldom commit, and a removed worktree would take
@@ -530,6 +529,7 @@ fn git_bounded(dir: &Path, args: &[String], timeout: std::time::Duration) -> Res
     }
 }
 
+/// Removes a worktree (the branch stays, with the agent's commits).
 pub fn remove(path: &Path) -> bool {
     let ok = git(path, &["rev-parse", "--git-common-dir"])
         .ok()

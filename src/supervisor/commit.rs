@@ -86,8 +86,8 @@ pub(super) fn workspace_report(
                 source: "git".into(),
                 removed: Some(remove && crate::run::workspace::remove(&ws.path)),
                 files_modified_exact: None,
-                saved: saved.take(),
-                warning: warning.take(),
+                saved,
+                warning,
             }
         }
     }

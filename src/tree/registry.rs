@@ -104,6 +104,11 @@ pub fn prune(layout: &Layout) {
     }
 }
 
+/// Whether any supervisor of the tree is alive (per its heartbeat).
+pub fn any_alive(layout: &Layout) -> bool {
+    list(layout).iter().any(|(_, alive)| *alive)
+}
+
 /// Every heartbeat in the registry, each with whether its supervisor is alive.
 pub fn list(layout: &Layout) -> Vec<(Heartbeat, bool)> {
     let host = books::hostname();
