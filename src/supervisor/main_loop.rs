@@ -64,19 +64,21 @@ impl Supervisor {
             next_rescan: Instant::now() + self.rescan_interval(poll),
             control_open: true,
         };
-        if let Some(n) = &io.notifier {
-            n.ready(&io.last_status);
-        }
         // The metrics file from the start: a collector sees the queue as it is
         // (and a file a host crash left empty is replaced) before anything
         // changes.
         self.metrics.dirty = true;
+        // Logged before READY is sent: whoever waits for READY (`mailroom
+        // start`, systemd) finds the line in the log when it returns.
         info!(
             root = %self.layout().root.display(),
             pending = self.pending.len(),
             mode = if poll { "poll" } else { "inotify" },
             "supervisor ready"
         );
+        if let Some(n) = &io.notifier {
+            n.ready(&io.last_status);
+        }
         while self.turn(&mut io, &opts) {
             let wake = self.next_wake(io.next_rescan);
             let ev = self.next_event(&mut io, &mut control, wake).await;
