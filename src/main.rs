@@ -46,6 +46,8 @@ fn main() -> ExitCode {
             eprintln!("mailroom: {e:#}");
             if e.is::<cli::control::NoSupervisor>() {
                 ExitCode::from(cli::control::NoSupervisor::EXIT)
+            } else if e.is::<cli::UsageError>() {
+                ExitCode::from(cli::UsageError::EXIT)
             } else {
                 ExitCode::FAILURE
             }
@@ -375,10 +377,7 @@ fn run(
     agent_limits: Vec<(String, usize)>,
 ) -> anyhow::Result<ExitCode> {
     seal_inherited_fds();
-    let config = match Config::load(root)
-        .map_err(|e| e.to_string())
-        .and_then(|c| c.with_agent_limits(&agent_limits))
-    {
+    let config = match Config::load(root) {
         Ok(c) => c,
         Err(e) => {
             // Its own exit status, so that systemd does not restart a
@@ -387,6 +386,10 @@ fn run(
             return Ok(ExitCode::from(EXIT_CONFIG));
         }
     };
+    // An `--agents` name the file lacks is the command line's mistake.
+    let config = config
+        .with_agent_limits(&agent_limits)
+        .map_err(cli::UsageError)?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     // Signals become control events in the main loop; a plain thread forwards them.
     let mut signals = signal_hook::iterator::SignalsInfo::<

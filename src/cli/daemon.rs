@@ -192,7 +192,7 @@ pub fn start(root: &Path, agents: Option<&str>, verbose: u8, quiet: u8) -> Resul
     if let Some(a) = agents {
         config
             .with_agent_limits(&parse_agent_limits(a)?)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            .map_err(super::UsageError)?;
     }
     if let Some(s) = supervisors(root).first() {
         return Ok(Started::Already(s.pid));

@@ -324,6 +324,19 @@ pub enum Command {
     },
 }
 
+/// A command line that parsed but asks for what the tree does not have (an
+/// `--agents` entry naming an agent `mailroom.yaml` lacks): a usage error,
+/// with clap's exit status ([`UsageError::EXIT`]), not a broken configuration
+/// (which `run` exits 78 for).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+impl UsageError {
+    /// What clap exits with for a bad argument.
+    pub const EXIT: u8 = 2;
+}
+
 /// Fails with what the system said when `dir` (a root's `tasks/` or
 /// `tasks/pending/`) cannot be looked at, where "not a directory" would
 /// mislead: a root this user may not read (or reach) is no missing root.

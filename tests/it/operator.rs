@@ -775,6 +775,41 @@ fn a_config_error_exits_78_and_the_units_do_not_restart_on_it() {
 }
 
 #[test]
+fn an_unknown_agent_in_agents_exits_2_not_78() {
+    // A name `mailroom.yaml` lacks is a mistake on the command line: the
+    // config is fine, and 78 would tell systemd not to restart for a file
+    // nobody needs to fix.
+    let root = Root::new().config(&format!(
+        "agents:\n  a:\n    command: [{ok:?}]\n  b:\n    command: [{ok:?}]\n",
+        ok = agent("ok.sh")
+    ));
+    for cmd in ["run", "start"] {
+        let out = root.mailroom(&[cmd, "--agents", "nope:2"]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{cmd}: {err}");
+        assert!(
+            err.contains("no agent `nope`") && err.contains("agents: a, b"),
+            "{cmd}: {err}"
+        );
+    }
+    assert!(
+        !root.p("logs/mailroom.log").exists(),
+        "no supervisor was started"
+    );
+    // A broken file is still the config's 78, whatever --agents says.
+    root.write("mailroom.yaml", "concurency: 9\n");
+    let out = root.mailroom(&["run", "--agents", "nope:2"]);
+    assert_eq!(out.status.code(), Some(78), "{}", stderr(&out));
+    // Under systemd, restarting cannot mend an ExecStart= line either.
+    for unit in ["mailroom.service", "mailroom-user.service"] {
+        let text =
+            std::fs::read_to_string(format!("{}/systemd/{unit}", env!("CARGO_MANIFEST_DIR")))
+                .unwrap();
+        assert!(text.contains("RestartPreventExitStatus=78 2\n"), "{unit}");
+    }
+}
+
+#[test]
 fn help_separates_global_options_describes_every_argument_and_shows_examples() {
     use clap::CommandFactory;
     let cmd = mailroom::cli::Cli::command();
