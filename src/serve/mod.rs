@@ -360,8 +360,14 @@ async fn action(
     Ext(app): Ext<Shared>,
     UrlPath(act): UrlPath<String>,
     headers: axum::http::HeaderMap,
-    axum::Form(f): axum::Form<actions::Form>,
+    form: Result<axum::Form<actions::Form>, axum::extract::rejection::FormRejection>,
 ) -> Response {
+    // A body that is no form (no or another Content-Type, too large) is
+    // answered like the other refusals, not with axum's plain text.
+    let f = match form {
+        Ok(axum::Form(f)) => f,
+        Err(r) => return json_error(r.status(), r.body_text()),
+    };
     let access = match app.auth.check(&headers, f.csrf.as_deref()) {
         Ok(a) => a,
         Err((st, e)) => return json_error(st, e),

@@ -1114,6 +1114,44 @@ fn actions_need_the_token_a_session_with_csrf_and_post() {
 }
 
 #[test]
+fn an_action_without_a_form_body_is_refused_in_json_like_other_errors() {
+    let root = sample();
+    root.write("tasks/pending/victim.yaml", "description: keep me\n");
+    root.write("token", &format!("{TOKEN}\n"));
+    let srv = Server::start_with(&root, &["--token-file", root.p("token").to_str().unwrap()]);
+    let bearer = format!("Bearer {TOKEN}");
+    let big = format!("name={}", "x".repeat(100 * 1024));
+    for (what, headers, body, status) in [
+        ("no Content-Type", vec![], "", 415),
+        (
+            "a JSON body",
+            vec![("Content-Type", "application/json")],
+            r#"{"name":"victim"}"#,
+            415,
+        ),
+        ("a body over the limit", vec![], big.as_str(), 413),
+    ] {
+        let mut h = vec![("Authorization", bearer.as_str())];
+        h.extend(headers);
+        let r = request_body(srv.addr, "POST", "/actions/cancel", &h, body);
+        assert_eq!(r.status, status, "{what}: {}", r.body);
+        assert!(
+            r.header("content-type")
+                .is_some_and(|c| c.starts_with("application/json")),
+            "{what}: {:?}",
+            r.headers
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{what}: {e}: {}", r.body));
+        assert!(
+            v["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{what}: {v}"
+        );
+    }
+    assert!(root.exists("tasks/pending/victim.yaml"));
+}
+
+#[test]
 fn serve_in_the_config_runs_the_dashboard_inside_mailroom_run() {
     let root = Root::new();
     root.write("token", &format!("{TOKEN}\n"));
