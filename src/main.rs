@@ -440,13 +440,17 @@ fn run(
                         tracing::warn!(%local, "the dashboard listens beyond loopback: anyone who can reach it can read every task");
                     }
                     tracing::info!(%local, "dashboard on http://{local}/");
-                    Some((stop, task))
+                    Some((format!("http://{local}/"), stop, task))
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "no dashboard (serve: in mailroom.yaml); supervising without it");
                     None
                 }
             },
+        };
+        let sup = match &dashboard {
+            Some((url, ..)) => sup.with_dashboard(url.clone()),
+            None => sup,
         };
         let res = sup
             .run(
@@ -457,7 +461,7 @@ fn run(
                 },
             )
             .await;
-        if let Some((stop, task)) = dashboard {
+        if let Some((_, stop, task)) = dashboard {
             let _ = stop.send(());
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
         }

@@ -242,6 +242,9 @@ pub fn status(root: &Path, json: bool) -> Result<()> {
                 "  supervisor {}:{} ({tool}) since {}, {} running at its last beat {}",
                 h.host, h.pid, h.started_at, h.running, h.last_beat
             );
+            if let Some(url) = &h.dashboard {
+                println!("    dashboard on {url}");
+            }
         } else {
             println!(
                 "  supervisor {}:{} is gone (last beat {}); its runs are adopted or recovered by the next one",

@@ -113,6 +113,7 @@ impl Supervisor {
             last_beat: record::now(),
             running: self.running.len(),
             pending: self.pending.len(),
+            dashboard: self.dashboard.clone(),
         };
         if let Err(e) = registry::beat(self.layout(), &hb) {
             debug!(error = %e, "cannot write the heartbeat");

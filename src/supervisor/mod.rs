@@ -281,6 +281,8 @@ pub struct Supervisor {
     /// When this supervisor's heartbeat in `tasks/supervisors/` is due.
     beat_due: Instant,
     started_at: String,
+    /// The dashboard's URL (`serve:`), for the heartbeat.
+    dashboard: Option<String>,
     /// Hooks still running (awaited, within their timeout, before `run` returns).
     hooks: tokio::task::JoinSet<()>,
 }
@@ -290,6 +292,13 @@ impl Supervisor {
     /// [`Supervisor::new`] already has them).
     pub fn with_agent_limits(mut self, limits: Vec<(String, usize)>) -> Supervisor {
         self.agent_limits = limits;
+        self
+    }
+
+    /// The URL of the dashboard served beside this supervisor (`serve:`),
+    /// announced in its heartbeat for `status`.
+    pub fn with_dashboard(mut self, url: String) -> Supervisor {
+        self.dashboard = Some(url);
         self
     }
 
@@ -360,6 +369,7 @@ impl Supervisor {
             metrics_due: None,
             beat_due: Instant::now(),
             started_at: record::now(),
+            dashboard: None,
             hooks: tokio::task::JoinSet::new(),
         })
     }

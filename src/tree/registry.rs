@@ -33,6 +33,10 @@ pub struct Heartbeat {
     pub last_beat: String,
     pub running: usize,
     pub pending: usize,
+    /// The dashboard it serves (`serve:`), as the URL it is bound to: with
+    /// `listen: ...:0` only the supervisor knows the port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dashboard: Option<String>,
 }
 
 /// The registry's directory.
@@ -153,6 +157,7 @@ mod tests {
             last_beat: crate::model::record::ts(last),
             running: 0,
             pending: 0,
+            dashboard: None,
         }
     }
 

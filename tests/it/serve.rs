@@ -1232,6 +1232,50 @@ fn serve_in_the_config_runs_the_dashboard_inside_mailroom_run() {
 }
 
 #[test]
+fn status_shows_the_url_a_dashboard_on_port_0_is_bound_to() {
+    let root = Root::new();
+    root.write(
+        "mailroom.yaml",
+        &format!(
+            "serve:\n  listen: 127.0.0.1:0\nagents:\n  a:\n    command: [{:?}]\n",
+            agent("ok.sh")
+        ),
+    );
+    let _sup = root.spawn();
+    let mut url = String::new();
+    wait_for(
+        Duration::from_secs(30),
+        "the supervisor's dashboard in status --json",
+        || {
+            let out = root.mailroom(&["status", "--json"]);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            match v["supervisors"][0]["dashboard"].as_str() {
+                Some(u) => {
+                    url = u.to_owned();
+                    true
+                }
+                None => false,
+            }
+        },
+    );
+    let addr: SocketAddr = url
+        .strip_prefix("http://")
+        .and_then(|a| a.strip_suffix('/'))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("not a dashboard URL: {url}"));
+    assert!(addr.ip().is_loopback() && addr.port() != 0, "{url}");
+    // The port the OS chose, and the dashboard answers there.
+    let r = request(addr, "GET", "/api/overview", &[]);
+    assert_eq!(r.status, 200, "{url}: {}", r.body);
+    let out = root.mailroom(&["status"]);
+    assert!(
+        stdout(&out).contains(&format!("dashboard on {url}")),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
 fn a_bad_serve_section_is_a_clear_config_error() {
     for (yaml, want) in [
         ("serve:\n  listen: nowhere\n", "serve.listen"),
