@@ -81,7 +81,11 @@ impl HookEvent {
 }
 
 /// How much of each output stream goes into the log.
-const LOG_BYTES: u64 = 4096;
+const LOG_BYTES: usize = 4096;
+
+/// After a hook is killed, how long to read what it left in its pipes (a
+/// process that escaped its group may hold them open for ever).
+const DRAIN: Duration = Duration::from_millis(500);
 
 /// Runs one hook to its end or its timeout, logging what happened. Never
 /// fails: every problem is a log line.
@@ -112,19 +116,18 @@ pub async fn run(kind: HookKind, command: Vec<String>, ev: HookEvent, timeout: D
         }
     };
     let pgid = child.id();
-    let (out, err) = (child.stdout.take(), child.stderr.take());
+    let (mut out, mut err) = (child.stdout.take(), child.stderr.take());
+    // Filled as the hook writes, so a hook killed at its timeout still
+    // leaves what it printed until then.
+    let (mut o, mut e) = (Vec::new(), Vec::new());
     let done = tokio::time::timeout(timeout, async {
-        let (o, e) = tokio::join!(read_capped(out), read_capped(err));
-        (o, e, child.wait().await)
+        tokio::join!(read_capped(&mut out, &mut o), read_capped(&mut err, &mut e));
+        child.wait().await
     })
     .await;
     match done {
-        Ok((o, e, status)) => {
-            for (stream, text) in [("stdout", o), ("stderr", e)] {
-                if !text.trim().is_empty() {
-                    info!(hook, task, stream, "hook output: {}", text.trim_end());
-                }
-            }
+        Ok(status) => {
+            log_output(hook, task, &o, &e);
             match status {
                 Ok(s) if s.success() => info!(hook, task, status = %s, "hook ran"),
                 Ok(s) => warn!(hook, task, status = %s, "hook failed (the task is not affected)"),
@@ -139,6 +142,11 @@ pub async fn run(kind: HookKind, command: Vec<String>, ev: HookEvent, timeout: D
                 );
             }
             let _ = child.kill().await;
+            let _ = tokio::time::timeout(DRAIN, async {
+                tokio::join!(read_capped(&mut out, &mut o), read_capped(&mut err, &mut e))
+            })
+            .await;
+            log_output(hook, task, &o, &e);
             warn!(
                 hook,
                 task,
@@ -149,16 +157,33 @@ pub async fn run(kind: HookKind, command: Vec<String>, ev: HookEvent, timeout: D
     }
 }
 
-/// Reads a stream to its end, keeping the first [`LOG_BYTES`].
-async fn read_capped(r: Option<impl AsyncRead + Unpin>) -> String {
-    let Some(mut r) = r else {
-        return String::new();
+/// A hook's output in the log, each stream as one line.
+fn log_output(hook: &str, task: &str, out: &[u8], err: &[u8]) {
+    for (stream, bytes) in [("stdout", out), ("stderr", err)] {
+        let text = String::from_utf8_lossy(bytes);
+        if !text.trim().is_empty() {
+            info!(hook, task, stream, "hook output: {}", text.trim_end());
+        }
+    }
+}
+
+/// Reads a stream to its end into `kept`, up to [`LOG_BYTES`] there, and
+/// drains the rest so that the hook is not blocked writing it. Cancel safe:
+/// whatever was read before the future is dropped is in `kept`.
+async fn read_capped(r: &mut Option<impl AsyncRead + Unpin>, kept: &mut Vec<u8>) {
+    let Some(r) = r else {
+        return;
     };
-    let mut kept = Vec::new();
-    let _ = (&mut r).take(LOG_BYTES).read_to_end(&mut kept).await;
-    // Drain the rest so that the hook is not blocked writing it.
-    let _ = tokio::io::copy(&mut r, &mut tokio::io::sink()).await;
-    String::from_utf8_lossy(&kept).into_owned()
+    let mut buf = [0u8; 4096];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                let room = LOG_BYTES.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

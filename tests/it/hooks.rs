@@ -141,6 +141,31 @@ fn a_hook_that_hangs_is_killed_at_its_timeout_and_does_not_hold_up_the_queue() {
 }
 
 #[test]
+fn a_hook_killed_at_its_timeout_keeps_what_it_printed_in_the_log() {
+    // hook_timeout: 2s; the hook prints on both streams, then hangs.
+    let root = hooked(
+        "  on_complete: [sh, -c, \"echo said-before-the-kill; echo warned-before-the-kill >&2; exec sleep 600\"]",
+    )
+    .task("t.yaml", "description: x\nagent: ok\n");
+    // The supervisor waits for its hook at exit: the kill is in this log.
+    let logs = stderr(&root.run_until_idle());
+    let killed = logs
+        .find("hook timed out and was killed")
+        .unwrap_or_else(|| panic!("no kill logged: {logs}"));
+    for (stream, text) in [
+        ("stdout", "said-before-the-kill"),
+        ("stderr", "warned-before-the-kill"),
+    ] {
+        let at = logs
+            .lines()
+            .find(|l| l.contains("hook output") && l.contains(text))
+            .and_then(|l| logs.find(l))
+            .unwrap_or_else(|| panic!("{stream} of the killed hook is not in the log: {logs}"));
+        assert!(at < killed, "{stream} logged after the kill: {logs}");
+    }
+}
+
+#[test]
 fn a_failing_or_missing_hook_changes_nothing_and_is_logged() {
     let root = Root::new();
     let log = root.p("hooks.log");
