@@ -82,8 +82,10 @@ pub fn show_prompt(root: &Path, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Tasks whose `parent` is `name`: its recorded follow-ups and children, and
-/// the files named `<name>.<suffix>` (subtasks).
+/// Tasks whose `parent` is `name`: its recorded follow-ups and children, the
+/// files named `<name>.<suffix>` (subtasks), and the tasks whose own file
+/// names it as `parent` (what its agent queued with `mailroom add`, which no
+/// record lists).
 fn children_of(
     layout: &Layout,
     name: &str,
@@ -96,8 +98,9 @@ fn children_of(
     v.extend(st.children.iter().cloned());
     let prefix = format!("{name}.");
     for s in State::ALL {
-        for (n, _) in books::list(layout, s).unwrap_or_default() {
+        for (n, ext) in books::list(layout, s).unwrap_or_default() {
             if n.starts_with(&prefix) && !n[prefix.len()..].contains('.') && !n.contains(".clash-")
+                || names_as_parent(&layout.task_file(s, &n, &ext), &n, &ext, name)
             {
                 v.push(n);
             }
@@ -106,6 +109,16 @@ fn children_of(
     v.sort();
     v.dedup();
     v
+}
+
+/// Whether the task file at `path` says `parent: <parent>`. Only a file
+/// that mentions the name is parsed: on a long queue most do not.
+fn names_as_parent(path: &Path, name: &str, ext: &str, parent: &str) -> bool {
+    let Ok((b, _)) = fsx::read_task_file(path, task::DEFAULT_MAX_TASK_BYTES) else {
+        return false;
+    };
+    b.windows(parent.len()).any(|w| w == parent.as_bytes())
+        && task::parse_as(name, ext, &b).is_ok_and(|t| t.parent.as_deref() == Some(parent))
 }
 
 /// Text from a task file, a record or an agent's output, made safe for a

@@ -251,6 +251,45 @@ fn mailroom_add_inside_an_agent_records_the_parent_and_keeps_the_depth_limit() {
 }
 
 #[test]
+fn show_lists_a_child_added_with_mailroom_add_beside_the_outbox_follow_ups() {
+    // `a` queues `top-c` with `mailroom add` and `from-outbox` through its
+    // outbox; both run on `plain`.
+    let root = Root::new()
+        .config(&format!(
+            "retries: 0\ndefault_agent: plain\nagents:\n  a:\n    command: [sh, -c, {cmd:?}]\n    env: {{MB: {mb:?}, ADDER: {adder:?}, FU: {fu:?}, FOLLOWUPS: from-outbox}}\n  plain:\n    command: [{ok:?}]\n",
+            cmd = "\"$ADDER\" && exec \"$FU\"",
+            mb = BIN,
+            adder = agent("adder.sh"),
+            fu = agent("followup.sh"),
+            ok = agent("ok.sh"),
+        ))
+        .task("top.yaml", "description: start\nagent: a\n");
+    root.run_until_idle();
+    assert_eq!(root.names("completed"), ["from-outbox", "top", "top-c"]);
+    assert!(
+        root.read("tasks/completed/top-c.yaml")
+            .contains("parent: \"top\"")
+    );
+    let shown = stdout(&root.mailroom(&["show", "top"]));
+    for c in ["from-outbox", "top-c"] {
+        assert!(
+            shown.contains(&format!("child:  {c} (completed)")),
+            "{shown}"
+        );
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&root.mailroom(&["show", "top", "--json"]).stdout).unwrap();
+    assert_eq!(
+        v["children"],
+        serde_json::json!(["from-outbox", "top-c"]),
+        "{v}"
+    );
+    // The children's own pages name their parent.
+    let shown = stdout(&root.mailroom(&["show", "top-c"]));
+    assert!(shown.contains("parent: top (completed)"), "{shown}");
+}
+
+#[test]
 fn a_tree_may_not_grow_past_max_tree_tasks() {
     // Every task of the tree writes two follow-ups; the tree may hold 4 tasks.
     let root = Root::new()
