@@ -124,6 +124,19 @@ impl KeeperProgram {
         }
     }
 
+    /// The small binary's path, when this is the small binary that answered
+    /// with this build's identity and its file is unchanged since.
+    pub fn small_binary(&self) -> Option<&Path> {
+        match self.for_run() {
+            KeeperProgram {
+                program,
+                checked: Some(_),
+                ..
+            } => Some(program),
+            _ => None,
+        }
+    }
+
     /// The command line without the run directory, for messages.
     pub fn display(&self) -> String {
         let mut s = self

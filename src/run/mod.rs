@@ -6,6 +6,7 @@ pub mod blocking;
 pub mod demo;
 pub mod keeper;
 pub mod keeper_program;
+pub mod launcher;
 pub mod limits;
 pub mod process;
 pub mod prompt;

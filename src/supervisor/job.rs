@@ -347,14 +347,39 @@ impl Job {
             Option<crate::tree::slots::Slot>,
             Option<crate::tree::slots::Slot>,
         ),
-    ) -> Result<tokio::process::Child, String> {
+    ) -> Result<crate::run::launcher::KeeperChild, String> {
         use crate::run::keeper;
+        use crate::run::launcher::KeeperChild;
         let setup = (|| -> std::io::Result<std::fs::File> {
             let json = serde_json::to_vec(ks).map_err(std::io::Error::other)?;
             std::fs::write(run_dir.join(keeper::SPEC_FILE), json)?;
             self.lock.share()
         })();
         let lock = setup.map_err(|e| format!("cannot prepare the run keeper: {e}"))?;
+        let env = runner::agent_env(&spec.inherit, &spec.env);
+        // Forked by the launcher, when there is one and it can take the run;
+        // else started by exec.
+        if let Some(launcher) = &self.ctx.launcher
+            && self.ctx.keeper.small_binary().is_some()
+        {
+            let handed: [Option<&dyn std::os::fd::AsFd>; 3] = [
+                Some(&lock),
+                slot.as_ref().map(|s| &s.file as &dyn std::os::fd::AsFd),
+                tree_slot
+                    .as_ref()
+                    .map(|s| &s.file as &dyn std::os::fd::AsFd),
+            ];
+            use crate::run::launcher::Refused;
+            match launcher.spawn(run_dir, &self.ctx.layout.root, env.iter().cloned(), handed) {
+                Ok(f) => return Ok(KeeperChild::Forked(f)),
+                Err(Refused::NotStarted(e)) => {
+                    debug!(task = %self.name, error = %e, "the keeper launcher cannot take the run; starting the keeper by exec")
+                }
+                Err(Refused::Unknown(e)) => {
+                    return Err(format!("cannot start the run keeper: {e}"));
+                }
+            }
+        }
         let out = slot.map_or_else(std::process::Stdio::null, |s| s.file.into());
         let err = tree_slot.map_or_else(std::process::Stdio::null, |s| s.file.into());
         let keeper = self.ctx.keeper.for_run();
@@ -369,9 +394,10 @@ impl Job {
             .stderr(err)
             .current_dir(&self.ctx.layout.root)
             .env_clear()
-            .envs(runner::agent_env(&spec.inherit, &spec.env))
+            .envs(env)
             .kill_on_drop(false)
             .spawn()
+            .map(KeeperChild::Exec)
             .map_err(|e| format!("cannot start the run keeper ({}): {e}", keeper.display()))
     }
 

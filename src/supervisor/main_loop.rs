@@ -85,6 +85,16 @@ impl Supervisor {
             self.handle(ev, &mut io);
         }
         self.finish_hooks().await;
+        // The keeper launcher ends (keepers it forked run on).
+        if self.ctx.launcher.is_some() {
+            let ctx = self.ctx.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Some(l) = &ctx.launcher {
+                    l.close()
+                }
+            })
+            .await;
+        }
         crate::tree::registry::remove(self.layout(), &self.ctx.host, self.ctx.self_pid);
         // The last word in the metrics file, whatever the rate limit.
         self.metrics.dirty = true;

@@ -200,6 +200,9 @@ struct Ctx {
     /// What starts a run's keeper (`mailroom-keeper` or `mailroom keeper`),
     /// chosen once at start.
     keeper: crate::run::keeper_program::KeeperProgram,
+    /// Forks keepers without an exec, when the keeper is the small binary
+    /// (see `run::launcher`).
+    launcher: Option<crate::run::launcher::Launcher>,
     /// Runs in shared workdirs, for `files_modified_exact`.
     workdirs: Arc<workdirs::Workdirs>,
     /// What the runs of this supervisor used, by agent, as their CLIs
@@ -318,6 +321,9 @@ impl Supervisor {
             &exe,
             std::env::var_os(crate::run::keeper_program::ENV),
         );
+        let launcher = keeper
+            .small_binary()
+            .and_then(crate::run::launcher::Launcher::new);
         Ok(Supervisor {
             ctx: Arc::new(Ctx {
                 layout,
@@ -327,6 +333,7 @@ impl Supervisor {
                 self_start: books::proc_start_time(self_pid).unwrap_or(0),
                 exe: exe.to_string_lossy().into_owned(),
                 keeper,
+                launcher,
                 workdirs: Arc::default(),
                 usage: Default::default(),
                 shutdown_by: Default::default(),

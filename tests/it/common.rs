@@ -308,6 +308,14 @@ pub const SIGTERM: i32 = 15;
 pub const SIGKILL: i32 = 9;
 pub const SIGHUP: i32 = 1;
 
+/// The parent pid of `pid` (field 4 of `/proc/<pid>/stat`), 0 if unknown.
+pub fn ppid_of(pid: i32) -> i32 {
+    let s = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    s.rsplit_once(") ")
+        .and_then(|(_, r)| r.split(' ').nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Whether a process exists (and is not a zombie).
 pub fn alive(pid: i32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {

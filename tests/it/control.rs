@@ -502,6 +502,11 @@ fn logs_neither_waits_on_a_fifo_nor_follows_a_link() {
     }
 }
 
+/// Shell that sets `$sup` to the agent's supervisor: its keeper's parent, or
+/// that one's parent when the keeper was forked by the keeper launcher.
+const FIND_SUPERVISOR: &str = r#"sup=$(awk '{print $4}' /proc/$PPID/stat);
+case "$(tr '\0' ' ' < /proc/$sup/cmdline)" in *--launcher*) sup=$(awk '{print $4}' /proc/$sup/stat) ;; esac;"#;
+
 /// An agent that sends its supervisor SIGTERM gets no free attempt out of
 /// the shutdown: its run counts against its retries (here none), so the task
 /// fails instead of being requeued for ever.
@@ -516,11 +521,7 @@ fn a_shutdown_sent_by_an_agent_costs_its_task_an_attempt() {
     ] {
         let root = Root::new()
             .agent_config(
-                &[
-                    "sh",
-                    "-c",
-                    &format!("sup=$(awk '{{print $4}}' /proc/$PPID/stat); {send} sleep 30"),
-                ],
+                &["sh", "-c", &format!("{FIND_SUPERVISOR} {send} sleep 30")],
                 "retries: 0\nshutdown_grace: 1s",
             )
             .task("t.yaml", "description: stops its supervisor\n");

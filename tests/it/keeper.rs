@@ -82,8 +82,17 @@ fn a_run_whose_supervisor_was_killed_is_adopted_not_rerun() {
     let mut sup = root.spawn();
     let pid = started(&root);
     let _cleanup = KillGroupOnDrop(pid);
+    // The keeper's parent: the supervisor's keeper launcher.
+    let keeper = ppid_of(pid);
+    let launcher = ppid_of(keeper);
+    assert_eq!(ppid_of(launcher), sup.pid());
     sup.kill9();
     assert!(alive(pid), "the agent died with its supervisor");
+    // The launcher ends with its supervisor; the keeper does not.
+    wait_for(Duration::from_secs(10), "the launcher to end", || {
+        !alive(launcher)
+    });
+    assert!(alive(keeper), "the keeper died with its launcher");
     let _sup = root.spawn();
     wait_for(
         Duration::from_secs(30),

@@ -291,3 +291,150 @@ fn keeper_help_says_what_it_is() {
         stderr(&out)
     );
 }
+
+/// An agent that records its keeper's pid, command line and environment,
+/// and its keeper's parent's pid and command line; with `kill` in its
+/// description it then kills that parent (the launcher).
+const FAMILY: &str = r#"d="$MAILROOM_ROOT/$MAILROOM_TASK"
+mkdir -p "$d"
+echo $PPID > "$d/keeper.pid"
+tr '\0' ' ' < "/proc/$PPID/cmdline" > "$d/keeper-cmd.txt"
+tr '\0' '\n' < "/proc/$PPID/environ" > "$d/keeper-env.txt"
+L=$(cut -d' ' -f4 < "/proc/$PPID/stat")
+echo $L > "$d/parent.pid"
+tr '\0' ' ' < "/proc/$L/cmdline" > "$d/parent-cmd.txt"
+case "$MAILROOM_TASK" in kill*) kill -9 "$L" ;; esac
+exit 0"#;
+
+fn family_root(tasks: &[&str], extra: &str) -> Root {
+    let mut root = Root::new().agent_config(&["/bin/sh", "-c", FAMILY], extra);
+    for t in tasks {
+        root = root.task(&format!("{t}.yaml"), &format!("description: {t}\n"));
+    }
+    root
+}
+
+/// Keepers are forked by one launcher per supervisor (`mailroom-keeper
+/// --launcher`), and a forked keeper looks like an exec'd one: its command
+/// line is `mailroom-keeper RUN_DIR` and its environment the agent's (what
+/// `ps`, `pgrep -f` and recovery's search by `MAILROOM_ROOT` see). The
+/// launcher ends with its supervisor.
+#[test]
+fn keepers_are_forked_by_one_launcher_and_look_like_exec_d_ones() {
+    let root = family_root(&["a", "b"], "");
+    let canon = root.path.canonicalize().unwrap();
+    let (mut sup, log) = root.spawn_from(Path::new(BIN));
+    let minute = Duration::from_secs(60);
+    wait_for(minute, "a and b to complete", || {
+        root.names("completed") == ["a", "b"]
+    });
+    let mut launchers = Vec::new();
+    for t in ["a", "b"] {
+        let cmd = root.read(&format!("{t}/keeper-cmd.txt"));
+        let run_dir = canon.join(format!("tasks/assigned/{t}.run/1"));
+        assert_eq!(
+            cmd.trim_end(),
+            format!("{KEEPER_BIN} {}", run_dir.display())
+        );
+        let env = root.read(&format!("{t}/keeper-env.txt"));
+        let vars: Vec<&str> = env.lines().collect();
+        assert!(
+            vars.contains(&format!("MAILROOM_TASK={t}").as_str()),
+            "{env}"
+        );
+        assert!(
+            vars.contains(&format!("MAILROOM_ROOT={}", canon.display()).as_str()),
+            "{env}"
+        );
+        // Each name once, as an exec'd keeper's environment has it.
+        let mut names: Vec<&str> = vars
+            .iter()
+            .filter_map(|v| v.split_once('='))
+            .map(|(k, _)| k)
+            .collect();
+        let n = names.len();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), n, "a name twice in:\n{env}");
+        assert_eq!(
+            root.read(&format!("{t}/parent-cmd.txt")).trim_end(),
+            format!("{KEEPER_BIN} --launcher")
+        );
+        launchers.push(
+            root.read(&format!("{t}/parent.pid"))
+                .trim()
+                .parse::<i32>()
+                .unwrap(),
+        );
+    }
+    assert_eq!(launchers[0], launchers[1], "one launcher per supervisor");
+    assert_eq!(
+        ppid_of(launchers[0]),
+        sup.pid(),
+        "the launcher is the supervisor's child"
+    );
+    sup.signal(SIGTERM);
+    sup.wait_exit(minute);
+    assert!(!alive(launchers[0]), "the launcher outlived its supervisor");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains("WARN"), "{text}");
+}
+
+/// `MAILROOM_KEEPER_LAUNCHER=off`: every keeper is started by exec, as the
+/// supervisor's child.
+#[test]
+fn without_the_launcher_the_supervisor_starts_each_keeper_itself() {
+    let root = family_root(&["a"], "");
+    let mut c = root.cmd_of(Path::new(BIN), &["run"]);
+    c.env(mailroom::run::launcher::ENV, "off")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut sup = Sup {
+        child: Some(c.spawn().unwrap()),
+    };
+    let minute = Duration::from_secs(60);
+    wait_for(minute, "a to complete", || root.names("completed") == ["a"]);
+    assert_eq!(
+        root.read("a/parent.pid").trim().parse::<i32>().unwrap(),
+        sup.pid()
+    );
+    assert!(
+        root.read("a/parent-cmd.txt").contains(" run"),
+        "{}",
+        root.read("a/parent-cmd.txt")
+    );
+    sup.signal(SIGTERM);
+    sup.wait_exit(minute);
+}
+
+/// An agent that kills the launcher costs no run: its keeper lives on and
+/// its outcome is committed (how the keeper itself ended is then read from
+/// its pidfd), and the next run gets a new launcher.
+#[test]
+fn a_killed_launcher_costs_no_run_and_is_started_again() {
+    let root = family_root(&["kill"], "concurrency: 1")
+        .task("later.yaml", "description: later\nafter: [kill]\n");
+    let log = run_with_names(&root, &["kill", "later"]);
+    let rec = root.record("completed", "kill");
+    assert_eq!(rec["outcome"], "success", "{rec}");
+    let first: i32 = root.read("kill/parent.pid").trim().parse().unwrap();
+    let second: i32 = root.read("later/parent.pid").trim().parse().unwrap();
+    assert_ne!(first, second, "the killed launcher was used again");
+    assert_eq!(
+        root.read("later/parent-cmd.txt").trim_end(),
+        format!("{KEEPER_BIN} --launcher")
+    );
+    assert!(!log.contains("WARN"), "{log}");
+}
+
+/// `run --exit-when-idle` (bounded); asserts that `names` completed; returns
+/// the supervisor's log.
+fn run_with_names(root: &Root, names: &[&str]) -> String {
+    let c = root.cmd_of(Path::new(BIN), &["run", "--exit-when-idle"]);
+    let out = run_bounded(c, Duration::from_secs(60));
+    let log = stderr(&out);
+    assert!(out.status.success(), "supervisor failed:\n{log}");
+    assert_eq!(root.names("completed"), names, "{log}");
+    log
+}
