@@ -7,12 +7,13 @@ the same run, so that ratios hold on a noisy machine.
     python3 scripts/bench.py throughput latency scale idle merge   # a subset
 
 Needs: a release build (made here), python3, inotify-tools (inotifywait) for
-the latency reference. Prints a Markdown table.
+the latency reference. Prints a Markdown table. MAILROOM_BENCH_BIN=PATH
+measures another build of `mailroom` (with its `mailroom-keeper` beside it).
 """
 import json, os, resource, shutil, signal, statistics, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release", "mailroom")
+BIN = os.environ.get("MAILROOM_BENCH_BIN") or os.path.join(ROOT, "target", "release", "mailroom")
 TRUE = shutil.which("true")
 QUICK = "--quick" in sys.argv
 WANT = [a for a in sys.argv[1:] if not a.startswith("--")] or [
@@ -319,7 +320,8 @@ def merge():
 
 
 def main():
-    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+    if not os.environ.get("MAILROOM_BENCH_BIN"):
+        subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
     machine = f"{os.cpu_count()} cores, " + open("/proc/meminfo").readline().split(":")[1].strip()
     try:
         for name in WANT:

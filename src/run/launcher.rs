@@ -77,6 +77,22 @@ const STOPS: [libc::c_int; 5] = [
 /// Runs the launcher on the socket that is its stdin. Returns the exit
 /// code: 0 when its supervisor went away or it was asked to stop.
 pub fn serve() -> u8 {
+    // The signals first: a `pkill -HUP mailroom` (a reload) must not end a
+    // launcher that is starting, and its children inherit the mask.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    let mut watched: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: signal sets on the stack and this process's own mask.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigemptyset(&mut watched);
+        for s in STOPS.iter().chain(&[libc::SIGCHLD]) {
+            libc::sigaddset(&mut set, *s);
+        }
+        for s in [libc::SIGCHLD, libc::SIGTERM, libc::SIGINT] {
+            libc::sigaddset(&mut watched, s);
+        }
+        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
     // SAFETY: plain descriptor and signal calls on this process's own
     // state, before any thread exists (the launcher is single-threaded).
     let sock = unsafe { libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3) };
@@ -115,19 +131,6 @@ pub fn serve() -> u8 {
         return 3;
     }
     reply(&sock, b'h', 0, 0, None);
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    let mut watched: libc::sigset_t = unsafe { std::mem::zeroed() };
-    unsafe {
-        libc::sigemptyset(&mut set);
-        libc::sigemptyset(&mut watched);
-        for s in STOPS.iter().chain(&[libc::SIGCHLD]) {
-            libc::sigaddset(&mut set, *s);
-        }
-        for s in [libc::SIGCHLD, libc::SIGTERM, libc::SIGINT] {
-            libc::sigaddset(&mut watched, s);
-        }
-        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-    }
     let sfd = unsafe { libc::signalfd(-1, &watched, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
     if sfd < 0 {
         return 1;
@@ -348,7 +351,11 @@ fn child(
         libc::sigprocmask(libc::SIG_SETMASK, &mask, std::ptr::null_mut());
     }
     drop(handed);
-    if std::env::set_current_dir(&req.root).is_err() {
+    if let Err(e) = std::env::set_current_dir(&req.root) {
+        say(
+            &req.run_dir,
+            &format!("cannot change to the root {:?}: {e}", req.root),
+        );
         return 1;
     }
     // SAFETY: single-threaded (a fresh fork of a single-threaded process).
@@ -375,10 +382,30 @@ fn child(
         environ.extend_from_slice(kv.as_bytes());
         environ.push(0);
     }
-    if show_as(cmdline, environ).is_err() {
+    if let Err(e) = show_as(cmdline, environ) {
+        say(
+            &req.run_dir,
+            &format!("cannot set its command line and environment (PR_SET_MM_MAP): {e}"),
+        );
         return 1;
     }
     keeper::main(Path::new(&req.run_dir))
+}
+
+/// Appends what went wrong before the keeper could start to the run's
+/// `keeper.log`, where its own messages go.
+fn say(run_dir: &OsStr, msg: &str) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(Path::new(run_dir).join(keeper::LOG_FILE))
+    {
+        let _ = writeln!(f, "mailroom keeper: {msg}");
+    }
 }
 
 /// Reaps every ended keeper and reports each: `x`, pid, raw status.
@@ -502,8 +529,8 @@ pub struct Launcher {
     /// Set once a launcher could not be started, or died too often: runs
     /// are started by exec from then on (said once).
     broken: std::sync::atomic::AtomicBool,
-    /// Launchers started so far.
-    starts: std::sync::atomic::AtomicU32,
+    /// When the last launchers were started (at most five).
+    starts: Mutex<std::collections::VecDeque<std::time::Instant>>,
 }
 
 /// One running launcher.
@@ -550,6 +577,9 @@ pub enum Refused {
 /// A keeper the launcher forked: its pid, and its end.
 pub struct Forked {
     pid: u32,
+    /// Its start time (`/proc`), to tell it from a later process with its
+    /// pid when there is no pidfd.
+    start: Option<u64>,
     pidfd: Option<OwnedFd>,
     exit: tokio::sync::oneshot::Receiver<i32>,
     launcher_gone: bool,
@@ -560,23 +590,31 @@ impl Forked {
         self.pid
     }
 
-    /// Waits until the keeper has ended: its wait status from the launcher,
-    /// or, when the launcher went away first, an error once the keeper's
-    /// pidfd says it ended (its status is then unknown). Cancel-safe.
+    /// Waits until the keeper has ended. Its wait status comes from the
+    /// launcher, which reaps it; when the launcher cannot say (it went away,
+    /// or an agent stopped it, and its children wait unreaped), the keeper's
+    /// end is read from its pidfd, and its status is then unknown (an error)
+    /// unless this process reaps it itself (it became the keeper's parent:
+    /// a supervisor that is PID 1 or a subreaper). Cancel-safe.
     pub async fn wait(&mut self) -> std::io::Result<ExitStatus> {
         use std::os::unix::process::ExitStatusExt;
-        if !self.launcher_gone {
-            match (&mut self.exit).await {
-                Ok(raw) => return Ok(ExitStatus::from_raw(raw)),
-                Err(_) => self.launcher_gone = true,
-            }
-        }
+        let gone = || std::io::Error::other("the keeper launcher cannot tell how the keeper ended");
         let Some(fd) = &self.pidfd else {
-            // No pidfd (an old kernel): watch the pid.
-            while crate::tree::books::proc_start_time(self.pid).is_some() {
+            // No pidfd (a kernel before 5.3): the launcher's word, or else
+            // the pid watched, by its start time.
+            if !self.launcher_gone {
+                match (&mut self.exit).await {
+                    Ok(raw) => return Ok(ExitStatus::from_raw(raw)),
+                    Err(_) => self.launcher_gone = true,
+                }
+            }
+            while self
+                .start
+                .is_some_and(|s| crate::tree::books::same_process(self.pid, s))
+            {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            return Err(std::io::Error::other("the keeper launcher went away"));
+            return Err(gone());
         };
         // SAFETY: the pidfd is owned by `self` and outlives this borrow.
         let afd = unsafe {
@@ -585,9 +623,55 @@ impl Forked {
                 tokio::io::Interest::READABLE,
             )
         }?;
+        if !self.launcher_gone {
+            tokio::select! {
+                r = &mut self.exit => match r {
+                    Ok(raw) => return Ok(ExitStatus::from_raw(raw)),
+                    Err(_) => self.launcher_gone = true,
+                },
+                r = afd.readable() => {
+                    r?.retain_ready();
+                    // Ended: the launcher's report follows at once, unless
+                    // the launcher is stopped or gone.
+                    if let Ok(Ok(raw)) =
+                        tokio::time::timeout(Duration::from_secs(1), &mut self.exit).await
+                    {
+                        return Ok(ExitStatus::from_raw(raw));
+                    }
+                    self.launcher_gone = true;
+                }
+            }
+        }
         let _ = afd.readable().await?;
-        Err(std::io::Error::other("the keeper launcher went away"))
+        reap_own(fd).map(ExitStatus::from_raw).ok_or_else(gone)
     }
+}
+
+/// The wait status of the ended process behind `pidfd` when it is this
+/// process's child (reparented to it), reaping it; `None` otherwise.
+fn reap_own(pidfd: &OwnedFd) -> Option<i32> {
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid(P_PIDFD) into `info`, not blocking.
+    let r = unsafe {
+        libc::waitid(
+            libc::P_PIDFD,
+            pidfd.as_raw_fd() as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG,
+        )
+    };
+    // SAFETY: filled in by a successful waitid for an ended child.
+    let pid = unsafe { info.si_pid() };
+    if r != 0 || pid == 0 {
+        return None;
+    }
+    let code = unsafe { info.si_status() };
+    // Back to a wait(2) status word.
+    Some(match info.si_code {
+        libc::CLD_EXITED => (code & 0xff) << 8,
+        libc::CLD_DUMPED => (code & 0x7f) | 0x80,
+        _ => code & 0x7f,
+    })
 }
 
 impl Launcher {
@@ -662,6 +746,12 @@ impl Launcher {
             )));
         }
         let replies = conn.replies.lock().unwrap_or_else(|e| e.into_inner());
+        // Given up by an earlier request while this one waited for its turn.
+        if conn.dead.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Refused::NotStarted(std::io::Error::other(
+                "the keeper launcher was given up",
+            )));
+        }
         let cmsgs: Vec<ControlMessage> = if raw.is_empty() {
             Vec::new()
         } else {
@@ -693,6 +783,7 @@ impl Launcher {
         match reply {
             Ok(Spawned::Ok(pid, pidfd, exit)) => Ok(Forked {
                 pid,
+                start: crate::tree::books::proc_start_time(pid),
                 pidfd,
                 exit,
                 launcher_gone: false,
@@ -710,6 +801,12 @@ impl Launcher {
                 "the keeper launcher did not answer, nor end when killed",
             ))),
         }
+    }
+
+    /// Starts the launcher now, if it is not running, so that the first run
+    /// does not wait for it. Blocking (an exec and a greeting).
+    pub fn warm(&self) {
+        let _ = self.conn();
     }
 
     /// Ends the launcher (keepers it forked run on) and waits, briefly, until
@@ -738,15 +835,24 @@ impl Launcher {
         {
             return Ok(c.clone());
         }
-        // A launcher that keeps dying is not worth a start per run.
-        let started = if self
-            .starts
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            >= 5
-        {
-            Err(std::io::Error::other("it ended five times"))
-        } else {
-            start(&self.program)
+        // A launcher that keeps dying (five starts within ten minutes) is not
+        // worth a start per run.
+        let started = {
+            let mut starts = self.starts.lock().unwrap_or_else(|e| e.into_inner());
+            let now = std::time::Instant::now();
+            if starts.len() >= 5
+                && starts
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(600))
+            {
+                Err(std::io::Error::other("it ended five times in ten minutes"))
+            } else {
+                if starts.len() >= 5 {
+                    starts.pop_front();
+                }
+                starts.push_back(now);
+                start(&self.program)
+            }
         };
         match started {
             Ok(c) => {
@@ -778,14 +884,15 @@ fn start(program: &Path) -> std::io::Result<Conn> {
         None,
         SockFlag::SOCK_CLOEXEC,
     )?;
-    let mut launcher = std::process::Command::new(program);
-    launcher
+    // The command goes with its copy of the launcher's end of the socket: a
+    // launcher that ends at once must end the stream.
+    let mut launcher = std::process::Command::new(program)
         .arg(ARG)
         .stdin(std::process::Stdio::from(theirs))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
-        .current_dir("/");
-    let mut launcher = launcher.spawn()?;
+        .current_dir("/")
+        .spawn()?;
     let pid = launcher.id();
     // Its greeting says it can make keepers that look exec'd (see `serve`).
     if let Err(e) = greeted(&ours) {
@@ -932,6 +1039,47 @@ impl KeeperChild {
         match self {
             KeeperChild::Exec(c) => c.wait().await,
             KeeperChild::Forked(f) => f.wait().await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A keeper that became this process's child (reparented to a
+    /// supervisor that is PID 1 or a subreaper) is reaped through its pidfd,
+    /// with its real status; another process's is not touched.
+    #[test]
+    fn an_ended_child_is_reaped_through_its_pidfd_with_its_status() {
+        use std::os::unix::process::ExitStatusExt;
+        for (script, code, signal) in [("exit 3", Some(3), None), ("kill -9 $$", None, Some(9))] {
+            // Reaped below through its pidfd, not by `wait`.
+            #[allow(clippy::zombie_processes)]
+            let child = std::process::Command::new("/bin/sh")
+                .args(["-c", script])
+                .spawn()
+                .unwrap();
+            let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id(), 0) };
+            assert!(raw >= 0);
+            let fd = unsafe { OwnedFd::from_raw_fd(raw as RawFd) };
+            let mut pfd = libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            assert_eq!(unsafe { libc::poll(&mut pfd, 1, 10_000) }, 1);
+            let st = ExitStatus::from_raw(reap_own(&fd).expect("reaped"));
+            assert_eq!(st.code(), code);
+            assert_eq!(st.signal(), signal);
+            // Reaped: nothing left to wait for.
+            assert!(reap_own(&fd).is_none());
+        }
+        // Not our child: left alone.
+        let own = unsafe { libc::syscall(libc::SYS_pidfd_open, 1, 0) };
+        if own >= 0 {
+            let fd = unsafe { OwnedFd::from_raw_fd(own as RawFd) };
+            assert!(reap_own(&fd).is_none());
         }
     }
 }

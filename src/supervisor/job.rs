@@ -177,7 +177,10 @@ impl Job {
             error,
             not_found: false,
         };
-        let mut child = match self.spawn_keeper(&ks, spec, run_dir, (slot, tree_slot)) {
+        let mut child = match self
+            .spawn_keeper(&ks, spec, run_dir, (slot, tree_slot))
+            .await
+        {
             Ok(c) => c,
             Err(e) => return failed(e),
         };
@@ -338,12 +341,12 @@ impl Job {
     /// writes its own log), the agent's environment as its own. It is not killed when its Job is
     /// dropped. The supervisor's own copy of the slot closes here: from now on
     /// the keeper alone holds it (one open file description, one flock).
-    fn spawn_keeper(
+    async fn spawn_keeper(
         &self,
         ks: &crate::run::keeper::KeeperSpec,
         spec: &runner::Spec,
         run_dir: &Path,
-        (slot, tree_slot): (
+        (mut slot, mut tree_slot): (
             Option<crate::tree::slots::Slot>,
             Option<crate::tree::slots::Slot>,
         ),
@@ -355,22 +358,35 @@ impl Job {
             std::fs::write(run_dir.join(keeper::SPEC_FILE), json)?;
             self.lock.share()
         })();
-        let lock = setup.map_err(|e| format!("cannot prepare the run keeper: {e}"))?;
+        let mut lock = setup.map_err(|e| format!("cannot prepare the run keeper: {e}"))?;
         let env = runner::agent_env(&spec.inherit, &spec.env);
         // Forked by the launcher, when there is one and it can take the run;
-        // else started by exec.
-        if let Some(launcher) = &self.ctx.launcher
-            && self.ctx.keeper.small_binary().is_some()
-        {
-            let handed: [Option<&dyn std::os::fd::AsFd>; 3] = [
-                Some(&lock),
-                slot.as_ref().map(|s| &s.file as &dyn std::os::fd::AsFd),
-                tree_slot
-                    .as_ref()
-                    .map(|s| &s.file as &dyn std::os::fd::AsFd),
-            ];
+        // else started by exec. The launcher is asked off the async threads
+        // (it may have to be started, or be slow to answer).
+        if self.ctx.launcher.is_some() && self.ctx.keeper.small_binary().is_some() {
             use crate::run::launcher::Refused;
-            match launcher.spawn(run_dir, &self.ctx.layout.root, env.iter().cloned(), handed) {
+            let (ctx, run_dir_owned, env_c) =
+                (self.ctx.clone(), run_dir.to_path_buf(), env.clone());
+            let asked = tokio::task::spawn_blocking(move || {
+                let handed: [Option<&dyn std::os::fd::AsFd>; 3] = [
+                    Some(&lock),
+                    slot.as_ref().map(|s| &s.file as &dyn std::os::fd::AsFd),
+                    tree_slot
+                        .as_ref()
+                        .map(|s| &s.file as &dyn std::os::fd::AsFd),
+                ];
+                let r = match &ctx.launcher {
+                    Some(l) => l.spawn(&run_dir_owned, &ctx.layout.root, env_c, handed),
+                    None => Err(Refused::NotStarted(std::io::Error::other("no launcher"))),
+                };
+                (r, lock, slot, tree_slot)
+            })
+            .await;
+            let Ok((r, l, s, t)) = asked else {
+                return Err("cannot start the run keeper: its launcher call panicked".into());
+            };
+            (lock, slot, tree_slot) = (l, s, t);
+            match r {
                 Ok(f) => return Ok(KeeperChild::Forked(f)),
                 Err(Refused::NotStarted(e)) => {
                     debug!(task = %self.name, error = %e, "the keeper launcher cannot take the run; starting the keeper by exec")

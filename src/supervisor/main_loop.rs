@@ -79,6 +79,15 @@ impl Supervisor {
         if let Some(n) = &io.notifier {
             n.ready(&io.last_status);
         }
+        // The keeper launcher, started now rather than by the first run.
+        if self.ctx.launcher.is_some() && self.ctx.keeper.small_binary().is_some() {
+            let ctx = self.ctx.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Some(l) = &ctx.launcher {
+                    l.warm()
+                }
+            });
+        }
         while self.turn(&mut io, &opts) {
             let wake = self.next_wake(io.next_rescan);
             let ev = self.next_event(&mut io, &mut control, wake).await;

@@ -303,7 +303,7 @@ tr '\0' '\n' < "/proc/$PPID/environ" > "$d/keeper-env.txt"
 L=$(cut -d' ' -f4 < "/proc/$PPID/stat")
 echo $L > "$d/parent.pid"
 tr '\0' ' ' < "/proc/$L/cmdline" > "$d/parent-cmd.txt"
-case "$MAILROOM_TASK" in kill*) kill -9 "$L" ;; esac
+case "$MAILROOM_TASK" in kill*) kill -9 "$L" ;; stop*) kill -STOP "$L" ;; esac
 exit 0"#;
 
 fn family_root(tasks: &[&str], extra: &str) -> Root {
@@ -428,6 +428,28 @@ fn a_killed_launcher_costs_no_run_and_is_started_again() {
     assert!(!log.contains("WARN"), "{log}");
 }
 
+/// An agent that stops the launcher (SIGSTOP) holds nothing up: its keeper,
+/// which the stopped launcher cannot reap, is seen to end through its pidfd
+/// and the outcome it wrote is committed; the next run's request, which the
+/// stopped launcher does not answer, gives the launcher up (killed) and the
+/// keeper is started by exec; the supervisor still exits.
+#[test]
+fn a_stopped_launcher_holds_up_neither_runs_nor_the_exit() {
+    let root = family_root(&["stop"], "concurrency: 1")
+        .task("later.yaml", "description: later\nafter: [stop]\n");
+    let t = Instant::now();
+    run_with_names(&root, &["later", "stop"]);
+    assert!(
+        t.elapsed() < Duration::from_secs(40),
+        "took {:?}",
+        t.elapsed()
+    );
+    let rec = root.record("completed", "stop");
+    assert_eq!(rec["outcome"], "success", "{rec}");
+    let stopped: i32 = root.read("stop/parent.pid").trim().parse().unwrap();
+    assert!(!alive(stopped), "the stopped launcher was left behind");
+}
+
 /// `run --exit-when-idle` (bounded); asserts that `names` completed; returns
 /// the supervisor's log.
 fn run_with_names(root: &Root, names: &[&str]) -> String {
@@ -437,4 +459,42 @@ fn run_with_names(root: &Root, names: &[&str]) -> String {
     assert!(out.status.success(), "supervisor failed:\n{log}");
     assert_eq!(root.names("completed"), names, "{log}");
     log
+}
+
+/// A keeper binary whose launcher cannot run (here: it exits at once, as on
+/// a kernel without PR_SET_MM_MAP) costs one warning, said at once, and
+/// every run is kept by exec.
+#[test]
+fn a_launcher_that_cannot_run_means_keepers_by_exec_and_one_warning() {
+    let root = family_root(&["a", "b"], "concurrency: 1");
+    let exe = lone_mailroom(&root);
+    fake_keeper(
+        &root,
+        &format!(
+            "case \"$1\" in --identity) echo '{}' ;; --launcher) exit 3 ;; *) exec '{KEEPER_BIN}' \"$@\" ;; esac",
+            mailroom::run::keeper::IDENTITY
+        ),
+    );
+    let c = root.cmd_of(&exe, &["run", "--exit-when-idle"]);
+    let t = Instant::now();
+    let out = run_bounded(c, Duration::from_secs(60));
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    assert_eq!(root.names("completed"), ["a", "b"], "{log}");
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("cannot start the keeper launcher"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{log}");
+    assert!(warnings[0].contains("it ended at once"), "{log}");
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        t.elapsed()
+    );
+    // Kept by exec: each keeper's parent is the supervisor.
+    for t in ["a", "b"] {
+        let cmd = root.read(&format!("{t}/parent-cmd.txt"));
+        assert!(cmd.contains(" run --exit-when-idle"), "{t}: {cmd}");
+    }
 }
