@@ -373,6 +373,18 @@ fn keepers_are_forked_by_one_launcher_and_look_like_exec_d_ones() {
         sup.pid(),
         "the launcher is the supervisor's child"
     );
+    // A reload's `pkill -HUP mailroom` reaches the launcher too: it stays.
+    unsafe { libc::kill(launchers[0], libc::SIGHUP) };
+    root.write("tasks/tmp/c.yaml", "description: c\n");
+    std::fs::rename(root.p("tasks/tmp/c.yaml"), root.p("tasks/pending/c.yaml")).unwrap();
+    wait_for(minute, "c to complete", || {
+        root.names("completed") == ["a", "b", "c"]
+    });
+    assert_eq!(
+        root.read("c/parent.pid").trim().parse::<i32>().unwrap(),
+        launchers[0],
+        "a SIGHUP ended the launcher"
+    );
     sup.signal(SIGTERM);
     sup.wait_exit(minute);
     assert!(!alive(launchers[0]), "the launcher outlived its supervisor");
