@@ -16,7 +16,9 @@
 //! the lock, writes `keeper.json` and `outcome.json`, survives its
 //! supervisor.
 //!
-//! Replies, in order: `p` with the keeper's pid and a pidfd of it (or a
+//! The launcher first greets with `h` and its build identity: a supervisor
+//! uses only a launcher of its own build. Replies, in order: `p` with the
+//! keeper's pid and a pidfd of it (or a
 //! negated errno when the fork failed), and, when a keeper ends, `x` with
 //! its pid and raw wait status (the launcher is its parent and reaps it).
 //! The supervisor waits for that status; if the launcher is gone, it waits
@@ -130,7 +132,18 @@ pub fn serve() -> u8 {
     if show_as(cmdline, environ).is_err() {
         return 3;
     }
-    reply(&sock, b'h', 0, 0, None);
+    // The greeting carries the build identity: a launcher started from a
+    // file that an upgrade replaced a moment before is never used.
+    let hello = [b"h".as_slice(), keeper::IDENTITY.as_bytes()].concat();
+    // SAFETY: sends from a live buffer.
+    unsafe {
+        libc::send(
+            sock.as_raw_fd(),
+            hello.as_ptr().cast(),
+            hello.len(),
+            libc::MSG_NOSIGNAL,
+        )
+    };
     let sfd = unsafe { libc::signalfd(-1, &watched, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
     if sfd < 0 {
         return 1;
@@ -941,7 +954,7 @@ fn greeted(sock: &OwnedFd) -> std::io::Result<()> {
     };
     // SAFETY: one valid pollfd.
     let n = unsafe { libc::poll(&mut pfd, 1, 2000) };
-    let mut buf = [0u8; 16];
+    let mut buf = [0u8; 256];
     // SAFETY: reads into `buf`, without blocking.
     let len = (n == 1).then(|| unsafe {
         libc::recv(
@@ -952,7 +965,18 @@ fn greeted(sock: &OwnedFd) -> std::io::Result<()> {
         )
     });
     match len {
-        Some(9..) if buf[0] == b'h' => Ok(()),
+        Some(n @ 1..) if buf[0] == b'h' => {
+            let said = &buf[1..n as usize];
+            if said == keeper::IDENTITY.as_bytes() {
+                Ok(())
+            } else {
+                Err(std::io::Error::other(format!(
+                    "it is another build ({:?}; this supervisor is {:?})",
+                    String::from_utf8_lossy(said),
+                    keeper::IDENTITY
+                )))
+            }
+        }
         Some(0) => Err(std::io::Error::other(
             "it ended at once (its kernel cannot show a forked keeper's command line and \
              environment: PR_SET_MM_MAP, CONFIG_CHECKPOINT_RESTORE)",

@@ -473,40 +473,49 @@ fn run_with_names(root: &Root, names: &[&str]) -> String {
     log
 }
 
-/// A keeper binary whose launcher cannot run (here: it exits at once, as on
-/// a kernel without PR_SET_MM_MAP) costs one warning, said at once, and
-/// every run is kept by exec.
+/// A keeper binary whose launcher cannot run (it exits at once, as on a
+/// kernel without PR_SET_MM_MAP) or is of another build (its greeting says
+/// so: a file an upgrade replaced just before the launcher's start) costs
+/// one warning, said at once, and every run is kept by exec.
 #[test]
 fn a_launcher_that_cannot_run_means_keepers_by_exec_and_one_warning() {
-    let root = family_root(&["a", "b"], "concurrency: 1");
-    let exe = lone_mailroom(&root);
-    fake_keeper(
-        &root,
-        &format!(
-            "case \"$1\" in --identity) echo '{}' ;; --launcher) exit 3 ;; *) exec '{KEEPER_BIN}' \"$@\" ;; esac",
-            mailroom::run::keeper::IDENTITY
+    for (launcher, why) in [
+        ("exit 3", "it ended at once"),
+        (
+            "printf 'hmailroom-keeper 0.0.1 build 0123456789abcdef' >&0; exec sleep 30",
+            "it is another build",
         ),
-    );
-    let c = root.cmd_of(&exe, &["run", "--exit-when-idle"]);
-    let t = Instant::now();
-    let out = run_bounded(c, Duration::from_secs(60));
-    let log = stderr(&out);
-    assert!(out.status.success(), "{log}");
-    assert_eq!(root.names("completed"), ["a", "b"], "{log}");
-    let warnings: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("cannot start the keeper launcher"))
-        .collect();
-    assert_eq!(warnings.len(), 1, "{log}");
-    assert!(warnings[0].contains("it ended at once"), "{log}");
-    assert!(
-        t.elapsed() < Duration::from_secs(2),
-        "took {:?}",
-        t.elapsed()
-    );
-    // Kept by exec: each keeper's parent is the supervisor.
-    for t in ["a", "b"] {
-        let cmd = root.read(&format!("{t}/parent-cmd.txt"));
-        assert!(cmd.contains(" run --exit-when-idle"), "{t}: {cmd}");
+    ] {
+        let root = family_root(&["a", "b"], "concurrency: 1");
+        let exe = lone_mailroom(&root);
+        fake_keeper(
+            &root,
+            &format!(
+                "case \"$1\" in --identity) echo '{}' ;; --launcher) {launcher} ;; *) exec '{KEEPER_BIN}' \"$@\" ;; esac",
+                mailroom::run::keeper::IDENTITY
+            ),
+        );
+        let c = root.cmd_of(&exe, &["run", "--exit-when-idle"]);
+        let t = Instant::now();
+        let out = run_bounded(c, Duration::from_secs(60));
+        let log = stderr(&out);
+        assert!(out.status.success(), "{log}");
+        assert_eq!(root.names("completed"), ["a", "b"], "{log}");
+        let warnings: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("cannot start the keeper launcher"))
+            .collect();
+        assert_eq!(warnings.len(), 1, "{log}");
+        assert!(warnings[0].contains(why), "{log}");
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "took {:?}",
+            t.elapsed()
+        );
+        // Kept by exec: each keeper's parent is the supervisor.
+        for t in ["a", "b"] {
+            let cmd = root.read(&format!("{t}/parent-cmd.txt"));
+            assert!(cmd.contains(" run --exit-when-idle"), "{t}: {cmd}");
+        }
     }
 }
