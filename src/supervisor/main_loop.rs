@@ -80,7 +80,10 @@ impl Supervisor {
             n.ready(&io.last_status);
         }
         // The keeper launcher, started now rather than by the first run.
-        if self.ctx.launcher.is_some() && self.ctx.keeper.small_binary().is_some() {
+        if self.config.run_keeper
+            && self.ctx.launcher.is_some()
+            && self.ctx.keeper.small_binary().is_some()
+        {
             let ctx = self.ctx.clone();
             tokio::task::spawn_blocking(move || {
                 if let Some(l) = &ctx.launcher {

@@ -519,3 +519,21 @@ fn a_launcher_that_cannot_run_means_keepers_by_exec_and_one_warning() {
         }
     }
 }
+
+/// With `run_keeper: false` there are no keepers, and no launcher is started.
+#[test]
+fn without_keepers_no_launcher_is_started() {
+    let root = Root::new()
+        .agent_config(
+            &[
+                "/bin/sh",
+                "-c",
+                "ps -eo ppid,args | grep '[m]ailroom-keeper --launcher' | awk -v p=$PPID '$1==p' | wc -l > \"$MAILROOM_ROOT/launchers\"",
+            ],
+            "run_keeper: false",
+        )
+        .task("t.yaml", "description: t\n");
+    root.run_until_idle();
+    assert_eq!(root.names("completed"), ["t"]);
+    assert_eq!(root.read("launchers").trim(), "0");
+}
