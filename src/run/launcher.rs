@@ -784,6 +784,12 @@ impl Launcher {
         use std::sync::mpsc::RecvTimeoutError;
         let reply = match replies.recv_timeout(Duration::from_secs(3)) {
             Err(RecvTimeoutError::Timeout) => {
+                tracing::warn!(
+                    launcher = conn.pid,
+                    "the keeper launcher did not answer within 3s (stopped by an agent?); it is \
+                     killed, this run's keeper is started by exec, and the next run starts a \
+                     new launcher"
+                );
                 // No reply in time: the launcher is stopped and not used
                 // again. A reply already on its way still counts (a keeper
                 // whose pid was sent may run); once its stream has ended,

@@ -587,7 +587,7 @@ pub fn child(dir: &Path, name: &str) -> PathBuf {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Group commit: every caller returns only after a flush that started

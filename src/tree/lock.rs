@@ -156,11 +156,15 @@ pub fn flock_holder(f: &std::fs::File) -> Option<u32> {
 /// lock is let go; polling would lose every race to the waiters in line),
 /// on a thread of its own so that the wait can end. That thread locks
 /// through a duplicate of the descriptor (one open file description, one
-/// lock): given up on, it lets go as it closes the last descriptor. At
-/// most four such waiters are left blocked at a time.
+/// lock): given up on, it lets go as it closes the last descriptor. Any
+/// number of callers may wait at once (commits that end together); at most
+/// four threads given up on are left blocked at a time, and while four are,
+/// a busy lock is refused at once.
 pub fn flock_within(f: &std::fs::File, wait: std::time::Duration) -> Result<(), String> {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    static WAITERS: AtomicUsize = AtomicUsize::new(0);
+    use std::sync::{Arc, Mutex};
+    /// Waiting threads given up on that are still blocked.
+    static ABANDONED: AtomicUsize = AtomicUsize::new(0);
     match f.try_lock() {
         Ok(()) => return Ok(()),
         Err(std::fs::TryLockError::WouldBlock) => {}
@@ -172,28 +176,106 @@ pub fn flock_within(f: &std::fs::File, wait: std::time::Duration) -> Result<(), 
             .unwrap_or_default();
         format!("has been held by another process{by} {why}")
     };
-    if WAITERS.load(Ordering::SeqCst) >= 4 {
+    if ABANDONED.load(Ordering::SeqCst) >= 4 {
         return Err(held("through the last waits"));
     }
     let dup = f
         .try_clone()
         .map_err(|e| format!("cannot be locked: {e}"))?;
+    // The waiter's fate: waiting, given up on, or done.
+    const WAITING: u8 = 0;
+    const GIVEN_UP: u8 = 1;
+    const DONE: u8 = 2;
+    let fate = Arc::new(Mutex::new(WAITING));
     let (tx, rx) = std::sync::mpsc::channel();
-    WAITERS.fetch_add(1, Ordering::SeqCst);
+    let theirs = fate.clone();
     let spawned = std::thread::Builder::new()
         .name("flock-wait".into())
         .spawn(move || {
             let r = dup.lock();
-            WAITERS.fetch_sub(1, Ordering::SeqCst);
+            let mut fate = theirs.lock().unwrap_or_else(|e| e.into_inner());
+            if *fate == GIVEN_UP {
+                ABANDONED.fetch_sub(1, Ordering::SeqCst);
+            }
+            *fate = DONE;
+            drop(fate);
             let _ = tx.send(r);
         });
     if let Err(e) = spawned {
-        WAITERS.fetch_sub(1, Ordering::SeqCst);
         return Err(format!("cannot be waited for: {e}"));
     }
-    match rx.recv_timeout(wait) {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(format!("cannot be locked: {e}")),
-        Err(_) => Err(held(&format!("for {wait:?}"))),
+    let got = match rx.recv_timeout(wait) {
+        Ok(r) => r,
+        Err(_) => {
+            let mut fate = fate.lock().unwrap_or_else(|e| e.into_inner());
+            if *fate == WAITING {
+                *fate = GIVEN_UP;
+                ABANDONED.fetch_add(1, Ordering::SeqCst);
+                return Err(held(&format!("for {wait:?}")));
+            }
+            // It got the lock just as the wait ran out.
+            drop(fate);
+            match rx.recv() {
+                Ok(r) => r,
+                Err(_) => return Err(held(&format!("for {wait:?}"))),
+            }
+        }
+    };
+    got.map_err(|e| format!("cannot be locked: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    fn lock_file(dir: &std::path::Path) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join(".lock"))
+            .unwrap()
+    }
+
+    /// Commits that end together all wait their turn: more waiters than the
+    /// cap on abandoned ones are no reason to refuse (the six runs a new
+    /// supervisor adopts commit within milliseconds of each other).
+    #[test]
+    fn many_waiters_at_once_all_get_the_lock_in_turn() {
+        let dir = crate::tree::fsx::tests::tempdir();
+        let holder = lock_file(&dir);
+        holder.lock().unwrap();
+        let waiters: Vec<_> = (0..8)
+            .map(|_| {
+                let f = lock_file(&dir);
+                std::thread::spawn(move || {
+                    let r = flock_within(&f, Duration::from_secs(20));
+                    // Held for a moment, as a merge does.
+                    std::thread::sleep(Duration::from_millis(5));
+                    r
+                })
+            })
+            .collect();
+        // Every waiter is queued before the holder lets go.
+        use std::os::unix::fs::MetadataExt;
+        let ino = format!(":{} ", holder.metadata().unwrap().ino());
+        let until = Instant::now() + Duration::from_secs(10);
+        while std::fs::read_to_string("/proc/locks")
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("->") && l.contains(&ino))
+            .count()
+            < 8
+            && Instant::now() < until
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        holder.unlock().unwrap();
+        for w in waiters {
+            assert_eq!(w.join().unwrap(), Ok(()));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -450,7 +450,11 @@ fn a_stopped_launcher_holds_up_neither_runs_nor_the_exit() {
     let root = family_root(&["stop"], "concurrency: 1")
         .task("later.yaml", "description: later\nafter: [stop]\n");
     let t = Instant::now();
-    run_with_names(&root, &["later", "stop"]);
+    let log = run_with_names(&root, &["later", "stop"]);
+    assert!(
+        log.contains("the keeper launcher did not answer within 3s"),
+        "{log}"
+    );
     assert!(
         t.elapsed() < Duration::from_secs(40),
         "took {:?}",
