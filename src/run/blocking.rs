@@ -32,16 +32,20 @@ pub struct Stops {
     sender: Option<u32>,
 }
 
+/// The signals [`Stops`] reads. The keeper launcher blocks the same ones,
+/// so that a keeper it forks has them blocked from its first instruction.
+pub const STOP_SIGNALS: [Signal; 5] = [
+    Signal::SIGTERM,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+];
+
 impl Stops {
     pub fn new() -> Stops {
         let mut set = SigSet::empty();
-        for s in [
-            Signal::SIGTERM,
-            Signal::SIGUSR1,
-            Signal::SIGUSR2,
-            Signal::SIGINT,
-            Signal::SIGHUP,
-        ] {
+        for s in STOP_SIGNALS {
             set.add(s);
         }
         let fd = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None)
@@ -107,7 +111,7 @@ impl Default for Stops {
 }
 
 /// A pidfd of `pid` (Linux 5.3 and later): readable once the process exits.
-fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+pub(crate) fn pidfd_open(pid: u32) -> Option<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor
     // (or -1), which we own from here on.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };

@@ -226,7 +226,7 @@ pub fn main(run_dir: &Path) -> u8 {
     // Out of the supervisor's session and process group: a Ctrl-C or a
     // closed terminal is the supervisor's business, not the run's.
     let _ = nix::unistd::setsid();
-    let log = Log(run_dir.join(LOG_FILE));
+    let log = Log::of(run_dir);
     {
         let log = log.clone();
         std::panic::set_hook(Box::new(move |info| log.say(&format!("panic: {info}"))));
@@ -320,10 +320,15 @@ pub fn main(run_dir: &Path) -> u8 {
 /// The keeper's log, `keeper.log` in the run directory: created by the first
 /// thing worth saying, so that a run that goes well leaves no empty file.
 #[derive(Clone)]
-struct Log(PathBuf);
+pub(crate) struct Log(PathBuf);
 
 impl Log {
-    fn say(&self, msg: &str) {
+    /// The log of the run in `run_dir`.
+    pub(crate) fn of(run_dir: &Path) -> Log {
+        Log(run_dir.join(LOG_FILE))
+    }
+
+    pub(crate) fn say(&self, msg: &str) {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
         if let Ok(mut f) = std::fs::OpenOptions::new()

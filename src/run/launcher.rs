@@ -62,17 +62,6 @@ pub const ARG: &str = "--launcher";
 /// larger one (a huge environment) is started by exec instead.
 const MAX_REQUEST: usize = 192 * 1024;
 
-/// The stop signals a keeper reads from its signalfd (see
-/// `run::blocking::Stops`): blocked in the launcher and in every keeper it
-/// forks.
-const STOPS: [libc::c_int; 5] = [
-    libc::SIGTERM,
-    libc::SIGUSR1,
-    libc::SIGUSR2,
-    libc::SIGINT,
-    libc::SIGHUP,
-];
-
 // ---------------------------------------------------------------------------
 // The launcher process (`mailroom-keeper --launcher`).
 
@@ -87,9 +76,10 @@ pub fn serve() -> u8 {
     unsafe {
         libc::sigemptyset(&mut set);
         libc::sigemptyset(&mut watched);
-        for s in STOPS.iter().chain(&[libc::SIGCHLD]) {
-            libc::sigaddset(&mut set, *s);
+        for s in super::blocking::STOP_SIGNALS {
+            libc::sigaddset(&mut set, s as libc::c_int);
         }
+        libc::sigaddset(&mut set, libc::SIGCHLD);
         for s in [libc::SIGCHLD, libc::SIGTERM, libc::SIGINT] {
             libc::sigaddset(&mut watched, s);
         }
@@ -210,6 +200,38 @@ struct Request {
     env: Vec<OsString>,
 }
 
+/// Receives one message into `buf`, with the descriptors that came with it
+/// (close-on-exec, owned here, at most three), and whether the message or
+/// its descriptors were cut.
+fn recv_with_fds(
+    sock: &OwnedFd,
+    buf: &mut [u8],
+) -> Result<(usize, Vec<OwnedFd>, bool), nix::errno::Errno> {
+    let mut cmsg = nix::cmsg_space!([RawFd; 3]);
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    let mut fds = Vec::new();
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(rights) = c {
+            // SAFETY: descriptors received with SCM_RIGHTS are new and ours.
+            fds.extend(
+                rights
+                    .into_iter()
+                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+            );
+        }
+    }
+    let cut = msg
+        .flags
+        .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
+    Ok((msg.bytes, fds, cut))
+}
+
 /// Reads one request. `None` at the end of the stream (the supervisor is
 /// gone). Handed descriptors come with it, as `[stdin, stdout, stderr]`.
 #[allow(clippy::type_complexity)]
@@ -217,31 +239,7 @@ fn receive(
     sock: &OwnedFd,
     buf: &mut [u8],
 ) -> Result<Option<(Request, [Option<OwnedFd>; 3])>, nix::errno::Errno> {
-    let mut cmsg = nix::cmsg_space!([RawFd; 3]);
-    let (len, rights, cut) = {
-        let mut iov = [IoSliceMut::new(buf)];
-        let msg = recvmsg::<()>(
-            sock.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        )?;
-        let mut rights = Vec::new();
-        for c in msg.cmsgs()? {
-            if let ControlMessageOwned::ScmRights(fds) = c {
-                rights.extend(fds);
-            }
-        }
-        let cut = msg
-            .flags
-            .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
-        (msg.bytes, rights, cut)
-    };
-    // SAFETY: descriptors received with SCM_RIGHTS are new and ours.
-    let mut owned: Vec<OwnedFd> = rights
-        .into_iter()
-        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
-        .collect();
+    let (len, mut owned, cut) = recv_with_fds(sock, buf)?;
     if len == 0 && owned.is_empty() {
         return Ok(None);
     }
@@ -329,8 +327,7 @@ fn launch(
     }
     // A pidfd made by the parent, before the child can be reaped: it always
     // names this keeper.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    let pidfd = (pidfd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) });
+    let pidfd = super::blocking::pidfd_open(pid as u32);
     if reply(sock, b'p', pid, 0, pidfd.as_ref().map(|f| f.as_raw_fd())) {
         // SAFETY: writes one byte from a live buffer.
         unsafe { libc::write(go_w.as_raw_fd(), b"g".as_ptr().cast(), 1) };
@@ -365,10 +362,8 @@ fn child(
     }
     drop(handed);
     if let Err(e) = std::env::set_current_dir(&req.root) {
-        say(
-            &req.run_dir,
-            &format!("cannot change to the root {:?}: {e}", req.root),
-        );
+        keeper::Log::of(Path::new(&req.run_dir))
+            .say(&format!("cannot change to the root {:?}: {e}", req.root));
         return 1;
     }
     // SAFETY: single-threaded (a fresh fork of a single-threaded process).
@@ -396,29 +391,12 @@ fn child(
         environ.push(0);
     }
     if let Err(e) = show_as(cmdline, environ) {
-        say(
-            &req.run_dir,
-            &format!("cannot set its command line and environment (PR_SET_MM_MAP): {e}"),
-        );
+        keeper::Log::of(Path::new(&req.run_dir)).say(&format!(
+            "cannot set its command line and environment (PR_SET_MM_MAP): {e}"
+        ));
         return 1;
     }
     keeper::main(Path::new(&req.run_dir))
-}
-
-/// Appends what went wrong before the keeper could start to the run's
-/// `keeper.log`, where its own messages go.
-fn say(run_dir: &OsStr, msg: &str) {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(Path::new(run_dir).join(keeper::LOG_FILE))
-    {
-        let _ = writeln!(f, "mailroom keeper: {msg}");
-    }
 }
 
 /// Reaps every ended keeper and reports each: `x`, pid, raw status.
@@ -711,7 +689,7 @@ impl Launcher {
         &self,
         run_dir: &Path,
         root: &Path,
-        env: impl IntoIterator<Item = (OsString, OsString)>,
+        env: &[(OsString, OsString)],
         handed: [Option<&dyn AsFd>; 3],
     ) -> Result<Forked, Refused> {
         let conn = self.conn().map_err(Refused::NotStarted)?;
@@ -730,16 +708,16 @@ impl Launcher {
         body.push(0);
         // A later value of a name replaces an earlier one, as with
         // `Command::envs`.
-        let mut vars: Vec<(OsString, OsString)> = Vec::new();
-        let mut at: HashMap<OsString, usize> = HashMap::new();
+        let mut vars: Vec<(&OsStr, &OsStr)> = Vec::new();
+        let mut at: HashMap<&OsStr, usize> = HashMap::new();
         for (k, v) in env {
             if k.is_empty() || k.as_bytes().contains(&b'=') {
                 continue;
             }
-            match at.get(&k) {
+            match at.get(k.as_os_str()) {
                 Some(&i) => vars[i].1 = v,
                 None => {
-                    at.insert(k.clone(), vars.len());
+                    at.insert(k, vars.len());
                     vars.push((k, v));
                 }
             }
@@ -997,32 +975,12 @@ fn read_replies(sock: &OwnedFd, spawned: &std::sync::mpsc::Sender<Spawned>) {
     let mut waiters: HashMap<u32, tokio::sync::oneshot::Sender<i32>> = HashMap::new();
     loop {
         let mut buf = [0u8; 16];
-        let mut cmsg = nix::cmsg_space!([RawFd; 1]);
-        let (len, fds) = {
-            let mut iov = [IoSliceMut::new(&mut buf)];
-            match recvmsg::<()>(
-                sock.as_raw_fd(),
-                &mut iov,
-                Some(&mut cmsg),
-                MsgFlags::MSG_CMSG_CLOEXEC,
-            ) {
-                Ok(m) => {
-                    let mut fds = Vec::new();
-                    if let Ok(cs) = m.cmsgs() {
-                        for c in cs {
-                            if let ControlMessageOwned::ScmRights(f) = c {
-                                fds.extend(f);
-                            }
-                        }
-                    }
-                    (m.bytes, fds)
-                }
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(_) => return,
-            }
+        let (len, fds, _) = match recv_with_fds(sock, &mut buf) {
+            Ok(m) => m,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return,
         };
-        // SAFETY: received descriptors are new and ours.
-        let mut fds = fds.into_iter().map(|f| unsafe { OwnedFd::from_raw_fd(f) });
+        let mut fds = fds.into_iter();
         if len < 9 {
             // The end of the stream: the launcher is gone. Waiters see their
             // senders dropped and watch their keepers' pidfds.
@@ -1090,9 +1048,7 @@ mod tests {
                 .args(["-c", script])
                 .spawn()
                 .unwrap();
-            let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id(), 0) };
-            assert!(raw >= 0);
-            let fd = unsafe { OwnedFd::from_raw_fd(raw as RawFd) };
+            let fd = super::super::blocking::pidfd_open(child.id()).expect("a pidfd");
             let mut pfd = libc::pollfd {
                 fd: fd.as_raw_fd(),
                 events: libc::POLLIN,
@@ -1106,9 +1062,7 @@ mod tests {
             assert!(reap_own(&fd).is_none());
         }
         // Not our child: left alone.
-        let own = unsafe { libc::syscall(libc::SYS_pidfd_open, 1, 0) };
-        if own >= 0 {
-            let fd = unsafe { OwnedFd::from_raw_fd(own as RawFd) };
+        if let Some(fd) = super::super::blocking::pidfd_open(1) {
             assert!(reap_own(&fd).is_none());
         }
     }

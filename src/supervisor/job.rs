@@ -359,14 +359,13 @@ impl Job {
             self.lock.share()
         })();
         let mut lock = setup.map_err(|e| format!("cannot prepare the run keeper: {e}"))?;
-        let env = runner::agent_env(&spec.inherit, &spec.env);
+        let mut env = runner::agent_env(&spec.inherit, &spec.env);
         // Forked by the launcher, when there is one and it can take the run;
         // else started by exec. The launcher is asked off the async threads
         // (it may have to be started, or be slow to answer).
         if self.ctx.launcher.is_some() && self.ctx.keeper.small_binary().is_some() {
             use crate::run::launcher::Refused;
-            let (ctx, run_dir_owned, env_c) =
-                (self.ctx.clone(), run_dir.to_path_buf(), env.clone());
+            let (ctx, run_dir_owned) = (self.ctx.clone(), run_dir.to_path_buf());
             let asked = tokio::task::spawn_blocking(move || {
                 let handed: [Option<&dyn std::os::fd::AsFd>; 3] = [
                     Some(&lock),
@@ -376,16 +375,16 @@ impl Job {
                         .map(|s| &s.file as &dyn std::os::fd::AsFd),
                 ];
                 let r = match &ctx.launcher {
-                    Some(l) => l.spawn(&run_dir_owned, &ctx.layout.root, env_c, handed),
+                    Some(l) => l.spawn(&run_dir_owned, &ctx.layout.root, &env, handed),
                     None => Err(Refused::NotStarted(std::io::Error::other("no launcher"))),
                 };
-                (r, lock, slot, tree_slot)
+                (r, lock, slot, tree_slot, env)
             })
             .await;
-            let Ok((r, l, s, t)) = asked else {
+            let Ok((r, l, s, t, e)) = asked else {
                 return Err("cannot start the run keeper: its launcher call panicked".into());
             };
-            (lock, slot, tree_slot) = (l, s, t);
+            (lock, slot, tree_slot, env) = (l, s, t, e);
             match r {
                 Ok(f) => return Ok(KeeperChild::Forked(f)),
                 Err(Refused::NotStarted(e)) => {
