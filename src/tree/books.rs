@@ -246,41 +246,37 @@ pub fn same_process(pid: u32, start: u64) -> bool {
 /// The task files in one state directory: (name, extension), sorted by name.
 pub fn list(layout: &Layout, s: State) -> io::Result<Vec<(String, String)>> {
     let mut out = Vec::new();
-    let rd = match fs::read_dir(layout.dir(s)) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(e),
-    };
-    for ent in rd {
-        let ent = ent?;
-        let Some(fname) = ent.file_name().to_str().map(str::to_owned) else {
-            continue;
-        };
-        if let crate::parse::task::Entry::Task { name, ext } = crate::parse::task::classify(&fname)
+    let listed = crate::tree::fsx::for_each_name(layout.dir(s), |fname| {
+        if let Ok(fname) = std::str::from_utf8(fname)
+            && let crate::parse::task::Entry::Task { name, ext } =
+                crate::parse::task::classify(fname)
         {
             out.push((name.to_owned(), ext.to_owned()));
         }
+    });
+    match listed {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        r => r?,
     }
     out.sort();
     Ok(out)
 }
 
-/// Counts the task files in one state directory without stat-ing them.
+/// Counts the task files in one state directory without stat-ing them (or
+/// allocating per entry: `status` lists 100,000 pending names this way).
 pub fn count(layout: &Layout, s: State) -> usize {
-    fs::read_dir(layout.dir(s))
-        .map(|rd| {
-            rd.filter_map(Result::ok)
-                .filter(|e| {
-                    e.file_name().to_str().is_some_and(|n| {
-                        matches!(
-                            crate::parse::task::classify(n),
-                            crate::parse::task::Entry::Task { .. }
-                        )
-                    })
-                })
-                .count()
-        })
-        .unwrap_or(0)
+    let mut n = 0;
+    let _ = crate::tree::fsx::for_each_name(layout.dir(s), |name| {
+        if let Ok(name) = std::str::from_utf8(name)
+            && matches!(
+                crate::parse::task::classify(name),
+                crate::parse::task::Entry::Task { .. }
+            )
+        {
+            n += 1;
+        }
+    });
+    n
 }
 
 /// Whether a path exists without following a final symlink.

@@ -586,9 +586,95 @@ pub fn child(dir: &Path, name: &str) -> PathBuf {
     dir.join(name)
 }
 
+/// Calls `f` with the name of every entry of `dir` but `.` and `..`, in
+/// directory order, read with `getdents64` into one 64 KiB buffer: nothing
+/// is allocated per entry, as with `ls -f`. For counting large directories
+/// (`status` with 100,000 pending), where `read_dir`'s allocation per entry
+/// was a fifth of the time.
+pub fn for_each_name(dir: &Path, mut f: impl FnMut(&[u8])) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let d = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(dir)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    // struct linux_dirent64: d_ino (8 bytes), d_off (8), d_reclen (2),
+    // d_type (1), then the name, NUL-terminated and padded.
+    const NAME_AT: usize = 19;
+    loop {
+        // SAFETY: getdents64 writes at most `buf.len()` bytes into `buf`,
+        // from a descriptor we own.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_getdents64,
+                d.as_raw_fd(),
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        let n = n as usize;
+        if n == 0 {
+            return Ok(());
+        }
+        let mut at = 0;
+        while at + NAME_AT <= n {
+            let len = usize::from(u16::from_ne_bytes([buf[at + 16], buf[at + 17]]));
+            if len <= NAME_AT || at + len > n {
+                return Err(io::Error::other(format!(
+                    "{}: a directory entry the kernel returned is malformed",
+                    dir.display()
+                )));
+            }
+            let raw = &buf[at + NAME_AT..at + len];
+            let name = &raw[..memchr::memchr(0, raw).unwrap_or(raw.len())];
+            if name != b"." && name != b".." {
+                f(name);
+            }
+            at += len;
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    /// Every entry, once, whatever the buffer refills: the same names as
+    /// `read_dir` over a directory larger than one buffer, odd names too.
+    #[test]
+    fn for_each_name_lists_what_read_dir_lists() {
+        use std::os::unix::ffi::{OsStrExt, OsStringExt};
+        let dir = std::env::temp_dir().join(format!("mailroom-names-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        // 3,000 entries of up to 200 bytes: several 64 KiB reads.
+        for i in 0..3000 {
+            let name = format!("{i:05}-{}", "x".repeat(i % 190));
+            fs::write(dir.join(name), b"").unwrap();
+        }
+        fs::write(dir.join("é ünïcode.yaml"), b"").unwrap();
+        fs::write(dir.join(std::ffi::OsStr::from_bytes(b"bad-\xff.yaml")), b"").unwrap();
+        fs::create_dir(dir.join("sub")).unwrap();
+        let mut got = Vec::new();
+        for_each_name(&dir, |n| got.push(n.to_vec())).unwrap();
+        let mut want: Vec<Vec<u8>> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_vec())
+            .collect();
+        got.sort();
+        want.sort();
+        assert_eq!(got.len(), 3003);
+        assert_eq!(got, want);
+        assert!(for_each_name(&dir.join("missing"), |_| {}).is_err());
+        fs::remove_dir_all(&dir).unwrap();
+    }
 
     /// Group commit: every caller returns only after a flush that started
     /// after its call succeeded, and callers that overlap share flushes.
