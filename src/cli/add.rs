@@ -300,20 +300,33 @@ fn check_task_file_name(f: &Path) -> Result<()> {
     }
 }
 
-/// A readable, time-ordered name: `<slug>-<yyyymmddThhmmss>`.
+/// A readable, time-ordered name: `<slug>-<yyyymmddThhmmss>`. The slug is
+/// the description's first words, lower-cased, in whatever script they are
+/// written (`héllo-wörld`, `日本語のタスク`), up to 32 characters; anything
+/// but letters and digits separates words (so no slash, dot, space, control
+/// or bidi character reaches the name). A first word longer than that is cut.
 fn generated_name(desc: &str) -> String {
+    const MAX_CHARS: usize = 32;
     let mut slug = String::new();
+    let mut chars = 0;
     for w in desc
-        .split(|c: char| !c.is_ascii_alphanumeric())
+        .split(|c: char| !c.is_alphanumeric())
         .filter(|w| !w.is_empty())
     {
-        if slug.len() + w.len() > 32 {
+        let n = w.chars().count();
+        let room = MAX_CHARS.saturating_sub(chars + usize::from(!slug.is_empty()));
+        if n > room {
+            if slug.is_empty() {
+                slug.extend(w.chars().take(MAX_CHARS).flat_map(char::to_lowercase));
+            }
             break;
         }
         if !slug.is_empty() {
             slug.push('-');
+            chars += 1;
         }
-        slug.push_str(&w.to_ascii_lowercase());
+        slug.extend(w.chars().flat_map(char::to_lowercase));
+        chars += n;
     }
     if slug.is_empty() {
         slug.push_str("task");
@@ -324,4 +337,45 @@ fn generated_name(desc: &str) -> String {
         .filter(|c| c.is_ascii_digit() || *c == 'T')
         .collect();
     format!("{slug}-{ts}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::generated_name;
+
+    fn slug(desc: &str) -> String {
+        let n = generated_name(desc);
+        let (slug, ts) = n.rsplit_once('-').unwrap();
+        assert_eq!(ts.len(), "20260115T100000".len(), "{n}");
+        slug.to_owned()
+    }
+
+    #[test]
+    fn names_keep_the_words_of_any_script() {
+        assert_eq!(
+            slug("Write a haiku about queues"),
+            "write-a-haiku-about-queues"
+        );
+        assert_eq!(slug("Héllo Wörld, ça va?"), "héllo-wörld-ça-va");
+        assert_eq!(slug("日本語のタスク"), "日本語のタスク");
+        assert_eq!(slug("Ünïcödé ONLY"), "ünïcödé-only");
+        // Nothing that could be a path, an option or a hidden file.
+        assert_eq!(slug("-rf / ../etc/passwd"), "rf-etc-passwd");
+        assert_eq!(slug("!!! ..."), "task");
+        assert_eq!(slug("a\u{202e}b\tc\u{0}d"), "a-b-c-d");
+        // At most 32 characters of words; a longer first word is cut.
+        assert_eq!(
+            slug("one two three four five six seven eight"),
+            "one-two-three-four-five-six"
+        );
+        assert_eq!(slug(&"あ".repeat(50)), "あ".repeat(32));
+        for d in [
+            "x",
+            &"ü".repeat(300),
+            "日本語 のタスク を 実行して ください",
+        ] {
+            let n = generated_name(d);
+            assert!(crate::parse::task::check_name(&n).is_ok(), "{n}");
+        }
+    }
 }

@@ -117,7 +117,8 @@ pub enum Command {
         /// high, normal or low (as in a task file: also medium, 0, 1, 2).
         #[arg(long, value_parser = priority_arg, add = ArgValueCandidates::new(complete::priorities))]
         priority: Option<String>,
-        /// The task's name (its file name without the extension); generated when absent.
+        /// The task's name (its file name without the extension); when absent, made
+        /// from the description's first words (any script) and the time.
         #[arg(long, value_parser = name_arg)]
         name: Option<String>,
         /// Submit this task file as is: .yaml, .yml, or .md (YAML front
