@@ -58,8 +58,22 @@ impl Supervisor {
     }
 
     /// Files away what can never run, then claims and starts as many tasks
-    /// as capacity allows, in queue order.
+    /// as capacity allows, in queue order. A pending file that left (a
+    /// second file of a completed name, filed as a clash at its claim, or one
+    /// removed) may have been all that kept the tasks waiting for its name
+    /// (a name is not "completed" while a file of it is pending): they are
+    /// placed again and the pass repeats.
     pub(super) fn schedule(&mut self) {
+        loop {
+            self.schedule_pass();
+            if !std::mem::take(&mut self.name_freed) {
+                break;
+            }
+            self.replace_waiting();
+        }
+    }
+
+    fn schedule_pass(&mut self) {
         if self.stopping.is_some() {
             return;
         }

@@ -226,6 +226,9 @@ pub struct Supervisor {
     unsettled: BTreeSet<String>,
     /// Pending files that will never run, to be filed in `failed/`.
     rejects: BTreeMap<String, ResultRecord>,
+    /// A pending file was forgotten while tasks wait: they are placed again
+    /// at the end of the scheduling pass (see `schedule`).
+    name_freed: bool,
     /// Agents cooling down after a usage limit: until when, and why.
     cooldowns: HashMap<String, (SystemTime, String)>,
     /// What agents spent (from `context/completed_tasks.jsonl`).
@@ -345,6 +348,7 @@ impl Supervisor {
             waiting: BTreeSet::new(),
             unsettled: BTreeSet::new(),
             rejects: BTreeMap::new(),
+            name_freed: false,
             cooldowns: HashMap::new(),
             ledger: Default::default(),
             over_budget: HashMap::new(),

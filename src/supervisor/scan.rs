@@ -259,6 +259,7 @@ impl Supervisor {
     }
 
     pub(super) fn forget(&mut self, name: &str) {
+        self.name_freed |= self.pending.contains_key(name) && !self.waiting.is_empty();
         self.pending.remove(name);
         self.queue.remove(name);
         self.waiting.remove(name);

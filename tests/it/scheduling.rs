@@ -674,6 +674,71 @@ fn a_reject_whose_lock_is_held_is_filed_when_it_is_free() {
     assert_eq!(root.record("failed", "d")["outcome"], "dependency");
 }
 
+/// A task waiting for `b` while a second file named `b` sits in `pending/`
+/// (dropped while the first `b` ran) goes as soon as that second file is
+/// filed as a clash, not at the next full rescan (an hour away here): it
+/// waited for it alone, as `b` was not "completed" while a file of its name
+/// was still pending.
+#[test]
+fn a_dependant_goes_when_a_second_file_of_its_dependency_is_filed_as_a_clash() {
+    let script = "if [ \"$MAILROOM_TASK\" = b ]; then while [ ! -e \"$MAILROOM_ROOT/release\" ]; do sleep 0.02; done; fi; echo done";
+    let root = Root::new()
+        .config(&format!(
+            "retries: 0\nrescan_interval: 1h\nsettle: 1h\nconcurrency: 2\nagents:\n  s:\n    command: [/bin/sh, -c, {script:?}]\n    max_instances: 2\n"
+        ))
+        .task("b.yaml", "description: first b\n");
+    let sup_log = || -> String {
+        root.entries(".")
+            .iter()
+            .filter(|e| e.starts_with("sup-"))
+            .map(|e| root.read(e))
+            .collect()
+    };
+    let _sup = root.spawn_with(&[("RUST_LOG", "mailroom=debug")]);
+    wait_for(Duration::from_secs(60), "b to run", || {
+        root.exists("tasks/assigned/b.yaml")
+    });
+    let drop_in = |name: &str, content: &str| {
+        root.write(&format!("tasks/tmp/{name}"), content);
+        std::fs::rename(
+            root.p(&format!("tasks/tmp/{name}")),
+            root.p(&format!("tasks/pending/{name}")),
+        )
+        .unwrap();
+    };
+    drop_in("b.yaml", "description: second b\n");
+    drop_in("c.yaml", "description: c\nafter: [b]\n");
+    wait_for(Duration::from_secs(30), "c to wait for b", || {
+        sup_log().contains("waiting for b")
+    });
+    root.write("release", "");
+    wait_for(
+        Duration::from_secs(30),
+        "the second b to be filed as a clash",
+        || root.exists("tasks/failed/b.clash-1.result.json"),
+    );
+    wait_for(
+        Duration::from_secs(30),
+        "c to complete once b has and its second file is filed",
+        || root.exists("tasks/completed/c.result.json"),
+    );
+    assert_eq!(root.record("completed", "b")["status"], "completed");
+    assert_eq!(root.record("failed", "b.clash-1")["outcome"], "clash");
+    // The same when the second file goes away: here one that does not parse
+    // (and is given an hour to settle), then removed.
+    drop_in("b.yaml", "description: [unclosed\n");
+    drop_in("d.yaml", "description: d\nafter: [b]\n");
+    wait_for(Duration::from_secs(30), "d to wait for b", || {
+        sup_log().contains("waiting for b task=d") || sup_log().contains("waiting for b task=\"d\"")
+    });
+    std::fs::remove_file(root.p("tasks/pending/b.yaml")).unwrap();
+    wait_for(
+        Duration::from_secs(30),
+        "d to complete once the second b is gone",
+        || root.exists("tasks/completed/d.result.json"),
+    );
+}
+
 /// A CLI's JSON result cut at `max_output_bytes` is no answer: the context
 /// says there is none, and never holds a piece of the envelope.
 #[test]
