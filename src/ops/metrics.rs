@@ -16,6 +16,9 @@ const BUCKETS: [f64; 10] = [
 #[derive(Debug, Default)]
 pub struct Metrics {
     runs: BTreeMap<(String, String), u64>,
+    /// Every attempt that ended (retried and requeued ones too), by agent
+    /// and the attempt's own outcome.
+    attempts: BTreeMap<(String, String), u64>,
     /// Per agent: bucket counts, sum, count.
     durations: BTreeMap<String, ([u64; BUCKETS.len()], f64, u64)>,
     /// Something changed since the file was last written.
@@ -50,6 +53,16 @@ impl Metrics {
         if let Some(s) = secs {
             self.observe(agent, s);
         }
+    }
+
+    /// An attempt on `agent` ended with `outcome`: the task's last, or one
+    /// retried, requeued or cooled down after.
+    pub fn attempt(&mut self, agent: &str, outcome: &str) {
+        *self
+            .attempts
+            .entry((agent.to_owned(), outcome.to_owned()))
+            .or_default() += 1;
+        self.dirty = true;
     }
 
     /// `n` tasks that ended with `outcome` on `agent`, without durations
@@ -116,6 +129,20 @@ impl Metrics {
             let _ = writeln!(
                 o,
                 "mailroom_runs_total{{agent=\"{}\",outcome=\"{}\"}} {n}",
+                esc(a),
+                esc(out)
+            );
+        }
+        head(
+            &mut o,
+            "mailroom_attempts_total",
+            "counter",
+            "Attempts that ended here (retried and requeued ones too), by agent and the attempt's outcome, since this supervisor started.",
+        );
+        for ((a, out), n) in &self.attempts {
+            let _ = writeln!(
+                o,
+                "mailroom_attempts_total{{agent=\"{}\",outcome=\"{}\"}} {n}",
                 esc(a),
                 esc(out)
             );

@@ -321,7 +321,7 @@ impl Job {
             .last_step(move |layout, name, ext| recovery::recover(layout, name, ext, retries, None))
             .await;
         match res {
-            Some(Ok((Decision::Requeue { .. }, _))) => JobEnd::Requeued,
+            Some(Ok((Decision::Requeue { .. }, _))) => JobEnd::Requeued(None),
             Some(Ok((Decision::Fail { record, .. }, _))) => {
                 JobEnd::Done(Status::Failed, record.outcome, None)
             }

@@ -429,7 +429,7 @@ impl Job {
         let until = self.limit_until(&limit);
         self.note_limit(&mut st, &limit, free);
         match self.requeue_or_keep(st).await {
-            JobEnd::Requeued => JobEnd::Limited {
+            JobEnd::Requeued(_) => JobEnd::Limited {
                 until,
                 message: limit.message,
             },
@@ -559,11 +559,18 @@ impl Job {
     }
 
     pub(super) async fn requeue_or_keep(self, st: TaskState) -> JobEnd {
+        // The attempt that ended is the last of the history (none: a run
+        // that never started, such as one a shutdown put back).
+        let ended = st
+            .history
+            .last()
+            .filter(|a| a.attempt == st.attempts)
+            .map(|a| a.outcome);
         match self
             .last_step(move |layout, name, ext| moves::requeue(layout, name, ext, &st))
             .await
         {
-            Some(Ok(())) => JobEnd::Requeued,
+            Some(Ok(())) => JobEnd::Requeued(ended),
             Some(Err(e)) => {
                 error!(error = %e, "requeue failed; recovery will retry it");
                 JobEnd::Stuck

@@ -405,6 +405,7 @@ impl Supervisor {
         self.metrics.dirty = true;
         match end {
             JobEnd::Done(st, outcome, secs) => {
+                self.metrics.attempt(&agent, outcome.as_str());
                 self.metrics.finished(&agent, outcome.as_str(), secs);
                 if outcome == Outcome::Limited {
                     // A task that failed on a limit (past its free ones):
@@ -419,13 +420,17 @@ impl Supervisor {
                 // Tasks that wait for this one may go (or fail) now.
                 self.replace_waiting();
             }
-            JobEnd::Requeued => {
+            JobEnd::Requeued(ended) => {
+                if let Some(o) = ended {
+                    self.metrics.attempt(&agent, o.as_str());
+                }
                 self.summary.requeued += 1;
                 self.stateful.insert(name.clone());
                 // Requeued: its file is back in pending/.
                 self.examine_name(&name);
             }
             JobEnd::Limited { until, message } => {
+                self.metrics.attempt(&agent, Outcome::Limited.as_str());
                 warn!(
                     agent = %agent,
                     until = %record::ts(until),

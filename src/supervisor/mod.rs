@@ -146,12 +146,11 @@ enum Event {
 enum JobEnd {
     /// Filed in completed/ or failed/, with the outcome and the run's length.
     Done(Status, Outcome, Option<f64>),
-    Requeued,
+    /// Back in `pending/` for another attempt, with the outcome of the one
+    /// that ended (None: a run recovery found without an outcome).
+    Requeued(Option<Outcome>),
     /// The agent hit a usage limit: it cools down, the task went back to `pending/`.
-    Limited {
-        until: SystemTime,
-        message: String,
-    },
+    Limited { until: SystemTime, message: String },
     /// The commit could not be written; the task stays in `assigned/` for recovery.
     Stuck,
 }

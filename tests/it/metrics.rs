@@ -2,6 +2,7 @@
 
 use crate::common::*;
 use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
 
 /// Parses the Prometheus text exposition format strictly enough to catch a
 /// malformed line: `# HELP`/`# TYPE` comments, then `name{labels} value`.
@@ -149,6 +150,68 @@ fn tokens_and_cost_the_clis_reported_are_counted_for_every_attempt() {
     );
     let cost = m["mailroom_cost_usd_total{agent=\"paid\"}"];
     assert!((cost - 2.4).abs() < 1e-9, "{text}");
+}
+
+/// `mailroom_runs_total` counts tasks by their last run; the attempts that
+/// were retried or put back on a usage limit are in `mailroom_attempts_total`,
+/// by their own outcome, so that flaky agents and limits can be alerted on.
+#[test]
+fn attempts_retried_or_requeued_on_a_limit_are_counted() {
+    let flaky = "if [ \"$MAILROOM_ATTEMPT\" = 1 ]; then exit 3; fi; echo fine";
+    let root = Root::new()
+        .config(&format!(
+            "retries: 1\nretry_delay: 20ms\nmetrics_file: metrics.prom\nagents:\n  flaky:\n    command: [/bin/sh, -c, {flaky:?}]\n  claude:\n    command: [{:?}]\n    kind: claude\n    fallback: [backup]\n    env:\n      LIMIT_MSG: \"Claude AI usage limit reached|{}\"\n      LIMIT_EXIT: \"1\"\n  backup:\n    command: [{:?}]\n",
+            agent("limited.sh"),
+            (SystemTime::now() + Duration::from_secs(7200))
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_secs(),
+            agent("ok.sh")
+        ))
+        .task("a.yaml", "description: x\nagent: flaky\n")
+        .task("b.yaml", "description: y\nagent: flaky\n")
+        .task("c.yaml", "description: z\nagent: claude\n");
+    root.run_until_idle();
+    assert_eq!(root.names("completed"), vec!["a", "b", "c"]);
+    let text = root.read("metrics.prom");
+    let m = parse(&text);
+    let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
+    assert_eq!(
+        get("mailroom_runs_total{agent=\"flaky\",outcome=\"success\"}"),
+        2.0,
+        "{text}"
+    );
+    assert_eq!(
+        get("mailroom_runs_total{agent=\"flaky\",outcome=\"exit\"}"),
+        0.0,
+        "{text}"
+    );
+    assert_eq!(
+        get("mailroom_attempts_total{agent=\"flaky\",outcome=\"exit\"}"),
+        2.0,
+        "{text}"
+    );
+    assert_eq!(
+        get("mailroom_attempts_total{agent=\"flaky\",outcome=\"success\"}"),
+        2.0,
+        "{text}"
+    );
+    // The limited attempt, then the fallback's run that completed the task.
+    assert_eq!(
+        get("mailroom_attempts_total{agent=\"claude\",outcome=\"limited\"}"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        get("mailroom_attempts_total{agent=\"backup\",outcome=\"success\"}"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        get("mailroom_runs_total{agent=\"backup\",outcome=\"success\"}"),
+        1.0,
+        "{text}"
+    );
 }
 
 #[test]
