@@ -1318,6 +1318,92 @@ fn poll_page(
     }
 }
 
+/// A running task's output box follows the output from the bottom, as
+/// `tail -f` does, also across the swaps of the page's <main> that every
+/// change in the tree brings; scrolled up by the reader, it stays there.
+#[test]
+fn the_live_output_box_keeps_its_scroll_across_page_updates() {
+    let (Some(chromium), Some(driver)) = (
+        crate::webdriver::find(&["chromium", "chromium-browser", "google-chrome"]),
+        crate::webdriver::find(&["chromedriver"]),
+    ) else {
+        require(
+            false,
+            "headless Chromium and its WebDriver (apt-get install chromium chromium-driver)",
+        );
+        return;
+    };
+    let talk = "i=0; while :; do i=$((i+1)); echo \"line $i of a long run\"; sleep 0.01; done";
+    let root = Root::new()
+        .config(&format!(
+            "settle: 100ms\nretries: 0\nconcurrency: 2\nagents:\n  talk:\n    command: [/bin/sh, -c, {talk:?}]\n    max_instances: 2\n"
+        ))
+        .task("talker.yaml", "description: talks\n");
+    let _sup = root.spawn();
+    wait_for(Duration::from_secs(20), "talker running", || {
+        root.exists("tasks/assigned/talker.yaml")
+    });
+    let srv = Server::start(&root);
+    let profile = root.p("chromium-profile");
+    let b = crate::webdriver::Browser::start(&driver, &chromium, &profile);
+    b.goto(&srv.url("/tasks/talker"));
+    // [lines shown, at the bottom, scrollTop, <main>'s generation]
+    let probe = "var el = document.getElementById('live-output'); \
+                 var m = document.querySelector('main'); \
+                 if (!el) return null; \
+                 return [el.textContent.split('\\n').length, \
+                         el.scrollTop + el.clientHeight >= el.scrollHeight - 4, \
+                         el.scrollTop, Number(m.getAttribute('data-generation') || 0)];";
+    let (v, _) = poll_page(
+        &b,
+        "an output longer than its box",
+        Duration::from_secs(20),
+        probe,
+        |v| v[0].as_u64().is_some_and(|n| n > 150) && v[2].as_f64().is_some_and(|t| t > 0.0),
+    );
+    assert_eq!(v[1], true, "not following the output: {v}");
+    // A change in the tree swaps <main>: the box still follows.
+    let swapped = |after: u64| {
+        root.write(
+            &format!("tasks/tmp/other{after}.yaml"),
+            "description: other\nagent: talk\n",
+        );
+        std::fs::rename(
+            root.p(&format!("tasks/tmp/other{after}.yaml")),
+            root.p(&format!("tasks/pending/other{after}.yaml")),
+        )
+        .unwrap();
+        poll_page(&b, "<main> swapped", Duration::from_secs(20), probe, |v| {
+            v[3].as_u64().is_some_and(|g| g > after)
+        })
+        .0
+    };
+    let g = v[3].as_u64().unwrap();
+    let v = swapped(g);
+    let (v, _) = poll_page(
+        &b,
+        "more output after the swap",
+        Duration::from_secs(10),
+        probe,
+        |w| w[0].as_u64() > v[0].as_u64(),
+    );
+    assert_eq!(v[1], true, "the swap lost the bottom: {v}");
+    // Scrolled up by the reader: it stays there through appends and swaps.
+    b.eval("var el = document.getElementById('live-output'); el.scrollTop = 40; el.dispatchEvent(new Event('scroll')); return true;");
+    let g = v[3].as_u64().unwrap();
+    let v = swapped(g);
+    let (v, _) = poll_page(
+        &b,
+        "more output after the second swap",
+        Duration::from_secs(10),
+        probe,
+        |w| w[0].as_u64() > v[0].as_u64(),
+    );
+    assert_eq!(v[1], false, "dragged back to the bottom: {v}");
+    assert_eq!(v[2].as_f64(), Some(40.0), "{v}");
+    stop_runs_of(&root.path);
+}
+
 #[test]
 fn a_browser_sees_a_task_appear_and_complete_without_a_reload_and_cancels_a_running_one() {
     let (Some(chromium), Some(driver)) = (

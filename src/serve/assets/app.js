@@ -37,6 +37,7 @@
           if (d) d.open = true;
         });
         fresh.setAttribute("data-generation", String(generation));
+        keepScroll(document.getElementById("live-output"));
         old.replaceWith(document.adoptNode(fresh));
         follow();
         var t = doc.querySelector("title");
@@ -51,21 +52,33 @@
 
   // A running task's output: one stream per page, kept across the swaps of
   // <main>; its text is painted into whichever #live-output is current.
+  // Its scroll is kept too: at the bottom it follows the output (as tail -f
+  // does, from the start), scrolled up it stays where the reader left it,
+  // and a fresh <main> takes over either.
   var outSrc = null, outEs = null, outText = "";
+  var outStick = true, outTop = 0;
   var OUT_MAX = 512 * 1024;
+  function keepScroll(el) {
+    if (!el || !el.hasAttribute("data-painted")) return;
+    outStick = el.scrollTop + el.clientHeight >= el.scrollHeight - 4;
+    outTop = el.scrollTop;
+  }
   function paintOutput() {
     var el = document.getElementById("live-output");
     if (!el) return;
-    var stick = el.scrollTop + el.clientHeight >= el.scrollHeight - 4;
+    keepScroll(el);
     el.textContent = outText;
-    if (stick) el.scrollTop = el.scrollHeight;
+    el.setAttribute("data-painted", "");
+    el.scrollTop = outStick ? el.scrollHeight : outTop;
   }
   function follow() {
     var el = document.getElementById("live-output");
     var src = el ? el.getAttribute("data-stream") : null;
     if (src === outSrc) { if (outSrc) paintOutput(); return; }
     if (outEs) { outEs.close(); outEs = null; }
+    outStick = true; outTop = 0;
     outSrc = src; outText = el ? el.textContent : "";
+    paintOutput();
     if (!src || !window.EventSource) return;
     outEs = new EventSource(src);
     outEs.addEventListener("reset", function (e) { outText = JSON.parse(e.data); paintOutput(); });
