@@ -176,6 +176,7 @@ impl Supervisor {
         match res {
             Ok(Some(l)) => Some(l),
             Ok(None) => {
+                self.second_file_of_a_run(name);
                 self.set_busy(name);
                 None
             }
@@ -185,6 +186,37 @@ impl Supervisor {
                 None
             }
         }
+    }
+
+    /// A pending file whose lock is held while `assigned/` has another file
+    /// of its name: a second file of a running task, which waits for the run
+    /// to end and is then filed as a clash. Said once, when first seen, so
+    /// that its writer does not wait for the run to hear it.
+    fn second_file_of_a_run(&mut self, name: &str) {
+        let key = format!("second-file:{name}");
+        if self.unrecoverable.contains(&key) {
+            return;
+        }
+        let layout = self.layout();
+        let Some(ext) = self.pending.get(name).map(|p| p.ext) else {
+            return;
+        };
+        let Some((running, _)) = layout.find(State::Assigned, name) else {
+            return;
+        };
+        // Gone from pending/ (another supervisor's claim in flight) or the
+        // same file (a requeue's link and unlink): not a second file.
+        let waiting = layout.task_file(State::Pending, name, ext);
+        if !books::exists(&waiting) || fsx::same_inode(&running, &waiting) {
+            return;
+        }
+        warn!(
+            task = name,
+            "a second file of this name is in tasks/pending/ while the task runs ({}); \
+             it waits, and is filed in tasks/failed/ as a clash when the run ends",
+            layout.rel(&running)
+        );
+        self.unrecoverable.insert(key);
     }
 
     /// Files a pending task straight into `failed/`, under its lock.

@@ -260,7 +260,9 @@ impl Supervisor {
 
     pub(super) fn forget(&mut self, name: &str) {
         self.name_freed |= self.pending.contains_key(name) && !self.waiting.is_empty();
-        self.pending.remove(name);
+        if self.pending.remove(name).is_some() {
+            self.unrecoverable.remove(&format!("second-file:{name}"));
+        }
         self.queue.remove(name);
         self.waiting.remove(name);
         self.unsettled.remove(name);

@@ -707,6 +707,15 @@ fn a_dependant_goes_when_a_second_file_of_its_dependency_is_filed_as_a_clash() {
         .unwrap();
     };
     drop_in("b.yaml", "description: second b\n");
+    // Said at once, not when the run ends.
+    wait_for(
+        Duration::from_secs(30),
+        "the second b to be reported",
+        || {
+            sup_log()
+                .contains("a second file of this name is in tasks/pending/ while the task runs")
+        },
+    );
     drop_in("c.yaml", "description: c\nafter: [b]\n");
     wait_for(Duration::from_secs(30), "c to wait for b", || {
         sup_log().contains("waiting for b")
