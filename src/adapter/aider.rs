@@ -312,4 +312,43 @@ mod tests {
         let r = run(&K, &fixture!("aider-0.86.1", "bad-flag"), &prompt("ok"));
         assert_eq!(r.outcome, Class::Failed(ErrorClass::Config));
     }
+
+    /// The stream dropped after the first words: aider prints them with
+    /// litellm's exception glued on, retries, and exits 0. Transient, and
+    /// the first words are no answer.
+    #[test]
+    fn a_cut_stream_is_transient_and_its_first_words_no_answer() {
+        let r = run(&K, &fixture!("aider-0.86.1", "cut"), &prompt("cut"));
+        assert_eq!(r.outcome, Class::Failed(ErrorClass::Transient));
+        assert_eq!(r.answer, "");
+        let m = r.message.unwrap();
+        assert!(m.contains("APIConnectionError"), "{m}");
+        assert!(m.contains("incomplete chunked read"), "{m}");
+    }
+
+    /// A 200 whose body is a proxy's page reads, to aider (litellm), as an
+    /// empty reply ("Empty response received from LLM", 0 tokens received):
+    /// no answer, a failure that says so. It cannot be told from a model
+    /// that answered nothing, so it is the task's, like that one.
+    #[test]
+    fn a_response_that_is_not_the_apis_is_no_answer() {
+        let r = run(&K, &fixture!("aider-0.86.1", "garbage"), &prompt("garbage"));
+        assert_eq!(r.outcome, Class::Failed(ErrorClass::Task));
+        assert_eq!(r.answer, "");
+        assert!(r.message.unwrap().contains("reply was empty"));
+    }
+
+    #[test]
+    fn overloaded_and_unreachable_are_transient() {
+        let r = run(
+            &K,
+            &fixture!("aider-0.86.1", "overloaded"),
+            &prompt("overloaded"),
+        );
+        assert_eq!(r.outcome, Class::Failed(ErrorClass::Transient));
+        assert!(r.message.unwrap().contains("overloaded"));
+        let r = run(&K, &fixture!("aider-0.86.1", "refused"), &prompt("ok"));
+        assert_eq!(r.outcome, Class::Failed(ErrorClass::Transient));
+        assert!(r.message.unwrap().contains("Connection error"));
+    }
 }
