@@ -60,6 +60,10 @@ PROMPT_429 = ("MOCK:ok-429 Our log says '429 Too Many Requests' and 'rate limit 
               "Explain in one sentence.")
 # A prompt that starts with an option of each CLI (-v: version/verbose).
 PROMPT_DASH = "-v MOCK:ok this task description starts with a dash"
+# A prompt with a URL (as an earlier task's error quoted in the context has): aider offers
+# to scrape it, and --yes-always accepts (in the namespace the fetch fails).
+PROMPT_URL = ("MOCK:garbage Reply with one short sentence. The last run said: You can find "
+              "your API key at https://platform.openai.com/account/api-keys.")
 
 
 def prompt_for(mode):
@@ -67,6 +71,8 @@ def prompt_for(mode):
         return PROMPT_429
     if mode.endswith("dash-v"):
         return PROMPT_DASH
+    if mode == "garbage-url":
+        return PROMPT_URL
     base = mode.split("-", 1)[1] if mode.startswith(("text-", "stream-")) else mode
     if base in ("untrusted", "no-git", "no-auth", "no-key", "refused", "bad-flag"):
         base = "ok"
@@ -202,7 +208,7 @@ def aider(mode, port, home):
 
 
 AIDER_MODES = ["ok", "ok-429", "429", "usage-limit", "500", "401", "hang", "dash-v",
-               "bad-flag", "cut", "garbage", "overloaded", "refused"]
+               "bad-flag", "cut", "garbage", "overloaded", "refused", "garbage-url"]
 
 CLIS = {"claude": (claude, CLAUDE_MODES), "codex": (codex, CODEX_MODES),
         "gemini": (gemini, GEMINI_MODES), "aider": (aider, AIDER_MODES)}

@@ -1522,6 +1522,13 @@ mod table {
             (
                 Kind::Aider,
                 "aider",
+                "garbage-url",
+                fixture!("aider-0.86.1", "garbage-url"),
+                "task",
+            ),
+            (
+                Kind::Aider,
+                "aider",
                 "overloaded",
                 fixture!("aider-0.86.1", "overloaded"),
                 "transient",
