@@ -11,6 +11,12 @@
 #   401         failed, misconfigured (error_class auth), one attempt
 #   500         failed, error_class transient (aider exits 0 on API errors; litellm
 #               retries a 500 itself for about 90 s first)
+#   cut         failed, transient (the stream drops after its first words; those words
+#               are no answer), after litellm's retries (about 70 s)
+#   garbage     failed, no answer (a proxy's HTML page with status 200: aider reads an
+#               empty reply)
+#   overloaded  failed, transient (503), after litellm's retries (about 80 s)
+#   refused     (a tree of its own, nothing listening) failed, transient
 #   429         (a tree of its own) the agent cools down, the task is requeued for free
 #
 # Usage: scripts/e2e-aider.sh [--venv DIR] [--bin MAILROOM] [--keep]
@@ -63,11 +69,11 @@ mock_pid=$!
 for _ in $(seq 100); do [[ -s "$work/mock.port" ]] && break; sleep 0.1; done
 port=$(cat "$work/mock.port")
 
-# A tree with the preset's agent, pointed at the mock. JSON is YAML.
-make_tree() { # DIR
+# A tree with the preset's agent, pointed at the mock (or at PORT). JSON is YAML.
+make_tree() { # DIR [PORT]
     "$bin" init "$1" >/dev/null
     mkdir -p "$work/home"
-    python3 - "$here/examples/presets/aider/mailroom.yaml" "$1/mailroom.yaml" "$port" \
+    python3 - "$here/examples/presets/aider/mailroom.yaml" "$1/mailroom.yaml" "${2:-$port}" \
         "$work/home" "$venv/bin" <<'EOF'
 import json, re, sys
 preset, out, port, home, venv_bin = sys.argv[1:]
@@ -112,7 +118,17 @@ task "$main" quotes "MOCK:ok-429 Our log says '429 Too Many Requests' and 'rate 
 task "$main" dash "-v MOCK:ok this task description starts with a dash"
 task "$main" badkey "MOCK:401 Reply with one short sentence."
 task "$main" servererr "MOCK:500 Reply with one short sentence."
+for fault in cut garbage overloaded; do
+    task "$main" "$fault" "MOCK:$fault Reply with one short sentence."
+done
 run "$main"
+
+# Nothing listens on a port the kernel just gave out and took back.
+closed=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+refused=$work/refused
+make_tree "$refused" "$closed"
+task "$refused" nowhere "MOCK:ok Reply with one short sentence."
+run "$refused"
 
 limited=$work/limited
 make_tree "$limited"
@@ -127,9 +143,9 @@ done
 kill -TERM "$sup" 2>/dev/null || true
 wait "$sup" 2>/dev/null || true
 
-python3 - "$main" "$limited" <<'EOF'
+python3 - "$main" "$limited" "$refused" <<'EOF'
 import json, os, sys
-main, limited = sys.argv[1:]
+main, limited, refused = sys.argv[1:]
 passed = failed = 0
 def rec(tree, state, name):
     p = os.path.join(tree, "tasks", state, name + ".result.json")
@@ -150,6 +166,17 @@ check("401", bool(r) and r["outcome"] == "misconfigured" and r.get("error_class"
 r = rec(main, "failed", "servererr")
 check("500", bool(r) and r.get("error_class") == "transient",
       r and f"{r['outcome']} {r.get('error_class')} attempts={r['attempts']}")
+def no_answer(tree, name):
+    out = open(os.path.join(tree, "context/agent_outputs", name + ".md")).read()
+    return "(no answer" in out and "MOCK ANSWER" not in out
+for tree, name, case, cls in [(main, "cut", "cut", "transient"),
+                              (main, "garbage", "garbage", "task"),
+                              (main, "overloaded", "overloaded", "transient"),
+                              (refused, "nowhere", "refused", "transient")]:
+    r = rec(tree, "failed", name)
+    check(case, bool(r) and r.get("error_class") == cls and no_answer(tree, name),
+          r and f"{r['outcome']} {r.get('error_class')}: {r.get('error', '')[:160]}"
+          or "not failed")
 check("no cooldown from answers", not os.listdir(os.path.join(main, "tasks/cooldowns")),
       str(os.listdir(os.path.join(main, "tasks/cooldowns"))))
 st = os.path.join(limited, "tasks/assigned/limited.state.json")

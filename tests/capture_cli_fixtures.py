@@ -60,6 +60,10 @@ PROMPT_429 = ("MOCK:ok-429 Our log says '429 Too Many Requests' and 'rate limit 
               "Explain in one sentence.")
 # A prompt that starts with an option of each CLI (-v: version/verbose).
 PROMPT_DASH = "-v MOCK:ok this task description starts with a dash"
+# A prompt with a URL (as an earlier task's error quoted in the context has): aider offers
+# to scrape it, and --yes-always accepts (in the namespace the fetch fails).
+PROMPT_URL = ("MOCK:garbage Reply with one short sentence. The last run said: You can find "
+              "your API key at https://platform.openai.com/account/api-keys.")
 
 
 def prompt_for(mode):
@@ -67,6 +71,8 @@ def prompt_for(mode):
         return PROMPT_429
     if mode.endswith("dash-v"):
         return PROMPT_DASH
+    if mode == "garbage-url":
+        return PROMPT_URL
     base = mode.split("-", 1)[1] if mode.startswith(("text-", "stream-")) else mode
     if base in ("untrusted", "no-git", "no-auth", "no-key", "refused", "bad-flag"):
         base = "ok"
@@ -111,7 +117,8 @@ def claude(mode, port, home):
 
 CLAUDE_MODES = ["ok", "ok-429", "429", "usage-limit", "500", "401", "hang", "dash-v",
                 "bad-flag", "stream-ok", "stream-429", "empty", "refused",
-                "text-ok", "text-ok-429", "text-429", "text-401", "text-500"]
+                "text-ok", "text-ok-429", "text-429", "text-401", "text-500",
+                "cut", "garbage", "overloaded", "stream-cut"]
 
 
 def codex(mode, port, home):
@@ -139,7 +146,7 @@ def codex(mode, port, home):
 CODEX_MODES = ["ok", "ok-429", "429", "usage-limit", "500", "401", "hang", "dash-v", "no-git",
                "bad-flag", "empty", "no-key", "refused-hang",
                "text-ok", "text-ok-429", "text-429", "text-usage-limit", "text-500",
-               "text-401", "text-hang"]
+               "text-401", "text-hang", "cut", "garbage", "overloaded"]
 
 
 def gemini_settings(home, auth=True):
@@ -162,8 +169,10 @@ def gemini(mode, port, home):
     if mode == "no-auth":
         home = home + "-noauth"
         gemini_settings(home, auth=False)
+    # refused: nothing listens on port 1 (inside the capture's network namespace).
+    url = "http://127.0.0.1:1" if mode == "refused" else f"http://127.0.0.1:{port}"
     env = {"HOME": home, "GEMINI_API_KEY": "mock-key",
-           "GOOGLE_GEMINI_BASE_URL": f"http://127.0.0.1:{port}",
+           "GOOGLE_GEMINI_BASE_URL": url,
            "GEMINI_TELEMETRY_ENABLED": "false"}
     if mode == "no-key":
         # The API-key auth type is selected, but no key is set.
@@ -181,11 +190,13 @@ def gemini(mode, port, home):
 
 GEMINI_MODES = ["ok", "ok-429", "429", "usage-limit", "500", "401", "hang", "dash-v",
                 "untrusted", "no-auth", "bad-flag", "stream-ok", "stream-429", "empty",
-                "no-key"]
+                "no-key", "cut", "garbage", "overloaded", "refused"]
 
 def aider(mode, port, home):
     # aider talks to the mock through litellm's OpenAI-compatible route (chat completions).
-    env = {"HOME": home, "OPENAI_API_BASE": f"http://127.0.0.1:{port}/v1",
+    # refused: nothing listens on port 1 (inside the capture's network namespace).
+    url_port = 1 if mode == "refused" else port
+    env = {"HOME": home, "OPENAI_API_BASE": f"http://127.0.0.1:{url_port}/v1",
            "OPENAI_API_KEY": "sk-mock", "LITELLM_LOCAL_MODEL_COST_MAP": "True",
            "AIDER_ANALYTICS": "false", "AIDER_CHECK_UPDATE": "false"}
     argv = ["aider", "--model", "openai/mock-gpt", "--yes-always", "--no-auto-commits",
@@ -197,7 +208,7 @@ def aider(mode, port, home):
 
 
 AIDER_MODES = ["ok", "ok-429", "429", "usage-limit", "500", "401", "hang", "dash-v",
-               "bad-flag"]
+               "bad-flag", "cut", "garbage", "overloaded", "refused", "garbage-url"]
 
 CLIS = {"claude": (claude, CLAUDE_MODES), "codex": (codex, CODEX_MODES),
         "gemini": (gemini, GEMINI_MODES), "aider": (aider, AIDER_MODES)}

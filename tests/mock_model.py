@@ -27,6 +27,18 @@ chooses it), else the server's default (--scenario, or $MOCK_SCENARIO, else "ok"
               "hang" until the request also carries mailroom's continuation prompt ("was
               cut off"), then "ok": a run cut off by its timeout and resumed in its session
               sends the earlier conversation (with this marker) and the continuation
+  cut         a dropped connection mid-answer: HTTP 200, the stream starts (chunked, a first
+              text delta "MOCK ANSWER: "), then the server closes the connection without
+              the final chunk or the final event (no message_stop, response.completed,
+              [DONE] or finishReason); a plain JSON answer is cut after its first half
+  garbage     HTTP 200 whose body is not the API's: an HTML error page of a proxy
+              (Content-Type: text/html), for streaming and plain requests alike
+  overloaded  the provider is overloaded: Anthropic HTTP 529 overloaded_error; OpenAI HTTP
+              503 server_error "overloaded"; Gemini HTTP 503 UNAVAILABLE "The model is
+              overloaded"
+
+An unreachable endpoint (nothing listening, connection refused) is not a scenario: point the
+CLI at a port where no server listens.
 
 Lifetime: the server exits when its parent process dies, after --lifetime seconds (default
 900), or on SIGTERM/SIGINT. The port (0 = pick a free one) is printed on stdout as
@@ -42,13 +54,15 @@ import json
 import os
 import re
 import signal
+import socket
 import sys
 import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-SCENARIOS = ("ok", "ok-429", "empty", "429", "usage-limit", "500", "401", "hang", "hang-until-continued")
+SCENARIOS = ("ok", "ok-429", "empty", "429", "usage-limit", "500", "401", "hang",
+             "hang-until-continued", "cut", "garbage", "overloaded")
 # mailroom's continuation prompt, in a resumed session (src/adapter/session.rs).
 CONTINUED = "was cut off"
 MARKER = re.compile(r"MOCK:([a-z0-9-]+)")
@@ -77,6 +91,11 @@ ANSWERS = {
         "I added a backoff, so the task is done."
     ),
 }
+
+# The body of the garbage scenario: what a proxy or captive portal answers, with status 200.
+GARBAGE = (b"<!DOCTYPE html>\n<html><head><title>Proxy error</title></head>\n<body><h1>Proxy "
+           b"error</h1><p>The proxy server received an invalid response from an upstream "
+           b"server.</p><hr><address>mock-proxy/1.0</address></body></html>\n")
 
 ARGS = None
 
@@ -148,22 +167,58 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
         self.wfile.flush()
 
-    def start_sse(self, headers=None):
+    def start_sse(self, headers=None, chunked=False):
+        """Starts an SSE response, its end marked by closing the connection; `chunked`: in
+        chunked transfer encoding instead, as real APIs send it (the cut scenario)."""
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Connection", "close")
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
         for k, v in (headers or {}).items():
             self.send_header(k, v)
         self.end_headers()
         self.close_connection = True
+        self.chunked = chunked
 
     def sse(self, data, event=None):
         chunk = ""
         if event:
             chunk += f"event: {event}\n"
         chunk += f"data: {json.dumps(data)}\n\n"
-        self.wfile.write(chunk.encode())
+        raw = chunk.encode()
+        if getattr(self, "chunked", False):
+            raw = b"%x\r\n%s\r\n" % (len(raw), raw)
+        self.wfile.write(raw)
+        self.wfile.flush()
+
+    def cut(self):
+        """Drops the connection: no final chunk, no final event (the cut scenario)."""
+        self.close_connection = True
+        try:
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def send_cut_json(self, obj):
+        """A plain JSON answer whose connection drops after half of its body."""
+        data = json.dumps(obj).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data[:len(data) // 2])
+        self.cut()
+
+    def send_garbage(self):
+        """A 200 whose body is a proxy's HTML page (the garbage scenario)."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(GARBAGE)))
+        self.end_headers()
+        self.wfile.write(GARBAGE)
         self.wfile.flush()
 
     def hang(self):
@@ -204,6 +259,9 @@ class Handler(BaseHTTPRequestHandler):
         except ValueError:
             req = {}
         try:
+            if scenario == "garbage" and path != "/v1/messages/count_tokens" \
+                    and not path.endswith((":countTokens", ":embedContent")):
+                return self.send_garbage()
             if path == "/v1/messages/count_tokens":
                 self.send_json(200, {"input_tokens": IN_TOKENS})
             elif path == "/v1/messages":
@@ -258,6 +316,10 @@ class Handler(BaseHTTPRequestHandler):
             return 401, {"type": "error", "error": {"type": "authentication_error",
                                                     "message": "invalid x-api-key"},
                          "request_id": rid}, {"request-id": rid}
+        if scenario == "overloaded":
+            return 529, {"type": "error", "error": {"type": "overloaded_error",
+                                                    "message": "Overloaded"},
+                         "request_id": rid}, {"request-id": rid, "x-should-retry": "true"}
         return None
 
     def anthropic(self, req, scenario):
@@ -271,11 +333,15 @@ class Handler(BaseHTTPRequestHandler):
         usage = {"input_tokens": IN_TOKENS, "cache_creation_input_tokens": CACHE_WRITE,
                  "cache_read_input_tokens": CACHE_READ, "output_tokens": OUT_TOKENS}
         if not req.get("stream"):
-            return self.send_json(200, {
+            message = {
                 "id": mid, "type": "message", "role": "assistant", "model": model,
                 "content": [{"type": "text", "text": text}], "stop_reason": "end_turn",
-                "stop_sequence": None, "usage": usage})
-        self.start_sse({"request-id": "req_mock" + uuid.uuid4().hex[:16]})
+                "stop_sequence": None, "usage": usage}
+            if scenario == "cut":
+                return self.send_cut_json(message)
+            return self.send_json(200, message)
+        self.start_sse({"request-id": "req_mock" + uuid.uuid4().hex[:16]},
+                       chunked=scenario == "cut")
         self.sse({"type": "message_start", "message": {
             "id": mid, "type": "message", "role": "assistant", "model": model, "content": [],
             "stop_reason": None, "stop_sequence": None, "usage": dict(usage, output_tokens=1)}},
@@ -290,6 +356,8 @@ class Handler(BaseHTTPRequestHandler):
         for piece in chunks(text):
             self.sse({"type": "content_block_delta", "index": 0,
                       "delta": {"type": "text_delta", "text": piece}}, "content_block_delta")
+            if scenario == "cut":
+                return self.cut()
         self.sse({"type": "content_block_stop", "index": 0}, "content_block_stop")
         self.sse({"type": "message_delta", "delta": {"stop_reason": "end_turn",
                                                      "stop_sequence": None},
@@ -325,6 +393,10 @@ class Handler(BaseHTTPRequestHandler):
                 "message": "Incorrect API key provided: sk-mock. You can find your API key at "
                            "https://platform.openai.com/account/api-keys.",
                 "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}}, {}
+        if scenario == "overloaded":
+            return 503, {"error": {
+                "message": "The server is overloaded or not ready yet.", "type": "server_error",
+                "param": None, "code": "server_is_overloaded"}}, {}
         return None
 
     def openai_responses(self, req, scenario):
@@ -347,9 +419,11 @@ class Handler(BaseHTTPRequestHandler):
         resp = {"id": rid, "object": "response", "created_at": created, "model": model,
                 "status": "in_progress", "output": [], "usage": None}
         if not req.get("stream"):
-            return self.send_json(200, dict(resp, status="completed", output=[item_done],
-                                            usage=usage))
-        self.start_sse()
+            whole = dict(resp, status="completed", output=[item_done], usage=usage)
+            if scenario == "cut":
+                return self.send_cut_json(whole)
+            return self.send_json(200, whole)
+        self.start_sse(chunked=scenario == "cut")
         seq = iter(range(10**6))
         self.sse({"type": "response.created", "sequence_number": next(seq), "response": resp},
                  "response.created")
@@ -372,6 +446,8 @@ class Handler(BaseHTTPRequestHandler):
             self.sse({"type": "response.output_text.delta", "sequence_number": next(seq),
                       "item_id": iid, "output_index": 0, "content_index": 0, "delta": piece},
                      "response.output_text.delta")
+            if scenario == "cut":
+                return self.cut()
         self.sse({"type": "response.output_text.done", "sequence_number": next(seq),
                   "item_id": iid, "output_index": 0, "content_index": 0, "text": text},
                  "response.output_text.done")
@@ -397,11 +473,14 @@ class Handler(BaseHTTPRequestHandler):
                  "total_tokens": IN_TOKENS + CACHE_READ + OUT_TOKENS,
                  "prompt_tokens_details": {"cached_tokens": CACHE_READ}}
         if not req.get("stream"):
-            return self.send_json(200, {
+            whole = {
                 "id": cid, "object": "chat.completion", "created": int(time.time()),
                 "model": model, "choices": [{"index": 0, "finish_reason": "stop", "message": {
-                    "role": "assistant", "content": text}}], "usage": usage})
-        self.start_sse()
+                    "role": "assistant", "content": text}}], "usage": usage}
+            if scenario == "cut":
+                return self.send_cut_json(whole)
+            return self.send_json(200, whole)
+        self.start_sse(chunked=scenario == "cut")
         base = {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()),
                 "model": model}
         self.sse(dict(base, choices=[{"index": 0, "delta": {"role": "assistant", "content": ""},
@@ -411,6 +490,8 @@ class Handler(BaseHTTPRequestHandler):
         for piece in chunks(text):
             self.sse(dict(base, choices=[{"index": 0, "delta": {"content": piece},
                                           "finish_reason": None}]))
+            if scenario == "cut":
+                return self.cut()
         self.sse(dict(base, choices=[{"index": 0, "delta": {}, "finish_reason": "stop"}],
                       usage=usage))
         self.wfile.write(b"data: [DONE]\n\n")
@@ -457,6 +538,9 @@ class Handler(BaseHTTPRequestHandler):
         if scenario == "500":
             return 500, {"error": {"code": 500, "message": "Internal error encountered.",
                                    "status": "INTERNAL"}}
+        if scenario == "overloaded":
+            return 503, {"error": {"code": 503, "message": "The model is overloaded. Please try "
+                                   "again later.", "status": "UNAVAILABLE"}}
         if scenario == "401":
             return 400, {"error": {
                 "code": 400, "message": "API key not valid. Please pass a valid API key.",
@@ -488,12 +572,15 @@ class Handler(BaseHTTPRequestHandler):
                  "totalTokenCount": IN_TOKENS + CACHE_READ + OUT_TOKENS}
         rid = "mock" + uuid.uuid4().hex[:16]
         if method == "generateContent":
-            return self.send_json(200, {
+            whole = {
                 "candidates": [{"content": {"role": "model", "parts": [{"text": text}]},
                                 "finishReason": "STOP", "index": 0}],
-                "usageMetadata": usage, "modelVersion": model, "responseId": rid})
+                "usageMetadata": usage, "modelVersion": model, "responseId": rid}
+            if scenario == "cut":
+                return self.send_cut_json(whole)
+            return self.send_json(200, whole)
         # streamGenerateContent (?alt=sse)
-        self.start_sse()
+        self.start_sse(chunked=scenario == "cut")
         if scenario == "hang":
             self.sse({"candidates": [{"content": {"role": "model", "parts": [
                 {"text": "Working"}]}, "index": 0}], "modelVersion": model, "responseId": rid})
@@ -506,6 +593,8 @@ class Handler(BaseHTTPRequestHandler):
                 cand["finishReason"] = "STOP"
                 ev["usageMetadata"] = usage
             self.sse(ev)
+            if scenario == "cut":
+                return self.cut()
 
 
 def from_schema(schema):

@@ -90,9 +90,16 @@ pub(crate) fn parse(facts: &RunFacts<'_>) -> Parsed {
         }
         None => (String::new(), Usage::default()),
     };
+    // aider's note of an empty reply comes last, right before the `Tokens:`
+    // line, after whatever else it printed first (the pages it scraped for
+    // URLs in the prompt, say): that note is no answer either.
     let empty_reply = tokens_at.is_some()
         && usage.output_tokens == Some(0)
-        && (answer.is_empty() || EMPTY.is_match(answer.trim()));
+        && answer
+            .lines()
+            .map(str::trim)
+            .rfind(|l| !l.is_empty())
+            .is_none_or(|l| EMPTY.is_match(l));
     let verdict = match (error_at, tokens_at) {
         (Some((i, from)), _) => {
             // The exception and its wrapped continuation, up to a blank line.
@@ -311,5 +318,63 @@ mod tests {
         assert_eq!(r.answer, ANSWER_OK);
         let r = run(&K, &fixture!("aider-0.86.1", "bad-flag"), &prompt("ok"));
         assert_eq!(r.outcome, Class::Failed(ErrorClass::Config));
+    }
+
+    /// The stream dropped after the first words: aider prints them with
+    /// litellm's exception glued on, retries, and exits 0. Transient, and
+    /// the first words are no answer.
+    #[test]
+    fn a_cut_stream_is_transient_and_its_first_words_no_answer() {
+        let r = run(&K, &fixture!("aider-0.86.1", "cut"), &prompt("cut"));
+        assert_eq!(r.outcome, Class::Failed(ErrorClass::Transient));
+        assert_eq!(r.answer, "");
+        let m = r.message.unwrap();
+        assert!(m.contains("APIConnectionError"), "{m}");
+        assert!(m.contains("incomplete chunked read"), "{m}");
+    }
+
+    /// A 200 whose body is a proxy's page reads, to aider (litellm), as an
+    /// empty reply ("Empty response received from LLM", 0 tokens received):
+    /// no answer, a failure that says so. It cannot be told from a model
+    /// that answered nothing, so it is the task's, like that one.
+    #[test]
+    fn a_response_that_is_not_the_apis_is_no_answer() {
+        let r = run(&K, &fixture!("aider-0.86.1", "garbage"), &prompt("garbage"));
+        assert_eq!(r.outcome, Class::Failed(ErrorClass::Task));
+        assert_eq!(r.answer, "");
+        assert!(r.message.unwrap().contains("reply was empty"));
+    }
+
+    #[test]
+    fn overloaded_and_unreachable_are_transient() {
+        let r = run(
+            &K,
+            &fixture!("aider-0.86.1", "overloaded"),
+            &prompt("overloaded"),
+        );
+        assert_eq!(r.outcome, Class::Failed(ErrorClass::Transient));
+        assert!(r.message.unwrap().contains("overloaded"));
+        let r = run(&K, &fixture!("aider-0.86.1", "refused"), &prompt("ok"));
+        assert_eq!(r.outcome, Class::Failed(ErrorClass::Transient));
+        assert!(r.message.unwrap().contains("Connection error"));
+    }
+
+    /// A URL in the prompt (here an earlier task's error, as the context
+    /// quotes it): aider scrapes it (and tries to install playwright for
+    /// that) before it asks the model, then gets a proxy's page: "Empty
+    /// response received from LLM", 0 tokens. That was filed completed, the
+    /// scraping log as its answer.
+    #[test]
+    fn an_empty_reply_after_other_output_is_no_success() {
+        let f = fixture!("aider-0.86.1", "garbage-url");
+        assert!(f.stdout.contains("Scraping https://"));
+        let r = run(
+            &K,
+            &f,
+            "MOCK:garbage Reply with one short sentence. The last run said: You can find your API key at https://platform.openai.com/account/api-keys.",
+        );
+        assert_eq!(r.outcome, Class::Failed(ErrorClass::Task), "{r:?}");
+        assert_eq!(r.answer, "");
+        assert!(r.message.unwrap().contains("reply was empty"));
     }
 }

@@ -460,4 +460,48 @@ mod tests {
         assert_eq!(r.outcome, Class::Failed(ErrorClass::Transient));
         assert!(r.message.unwrap().contains("Unable to connect"));
     }
+
+    /// The stream dropped mid-answer (json and stream-json): claude says
+    /// "Connection to the API was lost (ECONNRESET)", exit 1.
+    #[test]
+    fn a_cut_stream_is_transient() {
+        for f in [
+            fixture!("claude-2.1.197", "cut"),
+            fixture!("claude-2.1.197", "stream-cut"),
+        ] {
+            let r = run(&K, &f, &prompt("cut"));
+            assert_eq!(r.outcome, Class::Failed(ErrorClass::Transient));
+            assert_eq!(r.answer, "");
+            assert!(
+                r.message
+                    .unwrap()
+                    .contains("Connection to the API was lost")
+            );
+        }
+    }
+
+    /// A 200 whose body is a proxy's HTML page: "API returned an empty or
+    /// malformed response (HTTP 200)". A fault on the way to the API, not
+    /// of the task: transient (it was filed as a failure of the task).
+    #[test]
+    fn a_response_that_is_not_the_apis_is_transient() {
+        let r = run(
+            &K,
+            &fixture!("claude-2.1.197", "garbage"),
+            &prompt("garbage"),
+        );
+        assert_eq!(r.outcome, Class::Failed(ErrorClass::Transient));
+        assert!(r.message.unwrap().contains("malformed response (HTTP 200)"));
+    }
+
+    #[test]
+    fn overloaded_is_transient() {
+        let r = run(
+            &K,
+            &fixture!("claude-2.1.197", "overloaded"),
+            &prompt("overloaded"),
+        );
+        assert_eq!(r.outcome, Class::Failed(ErrorClass::Transient));
+        assert!(r.message.unwrap().contains("529 Overloaded"));
+    }
 }

@@ -381,4 +381,37 @@ mod tests {
             "{cause}"
         );
     }
+
+    /// A 503 server_is_overloaded: codex does not retry it and says
+    /// "Selected model is at capacity. Please try a different model." An
+    /// overload, so transient (it was filed as a failure of the task).
+    #[test]
+    fn an_overloaded_provider_is_transient() {
+        let r = run(
+            &K,
+            &fixture!("codex-0.171.0", "overloaded"),
+            &prompt("overloaded"),
+        );
+        assert_eq!(r.outcome, Class::Failed(ErrorClass::Transient));
+        assert!(r.message.unwrap().contains("at capacity"));
+    }
+
+    /// The stream dropped mid-answer, or a 200 that is no event stream:
+    /// codex retries, then fails the turn with "stream disconnected".
+    #[test]
+    fn a_cut_or_foreign_stream_is_transient() {
+        for (mode, f) in [
+            ("cut", fixture!("codex-0.171.0", "cut")),
+            ("garbage", fixture!("codex-0.171.0", "garbage")),
+        ] {
+            let r = run(&K, &f, &prompt(mode));
+            assert_eq!(r.outcome, Class::Failed(ErrorClass::Transient), "{mode}");
+            assert_eq!(r.answer, "", "{mode}");
+            let m = r.message.unwrap();
+            assert!(
+                m.contains("stream disconnected before completion"),
+                "{mode}: {m}"
+            );
+        }
+    }
 }

@@ -355,4 +355,50 @@ mod tests {
         assert!(m.contains("must specify the GEMINI_API_KEY"), "{m}");
         assert!(m.contains("fix: set GEMINI_API_KEY"), "{m}");
     }
+
+    /// The stream dropped mid-answer: gemini exits 0 and prints the partial
+    /// text as `response`, beside an INVALID_STREAM error. Never a success,
+    /// and the partial text is no answer; a network fault, so transient.
+    #[test]
+    fn a_cut_stream_is_transient_and_its_partial_text_no_answer() {
+        let f = fixture!("gemini-0.61.0", "cut");
+        assert_eq!(f.exit.trim(), "code 0");
+        assert!(f.stdout.contains("\"response\": \"MOCK ANSWER: "));
+        let r = run(&K, &f, &prompt("cut"));
+        assert_eq!(r.outcome, Class::Failed(ErrorClass::Transient));
+        assert_eq!(r.answer, "");
+        assert_eq!(
+            r.message.as_deref(),
+            Some("gemini: Model stream ended without a finish reason.")
+        );
+    }
+
+    /// A 200 whose body is a proxy's HTML page: gemini exits 1 with
+    /// "Incomplete JSON segment at the end".
+    #[test]
+    fn a_response_that_is_not_the_apis_is_transient() {
+        let r = run(
+            &K,
+            &fixture!("gemini-0.61.0", "garbage"),
+            &prompt("garbage"),
+        );
+        assert_eq!(r.outcome, Class::Failed(ErrorClass::Transient));
+        assert_eq!(r.answer, "");
+        assert!(
+            r.message.unwrap().contains("Incomplete JSON segment"),
+            "the message names the cause"
+        );
+    }
+
+    #[test]
+    fn overloaded_and_unreachable_are_transient() {
+        let f = fixture!("gemini-0.61.0", "overloaded");
+        assert_eq!(f.exit.trim(), "code 247"); // 503 mod 256
+        let r = run(&K, &f, &prompt("overloaded"));
+        assert_eq!(r.outcome, Class::Failed(ErrorClass::Transient));
+        assert!(r.message.unwrap().contains("The model is overloaded"));
+        let r = run(&K, &fixture!("gemini-0.61.0", "refused"), &prompt("ok"));
+        assert_eq!(r.outcome, Class::Failed(ErrorClass::Transient));
+        assert!(r.message.unwrap().contains("fetch failed"));
+    }
 }

@@ -621,7 +621,15 @@ static TRANSIENT: LazyLock<Regex> = LazyLock::new(|| {
         r"try again (?:later|in a moment)|timed? ?out|connection ?(?:refused|reset|error|failed)|",
         r"unable to connect|could not connect|failed to connect|",
         r"network|econn\w+|enotfound|eai_again|socket hang up|stream disconnected|",
-        r"fetch failed|\bunavailable\b"
+        r"fetch failed|\bunavailable\b|",
+        // The provider has no room for the request (codex, on a 503
+        // server_is_overloaded: "Selected model is at capacity").
+        r"at capacity|",
+        // A response that was cut or was not the API's at all (a proxy's
+        // HTML page with status 200): claude "API returned an empty or
+        // malformed response (HTTP 200)", gemini "Model stream ended without
+        // a finish reason" and "Incomplete JSON segment at the end".
+        r"malformed response|stream ended without|incomplete json"
     ))
     .expect("transient pattern compiles")
 });
@@ -1041,10 +1049,12 @@ mod table {
             .trim_start_matches("text-")
             .trim_start_matches("stream-");
         let p = match base {
-            "untrusted" | "no-git" | "no-auth" | "bad-flag" => prompt("ok"),
+            "untrusted" | "no-git" | "no-auth" | "bad-flag" | "refused" | "refused-hang" => {
+                prompt("ok")
+            }
             m => prompt(m),
         };
-        let r = run_stopped(kind, f, &p, base == "hang");
+        let r = run_stopped(kind, f, &p, base.ends_with("hang"));
         match r.outcome {
             Class::Success => "success".to_string(),
             Class::Failed(c) => c.name().to_string(),
@@ -1342,6 +1352,97 @@ mod table {
                 "limit",
             ),
             (
+                Kind::Claude,
+                "claude",
+                "cut",
+                fixture!("claude-2.1.197", "cut"),
+                "transient",
+            ),
+            (
+                Kind::Claude,
+                "claude",
+                "stream-cut",
+                fixture!("claude-2.1.197", "stream-cut"),
+                "transient",
+            ),
+            (
+                Kind::Claude,
+                "claude",
+                "garbage",
+                fixture!("claude-2.1.197", "garbage"),
+                "transient",
+            ),
+            (
+                Kind::Claude,
+                "claude",
+                "overloaded",
+                fixture!("claude-2.1.197", "overloaded"),
+                "transient",
+            ),
+            (
+                Kind::Claude,
+                "claude",
+                "refused",
+                fixture!("claude-2.1.197", "refused"),
+                "transient",
+            ),
+            (
+                Kind::Codex,
+                "codex",
+                "cut",
+                fixture!("codex-0.171.0", "cut"),
+                "transient",
+            ),
+            (
+                Kind::Codex,
+                "codex",
+                "garbage",
+                fixture!("codex-0.171.0", "garbage"),
+                "transient",
+            ),
+            (
+                Kind::Codex,
+                "codex",
+                "overloaded",
+                fixture!("codex-0.171.0", "overloaded"),
+                "transient",
+            ),
+            (
+                Kind::Codex,
+                "codex",
+                "refused-hang",
+                fixture!("codex-0.171.0", "refused-hang"),
+                "stopped",
+            ),
+            (
+                Kind::Gemini,
+                "gemini",
+                "cut",
+                fixture!("gemini-0.61.0", "cut"),
+                "transient",
+            ),
+            (
+                Kind::Gemini,
+                "gemini",
+                "garbage",
+                fixture!("gemini-0.61.0", "garbage"),
+                "transient",
+            ),
+            (
+                Kind::Gemini,
+                "gemini",
+                "overloaded",
+                fixture!("gemini-0.61.0", "overloaded"),
+                "transient",
+            ),
+            (
+                Kind::Gemini,
+                "gemini",
+                "refused",
+                fixture!("gemini-0.61.0", "refused"),
+                "transient",
+            ),
+            (
                 Kind::Aider,
                 "aider",
                 "ok",
@@ -1403,6 +1504,41 @@ mod table {
                 "bad-flag",
                 fixture!("aider-0.86.1", "bad-flag"),
                 "config",
+            ),
+            (
+                Kind::Aider,
+                "aider",
+                "cut",
+                fixture!("aider-0.86.1", "cut"),
+                "transient",
+            ),
+            (
+                Kind::Aider,
+                "aider",
+                "garbage",
+                fixture!("aider-0.86.1", "garbage"),
+                "task",
+            ),
+            (
+                Kind::Aider,
+                "aider",
+                "garbage-url",
+                fixture!("aider-0.86.1", "garbage-url"),
+                "task",
+            ),
+            (
+                Kind::Aider,
+                "aider",
+                "overloaded",
+                fixture!("aider-0.86.1", "overloaded"),
+                "transient",
+            ),
+            (
+                Kind::Aider,
+                "aider",
+                "refused",
+                fixture!("aider-0.86.1", "refused"),
+                "transient",
             ),
             (
                 Kind::Cursor,

@@ -148,6 +148,14 @@ struct Opts {
     fallback: bool,
     /// claude: log in with a subscription token (only that gets the usage-limit message).
     oauth: bool,
+    /// Point the CLI at a port of 127.0.0.1 where nothing listens (connection refused).
+    unreachable: bool,
+}
+
+/// A port of 127.0.0.1 where nothing listens: one the kernel just gave out and took back.
+fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
 }
 
 /// A fresh `mailroom init` tree (not a git repository) whose mailroom.yaml runs the
@@ -185,7 +193,12 @@ fn setup(cli: Cli, mock: &Mock, bin: &Path, o: &Opts) -> Setup {
     let name = c.default_agent.clone();
     let a = &c.agents[&name];
     let mut command = a.command.clone();
-    let url = format!("http://127.0.0.1:{}", mock.port);
+    let port = if o.unreachable {
+        closed_port()
+    } else {
+        mock.port
+    };
+    let url = format!("http://127.0.0.1:{port}");
     let home_s = home.display().to_string();
     let mut env = serde_json::Map::new();
     let mut set = |k: &str, v: &str| {
@@ -773,6 +786,137 @@ fn follow_up_continues_the_parent_session(cli: Cli) {
     );
 }
 
+/// The CLI's words for each fault (tests/mock_model.py's scenarios, and `refused` for an
+/// endpoint where nothing listens), as the task's record must carry them.
+fn cause_of(cli: Cli, fault: &str) -> &'static str {
+    match (cli, fault) {
+        (Cli::Claude, "cut") => "Connection to the API was lost",
+        (Cli::Claude, "garbage") => "API returned an empty or malformed response (HTTP 200)",
+        (Cli::Claude, "overloaded") => "529 Overloaded",
+        (Cli::Claude, "refused") => "Unable to connect to API",
+        (Cli::Codex, "cut") => "stream disconnected before completion",
+        (Cli::Codex, "garbage") => "stream disconnected before completion",
+        (Cli::Codex, "overloaded") => "Selected model is at capacity",
+        (Cli::Codex, "refused") => "Reconnecting... waiting for network (Connection failed",
+        (Cli::Gemini, "cut") => "Model stream ended without a finish reason",
+        (Cli::Gemini, "garbage") => "Incomplete JSON segment",
+        (Cli::Gemini, "overloaded") => "The model is overloaded",
+        (Cli::Gemini, "refused") => "fetch failed",
+        _ => unreachable!("{cli:?} {fault}"),
+    }
+}
+
+/// A failed task's answer in context/: none, and no part of the mock's answer (a cut
+/// stream had sent its first words) nor the CLI's JSON.
+fn assert_no_answer(t: &Setup, name: &str) {
+    let out = t.root.read(&format!("context/agent_outputs/{name}.md"));
+    assert!(
+        out.contains("(no answer") && !out.contains("MOCK ANSWER") && !out.contains("{\""),
+        "{:?}: {name}: a partial answer or the CLI's JSON reached the context:\n{out}",
+        t.cli
+    );
+}
+
+/// What a real network and a real provider do mid-answer (the mock's `cut`: the stream
+/// starts and the connection drops; `garbage`: a 200 whose body is a proxy's HTML page;
+/// `overloaded`: 529 / 503): each task is retried and fails as a transient error whose
+/// message gives the CLI's words for the cause, never completed with the partial text
+/// (gemini exits 0 on a cut stream and prints that text as its `response`).
+fn faults(cli: Cli) {
+    let Some(bin) = clis() else { return };
+    let s = scratch();
+    let mock = Mock::start(&s.path);
+    let t = setup(
+        cli,
+        &mock,
+        &bin,
+        &Opts {
+            retries: Some(1),
+            ..Opts::default()
+        },
+    );
+    const FAULTS: [&str; 3] = ["cut", "garbage", "overloaded"];
+    for fault in FAULTS {
+        t.task(
+            fault,
+            &format!("MOCK:{fault} Reply with one short sentence."),
+        );
+    }
+    t.run_until_idle();
+    for fault in FAULTS {
+        let rec = t.record("failed", fault);
+        note(cli, fault, "failed", &rec);
+        assert!(
+            rec["outcome"] == "exit" || rec["outcome"] == "agent_error",
+            "{cli:?} {fault}: {rec}"
+        );
+        assert_eq!(rec["error_class"], "transient", "{cli:?} {fault}: {rec}");
+        // Retried (retries: 1), every attempt read the same way.
+        assert_eq!(rec["attempts"], 2, "{cli:?} {fault}: {rec}");
+        for a in rec["history"].as_array().unwrap() {
+            assert_eq!(a["error_class"], "transient", "{cli:?} {fault}: {rec}");
+        }
+        let error = rec["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains(cause_of(cli, fault)),
+            "{cli:?} {fault}: the error does not name the cause: {rec}"
+        );
+        assert_no_answer(&t, fault);
+        assert!(
+            mock.scenarios().iter().any(|s| s == fault),
+            "{cli:?}: the mock never saw the {fault} request"
+        );
+    }
+    assert!(t.root.names("completed").is_empty(), "{cli:?}");
+    assert_eq!(t.cooldowns(), Vec::<String>::new(), "{cli:?}: a cooldown");
+}
+
+/// An endpoint where nothing listens (connection refused). claude and gemini give up
+/// and the task fails as a transient error after its retries; codex 0.171 waits for the
+/// network for ever ("Reconnecting... waiting for network", whatever its provider's
+/// `request_max_retries` and `stream_max_retries`), so its run ends at the agent's
+/// `timeout`, and the record names what codex was waiting for.
+fn unreachable(cli: Cli) {
+    let Some(bin) = clis() else { return };
+    let s = scratch();
+    let mock = Mock::start(&s.path);
+    let t = setup(
+        cli,
+        &mock,
+        &bin,
+        &Opts {
+            retries: Some(if cli == Cli::Codex { 0 } else { 1 }),
+            // Long enough for the CLI to start and try (see hang_times_out); only codex
+            // ever gets there.
+            timeout: Some("30s"),
+            unreachable: true,
+            ..Opts::default()
+        },
+    );
+    t.task("nowhere", "MOCK:ok Reply with one short sentence.");
+    t.run_until_idle();
+    let rec = t.record("failed", "nowhere");
+    note(cli, "refused", "failed", &rec);
+    let error = rec["error"].as_str().unwrap_or_default();
+    if cli == Cli::Codex {
+        assert_eq!(rec["outcome"], "timeout", "{cli:?}: {rec}");
+        assert_eq!(rec["error_class"], "stopped", "{cli:?}: {rec}");
+    } else {
+        assert_eq!(rec["outcome"], "exit", "{cli:?}: {rec}");
+        assert_eq!(rec["error_class"], "transient", "{cli:?}: {rec}");
+        assert_eq!(rec["attempts"], 2, "{cli:?}: {rec}");
+    }
+    assert!(
+        error.contains(cause_of(cli, "refused")),
+        "{cli:?}: the error does not name the cause: {rec}"
+    );
+    assert_no_answer(&t, "nowhere");
+    assert!(
+        mock.scenarios().is_empty(),
+        "{cli:?}: the CLI reached the mock"
+    );
+}
+
 macro_rules! cli_tests {
     ($m:ident, $cli:expr) => {
         mod $m {
@@ -796,6 +940,16 @@ macro_rules! cli_tests {
             #[test]
             fn a_shutdown_mid_run_requeues_the_task() {
                 shutdown_requeues($cli);
+            }
+
+            #[test]
+            fn faults_mid_answer_fail_as_transient() {
+                faults($cli);
+            }
+
+            #[test]
+            fn an_unreachable_endpoint_fails_and_says_so() {
+                unreachable($cli);
             }
         }
     };
