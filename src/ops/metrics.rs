@@ -40,6 +40,18 @@ pub struct Snapshot {
     pub usage: BTreeMap<String, crate::adapter::Usage>,
 }
 
+/// One sample per (agent, outcome) of a counter.
+fn by_agent_and_outcome(o: &mut String, name: &str, counts: &BTreeMap<(String, String), u64>) {
+    for ((a, out), n) in counts {
+        let _ = writeln!(
+            o,
+            "{name}{{agent=\"{}\",outcome=\"{}\"}} {n}",
+            esc(a),
+            esc(out)
+        );
+    }
+}
+
 fn esc(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
@@ -125,28 +137,14 @@ impl Metrics {
             "counter",
             "Tasks finished here (their last run), by agent and outcome, since this supervisor started.",
         );
-        for ((a, out), n) in &self.runs {
-            let _ = writeln!(
-                o,
-                "mailroom_runs_total{{agent=\"{}\",outcome=\"{}\"}} {n}",
-                esc(a),
-                esc(out)
-            );
-        }
+        by_agent_and_outcome(&mut o, "mailroom_runs_total", &self.runs);
         head(
             &mut o,
             "mailroom_attempts_total",
             "counter",
             "Attempts that ended here (retried and requeued ones too), by agent and the attempt's outcome, since this supervisor started.",
         );
-        for ((a, out), n) in &self.attempts {
-            let _ = writeln!(
-                o,
-                "mailroom_attempts_total{{agent=\"{}\",outcome=\"{}\"}} {n}",
-                esc(a),
-                esc(out)
-            );
-        }
+        by_agent_and_outcome(&mut o, "mailroom_attempts_total", &self.attempts);
         head(
             &mut o,
             "mailroom_run_duration_seconds",

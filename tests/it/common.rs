@@ -151,6 +151,15 @@ impl Root {
         pid
     }
 
+    /// The logs of the supervisors this root spawned (`sup-*` files), all in one.
+    pub fn sup_logs(&self) -> String {
+        self.entries(".")
+            .iter()
+            .filter(|e| e.starts_with("sup-"))
+            .map(|e| self.read(e))
+            .collect()
+    }
+
     /// Temp files (`*.tmp`) left anywhere the protocol writes, as `dir/name`.
     pub fn temp_files(&self) -> Vec<String> {
         [

@@ -39,14 +39,6 @@ impl Drop for Tmpfs {
     }
 }
 
-fn sup_logs(root: &Root) -> String {
-    root.entries(".")
-        .iter()
-        .filter(|e| e.starts_with("sup-"))
-        .map(|e| root.read(e))
-        .collect()
-}
-
 #[test]
 fn a_full_disk_keeps_tasks_reports_and_recovers_when_space_is_back() {
     let Some(fs) = Tmpfs::new("2m") else { return };
@@ -119,7 +111,7 @@ fn removed_context_and_pending_directories_come_back() {
     let root = Root::new().agent_config(&[&agent("ok.sh")], "");
     let _sup = root.spawn();
     wait_for(MIN, "the supervisor to start", || {
-        sup_logs(&root).contains("supervisor ready")
+        root.sup_logs().contains("supervisor ready")
     });
     std::fs::remove_dir_all(root.p("context")).unwrap();
     std::fs::remove_dir_all(root.p("tasks/pending")).unwrap();
@@ -206,7 +198,7 @@ fn an_unwritable_completed_dir_is_retried_and_never_blamed_on_a_dead_supervisor(
     let _sup = root.spawn();
     wait_for(MIN, "two failed commits, or a misfiled task", || {
         !root.names("failed").is_empty()
-            || sup_logs(&root).matches("Operation not permitted").count() >= 2
+            || root.sup_logs().matches("Operation not permitted").count() >= 2
     });
     assert!(
         root.names("failed").is_empty(),
@@ -248,7 +240,7 @@ fn a_removed_assigned_dir_is_recreated_and_its_running_task_kept() {
         !root.names("failed").is_empty() || !root.names("completed").is_empty()
     });
     assert!(root.p("tasks/assigned").is_dir());
-    assert_eq!(root.names("failed"), ["t"], "{}", sup_logs(&root));
+    assert_eq!(root.names("failed"), ["t"], "{}", root.sup_logs());
     assert_eq!(root.read("tasks/failed/t.yaml"), "description: wait\n");
     assert_eq!(root.record("failed", "t")["outcome"], "tampered");
     root.write("tasks/pending/after.yaml", "description: after\n");

@@ -39,15 +39,6 @@ fn started(root: &Root) -> i32 {
     pid
 }
 
-/// The supervisors' logs so far, all in one.
-fn sup_logs(root: &Root) -> String {
-    root.entries("")
-        .iter()
-        .filter(|f| f.starts_with("sup-"))
-        .map(|f| root.read(f))
-        .collect()
-}
-
 /// The agent started once: no run was repeated.
 fn assert_started_once(root: &Root) {
     let log = log(root);
@@ -97,7 +88,10 @@ fn a_run_whose_supervisor_was_killed_is_adopted_not_rerun() {
     wait_for(
         Duration::from_secs(30),
         "the new supervisor to adopt the run",
-        || sup_logs(&root).contains("adopting a run whose supervisor died"),
+        || {
+            root.sup_logs()
+                .contains("adopting a run whose supervisor died")
+        },
     );
     assert!(alive(pid), "the adopting supervisor stopped the agent");
     // show names the run's supervisor (gone) and its keeper (alive).
@@ -157,7 +151,10 @@ fn cancel_reaches_an_adopted_run() {
     wait_for(
         Duration::from_secs(30),
         "the new supervisor to adopt the run",
-        || sup_logs(&root).contains("adopting a run whose supervisor died"),
+        || {
+            root.sup_logs()
+                .contains("adopting a run whose supervisor died")
+        },
     );
     let out = root.mailroom(&["cancel", "o"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -525,7 +522,7 @@ fn a_run_whose_lock_file_its_agent_removed_is_not_taken_by_another_supervisor() 
     wait_for(
         Duration::from_secs(30),
         "the second supervisor to look",
-        || sup_logs(&root).contains("still runs it"),
+        || root.sup_logs().contains("still runs it"),
     );
     root.write("go", "");
     filed_once(&root);
@@ -611,7 +608,10 @@ fn a_task_file_edited_in_place_while_no_supervisor_watched_is_tampered() {
     wait_for(
         Duration::from_secs(30),
         "the new supervisor to adopt the run",
-        || sup_logs(&root).contains("adopting a run whose supervisor died"),
+        || {
+            root.sup_logs()
+                .contains("adopting a run whose supervisor died")
+        },
     );
     root.write("go", "");
     filed_once(&root);
@@ -662,7 +662,10 @@ echo "end $MAILROOM_ATTEMPT" >> "$log""#;
     wait_for(
         Duration::from_secs(30),
         "the new supervisor to adopt the run",
-        || sup_logs(&root).contains("adopting a run whose supervisor died"),
+        || {
+            root.sup_logs()
+                .contains("adopting a run whose supervisor died")
+        },
     );
     root.write("go", "");
     filed_once(&root);
@@ -751,7 +754,10 @@ fn a_task_its_agent_unlocked_and_moved_to_pending_never_runs_twice_at_once() {
     wait_for(
         Duration::from_secs(30),
         "the supervisor to hold it back",
-        || sup_logs(&root).contains("not claimed again: its run still goes on here"),
+        || {
+            root.sup_logs()
+                .contains("not claimed again: its run still goes on here")
+        },
     );
     root.write("go", "");
     filed_once(&root);
@@ -793,7 +799,7 @@ fn an_adopted_run_whose_keeper_is_stopped_still_times_out() {
     });
     let rec = root.record("failed", "o");
     assert_eq!(rec["outcome"], "timeout", "{rec}");
-    assert!(sup_logs(&root).contains("continuing it"));
+    assert!(root.sup_logs().contains("continuing it"));
 }
 
 #[test]
@@ -836,7 +842,8 @@ fn a_cancel_an_adopter_forwarded_stays_a_cancel_after_the_adopter_dies() {
     s1.kill9();
     let mut s2 = root.spawn();
     wait_for(Duration::from_secs(30), "S2 to adopt the run", || {
-        sup_logs(&root).contains("adopting a run whose supervisor died")
+        root.sup_logs()
+            .contains("adopting a run whose supervisor died")
     });
     let _ = root.mailroom(&["cancel", "o", "--timeout", "100ms"]);
     wait_for(

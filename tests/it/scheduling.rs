@@ -640,13 +640,6 @@ fn a_reject_whose_lock_is_held_is_filed_when_it_is_free() {
             agent("fail.sh")
         ))
         .task("broken.yaml", "description: b\nagent: bad\n");
-    let sup_log = || -> String {
-        root.entries(".")
-            .iter()
-            .filter(|e| e.starts_with("sup-"))
-            .map(|e| root.read(e))
-            .collect()
-    };
     let _sup = root.spawn_with(&[("RUST_LOG", "mailroom=debug")]);
     wait_for(Duration::from_secs(60), "broken to fail", || {
         root.exists("tasks/failed/broken.result.json")
@@ -662,7 +655,7 @@ fn a_reject_whose_lock_is_held_is_filed_when_it_is_free() {
     wait_for(
         Duration::from_secs(30),
         "the supervisor to find the lock held",
-        || sup_log().contains("its lock is held elsewhere"),
+        || root.sup_logs().contains("its lock is held elsewhere"),
     );
     assert_eq!(root.names("pending"), ["d"]);
     drop(lock);
@@ -687,13 +680,6 @@ fn a_dependant_goes_when_a_second_file_of_its_dependency_is_filed_as_a_clash() {
             "retries: 0\nrescan_interval: 1h\nsettle: 1h\nconcurrency: 2\nagents:\n  s:\n    command: [/bin/sh, -c, {script:?}]\n    max_instances: 2\n"
         ))
         .task("b.yaml", "description: first b\n");
-    let sup_log = || -> String {
-        root.entries(".")
-            .iter()
-            .filter(|e| e.starts_with("sup-"))
-            .map(|e| root.read(e))
-            .collect()
-    };
     let _sup = root.spawn_with(&[("RUST_LOG", "mailroom=debug")]);
     wait_for(Duration::from_secs(60), "b to run", || {
         root.exists("tasks/assigned/b.yaml")
@@ -712,13 +698,13 @@ fn a_dependant_goes_when_a_second_file_of_its_dependency_is_filed_as_a_clash() {
         Duration::from_secs(30),
         "the second b to be reported",
         || {
-            sup_log()
+            root.sup_logs()
                 .contains("a second file of this name is in tasks/pending/ while the task runs")
         },
     );
     drop_in("c.yaml", "description: c\nafter: [b]\n");
     wait_for(Duration::from_secs(30), "c to wait for b", || {
-        sup_log().contains("waiting for b")
+        root.sup_logs().contains("waiting for b")
     });
     root.write("release", "");
     wait_for(
@@ -738,7 +724,8 @@ fn a_dependant_goes_when_a_second_file_of_its_dependency_is_filed_as_a_clash() {
     drop_in("b.yaml", "description: [unclosed\n");
     drop_in("d.yaml", "description: d\nafter: [b]\n");
     wait_for(Duration::from_secs(30), "d to wait for b", || {
-        sup_log().contains("waiting for b task=d") || sup_log().contains("waiting for b task=\"d\"")
+        root.sup_logs().contains("waiting for b task=d")
+            || root.sup_logs().contains("waiting for b task=\"d\"")
     });
     std::fs::remove_file(root.p("tasks/pending/b.yaml")).unwrap();
     wait_for(

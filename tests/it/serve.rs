@@ -1318,19 +1318,29 @@ fn poll_page(
     }
 }
 
+/// Headless Chromium and its WebDriver, or None (said loudly: see `require`).
+fn chromium_and_driver() -> Option<(PathBuf, PathBuf)> {
+    match (
+        crate::webdriver::find(&["chromium", "chromium-browser", "google-chrome"]),
+        crate::webdriver::find(&["chromedriver"]),
+    ) {
+        (Some(c), Some(d)) => Some((c, d)),
+        _ => {
+            require(
+                false,
+                "headless Chromium and its WebDriver (apt-get install chromium chromium-driver)",
+            );
+            None
+        }
+    }
+}
+
 /// A running task's output box follows the output from the bottom, as
 /// `tail -f` does, also across the swaps of the page's <main> that every
 /// change in the tree brings; scrolled up by the reader, it stays there.
 #[test]
 fn the_live_output_box_keeps_its_scroll_across_page_updates() {
-    let (Some(chromium), Some(driver)) = (
-        crate::webdriver::find(&["chromium", "chromium-browser", "google-chrome"]),
-        crate::webdriver::find(&["chromedriver"]),
-    ) else {
-        require(
-            false,
-            "headless Chromium and its WebDriver (apt-get install chromium chromium-driver)",
-        );
+    let Some((chromium, driver)) = chromium_and_driver() else {
         return;
     };
     let talk = "i=0; while :; do i=$((i+1)); echo \"line $i of a long run\"; sleep 0.01; done";
@@ -1406,14 +1416,7 @@ fn the_live_output_box_keeps_its_scroll_across_page_updates() {
 
 #[test]
 fn a_browser_sees_a_task_appear_and_complete_without_a_reload_and_cancels_a_running_one() {
-    let (Some(chromium), Some(driver)) = (
-        crate::webdriver::find(&["chromium", "chromium-browser", "google-chrome"]),
-        crate::webdriver::find(&["chromedriver"]),
-    ) else {
-        require(
-            false,
-            "headless Chromium and its WebDriver (apt-get install chromium chromium-driver)",
-        );
+    let Some((chromium, driver)) = chromium_and_driver() else {
         return;
     };
     let answer = serde_json::json!({
