@@ -347,7 +347,7 @@ impl Supervisor {
             .get(name)
             .map(|p| p.excluded.clone())
             .unwrap_or_default();
-        self.forget(name);
+        self.drop_pending(name);
         let (claimed, routed) = self.reread_claimed(name, &ext, &excluded);
         let (task, (route, reason)) = match routed {
             Ok(t) => t,

@@ -405,7 +405,6 @@ impl Supervisor {
         self.metrics.dirty = true;
         match end {
             JobEnd::Done(st, outcome, secs) => {
-                self.metrics.attempt(&agent, outcome.as_str());
                 self.metrics.finished(&agent, outcome.as_str(), secs);
                 if outcome == Outcome::Limited {
                     // A task that failed on a limit (past its free ones):

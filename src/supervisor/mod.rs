@@ -225,8 +225,8 @@ pub struct Supervisor {
     unsettled: BTreeSet<String>,
     /// Pending files that will never run, to be filed in `failed/`.
     rejects: BTreeMap<String, ResultRecord>,
-    /// A pending file was forgotten while tasks wait: they are placed again
-    /// at the end of the scheduling pass (see `schedule`).
+    /// A pending file left unclaimed while tasks wait: they are placed again
+    /// at the end of the scheduling pass (see `schedule`, `forget`).
     name_freed: bool,
     /// Agents cooling down after a usage limit: until when, and why.
     cooldowns: HashMap<String, (SystemTime, String)>,

@@ -258,9 +258,21 @@ impl Supervisor {
         }
     }
 
+    /// Forgets a pending file that left `pending/` without being claimed
+    /// (filed in `failed/`, removed, moved away). It may have been all that
+    /// kept the tasks waiting for its name (a name is not "completed" while
+    /// a file of it is pending): they are placed again (see `schedule`).
     pub(super) fn forget(&mut self, name: &str) {
-        self.name_freed |= self.pending.contains_key(name) && !self.waiting.is_empty();
-        if self.pending.remove(name).is_some() {
+        if self.drop_pending(name) && !self.waiting.is_empty() {
+            self.name_freed = true;
+        }
+    }
+
+    /// Drops `name` from the scheduler's books; true when it was pending.
+    /// Alone for a claimed task: its dependants wait for its run.
+    pub(super) fn drop_pending(&mut self, name: &str) -> bool {
+        let was = self.pending.remove(name).is_some();
+        if was && !self.unrecoverable.is_empty() {
             self.unrecoverable.remove(&format!("second-file:{name}"));
         }
         self.queue.remove(name);
@@ -268,6 +280,7 @@ impl Supervisor {
         self.unsettled.remove(name);
         self.rejects.remove(name);
         self.logged_waits.remove(name);
+        was
     }
 
     /// Reads and parses one pending file unless it is unchanged since last time.
