@@ -59,8 +59,10 @@ fn esc(v: &str) -> String {
 }
 
 impl Metrics {
-    /// A run ended, on `agent`, with `outcome`, after `secs` seconds.
+    /// A task's last run ended, on `agent`, with `outcome`, after `secs`
+    /// seconds: an attempt too.
     pub fn finished(&mut self, agent: &str, outcome: &str, secs: Option<f64>) {
+        self.attempt(agent, outcome);
         self.add_runs(agent, outcome, 1);
         if let Some(s) = secs {
             self.observe(agent, s);

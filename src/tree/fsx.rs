@@ -595,7 +595,7 @@ pub fn for_each_name(dir: &Path, mut f: impl FnMut(&[u8])) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let d = OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .custom_flags(libc::O_DIRECTORY)
         .open(dir)?;
     let mut buf = vec![0u8; 64 * 1024];
     // struct linux_dirent64: d_ino (8 bytes), d_off (8), d_reclen (2),
