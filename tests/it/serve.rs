@@ -1372,8 +1372,9 @@ fn the_live_output_box_keeps_its_scroll_across_page_updates() {
         |v| v[0].as_u64().is_some_and(|n| n > 150) && v[2].as_f64().is_some_and(|t| t > 0.0),
     );
     assert_eq!(v[1], true, "not following the output: {v}");
-    // A change in the tree swaps <main>: the box still follows.
-    let swapped = |after: u64| {
+    // A change in the tree swaps <main>; then more output arrives.
+    let swap_then_more = |before: &serde_json::Value| {
+        let after = before[3].as_u64().unwrap();
         root.write(
             &format!("tasks/tmp/other{after}.yaml"),
             "description: other\nagent: talk\n",
@@ -1383,32 +1384,23 @@ fn the_live_output_box_keeps_its_scroll_across_page_updates() {
             root.p(&format!("tasks/pending/other{after}.yaml")),
         )
         .unwrap();
-        poll_page(&b, "<main> swapped", Duration::from_secs(20), probe, |v| {
+        let (swapped, _) = poll_page(&b, "<main> swapped", Duration::from_secs(20), probe, |v| {
             v[3].as_u64().is_some_and(|g| g > after)
-        })
+        });
+        poll_page(
+            &b,
+            "more output after the swap",
+            Duration::from_secs(10),
+            probe,
+            |w| w[0].as_u64() > swapped[0].as_u64(),
+        )
         .0
     };
-    let g = v[3].as_u64().unwrap();
-    let v = swapped(g);
-    let (v, _) = poll_page(
-        &b,
-        "more output after the swap",
-        Duration::from_secs(10),
-        probe,
-        |w| w[0].as_u64() > v[0].as_u64(),
-    );
+    let v = swap_then_more(&v);
     assert_eq!(v[1], true, "the swap lost the bottom: {v}");
     // Scrolled up by the reader: it stays there through appends and swaps.
-    b.eval("var el = document.getElementById('live-output'); el.scrollTop = 40; el.dispatchEvent(new Event('scroll')); return true;");
-    let g = v[3].as_u64().unwrap();
-    let v = swapped(g);
-    let (v, _) = poll_page(
-        &b,
-        "more output after the second swap",
-        Duration::from_secs(10),
-        probe,
-        |w| w[0].as_u64() > v[0].as_u64(),
-    );
+    b.eval("document.getElementById('live-output').scrollTop = 40; return true;");
+    let v = swap_then_more(&v);
     assert_eq!(v[1], false, "dragged back to the bottom: {v}");
     assert_eq!(v[2].as_f64(), Some(40.0), "{v}");
     stop_runs_of(&root.path);
