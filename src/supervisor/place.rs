@@ -147,9 +147,12 @@ impl Supervisor {
             if self.layout().find(State::Failed, d).is_some() {
                 return Deps::Failed(format!("dependency {d} failed"));
             }
+            // A file of the name in `pending/` that the books do not hold
+            // yet (still settling, or not scanned) is waited for too.
             if self.pending.contains_key(d)
                 || self.running.contains_key(d)
                 || self.layout().find(State::Assigned, d).is_some()
+                || self.layout().find(State::Pending, d).is_some()
             {
                 return Deps::Wait(format!("waiting for {d}"));
             }
