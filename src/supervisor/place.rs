@@ -134,41 +134,42 @@ impl Supervisor {
     pub(super) fn deps_state(&self, after: &[String]) -> Deps {
         // Completed: the task file with its record, as a commit leaves it.
         // A file put in `completed/` by hand or by an agent is no success.
-        let done = |d: &String| books::is_completed(self.layout(), d);
+        // Looked up once per dependency: a record is read for each.
+        let open: Vec<&String> = after
+            .iter()
+            .filter(|d| !books::is_completed(self.layout(), d))
+            .collect();
         // A failed dependency anywhere decides, before any wait.
-        let failed = |d: &String| !done(d) && self.layout().find(State::Failed, d).is_some();
-        if let Some(d) = after.iter().find(|d| failed(d)) {
+        if let Some(d) = open
+            .iter()
+            .find(|d| self.layout().find(State::Failed, d).is_some())
+        {
             return Deps::Failed(format!("dependency {d} failed"));
         }
-        for d in after {
-            if done(d) {
-                continue;
-            }
-            if self.layout().find(State::Failed, d).is_some() {
-                return Deps::Failed(format!("dependency {d} failed"));
-            }
-            // A file of the name in `pending/` that the books do not hold
-            // yet (still settling, or not scanned) is waited for too.
-            if self.pending.contains_key(d)
-                || self.running.contains_key(d)
-                || self.layout().find(State::Assigned, d).is_some()
-                || self.layout().find(State::Pending, d).is_some()
-            {
-                return Deps::Wait(format!("waiting for {d}"));
-            }
-            // Filed under a clash name (an agent took its place in the
-            // tree): it failed, and nothing of its name will ever complete.
-            if let Some(clash) = books::diverted_as(self.layout(), d) {
-                return Deps::Failed(format!("dependency {d} failed (filed as {clash})"));
-            }
-            if self.layout().find(State::Completed, d).is_some() {
-                return Deps::Wait(format!(
-                    "waiting for {d} (tasks/completed/ has a file of that name, but no record \
-                     of its completion: mailroom did not file it)"
-                ));
-            }
-            return Deps::Wait(format!("waiting for {d} (not submitted)"));
+        // The first that is not completed, in the order written, is waited for.
+        let Some(&d) = open.first() else {
+            return Deps::Ready;
+        };
+        // A file of the name in `pending/` that the books do not hold
+        // yet (still settling, or not scanned) is waited for too.
+        if self.pending.contains_key(d)
+            || self.running.contains_key(d)
+            || self.layout().find(State::Assigned, d).is_some()
+            || self.layout().find(State::Pending, d).is_some()
+        {
+            return Deps::Wait(format!("waiting for {d}"));
         }
-        Deps::Ready
+        // Filed under a clash name (an agent took its place in the
+        // tree): it failed, and nothing of its name will ever complete.
+        if let Some(clash) = books::diverted_as(self.layout(), d) {
+            return Deps::Failed(format!("dependency {d} failed (filed as {clash})"));
+        }
+        if self.layout().find(State::Completed, d).is_some() {
+            return Deps::Wait(format!(
+                "waiting for {d} (tasks/completed/ has a file of that name, but no record \
+                 of its completion: mailroom did not file it)"
+            ));
+        }
+        Deps::Wait(format!("waiting for {d} (not submitted)"))
     }
 }
