@@ -308,31 +308,20 @@ impl Job {
                 let finished = record::parse_ts(&finished_at).filter(|f| *f >= started);
                 self.finish(st, end, (started, finished)).await
             }
-            None => self.recover_orphan_run().await,
-        }
-    }
-
-    /// A kept run that left no outcome: recovery's verdict (requeue, charged,
-    /// or fail when no attempts are left).
-    async fn recover_orphan_run(self) -> JobEnd {
-        use crate::tree::recovery::{self, Decision};
-        let retries = self.task.retries.unwrap_or(self.config.retries);
-        let res = self
-            .last_step(move |layout, name, ext| recovery::recover(layout, name, ext, retries, None))
-            .await;
-        match res {
-            Some(Ok((Decision::Requeue { .. }, _))) => JobEnd::Requeued(None),
-            Some(Ok((Decision::Fail { record, .. }, _))) => {
-                JobEnd::Done(Status::Failed, record.outcome, None)
+            // The keeper ended without an outcome (killed): its agent may
+            // still run. As for a keeper of this supervisor's own, the agent
+            // is stopped before the task can run again, and the run is
+            // charged with what is known.
+            None => {
+                let keeper = keeper::info(&run_dir, run_id).map_or(0, |k| k.pid);
+                let end = self.keeper_lost(keeper, None, &run_dir, run_id).await;
+                let started = st
+                    .run
+                    .as_ref()
+                    .and_then(|r| record::parse_ts(&r.started_at))
+                    .unwrap_or_else(SystemTime::now);
+                self.finish(st, end, (started, None)).await
             }
-            Some(Ok((Decision::FinishCommit { record, .. }, _))) => {
-                JobEnd::Done(record.status, record.outcome, None)
-            }
-            Some(Err(e)) => {
-                error!(error = %e, "recovery of a kept run failed");
-                JobEnd::Stuck
-            }
-            None => JobEnd::Stuck,
         }
     }
 }

@@ -253,7 +253,7 @@ impl Job {
     /// `keeper.json`, no agent found) is a spawn failure; otherwise how the
     /// agent ended is unknown, and the run is never counted as a success or
     /// as a free spawn failure.
-    async fn keeper_lost(
+    pub(super) async fn keeper_lost(
         &self,
         pid: u32,
         status: Option<std::process::ExitStatus>,

@@ -510,6 +510,56 @@ fn an_agent_whose_supervisor_and_keeper_died_is_stopped_before_the_task_runs_aga
     );
 }
 
+/// The keeper of an *adopted* run is killed: its agent lives on, and must be
+/// stopped before the task runs again (never two attempts at once, never
+/// more agents than the slots), and the record says what happened.
+#[test]
+fn an_adopted_run_whose_keeper_is_killed_is_stopped_before_the_task_runs_again() {
+    let root = waiter_root("");
+    let mut sup = root.spawn();
+    let pid = started(&root);
+    let _cleanup = KillGroupOnDrop(pid);
+    let keeper = keeper_pid(&root);
+    sup.kill9();
+    let _sup = root.spawn();
+    wait_for(
+        Duration::from_secs(30),
+        "the new supervisor to adopt the run",
+        || {
+            root.sup_logs()
+                .contains("adopting a run whose supervisor died")
+        },
+    );
+    unsafe {
+        libc::kill(keeper, libc::SIGKILL);
+    }
+    wait_for(Duration::from_secs(30), "attempt 2 to start", || {
+        log(&root).contains("start 2")
+    });
+    assert!(!alive(pid), "attempt 2 started beside attempt 1");
+    root.write("go", "");
+    wait_for(Duration::from_secs(30), "the task to complete", || {
+        root.names("completed") == ["o"]
+    });
+    let log = log(&root);
+    assert!(
+        !log.contains("end 1"),
+        "attempt 1 ran on beside attempt 2:\n{log}"
+    );
+    let rec = root.record("completed", "o");
+    let first = &rec["history"][0];
+    let err = first["error"].as_str().unwrap_or_default();
+    assert!(
+        err.contains("without writing the outcome") && err.contains("was stopped"),
+        "{rec}"
+    );
+    assert_ne!(first["outcome"], "interrupted", "{rec}");
+    assert!(
+        root.sup_logs().contains("without writing the outcome"),
+        "the log is silent"
+    );
+}
+
 #[test]
 fn a_run_whose_lock_file_its_agent_removed_is_not_taken_by_another_supervisor() {
     // The agent removes its lock file and state file: a second supervisor
