@@ -91,6 +91,21 @@ pub fn render(
         let total = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         budget = budget.saturating_sub(bytes.len() as u64);
         let text = String::from_utf8_lossy(&bytes);
+        // The shared files are mailroom's (derived from what agents said,
+        // and writable by them): cleaned of control characters. A file the
+        // task lists is given as it is, but a NUL (a binary file, as a
+        // rule) could not reach an agent that takes its prompt as an
+        // argument: the task fails, naming the file.
+        let text = if SHARED.contains(&f) {
+            crate::tree::context::clean(&text)
+        } else if let Some(at) = text.find('\0') {
+            return Err(format!(
+                "context file `{f}` has a NUL byte (at byte {at}; a binary file?), which a \
+                 prompt cannot carry (listed in `context_files`)"
+            ));
+        } else {
+            text
+        };
         context.push_str(&format!("\n---\n## Context: {f}\n\n{}\n", text.trim_end()));
         if cut {
             context.push_str(&format!(
@@ -106,6 +121,12 @@ pub fn render(
         ));
     }
     let instructions = instructions(&task.name, run_dir);
+    if template.contains('\0') {
+        return Err(format!(
+            "the prompt_template of agent `{}` has a NUL byte, which a prompt cannot carry",
+            agent.name
+        ));
+    }
     Ok(substitute(
         template,
         &[

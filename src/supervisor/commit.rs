@@ -98,6 +98,7 @@ pub(super) fn stderr_tail(run_dir: &Path) -> String {
         return String::new();
     };
     let s = String::from_utf8_lossy(&b);
+    let s = crate::tree::context::clean(&s);
     let s = s.trim();
     let mut lines: Vec<&str> = s
         .lines()

@@ -191,12 +191,62 @@ pub fn replay_unmerged(layout: &Layout, max: usize, wait: std::time::Duration) -
     merged
 }
 
-/// Extracts the last `[SUMMARY]…[/SUMMARY]` block of an output.
+/// Whether `c` is a control character [`clean`] takes out.
+fn is_control(c: char) -> bool {
+    c.is_control() && c != '\n' && c != '\t'
+}
+
+/// What an agent said, made fit for `context/` and the next prompts: its
+/// terminal escape sequences (colours, titles) dropped, `\r\n` and a lone
+/// `\r` made newlines, and every other control character (a NUL above all,
+/// which no argument of a later agent's command line can carry) shown as
+/// U+FFFD. Borrowed when there is nothing to clean.
+pub fn clean(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(is_control) {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut it = text.chars().peekable();
+    while let Some(c) = it.next() {
+        match c {
+            '\r' => {
+                it.next_if_eq(&'\n');
+                out.push('\n');
+            }
+            '\x1b' => match it.next() {
+                // CSI: parameters and intermediates, then one final byte.
+                Some('[') => {
+                    for c in it.by_ref() {
+                        if ('@'..='~').contains(&c) || !(' '..='~').contains(&c) {
+                            break;
+                        }
+                    }
+                }
+                // OSC (a title, a link): up to BEL or ESC \.
+                Some(']') => {
+                    while let Some(c) = it.next() {
+                        if c == '\x07' || (c == '\x1b' && it.next_if_eq(&'\\').is_some()) {
+                            break;
+                        }
+                    }
+                }
+                // Any other escape: it and its one character.
+                _ => {}
+            },
+            c if is_control(c) => out.push('\u{fffd}'),
+            c => out.push(c),
+        }
+    }
+    out.into()
+}
+
+/// Extracts the last `[SUMMARY]…[/SUMMARY]` block of an output, [`clean`]ed.
 pub fn summary(text: &str) -> Option<String> {
     let start = text.rfind("[SUMMARY]")?;
     let body = &text[start + "[SUMMARY]".len()..];
     let end = body.find("[/SUMMARY]").unwrap_or(body.len());
-    let s = body[..end].trim();
+    let s = clean(&body[..end]);
+    let s = s.trim();
     if s.is_empty() {
         return None;
     }
@@ -282,7 +332,7 @@ pub fn merge_within(
             rec.finished_at,
         );
         if let Some(e) = &rec.error {
-            md.push_str(&format!("- error: {e}\n"));
+            md.push_str(&format!("- error: {}\n", clean(e)));
         }
         md.push_str("\n---\n\n");
         if text.trim().is_empty() && rec.status == Status::Failed {
@@ -292,7 +342,7 @@ pub fn merge_within(
                 "(no output: the task failed before its agent gave any; the error is above)\n",
             );
         } else {
-            md.push_str(text);
+            md.push_str(&clean(text));
         }
         if cut {
             md.push_str(&format!(
@@ -328,8 +378,8 @@ fn log_line(rec: &ResultRecord, totals: (u64, u64)) -> serde_json::Value {
         "finished_at": rec.finished_at,
         "duration_ms": rec.duration_ms,
         "exit_code": rec.exit_code,
-        "error": rec.error,
-        "summary": rec.summary,
+        "error": rec.error.as_deref().map(clean),
+        "summary": rec.summary.as_deref().map(clean),
         "output_file": rec.output_file,
         "error_class": rec.error_class,
         "session_id": rec.session_id,
@@ -534,7 +584,7 @@ fn output_body(path: &Path, max: usize) -> Option<String> {
     let body_len = len.saturating_sub(start);
     if start + body_len <= head.len() {
         let body = String::from_utf8_lossy(&head[start..]);
-        return Some(head_and_tail(body.trim(), max));
+        return Some(head_and_tail(clean(&body).trim(), max));
     }
     let half = max / 2;
     let (tail, _) = fsx::read_tail(path, half as u64).ok()?;
@@ -545,9 +595,9 @@ fn output_body(path: &Path, max: usize) -> Option<String> {
     let t = t.trim_start_matches('\u{fffd}');
     Some(format!(
         "{}\n[... {} bytes omitted ...]\n{}",
-        h.trim_start(),
+        clean(h.trim_start()),
         body_len.saturating_sub(h.len() + t.len()),
-        t.trim_end()
+        clean(t.trim_end())
     ))
 }
 
@@ -663,11 +713,13 @@ pub fn write_current_state(
             if !s("output_file").is_empty() {
                 md.push_str(&format!("Output: `{}`\n\n", s("output_file")));
             }
+            // Cleaned again: a line may be older than the cleaning, or
+            // written by another tool.
             if s("status") == "failed" && !s("error").is_empty() {
-                md.push_str(&format!("Error: {}\n\n", s("error")));
+                md.push_str(&format!("Error: {}\n\n", clean(s("error"))));
             }
             if !s("summary").is_empty() {
-                md.push_str(&format!("Summary:\n\n{}\n\n", s("summary")));
+                md.push_str(&format!("Summary:\n\n{}\n\n", clean(s("summary"))));
             }
         }
     }
@@ -682,6 +734,25 @@ pub fn write_current_state(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clean_drops_escapes_and_shows_other_control_characters() {
+        assert!(matches!(
+            clean("plain\ttext\n"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(clean("a\0b"), "a\u{fffd}b");
+        assert_eq!(clean("\x1b[1;31mred\x1b[0m"), "red");
+        assert_eq!(clean("\x1b]0;title\x07x\x1b]8;;u\x1b\\y"), "xy");
+        assert_eq!(clean("a\r\nb\rc"), "a\nb\nc");
+        assert_eq!(clean("\x1bcd\x7f\u{85}"), "d\u{fffd}\u{fffd}");
+        // An escape cut at the end of the text loses only itself.
+        assert_eq!(clean("ok\x1b["), "ok");
+        assert_eq!(
+            summary("[SUMMARY]a\0\x1b[2Kb[/SUMMARY]").unwrap(),
+            "a\u{fffd}b"
+        );
+    }
 
     #[test]
     fn totals_come_from_the_last_good_line() {

@@ -638,3 +638,64 @@ fn a_held_tree_count_delays_a_commit_only_so_long() {
     );
     assert!(root.names("pending").is_empty(), "the follow-up was queued");
 }
+
+/// An agent's NUL bytes, terminal escapes and carriage returns (in its
+/// `[SUMMARY]`, its output without one, or a failed run's stderr) never
+/// reach `context/` or a later prompt: an agent that takes its prompt as an
+/// argument (NUL cannot be in one) keeps working. A context file the task
+/// lists that holds a NUL fails that task alone, naming the file.
+#[test]
+fn control_bytes_in_an_agent_s_answer_never_poison_the_context_or_later_prompts() {
+    const AGENT: &str = r#"case "$MAILROOM_TASK" in
+  s) printf '[SUMMARY]bad \000 byte \033[31mred\033[0m\rover[/SUMMARY]\n' ;;
+  o) printf 'no summary \000 here \033]0;title\007 end\n' ;;
+  f) printf 'it broke \000 \033[1mbadly\033[0m\n' >&2; exit 3 ;;
+  *) printf '%s' "$1" > "$MAILROOM_ROOT/prompt-$MAILROOM_TASK.txt"; echo '[SUMMARY]fine[/SUMMARY]' ;;
+esac"#;
+    let cmd = serde_json::to_string(&["/bin/sh", "-c", AGENT, "sh", "{prompt}"]).unwrap();
+    let root = Root::new()
+        .config(&format!(
+            "retries: 0\nretry_delay: 50ms\nsettle: 300ms\nagents:\n  a:\n    command: {cmd}\n    grace: 1s\n"
+        ))
+        .task("s.yaml", "description: summary with control bytes\n")
+        .task("o.yaml", "description: output with control bytes\n")
+        .task("f.yaml", "description: fails with control bytes\n");
+    root.run_until_idle();
+    assert_eq!(root.names("completed"), ["o", "s"]);
+    assert_eq!(root.names("failed"), ["f"]);
+    root.write("bin.dat", "text \0 binary\n");
+    let root = root
+        .task("next1.yaml", "description: reads the context\n")
+        .task("next2.yaml", "description: reads it too\n")
+        .task(
+            "listed.yaml",
+            "description: lists a binary file\ncontext_files: [bin.dat]\n",
+        );
+    root.run_until_idle();
+    assert_eq!(root.names("completed"), ["next1", "next2", "o", "s"]);
+    assert_eq!(root.names("failed"), ["f", "listed"]);
+    let bad = |s: &str| s.contains(['\0', '\x1b', '\r', '\x07']);
+    for f in [
+        "context/current_state.md",
+        "context/completed_tasks.jsonl",
+        "context/agent_outputs/s.md",
+        "context/agent_outputs/o.md",
+        "context/agent_outputs/f.md",
+        "prompt-next1.txt",
+    ] {
+        let text = root.read(f);
+        assert!(!bad(&text), "{f} carries control bytes: {text:?}");
+    }
+    // What the agents said is still there, the bytes made visible or cut.
+    let state = root.read("context/current_state.md");
+    assert!(state.contains("bad") && state.contains("red"), "{state}");
+    assert!(state.contains("it broke"), "{state}");
+    let prompt = root.read("prompt-next1.txt");
+    assert!(prompt.contains("no summary"), "{prompt}");
+    let rec = root.record("completed", "s");
+    assert!(!bad(rec["summary"].as_str().unwrap()), "{}", rec["summary"]);
+    // A listed file with a NUL: that task fails, and says which file.
+    let rec = root.record("failed", "listed");
+    let err = rec["error"].as_str().unwrap();
+    assert!(err.contains("bin.dat") && err.contains("NUL"), "{err}");
+}
