@@ -164,6 +164,7 @@ impl Job {
             claimed,
             target: None,
             clash_lock: None,
+            queued_from: Vec::new(),
         };
         write_commit(c, lock, stop, secs).await
     }
@@ -185,6 +186,9 @@ struct Commit {
     /// in the destination meanwhile, with that name's lock.
     target: Option<String>,
     clash_lock: Option<TaskLock>,
+    /// The outbox entries already queued by an earlier try of this commit:
+    /// never queued again (one that could not be removed stays there).
+    queued_from: Vec<String>,
 }
 
 /// Runs `step`; when it fails and a directory of the tree is missing (someone
@@ -272,13 +276,22 @@ impl Commit {
                 let shown_at = layout
                     .attempt_dir(dest, &self.rec.task, self.st.attempts)
                     .join("outbox");
-                let queued = crate::tree::outbox::queue_outbox(layout, &name, &outbox, &shown_at)
-                    .map_err(at(format!(
-                    "queueing the follow-ups of {} into {}",
-                    layout.rel(&outbox),
-                    layout.rel(&layout.pending)
-                )))?;
+                let queued = crate::tree::outbox::queue_outbox(
+                    layout,
+                    &name,
+                    (&outbox, &shown_at),
+                    &mut self.queued_from,
+                );
+                // What was queued before an error stays queued (and
+                // listed): a retry of the commit goes on from there.
                 self.rec.followups.extend(queued.names);
+                if let Some(e) = queued.error {
+                    return Err(at(format!(
+                        "queueing the follow-ups of {} into {}",
+                        layout.rel(&outbox),
+                        layout.rel(&layout.pending)
+                    ))(e));
+                }
                 for w in queued.refused {
                     if !self.rec.warnings.contains(&w) {
                         warn!(task = %name, "{w}");

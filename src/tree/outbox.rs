@@ -180,8 +180,12 @@ pub struct Queued {
     /// The follow-ups queued, by the names they got.
     pub names: Vec<String>,
     /// Why each file that looks like a task file was not queued (it stays
-    /// in the outbox): for the record's `warnings`.
+    /// in the outbox), or was queued but could not be removed from it: for
+    /// the record's `warnings`.
     pub refused: Vec<String>,
+    /// An error of the tree itself (a full disk) that ended the pass: what
+    /// was queued before it is in `names`, and the commit is tried again.
+    pub error: Option<io::Error>,
 }
 
 /// Queues every task file left in `outbox` (after a successful run of
@@ -194,18 +198,22 @@ pub struct Queued {
 ///
 /// An entry that cannot be a follow-up (not a regular file, unreadable, too
 /// large, a name that cannot be used, no free name) is left where it is and
-/// named in `refused`; only an error of the tree itself (a full disk) fails
-/// the call, and the commit that made it is tried again.
+/// named in `refused`; only an error of the tree itself (a full disk) ends
+/// the pass (`error`), and the commit that made it is tried again.
+///
+/// `queued_from` holds the entries queued by earlier passes of the same
+/// commit, and gets this pass's: an entry queued but not removable (an
+/// immutable outbox) is queued once, whatever the retries.
 pub fn queue_outbox(
     layout: &Layout,
     parent: &str,
-    outbox: &Path,
-    shown_at: &Path,
-) -> io::Result<Queued> {
+    (outbox, shown_at): (&Path, &Path),
+    queued_from: &mut Vec<String>,
+) -> Queued {
     let mut done = Queued::default();
     let shown = |f: &str| format!("{}/{}", layout.rel(shown_at), f.escape_debug());
     let Ok(rd) = std::fs::read_dir(outbox) else {
-        return Ok(done);
+        return done;
     };
     let mut entries: Vec<std::ffi::OsString> = rd.flatten().map(|e| e.file_name()).collect();
     entries.sort();
@@ -220,6 +228,9 @@ pub fn queue_outbox(
             }
             continue;
         };
+        if queued_from.iter().any(|q| q == f) {
+            continue;
+        }
         let (name, ext) = match task::classify(f) {
             Entry::Task { name, ext } => (name, ext),
             Entry::BadName(why) => {
@@ -264,18 +275,29 @@ pub fn queue_outbox(
             with_links(&text, name, parent, None)
         };
         let text = linked.unwrap_or(text);
-        match submit(layout, name, &text, ext) {
-            Ok(queued) => done.names.push(queued),
+        let queued = match submit(layout, name, &text, ext) {
+            Ok(queued) => queued,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 done.refused
                     .push(format!("follow-up {} not queued: {e}", shown(f)));
                 continue;
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                done.error = Some(e);
+                return done;
+            }
+        };
+        queued_from.push(f.to_owned());
+        if let Err(e) = fsx::remove_file_if_exists(&path) {
+            done.refused.push(format!(
+                "follow-up {} was queued as `{queued}` but cannot be removed from the outbox \
+                 ({e}); it stays there and is not queued again",
+                shown(f)
+            ));
         }
-        fsx::remove_file_if_exists(&path)?;
+        done.names.push(queued);
     }
-    Ok(done)
+    done
 }
 
 /// Writes a task's `subtasks` into `pending/` as `<name>.<suffix>`, linked to

@@ -248,3 +248,59 @@ fn a_removed_assigned_dir_is_recreated_and_its_running_task_kept() {
         root.names("completed") == ["after"]
     });
 }
+
+/// An outbox its agent made immutable: its follow-up could be queued but
+/// not removed, and every retry of the commit (here `tasks/completed/` is
+/// unwritable for a while) queued it again, as `next-2`, `next-3`, ... It is
+/// queued once, and the record says it stayed in the outbox.
+#[test]
+fn a_follow_up_that_cannot_be_removed_from_its_outbox_is_queued_once() {
+    const AGENT: &str = r#"if [ "$MAILROOM_TASK" = o ]; then
+  printf 'description: the follow-up\n' > "$MAILROOM_OUTBOX/next.yaml"
+  chattr +i "$MAILROOM_OUTBOX" || exit 9
+fi
+echo done"#;
+    let root = Root::new()
+        .agent_config(&["/bin/sh", "-c", AGENT], "retries: 0")
+        .task("o.yaml", "description: writes a follow-up\n");
+    let Some(lock) = Immutable::new(root.p("tasks/completed")) else {
+        return;
+    };
+    // Lifts the outbox's flag wherever it ends up, so the root can go.
+    struct Lift(Vec<std::path::PathBuf>);
+    impl Drop for Lift {
+        fn drop(&mut self) {
+            for p in &self.0 {
+                let _ = std::process::Command::new("chattr")
+                    .arg("-i")
+                    .arg(p)
+                    .stderr(std::process::Stdio::null())
+                    .status();
+            }
+        }
+    }
+    let _lift = Lift(
+        ["assigned", "completed", "failed"]
+            .iter()
+            .map(|s| root.p(&format!("tasks/{s}/o.run/1/outbox")))
+            .collect(),
+    );
+    let _sup = root.spawn();
+    wait_for(MIN, "three failed tries of the commit", || {
+        root.sup_logs().matches("Operation not permitted").count() >= 3
+    });
+    drop(lock);
+    wait_for(MIN, "the task and its follow-up to complete", || {
+        root.names("completed") == ["next", "o"]
+    });
+    let rec = root.record("completed", "o");
+    assert_eq!(rec["followups"], serde_json::json!(["next"]), "{rec}");
+    let w = rec["warnings"].to_string();
+    assert!(w.contains("cannot be removed from the outbox"), "{rec}");
+    assert!(
+        root.names("pending").is_empty() && root.names("failed").is_empty(),
+        "queued again: {:?} {:?}",
+        root.names("pending"),
+        root.names("failed")
+    );
+}
