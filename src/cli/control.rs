@@ -568,9 +568,19 @@ pub fn wait(
             .collect();
     } else {
         for n in names {
+            // Completed as a commit leaves it (a file an agent planted in
+            // completed/ completes nothing); anything else finished failed,
+            // under a clash name when its place was taken.
             match layout.locate(n) {
-                Some((State::Completed, _, _)) => res.completed.push(n.clone()),
-                Some((State::Failed, _, _)) => res.failed.push(n.clone()),
+                Some((State::Completed, _, _)) if books::is_completed(&layout, n) => {
+                    res.completed.push(n.clone())
+                }
+                Some((State::Completed | State::Failed, _, _)) => {
+                    res.failed.push(match books::diverted_as(&layout, n) {
+                        Some(c) => format!("{n} (filed as {c})"),
+                        None => n.clone(),
+                    })
+                }
                 _ => {}
             }
         }

@@ -44,10 +44,16 @@ pub fn list(root: &Path, state: Option<&str>, json: bool) -> Result<()> {
     let mut items = Vec::new();
     for st in states {
         for (name, ext) in books::list(&layout, st)? {
-            let error = if st == State::Failed {
-                read_record(&layout, State::Failed, &name).and_then(|r| r.error)
-            } else {
-                None
+            let error = match st {
+                State::Failed => match read_record(&layout, State::Failed, &name) {
+                    Some(r) if r.task == name => r.error,
+                    _ => books::unfiled_note(&layout, st, &name),
+                },
+                // One stat for a record that is there, as a rule.
+                State::Completed if !layout.record_file(st, &name).is_file() => {
+                    books::unfiled_note(&layout, st, &name)
+                }
+                _ => None,
             };
             let retry_at = if st == State::Pending {
                 retry_at(&layout, &name)

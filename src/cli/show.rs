@@ -193,6 +193,7 @@ pub fn show(root: &Path, name: &str, json: bool) -> Result<()> {
         let v = serde_json::json!({
             "name": name,
             "state": st,
+            "unfiled": books::unfiled_note(&layout, st, name),
             "parent": parent,
             "children": children,
             "file": layout.rel(&path),
@@ -207,11 +208,18 @@ pub fn show(root: &Path, name: &str, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    println!(
-        "name:  {name}\nstate: {}\nfile:  {}",
-        st.dir_name(),
-        layout.rel(&path)
-    );
+    match books::unfiled_note(&layout, st, name) {
+        Some(note) => println!(
+            "name:  {name}\nstate: {} ({note})\nfile:  {}",
+            st.dir_name(),
+            layout.rel(&path)
+        ),
+        None => println!(
+            "name:  {name}\nstate: {}\nfile:  {}",
+            st.dir_name(),
+            layout.rel(&path)
+        ),
+    }
     if let Some(r) = &running {
         let alive = |v: &serde_json::Value| match v.as_bool() {
             Some(true) => "alive",

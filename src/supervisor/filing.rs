@@ -250,12 +250,19 @@ impl Commit {
             )))?;
         }
         let assigned = layout.task_file(State::Assigned, &name, &self.ext);
-        if self.target.is_none()
-            && let Some(found) = layout
-                .find(dest_of(&self.rec), &name)
+        // A file of its name in either terminal directory (its destination,
+        // or the other one, where it would pass for the task to every
+        // reader) that mailroom did not put there: the agent's, as a rule.
+        let planted = |dir: State| {
+            layout
+                .find(dir, &name)
                 .map(|(p, _)| p)
                 .filter(|p| !fsx::same_inode(p, &assigned))
+        };
+        if self.target.is_none()
+            && let Some(found) = planted(dest_of(&self.rec))
                 .or_else(|| obstacle(layout, dest_of(&self.rec), &name))
+                .or_else(|| planted(other_terminal(dest_of(&self.rec))))
         {
             self.divert(&found)?;
         }
@@ -419,6 +426,14 @@ fn obstacle(layout: &Layout, dest: State, name: &str) -> Option<std::path::PathB
         Ok(m) if !m.is_dir() => Some(run),
         Ok(_) => fsx::remove_dir_all_if_exists(&run).is_err().then_some(run),
         Err(_) => None,
+    }
+}
+
+fn other_terminal(dest: State) -> State {
+    if dest == State::Completed {
+        State::Failed
+    } else {
+        State::Completed
     }
 }
 

@@ -400,6 +400,33 @@ pub fn is_completed(layout: &Layout, name: &str) -> bool {
             .is_some_and(|r| r.status == crate::model::record::Status::Completed)
 }
 
+/// Whether the task file of `name` in a terminal `state` was filed there by
+/// a commit: its record is there and names it. A file an agent planted (or
+/// one put there by hand) has none, and passes for no task.
+pub fn has_record(layout: &Layout, state: State, name: &str) -> bool {
+    read_record(layout, state, name).is_some_and(|r| r.task == name)
+}
+
+/// What a reader (`show`, `list`, `wait`) should say of a terminal task file
+/// with no record of its own, or None when it has one: that mailroom did
+/// not file it, and where the task of that name went when it was filed
+/// under a clash name because of it.
+pub fn unfiled_note(layout: &Layout, state: State, name: &str) -> Option<String> {
+    if !matches!(state, State::Completed | State::Failed) || has_record(layout, state, name) {
+        return None;
+    }
+    let mut note = format!(
+        "no record: mailroom did not file {} (an agent or a person put it there)",
+        layout.rel(&layout.find(state, name)?.0)
+    );
+    if let Some(c) = diverted_as(layout, name) {
+        note.push_str(&format!(
+            "; the task of this name failed and was filed as `{c}` (`mailroom show {c}`)"
+        ));
+    }
+    Some(note)
+}
+
 /// The clash name under which a task of this name was filed in `failed/`
 /// because its own place was taken when it was committed (a file an agent
 /// planted there): the task failed, under another name. Looks at

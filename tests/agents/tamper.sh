@@ -3,6 +3,8 @@
 #   move-back  moves its task file back into tasks/pending/
 #   delete     deletes its task file
 #   shadow     writes tasks/completed/<task>.yaml itself
+#   shadow-fail  writes tasks/completed/<task>.yaml itself, then fails
+#   shadow-failed  writes tasks/failed/<task>.yaml itself, then succeeds
 #   newer      submits a newer file of its own name into tasks/pending/ and fails
 #   wait       waits until the file named by $RELEASE exists, then succeeds
 #   kill-keeper  kills its run keeper (SIGKILL), then goes on for 30 s and
@@ -24,6 +26,10 @@ case "$last" in
   move-back) mv "$MAILROOM_TASK_FILE" "$MAILROOM_ROOT/tasks/pending/" ;;
   delete) rm -f "$MAILROOM_TASK_FILE" ;;
   shadow) printf 'description: not the real one\n' > "$MAILROOM_ROOT/tasks/completed/$MAILROOM_TASK.yaml" ;;
+  shadow-fail)
+    printf 'description: not the real one\n' > "$MAILROOM_ROOT/tasks/completed/$MAILROOM_TASK.yaml"
+    exit 1 ;;
+  shadow-failed) printf 'description: not the real one\n' > "$MAILROOM_ROOT/tasks/failed/$MAILROOM_TASK.yaml" ;;
   newer)
     if [ "$MAILROOM_ATTEMPT" = 1 ]; then
       printf 'description: a newer file\n' > "$MAILROOM_ROOT/tasks/tmp/newer"

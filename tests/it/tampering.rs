@@ -154,6 +154,44 @@ fn an_agent_that_writes_its_name_into_completed_does_not_wedge_its_task() {
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
+/// An agent that plants a file of its name in the *other* terminal directory
+/// (in `completed/` before it fails, in `failed/` before it succeeds): the
+/// run is tampered, filed once under a clash name, and `wait`, `show` and
+/// `list` never call the task completed.
+#[test]
+fn a_file_planted_in_the_other_terminal_directory_never_passes_for_the_task() {
+    for (act, planted) in [("shadow-fail", "completed"), ("shadow-failed", "failed")] {
+        let root = tamper_root(0, "").task("t.yaml", &format!("description: {act}\n"));
+        root.run_until_idle_within(Duration::from_secs(30));
+        assert_eq!(runs(&root).len(), 1, "{act}: {:?}", runs(&root));
+        assert!(root.entries("tasks/assigned").is_empty(), "{act}");
+        assert_eq!(
+            root.read(&format!("tasks/{planted}/t.yaml")),
+            "description: not the real one\n",
+            "{act}: the planted file is left alone"
+        );
+        let rec = root.record("failed", "t.clash-1");
+        assert_eq!(rec["outcome"], "tampered", "{act}: {rec}");
+        let err = rec["error"].as_str().unwrap();
+        assert!(
+            err.contains(&format!("tasks/{planted}/t.yaml")),
+            "{act}: {err}"
+        );
+        let out = root.mailroom(&["wait", "t", "--timeout", "5s"]);
+        assert_eq!(out.status.code(), Some(1), "{act}: {}", stderr(&out));
+        let shown = stdout(&root.mailroom(&["show", "t"]));
+        assert!(
+            shown.contains("t.clash-1") && !shown.contains("completed\n"),
+            "{act}: {shown}"
+        );
+        let listed = stdout(&root.mailroom(&["list", "--state", planted]));
+        assert!(
+            listed.contains("no record: mailroom did not file") && listed.contains("t.clash-1"),
+            "{act}: {listed}"
+        );
+    }
+}
+
 #[test]
 fn a_broken_file_named_like_a_completed_task_is_filed_as_a_clash() {
     let root = tamper_root(0, "").task("done.yaml", "description: fine\n");
