@@ -86,6 +86,9 @@ const CURSOR: &[&str] = &[r"(?i)\b(?:hit|reached) (?:the|your) (?:[\w.-]+ ){0,3}
 #[derive(Debug, Clone)]
 pub struct LimitPatterns {
     triggers: Vec<Regex>,
+    /// How many of `triggers` (the first ones) are built in; the rest are
+    /// the agent's own `limit_patterns`.
+    builtin: usize,
 }
 
 impl LimitPatterns {
@@ -104,8 +107,22 @@ impl LimitPatterns {
             .iter()
             .chain(specific)
             .map(|p| Regex::new(p).expect("built-in limit pattern compiles"))
-            .collect();
-        LimitPatterns { triggers }
+            .collect::<Vec<_>>();
+        LimitPatterns {
+            builtin: triggers.len(),
+            triggers,
+        }
+    }
+
+    /// The agent's own `limit_patterns` alone, without the built-in ones:
+    /// what a generic agent's successful run is matched with. Its stderr
+    /// may well mention a 429 it got past ("retried after 429"), and a
+    /// pattern the user wrote is the user's word that the text is a limit.
+    pub fn own_only(&self) -> LimitPatterns {
+        LimitPatterns {
+            triggers: self.triggers[self.builtin..].to_vec(),
+            builtin: 0,
+        }
     }
 
     /// No built-in pattern: for the CLI kinds, whose adapters read their own
@@ -113,6 +130,7 @@ impl LimitPatterns {
     pub fn none() -> LimitPatterns {
         LimitPatterns {
             triggers: Vec::new(),
+            builtin: 0,
         }
     }
 

@@ -209,7 +209,7 @@ impl Job {
             .count();
         // A usage limit, whatever the exit code (claude prints some with exit 0).
         let limit = if verdict::limit_applies(outcome) {
-            self.limit_of(read.limit)
+            self.limit_of(read.limit, outcome == Outcome::Success)
         } else {
             None
         };

@@ -701,10 +701,14 @@ impl Job {
     /// The usage limit of this run: the one its CLI reported (through its
     /// adapter), else a match of the agent's `limit_patterns` on its error
     /// channel (stderr). Never the answer: text that merely talks about limits
-    /// must not cool an agent down.
+    /// must not cool an agent down. The built-in patterns of a generic agent
+    /// apply only to a run that failed (`succeeded` false): on a success its
+    /// stderr may tell of a 429 it got past, or echo a prompt; its own
+    /// `limit_patterns` apply either way.
     pub(super) fn limit_of(
         &self,
         reported: Option<(String, Option<crate::adapter::Reset>)>,
+        succeeded: bool,
     ) -> Option<crate::run::limits::Limit> {
         use crate::adapter::Reset;
         let now = SystemTime::now();
@@ -723,7 +727,14 @@ impl Job {
             .filter(|t| crate::run::limits::believable(*t, now));
             return Some(crate::run::limits::Limit { message, until });
         }
-        let patterns = self.limits.get(&self.agent.name)?;
+        let all = self.limits.get(&self.agent.name)?;
+        let own;
+        let patterns = if succeeded {
+            own = all.own_only();
+            &own
+        } else {
+            all
+        };
         if patterns.is_empty() {
             return None;
         }

@@ -566,6 +566,38 @@ fn a_prompt_echoed_on_stderr_that_talks_about_rate_limits_cools_nothing_down() {
     assert!(!root.exists("tasks/cooldowns/codex.json"), "{rec}");
 }
 
+/// A generic agent that succeeds but tells on stderr of a 429 it got past
+/// (or echoes a prompt about one) hit no limit: the built-in patterns apply
+/// to a generic agent's failed runs only. The same words on a failed run
+/// are a limit.
+#[test]
+fn a_generic_agent_that_succeeds_after_a_429_hit_no_limit() {
+    let script = r#"echo run >> "$MAILROOM_ROOT/runs.log"
+echo "warning: rate limit exceeded (status 429), retried after 2s" >&2
+[ "$MAILROOM_TASK" = fails ] && exit 1
+echo done"#;
+    let root = Root::new()
+        .config(&format!(
+            "retries: 0\nretry_delay: 10ms\nagents:\n  gen:\n    command: [\"/bin/sh\", \"-c\", {script:?}]\n    cooldown: 1h\n"
+        ))
+        .task("ok.yaml", "description: succeeds\n");
+    root.run_until_idle();
+    let rec = root.record("completed", "ok");
+    assert_eq!(rec["outcome"], "success", "{rec}");
+    assert_eq!(rec["attempts"], 1, "{rec}");
+    assert_eq!(root.read("runs.log").lines().count(), 1);
+    assert!(!root.exists("tasks/cooldowns/gen.json"), "{rec}");
+    // On a failure, the same line is a usage limit: the agent cools down.
+    let root = root.task("fails.yaml", "description: fails\n");
+    let mut sup = root.spawn();
+    wait_for(Duration::from_secs(60), "the cooldown", || {
+        root.exists("tasks/cooldowns/gen.json")
+    });
+    sup.kill9();
+    let cd = root.read("tasks/cooldowns/gen.json");
+    assert!(cd.contains("rate limit exceeded"), "{cd}");
+}
+
 /// A task that keeps hitting a usage limit gets 8 free cooldowns; past them
 /// each limit uses up an attempt, and with none left the task fails
 /// `limited`, though the agent exited 0: a limit is never filed as a success.
