@@ -9,8 +9,18 @@ use crate::parse::task::{self, Entry};
 use crate::tree::fsx;
 use crate::tree::layout::Layout;
 
-/// Task files waiting in an outbox, sorted.
+/// Whether `dir` is the outbox directory itself, not a symbolic link (to a
+/// directory outside the tree, as a rule) or a file its agent put there.
+fn is_real_dir(dir: &Path) -> bool {
+    std::fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir())
+}
+
+/// Task files waiting in an outbox, sorted (none when it is not a directory
+/// of its own).
 pub fn outbox_files(dir: &Path) -> Vec<String> {
+    if !is_real_dir(dir) {
+        return Vec::new();
+    }
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .map(|rd| {
             rd.flatten()
@@ -212,6 +222,25 @@ pub fn queue_outbox(
 ) -> Queued {
     let mut done = Queued::default();
     let shown = |f: &str| format!("{}/{}", layout.rel(shown_at), f.escape_debug());
+    // Replaced by a link (to a directory elsewhere, whose files must be
+    // neither queued nor removed) or by a file: nothing is queued from it.
+    match std::fs::symlink_metadata(outbox) {
+        Ok(m) if m.is_dir() => {}
+        Ok(m) => {
+            let what = if m.file_type().is_symlink() {
+                "a symbolic link"
+            } else {
+                "not a directory"
+            };
+            done.refused.push(format!(
+                "the outbox {} is {what} (its agent replaced it): no follow-up was queued \
+                 from it, and nothing it leads to was touched",
+                layout.rel(shown_at)
+            ));
+            return done;
+        }
+        Err(_) => return done,
+    }
     let Ok(rd) = std::fs::read_dir(outbox) else {
         return done;
     };

@@ -468,6 +468,59 @@ echo done"#
     assert_eq!(all, want);
 }
 
+/// An agent that replaces its outbox with a link to a directory outside the
+/// tree (or with a file): nothing is queued from it, nothing there is
+/// removed, and the record says why.
+#[test]
+fn an_outbox_replaced_by_a_link_or_a_file_queues_nothing_and_touches_nothing() {
+    let outside = tempfile_outside();
+    std::fs::write(outside.join("stolen.yaml"), "description: from outside\n").unwrap();
+    let script = format!(
+        r#"case "$MAILROOM_TASK" in
+  link) rm -rf "$MAILROOM_OUTBOX"; ln -s {outside:?} "$MAILROOM_OUTBOX" ;;
+  file) rm -rf "$MAILROOM_OUTBOX"; printf 'description: x\n' > "$MAILROOM_OUTBOX" ;;
+esac
+echo done"#
+    );
+    let root = Root::new()
+        .agent_config(&["/bin/sh", "-c", &script], "retries: 0")
+        .task("link.yaml", "description: x\n")
+        .task("file.yaml", "description: x\n");
+    root.run_until_idle();
+    assert_eq!(root.names("completed"), ["file", "link"]);
+    assert!(
+        root.names("pending").is_empty(),
+        "{:?}",
+        root.names("pending")
+    );
+    assert!(
+        outside.join("stolen.yaml").exists(),
+        "a file outside the tree was removed"
+    );
+    for (task, what) in [("link", "a symbolic link"), ("file", "not a directory")] {
+        let rec = root.record("completed", task);
+        assert!(rec.get("followups").is_none(), "{rec}");
+        let w = rec["warnings"].to_string();
+        assert!(
+            w.contains(what) && w.contains("no follow-up was queued"),
+            "{rec}"
+        );
+    }
+    std::fs::remove_dir_all(&outside).unwrap();
+}
+
+/// A directory of its own outside any test root.
+fn tempfile_outside() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "mailroom-outside-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
 #[test]
 fn a_follow_up_that_names_another_parent_is_not_queued() {
     // A parent of its own would start a tree afresh (a task that does not
