@@ -81,7 +81,24 @@ pub struct AgentResult {
     /// None: no `files_modified` key; Err: what is wrong with it.
     pub files_modified: Option<Result<Vec<String>, String>>,
     pub status: Option<String>,
+    /// A `status` that is not a string (`status: 42`), as JSON: the agent
+    /// meant to say how it ended, and what it said cannot be read.
+    pub status_invalid: Option<String>,
     pub summary: Option<String>,
+}
+
+/// Whether a `$MAILROOM_RESULT` that [`read_agent_result`] could not use
+/// may have said how the run ended: it could not be read at all (not a
+/// regular file, too large), or its text has a `status` key. A file that
+/// only lists `files_modified` badly hides no failure.
+pub fn unusable_result_had_status(path: &Path) -> bool {
+    static STATUS: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r#"(?m)(?:^|[{,])\s*["']?status["']?\s*:"#).expect("compiles")
+    });
+    match crate::tree::fsx::read_task_file(path, 1024 * 1024) {
+        Ok((b, _)) => STATUS.is_match(&String::from_utf8_lossy(&b)),
+        Err(e) => !e.is_gone(),
+    }
 }
 
 /// Reads `$MAILROOM_RESULT` once (a regular file, at most 1 MiB, no link):
@@ -125,8 +142,13 @@ pub fn read_agent_result(path: &Path) -> Result<Option<AgentResult>, String> {
             "files_modified is not a list of paths".into(),
         ))),
     };
+    let status_invalid = match m.get("status") {
+        None | Some(Value::Null) | Some(Value::String(_)) => None,
+        Some(v) => Some(v.to_string()),
+    };
     Ok(Some(AgentResult {
         files_modified,
+        status_invalid,
         status: text("status"),
         summary: text("summary"),
     }))
@@ -726,6 +748,18 @@ mod tests {
         assert_eq!(said("summary: x\n").unwrap().unwrap().files_modified, None);
         assert_eq!(said("").unwrap(), Some(AgentResult::default()));
         assert!(said("- a\n- b\n").unwrap_err().contains("not a mapping"));
+        assert_eq!(
+            said("status: 42\n")
+                .unwrap()
+                .unwrap()
+                .status_invalid
+                .as_deref(),
+            Some("42")
+        );
+        assert_eq!(
+            said("status: failed\n").unwrap().unwrap().status_invalid,
+            None
+        );
         assert!(said("status: [\n").unwrap_err().contains("result.yaml"));
         let missing = std::env::temp_dir().join("mailroom-no-such-result.yaml");
         assert_eq!(read_agent_result(&missing), Ok(None));

@@ -111,11 +111,32 @@ pub(super) fn stderr_tail(run_dir: &Path) -> String {
 }
 
 /// What the agent's `$MAILROOM_RESULT` says when it reports a failure
-/// (`status: failed`, `failure` or `error`), as the attempt's error.
+/// (`status: failed`, `failure` or `error`), as the attempt's error; also
+/// when it cannot tell: a `status` that is not a word, or a file that
+/// cannot be used and may have held one (`path`). Whether such a run
+/// succeeded is unknown, and it is never taken for a success.
 fn reported_failure(
     said: &Result<Option<crate::run::workspace::AgentResult>, String>,
+    path: &Path,
 ) -> Option<String> {
-    let said = said.as_ref().ok()?.as_ref()?;
+    let said = match said {
+        Ok(s) => s.as_ref()?,
+        Err(why) => {
+            return crate::run::workspace::unusable_result_had_status(path).then(|| {
+                format!(
+                    "the agent exited 0, but {why}, and it may have said how the run ended: \
+                     whether it succeeded is unknown"
+                )
+            });
+        }
+    };
+    if let Some(v) = &said.status_invalid {
+        return Some(format!(
+            "the agent exited 0, but its $MAILROOM_RESULT has `status: {}`, which is not a \
+             word such as `completed` or `failed`: whether it succeeded is unknown",
+            v.chars().take(100).collect::<String>()
+        ));
+    }
     let status = said.status.as_deref()?;
     if !matches!(
         status.trim().to_ascii_lowercase().as_str(),
@@ -153,8 +174,9 @@ impl Job {
         let mut read = verdict::read(&ended, report.as_ref());
         // The agent said it failed, in its own result file: exit 0 or not,
         // that is no success.
-        let said = crate::run::workspace::read_agent_result(&self.run_dir().join("result.yaml"));
-        let failure = reported_failure(&said);
+        let result_file = self.run_dir().join("result.yaml");
+        let said = crate::run::workspace::read_agent_result(&result_file);
+        let failure = reported_failure(&said, &result_file);
         if let Some(ws) = self.ws.as_mut() {
             ws.said = Some(said);
         }

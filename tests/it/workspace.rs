@@ -245,16 +245,35 @@ fn a_malformed_result_file_is_named_in_the_warnings_and_odd_paths_are_left_out()
     let script = r#"case "$MAILROOM_TASK" in
   bad) printf 'files_modified: [unclosed\n' > "$MAILROOM_RESULT" ;;
   paths) printf 'files_modified: ["src/a.rs", "../../etc/passwd", "/etc/shadow"]\n' > "$MAILROOM_RESULT" ;;
+  badstatus) printf 'status: failed\nsummary: [the tests broke\n' > "$MAILROOM_RESULT" ;;
+  number) printf 'status: 42\n' > "$MAILROOM_RESULT" ;;
+  fifo) mkfifo "$MAILROOM_RESULT" ;;
 esac
 echo done"#;
     let root = Root::new()
         .agent_config(
             &["/bin/sh", "-c", script],
-            "default_agent: a\ngit_status: false",
+            "default_agent: a\ngit_status: false\nretries: 0",
         )
         .task("bad.yaml", "description: x\n")
-        .task("paths.yaml", "description: x\n");
+        .task("paths.yaml", "description: x\n")
+        .task("badstatus.yaml", "description: x\n")
+        .task("number.yaml", "description: x\n")
+        .task("fifo.yaml", "description: x\n");
     root.run_until_idle();
+    // A result file that may have said how the run ended, and cannot be
+    // read, never passes for a success.
+    assert_eq!(root.names("failed"), ["badstatus", "fifo", "number"]);
+    for (task, want) in [
+        ("badstatus", "may have said how the run ended"),
+        ("fifo", "may have said how the run ended"),
+        ("number", "`status: 42`, which is not a word"),
+    ] {
+        let rec = root.record("failed", task);
+        assert_eq!(rec["outcome"], "agent_error", "{rec}");
+        let err = rec["error"].as_str().unwrap();
+        assert!(err.contains(want), "{task}: {err}");
+    }
     let rec = root.record("completed", "bad");
     let w = rec["warnings"].to_string();
     assert!(w.contains("$MAILROOM_RESULT was not used"), "{rec}");
