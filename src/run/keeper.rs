@@ -139,6 +139,30 @@ pub fn note_stop_request(run_dir: &Path, pid: u32) -> std::io::Result<()> {
     crate::tree::fsx::sync_data(&f)
 }
 
+/// The file an adopting supervisor holds a `flock` on while it adopts the
+/// run: one adopter at a time, and the next one once it is gone.
+pub const ADOPTER_LOCK: &str = "adopter.lock";
+
+/// Takes the adoption of the run in `run_dir`: Ok(Some(file)) to hold for
+/// as long as the adoption lasts, Ok(None) with the holder's pid (when
+/// known) when another supervisor has adopted it, Err when the lock cannot
+/// be made (the adopter goes on without it, as before the lock existed).
+pub fn try_adopt(run_dir: &Path) -> std::io::Result<Result<std::fs::File, Option<u32>>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(run_dir.join(ADOPTER_LOCK))?;
+    match f.try_lock() {
+        Ok(()) => Ok(Ok(f)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(Err(crate::tree::lock::flock_holder(&f))),
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
+    }
+}
+
 /// The pids [`note_stop_request`] wrote for `run_dir`.
 pub fn stop_requests(run_dir: &Path) -> Vec<u32> {
     crate::tree::fsx::read_head(&run_dir.join(STOP_REQUESTS_FILE), 64 * 1024)

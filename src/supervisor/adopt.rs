@@ -43,6 +43,31 @@ impl Supervisor {
         let Some((_, ext)) = self.layout().find(State::Assigned, name) else {
             return;
         };
+        let layout = self.layout().clone();
+        let run_dir = books::current_run_dir(&layout, name, st);
+        // One adopter at a time: another live supervisor that took it
+        // first keeps it (said once); its death frees the run for the next.
+        let adoption = match keeper::try_adopt(&run_dir) {
+            Ok(Ok(f)) => {
+                self.unrecoverable.remove(&format!("adopted:{name}"));
+                Some(f)
+            }
+            Ok(Err(by)) => {
+                if self.unrecoverable.insert(format!("adopted:{name}")) {
+                    let by = by.map(|p| format!(" (pid {p})")).unwrap_or_default();
+                    info!(
+                        task = name,
+                        keeper = k.pid,
+                        "leaving a run whose supervisor died to the supervisor{by} that adopted it"
+                    );
+                }
+                return;
+            }
+            Err(e) => {
+                debug!(task = name, error = %e, "cannot take the adoption lock; adopting without it");
+                None
+            }
+        };
         let Some(make) = self.job_maker(name, ext, st) else {
             return;
         };
@@ -52,7 +77,6 @@ impl Supervisor {
             keeper = k.pid,
             "adopting a run whose supervisor died"
         );
-        let layout = self.layout().clone();
         let (name_owned, run_id) = (name.to_owned(), k.run_id.clone());
         // When the keeper should have ended the run at the latest: its
         // deadline and the agent's grace (as configured now).
@@ -62,8 +86,9 @@ impl Supervisor {
             .as_ref()
             .and_then(|r| record::parse_ts(&r.deadline))
             .map(|d| d + grace);
-        let run_dir = books::current_run_dir(&layout, name, st);
         self.launch_with(name, &agent, move |mut stop| async move {
+            // Held until the adoption ends, committed or not.
+            let _adoption = adoption;
             let keeper = (k.pid, overdue, run_dir);
             let Some(lock) = wait_for_keeper(&layout, &name_owned, keeper, &mut stop).await else {
                 return JobEnd::Stuck;

@@ -114,6 +114,41 @@ fn a_run_whose_supervisor_was_killed_is_adopted_not_rerun() {
     assert_eq!(rec["summary"], "answered by attempt 1", "{rec}");
 }
 
+/// Two live supervisors find the run of a dead one: one adopts it, the
+/// other says who has it and leaves it be.
+#[test]
+fn an_orphaned_run_is_adopted_by_one_supervisor_only() {
+    let root = waiter_root("");
+    let mut sup = root.spawn();
+    let pid = started(&root);
+    let _cleanup = KillGroupOnDrop(pid);
+    sup.kill9();
+    let (_b, _c) = (root.spawn(), root.spawn());
+    wait_for(
+        Duration::from_secs(30),
+        "one supervisor to adopt the run and the other to leave it",
+        || {
+            let logs = root.sup_logs();
+            logs.contains("adopting a run whose supervisor died")
+                && logs.contains("to the supervisor (pid")
+        },
+    );
+    let logs = root.sup_logs();
+    assert_eq!(
+        logs.matches("adopting a run whose supervisor died").count(),
+        1,
+        "{logs}"
+    );
+    root.write("go", "");
+    wait_for(
+        Duration::from_secs(30),
+        "the adopted run to complete",
+        || root.names("completed") == ["o"],
+    );
+    let rec = assert_ran_once(&root, "completed");
+    assert_eq!(rec["outcome"], "success", "{rec}");
+}
+
 #[test]
 fn an_outcome_written_while_no_supervisor_ran_is_committed_as_it_is() {
     let root = waiter_root("");
