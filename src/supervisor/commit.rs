@@ -195,7 +195,8 @@ impl Job {
             .reclaim()
             .await
             .or_else(|| st.tampered.take())
-            .or_else(|| self.changed_since_claim(&st));
+            .or_else(|| self.changed_since_claim(&st))
+            .or_else(|| self.bookkeeping_removed());
         let error = self.record_attempt(
             &mut st,
             outcome,

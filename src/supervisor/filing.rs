@@ -102,6 +102,37 @@ impl Job {
         })
     }
 
+    /// Whether the run removed (or replaced) the task's lock file or its state
+    /// file, the supervisor's bookkeeping: the name could be locked anew,
+    /// and the run taken for one that never started, by another supervisor
+    /// meanwhile. Such a run is tampered, as recovery files it when no
+    /// supervisor saw it end.
+    pub(super) fn bookkeeping_removed(&self) -> Option<String> {
+        let layout = &self.ctx.layout;
+        let state = layout.state_file(&self.name);
+        let mut gone = Vec::new();
+        if !self.lock.is_at_path() {
+            gone.push(format!(
+                "its lock file {}",
+                layout.rel(&layout.lock_file(&self.name))
+            ));
+        }
+        if !std::fs::symlink_metadata(&state).is_ok_and(|m| m.is_file()) {
+            gone.push(format!("its state file {}", layout.rel(&state)));
+        }
+        (!gone.is_empty()).then(|| {
+            format!(
+                "{} removed or replaced during the run (by its agent, as a rule): another \
+                 supervisor could have taken the task meanwhile",
+                if gone.len() == 2 {
+                    format!("{} and {} were", gone[0], gone[1])
+                } else {
+                    format!("{} was", gone[0])
+                }
+            )
+        })
+    }
+
     /// Record, context merge, then the move out of `assigned/`. A commit that
     /// fails (an unwritable or full directory, a removed one) is retried with
     /// backoff while this Job keeps the task's lock; the error goes to the

@@ -94,8 +94,8 @@ impl TaskLock {
     }
 
     /// Whether the file at our path is still the one we locked (nobody removed
-    /// `assigned/` meanwhile and made a new one).
-    fn is_at_path(&self) -> bool {
+    /// it, or `assigned/`, meanwhile, or made a new one).
+    pub fn is_at_path(&self) -> bool {
         let ours = self.file.metadata().ok();
         matches!((ours, fs::symlink_metadata(&self.path)),
             (Some(o), Ok(m)) if m.ino() == o.ino() && m.dev() == o.dev())

@@ -595,6 +595,33 @@ fn an_adopted_run_whose_keeper_is_killed_is_stopped_before_the_task_runs_again()
     );
 }
 
+/// An agent that removes its lock file or its state file under a live
+/// supervisor: the run is filed once as tampered, the record says what went,
+/// as when no supervisor saw the run end.
+#[test]
+fn a_run_that_removes_its_lock_or_state_file_is_tampered_under_a_live_supervisor() {
+    for (act, want) in [
+        (
+            "rm-lock",
+            "its lock file tasks/assigned/o.lock and its state file",
+        ),
+        (
+            "rm-state",
+            "its state file tasks/assigned/o.state.json was removed",
+        ),
+    ] {
+        let root = tamperer_root(act, 0);
+        root.write("go", "");
+        root.run_until_idle_within(Duration::from_secs(60));
+        assert_started_once(&root);
+        let rec = root.record("failed", "o");
+        assert_eq!(rec["outcome"], "tampered", "{act}: {rec}");
+        let err = rec["error"].as_str().unwrap();
+        assert!(err.contains(want), "{act}: {err}");
+        assert!(root.entries("tasks/assigned").is_empty(), "{act}");
+    }
+}
+
 #[test]
 fn a_run_whose_lock_file_its_agent_removed_is_not_taken_by_another_supervisor() {
     // The agent removes its lock file and state file: a second supervisor
