@@ -102,6 +102,20 @@ impl Job {
             Ok(w) => w,
             Err(msg) => return self.fail_now(st, Outcome::Invalid, msg, started).await,
         };
+        // A cancel that came while the run was being prepared (a worktree
+        // can take a while): the agent is not started at all.
+        if *stop.borrow() == Some(Stop::Cancel) {
+            return self
+                .fail_now(
+                    st,
+                    Outcome::Cancelled,
+                    "cancelled on request before its agent started (a cancel marker in \
+                     tasks/control/cancel/)"
+                        .into(),
+                    started,
+                )
+                .await;
+        }
         let command = plan.map_or_else(|| self.agent.command.clone(), |p| p.command);
         let mut spec = self.spec(prompt, &command, workdir, &run_dir, st.attempts);
         let end = if self.config.run_keeper {

@@ -381,3 +381,52 @@ esac"#;
     assert!(rec["workspace"]["saved"].is_string(), "{rec}");
     assert!(!root.exists("hook-ran"), "a hook the agent planted ran");
 }
+
+/// A cancel that lands while the run is being prepared (here: its worktree's
+/// checkout, held by a `post-checkout` hook) never starts the agent: the task
+/// is filed cancelled, and its worktree is cleaned up as usual.
+#[test]
+fn a_cancel_that_lands_before_the_spawn_never_starts_the_agent() {
+    let root = repo(
+        "retries: 0\ndefault_agent: a\nagents:\n  a:\n    \
+         command: [sh, -c, \"touch \\\"$MAILROOM_ROOT/agent-started\\\"\"]\n    workspace: worktree\n",
+    );
+    let hook = root.p(".git/hooks/post-checkout");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\ntouch {r}/in-hook\ni=0\nwhile [ ! -e {r}/go ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done\n",
+            r = root.path.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let root = root.task("o.yaml", "description: x\n");
+    let _sup = root.spawn();
+    wait_for(Duration::from_secs(30), "the worktree's checkout", || {
+        root.exists("in-hook")
+    });
+    // The marker `mailroom cancel` writes (the command itself waits for
+    // the task to end).
+    root.write("tasks/control/cancel/o", "");
+    wait_for(
+        Duration::from_secs(30),
+        "the cancel to reach the run",
+        || root.sup_logs().contains("cancel requested"),
+    );
+    root.write("go", "");
+    wait_for(Duration::from_secs(30), "the task to be filed", || {
+        root.names("failed") == ["o"]
+    });
+    assert!(!root.exists("agent-started"), "the agent was started");
+    let rec = root.record("failed", "o");
+    assert_eq!(rec["outcome"], "cancelled", "{rec}");
+    assert!(
+        rec["error"]
+            .as_str()
+            .unwrap()
+            .contains("before its agent started"),
+        "{rec}"
+    );
+}
