@@ -189,13 +189,21 @@ fn four_hosts_share_a_tree_hold_max_instances_and_a_lost_host_loses_no_task() {
                 .is_ok_and(|s| s.contains("\"host-one\""))
         })
     };
-    // Host one starts first, so that it holds a slot: with two slots for
-    // four hosts, a host that starts with the others may never get one.
+    let host_one_filed = || {
+        root.names("completed").iter().any(|t| {
+            std::fs::read_to_string(root.p(&format!("tasks/completed/{t}.result.json")))
+                .is_ok_and(|s| s.contains("\"host-one\""))
+        })
+    };
+    // Host one starts first and files a task before the others start: with
+    // two slots for four hosts, a host that starts with the others may never
+    // get one. The sharing checked at the end is then certain: host one
+    // filed one, and what it ran when it was lost is filed by another.
     let h1 = Host::start(&root, "host-one");
     wait_for(
         Duration::from_secs(60),
-        "host-one to run a task",
-        host_one_runs,
+        "host-one to file a task",
+        host_one_filed,
     );
     let _h2 = Host::start(&root, "host-two");
     let _h3 = Host::start(&root, "host-three");
@@ -246,9 +254,9 @@ fn four_hosts_share_a_tree_hold_max_instances_and_a_lost_host_loses_no_task() {
         "more re-runs than host one had slots: {again:?}"
     );
     // The hosts shared the work, and records name the host that filed them.
-    // Which hosts win the two slots is up to the scheduler and the load (a
-    // loaded machine once let two hosts take all 90), so the test asks for
-    // sharing, not for every host.
+    // Which of the survivors win the two slots is up to the scheduler and
+    // the load (a loaded machine once let one take all that was left), so
+    // the test asks for host one and at least one other, not for every host.
     let hosts: std::collections::BTreeSet<String> = root
         .names("completed")
         .iter()
@@ -259,7 +267,10 @@ fn four_hosts_share_a_tree_hold_max_instances_and_a_lost_host_loses_no_task() {
                 .to_owned()
         })
         .collect();
-    assert!(hosts.len() >= 2, "only {hosts:?} filed tasks");
+    assert!(
+        hosts.contains("host-one") && hosts.len() >= 2,
+        "only {hosts:?} filed tasks"
+    );
     let known = ["host-one", "host-two", "host-three", "host-four"];
     assert!(
         hosts.iter().all(|h| known.contains(&h.as_str())),
