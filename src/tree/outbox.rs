@@ -16,7 +16,8 @@ fn is_real_dir(dir: &Path) -> bool {
 }
 
 /// Task files waiting in an outbox, sorted (none when it is not a directory
-/// of its own).
+/// of its own): regular files named like task files, which the runaway
+/// limits count (a directory or a link of such a name is never queued).
 pub fn outbox_files(dir: &Path) -> Vec<String> {
     if !is_real_dir(dir) {
         return Vec::new();
@@ -24,6 +25,7 @@ pub fn outbox_files(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .map(|rd| {
             rd.flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
                 .filter_map(|e| e.file_name().to_str().map(str::to_owned))
                 .filter(|f| matches!(task::classify(f), Entry::Task { .. }))
                 .collect()

@@ -430,7 +430,12 @@ printf 'description: fine\n' > fine.yaml
 echo done"#
     );
     let root = Root::new()
-        .agent_config(&["/bin/sh", "-c", &script], "default_agent: a\nretries: 0")
+        // Two follow-ups allowed: the directory and the link named like
+        // task files are never queued, so they do not count.
+        .agent_config(
+            &["/bin/sh", "-c", &script],
+            "default_agent: a\nretries: 0\nfollowups_per_task: 2",
+        )
         .task("p.yaml", "description: x\n")
         .task(&format!("{long}.yaml"), "description: the name is taken\n");
     let out = root.run_until_idle_within(std::time::Duration::from_secs(60));
