@@ -150,6 +150,26 @@ pub fn run(spec: &mut Spec, root: &Path, stops: &mut Stops) -> RunEnd {
         Ok(c) => c,
         Err(end) => return end,
     };
+    // The keeper blocks the stop signals (it reads them from a signalfd),
+    // and a child inherits its signal mask through exec: the agent would
+    // never see a SIGTERM (a timeout, a cancel or a shutdown would end it
+    // by SIGKILL after its grace, without a chance to clean up). It starts
+    // with none blocked.
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: between fork and exec only async-signal-safe calls
+        // (sigemptyset, sigprocmask), on a set on the child's stack.
+        unsafe {
+            cmd.pre_exec(|| {
+                let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+                libc::sigemptyset(set.as_mut_ptr());
+                if libc::sigprocmask(libc::SIG_SETMASK, set.as_ptr(), std::ptr::null_mut()) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => return process::spawn_error(e, spec, &program),

@@ -1040,3 +1040,22 @@ fn show_of_a_run_without_a_keeper_says_no_keeper() {
         root.names("completed") == ["o"]
     });
 }
+
+/// The keeper reads its stop signals from a signalfd, so it blocks them; an
+/// agent exec'd straight from it (no shell to reset the mask) inherited the
+/// mask and never saw a SIGTERM: a timeout, cancel or shutdown could only
+/// SIGKILL it after its grace. Agents start with no signal blocked.
+#[test]
+fn an_agent_starts_with_no_signal_blocked() {
+    let root = Root::new()
+        .config(
+            "agents:\n  a:\n    command: [\"/bin/grep\", \"SigBlk\", \"/proc/self/status\", \"{task_file}\"]\n",
+        )
+        .task("o.yaml", "description: x\n");
+    root.run_until_idle();
+    let out = root.read("tasks/completed/o.run/1/stdout.log");
+    assert!(
+        out.contains("/proc/self/status:SigBlk:\t0000000000000000"),
+        "{out}"
+    );
+}
