@@ -196,7 +196,8 @@ impl Job {
             .await
             .or_else(|| st.tampered.take())
             .or_else(|| self.changed_since_claim(&st))
-            .or_else(|| self.bookkeeping_removed());
+            .or_else(|| self.bookkeeping_removed())
+            .or_else(|| self.planted_in_terminal());
         let error = self.record_attempt(
             &mut st,
             outcome,

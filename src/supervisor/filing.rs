@@ -102,6 +102,24 @@ impl Job {
         })
     }
 
+    /// A task file of this task's name that appeared in `completed/` or
+    /// `failed/` during the run (its agent's, as a rule: mailroom never
+    /// files a task it holds). Such a run is tampered, whatever it would
+    /// have become: a retry would be refused as a clash of that file.
+    pub(super) fn planted_in_terminal(&self) -> Option<String> {
+        let layout = &self.ctx.layout;
+        let assigned = layout.task_file(State::Assigned, &self.name, &self.ext);
+        [State::Completed, State::Failed].into_iter().find_map(|s| {
+            let (p, _) = layout.find(s, &self.name)?;
+            (!fsx::same_inode(&p, &assigned)).then(|| {
+                format!(
+                    "{} appeared during the run (mailroom did not write it and left it alone)",
+                    layout.rel(&p)
+                )
+            })
+        })
+    }
+
     /// Whether the run removed (or replaced) the task's lock file or its state
     /// file, the supervisor's bookkeeping: the name could be locked anew,
     /// and the run taken for one that never started, by another supervisor

@@ -160,8 +160,14 @@ fn an_agent_that_writes_its_name_into_completed_does_not_wedge_its_task() {
 /// `list` never call the task completed.
 #[test]
 fn a_file_planted_in_the_other_terminal_directory_never_passes_for_the_task() {
-    for (act, planted) in [("shadow-fail", "completed"), ("shadow-failed", "failed")] {
-        let root = tamper_root(0, "").task("t.yaml", &format!("description: {act}\n"));
+    // With retries left too: the failed run is not retried (its retry would
+    // be refused as a clash of the planted file), and nothing is left behind.
+    for (act, planted, retries) in [
+        ("shadow-fail", "completed", 0),
+        ("shadow-fail", "completed", 2),
+        ("shadow-failed", "failed", 0),
+    ] {
+        let root = tamper_root(retries, "").task("t.yaml", &format!("description: {act}\n"));
         root.run_until_idle_within(Duration::from_secs(30));
         assert_eq!(runs(&root).len(), 1, "{act}: {:?}", runs(&root));
         assert!(root.entries("tasks/assigned").is_empty(), "{act}");
@@ -172,11 +178,13 @@ fn a_file_planted_in_the_other_terminal_directory_never_passes_for_the_task() {
         );
         let rec = root.record("failed", "t.clash-1");
         assert_eq!(rec["outcome"], "tampered", "{act}: {rec}");
+        assert_eq!(rec["attempts"], 1, "{act}: {rec}");
         let err = rec["error"].as_str().unwrap();
         assert!(
             err.contains(&format!("tasks/{planted}/t.yaml")),
             "{act}: {err}"
         );
+        assert!(root.names("pending").is_empty(), "{act}");
         let out = root.mailroom(&["wait", "t", "--timeout", "5s"]);
         assert_eq!(out.status.code(), Some(1), "{act}: {}", stderr(&out));
         let shown = stdout(&root.mailroom(&["show", "t"]));
