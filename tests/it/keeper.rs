@@ -381,6 +381,7 @@ case "$ACT" in
   to-pending) mv "$MAILROOM_TASK_FILE" "$MAILROOM_ROOT/tasks/pending/" ;;
   rm-run-dir) rm -rf "$a.run" ;;
   rm-state) rm -f "$a.state.json" ;;
+  rm-lock-only) rm -f "$a.lock" ;;
   rm-lock-to-pending)
     rm -f "$a.lock"
     mv "$MAILROOM_TASK_FILE" "$MAILROOM_ROOT/tasks/pending/" ;;
@@ -620,6 +621,31 @@ fn a_run_that_removes_its_lock_or_state_file_is_tampered_under_a_live_supervisor
         assert!(err.contains(want), "{act}: {err}");
         assert!(root.entries("tasks/assigned").is_empty(), "{act}");
     }
+}
+
+/// The agent removes its lock file and its supervisor is killed: the next
+/// supervisor finds the lock free beside a live keeper, leaves the run be,
+/// and files it tampered once it ends, as its own supervisor would have.
+#[test]
+fn a_lock_file_removed_before_its_supervisor_died_still_makes_the_run_tampered() {
+    let root = tamperer_root("rm-lock-only", 0);
+    let _cleanup = killed_mid_run(&root);
+    let _sup = root.spawn();
+    wait_for(
+        Duration::from_secs(30),
+        "the next supervisor to look",
+        || root.sup_logs().contains("though its lock was free"),
+    );
+    root.write("go", "");
+    filed_once(&root);
+    assert_started_once(&root);
+    let rec = root.record("failed", "o");
+    assert_eq!(rec["outcome"], "tampered", "{rec}");
+    let err = rec["error"].as_str().unwrap();
+    assert!(
+        err.contains("its lock file tasks/assigned/o.lock was removed"),
+        "{err}"
+    );
 }
 
 #[test]
