@@ -322,7 +322,9 @@ pub fn queue_outbox(
         if let Err(e) = fsx::remove_file_if_exists(&path) {
             done.refused.push(format!(
                 "follow-up {} was queued as `{queued}` but cannot be removed from the outbox \
-                 ({e}); it stays there and is not queued again",
+                 ({e}); it stays there, and this commit does not queue it again (a supervisor \
+                 that dies before the commit lands leaves it to be queued once more, as \
+                 follow-ups are at least once)",
                 shown(f)
             ));
         }
