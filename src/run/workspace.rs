@@ -699,17 +699,29 @@ fn plain_paths(files: Vec<String>) -> (Vec<String>, usize) {
 pub fn git_toplevel(dir: &Path) -> Option<PathBuf> {
     use std::collections::HashMap;
     use std::sync::{Mutex, OnceLock};
-    static FOUND: OnceLock<Mutex<HashMap<PathBuf, PathBuf>>> = OnceLock::new();
+    use std::time::{Duration, Instant};
+    /// How long "not in a repository" is believed: a `git init` in a
+    /// workdir is noticed this long after, at the latest.
+    const NOT_A_REPO_FOR: Duration = Duration::from_secs(10);
+    type Found = HashMap<PathBuf, (Option<PathBuf>, Instant)>;
+    static FOUND: OnceLock<Mutex<Found>> = OnceLock::new();
     let found = FOUND.get_or_init(Default::default);
-    if let Some(top) = found.lock().ok()?.get(dir) {
-        return Some(top.clone());
+    if let Some((top, at)) = found.lock().ok()?.get(dir)
+        && (top.is_some() || at.elapsed() < NOT_A_REPO_FOR)
+    {
+        return top.clone();
     }
+    // Walked up once per workdir (a shared workdir that is not in a
+    // repository costs a stat per ancestor, every few seconds at most).
     let top = dir
         .ancestors()
-        .find(|d| std::fs::symlink_metadata(d.join(".git")).is_ok())?
-        .to_path_buf();
-    found.lock().ok()?.insert(dir.to_path_buf(), top.clone());
-    Some(top)
+        .find(|d| std::fs::symlink_metadata(d.join(".git")).is_ok())
+        .map(Path::to_path_buf);
+    found
+        .lock()
+        .ok()?
+        .insert(dir.to_path_buf(), (top.clone(), Instant::now()));
+    top
 }
 
 #[cfg(test)]
