@@ -98,7 +98,26 @@ pub fn count_into_tree(layout: &Layout, root: &str, n: usize, max: usize) -> Res
 /// valid: a bare description becomes a mapping. None if the text is not a
 /// valid task.
 pub fn with_links(text: &str, name: &str, parent: &str, after: Option<&str>) -> Option<String> {
-    let t = task::parse(name, text.as_bytes()).ok()?;
+    let t = match task::parse(name, text.as_bytes()) {
+        Ok(t) => t,
+        // A task valid only with its parent (`session: parent`, which a
+        // follow-up says without naming the task that writes it): the link
+        // is added, and the result must parse.
+        Err(_) => {
+            let mut out = text.to_owned();
+            if !out.ends_with('\n') {
+                out.push('\n');
+            }
+            out.push_str(&format!(
+                "parent: {}\n",
+                serde_json::to_string(parent).ok()?
+            ));
+            if let Some(a) = after {
+                out.push_str(&format!("after: [{}]\n", serde_json::to_string(a).ok()?));
+            }
+            return task::parse(name, out.as_bytes()).ok().map(|_| out);
+        }
+    };
     let mut out = if text.trim_start().starts_with(['"', '\''])
         || !text
             .lines()
@@ -133,8 +152,9 @@ pub fn with_links(text: &str, name: &str, parent: &str, after: Option<&str>) -> 
 /// [`with_links`] for a Markdown task file: the links go into its front
 /// matter (which is created when the file has none).
 pub fn with_links_md(text: &str, name: &str, parent: &str) -> Option<String> {
-    let t = task::parse_markdown(name, text.as_bytes()).ok()?;
-    if t.parent.is_some() {
+    // One that does not parse may need its parent (`session: parent`): the
+    // link is added, and the result must parse.
+    if task::parse_markdown(name, text.as_bytes()).is_ok_and(|t| t.parent.is_some()) {
         return Some(text.to_owned());
     }
     let link = format!("parent: {}\n", serde_json::to_string(parent).ok()?);
@@ -385,6 +405,11 @@ mod tests {
         let out = with_links("description: a\nparent: q\n", "c", "p", None).unwrap();
         assert!(out.ends_with("parent: q\n"), "{out}");
         assert!(with_links("description: [\n", "c", "p", None).is_none());
+        // Valid only with its parent: the link makes it valid.
+        let out = with_links("description: a\nsession: parent\n", "c", "p", None).unwrap();
+        assert_eq!(out, "description: a\nsession: parent\nparent: \"p\"\n");
+        let md = with_links_md("---\nsession: parent\n---\nGo on.\n", "c", "p").unwrap();
+        assert_eq!(md, "---\nparent: \"p\"\nsession: parent\n---\nGo on.\n");
         let md = with_links_md("---\nagent: x\n---\nDo it.\n", "c", "p").unwrap();
         assert_eq!(md, "---\nparent: \"p\"\nagent: x\n---\nDo it.\n");
         let md = with_links_md("Just do it.\n", "c", "p").unwrap();
