@@ -321,7 +321,12 @@ pub fn show(root: &Path, name: &str, json: bool) -> Result<()> {
     }
     println!("\n--- task ---\n{}", printable(content.trim_end()));
     if let Some(r) = &record {
-        println!("\n--- result ---\n{}", serde_json::to_string_pretty(r)?);
+        // JSON escapes C0 controls but not C1 ones (U+009B opens a
+        // terminal sequence as ESC [ does) nor DEL: they are made visible.
+        println!(
+            "\n--- result ---\n{}",
+            printable(&serde_json::to_string_pretty(r)?)
+        );
     }
     if let Some(o) = output {
         println!("\n--- output (tail) ---\n{}", printable(o.trim_end()));

@@ -148,7 +148,10 @@ fn reported_failure(
         .summary
         .as_deref()
         .and_then(|s| s.lines().map(str::trim).find(|l| !l.is_empty()))
-        .map(|l| format!(": {}", l.chars().take(300).collect::<String>()))
+        .map(|l| {
+            let l = crate::tree::context::clean(l);
+            format!(": {}", l.chars().take(300).collect::<String>())
+        })
         .unwrap_or_default();
     Some(format!(
         "the agent exited 0 but reported `status: {}` in $MAILROOM_RESULT{why}",
