@@ -54,6 +54,50 @@ fn assert_ran_once(root: &Root, state: &str) -> serde_json::Value {
     rec
 }
 
+/// Lets the run end (`go`), waits until it completes, and checks that it ran
+/// once and succeeded; returns its record.
+fn completes_once(root: &Root) -> serde_json::Value {
+    root.write("go", "");
+    wait_for(
+        Duration::from_secs(30),
+        "the adopted run to complete",
+        || root.names("completed") == ["o"],
+    );
+    let rec = assert_ran_once(root, "completed");
+    assert_eq!(rec["outcome"], "success", "{rec}");
+    rec
+}
+
+/// Kills `sup` (SIGKILL) mid-run and starts the next supervisor, once it has
+/// adopted the run.
+fn adopted_after_killing(root: &Root, mut sup: Sup) -> Sup {
+    sup.kill9();
+    let next = root.spawn();
+    wait_for(
+        Duration::from_secs(30),
+        "the new supervisor to adopt the run",
+        || {
+            root.sup_logs()
+                .contains("adopting a run whose supervisor died")
+        },
+    );
+    next
+}
+
+/// Lets the run of attempt 2 end (`go`), waits until the task completes,
+/// and checks that attempt 1 did not run on beside it.
+fn completes_without_attempt_1(root: &Root) {
+    root.write("go", "");
+    wait_for(Duration::from_secs(30), "the task to complete", || {
+        root.names("completed") == ["o"]
+    });
+    let log = log(root);
+    assert!(
+        !log.contains("end 1"),
+        "attempt 1 ran on beside attempt 2:\n{log}"
+    );
+}
+
 #[test]
 fn the_agent_never_gets_the_lock() {
     let root = waiter_root("");
@@ -103,14 +147,7 @@ fn a_run_whose_supervisor_was_killed_is_adopted_not_rerun() {
     assert!(shown.contains("(alive), since"), "{shown}");
     let status = stdout(&root.mailroom(&["status"]));
     assert!(status.contains("is gone (last beat"), "{status}");
-    root.write("go", "");
-    wait_for(
-        Duration::from_secs(30),
-        "the adopted run to complete",
-        || root.names("completed") == ["o"],
-    );
-    let rec = assert_ran_once(&root, "completed");
-    assert_eq!(rec["outcome"], "success", "{rec}");
+    let rec = completes_once(&root);
     assert_eq!(rec["summary"], "answered by attempt 1", "{rec}");
 }
 
@@ -139,14 +176,7 @@ fn an_orphaned_run_is_adopted_by_one_supervisor_only() {
         1,
         "{logs}"
     );
-    root.write("go", "");
-    wait_for(
-        Duration::from_secs(30),
-        "the adopted run to complete",
-        || root.names("completed") == ["o"],
-    );
-    let rec = assert_ran_once(&root, "completed");
-    assert_eq!(rec["outcome"], "success", "{rec}");
+    completes_once(&root);
 }
 
 #[test]
@@ -178,19 +208,10 @@ fn an_outcome_written_while_no_supervisor_ran_is_committed_as_it_is() {
 #[test]
 fn cancel_reaches_an_adopted_run() {
     let root = waiter_root("");
-    let mut sup = root.spawn();
+    let sup = root.spawn();
     let pid = started(&root);
     let _cleanup = KillGroupOnDrop(pid);
-    sup.kill9();
-    let _sup = root.spawn();
-    wait_for(
-        Duration::from_secs(30),
-        "the new supervisor to adopt the run",
-        || {
-            root.sup_logs()
-                .contains("adopting a run whose supervisor died")
-        },
-    );
+    let _sup = adopted_after_killing(&root, sup);
     let out = root.mailroom(&["cancel", "o"]);
     assert!(out.status.success(), "{}", stderr(&out));
     wait_for(
@@ -535,15 +556,7 @@ fn an_agent_whose_supervisor_and_keeper_died_is_stopped_before_the_task_runs_aga
     wait_for(Duration::from_secs(30), "attempt 2 to start", || {
         log(&root).contains("start 2")
     });
-    root.write("go", "");
-    wait_for(Duration::from_secs(30), "the task to complete", || {
-        root.names("completed") == ["o"]
-    });
-    let log = log(&root);
-    assert!(
-        !log.contains("end 1"),
-        "attempt 1 ran on beside attempt 2:\n{log}"
-    );
+    completes_without_attempt_1(&root);
 }
 
 /// The keeper of an *adopted* run is killed: its agent lives on, and must be
@@ -552,20 +565,11 @@ fn an_agent_whose_supervisor_and_keeper_died_is_stopped_before_the_task_runs_aga
 #[test]
 fn an_adopted_run_whose_keeper_is_killed_is_stopped_before_the_task_runs_again() {
     let root = waiter_root("");
-    let mut sup = root.spawn();
+    let sup = root.spawn();
     let pid = started(&root);
     let _cleanup = KillGroupOnDrop(pid);
     let keeper = keeper_pid(&root);
-    sup.kill9();
-    let _sup = root.spawn();
-    wait_for(
-        Duration::from_secs(30),
-        "the new supervisor to adopt the run",
-        || {
-            root.sup_logs()
-                .contains("adopting a run whose supervisor died")
-        },
-    );
+    let _sup = adopted_after_killing(&root, sup);
     unsafe {
         libc::kill(keeper, libc::SIGKILL);
     }
@@ -573,15 +577,7 @@ fn an_adopted_run_whose_keeper_is_killed_is_stopped_before_the_task_runs_again()
         log(&root).contains("start 2")
     });
     assert!(!alive(pid), "attempt 2 started beside attempt 1");
-    root.write("go", "");
-    wait_for(Duration::from_secs(30), "the task to complete", || {
-        root.names("completed") == ["o"]
-    });
-    let log = log(&root);
-    assert!(
-        !log.contains("end 1"),
-        "attempt 1 ran on beside attempt 2:\n{log}"
-    );
+    completes_without_attempt_1(&root);
     let rec = root.record("completed", "o");
     let first = &rec["history"][0];
     let err = first["error"].as_str().unwrap_or_default();
@@ -779,7 +775,7 @@ echo "end $MAILROOM_ATTEMPT" >> "$log""#;
              command: [\"/bin/sh\", \"-c\", {script:?}]\n    grace: 1s\n"
         ))
         .task("o.yaml", "description: version one\n");
-    let mut sup = root.spawn();
+    let sup = root.spawn();
     wait_for(Duration::from_secs(30), "attempt 1 to fail", || {
         root.exists("tasks/pending/o.yaml") && root.exists("tasks/assigned/o.state.json")
     });
@@ -795,16 +791,7 @@ echo "end $MAILROOM_ATTEMPT" >> "$log""#;
         pid > 0
     });
     let _cleanup = KillGroupOnDrop(pid);
-    sup.kill9();
-    let _sup = root.spawn();
-    wait_for(
-        Duration::from_secs(30),
-        "the new supervisor to adopt the run",
-        || {
-            root.sup_logs()
-                .contains("adopting a run whose supervisor died")
-        },
-    );
+    let _sup = adopted_after_killing(&root, sup);
     root.write("go", "");
     filed_once(&root);
     assert_eq!(root.names("completed"), ["o"]);
