@@ -143,22 +143,16 @@ pub fn note_stop_request(run_dir: &Path, pid: u32) -> std::io::Result<()> {
 /// run: one adopter at a time, and the next one once it is gone.
 pub const ADOPTER_LOCK: &str = "adopter.lock";
 
-/// Takes the adoption of the run in `run_dir`: Ok(Some(file)) to hold for
-/// as long as the adoption lasts, Ok(None) with the holder's pid (when
-/// known) when another supervisor has adopted it, Err when the lock cannot
-/// be made (the adopter goes on without it, as before the lock existed).
-pub fn try_adopt(run_dir: &Path) -> std::io::Result<Result<std::fs::File, Option<u32>>> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(run_dir.join(ADOPTER_LOCK))?;
+/// Takes the adoption of the run in `run_dir`: Ok(Ok(file)) to hold for as
+/// long as the adoption lasts, Ok(Err(file)) when somebody holds it (the
+/// file, to ask who), Err when the lock cannot be made (the adopter goes on
+/// without it, as before the lock existed). Made as task locks are (mode
+/// 0660 in a shared tree, so that another user's supervisor can take it).
+pub fn try_adopt(run_dir: &Path) -> std::io::Result<Result<std::fs::File, std::fs::File>> {
+    let f = crate::tree::lock::open_lock_file(&run_dir.join(ADOPTER_LOCK))?;
     match f.try_lock() {
         Ok(()) => Ok(Ok(f)),
-        Err(std::fs::TryLockError::WouldBlock) => Ok(Err(crate::tree::lock::flock_holder(&f))),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(Err(f)),
         Err(std::fs::TryLockError::Error(e)) => Err(e),
     }
 }

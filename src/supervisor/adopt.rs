@@ -47,21 +47,42 @@ impl Supervisor {
         let run_dir = books::current_run_dir(&layout, name, st);
         // One adopter at a time: another live supervisor that took it
         // first keeps it (said once); its death frees the run for the next.
+        // Its holder must be a live supervisor of this tree: the run
+        // directory is its agent's to write in, and an agent that holds the
+        // lock must not keep cancels and shutdowns from reaching its run.
         let adoption = match keeper::try_adopt(&run_dir) {
             Ok(Ok(f)) => {
                 self.unrecoverable.remove(&format!("adopted:{name}"));
                 Some(f)
             }
-            Ok(Err(by)) => {
-                if self.unrecoverable.insert(format!("adopted:{name}")) {
-                    let by = by.map(|p| format!(" (pid {p})")).unwrap_or_default();
+            Ok(Err(held)) => {
+                let key = format!("adopted:{name}");
+                if self.unrecoverable.contains(&key) {
+                    return;
+                }
+                let by = crate::tree::lock::flock_holder(&held);
+                let host = &self.ctx.host;
+                let supervisor = by.is_some_and(|p| {
+                    crate::tree::registry::list(&layout)
+                        .iter()
+                        .any(|(hb, alive)| *alive && hb.host == *host && hb.pid == p)
+                });
+                if supervisor {
+                    self.unrecoverable.insert(key);
                     info!(
                         task = name,
                         keeper = k.pid,
-                        "leaving a run whose supervisor died to the supervisor{by} that adopted it"
+                        "leaving a run whose supervisor died to the supervisor (pid {}) that adopted it",
+                        by.unwrap_or_default()
                     );
+                    return;
                 }
-                return;
+                warn!(
+                    task = name,
+                    holder = ?by,
+                    "the adoption lock of a run is held by no supervisor of this tree (by its agent?); adopting it anyway"
+                );
+                None
             }
             Err(e) => {
                 debug!(task = name, error = %e, "cannot take the adoption lock; adopting without it");
@@ -89,7 +110,7 @@ impl Supervisor {
         self.launch_with(name, &agent, move |mut stop| async move {
             // Held until the adoption ends, committed or not.
             let _adoption = adoption;
-            let keeper = (k.pid, overdue, run_dir);
+            let keeper = (k, overdue, run_dir);
             let Some(lock) = wait_for_keeper(&layout, &name_owned, keeper, &mut stop).await else {
                 return JobEnd::Stuck;
             };
@@ -246,14 +267,28 @@ fn kept_workspace(
 async fn wait_for_keeper(
     layout: &Layout,
     name: &str,
-    (pid, overdue, run_dir): (u32, Option<SystemTime>, PathBuf),
+    (k, overdue, run_dir): (KeeperInfo, Option<SystemTime>, PathBuf),
     stop: &mut watch::Receiver<Option<Stop>>,
 ) -> Option<TaskLock> {
+    let pid = k.pid;
     let mut listening = true;
     let mut continued: Option<tokio::time::Instant> = None;
+    // The lock taken while the keeper still lives: its lock file was
+    // removed or replaced (by its agent, as a rule). Kept, and the keeper
+    // is waited for by its pid instead.
+    let mut early: Option<TaskLock> = None;
     loop {
-        if let Ok(Some(lock)) = TaskLock::try_acquire(layout, name) {
-            return Some(lock);
+        if early.is_none()
+            && let Ok(Some(lock)) = TaskLock::try_acquire(layout, name)
+        {
+            if !keeper::alive(&k, &k.host) {
+                return Some(lock);
+            }
+            note_lock_removed(layout, name, &run_dir, &k.run_id);
+            early = Some(lock);
+        }
+        if early.is_some() && !keeper::alive(&k, &k.host) {
+            return early;
         }
         if overdue.is_some_and(|o| SystemTime::now() >= o)
             && continued.is_none_or(|t| t.elapsed() >= Duration::from_secs(5))
@@ -284,6 +319,29 @@ async fn wait_for_keeper(
         if !listening {
             return None;
         }
+    }
+}
+
+/// Notes in `name`'s state file (whose lock this process holds) that its
+/// lock file was removed or replaced while its keeper still ran: the run
+/// is then filed tampered, as its own supervisor would have filed it. Not
+/// when the keeper has written its outcome (it lets the lock go as it
+/// exits: that is no removal).
+pub(super) fn note_lock_removed(layout: &Layout, name: &str, run_dir: &Path, run_id: &str) {
+    if keeper::outcome(run_dir, run_id).is_some() {
+        return;
+    }
+    let mut st = books::read_state(layout, name);
+    if st.run.is_none() || st.tampered.is_some() {
+        return;
+    }
+    st.tampered = Some(format!(
+        "its lock file {} was removed or replaced during the run (by its agent, as a rule): \
+         another supervisor could have taken the task meanwhile",
+        layout.rel(&layout.lock_file(name))
+    ));
+    if let Err(e) = books::write_state(layout, &st) {
+        warn!(task = name, error = %e, "cannot note the removed lock file in the state file");
     }
 }
 

@@ -413,17 +413,7 @@ impl Supervisor {
             // replaced. Noted in the state file (this pass holds the lock
             // now), so that the run is filed tampered when it is committed,
             // as it is when its own supervisor sees it.
-            if st.run.is_some() && st.tampered.is_none() {
-                let mut noted = st.clone();
-                noted.tampered = Some(format!(
-                    "its lock file {} was removed or replaced during the run (by its agent, \
-                     as a rule): another supervisor could have taken the task meanwhile",
-                    layout.rel(&layout.lock_file(name))
-                ));
-                if let Err(e) = books::write_state(&layout, &noted) {
-                    warn!(task = name, error = %e, "cannot note the removed lock file in the state file");
-                }
-            }
+            super::adopt::note_lock_removed(&layout, name, &dir, &k.run_id);
             return Some(format!(
                 "its run keeper (pid {}) is alive and still runs it, though its lock was free \
                  (the lock file was removed or replaced?)",

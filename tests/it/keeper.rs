@@ -403,6 +403,12 @@ case "$ACT" in
   rm-run-dir) rm -rf "$a.run" ;;
   rm-state) rm -f "$a.state.json" ;;
   rm-lock-only) rm -f "$a.lock" ;;
+  hold-adopter) exec 9>"$MAILROOM_RUN_DIR/adopter.lock"; flock 9 ;;
+  rm-lock-later)
+    i=0
+    while [ ! -e "$MAILROOM_ROOT/rmlock" ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done
+    rm -f "$a.lock"
+    touch "$MAILROOM_ROOT/lock-removed" ;;
   rm-lock-to-pending)
     rm -f "$a.lock"
     mv "$MAILROOM_TASK_FILE" "$MAILROOM_ROOT/tasks/pending/" ;;
@@ -642,6 +648,64 @@ fn a_lock_file_removed_before_its_supervisor_died_still_makes_the_run_tampered()
         err.contains("its lock file tasks/assigned/o.lock was removed"),
         "{err}"
     );
+}
+
+/// The agent of an adopted run removes its lock file: the adopter takes the
+/// name's lock while the keeper still runs. It must not take the run for
+/// one whose keeper died (and stop it), but wait for the keeper and file the
+/// run tampered.
+#[test]
+fn an_adopted_run_whose_agent_removes_its_lock_file_is_waited_for_and_tampered() {
+    let root = tamperer_root("rm-lock-later", 0);
+    let sup = root.spawn();
+    let pid = started(&root);
+    let _cleanup = KillGroupOnDrop(pid);
+    let _sup = adopted_after_killing(&root, sup);
+    root.write("rmlock", "");
+    wait_for(
+        Duration::from_secs(30),
+        "the agent to remove its lock",
+        || root.exists("lock-removed"),
+    );
+    // The adopter looks every 100 ms: give it the lock file to find.
+    wait_for(
+        Duration::from_secs(30),
+        "the adopter to take the lock",
+        || root.exists("tasks/assigned/o.lock"),
+    );
+    assert!(alive(pid), "the adopter stopped the agent of a live keeper");
+    root.write("go", "");
+    filed_once(&root);
+    assert_started_once(&root);
+    let rec = root.record("failed", "o");
+    assert_eq!(rec["outcome"], "tampered", "{rec}");
+    let err = rec["error"].as_str().unwrap();
+    assert!(
+        err.contains("its lock file tasks/assigned/o.lock was removed"),
+        "{err}"
+    );
+}
+
+/// An agent that holds its run's adoption lock cannot keep its run from
+/// being adopted (and so from cancels and shutdowns): only a supervisor of
+/// the tree holding it makes another leave the run alone.
+#[test]
+fn an_agent_that_holds_the_adoption_lock_is_adopted_anyway() {
+    let root = tamperer_root("hold-adopter", 0);
+    let sup = root.spawn();
+    let pid = started(&root);
+    let _cleanup = KillGroupOnDrop(pid);
+    let _sup = adopted_after_killing(&root, sup);
+    assert!(
+        root.sup_logs()
+            .contains("held by no supervisor of this tree"),
+        "{}",
+        root.sup_logs()
+    );
+    root.write("tasks/control/cancel/o", "");
+    filed_once(&root);
+    let rec = root.record("failed", "o");
+    assert_eq!(rec["outcome"], "cancelled", "{rec}");
 }
 
 #[test]
