@@ -284,6 +284,16 @@ impl Vars {
 /// Placeholders that hand the agent its prompt; without one, the prompt is appended.
 const PROMPT_CARRIERS: &[&str] = &["{prompt}", "{prompt_file}", "{task_file}"];
 
+/// Whether an agent with this command gets its prompt as an argument
+/// (`{prompt}` in a word, or no placeholder that hands it over otherwise,
+/// so that it is appended): an argument cannot carry a NUL byte.
+pub fn prompt_in_argv(command: &[String]) -> bool {
+    command.iter().any(|w| w.contains("{prompt}"))
+        || !command
+            .iter()
+            .any(|w| PROMPT_CARRIERS.iter().any(|p| w.contains(p)))
+}
+
 /// Substitutes placeholders inside each word, in one pass (a value is never
 /// scanned again, so a prompt holding `{task}` stays as written), and appends
 /// the prompt when no word carries it. The prompt is always one argv element:
@@ -770,6 +780,15 @@ mod tests {
             & 0o777;
         assert_ne!(mode, 0o700, "permissions changed through the link");
         std::fs::remove_dir_all(&victim).unwrap();
+    }
+
+    #[test]
+    fn the_prompt_is_an_argument_unless_a_placeholder_hands_it_over() {
+        let c = |w: &[&str]| prompt_in_argv(&w.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert!(c(&["claude", "-p"]));
+        assert!(c(&["a", "--msg={prompt}"]));
+        assert!(!c(&["cat", "{prompt_file}"]));
+        assert!(!c(&["run", "{task_file}"]));
     }
 
     fn v() -> Vars {

@@ -93,15 +93,18 @@ pub fn render(
         let text = String::from_utf8_lossy(&bytes);
         // The shared files are mailroom's (derived from what agents said,
         // and writable by them): cleaned of control characters. A file the
-        // task lists is given as it is, but a NUL (a binary file, as a
-        // rule) could not reach an agent that takes its prompt as an
-        // argument: the task fails, naming the file.
+        // task lists is given as it is, but a NUL (a binary or UTF-16 file,
+        // as a rule) could not reach an agent that takes its prompt as an
+        // argument: for such an agent the task fails, naming the file.
         let text = if SHARED.contains(&f) {
             crate::tree::context::clean(&text)
-        } else if let Some(at) = text.find('\0') {
+        } else if let Some(at) = text.find('\0')
+            && crate::run::process::prompt_in_argv(&agent.command)
+        {
             return Err(format!(
-                "context file `{f}` has a NUL byte (at byte {at}; a binary file?), which a \
-                 prompt cannot carry (listed in `context_files`)"
+                "context file `{f}` has a NUL byte (at byte {at}; a binary or UTF-16 file?), \
+                 which a prompt given as an argument cannot carry (listed in `context_files`; \
+                 an agent given {{prompt_file}} can take it)"
             ));
         } else {
             text

@@ -339,20 +339,21 @@ impl Commit {
                     &mut self.queued_from,
                 );
                 // What was queued before an error stays queued (and
-                // listed): a retry of the commit goes on from there.
+                // listed, with what was said of it): a retry of the commit
+                // goes on from there.
                 self.rec.followups.extend(queued.names);
+                for w in queued.refused {
+                    if !self.rec.warnings.contains(&w) {
+                        warn!(task = %name, "{w}");
+                        self.rec.warnings.push(w);
+                    }
+                }
                 if let Some(e) = queued.error {
                     return Err(at(format!(
                         "queueing the follow-ups of {} into {}",
                         layout.rel(&outbox),
                         layout.rel(&layout.pending)
                     ))(e));
-                }
-                for w in queued.refused {
-                    if !self.rec.warnings.contains(&w) {
-                        warn!(task = %name, "{w}");
-                        self.rec.warnings.push(w);
-                    }
                 }
             }
             Status::Failed => {

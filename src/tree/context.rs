@@ -213,24 +213,48 @@ pub fn clean(text: &str) -> std::borrow::Cow<'_, str> {
                 it.next_if_eq(&'\n');
                 out.push('\n');
             }
-            '\x1b' => match it.next() {
-                // CSI: parameters and intermediates, then one final byte.
+            '\x1b' => match it.peek() {
+                // CSI: parameters and intermediates, then one final byte;
+                // anything else ends it and is kept.
                 Some('[') => {
-                    for c in it.by_ref() {
-                        if ('@'..='~').contains(&c) || !(' '..='~').contains(&c) {
-                            break;
+                    it.next();
+                    while let Some(&c) = it.peek() {
+                        if ('0'..='?').contains(&c) || (' '..='/').contains(&c) {
+                            it.next();
+                            continue;
                         }
+                        if ('@'..='~').contains(&c) {
+                            it.next();
+                        }
+                        break;
                     }
                 }
-                // OSC (a title, a link): up to BEL or ESC \.
+                // OSC (a title, a link): up to BEL or ESC \, but never past
+                // a line's end nor for more than 4 KiB: one left open must
+                // not swallow the rest of an answer.
                 Some(']') => {
-                    while let Some(c) = it.next() {
-                        if c == '\x07' || (c == '\x1b' && it.next_if_eq(&'\\').is_some()) {
+                    it.next();
+                    let mut n = 0;
+                    while let Some(&c) = it.peek() {
+                        if c == '\n' || n >= 4096 {
+                            break;
+                        }
+                        it.next();
+                        n += 1;
+                        if c == '\x07' {
+                            break;
+                        }
+                        if c == '\x1b' {
+                            it.next_if_eq(&'\\');
                             break;
                         }
                     }
                 }
-                // Any other escape: it and its one character.
+                // Any other escape: it and its one printable character.
+                Some(&c) if !c.is_control() => {
+                    it.next();
+                }
+                // A lone ESC.
                 _ => {}
             },
             c if is_control(c) => out.push('\u{fffd}'),
@@ -748,6 +772,12 @@ mod tests {
         assert_eq!(clean("\x1bcd\x7f\u{85}"), "d\u{fffd}\u{fffd}");
         // An escape cut at the end of the text loses only itself.
         assert_eq!(clean("ok\x1b["), "ok");
+        // One left open, or cut short, takes nothing that is not its own.
+        assert_eq!(clean("a\x1b]0;title\nb"), "a\nb");
+        assert_eq!(clean("a\x1b\nb"), "a\nb");
+        assert_eq!(clean("\x1b[1\u{e9}t\u{e9}"), "\u{e9}t\u{e9}");
+        let long = format!("\x1b]{}ok", "x".repeat(5000));
+        assert!(clean(&long).ends_with("ok"));
         assert_eq!(
             summary("[SUMMARY]a\0\x1b[2Kb[/SUMMARY]").unwrap(),
             "a\u{fffd}b"

@@ -713,7 +713,8 @@ esac"#;
     let cmd = serde_json::to_string(&["/bin/sh", "-c", AGENT, "sh", "{prompt}"]).unwrap();
     let root = Root::new()
         .config(&format!(
-            "retries: 0\nretry_delay: 50ms\nsettle: 300ms\nagents:\n  a:\n    command: {cmd}\n    grace: 1s\n"
+            "retries: 0\nretry_delay: 50ms\nsettle: 300ms\ndefault_agent: a\nagents:\n  a:\n    command: {cmd}\n    grace: 1s\n  \
+             file:\n    command: [cat, \"{{prompt_file}}\"]\n"
         ))
         .task("s.yaml", "description: summary with control bytes\n")
         .task("o.yaml", "description: output with control bytes\n")
@@ -728,9 +729,17 @@ esac"#;
         .task(
             "listed.yaml",
             "description: lists a binary file\ncontext_files: [bin.dat]\n",
+        )
+        // An agent that reads its prompt from a file can take it.
+        .task(
+            "by-file.yaml",
+            "description: lists it too\nagent: file\ncontext_files: [bin.dat]\n",
         );
     root.run_until_idle();
-    assert_eq!(root.names("completed"), ["next1", "next2", "o", "s"]);
+    assert_eq!(
+        root.names("completed"),
+        ["by-file", "next1", "next2", "o", "s"]
+    );
     assert_eq!(root.names("failed"), ["f", "listed"]);
     let bad = |s: &str| s.contains(['\0', '\x1b', '\r', '\x07']);
     for f in [
