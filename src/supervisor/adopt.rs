@@ -270,6 +270,7 @@ async fn wait_for_keeper(
     (k, overdue, run_dir): (KeeperInfo, Option<SystemTime>, PathBuf),
     stop: &mut watch::Receiver<Option<Stop>>,
 ) -> Option<TaskLock> {
+    use std::os::unix::fs::MetadataExt;
     let pid = k.pid;
     let mut listening = true;
     let mut continued: Option<tokio::time::Instant> = None;
@@ -277,14 +278,31 @@ async fn wait_for_keeper(
     // removed or replaced (by its agent, as a rule). Kept, and the keeper
     // is waited for by its pid instead.
     let mut early: Option<TaskLock> = None;
+    // The lock file the keeper holds (its stdin): a file at the lock's path
+    // that is not this one (none, or another an agent made and may hold)
+    // was removed or replaced, whenever the run ends.
+    let lock_path = layout.lock_file(name);
+    let held = std::fs::metadata(format!("/proc/{pid}/fd/0"))
+        .ok()
+        .filter(|_| keeper::alive(&k, &k.host))
+        .map(|m| (m.dev(), m.ino()));
+    let mut noted = false;
     loop {
+        if !noted
+            && early.is_none()
+            && let Some(held) = held
+            && std::fs::symlink_metadata(&lock_path).map_or(true, |m| (m.dev(), m.ino()) != held)
+        {
+            note_lock_removed(layout, name, &run_dir, &k.run_id, true);
+            noted = true;
+        }
         if early.is_none()
             && let Ok(Some(lock)) = TaskLock::try_acquire(layout, name)
         {
             if !keeper::alive(&k, &k.host) {
                 return Some(lock);
             }
-            note_lock_removed(layout, name, &run_dir, &k.run_id);
+            note_lock_removed(layout, name, &run_dir, &k.run_id, false);
             early = Some(lock);
         }
         if early.is_some() && !keeper::alive(&k, &k.host) {
@@ -322,13 +340,20 @@ async fn wait_for_keeper(
     }
 }
 
-/// Notes in `name`'s state file (whose lock this process holds) that its
-/// lock file was removed or replaced while its keeper still ran: the run
-/// is then filed tampered, as its own supervisor would have filed it. Not
-/// when the keeper has written its outcome (it lets the lock go as it
-/// exits: that is no removal).
-pub(super) fn note_lock_removed(layout: &Layout, name: &str, run_dir: &Path, run_id: &str) {
-    if keeper::outcome(run_dir, run_id).is_some() {
+/// Notes in `name`'s state file that its lock file was removed or replaced
+/// while its keeper still ran: the run is then filed tampered, as its own
+/// supervisor would have filed it. `proven`: the file at the lock's path is
+/// not the keeper's; otherwise the lock was only found free beside a live
+/// keeper, which is no removal once the keeper has written its outcome (it
+/// lets the lock go as it exits).
+pub(super) fn note_lock_removed(
+    layout: &Layout,
+    name: &str,
+    run_dir: &Path,
+    run_id: &str,
+    proven: bool,
+) {
+    if !proven && keeper::outcome(run_dir, run_id).is_some() {
         return;
     }
     let mut st = books::read_state(layout, name);

@@ -413,7 +413,7 @@ impl Supervisor {
             // replaced. Noted in the state file (this pass holds the lock
             // now), so that the run is filed tampered when it is committed,
             // as it is when its own supervisor sees it.
-            super::adopt::note_lock_removed(&layout, name, &dir, &k.run_id);
+            super::adopt::note_lock_removed(&layout, name, &dir, &k.run_id, false);
             return Some(format!(
                 "its run keeper (pid {}) is alive and still runs it, though its lock was free \
                  (the lock file was removed or replaced?)",
@@ -471,7 +471,15 @@ impl Supervisor {
         match self.orphan_task_file(name) {
             PutBack::Restored(e) => self.recover_checked(name, &e, lock),
             PutBack::Nothing => self.recover_checked(name, ext, lock),
-            PutBack::Keep | PutBack::NoCopy => lock.release(),
+            PutBack::Keep => {
+                lock.release();
+                // A live keeper whose supervisor died, found with its lock
+                // free (its agent removed the lock file): adopted, so that a
+                // cancel or a shutdown reaches it; the adopter waits for the
+                // keeper itself.
+                self.adopt_or_stop(name);
+            }
+            PutBack::NoCopy => lock.release(),
         }
     }
 

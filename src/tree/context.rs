@@ -236,7 +236,7 @@ pub fn clean(text: &str) -> std::borrow::Cow<'_, str> {
                     it.next();
                     let mut n = 0;
                     while let Some(&c) = it.peek() {
-                        if c == '\n' || n >= 4096 {
+                        if c == '\n' || c == '\r' || n >= 4096 {
                             break;
                         }
                         it.next();
@@ -363,7 +363,8 @@ pub fn merge_within(
             // Nothing to show (it never ran, or wrote nothing): say so
             // rather than leave an empty section the next agent wonders at.
             md.push_str(
-                "(no output: the task failed before its agent gave any; the error is above)\n",
+                "(no output: its agent wrote nothing to stdout or $MAILROOM_OUTPUT, or never \
+                 started; the error is above)\n",
             );
         } else {
             md.push_str(&clean(text));
@@ -774,6 +775,7 @@ mod tests {
         assert_eq!(clean("ok\x1b["), "ok");
         // One left open, or cut short, takes nothing that is not its own.
         assert_eq!(clean("a\x1b]0;title\nb"), "a\nb");
+        assert_eq!(clean("a\x1b]0;title\rb\rc\n"), "a\nb\nc\n");
         assert_eq!(clean("a\x1b\nb"), "a\nb");
         assert_eq!(clean("\x1b[1\u{e9}t\u{e9}"), "\u{e9}t\u{e9}");
         let long = format!("\x1b]{}ok", "x".repeat(5000));

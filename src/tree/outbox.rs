@@ -136,6 +136,18 @@ pub fn with_links(text: &str, name: &str, parent: &str, after: Option<&str>) -> 
         s
     };
     if t.parent.is_none() {
+        // A `parent:` with no value (null, ~) is no parent: it gives way.
+        let empty = |l: &str| {
+            l.strip_prefix("parent:")
+                .is_some_and(|v| matches!(v.trim(), "" | "null" | "~" | "Null" | "NULL"))
+        };
+        if out.lines().any(empty) {
+            out = out
+                .lines()
+                .filter(|l| !empty(l))
+                .map(|l| format!("{l}\n"))
+                .collect();
+        }
         out.push_str(&format!(
             "parent: {}\n",
             serde_json::to_string(parent).ok()?
@@ -405,6 +417,8 @@ mod tests {
         let out = with_links("description: a\nparent: q\n", "c", "p", None).unwrap();
         assert!(out.ends_with("parent: q\n"), "{out}");
         assert!(with_links("description: [\n", "c", "p", None).is_none());
+        let out = with_links("description: a\nparent: null\n", "c", "p", None).unwrap();
+        assert_eq!(out, "description: a\nparent: \"p\"\n");
         // Valid only with its parent: the link makes it valid.
         let out = with_links("description: a\nsession: parent\n", "c", "p", None).unwrap();
         assert_eq!(out, "description: a\nsession: parent\nparent: \"p\"\n");

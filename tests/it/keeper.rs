@@ -404,6 +404,13 @@ case "$ACT" in
   rm-state) rm -f "$a.state.json" ;;
   rm-lock-only) rm -f "$a.lock" ;;
   hold-adopter) exec 9>"$MAILROOM_RUN_DIR/adopter.lock"; flock 9 ;;
+  replace-lock-later)
+    i=0
+    while [ ! -e "$MAILROOM_ROOT/rmlock" ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done
+    rm -f "$a.lock"
+    exec 8>"$a.lock"
+    flock 8
+    touch "$MAILROOM_ROOT/lock-removed" ;;
   rm-lock-later)
     i=0
     while [ ! -e "$MAILROOM_ROOT/rmlock" ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done
@@ -421,6 +428,7 @@ case "$ACT" in
     printf 'description: INJECTED by the agent\n' > "$MAILROOM_TASK_FILE"
     kill -KILL "$PPID" ;;
   term-keeper) kill -TERM "$PPID"; sleep 30 ;;
+  rm-lock-at-end) rm -f "$a.lock" ;;
 esac
 echo "end $MAILROOM_ATTEMPT" >> "$log"
 exit "${CODE:-0}""#;
@@ -706,6 +714,60 @@ fn an_agent_that_holds_the_adoption_lock_is_adopted_anyway() {
     filed_once(&root);
     let rec = root.record("failed", "o");
     assert_eq!(rec["outcome"], "cancelled", "{rec}");
+}
+
+/// The agent of an adopted run replaces its lock file with one it holds,
+/// or removes it just before it ends: the adopter compares the file at the
+/// lock's path with the one its keeper holds, and files the run tampered.
+#[test]
+fn an_adopted_run_whose_lock_file_is_replaced_or_removed_at_its_end_is_tampered() {
+    for act in ["replace-lock-later", "rm-lock-at-end"] {
+        let root = tamperer_root(act, 0);
+        let sup = root.spawn();
+        let pid = started(&root);
+        let _cleanup = KillGroupOnDrop(pid);
+        let _sup = adopted_after_killing(&root, sup);
+        if act == "replace-lock-later" {
+            root.write("rmlock", "");
+            wait_for(
+                Duration::from_secs(30),
+                "the agent to replace its lock",
+                || root.exists("lock-removed"),
+            );
+        }
+        root.write("go", "");
+        filed_once(&root);
+        assert_started_once(&root);
+        let rec = root.record("failed", "o");
+        assert_eq!(rec["outcome"], "tampered", "{act}: {rec}");
+        let err = rec["error"].as_str().unwrap();
+        assert!(
+            err.contains("its lock file tasks/assigned/o.lock was removed"),
+            "{act}: {err}"
+        );
+    }
+}
+
+/// The agent removes its lock file, then its supervisor dies: the next one
+/// finds the lock free beside a live keeper. It adopts the run, so that a
+/// cancel reaches it.
+#[test]
+fn a_cancel_reaches_a_run_whose_agent_removed_its_lock_before_its_supervisor_died() {
+    let root = tamperer_root("rm-lock-only", 0);
+    let _cleanup = killed_mid_run(&root);
+    let _sup = root.spawn();
+    wait_for(Duration::from_secs(30), "the run to be adopted", || {
+        root.sup_logs()
+            .contains("adopting a run whose supervisor died")
+    });
+    root.write("tasks/control/cancel/o", "");
+    // No `go`: only the cancel can end the run before the agent's minute.
+    filed_once(&root);
+    assert!(!log(&root).contains("end 1"), "the agent ran to its end");
+    let rec = root.record("failed", "o");
+    assert_eq!(rec["outcome"], "tampered", "{rec}");
+    let err = rec["error"].as_str().unwrap();
+    assert!(err.contains("cancelled"), "{err}");
 }
 
 #[test]
