@@ -98,6 +98,21 @@ fn completes_without_attempt_1(root: &Root) {
     );
 }
 
+/// Lets the run end (`go`), waits until it is filed, and checks that it ran
+/// once and was filed tampered for its removed or replaced lock file.
+fn filed_tampered_for_its_lock(root: &Root, what: &str) {
+    root.write("go", "");
+    filed_once(root);
+    assert_started_once(root);
+    let rec = root.record("failed", "o");
+    assert_eq!(rec["outcome"], "tampered", "{what}: {rec}");
+    let err = rec["error"].as_str().unwrap();
+    assert!(
+        err.contains("its lock file tasks/assigned/o.lock was removed"),
+        "{what}: {err}"
+    );
+}
+
 #[test]
 fn the_agent_never_gets_the_lock() {
     let root = waiter_root("");
@@ -646,52 +661,7 @@ fn a_lock_file_removed_before_its_supervisor_died_still_makes_the_run_tampered()
         "the next supervisor to look",
         || root.sup_logs().contains("though its lock was free"),
     );
-    root.write("go", "");
-    filed_once(&root);
-    assert_started_once(&root);
-    let rec = root.record("failed", "o");
-    assert_eq!(rec["outcome"], "tampered", "{rec}");
-    let err = rec["error"].as_str().unwrap();
-    assert!(
-        err.contains("its lock file tasks/assigned/o.lock was removed"),
-        "{err}"
-    );
-}
-
-/// The agent of an adopted run removes its lock file: the adopter takes the
-/// name's lock while the keeper still runs. It must not take the run for
-/// one whose keeper died (and stop it), but wait for the keeper and file the
-/// run tampered.
-#[test]
-fn an_adopted_run_whose_agent_removes_its_lock_file_is_waited_for_and_tampered() {
-    let root = tamperer_root("rm-lock-later", 0);
-    let sup = root.spawn();
-    let pid = started(&root);
-    let _cleanup = KillGroupOnDrop(pid);
-    let _sup = adopted_after_killing(&root, sup);
-    root.write("rmlock", "");
-    wait_for(
-        Duration::from_secs(30),
-        "the agent to remove its lock",
-        || root.exists("lock-removed"),
-    );
-    // The adopter looks every 100 ms: give it the lock file to find.
-    wait_for(
-        Duration::from_secs(30),
-        "the adopter to take the lock",
-        || root.exists("tasks/assigned/o.lock"),
-    );
-    assert!(alive(pid), "the adopter stopped the agent of a live keeper");
-    root.write("go", "");
-    filed_once(&root);
-    assert_started_once(&root);
-    let rec = root.record("failed", "o");
-    assert_eq!(rec["outcome"], "tampered", "{rec}");
-    let err = rec["error"].as_str().unwrap();
-    assert!(
-        err.contains("its lock file tasks/assigned/o.lock was removed"),
-        "{err}"
-    );
+    filed_tampered_for_its_lock(&root, "");
 }
 
 /// An agent that holds its run's adoption lock cannot keep its run from
@@ -716,35 +686,35 @@ fn an_agent_that_holds_the_adoption_lock_is_adopted_anyway() {
     assert_eq!(rec["outcome"], "cancelled", "{rec}");
 }
 
-/// The agent of an adopted run replaces its lock file with one it holds,
-/// or removes it just before it ends: the adopter compares the file at the
-/// lock's path with the one its keeper holds, and files the run tampered.
+/// The agent of an adopted run removes its lock file (the adopter then takes
+/// the name's lock while the keeper still runs: it must not take the run
+/// for one whose keeper died and stop it), replaces it with one it holds,
+/// or removes it just before it ends. The adopter waits for the keeper and
+/// files the run tampered.
 #[test]
-fn an_adopted_run_whose_lock_file_is_replaced_or_removed_at_its_end_is_tampered() {
-    for act in ["replace-lock-later", "rm-lock-at-end"] {
+fn an_adopted_run_whose_lock_file_is_removed_or_replaced_is_waited_for_and_tampered() {
+    for act in ["rm-lock-later", "replace-lock-later", "rm-lock-at-end"] {
         let root = tamperer_root(act, 0);
         let sup = root.spawn();
         let pid = started(&root);
         let _cleanup = KillGroupOnDrop(pid);
         let _sup = adopted_after_killing(&root, sup);
-        if act == "replace-lock-later" {
+        if act != "rm-lock-at-end" {
             root.write("rmlock", "");
+            wait_for(Duration::from_secs(30), "the agent to act", || {
+                root.exists("lock-removed")
+            });
+        }
+        if act == "rm-lock-later" {
+            // The adopter looks every 100 ms: give it the lock file to find.
             wait_for(
                 Duration::from_secs(30),
-                "the agent to replace its lock",
-                || root.exists("lock-removed"),
+                "the adopter to take the lock",
+                || root.exists("tasks/assigned/o.lock"),
             );
+            assert!(alive(pid), "the adopter stopped the agent of a live keeper");
         }
-        root.write("go", "");
-        filed_once(&root);
-        assert_started_once(&root);
-        let rec = root.record("failed", "o");
-        assert_eq!(rec["outcome"], "tampered", "{act}: {rec}");
-        let err = rec["error"].as_str().unwrap();
-        assert!(
-            err.contains("its lock file tasks/assigned/o.lock was removed"),
-            "{act}: {err}"
-        );
+        filed_tampered_for_its_lock(&root, act);
     }
 }
 
