@@ -208,18 +208,14 @@ pub fn show(root: &Path, name: &str, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    match books::unfiled_note(&layout, st, name) {
-        Some(note) => println!(
-            "name:  {name}\nstate: {} ({note})\nfile:  {}",
-            st.dir_name(),
-            layout.rel(&path)
-        ),
-        None => println!(
-            "name:  {name}\nstate: {}\nfile:  {}",
-            st.dir_name(),
-            layout.rel(&path)
-        ),
-    }
+    let unfiled = books::unfiled_note(&layout, st, name)
+        .map(|n| format!(" ({n})"))
+        .unwrap_or_default();
+    println!(
+        "name:  {name}\nstate: {}{unfiled}\nfile:  {}",
+        st.dir_name(),
+        layout.rel(&path)
+    );
     if let Some(r) = &running {
         let alive = |v: &serde_json::Value| match v.as_bool() {
             Some(true) => "alive",

@@ -48,6 +48,13 @@ pub fn render(
     run_dir: Option<&std::path::Path>,
 ) -> Result<String, String> {
     let template = agent.prompt_template.as_deref().unwrap_or(DEFAULT_TEMPLATE);
+    // Checked before any file is read: nothing of the task can mend it.
+    if template.contains('\0') {
+        return Err(format!(
+            "the prompt_template of agent `{}` has a NUL byte, which a prompt cannot carry",
+            agent.name
+        ));
+    }
     // A listed file must exist, except the shared ones: current_state.md only
     // appears after the first finished task, and the overview is optional.
     // (file, required, added by mailroom rather than listed by the task)
@@ -124,12 +131,6 @@ pub fn render(
         ));
     }
     let instructions = instructions(&task.name, run_dir);
-    if template.contains('\0') {
-        return Err(format!(
-            "the prompt_template of agent `{}` has a NUL byte, which a prompt cannot carry",
-            agent.name
-        ));
-    }
     Ok(substitute(
         template,
         &[

@@ -360,11 +360,10 @@ pub(super) fn note_lock_removed(
     if st.run.is_none() || st.tampered.is_some() {
         return;
     }
-    st.tampered = Some(format!(
-        "its lock file {} was removed or replaced during the run (by its agent, as a rule): \
-         another supervisor could have taken the task meanwhile",
+    st.tampered = Some(super::filing::removed_during_run(&format!(
+        "its lock file {} was",
         layout.rel(&layout.lock_file(name))
-    ));
+    )));
     if let Err(e) = books::write_state(layout, &st) {
         warn!(task = name, error = %e, "cannot note the removed lock file in the state file");
     }

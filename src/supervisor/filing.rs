@@ -108,15 +108,12 @@ impl Job {
     /// have become: a retry would be refused as a clash of that file.
     pub(super) fn planted_in_terminal(&self) -> Option<String> {
         let layout = &self.ctx.layout;
-        let assigned = layout.task_file(State::Assigned, &self.name, &self.ext);
         [State::Completed, State::Failed].into_iter().find_map(|s| {
-            let (p, _) = layout.find(s, &self.name)?;
-            (!fsx::same_inode(&p, &assigned)).then(|| {
-                format!(
-                    "{} appeared during the run (mailroom did not write it and left it alone)",
-                    layout.rel(&p)
-                )
-            })
+            let p = planted(layout, s, &self.name, &self.ext)?;
+            Some(format!(
+                "{} appeared during the run (mailroom did not write it and left it alone)",
+                layout.rel(&p)
+            ))
         })
     }
 
@@ -139,15 +136,11 @@ impl Job {
             gone.push(format!("its state file {}", layout.rel(&state)));
         }
         (!gone.is_empty()).then(|| {
-            format!(
-                "{} removed or replaced during the run (by its agent, as a rule): another \
-                 supervisor could have taken the task meanwhile",
-                if gone.len() == 2 {
-                    format!("{} and {} were", gone[0], gone[1])
-                } else {
-                    format!("{} was", gone[0])
-                }
-            )
+            removed_during_run(&if gone.len() == 2 {
+                format!("{} and {} were", gone[0], gone[1])
+            } else {
+                format!("{} was", gone[0])
+            })
         })
     }
 
@@ -298,20 +291,14 @@ impl Commit {
                 layout.rel(&layout.state_file(&name))
             )))?;
         }
-        let assigned = layout.task_file(State::Assigned, &name, &self.ext);
         // A file of its name in either terminal directory (its destination,
         // or the other one, where it would pass for the task to every
         // reader) that mailroom did not put there: the agent's, as a rule.
-        let planted = |dir: State| {
-            layout
-                .find(dir, &name)
-                .map(|(p, _)| p)
-                .filter(|p| !fsx::same_inode(p, &assigned))
-        };
+        let dest = dest_of(&self.rec);
         if self.target.is_none()
-            && let Some(found) = planted(dest_of(&self.rec))
-                .or_else(|| obstacle(layout, dest_of(&self.rec), &name))
-                .or_else(|| planted(other_terminal(dest_of(&self.rec))))
+            && let Some(found) = planted(layout, dest, &name, &self.ext)
+                .or_else(|| obstacle(layout, dest, &name))
+                .or_else(|| planted(layout, other_terminal(dest), &name, &self.ext))
         {
             self.divert(&found)?;
         }
@@ -477,6 +464,25 @@ fn obstacle(layout: &Layout, dest: State, name: &str) -> Option<std::path::PathB
         Ok(_) => fsx::remove_dir_all_if_exists(&run).is_err().then_some(run),
         Err(_) => None,
     }
+}
+
+/// A task file of `name` in `dir` that is not the task's own file in
+/// `assigned/` (its extension `ext`): one mailroom did not put there.
+fn planted(layout: &Layout, dir: State, name: &str, ext: &str) -> Option<std::path::PathBuf> {
+    let assigned = layout.task_file(State::Assigned, name, ext);
+    layout
+        .find(dir, name)
+        .map(|(p, _)| p)
+        .filter(|p| !fsx::same_inode(p, &assigned))
+}
+
+/// Why a run is tampered when `what` ("its lock file … was") of the
+/// supervisor's bookkeeping went during it.
+pub(super) fn removed_during_run(what: &str) -> String {
+    format!(
+        "{what} removed or replaced during the run (by its agent, as a rule): another \
+         supervisor could have taken the task meanwhile"
+    )
 }
 
 fn other_terminal(dest: State) -> State {

@@ -98,26 +98,10 @@ pub fn count_into_tree(layout: &Layout, root: &str, n: usize, max: usize) -> Res
 /// valid: a bare description becomes a mapping. None if the text is not a
 /// valid task.
 pub fn with_links(text: &str, name: &str, parent: &str, after: Option<&str>) -> Option<String> {
-    let t = match task::parse(name, text.as_bytes()) {
-        Ok(t) => t,
-        // A task valid only with its parent (`session: parent`, which a
-        // follow-up says without naming the task that writes it): the link
-        // is added, and the result must parse.
-        Err(_) => {
-            let mut out = text.to_owned();
-            if !out.ends_with('\n') {
-                out.push('\n');
-            }
-            out.push_str(&format!(
-                "parent: {}\n",
-                serde_json::to_string(parent).ok()?
-            ));
-            if let Some(a) = after {
-                out.push_str(&format!("after: [{}]\n", serde_json::to_string(a).ok()?));
-            }
-            return task::parse(name, out.as_bytes()).ok().map(|_| out);
-        }
-    };
+    // A task valid only with its parent (`session: parent`, which a
+    // follow-up says without naming the task that writes it) does not parse
+    // yet: it gets the links all the same, and the result must parse.
+    let t = task::parse(name, text.as_bytes()).ok();
     let mut out = if text.trim_start().starts_with(['"', '\''])
         || !text
             .lines()
@@ -126,7 +110,7 @@ pub fn with_links(text: &str, name: &str, parent: &str, after: Option<&str>) -> 
         // A bare string document: say it as a mapping.
         format!(
             "description: {}\n",
-            serde_json::to_string(&t.description).ok()?
+            serde_json::to_string(&t.as_ref()?.description).ok()?
         )
     } else {
         let mut s = text.to_owned();
@@ -135,7 +119,7 @@ pub fn with_links(text: &str, name: &str, parent: &str, after: Option<&str>) -> 
         }
         s
     };
-    if t.parent.is_none() {
+    if t.as_ref().is_none_or(|t| t.parent.is_none()) {
         // A `parent:` with no value (null, ~) is no parent: it gives way.
         let empty = |l: &str| {
             l.strip_prefix("parent:")
@@ -154,7 +138,7 @@ pub fn with_links(text: &str, name: &str, parent: &str, after: Option<&str>) -> 
         ));
     }
     if let Some(a) = after
-        && t.after.is_empty()
+        && t.as_ref().is_none_or(|t| t.after.is_empty())
     {
         out.push_str(&format!("after: [{}]\n", serde_json::to_string(a).ok()?));
     }
@@ -422,6 +406,16 @@ mod tests {
         // Valid only with its parent: the link makes it valid.
         let out = with_links("description: a\nsession: parent\n", "c", "p", None).unwrap();
         assert_eq!(out, "description: a\nsession: parent\nparent: \"p\"\n");
+        let out = with_links(
+            "description: a\nsession: parent\nparent: ~\n",
+            "c",
+            "p",
+            None,
+        );
+        assert_eq!(
+            out.as_deref(),
+            Some("description: a\nsession: parent\nparent: \"p\"\n")
+        );
         let md = with_links_md("---\nsession: parent\n---\nGo on.\n", "c", "p").unwrap();
         assert_eq!(md, "---\nparent: \"p\"\nsession: parent\n---\nGo on.\n");
         let md = with_links_md("---\nagent: x\n---\nDo it.\n", "c", "p").unwrap();
