@@ -91,7 +91,7 @@ fn cancel_one(layout: &crate::tree::layout::Layout, name: &str) -> Result<Cancel
                 if let Some(target) = res? {
                     let mut rec = rec;
                     rec.task = target.clone();
-                    let _ = crate::tree::context::merge(layout, &rec, None, None);
+                    let _ = crate::tree::context::merge(layout, &rec, None, None, None);
                     return Ok(Cancelled::Filed(target));
                 }
             }

@@ -95,7 +95,6 @@ pub fn render(
         let cap = config.context_max_bytes.min(budget);
         let (bytes, cut) = crate::tree::fsx::read_head(&path, cap)
             .map_err(|e| format!("context file `{f}` cannot be read: {e}"))?;
-        let total = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         budget = budget.saturating_sub(bytes.len() as u64);
         let text = String::from_utf8_lossy(&bytes);
         // The shared files are mailroom's (derived from what agents said,
@@ -118,6 +117,7 @@ pub fn render(
         };
         context.push_str(&format!("\n---\n## Context: {f}\n\n{}\n", text.trim_end()));
         if cut {
+            let total = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
             context.push_str(&format!(
                 "\n[mailroom: truncated, showing {} of {total} bytes of {f}]\n",
                 bytes.len()
@@ -172,6 +172,15 @@ fn resolve(
 ) -> Result<Option<std::path::PathBuf>, String> {
     crate::parse::task::check_relative_path(f).map_err(|e| format!("context file: {e}"))?;
     let p = layout.root.join(f);
+    // As a rule no name below the root is a link, and then the path is
+    // already what `canonicalize` would give (below the root): one `lstat`
+    // per name instead of a `readlink` of every name from `/`.
+    match unlinked_below(&layout.root, f) {
+        Below::Missing => return Ok(None),
+        Below::File => return Ok(Some(p)),
+        Below::NotFile => return Err(format!("context file `{f}` is not a regular file")),
+        Below::Linked => {}
+    }
     match p.canonicalize() {
         Ok(c) if c.starts_with(&layout.root) || config.context_outside_root => {
             if c.is_file() {
@@ -185,6 +194,38 @@ fn resolve(
              set `context_outside_root: true` to allow it"
         )),
         Err(_) => Ok(None),
+    }
+}
+
+/// What the names of `rel` below `root` are, looked at without following links.
+enum Below {
+    Missing,
+    /// No link on the way, and a regular file at its end.
+    File,
+    /// No link on the way, and something else at its end.
+    NotFile,
+    /// A link somewhere: only `canonicalize` can tell where it leads.
+    Linked,
+}
+
+fn unlinked_below(root: &std::path::Path, rel: &str) -> Below {
+    let mut cur = root.to_path_buf();
+    let mut last = None;
+    for c in std::path::Path::new(rel).components() {
+        let std::path::Component::Normal(c) = c else {
+            return Below::Linked;
+        };
+        cur.push(c);
+        match std::fs::symlink_metadata(&cur) {
+            Ok(m) if m.file_type().is_symlink() => return Below::Linked,
+            Ok(m) => last = Some(m),
+            Err(_) => return Below::Missing,
+        }
+    }
+    match last {
+        Some(m) if m.is_file() => Below::File,
+        Some(_) => Below::NotFile,
+        None => Below::Linked,
     }
 }
 
@@ -288,6 +329,53 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("leads outside the root"), "{e}");
+        // A link on the way, not at the end, is followed too.
+        std::os::unix::fs::symlink("/etc", layout.root.join("etc")).unwrap();
+        let e = render(
+            &layout,
+            &config,
+            &agent,
+            &task("description: x\ncontext_files: [etc/hostname]\n"),
+            None,
+        )
+        .unwrap_err();
+        assert!(e.contains("leads outside the root"), "{e}");
+        std::fs::create_dir_all(layout.root.join("docs/sub")).unwrap();
+        let e = render(
+            &layout,
+            &config,
+            &agent,
+            &task("description: x\ncontext_files: [docs/sub]\n"),
+            None,
+        )
+        .unwrap_err();
+        assert!(e.contains("`docs/sub` is not a regular file"), "{e}");
+        std::fs::remove_dir_all(&layout.root).unwrap();
+    }
+
+    #[test]
+    fn context_files_below_the_root_are_read_through_links_that_stay_inside() {
+        let (layout, config) = setup("inside");
+        let agent = config.agents["demo"].clone();
+        std::fs::create_dir_all(layout.root.join("docs/sub")).unwrap();
+        std::fs::write(layout.root.join("docs/sub/a.md"), "plain file\n").unwrap();
+        std::os::unix::fs::symlink("sub/a.md", layout.root.join("docs/b.md")).unwrap();
+        std::os::unix::fs::symlink("docs/sub", layout.root.join("linked")).unwrap();
+        std::fs::write(layout.root.join("docs/sub/c.md"), "through a dir link\n").unwrap();
+        let p = render(
+            &layout,
+            &config,
+            &agent,
+            &task("description: x\ncontext_files: [docs/sub/a.md, docs/b.md, linked/c.md]\n"),
+            None,
+        )
+        .unwrap();
+        assert!(p.contains("## Context: docs/sub/a.md\n\nplain file"), "{p}");
+        assert!(p.contains("## Context: docs/b.md\n\nplain file"), "{p}");
+        assert!(
+            p.contains("## Context: linked/c.md\n\nthrough a dir link"),
+            "{p}"
+        );
         std::fs::remove_dir_all(&layout.root).unwrap();
     }
 

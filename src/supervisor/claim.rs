@@ -261,6 +261,7 @@ impl Supervisor {
                         None,
                         Some(self.pending.len()),
                         crate::tree::context::LOOP_LOCK_WAIT,
+                        None,
                     )
                 {
                     warn!(error = %e, "context merge failed");

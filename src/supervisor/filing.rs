@@ -162,6 +162,7 @@ impl Job {
             ws,
             claimed,
             stop,
+            task,
             ..
         } = self;
         // What the run left (workspace, output) is read once, before anything moves.
@@ -197,6 +198,7 @@ impl Job {
         };
         let c = Commit {
             ctx,
+            parent: task.parent,
             name,
             ext,
             st,
@@ -217,6 +219,9 @@ impl Job {
 struct Commit {
     ctx: Arc<Ctx>,
     name: String,
+    /// The parent the task was claimed with: where its tree is looked up
+    /// from, without reading its task file again.
+    parent: Option<String>,
     ext: String,
     st: TaskState,
     rec: ResultRecord,
@@ -356,9 +361,17 @@ impl Commit {
         )))?;
         let hint = ctx.pending_count.load(std::sync::atomic::Ordering::Relaxed);
         // The context is derived data: it never holds up a commit.
-        if let Err(e) =
-            crate::tree::context::merge(layout, &self.rec, Some((&self.out, self.cut)), Some(hint))
-        {
+        let tree = match &self.parent {
+            Some(p) => crate::tree::outbox::tree_root(layout, p, 64).0,
+            None => self.rec.task.clone(),
+        };
+        if let Err(e) = crate::tree::context::merge(
+            layout,
+            &self.rec,
+            Some((&self.out, self.cut)),
+            Some(hint),
+            Some(&tree),
+        ) {
             warn!(task = %name, error = %e, "context merge failed; committing the task anyway");
             // A later recovery pass merges it.
             crate::tree::context::note_unmerged(layout, dest, &self.rec.task);

@@ -181,7 +181,7 @@ pub fn replay_unmerged(layout: &Layout, max: usize, wait: std::time::Duration) -
             .map(|d| read_output_and_summary(&layout.root.join(d)))
             .unwrap_or_default();
         let output = rec.agent.as_ref().map(|_| (out.as_str(), cut));
-        if merge_within(layout, &rec, output, None, wait).is_err() {
+        if merge_within(layout, &rec, output, None, wait, None).is_err() {
             // Still held: the next pass tries again.
             break;
         }
@@ -323,13 +323,18 @@ const SUMMARY_TAIL: u64 = 64 * 1024;
 /// `run_id` is already in the log is not appended again.
 /// `pending_hint` is the supervisor's count of pending tasks, which spares a
 /// listing of a large `pending/`.
+///
+/// `tree` is the first task of the task's tree of follow-ups when the caller
+/// knows it (from the task it claimed); otherwise it is looked up from the
+/// task files.
 pub fn merge(
     layout: &Layout,
     rec: &ResultRecord,
     output: Option<(&str, bool)>,
     pending_hint: Option<usize>,
+    tree: Option<&str>,
 ) -> io::Result<()> {
-    merge_within(layout, rec, output, pending_hint, CONTEXT_LOCK_WAIT)
+    merge_within(layout, rec, output, pending_hint, CONTEXT_LOCK_WAIT, tree)
 }
 
 /// How long a merge made on the supervisor's loop (a reject, recovery)
@@ -343,6 +348,7 @@ pub fn merge_within(
     output: Option<(&str, bool)>,
     pending_hint: Option<usize>,
     wait: std::time::Duration,
+    tree: Option<&str>,
 ) -> io::Result<()> {
     let _guard = lock_context(layout, wait)?;
     if let Some((text, cut)) = output {
@@ -378,7 +384,7 @@ pub fn merge_within(
         let path = layout.output_file(&rec.task);
         or_set_aside(layout, &path, || fsx::write_atomic(&path, md.as_bytes()))?;
     }
-    append_log(layout, rec)?;
+    append_log(layout, rec, tree)?;
     write_current_state(layout, pending_hint, Some(&rec.task))
 }
 
@@ -423,7 +429,7 @@ pub fn total_usage(rec: &ResultRecord) -> Option<crate::adapter::Usage> {
     (!total.is_empty()).then_some(total)
 }
 
-fn append_log(layout: &Layout, rec: &ResultRecord) -> io::Result<()> {
+fn append_log(layout: &Layout, rec: &ResultRecord, tree: Option<&str>) -> io::Result<()> {
     let path = layout.context.join(JSONL);
     let mut f = or_set_aside(layout, &path, || {
         OpenOptions::new()
@@ -446,9 +452,12 @@ fn append_log(layout: &Layout, rec: &ResultRecord) -> io::Result<()> {
     }
     let mut v = log_line(rec, (c, x));
     // The first task of its tree of follow-ups, for the tree budgets.
-    v["tree"] = crate::tree::outbox::tree_root(layout, &rec.task, 64)
-        .0
-        .into();
+    v["tree"] = match tree {
+        Some(t) => t.into(),
+        None => crate::tree::outbox::tree_root(layout, &rec.task, 64)
+            .0
+            .into(),
+    };
     let mut line = serde_json::to_string(&v).map_err(io::Error::other)?;
     line.push('\n');
     // A crash may have left a torn last line: start on a fresh one.
@@ -603,9 +612,14 @@ pub fn output_excerpts(layout: &Layout, total: u64) -> Vec<Excerpt> {
 /// [`head_and_tail`] within `max` bytes, reading no more than that.
 fn output_body(path: &Path, max: usize) -> Option<String> {
     const HEADER: usize = 4096;
-    let (head, _) = fsx::read_head(path, (HEADER + max) as u64).ok()?;
+    let (head, cut) = fsx::read_head(path, (HEADER + max) as u64).ok()?;
     let start = head.windows(6).position(|w| w == b"\n---\n\n")? + 6;
-    let len = std::fs::symlink_metadata(path).ok()?.len() as usize;
+    // A head that is the whole file (the rule) needs no second look at it.
+    let len = if cut {
+        std::fs::symlink_metadata(path).ok()?.len() as usize
+    } else {
+        head.len()
+    };
     let body_len = len.saturating_sub(start);
     if start + body_len <= head.len() {
         let body = String::from_utf8_lossy(&head[start..]);

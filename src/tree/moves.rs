@@ -413,10 +413,9 @@ pub fn reclaim(
     bytes: &[u8],
 ) -> io::Result<(Reclaimed, (u64, u64))> {
     let at = layout.task_file(State::Assigned, name, ext);
-    let ours = |p: &Path| file_id(p) == Some(id);
     let mut replaced = None;
     if let Ok(m) = fs::symlink_metadata(&at) {
-        if ours(&at) {
+        if id_of(&m) == Some(id) {
             if same_content(&at, m.len(), bytes) {
                 return Ok((Reclaimed::Intact, id));
             }
@@ -460,11 +459,13 @@ fn claimed_elsewhere(layout: &Layout, name: &str, id: (u64, u64)) -> Option<Path
 
 /// Device and inode of the regular file at `p` (not followed), if it is one.
 fn file_id(p: &Path) -> Option<(u64, u64)> {
+    id_of(&fs::symlink_metadata(p).ok()?)
+}
+
+/// Device and inode of `m`, if it is a regular file's.
+fn id_of(m: &fs::Metadata) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
-    fs::symlink_metadata(p)
-        .ok()
-        .filter(|m| m.is_file())
-        .map(|m| (m.dev(), m.ino()))
+    m.is_file().then(|| (m.dev(), m.ino()))
 }
 
 /// What a file system object is, in words.

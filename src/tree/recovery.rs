@@ -163,6 +163,7 @@ pub fn apply(
                 output,
                 pending_hint,
                 context::LOOP_LOCK_WAIT,
+                None,
             ) {
                 tracing::warn!(task = name, error = %e, "context merge failed; committing the task anyway");
                 context::note_unmerged(layout, *dest, &record.task);
@@ -176,9 +177,14 @@ pub fn apply(
             books::fill_run_dirs(layout, name, State::Failed, &mut record);
             books::write_state(layout, state)?;
             let dest = moves::prepare_commit(layout, &record)?;
-            if let Err(e) =
-                context::merge_within(layout, &record, None, pending_hint, context::LOOP_LOCK_WAIT)
-            {
+            if let Err(e) = context::merge_within(
+                layout,
+                &record,
+                None,
+                pending_hint,
+                context::LOOP_LOCK_WAIT,
+                None,
+            ) {
                 tracing::warn!(task = name, error = %e, "context merge failed; committing the task anyway");
                 context::note_unmerged(layout, dest, &record.task);
             }
