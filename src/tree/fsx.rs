@@ -412,16 +412,137 @@ pub fn kind_of(ft: fs::FileType) -> &'static str {
 /// never blocks on a FIFO, checks with `fstat` that it is a regular file under
 /// `limit` bytes before reading, and reads at most `limit` bytes.
 pub fn read_task_file(path: &Path, limit: u64) -> Result<(Vec<u8>, FileId), ReadError> {
-    let file = match OpenOptions::new()
+    let opened = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-    {
+        .open(path);
+    read_opened_task_file(opened, || fs::symlink_metadata(path), limit)
+}
+
+/// [`read_task_file`] of the entry `name` of the directory `dir` (opened
+/// with [`open_dir_nofollow`]): the name is looked up in that directory, not
+/// through a path whose directories could be swapped meanwhile.
+pub fn read_task_file_at(
+    dir: &File,
+    name: &std::ffi::OsStr,
+    limit: u64,
+) -> Result<(Vec<u8>, FileId), ReadError> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(name.as_bytes()).map_err(io::Error::other)?;
+    let flags =
+        libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC;
+    // SAFETY: openat with a NUL-terminated name and a directory descriptor we
+    // borrow; a descriptor it returns is ours alone.
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), c.as_ptr(), flags) };
+    let opened = if fd < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        // SAFETY: `fd` was just opened and is owned by nothing else.
+        Ok(unsafe { File::from_raw_fd(fd) })
+    };
+    read_opened_task_file(opened, || lstat_at(dir, name), limit)
+}
+
+/// What `name` in the open directory `dir` is, without following a link.
+pub fn lstat_at(dir: &File, name: &std::ffi::OsStr) -> io::Result<fs::Metadata> {
+    use std::os::fd::AsRawFd;
+    // The metadata of a name relative to a descriptor: through /proc, which
+    // names the very directory that is open (no path is walked again).
+    let p = Path::new("/proc/self/fd")
+        .join(dir.as_raw_fd().to_string())
+        .join(name);
+    fs::symlink_metadata(p)
+}
+
+/// Removes the entry `name` (not a directory) of the open directory `dir`;
+/// one that is gone already is no error.
+pub fn remove_file_at(dir: &File, name: &std::ffi::OsStr) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(name.as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: unlinkat with a NUL-terminated name and a descriptor we borrow.
+    if unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), 0) } < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::NotFound {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Opens the directory `rel` below `base` without following a symbolic link
+/// at any name of `rel` (`openat2` with `RESOLVE_NO_SYMLINKS`; one
+/// `O_NOFOLLOW` open per name on a kernel older than 5.6). A link on the way
+/// is `ELOOP`; a link or anything not a directory at the last name, `ENOTDIR`.
+pub fn open_dir_nofollow(base: &Path, rel: &Path) -> io::Result<File> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    use std::os::unix::ffi::OsStrExt;
+    let base = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY)
+        .open(base)?;
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    let c = std::ffi::CString::new(rel.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: a zeroed open_how is valid (no flags), then filled in.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = flags as u64;
+    how.resolve = libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_BENEATH;
+    // SAFETY: openat2 reads `how` (of the size given) and the NUL-terminated path.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            base.as_raw_fd(),
+            c.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    } as i32;
+    if fd >= 0 {
+        // SAFETY: `fd` was just opened and is owned by nothing else.
+        return Ok(unsafe { File::from_raw_fd(fd) });
+    }
+    let e = io::Error::last_os_error();
+    if !matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) {
+        return Err(e);
+    }
+    // No openat2 (or a seccomp filter that refuses it): a name at a time.
+    open_dir_by_name(base, rel)
+}
+
+/// [`open_dir_nofollow`] one `O_NOFOLLOW` open per name, from `base`.
+fn open_dir_by_name(base: File, rel: &Path) -> io::Result<File> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    use std::os::unix::ffi::OsStrExt;
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    let mut cur = base;
+    for comp in rel.components() {
+        let std::path::Component::Normal(n) = comp else {
+            return Err(io::Error::from_raw_os_error(libc::ELOOP));
+        };
+        let c = std::ffi::CString::new(n.as_bytes()).map_err(io::Error::other)?;
+        // SAFETY: openat with a NUL-terminated name and a descriptor we own.
+        let fd = unsafe { libc::openat(cur.as_raw_fd(), c.as_ptr(), flags) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just opened and is owned by nothing else.
+        cur = unsafe { File::from_raw_fd(fd) };
+    }
+    Ok(cur)
+}
+
+fn read_opened_task_file(
+    opened: io::Result<File>,
+    lstat: impl FnOnce() -> io::Result<fs::Metadata>,
+    limit: u64,
+) -> Result<(Vec<u8>, FileId), ReadError> {
+    let file = match opened {
         Ok(f) => f,
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(ReadError::Symlink),
         // A socket cannot be opened at all (ENXIO): say what it is, as for a
         // FIFO, rather than passing on the errno's text.
-        Err(e) => match fs::symlink_metadata(path) {
+        Err(e) => match lstat() {
             Ok(m) if !m.file_type().is_file() && !m.file_type().is_symlink() => {
                 return Err(ReadError::NotRegular(kind_of(m.file_type())));
             }
@@ -591,12 +712,21 @@ pub fn child(dir: &Path, name: &str) -> PathBuf {
 /// is allocated per entry, as with `ls -f`. For counting large directories
 /// (`status` with 100,000 pending), where `read_dir`'s allocation per entry
 /// was a fifth of the time.
-pub fn for_each_name(dir: &Path, mut f: impl FnMut(&[u8])) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
+pub fn for_each_name(dir: &Path, f: impl FnMut(&[u8])) -> io::Result<()> {
     let d = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_DIRECTORY)
         .open(dir)?;
+    for_each_name_in(&d, dir, f)
+}
+
+/// [`for_each_name`] over a directory already open (`dir` names it in errors).
+pub fn for_each_name_in(d: &File, dir: &Path, mut f: impl FnMut(&[u8])) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: lseek on a descriptor we borrow; back to the directory's start.
+    if unsafe { libc::lseek(d.as_raw_fd(), 0, libc::SEEK_SET) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
     let mut buf = vec![0u8; 64 * 1024];
     // struct linux_dirent64: d_ino (8 bytes), d_off (8), d_reclen (2),
     // d_type (1), then the name, NUL-terminated and padded.
@@ -645,6 +775,50 @@ pub fn for_each_name(dir: &Path, mut f: impl FnMut(&[u8])) -> io::Result<()> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    /// A link at any name below the base is refused, at the end or on the
+    /// way; what is then read and removed is the open directory's.
+    #[test]
+    fn a_directory_opened_without_links_is_the_one_read_and_emptied() {
+        let dir = std::env::temp_dir().join(format!("mailroom-nofollow-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("a/b")).unwrap();
+        fs::create_dir_all(dir.join("elsewhere/b")).unwrap();
+        fs::write(dir.join("a/b/t.yaml"), "description: x\n").unwrap();
+        std::os::unix::fs::symlink(dir.join("elsewhere"), dir.join("via")).unwrap();
+        std::os::unix::fs::symlink(dir.join("a/b"), dir.join("a/link")).unwrap();
+        // The fallback for kernels without openat2 says the same.
+        let base = || File::open(&dir).unwrap();
+        let by_name = |rel: &str| open_dir_by_name(base(), Path::new(rel)).map(|_| ());
+        for rel in ["via/b", "a/link", "a/b/t.yaml"] {
+            let e = by_name(rel).unwrap_err().raw_os_error();
+            assert!(
+                matches!(e, Some(libc::ELOOP | libc::ENOTDIR)),
+                "{rel}: {e:?}"
+            );
+        }
+        by_name("a/b").unwrap();
+        let loops = |rel: &str| open_dir_nofollow(&dir, Path::new(rel)).unwrap_err();
+        assert_eq!(loops("via/b").raw_os_error(), Some(libc::ELOOP));
+        // At the last name the kernel says ENOTDIR (O_DIRECTORY wins).
+        assert_eq!(loops("a/link").raw_os_error(), Some(libc::ENOTDIR));
+        assert_eq!(loops("a/b/t.yaml").raw_os_error(), Some(libc::ENOTDIR));
+        let d = open_dir_nofollow(&dir, Path::new("a/b")).unwrap();
+        let mut names = Vec::new();
+        for_each_name_in(&d, &dir, |n| names.push(n.to_vec())).unwrap();
+        assert_eq!(names, [b"t.yaml".to_vec()]);
+        let (b, _) = read_task_file_at(&d, "t.yaml".as_ref(), 100).unwrap();
+        assert_eq!(b, b"description: x\n");
+        std::os::unix::fs::symlink("t.yaml", dir.join("a/b/l.yaml")).unwrap();
+        assert!(matches!(
+            read_task_file_at(&d, "l.yaml".as_ref(), 100),
+            Err(ReadError::Symlink)
+        ));
+        remove_file_at(&d, "t.yaml".as_ref()).unwrap();
+        remove_file_at(&d, "t.yaml".as_ref()).unwrap();
+        assert!(!dir.join("a/b/t.yaml").exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
 
     /// Every entry, once, whatever the buffer refills: the same names as
     /// `read_dir` over a directory larger than one buffer, odd names too.

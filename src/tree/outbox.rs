@@ -3,6 +3,7 @@
 //! runaway spawning, and the expansion of a task's `subtasks` into children.
 
 use std::io;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use crate::parse::task::{self, Entry};
@@ -241,28 +242,45 @@ pub fn queue_outbox(
     let mut done = Queued::default();
     let shown = |f: &str| format!("{}/{}", layout.rel(shown_at), f.escape_debug());
     // Replaced by a link (to a directory elsewhere, whose files must be
-    // neither queued nor removed) or by a file: nothing is queued from it.
-    match std::fs::symlink_metadata(outbox) {
-        Ok(m) if m.is_dir() => {}
-        Ok(m) => {
-            let what = if m.file_type().is_symlink() {
-                "a symbolic link"
-            } else {
-                "not a directory"
+    // neither queued nor removed), or reached through one (a directory above
+    // it replaced), or by a file: nothing is queued from it. What is read
+    // and removed is then looked up in the directory opened here, never
+    // through the path again, which could be swapped meanwhile.
+    // (`tasks/assigned/` itself may be a link an operator made: the names
+    // below it are the run's, where its agent could have put one.)
+    let opened = match outbox.strip_prefix(&layout.assigned) {
+        Ok(rel) => fsx::open_dir_nofollow(&layout.assigned, rel),
+        Err(_) => std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+            .open(outbox),
+    };
+    let dir = match opened {
+        Ok(d) => d,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
+            let what = match std::fs::symlink_metadata(outbox) {
+                Ok(m) if m.file_type().is_symlink() => "is a symbolic link (its agent replaced it)",
+                Ok(m) if !m.is_dir() => "is not a directory (its agent replaced it)",
+                _ => "is reached through a symbolic link (its agent replaced a directory above it)",
             };
             done.refused.push(format!(
-                "the outbox {} is {what} (its agent replaced it): no follow-up was queued \
-                 from it, and nothing it leads to was touched",
+                "the outbox {} {what}: no follow-up was queued from it, and nothing it leads \
+                 to was touched",
                 layout.rel(shown_at)
             ));
             return done;
         }
         Err(_) => return done,
-    }
-    let Ok(rd) = std::fs::read_dir(outbox) else {
-        return done;
     };
-    let mut entries: Vec<std::ffi::OsString> = rd.flatten().map(|e| e.file_name()).collect();
+    let mut entries: Vec<std::ffi::OsString> = Vec::new();
+    if fsx::for_each_name_in(&dir, outbox, |n| {
+        use std::os::unix::ffi::OsStrExt;
+        entries.push(std::ffi::OsStr::from_bytes(n).to_owned());
+    })
+    .is_err()
+    {
+        return done;
+    }
     entries.sort();
     for raw in entries {
         let Some(f) = raw.to_str() else {
@@ -289,8 +307,7 @@ pub fn queue_outbox(
             }
             Entry::Ignored => continue,
         };
-        let path = outbox.join(f);
-        let text = match fsx::read_task_file(&path, task::DEFAULT_MAX_TASK_BYTES) {
+        let text = match fsx::read_task_file_at(&dir, &raw, task::DEFAULT_MAX_TASK_BYTES) {
             Ok((b, _)) => String::from_utf8_lossy(&b).into_owned(),
             Err(e) if e.is_gone() => continue,
             Err(e) => {
@@ -335,7 +352,7 @@ pub fn queue_outbox(
             }
         };
         queued_from.push(f.to_owned());
-        if let Err(e) = fsx::remove_file_if_exists(&path) {
+        if let Err(e) = fsx::remove_file_at(&dir, &raw) {
             done.refused.push(format!(
                 "follow-up {} was queued as `{queued}` but cannot be removed from the outbox \
                  ({e}); it stays there, and this commit does not queue it again (a supervisor \

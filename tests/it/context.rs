@@ -480,19 +480,46 @@ echo done"#
 fn an_outbox_replaced_by_a_link_or_a_file_queues_nothing_and_touches_nothing() {
     let outside = tempfile_outside();
     std::fs::write(outside.join("stolen.yaml"), "description: from outside\n").unwrap();
+    // For `above`: a directory that looks like an attempt's, whose outbox
+    // holds a task file.
+    std::fs::create_dir_all(outside.join("attempt/outbox")).unwrap();
+    std::fs::write(
+        outside.join("attempt/outbox/taken.yaml"),
+        "description: from outside\n",
+    )
+    .unwrap();
     let script = format!(
         r#"case "$MAILROOM_TASK" in
   link) rm -rf "$MAILROOM_OUTBOX"; ln -s {outside:?} "$MAILROOM_OUTBOX" ;;
   file) rm -rf "$MAILROOM_OUTBOX"; printf 'description: x\n' > "$MAILROOM_OUTBOX" ;;
+  above) d=$(dirname "$MAILROOM_OUTBOX"); mv "$d" "$d.moved"; ln -s {attempt:?} "$d" ;;
 esac
-echo done"#
+echo done"#,
+        attempt = outside.join("attempt"),
     );
     let root = Root::new()
         .agent_config(&["/bin/sh", "-c", &script], "retries: 0")
         .task("link.yaml", "description: x\n")
-        .task("file.yaml", "description: x\n");
+        .task("file.yaml", "description: x\n")
+        .task("above.yaml", "description: x\n");
     root.run_until_idle();
-    assert_eq!(root.names("completed"), ["file", "link"]);
+    // The attempt directory replaced above the outbox: nothing was queued from the directory the link leads to, and
+    // nothing there was removed.
+    assert!(
+        outside.join("attempt/outbox/taken.yaml").exists(),
+        "a file outside the tree was removed"
+    );
+    assert!(!root.names("pending").contains(&"taken".to_owned()));
+    assert!(!root.names("completed").contains(&"taken".to_owned()));
+    assert_eq!(root.names("completed"), ["above", "file", "link"]);
+    let above = root.record("completed", "above");
+    assert!(above.get("followups").is_none(), "{above}");
+    assert!(
+        above["warnings"]
+            .to_string()
+            .contains("is reached through a symbolic link"),
+        "{above}"
+    );
     assert!(
         root.names("pending").is_empty(),
         "{:?}",
