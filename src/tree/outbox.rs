@@ -270,15 +270,18 @@ pub fn queue_outbox(
             ));
             return done;
         }
-        Err(_) => return done,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return done,
+        Err(e) => {
+            done.refused.push(unreadable(layout, shown_at, &e));
+            return done;
+        }
     };
     let mut entries: Vec<std::ffi::OsString> = Vec::new();
-    if fsx::for_each_name_in(&dir, outbox, |n| {
+    if let Err(e) = fsx::for_each_name_in(&dir, outbox, |n| {
         use std::os::unix::ffi::OsStrExt;
         entries.push(std::ffi::OsStr::from_bytes(n).to_owned());
-    })
-    .is_err()
-    {
+    }) {
+        done.refused.push(unreadable(layout, shown_at, &e));
         return done;
     }
     entries.sort();
@@ -364,6 +367,15 @@ pub fn queue_outbox(
         done.names.push(queued);
     }
     done
+}
+
+/// Why nothing was queued from an outbox that could not be opened or listed
+/// (its agent took away the permission to read it, as a rule).
+fn unreadable(layout: &Layout, shown_at: &Path, e: &io::Error) -> String {
+    format!(
+        "the outbox {} could not be read ({e}): no follow-up was queued from it",
+        layout.rel(shown_at)
+    )
 }
 
 /// Writes a task's `subtasks` into `pending/` as `<name>.<suffix>`, linked to

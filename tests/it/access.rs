@@ -172,6 +172,49 @@ fn an_agent_that_locks_its_run_directory_is_not_a_spawn_failure() {
     assert!(err.contains("cannot be read"), "{err}");
 }
 
+/// An agent (of an unprivileged supervisor) that writes a follow-up and then
+/// takes every permission away from its outbox: the record says the outbox
+/// could not be read and nothing was queued, instead of saying nothing.
+#[test]
+fn an_outbox_its_agent_made_unreadable_is_said_in_the_record() {
+    let root = Root::new()
+        .agent_config(
+            &[
+                "sh",
+                "-c",
+                "printf 'description: next\n' > \"$MAILROOM_OUTBOX/next.yaml\"; \
+                 chmod 000 \"$MAILROOM_OUTBOX\"; echo ok",
+            ],
+            "retries: 0",
+        )
+        .task("t.yaml", "description: x\n");
+    let Some(c) = as_nobody(&root, &["run", "--exit-when-idle"], &root.path) else {
+        return;
+    };
+    let chown = std::process::Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(&root.path)
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    let out = run_bounded(c, std::time::Duration::from_secs(60));
+    let _ = std::process::Command::new("chmod")
+        .args(["-R", "u+rwx"])
+        .arg(&root.path)
+        .status();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rec = root.record("completed", "t");
+    assert!(rec.get("followups").is_none(), "{rec}");
+    let w = rec["warnings"].to_string();
+    assert!(
+        w.contains("the outbox tasks/completed/t.run/1/outbox could not be read")
+            && w.contains("Permission denied")
+            && w.contains("no follow-up was queued"),
+        "{rec}"
+    );
+    assert!(root.names("pending").is_empty());
+}
+
 /// A root this user may not enter is said to be one, with the system's
 /// error, not called "not a mailroom root" (which sends a user to `init`).
 #[test]
