@@ -1,15 +1,15 @@
-//! The watcher: inotify (through notify) as a wake-up hint, never as the source
+//! The watcher: inotify (see [`crate::ops::dirwatch`]) as a wake-up hint, never as the source
 //! of truth. Events are coalesced into a set of paths plus an "everything"
-//! flag (queue overflow, watcher errors) and handed over without ever blocking
-//! notify's thread.
+//! flag (queue overflow, a watch that ended, watcher errors) and handed over
+//! without ever blocking the watching thread.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
-use notify::{RecursiveMode, Watcher as _};
 use tokio::sync::Notify;
+
+use crate::ops::dirwatch::{DirWatch, Seen};
 
 /// Paths to look at again, shared between notify's thread and the main loop.
 #[derive(Default)]
@@ -54,21 +54,11 @@ impl Hints {
     }
 }
 
-/// Whether an event can mean a task file appeared, changed or went away.
-/// Opens and read-closes (our own reads among them) and attribute changes cannot.
-fn relevant(kind: &EventKind) -> bool {
-    !matches!(
-        kind,
-        EventKind::Access(AccessKind::Open(_))
-            | EventKind::Access(AccessKind::Close(AccessMode::Read))
-            | EventKind::Access(AccessKind::Read)
-            | EventKind::Modify(ModifyKind::Metadata(_))
-    )
-}
-
-/// A running inotify watch on `tasks/` and `tasks/pending/`.
+/// A running inotify watch on `tasks/` and `tasks/pending/` (and the extra
+/// directories given), through [`DirWatch`], which asks only for events that
+/// can change a listing: mailroom's own reads are no events.
 pub struct Watch {
-    watcher: notify::RecommendedWatcher,
+    watch: DirWatch,
     pending: PathBuf,
 }
 
@@ -80,36 +70,33 @@ impl Watch {
         pending: &Path,
         extra: &[&Path],
         hints: Arc<Hints>,
-    ) -> notify::Result<Watch> {
-        let h = hints.clone();
-        let mut watcher =
-            notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
-                Ok(ev) => {
-                    if ev.need_rescan() || ev.paths.is_empty() {
-                        h.push(Vec::new(), true);
-                    } else if relevant(&ev.kind) {
-                        h.push(ev.paths, false);
-                    }
+    ) -> std::io::Result<Watch> {
+        let mut watch = DirWatch::start("mailroom-watch", move |seen| {
+            let mut paths = Vec::with_capacity(seen.len());
+            let mut rescan = false;
+            for s in seen {
+                match s {
+                    Seen::Path(p) => paths.push(p),
+                    Seen::Everything => rescan = true,
                 }
-                Err(_) => h.push(Vec::new(), true),
-            })?;
-        watcher.watch(tasks, RecursiveMode::NonRecursive)?;
-        watcher.watch(pending, RecursiveMode::NonRecursive)?;
+            }
+            hints.push(paths, rescan);
+        })?;
+        watch.add(tasks)?;
+        watch.add(pending)?;
         // Control files and the config: hints like any other (best effort).
         for p in extra {
-            let _ = watcher.watch(p, RecursiveMode::NonRecursive);
+            let _ = watch.add(p);
         }
         Ok(Watch {
-            watcher,
+            watch,
             pending: pending.to_path_buf(),
         })
     }
 
     /// Re-adds the watch on `pending/` (after it was removed and recreated).
     pub fn rewatch(&mut self) {
-        let _ = self.watcher.unwatch(&self.pending);
-        let _ = self
-            .watcher
-            .watch(&self.pending, RecursiveMode::NonRecursive);
+        self.watch.remove(&self.pending);
+        let _ = self.watch.add(&self.pending);
     }
 }

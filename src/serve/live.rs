@@ -1,4 +1,4 @@
-//! Change notices for the pages: inotify (through notify) on the state
+//! Change notices for the pages: inotify ([`crate::ops::dirwatch`]) on the state
 //! directories, `tasks/cooldowns/` and `tasks/control/`, with a polling
 //! fallback, turned into a generation number that is broadcast to every
 //! `/events` stream.
@@ -6,15 +6,16 @@
 //! Like the supervisor's watcher, this is a hint only: a notice says "look
 //! again", and the page then reads the tree itself. Events are coalesced
 //! (one notice per burst), and our own reads (opens, closes, accesses) are
-//! not events, or every page load would trigger the next.
+//! not events (the kernel is not even asked for them), or every page load
+//! would trigger the next.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use notify::event::{AccessKind, EventKind, ModifyKind};
-use notify::{RecursiveMode, Watcher as _};
 use tokio::sync::{Notify, broadcast};
+
+use crate::ops::dirwatch::{DirWatch, Seen};
 
 use crate::tree::layout::Layout;
 
@@ -28,7 +29,7 @@ const POLL: Duration = Duration::from_millis(500);
 pub struct Live {
     tx: broadcast::Sender<u64>,
     /// Kept alive for as long as the feed is.
-    _watcher: Option<notify::RecommendedWatcher>,
+    _watcher: Option<DirWatch>,
     /// Whether inotify is in use (false: polling only).
     pub inotify: bool,
 }
@@ -52,16 +53,6 @@ fn dirs(layout: &Layout) -> Vec<PathBuf> {
     ]
 }
 
-/// Whether an event can mean that a file appeared, changed or went away.
-fn relevant(kind: &EventKind) -> bool {
-    !matches!(
-        kind,
-        EventKind::Access(
-            AccessKind::Open(_) | AccessKind::Close(_) | AccessKind::Read | AccessKind::Any
-        ) | EventKind::Modify(ModifyKind::Metadata(_))
-    )
-}
-
 /// What the poller compares: each directory's identity, mtime and size.
 fn stamps(dirs: &[PathBuf]) -> Vec<Option<(u64, SystemTime, u64)>> {
     use std::os::unix::fs::MetadataExt;
@@ -80,14 +71,10 @@ fn stamps(dirs: &[PathBuf]) -> Vec<Option<(u64, SystemTime, u64)>> {
 
 /// Tells the index which pending task files changed (or that any may
 /// have), so that a search reads them again.
-fn forget(
-    index: &super::index::Index,
-    pending: &std::path::Path,
-    res: &notify::Result<notify::Event>,
-) {
-    match res {
-        Ok(ev) if !ev.need_rescan() => {
-            for p in &ev.paths {
+fn forget(index: &super::index::Index, pending: &std::path::Path, seen: &[Seen]) {
+    for s in seen {
+        match s {
+            Seen::Path(p) => {
                 if p.parent() == Some(pending)
                     && let Some(f) = p.file_name().and_then(|f| f.to_str())
                     && let crate::parse::task::Entry::Task { name, .. } =
@@ -96,8 +83,8 @@ fn forget(
                     index.forget(Some(name));
                 }
             }
+            Seen::Everything => index.forget(None),
         }
-        _ => index.forget(None),
     }
 }
 
@@ -111,23 +98,17 @@ pub fn start(layout: &Layout, inotify: bool, index: Arc<super::index::Index>) ->
         let w = wake.clone();
         let idx = index.clone();
         let pending = layout.pending.clone();
-        match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            forget(&idx, &pending, &res);
-            if res.as_ref().map_or(true, |ev| relevant(&ev.kind)) {
-                w.notify_one();
-            }
+        match DirWatch::start("mailroom-live", move |seen| {
+            forget(&idx, &pending, &seen);
+            w.notify_one();
         }) {
             Ok(mut watcher) => {
                 for d in &dirs {
                     // A directory that is missing now is covered by the poller.
-                    let _ = watcher.watch(d, RecursiveMode::NonRecursive);
+                    let _ = watcher.add(d);
                 }
                 // Without a watch on pending/ itself, searches keep `lstat`ing.
-                index.set_watched(
-                    watcher
-                        .watch(&layout.pending, RecursiveMode::NonRecursive)
-                        .is_ok(),
-                );
+                index.set_watched(watcher.add(&layout.pending).is_ok());
                 Some(watcher)
             }
             Err(e) => {

@@ -135,6 +135,35 @@ fn removed_context_and_pending_directories_come_back() {
     );
 }
 
+/// With no rescans to fall back on, only inotify can see a task: the
+/// watch on a removed and recreated `tasks/pending/` is made anew, and the
+/// supervisor's own reads in the watched directories wake nothing.
+#[test]
+fn without_rescans_a_recreated_pending_directory_is_watched_again() {
+    let root = Root::new().config(&format!(
+        "settle: 300ms\nrescan_interval: 1h\nagents:\n  a:\n    command: [{:?}]\n",
+        agent("ok.sh")
+    ));
+    let _sup = root.spawn();
+    wait_for(MIN, "the supervisor to start", || {
+        root.sup_logs().contains("supervisor ready")
+    });
+    root.write("tasks/pending/before.yaml", "description: before\n");
+    wait_for(MIN, "the first task to complete", || {
+        root.names("completed") == ["before"]
+    });
+    std::fs::remove_dir_all(root.p("tasks/pending")).unwrap();
+    wait_for(MIN, "tasks/pending to be recreated", || {
+        root.p("tasks/pending").is_dir()
+    });
+    root.write("tasks/pending/after.yaml", "description: after\n");
+    wait_for(
+        MIN,
+        "the task written after the removal to complete",
+        || root.names("completed") == ["after", "before"],
+    );
+}
+
 /// `chattr +i` on a directory: not even root may create entries in it. The
 /// flag is lifted again on drop, so the root can be removed.
 struct Immutable(std::path::PathBuf);
