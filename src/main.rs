@@ -43,7 +43,7 @@ fn main() -> ExitCode {
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("mailroom: {e:#}");
+            say(&format!("mailroom: {e:#}"));
             if e.is::<cli::control::NoSupervisor>() {
                 ExitCode::from(cli::control::NoSupervisor::EXIT)
             } else if e.is::<cli::UsageError>() {
@@ -74,6 +74,32 @@ fn use_colour() -> bool {
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
+/// Standard error for the log, where a failed write is dropped, not
+/// reported: `tracing` reports a failed write with `eprintln!`, which
+/// panics when standard error cannot be written either (a full disk under
+/// `mailroom start`'s log file, a closed pipe, `2>/dev/full`). A log that
+/// cannot be written must never end the supervisor.
+struct LossyStderr;
+
+/// A line on standard error, dropped if it cannot be written (`eprintln!`
+/// would panic, and the exit status would be 101 instead of the one meant).
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+impl std::io::Write for LossyStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}
+
 fn init_logging(cli: &Cli) {
     let level = match (cli.verbose as i8) - (cli.quiet as i8) {
         i8::MIN..=-2 => "error",
@@ -85,7 +111,7 @@ fn init_logging(cli: &Cli) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| LossyStderr)
         .with_ansi(use_colour());
     // journald stamps every line itself.
     let under_journal = std::env::var_os("JOURNAL_STREAM").is_some();
@@ -382,7 +408,7 @@ fn run(
         Err(e) => {
             // Its own exit status, so that systemd does not restart a
             // supervisor that cannot start until someone fixes the file.
-            eprintln!("mailroom: {e}");
+            say(&format!("mailroom: {e}"));
             return Ok(ExitCode::from(EXIT_CONFIG));
         }
     };

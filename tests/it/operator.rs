@@ -7,6 +7,49 @@ use std::time::{Duration, Instant};
 
 const MIN: Duration = Duration::from_secs(60);
 
+/// A log that cannot be written (a full disk under `mailroom start`'s log
+/// file; here standard error is /dev/full) ends nothing: the tasks run and
+/// the supervisor exits as it would have, and so does a command that fails.
+#[test]
+fn a_log_that_cannot_be_written_does_not_end_the_supervisor() {
+    if !require(
+        std::path::Path::new("/dev/full").exists(),
+        "/dev/full, a device whose writes fail with ENOSPC",
+    ) {
+        return;
+    }
+    let root = Root::new()
+        .agent_config(&[&agent("ok.sh")], "retries: 0")
+        .task("a.yaml", "description: one\n")
+        .task("b.yaml", "description: two\n");
+    let full = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap()
+    };
+    let bounded = |mut c: std::process::Command| {
+        c.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped());
+        wait_bounded(c.spawn().unwrap(), MIN).status
+    };
+    let mut c = root.cmd(&["-v", "run", "--exit-when-idle"]);
+    c.stderr(full());
+    let st = bounded(c);
+    assert_eq!(st.code(), Some(0), "{st:?}");
+    assert_eq!(root.names("completed"), ["a", "b"]);
+    // A command's own error: its exit status, not a panic's 101.
+    let mut c = root.cmd(&["show", "nope"]);
+    c.stderr(full());
+    let st = bounded(c);
+    assert_eq!(st.code(), Some(1), "{st:?}");
+    root.write("mailroom.yaml", "concurrency: [\n");
+    let mut c = root.cmd(&["run", "--exit-when-idle"]);
+    c.stderr(full());
+    let st = bounded(c);
+    assert_eq!(st.code(), Some(78), "{st:?}");
+}
+
 /// A directory next to the test root that is not a tree.
 fn not_a_tree(root: &Root) -> std::path::PathBuf {
     root.p("typo")
