@@ -99,9 +99,15 @@ fn cancel_one(layout: &crate::tree::layout::Layout, name: &str) -> Result<Cancel
         }
         Some((State::Assigned, _, _)) => {}
     }
-    fsx::create_dir_all(&layout.cancel)?;
-    fsx::write_atomic(&layout.cancel_file(name), b"")
-        .context("writing the cancel request into tasks/control/cancel/")?;
+    let marker = layout.cancel_file(name);
+    // One already there (even a directory someone made) is the same request.
+    if std::fs::symlink_metadata(&marker).is_ok() {
+        return Ok(Cancelled::Requested);
+    }
+    fsx::create_dir_all(&layout.cancel)
+        .with_context(|| format!("creating {}", layout.rel(&layout.cancel)))?;
+    fsx::write_atomic(&marker, b"")
+        .with_context(|| format!("writing the cancel request {}", layout.rel(&marker)))?;
     Ok(Cancelled::Requested)
 }
 
@@ -154,7 +160,19 @@ pub fn cancel_all(root: &Path, names: &[String], within: Duration) -> Result<Exi
         asked.retain(|n| match layout.locate(n) {
             Some((State::Pending | State::Assigned, _, _)) => true,
             Some((s, _, _)) => {
-                println!("{n}: cancelled ({})", s.dir_name());
+                // It may have ended on its own just before the supervisor
+                // acted: that is no cancel, and the command says so.
+                match books::read_record(&layout, s, n).map(|r| r.outcome) {
+                    Some(o) if o != Outcome::Cancelled => {
+                        eprintln!(
+                            "mailroom: `{n}` finished before the cancel took effect ({}, \
+                             outcome `{o}`)",
+                            s.dir_name()
+                        );
+                        ok = false;
+                    }
+                    _ => println!("{n}: cancelled ({})", s.dir_name()),
+                }
                 false
             }
             None => {
@@ -212,10 +230,16 @@ pub fn set_pause(
 ) -> Result<()> {
     let f = layout.pause_file(agent);
     if on {
-        fsx::create_dir_all(&layout.control)?;
-        fsx::write_atomic(&f, b"")?;
+        // A marker already there (even a directory someone made) pauses.
+        if std::fs::symlink_metadata(&f).is_ok() {
+            return Ok(());
+        }
+        fsx::create_dir_all(&layout.control)
+            .with_context(|| format!("creating {}", layout.rel(&layout.control)))?;
+        fsx::write_atomic(&f, b"").with_context(|| format!("writing {}", layout.rel(&f)))?;
     } else {
-        fsx::remove_file_if_exists(&f)?;
+        // Whatever it is: a supervisor pauses for any entry of that name.
+        fsx::remove_any(&f).with_context(|| format!("removing {}", layout.rel(&f)))?;
     }
     Ok(())
 }

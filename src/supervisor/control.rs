@@ -60,7 +60,7 @@ impl Supervisor {
                 // Its lock may have been busy: then the marker stays for the
                 // next look (a rescan), and the task stays known.
                 if layout.find(State::Pending, &name).is_none() {
-                    let _ = std::fs::remove_file(layout.cancel_file(&name));
+                    let _ = crate::tree::fsx::remove_any(&layout.cancel_file(&name));
                 } else {
                     self.examine_name(&name);
                 }
@@ -68,7 +68,7 @@ impl Supervisor {
                 && layout.find(State::Pending, &name).is_none()
             {
                 // Finished, never submitted, or cancelled by another supervisor.
-                let _ = std::fs::remove_file(layout.cancel_file(&name));
+                let _ = crate::tree::fsx::remove_any(&layout.cancel_file(&name));
             }
         }
     }

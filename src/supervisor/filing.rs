@@ -394,7 +394,7 @@ impl Commit {
             layout.rel(layout.dir(dest))
         )))?;
         // A cancel request is answered by the commit, whatever its outcome.
-        let _ = std::fs::remove_file(layout.cancel_file(&name));
+        let _ = crate::tree::fsx::remove_any(&layout.cancel_file(&name));
         if let Some(l) = self.clash_lock.take() {
             l.release();
         }

@@ -651,6 +651,19 @@ pub fn remove_file_if_exists(path: &Path) -> io::Result<()> {
     }
 }
 
+/// Removes whatever is at `path` (a file, a link, a FIFO, or a directory
+/// with all it holds, its links not followed), treating "already gone" as
+/// success. For markers whose name is all that counts (`cancel/<name>`),
+/// which someone may have made with `mkdir` instead of `touch`.
+pub fn remove_any(path: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => remove_dir_all_if_exists(path),
+        Ok(_) => remove_file_if_exists(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Removes a directory tree, treating "already gone" as success.
 pub fn remove_dir_all_if_exists(path: &Path) -> io::Result<()> {
     match fs::remove_dir_all(path) {

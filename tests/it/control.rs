@@ -37,6 +37,113 @@ fn cancel_stops_a_running_agent_and_its_grandchildren() {
     assert!(root.entries("tasks/control/cancel").is_empty());
 }
 
+/// A cancel marker made with `mkdir` instead of `touch` cancels as a file
+/// does, and goes with the commit like one: it does not cancel the next
+/// task of that name (it did, at every retry, for ever).
+#[test]
+fn a_cancel_marker_that_is_a_directory_cancels_once() {
+    let root = Root::new();
+    let pidfile = root.p("pid");
+    let root = root.config(&format!(
+        "retries: 0\nagents:\n  slow:\n    command: [{:?}]\n    grace: 300ms\n    env:\n      PIDFILE: {:?}\n  ok:\n    command: [{:?}]\n",
+        agent("hang.sh"),
+        pidfile.display().to_string(),
+        agent("ok.sh"),
+    ))
+    .task("long.yaml", "description: hang around\nagent: slow\n");
+    let _sup = root.spawn();
+    root.pid("pid.agent");
+    std::fs::create_dir_all(root.p("tasks/control/cancel/long")).unwrap();
+    wait_for(MIN, "the cancelled task in failed/", || {
+        root.exists("tasks/failed/long.result.json")
+    });
+    assert_eq!(root.record("failed", "long")["outcome"], "cancelled");
+    assert!(
+        root.entries("tasks/control/cancel").is_empty(),
+        "{:?}",
+        root.entries("tasks/control/cancel")
+    );
+    // The same name again, with an agent that finishes: it completes.
+    std::fs::remove_file(root.p("tasks/failed/long.yaml")).unwrap();
+    std::fs::remove_file(root.p("tasks/failed/long.result.json")).unwrap();
+    std::fs::remove_dir_all(root.p("tasks/failed/long.run")).unwrap();
+    root.write("tasks/pending/long.yaml", "description: again\nagent: ok\n");
+    wait_for(MIN, "the new task of that name to complete", || {
+        root.exists("tasks/completed/long.result.json")
+    });
+}
+
+/// A running task that ends on its own while its cancel is on the way is
+/// no cancel: `mailroom cancel` says it finished first, and fails.
+#[test]
+fn a_cancel_that_lost_the_race_to_the_finish_says_so() {
+    let root = Root::new()
+        .agent_config(&[&agent("ok.sh")], "")
+        .task("x.yaml", "description: x\n");
+    root.run_until_idle();
+    assert_eq!(root.record("completed", "x")["outcome"], "success");
+    // Seen running (no supervisor here to act on the marker), the cancel is
+    // requested; then the task is filed, completed, as its commit would.
+    std::fs::rename(
+        root.p("tasks/completed/x.yaml"),
+        root.p("tasks/assigned/x.yaml"),
+    )
+    .unwrap();
+    let mut c = root.cmd(&["cancel", "x", "--timeout", "60s"]);
+    c.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = c.spawn().unwrap();
+    wait_for(MIN, "the cancel marker", || {
+        root.exists("tasks/control/cancel/x")
+    });
+    std::fs::rename(
+        root.p("tasks/assigned/x.yaml"),
+        root.p("tasks/completed/x.yaml"),
+    )
+    .unwrap();
+    let out = wait_bounded(child, MIN);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stderr(&out)
+            .contains("`x` finished before the cancel took effect (completed, outcome `success`)"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stdout(&out).contains("cancelled"), "{}", stdout(&out));
+}
+
+/// Markers in the way (a directory where the pause file goes, a file where
+/// the cancel directory goes) are named in the command's error.
+#[test]
+fn control_commands_name_the_file_in_their_way() {
+    let root = Root::new()
+        .agent_config(&[&agent("ok.sh")], "")
+        .task("p.yaml", "description: x\n");
+    std::fs::create_dir_all(root.p("tasks/control/pause")).unwrap();
+    // A directory there pauses as a file does; resume removes it.
+    let out = root.mailroom(&["pause"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = root.mailroom(&["resume"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!root.exists("tasks/control/pause"));
+    // Claimed by nobody: the pending task is filed at once, no marker.
+    // A running one needs the marker: cancel/ is a file here.
+    std::fs::rename(
+        root.p("tasks/pending/p.yaml"),
+        root.p("tasks/assigned/p.yaml"),
+    )
+    .unwrap();
+    root.write("tasks/control/cancel", "not a directory");
+    let out = root.mailroom(&["cancel", "p", "--timeout", "1s"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("tasks/control/cancel"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 #[test]
 fn cancel_of_a_pending_task_needs_no_supervisor() {
     let root = Root::new()
