@@ -3,6 +3,10 @@
 use super::recover::PutBack;
 use super::*;
 
+/// How long a task whose claim failed (the move into `assigned/` refused)
+/// waits before the next try.
+const CLAIM_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The slot files of the tree-wide `concurrency` (`tasks/slots/.all.<n>.lock`):
 /// no agent can have this name (agent names never start with a dot).
 pub(super) const TREE_SLOTS: &str = ".all";
@@ -463,8 +467,27 @@ impl Supervisor {
             }
             Err(e) => {
                 lock.release();
-                error!(task = name, error = %e, "claim failed");
-                self.set_busy(name);
+                // Said once per task and error (a pending/ or assigned/ that
+                // refuses the move fails again at every look), with the
+                // place; looked at again every few seconds, not at once.
+                let why = format!(
+                    "cannot move {} into {}: {e}",
+                    layout.rel(&layout.task_file(State::Pending, name, &ext)),
+                    layout.rel(&layout.assigned)
+                );
+                if self.claim_errors.get(name) != Some(&why) {
+                    error!(task = name, "claim failed: {why}; trying again every 2 s");
+                    self.claim_errors.insert(name.to_owned(), why);
+                } else {
+                    debug!(task = name, "claim failed again: {why}");
+                }
+                match self.pending.get_mut(name) {
+                    Some(p) => {
+                        p.hold = Some(std::time::SystemTime::now() + CLAIM_RETRY);
+                        self.place(name);
+                    }
+                    None => self.set_busy(name),
+                }
                 None
             }
         }

@@ -248,6 +248,8 @@ pub struct Supervisor {
     /// Names with a state file in `assigned/` (retry bookkeeping), from the last rescan.
     stateful: HashSet<String>,
     logged_waits: HashSet<String>,
+    /// The last claim error said of each pending task (said once each).
+    claim_errors: HashMap<String, String>,
     next_run: u64,
     swept: bool,
     /// Orphaned agents' process groups being stopped (pgid, leader start time),
@@ -361,6 +363,7 @@ impl Supervisor {
             hints: Arc::new(Hints::default()),
             stateful: HashSet::new(),
             logged_waits: HashSet::new(),
+            claim_errors: HashMap::new(),
             next_run: 0,
             swept: false,
             stopping_agents: HashSet::new(),

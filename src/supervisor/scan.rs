@@ -280,6 +280,7 @@ impl Supervisor {
         self.unsettled.remove(name);
         self.rejects.remove(name);
         self.logged_waits.remove(name);
+        self.claim_errors.remove(name);
         was
     }
 

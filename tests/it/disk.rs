@@ -192,6 +192,35 @@ impl Drop for Immutable {
     }
 }
 
+/// A `pending/` that refuses the claim's move (immutable): the error names
+/// the file and the directory, is said once (it was logged every 250 ms,
+/// about 14,000 lines an hour), and the task runs once the move works.
+#[test]
+fn a_claim_refused_by_pending_is_said_once_with_its_place() {
+    let root = Root::new()
+        .agent_config(&[&agent("ok.sh")], "")
+        .task("imm.yaml", "description: x\n");
+    let Some(lock) = Immutable::new(root.p("tasks/pending")) else {
+        return;
+    };
+    let _sup = root.spawn();
+    wait_for(MIN, "the claim to fail twice", || {
+        root.sup_logs().contains("claim failed again")
+    });
+    let logs = root.sup_logs();
+    assert_eq!(logs.matches("claim failed:").count(), 1, "{logs}");
+    assert!(
+        logs.contains(
+            "claim failed: cannot move tasks/pending/imm.yaml into tasks/assigned: Operation not permitted"
+        ),
+        "{logs}"
+    );
+    drop(lock);
+    wait_for(MIN, "the task to complete", || {
+        root.names("completed") == ["imm"]
+    });
+}
+
 /// A root whose agent `a` is `tests/agents/tamper.sh`, logging its runs to
 /// `runs.log`.
 fn logged_root(retries: u32) -> Root {
