@@ -236,8 +236,18 @@ fn blocked(pid: u32, sig: i32) -> Option<bool> {
     Some(mask & (1u64 << (sig - 1)) != 0)
 }
 
-/// `mailroom keeper RUN_DIR` or `mailroom-keeper RUN_DIR`. Returns the process's exit code: 0 once the
-/// outcome is on disk, 1 when it could not be written.
+/// The keeper's exit code when it could not write `keeper.json` (a full
+/// disk, as a rule): it did not start the agent, whose run no one could have
+/// found again after a supervisor's crash.
+pub const EXIT_NO_INFO: u8 = 3;
+/// The keeper's exit code when the agent ran but its outcome could not be
+/// written.
+pub const EXIT_NO_OUTCOME: u8 = 4;
+
+/// `mailroom keeper RUN_DIR` or `mailroom-keeper RUN_DIR`. Returns the
+/// process's exit code: 0 once the outcome is on disk; 1 when the spec
+/// could not be read (nothing started); [`EXIT_NO_INFO`] and
+/// [`EXIT_NO_OUTCOME`].
 pub fn main(run_dir: &Path) -> u8 {
     // Stop requests first: one that arrives during the setup waits for the run.
     let mut stops = crate::run::blocking::Stops::new();
@@ -293,7 +303,10 @@ pub fn main(run_dir: &Path) -> u8 {
         .map_err(std::io::Error::other)
         .and_then(|b| crate::tree::fsx::write_atomic_volatile(&run_dir.join(INFO_FILE), &b))
     {
-        log.say(&format!("cannot write {INFO_FILE}: {e}"));
+        log.say(&format!(
+            "cannot write {INFO_FILE}: {e}; the agent was not started"
+        ));
+        return EXIT_NO_INFO;
     }
     let started = SystemTime::now();
     let mut agent = output_spec(&spec);
@@ -330,7 +343,7 @@ pub fn main(run_dir: &Path) -> u8 {
         Ok(()) => 0,
         Err(e) => {
             log.say(&format!("cannot write {OUTCOME_FILE}: {e}"));
-            1
+            EXIT_NO_OUTCOME
         }
     }
 }

@@ -297,7 +297,10 @@ impl Job {
         // A directory whose permissions its agent took away hides whether
         // the keeper started it: never taken for a run that did not start.
         let unreadable = !run_dir_gone && std::fs::read_dir(run_dir).is_err();
-        let started = keeper::info(run_dir, run_id).is_some() || unreadable;
+        let code = status.and_then(|s| s.code());
+        let started = keeper::info(run_dir, run_id).is_some()
+            || unreadable
+            || code == Some(i32::from(keeper::EXIT_NO_OUTCOME));
         let signal = status.and_then(|s| s.signal());
         let how = match (signal, status) {
             (Some(s), _) => format!("was killed by signal {}", verdict::sig_name(s)),
@@ -311,6 +314,39 @@ impl Job {
         } else {
             String::new()
         };
+        // Its files could not be written (a full disk, as a rule): no spawn
+        // failure of the agent's, which would never be retried.
+        let full = if fsx::no_space_left(run_dir) {
+            " (the file system is full)"
+        } else {
+            ""
+        };
+        if code == Some(i32::from(keeper::EXIT_NO_INFO)) && stopped == 0 {
+            let error = format!(
+                "the run keeper (pid {pid}) could not write {} in the run's directory{full}, \
+                 so it did not start the agent{see}",
+                keeper::INFO_FILE
+            );
+            warn!(task = %self.name, keeper = pid, "{error}");
+            return RunEnd::Lost {
+                error,
+                killed: false,
+                run_dir_gone: false,
+            };
+        }
+        if code == Some(i32::from(keeper::EXIT_NO_OUTCOME)) && stopped == 0 {
+            let error = format!(
+                "the run keeper (pid {pid}) could not write {} in the run's directory{full}, \
+                 so how the agent ended is unknown{see}",
+                keeper::OUTCOME_FILE
+            );
+            warn!(task = %self.name, keeper = pid, "{error}");
+            return RunEnd::Lost {
+                error,
+                killed: false,
+                run_dir_gone: false,
+            };
+        }
         if !started && stopped == 0 && !run_dir_gone {
             return RunEnd::SpawnFailed {
                 error: format!(

@@ -651,6 +651,23 @@ pub fn remove_file_if_exists(path: &Path) -> io::Result<()> {
     }
 }
 
+/// Whether the file system holding `path` has no block left for this user
+/// (what makes writes fail with ENOSPC), for saying why a write failed.
+pub fn no_space_left(path: &Path) -> bool {
+    let Ok(s) = nix::sys::statvfs::statvfs(path) else {
+        return false;
+    };
+    // Root may use the blocks reserved for it; a file system that counts no
+    // inodes at all (btrfs) has no inode limit.
+    let root = nix::unistd::geteuid().is_root();
+    let (blocks, inodes) = if root {
+        (s.blocks_free(), s.files_free())
+    } else {
+        (s.blocks_available(), s.files_available())
+    };
+    blocks == 0 || (s.files() > 0 && inodes == 0)
+}
+
 /// Removes whatever is at `path` (a file, a link, a FIFO, or a directory
 /// with all it holds, its links not followed), treating "already gone" as
 /// success. For markers whose name is all that counts (`cancel/<name>`),

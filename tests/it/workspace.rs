@@ -382,6 +382,51 @@ esac"#;
     assert!(!root.exists("hook-ran"), "a hook the agent planted ran");
 }
 
+/// A keeper that cannot write `keeper.json` (a full disk, as a rule; here a
+/// directory stands in its place, made while the run is prepared) starts no
+/// agent, and the run is retried: it was filed `spawn`, never retried, with
+/// "before it started the agent" while the agent had in fact run.
+#[test]
+fn a_keeper_that_cannot_write_its_file_starts_no_agent_and_the_run_is_retried() {
+    let root = repo(
+        "retries: 1\nretry_delay: 50ms\ndefault_agent: a\nagents:\n  a:\n    \
+         command: [sh, -c, \"echo run >> \\\"$MAILROOM_ROOT/agent-runs\\\"\"]\n    workspace: worktree\n",
+    );
+    let hook = root.p(".git/hooks/post-checkout");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\n[ -e {r}/hooked ] && exit 0\ntouch {r}/hooked {r}/in-hook\ni=0\nwhile [ ! -e {r}/go ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done\n",
+            r = root.path.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let root = root.task("o.yaml", "description: x\n");
+    let _sup = root.spawn();
+    wait_for(Duration::from_secs(30), "the worktree's checkout", || {
+        root.exists("in-hook")
+    });
+    let attempt = root.p("tasks/assigned/o.run/1");
+    assert!(attempt.is_dir(), "no attempt directory during the checkout");
+    std::fs::create_dir_all(attempt.join("keeper.json/in-the-way")).unwrap();
+    root.write("go", "");
+    wait_for(Duration::from_secs(60), "the task to be filed", || {
+        !root.names("completed").is_empty() || !root.names("failed").is_empty()
+    });
+    let rec = root.record("completed", "o");
+    assert_eq!(root.read("agent-runs"), "run\n", "{rec}");
+    assert_eq!(rec["attempts"], 2, "{rec}");
+    let first = &rec["history"][0];
+    assert_ne!(first["outcome"], "spawn", "{rec}");
+    let e = first["error"].as_str().unwrap();
+    assert!(
+        e.contains("could not write keeper.json") && e.contains("did not start the agent"),
+        "{rec}"
+    );
+}
+
 /// A cancel that lands while the run is being prepared (here: its worktree's
 /// checkout, held by a `post-checkout` hook) never starts the agent: the task
 /// is filed cancelled, and its worktree is cleaned up as usual.
