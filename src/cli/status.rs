@@ -227,7 +227,16 @@ pub fn status(root: &Path, json: bool) -> Result<()> {
     if live == 0 {
         println!("  no supervisor is running on this tree (`mailroom run` or `mailroom start`)");
     }
-    for v in &s.supervisors {
+    // The live ones first; the gone ones after, a few by name (a supervisor
+    // restarted many times leaves one entry each, pruned after an hour).
+    const GONE_SHOWN: usize = 3;
+    let gone = s.supervisors.len() - live;
+    let ordered = s
+        .supervisors
+        .iter()
+        .filter(|v| v.alive)
+        .chain(s.supervisors.iter().filter(|v| !v.alive).take(GONE_SHOWN));
+    for v in ordered {
         let h = &v.heartbeat;
         if v.alive {
             // Another tool's heartbeat names itself in `version`.
@@ -251,6 +260,13 @@ pub fn status(root: &Path, json: bool) -> Result<()> {
                 h.host, h.pid, h.last_beat
             );
         }
+    }
+    if gone > GONE_SHOWN {
+        println!(
+            "  and {} more supervisors gone (`mailroom status --json` lists them; each is \
+             forgotten an hour after its last beat)",
+            gone - GONE_SHOWN
+        );
     }
     if s.paused {
         println!("  paused: no new tasks are claimed (`mailroom resume` to go on)");

@@ -50,6 +50,40 @@ fn a_log_that_cannot_be_written_does_not_end_the_supervisor() {
     assert_eq!(st.code(), Some(78), "{st:?}");
 }
 
+/// A supervisor restarted many times leaves a heartbeat each (forgotten an
+/// hour later): `status` shows the live one first, then a few gone ones by
+/// name and a count of the rest, not a screenful before what matters.
+#[test]
+fn status_puts_the_live_supervisor_first_and_counts_the_gone_ones() {
+    let root = Root::new().agent_config(&[&agent("ok.sh")], "");
+    let minute_ago =
+        mailroom::model::record::ts(std::time::SystemTime::now() - Duration::from_secs(60));
+    for pid in 4240..4250 {
+        root.write(
+            &format!("tasks/supervisors/far-away.{pid}.json"),
+            &format!(
+                r#"{{"host":"far-away","pid":{pid},"start":1,"version":"0.0.9","protocol":2,"started_at":"{minute_ago}","last_beat":"{minute_ago}","running":0,"pending":0}}"#
+            ),
+        );
+    }
+    let _sup = root.spawn();
+    wait_for(MIN, "the supervisor to start", || {
+        root.sup_logs().contains("supervisor ready")
+    });
+    let out = root.mailroom(&["status"]);
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains("supervisor")).collect();
+    assert!(
+        lines[0].contains(") since "),
+        "the live one is not first: {text}"
+    );
+    assert_eq!(text.matches("is gone").count(), 3, "{text}");
+    assert!(text.contains("and 7 more supervisors gone"), "{text}");
+    let json: serde_json::Value =
+        serde_json::from_str(&stdout(&root.mailroom(&["status", "--json"]))).unwrap();
+    assert_eq!(json["supervisors"].as_array().unwrap().len(), 11);
+}
+
 /// A directory next to the test root that is not a tree.
 fn not_a_tree(root: &Root) -> std::path::PathBuf {
     root.p("typo")
