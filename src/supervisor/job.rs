@@ -321,7 +321,9 @@ impl Job {
         } else {
             ""
         };
-        if code == Some(i32::from(keeper::EXIT_NO_INFO)) && stopped == 0 {
+        // (A directory its agent removed or locked says more, below.)
+        let plain = stopped == 0 && !unreadable && !run_dir_gone;
+        if code == Some(i32::from(keeper::EXIT_NO_INFO)) && plain {
             let error = format!(
                 "the run keeper (pid {pid}) could not write {} in the run's directory{full}, \
                  so it did not start the agent{see}",
@@ -334,7 +336,7 @@ impl Job {
                 run_dir_gone: false,
             };
         }
-        if code == Some(i32::from(keeper::EXIT_NO_OUTCOME)) && stopped == 0 {
+        if code == Some(i32::from(keeper::EXIT_NO_OUTCOME)) && plain {
             let error = format!(
                 "the run keeper (pid {pid}) could not write {} in the run's directory{full}, \
                  so how the agent ended is unknown{see}",
