@@ -185,8 +185,9 @@ impl Supervisor {
                 None
             }
             Err(e) => {
-                error!(task = name, error = %e, "cannot lock the task");
-                self.set_busy(name);
+                let lock = self.layout().lock_file(name);
+                let why = format!("cannot lock the task ({}): {e}", self.layout().rel(&lock));
+                self.hold_after_error(name, why);
                 None
             }
         }
@@ -431,6 +432,29 @@ impl Supervisor {
         (claimed, routed)
     }
 
+    /// A pending task that an error of the system (not of its file) keeps
+    /// from being read, locked or claimed: said once per task and error, at
+    /// error level (again at debug level), and looked at again in
+    /// [`CLAIM_RETRY`]. Never a reason to file the task.
+    pub(super) fn hold_after_error(&mut self, name: &str, why: String) {
+        if self.claim_errors.get(name) != Some(&why) {
+            error!(task = name, "{why}; trying again every 2 s");
+            self.claim_errors.insert(name.to_owned(), why);
+        } else {
+            debug!(task = name, "again: {why}");
+        }
+        match self.pending.get_mut(name) {
+            Some(p) => {
+                p.hold = Some(std::time::SystemTime::now() + CLAIM_RETRY);
+                self.place(name);
+            }
+            None => {
+                self.reexamine
+                    .insert(name.to_owned(), Instant::now() + CLAIM_RETRY);
+            }
+        }
+    }
+
     /// Locks and moves `pending/<name>` into `assigned/`; on any refusal the
     /// task is held back, forgotten or filed as a clash here.
     fn claim_pending(&mut self, name: &str) -> Option<(String, TaskLock)> {
@@ -475,19 +499,7 @@ impl Supervisor {
                     layout.rel(&layout.task_file(State::Pending, name, &ext)),
                     layout.rel(&layout.assigned)
                 );
-                if self.claim_errors.get(name) != Some(&why) {
-                    error!(task = name, "claim failed: {why}; trying again every 2 s");
-                    self.claim_errors.insert(name.to_owned(), why);
-                } else {
-                    debug!(task = name, "claim failed again: {why}");
-                }
-                match self.pending.get_mut(name) {
-                    Some(p) => {
-                        p.hold = Some(std::time::SystemTime::now() + CLAIM_RETRY);
-                        self.place(name);
-                    }
-                    None => self.set_busy(name),
-                }
+                self.hold_after_error(name, format!("claim failed: {why}"));
                 None
             }
         }

@@ -9,7 +9,26 @@ pub(super) enum Look {
     Unchanged,
     /// Not a regular file, a link, too large: refused without parsing.
     Refused(String),
+    /// An error of the system, not of the file (out of file descriptors or
+    /// memory, an I/O error): looked at again later, never filed for it.
+    Transient(String),
     Read(Box<Fresh>),
+}
+
+/// Whether a read error is the system's (retried) rather than the file's.
+fn transient(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::EMFILE
+                | libc::ENFILE
+                | libc::ENOMEM
+                | libc::EAGAIN
+                | libc::EINTR
+                | libc::ENOBUFS
+                | libc::EIO
+        )
+    )
 }
 
 /// A pending file just read, reduced to what scheduling keeps.
@@ -86,6 +105,9 @@ pub(super) fn look(
     let path = layout.task_file(State::Pending, name, ext);
     let meta = match std::fs::symlink_metadata(&path) {
         Ok(m) => m,
+        Err(e) if transient(&e) => {
+            return Look::Transient(format!("cannot look at {}: {e}", layout.rel(&path)));
+        }
         Err(_) => return Look::Gone,
     };
     let id = FileId::of(&meta);
@@ -103,6 +125,9 @@ pub(super) fn look(
     let parsed = match fsx::read_task_file(&path, config.max_task_bytes) {
         Ok((bytes, _)) => task::parse_as(name, ext, &bytes),
         Err(e) if e.is_gone() => return Look::Gone,
+        Err(ReadError::Io(e)) if transient(&e) => {
+            return Look::Transient(format!("cannot read {}: {e}", layout.rel(&path)));
+        }
         Err(e @ (ReadError::Io(_) | ReadError::ForeignOwner { .. })) => {
             warn!(task = name, error = %e, "cannot read task file");
             Err(TaskError {
@@ -384,6 +409,7 @@ impl Supervisor {
                 self.reject_pending(name, ext, rec, false);
                 return;
             }
+            Look::Transient(why) => return self.hold_after_error(name, why),
             Look::Read(f) => *f,
         };
         let Fresh {

@@ -73,6 +73,37 @@ pub fn crash_point() {
 #[inline(always)]
 pub fn crash_point() {}
 
+/// Fault injection for tests: with `MAILROOM_TEST_EMFILE_READS=N`, the
+/// first N reads of task files in a `pending/` directory fail with EMFILE
+/// (out of file descriptors), as when something else holds them all.
+/// Compiled only into debug builds.
+#[cfg(debug_assertions)]
+fn injected_read_error(path: &Path) -> Option<io::Error> {
+    static LEFT: std::sync::OnceLock<AtomicU64> = std::sync::OnceLock::new();
+    let left = LEFT.get_or_init(|| {
+        AtomicU64::new(
+            std::env::var("MAILROOM_TEST_EMFILE_READS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+        )
+    });
+    let in_pending = path
+        .parent()
+        .is_some_and(|d| d.file_name().is_some_and(|n| n == "pending"));
+    (in_pending
+        && left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok())
+    .then(|| io::Error::from_raw_os_error(libc::EMFILE))
+}
+
+#[cfg(not(debug_assertions))]
+#[inline(always)]
+fn injected_read_error(_: &Path) -> Option<io::Error> {
+    None
+}
+
 /// Flushes a directory's entries to disk, so that a rename in it survives a crash.
 ///
 /// Group commit: callers that need the same directory flushed while a flush
@@ -412,6 +443,9 @@ pub fn kind_of(ft: fs::FileType) -> &'static str {
 /// never blocks on a FIFO, checks with `fstat` that it is a regular file under
 /// `limit` bytes before reading, and reads at most `limit` bytes.
 pub fn read_task_file(path: &Path, limit: u64) -> Result<(Vec<u8>, FileId), ReadError> {
+    if let Some(e) = injected_read_error(path) {
+        return Err(e.into());
+    }
     let opened = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)

@@ -205,10 +205,10 @@ fn a_claim_refused_by_pending_is_said_once_with_its_place() {
     };
     let _sup = root.spawn();
     wait_for(MIN, "the claim to fail twice", || {
-        root.sup_logs().contains("claim failed again")
+        root.sup_logs().contains("again: claim failed")
     });
     let logs = root.sup_logs();
-    assert_eq!(logs.matches("claim failed:").count(), 1, "{logs}");
+    assert_eq!(logs.matches("ERROR claim failed:").count(), 1, "{logs}");
     assert!(
         logs.contains(
             "claim failed: cannot move tasks/pending/imm.yaml into tasks/assigned: Operation not permitted"
@@ -219,6 +219,29 @@ fn a_claim_refused_by_pending_is_said_once_with_its_place() {
     wait_for(MIN, "the task to complete", || {
         root.names("completed") == ["imm"]
     });
+}
+
+/// A task file that cannot be read for the system's reasons (out of file
+/// descriptors: a flood of connections to the dashboard did it) is read
+/// again later, never filed as `invalid` (it was, for good, after `settle`).
+#[test]
+fn a_task_file_unreadable_for_want_of_descriptors_is_read_again_not_failed() {
+    let root = Root::new()
+        .agent_config(&[&agent("ok.sh")], "")
+        .task("t.yaml", "description: x\n");
+    let mut c = root.cmd(&["run", "--exit-when-idle"]);
+    c.env("MAILROOM_TEST_EMFILE_READS", "2");
+    let out = run_bounded(c, MIN);
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    assert_eq!(root.names("completed"), ["t"], "{log}");
+    assert!(root.names("failed").is_empty(), "{log}");
+    assert_eq!(
+        log.matches("cannot read tasks/pending/t.yaml: Too many open files")
+            .count(),
+        2,
+        "said once at error level, once again at debug level: {log}"
+    );
 }
 
 /// A root whose agent `a` is `tests/agents/tamper.sh`, logging its runs to
