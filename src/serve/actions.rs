@@ -29,12 +29,23 @@ pub enum Access {
     Bearer,
 }
 
-/// The token and this process's session and CSRF values.
+/// The token, and the sessions signed in with it: each login gets its own
+/// random session value and CSRF value, which a logout ends.
 pub struct Auth {
     token: Option<String>,
-    session: String,
-    pub csrf: String,
+    sessions: std::sync::Mutex<Sessions>,
 }
+
+/// Session value → its CSRF value, oldest first (at most [`MAX_SESSIONS`]:
+/// a login past that ends the oldest session).
+#[derive(Default)]
+struct Sessions {
+    csrf: std::collections::HashMap<String, String>,
+    order: std::collections::VecDeque<String>,
+}
+
+/// How many sessions are kept at once.
+const MAX_SESSIONS: usize = 256;
 
 /// Equal, without an early exit on the first differing byte.
 pub fn same(a: &[u8], b: &[u8]) -> bool {
@@ -54,12 +65,20 @@ fn random_hex() -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// The values of this request's session cookies.
+fn cookies(h: &HeaderMap) -> impl Iterator<Item = &str> {
+    h.get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('='))
+}
+
 impl Auth {
     pub fn new(token: Option<String>) -> Auth {
         Auth {
             token,
-            session: random_hex(),
-            csrf: random_hex(),
+            sessions: Default::default(),
         }
     }
 
@@ -74,11 +93,43 @@ impl Auth {
             .is_some_and(|k| same(k.as_bytes(), t.trim().as_bytes()))
     }
 
-    pub fn session_cookie(&self) -> String {
-        format!(
-            "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
-            self.session
-        )
+    fn sessions(&self) -> std::sync::MutexGuard<'_, Sessions> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A new session (after the token was checked): its `Set-Cookie` value.
+    pub fn sign_in(&self) -> String {
+        let (id, csrf) = (random_hex(), random_hex());
+        let mut s = self.sessions();
+        if s.order.len() >= MAX_SESSIONS
+            && let Some(old) = s.order.pop_front()
+        {
+            s.csrf.remove(&old);
+        }
+        s.order.push_back(id.clone());
+        s.csrf.insert(id.clone(), csrf);
+        format!("{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/")
+    }
+
+    /// Ends the request's session, if it has one: its cookie is then worth
+    /// nothing, wherever a copy of it went.
+    pub fn sign_out(&self, h: &HeaderMap) {
+        let mut s = self.sessions();
+        let ended: Vec<String> = cookies(h)
+            .filter(|c| s.csrf.contains_key(*c))
+            .map(str::to_owned)
+            .collect();
+        for id in ended {
+            s.csrf.remove(&id);
+            s.order.retain(|o| *o != id);
+        }
+    }
+
+    /// The CSRF value of the request's session, if it has a live one.
+    /// (Looked up by the cookie's value; the values are random and long.)
+    pub fn csrf_of(&self, h: &HeaderMap) -> Option<String> {
+        let s = self.sessions();
+        cookies(h).find_map(|c| s.csrf.get(c).cloned())
     }
 
     /// What the request's credentials allow.
@@ -86,22 +137,18 @@ impl Auth {
         if !self.enabled() {
             return Access::ReadOnly;
         }
+        // The scheme is case-insensitive (RFC 9110, 11.1).
         if let Some(t) = h
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t)
             && self.is_token(t)
         {
             return Access::Bearer;
         }
-        let session = h
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('='))
-            .any(|v| same(v.as_bytes(), self.session.as_bytes()));
-        if session {
+        if self.csrf_of(h).is_some() {
             Access::Session
         } else {
             Access::Locked
@@ -119,7 +166,8 @@ impl Auth {
             Access::Locked => denied("sign in with the dashboard's token first"),
             Access::Bearer => Ok(Access::Bearer),
             Access::Session => {
-                if !csrf.is_some_and(|c| same(c.as_bytes(), self.csrf.as_bytes())) {
+                let want = self.csrf_of(h).unwrap_or_default();
+                if !csrf.is_some_and(|c| !want.is_empty() && same(c.as_bytes(), want.as_bytes())) {
                     return denied("the form's CSRF value is missing or stale: reload the page");
                 }
                 let host = h.get(header::HOST).and_then(|v| v.to_str().ok());
@@ -277,24 +325,48 @@ mod tests {
             a.access(&headers(&[("authorization", "Bearer 0123456789abcdeX")])),
             Access::Locked
         );
-        let cookie = format!("x=1; {COOKIE}={}", a.session);
+        assert_eq!(
+            a.access(&headers(&[("authorization", "bearer 0123456789abcdef")])),
+            Access::Bearer,
+            "the scheme is case-insensitive"
+        );
+        let set = a.sign_in();
+        let value = set.split(';').next().unwrap();
+        let cookie = format!("x=1; {value}");
         let h = headers(&[("cookie", &cookie), ("host", "127.0.0.1:1")]);
         assert_eq!(a.access(&h), Access::Session);
+        let csrf = a.csrf_of(&h).unwrap();
         assert!(a.check(&h, None).is_err(), "no CSRF value");
         assert!(a.check(&h, Some("wrong")).is_err());
-        assert_eq!(a.check(&h, Some(&a.csrf.clone())), Ok(Access::Session));
+        assert_eq!(a.check(&h, Some(&csrf)), Ok(Access::Session));
+        // Another login: another session and CSRF value; neither's CSRF
+        // value serves the other.
+        let set2 = a.sign_in();
+        assert_ne!(set, set2);
+        let h2 = headers(&[
+            ("cookie", set2.split(';').next().unwrap()),
+            ("host", "127.0.0.1:1"),
+        ]);
+        let csrf2 = a.csrf_of(&h2).unwrap();
+        assert_ne!(csrf, csrf2);
+        assert!(a.check(&h2, Some(&csrf)).is_err());
         let other = headers(&[
             ("cookie", &cookie),
             ("host", "127.0.0.1:1"),
             ("origin", "http://evil.example"),
         ]);
-        assert!(a.check(&other, Some(&a.csrf.clone())).is_err());
+        assert!(a.check(&other, Some(&csrf)).is_err());
         let same_origin = headers(&[
             ("cookie", &cookie),
             ("host", "127.0.0.1:1"),
             ("origin", "http://127.0.0.1:1"),
         ]);
-        assert!(a.check(&same_origin, Some(&a.csrf.clone())).is_ok());
+        assert!(a.check(&same_origin, Some(&csrf)).is_ok());
+        // A logout ends the session: its cookie is worth nothing after.
+        a.sign_out(&h);
+        assert_eq!(a.access(&h), Access::Locked);
+        assert!(a.check(&h, Some(&csrf)).is_err());
+        assert_eq!(a.access(&h2), Access::Session);
         assert!(same(b"abc", b"abc") && !same(b"abc", b"abd") && !same(b"abc", b"ab"));
     }
 }

@@ -646,8 +646,13 @@ pub fn tasks(l: &TaskList) -> String {
         esc(l.label.as_deref().unwrap_or("")),
         esc(l.q.as_deref().unwrap_or(""))
     );
-    let first = (l.page - 1) * l.per_page + 1;
-    let last = first + l.rows.len().saturating_sub(1);
+    // Saturating: the page number is the query's, and may be anything.
+    let first = l
+        .page
+        .saturating_sub(1)
+        .saturating_mul(l.per_page)
+        .saturating_add(1);
+    let last = first.saturating_add(l.rows.len().saturating_sub(1));
     let of = l.total.map(|t| format!(" of {t}")).unwrap_or_default();
     if l.rows.is_empty() {
         s.push_str(r#"<p class="empty">No task matches.</p>"#);
@@ -663,7 +668,7 @@ pub fn tasks(l: &TaskList) -> String {
         let _ = write!(
             s,
             r#"<a href="/tasks?{}" rel="prev">← newer</a>"#,
-            query_string(l, l.page - 1)
+            query_string(l, l.page.saturating_sub(1))
         );
     }
     let _ = write!(s, r#"<span>page {}</span>"#, l.page);
@@ -671,7 +676,7 @@ pub fn tasks(l: &TaskList) -> String {
         let _ = write!(
             s,
             r#"<a href="/tasks?{}" rel="next">older →</a>"#,
-            query_string(l, l.page + 1)
+            query_string(l, l.page.saturating_add(1))
         );
     }
     s.push_str("</nav>");

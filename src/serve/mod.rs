@@ -17,6 +17,7 @@
 
 pub mod actions;
 pub mod agents;
+pub mod conn;
 pub mod graph;
 pub mod html;
 pub mod index;
@@ -157,7 +158,8 @@ pub async fn serve(
         warm.index.all(&warm.layout);
         warm.ledger.with(&warm.layout, |_| ());
     });
-    axum::serve(listener, router(app))
+    let capped = conn::Capped::new(listener, conn::cap(), conn::IDLE);
+    axum::serve(capped, router(app))
         .with_graceful_shutdown(async move {
             shutdown.await;
             let _ = stop_tx.send(true);
@@ -273,7 +275,7 @@ fn html_page(
     active: &str,
     body: &str,
 ) -> Response {
-    html_page_as(app, mode(app, h), status, title, active, body)
+    html_page_as(app, mode(app, h).html(), status, title, active, body)
 }
 
 fn html_page_as(
@@ -293,11 +295,31 @@ fn html_page_as(
 
 /// What the page offers this request: forms with the CSRF value to a
 /// signed-in browser, a sign-in form when a token exists.
-fn mode<'a>(app: &'a App, h: &axum::http::HeaderMap) -> html::Mode<'a> {
+fn mode(app: &App, h: &axum::http::HeaderMap) -> PageMode {
     match app.auth.access(h) {
-        actions::Access::ReadOnly => html::Mode::ReadOnly,
-        actions::Access::Locked => html::Mode::Locked,
-        actions::Access::Session | actions::Access::Bearer => html::Mode::Actions(&app.auth.csrf),
+        actions::Access::ReadOnly => PageMode::ReadOnly,
+        actions::Access::Locked => PageMode::Locked,
+        // A script with the token needs no CSRF value in its forms.
+        actions::Access::Session | actions::Access::Bearer => {
+            PageMode::Actions(app.auth.csrf_of(h).unwrap_or_default())
+        }
+    }
+}
+
+/// [`html::Mode`] with the session's CSRF value owned.
+enum PageMode {
+    ReadOnly,
+    Locked,
+    Actions(String),
+}
+
+impl PageMode {
+    fn html(&self) -> html::Mode<'_> {
+        match self {
+            PageMode::ReadOnly => html::Mode::ReadOnly,
+            PageMode::Locked => html::Mode::Locked,
+            PageMode::Actions(c) => html::Mode::Actions(c),
+        }
     }
 }
 
@@ -330,13 +352,14 @@ async fn login(
         StatusCode::SEE_OTHER,
         [
             (header::LOCATION, "/".to_owned()),
-            (header::SET_COOKIE, app.auth.session_cookie()),
+            (header::SET_COOKIE, app.auth.sign_in()),
         ],
     )
         .into_response()
 }
 
-async fn logout() -> Response {
+async fn logout(Ext(app): Ext<Shared>, headers: axum::http::HeaderMap) -> Response {
+    app.auth.sign_out(&headers);
     (
         StatusCode::SEE_OTHER,
         [
@@ -388,7 +411,7 @@ async fn action(
         (Err((st, e)), actions::Access::Bearer) => json_error(st, e),
         (Err((st, e)), _) => html_page_as(
             &app,
-            mode(&app, &headers),
+            mode(&app, &headers).html(),
             st,
             "Not done",
             "",
@@ -409,7 +432,7 @@ async fn overview_page(h: axum::http::HeaderMap, Ext(app): Ext<Shared>) -> Respo
             StatusCode::OK,
             "Overview",
             "overview",
-            &html::overview(&o, mode(&app, &h)),
+            &html::overview(&o, mode(&app, &h).html()),
         ),
         Err(r) => r,
     }
@@ -497,7 +520,7 @@ async fn task_page(
                 StatusCode::OK,
                 &title,
                 "tasks",
-                &html::task(&d, mode(&app, &h)),
+                &html::task(&d, mode(&app, &h).html()),
             )
         }
         Err((st, e)) => html_page(&app, &h, st, "Not found", "tasks", &html::error(&e)),

@@ -237,7 +237,7 @@ impl Root {
         self.spawn_cmd(self.cmd_of(exe, &["run"]))
     }
 
-    fn spawn_cmd(&self, mut c: Command) -> (Sup, PathBuf) {
+    pub fn spawn_cmd(&self, mut c: Command) -> (Sup, PathBuf) {
         c.stdin(Stdio::null()).stdout(Stdio::null());
         let log = self.p(&format!("sup-{}.log", SEQ.fetch_add(1, Ordering::Relaxed)));
         c.stderr(fs::File::create(&log).unwrap());
