@@ -144,15 +144,26 @@ pub fn show(root: &Path, name: &str, json: bool) -> Result<()> {
     let Some((st, path, ext)) = layout.locate(name) else {
         bail!("no task named `{name}` in {}", layout.tasks.display());
     };
-    let content = fsx::read_task_file(&path, task::DEFAULT_MAX_TASK_BYTES)
-        .map(|(b, _)| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_else(|e| format!("(cannot read: {e})"));
+    let read = fsx::read_task_file(&path, task::DEFAULT_MAX_TASK_BYTES)
+        .map(|(b, _)| String::from_utf8_lossy(&b).into_owned());
+    let unread = read.as_ref().err().map(|e| format!("cannot be read: {e}"));
+    let content = read.unwrap_or_else(|e| format!("(cannot read: {e})"));
     let record = match st {
         State::Completed | State::Failed => read_record(&layout, st, name),
         _ => None,
     };
     let state_file = books::read_state(&layout, name);
-    let parsed = task::parse_as(name, ext, content.as_bytes());
+    // A file that cannot be read is said to be so, not parsed (the
+    // placeholder shown in its place is no task file).
+    let parsed = match unread {
+        Some(message) => Err(task::TaskError {
+            line: None,
+            column: None,
+            message,
+            key: None,
+        }),
+        None => task::parse_as(name, ext, content.as_bytes()),
+    };
     let output_path = layout.output_file(name);
     let output = fsx::read_tail(&output_path, 4096)
         .ok()

@@ -745,7 +745,7 @@ pub fn task(d: &Detail, mode: Mode) -> String {
     if let Some(e) = &d.parse_error {
         let _ = write!(
             s,
-            r#"<p class="banner warn">The task file does not parse: {}</p>"#,
+            r#"<p class="banner warn">The task file cannot be used: {}</p>"#,
             esc(e)
         );
     }

@@ -389,7 +389,15 @@ async fn action(
     // answered like the other refusals, not with axum's plain text.
     let f = match form {
         Ok(axum::Form(f)) => f,
-        Err(r) => return json_error(r.status(), r.body_text()),
+        // A form that does not fit (a field twice, a bad value) is bad
+        // input, 400, as the README lists; axum says 422.
+        Err(r) => {
+            let st = match r.status() {
+                StatusCode::UNPROCESSABLE_ENTITY => StatusCode::BAD_REQUEST,
+                st => st,
+            };
+            return json_error(st, r.body_text());
+        }
     };
     let access = match app.auth.check(&headers, f.csrf.as_deref()) {
         Ok(a) => a,

@@ -599,15 +599,24 @@ fn rounds(layout: &Layout, name: &str) -> Vec<ResultRecord> {
 pub fn detail(index: &Index, layout: &Layout, name: &str) -> Option<Detail> {
     let (state, path, ext) = layout.locate(name)?;
     let snap = Snapshot::take(index, layout);
-    let (source, mtime) = match read_task(layout, state, name, ext) {
-        Some((s, m)) => (s, Some(m)),
+    let (source, mtime, unread) = match read_task(layout, state, name, ext) {
+        Some((s, m)) => (s, Some(m), None),
         None => match fsx::read_task_file(&path, MAX_FILE) {
-            Err(e) => (format!("(cannot read the task file: {e})"), None),
-            Ok(_) => (String::new(), None),
+            Err(e) => (
+                format!("(cannot read the task file: {e})"),
+                None,
+                Some(format!("{}: cannot be read: {e}", layout.rel(&path))),
+            ),
+            Ok(_) => (String::new(), None, None),
         },
     };
-    let parsed: Result<Task, String> =
-        task::parse_as(name, ext, source.as_bytes()).map_err(|e| e.display_at(&layout.rel(&path)));
+    // A file that cannot be read is said to be so, not parsed (the
+    // placeholder shown in its place is no task file).
+    let parsed: Result<Task, String> = match unread {
+        Some(why) => Err(why),
+        None => task::parse_as(name, ext, source.as_bytes())
+            .map_err(|e| e.display_at(&layout.rel(&path))),
+    };
     let record = matches!(state, State::Completed | State::Failed)
         .then(|| read_record(layout, state, name))
         .flatten();

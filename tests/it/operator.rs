@@ -84,6 +84,25 @@ fn status_puts_the_live_supervisor_first_and_counts_the_gone_ones() {
     assert_eq!(json["supervisors"].as_array().unwrap().len(), 11);
 }
 
+/// A task file that cannot be read (here a link) is said to be one, not
+/// given a parse error of the placeholder shown in its place.
+#[test]
+fn show_says_a_task_file_cannot_be_read_rather_than_parse_it() {
+    let root = Root::new().agent_config(&[&agent("ok.sh")], "");
+    std::os::unix::fs::symlink("/etc/passwd", root.p("tasks/completed/lnk.yaml")).unwrap();
+    let out = root.mailroom(&["show", "lnk"]);
+    let text = stdout(&out);
+    assert!(
+        text.contains("error: tasks/completed/lnk.yaml: cannot be read: it is a symbolic link"),
+        "{text}"
+    );
+    assert!(!text.contains("unknown key"), "{text}");
+    assert!(
+        !text.contains("root:"),
+        "the link's target was shown: {text}"
+    );
+}
+
 /// A directory next to the test root that is not a tree.
 fn not_a_tree(root: &Root) -> std::path::PathBuf {
     root.p("typo")

@@ -1137,6 +1137,12 @@ fn an_action_without_a_form_body_is_refused_in_json_like_other_errors() {
             415,
         ),
         ("a body over the limit", vec![], big.as_str(), 413),
+        (
+            "a field given twice",
+            vec![("Content-Type", "application/x-www-form-urlencoded")],
+            "name=victim&name=other",
+            400,
+        ),
     ] {
         let mut h = vec![("Authorization", bearer.as_str())];
         h.extend(headers);
