@@ -641,7 +641,29 @@ pub fn check_name(name: &str) -> Result<(), String> {
     if let Some(c) = name.chars().find(|c| c.is_control()) {
         return Err(format!("the name contains a control character {:?}", c));
     }
+    if let Some(c) = name.chars().find(|c| invisible(*c)) {
+        return Err(format!(
+            "the name contains U+{:04X}, an invisible formatting character (a bidirectional \
+             override or a zero-width one), which could make it look like another name",
+            u32::from(c)
+        ));
+    }
     Ok(())
+}
+
+/// Characters that change how a name is shown without being seen: the
+/// bidirectional controls (which can reverse what follows, "trojan
+/// source"), zero-width spaces and joiners, and the byte-order mark.
+pub fn invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061C}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{FEFF}'
+    )
 }
 
 /// What a directory entry in `pending/` is, judged by its name alone.
@@ -1537,6 +1559,21 @@ context_files: ["context/project_overview.md", "context/current_state.md"]
     fn names_of_spaces_utf16_files_and_alias_bombs_get_clear_errors() {
         assert_eq!(check_name("   ").unwrap_err(), "the name is only spaces");
         assert!(check_name("a b").is_ok());
+        // Names that could pass for others: bidirectional overrides and
+        // zero-width characters. Other scripts, right-to-left ones too, are
+        // names like any.
+        for bad in [
+            "bidi\u{202e}evil\u{202c}",
+            "a\u{200b}b",
+            "\u{2066}x",
+            "x\u{feff}",
+        ] {
+            let e = check_name(bad).unwrap_err();
+            assert!(e.contains("invisible formatting character"), "{bad:?}: {e}");
+        }
+        for good in ["עברית", "مهمة", "日本語のタスク", "café-2"] {
+            assert!(check_name(good).is_ok(), "{good}");
+        }
         let e = parse("t", b"\xff\xfed\x00e\x00").unwrap_err();
         assert!(e.message.contains("UTF-16"), "{}", e.message);
         let big = "x".repeat(100_000);

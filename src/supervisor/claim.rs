@@ -291,7 +291,7 @@ impl Supervisor {
         let clean: String = stem
             .chars()
             .map(|c| {
-                if c.is_control() || c == '\\' || c == '\u{fffd}' {
+                if c.is_control() || c == '\\' || c == '\u{fffd}' || task::invisible(c) {
                     '_'
                 } else {
                     c

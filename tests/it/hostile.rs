@@ -441,10 +441,13 @@ const CASES: &[Case] = &[
     Case {
         file: "bidi-\u{202e}lmth.yaml".as_bytes(),
         make: Text("description: right-to-left override in the name\n"),
-        expect: completed("right-to-left override"),
-        note: "ACCEPTED: U+202E is a format character, not a control character; it only \
-               changes how terminals display the name (records escape nothing it could \
-               break)",
+        expect: Failed {
+            filed: "bidi-_lmth.clash-1",
+            error: &["invisible formatting character", "U+202E"],
+            at: No,
+        },
+        note: "U+202E reverses how the rest of the name is shown: a name could pass for \
+               another in `list`, logs and the dashboard (accepted before stop 27)",
         bug: None,
     },
     Case {
