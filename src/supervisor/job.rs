@@ -323,24 +323,17 @@ impl Job {
         };
         // (A directory its agent removed or locked says more, below.)
         let plain = stopped == 0 && !unreadable && !run_dir_gone;
-        if code == Some(i32::from(keeper::EXIT_NO_INFO)) && plain {
+        let unwritten = match code.and_then(|c| u8::try_from(c).ok()) {
+            Some(keeper::EXIT_NO_INFO) => Some((keeper::INFO_FILE, "it did not start the agent")),
+            Some(keeper::EXIT_NO_OUTCOME) => {
+                Some((keeper::OUTCOME_FILE, "how the agent ended is unknown"))
+            }
+            _ => None,
+        };
+        if let Some((file, so)) = unwritten.filter(|_| plain) {
             let error = format!(
-                "the run keeper (pid {pid}) could not write {} in the run's directory{full}, \
-                 so it did not start the agent{see}",
-                keeper::INFO_FILE
-            );
-            warn!(task = %self.name, keeper = pid, "{error}");
-            return RunEnd::Lost {
-                error,
-                killed: false,
-                run_dir_gone: false,
-            };
-        }
-        if code == Some(i32::from(keeper::EXIT_NO_OUTCOME)) && plain {
-            let error = format!(
-                "the run keeper (pid {pid}) could not write {} in the run's directory{full}, \
-                 so how the agent ended is unknown{see}",
-                keeper::OUTCOME_FILE
+                "the run keeper (pid {pid}) could not write {file} in the run's directory{full}, \
+                 so {so}{see}"
             );
             warn!(task = %self.name, keeper = pid, "{error}");
             return RunEnd::Lost {

@@ -150,22 +150,9 @@ fn an_agent_that_locks_its_run_directory_is_not_a_spawn_failure() {
             "retries: 0",
         )
         .task("t.yaml", "description: x\n");
-    let Some(c) = as_nobody(&root, &["run", "--exit-when-idle"], &root.path) else {
+    if !run_as_nobody_until_idle(&root) {
         return;
-    };
-    let chown = std::process::Command::new("chown")
-        .args(["-R", "65534:65534"])
-        .arg(&root.path)
-        .status()
-        .unwrap();
-    assert!(chown.success());
-    let out = run_bounded(c, std::time::Duration::from_secs(60));
-    // Everything back to this user, so that the root can be removed.
-    let _ = std::process::Command::new("chmod")
-        .args(["-R", "u+rwx"])
-        .arg(&root.path)
-        .status();
-    assert!(out.status.success(), "{}", stderr(&out));
+    }
     let rec = root.record("failed", "t");
     assert_ne!(rec["outcome"], "spawn", "{rec}");
     let err = rec["error"].as_str().unwrap();
@@ -188,21 +175,9 @@ fn an_outbox_its_agent_made_unreadable_is_said_in_the_record() {
             "retries: 0",
         )
         .task("t.yaml", "description: x\n");
-    let Some(c) = as_nobody(&root, &["run", "--exit-when-idle"], &root.path) else {
+    if !run_as_nobody_until_idle(&root) {
         return;
-    };
-    let chown = std::process::Command::new("chown")
-        .args(["-R", "65534:65534"])
-        .arg(&root.path)
-        .status()
-        .unwrap();
-    assert!(chown.success());
-    let out = run_bounded(c, std::time::Duration::from_secs(60));
-    let _ = std::process::Command::new("chmod")
-        .args(["-R", "u+rwx"])
-        .arg(&root.path)
-        .status();
-    assert!(out.status.success(), "{}", stderr(&out));
+    }
     let rec = root.record("completed", "t");
     assert!(rec.get("followups").is_none(), "{rec}");
     let w = rec["warnings"].to_string();
@@ -266,6 +241,28 @@ fn agents_find_mailroom_on_their_path() {
         format!("/usr/bin:/bin:{}", bin_dir.display())
     );
     assert_eq!(root.read("o.path").trim(), "/bin");
+}
+
+/// `mailroom run --exit-when-idle` as user nobody, on a root given to
+/// nobody first and given back (u+rwx) after, so that it can be removed;
+/// asserts that the run succeeded. False (said so) when it cannot run.
+fn run_as_nobody_until_idle(root: &Root) -> bool {
+    let Some(c) = as_nobody(root, &["run", "--exit-when-idle"], &root.path) else {
+        return false;
+    };
+    let chown = std::process::Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(&root.path)
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    let out = run_bounded(c, std::time::Duration::from_secs(60));
+    let _ = std::process::Command::new("chmod")
+        .args(["-R", "u+rwx"])
+        .arg(&root.path)
+        .status();
+    assert!(out.status.success(), "{}", stderr(&out));
+    true
 }
 
 /// `mailroom --root <root> <args>` as user nobody (65534), through setpriv,

@@ -382,6 +382,29 @@ esac"#;
     assert!(!root.exists("hook-ran"), "a hook the agent planted ran");
 }
 
+/// A `post-checkout` hook that touches `in-hook` and then holds the run's
+/// preparation until `go` exists (at most a minute); with `once`, only the
+/// first checkout is held.
+fn held_in_checkout(root: Root, once: bool) -> Root {
+    let r = root.path.display().to_string();
+    let first = if once {
+        format!("[ -e {r}/hooked ] && exit 0\ntouch {r}/hooked\n")
+    } else {
+        String::new()
+    };
+    let hook = root.p(".git/hooks/post-checkout");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\n{first}touch {r}/in-hook\ni=0\nwhile [ ! -e {r}/go ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done\n"
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    root
+}
+
 /// A keeper that cannot write `keeper.json` (a full disk, as a rule; here a
 /// directory stands in its place, made while the run is prepared) starts no
 /// agent, and the run is retried: it was filed `spawn`, never retried, with
@@ -392,18 +415,8 @@ fn a_keeper_that_cannot_write_its_file_starts_no_agent_and_the_run_is_retried() 
         "retries: 1\nretry_delay: 50ms\ndefault_agent: a\nagents:\n  a:\n    \
          command: [sh, -c, \"echo run >> \\\"$MAILROOM_ROOT/agent-runs\\\"\"]\n    workspace: worktree\n",
     );
-    let hook = root.p(".git/hooks/post-checkout");
-    std::fs::write(
-        &hook,
-        format!(
-            "#!/bin/sh\n[ -e {r}/hooked ] && exit 0\ntouch {r}/hooked {r}/in-hook\ni=0\nwhile [ ! -e {r}/go ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done\n",
-            r = root.path.display()
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let root = root.task("o.yaml", "description: x\n");
+    // The first checkout only: the retry's goes through.
+    let root = held_in_checkout(root, true).task("o.yaml", "description: x\n");
     let _sup = root.spawn();
     wait_for(Duration::from_secs(30), "the worktree's checkout", || {
         root.exists("in-hook")
@@ -436,18 +449,7 @@ fn a_cancel_that_lands_before_the_spawn_never_starts_the_agent() {
         "retries: 0\ndefault_agent: a\nagents:\n  a:\n    \
          command: [sh, -c, \"touch \\\"$MAILROOM_ROOT/agent-started\\\"\"]\n    workspace: worktree\n",
     );
-    let hook = root.p(".git/hooks/post-checkout");
-    std::fs::write(
-        &hook,
-        format!(
-            "#!/bin/sh\ntouch {r}/in-hook\ni=0\nwhile [ ! -e {r}/go ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done\n",
-            r = root.path.display()
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let root = root.task("o.yaml", "description: x\n");
+    let root = held_in_checkout(root, false).task("o.yaml", "description: x\n");
     let _sup = root.spawn();
     wait_for(Duration::from_secs(30), "the worktree's checkout", || {
         root.exists("in-hook")
