@@ -145,11 +145,11 @@ impl DirWatch {
     /// Watches `dir` (again: a directory removed and made anew needs a new
     /// watch).
     pub fn add(&mut self, dir: &Path) -> io::Result<()> {
+        // Under the map's lock: the thread cannot take the new watch's first
+        // events for an unknown one's before it is in the map.
+        let mut dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
         let wd = self.watches.add(dir, mask() | WatchMask::ONLYDIR)?;
-        self.dirs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(wd, dir.to_path_buf());
+        dirs.insert(wd, dir.to_path_buf());
         Ok(())
     }
 

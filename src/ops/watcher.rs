@@ -59,7 +59,8 @@ impl Hints {
 /// can change a listing: mailroom's own reads are no events.
 pub struct Watch {
     watch: DirWatch,
-    pending: PathBuf,
+    /// Every directory watched, `tasks/` and `pending/` first.
+    dirs: Vec<PathBuf>,
 }
 
 impl Watch {
@@ -88,15 +89,18 @@ impl Watch {
         for p in extra {
             let _ = watch.add(p);
         }
-        Ok(Watch {
-            watch,
-            pending: pending.to_path_buf(),
-        })
+        let mut dirs = vec![tasks.to_path_buf(), pending.to_path_buf()];
+        dirs.extend(extra.iter().map(|p| p.to_path_buf()));
+        Ok(Watch { watch, dirs })
     }
 
-    /// Re-adds the watch on `pending/` (after it was removed and recreated).
+    /// Re-adds every watch (after a rescan found directories removed and
+    /// recreated: `pending/`, `tasks/control/cancel/`, ...). One that is
+    /// still there keeps its watch.
     pub fn rewatch(&mut self) {
-        self.watch.remove(&self.pending);
-        let _ = self.watch.add(&self.pending);
+        for d in &self.dirs {
+            self.watch.remove(d);
+            let _ = self.watch.add(d);
+        }
     }
 }

@@ -653,16 +653,27 @@ pub fn check_name(name: &str) -> Result<(), String> {
 
 /// Characters that change how a name is shown without being seen: the
 /// bidirectional controls (which can reverse what follows, "trojan
-/// source"), zero-width spaces and joiners, and the byte-order mark.
+/// source"), zero-width spaces and joiners, the soft hyphen, Hangul fillers,
+/// variation selectors, interlinear annotations, tag characters and the
+/// byte-order mark.
 pub fn invisible(c: char) -> bool {
     matches!(
         c,
-        '\u{061C}'
-            | '\u{180E}'
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{061C}'
+            | '\u{115F}'
+            | '\u{1160}'
+            | '\u{180B}'..='\u{180F}'
             | '\u{200B}'..='\u{200F}'
             | '\u{2028}'..='\u{202E}'
             | '\u{2060}'..='\u{206F}'
+            | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}'
             | '\u{FEFF}'
+            | '\u{FFA0}'
+            | '\u{FFF9}'..='\u{FFFB}'
+            | '\u{E0000}'..='\u{E0FFF}'
     )
 }
 

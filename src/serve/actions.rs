@@ -55,13 +55,24 @@ pub fn same(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// 24 random bytes as hex, from getrandom(2): no descriptor needed, so a
+/// login works when the process is out of them.
 fn random_hex() -> String {
-    use std::io::Read;
     let mut b = [0u8; 24];
-    let ok = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .is_ok();
-    assert!(ok, "/dev/urandom cannot be read");
+    let mut got = 0;
+    while got < b.len() {
+        // SAFETY: getrandom writes at most the given length into `b[got..]`.
+        let n = unsafe { libc::getrandom(b[got..].as_mut_ptr().cast(), b.len() - got, 0) };
+        if n > 0 {
+            got += n as usize;
+        } else {
+            let e = std::io::Error::last_os_error();
+            assert!(
+                e.kind() == std::io::ErrorKind::Interrupted,
+                "getrandom failed: {e}"
+            );
+        }
+    }
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 

@@ -18,9 +18,16 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 
-/// How long a connection may go with nothing read or written. The event
-/// streams send a keep-alive comment every 15 s, so an open page stays.
+/// How long a connection may go with nothing read or written after the
+/// server last wrote (an answered request, a keep-alive between requests).
+/// The event streams send a keep-alive comment every 15 s, so an open page
+/// stays.
 pub const IDLE: Duration = Duration::from_secs(60);
+
+/// How long when the client wrote last: a request is being answered (a
+/// slow page on a big tree computes without writing), or a request is
+/// coming in very slowly. Long, but bounded.
+pub const IN_FLIGHT: Duration = Duration::from_secs(600);
 
 /// How many connections may be open at once: a quarter of the process's
 /// open-file limit, between 16 and 512 (256 under the usual limit of 1024).
@@ -34,11 +41,12 @@ pub fn cap() -> usize {
 pub struct Capped {
     inner: TcpListener,
     permits: Arc<Semaphore>,
-    idle: Duration,
+    idle: (Duration, Duration),
 }
 
 impl Capped {
-    pub fn new(inner: TcpListener, max: usize, idle: Duration) -> Capped {
+    /// `idle`: after the server wrote last, and after the client did.
+    pub fn new(inner: TcpListener, max: usize, idle: (Duration, Duration)) -> Capped {
         Capped {
             inner,
             permits: Arc::new(Semaphore::new(max.max(1))),
@@ -82,27 +90,29 @@ impl axum::serve::Listener for Capped {
 }
 
 /// An accepted connection: its permit goes when it closes, and a read that
-/// has waited `idle` since the last byte either way fails (TimedOut), which
-/// makes the HTTP server close it.
+/// has waited since the last byte either way (the first of `idle` when the
+/// server wrote last or nothing moved yet, the second when the client did)
+/// fails (TimedOut), which makes the HTTP server close it.
 pub struct Guarded {
     io: TcpStream,
     _permit: OwnedSemaphorePermit,
-    idle: Duration,
+    idle: (Duration, Duration),
     deadline: Pin<Box<Sleep>>,
 }
 
 impl Guarded {
-    fn new(io: TcpStream, permit: OwnedSemaphorePermit, idle: Duration) -> Guarded {
+    fn new(io: TcpStream, permit: OwnedSemaphorePermit, idle: (Duration, Duration)) -> Guarded {
         Guarded {
             io,
             _permit: permit,
             idle,
-            deadline: Box::pin(tokio::time::sleep(idle)),
+            deadline: Box::pin(tokio::time::sleep(idle.0)),
         }
     }
 
-    fn active(&mut self) {
-        let next = Instant::now() + self.idle;
+    /// Bytes moved: `read` when the client sent them.
+    fn active(&mut self, read: bool) {
+        let next = Instant::now() + if read { self.idle.1 } else { self.idle.0 };
         self.deadline.as_mut().reset(next);
     }
 }
@@ -117,7 +127,7 @@ impl AsyncRead for Guarded {
         match Pin::new(&mut self.io).poll_read(cx, buf) {
             Poll::Ready(r) => {
                 if buf.filled().len() > before {
-                    self.active();
+                    self.active(true);
                 }
                 Poll::Ready(r)
             }
@@ -140,7 +150,7 @@ impl AsyncWrite for Guarded {
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.io).poll_write(cx, buf);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.active();
+            self.active(false);
         }
         r
     }
@@ -160,7 +170,7 @@ impl AsyncWrite for Guarded {
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.active();
+            self.active(false);
         }
         r
     }
@@ -182,7 +192,8 @@ mod tests {
     async fn connections_are_capped_and_idle_ones_closed() {
         let inner = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = inner.local_addr().unwrap();
-        let mut l = Capped::new(inner, 2, Duration::from_millis(300));
+        let idle = Duration::from_millis(300);
+        let mut l = Capped::new(inner, 2, (idle, Duration::from_secs(3600)));
         let c1 = TcpStream::connect(addr).await.unwrap();
         let c2 = TcpStream::connect(addr).await.unwrap();
         let (mut s1, _) = l.accept().await;
@@ -204,7 +215,16 @@ mod tests {
             c1.write_all(b"x").await.unwrap();
             assert_eq!(s1.read(&mut buf).await.unwrap(), 1);
         }
-        // Then it goes quiet: the read fails after the idle time.
+        // The client wrote last: a request is being answered, which may
+        // take long: past the idle time, the read still waits.
+        let waited = tokio::time::timeout(Duration::from_millis(600), s1.read(&mut buf)).await;
+        assert!(
+            waited.is_err(),
+            "an answer in the making was cut: {waited:?}"
+        );
+        // The server answers, then the connection goes quiet: the read
+        // fails after the idle time.
+        s1.write_all(b"answer").await.unwrap();
         let started = std::time::Instant::now();
         let e = s1.read(&mut buf).await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::TimedOut);

@@ -158,7 +158,7 @@ pub async fn serve(
         warm.index.all(&warm.layout);
         warm.ledger.with(&warm.layout, |_| ());
     });
-    let capped = conn::Capped::new(listener, conn::cap(), conn::IDLE);
+    let capped = conn::Capped::new(listener, conn::cap(), (conn::IDLE, conn::IN_FLIGHT));
     axum::serve(capped, router(app))
         .with_graceful_shutdown(async move {
             shutdown.await;

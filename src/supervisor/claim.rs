@@ -3,6 +3,14 @@
 use super::recover::PutBack;
 use super::*;
 
+/// Why a claimed file could not be taken up.
+enum Reread {
+    /// It is no valid task (or no agent can take it): filed `invalid`.
+    Invalid(String),
+    /// The system's error reading it: put back and looked at again.
+    Transient(String),
+}
+
 /// How long a task whose claim failed (the move into `assigned/` refused)
 /// waits before the next try.
 const CLAIM_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
@@ -357,7 +365,29 @@ impl Supervisor {
         let (claimed, routed) = self.reread_claimed(name, &ext, &excluded);
         let (task, (route, reason)) = match routed {
             Ok(t) => t,
-            Err(msg) => {
+            // The system's error, not the file's (out of descriptors): the
+            // file goes back to pending/ (a rename needs no descriptor) and
+            // is looked at again.
+            Err(Reread::Transient(why)) => {
+                let back = moves::move_file(
+                    &self.layout().task_file(State::Assigned, name, &ext),
+                    &self.layout().task_file(State::Pending, name, &ext),
+                );
+                lock.release();
+                match back {
+                    Ok(()) => {
+                        self.examine_name(name);
+                        self.hold_after_error(name, why);
+                    }
+                    Err(e) => error!(
+                        task = name,
+                        "{why}; and it could not be put back into pending/ ({e}): recovery \
+                         puts it back"
+                    ),
+                }
+                return Start::Started;
+            }
+            Err(Reread::Invalid(msg)) => {
                 let rec = books::never_ran_record(Outcome::Invalid, msg);
                 self.reject_locked(State::Assigned, name, &ext, rec, false, lock);
                 return Start::Started;
@@ -409,24 +439,30 @@ impl Supervisor {
         name: &str,
         ext: &str,
         excluded: &[String],
-    ) -> (Claimed, Result<Routed, String>) {
+    ) -> (Claimed, Result<Routed, Reread>) {
         let layout = self.layout();
         let shown = layout.rel(&layout.task_file(State::Pending, name, ext));
         let apath = layout.task_file(State::Assigned, name, ext);
         let mut claimed = Claimed::default();
         let routed = match fsx::read_task_file(&apath, self.config.max_task_bytes) {
             Ok((b, id)) => {
-                let parsed = task::parse_as(name, ext, &b).map_err(|e| e.display_at(&shown));
+                let parsed = task::parse_as(name, ext, &b)
+                    .map_err(|e| Reread::Invalid(e.display_at(&shown)));
                 claimed = Claimed {
                     bytes: b,
                     id: (id.dev, id.ino),
                 };
                 parsed
             }
-            Err(e) => Err(format!("{shown}: refused: {e}")),
+            Err(fsx::ReadError::Io(e)) if fsx::system_error(&e) => Err(Reread::Transient(format!(
+                "cannot read {}: {e}",
+                layout.rel(&apath)
+            ))),
+            Err(e) => Err(Reread::Invalid(format!("{shown}: refused: {e}"))),
         }
         .and_then(|task| {
-            let r = crate::sched::routing::route(&self.config, &task, excluded)?;
+            let r = crate::sched::routing::route(&self.config, &task, excluded)
+                .map_err(Reread::Invalid)?;
             Ok((task, r))
         });
         (claimed, routed)

@@ -61,6 +61,27 @@ pub(super) fn path_str(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
+/// Why a run's keeper was not started.
+pub(super) enum KeeperStart {
+    /// The system's error (out of descriptors, memory or space): the run is
+    /// counted and tried again.
+    Transient(String),
+    /// Anything else: a spawn failure.
+    Failed(String),
+}
+
+impl From<String> for KeeperStart {
+    fn from(e: String) -> KeeperStart {
+        KeeperStart::Failed(e)
+    }
+}
+
+impl From<&str> for KeeperStart {
+    fn from(e: &str) -> KeeperStart {
+        KeeperStart::Failed(e.to_owned())
+    }
+}
+
 impl Job {
     /// Runs the agent and commits the outcome.
     pub(super) async fn run(mut self, stop: watch::Receiver<Option<Stop>>) -> JobEnd {
@@ -196,7 +217,17 @@ impl Job {
             .await
         {
             Ok(c) => c,
-            Err(e) => return failed(e),
+            // The system's error (out of descriptors or memory): no spawn
+            // failure of the agent's, which would never be retried.
+            Err(KeeperStart::Transient(error)) => {
+                warn!(task = %self.name, "{error}");
+                return RunEnd::Lost {
+                    error,
+                    killed: false,
+                    run_dir_gone: false,
+                };
+            }
+            Err(KeeperStart::Failed(e)) => return failed(e),
         };
         let pid = child.id().unwrap_or(0);
         info!(task = %self.name, agent = %self.agent.name, attempt, keeper = pid, "spawned");
@@ -395,7 +426,7 @@ impl Job {
             Option<crate::tree::slots::Slot>,
             Option<crate::tree::slots::Slot>,
         ),
-    ) -> Result<crate::run::launcher::KeeperChild, String> {
+    ) -> Result<crate::run::launcher::KeeperChild, KeeperStart> {
         use crate::run::keeper;
         use crate::run::launcher::KeeperChild;
         let setup = (|| -> std::io::Result<std::fs::File> {
@@ -403,7 +434,21 @@ impl Job {
             std::fs::write(run_dir.join(keeper::SPEC_FILE), json)?;
             self.lock.share()
         })();
-        let mut lock = setup.map_err(|e| format!("cannot prepare the run keeper: {e}"))?;
+        let mut lock = setup.map_err(|e| {
+            let why = format!(
+                "cannot prepare the run keeper: {e}{}",
+                if fsx::no_space_left(run_dir) {
+                    " (the file system is full)"
+                } else {
+                    ""
+                }
+            );
+            if fsx::system_error(&e) || e.raw_os_error() == Some(libc::ENOSPC) {
+                KeeperStart::Transient(format!("{why}; the agent was not started"))
+            } else {
+                KeeperStart::Failed(why)
+            }
+        })?;
         let mut env = runner::agent_env(&spec.inherit, &spec.env);
         // Forked by the launcher, when there is one and it can take the run;
         // else started by exec. The launcher is asked off the async threads
@@ -436,7 +481,7 @@ impl Job {
                     debug!(task = %self.name, error = %e, "the keeper launcher cannot take the run; starting the keeper by exec")
                 }
                 Err(Refused::Unknown(e)) => {
-                    return Err(format!("cannot start the run keeper: {e}"));
+                    return Err(format!("cannot start the run keeper: {e}").into());
                 }
             }
         }
@@ -458,7 +503,14 @@ impl Job {
             .kill_on_drop(false)
             .spawn()
             .map(KeeperChild::Exec)
-            .map_err(|e| format!("cannot start the run keeper ({}): {e}", keeper.display()))
+            .map_err(|e| {
+                let why = format!("cannot start the run keeper ({}): {e}", keeper.display());
+                if fsx::system_error(&e) {
+                    KeeperStart::Transient(format!("{why}; the agent was not started"))
+                } else {
+                    KeeperStart::Failed(why)
+                }
+            })
     }
 
     /// Makes a fresh run directory for the next attempt, then counts the

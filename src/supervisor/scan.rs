@@ -15,22 +15,6 @@ pub(super) enum Look {
     Read(Box<Fresh>),
 }
 
-/// Whether a read error is the system's (retried) rather than the file's.
-fn transient(e: &std::io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(
-            libc::EMFILE
-                | libc::ENFILE
-                | libc::ENOMEM
-                | libc::EAGAIN
-                | libc::EINTR
-                | libc::ENOBUFS
-                | libc::EIO
-        )
-    )
-}
-
 /// A pending file just read, reduced to what scheduling keeps.
 pub(super) struct Fresh {
     pub(super) id: FileId,
@@ -105,7 +89,7 @@ pub(super) fn look(
     let path = layout.task_file(State::Pending, name, ext);
     let meta = match std::fs::symlink_metadata(&path) {
         Ok(m) => m,
-        Err(e) if transient(&e) => {
+        Err(e) if fsx::system_error(&e) => {
             return Look::Transient(format!("cannot look at {}: {e}", layout.rel(&path)));
         }
         Err(_) => return Look::Gone,
@@ -125,7 +109,7 @@ pub(super) fn look(
     let parsed = match fsx::read_task_file(&path, config.max_task_bytes) {
         Ok((bytes, _)) => task::parse_as(name, ext, &bytes),
         Err(e) if e.is_gone() => return Look::Gone,
-        Err(ReadError::Io(e)) if transient(&e) => {
+        Err(ReadError::Io(e)) if fsx::system_error(&e) => {
             return Look::Transient(format!("cannot read {}: {e}", layout.rel(&path)));
         }
         Err(e @ (ReadError::Io(_) | ReadError::ForeignOwner { .. })) => {

@@ -74,9 +74,10 @@ pub fn crash_point() {
 pub fn crash_point() {}
 
 /// Fault injection for tests: with `MAILROOM_TEST_EMFILE_READS=N`, the
-/// first N reads of task files in a `pending/` directory fail with EMFILE
-/// (out of file descriptors), as when something else holds them all.
-/// Compiled only into debug builds.
+/// first N reads of task files in a `pending/` directory (or the directory
+/// named by `MAILROOM_TEST_EMFILE_DIR`) fail with EMFILE (out of file
+/// descriptors), as when something else holds them all. Compiled only into
+/// debug builds.
 #[cfg(debug_assertions)]
 fn injected_read_error(path: &Path) -> Option<io::Error> {
     static LEFT: std::sync::OnceLock<AtomicU64> = std::sync::OnceLock::new();
@@ -88,9 +89,13 @@ fn injected_read_error(path: &Path) -> Option<io::Error> {
                 .unwrap_or(0),
         )
     });
+    static DIR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        std::env::var("MAILROOM_TEST_EMFILE_DIR").unwrap_or_else(|_| "pending".into())
+    });
     let in_pending = path
         .parent()
-        .is_some_and(|d| d.file_name().is_some_and(|n| n == "pending"));
+        .is_some_and(|d| d.file_name().is_some_and(|n| n == dir.as_str()));
     (in_pending
         && left
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -683,6 +688,25 @@ pub fn remove_file_if_exists(path: &Path) -> io::Result<()> {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
     }
+}
+
+/// Whether an I/O error is the system's rather than the file's: out of
+/// file descriptors or memory, an interrupted or would-block call, an I/O
+/// error of the device. What fails for such a reason is tried again later,
+/// never filed as the task's fault.
+pub fn system_error(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::EMFILE
+                | libc::ENFILE
+                | libc::ENOMEM
+                | libc::EAGAIN
+                | libc::EINTR
+                | libc::ENOBUFS
+                | libc::EIO
+        )
+    )
 }
 
 /// Whether the file system holding `path` has no block left for this user

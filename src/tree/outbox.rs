@@ -271,6 +271,12 @@ pub fn queue_outbox(
             return done;
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => return done,
+        // The system's error (out of descriptors): the commit is tried
+        // again, as for a full disk, and queues the outbox then.
+        Err(e) if fsx::system_error(&e) => {
+            done.error = Some(e);
+            return done;
+        }
         Err(e) => {
             done.refused.push(unreadable(layout, shown_at, &e));
             return done;
@@ -281,7 +287,11 @@ pub fn queue_outbox(
         use std::os::unix::ffi::OsStrExt;
         entries.push(std::ffi::OsStr::from_bytes(n).to_owned());
     }) {
-        done.refused.push(unreadable(layout, shown_at, &e));
+        if fsx::system_error(&e) {
+            done.error = Some(e);
+        } else {
+            done.refused.push(unreadable(layout, shown_at, &e));
+        }
         return done;
     }
     entries.sort();
@@ -313,6 +323,10 @@ pub fn queue_outbox(
         let text = match fsx::read_task_file_at(&dir, &raw, task::DEFAULT_MAX_TASK_BYTES) {
             Ok((b, _)) => String::from_utf8_lossy(&b).into_owned(),
             Err(e) if e.is_gone() => continue,
+            Err(fsx::ReadError::Io(e)) if fsx::system_error(&e) => {
+                done.error = Some(e);
+                return done;
+            }
             Err(e) => {
                 done.refused
                     .push(format!("follow-up {} not queued: {e}", shown(f)));

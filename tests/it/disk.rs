@@ -242,6 +242,22 @@ fn a_task_file_unreadable_for_want_of_descriptors_is_read_again_not_failed() {
         2,
         "said once at error level, once again at debug level: {log}"
     );
+    // The same right after the claim, reading the file in assigned/: it
+    // goes back to pending/ and is claimed again.
+    let root = Root::new()
+        .agent_config(&[&agent("ok.sh")], "")
+        .task("u.yaml", "description: x\n");
+    let mut c = root.cmd(&["run", "--exit-when-idle"]);
+    c.env("MAILROOM_TEST_EMFILE_READS", "1")
+        .env("MAILROOM_TEST_EMFILE_DIR", "assigned");
+    let out = run_bounded(c, MIN);
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    assert_eq!(root.names("completed"), ["u"], "{log}");
+    assert!(
+        log.contains("cannot read tasks/assigned/u.yaml: Too many open files"),
+        "{log}"
+    );
 }
 
 /// A root whose agent `a` is `tests/agents/tamper.sh`, logging its runs to
