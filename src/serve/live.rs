@@ -83,7 +83,14 @@ fn forget(index: &super::index::Index, pending: &std::path::Path, seen: &[Seen])
                     index.forget(Some(name));
                 }
             }
-            Seen::Everything => index.forget(None),
+            // Events were lost, or a watch ended (pending/ removed and made
+            // anew, which this feed does not watch again): the index can no
+            // longer trust the watch to tell it of edits in place, and
+            // stamps pending files itself from now on.
+            Seen::Everything => {
+                index.set_watched(false);
+                index.forget(None);
+            }
         }
     }
 }

@@ -1419,6 +1419,37 @@ fn the_live_output_box_keeps_its_scroll_across_page_updates() {
     stop_runs_of(&root.path);
 }
 
+/// `pending/` removed and made anew under a running dashboard: its watch is
+/// gone, and a search still sees a task file edited in place (the index
+/// stamps pending files itself from then on; it kept trusting the lost
+/// watch and served the old description).
+#[test]
+fn a_search_sees_an_edit_in_place_after_pending_was_made_anew() {
+    let root = Root::new().agent_config(&[&agent("ok.sh")], "");
+    let srv = Server::start(&root);
+    let found = |q: &str| srv.json(&format!("/api/tasks?q={q}"))["total"] == 1;
+    root.write("tasks/pending/x.yaml", "description: alpha\n");
+    wait_for(Duration::from_secs(20), "alpha", || found("alpha"));
+    root.write("tasks/pending/x.yaml", "description: beta\n");
+    wait_for(Duration::from_secs(20), "beta, edited in place", || {
+        found("beta")
+    });
+    std::fs::remove_dir_all(root.p("tasks/pending")).unwrap();
+    std::fs::create_dir(root.p("tasks/pending")).unwrap();
+    root.write("tasks/pending/x.yaml", "description: gamma\n");
+    wait_for(
+        Duration::from_secs(20),
+        "gamma, in the new pending/",
+        || found("gamma"),
+    );
+    root.write("tasks/pending/x.yaml", "description: delta\n");
+    wait_for(
+        Duration::from_secs(20),
+        "delta, edited in place in the new pending/",
+        || found("delta"),
+    );
+}
+
 /// Idle connections to the dashboard of a running supervisor (`serve:`)
 /// cannot use up its file descriptors: at most a quarter of its open-file
 /// limit is accepted at once, and tasks go on being claimed and run. Before,
