@@ -466,21 +466,22 @@ pub fn read_task_file_at(
     name: &std::ffi::OsStr,
     limit: u64,
 ) -> Result<(Vec<u8>, FileId), ReadError> {
-    use std::os::fd::{AsRawFd, FromRawFd};
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(name.as_bytes()).map_err(io::Error::other)?;
-    let flags =
-        libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC;
-    // SAFETY: openat with a NUL-terminated name and a directory descriptor we
-    // borrow; a descriptor it returns is ours alone.
-    let fd = unsafe { libc::openat(dir.as_raw_fd(), c.as_ptr(), flags) };
-    let opened = if fd < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        // SAFETY: `fd` was just opened and is owned by nothing else.
-        Ok(unsafe { File::from_raw_fd(fd) })
-    };
+    use nix::fcntl::OFlag;
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY;
+    let opened = openat(dir, name, flags);
     read_opened_task_file(opened, || lstat_at(dir, name), limit)
+}
+
+/// `openat(2)` of `name` relative to the directory `dir`, close-on-exec.
+fn openat(
+    dir: &File,
+    name: &(impl nix::NixPath + ?Sized),
+    flags: nix::fcntl::OFlag,
+) -> io::Result<File> {
+    let flags = flags | nix::fcntl::OFlag::O_CLOEXEC;
+    nix::fcntl::openat(dir, name, flags, nix::sys::stat::Mode::empty())
+        .map(File::from)
+        .map_err(io::Error::from)
 }
 
 /// What `name` in the open directory `dir` is, without following a link.
@@ -497,17 +498,11 @@ pub fn lstat_at(dir: &File, name: &std::ffi::OsStr) -> io::Result<fs::Metadata> 
 /// Removes the entry `name` (not a directory) of the open directory `dir`;
 /// one that is gone already is no error.
 pub fn remove_file_at(dir: &File, name: &std::ffi::OsStr) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(name.as_bytes()).map_err(io::Error::other)?;
-    // SAFETY: unlinkat with a NUL-terminated name and a descriptor we borrow.
-    if unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), 0) } < 0 {
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::NotFound {
-            return Err(e);
-        }
+    use nix::unistd::{UnlinkatFlags, unlinkat};
+    match unlinkat(dir, name, UnlinkatFlags::NoRemoveDir) {
+        Ok(()) | Err(nix::errno::Errno::ENOENT) => Ok(()),
+        Err(e) => Err(e.into()),
     }
-    Ok(())
 }
 
 /// Opens the directory `rel` below `base` without following a symbolic link
@@ -515,58 +510,35 @@ pub fn remove_file_at(dir: &File, name: &std::ffi::OsStr) -> io::Result<()> {
 /// `O_NOFOLLOW` open per name on a kernel older than 5.6). A link on the way
 /// is `ELOOP`; a link or anything not a directory at the last name, `ENOTDIR`.
 pub fn open_dir_nofollow(base: &Path, rel: &Path) -> io::Result<File> {
-    use std::os::fd::{AsRawFd, FromRawFd};
-    use std::os::unix::ffi::OsStrExt;
+    use nix::fcntl::{OpenHow, ResolveFlag};
     let base = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_DIRECTORY)
         .open(base)?;
-    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
-    let c = std::ffi::CString::new(rel.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    // SAFETY: a zeroed open_how is valid (no flags), then filled in.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = flags as u64;
-    how.resolve = libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_BENEATH;
-    // SAFETY: openat2 reads `how` (of the size given) and the NUL-terminated path.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            base.as_raw_fd(),
-            c.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
-    } as i32;
-    if fd >= 0 {
-        // SAFETY: `fd` was just opened and is owned by nothing else.
-        return Ok(unsafe { File::from_raw_fd(fd) });
+    let how = OpenHow::new()
+        .flags(DIR_NOFOLLOW | nix::fcntl::OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_BENEATH);
+    match nix::fcntl::openat2(&base, rel, how) {
+        Ok(fd) => Ok(File::from(fd)),
+        // No openat2 (or a seccomp filter that refuses it): a name at a time.
+        Err(nix::errno::Errno::ENOSYS | nix::errno::Errno::EPERM) => open_dir_by_name(base, rel),
+        Err(e) => Err(e.into()),
     }
-    let e = io::Error::last_os_error();
-    if !matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) {
-        return Err(e);
-    }
-    // No openat2 (or a seccomp filter that refuses it): a name at a time.
-    open_dir_by_name(base, rel)
 }
+
+/// The flags of a directory opened without following a link at its name.
+const DIR_NOFOLLOW: nix::fcntl::OFlag = nix::fcntl::OFlag::O_RDONLY
+    .union(nix::fcntl::OFlag::O_DIRECTORY)
+    .union(nix::fcntl::OFlag::O_NOFOLLOW);
 
 /// [`open_dir_nofollow`] one `O_NOFOLLOW` open per name, from `base`.
 fn open_dir_by_name(base: File, rel: &Path) -> io::Result<File> {
-    use std::os::fd::{AsRawFd, FromRawFd};
-    use std::os::unix::ffi::OsStrExt;
-    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
     let mut cur = base;
     for comp in rel.components() {
         let std::path::Component::Normal(n) = comp else {
             return Err(io::Error::from_raw_os_error(libc::ELOOP));
         };
-        let c = std::ffi::CString::new(n.as_bytes()).map_err(io::Error::other)?;
-        // SAFETY: openat with a NUL-terminated name and a descriptor we own.
-        let fd = unsafe { libc::openat(cur.as_raw_fd(), c.as_ptr(), flags) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` was just opened and is owned by nothing else.
-        cur = unsafe { File::from_raw_fd(fd) };
+        cur = openat(&cur, n, DIR_NOFOLLOW)?;
     }
     Ok(cur)
 }
