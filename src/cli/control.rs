@@ -99,15 +99,7 @@ fn cancel_one(layout: &crate::tree::layout::Layout, name: &str) -> Result<Cancel
         }
         Some((State::Assigned, _, _)) => {}
     }
-    let marker = layout.cancel_file(name);
-    // One already there (even a directory someone made) is the same request.
-    if std::fs::symlink_metadata(&marker).is_ok() {
-        return Ok(Cancelled::Requested);
-    }
-    fsx::create_dir_all(&layout.cancel)
-        .with_context(|| format!("creating {}", layout.rel(&layout.cancel)))?;
-    fsx::write_atomic(&marker, b"")
-        .with_context(|| format!("writing the cancel request {}", layout.rel(&marker)))?;
+    put_marker(layout, &layout.cancel, &layout.cancel_file(name))?;
     Ok(Cancelled::Requested)
 }
 
@@ -222,6 +214,17 @@ pub fn pause(root: &Path, agent: Option<&str>, on: bool) -> Result<()> {
     Ok(())
 }
 
+/// Puts the marker `f` into `dir`, made when missing. A marker already
+/// there, of whatever kind (a directory someone made), is the same request.
+/// An error names the file in the way.
+fn put_marker(layout: &crate::tree::layout::Layout, dir: &Path, f: &Path) -> Result<()> {
+    if std::fs::symlink_metadata(f).is_ok() {
+        return Ok(());
+    }
+    fsx::create_dir_all(dir).with_context(|| format!("creating {}", layout.rel(dir)))?;
+    fsx::write_atomic(f, b"").with_context(|| format!("writing {}", layout.rel(f)))
+}
+
 /// Writes or removes a pause marker (`agent` must be a checked name).
 pub fn set_pause(
     layout: &crate::tree::layout::Layout,
@@ -230,13 +233,7 @@ pub fn set_pause(
 ) -> Result<()> {
     let f = layout.pause_file(agent);
     if on {
-        // A marker already there (even a directory someone made) pauses.
-        if std::fs::symlink_metadata(&f).is_ok() {
-            return Ok(());
-        }
-        fsx::create_dir_all(&layout.control)
-            .with_context(|| format!("creating {}", layout.rel(&layout.control)))?;
-        fsx::write_atomic(&f, b"").with_context(|| format!("writing {}", layout.rel(&f)))?;
+        put_marker(layout, &layout.control, &f)?;
     } else {
         // Whatever it is: a supervisor pauses for any entry of that name.
         fsx::remove_any(&f).with_context(|| format!("removing {}", layout.rel(&f)))?;

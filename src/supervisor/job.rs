@@ -70,6 +70,18 @@ pub(super) enum KeeperStart {
     Failed(String),
 }
 
+impl KeeperStart {
+    /// `why` the keeper was not started: a counted, retried run when it is
+    /// the system's doing (`transient`), else a spawn failure.
+    fn of(transient: bool, why: String) -> KeeperStart {
+        if transient {
+            KeeperStart::Transient(format!("{why}; the agent was not started"))
+        } else {
+            KeeperStart::Failed(why)
+        }
+    }
+}
+
 impl From<String> for KeeperStart {
     fn from(e: String) -> KeeperStart {
         KeeperStart::Failed(e)
@@ -347,11 +359,7 @@ impl Job {
         };
         // Its files could not be written (a full disk, as a rule): no spawn
         // failure of the agent's, which would never be retried.
-        let full = if fsx::no_space_left(run_dir) {
-            " (the file system is full)"
-        } else {
-            ""
-        };
+        let full = fsx::full_note(run_dir);
         // (A directory its agent removed or locked says more, below.)
         let plain = stopped == 0 && !unreadable && !run_dir_gone;
         let unwritten = match code.and_then(|c| u8::try_from(c).ok()) {
@@ -435,19 +443,13 @@ impl Job {
             self.lock.share()
         })();
         let mut lock = setup.map_err(|e| {
-            let why = format!(
-                "cannot prepare the run keeper: {e}{}",
-                if fsx::no_space_left(run_dir) {
-                    " (the file system is full)"
-                } else {
-                    ""
-                }
-            );
-            if fsx::system_error(&e) || e.raw_os_error() == Some(libc::ENOSPC) {
-                KeeperStart::Transient(format!("{why}; the agent was not started"))
-            } else {
-                KeeperStart::Failed(why)
-            }
+            KeeperStart::of(
+                fsx::system_error(&e) || e.raw_os_error() == Some(libc::ENOSPC),
+                format!(
+                    "cannot prepare the run keeper: {e}{}",
+                    fsx::full_note(run_dir)
+                ),
+            )
         })?;
         let mut env = runner::agent_env(&spec.inherit, &spec.env);
         // Forked by the launcher, when there is one and it can take the run;
@@ -504,12 +506,10 @@ impl Job {
             .spawn()
             .map(KeeperChild::Exec)
             .map_err(|e| {
-                let why = format!("cannot start the run keeper ({}): {e}", keeper.display());
-                if fsx::system_error(&e) {
-                    KeeperStart::Transient(format!("{why}; the agent was not started"))
-                } else {
-                    KeeperStart::Failed(why)
-                }
+                KeeperStart::of(
+                    fsx::system_error(&e),
+                    format!("cannot start the run keeper ({}): {e}", keeper.display()),
+                )
             })
     }
 

@@ -698,6 +698,16 @@ pub fn no_space_left(path: &Path) -> bool {
     blocks == 0 || (s.files() > 0 && inodes == 0)
 }
 
+/// " (the file system is full)" when [`no_space_left`] says so of `path`,
+/// else nothing: for the end of an error that a full disk explains.
+pub fn full_note(path: &Path) -> &'static str {
+    if no_space_left(path) {
+        " (the file system is full)"
+    } else {
+        ""
+    }
+}
+
 /// Removes whatever is at `path` (a file, a link, a FIFO, or a directory
 /// with all it holds, its links not followed), treating "already gone" as
 /// success. For markers whose name is all that counts (`cancel/<name>`),
