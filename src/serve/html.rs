@@ -162,11 +162,11 @@ fn opt(s: Option<&str>) -> String {
 
 /// What a page offers: nothing to change (no token), a sign-in form (a
 /// token exists), or action forms carrying this CSRF value.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Mode<'a> {
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mode {
     ReadOnly,
     Locked,
-    Actions(&'a str),
+    Actions(String),
 }
 
 /// A POST form of one button (and hidden fields) to `/actions/ACTION`.
@@ -191,7 +191,7 @@ fn action_form(
     s
 }
 
-fn footer(root: &str, mode: Mode) -> String {
+fn footer(root: &str, mode: &Mode) -> String {
     match mode {
         Mode::ReadOnly => format!("read-only view of <code>{}</code>", esc(root)),
         Mode::Locked => format!(
@@ -206,7 +206,7 @@ fn footer(root: &str, mode: Mode) -> String {
 }
 
 /// The shell around every page: header, navigation, live indicator.
-pub fn page(title: &str, active: &str, root: &str, mode: Mode, body: &str) -> String {
+pub fn page(title: &str, active: &str, root: &str, mode: &Mode, body: &str) -> String {
     let nav = [
         ("overview", "/", "Overview"),
         ("tasks", "/tasks", "Tasks"),
@@ -299,7 +299,7 @@ fn rows_table(rows: &[Row]) -> String {
 }
 
 /// The overview page's body.
-pub fn overview(o: &Overview, mode: Mode) -> String {
+pub fn overview(o: &Overview, mode: &Mode) -> String {
     let mut s = String::new();
     if let Mode::Actions(csrf) = mode {
         let _ = write!(
@@ -721,7 +721,7 @@ fn attempt_row(a: &Attempt) -> String {
 }
 
 /// The task page's body.
-pub fn task(d: &Detail, mode: Mode) -> String {
+pub fn task(d: &Detail, mode: &Mode) -> String {
     let mut s = String::new();
     let _ = write!(
         s,

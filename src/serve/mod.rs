@@ -275,7 +275,7 @@ fn html_page(
     active: &str,
     body: &str,
 ) -> Response {
-    html_page_as(app, mode(app, h).html(), status, title, active, body)
+    html_page_as(app, mode(app, h), status, title, active, body)
 }
 
 fn html_page_as(
@@ -288,37 +288,20 @@ fn html_page_as(
 ) -> Response {
     (
         status,
-        Html(html::page(title, active, &app.shown_root, mode, body)),
+        Html(html::page(title, active, &app.shown_root, &mode, body)),
     )
         .into_response()
 }
 
 /// What the page offers this request: forms with the CSRF value to a
 /// signed-in browser, a sign-in form when a token exists.
-fn mode(app: &App, h: &axum::http::HeaderMap) -> PageMode {
+fn mode(app: &App, h: &axum::http::HeaderMap) -> html::Mode {
     match app.auth.access(h) {
-        actions::Access::ReadOnly => PageMode::ReadOnly,
-        actions::Access::Locked => PageMode::Locked,
+        actions::Access::ReadOnly => html::Mode::ReadOnly,
+        actions::Access::Locked => html::Mode::Locked,
         // A script with the token needs no CSRF value in its forms.
         actions::Access::Session | actions::Access::Bearer => {
-            PageMode::Actions(app.auth.csrf_of(h).unwrap_or_default())
-        }
-    }
-}
-
-/// [`html::Mode`] with the session's CSRF value owned.
-enum PageMode {
-    ReadOnly,
-    Locked,
-    Actions(String),
-}
-
-impl PageMode {
-    fn html(&self) -> html::Mode<'_> {
-        match self {
-            PageMode::ReadOnly => html::Mode::ReadOnly,
-            PageMode::Locked => html::Mode::Locked,
-            PageMode::Actions(c) => html::Mode::Actions(c),
+            html::Mode::Actions(app.auth.csrf_of(h).unwrap_or_default())
         }
     }
 }
@@ -419,7 +402,7 @@ async fn action(
         (Err((st, e)), actions::Access::Bearer) => json_error(st, e),
         (Err((st, e)), _) => html_page_as(
             &app,
-            mode(&app, &headers).html(),
+            mode(&app, &headers),
             st,
             "Not done",
             "",
@@ -440,7 +423,7 @@ async fn overview_page(h: axum::http::HeaderMap, Ext(app): Ext<Shared>) -> Respo
             StatusCode::OK,
             "Overview",
             "overview",
-            &html::overview(&o, mode(&app, &h).html()),
+            &html::overview(&o, &mode(&app, &h)),
         ),
         Err(r) => r,
     }
@@ -528,7 +511,7 @@ async fn task_page(
                 StatusCode::OK,
                 &title,
                 "tasks",
-                &html::task(&d, mode(&app, &h).html()),
+                &html::task(&d, &mode(&app, &h)),
             )
         }
         Err((st, e)) => html_page(&app, &h, st, "Not found", "tasks", &html::error(&e)),
