@@ -790,13 +790,10 @@ pub fn for_each_name(dir: &Path, f: impl FnMut(&[u8])) -> io::Result<()> {
     for_each_name_in(&d, dir, f)
 }
 
-/// [`for_each_name`] over a directory already open (`dir` names it in errors).
+/// [`for_each_name`] over a directory already open and not read yet (`dir`
+/// names it in errors): the listing goes on from the descriptor's position.
 pub fn for_each_name_in(d: &File, dir: &Path, mut f: impl FnMut(&[u8])) -> io::Result<()> {
     use std::os::fd::AsRawFd;
-    // SAFETY: lseek on a descriptor we borrow; back to the directory's start.
-    if unsafe { libc::lseek(d.as_raw_fd(), 0, libc::SEEK_SET) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
     let mut buf = vec![0u8; 64 * 1024];
     // struct linux_dirent64: d_ino (8 bytes), d_off (8), d_reclen (2),
     // d_type (1), then the name, NUL-terminated and padded.
