@@ -37,6 +37,12 @@ pub fn cap() -> usize {
     usize::try_from(soft / 4).unwrap_or(512).clamp(16, 512)
 }
 
+/// How many of `cap` connections may carry an event stream at once: half,
+/// so that streams held open leave the other half to pages and actions.
+pub fn streams(cap: usize) -> usize {
+    (cap / 2).max(1)
+}
+
 /// A listener that holds a permit for each open connection.
 pub struct Capped {
     inner: TcpListener,

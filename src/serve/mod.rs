@@ -40,7 +40,6 @@ use axum::middleware::Next;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Json, Response};
 use axum::routing::{get, post};
-use futures_util::Stream;
 use tokio::sync::watch;
 
 use crate::parse::config::{Config, WatchMode};
@@ -68,6 +67,10 @@ struct App {
     hosts: Option<Vec<String>>,
     stop: watch::Receiver<bool>,
     auth: actions::Auth,
+    /// One permit per open event stream (`/events`, a task's output): at
+    /// most half the connections, so that streams held open cannot take
+    /// every connection from pages and actions.
+    streams: Arc<tokio::sync::Semaphore>,
 }
 
 type Shared = Arc<App>;
@@ -138,6 +141,7 @@ pub async fn serve(
     let inotify = Config::load(root).map_or(true, |c| c.watch != WatchMode::Poll);
     let (stop_tx, stop) = watch::channel(false);
     let index = Arc::new(index::Index::default());
+    let cap = conn::cap();
     let app = Arc::new(App {
         live: live::start(&layout, inotify, index.clone()),
         index,
@@ -150,6 +154,7 @@ pub async fn serve(
         layout,
         stop,
         auth: actions::Auth::new(opts.token),
+        streams: Arc::new(tokio::sync::Semaphore::new(conn::streams(cap))),
     });
     // The listings and the usage sums are read once now, in the background,
     // so that the first page shown does not pay for a big tree.
@@ -158,7 +163,7 @@ pub async fn serve(
         warm.index.all(&warm.layout);
         warm.ledger.with(&warm.layout, |_| ());
     });
-    let capped = conn::Capped::new(listener, conn::cap(), (conn::IDLE, conn::IN_FLIGHT));
+    let capped = conn::Capped::new(listener, cap, (conn::IDLE, conn::IN_FLIGHT));
     axum::serve(capped, router(app))
         .with_graceful_shutdown(async move {
             shutdown.await;
@@ -567,7 +572,10 @@ async fn graph_json(Ext(app): Ext<Shared>, Query(q): Query<GraphQuery>) -> Respo
 
 /// Server-sent events: `hello` at once (with `inotify` or `poll`), then
 /// `change` (with a generation number) whenever the tree changed.
-async fn events(Ext(app): Ext<Shared>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+async fn events(Ext(app): Ext<Shared>) -> Response {
+    let Some(permit) = stream_permit(&app) else {
+        return too_many_streams();
+    };
     let rx = app.live.subscribe();
     let stop = app.stop.clone();
     let hello =
@@ -575,10 +583,10 @@ async fn events(Ext(app): Ext<Shared>) -> Sse<impl Stream<Item = Result<Event, I
             .event("hello")
             .data(if app.live.inotify { "inotify" } else { "poll" });
     let stream = futures_util::stream::unfold(
-        (Some(hello), rx, stop),
-        |(first, mut rx, mut stop)| async move {
+        (Some(hello), rx, stop, permit),
+        |(first, mut rx, mut stop, permit)| async move {
             if let Some(h) = first {
-                return Some((Ok(h), (None, rx, stop)));
+                return Some((Ok::<_, Infallible>(h), (None, rx, stop, permit)));
             }
             if *stop.borrow() {
                 return None;
@@ -594,10 +602,29 @@ async fn events(Ext(app): Ext<Shared>) -> Sse<impl Stream<Item = Result<Event, I
                 },
                 _ = stop.changed() => return None,
             };
-            Some((Ok(ev), (None, rx, stop)))
+            Some((Ok(ev), (None, rx, stop, permit)))
         },
     );
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+/// A permit for one more event stream, or None when as many are open as
+/// [`conn::streams`] allows.
+fn stream_permit(app: &App) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    app.streams.clone().try_acquire_owned().ok()
+}
+
+/// 503 with `Retry-After`: no permit for another event stream.
+fn too_many_streams() -> Response {
+    let mut r = json_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too many event streams are open; try again later".to_owned(),
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
+    r
 }
 
 /// A running task's stdout as server-sent events ([`stream`]).
@@ -612,10 +639,14 @@ async fn task_output(Ext(app): Ext<Shared>, UrlPath(name): UrlPath<String>) -> R
         Ok(false) => return json_error(StatusCode::NOT_FOUND, format!("no task named `{name}`")),
         Err(r) => return r,
     }
+    let Some(permit) = stream_permit(&app) else {
+        return too_many_streams();
+    };
     let follower = stream::Follower::new(app.layout.clone(), name);
     let stop = app.stop.clone();
-    let events =
-        futures_util::stream::unfold((Some(follower), stop), |(follower, mut stop)| async move {
+    let events = futures_util::stream::unfold(
+        (Some(follower), stop, permit),
+        |(follower, mut stop, permit)| async move {
             let mut follower = follower?;
             loop {
                 if *stop.borrow() {
@@ -642,15 +673,16 @@ async fn task_output(Ext(app): Ext<Shared>, UrlPath(name): UrlPath<String>) -> R
                         let ev = Event::default()
                             .event("end")
                             .data(serde_json::Value::from(why).to_string());
-                        return Some((Ok::<_, Infallible>(ev), (None, stop)));
+                        return Some((Ok::<_, Infallible>(ev), (None, stop, permit)));
                     }
                 };
                 let ev = Event::default()
                     .event(kind)
                     .data(serde_json::Value::from(text).to_string());
-                return Some((Ok(ev), (Some(follower), stop)));
+                return Some((Ok(ev), (Some(follower), stop, permit)));
             }
-        });
+        },
+    );
     Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response()

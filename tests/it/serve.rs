@@ -24,7 +24,30 @@ impl Server {
     fn start_with(root: &Root, args: &[&str]) -> Server {
         let mut a = vec!["serve", "--listen", "127.0.0.1:0"];
         a.extend_from_slice(args);
-        let mut c = root.cmd(&a);
+        Server::spawn(root.cmd(&a))
+    }
+
+    /// `mailroom serve` under an open-file limit of `nofile`.
+    fn start_limited(root: &Root, nofile: u64) -> Server {
+        use std::os::unix::process::CommandExt;
+        let mut c = root.cmd(&["serve", "--listen", "127.0.0.1:0"]);
+        // SAFETY: setrlimit only, between fork and exec.
+        unsafe {
+            c.pre_exec(move || {
+                let lim = libc::rlimit {
+                    rlim_cur: nofile,
+                    rlim_max: nofile,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Server::spawn(c)
+    }
+
+    fn spawn(mut c: Command) -> Server {
         c.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -420,9 +443,14 @@ fn the_task_list_pages_and_filters_from_listings() {
 
 /// A raw SSE reader: the lines of `/events` as they come.
 fn events(addr: SocketAddr) -> std::sync::mpsc::Receiver<String> {
+    sse_lines(addr, "/events")
+}
+
+/// The lines of the answer to `GET path` as they come, status line first.
+fn sse_lines(addr: SocketAddr, path: &str) -> std::sync::mpsc::Receiver<String> {
     let mut s = TcpStream::connect(addr).unwrap();
     s.write_all(
-        format!("GET /events HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n")
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n")
             .as_bytes(),
     )
     .unwrap();
@@ -447,6 +475,68 @@ fn wait_event(rx: &std::sync::mpsc::Receiver<String>, what: &str, within: Durati
             Ok(_) => {}
             Err(_) => panic!("no `{what}` event within {within:?}"),
         }
+    }
+}
+
+/// Event streams held open cannot take every dashboard connection: at most
+/// half of them carry a stream (8 of 16 under an open-file limit of 64); one
+/// more is refused with 503 and `Retry-After`, pages are still answered, and
+/// a stream that closes frees its place.
+#[test]
+fn event_streams_cannot_take_every_connection() {
+    let root = sample();
+    let srv = Server::start_limited(&root, 64);
+    let held: Vec<_> = (0..8).map(|_| events(srv.addr)).collect();
+    for rx in &held {
+        wait_event(rx, "hello", Duration::from_secs(20));
+    }
+    // Read as a stream: were it accepted, it would never end.
+    let head = |path: &str| {
+        let rx = sse_lines(srv.addr, path);
+        let mut lines = Vec::new();
+        while let Ok(l) = rx.recv_timeout(Duration::from_secs(20)) {
+            let last = l.contains("too many event streams") || l.starts_with("event:");
+            lines.push(l);
+            if last {
+                break;
+            }
+        }
+        lines.join("\n")
+    };
+    let refused = head("/events");
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    assert!(
+        refused.to_ascii_lowercase().contains("retry-after: 10"),
+        "{refused}"
+    );
+    assert!(refused.contains("too many event streams"), "{refused}");
+    // A task's output stream counts against the same places.
+    let out = head("/tasks/waits/output");
+    assert!(out.starts_with("HTTP/1.1 503"), "{out}");
+    // Pages still come.
+    assert_eq!(srv.get("/").status, 200);
+    assert_eq!(srv.get("/api/overview").status, 200);
+    // One stream goes: its place is free again once the server notices
+    // (at its next write to it: an event, made here, or a keep-alive).
+    drop(held.into_iter().next());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for i in 0.. {
+        root.write(
+            &format!("tasks/pending/nudge-{i}.yaml"),
+            "description: wake the streams\n",
+        );
+        let rx = events(srv.addr);
+        let first = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a status line");
+        if first.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(
+            first.starts_with("HTTP/1.1 503") && Instant::now() < deadline,
+            "the freed place was not given to a new stream: {first}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
     }
 }
 
@@ -804,17 +894,11 @@ fn the_task_list_filters_by_label_searches_descriptions_and_shows_usage() {
 
 /// The events of an SSE route: (event, data) pairs as they come.
 fn sse(addr: SocketAddr, path: &str) -> std::sync::mpsc::Receiver<(String, String)> {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n")
-            .as_bytes(),
-    )
-    .unwrap();
+    let lines = sse_lines(addr, path);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut ev = String::new();
-        for line in BufReader::new(s).lines() {
-            let Ok(l) = line else { break };
+        for l in lines {
             if let Some(e) = l.strip_prefix("event: ") {
                 ev = e.to_owned();
             } else if let Some(d) = l.strip_prefix("data: ")

@@ -92,15 +92,23 @@
   follow();
 
   if (!window.EventSource) { setLive("static", false); return; }
-  var es = new EventSource("/events");
-  es.addEventListener("hello", function (e) {
-    setLive("live (" + e.data + ")", true);
-    // Anything that happened while (re)connecting.
-    if (generation > 0) refresh();
-  });
-  es.addEventListener("change", function () {
-    generation += 1;
-    refresh();
-  });
-  es.onerror = function () { setLive("reconnecting…", false); };
+  function listen() {
+    var es = new EventSource("/events");
+    es.addEventListener("hello", function (e) {
+      setLive("live (" + e.data + ")", true);
+      // Anything that happened while (re)connecting.
+      if (generation > 0) refresh();
+    });
+    es.addEventListener("change", function () {
+      generation += 1;
+      refresh();
+    });
+    es.onerror = function () {
+      setLive("reconnecting…", false);
+      // A refused stream (503: too many open) is not retried by the
+      // browser itself: try again in a while.
+      if (es.readyState === EventSource.CLOSED) setTimeout(listen, 10000);
+    };
+  }
+  listen();
 })();
