@@ -36,6 +36,24 @@ chooses it), else the server's default (--scenario, or $MOCK_SCENARIO, else "ok"
   overloaded  the provider is overloaded: Anthropic HTTP 529 overloaded_error; OpenAI HTTP
               503 server_error "overloaded"; Gemini HTTP 503 UNAVAILABLE "The model is
               overloaded"
+  write-outbox
+              the model uses the CLI's own file tool to write a follow-up task: a request
+              whose conversation carries no tool result yet is answered with one tool call
+              that writes `<outbox>/next.yaml` (OUTBOX_TASK), <outbox> being the first
+              absolute `.../tasks/assigned/.../outbox` path in the request (mailroom's prompt
+              names $MAILROOM_OUTBOX); once the tool's result (success or refusal) is in the
+              conversation, an answer quoting it ("MOCK ANSWER: wrote the follow-up task;
+              the tool said: ..."). Anthropic: a `tool_use` of `Write` {file_path, content},
+              stop_reason tool_use. OpenAI Responses (codex): a `custom_tool_call` of codex's
+              `exec` (code mode: JavaScript calling the nested tools) running
+              `tools.apply_patch` with an "Add File" patch (without code mode: a
+              `custom_tool_call` of `apply_patch`). Gemini: a `functionCall` of `write_file`
+              {file_path, content}. A request that does not offer that tool (a side call),
+              or names no outbox, gets the ok answer.
+  write-outbox-shell
+              the same through the CLI's shell tool, the command `printf '%s' CONTENT >
+              PATH`: Anthropic `Bash` {command}; codex `exec` running `tools.exec_command`
+              {cmd}; Gemini `run_shell_command` {command}
 
 An unreachable endpoint (nothing listening, connection refused) is not a scenario: point the
 CLI at a port where no server listens.
@@ -53,6 +71,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import sys
@@ -62,7 +81,8 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 SCENARIOS = ("ok", "ok-429", "empty", "429", "usage-limit", "500", "401", "hang",
-             "hang-until-continued", "cut", "garbage", "overloaded")
+             "hang-until-continued", "cut", "garbage", "overloaded", "write-outbox",
+             "write-outbox-shell")
 # mailroom's continuation prompt, in a resumed session (src/adapter/session.rs).
 CONTINUED = "was cut off"
 MARKER = re.compile(r"MOCK:([a-z0-9-]+)")
@@ -91,6 +111,105 @@ ANSWERS = {
         "I added a backoff, so the task is done."
     ),
 }
+
+# The write-outbox scenario: the follow-up task the model writes, and where.
+OUTBOX_TASK = "description: follow-up from the mock\n"
+OUTBOX_FILE = "next.yaml"
+# An absolute outbox path as mailroom's prompt gives it: in backticks (so it may hold
+# spaces), else without white space, quotes or backslashes (JSON escapes) around it.
+OUTBOX = (re.compile(r"`(/[^`\\]*?/tasks/assigned/[^`\\]*?/outbox)`"),
+          re.compile(r"(/[^\s`'\"\\]*?/tasks/assigned/[^\s`'\"\\]*?/outbox)(?![\w.-])"))
+
+
+def outbox_target(body):
+    """The file the write-outbox scenarios write: `<outbox>/next.yaml`, or None."""
+    for pattern in OUTBOX:
+        m = pattern.search(body)
+        if m:
+            return m.group(1) + "/" + OUTBOX_FILE
+    return None
+
+
+def tool_result_of(req):
+    """In the write-outbox scenario: the text of the tool result the conversation already
+    carries (Anthropic tool_result, Responses *_call_output, Gemini functionResponse), else
+    None (the model is yet to call its tool)."""
+    found = None
+    for m in req.get("messages") or []:  # Anthropic
+        for b in m.get("content") if isinstance(m.get("content"), list) else []:
+            if isinstance(b, dict) and b.get("type") == "tool_result":
+                found = b.get("content")
+    for it in req.get("input") if isinstance(req.get("input"), list) else []:  # Responses
+        if isinstance(it, dict) and it.get("type") in ("function_call_output",
+                                                       "custom_tool_call_output"):
+            found = it.get("output")
+    for c in req.get("contents") or []:  # Gemini
+        for part in c.get("parts") or []:
+            if isinstance(part, dict) and "functionResponse" in part:
+                found = part["functionResponse"].get("response")
+    if found is None:
+        return None
+    text = found if isinstance(found, str) else json.dumps(found)
+    return " ".join(text.split())[:600]
+
+
+def offered_tools(req):
+    """The names of the tools a request offers (found at any depth below a `tools` or
+    `functionDeclarations` key: codex nests its tools in namespaces)."""
+    names = set()
+
+    def walk(o, inside):
+        if isinstance(o, dict):
+            if inside and isinstance(o.get("name"), str):
+                names.add(o["name"])
+            for k, v in o.items():
+                walk(v, inside or k in ("tools", "functionDeclarations"))
+        elif isinstance(o, list):
+            for v in o:
+                walk(v, inside)
+
+    walk(req, False)
+    return names
+
+
+def add_file_patch(path, content):
+    """An apply_patch patch that creates `path` with `content`."""
+    lines = "".join("+" + line + "\n" for line in content.splitlines())
+    return "*** Begin Patch\n*** Add File: %s\n%s*** End Patch\n" % (path, lines)
+
+
+def outbox_call(req, scenario, wire):
+    """The next move of the write-outbox scenarios on `wire` ("anthropic", "responses",
+    "gemini"): (tool, input) for a tool call that writes `<outbox>/next.yaml`, or (None,
+    text) for an answer: once the tool's result is in, or when the request does not offer
+    the tool or names no outbox."""
+    result = tool_result_of(req)
+    if result is not None:
+        return None, "MOCK ANSWER: wrote the follow-up task; the tool said: " + result
+    path = outbox_target(json.dumps(req))
+    offered = offered_tools(req)
+    if path is None:
+        return None, ANSWERS["ok"]
+    shell = scenario == "write-outbox-shell"
+    cmd = "printf '%%s' %s > %s" % (shlex.quote(OUTBOX_TASK), shlex.quote(path))
+    if wire == "anthropic":
+        call = ("Bash", {"command": cmd, "description": "Queue a follow-up task"}) if shell \
+            else ("Write", {"file_path": path, "content": OUTBOX_TASK})
+    elif wire == "gemini":
+        call = ("run_shell_command", {"command": cmd}) if shell \
+            else ("write_file", {"file_path": path, "content": OUTBOX_TASK})
+    elif "exec" in offered:  # codex's code mode
+        nested = ("tools.exec_command(%s)" % json.dumps({"cmd": cmd})) if shell \
+            else ("tools.apply_patch(%s)" % json.dumps(add_file_patch(path, OUTBOX_TASK)))
+        call = ("exec", "const r = await %s;\n"
+                        "text(typeof r === \"string\" ? r : JSON.stringify(r));\n" % nested)
+    else:
+        call = ("apply_patch", add_file_patch(path, OUTBOX_TASK))
+        if shell:
+            call = (None, None)
+    if call[0] not in offered:
+        return None, ANSWERS["ok"]
+    return call
 
 # The body of the garbage scenario: what a proxy or captive portal answers, with status 200.
 GARBAGE = (b"<!DOCTYPE html>\n<html><head><title>Proxy error</title></head>\n<body><h1>Proxy "
@@ -332,6 +451,11 @@ class Handler(BaseHTTPRequestHandler):
         text = answer_text(scenario)
         usage = {"input_tokens": IN_TOKENS, "cache_creation_input_tokens": CACHE_WRITE,
                  "cache_read_input_tokens": CACHE_READ, "output_tokens": OUT_TOKENS}
+        if scenario.startswith("write-outbox"):
+            tool, args = outbox_call(req, scenario, "anthropic")
+            if tool:
+                return self.anthropic_tool_use(req, model, mid, usage, tool, args)
+            text = args
         if not req.get("stream"):
             message = {
                 "id": mid, "type": "message", "role": "assistant", "model": model,
@@ -360,6 +484,32 @@ class Handler(BaseHTTPRequestHandler):
                 return self.cut()
         self.sse({"type": "content_block_stop", "index": 0}, "content_block_stop")
         self.sse({"type": "message_delta", "delta": {"stop_reason": "end_turn",
+                                                     "stop_sequence": None},
+                  "usage": {"output_tokens": OUT_TOKENS}}, "message_delta")
+        self.sse({"type": "message_stop"}, "message_stop")
+
+    def anthropic_tool_use(self, req, model, mid, usage, name, args):
+        """An answer that is one tool call (stop_reason tool_use)."""
+        tid = "toolu_mock" + uuid.uuid4().hex[:20]
+        if not req.get("stream"):
+            return self.send_json(200, {
+                "id": mid, "type": "message", "role": "assistant", "model": model,
+                "content": [{"type": "tool_use", "id": tid, "name": name, "input": args}],
+                "stop_reason": "tool_use", "stop_sequence": None, "usage": usage})
+        self.start_sse({"request-id": "req_mock" + uuid.uuid4().hex[:16]})
+        self.sse({"type": "message_start", "message": {
+            "id": mid, "type": "message", "role": "assistant", "model": model, "content": [],
+            "stop_reason": None, "stop_sequence": None, "usage": dict(usage, output_tokens=1)}},
+            "message_start")
+        self.sse({"type": "content_block_start", "index": 0, "content_block": {
+            "type": "tool_use", "id": tid, "name": name, "input": {}}}, "content_block_start")
+        raw = json.dumps(args)
+        for piece in (raw[:len(raw) // 2], raw[len(raw) // 2:]):
+            self.sse({"type": "content_block_delta", "index": 0,
+                      "delta": {"type": "input_json_delta", "partial_json": piece}},
+                     "content_block_delta")
+        self.sse({"type": "content_block_stop", "index": 0}, "content_block_stop")
+        self.sse({"type": "message_delta", "delta": {"stop_reason": "tool_use",
                                                      "stop_sequence": None},
                   "usage": {"output_tokens": OUT_TOKENS}}, "message_delta")
         self.sse({"type": "message_stop"}, "message_stop")
@@ -414,6 +564,11 @@ class Handler(BaseHTTPRequestHandler):
                  "output_tokens": OUT_TOKENS,
                  "output_tokens_details": {"reasoning_tokens": 0},
                  "total_tokens": IN_TOKENS + CACHE_READ + OUT_TOKENS}
+        if scenario.startswith("write-outbox"):
+            tool, code = outbox_call(req, scenario, "responses")
+            if tool:
+                return self.responses_tool_call(req, model, rid, created, usage, tool, code)
+            text = code
         item_done = {"id": iid, "type": "message", "status": "completed", "role": "assistant",
                      "content": [{"type": "output_text", "text": text, "annotations": []}]}
         resp = {"id": rid, "object": "response", "created_at": created, "model": model,
@@ -460,6 +615,36 @@ class Handler(BaseHTTPRequestHandler):
         self.sse({"type": "response.completed", "sequence_number": next(seq),
                   "response": dict(resp, status="completed", output=[item_done], usage=usage)},
                  "response.completed")
+
+    def responses_tool_call(self, req, model, rid, created, usage, name, code):
+        """A response whose one output item is a custom (freeform) tool call."""
+        iid = "ctc_mock" + uuid.uuid4().hex[:20]
+        item = {"id": iid, "type": "custom_tool_call", "status": "completed",
+                "call_id": "call_mock" + uuid.uuid4().hex[:20], "name": name, "input": code}
+        resp = {"id": rid, "object": "response", "created_at": created, "model": model,
+                "status": "in_progress", "output": [], "usage": None}
+        done = dict(resp, status="completed", output=[item], usage=usage)
+        if not req.get("stream"):
+            return self.send_json(200, done)
+        self.start_sse()
+        seq = iter(range(10**6))
+        self.sse({"type": "response.created", "sequence_number": next(seq), "response": resp},
+                 "response.created")
+        self.sse({"type": "response.in_progress", "sequence_number": next(seq),
+                  "response": resp}, "response.in_progress")
+        self.sse({"type": "response.output_item.added", "sequence_number": next(seq),
+                  "output_index": 0, "item": dict(item, status="in_progress", input="")},
+                 "response.output_item.added")
+        self.sse({"type": "response.custom_tool_call_input.delta",
+                  "sequence_number": next(seq), "item_id": iid, "output_index": 0,
+                  "delta": code}, "response.custom_tool_call_input.delta")
+        self.sse({"type": "response.custom_tool_call_input.done",
+                  "sequence_number": next(seq), "item_id": iid, "output_index": 0,
+                  "input": code}, "response.custom_tool_call_input.done")
+        self.sse({"type": "response.output_item.done", "sequence_number": next(seq),
+                  "output_index": 0, "item": item}, "response.output_item.done")
+        self.sse({"type": "response.completed", "sequence_number": next(seq),
+                  "response": done}, "response.completed")
 
     def openai_chat(self, req, scenario):
         err = self.openai_error(scenario)
@@ -571,6 +756,20 @@ class Handler(BaseHTTPRequestHandler):
                  "cachedContentTokenCount": CACHE_READ,
                  "totalTokenCount": IN_TOKENS + CACHE_READ + OUT_TOKENS}
         rid = "mock" + uuid.uuid4().hex[:16]
+        if scenario.startswith("write-outbox") and not (
+                gen.get("responseMimeType") == "application/json" or schema):
+            tool, args = outbox_call(req, scenario, "gemini")
+            if not tool:
+                text = args
+            else:
+                call = {"functionCall": {"name": tool, "args": args}}
+                whole = {"candidates": [{"content": {"role": "model", "parts": [call]},
+                                         "finishReason": "STOP", "index": 0}],
+                         "usageMetadata": usage, "modelVersion": model, "responseId": rid}
+                if method == "generateContent":
+                    return self.send_json(200, whole)
+                self.start_sse()
+                return self.sse(whole)
         if method == "generateContent":
             whole = {
                 "candidates": [{"content": {"role": "model", "parts": [{"text": text}]},

@@ -30,6 +30,7 @@ use std::sync::LazyLock;
 use regex::Regex;
 use serde::Serialize;
 
+pub mod access;
 mod aider;
 mod claude;
 mod codex;

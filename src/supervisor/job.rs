@@ -637,7 +637,15 @@ impl Job {
             root: path_str(&layout.root),
             mailroom: self.ctx.exe.clone(),
         };
-        let argv = runner::build_argv(command, &vars);
+        let mut argv = runner::build_argv(command, &vars);
+        // The CLIs' own sandboxes would refuse the run's files to an agent
+        // that starts outside them (a `workdir`, a worktree).
+        let kind = crate::adapter::Kind::from_name(&self.agent.kind, None);
+        if crate::adapter::access::confined(&kind) {
+            let real = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+            argv =
+                crate::adapter::access::with_run_dir(&kind, argv, &real(run_dir), &real(&workdir));
+        }
         let result_file = run_dir.join("result.yaml");
         let mut env: Vec<(String, String)> = vec![
             ("MAILROOM_TASK".into(), name.clone()),

@@ -150,6 +150,11 @@ struct Opts {
     oauth: bool,
     /// Point the CLI at a port of 127.0.0.1 where nothing listens (connection refused).
     unreachable: bool,
+    /// codex: no writes to /tmp or $TMPDIR from its sandbox (where the test trees are,
+    /// which would hide a refused write).
+    codex_no_tmp: bool,
+    /// codex: the command carries `--add-dir HOME` (which `exec resume` refuses).
+    codex_add_dir: bool,
 }
 
 /// A port of 127.0.0.1 where nothing listens: one the kernel just gave out and took back.
@@ -240,6 +245,21 @@ fn setup(cli: Cli, mock: &Mock, bin: &Path, o: &Opts) -> Setup {
                     provider,
                 ],
             );
+            if o.codex_add_dir {
+                command.splice(at..at, ["--add-dir".to_owned(), home_s.clone()]);
+            }
+            if o.codex_no_tmp {
+                command.splice(
+                    at..at,
+                    [
+                        "-c",
+                        "sandbox_workspace_write.exclude_slash_tmp=true",
+                        "-c",
+                        "sandbox_workspace_write.exclude_tmpdir_env_var=true",
+                    ]
+                    .map(str::to_owned),
+                );
+            }
         }
         Cli::Gemini => {
             set("GEMINI_API_KEY", "mock-key");
@@ -689,6 +709,8 @@ fn resume_after_timeout(cli: Cli) {
             retries: Some(1),
             // gemini takes 5 to 10 s to start on a busy machine.
             timeout: Some(if cli == Cli::Gemini { "20s" } else { "8s" }),
+            // Resumed with it as a setting (src/adapter/access.rs).
+            codex_add_dir: true,
             ..Opts::default()
         },
     );
@@ -784,6 +806,74 @@ fn follow_up_continues_the_parent_session(cli: Cli) {
         b.contains("PARENT-MARK-7"),
         "{cli:?}: the parent's conversation is not in the request"
     );
+}
+
+/// The CLI writes a follow-up into `$MAILROOM_OUTBOX` with its own file tool (claude's
+/// `Write`, codex's `apply_patch`, gemini's `write_file`; tests/mock_model.py's
+/// `write-outbox`), in its preset's permission mode, from a task's `workdir: sub` and from
+/// a worktree of a repository there: the outbox is outside where the agent starts, which
+/// each CLI refuses unless its command grants the run's directory (src/adapter/access.rs).
+/// Before, the runs completed and their follow-ups were lost.
+fn follow_ups_written_by_the_cli(cli: Cli) {
+    let Some(bin) = clis() else { return };
+    let s = scratch();
+    let mock = Mock::start(&s.path);
+    let o = Opts {
+        codex_no_tmp: true,
+        ..Opts::default()
+    };
+    let t = setup(cli, &mock, &bin, &o);
+    let sub = t.root.p("sub");
+    fs::create_dir_all(&sub).unwrap();
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(&sub)
+            .args(args)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.invalid")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.invalid")
+            .output()
+            .expect("git");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            common::stderr(&out)
+        );
+    };
+    git(&["init", "-q", "-b", "main"]);
+    fs::write(sub.join("README.md"), "a project\n").unwrap();
+    git(&["add", "README.md"]);
+    git(&["commit", "-q", "-m", "one"]);
+    t.root.write(
+        "tasks/pending/in-sub.yaml",
+        "description: \"MOCK:write-outbox Queue the next step.\"\nworkdir: sub\n",
+    );
+    t.root.write(
+        "tasks/pending/in-tree.yaml",
+        "description: \"MOCK:write-outbox Queue the next step.\"\nworkdir: sub\nworkspace: worktree\n",
+    );
+    t.run_until_idle();
+    for name in ["in-sub", "in-tree"] {
+        let rec = t.record("completed", name);
+        note(cli, name, "completed", &rec);
+        let followups = rec["followups"].as_array().cloned().unwrap_or_default();
+        assert_eq!(
+            followups.len(),
+            1,
+            "{cli:?}: {name}: no follow-up queued: {rec}\n{}",
+            t.run_dirs(name)
+        );
+        let child = followups[0].as_str().unwrap().to_owned();
+        t.record("completed", &child);
+        let task = t.root.read(&format!("tasks/completed/{child}.yaml"));
+        assert!(
+            task.contains("follow-up from the mock")
+                && task.contains(&format!("parent: \"{name}\"")),
+            "{cli:?}: {task}"
+        );
+    }
 }
 
 /// The CLI's words for each fault (tests/mock_model.py's scenarios, and `refused` for an
@@ -986,5 +1076,20 @@ fn codex_follow_up_continues_the_parent_session() {
 #[test]
 fn gemini_follow_up_continues_the_parent_session() {
     follow_up_continues_the_parent_session(Cli::Gemini);
+}
+
+#[test]
+fn claude_writes_follow_ups_from_a_subdirectory_and_a_worktree() {
+    follow_ups_written_by_the_cli(Cli::Claude);
+}
+
+#[test]
+fn codex_writes_follow_ups_from_a_subdirectory_and_a_worktree() {
+    follow_ups_written_by_the_cli(Cli::Codex);
+}
+
+#[test]
+fn gemini_writes_follow_ups_from_a_subdirectory_and_a_worktree() {
+    follow_ups_written_by_the_cli(Cli::Gemini);
 }
 cli_tests!(gemini, Cli::Gemini);
