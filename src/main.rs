@@ -29,7 +29,21 @@ fn main() -> ExitCode {
         use clap::CommandFactory;
         clap_complete::CompleteEnv::with_factory(Cli::command).complete();
     }
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // A bad command line asked for JSON gets its error as JSON too.
+            if e.use_stderr() && std::env::args_os().any(|a| a == "--json") {
+                let text = e.render().to_string();
+                let first = text.lines().next().unwrap_or_default();
+                json_error(
+                    first.strip_prefix("error: ").unwrap_or(first),
+                    e.exit_code(),
+                );
+            }
+            e.exit()
+        }
+    };
     if let Command::DemoAgent { args } = &cli.command {
         return ExitCode::from(mailroom::run::demo::main(args) as u8);
     }
@@ -40,19 +54,33 @@ fn main() -> ExitCode {
         restore_sigpipe();
     }
     init_logging(&cli);
+    let json = cli.command.json();
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
             say(&format!("mailroom: {e:#}"));
-            if e.is::<cli::control::NoSupervisor>() {
-                ExitCode::from(cli::control::NoSupervisor::EXIT)
+            let code = if e.is::<cli::control::NoSupervisor>() {
+                cli::control::NoSupervisor::EXIT
             } else if e.is::<cli::UsageError>() {
-                ExitCode::from(cli::UsageError::EXIT)
+                cli::UsageError::EXIT
             } else {
-                ExitCode::FAILURE
+                1
+            };
+            if json {
+                json_error(&format!("{e:#}"), code.into());
             }
+            ExitCode::from(code)
         }
     }
+}
+
+/// A failed `--json` command's error as one JSON document on standard output
+/// (the message is on standard error too): a caller that reads standard
+/// output (`jq -r .error`) sees the failure, not nothing.
+fn json_error(error: &str, exit_code: i32) {
+    use std::io::Write;
+    let doc = serde_json::json!({ "error": error, "exit_code": exit_code });
+    let _ = writeln!(std::io::stdout(), "{doc}");
 }
 
 /// A one-shot command whose reader went away (`mailroom list | head`) ends

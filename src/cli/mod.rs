@@ -325,6 +325,22 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// Whether the command was asked for JSON (`--json`): its failure is then
+    /// also a JSON document on standard output.
+    pub fn json(&self) -> bool {
+        match self {
+            Command::Status { json, .. }
+            | Command::List { json, .. }
+            | Command::Show { json, .. }
+            | Command::Wait { json, .. }
+            | Command::Usage { json, .. }
+            | Command::Agents { json, .. } => *json,
+            _ => false,
+        }
+    }
+}
+
 /// A command line that parsed but asks for what the tree does not have (an
 /// `--agents` entry naming an agent `mailroom.yaml` lacks): a usage error,
 /// with clap's exit status ([`UsageError::EXIT`]), not a broken configuration

@@ -103,6 +103,45 @@ fn show_says_a_task_file_cannot_be_read_rather_than_parse_it() {
     );
 }
 
+/// A command asked for JSON that fails still prints one JSON document on
+/// standard output (`{"error": ..., "exit_code": ...}`), besides its message
+/// on standard error and its exit status, so that `mailroom ... --json | jq`
+/// sees the failure. Before, standard output was empty.
+#[test]
+fn json_commands_that_fail_print_the_error_as_json() {
+    let root = Root::new();
+    let typo = not_a_tree(&root);
+    let typo = typo.to_str().unwrap();
+    let cases: [(&[&str], &str, i32); 7] = [
+        (&["--root", typo, "status", "--json"], "does not exist", 1),
+        (&["--root", typo, "list", "--json"], "does not exist", 1),
+        (&["--root", typo, "usage", "--json"], "does not exist", 1),
+        (&["--root", typo, "agents", "--json"], "does not exist", 1),
+        (&["show", "nobody", "--json"], "nobody", 1),
+        (&["list", "--state", "nowhere", "--json"], "nowhere", 2),
+        (&["wait", "nobody", "--json"], "no task named", 1),
+    ];
+    for (args, says, code) in cases {
+        let out = if args[0] == "--root" {
+            let mut c = std::process::Command::new(BIN);
+            c.args(args);
+            run_bounded(c, MIN)
+        } else {
+            root.mailroom(args)
+        };
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {}", stderr(&out));
+        let doc: serde_json::Value = serde_json::from_str(stdout(&out).trim())
+            .unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {:?}", stdout(&out)));
+        let error = doc["error"].as_str().unwrap_or_default();
+        assert!(error.contains(says), "{args:?}: {doc}");
+        assert_eq!(doc["exit_code"], code, "{args:?}: {doc}");
+        assert!(stderr(&out).contains(error), "{args:?}: {}", stderr(&out));
+    }
+    // Without --json, standard output stays empty.
+    let out = root.mailroom(&["show", "nobody"]);
+    assert_eq!(stdout(&out), "");
+}
+
 /// A directory next to the test root that is not a tree.
 fn not_a_tree(root: &Root) -> std::path::PathBuf {
     root.p("typo")
