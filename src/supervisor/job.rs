@@ -360,8 +360,6 @@ impl Job {
         // Its files could not be written (a full disk, as a rule): no spawn
         // failure of the agent's, which would never be retried.
         let full = fsx::full_note(run_dir);
-        // (A directory its agent removed or locked says more, below.)
-        let plain = stopped == 0 && !unreadable && !run_dir_gone;
         let unwritten = match code.and_then(|c| u8::try_from(c).ok()) {
             Some(keeper::EXIT_NO_INFO) => Some((keeper::INFO_FILE, "it did not start the agent")),
             Some(keeper::EXIT_NO_OUTCOME) => {
@@ -369,11 +367,21 @@ impl Job {
             }
             _ => None,
         };
-        if let Some((file, so)) = unwritten.filter(|_| plain) {
-            let error = format!(
+        // (A directory its agent removed or locked says more, below.)
+        if let Some((file, so)) = unwritten.filter(|_| !unreadable && !run_dir_gone) {
+            let mut error = format!(
                 "the run keeper (pid {pid}) could not write {file} in the run's directory{full}, \
                  so {so}{see}"
             );
+            // Processes of the task found running: this run's agent, or,
+            // when this keeper started none, an earlier run's.
+            if stopped > 0 {
+                error.push_str(if file == keeper::INFO_FILE {
+                    "; processes of an earlier run of this task still ran and were stopped"
+                } else {
+                    "; the agent still ran and was stopped"
+                });
+            }
             warn!(task = %self.name, keeper = pid, "{error}");
             return RunEnd::Lost {
                 error,

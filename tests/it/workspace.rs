@@ -424,6 +424,18 @@ fn a_keeper_that_cannot_write_its_file_starts_no_agent_and_the_run_is_retried() 
     let attempt = root.p("tasks/assigned/o.run/1");
     assert!(attempt.is_dir(), "no attempt directory during the checkout");
     std::fs::create_dir_all(attempt.join("keeper.json/in-the-way")).unwrap();
+    // A process of an earlier run of the task, still running in a group of
+    // its own: found and stopped, and not taken for this run's agent.
+    let mut earlier = {
+        use std::os::unix::process::CommandExt;
+        std::process::Command::new("sleep")
+            .arg("600")
+            .env("MAILROOM_ROOT", &root.path)
+            .env("MAILROOM_TASK", "o")
+            .process_group(0)
+            .spawn()
+            .unwrap()
+    };
     root.write("go", "");
     wait_for(Duration::from_secs(60), "the task to be filed", || {
         !root.names("completed").is_empty() || !root.names("failed").is_empty()
@@ -438,6 +450,16 @@ fn a_keeper_that_cannot_write_its_file_starts_no_agent_and_the_run_is_retried() 
         e.contains("could not write keeper.json") && e.contains("did not start the agent"),
         "{rec}"
     );
+    assert!(
+        e.contains("processes of an earlier run of this task still ran and were stopped"),
+        "{rec}"
+    );
+    let ended = earlier.try_wait().unwrap().is_some() || {
+        let _ = earlier.kill();
+        false
+    };
+    let _ = earlier.wait();
+    assert!(ended, "the earlier run's process was not stopped");
 }
 
 /// A cancel that lands while the run is being prepared (here: its worktree's
