@@ -98,7 +98,11 @@ pub fn usage(root: &Path, by: By, since: Option<&str>, json: bool) -> Result<()>
             n(r.usage.input_tokens),
             n(r.usage.output_tokens),
             n(r.usage.cache_read_tokens),
-            r.usage.cost_usd.map_or("-".into(), |c| format!("{c:.4}"))
+            r.usage.cost_usd.map_or("-".into(), |c| if c.abs() >= 1e9 {
+                format!("{c:.3e}")
+            } else {
+                format!("{c:.4}")
+            })
         );
     }
     Ok(())

@@ -320,6 +320,13 @@ pub fn overview(o: &Overview, mode: &Mode) -> String {
             esc(e)
         );
     }
+    for e in &o.tree_errors {
+        let _ = write!(
+            s,
+            r#"<p class="banner warn tree-error">{} (its tasks are not counted)</p>"#,
+            esc(e)
+        );
+    }
     if o.paused {
         s.push_str(r#"<p class="banner warn" id="paused">Paused: no new tasks are claimed (<code>mailroom resume</code> to go on).</p>"#);
     }
@@ -443,9 +450,13 @@ pub fn overview(o: &Overview, mode: &Mode) -> String {
     s
 }
 
-/// Dollars: cents for sums of a dollar or more, four places below.
+/// Dollars: cents for sums of a dollar or more, four places below; a
+/// billion or more (a CLI's bogus figure) in scientific notation, not as
+/// hundreds of digits.
 pub fn usd(c: f64) -> String {
-    if c >= 1.0 {
+    if c.abs() >= 1e9 {
+        format!("${c:.3e}")
+    } else if c >= 1.0 {
         format!("${c:.2}")
     } else {
         format!("${c:.4}")
@@ -775,6 +786,11 @@ pub fn task(d: &Detail, mode: &Mode) -> String {
             let _ = write!(v, r#"<div class="err">{}</div>"#, esc(e));
         }
         dt("Outcome", v);
+    } else if let Some(e) = &d.record_error {
+        dt(
+            "Outcome",
+            format!(r#"unknown: <div class="err">{}</div>"#, esc(e)),
+        );
     }
     if let Some(r) = &d.run {
         dt(
@@ -1067,6 +1083,14 @@ pub fn error(msg: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dollars_stay_short() {
+        assert_eq!(usd(0.0421), "$0.0421");
+        assert_eq!(usd(12.5), "$12.50");
+        assert_eq!(usd(1e308), "$1.000e308");
+        assert_eq!(usd(-2e12), "$-2.000e12");
+    }
 
     #[test]
     fn escaping_leaves_no_markup() {

@@ -106,6 +106,10 @@ pub struct Overview {
     pub recent: Vec<Row>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub config_error: Option<String>,
+    /// State directories that are missing or no directory (the counts then
+    /// show 0 for them, which is not the truth).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tree_errors: Vec<String>,
     pub generated_at: String,
 }
 
@@ -216,6 +220,10 @@ pub struct Detail {
     pub stdout_tail: Option<Text>,
     pub stderr_tail: Option<Text>,
     pub files_modified: Vec<String>,
+    /// Why a finished task's record is not shown: its file exists but
+    /// cannot be read or does not parse.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub record_error: Option<String>,
     /// For a worktree run: its diff against the commit it started from.
     pub diff: Option<Text>,
     /// Why there is no diff for a worktree run.
@@ -264,6 +272,25 @@ fn read_state(layout: &Layout, name: &str) -> Option<TaskState> {
 
 fn read_record(layout: &Layout, s: State, name: &str) -> Option<ResultRecord> {
     read_json(&layout.record_file(s, name))
+}
+
+/// A finished task's record, or why its file (which exists) gives none.
+fn record_or_why(layout: &Layout, s: State, name: &str) -> (Option<ResultRecord>, Option<String>) {
+    let p = layout.record_file(s, name);
+    match fsx::read_task_file(&p, MAX_FILE) {
+        Ok((b, _)) => match serde_json::from_slice(&b) {
+            Ok(r) => (Some(r), None),
+            Err(e) => (
+                None,
+                Some(format!("{}: does not parse: {e}", layout.rel(&p))),
+            ),
+        },
+        Err(e) if e.is_gone() => (None, None),
+        Err(e) => (
+            None,
+            Some(format!("{}: cannot be read: {e}", layout.rel(&p))),
+        ),
+    }
 }
 
 fn read_task(layout: &Layout, s: State, name: &str, ext: &str) -> Option<(String, SystemTime)> {
@@ -429,6 +456,17 @@ pub fn overview(index: &Index, ledger: &Ledger, layout: &Layout) -> Overview {
         oldest_pending,
         recent,
         config_error: config.err().map(|e| e.to_string()),
+        tree_errors: State::ALL
+            .iter()
+            .filter_map(|s| {
+                let d = layout.dir(*s);
+                match std::fs::symlink_metadata(d) {
+                    Ok(m) if m.is_dir() => None,
+                    Ok(_) => Some(format!("{} is not a directory", layout.rel(d))),
+                    Err(e) => Some(format!("{}: {e}", layout.rel(d))),
+                }
+            })
+            .collect(),
         generated_at: ts(now),
     }
 }
@@ -617,9 +655,11 @@ pub fn detail(index: &Index, layout: &Layout, name: &str) -> Option<Detail> {
         None => task::parse_as(name, ext, source.as_bytes())
             .map_err(|e| e.display_at(&layout.rel(&path))),
     };
-    let record = matches!(state, State::Completed | State::Failed)
-        .then(|| read_record(layout, state, name))
-        .flatten();
+    let (record, record_error) = if matches!(state, State::Completed | State::Failed) {
+        record_or_why(layout, state, name)
+    } else {
+        (None, None)
+    };
     let book = read_state(layout, name);
     let t = parsed.as_ref().ok();
     let link = |n: &str| Link {
@@ -731,6 +771,7 @@ pub fn detail(index: &Index, layout: &Layout, name: &str) -> Option<Detail> {
         stderr_tail: in_run("stderr.log", MAX_TAIL, true),
         files_modified,
         record,
+        record_error,
         source,
     })
 }

@@ -478,6 +478,70 @@ fn wait_event(rx: &std::sync::mpsc::Receiver<String>, what: &str, within: Durati
     }
 }
 
+/// A finished task whose record cannot be used is said to be so (with the
+/// file and why) on its page and in its JSON, instead of showing nothing.
+#[test]
+fn a_record_that_cannot_be_used_is_named_on_the_task_page() {
+    let root = sample();
+    std::fs::write(root.p("tasks/failed/bad.result.json"), "{not json").unwrap();
+    std::fs::remove_file(root.p("tasks/completed/good.result.json")).unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", root.p("tasks/completed/good.result.json"))
+        .unwrap();
+    let srv = Server::start(&root);
+    let bad = srv.json("/api/tasks/bad");
+    assert!(bad["record"].is_null(), "{bad}");
+    let why = bad["record_error"].as_str().unwrap_or_default();
+    assert!(
+        why.starts_with("tasks/failed/bad.result.json: does not parse"),
+        "{bad}"
+    );
+    let good = srv.json("/api/tasks/good");
+    let why = good["record_error"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("tasks/completed/good.result.json: cannot be read: it is a symbolic link"),
+        "{good}"
+    );
+    let page = srv.get("/tasks/bad");
+    assert_eq!(page.status, 200);
+    assert!(
+        page.body
+            .contains("tasks/failed/bad.result.json: does not parse"),
+        "{}",
+        page.body
+    );
+    // A pending task has no record, and no error for it.
+    let waits = srv.json("/api/tasks/waits");
+    assert!(waits.get("record_error").is_none(), "{waits}");
+}
+
+/// A state directory moved away is said to be so on the overview (its count
+/// of 0 is not the truth), not shown as an empty queue.
+#[test]
+fn a_missing_state_directory_is_named_on_the_overview() {
+    let root = sample();
+    let srv = Server::start(&root);
+    assert!(srv.json("/api/overview").get("tree_errors").is_none());
+    std::fs::rename(root.p("tasks/pending"), root.p("pending-away")).unwrap();
+    wait_for(
+        Duration::from_secs(20),
+        "the overview to name pending/",
+        || {
+            srv.json("/api/overview")["tree_errors"]
+                .as_array()
+                .is_some_and(|e| {
+                    e.len() == 1 && e[0].as_str().unwrap().starts_with("tasks/pending: ")
+                })
+        },
+    );
+    let page = srv.get("/");
+    assert!(
+        page.body
+            .contains("tasks/pending: No such file or directory"),
+        "{}",
+        page.body
+    );
+}
+
 /// Event streams held open cannot take every dashboard connection: at most
 /// half of them carry a stream (8 of 16 under an open-file limit of 64); one
 /// more is refused with 503 and `Retry-After`, pages are still answered, and
