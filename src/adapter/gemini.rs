@@ -176,6 +176,38 @@ fn parse_stream(facts: &RunFacts<'_>, events: &[Value]) -> Parsed {
     Parsed::new(answer, verdict, usage, session_id)
 }
 
+/// Tool calls that failed, from `--output-format json`'s `stats.tools`
+/// (`byName.<tool>.fail`), as a note for the record: gemini refuses a path
+/// outside its workspace (a follow-up written to an outbox it may not
+/// reach) and carries on, and the run still succeeds.
+pub(crate) fn failed_tools(stdout: &str) -> Option<String> {
+    let out = last_json_object(stdout)?;
+    let tools = out.get("stats")?.get("tools")?;
+    let total = u64_at(tools, "totalFail").filter(|n| *n > 0)?;
+    let by_name: Vec<String> = tools
+        .get("byName")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(name, t)| {
+                    let n = u64_at(t, "fail").filter(|n| *n > 0)?;
+                    Some(format!("{} x{n}", super::short(name)))
+                })
+                .take(5)
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(format!(
+        "gemini reported {total} failed tool call(s){} (a refused path or command, as a rule; \
+         its answer and stdout.log say which)",
+        if by_name.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", by_name.join(", "))
+        }
+    ))
+}
+
 /// Sums the per-model token counts (`json`: `models.<m>.tokens`, `stream-json`:
 /// `models.<m>`); the model named is the one that wrote the most.
 fn usage(stats: &Value) -> Usage {
@@ -220,6 +252,38 @@ mod tests {
     use super::super::{Class, ErrorClass, Kind};
 
     const K: Kind = Kind::Gemini;
+
+    /// gemini 0.61.0's `stats.tools` after a `write_file` it refused
+    /// ("Path not in workspace"), from a run against tests/mock_model.py's
+    /// `write-outbox` scenario in a task's `workdir:` (answer shortened).
+    #[test]
+    fn failed_tool_calls_become_a_note() {
+        let stdout = r#"{"session_id":"s","response":"MOCK ANSWER: wrote it",
+            "stats":{"models":{},"tools":{"totalCalls":1,"totalSuccess":0,"totalFail":1,
+            "totalDurationMs":0,"totalDecisions":{"accept":0,"reject":0,"modify":0,
+            "auto_accept":0},"byName":{"write_file":{"count":1,"success":0,"fail":1,
+            "durationMs":0}}},"files":{"totalLinesAdded":0,"totalLinesRemoved":0}}}"#;
+        let note = super::failed_tools(stdout).unwrap();
+        assert!(
+            note.starts_with("gemini reported 1 failed tool call(s): write_file x1"),
+            "{note}"
+        );
+        let r = run(
+            &K,
+            &Fixture {
+                stdout,
+                stderr: "",
+                exit: "code 0",
+            },
+            &prompt("ok"),
+        );
+        assert_eq!(r.outcome, Class::Success);
+        assert_eq!(r.notes, vec![note]);
+        // None failed: no note.
+        let ok = fixture!("gemini-0.61.0", "ok");
+        assert_eq!(super::failed_tools(ok.stdout), None);
+        assert!(run(&K, &ok, &prompt("ok")).notes.is_empty());
+    }
 
     #[test]
     fn ok() {

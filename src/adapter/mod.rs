@@ -279,6 +279,9 @@ pub fn report(facts: &RunFacts<'_>) -> RunReport {
     if matches!(facts.kind, Kind::Claude | Kind::Cursor) {
         r.notes.extend(claude::denials(facts.stdout));
     }
+    if matches!(facts.kind, Kind::Gemini) {
+        r.notes.extend(gemini::failed_tools(facts.stdout));
+    }
     r
 }
 
