@@ -23,7 +23,9 @@
 //!   are folded into the same list, which works for both. A command that sets
 //!   `sandbox_workspace_write.writable_roots` itself is left alone.
 //!
-//! A directory below the agent's start is already writable: nothing is added.
+//! A directory below the agent's start is already writable: nothing is
+//! added. Nor to a command whose program is not the CLI itself (a wrapper
+//! script, `sh -c`, `npx`): the option could mean something else to it.
 
 use std::path::Path;
 
@@ -43,7 +45,17 @@ pub fn confined(kind: &Kind) -> bool {
 /// CLI would refuse it. Both paths as the file system resolves them (the
 /// CLIs resolve links too); pure.
 pub fn with_run_dir(kind: &Kind, argv: Vec<String>, run_dir: &Path, cwd: &Path) -> Vec<String> {
-    if !confined(kind) {
+    let program = argv
+        .first()
+        .and_then(|p| Path::new(p).file_name())
+        .and_then(|p| p.to_str());
+    let own = match kind {
+        Kind::Claude => "claude",
+        Kind::Codex => "codex",
+        Kind::Gemini => "gemini",
+        _ => return argv,
+    };
+    if program != Some(own) {
         return argv;
     }
     if run_dir.starts_with(cwd) {
@@ -174,6 +186,19 @@ mod tests {
                 Path::new("/r/sub")
             ),
             aider
+        );
+        // And so are wrappers; a program named by its path is the CLI.
+        let wrapped = v(&["sh", "-c", "claude -p \"$0\"", "hi"]);
+        let run = Path::new(RUN);
+        let sub = Path::new("/r/sub");
+        assert_eq!(
+            with_run_dir(&Kind::Claude, wrapped.clone(), run, sub),
+            wrapped
+        );
+        let full = v(&["/usr/local/bin/gemini", "--prompt=hi"]);
+        assert_eq!(
+            with_run_dir(&Kind::Gemini, full, run, sub)[1],
+            "--include-directories=/r/tasks/assigned/t.run/1"
         );
     }
 
