@@ -219,6 +219,7 @@ impl Supervisor {
             claimed,
             stop,
             attempt,
+            leftovers: Default::default(),
         }))
     }
 }
@@ -389,8 +390,11 @@ impl Job {
                 started_at,
                 finished_at,
                 stopped_by,
+                leftovers_stopped,
                 ..
             }) => {
+                self.leftovers
+                    .store(leftovers_stopped, std::sync::atomic::Ordering::Relaxed);
                 // A stop is a supervisor's (free) only when its sender was
                 // the run's own supervisor, this one, or an earlier adopter
                 // that noted its request (forwarding a cancel or a

@@ -426,6 +426,7 @@ impl Supervisor {
             // Replaced by the run's own channel at the launch.
             stop: watch::channel(None).1,
             attempt: 0,
+            leftovers: Default::default(),
         };
         self.launch(job);
         Start::Started

@@ -288,6 +288,14 @@ impl Job {
                 // What the CLI was not allowed to do (claude's permission denials).
                 rec.warnings
                     .extend(report.iter().flat_map(|r| r.notes.iter().cloned()));
+                let left = self.leftovers.load(std::sync::atomic::Ordering::Relaxed);
+                if left > 0 {
+                    rec.warnings.push(format!(
+                        "the agent left {left} process(es) running when it ended (a \
+                         background job or daemon); its run keeper stopped them (SIGTERM, \
+                         SIGKILL after the grace)"
+                    ));
+                }
                 self.commit(st, rec).await
             }
         }
@@ -667,6 +675,11 @@ mod tests {
             super::stderr_tail(&dir),
             "ERROR: stream disconnected before completion"
         );
+        // gemini 0.61 with `--approval-mode yolo`, stopped at its timeout:
+        // nothing but its start-up note, twice, which says nothing of why.
+        let yolo = "YOLO mode is enabled. All tool calls will be automatically approved.\n";
+        std::fs::write(dir.join("stderr.log"), yolo.repeat(2)).unwrap();
+        assert_eq!(super::stderr_tail(&dir), "");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

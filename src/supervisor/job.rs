@@ -32,6 +32,9 @@ pub(super) struct Job {
     /// `assigned/<name>.run/<attempt>/`. Set by `begin_attempt`, or from the
     /// state file for an adopted run.
     pub(super) attempt: u32,
+    /// Processes the run's agent left behind that its keeper stopped (from
+    /// the keeper's outcome), for the record's warnings.
+    pub(super) leftovers: std::sync::atomic::AtomicU32,
 }
 
 /// Where a run works, for the record and the clean-up at its commit.
@@ -274,6 +277,8 @@ impl Job {
             }
         };
         if let Some(o) = keeper::outcome(run_dir, run_id) {
+            self.leftovers
+                .store(o.leftovers_stopped, std::sync::atomic::Ordering::Relaxed);
             return match o.end {
                 RunEnd::Stopped(_) | RunEnd::Cancelled(_) if !asked => {
                     self.unasked_stop(pid, o.stopped_by)

@@ -268,7 +268,7 @@ fn a_shutdown_with_leave_running_hands_the_run_to_the_next_supervisor() {
 }
 
 #[test]
-fn a_daemon_the_agent_left_behind_is_stopped_before_the_commit() {
+fn a_daemon_the_agent_left_behind_is_stopped_before_the_commit_and_named() {
     // The agent starts a daemon in a session of its own (out of its process
     // group) and exits: as a subreaper the keeper still sees it, stops it and
     // only then lets the run end.
@@ -287,6 +287,17 @@ echo started a daemon"#;
         serde_json::from_str(&root.read("tasks/completed/d.run/1/outcome.json")).unwrap();
     assert_eq!(kept["leftovers_stopped"], 1, "{kept}");
     assert!(agents_of(&root).is_empty());
+    // The record says so (it did not: a plain success).
+    let rec = root.record("completed", "d");
+    assert!(
+        rec["warnings"]
+            .as_array()
+            .is_some_and(|w| w.iter().any(|w| w
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("the agent left 1 process(es) running when it ended"))),
+        "{rec}"
+    );
 }
 
 /// The keeper says what went wrong in `keeper.log`, and only then: a run
