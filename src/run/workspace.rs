@@ -694,8 +694,10 @@ fn plain_paths(files: Vec<String>) -> (Vec<String>, usize) {
 }
 
 /// The top of the git repository that holds `dir`: the nearest ancestor
-/// with a `.git` (a directory, or the file of a worktree or submodule),
-/// found without starting git. Found ones are remembered per directory.
+/// with a `.git` (a directory with a `HEAD`, as git itself asks, or the
+/// file of a worktree or submodule), found without starting git. An empty
+/// `.git` directory (left in `/tmp` by some tool) makes no repository, as
+/// for git. Found ones are remembered per directory.
 pub fn git_toplevel(dir: &Path) -> Option<PathBuf> {
     use std::collections::HashMap;
     use std::sync::{Mutex, OnceLock};
@@ -715,7 +717,14 @@ pub fn git_toplevel(dir: &Path) -> Option<PathBuf> {
     // repository costs a stat per ancestor, every few seconds at most).
     let top = dir
         .ancestors()
-        .find(|d| std::fs::symlink_metadata(d.join(".git")).is_ok())
+        .find(|d| {
+            let git = d.join(".git");
+            match std::fs::symlink_metadata(&git) {
+                Ok(m) if m.is_dir() => std::fs::symlink_metadata(git.join("HEAD")).is_ok(),
+                Ok(_) => true,
+                Err(_) => false,
+            }
+        })
         .map(Path::to_path_buf);
     found
         .lock()
@@ -740,6 +749,24 @@ mod tests {
         let r = read_agent_result(&p);
         std::fs::remove_dir_all(&dir).unwrap();
         r
+    }
+
+    #[test]
+    fn an_empty_git_directory_makes_no_repository() {
+        let base = std::env::temp_dir().join(format!("mailroom-gittop-{}", std::process::id()));
+        let (empty, repo, linked) = (base.join("e"), base.join("r"), base.join("l"));
+        for d in [&empty, &repo, &linked] {
+            std::fs::create_dir_all(d.join("sub")).unwrap();
+        }
+        std::fs::create_dir_all(empty.join(".git")).unwrap();
+        std::fs::create_dir_all(repo.join(".git")).unwrap();
+        std::fs::write(repo.join(".git/HEAD"), "ref: refs/heads/main\n").unwrap();
+        std::fs::write(linked.join(".git"), "gitdir: /elsewhere\n").unwrap();
+        // (Nothing above the temp directory is a repository on a test machine.)
+        assert_eq!(git_toplevel(&empty.join("sub")), git_toplevel(&base));
+        assert_eq!(git_toplevel(&repo.join("sub")), Some(repo.clone()));
+        assert_eq!(git_toplevel(&linked.join("sub")), Some(linked.clone()));
+        std::fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]
