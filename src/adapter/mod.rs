@@ -561,7 +561,7 @@ pub(crate) fn error_line(channel: &str, answer: &str) -> Option<String> {
 /// and start-up notes, aider's terminal warning): never named as a run's
 /// error, nor kept in a record's stderr tail.
 pub fn is_chatter(line: &str) -> bool {
-    const CHATTER: [&str; 7] = [
+    const CHATTER: [&str; 8] = [
         "Reading additional input from stdin",
         "WARNING: proceeding, even though we could not create PATH aliases",
         "Warning: Basic terminal detected",
@@ -569,6 +569,8 @@ pub fn is_chatter(line: &str) -> bool {
         "Warning: Input is not a terminal",
         "Ripgrep is not available",
         "[STARTUP] ",
+        // gemini 0.61.0 with `--approval-mode yolo`, once per start.
+        "YOLO mode is enabled. All tool calls will be automatically approved.",
     ];
     let l = line.trim_start();
     CHATTER.iter().any(|c| l.starts_with(c))
@@ -614,6 +616,8 @@ static CONFIG: LazyLock<Regex> = LazyLock::new(|| {
         r"(?i)unknown option|unknown argument|unexpected argument|unrecognized (?:option|argument)|",
         r"invalid value for|not (?:running )?in(?:side)? a trusted directory|skip-trust|",
         r"skip-git-repo-check|not a git repo|untrusted|",
+        // claude 2.1.197 refuses `--dangerously-skip-permissions` as root.
+        r"cannot be used with root/sudo privileges|",
         r"model[ _]not[ _]found|no such model|does not exist|invalid model|\b404\b"
     ))
     .expect("config pattern compiles")
@@ -982,6 +986,14 @@ mod tests {
         );
         assert_eq!(
             classify("error: unknown option '--x'", None),
+            ErrorClass::Config
+        );
+        assert_eq!(
+            classify(
+                "--dangerously-skip-permissions cannot be used with root/sudo privileges for \
+                 security reasons",
+                None
+            ),
             ErrorClass::Config
         );
         assert_eq!(

@@ -171,7 +171,10 @@ fn codex(t: &[String], s: &Session) -> Option<Vec<String>> {
 pub fn continuation_prompt(why: &str, instructions: &str) -> String {
     format!(
         "Your previous run of this task was cut off ({why}) before it finished. \
-         The conversation so far is above. Continue where you left off and finish the task.\n{instructions}"
+         The conversation so far is above; a command or tool call that was still running \
+         then was stopped and did not finish (its result may be missing from the \
+         conversation): do not simply run it again as it was. Continue where you left off \
+         and finish the task.\n{instructions}"
     )
 }
 
