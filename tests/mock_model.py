@@ -54,6 +54,19 @@ chooses it), else the server's default (--scenario, or $MOCK_SCENARIO, else "ok"
               the same through the CLI's shell tool, the command `printf '%s' CONTENT >
               PATH`: Anthropic `Bash` {command}; codex `exec` running `tools.exec_command`
               {cmd}; Gemini `run_shell_command` {command}
+  tool-hang, tool-hang-setsid, tool-hang-nohup, tool-hang-detach, tool-hang-trap,
+  tool-hang-detach-trap
+              the model runs, through the CLI's shell tool (as write-outbox-shell), a command
+              that does not end or leaves a process behind (HANG_COMMANDS): `sleep 600`;
+              `setsid sleep 600 &` (a new session that keeps the tool's output open); `nohup
+              sleep 600 >/dev/null 2>&1 & exit 0` (backgrounded, the command itself ends);
+              `setsid sleep 600 </dev/null >/dev/null 2>&1 & exit 0` (a new session, the
+              command ends); `trap '' TERM; sleep 600` (ignores SIGTERM, as does its sleep);
+              the detached one in a shell that ignores SIGTERM (`setsid sh -c "trap '' TERM;
+              sleep 600" ... & exit 0`).
+              Once a tool result is in the conversation: an answer quoting it ("MOCK ANSWER:
+              ran the command; the tool said: ..."). A request that does not offer the shell
+              tool gets the ok answer
 
 An unreachable endpoint (nothing listening, connection refused) is not a scenario: point the
 CLI at a port where no server listens.
@@ -80,9 +93,21 @@ import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+# The tool-hang scenarios: the command the model runs in the CLI's shell tool.
+HANG_COMMANDS = {
+    "tool-hang": "sleep 600",
+    "tool-hang-setsid": "setsid sleep 600 &",
+    "tool-hang-nohup": "nohup sleep 600 >/dev/null 2>&1 & exit 0",
+    "tool-hang-detach": "setsid sleep 600 </dev/null >/dev/null 2>&1 & exit 0",
+    "tool-hang-trap": "trap '' TERM; sleep 600",
+    "tool-hang-detach-trap": "setsid sh -c \"trap '' TERM; sleep 600\" </dev/null >/dev/null "
+                             "2>&1 & exit 0",
+}
+# The scenarios whose model calls a tool of the CLI (outbox_call).
+TOOL_SCENARIOS = ("write-outbox", "write-outbox-shell") + tuple(HANG_COMMANDS)
 SCENARIOS = ("ok", "ok-429", "empty", "429", "usage-limit", "500", "401", "hang",
              "hang-until-continued", "cut", "garbage", "overloaded", "write-outbox",
-             "write-outbox-shell")
+             "write-outbox-shell") + tuple(HANG_COMMANDS)
 # mailroom's continuation prompt, in a resumed session (src/adapter/session.rs).
 CONTINUED = "was cut off"
 MARKER = re.compile(r"MOCK:([a-z0-9-]+)")
@@ -179,21 +204,27 @@ def add_file_patch(path, content):
 
 
 def outbox_call(req, scenario, wire):
-    """The next move of the write-outbox scenarios on `wire` ("anthropic", "responses",
-    "gemini"): (tool, input) for a tool call that writes `<outbox>/next.yaml`, or (None,
-    text) for an answer: once the tool's result is in, or when the request does not offer
-    the tool or names no outbox."""
+    """The next move of the write-outbox (and tool-hang) scenarios on `wire` ("anthropic",
+    "responses", "gemini"): (tool, input) for a tool call that writes `<outbox>/next.yaml`
+    (or runs the scenario's HANG_COMMANDS), or (None, text) for an answer: once the tool's
+    result is in, or when the request does not offer the tool or names no outbox."""
     result = tool_result_of(req)
+    hang = HANG_COMMANDS.get(scenario)
     if result is not None:
-        return None, "MOCK ANSWER: wrote the follow-up task; the tool said: " + result
-    path = outbox_target(json.dumps(req))
+        done = "ran the command" if hang else "wrote the follow-up task"
+        return None, "MOCK ANSWER: %s; the tool said: %s" % (done, result)
     offered = offered_tools(req)
-    if path is None:
-        return None, ANSWERS["ok"]
-    shell = scenario == "write-outbox-shell"
-    cmd = "printf '%%s' %s > %s" % (shlex.quote(OUTBOX_TASK), shlex.quote(path))
+    if hang:
+        shell, cmd = True, hang
+    else:
+        path = outbox_target(json.dumps(req))
+        if path is None:
+            return None, ANSWERS["ok"]
+        shell = scenario == "write-outbox-shell"
+        cmd = "printf '%%s' %s > %s" % (shlex.quote(OUTBOX_TASK), shlex.quote(path))
     if wire == "anthropic":
-        call = ("Bash", {"command": cmd, "description": "Queue a follow-up task"}) if shell \
+        what = "Run a command" if hang else "Queue a follow-up task"
+        call = ("Bash", {"command": cmd, "description": what}) if shell \
             else ("Write", {"file_path": path, "content": OUTBOX_TASK})
     elif wire == "gemini":
         call = ("run_shell_command", {"command": cmd}) if shell \
@@ -451,7 +482,7 @@ class Handler(BaseHTTPRequestHandler):
         text = answer_text(scenario)
         usage = {"input_tokens": IN_TOKENS, "cache_creation_input_tokens": CACHE_WRITE,
                  "cache_read_input_tokens": CACHE_READ, "output_tokens": OUT_TOKENS}
-        if scenario.startswith("write-outbox"):
+        if scenario in TOOL_SCENARIOS:
             tool, args = outbox_call(req, scenario, "anthropic")
             if tool:
                 return self.anthropic_tool_use(req, model, mid, usage, tool, args)
@@ -564,7 +595,7 @@ class Handler(BaseHTTPRequestHandler):
                  "output_tokens": OUT_TOKENS,
                  "output_tokens_details": {"reasoning_tokens": 0},
                  "total_tokens": IN_TOKENS + CACHE_READ + OUT_TOKENS}
-        if scenario.startswith("write-outbox"):
+        if scenario in TOOL_SCENARIOS:
             tool, code = outbox_call(req, scenario, "responses")
             if tool:
                 return self.responses_tool_call(req, model, rid, created, usage, tool, code)
@@ -756,7 +787,7 @@ class Handler(BaseHTTPRequestHandler):
                  "cachedContentTokenCount": CACHE_READ,
                  "totalTokenCount": IN_TOKENS + CACHE_READ + OUT_TOKENS}
         rid = "mock" + uuid.uuid4().hex[:16]
-        if scenario.startswith("write-outbox") and not (
+        if scenario in TOOL_SCENARIOS and not (
                 gen.get("responseMimeType") == "application/json" or schema):
             tool, args = outbox_call(req, scenario, "gemini")
             if not tool:

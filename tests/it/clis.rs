@@ -155,6 +155,8 @@ struct Opts {
     codex_no_tmp: bool,
     /// codex: the command carries `--add-dir HOME` (which `exec resume` refuses).
     codex_add_dir: bool,
+    /// Options added to the preset's command before its `--` (or at its end).
+    extra: &'static [&'static str],
 }
 
 /// A port of 127.0.0.1 where nothing listens: one the kernel just gave out and took back.
@@ -283,6 +285,13 @@ fn setup(cli: Cli, mock: &Mock, bin: &Path, o: &Opts) -> Setup {
             )
             .unwrap();
         }
+    }
+    if !o.extra.is_empty() {
+        let at = command
+            .iter()
+            .position(|w| w == "--")
+            .unwrap_or(command.len());
+        command.splice(at..at, o.extra.iter().map(|s| (*s).to_owned()));
     }
     let ms = |d: Duration| format!("{}ms", d.as_millis());
     let mut agent = json!({
@@ -876,6 +885,70 @@ fn follow_ups_written_by_the_cli(cli: Cli) {
     }
 }
 
+/// The model has the CLI's shell tool run a command that never ends (`sleep 600`; claude's
+/// `Bash` and codex's `exec_command` start it in a session of its own, out of reach of a
+/// process-group kill): the run ends at its timeout, the retry resumes the session and
+/// completes, and no process of the tree is left. Then a command that leaves a detached
+/// process and ends: the run is a success, the process is stopped, and the record says so.
+fn stuck_tool_calls(cli: Cli) {
+    let Some(bin) = clis() else { return };
+    let s = scratch();
+    let mock = Mock::start(&s.path);
+    let t = setup(
+        cli,
+        &mock,
+        &bin,
+        &Opts {
+            retries: Some(1),
+            timeout: Some("8s"),
+            // acceptEdits refuses `setsid` in print mode ("cannot be statically analyzed").
+            extra: if cli == Cli::Claude {
+                &["--allowedTools", "Bash"]
+            } else {
+                &[]
+            },
+            ..Opts::default()
+        },
+    );
+    t.task("stuck", "MOCK:tool-hang Run the command.");
+    let started = Instant::now();
+    t.run_until_idle();
+    let took = started.elapsed();
+    let rec = t.record("completed", "stuck");
+    note(cli, "tool-hang", "completed", &rec);
+    let h = rec["history"].as_array().unwrap();
+    assert_eq!(h.len(), 2, "{cli:?}: {rec}");
+    assert_eq!(h[0]["outcome"], "timeout", "{cli:?}: {rec}");
+    assert_eq!(h[1]["resumed"], true, "{cli:?}: {rec}");
+    assert!(
+        took < Duration::from_secs(90),
+        "{cli:?}: took {took:?}: {rec}"
+    );
+    assert!(
+        crate::crash::agents_of(&t.root).is_empty(),
+        "{cli:?}: processes of the tree outlived their runs"
+    );
+    t.task("detached", "MOCK:tool-hang-detach Run the command.");
+    t.run_until_idle();
+    let rec = t.record("completed", "detached");
+    note(cli, "tool-hang-detach", "completed", &rec);
+    assert!(
+        crate::crash::agents_of(&t.root).is_empty(),
+        "{cli:?}: the detached process outlived its run"
+    );
+    if cli == Cli::Claude {
+        // codex's sandbox ends its own session's processes first.
+        let warned = rec["warnings"].as_array().is_some_and(|w| {
+            w.iter().any(|w| {
+                w.as_str()
+                    .unwrap_or_default()
+                    .contains("left 1 process(es)")
+            })
+        });
+        assert!(warned, "{cli:?}: {rec}");
+    }
+}
+
 /// The CLI's words for each fault (tests/mock_model.py's scenarios, and `refused` for an
 /// endpoint where nothing listens), as the task's record must carry them.
 fn cause_of(cli: Cli, fault: &str) -> &'static str {
@@ -1076,6 +1149,16 @@ fn codex_follow_up_continues_the_parent_session() {
 #[test]
 fn gemini_follow_up_continues_the_parent_session() {
     follow_up_continues_the_parent_session(Cli::Gemini);
+}
+
+#[test]
+fn claude_stuck_tool_calls_end_at_the_timeout_and_leave_nothing() {
+    stuck_tool_calls(Cli::Claude);
+}
+
+#[test]
+fn codex_stuck_tool_calls_end_at_the_timeout_and_leave_nothing() {
+    stuck_tool_calls(Cli::Codex);
 }
 
 #[test]
