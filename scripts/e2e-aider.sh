@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Opt-in end-to-end check of the aider preset (not run by the test suite or CI: aider
-# is a large Python install). Installs aider-chat 0.86.1 from PyPI into a venv of its own,
+# End-to-end check of the aider preset, every case: the test suite runs the quick ones
+# (tests/it/clis.rs, aider_answers_and_errors_are_filed_right); this script adds the faults
+# aider's own retry loop holds for a minute or more each (a rate limit, a 500, a cut stream,
+# an overloaded provider, a refused connection), too slow for the test command. Installs
+# aider-chat 0.86.1 from PyPI into a venv of its own (scripts/install-aider.sh),
 # starts tests/mock_model.py on 127.0.0.1, and runs mailroom with
 # examples/presets/aider/mailroom.yaml (plus what the mock needs: the model, its base URL
 # and a key) on a fresh `mailroom init` tree. Each case must be filed as the adapter says:
@@ -41,11 +44,7 @@ while (($#)); do
     esac
 done
 
-if [[ ! -x "$venv/bin/aider" ]]; then
-    echo "e2e-aider: installing aider-chat 0.86.1 into $venv" >&2
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check aider-chat==0.86.1
-fi
+MAILROOM_AIDER_VENV="$venv" bash "$here/scripts/install-aider.sh"
 if [[ -z "$bin" ]]; then
     (cd "$here" && cargo build --locked --quiet)
     bin="${CARGO_TARGET_DIR:-$here/target}/debug/mailroom"

@@ -1176,3 +1176,126 @@ fn gemini_writes_follow_ups_from_a_subdirectory_and_a_worktree() {
     follow_ups_written_by_the_cli(Cli::Gemini);
 }
 cli_tests!(gemini, Cli::Gemini);
+
+// ---- aider ----------------------------------------------------------------------------
+
+/// The pinned aider (scripts/install-aider.sh: aider-chat 0.86.1 from PyPI, in a venv of
+/// its own), installed on first use, or None (the test then returns) without python3.
+fn aider() -> Option<PathBuf> {
+    static INSTALLED: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    if !common::require(
+        Command::new("python3")
+            .args(["-c", "import venv, ensurepip"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success()),
+        "python3 with venv and ensurepip (Debian: python3-venv), to install aider",
+    ) {
+        return None;
+    }
+    let r = INSTALLED.get_or_init(|| {
+        let o = Command::new(format!("{REPO}/scripts/install-aider.sh"))
+            .arg("--print-bin")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run scripts/install-aider.sh: {e}"))?;
+        if !o.status.success() {
+            return Err(format!(
+                "scripts/install-aider.sh failed ({}): {}",
+                o.status,
+                String::from_utf8_lossy(&o.stderr)
+            ));
+        }
+        Ok(PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+    });
+    match r {
+        Ok(p) => Some(p.clone()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// A tree whose agent is the aider preset's command (examples/presets/aider), pointed at
+/// `port` of 127.0.0.1 through litellm's OpenAI provider.
+fn aider_tree(aider: &Path, port: u16, home: &Path) -> Root {
+    let preset =
+        fs::read_to_string(format!("{REPO}/examples/presets/aider/mailroom.yaml")).unwrap();
+    let c = mailroom::parse::config::Config::parse(preset.as_bytes(), "mailroom.yaml").unwrap();
+    let mut command = c.agents["aider"].command.clone();
+    command[0] = aider.display().to_string();
+    command.splice(
+        1..1,
+        ["--model", "openai/mock-gpt", "--no-show-model-warnings"].map(str::to_owned),
+    );
+    let cfg = json!({
+        "concurrency": 2, "default_agent": "aider", "retries": 0, "retry_delay": "100ms",
+        "settle": "200ms", "rescan_interval": "1s",
+        "agents": {"aider": {
+            "command": command, "kind": "aider", "timeout": "120s", "grace": "5s",
+            "cooldown": "1h", "max_instances": 2,
+            "env": {"HOME": home.display().to_string(),
+                    "OPENAI_API_BASE": format!("http://127.0.0.1:{port}/v1"),
+                    "OPENAI_API_KEY": "sk-mock", "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+                    "AIDER_ANALYTICS": "false", "AIDER_CHECK_UPDATE": "false",
+                    "NO_COLOR": "1"}}},
+    });
+    fs::create_dir_all(home).unwrap();
+    Root::new().config(&serde_json::to_string_pretty(&cfg).unwrap())
+}
+
+/// aider with the preset's command against the mock: answers land in context/ (an answer
+/// that quotes rate limits is just an answer, a description starting with `-v` is the
+/// prompt), a rejected key is `misconfigured` at once, a proxy's HTML page with status 200
+/// is no answer, and a rate limit cools the agent down and requeues the task for free.
+/// The faults aider's own retry loop holds for a minute or more each (a 500, a cut stream,
+/// an overloaded provider, a refused connection) are checked by scripts/e2e-aider.sh.
+#[test]
+fn aider_answers_and_errors_are_filed_right() {
+    let Some(aider) = aider() else { return };
+    let s = scratch();
+    let mock = Mock::start(&s.path);
+    let root = aider_tree(&aider, mock.port, &s.p("home"));
+    let task = |name: &str, d: &str| {
+        root.write(
+            &format!("tasks/pending/{name}.yaml"),
+            &format!("description: {}\n", json!(d)),
+        );
+    };
+    task("ok", "MOCK:ok Reply with one short sentence.");
+    task(
+        "quotes",
+        "MOCK:ok-429 Our log says '429 Too Many Requests'. Explain in one sentence.",
+    );
+    task(
+        "dash",
+        "-v MOCK:ok this task description starts with a dash",
+    );
+    task("badkey", "MOCK:401 Reply with one short sentence.");
+    task("garbage", "MOCK:garbage Reply with one short sentence.");
+    root.run_until_idle_within(Duration::from_secs(300));
+    for (name, want) in [
+        ("ok", OK_ANSWER),
+        ("quotes", OK_429_ANSWER),
+        ("dash", OK_ANSWER),
+    ] {
+        let rec = root.record("completed", name);
+        let out = root.read(&format!("context/agent_outputs/{name}.md"));
+        assert!(out.contains(want), "aider {name}: {out}\n{rec}");
+    }
+    let rec = root.record("failed", "badkey");
+    assert_eq!(
+        (&rec["outcome"], &rec["error_class"], &rec["attempts"]),
+        (&json!("misconfigured"), &json!("auth"), &json!(1)),
+        "{rec}"
+    );
+    let rec = root.record("failed", "garbage");
+    let out = root.read("context/agent_outputs/garbage.md");
+    assert!(
+        out.contains("(no answer") && !out.contains("MOCK ANSWER"),
+        "{out}\n{rec}"
+    );
+    assert!(
+        root.entries("tasks/cooldowns").is_empty(),
+        "an answer cooled the agent down"
+    );
+}
