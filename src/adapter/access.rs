@@ -16,7 +16,10 @@
 //! - claude 2.1.197: `--add-dir=DIR`. The option takes several values; in
 //!   the `=` form it takes only this one, so a prompt after it stays the
 //!   prompt.
-//! - gemini 0.61.0: `--include-directories=DIR`, the same way.
+//! - gemini 0.61.0: `--include-directories=DIR`, the same way. It splits
+//!   the value at commas: a run directory with a comma in its path (a task
+//!   name may hold one) gets the nearest of its two parents without one
+//!   (`tasks/assigned/` at most), or nothing.
 //! - codex 0.171.0: `-c sandbox_workspace_write.writable_roots=[DIR]` after
 //!   `exec` (or `exec resume`). codex's own `--add-dir` is refused by `exec
 //!   resume` ("unexpected argument"), so a command's `--add-dir DIR` options
@@ -68,7 +71,17 @@ pub fn with_run_dir(kind: &Kind, argv: Vec<String>, run_dir: &Path, cwd: &Path) 
     let dir = run_dir.to_string_lossy().into_owned();
     match kind {
         Kind::Claude => with_option(argv, format!("--add-dir={dir}")),
-        Kind::Gemini => with_option(argv, format!("--include-directories={dir}")),
+        // gemini splits the option's value at commas (names may hold
+        // them): then the run's parent, or `tasks/assigned/`, without one.
+        Kind::Gemini => match run_dir
+            .ancestors()
+            .take(3)
+            .map(|d| d.to_string_lossy())
+            .find(|d| !d.contains(','))
+        {
+            Some(d) => with_option(argv, format!("--include-directories={d}")),
+            None => argv,
+        },
         _ => codex(argv, Some(dir)),
     }
 }
@@ -195,6 +208,14 @@ mod tests {
             with_run_dir(&Kind::Claude, wrapped.clone(), run, sub),
             wrapped
         );
+        // gemini splits at commas: `tasks/assigned/` instead.
+        let comma = with_run_dir(
+            &Kind::Gemini,
+            v(&["gemini", "--prompt=hi"]),
+            Path::new("/r/tasks/assigned/a,b.run/1"),
+            sub,
+        );
+        assert_eq!(comma[1], "--include-directories=/r/tasks/assigned");
         let full = v(&["/usr/local/bin/gemini", "--prompt=hi"]);
         assert_eq!(
             with_run_dir(&Kind::Gemini, full, run, sub)[1],
