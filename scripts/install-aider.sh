@@ -12,9 +12,17 @@ venv="${MAILROOM_AIDER_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/mailroom/aider-$ver
 aider="$venv/bin/aider"
 
 if ! "$aider" --version >/dev/null 2>&1; then
+    # Only a venv this script made (its marker inside) is made anew; a
+    # directory of somebody else's is never removed.
+    if [[ -e "$venv" && ! -e "$venv/.mailroom-aider" ]]; then
+        echo "install-aider: $venv exists but has no working aider and was not made by" \
+             "this script; remove it or set MAILROOM_AIDER_VENV" >&2
+        exit 1
+    fi
     rm -rf "$venv"
     mkdir -p "$(dirname "$venv")"
     python3 -m venv "$venv"
+    touch "$venv/.mailroom-aider"
     "$venv/bin/pip" install --quiet --disable-pip-version-check "aider-chat==$version"
     if ! "$aider" --version >/dev/null 2>&1; then
         echo "install-aider: aider does not run after install" >&2

@@ -18,13 +18,15 @@
 //!   prompt.
 //! - gemini 0.61.0: `--include-directories=DIR`, the same way. It splits
 //!   the value at commas: a run directory with a comma in its path (a task
-//!   name may hold one) gets the nearest of its two parents without one
-//!   (`tasks/assigned/` at most), or nothing.
+//!   name may hold one) gets nothing, rather than a wider directory (every
+//!   other run's files are in `tasks/assigned/`).
 //! - codex 0.171.0: `-c sandbox_workspace_write.writable_roots=[DIR]` after
 //!   `exec` (or `exec resume`). codex's own `--add-dir` is refused by `exec
 //!   resume` ("unexpected argument"), so a command's `--add-dir DIR` options
-//!   are folded into the same list, which works for both. A command that sets
-//!   `sandbox_workspace_write.writable_roots` itself is left alone.
+//!   are folded into the same list, which works for both. The setting
+//!   replaces the `writable_roots` of codex's own config.toml for that run; a
+//!   command that sets it itself (`-c`/`--config` among its options) is left
+//!   alone.
 //!
 //! A directory below the agent's start is already writable: nothing is
 //! added. Nor to a command whose program is not the CLI itself (a wrapper
@@ -71,17 +73,11 @@ pub fn with_run_dir(kind: &Kind, argv: Vec<String>, run_dir: &Path, cwd: &Path) 
     let dir = run_dir.to_string_lossy().into_owned();
     match kind {
         Kind::Claude => with_option(argv, format!("--add-dir={dir}")),
-        // gemini splits the option's value at commas (names may hold
-        // them): then the run's parent, or `tasks/assigned/`, without one.
-        Kind::Gemini => match run_dir
-            .ancestors()
-            .take(3)
-            .map(|d| d.to_string_lossy())
-            .find(|d| !d.contains(','))
-        {
-            Some(d) => with_option(argv, format!("--include-directories={d}")),
-            None => argv,
-        },
+        // gemini splits the option's value at commas (task names may hold
+        // them): such a directory cannot be given, and a wider one (all of
+        // `tasks/assigned/`, every other run's files) must not be.
+        Kind::Gemini if dir.contains(',') => argv,
+        Kind::Gemini => with_option(argv, format!("--include-directories={dir}")),
         _ => codex(argv, Some(dir)),
     }
 }
@@ -104,7 +100,7 @@ fn codex(argv: Vec<String>, extra: Option<String>) -> Vec<String> {
         return argv;
     };
     let resume = argv.get(exec + 1).is_some_and(|a| a == "resume");
-    if (extra.is_none() && !resume) || argv.iter().any(|a| a.contains(CODEX_ROOTS)) {
+    if (extra.is_none() && !resume) || sets_roots(&argv) {
         return argv;
     }
     let mut roots: Vec<String> = extra.into_iter().collect();
@@ -128,15 +124,39 @@ fn codex(argv: Vec<String>, extra: Option<String>) -> Vec<String> {
     if roots.is_empty() {
         return out;
     }
-    // A TOML array of basic strings: JSON's string escapes are TOML's.
+    // A TOML array of basic strings: JSON's string escapes are TOML's, and
+    // TOML also refuses DEL as it is.
     let list: Vec<String> = roots
         .iter()
-        .map(|r| serde_json::Value::from(r.as_str()).to_string())
+        .map(|r| {
+            serde_json::Value::from(r.as_str())
+                .to_string()
+                .replace('\u{7f}', "\\u007F")
+        })
         .collect();
     let at = exec + 1 + usize::from(resume);
     out.insert(at, "-c".into());
     out.insert(at + 1, format!("{CODEX_ROOTS}=[{}]", list.join(", ")));
     out
+}
+
+/// Whether the command's options (before a `--`; a prompt may quote the
+/// key) set codex's `writable_roots` themselves (`-c KEY=...`, `-cKEY=...`,
+/// `--config KEY=...`, `--config=KEY=...`).
+fn sets_roots(argv: &[String]) -> bool {
+    let mut it = argv.iter().take_while(|a| *a != "--").peekable();
+    while let Some(a) = it.next() {
+        let value = match a.as_str() {
+            "-c" | "--config" => it.peek().map(|v| v.as_str()),
+            _ => a
+                .strip_prefix("--config=")
+                .or_else(|| a.strip_prefix("-c").filter(|v| !v.is_empty())),
+        };
+        if value.is_some_and(|v| v.trim_start().starts_with(CODEX_ROOTS)) {
+            return true;
+        }
+    }
+    false
 }
 
 #[cfg(test)]
@@ -153,8 +173,13 @@ mod tests {
 
     #[test]
     fn below_the_start_nothing_is_added() {
-        for kind in [Kind::Claude, Kind::Gemini, Kind::Codex, Kind::Aider] {
-            let argv = v(&["x", "-p", "--", "hi"]);
+        for (kind, program) in [
+            (Kind::Claude, "claude"),
+            (Kind::Gemini, "gemini"),
+            (Kind::Codex, "codex"),
+            (Kind::Aider, "aider"),
+        ] {
+            let argv = v(&[program, "exec", "-p", "--", "hi"]);
             assert_eq!(
                 with_run_dir(&kind, argv.clone(), Path::new(RUN), Path::new("/r")),
                 argv
@@ -208,14 +233,10 @@ mod tests {
             with_run_dir(&Kind::Claude, wrapped.clone(), run, sub),
             wrapped
         );
-        // gemini splits at commas: `tasks/assigned/` instead.
-        let comma = with_run_dir(
-            &Kind::Gemini,
-            v(&["gemini", "--prompt=hi"]),
-            Path::new("/r/tasks/assigned/a,b.run/1"),
-            sub,
-        );
-        assert_eq!(comma[1], "--include-directories=/r/tasks/assigned");
+        // gemini splits at commas: no grant, rather than a wider one.
+        let comma = v(&["gemini", "--prompt=hi"]);
+        let at = Path::new("/r/tasks/assigned/a,b.run/1");
+        assert_eq!(with_run_dir(&Kind::Gemini, comma.clone(), at, sub), comma);
         let full = v(&["/usr/local/bin/gemini", "--prompt=hi"]);
         assert_eq!(
             with_run_dir(&Kind::Gemini, full, run, sub)[1],
@@ -273,7 +294,33 @@ mod tests {
             with_run_dir(&Kind::Codex, new.clone(), Path::new(RUN), Path::new("/r")),
             new
         );
-        // Its own setting wins; a path with a quote is escaped.
+        // A prompt that quotes the key is no setting.
+        let quoted = v(&[
+            "codex",
+            "exec",
+            "--",
+            "set sandbox_workspace_write.writable_roots",
+        ]);
+        assert_eq!(
+            with_run_dir(&Kind::Codex, quoted, Path::new(RUN), Path::new("/r/sub"))[2],
+            "-c"
+        );
+        for own in [
+            "-csandbox_workspace_write.writable_roots=[]",
+            "--config=sandbox_workspace_write.writable_roots=[]",
+        ] {
+            let own = v(&["codex", "exec", own, "hi"]);
+            assert_eq!(
+                with_run_dir(
+                    &Kind::Codex,
+                    own.clone(),
+                    Path::new(RUN),
+                    Path::new("/r/sub")
+                ),
+                own
+            );
+        }
+        // Its own setting wins; a path with a quote or DEL is escaped.
         let own = v(&[
             "codex",
             "exec",
@@ -299,6 +346,16 @@ mod tests {
         assert_eq!(
             odd[3],
             r#"sandbox_workspace_write.writable_roots=["/r/a\"b/1"]"#
+        );
+        let del = with_run_dir(
+            &Kind::Codex,
+            v(&["codex", "exec", "hi"]),
+            Path::new("/r/a\u{7f}b/1"),
+            Path::new("/r/sub"),
+        );
+        assert_eq!(
+            del[3],
+            r#"sandbox_workspace_write.writable_roots=["/r/a\u007Fb/1"]"#
         );
     }
 }

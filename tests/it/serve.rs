@@ -582,9 +582,12 @@ fn event_streams_cannot_take_every_connection() {
     assert_eq!(srv.get("/api/overview").status, 200);
     // One stream goes: its place is free again once the server notices
     // (at its next write to it: an event, made here, or a keep-alive).
-    drop(held.into_iter().next());
+    let mut held = held;
+    drop(held.remove(0));
     let deadline = Instant::now() + Duration::from_secs(60);
-    for i in 0.. {
+    let mut i = 0;
+    let accepted = loop {
+        i += 1;
         root.write(
             &format!("tasks/pending/nudge-{i}.yaml"),
             "description: wake the streams\n",
@@ -594,14 +597,18 @@ fn event_streams_cannot_take_every_connection() {
             .recv_timeout(Duration::from_secs(30))
             .expect("a status line");
         if first.starts_with("HTTP/1.1 200") {
-            break;
+            break rx;
         }
         assert!(
             first.starts_with("HTTP/1.1 503") && Instant::now() < deadline,
             "the freed place was not given to a new stream: {first}"
         );
         std::thread::sleep(Duration::from_millis(300));
-    }
+    };
+    // Seven are still open, and the new one: no second place.
+    let refused = head("/events");
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    drop((held, accepted));
 }
 
 #[test]

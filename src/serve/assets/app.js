@@ -88,22 +88,34 @@
       paintOutput();
     });
     outEs.addEventListener("end", function () { outEs.close(); });
+    var mine = outEs;
+    outEs.onerror = function () {
+      // Refused (503: too many streams open): try again in a while, if the
+      // page still shows this task's output.
+      if (mine.readyState !== EventSource.CLOSED) return;
+      setTimeout(function () {
+        if (outEs === mine) { outSrc = null; follow(); }
+      }, 10000);
+    };
   }
   follow();
 
   if (!window.EventSource) { setLive("static", false); return; }
+  var lost = false;
   function listen() {
     var es = new EventSource("/events");
     es.addEventListener("hello", function (e) {
       setLive("live (" + e.data + ")", true);
       // Anything that happened while (re)connecting.
-      if (generation > 0) refresh();
+      if (generation > 0 || lost) refresh();
+      lost = false;
     });
     es.addEventListener("change", function () {
       generation += 1;
       refresh();
     });
     es.onerror = function () {
+      lost = true;
       setLive("reconnecting…", false);
       // A refused stream (503: too many open) is not retried by the
       // browser itself: try again in a while.
