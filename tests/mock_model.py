@@ -611,10 +611,7 @@ class Handler(BaseHTTPRequestHandler):
             return self.send_json(200, whole)
         self.start_sse(chunked=scenario == "cut")
         seq = iter(range(10**6))
-        self.sse({"type": "response.created", "sequence_number": next(seq), "response": resp},
-                 "response.created")
-        self.sse({"type": "response.in_progress", "sequence_number": next(seq),
-                  "response": resp}, "response.in_progress")
+        self.responses_begin(resp, seq)
         self.sse({"type": "response.output_item.added", "sequence_number": next(seq),
                   "output_index": 0, "item": {"id": iid, "type": "message",
                                               "status": "in_progress", "role": "assistant",
@@ -647,6 +644,13 @@ class Handler(BaseHTTPRequestHandler):
                   "response": dict(resp, status="completed", output=[item_done], usage=usage)},
                  "response.completed")
 
+    def responses_begin(self, resp, seq):
+        """The first two events of a streamed Responses answer."""
+        self.sse({"type": "response.created", "sequence_number": next(seq), "response": resp},
+                 "response.created")
+        self.sse({"type": "response.in_progress", "sequence_number": next(seq),
+                  "response": resp}, "response.in_progress")
+
     def responses_tool_call(self, req, model, rid, created, usage, name, code):
         """A response whose one output item is a custom (freeform) tool call."""
         iid = "ctc_mock" + uuid.uuid4().hex[:20]
@@ -659,10 +663,7 @@ class Handler(BaseHTTPRequestHandler):
             return self.send_json(200, done)
         self.start_sse()
         seq = iter(range(10**6))
-        self.sse({"type": "response.created", "sequence_number": next(seq), "response": resp},
-                 "response.created")
-        self.sse({"type": "response.in_progress", "sequence_number": next(seq),
-                  "response": resp}, "response.in_progress")
+        self.responses_begin(resp, seq)
         self.sse({"type": "response.output_item.added", "sequence_number": next(seq),
                   "output_index": 0, "item": dict(item, status="in_progress", input="")},
                  "response.output_item.added")

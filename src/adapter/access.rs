@@ -305,38 +305,23 @@ mod tests {
             with_run_dir(&Kind::Codex, quoted, Path::new(RUN), Path::new("/r/sub"))[2],
             "-c"
         );
+        // Its own setting wins, in each of its forms.
         for own in [
-            "-csandbox_workspace_write.writable_roots=[]",
-            "--config=sandbox_workspace_write.writable_roots=[]",
+            &["-c", "sandbox_workspace_write.writable_roots=[]"][..],
+            &["-csandbox_workspace_write.writable_roots=[]"],
+            &["--config=sandbox_workspace_write.writable_roots=[]"],
         ] {
-            let own = v(&["codex", "exec", own, "hi"]);
-            assert_eq!(
-                with_run_dir(
-                    &Kind::Codex,
-                    own.clone(),
-                    Path::new(RUN),
-                    Path::new("/r/sub")
-                ),
-                own
-            );
-        }
-        // Its own setting wins; a path with a quote or DEL is escaped.
-        let own = v(&[
-            "codex",
-            "exec",
-            "-c",
-            "sandbox_workspace_write.writable_roots=[]",
-            "hi",
-        ]);
-        assert_eq!(
-            with_run_dir(
+            let own = [&["codex", "exec"][..], own, &["hi"]].concat();
+            let own = v(&own);
+            let got = with_run_dir(
                 &Kind::Codex,
                 own.clone(),
                 Path::new(RUN),
-                Path::new("/r/sub")
-            ),
-            own
-        );
+                Path::new("/r/sub"),
+            );
+            assert_eq!(got, own);
+        }
+        // A path with a quote or DEL is escaped.
         let odd = with_run_dir(
             &Kind::Codex,
             v(&["codex", "exec", "hi"]),

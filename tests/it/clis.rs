@@ -47,15 +47,21 @@ fn clis() -> Option<PathBuf> {
     {
         return None;
     }
-    let r = INSTALLED.get_or_init(|| {
-        let o = Command::new(format!("{REPO}/scripts/install-clis.sh"))
+    Some(installed("install-clis.sh", &INSTALLED))
+}
+
+/// What `scripts/<script> --print-bin` prints, run once per test process (`once`); a
+/// failed install fails every test that needs it.
+fn installed(script: &str, once: &OnceLock<Result<PathBuf, String>>) -> PathBuf {
+    let r = once.get_or_init(|| {
+        let o = Command::new(format!("{REPO}/scripts/{script}"))
             .arg("--print-bin")
             .stdin(Stdio::null())
             .output()
-            .map_err(|e| format!("cannot run scripts/install-clis.sh: {e}"))?;
+            .map_err(|e| format!("cannot run scripts/{script}: {e}"))?;
         if !o.status.success() {
             return Err(format!(
-                "scripts/install-clis.sh failed ({}): {}",
+                "scripts/{script} failed ({}): {}",
                 o.status,
                 String::from_utf8_lossy(&o.stderr)
             ));
@@ -63,7 +69,7 @@ fn clis() -> Option<PathBuf> {
         Ok(PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
     });
     match r {
-        Ok(p) => Some(p.clone()),
+        Ok(p) => p.clone(),
         Err(e) => panic!("{e}"),
     }
 }
@@ -1204,25 +1210,7 @@ fn aider() -> Option<PathBuf> {
     ) {
         return None;
     }
-    let r = INSTALLED.get_or_init(|| {
-        let o = Command::new(format!("{REPO}/scripts/install-aider.sh"))
-            .arg("--print-bin")
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("cannot run scripts/install-aider.sh: {e}"))?;
-        if !o.status.success() {
-            return Err(format!(
-                "scripts/install-aider.sh failed ({}): {}",
-                o.status,
-                String::from_utf8_lossy(&o.stderr)
-            ));
-        }
-        Ok(PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
-    });
-    match r {
-        Ok(p) => Some(p.clone()),
-        Err(e) => panic!("{e}"),
-    }
+    Some(installed("install-aider.sh", &INSTALLED))
 }
 
 /// A tree whose agent is the aider preset's command (examples/presets/aider), pointed at
