@@ -471,6 +471,28 @@ fn scratch() -> Root {
     Root::new()
 }
 
+/// A case's tree on the CLI, its mock model and its scratch directory (bound in this
+/// order, `Case { _scratch, mock, t }`, so that they are dropped tree first).
+struct Case {
+    _scratch: Root,
+    mock: Mock,
+    t: Setup,
+}
+
+/// The CLIs, the mock and a tree for `cli` with `o`; None (the test returns) without
+/// the CLIs.
+fn case(cli: Cli, o: &Opts) -> Option<Case> {
+    let bin = clis()?;
+    let s = scratch();
+    let mock = Mock::start(&s.path);
+    let t = setup(cli, &mock, &bin, o);
+    Some(Case {
+        _scratch: s,
+        mock,
+        t,
+    })
+}
+
 // ---- the cases ------------------------------------------------------------------------
 
 /// One line per case (seen with `--nocapture`): the outcome as filed.
@@ -496,10 +518,14 @@ fn note(cli: Cli, case: &str, state: &str, rec: &Value) {
 /// ok, an answer that quotes rate limits, a prompt starting with `-v`, 401 and 500, in one
 /// tree: each is filed right, and no cooldown comes of any.
 fn answers_and_errors(cli: Cli) {
-    let Some(bin) = clis() else { return };
-    let s = scratch();
-    let mock = Mock::start(&s.path);
-    let t = setup(cli, &mock, &bin, &Opts::default());
+    let Some(Case {
+        _scratch,
+        mock: _mock,
+        t,
+    }) = case(cli, &Opts::default())
+    else {
+        return;
+    };
     t.task("ok", "MOCK:ok Reply with one short sentence.");
     t.task(
         "dash",
@@ -596,21 +622,18 @@ fn answers_and_errors(cli: Cli) {
 /// tree): the agent cools down, on disk, and the task is not charged an attempt: with
 /// `retries: 0` it still completes, on the fallback.
 fn limits(cli: Cli) {
-    let Some(bin) = clis() else { return };
     for scenario in ["429", "usage-limit"] {
-        let s = scratch();
-        let mock = Mock::start(&s.path);
-        let t = setup(
+        let Some(Case { _scratch, mock, t }) = case(
             cli,
-            &mock,
-            &bin,
             &Opts {
                 retries: Some(0),
                 fallback: true,
                 oauth: scenario == "usage-limit",
                 ..Opts::default()
             },
-        );
+        ) else {
+            return;
+        };
         t.task(
             "limited",
             &format!("MOCK:{scenario} Reply with one short sentence."),
@@ -650,13 +673,8 @@ fn limits(cli: Cli) {
 /// A model that never answers: the run is stopped at the agent's `timeout` and the task
 /// fails as a timeout (`retries: 0`), never completed.
 fn hang_times_out(cli: Cli) {
-    let Some(bin) = clis() else { return };
-    let s = scratch();
-    let mock = Mock::start(&s.path);
-    let t = setup(
+    let Some(Case { _scratch, mock, t }) = case(
         cli,
-        &mock,
-        &bin,
         &Opts {
             retries: Some(0),
             // Long enough for the CLI to start and send its request (gemini takes
@@ -667,7 +685,9 @@ fn hang_times_out(cli: Cli) {
             timeout: Some("30s"),
             ..Opts::default()
         },
-    );
+    ) else {
+        return;
+    };
     t.task("stuck", "MOCK:hang Reply with one short sentence.");
     t.run_until_idle();
     let rec = t.record("failed", "stuck");
@@ -683,10 +703,9 @@ fn hang_times_out(cli: Cli) {
 /// The supervisor is stopped (SIGTERM) while the CLI waits for the model: the task goes
 /// back to pending, free, and is not filed completed (gemini exits 0 on SIGTERM).
 fn shutdown_requeues(cli: Cli) {
-    let Some(bin) = clis() else { return };
-    let s = scratch();
-    let mock = Mock::start(&s.path);
-    let t = setup(cli, &mock, &bin, &Opts::default());
+    let Some(Case { _scratch, mock, t }) = case(cli, &Opts::default()) else {
+        return;
+    };
     t.task("cut", "MOCK:hang Reply with one short sentence.");
     let log = fs::File::create(t.root.path.parent().unwrap().join("sup.log")).unwrap();
     let mut c = t.cmd(&["run"]);
@@ -713,13 +732,8 @@ fn shutdown_requeues(cli: Cli) {
 /// CLI session (claude `--resume`, codex `exec resume`) with mailroom's continuation
 /// prompt, and the model sees the earlier conversation in that request.
 fn resume_after_timeout(cli: Cli) {
-    let Some(bin) = clis() else { return };
-    let s = scratch();
-    let mock = Mock::start(&s.path);
-    let t = setup(
+    let Some(Case { _scratch, mock, t }) = case(
         cli,
-        &mock,
-        &bin,
         &Opts {
             retries: Some(1),
             // gemini takes 5 to 10 s to start on a busy machine.
@@ -728,7 +742,9 @@ fn resume_after_timeout(cli: Cli) {
             codex_add_dir: true,
             ..Opts::default()
         },
-    );
+    ) else {
+        return;
+    };
     t.task(
         "cut",
         "MOCK:hang-until-continued Reply with one short sentence about REMEMBER-ME-42.",
@@ -782,10 +798,9 @@ fn resume_after_timeout(cli: Cli) {
 /// into a new session (`--resume P --fork-session --session-id N`); the model sees the
 /// parent's exchange in the follow-up's request.
 fn follow_up_continues_the_parent_session(cli: Cli) {
-    let Some(bin) = clis() else { return };
-    let s = scratch();
-    let mock = Mock::start(&s.path);
-    let t = setup(cli, &mock, &bin, &Opts::default());
+    let Some(Case { _scratch, mock, t }) = case(cli, &Opts::default()) else {
+        return;
+    };
     t.task("p", "MOCK:ok Remember the word PARENT-MARK-7.");
     t.run_until_idle();
     let parent = t.record("completed", "p");
@@ -830,14 +845,20 @@ fn follow_up_continues_the_parent_session(cli: Cli) {
 /// each CLI refuses unless its command grants the run's directory (src/adapter/access.rs).
 /// Before, the runs completed and their follow-ups were lost.
 fn follow_ups_written_by_the_cli(cli: Cli) {
-    let Some(bin) = clis() else { return };
-    let s = scratch();
-    let mock = Mock::start(&s.path);
-    let o = Opts {
-        codex_no_tmp: true,
-        ..Opts::default()
+    let Some(Case {
+        _scratch,
+        mock: _mock,
+        t,
+    }) = case(
+        cli,
+        &Opts {
+            codex_no_tmp: true,
+            ..Opts::default()
+        },
+    )
+    else {
+        return;
     };
-    let t = setup(cli, &mock, &bin, &o);
     let sub = t.root.p("sub");
     fs::create_dir_all(&sub).unwrap();
     let git = |args: &[&str]| {
@@ -897,13 +918,12 @@ fn follow_ups_written_by_the_cli(cli: Cli) {
 /// completes, and no process of the tree is left. Then a command that leaves a detached
 /// process and ends: the run is a success, the process is stopped, and the record says so.
 fn stuck_tool_calls(cli: Cli) {
-    let Some(bin) = clis() else { return };
-    let s = scratch();
-    let mock = Mock::start(&s.path);
-    let t = setup(
+    let Some(Case {
+        _scratch,
+        mock: _mock,
+        t,
+    }) = case(
         cli,
-        &mock,
-        &bin,
         &Opts {
             retries: Some(1),
             // claude: long enough for a busy machine to get it to its tool call (its
@@ -920,7 +940,10 @@ fn stuck_tool_calls(cli: Cli) {
             },
             ..Opts::default()
         },
-    );
+    )
+    else {
+        return;
+    };
     t.task("stuck", "MOCK:tool-hang Run the command.");
     let started = Instant::now();
     t.run_until_idle();
@@ -1002,18 +1025,15 @@ fn assert_no_answer(t: &Setup, name: &str) {
 /// message gives the CLI's words for the cause, never completed with the partial text
 /// (gemini exits 0 on a cut stream and prints that text as its `response`).
 fn faults(cli: Cli) {
-    let Some(bin) = clis() else { return };
-    let s = scratch();
-    let mock = Mock::start(&s.path);
-    let t = setup(
+    let Some(Case { _scratch, mock, t }) = case(
         cli,
-        &mock,
-        &bin,
         &Opts {
             retries: Some(1),
             ..Opts::default()
         },
-    );
+    ) else {
+        return;
+    };
     const FAULTS: [&str; 3] = ["cut", "garbage", "overloaded"];
     for fault in FAULTS {
         t.task(
@@ -1056,13 +1076,8 @@ fn faults(cli: Cli) {
 /// `request_max_retries` and `stream_max_retries`), so its run ends at the agent's
 /// `timeout`, and the record names what codex was waiting for.
 fn unreachable(cli: Cli) {
-    let Some(bin) = clis() else { return };
-    let s = scratch();
-    let mock = Mock::start(&s.path);
-    let t = setup(
+    let Some(Case { _scratch, mock, t }) = case(
         cli,
-        &mock,
-        &bin,
         &Opts {
             retries: Some(if cli == Cli::Codex { 0 } else { 1 }),
             // Long enough for the CLI to start and try (see hang_times_out); only codex
@@ -1071,7 +1086,9 @@ fn unreachable(cli: Cli) {
             unreachable: true,
             ..Opts::default()
         },
-    );
+    ) else {
+        return;
+    };
     t.task("nowhere", "MOCK:ok Reply with one short sentence.");
     t.run_until_idle();
     let rec = t.record("failed", "nowhere");
