@@ -39,10 +39,15 @@ use super::Kind;
 /// The codex setting that lists writable directories besides the cwd.
 const CODEX_ROOTS: &str = "sandbox_workspace_write.writable_roots";
 
-/// Whether agents of `kind` keep their file tools to where they start (and
-/// so need [`with_run_dir`]).
-pub fn confined(kind: &Kind) -> bool {
+/// Whether `argv` runs a CLI of `kind` that keeps its file tools to where
+/// it starts, itself (its program's file name is the CLI's, not a
+/// wrapper's), and so may need [`with_run_dir`].
+pub fn confined(kind: &Kind, argv: &[String]) -> bool {
     matches!(kind, Kind::Claude | Kind::Codex | Kind::Gemini)
+        && argv
+            .first()
+            .and_then(|p| Path::new(p).file_name())
+            .is_some_and(|p| p == kind.name())
 }
 
 /// `argv` (placeholders filled in) for an agent of `kind` that starts in
@@ -50,17 +55,7 @@ pub fn confined(kind: &Kind) -> bool {
 /// CLI would refuse it. Both paths as the file system resolves them (the
 /// CLIs resolve links too); pure.
 pub fn with_run_dir(kind: &Kind, argv: Vec<String>, run_dir: &Path, cwd: &Path) -> Vec<String> {
-    let program = argv
-        .first()
-        .and_then(|p| Path::new(p).file_name())
-        .and_then(|p| p.to_str());
-    let own = match kind {
-        Kind::Claude => "claude",
-        Kind::Codex => "codex",
-        Kind::Gemini => "gemini",
-        _ => return argv,
-    };
-    if program != Some(own) {
+    if !confined(kind, &argv) {
         return argv;
     }
     if run_dir.starts_with(cwd) {

@@ -654,7 +654,8 @@ impl Job {
         // The CLIs' own sandboxes would refuse the run's files to an agent
         // that starts outside them (a `workdir`, a worktree).
         let kind = crate::adapter::Kind::from_name(&self.agent.kind, None);
-        if crate::adapter::access::confined(&kind) {
+        // (Resolved only for those CLIs: no cost to other agents' runs.)
+        if crate::adapter::access::confined(&kind, &argv) {
             let real = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
             argv =
                 crate::adapter::access::with_run_dir(&kind, argv, &real(run_dir), &real(&workdir));
