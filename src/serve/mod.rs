@@ -583,10 +583,10 @@ async fn events(Ext(app): Ext<Shared>) -> Response {
             .event("hello")
             .data(if app.live.inotify { "inotify" } else { "poll" });
     let stream = futures_util::stream::unfold(
-        (Some(hello), rx, stop, permit),
-        |(first, mut rx, mut stop, permit)| async move {
+        (Some(hello), rx, stop),
+        |(first, mut rx, mut stop)| async move {
             if let Some(h) = first {
-                return Some((Ok::<_, Infallible>(h), (None, rx, stop, permit)));
+                return Some((Ok::<_, Infallible>(h), (None, rx, stop)));
             }
             if *stop.borrow() {
                 return None;
@@ -602,10 +602,24 @@ async fn events(Ext(app): Ext<Shared>) -> Response {
                 },
                 _ = stop.changed() => return None,
             };
-            Some((Ok(ev), (None, rx, stop, permit)))
+            Some((Ok(ev), (None, rx, stop)))
         },
     );
-    Sse::new(stream)
+    sse_holding(stream, permit)
+}
+
+/// `events` as server-sent events, with `permit` held for as long as the
+/// stream lives (it goes when the stream ends or its client goes away).
+fn sse_holding(
+    events: impl futures_util::Stream<Item = Result<Event, Infallible>> + Send + 'static,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Response {
+    use futures_util::StreamExt;
+    let held = events.map(move |e| {
+        let _ = &permit;
+        e
+    });
+    Sse::new(held)
         .keep_alive(KeepAlive::default())
         .into_response()
 }
@@ -644,9 +658,8 @@ async fn task_output(Ext(app): Ext<Shared>, UrlPath(name): UrlPath<String>) -> R
     };
     let follower = stream::Follower::new(app.layout.clone(), name);
     let stop = app.stop.clone();
-    let events = futures_util::stream::unfold(
-        (Some(follower), stop, permit),
-        |(follower, mut stop, permit)| async move {
+    let events =
+        futures_util::stream::unfold((Some(follower), stop), |(follower, mut stop)| async move {
             let mut follower = follower?;
             loop {
                 if *stop.borrow() {
@@ -673,19 +686,16 @@ async fn task_output(Ext(app): Ext<Shared>, UrlPath(name): UrlPath<String>) -> R
                         let ev = Event::default()
                             .event("end")
                             .data(serde_json::Value::from(why).to_string());
-                        return Some((Ok::<_, Infallible>(ev), (None, stop, permit)));
+                        return Some((Ok::<_, Infallible>(ev), (None, stop)));
                     }
                 };
                 let ev = Event::default()
                     .event(kind)
                     .data(serde_json::Value::from(text).to_string());
-                return Some((Ok(ev), (Some(follower), stop, permit)));
+                return Some((Ok(ev), (Some(follower), stop)));
             }
-        },
-    );
-    Sse::new(events)
-        .keep_alive(KeepAlive::default())
-        .into_response()
+        });
+    sse_holding(events, permit)
 }
 
 async fn app_js() -> Response {
