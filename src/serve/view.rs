@@ -262,8 +262,19 @@ fn age(t: SystemTime, now: SystemTime) -> u64 {
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(p: &Path) -> Option<T> {
-    let (b, _) = fsx::read_task_file(p, MAX_FILE).ok()?;
-    serde_json::from_slice(&b).ok()
+    json_or_why(p).ok().flatten()
+}
+
+/// The JSON file at `p`: None when there is none, else why it gives nothing
+/// ("cannot be read: ...", "does not parse: ...").
+fn json_or_why<T: serde::de::DeserializeOwned>(p: &Path) -> Result<Option<T>, String> {
+    match fsx::read_task_file(p, MAX_FILE) {
+        Ok((b, _)) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| format!("does not parse: {e}")),
+        Err(e) if e.is_gone() => Ok(None),
+        Err(e) => Err(format!("cannot be read: {e}")),
+    }
 }
 
 fn read_state(layout: &Layout, name: &str) -> Option<TaskState> {
@@ -277,19 +288,9 @@ fn read_record(layout: &Layout, s: State, name: &str) -> Option<ResultRecord> {
 /// A finished task's record, or why its file (which exists) gives none.
 fn record_or_why(layout: &Layout, s: State, name: &str) -> (Option<ResultRecord>, Option<String>) {
     let p = layout.record_file(s, name);
-    match fsx::read_task_file(&p, MAX_FILE) {
-        Ok((b, _)) => match serde_json::from_slice(&b) {
-            Ok(r) => (Some(r), None),
-            Err(e) => (
-                None,
-                Some(format!("{}: does not parse: {e}", layout.rel(&p))),
-            ),
-        },
-        Err(e) if e.is_gone() => (None, None),
-        Err(e) => (
-            None,
-            Some(format!("{}: cannot be read: {e}", layout.rel(&p))),
-        ),
+    match json_or_why(&p) {
+        Ok(r) => (r, None),
+        Err(why) => (None, Some(format!("{}: {why}", layout.rel(&p)))),
     }
 }
 
