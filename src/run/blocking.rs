@@ -17,6 +17,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::unistd::Pid;
 
 use super::process::{self, Exit, RunEnd, Spec, Stop};
+use super::spawn;
 
 /// Stop requests as signals: SIGTERM stop gracefully, SIGUSR1 cancel,
 /// SIGUSR2 or SIGINT stop at once. SIGHUP is read and ignored: a keeper has no
@@ -146,35 +147,17 @@ fn wait_events(pidfd: Option<&OwnedFd>, stops: &Stops, timeout: Duration) {
 
 /// Starts the agent and watches it to its end. Blocking.
 pub fn run(spec: &mut Spec, root: &Path, stops: &mut Stops) -> RunEnd {
-    let (mut cmd, program) = match process::command(spec, root) {
-        Ok(c) => c,
+    let prepared = match process::prepare(spec, root) {
+        Ok(p) => p,
         Err(end) => return end,
     };
-    // The keeper blocks the stop signals (it reads them from a signalfd),
-    // and a child inherits its signal mask through exec: the agent would
-    // never see a SIGTERM (a timeout, a cancel or a shutdown would end it
-    // by SIGKILL after its grace, without a chance to clean up). It starts
-    // with none blocked.
-    {
-        use std::os::unix::process::CommandExt;
-        // SAFETY: between fork and exec only async-signal-safe calls
-        // (sigemptyset, sigprocmask), on a set on the child's stack.
-        unsafe {
-            cmd.pre_exec(|| {
-                let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
-                libc::sigemptyset(set.as_mut_ptr());
-                if libc::sigprocmask(libc::SIG_SETMASK, set.as_ptr(), std::ptr::null_mut()) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-    }
-    let mut child = match cmd.spawn() {
+    // The keeper blocks the stop signals (it reads them from a signalfd);
+    // the agent starts with none blocked (see `spawn`).
+    let mut child = match spawn::spawn(&prepared.launch()) {
         Ok(c) => c,
-        Err(e) => return process::spawn_error(e, spec, &program),
+        Err(e) => return process::spawn_error(e, spec, &prepared.program),
     };
-    drop(cmd);
+    drop(prepared);
     let pgid = Pid::from_raw(child.id() as i32);
     let pidfd = pidfd_open(child.id());
     let far = Instant::now() + Duration::from_secs(30 * 24 * 3600);
@@ -229,7 +212,7 @@ pub fn run(spec: &mut Spec, root: &Path, stops: &mut Stops) -> RunEnd {
 /// SIGTERM to the group, the grace period, then SIGKILL; always awaits the
 /// child. A request to stop at once during the grace period kills at once.
 fn stop_gracefully(
-    child: &mut std::process::Child,
+    child: &mut spawn::Agent,
     pgid: Pid,
     pidfd: Option<&OwnedFd>,
     grace: Duration,
@@ -255,7 +238,7 @@ fn stop_gracefully(
     }
 }
 
-fn kill_now(child: &mut std::process::Child, pgid: Pid) -> Exit {
+fn kill_now(child: &mut spawn::Agent, pgid: Pid) -> Exit {
     let _ = killpg(pgid, Signal::SIGKILL);
     let exit = process::to_exit(child.wait());
     reap_group(pgid, Duration::ZERO, true);

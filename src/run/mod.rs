@@ -10,4 +10,5 @@ pub mod launcher;
 pub mod limits;
 pub mod process;
 pub mod prompt;
+pub mod spawn;
 pub mod workspace;

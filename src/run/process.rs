@@ -413,11 +413,60 @@ pub fn spawn(spec: &mut Spec, root: &Path) -> Result<Started, RunEnd> {
     Ok(Started { child, pid })
 }
 
-/// The agent's command, ready to spawn: its own process group, stdin the
-/// lock's duplicate or /dev/null, stdout and stderr the run's files (created
-/// here), exactly its environment. Returns the program as resolved, for
-/// [`spawn_error`].
-pub fn command(spec: &mut Spec, root: &Path) -> Result<(std::process::Command, PathBuf), RunEnd> {
+/// The agent's start, prepared: the run's output files created, the program
+/// resolved, exactly its environment. [`Prepared::command`] makes it a
+/// `Command` (the supervisor's own runs); a keeper starts it with
+/// [`crate::run::spawn`].
+pub struct Prepared {
+    /// The program as resolved, also for [`spawn_error`].
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
+    pub cwd: PathBuf,
+    /// The lock's duplicate, or None for `/dev/null`.
+    pub stdin: Option<std::fs::File>,
+    pub stdout: std::fs::File,
+    pub stderr: std::fs::File,
+}
+
+impl Prepared {
+    /// Its own process group, stdin the lock's duplicate or /dev/null,
+    /// stdout and stderr the run's files.
+    pub fn command(self) -> (std::process::Command, PathBuf) {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = std::process::Command::new(&self.program);
+        let stdin = match self.stdin {
+            Some(f) => std::process::Stdio::from(f),
+            None => std::process::Stdio::null(),
+        };
+        cmd.args(&self.args)
+            .stdin(stdin)
+            .stdout(self.stdout)
+            .stderr(self.stderr)
+            .current_dir(&self.cwd)
+            .process_group(0);
+        cmd.env_clear();
+        cmd.envs(self.env);
+        (cmd, self.program)
+    }
+
+    /// The [`crate::run::spawn::Launch`] of it.
+    pub fn launch(&self) -> crate::run::spawn::Launch<'_> {
+        crate::run::spawn::Launch {
+            program: &self.program,
+            args: &self.args,
+            env: self.env.clone(),
+            cwd: &self.cwd,
+            stdin: self.stdin.as_ref(),
+            stdout: &self.stdout,
+            stderr: &self.stderr,
+        }
+    }
+}
+
+/// Prepares the agent's start (see [`Prepared`]); a failure is a
+/// [`RunEnd::SpawnFailed`] that says what to fix.
+pub fn prepare(spec: &mut Spec, root: &Path) -> Result<Prepared, RunEnd> {
     if let Some(a) = spec.argv.iter().find(|a| a.len() > MAX_ARG_BYTES) {
         return Err(RunEnd::SpawnFailed {
             error: format!(
@@ -438,7 +487,7 @@ pub fn command(spec: &mut Spec, root: &Path) -> Result<(std::process::Command, P
             .custom_flags(libc::O_NOFOLLOW)
             .open(p)
     };
-    let (out, err) = match (open(&spec.stdout), open(&spec.stderr)) {
+    let (stdout, stderr) = match (open(&spec.stdout), open(&spec.stderr)) {
         (Ok(o), Ok(e)) => (o, e),
         (Err(e), _) | (_, Err(e)) => {
             return Err(RunEnd::SpawnFailed {
@@ -447,24 +496,21 @@ pub fn command(spec: &mut Spec, root: &Path) -> Result<(std::process::Command, P
             });
         }
     };
-    let program = resolve_program(&spec.argv[0], root);
-    let mut cmd = std::process::Command::new(&program);
-    let stdin = match spec.stdin.take() {
-        Some(f) => std::process::Stdio::from(f),
-        None => std::process::Stdio::null(),
-    };
-    {
-        use std::os::unix::process::CommandExt;
-        cmd.args(&spec.argv[1..])
-            .stdin(stdin)
-            .stdout(out)
-            .stderr(err)
-            .current_dir(&spec.workdir)
-            .process_group(0);
-    }
-    cmd.env_clear();
-    cmd.envs(agent_env(&spec.inherit, &spec.env));
-    Ok((cmd, program))
+    Ok(Prepared {
+        program: resolve_program(&spec.argv[0], root),
+        args: spec.argv[1..].to_vec(),
+        env: agent_env(&spec.inherit, &spec.env),
+        cwd: spec.workdir.clone(),
+        stdin: spec.stdin.take(),
+        stdout,
+        stderr,
+    })
+}
+
+/// The agent's command, ready to spawn (see [`Prepared::command`]). Returns
+/// the program as resolved, for [`spawn_error`].
+pub fn command(spec: &mut Spec, root: &Path) -> Result<(std::process::Command, PathBuf), RunEnd> {
+    Ok(prepare(spec, root)?.command())
 }
 
 /// What a failed spawn of the agent means, said so that a person can fix it.
