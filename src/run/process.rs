@@ -519,6 +519,20 @@ pub fn spawn_error(e: std::io::Error, spec: &Spec, program: &Path) -> RunEnd {
     // The file is there and exec says "not found": what is missing is its
     // interpreter (a script's `#!` line) or an ELF file's loader.
     let exists = std::fs::metadata(program).is_ok_and(|m| m.is_file());
+    // The working directory is changed into before the exec: a directory
+    // that went away (or turned into a file) fails the same way as a
+    // missing program, and must not be reported as one.
+    if !spec.workdir.is_dir() {
+        return RunEnd::SpawnFailed {
+            error: format!(
+                "cannot start agent command `{}`: its working directory {} is gone or not a \
+                 directory ({e})",
+                program.display(),
+                spec.workdir.display()
+            ),
+            not_found: false,
+        };
+    }
     let error = if not_found && exists {
         let first = std::fs::File::open(program)
             .and_then(|f| {
@@ -826,6 +840,43 @@ mod tests {
             & 0o777;
         assert_ne!(mode, 0o700, "permissions changed through the link");
         std::fs::remove_dir_all(&victim).unwrap();
+    }
+
+    /// A working directory that went away fails the spawn with ENOENT, as a
+    /// missing program does; the error names the directory, and the run is
+    /// not taken for a missing agent (which sends it to a fallback).
+    #[test]
+    fn a_vanished_workdir_is_not_a_missing_agent() {
+        let dir = crate::tree::fsx::tests::tempdir();
+        let gone = dir.join("gone");
+        let mut spec = Spec {
+            argv: vec!["true".into()],
+            env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+            workdir: gone.clone(),
+            stdout: dir.join("out"),
+            stderr: dir.join("err"),
+            output: None,
+            timeout: Duration::from_secs(10),
+            grace: Duration::from_secs(1),
+            inherit: crate::parse::config::EnvPolicy::Allow(Vec::new()),
+            stdin: None,
+            max_output: 1 << 20,
+            private_tmp: false,
+        };
+        let prepared = prepare(&mut spec, &dir).ok().unwrap();
+        let e = crate::run::spawn::spawn(&prepared.launch()).err().unwrap();
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
+        match spawn_error(e, &spec, &prepared.program) {
+            RunEnd::SpawnFailed { error, not_found } => {
+                assert!(!not_found, "{error}");
+                assert!(
+                    error.contains("working directory") && error.contains("gone"),
+                    "{error}"
+                );
+            }
+            _ => panic!("not a spawn failure"),
+        }
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
