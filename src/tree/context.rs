@@ -730,15 +730,21 @@ pub fn write_current_state(
                 continue;
             }
             // Only a pending or running task is marked, from the listings
-            // read above (a lookup per entry only when pending/ is too large
-            // to list): this runs for each entry at each merge.
-            let is_pending = match &pending_names {
-                Some(p) => p.contains(s("task")),
-                None => layout.find(State::Pending, s("task")).is_some(),
-            };
+            // read above (a lookup per failed entry only when pending/ is
+            // too large to list): this runs for each entry at each merge.
+            // Only a failed task comes back under its name (`mailroom
+            // retry`); a file of a completed task's name waiting in pending/
+            // is a clash to be filed, not a retry, and is not looked up (at
+            // three lookups per entry when pending/ is not listed).
+            let retryable = s("status") == "failed";
+            let is_pending = retryable
+                && match &pending_names {
+                    Some(p) => p.contains(s("task")),
+                    None => layout.find(State::Pending, s("task")).is_some(),
+                };
             let again = if is_pending {
                 " (retried: pending again)"
-            } else if running_names.contains(s("task")) {
+            } else if retryable && running_names.contains(s("task")) {
                 " (retried: running again)"
             } else {
                 ""
@@ -807,6 +813,39 @@ mod tests {
         assert_eq!(last_totals(b"", false), (0, 0));
         // A first line cut by the read's start is not taken for a whole one.
         assert_eq!(last_totals(b"\"completed\":9}}\ntorn", true), (0, 0));
+    }
+
+    /// "(retried: pending again)" marks a failed task that `mailroom retry`
+    /// queued again, whether pending/ is listed or too large to list; a file
+    /// of a completed task's name waiting in pending/ (a clash) is not a
+    /// retry.
+    #[test]
+    fn only_a_failed_task_is_marked_as_retried() {
+        let tmp = crate::tree::fsx::tests::tempdir();
+        let layout = Layout::new(&tmp);
+        std::fs::create_dir_all(&layout.context).unwrap();
+        std::fs::create_dir_all(&layout.pending).unwrap();
+        std::fs::create_dir_all(layout.dir(State::Assigned)).unwrap();
+        let mut log = String::new();
+        for (t, st) in [("f", "failed"), ("c", "completed")] {
+            log.push_str(&format!(
+                "{{\"totals\":{{\"completed\":1,\"failed\":1}},\"task\":\"{t}\",\"status\":\"{st}\",\"finished_at\":\"x\"}}\n"
+            ));
+        }
+        std::fs::write(layout.context.join(JSONL), log).unwrap();
+        std::fs::write(layout.pending.join("f.yaml"), "description: again\n").unwrap();
+        std::fs::write(layout.pending.join("c.yaml"), "description: clash\n").unwrap();
+        // Listed (no hint), and looked up one by one (a hint over the limit).
+        for hint in [None, Some(PENDING_LISTED + 1)] {
+            write_current_state(&layout, hint, None).unwrap();
+            let md = std::fs::read_to_string(layout.context.join("current_state.md")).unwrap();
+            assert!(
+                md.contains("### f — failed (retried: pending again) (x)"),
+                "{hint:?}: {md}"
+            );
+            assert!(md.contains("### c — completed (x)"), "{hint:?}: {md}");
+        }
+        std::fs::remove_dir_all(tmp).unwrap();
     }
 
     #[test]
