@@ -13,6 +13,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use crate::model::record::{ResultRecord, Status};
 use crate::tree::fsx;
@@ -514,27 +515,50 @@ fn parse_line(line: &[u8]) -> Option<serde_json::Value> {
 ///
 /// Reads the log's tail in growing windows (16 KiB, 64 KiB, 256 KiB) until
 /// `n` entries parse or the window holds the whole log: a merge and a prompt
-/// each read a few lines, not the last quarter megabyte.
-pub fn recent(layout: &Layout, n: usize) -> Vec<serde_json::Value> {
-    let Ok(mut f) = File::open(layout.context.join(JSONL)) else {
-        return Vec::new();
+/// each read a few lines, not the last quarter megabyte. The entries parsed
+/// last are kept with the bytes they were parsed from: a read that finds the
+/// same bytes (the prompts between two merges) parses nothing.
+pub fn recent(layout: &Layout, n: usize) -> Arc<Vec<serde_json::Value>> {
+    /// Path, n, the window read and its bytes, and what they parsed to.
+    type Last = (
+        std::path::PathBuf,
+        usize,
+        Vec<u8>,
+        bool,
+        Arc<Vec<serde_json::Value>>,
+    );
+    static LAST: Mutex<Option<Last>> = Mutex::new(None);
+    let path = layout.context.join(JSONL);
+    let Ok(mut f) = File::open(&path) else {
+        return Arc::default();
     };
     let mut out = Vec::new();
     for window in [16 * 1024, 64 * 1024, 256 * 1024] {
         let Ok((tail, cut)) = tail_of(&mut f, window) else {
-            return Vec::new();
+            return Arc::default();
         };
+        if let Ok(g) = LAST.lock()
+            && let Some((p, ln, bytes, lcut, v)) = g.as_ref()
+            && (p, *ln, bytes.as_slice(), *lcut) == (&path, n, tail.as_slice(), cut)
+        {
+            return v.clone();
+        }
         out = whole_lines(&tail, cut)
             .rev()
             .filter_map(parse_line)
             .take(n)
             .collect();
         if out.len() >= n || !cut {
-            break;
+            out.reverse();
+            let out = Arc::new(out);
+            if let Ok(mut g) = LAST.lock() {
+                *g = Some((path, n, tail, cut, out.clone()));
+            }
+            return out;
         }
     }
     out.reverse();
-    out
+    Arc::new(out)
 }
 
 /// How many recent outputs without a `[SUMMARY]` a prompt carries excerpts of.
@@ -845,6 +869,34 @@ mod tests {
             );
             assert!(md.contains("### c — completed (x)"), "{hint:?}: {md}");
         }
+        std::fs::remove_dir_all(tmp).unwrap();
+    }
+
+    /// The entries kept between reads are those of the log as it is: an
+    /// append, and a log replaced by one of the same length, are read anew.
+    #[test]
+    fn recent_sees_every_change_of_the_log() {
+        let tmp = crate::tree::fsx::tests::tempdir();
+        let layout = Layout::new(&tmp);
+        std::fs::create_dir_all(&layout.context).unwrap();
+        let log = layout.context.join(JSONL);
+        let tasks = || -> Vec<String> {
+            recent(&layout, RECENT)
+                .iter()
+                .map(|e| e["task"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        std::fs::write(&log, "{\"task\":\"a\"}\n").unwrap();
+        assert_eq!(tasks(), ["a"]);
+        assert_eq!(tasks(), ["a"], "read again, unchanged");
+        let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        f.write_all(b"{\"task\":\"b\"}\n").unwrap();
+        assert_eq!(tasks(), ["a", "b"]);
+        // Another file of the same length, at once (the same time stamp, and
+        // perhaps the same inode number).
+        std::fs::remove_file(&log).unwrap();
+        std::fs::write(&log, "{\"task\":\"c\"}\n{\"task\":\"d\"}\n").unwrap();
+        assert_eq!(tasks(), ["c", "d"], "same length, another file");
         std::fs::remove_dir_all(tmp).unwrap();
     }
 
