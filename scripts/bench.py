@@ -4,11 +4,13 @@ the same run, so that ratios hold on a noisy machine.
 
     python3 scripts/bench.py            # everything (about 5 minutes)
     python3 scripts/bench.py --quick    # smaller sizes (about 1 minute)
-    python3 scripts/bench.py throughput latency scale idle merge   # a subset
+    python3 scripts/bench.py throughput submit latency scale idle merge   # a subset
 
 Needs: a release build (made here), python3, inotify-tools (inotifywait) for
-the latency reference. Prints a Markdown table. MAILROOM_BENCH_BIN=PATH
-measures another build of `mailroom` (with its `mailroom-keeper` beside it).
+the latency reference; task-spooler (`tsp`) and GNU parallel for the peers'
+rows (`apt-get install task-spooler parallel`; a missing one is a row that
+says so). Prints a Markdown table. MAILROOM_BENCH_BIN=PATH measures another
+build of `mailroom` (with its `mailroom-keeper` beside it).
 """
 import json, os, resource, shutil, signal, statistics, subprocess, sys, tempfile, time
 
@@ -17,7 +19,7 @@ BIN = os.environ.get("MAILROOM_BENCH_BIN") or os.path.join(ROOT, "target", "rele
 TRUE = shutil.which("true")
 QUICK = "--quick" in sys.argv
 WANT = [a for a in sys.argv[1:] if not a.startswith("--")] or [
-    "throughput", "latency", "scale", "idle", "merge"]
+    "throughput", "submit", "latency", "scale", "idle", "merge"]
 rows = []
 # Directories are removed only at the end: on ext4 without a journal, every
 # file created scans the inodes freed in the last few minutes, so removing one
@@ -75,6 +77,7 @@ def throughput():
     subprocess.run(["xargs", "-P", str(p), "-n", "1", TRUE], input="\n".join(["x"] * n),
                    text=True, check=True)
     ref, ref_cpu = time.perf_counter() - t0, children_cpu() - c0
+    tsp = peers(n, p, ref, ref_cpu)
     for mode in ["strict", "relaxed"]:
         d = mkroot(agent_cfg([TRUE], p, f"durability: {mode}"), n)
         t0, c0 = time.perf_counter(), children_cpu()
@@ -82,13 +85,126 @@ def throughput():
         took, cpu = time.perf_counter() - t0, children_cpu() - c0
         assert completed(d) == n, "not every task completed"
         discard(d)
-        # strict's target is task-spooler's ratio: scripts/bench-keeper.sh runs it.
+        if mode == "relaxed":
+            goal = target("≥ 0.6x", ref / took >= 0.6)
+        elif tsp:
+            goal = target(f"≥ task-spooler's {ref / tsp:.2f}x", took <= tsp)
+        else:
+            goal = "≥ task-spooler's ratio (not installed here)"
         row(f"throughput, {n} tasks of `true`, P={p}, durability {mode}",
-            f"{n / took:.0f} tasks/s", f"xargs -P{p}: {n / ref:.0f} /s", f"{ref / took:.2f}x",
-            target("≥ 0.6x", ref / took >= 0.6) if mode == "relaxed" else "≥ task-spooler's ratio")
+            f"{n / took:.0f} tasks/s", f"xargs -P{p}: {n / ref:.0f} /s", f"{ref / took:.2f}x", goal)
         row(f"CPU per task (user+sys, agents and keepers included), durability {mode}",
             f"{cpu * 1000 / n:.2f} ms", f"xargs -P{p}: {ref_cpu * 1000 / n:.2f} ms",
             f"{cpu / ref_cpu:.1f}x", target("≤ 2x", cpu <= 2 * ref_cpu))
+
+
+def proc_cpu(pid):
+    """CPU seconds (user+sys) of a process that is not our child."""
+    try:
+        f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def run_tsp(n, p):
+    """n jobs of `true` through task-spooler with p slots, one `tsp` process
+    per job from a shell loop (as `mailroom add` in `submit`), until all
+    finished: (seconds, CPU seconds of server, clients and jobs), or None
+    when `tsp` is not installed."""
+    if not shutil.which("tsp"):
+        return None
+    work = tempfile.mkdtemp(prefix="mailroom-bench-tsp-")
+    os.makedirs(os.path.join(work, "tmp"))
+    env = dict(os.environ, TS_SOCKET=os.path.join(work, "socket"),
+               TMPDIR=os.path.join(work, "tmp"), TS_MAXFINISHED=str(n + 10))
+    subprocess.run(["tsp", "-S", str(p)], env=env, check=True)
+    # The server: the process of comm `tsp` that holds the listening socket.
+    server = None
+    inode = next((l.split()[6] for l in open("/proc/net/unix")
+                  if l.split()[-1] == env["TS_SOCKET"]), None)
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if open(f"/proc/{pid}/comm").read().strip() == "tsp" and any(
+                    os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]"
+                    for fd in os.listdir(f"/proc/{pid}/fd")):
+                server = int(pid)
+        except OSError:
+            pass
+    s0 = proc_cpu(server) if server else 0.0
+    t0, c0 = time.perf_counter(), children_cpu()
+    subprocess.run(["bash", "-c", f'for ((i = 0; i < {n}; i++)); do tsp "{TRUE}" >/dev/null; done; '
+                    "tsp -w >/dev/null 2>&1; "
+                    "while tsp -l | grep -qE ' (running|queued) '; do sleep 0.01; done"],
+                   env=env, check=True)
+    took = time.perf_counter() - t0
+    cpu = children_cpu() - c0 + (proc_cpu(server) - s0 if server else 0.0)
+    finished = subprocess.run(["tsp", "-l"], env=env, capture_output=True,
+                              text=True).stdout.count(" finished ")
+    subprocess.run(["tsp", "-K"], env=env)
+    discard(work)
+    assert finished == n, f"task-spooler: {finished} of {n} finished"
+    return took, cpu
+
+
+def peers(n, p, ref, ref_cpu):
+    """task-spooler and GNU parallel on the same n as xargs. Returns
+    task-spooler's seconds for n jobs, or None."""
+    tsp = run_tsp(n, p)
+    if tsp:
+        took, cpu = tsp
+        row(f"peer: task-spooler, {n} jobs of `true` (one `tsp` per job), {p} slots",
+            f"{n / took:.0f} jobs/s", f"xargs -P{p}: {n / ref:.0f} /s", f"{ref / took:.2f}x")
+        row("peer: task-spooler, CPU per job (server, clients, jobs)", f"{cpu * 1000 / n:.2f} ms",
+            f"xargs -P{p}: {ref_cpu * 1000 / n:.2f} ms", f"{cpu / ref_cpu:.1f}x")
+    else:
+        row("peer: task-spooler", "not installed (apt-get install task-spooler)")
+    if shutil.which("parallel"):
+        t0, c0 = time.perf_counter(), children_cpu()
+        subprocess.run(["parallel", "--will-cite", "-j", str(p), "-N0", TRUE],
+                       input="\n".join(["x"] * n), text=True, check=True, stdout=subprocess.DEVNULL)
+        took, cpu = time.perf_counter() - t0, children_cpu() - c0
+        row(f"peer: GNU parallel -j{p}, {n} jobs of `true`", f"{n / took:.0f} jobs/s",
+            f"xargs -P{p}: {n / ref:.0f} /s", f"{ref / took:.2f}x")
+    else:
+        row("peer: GNU parallel", "not installed (apt-get install parallel)")
+    return tsp[0] if tsp else None
+
+
+def submit():
+    """One `mailroom add` process per task against a running supervisor
+    (durability strict, the default), next to one `tsp true` per job."""
+    n = 500 if QUICK else 2000
+    p = 4
+    tsp = run_tsp(n, p)
+    d = mkroot(agent_cfg([TRUE], p, "durability: strict"), 0)
+    sup = subprocess.Popen([BIN, "--root", d, "-q", "run"])
+    try:
+        deadline = time.time() + 20
+        beats = os.path.join(d, "tasks", "supervisors")
+        while not (os.path.isdir(beats) and os.listdir(beats)):
+            if time.time() > deadline:
+                raise SystemExit("submit: the supervisor did not start")
+            time.sleep(0.01)
+        t0 = time.perf_counter()
+        subprocess.run(["bash", "-c", f'for ((i = 0; i < {n}; i++)); do "{BIN}" --root "{d}" -q add '
+                        f'--name "a$i" "task $i" >/dev/null || exit 1; done'], check=True)
+        deadline = time.time() + 600
+        while completed(d) < n:
+            if time.time() > deadline:
+                raise SystemExit("submit: not every task completed")
+            time.sleep(0.005)
+        took = time.perf_counter() - t0
+    finally:
+        sup.send_signal(signal.SIGTERM)
+        sup.wait(timeout=60)
+    discard(d)
+    what = f"one `mailroom add` per task, {n} tasks of `true`, P={p}, strict (submit to done)"
+    if tsp:
+        row(what, f"{n / took:.0f} tasks/s", f"one `tsp true` per job: {n / tsp[0]:.0f} /s",
+            f"{tsp[0] / took:.2f}x", target("≥ 0.8x", tsp[0] / took >= 0.8))
+    else:
+        row(what, f"{n / took:.0f} tasks/s", "task-spooler not installed", "", "≥ 0.8x of task-spooler's")
 
 
 AGENT_STAMP = """#!/bin/sh
@@ -320,6 +436,12 @@ def merge():
 
 
 def main():
+    if "-h" in sys.argv or "--help" in sys.argv:
+        print(__doc__.strip())
+        return
+    unknown = [w for w in WANT if w not in ("throughput", "submit", "latency", "scale", "idle", "merge")]
+    if unknown:
+        raise SystemExit(f"bench.py: no measure named {', '.join(unknown)} (see --help)")
     if not os.environ.get("MAILROOM_BENCH_BIN"):
         subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
     machine = f"{os.cpu_count()} cores, " + open("/proc/meminfo").readline().split(":")[1].strip()
