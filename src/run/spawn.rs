@@ -20,9 +20,8 @@ use std::ffi::{CString, OsStr, OsString};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitStatus;
 
 /// What the agent is started with.
@@ -98,58 +97,20 @@ fn cstring(b: &[u8]) -> io::Result<CString> {
     })
 }
 
-/// The file `execvp` would run for `program`: itself when it holds a slash,
-/// otherwise the first executable regular file of that name in `path`'s
-/// directories (an empty entry is the working directory). NotFound when
-/// there is none, PermissionDenied when the only candidates may not be run.
-fn lookup(program: &Path, path: Option<&OsStr>, cwd: &Path) -> io::Result<PathBuf> {
-    let name = program.as_os_str().as_bytes();
-    if name.contains(&b'/') {
-        return Ok(program.to_path_buf());
-    }
-    if name.is_empty() {
-        return Err(io::Error::from(io::ErrorKind::NotFound));
-    }
-    let path = path.map_or(&b"/bin:/usr/bin"[..], |p| p.as_bytes());
-    let mut denied = false;
-    for dir in path.split(|&b| b == b':') {
-        let dir = Path::new(OsStr::from_bytes(if dir.is_empty() { b"." } else { dir }));
-        let dir = if dir.is_relative() {
-            cwd.join(dir)
-        } else {
-            dir.to_path_buf()
-        };
-        let candidate = dir.join(program);
-        let Ok(meta) = std::fs::metadata(&candidate) else {
-            continue;
-        };
-        if !meta.is_file() {
-            continue;
-        }
-        let c = cstring(candidate.as_os_str().as_bytes())?;
-        // SAFETY: access reads a NUL-terminated path.
-        if meta.permissions().mode() & 0o111 != 0
-            && unsafe { libc::access(c.as_ptr(), libc::X_OK) } == 0
-        {
-            return Ok(candidate);
-        }
-        denied = true;
-    }
-    Err(io::Error::from(if denied {
-        io::ErrorKind::PermissionDenied
-    } else {
-        io::ErrorKind::NotFound
-    }))
-}
-
-/// Starts the agent as [`Launch`] says. The error is the exec's own
-/// (`ENOENT` for a missing program or interpreter, `EACCES`, ...).
+/// Starts the agent as [`Launch`] says, with `execvp(3)`'s rules for finding
+/// the program: a name with a slash is run as it is; a bare name is tried in
+/// each directory of the agent's `PATH` in turn (an empty entry is the
+/// working directory, a relative one is relative to it), going on past a
+/// candidate that fails with `ENOENT`, `ENOTDIR`, `ESTALE`, `ENODEV`,
+/// `ETIMEDOUT` or `EACCES` (a broken `#!` line, a directory of that name,
+/// a directory that may not be searched), and the error is `EACCES` if a
+/// candidate was refused, else `ENOENT`. The error of a start is the exec's
+/// own.
 pub fn spawn(l: &Launch<'_>) -> io::Result<Agent> {
     let mut env = std::collections::BTreeMap::new();
     for (k, v) in &l.env {
         env.insert(k.as_os_str(), v.as_os_str());
     }
-    let file = lookup(l.program, env.get(OsStr::new("PATH")).copied(), l.cwd)?;
     let envs: Vec<CString> = env
         .iter()
         .map(|(k, v)| {
@@ -165,14 +126,66 @@ pub fn spawn(l: &Launch<'_>) -> io::Result<Agent> {
     for a in l.args {
         args.push(cstring(a.as_bytes())?);
     }
-    let file_c = cstring(file.as_os_str().as_bytes())?;
     let cwd = cstring(l.cwd.as_os_str().as_bytes())?;
-    match spawn_raw(&file_c, &args, &envs, &cwd, l) {
+    let name = l.program.as_os_str().as_bytes();
+    if name.contains(&b'/') {
+        return spawn_file(cstring(name)?, &args, &envs, &cwd, l);
+    }
+    if name.is_empty() {
+        return Err(io::Error::from_raw_os_error(libc::ENOENT));
+    }
+    let path = env
+        .get(OsStr::new("PATH"))
+        .map_or(&b"/bin:/usr/bin"[..], |p| p.as_bytes());
+    let mut denied = false;
+    for dir in path.split(|&b| b == b':') {
+        // As execvp builds it: the entry, a slash unless it is empty, the name.
+        let mut file = dir.to_vec();
+        if !file.is_empty() {
+            file.push(b'/');
+        }
+        file.extend_from_slice(name);
+        // A candidate that is not there is skipped without a spawn (the
+        // exec would fail the same way); the exec, in the working
+        // directory, decides about the others.
+        let here = l.cwd.join(OsStr::from_bytes(&file));
+        if let Err(e) = std::fs::metadata(&here)
+            && matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR))
+        {
+            continue;
+        }
+        match spawn_file(cstring(&file)?, &args, &envs, &cwd, l) {
+            Ok(agent) => return Ok(agent),
+            Err(e) => match e.raw_os_error() {
+                Some(libc::EACCES) => denied = true,
+                Some(
+                    libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT,
+                ) => {}
+                _ => return Err(e),
+            },
+        }
+    }
+    Err(io::Error::from_raw_os_error(if denied {
+        libc::EACCES
+    } else {
+        libc::ENOENT
+    }))
+}
+
+/// Runs `file`, or `/bin/sh file` when the kernel cannot execute it
+/// (`ENOEXEC`: no `#!` line), as execvp does.
+fn spawn_file(
+    file: CString,
+    args: &[CString],
+    envs: &[CString],
+    cwd: &CString,
+    l: &Launch<'_>,
+) -> io::Result<Agent> {
+    match spawn_raw(&file, args, envs, cwd, l) {
         Err(e) if e.raw_os_error() == Some(libc::ENOEXEC) => {
-            // execvp's fallback for a file without a `#!` line.
-            let mut sh_args = vec![cstring(b"/bin/sh")?, file_c];
-            sh_args.extend(args.into_iter().skip(1));
-            spawn_raw(&sh_args[0], &sh_args, &envs, &cwd, l)
+            let mut sh_args = vec![cstring(b"/bin/sh")?, file];
+            sh_args.extend(args.iter().skip(1).cloned());
+            spawn_raw(&sh_args[0], &sh_args, envs, cwd, l)
         }
         r => r,
     }
@@ -280,6 +293,7 @@ mod tests {
     use super::*;
     use crate::tree::fsx::tests::tempdir;
     use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
 
     fn run(
         program: &str,
@@ -378,6 +392,32 @@ mod tests {
         let (st, out) = run("plain", &["cwd"], &[("PATH", "/nonexistent:")], &dir);
         assert!(st.unwrap().success());
         assert_eq!(out, "hi cwd\n");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// execvp's search: on past a candidate whose `#!` interpreter is
+    /// missing and past a directory of that name, to the next; a relative
+    /// entry is relative to the working directory and passed as written
+    /// (the script's `$0`). With only refused candidates, EACCES.
+    #[test]
+    fn the_path_search_goes_on_past_broken_candidates_as_execvp_does() {
+        let dir = tempdir();
+        for d in ["b1", "b2/ag", "b3"] {
+            std::fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        let script = |p: &str, text: &str| {
+            std::fs::write(dir.join(p), text).unwrap();
+            std::fs::set_permissions(dir.join(p), std::fs::Permissions::from_mode(0o755)).unwrap();
+        };
+        script("b1/ag", "#!/nonexistent/interp\n");
+        script("b3/ag", "#!/bin/sh\necho \"ok $0\"\n");
+        let (st, out) = run("ag", &[], &[("PATH", "/nonexistent:b1:b2:b3")], &dir);
+        assert!(st.unwrap().success());
+        assert_eq!(out, "ok b3/ag\n");
+        let (st, _) = run("ag", &[], &[("PATH", "b1:b2")], &dir);
+        assert_eq!(st.unwrap_err().raw_os_error(), Some(libc::EACCES));
+        let (st, _) = run("ag", &[], &[("PATH", "b1")], &dir);
+        assert_eq!(st.unwrap_err().raw_os_error(), Some(libc::ENOENT));
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
