@@ -75,6 +75,8 @@ impl Supervisor {
 
     /// Waits for the hooks still running (each ends by its timeout).
     pub(super) async fn finish_hooks(&mut self) {
+        // Hooks that ended are still in the set until joined: not waited for.
+        while self.hooks.try_join_next().is_some() {}
         if !self.hooks.is_empty() {
             info!(hooks = self.hooks.len(), "waiting for hooks to finish");
         }
