@@ -11,7 +11,7 @@ use tracing_subscriber::EnvFilter;
 
 /// `run` could not use its configuration (sysexits' EX_CONFIG); the systemd
 /// units list it in `RestartPreventExitStatus=`.
-const EXIT_CONFIG: u8 = 78;
+const EXIT_CONFIG: u8 = cli::ConfigUnusable::EXIT;
 
 fn main() -> ExitCode {
     // A run's keeper starts once per run: it skips building the whole command
@@ -63,6 +63,8 @@ fn main() -> ExitCode {
                 cli::control::NoSupervisor::EXIT
             } else if e.is::<cli::UsageError>() {
                 cli::UsageError::EXIT
+            } else if e.is::<cli::ConfigUnusable>() {
+                cli::ConfigUnusable::EXIT
             } else {
                 1
             };

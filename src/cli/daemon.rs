@@ -188,7 +188,8 @@ pub fn start(root: &Path, agents: Option<&str>, verbose: u8, quiet: u8) -> Resul
         );
     }
     // The config and the overrides are checked here, where the user sees it.
-    let config = crate::parse::config::Config::load(root).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let config = crate::parse::config::Config::load(root)
+        .map_err(|e| super::ConfigUnusable(e.to_string()))?;
     if let Some(a) = agents {
         config
             .with_agent_limits(&parse_agent_limits(a)?)

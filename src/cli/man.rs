@@ -120,7 +120,7 @@ const EXIT_STATUS: &[(&str, &str)] = &[
     ("2", "The command line is wrong."),
     (
         "78",
-        "run: the configuration cannot be used (EX_CONFIG; the systemd units do not restart on it).",
+        "run, start: the configuration cannot be used (EX_CONFIG; the systemd units do not restart on it).",
     ),
     (
         "69",

@@ -341,6 +341,17 @@ impl Command {
     }
 }
 
+/// A `mailroom.yaml` that cannot be used, found by a command that starts a
+/// supervisor (`start`): the exit status `run` has for it (sysexits'
+/// EX_CONFIG), so that scripts and units tell it from other failures.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigUnusable(pub String);
+
+impl ConfigUnusable {
+    pub const EXIT: u8 = 78;
+}
+
 /// A command line that parsed but asks for what the tree does not have (an
 /// `--agents` entry naming an agent `mailroom.yaml` lacks): a usage error,
 /// with clap's exit status ([`UsageError::EXIT`]), not a broken configuration

@@ -725,6 +725,13 @@ fn start_runs_in_the_background_with_its_log_in_the_tree_and_stop_waits_for_it()
         "{}",
         stderr(&out)
     );
+    // A configuration that cannot be used: refused with `run`'s status for
+    // it (EX_CONFIG), nothing started.
+    let yaml = root.read("mailroom.yaml");
+    std::fs::write(root.p("mailroom.yaml"), format!("{yaml}\nretries: lots\n")).unwrap();
+    let out = root.mailroom(&["start"]);
+    assert_eq!(out.status.code(), Some(78), "{}", stderr(&out));
+    assert!(stderr(&out).contains("mailroom.yaml:"), "{}", stderr(&out));
 }
 
 #[test]
