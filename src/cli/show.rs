@@ -318,7 +318,16 @@ pub fn show(root: &Path, name: &str, json: bool) -> Result<()> {
         }
     }
     if state_file.attempts > 0 {
-        println!("attempts: {}", state_file.attempts);
+        // Runs put back through no fault of the task (a shutdown, a usage
+        // limit, a run that could not be prepared) do not count against
+        // `retries`: say so, or free requeues read as retries used up.
+        match state_file.free_attempts {
+            0 => println!("attempts: {}", state_file.attempts),
+            free => println!(
+                "attempts: {} ({free} not counted against retries)",
+                state_file.attempts
+            ),
+        }
         if let Some(nb) = &state_file.not_before {
             println!("next try: {nb}");
         }

@@ -320,6 +320,12 @@ fn sigterm_requeues_a_running_task_without_using_an_attempt() {
     assert_eq!(state["attempts"], 1);
     assert_eq!(state["free_attempts"], 1);
     assert!(root.names("assigned").is_empty());
+    // `show` says the attempt was free (with `retries: 0`, none is used up).
+    let shown = String::from_utf8(root.mailroom(&["show", "long"]).stdout).unwrap();
+    assert!(
+        shown.contains("attempts: 1 (1 not counted against retries)"),
+        "{shown}"
+    );
 }
 
 #[test]
