@@ -104,7 +104,35 @@ pub fn validate(root: &Path, files: &[PathBuf]) -> Result<bool> {
                     ok = false;
                     continue;
                 }
-                println!("ok: {shown}");
+                // What the scanner would make of the name: a file it never
+                // claims is valid for nothing.
+                let file_name = f.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                let never = match task::classify(file_name) {
+                    task::Entry::Task { .. } => None,
+                    task::Entry::Ignored => Some(
+                        "a supervisor never claims a file of this name (task files end in \
+                         .yaml, .yml or .md, in lower case; names starting with `.` or ending \
+                         in `~` are skipped)"
+                            .to_owned(),
+                    ),
+                    task::Entry::BadName(why) => Some(why),
+                };
+                let in_pending = f
+                    .parent()
+                    .and_then(|d| d.canonicalize().ok())
+                    .is_some_and(|d| Some(d) == root.join("tasks/pending").canonicalize().ok());
+                match never {
+                    Some(why) if in_pending => {
+                        println!("{shown}: {why}");
+                        ok = false;
+                        continue;
+                    }
+                    Some(why) => {
+                        println!("ok: {shown}");
+                        println!("  warning: in tasks/pending/, {why}");
+                    }
+                    None => println!("ok: {shown}"),
+                }
                 for w in &t.warnings {
                     println!("  warning: {w}");
                 }

@@ -780,3 +780,28 @@ while :; do sleep 0.1; done"#;
         assert_eq!(root.record("failed", "t")["outcome"], "timeout");
     }
 }
+
+/// `validate` agrees with the scanner: a valid task under a name no
+/// supervisor claims is an error in `pending/` (it would wait there for
+/// ever, unreported) and a warning elsewhere.
+#[test]
+fn validate_refuses_a_task_file_the_scanner_would_never_claim() {
+    let root = Root::new()
+        .task("upper.YAML", "description: x\n")
+        .task("fine.yaml", "description: x\n");
+    std::fs::write(root.p("draft.txt"), "description: x\n").unwrap();
+    let p = |rel: &str| root.p(rel).display().to_string();
+    let out = root.mailroom(&["validate", &p("tasks/pending/upper.YAML")]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("never claims a file of this name"), "{text}");
+    let out = root.mailroom(&["validate", &p("draft.txt"), &p("tasks/pending/fine.yaml")]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("draft.txt\n  warning: in tasks/pending/"),
+        "{text}"
+    );
+    assert!(text.contains("fine.yaml\n"), "{text}");
+    assert_eq!(text.matches("warning").count(), 1, "{text}");
+}
