@@ -175,6 +175,12 @@ pub fn show(root: &Path, name: &str, json: bool) -> Result<()> {
                 .map(|(b, _)| String::from_utf8_lossy(&b).into_owned())
         });
     let parent = parsed.as_ref().ok().and_then(|t| t.parent.clone());
+    let starts_at = parsed
+        .as_ref()
+        .ok()
+        .filter(|_| st == State::Pending)
+        .and_then(|t| own_start(&path, t))
+        .map(|(t, why)| (crate::model::record::ts(t), why));
     let rounds = read_rounds(&layout, name);
     let children = children_of(&layout, name, record.as_ref(), &state_file);
     // Who runs it: the run's supervisor (from the state file) and its keeper.
@@ -208,6 +214,7 @@ pub fn show(root: &Path, name: &str, json: bool) -> Result<()> {
             "parent": parent,
             "children": children,
             "file": layout.rel(&path),
+            "starts_at": starts_at.as_ref().map(|(t, _)| t),
             "task": content,
             "valid": parsed.as_ref().err().map(|e| e.to_string()).is_none(),
             "record": record,
@@ -304,6 +311,9 @@ pub fn show(root: &Path, name: &str, json: bool) -> Result<()> {
         }
     }
     if st == State::Pending {
+        if let Some((t, why)) = &starts_at {
+            println!("held: its {why} holds it until {t}");
+        }
         for why in held_because(root, &layout, &path, parsed.as_ref().ok(), &state_file) {
             println!("held: {why}");
         }
@@ -348,6 +358,23 @@ pub fn show(root: &Path, name: &str, json: bool) -> Result<()> {
         println!("\n--- output (tail) ---\n{}", printable(o.trim_end()));
     }
     Ok(())
+}
+
+/// When a task's own `delay:` (from its file's time, as the scanner counts
+/// it) or `not_before:` lets it start, while that time is still ahead, and
+/// which of the two it is.
+fn own_start(path: &Path, t: &task::Task) -> Option<(std::time::SystemTime, String)> {
+    let (at, why) = match t.delay {
+        Some(d) => (
+            std::fs::symlink_metadata(path)
+                .and_then(|m| m.modified())
+                .ok()?
+                + d,
+            format!("`delay: {}`", humantime::format_duration(d)),
+        ),
+        None => (t.not_before?, "`not_before`".to_owned()),
+    };
+    (at > std::time::SystemTime::now()).then_some((at, why))
 }
 
 /// Why a pending task may not start now, beyond its dependencies and its

@@ -805,3 +805,36 @@ fn validate_refuses_a_task_file_the_scanner_would_never_claim() {
     assert!(text.contains("fine.yaml\n"), "{text}");
     assert_eq!(text.matches("warning").count(), 1, "{text}");
 }
+
+/// `show` says until when a pending task's own `delay:` or `not_before:`
+/// holds it back (nothing else did: it looked stuck).
+#[test]
+fn show_says_until_when_a_delay_or_not_before_holds_a_task() {
+    let root = Root::new()
+        .task("later.yaml", "description: x\ndelay: 1h\n")
+        .task("now.yaml", "description: x\n")
+        .task(
+            "nb.yaml",
+            &format!(
+                "description: x\nnot_before: {}\n",
+                humantime::format_rfc3339_seconds(
+                    std::time::SystemTime::now() + Duration::from_secs(2 * 86400)
+                )
+            ),
+        );
+    let show = |n: &str| String::from_utf8(root.mailroom(&["show", n]).stdout).unwrap();
+    let later = show("later");
+    assert!(
+        later.contains("held: its `delay: 1h` holds it until 20"),
+        "{later}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&root.mailroom(&["show", "later", "--json"]).stdout).unwrap();
+    assert!(json["starts_at"].as_str().is_some(), "{json}");
+    assert!(!show("now").contains("holds it until"), "{}", show("now"));
+    let nb = show("nb");
+    assert!(
+        nb.contains("held: its `not_before` holds it until 20"),
+        "{nb}"
+    );
+}
