@@ -295,6 +295,7 @@ pub fn queue_outbox(
         return done;
     }
     entries.sort();
+    let mut ignored = Vec::new();
     for raw in entries {
         let Some(f) = raw.to_str() else {
             let lossy = raw.to_string_lossy();
@@ -318,7 +319,15 @@ pub fn queue_outbox(
                 ));
                 continue;
             }
-            Entry::Ignored => continue,
+            Entry::Ignored => {
+                // Editors' and tools' leftovers (`.x.swp`, `x~`, `#x#`) are
+                // nobody's follow-up; another extension may well have been
+                // meant as one (`x.txt`, `x.json`, `x.YAML`): say so.
+                if !(f.starts_with('.') || f.ends_with('~') || f.starts_with('#')) {
+                    ignored.push(shown(f));
+                }
+                continue;
+            }
         };
         let text = match fsx::read_task_file_at(&dir, &raw, task::DEFAULT_MAX_TASK_BYTES) {
             Ok((b, _)) => String::from_utf8_lossy(&b).into_owned(),
@@ -379,6 +388,12 @@ pub fn queue_outbox(
             ));
         }
         done.names.push(queued);
+    }
+    if !ignored.is_empty() {
+        done.refused.push(format!(
+            "not queued, left in the outbox: {} (follow-up task files end in .yaml, .yml or .md)",
+            ignored.join(", ")
+        ));
     }
     done
 }

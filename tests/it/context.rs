@@ -427,6 +427,8 @@ ln -s /etc/hostname link.yaml
 printf 'description: a\n' > "$(printf 'n\nl').yaml"
 printf 'description: long\n' > {long}.yaml
 printf 'description: fine\n' > fine.yaml
+printf 'description: txt\n' > meant.txt
+printf 'scratch\n' > .scratch.swp
 echo done"#
     );
     let root = Root::new()
@@ -452,9 +454,11 @@ echo done"#
         "{rec}"
     );
     let warnings = rec["warnings"].to_string();
-    for want in ["dir.yaml", "link.yaml", "n\\\\nl.yaml"] {
+    for want in ["dir.yaml", "link.yaml", "n\\\\nl.yaml", "meant.txt"] {
         assert!(warnings.contains(want), "{want} not named: {warnings}");
     }
+    // An editor's leftover is nobody's follow-up: not named.
+    assert!(!warnings.contains("scratch"), "{warnings}");
     for left in ["dir.yaml", "link.yaml"] {
         assert!(
             std::fs::symlink_metadata(root.p(&format!("tasks/completed/p.run/1/outbox/{left}")))
