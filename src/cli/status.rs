@@ -42,6 +42,9 @@ struct StatusJson {
     config_error: Option<String>,
     /// Supervisors in `tasks/supervisors/`, each with whether it is alive.
     supervisors: Vec<SupervisorJson>,
+    /// Files in `tasks/pending/` whose names no supervisor claims
+    /// (`task.YAML`, `task.txt`): they wait there for ever.
+    ignored_in_pending: Vec<String>,
     /// Budgets used up (`budget:` of an agent): the agent paused for the day,
     /// or a tree whose tasks for that agent wait.
     over_budget: Vec<OverBudget>,
@@ -183,13 +186,15 @@ fn retry_waiting(layout: &Layout) -> Vec<String> {
 pub fn status(root: &Path, json: bool) -> Result<()> {
     let layout = open_tree(root)?;
     let config = crate::parse::config::Config::load(root);
+    let (pending, ignored_in_pending) = books::count_pending(&layout);
     let s = StatusJson {
         root: root
             .canonicalize()
             .unwrap_or_else(|_| root.to_path_buf())
             .display()
             .to_string(),
-        pending: books::count(&layout, State::Pending),
+        pending,
+        ignored_in_pending,
         running: books::count(&layout, State::Assigned),
         completed: books::count(&layout, State::Completed),
         failed: books::count(&layout, State::Failed),
@@ -222,6 +227,21 @@ pub fn status(root: &Path, json: bool) -> Result<()> {
     }
     if let Some(e) = &s.config_error {
         println!("  config invalid: {e} (supervisors keep their previous configuration)");
+    }
+    if !s.ignored_in_pending.is_empty() {
+        let n = s.ignored_in_pending.len();
+        let shown: Vec<String> = s
+            .ignored_in_pending
+            .iter()
+            .take(5)
+            .map(|f| f.escape_debug().to_string())
+            .collect();
+        println!(
+            "  {n} file{} in tasks/pending/ never claimed (task files end in .yaml, .yml or .md): {}{}",
+            if n == 1 { "" } else { "s" },
+            shown.join(", "),
+            if n > 5 { ", …" } else { "" }
+        );
     }
     let live = s.supervisors.iter().filter(|v| v.alive).count();
     if live == 0 {

@@ -279,6 +279,32 @@ pub fn count(layout: &Layout, s: State) -> usize {
     n
 }
 
+/// [`count`] of `pending/`, with the names there that no supervisor will
+/// ever claim (`task.YAML`, `task.txt`; not editors' leftovers, dot files,
+/// `x~` or `#x#`, nor `tasks/tmp/`'s drafts), sorted. The names are read
+/// in the same pass: no more cost than [`count`].
+pub fn count_pending(layout: &Layout) -> (usize, Vec<String>) {
+    use crate::parse::task::{Entry, classify};
+    let mut n = 0;
+    let mut ignored = Vec::new();
+    let _ = crate::tree::fsx::for_each_name(layout.dir(State::Pending), |name| {
+        let Ok(name) = std::str::from_utf8(name) else {
+            return;
+        };
+        match classify(name) {
+            Entry::Task { .. } => n += 1,
+            Entry::Ignored
+                if !(name.starts_with('.') || name.ends_with('~') || name.starts_with('#')) =>
+            {
+                ignored.push(name.to_owned());
+            }
+            _ => {}
+        }
+    });
+    ignored.sort();
+    (n, ignored)
+}
+
 /// Whether a path exists without following a final symlink.
 pub fn exists(p: &Path) -> bool {
     fs::symlink_metadata(p).is_ok()

@@ -804,6 +804,21 @@ fn validate_refuses_a_task_file_the_scanner_would_never_claim() {
     );
     assert!(text.contains("fine.yaml\n"), "{text}");
     assert_eq!(text.matches("warning").count(), 1, "{text}");
+    // `status` names it too; an editor's leftover is not named.
+    std::fs::write(root.p("tasks/pending/.fine.yaml.swp"), "x").unwrap();
+    let st = String::from_utf8(root.mailroom(&["status"]).stdout).unwrap();
+    assert!(st.contains("1 pending,"), "{st}");
+    assert!(
+        st.contains("1 file in tasks/pending/ never claimed (task files end in .yaml, .yml or .md): upper.YAML\n"),
+        "{st}"
+    );
+    let js: serde_json::Value =
+        serde_json::from_slice(&root.mailroom(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(
+        js["ignored_in_pending"],
+        serde_json::json!(["upper.YAML"]),
+        "{js}"
+    );
 }
 
 /// `show` says until when a pending task's own `delay:` or `not_before:`
