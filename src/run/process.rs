@@ -455,7 +455,7 @@ impl Prepared {
         crate::run::spawn::Launch {
             program: &self.program,
             args: &self.args,
-            env: self.env.clone(),
+            env: &self.env,
             cwd: &self.cwd,
             stdin: self.stdin.as_ref(),
             stdout: &self.stdout,

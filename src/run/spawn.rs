@@ -30,7 +30,7 @@ pub struct Launch<'a> {
     pub args: &'a [String],
     /// The environment, exactly: later entries replace earlier ones of the
     /// same name.
-    pub env: Vec<(OsString, OsString)>,
+    pub env: &'a [(OsString, OsString)],
     pub cwd: &'a Path,
     /// `/dev/null` when None.
     pub stdin: Option<&'a std::fs::File>,
@@ -108,7 +108,7 @@ fn cstring(b: &[u8]) -> io::Result<CString> {
 /// own.
 pub fn spawn(l: &Launch<'_>) -> io::Result<Agent> {
     let mut env = std::collections::BTreeMap::new();
-    for (k, v) in &l.env {
+    for (k, v) in l.env {
         env.insert(k.as_os_str(), v.as_os_str());
     }
     let envs: Vec<CString> = env
@@ -306,13 +306,14 @@ mod tests {
         let out = std::fs::File::create(&out_path).unwrap();
         let err = std::fs::File::create(dir.join("err")).unwrap();
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let env: Vec<(OsString, OsString)> = env
+            .iter()
+            .map(|(k, v)| (OsString::from(k), OsString::from(v)))
+            .collect();
         let launch = Launch {
             program: Path::new(program),
             args: &args,
-            env: env
-                .iter()
-                .map(|(k, v)| (OsString::from(k), OsString::from(v)))
-                .collect(),
+            env: &env,
             cwd,
             stdin: None,
             stdout: &out,
