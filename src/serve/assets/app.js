@@ -101,21 +101,21 @@
   follow();
 
   if (!window.EventSource) { setLive("static", false); return; }
-  var lost = false;
   function listen() {
     var es = new EventSource("/events");
     es.addEventListener("hello", function (e) {
       setLive("live (" + e.data + ")", true);
-      // Anything that happened while (re)connecting.
-      if (generation > 0 || lost) refresh();
-      lost = false;
+      // Anything that happened while (re)connecting, or since the page was
+      // rendered: a change between the render and this stream's start
+      // sends no notice (a task cancelled from its page right after it
+      // loaded stayed "running" on a busy machine).
+      refresh();
     });
     es.addEventListener("change", function () {
       generation += 1;
       refresh();
     });
     es.onerror = function () {
-      lost = true;
       setLive("reconnecting…", false);
       // A refused stream (503: too many open) is not retried by the
       // browser itself: try again in a while.
