@@ -688,12 +688,18 @@ pub enum Entry<'a> {
     BadName(String),
 }
 
-/// Classifies a file name found in `pending/`.
-pub fn classify(file_name: &str) -> Entry<'_> {
-    if file_name.starts_with('.')
+/// An editor's or tool's leftover, never a task: a dot file (swap files,
+/// temporaries), a backup `x~`, an autosave `#x#`. [`classify`] ignores it
+/// as it ignores other names; unlike those, it is nobody's mistake to report.
+pub fn is_leftover(file_name: &str) -> bool {
+    file_name.starts_with('.')
         || file_name.ends_with('~')
         || (file_name.starts_with('#') && file_name.ends_with('#'))
-    {
+}
+
+/// Classifies a file name found in `pending/`.
+pub fn classify(file_name: &str) -> Entry<'_> {
+    if is_leftover(file_name) {
         return Entry::Ignored;
     }
     let Some((name, ext)) = file_name

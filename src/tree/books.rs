@@ -284,7 +284,7 @@ pub fn count(layout: &Layout, s: State) -> usize {
 /// `x~` or `#x#`, nor `tasks/tmp/`'s drafts), sorted. The names are read
 /// in the same pass: no more cost than [`count`].
 pub fn count_pending(layout: &Layout) -> (usize, Vec<String>) {
-    use crate::parse::task::{Entry, classify};
+    use crate::parse::task::{Entry, classify, is_leftover};
     let mut n = 0;
     let mut ignored = Vec::new();
     let _ = crate::tree::fsx::for_each_name(layout.dir(State::Pending), |name| {
@@ -293,9 +293,7 @@ pub fn count_pending(layout: &Layout) -> (usize, Vec<String>) {
         };
         match classify(name) {
             Entry::Task { .. } => n += 1,
-            Entry::Ignored
-                if !(name.starts_with('.') || name.ends_with('~') || name.starts_with('#')) =>
-            {
+            Entry::Ignored if !is_leftover(name) => {
                 ignored.push(name.to_owned());
             }
             _ => {}

@@ -323,7 +323,7 @@ pub fn queue_outbox(
                 // Editors' and tools' leftovers (`.x.swp`, `x~`, `#x#`) are
                 // nobody's follow-up; another extension may well have been
                 // meant as one (`x.txt`, `x.json`, `x.YAML`): say so.
-                if !(f.starts_with('.') || f.ends_with('~') || f.starts_with('#')) {
+                if !task::is_leftover(f) {
                     ignored.push(shown(f));
                 }
                 continue;
