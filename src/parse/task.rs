@@ -82,6 +82,18 @@ pub struct Task {
     pub warnings: Vec<String>,
 }
 
+impl Task {
+    /// The earliest time its own fields let it start: `delay` counted from
+    /// `modified`, the file's own time (not from when it was read), else
+    /// `not_before`. The scanner queues it with this; `show` says it.
+    pub fn starts_at(&self, modified: SystemTime) -> Option<SystemTime> {
+        match self.delay {
+            Some(d) => Some(modified + d),
+            None => self.not_before,
+        }
+    }
+}
+
 /// Why a task file was refused: what, and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskError {

@@ -32,11 +32,7 @@ fn brief(
     excluded: &[String],
     children: Vec<String>,
 ) -> Brief {
-    // `delay` counts from the file's own time, not from when we read it.
-    let not_before = match t.delay {
-        Some(d) => Some(modified + d),
-        None => t.not_before,
-    };
+    let not_before = t.starts_at(modified);
     let route = crate::sched::routing::route(config, &t, excluded).map(|(r, _)| Arc::new(r));
     let mut after = t.after;
     for c in children {
