@@ -9,10 +9,6 @@ use mailroom::parse::config::Config;
 use mailroom::supervisor::{Control, RunOptions, Supervisor};
 use tracing_subscriber::EnvFilter;
 
-/// `run` could not use its configuration (sysexits' EX_CONFIG); the systemd
-/// units list it in `RestartPreventExitStatus=`.
-const EXIT_CONFIG: u8 = cli::ConfigUnusable::EXIT;
-
 fn main() -> ExitCode {
     // A run's keeper starts once per run: it skips building the whole command
     // line parser (`mailroom keeper RUN_DIR`, written only by a supervisor).
@@ -433,15 +429,9 @@ fn run(
     agent_limits: Vec<(String, usize)>,
 ) -> anyhow::Result<ExitCode> {
     seal_inherited_fds();
-    let config = match Config::load(root) {
-        Ok(c) => c,
-        Err(e) => {
-            // Its own exit status, so that systemd does not restart a
-            // supervisor that cannot start until someone fixes the file.
-            say(&format!("mailroom: {e}"));
-            return Ok(ExitCode::from(EXIT_CONFIG));
-        }
-    };
+    // Its own exit status, so that systemd does not restart a supervisor
+    // that cannot start until someone fixes the file.
+    let config = Config::load(root).map_err(|e| cli::ConfigUnusable(e.to_string()))?;
     // An `--agents` name the file lacks is the command line's mistake.
     let config = config
         .with_agent_limits(&agent_limits)

@@ -341,9 +341,10 @@ impl Command {
     }
 }
 
-/// A `mailroom.yaml` that cannot be used, found by a command that starts a
-/// supervisor (`start`): the exit status `run` has for it (sysexits'
-/// EX_CONFIG), so that scripts and units tell it from other failures.
+/// A `mailroom.yaml` that cannot be used, found by `run` or `start`: exit
+/// status 78 (sysexits' EX_CONFIG), so that scripts tell it from other
+/// failures and the systemd units (`RestartPreventExitStatus=`) do not
+/// restart a supervisor that cannot start until someone fixes the file.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct ConfigUnusable(pub String);

@@ -120,7 +120,13 @@ pub fn validate(root: &Path, files: &[PathBuf]) -> Result<bool> {
                 let in_pending = f
                     .parent()
                     .and_then(|d| d.canonicalize().ok())
-                    .is_some_and(|d| Some(d) == root.join("tasks/pending").canonicalize().ok());
+                    .is_some_and(|d| {
+                        Some(d)
+                            == crate::tree::layout::Layout::new(root)
+                                .pending
+                                .canonicalize()
+                                .ok()
+                    });
                 match never {
                     Some(why) if in_pending => {
                         println!("{shown}: {why}");

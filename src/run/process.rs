@@ -515,10 +515,6 @@ pub fn command(spec: &mut Spec, root: &Path) -> Result<(std::process::Command, P
 
 /// What a failed spawn of the agent means, said so that a person can fix it.
 pub fn spawn_error(e: std::io::Error, spec: &Spec, program: &Path) -> RunEnd {
-    let not_found = e.kind() == std::io::ErrorKind::NotFound;
-    // The file is there and exec says "not found": what is missing is its
-    // interpreter (a script's `#!` line) or an ELF file's loader.
-    let exists = std::fs::metadata(program).is_ok_and(|m| m.is_file());
     // The working directory is changed into before the exec: a directory
     // that went away (or turned into a file) fails the same way as a
     // missing program, and must not be reported as one.
@@ -533,6 +529,10 @@ pub fn spawn_error(e: std::io::Error, spec: &Spec, program: &Path) -> RunEnd {
             not_found: false,
         };
     }
+    let not_found = e.kind() == std::io::ErrorKind::NotFound;
+    // The file is there and exec says "not found": what is missing is its
+    // interpreter (a script's `#!` line) or an ELF file's loader.
+    let exists = std::fs::metadata(program).is_ok_and(|m| m.is_file());
     let error = if not_found && exists {
         let first = std::fs::File::open(program)
             .and_then(|f| {
