@@ -18,8 +18,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.environ.get("MAILROOM_BENCH_BIN") or os.path.join(ROOT, "target", "release", "mailroom")
 TRUE = shutil.which("true")
 QUICK = "--quick" in sys.argv
-WANT = [a for a in sys.argv[1:] if not a.startswith("--")] or [
-    "throughput", "submit", "latency", "scale", "idle", "merge"]
+MEASURES = ["throughput", "submit", "latency", "scale", "idle", "merge"]
+WANT = [a for a in sys.argv[1:] if not a.startswith("--")] or MEASURES
 rows = []
 # Directories are removed only at the end: on ext4 without a journal, every
 # file created scans the inodes freed in the last few minutes, so removing one
@@ -439,7 +439,7 @@ def main():
     if "-h" in sys.argv or "--help" in sys.argv:
         print(__doc__.strip())
         return
-    unknown = [w for w in WANT if w not in ("throughput", "submit", "latency", "scale", "idle", "merge")]
+    unknown = [w for w in WANT if w not in MEASURES]
     if unknown:
         raise SystemExit(f"bench.py: no measure named {', '.join(unknown)} (see --help)")
     if not os.environ.get("MAILROOM_BENCH_BIN"):
