@@ -317,25 +317,23 @@ mod tests {
             assert_eq!(got, own);
         }
         // A path with a quote or DEL is escaped.
-        let odd = with_run_dir(
-            &Kind::Codex,
-            v(&["codex", "exec", "hi"]),
-            Path::new("/r/a\"b/1"),
-            Path::new("/r/sub"),
-        );
-        assert_eq!(
-            odd[3],
-            r#"sandbox_workspace_write.writable_roots=["/r/a\"b/1"]"#
-        );
-        let del = with_run_dir(
-            &Kind::Codex,
-            v(&["codex", "exec", "hi"]),
-            Path::new("/r/a\u{7f}b/1"),
-            Path::new("/r/sub"),
-        );
-        assert_eq!(
-            del[3],
-            r#"sandbox_workspace_write.writable_roots=["/r/a\u007Fb/1"]"#
-        );
+        for (dir, want) in [
+            (
+                "/r/a\"b/1",
+                r#"sandbox_workspace_write.writable_roots=["/r/a\"b/1"]"#,
+            ),
+            (
+                "/r/a\u{7f}b/1",
+                r#"sandbox_workspace_write.writable_roots=["/r/a\u007Fb/1"]"#,
+            ),
+        ] {
+            let got = with_run_dir(
+                &Kind::Codex,
+                v(&["codex", "exec", "hi"]),
+                Path::new(dir),
+                Path::new("/r/sub"),
+            );
+            assert_eq!(got[3], want, "{dir:?}");
+        }
     }
 }
