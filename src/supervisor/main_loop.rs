@@ -140,6 +140,7 @@ impl Supervisor {
         if let Err(e) = registry::beat(self.layout(), &hb) {
             debug!(error = %e, "cannot write the heartbeat");
         }
+        self.watch_peers();
     }
 
     /// The inotify watch, unless polling is configured or inotify fails.
@@ -239,6 +240,7 @@ impl Supervisor {
                 }
             }
             Event::Hints => self.on_hints(io),
+            Event::PeerGone { id } => self.peer_gone(id),
             Event::Finished {
                 name,
                 run,

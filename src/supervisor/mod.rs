@@ -12,6 +12,7 @@ mod filing;
 mod hooks;
 mod job;
 mod main_loop;
+mod peers;
 mod place;
 mod recover;
 mod scan;
@@ -139,6 +140,8 @@ enum Event {
     Timer,
     /// Time to tell systemd's watchdog the loop turns.
     Watchdog,
+    /// Another supervisor of this tree on this host ended (`peers.rs`).
+    PeerGone { id: (u32, u64) },
 }
 
 /// Where a run left its task.
@@ -275,6 +278,9 @@ pub struct Supervisor {
     /// A recovery pass sooner than the next rescan: once orphaned agents
     /// that recovery began to stop have had their grace.
     recover_due: Option<Instant>,
+    /// The other supervisors of this tree on this host (pid, start time),
+    /// each watched by a task of its own (`peers.rs`).
+    peers: HashSet<(u32, u64)>,
     /// Names to look at again in `pending/` at the given time: files that
     /// were to be filed away (rejected) while another process held their
     /// lock (`mailroom retry` moving a file back still does, for a moment).
@@ -376,6 +382,7 @@ impl Supervisor {
             control_dirty: true,
             reload_due: None,
             recover_due: None,
+            peers: HashSet::new(),
             reexamine: BTreeMap::new(),
             agent_limits: Vec::new(),
             metrics: crate::ops::metrics::Metrics::default(),

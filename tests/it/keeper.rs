@@ -194,6 +194,52 @@ fn an_orphaned_run_is_adopted_by_one_supervisor_only() {
     completes_once(&root);
 }
 
+/// A supervisor that sees another of its tree die (kill -9) adopts that
+/// one's run at once, not at its next rescan (ten minutes here): until then
+/// the run would look as if it were running, and its dependants would wait.
+#[test]
+fn a_live_supervisor_adopts_a_dead_peers_run_at_once() {
+    let root = Root::new()
+        .config(&format!(
+            "settle: 300ms\nrescan_interval: 10m\nagents:\n  a:\n    command: [\"/bin/sh\", \"-c\", {WAITER:?}]\n    grace: 1s\n    prompt_template: \"{{description}}\"\n"
+        ))
+        .task("o.yaml", "description: outlives its supervisor\n");
+    let mut a = root.spawn();
+    let pid = started(&root);
+    let _cleanup = KillGroupOnDrop(pid);
+    let _b = root.spawn();
+    // B has beaten (and so looked for peers) once its heartbeat is there.
+    wait_for(Duration::from_secs(30), "two heartbeats", || {
+        root.entries("tasks/supervisors")
+            .iter()
+            .filter(|f| f.ends_with(".json"))
+            .count()
+            == 2
+    });
+    a.kill9();
+    wait_for(
+        Duration::from_secs(20),
+        "the live supervisor to adopt the dead one's run",
+        || {
+            root.sup_logs()
+                .contains("adopting a run whose supervisor died")
+        },
+    );
+    assert!(
+        root.sup_logs()
+            .contains("a supervisor of this tree ended; recovering what it left"),
+        "{}",
+        root.sup_logs()
+    );
+    root.write("go", "");
+    wait_for(
+        Duration::from_secs(20),
+        "the adopted run to complete",
+        || root.names("completed") == ["o"],
+    );
+    assert_ran_once(&root, "completed");
+}
+
 #[test]
 fn an_outcome_written_while_no_supervisor_ran_is_committed_as_it_is() {
     let root = waiter_root("");
