@@ -9,6 +9,7 @@
 //! the log; a link's target is never written. Callers log a merge that still
 //! fails and go on: it never blocks a task's commit.
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -503,6 +504,8 @@ fn whole_lines(tail: &[u8], cut: bool) -> impl DoubleEndedIterator<Item = &[u8]>
 /// One log line as JSON, or None when it does not parse (a torn line). A line
 /// with bytes that are not UTF-8 is read as its lossy decoding.
 fn parse_line(line: &[u8]) -> Option<serde_json::Value> {
+    #[cfg(test)]
+    tests::PARSED.with(|c| c.set(c.get() + 1));
     serde_json::from_slice(line).ok().or_else(|| {
         std::str::from_utf8(line)
             .is_err()
@@ -515,46 +518,86 @@ fn parse_line(line: &[u8]) -> Option<serde_json::Value> {
 ///
 /// Reads the log's tail in growing windows (16 KiB, 64 KiB, 256 KiB) until
 /// `n` entries parse or the window holds the whole log: a merge and a prompt
-/// each read a few lines, not the last quarter megabyte. The entries parsed
-/// last are kept with the bytes they were parsed from: a read that finds the
-/// same bytes (the prompts between two merges) parses nothing.
+/// each read a few lines, not the last quarter megabyte. What was parsed last
+/// is kept with the bytes it was parsed from: a read that finds the same
+/// window (the prompts between two merges) parses nothing, and one after an
+/// append parses only the lines it has not seen, each known by its bytes.
 pub fn recent(layout: &Layout, n: usize) -> Arc<Vec<serde_json::Value>> {
-    /// Path, n, the window read and its bytes, and what they parsed to.
-    type Last = (
-        std::path::PathBuf,
-        usize,
-        Vec<u8>,
-        bool,
-        Arc<Vec<serde_json::Value>>,
-    );
-    static LAST: Mutex<Option<Last>> = Mutex::new(None);
+    /// The last read: path, n, the window and whether it was cut, what it
+    /// parsed to, and each of those entries by its line's bytes.
+    struct Last {
+        path: std::path::PathBuf,
+        n: usize,
+        tail: Vec<u8>,
+        cut: bool,
+        out: Arc<Vec<serde_json::Value>>,
+        lines: HashMap<Vec<u8>, serde_json::Value>,
+    }
+    /// Kept per log (a process has one tree, tests have many).
+    static LAST: Mutex<Vec<Last>> = Mutex::new(Vec::new());
     let path = layout.context.join(JSONL);
     let Ok(mut f) = File::open(&path) else {
         return Arc::default();
     };
+    let keep = |l: Last| {
+        if let Ok(mut g) = LAST.lock() {
+            g.retain(|o| o.path != l.path);
+            if g.len() >= 4 {
+                g.remove(0);
+            }
+            g.push(l);
+        }
+    };
+    let mut last = LAST.lock().ok().and_then(|mut g| {
+        let i = g.iter().position(|l| l.path == path)?;
+        Some(g.remove(i))
+    });
     let mut out = Vec::new();
     for window in [16 * 1024, 64 * 1024, 256 * 1024] {
         let Ok((tail, cut)) = tail_of(&mut f, window) else {
             return Arc::default();
         };
-        if let Ok(g) = LAST.lock()
-            && let Some((p, ln, bytes, lcut, v)) = g.as_ref()
-            && (p, *ln, bytes.as_slice(), *lcut) == (&path, n, tail.as_slice(), cut)
-        {
-            return v.clone();
+        if let Some(l) = last.take_if(|l| (l.n, l.tail.as_slice(), l.cut) == (n, &tail, cut)) {
+            let out = l.out.clone();
+            keep(l);
+            return out;
         }
+        let mut lines = HashMap::new();
         out = whole_lines(&tail, cut)
             .rev()
-            .filter_map(parse_line)
+            .filter_map(|line| {
+                let known = last.as_mut().and_then(|l| l.lines.remove(line));
+                let v = known.or_else(|| parse_line(line))?;
+                lines.insert(line.to_vec(), v.clone());
+                Some(v)
+            })
             .take(n)
             .collect();
         if out.len() >= n || !cut {
             out.reverse();
             let out = Arc::new(out);
-            if let Ok(mut g) = LAST.lock() {
-                *g = Some((path, n, tail, cut, out.clone()));
-            }
+            keep(Last {
+                path,
+                n,
+                tail,
+                cut,
+                out: out.clone(),
+                lines,
+            });
             return out;
+        }
+        // A wider window: what this one parsed is known by its bytes.
+        if let Some(l) = last.as_mut() {
+            l.lines.extend(lines);
+        } else {
+            last = Some(Last {
+                path: path.clone(),
+                n,
+                tail: Vec::new(),
+                cut,
+                out: Arc::default(),
+                lines,
+            });
         }
     }
     out.reverse();
@@ -804,6 +847,11 @@ pub fn write_current_state(
 mod tests {
     use super::*;
 
+    thread_local! {
+        /// Log lines parsed by this test's thread.
+        pub(super) static PARSED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
     #[test]
     fn clean_drops_escapes_and_shows_other_control_characters() {
         assert!(matches!(
@@ -897,6 +945,21 @@ mod tests {
         std::fs::remove_file(&log).unwrap();
         std::fs::write(&log, "{\"task\":\"c\"}\n{\"task\":\"d\"}\n").unwrap();
         assert_eq!(tasks(), ["c", "d"], "same length, another file");
+        // After an append only the new line is parsed; a line changed in
+        // place is parsed anew.
+        let parsed = || PARSED.with(|c| c.get());
+        let before = parsed();
+        let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        f.write_all(b"{\"task\":\"e\"}\n").unwrap();
+        assert_eq!(tasks(), ["c", "d", "e"]);
+        assert_eq!(parsed() - before, 1, "only the appended line is parsed");
+        std::fs::write(
+            &log,
+            "{\"task\":\"c\"}\n{\"task\":\"x\"}\n{\"task\":\"e\"}\n",
+        )
+        .unwrap();
+        assert_eq!(tasks(), ["c", "x", "e"]);
+        assert_eq!(parsed() - before, 2, "only the changed line is parsed");
         std::fs::remove_dir_all(tmp).unwrap();
     }
 
