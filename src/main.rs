@@ -257,11 +257,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 .map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
             mailroom::cli::control::cancel_all(&root, &names, t)
         }
-        Command::Pause { agent } => {
-            mailroom::cli::control::pause(&root, agent.as_deref(), true).map(|()| ExitCode::SUCCESS)
+        Command::Pause { agent, force } => {
+            mailroom::cli::control::pause(&root, agent.as_deref(), true, force)
+                .map(|()| ExitCode::SUCCESS)
         }
-        Command::Resume { agent } => mailroom::cli::control::pause(&root, agent.as_deref(), false)
-            .map(|()| ExitCode::SUCCESS),
+        Command::Resume { agent } => {
+            mailroom::cli::control::pause(&root, agent.as_deref(), false, false)
+                .map(|()| ExitCode::SUCCESS)
+        }
         Command::Logs { name, follow, raw } => {
             mailroom::cli::control::logs(&root, &name, follow, raw).map(|()| ExitCode::SUCCESS)
         }

@@ -193,14 +193,31 @@ pub fn cancel_all(root: &Path, names: &[String], within: Duration) -> Result<Exi
     })
 }
 
-/// `mailroom pause|resume [--agent A]`.
-pub fn pause(root: &Path, agent: Option<&str>, on: bool) -> Result<()> {
+/// `mailroom pause|resume [--agent A] [--force]`. A pause of an agent the
+/// config does not define is refused without `force` (a typo would hold
+/// nothing and say it did); a resume of one clears its marker, if any.
+pub fn pause(root: &Path, agent: Option<&str>, on: bool, force: bool) -> Result<()> {
     let layout = open_tree(root)?;
     if let Some(a) = agent {
         check_task_name(a)?;
         if let Ok(c) = Config::load(root)
             && !c.agents.contains_key(a)
         {
+            let known: Vec<&str> = c.agents.keys().map(String::as_str).collect();
+            let marker = std::fs::symlink_metadata(layout.pause_file(Some(a))).is_ok();
+            if on && !force {
+                bail!(
+                    "no agent `{a}` in mailroom.yaml (it has: {}); `pause --agent {a} --force` \
+                     pauses it all the same, for a supervisor run with another config",
+                    known.join(", ")
+                );
+            }
+            if !on && !marker {
+                bail!(
+                    "no agent `{a}` in mailroom.yaml (it has: {}), and no pause of it to resume",
+                    known.join(", ")
+                );
+            }
             eprintln!("mailroom: warning: no agent `{a}` in mailroom.yaml");
         }
     }

@@ -215,6 +215,10 @@ pub enum Command {
         /// Pause only this agent (its tasks wait; others go on).
         #[arg(long, add = ArgValueCandidates::new(complete::agent_names))]
         agent: Option<String>,
+        /// Pause an agent this tree's mailroom.yaml does not define (one a
+        /// supervisor started with another config runs).
+        #[arg(long, requires = "agent")]
+        force: bool,
     },
     /// Start claiming again.
     Resume {

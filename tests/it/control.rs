@@ -217,6 +217,40 @@ fn pausing_one_agent_holds_only_its_tasks() {
     });
 }
 
+/// A pause of an agent the config does not define (a typo) is refused, and
+/// leaves no marker; `--force` pauses it all the same, and its resume works.
+#[test]
+fn pausing_an_agent_the_config_does_not_define_needs_force() {
+    let root = Root::new().agent_config(&["true"], "");
+    let out = root.mailroom(&["pause", "--agent", "nosuch"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("no agent `nosuch` in mailroom.yaml (it has: a)") && err.contains("--force"),
+        "{err}"
+    );
+    assert!(!root.p("tasks/control/pause.nosuch").exists());
+    let out = root.mailroom(&["resume", "--agent", "nosuch"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no pause of it to resume"),
+        "{}",
+        stderr(&out)
+    );
+    let out = root.mailroom(&["pause", "--agent", "nosuch", "--force"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("warning: no agent `nosuch`"));
+    assert!(root.p("tasks/control/pause.nosuch").exists());
+    assert!(
+        root.mailroom(&["resume", "--agent", "nosuch"])
+            .status
+            .success()
+    );
+    assert!(!root.p("tasks/control/pause.nosuch").exists());
+    // --force means nothing without --agent.
+    assert!(!root.mailroom(&["pause", "--force"]).status.success());
+}
+
 #[test]
 fn a_reload_applies_new_limits_and_refuses_a_bad_config() {
     let root = Root::new();
