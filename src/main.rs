@@ -150,6 +150,7 @@ fn init_logging(cli: &Cli) {
 
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let root = cli.root.clone();
+    let quiet = cli.quiet;
     match cli.command {
         Command::Run {
             exit_when_idle,
@@ -226,6 +227,15 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             )?;
             if !wait {
                 println!("{n}");
+                // Said where a person reads it, not in a script's output.
+                let layout = mailroom::tree::layout::Layout::new(&root);
+                if quiet == 0 && !mailroom::tree::registry::any_alive(&layout) {
+                    eprintln!(
+                        "mailroom: note: no supervisor is running on this tree; `{n}` waits in \
+                         tasks/pending/ until one starts (`mailroom run`, or `mailroom start` in \
+                         the background)"
+                    );
+                }
                 return Ok(ExitCode::SUCCESS);
             }
             eprintln!("{n}");

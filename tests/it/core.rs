@@ -433,6 +433,12 @@ fn init_lays_out_a_tree_that_runs_the_builtin_demo() {
     );
     assert!(add.status.success(), "{}", stderr(&add));
     assert_eq!(stdout(&add).trim(), "haiku");
+    // Nothing runs yet: `add` says so, on stderr (stdout is the name alone).
+    assert!(
+        stderr(&add).contains("no supervisor is running on this tree; `haiku` waits"),
+        "{}",
+        stderr(&add)
+    );
     let run = run_bounded(
         {
             let mut c = std::process::Command::new(BIN);
@@ -852,4 +858,21 @@ fn show_says_until_when_a_delay_or_not_before_holds_a_task() {
         nb.contains("held: its `not_before` holds it until 20"),
         "{nb}"
     );
+}
+
+/// `add`'s note that nothing runs is left out under `-q`, and while a
+/// supervisor runs.
+#[test]
+fn add_says_nothing_of_supervisors_when_one_runs_or_when_quiet() {
+    let root = Root::new().agent_config(&["true"], "");
+    let quiet = root.mailroom(&["-q", "add", "x", "--name", "q"]);
+    assert!(quiet.status.success(), "{}", stderr(&quiet));
+    assert_eq!(stderr(&quiet), "");
+    let _sup = root.spawn();
+    wait_for(MIN, "the supervisor's heartbeat", || {
+        !root.entries("tasks/supervisors").is_empty()
+    });
+    let add = root.mailroom(&["add", "y", "--name", "y"]);
+    assert!(add.status.success(), "{}", stderr(&add));
+    assert!(!stderr(&add).contains("no supervisor"), "{}", stderr(&add));
 }
