@@ -86,13 +86,11 @@ fn cancel_one(layout: &crate::tree::layout::Layout, name: &str) -> Result<Cancel
             if let Some(lock) = TaskLock::try_acquire(layout, name)? {
                 let rec =
                     books::never_ran_record(Outcome::Cancelled, "cancelled before it ran".into());
-                let res = moves::reject(layout, State::Pending, name, ext, rec.clone(), false);
+                let res = moves::reject(layout, State::Pending, name, ext, rec, false);
                 lock.release();
-                if let Some(target) = res? {
-                    let mut rec = rec;
-                    rec.task = target.clone();
+                if let Some(rec) = res? {
                     let _ = crate::tree::context::merge(layout, &rec, None, None, None);
-                    return Ok(Cancelled::Filed(target));
+                    return Ok(Cancelled::Filed(rec.task));
                 }
             }
             // Claimed meanwhile: fall through to the marker.

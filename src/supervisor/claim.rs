@@ -261,12 +261,11 @@ impl Supervisor {
         let layout = self.layout().clone();
         let error = rec.error.clone().unwrap_or_default();
         let outcome = rec.outcome;
-        match moves::reject(&layout, src, name, ext, rec.clone(), rename) {
-            Ok(Some(target)) => {
-                warn!(task = name, filed_as = %target, "{error}");
-                self.task_ended(&target, Status::Failed, outcome, "");
-                let mut rec = rec;
-                rec.task = target;
+        match moves::reject(&layout, src, name, ext, rec, rename) {
+            Ok(Some(rec)) => {
+                let said = rec.error.as_deref().unwrap_or(&error);
+                warn!(task = name, filed_as = %rec.task, "{said}");
+                self.task_ended(&rec.task, Status::Failed, outcome, "");
                 if outcome != Outcome::Clash
                     && let Err(e) = crate::tree::context::merge_within(
                         &layout,

@@ -145,7 +145,8 @@ pub fn free_clash_name(layout: &Layout, dir: State, name: &str) -> io::Result<(S
 
 /// Sends a task that never ran (invalid file, name clash, failed dependency)
 /// straight from `src` (`pending/` or `assigned/`) to `failed/`, with its
-/// record. Holds the task's lock. Returns the name it was filed under.
+/// record. Holds the task's lock. Returns the record as filed: the name it
+/// was filed under, and the attempts it had before, if any.
 pub fn reject(
     layout: &Layout,
     src: State,
@@ -153,7 +154,7 @@ pub fn reject(
     ext: &str,
     mut record: ResultRecord,
     rename: bool,
-) -> io::Result<Option<String>> {
+) -> io::Result<Option<ResultRecord>> {
     // A name is never filed in two states: when another state directory
     // holds it (a completed task, a running one, an earlier failure), this
     // file gets a clash name.
@@ -229,7 +230,7 @@ pub fn reject(
     if let Some(l) = _target_lock {
         l.release();
     }
-    Ok(Some(target))
+    Ok(Some(record))
 }
 
 /// Fills a record of a task filed without a run with the attempts it had

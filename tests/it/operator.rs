@@ -887,6 +887,18 @@ fn a_task_cancelled_while_it_waits_for_its_retry_keeps_its_attempts() {
     );
     assert!(root.exists("tasks/failed/rw.run/state.json"));
     assert!(!root.exists("tasks/assigned/rw.state.json"));
+    // The context log says the same: its agent and attempt, not `(none)`
+    // in `mailroom usage`.
+    let log = root.read("context/completed_tasks.jsonl");
+    let line: serde_json::Value = log
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .rfind(|v: &serde_json::Value| v["task"] == "rw")
+        .unwrap();
+    assert_eq!(line["agent"], "a", "{line}");
+    assert_eq!(line["attempts"], 1, "{line}");
+    let usage = stdout(&root.mailroom(&["usage"]));
+    assert!(!usage.contains("(none)"), "{usage}");
 }
 
 #[test]

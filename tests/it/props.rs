@@ -1066,7 +1066,7 @@ impl Sim {
                 let rec =
                     books::never_ran_record(Outcome::Invalid, "refused (property test)".into());
                 let filed = moves::reject(&l, src, &t.name, t.ext, rec, rename)?;
-                let Some(target) = filed else {
+                let Some(target) = filed.map(|r| r.task) else {
                     prop_assert!(false, "reject of {} found no file", t.name);
                     unreachable!()
                 };
