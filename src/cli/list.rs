@@ -19,6 +19,31 @@ struct ListItem {
     /// A pending task that failed a run and waits for its next attempt.
     #[serde(skip_serializing_if = "Option::is_none")]
     retry_at: Option<String>,
+    /// A pending task its own `delay:` or `not_before:` holds until then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    starts_at: Option<String>,
+    #[serde(skip)]
+    why: Option<String>,
+}
+
+/// When a pending task's own `delay:` or `not_before:` lets it start, while
+/// that is still ahead, and which of the two it is. Only a file that names
+/// either key is parsed: a listing of many pending tasks reads each, but
+/// parses few.
+fn own_start(
+    layout: &crate::tree::layout::Layout,
+    name: &str,
+    ext: &str,
+) -> Option<(String, String)> {
+    let path = layout.task_file(State::Pending, name, ext);
+    let (bytes, _) =
+        crate::tree::fsx::read_task_file(&path, crate::parse::task::DEFAULT_MAX_TASK_BYTES).ok()?;
+    let named = |k: &str| memchr::memmem::find(&bytes, k.as_bytes()).is_some();
+    if !named("delay") && !named("not_before") {
+        return None;
+    }
+    let t = crate::parse::task::parse_as(name, ext, &bytes).ok()?;
+    super::show::own_start(&path, &t).map(|(t, why)| (crate::model::record::ts(t), why))
 }
 
 /// When a pending task that failed a run may run again (its backoff), if
@@ -60,12 +85,19 @@ pub fn list(root: &Path, state: Option<&str>, json: bool) -> Result<()> {
             } else {
                 None
             };
+            let held = if st == State::Pending && retry_at.is_none() {
+                own_start(&layout, &name, &ext)
+            } else {
+                None
+            };
             items.push(ListItem {
                 file: layout.rel(&layout.task_file(st, &name, &ext)),
                 name,
                 state: st,
                 error,
                 retry_at,
+                starts_at: held.as_ref().map(|(t, _)| t.clone()),
+                why: held.map(|(_, why)| why),
             });
         }
     }
@@ -85,7 +117,14 @@ pub fn list(root: &Path, state: Option<&str>, json: bool) -> Result<()> {
                     i.state.dir_name(),
                     i.name
                 ),
-                (None, None) => println!("{:<9} {}", i.state.dir_name(), i.name),
+                (None, None) => match (i.starts_at, i.why) {
+                    (Some(t), Some(why)) => println!(
+                        "{:<9} {}  (held by its {why} until {t})",
+                        i.state.dir_name(),
+                        i.name
+                    ),
+                    _ => println!("{:<9} {}", i.state.dir_name(), i.name),
+                },
             }
         }
     }

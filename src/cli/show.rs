@@ -363,7 +363,7 @@ pub fn show(root: &Path, name: &str, json: bool) -> Result<()> {
 /// When a task's own `delay:` or `not_before:` lets it start
 /// ([`task::Task::starts_at`]), while that time is still ahead, and which
 /// of the two it is.
-fn own_start(path: &Path, t: &task::Task) -> Option<(std::time::SystemTime, String)> {
+pub(super) fn own_start(path: &Path, t: &task::Task) -> Option<(std::time::SystemTime, String)> {
     let modified = std::fs::symlink_metadata(path)
         .and_then(|m| m.modified())
         .ok()?;

@@ -830,7 +830,7 @@ fn validate_refuses_a_task_file_the_scanner_would_never_claim() {
 /// `show` says until when a pending task's own `delay:` or `not_before:`
 /// holds it back (nothing else did: it looked stuck).
 #[test]
-fn show_says_until_when_a_delay_or_not_before_holds_a_task() {
+fn show_and_list_say_until_when_a_delay_or_not_before_holds_a_task() {
     let root = Root::new()
         .task("later.yaml", "description: x\ndelay: 1h\n")
         .task("now.yaml", "description: x\n")
@@ -858,6 +858,32 @@ fn show_says_until_when_a_delay_or_not_before_holds_a_task() {
         nb.contains("held: its `not_before` holds it until 20"),
         "{nb}"
     );
+    // `list` says it too, and a task nothing holds is listed plain.
+    let list = stdout(&root.mailroom(&["list", "--state", "pending"]));
+    assert!(
+        list.contains("later  (held by its `delay: 1h` until 20"),
+        "{list}"
+    );
+    assert!(
+        list.contains("nb  (held by its `not_before` until 20"),
+        "{list}"
+    );
+    assert!(
+        list.lines().any(|l| l.trim_end() == "pending   now"),
+        "{list}"
+    );
+    let js: serde_json::Value =
+        serde_json::from_slice(&root.mailroom(&["list", "--json"]).stdout).unwrap();
+    let item = |n: &str| {
+        js.as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["name"] == n)
+            .unwrap()
+            .clone()
+    };
+    assert!(item("later")["starts_at"].as_str().is_some(), "{js}");
+    assert!(item("now").get("starts_at").is_none(), "{js}");
 }
 
 /// `add`'s note that nothing runs is left out under `-q`, and while a
