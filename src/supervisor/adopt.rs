@@ -40,6 +40,12 @@ impl Supervisor {
     /// shutdown reach the keeper as signals, and its outcome is committed here
     /// when it ends.
     fn adopt(&mut self, name: &str, st: &TaskState, k: KeeperInfo) {
+        // A supervisor on its way out takes on no run: its shutdown would
+        // wait for it (the stop went to the runs it had), and the keeper
+        // goes on without it all the same, for the next supervisor.
+        if self.stopping.is_some() {
+            return;
+        }
         let Some((_, ext)) = self.layout().find(State::Assigned, name) else {
             return;
         };

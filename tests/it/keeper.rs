@@ -240,6 +240,80 @@ fn a_live_supervisor_adopts_a_dead_peers_run_at_once() {
     assert_ran_once(&root, "completed");
 }
 
+/// A supervisor shutting down takes on no run of a peer that dies meanwhile:
+/// its shutdown would wait for that run too. The next supervisor adopts it.
+#[test]
+fn a_supervisor_shutting_down_leaves_a_dead_peers_run_to_the_next() {
+    // Each task's agent waits for its own `go-<task>`.
+    let waiter = r#"log="$MAILROOM_ROOT/agent.log"
+echo "start $MAILROOM_TASK" >> "$log"
+i=0
+while [ ! -e "$MAILROOM_ROOT/go-$MAILROOM_TASK" ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done
+echo "end $MAILROOM_TASK" >> "$log""#;
+    let root = Root::new()
+        .config(&format!(
+            "concurrency: 2\nsettle: 300ms\nrescan_interval: 10m\nshutdown_grace: 1h\nagents:\n  a:\n    command: [\"/bin/sh\", \"-c\", {waiter:?}]\n    max_instances: 2\n    grace: 1s\n    prompt_template: \"{{description}}\"\n"
+        ))
+        .task("p.yaml", "description: one\n")
+        .task("q.yaml", "description: two\n");
+    let starts = |root: &Root| log(root).lines().filter(|l| l.starts_with("start")).count();
+    // a runs one task at most (concurrency and instances are the tree's).
+    let mut a = root.spawn_cmd(root.cmd(&["run", "--agents", "a:1"])).0;
+    wait_for(Duration::from_secs(30), "the first run", || {
+        starts(&root) == 1
+    });
+    let mut b = root.spawn();
+    wait_for(Duration::from_secs(30), "the second run", || {
+        starts(&root) == 2
+    });
+    let runs_of = |pid: i32| -> String {
+        ["p", "q"]
+            .into_iter()
+            .find(|t| {
+                let st: serde_json::Value =
+                    serde_json::from_str(&root.read(&format!("tasks/assigned/{t}.state.json")))
+                        .unwrap();
+                st["run"]["supervisor_pid"] == pid
+            })
+            .unwrap()
+            .to_owned()
+    };
+    let (of_a, of_b) = (runs_of(a.pid()), runs_of(b.pid()));
+    b.signal(SIGTERM);
+    wait_for(Duration::from_secs(30), "b to begin its shutdown", || {
+        root.sup_logs().contains("shutting down")
+    });
+    a.kill9();
+    wait_for(Duration::from_secs(20), "b to notice a's end", || {
+        root.sup_logs()
+            .contains("a supervisor of this tree ended; recovering what it left")
+    });
+    // b's own run ends, and b with it: it did not take a's run on.
+    root.write(&format!("go-{of_b}"), "");
+    assert!(b.wait_exit(Duration::from_secs(30)).success());
+    assert!(
+        !root
+            .sup_logs()
+            .contains("adopting a run whose supervisor died"),
+        "{}",
+        root.sup_logs()
+    );
+    let _c = root.spawn();
+    wait_for(
+        Duration::from_secs(30),
+        "the next supervisor to adopt",
+        || {
+            root.sup_logs()
+                .contains("adopting a run whose supervisor died")
+        },
+    );
+    root.write(&format!("go-{of_a}"), "");
+    wait_for(Duration::from_secs(30), "both to complete", || {
+        root.names("completed") == ["p", "q"]
+    });
+    assert_eq!(starts(&root), 2, "{}", log(&root));
+}
+
 #[test]
 fn an_outcome_written_while_no_supervisor_ran_is_committed_as_it_is() {
     let root = waiter_root("");
