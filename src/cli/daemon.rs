@@ -5,7 +5,7 @@
 
 use std::io::IsTerminal;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -71,71 +71,11 @@ fn unit_of(pid: u32) -> Option<String> {
     Some(if user { format!("--user {unit}") } else { unit })
 }
 
-/// The root a `mailroom ... run` process works on, from its command line,
-/// environment and working directory; `None` if it is not a supervisor.
-fn root_of(pid: u32, exe_name: &str) -> Option<PathBuf> {
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
-    let name = exe.file_name()?.to_str()?;
-    // An upgrade replaced the running binary's file: the link says so.
-    let name = name.strip_suffix(" (deleted)").unwrap_or(name);
-    if name != exe_name && name != "mailroom" {
-        return None;
-    }
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let args: Vec<String> = cmdline
-        .split(|b| *b == 0)
-        .skip(1)
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
-    let mut root = None;
-    let mut sub = None;
-    let mut i = 0;
-    while i < args.len() {
-        let a = &args[i];
-        if a == "--root" || a == "--log-format" {
-            if a == "--root" {
-                root = args.get(i + 1).cloned();
-            }
-            i += 2;
-            continue;
-        }
-        if let Some(r) = a.strip_prefix("--root=") {
-            root = Some(r.to_owned());
-        } else if !a.starts_with('-') {
-            sub = Some(a.clone());
-            break;
-        }
-        i += 1;
-    }
-    if sub.as_deref() != Some("run") {
-        return None;
-    }
-    let root = root.or_else(|| {
-        let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
-        env.split(|b| *b == 0)
-            .find_map(|v| v.strip_prefix(b"MAILROOM_ROOT="))
-            .map(|v| String::from_utf8_lossy(v).into_owned())
-    });
-    let root = PathBuf::from(root.unwrap_or_else(|| ".".into()));
-    let root = if root.is_absolute() {
-        root
-    } else {
-        std::fs::read_link(format!("/proc/{pid}/cwd"))
-            .ok()?
-            .join(root)
-    };
-    root.canonicalize().ok()
-}
-
 /// This tree's supervisors on this host (the ones this user may see).
 pub fn supervisors(root: &Path) -> Vec<Found> {
     let Ok(want) = root.canonicalize() else {
         return Vec::new();
     };
-    let exe_name = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .unwrap_or_else(|| "mailroom".into());
     let me = std::process::id();
     let Ok(rd) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -144,7 +84,7 @@ pub fn supervisors(root: &Path) -> Vec<Found> {
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| *pid != me)
-        .filter(|pid| root_of(*pid, &exe_name).is_some_and(|r| r == want))
+        .filter(|pid| books::supervisor_root(*pid).is_some_and(|r| r == want))
         .filter_map(|pid| {
             Some(Found {
                 pid,

@@ -176,6 +176,11 @@ impl Supervisor {
             self.recover_due = None;
             self.recover();
         }
+        if self.peer_pass_due.is_some_and(|t| Instant::now() >= t) {
+            self.peer_pass_due = None;
+            self.peer_pass_last = Some(Instant::now());
+            self.recover_pass(false);
+        }
         self.schedule();
         if let Some(since) = self.stopping {
             // Leaving the runs to their keepers: the next supervisor adopts them.
@@ -477,6 +482,9 @@ impl Supervisor {
             consider(at(t));
         }
         if let Some(t) = self.recover_due {
+            consider(t);
+        }
+        if let Some(t) = self.peer_pass_due {
             consider(t);
         }
         for t in self.reexamine.values() {

@@ -281,6 +281,12 @@ pub struct Supervisor {
     /// The other supervisors of this tree on this host (pid, start time),
     /// each watched by a task of its own (`peers.rs`).
     peers: HashSet<(u32, u64)>,
+    /// Heartbeat files (by pid) that named no peer, and when they were read.
+    peer_misses: HashMap<u32, Instant>,
+    /// A recovery pass for a peer's death, due at this instant.
+    peer_pass_due: Option<Instant>,
+    /// When the last such pass ran.
+    peer_pass_last: Option<Instant>,
     /// Names to look at again in `pending/` at the given time: files that
     /// were to be filed away (rejected) while another process held their
     /// lock (`mailroom retry` moving a file back still does, for a moment).
@@ -383,6 +389,9 @@ impl Supervisor {
             reload_due: None,
             recover_due: None,
             peers: HashSet::new(),
+            peer_misses: HashMap::new(),
+            peer_pass_due: None,
+            peer_pass_last: None,
             reexamine: BTreeMap::new(),
             agent_limits: Vec::new(),
             metrics: crate::ops::metrics::Metrics::default(),

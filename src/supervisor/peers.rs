@@ -5,26 +5,57 @@
 //! by default), and until then the runs looked as if they were running, and
 //! their dependants and `mailroom wait` were held.
 //!
-//! A peer is found in the registry at each heartbeat and watched through a
-//! pidfd (opened, then checked against its start time, so a reused pid is
-//! never watched). Without pidfds (a kernel before 5.3) a peer seen alive at
-//! one heartbeat and gone at the next is noticed then, within 5 s.
+//! A peer is found at each heartbeat among the registry's files named for
+//! this host (a listing; only new names are read), and watched through a
+//! pidfd, opened and then checked against its start time, so that a reused
+//! pid is never watched. The registry is written by anyone who can write the
+//! tree, an agent too: a file is believed only when its process is a
+//! supervisor (`mailroom ... run`) of this very tree, at most
+//! [`MAX_PEERS`] are watched, and a death brings on at most one recovery
+//! pass a second, without the merge replay and the registry's pruning of a
+//! full pass. Without pidfds (a kernel before 5.3) a look at `/proc` every
+//! second does.
 
 use super::*;
 use crate::tree::registry;
+
+/// At most this many peers are watched (each holds a descriptor).
+pub(super) const MAX_PEERS: usize = 64;
+/// At most this many new heartbeat files are read at one heartbeat.
+const NEW_PER_BEAT: usize = 32;
+/// A file that named no peer is read again only after this long.
+const RELOOK: Duration = Duration::from_secs(60);
+/// Peer-triggered recovery passes are at least this far apart.
+pub(super) const PEER_PASS_GAP: Duration = Duration::from_secs(1);
 
 impl Supervisor {
     /// Watches the supervisors of this tree on this host that are not
     /// watched yet. Called at each heartbeat.
     pub(super) fn watch_peers(&mut self) {
-        let host = self.ctx.host.clone();
-        let me = (self.ctx.self_pid, self.ctx.self_start);
-        for (hb, alive) in registry::list(self.layout()) {
-            let id = (hb.pid, hb.start);
-            if hb.host != host || id == me || !alive || !self.peers.insert(id) {
+        let now = Instant::now();
+        self.peer_misses
+            .retain(|_, t| now.duration_since(*t) < RELOOK);
+        let me = self.ctx.self_pid;
+        let watched: HashSet<u32> = self.peers.iter().map(|(pid, _)| *pid).collect();
+        let mut read = 0;
+        for (pid, path) in registry::local(self.layout(), &self.ctx.host) {
+            if self.peers.len() >= MAX_PEERS || read >= NEW_PER_BEAT {
+                break;
+            }
+            if pid == me || watched.contains(&pid) || self.peer_misses.contains_key(&pid) {
                 continue;
             }
-            debug!(pid = hb.pid, "watching a supervisor of this tree");
+            read += 1;
+            let Some(id) = self.peer_of(&path) else {
+                debug!(
+                    pid,
+                    "a heartbeat file names no live supervisor of this tree; not watched"
+                );
+                self.peer_misses.insert(pid, now);
+                continue;
+            };
+            self.peers.insert(id);
+            debug!(pid, "watching a supervisor of this tree");
             let tx = self.events_tx.clone();
             tokio::spawn(async move {
                 peer_ended(id).await;
@@ -33,17 +64,33 @@ impl Supervisor {
         }
     }
 
-    /// A supervisor of this tree on this host ended: recover now what it
-    /// left (runs its keepers go on with, outcomes they wrote, claims it
-    /// did not finish).
+    /// The (pid, start time) of the live supervisor of this tree that the
+    /// heartbeat file at `path` names, if it names one.
+    fn peer_of(&self, path: &Path) -> Option<(u32, u64)> {
+        let hb = registry::read(path)?;
+        if hb.host != self.ctx.host || !books::same_process(hb.pid, hb.start) {
+            return None;
+        }
+        let here = self.layout().root.canonicalize().ok()?;
+        (books::supervisor_root(hb.pid)? == here).then_some((hb.pid, hb.start))
+    }
+
+    /// A supervisor of this tree on this host ended: recover what it left
+    /// (runs its keepers go on with, outcomes they wrote, claims it did not
+    /// finish) at once, or a second after the last such pass.
     pub(super) fn peer_gone(&mut self, id: (u32, u64)) {
-        self.peers.remove(&id);
+        if !self.peers.remove(&id) {
+            return;
+        }
         info!(
             pid = id.0,
             "a supervisor of this tree ended; recovering what it left"
         );
         let now = Instant::now();
-        self.recover_due = Some(self.recover_due.map_or(now, |t| t.min(now)));
+        let at = self
+            .peer_pass_last
+            .map_or(now, |t| (t + PEER_PASS_GAP).max(now));
+        self.peer_pass_due = Some(self.peer_pass_due.map_or(at, |t| t.min(at)));
     }
 }
 

@@ -55,11 +55,21 @@ impl Supervisor {
     /// Finishes or requeues orphans in `assigned/` (their supervisor died) and
     /// removes leftovers that no one holds.
     pub(super) fn recover(&mut self) {
+        self.recover_pass(true)
+    }
+
+    /// A recovery pass; `full: false` (a peer's death) leaves out the replay
+    /// of unmerged commits, which may wait for `context/.lock`, and the
+    /// registry's pruning: those wait for the next rescan.
+    pub(super) fn recover_pass(&mut self, full: bool) {
         let layout = self.layout().clone();
         // Commits that went ahead without their merge (the context lock was
         // held): merged now, a few at a time, if the lock is free.
-        let n =
-            crate::tree::context::replay_unmerged(&layout, 8, crate::tree::context::LOOP_LOCK_WAIT);
+        let n = if full {
+            crate::tree::context::replay_unmerged(&layout, 8, crate::tree::context::LOOP_LOCK_WAIT)
+        } else {
+            0
+        };
         if n > 0 {
             info!(
                 merged = n,
@@ -87,7 +97,9 @@ impl Supervisor {
             }
         }
         sweep_temps(&layout.assigned);
-        crate::tree::registry::prune(&layout);
+        if full {
+            crate::tree::registry::prune(&layout);
+        }
         if !self.swept {
             // Once per start: the other directories the protocol writes into.
             for d in [

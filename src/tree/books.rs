@@ -243,6 +243,66 @@ pub fn same_process(pid: u32, start: u64) -> bool {
     proc_state(pid).is_some_and(|(state, s)| s == start && !matches!(state, 'Z' | 'X' | 'x'))
 }
 
+/// The root a `mailroom ... run` process works on, from its command line,
+/// environment and working directory; `None` if it is not a supervisor.
+pub fn supervisor_root(pid: u32) -> Option<std::path::PathBuf> {
+    let exe_name = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "mailroom".into());
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    let name = exe.file_name()?.to_str()?;
+    // An upgrade replaced the running binary's file: the link says so.
+    let name = name.strip_suffix(" (deleted)").unwrap_or(name);
+    if name != exe_name.as_str() && name != "mailroom" {
+        return None;
+    }
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .skip(1)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let mut root = None;
+    let mut sub = None;
+    let mut i = 0;
+    while i < args.len() {
+        let a = &args[i];
+        if a == "--root" || a == "--log-format" {
+            if a == "--root" {
+                root = args.get(i + 1).cloned();
+            }
+            i += 2;
+            continue;
+        }
+        if let Some(r) = a.strip_prefix("--root=") {
+            root = Some(r.to_owned());
+        } else if !a.starts_with('-') {
+            sub = Some(a.clone());
+            break;
+        }
+        i += 1;
+    }
+    if sub.as_deref() != Some("run") {
+        return None;
+    }
+    let root = root.or_else(|| {
+        let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+        env.split(|b| *b == 0)
+            .find_map(|v| v.strip_prefix(b"MAILROOM_ROOT="))
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    });
+    let root = std::path::PathBuf::from(root.unwrap_or_else(|| ".".into()));
+    let root = if root.is_absolute() {
+        root
+    } else {
+        std::fs::read_link(format!("/proc/{pid}/cwd"))
+            .ok()?
+            .join(root)
+    };
+    root.canonicalize().ok()
+}
+
 /// The task files in one state directory: (name, extension), sorted by name.
 pub fn list(layout: &Layout, s: State) -> io::Result<Vec<(String, String)>> {
     let mut out = Vec::new();

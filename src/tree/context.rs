@@ -522,7 +522,7 @@ fn parse_line(line: &[u8]) -> Option<serde_json::Value> {
 /// is kept with the bytes it was parsed from: a read that finds the same
 /// window (the prompts between two merges) parses nothing, and one after an
 /// append parses only the lines it has not seen, each known by its bytes.
-pub fn recent(layout: &Layout, n: usize) -> Arc<Vec<serde_json::Value>> {
+pub fn recent(layout: &Layout, n: usize) -> Arc<Vec<Arc<serde_json::Value>>> {
     /// The last read: path, n, the window and whether it was cut, what it
     /// parsed to, and each of those entries by its line's bytes.
     struct Last {
@@ -530,9 +530,11 @@ pub fn recent(layout: &Layout, n: usize) -> Arc<Vec<serde_json::Value>> {
         n: usize,
         tail: Vec<u8>,
         cut: bool,
-        out: Arc<Vec<serde_json::Value>>,
-        lines: HashMap<Vec<u8>, serde_json::Value>,
+        out: Arc<Vec<Arc<serde_json::Value>>>,
+        lines: HashMap<Vec<u8>, Arc<serde_json::Value>>,
     }
+    /// How many parsed lines a log's entry keeps, at most.
+    const KNOWN_LINES: usize = 64;
     /// Kept per log (a process has one tree, tests have many).
     static LAST: Mutex<Vec<Last>> = Mutex::new(Vec::new());
     let path = layout.context.join(JSONL);
@@ -542,7 +544,7 @@ pub fn recent(layout: &Layout, n: usize) -> Arc<Vec<serde_json::Value>> {
     let keep = |l: Last| {
         if let Ok(mut g) = LAST.lock() {
             g.retain(|o| o.path != l.path);
-            if g.len() >= 4 {
+            if g.len() >= 16 {
                 g.remove(0);
             }
             g.push(l);
@@ -567,7 +569,7 @@ pub fn recent(layout: &Layout, n: usize) -> Arc<Vec<serde_json::Value>> {
             .rev()
             .filter_map(|line| {
                 let known = last.as_mut().and_then(|l| l.lines.remove(line));
-                let v = known.or_else(|| parse_line(line))?;
+                let v = known.or_else(|| parse_line(line).map(Arc::new))?;
                 lines.insert(line.to_vec(), v.clone());
                 Some(v)
             })
@@ -576,6 +578,17 @@ pub fn recent(layout: &Layout, n: usize) -> Arc<Vec<serde_json::Value>> {
         if out.len() >= n || !cut {
             out.reverse();
             let out = Arc::new(out);
+            // Lines known before and not used now stay known, up to a few
+            // dozen: a read of fewer entries (the metrics' one) must not
+            // make the next read of 15 parse 14 again.
+            if let Some(l) = last.take() {
+                for (k, v) in l.lines {
+                    if lines.len() >= KNOWN_LINES {
+                        break;
+                    }
+                    lines.entry(k).or_insert(v);
+                }
+            }
             keep(Last {
                 path,
                 n,
@@ -960,6 +973,12 @@ mod tests {
         .unwrap();
         assert_eq!(tasks(), ["c", "x", "e"]);
         assert_eq!(parsed() - before, 2, "only the changed line is parsed");
+        // A read of one entry (the metrics') keeps what the others know.
+        f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        f.write_all(b"{\"task\":\"f\"}\n").unwrap();
+        assert_eq!(recent(&layout, 1)[0]["task"], "f");
+        assert_eq!(tasks(), ["c", "x", "e", "f"]);
+        assert_eq!(parsed() - before, 3, "f alone is parsed, once");
         std::fs::remove_dir_all(tmp).unwrap();
     }
 

@@ -4,6 +4,7 @@
 //! running", and `wait` say so at once instead of hanging. Advisory only: no
 //! decision of the protocol rests on it (locks and keepers do that).
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -44,10 +45,10 @@ pub fn dir(layout: &Layout) -> PathBuf {
     layout.tasks.join("supervisors")
 }
 
-fn file(layout: &Layout, host: &str, pid: u32) -> PathBuf {
+/// A host name as it is spelled in heartbeat file names.
+fn host_in_name(host: &str) -> String {
     // Host names are not file names: keep what is safe.
-    let host: String = host
-        .chars()
+    host.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
                 c
@@ -55,8 +56,29 @@ fn file(layout: &Layout, host: &str, pid: u32) -> PathBuf {
                 '_'
             }
         })
-        .collect();
-    dir(layout).join(format!("{host}.{pid}.json"))
+        .collect()
+}
+
+fn file(layout: &Layout, host: &str, pid: u32) -> PathBuf {
+    dir(layout).join(format!("{}.{pid}.json", host_in_name(host)))
+}
+
+/// The heartbeat files named for `host` (one listing, no file read), as
+/// (pid, path): what a supervisor looks at to find its peers on its host.
+pub fn local(layout: &Layout, host: &str) -> Vec<(u32, PathBuf)> {
+    let prefix = format!("{}.", host_in_name(host));
+    let mut v = Vec::new();
+    let d = dir(layout);
+    let _ = fsx::for_each_name(&d, |name| {
+        let pid = std::str::from_utf8(name)
+            .ok()
+            .and_then(|n| n.strip_prefix(&prefix)?.strip_suffix(".json"))
+            .and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            v.push((pid, d.join(std::ffi::OsStr::from_bytes(name))));
+        }
+    });
+    v
 }
 
 /// Writes (or rewrites) this supervisor's heartbeat: atomically, never
@@ -137,7 +159,8 @@ pub fn list(layout: &Layout) -> Vec<(Heartbeat, bool)> {
     v
 }
 
-fn read(p: &Path) -> Option<Heartbeat> {
+/// The heartbeat in file `p`, if it reads as one.
+pub fn read(p: &Path) -> Option<Heartbeat> {
     let (b, _) = fsx::read_head(p, 64 * 1024).ok()?;
     serde_json::from_slice(&b).ok()
 }

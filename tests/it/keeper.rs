@@ -240,6 +240,64 @@ fn a_live_supervisor_adopts_a_dead_peers_run_at_once() {
     assert_ran_once(&root, "completed");
 }
 
+/// A heartbeat file that names a live process which is no supervisor of the
+/// tree (an agent can write the registry) is not believed: nothing watches
+/// that process, and its end brings on no recovery pass.
+#[test]
+fn a_forged_heartbeat_is_not_watched() {
+    let root = Root::new().agent_config(&["true"], "");
+    let mut sleeper = std::process::Command::new("sleep")
+        .arg("300")
+        .spawn()
+        .unwrap();
+    let pid = sleeper.id();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let start: u64 = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(19)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let host = host.trim();
+    let host_file: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    root.write(
+        &format!("tasks/supervisors/{host_file}.{pid}.json"),
+        &serde_json::json!({
+            "host": host, "pid": pid, "start": start, "version": "forged", "protocol": 3,
+            "started_at": "2026-01-01T00:00:00Z", "last_beat": "2999-01-01T00:00:00Z",
+            "running": 0, "pending": 0
+        })
+        .to_string(),
+    );
+    let _sup = root.spawn();
+    let said = format!("names no live supervisor of this tree; not watched pid={pid}");
+    wait_for(
+        Duration::from_secs(30),
+        "the forged file to be read",
+        || root.sup_logs().contains(&said),
+    );
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    let logs = root.sup_logs();
+    assert!(
+        !logs.contains("watching a supervisor of this tree"),
+        "{logs}"
+    );
+}
+
 /// A supervisor shutting down takes on no run of a peer that dies meanwhile:
 /// its shutdown would wait for that run too. The next supervisor adopts it.
 #[test]
