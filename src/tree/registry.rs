@@ -132,17 +132,17 @@ pub fn prune(layout: &Layout) {
 
 /// Whether any supervisor of the tree is alive (per its heartbeat).
 pub fn any_alive(layout: &Layout) -> bool {
-    list(layout).iter().any(|(_, alive)| *alive)
-}
-
-/// Every heartbeat in the registry, each with whether its supervisor is alive.
-pub fn list(layout: &Layout) -> Vec<(Heartbeat, bool)> {
+    // Read one file at a time, up to the first live one: `add` asks this.
     let host = books::hostname();
     let now = SystemTime::now();
-    let Ok(rd) = std::fs::read_dir(dir(layout)) else {
-        return Vec::new();
-    };
-    let mut v: Vec<(Heartbeat, bool)> = rd
+    heartbeats(layout).any(|hb| alive(&hb, &host, now))
+}
+
+/// The registry's heartbeats, each read as the iterator gets to it.
+fn heartbeats(layout: &Layout) -> impl Iterator<Item = Heartbeat> {
+    std::fs::read_dir(dir(layout))
+        .into_iter()
+        .flatten()
         .flatten()
         .filter(|e| {
             e.file_name()
@@ -150,6 +150,13 @@ pub fn list(layout: &Layout) -> Vec<(Heartbeat, bool)> {
                 .is_some_and(|f| f.ends_with(".json") && !f.starts_with('.'))
         })
         .filter_map(|e| read(&e.path()))
+}
+
+/// Every heartbeat in the registry, each with whether its supervisor is alive.
+pub fn list(layout: &Layout) -> Vec<(Heartbeat, bool)> {
+    let host = books::hostname();
+    let now = SystemTime::now();
+    let mut v: Vec<(Heartbeat, bool)> = heartbeats(layout)
         .map(|hb| {
             let live = alive(&hb, &host, now);
             (hb, live)
