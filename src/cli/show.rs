@@ -360,19 +360,13 @@ pub fn show(root: &Path, name: &str, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// When a task's own `delay:` or `not_before:` lets it start
-/// ([`task::Task::starts_at`]), while that time is still ahead, and which
-/// of the two it is.
+/// When a task's own `delay:` or `not_before:` lets it start, while that
+/// time is still ahead, and which of the two it is ([`task::Task::own_hold`]).
 pub(super) fn own_start(path: &Path, t: &task::Task) -> Option<(std::time::SystemTime, String)> {
     let modified = std::fs::symlink_metadata(path)
         .and_then(|m| m.modified())
         .ok()?;
-    let at = t.starts_at(modified)?;
-    let why = match t.delay {
-        Some(d) => format!("`delay: {}`", humantime::format_duration(d)),
-        None => "`not_before`".to_owned(),
-    };
-    (at > std::time::SystemTime::now()).then_some((at, why))
+    t.own_hold(modified, std::time::SystemTime::now())
 }
 
 /// Why a pending task may not start now, beyond its dependencies and its

@@ -92,6 +92,18 @@ impl Task {
             None => self.not_before,
         }
     }
+
+    /// While its own start time ([`Task::starts_at`]) is still ahead of
+    /// `now`: that time, and the key that holds it back, as `show`, `list`
+    /// and the dashboard name it (`` `delay: 1h` `` or `` `not_before` ``).
+    pub fn own_hold(&self, modified: SystemTime, now: SystemTime) -> Option<(SystemTime, String)> {
+        let at = self.starts_at(modified).filter(|at| *at > now)?;
+        let why = match self.delay {
+            Some(d) => format!("`delay: {}`", humantime::format_duration(d)),
+            None => "`not_before`".to_owned(),
+        };
+        Some((at, why))
+    }
 }
 
 /// Why a task file was refused: what, and where.

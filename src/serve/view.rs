@@ -682,9 +682,17 @@ pub fn detail(index: &Index, layout: &Layout, name: &str) -> Option<Detail> {
                     },
                 });
             }
-            let nb = book.as_ref().and_then(|b| b.not_before.clone())?;
-            let at = crate::model::record::parse_ts(&nb)?;
-            (at > SystemTime::now()).then(|| format!("waiting for a retry at {nb}"))
+            let retry = book
+                .as_ref()
+                .and_then(|b| b.not_before.clone())
+                .filter(|nb| {
+                    crate::model::record::parse_ts(nb).is_some_and(|at| at > SystemTime::now())
+                });
+            if let Some(nb) = retry {
+                return Some(format!("waiting for a retry at {nb}"));
+            }
+            let (at, why) = t?.own_hold(mtime?, SystemTime::now())?;
+            Some(format!("held by its {why} until {}", ts(at)))
         })
         .flatten();
     let mut children: Vec<String> = record

@@ -1871,3 +1871,21 @@ fn metrics_are_served_in_the_prometheus_format_from_the_tree() {
     assert_eq!(v("mailroom_cost_usd_total{agent=\"claude\"}"), 0.5);
     assert_eq!(v("mailroom_paused"), 0.0);
 }
+
+/// A task its own `delay:` holds is shown as held, with the time, on its
+/// page (it looked stuck).
+#[test]
+fn the_task_page_says_until_when_its_delay_holds_a_task() {
+    let root = Root::new()
+        .agent_config(&["true"], "")
+        .task("later.yaml", "description: x\ndelay: 1h\n")
+        .task("now.yaml", "description: x\n");
+    let srv = Server::start(&root);
+    let later = srv.json("/api/tasks/later");
+    let waiting = later["waiting"].as_str().unwrap_or_default();
+    assert!(
+        waiting.starts_with("held by its `delay: 1h` until 20"),
+        "{later}"
+    );
+    assert!(srv.json("/api/tasks/now")["waiting"].is_null());
+}
