@@ -212,8 +212,12 @@ pub fn proc_start_time(pid: u32) -> Option<u64> {
 /// A process's state letter (`R`, `S`, `T`, `Z`, …) and start time in clock
 /// ticks since boot, from `/proc/<pid>/stat`.
 pub fn proc_state(pid: u32) -> Option<(char, u64)> {
-    let fields = proc_stat_after_comm(pid)?;
-    let mut fields = fields.split_whitespace();
+    parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// The state letter and start time in the text of a `/proc/<pid>/stat`.
+fn parse_stat(stat: &str) -> Option<(char, u64)> {
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
     let state = fields.next()?.chars().next()?;
     // The start time is field 22, the 20th after the state (field 3).
     let start = fields.nth(18)?.parse().ok()?;
@@ -238,9 +242,22 @@ fn proc_stat_after_comm(pid: u32) -> Option<String> {
 }
 
 /// Whether `pid` is the same process that had start time `start`, and is
-/// alive: a zombie (dead, not yet reaped by its parent) is not.
+/// alive: a zombie (dead, not yet reaped by its parent) is not. A process
+/// whose `/proc` entry cannot be read for another reason than its absence
+/// (this process is out of descriptors, say) is not proven gone, and counts
+/// as alive: a supervisor that takes a live peer for dead adopts its runs.
 pub fn same_process(pid: u32, start: u64) -> bool {
-    proc_state(pid).is_some_and(|(state, s)| s == start && !matches!(state, 'Z' | 'X' | 'x'))
+    alive_by_stat(fs::read_to_string(format!("/proc/{pid}/stat")), start)
+}
+
+/// [`same_process`] from the result of reading `/proc/<pid>/stat`.
+fn alive_by_stat(stat: io::Result<String>, start: u64) -> bool {
+    match stat {
+        Ok(s) => {
+            parse_stat(&s).is_some_and(|(state, s)| s == start && !matches!(state, 'Z' | 'X' | 'x'))
+        }
+        Err(e) => !(e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH)),
+    }
 }
 
 /// The root a `mailroom ... run` process works on, from its command line,
@@ -553,6 +570,35 @@ pub fn read_record(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_whose_stat_cannot_be_read_is_not_taken_for_gone() {
+        // Fields 4 to 21 between the state (3) and the start time (22).
+        let line = |state: char, start: u64| {
+            format!(
+                "12 (a b) c) {state} {} {start} 0\n",
+                vec!["0"; 18].join(" ")
+            )
+        };
+        assert!(alive_by_stat(Ok(line('S', 42)), 42));
+        assert!(
+            !alive_by_stat(Ok(line('S', 42)), 43),
+            "another start: pid reused"
+        );
+        assert!(!alive_by_stat(Ok(line('Z', 42)), 42), "a zombie");
+        assert!(!alive_by_stat(Ok("garbage".into()), 42));
+        let gone = io::Error::from(io::ErrorKind::NotFound);
+        assert!(!alive_by_stat(Err(gone), 42));
+        assert!(!alive_by_stat(
+            Err(io::Error::from_raw_os_error(libc::ESRCH)),
+            42
+        ));
+        // Out of descriptors: not proven gone.
+        assert!(alive_by_stat(
+            Err(io::Error::from_raw_os_error(libc::EMFILE)),
+            42
+        ));
+    }
 
     #[test]
     fn a_zombie_is_not_the_same_process() {
