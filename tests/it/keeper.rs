@@ -208,13 +208,10 @@ fn a_live_supervisor_adopts_a_dead_peers_run_at_once() {
     let pid = started(&root);
     let _cleanup = KillGroupOnDrop(pid);
     let _b = root.spawn();
-    // B has beaten (and so looked for peers) once its heartbeat is there.
-    wait_for(Duration::from_secs(30), "two heartbeats", || {
-        root.entries("tasks/supervisors")
-            .iter()
-            .filter(|f| f.ends_with(".json"))
-            .count()
-            == 2
+    // B is ready once it has looked for peers (at its first heartbeat) and
+    // made its first recovery pass, which found a's run alive.
+    wait_for(Duration::from_secs(30), "b to be ready", || {
+        root.sup_logs().matches("supervisor ready").count() == 2
     });
     a.kill9();
     wait_for(
