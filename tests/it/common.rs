@@ -419,6 +419,12 @@ pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// Asserts that the command failed and said `text` on stderr.
+pub fn fails_saying(o: &Output, text: &str) {
+    assert!(!o.status.success(), "it succeeded: {}", stdout(o));
+    assert!(stderr(o).contains(text), "{}", stderr(o));
+}
+
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }

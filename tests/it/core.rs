@@ -874,16 +874,14 @@ fn show_and_list_say_until_when_a_delay_or_not_before_holds_a_task() {
     );
     let js: serde_json::Value =
         serde_json::from_slice(&root.mailroom(&["list", "--json"]).stdout).unwrap();
-    let item = |n: &str| {
-        js.as_array()
-            .unwrap()
-            .iter()
-            .find(|i| i["name"] == n)
-            .unwrap()
-            .clone()
-    };
-    assert!(item("later")["starts_at"].as_str().is_some(), "{js}");
-    assert!(item("now").get("starts_at").is_none(), "{js}");
+    let starts: std::collections::HashMap<&str, &serde_json::Value> = js
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| (i["name"].as_str().unwrap(), &i["starts_at"]))
+        .collect();
+    assert!(starts["later"].is_string(), "{js}");
+    assert!(starts["now"].is_null(), "{js}");
 }
 
 /// `add`'s note that nothing runs is left out under `-q`, and while a

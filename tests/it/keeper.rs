@@ -68,19 +68,20 @@ fn completes_once(root: &Root) -> serde_json::Value {
     rec
 }
 
+/// Waits until a supervisor has said it adopts a run.
+fn adopted(root: &Root, what: &str) {
+    wait_for(Duration::from_secs(30), what, || {
+        root.sup_logs()
+            .contains("adopting a run whose supervisor died")
+    });
+}
+
 /// Kills `sup` (SIGKILL) mid-run and starts the next supervisor, once it has
 /// adopted the run.
 fn adopted_after_killing(root: &Root, mut sup: Sup) -> Sup {
     sup.kill9();
     let next = root.spawn();
-    wait_for(
-        Duration::from_secs(30),
-        "the new supervisor to adopt the run",
-        || {
-            root.sup_logs()
-                .contains("adopting a run whose supervisor died")
-        },
-    );
+    adopted(root, "the new supervisor to adopt the run");
     next
 }
 
@@ -214,27 +215,14 @@ fn a_live_supervisor_adopts_a_dead_peers_run_at_once() {
         root.sup_logs().matches("supervisor ready").count() == 2
     });
     a.kill9();
-    wait_for(
-        Duration::from_secs(20),
-        "the live supervisor to adopt the dead one's run",
-        || {
-            root.sup_logs()
-                .contains("adopting a run whose supervisor died")
-        },
-    );
+    adopted(&root, "the live supervisor to adopt the dead one's run");
     assert!(
         root.sup_logs()
             .contains("a supervisor of this tree ended; recovering what it left"),
         "{}",
         root.sup_logs()
     );
-    root.write("go", "");
-    wait_for(
-        Duration::from_secs(20),
-        "the adopted run to complete",
-        || root.names("completed") == ["o"],
-    );
-    assert_ran_once(&root, "completed");
+    completes_once(&root);
 }
 
 /// A heartbeat file that names a live process which is no supervisor of the
@@ -354,14 +342,7 @@ echo "end $MAILROOM_TASK" >> "$log""#;
         root.sup_logs()
     );
     let _c = root.spawn();
-    wait_for(
-        Duration::from_secs(30),
-        "the next supervisor to adopt",
-        || {
-            root.sup_logs()
-                .contains("adopting a run whose supervisor died")
-        },
-    );
+    adopted(&root, "the next supervisor to adopt");
     root.write(&format!("go-{of_a}"), "");
     wait_for(Duration::from_secs(30), "both to complete", || {
         root.names("completed") == ["p", "q"]
