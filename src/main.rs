@@ -239,7 +239,20 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             eprintln!("{n}");
-            mailroom::cli::control::wait(&root, std::slice::from_ref(&n), None, false)?;
+            mailroom::cli::control::wait(&root, std::slice::from_ref(&n), None, false).map_err(
+                |e| {
+                    // Say that the task is queued all the same: a script that
+                    // adds it again gets a clash, or, without --name, a twin.
+                    if e.is::<mailroom::cli::control::NoSupervisor>() {
+                        e.context(format!(
+                            "`{n}` is queued in tasks/pending/ and runs when a supervisor \
+                             starts (`mailroom cancel {n}` takes it back)"
+                        ))
+                    } else {
+                        e
+                    }
+                },
+            )?;
             mailroom::cli::control::report(&root, &n)
         }
         Command::Status { json, watch } => {

@@ -767,6 +767,8 @@ pub fn agents(root: &Path, json: bool) -> Result<()> {
         *counts.entry(k).or_default() += 1;
     }
     let cooling = books::cooldowns(&layout, false);
+    // A pause of the whole tree holds every agent.
+    let tree_paused = books::exists(&layout.pause_file(None));
     let rows: Vec<AgentRow> = config
         .agents
         .values()
@@ -785,7 +787,7 @@ pub fn agents(root: &Path, json: bool) -> Result<()> {
                 name: a.name.clone(),
                 running: running.get(&a.name).copied().unwrap_or(0),
                 max_instances: a.max_instances,
-                paused: books::exists(&layout.pause_file(Some(&a.name))),
+                paused: tree_paused || books::exists(&layout.pause_file(Some(&a.name))),
                 cooling_until,
                 completed: n("completed"),
                 failed: n("failed"),
@@ -803,6 +805,7 @@ pub fn agents(root: &Path, json: bool) -> Result<()> {
     for r in rows {
         let state = match (&r.cooling_until, r.paused) {
             (Some(u), _) => format!("cooling down until {u}"),
+            (None, true) if tree_paused => "paused (the whole tree: `mailroom resume`)".into(),
             (None, true) => "paused".into(),
             _ => "ready".into(),
         };

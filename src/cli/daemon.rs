@@ -4,6 +4,7 @@
 //! so `stop` also stops one started in the foreground with `run`.
 
 use std::io::IsTerminal;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use super::open_tree;
-use crate::tree::books;
+use crate::tree::{books, fsx};
 
 /// Where `start` appends the supervisor's log, relative to the root. Not in
 /// `tasks/` or the root itself, which the supervisor watches.
@@ -97,6 +98,27 @@ pub fn supervisors(root: &Path) -> Vec<Found> {
     v
 }
 
+/// Takes `tasks/supervisors/.start.lock`, waiting up to a minute for
+/// another `start` of this tree to finish (its supervisor's first scan of a
+/// large `pending/` takes a second or two).
+fn start_lock(layout: &crate::tree::layout::Layout) -> Result<std::fs::File> {
+    let dir = crate::tree::registry::dir(layout);
+    fsx::create_dir_all(&dir).with_context(|| format!("creating {}", layout.rel(&dir)))?;
+    let path = dir.join(".start.lock");
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("opening {}", layout.rel(&path)))?;
+    crate::tree::lock::flock_within(&f, Duration::from_secs(60))
+        .map_err(|e| anyhow::anyhow!("{} {e}", layout.rel(&path)))?;
+    Ok(f)
+}
+
 /// What `mailroom start` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Started {
@@ -135,6 +157,10 @@ pub fn start(root: &Path, agents: Option<&str>, verbose: u8, quiet: u8) -> Resul
             .with_agent_limits(&parse_agent_limits(a)?)
             .map_err(super::UsageError)?;
     }
+    // Two `start`s at once would each find none and start one: the look and
+    // the start are made under one lock, held (by this process only: the
+    // descriptor is not inherited) until the new supervisor is ready.
+    let _one_at_a_time = start_lock(&layout)?;
     if let Some(s) = supervisors(root).first() {
         return Ok(Started::Already(s.pid));
     }

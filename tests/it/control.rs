@@ -437,6 +437,13 @@ fn waiting_with_no_supervisor_has_its_own_exit_code() {
     let out = root.mailroom(&["add", "later", "--name", "later", "--wait"]);
     assert_eq!(out.status.code(), Some(69), "{}", stderr(&out));
     assert_eq!(root.names("pending"), ["later", "t"]);
+    // It says the task is queued all the same (a script must not add it again).
+    assert!(
+        stderr(&out).contains("`later` is queued in tasks/pending/ and runs when a supervisor")
+            && stderr(&out).contains("no supervisor is running"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]

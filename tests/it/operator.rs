@@ -253,6 +253,12 @@ fn status_shows_a_pause() {
         .agent_config(&[&agent("ok.sh")], "")
         .task("p.yaml", "description: x\n");
     assert!(root.mailroom(&["pause"]).status.success());
+    // A pause of the tree holds every agent, and `agents` says so.
+    let ag = stdout(&root.mailroom(&["agents"]));
+    assert!(ag.contains("paused (the whole tree"), "{ag}");
+    let ag: serde_json::Value =
+        serde_json::from_slice(&root.mailroom(&["agents", "--json"]).stdout).unwrap();
+    assert_eq!(ag[0]["paused"], true, "{ag}");
     assert!(root.mailroom(&["pause", "--agent", "a"]).status.success());
     let st = stdout(&root.mailroom(&["status"]));
     assert!(st.contains("paused: no new tasks"), "{st}");
@@ -668,6 +674,49 @@ fn started(root: &Root, args: &[&str]) -> i32 {
     let out = root.mailroom(args);
     assert!(out.status.success(), "{}", stderr(&out));
     stdout(&out).trim().parse().expect("start prints a pid")
+}
+
+/// Two `start`s at the same moment start one supervisor: the other names it.
+#[test]
+fn two_starts_at_once_start_one_supervisor() {
+    /// Stops the tree's supervisors at the end, the test failed or not.
+    struct StopAll<'a>(&'a Root);
+    impl Drop for StopAll<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.mailroom(&["stop"]);
+        }
+    }
+    let root = Root::new().agent_config(&["true"], "");
+    let _stop = StopAll(&root);
+    for round in 0..3 {
+        let spawn = || {
+            root.cmd(&["start"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let (a, b) = (spawn(), spawn());
+        let (a, b) = (wait_bounded(a, MIN), wait_bounded(b, MIN));
+        assert!(a.status.success(), "{}", stderr(&a));
+        assert!(b.status.success(), "{}", stderr(&b));
+        let pids: Vec<String> = [&a, &b]
+            .iter()
+            .map(|o| stdout(o).trim().to_owned())
+            .collect();
+        assert_eq!(pids[0], pids[1], "round {round}: two supervisors started");
+        let said = stderr(&a) + &stderr(&b);
+        assert_eq!(
+            said.matches("already runs").count(),
+            1,
+            "round {round}: {said}"
+        );
+        let st: serde_json::Value =
+            serde_json::from_slice(&root.mailroom(&["status", "--json"]).stdout).unwrap();
+        assert_eq!(st["supervisors"].as_array().map(Vec::len), Some(1), "{st}");
+        let out = root.mailroom(&["stop"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
 }
 
 #[test]
