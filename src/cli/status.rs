@@ -19,6 +19,10 @@ struct RunningTask {
     /// The run has ended but its commit keeps failing (being retried).
     #[serde(skip_serializing_if = "Option::is_none")]
     commit_error: Option<String>,
+    /// Its keeper wrote the run's outcome: it waits for a supervisor to
+    /// file it (none runs, or the next one to look has not yet).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    ended: bool,
 }
 
 #[derive(Serialize)]
@@ -138,10 +142,13 @@ fn running_tasks(layout: &Layout) -> Vec<RunningTask> {
             let r = st.run;
             // The agent's process group, found by its MAILROOM_* environment
             // (its keeper, in a group of its own, carries it too: not that one).
-            let keeper = layout
-                .last_attempt(State::Assigned, &name)
-                .and_then(|(_, dir)| crate::run::keeper::info_any(&dir))
+            let attempt_dir = layout.last_attempt(State::Assigned, &name).map(|(_, d)| d);
+            let keeper = attempt_dir
+                .as_ref()
+                .and_then(|dir| crate::run::keeper::info_any(dir))
                 .map(|k| k.pid);
+            let ended =
+                attempt_dir.is_some_and(|d| d.join(crate::run::keeper::OUTCOME_FILE).is_file());
             let pid = layout.root.canonicalize().ok().and_then(|root| {
                 crate::run::process::find_agent_groups(&root, &name)
                     .into_iter()
@@ -156,6 +163,7 @@ fn running_tasks(layout: &Layout) -> Vec<RunningTask> {
                 host: r.as_ref().map(|r| r.host.clone()),
                 started_at: r.map(|r| r.started_at),
                 commit_error,
+                ended,
             }
         })
         .collect()
@@ -305,6 +313,11 @@ pub fn status(root: &Path, json: bool) -> Result<()> {
         );
         if let Some(e) = &r.commit_error {
             println!("    finished, but its commit keeps failing (retrying): {e}");
+        } else if r.ended {
+            println!(
+                "    finished: its keeper wrote the outcome, which a supervisor files when it \
+                 next looks (at its start, or its next rescan)"
+            );
         }
     }
     for c in &s.cooldowns {

@@ -365,6 +365,15 @@ fn an_outcome_written_while_no_supervisor_ran_is_committed_as_it_is() {
     );
     let kept: serde_json::Value =
         serde_json::from_str(&root.read("tasks/assigned/o.run/1/outcome.json")).unwrap();
+    // `status` says the run has ended and waits to be filed.
+    let st = stdout(&root.mailroom(&["status"]));
+    assert!(
+        st.contains("finished: its keeper wrote the outcome, which a supervisor files"),
+        "{st}"
+    );
+    let js: serde_json::Value =
+        serde_json::from_slice(&root.mailroom(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(js["running_tasks"][0]["ended"], true, "{js}");
     root.run_until_idle();
     assert_eq!(root.names("completed"), ["o"]);
     let rec = assert_ran_once(&root, "completed");
