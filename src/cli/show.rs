@@ -192,6 +192,15 @@ pub fn show(root: &Path, name: &str, json: bool) -> Result<()> {
     let running = run.map(|r| {
         let sup_alive = r.host == books::hostname()
             && books::same_process(r.supervisor_pid, r.supervisor_start);
+        // A supervisor that adopted the run holds its adoption lock (read,
+        // never made here).
+        let adopted_by = (r.host == books::hostname() && !sup_alive)
+            .then(|| {
+                let dir = books::current_run_dir(&layout, name, &state_file);
+                let f = std::fs::File::open(dir.join(crate::run::keeper::ADOPTER_LOCK)).ok()?;
+                crate::tree::lock::flock_holder(&f)
+            })
+            .flatten();
         let keeper_alive = keeper
             .as_ref()
             .map(|k| crate::run::keeper::alive(k, &books::hostname()));
@@ -201,6 +210,7 @@ pub fn show(root: &Path, name: &str, json: bool) -> Result<()> {
             "host": r.host,
             "supervisor_pid": r.supervisor_pid,
             "supervisor_alive": (r.host == books::hostname()).then_some(sup_alive),
+            "adopted_by": adopted_by,
             "keeper_pid": keeper.as_ref().map(|k| k.pid),
             "keeper_alive": keeper_alive,
             "started_at": r.started_at,
@@ -246,8 +256,12 @@ pub fn show(root: &Path, name: &str, json: bool) -> Result<()> {
             Some(pid) => format!("keeper pid {pid} ({})", alive(&r["keeper_alive"])),
             None => "no keeper".into(),
         };
+        let adopted = match r["adopted_by"].as_u64() {
+            Some(pid) => format!("; adopted by pid {pid}"),
+            None => String::new(),
+        };
         println!(
-            "run:   attempt {} on {} (host {}), supervisor pid {} ({}), {keeper}, since {}",
+            "run:   attempt {} on {} (host {}), supervisor pid {} ({}{adopted}), {keeper}, since {}",
             r["attempt"],
             r["agent"].as_str().unwrap_or("?"),
             r["host"].as_str().unwrap_or("?"),

@@ -144,20 +144,15 @@ fn a_run_whose_supervisor_was_killed_is_adopted_not_rerun() {
         !alive(launcher)
     });
     assert!(alive(keeper), "the keeper died with its launcher");
-    let _sup = root.spawn();
-    wait_for(
-        Duration::from_secs(30),
-        "the new supervisor to adopt the run",
-        || {
-            root.sup_logs()
-                .contains("adopting a run whose supervisor died")
-        },
-    );
+    let next = root.spawn();
+    adopted(&root, "the new supervisor to adopt the run");
     assert!(alive(pid), "the adopting supervisor stopped the agent");
-    // show names the run's supervisor (gone) and its keeper (alive).
+    // show names the run's supervisor (gone), the one that adopted it, and
+    // its keeper (alive).
     let shown = stdout(&root.mailroom(&["show", "o"]));
+    let adopter = format!("(gone; adopted by pid {}), keeper pid", next.pid());
     assert!(
-        shown.contains("supervisor pid") && shown.contains("(gone), keeper pid"),
+        shown.contains("supervisor pid") && shown.contains(&adopter),
         "{shown}"
     );
     assert!(shown.contains("(alive), since"), "{shown}");
