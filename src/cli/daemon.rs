@@ -4,7 +4,6 @@
 //! so `stop` also stops one started in the foreground with `run`.
 
 use std::io::IsTerminal;
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -105,14 +104,7 @@ fn start_lock(layout: &crate::tree::layout::Layout) -> Result<std::fs::File> {
     let dir = crate::tree::registry::dir(layout);
     fsx::create_dir_all(&dir).with_context(|| format!("creating {}", layout.rel(&dir)))?;
     let path = dir.join(".start.lock");
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .custom_flags(libc::O_NOFOLLOW)
-        .mode(0o600)
-        .open(&path)
+    let f = crate::tree::lock::open_lock_file(&path)
         .with_context(|| format!("opening {}", layout.rel(&path)))?;
     crate::tree::lock::flock_within(&f, Duration::from_secs(60))
         .map_err(|e| anyhow::anyhow!("{} {e}", layout.rel(&path)))?;
