@@ -217,7 +217,7 @@ pub fn proc_state(pid: u32) -> Option<(char, u64)> {
 
 /// The state letter and start time in the text of a `/proc/<pid>/stat`.
 fn parse_stat(stat: &str) -> Option<(char, u64)> {
-    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let mut fields = after_comm(stat)?.split_whitespace();
     let state = fields.next()?.chars().next()?;
     // The start time is field 22, the 20th after the state (field 3).
     let start = fields.nth(18)?.parse().ok()?;
@@ -226,19 +226,18 @@ fn parse_stat(stat: &str) -> Option<(char, u64)> {
 
 /// A process's parent pid, from `/proc/<pid>/stat` (field 4).
 pub fn proc_ppid(pid: u32) -> Option<u32> {
-    proc_stat_after_comm(pid)?
+    after_comm(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)?
         .split_whitespace()
         .nth(1)?
         .parse()
         .ok()
 }
 
-/// `/proc/<pid>/stat` from field 3 (the state) on: the command name (field
-/// 2) may hold spaces and parentheses, so everything up to its last ')'
-/// goes.
-fn proc_stat_after_comm(pid: u32) -> Option<String> {
-    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    Some(s[s.rfind(')')? + 1..].to_owned())
+/// A `/proc/<pid>/stat` line from field 3 (the state) on: the command name
+/// (field 2) may hold spaces and parentheses, so everything up to its last
+/// ')' goes.
+fn after_comm(stat: &str) -> Option<&str> {
+    Some(&stat[stat.rfind(')')? + 1..])
 }
 
 /// Whether `pid` is the same process that had start time `start`, and is
@@ -263,10 +262,14 @@ fn alive_by_stat(stat: io::Result<String>, start: u64) -> bool {
 /// The root a `mailroom ... run` process works on, from its command line,
 /// environment and working directory; `None` if it is not a supervisor.
 pub fn supervisor_root(pid: u32) -> Option<std::path::PathBuf> {
-    let exe_name = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .unwrap_or_else(|| "mailroom".into());
+    // This binary's name, looked up once: `stop` asks for every process.
+    static EXE_NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let exe_name = EXE_NAME.get_or_init(|| {
+        std::env::current_exe()
+            .ok()
+            .and_then(|e| e.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "mailroom".into())
+    });
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
     let name = exe.file_name()?.to_str()?;
     // An upgrade replaced the running binary's file: the link says so.
