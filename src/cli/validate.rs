@@ -60,6 +60,11 @@ pub fn validate(root: &Path, files: &[PathBuf]) -> Result<bool> {
     let mut checked_cfg = false;
     // The root's config, read once, when a task file is met.
     let mut root_config: Option<Option<Config>> = None;
+    // The scanner's directory, for files named so that it never claims them.
+    let pending = crate::tree::layout::Layout::new(root)
+        .pending
+        .canonicalize()
+        .ok();
     for f in files {
         let shown = f.display().to_string();
         let is_cfg =
@@ -117,16 +122,8 @@ pub fn validate(root: &Path, files: &[PathBuf]) -> Result<bool> {
                     ),
                     task::Entry::BadName(why) => Some(why),
                 };
-                let in_pending = f
-                    .parent()
-                    .and_then(|d| d.canonicalize().ok())
-                    .is_some_and(|d| {
-                        Some(d)
-                            == crate::tree::layout::Layout::new(root)
-                                .pending
-                                .canonicalize()
-                                .ok()
-                    });
+                let in_pending =
+                    pending.is_some() && f.parent().and_then(|d| d.canonicalize().ok()) == pending;
                 match never {
                     Some(why) if in_pending => {
                         println!("{shown}: {why}");
