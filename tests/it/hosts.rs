@@ -236,6 +236,16 @@ fn four_hosts_share_a_tree_hold_max_instances_and_a_lost_host_loses_no_task() {
     {
         std::fs::remove_file(root.p(&format!("tasks/assigned/{f}"))).unwrap();
     }
+    // Lost in the middle of a commit, it leaves a temp file in completed/ or
+    // failed/ too (a record half written), under the same 10-minute rule.
+    for f in root.temp_files() {
+        if f.rsplit('/')
+            .next()
+            .is_some_and(|n| lost_temp(&n.to_owned()))
+        {
+            std::fs::remove_file(root.p(&f)).unwrap();
+        }
+    }
     check_invariants(&root, n, "completed");
     let log = std::fs::read_to_string(&runlog).unwrap();
     let runs = check_no_overlap_but_the_lost(&log, lost_at, lost_until);
