@@ -232,7 +232,7 @@ impl Metrics {
             &mut o,
             "mailroom_oldest_pending_age_seconds",
             "gauge",
-            "Age of the oldest pending task (0 when none).",
+            "How long the longest-waiting pending task has waited for a slot: since its submission, or since its own delay, not_before or retry backoff let it go (tasks still held are left out; 0 when none).",
         );
         let _ = writeln!(
             o,

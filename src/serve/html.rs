@@ -256,14 +256,19 @@ fn rows_table(rows: &[Row]) -> String {
          <th>Age</th><th>Attempts</th><th>Outcome</th><th>Tokens in / out</th><th>Cost</th><th>Session</th></tr></thead><tbody>",
     );
     for r in rows {
-        let outcome = match (&r.outcome, &r.error) {
-            (Some(o), Some(e)) => format!(r#"<span title="{}">{}</span>"#, esc(e), esc(o)),
-            (Some(o), None) => esc(o),
-            (None, Some(e)) => format!(
+        let outcome = match (&r.outcome, &r.error, &r.waiting) {
+            (Some(o), Some(e), _) => format!(r#"<span title="{}">{}</span>"#, esc(e), esc(o)),
+            (Some(o), None, _) => esc(o),
+            (None, e, Some(w)) => format!(
+                r#"<span class="muted waiting" title="{}">{}</span>"#,
+                esc(e.as_deref().map_or("", |e| e)),
+                esc(w)
+            ),
+            (None, Some(e), None) => format!(
                 r#"<span class="muted" title="{}">last error</span>"#,
                 esc(e)
             ),
-            (None, None) => "–".into(),
+            (None, None, None) => "–".into(),
         };
         let (tin, tout, cost) = match &r.usage {
             Some(u) => (
@@ -350,12 +355,16 @@ pub fn overview(o: &Overview, mode: &Mode) -> String {
         Some(p) => {
             let _ = write!(
                 s,
-                r#"<p id="oldest">Oldest pending: {} submitted {} ago <span class="muted">({})</span></p>"#,
+                r#"<p id="oldest">Longest waiting: {} for {} <span class="muted">(since {}; submitted {})</span></p>"#,
                 task_link(&p.name),
                 duration(p.age_secs),
+                esc(&p.waiting_since),
                 esc(&p.submitted_at)
             );
         }
+        None if o.counts.pending > 0 => s.push_str(
+            r#"<p id="oldest" class="muted">No pending task waits for a slot: each is held by its own delay, <code>not_before</code> or a retry backoff.</p>"#,
+        ),
         None => s.push_str(r#"<p id="oldest" class="muted">Nothing pending.</p>"#),
     }
     s.push_str(&today(o));

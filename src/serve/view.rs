@@ -64,10 +64,15 @@ pub struct AgentRow {
     pub cooldown_until: Option<String>,
 }
 
+/// The pending task that has waited longest for a slot.
 #[derive(Debug, Serialize)]
 pub struct Oldest {
     pub name: String,
     pub submitted_at: String,
+    /// When it started to wait: its submission, or the end of its own
+    /// `delay`/`not_before` or of its retry backoff, whichever is last.
+    pub waiting_since: String,
+    /// Seconds since `waiting_since`.
     pub age_secs: u64,
 }
 
@@ -130,6 +135,10 @@ pub struct Row {
     pub usage: Option<crate::adapter::Usage>,
     /// The last attempt's session id, for resuming it in the agent's CLI.
     pub session_id: Option<String>,
+    /// Why a pending task is not running yet, when the tree says (as on its
+    /// page): a dependency, a retry backoff, its own `delay`/`not_before`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
 }
 
 /// What the task list is asked for.
@@ -175,6 +184,16 @@ pub struct Link {
     pub name: String,
     /// None: no task of that name exists (yet).
     pub state: Option<State>,
+}
+
+impl Link {
+    /// `name`, with the state directory that holds it now.
+    fn to(layout: &Layout, name: &str) -> Link {
+        Link {
+            name: name.to_owned(),
+            state: layout.locate(name).map(|(s, _, _)| s),
+        }
+    }
 }
 
 /// A text shown on the task page, cut to a size.
@@ -303,6 +322,94 @@ fn read_task(layout: &Layout, s: State, name: &str, ext: &str) -> Option<(String
     Some((String::from_utf8_lossy(&b).into_owned(), mtime))
 }
 
+/// Why a pending task is not running yet, when the tree says: a dependency
+/// (`after`, with where each stands) not completed, a retry backoff (from
+/// its state file `book`), or its own `delay`/`not_before` (`own`: the task
+/// and its file's mtime).
+fn waiting_because(
+    layout: &Layout,
+    after: &[Link],
+    book: Option<&TaskState>,
+    own: Option<(&Task, SystemTime)>,
+) -> Option<String> {
+    if let Some(d) = after.iter().find(|d| d.state != Some(State::Completed)) {
+        return Some(match d.state {
+            Some(State::Failed) => format!("dependency {} failed", d.name),
+            Some(_) => format!("waiting for {}", d.name),
+            None => match crate::tree::books::diverted_as(layout, &d.name) {
+                Some(clash) => format!("dependency {} failed (filed as {clash})", d.name),
+                None => format!("waiting for {} (not submitted)", d.name),
+            },
+        });
+    }
+    let now = SystemTime::now();
+    let retry = book
+        .and_then(|b| b.not_before.clone())
+        .filter(|nb| crate::model::record::parse_ts(nb).is_some_and(|at| at > now));
+    if let Some(nb) = retry {
+        return Some(format!("waiting for a retry at {nb}"));
+    }
+    let (t, mtime) = own?;
+    let (at, why) = t.own_hold(mtime, now)?;
+    Some(format!("held by its {why} until {}", ts(at)))
+}
+
+/// How many pending task files [`oldest_waiting`] reads at most.
+const OLDEST_READS: usize = 1000;
+
+/// When the pending task `e` started to wait for a slot (see
+/// [`Oldest::waiting_since`]). Its file is parsed only when it names a hold.
+fn waiting_since(layout: &Layout, snap: &Snapshot, e: &Entry) -> SystemTime {
+    let mut since = e.mtime;
+    if let Some((src, _)) = read_task(layout, State::Pending, &e.name, e.ext)
+        && (src.contains("delay") || src.contains("not_before"))
+        && let Some(at) = task::parse_as(&e.name, e.ext, src.as_bytes())
+            .ok()
+            .and_then(|t| t.starts_at(e.mtime))
+    {
+        since = since.max(at);
+    }
+    // A task waiting for its retry has its state file in assigned/.
+    if snap.get(State::Assigned).state_files.contains(&e.name)
+        && let Some(at) = read_state(layout, &e.name)
+            .and_then(|st| st.not_before)
+            .and_then(|nb| crate::model::record::parse_ts(&nb))
+    {
+        since = since.max(at);
+    }
+    since
+}
+
+/// The pending task that has waited longest, leaving out those their own
+/// `delay`/`not_before` or a retry backoff still holds (a task meant for
+/// tomorrow is not late). Reads from the oldest submission on, and stops
+/// once no later file can have waited longer; at most [`OLDEST_READS`]
+/// files (past that, the next one by submission is taken as it is).
+fn oldest_waiting(layout: &Layout, snap: &Snapshot, now: SystemTime) -> Option<Oldest> {
+    let mut best: Option<(&Entry, SystemTime)> = None;
+    for (i, e) in snap.get(State::Pending).entries.iter().rev().enumerate() {
+        if best.is_some_and(|(_, b)| e.mtime >= b) {
+            break;
+        }
+        let since = if i < OLDEST_READS {
+            waiting_since(layout, snap, e)
+        } else if best.is_none() {
+            e.mtime
+        } else {
+            break;
+        };
+        if since <= now && best.is_none_or(|(_, b)| since < b) {
+            best = Some((e, since));
+        }
+    }
+    best.map(|(e, since)| Oldest {
+        name: e.name.clone(),
+        submitted_at: ts(e.mtime),
+        waiting_since: ts(since),
+        age_secs: age(since, now),
+    })
+}
+
 fn first_line(s: &str, max: usize) -> String {
     let l = s.lines().next().unwrap_or("");
     match l.char_indices().nth(max) {
@@ -335,11 +442,25 @@ fn row(layout: &Layout, snap: &Snapshot, s: State, e: &Entry, now: SystemTime) -
         error: None,
         usage: None,
         session_id: None,
+        waiting: None,
     };
     match s {
         State::Pending | State::Assigned => {
             let has_state = snap.get(State::Assigned).state_files.contains(&e.name);
-            if let Some(st) = has_state.then(|| read_state(layout, &e.name)).flatten() {
+            let book = has_state.then(|| read_state(layout, &e.name)).flatten();
+            if s == State::Pending {
+                let after: Vec<Link> = parsed
+                    .as_ref()
+                    .map(|t| t.after.iter().map(|d| Link::to(layout, d)).collect())
+                    .unwrap_or_default();
+                r.waiting = waiting_because(
+                    layout,
+                    &after,
+                    book.as_ref(),
+                    parsed.as_ref().zip(Some(e.mtime)),
+                );
+            }
+            if let Some(st) = book {
                 r.attempts = st.attempts;
                 if let Some(run) = &st.run {
                     r.agent = Some(run.agent.clone());
@@ -425,11 +546,7 @@ pub fn overview(index: &Index, ledger: &Ledger, layout: &Layout) -> Overview {
     for c in &cooldowns {
         agent(&mut agents, &c.agent).cooldown_until = Some(c.until.clone());
     }
-    let oldest_pending = snap.get(State::Pending).entries.last().map(|e| Oldest {
-        name: e.name.clone(),
-        submitted_at: ts(e.mtime),
-        age_secs: age(e.mtime, now),
-    });
+    let oldest_pending = oldest_waiting(layout, &snap, now);
     // The most recent finished tasks: merge the heads of two sorted lists.
     let mut recent: Vec<(State, &Entry)> = [State::Completed, State::Failed]
         .into_iter()
@@ -663,37 +780,12 @@ pub fn detail(index: &Index, layout: &Layout, name: &str) -> Option<Detail> {
     };
     let book = read_state(layout, name);
     let t = parsed.as_ref().ok();
-    let link = |n: &str| Link {
-        name: n.to_owned(),
-        state: layout.locate(n).map(|(s, _, _)| s),
-    };
+    let link = |n: &str| Link::to(layout, n);
     let after: Vec<Link> = t
         .map(|t| t.after.iter().map(|d| link(d)).collect())
         .unwrap_or_default();
     let waiting = (state == State::Pending)
-        .then(|| {
-            if let Some(d) = after.iter().find(|d| d.state != Some(State::Completed)) {
-                return Some(match d.state {
-                    Some(State::Failed) => format!("dependency {} failed", d.name),
-                    Some(_) => format!("waiting for {}", d.name),
-                    None => match crate::tree::books::diverted_as(layout, &d.name) {
-                        Some(clash) => format!("dependency {} failed (filed as {clash})", d.name),
-                        None => format!("waiting for {} (not submitted)", d.name),
-                    },
-                });
-            }
-            let retry = book
-                .as_ref()
-                .and_then(|b| b.not_before.clone())
-                .filter(|nb| {
-                    crate::model::record::parse_ts(nb).is_some_and(|at| at > SystemTime::now())
-                });
-            if let Some(nb) = retry {
-                return Some(format!("waiting for a retry at {nb}"));
-            }
-            let (at, why) = t?.own_hold(mtime?, SystemTime::now())?;
-            Some(format!("held by its {why} until {}", ts(at)))
-        })
+        .then(|| waiting_because(layout, &after, book.as_ref(), t.zip(mtime)))
         .flatten();
     let mut children: Vec<String> = record
         .as_ref()

@@ -136,17 +136,25 @@ impl Supervisor {
         self.metrics.dirty = false;
         self.metrics_due = Some(Instant::now() + Duration::from_secs(1));
         let now = SystemTime::now();
+        // How long the longest-waiting task has waited for a slot: from its
+        // submission, or from when its own `delay`/`not_before` or its retry
+        // backoff let it go. One still held by either is not waiting (an
+        // alert on this age must not fire for a task meant for tomorrow).
         let oldest = self
             .pending
             .values()
-            .map(|p| p.id.mtime_ns)
+            .filter_map(|p| {
+                let submitted =
+                    SystemTime::UNIX_EPOCH + Duration::from_nanos(p.id.mtime_ns.max(0) as u64);
+                let own = p.parsed.as_ref().ok().and_then(|b| b.not_before);
+                let since = [Some(submitted), own, p.retry_at]
+                    .into_iter()
+                    .flatten()
+                    .max()?;
+                (since <= now).then_some(since)
+            })
             .min()
-            .map(|ns| {
-                let now_ns = now
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_nanos() as i128);
-                ((now_ns - ns).max(0) as f64) / 1e9
-            });
+            .map(|since| now.duration_since(since).unwrap_or_default().as_secs_f64());
         let mut running: BTreeMap<String, usize> = BTreeMap::new();
         for a in self.config.agents.keys() {
             running.insert(a.clone(), self.load.get(a).copied().unwrap_or(0));

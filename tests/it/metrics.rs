@@ -234,3 +234,39 @@ fn the_metrics_file_is_written_when_an_idle_supervisor_starts() {
     );
     assert_eq!(m.get("mailroom_paused"), Some(&0.0), "{m:?}");
 }
+
+/// The oldest pending age is how long a task has waited for a slot: a task
+/// its own `delay` still holds is not waiting, and one whose `not_before`
+/// has passed waits from then, not from its submission (an alert on this
+/// gauge fired for a task meant for tomorrow).
+#[test]
+fn the_oldest_pending_age_leaves_out_held_tasks_and_counts_from_their_release() {
+    use std::time::{Duration, SystemTime};
+    let nb = humantime::format_rfc3339_seconds(SystemTime::now() - Duration::from_secs(3600));
+    let root = Root::new()
+        .config("metrics_file: metrics.prom\n")
+        .task("later.yaml", "description: x\ndelay: 1d\n")
+        .task(
+            "released.yaml",
+            &format!("description: x\nnot_before: {nb}\n"),
+        )
+        .task("fresh.yaml", "description: x\n");
+    for (f, ago) in [("later", 5), ("released", 5), ("fresh", 0)] {
+        std::fs::File::options()
+            .write(true)
+            .open(root.p(&format!("tasks/pending/{f}.yaml")))
+            .unwrap()
+            .set_modified(SystemTime::now() - Duration::from_secs(ago * 3600 + 600))
+            .unwrap();
+    }
+    assert!(root.mailroom(&["pause"]).status.success());
+    let _sup = root.spawn();
+    wait_for(Duration::from_secs(60), "the metrics file", || {
+        std::fs::read_to_string(root.p("metrics.prom"))
+            .is_ok_and(|t| parse(&t).get("mailroom_tasks{state=\"pending\"}") == Some(&3.0))
+    });
+    let m = parse(&root.read("metrics.prom"));
+    let age = m["mailroom_oldest_pending_age_seconds"];
+    // `released` has waited an hour (since its not_before), not 5h10m.
+    assert!((3590.0..3700.0).contains(&age), "{age}: {m:?}");
+}

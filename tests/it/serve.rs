@@ -1889,3 +1889,75 @@ fn the_task_page_says_until_when_its_delay_holds_a_task() {
     );
     assert!(srv.json("/api/tasks/now")["waiting"].is_null());
 }
+
+/// The overview's and `/metrics`' oldest pending task is the one that has
+/// waited longest for a slot: a task its own `delay` still holds is left
+/// out, and one whose `not_before` has passed waits from then. The task
+/// list says which rows are held.
+#[test]
+fn the_longest_waiting_task_leaves_out_held_ones_and_the_list_says_they_are_held() {
+    use std::time::{Duration, SystemTime};
+    let nb = humantime::format_rfc3339_seconds(SystemTime::now() - Duration::from_secs(3600));
+    let root = Root::new()
+        .agent_config(&["true"], "")
+        .task("later.yaml", "description: x\ndelay: 1d\n")
+        .task(
+            "released.yaml",
+            &format!("description: x\nnot_before: {nb}\n"),
+        )
+        .task("fresh.yaml", "description: x\n");
+    let age = |f: &str, secs: u64| {
+        std::fs::File::options()
+            .write(true)
+            .open(root.p(&format!("tasks/pending/{f}.yaml")))
+            .unwrap()
+            .set_modified(SystemTime::now() - Duration::from_secs(secs))
+            .unwrap();
+    };
+    age("later", 6 * 3600);
+    age("released", 5 * 3600);
+    age("fresh", 600);
+    let srv = Server::start(&root);
+    let o = srv.json("/api/overview");
+    let old = &o["oldest_pending"];
+    assert_eq!(old["name"], "released", "{o}");
+    let waited = old["age_secs"].as_u64().unwrap();
+    assert!((3590..3700).contains(&waited), "{o}");
+    let m = crate::metrics::parse(&srv.get("/metrics").body);
+    let g = m["mailroom_oldest_pending_age_seconds"];
+    assert!((3590.0..3700.0).contains(&g), "{m:?}");
+    let page = srv.get("/").body;
+    assert!(page.contains("Longest waiting:"), "{page}");
+
+    let rows = srv.json("/api/tasks?state=pending");
+    let row = |n: &str| {
+        rows["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == n)
+            .cloned()
+            .unwrap_or_else(|| panic!("no row {n}: {rows}"))
+    };
+    let held = row("later")["waiting"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        held.starts_with("held by its `delay: 1day` until 20"),
+        "{rows}"
+    );
+    assert!(row("fresh")["waiting"].is_null(), "{rows}");
+    assert!(srv.get("/tasks?state=pending").body.contains("held by its"));
+
+    // Only the held task left: nothing waits, and the page says why.
+    std::fs::remove_file(root.p("tasks/pending/released.yaml")).unwrap();
+    std::fs::remove_file(root.p("tasks/pending/fresh.yaml")).unwrap();
+    wait_for(Duration::from_secs(30), "the listing to follow", || {
+        srv.json("/api/overview")["counts"]["pending"] == 1
+    });
+    let o = srv.json("/api/overview");
+    assert!(o["oldest_pending"].is_null(), "{o}");
+    let page = srv.get("/").body;
+    assert!(page.contains("No pending task waits for a slot"), "{page}");
+}
