@@ -190,17 +190,7 @@ pub fn show(root: &Path, name: &str, json: bool) -> Result<()> {
         crate::run::keeper::info(&books::current_run_dir(&layout, name, &state_file), id)
     });
     let running = run.map(|r| {
-        let sup_alive = r.host == books::hostname()
-            && books::same_process(r.supervisor_pid, r.supervisor_start);
-        // A supervisor that adopted the run holds its adoption lock (read,
-        // never made here).
-        let adopted_by = (r.host == books::hostname() && !sup_alive)
-            .then(|| {
-                let dir = books::current_run_dir(&layout, name, &state_file);
-                let f = std::fs::File::open(dir.join(crate::run::keeper::ADOPTER_LOCK)).ok()?;
-                crate::tree::lock::flock_holder(&f)
-            })
-            .flatten();
+        let holder = books::run_holder(&layout, name, &state_file);
         let keeper_alive = keeper
             .as_ref()
             .map(|k| crate::run::keeper::alive(k, &books::hostname()));
@@ -209,8 +199,8 @@ pub fn show(root: &Path, name: &str, json: bool) -> Result<()> {
             "agent": r.agent,
             "host": r.host,
             "supervisor_pid": r.supervisor_pid,
-            "supervisor_alive": (r.host == books::hostname()).then_some(sup_alive),
-            "adopted_by": adopted_by,
+            "supervisor_alive": holder.map(|h| h.supervisor_alive),
+            "adopted_by": holder.and_then(|h| h.adopted_by),
             "keeper_pid": keeper.as_ref().map(|k| k.pid),
             "keeper_alive": keeper_alive,
             "started_at": r.started_at,

@@ -802,15 +802,24 @@ pub fn task(d: &Detail, mode: &Mode) -> String {
         );
     }
     if let Some(r) = &d.run {
+        let holder = match d.run_holder {
+            Some(h) if h.supervisor_alive => " (alive)".to_owned(),
+            Some(h) => match h.adopted_by {
+                Some(pid) => format!(" (gone; adopted by pid {pid})"),
+                None => " (gone)".to_owned(),
+            },
+            None => String::new(),
+        };
         dt(
             "Running",
             format!(
-                "attempt {} on {} since {} (deadline {}, host {})",
+                "attempt {} on {} since {} (deadline {}, host {}, supervisor pid {}{holder})",
                 r.attempt,
                 esc(&r.agent),
                 esc(&r.started_at),
                 esc(&r.deadline),
-                esc(&r.host)
+                esc(&r.host),
+                r.supervisor_pid
             ),
         );
     }

@@ -230,6 +230,10 @@ pub struct Detail {
     pub attempts: Vec<Attempt>,
     /// The run under way, from the state file.
     pub run: Option<crate::model::record::RunInfo>,
+    /// Whether the run's supervisor is alive, and who adopted the run when
+    /// it is not (a run of this host only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_holder: Option<crate::tree::books::RunHolder>,
     pub record: Option<ResultRecord>,
     /// Records of the task's earlier rounds (before each `mailroom retry`).
     pub rounds: Vec<ResultRecord>,
@@ -864,6 +868,10 @@ pub fn detail(index: &Index, layout: &Layout, name: &str) -> Option<Detail> {
         needed_by: needed_by.iter().map(|c| link(c)).collect(),
         attempts,
         run: book.as_ref().and_then(|b| b.run.clone()),
+        run_holder: book
+            .as_ref()
+            .filter(|_| state == State::Assigned)
+            .and_then(|b| crate::tree::books::run_holder(layout, name, b)),
         rounds: rounds(layout, name),
         bookkeeping: book,
         prompt: in_run("prompt.md", MAX_TEXT, false),

@@ -85,6 +85,33 @@ pub fn current_run_dir(layout: &Layout, name: &str, st: &TaskState) -> std::path
     layout.attempt_dir(State::Assigned, name, n)
 }
 
+/// Who holds a run of this host now: whether the supervisor its state file
+/// names is alive and, when it is gone, which supervisor adopted the run.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct RunHolder {
+    pub supervisor_alive: bool,
+    /// The pid that holds the run's adoption lock (read, never taken here).
+    pub adopted_by: Option<u32>,
+}
+
+/// [`RunHolder`] for `name`'s run under way (`st.run`); None when there is
+/// none, or it runs on another host, where this one cannot look.
+pub fn run_holder(layout: &Layout, name: &str, st: &TaskState) -> Option<RunHolder> {
+    let r = st.run.as_ref().filter(|r| r.host == hostname())?;
+    let supervisor_alive = same_process(r.supervisor_pid, r.supervisor_start);
+    let adopted_by = (!supervisor_alive)
+        .then(|| {
+            let dir = current_run_dir(layout, name, st);
+            let f = std::fs::File::open(dir.join(crate::run::keeper::ADOPTER_LOCK)).ok()?;
+            crate::tree::lock::flock_holder(&f)
+        })
+        .flatten();
+    Some(RunHolder {
+        supervisor_alive,
+        adopted_by,
+    })
+}
+
 /// Points a record about to be filed as `dest/<record.task>` at its run
 /// directories: `run_dir` at the latest attempt's, and each attempt in
 /// `history` at its own (for the attempts whose directory is still in

@@ -156,6 +156,16 @@ fn a_run_whose_supervisor_was_killed_is_adopted_not_rerun() {
         "{shown}"
     );
     assert!(shown.contains("(alive), since"), "{shown}");
+    // So does the dashboard's page of the task.
+    let srv = crate::serve::Server::start(&root);
+    let page = srv.json("/api/tasks/o");
+    assert_eq!(page["run_holder"]["supervisor_alive"], false, "{page}");
+    assert_eq!(page["run_holder"]["adopted_by"], next.pid(), "{page}");
+    let html = srv.get("/tasks/o").body;
+    assert!(
+        html.contains(&format!("(gone; adopted by pid {})", next.pid())),
+        "{html}"
+    );
     let status = stdout(&root.mailroom(&["status"]));
     assert!(status.contains("is gone (last beat"), "{status}");
     let rec = completes_once(&root);

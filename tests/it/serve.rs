@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 
 /// A running `mailroom serve`; killed and awaited on drop.
-struct Server {
+pub(crate) struct Server {
     child: Child,
     addr: SocketAddr,
 }
 
 impl Server {
-    fn start(root: &Root) -> Server {
+    pub(crate) fn start(root: &Root) -> Server {
         Server::start_with(root, &[])
     }
 
@@ -76,11 +76,11 @@ impl Server {
         format!("http://{}{path}", self.addr)
     }
 
-    fn get(&self, path: &str) -> Resp {
+    pub(crate) fn get(&self, path: &str) -> Resp {
         request(self.addr, "GET", path, &[])
     }
 
-    fn json(&self, path: &str) -> serde_json::Value {
+    pub(crate) fn json(&self, path: &str) -> serde_json::Value {
         let r = self.get(path);
         assert_eq!(r.status, 200, "{path}: {}", r.body);
         serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{path}: {e}: {}", r.body))
@@ -94,10 +94,10 @@ impl Drop for Server {
     }
 }
 
-struct Resp {
+pub(crate) struct Resp {
     status: u16,
     headers: Vec<(String, String)>,
-    body: String,
+    pub(crate) body: String,
 }
 
 impl Resp {
