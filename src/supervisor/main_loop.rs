@@ -149,7 +149,12 @@ impl Supervisor {
             return None;
         }
         let l = self.layout();
-        let dirs: [&Path; 3] = [&l.control, &l.cancel, &l.root];
+        // The registry too: a peer's first heartbeat names it at once (its
+        // first beat is written before it claims anything), where the
+        // heartbeat's own look comes up to 5 s later.
+        let beats = crate::tree::registry::dir(l);
+        let _ = crate::tree::fsx::create_dir_all(&beats);
+        let dirs: [&Path; 4] = [&l.control, &l.cancel, &l.root, &beats];
         match Watch::start(&l.tasks, &l.pending, &dirs, self.hints.clone()) {
             Ok(w) => Some(w),
             Err(e) => {
@@ -291,6 +296,11 @@ impl Supervisor {
             for p in paths {
                 self.examine_path(&p);
             }
+        }
+        if self.peers_hinted && Instant::now() >= self.peers_look_due {
+            self.peers_hinted = false;
+            self.peers_look_due = Instant::now() + peers::HINTED_LOOK_GAP;
+            self.watch_peers();
         }
     }
 

@@ -283,6 +283,10 @@ pub struct Supervisor {
     peers: HashSet<(u32, u64)>,
     /// Heartbeat files (by pid) that named no peer, and when they were read.
     peer_misses: HashMap<u32, Instant>,
+    /// The watcher saw a heartbeat of a supervisor not watched yet.
+    peers_hinted: bool,
+    /// The next look for peers that a hint may bring on.
+    peers_look_due: Instant,
     /// A recovery pass for a peer's death, due at this instant.
     peer_pass_due: Option<Instant>,
     /// When the last such pass ran.
@@ -390,6 +394,8 @@ impl Supervisor {
             recover_due: None,
             peers: HashSet::new(),
             peer_misses: HashMap::new(),
+            peers_hinted: false,
+            peers_look_due: Instant::now(),
             peer_pass_due: None,
             peer_pass_last: None,
             reexamine: BTreeMap::new(),

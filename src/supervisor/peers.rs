@@ -5,10 +5,12 @@
 //! by default), and until then the runs looked as if they were running, and
 //! their dependants and `mailroom wait` were held.
 //!
-//! A peer is found at each heartbeat among the registry's files named for
-//! this host (a listing; only new names are read), and watched through a
-//! pidfd, opened and then checked against its start time, so that a reused
-//! pid is never watched. The registry is written by anyone who can write the
+//! A peer is found among the registry's files named for this host (a
+//! listing; only new names are read) at each heartbeat, and when the watcher
+//! sees a new one written (at most every [`HINTED_LOOK_GAP`]), so that a peer
+//! that starts and dies between two heartbeats is seen too. It is watched
+//! through a pidfd, opened and then checked against its start time, so that
+//! a reused pid is never watched. The registry is written by anyone who can write the
 //! tree, an agent too: a file is believed only when its process is a
 //! supervisor (`mailroom ... run`) of this very tree, at most
 //! [`MAX_PEERS`] are watched, and a death brings on at most one recovery
@@ -25,13 +27,31 @@ pub(super) const MAX_PEERS: usize = 64;
 const NEW_PER_BEAT: usize = 32;
 /// A file that named no peer is read again only after this long.
 const RELOOK: Duration = Duration::from_secs(60);
+/// Looks for peers that the watcher brings on are at least this far apart
+/// (files written into the registry by the thousand cost one listing per
+/// gap, and the heartbeat's look still comes every 5 s).
+pub(super) const HINTED_LOOK_GAP: Duration = Duration::from_millis(200);
 /// Peer-triggered recovery passes are at least this far apart.
 pub(super) const PEER_PASS_GAP: Duration = Duration::from_secs(1);
 
 impl Supervisor {
+    /// The watcher saw the heartbeat file of `pid` (this host) written: look
+    /// for peers after this turn's hints, unless it is this supervisor, or
+    /// one watched or found to be no peer already.
+    pub(super) fn peer_hinted(&mut self, pid: u32) {
+        if pid != self.ctx.self_pid
+            && !self.peers.iter().any(|(p, _)| *p == pid)
+            && !self.peer_misses.contains_key(&pid)
+        {
+            self.peers_hinted = true;
+        }
+    }
+
     /// Watches the supervisors of this tree on this host that are not
-    /// watched yet. Called at each heartbeat.
+    /// watched yet. Called at each heartbeat, and when the watcher sees a
+    /// new one's heartbeat.
     pub(super) fn watch_peers(&mut self) {
+        self.peers_hinted = false;
         let now = Instant::now();
         self.peer_misses
             .retain(|_, t| now.duration_since(*t) < RELOOK);

@@ -229,6 +229,15 @@ impl Supervisor {
             self.control_dirty = true;
             return;
         }
+        if p.parent() == Some(crate::tree::registry::dir(l).as_path()) {
+            if let Some(pid) = p
+                .file_name()
+                .and_then(|n| crate::tree::registry::local_pid(n, &self.ctx.host))
+            {
+                self.peer_hinted(pid);
+            }
+            return;
+        }
         if p == l.root.join(crate::parse::config::CONFIG_FILE) {
             self.reload_due = Some(Instant::now() + Duration::from_millis(300));
             return;

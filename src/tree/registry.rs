@@ -70,15 +70,23 @@ pub fn local(layout: &Layout, host: &str) -> Vec<(u32, PathBuf)> {
     let mut v = Vec::new();
     let d = dir(layout);
     let _ = fsx::for_each_name(&d, |name| {
-        let pid = std::str::from_utf8(name)
-            .ok()
-            .and_then(|n| n.strip_prefix(&prefix)?.strip_suffix(".json"))
-            .and_then(|p| p.parse::<u32>().ok());
-        if let Some(pid) = pid {
+        if let Some(pid) = pid_in(name, &prefix) {
             v.push((pid, d.join(std::ffi::OsStr::from_bytes(name))));
         }
     });
     v
+}
+
+/// The pid a heartbeat file's name gives, when it is named for `host`.
+pub fn local_pid(file_name: &std::ffi::OsStr, host: &str) -> Option<u32> {
+    pid_in(file_name.as_bytes(), &format!("{}.", host_in_name(host)))
+}
+
+fn pid_in(name: &[u8], prefix: &str) -> Option<u32> {
+    std::str::from_utf8(name)
+        .ok()
+        .and_then(|n| n.strip_prefix(prefix)?.strip_suffix(".json"))
+        .and_then(|p| p.parse::<u32>().ok())
 }
 
 /// Writes (or rewrites) this supervisor's heartbeat: atomically, never

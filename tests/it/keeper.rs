@@ -230,6 +230,46 @@ fn a_live_supervisor_adopts_a_dead_peers_run_at_once() {
     completes_once(&root);
 }
 
+/// A peer that starts, claims a task and dies between two heartbeats of a
+/// live supervisor is still seen: the watcher names it when it writes its
+/// first heartbeat, and its run is adopted at once, not at the next rescan
+/// (ten minutes here).
+#[test]
+fn a_peer_that_dies_before_the_next_heartbeat_is_still_noticed() {
+    let waiter = r#"log="$MAILROOM_ROOT/agent.log"
+echo "start $MAILROOM_TASK" >> "$log"
+i=0
+while [ ! -e "$MAILROOM_ROOT/go-$MAILROOM_TASK" ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done
+echo "end $MAILROOM_TASK" >> "$log""#;
+    let root = Root::new()
+        .config(&format!(
+            "concurrency: 2\nsettle: 300ms\nrescan_interval: 10m\nagents:\n  a:\n    command: [\"/bin/sh\", \"-c\", {waiter:?}]\n    max_instances: 2\n    grace: 1s\n    prompt_template: \"{{description}}\"\n"
+        ))
+        .task("p.yaml", "description: one\n")
+        .task("q.yaml", "description: two\n");
+    let starts = |root: &Root| log(root).lines().filter(|l| l.starts_with("start")).count();
+    // a runs one task at most (concurrency and instances are the tree's).
+    let _a = root.spawn_cmd(root.cmd(&["run", "--agents", "a:1"])).0;
+    wait_for(Duration::from_secs(30), "a's run", || starts(&root) == 1);
+    let mut b = root.spawn();
+    // Killed as soon as its run starts: well within a's 5 s between beats.
+    wait_for(Duration::from_secs(30), "b's run", || starts(&root) == 2);
+    b.kill9();
+    adopted(&root, "a to adopt b's run at once");
+    assert!(
+        root.sup_logs()
+            .contains("a supervisor of this tree ended; recovering what it left"),
+        "{}",
+        root.sup_logs()
+    );
+    root.write("go-p", "");
+    root.write("go-q", "");
+    wait_for(Duration::from_secs(30), "both to complete", || {
+        root.names("completed") == ["p", "q"]
+    });
+    assert_eq!(starts(&root), 2, "{}", log(&root));
+}
+
 /// A heartbeat file that names a live process which is no supervisor of the
 /// tree (an agent can write the registry) is not believed: nothing watches
 /// that process, and its end brings on no recovery pass.
