@@ -16,6 +16,12 @@
 # inodes freed in the last few minutes, so removals between runs would slow
 # the runs after them (see BENCHMARKS.md). Wait a few minutes after removing
 # many files before you measure.
+#
+# FRESH_FS=1 (root, mkfs.ext4 and loop devices) runs each binary's round on
+# a file system of its own, made for it (ext4 without a journal, like this
+# machine's disk), with TMPDIR inside it: no run then pays for the inodes an
+# earlier one freed (a build's own per-task removals included), and the
+# order of the rounds stops mattering.
 set -euo pipefail
 N=${1:?N}
 ROUNDS=${2:?ROUNDS}
@@ -26,7 +32,11 @@ TIME=/usr/bin/time
 [ -x "$TIME" ] || { echo "needs GNU time at /usr/bin/time (apt-get install time)" >&2; exit 1; }
 TRUE=$(type -P true)
 work=$(mktemp -d "${TMPDIR:-/tmp}/mailroom-bench-ab.XXXXXX")
-[ "${KEEP_WORK:-0}" = 1 ] || trap 'rm -rf "$work"' EXIT
+cleanup() {
+  for m in "$work"/fs-*; do mountpoint -q "$m" 2>/dev/null && umount "$m"; done
+  [ "${KEEP_WORK:-0}" = 1 ] || rm -rf "$work"
+}
+trap cleanup EXIT
 
 mkroot() { # bin root
   "$1" --root "$2" -q init >/dev/null
@@ -61,9 +71,25 @@ for ((r = 1; r <= ROUNDS; r++)); do
       bin=$(realpath "${!v}")
       seq=$((seq + 1))
       root=$work/$v-$seq
+      tmp=${TMPDIR:-/tmp}
+      if [ "${FRESH_FS:-0}" = 1 ]; then
+        mnt=$work/fs-$seq
+        mkdir -p "$mnt"
+        truncate -s 4G "$work/fs.img"
+        mkfs.ext4 -q -O ^has_journal -F "$work/fs.img"
+        mount -o loop "$work/fs.img" "$mnt"
+        root=$mnt/root
+        tmp=$mnt/tmp
+        mkdir -p "$tmp"
+      fi
       mkroot "$bin" "$root"
-      t=$({ "$TIME" -f '%e %U %S' "$bin" --root "$root" -q run --exit-when-idle; } 2>&1 | tail -1)
+      sync
+      t=$({ TMPDIR=$tmp "$TIME" -f '%e %U %S' "$bin" --root "$root" -q run --exit-when-idle; } 2>&1 | tail -1)
       done_n=$(find "$root/tasks/completed" -maxdepth 1 -name '*.yaml' | wc -l)
+      if [ "${FRESH_FS:-0}" = 1 ]; then
+        umount "$mnt"
+        rm -f "$work/fs.img"
+      fi
       [ "$done_n" -eq "$N" ] || { echo "$bin: $done_n of $N completed" >&2; exit 1; }
       report "$r" "${!v}" "$t"
     fi
