@@ -11,6 +11,12 @@ the latency reference; task-spooler (`tsp`) and GNU parallel for the peers'
 rows (`apt-get install task-spooler parallel`; a missing one is a row that
 says so). Prints a Markdown table. MAILROOM_BENCH_BIN=PATH measures another
 build of `mailroom` (with its `mailroom-keeper` beside it).
+
+MAILROOM_BENCH_FRESH_FS=1 (root, mkfs.ext4, loop devices) gives every work
+directory a file system of its own, made for it (ext4 without a journal),
+and points TMPDIR into it: on such a disk every file created skips the
+inodes freed in the last minutes, so otherwise each measure pays for what
+the ones before it freed, mailroom's own per-task removals included.
 """
 import json, os, resource, shutil, signal, statistics, subprocess, sys, tempfile, time
 
@@ -25,6 +31,39 @@ rows = []
 # file created scans the inodes freed in the last few minutes, so removing one
 # measure's thousands of files would slow the next measure's creates.
 LATER = []
+
+
+FRESH_FS = os.environ.get("MAILROOM_BENCH_FRESH_FS") == "1"
+MOUNTS = []
+
+
+def workdir(prefix):
+    """A new work directory: with FRESH_FS, on a file system made for it,
+    whose tmp/ becomes TMPDIR for what runs next."""
+    if not FRESH_FS:
+        return tempfile.mkdtemp(prefix=prefix)
+    base = tempfile.mkdtemp(prefix=prefix + "fs-", dir="/var/tmp")
+    img, mnt = base + ".img", os.path.join(base, "mnt")
+    os.mkdir(mnt)
+    subprocess.run(["truncate", "-s", "8G", img], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-O", "^has_journal", "-i", "8192", "-F", img], check=True)
+    subprocess.run(["mount", "-o", "loop", img, mnt], check=True)
+    MOUNTS.append((base, mnt, img))
+    tmp = os.path.join(mnt, "tmp")
+    os.mkdir(tmp)
+    os.environ["TMPDIR"] = tmp
+    tempfile.tempdir = tmp
+    return tempfile.mkdtemp(prefix=prefix)
+
+
+def unmount_all():
+    for base, mnt, img in MOUNTS:
+        subprocess.run(["umount", mnt], check=False)
+        shutil.rmtree(base, ignore_errors=True)
+        try:
+            os.remove(img)
+        except OSError:
+            pass
 
 
 def discard(d):
@@ -47,7 +86,7 @@ def target(text, met):
 
 
 def mkroot(config, n_tasks=0, make_tasks=True):
-    d = tempfile.mkdtemp(prefix="mailroom-bench-")
+    d = workdir("mailroom-bench-")
     subprocess.run([BIN, "--root", d, "-q", "init"], check=True, stdout=subprocess.DEVNULL)
     with open(os.path.join(d, "mailroom.yaml"), "w") as f:
         f.write(config)
@@ -114,7 +153,7 @@ def run_tsp(n, p):
     when `tsp` is not installed."""
     if not shutil.which("tsp"):
         return None
-    work = tempfile.mkdtemp(prefix="mailroom-bench-tsp-")
+    work = workdir("mailroom-bench-tsp-")
     os.makedirs(os.path.join(work, "tmp"))
     env = dict(os.environ, TS_SOCKET=os.path.join(work, "socket"),
                TMPDIR=os.path.join(work, "tmp"), TS_MAXFINISHED=str(n + 10))
@@ -223,7 +262,7 @@ def stamp_agent(work):
 
 def latency():
     drops = 100 if QUICK else 500
-    work = tempfile.mkdtemp(prefix="mailroom-lat-")
+    work = workdir("mailroom-lat-")
     agent = stamp_agent(work)
 
     def measure(dropdir, stamps, start_watcher):
@@ -298,7 +337,7 @@ def rss_peak_kb(pid):
 
 def scale():
     n = 20000 if QUICK else 100000
-    work = tempfile.mkdtemp(prefix="mailroom-scale-")
+    work = workdir("mailroom-scale-")
     agent = stamp_agent(work)
     stamps = os.path.join(work, "stamps")
     d = mkroot(agent_cfg([agent], 4, "", {"STAMPS": stamps}), n)
@@ -452,7 +491,9 @@ def main():
     finally:
         for d in LATER:
             shutil.rmtree(d, ignore_errors=True)
-    print(f"\nMachine: {machine}; {'quick' if QUICK else 'full'} run.\n")
+        unmount_all()
+    fs = "; each work directory on a file system of its own" if FRESH_FS else ""
+    print(f"\nMachine: {machine}; {'quick' if QUICK else 'full'} run{fs}.\n")
     print("| measure | mailroom | reference (same run) | ratio | target |")
     print("| --- | --- | --- | --- | --- |")
     for r in rows:
