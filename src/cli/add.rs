@@ -127,11 +127,12 @@ pub fn add(root: &Path, a: AddArgs) -> Result<String> {
             if let Some(t) = a.timeout {
                 task::parse_duration(t).map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
             }
+            let after = split_after(&layout, a.after);
             let nt = NewTask {
                 description: d,
                 priority: a.priority,
                 agent: a.agent,
-                after: a.after,
+                after: &after,
                 timeout: a.timeout,
                 parent: parent.as_deref(),
             };
@@ -164,6 +165,7 @@ pub fn add(root: &Path, a: AddArgs) -> Result<String> {
     if explicit.is_none() && a.file.is_some() {
         base = generated_name(&t.description);
     }
+    check_after(&layout, &t.after)?;
     // A DESCRIPTION's --agent was checked above.
     if a.file.is_some()
         && let Some(ag) = &t.agent
@@ -214,6 +216,54 @@ pub fn add(root: &Path, a: AddArgs) -> Result<String> {
         }
     }
     unreachable!("the name loop only ends by returning")
+}
+
+/// `--after a,b` as `--after a --after b` (as `--agents` takes a list),
+/// unless a task of that very name exists (a name may hold a comma).
+fn split_after(layout: &Layout, after: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for v in after {
+        if v.contains(',') && layout.locate(v).is_none() {
+            out.extend(
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                    .map(str::to_owned),
+            );
+        } else {
+            out.push(v.clone());
+        }
+    }
+    out
+}
+
+/// The dependencies of a new task: one that failed is refused (the task
+/// would fail at once, "dependency failed"); one that does not exist is
+/// said on stderr (the task waits until a task of that name is submitted
+/// and completes, which may be what an agent queueing a chain means).
+fn check_after(layout: &Layout, after: &[String]) -> Result<()> {
+    use crate::tree::layout::State;
+    for d in after {
+        match layout.locate(d) {
+            Some((State::Failed, p, _)) => bail!(
+                "the task would run after `{d}`, which failed ({}): it would fail at once; \
+                 retry that one first (`mailroom retry {d}`), or leave it out",
+                layout.rel(&p)
+            ),
+            Some(_) => {}
+            None => match crate::tree::books::diverted_as(layout, d) {
+                Some(clash) => bail!(
+                    "the task would run after `{d}`, which failed (filed as {clash}): it would \
+                     fail at once; leave it out"
+                ),
+                None => eprintln!(
+                    "mailroom: warning: no task `{d}` exists yet: the new task waits until one \
+                     of that name is submitted and completes"
+                ),
+            },
+        }
+    }
+    Ok(())
 }
 
 /// An agent named on the command line or in the file must exist in the

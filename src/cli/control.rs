@@ -539,16 +539,44 @@ pub fn wait(
             res.stranded = stranded.unwrap_or_default();
             (usize::from(done), 1)
         } else {
-            let d = names
+            let open: Vec<&String> = names
                 .iter()
                 .filter(|n| {
-                    matches!(
+                    !matches!(
                         layout.locate(n),
                         Some((State::Completed | State::Failed, _, _))
                     )
                 })
-                .count();
-            (d, names.len())
+                .collect();
+            // The same rule as for the whole queue: nothing runs, and every
+            // pending task (these among them) waits for a name nobody
+            // submitted.
+            let (pending, assigned) = (
+                books::count(&layout, State::Pending),
+                books::count(&layout, State::Assigned),
+            );
+            let stranded = (!open.is_empty() && pending > 0 && assigned == 0)
+                .then(|| waiting_forever(&layout, pending))
+                .flatten()
+                .filter(|all| {
+                    open.iter().all(|n| {
+                        all.iter()
+                            .any(|s| s.starts_with(&format!("{n} (waiting for ")))
+                    })
+                });
+            match stranded {
+                Some(all) => {
+                    res.stranded = all
+                        .into_iter()
+                        .filter(|s| {
+                            open.iter()
+                                .any(|n| s.starts_with(&format!("{n} (waiting for ")))
+                        })
+                        .collect();
+                    (names.len(), names.len())
+                }
+                None => (names.len() - open.len(), names.len()),
+            }
         };
         if done < total {
             if crate::tree::registry::any_alive(&layout) {

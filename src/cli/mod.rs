@@ -126,7 +126,8 @@ pub enum Command {
         /// input. --agent, --priority, --after and --timeout go in the file.
         #[arg(long, conflicts_with_all = ["description", "agent", "priority", "after", "timeout"])]
         file: Option<PathBuf>,
-        /// Run only after these tasks completed.
+        /// Run only after these tasks completed (repeat it, or a,b). A task
+        /// that failed is refused; one not submitted yet is warned about.
         #[arg(long, add = ArgValueCandidates::new(complete::task_names))]
         after: Vec<String>,
         /// Per-run timeout, e.g. 10m.

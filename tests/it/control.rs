@@ -368,7 +368,43 @@ fn wait_and_add_wait_exit_with_the_outcome() {
             "add", "x", "--agent", "good", "--name", name, "--after", after,
         ]);
         assert!(out.status.success(), "{}", stderr(&out));
+        // `add` says when a dependency does not exist (yet).
+        assert_eq!(
+            stderr(&out).contains("no task `ghost` exists yet"),
+            after == "ghost",
+            "{}",
+            stderr(&out)
+        );
     }
+    // A dependency that failed is refused: the task would fail at once.
+    fails_saying(
+        &root.mailroom(&["add", "x", "--agent", "good", "--after", "g,b"]),
+        "which failed (tasks/failed/b.yaml)",
+    );
+    // `--after a,b` is two dependencies.
+    let out = root.mailroom(&[
+        "add",
+        "x",
+        "--agent",
+        "good",
+        "--name",
+        "two",
+        "--after",
+        "g, orphan",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let two = root.read("tasks/pending/two.yaml");
+    assert!(two.contains("- g\n") && two.contains("- orphan\n"), "{two}");
+    // A wait for named tasks that are stranded ends too (it hung until its
+    // timeout).
+    let out = root.mailroom(&["wait", "orphan2", "--timeout", "60s"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("waits for tasks nobody submitted: orphan2 (waiting for ghost)"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::remove_file(root.p("tasks/pending/two.yaml")).unwrap();
     let out = root.mailroom(&["wait", "--timeout", "60s"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
