@@ -289,7 +289,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 .map(|()| ExitCode::SUCCESS)
         }
         Command::Logs { name, follow, raw } => {
-            mailroom::cli::control::logs(&root, &name, follow, raw).map(|()| ExitCode::SUCCESS)
+            mailroom::cli::control::logs(&root, &name, follow, raw)
         }
         Command::Wait {
             names,

@@ -219,12 +219,24 @@ pub fn pause(root: &Path, agent: Option<&str>, on: bool, force: bool) -> Result<
             eprintln!("mailroom: warning: no agent `{a}` in mailroom.yaml");
         }
     }
+    let was = std::fs::symlink_metadata(layout.pause_file(agent)).is_ok();
     set_pause(&layout, agent, on)?;
     let what = agent.map_or("claiming".to_owned(), |a| format!("agent {a}"));
-    if on {
-        println!("paused {what} (running agents carry on)");
-    } else {
-        println!("resumed {what}");
+    match (on, was) {
+        (true, false) => println!("paused {what} (running agents carry on)"),
+        (true, true) => println!("{what} was paused already (running agents carry on)"),
+        (false, true) => println!("resumed {what}"),
+        (false, false) => {
+            // The whole tree's pause holds an agent too: say which is on.
+            let tree =
+                agent.is_some() && std::fs::symlink_metadata(layout.pause_file(None)).is_ok();
+            let also = if tree {
+                "; the whole tree is paused (`mailroom resume`)"
+            } else {
+                ""
+            };
+            println!("{what} was not paused{also}")
+        }
     }
     Ok(())
 }
@@ -262,8 +274,35 @@ pub fn set_pause(
 /// task that has not started yet is waited for, and a task that fails an
 /// attempt and waits for its retry is followed into the next attempt, until
 /// it is filed (as `pueue follow` does).
-pub fn logs(root: &Path, name: &str, follow: bool, raw: bool) -> Result<()> {
+/// `-f`: once the task is filed, a line on stderr says how it ended, and the
+/// exit code is its outcome (0 completed, 1 failed), as `wait`'s is.
+pub fn logs(root: &Path, name: &str, follow: bool, raw: bool) -> Result<ExitCode> {
     let layout = open_tree(root)?;
+    let st = logs_until_filed(root, &layout, name, follow, raw)?;
+    if !follow {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if st == State::Completed && books::is_completed(&layout, name) {
+        eprintln!("mailroom: `{name}` completed");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let why = books::read_record(&layout, st, name)
+        .and_then(|r| r.error)
+        .map(|e| format!(": {}", e.lines().next().unwrap_or("")))
+        .unwrap_or_default();
+    eprintln!("mailroom: `{name}` failed{why}");
+    Ok(ExitCode::FAILURE)
+}
+
+/// Shows the logs (following them with `follow`) and returns the state the
+/// task was in at the end.
+fn logs_until_filed(
+    root: &Path,
+    layout: &crate::tree::layout::Layout,
+    name: &str,
+    follow: bool,
+    raw: bool,
+) -> Result<State> {
     check_task_name(name)?;
     let Some((mut st, _, _)) = layout.locate(name) else {
         bail!("no task named `{name}`");
@@ -288,7 +327,7 @@ pub fn logs(root: &Path, name: &str, follow: bool, raw: bool) -> Result<()> {
                 if latest.is_none() && open {
                     bail!("`{name}` has not run yet");
                 }
-                return Ok(());
+                return Ok(st);
             }
             if !open {
                 // Filed without a run of its own, or after the one shown.
@@ -298,7 +337,7 @@ pub fn logs(root: &Path, name: &str, follow: bool, raw: bool) -> Result<()> {
                         st.dir_name()
                     );
                 }
-                return Ok(());
+                return Ok(st);
             }
             if !told_waiting {
                 told_waiting = true;
@@ -322,14 +361,12 @@ pub fn logs(root: &Path, name: &str, follow: bool, raw: bool) -> Result<()> {
             eprintln!("mailroom: attempt {attempt} of `{name}`:");
         }
         shown = Some(attempt);
-        st = follow_attempt(
-            root, &layout, name, st, attempt, &dir, follow, raw, &mut out,
-        )?;
+        st = follow_attempt(root, layout, name, st, attempt, &dir, follow, raw, &mut out)?;
         let later = layout
             .last_attempt(st, name)
             .is_some_and(|(n, _)| n > attempt);
         if !follow || (matches!(st, State::Completed | State::Failed) && !later) {
-            return Ok(());
+            return Ok(st);
         }
     }
 }

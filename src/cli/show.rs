@@ -234,6 +234,22 @@ pub fn show(root: &Path, name: &str, json: bool) -> Result<()> {
         st.dir_name(),
         layout.rel(&path)
     );
+    // How a finished task ended, at the top (the record follows in full).
+    if let Some(r) = &record {
+        println!(
+            "outcome: {} after {} attempt{}",
+            r.outcome.as_str(),
+            r.attempts,
+            if r.attempts == 1 { "" } else { "s" }
+        );
+        // A file that did not parse says so below, from its parse.
+        if let (Some(e), Ok(_)) = (&r.error, &parsed) {
+            println!("error: {}", printable(e.trim_end()));
+        }
+        if let Some(d) = &r.run_dir {
+            println!("last run: {d}/ (prompt.md, stdout.log, stderr.log)");
+        }
+    }
     if let Some(r) = &running {
         let alive = |v: &serde_json::Value| match v.as_bool() {
             Some(true) => "alive",

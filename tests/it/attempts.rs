@@ -216,5 +216,6 @@ fn logs_follow_waits_for_the_start_and_follows_every_attempt() {
     assert!(o.contains("attempt 1 broke"), "{o}");
     assert!(e.contains("waiting for `f` to start"), "{e}");
     assert!(e.contains("attempt 2 of `f`"), "{e}");
+    assert!(e.ends_with("mailroom: `f` completed\n"), "{e}");
     assert_eq!(root.names("completed"), vec!["f"]);
 }

@@ -165,7 +165,18 @@ fn pause_holds_claims_and_resume_releases_them() {
     let root = Root::new()
         .agent_config(&[&agent("ok.sh")], "")
         .task("t.yaml", "description: x\n");
-    assert!(root.mailroom(&["pause"]).status.success());
+    assert_eq!(
+        stdout(&root.mailroom(&["pause"])),
+        "paused claiming (running agents carry on)\n"
+    );
+    assert_eq!(
+        stdout(&root.mailroom(&["pause"])),
+        "claiming was paused already (running agents carry on)\n"
+    );
+    assert_eq!(
+        stdout(&root.mailroom(&["resume", "--agent", "a"])),
+        "agent a was not paused; the whole tree is paused (`mailroom resume`)\n"
+    );
     // Paused, an idle-exiting supervisor finds nothing it may start.
     root.run_until_idle();
     assert_eq!(root.names("pending"), ["t"]);
@@ -181,7 +192,11 @@ fn pause_holds_claims_and_resume_releases_them() {
         stderr(&w)
     );
     drop(_sup);
-    assert!(root.mailroom(&["resume"]).status.success());
+    assert_eq!(stdout(&root.mailroom(&["resume"])), "resumed claiming\n");
+    assert_eq!(
+        stdout(&root.mailroom(&["resume"])),
+        "claiming was not paused\n"
+    );
     root.run_until_idle();
     assert_eq!(root.names("completed"), ["t"]);
 }
@@ -349,6 +364,24 @@ fn wait_and_add_wait_exit_with_the_outcome() {
         "{}",
         stderr(&out)
     );
+    // `show` says how it ended at the top, and where its run is.
+    let shown = stdout(&root.mailroom(&["show", "b"]));
+    for line in [
+        "\noutcome: exit after 1 attempt\n",
+        "\nerror: agent exited with code 3",
+        "\nlast run: tasks/failed/b.run/1/ (",
+    ] {
+        assert!(shown.contains(line), "{line:?} in {shown}");
+    }
+    // `logs -f` ends with how the task ended, in its words and exit code.
+    let out = root.mailroom(&["logs", "-f", "b"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("mailroom: `b` failed: agent exited with code 3"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(root.mailroom(&["logs", "b"]).status.code(), Some(0));
     assert_eq!(root.mailroom(&["wait", "g"]).status.code(), Some(0));
     assert_eq!(root.mailroom(&["wait", "g", "b"]).status.code(), Some(1));
     let w = root.mailroom(&["wait", "g", "b", "--json"]);
