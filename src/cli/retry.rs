@@ -34,9 +34,57 @@ pub fn retry(root: &Path, names: &[String], outcome: Option<&str>) -> Result<Exi
             println!("no failed task has outcome `{o}`");
         }
     }
-    // Each on its own: one that cannot be retried does not stop the others.
+    // A task whose dependency failed would fail again at once: it goes
+    // with that dependency or not at all, and after it.
     let mut failed = false;
-    for name in &all {
+    let deps: Vec<(String, Vec<String>)> = all
+        .iter()
+        .map(|n| (n.clone(), failed_deps(&layout, n)))
+        .collect();
+    let mut order: Vec<String> = Vec::new();
+    for (n, d) in &deps {
+        let missing: Vec<&String> = d.iter().filter(|x| !all.contains(x)).collect();
+        if !missing.is_empty() {
+            let list = missing
+                .iter()
+                .map(|m| format!("`{m}`"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let cmd = missing
+                .iter()
+                .map(|m| m.as_str())
+                .chain([n.as_str()])
+                .collect::<Vec<_>>();
+            let e = anyhow::anyhow!(
+                "`{n}` runs after {list}, which failed: alone it would fail again at once; \
+                 retry them together: mailroom retry {}",
+                cmd.join(" ")
+            );
+            if all.len() == 1 {
+                return Err(e);
+            }
+            eprintln!("mailroom: {e}");
+            failed = true;
+        }
+    }
+    // Dependencies first: a supervisor may look at a task as soon as it is
+    // back in pending/.
+    let mut left: Vec<&(String, Vec<String>)> = deps
+        .iter()
+        .filter(|(_, d)| d.iter().all(|x| all.contains(x)))
+        .collect();
+    while !left.is_empty() {
+        let ready = left
+            .iter()
+            .position(|(_, d)| {
+                d.iter()
+                    .all(|x| order.contains(x) || !left.iter().any(|(m, _)| m == x))
+            })
+            .unwrap_or(0);
+        order.push(left.remove(ready).0.clone());
+    }
+    // Each on its own: one that cannot be retried does not stop the others.
+    for name in &order {
         match retry_task(&layout, name) {
             Ok(()) => println!("{name}: moved back to pending with fresh attempts"),
             Err(e) if all.len() == 1 => return Err(e),
@@ -51,6 +99,23 @@ pub fn retry(root: &Path, names: &[String], outcome: Option<&str>) -> Result<Exi
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The dependencies (`after`) of the failed task `name` that failed too.
+pub fn failed_deps(layout: &crate::tree::layout::Layout, name: &str) -> Vec<String> {
+    let Some((path, ext)) = layout.find(State::Failed, name) else {
+        return Vec::new();
+    };
+    let Some(t) = fsx::read_task_file(&path, crate::parse::task::DEFAULT_MAX_TASK_BYTES)
+        .ok()
+        .and_then(|(b, _)| crate::parse::task::parse_as(name, ext, &b).ok())
+    else {
+        return Vec::new();
+    };
+    t.after
+        .into_iter()
+        .filter(|d| layout.find(State::Failed, d).is_some())
+        .collect()
 }
 
 /// Moves a failed task back to `pending/` with fresh attempts (the CLI's

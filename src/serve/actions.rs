@@ -247,6 +247,17 @@ pub fn perform(
         }
         "retry" => {
             let n = name()?;
+            // Alone, a task whose dependency failed would fail again at once.
+            let deps = crate::cli::failed_deps(layout, n);
+            if !deps.is_empty() {
+                return Err(conflict(anyhow::anyhow!(
+                    "`{n}` runs after {}, which failed: retry that first",
+                    deps.iter()
+                        .map(|d| format!("`{d}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
             crate::cli::retry_task(layout, n).map_err(conflict)?;
             Ok((
                 format!("{n}: moved back to pending with fresh attempts"),

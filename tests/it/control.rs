@@ -745,3 +745,33 @@ fn a_shutdown_sent_by_an_agent_costs_its_task_an_attempt() {
         assert_eq!(rec["attempts"], 1, "{rec}");
     }
 }
+
+/// A task whose dependency failed is not retried alone (it would fail again
+/// at once, using up a round); retried together, the dependency goes back
+/// first.
+#[test]
+fn retry_takes_a_failed_dependency_along_or_refuses() {
+    let root = Root::new()
+        .config(
+            "retries: 0\nagents:\n  bad:\n    command: [sh, -c, 'exit 3']\ndefault_agent: bad\n",
+        )
+        .task("a.yaml", "description: x\n")
+        .task("b.yaml", "description: y\nafter: [a]\n");
+    root.run_until_idle();
+    assert_eq!(root.names("failed"), ["a", "b"]);
+    fails_saying(
+        &root.mailroom(&["retry", "b"]),
+        "`b` runs after `a`, which failed: alone it would fail again at once; retry them \
+         together: mailroom retry a b",
+    );
+    assert_eq!(root.names("failed"), ["a", "b"], "nothing moved");
+    let out = root.mailroom(&["retry", "b", "a"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "a: moved back to pending with fresh attempts\nb: moved back to pending with fresh attempts\n"
+    );
+    let mut p = root.names("pending");
+    p.sort();
+    assert_eq!(p, ["a", "b"]);
+}

@@ -1184,6 +1184,16 @@ fn actions_need_the_token_a_session_with_csrf_and_post() {
         root.read("tasks/pending/fresh.yaml")
             .contains("<b>new</b> work")
     );
+    // A task whose dependency failed is not retried alone.
+    root.write("tasks/failed/dep.yaml", "description: x\nafter: [bad]\n");
+    let r = post("/actions/retry", &[("Authorization", &bearer)], "name=dep");
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(
+        r.body.contains("runs after `bad`, which failed"),
+        "{}",
+        r.body
+    );
+    std::fs::remove_file(root.p("tasks/failed/dep.yaml")).unwrap();
     let r = post("/actions/retry", &[("Authorization", &bearer)], "name=bad");
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(root.exists("tasks/pending/bad.yaml"));
