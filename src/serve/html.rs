@@ -363,7 +363,7 @@ pub fn overview(o: &Overview, mode: &Mode) -> String {
             );
         }
         None if o.counts.pending > 0 => s.push_str(
-            r#"<p id="oldest" class="muted">No pending task waits for a slot: each is held by its own delay, <code>not_before</code> or a retry backoff.</p>"#,
+            r#"<p id="oldest" class="muted">None of the oldest pending tasks waits for a slot: they are held by their own delay, <code>not_before</code> or a retry backoff.</p>"#,
         ),
         None => s.push_str(r#"<p id="oldest" class="muted">Nothing pending.</p>"#),
     }

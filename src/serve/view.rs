@@ -358,20 +358,32 @@ fn waiting_because(
     Some(format!("held by its {why} until {}", ts(at)))
 }
 
-/// How many pending task files [`oldest_waiting`] reads at most.
-const OLDEST_READS: usize = 1000;
+/// How many pending task files [`oldest_waiting`] reads at most, and how
+/// many bytes of them: past either, what it found so far is the answer (a
+/// page and a scrape must not read a queue of large held files).
+const OLDEST_READS: usize = 200;
+const OLDEST_BYTES: u64 = 4 << 20;
 
 /// When the pending task `e` started to wait for a slot (see
-/// [`Oldest::waiting_since`]). Its file is parsed only when it names a hold.
-fn waiting_since(layout: &Layout, snap: &Snapshot, e: &Entry) -> SystemTime {
-    let mut since = e.mtime;
-    if let Some((src, _)) = read_task(layout, State::Pending, &e.name, e.ext)
-        && (src.contains("delay") || src.contains("not_before"))
-        && let Some(at) = task::parse_as(&e.name, e.ext, src.as_bytes())
+/// [`Oldest::waiting_since`]), and the bytes read for it. A file written
+/// "in the future" (clock skew, `touch`) waits from now; one that cannot be
+/// read or parsed, from its submission.
+fn waiting_since(
+    layout: &Layout,
+    snap: &Snapshot,
+    e: &Entry,
+    now: SystemTime,
+) -> (SystemTime, u64) {
+    let mut since = e.mtime.min(now);
+    let mut read = 0;
+    if let Some((src, _)) = read_task(layout, State::Pending, &e.name, e.ext) {
+        read = src.len() as u64;
+        if let Some(at) = task::parse_as(&e.name, e.ext, src.as_bytes())
             .ok()
             .and_then(|t| t.starts_at(e.mtime))
-    {
-        since = since.max(at);
+        {
+            since = since.max(at);
+        }
     }
     // A task waiting for its retry has its state file in assigned/.
     if snap.get(State::Assigned).state_files.contains(&e.name)
@@ -381,27 +393,24 @@ fn waiting_since(layout: &Layout, snap: &Snapshot, e: &Entry) -> SystemTime {
     {
         since = since.max(at);
     }
-    since
+    (since, read)
 }
 
 /// The pending task that has waited longest, leaving out those their own
 /// `delay`/`not_before` or a retry backoff still holds (a task meant for
 /// tomorrow is not late). Reads from the oldest submission on, and stops
-/// once no later file can have waited longer; at most [`OLDEST_READS`]
-/// files (past that, the next one by submission is taken as it is).
+/// once no later file can have waited longer, or at [`OLDEST_READS`] files
+/// or [`OLDEST_BYTES`] (then what it found, if anything: never a file it
+/// has not read).
 fn oldest_waiting(layout: &Layout, snap: &Snapshot, now: SystemTime) -> Option<Oldest> {
     let mut best: Option<(&Entry, SystemTime)> = None;
+    let mut bytes = 0;
     for (i, e) in snap.get(State::Pending).entries.iter().rev().enumerate() {
-        if best.is_some_and(|(_, b)| e.mtime >= b) {
+        if best.is_some_and(|(_, b)| e.mtime >= b) || i >= OLDEST_READS || bytes >= OLDEST_BYTES {
             break;
         }
-        let since = if i < OLDEST_READS {
-            waiting_since(layout, snap, e)
-        } else if best.is_none() {
-            e.mtime
-        } else {
-            break;
-        };
+        let (since, read) = waiting_since(layout, snap, e, now);
+        bytes += read;
         if since <= now && best.is_none_or(|(_, b)| since < b) {
             best = Some((e, since));
         }

@@ -144,8 +144,10 @@ impl Supervisor {
             .pending
             .values()
             .filter_map(|p| {
-                let submitted =
-                    SystemTime::UNIX_EPOCH + Duration::from_nanos(p.id.mtime_ns.max(0) as u64);
+                // A file written "in the future" (clock skew) waits from now.
+                let submitted = (SystemTime::UNIX_EPOCH
+                    + Duration::from_nanos(p.id.mtime_ns.max(0) as u64))
+                .min(now);
                 let own = p.parsed.as_ref().ok().and_then(|b| b.not_before);
                 let since = [Some(submitted), own, p.retry_at]
                     .into_iter()

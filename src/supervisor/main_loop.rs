@@ -181,6 +181,10 @@ impl Supervisor {
             self.recover_due = None;
             self.recover();
         }
+        if self.peers_look_wanted && Instant::now() >= self.peers_look_due {
+            self.peers_look_due = Instant::now() + peers::HINTED_LOOK_GAP;
+            self.watch_peers();
+        }
         if self.peer_pass_due.is_some_and(|t| Instant::now() >= t) {
             self.peer_pass_due = None;
             self.peer_pass_last = Some(Instant::now());
@@ -288,19 +292,19 @@ impl Supervisor {
         let (paths, rescan) = self.hints.take();
         if rescan {
             self.ensure_tree();
+            // The registry is no state directory, but it is watched (and
+            // an operator may clear it): back before its watch is.
+            let _ = crate::tree::fsx::create_dir_all(&crate::tree::registry::dir(self.layout()));
             if let Some(w) = io.watch.as_mut() {
                 w.rewatch();
             }
+            // What the watcher dropped may have named a new peer.
+            self.peers_look_wanted = true;
             self.full_scan();
         } else {
             for p in paths {
                 self.examine_path(&p);
             }
-        }
-        if self.peers_hinted && Instant::now() >= self.peers_look_due {
-            self.peers_hinted = false;
-            self.peers_look_due = Instant::now() + peers::HINTED_LOOK_GAP;
-            self.watch_peers();
         }
     }
 
@@ -496,6 +500,9 @@ impl Supervisor {
         }
         if let Some(t) = self.peer_pass_due {
             consider(t);
+        }
+        if self.peers_look_wanted {
+            consider(self.peers_look_due);
         }
         for t in self.reexamine.values() {
             consider(*t);

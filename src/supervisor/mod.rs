@@ -283,8 +283,11 @@ pub struct Supervisor {
     peers: HashSet<(u32, u64)>,
     /// Heartbeat files (by pid) that named no peer, and when they were read.
     peer_misses: HashMap<u32, Instant>,
-    /// The watcher saw a heartbeat of a supervisor not watched yet.
-    peers_hinted: bool,
+    /// Pids whose heartbeat the watcher saw written, not watched yet (read
+    /// first at the next look, before other new names).
+    peers_hinted: Vec<u32>,
+    /// A look for peers is wanted (a hint, or a full rescan of the tree).
+    peers_look_wanted: bool,
     /// The next look for peers that a hint may bring on.
     peers_look_due: Instant,
     /// A recovery pass for a peer's death, due at this instant.
@@ -394,7 +397,8 @@ impl Supervisor {
             recover_due: None,
             peers: HashSet::new(),
             peer_misses: HashMap::new(),
-            peers_hinted: false,
+            peers_hinted: Vec::new(),
+            peers_look_wanted: false,
             peers_look_due: Instant::now(),
             peer_pass_due: None,
             peer_pass_last: None,

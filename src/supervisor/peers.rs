@@ -42,8 +42,12 @@ impl Supervisor {
         if pid != self.ctx.self_pid
             && !self.peers.iter().any(|(p, _)| *p == pid)
             && !self.peer_misses.contains_key(&pid)
+            && !self.peers_hinted.contains(&pid)
         {
-            self.peers_hinted = true;
+            self.peers_look_wanted = true;
+            if self.peers_hinted.len() < NEW_PER_BEAT {
+                self.peers_hinted.push(pid);
+            }
         }
     }
 
@@ -51,14 +55,26 @@ impl Supervisor {
     /// watched yet. Called at each heartbeat, and when the watcher sees a
     /// new one's heartbeat.
     pub(super) fn watch_peers(&mut self) {
-        self.peers_hinted = false;
+        self.peers_look_wanted = false;
         let now = Instant::now();
         self.peer_misses
             .retain(|_, t| now.duration_since(*t) < RELOOK);
         let me = self.ctx.self_pid;
         let watched: HashSet<u32> = self.peers.iter().map(|(pid, _)| *pid).collect();
         let mut read = 0;
-        for (pid, path) in registry::local(self.layout(), &self.ctx.host) {
+        // The pids the watcher named first: junk names in the registry must
+        // not keep a real peer's file from being read.
+        let hinted: Vec<(u32, std::path::PathBuf)> = std::mem::take(&mut self.peers_hinted)
+            .into_iter()
+            .map(|pid| (pid, registry::file(self.layout(), &self.ctx.host, pid)))
+            .collect();
+        let listed = if hinted.is_empty() {
+            registry::local(self.layout(), &self.ctx.host)
+        } else {
+            Vec::new()
+        };
+        let from_hint = hinted.len();
+        for (i, (pid, path)) in hinted.into_iter().chain(listed).enumerate() {
             if self.peers.len() >= MAX_PEERS || read >= NEW_PER_BEAT {
                 break;
             }
@@ -72,6 +88,15 @@ impl Supervisor {
                     "a heartbeat file names no live supervisor of this tree; not watched"
                 );
                 self.peer_misses.insert(pid, now);
+                // Written just now by a process already gone: a supervisor
+                // that died before it could be watched may have left runs.
+                if i < from_hint && gone_writer(&path, &self.ctx.host) {
+                    info!(
+                        pid,
+                        "a supervisor of this tree ended as it started; recovering what it left"
+                    );
+                    self.bring_pass_forward();
+                }
                 continue;
             };
             self.peers.insert(id);
@@ -106,12 +131,23 @@ impl Supervisor {
             pid = id.0,
             "a supervisor of this tree ended; recovering what it left"
         );
+        self.bring_pass_forward();
+    }
+
+    /// A light recovery pass at once, or a second after the last one.
+    fn bring_pass_forward(&mut self) {
         let now = Instant::now();
         let at = self
             .peer_pass_last
             .map_or(now, |t| (t + PEER_PASS_GAP).max(now));
         self.peer_pass_due = Some(self.peer_pass_due.map_or(at, |t| t.min(at)));
     }
+}
+
+/// Whether the heartbeat file at `path` is one of this host whose process
+/// is gone (one that does not parse is nobody's).
+fn gone_writer(path: &Path, host: &str) -> bool {
+    registry::read(path).is_some_and(|hb| hb.host == host && !books::same_process(hb.pid, hb.start))
 }
 
 /// Returns once the process `id` (pid, start time) has ended: when its pidfd

@@ -59,7 +59,7 @@ fn host_in_name(host: &str) -> String {
         .collect()
 }
 
-fn file(layout: &Layout, host: &str, pid: u32) -> PathBuf {
+pub fn file(layout: &Layout, host: &str, pid: u32) -> PathBuf {
     dir(layout).join(format!("{}.{pid}.json", host_in_name(host)))
 }
 

@@ -1960,14 +1960,43 @@ fn the_longest_waiting_task_leaves_out_held_ones_and_the_list_says_they_are_held
     assert!(row("fresh")["waiting"].is_null(), "{rows}");
     assert!(srv.get("/tasks?state=pending").body.contains("held by its"));
 
-    // Only the held task left: nothing waits, and the page says why.
+    // Only held tasks left (one names its key with a YAML escape): nothing
+    // waits, and the page says why.
     std::fs::remove_file(root.p("tasks/pending/released.yaml")).unwrap();
     std::fs::remove_file(root.p("tasks/pending/fresh.yaml")).unwrap();
+    let tomorrow =
+        humantime::format_rfc3339_seconds(SystemTime::now() + Duration::from_secs(86400));
+    root.write(
+        "tasks/pending/escaped.yaml",
+        &format!("description: x\n\"not\\x5fbefore\": {tomorrow}\n"),
+    );
+    age("escaped", 7 * 3600);
     wait_for(Duration::from_secs(30), "the listing to follow", || {
-        srv.json("/api/overview")["counts"]["pending"] == 1
+        srv.json("/api/overview")["counts"]["pending"] == 2
     });
     let o = srv.json("/api/overview");
     assert!(o["oldest_pending"].is_null(), "{o}");
     let page = srv.get("/").body;
-    assert!(page.contains("No pending task waits for a slot"), "{page}");
+    assert!(
+        page.contains("None of the oldest pending tasks waits for a slot"),
+        "{page}"
+    );
+    // A file written "in the future" (clock skew) waits from now.
+    root.write("tasks/pending/skewed.yaml", "description: x\n");
+    std::fs::File::options()
+        .write(true)
+        .open(root.p("tasks/pending/skewed.yaml"))
+        .unwrap()
+        .set_modified(SystemTime::now() + Duration::from_secs(3600))
+        .unwrap();
+    wait_for(
+        Duration::from_secs(30),
+        "the skewed file to be seen",
+        || srv.json("/api/overview")["oldest_pending"]["name"] == "skewed",
+    );
+    let o = srv.json("/api/overview");
+    assert!(
+        o["oldest_pending"]["age_secs"].as_u64().unwrap() < 60,
+        "{o}"
+    );
 }
