@@ -230,6 +230,27 @@ fn a_live_supervisor_adopts_a_dead_peers_run_at_once() {
     completes_once(&root);
 }
 
+/// Tasks `p` and `q` (two slots of agent `a`, whose run waits for its own
+/// `go-<task>`), a 10-minute rescan, and `extra` config.
+fn two_waiting_tasks(extra: &str) -> Root {
+    let waiter = r#"log="$MAILROOM_ROOT/agent.log"
+echo "start $MAILROOM_TASK" >> "$log"
+i=0
+while [ ! -e "$MAILROOM_ROOT/go-$MAILROOM_TASK" ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done
+echo "end $MAILROOM_TASK" >> "$log""#;
+    Root::new()
+        .config(&format!(
+            "concurrency: 2\nsettle: 300ms\nrescan_interval: 10m\n{extra}agents:\n  a:\n    command: [\"/bin/sh\", \"-c\", {waiter:?}]\n    max_instances: 2\n    grace: 1s\n    prompt_template: \"{{description}}\"\n"
+        ))
+        .task("p.yaml", "description: one\n")
+        .task("q.yaml", "description: two\n")
+}
+
+/// How many runs of [`two_waiting_tasks`] started.
+fn starts(root: &Root) -> usize {
+    log(root).lines().filter(|l| l.starts_with("start")).count()
+}
+
 /// A peer that starts, claims a task and dies between two heartbeats of a
 /// live supervisor is still seen: the watcher names it when it writes its
 /// first heartbeat, and its run is adopted at once, not at the next rescan
@@ -244,18 +265,7 @@ fn a_peer_that_dies_before_the_next_heartbeat_is_still_noticed() {
 }
 
 fn peer_dies_early(case: &str) {
-    let waiter = r#"log="$MAILROOM_ROOT/agent.log"
-echo "start $MAILROOM_TASK" >> "$log"
-i=0
-while [ ! -e "$MAILROOM_ROOT/go-$MAILROOM_TASK" ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done
-echo "end $MAILROOM_TASK" >> "$log""#;
-    let root = Root::new()
-        .config(&format!(
-            "concurrency: 2\nsettle: 300ms\nrescan_interval: 10m\nagents:\n  a:\n    command: [\"/bin/sh\", \"-c\", {waiter:?}]\n    max_instances: 2\n    grace: 1s\n    prompt_template: \"{{description}}\"\n"
-        ))
-        .task("p.yaml", "description: one\n")
-        .task("q.yaml", "description: two\n");
-    let starts = |root: &Root| log(root).lines().filter(|l| l.starts_with("start")).count();
+    let root = two_waiting_tasks("");
     // a runs one task at most (concurrency and instances are the tree's).
     let _a = root.spawn_cmd(root.cmd(&["run", "--agents", "a:1"])).0;
     wait_for(Duration::from_secs(30), "a's run", || starts(&root) == 1);
@@ -345,19 +355,7 @@ fn a_forged_heartbeat_is_not_watched() {
 /// its shutdown would wait for that run too. The next supervisor adopts it.
 #[test]
 fn a_supervisor_shutting_down_leaves_a_dead_peers_run_to_the_next() {
-    // Each task's agent waits for its own `go-<task>`.
-    let waiter = r#"log="$MAILROOM_ROOT/agent.log"
-echo "start $MAILROOM_TASK" >> "$log"
-i=0
-while [ ! -e "$MAILROOM_ROOT/go-$MAILROOM_TASK" ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done
-echo "end $MAILROOM_TASK" >> "$log""#;
-    let root = Root::new()
-        .config(&format!(
-            "concurrency: 2\nsettle: 300ms\nrescan_interval: 10m\nshutdown_grace: 1h\nagents:\n  a:\n    command: [\"/bin/sh\", \"-c\", {waiter:?}]\n    max_instances: 2\n    grace: 1s\n    prompt_template: \"{{description}}\"\n"
-        ))
-        .task("p.yaml", "description: one\n")
-        .task("q.yaml", "description: two\n");
-    let starts = |root: &Root| log(root).lines().filter(|l| l.starts_with("start")).count();
+    let root = two_waiting_tasks("shutdown_grace: 1h\n");
     // a runs one task at most (concurrency and instances are the tree's).
     let mut a = root.spawn_cmd(root.cmd(&["run", "--agents", "a:1"])).0;
     wait_for(Duration::from_secs(30), "the first run", || {
