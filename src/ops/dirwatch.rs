@@ -145,10 +145,24 @@ impl DirWatch {
     /// Watches `dir` (again: a directory removed and made anew needs a new
     /// watch).
     pub fn add(&mut self, dir: &Path) -> io::Result<()> {
+        self.add_with(dir, mask())
+    }
+
+    /// Watches `dir` for names moved into it only (and its own removal):
+    /// for a directory whose files are written to a temp name and renamed,
+    /// one event per file written.
+    pub fn add_arrivals(&mut self, dir: &Path) -> io::Result<()> {
+        self.add_with(
+            dir,
+            WatchMask::MOVED_TO | WatchMask::DELETE_SELF | WatchMask::MOVE_SELF,
+        )
+    }
+
+    fn add_with(&mut self, dir: &Path, mask: WatchMask) -> io::Result<()> {
         // Under the map's lock: the thread cannot take the new watch's first
         // events for an unknown one's before it is in the map.
         let mut dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
-        let wd = self.watches.add(dir, mask() | WatchMask::ONLYDIR)?;
+        let wd = self.watches.add(dir, mask | WatchMask::ONLYDIR)?;
         dirs.insert(wd, dir.to_path_buf());
         Ok(())
     }

@@ -61,27 +61,37 @@ pub struct Watch {
     watch: DirWatch,
     /// Every directory watched, `tasks/` and `pending/` first.
     dirs: Vec<PathBuf>,
+    /// Watched for arrivals only ([`DirWatch::add_arrivals`]).
+    arrivals: Option<PathBuf>,
 }
 
 impl Watch {
     /// Starts watching. `tasks/` is watched too, so that a removed or recreated
     /// `pending/` is noticed.
+    /// `arrivals`: a directory watched for names moved into it only, and a
+    /// path there that is no hint (this supervisor's own heartbeat, which
+    /// would otherwise wake its loop every few seconds).
     pub fn start(
         tasks: &Path,
         pending: &Path,
         extra: &[&Path],
+        arrivals: Option<(&Path, PathBuf)>,
         hints: Arc<Hints>,
     ) -> std::io::Result<Watch> {
+        let own = arrivals.as_ref().map(|(_, own)| own.clone());
         let mut watch = DirWatch::start("mailroom-watch", move |seen| {
             let mut paths = Vec::with_capacity(seen.len());
             let mut rescan = false;
             for s in seen {
                 match s {
+                    Seen::Path(p) if Some(&p) == own.as_ref() => {}
                     Seen::Path(p) => paths.push(p),
                     Seen::Everything => rescan = true,
                 }
             }
-            hints.push(paths, rescan);
+            if !paths.is_empty() || rescan {
+                hints.push(paths, rescan);
+            }
         })?;
         watch.add(tasks)?;
         watch.add(pending)?;
@@ -89,9 +99,17 @@ impl Watch {
         for p in extra {
             let _ = watch.add(p);
         }
+        let arrivals = arrivals.map(|(d, _)| d.to_path_buf());
+        if let Some(d) = &arrivals {
+            let _ = watch.add_arrivals(d);
+        }
         let mut dirs = vec![tasks.to_path_buf(), pending.to_path_buf()];
         dirs.extend(extra.iter().map(|p| p.to_path_buf()));
-        Ok(Watch { watch, dirs })
+        Ok(Watch {
+            watch,
+            dirs,
+            arrivals,
+        })
     }
 
     /// Re-adds every watch (after a rescan found directories removed and
@@ -101,6 +119,10 @@ impl Watch {
         for d in &self.dirs {
             self.watch.remove(d);
             let _ = self.watch.add(d);
+        }
+        if let Some(d) = &self.arrivals {
+            self.watch.remove(d);
+            let _ = self.watch.add_arrivals(d);
         }
     }
 }

@@ -154,8 +154,15 @@ impl Supervisor {
         // heartbeat's own look comes up to 5 s later.
         let beats = crate::tree::registry::dir(l);
         let _ = crate::tree::fsx::create_dir_all(&beats);
-        let dirs: [&Path; 4] = [&l.control, &l.cancel, &l.root, &beats];
-        match Watch::start(&l.tasks, &l.pending, &dirs, self.hints.clone()) {
+        let own = crate::tree::registry::file(l, &self.ctx.host, self.ctx.self_pid);
+        let dirs: [&Path; 3] = [&l.control, &l.cancel, &l.root];
+        match Watch::start(
+            &l.tasks,
+            &l.pending,
+            &dirs,
+            Some((&beats, own)),
+            self.hints.clone(),
+        ) {
             Ok(w) => Some(w),
             Err(e) => {
                 warn!(error = %e, "cannot watch tasks/pending; polling instead");
