@@ -166,6 +166,11 @@ pub fn add(root: &Path, a: AddArgs) -> Result<String> {
         base = generated_name(&t.description);
     }
     check_after(&layout, &t.after)?;
+    let defaults = Config::default();
+    let c = config.as_ref().unwrap_or(&defaults);
+    for w in crate::run::prompt::context_file_problems(&layout, c, &t) {
+        eprintln!("mailroom: warning: {w}");
+    }
     // A DESCRIPTION's --agent was checked above.
     if a.file.is_some()
         && let Some(ag) = &t.agent

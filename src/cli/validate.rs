@@ -139,6 +139,12 @@ pub fn validate(root: &Path, files: &[PathBuf]) -> Result<bool> {
                 for w in &t.warnings {
                     println!("  warning: {w}");
                 }
+                let layout = crate::tree::layout::Layout::new(root);
+                let defaults = Config::default();
+                let c = config.as_ref().map_or(&defaults, |c| c);
+                for w in crate::run::prompt::context_file_problems(&layout, c, &t) {
+                    println!("  warning: {w}");
+                }
             }
             Err(e) => {
                 println!("{}", e.display_at(&shown));

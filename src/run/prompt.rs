@@ -165,6 +165,25 @@ fn excerpts(layout: &Layout, max: u64) -> String {
 
 /// A context file's path: inside the root (after symlinks) unless the config
 /// allows more; `None` when it does not exist.
+/// What would keep the task's listed `context_files` out of its prompt now
+/// (a file missing, leading out of the root, not a regular file): for
+/// `validate` and `add` to say before the task fails as `invalid`. A file
+/// may still appear before the task starts (a dependency writes it).
+pub fn context_file_problems(layout: &Layout, config: &Config, task: &Task) -> Vec<String> {
+    task.context_files
+        .iter()
+        .filter(|f| !SHARED.contains(&f.as_str()))
+        .filter_map(|f| match resolve(layout, config, f) {
+            Ok(Some(_)) => None,
+            Ok(None) => Some(format!(
+                "context file `{f}` does not exist (yet): the task fails as `invalid` unless \
+                 it is there when the task starts"
+            )),
+            Err(e) => Some(format!("{e}: the task would fail as `invalid`")),
+        })
+        .collect()
+}
+
 fn resolve(
     layout: &Layout,
     config: &Config,

@@ -827,6 +827,34 @@ fn validate_refuses_a_task_file_the_scanner_would_never_claim() {
     );
 }
 
+/// `validate` and `add` say when a task lists a context file that is not
+/// there (the task would fail as `invalid` when it starts); the file may
+/// still come, so it is a warning.
+#[test]
+fn validate_and_add_warn_of_a_missing_context_file() {
+    let root = Root::new();
+    root.write("notes.md", "hello\n");
+    root.write(
+        "draft.yaml",
+        "description: x\ncontext_files: [notes.md, missing.md]\n",
+    );
+    let out = root.mailroom(&["validate", &root.p("draft.yaml").display().to_string()]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("warning: context file `missing.md` does not exist (yet)"),
+        "{text}"
+    );
+    assert_eq!(text.matches("warning").count(), 1, "{text}");
+    let out = root.mailroom(&["add", "--file", &root.p("draft.yaml").display().to_string()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("warning: context file `missing.md` does not exist (yet)"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 /// `show` says until when a pending task's own `delay:` or `not_before:`
 /// holds it back (nothing else did: it looked stuck).
 #[test]
