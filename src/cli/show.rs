@@ -294,11 +294,10 @@ pub fn show(root: &Path, name: &str, json: bool) -> Result<()> {
         println!("error: {}", printable(&e.display_at(&layout.rel(&path))));
     }
     match (&record, &parsed) {
-        (Some(r), _) if r.agent.is_some() => println!(
-            "agent: {} ({})",
-            r.agent.as_deref().unwrap_or("?"),
-            r.agent_reason.as_deref().unwrap_or("-")
-        ),
+        (Some(r), _) if r.agent.is_some() => match &r.agent_reason {
+            Some(why) => println!("agent: {} ({why})", r.agent.as_deref().unwrap_or("?")),
+            None => println!("agent: {}", r.agent.as_deref().unwrap_or("?")),
+        },
         (_, Ok(t)) => match Config::load(root) {
             Ok(c) => match crate::sched::routing::route(&c, t, &state_file.excluded_agents) {
                 Ok((r, why)) => println!("agent: {} ({why})", r.agents.join(" or ")),

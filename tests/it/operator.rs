@@ -936,6 +936,9 @@ fn a_task_cancelled_while_it_waits_for_its_retry_keeps_its_attempts() {
     );
     assert!(root.exists("tasks/failed/rw.run/state.json"));
     assert!(!root.exists("tasks/assigned/rw.state.json"));
+    // `show` names its agent without a placeholder for a reason it lacks.
+    let shown = stdout(&root.mailroom(&["show", "rw"]));
+    assert!(shown.contains("\nagent: a\n"), "{shown}");
     // The context log says the same: its agent and attempt, not `(none)`
     // in `mailroom usage`.
     let log = root.read("context/completed_tasks.jsonl");
