@@ -202,7 +202,7 @@ pub fn pause(root: &Path, agent: Option<&str>, on: bool, force: bool) -> Result<
             && !c.agents.contains_key(a)
         {
             let known: Vec<&str> = c.agents.keys().map(String::as_str).collect();
-            let marker = std::fs::symlink_metadata(layout.pause_file(Some(a))).is_ok();
+            let marker = books::exists(&layout.pause_file(Some(a)));
             if on && !force {
                 bail!(
                     "no agent `{a}` in mailroom.yaml (it has: {}); `pause --agent {a} --force` \
@@ -219,7 +219,7 @@ pub fn pause(root: &Path, agent: Option<&str>, on: bool, force: bool) -> Result<
             eprintln!("mailroom: warning: no agent `{a}` in mailroom.yaml");
         }
     }
-    let was = std::fs::symlink_metadata(layout.pause_file(agent)).is_ok();
+    let was = books::exists(&layout.pause_file(agent));
     set_pause(&layout, agent, on)?;
     let what = agent.map_or("claiming".to_owned(), |a| format!("agent {a}"));
     match (on, was) {
@@ -228,8 +228,7 @@ pub fn pause(root: &Path, agent: Option<&str>, on: bool, force: bool) -> Result<
         (false, true) => println!("resumed {what}"),
         (false, false) => {
             // The whole tree's pause holds an agent too: say which is on.
-            let tree =
-                agent.is_some() && std::fs::symlink_metadata(layout.pause_file(None)).is_ok();
+            let tree = agent.is_some() && books::exists(&layout.pause_file(None));
             let also = if tree {
                 "; the whole tree is paused (`mailroom resume`)"
             } else {

@@ -60,11 +60,9 @@ pub fn validate(root: &Path, files: &[PathBuf]) -> Result<bool> {
     let mut checked_cfg = false;
     // The root's config, read once, when a task file is met.
     let mut root_config: Option<Option<Config>> = None;
+    let layout = crate::tree::layout::Layout::new(root);
     // The scanner's directory, for files named so that it never claims them.
-    let pending = crate::tree::layout::Layout::new(root)
-        .pending
-        .canonicalize()
-        .ok();
+    let pending = layout.pending.canonicalize().ok();
     for f in files {
         let shown = f.display().to_string();
         let is_cfg =
@@ -139,7 +137,6 @@ pub fn validate(root: &Path, files: &[PathBuf]) -> Result<bool> {
                 for w in &t.warnings {
                     println!("  warning: {w}");
                 }
-                let layout = crate::tree::layout::Layout::new(root);
                 let defaults = Config::default();
                 let c = config.as_ref().map_or(&defaults, |c| c);
                 for w in crate::run::prompt::context_file_problems(&layout, c, &t) {

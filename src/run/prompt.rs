@@ -163,8 +163,6 @@ fn excerpts(layout: &Layout, max: u64) -> String {
     s
 }
 
-/// A context file's path: inside the root (after symlinks) unless the config
-/// allows more; `None` when it does not exist.
 /// What would keep the task's listed `context_files` out of its prompt now
 /// (a file missing, leading out of the root, not a regular file): for
 /// `validate` and `add` to say before the task fails as `invalid`. A file
@@ -184,6 +182,8 @@ pub fn context_file_problems(layout: &Layout, config: &Config, task: &Task) -> V
         .collect()
 }
 
+/// A context file's path: inside the root (after symlinks) unless the config
+/// allows more; `None` when it does not exist.
 fn resolve(
     layout: &Layout,
     config: &Config,

@@ -354,13 +354,13 @@ pub fn merge_within(
 ) -> io::Result<()> {
     let queued = InFlight::enter(&layout.context);
     // Fields drop in order: this merge leaves the count before the lock.
-    let _held = (queued, lock_context(layout, wait)?);
+    let held = (queued, lock_context(layout, wait)?);
     let merged = merge_locked(layout, rec, output, tree);
     // Under load, merges of this process queue for the lock: one with
     // another behind it leaves the regeneration to that one, which makes it
     // right after its own line (and so shows this one too). Each merge's
     // line and output are written either way.
-    let (others_waiting, owed) = _held.0.leave_state();
+    let (others_waiting, owed) = held.0.leave_state();
     if others_waiting || (merged.is_err() && !owed) {
         return merged;
     }
