@@ -82,7 +82,8 @@ impl Supervisor {
                 continue;
             }
             read += 1;
-            let Some(id) = self.peer_of(&path) else {
+            let hb = registry::read(&path);
+            let Some(id) = hb.as_ref().and_then(|hb| self.peer_of(hb)) else {
                 debug!(
                     pid,
                     "a heartbeat file names no live supervisor of this tree; not watched"
@@ -90,7 +91,11 @@ impl Supervisor {
                 self.peer_misses.insert(pid, now);
                 // Written just now by a process already gone: a supervisor
                 // that died before it could be watched may have left runs.
-                if i < from_hint && gone_writer(&path, &self.ctx.host) {
+                if i < from_hint
+                    && hb.is_some_and(|hb| {
+                        hb.host == self.ctx.host && !books::same_process(hb.pid, hb.start)
+                    })
+                {
                     info!(
                         pid,
                         "a supervisor of this tree ended as it started; recovering what it left"
@@ -110,9 +115,8 @@ impl Supervisor {
     }
 
     /// The (pid, start time) of the live supervisor of this tree that the
-    /// heartbeat file at `path` names, if it names one.
-    fn peer_of(&self, path: &Path) -> Option<(u32, u64)> {
-        let hb = registry::read(path)?;
+    /// heartbeat `hb` names, if it names one.
+    fn peer_of(&self, hb: &registry::Heartbeat) -> Option<(u32, u64)> {
         if hb.host != self.ctx.host || !books::same_process(hb.pid, hb.start) {
             return None;
         }
@@ -142,12 +146,6 @@ impl Supervisor {
             .map_or(now, |t| (t + PEER_PASS_GAP).max(now));
         self.peer_pass_due = Some(self.peer_pass_due.map_or(at, |t| t.min(at)));
     }
-}
-
-/// Whether the heartbeat file at `path` is one of this host whose process
-/// is gone (one that does not parse is nobody's).
-fn gone_writer(path: &Path, host: &str) -> bool {
-    registry::read(path).is_some_and(|hb| hb.host == host && !books::same_process(hb.pid, hb.start))
 }
 
 /// Returns once the process `id` (pid, start time) has ended: when its pidfd
