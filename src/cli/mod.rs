@@ -19,7 +19,7 @@ pub use add::{AddArgs, add};
 pub use init::init;
 pub use list::list;
 pub use new::new;
-pub use retry::{failed_deps, retry, retry_task};
+pub use retry::{failed_deps, retried_alone, retry, retry_task};
 pub use show::{show, show_prompt};
 pub use status::status;
 pub use validate::validate;

@@ -35,51 +35,50 @@ pub fn retry(root: &Path, names: &[String], outcome: Option<&str>) -> Result<Exi
         }
     }
     // A task whose dependency failed would fail again at once: it goes
-    // with that dependency or not at all, and after it.
+    // with that dependency or not at all (nor when that one is refused), and
+    // after it.
     let mut failed = false;
     let deps: Vec<(String, Vec<String>)> = all
         .iter()
         .map(|n| (n.clone(), failed_deps(&layout, n)))
         .collect();
-    let mut order: Vec<String> = Vec::new();
-    for (n, d) in &deps {
-        let missing: Vec<&String> = d.iter().filter(|x| !all.contains(x)).collect();
-        if !missing.is_empty() {
-            let list = missing
-                .iter()
-                .map(|m| format!("`{m}`"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let cmd = missing
-                .iter()
-                .map(|m| m.as_str())
-                .chain([n.as_str()])
-                .collect::<Vec<_>>();
-            let e = anyhow::anyhow!(
-                "`{n}` runs after {list}, which failed: alone it would fail again at once; \
-                 retry them together: mailroom retry {}",
-                cmd.join(" ")
-            );
-            if all.len() == 1 {
-                return Err(e);
+    let mut refused: Vec<&str> = Vec::new();
+    loop {
+        let before = refused.len();
+        for (n, d) in &deps {
+            if refused.contains(&n.as_str()) {
+                continue;
             }
-            eprintln!("mailroom: {e}");
-            failed = true;
+            let missing: Vec<&str> = d
+                .iter()
+                .map(String::as_str)
+                .filter(|x| !all.iter().any(|a| a == x) || refused.contains(x))
+                .collect();
+            if !missing.is_empty() {
+                let e = retried_alone(n, &missing);
+                if all.len() == 1 {
+                    return Err(e);
+                }
+                eprintln!("mailroom: {e}");
+                failed = true;
+                refused.push(n);
+            }
+        }
+        if refused.len() == before {
+            break;
         }
     }
     // Dependencies first: a supervisor may look at a task as soon as it is
     // back in pending/.
     let mut left: Vec<&(String, Vec<String>)> = deps
         .iter()
-        .filter(|(_, d)| d.iter().all(|x| all.contains(x)))
+        .filter(|(n, _)| !refused.contains(&n.as_str()))
         .collect();
+    let mut order: Vec<String> = Vec::new();
     while !left.is_empty() {
         let ready = left
             .iter()
-            .position(|(_, d)| {
-                d.iter()
-                    .all(|x| order.contains(x) || !left.iter().any(|(m, _)| m == x))
-            })
+            .position(|(_, d)| d.iter().all(|x| order.contains(x)))
             .unwrap_or(0);
         order.push(left.remove(ready).0.clone());
     }
@@ -99,6 +98,21 @@ pub fn retry(root: &Path, names: &[String], outcome: Option<&str>) -> Result<Exi
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Why `name` is not retried without `missing`, the failed dependencies
+/// that are not retried with it (the CLI's and the dashboard's words).
+pub fn retried_alone(name: &str, missing: &[&str]) -> anyhow::Error {
+    let list = missing
+        .iter()
+        .map(|m| format!("`{m}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    anyhow::anyhow!(
+        "`{name}` runs after {list}, which failed: alone it would fail again at once; retry \
+         them together: mailroom retry {} {name}",
+        missing.join(" ")
+    )
 }
 
 /// The dependencies (`after`) of the failed task `name` that failed too.

@@ -250,13 +250,8 @@ pub fn perform(
             // Alone, a task whose dependency failed would fail again at once.
             let deps = crate::cli::failed_deps(layout, n);
             if !deps.is_empty() {
-                return Err(conflict(anyhow::anyhow!(
-                    "`{n}` runs after {}, which failed: retry that first",
-                    deps.iter()
-                        .map(|d| format!("`{d}`"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )));
+                let missing: Vec<&str> = deps.iter().map(String::as_str).collect();
+                return Err(conflict(crate::cli::retried_alone(n, &missing)));
             }
             crate::cli::retry_task(layout, n).map_err(conflict)?;
             Ok((

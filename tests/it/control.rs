@@ -756,15 +756,24 @@ fn retry_takes_a_failed_dependency_along_or_refuses() {
             "retries: 0\nagents:\n  bad:\n    command: [sh, -c, 'exit 3']\ndefault_agent: bad\n",
         )
         .task("a.yaml", "description: x\n")
-        .task("b.yaml", "description: y\nafter: [a]\n");
+        .task("b.yaml", "description: y\nafter: [a]\n")
+        .task("c.yaml", "description: z\nafter: [b]\n");
     root.run_until_idle();
-    assert_eq!(root.names("failed"), ["a", "b"]);
+    assert_eq!(root.names("failed"), ["a", "b", "c"]);
     fails_saying(
         &root.mailroom(&["retry", "b"]),
         "`b` runs after `a`, which failed: alone it would fail again at once; retry them \
          together: mailroom retry a b",
     );
-    assert_eq!(root.names("failed"), ["a", "b"], "nothing moved");
+    // c goes with b, but b is refused: c is too.
+    let out = root.mailroom(&["retry", "b", "c"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("`c` runs after `b`, which failed"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(root.names("failed"), ["a", "b", "c"], "nothing moved");
     let out = root.mailroom(&["retry", "b", "a"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
@@ -774,4 +783,5 @@ fn retry_takes_a_failed_dependency_along_or_refuses() {
     let mut p = root.names("pending");
     p.sort();
     assert_eq!(p, ["a", "b"]);
+    assert_eq!(root.names("failed"), ["c"]);
 }
