@@ -560,19 +560,26 @@ pub fn wait(
     // A pause makes a wait look hung: said once, when it holds.
     let mut told_paused = false;
     loop {
-        let (done, total) = if names.is_empty() {
+        // What is left waits, every one of them, for a task nobody
+        // submitted, and nothing runs that could submit it: that will not
+        // finish by itself (`run --exit-when-idle` does not wait for it
+        // either). Those tasks, and what each waits for.
+        let stranded = || {
             let (pending, assigned) = (
                 books::count(&layout, State::Pending),
                 books::count(&layout, State::Assigned),
             );
-            // What is left waits, every one of them, for a task nobody
-            // submitted: that will not finish by itself (`run
-            // --exit-when-idle` does not wait for it either).
-            let stranded = (pending > 0 && assigned == 0)
+            let done = pending + assigned == 0;
+            let left = (pending > 0 && assigned == 0)
                 .then(|| waiting_forever(&layout, pending))
                 .flatten();
-            let done = pending + assigned == 0 || stranded.is_some();
-            res.stranded = stranded.unwrap_or_default();
+            (done, left)
+        };
+        let line = |(n, on): (String, String)| format!("{n} (waiting for {on})");
+        let (done, total) = if names.is_empty() {
+            let (empty, left) = stranded();
+            let done = empty || left.is_some();
+            res.stranded = left.unwrap_or_default().into_iter().map(line).collect();
             (usize::from(done), 1)
         } else {
             let open: Vec<&String> = names
@@ -584,31 +591,19 @@ pub fn wait(
                     )
                 })
                 .collect();
-            // The same rule as for the whole queue: nothing runs, and every
-            // pending task (these among them) waits for a name nobody
-            // submitted.
-            let (pending, assigned) = (
-                books::count(&layout, State::Pending),
-                books::count(&layout, State::Assigned),
-            );
-            let stranded = (!open.is_empty() && pending > 0 && assigned == 0)
-                .then(|| waiting_forever(&layout, pending))
+            // By the same rule: those of the named tasks left, when all are.
+            let mine = (!open.is_empty())
+                .then(|| stranded().1)
                 .flatten()
-                .filter(|all| {
-                    open.iter().all(|n| {
-                        all.iter()
-                            .any(|s| s.starts_with(&format!("{n} (waiting for ")))
-                    })
-                });
-            match stranded {
-                Some(all) => {
-                    res.stranded = all
-                        .into_iter()
-                        .filter(|s| {
-                            open.iter()
-                                .any(|n| s.starts_with(&format!("{n} (waiting for ")))
-                        })
-                        .collect();
+                .map(|left| {
+                    left.into_iter()
+                        .filter(|(n, _)| open.contains(&n))
+                        .collect::<Vec<_>>()
+                })
+                .filter(|mine| mine.len() == open.len());
+            match mine {
+                Some(mine) => {
+                    res.stranded = mine.into_iter().map(line).collect();
                     (names.len(), names.len())
                 }
                 None => (names.len() - open.len(), names.len()),
@@ -712,9 +707,12 @@ pub fn wait(
 
 /// When every task in `pending/` waits, directly or through other pending
 /// tasks, for a name that is in no state at all (nobody submitted it):
-/// those tasks, as `name (waiting for x)`. None when one of them could
-/// still run, or when there are too many to read at each look.
-fn waiting_forever(layout: &crate::tree::layout::Layout, pending: usize) -> Option<Vec<String>> {
+/// those tasks, with the name each waits for, by name. None when one of
+/// them could still run, or when there are too many to read at each look.
+fn waiting_forever(
+    layout: &crate::tree::layout::Layout,
+    pending: usize,
+) -> Option<Vec<(String, String)>> {
     use std::collections::HashMap;
     let files = books::list(layout, State::Pending).ok()?;
     // The same files as counted: none claimed (nor added) meanwhile.
@@ -757,7 +755,7 @@ fn waiting_forever(layout: &crate::tree::layout::Layout, pending: usize) -> Opti
     let mut out = Vec::new();
     for name in after.keys() {
         let on = stuck_on(name, &after, layout, &mut Vec::new())?;
-        out.push(format!("{name} (waiting for {on})"));
+        out.push((name.clone(), on));
     }
     out.sort();
     // Still nothing running: a claim made while the files were read would
