@@ -211,6 +211,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             file,
             after,
             timeout,
+            retries,
+            delay,
+            not_before,
+            label,
+            context,
+            workdir,
             wait,
         } => {
             let n = cli::add(
@@ -223,6 +229,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     file: file.as_deref(),
                     after: &after,
                     timeout: timeout.as_deref(),
+                    more: cli::AddMore {
+                        retries,
+                        delay: delay.as_deref(),
+                        not_before: not_before.as_deref(),
+                        labels: &label,
+                        context_files: &context,
+                        workdir: workdir.as_deref(),
+                    },
                 },
             )?;
             if !wait {

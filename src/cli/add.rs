@@ -22,6 +22,18 @@ struct NewTask<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     timeout: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    retries: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delay: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    not_before: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    labels: &'a [String],
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    context_files: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    workdir: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     parent: Option<&'a str>,
 }
 
@@ -34,6 +46,41 @@ pub struct AddArgs<'a> {
     pub file: Option<&'a Path>,
     pub after: &'a [String],
     pub timeout: Option<&'a str>,
+    /// The task file's other keys, from the flags of the same names.
+    pub more: More<'a>,
+}
+
+/// The keys of a task file that `add` takes as flags besides the common
+/// ones (`--retries`, `--delay`, `--not-before`, `--label`, `--context`,
+/// `--workdir`).
+#[derive(Default)]
+pub struct More<'a> {
+    pub retries: Option<u32>,
+    pub delay: Option<&'a str>,
+    pub not_before: Option<&'a str>,
+    pub labels: &'a [String],
+    pub context_files: &'a [String],
+    pub workdir: Option<&'a str>,
+}
+
+impl More<'_> {
+    /// The flags given, as `--flag` names (they go with a DESCRIPTION).
+    fn given(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        for (set, flag) in [
+            (self.retries.is_some(), "--retries"),
+            (self.delay.is_some(), "--delay"),
+            (self.not_before.is_some(), "--not-before"),
+            (!self.labels.is_empty(), "--label"),
+            (!self.context_files.is_empty(), "--context"),
+            (self.workdir.is_some(), "--workdir"),
+        ] {
+            if set {
+                v.push(flag);
+            }
+        }
+        v
+    }
 }
 
 /// `mailroom add`: returns the new task's name.
@@ -73,10 +120,15 @@ pub fn add(root: &Path, a: AddArgs) -> Result<String> {
             .map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     if a.file.is_some()
-        && (a.agent.is_some() || a.priority.is_some() || !a.after.is_empty() || a.timeout.is_some())
+        && (a.agent.is_some()
+            || a.priority.is_some()
+            || !a.after.is_empty()
+            || a.timeout.is_some()
+            || !a.more.given().is_empty())
     {
         bail!(
-            "--agent, --priority, --after and --timeout go with a DESCRIPTION; with --file, write them in the file"
+            "--agent, --priority, --after, --timeout and the other keys' flags go with a \
+             DESCRIPTION; with --file, write them in the file"
         );
     }
     let config = Config::load(root);
@@ -128,12 +180,27 @@ pub fn add(root: &Path, a: AddArgs) -> Result<String> {
                 task::parse_duration(t).map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
             }
             let after = split_after(&layout, a.after);
+            // `--label a,b` as `--after a,b`: a list.
+            let split = |v: &[String]| -> Vec<String> {
+                v.iter()
+                    .flat_map(|x| x.split(','))
+                    .map(|x| x.trim().to_owned())
+                    .filter(|x| !x.is_empty())
+                    .collect()
+            };
+            let labels = split(a.more.labels);
             let nt = NewTask {
                 description: d,
                 priority: a.priority,
                 agent: a.agent,
                 after: &after,
                 timeout: a.timeout,
+                retries: a.more.retries,
+                delay: a.more.delay,
+                not_before: a.more.not_before,
+                labels: &labels,
+                context_files: a.more.context_files,
+                workdir: a.more.workdir,
                 parent: parent.as_deref(),
             };
             let y = serde_saphyr::to_string(&nt).context("serialising the task")?;
@@ -157,8 +224,23 @@ pub fn add(root: &Path, a: AddArgs) -> Result<String> {
                 .map_err(|e| anyhow::anyhow!("{}", e.display_at(&shown)))?
         }
         // The YAML was written here from the flags: a position in it means
-        // nothing to the user, the message names the flag's value.
-        None => task::parse_as(&base, ext, &bytes).map_err(|e| anyhow::anyhow!("{}", e.message))?,
+        // nothing to the user, the message names the flag's value (and the
+        // flag, for the keys whose flag is not the key's name).
+        None => task::parse_as(&base, ext, &bytes).map_err(|e| {
+            let flag = match e.key {
+                Some("not_before") => Some("--not-before"),
+                Some("labels") => Some("--label"),
+                Some("context_files") => Some("--context"),
+                Some("delay") => Some("--delay"),
+                Some("workdir") => Some("--workdir"),
+                Some("retries") => Some("--retries"),
+                _ => None,
+            };
+            match flag {
+                Some(f) => anyhow::anyhow!("{f}: {}", e.message),
+                None => anyhow::anyhow!("{}", e.message),
+            }
+        })?,
     };
     // From standard input without --name: named after its description, as
     // a DESCRIPTION is.

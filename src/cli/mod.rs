@@ -15,7 +15,7 @@ mod status;
 pub mod usage;
 mod validate;
 
-pub use add::{AddArgs, add};
+pub use add::{AddArgs, More as AddMore, add};
 pub use init::init;
 pub use list::list;
 pub use new::new;
@@ -63,6 +63,8 @@ pub enum LogFormat {
     Json,
 }
 
+// Parsed once per process: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the supervisor in the foreground.
@@ -123,8 +125,10 @@ pub enum Command {
         name: Option<String>,
         /// Submit this task file as is: .yaml, .yml, or .md (YAML front
         /// matter, the body is the description); `-` reads YAML from standard
-        /// input. --agent, --priority, --after and --timeout go in the file.
-        #[arg(long, conflicts_with_all = ["description", "agent", "priority", "after", "timeout"])]
+        /// input. --agent, --priority, --after, --timeout and the other
+        /// keys' flags go in the file.
+        #[arg(long, conflicts_with_all = ["description", "agent", "priority", "after", "timeout",
+            "retries", "delay", "not_before", "label", "context", "workdir"])]
         file: Option<PathBuf>,
         /// Run only after these tasks completed (repeat it, or a,b). A task
         /// that failed is refused; one not submitted yet is warned about.
@@ -133,6 +137,26 @@ pub enum Command {
         /// Per-run timeout, e.g. 10m.
         #[arg(long, value_parser = duration_arg)]
         timeout: Option<String>,
+        /// Retries after the first attempt (the config's `retries` when absent).
+        #[arg(long)]
+        retries: Option<u32>,
+        /// Not started until this long after submission, e.g. 10m or 2h.
+        #[arg(long, value_parser = duration_arg)]
+        delay: Option<String>,
+        /// Not started before this time (RFC 3339, e.g. 2026-01-15T10:00:00Z).
+        #[arg(long)]
+        not_before: Option<String>,
+        /// A label, for `list` and the dashboard's filter (repeat it, or a,b).
+        #[arg(long)]
+        label: Vec<String>,
+        /// A file (relative to the root) whose text goes into the prompt
+        /// (repeat it).
+        #[arg(long, value_hint = clap::ValueHint::FilePath)]
+        context: Vec<String>,
+        /// The agent's working directory (relative to the root, or
+        /// absolute when the config allows it).
+        #[arg(long, value_hint = clap::ValueHint::DirPath)]
+        workdir: Option<String>,
         /// Wait for the task, print its output, and exit with its outcome
         /// (0 completed, 1 failed): for scripts and editors.
         #[arg(long)]

@@ -95,6 +95,7 @@ pub fn new(root: &Path, name: &str) -> Result<String> {
             file: Some(&draft),
             after: &[],
             timeout: None,
+            more: super::AddMore::default(),
         },
     )
     .map_err(|e| {

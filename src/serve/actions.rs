@@ -288,6 +288,7 @@ pub fn perform(
                     file: None,
                     after: &[],
                     timeout: None,
+                    more: crate::cli::AddMore::default(),
                 },
             )
             .map_err(|e| bad(format!("{e:#}")))?;

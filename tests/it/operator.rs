@@ -357,6 +357,95 @@ fn logs_into_a_pipe_or_with_no_color_carry_no_ansi_codes() {
 }
 
 #[test]
+fn add_takes_the_task_files_other_keys_as_flags() {
+    let root = Root::new().agent_config(&[&agent("ok.sh")], "");
+    let cfg = root
+        .read("mailroom.yaml")
+        .replace("{description}\"", "{description} {context}\"");
+    root.write("mailroom.yaml", &cfg);
+    root.write("notes.md", "the notes say 42\n");
+    let out = root.mailroom(&[
+        "add",
+        "do it",
+        "--name",
+        "t",
+        "--retries",
+        "2",
+        "--delay",
+        "10m",
+        "--label",
+        "x,y",
+        "--label",
+        "z",
+        "--context",
+        "notes.md",
+        "--workdir",
+        ".",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let file = root.read("tasks/pending/t.yaml");
+    for key in [
+        "retries: 2",
+        "delay: 10m",
+        "- x",
+        "- z",
+        "- notes.md",
+        "workdir:",
+    ] {
+        assert!(file.contains(key), "{key} in {file}");
+    }
+    // It parses as written, its delay holds it, its context is in the prompt.
+    let show: serde_json::Value =
+        serde_json::from_str(&stdout(&root.mailroom(&["show", "t", "--json"]))).unwrap();
+    assert_eq!(show["valid"], true, "{show}");
+    assert!(show["starts_at"].is_string(), "{show}");
+    let prompt = stdout(&root.mailroom(&["show", "t", "--prompt"]));
+    assert!(prompt.contains("the notes say 42"), "{prompt}");
+    let out = root.mailroom(&[
+        "add",
+        "x",
+        "--not-before",
+        "2026-01-15T10:00:00Z",
+        "--name",
+        "nb",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(root.read("tasks/pending/nb.yaml").contains("not_before:"));
+    // A bad value names its flag, and nothing is queued.
+    for (args, says) in [
+        (
+            &["--not-before", "tomorrow"][..],
+            "--not-before: `not_before: tomorrow`",
+        ),
+        (&["--workdir", "../.."][..], "--workdir:"),
+        (&["--delay", "1M"][..], "`M` means months"),
+        (&["--retries", "many"][..], "--retries"),
+    ] {
+        let mut a = vec!["add", "bad", "--name", "bad"];
+        a.extend_from_slice(args);
+        let out = root.mailroom(&a);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
+    }
+    assert_eq!(
+        root.names("pending").len(),
+        2,
+        "{:?}",
+        root.names("pending")
+    );
+    // With --file, the keys go in the file.
+    root.write("f.yaml", "description: x\n");
+    let out = root.mailroom(&[
+        "add",
+        "--file",
+        root.p("f.yaml").to_str().unwrap(),
+        "--label",
+        "q",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
+#[test]
 fn add_refuses_an_unknown_agent_a_non_task_file_and_an_empty_description() {
     let root = Root::new().agent_config(&[&agent("ok.sh")], "");
     let out = root.mailroom(&["add", "x", "--agent", "nosuch"]);
