@@ -351,7 +351,28 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             cli::show(&root, &name, json)
         }
         .map(|()| ExitCode::SUCCESS),
-        Command::Retry { names, outcome } => cli::retry(&root, &names, outcome.as_deref()),
+        Command::Retry {
+            names,
+            outcome,
+            completed,
+        } => cli::retry(&root, &names, outcome.as_deref(), completed),
+        Command::Clean {
+            names,
+            failed,
+            older_than,
+            dry_run,
+        } => cli::clean(
+            &root,
+            cli::CleanArgs {
+                names: &names,
+                failed,
+                older_than: older_than
+                    .map(|d| mailroom::parse::task::parse_duration(&d))
+                    .transpose()
+                    .map_err(|e| anyhow::anyhow!("--older-than: {e}"))?,
+                dry_run,
+            },
+        ),
         Command::Validate { files } => Ok(if cli::validate(&root, &files)? {
             ExitCode::SUCCESS
         } else {

@@ -2,6 +2,7 @@
 //! that read or write the tree without running the supervisor.
 
 mod add;
+mod clean;
 pub mod complete;
 pub mod control;
 pub mod daemon;
@@ -16,6 +17,7 @@ pub mod usage;
 mod validate;
 
 pub use add::{AddArgs, More as AddMore, add};
+pub use clean::{CleanArgs, clean};
 pub use init::init;
 pub use list::list;
 pub use new::new;
@@ -208,9 +210,9 @@ pub enum Command {
         #[arg(long, conflicts_with = "json")]
         prompt: bool,
     },
-    /// Move failed tasks back to pending with fresh attempts.
+    /// Move failed tasks back to pending with fresh attempts (--completed: run completed ones again).
     #[command(
-        after_help = "Examples:\n  mailroom retry fix-login\n  mailroom retry a b c\n  mailroom retry --outcome invalid      # every failed task whose outcome is invalid"
+        after_help = "Examples:\n  mailroom retry fix-login\n  mailroom retry a b c\n  mailroom retry --outcome invalid      # every failed task whose outcome is invalid\n  mailroom retry --completed nightly     # run a completed task again"
     )]
     Retry {
         /// The failed tasks' names.
@@ -220,6 +222,28 @@ pub enum Command {
         /// invalid, timeout, spawn, misconfigured).
         #[arg(long, value_parser = outcome_arg)]
         outcome: Option<String>,
+        /// Named tasks that completed run again too (their finished round
+        /// is kept in their history).
+        #[arg(long)]
+        completed: bool,
+    },
+    /// Remove finished tasks: their files, records, runs and history (the shared context stays).
+    #[command(
+        after_help = "Without names, every completed task goes; with --failed, failed ones too.\nA task that a pending or running task runs after is kept (it would wait\nforever). context/ is left as it is: agents still read the outputs.\n\nExamples:\n  mailroom clean                        # every completed task\n  mailroom clean --failed --older-than 30d\n  mailroom clean fix-login              # one task, completed or failed\n  mailroom clean --dry-run"
+    )]
+    Clean {
+        /// These finished tasks only (completed or failed).
+        #[arg(add = ArgValueCandidates::new(complete::task_names))]
+        names: Vec<String>,
+        /// Failed tasks too (without names).
+        #[arg(long, conflicts_with = "names")]
+        failed: bool,
+        /// Only tasks that finished at least this long ago, e.g. 7d.
+        #[arg(long, value_parser = duration_arg)]
+        older_than: Option<String>,
+        /// Say what would be removed; remove nothing.
+        #[arg(long, short = 'n')]
+        dry_run: bool,
     },
     /// Check task files (and the root's mailroom.yaml) without running anything.
     Validate {

@@ -11,8 +11,13 @@ use std::process::ExitCode;
 
 use super::*;
 
-/// `mailroom retry`.
-pub fn retry(root: &Path, names: &[String], outcome: Option<&str>) -> Result<ExitCode> {
+/// `mailroom retry` (`completed`: named completed tasks run again too).
+pub fn retry(
+    root: &Path,
+    names: &[String],
+    outcome: Option<&str>,
+    completed: bool,
+) -> Result<ExitCode> {
     let layout = open_tree(root)?;
     let mut all: Vec<String> = names.to_vec();
     if let Some(o) = outcome {
@@ -84,7 +89,7 @@ pub fn retry(root: &Path, names: &[String], outcome: Option<&str>) -> Result<Exi
     }
     // Each on its own: one that cannot be retried does not stop the others.
     for name in &order {
-        match retry_task(&layout, name) {
+        match retry_task_from(&layout, name, completed) {
             Ok(()) => println!("{name}: moved back to pending with fresh attempts"),
             Err(e) if all.len() == 1 => return Err(e),
             Err(e) => {
@@ -135,6 +140,16 @@ pub fn failed_deps(layout: &crate::tree::layout::Layout, name: &str) -> Vec<Stri
 /// Moves a failed task back to `pending/` with fresh attempts (the CLI's
 /// and the dashboard's retry).
 pub fn retry_task(layout: &crate::tree::layout::Layout, name: &str) -> Result<()> {
+    retry_task_from(layout, name, false)
+}
+
+/// [`retry_task`], and with `completed` a completed task too: it runs again
+/// (its finished round kept in its history, as a failed one's is).
+fn retry_task_from(
+    layout: &crate::tree::layout::Layout,
+    name: &str,
+    completed: bool,
+) -> Result<()> {
     let layout = layout.clone();
     check_task_name(name)?;
     let Some(lock) = TaskLock::try_acquire(&layout, name)? else {
@@ -145,10 +160,25 @@ pub fn retry_task(layout: &crate::tree::layout::Layout, name: &str) -> Result<()
         bail!("`{name}` is busy (a supervisor is moving it); try again in a moment");
     };
     let res = (|| -> Result<()> {
-        let Some((_, ext)) = layout.find(State::Failed, name) else {
+        let found = layout
+            .find(State::Failed, name)
+            .map(|(_, e)| (State::Failed, e));
+        let found = found.or_else(|| {
+            completed
+                .then(|| {
+                    layout
+                        .find(State::Completed, name)
+                        .map(|(_, e)| (State::Completed, e))
+                })
+                .flatten()
+        });
+        let Some((from, ext)) = found else {
             match layout.locate(name) {
                 Some((State::Assigned, _, _)) => {
                     bail!("{name} is running; cancel it first (`mailroom cancel {name}`) or wait")
+                }
+                Some((State::Completed, _, _)) => {
+                    bail!("`{name}` completed; to run it again: mailroom retry --completed {name}")
                 }
                 Some((st, _, _)) => bail!("`{name}` is {}, not failed", st.dir_name()),
                 None => bail!("no task named `{name}`"),
@@ -168,14 +198,14 @@ pub fn retry_task(layout: &crate::tree::layout::Layout, name: &str) -> Result<()
         // into the task's history, and its record (pointing there) is
         // appended to it, before anything is removed.
         history_is_writable(&layout, name)?;
-        let kept = moves::run_dir_to_history(&layout, name)?;
-        keep_round(&layout, name, kept.as_ref())?;
+        let kept = moves::run_dir_to_history(&layout, from, name)?;
+        keep_round(&layout, from, name, kept.as_ref())?;
         // Fresh attempts: the bookkeeping and the old record go first, so that
         // a crash never pairs the requeued task with a stale record.
         fsx::remove_file_if_exists(&layout.state_file(name))?;
-        fsx::remove_file_if_exists(&layout.record_file(State::Failed, name))?;
-        fsx::fsync_dir(&layout.failed)?;
-        moves::retry(&layout, State::Failed, name, ext)?;
+        fsx::remove_file_if_exists(&layout.record_file(from, name))?;
+        fsx::fsync_dir(layout.dir(from))?;
+        moves::retry(&layout, from, name, ext)?;
         Ok(())
     })();
     lock.release();
@@ -221,16 +251,17 @@ fn history_is_writable(layout: &crate::tree::layout::Layout, name: &str) -> Resu
     }
 }
 
-/// Appends the failed round's record to `tasks/history/<name>.jsonl`. A
+/// Appends the ended round's record to `tasks/history/<name>.jsonl`. A
 /// crash between this and the removal of the record may append it twice;
 /// readers drop a line whose `run_id` they already have.
 fn keep_round(
     layout: &crate::tree::layout::Layout,
+    from: State,
     name: &str,
     kept: Option<&(String, String)>,
 ) -> Result<()> {
     use std::io::Write;
-    let rec = match std::fs::read(layout.record_file(State::Failed, name)) {
+    let rec = match std::fs::read(layout.record_file(from, name)) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e.into()),

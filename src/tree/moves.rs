@@ -286,11 +286,16 @@ fn rename_run_dir(layout: &Layout, name: &str, dest: State, target: &str) -> io:
     fsx::rename_noreplace(&from, &to)
 }
 
-/// Moves `failed/<name>.run/` to `tasks/history/<name>.run/<round>/` (the
-/// next free round number): a retry never deletes an earlier answer.
-/// Returns the old and new paths, relative to the root.
-pub fn run_dir_to_history(layout: &Layout, name: &str) -> io::Result<Option<(String, String)>> {
-    let from = layout.run_dir(State::Failed, name);
+/// Moves `failed/<name>.run/` (or `completed/`'s, `from`) to
+/// `tasks/history/<name>.run/<round>/` (the next free round number): a
+/// retry never deletes an earlier answer. Returns the old and new paths,
+/// relative to the root.
+pub fn run_dir_to_history(
+    layout: &Layout,
+    from_state: State,
+    name: &str,
+) -> io::Result<Option<(String, String)>> {
+    let from = layout.run_dir(from_state, name);
     if std::fs::symlink_metadata(&from).is_err() {
         return Ok(None);
     }
@@ -303,7 +308,7 @@ pub fn run_dir_to_history(layout: &Layout, name: &str) -> io::Result<Option<(Str
     fsx::create_dir_all(dir)?;
     fsx::rename_noreplace(&from, &to)?;
     fsx::fsync_dir(dir)?;
-    fsx::fsync_dir(&layout.failed)?;
+    fsx::fsync_dir(layout.dir(from_state))?;
     Ok(Some((layout.rel(&from), layout.rel(&to))))
 }
 

@@ -97,6 +97,43 @@ fn mailroom_retry_keeps_the_failed_rounds_run_directory_in_the_history() {
     assert!(root.exists("tasks/history/f.run/2/1/stdout.log"));
 }
 
+/// `retry --completed` runs a completed task again, its finished round kept
+/// in its history as a failed one's is; without the flag it is refused,
+/// naming the flag.
+#[test]
+fn retry_completed_runs_a_completed_task_again_and_keeps_its_round() {
+    let root = Root::new()
+        .agent_config(&[&agent("ok.sh")], "")
+        .task("c.yaml", "description: once more\n");
+    root.run_until_idle();
+    assert_eq!(root.names("completed"), vec!["c"]);
+    let first = root.record("completed", "c")["run_id"].clone();
+    let out = root.mailroom(&["retry", "c"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("mailroom retry --completed c"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(root.names("completed"), vec!["c"]);
+    let out = root.mailroom(&["retry", "--completed", "c"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(root.names("pending"), vec!["c"]);
+    assert!(!root.exists("tasks/completed/c.result.json"));
+    assert!(!root.exists("tasks/completed/c.run"));
+    assert!(root.exists("tasks/history/c.run/1/1/stdout.log"));
+    let line = root.read("tasks/history/c.jsonl");
+    let old: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+    assert_eq!(old["run_id"], first, "{old}");
+    assert_eq!(old["run_dir"], "tasks/history/c.run/1/1", "{old}");
+    root.run_until_idle();
+    assert_eq!(root.names("completed"), vec!["c"]);
+    assert_ne!(root.record("completed", "c")["run_id"], first);
+    let show = stdout(&root.mailroom(&["show", "c"]));
+    assert!(show.contains("round 1: completed"), "{show}");
+    assert!(show.contains("round 2: completed"), "{show}");
+}
+
 /// A history file that an agent replaced with a link (to any file of the
 /// user's) or a directory is refused before anything moves, with its path:
 /// `retry` never appends through a link.

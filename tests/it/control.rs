@@ -785,3 +785,97 @@ fn retry_takes_a_failed_dependency_along_or_refuses() {
     assert_eq!(p, ["a", "b"]);
     assert_eq!(root.names("failed"), ["c"]);
 }
+
+/// `clean` removes finished tasks whole (task file, record, run directory,
+/// history) under their locks, keeps what a waiting task runs after and
+/// what is not finished, leaves the context, and frees the name.
+#[test]
+fn clean_removes_finished_tasks_whole_and_keeps_what_others_wait_for() {
+    let root = Root::new().config(&format!(
+        "retries: 0\nretry_delay: 50ms\nsettle: 300ms\nrescan_interval: 1s\nagents:\n  ok:\n    command: [{:?}]\n  bad:\n    command: [{:?}]\n",
+        agent("ok.sh"),
+        agent("fail.sh")
+    ));
+    for (n, a) in [("a", "ok"), ("b", "bad"), ("c", "ok")] {
+        let out = root.mailroom(&["add", n, "--name", n, "--agent", a]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    root.run_until_idle();
+    // b's first round goes to its history.
+    assert!(root.mailroom(&["retry", "b"]).status.success());
+    root.run_until_idle();
+    assert!(root.exists("tasks/history/b.jsonl"));
+    let out = root.mailroom(&[
+        "add", "d", "--name", "d", "--agent", "ok", "--after", "c", "--delay", "1h",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // A dry run removes nothing.
+    let out = root.mailroom(&["clean", "--dry-run"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("a: would be removed (completed)"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(root.names("completed"), vec!["a", "c"]);
+    // Completed ones go; c stays, d runs after it.
+    let out = root.mailroom(&["clean"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("kept `c`: `d` runs after it"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(root.names("completed"), vec!["c"]);
+    for gone in ["tasks/completed/a.result.json", "tasks/completed/a.run"] {
+        assert!(!root.exists(gone), "{gone}");
+    }
+    assert!(
+        root.exists("context/agent_outputs/a.md"),
+        "the context stays"
+    );
+    assert_eq!(
+        root.names("failed"),
+        vec!["b"],
+        "failed ones only with --failed"
+    );
+    // Named: a task still waited for, a pending one, an unknown one: exit 1.
+    for (name, says) in [
+        ("c", "kept `c`"),
+        ("d", "not finished"),
+        ("zz", "no task named `zz`"),
+    ] {
+        let out = root.mailroom(&["clean", name]);
+        assert_eq!(out.status.code(), Some(1), "{name}");
+        assert!(stderr(&out).contains(says), "{name}: {}", stderr(&out));
+    }
+    assert_eq!(root.names("pending"), vec!["d"]);
+    // Too recent for --older-than.
+    let out = root.mailroom(&["clean", "--failed", "--older-than", "1d"]);
+    assert!(
+        stdout(&out).contains("nothing to clean"),
+        "{}",
+        stdout(&out)
+    );
+    let out = root.mailroom(&["clean", "--failed"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(root.names("failed").is_empty());
+    assert!(!root.exists("tasks/history/b.jsonl"));
+    assert!(!root.exists("tasks/history/b.run"));
+    assert!(!root.exists("tasks/failed/b.run"));
+    // Once d is gone, c can go; no lock is left behind.
+    assert!(root.mailroom(&["cancel", "d"]).status.success());
+    assert!(root.mailroom(&["clean", "c"]).status.success());
+    assert!(root.names("completed").is_empty());
+    assert!(
+        root.entries("tasks/assigned").is_empty(),
+        "{:?}",
+        root.entries("tasks/assigned")
+    );
+    // The name is free again, and its new task has no earlier rounds.
+    let out = root.mailroom(&["add", "b", "--name", "b", "--agent", "ok"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    root.run_until_idle();
+    let show = stdout(&root.mailroom(&["show", "b"]));
+    assert!(!show.contains("round 1"), "{show}");
+}

@@ -134,7 +134,7 @@ fn failing_task_is_retried_then_failed_then_retry_runs_it_again() {
     let out = root.mailroom(&["retry", "f"]);
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains("completed, not failed"),
+        stderr(&out).contains("`f` completed; to run it again: mailroom retry --completed f"),
         "{}",
         stderr(&out)
     );
