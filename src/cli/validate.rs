@@ -53,6 +53,52 @@ fn missing_commands(c: &Config, root: &Path) {
     }
 }
 
+/// Warns of the tasks in `pending/` that `c` cannot route (an agent it does
+/// not define, a capability none of its agents has): a supervisor that
+/// loaded it would fail them as `invalid` (unless the tree is paused).
+/// Looks at the first 10,000 files.
+fn unroutable_pending(c: &Config, layout: &crate::tree::layout::Layout) {
+    use crate::tree::layout::State;
+    const LOOK: usize = 10_000;
+    let Ok(files) = crate::tree::books::list(layout, State::Pending) else {
+        return;
+    };
+    let mut bad: Vec<(String, String)> = Vec::new();
+    for (name, ext) in files.iter().take(LOOK) {
+        let path = layout.task_file(State::Pending, name, ext);
+        let Ok((b, _)) = fsx::read_task_file(&path, task::DEFAULT_MAX_TASK_BYTES) else {
+            continue;
+        };
+        let Ok(t) = task::parse_as(name, ext, &b) else {
+            continue;
+        };
+        if let Err(e) = crate::sched::routing::route(c, &t, &[]) {
+            bad.push((name.clone(), e));
+        }
+    }
+    if bad.is_empty() {
+        return;
+    }
+    println!(
+        "  warning: {} task{} in tasks/pending/{} cannot be routed by this config and would \
+         fail as `invalid` once a supervisor loads it (pause the tree first to keep them: \
+         `mailroom pause`):",
+        bad.len(),
+        if bad.len() == 1 { "" } else { "s" },
+        if files.len() > LOOK {
+            format!(" (of the first {LOOK} looked at)")
+        } else {
+            String::new()
+        }
+    );
+    for (name, why) in bad.iter().take(10) {
+        println!("    {name}: {why}");
+    }
+    if bad.len() > 10 {
+        println!("    and {} more", bad.len() - 10);
+    }
+}
+
 /// `mailroom validate`: true when everything is valid.
 pub fn validate(root: &Path, files: &[PathBuf]) -> Result<bool> {
     let mut ok = true;
@@ -81,6 +127,7 @@ pub fn validate(root: &Path, files: &[PathBuf]) -> Result<bool> {
                 Ok(c) => {
                     println!("ok: {shown}");
                     missing_commands(&c, root);
+                    unroutable_pending(&c, &layout);
                 }
                 Err(e) => {
                     println!("{e}");
@@ -154,6 +201,7 @@ pub fn validate(root: &Path, files: &[PathBuf]) -> Result<bool> {
             Ok(c) => {
                 println!("ok: {}", cfg.display());
                 missing_commands(&c, root);
+                unroutable_pending(&c, &layout);
             }
             Err(e) => {
                 println!("{e}");

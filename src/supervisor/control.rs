@@ -35,7 +35,12 @@ impl Supervisor {
     pub(super) fn refresh_control(&mut self) {
         self.control_dirty = false;
         let layout = self.layout().clone();
+        let was_paused = self.paused;
         self.paused = books::exists(&layout.pause_file(None));
+        if was_paused && !self.paused {
+            // What a pause held (tasks its config cannot route) is judged now.
+            self.replace_waiting();
+        }
         self.paused_agents = books::paused_agents(&layout).into_iter().collect();
         let marks: Vec<String> = std::fs::read_dir(&layout.cancel)
             .map(|rd| {

@@ -40,6 +40,9 @@ impl Supervisor {
             .map_err(|e| anyhow::anyhow!("refusing to start: {e}"))?;
         self.beat();
         self.recover();
+        // A paused tree holds what its config cannot route (see `place`),
+        // from the first scan on.
+        self.paused = books::exists(&self.layout().pause_file(None));
         self.full_scan();
         // Private temp directories of runs whose keeper (or supervisor) was
         // killed before it could remove them.

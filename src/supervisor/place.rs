@@ -29,6 +29,12 @@ impl Supervisor {
                 }
                 Deps::Wait(why) => To::Wait(why),
                 Deps::Ready => match &b.route {
+                    // A route is the config's verdict: while the tree is
+                    // paused (as for a config being changed), nothing is
+                    // filed for it; the task is placed again at the resume.
+                    Err(why) if self.paused => {
+                        To::Wait(format!("cannot be routed (held while paused): {why}"))
+                    }
                     Err(why) => To::Reject(Box::new(books::never_ran_record(
                         Outcome::Invalid,
                         why.clone(),

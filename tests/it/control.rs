@@ -879,3 +879,60 @@ fn clean_removes_finished_tasks_whole_and_keeps_what_others_wait_for() {
     let show = stdout(&root.mailroom(&["show", "b"]));
     assert!(!show.contains("round 1"), "{show}");
 }
+
+/// A reload that drops an agent while the tree is paused files none of its
+/// pending tasks: they are held until the resume, and `validate` of the
+/// new config names them beforehand.
+#[test]
+fn a_paused_tree_holds_tasks_a_reloaded_config_cannot_route() {
+    let two = format!(
+        "settle: 300ms\nrescan_interval: 1s\nagents:\n  a:\n    command: [{ok:?}]\n  b:\n    command: [{ok:?}]\n",
+        ok = agent("ok.sh")
+    );
+    let one = format!(
+        "settle: 300ms\nrescan_interval: 1s\nagents:\n  a:\n    command: [{:?}]\n",
+        agent("ok.sh")
+    );
+    let root = Root::new().config(&two);
+    assert!(root.mailroom(&["pause"]).status.success());
+    let out = root.mailroom(&["add", "x", "--name", "on-b", "--agent", "b"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // validate of the new config, before it is used, names the task.
+    root.write("new.yaml", &one);
+    let out = root.mailroom(&["validate", root.p("new.yaml").to_str().unwrap()]);
+    let text = stdout(&out);
+    assert!(
+        text.contains("1 task in tasks/pending/ cannot be routed") && text.contains("on-b:"),
+        "{text}"
+    );
+    let (mut sup, log) = root.spawn_cmd(root.cmd(&["run"]));
+    wait_for(MIN, "the supervisor to be ready", || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("supervisor ready")
+    });
+    std::fs::rename(root.p("new.yaml"), root.p("mailroom.yaml")).unwrap();
+    sup.signal(SIGHUP);
+    wait_for(MIN, "the reload", || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("configuration reloaded")
+    });
+    // A file that never parses is still filed while paused: once it is, the
+    // supervisor has been through its rejects since the reload.
+    root.write("tasks/pending/junk.yaml", "description: [unclosed\n");
+    wait_for(MIN, "the junk to be filed", || {
+        root.names("failed").contains(&"junk".to_owned())
+    });
+    assert_eq!(root.names("pending"), vec!["on-b"], "filed while paused");
+    // At the resume it is judged: no agent `b`.
+    assert!(root.mailroom(&["resume"]).status.success());
+    wait_for(MIN, "on-b to be filed", || {
+        root.names("failed").contains(&"on-b".to_owned())
+    });
+    let rec = root.record("failed", "on-b");
+    assert_eq!(rec["outcome"], "invalid", "{rec}");
+    assert!(rec["error"].as_str().unwrap().contains('b'), "{rec}");
+    sup.signal(SIGTERM);
+    sup.wait_exit(MIN);
+}
