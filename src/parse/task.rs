@@ -1307,6 +1307,24 @@ pub fn validate(name: &str, raw: RawTask) -> Result<Task, TaskError> {
 }
 
 /// Parses an RFC 3339 time with `Z` or a numeric offset (`+01:00`).
+/// The `parent` a task file that does not parse names all the same: its
+/// last top-level `parent: <name>` line, when that is a valid name (a
+/// follow-up that did not parse has one, added when it was queued).
+pub fn parent_line(bytes: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let v = text
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("parent:"))?
+        .trim();
+    let name = if v.starts_with('"') {
+        serde_json::from_str::<String>(v).ok()?
+    } else {
+        v.trim_matches('\'').to_owned()
+    };
+    check_name(&name).is_ok().then_some(name)
+}
+
 pub fn parse_time(s: &str) -> Option<SystemTime> {
     let s = s.trim();
     if let Some(base) = s.strip_suffix('Z').or_else(|| s.strip_suffix('z')) {
@@ -1355,6 +1373,21 @@ pub fn check_relative_path(p: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parent_line_finds_the_last_top_level_parent_of_a_broken_file() {
+        assert_eq!(
+            parent_line(b"description: [x\nparent: \"a\"\n").as_deref(),
+            Some("a")
+        );
+        assert_eq!(
+            parent_line(b"parent: a\nx: [\nparent: b\n").as_deref(),
+            Some("b")
+        );
+        assert_eq!(parent_line(b"  parent: a\n"), None, "not top level");
+        assert_eq!(parent_line(b"parent: ../x\n"), None, "not a name");
+        assert_eq!(parent_line(b"description: x\n"), None);
+    }
 
     #[test]
     fn seed_task_001_is_accepted_as_written() {

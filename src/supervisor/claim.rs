@@ -57,7 +57,18 @@ impl Supervisor {
                 let file =
                     self.layout()
                         .rel(&self.layout().task_file(State::Pending, &name, p.ext));
-                let mut rec = books::never_ran_record(Outcome::Invalid, e.display_at(&file));
+                // Who wrote it, when it says so (a follow-up that did not parse).
+                let parent = fsx::read_task_file(
+                    &self.layout().task_file(State::Pending, &name, p.ext),
+                    self.config.max_task_bytes,
+                )
+                .ok()
+                .and_then(|(b, _)| task::parent_line(&b));
+                let mut error = e.display_at(&file);
+                if let Some(parent) = parent {
+                    error.push_str(&format!(" (its parent: `{parent}`)"));
+                }
+                let mut rec = books::never_ran_record(Outcome::Invalid, error);
                 rec.error_location = Some(ErrorLocation {
                     file,
                     line: e.line,

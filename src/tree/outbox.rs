@@ -358,13 +358,25 @@ pub fn queue_outbox(
             continue;
         }
         // A file that does not parse is queued as written: it then fails in
-        // pending/ with its own error, where its author can see it.
+        // pending/ with its own error, where its author can see it. A YAML
+        // one gets its parent in a last line all the same, which the
+        // reject's record names (the error's position stays, unless the
+        // error is at the file's end).
         let linked = if ext == "md" {
             with_links_md(&text, name, parent)
         } else {
             with_links(&text, name, parent, None)
         };
-        let text = linked.unwrap_or(text);
+        let text = match linked {
+            Some(t) => t,
+            None if ext != "md" => format!(
+                "{text}{}# mailroom: a follow-up from the outbox of `{parent}`, queued as \
+                 written; it does not parse\nparent: {}\n",
+                if text.ends_with('\n') { "" } else { "\n" },
+                serde_json::to_string(parent).unwrap_or_default()
+            ),
+            None => text,
+        };
         let queued = match submit(layout, name, &text, ext) {
             Ok(queued) => queued,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {

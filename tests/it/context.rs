@@ -588,6 +588,33 @@ echo done"#;
     assert!(!root.names("completed").contains(&"gen1".to_owned()));
 }
 
+/// A follow-up that does not parse is queued as written and fails in
+/// pending/ with its own error and position; its record names the task that
+/// wrote it.
+#[test]
+fn a_follow_up_that_does_not_parse_names_its_parent_when_it_fails() {
+    let script = r#"case "$MAILROOM_TASK" in p) ;; *) exit 0 ;; esac
+printf 'description: [unclosed\nagent: a\n' > "$MAILROOM_OUTBOX/broken.yaml"
+echo done"#;
+    let root = Root::new()
+        .agent_config(&["/bin/sh", "-c", script], "default_agent: a\nretries: 0")
+        .task("p.yaml", "description: start\n");
+    root.run_until_idle();
+    let rec = root.record("completed", "p");
+    assert_eq!(rec["followups"], serde_json::json!(["broken"]), "{rec}");
+    let rec = root.record("failed", "broken");
+    assert_eq!(rec["outcome"], "invalid", "{rec}");
+    let error = rec["error"].as_str().unwrap();
+    assert!(error.ends_with("(its parent: `p`)"), "{error}");
+    assert_eq!(rec["error_location"]["line"], 1, "{rec}");
+    let file = root.read("tasks/failed/broken.yaml");
+    assert!(
+        file.starts_with("description: [unclosed\nagent: a\n"),
+        "{file}"
+    );
+    assert!(file.ends_with("parent: \"p\"\n"), "{file}");
+}
+
 /// A process that holds `context/.lock` (an agent that took it) holds up no
 /// commit for long: after a bounded wait the task is committed, its record
 /// saying that its answer was not merged, and by whom the lock was held.
