@@ -22,9 +22,15 @@ pub enum By {
 #[derive(Debug, Default, Serialize)]
 struct Row {
     key: String,
+    /// Distinct tasks (a task retried or run again counts once).
     tasks: u64,
-    /// Tasks whose CLI reported any usage at all.
+    /// Times they were filed: each round of a task (`retry` starts a new
+    /// one) is a line of the log, with its own usage.
+    rounds: u64,
+    /// Rounds whose CLI reported any usage at all.
     reported: u64,
+    #[serde(skip)]
+    seen: std::collections::HashSet<String>,
     #[serde(flatten)]
     usage: Usage,
 }
@@ -62,8 +68,12 @@ pub fn usage(root: &Path, by: By, since: Option<&str>, json: bool) -> Result<()>
             key,
             ..Row::default()
         });
+        let task = v["task"].as_str().unwrap_or("?");
         for row in [row, &mut total] {
-            row.tasks += 1;
+            row.rounds += 1;
+            if row.seen.insert(task.to_owned()) {
+                row.tasks += 1;
+            }
             if let Some(u) = &u {
                 row.reported += 1;
                 row.usage.add(u);
@@ -77,13 +87,14 @@ pub fn usage(root: &Path, by: By, since: Option<&str>, json: bool) -> Result<()>
         return Ok(());
     }
     println!(
-        "{:<24} {:>6} {:>12} {:>12} {:>12} {:>10}",
+        "{:<24} {:>6} {:>6} {:>12} {:>12} {:>12} {:>10}",
         match by {
             By::Agent => "agent",
             By::Day => "day",
             By::Task => "task",
         },
         "tasks",
+        "rounds",
         "input",
         "output",
         "cache read",
@@ -92,9 +103,10 @@ pub fn usage(root: &Path, by: By, since: Option<&str>, json: bool) -> Result<()>
     for r in &out {
         let n = |x: Option<u64>| x.map_or("-".into(), |v| v.to_string());
         println!(
-            "{:<24} {:>6} {:>12} {:>12} {:>12} {:>10}",
+            "{:<24} {:>6} {:>6} {:>12} {:>12} {:>12} {:>10}",
             r.key,
             r.tasks,
+            r.rounds,
             n(r.usage.input_tokens),
             n(r.usage.output_tokens),
             n(r.usage.cache_read_tokens),

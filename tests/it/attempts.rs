@@ -132,6 +132,12 @@ fn retry_completed_runs_a_completed_task_again_and_keeps_its_round() {
     let show = stdout(&root.mailroom(&["show", "c"]));
     assert!(show.contains("round 1: completed"), "{show}");
     assert!(show.contains("round 2: completed"), "{show}");
+    // `usage` counts the task once, as `agents` does, and both rounds.
+    let rows: serde_json::Value =
+        serde_json::from_slice(&root.mailroom(&["usage", "--json"]).stdout).unwrap();
+    assert_eq!(rows[0]["key"], "a", "{rows}");
+    assert_eq!(rows[0]["tasks"], 1, "{rows}");
+    assert_eq!(rows[0]["rounds"], 2, "{rows}");
 }
 
 /// A history file that an agent replaced with a link (to any file of the
