@@ -128,6 +128,11 @@ impl Supervisor {
     fn beat(&mut self) {
         use crate::tree::registry;
         self.beat_due = Instant::now() + registry::BEAT;
+        // The oldest pending task's age grows while nothing else changes:
+        // the metrics file says it at each beat while a task waits.
+        if !self.pending.is_empty() && self.config.metrics_file.is_some() {
+            self.metrics.dirty = true;
+        }
         let hb = registry::Heartbeat {
             host: self.ctx.host.clone(),
             pid: self.ctx.self_pid,

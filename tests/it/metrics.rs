@@ -270,3 +270,34 @@ fn the_oldest_pending_age_leaves_out_held_tasks_and_counts_from_their_release() 
     // `released` has waited an hour (since its not_before), not 5h10m.
     assert!((3590.0..3700.0).contains(&age), "{age}: {m:?}");
 }
+
+/// The oldest pending age keeps up while nothing else changes: the file is
+/// rewritten at each heartbeat while a task waits (it stood still at its
+/// last change).
+#[test]
+fn the_oldest_pending_age_grows_in_the_file_while_nothing_changes() {
+    use std::time::Duration;
+    let root = Root::new()
+        .config("metrics_file: metrics.prom\n")
+        .task("waits.yaml", "description: x\n");
+    assert!(root.mailroom(&["pause"]).status.success());
+    let _sup = root.spawn();
+    let age = || {
+        std::fs::read_to_string(root.p("metrics.prom"))
+            .ok()
+            .and_then(|t| {
+                parse(&t)
+                    .get("mailroom_oldest_pending_age_seconds")
+                    .copied()
+            })
+    };
+    wait_for(Duration::from_secs(60), "the metrics file", || {
+        age().is_some()
+    });
+    let first = age().unwrap();
+    wait_for(
+        Duration::from_secs(60),
+        "the age to grow in the file",
+        || age().is_some_and(|a| a >= first + 3.0),
+    );
+}
