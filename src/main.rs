@@ -342,8 +342,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::List { state, json } => {
-            cli::list(&root, state.as_deref(), json).map(|()| ExitCode::SUCCESS)
+        Command::List { state, label, json } => {
+            cli::list(&root, state.as_deref(), label.as_deref(), json).map(|()| ExitCode::SUCCESS)
         }
         Command::Show { name, json, prompt } => if prompt {
             cli::show_prompt(&root, &name)

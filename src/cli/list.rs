@@ -55,8 +55,24 @@ pub(super) fn retry_at(layout: &crate::tree::layout::Layout, name: &str) -> Opti
     (t > std::time::SystemTime::now()).then_some(nb)
 }
 
-/// `mailroom list`.
-pub fn list(root: &Path, state: Option<&str>, json: bool) -> Result<()> {
+/// Whether the task file `name` of state `st` has the label `label` (one
+/// that does not parse has none).
+fn has_label(
+    layout: &crate::tree::layout::Layout,
+    st: State,
+    name: &str,
+    ext: &str,
+    label: &str,
+) -> bool {
+    let path = layout.task_file(st, name, ext);
+    crate::tree::fsx::read_task_file(&path, crate::parse::task::DEFAULT_MAX_TASK_BYTES)
+        .ok()
+        .and_then(|(b, _)| crate::parse::task::parse_as(name, ext, &b).ok())
+        .is_some_and(|t| t.labels.iter().any(|l| l == label))
+}
+
+/// `mailroom list` (with `label`: only the tasks that have it).
+pub fn list(root: &Path, state: Option<&str>, label: Option<&str>, json: bool) -> Result<()> {
     let layout = open_tree(root)?;
     let states: Vec<State> = match state {
         Some(s) => vec![State::parse(s).ok_or_else(|| {
@@ -69,6 +85,11 @@ pub fn list(root: &Path, state: Option<&str>, json: bool) -> Result<()> {
     let mut items = Vec::new();
     for st in states {
         for (name, ext) in books::list(&layout, st)? {
+            if let Some(l) = label
+                && !has_label(&layout, st, &name, &ext, l)
+            {
+                continue;
+            }
             let error = match st {
                 State::Failed => match read_record(&layout, State::Failed, &name) {
                     Some(r) if r.task == name => r.error,

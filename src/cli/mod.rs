@@ -190,6 +190,9 @@ pub enum Command {
         /// pending, assigned (or running, active), completed, failed.
         #[arg(long, visible_alias = "status", value_parser = state_arg)]
         state: Option<String>,
+        /// Only tasks whose file has this label (`labels:`, `add --label`).
+        #[arg(long)]
+        label: Option<String>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,

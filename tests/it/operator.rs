@@ -401,6 +401,11 @@ fn add_takes_the_task_files_other_keys_as_flags() {
     assert!(show["starts_at"].is_string(), "{show}");
     let prompt = stdout(&root.mailroom(&["show", "t", "--prompt"]));
     assert!(prompt.contains("the notes say 42"), "{prompt}");
+    // `list --label` finds it by its label.
+    let listed = stdout(&root.mailroom(&["list", "--label", "y"]));
+    assert!(listed.contains(" t"), "{listed}");
+    let listed = stdout(&root.mailroom(&["list", "--label", "nosuch"]));
+    assert!(listed.trim().is_empty(), "{listed}");
     let out = root.mailroom(&[
         "add",
         "x",
