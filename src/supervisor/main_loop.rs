@@ -606,6 +606,9 @@ impl Supervisor {
         }
         self.waiting.iter().any(|n| {
             self.pending.get(n).is_some_and(|p| match &p.parsed {
+                // One the pause holds because the config cannot route it
+                // (see `place`) starts nothing until the resume.
+                Ok(b) if self.paused && b.route.is_err() => false,
                 Ok(b) => b.after.iter().all(|d| {
                     self.pending.contains_key(d)
                         || self.running.contains_key(d)

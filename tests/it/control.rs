@@ -935,4 +935,9 @@ fn a_paused_tree_holds_tasks_a_reloaded_config_cannot_route() {
     assert!(rec["error"].as_str().unwrap().contains('b'), "{rec}");
     sup.signal(SIGTERM);
     sup.wait_exit(MIN);
+    // `run --exit-when-idle` does not wait for a task only the pause holds.
+    assert!(root.mailroom(&["pause"]).status.success());
+    root.write("tasks/pending/held.yaml", "description: x\nagent: b\n");
+    root.run_until_idle();
+    assert_eq!(root.names("pending"), vec!["held"]);
 }
