@@ -193,10 +193,21 @@ impl Supervisor {
         } else {
             self.layout().root.join(path)
         };
-        if let Err(e) =
-            fsx::write_atomic_readable_volatile(&path, self.metrics.render(&snap).as_bytes())
-        {
-            warn!(file = %path.display(), error = %e, "cannot write the metrics file");
+        match fsx::write_atomic_readable_volatile(&path, self.metrics.render(&snap).as_bytes()) {
+            // Said once per distinct error, not at every rewrite (every
+            // heartbeat while a task waits).
+            Err(e) => {
+                let text = e.to_string();
+                if self.metrics_error.as_deref() != Some(text.as_str()) {
+                    warn!(file = %path.display(), error = %e, "cannot write the metrics file (said again only when the error changes)");
+                    self.metrics_error = Some(text);
+                }
+            }
+            Ok(()) => {
+                if self.metrics_error.take().is_some() {
+                    info!(file = %path.display(), "the metrics file is written again");
+                }
+            }
         }
     }
 }

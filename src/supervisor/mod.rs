@@ -267,6 +267,8 @@ pub struct Supervisor {
     scanning: bool,
     /// `tasks/control/pause` exists: no new claims.
     paused: bool,
+    /// The last error writing the metrics file, said once.
+    metrics_error: Option<String>,
     /// Agents with a `tasks/control/pause.<agent>` file.
     paused_agents: HashSet<String>,
     /// Runs told to stop for a `cancel` marker (so each is told once).
@@ -390,6 +392,7 @@ impl Supervisor {
             stop_sent: false,
             scanning: false,
             paused: false,
+            metrics_error: None,
             paused_agents: HashSet::new(),
             cancelling: HashSet::new(),
             control_dirty: true,
