@@ -70,7 +70,18 @@ pub fn clean(root: &Path, a: CleanArgs) -> Result<ExitCode> {
     }
     let now = SystemTime::now();
     if let Some(age) = a.older_than {
-        chosen.retain(|(s, n)| finished_at(&layout, *s, n).is_some_and(|t| t + age <= now));
+        chosen.retain(|(s, n)| {
+            let old = finished_at(&layout, *s, n)
+                .is_some_and(|t| now.duration_since(t).is_ok_and(|d| d >= age));
+            if !old && !a.names.is_empty() {
+                eprintln!(
+                    "mailroom: kept `{n}`: it finished less than {} ago (--older-than)",
+                    humantime::format_duration(age)
+                );
+                failed = true;
+            }
+            old
+        });
     }
     if chosen.is_empty() {
         if !failed {
@@ -78,14 +89,34 @@ pub fn clean(root: &Path, a: CleanArgs) -> Result<ExitCode> {
         }
         return Ok(exit(failed));
     }
-    let waiting = waited_for(&layout);
+    let max_bytes = crate::parse::config::Config::load(root)
+        .map(|c| c.max_task_bytes)
+        .unwrap_or(crate::parse::task::DEFAULT_MAX_TASK_BYTES);
+    // A task that waits only for tasks removed in this same pass is no
+    // reason to keep them.
+    let waiting: HashMap<String, (String, State)> = waited_for(&layout, max_bytes)
+        .into_iter()
+        .filter_map(|(dep, waiters)| {
+            waiters
+                .into_iter()
+                .find(|(w, ws)| !chosen.iter().any(|(cs, cn)| cs == ws && cn == w))
+                .map(|w| (dep, w))
+        })
+        .collect();
     let mut removed = 0usize;
     for (s, n) in &chosen {
-        if let Some(w) = waiting.get(n.as_str()) {
-            eprintln!(
-                "mailroom: kept `{n}`: `{w}` runs after it and would wait for it forever \
-                 (cancel or finish `{w}` first)"
-            );
+        if let Some((w, ws)) = waiting.get(n.as_str()) {
+            if *ws == State::Failed {
+                eprintln!(
+                    "mailroom: kept `{n}`: the failed task `{w}` runs after it, and would wait \
+                     for it forever once retried (clean `{w}` first, or together)"
+                );
+            } else {
+                eprintln!(
+                    "mailroom: kept `{n}`: `{w}` runs after it and would wait for it forever \
+                     (cancel or finish `{w}` first)"
+                );
+            }
             failed |= !a.names.is_empty();
             continue;
         }
@@ -136,24 +167,27 @@ fn finished_at(layout: &Layout, s: State, name: &str) -> Option<SystemTime> {
     m.modified().ok()
 }
 
-/// The tasks that pending or running tasks wait for (`after`, and a
-/// subtask parent's `children`), each with one task that waits for it.
-fn waited_for(layout: &Layout) -> HashMap<String, String> {
-    let mut out = HashMap::new();
-    for s in [State::Pending, State::Assigned] {
+/// The tasks that pending, running or failed tasks wait for (`after`, and
+/// a pending or running subtask parent's `children`), each with the tasks
+/// that wait for it and their states. A failed one waits once retried. Files
+/// are read up to `max_bytes`, the config's `max_task_bytes`.
+fn waited_for(layout: &Layout, max_bytes: u64) -> HashMap<String, Vec<(String, State)>> {
+    let mut out: HashMap<String, Vec<(String, State)>> = HashMap::new();
+    for s in [State::Pending, State::Assigned, State::Failed] {
         for (name, ext) in books::list(layout, s).unwrap_or_default() {
             let path = layout.task_file(s, &name, ext.as_str());
-            if let Ok((b, _)) =
-                fsx::read_task_file(&path, crate::parse::task::DEFAULT_MAX_TASK_BYTES)
+            if let Ok((b, _)) = fsx::read_task_file(&path, max_bytes)
                 && let Ok(t) = crate::parse::task::parse_as(&name, &ext, &b)
             {
                 for d in t.after {
-                    out.entry(d).or_insert_with(|| name.clone());
+                    out.entry(d).or_default().push((name.clone(), s));
                 }
             }
-            if let Some(st) = books::state_if_any(layout, &name) {
+            if s != State::Failed
+                && let Some(st) = books::state_if_any(layout, &name)
+            {
                 for c in st.children {
-                    out.entry(c).or_insert_with(|| name.clone());
+                    out.entry(c).or_default().push((name.clone(), s));
                 }
             }
         }
@@ -161,14 +195,13 @@ fn waited_for(layout: &Layout) -> HashMap<String, String> {
     out
 }
 
-/// Removes the finished task `name` from `s` under its lock: the task file
-/// first (from then on the task is gone for every reader, as a commit's
-/// move is its arrival), then its record, its run directory and its
-/// history. Returns false when the task is no longer in `s`.
+/// Removes the finished task `name` from `s` under its lock: its history,
+/// run directory and record, then its task file last (the task is gone
+/// when its file is). Returns false when the task is no longer in `s`.
 ///
-/// A crash after the task file leaves a record or run directory without a
-/// task file: nothing reads those, and a later task of the name replaces
-/// them at its commit.
+/// Whatever stops it midway (a crash, a file it may not remove) leaves
+/// the task file, which `clean` takes up again: nothing of the task
+/// outlives it to be taken for a later task's of its name.
 fn remove_task(layout: &Layout, s: State, name: &str) -> Result<bool> {
     let Some(lock) = TaskLock::try_acquire(layout, name)? else {
         bail!("busy (a supervisor or `mailroom retry` is moving it); try again in a moment");
@@ -188,13 +221,24 @@ fn remove_task(layout: &Layout, s: State, name: &str) -> Result<bool> {
                 other.dir_name()
             );
         }
-        std::fs::remove_file(&path)?;
-        fsx::fsync_dir(layout.dir(s))?;
-        fsx::remove_file_if_exists(&layout.record_file(s, name))?;
-        fsx::remove_dir_all_if_exists(&layout.run_dir(s, name))?;
-        fsx::remove_file_if_exists(&layout.history_file(name))?;
         let rounds = layout.history_run_dir(name, 1);
-        fsx::remove_dir_all_if_exists(rounds.parent().expect("rounds are in a directory"))?;
+        let rounds = rounds.parent().expect("rounds are in a directory");
+        let named =
+            |p: &Path, e: std::io::Error| anyhow::anyhow!("cannot remove {}: {e}", layout.rel(p));
+        let history = layout.history_file(name);
+        fsx::remove_file_if_exists(&history).map_err(|e| named(&history, e))?;
+        fsx::remove_dir_all_if_exists(rounds).map_err(|e| named(rounds, e))?;
+        let run = layout.run_dir(s, name);
+        fsx::remove_dir_all_if_exists(&run).map_err(|e| named(&run, e))?;
+        let record = layout.record_file(s, name);
+        match std::fs::symlink_metadata(&record) {
+            // (A directory put there by hand or by an agent.)
+            Ok(m) if m.is_dir() => std::fs::remove_dir_all(&record),
+            _ => fsx::remove_file_if_exists(&record),
+        }
+        .map_err(|e| named(&record, e))?;
+        std::fs::remove_file(&path).map_err(|e| named(&path, e))?;
+        fsx::fsync_dir(layout.dir(s))?;
         Ok(true)
     })();
     lock.release();

@@ -90,7 +90,16 @@ pub fn retry(
     // Each on its own: one that cannot be retried does not stop the others.
     for name in &order {
         match retry_task_from(&layout, name, completed) {
-            Ok(()) => println!("{name}: moved back to pending with fresh attempts"),
+            Ok(()) => {
+                println!("{name}: moved back to pending with fresh attempts");
+                for d in missing_deps(&layout, name) {
+                    eprintln!(
+                        "mailroom: warning: `{name}` runs after `{d}`, which does not exist (not \
+                         submitted, or removed by `clean`): it waits until a task of that name \
+                         is submitted and completes"
+                    );
+                }
+            }
             Err(e) if all.len() == 1 => return Err(e),
             Err(e) => {
                 eprintln!("mailroom: {name}: {e:#}");
@@ -118,6 +127,24 @@ pub fn retried_alone(name: &str, missing: &[&str]) -> anyhow::Error {
          them together: mailroom retry {} {name}",
         missing.join(" ")
     )
+}
+
+/// The dependencies (`after`) of the pending task `name` that no state
+/// directory holds.
+fn missing_deps(layout: &crate::tree::layout::Layout, name: &str) -> Vec<String> {
+    let Some((path, ext)) = layout.find(State::Pending, name) else {
+        return Vec::new();
+    };
+    let Some(t) = fsx::read_task_file(&path, crate::parse::task::DEFAULT_MAX_TASK_BYTES)
+        .ok()
+        .and_then(|(b, _)| crate::parse::task::parse_as(name, ext, &b).ok())
+    else {
+        return Vec::new();
+    };
+    t.after
+        .into_iter()
+        .filter(|d| layout.locate(d).is_none())
+        .collect()
 }
 
 /// The dependencies (`after`) of the failed task `name` that failed too.
@@ -184,6 +211,34 @@ fn retry_task_from(
                 None => bail!("no task named `{name}`"),
             }
         };
+        // A subtask parent whose children are still there would complete
+        // again at once, running none of them (they are kept at expansion).
+        if from == State::Completed {
+            let children: Vec<String> = std::fs::read(layout.record_file(from, name))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .and_then(|r| {
+                    r["children"].as_array().map(|c| {
+                        c.iter()
+                            .filter_map(|x| x.as_str().map(str::to_owned))
+                            .collect()
+                    })
+                })
+                .unwrap_or_default();
+            let kept: Vec<&String> = children
+                .iter()
+                .filter(|c| layout.locate(c).is_some())
+                .collect();
+            if !kept.is_empty() {
+                let list: Vec<&str> = kept.iter().map(|c| c.as_str()).collect();
+                bail!(
+                    "`{name}` is a subtask parent: run again, it would complete at once, running \
+                     none of its subtasks, which are still there; remove them first to run them \
+                     again (mailroom clean {}), or retry --completed them alone",
+                    list.join(" ")
+                );
+            }
+        }
         if let Some((st, p, _)) = [State::Pending, State::Assigned]
             .into_iter()
             .find_map(|s| layout.find(s, name).map(|(p, e)| (s, p, e)))

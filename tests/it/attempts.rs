@@ -140,6 +140,36 @@ fn retry_completed_runs_a_completed_task_again_and_keeps_its_round() {
     assert_eq!(rows[0]["rounds"], 2, "{rows}");
 }
 
+/// `retry --completed` of a subtask parent whose subtasks are still there
+/// would complete at once and run none of them: refused, naming them; once
+/// they are cleaned, the parent runs them again.
+#[test]
+fn retry_completed_of_a_subtask_parent_needs_its_subtasks_gone() {
+    let root = Root::new()
+        .agent_config(&[&agent("ok.sh")], "")
+        .task(
+            "p.yaml",
+            "description: job\nsubtasks:\n  - id: one\n    description: first\n  - id: two\n    description: second\n",
+        );
+    root.run_until_idle();
+    assert_eq!(root.names("completed"), vec!["p", "p.one", "p.two"]);
+    let out = root.mailroom(&["retry", "--completed", "p"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("`p` is a subtask parent")
+            && stderr(&out).contains("mailroom clean p.one p.two"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(root.names("completed"), vec!["p", "p.one", "p.two"]);
+    assert!(root.mailroom(&["clean", "p.one", "p.two"]).status.success());
+    let out = root.mailroom(&["retry", "--completed", "p"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    root.run_until_idle();
+    assert_eq!(root.names("completed"), vec!["p", "p.one", "p.two"]);
+    assert_eq!(root.record("completed", "p.one")["attempts"], 1);
+}
+
 /// A history file that an agent replaced with a link (to any file of the
 /// user's) or a directory is refused before anything moves, with its path:
 /// `retry` never appends through a link.

@@ -800,6 +800,9 @@ fn clean_removes_finished_tasks_whole_and_keeps_what_others_wait_for() {
         let out = root.mailroom(&["add", n, "--name", n, "--agent", a]);
         assert!(out.status.success(), "{}", stderr(&out));
     }
+    // e runs after a, and fails: a retry of it would wait for a again.
+    let out = root.mailroom(&["add", "e", "--name", "e", "--agent", "bad", "--after", "a"]);
+    assert!(out.status.success(), "{}", stderr(&out));
     root.run_until_idle();
     // b's first round goes to its history.
     assert!(root.mailroom(&["retry", "b"]).status.success());
@@ -810,7 +813,7 @@ fn clean_removes_finished_tasks_whole_and_keeps_what_others_wait_for() {
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     // A dry run removes nothing.
-    let out = root.mailroom(&["clean", "--dry-run"]);
+    let out = root.mailroom(&["clean", "--dry-run", "--failed"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         stdout(&out).contains("a: would be removed (completed)"),
@@ -818,25 +821,20 @@ fn clean_removes_finished_tasks_whole_and_keeps_what_others_wait_for() {
         stdout(&out)
     );
     assert_eq!(root.names("completed"), vec!["a", "c"]);
-    // Completed ones go; c stays, d runs after it.
+    // Completed ones go, but c stays (d runs after it), and so does a
+    // (the failed e does).
     let out = root.mailroom(&["clean"]);
     assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("kept `c`: `d` runs after it"), "{err}");
     assert!(
-        stderr(&out).contains("kept `c`: `d` runs after it"),
-        "{}",
-        stderr(&out)
+        err.contains("kept `a`: the failed task `e` runs after it"),
+        "{err}"
     );
-    assert_eq!(root.names("completed"), vec!["c"]);
-    for gone in ["tasks/completed/a.result.json", "tasks/completed/a.run"] {
-        assert!(!root.exists(gone), "{gone}");
-    }
-    assert!(
-        root.exists("context/agent_outputs/a.md"),
-        "the context stays"
-    );
+    assert_eq!(root.names("completed"), vec!["a", "c"]);
     assert_eq!(
         root.names("failed"),
-        vec!["b"],
+        vec!["b", "e"],
         "failed ones only with --failed"
     );
     // Named: a task still waited for, a pending one, an unknown one: exit 1.
@@ -850,23 +848,44 @@ fn clean_removes_finished_tasks_whole_and_keeps_what_others_wait_for() {
         assert!(stderr(&out).contains(says), "{name}: {}", stderr(&out));
     }
     assert_eq!(root.names("pending"), vec!["d"]);
-    // Too recent for --older-than.
+    // Too recent for --older-than (named: exit 1); no overflow.
     let out = root.mailroom(&["clean", "--failed", "--older-than", "1d"]);
     assert!(
         stdout(&out).contains("nothing to clean"),
         "{}",
         stdout(&out)
     );
+    let out = root.mailroom(&["clean", "b", "--older-than", "1d"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("kept `b`: it finished less than 1day ago"),
+        "{}",
+        stderr(&out)
+    );
+    let out = root.mailroom(&["clean", "--older-than", "500000000000y", "-n"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // With the failed ones, a goes too: e, which ran after it, goes with it.
     let out = root.mailroom(&["clean", "--failed"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(root.names("failed").is_empty());
+    assert_eq!(root.names("completed"), vec!["c"]);
+    for gone in ["tasks/completed/a.result.json", "tasks/completed/a.run"] {
+        assert!(!root.exists(gone), "{gone}");
+    }
+    assert!(
+        root.exists("context/agent_outputs/a.md"),
+        "the context stays"
+    );
     assert!(!root.exists("tasks/history/b.jsonl"));
     assert!(!root.exists("tasks/history/b.run"));
     assert!(!root.exists("tasks/failed/b.run"));
-    // Once d is gone, c can go; no lock is left behind.
+    // Once d is cancelled (failed), c goes only together with it; no lock
+    // is left behind.
     assert!(root.mailroom(&["cancel", "d"]).status.success());
-    assert!(root.mailroom(&["clean", "c"]).status.success());
+    assert_eq!(root.mailroom(&["clean", "c"]).status.code(), Some(1));
+    assert!(root.mailroom(&["clean", "c", "d"]).status.success());
     assert!(root.names("completed").is_empty());
+    assert!(root.names("failed").is_empty());
     assert!(
         root.entries("tasks/assigned").is_empty(),
         "{:?}",
@@ -878,6 +897,23 @@ fn clean_removes_finished_tasks_whole_and_keeps_what_others_wait_for() {
     root.run_until_idle();
     let show = stdout(&root.mailroom(&["show", "b"]));
     assert!(!show.contains("round 1"), "{show}");
+    // A retry whose dependency is gone (removed by hand) says so.
+    for (n, a, after) in [("p1", "ok", None), ("q1", "bad", Some("p1"))] {
+        let mut args = vec!["add", n, "--name", n, "--agent", a];
+        args.extend(after.map(|x| ["--after", x]).iter().flatten());
+        assert!(root.mailroom(&args).status.success());
+    }
+    root.run_until_idle();
+    for f in ["p1.yaml", "p1.result.json"] {
+        std::fs::remove_file(root.p(&format!("tasks/completed/{f}"))).unwrap();
+    }
+    let out = root.mailroom(&["retry", "q1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("`q1` runs after `p1`, which does not exist"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// A reload that drops an agent while the tree is paused files none of its
