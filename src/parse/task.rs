@@ -1342,6 +1342,16 @@ pub fn parse_time(s: &str) -> Option<SystemTime> {
     }
     let h: u64 = off[1..3].parse().ok()?;
     let m: u64 = off[4..6].parse().ok()?;
+    // RFC 3339's offsets: hours 00-23, minutes 00-59.
+    if h > 23
+        || m > 59
+        || !off[1..3]
+            .bytes()
+            .chain(off[4..6].bytes())
+            .all(|c| c.is_ascii_digit())
+    {
+        return None;
+    }
     let shift = Duration::from_secs(h * 3600 + m * 60);
     let t = humantime::parse_rfc3339_weak(&format!("{base}Z")).ok()?;
     if b[0] == b'+' {
@@ -1373,6 +1383,20 @@ pub fn check_relative_path(p: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parse_time_refuses_offsets_out_of_range() {
+        assert!(parse_time("2026-01-15T11:00:00+01:00").is_some());
+        assert!(parse_time("2026-01-15T11:00:00-23:59").is_some());
+        for bad in [
+            "2026-01-15T11:00:00+99:99",
+            "2026-01-15T11:00:00+24:00",
+            "2026-01-15T11:00:00+01:60",
+            "2026-01-15T11:00:00++1:00",
+        ] {
+            assert!(parse_time(bad).is_none(), "{bad}");
+        }
+    }
 
     #[test]
     fn parent_line_finds_the_last_top_level_parent_of_a_broken_file() {
