@@ -138,6 +138,12 @@ pub fn clean(root: &Path, a: CleanArgs) -> Result<ExitCode> {
             }
         }
     }
+    // One sync per directory for the whole pass.
+    if removed > 0 && !a.dry_run {
+        for &s in states {
+            let _ = fsx::fsync_dir(layout.dir(s));
+        }
+    }
     if chosen.len() > 1 {
         println!(
             "{} {removed} of {} task{}",
@@ -237,8 +243,9 @@ fn remove_task(layout: &Layout, s: State, name: &str) -> Result<bool> {
             _ => fsx::remove_file_if_exists(&record),
         }
         .map_err(|e| named(&record, e))?;
+        // Not synced one by one (see `clean`): lost in a crash, the file
+        // is back, and a later `clean` removes it again.
         std::fs::remove_file(&path).map_err(|e| named(&path, e))?;
-        fsx::fsync_dir(layout.dir(s))?;
         Ok(true)
     })();
     lock.release();
