@@ -129,19 +129,24 @@ pub fn retried_alone(name: &str, missing: &[&str]) -> anyhow::Error {
     )
 }
 
+/// The dependencies (`after`) of the task `name` in `state` (none when its
+/// file does not parse).
+fn after_of(layout: &crate::tree::layout::Layout, state: State, name: &str) -> Vec<String> {
+    layout
+        .find(state, name)
+        .and_then(|(path, ext)| {
+            let (b, _) =
+                fsx::read_task_file(&path, crate::parse::task::DEFAULT_MAX_TASK_BYTES).ok()?;
+            crate::parse::task::parse_as(name, ext, &b).ok()
+        })
+        .map(|t| t.after)
+        .unwrap_or_default()
+}
+
 /// The dependencies (`after`) of the pending task `name` that no state
 /// directory holds.
 fn missing_deps(layout: &crate::tree::layout::Layout, name: &str) -> Vec<String> {
-    let Some((path, ext)) = layout.find(State::Pending, name) else {
-        return Vec::new();
-    };
-    let Some(t) = fsx::read_task_file(&path, crate::parse::task::DEFAULT_MAX_TASK_BYTES)
-        .ok()
-        .and_then(|(b, _)| crate::parse::task::parse_as(name, ext, &b).ok())
-    else {
-        return Vec::new();
-    };
-    t.after
+    after_of(layout, State::Pending, name)
         .into_iter()
         .filter(|d| layout.locate(d).is_none())
         .collect()
@@ -149,16 +154,7 @@ fn missing_deps(layout: &crate::tree::layout::Layout, name: &str) -> Vec<String>
 
 /// The dependencies (`after`) of the failed task `name` that failed too.
 pub fn failed_deps(layout: &crate::tree::layout::Layout, name: &str) -> Vec<String> {
-    let Some((path, ext)) = layout.find(State::Failed, name) else {
-        return Vec::new();
-    };
-    let Some(t) = fsx::read_task_file(&path, crate::parse::task::DEFAULT_MAX_TASK_BYTES)
-        .ok()
-        .and_then(|(b, _)| crate::parse::task::parse_as(name, ext, &b).ok())
-    else {
-        return Vec::new();
-    };
-    t.after
+    after_of(layout, State::Failed, name)
         .into_iter()
         .filter(|d| layout.find(State::Failed, d).is_some())
         .collect()
