@@ -1306,7 +1306,6 @@ pub fn validate(name: &str, raw: RawTask) -> Result<Task, TaskError> {
     })
 }
 
-/// Parses an RFC 3339 time with `Z` or a numeric offset (`+01:00`).
 /// The `parent` a task file that does not parse names all the same: its
 /// last top-level `parent: <name>` line, when that is a valid name (a
 /// follow-up that did not parse has one, added when it was queued).
@@ -1325,6 +1324,7 @@ pub fn parent_line(bytes: &[u8]) -> Option<String> {
     check_name(&name).is_ok().then_some(name)
 }
 
+/// Parses an RFC 3339 time with `Z` or a numeric offset (`+01:00`).
 pub fn parse_time(s: &str) -> Option<SystemTime> {
     let s = s.trim();
     if let Some(base) = s.strip_suffix('Z').or_else(|| s.strip_suffix('z')) {
