@@ -54,16 +54,12 @@ impl Supervisor {
         for name in settled {
             let p = &self.pending[&name];
             if let Err(e) = &p.parsed {
-                let file =
-                    self.layout()
-                        .rel(&self.layout().task_file(State::Pending, &name, p.ext));
+                let path = self.layout().task_file(State::Pending, &name, p.ext);
+                let file = self.layout().rel(&path);
                 // Who wrote it, when it says so (a follow-up that did not parse).
-                let parent = fsx::read_task_file(
-                    &self.layout().task_file(State::Pending, &name, p.ext),
-                    self.config.max_task_bytes,
-                )
-                .ok()
-                .and_then(|(b, _)| task::parent_line(&b));
+                let parent = fsx::read_task_file(&path, self.config.max_task_bytes)
+                    .ok()
+                    .and_then(|(b, _)| task::parent_line(&b));
                 let mut error = e.display_at(&file);
                 if let Some(parent) = parent {
                     error.push_str(&format!(" (its parent: `{parent}`)"));
