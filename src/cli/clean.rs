@@ -94,12 +94,14 @@ pub fn clean(root: &Path, a: CleanArgs) -> Result<ExitCode> {
         .unwrap_or(crate::parse::task::DEFAULT_MAX_TASK_BYTES);
     // A task that waits only for tasks removed in this same pass is no
     // reason to keep them.
+    let removing: std::collections::HashSet<(State, &str)> =
+        chosen.iter().map(|(s, n)| (*s, n.as_str())).collect();
     let waiting: HashMap<String, (String, State)> = waited_for(&layout, max_bytes)
         .into_iter()
         .filter_map(|(dep, waiters)| {
             waiters
                 .into_iter()
-                .find(|(w, ws)| !chosen.iter().any(|(cs, cn)| cs == ws && cn == w))
+                .find(|(w, ws)| !removing.contains(&(*ws, w.as_str())))
                 .map(|w| (dep, w))
         })
         .collect();
@@ -182,9 +184,7 @@ fn waited_for(layout: &Layout, max_bytes: u64) -> HashMap<String, Vec<(String, S
     for s in [State::Pending, State::Assigned, State::Failed] {
         for (name, ext) in books::list(layout, s).unwrap_or_default() {
             let path = layout.task_file(s, &name, ext.as_str());
-            if let Ok((b, _)) = fsx::read_task_file(&path, max_bytes)
-                && let Ok(t) = crate::parse::task::parse_as(&name, &ext, &b)
-            {
+            if let Some(t) = books::parsed_task(&path, &name, &ext, max_bytes) {
                 for d in t.after {
                     out.entry(d).or_default().push((name.clone(), s));
                 }

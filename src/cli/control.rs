@@ -722,8 +722,7 @@ fn waiting_forever(
     let mut after: HashMap<String, Vec<String>> = HashMap::new();
     for (name, ext) in &files {
         let path = layout.task_file(State::Pending, name, ext);
-        let (b, _) = crate::tree::fsx::read_task_file(&path, 1 << 20).ok()?;
-        let t = crate::parse::task::parse_as(name, ext, &b).ok()?;
+        let t = books::parsed_task(&path, name, ext, 1 << 20)?;
         after.insert(name.clone(), t.after);
     }
     // The first name each pending task is stuck on, through pending ones.

@@ -65,9 +65,7 @@ fn has_label(
     label: &str,
 ) -> bool {
     let path = layout.task_file(st, name, ext);
-    crate::tree::fsx::read_task_file(&path, crate::parse::task::DEFAULT_MAX_TASK_BYTES)
-        .ok()
-        .and_then(|(b, _)| crate::parse::task::parse_as(name, ext, &b).ok())
+    books::parsed_task(&path, name, ext, crate::parse::task::DEFAULT_MAX_TASK_BYTES)
         .is_some_and(|t| t.labels.iter().any(|l| l == label))
 }
 

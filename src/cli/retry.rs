@@ -135,9 +135,7 @@ fn after_of(layout: &crate::tree::layout::Layout, state: State, name: &str) -> V
     layout
         .find(state, name)
         .and_then(|(path, ext)| {
-            let (b, _) =
-                fsx::read_task_file(&path, crate::parse::task::DEFAULT_MAX_TASK_BYTES).ok()?;
-            crate::parse::task::parse_as(name, ext, &b).ok()
+            books::parsed_task(&path, name, ext, crate::parse::task::DEFAULT_MAX_TASK_BYTES)
         })
         .map(|t| t.after)
         .unwrap_or_default()

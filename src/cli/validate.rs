@@ -66,10 +66,9 @@ fn unroutable_pending(c: &Config, layout: &crate::tree::layout::Layout) {
     let mut bad: Vec<(String, String)> = Vec::new();
     for (name, ext) in files.iter().take(LOOK) {
         let path = layout.task_file(State::Pending, name, ext);
-        let Ok((b, _)) = fsx::read_task_file(&path, task::DEFAULT_MAX_TASK_BYTES) else {
-            continue;
-        };
-        let Ok(t) = task::parse_as(name, ext, &b) else {
+        let Some(t) =
+            crate::tree::books::parsed_task(&path, name, ext, task::DEFAULT_MAX_TASK_BYTES)
+        else {
             continue;
         };
         if let Err(e) = crate::sched::routing::route(c, &t, &[]) {

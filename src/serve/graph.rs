@@ -10,7 +10,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use serde::Serialize;
 
-use crate::parse::task;
 use crate::tree::fsx;
 use crate::tree::layout::{Layout, State};
 
@@ -77,9 +76,7 @@ fn links(layout: &Layout, name: &str, state: Option<State>, snap: &Snapshot) -> 
     let Some((path, ext)) = layout.find(state, name) else {
         return out;
     };
-    if let Ok((b, _)) = fsx::read_task_file(&path, 1024 * 1024)
-        && let Ok(t) = task::parse_as(name, ext, &b)
-    {
+    if let Some(t) = crate::tree::books::parsed_task(&path, name, ext, 1024 * 1024) {
         if let Some(p) = &t.parent {
             out.push(Edge {
                 from: p.clone(),

@@ -350,6 +350,18 @@ pub fn supervisor_root(pid: u32) -> Option<std::path::PathBuf> {
     root.canonicalize().ok()
 }
 
+/// The task file at `path` (of task `name`, extension `ext`), read up to
+/// `limit` bytes and parsed; None when it cannot be read or does not parse.
+pub fn parsed_task(
+    path: &Path,
+    name: &str,
+    ext: &str,
+    limit: u64,
+) -> Option<crate::parse::task::Task> {
+    let (b, _) = fsx::read_task_file(path, limit).ok()?;
+    crate::parse::task::parse_as(name, ext, &b).ok()
+}
+
 /// The task files in one state directory: (name, extension), sorted by name.
 pub fn list(layout: &Layout, s: State) -> io::Result<Vec<(String, String)>> {
     let mut out = Vec::new();

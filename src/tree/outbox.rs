@@ -45,8 +45,7 @@ pub fn tree_root(layout: &Layout, name: &str, max: usize) -> (String, usize) {
         let parent = layout
             .locate(&cur)
             .and_then(|(_, p, e)| {
-                let (b, _) = fsx::read_task_file(&p, task::DEFAULT_MAX_TASK_BYTES).ok()?;
-                task::parse_as(&cur, e, &b).ok()
+                crate::tree::books::parsed_task(&p, &cur, e, task::DEFAULT_MAX_TASK_BYTES)
             })
             .and_then(|t| t.parent);
         match parent {
