@@ -181,14 +181,7 @@ pub fn add(root: &Path, a: AddArgs) -> Result<String> {
             }
             let after = split_after(&layout, a.after);
             // `--label a,b` as `--after a,b`: a list.
-            let split = |v: &[String]| -> Vec<String> {
-                v.iter()
-                    .flat_map(|x| x.split(','))
-                    .map(|x| x.trim().to_owned())
-                    .filter(|x| !x.is_empty())
-                    .collect()
-            };
-            let labels = split(a.more.labels);
+            let labels: Vec<String> = a.more.labels.iter().flat_map(|l| comma_list(l)).collect();
             let nt = NewTask {
                 description: d,
                 priority: a.priority,
@@ -305,18 +298,22 @@ pub fn add(root: &Path, a: AddArgs) -> Result<String> {
     unreachable!("the name loop only ends by returning")
 }
 
+/// The items of a flag's value written as a list (`a,b`), trimmed, empty
+/// ones left out.
+fn comma_list(v: &str) -> impl Iterator<Item = String> + '_ {
+    v.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+}
+
 /// `--after a,b` as `--after a --after b` (as `--agents` takes a list),
 /// unless a task of that very name exists (a name may hold a comma).
 fn split_after(layout: &Layout, after: &[String]) -> Vec<String> {
     let mut out = Vec::new();
     for v in after {
         if v.contains(',') && layout.locate(v).is_none() {
-            out.extend(
-                v.split(',')
-                    .map(str::trim)
-                    .filter(|p| !p.is_empty())
-                    .map(str::to_owned),
-            );
+            out.extend(comma_list(v));
         } else {
             out.push(v.clone());
         }
