@@ -201,6 +201,25 @@ fn waited_for(layout: &Layout, max_bytes: u64) -> HashMap<String, Vec<(String, S
     out
 }
 
+/// How long `clean` waits for a finished task's lock. Its holders keep it
+/// briefly: another `clean` removing the task (which then is gone, and
+/// skipped), a `retry` moving it back, a supervisor filing a clash.
+const BUSY_WAIT: Duration = Duration::from_secs(3);
+
+/// The task's lock, polled until `wait` has passed; `None` if still held.
+fn lock_within(layout: &Layout, name: &str, wait: Duration) -> Result<Option<TaskLock>> {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        if let Some(lock) = TaskLock::try_acquire(layout, name)? {
+            return Ok(Some(lock));
+        }
+        if std::time::Instant::now() >= deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Removes the finished task `name` from `s` under its lock: its history,
 /// run directory and record, then its task file last (the task is gone
 /// when its file is). Returns false when the task is no longer in `s`.
@@ -209,8 +228,11 @@ fn waited_for(layout: &Layout, max_bytes: u64) -> HashMap<String, Vec<(String, S
 /// the task file, which `clean` takes up again: nothing of the task
 /// outlives it to be taken for a later task's of its name.
 fn remove_task(layout: &Layout, s: State, name: &str) -> Result<bool> {
-    let Some(lock) = TaskLock::try_acquire(layout, name)? else {
-        bail!("busy (a supervisor or `mailroom retry` is moving it); try again in a moment");
+    let Some(lock) = lock_within(layout, name, BUSY_WAIT)? else {
+        bail!(
+            "busy for {} (a supervisor or `mailroom retry` holds it); try again in a moment",
+            humantime::format_duration(BUSY_WAIT)
+        );
     };
     let res = (|| -> Result<bool> {
         let Some((path, _)) = layout.find(s, name) else {

@@ -916,6 +916,42 @@ fn clean_removes_finished_tasks_whole_and_keeps_what_others_wait_for() {
     );
 }
 
+/// Two `clean`s at once (a cron job and a person) share the work: the one
+/// that finds a task locked by the other waits, finds it gone, and skips
+/// it. Both exit 0, and nothing is left of any task.
+#[test]
+fn two_cleans_at_once_both_succeed() {
+    let root = Root::new();
+    for i in 0..400 {
+        root.write(
+            &format!("tasks/completed/t{i:03}.yaml"),
+            "description: done\n",
+        );
+        root.write(
+            &format!("tasks/completed/t{i:03}.result.json"),
+            "{\"status\": \"completed\"}\n",
+        );
+    }
+    let spawn = || {
+        root.cmd(&["clean"])
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    for out in [
+        wait_bounded(a, Duration::from_secs(60)),
+        wait_bounded(b, Duration::from_secs(60)),
+    ] {
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(!stderr(&out).contains("busy"), "{}", stderr(&out));
+    }
+    assert!(root.entries("tasks/completed").is_empty());
+    assert!(root.entries("tasks/assigned").is_empty());
+}
+
 /// A reload that drops an agent while the tree is paused files none of its
 /// pending tasks: they are held until the resume, and `validate` of the
 /// new config names them beforehand.
