@@ -274,7 +274,9 @@ pub fn set_pause(
 /// attempt and waits for its retry is followed into the next attempt, until
 /// it is filed (as `pueue follow` does).
 /// `-f`: once the task is filed, a line on stderr says how it ended, and the
-/// exit code is its outcome (0 completed, 1 failed), as `wait`'s is.
+/// exit code is its outcome (0 completed, 1 failed), as `wait`'s is; and as
+/// `wait`, it ends with [`NoSupervisor`] when no supervisor runs (for 3 s)
+/// and with 1 when the task waits for a task nobody submitted.
 pub fn logs(root: &Path, name: &str, follow: bool, raw: bool) -> Result<ExitCode> {
     let layout = open_tree(root)?;
     let st = logs_until_filed(root, &layout, name, follow, raw)?;
@@ -309,6 +311,10 @@ fn logs_until_filed(
     let mut out = std::io::stdout().lock();
     let mut shown: Option<u32> = None;
     let mut told_waiting = false;
+    // As `wait`: with nobody to run it (for 3 s), or waiting for a task
+    // nobody submitted, a follow would never end.
+    let mut nobody_since: Option<Instant> = None;
+    let mut looks = 0u32;
     loop {
         // The latest attempt (earlier ones are beside it, in `<name>.run/`);
         // once following, every attempt after the one shown, in order.
@@ -346,6 +352,26 @@ fn logs_until_filed(
                         "mailroom: attempt {n} of `{name}` ended; waiting for attempt {}",
                         n + 1
                     ),
+                }
+            }
+            if crate::tree::registry::any_alive(layout) {
+                nobody_since = None;
+            } else if nobody_since.get_or_insert_with(Instant::now).elapsed()
+                >= Duration::from_secs(3)
+            {
+                return Err(NoSupervisor.into());
+            }
+            looks += 1;
+            if st == State::Pending && looks % 10 == 1 {
+                let pending = books::count(layout, State::Pending);
+                if let Some(on) = waiting_forever(layout, pending)
+                    .and_then(|left| left.into_iter().find(|(n, _)| n == name))
+                    .map(|(_, on)| on)
+                {
+                    bail!(
+                        "`{name}` waits for `{on}`, which nobody submitted: it will not start \
+                         (submit `{on}`, or `mailroom cancel {name}`)"
+                    );
                 }
             }
             std::thread::sleep(Duration::from_millis(200));

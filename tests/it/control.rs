@@ -503,6 +503,14 @@ fn waiting_with_no_supervisor_has_its_own_exit_code() {
         "{}",
         stderr(&out)
     );
+    // `logs -f` says the same, rather than wait forever for the start.
+    let out = root.mailroom(&["logs", "-f", "t"]);
+    assert_eq!(out.status.code(), Some(69), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no supervisor is running"),
+        "{}",
+        stderr(&out)
+    );
     let out = root.mailroom(&["add", "later", "--name", "later", "--wait"]);
     assert_eq!(out.status.code(), Some(69), "{}", stderr(&out));
     assert_eq!(root.names("pending"), ["later", "t"]);
@@ -513,6 +521,24 @@ fn waiting_with_no_supervisor_has_its_own_exit_code() {
         "{}",
         stderr(&out)
     );
+}
+
+/// `logs -f` of a task that waits for a task nobody submitted ends, as
+/// `wait` does, and names what it waits for; the task stays pending.
+#[test]
+fn following_a_task_that_waits_for_nobody_ends() {
+    let root = Root::new()
+        .agent_config(&[&agent("ok.sh")], "")
+        .task("s.yaml", "description: x\nafter: [ghost]\n");
+    let _sup = root.spawn();
+    let out = root.mailroom(&["logs", "-f", "s"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("`s` waits for `ghost`, which nobody submitted"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(root.names("pending"), ["s"]);
 }
 
 #[test]
