@@ -31,11 +31,14 @@ pub fn render(index: &Index, ledger: &Ledger, layout: &Layout) -> String {
             .collect()
     });
     let now = std::time::SystemTime::now();
+    // All time, as the textfile's: entries in completed/ and failed/ go
+    // down with `clean`, and a counter must not.
+    let (completed, failed) = crate::tree::context::log_totals(layout);
     let snap = Snapshot {
         pending: ov.counts.pending,
         running: ov.counts.assigned,
-        completed: ov.counts.completed as u64,
-        failed: ov.counts.failed as u64,
+        completed,
+        failed,
         running_by_agent: ov
             .agents
             .iter()

@@ -166,13 +166,7 @@ impl Supervisor {
         for a in self.config.agents.keys() {
             running.insert(a.clone(), self.load.get(a).copied().unwrap_or(0));
         }
-        let totals = crate::tree::context::recent(self.layout(), 1)
-            .last()
-            .map(|v| {
-                let n = |k: &str| v["totals"][k].as_u64().unwrap_or(0);
-                (n("completed"), n("failed"))
-            })
-            .unwrap_or((0, 0));
+        let totals = crate::tree::context::log_totals(self.layout());
         let snap = crate::ops::metrics::Snapshot {
             pending: self.pending.len(),
             running: self.running.len(),

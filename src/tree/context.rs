@@ -540,6 +540,20 @@ fn append_log(layout: &Layout, rec: &ResultRecord, tree: Option<&str>) -> io::Re
     fsx::sync_data(&f)
 }
 
+/// The tasks ever filed as completed and as failed on this tree: the
+/// `totals` of the context log's last line ((0, 0) without a log). Unlike
+/// the directories' entries, they never go down (`clean` removes tasks,
+/// not lines), as counters in the metrics must not.
+pub fn log_totals(layout: &Layout) -> (u64, u64) {
+    recent(layout, 1)
+        .last()
+        .map(|v| {
+            let n = |k: &str| v["totals"][k].as_u64().unwrap_or(0);
+            (n("completed"), n("failed"))
+        })
+        .unwrap_or((0, 0))
+}
+
 /// The totals of the last well-formed line in a tail of the log.
 fn last_totals(tail: &[u8], cut: bool) -> (u64, u64) {
     whole_lines(tail, cut)

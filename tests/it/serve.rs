@@ -1880,6 +1880,15 @@ fn metrics_are_served_in_the_prometheus_format_from_the_tree() {
     );
     assert_eq!(v("mailroom_cost_usd_total{agent=\"claude\"}"), 0.5);
     assert_eq!(v("mailroom_paused"), 0.0);
+    // Completed and failed count all time, as in the textfile: `clean`
+    // empties the directories, not the counters.
+    let out = root.mailroom(&["clean", "--failed"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(root.names("completed").is_empty());
+    let r = srv.get("/metrics");
+    let m = crate::metrics::parse(&r.body);
+    assert_eq!(m["mailroom_tasks{state=\"completed\"}"], 3.0, "{}", r.body);
+    assert_eq!(m["mailroom_tasks{state=\"failed\"}"], 1.0, "{}", r.body);
 }
 
 /// A task its own `delay:` holds is shown as held, with the time, on its
