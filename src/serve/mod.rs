@@ -34,6 +34,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path as UrlPath, Query, Request, State as Ext};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
@@ -314,8 +315,34 @@ fn mode(app: &App, h: &axum::http::HeaderMap) -> html::Mode {
 /// `POST /login` with the token: a session cookie for this browser.
 async fn login(
     Ext(app): Ext<Shared>,
-    axum::Form(f): axum::Form<std::collections::HashMap<String, String>>,
+    headers: axum::http::HeaderMap,
+    form: Result<
+        axum::Form<std::collections::HashMap<String, String>>,
+        axum::extract::rejection::FormRejection,
+    >,
 ) -> Response {
+    let f = match form {
+        Ok(axum::Form(f)) => f,
+        Err(axum::extract::rejection::FormRejection::InvalidFormContentType(_))
+            if no_body(&headers) =>
+        {
+            Default::default()
+        }
+        Err(r) => {
+            let st = match r.status() {
+                StatusCode::UNPROCESSABLE_ENTITY => StatusCode::BAD_REQUEST,
+                st => st,
+            };
+            return html_page_as(
+                &app,
+                html::Mode::ReadOnly,
+                st,
+                "Sign in",
+                "",
+                &html::error(&r.body_text()),
+            );
+        }
+    };
     if !app.auth.enabled() {
         return html_page_as(
             &app,
@@ -369,14 +396,25 @@ async fn logout(Ext(app): Ext<Shared>, headers: axum::http::HeaderMap) -> Respon
 /// (answered with JSON).
 async fn action(
     Ext(app): Ext<Shared>,
-    UrlPath(act): UrlPath<String>,
+    act: Result<UrlPath<String>, PathRejection>,
     headers: axum::http::HeaderMap,
     form: Result<axum::Form<actions::Form>, axum::extract::rejection::FormRejection>,
 ) -> Response {
+    let act = match path_segment(act) {
+        Ok(a) => a,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, e),
+    };
     // A body that is no form (no or another Content-Type, too large) is
     // answered like the other refusals, not with axum's plain text.
     let f = match form {
         Ok(axum::Form(f)) => f,
+        // No body at all (`curl -X POST` of a pause): the empty form, not
+        // a 415 for the Content-Type it had no reason to send.
+        Err(axum::extract::rejection::FormRejection::InvalidFormContentType(_))
+            if no_body(&headers) =>
+        {
+            actions::Form::default()
+        }
         // A form that does not fit (a field twice, a bad value) is bad
         // input, 400, as the README lists; axum says 422.
         Err(r) => {
@@ -414,6 +452,21 @@ async fn action(
             &html::error(&e),
         ),
     }
+}
+
+/// A path's one segment, or why not (a percent-escape that is no UTF-8):
+/// said by the route in its own format, not as axum's plain text.
+fn path_segment(p: Result<UrlPath<String>, PathRejection>) -> Result<String, String> {
+    p.map(|UrlPath(s)| s).map_err(|r| r.body_text())
+}
+
+/// A request that announces no body: neither a Content-Type nor a
+/// Transfer-Encoding, and no or a zero Content-Length.
+fn no_body(h: &axum::http::HeaderMap) -> bool {
+    !h.contains_key(header::CONTENT_TYPE)
+        && !h.contains_key(header::TRANSFER_ENCODING)
+        && h.get(header::CONTENT_LENGTH)
+            .is_none_or(|v| v.as_bytes() == b"0")
 }
 
 fn json_error(status: StatusCode, msg: String) -> Response {
@@ -465,8 +518,21 @@ async fn agents_json(Ext(app): Ext<Shared>) -> Response {
 async fn tasks_page(
     h: axum::http::HeaderMap,
     Ext(app): Ext<Shared>,
-    Query(q): Query<view::Query>,
+    q: Result<Query<view::Query>, QueryRejection>,
 ) -> Response {
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(r) => {
+            return html_page(
+                &app,
+                &h,
+                StatusCode::BAD_REQUEST,
+                "Tasks",
+                "tasks",
+                &html::error(&r.body_text()),
+            );
+        }
+    };
     match blocking(&app, move |a| view::tasks(&a.index, &a.layout, &q)).await {
         Ok(Ok(l)) => html_page(&app, &h, StatusCode::OK, "Tasks", "tasks", &html::tasks(&l)),
         Ok(Err(e)) => html_page(
@@ -481,7 +547,14 @@ async fn tasks_page(
     }
 }
 
-async fn tasks_json(Ext(app): Ext<Shared>, Query(q): Query<view::Query>) -> Response {
+async fn tasks_json(
+    Ext(app): Ext<Shared>,
+    q: Result<Query<view::Query>, QueryRejection>,
+) -> Response {
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(r) => return json_error(StatusCode::BAD_REQUEST, r.body_text()),
+    };
     match blocking(&app, move |a| view::tasks(&a.index, &a.layout, &q)).await {
         Ok(Ok(l)) => Json(l).into_response(),
         Ok(Err(e)) => json_error(StatusCode::BAD_REQUEST, e),
@@ -505,8 +578,21 @@ async fn load_detail(app: &Shared, name: String) -> Result<view::Detail, (Status
 async fn task_page(
     h: axum::http::HeaderMap,
     Ext(app): Ext<Shared>,
-    UrlPath(name): UrlPath<String>,
+    name: Result<UrlPath<String>, PathRejection>,
 ) -> Response {
+    let name = match path_segment(name) {
+        Ok(n) => n,
+        Err(e) => {
+            return html_page(
+                &app,
+                &h,
+                StatusCode::BAD_REQUEST,
+                "Bad request",
+                "tasks",
+                &html::error(&e),
+            );
+        }
+    };
     match load_detail(&app, name).await {
         Ok(d) => {
             let title = d.name.clone();
@@ -523,7 +609,14 @@ async fn task_page(
     }
 }
 
-async fn task_json(Ext(app): Ext<Shared>, UrlPath(name): UrlPath<String>) -> Response {
+async fn task_json(
+    Ext(app): Ext<Shared>,
+    name: Result<UrlPath<String>, PathRejection>,
+) -> Response {
+    let name = match path_segment(name) {
+        Ok(n) => n,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, e),
+    };
     match load_detail(&app, name).await {
         Ok(d) => Json(d).into_response(),
         Err((st, e)) => json_error(st, e),
@@ -555,15 +648,35 @@ async fn load_graph(app: &Shared, q: GraphQuery) -> Result<graph::Graph, (Status
 async fn graph_page(
     h: axum::http::HeaderMap,
     Ext(app): Ext<Shared>,
-    Query(q): Query<GraphQuery>,
+    q: Result<Query<GraphQuery>, QueryRejection>,
 ) -> Response {
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(r) => {
+            return html_page(
+                &app,
+                &h,
+                StatusCode::BAD_REQUEST,
+                "Graph",
+                "graph",
+                &html::error(&r.body_text()),
+            );
+        }
+    };
     match load_graph(&app, q).await {
         Ok(g) => html_page(&app, &h, StatusCode::OK, "Graph", "graph", &html::graph(&g)),
         Err((st, e)) => html_page(&app, &h, st, "Graph", "graph", &html::error(&e)),
     }
 }
 
-async fn graph_json(Ext(app): Ext<Shared>, Query(q): Query<GraphQuery>) -> Response {
+async fn graph_json(
+    Ext(app): Ext<Shared>,
+    q: Result<Query<GraphQuery>, QueryRejection>,
+) -> Response {
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(r) => return json_error(StatusCode::BAD_REQUEST, r.body_text()),
+    };
     match load_graph(&app, q).await {
         Ok(g) => Json(g).into_response(),
         Err((st, e)) => json_error(st, e),
@@ -642,7 +755,14 @@ fn too_many_streams() -> Response {
 }
 
 /// A running task's stdout as server-sent events ([`stream`]).
-async fn task_output(Ext(app): Ext<Shared>, UrlPath(name): UrlPath<String>) -> Response {
+async fn task_output(
+    Ext(app): Ext<Shared>,
+    name: Result<UrlPath<String>, PathRejection>,
+) -> Response {
+    let name = match path_segment(name) {
+        Ok(n) => n,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, e),
+    };
     let name = match checked(&name) {
         Ok(n) => n.to_owned(),
         Err(e) => return json_error(StatusCode::BAD_REQUEST, e),

@@ -430,6 +430,26 @@ fn the_task_list_pages_and_filters_from_listings() {
         "an agent filter reads files; no total is claimed"
     );
     assert_eq!(srv.get("/api/tasks?state=bogus").status, 400);
+    // A query that does not parse is refused the same way: JSON from the
+    // API, a page from the pages.
+    for (path, json) in [
+        ("/api/tasks?page=abc", true),
+        ("/api/tasks?per_page=-1", true),
+        ("/api/graph?focus=a&focus=b", true),
+        ("/api/tasks/%FF", true),
+        ("/tasks?page=abc", false),
+    ] {
+        let r = srv.get(path);
+        assert_eq!(r.status, 400, "{path}: {}", r.body);
+        let ct = r.header("content-type").unwrap_or_default();
+        if json {
+            assert!(ct.starts_with("application/json"), "{path}: {ct}");
+            let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+            assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{v}");
+        } else {
+            assert!(ct.starts_with("text/html"), "{path}: {ct}");
+        }
+    }
     let html = srv.get("/tasks?per_page=50&page=2");
     assert!(html.body.contains("rel=\"next\"") && html.body.contains("rel=\"prev\""));
     // A page number far past the end is an empty page, not a panic (an
@@ -1207,6 +1227,10 @@ fn actions_need_the_token_a_session_with_csrf_and_post() {
     let r = post("/login", &[], "token=wrong-token-0123456789");
     assert_eq!(r.status, 403);
     assert!(r.header("set-cookie").is_none());
+    // No body is no token, said as such (not a 415 for a missing type).
+    let r = request_body(srv.addr, "POST", "/login", &[], "");
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.header("set-cookie").is_none());
     let r = post("/login", &[], &format!("token={TOKEN}"));
     assert_eq!(r.status, 303, "{}", r.body);
     let cookie = r.header("set-cookie").unwrap().to_owned();
@@ -1294,7 +1318,8 @@ fn an_action_without_a_form_body_is_refused_in_json_like_other_errors() {
     let bearer = format!("Bearer {TOKEN}");
     let big = format!("name={}", "x".repeat(100 * 1024));
     for (what, headers, body, status) in [
-        ("no Content-Type", vec![], "", 415),
+        // No body is the empty form: a cancel of no task.
+        ("no body", vec![], "", 400),
         (
             "a JSON body",
             vec![("Content-Type", "application/json")],
@@ -1327,6 +1352,13 @@ fn an_action_without_a_form_body_is_refused_in_json_like_other_errors() {
         );
     }
     assert!(root.exists("tasks/pending/victim.yaml"));
+    // A pause needs no field: `curl -X POST` without a body does it.
+    for (path, paused) in [("/actions/pause", true), ("/actions/resume", false)] {
+        let r = request_body(srv.addr, "POST", path, &[("Authorization", &bearer)], "");
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        assert!(r.body.contains(r#""ok":true"#), "{path}: {}", r.body);
+        assert_eq!(root.exists("tasks/control/pause"), paused, "{path}");
+    }
 }
 
 #[test]
