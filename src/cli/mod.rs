@@ -155,8 +155,8 @@ pub enum Command {
         /// (repeat it).
         #[arg(long, value_hint = clap::ValueHint::FilePath)]
         context: Vec<String>,
-        /// The agent's working directory (relative to the root, or
-        /// absolute when the config allows it).
+        /// The agent's working directory, relative to the root and inside
+        /// it (default: the root).
         #[arg(long, value_hint = clap::ValueHint::DirPath)]
         workdir: Option<String>,
         /// Wait for the task, print its output, and exit with its outcome
