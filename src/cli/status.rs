@@ -15,6 +15,9 @@ struct RunningTask {
     attempt: Option<u32>,
     pid: Option<u32>,
     host: Option<String>,
+    /// The supervisor that started (or adopted) the run, on `host`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    supervisor_pid: Option<u32>,
     started_at: Option<String>,
     /// The run has ended but its commit keeps failing (being retried).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -161,6 +164,7 @@ fn running_tasks(layout: &Layout) -> Vec<RunningTask> {
                 attempt: r.as_ref().map(|r| r.attempt),
                 pid,
                 host: r.as_ref().map(|r| r.host.clone()),
+                supervisor_pid: r.as_ref().map(|r| r.supervisor_pid),
                 started_at: r.map(|r| r.started_at),
                 commit_error,
                 ended,
@@ -273,11 +277,18 @@ pub fn status(root: &Path, json: bool) -> Result<()> {
             } else {
                 h.version.clone()
             };
-            // The count is the heartbeat's, up to 5 s old: said so, as the
-            // list below is read now.
+            // Counted in the list below, read now (the heartbeat's count
+            // is up to 5 s old, and said otherwise while a task starts).
+            let running = s
+                .running_tasks
+                .iter()
+                .filter(|r| {
+                    r.host.as_deref() == Some(h.host.as_str()) && r.supervisor_pid == Some(h.pid)
+                })
+                .count();
             println!(
-                "  supervisor {}:{} ({tool}) since {}, {} running at its last beat {}",
-                h.host, h.pid, h.started_at, h.running, h.last_beat
+                "  supervisor {}:{} ({tool}) since {}, {running} running, last beat {}",
+                h.host, h.pid, h.started_at, h.last_beat
             );
             if let Some(url) = &h.dashboard {
                 println!("    dashboard on {url}");

@@ -17,9 +17,18 @@ fn cancel_stops_a_running_agent_and_its_grandchildren() {
             pidfile.display().to_string()
         ))
         .task("long.yaml", "description: hang around\n");
-    let _sup = root.spawn();
+    let sup = root.spawn();
     let ag: i32 = root.pid("pid.agent");
     let gc: i32 = root.pid("pid.grandchild");
+    // `status` counts the supervisor's runs from the tree, as it lists
+    // them, not from a heartbeat written before the run began.
+    let out = root.mailroom(&["status"]);
+    let text = stdout(&out);
+    assert!(text.contains("running long "), "{text}");
+    assert!(
+        text.contains(&format!(":{}", sup.pid())) && text.contains(", 1 running, last beat"),
+        "{text}"
+    );
     let out = root.mailroom(&["cancel", "long"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
