@@ -298,6 +298,22 @@ pub fn show(root: &Path, name: &str, json: bool) -> Result<()> {
             Some(why) => println!("agent: {} ({why})", r.agent.as_deref().unwrap_or("?")),
             None => println!("agent: {}", r.agent.as_deref().unwrap_or("?")),
         },
+        // Running: the agent of this run, whatever today's config says.
+        _ if run.is_some() => {
+            let r = run.expect("checked");
+            match &r.reason {
+                Some(why) => println!("agent: {} ({why})", r.agent),
+                None => println!("agent: {}", r.agent),
+            }
+        }
+        (_, Ok(t)) if !t.subtasks.is_empty() => {
+            println!("agent: none (a subtask parent runs no agent; its subtasks do)")
+        }
+        // Filed without a run (invalid, cancelled while pending, ...).
+        _ if matches!(st, State::Completed | State::Failed) && record.is_some() => {
+            println!("agent: none (it ran none)")
+        }
+        _ if matches!(st, State::Completed | State::Failed) => {}
         (_, Ok(t)) => match Config::load(root) {
             Ok(c) => match crate::sched::routing::route(&c, t, &state_file.excluded_agents) {
                 Ok((r, why)) => println!("agent: {} ({why})", r.agents.join(" or ")),

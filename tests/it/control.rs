@@ -29,6 +29,9 @@ fn cancel_stops_a_running_agent_and_its_grandchildren() {
         text.contains(&format!(":{}", sup.pid())) && text.contains(", 1 running, last beat"),
         "{text}"
     );
+    // `show` names the agent of the run under way.
+    let show = stdout(&root.mailroom(&["show", "long"]));
+    assert!(show.contains("\nagent: a"), "{show}");
     let out = root.mailroom(&["cancel", "long"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
@@ -530,6 +533,28 @@ fn waiting_with_no_supervisor_has_its_own_exit_code() {
         "{}",
         stderr(&out)
     );
+}
+
+/// `show` of a subtask parent says it ran no agent, rather than the
+/// route today's config would give it; so does a task filed without a run.
+#[test]
+fn show_names_no_agent_for_a_task_that_ran_none() {
+    let root = Root::new()
+        .agent_config(&[&agent("ok.sh")], "")
+        .task(
+            "p.yaml",
+            "description: parent\nsubtasks:\n  - one\n  - two\n",
+        )
+        .task("bad.yaml", "description: x\nbogus: 1\n");
+    root.run_until_idle();
+    assert_eq!(root.names("completed"), ["p", "p.1", "p.2"]);
+    let show = stdout(&root.mailroom(&["show", "p"]));
+    assert!(
+        show.contains("agent: none (a subtask parent runs no agent; its subtasks do)"),
+        "{show}"
+    );
+    let show = stdout(&root.mailroom(&["show", "bad"]));
+    assert!(show.contains("agent: none (it ran none)"), "{show}");
 }
 
 /// `logs -f` of a task that waits for a task nobody submitted ends, as
