@@ -163,6 +163,15 @@ impl Queue {
         self.timed.first().map(|(t, _)| *t)
     }
 
+    /// The tasks held by a time still ahead: how many, and the first of
+    /// them with its time.
+    pub fn held(&self) -> (usize, Option<(SystemTime, &str)>) {
+        (
+            self.timed.len(),
+            self.timed.first().map(|(t, n)| (*t, n.as_ref())),
+        )
+    }
+
     /// Takes the next task that can run now, with the agent to run it on.
     /// `avail` says what each agent can do; the winner's agent is the caller's
     /// to mark as loaded before the next call.

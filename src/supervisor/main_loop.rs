@@ -221,8 +221,11 @@ impl Supervisor {
                     }
                 }
             }
-        } else if opts.exit_when_idle && self.running.is_empty() && !self.has_runnable() {
-            return false;
+        } else if opts.exit_when_idle && self.running.is_empty() {
+            if !self.has_runnable() {
+                return false;
+            }
+            self.tell_idle_wait();
         }
         let st = self.status_line();
         if st != io.last_status {
@@ -588,6 +591,48 @@ impl Supervisor {
     /// Whether anything pending could still run, or another supervisor (or an
     /// orphaned agent) still holds a task in `assigned/` (used by `exit_when_idle`).
     /// Tasks waiting for a dependency nobody submitted do not count.
+    /// `run --exit-when-idle` with nothing running, waiting for time to
+    /// pass (a `delay`, a `not_before`, a retry's backoff, a cooldown, a
+    /// daily budget): says what it waits for and until when, once per
+    /// change, so that a CI job does not look hung.
+    fn tell_idle_wait(&mut self) {
+        let now = SystemTime::now();
+        let mut why = Vec::new();
+        if let (n, Some((t, first))) = self.queue.held() {
+            why.push(format!(
+                "{n} task{} held until a time (the first, `{first}`, until {})",
+                if n == 1 { "" } else { "s" },
+                crate::model::record::ts(t)
+            ));
+        }
+        let mut ends: Vec<_> = self
+            .cooldowns
+            .iter()
+            .map(|(a, (t, _))| (a, t, "cooling down after a usage limit"))
+            .chain(
+                self.over_budget
+                    .iter()
+                    .map(|(a, (t, _))| (a, t, "over its daily budget")),
+            )
+            .filter(|(_, t, _)| **t > now)
+            .collect();
+        ends.sort();
+        for (a, t, what) in ends {
+            why.push(format!(
+                "agent {a} {what} until {}",
+                crate::model::record::ts(*t)
+            ));
+        }
+        if why.is_empty() {
+            return;
+        }
+        let said = why.join("; ");
+        if self.idle_wait_told.as_deref() != Some(said.as_str()) {
+            tracing::info!("nothing runs now; --exit-when-idle waits for {said}");
+            self.idle_wait_told = Some(said);
+        }
+    }
+
     pub(super) fn has_runnable(&self) -> bool {
         if !self.unsettled.is_empty() || !self.rejects.is_empty() || !self.reexamine.is_empty() {
             return true;

@@ -269,6 +269,9 @@ pub struct Supervisor {
     paused: bool,
     /// The last error writing the metrics file, said once.
     metrics_error: Option<String>,
+    /// What `run --exit-when-idle` last said it waits for (said when it
+    /// changes).
+    idle_wait_told: Option<String>,
     /// Agents with a `tasks/control/pause.<agent>` file.
     paused_agents: HashSet<String>,
     /// Runs told to stop for a `cancel` marker (so each is told once).
@@ -372,6 +375,7 @@ impl Supervisor {
             rejects: BTreeMap::new(),
             name_freed: false,
             cooldowns: HashMap::new(),
+            idle_wait_told: None,
             ledger: Default::default(),
             over_budget: HashMap::new(),
             routes: HashMap::new(),

@@ -912,6 +912,30 @@ fn show_and_list_say_until_when_a_delay_or_not_before_holds_a_task() {
     assert!(starts["now"].is_null(), "{js}");
 }
 
+/// `run --exit-when-idle` with only a delayed task left says what it waits
+/// for and until when (it looked hung in CI), then runs it and exits.
+#[test]
+fn exit_when_idle_says_what_it_waits_for() {
+    let root = Root::new()
+        .agent_config(&[&agent("ok.sh")], "")
+        .task("later.yaml", "description: x\ndelay: 2s\n");
+    let out = root.run_until_idle();
+    let err = stderr(&out);
+    assert!(
+        err.contains(
+            "nothing runs now; --exit-when-idle waits for 1 task held until a time \
+             (the first, `later`, until 20"
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        err.matches("--exit-when-idle waits for").count(),
+        1,
+        "said once: {err}"
+    );
+    assert_eq!(root.names("completed"), ["later"]);
+}
+
 /// `add`'s note that nothing runs is left out under `-q`, and while a
 /// supervisor runs.
 #[test]
