@@ -24,26 +24,45 @@ struct ListItem {
     starts_at: Option<String>,
     #[serde(skip)]
     why: Option<String>,
+    /// A pending task's first dependency that has not completed, and what
+    /// that means ("waiting for X (not submitted)", "dependency X failed").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    waiting: Option<String>,
 }
 
-/// When a pending task's own `delay:` or `not_before:` lets it start, while
-/// that is still ahead, and which of the two it is. Only a file that names
-/// either key is parsed: a listing of many pending tasks reads each, but
-/// parses few.
-fn own_start(
+/// What holds a pending task, from its file: when its own `delay:` or
+/// `not_before:` lets it start (while that is still ahead, and which of the
+/// two it is), and its first dependency that has not completed, said as
+/// `show` says it. Only a file that names one of those keys is parsed: a
+/// listing of many pending tasks reads each, but parses few.
+fn own_holds(
     layout: &crate::tree::layout::Layout,
     name: &str,
     ext: &str,
-) -> Option<(String, String)> {
+) -> (Option<(String, String)>, Option<String>) {
     let path = layout.task_file(State::Pending, name, ext);
-    let (bytes, _) =
-        crate::tree::fsx::read_task_file(&path, crate::parse::task::DEFAULT_MAX_TASK_BYTES).ok()?;
+    let Ok((bytes, _)) =
+        crate::tree::fsx::read_task_file(&path, crate::parse::task::DEFAULT_MAX_TASK_BYTES)
+    else {
+        return (None, None);
+    };
     let named = |k: &str| memchr::memmem::find(&bytes, k.as_bytes()).is_some();
-    if !named("delay") && !named("not_before") {
-        return None;
+    let timed = named("delay") || named("not_before");
+    if !timed && !named("after") && !named("dependencies") {
+        return (None, None);
     }
-    let t = crate::parse::task::parse_as(name, ext, &bytes).ok()?;
-    super::show::own_start(&path, &t).map(|(t, why)| (crate::model::record::ts(t), why))
+    let Ok(t) = crate::parse::task::parse_as(name, ext, &bytes) else {
+        return (None, None);
+    };
+    let start = timed
+        .then(|| super::show::own_start(&path, &t))
+        .flatten()
+        .map(|(t, why)| (crate::model::record::ts(t), why));
+    let wait = t
+        .after
+        .iter()
+        .find_map(|d| super::show::dependency_note(layout, d));
+    (start, wait)
 }
 
 /// When a pending task that failed a run may run again (its backoff), if
@@ -104,11 +123,12 @@ pub fn list(root: &Path, state: Option<&str>, label: Option<&str>, json: bool) -
             } else {
                 None
             };
-            let held = if st == State::Pending && retry_at.is_none() {
-                own_start(&layout, &name, &ext)
+            let (held, waiting) = if st == State::Pending {
+                own_holds(&layout, &name, &ext)
             } else {
-                None
+                (None, None)
             };
+            let held = held.filter(|_| retry_at.is_none());
             items.push(ListItem {
                 file: layout.rel(&layout.task_file(st, &name, &ext)),
                 name,
@@ -117,6 +137,7 @@ pub fn list(root: &Path, state: Option<&str>, label: Option<&str>, json: bool) -
                 retry_at,
                 starts_at: held.as_ref().map(|(t, _)| t.clone()),
                 why: held.map(|(_, why)| why),
+                waiting,
             });
         }
     }
@@ -142,7 +163,10 @@ pub fn list(root: &Path, state: Option<&str>, label: Option<&str>, json: bool) -
                         i.state.dir_name(),
                         i.name
                     ),
-                    _ => println!("{:<9} {}", i.state.dir_name(), i.name),
+                    _ => match i.waiting {
+                        Some(w) => println!("{:<9} {}  ({w})", i.state.dir_name(), i.name),
+                        None => println!("{:<9} {}", i.state.dir_name(), i.name),
+                    },
                 },
             }
         }

@@ -121,6 +121,29 @@ fn names_as_parent(path: &Path, name: &str, ext: &str, parent: &str) -> bool {
         && task::parse_as(name, ext, &b).is_ok_and(|t| t.parent.as_deref() == Some(parent))
 }
 
+/// What the dependency `d` of a pending task means for it now ("waiting
+/// for d", "... (not submitted)", "dependency d failed"); None once `d`
+/// completed.
+pub(super) fn dependency_note(layout: &Layout, d: &str) -> Option<String> {
+    if books::is_completed(layout, d) {
+        return None;
+    }
+    let active = [State::Pending, State::Assigned]
+        .into_iter()
+        .any(|s| layout.find(s, d).is_some());
+    Some(if layout.find(State::Failed, d).is_some() {
+        format!("dependency {d} failed")
+    } else if active {
+        format!("waiting for {d}")
+    } else if let Some(clash) = books::diverted_as(layout, d) {
+        format!("dependency {d} failed (filed as {clash})")
+    } else if layout.locate(d).is_some() {
+        format!("waiting for {d}")
+    } else {
+        format!("waiting for {d} (not submitted)")
+    })
+}
+
 /// Text from a task file, a record or an agent's output, made safe for a
 /// terminal: control characters other than newline and tab are shown as
 /// escapes (`\u{1b}`), so a task cannot move the cursor, retitle the window
@@ -327,21 +350,8 @@ pub fn show(root: &Path, name: &str, json: bool) -> Result<()> {
         && st == State::Pending
     {
         for d in &t.after {
-            if !books::is_completed(&layout, d) {
-                let active = [State::Pending, State::Assigned]
-                    .into_iter()
-                    .any(|s| layout.find(s, d).is_some());
-                if layout.find(State::Failed, d).is_some() {
-                    println!("dependency {d} failed");
-                } else if active {
-                    println!("waiting for {d}");
-                } else if let Some(clash) = books::diverted_as(&layout, d) {
-                    println!("dependency {d} failed (filed as {clash})");
-                } else if layout.locate(d).is_some() {
-                    println!("waiting for {d}");
-                } else {
-                    println!("waiting for {d} (not submitted)");
-                }
+            if let Some(note) = dependency_note(&layout, d) {
+                println!("{note}");
             }
         }
     }

@@ -557,6 +557,31 @@ fn show_names_no_agent_for_a_task_that_ran_none() {
     assert!(show.contains("agent: none (it ran none)"), "{show}");
 }
 
+/// `list` says what a pending task waits for, as `show` does.
+#[test]
+fn list_says_what_a_pending_task_waits_for() {
+    let root = Root::new()
+        .task("s.yaml", "description: x\nafter: [ghost]\n")
+        .task("p.yaml", "description: x\ndelay: 1h\n")
+        .task("w.md", "---\nafter: [p]\n---\nruns after p\n");
+    let list = stdout(&root.mailroom(&["list", "--state", "pending"]));
+    assert!(
+        list.contains("s  (waiting for ghost (not submitted))"),
+        "{list}"
+    );
+    assert!(list.contains("w  (waiting for p)"), "{list}");
+    assert!(list.contains("p  (held by its `delay: 1h` until"), "{list}");
+    let json: serde_json::Value =
+        serde_json::from_slice(&root.mailroom(&["list", "--json"]).stdout).unwrap();
+    let w = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "w")
+        .unwrap();
+    assert_eq!(w["waiting"], "waiting for p", "{json}");
+}
+
 /// `logs -f` of a task that waits for a task nobody submitted ends, as
 /// `wait` does, and names what it waits for; the task stays pending.
 #[test]
