@@ -760,12 +760,17 @@ async fn reap_group(pgid: Pid, grace: Duration) {
 }
 
 /// Process groups of agents running `task` under `root` (found through
-/// `/proc/*/environ`: the agent's MAILROOM_ROOT and MAILROOM_TASK), with the
-/// group leader's start time. Costs a scan of /proc; used only in recovery.
+/// `/proc/*/environ`: the agent's MAILROOM_ROOT and MAILROOM_TASK), each
+/// with a start time that tells it from a later group of its number: its
+/// leader's, or, for a group whose leader has exited (an agent that left
+/// a child behind, a double-forked daemon), the earliest of its members
+/// found. Those still take a signal to the group: the kernel gives no new
+/// process the number of a group that has members. Costs a scan of /proc;
+/// used only in recovery.
 pub fn find_agent_groups(root: &Path, task: &str) -> Vec<(u32, u64)> {
     let want_root = format!("MAILROOM_ROOT={}", root.display());
     let want_task = format!("MAILROOM_TASK={task}");
-    let mut groups = std::collections::BTreeSet::new();
+    let mut groups: std::collections::BTreeMap<u32, u64> = std::collections::BTreeMap::new();
     let Ok(rd) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -787,8 +792,14 @@ pub fn find_agent_groups(root: &Path, task: &str) -> Vec<(u32, u64)> {
             && pg.as_raw() > 1
         {
             let pg = pg.as_raw() as u32;
-            if let Some(start) = crate::tree::books::proc_start_time(pg) {
-                groups.insert((pg, start));
+            let start = match crate::tree::books::proc_start_time(pg) {
+                Some(leader) => Some(leader),
+                // Leaderless: the member's own start time, the earliest kept.
+                None => crate::tree::books::proc_start_time(pid as u32)
+                    .map(|own| groups.get(&pg).map_or(own, |&had| had.min(own))),
+            };
+            if let Some(start) = start {
+                groups.insert(pg, start);
             }
         }
     }

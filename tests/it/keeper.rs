@@ -1400,3 +1400,49 @@ fn an_agent_starts_with_no_signal_blocked() {
         "{out}"
     );
 }
+
+/// An agent that leaves a child in its process group (one that ignores
+/// SIGTERM) and exits; its keeper is killed while it stops that child. The
+/// group has no leader any more, and must still be found and stopped
+/// before the task runs again (it ran on beside attempt 2, for ever).
+#[test]
+fn a_leftover_whose_group_leader_exited_is_stopped_before_the_task_runs_again() {
+    const LEAVER: &str = r#"log="$MAILROOM_ROOT/agent.log"
+echo "start $MAILROOM_ATTEMPT $$" >> "$log"
+if [ "$MAILROOM_ATTEMPT" = 1 ]; then
+  sh -c 'trap "" TERM; echo $$ > "$MAILROOM_ROOT/left.pid"; while :; do sleep 0.1; done' &
+  # Its SIGTERM is ignored before the agent exits.
+  while [ ! -s "$MAILROOM_ROOT/left.pid" ]; do sleep 0.01; done
+fi
+echo "[SUMMARY]answered by attempt $MAILROOM_ATTEMPT[/SUMMARY]""#;
+    let root = Root::new()
+        .config(&format!(
+            "retry_delay: 50ms\nrescan_interval: 1s\nagents:\n  a:\n    command: \
+             [\"/bin/sh\", \"-c\", {LEAVER:?}]\n    grace: 3s\n"
+        ))
+        .task("o.yaml", "description: leaves a child behind\n");
+    let _sup = root.spawn();
+    let agent = started(&root);
+    let _cleanup = KillGroupOnDrop(agent);
+    let left = root.pid("left.pid");
+    let keeper = keeper_pid(&root);
+    // The agent exits at once; its keeper then stops the child (a SIGTERM
+    // it ignores, a SIGKILL after the grace): killed in between.
+    wait_for(Duration::from_secs(30), "the agent to exit", || {
+        !alive(agent)
+    });
+    unsafe {
+        libc::kill(keeper, libc::SIGKILL);
+    }
+    assert!(alive(left), "the child died with the keeper");
+    wait_for(Duration::from_secs(30), "attempt 2 to start", || {
+        log(&root).contains("start 2")
+    });
+    assert!(
+        !alive(left),
+        "attempt 2 started while attempt 1's child still ran"
+    );
+    wait_for(Duration::from_secs(30), "the task to complete", || {
+        root.names("completed") == ["o"]
+    });
+}
