@@ -55,6 +55,9 @@ struct StatusJson {
     /// Budgets used up (`budget:` of an agent): the agent paused for the day,
     /// or a tree whose tasks for that agent wait.
     over_budget: Vec<OverBudget>,
+    /// The tree's file system has no block (or inode) left for this user.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    disk_full: bool,
 }
 
 #[derive(Serialize)]
@@ -221,6 +224,7 @@ pub fn status(root: &Path, json: bool) -> Result<()> {
             .into_iter()
             .map(|(heartbeat, alive)| SupervisorJson { heartbeat, alive })
             .collect(),
+        disk_full: crate::tree::fsx::no_space_left(&layout.tasks),
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&s)?);
@@ -253,6 +257,12 @@ pub fn status(root: &Path, json: bool) -> Result<()> {
             if n == 1 { "" } else { "s" },
             shown.join(", "),
             if n > 5 { ", …" } else { "" }
+        );
+    }
+    if s.disk_full {
+        println!(
+            "  the file system of this tree is full: runs cannot be prepared nor tasks filed \
+             until space is freed (nothing is lost; they go on then)"
         );
     }
     let live = s.supervisors.iter().filter(|v| v.alive).count();
@@ -293,6 +303,9 @@ pub fn status(root: &Path, json: bool) -> Result<()> {
             if let Some(url) = &h.dashboard {
                 println!("    dashboard on {url}");
             }
+            if let Some(held) = &h.claims_held {
+                println!("    no new claims {held}");
+            }
         } else {
             println!(
                 "  supervisor {}:{} is gone (last beat {}); its runs are adopted or recovered by the next one",
@@ -314,6 +327,16 @@ pub fn status(root: &Path, json: bool) -> Result<()> {
         println!("  agent {a} paused (`mailroom resume --agent {a}`)");
     }
     for r in &s.running_tasks {
+        if r.attempt.is_none() && r.commit_error.is_none() && !r.ended {
+            // In `assigned/` with no run in its state file: being set up,
+            // or a run that could not be prepared nor put back.
+            println!(
+                "  claimed {}  no run recorded: being prepared, or waiting for recovery to put \
+                 it back",
+                r.name
+            );
+            continue;
+        }
         println!(
             "  running {}  agent={} attempt={} pid={} since {}",
             r.name,

@@ -113,7 +113,14 @@ impl Supervisor {
         self.check_budgets(now);
         // Agents whose every slot another process holds (this pass).
         let mut full: BTreeSet<String> = BTreeSet::new();
-        while !self.paused && self.running.len() < self.config.concurrency {
+        // A run that could not be prepared holds new claims for a while:
+        // the next would fail alike (a full disk), and each left its task
+        // in `assigned/` when it could not put it back either.
+        let held = self
+            .claims_held
+            .as_ref()
+            .is_some_and(|(t, _, _)| Instant::now() < *t);
+        while !self.paused && !held && self.running.len() < self.config.concurrency {
             let (config, load, cooldowns) = (&self.config, &self.load, &self.cooldowns);
             let over_budget = &self.over_budget;
             let paused = &self.paused_agents;

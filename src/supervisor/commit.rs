@@ -602,13 +602,14 @@ impl Job {
             .last()
             .filter(|a| a.attempt == st.attempts)
             .map(|a| a.outcome);
+        let task = self.name.clone();
         match self
             .last_step(move |layout, name, ext| moves::requeue(layout, name, ext, &st))
             .await
         {
             Some(Ok(())) => JobEnd::Requeued(ended),
             Some(Err(e)) => {
-                error!(error = %e, "requeue failed; recovery will retry it");
+                error!(task = %task, error = %e, "requeue failed; recovery will retry it");
                 JobEnd::Stuck
             }
             None => JobEnd::Stuck,

@@ -114,12 +114,14 @@ impl Job {
         if let Err(e) = self.begin_attempt(&mut st, started, plan.as_ref()) {
             // Could not even prepare (disk full, unwritable tree): put it back;
             // the attempt does not count (counts never go down).
-            error!(task = %self.name, error = %e, "cannot prepare the run; requeueing");
+            let error = format!("{e}{}", fsx::full_note(&self.ctx.layout.assigned));
+            error!(task = %self.name, %error, "cannot prepare the run; requeueing");
             st.free_attempts += 1;
             st.run = None;
-            st.last_error = Some(format!("cannot prepare the run: {e}"));
+            st.last_error = Some(format!("cannot prepare the run: {error}"));
             st.not_before = Some(record::ts(SystemTime::now() + self.config.retry_delay));
-            return self.requeue_or_keep(st).await;
+            let requeued = matches!(self.requeue_or_keep(st).await, JobEnd::Requeued(_));
+            return JobEnd::Unprepared { requeued, error };
         }
         let layout = self.ctx.layout.clone();
         let run_dir = self.run_dir();

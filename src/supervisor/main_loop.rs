@@ -144,6 +144,11 @@ impl Supervisor {
             running: self.running.len(),
             pending: self.pending.len(),
             dashboard: self.dashboard.clone(),
+            claims_held: self
+                .claims_held
+                .as_ref()
+                .filter(|(t, _, _)| Instant::now() < *t)
+                .map(|(_, until, why)| format!("until {}: {why}", record::ts(*until))),
         };
         if let Err(e) = registry::beat(self.layout(), &hb) {
             debug!(error = %e, "cannot write the heartbeat");
@@ -444,6 +449,7 @@ impl Supervisor {
         self.metrics.dirty = true;
         match end {
             JobEnd::Done(st, outcome, secs) => {
+                self.unprepared_streak = 0;
                 self.metrics.finished(&agent, outcome.as_str(), secs);
                 if outcome == Outcome::Limited {
                     // A task that failed on a limit (past its free ones):
@@ -481,6 +487,32 @@ impl Supervisor {
                 self.examine_name(&name);
             }
             JobEnd::Stuck => {}
+            JobEnd::Unprepared { requeued, error } => {
+                // Doubling from 1 s to a minute while it lasts.
+                self.unprepared_streak = self.unprepared_streak.saturating_add(1);
+                let hold = Duration::from_secs(1 << (self.unprepared_streak - 1).min(6))
+                    .min(Duration::from_secs(60));
+                self.claims_held = Some((
+                    Instant::now() + hold,
+                    SystemTime::now() + hold,
+                    format!("a run could not be prepared: {error}"),
+                ));
+                warn!(
+                    task = %name,
+                    hold = %humantime::format_duration(hold),
+                    "no new claims for a while: the run of `{name}` could not be prepared ({error})"
+                );
+                if requeued {
+                    self.summary.requeued += 1;
+                    self.stateful.insert(name.clone());
+                    self.examine_name(&name);
+                }
+                // Said in the heartbeat now, for `status`.
+                self.beat_due = Instant::now();
+            }
+        }
+        if matches!(self.claims_held, Some((t, _, _)) if Instant::now() >= t) {
+            self.claims_held = None;
         }
     }
 
@@ -512,6 +544,9 @@ impl Supervisor {
         }
         if let Some(t) = self.queue.next_due() {
             consider(at(t));
+        }
+        if let Some((t, _, _)) = &self.claims_held {
+            consider(*t);
         }
         if let Some(t) = self.recover_due {
             consider(t);
@@ -603,6 +638,14 @@ impl Supervisor {
                 "{n} task{} held until a time (the first, `{first}`, until {})",
                 if n == 1 { "" } else { "s" },
                 crate::model::record::ts(t)
+            ));
+        }
+        if let Some((t, until, held)) = &self.claims_held
+            && Instant::now() < *t
+        {
+            why.push(format!(
+                "no new claims until {} ({held})",
+                crate::model::record::ts(*until)
             ));
         }
         let mut ends: Vec<_> = self

@@ -156,6 +156,10 @@ enum JobEnd {
     Limited { until: SystemTime, message: String },
     /// The commit could not be written; the task stays in `assigned/` for recovery.
     Stuck,
+    /// The run could not even be prepared (a full or unwritable tree): the
+    /// task went back to `pending/` (`requeued`), or stays in `assigned/`
+    /// for recovery. No new claims for a while: the next would fail alike.
+    Unprepared { requeued: bool, error: String },
 }
 
 /// What scheduling keeps of a parsed pending task. The file itself is read
@@ -272,6 +276,11 @@ pub struct Supervisor {
     /// What `run --exit-when-idle` last said it waits for (said when it
     /// changes).
     idle_wait_told: Option<String>,
+    /// No new claims until then (and when that is, for people), because a
+    /// run could not be prepared: why.
+    claims_held: Option<(Instant, SystemTime, String)>,
+    /// Runs that could not be prepared in a row (the hold doubles).
+    unprepared_streak: u32,
     /// Agents with a `tasks/control/pause.<agent>` file.
     paused_agents: HashSet<String>,
     /// Runs told to stop for a `cancel` marker (so each is told once).
@@ -376,6 +385,8 @@ impl Supervisor {
             name_freed: false,
             cooldowns: HashMap::new(),
             idle_wait_told: None,
+            claims_held: None,
+            unprepared_streak: 0,
             ledger: Default::default(),
             over_budget: HashMap::new(),
             routes: HashMap::new(),

@@ -38,6 +38,10 @@ pub struct Heartbeat {
     /// `listen: ...:0` only the supervisor knows the port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dashboard: Option<String>,
+    /// Why and until when it claims nothing new ("until T: why"): a run it
+    /// could not prepare (a full disk).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claims_held: Option<String>,
 }
 
 /// The registry's directory.
@@ -196,6 +200,7 @@ mod tests {
             running: 0,
             pending: 0,
             dashboard: None,
+            claims_held: None,
         }
     }
 

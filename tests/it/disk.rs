@@ -49,11 +49,10 @@ fn a_full_disk_keeps_tasks_reports_and_recovers_when_space_is_back() {
         std::fs::create_dir_all(root.p(&format!("tasks/{d}"))).unwrap();
     }
     std::fs::create_dir_all(root.p("context/agent_outputs")).unwrap();
-    let root = root
-        .agent_config(&[&agent("ok.sh")], "")
-        .task("a.yaml", "description: first\n")
-        .task("b.yaml", "description: second\n")
-        .task("c.yaml", "description: third\n");
+    let root = root.agent_config(&[&agent("ok.sh")], "concurrency: 2");
+    for i in 0..20 {
+        root.write(&format!("tasks/pending/t{i:02}.yaml"), "description: x\n");
+    }
     // Fill the file system to the last byte.
     let filler = fs.0.join("filler");
     {
@@ -72,18 +71,35 @@ fn a_full_disk_keeps_tasks_reports_and_recovers_when_space_is_back() {
     let sup = Sup {
         child: Some(c.spawn().unwrap()),
     };
+    let holds = || {
+        std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .matches("no new claims for a while")
+            .count()
+    };
     wait_for(MIN, "the supervisor to report the full disk", || {
         std::fs::read_to_string(&log_path)
             .unwrap_or_default()
             .contains("No space left on device")
+            && holds() >= 2
     });
+    // It claims no further while runs cannot be prepared: a few tasks
+    // per hold, not the whole queue into assigned/ (it took all 20).
+    let claimed = root.names("assigned").len();
+    assert!(claimed <= 6, "{claimed} tasks claimed on a full disk");
+    let status = stdout(&root.mailroom(&["status"]));
+    assert!(
+        status.contains("the file system of this tree is full"),
+        "{status}"
+    );
     // Nothing lost, nothing failed for want of space.
     let mut all: Vec<String> = ["pending", "assigned", "completed"]
         .iter()
         .flat_map(|s| root.names(s))
         .collect();
     all.sort();
-    assert_eq!(all, ["a", "b", "c"], "a task went missing on a full disk");
+    let want: Vec<String> = (0..20).map(|i| format!("t{i:02}")).collect();
+    assert_eq!(all, want, "a task went missing on a full disk");
     assert!(
         root.names("failed").is_empty(),
         "a full disk failed a task: {:?}",
@@ -92,7 +108,7 @@ fn a_full_disk_keeps_tasks_reports_and_recovers_when_space_is_back() {
     // Space is back: everything completes.
     std::fs::remove_file(&filler).unwrap();
     wait_for(MIN, "all tasks to complete once space is back", || {
-        root.names("completed").len() == 3
+        root.names("completed").len() == 20
     });
     drop(sup);
     root.run_until_idle();
@@ -102,7 +118,7 @@ fn a_full_disk_keeps_tasks_reports_and_recovers_when_space_is_back() {
         root.entries("tasks/assigned")
     );
     let log = root.read("context/completed_tasks.jsonl");
-    assert_eq!(log.lines().count(), 3, "{log}");
+    assert_eq!(log.lines().count(), 20, "{log}");
     std::mem::forget(root); // the tmpfs goes with `fs`
 }
 
