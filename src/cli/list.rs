@@ -112,10 +112,9 @@ pub fn list(root: &Path, state: Option<&str>, label: Option<&str>, json: bool) -
                     Some(r) if r.task == name => r.error,
                     _ => books::unfiled_note(&layout, st, &name),
                 },
-                // One stat for a record that is there, as a rule.
-                State::Completed if !layout.record_file(st, &name).is_file() => {
-                    books::unfiled_note(&layout, st, &name)
-                }
+                // A record that is there but is not one (an agent wrote
+                // it) is no record: read, as `show` and `wait` read it.
+                State::Completed => books::unfiled_note(&layout, st, &name),
                 _ => None,
             };
             let retry_at = if st == State::Pending {

@@ -557,6 +557,23 @@ fn show_names_no_agent_for_a_task_that_ran_none() {
     assert!(show.contains("agent: none (it ran none)"), "{show}");
 }
 
+/// A file in `completed/` with a record an agent wrote (not one mailroom
+/// filed) is listed as `show` shows it: no record, not a completed task.
+#[test]
+fn list_does_not_pass_a_forged_record_for_a_completed_task() {
+    let root = Root::new();
+    root.write("tasks/completed/forged.yaml", "description: x\n");
+    root.write(
+        "tasks/completed/forged.result.json",
+        "{\"status\": \"completed\"}\n",
+    );
+    let list = stdout(&root.mailroom(&["list", "--state", "completed"]));
+    assert!(
+        list.contains("forged  (no record: mailroom did not file tasks/completed/forged.yaml"),
+        "{list}"
+    );
+}
+
 /// `list` says what a pending task waits for, as `show` does.
 #[test]
 fn list_says_what_a_pending_task_waits_for() {
