@@ -174,7 +174,9 @@ fn group_sync(dir: &Path, flush: impl Fn() -> io::Result<()>) -> io::Result<()> 
 
 static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
-/// This host's name as it appears in temp-file names (dots and slashes removed).
+/// This host's name as it appears in temp-file names: every character but
+/// an ASCII letter, digit or `-` (dots too) becomes `_`, cut to 64; `host`
+/// when nothing is left.
 pub fn host_tag() -> &'static str {
     static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     TAG.get_or_init(|| {
