@@ -89,7 +89,10 @@ fn cancel_one(layout: &crate::tree::layout::Layout, name: &str) -> Result<Cancel
                 let res = moves::reject(layout, State::Pending, name, ext, rec, false);
                 lock.release();
                 if let Some(rec) = res? {
-                    let _ = crate::tree::context::merge(layout, &rec, None, None, None);
+                    if crate::tree::context::merge(layout, &rec, None, None, None).is_err() {
+                        // A running supervisor's recovery pass merges it.
+                        crate::tree::context::note_unmerged(layout, State::Failed, &rec.task);
+                    }
                     return Ok(Cancelled::Filed(rec.task));
                 }
             }

@@ -290,7 +290,9 @@ impl Supervisor {
                         None,
                     )
                 {
-                    warn!(error = %e, "context merge failed");
+                    warn!(task = %rec.task, error = %e, "context merge failed; a later pass merges it");
+                    // Its line would be lost for good (totals, usage, budgets).
+                    crate::tree::context::note_unmerged(&layout, State::Failed, &rec.task);
                 }
             }
             Ok(None) => {}

@@ -653,10 +653,10 @@ fn a_held_context_lock_delays_a_commit_only_so_long() {
     // Once the lock is free, the next recovery pass merges what was left out.
     root.run_until_idle();
     assert!(root.read("context/agent_outputs/q.md").contains("answer"));
-    assert!(
-        root.read("context/completed_tasks.jsonl")
-            .contains("\"task\":\"q\"")
-    );
+    let log = root.read("context/completed_tasks.jsonl");
+    assert!(log.contains("\"task\":\"q\""), "{log}");
+    // The reject's line too: it was lost for good (totals, usage).
+    assert!(log.contains("\"task\":\"bad\""), "{log}");
     assert!(root.entries("context/.unmerged").is_empty());
 }
 
