@@ -123,6 +123,9 @@ pub fn decide(
             record.attempts = st.attempts;
             record.history = st.history.clone();
             record.agent = Some(run.agent);
+            // As a run's own terminal commit does: the last attempt's
+            // session, so that the record (and the context log) names it.
+            record.session_id = st.history.last().and_then(|a| a.session_id.clone());
             st.committing = Some(record.run_id.clone());
             return Decision::Fail {
                 state: Box::new(st),
@@ -328,6 +331,13 @@ mod tests {
         assert_eq!(record.attempts, 3);
         assert_eq!(state.committing.as_deref(), Some("new"));
         assert!(record.error.unwrap().contains("no attempts are left"));
+        // It names the session of its last attempt, as a run's commit does.
+        let mut st = running(3, "r");
+        st.run.as_mut().unwrap().session_id = Some("s-3".into());
+        let Decision::Fail { record, .. } = decide("t", st, vec![], &env(2)) else {
+            panic!("expected a failure");
+        };
+        assert_eq!(record.session_id.as_deref(), Some("s-3"));
         // Shutdown requeues were free: they do not count.
         let mut st = running(3, "r");
         st.free_attempts = 1;
