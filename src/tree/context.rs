@@ -182,8 +182,7 @@ pub fn replay_unmerged(layout: &Layout, max: usize, wait: std::time::Duration) -
             .as_deref()
             .map(|d| read_output_and_summary(&layout.root.join(d)))
             .unwrap_or_default();
-        let output = rec.agent.as_ref().map(|_| (out.as_str(), cut));
-        if merge_within(layout, &rec, output, None, wait, None).is_err() {
+        if merge_within(layout, &rec, output_for(&rec, &out, cut), None, wait, None).is_err() {
             // Still held: the next pass tries again.
             break;
         }
@@ -191,6 +190,14 @@ pub fn replay_unmerged(layout: &Layout, max: usize, wait: std::time::Duration) -
         merged += 1;
     }
     merged
+}
+
+/// The output a merge of `rec` writes to `agent_outputs/`, as the commit
+/// that filed it would: a run's (it has an agent) and a subtask parent's
+/// (its children; empty output, `- agent: -`), not a reject's (its log line
+/// only). For the merges a later pass makes.
+pub fn output_for<'a>(rec: &ResultRecord, out: &'a str, cut: bool) -> Option<(&'a str, bool)> {
+    (rec.agent.is_some() || !rec.children.is_empty()).then_some((out, cut))
 }
 
 /// Whether `c` is a control character [`clean`] takes out.

@@ -158,7 +158,7 @@ pub fn apply(
                 .last_attempt(*dest, name)
                 .map(|(_, d)| context::read_output(&d))
                 .unwrap_or_default();
-            let output = record.agent.as_ref().map(|_| (out.as_str(), cut));
+            let output = context::output_for(record, &out, cut);
             // The context is derived data: it never holds up a commit.
             if let Err(e) = context::merge_within(
                 layout,

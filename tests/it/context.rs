@@ -824,3 +824,21 @@ esac"#;
     let err = rec["error"].as_str().unwrap();
     assert!(err.contains("bin.dat") && err.contains("NUL"), "{err}");
 }
+
+/// A subtask parent merged by a later pass (its commit's merge was left to
+/// `context/.unmerged/`) gets its `agent_outputs/` file as at its commit.
+#[test]
+fn a_later_merge_of_a_subtask_parent_writes_its_output_file() {
+    let root = Root::new()
+        .agent_config(&["sh", "-c", "echo answer"], "")
+        .task("p.yaml", "description: parent\nsubtasks:\n  - one\n");
+    root.run_until_idle();
+    assert_eq!(root.names("completed"), ["p", "p.1"]);
+    let at_commit = root.read("context/agent_outputs/p.md");
+    assert!(at_commit.contains("- agent: -"), "{at_commit}");
+    std::fs::remove_file(root.p("context/agent_outputs/p.md")).unwrap();
+    root.write("context/.unmerged/p", "completed");
+    root.run_until_idle();
+    assert!(root.entries("context/.unmerged").is_empty());
+    assert_eq!(root.read("context/agent_outputs/p.md"), at_commit);
+}
