@@ -58,6 +58,9 @@ PROMPT = "MOCK:{mode} Reply with one short sentence."
 # stderr in its human-readable mode).
 PROMPT_429 = ("MOCK:ok-429 Our log says '429 Too Many Requests' and 'rate limit reached'. "
               "Explain in one sentence.")
+# no-session: a resume of a session the CLI never saved (what a run cut off by a limit on
+# its first request leaves gemini).
+NO_SESSION = "3f2a1b4c-0000-4000-8000-000000000000"
 # A prompt that starts with an option of each CLI (-v: version/verbose).
 PROMPT_DASH = "-v MOCK:ok this task description starts with a dash"
 # A prompt with a URL (as an earlier task's error quoted in the context has): aider offers
@@ -74,7 +77,8 @@ def prompt_for(mode):
     if mode == "garbage-url":
         return PROMPT_URL
     base = mode.split("-", 1)[1] if mode.startswith(("text-", "stream-")) else mode
-    if base in ("untrusted", "no-git", "no-auth", "no-key", "refused", "bad-flag"):
+    if base in ("untrusted", "no-git", "no-auth", "no-key", "refused", "bad-flag",
+                "no-session"):
         base = "ok"
     return PROMPT.format(mode=base)
 
@@ -112,13 +116,15 @@ def claude(mode, port, home):
     argv = ["claude", "-p", *fmt, "--permission-mode", "acceptEdits", "--", prompt_for(mode)]
     if mode == "bad-flag":
         argv.insert(1, "--no-such-flag")
+    if mode == "no-session":
+        argv[1:1] = ["--resume", NO_SESSION]
     return argv, env
 
 
 CLAUDE_MODES = ["ok", "ok-429", "429", "usage-limit", "500", "401", "hang", "dash-v",
                 "bad-flag", "stream-ok", "stream-429", "empty", "refused",
                 "text-ok", "text-ok-429", "text-429", "text-401", "text-500",
-                "cut", "garbage", "overloaded", "stream-cut"]
+                "cut", "garbage", "overloaded", "stream-cut", "no-session"]
 
 
 def codex(mode, port, home):
@@ -136,8 +142,10 @@ def codex(mode, port, home):
         argv.append("--json")
     if mode != "no-git":
         argv.append("--skip-git-repo-check")
-    argv += ["--sandbox", "workspace-write", "-c", "model_provider=mock", "-c", provider,
-             "--", prompt_for(mode)]
+    argv += ["--sandbox", "workspace-write", "-c", "model_provider=mock", "-c", provider]
+    if mode == "no-session":
+        argv += ["resume", NO_SESSION]
+    argv += ["--", prompt_for(mode)]
     if mode == "bad-flag":
         argv.insert(2, "--no-such-flag")
     return argv, env
@@ -146,7 +154,7 @@ def codex(mode, port, home):
 CODEX_MODES = ["ok", "ok-429", "429", "usage-limit", "500", "401", "hang", "dash-v", "no-git",
                "bad-flag", "empty", "no-key", "refused-hang",
                "text-ok", "text-ok-429", "text-429", "text-usage-limit", "text-500",
-               "text-401", "text-hang", "cut", "garbage", "overloaded"]
+               "text-401", "text-hang", "cut", "garbage", "overloaded", "no-session"]
 
 
 def gemini_settings(home, auth=True):
@@ -183,6 +191,8 @@ def gemini(mode, port, home):
         argv.append("--skip-trust")
     argv += ["--output-format", fmt, "--approval-mode", "auto_edit",
              "--prompt=" + prompt_for(mode)]
+    if mode == "no-session":
+        argv += ["--resume", NO_SESSION]
     if mode == "bad-flag":
         argv.insert(1, "--no-such-flag")
     return argv, env
@@ -190,7 +200,7 @@ def gemini(mode, port, home):
 
 GEMINI_MODES = ["ok", "ok-429", "429", "usage-limit", "500", "401", "hang", "dash-v",
                 "untrusted", "no-auth", "bad-flag", "stream-ok", "stream-429", "empty",
-                "no-key", "cut", "garbage", "overloaded", "refused"]
+                "no-key", "cut", "garbage", "overloaded", "refused", "no-session"]
 
 def aider(mode, port, home):
     # aider talks to the mock through litellm's OpenAI-compatible route (chat completions).

@@ -19,6 +19,8 @@ chooses it), else the server's default (--scenario, or $MOCK_SCENARIO, else "ok"
   empty       a well-formed answer with no text (a CLI must not call that a result)
   429         the API's rate-limit error (HTTP 429), with a short retry-after
   usage-limit the subscription / quota "usage limit" error, with a reset time (HTTP 429)
+  429-once    "429" for the first request that carries it (of the server's life), then "ok":
+              a limit on a run's first request, gone by the next attempt
   500         an internal server error (HTTP 500)
   401         an authentication error (Anthropic and OpenAI: HTTP 401; Gemini, like the real
               API: HTTP 400 API_KEY_INVALID)
@@ -264,6 +266,8 @@ def log_request(method, path, scenario, body):
 
 
 LOG_LOCK = threading.Lock()
+# Whether a 429-once request was seen (a list: appended to under LOG_LOCK).
+ONCE_SEEN = []
 
 
 def scenario_of(body):
@@ -271,6 +275,11 @@ def scenario_of(body):
     for name in reversed(found):
         if name == "hang-until-continued":
             return "ok" if CONTINUED in body else "hang"
+        if name == "429-once":
+            with LOG_LOCK:
+                first = not ONCE_SEEN
+                ONCE_SEEN.append(True)
+            return "429" if first else "ok"
         if name in SCENARIOS:
             return name
     return ARGS.scenario

@@ -144,6 +144,10 @@ pub enum ErrorClass {
     Task,
     /// The supervisor stopped the run (timeout, cancel, shutdown).
     Stopped,
+    /// The session the run was to resume is not there (the CLI never saved
+    /// it: gemini after a usage limit on its first request): the CLI did
+    /// nothing. Run again in a new session, without using an attempt.
+    Session,
 }
 
 impl ErrorClass {
@@ -156,6 +160,7 @@ impl ErrorClass {
             ErrorClass::Config => "config",
             ErrorClass::Task => "task",
             ErrorClass::Stopped => "stopped",
+            ErrorClass::Session => "session",
         }
     }
 }
@@ -276,6 +281,17 @@ pub fn report(facts: &RunFacts<'_>) -> RunReport {
         Kind::Generic(spec) => generic::parse(spec, facts),
     };
     let mut r = finish(facts, parsed);
+    if !facts.stopped_by_supervisor
+        && facts.exit != ExitKind::Code(0)
+        && let Some(line) = session_missing(facts)
+    {
+        r.outcome = Class::Failed(ErrorClass::Session);
+        r.error_class = Some(ErrorClass::Session);
+        r.message = Some(short(&format!(
+            "{}: the session to resume is not there ({line}); the next attempt starts a new one",
+            facts.kind.name()
+        )));
+    }
     if matches!(facts.kind, Kind::Claude | Kind::Cursor) {
         r.notes.extend(claude::denials(facts.stdout));
     }
@@ -283,6 +299,30 @@ pub fn report(facts: &RunFacts<'_>) -> RunReport {
         r.notes.extend(gemini::failed_tools(facts.stdout));
     }
     r
+}
+
+/// The line of the CLI's error channel (stderr) that says the session it
+/// was asked to resume does not exist, as each CLI words it: claude and
+/// cursor-agent (`--resume ID`), gemini (`--resume ID`, exit 42) and codex
+/// (`exec resume ID`). Checked on stderr only: an answer may quote them.
+fn session_missing(facts: &RunFacts<'_>) -> Option<String> {
+    let needles: &[&str] = match facts.kind {
+        Kind::Claude | Kind::Cursor => &["No conversation found with session ID"],
+        Kind::Gemini => &[
+            "Error resuming session: No previous sessions found",
+            "Error resuming session: Invalid session identifier",
+        ],
+        Kind::Codex => &[
+            "no rollout found for thread id",
+            "no rollout found for conversation id",
+        ],
+        _ => return None,
+    };
+    facts
+        .stderr
+        .lines()
+        .find(|l| needles.iter().any(|n| l.contains(n)))
+        .map(|l| l.trim().to_owned())
 }
 
 /// What an adapter read from the output, before the rules common to all kinds.
@@ -911,6 +951,32 @@ mod tests {
     }
 
     use super::*;
+
+    /// A resume of a session the CLI never saved, as claude 2.1.197, codex
+    /// 0.171.0 and gemini 0.61.0 say it (captured, `no-session`): the class
+    /// that runs the task again in a new session; the same words in an
+    /// answer (stdout) are no such thing.
+    #[test]
+    fn a_resume_of_a_missing_session_is_its_own_class() {
+        use testing::{fixture, prompt, run};
+        for (kind, f) in [
+            (Kind::Claude, fixture!("claude-2.1.197", "no-session")),
+            (Kind::Codex, fixture!("codex-0.171.0", "no-session")),
+            (Kind::Gemini, fixture!("gemini-0.61.0", "no-session")),
+        ] {
+            let r = run(&kind, &f, &prompt("ok"));
+            assert_eq!(r.outcome, Class::Failed(ErrorClass::Session), "{kind:?}: {r:?}");
+            let m = r.message.unwrap_or_default();
+            assert!(m.contains("the session to resume is not there"), "{kind:?}: {m}");
+        }
+        let quoted = testing::Fixture {
+            stdout: "Error resuming session: No previous sessions found for this project.\n",
+            stderr: "",
+            exit: "code 1",
+        };
+        let r = run(&Kind::Gemini, &quoted, &prompt("ok"));
+        assert_ne!(r.outcome, Class::Failed(ErrorClass::Session), "{r:?}");
+    }
 
     #[test]
     fn an_exit_status_over_128_names_its_signal() {

@@ -243,6 +243,11 @@ impl Job {
         let mut facts = self.facts(&st, outcome, limit.is_some());
         facts.fatal = read.fatal;
         facts.limit_free = limited_before < verdict::MAX_FREE_LIMITED;
+        // A resume whose session the CLI never saved (gemini, after a limit
+        // on its first request) did nothing: the next attempt starts anew
+        // (its outcome is none that `session::cut_off` resumes after).
+        facts.session_missing =
+            read.class == Some("session") && st.history.last().is_some_and(|a| a.resumed);
         // The agent stopped its own supervisor: its stop is not free.
         let mut error = error;
         if outcome == Outcome::Interrupted
@@ -268,6 +273,14 @@ impl Job {
                     st.free_attempts += 1;
                     info!(task = %self.name, "stopped by shutdown; requeued without using an attempt");
                 }
+                self.requeue_or_keep(st).await
+            }
+            Verdict::NewSession => {
+                st.free_attempts += 1;
+                warn!(
+                    task = %self.name,
+                    "the session to resume is not there; requeued to start a new one, without using an attempt"
+                );
                 self.requeue_or_keep(st).await
             }
             Verdict::Retry { n } => self.retry_later(st, n, error).await,
@@ -391,6 +404,7 @@ impl Job {
             fallback_after: self.agent.fallback_after,
             fatal: false,
             stopped_by_own_agent: false,
+            session_missing: false,
         }
     }
 

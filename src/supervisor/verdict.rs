@@ -196,6 +196,9 @@ pub struct Facts {
     /// The shutdown that stopped the run was sent by the run's own agent (or
     /// a process of its own): the stop is the agent's doing, and not free.
     pub stopped_by_own_agent: bool,
+    /// The run was to resume a session that its CLI says is not there: it
+    /// did nothing (the run before it saved none).
+    pub session_missing: bool,
 }
 
 /// What to do with the task.
@@ -210,6 +213,9 @@ pub enum Verdict {
     /// Stopped by a shutdown: requeue; `free`: without using an attempt
     /// (a shutdown its own agent sent is not free).
     Requeue { free: bool },
+    /// Requeue at once without using an attempt, to start a new session:
+    /// the one to resume is not there.
+    NewSession,
     /// Requeue after the backoff for the `n`th charged attempt.
     Retry { n: u32 },
     /// File it for good; `exclude_agent`: the agent is ruled out in the state
@@ -231,6 +237,13 @@ pub fn decide(f: &Facts) -> Verdict {
             outcome: o,
             exclude_agent: false,
         };
+    }
+    // A resume of a session its CLI never saved did nothing: again, anew.
+    // (At most once per resume, and a resume follows a limit, a timeout or
+    // an interruption, each bounded on its own.)
+    if f.session_missing && !matches!(o, Success | Cancelled | Interrupted | Runaway) && !f.limited
+    {
+        return Verdict::NewSession;
     }
     // Past the free limits a limit is a charged failure; a run stopped by a
     // shutdown, or a runaway, is still what it was.
@@ -328,6 +341,7 @@ mod tests {
             retries: 2,
             fallback_after: 2,
             stopped_by_own_agent: false,
+            session_missing: false,
         }
     }
 
@@ -336,6 +350,25 @@ mod tests {
             outcome,
             exclude_agent: false,
         }
+    }
+
+    /// A resume of a session the CLI never saved is run again anew, for
+    /// free, even out of attempts; a limit or a success still wins.
+    #[test]
+    fn a_missing_session_starts_anew_for_free() {
+        let lost = |o, charged| Facts {
+            session_missing: true,
+            charged,
+            ..facts(o)
+        };
+        assert_eq!(decide(&lost(Failed, 1)), Verdict::NewSession);
+        assert_eq!(decide(&lost(Failed, 3)), Verdict::NewSession);
+        assert_eq!(decide(&lost(Success, 1)), commit(Success));
+        let limited = Facts {
+            limited: true,
+            ..lost(Failed, 1)
+        };
+        assert_eq!(decide(&limited), Verdict::Cooldown { free: true });
     }
 
     #[test]

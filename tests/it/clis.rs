@@ -163,6 +163,8 @@ struct Opts {
     codex_add_dir: bool,
     /// Options added to the preset's command before its `--` (or at its end).
     extra: &'static [&'static str],
+    /// The agent's `cooldown:` after a limit with no reset time (else the preset's).
+    cooldown: Option<&'static str>,
 }
 
 /// A port of 127.0.0.1 where nothing listens: one the kernel just gave out and took back.
@@ -306,7 +308,7 @@ fn setup(cli: Cli, mock: &Mock, bin: &Path, o: &Opts) -> Setup {
         "max_instances": a.max_instances,
         "timeout": o.timeout.map(str::to_owned).unwrap_or_else(|| ms(a.timeout)),
         "grace": ms(a.grace),
-        "cooldown": ms(a.cooldown),
+        "cooldown": o.cooldown.map(str::to_owned).unwrap_or_else(|| ms(a.cooldown)),
         "env": env,
     });
     let mut agents = serde_json::Map::new();
@@ -794,6 +796,46 @@ fn resume_after_timeout(cli: Cli) {
     );
 }
 
+/// A limit on a run's very first request (a 429, gone by the next attempt): the next
+/// attempt resumes the session, or, where the CLI never saved one (gemini), finds none and
+/// runs again in a new session without using an attempt. With `retries: 0` the task still
+/// completes, never failed for the session it could not resume.
+fn limit_on_the_first_request_then_completes(cli: Cli) {
+    let Some(Case { _scratch, mock, t }) = case(
+        cli,
+        &Opts {
+            retries: Some(0),
+            // claude and codex read no reset time from a 429.
+            cooldown: Some("1s"),
+            ..Opts::default()
+        },
+    ) else {
+        return;
+    };
+    t.task("once", "MOCK:429-once Reply with one short sentence.");
+    t.run_until_idle();
+    let rec = t.record("completed", "once");
+    note(cli, "429-once", "completed", &rec);
+    let h = rec["history"].as_array().unwrap();
+    assert_eq!(h[0]["outcome"], "limited", "{cli:?}: {rec}");
+    assert_eq!(h.last().unwrap()["outcome"], "success", "{cli:?}: {rec}");
+    // Any attempt between: a resume that found no session, said so, for free.
+    for a in &h[1..h.len() - 1] {
+        assert_eq!(a["error_class"], "session", "{cli:?}: {rec}");
+        assert_eq!(a["resumed"], true, "{cli:?}: {rec}");
+    }
+    if h.len() == 3 {
+        assert_ne!(h[2]["resumed"], true, "{cli:?}: a new session: {rec}");
+    }
+    assert!(h.len() <= 3, "{cli:?}: {rec}");
+    assert!(
+        mock.scenarios().iter().any(|s| s == "429"),
+        "{cli:?}: the mock never sent the 429"
+    );
+    let out = t.root.read("context/agent_outputs/once.md");
+    assert!(out.contains(OK_ANSWER), "{cli:?}: {out}");
+}
+
 /// `session: parent`: a follow-up continues its parent's conversation. claude copies it
 /// into a new session (`--resume P --fork-session --session-id N`); the model sees the
 /// parent's exchange in the follow-up's request.
@@ -1180,6 +1222,21 @@ fn codex_resumes_an_interrupted_session() {
 #[test]
 fn gemini_resumes_an_interrupted_session() {
     resume_after_timeout(Cli::Gemini);
+}
+
+#[test]
+fn claude_completes_after_a_limit_on_its_first_request() {
+    limit_on_the_first_request_then_completes(Cli::Claude);
+}
+
+#[test]
+fn codex_completes_after_a_limit_on_its_first_request() {
+    limit_on_the_first_request_then_completes(Cli::Codex);
+}
+
+#[test]
+fn gemini_completes_after_a_limit_on_its_first_request() {
+    limit_on_the_first_request_then_completes(Cli::Gemini);
 }
 
 #[test]
