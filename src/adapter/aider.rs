@@ -79,10 +79,20 @@ pub(crate) fn parse(facts: &RunFacts<'_>) -> Parsed {
 
     let (answer, usage) = match tokens_at {
         Some(t) => {
-            let start = lines[..t]
+            // The reply starts after the banner (from its `Aider v` line,
+            // with what aider prints before it) and the banner's lines
+            // that follow one another. A line of the reply that starts as
+            // a banner line does (`Warning: `, `Model: `) is the reply's.
+            let from = lines[..t]
                 .iter()
-                .rposition(|l| BANNER.is_match(l.trim()))
-                .map_or(0, |b| b + 1);
+                .rposition(|l| l.trim_start().starts_with("Aider v"))
+                .unwrap_or(0);
+            let start = (from..t)
+                .find(|&i| {
+                    let l = lines[i].trim();
+                    !l.is_empty() && !BANNER.is_match(l)
+                })
+                .unwrap_or(t);
             (
                 lines[start..t].join("\n").trim().to_string(),
                 usage(lines[t].trim()),
@@ -196,6 +206,20 @@ mod tests {
             exit: "code 0",
         };
         run(&K, &f, "")
+    }
+
+    /// A reply whose lines start as banner lines do is the reply, whole.
+    #[test]
+    fn a_reply_line_that_looks_like_the_banner_is_kept() {
+        let reply = "Here is the plan.\nWarning: this migration drops the users table, back it up first.\nModel: the data model stays the same.\nStep 3: run it.";
+        let r = after_banner(
+            &format!(
+                "\nhttps://aider.chat/HISTORY.html#release-notes\n\n{reply}\nTokens: 782 sent, 35 received.\n"
+            ),
+            "",
+        );
+        assert!(r.is_success(), "{r:?}");
+        assert_eq!(r.answer, reply);
     }
 
     /// aider says "Empty response received from LLM" and exits 0: no answer.

@@ -965,9 +965,16 @@ mod tests {
             (Kind::Gemini, fixture!("gemini-0.61.0", "no-session")),
         ] {
             let r = run(&kind, &f, &prompt("ok"));
-            assert_eq!(r.outcome, Class::Failed(ErrorClass::Session), "{kind:?}: {r:?}");
+            assert_eq!(
+                r.outcome,
+                Class::Failed(ErrorClass::Session),
+                "{kind:?}: {r:?}"
+            );
             let m = r.message.unwrap_or_default();
-            assert!(m.contains("the session to resume is not there"), "{kind:?}: {m}");
+            assert!(
+                m.contains("the session to resume is not there"),
+                "{kind:?}: {m}"
+            );
         }
         let quoted = testing::Fixture {
             stdout: "Error resuming session: No previous sessions found for this project.\n",
