@@ -623,9 +623,6 @@ impl Supervisor {
         self.cooldowns.retain(|_, (t, _)| *t > now);
     }
 
-    /// Whether anything pending could still run, or another supervisor (or an
-    /// orphaned agent) still holds a task in `assigned/` (used by `exit_when_idle`).
-    /// Tasks waiting for a dependency nobody submitted do not count.
     /// `run --exit-when-idle` with nothing running, waiting for time to
     /// pass (a `delay`, a `not_before`, a retry's backoff, a cooldown, a
     /// daily budget): says what it waits for and until when, once per
@@ -676,6 +673,9 @@ impl Supervisor {
         }
     }
 
+    /// Whether anything pending could still run, or another supervisor (or an
+    /// orphaned agent) still holds a task in `assigned/` (used by `exit_when_idle`).
+    /// Tasks waiting for a dependency nobody submitted do not count.
     pub(super) fn has_runnable(&self) -> bool {
         if !self.unsettled.is_empty() || !self.rejects.is_empty() || !self.reexamine.is_empty() {
             return true;

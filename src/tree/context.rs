@@ -193,11 +193,12 @@ pub fn replay_unmerged(layout: &Layout, max: usize, wait: std::time::Duration) -
 }
 
 /// The output a merge of `rec` writes to `agent_outputs/`, as the commit
-/// that filed it would: a run's (it has an agent) and a subtask parent's
-/// (its children; empty output, `- agent: -`), not a reject's (its log line
-/// only). For the merges a later pass makes.
+/// that filed it would: a commit's (a run's, a subtask parent's), which
+/// names its `output_file`, not a reject's or a cancel's (its log line
+/// only), even of a task that had run before (its record then names the
+/// agent of that run). For the merges a later pass makes.
 pub fn output_for<'a>(rec: &ResultRecord, out: &'a str, cut: bool) -> Option<(&'a str, bool)> {
-    (rec.agent.is_some() || !rec.children.is_empty()).then_some((out, cut))
+    rec.output_file.is_some().then_some((out, cut))
 }
 
 /// Whether `c` is a control character [`clean`] takes out.

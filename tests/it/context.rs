@@ -842,3 +842,33 @@ fn a_later_merge_of_a_subtask_parent_writes_its_output_file() {
     assert!(root.entries("context/.unmerged").is_empty());
     assert_eq!(root.read("context/agent_outputs/p.md"), at_commit);
 }
+
+/// A later merge of the cancel of a task that had run before (its record
+/// names that run's agent) writes its log line only, as the cancel's own
+/// merge does: the failed try's output is no answer for the next agents.
+#[test]
+fn a_later_merge_of_a_cancel_writes_no_output_file() {
+    let root = Root::new()
+        .config(
+            "retries: 1\nretry_delay: 1h\nagents:\n  a:\n    command: [\"sh\", \"-c\", \
+             \"echo partial answer of a failed try; exit 1\"]\n",
+        )
+        .task("f.yaml", "description: x\n");
+    // Attempt 1 fails; the retry waits an hour.
+    let mut sup = root.spawn();
+    wait_for(Duration::from_secs(60), "attempt 1 to fail", || {
+        root.exists("tasks/pending/f.yaml") && root.exists("tasks/assigned/f.state.json")
+    });
+    sup.kill9();
+    let out = root.mailroom(&["cancel", "f"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!root.exists("context/agent_outputs/f.md"));
+    root.write("context/.unmerged/f", "failed");
+    root.run_until_idle();
+    assert!(root.entries("context/.unmerged").is_empty());
+    assert!(
+        !root.exists("context/agent_outputs/f.md"),
+        "{}",
+        root.read("context/agent_outputs/f.md")
+    );
+}
