@@ -424,6 +424,11 @@ fn follow_attempt(
     };
     let files = [dir.join("stdout.log"), dir.join("stderr.log")];
     let mut offsets = [0u64; 2];
+    // Followed while a supervisor lives, or while the attempt's keeper
+    // still runs it (it files nothing, but the output goes on); with
+    // neither for 3 s, nothing will file the task: as `wait`, said so.
+    let mut nobody_since: Option<Instant> = None;
+    let host = books::hostname();
     loop {
         for (i, f) in files.iter().enumerate() {
             if let Some(mut h) = open_log(f) {
@@ -441,6 +446,23 @@ fn follow_attempt(
             && books::read_state(layout, name)
                 .run
                 .is_none_or(|r| r.attempt == attempt);
+        if follow && running {
+            let kept = || {
+                !dir.join(crate::run::keeper::OUTCOME_FILE).exists()
+                    && crate::run::keeper::info_any(dir)
+                        // On another host it cannot be told: taken as alive.
+                        .is_some_and(|k| k.host != host || crate::run::keeper::alive(&k, &host))
+            };
+            if crate::tree::registry::any_alive(layout) || kept() {
+                nobody_since = None;
+            } else if nobody_since.get_or_insert_with(Instant::now).elapsed()
+                >= Duration::from_secs(3)
+            {
+                sink.finish(out)?;
+                out.flush()?;
+                return Err(NoSupervisor.into());
+            }
+        }
         if !follow || !running {
             let now = layout.locate(name).map_or(st, |(s, _, _)| s);
             if follow && now != State::Assigned {

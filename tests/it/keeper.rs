@@ -1446,3 +1446,40 @@ echo "[SUMMARY]answered by attempt $MAILROOM_ATTEMPT[/SUMMARY]""#;
         root.names("completed") == ["o"]
     });
 }
+
+/// `logs -f` of a run whose supervisor was killed follows it while its
+/// keeper runs it (past the 3 s that `wait` gives a supervisor), shows its
+/// end, and then ends as `wait` does (69): nobody will file the task.
+#[test]
+fn logs_follow_a_kept_run_to_its_end_then_say_nobody_files_it() {
+    let root = waiter_root("");
+    let _cleanup = killed_mid_run(&root);
+    let mut follower = root
+        .cmd(&["logs", "-f", "o"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Still following after 4 s without a supervisor: the keeper runs.
+    let since = std::time::Instant::now();
+    wait_for(Duration::from_secs(30), "4 s of following", || {
+        assert!(
+            follower.try_wait().unwrap().is_none(),
+            "logs -f ended while the keeper still ran the agent"
+        );
+        since.elapsed() >= Duration::from_secs(4)
+    });
+    root.write("go", "");
+    let out = wait_bounded(follower, Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(69), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("answered by attempt 1"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stderr(&out).contains("no supervisor is running"),
+        "{}",
+        stderr(&out)
+    );
+}
