@@ -15,9 +15,13 @@ struct RunningTask {
     attempt: Option<u32>,
     pid: Option<u32>,
     host: Option<String>,
-    /// The supervisor that started (or adopted) the run, on `host`.
+    /// The supervisor that started the run, on `host`.
     #[serde(skip_serializing_if = "Option::is_none")]
     supervisor_pid: Option<u32>,
+    /// The supervisor whose run it is now (pid, start time): the one that
+    /// started it while it lives, else the one that adopted it.
+    #[serde(skip)]
+    owner: Option<(u32, u64)>,
     started_at: Option<String>,
     /// The run has ended but its commit keeps failing (being retried).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -144,8 +148,17 @@ fn running_tasks(layout: &Layout) -> Vec<RunningTask> {
         .into_iter()
         .map(|(name, _)| {
             let st = books::read_state(layout, &name);
+            let holder = books::run_holder(layout, &name, &st);
             let commit_error = st.commit_error;
             let r = st.run;
+            let owner = r.as_ref().and_then(|r| match &holder {
+                Some(h) if h.supervisor_alive => Some((r.supervisor_pid, r.supervisor_start)),
+                Some(h) => h
+                    .adopted_by
+                    .and_then(|p| Some((p, books::proc_start_time(p)?))),
+                // Another host's: as its state names it.
+                None => Some((r.supervisor_pid, r.supervisor_start)),
+            });
             // The agent's process group, found by its MAILROOM_* environment
             // (its keeper, in a group of its own, carries it too: not that one).
             let attempt_dir = layout.last_attempt(State::Assigned, &name).map(|(_, d)| d);
@@ -168,6 +181,7 @@ fn running_tasks(layout: &Layout) -> Vec<RunningTask> {
                 pid,
                 host: r.as_ref().map(|r| r.host.clone()),
                 supervisor_pid: r.as_ref().map(|r| r.supervisor_pid),
+                owner,
                 started_at: r.map(|r| r.started_at),
                 commit_error,
                 ended,
@@ -293,7 +307,7 @@ pub fn status(root: &Path, json: bool) -> Result<()> {
                 .running_tasks
                 .iter()
                 .filter(|r| {
-                    r.host.as_deref() == Some(h.host.as_str()) && r.supervisor_pid == Some(h.pid)
+                    r.host.as_deref() == Some(h.host.as_str()) && r.owner == Some((h.pid, h.start))
                 })
                 .count();
             println!(

@@ -168,6 +168,12 @@ fn a_run_whose_supervisor_was_killed_is_adopted_not_rerun() {
     );
     let status = stdout(&root.mailroom(&["status"]));
     assert!(status.contains("is gone (last beat"), "{status}");
+    // The adopted run counts as the adopter's.
+    let line = status
+        .lines()
+        .find(|l| l.contains(&format!(":{} (mailroom", next.pid())))
+        .unwrap_or_else(|| panic!("{status}"));
+    assert!(line.contains(", 1 running, last beat"), "{status}");
     let rec = completes_once(&root);
     assert_eq!(rec["summary"], "answered by attempt 1", "{rec}");
 }
