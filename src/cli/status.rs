@@ -317,7 +317,13 @@ pub fn status(root: &Path, json: bool) -> Result<()> {
             if let Some(url) = &h.dashboard {
                 println!("    dashboard on {url}");
             }
-            if let Some(held) = &h.claims_held {
+            // Up to a beat old: one that has ended is not said.
+            if let Some(held) = h.claims_held.as_ref().filter(|held| {
+                held.strip_prefix("until ")
+                    .and_then(|r| r.split_once(": "))
+                    .and_then(|(t, _)| crate::model::record::parse_ts(t))
+                    .is_none_or(|t| t > std::time::SystemTime::now())
+            }) {
                 println!("    no new claims {held}");
             }
         } else {

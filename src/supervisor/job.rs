@@ -115,13 +115,29 @@ impl Job {
             // Could not even prepare (disk full, unwritable tree): put it back;
             // the attempt does not count (counts never go down).
             let error = format!("{e}{}", fsx::full_note(&self.ctx.layout.assigned));
+            let tree_wide = matches!(
+                e.raw_os_error(),
+                Some(
+                    libc::ENOSPC
+                        | libc::EDQUOT
+                        | libc::EROFS
+                        | libc::EIO
+                        | libc::EMFILE
+                        | libc::ENFILE
+                        | libc::ENOMEM
+                )
+            );
             error!(task = %self.name, %error, "cannot prepare the run; requeueing");
             st.free_attempts += 1;
             st.run = None;
             st.last_error = Some(format!("cannot prepare the run: {error}"));
             st.not_before = Some(record::ts(SystemTime::now() + self.config.retry_delay));
             let requeued = matches!(self.requeue_or_keep(st).await, JobEnd::Requeued(_));
-            return JobEnd::Unprepared { requeued, error };
+            return JobEnd::Unprepared {
+                requeued,
+                error,
+                tree_wide,
+            };
         }
         let layout = self.ctx.layout.clone();
         let run_dir = self.run_dir();

@@ -447,9 +447,12 @@ impl Supervisor {
         }
         // Its usage (in the shared context) goes into the next metrics file.
         self.metrics.dirty = true;
+        // A run that was prepared ends the holds' doubling.
+        if !matches!(end, JobEnd::Unprepared { .. } | JobEnd::Stuck) {
+            self.unprepared_streak = 0;
+        }
         match end {
             JobEnd::Done(st, outcome, secs) => {
-                self.unprepared_streak = 0;
                 self.metrics.finished(&agent, outcome.as_str(), secs);
                 if outcome == Outcome::Limited {
                     // A task that failed on a limit (past its free ones):
@@ -487,28 +490,40 @@ impl Supervisor {
                 self.examine_name(&name);
             }
             JobEnd::Stuck => {}
-            JobEnd::Unprepared { requeued, error } => {
-                // Doubling from 1 s to a minute while it lasts.
-                self.unprepared_streak = self.unprepared_streak.saturating_add(1);
-                let hold = Duration::from_secs(1 << (self.unprepared_streak - 1).min(6))
-                    .min(Duration::from_secs(60));
-                self.claims_held = Some((
-                    Instant::now() + hold,
-                    SystemTime::now() + hold,
-                    format!("a run could not be prepared: {error}"),
-                ));
-                warn!(
-                    task = %name,
-                    hold = %humantime::format_duration(hold),
-                    "no new claims for a while: the run of `{name}` could not be prepared ({error})"
-                );
+            JobEnd::Unprepared {
+                requeued,
+                error,
+                tree_wide,
+            } => {
+                // A full disk, a read-only tree: the next claims would fail
+                // alike. Held from 1 s, doubling per hold to a minute while
+                // it lasts (runs failing together make one hold).
+                let holding = self
+                    .claims_held
+                    .as_ref()
+                    .is_some_and(|(t, _, _)| Instant::now() < *t);
+                if tree_wide && !holding {
+                    self.unprepared_streak = self.unprepared_streak.saturating_add(1);
+                    let hold = Duration::from_secs(1 << (self.unprepared_streak - 1).min(6))
+                        .min(Duration::from_secs(60));
+                    self.claims_held = Some((
+                        Instant::now() + hold,
+                        SystemTime::now() + hold,
+                        format!("a run could not be prepared: {error}"),
+                    ));
+                    warn!(
+                        task = %name,
+                        hold = %humantime::format_duration(hold),
+                        "no new claims for a while: the run of `{name}` could not be prepared ({error})"
+                    );
+                    // Said in the heartbeat now, for `status`.
+                    self.beat_due = Instant::now();
+                }
                 if requeued {
                     self.summary.requeued += 1;
                     self.stateful.insert(name.clone());
                     self.examine_name(&name);
                 }
-                // Said in the heartbeat now, for `status`.
-                self.beat_due = Instant::now();
             }
         }
         if matches!(self.claims_held, Some((t, _, _)) if Instant::now() >= t) {

@@ -159,7 +159,13 @@ enum JobEnd {
     /// The run could not even be prepared (a full or unwritable tree): the
     /// task went back to `pending/` (`requeued`), or stays in `assigned/`
     /// for recovery. No new claims for a while: the next would fail alike.
-    Unprepared { requeued: bool, error: String },
+    /// `tree_wide`: the error is the tree's or the system's (no space, a
+    /// read-only file system, no descriptors), not this task's alone.
+    Unprepared {
+        requeued: bool,
+        error: String,
+        tree_wide: bool,
+    },
 }
 
 /// What scheduling keeps of a parsed pending task. The file itself is read

@@ -1417,8 +1417,8 @@ fn a_leftover_whose_group_leader_exited_is_stopped_before_the_task_runs_again() 
 echo "start $MAILROOM_ATTEMPT $$" >> "$log"
 if [ "$MAILROOM_ATTEMPT" = 1 ]; then
   sh -c 'trap "" TERM; echo $$ > "$MAILROOM_ROOT/left.pid"; while :; do sleep 0.1; done' &
-  # Its SIGTERM is ignored before the agent exits.
-  while [ ! -s "$MAILROOM_ROOT/left.pid" ]; do sleep 0.01; done
+  # Its SIGTERM is ignored before the agent exits, when the test says.
+  while [ ! -e "$MAILROOM_ROOT/go" ]; do sleep 0.01; done
 fi
 echo "[SUMMARY]answered by attempt $MAILROOM_ATTEMPT[/SUMMARY]""#;
     let root = Root::new()
@@ -1432,8 +1432,13 @@ echo "[SUMMARY]answered by attempt $MAILROOM_ATTEMPT[/SUMMARY]""#;
     let _cleanup = KillGroupOnDrop(agent);
     let left = root.pid("left.pid");
     let keeper = keeper_pid(&root);
-    // The agent exits at once; its keeper then stops the child (a SIGTERM
-    // it ignores, a SIGKILL after the grace): killed in between.
+    // The keeper, which would stop the child once the agent has exited (a
+    // SIGTERM it ignores, a SIGKILL 2 s later), is held still while the
+    // agent exits, then killed: it never gets to.
+    unsafe {
+        libc::kill(keeper, libc::SIGSTOP);
+    }
+    root.write("go", "");
     wait_for(Duration::from_secs(30), "the agent to exit", || {
         !alive(agent)
     });
