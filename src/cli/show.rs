@@ -192,10 +192,17 @@ pub fn show(root: &Path, name: &str, json: bool) -> Result<()> {
         .ok()
         .map(|(b, _)| String::from_utf8_lossy(&b).into_owned())
         .or_else(|| {
+            // Not merged (yet): the last attempt's, as a merge would take
+            // it (the adapter's answer before a CLI's raw JSON on stdout).
             let (_, d) = layout.last_attempt(st, name)?;
-            fsx::read_tail(&d.join("stdout.log"), 4096)
-                .ok()
-                .map(|(b, _)| String::from_utf8_lossy(&b).into_owned())
+            ["output.md", "answer.md", "stdout.log"]
+                .iter()
+                .find_map(|f| {
+                    fsx::read_tail(&d.join(f), 4096)
+                        .ok()
+                        .filter(|(b, _)| !b.iter().all(u8::is_ascii_whitespace))
+                        .map(|(b, _)| String::from_utf8_lossy(&b).into_owned())
+                })
         });
     let parent = parsed.as_ref().ok().and_then(|t| t.parent.clone());
     let starts_at = parsed

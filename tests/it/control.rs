@@ -574,6 +574,30 @@ fn list_does_not_pass_a_forged_record_for_a_completed_task() {
     );
 }
 
+/// `show` of a task waiting for its retry shows its last attempt's output
+/// as a merge would take it (the answer before the CLI's raw stdout).
+#[test]
+fn show_of_a_task_waiting_for_a_retry_prefers_its_answer_to_stdout() {
+    let root = Root::new()
+        .config(
+            "retries: 1\nretry_delay: 1h\nagents:\n  a:\n    command: [\"sh\", \"-c\", \
+             \"echo '{\\\"raw\\\": \\\"envelope\\\"}'; echo the answer so far > \\\"$MAILROOM_OUTPUT\\\"; exit 1\"]\n",
+        )
+        .task("r.yaml", "description: x\n");
+    let mut sup = root.spawn();
+    wait_for(Duration::from_secs(60), "attempt 1 to fail", || {
+        root.exists("tasks/pending/r.yaml") && root.exists("tasks/assigned/r.state.json")
+    });
+    sup.kill9();
+    let show = stdout(&root.mailroom(&["show", "r"]));
+    let tail = show
+        .split("--- output (tail) ---")
+        .nth(1)
+        .unwrap_or_default();
+    assert!(tail.contains("the answer so far"), "{show}");
+    assert!(!tail.contains("envelope"), "{show}");
+}
+
 /// `list` says what a pending task waits for, as `show` does.
 #[test]
 fn list_says_what_a_pending_task_waits_for() {
