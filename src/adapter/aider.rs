@@ -52,6 +52,14 @@ static BANNER: LazyLock<Regex> = LazyLock::new(|| {
     .expect("banner pattern compiles")
 });
 
+/// A 400's words that blame the setup, not the task.
+static BAD_SETUP: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r"(?i)\bmodel\b|unsupported|not supported|unknown (?:parameter|argument)|unrecognized|api[ _-]?key|does not exist",
+    )
+    .expect("pattern compiles")
+});
+
 pub(crate) fn parse(facts: &RunFacts<'_>) -> Parsed {
     let lines: Vec<&str> = facts.stdout.lines().collect();
     let tokens_at = lines.iter().rposition(|l| TOKENS.is_match(l.trim()));
@@ -155,7 +163,12 @@ fn class_of(name: &str, text: &str) -> ErrorClass {
         | "APIError"
         | "Timeout"
         | "BadGatewayError" => ErrorClass::Transient,
-        "NotFoundError" | "BadRequestError" | "UnsupportedParamsError" => ErrorClass::Config,
+        "NotFoundError" | "UnsupportedParamsError" => ErrorClass::Config,
+        // A request the API refused: the setup's when it names the model or
+        // a parameter, else the task's (a prompt too long, say), as claude,
+        // codex and gemini file a 400.
+        "BadRequestError" if BAD_SETUP.is_match(text) => ErrorClass::Config,
+        "BadRequestError" => ErrorClass::Task,
         "ContextWindowExceededError" | "ContentPolicyViolationError" => ErrorClass::Task,
         _ => classify(text, None),
     }
@@ -220,6 +233,25 @@ mod tests {
         );
         assert!(r.is_success(), "{r:?}");
         assert_eq!(r.answer, reply);
+    }
+
+    /// A 400 for the task's own request (too long) is the task's, not a
+    /// misconfiguration; one naming the model is the setup's.
+    #[test]
+    fn a_bad_request_blames_the_setup_only_when_it_names_it() {
+        for (text, class) in [
+            (
+                "litellm.BadRequestError: OpenAIException - Error code: 400 - {'error': {'message': 'string too long', 'type': 'invalid_request_error'}}",
+                ErrorClass::Task,
+            ),
+            (
+                "litellm.BadRequestError: OpenAIException - The model `gpt-9` does not exist",
+                ErrorClass::Config,
+            ),
+        ] {
+            let r = after_banner(&format!("{text}\n"), "");
+            assert_eq!(r.outcome, Class::Failed(class), "{text}: {r:?}");
+        }
     }
 
     /// aider says "Empty response received from LLM" and exits 0: no answer.
