@@ -417,9 +417,47 @@ fn local_zone(local_tz: Option<&str>) -> TimeZone {
         .unwrap_or_else(|| TimeZone::try_system().unwrap_or(TimeZone::UTC))
 }
 
+/// How long an agent cools down after a limit whose message gave no reset
+/// time: the agent's `cooldown`, but at most a minute for a limit the
+/// message says is per minute (an API key's tokens or requests per minute,
+/// claude's "rate limit ... per minute"): those are gone within the minute,
+/// and a half-hour cooldown would idle the agent for nothing.
+pub fn cooldown_for(message: &str, configured: Duration) -> Duration {
+    static PER_MINUTE: LazyLock<regex::Regex> = LazyLock::new(|| {
+        regex::Regex::new(r"(?i)\bper[ -]minute\b|\b(?:tokens|requests)/min\b|\b[RT]PM\b|PerMinute")
+            .expect("pattern compiles")
+    });
+    if PER_MINUTE.is_match(message) {
+        configured.min(Duration::from_secs(60))
+    } else {
+        configured
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_per_minute_limit_cools_down_a_minute_at_most() {
+        let half_hour = Duration::from_secs(1800);
+        for per_minute in [
+            "claude: API Error: Request rejected (429) · This request would exceed the rate limit for your organization (mock-org) of 50 input tokens per minute.",
+            "quotaId: GenerateRequestsPerMinutePerProjectPerModel",
+            "Rate limit reached for gpt-4o on tokens per min (TPM): Limit 30000",
+        ] {
+            assert_eq!(
+                cooldown_for(per_minute, half_hour),
+                Duration::from_secs(60),
+                "{per_minute}"
+            );
+        }
+        assert_eq!(cooldown_for("You've hit your limit", half_hour), half_hour);
+        assert_eq!(
+            cooldown_for("50 input tokens per minute", Duration::from_secs(10)),
+            Duration::from_secs(10)
+        );
+    }
 
     fn t(s: &str) -> SystemTime {
         SystemTime::from(s.parse::<Timestamp>().unwrap())

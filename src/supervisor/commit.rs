@@ -488,9 +488,10 @@ impl Job {
     }
 
     fn limit_until(&self, limit: &crate::run::limits::Limit) -> SystemTime {
-        limit
-            .until
-            .unwrap_or_else(|| SystemTime::now() + self.agent.cooldown)
+        limit.until.unwrap_or_else(|| {
+            SystemTime::now()
+                + crate::run::limits::cooldown_for(&limit.message, self.agent.cooldown)
+        })
     }
 
     /// The attempt becomes `limited` (free or charged), and the agent's
