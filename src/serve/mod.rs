@@ -454,6 +454,12 @@ async fn action(
     }
 }
 
+/// A query, or why not (a page number that is no number, a key given
+/// twice): said by the route in its own format, not as axum's plain text.
+fn query_of<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, String> {
+    q.map(|Query(q)| q).map_err(|r| r.body_text())
+}
+
 /// A path's one segment, or why not (a percent-escape that is no UTF-8):
 /// said by the route in its own format, not as axum's plain text.
 fn path_segment(p: Result<UrlPath<String>, PathRejection>) -> Result<String, String> {
@@ -520,16 +526,16 @@ async fn tasks_page(
     Ext(app): Ext<Shared>,
     q: Result<Query<view::Query>, QueryRejection>,
 ) -> Response {
-    let q = match q {
-        Ok(Query(q)) => q,
-        Err(r) => {
+    let q = match query_of(q) {
+        Ok(q) => q,
+        Err(e) => {
             return html_page(
                 &app,
                 &h,
                 StatusCode::BAD_REQUEST,
                 "Tasks",
                 "tasks",
-                &html::error(&r.body_text()),
+                &html::error(&e),
             );
         }
     };
@@ -551,9 +557,9 @@ async fn tasks_json(
     Ext(app): Ext<Shared>,
     q: Result<Query<view::Query>, QueryRejection>,
 ) -> Response {
-    let q = match q {
-        Ok(Query(q)) => q,
-        Err(r) => return json_error(StatusCode::BAD_REQUEST, r.body_text()),
+    let q = match query_of(q) {
+        Ok(q) => q,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, e),
     };
     match blocking(&app, move |a| view::tasks(&a.index, &a.layout, &q)).await {
         Ok(Ok(l)) => Json(l).into_response(),
@@ -650,16 +656,16 @@ async fn graph_page(
     Ext(app): Ext<Shared>,
     q: Result<Query<GraphQuery>, QueryRejection>,
 ) -> Response {
-    let q = match q {
-        Ok(Query(q)) => q,
-        Err(r) => {
+    let q = match query_of(q) {
+        Ok(q) => q,
+        Err(e) => {
             return html_page(
                 &app,
                 &h,
                 StatusCode::BAD_REQUEST,
                 "Graph",
                 "graph",
-                &html::error(&r.body_text()),
+                &html::error(&e),
             );
         }
     };
@@ -673,9 +679,9 @@ async fn graph_json(
     Ext(app): Ext<Shared>,
     q: Result<Query<GraphQuery>, QueryRejection>,
 ) -> Response {
-    let q = match q {
-        Ok(Query(q)) => q,
-        Err(r) => return json_error(StatusCode::BAD_REQUEST, r.body_text()),
+    let q = match query_of(q) {
+        Ok(q) => q,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, e),
     };
     match load_graph(&app, q).await {
         Ok(g) => Json(g).into_response(),
