@@ -41,6 +41,10 @@ pub struct Env {
     pub host: String,
     /// A fresh run id, for a failure record.
     pub run_id: String,
+    /// The pid of the run's keeper, which ended without an outcome (its
+    /// `keeper.json` is there; it is not alive, or the run would have been
+    /// adopted), so that the error says both died.
+    pub keeper_ended: Option<u32>,
 }
 
 /// The result records found for `name` in `completed/` and `failed/`.
@@ -78,8 +82,13 @@ pub fn decide(
     st.committing = None;
     if let Some(run) = st.run.take() {
         let why = format!(
-            "the supervisor (pid {} on {}) stopped during attempt {}",
-            run.supervisor_pid, run.host, run.attempt
+            "the supervisor (pid {} on {}) stopped during attempt {}{}",
+            run.supervisor_pid,
+            run.host,
+            run.attempt,
+            env.keeper_ended
+                .map(|k| format!(", and the run's keeper (pid {k}) ended without an outcome"))
+                .unwrap_or_default()
         );
         st.history.push(Attempt {
             attempt: run.attempt,
@@ -210,13 +219,19 @@ pub fn recover(
     retries: u32,
     pending_hint: Option<usize>,
 ) -> io::Result<(Decision, State)> {
+    let st = books::read_state(layout, name);
+    let keeper_ended = st.run.as_ref().and_then(|r| {
+        let id = r.run_id.as_deref()?;
+        let dir = books::current_run_dir(layout, name, &st);
+        crate::run::keeper::info(&dir, id).map(|k| k.pid)
+    });
     let env = Env {
         retries,
         now: crate::model::record::now(),
         host: books::hostname(),
         run_id: books::run_id(),
+        keeper_ended,
     };
-    let st = books::read_state(layout, name);
     let decision = decide(name, st, records(layout, name), &env);
     let state = apply(layout, name, ext, &decision, pending_hint)?;
     Ok((decision, state))
@@ -233,6 +248,7 @@ mod tests {
             now: "2026-12-01T00:00:00.000Z".into(),
             host: "h".into(),
             run_id: "new".into(),
+            keeper_ended: None,
         }
     }
 

@@ -824,6 +824,15 @@ fn an_agent_whose_supervisor_and_keeper_died_is_stopped_before_the_task_runs_aga
         log(&root).contains("start 2")
     });
     completes_without_attempt_1(&root);
+    // Attempt 1's error says that both died.
+    let rec = root.record("completed", "o");
+    let e = rec["history"][0]["error"].as_str().unwrap_or_default();
+    assert!(
+        e.contains(&format!(
+            "and the run's keeper (pid {keeper}) ended without an outcome"
+        )),
+        "{rec}"
+    );
 }
 
 /// The keeper of an *adopted* run is killed: its agent lives on, and must be
