@@ -76,6 +76,15 @@ pub struct TaskState {
     /// happened. The run is filed as `tampered`, never retried.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tampered: Option<String>,
+    /// Runs in a row that could not even be prepared (their directory or
+    /// state not written): the wait before the next grows with them, as a
+    /// retry's backoff does. 0 again once a run is prepared.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unprepared: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl TaskState {

@@ -453,7 +453,7 @@ impl Job {
         }
     }
 
-    fn retry_delay(&self, n: u32) -> Duration {
+    pub(super) fn retry_delay(&self, n: u32) -> Duration {
         let entropy = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default()

@@ -111,6 +111,7 @@ impl Job {
             return self.expand(st).await;
         }
         let plan = self.plan_session(&st);
+        let unprepared = st.unprepared;
         if let Err(e) = self.begin_attempt(&mut st, started, plan.as_ref()) {
             // Could not even prepare (disk full, unwritable tree): put it back;
             // the attempt does not count (counts never go down).
@@ -130,8 +131,18 @@ impl Job {
             error!(task = %self.name, %error, "cannot prepare the run; requeueing");
             st.free_attempts += 1;
             st.run = None;
-            st.last_error = Some(format!("cannot prepare the run: {error}"));
-            st.not_before = Some(record::ts(SystemTime::now() + self.config.retry_delay));
+            // A cause of its own (an agent made its run directory
+            // unwritable) would come back at every claim: waited for
+            // longer each time, as a retry's backoff, not every
+            // `retry_delay` for ever.
+            st.unprepared = unprepared.saturating_add(1);
+            st.last_error = Some(match st.unprepared {
+                1 => format!("cannot prepare the run: {error}"),
+                n => format!("cannot prepare the run ({n} times in a row): {error}"),
+            });
+            st.not_before = Some(record::ts(
+                SystemTime::now() + self.retry_delay(st.unprepared),
+            ));
             let requeued = matches!(self.requeue_or_keep(st).await, JobEnd::Requeued(_));
             return JobEnd::Unprepared {
                 requeued,
@@ -558,6 +569,7 @@ impl Job {
         let timeout = self.task.timeout.unwrap_or(self.agent.timeout);
         st.attempts += 1;
         st.not_before = None;
+        st.unprepared = 0;
         st.run = Some(RunInfo {
             attempt: st.attempts,
             agent: self.agent.name.clone(),

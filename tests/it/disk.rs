@@ -424,3 +424,60 @@ echo done"#;
         root.names("failed")
     );
 }
+
+/// A run that cannot be prepared for its own task's reason (its agent made
+/// the task's run directory immutable) was requeued every `retry_delay`
+/// for ever. It waits longer each time, as a retry's backoff, and runs once
+/// the cause is gone; none of those tries counts against `retries`.
+#[test]
+fn a_run_that_cannot_be_prepared_backs_off_and_runs_once_it_can() {
+    const AGENT: &str = r#"if [ ! -e "$MAILROOM_ROOT/locked" ]; then
+  touch "$MAILROOM_ROOT/locked"
+  chattr +i "$MAILROOM_ROOT/tasks/assigned/$MAILROOM_TASK.run" || exit 9
+  exit 1
+fi
+echo done"#;
+    let root = Root::new()
+        .config(&format!(
+            "retries: 1\nretry_delay: 100ms\nretry_delay_max: 10m\nrescan_interval: 1s\nagents:\n  a:\n    command: [\"/bin/sh\", \"-c\", {AGENT:?}]\n"
+        ))
+        .task("p.yaml", "description: x\n");
+    // Probes that the flag can be set here (root, e2fsprogs, ext4 or xfs).
+    let Some(probe) = Immutable::new(root.p("tasks/tmp")) else {
+        return;
+    };
+    drop(probe);
+    let run = root.p("tasks/assigned/p.run");
+    let _lift = Immutable(run.clone()); // lifts the agent's flag on drop
+    let _sup = root.spawn();
+    let state = || {
+        std::fs::read(root.p("tasks/assigned/p.state.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .unwrap_or_default()
+    };
+    wait_for(MIN, "six runs in a row that could not be prepared", || {
+        state()["unprepared"] == 6
+    });
+    let st = state();
+    let err = st["last_error"].as_str().unwrap_or_default();
+    assert!(
+        err.contains("cannot prepare the run (6 times in a row)"),
+        "{st}"
+    );
+    // The sixth wait is 1.6 to 3.2 s (100 ms doubled five times, jittered).
+    let next = humantime::parse_rfc3339_weak(st["not_before"].as_str().unwrap()).unwrap();
+    assert!(
+        next > std::time::SystemTime::now() + Duration::from_millis(800),
+        "{st}"
+    );
+    let _ = std::process::Command::new("chattr")
+        .arg("-i")
+        .arg(&run)
+        .status();
+    wait_for(MIN, "the task to complete", || {
+        root.names("completed") == ["p"]
+    });
+    let rec = root.record("completed", "p");
+    assert_eq!(rec["outcome"], "success", "{rec}");
+}
