@@ -316,7 +316,7 @@ fn logs_until_filed(
     let mut told_waiting = false;
     // As `wait`: with nobody to run it (for 3 s), or waiting for a task
     // nobody submitted, a follow would never end.
-    let mut nobody_since: Option<Instant> = None;
+    let mut nobody = Nobody::default();
     let mut looks = 0u32;
     loop {
         // The latest attempt (earlier ones are beside it, in `<name>.run/`);
@@ -357,13 +357,7 @@ fn logs_until_filed(
                     ),
                 }
             }
-            if crate::tree::registry::any_alive(layout) {
-                nobody_since = None;
-            } else if nobody_since.get_or_insert_with(Instant::now).elapsed()
-                >= Duration::from_secs(3)
-            {
-                return Err(NoSupervisor.into());
-            }
+            nobody.check(crate::tree::registry::any_alive(layout))?;
             looks += 1;
             if st == State::Pending && looks % 10 == 1 {
                 let pending = books::count(layout, State::Pending);
@@ -427,7 +421,7 @@ fn follow_attempt(
     // Followed while a supervisor lives, or while the attempt's keeper
     // still runs it (it files nothing, but the output goes on); with
     // neither for 3 s, nothing will file the task: as `wait`, said so.
-    let mut nobody_since: Option<Instant> = None;
+    let mut nobody = Nobody::default();
     let host = books::hostname();
     loop {
         for (i, f) in files.iter().enumerate() {
@@ -453,14 +447,10 @@ fn follow_attempt(
                         // On another host it cannot be told: taken as alive.
                         .is_some_and(|k| k.host != host || crate::run::keeper::alive(&k, &host))
             };
-            if crate::tree::registry::any_alive(layout) || kept() {
-                nobody_since = None;
-            } else if nobody_since.get_or_insert_with(Instant::now).elapsed()
-                >= Duration::from_secs(3)
-            {
+            if let Err(e) = nobody.check(crate::tree::registry::any_alive(layout) || kept()) {
                 sink.finish(out)?;
                 out.flush()?;
-                return Err(NoSupervisor.into());
+                return Err(e.into());
             }
         }
         if !follow || !running {
@@ -578,6 +568,28 @@ impl NoSupervisor {
     pub const EXIT: u8 = 69;
 }
 
+/// How long nobody may work on what a command waits for before it says so
+/// ([`NoSupervisor`]): a supervisor just starting gets that long to write
+/// its first heartbeat.
+const NOBODY_GRACE: Duration = Duration::from_secs(3);
+
+/// Since when nobody works on what `wait` or `logs -f` waits for.
+#[derive(Default)]
+struct Nobody(Option<Instant>);
+
+impl Nobody {
+    /// Notes whether somebody works on it now; [`NoSupervisor`] once
+    /// nobody has for [`NOBODY_GRACE`] in a row.
+    fn check(&mut self, somebody: bool) -> Result<(), NoSupervisor> {
+        if somebody {
+            self.0 = None;
+        } else if self.0.get_or_insert_with(Instant::now).elapsed() >= NOBODY_GRACE {
+            return Err(NoSupervisor);
+        }
+        Ok(())
+    }
+}
+
 /// `mailroom wait [NAME...]`: until the named tasks (or the whole queue) are
 /// finished. Exit 0 when all completed, 1 when any failed, 124 on timeout;
 /// [`NoSupervisor`] when no supervisor runs on the tree (for 3 s).
@@ -605,9 +617,8 @@ pub fn wait(
     };
     let tty = std::io::stderr().is_terminal() && !json;
     let mut res = Waited::default();
-    // Nobody to do the work: say so rather than wait forever. A supervisor
-    // just starting gets a few seconds to write its first heartbeat.
-    let mut nobody_since: Option<Instant> = None;
+    // Nobody to do the work: say so rather than wait forever.
+    let mut nobody = Nobody::default();
     // A pause makes a wait look hung: said once, when it holds.
     let mut told_paused = false;
     loop {
@@ -661,13 +672,7 @@ pub fn wait(
             }
         };
         if done < total {
-            if crate::tree::registry::any_alive(&layout) {
-                nobody_since = None;
-            } else if nobody_since.get_or_insert_with(Instant::now).elapsed()
-                >= Duration::from_secs(3)
-            {
-                return Err(NoSupervisor.into());
-            }
+            nobody.check(crate::tree::registry::any_alive(&layout))?;
             if !told_paused {
                 let agents = books::paused_agents(&layout);
                 if books::exists(&layout.pause_file(None)) {
