@@ -195,14 +195,12 @@ pub fn show(root: &Path, name: &str, json: bool) -> Result<()> {
             // Not merged (yet): the last attempt's, as a merge would take
             // it (the adapter's answer before a CLI's raw JSON on stdout).
             let (_, d) = layout.last_attempt(st, name)?;
-            ["output.md", "answer.md", "stdout.log"]
-                .iter()
-                .find_map(|f| {
-                    fsx::read_tail(&d.join(f), 4096)
-                        .ok()
-                        .filter(|(b, _)| !b.iter().all(u8::is_ascii_whitespace))
-                        .map(|(b, _)| String::from_utf8_lossy(&b).into_owned())
-                })
+            crate::tree::context::OUTPUT_FILES.iter().find_map(|f| {
+                fsx::read_tail(&d.join(f), 4096)
+                    .ok()
+                    .filter(|(b, _)| !b.iter().all(u8::is_ascii_whitespace))
+                    .map(|(b, _)| String::from_utf8_lossy(&b).into_owned())
+            })
         });
     let parent = parsed.as_ref().ok().and_then(|t| t.parent.clone());
     let starts_at = parsed
@@ -323,28 +321,23 @@ pub fn show(root: &Path, name: &str, json: bool) -> Result<()> {
     if let Err(e) = &parsed {
         println!("error: {}", printable(&e.display_at(&layout.rel(&path))));
     }
-    match (&record, &parsed) {
-        (Some(r), _) if r.agent.is_some() => match &r.agent_reason {
-            Some(why) => println!("agent: {} ({why})", r.agent.as_deref().unwrap_or("?")),
-            None => println!("agent: {}", r.agent.as_deref().unwrap_or("?")),
-        },
-        // Running: the agent of this run, whatever today's config says.
-        _ if run.is_some() => {
-            let r = run.expect("checked");
-            match &r.reason {
-                Some(why) => println!("agent: {} ({why})", r.agent),
-                None => println!("agent: {}", r.agent),
-            }
-        }
-        (_, Ok(t)) if !t.subtasks.is_empty() => {
+    // The agent that ran it (its record's), else the one running it now,
+    // whatever today's config says; with why each was chosen.
+    let ran = record
+        .as_ref()
+        .and_then(|r| Some((r.agent.as_deref()?, r.agent_reason.as_deref())))
+        .or_else(|| run.map(|r| (r.agent.as_str(), r.reason.as_deref())));
+    let finished = matches!(st, State::Completed | State::Failed);
+    match (ran, &parsed) {
+        (Some((agent, Some(why))), _) => println!("agent: {agent} ({why})"),
+        (Some((agent, None)), _) => println!("agent: {agent}"),
+        (None, Ok(t)) if !t.subtasks.is_empty() => {
             println!("agent: none (a subtask parent runs no agent; its subtasks do)")
         }
         // Filed without a run (invalid, cancelled while pending, ...).
-        _ if matches!(st, State::Completed | State::Failed) && record.is_some() => {
-            println!("agent: none (it ran none)")
-        }
-        _ if matches!(st, State::Completed | State::Failed) => {}
-        (_, Ok(t)) => match Config::load(root) {
+        (None, _) if finished && record.is_some() => println!("agent: none (it ran none)"),
+        (None, _) if finished => {}
+        (None, Ok(t)) => match Config::load(root) {
             Ok(c) => match crate::sched::routing::route(&c, t, &state_file.excluded_agents) {
                 Ok((r, why)) => println!("agent: {} ({why})", r.agents.join(" or ")),
                 Err(e) => println!("agent: none: {e}"),

@@ -296,6 +296,10 @@ pub fn summary(text: &str) -> Option<String> {
     Some(s)
 }
 
+/// Where a run's output is, in the order it is taken: the first of them
+/// that is not blank (see [`read_output`]).
+pub const OUTPUT_FILES: [&str; 3] = ["output.md", "answer.md", "stdout.log"];
+
 /// The agent's output for a finished run: `output.md` if the agent wrote one
 /// (via `$MAILROOM_OUTPUT`), else the answer its CLI's adapter read from the
 /// output (`answer.md`: the text, not the JSON envelope), else its stdout.
@@ -308,7 +312,7 @@ pub fn read_output(run_dir: &Path) -> (String, bool) {
 /// [`read_output`], and the output's last `[SUMMARY]` block: from its
 /// tail when it is longer than the cap (a summary comes at the end).
 pub fn read_output_and_summary(run_dir: &Path) -> (String, bool, Option<String>) {
-    for f in ["output.md", "answer.md", "stdout.log"] {
+    for f in OUTPUT_FILES {
         let path = run_dir.join(f);
         if let Ok((b, cut)) = fsx::read_head(&path, OUTPUT_CAP)
             && !b.iter().all(u8::is_ascii_whitespace)
