@@ -208,16 +208,8 @@ fn retry_task_from(
         // A subtask parent whose children are still there would complete
         // again at once, running none of them (they are kept at expansion).
         if from == State::Completed {
-            let children: Vec<String> = std::fs::read(layout.record_file(from, name))
-                .ok()
-                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-                .and_then(|r| {
-                    r["children"].as_array().map(|c| {
-                        c.iter()
-                            .filter_map(|x| x.as_str().map(str::to_owned))
-                            .collect()
-                    })
-                })
+            let children = books::read_record(&layout, from, name)
+                .map(|r| r.children)
                 .unwrap_or_default();
             let kept: Vec<&String> = children
                 .iter()
