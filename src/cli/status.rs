@@ -319,12 +319,10 @@ pub fn status(root: &Path, json: bool) -> Result<()> {
             }
             // Up to a beat old: one that has ended is not said.
             if let Some(held) = h.claims_held.as_ref().filter(|held| {
-                held.strip_prefix("until ")
-                    .and_then(|r| r.split_once(": "))
-                    .and_then(|(t, _)| crate::model::record::parse_ts(t))
+                crate::model::record::parse_ts(&held.until)
                     .is_none_or(|t| t > std::time::SystemTime::now())
             }) {
-                println!("    no new claims {held}");
+                println!("    no new claims until {}: {}", held.until, held.why);
             }
         } else {
             println!(

@@ -148,7 +148,10 @@ impl Supervisor {
                 .claims_held
                 .as_ref()
                 .filter(|(t, _, _)| Instant::now() < *t)
-                .map(|(_, until, why)| format!("until {}: {why}", record::ts(*until))),
+                .map(|(_, until, why)| registry::ClaimsHeld {
+                    until: record::ts(*until),
+                    why: why.clone(),
+                }),
         };
         if let Err(e) = registry::beat(self.layout(), &hb) {
             debug!(error = %e, "cannot write the heartbeat");

@@ -38,10 +38,18 @@ pub struct Heartbeat {
     /// `listen: ...:0` only the supervisor knows the port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dashboard: Option<String>,
-    /// Why and until when it claims nothing new ("until T: why"): a run it
-    /// could not prepare (a full disk).
+    /// Until when and why it claims nothing new: a run it could not
+    /// prepare (a full disk).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub claims_held: Option<String>,
+    pub claims_held: Option<ClaimsHeld>,
+}
+
+/// A hold of new claims, in a heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimsHeld {
+    /// RFC 3339.
+    pub until: String,
+    pub why: String,
 }
 
 /// The registry's directory.
