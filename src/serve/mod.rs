@@ -321,25 +321,16 @@ async fn login(
         axum::extract::rejection::FormRejection,
     >,
 ) -> Response {
-    let f = match form {
-        Ok(axum::Form(f)) => f,
-        Err(axum::extract::rejection::FormRejection::InvalidFormContentType(_))
-            if no_body(&headers) =>
-        {
-            Default::default()
-        }
-        Err(r) => {
-            let st = match r.status() {
-                StatusCode::UNPROCESSABLE_ENTITY => StatusCode::BAD_REQUEST,
-                st => st,
-            };
+    let f = match form_of(form, &headers) {
+        Ok(f) => f,
+        Err((st, e)) => {
             return html_page_as(
                 &app,
                 html::Mode::ReadOnly,
                 st,
                 "Sign in",
                 "",
-                &html::error(&r.body_text()),
+                &html::error(&e),
             );
         }
     };
@@ -406,24 +397,9 @@ async fn action(
     };
     // A body that is no form (no or another Content-Type, too large) is
     // answered like the other refusals, not with axum's plain text.
-    let f = match form {
-        Ok(axum::Form(f)) => f,
-        // No body at all (`curl -X POST` of a pause): the empty form, not
-        // a 415 for the Content-Type it had no reason to send.
-        Err(axum::extract::rejection::FormRejection::InvalidFormContentType(_))
-            if no_body(&headers) =>
-        {
-            actions::Form::default()
-        }
-        // A form that does not fit (a field twice, a bad value) is bad
-        // input, 400, as the README lists; axum says 422.
-        Err(r) => {
-            let st = match r.status() {
-                StatusCode::UNPROCESSABLE_ENTITY => StatusCode::BAD_REQUEST,
-                st => st,
-            };
-            return json_error(st, r.body_text());
-        }
+    let f = match form_of(form, &headers) {
+        Ok(f) => f,
+        Err((st, e)) => return json_error(st, e),
     };
     let access = match app.auth.check(&headers, f.csrf.as_deref()) {
         Ok(a) => a,
@@ -451,6 +427,29 @@ async fn action(
             "",
             &html::error(&e),
         ),
+    }
+}
+
+/// A form, or why not, said by the route in its own format, not as axum's
+/// plain text. No body at all (`curl -X POST` of a pause) is the empty
+/// form, not a 415 for the Content-Type it had no reason to send; a form
+/// that does not fit (a field twice, a bad value) is bad input, 400, as the
+/// README lists (axum says 422).
+fn form_of<T: Default>(
+    form: Result<axum::Form<T>, axum::extract::rejection::FormRejection>,
+    headers: &axum::http::HeaderMap,
+) -> Result<T, (StatusCode, String)> {
+    use axum::extract::rejection::FormRejection;
+    match form {
+        Ok(axum::Form(f)) => Ok(f),
+        Err(FormRejection::InvalidFormContentType(_)) if no_body(headers) => Ok(T::default()),
+        Err(r) => Err((
+            match r.status() {
+                StatusCode::UNPROCESSABLE_ENTITY => StatusCode::BAD_REQUEST,
+                st => st,
+            },
+            r.body_text(),
+        )),
     }
 }
 
