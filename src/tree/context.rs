@@ -147,22 +147,39 @@ pub fn note_unmerged(layout: &Layout, state: State, name: &str) {
         .and_then(|()| fsx::write_atomic(&fsx::child(&dir, name), state.dir_name().as_bytes()));
 }
 
-/// Merges what was committed without its merge (at most `max` tasks, each
-/// waiting at most `wait` for the lock), and forgets what is merged or gone.
-/// Returns how many were merged.
+/// Merges what was committed without its merge (at most `max` tries, each
+/// waiting at most `wait` for the lock), oldest note first, and forgets what
+/// is merged or gone. Returns how many were merged.
+///
+/// A held lock ends the pass (every merge would wait for it). A merge that
+/// fails for its own reason (say an agent made its `agent_outputs/` file an
+/// immutable directory) is logged, and its note goes to the back of the
+/// queue (its mtime is set to now): it is tried again later, and cannot
+/// starve the notes behind it.
 pub fn replay_unmerged(layout: &Layout, max: usize, wait: std::time::Duration) -> usize {
     let dir = unmerged_dir(layout);
     let Ok(rd) = std::fs::read_dir(&dir) else {
         return 0;
     };
-    let mut merged = 0;
-    for e in rd.flatten().take(max) {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let path = e.path();
-        // Another supervisor's note being written (its temp file).
-        if name.starts_with('.') {
-            continue;
+    let mut notes: Vec<(std::time::SystemTime, String)> = rd
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            // Another supervisor's note being written (its temp file).
+            if name.starts_with('.') {
+                return None;
+            }
+            let at = e.metadata().and_then(|m| m.modified()).ok()?;
+            Some((at, name))
+        })
+        .collect();
+    notes.sort();
+    let (mut merged, mut tried) = (0, 0);
+    for (_, name) in notes {
+        if tried == max {
+            break;
         }
+        let path = fsx::child(&dir, &name);
         if crate::parse::task::check_name(&name).is_err() {
             let _ = std::fs::remove_file(&path);
             continue;
@@ -177,17 +194,32 @@ pub fn replay_unmerged(layout: &Layout, max: usize, wait: std::time::Duration) -
             let _ = std::fs::remove_file(&path);
             continue;
         };
+        tried += 1;
         let (out, cut, _) = rec
             .run_dir
             .as_deref()
             .map(|d| read_output_and_summary(&layout.root.join(d)))
             .unwrap_or_default();
-        if merge_within(layout, &rec, output_for(&rec, &out, cut), None, wait, None).is_err() {
+        match merge_within(layout, &rec, output_for(&rec, &out, cut), None, wait, None) {
+            Ok(()) => {
+                let _ = std::fs::remove_file(&path);
+                merged += 1;
+            }
             // Still held: the next pass tries again.
-            break;
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => {
+                tracing::warn!(
+                    task = %name,
+                    error = %e,
+                    "could not merge a finished task into context/; trying again at a later pass"
+                );
+                let _ = OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&path)
+                    .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+            }
         }
-        let _ = std::fs::remove_file(&path);
-        merged += 1;
     }
     merged
 }

@@ -481,3 +481,48 @@ echo done"#;
     let rec = root.record("completed", "p");
     assert_eq!(rec["outcome"], "success", "{rec}");
 }
+
+/// Notes of commits made without their merge (`context/.unmerged/`) whose
+/// merge fails for their own reason (an agent left an immutable directory
+/// where the task's `agent_outputs/` file goes) do not starve the notes
+/// behind them: a pass stopped at the first failure, and read the same
+/// first notes each time.
+#[test]
+fn an_unmergeable_note_does_not_starve_the_notes_behind_it() {
+    let bad: Vec<String> = (0..9).map(|i| format!("bad{i}")).collect();
+    let mut root = Root::new().agent_config(&["sh", "-c", "echo answer"], "");
+    for n in bad.iter().map(String::as_str).chain(["good"]) {
+        root = root.task(&format!("{n}.yaml"), "description: x\n");
+    }
+    root.run_until_idle();
+    assert_eq!(root.names("completed").len(), 10);
+    let old = std::time::SystemTime::now() - Duration::from_secs(100);
+    let mut locks = Vec::new();
+    for n in &bad {
+        let out = root.p(&format!("context/agent_outputs/{n}.md"));
+        std::fs::remove_file(&out).unwrap();
+        std::fs::create_dir(&out).unwrap();
+        let Some(lock) = Immutable::new(out) else {
+            return;
+        };
+        locks.push(lock);
+        root.write(&format!("context/.unmerged/{n}"), "completed");
+        let f = std::fs::File::options()
+            .write(true)
+            .open(root.p(&format!("context/.unmerged/{n}")))
+            .unwrap();
+        f.set_modified(old).unwrap();
+    }
+    std::fs::remove_file(root.p("context/agent_outputs/good.md")).unwrap();
+    root.write("context/.unmerged/good", "completed");
+    let _sup = root.spawn();
+    wait_for(MIN, "the note behind the unmergeable ones to merge", || {
+        root.exists("context/agent_outputs/good.md") && !root.exists("context/.unmerged/good")
+    });
+    assert!(
+        root.read("context/agent_outputs/good.md")
+            .contains("answer")
+    );
+    // The others stay noted, to be tried again.
+    assert_eq!(root.entries("context/.unmerged").len(), 9);
+}
