@@ -1078,6 +1078,50 @@ fn two_cleans_at_once_both_succeed() {
     assert!(root.entries("tasks/assigned").is_empty());
 }
 
+/// Finished tasks whose locks another holds share one wait: `clean` takes
+/// the rest first, then waits 3 s in all for the busy ones (it waited 3 s
+/// for each in turn), says which stayed busy, and exits 1.
+#[test]
+fn clean_waits_once_for_all_busy_tasks() {
+    let root = Root::new();
+    for i in 0..6 {
+        root.write(&format!("tasks/completed/t{i}.yaml"), "description: done\n");
+        root.write(
+            &format!("tasks/completed/t{i}.result.json"),
+            "{\"status\": \"completed\"}\n",
+        );
+    }
+    // Held as a supervisor holds a task's lock.
+    std::fs::create_dir_all(root.p("tasks/assigned")).unwrap();
+    let held: Vec<std::fs::File> = (0..5)
+        .map(|i| {
+            let f = std::fs::File::create(root.p(&format!("tasks/assigned/t{i}.lock"))).unwrap();
+            f.lock().unwrap();
+            f
+        })
+        .collect();
+    let t0 = std::time::Instant::now();
+    let out = root.mailroom(&["clean"]);
+    let took = t0.elapsed();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    for i in 0..5 {
+        assert!(err.contains(&format!("t{i}: busy for 3s")), "{err}");
+    }
+    assert!(
+        stdout(&out).contains("t5: removed (completed)"),
+        "{}",
+        stdout(&out)
+    );
+    // One wait of 3 s, not five (15 s).
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert_eq!(root.names("completed").len(), 5);
+    drop(held);
+    let out = root.mailroom(&["clean"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(root.names("completed").is_empty());
+}
+
 /// A reload that drops an agent while the tree is paused files none of its
 /// pending tasks: they are held until the resume, and `validate` of the
 /// new config names them beforehand.
