@@ -69,7 +69,15 @@ PROMPT_URL = ("MOCK:garbage Reply with one short sentence. The last run said: Yo
               "your API key at https://platform.openai.com/account/api-keys.")
 
 
+# max-turns: the model calls a tool (the mock's write-outbox scenario, a path outside the
+# CLI's workspace) in a run allowed one turn.
+PROMPT_MAX_TURNS = ("MOCK:write-outbox Queue a follow-up task in "
+                    "`/nonexistent-mailroom-capture/tasks/assigned/t/outbox`.")
+
+
 def prompt_for(mode):
+    if mode == "max-turns":
+        return PROMPT_MAX_TURNS
     if mode.endswith("ok-429"):
         return PROMPT_429
     if mode.endswith("dash-v"):
@@ -118,13 +126,16 @@ def claude(mode, port, home):
         argv.insert(1, "--no-such-flag")
     if mode == "no-session":
         argv[1:1] = ["--resume", NO_SESSION]
+    if mode == "max-turns":
+        argv[1:1] = ["--max-turns", "1"]
     return argv, env
 
 
 CLAUDE_MODES = ["ok", "ok-429", "429", "usage-limit", "500", "401", "hang", "dash-v",
                 "bad-flag", "stream-ok", "stream-429", "empty", "refused",
                 "text-ok", "text-ok-429", "text-429", "text-401", "text-500",
-                "cut", "garbage", "overloaded", "stream-cut", "no-session"]
+                "cut", "garbage", "overloaded", "stream-cut", "no-session",
+                "403", "max-tokens", "bad-sse", "max-turns"]
 
 
 def codex(mode, port, home):
@@ -218,7 +229,8 @@ def aider(mode, port, home):
 
 
 AIDER_MODES = ["ok", "ok-429", "429", "usage-limit", "500", "401", "hang", "dash-v",
-               "bad-flag", "cut", "garbage", "overloaded", "refused", "garbage-url"]
+               "bad-flag", "cut", "garbage", "overloaded", "refused", "garbage-url",
+               "max-tokens"]
 
 CLIS = {"claude": (claude, CLAUDE_MODES), "codex": (codex, CODEX_MODES),
         "gemini": (gemini, GEMINI_MODES), "aider": (aider, AIDER_MODES)}

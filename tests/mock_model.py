@@ -25,6 +25,8 @@ chooses it), else the server's default (--scenario, or $MOCK_SCENARIO, else "ok"
   401         an authentication error (Anthropic and OpenAI: HTTP 401; Gemini, like the real
               API: HTTP 400 API_KEY_INVALID)
   hang        starts the response, then sends nothing more until the client goes away
+  silent      accepts the request and never answers: no status line, no headers, until the
+              client goes away
   hang-until-continued
               "hang" until the request also carries mailroom's continuation prompt ("was
               cut off"), then "ok": a run cut off by its timeout and resumed in its session
@@ -38,6 +40,18 @@ chooses it), else the server's default (--scenario, or $MOCK_SCENARIO, else "ok"
   overloaded  the provider is overloaded: Anthropic HTTP 529 overloaded_error; OpenAI HTTP
               503 server_error "overloaded"; Gemini HTTP 503 UNAVAILABLE "The model is
               overloaded"
+  403         a permission error: Anthropic HTTP 403 permission_error; OpenAI HTTP 403
+              (the key may not use the model); Gemini HTTP 403 PERMISSION_DENIED
+  max-tokens  the reply stops at the output-token limit, mid-sentence: Anthropic stop_reason
+              max_tokens; OpenAI Responses status "incomplete" (max_output_tokens), Chat
+              finish_reason "length"; Gemini finishReason MAX_TOKENS
+  huge        an ok answer of about 2 MiB (HUGE_BYTES)
+  ansi        an ok answer carrying ANSI escapes (colour, clear screen, a title) and a NUL
+  bad-sse     HTTP 200 text/event-stream whose first event's data is not JSON (cut mid
+              object), then the end of the stream; a plain JSON request gets the same
+              broken JSON as application/json
+  500-once, overloaded-once, cut-once, garbage-once, bad-sse-once
+              as 429-once: the fault for the first request that carries the marker, then ok
   write-outbox
               the model uses the CLI's own file tool to write a follow-up task: a request
               whose conversation carries no tool result yet is answered with one tool call
@@ -107,9 +121,12 @@ HANG_COMMANDS = {
 }
 # The scenarios whose model calls a tool of the CLI (outbox_call).
 TOOL_SCENARIOS = ("write-outbox", "write-outbox-shell") + tuple(HANG_COMMANDS)
-SCENARIOS = ("ok", "ok-429", "empty", "429", "usage-limit", "500", "401", "hang",
-             "hang-until-continued", "cut", "garbage", "overloaded", "write-outbox",
-             "write-outbox-shell") + tuple(HANG_COMMANDS)
+SCENARIOS = ("ok", "ok-429", "empty", "429", "usage-limit", "500", "401", "403", "hang",
+             "silent", "hang-until-continued", "cut", "garbage", "overloaded", "max-tokens", "huge",
+             "ansi", "bad-sse", "write-outbox", "write-outbox-shell") + tuple(HANG_COMMANDS)
+# The scenarios that "<name>-once" makes one-off: "<name>" for the first request that
+# carries the marker (of the server's life), then "ok".
+ONCE = ("429", "500", "overloaded", "cut", "garbage", "bad-sse")
 # mailroom's continuation prompt, in a resumed session (src/adapter/session.rs).
 CONTINUED = "was cut off"
 MARKER = re.compile(r"MOCK:([a-z0-9-]+)")
@@ -138,6 +155,18 @@ ANSWERS = {
         "I added a backoff, so the task is done."
     ),
 }
+
+# The huge scenario's answer: about this many bytes, in lines of 64.
+HUGE_BYTES = 2 * 1024 * 1024
+ANSWERS["huge"] = "MOCK ANSWER: a huge answer follows.\n" + "".join(
+    "line %07d of the huge answer, padded out to sixty-four bytes.\n" % i
+    for i in range(HUGE_BYTES // 64)) + "MOCK END OF HUGE ANSWER"
+ANSWERS["ansi"] = ("MOCK ANSWER: \x1b[31mred\x1b[0m text, a clear screen \x1b[2J\x1b[H, "
+                   "a title \x1b]0;pwned\x07, and a NUL \x00 byte.")
+# The max-tokens scenario's reply: cut mid-sentence where the limit stopped it.
+ANSWERS["max-tokens"] = "MOCK ANSWER: the reply was cut at the token limit, in the middle of"
+# The bad-sse scenario's body: an event whose JSON stops half way.
+BAD_SSE = b'event: message_start\ndata: {"type": "message_start", "message": {"id": "msg_\n\n'
 
 # The write-outbox scenario: the follow-up task the model writes, and where.
 OUTBOX_TASK = "description: follow-up from the mock\n"
@@ -266,7 +295,7 @@ def log_request(method, path, scenario, body):
 
 
 LOG_LOCK = threading.Lock()
-# Whether a 429-once request was seen (a list: appended to under LOG_LOCK).
+# The "-once" scenarios seen (a list: appended to under LOG_LOCK).
 ONCE_SEEN = []
 
 
@@ -275,11 +304,11 @@ def scenario_of(body):
     for name in reversed(found):
         if name == "hang-until-continued":
             return "ok" if CONTINUED in body else "hang"
-        if name == "429-once":
+        if name.endswith("-once") and name[:-5] in ONCE:
             with LOG_LOCK:
-                first = not ONCE_SEEN
-                ONCE_SEEN.append(True)
-            return "429" if first else "ok"
+                first = name not in ONCE_SEEN
+                ONCE_SEEN.append(name)
+            return name[:-5] if first else "ok"
         if name in SCENARIOS:
             return name
     return ARGS.scenario
@@ -380,6 +409,35 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(GARBAGE)
         self.wfile.flush()
 
+    def send_bad_sse(self, req):
+        """A 200 whose stream (or JSON body) breaks off inside its first JSON object."""
+        if not req.get("stream") and "alt=sse" not in self.path:
+            body = BAD_SSE.split(b"data: ", 1)[1].strip()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            self.wfile.flush()
+            return
+        self.start_sse()
+        self.wfile.write(BAD_SSE)
+        self.wfile.flush()
+
+    def silent(self):
+        """Sends nothing at all until the client hangs up or the server ends."""
+        deadline = time.time() + ARGS.lifetime
+        self.close_connection = True
+        while time.time() < deadline:
+            try:
+                if not self.connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
+                    return  # the client hung up
+            except BlockingIOError:
+                pass
+            except OSError:
+                return
+            time.sleep(0.5)
+
     def hang(self):
         """Keeps the connection open, sending nothing, until the client goes or the server ends."""
         deadline = time.time() + ARGS.lifetime
@@ -418,9 +476,15 @@ class Handler(BaseHTTPRequestHandler):
         except ValueError:
             req = {}
         try:
+            if scenario == "silent" and path != "/v1/messages/count_tokens" \
+                    and not path.endswith((":countTokens", ":embedContent")):
+                return self.silent()
             if scenario == "garbage" and path != "/v1/messages/count_tokens" \
                     and not path.endswith((":countTokens", ":embedContent")):
                 return self.send_garbage()
+            if scenario == "bad-sse" and path != "/v1/messages/count_tokens" \
+                    and not path.endswith((":countTokens", ":embedContent")):
+                return self.send_bad_sse(req)
             if path == "/v1/messages/count_tokens":
                 self.send_json(200, {"input_tokens": IN_TOKENS})
             elif path == "/v1/messages":
@@ -475,6 +539,11 @@ class Handler(BaseHTTPRequestHandler):
             return 401, {"type": "error", "error": {"type": "authentication_error",
                                                     "message": "invalid x-api-key"},
                          "request_id": rid}, {"request-id": rid}
+        if scenario == "403":
+            return 403, {"type": "error", "error": {
+                "type": "permission_error",
+                "message": "Your API key does not have permission to use the specified "
+                           "resource."}, "request_id": rid}, {"request-id": rid}
         if scenario == "overloaded":
             return 529, {"type": "error", "error": {"type": "overloaded_error",
                                                     "message": "Overloaded"},
@@ -499,7 +568,8 @@ class Handler(BaseHTTPRequestHandler):
         if not req.get("stream"):
             message = {
                 "id": mid, "type": "message", "role": "assistant", "model": model,
-                "content": [{"type": "text", "text": text}], "stop_reason": "end_turn",
+                "content": [{"type": "text", "text": text}],
+                "stop_reason": "max_tokens" if scenario == "max-tokens" else "end_turn",
                 "stop_sequence": None, "usage": usage}
             if scenario == "cut":
                 return self.send_cut_json(message)
@@ -523,7 +593,8 @@ class Handler(BaseHTTPRequestHandler):
             if scenario == "cut":
                 return self.cut()
         self.sse({"type": "content_block_stop", "index": 0}, "content_block_stop")
-        self.sse({"type": "message_delta", "delta": {"stop_reason": "end_turn",
+        stop = "max_tokens" if scenario == "max-tokens" else "end_turn"
+        self.sse({"type": "message_delta", "delta": {"stop_reason": stop,
                                                      "stop_sequence": None},
                   "usage": {"output_tokens": OUT_TOKENS}}, "message_delta")
         self.sse({"type": "message_stop"}, "message_stop")
@@ -583,6 +654,14 @@ class Handler(BaseHTTPRequestHandler):
                 "message": "Incorrect API key provided: sk-mock. You can find your API key at "
                            "https://platform.openai.com/account/api-keys.",
                 "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}}, {}
+        if scenario == "403":
+            return 403, {"error": {
+                "message": "You have insufficient permissions for this operation. Missing "
+                           "scopes: api.responses.write. Check that you have the correct role "
+                           "in your organization (Reader, Writer, Owner) and project (Member, "
+                           "Owner), and if you're using a restricted API key, that it has the "
+                           "necessary scopes.", "type": "invalid_request_error", "param": None,
+                "code": None}}, {}
         if scenario == "overloaded":
             return 503, {"error": {
                 "message": "The server is overloaded or not ready yet.", "type": "server_error",
@@ -647,8 +726,16 @@ class Handler(BaseHTTPRequestHandler):
                   "item_id": iid, "output_index": 0, "content_index": 0,
                   "part": {"type": "output_text", "text": text, "annotations": []}},
                  "response.content_part.done")
+        if scenario == "max-tokens":
+            item_done = dict(item_done, status="incomplete")
         self.sse({"type": "response.output_item.done", "sequence_number": next(seq),
                   "output_index": 0, "item": item_done}, "response.output_item.done")
+        if scenario == "max-tokens":
+            return self.sse({"type": "response.incomplete", "sequence_number": next(seq),
+                             "response": dict(resp, status="incomplete", output=[item_done],
+                                              usage=usage, incomplete_details={
+                                                  "reason": "max_output_tokens"})},
+                            "response.incomplete")
         self.sse({"type": "response.completed", "sequence_number": next(seq),
                   "response": dict(resp, status="completed", output=[item_done], usage=usage)},
                  "response.completed")
@@ -718,7 +805,8 @@ class Handler(BaseHTTPRequestHandler):
                                           "finish_reason": None}]))
             if scenario == "cut":
                 return self.cut()
-        self.sse(dict(base, choices=[{"index": 0, "delta": {}, "finish_reason": "stop"}],
+        finish = "length" if scenario == "max-tokens" else "stop"
+        self.sse(dict(base, choices=[{"index": 0, "delta": {}, "finish_reason": finish}],
                       usage=usage))
         self.wfile.write(b"data: [DONE]\n\n")
         self.wfile.flush()
@@ -767,6 +855,12 @@ class Handler(BaseHTTPRequestHandler):
         if scenario == "overloaded":
             return 503, {"error": {"code": 503, "message": "The model is overloaded. Please try "
                                    "again later.", "status": "UNAVAILABLE"}}
+        if scenario == "403":
+            return 403, {"error": {
+                "code": 403, "message": "Permission denied: Consumer 'api_key:mock-key' has "
+                                        "been suspended.", "status": "PERMISSION_DENIED",
+                "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                             "reason": "CONSUMER_SUSPENDED", "domain": "googleapis.com"}]}}
         if scenario == "401":
             return 400, {"error": {
                 "code": 400, "message": "API key not valid. Please pass a valid API key.",
@@ -811,10 +905,11 @@ class Handler(BaseHTTPRequestHandler):
                     return self.send_json(200, whole)
                 self.start_sse()
                 return self.sse(whole)
+        finish = "MAX_TOKENS" if scenario == "max-tokens" else "STOP"
         if method == "generateContent":
             whole = {
                 "candidates": [{"content": {"role": "model", "parts": [{"text": text}]},
-                                "finishReason": "STOP", "index": 0}],
+                                "finishReason": finish, "index": 0}],
                 "usageMetadata": usage, "modelVersion": model, "responseId": rid}
             if scenario == "cut":
                 return self.send_cut_json(whole)
@@ -830,7 +925,7 @@ class Handler(BaseHTTPRequestHandler):
             cand = {"content": {"role": "model", "parts": [{"text": piece}]}, "index": 0}
             ev = {"candidates": [cand], "modelVersion": model, "responseId": rid}
             if i == len(pieces) - 1:
-                cand["finishReason"] = "STOP"
+                cand["finishReason"] = finish
                 ev["usageMetadata"] = usage
             self.sse(ev)
             if scenario == "cut":
