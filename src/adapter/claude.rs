@@ -84,8 +84,20 @@ pub(crate) fn parse_envelope(kind: &Kind, facts: &RunFacts<'_>) -> Parsed {
     if is_error {
         let status = u64_at(&result, "api_error_status").and_then(|s| u16::try_from(s).ok());
         let message = if text.trim().is_empty() {
+            // An error subtype (error_max_turns, error_during_execution)
+            // has no `result`; its `errors` say what happened ("Reached
+            // maximum number of turns (1)").
             let subtype = str_at(&result, "subtype").unwrap_or("error");
-            format!("the run ended with {subtype}")
+            let errors: Vec<&str> = result
+                .get("errors")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            if errors.is_empty() {
+                format!("the run ended with {subtype}")
+            } else {
+                format!("the run ended with {subtype}: {}", errors.join("; "))
+            }
         } else {
             text
         };
@@ -492,6 +504,25 @@ mod tests {
         );
         assert_eq!(r.outcome, Class::Failed(ErrorClass::Transient));
         assert!(r.message.unwrap().contains("malformed response (HTTP 200)"));
+    }
+
+    /// `--max-turns 1` and a model that calls a tool: `subtype:
+    /// "error_max_turns"`, no `result`, exit 1; the message says why from
+    /// the result's `errors`.
+    #[test]
+    fn max_turns_says_why() {
+        let r = run(
+            &K,
+            &fixture!("claude-2.1.197", "max-turns"),
+            &prompt("max-turns"),
+        );
+        assert_eq!(r.outcome, Class::Failed(ErrorClass::Task));
+        assert_eq!(r.answer, "");
+        let m = r.message.unwrap();
+        assert!(
+            m.contains("error_max_turns: Reached maximum number of turns (1)"),
+            "{m}"
+        );
     }
 
     #[test]

@@ -1209,6 +1209,44 @@ macro_rules! cli_tests {
 cli_tests!(claude, Cli::Claude);
 cli_tests!(codex, Cli::Codex);
 
+/// claude with `--max-turns 1` and a model that calls a tool: claude ends with
+/// `subtype: "error_max_turns"`, `is_error: true`, no `result`, exit 1. The task fails,
+/// the record says why in claude's words ("Reached maximum number of turns (1)", from the
+/// result's `errors`), nothing reaches the context, and the follow-up the tool call may
+/// have written is not queued (its run failed).
+#[test]
+fn claude_max_turns_fails_and_says_why() {
+    let Some(Case {
+        _scratch,
+        mock: _mock,
+        t,
+    }) = case(
+        Cli::Claude,
+        &Opts {
+            retries: Some(0),
+            extra: &["--max-turns", "1"],
+            ..Opts::default()
+        },
+    )
+    else {
+        return;
+    };
+    t.task("turns", "MOCK:write-outbox Queue a follow-up task.");
+    t.run_until_idle();
+    let rec = t.record("failed", "turns");
+    note(Cli::Claude, "max-turns", "failed", &rec);
+    assert_eq!(rec["outcome"], "exit", "{rec}");
+    assert_eq!(rec["error_class"], "task", "{rec}");
+    let error = rec["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("error_max_turns: Reached maximum number of turns (1)"),
+        "the error does not say why: {rec}"
+    );
+    assert_no_answer(&t, "turns");
+    assert_eq!(t.root.names("pending"), Vec::<String>::new());
+    assert_eq!(t.cooldowns(), Vec::<String>::new(), "a cooldown");
+}
+
 #[test]
 fn claude_resumes_an_interrupted_session() {
     resume_after_timeout(Cli::Claude);
