@@ -525,6 +525,20 @@ mod tests {
         );
     }
 
+    /// A stream whose events are not JSON: "API Error: Failed to parse
+    /// JSON", a fault on the way to the API (transient, as codex's and
+    /// gemini's words for the same stream are).
+    #[test]
+    fn a_stream_that_is_not_json_is_transient() {
+        let r = run(
+            &K,
+            &fixture!("claude-2.1.197", "bad-sse"),
+            &prompt("bad-sse"),
+        );
+        assert_eq!(r.outcome, Class::Failed(ErrorClass::Transient));
+        assert!(r.message.unwrap().contains("Failed to parse JSON"));
+    }
+
     #[test]
     fn overloaded_is_transient() {
         let r = run(

@@ -677,7 +677,11 @@ static TRANSIENT: LazyLock<Regex> = LazyLock::new(|| {
         // HTML page with status 200): claude "API returned an empty or
         // malformed response (HTTP 200)", gemini "Model stream ended without
         // a finish reason" and "Incomplete JSON segment at the end".
-        r"malformed response|stream ended without|incomplete json"
+        r"malformed response|stream ended without|incomplete json|",
+        // A stream whose events are not JSON (claude 2.1: "API Error:
+        // Failed to parse JSON"; codex and gemini call the same fault a
+        // disconnected stream and an incomplete JSON segment).
+        r"api error: failed to parse json"
     ))
     .expect("transient pattern compiles")
 });

@@ -1050,25 +1050,31 @@ fn cause_of(cli: Cli, fault: &str) -> &'static str {
         (Cli::Claude, "cut") => "Connection to the API was lost",
         (Cli::Claude, "garbage") => "API returned an empty or malformed response (HTTP 200)",
         (Cli::Claude, "overloaded") => "529 Overloaded",
+        (Cli::Claude, "bad-sse") => "API Error: Failed to parse JSON",
         (Cli::Claude, "refused") => "Unable to connect to API",
         (Cli::Codex, "cut") => "stream disconnected before completion",
         (Cli::Codex, "garbage") => "stream disconnected before completion",
         (Cli::Codex, "overloaded") => "Selected model is at capacity",
+        (Cli::Codex, "bad-sse") => "stream disconnected before completion",
         (Cli::Codex, "refused") => "Reconnecting... waiting for network (Connection failed",
         (Cli::Gemini, "cut") => "Model stream ended without a finish reason",
         (Cli::Gemini, "garbage") => "Incomplete JSON segment",
         (Cli::Gemini, "overloaded") => "The model is overloaded",
+        (Cli::Gemini, "bad-sse") => "Incomplete JSON segment",
         (Cli::Gemini, "refused") => "fetch failed",
         _ => unreachable!("{cli:?} {fault}"),
     }
 }
 
 /// A failed task's answer in context/: none, and no part of the mock's answer (a cut
-/// stream had sent its first words) nor the CLI's JSON.
+/// stream had sent its first words) nor the CLI's JSON. (The header's `error:` line may
+/// quote what the CLI said on stderr, JSON included: claude quotes the stream event it
+/// could not parse.)
 fn assert_no_answer(t: &Setup, name: &str) {
     let out = t.root.read(&format!("context/agent_outputs/{name}.md"));
+    let body = out.split_once("\n---\n").map_or(out.as_str(), |(_, b)| b);
     assert!(
-        out.contains("(no answer") && !out.contains("MOCK ANSWER") && !out.contains("{\""),
+        body.contains("(no answer") && !out.contains("MOCK ANSWER") && !body.contains("{\""),
         "{:?}: {name}: a partial answer or the CLI's JSON reached the context:\n{out}",
         t.cli
     );
@@ -1076,7 +1082,8 @@ fn assert_no_answer(t: &Setup, name: &str) {
 
 /// What a real network and a real provider do mid-answer (the mock's `cut`: the stream
 /// starts and the connection drops; `garbage`: a 200 whose body is a proxy's HTML page;
-/// `overloaded`: 529 / 503): each task is retried and fails as a transient error whose
+/// `overloaded`: 529 / 503; `bad-sse`: a stream whose first event is not JSON, which
+/// claude 2.1 reports as "API Error: Failed to parse JSON"): each task is retried and fails as a transient error whose
 /// message gives the CLI's words for the cause, never completed with the partial text
 /// (gemini exits 0 on a cut stream and prints that text as its `response`).
 fn faults(cli: Cli) {
@@ -1089,7 +1096,7 @@ fn faults(cli: Cli) {
     ) else {
         return;
     };
-    const FAULTS: [&str; 3] = ["cut", "garbage", "overloaded"];
+    const FAULTS: [&str; 4] = ["cut", "garbage", "overloaded", "bad-sse"];
     for fault in FAULTS {
         t.task(
             fault,
