@@ -43,6 +43,13 @@ static LITELLM_GLUED: LazyLock<Regex> = LazyLock::new(|| {
 static EMPTY: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"^Empty response received from LLM").expect("empty pattern compiles")
 });
+/// aider's report of a reply the model stopped at its token limit
+/// (finish_reason "length"): "Model openai/x has hit a token limit!", then
+/// its token counts ("Output tokens: ~18 of 0 -- possibly exceeded output
+/// limit!") and advice; no `Tokens:` line, exit 0.
+static TOKEN_LIMIT: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^Model .+ has hit a token limit!$").expect("token limit pattern compiles")
+});
 static BANNER: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(concat!(
         r"^(?:Aider v\d|Model: |Main model: |Weak model: |Editor model: |Git repo: |Repo-map: |",
@@ -118,6 +125,21 @@ pub(crate) fn parse(facts: &RunFacts<'_>) -> Parsed {
             .map(str::trim)
             .rfind(|l| !l.is_empty())
             .is_none_or(|l| EMPTY.is_match(l));
+    // The model stopped at its token limit after the last reply: the
+    // report's line and the counts it says were exhausted.
+    let token_limit = (errors_from..lines.len())
+        .find(|&i| TOKEN_LIMIT.is_match(lines[i].trim()) && !prompt_lines.contains(lines[i].trim()))
+        .map(|i| {
+            let counts = lines[i + 1..]
+                .iter()
+                .map(|l| l.trim())
+                .take_while(|l| !l.starts_with("To reduce"))
+                .filter(|l| l.contains("possibly"));
+            std::iter::once(lines[i].trim())
+                .chain(counts)
+                .collect::<Vec<_>>()
+                .join(" ")
+        });
     let verdict = match (error_at, tokens_at) {
         (Some((i, from)), _) => {
             // The exception and its wrapped continuation, up to a blank line.
@@ -138,6 +160,13 @@ pub(crate) fn parse(facts: &RunFacts<'_>) -> Parsed {
                 message: format!("{}{h}", short(&text)),
             }
         }
+        (None, _) if token_limit.is_some() => Verdict::Error {
+            class: ErrorClass::Task,
+            message: short(&format!(
+                "the model's reply was cut at its token limit: {}",
+                token_limit.unwrap_or_default()
+            )),
+        },
         // aider says so and exits 0; 0 tokens came back.
         (None, Some(_)) if empty_reply => Verdict::Error {
             class: ErrorClass::Task,
@@ -252,6 +281,27 @@ mod tests {
             let r = after_banner(&format!("{text}\n"), "");
             assert_eq!(r.outcome, Class::Failed(class), "{text}: {r:?}");
         }
+    }
+
+    /// A reply the model stopped at its token limit: aider says "Model ...
+    /// has hit a token limit!" and exits 0. A failure that says so, with
+    /// no answer (not "exited 0 without printing a result"), and never a
+    /// usage limit.
+    #[test]
+    fn a_reply_cut_at_the_token_limit_says_so() {
+        let r = run(
+            &K,
+            &fixture!("aider-0.86.1", "max-tokens"),
+            &prompt("max-tokens"),
+        );
+        assert_eq!(r.outcome, Class::Failed(ErrorClass::Task));
+        assert_eq!(r.answer, "");
+        let m = r.message.unwrap();
+        assert!(
+            m.contains("token limit: Model openai/mock-gpt has hit a token limit!")
+                && m.contains("Output tokens: ~18 of 0 -- possibly exceeded output limit!"),
+            "{m}"
+        );
     }
 
     /// aider says "Empty response received from LLM" and exits 0: no answer.

@@ -1401,7 +1401,9 @@ fn aider_answers_and_errors_are_filed_right() {
         "-v MOCK:ok this task description starts with a dash",
     );
     task("badkey", "MOCK:401 Reply with one short sentence.");
+    task("forbidden", "MOCK:403 Reply with one short sentence.");
     task("garbage", "MOCK:garbage Reply with one short sentence.");
+    task("maxtok", "MOCK:max-tokens Reply with one short sentence.");
     root.run_until_idle_within(Duration::from_secs(300));
     for (name, want) in [
         ("ok", OK_ANSWER),
@@ -1417,6 +1419,31 @@ fn aider_answers_and_errors_are_filed_right() {
         (&rec["outcome"], &rec["error_class"], &rec["attempts"]),
         (&json!("misconfigured"), &json!("auth"), &json!(1)),
         "{rec}"
+    );
+    let rec = root.record("failed", "forbidden");
+    assert_eq!(
+        (&rec["outcome"], &rec["attempts"]),
+        (&json!("misconfigured"), &json!(1)),
+        "{rec}"
+    );
+    // A reply stopped at the token limit: aider says "Model ... has hit a token
+    // limit!" and exits 0; the record says that, the partial reply is no answer.
+    let rec = root.record("failed", "maxtok");
+    assert_eq!(
+        (&rec["outcome"], &rec["error_class"]),
+        (&json!("agent_error"), &json!("task")),
+        "{rec}"
+    );
+    assert!(
+        rec["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("has hit a token limit!")),
+        "the error does not say why: {rec}"
+    );
+    let out = root.read("context/agent_outputs/maxtok.md");
+    assert!(
+        out.contains("(no answer") && !out.contains("MOCK ANSWER"),
+        "{out}\n{rec}"
     );
     let rec = root.record("failed", "garbage");
     let out = root.read("context/agent_outputs/garbage.md");
