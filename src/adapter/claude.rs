@@ -539,6 +539,23 @@ mod tests {
         assert!(r.message.unwrap().contains("Failed to parse JSON"));
     }
 
+    /// A 403 (the key may not use the resource) is auth, not a limit; a
+    /// reply stopped at the output-token maximum is the task's failure,
+    /// with no answer.
+    #[test]
+    fn forbidden_is_auth_and_max_tokens_is_no_answer() {
+        let r = run(&K, &fixture!("claude-2.1.197", "403"), &prompt("403"));
+        assert_eq!(r.outcome, Class::Failed(ErrorClass::Auth));
+        let r = run(
+            &K,
+            &fixture!("claude-2.1.197", "max-tokens"),
+            &prompt("max-tokens"),
+        );
+        assert_eq!(r.outcome, Class::Failed(ErrorClass::Task));
+        assert_eq!(r.answer, "");
+        assert!(r.message.unwrap().contains("output token maximum"));
+    }
+
     #[test]
     fn overloaded_is_transient() {
         let r = run(

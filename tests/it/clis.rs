@@ -539,8 +539,10 @@ fn answers_and_errors(cli: Cli) {
          Explain in one sentence.",
     );
     t.task("badkey", "MOCK:401 Reply with one short sentence.");
+    t.task("forbidden", "MOCK:403 Reply with one short sentence.");
     t.task("servererr", "MOCK:500 Reply with one short sentence.");
     t.task("empty", "MOCK:empty Reply with one short sentence.");
+    t.task("maxtok", "MOCK:max-tokens Reply with one short sentence.");
     let started = Instant::now();
     t.run_until_idle();
     let secs = started.elapsed();
@@ -586,6 +588,38 @@ fn answers_and_errors(cli: Cli) {
     assert_eq!(rec["outcome"], "misconfigured", "{cli:?}: {rec}");
     assert_eq!(rec["error_class"], "auth", "{cli:?}: {rec}");
     assert_eq!(rec["attempts"], 1, "{cli:?}: {rec}");
+
+    // A key that may not use the model (403): misconfigured at once too, never a
+    // limit nor a failure retried.
+    let rec = t.record("failed", "forbidden");
+    note(cli, "403", "failed", &rec);
+    assert_eq!(
+        (&rec["outcome"], &rec["error_class"], &rec["attempts"]),
+        (&json!("misconfigured"), &json!("auth"), &json!(1)),
+        "{cli:?}: {rec}"
+    );
+
+    // A reply stopped at the output-token limit: claude and codex say so (a failure,
+    // the partial reply is no answer); gemini 0.61 reports no finish reason and prints
+    // the partial reply as its response, which mailroom cannot tell from an answer.
+    if cli == Cli::Gemini {
+        let rec = t.record("completed", "maxtok");
+        note(cli, "max-tokens", "completed", &rec);
+    } else {
+        let rec = t.record("failed", "maxtok");
+        note(cli, "max-tokens", "failed", &rec);
+        assert_eq!(rec["error_class"], "task", "{cli:?}: {rec}");
+        let error = rec["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains(if cli == Cli::Claude {
+                "exceeded the 64000 output token maximum"
+            } else {
+                "Incomplete response returned, reason: max_output_tokens"
+            }),
+            "{cli:?}: {rec}"
+        );
+        assert_no_answer(&t, "maxtok");
+    }
 
     // A server error: retried (the preset's retries), then failed as a transient error
     // (`exit` when the CLI exited non-zero, `agent_error` when it exited 0).
