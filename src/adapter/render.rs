@@ -3,7 +3,11 @@
 //! json`), codex's `exec --json` events, gemini's `stream-json`. Assistant
 //! text as it comes; each tool call, tool result, error and the end of the
 //! run on a line of its own. A line that is not JSON (or not an event of the
-//! kind) passes through as it is. Pure: lines in, text out.
+//! kind) passes through as it is. Text read from JSON is shown without
+//! terminal escapes or control characters: a model's `\u001b` or `\u0000`,
+//! harmless in the JSON, would otherwise reach the operator's terminal as
+//! the bytes themselves (a cleared screen, a window title). Pure: lines in,
+//! text out.
 
 use serde_json::Value;
 
@@ -58,13 +62,13 @@ impl Renderer {
             Kind::Gemini => {
                 if let Some(delta) = gemini_delta(&v) {
                     self.open_text = true;
-                    return delta;
+                    return clean(&delta);
                 }
                 gemini(&v)
             }
             _ => None,
         };
-        match out {
+        match out.map(|t| clean(&t)) {
             Some(text) if text.is_empty() => String::new(),
             Some(text) => self.plain(format!("{text}\n")),
             None => self.plain(format!("{line}\n")),
@@ -83,6 +87,15 @@ impl Renderer {
             text
         }
     }
+}
+
+/// Text decoded from JSON without terminal escapes and control characters
+/// (new lines and tabs stay).
+fn clean(text: &str) -> String {
+    super::strip_ansi(text)
+        .chars()
+        .filter(|c| !c.is_control() || matches!(c, '\n' | '\t'))
+        .collect()
 }
 
 /// One line: at most [`WIDTH`] characters, newlines as spaces.
@@ -352,6 +365,41 @@ mod tests {
             out.contains("! error:") && out.contains("[done: error"),
             "{out}"
         );
+    }
+
+    /// A model's escapes and control characters, JSON-escaped in the
+    /// CLI's output, are not decoded into the operator's terminal.
+    #[test]
+    fn escapes_in_an_answer_do_not_reach_the_terminal() {
+        let text =
+            r"MOCK ANSWER: \u001b[31mred\u001b[0m, \u001b[2J\u001b]0;pwned\u0007 a NUL \u0000.";
+        for (kind, line) in [
+            (
+                Kind::Claude,
+                format!(
+                    r#"{{"type":"result","subtype":"success","is_error":false,"result":"{text}"}}"#
+                ),
+            ),
+            (
+                Kind::Codex,
+                format!(
+                    r#"{{"type":"item.completed","item":{{"type":"agent_message","text":"{text}"}}}}"#
+                ),
+            ),
+            (
+                Kind::Gemini,
+                format!(
+                    r#"{{"type":"message","role":"assistant","content":"{text}","delta":true}}"#
+                ),
+            ),
+        ] {
+            let out = render(kind.clone(), &line);
+            assert!(
+                out.contains("MOCK ANSWER: red,  a NUL .")
+                    && !out.chars().any(|c| c.is_control() && c != '\n'),
+                "{kind:?}: {out:?}"
+            );
+        }
     }
 
     #[test]

@@ -1250,6 +1250,63 @@ macro_rules! cli_tests {
 cli_tests!(claude, Cli::Claude);
 cli_tests!(codex, Cli::Codex);
 
+/// An answer carrying terminal escapes (colour, a cleared screen, a window title) and a
+/// NUL: the task completes with its text, and neither the context nor `show` nor `logs`
+/// hands those bytes on (the CLIs print them JSON-escaped, `\u001b`; `logs` decoded them
+/// into the operator's terminal).
+fn escapes_in_answers(cli: Cli) {
+    let Some(Case {
+        _scratch,
+        mock: _mock,
+        t,
+    }) = case(cli, &Opts::default())
+    else {
+        return;
+    };
+    t.task("ansi", "MOCK:ansi Reply with one short sentence.");
+    t.run_until_idle();
+    let rec = t.record("completed", "ansi");
+    note(cli, "ansi", "completed", &rec);
+    let controls = |s: &str| {
+        s.chars()
+            .any(|c| c.is_control() && !matches!(c, '\n' | '\t'))
+    };
+    let out = t.root.read("context/agent_outputs/ansi.md");
+    assert!(
+        out.contains("red text") && !controls(&out),
+        "{cli:?}: the context: {out:?}"
+    );
+    for args in [["show", "ansi"], ["logs", "ansi"]] {
+        let o = run_bounded(t.cmd(&args), Duration::from_secs(30));
+        assert!(
+            o.status.success(),
+            "{cli:?} {args:?}: {}",
+            common::stderr(&o)
+        );
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            text.contains("red text") && !controls(&text),
+            "{cli:?}: `mailroom {}` wrote escapes or control characters: {text:?}",
+            args.join(" ")
+        );
+    }
+}
+
+#[test]
+fn claude_escapes_in_answers_reach_no_terminal() {
+    escapes_in_answers(Cli::Claude);
+}
+
+#[test]
+fn codex_escapes_in_answers_reach_no_terminal() {
+    escapes_in_answers(Cli::Codex);
+}
+
+#[test]
+fn gemini_escapes_in_answers_reach_no_terminal() {
+    escapes_in_answers(Cli::Gemini);
+}
+
 /// claude with `--max-turns 1` and a model that calls a tool: claude ends with
 /// `subtype: "error_max_turns"`, `is_error: true`, no `result`, exit 1. The task fails,
 /// the record says why in claude's words ("Reached maximum number of turns (1)", from the
