@@ -5,7 +5,7 @@ use crate::tree::fsx;
 use crate::tree::layout::{Layout, State};
 use crate::tree::lock::TaskLock;
 use anyhow::{Result, bail};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
@@ -89,13 +89,15 @@ pub fn clean(root: &Path, a: CleanArgs) -> Result<ExitCode> {
         }
         return Ok(exit(failed));
     }
-    let max_bytes = crate::parse::config::Config::load(root)
-        .map(|c| c.max_task_bytes)
-        .unwrap_or(crate::parse::task::DEFAULT_MAX_TASK_BYTES);
+    let config = crate::parse::config::Config::load(root).ok();
+    let max_bytes = config
+        .as_ref()
+        .map_or(crate::parse::task::DEFAULT_MAX_TASK_BYTES, |c| {
+            c.max_task_bytes
+        });
     // A task that waits only for tasks removed in this same pass is no
     // reason to keep them.
-    let removing: std::collections::HashSet<(State, &str)> =
-        chosen.iter().map(|(s, n)| (*s, n.as_str())).collect();
+    let removing: HashSet<(State, &str)> = chosen.iter().map(|(s, n)| (*s, n.as_str())).collect();
     let waiting: HashMap<String, (String, State)> = waited_for(&layout, max_bytes)
         .into_iter()
         .filter_map(|(dep, waiters)| {
@@ -151,6 +153,11 @@ pub fn clean(root: &Path, a: CleanArgs) -> Result<ExitCode> {
         for &s in states {
             let _ = fsx::fsync_dir(layout.dir(s));
         }
+        let max_depth = config.as_ref().map_or_else(
+            || crate::parse::config::Config::default().max_tree_depth,
+            |c| c.max_tree_depth,
+        );
+        drop_dead_tree_counts(&layout, max_depth);
     }
     if chosen.len() > 1 {
         println!(
@@ -228,6 +235,38 @@ fn said(s: State, n: &str, res: Result<Option<bool>>, removed: &mut usize, faile
             eprintln!("mailroom: {n}: {e:#}");
             *failed = true;
         }
+    }
+}
+
+/// Removes the counts in `tasks/trees/` of trees that are over: their first
+/// task no longer exists (removed by this `clean` or an earlier one, or by
+/// hand) and no task in `pending/` or `assigned/` belongs to them, so
+/// nothing counts into them any more. Without this, a later task of the
+/// first task's name (a job submitted under one name, cleaned between
+/// runs) would inherit the old tree's count, and its follow-ups could fail
+/// as `runaway`; and the directory would only grow.
+fn drop_dead_tree_counts(layout: &Layout, max_depth: usize) {
+    let dir = layout.tasks.join("trees");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    let gone: Vec<String> = entries
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| !n.starts_with('.') && layout.locate(n).is_none())
+        .collect();
+    if gone.is_empty() {
+        return;
+    }
+    // The trees that pending and running tasks count into (a follow-up
+    // whose first task was removed still counts into that task's tree).
+    let mut live = HashSet::new();
+    for s in [State::Pending, State::Assigned] {
+        for (name, _) in books::list(layout, s).unwrap_or_default() {
+            live.insert(crate::tree::outbox::tree_root(layout, &name, max_depth).0);
+        }
+    }
+    for n in gone.into_iter().filter(|n| !live.contains(n)) {
+        let _ = fsx::remove_file_if_exists(&dir.join(n));
     }
 }
 

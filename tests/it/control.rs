@@ -1042,6 +1042,51 @@ fn clean_removes_finished_tasks_whole_and_keeps_what_others_wait_for() {
     );
 }
 
+/// `clean` of a tree's first task also drops the tree's count in
+/// `tasks/trees/`, so that a later task of that name (a nightly job
+/// submitted under one name, cleaned between runs) starts a tree of its
+/// own instead of inheriting the old one's follow-ups and failing as
+/// `runaway`. A count that pending or running tasks of the tree still use
+/// stays.
+#[test]
+fn clean_drops_the_tree_count_of_a_removed_first_task() {
+    let root = Root::new().config(
+        "retries: 0\nretry_delay: 50ms\nsettle: 300ms\nrescan_interval: 1s\nmax_tree_tasks: 3\n\
+         default_agent: leaf\nagents:\n  spawner:\n    command: [sh, spawn.sh]\n\
+         \x20 leaf:\n    command: [\"true\"]\n",
+    );
+    // Two follow-ups: with its first task, the tree holds 3, the limit.
+    root.write(
+        "spawn.sh",
+        "for i in 1 2; do echo 'description: leaf' > \"$MAILROOM_OUTBOX/c$i.yaml\"; done\n",
+    );
+    let round = |root: &Root| {
+        let out = root.mailroom(&["add", "nightly", "--name", "nightly", "--agent", "spawner"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        root.run_until_idle();
+        let rec = root.record("completed", "nightly");
+        assert_eq!(rec["outcome"], "success", "{rec}");
+    };
+    round(&root);
+    assert_eq!(root.read("tasks/trees/nightly").trim(), "3");
+    // A pending task of the tree keeps its count.
+    root.write(
+        "tasks/pending/later.yaml",
+        "description: later\nparent: nightly\ndelay: 1h\n",
+    );
+    let out = root.mailroom(&["clean"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(root.names("completed").is_empty());
+    assert!(root.exists("tasks/trees/nightly"), "still counted into");
+    assert!(root.mailroom(&["cancel", "later"]).status.success());
+    let out = root.mailroom(&["clean", "--failed"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!root.exists("tasks/trees/nightly"), "dropped with its tree");
+    // The name's next task is a tree of its own: its follow-ups fit.
+    round(&root);
+    assert_eq!(root.read("tasks/trees/nightly").trim(), "3");
+}
+
 /// Two `clean`s at once (a cron job and a person) share the work: the one
 /// that finds a task locked by the other waits, finds it gone, and skips
 /// it. Both exit 0, and nothing is left of any task.
