@@ -83,6 +83,13 @@ impl HookEvent {
 /// How much of each output stream goes into the log.
 const LOG_BYTES: usize = 4096;
 
+/// How many hooks a supervisor runs at once. Each holds a process and three
+/// descriptors until it ends (at most `hook_timeout`): a burst of filings (a
+/// queue that fails at once after a config mistake) must not start hundreds
+/// of them and leave the supervisor without descriptors for its own work.
+/// The others wait their turn, in order.
+pub const MAX_RUNNING: usize = 16;
+
 /// After a hook is killed, how long to read what it left in its pipes (a
 /// process that escaped its group may hold them open for ever).
 const DRAIN: Duration = Duration::from_millis(500);

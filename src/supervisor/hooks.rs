@@ -68,18 +68,59 @@ impl Supervisor {
             warn!(hook = kind.key(), task = %ev.name, "no runtime to run the hook on");
             return;
         }
-        debug!(hook = kind.key(), task = %ev.name, "hook starting");
-        self.hooks
-            .spawn(hooks::run(kind, cmd, ev, self.config.hook_timeout));
+        let timeout = self.config.hook_timeout;
+        // A free slot is taken here, so that a hook fired just before the
+        // supervisor exits runs; only a hook that must wait may be dropped.
+        let slot = match self.hook_slots.clone().try_acquire_owned() {
+            Ok(slot) => {
+                debug!(hook = kind.key(), task = %ev.name, "hook starting");
+                Ok(slot)
+            }
+            Err(_) => {
+                info!(
+                    hook = kind.key(),
+                    task = %ev.name,
+                    "hook waits its turn: {} hooks run already",
+                    hooks::MAX_RUNNING
+                );
+                Err(self.hook_slots.clone())
+            }
+        };
+        self.hooks.spawn(async move {
+            let _slot = match slot {
+                Ok(slot) => slot,
+                // Closed at exit: a hook still waiting then is not run.
+                Err(slots) => match slots.acquire_owned().await {
+                    Ok(slot) => slot,
+                    Err(_) => return Some(ev.name),
+                },
+            };
+            hooks::run(kind, cmd, ev, timeout).await;
+            None
+        });
     }
 
-    /// Waits for the hooks still running (each ends by its timeout).
+    /// Waits for the hooks still running (each ends by its timeout); those
+    /// still waiting for their turn are not run, and said so.
     pub(super) async fn finish_hooks(&mut self) {
+        self.hook_slots.close();
         // Hooks that ended are still in the set until joined: not waited for.
         while self.hooks.try_join_next().is_some() {}
         if !self.hooks.is_empty() {
             info!(hooks = self.hooks.len(), "waiting for hooks to finish");
         }
-        while self.hooks.join_next().await.is_some() {}
+        let mut dropped = Vec::new();
+        while let Some(r) = self.hooks.join_next().await {
+            if let Ok(Some(task)) = r {
+                dropped.push(task);
+            }
+        }
+        if !dropped.is_empty() {
+            warn!(
+                hooks = dropped.len(),
+                tasks = %dropped.join(" "),
+                "hooks still waiting for their turn at exit were not run"
+            );
+        }
     }
 }

@@ -330,7 +330,10 @@ pub struct Supervisor {
     /// The dashboard's URL (`serve:`), for the heartbeat.
     dashboard: Option<String>,
     /// Hooks still running (awaited, within their timeout, before `run` returns).
-    hooks: tokio::task::JoinSet<()>,
+    hooks: tokio::task::JoinSet<Option<String>>,
+    /// At most [`crate::ops::hooks::MAX_RUNNING`] hooks run at once (each
+    /// holds descriptors); the others wait their turn.
+    hook_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Supervisor {
@@ -434,6 +437,7 @@ impl Supervisor {
             started_at: record::now(),
             dashboard: None,
             hooks: tokio::task::JoinSet::new(),
+            hook_slots: Arc::new(tokio::sync::Semaphore::new(crate::ops::hooks::MAX_RUNNING)),
         })
     }
 

@@ -140,6 +140,51 @@ fn a_hook_that_hangs_is_killed_at_its_timeout_and_does_not_hold_up_the_queue() {
     assert_eq!(root.names("completed"), ["first", "second"]);
 }
 
+/// A burst of filings (a queue that fails at once) does not start a hook
+/// process per task at once: each holds descriptors until it ends, and
+/// hundreds of them left the supervisor unable to open a lock file. At most
+/// 16 run; the others wait their turn, and every one runs.
+#[test]
+fn a_burst_of_hooks_runs_at_most_sixteen_at_once_and_all_of_them() {
+    let mut root = Root::new().config(
+        "retries: 0\nsettle: 300ms\nhook_timeout: 2m\nhooks:\n  on_fail: [sh, gate.sh]\n\
+         agents:\n  ok:\n    command: [\"true\"]\n",
+    );
+    // Each hook notes itself as running, waits for `release`, then is done.
+    root.write(
+        "gate.sh",
+        "touch \"running/$MAILROOM_TASK\"\nls running | wc -l >> counts\n\
+         while [ ! -e release ]; do sleep 0.05; done\n\
+         rm \"running/$MAILROOM_TASK\"\ntouch \"done/$MAILROOM_TASK\"\n",
+    );
+    for d in ["running", "done"] {
+        std::fs::create_dir_all(root.p(d)).unwrap();
+    }
+    for i in 0..40 {
+        // An agent no config defines: filed in failed/ at once.
+        root = root.task(&format!("t{i:02}.yaml"), "description: x\nagent: nosuch\n");
+    }
+    let mut sup = root.spawn();
+    wait_for(MIN, "the tasks filed and the hooks started", || {
+        let running = root.entries("running").len();
+        root.names("failed").len() == 40
+            && (running == 40 || (running == 16 && all_logs(&root).contains("waits its turn")))
+    });
+    assert_eq!(root.entries("running").len(), 16, "hooks at once");
+    std::fs::write(root.p("release"), "").unwrap();
+    wait_for(MIN, "every hook to run", || {
+        root.entries("done").len() == 40
+    });
+    let most = root
+        .read("counts")
+        .lines()
+        .map(|l| l.trim().parse::<usize>().unwrap())
+        .max();
+    assert!(most.is_some_and(|m| m <= 16), "{most:?}");
+    sup.signal(SIGTERM);
+    sup.wait_exit(MIN);
+}
+
 #[test]
 fn a_hook_killed_at_its_timeout_keeps_what_it_printed_in_the_log() {
     // hook_timeout: 2s; the hook prints on both streams, then hangs.
