@@ -316,6 +316,12 @@ fn remove_task(layout: &Layout, s: State, name: &str, wait: Duration) -> Result<
                 other.dir_name()
             );
         }
+        if crate::tree::context::is_unmerged(layout, name) {
+            bail!(
+                "kept: it is not merged into context/ yet (its commit found context/.lock held; \
+                 a supervisor's next rescan merges it): clean it after that"
+            );
+        }
         let rounds = layout.history_run_dir(name, 1);
         let rounds = rounds.parent().expect("rounds are in a directory");
         let named =

@@ -147,6 +147,12 @@ pub fn note_unmerged(layout: &Layout, state: State, name: &str) {
         .and_then(|()| fsx::write_atomic(&fsx::child(&dir, name), state.dir_name().as_bytes()));
 }
 
+/// Whether `name` was committed without its merge and waits for
+/// [`replay_unmerged`] (its record must stay until then).
+pub fn is_unmerged(layout: &Layout, name: &str) -> bool {
+    std::fs::symlink_metadata(fsx::child(&unmerged_dir(layout), name)).is_ok()
+}
+
 /// Merges what was committed without its merge (at most `max` tries, each
 /// waiting at most `wait` for the lock), oldest note first, and forgets what
 /// is merged or gone. Returns how many were merged.

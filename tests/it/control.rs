@@ -1087,6 +1087,37 @@ fn clean_drops_the_tree_count_of_a_removed_first_task() {
     assert_eq!(root.read("tasks/trees/nightly").trim(), "3");
 }
 
+/// `clean` keeps a task whose commit could not merge it into `context/`
+/// (the context lock was held) until a supervisor has: removed before that,
+/// its line in `completed_tasks.jsonl` (what `agents`, `usage` and the
+/// budgets count) was never written.
+#[test]
+fn clean_keeps_a_task_not_yet_merged_into_the_context() {
+    let root = Root::new().agent_config(&["true"], "retries: 0");
+    assert!(root.mailroom(&["add", "x", "--name", "t"]).status.success());
+    root.run_until_idle();
+    assert_eq!(root.names("completed"), ["t"]);
+    // As a commit that found the lock held leaves it: noted, no line yet.
+    root.write("context/.unmerged/t", "completed");
+    root.write("context/completed_tasks.jsonl", "");
+    let jsonl = || root.read("context/completed_tasks.jsonl");
+    let out = root.mailroom(&["clean", "t"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("not merged into context/ yet"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(root.names("completed"), ["t"]);
+    // A supervisor merges it; then it goes.
+    root.run_until_idle();
+    assert!(!root.exists("context/.unmerged/t"));
+    assert!(jsonl().contains("\"task\":\"t\""), "{}", jsonl());
+    let out = root.mailroom(&["clean", "t"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(root.names("completed").is_empty());
+}
+
 /// Two `clean`s at once (a cron job and a person) share the work: the one
 /// that finds a task locked by the other waits, finds it gone, and skips
 /// it. Both exit 0, and nothing is left of any task.
