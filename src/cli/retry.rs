@@ -235,6 +235,14 @@ fn retry_task_from(
                 st.dir_name()
             );
         }
+        // Its round's line in completed_tasks.jsonl is written from the
+        // record, which moves into the history below.
+        if crate::tree::context::is_unmerged(&layout, name) {
+            bail!(
+                "`{name}` is not merged into context/ yet (its commit found context/.lock \
+                 held; a supervisor's next rescan merges it): retry it after that"
+            );
+        }
         // The round that ends here stays readable: its run directory moves
         // into the task's history, and its record (pointing there) is
         // appended to it, before anything is removed.

@@ -1118,6 +1118,33 @@ fn clean_keeps_a_task_not_yet_merged_into_the_context() {
     assert!(root.names("completed").is_empty());
 }
 
+/// Nor does `retry` take back a failed task before its commit is merged
+/// into `context/`: the failed round's line in `completed_tasks.jsonl` is
+/// written from its record, which the retry moves into the history.
+#[test]
+fn retry_waits_for_the_merge_of_the_failed_round() {
+    let root = Root::new().agent_config(&["false"], "retries: 0");
+    assert!(root.mailroom(&["add", "x", "--name", "t"]).status.success());
+    root.run_until_idle();
+    assert_eq!(root.names("failed"), ["t"]);
+    root.write("context/.unmerged/t", "failed");
+    root.write("context/completed_tasks.jsonl", "");
+    let out = root.mailroom(&["retry", "t"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("not merged into context/ yet"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(root.names("failed"), ["t"]);
+    root.run_until_idle();
+    assert!(!root.exists("context/.unmerged/t"));
+    let jsonl = root.read("context/completed_tasks.jsonl");
+    assert!(jsonl.contains("\"task\":\"t\""), "{jsonl}");
+    assert!(root.mailroom(&["retry", "t"]).status.success());
+    assert_eq!(root.names("pending"), ["t"]);
+}
+
 /// Two `clean`s at once (a cron job and a person) share the work: the one
 /// that finds a task locked by the other waits, finds it gone, and skips
 /// it. Both exit 0, and nothing is left of any task.
