@@ -169,20 +169,27 @@ pub fn with_links_md(text: &str, name: &str, parent: &str) -> Option<String> {
 /// make room for the suffix when it must). Returns the name used.
 pub fn submit(layout: &Layout, name: &str, text: &str, ext: &str) -> io::Result<String> {
     fsx::create_dir_all(&layout.tmp)?;
-    for n in 1..1000 {
-        let cand = if n == 1 {
-            name.to_owned()
-        } else {
-            let suffix = format!("-{n}");
-            let mut cut = name.len().min(task::MAX_NAME_BYTES - suffix.len());
-            while !name.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            format!("{}{suffix}", &name[..cut])
-        };
-        if task::check_name(&cand).is_err() || layout.locate(&cand).is_some() {
-            continue;
+    let cand = |n: u64| {
+        if n == 1 {
+            return name.to_owned();
         }
+        let suffix = format!("-{n}");
+        let mut cut = name.len().min(task::MAX_NAME_BYTES - suffix.len());
+        while !name.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        format!("{}{suffix}", &name[..cut])
+    };
+    let taken = |n: u64| {
+        let c = cand(n);
+        task::check_name(&c).is_err() || layout.locate(&c).is_some()
+    };
+    // Another writer may take the name found before this one lands.
+    for _ in 0..100 {
+        let Some(n) = free_number(taken) else {
+            break;
+        };
+        let cand = cand(n);
         let tmp = layout.tmp.join(fsx::tmp_name(&cand));
         fsx::write_atomic(&tmp, text.as_bytes())?;
         match crate::tree::moves::submit(layout, &tmp, &cand, ext) {
@@ -198,8 +205,37 @@ pub fn submit(layout: &Layout, name: &str, text: &str, ext: &str) -> io::Result<
     }
     Err(io::Error::new(
         io::ErrorKind::AlreadyExists,
-        format!("no free name for `{name}` (it and `{name}-2` … `{name}-999` are all taken)"),
+        format!("no free name for `{name}` (it and the names `{name}-N` tried are all taken)"),
     ))
+}
+
+/// A number whose name is free (1: the name itself, else `-N` appended),
+/// in a few probes however many are taken: the first free one while the
+/// taken names run on from 1 without a gap (a tree that has queued
+/// `fix.yaml` a thousand times gets `fix-1001`), some free one otherwise.
+/// None if no name tried is free.
+fn free_number(taken: impl Fn(u64) -> bool) -> Option<u64> {
+    if !taken(1) {
+        return Some(1);
+    }
+    // `lo` is taken, `hi` is free.
+    let (mut lo, mut hi) = (1u64, 2u64);
+    while taken(hi) {
+        if hi >= 1 << 40 {
+            return None;
+        }
+        lo = hi;
+        hi *= 2;
+    }
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if taken(mid) {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Some(hi)
 }
 
 /// What [`queue_outbox`] did.
@@ -460,6 +496,18 @@ pub fn expand(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_free_number_is_found_after_any_number_of_taken_ones() {
+        assert_eq!(free_number(|_| false), Some(1));
+        for k in [1u64, 2, 3, 999, 1000, 4096, 100_000] {
+            assert_eq!(free_number(|n| n <= k), Some(k + 1), "{k}");
+        }
+        // A gap (a name removed by `clean`) is a free name too.
+        let got = free_number(|n| n <= 50 && n != 2).unwrap();
+        assert!(got == 2 || got > 50, "{got}");
+        assert_eq!(free_number(|_| true), None);
+    }
 
     #[test]
     fn links_are_added_and_the_file_stays_valid() {

@@ -872,3 +872,30 @@ fn a_later_merge_of_a_cancel_writes_no_output_file() {
         root.read("context/agent_outputs/f.md")
     );
 }
+
+/// A follow-up whose file name is taken gets `-2`, `-3`, ... appended, with
+/// no end: on a long-lived tree where an agent always writes
+/// `$MAILROOM_OUTBOX/fu.yaml`, the thousandth such follow-up was not queued
+/// ("no free name") while its parent completed, with only a warning in its
+/// record.
+#[test]
+fn a_follow_up_name_taken_a_thousand_times_is_still_queued() {
+    let root = Root::new().config(&format!(
+        "settle: 300ms\nrescan_interval: 1s\ndefault_agent: leaf\nagents:\n  spawner:\n    \
+         command: [{:?}]\n    env: {{FOLLOWUPS: fu}}\n  leaf:\n    command: [{:?}]\n",
+        agent("followup.sh"),
+        agent("ok.sh")
+    ));
+    root.write("tasks/completed/fu.yaml", "description: done\n");
+    for i in 2..=1000 {
+        root.write(
+            &format!("tasks/completed/fu-{i}.yaml"),
+            "description: done\n",
+        );
+    }
+    let root = root.task("p.yaml", "description: x\nagent: spawner\n");
+    root.run_until_idle();
+    let rec = root.record("completed", "p");
+    assert_eq!(rec["followups"], serde_json::json!(["fu-1001"]), "{rec}");
+    assert!(root.exists("tasks/completed/fu-1001.yaml"));
+}
