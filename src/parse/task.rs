@@ -954,7 +954,7 @@ pub fn parse_markdown(name: &str, bytes: &[u8]) -> Result<Task, TaskError> {
 /// Splits a Markdown file into its front matter (the lines between a first
 /// line `---` and the next `---` or `...` line), its body, and the body's
 /// first line number. Without a first line `---` there is no front matter.
-fn split_front_matter(text: &str) -> Result<(Option<&str>, &str, u64), TaskError> {
+pub(crate) fn split_front_matter(text: &str) -> Result<(Option<&str>, &str, u64), TaskError> {
     let first = text.split_inclusive('\n').next().unwrap_or("");
     if first.trim_end() != "---" {
         return Ok((None, text, 1));

@@ -94,18 +94,67 @@ pub fn count_into_tree(layout: &Layout, root: &str, n: usize, max: usize) -> Res
     Ok(have + n)
 }
 
+/// A YAML text as a value (None: it is not YAML), with the task parser's
+/// limits.
+fn yaml_value(text: &str) -> Option<serde_json::Value> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    serde_saphyr::from_str_with_options(text, task::yaml_options()).ok()
+}
+
+/// The mapping `v` as it must read once the links are added: `parent` when
+/// it has none (or an empty one), `after` when it has neither `after` nor
+/// `dependencies`. None when `v` is not a mapping.
+fn linked_value(
+    v: &serde_json::Value,
+    parent: &str,
+    after: Option<&str>,
+) -> Option<serde_json::Map<String, serde_json::Value>> {
+    let mut m = v.as_object()?.clone();
+    if m.get("parent").is_none_or(serde_json::Value::is_null) {
+        m.insert("parent".into(), parent.into());
+    }
+    let no_deps = |k: &str| {
+        m.get(k)
+            .is_none_or(|d| d.is_null() || d.as_array().is_some_and(Vec::is_empty))
+    };
+    if let Some(a) = after
+        && no_deps("after")
+        && no_deps("dependencies")
+    {
+        m.insert("after".into(), serde_json::json!([a]));
+    }
+    Some(m)
+}
+
+/// Whether `out` holds the mapping `want`: the links were added and no other
+/// key changed on the way (a line appended to a flow or JSON mapping, to an
+/// indented one or after a `...` would break it or cut it short).
+fn reads_as(out: &str, want: &serde_json::Map<String, serde_json::Value>) -> bool {
+    yaml_value(out).is_some_and(|v| v.as_object() == Some(want))
+}
+
+/// A mapping written as JSON, which YAML reads as it is: for a mapping whose
+/// text takes no appended line.
+fn as_json(m: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
+    serde_json::to_string_pretty(m).ok().map(|s| s + "\n")
+}
+
 /// Adds `parent: <name>` (and `after`) to a task file's text, keeping it
-/// valid: a bare description becomes a mapping. None if the text is not a
-/// valid task.
+/// valid and every other key as it was: a bare description becomes a
+/// mapping, and a mapping that takes no appended line (flow or JSON, or
+/// indented) is written again as JSON. None if the text is not a valid task.
 pub fn with_links(text: &str, name: &str, parent: &str, after: Option<&str>) -> Option<String> {
     // A task valid only with its parent (`session: parent`, which a
     // follow-up says without naming the task that writes it) does not parse
     // yet: it gets the links all the same, and the result must parse.
     let t = task::parse(name, text.as_bytes()).ok();
-    let mut out = if text.trim_start().starts_with(['"', '\''])
-        || !text
-            .lines()
-            .any(|l| !l.starts_with([' ', '#', '-']) && l.contains(':'))
+    let value = yaml_value(text);
+    let mut out = if matches!(value, Some(serde_json::Value::String(_)))
+        || value.is_none()
+            && (text.trim_start().starts_with(['"', '\''])
+                || !text
+                    .lines()
+                    .any(|l| !l.starts_with([' ', '#', '-']) && l.contains(':')))
     {
         // A bare string document: say it as a mapping.
         format!(
@@ -142,11 +191,19 @@ pub fn with_links(text: &str, name: &str, parent: &str, after: Option<&str>) -> 
     {
         out.push_str(&format!("after: [{}]\n", serde_json::to_string(a).ok()?));
     }
+    // A mapping must come out with every key it had: else it is written
+    // again, as JSON.
+    if let Some(want) = value.as_ref().and_then(|v| linked_value(v, parent, after))
+        && !reads_as(&out, &want)
+    {
+        out = as_json(&want)?;
+    }
     task::parse(name, out.as_bytes()).ok().map(|_| out)
 }
 
 /// [`with_links`] for a Markdown task file: the links go into its front
-/// matter (which is created when the file has none).
+/// matter (which is created when the file has none; one that takes no
+/// first line, a flow or JSON mapping, is written again as JSON).
 pub fn with_links_md(text: &str, name: &str, parent: &str) -> Option<String> {
     // One that does not parse may need its parent (`session: parent`): the
     // link is added, and the result must parse.
@@ -155,11 +212,27 @@ pub fn with_links_md(text: &str, name: &str, parent: &str) -> Option<String> {
     }
     let link = format!("parent: {}\n", serde_json::to_string(parent).ok()?);
     let body = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let out = match body.strip_prefix("---\n") {
-        // The first line of the front matter: before any key that could be
-        // a block's last, so the new key cannot join it.
-        Some(rest) => format!("---\n{link}{rest}"),
-        None => format!("---\n{link}---\n{body}"),
+    let first = body.split_inclusive('\n').next().unwrap_or("");
+    // Its first line, `---` (with the spaces or `\r` the parser allows),
+    // opens the front matter: the link goes right below it, before any key
+    // that could be a block's last, so the new key cannot join it.
+    let out = if first.trim_end() == "---" && first.ends_with('\n') {
+        let out = format!("{first}{link}{}", &body[first.len()..]);
+        // A front matter that takes no first line (a flow or JSON mapping)
+        // is written again, as JSON.
+        let want = task::split_front_matter(body)
+            .ok()
+            .and_then(|(f, _, _)| f)
+            .and_then(yaml_value)
+            .and_then(|v| linked_value(&v, parent, None));
+        match (want, task::split_front_matter(&out)) {
+            (Some(want), Ok((Some(f), rest, _))) if !reads_as(f, &want) => {
+                format!("---\n{}---\n{rest}", as_json(&want)?)
+            }
+            _ => out,
+        }
+    } else {
+        format!("---\n{link}---\n{body}")
     };
     task::parse_markdown(name, out.as_bytes()).ok().map(|_| out)
 }
@@ -410,6 +483,16 @@ pub fn queue_outbox(
                 if text.ends_with('\n') { "" } else { "\n" },
                 serde_json::to_string(parent).unwrap_or_default()
             ),
+            // Valid without the link it cannot take, it would run as a
+            // tree of its own, out of reach of the runaway limits.
+            None if task::parse_markdown(name, text.as_bytes()).is_ok() => {
+                done.refused.push(format!(
+                    "follow-up {} not queued: its front matter cannot take `parent: \"{}\"`",
+                    shown(f),
+                    parent.escape_debug()
+                ));
+                continue;
+            }
             None => text,
         };
         let queued = match submit(layout, name, &text, ext) {

@@ -1466,3 +1466,89 @@ fn a_script_whose_interpreter_is_missing_is_named_as_such() {
         "{err}"
     );
 }
+
+/// Writes an executable `sh` script into the root and returns its path.
+fn script(root: &Root, rel: &str, body: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    root.write(rel, &format!("#!/bin/sh\n{body}"));
+    fs::set_permissions(root.p(rel), fs::Permissions::from_mode(0o755)).unwrap();
+    root.p(rel).to_string_lossy().into_owned()
+}
+
+/// A follow-up written as JSON (which YAML reads) got `parent:` appended as
+/// a line: a one-line JSON or flow mapping no longer parsed and was filed
+/// as `invalid`, and a pretty-printed one was taken for a bare description,
+/// losing its `after` and every other key (it ran at once).
+#[test]
+fn a_follow_up_written_as_json_keeps_every_key_and_gets_its_parent() {
+    let root = Root::new();
+    let a = script(
+        &root,
+        "agent.sh",
+        r#"[ "$MAILROOM_TASK" = top ] || exit 0
+printf '{"description": "one line", "priority": "high"}\n' > "$MAILROOM_OUTBOX/j1.yaml"
+printf '{\n  "description": "pretty",\n  "after": ["nobody"]\n}\n' > "$MAILROOM_OUTBOX/j2.yaml"
+printf '{description: flow}\n' > "$MAILROOM_OUTBOX/j3.yaml"
+printf '  description: indented\n  after: [nobody]\n' > "$MAILROOM_OUTBOX/j4.yaml"
+printf 'description: ended\n...\n' > "$MAILROOM_OUTBOX/j5.yaml"
+"#,
+    );
+    let root = root
+        .agent_config(&[&a], "")
+        .task("top.yaml", "description: top\n");
+    root.run_until_idle_within(Duration::from_secs(60));
+    let rec = root.record("completed", "top");
+    assert_eq!(
+        rec["followups"],
+        serde_json::json!(["j1", "j2", "j3", "j4", "j5"]),
+        "{rec}"
+    );
+    assert!(
+        root.names("failed").is_empty(),
+        "{:?}",
+        root.names("failed")
+    );
+    for n in ["j1", "j3", "j5"] {
+        assert_eq!(root.record("completed", n)["status"], "completed");
+        let t = root.read(&format!("tasks/completed/{n}.yaml"));
+        assert!(t.contains("\"top\""), "{n}: {t}");
+    }
+    // Their `after` holds them: they wait for a task nobody submitted.
+    assert_eq!(root.names("pending"), ["j2", "j4"]);
+    for n in ["j2", "j4"] {
+        let t = root.read(&format!("tasks/pending/{n}.yaml"));
+        assert!(t.contains("nobody") && t.contains("\"top\""), "{n}: {t}");
+    }
+}
+
+/// A Markdown follow-up whose front matter is a flow mapping could not take
+/// the `parent:` line and was queued without one: each such follow-up began
+/// a tree of its own, so `max_tree_depth` never stopped a chain of them.
+#[test]
+fn a_markdown_follow_up_with_a_flow_front_matter_stays_in_its_tree() {
+    let root = Root::new();
+    let a = script(
+        &root,
+        "agent.sh",
+        r#"n=${MAILROOM_TASK#c}
+[ "$n" -lt 6 ] && printf -- '---\n{priority: high}\n---\nnext link\n' > "$MAILROOM_OUTBOX/c$((n+1)).md"
+printf -- '--- \r\nlabels: [crlf]\r\nafter: [nobody]\r\n---\r\nwindows\r\n' > "$MAILROOM_OUTBOX/w$n.md"
+exit 0
+"#,
+    );
+    let root = root
+        .agent_config(&[&a], "max_tree_depth: 2")
+        .task("c0.yaml", "description: first\n");
+    root.run_until_idle_within(Duration::from_secs(60));
+    assert_eq!(root.names("completed"), ["c0", "c1"]);
+    let rec = root.record("failed", "c2");
+    assert_eq!(rec["outcome"], "runaway", "{rec}");
+    let c1 = root.read("tasks/completed/c1.md");
+    assert!(c1.contains("\"c0\"") && c1.contains("high"), "{c1}");
+    // A front matter opened by `--- \r`: its keys stay keys (its `after`
+    // holds it), not a part of the description.
+    let w0 = root.read("tasks/pending/w0.md");
+    assert!(w0.contains("parent: \"c0\""), "{w0}");
+    let out = root.mailroom(&["show", "w0"]);
+    assert!(stdout(&out).contains("nobody"), "{}", stdout(&out));
+}
