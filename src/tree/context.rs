@@ -568,9 +568,11 @@ fn append_log(layout: &Layout, rec: &ResultRecord, tree: Option<&str>) -> io::Re
         return Ok(());
     }
     let (mut c, mut x) = last_totals(&tail, cut);
+    // The log is in `context/`, where agents write: a forged line's totals
+    // at `u64::MAX` must neither wrap the counters to 0 nor panic.
     match rec.status {
-        Status::Completed => c += 1,
-        Status::Failed => x += 1,
+        Status::Completed => c = c.saturating_add(1),
+        Status::Failed => x = x.saturating_add(1),
     }
     let mut v = log_line(rec, (c, x));
     // The first task of its tree of follow-ups, for the tree budgets.

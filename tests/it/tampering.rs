@@ -511,3 +511,35 @@ exit 0"#;
     }
     assert_eq!(root.record("completed", "fine")["outcome"], "success");
 }
+
+/// An agent that appends a forged line to `context/completed_tasks.jsonl`
+/// with totals at `u64::MAX`: the next merge added 1 to them, which wrapped
+/// them to 0 (counters that must never go down) or, with overflow checks,
+/// panicked the commit and the supervisor with it, leaving the task in
+/// `assigned/`.
+#[test]
+fn a_forged_log_line_with_huge_totals_neither_wraps_nor_panics_the_merge() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = Root::new();
+    root.write(
+        "forge.sh",
+        "#!/bin/sh\nprintf '{\"totals\":{\"completed\":18446744073709551615,\"failed\":18446744073709551615},\"task\":\"forged\"}\\n' >> \"$MAILROOM_CONTEXT/completed_tasks.jsonl\"\necho ok\n",
+    );
+    std::fs::set_permissions(root.p("forge.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let forge = root.p("forge.sh").to_string_lossy().into_owned();
+    let root = root
+        .agent_config(&[&forge], "")
+        .task("t.yaml", "description: forge\n");
+    let out = root.run_until_idle_within(Duration::from_secs(60));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(root.record("completed", "t")["status"], "completed");
+    assert!(
+        root.names("assigned").is_empty(),
+        "{:?}",
+        root.names("assigned")
+    );
+    let log = root.read("context/completed_tasks.jsonl");
+    let last: serde_json::Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
+    assert_eq!(last["task"], "t", "{log}");
+    assert_eq!(last["totals"]["completed"], u64::MAX, "{log}");
+}
