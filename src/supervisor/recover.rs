@@ -353,6 +353,26 @@ impl Supervisor {
         let (n, dir) = layout.last_attempt(State::Assigned, name)?;
         let (spec, _) = fsx::read_head(&dir.join(keeper::SPEC_FILE), 1024 * 1024).ok()?;
         let spec: keeper::KeeperSpec = serde_json::from_slice(&spec).ok()?;
+        // The run of another task, whose agent renamed its run directory to
+        // this name: no run of `name` to rebuild (a task of that name
+        // waiting in `pending/` must not be filed with another's file).
+        let run_of = spec
+            .stdout
+            .parent()
+            .and_then(Path::parent)
+            .and_then(Path::file_name);
+        if run_of != Some(std::ffi::OsStr::new(&format!("{name}.run"))) {
+            if self.unrecoverable.insert(format!("foreign:{name}")) {
+                warn!(
+                    task = name,
+                    run_of = ?run_of,
+                    "{} holds the run of another task (its agent renamed it); no run of this \
+                     task is recovered from it",
+                    layout.rel(&dir)
+                );
+            }
+            return None;
+        }
         if crate::tree::recovery::records(&layout, name)
             .iter()
             .any(|(_, r)| r.task == name && r.run_id == spec.run_id)

@@ -543,3 +543,38 @@ fn a_forged_log_line_with_huge_totals_neither_wraps_nor_panics_the_merge() {
     assert_eq!(last["task"], "t", "{log}");
     assert_eq!(last["totals"]["completed"], u64::MAX, "{log}");
 }
+
+/// An agent that renames its run directory to another task's
+/// (`assigned/victim.run`): the next recovery took it for an interrupted run
+/// of `victim` whose state file was deleted, rebuilt one from the moved
+/// directory's spec, put the mover's claimed file back as
+/// `assigned/victim.yaml` and filed it as `failed/victim` (tampered); the
+/// real `victim`, waiting in `pending/`, was then rejected as a clash and
+/// never ran.
+#[test]
+fn a_run_directory_renamed_to_another_tasks_name_does_not_fail_that_task() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = Root::new();
+    root.write(
+        "mover.sh",
+        "#!/bin/sh\n[ \"$MAILROOM_TASK\" = mover ] && mv \"$MAILROOM_ROOT/tasks/assigned/mover.run\" \"$MAILROOM_ROOT/tasks/assigned/victim.run\"\necho done\n",
+    );
+    std::fs::set_permissions(root.p("mover.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mover = root.p("mover.sh").to_string_lossy().into_owned();
+    let root = root
+        .agent_config(&[&mover], "retries: 0")
+        .task("mover.yaml", "description: mover\n")
+        .task("victim.yaml", "description: victim\nafter: [gate]\n");
+    let out = root.run_until_idle_within(Duration::from_secs(60));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(root.record("failed", "mover")["outcome"], "tampered");
+    assert!(root.exists("tasks/assigned/victim.run"));
+    // The next start recovers `assigned/`; `victim` then runs once `gate` is done.
+    root.write("tasks/pending/gate.yaml", "description: gate\n");
+    let out = root.run_until_idle_within(Duration::from_secs(60));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(root.names("failed"), ["mover"]);
+    assert_eq!(root.names("completed"), ["gate", "victim"]);
+    let v = root.read("tasks/completed/victim.yaml");
+    assert!(v.contains("description: victim"), "{v}");
+}
