@@ -349,9 +349,14 @@ impl Commit {
                 }
             }
             Status::Failed => {
-                let left = crate::tree::outbox::outbox_files(&outbox);
+                let (left, more) = crate::tree::outbox::withheld(&outbox);
                 if !left.is_empty() {
                     self.rec.withheld_followups = left;
+                }
+                if let Some(w) = more
+                    && !self.rec.warnings.contains(&w)
+                {
+                    self.rec.warnings.push(w);
                 }
             }
         }

@@ -519,13 +519,55 @@ pub fn queue_outbox(
         }
         done.names.push(queued);
     }
-    if !ignored.is_empty() {
+    // One agent's outbox may hold any number of entries: the record names
+    // a few, or it would outgrow what its readers take (16 MiB), and the
+    // tasks after it would wait for good.
+    let more = done.refused.len().saturating_sub(MAX_NAMED);
+    if more > 0 {
+        done.refused.truncate(MAX_NAMED);
         done.refused.push(format!(
-            "not queued, left in the outbox: {} (follow-up task files end in .yaml, .yml or .md)",
-            ignored.join(", ")
+            "and {more} more entries of the outbox {} not queued, for the reasons above or \
+             others (they stay there; only the first {MAX_NAMED} are named)",
+            layout.rel(shown_at)
+        ));
+    }
+    if !ignored.is_empty() {
+        let more = ignored.len().saturating_sub(MAX_NAMED);
+        ignored.truncate(MAX_NAMED);
+        done.refused.push(format!(
+            "not queued, left in the outbox: {}{} (follow-up task files end in .yaml, .yml or .md)",
+            ignored.join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
         ));
     }
     done
+}
+
+/// How many entries of an outbox a record names, at most, among those not
+/// queued.
+pub const MAX_NAMED: usize = 20;
+
+/// How many follow-ups of a run that did not succeed a record names, at most.
+pub const MAX_WITHHELD: usize = 100;
+
+/// The record's `withheld_followups` of a run that did not succeed: the
+/// task files left in its outbox, the first [`MAX_WITHHELD`] of them, and a
+/// warning that says how many more there are.
+pub fn withheld(outbox: &Path) -> (Vec<String>, Option<String>) {
+    let mut left = outbox_files(outbox);
+    let more = left.len().saturating_sub(MAX_WITHHELD);
+    left.truncate(MAX_WITHHELD);
+    let warning = (more > 0).then(|| {
+        format!(
+            "withheld_followups names the first {MAX_WITHHELD} follow-ups in the outbox; {more} \
+             more are there too"
+        )
+    });
+    (left, warning)
 }
 
 /// Why nothing was queued from an outbox that could not be opened or listed

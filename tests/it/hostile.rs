@@ -1552,3 +1552,44 @@ exit 0
     let out = root.mailroom(&["show", "w0"]);
     assert!(stdout(&out).contains("nobody"), "{}", stdout(&out));
 }
+
+/// Every entry of an outbox that was not queued got a warning of its own in
+/// the record (and every follow-up of a failed run a name in
+/// `withheld_followups`): an agent that left 60 000 of them made a 22 MB
+/// record, past the 16 MiB its readers take, and the tasks `after` it
+/// waited for good. The record now names a few and counts the rest.
+#[test]
+fn an_outbox_of_thousands_of_entries_does_not_outgrow_the_record() {
+    let root = Root::new();
+    let a = script(
+        &root,
+        "agent.sh",
+        r#"case "$MAILROOM_TASK" in
+many) i=0; while [ $i -lt 300 ]; do mkdir "$MAILROOM_OUTBOX/d$i.yaml"; : > "$MAILROOM_OUTBOX/n$i.txt"; i=$((i+1)); done ;;
+lost) i=0; while [ $i -lt 150 ]; do echo "description: f" > "$MAILROOM_OUTBOX/f$i.yaml"; i=$((i+1)); done; exit 3 ;;
+esac
+exit 0
+"#,
+    );
+    let root = root
+        .agent_config(&[&a], "retries: 0")
+        .task("many.yaml", "description: many\n")
+        .task("lost.yaml", "description: lost\n")
+        .task("next.yaml", "description: next\nafter: [many]\n");
+    root.run_until_idle_within(Duration::from_secs(60));
+    assert_eq!(root.record("completed", "next")["status"], "completed");
+    let rec = root.record("completed", "many");
+    let w: Vec<&str> = rec["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap())
+        .collect();
+    assert!(w.len() <= 22, "{} warnings", w.len());
+    assert!(w.iter().any(|w| w.contains("280 more entries")), "{w:?}");
+    assert!(w.iter().any(|w| w.contains("and 280 more")), "{w:?}");
+    let rec = root.record("failed", "lost");
+    assert_eq!(rec["withheld_followups"].as_array().unwrap().len(), 100);
+    assert!(rec["warnings"].to_string().contains("50 more"), "{rec}");
+    assert_eq!(root.entries("tasks/failed/lost.run/1/outbox").len(), 150);
+}
