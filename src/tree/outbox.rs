@@ -65,14 +65,47 @@ pub fn tree_root(layout: &Layout, name: &str, max: usize) -> (String, usize) {
 pub fn count_into_tree(layout: &Layout, root: &str, n: usize, max: usize) -> Result<usize, String> {
     use std::io::{Read, Seek, Write};
     let dir = layout.tasks.join("trees");
+    // Agents can write here: a link (to a file outside the tree, which the
+    // count would overwrite), a FIFO (which would hold the commit for good)
+    // or anything else in the place of the directory or of the count is set
+    // aside, and the count starts afresh.
+    let aside = |p: &Path, is_ok: fn(&std::fs::Metadata) -> bool| -> Result<(), String> {
+        match std::fs::symlink_metadata(p) {
+            Ok(m) if !is_ok(&m) => {
+                let to = fsx::set_aside(p).map_err(|e| {
+                    format!(
+                        "{} is not what mailroom made there; cannot set it aside: {e}",
+                        layout.rel(p)
+                    )
+                })?;
+                tracing::warn!(
+                    path = %layout.rel(p),
+                    set_aside_as = %layout.rel(&to),
+                    "a tree count was a link or not a regular file; set it aside"
+                );
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    };
+    aside(&dir, |m| m.is_dir())?;
     fsx::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let path = dir.join(root);
+    aside(&path, |m| m.file_type().is_file())?;
     let mut f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
-        .open(dir.join(root))
-        .map_err(|e| e.to_string())?;
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", layout.rel(&path)))?;
+    if !f.metadata().is_ok_and(|m| m.is_file()) {
+        return Err(format!(
+            "{} is not a regular file; no follow-up was queued",
+            layout.rel(&path)
+        ));
+    }
     // Held for moments by whoever counts into the tree: one that keeps it
     // (an agent of the tree) must not hold its commits for good.
     crate::tree::lock::flock_within(&f, std::time::Duration::from_secs(10))

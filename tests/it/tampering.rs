@@ -578,3 +578,41 @@ fn a_run_directory_renamed_to_another_tasks_name_does_not_fail_that_task() {
     let v = root.read("tasks/completed/victim.yaml");
     assert!(v.contains("description: victim"), "{v}");
 }
+
+/// An agent that plants a link or a FIFO at its tree's count,
+/// `tasks/trees/<first task>`, then writes a follow-up: the count was opened
+/// following links and written (an outside file was overwritten with it), and
+/// a FIFO held the commit, and with it the supervisor's shutdown, for good.
+/// Either is set aside now, and the count starts afresh.
+#[test]
+fn a_link_or_a_fifo_at_a_tree_count_is_set_aside_not_written_through() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = Root::new();
+    let outside = root.p("outside.txt");
+    std::fs::write(&outside, "precious\n").unwrap();
+    root.write(
+        "plant.sh",
+        &format!(
+            "#!/bin/sh\nT=\"$MAILROOM_ROOT/tasks/trees\"; mkdir -p \"$T\"\ncase \"$MAILROOM_TASK\" in\n\
+             viafifo) mkfifo \"$T/viafifo\" ;;\nvialink) ln -s {:?} \"$T/vialink\" ;;\n*) exit 0 ;;\nesac\n\
+             echo 'description: f' > \"$MAILROOM_OUTBOX/f-$MAILROOM_TASK.yaml\"\n",
+            outside.to_string_lossy()
+        ),
+    );
+    std::fs::set_permissions(root.p("plant.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let plant = root.p("plant.sh").to_string_lossy().into_owned();
+    let root = root
+        .agent_config(&[&plant], "")
+        .task("vialink.yaml", "description: link\n")
+        .task("viafifo.yaml", "description: fifo\n");
+    root.run_until_idle_within(Duration::from_secs(30));
+    assert_eq!(std::fs::read_to_string(&outside).unwrap(), "precious\n");
+    assert_eq!(
+        root.names("completed"),
+        ["f-viafifo", "f-vialink", "viafifo", "vialink"]
+    );
+    for t in ["vialink", "viafifo"] {
+        assert_eq!(root.read(&format!("tasks/trees/{t}")).trim(), "2");
+        assert!(root.exists(&format!("tasks/trees/{t}.set-aside-1")));
+    }
+}
