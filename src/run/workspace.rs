@@ -96,8 +96,31 @@ pub fn unusable_result_had_status(path: &Path) -> bool {
         regex::Regex::new(r#"(?m)(?:^|[{,])\s*["']?status["']?\s*:"#).expect("compiles")
     });
     match crate::tree::fsx::read_task_file(path, 1024 * 1024) {
-        Ok((b, _)) => STATUS.is_match(&String::from_utf8_lossy(&b)),
+        Ok((b, _)) => STATUS.is_match(&result_text(&b)),
         Err(e) => !e.is_gone(),
+    }
+}
+
+/// A result file's bytes as text, for a look for its `status` key: UTF-16
+/// (with its byte order mark) decoded, a UTF-8 byte order mark dropped.
+fn result_text(b: &[u8]) -> String {
+    let utf16 = |be: bool| -> String {
+        let units: Vec<u16> = b[2..]
+            .chunks_exact(2)
+            .map(|c| {
+                if be {
+                    u16::from_be_bytes([c[0], c[1]])
+                } else {
+                    u16::from_le_bytes([c[0], c[1]])
+                }
+            })
+            .collect();
+        String::from_utf16_lossy(&units)
+    };
+    match b {
+        [0xff, 0xfe, ..] => utf16(false),
+        [0xfe, 0xff, ..] => utf16(true),
+        _ => String::from_utf8_lossy(b.strip_prefix(b"\xef\xbb\xbf").unwrap_or(b)).into_owned(),
     }
 }
 
@@ -112,7 +135,10 @@ pub fn read_agent_result(path: &Path) -> Result<Option<AgentResult>, String> {
         Err(e) if e.is_gone() => return Ok(None),
         Err(e) => return Err(not_used(e.to_string())),
     };
-    let v: Value = serde_saphyr::from_slice(&b).map_err(|e| {
+    // A UTF-8 byte order mark (Python's `utf-8-sig`) would make the first
+    // key `\u{feff}status`, and a `status: failed` go unseen.
+    let b = b.strip_prefix(b"\xef\xbb\xbf").unwrap_or(&b);
+    let v: Value = serde_saphyr::from_slice(b).map_err(|e| {
         not_used(
             crate::parse::task::yaml_error(&e)
                 .display_at("result.yaml")

@@ -1593,3 +1593,32 @@ exit 0
     assert!(rec["warnings"].to_string().contains("50 more"), "{rec}");
     assert_eq!(root.entries("tasks/failed/lost.run/1/outbox").len(), 150);
 }
+
+/// A `$MAILROOM_RESULT` saying `status: failed` with a UTF-8 byte order mark
+/// (Python's `utf-8-sig`) was read with the key `\u{feff}status`, so the
+/// failure went unseen; in UTF-16 it could not be read, and the look for a
+/// `status` key in it missed it: both runs were filed as completed.
+#[test]
+fn a_result_file_with_a_byte_order_mark_still_says_failed() {
+    let root = Root::new();
+    let a = script(
+        &root,
+        "agent.sh",
+        r#"case "$MAILROOM_TASK" in
+bom) printf '\357\273\277status: failed\nsummary: broke\n' > "$MAILROOM_RESULT" ;;
+utf16) printf '\377\376s\000t\000a\000t\000u\000s\000:\000 \000f\000a\000i\000l\000e\000d\000\n\000' > "$MAILROOM_RESULT" ;;
+esac
+echo out
+"#,
+    );
+    let root = root
+        .agent_config(&[&a], "retries: 0")
+        .task("bom.yaml", "description: bom\n")
+        .task("utf16.yaml", "description: utf16\n");
+    root.run_until_idle_within(Duration::from_secs(30));
+    let rec = root.record("failed", "bom");
+    assert_eq!(rec["outcome"], "agent_error", "{rec}");
+    assert!(rec["error"].as_str().unwrap().contains("broke"), "{rec}");
+    let rec = root.record("failed", "utf16");
+    assert_eq!(rec["outcome"], "agent_error", "{rec}");
+}
