@@ -211,19 +211,29 @@ impl Usage {
     /// side lacks stays as the other side has it); model and the like keep
     /// the latest.
     pub fn add(&mut self, o: &Usage) {
-        fn sum<T: Copy + std::ops::Add<Output = T>>(a: Option<T>, b: Option<T>) -> Option<T> {
+        // Counts an agent's CLI reported (or a forged log line): a sum
+        // near `u64::MAX` saturates, it neither wraps nor panics.
+        fn sum<T: Copy>(a: Option<T>, b: Option<T>, add: impl Fn(T, T) -> T) -> Option<T> {
             match (a, b) {
-                (Some(x), Some(y)) => Some(x + y),
+                (Some(x), Some(y)) => Some(add(x, y)),
                 (x, y) => x.or(y),
             }
         }
-        self.input_tokens = sum(self.input_tokens, o.input_tokens);
-        self.output_tokens = sum(self.output_tokens, o.output_tokens);
-        self.cache_read_tokens = sum(self.cache_read_tokens, o.cache_read_tokens);
-        self.cache_write_tokens = sum(self.cache_write_tokens, o.cache_write_tokens);
-        self.cost_usd = sum(self.cost_usd, o.cost_usd);
-        self.turns = sum(self.turns, o.turns);
-        self.api_ms = sum(self.api_ms, o.api_ms);
+        self.input_tokens = sum(self.input_tokens, o.input_tokens, u64::saturating_add);
+        self.output_tokens = sum(self.output_tokens, o.output_tokens, u64::saturating_add);
+        self.cache_read_tokens = sum(
+            self.cache_read_tokens,
+            o.cache_read_tokens,
+            u64::saturating_add,
+        );
+        self.cache_write_tokens = sum(
+            self.cache_write_tokens,
+            o.cache_write_tokens,
+            u64::saturating_add,
+        );
+        self.cost_usd = sum(self.cost_usd, o.cost_usd, |a, b| a + b);
+        self.turns = sum(self.turns, o.turns, u32::saturating_add);
+        self.api_ms = sum(self.api_ms, o.api_ms, u64::saturating_add);
         if o.model.is_some() {
             self.model = o.model.clone();
         }

@@ -25,7 +25,9 @@ pub struct Spent {
 impl Spent {
     fn add(&mut self, u: &Usage) {
         self.usd += u.cost_usd.unwrap_or(0.0);
-        self.tokens += tokens(u);
+        // The log is in `context/`, where agents write: a forged count near
+        // `u64::MAX` must neither wrap the sum back under a budget nor panic.
+        self.tokens = self.tokens.saturating_add(tokens(u));
     }
 }
 
@@ -39,8 +41,7 @@ pub fn tokens(u: &Usage) -> u64 {
         u.cache_write_tokens,
     ]
     .iter()
-    .map(|t| t.unwrap_or(0))
-    .sum()
+    .fold(0u64, |sum, t| sum.saturating_add(t.unwrap_or(0)))
 }
 
 /// Spending by agent and UTC day, and by agent and tree.

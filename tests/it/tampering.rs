@@ -616,3 +616,44 @@ fn a_link_or_a_fifo_at_a_tree_count_is_set_aside_not_written_through() {
         assert!(root.exists(&format!("tasks/trees/{t}.set-aside-1")));
     }
 }
+
+/// An agent that appends a forged line with `input_tokens` at `u64::MAX` to
+/// `context/completed_tasks.jsonl` while a budget is set: summing the
+/// ledger overflowed, which wrapped the spend back under the budget or, with
+/// overflow checks, panicked the supervisor's main loop.
+#[test]
+fn a_forged_log_line_with_huge_token_counts_saturates_the_ledger() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = Root::new();
+    root.write(
+        "tokens.sh",
+        "#!/bin/sh\n[ \"$MAILROOM_TASK\" = one ] && printf '{\"agent\":\"a\",\"finished_at\":\"%sT00:00:00Z\",\"tree\":\"x\",\"usage\":{\"input_tokens\":18446744073709551615,\"output_tokens\":5}}\\n' \"$(date -u +%Y-%m-%d)\" >> \"$MAILROOM_CONTEXT/completed_tasks.jsonl\"\necho ok\n",
+    );
+    std::fs::set_permissions(root.p("tokens.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let a = root.p("tokens.sh").to_string_lossy().into_owned();
+    root.write(
+        "mailroom.yaml",
+        &format!(
+            "retry_delay: 50ms\nsettle: 300ms\nrescan_interval: 1s\nagents:\n  a:\n    command: [{a:?}]\n    grace: 1s\n    budget: {{daily_tokens: 1000000000}}\n"
+        ),
+    );
+    let root = root
+        .task("one.yaml", "description: one\n")
+        .task("two.yaml", "description: two\nafter: [one]\n");
+    // Over its daily budget once `one` is done: `two` waits for the next
+    // day, and so would `run --exit-when-idle`.
+    let mut sup = root.spawn();
+    wait_for(Duration::from_secs(30), "the budget to be reached", || {
+        root.sup_logs().contains("reached its budget daily_tokens")
+    });
+    // The loop went on (a panic would have ended the process, exit 101).
+    assert!(alive(sup.pid()), "{}", root.sup_logs());
+    sup.signal(15);
+    assert!(
+        sup.wait_exit(Duration::from_secs(30)).success(),
+        "{}",
+        root.sup_logs()
+    );
+    assert_eq!(root.names("completed"), ["one"]);
+    assert_eq!(root.names("pending"), ["two"]);
+}
