@@ -59,9 +59,14 @@ impl Ledger {
     /// Reads what was appended to the log since the last refresh.
     pub fn refresh(&mut self, layout: &Layout) {
         let path = layout.context.join(crate::tree::context::JSONL);
-        let Ok(mut f) = std::fs::File::open(&path) else {
+        // A FIFO an agent put there must not hold the main loop for good,
+        // nor a link make it sum a file from elsewhere.
+        let Ok(mut f) = crate::tree::fsx::open_nofollow(&path) else {
             return;
         };
+        if !f.metadata().is_ok_and(|m| m.is_file()) {
+            return;
+        }
         let len = f.metadata().map(|m| m.len()).unwrap_or(0);
         if len < self.offset {
             *self = Ledger::default();

@@ -674,9 +674,15 @@ pub fn recent(layout: &Layout, n: usize) -> Arc<Vec<Arc<serde_json::Value>>> {
     /// Kept per log (a process has one tree, tests have many).
     static LAST: Mutex<Vec<Last>> = Mutex::new(Vec::new());
     let path = layout.context.join(JSONL);
-    let Ok(mut f) = File::open(&path) else {
+    // Agents write in `context/`: a FIFO there would hold this open (and
+    // the prompt of every later run) for good, and a link would show a file
+    // from elsewhere. Only a regular file is read.
+    let Ok(mut f) = fsx::open_nofollow(&path) else {
         return Arc::default();
     };
+    if !f.metadata().is_ok_and(|m| m.is_file()) {
+        return Arc::default();
+    }
     let keep = |l: Last| {
         if let Ok(mut g) = LAST.lock() {
             g.retain(|o| o.path != l.path);

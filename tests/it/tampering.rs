@@ -657,3 +657,29 @@ fn a_forged_log_line_with_huge_token_counts_saturates_the_ledger() {
     assert_eq!(root.names("completed"), ["one"]);
     assert_eq!(root.names("pending"), ["two"]);
 }
+
+/// A FIFO at `context/completed_tasks.jsonl` (an agent's doing, while other
+/// runs go on): the prompt of the next run read the log's recent lines
+/// through a plain open, which waited for a writer for good; the spawn, and
+/// the supervisor's shutdown behind it, never came. The ledger of budgets
+/// opened it the same way. Only a regular file is read now.
+#[test]
+fn a_fifo_in_the_place_of_the_context_log_holds_no_prompt() {
+    let root = Root::new()
+        .agent_config(&[&agent("ok.sh")], "")
+        .task("t1.yaml", "description: one\n");
+    let log = std::ffi::CString::new(
+        root.p("context/completed_tasks.jsonl")
+            .to_string_lossy()
+            .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(unsafe { mkfifo(log.as_ptr(), 0o644) }, 0);
+    root.run_until_idle_within(Duration::from_secs(30));
+    assert_eq!(root.record("completed", "t1")["status"], "completed");
+    assert!(root.exists("context/completed_tasks.jsonl.set-aside-1"));
+}
+
+unsafe extern "C" {
+    fn mkfifo(path: *const std::ffi::c_char, mode: u32) -> i32;
+}
