@@ -230,7 +230,7 @@ def aider(mode, port, home):
 
 AIDER_MODES = ["ok", "ok-429", "429", "usage-limit", "500", "401", "hang", "dash-v",
                "bad-flag", "cut", "garbage", "overloaded", "refused", "garbage-url",
-               "max-tokens"]
+               "max-tokens", "403"]
 
 CLIS = {"claude": (claude, CLAUDE_MODES), "codex": (codex, CODEX_MODES),
         "gemini": (gemini, GEMINI_MODES), "aider": (aider, AIDER_MODES)}

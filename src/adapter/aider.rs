@@ -196,6 +196,9 @@ fn class_of(name: &str, text: &str) -> ErrorClass {
         // A request the API refused: the setup's when it names the model or
         // a parameter, else the task's (a prompt too long, say), as claude,
         // codex and gemini file a 400.
+        // litellm files some 403s as a bad request ("You have insufficient
+        // permissions for this operation"): a key refused, not a setup.
+        "BadRequestError" if super::forbidden(text) => ErrorClass::Auth,
         "BadRequestError" if BAD_SETUP.is_match(text) => ErrorClass::Config,
         "BadRequestError" => ErrorClass::Task,
         "ContextWindowExceededError" | "ContentPolicyViolationError" => ErrorClass::Task,
@@ -402,6 +405,19 @@ mod tests {
     fn server_error_exits_0_but_is_transient() {
         let r = run(&K, &fixture!("aider-0.86.1", "500"), &prompt("500"));
         assert_eq!(r.outcome, Class::Failed(ErrorClass::Transient), "{r:?}");
+    }
+
+    /// litellm files OpenAI's 403 as a BadRequestError: still a refused
+    /// key, whose fix is the model or the key's scopes, not a new key.
+    #[test]
+    fn forbidden_is_auth_with_its_own_fix() {
+        let f = fixture!("aider-0.86.1", "403");
+        assert_eq!(f.exit.trim(), "code 0");
+        let r = run(&K, &f, &prompt("403"));
+        assert_eq!(r.outcome, Class::Failed(ErrorClass::Auth), "{r:?}");
+        let m = r.message.unwrap();
+        assert!(m.contains("insufficient permissions"), "{m}");
+        assert!(m.ends_with("and the key's project, plan or region)"), "{m}");
     }
 
     #[test]

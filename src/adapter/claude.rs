@@ -546,6 +546,13 @@ mod tests {
     fn forbidden_is_auth_and_max_tokens_is_no_answer() {
         let r = run(&K, &fixture!("claude-2.1.197", "403"), &prompt("403"));
         assert_eq!(r.outcome, Class::Failed(ErrorClass::Auth));
+        // The fix is the model or the key's access, not another key.
+        let m = r.message.unwrap();
+        assert!(
+            m.contains("fix: the key was accepted but may not use"),
+            "{m}"
+        );
+        assert!(!m.contains("ANTHROPIC_API_KEY"), "{m}");
         let r = run(
             &K,
             &fixture!("claude-2.1.197", "max-tokens"),

@@ -533,6 +533,8 @@ fn success(p: Parsed) -> RunReport {
 const MAX_MESSAGE_CHARS: usize = 400;
 
 /// One line, no ANSI codes, no control characters, at most 400 characters.
+/// A message that ends in a ` (fix: …)` hint is cut before the hint, which
+/// stays whole: the fix is what the reader needs most.
 pub(crate) fn short(text: &str) -> String {
     let clean = strip_ansi(text);
     let one_line: String = clean
@@ -543,12 +545,22 @@ pub(crate) fn short(text: &str) -> String {
         .filter(|c| !c.is_control())
         .collect();
     if one_line.chars().count() <= MAX_MESSAGE_CHARS {
-        one_line
-    } else {
-        let mut s: String = one_line.chars().take(MAX_MESSAGE_CHARS - 1).collect();
-        s.push('…');
-        s
+        return one_line;
     }
+    let (body, fix) = match one_line.rfind(" (fix: ") {
+        Some(i)
+            if one_line.ends_with(')')
+                && one_line[i..].chars().count() <= MAX_MESSAGE_CHARS / 2 =>
+        {
+            one_line.split_at(i)
+        }
+        _ => (one_line.as_str(), ""),
+    };
+    let keep = MAX_MESSAGE_CHARS - 1 - fix.chars().count();
+    let mut s: String = body.chars().take(keep).collect();
+    s.push('…');
+    s.push_str(fix);
+    s
 }
 
 pub(crate) fn strip_ansi(s: &str) -> Cow<'_, str> {
@@ -778,6 +790,11 @@ pub(crate) fn hint(kind: &Kind, class: &ErrorClass, text: &str) -> String {
         (_, ErrorClass::Config) => {
             "check the agent's command in mailroom.yaml against the CLI's --help"
         }
+        // A 403: the key is good, what it asks for is not allowed; a new
+        // key is the wrong fix.
+        (_, ErrorClass::Auth) if forbidden(text) => {
+            "the key was accepted but may not use this model or resource: check the model the agent's command or the CLI's settings name, and the key's project, plan or region"
+        }
         (Kind::Claude, ErrorClass::Auth) => {
             "set ANTHROPIC_API_KEY (or CLAUDE_CODE_OAUTH_TOKEN) to a valid key, in the supervisor's environment or the agent's `env:`, or log in with `claude` as the supervisor's user"
         }
@@ -799,6 +816,19 @@ pub(crate) fn hint(kind: &Kind, class: &ErrorClass, text: &str) -> String {
         _ => return String::new(),
     };
     format!(" (fix: {fix})")
+}
+
+/// Whether an auth error is a refusal of a valid key (HTTP 403, "permission
+/// denied"), not a rejected key (401).
+pub(crate) fn forbidden(text: &str) -> bool {
+    static FORBIDDEN: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(concat!(
+            r"(?i)\b403\b|\bforbidden\b|permission[ _]?denied|permission_error|",
+            r"does not have permission|insufficient permissions|not have access to"
+        ))
+        .expect("forbidden pattern compiles")
+    });
+    FORBIDDEN.is_match(text)
 }
 
 /// A classified error with its message and fix hint.
@@ -1103,6 +1133,13 @@ mod tests {
     fn short_strips_ansi_and_newlines() {
         assert_eq!(short("\x1b[31mred\x1b[0m\nnext  line"), "red next line");
         assert_eq!(short(&"x".repeat(1000)).chars().count(), MAX_MESSAGE_CHARS);
+        // A long message keeps its fix whole; a long "fix" is only text.
+        let m = short(&format!("{} (fix: set THE_KEY)", "y".repeat(1000)));
+        assert_eq!(m.chars().count(), MAX_MESSAGE_CHARS);
+        assert!(m.ends_with("y… (fix: set THE_KEY)"), "{m}");
+        let m = short(&format!("a (fix: {})", "z".repeat(1000)));
+        assert_eq!(m.chars().count(), MAX_MESSAGE_CHARS);
+        assert!(m.ends_with("z…"), "{m}");
     }
 
     #[test]

@@ -598,6 +598,12 @@ fn answers_and_errors(cli: Cli) {
         (&json!("misconfigured"), &json!("auth"), &json!(1)),
         "{cli:?}: {rec}"
     );
+    assert!(
+        rec["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("fix: the key was accepted but may not use")),
+        "{cli:?}: a 403 asks for another key: {rec}"
+    );
 
     // A reply stopped at the output-token limit: claude and codex say so (a failure,
     // the partial reply is no answer); gemini 0.61 reports no finish reason and prints
@@ -1516,6 +1522,12 @@ fn aider_answers_and_errors_are_filed_right() {
         (&rec["outcome"], &rec["attempts"]),
         (&json!("misconfigured"), &json!(1)),
         "{rec}"
+    );
+    assert!(
+        rec["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("fix: the key was accepted but may not use")),
+        "aider: a 403 asks for another key: {rec}"
     );
     // A reply stopped at the token limit: aider says "Model ... has hit a token
     // limit!" and exits 0; the record says that, the partial reply is no answer.
