@@ -140,6 +140,12 @@ struct SupervisorJson {
     #[serde(flatten)]
     heartbeat: crate::tree::registry::Heartbeat,
     alive: bool,
+    /// For a live one: how long since its last beat, when that is more
+    /// than [`STALE_AFTER`](crate::tree::registry::STALE_AFTER): its
+    /// process is there but does not beat (stopped with SIGSTOP, hung, or
+    /// stalled on its disk), and its tasks wait. Absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    silent_for_secs: Option<u64>,
 }
 
 fn running_tasks(layout: &Layout) -> Vec<RunningTask> {
@@ -216,6 +222,7 @@ pub fn status(root: &Path, json: bool) -> Result<()> {
     let layout = open_tree(root)?;
     let config = crate::parse::config::Config::load(root);
     let (pending, ignored_in_pending) = books::count_pending(&layout);
+    let now = std::time::SystemTime::now();
     let s = StatusJson {
         root: root
             .canonicalize()
@@ -236,7 +243,16 @@ pub fn status(root: &Path, json: bool) -> Result<()> {
         config_error: config.as_ref().err().map(|e| e.to_string()),
         supervisors: crate::tree::registry::list(&layout)
             .into_iter()
-            .map(|(heartbeat, alive)| SupervisorJson { heartbeat, alive })
+            .map(|(heartbeat, alive)| {
+                let silent_for_secs = crate::tree::registry::beat_age(&heartbeat, now)
+                    .filter(|age| alive && *age > crate::tree::registry::STALE_AFTER)
+                    .map(|age| age.as_secs());
+                SupervisorJson {
+                    heartbeat,
+                    alive,
+                    silent_for_secs,
+                }
+            })
             .collect(),
         disk_full: crate::tree::fsx::no_space_left(&layout.tasks),
     };
@@ -314,6 +330,13 @@ pub fn status(root: &Path, json: bool) -> Result<()> {
                 "  supervisor {}:{} ({tool}) since {}, {running} running, last beat {}",
                 h.host, h.pid, h.started_at, h.last_beat
             );
+            if let Some(secs) = v.silent_for_secs {
+                println!(
+                    "    not responding: no beat for {} (its process is there: stopped, as by \
+                     SIGSTOP or a debugger, hung, or stalled on its disk); its tasks wait",
+                    humantime::format_duration(std::time::Duration::from_secs(secs))
+                );
+            }
             if let Some(url) = &h.dashboard {
                 println!("    dashboard on {url}");
             }

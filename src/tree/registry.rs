@@ -128,7 +128,7 @@ pub fn alive(hb: &Heartbeat, this_host: &str, now: SystemTime) -> bool {
 
 /// How long ago `hb` last beat; a beat in the future (a host whose clock is
 /// ahead) is a beat just now. None: unreadable.
-fn beat_age(hb: &Heartbeat, now: SystemTime) -> Option<Duration> {
+pub fn beat_age(hb: &Heartbeat, now: SystemTime) -> Option<Duration> {
     crate::model::record::parse_ts(&hb.last_beat)
         .map(|t| now.duration_since(t).unwrap_or(Duration::ZERO))
 }

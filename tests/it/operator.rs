@@ -84,6 +84,52 @@ fn status_puts_the_live_supervisor_first_and_counts_the_gone_ones() {
     assert_eq!(json["supervisors"].as_array().unwrap().len(), 11);
 }
 
+/// A supervisor whose process is there but does not beat (stopped with
+/// SIGSTOP; hung) is not shown as a healthy one: `status` says it is not
+/// responding and for how long, and `--json` has `silent_for_secs`.
+#[test]
+fn status_says_a_stopped_supervisor_is_not_responding() {
+    let root = Root::new().agent_config(&[&agent("ok.sh")], "");
+    let sup = root.spawn();
+    wait_for(MIN, "the supervisor to start", || {
+        root.sup_logs().contains("supervisor ready")
+    });
+    let suffix = format!(".{}.json", sup.pid());
+    let beat = || {
+        root.entries("tasks/supervisors")
+            .into_iter()
+            .find(|n| n.ends_with(&suffix))
+            .map(|n| format!("tasks/supervisors/{n}"))
+    };
+    wait_for(MIN, "its heartbeat", || beat().is_some());
+    let beat = beat().unwrap();
+    let out = stdout(&root.mailroom(&["status"]));
+    assert!(!out.contains("not responding"), "{out}");
+    sup.signal(libc::SIGSTOP);
+    // Its last beat a minute old, as a minute after the stop: the stopped
+    // process writes no other.
+    let minute_ago =
+        mailroom::model::record::ts(std::time::SystemTime::now() - Duration::from_secs(60));
+    let mut hb: serde_json::Value = serde_json::from_str(&root.read(&beat)).unwrap();
+    hb["last_beat"] = serde_json::json!(minute_ago);
+    root.write(&beat, &hb.to_string());
+    let out = stdout(&root.mailroom(&["status"]));
+    let json = stdout(&root.mailroom(&["status", "--json"]));
+    sup.signal(libc::SIGCONT);
+    assert!(
+        out.contains("not responding: no beat for 1m"),
+        "a stopped supervisor looks healthy: {out}"
+    );
+    assert!(!out.contains("no supervisor is running"), "{out}");
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let secs = json["supervisors"][0]["silent_for_secs"].as_u64();
+    assert!(secs.is_some_and(|s| (60..120).contains(&s)), "{json}");
+    // Resumed, it beats again within a beat (5 s), and is healthy again.
+    wait_for(MIN, "its next beat", || {
+        !stdout(&root.mailroom(&["status"])).contains("not responding")
+    });
+}
+
 /// A task file that cannot be read (here a link) is said to be one, not
 /// given a parse error of the placeholder shown in its place.
 #[test]
