@@ -659,8 +659,13 @@ pub fn check_name(name: &str) -> Result<(), String> {
     if name.trim().is_empty() {
         return Err("the name is only spaces".into());
     }
-    if name.contains('/') || name.contains('\\') {
+    if name.contains('/') {
         return Err("the name contains a slash".into());
+    }
+    // Not a separator here, but one on Windows shares and in tools that
+    // take either; said as what it is.
+    if name.contains('\\') {
+        return Err("the name contains a backslash".into());
     }
     if let Some(c) = name.chars().find(|c| c.is_control()) {
         return Err(format!("the name contains a control character {:?}", c));
@@ -1656,6 +1661,11 @@ context_files: ["context/project_overview.md", "context/current_state.md"]
     #[test]
     fn names_of_spaces_utf16_files_and_alias_bombs_get_clear_errors() {
         assert_eq!(check_name("   ").unwrap_err(), "the name is only spaces");
+        assert_eq!(
+            check_name("a\\b").unwrap_err(),
+            "the name contains a backslash"
+        );
+        assert_eq!(check_name("a/b").unwrap_err(), "the name contains a slash");
         assert!(check_name("a b").is_ok());
         // Names that could pass for others: bidirectional overrides and
         // zero-width characters. Other scripts, right-to-left ones too, are
