@@ -17,9 +17,8 @@ use serde::Serialize;
 use crate::adapter::Usage;
 use crate::tree::layout::Layout;
 
-/// At most this much of the log is read per request (a huge backlog is
-/// caught up over several requests).
-const CHUNK: u64 = 64 * 1024 * 1024;
+/// The log is read this much at a time (never held whole).
+const CHUNK: u64 = 4 * 1024 * 1024;
 
 /// One agent's finished tasks.
 #[derive(Debug, Default, Clone)]
@@ -146,14 +145,25 @@ impl Ledger {
             });
         }
         let r = guard.as_mut().expect("set above");
-        if meta.len() > r.offset && file.seek(SeekFrom::Start(r.offset)).is_ok() {
-            let mut buf = Vec::new();
-            let _ = (&mut file).take(CHUNK).read_to_end(&mut buf);
-            if let Some(end) = buf.iter().rposition(|b| *b == b'\n') {
-                for line in buf[..end].split(|b| *b == b'\n') {
-                    r.sums.line(line);
+        // In pieces of CHUNK, up to the last whole line. A piece with no end
+        // of line in it is part of a "line" no record makes: it is passed
+        // over (its tail then counts as one unreadable line), or the sums
+        // would stop there for good.
+        let mut buf = Vec::new();
+        while meta.len() > r.offset && file.seek(SeekFrom::Start(r.offset)).is_ok() {
+            buf.clear();
+            if (&mut file).take(CHUNK).read_to_end(&mut buf).is_err() || buf.is_empty() {
+                break;
+            }
+            match buf.iter().rposition(|b| *b == b'\n') {
+                Some(end) => {
+                    for line in buf[..end].split(|b| *b == b'\n') {
+                        r.sums.line(line);
+                    }
+                    r.offset += end as u64 + 1;
                 }
-                r.offset += end as u64 + 1;
+                None if buf.len() as u64 == CHUNK => r.offset += CHUNK,
+                None => break,
             }
         }
         f_(&r.sums)
@@ -184,6 +194,29 @@ mod tests {
         assert_eq!(median(&[]), None);
         assert_eq!(median(&[5, 1, 3]), Some(3));
         assert_eq!(median(&[4, 1, 3, 2]), Some(2));
+    }
+
+    /// A "line" longer than a read, with no end of line, does not stop the
+    /// sums: the records after it count.
+    #[test]
+    fn a_line_longer_than_a_read_does_not_stop_the_sums() {
+        let d = std::env::temp_dir().join(format!("mailroom-ledger-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let layout = Layout::new(&d);
+        std::fs::create_dir_all(&layout.context).unwrap();
+        let rec = |t: &str| {
+            format!(
+                r#"{{"task":"{t}","status":"completed","agent":"x","finished_at":"2026-12-01T10:00:00.000Z","duration_ms":1,"usage":{{"cost_usd":1.0}}}}"#
+            ) + "\n"
+        };
+        let text = rec("a") + &"y".repeat(CHUNK as usize * 2 + 10) + "\n" + &rec("b");
+        std::fs::write(layout.context.join("completed_tasks.jsonl"), text).unwrap();
+        let l = Ledger::default();
+        let (finished, cost) = l.with(&layout, |s| {
+            (s.agents["x"].finished, s.agents["x"].usage.cost_usd)
+        });
+        assert_eq!((finished, cost), (2, Some(2.0)));
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

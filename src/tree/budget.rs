@@ -44,13 +44,22 @@ pub fn tokens(u: &Usage) -> u64 {
     .fold(0u64, |sum, t| sum.saturating_add(t.unwrap_or(0)))
 }
 
+/// How much of the log [`Ledger::refresh`] reads at a time.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// The longest log line summed: a record's line is a few hundred bytes,
+/// one with a long error a few KiB.
+const MAX_LINE: usize = 1024 * 1024;
+
 /// Spending by agent and UTC day, and by agent and tree.
 #[derive(Debug, Default)]
 pub struct Ledger {
     /// Bytes of the log read so far (a shorter log was replaced: read again).
     offset: u64,
     /// A line not yet finished by its writer.
-    partial: String,
+    partial: Vec<u8>,
+    /// Inside a line longer than [`MAX_LINE`], skipped to its end.
+    skipping: bool,
     day: HashMap<(String, String), Spent>,
     tree: HashMap<(String, String), Spent>,
 }
@@ -74,20 +83,35 @@ impl Ledger {
         if len == self.offset || f.seek(SeekFrom::Start(self.offset)).is_err() {
             return;
         }
-        let mut buf = Vec::new();
-        if f.take(len - self.offset).read_to_end(&mut buf).is_err() {
-            return;
-        }
-        self.offset += buf.len() as u64;
-        let mut text = std::mem::take(&mut self.partial);
-        text.push_str(&String::from_utf8_lossy(&buf));
-        let complete = text.ends_with('\n');
-        let mut lines: Vec<&str> = text.split('\n').collect();
-        if !complete {
-            self.partial = lines.pop().unwrap_or("").to_owned();
-        }
-        for line in lines {
-            self.add_line(line);
+        // In pieces: the log of a long-lived tree (or one an agent padded)
+        // is never held whole, and a "line" longer than any record is
+        // skipped up to its end rather than kept growing.
+        let mut rest = f.take(len - self.offset);
+        let mut buf = vec![0u8; READ_CHUNK];
+        loop {
+            let n = match rest.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            self.offset += n as u64;
+            let mut piece = &buf[..n];
+            while let Some(i) = piece.iter().position(|b| *b == b'\n') {
+                if self.skipping {
+                    self.skipping = false;
+                } else {
+                    self.partial.extend_from_slice(&piece[..i]);
+                    let line = std::mem::take(&mut self.partial);
+                    self.add_line(&String::from_utf8_lossy(&line));
+                }
+                piece = &piece[i + 1..];
+            }
+            if !self.skipping {
+                self.partial.extend_from_slice(piece);
+                if self.partial.len() > MAX_LINE {
+                    self.partial = Vec::new();
+                    self.skipping = true;
+                }
+            }
         }
     }
 
@@ -245,6 +269,18 @@ mod tests {
         l.refresh(&layout);
         assert_eq!(l.on_day("a", "2026-12-01").usd, 2.75);
         assert_eq!(l.on_tree("a", "q").usd, 2.0);
+        // A "line" of 3 MiB, written by anything but a supervisor, is
+        // skipped whole; the lines after it count.
+        let big = "x".repeat(3 * MAX_LINE);
+        let grown = std::fs::read_to_string(&log).unwrap() + &big + "\n";
+        std::fs::write(
+            &log,
+            grown.clone() + &line("a", "2026-12-01", Some("q"), 1.0, 0),
+        )
+        .unwrap();
+        l.refresh(&layout);
+        assert!(l.partial.is_empty() && !l.skipping);
+        assert_eq!(l.on_tree("a", "q").usd, 3.0);
         // A log replaced by a shorter one is read again.
         std::fs::write(&log, line("a", "2026-12-01", None, 0.1, 0)).unwrap();
         l.refresh(&layout);
