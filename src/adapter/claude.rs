@@ -83,7 +83,7 @@ pub(crate) fn parse_envelope(kind: &Kind, facts: &RunFacts<'_>) -> Parsed {
     let usage = usage(&result);
     if is_error {
         let status = u64_at(&result, "api_error_status").and_then(|s| u16::try_from(s).ok());
-        let message = if text.trim().is_empty() {
+        if text.trim().is_empty() {
             // An error subtype (error_max_turns, error_during_execution)
             // has no `result`; its `errors` say what happened ("Reached
             // maximum number of turns (1)").
@@ -93,17 +93,25 @@ pub(crate) fn parse_envelope(kind: &Kind, facts: &RunFacts<'_>) -> Parsed {
                 .and_then(Value::as_array)
                 .map(|a| a.iter().filter_map(Value::as_str).collect())
                 .unwrap_or_default();
-            if errors.is_empty() {
-                format!("the run ended with {subtype}")
-            } else {
-                format!("the run ended with {subtype}: {}", errors.join("; "))
+            // The class comes from the subtype alone: `errors` quote
+            // whatever a tool or the model said ("Reached maximum number of
+            // turns (429)" is no rate limit), and only describe it.
+            let mut verdict = error(kind, &format!("the run ended with {subtype}"), status);
+            if let Verdict::Error { message, .. } = &mut verdict
+                && !errors.is_empty()
+            {
+                *message = super::short(&format!("{message}: {}", errors.join("; ")));
             }
-        } else {
-            text
-        };
+            return Parsed {
+                answer: String::new(),
+                verdict,
+                usage,
+                session_id,
+            };
+        }
         return Parsed {
             answer: String::new(),
-            verdict: error(kind, &message, status),
+            verdict: error(kind, &text, status),
             usage,
             session_id,
         };
@@ -523,6 +531,27 @@ mod tests {
             m.contains("error_max_turns: Reached maximum number of turns (1)"),
             "{m}"
         );
+    }
+
+    /// What `errors` say describes the error and never classes it: a run
+    /// of 429 turns is no rate limit, nor one of 500 a server error.
+    #[test]
+    fn the_errors_of_an_error_subtype_do_not_class_it() {
+        let f = fixture!("claude-2.1.197", "max-turns");
+        for n in ["429", "500", "403"] {
+            let stdout = f.stdout.replace(
+                "Reached maximum number of turns (1)",
+                &format!("Reached maximum number of turns ({n}); 503 rate limit"),
+            );
+            assert_ne!(stdout.as_str(), f.stdout);
+            let g = crate::adapter::testing::Fixture {
+                stdout: stdout.leak(),
+                ..f
+            };
+            let r = run(&K, &g, &prompt("max-turns"));
+            assert_eq!(r.outcome, Class::Failed(ErrorClass::Task), "{n}: {r:?}");
+            assert!(r.message.unwrap().contains(&format!("turns ({n})")));
+        }
     }
 
     /// A stream whose events are not JSON: "API Error: Failed to parse
