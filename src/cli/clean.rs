@@ -98,55 +98,126 @@ pub fn clean(root: &Path, a: CleanArgs) -> Result<ExitCode> {
     // A task that waits only for tasks removed in this same pass is no
     // reason to keep them.
     let removing: HashSet<(State, &str)> = chosen.iter().map(|(s, n)| (*s, n.as_str())).collect();
-    let waiting: HashMap<String, (String, State)> = waited_for(&layout, max_bytes)
-        .into_iter()
-        .filter_map(|(dep, waiters)| {
-            waiters
-                .into_iter()
-                .find(|(w, ws)| !removing.contains(&(*ws, w.as_str())))
-                .map(|w| (dep, w))
-        })
-        .collect();
-    let mut removed = 0usize;
-    // What another holds is left to a second round, which shares one wait
-    // among all of them: a dozen busy tasks cost 3 s, not 36.
-    let mut busy = Vec::new();
-    for (s, n) in &chosen {
-        if let Some((w, ws)) = waiting.get(n.as_str()) {
-            if *ws == State::Failed {
-                eprintln!(
-                    "mailroom: kept `{n}`: the failed task `{w}` runs after it, and would wait \
-                     for it forever once retried (clean `{w}` first, or together)"
-                );
-            } else {
-                eprintln!(
-                    "mailroom: kept `{n}`: `{w}` runs after it and would wait for it forever \
-                     (cancel or finish `{w}` first)"
-                );
-            }
-            failed |= !a.names.is_empty();
-            continue;
+    let mut waiting: HashMap<String, (String, State)> = HashMap::new();
+    // The chosen tasks that wait for each chosen task: it goes only once
+    // they are gone, so that one of them kept (busy, not merged, moved)
+    // does not lose what it waits for.
+    let mut chosen_waiters: HashMap<String, Vec<(State, String)>> = HashMap::new();
+    for (dep, waiters) in waited_for(&layout, max_bytes) {
+        let (inside, outside): (Vec<_>, Vec<_>) = waiters
+            .into_iter()
+            .partition(|(w, ws)| removing.contains(&(*ws, w.as_str())));
+        if let Some(w) = outside.into_iter().next() {
+            waiting.insert(dep.clone(), w);
         }
-        if a.dry_run {
-            println!("{n}: would be removed ({})", s.dir_name());
-            removed += 1;
-            continue;
-        }
-        match remove_task(&layout, *s, n, Duration::ZERO) {
-            Ok(None) => busy.push((*s, n)),
-            res => said(*s, n, res, &mut removed, &mut failed),
+        if !inside.is_empty() {
+            chosen_waiters.insert(dep, inside.into_iter().map(|(w, ws)| (ws, w)).collect());
         }
     }
-    let deadline = std::time::Instant::now() + BUSY_WAIT;
-    for (s, n) in busy {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        said(
-            s,
-            n,
-            remove_task(&layout, s, n, left),
-            &mut removed,
-            &mut failed,
-        );
+    let mut removed = 0usize;
+    // Each chosen task, once decided: removed (true) or kept (false).
+    let mut done: HashMap<(State, &str), bool> = HashMap::new();
+    for (s, n) in &chosen {
+        let Some((w, ws)) = waiting.get(n.as_str()) else {
+            continue;
+        };
+        if *ws == State::Failed {
+            eprintln!(
+                "mailroom: kept `{n}`: the failed task `{w}` runs after it, and would wait \
+                 for it forever once retried (clean `{w}` first, or together)"
+            );
+        } else {
+            eprintln!(
+                "mailroom: kept `{n}`: `{w}` runs after it and would wait for it forever \
+                 (cancel or finish `{w}` first)"
+            );
+        }
+        failed |= !a.names.is_empty();
+        done.insert((*s, n.as_str()), false);
+    }
+    // Merges its commit could not make are made first, here, once (a
+    // supervisor's rescan would; one need not be running).
+    if !a.dry_run
+        && chosen
+            .iter()
+            .any(|(_, n)| crate::tree::context::is_unmerged(&layout, n))
+    {
+        crate::tree::context::replay_unmerged(&layout, 256, MERGE_WAIT);
+    }
+    // Rounds: a task is taken up once the chosen tasks that wait for it are
+    // decided. What another holds is left for later rounds, which share one
+    // wait among all of them (a dozen busy tasks cost 3 s, not 36); tasks
+    // that wait for each other in a circle are taken up together at the end.
+    let mut deadline: Option<std::time::Instant> = None;
+    let mut force = false;
+    loop {
+        let mut progress = false;
+        for (s, n) in &chosen {
+            if done.contains_key(&(*s, n.as_str())) {
+                continue;
+            }
+            let ws = chosen_waiters
+                .get(n.as_str())
+                .map_or(&[][..], Vec::as_slice);
+            if !force
+                && ws
+                    .iter()
+                    .any(|(ws, w)| !done.contains_key(&(*ws, w.as_str())))
+            {
+                continue;
+            }
+            if let Some((_, w)) = ws
+                .iter()
+                .find(|(ws, w)| done.get(&(*ws, w.as_str())) == Some(&false))
+            {
+                eprintln!(
+                    "mailroom: kept `{n}`: `{w}` runs after it and was kept, and would wait for \
+                     it forever"
+                );
+                failed |= !a.names.is_empty();
+                done.insert((*s, n.as_str()), false);
+                progress = true;
+                continue;
+            }
+            // Its line in completed_tasks.jsonl is written from its record:
+            // not before that.
+            if crate::tree::context::is_unmerged(&layout, n) {
+                eprintln!("mailroom: kept `{n}`: {NOT_MERGED}");
+                failed |= !a.names.is_empty();
+                done.insert((*s, n.as_str()), false);
+                progress = true;
+                continue;
+            }
+            if a.dry_run {
+                println!("{n}: would be removed ({})", s.dir_name());
+                removed += 1;
+                done.insert((*s, n.as_str()), true);
+                progress = true;
+                continue;
+            }
+            let wait = deadline.map_or(Duration::ZERO, |d| {
+                d.saturating_duration_since(std::time::Instant::now())
+            });
+            let res = remove_task(&layout, *s, n, wait);
+            if deadline.is_none() && matches!(res, Ok(None)) {
+                continue;
+            }
+            let gone = said(*s, n, res, &mut removed, &mut failed);
+            done.insert((*s, n.as_str()), gone);
+            progress = true;
+        }
+        if done.len() == chosen.len() {
+            break;
+        }
+        if !progress {
+            if deadline.is_none() {
+                deadline = Some(std::time::Instant::now() + BUSY_WAIT);
+            } else if !force {
+                force = true;
+            } else {
+                break;
+            }
+        }
     }
     // One sync per directory for the whole pass.
     if removed > 0 && !a.dry_run {
@@ -215,11 +286,19 @@ fn waited_for(layout: &Layout, max_bytes: u64) -> HashMap<String, Vec<(String, S
 }
 
 /// Says what [`remove_task`] did with `n`, and counts it.
-fn said(s: State, n: &str, res: Result<Option<bool>>, removed: &mut usize, failed: &mut bool) {
+/// Returns whether it was removed.
+fn said(
+    s: State,
+    n: &str,
+    res: Result<Option<bool>>,
+    removed: &mut usize,
+    failed: &mut bool,
+) -> bool {
     match res {
         Ok(Some(true)) => {
             println!("{n}: removed ({})", s.dir_name());
             *removed += 1;
+            return true;
         }
         // Moved meanwhile (a retry): not ours to remove any more.
         Ok(Some(false)) => {}
@@ -236,11 +315,16 @@ fn said(s: State, n: &str, res: Result<Option<bool>>, removed: &mut usize, faile
             *failed = true;
         }
     }
+    false
 }
+
+/// Why a task not yet merged into context/ is kept.
+const NOT_MERGED: &str = "it is not merged into context/ yet (its commit found context/.lock held, \
+     and it still is, or the merge fails: see the supervisor's log); clean it after that";
 
 /// Removes the counts in `tasks/trees/` of trees that are over: their first
 /// task no longer exists (removed by this `clean` or an earlier one, or by
-/// hand) and no task in `pending/` or `assigned/` belongs to them, so
+/// hand) and no task in `pending/`, `assigned/` or `failed/` belongs to them, so
 /// nothing counts into them any more. Without this, a later task of the
 /// first task's name (a job submitted under one name, cleaned between
 /// runs) would inherit the old tree's count, and its follow-ups could fail
@@ -250,18 +334,30 @@ fn drop_dead_tree_counts(layout: &Layout, max_depth: usize) {
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return;
     };
+    // (A count set aside as `NAME.set-aside-N` is kept for inspection.)
     let gone: Vec<String> = entries
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| !n.starts_with('.') && layout.locate(n).is_none())
+        .filter(|n| !n.starts_with('.') && !n.contains(".set-aside-") && layout.locate(n).is_none())
         .collect();
     if gone.is_empty() {
         return;
     }
-    // The trees that pending and running tasks count into (a follow-up
-    // whose first task was removed still counts into that task's tree).
+    // The trees that pending, running and failed tasks count into (a
+    // follow-up whose first task was removed still counts into that task's
+    // tree; a failed one may be retried). `assigned/` is read before and
+    // after `pending/`, so that a task claimed in between is seen; a
+    // directory that cannot be read drops nothing.
     let mut live = HashSet::new();
-    for s in [State::Pending, State::Assigned] {
-        for (name, _) in books::list(layout, s).unwrap_or_default() {
+    for s in [
+        State::Assigned,
+        State::Pending,
+        State::Assigned,
+        State::Failed,
+    ] {
+        let Ok(names) = books::list(layout, s) else {
+            return;
+        };
+        for (name, _) in names {
             live.insert(crate::tree::outbox::tree_root(layout, &name, max_depth).0);
         }
     }
@@ -317,10 +413,7 @@ fn remove_task(layout: &Layout, s: State, name: &str, wait: Duration) -> Result<
             );
         }
         if crate::tree::context::is_unmerged(layout, name) {
-            bail!(
-                "kept: it is not merged into context/ yet (its commit found context/.lock held; \
-                 a supervisor's next rescan merges it): clean it after that"
-            );
+            bail!("{NOT_MERGED}");
         }
         let rounds = layout.history_run_dir(name, 1);
         let rounds = rounds.parent().expect("rounds are in a directory");

@@ -39,6 +39,10 @@ use crate::tree::layout::Layout;
 /// command's own.
 const GLOBAL: &str = "Global options";
 
+/// How long `clean` and `retry` wait for context/.lock to merge a finished
+/// task whose commit could not (see [`crate::tree::context::still_unmerged`]).
+const MERGE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A supervisor for command-line AI agents whose whole interface is a directory tree.
 #[derive(Debug, Parser)]
 #[command(name = "mailroom", version, about, propagate_version = true)]

@@ -237,10 +237,11 @@ fn retry_task_from(
         }
         // Its round's line in completed_tasks.jsonl is written from the
         // record, which moves into the history below.
-        if crate::tree::context::is_unmerged(&layout, name) {
+        if crate::tree::context::still_unmerged(&layout, name, MERGE_WAIT) {
             bail!(
                 "`{name}` is not merged into context/ yet (its commit found context/.lock \
-                 held; a supervisor's next rescan merges it): retry it after that"
+                 held, and it still is, or the merge fails: see the supervisor's log): retry \
+                 it after that"
             );
         }
         // The round that ends here stays readable: its run directory moves

@@ -153,6 +153,19 @@ pub fn is_unmerged(layout: &Layout, name: &str) -> bool {
     std::fs::symlink_metadata(fsx::child(&unmerged_dir(layout), name)).is_ok()
 }
 
+/// Whether `name` is still not merged into context/ after this process
+/// tried the pending merges itself (as a supervisor's rescan would; the
+/// commands that must not go on before that merge, `clean` and `retry`,
+/// need no supervisor for it). A lock held for more than `wait`, or a merge
+/// that fails, leaves it unmerged.
+pub fn still_unmerged(layout: &Layout, name: &str, wait: std::time::Duration) -> bool {
+    if !is_unmerged(layout, name) {
+        return false;
+    }
+    replay_unmerged(layout, 256, wait);
+    is_unmerged(layout, name)
+}
+
 /// Merges what was committed without its merge (at most `max` tries, each
 /// waiting at most `wait` for the lock), oldest note first, and forgets what
 /// is merged or gone. Returns how many were merged.

@@ -1087,10 +1087,51 @@ fn clean_drops_the_tree_count_of_a_removed_first_task() {
     assert_eq!(root.read("tasks/trees/nightly").trim(), "3");
 }
 
+/// The tree count `clean` drops is only that of a tree that is over: one
+/// with a failed follow-up (it may be retried) keeps its count, and so
+/// does a count set aside for inspection.
+#[test]
+fn clean_keeps_the_count_of_a_tree_with_a_failed_task() {
+    let root = Root::new().agent_config(&["true"], "retries: 0");
+    assert!(
+        root.mailroom(&["add", "x", "--name", "done"])
+            .status
+            .success()
+    );
+    root.run_until_idle();
+    root.write("tasks/failed/kid.yaml", "description: k\nparent: first\n");
+    root.write("tasks/trees/first", "2\n");
+    root.write("tasks/trees/over", "3\n");
+    root.write("tasks/trees/first.set-aside-1", "junk");
+    let out = root.mailroom(&["clean"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(root.names("completed").is_empty());
+    assert_eq!(
+        root.entries("tasks/trees"),
+        ["first", "first.set-aside-1"],
+        "{}",
+        stdout(&out)
+    );
+}
+
+/// Holds `context/.lock` as a supervisor's merge (or an agent) would.
+fn hold_context_lock(root: &Root) -> std::fs::File {
+    let lock = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(root.p("context/.lock"))
+        .unwrap();
+    lock.lock().unwrap();
+    lock
+}
+
 /// `clean` keeps a task whose commit could not merge it into `context/`
-/// (the context lock was held) until a supervisor has: removed before that,
+/// (the context lock was held) until it is merged: removed before that,
 /// its line in `completed_tasks.jsonl` (what `agents`, `usage` and the
-/// budgets count) was never written.
+/// budgets count) was never written. With the lock free again, `clean`
+/// makes the merge itself: no supervisor need be running.
 #[test]
 fn clean_keeps_a_task_not_yet_merged_into_the_context() {
     let root = Root::new().agent_config(&["true"], "retries: 0");
@@ -1101,7 +1142,9 @@ fn clean_keeps_a_task_not_yet_merged_into_the_context() {
     root.write("context/.unmerged/t", "completed");
     root.write("context/completed_tasks.jsonl", "");
     let jsonl = || root.read("context/completed_tasks.jsonl");
+    let lock = hold_context_lock(&root);
     let out = root.mailroom(&["clean", "t"]);
+    drop(lock);
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
     assert!(
         stderr(&out).contains("not merged into context/ yet"),
@@ -1109,18 +1152,48 @@ fn clean_keeps_a_task_not_yet_merged_into_the_context() {
         stderr(&out)
     );
     assert_eq!(root.names("completed"), ["t"]);
-    // A supervisor merges it; then it goes.
-    root.run_until_idle();
-    assert!(!root.exists("context/.unmerged/t"));
-    assert!(jsonl().contains("\"task\":\"t\""), "{}", jsonl());
+    assert!(jsonl().is_empty(), "{}", jsonl());
+    // The lock free, `clean` merges it, then removes it.
     let out = root.mailroom(&["clean", "t"]);
     assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!root.exists("context/.unmerged/t"));
+    assert!(jsonl().contains("\"task\":\"t\""), "{}", jsonl());
     assert!(root.names("completed").is_empty());
+}
+
+/// A task kept by `clean` keeps what it waits for, even when both were
+/// chosen: a failed `w` that runs after `c` and is not merged yet stays, and
+/// so does `c`, or `w` would wait for a task that is gone once retried.
+#[test]
+fn clean_keeps_what_a_kept_task_waits_for() {
+    let root = Root::new().agent_config(&["sh", "-c", "test \"$MAILROOM_TASK\" = c"], "retries: 0");
+    root.write("tasks/pending/c.yaml", "description: first\n");
+    root.write("tasks/pending/w.yaml", "description: then\nafter: [c]\n");
+    root.run_until_idle();
+    assert_eq!(root.names("completed"), ["c"]);
+    assert_eq!(root.names("failed"), ["w"]);
+    root.write("context/.unmerged/w", "failed");
+    let lock = hold_context_lock(&root);
+    let out = root.mailroom(&["clean", "--failed"]);
+    drop(lock);
+    let err = stderr(&out);
+    assert!(err.contains("kept `w`: it is not merged"), "{err}");
+    assert!(
+        err.contains("kept `c`: `w` runs after it and was kept"),
+        "{err}"
+    );
+    assert_eq!(root.names("completed"), ["c"], "{err}");
+    assert_eq!(root.names("failed"), ["w"], "{err}");
+    // Merged and cleaned together, both go.
+    let out = root.mailroom(&["clean", "--failed"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(root.names("completed").is_empty() && root.names("failed").is_empty());
 }
 
 /// Nor does `retry` take back a failed task before its commit is merged
 /// into `context/`: the failed round's line in `completed_tasks.jsonl` is
-/// written from its record, which the retry moves into the history.
+/// written from its record, which the retry moves into the history. With
+/// the lock free, `retry` merges it itself and goes on.
 #[test]
 fn retry_waits_for_the_merge_of_the_failed_round() {
     let root = Root::new().agent_config(&["false"], "retries: 0");
@@ -1129,7 +1202,9 @@ fn retry_waits_for_the_merge_of_the_failed_round() {
     assert_eq!(root.names("failed"), ["t"]);
     root.write("context/.unmerged/t", "failed");
     root.write("context/completed_tasks.jsonl", "");
+    let lock = hold_context_lock(&root);
     let out = root.mailroom(&["retry", "t"]);
+    drop(lock);
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
     assert!(
         stderr(&out).contains("not merged into context/ yet"),
@@ -1137,11 +1212,11 @@ fn retry_waits_for_the_merge_of_the_failed_round() {
         stderr(&out)
     );
     assert_eq!(root.names("failed"), ["t"]);
-    root.run_until_idle();
+    let out = root.mailroom(&["retry", "t"]);
+    assert!(out.status.success(), "{}", stderr(&out));
     assert!(!root.exists("context/.unmerged/t"));
     let jsonl = root.read("context/completed_tasks.jsonl");
     assert!(jsonl.contains("\"task\":\"t\""), "{jsonl}");
-    assert!(root.mailroom(&["retry", "t"]).status.success());
     assert_eq!(root.names("pending"), ["t"]);
 }
 
