@@ -110,11 +110,14 @@ pub fn count_into_tree(layout: &Layout, root: &str, n: usize, max: usize) -> Res
     // (an agent of the tree) must not hold its commits for good.
     crate::tree::lock::flock_within(&f, std::time::Duration::from_secs(10))
         .map_err(|why| format!("tasks/trees/{root} {why}; no follow-up was queued"))?;
+    // A count is a few digits: more is not read (an agent can write here).
     let mut text = String::new();
-    let _ = f.read_to_string(&mut text);
+    let _ = (&mut f).take(64).read_to_string(&mut text);
     // The tree's first task counts as one.
     let have: usize = text.trim().parse().unwrap_or(1);
-    if have + n > max {
+    // (A count near usize::MAX, written by hand or by an agent, is over
+    // any limit, never wrapped under it.)
+    if have.checked_add(n).is_none_or(|t| t > max) {
         return Err(format!(
             "the tree of `{root}` already has {have} tasks; {n} more would pass the limit of {max} (max_tree_tasks); none were queued"
         ));
@@ -665,6 +668,25 @@ mod tests {
         let got = free_number(|n| n <= 50 && n != 2).unwrap();
         assert!(got == 2 || got > 50, "{got}");
         assert_eq!(free_number(|_| true), None);
+    }
+
+    /// A count an agent wrote near `usize::MAX` (or padded to megabytes)
+    /// is over the limit: it neither wraps under it nor panics the commit.
+    #[test]
+    fn a_forged_huge_count_is_over_the_limit() {
+        let tmp = crate::tree::fsx::tests::tempdir();
+        let layout = Layout::new(&tmp);
+        std::fs::create_dir_all(layout.tasks.join("trees")).unwrap();
+        let count = layout.tasks.join("trees").join("r");
+        std::fs::write(&count, format!("{}\n", usize::MAX)).unwrap();
+        let e = count_into_tree(&layout, "r", 3, 200).unwrap_err();
+        assert!(e.contains("would pass the limit of 200"), "{e}");
+        std::fs::write(&count, "7\n").unwrap();
+        assert_eq!(count_into_tree(&layout, "r", 3, 200), Ok(10));
+        std::fs::write(&count, "1".repeat(10 << 20)).unwrap();
+        // Read as its first 64 bytes: not a number, so the first task only.
+        assert_eq!(count_into_tree(&layout, "r", 3, 200), Ok(4));
+        std::fs::remove_dir_all(&tmp).unwrap();
     }
 
     #[test]
