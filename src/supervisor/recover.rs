@@ -356,11 +356,15 @@ impl Supervisor {
         // The run of another task, whose agent renamed its run directory to
         // this name: no run of `name` to rebuild (a task of that name
         // waiting in `pending/` must not be filed with another's file).
-        let run_of = spec
-            .stdout
-            .parent()
-            .and_then(Path::parent)
-            .and_then(Path::file_name);
+        // (`<name>.run/<n>/stdout.log`; attempt 0, a run of protocol 2 or
+        // older: `<name>.run/stdout.log`.)
+        let run_dir = spec.stdout.parent();
+        let run_of = if n == 0 {
+            run_dir
+        } else {
+            run_dir.and_then(Path::parent)
+        }
+        .and_then(Path::file_name);
         if run_of != Some(std::ffi::OsStr::new(&format!("{name}.run"))) {
             if self.unrecoverable.insert(format!("foreign:{name}")) {
                 warn!(

@@ -1380,6 +1380,31 @@ fn a_state_file_its_agent_deleted_while_no_supervisor_watched_is_rebuilt_not_rer
     );
 }
 
+/// The same for a run directory of protocol 2 or older, whose attempt's
+/// files are directly in `<name>.run/` (attempt 0): it was taken for the run
+/// of another task, and the task ran again.
+#[test]
+fn a_lost_state_of_an_attempt_zero_run_is_rebuilt_not_rerun() {
+    let root = tamperer_root("rm-state", 0);
+    let _cleanup = killed_mid_run(&root);
+    end_unwatched(&root);
+    assert!(!root.exists("tasks/assigned/o.run/0"));
+    // As an older supervisor laid the run out: its files in o.run/ itself.
+    let run = root.p("tasks/assigned/o.run");
+    for e in std::fs::read_dir(run.join("1")).unwrap().flatten() {
+        std::fs::rename(e.path(), run.join(e.file_name())).unwrap();
+    }
+    std::fs::remove_dir(run.join("1")).unwrap();
+    let spec = root.read("tasks/assigned/o.run/spec.json");
+    let moved = spec.replace("o.run/1/", "o.run/");
+    assert_ne!(spec, moved);
+    root.write("tasks/assigned/o.run/spec.json", &moved);
+    root.run_until_idle_within(Duration::from_secs(60));
+    assert_started_once(&root);
+    let rec = root.record("failed", "o");
+    assert_eq!(rec["outcome"], "tampered", "{rec}");
+}
+
 /// `show` of a run without a keeper (`run_keeper: false`) says so, rather
 /// than a keeper pid `null` on another host.
 #[test]
