@@ -865,20 +865,17 @@ pub fn agents(root: &Path, json: bool) -> Result<()> {
     }
     // Each task counts once, as its last run ended (a retried task ran twice).
     let mut last: std::collections::HashMap<String, (String, String)> = Default::default();
-    if let Ok(f) = std::fs::File::open(layout.context.join("completed_tasks.jsonl")) {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(f).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                && let (Some(t), Some(a), Some(s)) = (
-                    v["task"].as_str(),
-                    v["agent"].as_str(),
-                    v["status"].as_str(),
-                )
-            {
-                last.insert(t.to_owned(), (a.to_owned(), s.to_owned()));
-            }
+    crate::tree::context::each_log_line(&layout, |line| {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(line)
+            && let (Some(t), Some(a), Some(s)) = (
+                v["task"].as_str(),
+                v["agent"].as_str(),
+                v["status"].as_str(),
+            )
+        {
+            last.insert(t.to_owned(), (a.to_owned(), s.to_owned()));
         }
-    }
+    });
     let mut counts: std::collections::HashMap<(String, String), u64> = Default::default();
     for k in last.into_values() {
         *counts.entry(k).or_default() += 1;

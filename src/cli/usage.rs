@@ -43,20 +43,21 @@ pub fn usage(root: &Path, by: By, since: Option<&str>, json: bool) -> Result<()>
         None => None,
         Some(s) => Some(parse_since(s)?),
     };
-    let text =
-        std::fs::read_to_string(layout.context.join("completed_tasks.jsonl")).unwrap_or_default();
     let mut rows: BTreeMap<String, Row> = BTreeMap::new();
     let mut total = Row {
         key: "total".into(),
         ..Row::default()
     };
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+    crate::tree::context::each_log_line(&layout, |line| {
+        if line.trim().is_empty() {
+            return;
+        }
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
+            return;
         };
         let finished = v["finished_at"].as_str().unwrap_or("");
         if since.as_deref().is_some_and(|s| finished < s) {
-            continue;
+            return;
         }
         let key = match by {
             By::Agent => v["agent"].as_str().unwrap_or("(none)").to_owned(),
@@ -79,7 +80,7 @@ pub fn usage(root: &Path, by: By, since: Option<&str>, json: bool) -> Result<()>
                 row.usage.add(u);
             }
         }
-    }
+    });
     let mut out: Vec<Row> = rows.into_values().collect();
     out.push(total);
     if json {

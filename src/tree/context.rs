@@ -564,6 +564,38 @@ pub fn total_usage(rec: &ResultRecord) -> Option<crate::adapter::Usage> {
     (!total.is_empty()).then_some(total)
 }
 
+/// Calls `f` with each line of `completed_tasks.jsonl`, for the commands
+/// that read it whole (`agents`, `usage`). Agents write in `context/`: only
+/// a regular file is read (a FIFO would hold the command, a link show a
+/// file from elsewhere), never more than a line at a time, and a "line" of
+/// more than 1 MiB (no supervisor writes one) is skipped to its end.
+pub fn each_log_line(layout: &Layout, mut f: impl FnMut(&str)) {
+    use std::io::BufRead;
+    const MAX_LINE: u64 = 1024 * 1024;
+    let Ok(file) = fsx::open_nofollow(&layout.context.join(JSONL)) else {
+        return;
+    };
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        return;
+    }
+    let mut r = io::BufReader::with_capacity(256 * 1024, file);
+    let mut line = Vec::new();
+    let mut skipping = false;
+    loop {
+        line.clear();
+        match (&mut r).take(MAX_LINE + 1).read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let whole = line.last() == Some(&b'\n');
+        if skipping || !whole && line.len() as u64 > MAX_LINE {
+            skipping = !whole;
+            continue;
+        }
+        f(String::from_utf8_lossy(&line).trim_end_matches(['\n', '\r']));
+    }
+}
+
 fn append_log(layout: &Layout, rec: &ResultRecord, tree: Option<&str>) -> io::Result<()> {
     let path = layout.context.join(JSONL);
     let mut f = or_set_aside(layout, &path, || {
@@ -1075,6 +1107,28 @@ mod tests {
     /// queued again, whether pending/ is listed or too large to list; a file
     /// of a completed task's name waiting in pending/ (a clash) is not a
     /// retry.
+    /// The commands' reader of the log: every line, a giant one skipped
+    /// whole, the unfinished last one too; a FIFO in its place is not read.
+    #[test]
+    fn the_log_is_read_a_line_at_a_time_and_a_giant_line_is_skipped() {
+        let tmp = crate::tree::fsx::tests::tempdir();
+        let layout = Layout::new(&tmp);
+        std::fs::create_dir_all(&layout.context).unwrap();
+        let log = layout.context.join(JSONL);
+        let giant = "g".repeat(3 << 20);
+        std::fs::write(&log, format!("one\n{giant}\ntwo\r\n\nthree")).unwrap();
+        let mut seen = Vec::new();
+        each_log_line(&layout, |l| seen.push(l.to_owned()));
+        assert_eq!(seen, ["one", "two", "", "three"]);
+        std::fs::remove_file(&log).unwrap();
+        let c = std::ffi::CString::new(log.as_os_str().as_encoded_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        let mut n = 0;
+        each_log_line(&layout, |_| n += 1);
+        assert_eq!(n, 0);
+        std::fs::remove_dir_all(&tmp).unwrap();
+    }
+
     #[test]
     fn only_a_failed_task_is_marked_as_retried() {
         let tmp = crate::tree::fsx::tests::tempdir();
