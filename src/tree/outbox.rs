@@ -562,8 +562,9 @@ pub fn queue_outbox(
     if more > 0 {
         done.refused.truncate(MAX_NAMED);
         done.refused.push(format!(
-            "and {more} more entries of the outbox {} not queued, for the reasons above or \
-             others (they stay there; only the first {MAX_NAMED} are named)",
+            "and {more} more entries of the outbox {} not queued or not removed after \
+             they were, for the reasons above or others (they stay there; only the first \
+             {MAX_NAMED} are named)",
             layout.rel(shown_at)
         ));
     }
