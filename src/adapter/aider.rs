@@ -154,7 +154,7 @@ pub(crate) fn parse(facts: &RunFacts<'_>) -> Parsed {
                 .map(|c| c[1].to_string())
                 .unwrap_or_default();
             let class = class_of(&name, &text);
-            let h = hint(facts.kind, &class, &text);
+            let h = hint(facts.kind, &class, &text, None);
             Verdict::Error {
                 class,
                 message: format!("{}{h}", short(&text)),
@@ -198,7 +198,7 @@ fn class_of(name: &str, text: &str) -> ErrorClass {
         // codex and gemini file a 400.
         // litellm files some 403s as a bad request ("You have insufficient
         // permissions for this operation"): a key refused, not a setup.
-        "BadRequestError" if super::forbidden(text) => ErrorClass::Auth,
+        "BadRequestError" if super::refused_permission(text) => ErrorClass::Auth,
         "BadRequestError" if BAD_SETUP.is_match(text) => ErrorClass::Config,
         "BadRequestError" => ErrorClass::Task,
         "ContextWindowExceededError" | "ContentPolicyViolationError" => ErrorClass::Task,

@@ -93,15 +93,29 @@ pub(crate) fn parse_envelope(kind: &Kind, facts: &RunFacts<'_>) -> Parsed {
                 .and_then(Value::as_array)
                 .map(|a| a.iter().filter_map(Value::as_str).collect())
                 .unwrap_or_default();
-            // The class comes from the subtype alone: `errors` quote
-            // whatever a tool or the model said ("Reached maximum number of
-            // turns (429)" is no rate limit), and only describe it.
-            let mut verdict = error(kind, &format!("the run ended with {subtype}"), status);
-            if let Verdict::Error { message, .. } = &mut verdict
-                && !errors.is_empty()
-            {
-                *message = super::short(&format!("{message}: {}", errors.join("; ")));
-            }
+            let ended = format!("the run ended with {subtype}");
+            let text = if errors.is_empty() {
+                ended.clone()
+            } else {
+                format!("{ended}: {}", errors.join("; "))
+            };
+            // A turn limit is the task's, whatever its errors quote ("Reached
+            // maximum number of turns (429)" is no rate limit); the errors of
+            // another subtype (error_during_execution) may be the API's own.
+            let class = super::classify(
+                if subtype == "error_max_turns" {
+                    &ended
+                } else {
+                    &text
+                },
+                status,
+            );
+            let text = super::short(&text);
+            let hint = super::hint(kind, &class, &text, status);
+            let verdict = Verdict::Error {
+                class,
+                message: format!("{text}{hint}"),
+            };
             return Parsed {
                 answer: String::new(),
                 verdict,
@@ -533,8 +547,9 @@ mod tests {
         );
     }
 
-    /// What `errors` say describes the error and never classes it: a run
-    /// of 429 turns is no rate limit, nor one of 500 a server error.
+    /// What the `errors` of a turn limit say describes it and never classes
+    /// it: a run of 429 turns is no rate limit, nor one of 500 a server
+    /// error. A fix, when there is one, comes last.
     #[test]
     fn the_errors_of_an_error_subtype_do_not_class_it() {
         let f = fixture!("claude-2.1.197", "max-turns");
@@ -552,6 +567,27 @@ mod tests {
             assert_eq!(r.outcome, Class::Failed(ErrorClass::Task), "{n}: {r:?}");
             assert!(r.message.unwrap().contains(&format!("turns ({n})")));
         }
+        let stdout = f
+            .stdout
+            .replace("error_max_turns", "error_during_execution")
+            .replacen(
+                "\"is_error\":true",
+                "\"is_error\":true,\"api_error_status\":401",
+                1,
+            );
+        assert!(stdout.contains("api_error_status\":401"), "{stdout}");
+        let g = crate::adapter::testing::Fixture {
+            stdout: stdout.leak(),
+            ..f
+        };
+        let r = run(&K, &g, &prompt("max-turns"));
+        assert_eq!(r.outcome, Class::Failed(ErrorClass::Auth), "{r:?}");
+        let m = r.message.unwrap();
+        assert!(
+            m.contains("error_during_execution: Reached maximum number of turns (1) (fix: set ANTHROPIC_API_KEY"),
+            "{m}"
+        );
+        assert!(m.ends_with(')'), "{m}");
     }
 
     /// A stream whose events are not JSON: "API Error: Failed to parse

@@ -91,7 +91,7 @@ fn structured_error(facts: &RunFacts<'_>, e: &Value) -> Verdict {
     };
     if let Some(class) = own {
         let text = super::short(&message);
-        let hint = super::hint(facts.kind, &class, &text);
+        let hint = super::hint(facts.kind, &class, &text, None);
         return Verdict::Error {
             message: format!("{text}{hint}"),
             class,
@@ -116,7 +116,7 @@ fn by_exit_status(facts: &RunFacts<'_>) -> Option<Verdict> {
     };
     let line = error_line(&error_channel(facts.stderr, facts.prompt), "")
         .unwrap_or_else(|| "gemini exited with its configuration error status".into());
-    let hint = hint(facts.kind, &class, &line);
+    let hint = hint(facts.kind, &class, &line, None);
     Some(Verdict::Error {
         message: format!("{line}{hint}"),
         class,

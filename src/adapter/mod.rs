@@ -472,7 +472,7 @@ fn finish(facts: &RunFacts<'_>, mut p: Parsed) -> RunReport {
             ExitKind::Code(c),
         ) => {
             let class = classify(&line, None);
-            let hint = hint(facts.kind, &class, &line);
+            let hint = hint(facts.kind, &class, &line, None);
             failed(
                 p,
                 class,
@@ -532,6 +532,10 @@ fn success(p: Parsed) -> RunReport {
 /// Longest message kept, in characters.
 const MAX_MESSAGE_CHARS: usize = 400;
 
+/// Longest ` (fix: …)` that [`short`] keeps whole when it cuts a message
+/// (every hint of [`hint`] fits, with room for the text before it).
+const MAX_FIX_CHARS: usize = 300;
+
 /// One line, no ANSI codes, no control characters, at most 400 characters.
 /// A message that ends in a ` (fix: …)` hint is cut before the hint, which
 /// stays whole: the fix is what the reader needs most.
@@ -548,10 +552,7 @@ pub(crate) fn short(text: &str) -> String {
         return one_line;
     }
     let (body, fix) = match one_line.rfind(" (fix: ") {
-        Some(i)
-            if one_line.ends_with(')')
-                && one_line[i..].chars().count() <= MAX_MESSAGE_CHARS / 2 =>
-        {
+        Some(i) if one_line.ends_with(')') && one_line[i..].chars().count() <= MAX_FIX_CHARS => {
             one_line.split_at(i)
         }
         _ => (one_line.as_str(), ""),
@@ -779,7 +780,7 @@ pub(crate) fn reset(text: &str) -> Option<Reset> {
 }
 
 /// How to fix an auth or config error, for the message.
-pub(crate) fn hint(kind: &Kind, class: &ErrorClass, text: &str) -> String {
+pub(crate) fn hint(kind: &Kind, class: &ErrorClass, text: &str, status: Option<u16>) -> String {
     let fix = match (kind, class) {
         (Kind::Codex, ErrorClass::Config) if text.contains("skip-git-repo-check") => {
             "add --skip-git-repo-check to the codex command, or run it in a git repository"
@@ -792,7 +793,7 @@ pub(crate) fn hint(kind: &Kind, class: &ErrorClass, text: &str) -> String {
         }
         // A 403: the key is good, what it asks for is not allowed; a new
         // key is the wrong fix.
-        (_, ErrorClass::Auth) if forbidden(text) => {
+        (_, ErrorClass::Auth) if status == Some(403) || forbidden(text) => {
             "the key was accepted but may not use this model or resource: check the model the agent's command or the CLI's settings name, and the key's project, plan or region"
         }
         (Kind::Claude, ErrorClass::Auth) => {
@@ -821,21 +822,30 @@ pub(crate) fn hint(kind: &Kind, class: &ErrorClass, text: &str) -> String {
 /// Whether an auth error is a refusal of a valid key (HTTP 403, "permission
 /// denied"), not a rejected key (401).
 pub(crate) fn forbidden(text: &str) -> bool {
-    static FORBIDDEN: LazyLock<Regex> = LazyLock::new(|| {
+    static STATUS: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(r"\b403\b").expect("403 pattern compiles"));
+    STATUS.is_match(text) || refused_permission(text)
+}
+
+/// Whether a text says a key lacks a permission ("permission denied",
+/// "insufficient permissions"), in words, not by a bare number that a
+/// quoted request could hold too.
+pub(crate) fn refused_permission(text: &str) -> bool {
+    static WORDS: LazyLock<Regex> = LazyLock::new(|| {
         Regex::new(concat!(
-            r"(?i)\b403\b|\bforbidden\b|permission[ _]?denied|permission_error|",
+            r"(?i)\bforbidden\b|permission[ _]?denied|permission_error|",
             r"does not have permission|insufficient permissions|not have access to"
         ))
-        .expect("forbidden pattern compiles")
+        .expect("permission pattern compiles")
     });
-    FORBIDDEN.is_match(text)
+    WORDS.is_match(text)
 }
 
 /// A classified error with its message and fix hint.
 pub(crate) fn error(kind: &Kind, text: &str, status: Option<u16>) -> Verdict {
     let text = short(text);
     let class = classify(&text, status);
-    let hint = hint(kind, &class, &text);
+    let hint = hint(kind, &class, &text, status);
     Verdict::Error {
         class,
         message: format!("{text}{hint}"),
@@ -1133,6 +1143,26 @@ mod tests {
     fn short_strips_ansi_and_newlines() {
         assert_eq!(short("\x1b[31mred\x1b[0m\nnext  line"), "red next line");
         assert_eq!(short(&"x".repeat(1000)).chars().count(), MAX_MESSAGE_CHARS);
+        // Every fix there is fits whole.
+        for kind in [
+            Kind::Claude,
+            Kind::Codex,
+            Kind::Gemini,
+            Kind::Aider,
+            Kind::Cursor,
+        ] {
+            for (class, text) in [
+                (ErrorClass::Auth, "401"),
+                (ErrorClass::Auth, "403"),
+                (ErrorClass::Config, "x"),
+                (ErrorClass::Config, "skip-git-repo-check"),
+                (ErrorClass::Config, "not trusted"),
+            ] {
+                let h = hint(&kind, &class, text, None);
+                let m = short(&format!("{}{h}", "w".repeat(1000)));
+                assert!(m.ends_with(&h), "{kind:?} {class:?}: {m}");
+            }
+        }
         // A long message keeps its fix whole; a long "fix" is only text.
         let m = short(&format!("{} (fix: set THE_KEY)", "y".repeat(1000)));
         assert_eq!(m.chars().count(), MAX_MESSAGE_CHARS);

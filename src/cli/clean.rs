@@ -181,6 +181,17 @@ pub fn clean(root: &Path, a: CleanArgs) -> Result<ExitCode> {
             }
             // Its line in completed_tasks.jsonl is written from its record:
             // not before that.
+            // (A dry run makes no merge: it says that `clean` would.)
+            if a.dry_run && crate::tree::context::is_unmerged(&layout, n) {
+                println!(
+                    "{n}: would be merged into context/, then removed ({})",
+                    s.dir_name()
+                );
+                removed += 1;
+                done.insert((*s, n.as_str()), true);
+                progress = true;
+                continue;
+            }
             if crate::tree::context::is_unmerged(&layout, n) {
                 eprintln!("mailroom: kept `{n}`: {NOT_MERGED}");
                 failed |= !a.names.is_empty();

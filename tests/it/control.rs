@@ -1142,6 +1142,15 @@ fn clean_keeps_a_task_not_yet_merged_into_the_context() {
     root.write("context/.unmerged/t", "completed");
     root.write("context/completed_tasks.jsonl", "");
     let jsonl = || root.read("context/completed_tasks.jsonl");
+    // A dry run says what `clean` would do with the lock free.
+    let out = root.mailroom(&["clean", "--dry-run", "t"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("t: would be merged into context/, then removed (completed)"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(root.exists("context/.unmerged/t"));
     let lock = hold_context_lock(&root);
     let out = root.mailroom(&["clean", "t"]);
     drop(lock);
