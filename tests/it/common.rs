@@ -482,3 +482,17 @@ pub fn stop_runs_of(root: &Path) {
         }
     }
 }
+
+/// Holds `context/.lock` as a supervisor's merge (or an agent) would, until
+/// dropped.
+pub fn hold_context_lock(root: &Root) -> fs::File {
+    let lock = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(root.p("context/.lock"))
+        .unwrap();
+    lock.lock().unwrap();
+    lock
+}

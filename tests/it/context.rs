@@ -625,14 +625,7 @@ fn a_held_context_lock_delays_a_commit_only_so_long() {
         .task("q.yaml", "description: x\n")
         // Rejected on the supervisor's loop, which waits less for the lock.
         .task("bad.yaml", "description: [unclosed\n");
-    let lock = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(root.p("context/.lock"))
-        .unwrap();
-    lock.lock().unwrap();
+    let lock = hold_context_lock(&root);
     let started = std::time::Instant::now();
     root.run_until_idle_within(Duration::from_secs(60));
     assert!(

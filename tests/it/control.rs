@@ -1114,19 +1114,6 @@ fn clean_keeps_the_count_of_a_tree_with_a_failed_task() {
     );
 }
 
-/// Holds `context/.lock` as a supervisor's merge (or an agent) would.
-fn hold_context_lock(root: &Root) -> std::fs::File {
-    let lock = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(root.p("context/.lock"))
-        .unwrap();
-    lock.lock().unwrap();
-    lock
-}
-
 /// `clean` keeps a task whose commit could not merge it into `context/`
 /// (the context lock was held) until it is merged: removed before that,
 /// its line in `completed_tasks.jsonl` (what `agents`, `usage` and the
