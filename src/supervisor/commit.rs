@@ -262,6 +262,22 @@ impl Job {
             facts.stopped_by_own_agent = true;
             error = Some(why);
         }
+        // Stopped by shutdowns too often: this stop is not free either.
+        if outcome == Outcome::Interrupted && !facts.stopped_by_own_agent && !facts.interrupt_free {
+            let n = st
+                .history
+                .iter()
+                .filter(|a| a.outcome == Outcome::Interrupted)
+                .count();
+            let why = format!(
+                "stopped by a shutdown {n} times (a supervisor restarted again and again?); \
+                 past the {} free ones, this attempt counts against its retries",
+                verdict::MAX_FREE_INTERRUPTED
+            );
+            warn!(task = %self.name, "{why}");
+            self.amend_last(&mut st, Outcome::Interrupted, Some(why.clone()));
+            error = Some(why);
+        }
         match verdict::decide(&facts) {
             Verdict::Cooldown { free } => {
                 let limit = limit.expect("a cooldown verdict has a limit");
@@ -404,6 +420,15 @@ impl Job {
             fallback_after: self.agent.fallback_after,
             fatal: false,
             stopped_by_own_agent: false,
+            // (This run's attempt is the last of the history.)
+            interrupt_free: st
+                .history
+                .iter()
+                .rev()
+                .skip(1)
+                .filter(|a| a.outcome == Outcome::Interrupted)
+                .count()
+                < verdict::MAX_FREE_INTERRUPTED,
             session_missing: false,
         }
     }

@@ -12,6 +12,12 @@ use crate::run::process::{Exit, RunEnd};
 /// limit still cools the agent down, and is a failed attempt like another.
 pub const MAX_FREE_LIMITED: usize = 8;
 
+/// Runs of a task stopped by a shutdown that go back to the queue without
+/// using up an attempt: a supervisor restarted again and again (a restart
+/// loop, a deploy script gone wrong) must not restart the same run for
+/// ever. Past them such a stop counts against `retries` like a failure.
+pub const MAX_FREE_INTERRUPTED: usize = 8;
+
 /// How a process ended, in the record's terms.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Ended {
@@ -196,6 +202,9 @@ pub struct Facts {
     /// The shutdown that stopped the run was sent by the run's own agent (or
     /// a process of its own): the stop is the agent's doing, and not free.
     pub stopped_by_own_agent: bool,
+    /// The task's runs were stopped by a shutdown fewer than
+    /// [`MAX_FREE_INTERRUPTED`] times before this one: this stop is free.
+    pub interrupt_free: bool,
     /// The run was to resume a session that its CLI says is not there: it
     /// did nothing (the run before it saved none).
     pub session_missing: bool,
@@ -271,10 +280,11 @@ pub fn decide(f: &Facts) -> Verdict {
         };
     }
     // A run stopped by a shutdown goes back to the queue for free, unless
-    // its own agent sent the shutdown: then the attempt counts, and with
-    // none left the task fails as interrupted.
+    // its own agent sent the shutdown, or the task was stopped so too often:
+    // then the attempt counts, and with none left the task fails as
+    // interrupted.
     if o == Interrupted {
-        if !f.stopped_by_own_agent {
+        if !f.stopped_by_own_agent && f.interrupt_free {
             return Verdict::Requeue { free: true };
         }
         if f.charged <= f.retries {
@@ -341,8 +351,22 @@ mod tests {
             retries: 2,
             fallback_after: 2,
             stopped_by_own_agent: false,
+            interrupt_free: true,
             session_missing: false,
         }
+    }
+
+    /// A task whose runs shutdowns stopped `MAX_FREE_INTERRUPTED` times
+    /// goes on paying for the next stop: a restart loop ends it.
+    #[test]
+    fn stops_by_shutdown_past_the_free_ones_are_charged() {
+        let f = Facts {
+            interrupt_free: false,
+            ..facts(Interrupted)
+        };
+        assert_eq!(decide(&f), Verdict::Requeue { free: false });
+        assert_eq!(decide(&Facts { charged: 3, ..f }), commit(Interrupted));
+        assert_eq!(decide(&facts(Interrupted)), Verdict::Requeue { free: true });
     }
 
     fn commit(outcome: Outcome) -> Verdict {

@@ -297,6 +297,51 @@ unsafe extern "C" {
     fn mkfifo(path: *const std::ffi::c_char, mode: u32) -> i32;
 }
 
+/// A task whose runs shutdowns stopped 8 times is charged for the next
+/// stop: a supervisor restarted again and again (a restart loop) does not
+/// restart the same run for ever. With `retries: 0` it fails `interrupted`,
+/// saying why.
+#[test]
+fn a_ninth_stop_by_shutdown_counts_against_the_retries() {
+    let root = Root::new();
+    let pidfile = root.p("pid");
+    let root = root
+        .config(&format!(
+            "retries: 0\nshutdown_grace: 100ms\nagents:\n  a:\n    command: [{:?}]\n    grace: 200ms\n    env:\n      PIDFILE: {:?}\n",
+            agent("hang.sh"),
+            pidfile.display().to_string()
+        ))
+        .task("long.yaml", "description: long\n");
+    let stop = |root: &Root| {
+        let _ = std::fs::remove_file(root.p("pid.agent"));
+        let mut sup = root.spawn();
+        root.pid("pid.agent");
+        sup.signal(SIGTERM);
+        assert!(sup.wait_exit(Duration::from_secs(20)).success());
+    };
+    stop(&root);
+    assert_eq!(root.names("pending"), ["long"]);
+    // As after 8 such stops: 8 free attempts, each interrupted.
+    let path = "tasks/assigned/long.state.json";
+    let mut state: serde_json::Value = serde_json::from_str(&root.read(path)).unwrap();
+    let one = state["history"][0].clone();
+    assert_eq!(one["outcome"], "interrupted", "{state}");
+    state["history"] = serde_json::json!(vec![one; 8]);
+    state["attempts"] = 8.into();
+    state["free_attempts"] = 8.into();
+    root.write(path, &state.to_string());
+    stop(&root);
+    assert!(root.names("pending").is_empty());
+    let rec = root.record("failed", "long");
+    assert_eq!(rec["outcome"], "interrupted", "{rec}");
+    assert!(
+        rec["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("stopped by a shutdown 9 times")),
+        "{rec}"
+    );
+}
+
 #[test]
 fn sigterm_requeues_a_running_task_without_using_an_attempt() {
     let root = Root::new();
