@@ -297,21 +297,26 @@ unsafe extern "C" {
     fn mkfifo(path: *const std::ffi::c_char, mode: u32) -> i32;
 }
 
+/// A tree with one task, `long`, whose agent (`hang.sh`) hangs and writes
+/// its pid to `pid.agent`; `retries: 0`, a short `shutdown_grace`.
+fn long_hang_root() -> Root {
+    let root = Root::new();
+    let pidfile = root.p("pid");
+    root.config(&format!(
+        "retries: 0\nshutdown_grace: 100ms\nagents:\n  a:\n    command: [{:?}]\n    grace: 200ms\n    env:\n      PIDFILE: {:?}\n",
+        agent("hang.sh"),
+        pidfile.display().to_string()
+    ))
+    .task("long.yaml", "description: long\n")
+}
+
 /// A task whose runs shutdowns stopped 8 times is charged for the next
 /// stop: a supervisor restarted again and again (a restart loop) does not
 /// restart the same run for ever. With `retries: 0` it fails `interrupted`,
 /// saying why.
 #[test]
 fn a_ninth_stop_by_shutdown_counts_against_the_retries() {
-    let root = Root::new();
-    let pidfile = root.p("pid");
-    let root = root
-        .config(&format!(
-            "retries: 0\nshutdown_grace: 100ms\nagents:\n  a:\n    command: [{:?}]\n    grace: 200ms\n    env:\n      PIDFILE: {:?}\n",
-            agent("hang.sh"),
-            pidfile.display().to_string()
-        ))
-        .task("long.yaml", "description: long\n");
+    let root = long_hang_root();
     let stop = |root: &Root| {
         let _ = std::fs::remove_file(root.p("pid.agent"));
         let mut sup = root.spawn();
@@ -344,15 +349,7 @@ fn a_ninth_stop_by_shutdown_counts_against_the_retries() {
 
 #[test]
 fn sigterm_requeues_a_running_task_without_using_an_attempt() {
-    let root = Root::new();
-    let pidfile = root.p("pid");
-    let root = root
-        .config(&format!(
-            "retries: 0\nshutdown_grace: 100ms\nagents:\n  a:\n    command: [{:?}]\n    grace: 200ms\n    env:\n      PIDFILE: {:?}\n",
-            agent("hang.sh"),
-            pidfile.display().to_string()
-        ))
-        .task("long.yaml", "description: long\n");
+    let root = long_hang_root();
     let mut sup = root.spawn();
     let ag: i32 = root.pid("pid.agent");
     sup.signal(SIGTERM);
