@@ -180,19 +180,10 @@ pub fn clean(root: &Path, a: CleanArgs) -> Result<ExitCode> {
                 continue;
             }
             // Its line in completed_tasks.jsonl is written from its record:
-            // not before that.
-            // (A dry run makes no merge: it says that `clean` would.)
-            if a.dry_run && crate::tree::context::is_unmerged(&layout, n) {
-                println!(
-                    "{n}: would be merged into context/, then removed ({})",
-                    s.dir_name()
-                );
-                removed += 1;
-                done.insert((*s, n.as_str()), true);
-                progress = true;
-                continue;
-            }
-            if crate::tree::context::is_unmerged(&layout, n) {
+            // not before that. (A dry run makes no merge: it says that
+            // `clean` would.)
+            let unmerged = crate::tree::context::is_unmerged(&layout, n);
+            if unmerged && !a.dry_run {
                 eprintln!("mailroom: kept `{n}`: {NOT_MERGED}");
                 failed |= !a.names.is_empty();
                 done.insert((*s, n.as_str()), false);
@@ -200,7 +191,14 @@ pub fn clean(root: &Path, a: CleanArgs) -> Result<ExitCode> {
                 continue;
             }
             if a.dry_run {
-                println!("{n}: would be removed ({})", s.dir_name());
+                if unmerged {
+                    println!(
+                        "{n}: would be merged into context/, then removed ({})",
+                        s.dir_name()
+                    );
+                } else {
+                    println!("{n}: would be removed ({})", s.dir_name());
+                }
                 removed += 1;
                 done.insert((*s, n.as_str()), true);
                 progress = true;

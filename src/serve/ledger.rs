@@ -119,19 +119,11 @@ pub struct Ledger {
 impl Ledger {
     /// Calls `f` with the sums up to the log's last whole line.
     pub fn with<T>(&self, layout: &Layout, f_: impl FnOnce(&Sums) -> T) -> T {
-        let path = layout.context.join("completed_tasks.jsonl");
         let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let Ok(mut file) = crate::tree::fsx::open_nofollow(&path) else {
+        let Some((mut file, meta)) = crate::tree::context::open_log(layout) else {
             *guard = None;
             return f_(&Sums::default());
         };
-        let Ok(meta) = file.metadata() else {
-            return f_(&Sums::default());
-        };
-        if !meta.is_file() {
-            *guard = None;
-            return f_(&Sums::default());
-        }
         let fresh = match &*guard {
             Some(r) => r.dev != meta.dev() || r.ino != meta.ino() || meta.len() < r.offset,
             None => true,

@@ -13,6 +13,7 @@ use std::io::{Read, Seek, SeekFrom};
 
 use crate::adapter::Usage;
 use crate::parse::config::Budget;
+use crate::tree::context::MAX_LOG_LINE;
 use crate::tree::layout::Layout;
 
 /// Spent money and tokens.
@@ -47,10 +48,6 @@ pub fn tokens(u: &Usage) -> u64 {
 /// How much of the log [`Ledger::refresh`] reads at a time.
 const READ_CHUNK: usize = 256 * 1024;
 
-/// The longest log line summed: a record's line is a few hundred bytes,
-/// one with a long error a few KiB.
-const MAX_LINE: usize = 1024 * 1024;
-
 /// Spending by agent and UTC day, and by agent and tree.
 #[derive(Debug, Default)]
 pub struct Ledger {
@@ -58,7 +55,7 @@ pub struct Ledger {
     offset: u64,
     /// A line not yet finished by its writer.
     partial: Vec<u8>,
-    /// Inside a line longer than [`MAX_LINE`], skipped to its end.
+    /// Inside a line longer than [`MAX_LOG_LINE`], skipped to its end.
     skipping: bool,
     day: HashMap<(String, String), Spent>,
     tree: HashMap<(String, String), Spent>,
@@ -67,16 +64,10 @@ pub struct Ledger {
 impl Ledger {
     /// Reads what was appended to the log since the last refresh.
     pub fn refresh(&mut self, layout: &Layout) {
-        let path = layout.context.join(crate::tree::context::JSONL);
-        // A FIFO an agent put there must not hold the main loop for good,
-        // nor a link make it sum a file from elsewhere.
-        let Ok(mut f) = crate::tree::fsx::open_nofollow(&path) else {
+        let Some((mut f, meta)) = crate::tree::context::open_log(layout) else {
             return;
         };
-        if !f.metadata().is_ok_and(|m| m.is_file()) {
-            return;
-        }
-        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let len = meta.len();
         if len < self.offset {
             *self = Ledger::default();
         }
@@ -107,7 +98,7 @@ impl Ledger {
             }
             if !self.skipping {
                 self.partial.extend_from_slice(piece);
-                if self.partial.len() > MAX_LINE {
+                if self.partial.len() > MAX_LOG_LINE {
                     self.partial = Vec::new();
                     self.skipping = true;
                 }
@@ -271,7 +262,7 @@ mod tests {
         assert_eq!(l.on_tree("a", "q").usd, 2.0);
         // A "line" of 3 MiB, written by anything but a supervisor, is
         // skipped whole; the lines after it count.
-        let big = "x".repeat(3 * MAX_LINE);
+        let big = "x".repeat(3 * MAX_LOG_LINE);
         let grown = std::fs::read_to_string(&log).unwrap() + &big + "\n";
         std::fs::write(
             &log,

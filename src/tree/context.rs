@@ -564,20 +564,31 @@ pub fn total_usage(rec: &ResultRecord) -> Option<crate::adapter::Usage> {
     (!total.is_empty()).then_some(total)
 }
 
+/// The longest line of `completed_tasks.jsonl` its readers take: a record's
+/// line is a few hundred bytes, one with a long error a few KiB; a longer
+/// "line" (no supervisor writes one) is skipped to its end.
+pub const MAX_LOG_LINE: usize = 1024 * 1024;
+
+/// `completed_tasks.jsonl` opened for reading, with its metadata, when it is
+/// a regular file. Agents write in `context/`: a FIFO there would hold its
+/// reader (the main loop, the prompt of every later run, a command) for
+/// good, and a link would show a file from elsewhere.
+pub fn open_log(layout: &Layout) -> Option<(File, std::fs::Metadata)> {
+    let f = fsx::open_nofollow(&layout.context.join(JSONL)).ok()?;
+    let meta = f.metadata().ok().filter(|m| m.is_file())?;
+    Some((f, meta))
+}
+
 /// Calls `f` with each line of `completed_tasks.jsonl`, for the commands
-/// that read it whole (`agents`, `usage`). Agents write in `context/`: only
-/// a regular file is read (a FIFO would hold the command, a link show a
-/// file from elsewhere), never more than a line at a time, and a "line" of
-/// more than 1 MiB (no supervisor writes one) is skipped to its end.
+/// that read it whole (`agents`, `usage`): a regular file only
+/// ([`open_log`]), never more than a line at a time, a line over
+/// [`MAX_LOG_LINE`] skipped.
 pub fn each_log_line(layout: &Layout, mut f: impl FnMut(&str)) {
     use std::io::BufRead;
-    const MAX_LINE: u64 = 1024 * 1024;
-    let Ok(file) = fsx::open_nofollow(&layout.context.join(JSONL)) else {
+    const MAX_LINE: u64 = MAX_LOG_LINE as u64;
+    let Some((file, _)) = open_log(layout) else {
         return;
     };
-    if !file.metadata().is_ok_and(|m| m.is_file()) {
-        return;
-    }
     let mut r = io::BufReader::with_capacity(256 * 1024, file);
     let mut line = Vec::new();
     let mut skipping = false;
@@ -719,15 +730,9 @@ pub fn recent(layout: &Layout, n: usize) -> Arc<Vec<Arc<serde_json::Value>>> {
     /// Kept per log (a process has one tree, tests have many).
     static LAST: Mutex<Vec<Last>> = Mutex::new(Vec::new());
     let path = layout.context.join(JSONL);
-    // Agents write in `context/`: a FIFO there would hold this open (and
-    // the prompt of every later run) for good, and a link would show a file
-    // from elsewhere. Only a regular file is read.
-    let Ok(mut f) = fsx::open_nofollow(&path) else {
+    let Some((mut f, _)) = open_log(layout) else {
         return Arc::default();
     };
-    if !f.metadata().is_ok_and(|m| m.is_file()) {
-        return Arc::default();
-    }
     let keep = |l: Last| {
         if let Ok(mut g) = LAST.lock() {
             g.retain(|o| o.path != l.path);
